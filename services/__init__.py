@@ -1,0 +1,1 @@
+"""The five talkmesh services, one package each."""

@@ -1,0 +1,1 @@
+"""talkmesh audio_features service."""

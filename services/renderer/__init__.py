@@ -1,0 +1,1 @@
+"""talkmesh renderer service."""

@@ -1,0 +1,71 @@
+"""The renderer backend interface: one method, ``render``.
+
+A session turns the incoming stream (viseme events + per-frame features) into ``FrameJob`` s, the
+batcher groups jobs of many sessions, and a backend renders a batch. Backends return full frames
+at the avatar's native size (BGR uint8) with the mouth region already blended back; the session
+resizes to the requested preset and converts to the encoder's pixel format.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Avatar:
+    """A prepared avatar, as the precompute cache stores it (see services/renderer/avatar.py)."""
+
+    id: str
+    name: str
+    frames: np.ndarray  # [N, H, W, 3] uint8 BGR; N == 1 for a photo
+    face_boxes: np.ndarray  # [N, 4] int32 x1, y1, x2, y2 (smoothed over time for videos)
+    mouth_boxes: np.ndarray  # [N, 4] int32 x1, y1, x2, y2
+    # Per-backend precompute, keyed by backend name (crops, masks, reference latents, remap grids...).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)"""
+        return int(self.frames.shape[2]), int(self.frames.shape[1])
+
+
+@dataclass(frozen=True)
+class MouthShape:
+    """Target mouth pose in [0, 1] from the viseme track and audio energy (procedural backend)."""
+
+    open: float = 0.0
+    width: float = 0.5
+    round: float = 0.0
+
+
+@dataclass(frozen=True)
+class FrameJob:
+    session_id: str
+    frame_index: int  # index in the utterance's video
+    avatar_frame: int  # which avatar frame to draw on (ping-pong loop for video avatars)
+    voiced: bool
+    rms_dbfs: float
+    features: np.ndarray | None = None  # model input for this frame ([80,16] mel, [50,384] whisper)
+    mouth: MouthShape | None = None
+
+
+class RenderBackend(abc.ABC):
+    #: backend name as used in config and RenderConfig.backend
+    name: str = ""
+    #: talkmesh.v1.FeatureType value the backend consumes
+    feature_type: int = 0
+
+    @abc.abstractmethod
+    def render(self, avatar: Avatar, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        """Renders a batch (blocking; called in a worker thread). One BGR frame per job, in order."""
+
+    def prepare(self, avatar: Avatar) -> None:  # noqa: B027 - optional hook
+        """Adds this backend's precompute to ``avatar.extras`` (called once per avatar, cached)."""
+
+    def warmup(self) -> None:  # noqa: B027 - optional hook
+        """Runs one inference so the first request does not pay for lazy initialisation."""

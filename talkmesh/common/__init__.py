@@ -1,0 +1,1 @@
+"""What every talkmesh service shares: config loading, gRPC server and channel helpers, telemetry."""

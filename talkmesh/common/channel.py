@@ -1,0 +1,32 @@
+"""Client channels with explicit message limits, keepalive and trace/request-id propagation."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from talkmesh.common.interceptors import ClientInterceptor
+
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, object]]:
+    # round_robin spreads streams over every address a headless Service resolves to ("dns:///...").
+    service_config = {"loadBalancingConfig": [{"round_robin": {}}]}
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.service_config", json.dumps(service_config)),
+        ("grpc.enable_retries", 1),
+    ]
+
+
+def create_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        target,
+        options=channel_options(max_message_bytes),
+        interceptors=[ClientInterceptor()],
+    )

@@ -1,0 +1,189 @@
+"""Typed configuration: frozen dataclasses loaded from YAML, overridden by environment variables.
+
+A service's config is a dataclass tree. ``load_config(MyConfig, path, env_prefix="TALKMESH_TTS")``
+reads the YAML file (optional), then applies environment variables of the form
+``TALKMESH_TTS__SERVER__PORT=50052`` (double underscore separates nesting levels), converts every
+value to the field's declared type and runs each dataclass's ``validate()`` method if it has one.
+Unknown keys are errors: a typo in a config file must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Settings every gRPC service has."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    # Prometheus /metrics port; -1 disables the endpoint, 0 picks a free port.
+    metrics_port: int = -1
+    # Explicit gRPC message size limit, both directions (bytes).
+    max_message_bytes: int = 8 * 1024 * 1024
+    # Streams accepted at once before RESOURCE_EXHAUSTED (application-level admission control).
+    max_concurrent_streams: int = 64
+    # Seconds streams in flight may take to finish after SIGTERM.
+    grace_seconds: float = 20.0
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"server.port: {self.port} is not a TCP port")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"server.metrics_port: {self.metrics_port} is not a TCP port or -1")
+        if self.max_message_bytes < 64 * 1024:
+            raise ConfigError("server.max_message_bytes: must be at least 65536")
+        if self.max_concurrent_streams < 1:
+            raise ConfigError("server.max_concurrent_streams: must be at least 1")
+        if self.grace_seconds < 0:
+            raise ConfigError("server.grace_seconds: must not be negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where a downstream service listens."""
+
+    target: str = "127.0.0.1:0"
+    # Per-call deadline in seconds for unary calls; streams get the caller's deadline.
+    timeout_seconds: float = 10.0
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin in (list, tuple):
+        (item_tp, *_rest) = typing.get_args(tp) or (str,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list")
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+    if tp in (int, float, str):
+        try:
+            return tp(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}") from exc
+    if tp is Path:
+        return Path(os.path.expanduser(str(value)))
+    return value
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(fields)
+    if unknown:
+        where = prefix or cls.__name__
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def _env_overrides(env: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    head = prefix.upper() + "__"
+    for name, value in env.items():
+        if not name.startswith(head):
+            continue
+        path = [p.lower() for p in name[len(head) :].split("__") if p]
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        if path:
+            node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(
+    cls: type[T],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env_prefix: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> T:
+    """Builds ``cls`` from the YAML at ``path`` (if any), env overrides, then explicit overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {p}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"config file {p}: top level must be a mapping")
+        data = dict(loaded)
+    if env_prefix:
+        data = _merge(data, _env_overrides(os.environ if env is None else env, env_prefix))
+    if overrides:
+        data = _merge(data, overrides)
+    return _build(cls, data)
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """dataclasses.replace that re-validates."""
+    new = dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+    validate = getattr(new, "validate", None)
+    if callable(validate):
+        validate()
+    return new

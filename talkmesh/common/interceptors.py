@@ -1,0 +1,281 @@
+"""Server and client interceptors: request ids, admission control, metrics, tracing, error mapping.
+
+Handlers carry logic only: they raise ``TalkmeshError`` subclasses (or let a downstream
+``AioRpcError`` through) and the server interceptor turns that into the right gRPC status. Streams
+that the client cancelled are recorded as CANCELLED in metrics and spans (the stock
+instrumentation reports them as OK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from talkmesh.common.errors import TalkmeshError
+from talkmesh.common.logs import request_id_var
+from talkmesh.common.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+# Methods that bypass admission control, draining and stream metrics.
+_INFRA_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+class _MetadataGetter:
+    def get(self, carrier: dict[str, str], key: str) -> list[str] | None:
+        v = carrier.get(key)
+        return [v] if v is not None else None
+
+    def keys(self, carrier: dict[str, str]) -> list[str]:
+        return list(carrier)
+
+
+class AdmissionState:
+    """Counts streams in flight and refuses new ones when full or draining."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, telemetry: Telemetry, admission: AdmissionState) -> None:
+        self.telemetry = telemetry
+        self.admission = admission
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_INFRA_PREFIXES):
+            return handler
+        if handler.request_streaming and handler.response_streaming:
+            inner = handler.stream_stream
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(inner, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap_unary(handler.unary_unary, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    # -- the shared envelope ------------------------------------------------------------------
+    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> tuple[Any, Any, float]:
+        md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        rid = md.get(REQUEST_ID_KEY) or uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        parent = propagate.extract(md, getter=_MetadataGetter())
+        span = self.telemetry.tracer.start_span(
+            method.lstrip("/"),
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "grpc",
+                "rpc.method": method,
+                "talkmesh.service": self.telemetry.service,
+                "talkmesh.request_id": rid,
+            },
+        )
+        return token, span, time.perf_counter()
+
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        m = self.telemetry.metrics
+        svc = self.telemetry.service
+        if self.admission.draining:
+            m.rejections_total.labels(svc, "draining").inc()
+            m.streams_total.labels(svc, method, "UNAVAILABLE").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is draining; retry on another replica")
+        if self.admission.active >= self.admission.limit:
+            m.rejections_total.labels(svc, "overload").inc()
+            m.streams_total.labels(svc, method, "RESOURCE_EXHAUSTED").inc()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.admission.active} streams in flight (limit {self.admission.limit}); retry later",
+            )
+
+    async def _fail(
+        self, exc: BaseException, context: grpc.aio.ServicerContext, span: trace.Span
+    ) -> grpc.StatusCode:
+        if isinstance(exc, TalkmeshError):
+            code, details = exc.code, exc.message
+        elif isinstance(exc, grpc.aio.AioRpcError):
+            code, details = exc.code(), exc.details() or ""
+            if code == grpc.StatusCode.CANCELLED:
+                # A downstream stream was cancelled because our own caller went away.
+                code = grpc.StatusCode.CANCELLED
+        else:
+            log.exception("unhandled error in handler")
+            code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        await context.abort(code, details)
+        return code  # unreachable: abort raises
+
+    def _finish(self, method: str, code: str, token: Any, span: trace.Span, start: float) -> None:
+        svc = self.telemetry.service
+        self.telemetry.metrics.streams_total.labels(svc, method, code).inc()
+        self.telemetry.metrics.streams_active.labels(svc).dec()
+        self.admission.leave()
+        span.set_attribute("rpc.grpc.status_code_name", code)
+        if code == "CANCELLED":
+            span.set_status(Status(StatusCode.ERROR, "CANCELLED: the client cancelled the call"))
+            span.set_attribute("talkmesh.cancelled", True)
+        span.set_attribute("talkmesh.duration_seconds", time.perf_counter() - start)
+        span.end()
+        request_id_var.reset(token)
+
+    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self._admit(method, context)
+            token, span, start = self._begin(method, context)
+            self.admission.enter()
+            self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
+            code = "OK"
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    try:
+                        async for item in behavior(request, context):
+                            yield item
+                    except (asyncio.CancelledError, GeneratorExit):
+                        code = "CANCELLED"
+                        raise
+                    except grpc.aio.AbortError:
+                        code = _code_name(context, "UNKNOWN")
+                        raise
+                    except Exception as exc:
+                        code = (await self._fail(exc, context, span)).name
+            except grpc.aio.AbortError:
+                if code == "OK":
+                    code = _code_name(context, "UNKNOWN")
+                raise
+            finally:
+                self._finish(method, code, token, span, start)
+
+        return wrapper
+
+    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._admit(method, context)
+            token, span, start = self._begin(method, context)
+            self.admission.enter()
+            self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
+            code = "OK"
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    try:
+                        return await behavior(request, context)
+                    except asyncio.CancelledError:
+                        code = "CANCELLED"
+                        raise
+                    except grpc.aio.AbortError:
+                        code = _code_name(context, "UNKNOWN")
+                        raise
+                    except Exception as exc:
+                        code = (await self._fail(exc, context, span)).name
+            except grpc.aio.AbortError:
+                if code == "OK":
+                    code = _code_name(context, "UNKNOWN")
+                raise
+            finally:
+                self._finish(method, code, token, span, start)
+
+        return wrapper
+
+
+def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:
+    try:
+        code = context.code()
+    except Exception:
+        return default
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return default
+
+
+def _outgoing_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> grpc.aio.Metadata:
+    md = grpc.aio.Metadata(*(metadata or ()))
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    for k, v in carrier.items():
+        md[k] = v
+    rid = request_id_var.get()
+    if rid and REQUEST_ID_KEY not in md:
+        md[REQUEST_ID_KEY] = rid
+    return md
+
+
+def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    return grpc.aio.ClientCallDetails(
+        method=details.method,
+        timeout=details.timeout,
+        metadata=_outgoing_metadata(details.metadata),
+        credentials=details.credentials,
+        wait_for_ready=details.wait_for_ready,
+    )
+
+
+class ClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Carries the trace context and the request id to the next service in gRPC metadata."""
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_details(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_details(client_call_details), request)
+
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(_details(client_call_details), request_iterator)
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(_details(client_call_details), request_iterator)

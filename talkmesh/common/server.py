@@ -1,0 +1,147 @@
+"""Hosting a talkmesh service: grpc.aio server, health, reflection, metrics endpoint, graceful drain.
+
+A service implements ``Service`` (register its servicer, warm up, shut down); ``ServiceHost`` does
+the rest the same way for all five:
+
+* standard health checking: ``""`` and the service's own names report readiness (SERVING only after
+  ``Service.start`` finished warming up), ``"liveness"`` reports SERVING while the process is up;
+* server reflection; explicit max message sizes on both directions;
+* interceptors for request ids, admission control, metrics and tracing;
+* ``/metrics`` on ``metrics_port`` with the service's own registry;
+* graceful shutdown: readiness NOT_SERVING, new streams refused with UNAVAILABLE, streams in flight
+  finish within ``grace_seconds``, then ``server.stop``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from talkmesh.common.channel import channel_options
+from talkmesh.common.config import ServerConfig
+from talkmesh.common.interceptors import AdmissionState, ServerInterceptor
+from talkmesh.common.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+LIVENESS = "liveness"
+
+
+class Service(abc.ABC):
+    """One talkmesh service: what ``ServiceHost`` needs from it."""
+
+    #: short name used in metrics and logs ("tts", "renderer", ...)
+    name: str
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    @abc.abstractmethod
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        """Adds the servicer(s) to ``server``; returns the full gRPC service names."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Loads models and warms up. Readiness turns SERVING after this returns."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Releases resources after the server stopped."""
+
+
+class ServiceHost:
+    def __init__(self, service: Service, config: ServerConfig) -> None:
+        self.service = service
+        self.config = config
+        self.telemetry = service.telemetry
+        self.admission = AdmissionState(config.max_concurrent_streams)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = -1
+        self._metrics_server: Any = None
+        self._names: Sequence[str] = ()
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> int:
+        server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self.telemetry, self.admission)],
+            options=channel_options(self.config.max_message_bytes),
+        )
+        self._names = list(self.service.register(server))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*self._names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        await self._set_ready(False)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise RuntimeError(f"{self.service.name}: could not bind {self.config.host}:{self.config.port}")
+        await server.start()
+        self.server = server
+        if self.config.metrics_port >= 0:
+            httpd, _thread = start_http_server(
+                self.config.metrics_port, addr=self.config.host, registry=self.telemetry.metrics.registry
+            )
+            self._metrics_server = httpd
+            self.metrics_port = httpd.server_port
+        await self.service.start()
+        await self._set_ready(True)
+        log.info(
+            "%s serving on %s (metrics port %s)", self.service.name, self.address, self.metrics_port,
+            extra={"fields": {"port": self.port, "metrics_port": self.metrics_port}},
+        )
+        return self.port
+
+    async def _set_ready(self, ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self._names):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains: NOT_SERVING, refuse new streams, let streams in flight finish, then stop."""
+        if self.server is None or self._stopped.is_set():
+            return
+        grace = self.config.grace_seconds if grace is None else grace
+        await self._set_ready(False)
+        self.admission.draining = True
+        log.info("%s draining: %d stream(s) in flight, grace %.1fs", self.service.name, self.admission.active, grace)
+        drained = await self.admission.wait_idle(grace)
+        if not drained:
+            log.warning("%s: grace period over with %d stream(s) still in flight", self.service.name,
+                        self.admission.active)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(0.5 if drained else 0)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        await self.service.stop()
+        self._stopped.set()
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+    async def run_until_signal(self) -> None:
+        """Starts, then serves until SIGTERM/SIGINT, then drains (for `talkmesh serve`)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        print(f"READY {self.service.name} {self.address} metrics={self.metrics_port}", flush=True)
+        await stop.wait()
+        await self.stop()
+        self.telemetry.shutdown()

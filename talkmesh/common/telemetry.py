@@ -1,0 +1,203 @@
+"""Prometheus metrics and OpenTelemetry tracing, one ``Telemetry`` object per service instance.
+
+No global registries: each service owns a CollectorRegistry and a tracer, so five services can run
+in one test process and be scraped and traced separately. Tracing is configured by the standard
+``OTEL_*`` variables (OTLP export when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_TRACES_EXPORTER``
+is set, off otherwise); tests pass an explicit TracerProvider with an in-memory exporter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, Tracer, TracerProvider
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+import talkmesh
+
+# 1 ms .. 30 s, roughly x2 per step.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+)  # fmt: skip
+RTF_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 50.0, 100.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    stage_duration: Histogram
+    time_to_first_audio: Histogram
+    time_to_first_frame: Histogram
+    streams_active: Gauge
+    streams_total: Counter
+    rejections_total: Counter
+    frames_total: Counter
+    queue_depth: Gauge
+    realtime_factor: Histogram
+    batch_size: Histogram
+    cache_requests_total: Counter
+    backend_info: Gauge
+    build_info: Gauge
+    skipped_frames_total: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
+        reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        m = cls(
+            registry=reg,
+            stage_duration=Histogram(
+                "talkmesh_stage_duration_seconds",
+                "Time spent in one stage for one request.",
+                ["service", "stage"],
+                buckets=LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            time_to_first_audio=Histogram(
+                "talkmesh_time_to_first_audio_seconds",
+                "Request received to first audio chunk produced.",
+                ["service"],
+                buckets=LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            time_to_first_frame=Histogram(
+                "talkmesh_time_to_first_frame_seconds",
+                "Request received to first video output (gateway: first fragment sent).",
+                ["service"],
+                buckets=LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            streams_active=Gauge(
+                "talkmesh_streams_active", "RPCs in flight.", ["service"], registry=reg
+            ),
+            streams_total=Counter(
+                "talkmesh_streams_total",
+                "Finished RPCs by gRPC status code.",
+                ["service", "method", "code"],
+                registry=reg,
+            ),
+            rejections_total=Counter(
+                "talkmesh_rejections_total",
+                "Requests refused before work started, by reason.",
+                ["service", "reason"],
+                registry=reg,
+            ),
+            frames_total=Counter(
+                "talkmesh_frames_total", "Video frames produced.", ["service"], registry=reg
+            ),
+            queue_depth=Gauge(
+                "talkmesh_queue_depth", "Items waiting in a bounded queue.", ["service", "stage"],
+                registry=reg,
+            ),
+            realtime_factor=Histogram(
+                "talkmesh_realtime_factor",
+                "Media seconds produced per wall-clock second, per request.",
+                ["service"],
+                buckets=RTF_BUCKETS,
+                registry=reg,
+            ),
+            batch_size=Histogram(
+                "talkmesh_batch_size", "Frames per model batch.", ["service", "model"],
+                buckets=BATCH_BUCKETS, registry=reg,
+            ),
+            cache_requests_total=Counter(
+                "talkmesh_cache_requests_total",
+                "Cache look-ups by result (hit or miss).",
+                ["service", "cache", "result"],
+                registry=reg,
+            ),
+            backend_info=Gauge(
+                "talkmesh_backend_info",
+                "Backend in use (value 1): execution provider, encoder, TTS engine.",
+                ["service", "kind", "name"],
+                registry=reg,
+            ),
+            build_info=Gauge(
+                "talkmesh_build_info", "talkmesh version (value 1).", ["service", "version"],
+                registry=reg,
+            ),
+            skipped_frames_total=Counter(
+                "talkmesh_skipped_frames_total",
+                "Frames that skipped model inference (silence or frame skip).",
+                ["service", "reason"],
+                registry=reg,
+            ),
+        )
+        return m
+
+
+def tracer_provider_from_env(service: str) -> TracerProvider:
+    """An SDK provider exporting OTLP when the standard OTEL_* variables ask for it, else no-op."""
+    wants = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    disabled = os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
+    if disabled or wants == "none" or not (endpoint or wants in ("otlp", "console")):
+        return trace.NoOpTracerProvider()
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", f"talkmesh-{service}")})
+    provider = SdkTracerProvider(resource=resource)
+    exporter: SpanExporter
+    if wants == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+class Telemetry:
+    """Metrics and tracer of one service instance."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.service = service
+        self.metrics = Metrics.create(registry)
+        self.tracer_provider = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
+        self.tracer: Tracer = self.tracer_provider.get_tracer("talkmesh", talkmesh.__version__)
+        self.metrics.build_info.labels(service, talkmesh.__version__).set(1)
+        self.metrics.streams_active.labels(service).set(0)
+
+    @contextlib.contextmanager
+    def stage(self, stage: str, **attributes: str | int | float | bool) -> Iterator[Span]:
+        """Times a stage: a child span and an observation of talkmesh_stage_duration_seconds."""
+        start = time.perf_counter()
+        with self.tracer.start_as_current_span(f"{self.service}.{stage}", attributes=attributes) as span:
+            try:
+                yield span
+            finally:
+                self.metrics.stage_duration.labels(self.service, stage).observe(time.perf_counter() - start)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.metrics.stage_duration.labels(self.service, stage).observe(seconds)
+
+    def set_backend(self, kind: str, name: str) -> None:
+        self.metrics.backend_info.labels(self.service, kind, name).set(1)
+
+    def cache(self, cache: str, hit: bool) -> None:
+        self.metrics.cache_requests_total.labels(self.service, cache, "hit" if hit else "miss").inc()
+
+    def queue_gauge(self, stage: str) -> Gauge:
+        return self.metrics.queue_depth.labels(self.service, stage)  # type: ignore[no-any-return]
+
+    def shutdown(self) -> None:
+        shutdown = getattr(self.tracer_provider, "shutdown", None)
+        if callable(shutdown):
+            shutdown()

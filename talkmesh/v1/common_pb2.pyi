@@ -1,0 +1,149 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    DTYPE_FLOAT32: _ClassVar[DType]
+    DTYPE_FLOAT16: _ClassVar[DType]
+    DTYPE_INT16: _ClassVar[DType]
+    DTYPE_UINT8: _ClassVar[DType]
+    DTYPE_INT64: _ClassVar[DType]
+
+class Viseme(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VISEME_REST: _ClassVar[Viseme]
+    VISEME_CLOSED: _ClassVar[Viseme]
+    VISEME_OPEN: _ClassVar[Viseme]
+    VISEME_SPREAD: _ClassVar[Viseme]
+    VISEME_ROUNDED: _ClassVar[Viseme]
+    VISEME_FV: _ClassVar[Viseme]
+    VISEME_TH: _ClassVar[Viseme]
+    VISEME_SZ: _ClassVar[Viseme]
+    VISEME_L: _ClassVar[Viseme]
+    VISEME_SH: _ClassVar[Viseme]
+    VISEME_KG: _ClassVar[Viseme]
+    VISEME_TD: _ClassVar[Viseme]
+    VISEME_R: _ClassVar[Viseme]
+    VISEME_MID: _ClassVar[Viseme]
+
+class PixelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIXEL_FORMAT_UNSPECIFIED: _ClassVar[PixelFormat]
+    PIXEL_FORMAT_I420: _ClassVar[PixelFormat]
+    PIXEL_FORMAT_RGB24: _ClassVar[PixelFormat]
+DTYPE_UNSPECIFIED: DType
+DTYPE_FLOAT32: DType
+DTYPE_FLOAT16: DType
+DTYPE_INT16: DType
+DTYPE_UINT8: DType
+DTYPE_INT64: DType
+VISEME_REST: Viseme
+VISEME_CLOSED: Viseme
+VISEME_OPEN: Viseme
+VISEME_SPREAD: Viseme
+VISEME_ROUNDED: Viseme
+VISEME_FV: Viseme
+VISEME_TH: Viseme
+VISEME_SZ: Viseme
+VISEME_L: Viseme
+VISEME_SH: Viseme
+VISEME_KG: Viseme
+VISEME_TD: Viseme
+VISEME_R: Viseme
+VISEME_MID: Viseme
+PIXEL_FORMAT_UNSPECIFIED: PixelFormat
+PIXEL_FORMAT_I420: PixelFormat
+PIXEL_FORMAT_RGB24: PixelFormat
+
+class Tensor(_message.Message):
+    __slots__ = ("data", "shape", "dtype")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+
+class VisemeEvent(_message.Message):
+    __slots__ = ("viseme", "start_sample", "end_sample", "phoneme")
+    VISEME_FIELD_NUMBER: _ClassVar[int]
+    START_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    END_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    PHONEME_FIELD_NUMBER: _ClassVar[int]
+    viseme: Viseme
+    start_sample: int
+    end_sample: int
+    phoneme: str
+    def __init__(self, viseme: _Optional[_Union[Viseme, str]] = ..., start_sample: _Optional[int] = ..., end_sample: _Optional[int] = ..., phoneme: _Optional[str] = ...) -> None: ...
+
+class AudioChunk(_message.Message):
+    __slots__ = ("request_id", "seq", "end_of_stream", "sample_rate", "sample_offset", "pcm", "visemes", "segment_index")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PCM_FIELD_NUMBER: _ClassVar[int]
+    VISEMES_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    seq: int
+    end_of_stream: bool
+    sample_rate: int
+    sample_offset: int
+    pcm: bytes
+    visemes: _containers.RepeatedCompositeFieldContainer[VisemeEvent]
+    segment_index: int
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., sample_offset: _Optional[int] = ..., pcm: _Optional[bytes] = ..., visemes: _Optional[_Iterable[_Union[VisemeEvent, _Mapping]]] = ..., segment_index: _Optional[int] = ...) -> None: ...
+
+class VideoFrame(_message.Message):
+    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "width", "height", "pixel_format", "data", "part_index", "part_count", "inferred")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    PART_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PART_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INFERRED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    seq: int
+    end_of_stream: bool
+    frame_index: int
+    width: int
+    height: int
+    pixel_format: PixelFormat
+    data: bytes
+    part_index: int
+    part_count: int
+    inferred: bool
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ..., part_index: _Optional[int] = ..., part_count: _Optional[int] = ..., inferred: _Optional[bool] = ...) -> None: ...
+
+class StageTiming(_message.Message):
+    __slots__ = ("service", "stage", "seconds")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    stage: str
+    seconds: float
+    def __init__(self, service: _Optional[str] = ..., stage: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class FrameActivity(_message.Message):
+    __slots__ = ("rms_dbfs", "voiced")
+    RMS_DBFS_FIELD_NUMBER: _ClassVar[int]
+    VOICED_FIELD_NUMBER: _ClassVar[int]
+    rms_dbfs: float
+    voiced: bool
+    def __init__(self, rms_dbfs: _Optional[float] = ..., voiced: _Optional[bool] = ...) -> None: ...
