@@ -1,0 +1,106 @@
+"""Renderer configuration (defaults in config.yaml beside this file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from talkmesh.common.config import ConfigError, ServerConfig
+
+SIZE_PRESETS = ("native", "360p", "480p", "512", "720p")
+BACKENDS = ("viseme", "wav2lip", "musetalk")
+
+
+@dataclass(frozen=True)
+class AvatarConfig:
+    # Where prepared avatars are stored (content-addressed); "" means ~/.cache/talkmesh/avatars.
+    cache_dir: str = ""
+    # Prepared avatars kept in memory.
+    memory_entries: int = 8
+    # Largest accepted input, in pixels per frame and frames per video.
+    max_pixels: int = 4096 * 4096
+    max_frames: int = 750
+    max_upload_bytes: int = 200 * 1024 * 1024
+
+    def validate(self) -> None:
+        if self.memory_entries < 1:
+            raise ConfigError("avatars.memory_entries: must be at least 1")
+        if self.max_pixels < 64 * 64:
+            raise ConfigError("avatars.max_pixels: too small")
+
+
+@dataclass(frozen=True)
+class VisemeRendererConfig:
+    # Subtle idle motion (blinks, slight head motion) for still photos.
+    idle_motion: bool = True
+    # Attack / release time constants of the mouth, in milliseconds.
+    attack_ms: float = 40.0
+    release_ms: float = 90.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Wav2Lip: path of the .onnx file. MuseTalk: directory with unet.onnx, vae_encoder.onnx,
+    # vae_decoder.onnx. Empty: backend unavailable.
+    path: str = ""
+    # Run every Nth frame through the model and interpolate the mouth between (1 = off).
+    frame_skip: int = 1
+
+    def validate(self) -> None:
+        if self.frame_skip < 1:
+            raise ConfigError("frame_skip: must be at least 1")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    # Cross-session dynamic batching for the neural backends.
+    enabled: bool = True
+    max_size: int = 8
+    max_delay_ms: float = 15.0
+    # Upper bound on CPU; on GPU max_size adapts to free memory at start-up up to this.
+    max_size_gpu: int = 64
+
+    def validate(self) -> None:
+        if self.max_size < 1 or self.max_size_gpu < 1:
+            raise ConfigError("batch.max_size: must be at least 1")
+        if self.max_delay_ms < 0:
+            raise ConfigError("batch.max_delay_ms: must not be negative")
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    # ONNX Runtime execution providers in order of preference; empty = automatic
+    # (TensorRT, then CUDA, then CPU, from what the installed runtime offers).
+    providers: list[str] = field(default_factory=list)
+    fp16: bool = True
+    # TensorRT engine cache; "" means ~/.cache/talkmesh/trt.
+    trt_cache_dir: str = ""
+    intra_op_threads: int = 0
+
+
+@dataclass(frozen=True)
+class RendererConfig:
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50054, metrics_port=9104))
+    default_backend: str = "viseme"
+    default_size: str = "512"
+    default_avatar: str = "default"
+    # Backends loaded (and warmed up) at start-up.
+    backends: list[str] = field(default_factory=lambda: ["viseme"])
+    avatars: AvatarConfig = field(default_factory=AvatarConfig)
+    viseme: VisemeRendererConfig = field(default_factory=VisemeRendererConfig)
+    wav2lip: ModelConfig = field(default_factory=ModelConfig)
+    musetalk: ModelConfig = field(default_factory=ModelConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    # Frames in flight per session between the renderer and its client.
+    session_queue: int = 8
+
+    def validate(self) -> None:
+        if self.default_backend not in BACKENDS:
+            raise ConfigError(f"default_backend: {self.default_backend!r} is not one of {BACKENDS}")
+        for b in self.backends:
+            if b not in BACKENDS:
+                raise ConfigError(f"backends: {b!r} is not one of {BACKENDS}")
+        if self.default_size not in SIZE_PRESETS:
+            raise ConfigError(f"default_size: {self.default_size!r} is not one of {SIZE_PRESETS}")
+        if self.session_queue < 1:
+            raise ConfigError("session_queue: must be at least 1")

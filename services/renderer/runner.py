@@ -1,0 +1,37 @@
+"""How a session's frame jobs reach a backend: directly, or through the cross-session batcher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from services.renderer.backends.base import Avatar, FrameJob, RenderBackend
+from services.renderer.config import RendererConfig
+from talkmesh.common.telemetry import Telemetry
+
+
+class FrameRunner(Protocol):
+    async def render(self, avatar: Avatar, jobs: Sequence[FrameJob]) -> list[np.ndarray]: ...
+
+    async def close(self) -> None: ...
+
+
+class DirectRunner:
+    """Runs each call in a worker thread (the procedural backend needs no batching)."""
+
+    def __init__(self, backend: RenderBackend) -> None:
+        self.backend = backend
+
+    async def render(self, avatar: Avatar, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
+        return await asyncio.to_thread(self.backend.render, avatar, jobs)
+
+    async def close(self) -> None:
+        return None
+
+
+def make_runner(backend: RenderBackend, config: RendererConfig, telemetry: Telemetry) -> FrameRunner:
+    """The runner for ``backend``; neural backends go through the dynamic batcher when enabled."""
+    return DirectRunner(backend)
