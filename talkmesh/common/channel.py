@@ -13,7 +13,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, object]]:
     # round_robin spreads streams over every address a headless Service resolves to ("dns:///...").
-    service_config = {"loadBalancingConfig": [{"round_robin": {}}]}
+    service_config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from talkmesh.common.errors import TalkmeshError
@@ -30,7 +31,7 @@ REQUEST_ID_KEY = "x-request-id"
 _INFRA_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
-class _MetadataGetter:
+class _MetadataGetter(Getter[dict[str, str]]):
     def get(self, carrier: dict[str, str], key: str) -> list[str] | None:
         v = carrier.get(key)
         return [v] if v is not None else None
@@ -139,9 +140,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 f"{self.admission.active} streams in flight (limit {self.admission.limit}); retry later",
             )
 
-    async def _fail(
-        self, exc: BaseException, context: grpc.aio.ServicerContext, span: trace.Span
-    ) -> grpc.StatusCode:
+    async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, span: trace.Span) -> grpc.StatusCode:
         if isinstance(exc, TalkmeshError):
             code, details = exc.code, exc.message
         elif isinstance(exc, grpc.aio.AioRpcError):

@@ -101,7 +101,10 @@ class ServiceHost:
         await self.service.start()
         await self._set_ready(True)
         log.info(
-            "%s serving on %s (metrics port %s)", self.service.name, self.address, self.metrics_port,
+            "%s serving on %s (metrics port %s)",
+            self.service.name,
+            self.address,
+            self.metrics_port,
             extra={"fields": {"port": self.port, "metrics_port": self.metrics_port}},
         )
         return self.port
@@ -121,8 +124,9 @@ class ServiceHost:
         log.info("%s draining: %d stream(s) in flight, grace %.1fs", self.service.name, self.admission.active, grace)
         drained = await self.admission.wait_idle(grace)
         if not drained:
-            log.warning("%s: grace period over with %d stream(s) still in flight", self.service.name,
-                        self.admission.active)
+            log.warning(
+                "%s: grace period over with %d stream(s) still in flight", self.service.name, self.admission.active
+            )
         await self.health.enter_graceful_shutdown()
         await self.server.stop(0.5 if drained else 0)
         if self._metrics_server is not None:

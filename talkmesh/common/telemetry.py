@@ -73,9 +73,7 @@ class Metrics:
                 buckets=LATENCY_BUCKETS,
                 registry=reg,
             ),
-            streams_active=Gauge(
-                "talkmesh_streams_active", "RPCs in flight.", ["service"], registry=reg
-            ),
+            streams_active=Gauge("talkmesh_streams_active", "RPCs in flight.", ["service"], registry=reg),
             streams_total=Counter(
                 "talkmesh_streams_total",
                 "Finished RPCs by gRPC status code.",
@@ -88,11 +86,11 @@ class Metrics:
                 ["service", "reason"],
                 registry=reg,
             ),
-            frames_total=Counter(
-                "talkmesh_frames_total", "Video frames produced.", ["service"], registry=reg
-            ),
+            frames_total=Counter("talkmesh_frames_total", "Video frames produced.", ["service"], registry=reg),
             queue_depth=Gauge(
-                "talkmesh_queue_depth", "Items waiting in a bounded queue.", ["service", "stage"],
+                "talkmesh_queue_depth",
+                "Items waiting in a bounded queue.",
+                ["service", "stage"],
                 registry=reg,
             ),
             realtime_factor=Histogram(
@@ -103,8 +101,11 @@ class Metrics:
                 registry=reg,
             ),
             batch_size=Histogram(
-                "talkmesh_batch_size", "Frames per model batch.", ["service", "model"],
-                buckets=BATCH_BUCKETS, registry=reg,
+                "talkmesh_batch_size",
+                "Frames per model batch.",
+                ["service", "model"],
+                buckets=BATCH_BUCKETS,
+                registry=reg,
             ),
             cache_requests_total=Counter(
                 "talkmesh_cache_requests_total",
@@ -119,7 +120,9 @@ class Metrics:
                 registry=reg,
             ),
             build_info=Gauge(
-                "talkmesh_build_info", "talkmesh version (value 1).", ["service", "version"],
+                "talkmesh_build_info",
+                "talkmesh version (value 1).",
+                ["service", "version"],
                 registry=reg,
             ),
             skipped_frames_total=Counter(
@@ -135,9 +138,7 @@ class Metrics:
 def tracer_provider_from_env(service: str) -> TracerProvider:
     """An SDK provider exporting OTLP when the standard OTEL_* variables ask for it, else no-op."""
     wants = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    )
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     disabled = os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
     if disabled or wants == "none" or not (endpoint or wants in ("otlp", "console")):
         return trace.NoOpTracerProvider()

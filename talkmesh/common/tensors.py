@@ -7,7 +7,7 @@ import numpy as np
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.v1 import common_pb2 as pb
 
-_TO_NP = {
+_TO_NP: dict[int, np.dtype] = {
     pb.DTYPE_FLOAT32: np.dtype("<f4"),
     pb.DTYPE_FLOAT16: np.dtype("<f2"),
     pb.DTYPE_INT16: np.dtype("<i2"),
@@ -23,7 +23,7 @@ def to_tensor(array: np.ndarray) -> pb.Tensor:
     if code is None:
         raise ValueError(f"dtype {array.dtype} has no talkmesh.v1.DType")
     data = np.ascontiguousarray(array, dtype=_TO_NP[code]).tobytes()
-    return pb.Tensor(data=data, shape=list(array.shape), dtype=code)
+    return pb.Tensor(data=data, shape=list(array.shape), dtype=code)  # type: ignore[arg-type]
 
 
 def from_tensor(tensor: pb.Tensor, field: str = "tensor") -> np.ndarray:
@@ -35,7 +35,5 @@ def from_tensor(tensor: pb.Tensor, field: str = "tensor") -> np.ndarray:
         raise InvalidArgument(f"{field}.shape", f"negative dimension in {shape}")
     count = int(np.prod(shape)) if shape else 1
     if count * dt.itemsize != len(tensor.data):
-        raise InvalidArgument(
-            f"{field}.data", f"{len(tensor.data)} bytes do not match shape {shape} of {dt.name}"
-        )
+        raise InvalidArgument(f"{field}.data", f"{len(tensor.data)} bytes do not match shape {shape} of {dt.name}")
     return np.frombuffer(tensor.data, dtype=dt).reshape(shape)

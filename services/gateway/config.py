@@ -1,0 +1,35 @@
+"""Gateway configuration (defaults in config.yaml beside this file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50051, metrics_port=9101))
+    tts: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1:50052"))
+    audio_features: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1:50053"))
+    renderer: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1:50054"))
+    encoder: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1:50055"))
+    # Longest text accepted by Speak, in characters (after stripping).
+    max_text_chars: int = 5000
+    # Renderer backend when the request names none; decides the feature type asked for.
+    default_renderer_backend: str = "viseme"
+    # Messages buffered between two stages of one request (bounded queues).
+    queue_size: int = 32
+    # Deadline for a whole Speak call when the client set none, in seconds.
+    default_deadline_seconds: float = 600.0
+    fps: float = 25.0
+
+    def validate(self) -> None:
+        if self.max_text_chars < 1:
+            raise ConfigError("max_text_chars: must be at least 1")
+        if self.queue_size < 1:
+            raise ConfigError("queue_size: must be at least 1")
+        if not 1 <= self.fps <= 60:
+            raise ConfigError("fps: must be within 1..60")
+        if self.default_renderer_backend not in ("viseme", "wav2lip", "musetalk"):
+            raise ConfigError(f"default_renderer_backend: unknown backend {self.default_renderer_backend!r}")

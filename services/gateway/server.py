@@ -1,0 +1,150 @@
+"""The gateway: validates client requests, runs the Speak pipeline, proxies avatar/voice calls."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from services.gateway.config import GatewayConfig
+from services.gateway.downstream import Downstreams, GrpcDownstreams
+from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline, StageError
+from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.server import Service
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import encoder_pb2 as epb
+from talkmesh.v1 import gateway_pb2 as gpb
+from talkmesh.v1 import gateway_pb2_grpc
+from talkmesh.v1 import renderer_pb2 as rpb
+from talkmesh.v1 import tts_pb2 as tpb
+
+log = logging.getLogger(__name__)
+
+MAX_ID_CHARS = 128
+
+
+def validate_text(text: str, limit: int, field: str = "text") -> str:
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidArgument(field, "must not be empty")
+    if len(stripped) > limit:
+        raise InvalidArgument(field, f"{len(stripped)} characters exceed the limit of {limit}")
+    for ch in stripped:
+        if unicodedata.category(ch) == "Cc" and ch not in "\n\r\t":
+            raise InvalidArgument(field, f"contains the control character U+{ord(ch):04X}")
+    return stripped
+
+
+def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming: bool = False) -> None:
+    if not streaming:
+        validate_text(req.text, config.max_text_chars)
+    elif req.text:
+        raise InvalidArgument("start.text", "must be empty: send text as the following messages")
+    for name in ("request_id", "avatar_id", "voice", "session_id"):
+        value = getattr(req, name)
+        if len(value) > MAX_ID_CHARS or any(unicodedata.category(c) == "Cc" for c in value):
+            raise InvalidArgument(name, f"must be at most {MAX_ID_CHARS} printable characters")
+    backend = req.output.renderer_backend
+    if backend and backend not in FEATURE_FOR_BACKEND:
+        raise InvalidArgument("output.renderer_backend", f"{backend!r} is not one of {', '.join(FEATURE_FOR_BACKEND)}")
+    if req.output.container not in epb.Container.values():
+        raise InvalidArgument("output.container", f"unknown container {req.output.container}")
+    if req.output.audio_codec not in epb.AudioCodec.values():
+        raise InvalidArgument("output.audio_codec", f"unknown audio codec {req.output.audio_codec}")
+    if req.output.fragment_ms and not 20 <= req.output.fragment_ms <= 10_000:
+        raise InvalidArgument("output.fragment_ms", "must be 0 (default) or within 20..10000")
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, config: GatewayConfig, telemetry: Telemetry, downstreams: Downstreams) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.downstreams = downstreams
+        self.pipeline = SpeakPipeline(downstreams, config, telemetry)
+
+    def _timeout(self, context: Any) -> float:
+        remaining = context.time_remaining()
+        return self.config.default_deadline_seconds if remaining is None else remaining
+
+    async def Speak(self, request: gpb.SpeakRequest, context: Any) -> AsyncIterator[gpb.SpeakChunk]:
+        validate_request(request, self.config)
+        rid = request.request_id or uuid.uuid4().hex
+        async for chunk in self.pipeline.run(request, rid, self._timeout(context)):
+            yield chunk
+
+    async def SpeakStream(
+        self, request_iterator: AsyncIterator[gpb.SpeakStreamRequest], context: Any
+    ) -> AsyncIterator[gpb.SpeakChunk]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise InvalidArgument("start", "the first message must carry the request (start)")
+        validate_request(first.start, self.config, streaming=True)
+        rid = first.start.request_id or uuid.uuid4().hex
+        limit = self.config.max_text_chars
+
+        async def pieces() -> AsyncIterator[str]:
+            total = 0
+            async for msg in request_iterator:
+                if msg.WhichOneof("kind") != "text":
+                    raise InvalidArgument("start", "only the first message may carry the request")
+                total += len(msg.text)
+                if total > limit:
+                    raise InvalidArgument("text", f"streamed text exceeds the limit of {limit} characters")
+                yield msg.text
+
+        async for chunk in self.pipeline.run(first.start, rid, self._timeout(context), text_pieces=pieces()):
+            yield chunk
+
+    # -- proxies to the owning services ----------------------------------------------------
+    def _grpc(self) -> GrpcDownstreams:
+        assert isinstance(self.downstreams, GrpcDownstreams)
+        return self.downstreams
+
+    async def _proxy(self, stage: str, call: Any) -> Any:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise StageError(stage, exc) from exc
+
+    async def ListVoices(self, request: tpb.ListVoicesRequest, context: Any) -> tpb.ListVoicesResponse:
+        ds = self._grpc()
+        return await self._proxy("tts", ds.tts.ListVoices(request, timeout=self.config.tts.timeout_seconds))
+
+    async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
+        ds = self._grpc()
+        return await self._proxy(
+            "renderer", ds.renderer.ListAvatars(request, timeout=self.config.renderer.timeout_seconds)
+        )
+
+    async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
+        ds = self._grpc()
+        return await self._proxy(
+            "renderer", ds.renderer.RegisterAvatar(request_iterator, timeout=self._timeout(context))
+        )
+
+    async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
+        ds = self._grpc()
+        return await self._proxy(
+            "renderer", ds.renderer.DeleteAvatar(request, timeout=self.config.renderer.timeout_seconds)
+        )
+
+
+class GatewayService(Service):
+    name = "gateway"
+
+    def __init__(self, config: GatewayConfig, telemetry: Telemetry, downstreams: Downstreams | None = None) -> None:
+        super().__init__(telemetry)
+        self.config = config
+        self.downstreams: Downstreams = downstreams or GrpcDownstreams(config)
+        self.servicer = GatewayServicer(config, telemetry, self.downstreams)
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        gateway_pb2_grpc.add_GatewayServicer_to_server(self.servicer, server)
+        return [gpb.DESCRIPTOR.services_by_name["Gateway"].full_name]
+
+    async def stop(self) -> None:
+        await self.downstreams.close()
