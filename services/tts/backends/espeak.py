@@ -1,0 +1,46 @@
+"""The embedded eSpeak NG backend: streams audio straight from eSpeak's synth callback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from services.tts.backends.base import TTSBackend, VoiceInfo, VoiceSettings
+from services.tts.engine import (
+    PITCH_DEFAULT,
+    RATE_DEFAULT_WPM,
+    RATE_MAX_WPM,
+    RATE_MIN_WPM,
+    VOLUME_DEFAULT,
+    EspeakEngine,
+    EspeakParams,
+    PcmBlock,
+)
+
+
+def espeak_params(voice: str, settings: VoiceSettings) -> EspeakParams:
+    """Maps multiples onto eSpeak's units, clamped to what eSpeak accepts (80..450 wpm, pitch 0..100)."""
+    return EspeakParams(
+        voice=voice,
+        rate_wpm=min(RATE_MAX_WPM, max(RATE_MIN_WPM, round(RATE_DEFAULT_WPM * settings.rate))),
+        pitch=min(100, max(0, round(PITCH_DEFAULT * settings.pitch))),
+        volume=min(200, max(0, round(VOLUME_DEFAULT * settings.volume))),
+    )
+
+
+class EspeakBackend(TTSBackend):
+    engine = "espeak"
+
+    def __init__(self, engine: EspeakEngine) -> None:
+        super().__init__()
+        self._engine = engine
+
+    async def start(self) -> None:
+        for v in self._engine.voices:
+            self._voices[v.language] = VoiceInfo(
+                id=f"espeak:{v.language}", name=v.name, language=v.language, engine=self.engine,
+                sample_rate=self._engine.sample_rate,
+            )
+
+    async def synthesize(self, text: str, voice: VoiceInfo, settings: VoiceSettings) -> AsyncGenerator[PcmBlock, None]:
+        async for block in self._engine.synthesize(text, espeak_params(voice.language, settings)):
+            yield block

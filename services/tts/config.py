@@ -1,0 +1,82 @@
+"""TTS service configuration (defaults in config.yaml beside this file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from talkmesh.common.config import ConfigError, ServerConfig
+
+
+@dataclass(frozen=True)
+class EspeakConfig:
+    # Library and data directory of eSpeak NG; "" uses the ones shipped in the espeakng-loader wheel.
+    library_path: str = ""
+    data_path: str = ""
+    # Length of the buffers eSpeak hands to the synth callback, in milliseconds (latency vs overhead).
+    buffer_ms: int = 20
+
+    def validate(self) -> None:
+        if not 5 <= self.buffer_ms <= 1000:
+            raise ConfigError("espeak.buffer_ms: must be between 5 and 1000")
+
+
+@dataclass(frozen=True)
+class PiperConfig:
+    # Directory holding Piper voices as <name>.onnx + <name>.onnx.json; "" disables Piper voices.
+    voices_dir: str = ""
+    # Silence appended after each sentence (not after clauses inside a sentence), in milliseconds.
+    sentence_silence_ms: int = 0
+    # Linear fade at both ends of each synthesized clause, in milliseconds (no clicks at joins).
+    fade_ms: float = 2.0
+    # ONNX Runtime threads per session (0 = ONNX Runtime's default).
+    intra_op_threads: int = 1
+
+    def validate(self) -> None:
+        if self.sentence_silence_ms < 0:
+            raise ConfigError("piper.sentence_silence_ms: must not be negative")
+        if not 0 <= self.fade_ms <= 50:
+            raise ConfigError("piper.fade_ms: must be between 0 and 50")
+        if self.intra_op_threads < 0:
+            raise ConfigError("piper.intra_op_threads: must not be negative")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    # In-memory LRU of finished utterances keyed by (text, voice, settings); 0 entries disables it.
+    max_entries: int = 128
+    max_bytes: int = 64 * 1024 * 1024
+
+    def validate(self) -> None:
+        if self.max_entries < 0 or self.max_bytes < 0:
+            raise ConfigError("cache: max_entries and max_bytes must not be negative")
+
+
+@dataclass(frozen=True)
+class TTSConfig:
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50052, metrics_port=9102))
+    default_voice: str = "espeak:en-us"
+    # Longest accepted text (Synthesize) or total of all pieces (SynthesizeStream), in characters.
+    max_text_chars: int = 5000
+    # Target chunk duration; requests may ask for another one within [min_chunk_ms, max_chunk_ms].
+    chunk_ms: int = 40
+    min_chunk_ms: int = 5
+    max_chunk_ms: int = 1000
+    # Longest clause synthesized in one piece; longer runs without punctuation are cut at a space.
+    max_segment_chars: int = 300
+    # Complete clauses waiting for synthesis in a SynthesizeStream (back-pressure on the client).
+    stream_queue_segments: int = 16
+    espeak: EspeakConfig = field(default_factory=EspeakConfig)
+    piper: PiperConfig = field(default_factory=PiperConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def validate(self) -> None:
+        if ":" not in self.default_voice:
+            raise ConfigError("default_voice: must look like 'espeak:<name>' or 'piper:<name>'")
+        if self.max_text_chars < 1:
+            raise ConfigError("max_text_chars: must be at least 1")
+        if not 1 <= self.min_chunk_ms <= self.chunk_ms <= self.max_chunk_ms:
+            raise ConfigError("chunk_ms: must satisfy 1 <= min_chunk_ms <= chunk_ms <= max_chunk_ms")
+        if self.max_segment_chars < 20:
+            raise ConfigError("max_segment_chars: must be at least 20")
+        if self.stream_queue_segments < 1:
+            raise ConfigError("stream_queue_segments: must be at least 1")

@@ -1,0 +1,114 @@
+# ruff: noqa: RUF001 - CJK punctuation is meant literally
+"""Text checks and splitting into clauses (the unit of synthesis and of streaming).
+
+A clause ends at sentence punctuation (. ! ? … and their CJK forms), at clause punctuation
+(, ; : and the CJK comma), or at a line break, and is confirmed by the whitespace that follows: in
+streamed input "3." may still become "3.5", so a trailing mark waits for the next character (or the
+end of the text). Common abbreviations ("Dr.", "e.g.") and single-letter initials do not end a
+sentence. A run longer than ``max_chars`` without punctuation is cut at its last space.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from talkmesh.common.errors import InvalidArgument
+
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+SENTENCE_END = frozenset(".!?…。！？")
+CLAUSE_END = frozenset(",;:，；：、")
+_CLOSERS = frozenset("\"')]}»”’")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e cf approx no fig inc ltd co mt ft".split()
+)
+_WORD_BEFORE = re.compile(r"([\w.]+)$")
+
+
+def check_text(text: str, field: str, max_chars: int, *, allow_empty: bool = False) -> None:
+    """Raises InvalidArgument naming ``field`` for empty, overlong or control-character text."""
+    if not allow_empty and not text.strip():
+        raise InvalidArgument(field, "must not be empty")
+    if len(text) > max_chars:
+        raise InvalidArgument(field, f"{len(text)} characters is over the limit of {max_chars}")
+    for i, ch in enumerate(text):
+        cat = unicodedata.category(ch)
+        if (cat == "Cc" and ch not in _ALLOWED_CONTROLS) or cat == "Cs":
+            raise InvalidArgument(field, f"control character U+{ord(ch):04X} at position {i}")
+
+
+def is_sentence_end(segment: str) -> bool:
+    s = segment.rstrip().rstrip("".join(_CLOSERS))
+    return bool(s) and s[-1] in SENTENCE_END
+
+
+class ClauseSplitter:
+    """Incremental splitter: ``push`` text as it arrives, get complete clauses back; ``flush`` at end."""
+
+    def __init__(self, max_chars: int = 300) -> None:
+        self.max_chars = max_chars
+        self._buf = ""
+
+    def push(self, text: str) -> list[str]:
+        self._buf += text
+        out: list[str] = []
+        while True:
+            cut = self._find_boundary(self._buf)
+            if cut is None:
+                break
+            seg, self._buf = self._buf[:cut].strip(), self._buf[cut:].lstrip()
+            if seg:
+                out.append(seg)
+        return out
+
+    def flush(self) -> list[str]:
+        rest, self._buf = self._buf.strip(), ""
+        out: list[str] = []
+        while len(rest) > self.max_chars:
+            cut = self._long_cut(rest)
+            out.append(rest[:cut].strip())
+            rest = rest[cut:].strip()
+        if rest:
+            out.append(rest)
+        return [s for s in out if s]
+
+    def _find_boundary(self, buf: str) -> int | None:
+        """Index just past the clause's last character, if a confirmed boundary exists."""
+        n = len(buf)
+        for i, ch in enumerate(buf):
+            if i >= self.max_chars:
+                return self._long_cut(buf)
+            if ch == "\n":
+                return i + 1
+            if ch not in SENTENCE_END and ch not in CLAUSE_END:
+                continue
+            j = i + 1
+            while j < n and (buf[j] in _CLOSERS or buf[j] in SENTENCE_END):
+                j += 1
+            if j >= n:
+                return None  # not confirmed yet: the next character decides
+            if not buf[j].isspace() and ch not in "。！？，；：、":
+                continue  # "3.5", "a,b", "e.g"
+            if ch == "." and self._is_abbreviation(buf[:i]):
+                continue
+            return j
+        return None
+
+    def _long_cut(self, buf: str) -> int:
+        space = buf.rfind(" ", 0, self.max_chars)
+        return space if space > 0 else self.max_chars
+
+    @staticmethod
+    def _is_abbreviation(before: str) -> bool:
+        m = _WORD_BEFORE.search(before)
+        if not m:
+            return False
+        word = m.group(1).lower()
+        if len(word) == 1 and word.isalpha() and before[-1].isupper():
+            return True  # an initial: "J. Smith"
+        return word in _ABBREVIATIONS
+
+
+def split_clauses(text: str, max_chars: int = 300) -> list[str]:
+    splitter = ClauseSplitter(max_chars)
+    return splitter.push(text) + splitter.flush()
