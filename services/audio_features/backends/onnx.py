@@ -1,0 +1,87 @@
+"""Whisper encoder exported to ONNX by ``tools/export_whisper_encoder.py``, run by ONNX Runtime.
+
+The model has one input ``input_features`` ``[batch, 80, frames]`` and one output
+``hidden_states`` ``[batch, layers, frames / 2, width]`` (embedding output, then every layer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from services.audio_features.backends.base import WhisperEncoder
+from services.audio_features.config import WhisperEncoderConfig
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input_features"
+OUTPUT_NAME = "hidden_states"
+
+
+def choose_providers(preferred: Sequence[str], available: Sequence[str] | None = None) -> list[str]:
+    """Execution providers to use: the configured ones that this ONNX Runtime offers (in order), or
+    CUDA when offered, then CPU. Raises ``ValueError`` when none of the configured ones exists."""
+    offered = list(ort.get_available_providers() if available is None else available)
+    if preferred:
+        chosen = [p for p in preferred if p in offered]
+        if not chosen:
+            raise ValueError(f"whisper_encoder.providers: none of {list(preferred)} available (have {offered})")
+        return chosen
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in offered]
+
+
+def _static(dim: object, what: str) -> int:
+    if not isinstance(dim, int) or dim <= 0:
+        raise ValueError(f"whisper encoder: {what} must be a static dimension, got {dim!r}")
+    return dim
+
+
+class OnnxWhisperEncoder(WhisperEncoder):
+    def __init__(self, config: WhisperEncoderConfig) -> None:
+        path = Path(os.path.expanduser(config.path))
+        if not path.is_file():
+            raise FileNotFoundError(f"whisper_encoder.path: {path} is not a file")
+        options = ort.SessionOptions()
+        if config.intra_op_threads > 0:
+            options.intra_op_num_threads = config.intra_op_threads
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=choose_providers(config.providers)
+        )
+        self.provider = self.session.get_providers()[0]
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+            raise ValueError(
+                f"whisper_encoder.path: {path} needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r} "
+                f"(export it with tools/export_whisper_encoder.py); has {list(inputs)} -> {list(outputs)}"
+            )
+        in_shape = inputs[INPUT_NAME].shape
+        out_shape = outputs[OUTPUT_NAME].shape
+        if len(in_shape) != 3 or len(out_shape) != 4:
+            raise ValueError(f"whisper_encoder.path: unexpected shapes {in_shape} -> {out_shape}")
+        if _static(in_shape[1], "mel bins") != 80:
+            raise ValueError(f"whisper_encoder.path: expects {in_shape[1]} mel bins, the front end makes 80")
+        self.input_frames = _static(in_shape[2], "input frames")
+        self.layers = _static(out_shape[1], "layers")
+        self.width = _static(out_shape[3], "width")
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        self.name = f"{path.stem}-{digest.hexdigest()[:12]}"
+        log.info(
+            "whisper encoder %s on %s: %d frames in, %d layers x %d wide",
+            path, self.provider, self.input_frames, self.layers, self.width,
+        )
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        if mel.ndim != 3 or mel.shape[1:] != (80, self.input_frames):
+            raise ValueError(f"mel must be [B, 80, {self.input_frames}], got {list(mel.shape)}")
+        (hidden,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(mel, dtype=np.float32)})
+        return np.asarray(hidden, dtype=np.float32)

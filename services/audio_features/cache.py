@@ -1,0 +1,62 @@
+"""A bounded, content-addressed cache of Whisper-encoder blocks.
+
+The encoder is the only expensive step (the mel front ends run hundreds of times faster than real
+time, hashing their input would cost about as much as computing them). A block's hidden states depend
+only on the block's audio clip and where the block sits in it, so they are keyed by a hash of exactly
+that: a repeated phrase (the same greeting, a retried utterance) skips the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+
+
+class BlockCache:
+    """LRU bounded by bytes. Thread-safe (extractors run in worker threads)."""
+
+    def __init__(self, max_bytes: int, namespace: str, on_lookup: Callable[[bool], None] | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.namespace = namespace
+        self.bytes = 0
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._on_lookup = on_lookup
+
+    def key(self, clip: np.ndarray, offset: int, count: int) -> str:
+        h = hashlib.sha256(self.namespace.encode())
+        h.update(np.asarray([offset, count, len(clip)], dtype="<i8").tobytes())
+        h.update(np.ascontiguousarray(clip, dtype="<f4").tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+        if self._on_lookup is not None:
+            self._on_lookup(value is not None)
+        return value
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        size = value.nbytes
+        if size > self.max_bytes:
+            return
+        value = value.copy()
+        value.setflags(write=False)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old.nbytes
+            self._items[key] = value
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.bytes -= evicted.nbytes
+
+    def __len__(self) -> int:
+        return len(self._items)

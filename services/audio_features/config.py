@@ -1,0 +1,77 @@
+"""Audio features configuration (defaults in config.yaml beside this file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from talkmesh.common.config import ConfigError, ServerConfig
+
+RESAMPLE_QUALITIES = ("LQ", "MQ", "HQ", "VHQ")
+ENCODER_BACKENDS = ("onnx",)
+
+
+@dataclass(frozen=True)
+class WhisperEncoderConfig:
+    # ONNX file written by tools/export_whisper_encoder.py; empty: WHISPER_EMBEDDING unavailable.
+    path: str = ""
+    backend: str = "onnx"
+    # ONNX Runtime execution providers in order of preference; empty = CUDA if offered, else CPU.
+    providers: list[str] = field(default_factory=list)
+    intra_op_threads: int = 0
+    # The encoder runs once per block of audio, on the block plus context, zero-padded to its 30 s
+    # window. Look-ahead ~ block + right context; block 30 s with no context is MuseTalk's offline
+    # recipe. Multiples of 20 ms (one Whisper frame).
+    block_seconds: float = 1.0
+    left_context_seconds: float = 1.0
+    right_context_seconds: float = 0.5
+
+    def validate(self) -> None:
+        if self.backend not in ENCODER_BACKENDS:
+            raise ConfigError(f"whisper_encoder.backend: {self.backend!r} is not one of {ENCODER_BACKENDS}")
+        if self.intra_op_threads < 0:
+            raise ConfigError("whisper_encoder.intra_op_threads: must not be negative")
+        if self.block_frames < 1:
+            raise ConfigError("whisper_encoder.block_seconds: must be at least 0.02 (one Whisper frame)")
+        if self.left_context_seconds < 0 or self.right_context_seconds < 0:
+            raise ConfigError("whisper_encoder.*_context_seconds: must not be negative")
+        if self.block_frames + self.left_frames + self.right_frames > 1500:
+            raise ConfigError("whisper_encoder: block + contexts must fit the encoder's 30 s window")
+
+    @property
+    def block_frames(self) -> int:
+        return round(self.block_seconds * 50)
+
+    @property
+    def left_frames(self) -> int:
+        return round(self.left_context_seconds * 50)
+
+    @property
+    def right_frames(self) -> int:
+        return round(self.right_context_seconds * 50)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    # Bytes of encoder hidden states kept for repeated audio; 0 disables the cache.
+    max_bytes: int = 64 * 1024 * 1024
+
+    def validate(self) -> None:
+        if self.max_bytes < 0:
+            raise ConfigError("cache.max_bytes: must not be negative")
+
+
+@dataclass(frozen=True)
+class AudioFeaturesConfig:
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50053, metrics_port=9103))
+    # A frame is voiced when its RMS level is above this (dB full scale).
+    voiced_threshold_dbfs: float = -45.0
+    # soxr quality of the resampling to 16 kHz (HQ is what librosa uses by default).
+    resample_quality: str = "HQ"
+    whisper_encoder: WhisperEncoderConfig = field(default_factory=WhisperEncoderConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def validate(self) -> None:
+        if not -120.0 <= self.voiced_threshold_dbfs <= 0.0:
+            raise ConfigError("voiced_threshold_dbfs: must be within [-120, 0]")
+        if self.resample_quality not in RESAMPLE_QUALITIES:
+            raise ConfigError(f"resample_quality: {self.resample_quality!r} is not one of {RESAMPLE_QUALITIES}")

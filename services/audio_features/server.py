@@ -1,0 +1,262 @@
+"""The AudioFeatures gRPC service: PCM in, one FeatureChunk per video frame out.
+
+Stream protocol (``Extract``, bidirectional):
+
+* request 1: ``config`` (feature type, fps; 0 selects 25);
+* then ``audio`` chunks: PCM s16le mono at 16000, 22050, 24000, 44100 or 48000 Hz, one rate per
+  stream, ``sample_offset`` continuous (visemes are ignored here);
+* then a request with ``end_of_stream=True`` (it may carry the last audio chunk too). A client that
+  half-closes without it is treated as if it had sent it.
+
+Responses: one ``FeatureChunk`` per video frame, in frame order, as soon as the audio the frame
+depends on has arrived (see ``streaming.py`` for the look-ahead of each type), then a final message
+with ``end_of_stream=True``, ``frame_count = ceil(source_samples * fps / sample_rate)`` and
+``frame_index = frame_count`` (it carries no frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from opentelemetry import trace
+
+from services.audio_features.backends import create_encoder
+from services.audio_features.backends.base import WhisperEncoder
+from services.audio_features.cache import BlockCache
+from services.audio_features.config import AudioFeaturesConfig
+from services.audio_features.streaming import (
+    SUPPORTED_SAMPLE_RATES,
+    EmbeddingGeometry,
+    FeatureKind,
+    FeatureStream,
+    Frame,
+    StreamOptions,
+    fps_fraction,
+    pcm_to_float,
+)
+from talkmesh.common.errors import FailedPrecondition, InvalidArgument
+from talkmesh.common.logs import request_id_var
+from talkmesh.common.server import Service
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.tensors import to_tensor
+from talkmesh.v1 import audio_features_pb2 as pb
+from talkmesh.v1 import audio_features_pb2_grpc as pb_grpc
+from talkmesh.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "talkmesh.v1.AudioFeatures"
+DEFAULT_FPS = 25.0
+MAX_FPS = 60.0
+
+KINDS = {
+    pb.FEATURE_TYPE_WHISPER_LOG_MEL: FeatureKind.WHISPER_LOG_MEL,
+    pb.FEATURE_TYPE_WAV2LIP_MEL: FeatureKind.WAV2LIP_MEL,
+    pb.FEATURE_TYPE_WHISPER_EMBEDDING: FeatureKind.WHISPER_EMBEDDING,
+    pb.FEATURE_TYPE_ACTIVITY: FeatureKind.ACTIVITY,
+}
+
+
+class _Request:
+    """Per-stream state: the validated config, the pipeline (created at the first audio chunk)."""
+
+    def __init__(self, kind: str, fps: float, request_id: str) -> None:
+        self.kind = kind
+        self.fps = fps
+        self.request_id = request_id
+        self.stream: FeatureStream | None = None
+        self.sample_rate = 0
+        self.seq = 0
+        self.compute_seconds = 0.0
+
+
+class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
+    def __init__(self, service: AudioFeaturesService) -> None:
+        self.service = service
+
+    async def Extract(
+        self, request_iterator: AsyncIterator[pb.FeatureRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FeatureChunk]:
+        started = time.perf_counter()
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None:
+            raise InvalidArgument("config", "empty stream: the first FeatureRequest must carry config")
+        if first.WhichOneof("kind") != "config":
+            raise InvalidArgument("config", "the first FeatureRequest must carry config")
+        req = self._open(first)
+        telemetry = self.service.telemetry
+        first_frame = True
+        ended = first.end_of_stream
+        while not ended:
+            message = await anext(requests, None)
+            if message is None:  # half-closed without end_of_stream: treat as the end
+                break
+            kind = message.WhichOneof("kind")
+            if kind == "config":
+                raise InvalidArgument("config", "sent twice: only the first FeatureRequest carries config")
+            if kind == "audio":
+                for frame in await self._push(req, message.audio):
+                    if first_frame:
+                        first_frame = False
+                        telemetry.metrics.time_to_first_frame.labels(telemetry.service).observe(
+                            time.perf_counter() - started
+                        )
+                        trace.get_current_span().add_event("first_frame")
+                    yield self._chunk(req, frame)
+            ended = message.end_of_stream
+        for frame in await self._finish(req):
+            yield self._chunk(req, frame)
+        count = req.stream.frame_count if req.stream is not None else 0
+        telemetry.metrics.frames_total.labels(telemetry.service).inc(count)
+        telemetry.observe_stage("extract", req.compute_seconds)
+        wall = time.perf_counter() - started
+        if req.stream is not None and wall > 0:
+            audio_seconds = req.stream.source_samples / req.sample_rate
+            telemetry.metrics.realtime_factor.labels(telemetry.service).observe(audio_seconds / wall)
+        yield pb.FeatureChunk(
+            request_id=req.request_id, seq=req.seq, end_of_stream=True, frame_index=count, frame_count=count
+        )
+
+    # -- steps --------------------------------------------------------------------------------------
+    def _open(self, first: pb.FeatureRequest) -> _Request:
+        cfg = first.config
+        kind = KINDS.get(cfg.feature_type)
+        if kind is None:
+            raise InvalidArgument(
+                "config.feature_type", f"{cfg.feature_type} is not one of {sorted(pb.FeatureType.keys())[1:]}"
+            )
+        if kind == FeatureKind.WHISPER_EMBEDDING and self.service.encoder is None:
+            raise FailedPrecondition(
+                "config.feature_type: WHISPER_EMBEDDING needs a Whisper encoder; set whisper_encoder.path "
+                "in the audio_features config (tools/export_whisper_encoder.py makes one)"
+            )
+        fps = float(cfg.fps) or DEFAULT_FPS
+        if not math.isfinite(fps) or not 0 < fps <= MAX_FPS:
+            raise InvalidArgument("config.fps", f"{cfg.fps} is not within (0, {MAX_FPS:g}] (0 selects 25)")
+        request_id = cfg.request_id or first.request_id or request_id_var.get()
+        return _Request(kind, fps, request_id)
+
+    def _stream(self, req: _Request, sample_rate: int) -> FeatureStream:
+        svc = self.service
+        options = StreamOptions(
+            kind=req.kind,
+            fps=fps_fraction(req.fps),
+            sample_rate=sample_rate,
+            voiced_threshold_dbfs=svc.config.voiced_threshold_dbfs,
+            resample_quality=svc.config.resample_quality,
+        )
+        return FeatureStream(options, svc.encoder, svc.geometry, svc.cache)
+
+    def _validate(self, req: _Request, audio: common_pb2.AudioChunk) -> np.ndarray:
+        if len(audio.pcm) % 2:
+            raise InvalidArgument("audio.pcm", f"{len(audio.pcm)} bytes is not a whole number of s16le samples")
+        if audio.sample_rate not in SUPPORTED_SAMPLE_RATES:
+            if not audio.pcm and audio.sample_rate == 0:
+                return np.zeros(0, dtype=np.float32)  # an empty marker chunk
+            raise InvalidArgument(
+                "audio.sample_rate", f"{audio.sample_rate} Hz is not supported (one of {SUPPORTED_SAMPLE_RATES})"
+            )
+        if req.stream is None:
+            req.sample_rate = audio.sample_rate
+            req.stream = self._stream(req, audio.sample_rate)
+        elif audio.sample_rate != req.sample_rate:
+            raise InvalidArgument(
+                "audio.sample_rate", f"changed from {req.sample_rate} to {audio.sample_rate} Hz mid-stream"
+            )
+        expected = req.stream.source_samples
+        if audio.sample_offset != expected:
+            raise InvalidArgument(
+                "audio.sample_offset",
+                f"expected {expected} (continuous with the previous chunk), got {audio.sample_offset}: "
+                "chunks out of order, missing or repeated",
+            )
+        return pcm_to_float(audio.pcm)
+
+    async def _push(self, req: _Request, audio: common_pb2.AudioChunk) -> list[Frame]:
+        samples = self._validate(req, audio)
+        if req.stream is None or len(samples) == 0:
+            return []
+        return await self._run(req, req.stream.push, samples)
+
+    async def _finish(self, req: _Request) -> list[Frame]:
+        if req.stream is None:
+            return []
+        return await self._run(req, req.stream.finish)
+
+    async def _run(self, req: _Request, fn: Callable[..., list[Frame]], *args: Any) -> list[Frame]:
+        start = time.perf_counter()
+        try:
+            if req.kind == FeatureKind.ACTIVITY:
+                result: list[Frame] = fn(*args)  # microseconds of numpy: cheaper than a thread hop
+            else:
+                result = await asyncio.to_thread(fn, *args)
+        finally:
+            req.compute_seconds += time.perf_counter() - start
+        return result
+
+    def _chunk(self, req: _Request, frame: Frame) -> pb.FeatureChunk:
+        msg = pb.FeatureChunk(
+            request_id=req.request_id,
+            seq=req.seq,
+            frame_index=frame.index,
+            activity=common_pb2.FrameActivity(rms_dbfs=frame.rms_dbfs, voiced=frame.voiced),
+        )
+        if frame.features is not None:
+            msg.features.CopyFrom(to_tensor(frame.features))
+        req.seq += 1
+        return msg
+
+
+class AudioFeaturesService(Service):
+    name = "audio_features"
+
+    def __init__(
+        self, config: AudioFeaturesConfig, telemetry: Telemetry, encoder: WhisperEncoder | None = None
+    ) -> None:
+        """``encoder`` overrides the configured backend (tests, benchmarks)."""
+        super().__init__(telemetry)
+        self.config = config
+        self.encoder = encoder
+        self.geometry: EmbeddingGeometry | None = None
+        self.cache: BlockCache | None = None
+        if encoder is not None:
+            self._prepare_encoder(encoder)
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        pb_grpc.add_AudioFeaturesServicer_to_server(AudioFeaturesServicer(self), server)
+        return [SERVICE_NAME]
+
+    def _prepare_encoder(self, encoder: WhisperEncoder) -> None:
+        cfg = self.config.whisper_encoder
+        geometry = EmbeddingGeometry(cfg.block_frames, cfg.left_frames, cfg.right_frames, encoder.output_frames)
+        try:
+            geometry.validate()
+        except ValueError as exc:
+            raise ValueError(f"whisper_encoder.block_seconds/*_context_seconds: {exc}") from exc
+        self.geometry = geometry
+        if self.config.cache.max_bytes > 0:
+            telemetry = self.telemetry
+            self.cache = BlockCache(
+                self.config.cache.max_bytes,
+                namespace=f"{encoder.name}/{encoder.input_frames}",
+                on_lookup=lambda hit: telemetry.cache("whisper_encoder", hit),
+            )
+
+    async def start(self) -> None:
+        if self.encoder is None and self.config.whisper_encoder.path:
+            self.encoder = await asyncio.to_thread(create_encoder, self.config.whisper_encoder)
+            self._prepare_encoder(self.encoder)
+        if self.encoder is not None:
+            encoder = self.encoder
+            warm = np.full((1, 80, encoder.input_frames), -1.5, dtype=np.float32)
+            await asyncio.to_thread(encoder.encode, warm)
+            self.telemetry.set_backend("execution_provider", encoder.provider or "none")
+            self.telemetry.set_backend("whisper_encoder", encoder.name)

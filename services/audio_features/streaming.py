@@ -1,0 +1,537 @@
+"""Streaming feature extraction: audio in, per-video-frame features out, as early as possible.
+
+``FeatureStream`` is the whole per-request pipeline (blocking; the servicer runs it in a thread):
+
+    source PCM ──▶ ActivityMeter (source clock, zero look-ahead)
+        └──────▶ Resampler (soxr, to 16 kHz) ──▶ tensor extractor (Whisper log-mel | Wav2Lip mel |
+                                                                   Whisper-encoder embedding)
+
+``push`` returns the frames whose inputs are complete; ``finish`` flushes the rest, so that exactly
+``frame_count = ceil(source_samples * fps / sr)`` frames come out, in order. Every step depends only
+on sample positions, never on how the audio was chunked, so streamed output equals offline output
+(``extract_offline``) for the same audio.
+
+Clocks: video frame ``i`` covers source samples ``[i*sr//fps, (i+1)*sr//fps)`` and 16 kHz samples
+``[i*16000//fps, (i+1)*16000//fps)`` (exact rational arithmetic, so 29.97 fps works too).
+
+Streaming Whisper log-mel clamp: the reference clamps every column to ``max - 8`` where ``max`` is
+the maximum over the *whole* input, which a stream does not know yet. The stream clamps the columns
+of frame ``i`` against the running maximum ``R_i`` over all columns of frames ``0..i`` (no extra
+look-ahead). Values at or above ``max - 8`` are identical; a value below it differs from the reference
+by at most ``(max - R_i) / 4`` on the output scale, and not at all once the loudest column has
+arrived (``R_i == max``). In speech this only touches quiet columns (silence, weak high bins)
+before the first loud syllable; ``tests/audio_features/test_reference.py`` checks the bound.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import soxr
+
+from services.audio_features import dsp
+from services.audio_features.backends.base import WhisperEncoder
+from services.audio_features.cache import BlockCache
+
+SUPPORTED_SAMPLE_RATES = (16000, 22050, 24000, 44100, 48000)
+SR16 = dsp.SAMPLE_RATE
+
+
+def fps_fraction(fps: float) -> Fraction:
+    """Frame rate as an exact fraction (29.97 -> 2997/100, 30000/1001 stays close to NTSC)."""
+    return Fraction(fps).limit_denominator(1001)
+
+
+def frame_start(i: int, rate: int, fps: Fraction) -> int:
+    """First sample of video frame ``i`` at ``rate``: ``floor(i * rate / fps)``."""
+    return (i * rate * fps.denominator) // fps.numerator
+
+
+def frame_count(samples: int, rate: int, fps: Fraction) -> int:
+    """``ceil(samples * fps / rate)``."""
+    return -((-samples * fps.numerator) // (rate * fps.denominator))
+
+
+@dataclass
+class Frame:
+    index: int
+    rms_dbfs: float
+    voiced: bool
+    features: np.ndarray | None = None
+
+
+# -- resampling -----------------------------------------------------------------------------------
+class Resampler:
+    """Streaming resampler to 16 kHz. soxr keeps its filter state across chunks, its output does not
+    depend on the chunking, and after the final flush the total is ``round(n_in * 16000 / sr)``: no
+    drift however long the stream."""
+
+    def __init__(self, sample_rate: int, quality: str = "HQ") -> None:
+        self.sample_rate = sample_rate
+        self._stream = (
+            None if sample_rate == SR16 else soxr.ResampleStream(sample_rate, SR16, 1, dtype="float32",
+                                                                  quality=quality)
+        )
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        if self._stream is None:
+            return x
+        return self._stream.resample_chunk(x.astype(np.float32, copy=False))
+
+    def finish(self) -> np.ndarray:
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
+# -- activity (source clock) ----------------------------------------------------------------------
+class ActivityMeter:
+    """RMS level per video frame over the frame's own source samples: zero look-ahead."""
+
+    def __init__(self, sample_rate: int, fps: Fraction, threshold_dbfs: float) -> None:
+        self.sample_rate = sample_rate
+        self.fps = fps
+        self.threshold = threshold_dbfs
+        self._pending = np.zeros(0, dtype=np.float32)  # samples of frame self._next onwards
+        self._pending_start = 0
+        self._next = 0
+        self.samples = 0
+
+    def _level(self, i: int, samples: np.ndarray) -> tuple[int, float, bool]:
+        level = dsp.rms_dbfs(samples)
+        return i, level, level > self.threshold
+
+    def push(self, x: np.ndarray) -> list[tuple[int, float, bool]]:
+        self.samples += len(x)
+        self._pending = np.concatenate([self._pending, x]) if len(self._pending) else x
+        out = []
+        while True:
+            end = frame_start(self._next + 1, self.sample_rate, self.fps)
+            if end > self.samples:
+                break
+            cut = end - self._pending_start
+            out.append(self._level(self._next, self._pending[:cut]))
+            self._pending = self._pending[cut:]
+            self._pending_start = end
+            self._next += 1
+        return out
+
+    def finish(self) -> list[tuple[int, float, bool]]:
+        total = frame_count(self.samples, self.sample_rate, self.fps)
+        out = []
+        while self._next < total:
+            end = frame_start(self._next + 1, self.sample_rate, self.fps) - self._pending_start
+            out.append(self._level(self._next, self._pending[:end]))
+            self._pending = self._pending[end:]
+            self._pending_start += end
+            self._next += 1
+        return out
+
+
+# -- centred STFT framing of a growing signal -----------------------------------------------------
+class StreamingFramer:
+    """Produces the windowed frames of a centred, reflect-padded STFT as the signal grows.
+
+    Frame ``j`` covers padded indices ``[j*hop, j*hop + n_fft)``; it is complete before the end of
+    the stream once the signal reaches it (the left reflection needs ``n_fft//2 + 1`` samples). At
+    the end the right reflection is appended and the remaining ``1 + n // hop`` frames come out.
+    The padded samples are exactly those of ``dsp.reflect_pad`` on the whole signal.
+    """
+
+    def __init__(self, spec: dsp.MelSpec) -> None:
+        self.spec = spec
+        self._raw: list[np.ndarray] = []  # samples before the left padding could be built
+        self._buf = np.zeros(0)  # padded signal from padded index self._base
+        self._base = 0
+        self._started = False
+        self.samples = 0
+        self.next_frame = 0
+
+    def _take(self, last: int) -> np.ndarray:
+        frames = dsp.frame_columns(self._buf, self.spec, self.next_frame, last - self.next_frame, self._base)
+        self.next_frame = last
+        keep_from = min(self.next_frame * self.spec.hop, self._base + len(self._buf) - (self.spec.pad + 1))
+        if keep_from > self._base:
+            self._buf = self._buf[keep_from - self._base :]
+            self._base = keep_from
+        return frames
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        pad = self.spec.pad
+        self.samples += len(x)
+        if not self._started:
+            self._raw.append(np.asarray(x, dtype=np.float64))
+            if self.samples <= pad:
+                return np.zeros((0, self.spec.n_fft))
+            raw = np.concatenate(self._raw)
+            self._raw = []
+            self._buf = np.concatenate([raw[pad:0:-1], raw])
+            self._started = True
+        else:
+            self._buf = np.concatenate([self._buf, np.asarray(x, dtype=np.float64)])
+        available = self._base + len(self._buf)  # padded samples known so far
+        last = max(self.next_frame, (available - self.spec.n_fft) // self.spec.hop + 1)
+        return self._take(last)
+
+    def finish(self) -> np.ndarray:
+        pad = self.spec.pad
+        if self.samples == 0:
+            return np.zeros((0, self.spec.n_fft))
+        if not self._started:
+            self._buf = dsp.reflect_pad(np.concatenate(self._raw), pad)
+            self._raw = []
+            self._started = True
+        else:
+            tail = self._buf[len(self._buf) - pad - 1 : len(self._buf) - 1]
+            self._buf = np.concatenate([self._buf, tail[::-1]])
+        return self._take(1 + self.samples // self.spec.hop)
+
+
+# -- tensor extractors (16 kHz clock) -------------------------------------------------------------
+class TensorExtractor(ABC):
+    """Turns 16 kHz audio into per-frame tensors; ``finish(frames)`` flushes up to ``frames``."""
+
+    def __init__(self, fps: Fraction) -> None:
+        self.fps = fps
+        self.next_frame = 0
+
+    @abstractmethod
+    def push(self, x: np.ndarray) -> list[tuple[int, np.ndarray]]: ...
+
+    @abstractmethod
+    def finish(self, frames: int) -> list[tuple[int, np.ndarray]]: ...
+
+
+class WhisperLogMelExtractor(TensorExtractor):
+    """The 100 Hz Whisper log-mel columns of each frame: ``[80, c(i+1) - c(i)]`` with
+    ``c(i) = floor(i * 100 / fps)`` ([80, 4] at 25 fps). The audio is zero-padded to the end of the
+    last video frame (Whisper itself pads with zeros), so every frame gets its full columns.
+    Look-ahead: 40 samples (2.5 ms) past the end of the frame, for the half window of its last column."""
+
+    def __init__(self, fps: Fraction) -> None:
+        super().__init__(fps)
+        self._framer = StreamingFramer(dsp.WHISPER)
+        self._cols = np.zeros((dsp.WHISPER.n_mels, 0))
+        self._cols_base = 0
+        self._running_max = -math.inf
+
+    def _col(self, i: int) -> int:
+        return (i * 100 * self.fps.denominator) // self.fps.numerator
+
+    def _add(self, frames: np.ndarray) -> None:
+        if len(frames):
+            self._cols = np.concatenate([self._cols, dsp.whisper_log10_columns(frames)], axis=1)
+
+    def _emit(self, limit: int | None) -> list[tuple[int, np.ndarray]]:
+        out = []
+        available = self._cols_base + self._cols.shape[1]
+        while limit is None or self.next_frame < limit:
+            c0, c1 = self._col(self.next_frame), self._col(self.next_frame + 1)
+            if c1 > available:
+                break
+            block = self._cols[:, c0 - self._cols_base : c1 - self._cols_base]
+            if block.size:
+                self._running_max = max(self._running_max, float(block.max()))
+            out.append((self.next_frame, dsp.whisper_scale(block, self._running_max).astype(np.float32)))
+            self.next_frame += 1
+        drop = self._col(self.next_frame) - self._cols_base
+        if drop > 0:
+            self._cols = self._cols[:, drop:]
+            self._cols_base += drop
+        return out
+
+    def push(self, x: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        self._add(self._framer.push(x))
+        return self._emit(None)
+
+    def finish(self, frames: int) -> list[tuple[int, np.ndarray]]:
+        padded = -((-frames * SR16 * self.fps.denominator) // self.fps.numerator)
+        if padded > self._framer.samples:
+            self._add(self._framer.push(np.zeros(padded - self._framer.samples)))
+        self._add(self._framer.finish())
+        return self._emit(frames)
+
+
+class Wav2LipMelExtractor(TensorExtractor):
+    """Wav2Lip's ``[80, 16]`` mel window per frame, starting at mel frame ``int(80 * i / fps)``;
+    windows running past the end are clamped to the last 16 mel frames (known at end of stream).
+    Look-ahead: 16 mel frames from the window start plus half an FFT window, about 170 ms at 25 fps."""
+
+    def __init__(self, fps: Fraction) -> None:
+        super().__init__(fps)
+        self._framer = StreamingFramer(dsp.WAV2LIP)
+        self._previous = 0.0
+        self._cols = np.zeros((dsp.WAV2LIP.n_mels, 0), dtype=np.float32)
+        self._cols_base = 0
+
+    def _start(self, i: int) -> int:
+        return (i * 80 * self.fps.denominator) // self.fps.numerator
+
+    def _add(self, frames: np.ndarray) -> None:
+        if len(frames):
+            cols = dsp.wav2lip_scale_columns(frames).astype(np.float32)
+            self._cols = np.concatenate([self._cols, cols], axis=1)
+
+    def _trim(self, keep_from: int) -> None:
+        drop = keep_from - self._cols_base
+        if drop > 0:
+            self._cols = self._cols[:, drop:]
+            self._cols_base += drop
+
+    def push(self, x: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        if len(x):
+            emphasised = dsp.preemphasis(x, self._previous)
+            self._previous = float(x[-1])
+            self._add(self._framer.push(emphasised))
+        out = []
+        available = self._cols_base + self._cols.shape[1]
+        while True:
+            s = self._start(self.next_frame)
+            if s + dsp.WAV2LIP_WINDOW > available:
+                break
+            local = s - self._cols_base
+            out.append((self.next_frame, np.ascontiguousarray(self._cols[:, local : local + dsp.WAV2LIP_WINDOW])))
+            self.next_frame += 1
+        # keep what the next window (or, at the end, the clamped last window) may still need
+        self._trim(min(self._start(self.next_frame), available - dsp.WAV2LIP_WINDOW))
+        return out
+
+    def finish(self, frames: int) -> list[tuple[int, np.ndarray]]:
+        self._add(self._framer.finish())
+        out = []
+        total = self._cols_base + self._cols.shape[1]
+        for i in range(self.next_frame, frames):
+            start = min(self._start(i), max(0, total - dsp.WAV2LIP_WINDOW))
+            out.append((i, dsp.wav2lip_window(self._cols[:, start - self._cols_base :], 0)))
+        self.next_frame = max(self.next_frame, frames)
+        return out
+
+
+@dataclass(frozen=True)
+class EmbeddingGeometry:
+    """How the Whisper encoder is run over a stream, in Whisper frames (50 Hz, 320 samples).
+
+    The stream is cut into blocks of ``block`` frames. Block ``b`` is computed from the clip
+    ``[b*block - left, (b+1)*block + right)`` (clipped to the audio), zero-padded to the encoder's
+    window, exactly as Whisper's feature extractor would pad that clip; its hidden states for the
+    block's own frames are kept. ``block = window, left = right = 0`` is MuseTalk's offline recipe
+    (30 s segments). Memory stays flat: one window at a time.
+    """
+
+    block: int
+    left: int
+    right: int
+    window: int  # encoder output frames per window (1500 for Whisper)
+
+    def validate(self) -> None:
+        if self.block < 1 or self.left < 0 or self.right < 0:
+            raise ValueError("embedding block must be at least one frame and contexts non-negative")
+        if self.left + self.block + self.right > self.window:
+            raise ValueError(
+                f"embedding block + contexts ({self.left + self.block + self.right} frames) exceed "
+                f"the encoder window ({self.window} frames)"
+            )
+
+
+WHISPER_FRAME = 320  # 16 kHz samples per encoder output frame (hop 160, conv stride 2)
+# MuseTalk: 2 video frames of context on each side: a window of 2 * (2 + 2 + 1) Whisper frames.
+EMBED_PAD_FRAMES = 2
+EMBED_WINDOW = 2 * (EMBED_PAD_FRAMES + EMBED_PAD_FRAMES + 1)
+
+
+class WhisperEmbeddingExtractor(TensorExtractor):
+    """Whisper-encoder hidden states (embedding output + every layer) per video frame, MuseTalk style:
+    Whisper frames ``[floor(i*50/fps) - 2*ceil(50/fps), ... + 10)`` zero-padded outside the audio
+    (``t >= n16 // 320``), ``[10, layers, width]`` reshaped to ``[10 * layers, width]`` ([50, 384] for
+    Whisper-tiny). Look-ahead: up to one block plus the right context plus 6 Whisper frames."""
+
+    def __init__(
+        self, fps: Fraction, encoder: WhisperEncoder, geometry: EmbeddingGeometry, cache: BlockCache | None
+    ) -> None:
+        super().__init__(fps)
+        self.encoder = encoder
+        self.geo = geometry
+        self.cache = cache
+        self._audio = np.zeros(0, dtype=np.float32)  # 16 kHz samples from self._audio_base
+        self._audio_base = 0
+        self.samples = 0
+        self._states: deque[np.ndarray] = deque()  # [layers, width] per Whisper frame from _states_base
+        self._states_base = 0
+        self._next_block = 0
+        self._zero = np.zeros((encoder.layers, encoder.width), dtype=np.float32)
+
+    def _window_start(self, i: int) -> int:
+        first = (i * 50 * self.fps.denominator) // self.fps.numerator
+        pad = -((-50 * self.fps.denominator) // self.fps.numerator)  # ceil(50 / fps)
+        return first - pad * EMBED_PAD_FRAMES
+
+    def _run_block(self, b: int, valid_frames: int) -> None:
+        g = self.geo
+        first = b * g.block
+        clip_start = max(0, first - g.left)
+        clip_end = min(self.samples, ((b + 1) * g.block + g.right) * WHISPER_FRAME)
+        clip = self._audio[clip_start * WHISPER_FRAME - self._audio_base : clip_end - self._audio_base]
+        offset = first - clip_start
+        count = min(g.block, valid_frames - first)
+        key = None
+        states = None
+        if self.cache is not None:
+            key = self.cache.key(clip, offset, count)
+            states = self.cache.get(key)
+        if states is None:
+            mel = dsp.whisper_encoder_input(clip, g.window * WHISPER_FRAME)
+            hidden = self.encoder.encode(mel[None].astype(np.float32))[0]  # [layers, window, width]
+            states = np.ascontiguousarray(hidden[:, offset : offset + count].transpose(1, 0, 2))
+            if self.cache is not None and key is not None:
+                self.cache.put(key, states)
+        self._states.extend(states)
+        self._next_block = b + 1
+        # audio before the next block's left context is no longer needed
+        keep = max(0, self._next_block * g.block - g.left) * WHISPER_FRAME
+        if keep > self._audio_base:
+            self._audio = self._audio[keep - self._audio_base :]
+            self._audio_base = keep
+
+    def _emit(self, computed: int, valid: int | None, limit: int | None) -> list[tuple[int, np.ndarray]]:
+        """Frames whose window lies in computed states (or past ``valid``, the end of the audio)."""
+        out = []
+        while limit is None or self.next_frame < limit:
+            t0 = self._window_start(self.next_frame)
+            t_end = t0 + EMBED_WINDOW
+            if valid is None and t_end > computed:
+                break
+            rows = []
+            for t in range(t0, t_end):
+                inside = 0 <= t < (computed if valid is None else min(valid, computed))
+                rows.append(self._states[t - self._states_base] if inside else self._zero)
+            out.append((self.next_frame, np.stack(rows).reshape(-1, self.encoder.width)))
+            self.next_frame += 1
+        drop = max(0, self._window_start(self.next_frame)) - self._states_base
+        for _ in range(min(drop, len(self._states))):
+            self._states.popleft()
+            self._states_base += 1
+        return out
+
+    def push(self, x: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        self._audio = np.concatenate([self._audio, x.astype(np.float32, copy=False)])
+        self.samples += len(x)
+        g = self.geo
+        while ((self._next_block + 1) * g.block + g.right) * WHISPER_FRAME <= self.samples:
+            self._run_block(self._next_block, valid_frames=(self._next_block + 1) * g.block)
+        return self._emit(self._next_block * g.block, None, None)
+
+    def finish(self, frames: int) -> list[tuple[int, np.ndarray]]:
+        valid = self.samples // WHISPER_FRAME
+        while self._next_block * self.geo.block < valid:
+            self._run_block(self._next_block, valid_frames=valid)
+        return self._emit(valid, valid, frames)
+
+
+# -- the whole pipeline -----------------------------------------------------------------------------
+class FeatureKind:
+    WHISPER_LOG_MEL = "whisper_log_mel"
+    WAV2LIP_MEL = "wav2lip_mel"
+    WHISPER_EMBEDDING = "whisper_embedding"
+    ACTIVITY = "activity"
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    kind: str
+    fps: Fraction
+    sample_rate: int
+    voiced_threshold_dbfs: float = -45.0
+    resample_quality: str = "HQ"
+
+
+class FeatureStream:
+    """One request's pipeline. Not thread-safe: one caller at a time (the servicer's stream)."""
+
+    def __init__(
+        self,
+        options: StreamOptions,
+        encoder: WhisperEncoder | None = None,
+        geometry: EmbeddingGeometry | None = None,
+        cache: BlockCache | None = None,
+    ) -> None:
+        self.options = options
+        self.activity = ActivityMeter(options.sample_rate, options.fps, options.voiced_threshold_dbfs)
+        self.tensors: TensorExtractor | None
+        if options.kind == FeatureKind.ACTIVITY:
+            self.tensors = None
+        elif options.kind == FeatureKind.WHISPER_LOG_MEL:
+            self.tensors = WhisperLogMelExtractor(options.fps)
+        elif options.kind == FeatureKind.WAV2LIP_MEL:
+            self.tensors = Wav2LipMelExtractor(options.fps)
+        elif options.kind == FeatureKind.WHISPER_EMBEDDING:
+            if encoder is None or geometry is None:
+                raise ValueError("the Whisper embedding needs an encoder and a block geometry")
+            self.tensors = WhisperEmbeddingExtractor(options.fps, encoder, geometry, cache)
+        else:
+            raise ValueError(f"unknown feature kind {options.kind!r}")
+        self.resampler = Resampler(options.sample_rate, options.resample_quality) if self.tensors else None
+        self._levels: deque[tuple[int, float, bool]] = deque()
+        self._features: deque[tuple[int, np.ndarray]] = deque()
+        self.frames_out = 0
+        self.finished = False
+
+    @property
+    def source_samples(self) -> int:
+        return self.activity.samples
+
+    def _merge(self) -> list[Frame]:
+        out = []
+        while self._levels and (self.tensors is None or self._features):
+            i, level, voiced = self._levels.popleft()
+            features = None
+            if self.tensors is not None:
+                j, features = self._features.popleft()
+                assert i == j, f"activity frame {i} met feature frame {j}"
+            out.append(Frame(i, level, voiced, features))
+        self.frames_out += len(out)
+        return out
+
+    def push(self, pcm: np.ndarray) -> list[Frame]:
+        """``pcm``: source samples as float32 in [-1, 1]."""
+        self._levels.extend(self.activity.push(pcm))
+        if self.tensors is not None and self.resampler is not None:
+            self._features.extend(self.tensors.push(self.resampler.push(pcm)))
+        return self._merge()
+
+    def finish(self) -> list[Frame]:
+        self.finished = True
+        self._levels.extend(self.activity.finish())
+        total = self.frame_count
+        if self.tensors is not None and self.resampler is not None:
+            tail = self.resampler.finish()
+            if len(tail):
+                self._features.extend(self.tensors.push(tail))
+            self._features.extend(self.tensors.finish(total))
+        out = self._merge()
+        assert self.frames_out == total and not self._levels and not self._features
+        return out
+
+    @property
+    def frame_count(self) -> int:
+        return frame_count(self.activity.samples, self.options.sample_rate, self.options.fps)
+
+
+def pcm_to_float(pcm: bytes) -> np.ndarray:
+    """PCM s16le bytes to float32 samples in [-1, 1)."""
+    return (np.frombuffer(pcm, dtype="<i2").astype(np.float32)) / 32768.0
+
+
+def extract_offline(
+    samples: np.ndarray,
+    options: StreamOptions,
+    encoder: WhisperEncoder | None = None,
+    geometry: EmbeddingGeometry | None = None,
+) -> list[Frame]:
+    """All frames of ``samples`` (float32 source samples) in one go: the streaming yardstick."""
+    stream = FeatureStream(options, encoder, geometry)
+    return stream.push(samples) + stream.finish()
