@@ -33,5 +33,17 @@ class DirectRunner:
 
 
 def make_runner(backend: RenderBackend, config: RendererConfig, telemetry: Telemetry) -> FrameRunner:
-    """The runner for ``backend``; neural backends go through the dynamic batcher when enabled."""
+    """The runner for ``backend``; neural backends go through the dynamic batcher when enabled.
+
+    The batcher's size bound is the backend's (``batch.max_size`` on CPU, adapted to free GPU
+    memory up to ``batch.max_size_gpu`` on a GPU, see backends/onnx_models.py).
+    """
+    from services.renderer.backends.neural import NeuralBackend
+
+    if isinstance(backend, NeuralBackend) and config.batch.enabled:
+        from services.renderer.batcher import DynamicBatcher
+
+        return DynamicBatcher(
+            backend, telemetry, max_size=backend.max_batch, max_delay_ms=config.batch.max_delay_ms
+        )
     return DirectRunner(backend)

@@ -1,0 +1,149 @@
+"""MuseTalk on ONNX Runtime: single-step latent inpainting of the lower face at 256x256.
+
+``musetalk.path`` is a directory with the three models ``python -m tools.export_musetalk`` writes:
+
+    vae_encoder.onnx  image [B,3,256,256] RGB in [0,1]            -> latents [B,4,32,32] (scaled)
+    unet.onnx         latents [B,8,32,32], audio [B,50,384]        -> pred [B,4,32,32]
+    vae_decoder.onnx  latents [B,4,32,32]                          -> image [B,3,256,256] in [0,1]
+
+Per avatar frame (in the avatar cache, computed once): the face crop (face box + 10 px chin,
+resized to 256x256), the latents of the masked crop (lower half zero) and of the reference crop,
+concatenated as the UNet's 8 input channels, and a feathered lower-face mask. Per frame: the Whisper
+window ``[50,384]`` from audio_features (FEATURE_TYPE_WHISPER_EMBEDDING; the positional encoding
+and timestep 0 are inside unet.onnx), one UNet step, decode, blend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from services.renderer.backends.base import Avatar, FrameJob
+from services.renderer.backends.neural import NeuralBackend, gpu_batch_bound, warmup_avatar
+from services.renderer.backends.onnx_models import (
+    GPU_PROVIDERS,
+    ModelError,
+    OnnxModel,
+    SessionFactory,
+    Signature,
+    TensorSpec,
+    available_providers,
+    open_model,
+)
+from services.renderer.config import RendererConfig
+from talkmesh.common.telemetry import Telemetry
+
+CROP = 256
+LATENT = 32
+AUDIO_SHAPE = (50, 384)
+FEATURE_TYPE_WHISPER_EMBEDDING = 3  # talkmesh.v1.FeatureType
+
+VAE_ENCODER = Signature(
+    inputs=(TensorSpec("image", (None, 3, CROP, CROP)),),
+    outputs=(TensorSpec("latents", (None, 4, LATENT, LATENT)),),
+)
+UNET = Signature(
+    inputs=(TensorSpec("latents", (None, 8, LATENT, LATENT)), TensorSpec("audio", (None, *AUDIO_SHAPE))),
+    outputs=(TensorSpec("pred", (None, 4, LATENT, LATENT)),),
+)
+VAE_DECODER = Signature(
+    inputs=(TensorSpec("latents", (None, 4, LATENT, LATENT)),),
+    outputs=(TensorSpec("image", (None, 3, CROP, CROP)),),
+)
+FILES = {"vae_encoder": ("vae_encoder.onnx", VAE_ENCODER), "unet": ("unet.onnx", UNET),
+         "vae_decoder": ("vae_decoder.onnx", VAE_DECODER)}  # fmt: skip
+
+
+def to_model_image(crops_bgr: np.ndarray) -> np.ndarray:
+    """[N,S,S,3] uint8 BGR -> [N,3,S,S] float32 RGB in [0, 1]."""
+    return np.ascontiguousarray(crops_bgr[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32) * (1.0 / 255.0)
+
+
+def from_model_image(images: np.ndarray) -> np.ndarray:
+    """[N,3,S,S] float RGB in [0, 1] -> [N,S,S,3] uint8 BGR."""
+    bgr = images[:, ::-1].transpose(0, 2, 3, 1)
+    return np.clip(bgr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+class MuseTalkBackend(NeuralBackend):
+    name = "musetalk"
+    feature_type = FEATURE_TYPE_WHISPER_EMBEDDING
+    crop_size = CROP
+    feature_shape = AUDIO_SHAPE
+    pads = (0, 10, 0, 0)
+    # The 256x256 VAE decoder dominates: ~0.2 GB of FP16 activations per frame.
+    bytes_per_frame = 256 * 1024 * 1024
+
+    def __init__(
+        self,
+        config: RendererConfig,
+        telemetry: Telemetry,
+        *,
+        available: Sequence[str] | None = None,
+        session_factory: SessionFactory | None = None,
+    ) -> None:
+        super().__init__(config, telemetry)
+        config.musetalk.validate()
+        if not config.musetalk.path:
+            raise ModelError("musetalk.path: not set (export the models with python -m tools.export_musetalk)")
+        root = Path(os.path.expanduser(config.musetalk.path))
+        if not root.is_dir():
+            raise ModelError(f"musetalk.path: {str(root)!r} is not a directory")
+        avail = list(available) if available is not None else available_providers()
+        gpu_batch = gpu_batch_bound(self.bytes_per_frame, config, avail)
+        self.models: dict[str, OnnxModel] = {
+            role: open_model(
+                f"musetalk {role}", root / file, sig, config.execution,
+                max_batch=gpu_batch, available=avail, factory=session_factory,
+            )
+            for role, (file, sig) in FILES.items()
+        }
+        self.provider = self.models["unet"].provider
+        self.max_batch = gpu_batch if self.provider in GPU_PROVIDERS else config.batch.max_size
+        telemetry.set_backend("execution_provider", f"{self.name}/{self.provider}")
+
+    @property
+    def frame_skip(self) -> int:
+        return self.config.musetalk.frame_skip
+
+    def encode(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """Scaled VAE latents [N,4,32,32] of [N,256,256,3] uint8 BGR crops, in batches."""
+        out = []
+        for start in range(0, len(crops_bgr), self.max_batch):
+            chunk = to_model_image(crops_bgr[start : start + self.max_batch])
+            out.append(self.models["vae_encoder"].run({"image": chunk})[0])
+        return np.concatenate(out).astype(np.float32)
+
+    def prepare_model(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        masked = crops.copy()
+        masked[:, CROP // 2 :] = 0
+        # UNet input channels: masked-crop latents, then reference latents (MuseTalk's order).
+        latents = np.concatenate([self.encode(masked), self.encode(crops)], axis=1)
+        return {"latents": latents}
+
+    def infer(self, items: Sequence[tuple[Avatar, FrameJob]]) -> list[np.ndarray]:
+        n = len(items)
+        if n == 0:
+            return []
+        latents = np.empty((n, 8, LATENT, LATENT), np.float32)
+        audio = np.empty((n, *AUDIO_SHAPE), np.float32)
+        for b, (avatar, job) in enumerate(items):
+            assert job.features is not None  # validate_job ran before batching
+            latents[b] = self.extras(avatar)["latents"][job.avatar_frame]
+            audio[b] = job.features
+        pred = self.models["unet"].run({"latents": latents, "audio": audio})[0]
+        image = self.models["vae_decoder"].run({"latents": pred})[0]
+        return list(from_model_image(image))
+
+    def warmup(self) -> None:
+        avatar = warmup_avatar()
+        self.prepare(avatar)
+        for batch in sorted({1, self.max_batch}):
+            jobs = [
+                FrameJob("warmup", i, 0, True, -20.0, features=np.zeros(AUDIO_SHAPE, np.float32))
+                for i in range(batch)
+            ]
+            self.infer([(avatar, j) for j in jobs])

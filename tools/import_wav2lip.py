@@ -1,0 +1,119 @@
+"""Converts an official Wav2Lip checkpoint (``wav2lip.pth`` or ``wav2lip_gan.pth``) to ONNX.
+
+    python -m tools.import_wav2lip wav2lip_gan.pth ~/models/wav2lip.onnx [--fp16]
+
+The checkpoint layout is ``{"state_dict": {"module.<name>": tensor, ...}, ...}`` (a bare state dict
+and names without the ``module.`` prefix are accepted too). The ONNX model has the renderer's
+Wav2Lip signature, batch axis dynamic:
+
+    inputs   mel   [B, 1, 80, 16] float32    face [B, 6, 96, 96] float32 (masked ‖ reference, BGR/255)
+    output   frames [B, 3, 96, 96] float32 in [0, 1]
+
+``--fp16`` also writes ``<name>.fp16.onnx`` (float16 weights, float32 I/O) for CUDA / TensorRT.
+Needs the ``tools`` extra (torch, onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from tools.models.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2LipGenerator
+from tools.onnx_export import export_onnx, write_fp16_variant
+
+INPUT_NAMES = ("mel", "face")
+OUTPUT_NAMES = ("frames",)
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The generator's state dict from an official checkpoint, ``module.`` prefixes removed."""
+    raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(raw).__name__}")
+    state = raw.get("state_dict", raw)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: 'state_dict' is not a mapping")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = key[len("module.") :] if key.startswith("module.") else key
+        if isinstance(value, torch.Tensor):
+            out[name] = value
+    return out
+
+
+def load_generator(path: Path) -> Wav2LipGenerator:
+    """Builds the generator and loads the checkpoint strictly (names and shapes must all match)."""
+    state = read_state_dict(path)
+    model = Wav2LipGenerator()
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"{len(wrong)} with other shapes (e.g. {k}: expected {tuple(expected[k].shape)}, "
+                f"found {tuple(state[k].shape)})"
+            )
+        raise CheckpointError(f"{path}: not a Wav2Lip generator checkpoint: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def save_official_layout(model: Wav2LipGenerator, path: Path) -> Path:
+    """Saves ``model`` the way the official training script does (tests and benchmarks use this)."""
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "global_step": 0, "global_epoch": 0}, str(path))
+    return path
+
+
+def example_inputs(batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    mel = torch.randn(batch, 1, MEL_BINS, MEL_STEPS, generator=gen)
+    face = torch.rand(batch, 6, FACE_SIZE, FACE_SIZE, generator=gen)
+    return mel, face
+
+
+def export_generator(model: Wav2LipGenerator, out: Path, fp16: bool = False) -> Path:
+    export_onnx(
+        model, example_inputs(2), out, INPUT_NAMES, OUTPUT_NAMES,
+        metadata={"talkmesh.model": "wav2lip", "talkmesh.format": "1"},
+    )  # fmt: skip
+    if fp16:
+        write_fp16_variant(out)
+    return out
+
+
+def convert(checkpoint: Path, out: Path, fp16: bool = False) -> Path:
+    return export_generator(load_generator(checkpoint), out, fp16=fp16)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="wav2lip.pth or wav2lip_gan.pth")
+    parser.add_argument("output", type=Path, help="where to write the .onnx file")
+    parser.add_argument("--fp16", action="store_true", help="also write <output>.fp16.onnx")
+    args = parser.parse_args(argv)
+    try:
+        path = convert(args.checkpoint.expanduser(), args.output.expanduser(), fp16=args.fp16)
+    except CheckpointError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
