@@ -1,0 +1,34 @@
+"""Video encoder backends and their selection (NVENC when the start-up probe succeeds, else x264)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from services.encoder.backends.base import VideoBackend, VideoCodecSettings
+from services.encoder.backends.nvenc import NvencBackend, probe_nvenc
+from services.encoder.backends.x264 import X264Backend
+from services.encoder.config import VideoConfig
+
+__all__ = [
+    "NvencBackend",
+    "VideoBackend",
+    "VideoCodecSettings",
+    "X264Backend",
+    "probe_nvenc",
+    "select_backend",
+]
+
+
+class NvencUnavailable(RuntimeError):
+    """video.encoder is "nvenc" but the probe failed."""
+
+
+def select_backend(config: VideoConfig, probe: Callable[[int], bool]) -> VideoBackend:
+    """The backend for ``config.encoder``; ``probe(gpu)`` is only called for "auto" and "nvenc"."""
+    if config.encoder == "x264":
+        return X264Backend(config)
+    if probe(config.nvenc.gpu):
+        return NvencBackend(config)
+    if config.encoder == "nvenc":
+        raise NvencUnavailable("video.encoder is 'nvenc' but h264_nvenc could not be opened on this host")
+    return X264Backend(config)

@@ -1,0 +1,78 @@
+"""h264_nvenc through PyAV: NVIDIA's hardware encoder, p1 preset with ultra-low-latency tuning."""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+
+from services.encoder.backends.base import VideoBackend, VideoCodecSettings
+from services.encoder.config import VideoConfig
+
+log = logging.getLogger(__name__)
+
+CODEC_NAME = "h264_nvenc"
+
+
+class NvencBackend(VideoBackend):
+    name = CODEC_NAME
+
+    def __init__(self, config: VideoConfig) -> None:
+        self.config = config
+
+    def settings(self, width: int, height: int, fps: Fraction) -> VideoCodecSettings:
+        cfg = self.config
+        n = cfg.nvenc
+        gop = max(1, round(float(fps) * cfg.gop_seconds))
+        options = {
+            "preset": n.preset,
+            "tune": n.tune,
+            "profile": cfg.profile,
+            "rc": n.rc,
+            "gpu": str(n.gpu),
+            # Emit each frame's packet immediately: no B-frames, no lookahead, no output delay.
+            "bf": "0",
+            "zerolatency": "1",
+            "delay": "0",
+            "rc-lookahead": "0",
+            "forced-idr": "1",
+        }
+        if cfg.level:
+            options["level"] = cfg.level
+        bit_rate = 0
+        if n.rc == "constqp":
+            options["qp"] = str(n.cq)
+        elif n.bitrate_kbps > 0:
+            bit_rate = n.bitrate_kbps * 1000
+            options["maxrate"] = str(bit_rate)
+            options["bufsize"] = str(bit_rate)
+        else:
+            options["cq"] = str(n.cq)
+        return VideoCodecSettings(
+            codec_name=CODEC_NAME, pix_fmt="yuv420p", options=options, bit_rate=bit_rate, gop_size=gop
+        )
+
+
+def probe_nvenc(gpu: int = 0) -> bool:
+    """True when an h264_nvenc encoder opens and encodes a frame here (a GPU and driver exist).
+
+    Blocking (it may initialise CUDA): call it from a worker thread.
+    """
+    import av
+    import numpy as np
+
+    try:
+        ctx = av.CodecContext.create(CODEC_NAME, "w")
+        assert isinstance(ctx, av.video.codeccontext.VideoCodecContext)
+        ctx.width = 256
+        ctx.height = 256
+        ctx.pix_fmt = "yuv420p"
+        ctx.time_base = Fraction(1, 25)
+        ctx.options = {"preset": "p1", "gpu": str(gpu)}
+        ctx.open()
+        frame = av.VideoFrame.from_ndarray(np.zeros((384, 256), np.uint8), format="yuv420p")
+        frame.pts = 0
+        packets = list(ctx.encode(frame)) + list(ctx.encode(None))
+    except (av.FFmpegError, ValueError) as exc:
+        log.info("h264_nvenc unavailable: %s", exc)
+        return False
+    return bool(packets)

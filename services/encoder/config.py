@@ -1,0 +1,157 @@
+"""Encoder configuration (defaults in config.yaml beside this file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from talkmesh.common.config import ConfigError, ServerConfig
+
+ENCODER_CHOICES = ("auto", "nvenc", "x264")
+H264_PROFILES = ("baseline", "main", "high")
+CONTAINERS = ("fmp4", "mpegts", "mp4")
+AUDIO_CODECS = ("aac", "opus")
+
+
+@dataclass(frozen=True)
+class X264Config:
+    preset: str = "ultrafast"
+    tune: str = "zerolatency"
+    # Constant rate factor (quality); used when bitrate_kbps is 0.
+    crf: float = 27.0
+    # Target bitrate with a matching VBV buffer; 0 selects CRF.
+    bitrate_kbps: int = 0
+    # Encoder threads; 0 lets x264 decide (sliced threads with zerolatency).
+    threads: int = 0
+
+    def validate(self) -> None:
+        if not 0 <= self.crf <= 51:
+            raise ConfigError("video.x264.crf: must be within 0..51")
+        if self.bitrate_kbps < 0 or self.threads < 0:
+            raise ConfigError("video.x264: bitrate_kbps and threads must not be negative")
+
+
+@dataclass(frozen=True)
+class NvencConfig:
+    # p1 (fastest) .. p7 (best quality); "ull" is the ultra-low-latency tuning.
+    preset: str = "p1"
+    tune: str = "ull"
+    # Rate control: "cbr", "vbr" or "constqp".
+    rc: str = "cbr"
+    bitrate_kbps: int = 2500
+    # Quality for rc=vbr with bitrate 0 or rc=constqp.
+    cq: int = 26
+    # Which GPU to use.
+    gpu: int = 0
+
+    def validate(self) -> None:
+        if self.rc not in ("cbr", "vbr", "constqp"):
+            raise ConfigError(f"video.nvenc.rc: {self.rc!r} is not one of cbr, vbr, constqp")
+        if self.bitrate_kbps < 0 or not 0 <= self.cq <= 51 or self.gpu < 0:
+            raise ConfigError("video.nvenc: bitrate_kbps and gpu must not be negative, cq within 0..51")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    # "auto" probes NVENC at start-up and falls back to x264; "nvenc" requires it; "x264" never probes.
+    encoder: str = "auto"
+    # Use x264 for a stream whose NVENC session cannot be opened (GPU session limit reached).
+    fallback_to_x264: bool = True
+    # Keyframe interval in seconds (the first frame is always a keyframe).
+    gop_seconds: float = 2.0
+    profile: str = "baseline"
+    # H.264 level such as "3.1"; empty lets the encoder choose.
+    level: str = ""
+    x264: X264Config = field(default_factory=X264Config)
+    nvenc: NvencConfig = field(default_factory=NvencConfig)
+
+    def validate(self) -> None:
+        if self.encoder not in ENCODER_CHOICES:
+            raise ConfigError(f"video.encoder: {self.encoder!r} is not one of {ENCODER_CHOICES}")
+        if self.profile not in H264_PROFILES:
+            raise ConfigError(f"video.profile: {self.profile!r} is not one of {H264_PROFILES}")
+        if not 0 < self.gop_seconds <= 60:
+            raise ConfigError("video.gop_seconds: must be within (0, 60]")
+        if self.level and not _is_level(self.level):
+            raise ConfigError(f"video.level: {self.level!r} is not an H.264 level like 3.1")
+
+
+def _is_level(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return 1.0 <= value <= 6.2
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    aac_bitrate_kbps: int = 64
+    opus_bitrate_kbps: int = 32
+
+    def validate(self) -> None:
+        if self.aac_bitrate_kbps < 8 or self.opus_bitrate_kbps < 6:
+            raise ConfigError("audio: bitrates must be at least 8 kb/s (AAC) and 6 kb/s (Opus)")
+
+
+@dataclass(frozen=True)
+class StreamDefaults:
+    # Fragment duration when EncodeConfig.fragment_ms is 0. A fragment leaves as soon as the next
+    # packet after it is muxed, so one frame's worth (40 ms at 25 fps) means one fragment per frame.
+    fragment_ms: int = 40
+    container: str = "fmp4"
+    audio_codec: str = "aac"
+    fps: float = 25.0
+
+    def validate(self) -> None:
+        if not 1 <= self.fragment_ms <= 10_000:
+            raise ConfigError("defaults.fragment_ms: must be within 1..10000")
+        if self.container not in CONTAINERS:
+            raise ConfigError(f"defaults.container: {self.container!r} is not one of {CONTAINERS}")
+        if self.audio_codec not in AUDIO_CODECS:
+            raise ConfigError(f"defaults.audio_codec: {self.audio_codec!r} is not one of {AUDIO_CODECS}")
+        if not 1 <= self.fps <= 120:
+            raise ConfigError("defaults.fps: must be within 1..120")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_width: int = 3840
+    max_height: int = 2160
+    max_fps: float = 120.0
+    max_fragment_ms: int = 10_000
+    # Requests read ahead of the encoder per stream (frames and audio chunks): the only buffer
+    # between a fast sender and a slow encoder or receiver.
+    input_queue: int = 4
+    # Output messages larger than this are split into several MediaChunks (stay under the gRPC limit).
+    max_chunk_bytes: int = 4 * 1024 * 1024
+    # Whole-file MP4 mode keeps the file in memory until the end; refuse to grow beyond this.
+    max_file_bytes: int = 512 * 1024 * 1024
+
+    def validate(self) -> None:
+        if self.max_width < 16 or self.max_height < 16:
+            raise ConfigError("limits.max_width/max_height: must be at least 16")
+        if not 1 <= self.max_fps <= 240:
+            raise ConfigError("limits.max_fps: must be within 1..240")
+        if self.input_queue < 1:
+            raise ConfigError("limits.input_queue: must be at least 1")
+        if self.max_chunk_bytes < 64 * 1024:
+            raise ConfigError("limits.max_chunk_bytes: must be at least 65536")
+        if self.max_file_bytes < self.max_chunk_bytes:
+            raise ConfigError("limits.max_file_bytes: must be at least max_chunk_bytes")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50055, metrics_port=9105))
+    video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    defaults: StreamDefaults = field(default_factory=StreamDefaults)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def validate(self) -> None:
+        if self.limits.max_chunk_bytes > self.server.max_message_bytes - 64 * 1024:
+            raise ConfigError(
+                "limits.max_chunk_bytes: must stay at least 64 KiB below server.max_message_bytes"
+            )
+        if self.defaults.fragment_ms > self.limits.max_fragment_ms:
+            raise ConfigError("defaults.fragment_ms: exceeds limits.max_fragment_ms")

@@ -1,0 +1,307 @@
+"""One utterance's encoding: raw frames and PCM in, container bytes out (blocking; PyAV).
+
+``EncodeSession`` is used from one worker thread at a time. Every backend goes through the same
+code here: the backend only names the H.264 encoder and its options.
+
+Timing is exact by construction: video frame *i* gets pts *i* in a 1/fps time base, and audio
+frames get pts from the count of samples fed so far, so the tracks cannot drift. The audio
+encoder's priming (AAC: 1024 samples) is dropped instead of shifting the whole timeline, so
+audio sample 0 plays with video frame 0 (the price is a fade-in over the first ~40 ms of audio,
+which is TTS leading silence in practice). At the end the audio is padded with silence up to the
+end of the last video frame, so both tracks end together.
+
+Fragmented MP4 (``movflags=empty_moov+default_base_moof``) cuts a fragment once it holds
+``fragment_ms`` of media; libavformat writes it when the next packet arrives, so the fragment
+holding frame *i* leaves when frame *i + 1* has been encoded (or at the end of the stream).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from services.encoder import boxes
+from services.encoder.backends.base import VideoBackend
+from services.encoder.config import AudioConfig
+from talkmesh.common.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+PIXEL_FORMATS = {"i420": "yuv420p", "rgb24": "rgb24"}
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    """A validated EncodeConfig."""
+
+    width: int
+    height: int
+    fps: Fraction
+    pixel_format: str  # "i420" or "rgb24"
+    sample_rate: int  # 0: no audio track
+    container: str  # "fmp4", "mpegts" or "mp4"
+    audio_codec: str  # "aac" or "opus"
+    fragment_ms: int
+
+    @property
+    def frame_bytes(self) -> int:
+        if self.pixel_format == "i420":
+            return self.width * self.height * 3 // 2
+        return self.width * self.height * 3
+
+    def samples_for_frames(self, frames: int) -> int:
+        """Audio samples covered by ``frames`` video frames (the frame boundary rule)."""
+        return frames * self.sample_rate * self.fps.denominator // self.fps.numerator
+
+
+class _Sink(io.RawIOBase):
+    """A write-only, non-seekable byte sink the muxer writes into."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.buffer += data
+        return len(data)
+
+
+class EncodeSession:
+    """Encodes one utterance. Call ``open`` first, then ``add_frame`` / ``add_audio``, then ``finish``."""
+
+    def __init__(
+        self,
+        params: StreamParams,
+        backend: VideoBackend,
+        audio: AudioConfig,
+        *,
+        fallback: VideoBackend | None = None,
+        max_file_bytes: int = 512 * 1024 * 1024,
+    ) -> None:
+        self.params = params
+        self.backend = backend
+        self.fallback = fallback
+        self.audio_config = audio
+        self.max_file_bytes = max_file_bytes
+        self.video_encoder = ""
+        self._video_codec = ""  # RFC 6381 string, from the extradata or (MPEG-TS) the first packet
+        self.frames_in = 0
+        self.samples_in = 0
+        self.frames_out = 0
+        self._audio_out = 0
+        self._container: av.container.OutputContainer | None = None
+        self._sink: _Sink | io.BytesIO | None = None
+        self._video: av.VideoStream | None = None
+        self._audio: av.AudioStream | None = None
+        self._resampler: av.AudioResampler | None = None
+        self._time_base = Fraction(params.fps.denominator, params.fps.numerator)
+        self._finished = False
+
+    # -- set-up -------------------------------------------------------------------------------
+    def open(self) -> bytes:
+        """Opens encoders and muxer; returns the bytes written so far (the fMP4 init segment)."""
+        try:
+            self._open_with(self.backend)
+        except av.FFmpegError as exc:
+            self.close()
+            if self.fallback is None or self.fallback.name == self.backend.name:
+                raise
+            log.warning("%s failed to open (%s); this stream uses %s", self.backend.name, exc,
+                        self.fallback.name)
+            self._open_with(self.fallback)
+        return self._take()
+
+    def _open_with(self, backend: VideoBackend) -> None:
+        p = self.params
+        settings = backend.settings(p.width, p.height, p.fps)
+        if p.container == "mp4":
+            sink: _Sink | io.BytesIO = io.BytesIO()  # the mov muxer seeks back at the end
+            fmt, options = "mp4", {}
+        elif p.container == "mpegts":
+            sink = _Sink()
+            fmt, options = "mpegts", {"flush_packets": "1"}
+        else:
+            sink = _Sink()
+            fmt = "mp4"
+            options = {
+                "movflags": "empty_moov+default_base_moof+skip_trailer",
+                "frag_duration": str(p.fragment_ms * 1000),
+                "flush_packets": "1",
+            }
+        self._sink = sink
+        container = av.open(sink, mode="w", format=fmt, options=options)
+        self._container = container
+        video = container.add_stream(settings.codec_name, rate=p.fps, options=dict(settings.options))
+        assert isinstance(video, av.VideoStream)
+        video.width = p.width
+        video.height = p.height
+        video.pix_fmt = settings.pix_fmt
+        video.time_base = self._time_base
+        if settings.bit_rate:
+            video.bit_rate = settings.bit_rate
+        if settings.gop_size:
+            video.codec_context.gop_size = settings.gop_size
+        self._video = video
+        if p.sample_rate:
+            self._audio = self._add_audio(container)
+        container.start_encoding()
+        if self._audio is not None:
+            ctx = self._audio.codec_context
+            self._resampler = av.AudioResampler(
+                format=ctx.format.name, layout="mono", rate=ctx.sample_rate, frame_size=ctx.frame_size or None
+            )
+        self.video_encoder = backend.name
+        extradata = video.codec_context.extradata
+        self._video_codec = boxes.avc_codecs_string(extradata) if extradata else ""
+
+    def _add_audio(self, container: av.container.OutputContainer) -> av.AudioStream:
+        p = self.params
+        if p.audio_codec == "opus":
+            stream = container.add_stream("libopus", rate=48000, layout="mono")
+            assert isinstance(stream, av.AudioStream)
+            stream.bit_rate = self.audio_config.opus_bitrate_kbps * 1000
+        else:
+            rate = p.sample_rate if p.sample_rate in AAC_RATES else 48000
+            stream = container.add_stream("aac", rate=rate, layout="mono")
+            assert isinstance(stream, av.AudioStream)
+            stream.bit_rate = self.audio_config.aac_bitrate_kbps * 1000
+        return stream
+
+    @property
+    def mime_type(self) -> str:
+        """MIME type with the RFC 6381 codecs, e.g. 'video/mp4; codecs="avc1.42C01E, mp4a.40.2"'."""
+        p = self.params
+        codecs = [self._video_codec] if self._video_codec else []
+        if p.sample_rate:
+            codecs.append("opus" if p.audio_codec == "opus" else "mp4a.40.2")
+        base = "video/mp2t" if p.container == "mpegts" else "video/mp4"
+        return f'{base}; codecs="{", ".join(codecs)}"' if codecs else base
+
+    # -- data ---------------------------------------------------------------------------------
+    def add_frame(self, data: bytes) -> bytes:
+        """Encodes the next frame (raw bytes in the stream's pixel format, already size-checked)."""
+        p = self.params
+        assert self._video is not None, "open() first"
+        plane = np.frombuffer(data, np.uint8)
+        if p.pixel_format == "i420":
+            frame = av.VideoFrame.from_ndarray(plane.reshape(p.height * 3 // 2, p.width), format="yuv420p")
+        else:
+            frame = av.VideoFrame.from_ndarray(plane.reshape(p.height, p.width, 3), format="rgb24")
+        frame.pts = self.frames_in
+        frame.time_base = self._time_base
+        self.frames_in += 1
+        self._mux_video(self._video.encode(frame))
+        return self._take()
+
+    def add_audio(self, pcm: bytes) -> bytes:
+        """Encodes PCM s16le mono samples that continue the audio so far."""
+        samples = np.frombuffer(pcm, "<i2")
+        self.samples_in += samples.size
+        self._encode_audio(samples)
+        return self._take()
+
+    def _encode_audio(self, samples: np.ndarray | None) -> None:
+        if self._audio is None or self._resampler is None:
+            return
+        if samples is None:
+            frames = self._resampler.resample(None)
+        elif samples.size == 0:
+            return
+        else:
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = self.params.sample_rate
+            frames = self._resampler.resample(frame)
+        rate = self._audio.codec_context.sample_rate
+        for out in frames:
+            out.pts = self._audio_out  # timestamps from sample counts, never from clocks
+            out.time_base = Fraction(1, rate)
+            self._audio_out += out.samples
+            self._mux_audio(self._audio.encode(out))
+
+    def _mux_video(self, packets: list[av.Packet]) -> None:
+        assert self._container is not None
+        for packet in packets:
+            packet.duration = 1
+            if not self._video_codec:
+                self._video_codec = boxes.avc_codecs_string(bytes(packet))
+            self._container.mux_one(packet)
+        self._check_size()
+
+    def _mux_audio(self, packets: list[av.Packet]) -> None:
+        assert self._container is not None
+        for packet in packets:
+            if packet.pts is None:
+                continue
+            if packet.pts + (packet.duration or 0) <= 0:
+                continue  # encoder priming before sample 0: dropped (see module docstring)
+            if packet.pts < 0:
+                packet.pts = packet.dts = 0
+            self._container.mux_one(packet)
+        self._check_size()
+
+    def _check_size(self) -> None:
+        if isinstance(self._sink, io.BytesIO) and self._sink.tell() > self.max_file_bytes:
+            raise ResourceExhausted(
+                f"the MP4 file exceeds limits.max_file_bytes ({self.max_file_bytes}); use fMP4 for long streams"
+            )
+
+    # -- end ----------------------------------------------------------------------------------
+    def finish(self) -> bytes:
+        """Pads audio to the video's end, flushes both encoders, closes the container."""
+        assert self._container is not None and self._video is not None
+        p = self.params
+        if self._audio is not None:
+            missing = p.samples_for_frames(self.frames_in) - self.samples_in
+            if missing > 0:
+                self._encode_audio(np.zeros(missing, np.int16))
+            self._encode_audio(None)
+            self._mux_audio(self._audio.encode(None))
+        self._mux_video(self._video.encode(None))
+        self._container.close()
+        self._container = None
+        self._finished = True
+        data = self._take()
+        if p.container == "mp4":
+            data = boxes.faststart(data)
+        return data
+
+    def close(self) -> None:
+        """Releases the encoders (after an error or cancellation; idempotent)."""
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except (av.FFmpegError, OSError, ValueError) as exc:
+                log.debug("closing an aborted container: %s", exc)
+
+    def _take(self) -> bytes:
+        """Output ready to send: whole boxes (fMP4), whole TS packets, or the file at the end (MP4)."""
+        sink = self._sink
+        if sink is None:
+            return b""
+        if isinstance(sink, io.BytesIO):
+            return sink.getvalue() if self._finished else b""
+        buf = sink.buffer
+        if self.params.container == "mpegts":
+            n = len(buf) if self._finished else len(buf) - len(buf) % 188
+        else:
+            n = len(buf) if self._finished else boxes.complete_prefix(buf)
+        if n == 0:
+            return b""
+        out = bytes(buf[:n])
+        del buf[:n]
+        if self.params.container == "fmp4":
+            self.frames_out += boxes.video_samples(out)
+        return out

@@ -1,0 +1,153 @@
+"""Checks on the Encode request stream: the config, frame order and sizes, audio continuity."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from services.encoder.config import EncoderConfig
+from services.encoder.session import StreamParams
+from talkmesh.common.errors import InvalidArgument
+from talkmesh.v1 import common_pb2, encoder_pb2
+
+_PIXEL_FORMATS = {
+    common_pb2.PIXEL_FORMAT_UNSPECIFIED: "i420",
+    common_pb2.PIXEL_FORMAT_I420: "i420",
+    common_pb2.PIXEL_FORMAT_RGB24: "rgb24",
+}
+_CONTAINERS = {
+    encoder_pb2.CONTAINER_FMP4: "fmp4",
+    encoder_pb2.CONTAINER_MPEGTS: "mpegts",
+    encoder_pb2.CONTAINER_MP4: "mp4",
+}
+_AUDIO_CODECS = {encoder_pb2.AUDIO_CODEC_AAC: "aac", encoder_pb2.AUDIO_CODEC_OPUS: "opus"}
+MAX_PARTS = 4096
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192_000
+
+
+def stream_params(msg: encoder_pb2.EncodeConfig, config: EncoderConfig) -> StreamParams:
+    """A validated StreamParams from the first message; raises InvalidArgument naming the field."""
+    limits = config.limits
+    if msg.width == 0 or msg.height == 0:
+        raise InvalidArgument("config.width", "width and height are required")
+    if msg.width > limits.max_width or msg.height > limits.max_height:
+        raise InvalidArgument(
+            "config.width", f"{msg.width}x{msg.height} exceeds the limit {limits.max_width}x{limits.max_height}"
+        )
+    if msg.width % 2 or msg.height % 2:
+        raise InvalidArgument("config.width", f"{msg.width}x{msg.height}: width and height must be even")
+    fps_value = msg.fps or config.defaults.fps
+    if not 1 <= fps_value <= limits.max_fps:
+        raise InvalidArgument("config.fps", f"{msg.fps} is outside 1..{limits.max_fps}")
+    # 29.97 arrives as a float; 30000/1001 is what it means.
+    fps = Fraction(fps_value).limit_denominator(1001)
+    pixel_format = _PIXEL_FORMATS.get(msg.pixel_format)
+    if pixel_format is None:
+        raise InvalidArgument("config.pixel_format", f"unsupported pixel format {msg.pixel_format}")
+    if msg.sample_rate and not MIN_SAMPLE_RATE <= msg.sample_rate <= MAX_SAMPLE_RATE:
+        raise InvalidArgument(
+            "config.sample_rate", f"{msg.sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}"
+        )
+    container = _CONTAINERS.get(msg.container, config.defaults.container)
+    if msg.container not in _CONTAINERS and msg.container != encoder_pb2.CONTAINER_UNSPECIFIED:
+        raise InvalidArgument("config.container", f"unsupported container {msg.container}")
+    audio_codec = _AUDIO_CODECS.get(msg.audio_codec, config.defaults.audio_codec)
+    if msg.audio_codec not in _AUDIO_CODECS and msg.audio_codec != encoder_pb2.AUDIO_CODEC_UNSPECIFIED:
+        raise InvalidArgument("config.audio_codec", f"unsupported audio codec {msg.audio_codec}")
+    fragment_ms = msg.fragment_ms or config.defaults.fragment_ms
+    if fragment_ms > limits.max_fragment_ms:
+        raise InvalidArgument("config.fragment_ms", f"{fragment_ms} exceeds {limits.max_fragment_ms}")
+    return StreamParams(
+        width=msg.width,
+        height=msg.height,
+        fps=fps,
+        pixel_format=pixel_format,
+        sample_rate=msg.sample_rate,
+        container=container,
+        audio_codec=audio_codec,
+        fragment_ms=fragment_ms,
+    )
+
+
+class FrameAssembler:
+    """Joins frame parts and enforces frame order 0, 1, 2... and the configured size and format."""
+
+    def __init__(self, params: StreamParams) -> None:
+        self.params = params
+        self.next_index = 0
+        self._parts: list[bytes] = []
+        self._part_count = 0
+        self._bytes = 0
+
+    @property
+    def pending(self) -> bool:
+        """A frame has some but not all of its parts."""
+        return bool(self._parts)
+
+    def add(self, frame: common_pb2.VideoFrame) -> bytes | None:
+        """The whole frame's bytes when ``frame`` completes it, else None."""
+        p = self.params
+        if frame.frame_index != self.next_index:
+            raise InvalidArgument(
+                "frame.frame_index",
+                f"expected frame {self.next_index}, got {frame.frame_index}: frames must arrive in order "
+                "without gaps or duplicates",
+            )
+        if (frame.width and frame.width != p.width) or (frame.height and frame.height != p.height):
+            raise InvalidArgument(
+                "frame.width", f"frame is {frame.width}x{frame.height}, the stream is {p.width}x{p.height}"
+            )
+        fmt = _PIXEL_FORMATS.get(frame.pixel_format) if frame.pixel_format else p.pixel_format
+        if fmt != p.pixel_format:
+            raise InvalidArgument(
+                "frame.pixel_format",
+                f"frame is {common_pb2.PixelFormat.Name(frame.pixel_format)}, the stream is {p.pixel_format}",
+            )
+        count = frame.part_count or 1
+        if not self._parts:
+            if count > MAX_PARTS:
+                raise InvalidArgument("frame.part_count", f"{count} parts exceed {MAX_PARTS}")
+            self._part_count = count
+        elif count != self._part_count:
+            raise InvalidArgument("frame.part_count", f"changed from {self._part_count} to {count} within a frame")
+        if frame.part_index != len(self._parts):
+            raise InvalidArgument(
+                "frame.part_index", f"expected part {len(self._parts)} of frame {frame.frame_index}, "
+                f"got {frame.part_index}"
+            )
+        self._bytes += len(frame.data)
+        if self._bytes > p.frame_bytes:
+            raise InvalidArgument(
+                "frame.data",
+                f"frame {frame.frame_index} has more than the {p.frame_bytes} bytes of a "
+                f"{p.width}x{p.height} {p.pixel_format} frame",
+            )
+        self._parts.append(frame.data)
+        if len(self._parts) < self._part_count:
+            return None
+        if self._bytes != p.frame_bytes:
+            raise InvalidArgument(
+                "frame.data",
+                f"frame {frame.frame_index} has {self._bytes} bytes, a {p.width}x{p.height} "
+                f"{p.pixel_format} frame has {p.frame_bytes}",
+            )
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts = []
+        self._bytes = 0
+        self.next_index += 1
+        return data
+
+
+def check_audio(chunk: common_pb2.AudioChunk, params: StreamParams, samples_so_far: int) -> None:
+    if not params.sample_rate:
+        raise InvalidArgument("audio", "config.sample_rate is 0 (no audio track), but audio arrived")
+    if chunk.sample_rate and chunk.sample_rate != params.sample_rate:
+        raise InvalidArgument(
+            "audio.sample_rate", f"{chunk.sample_rate} Hz differs from config.sample_rate {params.sample_rate}"
+        )
+    if len(chunk.pcm) % 2:
+        raise InvalidArgument("audio.pcm", "PCM s16le needs an even number of bytes")
+    if chunk.sample_offset != samples_so_far:
+        raise InvalidArgument(
+            "audio.sample_offset",
+            f"expected {samples_so_far} (audio must be continuous), got {chunk.sample_offset}",
+        )
