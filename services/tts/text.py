@@ -37,9 +37,14 @@ def check_text(text: str, field: str, max_chars: int, *, allow_empty: bool = Fal
             raise InvalidArgument(field, f"control character U+{ord(ch):04X} at position {i}")
 
 
-def is_sentence_end(segment: str) -> bool:
+def final_punctuation(segment: str) -> str:
+    """The clause's closing punctuation mark (quotes and brackets skipped), or ""."""
     s = segment.rstrip().rstrip("".join(_CLOSERS))
-    return bool(s) and s[-1] in SENTENCE_END
+    return s[-1] if s and (s[-1] in SENTENCE_END or s[-1] in CLAUSE_END) else ""
+
+
+def is_sentence_end(segment: str) -> bool:
+    return final_punctuation(segment) in SENTENCE_END and bool(final_punctuation(segment))
 
 
 class ClauseSplitter:

@@ -1,0 +1,63 @@
+# ruff: noqa: RUF001
+from __future__ import annotations
+
+import pytest
+
+from services.tts.text import ClauseSplitter, check_text, final_punctuation, split_clauses
+from talkmesh.common.errors import InvalidArgument
+
+
+def test_splits_sentences_and_clauses_keeping_punctuation() -> None:
+    assert split_clauses("Hello, Bob! Pam met Max. Done") == ["Hello,", "Bob!", "Pam met Max.", "Done"]
+
+
+def test_does_not_split_numbers_abbreviations_or_initials() -> None:
+    text = "Dr. Smith paid 3.50 dollars, e.g. to J. Doe. Next."
+    assert split_clauses(text) == ["Dr. Smith paid 3.50 dollars,", "e.g. to J. Doe.", "Next."]
+
+
+def test_line_breaks_and_cjk_punctuation_end_clauses() -> None:
+    assert split_clauses("First line\nsecond line") == ["First line", "second line"]
+    assert split_clauses("你好。再见！") == ["你好。", "再见！"]
+
+
+def test_long_run_is_cut_at_a_space() -> None:
+    text = " ".join(["word"] * 30)  # 149 characters, no punctuation
+    parts = split_clauses(text, max_chars=40)
+    assert all(len(p) <= 40 for p in parts)
+    assert " ".join(parts) == text
+
+
+def test_incremental_splitter_waits_for_confirmation() -> None:
+    s = ClauseSplitter()
+    assert s.push("It costs 3.") == []  # "3." may become "3.5"
+    assert s.push("5 euros. And") == ["It costs 3.5 euros."]
+    assert s.push(" then") == []
+    assert s.flush() == ["And then"]
+    # Pieces cut anywhere give the same clauses as the whole text.
+    text = "Well, that was fast! Wasn't it? Yes: very."
+    for cut in range(1, len(text)):
+        s = ClauseSplitter()
+        got = s.push(text[:cut]) + s.push(text[cut:]) + s.flush()
+        assert got == split_clauses(text)
+
+
+def test_final_punctuation() -> None:
+    assert final_punctuation('He said "yes."') == "."
+    assert final_punctuation("Hello,") == ","
+    assert final_punctuation("Hello") == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [("", "empty"), ("   \n", "empty"), ("x" * 11, "limit"), ("bell\x07", "U+0007"), ("nul\x00", "U+0000")],
+)
+def test_check_text_rejects(text: str, reason: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        check_text(text, "text", 10)
+    assert exc.value.field == "text"
+    assert reason in exc.value.message
+
+
+def test_check_text_accepts_tabs_newlines_and_unicode() -> None:
+    check_text("a\tb\nc é 😀", "text", 100)
