@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from typing import Any
 
 import grpc
@@ -97,7 +98,7 @@ async def test_viseme_track_covers_audio_in_order_with_closed_lips_on_p_b_m(tts:
     vis = visemes_of(chunks)
     # Tiles [0, total): ordered, contiguous, non-empty.
     assert vis[0].start_sample == 0 and vis[-1].end_sample == total
-    for a, b in zip(vis, vis[1:], strict=False):
+    for a, b in itertools.pairwise(vis):
         assert a.end_sample == b.start_sample
     assert all(v.end_sample > v.start_sample for v in vis)
     # Each viseme travels with (or before) the chunk its audio starts in.
