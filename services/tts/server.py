@@ -8,7 +8,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,7 +168,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
 
     async def _speak(
         self, asm: ChunkAssembler, job: _Job, index: int, text: str
-    ) -> AsyncIterator[common_pb2.AudioChunk]:
+    ) -> AsyncGenerator[common_pb2.AudioChunk, None]:
         start = time.perf_counter()
         asm.begin_segment(index)
         async with contextlib.aclosing(job.backend.synthesize(text, job.voice, job.settings)) as blocks:
@@ -205,7 +205,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             )
 
     # -- RPCs ----------------------------------------------------------------------------------
-    async def Synthesize(self, request: Any, context: Any) -> AsyncIterator[common_pb2.AudioChunk]:  # type: ignore[override]
+    async def Synthesize(self, request: Any, context: Any) -> AsyncGenerator[common_pb2.AudioChunk, None]:  # type: ignore[override]
         started = time.perf_counter()
         request = _decoded(request)
         job = self._resolve(request.config, context)
@@ -235,7 +235,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
 
     async def SynthesizeStream(  # type: ignore[override]
         self, request_iterator: Any, context: Any
-    ) -> AsyncIterator[common_pb2.AudioChunk]:
+    ) -> AsyncGenerator[common_pb2.AudioChunk, None]:
         started = time.perf_counter()
         pieces = request_iterator.__aiter__()
         head = await anext(pieces, None)

@@ -302,3 +302,13 @@ async def test_unknown_default_voice_fails_start() -> None:
 
 def test_warmup_text_is_speakable() -> None:
     assert split_clauses(WARMUP_TEXT) == [WARMUP_TEXT]
+
+
+async def test_cancelled_stream_stops_and_service_keeps_serving(tts: Any) -> None:
+    stub, _, _ = tts
+    call = stub.Synthesize(tts_pb2.SynthesizeRequest(text=" ".join(["A long sentence, again."] * 40)))
+    for _ in range(3):
+        await call.read()
+    call.cancel()
+    chunks = await collect(stub.Synthesize(tts_pb2.SynthesizeRequest(text="Pam met Max at the bank.")))
+    assert chunks[-1].end_of_stream and len(pcm_of(chunks)) > 10000
