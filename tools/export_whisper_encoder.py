@@ -1,0 +1,101 @@
+"""Export the encoder of a local Hugging Face Whisper checkpoint to ONNX for the audio features service.
+
+    python -m tools.export_whisper_encoder /path/to/whisper-tiny encoder.onnx
+
+The checkpoint directory is what ``transformers`` saves (``config.json`` + ``model.safetensors``
+or ``pytorch_model.bin``), for example a local copy of ``openai/whisper-tiny`` (what MuseTalk
+uses). The ONNX model has
+
+* input ``input_features``: ``[batch, 80, 3000]`` float32 log-mel (the 30 s window),
+* output ``hidden_states``: ``[batch, layers + 1, 1500, width]`` float32, the embedding output
+  followed by every encoder layer's hidden state (MuseTalk stacks exactly these), ``[*, 5, 1500, 384]``
+  for Whisper-tiny.
+
+Point ``whisper_encoder.path`` of the audio features config at the file. Needs the ``tools`` extra
+(torch, transformers, onnx); the service itself only needs onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+INPUT_NAME = "input_features"
+OUTPUT_NAME = "hidden_states"
+OPSET = 17
+
+
+class EncoderHiddenStates(torch.nn.Module):
+    """Wraps a ``transformers`` Whisper encoder: log-mel in, all hidden states stacked out."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_features, output_hidden_states=True, return_dict=True)
+        return torch.stack(tuple(out.hidden_states), dim=1)
+
+
+def load_encoder(model_dir: Path) -> torch.nn.Module:
+    """The encoder of the Whisper checkpoint in ``model_dir`` (eager attention: exports cleanly)."""
+    from transformers import WhisperModel
+
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json: not a Hugging Face Whisper checkpoint")
+    model = WhisperModel.from_pretrained(str(model_dir), attn_implementation="eager")
+    return model.get_encoder().eval()
+
+
+def export_encoder(encoder: torch.nn.Module, output: Path, opset: int = OPSET) -> Path:
+    """Writes ``encoder`` (a ``transformers`` WhisperEncoder) to ``output`` as ONNX; returns the path."""
+    import onnx
+
+    config: Any = encoder.config
+    frames = int(config.max_source_positions) * 2  # two stride-1/stride-2 convolutions: 3000 -> 1500
+    mels = int(config.num_mel_bins)
+    wrapper = EncoderHiddenStates(encoder).eval()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(1, mels, frames)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(output),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    proto = onnx.load(str(output))
+    for key, value in {
+        "talkmesh.model": "whisper_encoder",
+        "talkmesh.layers": str(int(config.encoder_layers) + 1),
+        "talkmesh.width": str(int(config.d_model)),
+    }.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(output))
+    onnx.checker.check_model(str(output))
+    return output
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", type=Path, help="local Hugging Face Whisper checkpoint directory")
+    parser.add_argument("output", type=Path, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=OPSET)
+    args = parser.parse_args(argv)
+    path = export_encoder(load_encoder(args.model_dir.expanduser()), args.output.expanduser(), args.opset)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
