@@ -57,8 +57,8 @@ def lower_face_mask(size: int, top: float = 0.45, side: float = 0.1, bottom: flo
     side, blurred so the weight fades smoothly to exactly zero before the crop's border.
     """
     m = np.zeros((size, size), np.float32)
-    sigma = size * 0.05
-    margin = int(np.ceil(3 * sigma))
+    sigma = size * 0.04
+    margin = int(np.ceil(4 * sigma)) + 1  # OpenCV's kernel reaches 4 sigma: the border stays 0
     y0 = int(size * top)
     y1 = size - max(margin, int(size * bottom))
     x0 = max(margin, int(size * side))

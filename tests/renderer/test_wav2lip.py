@@ -1,0 +1,220 @@
+"""Wav2Lip: the checkpoint importer against PyTorch, and the ONNX backend (crop, mask, batching, paste).
+
+A randomly initialised generator saved in the official checkpoint layout stands in for the released
+weights (same architecture, parameter names and shapes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from services.renderer.backends.base import Avatar, FrameJob  # noqa: E402
+from services.renderer.backends.neural import lower_face_mask, padded_boxes  # noqa: E402
+from services.renderer.backends.onnx_models import CPU, ModelError  # noqa: E402
+from services.renderer.backends.wav2lip import Wav2LipBackend  # noqa: E402
+from services.renderer.batcher import DynamicBatcher  # noqa: E402
+from services.renderer.config import BatchConfig, ModelConfig, RendererConfig  # noqa: E402
+from talkmesh.common.telemetry import Telemetry  # noqa: E402
+from tools.import_wav2lip import (  # noqa: E402
+    CheckpointError,
+    convert,
+    example_inputs,
+    load_generator,
+    main,
+    save_official_layout,
+)
+from tools.models.wav2lip import Wav2LipGenerator, randomize_batchnorm  # noqa: E402
+
+pytestmark = pytest.mark.tools
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Wav2LipGenerator, Path, Path]:
+    d = tmp_path_factory.mktemp("wav2lip")
+    torch.manual_seed(1234)
+    model = Wav2LipGenerator()
+    randomize_batchnorm(model)
+    model.eval()
+    ckpt = save_official_layout(model, d / "wav2lip_gan.pth")
+    assert main([str(ckpt), str(d / "wav2lip.onnx"), "--fp16"]) == 0
+    return model, ckpt, d / "wav2lip.onnx"
+
+
+def test_checkpoint_uses_the_official_layout(exported):
+    _, ckpt, _ = exported
+    raw = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+    keys = raw["state_dict"]
+    assert all(k.startswith("module.") for k in keys)
+    # A few names and shapes of the released generator.
+    assert tuple(keys["module.face_encoder_blocks.0.0.conv_block.0.weight"].shape) == (16, 6, 7, 7)
+    assert tuple(keys["module.audio_encoder.0.conv_block.0.weight"].shape) == (32, 1, 3, 3)
+    assert tuple(keys["module.face_decoder_blocks.1.0.conv_block.0.weight"].shape) == (1024, 512, 3, 3)
+    assert tuple(keys["module.output_block.0.conv_block.1.running_var"].shape) == (32,)
+    assert tuple(keys["module.output_block.1.weight"].shape) == (3, 32, 1, 1)
+    n = sum(v.numel() for k, v in keys.items() if "running" not in k and "num_batches" not in k)
+    assert 36_000_000 < n < 36_600_000  # the released generator has ~36.3 M parameters
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_onnx_matches_pytorch(exported, batch: int):
+    import onnxruntime as ort
+
+    model, _, onnx_path = exported
+    mel, face = example_inputs(batch)
+    with torch.no_grad():
+        ref = model(mel, face).numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=[CPU])
+    out = sess.run(None, {"mel": mel.numpy(), "face": face.numpy()})[0]
+    assert out.shape == (batch, 3, 96, 96) and out.dtype == np.float32
+    assert np.abs(out - ref).max() < 1e-4
+    assert ref.std() > 1e-3  # the comparison is not between two constants
+    half = ort.InferenceSession(str(onnx_path.with_name("wav2lip.fp16.onnx")), providers=[CPU])
+    out16 = half.run(None, {"mel": mel.numpy(), "face": face.numpy()})[0]
+    assert out16.dtype == np.float32 and np.abs(out16 - ref).max() < 1e-2
+
+
+def test_importer_accepts_a_bare_state_dict_and_rejects_other_checkpoints(exported, tmp_path: Path):
+    model, _, _ = exported
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), str(bare))
+    loaded = load_generator(bare)
+    mel, face = example_inputs(1)
+    with torch.no_grad():
+        assert torch.equal(loaded(mel, face), model(mel, face))
+
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    state["module.output_block.1.weight"] = torch.zeros(3, 16, 1, 1)
+    del state["module.audio_encoder.0.conv_block.0.bias"]
+    bad = tmp_path / "bad.pth"
+    torch.save({"state_dict": state}, str(bad))
+    with pytest.raises(CheckpointError) as err:
+        convert(bad, tmp_path / "bad.onnx")
+    msg = str(err.value)
+    assert "audio_encoder.0.conv_block.0.bias" in msg
+    assert "output_block.1.weight: expected (3, 32, 1, 1), found (3, 16, 1, 1)" in msg
+
+
+def make_avatar() -> Avatar:
+    rng = np.random.default_rng(7)
+    frames = rng.integers(0, 256, (3, 180, 200, 3), dtype=np.uint8)
+    boxes = np.array([[50, 30, 150, 140], [52, 31, 151, 141], [48, 29, 149, 139]], np.int32)
+    return Avatar("av", "av", frames, boxes, np.array([[80, 100, 120, 125]] * 3, np.int32))
+
+
+def config(path: Path, max_size: int = 4, skip: int = 1) -> RendererConfig:
+    return RendererConfig(
+        wav2lip=ModelConfig(path=str(path), frame_skip=skip), batch=BatchConfig(max_size=max_size)
+    )
+
+
+@pytest.fixture(scope="module")
+def backend(exported) -> Wav2LipBackend:
+    _, _, onnx_path = exported
+    b = Wav2LipBackend(config(onnx_path), Telemetry("renderer"))
+    b.warmup()
+    return b
+
+
+def mel(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-4, 4, (80, 16)).astype(np.float32)
+
+
+def test_backend_crop_mask_and_model_input_match_an_independent_reference(exported, backend):
+    model, _, _ = exported
+    avatar = make_avatar()
+    jobs = [FrameJob("s", i, i % 3, True, -20.0, features=mel(i)) for i in range(4)]
+    crops = backend.infer([(avatar, j) for j in jobs])
+    assert backend.provider == CPU and backend.max_batch == 4
+    # Reference: crop the padded box (10 px more chin), 96x96, mask the lower half, run torch.
+    faces, mels = [], []
+    for j in jobs:
+        x1, y1, x2, y2 = avatar.face_boxes[j.avatar_frame]
+        crop = cv2.resize(avatar.frames[j.avatar_frame][y1 : y2 + 10, x1:x2], (96, 96), interpolation=cv2.INTER_AREA)
+        ref = crop.astype(np.float32) / 255.0
+        masked = ref.copy()
+        masked[48:] = 0
+        faces.append(np.concatenate([masked, ref], axis=2).transpose(2, 0, 1))
+        assert j.features is not None
+        mels.append(j.features[None])
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.stack(mels)), torch.from_numpy(np.stack(faces))).numpy()
+    expected = np.clip(out.transpose(0, 2, 3, 1) * 255 + 0.5, 0, 255).astype(np.uint8)
+    for got, want in zip(crops, expected, strict=True):
+        assert got.shape == (96, 96, 3) and got.dtype == np.uint8
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_paste_back_is_feathered_and_stays_inside_the_padded_box(backend):
+    avatar = make_avatar()
+    job = FrameJob("s", 0, 1, True, -20.0, features=mel(3))
+    [frame] = backend.render(avatar, [job])
+    src = avatar.frames[1]
+    assert frame.shape == src.shape and frame.dtype == np.uint8
+    x1, y1, x2, y2 = padded_boxes(avatar.face_boxes[1:2], avatar.size, (0, 10, 0, 0))[0]
+    assert (y2 - y1) == (141 - 31) + 10
+    changed = np.any(frame != src, axis=2)
+    ys, xs = np.nonzero(changed)
+    assert ys.min() >= y1 + (y2 - y1) * 0.3 and ys.max() < y2 and xs.min() >= x1 and xs.max() < x2
+    # No seam: the box border rows and columns are untouched, the lower face centre is the model's.
+    assert not changed[y1:y2, x1].any() and not changed[y2 - 1, x1:x2].any()
+    crop = backend.infer([(avatar, job)])[0]
+    patch = cv2.resize(crop, (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+    cy, cx = y1 + int((y2 - y1) * 0.7), (x1 + x2) // 2
+    assert np.abs(frame[cy, cx].astype(int) - patch[cy - y1, cx - x1].astype(int)).max() <= 1
+    mask = lower_face_mask(96)
+    assert mask[0].max() == 0 and mask[-1].max() == 0 and mask[:, 0].max() == 0 and mask.max() == 1.0
+
+
+async def test_concurrent_sessions_through_the_batcher_match_unbatched_rendering(backend):
+    avatar = make_avatar()
+    tel = Telemetry("renderer")
+    batcher = DynamicBatcher(backend, tel, max_size=4, max_delay_ms=20.0)
+
+    def jobs_of(k: int) -> list[FrameJob]:
+        return [FrameJob(f"s{k}", i, (i + k) % 3, True, -20.0, features=mel(100 * k + i)) for i in range(5)]
+
+    async def session(k: int) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        jobs = jobs_of(k)
+        for start in range(0, 5, 2):
+            out += await batcher.render(avatar, jobs[start : start + 2])
+        return out
+
+    try:
+        results = await asyncio.gather(*(session(k) for k in range(3)))
+    finally:
+        await batcher.close()
+    assert any(n > 1 for n in batcher.batch_sizes)
+    for k, frames in enumerate(results):
+        alone = backend.render(avatar, jobs_of(k))
+        assert len(frames) == 5
+        for got, want in zip(frames, alone, strict=True):
+            assert got.shape == (180, 200, 3) and got.dtype == np.uint8
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+
+
+def test_wrong_model_file_is_rejected_with_both_signatures(tmp_path: Path):
+    from diffusers import AutoencoderKL
+
+    from tools.models.musetalk import VaeDecode, small_vae_config
+    from tools.onnx_export import export_onnx
+
+    vae = AutoencoderKL.from_config({k: v for k, v in small_vae_config().items() if not k.startswith("_")})
+    path = export_onnx(VaeDecode(vae), (torch.randn(1, 4, 32, 32),), tmp_path / "x.onnx", ["latents"], ["image"])
+    with pytest.raises(ModelError) as err:
+        Wav2LipBackend(config(path), Telemetry("renderer"))
+    msg = str(err.value)
+    assert "expected inputs (mel[B,1,80,16] float, face[B,6,96,96] float) -> outputs (frames[B,3,96,96] float)" in msg
+    assert "found inputs (latents[B,4,32,32] float) -> outputs (image[B,3,256,256] float)" in msg
+
+
+def test_unset_path_is_a_clear_error():
+    with pytest.raises(ModelError, match=r"wav2lip.path: not set"):
+        Wav2LipBackend(RendererConfig(), Telemetry("renderer"))
