@@ -19,7 +19,6 @@ from tests.deploy.manifests import (
     GPU_SERVICES,
     OVERLAYS,
     SERVICES,
-    Manifest,
     config_of,
     containers,
     env_of,

@@ -1,0 +1,124 @@
+"""The Grafana dashboard and the Prometheus rules: structure, parsing (promtool) and rule unit tests."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.manifests import DEPLOY
+from tests.deploy.prom import find_binary
+from tests.deploy.promql import (
+    RULES,
+    adapter_expressions,
+    check_parse,
+    dashboard,
+    dashboard_expressions,
+    panels,
+    rule_expressions,
+    variable_queries,
+)
+
+
+def promtool() -> str:
+    return find_binary("promtool")
+
+
+def test_promtool_check_rules() -> None:
+    proc = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_test_rules() -> None:
+    tests = DEPLOY / "prometheus" / "talkmesh.rules.test.yaml"
+    proc = subprocess.run([promtool(), "test", "rules", str(tests)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_rule_tests_cover_every_alert() -> None:
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "talkmesh.rules.test.yaml").read_text())
+    tested = {a["alertname"] for t in tests["tests"] for a in t.get("alert_rule_test", []) if a["exp_alerts"]}
+    alerts = {name for name in rule_expressions() if not name.startswith("talkmesh:")}
+    assert alerts == tested
+    assert {"TalkmeshTimeToFirstFrameSLO", "TalkmeshRealtimeFactorBelowOne", "TalkmeshHighErrorRatio"} <= alerts
+
+
+def test_a_broken_rule_file_fails_the_rule_tests(tmp_path: Path) -> None:
+    """promtool test rules can fail: with the SLO threshold raised, the SLO alert no longer fires."""
+    (tmp_path / "talkmesh.rules.yaml").write_text(
+        RULES.read_text().replace("p95_5m > 2\n", "p95_5m > 20\n")
+    )
+    tests = (DEPLOY / "prometheus" / "talkmesh.rules.test.yaml").read_text()
+    (tmp_path / "t.yaml").write_text(tests)
+    proc = subprocess.run([promtool(), "test", "rules", str(tmp_path / "t.yaml")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "TalkmeshTimeToFirstFrameSLO" in proc.stdout + proc.stderr
+
+
+def test_prometheusrule_matches_the_rule_file() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync", DEPLOY / "prometheus" / "sync_prometheusrule.py")
+    assert spec and spec.loader
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    expected = sync.render(RULES.read_text())
+    assert (DEPLOY / "prometheus" / "prometheusrule.yaml").read_text() == expected, (
+        "run `python deploy/prometheus/sync_prometheusrule.py`"
+    )
+
+
+def test_every_expression_parses(tmp_path: Path) -> None:
+    exprs = {**dashboard_expressions(), **variable_queries(), **rule_expressions(), **adapter_expressions()}
+    check_parse(promtool(), exprs, tmp_path)
+
+
+def test_the_parse_check_can_fail(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="promtool rejected"):
+        check_parse(promtool(), {"bad": "sum by (service (rate(x[5m]))"}, tmp_path)
+
+
+def test_dashboard_structure() -> None:
+    dash = dashboard()
+    assert dash["uid"] == "talkmesh-overview"
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    ids = [p["id"] for p in panels(dash)]
+    assert len(ids) == len(set(ids))
+    for p in panels(dash):
+        if p["type"] == "row":
+            continue
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}"
+            if "rate(" in t["expr"] or "increase(" in t["expr"]:
+                assert "[$__rate_interval]" in t["expr"], f"{p['title']}: use $__rate_interval"
+            assert 'namespace=~"$namespace"' in t["expr"], f"{p['title']}: filter by namespace"
+    # No overlapping panels on the 24-column grid.
+    cells: set[tuple[int, int]] = set()
+    for p in panels(dash):
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine, f"{p['title']} overlaps another panel"
+        cells |= mine
+
+
+def test_dashboard_answers_where_the_time_went() -> None:
+    exprs = dashboard_expressions()
+    joined = "\n".join(exprs.values())
+    for q in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({q}, sum by (le) (rate(talkmesh_time_to_first_frame_seconds_bucket" in joined
+    for metric in (
+        "talkmesh_stage_duration_seconds_bucket", "talkmesh_realtime_factor_bucket", "talkmesh_streams_active",
+        "talkmesh_streams_total", "talkmesh_batch_size_bucket", "talkmesh_queue_depth",
+        "talkmesh_rejections_total", "talkmesh_frames_total", "talkmesh_time_to_first_audio_seconds_bucket",
+        "talkmesh_backend_info", "talkmesh_build_info", "talkmesh_cache_requests_total",
+        "talkmesh_skipped_frames_total",
+    ):
+        assert metric in joined, metric
+    assert any("by (service, code)" in e for e in exprs.values()), "errors by status code"
+    assert any(p["type"] == "heatmap" for p in panels(dashboard()))
