@@ -14,9 +14,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-HEADER = (
-    "# Generated from talkmesh.rules.yaml by sync_prometheusrule.py: edit that file, then re-run the script.\n"
-)
+HEADER = "# Generated from talkmesh.rules.yaml by sync_prometheusrule.py: edit that file, then re-run the script.\n"
 
 
 def render(rules_text: str) -> str:

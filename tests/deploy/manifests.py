@@ -38,7 +38,9 @@ def kubectl() -> str:
 def _render(overlay: str) -> tuple[Manifest, ...]:
     out = subprocess.run(
         [kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return tuple(d for d in yaml.safe_load_all(out) if d)
 
@@ -89,7 +91,8 @@ def matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
 def pods_selected(docs: list[Manifest], selector: Mapping[str, Any]) -> list[str]:
     """Names of the Deployments whose pods the selector picks."""
     return [
-        d["metadata"]["name"] for d in of_kind(docs, "Deployment")
+        d["metadata"]["name"]
+        for d in of_kind(docs, "Deployment")
         if matches(selector, d["spec"]["template"]["metadata"].get("labels", {}))
     ]
 

@@ -38,8 +38,13 @@ CUSTOM_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
 }
-PORTS = {"gateway": (50051, 9101), "tts": (50052, 9102), "audio_features": (50053, 9103),
-         "renderer": (50054, 9104), "encoder": (50055, 9105)}
+PORTS = {
+    "gateway": (50051, 9101),
+    "tts": (50052, 9102),
+    "audio_features": (50053, 9103),
+    "renderer": (50054, 9104),
+    "encoder": (50055, 9105),
+}
 
 
 def schema(name: str) -> dict[str, Any]:

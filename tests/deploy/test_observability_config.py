@@ -47,9 +47,7 @@ def test_rule_tests_cover_every_alert() -> None:
 
 def test_a_broken_rule_file_fails_the_rule_tests(tmp_path: Path) -> None:
     """promtool test rules can fail: with the SLO threshold raised, the SLO alert no longer fires."""
-    (tmp_path / "talkmesh.rules.yaml").write_text(
-        RULES.read_text().replace("p95_5m > 2\n", "p95_5m > 20\n")
-    )
+    (tmp_path / "talkmesh.rules.yaml").write_text(RULES.read_text().replace("p95_5m > 2\n", "p95_5m > 20\n"))
     tests = (DEPLOY / "prometheus" / "talkmesh.rules.test.yaml").read_text()
     (tmp_path / "t.yaml").write_text(tests)
     proc = subprocess.run([promtool(), "test", "rules", str(tmp_path / "t.yaml")], capture_output=True, text=True)
@@ -113,10 +111,18 @@ def test_dashboard_answers_where_the_time_went() -> None:
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le) (rate(talkmesh_time_to_first_frame_seconds_bucket" in joined
     for metric in (
-        "talkmesh_stage_duration_seconds_bucket", "talkmesh_realtime_factor_bucket", "talkmesh_streams_active",
-        "talkmesh_streams_total", "talkmesh_batch_size_bucket", "talkmesh_queue_depth",
-        "talkmesh_rejections_total", "talkmesh_frames_total", "talkmesh_time_to_first_audio_seconds_bucket",
-        "talkmesh_backend_info", "talkmesh_build_info", "talkmesh_cache_requests_total",
+        "talkmesh_stage_duration_seconds_bucket",
+        "talkmesh_realtime_factor_bucket",
+        "talkmesh_streams_active",
+        "talkmesh_streams_total",
+        "talkmesh_batch_size_bucket",
+        "talkmesh_queue_depth",
+        "talkmesh_rejections_total",
+        "talkmesh_frames_total",
+        "talkmesh_time_to_first_audio_seconds_bucket",
+        "talkmesh_backend_info",
+        "talkmesh_build_info",
+        "talkmesh_cache_requests_total",
         "talkmesh_skipped_frames_total",
     ):
         assert metric in joined, metric

@@ -71,9 +71,7 @@ def _metrics_text(port: int) -> str:
 
 
 def _promtool_check_metrics(text: str) -> None:
-    proc = subprocess.run(
-        [find_binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True
-    )
+    proc = subprocess.run([find_binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
     # promtool reports lint problems (e.g. counters without _total) on stdout with exit code 1.
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
