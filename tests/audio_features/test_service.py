@@ -28,7 +28,7 @@ from .helpers import FakeEncoder, quantise, speech_like, to_pcm
 
 SERVER = ServerConfig(port=0, metrics_port=-1, grace_seconds=2.0)
 SMALL_BLOCKS = WhisperEncoderConfig(block_seconds=0.2, left_context_seconds=0.1, right_context_seconds=0.14)
-KIND_OF = {
+KIND_OF: dict[Any, str] = {
     pb.FEATURE_TYPE_WHISPER_LOG_MEL: "whisper_log_mel",
     pb.FEATURE_TYPE_WAV2LIP_MEL: "wav2lip_mel",
     pb.FEATURE_TYPE_WHISPER_EMBEDDING: "whisper_embedding",
@@ -41,7 +41,7 @@ def config(**changes: Any) -> AudioFeaturesConfig:
 
 
 def requests(
-    feature_type: int, pcm: bytes, sample_rate: int, chunk_bytes: int = 3000, fps: float = 0.0
+    feature_type: Any, pcm: bytes, sample_rate: int, chunk_bytes: int = 3000, fps: float = 0.0
 ) -> list[pb.FeatureRequest]:
     out = [pb.FeatureRequest(seq=0, config=pb.FeatureConfig(request_id="r1", feature_type=feature_type, fps=fps))]
     offset = 0
