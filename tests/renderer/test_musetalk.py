@@ -1,0 +1,179 @@
+"""MuseTalk: the export tool on a scaled-down config with random weights, and the ONNX backend.
+
+Same export path as the released models (UNet from its JSON config + a state-dict file, VAE from a
+diffusers directory), fewer channels and blocks so it runs in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from services.renderer.backends.base import Avatar, FrameJob  # noqa: E402
+from services.renderer.backends.musetalk import MuseTalkBackend  # noqa: E402
+from services.renderer.backends.onnx_models import CPU, ModelError  # noqa: E402
+from services.renderer.batcher import DynamicBatcher  # noqa: E402
+from services.renderer.config import BatchConfig, ModelConfig, RendererConfig  # noqa: E402
+from talkmesh.common.telemetry import Telemetry  # noqa: E402
+from tools.export_musetalk import main, unet_from_config  # noqa: E402
+from tools.models.musetalk import (  # noqa: E402
+    UNetStep,
+    VaeDecode,
+    VaeEncode,
+    positional_encoding,
+    small_unet_config,
+    small_vae_config,
+)
+
+pytestmark = pytest.mark.tools
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("musetalk")
+    torch.manual_seed(5)
+    # The released layout: musetalk.json + pytorch_model.bin, and a diffusers VAE directory.
+    (d / "musetalk.json").write_text(json.dumps(small_unet_config()))
+    unet = unet_from_config(small_unet_config()).eval()
+    torch.save(unet.state_dict(), str(d / "pytorch_model.bin"))
+    vae = diffusers.AutoencoderKL.from_config(
+        {k: v for k, v in small_vae_config().items() if not k.startswith("_")}
+    ).eval()
+    vae.save_pretrained(str(d / "sd-vae"))
+    out = d / "onnx"
+    args = ["--unet-config", str(d / "musetalk.json"), "--unet-weights", str(d / "pytorch_model.bin"),
+            "--vae", str(d / "sd-vae"), str(out)]  # fmt: skip
+    assert main(args) == 0
+    return unet, vae, out
+
+
+def test_exported_models_match_pytorch(exported):
+    import onnxruntime as ort
+
+    unet, vae, out = exported
+    g = torch.Generator().manual_seed(0)
+    pair = torch.randn(3, 8, 32, 32, generator=g)
+    audio = torch.randn(3, 50, 384, generator=g)
+    image = torch.rand(3, 3, 256, 256, generator=g)
+    cases = [
+        ("unet.onnx", UNetStep(unet), {"latents": pair, "audio": audio}, (3, 4, 32, 32)),
+        ("vae_encoder.onnx", VaeEncode(vae), {"image": image}, (3, 4, 32, 32)),
+        ("vae_decoder.onnx", VaeDecode(vae), {"latents": pair[:, :4]}, (3, 3, 256, 256)),
+    ]
+    for file, module, feeds, shape in cases:
+        with torch.no_grad():
+            ref = module(*feeds.values()).numpy()
+        sess = ort.InferenceSession(str(out / file), providers=[CPU])
+        got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+        assert got.shape == shape and got.dtype == np.float32, file
+        assert np.abs(got - ref).max() < 1e-4, file
+        assert ref.std() > 1e-3, file
+
+
+def test_positional_encoding_is_the_sinusoidal_table():
+    pe = positional_encoding(50, 384).numpy()
+    pos, i = 7, 10  # channel pair (10, 11) uses frequency 10000^(-10/384)
+    rate = 10000.0 ** (-i / 384)
+    assert pe[pos, i] == pytest.approx(np.sin(pos * rate), abs=1e-6)
+    assert pe[pos, i + 1] == pytest.approx(np.cos(pos * rate), abs=1e-6)
+    assert np.all(pe[0, 0::2] == 0) and np.all(pe[0, 1::2] == 1)
+
+
+def test_unet_config_must_have_musetalk_channels():
+    from tools.export_musetalk import ExportError
+
+    bad = {**small_unet_config(), "in_channels": 4}
+    with pytest.raises(ExportError, match="in_channels must be 8"):
+        unet_from_config(bad)
+
+
+def make_avatar() -> Avatar:
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (2, 300, 280, 3), dtype=np.uint8)
+    boxes = np.array([[60, 40, 220, 230], [62, 42, 222, 232]], np.int32)
+    return Avatar("m", "m", frames, boxes, np.array([[100, 160, 180, 200]] * 2, np.int32))
+
+
+@pytest.fixture(scope="module")
+def backend(exported) -> MuseTalkBackend:
+    _, _, out = exported
+    cfg = RendererConfig(musetalk=ModelConfig(path=str(out)), batch=BatchConfig(max_size=4))
+    b = MuseTalkBackend(cfg, Telemetry("renderer"))
+    b.warmup()
+    return b
+
+
+def whisper(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((50, 384)).astype(np.float32)
+
+
+def test_avatar_precompute_holds_masked_and_reference_latents(exported, backend):
+    _, vae, _ = exported
+    avatar = make_avatar()
+    backend.prepare(avatar)
+    ex = avatar.extras["musetalk"]
+    assert ex["latents"].shape == (2, 8, 32, 32) and ex["latents"].dtype == np.float32
+    assert ex["crops"].shape == (2, 256, 256, 3) and ex["mask"].shape == (256, 256)
+    # Reference: the crop (RGB, [0,1]) and its lower-half-masked copy through the torch VAE.
+    crop = ex["crops"][1][..., ::-1].astype(np.float32) / 255.0
+    masked = crop.copy()
+    masked[128:] = 0
+    batch = torch.from_numpy(np.stack([masked, crop]).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        ref = VaeEncode(vae)(batch).numpy()
+    assert np.abs(ex["latents"][1, :4] - ref[0]).max() < 1e-4
+    assert np.abs(ex["latents"][1, 4:] - ref[1]).max() < 1e-4
+
+
+def test_backend_output_matches_the_torch_pipeline(exported, backend):
+    unet, vae, _ = exported
+    avatar = make_avatar()
+    jobs = [FrameJob("s", i, i % 2, True, -20.0, features=whisper(i)) for i in range(3)]
+    crops = backend.infer([(avatar, j) for j in jobs])
+    lat = torch.from_numpy(np.stack([avatar.extras["musetalk"]["latents"][j.avatar_frame] for j in jobs]))
+    feats = torch.from_numpy(np.stack([j.features for j in jobs if j.features is not None]))
+    with torch.no_grad():
+        img = VaeDecode(vae)(UNetStep(unet)(lat, feats)).numpy()
+    want = np.clip(img[:, ::-1].transpose(0, 2, 3, 1) * 255 + 0.5, 0, 255).astype(np.uint8)
+    for got, exp in zip(crops, want, strict=True):
+        assert got.shape == (256, 256, 3) and got.dtype == np.uint8
+        assert np.abs(got.astype(int) - exp.astype(int)).max() <= 1
+    # Different audio -> different mouth (the features reach the UNet).
+    assert np.abs(crops[0].astype(int) - backend.infer([(avatar, FrameJob("s", 0, 0, True, 0.0,
+                  features=whisper(99)))])[0].astype(int)).max() > 0  # fmt: skip
+
+
+async def test_sessions_through_the_batcher_get_full_frames_in_order(backend):
+    avatar = make_avatar()
+    batcher = DynamicBatcher(backend, Telemetry("renderer"), max_size=4, max_delay_ms=10.0)
+
+    async def session(k: int) -> list[np.ndarray]:
+        jobs = [FrameJob(f"s{k}", i, i % 2, True, -20.0, features=whisper(10 * k + i)) for i in range(3)]
+        return await batcher.render(avatar, jobs)
+
+    try:
+        results = await asyncio.gather(*(session(k) for k in range(2)))
+    finally:
+        await batcher.close()
+    for k, frames in enumerate(results):
+        alone = backend.render(avatar, [FrameJob(f"s{k}", i, i % 2, True, -20.0, features=whisper(10 * k + i))
+                                        for i in range(3)])  # fmt: skip
+        for i, (got, want) in enumerate(zip(frames, alone, strict=True)):
+            assert got.shape == (300, 280, 3) and got.dtype == np.uint8
+            assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+            # outside the padded face box the avatar frame is untouched
+            src = avatar.frames[i % 2]
+            assert np.array_equal(got[:, :55], src[:, :55]) and np.array_equal(got[250:], src[250:])
+
+
+def test_missing_model_file_in_the_directory_is_reported(tmp_path: Path):
+    cfg = RendererConfig(musetalk=ModelConfig(path=str(tmp_path)))
+    with pytest.raises(ModelError, match=r"musetalk vae_encoder: model file .*vae_encoder.onnx.* does not exist"):
+        MuseTalkBackend(cfg, Telemetry("renderer"))
