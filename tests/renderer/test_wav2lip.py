@@ -218,3 +218,46 @@ def test_wrong_model_file_is_rejected_with_both_signatures(tmp_path: Path):
 def test_unset_path_is_a_clear_error():
     with pytest.raises(ModelError, match=r"wav2lip.path: not set"):
         Wav2LipBackend(RendererConfig(), Telemetry("renderer"))
+
+
+def test_on_a_gpu_the_batch_bound_follows_free_memory(exported, monkeypatch: pytest.MonkeyPatch):
+    """The CUDA path with a session that reports CUDA (only CPU exists here; see test_providers)."""
+    import onnxruntime as ort
+
+    from services.renderer.backends import neural
+    from services.renderer.backends.onnx_models import CUDA
+    from services.renderer.runner import make_runner
+
+    _, _, onnx_path = exported
+    monkeypatch.setattr(neural, "gpu_free_bytes", lambda device=0: 2 * 1024**3)
+
+    class CudaLike:
+        def __init__(self, file: str, options: object) -> None:
+            self.real = ort.InferenceSession(file, sess_options=options, providers=[CPU])
+
+        def get_providers(self) -> list[str]:
+            return [CUDA, CPU]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
+    opened: list[str] = []
+
+    def factory(file: str, providers: list, options: object) -> CudaLike:
+        opened.append(Path(file).name)
+        return CudaLike(file, options)
+
+    tel = Telemetry("renderer")
+    cfg = config(onnx_path, max_size=4)
+    b = Wav2LipBackend(cfg, tel, available=[CUDA, CPU], session_factory=factory)
+    assert b.provider == CUDA and b.model.use_io_binding
+    assert opened == ["wav2lip.fp16.onnx"]  # the FP16 variant written by --fp16
+    assert b.max_batch == 56  # 70 % of 2 GiB / 24 MiB per frame = 59, rounded down to a multiple of 8
+    assert make_runner(b, cfg, tel).max_size == 56  # type: ignore[attr-defined]
+    assert tel.metrics.registry.get_sample_value(
+        "talkmesh_backend_info", {"service": "renderer", "kind": "execution_provider", "name": "wav2lip/" + CUDA}
+    ) == 1
+    b.model.binding_device = "cpu"  # I/O binding path, on the only device there is
+    avatar = make_avatar()
+    [frame] = b.render(avatar, [FrameJob("s", 0, 0, True, -20.0, features=mel(1))])
+    assert frame.shape == avatar.frames[0].shape
