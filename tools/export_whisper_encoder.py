@@ -18,6 +18,7 @@ Point ``whisper_encoder.path`` of the audio features config at the file. Needs t
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,9 @@ def export_encoder(encoder: torch.nn.Module, output: Path, opset: int = OPSET) -
     wrapper = EncoderHiddenStates(encoder).eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, mels, frames)
-    with torch.no_grad():
+    # The TorchScript exporter: the torch.export-based one needs onnxscript, not part of the tools extra.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             wrapper,
             (example,),
