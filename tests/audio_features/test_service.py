@@ -208,3 +208,23 @@ def test_block_geometry_is_checked_against_the_model_window() -> None:
     with pytest.raises(ValueError, match="whisper_encoder"):
         AudioFeaturesService(AudioFeaturesConfig(server=SERVER, whisper_encoder=too_big),
                              Telemetry("audio_features"), encoder=FakeEncoder())
+
+
+async def test_client_cancel_stops_the_stream(host: Any) -> None:
+    x = quantise(speech_like(16000, 1.0))
+    reqs = requests(pb.FEATURE_TYPE_WHISPER_EMBEDDING, to_pcm(x), 16000, chunk_bytes=3200)
+    async with create_channel(host.address) as channel:
+        stream = pb_grpc.AudioFeaturesStub(channel).Extract(timeout=30)
+        for r in reqs[:10]:
+            await stream.write(r)
+        await stream.read()  # a frame is out: the stream is mid-flight
+        stream.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stream.read()
+    for _ in range(100):  # the server side notices the cancellation and closes the stream
+        if host.admission.active == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert host.admission.active == 0
+    out = await call(host.address, requests(pb.FEATURE_TYPE_ACTIVITY, to_pcm(x), 16000))
+    assert out[-1].frame_count == 25
