@@ -141,15 +141,33 @@ def measure_sessions(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Alternates raw-forward and batcher measurements (the machine may be shared) and prints medians."""
+    import statistics
+
     args = sys.argv[1:] if argv is None else argv
     directory = Path(args[0]) if args else Path("~/.cache/talkmesh/bench").expanduser()
+    rounds = int(args[1]) if len(args) > 1 else 3
     path = write_random_wav2lip(directory)
-    for batch, fps in measure_forward(path).items():
-        print(f"wav2lip forward, batch {batch:2d}: {fps:6.1f} frames/s")
-    for n in (1, 4):
-        r = measure_sessions(path, sessions=n)
-        print(f"renderer batcher, {n} session(s): {r['frames_per_second']:6.1f} frames/s, "
-              f"batches {r['batch_histogram']}, in order and complete: {r['in_order_and_complete']}")
+    raw: dict[int, list[float]] = {}
+    piped: dict[int, list[float]] = {1: [], 4: []}
+    hist: dict[int, dict[int, int]] = {}
+    ordered = True
+    for _ in range(rounds):
+        for batch, fps in measure_forward(path).items():
+            raw.setdefault(batch, []).append(fps)
+        for n in (1, 4):
+            r = measure_sessions(path, sessions=n)
+            piped[n].append(float(r["frames_per_second"]))  # type: ignore[arg-type]
+            hist[n] = r["batch_histogram"]  # type: ignore[assignment]
+            ordered = ordered and bool(r["in_order_and_complete"])
+    best = max(statistics.median(v) for v in raw.values())
+    for batch, values in raw.items():
+        print(f"wav2lip forward, batch {batch:2d}: {statistics.median(values):6.1f} frames/s (median of {rounds})")
+    for n, values in piped.items():
+        fps = statistics.median(values)
+        print(f"renderer batcher, {n} session(s): {fps:6.1f} frames/s = {100 * fps / best:.0f}% of best raw; "
+              f"last batch sizes {hist[n]}")
+    print(f"every session's frames complete and in order: {ordered}")
     return 0
 
 

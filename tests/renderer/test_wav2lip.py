@@ -261,3 +261,15 @@ def test_on_a_gpu_the_batch_bound_follows_free_memory(exported, monkeypatch: pyt
     avatar = make_avatar()
     [frame] = b.render(avatar, [FrameJob("s", 0, 0, True, -20.0, features=mel(1))])
     assert frame.shape == avatar.frames[0].shape
+
+
+def test_bench_helpers_measure_raw_forward_and_sessions(exported):
+    from services.renderer.bench_models import measure_forward, measure_sessions
+
+    _, _, onnx_path = exported
+    raw = measure_forward(onnx_path, (1, 2), min_seconds=0.0, min_runs=1)
+    assert set(raw) == {1, 2} and all(v > 0 for v in raw.values())
+    r = measure_sessions(onnx_path, sessions=2, frames=6, chunk=3, max_size=4, avatar_size=128)
+    assert r["in_order_and_complete"] is True
+    hist = r["batch_histogram"]
+    assert isinstance(hist, dict) and sum(k * v for k, v in hist.items()) == 12
