@@ -127,6 +127,8 @@ class DynamicBatcher:
         """Cancels a call's frames that have not run (no-op for those that have)."""
         for it in items:
             if it.future.done():
+                if not it.future.cancelled():
+                    it.future.exception()  # mark a failure as seen (it was raised for the first frame)
                 continue
             it.future.cancel()
             lane = self._lanes.get(it.job.session_id)
