@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
-
-os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +15,8 @@ async def _no_leaked_tasks():
     current = asyncio.current_task()
     for _ in range(50):
         leaked = [
-            t for t in asyncio.all_tasks()
+            t
+            for t in asyncio.all_tasks()
             if t not in before and t is not current and not t.done() and not _is_grpc_internal(t)
         ]
         if not leaked:

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from talkmesh.common.config import ConfigError, ServerConfig, load_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    size: int = 4
+    names: list[str] = dataclasses.field(default_factory=lambda: ["a"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    inner: Inner = dataclasses.field(default_factory=Inner)
+    ratio: float = 0.5
+    enabled: bool = False
+
+
+def test_yaml_then_env_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  port: 7000\ninner:\n  size: 8\nratio: 0.25\n")
+    env = {"TM__INNER__SIZE": "16", "TM__ENABLED": "yes", "TM__INNER__NAMES": "x, y", "OTHER": "1"}
+    cfg = load_config(Outer, path, env_prefix="TM", env=env, overrides={"ratio": 2})
+    assert cfg.server.port == 7000
+    assert cfg.inner.size == 16
+    assert cfg.inner.names == ["x", "y"]
+    assert cfg.enabled is True
+    assert cfg.ratio == 2.0
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  sise: 8\n")
+    with pytest.raises(ConfigError, match=r"inner: unknown key\(s\) sise"):
+        load_config(Outer, path)
+
+
+def test_bad_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"server.port: expected int"):
+        load_config(Outer, env_prefix="TM", env={"TM__SERVER__PORT": "eighty"})
+
+
+def test_validate_runs_at_load():
+    with pytest.raises(ConfigError, match=r"server.port: 70000 is not a TCP port"):
+        load_config(Outer, env_prefix="TM", env={"TM__SERVER__PORT": "70000"})
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Outer, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Outer, bad)
+
+
+@pytest.mark.parametrize("service", ["gateway", "tts", "audio_features", "renderer", "encoder"])
+def test_every_service_default_config_loads(service):
+    import importlib
+
+    main = importlib.import_module(f"services.{service}.main")
+    cfg = main.load_config(None, env={})
+    assert cfg.server.port in (50051, 50052, 50053, 50054, 50055)

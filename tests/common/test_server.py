@@ -1,0 +1,193 @@
+"""ServiceHost and the interceptors, on a toy TTS servicer served on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from talkmesh.common.channel import create_channel
+from talkmesh.common.config import ServerConfig
+from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.logs import request_id_var
+from talkmesh.common.server import Service
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.testing import serve
+from talkmesh.v1 import common_pb2, tts_pb2, tts_pb2_grpc
+
+
+class ToyServicer(tts_pb2_grpc.TTSServicer):
+    def __init__(self) -> None:
+        self.seen_request_ids: list[str] = []
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def Synthesize(self, request, context):
+        if not request.text:
+            raise InvalidArgument("text", "must not be empty")
+        if request.text == "boom":
+            raise RuntimeError("kaboom")
+        self.seen_request_ids.append(request_id_var.get())
+        self.started.set()
+        try:
+            for i in range(3):
+                if request.text == "wait" and i > 0:
+                    await self.release.wait()
+                yield common_pb2.AudioChunk(seq=i, end_of_stream=i == 2)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+class ToyService(Service):
+    name = "toy"
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        super().__init__(telemetry)
+        self.servicer = ToyServicer()
+
+    def register(self, server):
+        tts_pb2_grpc.add_TTSServicer_to_server(self.servicer, server)
+        return ["talkmesh.v1.TTS"]
+
+
+def _value(tel: Telemetry, name: str, labels: dict[str, str]) -> float:
+    v = tel.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+async def _read_rest(call) -> list:
+    out = []
+    while (msg := await call.read()) is not grpc.aio.EOF:
+        out.append(msg)
+    return out
+
+
+def _req(text: str) -> tts_pb2.SynthesizeRequest:
+    return tts_pb2.SynthesizeRequest(text=text)
+
+
+async def test_stream_ok_metrics_and_request_id():
+    tel = Telemetry("toy")
+    svc = ToyService(tel)
+    async with serve(svc) as host:
+        async with create_channel(host.address) as ch:
+            stub = tts_pb2_grpc.TTSStub(ch)
+            chunks = [c async for c in stub.Synthesize(_req("hi"), metadata=(("x-request-id", "abc123"),))]
+    assert [c.seq for c in chunks] == [0, 1, 2]
+    assert svc.servicer.seen_request_ids == ["abc123"]
+    labels = {"service": "toy", "method": "/talkmesh.v1.TTS/Synthesize", "code": "OK"}
+    assert _value(tel, "talkmesh_streams_total", labels) == 1
+    assert _value(tel, "talkmesh_streams_active", {"service": "toy"}) == 0
+
+
+async def test_errors_map_to_status_and_service_survives():
+    tel = Telemetry("toy")
+    async with serve(ToyService(tel)) as host:
+        async with create_channel(host.address) as ch:
+            stub = tts_pb2_grpc.TTSStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [c async for c in stub.Synthesize(_req(""))]
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details() == "text: must not be empty"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [c async for c in stub.Synthesize(_req("boom"))]
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+            assert "kaboom" in err.value.details()
+            assert len([c async for c in stub.Synthesize(_req("ok"))]) == 3
+    m = "/talkmesh.v1.TTS/Synthesize"
+    assert _value(tel, "talkmesh_streams_total", {"service": "toy", "method": m, "code": "INVALID_ARGUMENT"}) == 1
+    assert _value(tel, "talkmesh_streams_total", {"service": "toy", "method": m, "code": "INTERNAL"}) == 1
+
+
+async def test_admission_control_refuses_over_limit_but_health_answers():
+    tel = Telemetry("toy")
+    svc = ToyService(tel)
+    cfg = ServerConfig(port=0, max_concurrent_streams=1)
+    async with serve(svc, cfg) as host:
+        async with create_channel(host.address) as ch:
+            stub = tts_pb2_grpc.TTSStub(ch)
+            first = stub.Synthesize(_req("wait"))
+            await first.read()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [c async for c in stub.Synthesize(_req("hi"))]
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            health = health_pb2_grpc.HealthStub(ch)
+            resp = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            svc.servicer.release.set()
+            rest = await _read_rest(first)
+            assert len(rest) == 2
+    assert _value(tel, "talkmesh_rejections_total", {"service": "toy", "reason": "overload"}) == 1
+
+
+async def test_cancel_is_recorded_as_cancelled_in_metrics_and_span():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tel = Telemetry("toy", tracer_provider=provider)
+    svc = ToyService(tel)
+    async with serve(svc) as host:
+        async with create_channel(host.address) as ch:
+            stub = tts_pb2_grpc.TTSStub(ch)
+            call = stub.Synthesize(_req("wait"))
+            await call.read()
+            call.cancel()
+            await asyncio.wait_for(svc.servicer.cancelled.wait(), 5)
+            for _ in range(100):
+                if _value(tel, "talkmesh_streams_active", {"service": "toy"}) == 0:
+                    break
+                await asyncio.sleep(0.01)
+    labels = {"service": "toy", "method": "/talkmesh.v1.TTS/Synthesize", "code": "CANCELLED"}
+    assert _value(tel, "talkmesh_streams_total", labels) == 1
+    spans = [s for s in exporter.get_finished_spans() if s.name == "talkmesh.v1.TTS/Synthesize"]
+    assert len(spans) == 1
+    assert spans[0].status.status_code == StatusCode.ERROR
+    assert spans[0].attributes["talkmesh.cancelled"] is True
+
+
+async def test_drain_refuses_new_streams_and_finishes_in_flight():
+    tel = Telemetry("toy")
+    svc = ToyService(tel)
+    async with serve(svc) as host:
+        async with create_channel(host.address) as ch:
+            stub = tts_pb2_grpc.TTSStub(ch)
+            health = health_pb2_grpc.HealthStub(ch)
+            live = await health.Check(health_pb2.HealthCheckRequest(service="liveness"))
+            assert live.status == health_pb2.HealthCheckResponse.SERVING
+            inflight = stub.Synthesize(_req("wait"))
+            await inflight.read()
+            stopping = asyncio.create_task(host.stop(grace=10))
+            for _ in range(100):
+                if host.admission.draining:
+                    break
+                await asyncio.sleep(0.01)
+            ready = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert ready.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [c async for c in stub.Synthesize(_req("hi"))]
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            svc.servicer.release.set()
+            rest = await _read_rest(inflight)
+            assert [c.seq for c in rest] == [1, 2]
+            await stopping
+
+
+async def test_metrics_endpoint_serves_the_service_registry():
+    import urllib.request
+
+    tel = Telemetry("toy")
+    async with serve(ToyService(tel), metrics=True) as host:
+        assert host.metrics_port > 0
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{host.metrics_port}/metrics").read().decode()
+        )
+    assert 'talkmesh_build_info{service="toy"' in body
+    assert 'talkmesh_streams_active{service="toy"} 0.0' in body
