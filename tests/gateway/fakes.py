@@ -1,0 +1,148 @@
+"""Fake stages behind the gateway's Downstreams interface (no gRPC, no models)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+from services.gateway.downstream import Downstreams, Stream
+from talkmesh.common.errors import InvalidArgument
+from talkmesh.v1 import audio_features_pb2 as fpb
+from talkmesh.v1 import common_pb2 as cpb
+from talkmesh.v1 import encoder_pb2 as epb
+from talkmesh.v1 import tts_pb2 as tpb
+
+SR = 16000
+FPS = 25
+
+
+class GenStream(Stream):
+    def __init__(self, gen: AsyncIterator[Any], log: list[str], name: str) -> None:
+        self.gen = gen
+        self.log = log
+        self.name = name
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self.gen
+
+    async def cancel(self) -> None:
+        self.log.append(f"cancel:{self.name}")
+        await self.gen.aclose()  # type: ignore[attr-defined]
+
+
+class FakeDownstreams(Downstreams):
+    """TTS gives ``chunks`` chunks of 40 ms; features one per frame; renderer 8x8 frames; encoder
+    one fragment per frame. ``fail`` names a stage that raises; ``hold`` makes TTS wait forever
+    after its first chunk (for cancellation tests)."""
+
+    def __init__(self, chunks: int = 10, fail: str = "", hold: bool = False) -> None:
+        self.chunks = chunks
+        self.fail = fail
+        self.hold = hold
+        self.log: list[str] = []
+        self.encoder_inputs: list[str] = []
+        self.closed: set[str] = set()
+
+    def _track(self, name: str, gen: AsyncIterator[Any]) -> Stream:
+        async def wrapped() -> AsyncIterator[Any]:
+            try:
+                async for item in gen:
+                    yield item
+            finally:
+                self.closed.add(name)
+
+        return GenStream(wrapped(), self.log, name)
+
+    def synthesize(self, request: tpb.SynthesizeRequest, timeout: float | None) -> Stream:
+        async def gen() -> AsyncIterator[cpb.AudioChunk]:
+            n = SR // FPS
+            for i in range(self.chunks):
+                if self.fail == "tts" and i == 2:
+                    raise InvalidArgument("config.voice", "fake failure")
+                yield cpb.AudioChunk(
+                    seq=i,
+                    sample_rate=SR,
+                    sample_offset=i * n,
+                    pcm=b"\x01\x00" * n,
+                    visemes=[cpb.VisemeEvent(viseme=cpb.VISEME_OPEN, start_sample=i * n, end_sample=(i + 1) * n)],
+                )
+                if self.hold and i == 0:
+                    await asyncio.Event().wait()
+            yield cpb.AudioChunk(seq=self.chunks, sample_rate=SR, sample_offset=self.chunks * n, end_of_stream=True)
+
+        return self._track("tts", gen())
+
+    def synthesize_stream(self, requests: AsyncIterable[tpb.TextPiece], timeout: float | None) -> Stream:
+        async def gen() -> AsyncIterator[cpb.AudioChunk]:
+            n = SR // FPS
+            seq = 0
+            async for piece in requests:
+                if piece.WhichOneof("kind") == "text":
+                    yield cpb.AudioChunk(seq=seq, sample_rate=SR, sample_offset=seq * n, pcm=b"\x00\x00" * n)
+                    seq += 1
+            yield cpb.AudioChunk(seq=seq, sample_rate=SR, sample_offset=seq * n, end_of_stream=True)
+
+        return self._track("tts", gen())
+
+    def extract(self, requests: AsyncIterable[fpb.FeatureRequest], timeout: float | None) -> Stream:
+        async def gen() -> AsyncIterator[fpb.FeatureChunk]:
+            samples = 0
+            emitted = 0
+            async for req in requests:
+                if req.WhichOneof("kind") == "audio":
+                    samples += len(req.audio.pcm) // 2
+                    if self.fail == "features":
+                        raise InvalidArgument("audio.pcm", "fake failure")
+                    while (emitted + 1) * SR // FPS <= samples:
+                        yield fpb.FeatureChunk(frame_index=emitted, activity=cpb.FrameActivity(voiced=True))
+                        emitted += 1
+            total = math.ceil(samples * FPS / SR)
+            while emitted < total:
+                yield fpb.FeatureChunk(frame_index=emitted)
+                emitted += 1
+            yield fpb.FeatureChunk(end_of_stream=True, frame_count=total, frame_index=total)
+
+        return self._track("features", gen())
+
+    def render(self, requests: AsyncIterable[Any], timeout: float | None) -> Stream:
+        async def gen() -> AsyncIterator[cpb.VideoFrame]:
+            kinds: list[str] = []
+            async for req in requests:
+                kind = req.WhichOneof("kind") or ("end" if req.end_of_stream else "")
+                kinds.append(kind)
+                if kind == "features":
+                    f = req.features
+                    yield cpb.VideoFrame(
+                        frame_index=f.frame_index,
+                        width=8,
+                        height=8,
+                        pixel_format=cpb.PIXEL_FORMAT_I420,
+                        data=b"\x80" * 96,
+                        inferred=f.activity.voiced,
+                        part_count=1,
+                    )
+            assert kinds[0] == "config", kinds
+            yield cpb.VideoFrame(end_of_stream=True)
+
+        return self._track("renderer", gen())
+
+    def encode(self, requests: AsyncIterable[epb.EncodeRequest], timeout: float | None) -> Stream:
+        async def gen() -> AsyncIterator[epb.MediaChunk]:
+            frames = 0
+            async for req in requests:
+                kind = req.WhichOneof("kind") or ("end" if req.end_of_stream else "")
+                self.encoder_inputs.append(kind)
+                if kind == "config":
+                    assert (req.config.width, req.config.height, req.config.sample_rate) == (8, 8, SR)
+                    yield epb.MediaChunk(init_segment=True, data=b"init", mime_type="video/mp4")
+                elif kind == "frame":
+                    if self.fail == "encoder":
+                        raise InvalidArgument("frame.data", "fake failure")
+                    assert req.frame.frame_index == frames
+                    frames += 1
+                    yield epb.MediaChunk(data=b"frag", frames_encoded=frames)
+            yield epb.MediaChunk(end_of_stream=True, frames_encoded=frames, video_encoder="fake")
+
+        return self._track("encoder", gen())

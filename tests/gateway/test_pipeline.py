@@ -1,0 +1,127 @@
+"""The gateway's orchestration against fake stages, served over gRPC on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import grpc
+import pytest
+
+from services.gateway.config import GatewayConfig
+from services.gateway.server import GatewayService
+from talkmesh.client import TalkmeshClient
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.testing import serve
+from talkmesh.v1 import gateway_pb2 as gpb
+from tests.gateway.fakes import FPS, SR, FakeDownstreams
+
+
+async def _speak(ds: FakeDownstreams, text: str = "Hello there.", config: GatewayConfig | None = None, **kw):
+    svc = GatewayService(config or GatewayConfig(), Telemetry("gateway"), downstreams=ds)
+    async with serve(svc) as host, TalkmeshClient(host.address) as client:
+        return [c async for c in client.speak(text, **kw)]
+
+
+async def test_speak_streams_media_then_summary_and_encoder_gets_config_first():
+    ds = FakeDownstreams(chunks=10)
+    chunks = await _speak(ds)
+    kinds = [c.WhichOneof("kind") for c in chunks]
+    assert kinds[-1] == "summary" and set(kinds[:-1]) == {"media"}
+    assert chunks[0].media.init_segment
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert chunks[-1].end_of_stream
+    summary = chunks[-1].summary
+    samples = 10 * (SR // FPS)
+    assert summary.frames == math.ceil(samples * FPS / SR) == 10
+    assert summary.audio_seconds == pytest.approx(samples / SR)
+    assert summary.video_encoder == "fake"
+    assert summary.inferred_frames == 10
+    tl = summary.timeline
+    assert tl.received <= tl.first_audio <= tl.first_frame <= tl.first_fragment <= tl.last_fragment
+    # The encoder must see its config before any audio or frame, and end_of_stream last.
+    assert ds.encoder_inputs[0] == "config"
+    assert ds.encoder_inputs[-1] == "end"
+    assert ds.encoder_inputs.count("frame") == 10
+    assert ds.encoder_inputs.count("audio") == 10
+    assert {s.stage for s in summary.stages} >= {"tts_first_chunk", "renderer_first_frame", "total"}
+
+
+@pytest.mark.parametrize(
+    ("stage", "prefix"),
+    [("tts", "tts: config.voice"), ("features", "audio_features: audio.pcm"), ("encoder", "encoder: frame.data")],
+)
+async def test_stage_failure_reaches_client_with_its_code_and_cancels_the_rest(stage, prefix):
+    ds = FakeDownstreams(fail=stage)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _speak(ds)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # In-process fakes raise TalkmeshError directly, so the stage prefix comes only over gRPC;
+    # the field name is always there.
+    assert prefix.split(": ", 1)[1] in err.value.details()
+    assert {"tts", "features", "renderer", "encoder"} <= ds.closed
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("", "text: must not be empty"),
+        ("   ", "text: must not be empty"),
+        ("a" * 51, "text: 51 characters exceed"),
+        ("bell\x07", "text: contains the control character U+0007"),
+    ],
+)
+async def test_bad_text_is_invalid_argument_naming_the_field(text, field):
+    ds = FakeDownstreams()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _speak(ds, text, GatewayConfig(max_text_chars=50))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field)
+    assert ds.log == []  # nothing started downstream
+
+
+async def test_bad_backend_and_container():
+    ds = FakeDownstreams()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _speak(ds, backend="sadtalker")
+    assert err.value.details().startswith("output.renderer_backend")
+    req = TalkmeshClient.request("hi")
+    req.output.container = 42  # type: ignore[assignment]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _speak(ds, req)
+    assert err.value.details().startswith("output.container")
+
+
+async def test_client_cancel_stops_every_stage():
+    ds = FakeDownstreams(chunks=10, hold=True)
+    tel = Telemetry("gateway")
+    svc = GatewayService(GatewayConfig(), tel, downstreams=ds)
+    async with serve(svc) as host, TalkmeshClient(host.address) as client:
+        call = client.speak("Hello there.")
+        first = await call.read()
+        assert first.media.init_segment
+        call.cancel()
+        for _ in range(200):
+            if {"tts", "features", "renderer", "encoder"} <= ds.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert {"tts", "features", "renderer", "encoder"} <= ds.closed
+        for _ in range(200):
+            if tel.metrics.registry.get_sample_value("talkmesh_streams_active", {"service": "gateway"}) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert tel.metrics.registry.get_sample_value("talkmesh_streams_active", {"service": "gateway"}) == 0
+
+
+async def test_speak_stream_takes_text_pieces():
+    ds = FakeDownstreams()
+    svc = GatewayService(GatewayConfig(), Telemetry("gateway"), downstreams=ds)
+
+    async def pieces():
+        for p in ["Hello ", "there, ", "how are ", "you?"]:
+            yield p
+
+    async with serve(svc) as host, TalkmeshClient(host.address) as client:
+        chunks = [c async for c in client.speak_stream(pieces())]
+    assert chunks[-1].summary.frames == 4
+    assert isinstance(chunks[-1].summary, gpb.SpeakSummary)
