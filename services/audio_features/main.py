@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import os
 from collections.abc import Mapping
 
 from services.audio_features.config import AudioFeaturesConfig
 from services.audio_features.server import AudioFeaturesService
-from talkmesh.common import config as config_lib
+from talkmesh.common.service_config import load_service_config
 from talkmesh.common.telemetry import Telemetry
 
 ENV_PREFIX = "TALKMESH_AUDIO_FEATURES"
 
 
-def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> AudioFeaturesConfig:
-    """The config at ``path`` (default: the packaged config.yaml), with environment overrides."""
-    if path is not None:
-        return config_lib.load_config(AudioFeaturesConfig, path, env_prefix=ENV_PREFIX, env=env)
-    resource = importlib.resources.files("services.audio_features") / "config.yaml"
-    with importlib.resources.as_file(resource) as default_path:
-        return config_lib.load_config(AudioFeaturesConfig, default_path, env_prefix=ENV_PREFIX, env=env)
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> AudioFeaturesConfig:
+    """The packaged config.yaml, overlaid by ``path`` (if given), then TALKMESH_AUDIO_FEATURES__*."""
+    return load_service_config(AudioFeaturesConfig, "services.audio_features", ENV_PREFIX, path, env)
 
 
 def create_service(config: AudioFeaturesConfig, telemetry: Telemetry) -> AudioFeaturesService:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from services.gateway.config import GatewayConfig
@@ -11,7 +12,7 @@ from talkmesh.common.service_config import load_service_config
 from talkmesh.common.telemetry import Telemetry
 
 
-def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> GatewayConfig:
     return load_service_config(GatewayConfig, "services.gateway", "TALKMESH_GATEWAY", path, env)
 
 

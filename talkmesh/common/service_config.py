@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -17,13 +18,11 @@ def load_service_config(
     cls: type[T],
     package: str,
     env_prefix: str,
-    path: str | None = None,
+    path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> T:
     """Defaults from ``package``'s config.yaml, overlaid by ``path``, env vars and ``overrides``."""
-    import os
-
     data: dict[str, Any] = {}
     res = importlib.resources.files(package).joinpath("config.yaml")
     if res.is_file():
