@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The one install command, used by the Makefile, the README and every Dockerfile.
-# Usage: scripts/install.sh [EXTRAS]   e.g. scripts/install.sh all,dev,tools   or   scripts/install.sh tts
-# Installs talkmesh (editable when run in a checkout with VENV set) with the given extras.
+# Usage: scripts/install.sh [EXTRAS]   e.g. scripts/install.sh all,dev,tools   or   scripts/install.sh renderer,gpu
+#   PIP=path/to/pip     which pip to use (default: pip on PATH)
+#   EDITABLE=1          install the checkout in editable mode (development)
+# With the `gpu` extra, onnxruntime-gpu replaces the CPU onnxruntime wheel (both provide the same
+# `onnxruntime` module, so only one may be installed).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 extras=${1:-all}
@@ -13,3 +16,12 @@ if [ "$editable" = "1" ]; then
 else
   $pip_cmd install "$root[$extras]"
 fi
+case ",$extras," in
+  *,gpu,*)
+    py=$(dirname "$(command -v "$pip_cmd")")/python
+    [ -x "$py" ] || py=python3
+    v=$("$py" -c "import importlib.metadata as m; print(m.version('onnxruntime-gpu'))")
+    $pip_cmd uninstall -y onnxruntime || true
+    $pip_cmd install --force-reinstall --no-deps "onnxruntime-gpu==$v"
+    ;;
+esac

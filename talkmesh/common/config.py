@@ -42,6 +42,10 @@ class ServerConfig:
     grace_seconds: float = 20.0
     log_level: str = "INFO"
     log_json: bool = False
+    # Close client connections after this many seconds (0 = never) so that clients using
+    # round robin over a headless Service re-resolve DNS and find new replicas. Streams in flight
+    # are not cut: the grace period after the age is unlimited.
+    max_connection_age_seconds: float = 0.0
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -52,6 +56,8 @@ class ServerConfig:
             raise ConfigError("server.max_message_bytes: must be at least 65536")
         if self.max_concurrent_streams < 1:
             raise ConfigError("server.max_concurrent_streams: must be at least 1")
+        if self.max_connection_age_seconds < 0:
+            raise ConfigError("server.max_connection_age_seconds: must not be negative")
         if self.grace_seconds < 0:
             raise ConfigError("server.grace_seconds: must not be negative")
 

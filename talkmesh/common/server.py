@@ -77,7 +77,7 @@ class ServiceHost:
     async def start(self) -> int:
         server = grpc.aio.server(
             interceptors=[ServerInterceptor(self.telemetry, self.admission)],
-            options=channel_options(self.config.max_message_bytes),
+            options=self._server_options(),
         )
         self._names = list(self.service.register(server))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -108,6 +108,13 @@ class ServiceHost:
             extra={"fields": {"port": self.port, "metrics_port": self.metrics_port}},
         )
         return self.port
+
+    def _server_options(self) -> list[tuple[str, object]]:
+        opts = channel_options(self.config.max_message_bytes)
+        if self.config.max_connection_age_seconds > 0:
+            opts.append(("grpc.max_connection_age_ms", int(self.config.max_connection_age_seconds * 1000)))
+            opts.append(("grpc.max_connection_age_grace_ms", 2**31 - 1))
+        return opts
 
     async def _set_ready(self, ready: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
