@@ -1,0 +1,92 @@
+"""Backend choice: NVENC when the start-up probe succeeds, x264 otherwise, same muxing for both."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from services.encoder.backends import NvencBackend, X264Backend, select_backend
+from services.encoder.backends.nvenc import probe_nvenc
+from services.encoder.config import VideoConfig
+from services.encoder.main import create_service
+from talkmesh.common.channel import create_channel
+from talkmesh.common.config import replace
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.testing import serve
+from talkmesh.v1 import encoder_pb2_grpc
+
+from .media import SR, decode, frames_for, utterance
+
+
+class Probe:
+    def __init__(self, result: bool) -> None:
+        self.result = result
+        self.calls: list[int] = []
+
+    def __call__(self, gpu: int) -> bool:
+        self.calls.append(gpu)
+        return self.result
+
+
+def backend_metric(telemetry: Telemetry, name: str) -> float | None:
+    return telemetry.metrics.registry.get_sample_value(
+        "talkmesh_backend_info", {"service": "encoder", "kind": "video_encoder", "name": name}
+    )
+
+
+@pytest.mark.parametrize(("probe_ok", "expected"), [(True, "h264_nvenc"), (False, "libx264")])
+async def test_start_up_probe_selects_the_backend(config, probe_ok, expected):
+    telemetry = Telemetry("encoder")
+    probe = Probe(probe_ok)
+    service = create_service(config, telemetry, nvenc_probe=probe)
+    async with serve(service):
+        assert service.backend.name == expected  # type: ignore[attr-defined]
+        assert backend_metric(telemetry, expected) == 1.0
+        assert probe.calls == [config.video.nvenc.gpu]
+
+
+async def test_probe_success_without_a_usable_gpu_falls_back_per_stream(config):
+    """The probe says yes (as on a GPU host whose NVENC sessions are all taken): the stream still
+    goes through the same muxing code, on x264, and says so."""
+    service = create_service(config, Telemetry("encoder"), nvenc_probe=Probe(True))
+    if probe_nvenc():
+        pytest.skip("a real NVENC is present: the stream would not fall back")
+    async with serve(service) as host, create_channel(host.address) as channel:
+        out = [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(utterance(64, 64, SR // 5))]
+    assert out[0].video_encoder == "libx264"
+    assert len(decode(b"".join(m.data for m in out)).video_pts) == frames_for(SR // 5)
+
+
+async def test_x264_mode_never_probes_and_nvenc_mode_requires_it(config):
+    probe = Probe(True)
+    x264_only = replace(config, video=replace(config.video, encoder="x264"))
+    service = create_service(x264_only, Telemetry("encoder"), nvenc_probe=probe)
+    await service.start()
+    assert service.backend.name == "libx264" and probe.calls == []  # type: ignore[attr-defined]
+
+    nvenc_only = replace(config, video=replace(config.video, encoder="nvenc"))
+    service = create_service(nvenc_only, Telemetry("encoder"), nvenc_probe=Probe(False))
+    with pytest.raises(RuntimeError, match="nvenc"):
+        await service.start()
+
+
+def test_backend_settings_are_low_latency():
+    video = VideoConfig()
+    nv = NvencBackend(video).settings(512, 512, Fraction(25))
+    assert nv.codec_name == "h264_nvenc"
+    assert nv.options["preset"] == "p1" and nv.options["tune"] == "ull"
+    assert nv.options["bf"] == "0" and nv.options["zerolatency"] == "1" and nv.options["delay"] == "0"
+    assert nv.gop_size == 50 and nv.bit_rate == 2_500_000
+    x = X264Backend(video).settings(512, 512, Fraction(25))
+    assert x.codec_name == "libx264"
+    assert (x.options["preset"], x.options["tune"], x.options["crf"]) == ("ultrafast", "zerolatency", "27")
+    assert "keyint=50" in x.options["x264-params"]
+    cbr = X264Backend(replace(video, x264=replace(video.x264, bitrate_kbps=800))).settings(64, 64, Fraction(25))
+    assert cbr.bit_rate == 800_000 and "crf" not in cbr.options
+
+
+def test_select_backend_is_pure():
+    video = VideoConfig()
+    assert isinstance(select_backend(video, lambda _gpu: True), NvencBackend)
+    assert isinstance(select_backend(video, lambda _gpu: False), X264Backend)

@@ -1,0 +1,163 @@
+"""End-to-end through the gRPC service: decode what comes out and check it against what went in."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from talkmesh.v1 import common_pb2, encoder_pb2
+
+from .media import (
+    FPS,
+    SR,
+    audio_request,
+    config_request,
+    decode,
+    decode_audio,
+    frame_luma,
+    frame_request,
+    frames_for,
+    i420_frame,
+    rgb_frame,
+    utterance,
+)
+
+W, H = 128, 96
+
+
+async def collect(stub, requests) -> list[encoder_pb2.MediaChunk]:
+    return [m async for m in stub.Encode(iter(list(requests)))]
+
+
+async def test_fmp4_stream_has_every_frame_on_a_25fps_grid_and_audio_ends_with_video(stub):
+    samples = SR * 23 // 25 + 123  # not a whole number of frames: the last frame is partly silent
+    n = frames_for(samples)
+    out = await collect(stub, utterance(W, H, samples))
+
+    assert out[0].init_segment and out[0].data[4:8] == b"ftyp"
+    assert out[0].video_encoder == "libx264"
+    assert out[0].mime_type.startswith('video/mp4; codecs="avc1.42')
+    assert out[0].mime_type.endswith(', mp4a.40.2"')
+    assert [m.seq for m in out] == list(range(len(out)))
+    assert out[-1].end_of_stream and out[-1].frames_encoded == n
+    assert not any(m.init_segment for m in out[1:])
+    assert all(m.data[4:8] == b"moof" for m in out[1:-1] if m.data)
+    counts = [m.frames_encoded for m in out[:-1]]
+    assert counts == sorted(counts) and counts[-1] == n
+
+    d = decode(b"".join(m.data for m in out))
+    assert len(d.video_pts) == n
+    assert d.video_pts == pytest.approx([i / FPS for i in range(n)], abs=1e-6)
+    assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)
+    assert abs(d.audio_end - d.video_seconds) <= 0.040
+    assert d.audio_seconds == pytest.approx(d.audio_end, abs=1e-6)  # no gaps in the audio track
+
+
+async def test_audio_onset_plays_with_its_frame(stub):
+    """A tone starting exactly at frame 10's first sample is heard at 0.4 s (priming removed)."""
+    n = 20
+    onset = 10 * SR // FPS
+    pcm = np.zeros(n * SR // FPS, "<i2")
+    t = np.arange(pcm.size - onset) / SR
+    pcm[onset:] = (np.sin(2 * np.pi * 1000 * t) * 12000).astype("<i2")
+    reqs = [config_request(W, H), audio_request(0, pcm.tobytes())]
+    reqs += [frame_request(i, i420_frame(W, H, i), W, H) for i in range(n)]
+    reqs.append(encoder_pb2.EncodeRequest(end_of_stream=True))
+    out = await collect(stub, reqs)
+
+    audio, rate = decode_audio(b"".join(m.data for m in out))
+    envelope = np.abs(audio) > 0.1 * np.abs(audio).max()
+    heard = np.argmax(envelope) / rate
+    assert heard == pytest.approx(onset / SR, abs=0.005)
+
+
+async def test_first_fragment_leaves_before_the_third_frame_is_sent(stub):
+    """Fragments do not wait for the end of the utterance: init + first fragment decode alone."""
+    call = stub.Encode()
+    await call.write(config_request(W, H))
+    init = await call.read()
+    assert init.init_segment
+    await call.write(audio_request(0, b"\x00\x00" * (SR // 5)))  # 200 ms of audio look-ahead
+    await call.write(frame_request(0, i420_frame(W, H, 0), W, H))
+    await call.write(frame_request(1, i420_frame(W, H, 1), W, H))
+    first = await call.read()  # nothing else has been sent: this must come from frames 0 and 1
+    assert not first.end_of_stream and first.data[4:8] == b"moof"
+    assert first.frames_encoded >= 1
+    d = decode(init.data + first.data)
+    assert len(d.video_pts) == first.frames_encoded
+    assert d.lumas[0] == pytest.approx(frame_luma(0), abs=3)
+    await call.write(encoder_pb2.EncodeRequest(end_of_stream=True))
+    await call.done_writing()
+    rest = []
+    while (msg := await call.read()) is not grpc.aio.EOF:
+        rest.append(msg)
+    assert rest[-1].end_of_stream and rest[-1].frames_encoded == 2
+
+
+async def test_rgb_frames_in_parts(stub):
+    n = 6
+    reqs = [config_request(W, H, pixel_format=common_pb2.PIXEL_FORMAT_RGB24, sample_rate=0)]
+    for i in range(n):
+        data = rgb_frame(W, H, i)
+        cut = [0, 1000, 20000, len(data)]
+        for p in range(3):
+            reqs.append(frame_request(i, data[cut[p] : cut[p + 1]], W, H, part=p, parts=3,
+                                      pixel_format=common_pb2.PIXEL_FORMAT_RGB24))
+    reqs.append(encoder_pb2.EncodeRequest(end_of_stream=True))
+    out = await collect(stub, reqs)
+
+    assert out[0].mime_type.startswith('video/mp4; codecs="avc1.') and "mp4a" not in out[0].mime_type
+    d = decode(b"".join(m.data for m in out))
+    assert len(d.video_pts) == n
+    for i, mean in enumerate(d.rgb_means):
+        red, blue = (200, 30) if i % 2 == 0 else (30, 200)
+        assert mean == pytest.approx([red, 60, blue], abs=8)
+
+
+async def test_whole_mp4_file_is_faststart(stub):
+    samples = SR // 2
+    out = await collect(stub, utterance(W, H, samples, container=encoder_pb2.CONTAINER_MP4))
+    data = [m for m in out if m.data]
+    assert len(data) == 1 and not data[0].init_segment
+    assert out[-1].end_of_stream
+    blob = data[0].data
+    assert blob.find(b"moov") < blob.find(b"mdat")
+    d = decode(blob)
+    assert len(d.video_pts) == frames_for(samples)
+    assert abs(d.audio_end - d.video_seconds) <= 0.040
+
+
+async def test_mpegts_and_opus(stub):
+    samples = SR // 2
+    out = await collect(stub, utterance(W, H, samples, container=encoder_pb2.CONTAINER_MPEGTS,
+                                        audio_codec=encoder_pb2.AUDIO_CODEC_OPUS))
+    assert out[0].mime_type.startswith('video/mp2t; codecs="avc1.')
+    assert out[0].mime_type.endswith(', opus"')
+    d = decode(b"".join(m.data for m in out), fmt="mpegts")
+    assert len(d.video_pts) == frames_for(samples)
+    assert d.video_pts == pytest.approx([i / FPS for i in range(len(d.video_pts))], abs=1e-3)
+    assert d.audio_codec in ("opus", "libopus")
+
+
+async def test_large_output_is_split_under_the_chunk_limit(config):
+    from services.encoder.main import create_service
+    from talkmesh.common.channel import create_channel
+    from talkmesh.common.config import replace
+    from talkmesh.common.telemetry import Telemetry
+    from talkmesh.testing import serve
+    from talkmesh.v1 import encoder_pb2_grpc
+
+    limit = 64 * 1024
+    small = replace(config, limits=replace(config.limits, max_chunk_bytes=limit))
+    rng = np.random.default_rng(0)
+    w, h, n = 256, 256, 8
+    reqs = [config_request(w, h, sample_rate=0, container=encoder_pb2.CONTAINER_MP4)]
+    reqs += [frame_request(i, rng.integers(0, 256, w * h * 3 // 2, np.uint8).tobytes(), w, h) for i in range(n)]
+    reqs.append(encoder_pb2.EncodeRequest(end_of_stream=True))
+    service = create_service(small, Telemetry("encoder"), nvenc_probe=lambda _gpu: False)
+    async with serve(service) as host, create_channel(host.address) as channel:
+        out = await collect(encoder_pb2_grpc.EncoderStub(channel), reqs)
+    parts = [m.data for m in out if m.data]
+    assert len(parts) > 1 and all(len(p) <= limit for p in parts)
+    assert len(decode(b"".join(parts)).video_pts) == n
