@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, Stream
@@ -242,6 +243,9 @@ class _Run:
                 break
             if not self.tl.first_frame:
                 self.tl.first_frame = time.monotonic()
+                trace.get_current_span().add_event(
+                    "first_frame", {"talkmesh.seconds_since_request": self.tl.since(self.tl.first_frame)}
+                )
             if vf.part_index + 1 >= max(1, vf.part_count):
                 self.frames += 1
                 self.inferred += int(vf.inferred)
@@ -348,6 +352,9 @@ class _Run:
                     break
                 if not item.init_segment and not self.tl.first_fragment:
                     self.tl.first_fragment = time.monotonic()
+                    trace.get_current_span().add_event(
+                        "first_fragment", {"talkmesh.seconds_since_request": self.tl.since(self.tl.first_fragment)}
+                    )
                     self.o.telemetry.metrics.time_to_first_frame.labels("gateway").observe(
                         self.tl.since(self.tl.first_fragment)
                     )

@@ -1,0 +1,61 @@
+"""The five services in this process, each on its own gRPC port (port 0), for end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opentelemetry.trace import TracerProvider
+
+from talkmesh.common.config import ServerConfig
+from talkmesh.common.server import ServiceHost
+from talkmesh.common.telemetry import Telemetry
+
+INTERNAL = ("tts", "audio_features", "renderer", "encoder")
+
+
+@dataclass
+class InProcessMesh:
+    hosts: dict[str, ServiceHost] = field(default_factory=dict)
+    telemetry: dict[str, Telemetry] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> str:
+        return self.hosts["gateway"].address
+
+    def active_streams(self) -> dict[str, float]:
+        return {
+            name: tel.metrics.registry.get_sample_value("talkmesh_streams_active", {"service": name}) or 0.0
+            for name, tel in self.telemetry.items()
+        }
+
+
+@contextlib.asynccontextmanager
+async def inprocess_mesh(
+    tmp_path: Path,
+    tracer_provider: TracerProvider | None = None,
+    env: Mapping[str, str] | None = None,
+    metrics: bool = False,
+) -> AsyncIterator[InProcessMesh]:
+    base_env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
+    base_env.update(env or {})
+    mesh = InProcessMesh()
+    server_cfg = ServerConfig(port=0, metrics_port=0 if metrics else -1, grace_seconds=2.0)
+    async with contextlib.AsyncExitStack() as stack:
+        for name in (*INTERNAL, "gateway"):
+            main = importlib.import_module(f"services.{name}.main")
+            local_env = dict(base_env)
+            if name == "gateway":
+                for n in INTERNAL:
+                    local_env[f"TALKMESH_GATEWAY__{n.upper()}__TARGET"] = mesh.hosts[n].address
+            config = main.load_config(None, env=local_env)
+            tel = Telemetry(name, tracer_provider=tracer_provider)
+            host = ServiceHost(main.create_service(config, tel), server_cfg)
+            await host.start()
+            stack.push_async_callback(host.stop, 2.0)
+            mesh.hosts[name] = host
+            mesh.telemetry[name] = tel
+        yield mesh

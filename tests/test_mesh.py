@@ -1,0 +1,138 @@
+"""End-to-end through the five real services (in this process, each on its own gRPC port)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import subprocess
+import urllib.request
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from talkmesh.client import TalkmeshClient
+from tests.media import probe
+from tests.mesh import inprocess_mesh
+
+THREE_SENTENCES = (
+    "Good morning, and welcome back. Today we will practise a few sounds together. "
+    "Please listen first, then repeat after me."
+)
+
+
+async def test_speak_writes_a_playable_lip_synced_mp4(tmp_path):
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        result = await client.speak_to_file(THREE_SENTENCES, tmp_path / "out.mp4")
+    info = probe(tmp_path / "out.mp4")
+    assert info.video_codec == "h264"
+    assert info.audio_codec == "aac"
+    assert info.fps == 25
+    assert (info.width, info.height) == (512, 512)
+    audio_seconds = result.summary.audio_seconds
+    assert audio_seconds > 3.0
+    assert abs(info.frames - math.ceil(audio_seconds * 25)) <= 1
+    assert result.summary.frames == info.frames
+    assert abs(info.audio_seconds - info.video_seconds) <= 0.040
+    # 25 fps timestamps with no gaps
+    steps = {round(b - a, 3) for a, b in zip(info.video_pts, info.video_pts[1:], strict=False)}
+    assert steps == {0.04}
+    assert 'codecs="avc1' in result.mime_type
+
+
+async def test_one_trace_spans_all_five_services(tmp_path):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with inprocess_mesh(tmp_path, tracer_provider=provider) as mesh, TalkmeshClient(mesh.gateway) as client:
+        await client.speak_to_file("Hello there. How are you?", tmp_path / "out.mp4")
+    spans = exporter.get_finished_spans()
+    servers = {s.attributes.get("talkmesh.service"): s for s in spans if s.attributes.get("rpc.system") == "grpc"}
+    assert set(servers) == {"gateway", "tts", "audio_features", "renderer", "encoder"}
+    root = servers["gateway"]
+    assert root.parent is None
+    assert {s.context.trace_id for s in spans} == {root.context.trace_id}
+    for name in ("tts", "audio_features", "renderer", "encoder"):
+        assert servers[name].parent is not None
+        assert servers[name].parent.span_id == root.context.span_id, name
+    events = {e.name for e in root.events}
+    assert {"first_frame", "first_fragment"} <= events
+    # stage spans sit under their service's server span
+    by_id = {s.context.span_id: s for s in spans}
+    stage_spans = [s for s in spans if s.attributes.get("rpc.system") != "grpc"]
+    assert stage_spans, "services record a span per stage"
+    for s in stage_spans:
+        node = s
+        while node.parent is not None and node.parent.span_id in by_id:
+            node = by_id[node.parent.span_id]
+        assert node is root
+
+
+async def test_metrics_count_the_request_and_streams_return_to_zero(tmp_path):
+    async with inprocess_mesh(tmp_path, metrics=True) as mesh, TalkmeshClient(mesh.gateway) as client:
+        await client.speak_to_file("Hello there.", tmp_path / "out.mp4")
+        bodies = {}
+        for name, host in mesh.hosts.items():
+            url = f"http://127.0.0.1:{host.metrics_port}/metrics"
+            bodies[name] = await asyncio.to_thread(lambda u=url: urllib.request.urlopen(u).read().decode())
+    for name, body in bodies.items():
+        assert f'talkmesh_streams_active{{service="{name}"}} 0.0' in body, name
+        ok = [ln for ln in body.splitlines() if ln.startswith("talkmesh_streams_total") and 'code="OK"' in ln]
+        assert ok and all(float(ln.rsplit(" ", 1)[1]) >= 1 for ln in ok), name
+        counts = [
+            float(ln.rsplit(" ", 1)[1])
+            for ln in body.splitlines()
+            if ln.startswith("talkmesh_stage_duration_seconds_count")
+        ]
+        assert counts and max(counts) >= 1, f"{name} recorded no stage durations"
+    gw = bodies["gateway"]
+    assert "talkmesh_time_to_first_frame_seconds_count" in gw
+    promtool = shutil.which("promtool")
+    if promtool:
+        for name, body in bodies.items():
+            res = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True)
+            assert res.returncode == 0, f"{name}: {res.stdout}{res.stderr}"
+
+
+async def test_client_cancel_leaves_no_stream_active(tmp_path):
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        call = client.speak(THREE_SENTENCES * 3)
+        got = 0
+        async for chunk in call:
+            if chunk.WhichOneof("kind") == "media" and not chunk.media.init_segment:
+                got += 1
+                if got == 2:
+                    break
+        call.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while loop.time() < deadline and any(mesh.active_streams().values()):
+            await asyncio.sleep(0.02)
+        assert mesh.active_streams() == dict.fromkeys(mesh.telemetry, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "details"),
+    [
+        ({"text": ""}, grpc.StatusCode.INVALID_ARGUMENT, "text: must not be empty"),
+        ({"text": "x" * 5001}, grpc.StatusCode.INVALID_ARGUMENT, "text: 5001 characters exceed the limit of 5000"),
+        ({"text": "Hi.", "avatar": "nobody"}, grpc.StatusCode.NOT_FOUND, "config.avatar_id"),
+        ({"text": "Hi.", "voice": "espeak:klingon"}, grpc.StatusCode.NOT_FOUND, "config.voice"),
+        ({"text": "Hi.", "size": "8k"}, grpc.StatusCode.INVALID_ARGUMENT, "config.size"),
+        ({"text": "Hi.", "rate": 99.0}, grpc.StatusCode.INVALID_ARGUMENT, "rate"),
+        ({"text": "Hi.", "backend": "sadtalker"}, grpc.StatusCode.INVALID_ARGUMENT, "output.renderer_backend"),
+    ],
+)
+async def test_bad_input_gets_a_clear_status_and_the_mesh_stays_up(tmp_path, options, code, details):
+    opts = dict(options)
+    text = opts.pop("text")
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.speak_to_file(TalkmeshClient.request(text, **opts), tmp_path / "bad.mp4")
+        assert err.value.code() == code
+        assert details in err.value.details()
+        result = await client.speak_to_file("Still here.", tmp_path / "ok.mp4")
+        assert result.summary.frames > 0
