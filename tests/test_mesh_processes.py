@@ -1,0 +1,132 @@
+"""The five services as separate processes on loopback, as `talkmesh up` and the demo run them."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from talkmesh.client import TalkmeshClient
+from talkmesh.launcher import SERVICES, Mesh
+from tests.media import probe
+
+pytestmark = pytest.mark.slow
+
+PARAGRAPH = (
+    "Good morning, and welcome back to the lesson. Today we will practise a few sounds together. "
+    "Please listen carefully first, and then repeat after me. Papa bought a big blue map in Memphis. "
+    "Well done, that was very good!"
+)
+
+
+@pytest.fixture
+async def mesh(tmp_path):
+    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
+    async with Mesh(env=env, log_dir=tmp_path / "logs") as m:
+        yield m
+
+
+def _active_streams(mesh: Mesh) -> dict[str, float]:
+    out = {}
+    for name in SERVICES:
+        body = urllib.request.urlopen(mesh.metrics_url(name), timeout=5).read().decode()
+        line = next(ln for ln in body.splitlines() if ln.startswith(f'talkmesh_streams_active{{service="{name}"}}'))
+        out[name] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def _health(address: str, service: str = "") -> int:
+    async with grpc.aio.insecure_channel(address) as ch:
+        resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return resp.status
+
+
+async def test_first_fragment_arrives_before_tts_finishes(mesh, tmp_path):
+    async with TalkmeshClient(mesh.gateway) as client:
+        result = await client.speak_to_file(PARAGRAPH, tmp_path / "out.mp4")
+    tl = result.summary.timeline
+    assert tl.first_fragment > 0 and tl.last_audio > 0
+    assert tl.first_fragment < tl.last_audio, (
+        f"first fragment {tl.first_fragment - tl.received:.3f}s after the request, "
+        f"but TTS finished at {tl.last_audio - tl.received:.3f}s"
+    )
+    assert len(result.fragment_times) > 3
+
+
+async def test_cancel_stops_every_service_within_a_second(mesh):
+    async with TalkmeshClient(mesh.gateway) as client:
+        call = client.speak(PARAGRAPH * 4)
+        fragments = 0
+        while fragments < 2:
+            chunk = await call.read()
+            if chunk.WhichOneof("kind") == "media" and not chunk.media.init_segment:
+                fragments += 1
+        busy = await asyncio.to_thread(_active_streams, mesh)
+        assert all(busy[n] >= 1 for n in SERVICES), busy
+        call.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        active = busy
+        while loop.time() < deadline:
+            active = await asyncio.to_thread(_active_streams, mesh)
+            if not any(active.values()):
+                break
+            await asyncio.sleep(0.05)
+        assert active == dict.fromkeys(SERVICES, 0.0)
+
+
+async def test_health_under_load_then_drain_on_sigterm(mesh, tmp_path):
+    async with TalkmeshClient(mesh.gateway) as client:
+        load = [asyncio.create_task(client.speak_to_file(PARAGRAPH, tmp_path / f"load{i}.mp4")) for i in range(3)]
+        try:
+            await asyncio.sleep(0.3)
+            for name in SERVICES:
+                assert await _health(mesh.address(name)) == health_pb2.HealthCheckResponse.SERVING, name
+                assert await _health(mesh.address(name), "liveness") == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            results = await asyncio.gather(*load)
+        assert all(r.summary.frames > 0 for r in results)
+
+        inflight = asyncio.create_task(client.speak_to_file(PARAGRAPH * 2, tmp_path / "inflight.mp4"))
+        await asyncio.sleep(0.3)
+        mesh.processes["gateway"].proc.send_signal(signal.SIGTERM)
+        status = health_pb2.HealthCheckResponse.SERVING
+        for _ in range(50):
+            status = await _health(mesh.gateway)
+            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.02)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.speak_to_file("New request.", tmp_path / "refused.mp4")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        finished = await inflight
+        assert finished.summary.frames == math.ceil(finished.summary.audio_seconds * 25)
+        assert await asyncio.wait_for(mesh.processes["gateway"].proc.wait(), 30) == 0
+
+
+def test_demo_command_writes_a_playable_mp4(tmp_path):
+    out = tmp_path / "demo.mp4"
+    env_cache = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
+    import os
+
+    res = subprocess.run(
+        [sys.executable, "-m", "talkmesh.cli", "demo", "-o", str(out)],
+        env={**os.environ, **env_cache},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "time to first fragment" in res.stdout
+    info = probe(out)
+    assert (info.video_codec, info.audio_codec, info.fps) == ("h264", "aac", 25)
+    assert abs(info.frames - math.ceil(info.audio_seconds * 25)) <= 1
+    assert abs(info.audio_seconds - info.video_seconds) <= 0.040
