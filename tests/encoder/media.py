@@ -53,7 +53,7 @@ def config_request(width: int, height: int, **kw: object) -> encoder_pb2.EncodeR
 
 
 def frame_request(index: int, data: bytes, width: int, height: int, *, part: int = 0, parts: int = 1,
-                  pixel_format: int = common_pb2.PIXEL_FORMAT_I420) -> encoder_pb2.EncodeRequest:
+                  pixel_format: common_pb2.PixelFormat = common_pb2.PIXEL_FORMAT_I420) -> encoder_pb2.EncodeRequest:
     return encoder_pb2.EncodeRequest(
         frame=common_pb2.VideoFrame(
             frame_index=index, width=width, height=height, pixel_format=pixel_format, data=data,
@@ -103,9 +103,9 @@ class Decoded:
 
 def decode(data: bytes, fmt: str | None = None) -> Decoded:
     out = Decoded()
-    with av.open(io.BytesIO(data), format=fmt) as c:
+    with av.open(io.BytesIO(data), "r", format=fmt) as c:
         for packet in c.demux():
-            if packet.size == 0 or packet.pts is None:
+            if packet.size == 0 or packet.pts is None or packet.duration is None:
                 continue
             tb = packet.time_base
             if packet.stream.type == "audio":
@@ -114,7 +114,7 @@ def decode(data: bytes, fmt: str | None = None) -> Decoded:
                 out.audio_codec = packet.stream.codec_context.name
             elif packet.stream.type == "video":
                 out.video_durations.append(float(packet.duration * tb))
-    with av.open(io.BytesIO(data), format=fmt) as c:
+    with av.open(io.BytesIO(data), "r", format=fmt) as c:
         for frame in c.decode(video=0):
             assert frame.pts is not None and frame.time_base is not None
             out.video_pts.append(float(frame.pts * frame.time_base))
@@ -130,7 +130,7 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     """Decoded mono audio placed on the container's timeline (index 0 = time 0) and its rate."""
     pieces: list[tuple[int, np.ndarray]] = []
     rate = 0
-    with av.open(io.BytesIO(data)) as c:
+    with av.open(io.BytesIO(data), "r") as c:
         for frame in c.decode(audio=0):
             rate = frame.sample_rate
             assert frame.pts is not None and frame.time_base is not None
