@@ -13,6 +13,9 @@ end of the last video frame, so both tracks end together.
 Fragmented MP4 (``movflags=empty_moov+default_base_moof``) cuts a fragment once it holds
 ``fragment_ms`` of media; libavformat writes it when the next packet arrives, so the fragment
 holding frame *i* leaves when frame *i + 1* has been encoded (or at the end of the stream).
+libavformat interleaves the tracks by timestamp, so a fragment also waits for the audio that covers
+it: audio has to lead the frames by a little more than two AAC frames (~90 ms at 24 kHz), which it
+does in the mesh, where the TTS runs ahead of the renderer.
 """
 
 from __future__ import annotations
