@@ -20,10 +20,14 @@ does in the mesh, where the TTS runs ahead of the renderer.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Concatenate, ParamSpec, TypeVar
 
 import av
 import numpy as np
@@ -35,6 +39,8 @@ from talkmesh.common.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+R = TypeVar("R")
 AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 PIXEL_FORMATS = {"i420": "yuv420p", "rgb24": "rgb24"}
 
@@ -81,6 +87,18 @@ class _Sink(io.RawIOBase):
         return len(data)
 
 
+def _locked(method: Callable[Concatenate[EncodeSession, P], R]) -> Callable[Concatenate[EncodeSession, P], R]:
+    """Serialises calls: a cancelled caller may leave a call running in its worker thread, and
+    ``close`` from another thread must wait for it rather than free the encoder under it."""
+
+    @functools.wraps(method)
+    def wrapper(self: EncodeSession, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class EncodeSession:
     """Encodes one utterance. Call ``open`` first, then ``add_frame`` / ``add_audio``, then ``finish``."""
 
@@ -111,8 +129,10 @@ class EncodeSession:
         self._resampler: av.AudioResampler | None = None
         self._time_base = Fraction(params.fps.denominator, params.fps.numerator)
         self._finished = False
+        self._lock = threading.RLock()
 
     # -- set-up -------------------------------------------------------------------------------
+    @_locked
     def open(self) -> bytes:
         """Opens encoders and muxer; returns the bytes written so far (the fMP4 init segment)."""
         try:
@@ -193,6 +213,7 @@ class EncodeSession:
         return f'{base}; codecs="{", ".join(codecs)}"' if codecs else base
 
     # -- data ---------------------------------------------------------------------------------
+    @_locked
     def add_frame(self, data: bytes) -> bytes:
         """Encodes the next frame (raw bytes in the stream's pixel format, already size-checked)."""
         p = self.params
@@ -208,6 +229,7 @@ class EncodeSession:
         self._mux_video(self._video.encode(frame))
         return self._take()
 
+    @_locked
     def add_audio(self, pcm: bytes) -> bytes:
         """Encodes PCM s16le mono samples that continue the audio so far."""
         samples = np.frombuffer(pcm, "<i2")
@@ -261,6 +283,7 @@ class EncodeSession:
             )
 
     # -- end ----------------------------------------------------------------------------------
+    @_locked
     def finish(self) -> bytes:
         """Pads audio to the video's end, flushes both encoders, closes the container."""
         assert self._container is not None and self._video is not None
@@ -280,6 +303,7 @@ class EncodeSession:
             data = boxes.faststart(data)
         return data
 
+    @_locked
     def close(self) -> None:
         """Releases the encoders (after an error or cancellation; idempotent)."""
         container, self._container = self._container, None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 import pytest
@@ -161,3 +163,17 @@ async def test_large_output_is_split_under_the_chunk_limit(config):
     parts = [m.data for m in out if m.data]
     assert len(parts) > 1 and all(len(p) <= limit for p in parts)
     assert len(decode(b"".join(parts)).video_pts) == n
+
+
+async def test_cancelled_stream_releases_the_encoder_and_the_service_goes_on(stub):
+    call = stub.Encode()
+    await call.write(config_request(W, H))
+    assert (await call.read()).init_segment
+    await call.write(audio_request(0, b"\x00\x00" * SR))
+    for i in range(3):
+        await call.write(frame_request(i, i420_frame(W, H, i), W, H))
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call.read()
+    out = await collect(stub, utterance(W, H, SR // 5))
+    assert out[-1].end_of_stream and out[-1].frames_encoded == frames_for(SR // 5)
