@@ -263,12 +263,9 @@ async def components(args: argparse.Namespace, model_path: Path | None) -> dict[
         await attempt("renderer", lambda: asyncio.to_thread(renderer_bench.run_bench, quick=args.quick))
     except ImportError as exc:
         out["renderer"] = {"error": str(exc)}
-    try:
-        from services.encoder import bench as encoder_bench
+    from services.encoder.bench import measure as encoder_bench
 
-        await attempt("encoder", lambda: encoder_bench.run_bench(quick=args.quick))
-    except ImportError as exc:
-        out["encoder"] = {"error": str(exc)}
+    await attempt("encoder", lambda: encoder_bench(("512",) if args.quick else ("360p", "512", "720p")))
     if model_path is not None:
         from services.renderer.bench_models import measure_forward
 
