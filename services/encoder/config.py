@@ -87,10 +87,15 @@ def _is_level(text: str) -> bool:
 class AudioConfig:
     aac_bitrate_kbps: int = 64
     opus_bitrate_kbps: int = 32
+    # AAC track sample rate (0: the input's rate when AAC supports it). 48 kHz keeps an AAC frame
+    # at 21 ms, so the audio track's last frame overshoots the video's end by less than a frame.
+    aac_sample_rate: int = 48000
 
     def validate(self) -> None:
         if self.aac_bitrate_kbps < 8 or self.opus_bitrate_kbps < 6:
             raise ConfigError("audio: bitrates must be at least 8 kb/s (AAC) and 6 kb/s (Opus)")
+        if self.aac_sample_rate not in (0, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000):
+            raise ConfigError(f"audio.aac_sample_rate: {self.aac_sample_rate} is not an AAC sample rate")
 
 
 @dataclass(frozen=True)

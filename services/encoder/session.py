@@ -196,7 +196,9 @@ class EncodeSession:
             assert isinstance(stream, av.AudioStream)
             stream.bit_rate = self.audio_config.opus_bitrate_kbps * 1000
         else:
-            rate = p.sample_rate if p.sample_rate in AAC_RATES else 48000
+            rate = self.audio_config.aac_sample_rate
+            if not rate:
+                rate = p.sample_rate if p.sample_rate in AAC_RATES else 48000
             stream = container.add_stream("aac", rate=rate, layout="mono")
             assert isinstance(stream, av.AudioStream)
             stream.bit_rate = self.audio_config.aac_bitrate_kbps * 1000
