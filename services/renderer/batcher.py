@@ -44,9 +44,7 @@ class _Item:
 class DynamicBatcher:
     """A FrameRunner that batches frames of all sessions for one model."""
 
-    def __init__(
-        self, backend: NeuralBackend, telemetry: Telemetry, *, max_size: int, max_delay_ms: float
-    ) -> None:
+    def __init__(self, backend: NeuralBackend, telemetry: Telemetry, *, max_size: int, max_delay_ms: float) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
         self.backend = backend
@@ -111,9 +109,7 @@ class DynamicBatcher:
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
             self._wakeup = asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(
-                self._run(), name=f"batcher-{self.backend.name}"
-            )
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.backend.name}")
 
     def _enqueue(self, items: Sequence[_Item]) -> None:
         for it in items:

@@ -165,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wav2lip forward, batch {batch:2d}: {statistics.median(values):6.1f} frames/s (median of {rounds})")
     for n, values in piped.items():
         fps = statistics.median(values)
-        print(f"renderer batcher, {n} session(s): {fps:6.1f} frames/s = {100 * fps / best:.0f}% of best raw; "
-              f"last batch sizes {hist[n]}")
+        print(
+            f"renderer batcher, {n} session(s): {fps:6.1f} frames/s = {100 * fps / best:.0f}% of best raw; "
+            f"last batch sizes {hist[n]}"
+        )
     print(f"every session's frames complete and in order: {ordered}")
     return 0
 

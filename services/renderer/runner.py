@@ -43,7 +43,5 @@ def make_runner(backend: RenderBackend, config: RendererConfig, telemetry: Telem
     if isinstance(backend, NeuralBackend) and config.batch.enabled:
         from services.renderer.batcher import DynamicBatcher
 
-        return DynamicBatcher(
-            backend, telemetry, max_size=backend.max_batch, max_delay_ms=config.batch.max_delay_ms
-        )
+        return DynamicBatcher(backend, telemetry, max_size=backend.max_batch, max_delay_ms=config.batch.max_delay_ms)
     return DirectRunner(backend)

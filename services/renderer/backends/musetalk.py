@@ -96,8 +96,13 @@ class MuseTalkBackend(NeuralBackend):
         gpu_batch = gpu_batch_bound(self.bytes_per_frame, config, avail)
         self.models: dict[str, OnnxModel] = {
             role: open_model(
-                f"musetalk {role}", root / file, sig, config.execution,
-                max_batch=gpu_batch, available=avail, factory=session_factory,
+                f"musetalk {role}",
+                root / file,
+                sig,
+                config.execution,
+                max_batch=gpu_batch,
+                available=avail,
+                factory=session_factory,
             )
             for role, (file, sig) in FILES.items()
         }
@@ -143,7 +148,6 @@ class MuseTalkBackend(NeuralBackend):
         self.prepare(avatar)
         for batch in sorted({1, self.max_batch}):
             jobs = [
-                FrameJob("warmup", i, 0, True, -20.0, features=np.zeros(AUDIO_SHAPE, np.float32))
-                for i in range(batch)
+                FrameJob("warmup", i, 0, True, -20.0, features=np.zeros(AUDIO_SHAPE, np.float32)) for i in range(batch)
             ]
             self.infer([(avatar, j) for j in jobs])

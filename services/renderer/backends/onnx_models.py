@@ -77,8 +77,7 @@ def plan_providers(available: Sequence[str], config: ExecutionConfig) -> list[Pr
         order = [p for p in dict.fromkeys(wanted) if p in avail]
         if not order:
             raise ModelError(
-                f"execution.providers: none of {wanted} is available in this ONNX Runtime "
-                f"(available: {avail})"
+                f"execution.providers: none of {wanted} is available in this ONNX Runtime (available: {avail})"
             )
     else:
         order = [p for p in AUTO_ORDER if p in avail or p == CPU]
@@ -122,9 +121,9 @@ def choose_provider(plans: Sequence[ProviderPlan], probes: Mapping[str, str | No
     raise ModelError(f"no execution provider could load the model ({detail})")
 
 
-def provider_options(plan: ProviderPlan, config: ExecutionConfig, max_batch: int, input_shapes: Mapping[
-    str, Sequence[int]
-]) -> list[tuple[str, dict[str, Any]]]:
+def provider_options(
+    plan: ProviderPlan, config: ExecutionConfig, max_batch: int, input_shapes: Mapping[str, Sequence[int]]
+) -> list[tuple[str, dict[str, Any]]]:
     """ONNX Runtime ``providers=`` argument for ``plan``.
 
     TensorRT: FP16, engine + timing cache under ``trt_cache_dir``, an optimisation profile for batch
@@ -222,9 +221,7 @@ def check_signature(name: str, expected: Signature, found: Signature) -> None:
         return len(es) == len(fs) and all(e.name in by_name and matches(e, by_name[e.name]) for e in es)
 
     if not (all_match(expected.inputs, found.inputs) and all_match(expected.outputs, found.outputs)):
-        raise ModelError(
-            f"{name}: wrong model signature: expected {expected.describe()}, found {found.describe()}"
-        )
+        raise ModelError(f"{name}: wrong model signature: expected {expected.describe()}, found {found.describe()}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +391,10 @@ def gpu_free_bytes(device: int = 0) -> int | None:
 
 
 def effective_max_batch(
-    provider: str, per_frame_bytes: int, cpu_max: int, gpu_max: int,
+    provider: str,
+    per_frame_bytes: int,
+    cpu_max: int,
+    gpu_max: int,
     free_bytes: Callable[[], int | None] = gpu_free_bytes,
 ) -> int:
     """Batch bound for a model on ``provider``: ``cpu_max`` on CPU, memory-adapted on a GPU."""

@@ -103,7 +103,6 @@ class Wav2LipBackend(NeuralBackend):
         self.prepare(avatar)
         for batch in sorted({1, self.max_batch}):
             jobs = [
-                FrameJob("warmup", i, 0, True, -20.0, features=np.zeros(MEL_SHAPE, np.float32))
-                for i in range(batch)
+                FrameJob("warmup", i, 0, True, -20.0, features=np.zeros(MEL_SHAPE, np.float32)) for i in range(batch)
             ]
             self.infer([(avatar, j) for j in jobs])

@@ -1,0 +1,106 @@
+"""From the TTS viseme track and the audio energy to a smoothed mouth pose per video frame.
+
+Each viseme has a target pose (opening, width, rounding). A frame's target is the overlap-weighted
+mix of the visemes under it (looked at slightly ahead, so the mouth starts to shape before the
+sound rises), scaled by the frame's speech energy; a bilabial (/p b m/) under a third of the frame
+or more closes the mouth outright, and silence returns it to rest. The pose then follows the target
+with separate attack and release time constants, which gives natural coarticulation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+from services.renderer.backends.base import MouthShape
+from talkmesh.v1 import common_pb2 as cpb
+
+# viseme -> (open, width, round), each in [0, 1]; width 0.5 is neutral.
+VISEME_POSE: dict[int, tuple[float, float, float]] = {
+    cpb.VISEME_REST: (0.0, 0.5, 0.0),
+    cpb.VISEME_CLOSED: (0.0, 0.45, 0.0),
+    cpb.VISEME_OPEN: (1.0, 0.55, 0.0),
+    cpb.VISEME_SPREAD: (0.45, 0.9, 0.0),
+    cpb.VISEME_ROUNDED: (0.55, 0.2, 1.0),
+    cpb.VISEME_FV: (0.15, 0.55, 0.0),
+    cpb.VISEME_TH: (0.3, 0.55, 0.0),
+    cpb.VISEME_SZ: (0.2, 0.75, 0.0),
+    cpb.VISEME_L: (0.45, 0.55, 0.0),
+    cpb.VISEME_SH: (0.35, 0.3, 0.7),
+    cpb.VISEME_KG: (0.5, 0.5, 0.0),
+    cpb.VISEME_TD: (0.35, 0.6, 0.0),
+    cpb.VISEME_R: (0.35, 0.35, 0.5),
+    cpb.VISEME_MID: (0.55, 0.5, 0.1),
+}
+SILENCE_DBFS = -50.0
+LOUD_DBFS = -18.0
+
+
+@dataclass
+class MouthAnimator:
+    sample_rate: int
+    fps: float
+    attack_ms: float = 40.0
+    release_ms: float = 90.0
+    anticipation_ms: float = 20.0
+    _starts: list[int] = field(default_factory=list)
+    _events: list[cpb.VisemeEvent] = field(default_factory=list)
+    _pose: tuple[float, float, float] = (0.0, 0.5, 0.0)
+
+    def add(self, events: list[cpb.VisemeEvent]) -> None:
+        for ev in events:
+            i = bisect.bisect_right(self._starts, ev.start_sample)
+            self._starts.insert(i, ev.start_sample)
+            self._events.insert(i, ev)
+
+    def _target(self, frame_index: int, voiced: bool, rms_dbfs: float) -> tuple[float, float, float]:
+        if not voiced:
+            return VISEME_POSE[cpb.VISEME_REST]
+        shift = int(self.sample_rate * self.anticipation_ms / 1000)
+        lo = frame_index * self.sample_rate / self.fps + shift
+        hi = (frame_index + 1) * self.sample_rate / self.fps + shift
+        acc = [0.0, 0.0, 0.0]
+        total = 0.0
+        closed = 0.0
+        i = max(0, bisect.bisect_right(self._starts, lo) - 1)
+        while i < len(self._events) and self._events[i].start_sample < hi:
+            ev = self._events[i]
+            overlap = min(hi, ev.end_sample) - max(lo, ev.start_sample)
+            if overlap > 0:
+                pose = VISEME_POSE.get(ev.viseme, VISEME_POSE[cpb.VISEME_MID])
+                for k in range(3):
+                    acc[k] += pose[k] * overlap
+                total += overlap
+                if ev.viseme == cpb.VISEME_CLOSED:
+                    closed += overlap
+            i += 1
+        if total == 0:
+            pose = VISEME_POSE[cpb.VISEME_MID]
+        else:
+            pose = (acc[0] / total, acc[1] / total, acc[2] / total)
+        if closed >= (hi - lo) / 3:
+            return VISEME_POSE[cpb.VISEME_CLOSED]
+        loudness = min(1.0, max(0.25, (rms_dbfs - SILENCE_DBFS) / (LOUD_DBFS - SILENCE_DBFS)))
+        return (pose[0] * loudness, pose[1], pose[2])
+
+    def step(self, frame_index: int, voiced: bool, rms_dbfs: float) -> MouthShape:
+        target = self._target(frame_index, voiced, rms_dbfs)
+        dt = 1000.0 / self.fps
+        out = []
+        for cur, tgt in zip(self._pose, target, strict=True):
+            tau = self.attack_ms if abs(tgt - 0.5) > abs(cur - 0.5) or tgt > cur else self.release_ms
+            a = 1.0 - math.exp(-dt / max(tau, 1e-3))
+            out.append(cur + (tgt - cur) * a)
+        # closing for a bilabial is fast: the lips must meet within the frame
+        if target == VISEME_POSE[cpb.VISEME_CLOSED]:
+            out[0] = min(out[0], 0.1 * self._pose[0])
+        self._pose = (out[0], out[1], out[2])
+        return MouthShape(open=out[0], width=out[1], round=out[2])
+
+    def prune(self, before_sample: int) -> None:
+        """Drops events that ended before ``before_sample`` (keeps memory flat on long streams)."""
+        keep = [i for i, e in enumerate(self._events) if e.end_sample >= before_sample]
+        if len(keep) < len(self._events):
+            self._events = [self._events[i] for i in keep]
+            self._starts = [e.start_sample for e in self._events]

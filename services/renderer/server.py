@@ -1,0 +1,184 @@
+"""The renderer service: avatar registry and lip-synced frame rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import Any
+
+import grpc
+
+from services.renderer.avatar import DEFAULT_ALIAS, AvatarStore
+from services.renderer.backends import create_backend
+from services.renderer.backends.base import RenderBackend
+from services.renderer.config import RendererConfig
+from services.renderer.frames import output_size
+from services.renderer.runner import FrameRunner, make_runner
+from services.renderer.session import RenderSession, SessionOptions
+from talkmesh.common.errors import FailedPrecondition, InvalidArgument
+from talkmesh.common.server import Service
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import common_pb2 as cpb
+from talkmesh.v1 import renderer_pb2 as rpb
+from talkmesh.v1 import renderer_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Renderer"].full_name
+PART_BYTES = 4 * 1024 * 1024
+MAX_SESSIONS_REMEMBERED = 1024
+
+
+class RendererServicer(renderer_pb2_grpc.RendererServicer):
+    def __init__(self, service: RendererService) -> None:
+        self.s = service
+
+    async def Render(
+        self, request_iterator: AsyncIterator[rpb.RenderRequest], context: Any
+    ) -> AsyncIterator[cpb.VideoFrame]:
+        s = self.s
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "config":
+            raise InvalidArgument("config", "the first message must carry the render config")
+        cfg = first.config
+        backend_name = cfg.backend or s.config.default_backend
+        backend = s.backends.get(backend_name)
+        if backend is None:
+            raise InvalidArgument(
+                "config.backend", f"backend {backend_name!r} is not loaded (loaded: {', '.join(s.backends)})"
+            )
+        fps = cfg.fps or 25.0
+        if not 1.0 <= fps <= 60.0:
+            raise InvalidArgument("config.fps", f"{fps} is outside 1..60")
+        pixel_format = cfg.pixel_format or cpb.PIXEL_FORMAT_I420
+        if pixel_format not in (cpb.PIXEL_FORMAT_I420, cpb.PIXEL_FORMAT_RGB24):
+            raise InvalidArgument("config.pixel_format", f"unsupported pixel format {pixel_format}")
+        if cfg.sample_rate and not 8000 <= cfg.sample_rate <= 192000:
+            raise InvalidArgument("config.sample_rate", f"{cfg.sample_rate} Hz is not a supported rate")
+        avatar = await asyncio.to_thread(s.store.get, cfg.avatar_id or s.config.default_avatar, backend_name)
+        size = output_size(cfg.size or s.config.default_size, avatar.size)
+        session_key = cfg.session_id
+        start_tick = s.session_ticks.get(session_key, 0) if session_key else 0
+        session = RenderSession(
+            SessionOptions(
+                request_id=cfg.request_id or first.request_id,
+                size=size,
+                fps=fps,
+                pixel_format=pixel_format,
+                sample_rate=cfg.sample_rate,
+                part_bytes=s.part_bytes,
+                idle_life=s.config.viseme.idle_motion,
+                start_tick=start_tick,
+                attack_ms=s.config.viseme.attack_ms,
+                release_ms=s.config.viseme.release_ms,
+            ),
+            avatar,
+            backend,
+            s.runners[backend_name],
+            s.telemetry,
+            s.config.session_queue,
+        )
+        try:
+            async for frame in session.run(request_iterator):
+                yield frame
+        finally:
+            if session_key:
+                s.session_ticks[session_key] = session.tick
+                s.session_ticks.move_to_end(session_key)
+                while len(s.session_ticks) > MAX_SESSIONS_REMEMBERED:
+                    s.session_ticks.popitem(last=False)
+
+    async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
+        s = self.s
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "meta":
+            raise InvalidArgument("meta", "the first message must carry the avatar's metadata")
+        meta = first.meta
+        limit = s.config.avatars.max_upload_bytes
+        buf = bytearray()
+        async for msg in request_iterator:
+            if msg.WhichOneof("kind") != "data":
+                raise InvalidArgument("meta", "only the first message may carry metadata")
+            buf += msg.data
+            if len(buf) > limit:
+                raise InvalidArgument("data", f"upload exceeds the limit of {limit} bytes")
+        avatar, cached = await asyncio.to_thread(
+            s.store.register, bytes(buf), meta.filename, meta.name, tuple(meta.backends)
+        )
+        return rpb.AvatarInfo(
+            id=avatar.id,
+            name=avatar.name,
+            width=avatar.size[0],
+            height=avatar.size[1],
+            frame_count=int(avatar.frames.shape[0]),
+            cached=cached,
+            backends=sorted(avatar.extras),
+        )
+
+    async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
+        items = await asyncio.to_thread(self.s.store.list)
+        return rpb.ListAvatarsResponse(
+            avatars=[
+                rpb.AvatarInfo(
+                    id=a.id,
+                    name=a.name,
+                    width=a.width,
+                    height=a.height,
+                    frame_count=a.frame_count,
+                    cached=True,
+                    backends=list(a.backends),
+                )
+                for a in items
+            ]
+        )
+
+    async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
+        if not request.avatar_id:
+            raise InvalidArgument("avatar_id", "must not be empty")
+        return rpb.DeleteAvatarResponse(deleted=await asyncio.to_thread(self.s.store.delete, request.avatar_id))
+
+
+class RendererService(Service):
+    name = "renderer"
+
+    def __init__(self, config: RendererConfig, telemetry: Telemetry) -> None:
+        super().__init__(telemetry)
+        self.config = config
+        self.backends: dict[str, RenderBackend] = {}
+        self.runners: dict[str, FrameRunner] = {}
+        self.store: AvatarStore = None  # type: ignore[assignment]  # built in start()
+        self.session_ticks: OrderedDict[str, int] = OrderedDict()
+        self.part_bytes = min(PART_BYTES, config.server.max_message_bytes - 64 * 1024)
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        renderer_pb2_grpc.add_RendererServicer_to_server(RendererServicer(self), server)
+        return [SERVICE_NAME]
+
+    async def start(self) -> None:
+        names = list(dict.fromkeys(["viseme", *self.config.backends]))
+        for name in names:
+            try:
+                backend = await asyncio.to_thread(create_backend, name, self.config, self.telemetry)
+            except Exception as exc:
+                if name == self.config.default_backend:
+                    raise
+                raise FailedPrecondition(f"renderer backend {name!r} could not be loaded: {exc}") from exc
+            await asyncio.to_thread(backend.warmup)
+            self.backends[name] = backend
+            self.runners[name] = make_runner(backend, self.config, self.telemetry)
+            self.telemetry.set_backend("renderer", name)
+        if self.config.default_backend not in self.backends:
+            raise FailedPrecondition(f"default_backend {self.config.default_backend!r} is not in backends")
+        self.store = AvatarStore(self.config.avatars, self.backends, on_cache=self.telemetry.cache)
+        data = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+        avatar, _ = await asyncio.to_thread(
+            self.store.register, data, "default_avatar.png", "default", tuple(self.backends), DEFAULT_ALIAS
+        )
+        log.info("renderer ready: backends %s, default avatar %s", ", ".join(self.backends), avatar.id)
+
+    async def stop(self) -> None:
+        for runner in self.runners.values():
+            await runner.close()

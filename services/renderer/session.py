@@ -1,0 +1,232 @@
+"""One Render stream: viseme events and per-frame features in, frames out in order, as rendered.
+
+A reader task turns incoming messages into frame jobs (through a bounded queue); the render loop
+takes the jobs that are ready, sends the voiced ones to the backend (through the runner, which may
+batch them with other sessions' frames) and shows the idle avatar for silent ones, then applies the
+idle life of still photos, resizes to the requested preset and converts to the encoder's format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from services.renderer.backends.base import Avatar, FrameJob, RenderBackend
+from services.renderer.frames import encode_pixels, resize, split
+from services.renderer.mouth import MouthAnimator
+from services.renderer.runner import FrameRunner
+from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.tensors import from_tensor
+from talkmesh.v1 import audio_features_pb2 as fpb
+from talkmesh.v1 import common_pb2 as cpb
+from talkmesh.v1 import renderer_pb2 as rpb
+
+_END = object()
+
+
+def ping_pong(t: int, n: int) -> int:
+    """Avatar frame for clock tick ``t``: forward then backward, so a looping video has no jump."""
+    if n <= 1:
+        return 0
+    period = 2 * n - 2
+    k = t % period
+    return k if k < n else period - k
+
+
+class IdleLife:
+    """Subtle life for still photos: slow head sway and breathing, and a blink every few seconds."""
+
+    def __init__(self, avatar: Avatar, fps: float) -> None:
+        self.fps = fps
+        x1, y1, x2, y2 = (int(v) for v in avatar.face_boxes[0])
+        self.centre = ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
+        w, h = x2 - x1, y2 - y1
+        self.eyes = [(int(x1 + 0.31 * w), int(y1 + 0.41 * h)), (int(x1 + 0.69 * w), int(y1 + 0.41 * h))]
+        self.eye_axes = (max(2, int(0.1 * w)), max(1, int(0.045 * h)))
+        frame = avatar.frames[0]
+        lid_y = max(0, int(y1 + 0.3 * h))
+        self.lid = frame[lid_y : lid_y + max(1, int(0.05 * h)), x1 + w // 4 : x2 - w // 4].reshape(-1, 3).mean(0)
+
+    def apply(self, frame: np.ndarray, tick: int) -> np.ndarray:
+        t = tick / self.fps
+        blink = tick % int(4.3 * self.fps)
+        closure = {0: 0.5, 1: 1.0, 2: 0.5}.get(blink, 0.0)
+        if closure:
+            overlay = frame.copy()
+            for cx, cy in self.eyes:
+                cv2.ellipse(overlay, (cx, cy), self.eye_axes, 0, 0, 360, self.lid.tolist(), -1, cv2.LINE_AA)
+            frame = cv2.addWeighted(overlay, 0.85 * closure, frame, 1 - 0.85 * closure, 0)
+        angle = 0.35 * math.sin(2 * math.pi * t / 7.1)
+        dx = 0.9 * math.sin(2 * math.pi * t / 5.3)
+        dy = 0.6 * math.sin(2 * math.pi * t / 3.7 + 1.0)
+        m = cv2.getRotationMatrix2D(self.centre, angle, 1.0 + 0.002 * math.sin(2 * math.pi * t / 4.1))
+        m[0, 2] += dx
+        m[1, 2] += dy
+        return cv2.warpAffine(
+            frame, m, (frame.shape[1], frame.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101
+        )
+
+
+@dataclass
+class SessionOptions:
+    request_id: str
+    size: tuple[int, int]
+    fps: float
+    pixel_format: int
+    sample_rate: int
+    part_bytes: int
+    idle_life: bool
+    start_tick: int = 0
+    max_group: int = 8
+    attack_ms: float = 40.0
+    release_ms: float = 90.0
+
+
+class RenderSession:
+    def __init__(
+        self,
+        options: SessionOptions,
+        avatar: Avatar,
+        backend: RenderBackend,
+        runner: FrameRunner,
+        telemetry: Telemetry,
+        queue_size: int,
+    ) -> None:
+        self.o = options
+        self.avatar = avatar
+        self.backend = backend
+        self.runner = runner
+        self.telemetry = telemetry
+        self.jobs: asyncio.Queue[Any] = asyncio.Queue(queue_size)
+        self.animator = MouthAnimator(options.sample_rate or 16000, options.fps, options.attack_ms, options.release_ms)
+        self.idle = IdleLife(avatar, options.fps) if options.idle_life and avatar.frames.shape[0] == 1 else None
+        self.next_index = 0
+        self.tick = options.start_tick
+        self.frames_out = 0
+        self.inferred = 0
+        self.wants_features = backend.feature_type != fpb.FEATURE_TYPE_ACTIVITY
+
+    async def _read(self, requests: AsyncIterator[rpb.RenderRequest]) -> None:
+        try:
+            async for req in requests:
+                kind = req.WhichOneof("kind")
+                if kind == "visemes":
+                    self.animator.add(list(req.visemes.events))
+                elif kind == "features":
+                    await self.jobs.put(self._job(req.features))
+                elif kind == "config":
+                    raise InvalidArgument("config", "only the first message may carry the config")
+                if req.end_of_stream:
+                    break
+        except BaseException as exc:  # handed to the render loop, which raises it
+            await self.jobs.put(exc)
+            raise
+        await self.jobs.put(_END)
+
+    def _job(self, fc: fpb.FeatureChunk) -> FrameJob:
+        if fc.frame_index != self.next_index:
+            raise InvalidArgument(
+                "features.frame_index",
+                f"expected frame {self.next_index}, got {fc.frame_index} (frames must be in order)",
+            )
+        self.next_index += 1
+        features = None
+        if self.wants_features:
+            if not fc.features.data:
+                raise InvalidArgument("features.features", f"backend {self.backend.name} needs a feature tensor")
+            features = from_tensor(fc.features, "features.features")
+        mouth = self.animator.step(fc.frame_index, fc.activity.voiced, fc.activity.rms_dbfs)
+        job = FrameJob(
+            session_id=self.o.request_id,
+            frame_index=fc.frame_index,
+            avatar_frame=ping_pong(self.tick, int(self.avatar.frames.shape[0])),
+            voiced=bool(fc.activity.voiced),
+            rms_dbfs=float(fc.activity.rms_dbfs),
+            features=features,
+            mouth=mouth,
+        )
+        self.tick += 1
+        if fc.frame_index % 250 == 0:
+            self.animator.prune(int(fc.frame_index * self.o.sample_rate / self.o.fps) - self.o.sample_rate)
+        return job
+
+    async def run(self, requests: AsyncIterator[rpb.RenderRequest]) -> AsyncIterator[cpb.VideoFrame]:
+        reader = asyncio.create_task(self._read(requests), name=f"render-read-{self.o.request_id}")
+        seq = 0
+        depth = self.telemetry.queue_gauge("render_jobs")
+        try:
+            done = False
+            while not done:
+                group: list[FrameJob] = []
+                item = await self.jobs.get()
+                while True:
+                    if item is _END:
+                        done = True
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    group.append(item)
+                    if len(group) >= self.o.max_group or self.jobs.empty():
+                        break
+                    item = self.jobs.get_nowait()
+                depth.set(self.jobs.qsize())
+                if not group:
+                    continue
+                for msg in await self._render(group):
+                    msg.seq = seq
+                    seq += 1
+                    yield msg
+            yield cpb.VideoFrame(request_id=self.o.request_id, seq=seq, end_of_stream=True)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _render(self, group: list[FrameJob]) -> list[cpb.VideoFrame]:
+        voiced = [j for j in group if j.voiced]
+        rendered: list[np.ndarray] = []
+        if voiced:
+            with self.telemetry.stage("infer", backend=self.backend.name, frames=len(voiced)):
+                rendered = await self.runner.render(self.avatar, voiced)
+        skipped = len(group) - len(voiced)
+        if skipped:
+            self.telemetry.metrics.skipped_frames_total.labels(self.telemetry.service, "silence").inc(skipped)
+        with self.telemetry.stage("compose"):
+            return await asyncio.to_thread(self._finish, group, rendered)
+
+    def _finish(self, group: list[FrameJob], rendered: list[np.ndarray]) -> list[cpb.VideoFrame]:
+        out: list[cpb.VideoFrame] = []
+        it = iter(rendered)
+        w, h = self.o.size
+        for job in group:
+            frame = next(it) if job.voiced else self.avatar.frames[job.avatar_frame]
+            if self.idle is not None:
+                frame = self.idle.apply(np.asarray(frame), job.frame_index + self.o.start_tick)
+            data = encode_pixels(resize(np.asarray(frame), (w, h)), self.o.pixel_format)
+            parts = split(data, self.o.part_bytes)
+            for i, part in enumerate(parts):
+                out.append(
+                    cpb.VideoFrame(
+                        request_id=self.o.request_id,
+                        frame_index=job.frame_index,
+                        width=w,
+                        height=h,
+                        pixel_format=self.o.pixel_format,  # type: ignore[arg-type]
+                        data=part,
+                        part_index=i,
+                        part_count=len(parts),
+                        inferred=job.voiced,
+                    )
+                )
+            self.frames_out += 1
+            self.inferred += int(job.voiced)
+        self.telemetry.metrics.frames_total.labels(self.telemetry.service).inc(len(group))
+        return out
