@@ -113,6 +113,7 @@ class RenderSession:
         self.frames_out = 0
         self.inferred = 0
         self.wants_features = backend.feature_type != fpb.FEATURE_TYPE_ACTIVITY
+        self.failure: Exception | None = None
 
     async def _read(self, requests: AsyncIterator[rpb.RenderRequest]) -> None:
         try:
@@ -126,9 +127,13 @@ class RenderSession:
                     raise InvalidArgument("config", "only the first message may carry the config")
                 if req.end_of_stream:
                     break
-        except BaseException as exc:  # handed to the render loop, which raises it
-            await self.jobs.put(exc)
+        except asyncio.CancelledError:
             raise
+        except Exception as exc:  # handed to the render loop, which raises it
+            self.failure = exc
+            with contextlib.suppress(asyncio.QueueFull):
+                self.jobs.put_nowait(_END)
+            return
         await self.jobs.put(_END)
 
     def _job(self, fc: fpb.FeatureChunk) -> FrameJob:
@@ -168,11 +173,11 @@ class RenderSession:
                 group: list[FrameJob] = []
                 item = await self.jobs.get()
                 while True:
+                    if self.failure is not None:
+                        raise self.failure
                     if item is _END:
                         done = True
                         break
-                    if isinstance(item, BaseException):
-                        raise item
                     group.append(item)
                     if len(group) >= self.o.max_group or self.jobs.empty():
                         break

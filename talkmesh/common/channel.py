@@ -6,7 +6,7 @@ import json
 
 import grpc
 
-from talkmesh.common.interceptors import ClientInterceptor
+from talkmesh.common.interceptors import client_interceptors
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
@@ -24,9 +24,13 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
     ]
 
 
-def create_channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.aio.Channel:
+def create_channel(
+    target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, interceptors: bool = True
+) -> grpc.aio.Channel:
+    """A channel whose calls carry the trace context and request id (``interceptors=False``: the
+    caller passes ``outgoing_metadata()`` itself, see services/gateway/downstream.py for why)."""
     return grpc.aio.insecure_channel(
         target,
         options=channel_options(max_message_bytes),
-        interceptors=[ClientInterceptor()],
+        interceptors=client_interceptors() if interceptors else None,
     )

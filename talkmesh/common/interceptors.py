@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
+from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -107,10 +108,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         )
 
     # -- the shared envelope ------------------------------------------------------------------
-    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> tuple[Any, Any, float]:
+    def _begin(self, method: str, context: grpc.aio.ServicerContext) -> tuple[trace.Span, float]:
         md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         rid = md.get(REQUEST_ID_KEY) or uuid.uuid4().hex
-        token = request_id_var.set(rid)
+        # Set for the rest of this RPC's task. Never reset: a cancelled stream's generator is closed
+        # from another task, where resetting a token of this context would fail.
+        request_id_var.set(rid)
         parent = propagate.extract(md, getter=_MetadataGetter())
         span = self.telemetry.tracer.start_span(
             method.lstrip("/"),
@@ -123,7 +126,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 "talkmesh.request_id": rid,
             },
         )
-        return token, span, time.perf_counter()
+        context_api.attach(trace.set_span_in_context(span))
+        return span, time.perf_counter()
 
     async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
         m = self.telemetry.metrics
@@ -156,7 +160,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(code, details)
         return code  # unreachable: abort raises
 
-    def _finish(self, method: str, code: str, token: Any, span: trace.Span, start: float) -> None:
+    def _finish(self, method: str, code: str, span: trace.Span, start: float) -> None:
         svc = self.telemetry.service
         self.telemetry.metrics.streams_total.labels(svc, method, code).inc()
         self.telemetry.metrics.streams_active.labels(svc).dec()
@@ -167,62 +171,59 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             span.set_attribute("talkmesh.cancelled", True)
         span.set_attribute("talkmesh.duration_seconds", time.perf_counter() - start)
         span.end()
-        request_id_var.reset(token)
 
     def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self._admit(method, context)
-            token, span, start = self._begin(method, context)
+            span, start = self._begin(method, context)
             self.admission.enter()
             self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
             code = "OK"
             try:
-                with trace.use_span(span, end_on_exit=False):
-                    try:
-                        async for item in behavior(request, context):
-                            yield item
-                    except (asyncio.CancelledError, GeneratorExit):
-                        code = "CANCELLED"
-                        raise
-                    except grpc.aio.AbortError:
-                        code = _code_name(context, "UNKNOWN")
-                        raise
-                    except Exception as exc:
-                        code = (await self._fail(exc, context, span)).name
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except (asyncio.CancelledError, GeneratorExit):
+                    code = "CANCELLED"
+                    raise
+                except grpc.aio.AbortError:
+                    code = _code_name(context, "UNKNOWN")
+                    raise
+                except Exception as exc:
+                    code = (await self._fail(exc, context, span)).name
             except grpc.aio.AbortError:
                 if code == "OK":
                     code = _code_name(context, "UNKNOWN")
                 raise
             finally:
-                self._finish(method, code, token, span, start)
+                self._finish(method, code, span, start)
 
         return wrapper
 
     def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await self._admit(method, context)
-            token, span, start = self._begin(method, context)
+            span, start = self._begin(method, context)
             self.admission.enter()
             self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
             code = "OK"
             try:
-                with trace.use_span(span, end_on_exit=False):
-                    try:
-                        return await behavior(request, context)
-                    except asyncio.CancelledError:
-                        code = "CANCELLED"
-                        raise
-                    except grpc.aio.AbortError:
-                        code = _code_name(context, "UNKNOWN")
-                        raise
-                    except Exception as exc:
-                        code = (await self._fail(exc, context, span)).name
+                try:
+                    return await behavior(request, context)
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                except grpc.aio.AbortError:
+                    code = _code_name(context, "UNKNOWN")
+                    raise
+                except Exception as exc:
+                    code = (await self._fail(exc, context, span)).name
             except grpc.aio.AbortError:
                 if code == "OK":
                     code = _code_name(context, "UNKNOWN")
                 raise
             finally:
-                self._finish(method, code, token, span, start)
+                self._finish(method, code, span, start)
 
         return wrapper
 
@@ -237,7 +238,8 @@ def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:
     return default
 
 
-def _outgoing_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> grpc.aio.Metadata:
+def outgoing_metadata(metadata: Iterable[tuple[str, str | bytes]] | None = None) -> grpc.aio.Metadata:
+    """``metadata`` plus the current trace context and request id (what the client interceptors add)."""
     md = grpc.aio.Metadata(*(metadata or ()))
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
@@ -253,28 +255,35 @@ def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
     return grpc.aio.ClientCallDetails(
         method=details.method,
         timeout=details.timeout,
-        metadata=_outgoing_metadata(details.metadata),
+        metadata=outgoing_metadata(details.metadata),
         credentials=details.credentials,
         wait_for_ready=details.wait_for_ready,
     )
 
 
-class ClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Carries the trace context and the request id to the next service in gRPC metadata."""
-
+class _UnaryUnaryPropagation(grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         return await continuation(_details(client_call_details), request)
 
+
+class _UnaryStreamPropagation(grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
         return await continuation(_details(client_call_details), request)
 
+
+class _StreamUnaryPropagation(grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(_details(client_call_details), request_iterator)
 
+
+class _StreamStreamPropagation(grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
         return await continuation(_details(client_call_details), request_iterator)
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Carry the trace context and the request id to the next service in gRPC metadata.
+
+    One instance per RPC kind: grpc.aio files each interceptor under the first kind it matches.
+    """
+    return [_UnaryUnaryPropagation(), _UnaryStreamPropagation(), _StreamUnaryPropagation(), _StreamStreamPropagation()]
