@@ -257,12 +257,9 @@ async def components(args: argparse.Namespace, model_path: Path | None) -> dict[
     from services.audio_features.bench import run_bench as features_bench
 
     await attempt("audio_features", lambda: asyncio.to_thread(features_bench, seconds=3 if args.quick else 10))
-    try:
-        from services.renderer import bench as renderer_bench
+    from services.renderer.bench import run_bench as renderer_bench
 
-        await attempt("renderer", lambda: asyncio.to_thread(renderer_bench.run_bench, quick=args.quick))
-    except ImportError as exc:
-        out["renderer"] = {"error": str(exc)}
+    await attempt("renderer", lambda: asyncio.to_thread(renderer_bench, quick=args.quick))
     from services.encoder.bench import measure as encoder_bench
 
     await attempt("encoder", lambda: encoder_bench(("512",) if args.quick else ("360p", "512", "720p")))

@@ -119,15 +119,18 @@ class FaceFinder:
             raise RuntimeError(f"could not load the face cascade from {path}")
         self._lock = threading.Lock()
 
-    def find(self, frame: np.ndarray) -> tuple[int, int, int, int] | None:
-        gray = cv2.equalizeHist(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
-        min_side = max(40, min(frame.shape[:2]) // 12)
+    def find(self, frame: np.ndarray, max_side: int = 640) -> tuple[int, int, int, int] | None:
+        """The largest face, detected on a copy scaled to at most ``max_side`` pixels."""
+        scale = min(1.0, max_side / max(frame.shape[:2]))
+        small = frame if scale == 1.0 else cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+        min_side = max(30, min(gray.shape[:2]) // 12)
         with self._lock:
             faces = self.cascade.detectMultiScale(gray, 1.1, 5, minSize=(min_side, min_side))
         if len(faces) == 0:
             return None
-        x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
-        return int(x), int(y), int(x + w), int(y + h)
+        x, y, w, h = (v / scale for v in max(faces, key=lambda f: f[2] * f[3]))
+        return round(x), round(y), round(x + w), round(y + h)
 
 
 def mouth_box(frame: np.ndarray, face: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
@@ -229,20 +232,22 @@ class AvatarStore:
         return avatar, cached
 
     def _precompute(self, avatar_id: str, data: bytes, filename: str, name: str) -> None:
-        frames = decode(data, filename, self.cfg)
-        faces = [self._faces.find(f) for f in frames]
-        found = sum(f is not None for f in faces)
-        if found == 0 or found < 0.5 * len(faces):
-            raise InvalidArgument("data", f"no face found ({found} of {len(faces)} frame(s) have a detectable face)")
-        face_boxes = smooth_boxes(faces)
-        mouths: list[tuple[int, int, int, int] | None] = [
-            mouth_box(f, (int(b[0]), int(b[1]), int(b[2]), int(b[3])))
-            for f, b in zip(frames, face_boxes, strict=True)
-        ]
-        mouth_boxes = smooth_boxes(mouths)
         tmp = self.root / f".tmp-{avatar_id}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
+            frames = decode(data, filename, self.cfg)
+            faces = [self._faces.find(f) for f in frames]
+            found = sum(f is not None for f in faces)
+            if found == 0 or found < 0.5 * len(faces):
+                raise InvalidArgument(
+                    "data", f"no face found ({found} of {len(faces)} frame(s) have a detectable face)"
+                )
+            face_boxes = smooth_boxes(faces)
+            mouths: list[tuple[int, int, int, int] | None] = [
+                mouth_box(f, (int(b[0]), int(b[1]), int(b[2]), int(b[3])))
+                for f, b in zip(frames, face_boxes, strict=True)
+            ]
+            mouth_boxes = smooth_boxes(mouths)
             np.save(tmp / "frames.npy", frames)
             np.savez(tmp / "boxes.npz", face=face_boxes, mouth=mouth_boxes)
             meta = {

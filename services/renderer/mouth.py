@@ -81,7 +81,7 @@ class MouthAnimator:
             pose = (acc[0] / total, acc[1] / total, acc[2] / total)
         if closed >= (hi - lo) / 3:
             return VISEME_POSE[cpb.VISEME_CLOSED]
-        loudness = min(1.0, max(0.25, (rms_dbfs - SILENCE_DBFS) / (LOUD_DBFS - SILENCE_DBFS)))
+        loudness = min(1.0, max(0.4, (rms_dbfs - SILENCE_DBFS) / (LOUD_DBFS - SILENCE_DBFS)))
         return (pose[0] * loudness, pose[1], pose[2])
 
     def step(self, frame_index: int, voiced: bool, rms_dbfs: float) -> MouthShape:

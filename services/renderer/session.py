@@ -64,9 +64,9 @@ class IdleLife:
             for cx, cy in self.eyes:
                 cv2.ellipse(overlay, (cx, cy), self.eye_axes, 0, 0, 360, self.lid.tolist(), -1, cv2.LINE_AA)
             frame = cv2.addWeighted(overlay, 0.85 * closure, frame, 1 - 0.85 * closure, 0)
-        angle = 0.35 * math.sin(2 * math.pi * t / 7.1)
-        dx = 0.9 * math.sin(2 * math.pi * t / 5.3)
-        dy = 0.6 * math.sin(2 * math.pi * t / 3.7 + 1.0)
+        angle = 0.2 * math.sin(2 * math.pi * t / 7.1)
+        dx = 0.6 * math.sin(2 * math.pi * t / 5.3)
+        dy = 0.4 * math.sin(2 * math.pi * t / 3.7 + 1.0)
         m = cv2.getRotationMatrix2D(self.centre, angle, 1.0 + 0.002 * math.sin(2 * math.pi * t / 4.1))
         m[0, 2] += dx
         m[1, 2] += dy

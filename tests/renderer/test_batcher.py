@@ -100,9 +100,7 @@ async def test_sessions_get_their_frames_in_order_and_batches_mix_sessions():
     assert sorted(ran) == sorted((f"s{k}", i) for k in range(4) for i in range(12))
     assert max(len(b) for b in model.batches) <= 4
     assert any(len({s for s, _ in b}) > 1 for b in model.batches), "no batch mixed sessions"
-    count = tel.metrics.registry.get_sample_value(
-        "talkmesh_batch_size_count", {"service": "renderer", "model": "fake"}
-    )
+    count = tel.metrics.registry.get_sample_value("talkmesh_batch_size_count", {"service": "renderer", "model": "fake"})
     assert count == len(model.batches)
 
 
@@ -122,9 +120,12 @@ async def test_batches_fill_up_while_the_model_is_busy():
     # 9 frames waited while batch 1 ran: they leave as full batches, round-robin over sessions.
     assert [len(b) for b in model.batches] == [4, 4, 4, 1]
     assert {s for s, _ in model.batches[1]} == {"s1", "s2", "s3"}
-    assert tel.metrics.registry.get_sample_value(
-        "talkmesh_batch_size_bucket", {"service": "renderer", "model": "fake", "le": "4.0"}
-    ) == 4
+    assert (
+        tel.metrics.registry.get_sample_value(
+            "talkmesh_batch_size_bucket", {"service": "renderer", "model": "fake", "le": "4.0"}
+        )
+        == 4
+    )
 
 
 async def test_a_lone_frame_runs_after_the_delay():
@@ -218,9 +219,12 @@ async def test_frame_skip_runs_key_frames_only_and_interpolates_between():
     ran = sorted(i for b in model.batches for _, i in b)
     assert ran == [0, 3, 6, 7]
     assert values(out) == [0, 10, 20, 30, 40, 50, 60, 70]  # linear in the index: exact here
-    assert tel.metrics.registry.get_sample_value(
-        "talkmesh_skipped_frames_total", {"service": "renderer", "reason": "frame_skip"}
-    ) == 4
+    assert (
+        tel.metrics.registry.get_sample_value(
+            "talkmesh_skipped_frames_total", {"service": "renderer", "reason": "frame_skip"}
+        )
+        == 4
+    )
 
 
 def test_plan_keyframes():

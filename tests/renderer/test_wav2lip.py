@@ -109,9 +109,7 @@ def make_avatar() -> Avatar:
 
 
 def config(path: Path, max_size: int = 4, skip: int = 1) -> RendererConfig:
-    return RendererConfig(
-        wav2lip=ModelConfig(path=str(path), frame_skip=skip), batch=BatchConfig(max_size=max_size)
-    )
+    return RendererConfig(wav2lip=ModelConfig(path=str(path), frame_skip=skip), batch=BatchConfig(max_size=max_size))
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +252,12 @@ def test_on_a_gpu_the_batch_bound_follows_free_memory(exported, monkeypatch: pyt
     assert opened == ["wav2lip.fp16.onnx"]  # the FP16 variant written by --fp16
     assert b.max_batch == 56  # 70 % of 2 GiB / 24 MiB per frame = 59, rounded down to a multiple of 8
     assert make_runner(b, cfg, tel).max_size == 56  # type: ignore[attr-defined]
-    assert tel.metrics.registry.get_sample_value(
-        "talkmesh_backend_info", {"service": "renderer", "kind": "execution_provider", "name": "wav2lip/" + CUDA}
-    ) == 1
+    assert (
+        tel.metrics.registry.get_sample_value(
+            "talkmesh_backend_info", {"service": "renderer", "kind": "execution_provider", "name": "wav2lip/" + CUDA}
+        )
+        == 1
+    )
     b.model.binding_device = "cpu"  # I/O binding path, on the only device there is
     avatar = make_avatar()
     [frame] = b.render(avatar, [FrameJob("s", 0, 0, True, -20.0, features=mel(1))])

@@ -21,7 +21,7 @@ from services.renderer.config import RendererConfig
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 
-CAVITY_BGR = np.array([38, 22, 30], np.float32)
+CAVITY_BGR = np.array([28, 16, 22], np.float32)
 TEETH_BGR = np.array([205, 210, 214], np.float32)
 
 
@@ -80,7 +80,7 @@ class VisemeBackend(RenderBackend):
             return
         roi = frame[y1:y2, x1:x2]
         cx, line = roi_w / 2.0, -oy
-        jaw = shape.open * 0.8 * mh
+        jaw = shape.open * 1.0 * mh
         scale = 1.0 + 0.3 * (shape.width - 0.5) - 0.22 * shape.round
         hx, vy, lips = pre["hx"], pre["vy"], pre["lips"]
         xx, yy = pre["xx"], pre["yy"]
@@ -103,5 +103,5 @@ class VisemeBackend(RenderBackend):
             teeth_h = max(1, int(0.15 * jaw))
             colour[t0 : t0 + teeth_h] = 0.5 * TEETH_BGR + 0.5 * CAVITY_BGR
             w = warped.astype(np.float32)
-            warped = np.clip(w + (colour - w) * soft * 0.9, 0, 255).astype(np.uint8)
+            warped = np.clip(w + (colour - w) * soft * 0.95, 0, 255).astype(np.uint8)
         blend_into(frame, warped, (x1, y1, x2, y2), pre["mask"])

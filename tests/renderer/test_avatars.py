@@ -1,0 +1,185 @@
+"""Avatar registry and precompute cache, seams, bad uploads, through the gRPC renderer service."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+from services.renderer.avatar import AvatarStore
+from services.renderer.backends.base import FrameJob, MouthShape
+from services.renderer.backends.viseme import VisemeBackend
+from services.renderer.blend import boundary_gradient
+from services.renderer.config import AvatarConfig, RendererConfig
+from services.renderer.main import create_service, load_config
+from services.renderer.session import ping_pong
+from talkmesh.common.channel import create_channel
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.testing import serve
+from talkmesh.v1 import renderer_pb2 as rpb
+from talkmesh.v1 import renderer_pb2_grpc
+
+PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+
+
+def _store(tmp_path: Path, **avatar_cfg) -> tuple[AvatarStore, VisemeBackend]:
+    cfg = RendererConfig(avatars=AvatarConfig(cache_dir=str(tmp_path / "cache"), **avatar_cfg))
+    backend = VisemeBackend(cfg, Telemetry("renderer"))
+    return AvatarStore(cfg.avatars, {"viseme": backend}), backend
+
+
+def _video(path: Path, frames: int, size: tuple[int, int] = (512, 512)) -> bytes:
+    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, size)
+    for i in range(frames):
+        m = np.float32([[1, 0, 2 * np.sin(i / 5)], [0, 1, np.cos(i / 7)]])
+        writer.write(cv2.warpAffine(img, m, size, borderMode=cv2.BORDER_REFLECT))
+    writer.release()
+    return path.read_bytes()
+
+
+def test_second_registration_is_instant_and_precomputes_once(tmp_path):
+    store, _ = _store(tmp_path)
+    a1, cached1 = store.register(PORTRAIT, "me.png", "me")
+    t = time.perf_counter()
+    a2, cached2 = store.register(PORTRAIT, "me.png", "me")
+    second = time.perf_counter() - t
+    assert (cached1, cached2) == (False, True)
+    assert a1.id == a2.id
+    assert store.precomputes == 1
+    assert second < 0.05  # a lookup, not a precompute (face detection alone takes longer)
+    # a fresh store (another process) finds it on disk
+    store2, _ = _store(tmp_path)
+    _, cached3 = store2.register(PORTRAIT, "me.png", "me")
+    assert cached3 and store2.precomputes == 0
+    assert [s.id for s in store2.list()] == [a1.id]
+
+
+def test_face_and_mouth_are_found_on_the_default_portrait(tmp_path):
+    store, _ = _store(tmp_path)
+    avatar, _ = store.register(PORTRAIT, "me.png")
+    fx1, fy1, fx2, fy2 = avatar.face_boxes[0]
+    mx1, my1, mx2, my2 = avatar.mouth_boxes[0]
+    assert fx1 < mx1 < mx2 < fx2 and fy1 + (fy2 - fy1) // 2 < my1 < my2 <= fy2
+    # the mouth box holds the reddest pixels of the lower face (lips)
+    lab = cv2.cvtColor(avatar.frames[0], cv2.COLOR_BGR2LAB)[..., 1].astype(float)
+    assert lab[my1:my2, mx1:mx2].mean() > lab[fy1:fy2, fx1:fx2].mean()
+
+
+def test_blend_leaves_no_seam(tmp_path):
+    store, backend = _store(tmp_path)
+    avatar, _ = store.register(PORTRAIT, "me.png")
+    pre = avatar.extras["viseme"]
+    roi_w, roi_h, ox, oy = (int(v) for v in pre["geom"][:4])
+    mb = avatar.mouth_boxes[0]
+    x1 = (int(mb[0]) + int(mb[2])) // 2 + ox
+    y1 = (int(mb[1]) + int(mb[3])) // 2 + oy
+    box = (x1, y1, x1 + roi_w, y1 + roi_h)
+    original = np.array(avatar.frames[0])
+    for shape in (MouthShape(open=1.0), MouthShape(open=0.5, width=0.2, round=1.0), MouthShape(0.4, 0.9, 0.0)):
+        rendered = backend.render(avatar, [FrameJob("s", 0, 0, True, -20.0, mouth=shape)])[0]
+        assert not np.array_equal(rendered, original)
+        seam = boundary_gradient(rendered, pre["mask"], box)
+        reference = boundary_gradient(original, pre["mask"], box)
+        assert abs(seam - reference) <= 0.2 * reference, (shape, seam, reference)
+        # outside the blended region nothing changed
+        outside = np.ones(original.shape[:2], bool)
+        outside[box[1] : box[3], box[0] : box[2]] = False
+        assert np.array_equal(rendered[outside], original[outside])
+
+
+def test_video_avatar_loops_forward_then_backward(tmp_path):
+    store, _ = _store(tmp_path)
+    avatar, _ = store.register(_video(tmp_path / "loop.mp4", 12), "loop.mp4", "loop")
+    assert avatar.frames.shape[0] == 12
+    assert avatar.face_boxes.shape == (12, 4)
+    ticks = [ping_pong(t, 12) for t in range(30)]
+    assert ticks[:12] == list(range(12))
+    assert ticks[11:23] == list(range(11, -1, -1))
+    assert all(abs(a - b) == 1 for a, b in itertools.pairwise(ticks))  # never a jump
+
+
+def test_killed_precompute_leaves_the_cache_loadable(tmp_path):
+    video = _video(tmp_path / "long.mp4", 120)
+    cache = tmp_path / "cache"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from services.renderer.avatar import AvatarStore
+        from services.renderer.backends.viseme import VisemeBackend
+        from services.renderer.config import AvatarConfig, RendererConfig
+        from talkmesh.common.telemetry import Telemetry
+        cfg = RendererConfig(avatars=AvatarConfig(cache_dir={str(cache)!r}))
+        store = AvatarStore(cfg.avatars, {{"viseme": VisemeBackend(cfg, Telemetry("r"))}})
+        store.register(open({str(tmp_path / "long.mp4")!r}, "rb").read(), "long.mp4")
+        print("finished", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(cache.glob(".tmp-*")):  # precompute under way
+        time.sleep(0.01)
+    assert any(cache.glob(".tmp-*")), "the precompute never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store, _ = _store(tmp_path)
+    assert store.list() == []  # nothing half-written is listed ...
+    assert not any(cache.glob(".tmp-*"))  # ... and the leftovers are swept
+    avatar, cached = store.register(video, "long.mp4")
+    assert not cached and avatar.frames.shape[0] == 120
+    assert [s.id for s in store.list()] == [avatar.id]
+
+
+def _png(img: np.ndarray) -> bytes:
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "reason"),
+    [
+        ("corrupt.png", b"definitely not a png", "not a decodable image"),
+        ("truncated.png", PORTRAIT[: len(PORTRAIT) // 3], "not a decodable image"),
+        ("huge.png", "huge", "larger than the limit of 360000 pixels"),
+        ("nobody.png", "faceless", "no face found"),
+        ("notes.txt", b"hello", "meta.filename: unsupported file type .txt"),
+        ("broken.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100, "not a decodable video"),
+    ],
+)
+async def test_bad_uploads_get_invalid_argument_and_the_service_stays_up(tmp_path, name, payload, reason):
+    if payload == "huge":
+        payload = _png(np.zeros((700, 700, 3), np.uint8))
+    elif payload == "faceless":
+        ramp = np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))
+        payload = _png(cv2.merge([ramp, ramp.T, ramp]))
+    env = {
+        "TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache"),
+        "TALKMESH_RENDERER__AVATARS__MAX_PIXELS": str(600 * 600),
+    }
+    service = create_service(load_config(None, env=env), Telemetry("renderer"))
+    async with serve(service) as host, create_channel(host.address) as ch:
+        stub = renderer_pb2_grpc.RendererStub(ch)
+
+        async def upload(data: bytes, filename: str):
+            yield rpb.AvatarUpload(meta=rpb.AvatarMeta(name="x", filename=filename))
+            for i in range(0, len(data), 65536):
+                yield rpb.AvatarUpload(data=data[i : i + 65536])
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RegisterAvatar(upload(payload, name))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason in err.value.details()
+        info = await stub.RegisterAvatar(upload(PORTRAIT, "me.png"))
+        assert info.width == 512 and info.cached  # the default avatar is the same file
+        listed = await stub.ListAvatars(rpb.ListAvatarsRequest())
+        assert [a.id for a in listed.avatars] == [info.id]
