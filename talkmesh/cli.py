@@ -29,8 +29,13 @@ def _serve(args: argparse.Namespace) -> int:
     config = module.load_config(args.config)
     setup_logging(args.service, config.server.log_level, config.server.log_json)
     telemetry = Telemetry(args.service, tracer_provider=tracer_provider_from_env(args.service))
-    host = ServiceHost(module.create_service(config, telemetry), config.server)
-    asyncio.run(host.run_until_signal())
+
+    async def run() -> None:
+        # Built inside the running loop: grpc.aio channels and servers bind to the loop they are made in.
+        host = ServiceHost(module.create_service(config, telemetry), config.server)
+        await host.run_until_signal()
+
+    asyncio.run(run())
     return 0
 
 

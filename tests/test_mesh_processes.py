@@ -69,7 +69,9 @@ async def test_cancel_stops_every_service_within_a_second(mesh):
             if chunk.WhichOneof("kind") == "media" and not chunk.media.init_segment:
                 fragments += 1
         busy = await asyncio.to_thread(_active_streams, mesh)
-        assert all(busy[n] >= 1 for n in SERVICES), busy
+        # TTS runs hundreds of times faster than real time and may be done already; the stages
+        # that pace the stream are still busy.
+        assert all(busy[n] >= 1 for n in ("gateway", "renderer", "encoder")), busy
         call.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0

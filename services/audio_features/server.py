@@ -93,8 +93,19 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
             raise InvalidArgument("config", "the first FeatureRequest must carry config")
         req = self._open(first)
         telemetry = self.service.telemetry
+        # One span for the extraction, ended by hand (see services/tts/server.py::_speak).
+        span = telemetry.tracer.start_span("audio_features.extract", attributes={"talkmesh.feature": req.kind})
+        try:
+            async for chunk in self._extract(req, requests, first.end_of_stream, started):
+                yield chunk
+        finally:
+            span.end()
+
+    async def _extract(
+        self, req: _Request, requests: AsyncIterator[pb.FeatureRequest], ended: bool, started: float
+    ) -> AsyncIterator[pb.FeatureChunk]:
+        telemetry = self.service.telemetry
         first_frame = True
-        ended = first.end_of_stream
         while not ended:
             message = await anext(requests, None)
             if message is None:  # half-closed without end_of_stream: treat as the end

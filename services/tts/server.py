@@ -170,13 +170,21 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         self, asm: ChunkAssembler, job: _Job, index: int, text: str
     ) -> AsyncGenerator[common_pb2.AudioChunk, None]:
         start = time.perf_counter()
-        asm.begin_segment(index)
-        async with contextlib.aclosing(job.backend.synthesize(text, job.voice, job.settings)) as blocks:
-            async for block in blocks:
-                for msg in asm.add(block):
-                    yield msg
-        for msg in asm.end_segment():
-            yield msg
+        # A span per clause, started and ended by hand: this generator may be closed from another
+        # task when the client cancels, where a context-manager span could not be detached.
+        span = self.telemetry.tracer.start_span(
+            "tts.synthesize_clause", attributes={"talkmesh.segment_index": index, "talkmesh.chars": len(text)}
+        )
+        try:
+            asm.begin_segment(index)
+            async with contextlib.aclosing(job.backend.synthesize(text, job.voice, job.settings)) as blocks:
+                async for block in blocks:
+                    for msg in asm.add(block):
+                        yield msg
+            for msg in asm.end_segment():
+                yield msg
+        finally:
+            span.end()
         self.telemetry.observe_stage("synthesize_clause", time.perf_counter() - start)
 
     def _replay(self, asm: ChunkAssembler, segments: list[SegmentRecord]) -> list[common_pb2.AudioChunk]:
