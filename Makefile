@@ -2,40 +2,52 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= all,dev,tools,bench
+# `make demo` installs what the services need; `make test` adds the test tools and the model
+# export tools (PyTorch, transformers, diffusers), which the services never import.
+RUNTIME_EXTRAS ?= all,bench
+DEV_EXTRAS ?= all,bench,dev,tools
 
-.PHONY: demo test install proto lint typecheck bench clean up
+.PHONY: demo test install install-dev proto lint typecheck bench clean up
 
-$(BIN)/talkmesh: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	PIP=$(BIN)/pip EDITABLE=1 scripts/install.sh $(EXTRAS)
-	touch $(BIN)/talkmesh
 
-install: $(BIN)/talkmesh
+$(VENV)/.installed-runtime: pyproject.toml scripts/install.sh | $(BIN)/python
+	PIP=$(BIN)/pip EDITABLE=1 scripts/install.sh $(RUNTIME_EXTRAS)
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml scripts/install.sh | $(BIN)/python
+	PIP=$(BIN)/pip EDITABLE=1 scripts/install.sh $(DEV_EXTRAS)
+	touch $@ $(VENV)/.installed-runtime
+
+install: $(VENV)/.installed-runtime
+install-dev: $(VENV)/.installed-dev
 
 ## Start the five services, speak a paragraph with the default avatar, write out/demo.mp4, stop.
 demo: install
 	$(BIN)/talkmesh demo -o out/demo.mp4
 
 ## Lint, type-check and run the whole test suite.
-test: install
+test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy talkmesh services tools
 	$(BIN)/pytest -q
 
 ## Regenerate talkmesh/v1/*_pb2*.py from protos/.
-proto: install
+proto: install-dev
 	PYTHON=$(BIN)/python scripts/gen_protos.sh
 
-lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: install-dev
+	$(BIN)/ruff check .
 
-typecheck: install
+typecheck: install-dev
 	$(BIN)/mypy talkmesh services tools
 
+## Start all five services on their default ports (Ctrl-C stops them).
 up: install
 	$(BIN)/talkmesh up
 
+## Measure latency, real-time factor and concurrency; appends to BENCHMARKS.md.
 bench: install
 	$(BIN)/talkmesh bench
 
