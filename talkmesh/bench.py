@@ -173,6 +173,7 @@ async def concurrent(speak: Speak, args: argparse.Namespace, streams: int, text:
     return {
         "streams": streams,
         "wall_seconds": wall,
+        "frames_per_second": sum(r.frames for r in results) / wall,
         "aggregate_audio_seconds_per_second": audio / wall,
         "per_stream_rtf_min": min(rtfs),
         "per_stream_rtf_median": statistics.median(rtfs),
@@ -273,6 +274,28 @@ async def components(args: argparse.Namespace, model_path: Path | None) -> dict[
     return out
 
 
+def renderer_metrics(url: str) -> dict[str, Any]:
+    """Batch sizes, skipped frames and frames from the renderer's own /metrics after the run."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out: dict[str, Any] = {"batch_size_buckets": {}, "skipped_frames": {}, "frames": 0.0}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        if name.startswith("talkmesh_batch_size_bucket"):
+            model = name.split('model="', 1)[1].split('"', 1)[0]
+            le = name.split('le="', 1)[1].split('"', 1)[0]
+            out["batch_size_buckets"].setdefault(model, {})[le] = float(value)
+        elif name.startswith("talkmesh_skipped_frames_total"):
+            reason = name.split('reason="', 1)[1].split('"', 1)[0]
+            out["skipped_frames"][reason] = float(value)
+        elif name.startswith("talkmesh_frames_total"):
+            out["frames"] = float(value)
+    return out
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -337,6 +360,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     report["mesh"] = await run_speaker(speak, args, "mesh", sweep=True)
                 finally:
                     await close()
+                report["renderer_metrics"] = await asyncio.to_thread(renderer_metrics, mesh.metrics_url("renderer"))
     if not args.no_inprocess:
         merged = dict(os.environ)
         merged.update(env)
@@ -454,14 +478,42 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         "Concurrency sweep (the paragraph, all streams started together):",
         "",
-        "| streams | per-stream x real time (min / median) | ttff median / max (ms) | aggregate audio s/s |",
-        "|---|---|---|---|",
+        "| streams | per-stream x real time (min / median) | ttff median / max (ms) | aggregate audio s/s | frames/s |",
+        "|---|---|---|---|---|",
     ]
     for r in mesh["concurrency"]:
         lines.append(
             f"| {r['streams']} | {r['per_stream_rtf_min']:.2f} / {r['per_stream_rtf_median']:.2f} | "
-            f"{r['ttff_ms_median']:.0f} / {r['ttff_ms_max']:.0f} | {r['aggregate_audio_seconds_per_second']:.2f} |"
+            f"{r['ttff_ms_median']:.0f} / {r['ttff_ms_max']:.0f} | {r['aggregate_audio_seconds_per_second']:.2f} "
+            f"| {r['frames_per_second']:.1f} |"
         )
+    rm = report.get("renderer_metrics")
+    if rm:
+        lines += [
+            "",
+            f"Renderer after the mesh run: {rm['frames']:.0f} frames, skipped model inference on "
+            + ", ".join(f"{v:.0f} ({k})" for k, v in rm["skipped_frames"].items())
+            + (
+                f"; batch-size histogram (cumulative buckets): {json.dumps(rm['batch_size_buckets'])}"
+                if rm["batch_size_buckets"]
+                else ""
+            ),
+        ]
+    fwd = (report.get("components") or {}).get("wav2lip_forward_fps")
+    if isinstance(fwd, dict) and fwd and "error" not in fwd:
+        best = max(float(v) for v in fwd.values())
+        four = next((r for r in mesh["concurrency"] if r["streams"] == 4), None)
+        lines += [
+            "",
+            "Raw ONNX Runtime forward of the Wav2Lip-architecture model (random weights): "
+            + ", ".join(f"batch {k}: {float(v):.1f} frames/s" for k, v in fwd.items()),
+        ]
+        if four:
+            lines.append(
+                f"4 sessions through the whole mesh: {four['frames_per_second']:.1f} frames/s = "
+                f"{100 * four['frames_per_second'] / best:.0f}% of the best raw forward speed "
+                "(silent frames skip the model, so this can exceed 100%)."
+            )
     if "inprocess" in report:
         ip = report["inprocess"]
         i4 = ip["concurrency"][0]

@@ -40,6 +40,33 @@ FEATURE_FOR_BACKEND = {
 }
 
 _END = object()
+MAX_MERGED_AUDIO_SECONDS = 1.0
+
+
+def merge_audio(chunks: list[cpb.AudioChunk], max_seconds: float) -> list[cpb.AudioChunk]:
+    """Joins consecutive, contiguous chunks into chunks of at most ``max_seconds`` (never reorders)."""
+    out: list[cpb.AudioChunk] = []
+    for c in chunks:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.sample_rate == c.sample_rate
+            and last.sample_offset + len(last.pcm) // 2 == c.sample_offset
+            and (len(last.pcm) + len(c.pcm)) // 2 <= max_seconds * c.sample_rate
+        ):
+            last.pcm += c.pcm
+        else:
+            out.append(
+                cpb.AudioChunk(
+                    request_id=c.request_id,
+                    seq=c.seq,
+                    sample_rate=c.sample_rate,
+                    sample_offset=c.sample_offset,
+                    pcm=c.pcm,
+                    segment_index=c.segment_index,
+                )
+            )
+    return out
 
 
 class StageError(TalkmeshError):
@@ -253,8 +280,13 @@ class _Run:
         await self.q_enc.put(("frames_end", None))
 
     async def _encode_requests(self) -> AsyncIterator[epb.EncodeRequest]:
-        """Sends the encoder config when the first frame tells the size; audio waits until then."""
-        pending: list[cpb.AudioChunk] = []
+        """Sends the encoder config when the first frame tells the size; audio waits until then.
+
+        TTS runs far ahead of real time, so many small audio chunks queue up between two frames;
+        consecutive chunks are merged into one message (at most ``MAX_MERGED_AUDIO_SECONDS``) so
+        that a frame never waits behind dozens of tiny audio messages.
+        """
+        audio: list[cpb.AudioChunk] = []
         configured = False
         open_sources = {"audio", "frames"}
         seq = 0
@@ -264,19 +296,23 @@ class _Run:
             seq += 1
             return epb.EncodeRequest(request_id=self.rid, seq=seq - 1, **kw)
 
+        def merged() -> list[epb.EncodeRequest]:
+            out = [wrap(audio=a) for a in merge_audio(audio, MAX_MERGED_AUDIO_SECONDS)]
+            audio.clear()
+            return out
+
         async for kind, item in self.q_enc:
             if kind == "audio":
-                if configured:
-                    yield wrap(audio=item)
-                else:
-                    pending.append(item)
+                audio.append(item)
+                if configured and self.q_enc.q.empty():
+                    for req in merged():
+                        yield req
             elif kind == "frame":
                 if not configured:
                     configured = True
                     yield wrap(config=self._encode_config(item))
-                    for a in pending:
-                        yield wrap(audio=a)
-                    pending.clear()
+                for req in merged():
+                    yield req
                 yield wrap(frame=item)
             else:
                 open_sources.discard(kind.removesuffix("_end"))
@@ -284,6 +320,8 @@ class _Run:
                     break
         if not configured:
             raise FailedPrecondition("renderer: produced no frames")
+        for req in merged():
+            yield req
         yield wrap(end_of_stream=True)
 
     def _encode_config(self, frame: cpb.VideoFrame) -> epb.EncodeConfig:

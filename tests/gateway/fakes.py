@@ -43,6 +43,7 @@ class FakeDownstreams(Downstreams):
         self.hold = hold
         self.log: list[str] = []
         self.encoder_inputs: list[str] = []
+        self.encoder_audio_samples = 0
         self.closed: set[str] = set()
 
     def _track(self, name: str, gen: AsyncIterator[Any]) -> Stream:
@@ -137,6 +138,9 @@ class FakeDownstreams(Downstreams):
                 if kind == "config":
                     assert (req.config.width, req.config.height, req.config.sample_rate) == (8, 8, SR)
                     yield epb.MediaChunk(init_segment=True, data=b"init", mime_type="video/mp4")
+                elif kind == "audio":
+                    assert req.audio.sample_offset == self.encoder_audio_samples, "audio must stay contiguous"
+                    self.encoder_audio_samples += len(req.audio.pcm) // 2
                 elif kind == "frame":
                     if self.fail == "encoder":
                         raise InvalidArgument("frame.data", "fake failure")

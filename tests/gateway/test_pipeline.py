@@ -43,7 +43,9 @@ async def test_speak_streams_media_then_summary_and_encoder_gets_config_first():
     assert ds.encoder_inputs[0] == "config"
     assert ds.encoder_inputs[-1] == "end"
     assert ds.encoder_inputs.count("frame") == 10
-    assert ds.encoder_inputs.count("audio") == 10
+    # consecutive audio chunks are merged, never dropped or reordered
+    assert 1 <= ds.encoder_inputs.count("audio") <= 10
+    assert ds.encoder_audio_samples == samples
     assert {s.stage for s in summary.stages} >= {"tts_first_chunk", "renderer_first_frame", "total"}
 
 
@@ -125,3 +127,15 @@ async def test_speak_stream_takes_text_pieces():
         chunks = [c async for c in client.speak_stream(pieces())]
     assert chunks[-1].summary.frames == 4
     assert isinstance(chunks[-1].summary, gpb.SpeakSummary)
+
+
+def test_merge_audio_joins_contiguous_chunks_up_to_a_limit():
+    from services.gateway.pipeline import merge_audio
+    from talkmesh.v1 import common_pb2 as cpb
+
+    chunks = [cpb.AudioChunk(sample_rate=100, sample_offset=10 * i, pcm=bytes([i]) * 20) for i in range(25)]
+    merged = merge_audio(chunks, max_seconds=1.0)
+    assert [m.sample_offset for m in merged] == [0, 100, 200]
+    assert b"".join(m.pcm for m in merged) == b"".join(c.pcm for c in chunks)
+    gap = [*chunks[:2], cpb.AudioChunk(sample_rate=100, sample_offset=999, pcm=b"\x00\x00")]
+    assert len(merge_audio(gap, 1.0)) == 2  # a discontinuity is never papered over
