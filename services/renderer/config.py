@@ -93,6 +93,8 @@ class RendererConfig:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     # Frames in flight per session between the renderer and its client.
     session_queue: int = 8
+    # Frames larger than this go out in several VideoFrame parts (capped below max_message_bytes).
+    frame_part_bytes: int = 4 * 1024 * 1024
 
     def validate(self) -> None:
         if self.default_backend not in BACKENDS:
@@ -104,3 +106,5 @@ class RendererConfig:
             raise ConfigError(f"default_size: {self.default_size!r} is not one of {SIZE_PRESETS}")
         if self.session_queue < 1:
             raise ConfigError("session_queue: must be at least 1")
+        if self.frame_part_bytes < 16 * 1024:
+            raise ConfigError("frame_part_bytes: must be at least 16384")

@@ -8,8 +8,8 @@ import numpy as np
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.v1 import common_pb2 as cpb
 
-# Height of each preset; the width follows the avatar's aspect ratio ("512" is a 512x512 square crop
-# of the whole frame, resized: the size lip-sync models and the benchmarks use).
+# Height of each preset; the width follows the avatar's aspect ratio. "512" scales the longer side to
+# 512 (a square avatar, like the default portrait, renders at 512x512): no preset distorts the face.
 _HEIGHTS = {"360p": 360, "480p": 480, "720p": 720}
 
 
@@ -19,7 +19,9 @@ def output_size(preset: str, native: tuple[int, int]) -> tuple[int, int]:
     if preset == "native":
         return w - w % 2, h - h % 2
     if preset == "512":
-        return 512, 512
+        scale = 512 / max(w, h)
+        out_w, out_h = round(w * scale), round(h * scale)
+        return max(2, out_w - out_w % 2), max(2, out_h - out_h % 2)
     if preset in _HEIGHTS:
         out_h = _HEIGHTS[preset]
         out_w = round(w * out_h / h)

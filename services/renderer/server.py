@@ -28,7 +28,6 @@ from talkmesh.v1 import renderer_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Renderer"].full_name
-PART_BYTES = 4 * 1024 * 1024
 MAX_SESSIONS_REMEMBERED = 1024
 
 
@@ -151,7 +150,7 @@ class RendererService(Service):
         self.runners: dict[str, FrameRunner] = {}
         self.store: AvatarStore = None  # type: ignore[assignment]  # built in start()
         self.session_ticks: OrderedDict[str, int] = OrderedDict()
-        self.part_bytes = min(PART_BYTES, config.server.max_message_bytes - 64 * 1024)
+        self.part_bytes = min(config.frame_part_bytes, config.server.max_message_bytes - 64 * 1024)
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         renderer_pb2_grpc.add_RendererServicer_to_server(RendererServicer(self), server)

@@ -18,9 +18,9 @@ def _decode(path):
         for f in c.decode(c.streams.video[0]):
             frames.append(f.to_ndarray(format="bgr24"))
     with av.open(str(path)) as c:
-        for f in c.decode(c.streams.audio[0]):
-            audio.append(f.to_ndarray().astype(np.float32).reshape(-1))
-            rate = f.sample_rate
+        for a in c.decode(c.streams.audio[0]):
+            audio.append(a.to_ndarray().astype(np.float32).reshape(-1))
+            rate = a.sample_rate
     return frames, np.concatenate(audio), rate
 
 
