@@ -21,8 +21,12 @@ from services.renderer.config import RendererConfig
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 
-CAVITY_BGR = np.array([28, 16, 22], np.float32)
-TEETH_BGR = np.array([205, 210, 214], np.float32)
+# Mouth interior: a dark red-brown cavity, darkest in the middle, lighter towards the lips, with a
+# hint of the upper teeth along its top edge and of the tongue at the bottom when wide open.
+CAVITY_DEEP_BGR = np.array([16, 12, 34], np.float32)
+CAVITY_EDGE_BGR = np.array([38, 34, 88], np.float32)
+TEETH_BGR = np.array([196, 202, 210], np.float32)
+TONGUE_BGR = np.array([70, 72, 150], np.float32)
 
 
 class VisemeBackend(RenderBackend):
@@ -89,19 +93,44 @@ class VisemeBackend(RenderBackend):
         map_y = yy - jaw * vy[:, None] * hx[None, :]
         warped = cv2.remap(roi, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if jaw >= 1.0:
-            # The gap between the upper teeth line and the lowered lower lip: a soft dark cavity
-            # whose top rows carry a faint hint of teeth.
-            alpha = np.zeros((int(roi_h), int(roi_w)), np.float32)
-            top = line + 0.22 * mh
-            half_h = 0.42 * jaw + 0.06 * mh
-            centre = (round(cx * 4), round((top + half_h) * 4))
-            axes = (max(1, round(0.33 * mw * scale * 4)), max(1, round(half_h * 4)))
-            cv2.ellipse(alpha, centre, axes, 0, 0, 360, 1.0, -1, cv2.LINE_AA, shift=2)
-            soft = cv2.GaussianBlur(alpha, (5, 5), 0)[..., None]
-            colour = np.broadcast_to(CAVITY_BGR, warped.shape).copy()
-            t0 = int(top)
-            teeth_h = max(1, int(0.15 * jaw))
-            colour[t0 : t0 + teeth_h] = 0.5 * TEETH_BGR + 0.5 * CAVITY_BGR
-            w = warped.astype(np.float32)
-            warped = np.clip(w + (colour - w) * soft * 0.95, 0, 255).astype(np.uint8)
+            warped = _draw_cavity(warped, xx, yy, cx, line + 0.22 * mh, 0.42 * jaw + 0.06 * mh, 0.33 * mw * scale, jaw)
         blend_into(frame, warped, (x1, y1, x2, y2), pre["mask"])
+
+
+def _draw_cavity(
+    warped: np.ndarray,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    cx: float,
+    top: float,
+    half_h: float,
+    half_w: float,
+    jaw: float,
+) -> np.ndarray:
+    """Paints the open mouth: an ellipse hanging below ``top`` (the upper lip / teeth line).
+
+    Only the ellipse's bounding rows and columns are touched; the edge is anti-aliased over about
+    1.5 px so the cavity has no hard outline.
+    """
+    cy = top + half_h
+    h, w = warped.shape[:2]
+    r0, r1 = max(0, int(cy - half_h - 2)), min(h, int(cy + half_h + 3))
+    c0, c1 = max(0, int(cx - half_w - 2)), min(w, int(cx + half_w + 3))
+    if r1 <= r0 or c1 <= c0:
+        return warped
+    u = (xx[r0:r1, c0:c1] - cx) / max(half_w, 1.0)
+    v = (yy[r0:r1, c0:c1] - cy) / max(half_h, 1.0)
+    r2 = u * u + v * v
+    # signed distance to the rim in pixels (approximately), turned into a soft coverage
+    edge_px = (1.0 - np.sqrt(r2)) * min(half_w, half_h)
+    alpha = np.clip(edge_px / 1.5 + 0.5, 0.0, 1.0)[..., None] * 0.96
+    depth = np.clip(r2, 0.0, 1.0)[..., None]
+    colour = CAVITY_DEEP_BGR + (CAVITY_EDGE_BGR - CAVITY_DEEP_BGR) * depth
+    teeth = np.clip((-0.55 - v) / 0.45, 0.0, 1.0)[..., None] * min(1.0, jaw / 6.0) * 0.55
+    colour = colour + (TEETH_BGR - colour) * teeth
+    tongue = np.clip((v - 0.45) / 0.55, 0.0, 1.0)[..., None] * min(1.0, max(0.0, jaw - 8.0) / 10.0) * 0.5
+    colour = colour + (TONGUE_BGR - colour) * tongue
+    region = warped[r0:r1, c0:c1].astype(np.float32)
+    out = warped.copy()
+    out[r0:r1, c0:c1] = np.clip(region + (colour - region) * alpha + 0.5, 0, 255).astype(np.uint8)
+    return out
