@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ FEATURE_FOR_BACKEND = {
 
 _END = object()
 MAX_MERGED_AUDIO_SECONDS = 1.0
+# Audio sent ahead of the frame about to be encoded (covers the AAC encoder's look-ahead).
+AUDIO_LEAD_SECONDS = 0.25
 
 
 def merge_audio(chunks: list[cpb.AudioChunk], max_seconds: float) -> list[cpb.AudioChunk]:
@@ -280,39 +283,44 @@ class _Run:
         await self.q_enc.put(("frames_end", None))
 
     async def _encode_requests(self) -> AsyncIterator[epb.EncodeRequest]:
-        """Sends the encoder config when the first frame tells the size; audio waits until then.
+        """Audio and frames for the encoder, interleaved in time order like a muxer wants them.
 
-        TTS runs far ahead of real time, so many small audio chunks queue up between two frames;
-        consecutive chunks are merged into one message (at most ``MAX_MERGED_AUDIO_SECONDS``) so
-        that a frame never waits behind dozens of tiny audio messages.
+        The config goes first, when the first frame tells the size. TTS runs far ahead of real
+        time, so audio is held back and released only up to ``AUDIO_LEAD_SECONDS`` past the end of
+        the frame about to be sent (enough for the AAC encoder to cover the frame), in merged
+        messages: a frame never waits behind seconds of audio being encoded. Everything left is
+        flushed when both sources end.
         """
         audio: list[cpb.AudioChunk] = []
         configured = False
         open_sources = {"audio", "frames"}
         seq = 0
+        fps = self.o.config.fps
 
         def wrap(**kw: Any) -> epb.EncodeRequest:
             nonlocal seq
             seq += 1
             return epb.EncodeRequest(request_id=self.rid, seq=seq - 1, **kw)
 
-        def merged() -> list[epb.EncodeRequest]:
-            out = [wrap(audio=a) for a in merge_audio(audio, MAX_MERGED_AUDIO_SECONDS)]
-            audio.clear()
-            return out
+        def release(until_sample: float) -> list[epb.EncodeRequest]:
+            n = 0
+            while n < len(audio) and audio[n].sample_offset < until_sample:
+                n += 1
+            ready = audio[:n]
+            del audio[:n]
+            return [wrap(audio=a) for a in merge_audio(ready, MAX_MERGED_AUDIO_SECONDS)]
 
         async for kind, item in self.q_enc:
             if kind == "audio":
                 audio.append(item)
-                if configured and self.q_enc.q.empty():
-                    for req in merged():
-                        yield req
             elif kind == "frame":
                 if not configured:
                     configured = True
                     yield wrap(config=self._encode_config(item))
-                for req in merged():
-                    yield req
+                if item.part_index == 0:
+                    horizon = ((item.frame_index + 1) / fps + AUDIO_LEAD_SECONDS) * self.sample_rate
+                    for req in release(horizon):
+                        yield req
                 yield wrap(frame=item)
             else:
                 open_sources.discard(kind.removesuffix("_end"))
@@ -320,7 +328,7 @@ class _Run:
                     break
         if not configured:
             raise FailedPrecondition("renderer: produced no frames")
-        for req in merged():
+        for req in release(math.inf):
             yield req
         yield wrap(end_of_stream=True)
 

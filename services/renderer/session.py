@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob, RenderBackend
 from services.renderer.frames import encode_pixels, resize, split
+from services.renderer.idle import IdleLife
 from services.renderer.mouth import MouthAnimator
 from services.renderer.runner import FrameRunner
 from talkmesh.common.errors import InvalidArgument
@@ -39,40 +38,6 @@ def ping_pong(t: int, n: int) -> int:
     period = 2 * n - 2
     k = t % period
     return k if k < n else period - k
-
-
-class IdleLife:
-    """Subtle life for still photos: slow head sway and breathing, and a blink every few seconds."""
-
-    def __init__(self, avatar: Avatar, fps: float) -> None:
-        self.fps = fps
-        x1, y1, x2, y2 = (int(v) for v in avatar.face_boxes[0])
-        self.centre = ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
-        w, h = x2 - x1, y2 - y1
-        self.eyes = [(int(x1 + 0.31 * w), int(y1 + 0.41 * h)), (int(x1 + 0.69 * w), int(y1 + 0.41 * h))]
-        self.eye_axes = (max(2, int(0.1 * w)), max(1, int(0.045 * h)))
-        frame = avatar.frames[0]
-        lid_y = max(0, int(y1 + 0.3 * h))
-        self.lid = frame[lid_y : lid_y + max(1, int(0.05 * h)), x1 + w // 4 : x2 - w // 4].reshape(-1, 3).mean(0)
-
-    def apply(self, frame: np.ndarray, tick: int) -> np.ndarray:
-        t = tick / self.fps
-        blink = tick % int(4.3 * self.fps)
-        closure = {0: 0.5, 1: 1.0, 2: 0.5}.get(blink, 0.0)
-        if closure:
-            overlay = frame.copy()
-            for cx, cy in self.eyes:
-                cv2.ellipse(overlay, (cx, cy), self.eye_axes, 0, 0, 360, self.lid.tolist(), -1, cv2.LINE_AA)
-            frame = cv2.addWeighted(overlay, 0.85 * closure, frame, 1 - 0.85 * closure, 0)
-        angle = 0.2 * math.sin(2 * math.pi * t / 7.1)
-        dx = 0.6 * math.sin(2 * math.pi * t / 5.3)
-        dy = 0.4 * math.sin(2 * math.pi * t / 3.7 + 1.0)
-        m = cv2.getRotationMatrix2D(self.centre, angle, 1.0 + 0.002 * math.sin(2 * math.pi * t / 4.1))
-        m[0, 2] += dx
-        m[1, 2] += dy
-        return cv2.warpAffine(
-            frame, m, (frame.shape[1], frame.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101
-        )
 
 
 @dataclass
@@ -179,7 +144,10 @@ class RenderSession:
                         done = True
                         break
                     group.append(item)
-                    if len(group) >= self.o.max_group or self.jobs.empty():
+                    # The first frames go out one by one (time to first frame), later ones in
+                    # groups of up to max_group (fewer thread hops, and batches for the models).
+                    limit = min(self.o.max_group, 1 + self.frames_out // 4)
+                    if len(group) >= limit or self.jobs.empty():
                         break
                     item = self.jobs.get_nowait()
                 depth.set(self.jobs.qsize())
