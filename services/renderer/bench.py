@@ -20,7 +20,7 @@ from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
 from services.renderer.frames import encode_pixels, output_size, resize
-from services.renderer.session import IdleLife
+from services.renderer.idle import IdleLife
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2 as cpb
 

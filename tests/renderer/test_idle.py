@@ -1,0 +1,69 @@
+"""Idle life of still photos: blinks close the real eyelids, the sway is subtle and continuous."""
+
+from __future__ import annotations
+
+import itertools
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from services.renderer.avatar import AvatarStore
+from services.renderer.backends.viseme import VisemeBackend
+from services.renderer.config import AvatarConfig, RendererConfig
+from services.renderer.idle import BLINK_CURVE, IdleLife
+from talkmesh.common.telemetry import Telemetry
+
+PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+
+
+def _avatar(tmp_path: Path):
+    cfg = RendererConfig(avatars=AvatarConfig(cache_dir=str(tmp_path)))
+    store = AvatarStore(cfg.avatars, {"viseme": VisemeBackend(cfg, Telemetry("renderer"))})
+    return store.register(PORTRAIT, "me.png")[0]
+
+
+def _dark(img: np.ndarray) -> int:
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return int((gray < 70).sum())
+
+
+def test_eyes_are_found_inside_the_upper_face(tmp_path):
+    avatar = _avatar(tmp_path)
+    life = IdleLife(avatar, 25.0)
+    x1, y1, x2, y2 = (int(v) for v in avatar.face_boxes[0])
+    (lx, ly), (rx, ry) = avatar.extras["idle"]["eyes"]
+    assert x1 < lx < (x1 + x2) / 2 < rx < x2
+    assert y1 < ly < (y1 + y2) / 2 and y1 < ry < (y1 + y2) / 2
+    assert all(e.valid for e in life.eyes)
+
+
+def test_a_blink_covers_the_irises_with_the_lids_and_reopens(tmp_path):
+    avatar = _avatar(tmp_path)
+    life = IdleLife(avatar, 25.0)
+    frame = np.asarray(avatar.frames[0])
+    closed_tick = life.period + BLINK_CURVE.index(1.0)
+    for eye in life.eyes:
+        open_dark = _dark(frame[eye.y1 : eye.y2, eye.x1 : eye.x2])
+        shut = np.array(frame, copy=True)
+        eye.close(shut, 1.0)
+        shut_dark = _dark(shut[eye.y1 : eye.y2, eye.x1 : eye.x2])
+        # iris and pupil (the dark pixels) mostly disappear under the lid; the lash line stays
+        assert shut_dark < 0.6 * open_dark, (open_dark, shut_dark)
+    assert life.closure(closed_tick) == 1.0
+    assert life.closure(life.period - 1) == 0.0 and life.closure(life.period + len(BLINK_CURVE)) == 0.0
+
+
+def test_sway_is_subtle_and_continuous(tmp_path):
+    avatar = _avatar(tmp_path)
+    life = IdleLife(avatar, 25.0)
+    frame = np.asarray(avatar.frames[0])
+    ticks = [t for t in range(10, 60) if life.closure(t) == 0.0]
+    frames = [life.apply(frame, t).astype(np.float32) for t in ticks]
+    # it moves ...
+    assert np.abs(frames[0] - frames[len(frames) // 2]).mean() > 0.5
+    # ... by less than a pixel's worth between consecutive frames, and stays close to the photo
+    for a, b in itertools.pairwise(frames):
+        assert np.abs(a - b).mean() < 3.0
+    assert max(np.abs(f - frame).mean() for f in frames) < 8.0
