@@ -176,6 +176,8 @@ def _png(img: np.ndarray) -> bytes:
         ("nobody.png", "faceless", "no face found"),
         ("notes.txt", b"hello", "meta.filename: unsupported file type .txt"),
         ("broken.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100, "not a decodable video"),
+        ("nobody.mp4", "faceless-video", "no face found (0 of 6 frame(s)"),
+        ("cut.mp4", "truncated-video", "not a decodable video"),
     ],
 )
 async def test_bad_uploads_get_invalid_argument_and_the_service_stays_up(tmp_path, name, payload, reason):
@@ -188,6 +190,15 @@ async def test_bad_uploads_get_invalid_argument_and_the_service_stays_up(tmp_pat
     elif payload == "truncated-jpeg":
         jpeg = cv2.imencode(".jpg", _portrait())[1].tobytes()
         payload = jpeg[: len(jpeg) * 2 // 3]
+    elif payload == "faceless-video":
+        writer = cv2.VideoWriter(str(tmp_path / "n.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 25, (128, 96))
+        for i in range(6):
+            writer.write(np.full((96, 128, 3), 40 * i, np.uint8))
+        writer.release()
+        payload = (tmp_path / "n.mp4").read_bytes()
+    elif payload == "truncated-video":
+        video = _video(tmp_path / "v.mp4", 6, (128, 128))
+        payload = video[: len(video) // 2]
     elif payload == "faceless":
         ramp = np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))
         payload = _png(cv2.merge([ramp, ramp.T, ramp]))
