@@ -242,6 +242,7 @@ class AvatarStore:
         self._memory: OrderedDict[str, Avatar] = OrderedDict()
         self._aliases: dict[str, str] = {}
         self._lock = threading.RLock()
+        self._building: dict[str, threading.Lock] = {}
         self._faces = FaceFinder()
         self._on_cache = on_cache or (lambda cache, hit: None)
         self.precomputes = 0
@@ -270,10 +271,15 @@ class AvatarStore:
                 )
         avatar_id = self.content_id(data)
         with self._lock:
+            building = self._building.setdefault(avatar_id, threading.Lock())
+        # Only registrations of the same file wait for each other: a long video precompute must
+        # not hold up renders of the avatars that are ready.
+        with building:
             cached = (self.root / avatar_id / "meta.json").is_file()
             self._on_cache("avatar_precompute", cached)
             if not cached:
                 self._precompute(avatar_id, data, filename, name or Path(filename).stem or avatar_id)
+        with self._lock:
             avatar = self.get(avatar_id)
             for b in ("viseme", *backends):
                 if b in self.backends:
@@ -318,7 +324,8 @@ class AvatarStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self.precomputes += 1
+        with self._lock:
+            self.precomputes += 1
         log.info("prepared avatar %s (%s): %d frame(s), %d face(s) found", avatar_id, name, len(frames), found)
 
     def _ensure_backend(self, avatar: Avatar, backend: str) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -84,6 +85,32 @@ def test_second_registration_is_instant_and_precomputes_once(tmp_path):
     _, cached3 = store2.register(PORTRAIT, "me.png", "me")
     assert cached3 and store2.precomputes == 0
     assert [s.id for s in store2.list()] == [a1.id]
+
+
+def test_a_precompute_in_progress_does_not_block_ready_avatars(tmp_path):
+    store, _ = _store(tmp_path)
+    ready, _ = store.register(PORTRAIT, "me.png")
+    entered, release = threading.Event(), threading.Event()
+    find = store._faces.find
+
+    def slow_find(frame):
+        entered.set()
+        release.wait(30)
+        return find(frame)
+
+    store._faces.find = slow_find  # type: ignore[method-assign,assignment]
+    other = cv2.imencode(".png", cv2.flip(_portrait(), 1))[1].tobytes()
+    worker = threading.Thread(target=store.register, args=(other, "mirror.png"))
+    worker.start()
+    try:
+        assert entered.wait(30)
+        store._memory.clear()  # force a disk load while the other precompute holds its lock
+        assert store.get(ready.id, "viseme").id == ready.id
+        assert store.precomputes == 1  # the mirrored portrait is still being prepared
+    finally:
+        release.set()
+        worker.join(30)
+    assert store.precomputes == 2 and len(store.list()) == 2
 
 
 def test_face_and_mouth_are_found_on_the_default_portrait(tmp_path):
