@@ -553,6 +553,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     if "inprocess" in report:
         ip = report["inprocess"]
         i4 = ip["concurrency"][0]
+        ratio = mesh["single_stream"]["rtf_median"] / ip["single_stream"]["rtf_median"]
         lines += [
             "",
             "In-process yardstick (same stages, no gRPC, one process):",
@@ -560,8 +561,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"- time to first fragment p50 {ip['latency']['ttff_ms']['p50']:.1f} ms, "
             f"p95 {ip['latency']['ttff_ms']['p95']:.1f} ms",
             f"- one stream {ip['single_stream']['rtf_median']:.2f}x real time "
-            f"(the mesh's single stream is {mesh['single_stream']['rtf_median'] / ip['single_stream']['rtf_median']:.2f}"
-            "x that: separate processes use both cores, one process shares one GIL)",
+            f"(the mesh's single stream is {ratio:.2f}x that: separate processes use both cores, "
+            "one process shares one GIL)",
             f"- 4 streams: aggregate {i4['aggregate_audio_seconds_per_second']:.2f} audio s/s"
             + (
                 f" (mesh throughput overhead {report['mesh_overhead_pct']:.1f}%)"
