@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry import trace
 
 from services.renderer.backends.base import Avatar, FrameJob
 from services.renderer.backends.neural import NeuralBackend
@@ -39,6 +40,8 @@ class _Item:
     job: FrameJob
     future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.monotonic)
+    # The requesting session's span: the batch span links to every session it served.
+    span_context: trace.SpanContext = field(default_factory=lambda: trace.get_current_span().get_span_context())
 
 
 class DynamicBatcher:
@@ -60,7 +63,8 @@ class DynamicBatcher:
         self._batch_hist = telemetry.metrics.batch_size.labels(telemetry.service, backend.name)
         self._depth = telemetry.queue_gauge(f"batch_{backend.name}")
         #: sizes of the batches run so far (for tests and the benchmark report)
-        self.batch_sizes: list[int] = []
+        # The most recent batch sizes (bounded: a long-running server must not grow with traffic).
+        self.batch_sizes: deque[int] = deque(maxlen=4096)
 
     # -- FrameRunner ----------------------------------------------------------------------------
 
@@ -189,6 +193,13 @@ class DynamicBatcher:
             self._batch_hist.observe(len(batch))
             self.batch_sizes.append(len(batch))
             pairs = [(it.avatar, it.job) for it in batch]
+            links = {it.span_context.span_id: it.span_context for it in batch if it.span_context.is_valid}
+            span = self.telemetry.tracer.start_span(
+                f"renderer.batch.{self.backend.name}",
+                context=trace.set_span_in_context(trace.INVALID_SPAN),
+                links=[trace.Link(c) for c in links.values()],
+                attributes={"talkmesh.batch_size": len(batch), "talkmesh.sessions": len(links)},
+            )
             try:
                 outputs = await loop.run_in_executor(self._executor, self.backend.infer, pairs)
             except asyncio.CancelledError:
@@ -202,6 +213,8 @@ class DynamicBatcher:
                     if not it.future.done():
                         it.future.set_exception(exc)
                 continue
+            finally:
+                span.end()
             for it, out in zip(batch, outputs, strict=True):
                 if not it.future.done():
                     it.future.set_result(out)

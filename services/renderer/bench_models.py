@@ -133,7 +133,7 @@ def measure_sessions(
             elapsed = time.perf_counter() - start
         finally:
             await batcher.close()
-        return sessions * frames / elapsed, batcher.batch_sizes, all(ok)
+        return sessions * frames / elapsed, list(batcher.batch_sizes), all(ok)
 
     fps, sizes, in_order = asyncio.run(run())
     histogram = {n: sizes.count(n) for n in sorted(set(sizes))}

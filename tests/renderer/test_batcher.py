@@ -259,3 +259,34 @@ def test_direct_render_applies_frame_skip_and_batches_by_max_size():
     out = model.render(AVATAR, [job("s", i, value=2 * i) for i in range(5)])
     assert values(out) == [0, 2, 4, 6, 8]
     assert [len(b) for b in model.batches] == [2, 1]  # keys 0, 2, 4
+
+
+async def test_each_batch_is_a_span_linked_to_the_sessions_it_served():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tel = Telemetry("renderer", tracer_provider=provider)
+    cfg = RendererConfig(batch=BatchConfig(max_size=4, max_delay_ms=50.0))
+    model = FakeModel(cfg, tel)
+    batcher = DynamicBatcher(model, tel, max_size=4, max_delay_ms=50.0)
+    tracer = provider.get_tracer("test")
+
+    async def session(k: int) -> None:
+        with tracer.start_as_current_span(f"session-{k}"):
+            await batcher.render(AVATAR, [job(f"s{k}", i) for i in range(2)])
+
+    try:
+        await asyncio.gather(session(0), session(1))
+    finally:
+        await batcher.close()
+    spans = exporter.get_finished_spans()
+    sessions = {s.name: s.context.span_id for s in spans if s.name.startswith("session-")}
+    batches = [s for s in spans if s.name == "renderer.batch.fake"]
+    assert len(batches) == len(model.batches) >= 1
+    linked = {link.context.span_id for b in batches for link in b.links}
+    assert linked == set(sessions.values())
+    assert sum(b.attributes["talkmesh.batch_size"] for b in batches) == 4
