@@ -256,7 +256,7 @@ def mesh_env(args: argparse.Namespace, model_dir: Path) -> dict[str, str]:
     return env
 
 
-async def components(args: argparse.Namespace, model_path: Path | None) -> dict[str, Any]:
+async def components(args: argparse.Namespace, model_path: Path | None, model_dir: Path) -> dict[str, Any]:
     """Each service's own micro-benchmark (in this process)."""
     out: dict[str, Any] = {}
 
@@ -273,7 +273,17 @@ async def components(args: argparse.Namespace, model_path: Path | None) -> dict[
 
     from services.audio_features.bench import run_bench as features_bench
 
-    await attempt("audio_features", lambda: asyncio.to_thread(features_bench, seconds=3 if args.quick else 10))
+    encoder_path = ""
+    try:  # a random-weight Whisper-tiny encoder, when the model tools (PyTorch) are installed
+        from tools.export_whisper_encoder import write_random_tiny
+
+        encoder_path = str(await asyncio.to_thread(write_random_tiny, model_dir))
+    except ImportError:
+        pass
+    await attempt(
+        "audio_features",
+        lambda: asyncio.to_thread(features_bench, seconds=3 if args.quick else 10, encoder_path=encoder_path or None),
+    )
     from services.renderer.bench import run_bench as renderer_bench
 
     await attempt("renderer", lambda: asyncio.to_thread(renderer_bench, quick=args.quick))
@@ -404,7 +414,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             from services.renderer.bench_models import write_random_wav2lip
 
             model_path = write_random_wav2lip(model_dir)
-        report["components"] = await components(args, model_path)
+        report["components"] = await components(args, model_path, model_dir)
     report["targets"] = check_targets(report, args.backend)
     return report
 

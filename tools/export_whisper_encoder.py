@@ -89,6 +89,38 @@ def export_encoder(encoder: torch.nn.Module, output: Path, opset: int = OPSET) -
     return output
 
 
+def random_tiny_checkpoint(directory: Path, seed: int = 0, encoder_layers: int = 4) -> Path:
+    """A randomly initialised Whisper-tiny-sized checkpoint (384 wide, 4 encoder layers, 30 s window)
+    saved in Hugging Face format: what tests and benchmarks export when no real weights exist."""
+    import transformers
+
+    config = transformers.WhisperConfig(
+        d_model=384, encoder_layers=encoder_layers, encoder_attention_heads=6, encoder_ffn_dim=1536,
+        num_mel_bins=80, max_source_positions=1500,
+        # a minimal decoder: only the encoder is exported
+        decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=64, vocab_size=64, max_target_positions=8,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+        suppress_tokens=[], begin_suppress_tokens=[],
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = transformers.WhisperModel(config).eval()
+    out = Path(directory) / "checkpoint"
+    model.save_pretrained(out)
+    return out
+
+
+def write_random_tiny(directory: Path) -> Path:
+    """The ONNX encoder of ``random_tiny_checkpoint`` in ``directory`` (reused when present)."""
+    directory = Path(directory).expanduser()
+    onnx_path = directory / "whisper-tiny-random-encoder.onnx"
+    if not onnx_path.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / "whisper-tiny-random-encoder.partial.onnx"
+        export_encoder(load_encoder(random_tiny_checkpoint(directory)), tmp)
+        tmp.replace(onnx_path)
+    return onnx_path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", type=Path, help="local Hugging Face Whisper checkpoint directory")

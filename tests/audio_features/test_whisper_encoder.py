@@ -35,21 +35,13 @@ SERVER = ServerConfig(port=0, metrics_port=-1, grace_seconds=2.0)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     from tools.export_whisper_encoder import main as export_main
+    from tools.export_whisper_encoder import random_tiny_checkpoint
 
-    config = transformers.WhisperConfig(
-        d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80,
-        max_source_positions=1500,
-        # a minimal decoder: only the encoder is exported
-        decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=64, vocab_size=64, max_target_positions=8,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
-        suppress_tokens=[], begin_suppress_tokens=[],
-    )
-    torch.manual_seed(0)
-    model = transformers.WhisperModel(config).eval()
     directory = tmp_path_factory.mktemp("whisper")
-    model.save_pretrained(directory / "checkpoint")
+    checkpoint = random_tiny_checkpoint(directory)
+    model = transformers.WhisperModel.from_pretrained(checkpoint).eval()
     onnx_path = directory / "encoder.onnx"
-    assert export_main([str(directory / "checkpoint"), str(onnx_path)]) == 0
+    assert export_main([str(checkpoint), str(onnx_path)]) == 0
     return model.get_encoder(), onnx_path
 
 
