@@ -8,7 +8,9 @@ import contextlib
 import importlib
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import TextIO
 
 from talkmesh.launcher import SERVICES, Mesh
 
@@ -37,6 +39,50 @@ def _serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+class ProgressBar:
+    """Upload progress, then an elapsed-time line while the renderer prepares the avatar."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.sent = 0
+        self.total = 0
+        self.start = time.monotonic()
+        self.uploaded_at = 0.0
+        self.interactive = stream.isatty()
+
+    def upload(self, sent: int, total: int) -> None:
+        self.sent, self.total = sent, total
+        if sent >= total:
+            self.uploaded_at = time.monotonic()
+        self.tick()
+
+    def tick(self) -> None:
+        if not self.total:
+            return
+        if self.sent < self.total:
+            filled = int(self.width * self.sent / self.total)
+            line = (
+                f"uploading [{'#' * filled}{'.' * (self.width - filled)}] {100 * self.sent / self.total:3.0f}% "
+                f"{self.sent / 1e6:.1f}/{self.total / 1e6:.1f} MB"
+            )
+        else:
+            line = f"uploaded {self.total / 1e6:.1f} MB; preparing (face tracking, masks) {self._since():.1f}s"
+        if self.interactive:
+            self.stream.write("\r" + line.ljust(78))
+            self.stream.flush()
+
+    def _since(self) -> float:
+        return time.monotonic() - (self.uploaded_at or self.start)
+
+    def close(self) -> None:
+        if self.interactive:
+            self.stream.write("\n")
+        elif self.total:
+            self.stream.write(f"uploaded {self.total / 1e6:.1f} MB; prepared in {self._since():.1f}s\n")
+        self.stream.flush()
 
 
 def _print_result(result: object) -> None:
@@ -105,9 +151,19 @@ async def _avatar(args: argparse.Namespace) -> int:
 
     async with TalkmeshClient(args.target) as client:
         if args.avatar_cmd == "add":
-            size = Path(args.path).stat().st_size
-            print(f"uploading {args.path} ({size / 1e6:.1f} MB) and preparing the avatar ...", flush=True)
-            info = await client.register_avatar(args.path, name=args.name or "", backends=tuple(args.backend or ()))
+            bar = ProgressBar(sys.stderr)
+            task = asyncio.create_task(
+                client.register_avatar(
+                    args.path, name=args.name or "", backends=tuple(args.backend or ()), progress=bar.upload
+                )
+            )
+            try:
+                while not task.done():  # after the upload: an elapsed-time line while the service prepares
+                    bar.tick()
+                    await asyncio.wait({task}, timeout=0.2)
+            finally:
+                bar.close()
+            info = task.result()
             state = "already prepared" if info.cached else "prepared"
             print(f"{info.id}  {info.name}  {info.width}x{info.height}  {info.frame_count} frame(s)  ({state})")
         elif args.avatar_cmd == "list":

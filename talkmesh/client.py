@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -145,15 +145,25 @@ class TalkmeshClient:
         return list((await self.stub.ListAvatars(rpb.ListAvatarsRequest())).avatars)
 
     async def register_avatar(
-        self, path: str | os.PathLike[str], name: str = "", backends: tuple[str, ...] = ()
+        self,
+        path: str | os.PathLike[str],
+        name: str = "",
+        backends: tuple[str, ...] = (),
+        progress: Callable[[int, int], None] | None = None,
     ) -> rpb.AvatarInfo:
+        """Uploads an image or video; ``progress(sent_bytes, total_bytes)`` is called per block."""
         p = Path(path)
+        total = p.stat().st_size
 
         async def upload() -> AsyncIterator[rpb.AvatarUpload]:
             yield rpb.AvatarUpload(meta=rpb.AvatarMeta(name=name or p.stem, filename=p.name, backends=list(backends)))
+            sent = 0
             with p.open("rb") as fh:
                 while block := fh.read(UPLOAD_CHUNK_BYTES):
                     yield rpb.AvatarUpload(data=block)
+                    sent += len(block)
+                    if progress is not None:
+                        progress(sent, total)
 
         return await self.stub.RegisterAvatar(upload())  # type: ignore[no-any-return]
 
