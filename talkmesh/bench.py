@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process yardstick")
     p.add_argument("--no-components", action="store_true", help="skip the per-service micro-benchmarks")
     p.add_argument("--quick", action="store_true", help="few requests, small sweep (smoke test)")
-    p.add_argument("--out-dir", default="bench-results")
+    p.add_argument("--out-dir", default="docs/benchmarks", help="where the JSON and the PNG plot go")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file to append the results to ('' = none)")
     p.add_argument("--model-dir", default="", help="where the random-weight Wav2Lip model is kept")
 
