@@ -122,7 +122,7 @@ async def _up(args: argparse.Namespace) -> int:
     try:
         for name, sp in mesh.processes.items():
             print(f"{name:>15}  grpc {sp.address}  metrics http://{args.host}:{sp.metrics_port}/metrics")
-        print(f"talkmesh is up: try `talkmesh say \"Hello there\" -o hello.mp4 --target {mesh.gateway}`")
+        print(f'talkmesh is up: try `talkmesh say "Hello there" -o hello.mp4 --target {mesh.gateway}`')
         print("Ctrl-C stops all services.")
         await stop.wait()
     finally:

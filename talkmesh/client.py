@@ -1,9 +1,9 @@
 """Python client API for the talkmesh gateway.
 
-    async with TalkmeshClient("127.0.0.1:50051") as client:
-        async for chunk in client.speak("Hello there."):
-            ...                                  # SpeakChunk: media fragments, then a summary
-        summary = await client.speak_to_file("Hello there.", "out.mp4")
+async with TalkmeshClient("127.0.0.1:50051") as client:
+    async for chunk in client.speak("Hello there."):
+        ...                                  # SpeakChunk: media fragments, then a summary
+    summary = await client.speak_to_file("Hello there.", "out.mp4")
 """
 
 from __future__ import annotations

@@ -99,15 +99,11 @@ def export_all(unet: Any, vae: Any, out_dir: Path, fp16: bool = False) -> dict[s
     audio = torch.randn(2, AUDIO_TOKENS, AUDIO_WIDTH, generator=gen)
     meta = {"talkmesh.model": "musetalk", "talkmesh.format": "1"}
     paths = {
-        "vae_encoder": export_onnx(
-            VaeEncode(vae), (image,), out_dir / VAE_ENCODER_FILE, ["image"], ["latents"], meta
-        ),
+        "vae_encoder": export_onnx(VaeEncode(vae), (image,), out_dir / VAE_ENCODER_FILE, ["image"], ["latents"], meta),
         "vae_decoder": export_onnx(
             VaeDecode(vae), (latents,), out_dir / VAE_DECODER_FILE, ["latents"], ["image"], meta
         ),
-        "unet": export_onnx(
-            UNetStep(unet), (pair, audio), out_dir / UNET_FILE, ["latents", "audio"], ["pred"], meta
-        ),
+        "unet": export_onnx(UNetStep(unet), (pair, audio), out_dir / UNET_FILE, ["latents", "audio"], ["pred"], meta),
     }
     if fp16:
         for p in paths.values():

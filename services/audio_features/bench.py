@@ -56,8 +56,9 @@ def speech_signal(sample_rate: int, seconds: float, seed: int = 0) -> np.ndarray
     return (np.round(np.clip(x, -1, 1) * 32767) / 32768).astype(np.float32)
 
 
-def _stream(kind: str, sample_rate: int, fps: float, encoder: WhisperEncoder | None,
-            geometry: EmbeddingGeometry | None) -> FeatureStream:
+def _stream(
+    kind: str, sample_rate: int, fps: float, encoder: WhisperEncoder | None, geometry: EmbeddingGeometry | None
+) -> FeatureStream:
     return FeatureStream(StreamOptions(kind, fps_fraction(fps), sample_rate), encoder, geometry)
 
 
@@ -135,9 +136,13 @@ def run_bench(
         head = x[: int(sample_rate * min(seconds, lookahead_seconds))]
         entry.update(_lookahead(_stream(kind, sample_rate, fps, encoder, geometry), head))
         if kind == FeatureKind.WHISPER_EMBEDDING and encoder is not None:
-            entry.update(encoder=encoder.name, provider=encoder.provider, block_seconds=cfg.block_seconds,
-                         left_context_seconds=cfg.left_context_seconds,
-                         right_context_seconds=cfg.right_context_seconds)
+            entry.update(
+                encoder=encoder.name,
+                provider=encoder.provider,
+                block_seconds=cfg.block_seconds,
+                left_context_seconds=cfg.left_context_seconds,
+                right_context_seconds=cfg.right_context_seconds,
+            )
         results[kind] = entry
     return {
         "service": "audio_features",
@@ -159,8 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--block-seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
     cfg = WhisperEncoderConfig(path=args.encoder, block_seconds=args.block_seconds)
-    print(json.dumps(run_bench(args.seconds, args.sample_rate, args.fps, args.chunk_ms, encoder_config=cfg),
-                     indent=2))
+    print(json.dumps(run_bench(args.seconds, args.sample_rate, args.fps, args.chunk_ms, encoder_config=cfg), indent=2))
     return 0
 
 

@@ -74,8 +74,7 @@ class Resampler:
     def __init__(self, sample_rate: int, quality: str = "HQ") -> None:
         self.sample_rate = sample_rate
         self._stream = (
-            None if sample_rate == SR16 else soxr.ResampleStream(sample_rate, SR16, 1, dtype="float32",
-                                                                  quality=quality)
+            None if sample_rate == SR16 else soxr.ResampleStream(sample_rate, SR16, 1, dtype="float32", quality=quality)
         )
 
     def push(self, x: np.ndarray) -> np.ndarray:

@@ -55,7 +55,11 @@ def synthetic_frames(width: int, height: int, count: int) -> list[bytes]:
 
 
 async def _stream(
-    stub: encoder_pb2_grpc.EncoderStub, width: int, height: int, frames: Sequence[bytes], fps: float,
+    stub: encoder_pb2_grpc.EncoderStub,
+    width: int,
+    height: int,
+    frames: Sequence[bytes],
+    fps: float,
     paced: bool,
 ) -> tuple[float, float, int]:
     """One utterance; returns (first fragment latency s, total encode time s, frames encoded)."""
@@ -70,17 +74,31 @@ async def _stream(
 
     async def write() -> None:
         nonlocal first_written
-        await call.write(encoder_pb2.EncodeRequest(config=encoder_pb2.EncodeConfig(
-            request_id="bench", width=width, height=height, fps=fps, sample_rate=SAMPLE_RATE,
-            pixel_format=common_pb2.PIXEL_FORMAT_I420)))
+        await call.write(
+            encoder_pb2.EncodeRequest(
+                config=encoder_pb2.EncodeConfig(
+                    request_id="bench",
+                    width=width,
+                    height=height,
+                    fps=fps,
+                    sample_rate=SAMPLE_RATE,
+                    pixel_format=common_pb2.PIXEL_FORMAT_I420,
+                )
+            )
+        )
         sent_samples = 0
 
         async def audio_until(end: int) -> None:
             nonlocal sent_samples
             while sent_samples < min(end, total_samples):
                 take = min(len(silence) // 2, total_samples - sent_samples)
-                await call.write(encoder_pb2.EncodeRequest(audio=common_pb2.AudioChunk(
-                    sample_rate=SAMPLE_RATE, sample_offset=sent_samples, pcm=silence[: 2 * take])))
+                await call.write(
+                    encoder_pb2.EncodeRequest(
+                        audio=common_pb2.AudioChunk(
+                            sample_rate=SAMPLE_RATE, sample_offset=sent_samples, pcm=silence[: 2 * take]
+                        )
+                    )
+                )
                 sent_samples += take
 
         lookahead = int(LOOKAHEAD_SECONDS * SAMPLE_RATE)
@@ -93,9 +111,18 @@ async def _stream(
                     await asyncio.sleep(delay)
             if i == 0:
                 first_written = time.perf_counter()
-            await call.write(encoder_pb2.EncodeRequest(frame=common_pb2.VideoFrame(
-                frame_index=i, width=width, height=height, pixel_format=common_pb2.PIXEL_FORMAT_I420,
-                data=data, part_count=1)))
+            await call.write(
+                encoder_pb2.EncodeRequest(
+                    frame=common_pb2.VideoFrame(
+                        frame_index=i,
+                        width=width,
+                        height=height,
+                        pixel_format=common_pb2.PIXEL_FORMAT_I420,
+                        data=data,
+                        part_count=1,
+                    )
+                )
+            )
             await audio_until(int((i + 1) * spf) + lookahead)
         await call.write(encoder_pb2.EncodeRequest(end_of_stream=True))
         await call.done_writing()
@@ -138,8 +165,9 @@ async def measure(
                 width, height = SIZES[size]
                 clip = synthetic_frames(width, height, max(frames, 10))
                 await _stream(stub, width, height, clip[:5], fps, paced=False)  # warm-up
-                lat = [(await _stream(stub, width, height, clip[:10], fps, paced=False))[0]
-                       for _ in range(latency_runs)]
+                lat = [
+                    (await _stream(stub, width, height, clip[:10], fps, paced=False))[0] for _ in range(latency_runs)
+                ]
                 paced = (await _stream(stub, width, height, clip[:6], fps, paced=True))[0]
                 _lat, seconds, encoded = await _stream(stub, width, height, clip[:frames], fps, paced=False)
                 results["sizes"][size] = {

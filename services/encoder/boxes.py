@@ -26,8 +26,9 @@ def _box_header(data: bytes | bytearray | memoryview, offset: int, end: int) -> 
     return size, kind, header
 
 
-def iter_boxes(data: bytes | bytearray | memoryview, start: int = 0, end: int | None = None
-               ) -> Iterator[tuple[bytes, int, int, int]]:
+def iter_boxes(
+    data: bytes | bytearray | memoryview, start: int = 0, end: int | None = None
+) -> Iterator[tuple[bytes, int, int, int]]:
     """Yields (type, offset, size, header length) of the complete boxes in ``data[start:end]``."""
     end = len(data) if end is None else end
     offset = start

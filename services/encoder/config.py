@@ -155,8 +155,6 @@ class EncoderConfig:
 
     def validate(self) -> None:
         if self.limits.max_chunk_bytes > self.server.max_message_bytes - 64 * 1024:
-            raise ConfigError(
-                "limits.max_chunk_bytes: must stay at least 64 KiB below server.max_message_bytes"
-            )
+            raise ConfigError("limits.max_chunk_bytes: must stay at least 64 KiB below server.max_message_bytes")
         if self.defaults.fragment_ms > self.limits.max_fragment_ms:
             raise ConfigError("defaults.fragment_ms: exceeds limits.max_fragment_ms")

@@ -146,8 +146,13 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             with self.telemetry.stage("open", container=params.container):
                 init = await asyncio.to_thread(session.open)
             log.info(
-                "encoding %dx%d@%s %s (%s) with %s", params.width, params.height, params.fps, params.container,
-                session.mime_type, session.video_encoder,
+                "encoding %dx%d@%s %s (%s) with %s",
+                params.width,
+                params.height,
+                params.fps,
+                params.container,
+                session.mime_type,
+                session.video_encoder,
             )
             for msg in output.chunks(init, session, init=params.container == "fmp4"):
                 yield msg
@@ -233,7 +238,8 @@ class EncoderService(Service):
         self.servicer.backend = backend
         self.telemetry.set_backend("video_encoder", backend.name)
         log.info(
-            "video encoder: %s (video.encoder=%s)", backend.name, video.encoder,
+            "video encoder: %s (video.encoder=%s)",
+            backend.name,
+            video.encoder,
             extra={"fields": {"video_encoder": backend.name}},
         )
-

@@ -141,8 +141,7 @@ class EncodeSession:
             self.close()
             if self.fallback is None or self.fallback.name == self.backend.name:
                 raise
-            log.warning("%s failed to open (%s); this stream uses %s", self.backend.name, exc,
-                        self.fallback.name)
+            log.warning("%s failed to open (%s); this stream uses %s", self.backend.name, exc, self.fallback.name)
             self._open_with(self.fallback)
         return self._take()
 

@@ -111,8 +111,8 @@ class FrameAssembler:
             raise InvalidArgument("frame.part_count", f"changed from {self._part_count} to {count} within a frame")
         if frame.part_index != len(self._parts):
             raise InvalidArgument(
-                "frame.part_index", f"expected part {len(self._parts)} of frame {frame.frame_index}, "
-                f"got {frame.part_index}"
+                "frame.part_index",
+                f"expected part {len(self._parts)} of frame {frame.frame_index}, got {frame.part_index}",
             )
         self._bytes += len(frame.data)
         if self._bytes > p.frame_bytes:

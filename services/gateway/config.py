@@ -20,6 +20,10 @@ class GatewayConfig:
     default_renderer_backend: str = "viseme"
     # Messages buffered between two stages of one request (bounded queues).
     queue_size: int = 32
+    # How far TTS audio may run ahead of the frames already sent to the encoder, in seconds. Bounds
+    # the audio a request holds, and keeps the stages in step. Must exceed the feature look-ahead
+    # (Wav2Lip 0.2 s, Whisper embeddings about 1.5 s).
+    max_audio_ahead_seconds: float = 3.0
     # Deadline for a whole Speak call when the client set none, in seconds.
     default_deadline_seconds: float = 600.0
     fps: float = 25.0
@@ -29,6 +33,8 @@ class GatewayConfig:
             raise ConfigError("max_text_chars: must be at least 1")
         if self.queue_size < 1:
             raise ConfigError("queue_size: must be at least 1")
+        if self.max_audio_ahead_seconds < 2.0:
+            raise ConfigError("max_audio_ahead_seconds: must be at least 2 (the feature look-ahead needs it)")
         if not 1 <= self.fps <= 60:
             raise ConfigError("fps: must be within 1..60")
         if self.default_renderer_backend not in ("viseme", "wav2lip", "musetalk"):

@@ -155,8 +155,13 @@ class GrpcDownstreams(Downstreams):
     def __init__(self, config: GatewayConfig) -> None:
         limit = config.server.max_message_bytes
         self.channels = {
-            name: create_channel(getattr(config, name).target, limit, interceptors=False)
-            for name in ("tts", "audio_features", "renderer", "encoder")
+            # TTS runs hundreds of times faster than real time: a fixed flow-control window holds it
+            # back (with the gateway's own read-ahead limit) instead of buffering a whole utterance.
+            "tts": create_channel(config.tts.target, limit, interceptors=False, bdp_probe=False),
+            "audio_features": create_channel(config.audio_features.target, limit, interceptors=False),
+            # raw frames come back from the renderer
+            "renderer": create_channel(config.renderer.target, limit, interceptors=False, large_window=True),
+            "encoder": create_channel(config.encoder.target, limit, interceptors=False),
         }
         self.config = config
         self.tts = tts_pb2_grpc.TTSStub(self.channels["tts"])

@@ -162,6 +162,8 @@ class _Run:
         self.failed = asyncio.Event()
         self.samples = 0
         self.sample_rate = 0
+        self.frames_to_encoder = 0
+        self.progress = asyncio.Event()  # set whenever a frame went to the encoder
         self.frames = 0
         self.inferred = 0
         self.video_encoder = ""
@@ -192,7 +194,16 @@ class _Run:
     async def _pump_tts(self, tts: Stream) -> None:
         seq = 1
         first = True
+        fps = self.o.config.fps
+        budget = self.o.config.max_audio_ahead_seconds
         async for chunk in tts:
+            # Read ahead at most `budget` seconds of audio beyond what the encoder has frames for.
+            while (
+                self.sample_rate
+                and self.samples - self.frames_to_encoder * self.sample_rate / fps > budget * self.sample_rate
+            ):
+                self.progress.clear()
+                await self.progress.wait()
             if first:
                 first = False
                 self.tl.first_audio = time.monotonic()
@@ -322,6 +333,9 @@ class _Run:
                     for req in release(horizon):
                         yield req
                 yield wrap(frame=item)
+                if item.part_index + 1 >= max(1, item.part_count):
+                    self.frames_to_encoder += 1
+                    self.progress.set()
             else:
                 open_sources.discard(kind.removesuffix("_end"))
                 if not open_sources:

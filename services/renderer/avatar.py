@@ -61,9 +61,7 @@ def decode(data: bytes, filename: str, cfg: AvatarConfig) -> np.ndarray:
         if dims is None:  # a format whose header we do not parse: measure a 1/8 scale decode
             header = cv2.imdecode(arr, cv2.IMREAD_REDUCED_COLOR_8)
             if header is None:
-                raise InvalidArgument(
-                    "data", f"{filename or 'upload'} is not a decodable image (corrupt or truncated)"
-                )
+                raise InvalidArgument("data", f"{filename or 'upload'} is not a decodable image (corrupt or truncated)")
             dims = (header.shape[1] * 8, header.shape[0] * 8)
         if dims[0] * dims[1] > cfg.max_pixels:
             # checked on the header, before decoding: a small file can declare a huge image

@@ -87,8 +87,7 @@ class _Voice(ctypes.Structure):
     ]
 
 
-_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                                  ctypes.POINTER(_Event))
+_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 @dataclass(frozen=True)
@@ -202,8 +201,16 @@ class EspeakEngine:
         lib.espeak_SetVoiceByName.restype = ctypes.c_int
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetParameter.restype = ctypes.c_int
-        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
         lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
@@ -279,9 +286,7 @@ class EspeakEngine:
             sink.loop.call_soon_threadsafe(sink.queue.put_nowait, PcmBlock(samples, tuple(phonemes)))
             sink.total += n
         elif phonemes:
-            sink.loop.call_soon_threadsafe(
-                sink.queue.put_nowait, PcmBlock(np.zeros(0, np.int16), tuple(phonemes))
-            )
+            sink.loop.call_soon_threadsafe(sink.queue.put_nowait, PcmBlock(np.zeros(0, np.int16), tuple(phonemes)))
         return 0
 
     def _synth_job(self, text: str, params: EspeakParams, sink: _Sink) -> None:
@@ -291,8 +296,7 @@ class EspeakEngine:
             buf = ctypes.create_string_buffer(data, len(data))
             self._sink = sink
             try:
-                rc = self._lib.espeak_Synth(buf, len(data), 0, _POS_CHARACTER, 0,
-                                            _CHARS_UTF8 | _ENDPAUSE, None, None)
+                rc = self._lib.espeak_Synth(buf, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
             finally:
                 self._sink = None
             if rc != 0 and not sink.cancel.is_set():
@@ -303,8 +307,11 @@ class EspeakEngine:
             sink.loop.call_soon_threadsafe(sink.queue.put_nowait, _DONE)
 
     def _phonemize_job(self, text: str, voice: str) -> list[str]:
-        self._apply(EspeakParams(voice=voice) if self._params is None else
-                    EspeakParams(voice, self._params.rate_wpm, self._params.pitch, self._params.volume))
+        self._apply(
+            EspeakParams(voice=voice)
+            if self._params is None
+            else EspeakParams(voice, self._params.rate_wpm, self._params.pitch, self._params.volume)
+        )
         data = ctypes.c_char_p(text.encode("utf-8"))
         ptr = ctypes.pointer(data)
         clauses: list[str] = []

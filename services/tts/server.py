@@ -71,7 +71,7 @@ def bad_utf8_field(data: bytes, desc: Descriptor, prefix: str = "") -> str | Non
                 pos += 4
             elif wire == 2:
                 length, pos = _varint(data, pos)
-                chunk, pos = data[pos:pos + length], pos + length
+                chunk, pos = data[pos : pos + length], pos + length
                 f = desc.fields_by_number.get(num)
                 if f is None:
                     continue
@@ -255,9 +255,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         job = self._resolve(head.config, context)
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples)
         queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue(self.config.stream_queue_segments)
-        reader = asyncio.create_task(
-            self._read_pieces(pieces, queue, done=head.end_of_stream), name="tts-read-pieces"
-        )
+        reader = asyncio.create_task(self._read_pieces(pieces, queue, done=head.end_of_stream), name="tts-read-pieces")
         try:
             first = True
             index = 0
@@ -315,8 +313,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         resp = tts_pb2.ListVoicesResponse()
         for backend in self.backends.values():
             for v in backend.voices():
-                resp.voices.add(id=v.id, name=v.name, language=v.language, engine=v.engine,
-                                sample_rate=v.sample_rate)
+                resp.voices.add(id=v.id, name=v.name, language=v.language, engine=v.engine, sample_rate=v.sample_rate)
         return resp
 
 
@@ -379,8 +376,7 @@ class TTSService(Service):
             async for _ in blocks:
                 pass
         self.servicer.backends = backends
-        log.info("tts ready: %d voices, default %s",
-                 sum(len(b.voices()) for b in backends.values()), cfg.default_voice)
+        log.info("tts ready: %d voices, default %s", sum(len(b.voices()) for b in backends.values()), cfg.default_voice)
 
     async def stop(self) -> None:
         backends, self.servicer.backends = self.servicer.backends, {}

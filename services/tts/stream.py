@@ -88,8 +88,12 @@ class ChunkAssembler:
 
     def finish(self) -> common_pb2.AudioChunk:
         msg = common_pb2.AudioChunk(
-            request_id=self.request_id, seq=self.seq, end_of_stream=True, sample_rate=self.sample_rate,
-            sample_offset=self.offset, segment_index=self._segment,
+            request_id=self.request_id,
+            seq=self.seq,
+            end_of_stream=True,
+            sample_rate=self.sample_rate,
+            sample_offset=self.offset,
+            segment_index=self._segment,
         )
         msg.visemes.extend(self._done_visemes)
         self._done_visemes = []
@@ -97,12 +101,14 @@ class ChunkAssembler:
         return msg
 
     def _close_open(self, end: int) -> None:
-        self._done_visemes.append(common_pb2.VisemeEvent(
-            viseme=viseme_for(self._open_phoneme),  # type: ignore[arg-type]
-            start_sample=self._seg_base + self._open_start,
-            end_sample=self._seg_base + end,
-            phoneme=self._open_phoneme,
-        ))
+        self._done_visemes.append(
+            common_pb2.VisemeEvent(
+                viseme=viseme_for(self._open_phoneme),  # type: ignore[arg-type]
+                start_sample=self._seg_base + self._open_start,
+                end_sample=self._seg_base + end,
+                phoneme=self._open_phoneme,
+            )
+        )
 
     def _emit(self, available: int, *, final: bool) -> list[common_pb2.AudioChunk]:
         out: list[common_pb2.AudioChunk] = []
@@ -117,10 +123,13 @@ class ChunkAssembler:
         self._pending = [rest] if rest.size else []
         self._pending_len = int(rest.size)
         for start in range(0, count, n):
-            piece = take[start:start + n]
+            piece = take[start : start + n]
             msg = common_pb2.AudioChunk(
-                request_id=self.request_id, seq=self.seq, sample_rate=self.sample_rate,
-                sample_offset=self.offset, pcm=piece.astype("<i2", copy=False).tobytes(),
+                request_id=self.request_id,
+                seq=self.seq,
+                sample_rate=self.sample_rate,
+                sample_offset=self.offset,
+                pcm=piece.astype("<i2", copy=False).tobytes(),
                 segment_index=self._segment,
             )
             if start == 0:

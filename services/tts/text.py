@@ -19,9 +19,7 @@ _ALLOWED_CONTROLS = frozenset("\t\n\r")
 SENTENCE_END = frozenset(".!?…。！？")
 CLAUSE_END = frozenset(",;:，；：、")
 _CLOSERS = frozenset("\"')]}»”’")
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e cf approx no fig inc ltd co mt ft".split()
-)
+_ABBREVIATIONS = frozenset("mr mrs ms dr prof sr jr st vs etc e.g i.e cf approx no fig inc ltd co mt ft".split())
 _WORD_BEFORE = re.compile(r"([\w.]+)$")
 
 

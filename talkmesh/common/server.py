@@ -110,7 +110,8 @@ class ServiceHost:
         return self.port
 
     def _server_options(self) -> list[tuple[str, object]]:
-        opts = channel_options(self.config.max_message_bytes)
+        # Large receive windows: the encoder receives raw frames; for small messages it is harmless.
+        opts = channel_options(self.config.max_message_bytes, large_window=True)
         if self.config.max_connection_age_seconds > 0:
             opts.append(("grpc.max_connection_age_ms", int(self.config.max_connection_age_seconds * 1000)))
             opts.append(("grpc.max_connection_age_grace_ms", 2**31 - 1))

@@ -79,8 +79,9 @@ def test_embedding_memory_stays_flat_over_a_long_stream() -> None:
 
     x = noise(16000, 20.0, level=0.05)
     geometry = EmbeddingGeometry(block=25, left=10, right=10, window=150)
-    stream = FeatureStream(StreamOptions(FeatureKind.WHISPER_EMBEDDING, fps_fraction(25), 16000), FakeEncoder(),
-                           geometry)
+    stream = FeatureStream(
+        StreamOptions(FeatureKind.WHISPER_EMBEDDING, fps_fraction(25), 16000), FakeEncoder(), geometry
+    )
     frames = 0
     for start in range(0, len(x), 1600):
         frames += len(stream.push(x[start : start + 1600]))

@@ -27,8 +27,7 @@ SIGNALS = {
 
 def librosa_whisper_log10(x: np.ndarray) -> np.ndarray:
     """Whisper's front end before the clamp, from librosa's STFT and filters (float64)."""
-    stft = librosa.stft(x.astype(np.float64), n_fft=400, hop_length=160, window="hann", center=True,
-                        pad_mode="reflect")
+    stft = librosa.stft(x.astype(np.float64), n_fft=400, hop_length=160, window="hann", center=True, pad_mode="reflect")
     power = np.abs(stft[:, :-1]) ** 2
     mel = librosa.filters.mel(sr=16000, n_fft=400, n_mels=80, dtype=np.float64) @ power
     return np.log10(np.maximum(mel, 1e-10))
@@ -42,8 +41,9 @@ def librosa_whisper(x: np.ndarray) -> np.ndarray:
 def librosa_wav2lip(x: np.ndarray) -> np.ndarray:
     """Wav2Lip's audio.melspectrogram, rebuilt from librosa + scipy (reflect padding, as in librosa 0.7)."""
     emphasised = scipy.signal.lfilter([1, -0.97], [1], x.astype(np.float64))
-    magnitude = np.abs(librosa.stft(emphasised, n_fft=800, hop_length=200, win_length=800, center=True,
-                                    pad_mode="reflect"))
+    magnitude = np.abs(
+        librosa.stft(emphasised, n_fft=800, hop_length=200, win_length=800, center=True, pad_mode="reflect")
+    )
     mel = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600, dtype=np.float64) @ magnitude
     db = 20 * np.log10(np.maximum(1e-5, mel)) - 20
     return np.clip(8 * (db + 100) / 100 - 4, -4, 4)

@@ -47,10 +47,17 @@ def requests(
     offset = 0
     for start in range(0, len(pcm), chunk_bytes):
         part = pcm[start : start + chunk_bytes]
-        out.append(pb.FeatureRequest(seq=len(out), audio=common_pb2.AudioChunk(
-            sample_rate=sample_rate, sample_offset=offset, pcm=part,
-            visemes=[common_pb2.VisemeEvent(viseme=common_pb2.VISEME_OPEN, start_sample=0, end_sample=10)],
-        )))
+        out.append(
+            pb.FeatureRequest(
+                seq=len(out),
+                audio=common_pb2.AudioChunk(
+                    sample_rate=sample_rate,
+                    sample_offset=offset,
+                    pcm=part,
+                    visemes=[common_pb2.VisemeEvent(viseme=common_pb2.VISEME_OPEN, start_sample=0, end_sample=10)],
+                ),
+            )
+        )
         offset += len(part) // 2
     out.append(pb.FeatureRequest(seq=len(out), end_of_stream=True))
     return out
@@ -163,8 +170,13 @@ async def test_embedding_without_encoder_is_failed_precondition() -> None:
 
 
 async def test_empty_audio_and_half_close_without_end_of_stream(host: Any) -> None:
-    out = await call(host.address, [pb.FeatureRequest(config=pb.FeatureConfig(feature_type=pb.FEATURE_TYPE_ACTIVITY)),
-                                    pb.FeatureRequest(end_of_stream=True)])
+    out = await call(
+        host.address,
+        [
+            pb.FeatureRequest(config=pb.FeatureConfig(feature_type=pb.FEATURE_TYPE_ACTIVITY)),
+            pb.FeatureRequest(end_of_stream=True),
+        ],
+    )
     assert len(out) == 1 and out[0].end_of_stream and out[0].frame_count == 0
     reqs = requests(pb.FEATURE_TYPE_WAV2LIP_MEL, b"\0\0" * 1000, 16000)[:-1]
     out = await call(host.address, reqs)
@@ -206,8 +218,11 @@ def test_load_config_defaults_and_env() -> None:
 def test_block_geometry_is_checked_against_the_model_window() -> None:
     too_big = WhisperEncoderConfig(block_seconds=3.0)  # the FakeEncoder's window is 3 s
     with pytest.raises(ValueError, match="whisper_encoder"):
-        AudioFeaturesService(AudioFeaturesConfig(server=SERVER, whisper_encoder=too_big),
-                             Telemetry("audio_features"), encoder=FakeEncoder())
+        AudioFeaturesService(
+            AudioFeaturesConfig(server=SERVER, whisper_encoder=too_big),
+            Telemetry("audio_features"),
+            encoder=FakeEncoder(),
+        )
 
 
 async def test_client_cancel_stops_the_stream(host: Any) -> None:

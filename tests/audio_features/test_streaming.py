@@ -141,8 +141,9 @@ def test_embedding_windows_match_a_direct_computation() -> None:
     """Per-frame windows against a direct MuseTalk-style computation from whole blocks."""
     x = quantise(speech_like(16000, 0.9))
     encoder = FakeEncoder()
-    frames = extract_offline(x, StreamOptions(FeatureKind.WHISPER_EMBEDDING, fps_fraction(25), 16000), encoder,
-                             GEOMETRY)
+    frames = extract_offline(
+        x, StreamOptions(FeatureKind.WHISPER_EMBEDDING, fps_fraction(25), 16000), encoder, GEOMETRY
+    )
     valid = len(x) // 320
     states = []
     for b in range(math.ceil(valid / GEOMETRY.block)):

@@ -88,8 +88,12 @@ async def test_musetalk_recipe_through_grpc(tiny: tuple[Any, Path]) -> None:
     """block_seconds 30 without context is MuseTalk's offline recipe: compare with it directly."""
     encoder, onnx_path = tiny
     x = quantise(speech_like(24000, 1.3))
-    ours = await extract(onnx_path, WhisperEncoderConfig(path=str(onnx_path), block_seconds=30.0,
-                                                         left_context_seconds=0, right_context_seconds=0), x, 24000)
+    ours = await extract(
+        onnx_path,
+        WhisperEncoderConfig(path=str(onnx_path), block_seconds=30.0, left_context_seconds=0, right_context_seconds=0),
+        x,
+        24000,
+    )
     assert ours.shape == (33, 50, 384) and ours.dtype == np.float32
     x16 = soxr.resample(x, 24000, 16000, quality="HQ")  # librosa.load's default resampler
     expected = musetalk_windows(torch_hidden(encoder, x16), len(x16), len(ours))

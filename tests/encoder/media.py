@@ -52,12 +52,25 @@ def config_request(width: int, height: int, **kw: object) -> encoder_pb2.EncodeR
     return encoder_pb2.EncodeRequest(request_id="t", seq=0, config=cfg)
 
 
-def frame_request(index: int, data: bytes, width: int, height: int, *, part: int = 0, parts: int = 1,
-                  pixel_format: common_pb2.PixelFormat = common_pb2.PIXEL_FORMAT_I420) -> encoder_pb2.EncodeRequest:
+def frame_request(
+    index: int,
+    data: bytes,
+    width: int,
+    height: int,
+    *,
+    part: int = 0,
+    parts: int = 1,
+    pixel_format: common_pb2.PixelFormat = common_pb2.PIXEL_FORMAT_I420,
+) -> encoder_pb2.EncodeRequest:
     return encoder_pb2.EncodeRequest(
         frame=common_pb2.VideoFrame(
-            frame_index=index, width=width, height=height, pixel_format=pixel_format, data=data,
-            part_index=part, part_count=parts,
+            frame_index=index,
+            width=width,
+            height=height,
+            pixel_format=pixel_format,
+            data=data,
+            part_index=part,
+            part_count=parts,
         )
     )
 
@@ -66,8 +79,9 @@ def audio_request(offset: int, pcm: bytes, sr: int = SR) -> encoder_pb2.EncodeRe
     return encoder_pb2.EncodeRequest(audio=common_pb2.AudioChunk(sample_rate=sr, sample_offset=offset, pcm=pcm))
 
 
-def utterance(width: int, height: int, samples: int, *, audio_chunk: int = 960,
-              lookahead_chunks: int = 5, **config: object) -> Iterator[encoder_pb2.EncodeRequest]:
+def utterance(
+    width: int, height: int, samples: int, *, audio_chunk: int = 960, lookahead_chunks: int = 5, **config: object
+) -> Iterator[encoder_pb2.EncodeRequest]:
     """Config, then audio running ``lookahead_chunks`` ahead of the frames (as TTS runs ahead of the
     renderer), then end_of_stream."""
     yield config_request(width, height, **config)

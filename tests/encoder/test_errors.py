@@ -25,14 +25,16 @@ CASES = {
     "short_data": ([frame_request(0, i420_frame(W, H, 0)[:-10], W, H)], "frame.data"),
     "oversized": ([frame_request(0, i420_frame(W, H, 0) + b"\0" * 64, W, H)], "frame.data"),
     "oversized_parts": (
-        [frame_request(0, i420_frame(W, H, 0), W, H, part=p, parts=3) for p in range(2)], "frame.data",
+        [frame_request(0, i420_frame(W, H, 0), W, H, part=p, parts=3) for p in range(2)],
+        "frame.data",
     ),
     "wrong_pixel_format": (
         [frame_request(0, rgb_frame(W, H, 0), W, H, pixel_format=common_pb2.PIXEL_FORMAT_RGB24)],
         "frame.pixel_format",
     ),
     "part_out_of_order": (
-        [frame_request(0, b"\0" * 100, W, H, part=1, parts=2)], "frame.part_index",
+        [frame_request(0, b"\0" * 100, W, H, part=1, parts=2)],
+        "frame.part_index",
     ),
     "missing_part": ([frame_request(0, b"\0" * 100, W, H, part=0, parts=2), EOS], "frame.part_index"),
     "audio_gap": ([audio_request(0, b"\0\0" * 100), audio_request(150, b"\0\0" * 100)], "audio.sample_offset"),

@@ -104,8 +104,11 @@ async def test_rgb_frames_in_parts(stub):
         data = rgb_frame(W, H, i)
         cut = [0, 1000, 20000, len(data)]
         for p in range(3):
-            reqs.append(frame_request(i, data[cut[p] : cut[p + 1]], W, H, part=p, parts=3,
-                                      pixel_format=common_pb2.PIXEL_FORMAT_RGB24))
+            reqs.append(
+                frame_request(
+                    i, data[cut[p] : cut[p + 1]], W, H, part=p, parts=3, pixel_format=common_pb2.PIXEL_FORMAT_RGB24
+                )
+            )
     reqs.append(encoder_pb2.EncodeRequest(end_of_stream=True))
     out = await collect(stub, reqs)
 
@@ -132,8 +135,9 @@ async def test_whole_mp4_file_is_faststart(stub):
 
 async def test_mpegts_and_opus(stub):
     samples = SR // 2
-    out = await collect(stub, utterance(W, H, samples, container=encoder_pb2.CONTAINER_MPEGTS,
-                                        audio_codec=encoder_pb2.AUDIO_CODEC_OPUS))
+    out = await collect(
+        stub, utterance(W, H, samples, container=encoder_pb2.CONTAINER_MPEGTS, audio_codec=encoder_pb2.AUDIO_CODEC_OPUS)
+    )
     assert out[0].mime_type.startswith('video/mp2t; codecs="avc1.')
     assert out[0].mime_type.endswith(', opus"')
     d = decode(b"".join(m.data for m in out), fmt="mpegts")

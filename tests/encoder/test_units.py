@@ -97,4 +97,3 @@ async def test_a_stalled_receiver_bounds_what_is_read_ahead(config):
         await asyncio.sleep(0.01)  # let the reader run as far as it can
     assert pulled <= 1 + config.limits.input_queue + 1
     await handler.aclose()
-

@@ -54,7 +54,9 @@ def build_model(path: Path, *, speakers: bool) -> None:
     if speakers:
         inputs.append(helper.make_tensor_value_info("sid", TensorProto.INT64, [1]))
     graph = helper.make_graph(
-        nodes, "piper_test_voice", inputs,
+        nodes,
+        "piper_test_voice",
+        inputs,
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, "time"])],
         initializer=[
             helper.make_tensor("table", TensorProto.FLOAT, [256], table),
@@ -178,8 +180,7 @@ def test_config_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_phoneme_ids_with_phoneme_map_and_missing_symbols() -> None:
-    cfg = PiperVoiceConfig(sample_rate=SR, espeak_voice="en-us", phoneme_id_map=ID_MAP,
-                           phoneme_map={"g": ["k"]})
+    cfg = PiperVoiceConfig(sample_rate=SR, espeak_voice="en-us", phoneme_id_map=ID_MAP, phoneme_map={"g": ["k"]})
     ids, missing = cfg.phoneme_ids("ga☃")
     assert ids == [1, 0, ID_MAP["k"][0], 0, ID_MAP["a"][0], 0, 2]
     assert missing == ["☃"]

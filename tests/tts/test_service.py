@@ -60,8 +60,9 @@ def check_stream_shape(chunks: list[common_pb2.AudioChunk], rid: str, chunk_samp
 async def test_one_sentence_equals_whole_text_synthesis_sample_for_sample(tts: Any) -> None:
     stub, _, _ = tts
     text = "Pam met Max at the bank."
-    chunks = await collect(stub.Synthesize(tts_pb2.SynthesizeRequest(
-        config=tts_pb2.SynthesisConfig(request_id="r1"), text=text)))
+    chunks = await collect(
+        stub.Synthesize(tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesisConfig(request_id="r1"), text=text))
+    )
     check_stream_shape(chunks, "r1", 882)
     assert len(chunks) > 10  # ~40 ms chunks, streamed
     streamed = pcm_of(chunks)
@@ -115,8 +116,7 @@ async def test_viseme_track_covers_audio_in_order_with_closed_lips_on_p_b_m(tts:
     # Closures really are quiet: the mouth is shut while the lips are closed (stop gap).
     pcm = pcm_of(chunks).astype(np.float64)
     loud = np.sqrt(np.mean(pcm**2))
-    quiet = [np.sqrt(np.mean(pcm[v.start_sample : v.end_sample] ** 2)) for v in labials
-             if v.phoneme in ("p", "b")]
+    quiet = [np.sqrt(np.mean(pcm[v.start_sample : v.end_sample] ** 2)) for v in labials if v.phoneme in ("p", "b")]
     assert np.median(quiet) < loud
 
 
@@ -173,10 +173,12 @@ async def test_cache_serves_identical_requests(tts: Any) -> None:
     assert visemes_of(first) == visemes_of(second)
     assert list(second[0].visemes) == visemes_of(second)
     reg = service.telemetry.metrics.registry
-    hits = reg.get_sample_value("talkmesh_cache_requests_total",
-                                {"service": "tts", "cache": "utterance", "result": "hit"})
-    misses = reg.get_sample_value("talkmesh_cache_requests_total",
-                                  {"service": "tts", "cache": "utterance", "result": "miss"})
+    hits = reg.get_sample_value(
+        "talkmesh_cache_requests_total", {"service": "tts", "cache": "utterance", "result": "hit"}
+    )
+    misses = reg.get_sample_value(
+        "talkmesh_cache_requests_total", {"service": "tts", "cache": "utterance", "result": "miss"}
+    )
     assert (hits, misses) == (1.0, 1.0)
     assert len(service.servicer.cache) == 1
 
@@ -207,12 +209,17 @@ async def test_other_voice_and_ssml_like_text_are_spoken(tts: Any) -> None:
         ({"text": "ring\x07"}, grpc.StatusCode.INVALID_ARGUMENT, "text"),
         ({"text": "hi", "config": {"voice": "espeak:klingon"}}, grpc.StatusCode.NOT_FOUND, "config.voice"),
         ({"text": "hi", "config": {"voice": "festival:kal"}}, grpc.StatusCode.NOT_FOUND, "config.voice"),
-        ({"text": "hi", "config": {"settings": {"rate": 9}}}, grpc.StatusCode.INVALID_ARGUMENT,
-         "config.settings.rate"),
-        ({"text": "hi", "config": {"settings": {"pitch": float("nan")}}}, grpc.StatusCode.INVALID_ARGUMENT,
-         "config.settings.pitch"),
-        ({"text": "hi", "config": {"settings": {"volume": -1}}}, grpc.StatusCode.INVALID_ARGUMENT,
-         "config.settings.volume"),
+        ({"text": "hi", "config": {"settings": {"rate": 9}}}, grpc.StatusCode.INVALID_ARGUMENT, "config.settings.rate"),
+        (
+            {"text": "hi", "config": {"settings": {"pitch": float("nan")}}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config.settings.pitch",
+        ),
+        (
+            {"text": "hi", "config": {"settings": {"volume": -1}}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config.settings.volume",
+        ),
         ({"text": "hi", "config": {"chunk_ms": 100000}}, grpc.StatusCode.INVALID_ARGUMENT, "config.chunk_ms"),
     ],
 )
@@ -236,10 +243,12 @@ async def test_invalid_utf8_names_the_field(tts: Any) -> None:
 
     channel = create_channel(host.address)
     try:
-        raw = channel.unary_stream("/talkmesh.v1.TTS/Synthesize", request_serializer=lambda b: b,
-                                   response_deserializer=common_pb2.AudioChunk.FromString)
-        for payload, field in ((b"\x12\x03a\xff\xfe", "text"), (b"\x0a\x04\x12\x02\xc3\x28\x12\x02hi",
-                                                                  "config.voice")):
+        raw = channel.unary_stream(
+            "/talkmesh.v1.TTS/Synthesize",
+            request_serializer=lambda b: b,
+            response_deserializer=common_pb2.AudioChunk.FromString,
+        )
+        for payload, field in ((b"\x12\x03a\xff\xfe", "text"), (b"\x0a\x04\x12\x02\xc3\x28\x12\x02hi", "config.voice")):
             with pytest.raises(grpc.aio.AioRpcError) as exc:
                 await collect(raw(payload))
             assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -274,10 +283,12 @@ async def test_stream_errors(tts: Any) -> None:
 async def test_concurrent_requests_are_all_correct(tts: Any) -> None:
     stub, _, _ = tts
     texts = ["One, two.", "Three four five.", "Six, seven, eight."]
-    results = await asyncio.gather(*(
-        collect(stub.Synthesize(tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesisConfig(request_id=t), text=t)))
-        for t in texts
-    ))
+    results = await asyncio.gather(
+        *(
+            collect(stub.Synthesize(tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesisConfig(request_id=t), text=t)))
+            for t in texts
+        )
+    )
     for t, chunks in zip(texts, results, strict=True):
         check_stream_shape(chunks, t, 882)
         assert max(c.segment_index for c in chunks) == len(split_clauses(t)) - 1

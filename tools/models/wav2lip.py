@@ -28,13 +28,16 @@ class ConvBN(nn.Module):
     """Conv2d -> BatchNorm2d (-> + input when residual) -> ReLU. Child names: ``conv_block.0/1``."""
 
     def __init__(
-        self, cin: int, cout: int, kernel_size: int, stride: int | tuple[int, int], padding: int,
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int,
+        stride: int | tuple[int, int],
+        padding: int,
         residual: bool = False,
     ) -> None:
         super().__init__()
-        self.conv_block = nn.Sequential(
-            nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout)
-        )
+        self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel_size, stride, padding), nn.BatchNorm2d(cout))
         self.residual = residual
         self.act = nn.ReLU()
 

@@ -77,7 +77,11 @@ class OnnxWhisperEncoder(WhisperEncoder):
         self.name = f"{path.stem}-{digest.hexdigest()[:12]}"
         log.info(
             "whisper encoder %s on %s: %d frames in, %d layers x %d wide",
-            path, self.provider, self.input_frames, self.layers, self.width,
+            path,
+            self.provider,
+            self.input_frames,
+            self.layers,
+            self.width,
         )
 
     def encode(self, mel: np.ndarray) -> np.ndarray:

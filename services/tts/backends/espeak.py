@@ -37,7 +37,10 @@ class EspeakBackend(TTSBackend):
     async def start(self) -> None:
         for v in self._engine.voices:
             self._voices[v.language] = VoiceInfo(
-                id=f"espeak:{v.language}", name=v.name, language=v.language, engine=self.engine,
+                id=f"espeak:{v.language}",
+                name=v.name,
+                language=v.language,
+                engine=self.engine,
                 sample_rate=self._engine.sample_rate,
             )
 

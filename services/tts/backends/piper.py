@@ -157,7 +157,10 @@ class PiperBackend(TTSBackend):
             name = model.name[: -len(".onnx")]
             self._models[name] = _PiperVoice(name, model, cfg, self._config.intra_op_threads)
             self._voices[name] = VoiceInfo(
-                id=f"piper:{name}", name=name, language=cfg.language, engine=self.engine,
+                id=f"piper:{name}",
+                name=name,
+                language=cfg.language,
+                engine=self.engine,
                 sample_rate=cfg.sample_rate,
             )
 
@@ -169,9 +172,7 @@ class PiperBackend(TTSBackend):
             phonemes += mark
         return phonemes
 
-    async def _timings(self, text: str, voice: _PiperVoice, settings: VoiceSettings) -> tuple[
-        list[PhonemeEvent], int
-    ]:
+    async def _timings(self, text: str, voice: _PiperVoice, settings: VoiceSettings) -> tuple[list[PhonemeEvent], int]:
         events: list[PhonemeEvent] = []
         total = 0
         params = espeak_params(voice.config.espeak_voice, settings)
@@ -180,9 +181,7 @@ class PiperBackend(TTSBackend):
             total += int(block.samples.size)
         return events, total
 
-    async def synthesize(
-        self, text: str, voice: VoiceInfo, settings: VoiceSettings
-    ) -> AsyncGenerator[PcmBlock, None]:
+    async def synthesize(self, text: str, voice: VoiceInfo, settings: VoiceSettings) -> AsyncGenerator[PcmBlock, None]:
         model = self._models[voice.name]
         phonemes = await self._phonemes(text, model)
         ids, missing = model.config.phoneme_ids(phonemes)
