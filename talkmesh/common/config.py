@@ -167,18 +167,34 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> T:
     """Builds ``cls`` from the YAML at ``path`` (if any), env overrides, then explicit overrides."""
+    return build_config(cls, [read_yaml(path)] if path is not None else [], env_prefix, env, overrides)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML file's top-level mapping, or ConfigError naming the file and what is wrong."""
+    p = Path(path)
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {p}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"config file {p}: top level must be a mapping")
+    return dict(loaded)
+
+
+def build_config(
+    cls: type[T],
+    layers: list[Mapping[str, Any]],
+    env_prefix: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> T:
+    """Merges ``layers`` (later wins), then env overrides, then ``overrides``; builds and validates."""
     data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {p}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"config file {p}: top level must be a mapping")
-        data = dict(loaded)
+    for layer in layers:
+        data = _merge(data, layer)
     if env_prefix:
         data = _merge(data, _env_overrides(os.environ if env is None else env, env_prefix))
     if overrides:

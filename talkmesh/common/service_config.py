@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from talkmesh.common.config import ConfigError, _build, _env_overrides, _merge
+from talkmesh.common.config import build_config, read_yaml
 
 T = TypeVar("T")
 
@@ -23,22 +23,10 @@ def load_service_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> T:
     """Defaults from ``package``'s config.yaml, overlaid by ``path``, env vars and ``overrides``."""
-    data: dict[str, Any] = {}
+    layers: list[Mapping[str, Any]] = []
     res = importlib.resources.files(package).joinpath("config.yaml")
     if res.is_file():
-        data = yaml.safe_load(res.read_text()) or {}
+        layers.append(yaml.safe_load(res.read_text()) or {})
     if path is not None:
-        try:
-            with open(path) as fh:
-                user = yaml.safe_load(fh) or {}
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(user, Mapping):
-            raise ConfigError(f"config file {path}: top level must be a mapping")
-        data = _merge(data, user)
-    data = _merge(data, _env_overrides(os.environ if env is None else env, env_prefix))
-    if overrides:
-        data = _merge(data, overrides)
-    return _build(cls, data)
+        layers.append(read_yaml(path))
+    return build_config(cls, layers, env_prefix, env, overrides)
