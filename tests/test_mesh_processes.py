@@ -132,3 +132,51 @@ def test_demo_command_writes_a_playable_mp4(tmp_path):
     assert (info.video_codec, info.audio_codec, info.fps) == ("h264", "aac", 25)
     assert abs(info.frames - math.ceil(info.audio_seconds * 25)) <= 1
     assert abs(info.audio_seconds - info.video_seconds) <= 0.040
+
+
+def _ports_free(ports: list[int]) -> bool:
+    import socket
+
+    for port in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of closed connections is fine
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+async def test_up_starts_five_processes_on_the_default_ports_and_ctrl_c_stops_them(tmp_path):
+    from talkmesh.launcher import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+
+    if not _ports_free([*DEFAULT_PORTS.values(), *DEFAULT_METRICS_PORTS.values()]):
+        pytest.skip("the default ports are in use on this machine (is `talkmesh up` already running?)")
+    import os
+
+    env = {**os.environ, "TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "talkmesh.cli", "up", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any("talkmesh is up" in ln for ln in lines):
+            raw = await asyncio.wait_for(proc.stdout.readline(), 120)
+            assert raw, f"`talkmesh up` exited early: {lines}"
+            lines.append(raw.decode())
+        for name in SERVICES:
+            assert await _health(f"127.0.0.1:{DEFAULT_PORTS[name]}") == health_pb2.HealthCheckResponse.SERVING
+        async with TalkmeshClient("127.0.0.1:50051") as client:
+            result = await client.speak_to_file("Up and running.", tmp_path / "up.mp4")
+        assert result.summary.frames > 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    stopped = out.decode().strip().splitlines()[-1]
+    assert stopped.startswith("stopped: ")
+    codes = dict(item.split("=") for item in stopped.removeprefix("stopped: ").split(", "))
+    assert codes == dict.fromkeys(["gateway", "tts", "audio_features", "renderer", "encoder"], "0")
+    assert _ports_free(list(DEFAULT_PORTS.values()))  # nothing left listening
