@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import grpc
-
 from talkmesh.common.channel import create_channel
 from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import gateway_pb2 as gpb
@@ -169,6 +167,3 @@ class TalkmeshClient:
 
     async def delete_avatar(self, avatar_id: str) -> bool:
         return bool((await self.stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=avatar_id))).deleted)
-
-
-__all__ = ["SpeakResult", "TalkmeshClient", "grpc"]

@@ -28,9 +28,6 @@ from talkmesh.v1 import (
     tts_pb2_grpc,
 )
 from talkmesh.v1 import (
-    common_pb2 as cpb,
-)
-from talkmesh.v1 import (
     encoder_pb2 as epb,
 )
 from talkmesh.v1 import (
@@ -184,19 +181,6 @@ class GrpcDownstreams(Downstreams):
     def encode(self, requests: AsyncIterable[epb.EncodeRequest], timeout: float | None) -> Stream:
         return CallStream(self.encoder.Encode(timeout=timeout, metadata=outgoing_metadata()), requests)
 
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        for ch in self.channels.values():
-            await ch.channel_ready() if timeout is None else await _with_timeout(ch, timeout)
-
     async def close(self) -> None:
         for ch in self.channels.values():
             await ch.close()
-
-
-async def _with_timeout(ch: grpc.aio.Channel, timeout: float) -> None:
-    import asyncio
-
-    await asyncio.wait_for(ch.channel_ready(), timeout)
-
-
-__all__ = ["CallStream", "Downstreams", "GrpcDownstreams", "Stream", "cpb"]

@@ -31,15 +31,6 @@ def blend_into(frame: np.ndarray, patch: np.ndarray, box: tuple[int, int, int, i
     frame[y1:y2, x1:x2] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def match_colour(patch: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Shifts the patch's per-channel mean (where the mask is weak: the seam) onto the reference's."""
-    ring = (mask[..., 0] > 0.02) & (mask[..., 0] < 0.5)
-    if ring.sum() < 16:
-        return patch
-    shift = reference[ring].astype(np.float32).mean(0) - patch[ring].astype(np.float32).mean(0)
-    return np.clip(patch.astype(np.float32) + shift, 0, 255).astype(np.uint8)
-
-
 def boundary_gradient(frame: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
     """Mean gradient magnitude along the mask's outer boundary (for seam measurements)."""
     gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.float32)
