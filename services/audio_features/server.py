@@ -5,8 +5,8 @@ Stream protocol (``Extract``, bidirectional):
 * request 1: ``config`` (feature type, fps; 0 selects 25);
 * then ``audio`` chunks: PCM s16le mono at 16000, 22050, 24000, 44100 or 48000 Hz, one rate per
   stream, ``sample_offset`` continuous (visemes are ignored here);
-* then a request with ``end_of_stream=True`` (it may carry the last audio chunk too). A client that
-  half-closes without it is treated as if it had sent it.
+* then a request with ``end_of_stream=True`` (it may carry the last audio chunk too); a half-close
+  without it means the same (talkmesh.common.streams: one meaning in every service).
 
 Responses: one ``FeatureChunk`` per video frame, in frame order, as soon as the audio the frame
 depends on has arrived (see ``streaming.py`` for the look-ahead of each type), then a final message
@@ -44,6 +44,7 @@ from services.audio_features.streaming import (
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.server import Service
+from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.common.tensors import to_tensor
 from talkmesh.v1 import audio_features_pb2 as pb
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "talkmesh.v1.AudioFeatures"
 DEFAULT_FPS = 25.0
+MIN_FPS = 1.0
 MAX_FPS = 60.0
 
 KINDS = {
@@ -85,35 +87,27 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
         self, request_iterator: AsyncIterator[pb.FeatureRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.FeatureChunk]:
         started = time.perf_counter()
-        requests = aiter(request_iterator)
-        first = await anext(requests, None)
-        if first is None:
-            raise InvalidArgument("config", "empty stream: the first FeatureRequest must carry config")
-        if first.WhichOneof("kind") != "config":
-            raise InvalidArgument("config", "the first FeatureRequest must carry config")
-        req = self._open(first)
+        idle = self.service.config.server.idle_timeout
+        requests: RequestStream[pb.FeatureRequest] = await RequestStream.open(
+            request_iterator, "config", first_timeout=idle, idle_timeout=idle, what="audio stream"
+        )
+        req = self._open(requests.head)
         telemetry = self.service.telemetry
         # One span for the extraction, ended by hand (see services/tts/server.py::_speak).
         span = telemetry.tracer.start_span("audio_features.extract", attributes={"talkmesh.feature": req.kind})
         try:
-            async for chunk in self._extract(req, requests, first.end_of_stream, started):
+            async for chunk in self._extract(req, requests, started):
                 yield chunk
         finally:
             span.end()
 
     async def _extract(
-        self, req: _Request, requests: AsyncIterator[pb.FeatureRequest], ended: bool, started: float
+        self, req: _Request, requests: RequestStream[pb.FeatureRequest], started: float
     ) -> AsyncIterator[pb.FeatureChunk]:
         telemetry = self.service.telemetry
         first_frame = True
-        while not ended:
-            message = await anext(requests, None)
-            if message is None:  # half-closed without end_of_stream: treat as the end
-                break
-            kind = message.WhichOneof("kind")
-            if kind == "config":
-                raise InvalidArgument("config", "sent twice: only the first FeatureRequest carries config")
-            if kind == "audio":
+        async for message in requests:
+            if message.WhichOneof("kind") == "audio":
                 for frame in await self._push(req, message.audio):
                     if first_frame:
                         first_frame = False
@@ -122,7 +116,6 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
                         )
                         trace.get_current_span().add_event("first_frame")
                     yield self._chunk(req, frame)
-            ended = message.end_of_stream
         for frame in await self._finish(req):
             yield self._chunk(req, frame)
         count = req.stream.frame_count if req.stream is not None else 0
@@ -150,8 +143,8 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
                 "in the audio_features config (tools/export_whisper_encoder.py makes one)"
             )
         fps = float(cfg.fps) or DEFAULT_FPS
-        if not math.isfinite(fps) or not 0 < fps <= MAX_FPS:
-            raise InvalidArgument("config.fps", f"{cfg.fps} is not within (0, {MAX_FPS:g}] (0 selects 25)")
+        if not math.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
+            raise InvalidArgument("config.fps", f"{cfg.fps:g} is not within {MIN_FPS:g}..{MAX_FPS:g} (0 selects 25)")
         request_id = cfg.request_id or first.request_id or request_id_var.get()
         return _Request(kind, fps, request_id)
 

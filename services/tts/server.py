@@ -8,13 +8,11 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import DecodeError
 
 from services.tts.backends.base import TTSBackend, VoiceInfo, VoiceSettings
 from services.tts.backends.espeak import EspeakBackend
@@ -23,9 +21,11 @@ from services.tts.config import TTSConfig
 from services.tts.engine import EspeakEngine
 from services.tts.stream import ChunkAssembler, SegmentRecord
 from services.tts.text import ClauseSplitter, check_text, split_clauses
+from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.config import ConfigError
 from talkmesh.common.errors import InvalidArgument, NotFound, Unavailable
 from talkmesh.common.server import Service
+from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2, tts_pb2, tts_pb2_grpc
 
@@ -34,81 +34,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "talkmesh.v1.TTS"
 WARMUP_TEXT = "Ready."
 _REQUEST_ID_KEY = "x-request-id"
-
-
-# -- requests that did not parse ---------------------------------------------------------------
-@dataclass(frozen=True)
-class Undecodable:
-    """Stands in for a request whose bytes did not parse, so the handler can name the field."""
-
-    field: str
-    reason: str
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-
-
-def bad_utf8_field(data: bytes, desc: Descriptor, prefix: str = "") -> str | None:
-    """The dotted name of the first string field in ``data`` that is not valid UTF-8."""
-    pos = 0
-    try:
-        while pos < len(data):
-            key, pos = _varint(data, pos)
-            num, wire = key >> 3, key & 7
-            if wire == 0:
-                _, pos = _varint(data, pos)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                length, pos = _varint(data, pos)
-                chunk, pos = data[pos : pos + length], pos + length
-                f = desc.fields_by_number.get(num)
-                if f is None:
-                    continue
-                name = prefix + f.name
-                if f.type == FieldDescriptor.TYPE_STRING:
-                    try:
-                        chunk.decode("utf-8")
-                    except UnicodeDecodeError:
-                        return name
-                elif f.type == FieldDescriptor.TYPE_MESSAGE:
-                    inner = bad_utf8_field(chunk, f.message_type, name + ".")
-                    if inner:
-                        return inner
-            else:
-                return None
-    except IndexError:
-        return None
-    return None
-
-
-def _lenient(cls: Any) -> Any:
-    def parse(data: bytes) -> Any:
-        try:
-            return cls.FromString(data)
-        except DecodeError as exc:
-            field = bad_utf8_field(data, cls.DESCRIPTOR)
-            if field:
-                return Undecodable(field, "is not valid UTF-8")
-            return Undecodable("request", f"cannot be parsed: {exc}")
-
-    return parse
-
-
-def _decoded(request: Any) -> Any:
-    if isinstance(request, Undecodable):
-        raise InvalidArgument(request.field, request.reason)
-    return request
 
 
 # -- per-request settings ----------------------------------------------------------------------
@@ -215,7 +140,6 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
     # -- RPCs ----------------------------------------------------------------------------------
     async def Synthesize(self, request: Any, context: Any) -> AsyncGenerator[common_pb2.AudioChunk, None]:  # type: ignore[override]
         started = time.perf_counter()
-        request = _decoded(request)
         job = self._resolve(request.config, context)
         check_text(request.text, "text", self.config.max_text_chars)
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples)
@@ -245,17 +169,15 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         self, request_iterator: Any, context: Any
     ) -> AsyncGenerator[common_pb2.AudioChunk, None]:
         started = time.perf_counter()
-        pieces = request_iterator.__aiter__()
-        head = await anext(pieces, None)
-        if head is None:
-            raise InvalidArgument("config", "the stream ended before its first message (the config)")
-        head = _decoded(head)
-        if head.WhichOneof("kind") != "config":
-            raise InvalidArgument("config", "the first message must carry the config")
+        idle = self.config.server.idle_timeout
+        stream: RequestStream[tts_pb2.TextPiece] = await RequestStream.open(
+            request_iterator, "config", first_timeout=idle, idle_timeout=idle, what="text stream"
+        )
+        head = stream.head
         job = self._resolve(head.config, context)
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples)
         queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue(self.config.stream_queue_segments)
-        reader = asyncio.create_task(self._read_pieces(pieces, queue, done=head.end_of_stream), name="tts-read-pieces")
+        reader = asyncio.create_task(self._read_pieces(stream, queue), name="tts-read-pieces")
         try:
             first = True
             index = 0
@@ -272,33 +194,25 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             yield asm.finish()
             self._done(asm, started)
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            await cancel_and_wait(reader)
 
     async def _read_pieces(
-        self, pieces: AsyncIterator[Any], queue: asyncio.Queue[str | BaseException | None], *, done: bool
+        self, pieces: RequestStream[tts_pb2.TextPiece], queue: asyncio.Queue[str | BaseException | None]
     ) -> None:
         splitter = ClauseSplitter(self.config.max_segment_chars)
         total = 0
         spoken = False
         limit = self.config.max_text_chars
         try:
-            if not done:
-                async for raw in pieces:
-                    piece = _decoded(raw)
-                    kind = piece.WhichOneof("kind")
-                    if kind == "config":
-                        raise InvalidArgument("config", "sent twice; only the first message carries it")
-                    if kind == "text":
-                        check_text(piece.text, "text", limit, allow_empty=True)
-                        total += len(piece.text)
-                        if total > limit:
-                            raise InvalidArgument("text", f"the stream's text is over the limit of {limit}")
-                        spoken = spoken or bool(piece.text.strip())
-                        for seg in splitter.push(piece.text):
-                            await queue.put(seg)
-                    if piece.end_of_stream:
-                        break
+            async for piece in pieces:
+                if piece.WhichOneof("kind") == "text":
+                    check_text(piece.text, "text", limit, allow_empty=True)
+                    total += len(piece.text)
+                    if total > limit:
+                        raise InvalidArgument("text", f"the stream's text is over the limit of {limit}")
+                    spoken = spoken or bool(piece.text.strip())
+                    for seg in splitter.push(piece.text):
+                        await queue.put(seg)
             for seg in splitter.flush():
                 await queue.put(seg)
             if not spoken:
@@ -331,25 +245,7 @@ class TTSService(Service):
         return self.servicer.backends
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
-        s = self.servicer
-        handlers = {
-            "Synthesize": grpc.unary_stream_rpc_method_handler(
-                s.Synthesize,
-                request_deserializer=_lenient(tts_pb2.SynthesizeRequest),
-                response_serializer=common_pb2.AudioChunk.SerializeToString,
-            ),
-            "SynthesizeStream": grpc.stream_stream_rpc_method_handler(
-                s.SynthesizeStream,
-                request_deserializer=_lenient(tts_pb2.TextPiece),
-                response_serializer=common_pb2.AudioChunk.SerializeToString,
-            ),
-            "ListVoices": grpc.unary_unary_rpc_method_handler(
-                s.ListVoices,
-                request_deserializer=_lenient(tts_pb2.ListVoicesRequest),
-                response_serializer=tts_pb2.ListVoicesResponse.SerializeToString,
-            ),
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        tts_pb2_grpc.add_TTSServicer_to_server(self.servicer, server)
         return [SERVICE_NAME]
 
     async def start(self) -> None:

@@ -46,6 +46,16 @@ class ServerConfig:
     # round robin over a headless Service re-resolve DNS and find new replicas. Streams in flight
     # are not cut: the grace period after the age is unlimited.
     max_connection_age_seconds: float = 0.0
+    # A client stream that sends nothing for this long (including before its first message)
+    # fails with DEADLINE_EXCEEDED, so a forgotten stream cannot hold a slot (0 = never).
+    stream_idle_seconds: float = 120.0
+    # Also listen on this Unix domain socket (empty = off): co-located services (the encoder
+    # pulling frames from the renderer in one pod) talk over it instead of TCP.
+    unix_socket: str = ""
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self.stream_idle_seconds or None
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -60,6 +70,8 @@ class ServerConfig:
             raise ConfigError("server.max_connection_age_seconds: must not be negative")
         if self.grace_seconds < 0:
             raise ConfigError("server.grace_seconds: must not be negative")
+        if self.stream_idle_seconds < 0:
+            raise ConfigError("server.stream_idle_seconds: must not be negative")
 
 
 @dataclasses.dataclass(frozen=True)

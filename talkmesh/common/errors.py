@@ -1,8 +1,24 @@
-"""Typed errors that handlers raise; the server interceptor turns them into gRPC statuses."""
+"""Typed errors that handlers raise; the server interceptor turns them into gRPC statuses.
+
+A status carries a human message (``field: reason``) and, for programs, the standard
+``google.rpc`` details in the ``grpc-status-details-bin`` trailer: ``BadRequest`` field violations
+for INVALID_ARGUMENT, ``ResourceInfo`` for NOT_FOUND, ``RetryInfo`` (and ``QuotaFailure`` when a
+quota was hit) for RESOURCE_EXHAUSTED and UNAVAILABLE. ``ErrorDetails.of(rpc_error)`` reads them
+back on the client side.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class TalkmeshError(Exception):
@@ -15,6 +31,10 @@ class TalkmeshError(Exception):
         super().__init__(message)
         self.message = message
 
+    def details(self) -> list[Message]:
+        """The ``google.rpc`` detail messages attached to the status (none by default)."""
+        return []
+
 
 class InvalidArgument(TalkmeshError):
     """Bad input. The message always starts with the offending field's name."""
@@ -26,24 +46,181 @@ class InvalidArgument(TalkmeshError):
         self.field = field
         self.reason = reason
 
+    def details(self) -> list[Message]:
+        return [
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.reason)
+                ]
+            )
+        ]
+
 
 class NotFound(TalkmeshError):
+    """An unknown voice, avatar or session. ``what`` is its kind ("voice", "avatar")."""
+
     code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, field: str, value: str, what: str = "") -> None:
         super().__init__(f"{field}: {what or 'item'} {value!r} not found")
         self.field = field
+        self.value = value
+        self.what = what or "item"
+
+    def details(self) -> list[Message]:
+        return [
+            error_details_pb2.ResourceInfo(resource_type=self.what, resource_name=self.value, description=self.message),
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=self.field, description=f"{self.what} not found")
+                ]
+            ),
+        ]
 
 
-class ResourceExhausted(TalkmeshError):
+class _Retryable(TalkmeshError):
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def details(self) -> list[Message]:
+        if self.retry_after is None:
+            return []
+        return [error_details_pb2.RetryInfo(retry_delay=_duration(self.retry_after))]
+
+
+class ResourceExhausted(_Retryable):
+    """Overload or a quota. ``quota`` names the limit (e.g. "streams per key"), ``subject`` whose."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = 1.0, quota: str = "", subject: str = "") -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.quota = quota
+        self.subject = subject
+
+    def details(self) -> list[Message]:
+        out = super().details()
+        if self.quota:
+            out.append(
+                error_details_pb2.QuotaFailure(
+                    violations=[error_details_pb2.QuotaFailure.Violation(subject=self.subject, description=self.quota)]
+                )
+            )
+        return out
 
 
-class Unavailable(TalkmeshError):
+class Unavailable(_Retryable):
     code = grpc.StatusCode.UNAVAILABLE
-    retryable = True
 
 
 class FailedPrecondition(TalkmeshError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DeadlineExceeded(TalkmeshError):
+    """A stream went quiet for longer than its idle limit, or a stage did not answer in time."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(TalkmeshError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(TalkmeshError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class StageError(TalkmeshError):
+    """A downstream stage failed: keeps its status code (and details) and names the stage."""
+
+    def __init__(self, stage: str, exc: grpc.aio.AioRpcError) -> None:
+        super().__init__(f"{stage}: {exc.details() or exc.code().name}")
+        self.stage = stage
+        self.code = exc.code()
+        self.retryable = self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self._details = ErrorDetails.of(exc).messages
+
+    def details(self) -> list[Message]:
+        return list(self._details)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(max(0.0, seconds) * 1e9))
+    return d
+
+
+def status_trailer(code: grpc.StatusCode, message: str, details: Sequence[Message]) -> tuple[tuple[str, bytes], ...]:
+    """The ``grpc-status-details-bin`` trailing metadata for ``details`` (empty when there are none)."""
+    if not details:
+        return ()
+    status = status_pb2.Status(code=code.value[0], message=message)
+    for d in details:
+        packed = any_pb2.Any()
+        packed.Pack(d)
+        status.details.append(packed)
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+@dataclass
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass
+class ErrorDetails:
+    """The machine-readable part of a talkmesh error status (client side)."""
+
+    field_violations: list[FieldViolation] = field(default_factory=list)
+    resource_type: str = ""
+    resource_name: str = ""
+    retry_delay: float | None = None
+    quota_violations: list[FieldViolation] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, error: Any) -> ErrorDetails:
+        """Parses the details of a ``grpc.aio.AioRpcError`` (or anything with ``trailing_metadata()``)."""
+        out = cls()
+        trailing = getattr(error, "trailing_metadata", None)
+        metadata = trailing() if callable(trailing) else None
+        raw = None
+        for key, value in metadata or ():
+            if key == STATUS_DETAILS_KEY:
+                raw = value
+        if not raw:
+            return out
+        status = status_pb2.Status.FromString(raw if isinstance(raw, bytes) else raw.encode("latin-1"))
+        for packed in status.details:
+            for cls_ in (
+                error_details_pb2.BadRequest,
+                error_details_pb2.ResourceInfo,
+                error_details_pb2.RetryInfo,
+                error_details_pb2.QuotaFailure,
+            ):
+                if packed.Is(cls_.DESCRIPTOR):
+                    msg = cls_()
+                    packed.Unpack(msg)
+                    out.messages.append(msg)
+                    out._add(msg)
+        return out
+
+    def _add(self, msg: Message) -> None:
+        if isinstance(msg, error_details_pb2.BadRequest):
+            self.field_violations += [FieldViolation(v.field, v.description) for v in msg.field_violations]
+        elif isinstance(msg, error_details_pb2.ResourceInfo):
+            self.resource_type, self.resource_name = msg.resource_type, msg.resource_name
+        elif isinstance(msg, error_details_pb2.RetryInfo):
+            self.retry_delay = msg.retry_delay.ToNanoseconds() / 1e9
+        elif isinstance(msg, error_details_pb2.QuotaFailure):
+            self.quota_violations += [FieldViolation(v.subject, v.description) for v in msg.violations]
+
+    @property
+    def field(self) -> str:
+        """The first offending field's name, or ""."""
+        return self.field_violations[0].field if self.field_violations else ""

@@ -16,13 +16,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import Descriptor
 from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from talkmesh.common.errors import TalkmeshError
+from talkmesh.common.errors import ResourceExhausted, TalkmeshError, Unavailable, status_trailer
 from talkmesh.common.logs import request_id_var
+from talkmesh.common.streams import CheckedRequests, Undecodable, lenient_deserializer
 from talkmesh.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -82,28 +84,30 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(_INFRA_PREFIXES):
             return handler
+        # Every request is parsed leniently: bytes that do not parse reach the wrapper as
+        # ``Undecodable`` and become INVALID_ARGUMENT naming the field, counted like any other error.
+        deserializer = _lenient(handler.request_deserializer)
         if handler.request_streaming and handler.response_streaming:
-            inner = handler.stream_stream
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream(inner, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(handler.stream_stream, method, streaming_requests=True),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(handler.unary_stream, method, streaming_requests=False),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.request_streaming:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(handler.stream_unary, method, streaming_requests=True),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_unary_rpc_method_handler(
-            self._wrap_unary(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
+            self._wrap_unary(handler.unary_unary, method, streaming_requests=False),
+            request_deserializer=deserializer,
             response_serializer=handler.response_serializer,
         )
 
@@ -132,21 +136,28 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
         m = self.telemetry.metrics
         svc = self.telemetry.service
+        error: TalkmeshError | None = None
         if self.admission.draining:
             m.rejections_total.labels(svc, "draining").inc()
-            m.streams_total.labels(svc, method, "UNAVAILABLE").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is draining; retry on another replica")
-        if self.admission.active >= self.admission.limit:
+            error = Unavailable("server is draining; retry on another replica", retry_after=0.5)
+        elif self.admission.active >= self.admission.limit:
             m.rejections_total.labels(svc, "overload").inc()
-            m.streams_total.labels(svc, method, "RESOURCE_EXHAUSTED").inc()
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            error = ResourceExhausted(
                 f"{self.admission.active} streams in flight (limit {self.admission.limit}); retry later",
+                quota="streams in flight per replica",
+                subject=svc,
+            )
+        if error is not None:
+            m.streams_total.labels(svc, method, error.code.name).inc()
+            await context.abort(
+                error.code, error.message, trailing_metadata=status_trailer(error.code, error.message, error.details())
             )
 
     async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, span: trace.Span) -> grpc.StatusCode:
+        trailer: tuple[tuple[str, bytes], ...] = ()
         if isinstance(exc, TalkmeshError):
             code, details = exc.code, exc.message
+            trailer = status_trailer(code, details, exc.details())
         elif isinstance(exc, grpc.aio.AioRpcError):
             code, details = exc.code(), exc.details() or ""
             if code == grpc.StatusCode.CANCELLED:
@@ -157,7 +168,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
         span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
         span.set_attribute("rpc.grpc.status_code", code.value[0])
-        await context.abort(code, details)
+        await context.abort(code, details, trailing_metadata=trailer)
         return code  # unreachable: abort raises
 
     def _finish(self, method: str, code: str, span: trace.Span, start: float) -> None:
@@ -172,7 +183,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         span.set_attribute("talkmesh.duration_seconds", time.perf_counter() - start)
         span.end()
 
-    def _wrap_stream(self, behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., Any]:
+    def _wrap_stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str, *, streaming_requests: bool
+    ) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             await self._admit(method, context)
             span, start = self._begin(method, context)
@@ -181,7 +194,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             code = "OK"
             try:
                 try:
-                    async for item in behavior(request, context):
+                    async for item in behavior(_checked(request, streaming_requests), context):
                         yield item
                 except (asyncio.CancelledError, GeneratorExit):
                     code = "CANCELLED"
@@ -200,7 +213,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapper
 
-    def _wrap_unary(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Any]:
+    def _wrap_unary(
+        self, behavior: Callable[..., Awaitable[Any]], method: str, *, streaming_requests: bool
+    ) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await self._admit(method, context)
             span, start = self._begin(method, context)
@@ -209,7 +224,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             code = "OK"
             try:
                 try:
-                    return await behavior(request, context)
+                    return await behavior(_checked(request, streaming_requests), context)
                 except asyncio.CancelledError:
                     code = "CANCELLED"
                     raise
@@ -226,6 +241,23 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 self._finish(method, code, span, start)
 
         return wrapper
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The method's deserializer, returning ``Undecodable`` instead of raising on bad bytes."""
+    cls = getattr(deserializer, "__self__", None)
+    if deserializer is None or not isinstance(getattr(cls, "DESCRIPTOR", None), Descriptor):
+        return deserializer
+    return lenient_deserializer(cls)
+
+
+def _checked(request: Any, streaming: bool) -> Any:
+    """A request stream that raises INVALID_ARGUMENT at an undecodable message, or the request."""
+    if streaming:
+        return CheckedRequests(request)
+    if isinstance(request, Undecodable):
+        raise request.error()
+    return request
 
 
 def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:

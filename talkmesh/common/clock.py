@@ -1,0 +1,95 @@
+"""The one clock of talkmesh: video frames and audio samples in exact integer arithmetic.
+
+Time is counted in samples and frame indices, never in floating-point seconds. A frame rate is a
+``Fraction`` (25, or 30000/1001 for 29.97), and
+
+* video frame ``i`` covers audio samples ``[start(i), start(i + 1))`` with
+  ``start(i) = floor(i * sample_rate / fps)``;
+* ``n`` samples need ``ceil(n * fps / sample_rate)`` frames;
+* sample ``s`` falls in frame ``floor(s * fps / sample_rate)``.
+
+Every service uses these functions (the gateway's read-ahead and interleaving, the renderer's
+viseme timing, the feature stage's windows, the encoder's timestamps and the live sessions'
+pacing), so two stages can never disagree about which samples belong to which frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+
+def fps_fraction(fps: float | Fraction | int) -> Fraction:
+    """The exact rate of ``fps``: 25.0 -> 25, 12.5 -> 25/2, 29.97 -> 2997/100, and a float close to
+    30000/1001 (29.97002997...) -> 30000/1001 (denominators up to 1001).
+
+    Raises ValueError for a rate that is not finite and positive.
+    """
+    if isinstance(fps, Fraction):
+        value = fps
+    else:
+        f = float(fps)
+        if not math.isfinite(f) or f <= 0:
+            raise ValueError(f"frame rate {fps!r} is not a finite positive number")
+        value = Fraction(f).limit_denominator(1001)
+    if value <= 0:
+        raise ValueError(f"frame rate {fps!r} is not positive")
+    return value
+
+
+def frame_start_sample(i: int, sample_rate: int, fps: Fraction) -> int:
+    """First sample of video frame ``i``: ``floor(i * sample_rate / fps)``."""
+    return (i * sample_rate * fps.denominator) // fps.numerator
+
+
+def frames_for_samples(samples: int, sample_rate: int, fps: Fraction) -> int:
+    """Frames needed to show ``samples`` of audio: ``ceil(samples * fps / sample_rate)``."""
+    return -((-samples * fps.numerator) // (sample_rate * fps.denominator))
+
+
+def frame_of_sample(sample: int, sample_rate: int, fps: Fraction) -> int:
+    """The frame that shows ``sample``: ``floor(sample * fps / sample_rate)``."""
+    return (sample * fps.numerator) // (sample_rate * fps.denominator)
+
+
+@dataclass(frozen=True)
+class MediaClock:
+    """A frame rate and a sample rate together: the timeline of one stream."""
+
+    fps: Fraction
+    sample_rate: int
+
+    @classmethod
+    def of(cls, fps: float | Fraction | int, sample_rate: int) -> MediaClock:
+        if sample_rate <= 0:
+            raise ValueError(f"sample rate {sample_rate} is not positive")
+        return cls(fps_fraction(fps), int(sample_rate))
+
+    def start(self, frame: int) -> int:
+        """First sample of ``frame``."""
+        return frame_start_sample(frame, self.sample_rate, self.fps)
+
+    def samples_in(self, frame: int) -> int:
+        """Number of samples ``frame`` covers (varies by one for rates that do not divide)."""
+        return self.start(frame + 1) - self.start(frame)
+
+    def frames_for(self, samples: int) -> int:
+        """Frames needed to show ``samples``."""
+        return frames_for_samples(samples, self.sample_rate, self.fps)
+
+    def frame_of(self, sample: int) -> int:
+        """The frame that shows ``sample``."""
+        return frame_of_sample(sample, self.sample_rate, self.fps)
+
+    def seconds(self, frame: int) -> Fraction:
+        """Media time at the start of ``frame``, exactly."""
+        return frame / self.fps
+
+    def samples_for_seconds(self, seconds: Fraction | int) -> int:
+        """Whole samples in ``seconds`` (rounded down)."""
+        return math.floor(Fraction(seconds) * self.sample_rate)
+
+    def frames_for_seconds(self, seconds: Fraction | int) -> int:
+        """Whole frames in ``seconds`` (rounded down)."""
+        return math.floor(Fraction(seconds) * self.fps)

@@ -1,0 +1,128 @@
+"""The services of a talkmesh mesh: the one place that names them, their ports and prefixes.
+
+The launcher (`talkmesh up`, the demo), the CLI, the benchmark, the tests and the Kubernetes
+config checks all derive what they need from ``SERVICES``; nothing else spells out a port, an
+environment prefix or the list of services. The gRPC service names come from the generated
+descriptors, so a renamed proto service cannot drift from what health checks and docs use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+#: Ports of a default mesh; ``ports(base)`` moves a whole mesh (`talkmesh up --port-base`).
+DEFAULT_PORT_BASE = 50051
+DEFAULT_METRICS_BASE = 9101
+#: With ``--port-base B`` a mesh occupies B .. B + PORT_SPAN - 1: service ports B + index,
+#: metrics ports B + METRICS_OFFSET + index.
+METRICS_OFFSET = 10
+PORT_SPAN = 20
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the mesh."""
+
+    name: str
+    #: position in the mesh's port block (gateway 0, tts 1, ...)
+    index: int
+    #: (generated module, service name) of each gRPC service it serves
+    protos: tuple[tuple[str, str], ...]
+    #: backend names the service can be configured with (documentation, config validation)
+    backends: tuple[str, ...] = ()
+    #: services it calls (start order: dependencies first)
+    calls: tuple[str, ...] = ()
+
+    @property
+    def package(self) -> str:
+        """Python package of the service (``services.<name>``)."""
+        return f"services.{self.name}"
+
+    @property
+    def main_module(self) -> str:
+        """Module with ``load_config(path, env)`` and ``create_service(config, telemetry)``."""
+        return f"services.{self.name}.main"
+
+    @property
+    def env_prefix(self) -> str:
+        """Environment override prefix: ``TALKMESH_<NAME>__<SECTION>__<KEY>``."""
+        return f"TALKMESH_{self.name.upper()}"
+
+    @property
+    def k8s_name(self) -> str:
+        """Name of its Kubernetes Deployment/Service/ConfigMap (DNS-safe)."""
+        return self.name.replace("_", "-")
+
+    @property
+    def port(self) -> int:
+        """Default gRPC port."""
+        return DEFAULT_PORT_BASE + self.index
+
+    @property
+    def metrics_port(self) -> int:
+        """Default Prometheus /metrics port."""
+        return DEFAULT_METRICS_BASE + self.index
+
+    def ports(self, base: int | None = None) -> tuple[int, int]:
+        """(gRPC port, metrics port) in a mesh whose block starts at ``base`` (None: defaults)."""
+        if base is None:
+            return self.port, self.metrics_port
+        return base + self.index, base + METRICS_OFFSET + self.index
+
+    def grpc_service_names(self) -> tuple[str, ...]:
+        """Full gRPC service names, read from the generated descriptors."""
+        names = []
+        for module, service in self.protos:
+            descriptor = importlib.import_module(module).DESCRIPTOR
+            names.append(descriptor.services_by_name[service].full_name)
+        return tuple(names)
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
+        "gateway",
+        0,
+        (("talkmesh.v1.gateway_pb2", "Gateway"),),
+        calls=("tts", "audio_features", "renderer", "encoder"),
+    ),
+    ServiceSpec("tts", 1, (("talkmesh.v1.tts_pb2", "TTS"),), backends=("espeak", "piper")),
+    ServiceSpec(
+        "audio_features",
+        2,
+        (("talkmesh.v1.audio_features_pb2", "AudioFeatures"),),
+        backends=("whisper_encoder",),
+    ),
+    ServiceSpec("renderer", 3, (("talkmesh.v1.renderer_pb2", "Renderer"),), backends=("viseme", "wav2lip", "musetalk")),
+    ServiceSpec(
+        "encoder", 4, (("talkmesh.v1.encoder_pb2", "Encoder"),), backends=("x264", "nvenc"), calls=("renderer",)
+    ),
+)
+
+NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
+
+
+def spec(name: str) -> ServiceSpec:
+    """The service called ``name``; KeyError naming the known services otherwise."""
+    for s in SERVICES:
+        if s.name == name:
+            return s
+    raise KeyError(f"unknown service {name!r} (known: {', '.join(NAMES)})")
+
+
+def start_order() -> tuple[ServiceSpec, ...]:
+    """Services ordered so that each starts after the services it calls."""
+    done: list[ServiceSpec] = []
+    pending = list(SERVICES)
+    while pending:
+        ready = [s for s in pending if all(c in {d.name for d in done} for c in s.calls)]
+        if not ready:
+            raise RuntimeError("service registry: calls form a cycle")
+        done.extend(ready)
+        pending = [s for s in pending if s not in ready]
+    return tuple(done)
+
+
+def default_target(name: str, host: str = "127.0.0.1") -> str:
+    """``host:port`` of service ``name`` in a default mesh."""
+    return f"{host}:{spec(name).port}"
