@@ -6,7 +6,7 @@ Time is counted in samples and frame indices, never in floating-point seconds. A
 * video frame ``i`` covers audio samples ``[start(i), start(i + 1))`` with
   ``start(i) = floor(i * sample_rate / fps)``;
 * ``n`` samples need ``ceil(n * fps / sample_rate)`` frames;
-* sample ``s`` falls in frame ``floor(s * fps / sample_rate)``.
+* sample ``s`` falls in the frame ``i`` with ``start(i) <= s < start(i + 1)``.
 
 Every service uses these functions (the gateway's read-ahead and interleaving, the renderer's
 viseme timing, the feature stage's windows, the encoder's timestamps and the live sessions'
@@ -49,8 +49,9 @@ def frames_for_samples(samples: int, sample_rate: int, fps: Fraction) -> int:
 
 
 def frame_of_sample(sample: int, sample_rate: int, fps: Fraction) -> int:
-    """The frame that shows ``sample``: ``floor(sample * fps / sample_rate)``."""
-    return (sample * fps.numerator) // (sample_rate * fps.denominator)
+    """The frame that shows ``sample``: the last ``i`` with ``frame_start_sample(i) <= sample``,
+    i.e. ``ceil((sample + 1) * fps / sample_rate) - 1``."""
+    return frames_for_samples(sample + 1, sample_rate, fps) - 1
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -56,6 +59,36 @@ class Service(abc.ABC):
         """Releases resources after the server stopped."""
 
 
+class BindError(RuntimeError):
+    """A port or socket the service needs is taken; the message is one line naming it."""
+
+
+def check_port_free(service: str, what: str, host: str, port: int) -> None:
+    """BindError naming ``host:port`` if something already listens there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "is already in use (another talkmesh mesh?)" if exc.errno == errno.EADDRINUSE else str(exc)
+            raise BindError(f"{service}: {what} port {host}:{port} {reason}") from None
+
+
+def prepare_unix_socket(service: str, path: str) -> None:
+    """Removes a stale socket file at ``path``; BindError if a live server still listens there."""
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(p))
+            except OSError:
+                p.unlink(missing_ok=True)  # nobody listens: a leftover from a killed process
+            else:
+                raise BindError(f"{service}: unix socket {path} is already served by another process")
+    p.parent.mkdir(parents=True, exist_ok=True)
+
+
 class ServiceHost:
     def __init__(self, service: Service, config: ServerConfig) -> None:
         self.service = service
@@ -67,6 +100,7 @@ class ServiceHost:
         self.port = 0
         self.metrics_port = -1
         self._metrics_server: Any = None
+        self._grpc_server: grpc.aio.Server | None = None
         self._names: Sequence[str] = ()
         self._stopped = asyncio.Event()
 
@@ -75,6 +109,25 @@ class ServiceHost:
         return f"{self.config.host}:{self.port}"
 
     async def start(self) -> int:
+        """Binds, serves, warms the service up, then reports ready. On failure nothing is left
+        listening (the error is raised: BindError for a busy port, the service's own otherwise)."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self._abort_start()
+            raise
+
+    async def _abort_start(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(0)
+            self._grpc_server = None
+        self.server = None
+
+    async def _start(self) -> int:
         server = grpc.aio.server(
             interceptors=[ServerInterceptor(self.telemetry, self.admission)],
             options=self._server_options(),
@@ -87,17 +140,35 @@ class ServiceHost:
         )
         await self._set_ready(False)
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
-        if self.port == 0:
-            raise RuntimeError(f"{self.service.name}: could not bind {self.config.host}:{self.config.port}")
-        await server.start()
-        self.server = server
-        if self.config.metrics_port >= 0:
-            httpd, _thread = start_http_server(
-                self.config.metrics_port, addr=self.config.host, registry=self.telemetry.metrics.registry
-            )
+        name, cfg = self.service.name, self.config
+        # Ports are checked before gRPC binds them: a busy port is one clear line (BindError), and
+        # gRPC's SO_REUSEPORT is off, so a second mesh can never silently share a running one's port.
+        if cfg.port:
+            check_port_free(name, "gRPC", cfg.host, cfg.port)
+        if cfg.metrics_port > 0:
+            check_port_free(name, "metrics", cfg.host, cfg.metrics_port)
+        try:
+            self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        except RuntimeError as exc:
+            raise BindError(f"{name}: cannot listen on {cfg.host}:{cfg.port} (gRPC): {exc}") from None
+        if cfg.unix_socket:
+            prepare_unix_socket(name, cfg.unix_socket)
+            try:
+                server.add_insecure_port(f"unix:{cfg.unix_socket}")
+            except RuntimeError as exc:
+                raise BindError(f"{name}: cannot listen on unix:{cfg.unix_socket}: {exc}") from None
+        if cfg.metrics_port >= 0:
+            try:
+                httpd, _thread = start_http_server(
+                    cfg.metrics_port, addr=cfg.host, registry=self.telemetry.metrics.registry
+                )
+            except OSError as exc:
+                raise BindError(f"{name}: cannot listen on {cfg.host}:{cfg.metrics_port} (metrics): {exc}") from None
             self._metrics_server = httpd
             self.metrics_port = httpd.server_port
+        self._grpc_server = server
+        await server.start()
+        self.server = server
         await self.service.start()
         await self._set_ready(True)
         log.info(
@@ -112,6 +183,7 @@ class ServiceHost:
     def _server_options(self) -> list[tuple[str, object]]:
         # Large receive windows: the encoder receives raw frames; for small messages it is harmless.
         opts = channel_options(self.config.max_message_bytes, large_window=True)
+        opts.append(("grpc.so_reuseport", 0))
         if self.config.max_connection_age_seconds > 0:
             opts.append(("grpc.max_connection_age_ms", int(self.config.max_connection_age_seconds * 1000)))
             opts.append(("grpc.max_connection_age_grace_ms", 2**31 - 1))

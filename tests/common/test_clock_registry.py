@@ -1,0 +1,70 @@
+"""The one clock and the service registry."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from talkmesh.common import registry
+from talkmesh.common.clock import MediaClock, fps_fraction, frame_start_sample, frames_for_samples
+
+
+def test_fps_fraction_is_exact() -> None:
+    assert fps_fraction(25.0) == 25
+    assert fps_fraction(12.5) == Fraction(25, 2)
+    assert fps_fraction(30000 / 1001) == Fraction(30000, 1001)
+    for bad in (0, -1, float("nan"), float("inf"), 1e-400):
+        with pytest.raises(ValueError):
+            fps_fraction(bad)
+
+
+@pytest.mark.parametrize("fps", [Fraction(25), Fraction(30000, 1001), Fraction(24)])
+@pytest.mark.parametrize("sr", [16000, 22050, 44100, 48000])
+def test_frames_partition_the_samples_exactly(fps: Fraction, sr: int) -> None:
+    clock = MediaClock(fps, sr)
+    total = 0
+    for i in range(3000):
+        n = clock.samples_in(i)
+        assert n in (sr * fps.denominator // fps.numerator, sr * fps.denominator // fps.numerator + 1)
+        assert clock.frame_of(clock.start(i)) == i
+        assert clock.frame_of(clock.start(i + 1) - 1) == i
+        total += n
+    assert total == clock.start(3000)  # no sample lost or doubled over 2 minutes
+    assert frames_for_samples(clock.start(3000), sr, fps) == 3000
+    assert frames_for_samples(clock.start(3000) + 1, sr, fps) == 3001
+    assert frame_start_sample(3000, sr, fps) == clock.start(3000)
+
+
+def test_registry_is_consistent() -> None:
+    names = registry.NAMES
+    assert names[0] == "gateway" and len(set(names)) == len(names)
+    ports = [registry.spec(n).port for n in names]
+    metrics = [registry.spec(n).metrics_port for n in names]
+    assert len(set(ports + metrics)) == 2 * len(names)
+    for s in registry.SERVICES:
+        assert s.env_prefix == "TALKMESH_" + s.name.upper()
+        for full in s.grpc_service_names():
+            assert full.startswith("talkmesh.")
+        assert all(c in names for c in s.calls)
+    order = [s.name for s in registry.start_order()]
+    for s in registry.SERVICES:
+        for c in s.calls:
+            assert order.index(c) < order.index(s.name)
+    with pytest.raises(KeyError, match="known"):
+        registry.spec("nope")
+
+
+def test_port_base_moves_the_whole_block() -> None:
+    base = 61000
+    used = set()
+    for s in registry.SERVICES:
+        grpc_port, metrics_port = s.ports(base)
+        assert base <= grpc_port < base + registry.PORT_SPAN
+        assert base <= metrics_port < base + registry.PORT_SPAN
+        used |= {grpc_port, metrics_port}
+    assert len(used) == 2 * len(registry.SERVICES)
+    assert registry.spec("renderer").ports(None) == (
+        registry.spec("renderer").port,
+        registry.spec("renderer").metrics_port,
+    )
