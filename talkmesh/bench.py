@@ -131,16 +131,21 @@ async def inprocess_speaker(env: dict[str, str]) -> tuple[Speak, Callable[[], Aw
     """The same five stages in this process: servicers called directly, no gRPC, no network."""
     import importlib
 
+    from services.encoder.render import LocalFrameSource
     from services.gateway.inprocess import InProcessDownstreams
     from services.gateway.main import load_config as gateway_config
     from services.gateway.server import GatewayServicer
-    from talkmesh.common.inprocess import InProcessContext
+    from talkmesh.common.inprocess import HandlerRecorder, InProcessContext
     from talkmesh.common.telemetry import Telemetry
 
-    services = {}
+    services: dict[str, Any] = {}
     for name in ("tts", "audio_features", "renderer", "encoder"):
         main = importlib.import_module(f"services.{name}.main")
-        svc = main.create_service(main.load_config(None, env=env), Telemetry(name))
+        extra = {}
+        if name == "encoder":  # the encoder pulls frames from the renderer's handler, in-process
+            render = HandlerRecorder([services["renderer"]]).behavior("talkmesh.v1.Renderer/Render")
+            extra["frame_source"] = LocalFrameSource(render)
+        svc = main.create_service(main.load_config(None, env=env), Telemetry(name), **extra)
         await svc.start()
         services[name] = svc
     gcfg = gateway_config(None, env=env)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from talkmesh.common.channel import create_channel
+from talkmesh.common.channel import PUBLIC_CLIENT_KEEPALIVE_MS, create_channel
 from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import gateway_pb2_grpc
@@ -40,7 +40,7 @@ class SpeakResult:
 class TalkmeshClient:
     def __init__(self, target: str = "127.0.0.1:50051", *, max_message_bytes: int = 8 * 1024 * 1024) -> None:
         self.target = target
-        self.channel = create_channel(target, max_message_bytes)
+        self.channel = create_channel(target, max_message_bytes, keepalive_ms=PUBLIC_CLIENT_KEEPALIVE_MS)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
 
     async def __aenter__(self) -> TalkmeshClient:

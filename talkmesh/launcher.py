@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from talkmesh.common import registry
+
 log = logging.getLogger(__name__)
 
 INTERNAL = ("tts", "audio_features", "renderer", "encoder")
@@ -57,13 +59,20 @@ class Mesh:
 
     async def start(self) -> Mesh:
         try:
-            await asyncio.gather(*(self._spawn(name, {}) for name in INTERNAL))
-            targets = {f"{env_prefix('gateway')}__{n.upper()}__TARGET": self.address(n) for n in INTERNAL}
-            await self._spawn("gateway", targets)
+            # Services start in waves: each after the services it calls (registry.start_order),
+            # with their addresses passed as TALKMESH_<SERVICE>__<CALLEE>__TARGET.
+            pending = list(registry.start_order())
+            while pending:
+                wave = [s for s in pending if all(c in self.processes for c in s.calls)]
+                await asyncio.gather(*(self._spawn(s.name, self._targets(s)) for s in wave))
+                pending = [s for s in pending if s not in wave]
         except BaseException:
             await self.stop()
             raise
         return self
+
+    def _targets(self, service: registry.ServiceSpec) -> dict[str, str]:
+        return {f"{service.env_prefix}__{c.upper()}__TARGET": self.address(c) for c in service.calls}
 
     async def _spawn(self, name: str, extra_env: Mapping[str, str]) -> None:
         env = dict(os.environ)

@@ -10,11 +10,10 @@ from pathlib import Path
 
 from opentelemetry.trace import TracerProvider
 
+from talkmesh.common import registry
 from talkmesh.common.config import ServerConfig
 from talkmesh.common.server import ServiceHost
 from talkmesh.common.telemetry import Telemetry
-
-INTERNAL = ("tts", "audio_features", "renderer", "encoder")
 
 
 @dataclass
@@ -45,12 +44,12 @@ async def inprocess_mesh(
     mesh = InProcessMesh()
     server_cfg = ServerConfig(port=0, metrics_port=0 if metrics else -1, grace_seconds=2.0)
     async with contextlib.AsyncExitStack() as stack:
-        for name in (*INTERNAL, "gateway"):
-            main = importlib.import_module(f"services.{name}.main")
+        for spec in registry.start_order():
+            name = spec.name
+            main = importlib.import_module(spec.main_module)
             local_env = dict(base_env)
-            if name == "gateway":
-                for n in INTERNAL:
-                    local_env[f"TALKMESH_GATEWAY__{n.upper()}__TARGET"] = mesh.hosts[n].address
+            for callee in spec.calls:
+                local_env[f"{spec.env_prefix}__{callee.upper()}__TARGET"] = mesh.hosts[callee].address
             config = main.load_config(None, env=local_env)
             tel = Telemetry(name, tracer_provider=tracer_provider)
             host = ServiceHost(main.create_service(config, tel), server_cfg)

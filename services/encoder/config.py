@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from talkmesh.common.config import ConfigError, ServerConfig
+from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
+from talkmesh.common.registry import default_target
 
 ENCODER_CHOICES = ("auto", "nvenc", "x264")
 H264_PROFILES = ("baseline", "main", "high")
@@ -152,8 +153,15 @@ class EncoderConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     defaults: StreamDefaults = field(default_factory=StreamDefaults)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # Where rendered frames come from when a stream asks the encoder to render (EncodeConfig.render):
+    # the renderer, ideally in the same pod ("unix:///run/talkmesh/renderer.sock") or on localhost.
+    renderer: Endpoint = field(default_factory=lambda: Endpoint(default_target("renderer")))
+    # Audio released to the AAC encoder ahead of the frame being encoded (seconds), when rendering.
+    audio_lead_seconds: float = 0.25
 
     def validate(self) -> None:
+        if not 0 <= self.audio_lead_seconds <= 2:
+            raise ConfigError("audio_lead_seconds: must be within 0..2")
         if self.limits.max_chunk_bytes > self.server.max_message_bytes - 64 * 1024:
             raise ConfigError("limits.max_chunk_bytes: must stay at least 64 KiB below server.max_message_bytes")
         if self.defaults.fragment_ms > self.limits.max_fragment_ms:

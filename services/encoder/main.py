@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 
 from services.encoder.backends import probe_nvenc
 from services.encoder.config import EncoderConfig
+from services.encoder.render import FrameSource
 from services.encoder.server import EncoderService
 from talkmesh.common.server import Service
 from talkmesh.common.service_config import load_service_config
@@ -21,7 +22,12 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
 
 
 def create_service(
-    config: EncoderConfig, telemetry: Telemetry, *, nvenc_probe: Callable[[int], bool] = probe_nvenc
+    config: EncoderConfig,
+    telemetry: Telemetry,
+    *,
+    nvenc_probe: Callable[[int], bool] = probe_nvenc,
+    frame_source: FrameSource | None = None,
 ) -> Service:
-    """The encoder service; NVENC is probed in ``start()`` (``nvenc_probe`` replaces the probe)."""
-    return EncoderService(config, telemetry, nvenc_probe=nvenc_probe)
+    """The encoder service; NVENC is probed in ``start()`` (``nvenc_probe`` replaces the probe).
+    ``frame_source`` replaces the gRPC connection to the renderer (in-process runs)."""
+    return EncoderService(config, telemetry, nvenc_probe=nvenc_probe, frame_source=frame_source)

@@ -1,17 +1,19 @@
 """The Encoder gRPC servicer and service.
 
-Per stream: a reader task moves requests into a bounded queue (``limits.input_queue``), the
-handler takes them one by one, encodes in a worker thread and yields the output before taking the
-next. A slow receiver therefore stops the handler at ``yield``, the queue fills, the reader stops
-reading and gRPC flow control pushes back on the sender: memory stays bounded.
+Two ways in, one encoder: the caller sends raw frames (``_encode_frames``), or it sends the
+renderer's input and the encoder pulls the frames from the renderer itself (``_encode_rendered``,
+the mesh's data plane: raw frames stay between the renderer and the encoder). Either way a reader
+task feeds a bounded channel, frames are encoded in a worker thread, and a slow receiver stops the
+handler at ``yield``, which stops the reader and lets gRPC flow control push back on the sender.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -20,24 +22,24 @@ from opentelemetry import trace
 from services.encoder.backends import X264Backend, probe_nvenc, select_backend
 from services.encoder.backends.base import VideoBackend
 from services.encoder.config import EncoderConfig
-from services.encoder.session import EncodeSession
+from services.encoder.interleave import AudioInterleaver
+from services.encoder.render import FrameSource, GrpcFrameSource
+from services.encoder.session import EncodeSession, StreamParams
 from services.encoder.validation import FrameAssembler, check_audio, stream_params
-from talkmesh.common.errors import InvalidArgument, Unavailable
+from talkmesh.common.aio import Chan, TaskSet
+from talkmesh.common.clock import MediaClock
+from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.server import Service
+from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
-from talkmesh.v1 import encoder_pb2, encoder_pb2_grpc
+from talkmesh.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, renderer_pb2
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "talkmesh.v1.Encoder"
-
-
-@dataclass(frozen=True)
-class _Closed:
-    """The request stream ended (``error`` set when reading it failed)."""
-
-    error: BaseException | None = None
+#: Whole-file MP4 streams output nothing until the end; they report progress this often (frames).
+PROGRESS_EVERY_FRAMES = 5
 
 
 class _Output:
@@ -48,6 +50,8 @@ class _Output:
         self.max_chunk_bytes = max_chunk_bytes
         self.seq = 0
         self.described = False
+        self.stages: list[common_pb2.StageTiming] = []
+        self.frames_inferred = 0
 
     def chunks(self, data: bytes, session: EncodeSession, *, init: bool = False) -> list[encoder_pb2.MediaChunk]:
         out = []
@@ -76,7 +80,15 @@ class _Output:
             frames_encoded=session.frames_in,
             mime_type=session.mime_type,
             video_encoder=session.video_encoder,
+            stages=self.stages,
+            frames_inferred=self.frames_inferred,
         )
+        self.seq += 1
+        return msg
+
+    def progress(self, session: EncodeSession) -> encoder_pb2.MediaChunk:
+        """A message without data that only reports ``frames_encoded`` (whole-file MP4 streams)."""
+        msg = encoder_pb2.MediaChunk(request_id=self.request_id, seq=self.seq, frames_encoded=session.frames_in)
         self.seq += 1
         return msg
 
@@ -87,9 +99,10 @@ class _Output:
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
-    def __init__(self, config: EncoderConfig, telemetry: Telemetry) -> None:
+    def __init__(self, config: EncoderConfig, telemetry: Telemetry, frame_source: FrameSource | None = None) -> None:
         self.config = config
         self.telemetry = telemetry
+        self.frame_source = frame_source
         # Set by EncoderService.start() once the probe has run.
         self.backend: VideoBackend | None = None
         self.fallback: VideoBackend | None = None
@@ -99,128 +112,271 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     ) -> AsyncIterator[encoder_pb2.MediaChunk]:
         if self.backend is None:
             raise Unavailable("the encoder is still starting")
-        queue: asyncio.Queue[encoder_pb2.EncodeRequest | _Closed] = asyncio.Queue(
-            maxsize=self.config.limits.input_queue
+        idle = self.config.server.idle_timeout
+        stream: RequestStream[encoder_pb2.EncodeRequest] = await RequestStream.open(
+            request_iterator, "config", first_timeout=idle, idle_timeout=idle, what="encode stream"
         )
-        reader = asyncio.create_task(_read(request_iterator, queue), name="encoder-read-requests")
-        try:
-            async for chunk in self._encode(queue, self.backend):
+        if stream.config.HasField("render"):
+            encode = self._encode_rendered(stream, context.time_remaining())
+        else:
+            encode = self._encode_frames(stream)
+        async with contextlib.aclosing(encode) as chunks:
+            async for chunk in chunks:
                 yield chunk
-        finally:
-            reader.cancel()
-            await asyncio.wait([reader])
 
-    async def _encode(
-        self, queue: asyncio.Queue[encoder_pb2.EncodeRequest | _Closed], backend: VideoBackend
-    ) -> AsyncIterator[encoder_pb2.MediaChunk]:
-        started = time.perf_counter()
-        gauge = self.telemetry.queue_gauge("input")
-        metrics = self.telemetry.metrics
-        svc = self.telemetry.service
-
-        async def next_request() -> encoder_pb2.EncodeRequest:
-            item = await queue.get()
-            gauge.set(queue.qsize())
-            if isinstance(item, _Closed):
-                if item.error is not None:
-                    raise item.error
-                raise InvalidArgument("end_of_stream", "the request stream ended without end_of_stream")
-            return item
-
-        first = await next_request()
-        if first.WhichOneof("kind") != "config":
-            raise InvalidArgument("config", "the first message must carry the EncodeConfig")
-        params = stream_params(first.config, self.config)
-        request_id = first.config.request_id or first.request_id or request_id_var.get()
-        session = EncodeSession(
+    def _session(self, params: StreamParams) -> EncodeSession:
+        assert self.backend is not None
+        return EncodeSession(
             params,
-            backend,
+            self.backend,
             self.config.audio,
             fallback=self.fallback if self.config.video.fallback_to_x264 else None,
             max_file_bytes=self.config.limits.max_file_bytes,
         )
+
+    async def _open(self, session: EncodeSession, output: _Output) -> list[encoder_pb2.MediaChunk]:
+        params = session.params
+        with self.telemetry.stage("open", container=params.container):
+            init = await asyncio.to_thread(session.open)
+        log.info(
+            "encoding %dx%d@%s %s (%s) with %s",
+            params.width,
+            params.height,
+            params.fps,
+            params.container,
+            session.mime_type,
+            session.video_encoder,
+        )
+        return output.chunks(init, session, init=params.container == "fmp4")
+
+    async def _finish(self, session: EncodeSession, output: _Output, started: float) -> list[encoder_pb2.MediaChunk]:
+        with self.telemetry.stage("finish"):
+            tail = await asyncio.to_thread(session.finish)
+        wall = time.perf_counter() - started
+        if wall > 0 and session.frames_in:
+            self.telemetry.metrics.realtime_factor.labels(self.telemetry.service).observe(
+                session.frames_in / float(session.params.fps) / wall
+            )
+        return [*output.chunks(tail, session), output.end(session)]
+
+    def _first_fragment(self, started: float) -> None:
+        self.telemetry.metrics.time_to_first_frame.labels(self.telemetry.service).observe(time.perf_counter() - started)
+        trace.get_current_span().add_event("first_fragment")
+
+    # -- raw frames from the caller ------------------------------------------------------------
+    async def _encode_frames(
+        self, stream: RequestStream[encoder_pb2.EncodeRequest]
+    ) -> AsyncGenerator[encoder_pb2.MediaChunk, None]:
+        """Frames and audio from the caller, encoded in the order they arrive.
+
+        A reader task moves requests into a bounded channel (``limits.input_queue``) while the
+        previous one is being encoded; a slow receiver stops this generator at ``yield``, the
+        channel fills, the reader stops reading and gRPC flow control pushes back on the sender.
+        """
+        started = time.perf_counter()
+        params = stream_params(stream.config, self.config)
+        request_id = stream.config.request_id or stream.head.request_id or request_id_var.get()
+        session = self._session(params)
         output = _Output(request_id, self.config.limits.max_chunk_bytes)
         frames = FrameAssembler(params)
+        inputs: Chan[encoder_pb2.EncodeRequest] = Chan(
+            self.config.limits.input_queue, gauge=self.telemetry.queue_gauge("input")
+        )
         first_fragment_sent = False
         try:
-            with self.telemetry.stage("open", container=params.container):
-                init = await asyncio.to_thread(session.open)
-            log.info(
-                "encoding %dx%d@%s %s (%s) with %s",
-                params.width,
-                params.height,
-                params.fps,
-                params.container,
-                session.mime_type,
-                session.video_encoder,
-            )
-            for msg in output.chunks(init, session, init=params.container == "fmp4"):
-                yield msg
-            done = first.end_of_stream
-            while not done:
-                req = await next_request()
-                done = req.end_of_stream
-                kind = req.WhichOneof("kind")
-                data = b""
-                if kind == "frame":
-                    raw = frames.add(req.frame)
-                    if raw is not None:
-                        t0 = time.perf_counter()
-                        data = await asyncio.to_thread(session.add_frame, raw)
-                        self.telemetry.observe_stage("frame", time.perf_counter() - t0)
-                        metrics.frames_total.labels(svc).inc()
-                elif kind == "audio":
-                    check_audio(req.audio, params, session.samples_in)
-                    data = await asyncio.to_thread(session.add_audio, req.audio.pcm)
-                elif kind == "config":
-                    raise InvalidArgument("config", "sent twice; only the first message carries it")
-                if data:
-                    if not first_fragment_sent:
-                        first_fragment_sent = True
-                        metrics.time_to_first_frame.labels(svc).observe(time.perf_counter() - started)
-                        trace.get_current_span().add_event("first_fragment")
-                    for msg in output.chunks(data, session):
-                        yield msg
-            if frames.pending:
-                raise InvalidArgument("frame.part_index", f"frame {frames.next_index} is missing parts")
-            with self.telemetry.stage("finish"):
-                tail = await asyncio.to_thread(session.finish)
-            for msg in output.chunks(tail, session):
-                yield msg
-            yield output.end(session)
-            wall = time.perf_counter() - started
-            if wall > 0 and session.frames_in:
-                metrics.realtime_factor.labels(svc).observe(session.frames_in / float(params.fps) / wall)
+            async with TaskSet("encoder", on_error=inputs.close) as tasks:
+                tasks.spawn(_forward(stream, inputs), name="read-requests")
+                for msg in await self._open(session, output):
+                    yield msg
+                async for req in inputs:
+                    kind = req.WhichOneof("kind")
+                    data = b""
+                    if kind == "frame":
+                        raw = frames.add(req.frame)
+                        if raw is not None:
+                            data = await self._encode_frame(session, b"", raw)
+                    elif kind == "audio":
+                        check_audio(req.audio, params, session.samples_in)
+                        data = await asyncio.to_thread(session.add_audio, req.audio.pcm)
+                    elif kind in ("visemes", "features"):
+                        raise InvalidArgument(kind, "renderer input needs config.render (the encoder renders)")
+                    if data:
+                        if not first_fragment_sent:
+                            first_fragment_sent = True
+                            self._first_fragment(started)
+                        for msg in output.chunks(data, session):
+                            yield msg
+                if frames.pending:
+                    raise InvalidArgument("frame.part_index", f"frame {frames.next_index} is missing parts")
+                for msg in await self._finish(session, output, started):
+                    yield msg
         finally:
             # Releases the encoder if the stream failed or was cancelled (no-op after finish()).
             await asyncio.to_thread(session.close)
 
+    async def _encode_frame(self, session: EncodeSession, pcm: bytes, raw: bytes) -> bytes:
+        t0 = time.perf_counter()
+        data = await asyncio.to_thread(session.add_audio_then_frame, pcm, raw)
+        self.telemetry.observe_stage("frame", time.perf_counter() - t0)
+        self.telemetry.metrics.frames_total.labels(self.telemetry.service).inc()
+        return data
 
-async def _read(
-    requests: AsyncIterator[encoder_pb2.EncodeRequest], queue: asyncio.Queue[encoder_pb2.EncodeRequest | _Closed]
+    # -- frames pulled from the renderer ---------------------------------------------------------
+    async def _encode_rendered(
+        self, stream: RequestStream[encoder_pb2.EncodeRequest], timeout: float | None
+    ) -> AsyncGenerator[encoder_pb2.MediaChunk, None]:
+        """The caller sends audio and the renderer's input; the encoder pulls the frames.
+
+        A reader task routes the caller's messages: audio into the ``AudioInterleaver``, visemes
+        and features into the Render stream's bounded input channel. Frames are encoded as they
+        come back, each after the audio up to its end (plus ``audio_lead_seconds``).
+        """
+        if self.frame_source is None:
+            raise FailedPrecondition("config.render: this encoder has no renderer configured")
+        started = time.perf_counter()
+        cfg = stream.config
+        base = stream_params(cfg, self.config, size=(2, 2), pixel_format_value=common_pb2.PIXEL_FORMAT_I420)
+        request_id = cfg.request_id or stream.head.request_id or request_id_var.get()
+        rate = base.sample_rate or 1
+        audio = AudioInterleaver(MediaClock(base.fps, rate), round(self.config.audio_lead_seconds * rate))
+        render_in: Chan[renderer_pb2.RenderRequest] = Chan(
+            self.config.limits.input_queue, gauge=self.telemetry.queue_gauge("render_input")
+        )
+        render_in.send_nowait(renderer_pb2.RenderRequest(request_id=request_id, config=_render_config(cfg, base)))
+        output = _Output(request_id, self.config.limits.max_chunk_bytes)
+        timing = _RenderTiming()
+        session: EncodeSession | None = None
+        frames: FrameAssembler | None = None
+        source = self.frame_source.render(render_in, timeout)
+        try:
+            async with TaskSet("encoder", on_error=render_in.close) as tasks:
+                reader = tasks.spawn(_route(stream, audio, render_in, timing, base), name="route-requests")
+                async for vf in source:
+                    if vf.end_of_stream:
+                        break
+                    if session is None:
+                        timing.first_frame = time.perf_counter()
+                        trace.get_current_span().add_event("first_frame")
+                        params = stream_params(
+                            cfg, self.config, size=(vf.width, vf.height), pixel_format_value=vf.pixel_format
+                        )
+                        session = self._session(params)
+                        frames = FrameAssembler(params)
+                        for msg in await self._open(session, output):
+                            yield msg
+                    assert frames is not None
+                    raw = frames.add(vf)
+                    if raw is None:
+                        continue
+                    output.frames_inferred += int(vf.inferred)
+                    data = await self._encode_frame(session, audio.until_frame(vf.frame_index), raw)
+                    if data:
+                        if not timing.first_fragment:
+                            timing.first_fragment = time.perf_counter()
+                            self._first_fragment(started)
+                        for msg in output.chunks(data, session):
+                            yield msg
+                    elif session.frames_in % PROGRESS_EVERY_FRAMES == 0:
+                        yield output.progress(session)  # whole-file MP4: the caller still sees progress
+                await reader  # the caller's input has ended, so the audio is complete
+                if session is None or frames is None:
+                    raise FailedPrecondition("renderer: produced no frames")
+                if frames.pending:
+                    raise InvalidArgument("frame.part_index", f"frame {frames.next_index} is missing parts")
+                tail = audio.rest()
+                if tail:
+                    for msg in output.chunks(await asyncio.to_thread(session.add_audio, tail), session):
+                        yield msg
+                output.stages = timing.stages()
+                for msg in await self._finish(session, output, started):
+                    yield msg
+        finally:
+            await source.cancel()
+            if session is not None:
+                await asyncio.to_thread(session.close)
+
+
+def _render_config(cfg: encoder_pb2.EncodeConfig, params: StreamParams) -> renderer_pb2.RenderConfig:
+    """The caller's render config with the stream's clock filled in (request id, fps, sample rate)."""
+    out = renderer_pb2.RenderConfig()
+    out.CopyFrom(cfg.render)
+    out.request_id = out.request_id or cfg.request_id
+    out.fps = out.fps or float(params.fps)
+    out.sample_rate = out.sample_rate or params.sample_rate
+    return out
+
+
+@dataclass
+class _RenderTiming:
+    first_input: float = 0.0
+    first_frame: float = 0.0
+    first_fragment: float = 0.0
+
+    def stages(self) -> list[common_pb2.StageTiming]:
+        out = []
+        if self.first_input and self.first_frame:
+            seconds = max(0.0, self.first_frame - self.first_input)
+            out.append(common_pb2.StageTiming(service="renderer", stage="first_frame", seconds=seconds))
+        if self.first_frame and self.first_fragment:
+            seconds = max(0.0, self.first_fragment - self.first_frame)
+            out.append(common_pb2.StageTiming(service="encoder", stage="first_fragment", seconds=seconds))
+        return out
+
+
+async def _forward(stream: RequestStream[encoder_pb2.EncodeRequest], inputs: Chan[encoder_pb2.EncodeRequest]) -> None:
+    """Moves the caller's requests into ``inputs`` (closed at the end)."""
+    async for req in stream:
+        await inputs.send(req)
+    inputs.close()
+
+
+async def _route(
+    stream: RequestStream[encoder_pb2.EncodeRequest],
+    audio: AudioInterleaver,
+    render_in: Chan[renderer_pb2.RenderRequest],
+    timing: _RenderTiming,
+    params: StreamParams,
 ) -> None:
-    try:
-        async for req in requests:
-            await queue.put(req)
-            if req.end_of_stream:
-                return
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # a broken request stream ends the encode with that error
-        await queue.put(_Closed(exc))
-        return
-    await queue.put(_Closed())
+    """Audio to the interleaver, renderer input to the Render stream; closes it at the end."""
+    seq = 1
+    async for req in stream:
+        kind = req.WhichOneof("kind")
+        if kind == "audio":
+            if not params.sample_rate:
+                raise InvalidArgument("audio", "config.sample_rate is 0 (no audio track), but audio arrived")
+            audio.add(req.audio)
+        elif kind in ("visemes", "features"):
+            if not timing.first_input:
+                timing.first_input = time.perf_counter()
+            msg = renderer_pb2.RenderRequest(request_id=req.request_id, seq=seq)
+            if kind == "visemes":
+                msg.visemes.CopyFrom(req.visemes)
+            else:
+                msg.features.CopyFrom(req.features)
+            await render_in.send(msg)
+            seq += 1
+        elif kind == "frame":
+            raise InvalidArgument("frame", "config.render is set: the frames come from the renderer")
+    await render_in.send(renderer_pb2.RenderRequest(seq=seq, end_of_stream=True))
+    render_in.close()
 
 
 class EncoderService(Service):
     name = "encoder"
 
     def __init__(
-        self, config: EncoderConfig, telemetry: Telemetry, *, nvenc_probe: Callable[[int], bool] = probe_nvenc
+        self,
+        config: EncoderConfig,
+        telemetry: Telemetry,
+        *,
+        nvenc_probe: Callable[[int], bool] = probe_nvenc,
+        frame_source: FrameSource | None = None,
     ) -> None:
+        """``frame_source`` replaces the gRPC connection to ``config.renderer`` (in-process runs)."""
         super().__init__(telemetry)
         self.config = config
-        self.servicer = EncoderServicer(config, telemetry)
+        self.frame_source = frame_source or GrpcFrameSource(config.renderer, config.server.max_message_bytes)
+        self.servicer = EncoderServicer(config, telemetry, self.frame_source)
         self._probe = nvenc_probe
         self.backend: VideoBackend | None = None
 
@@ -243,3 +399,6 @@ class EncoderService(Service):
             video.encoder,
             extra={"fields": {"video_encoder": backend.name}},
         )
+
+    async def stop(self) -> None:
+        await self.frame_source.close()

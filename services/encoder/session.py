@@ -231,6 +231,12 @@ class EncodeSession:
         return self._take()
 
     @_locked
+    def add_audio_then_frame(self, pcm: bytes, frame: bytes) -> bytes:
+        """``add_audio(pcm)`` then ``add_frame(frame)`` in one call (one thread hop per frame)."""
+        out = self.add_audio(pcm) if pcm else b""
+        return out + self.add_frame(frame)
+
+    @_locked
     def add_audio(self, pcm: bytes) -> bytes:
         """Encodes PCM s16le mono samples that continue the audio so far."""
         samples = np.frombuffer(pcm, "<i2")

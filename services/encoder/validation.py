@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
+import math
 
 from services.encoder.config import EncoderConfig
 from services.encoder.session import StreamParams
+from talkmesh.common.clock import fps_fraction
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.v1 import common_pb2, encoder_pb2
 
-_PIXEL_FORMATS = {
+_PIXEL_FORMATS: dict[int, str] = {
     common_pb2.PIXEL_FORMAT_UNSPECIFIED: "i420",
     common_pb2.PIXEL_FORMAT_I420: "i420",
     common_pb2.PIXEL_FORMAT_RGB24: "rgb24",
@@ -24,25 +25,35 @@ MAX_PARTS = 4096
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192_000
 
 
-def stream_params(msg: encoder_pb2.EncodeConfig, config: EncoderConfig) -> StreamParams:
-    """A validated StreamParams from the first message; raises InvalidArgument naming the field."""
+def stream_params(
+    msg: encoder_pb2.EncodeConfig,
+    config: EncoderConfig,
+    *,
+    size: tuple[int, int] | None = None,
+    pixel_format_value: int | None = None,
+) -> StreamParams:
+    """A validated StreamParams from the first message; raises InvalidArgument naming the field.
+
+    ``size`` and ``pixel_format_value`` replace the message's when the frames come from the
+    renderer (their size is known from the first frame).
+    """
     limits = config.limits
-    if msg.width == 0 or msg.height == 0:
-        raise InvalidArgument("config.width", "width and height are required")
-    if msg.width > limits.max_width or msg.height > limits.max_height:
-        raise InvalidArgument(
-            "config.width", f"{msg.width}x{msg.height} exceeds the limit {limits.max_width}x{limits.max_height}"
-        )
-    if msg.width % 2 or msg.height % 2:
-        raise InvalidArgument("config.width", f"{msg.width}x{msg.height}: width and height must be even")
+    width, height = size if size is not None else (msg.width, msg.height)
+    where = "frame.width" if size is not None else "config.width"
+    if width == 0 or height == 0:
+        raise InvalidArgument(where, "width and height are required")
+    if width > limits.max_width or height > limits.max_height:
+        raise InvalidArgument(where, f"{width}x{height} exceeds the limit {limits.max_width}x{limits.max_height}")
+    if width % 2 or height % 2:
+        raise InvalidArgument(where, f"{width}x{height}: width and height must be even")
     fps_value = msg.fps or config.defaults.fps
-    if not 1 <= fps_value <= limits.max_fps:
-        raise InvalidArgument("config.fps", f"{msg.fps} is outside 1..{limits.max_fps}")
-    # 29.97 arrives as a float; 30000/1001 is what it means.
-    fps = Fraction(fps_value).limit_denominator(1001)
-    pixel_format = _PIXEL_FORMATS.get(msg.pixel_format)
+    if not math.isfinite(fps_value) or not 1 <= fps_value <= limits.max_fps:
+        raise InvalidArgument("config.fps", f"{msg.fps:g} is outside 1..{limits.max_fps:g}")
+    fps = fps_fraction(fps_value)
+    pf = int(msg.pixel_format if pixel_format_value is None else pixel_format_value)
+    pixel_format = _PIXEL_FORMATS.get(pf)
     if pixel_format is None:
-        raise InvalidArgument("config.pixel_format", f"unsupported pixel format {msg.pixel_format}")
+        raise InvalidArgument("config.pixel_format", f"unsupported pixel format {pf}")
     if msg.sample_rate and not MIN_SAMPLE_RATE <= msg.sample_rate <= MAX_SAMPLE_RATE:
         raise InvalidArgument(
             "config.sample_rate", f"{msg.sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}"
@@ -57,8 +68,8 @@ def stream_params(msg: encoder_pb2.EncodeConfig, config: EncoderConfig) -> Strea
     if fragment_ms > limits.max_fragment_ms:
         raise InvalidArgument("config.fragment_ms", f"{fragment_ms} exceeds {limits.max_fragment_ms}")
     return StreamParams(
-        width=msg.width,
-        height=msg.height,
+        width=width,
+        height=height,
         fps=fps,
         pixel_format=pixel_format,
         sample_rate=msg.sample_rate,

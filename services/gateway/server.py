@@ -12,9 +12,12 @@ import grpc
 
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, GrpcDownstreams
-from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline, StageError
-from talkmesh.common.errors import InvalidArgument
+from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline
+from talkmesh.common.calls import CallStream
+from talkmesh.common.errors import FailedPrecondition, InvalidArgument
+from talkmesh.common.interceptors import outgoing_metadata
 from talkmesh.common.server import Service
+from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import gateway_pb2 as gpb
@@ -79,58 +82,45 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def SpeakStream(
         self, request_iterator: AsyncIterator[gpb.SpeakStreamRequest], context: Any
     ) -> AsyncIterator[gpb.SpeakChunk]:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("kind") != "start":
-            raise InvalidArgument("start", "the first message must carry the request (start)")
-        validate_request(first.start, self.config, streaming=True)
-        rid = first.start.request_id or uuid.uuid4().hex
+        idle = self.config.server.idle_timeout
+        stream: RequestStream[gpb.SpeakStreamRequest] = await RequestStream.open(
+            request_iterator, "start", first_timeout=idle, idle_timeout=idle, what="text stream"
+        )
+        validate_request(stream.config, self.config, streaming=True)
+        rid = stream.config.request_id or uuid.uuid4().hex
         limit = self.config.max_text_chars
 
         async def pieces() -> AsyncIterator[str]:
             total = 0
-            async for msg in request_iterator:
+            async for msg in stream:
                 if msg.WhichOneof("kind") != "text":
-                    raise InvalidArgument("start", "only the first message may carry the request")
+                    raise InvalidArgument("text", "every message after start must carry text")
                 total += len(msg.text)
                 if total > limit:
                     raise InvalidArgument("text", f"streamed text exceeds the limit of {limit} characters")
                 yield msg.text
 
-        async for chunk in self.pipeline.run(first.start, rid, self._timeout(context), text_pieces=pieces()):
+        async for chunk in self.pipeline.run(stream.config, rid, self._timeout(context), text_pieces=pieces()):
             yield chunk
 
-    # -- proxies to the owning services ----------------------------------------------------
+    # -- proxies to the owning services (one code path: trace context and request id) ---------
     def _grpc(self) -> GrpcDownstreams:
-        assert isinstance(self.downstreams, GrpcDownstreams)
+        if not isinstance(self.downstreams, GrpcDownstreams):
+            raise FailedPrecondition("avatar and voice management needs the gRPC mesh")
         return self.downstreams
 
-    async def _proxy(self, stage: str, call: Any) -> Any:
-        try:
-            return await call
-        except grpc.aio.AioRpcError as exc:
-            raise StageError(stage, exc) from exc
-
     async def ListVoices(self, request: tpb.ListVoicesRequest, context: Any) -> tpb.ListVoicesResponse:
-        ds = self._grpc()
-        return await self._proxy("tts", ds.tts.ListVoices(request, timeout=self.config.tts.timeout_seconds))
+        return await self._grpc().unary("tts", "ListVoices", request, self.config.tts.timeout_seconds)
 
     async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
-        ds = self._grpc()
-        return await self._proxy(
-            "renderer", ds.renderer.ListAvatars(request, timeout=self.config.renderer.timeout_seconds)
-        )
+        return await self._grpc().unary("renderer", "ListAvatars", request, self.config.renderer.timeout_seconds)
 
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
-        ds = self._grpc()
-        return await self._proxy(
-            "renderer", ds.renderer.RegisterAvatar(request_iterator, timeout=self._timeout(context))
-        )
+        call = self._grpc().renderer.RegisterAvatar(timeout=self._timeout(context), metadata=outgoing_metadata())
+        return await CallStream(call, request_iterator, stage="renderer").response()
 
     async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
-        ds = self._grpc()
-        return await self._proxy(
-            "renderer", ds.renderer.DeleteAvatar(request, timeout=self.config.renderer.timeout_seconds)
-        )
+        return await self._grpc().unary("renderer", "DeleteAvatar", request, self.config.renderer.timeout_seconds)
 
 
 class GatewayService(Service):

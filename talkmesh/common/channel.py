@@ -10,30 +10,75 @@ from talkmesh.common.interceptors import client_interceptors
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
+# Keepalive, one policy for both ends. Services ping the next stage every 2 s (with or without
+# calls) and give up after 2 s without an answer, so a hung stage (SIGSTOP, a dead node) fails the
+# streams in flight within ~4 s and new calls fail fast instead of waiting for their deadline.
+# Servers accept pings as often as every second and never count them as abuse; the clients'
+# interval must never be shorter than what servers accept, or servers answer with GOAWAY
+# "too_many_pings" (a test checks the two).
+CLIENT_KEEPALIVE_MS = 2_000
+CLIENT_KEEPALIVE_TIMEOUT_MS = 2_000
+#: External clients (the Python client, the web edge) ping less often.
+PUBLIC_CLIENT_KEEPALIVE_MS = 20_000
+SERVER_MIN_PING_INTERVAL_MS = 1_000
+SERVER_KEEPALIVE_MS = 10_000
+SERVER_KEEPALIVE_TIMEOUT_MS = 5_000
 
-def channel_options(
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, large_window: bool = False, bdp_probe: bool = True
-) -> list[tuple[str, object]]:
-    """Options for channels and servers.
+
+def server_keepalive_options() -> list[tuple[str, object]]:
+    """What servers accept from clients and how they detect dead clients themselves."""
+    return [
+        ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", SERVER_KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", SERVER_MIN_PING_INTERVAL_MS),
+        ("grpc.http2.min_ping_interval_without_data_ms", SERVER_MIN_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+def client_keepalive_options(interval_ms: int = CLIENT_KEEPALIVE_MS) -> list[tuple[str, object]]:
+    return [
+        ("grpc.keepalive_time_ms", interval_ms),
+        ("grpc.keepalive_timeout_ms", CLIENT_KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def transport_options(max_message_bytes: int, *, large_window: bool = False) -> list[tuple[str, object]]:
+    """Message limits (explicit, both directions) and the HTTP/2 window, for channels and servers.
 
     ``large_window``: the HTTP/2 stream window starts large enough for two whole messages, so a
     raw video frame is not held up by window updates (the default 64 KiB initial window costs round
     trips on every 400 KB frame until BDP probing grows it); for whoever *receives* frames.
+    """
+    options: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+    if large_window:
+        options.append(("grpc.http2.lookahead_bytes", 2 * max_message_bytes))
+    return options
+
+
+def channel_options(
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    *,
+    large_window: bool = False,
+    bdp_probe: bool = True,
+    keepalive_ms: int = CLIENT_KEEPALIVE_MS,
+) -> list[tuple[str, object]]:
+    """Options for client channels (``transport_options`` plus keepalive and load balancing).
+
     ``bdp_probe=False`` keeps the window at its initial size, so a fast producer (TTS) is held back
     by flow control instead of running arbitrarily far ahead of its reader.
     """
     # round_robin spreads streams over every address a headless Service resolves to ("dns:///...").
     service_config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
-    options: list[tuple[str, object]] = [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.service_config", json.dumps(service_config)),
-        ("grpc.enable_retries", 1),
-    ]
-    if large_window:
-        options.append(("grpc.http2.lookahead_bytes", 2 * max_message_bytes))
+    options = transport_options(max_message_bytes, large_window=large_window)
+    options += client_keepalive_options(keepalive_ms)
+    options += [("grpc.service_config", json.dumps(service_config)), ("grpc.enable_retries", 1)]
     if not bdp_probe:
         options.append(("grpc.http2.bdp_probe", 0))
     return options
@@ -46,11 +91,14 @@ def create_channel(
     interceptors: bool = True,
     large_window: bool = False,
     bdp_probe: bool = True,
+    keepalive_ms: int = CLIENT_KEEPALIVE_MS,
 ) -> grpc.aio.Channel:
     """A channel whose calls carry the trace context and request id (``interceptors=False``: the
     caller passes ``outgoing_metadata()`` itself, see services/gateway/downstream.py for why)."""
     return grpc.aio.insecure_channel(
         target,
-        options=channel_options(max_message_bytes, large_window=large_window, bdp_probe=bdp_probe),
+        options=channel_options(
+            max_message_bytes, large_window=large_window, bdp_probe=bdp_probe, keepalive_ms=keepalive_ms
+        ),
         interceptors=client_interceptors() if interceptors else None,
     )

@@ -138,7 +138,11 @@ class StageError(TalkmeshError):
     """A downstream stage failed: keeps its status code (and details) and names the stage."""
 
     def __init__(self, stage: str, exc: grpc.aio.AioRpcError) -> None:
-        super().__init__(f"{stage}: {exc.details() or exc.code().name}")
+        details = exc.details() or exc.code().name
+        # A stage that relays another stage's error has already named it ("renderer: ..." coming
+        # back through the encoder): the client sees the stage that failed, once.
+        named = details.split(":", 1)[0] in _stage_names()
+        super().__init__(details if named else f"{stage}: {details}")
         self.stage = stage
         self.code = exc.code()
         self.retryable = self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -146,6 +150,12 @@ class StageError(TalkmeshError):
 
     def details(self) -> list[Message]:
         return list(self._details)
+
+
+def _stage_names() -> tuple[str, ...]:
+    from talkmesh.common.registry import NAMES
+
+    return NAMES
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from talkmesh.common.channel import channel_options
+from talkmesh.common.channel import server_keepalive_options, transport_options
 from talkmesh.common.config import ServerConfig
 from talkmesh.common.interceptors import AdmissionState, ServerInterceptor
 from talkmesh.common.telemetry import Telemetry
@@ -182,7 +182,8 @@ class ServiceHost:
 
     def _server_options(self) -> list[tuple[str, object]]:
         # Large receive windows: the encoder receives raw frames; for small messages it is harmless.
-        opts = channel_options(self.config.max_message_bytes, large_window=True)
+        opts = transport_options(self.config.max_message_bytes, large_window=True)
+        opts += server_keepalive_options()
         opts.append(("grpc.so_reuseport", 0))
         if self.config.max_connection_age_seconds > 0:
             opts.append(("grpc.max_connection_age_ms", int(self.config.max_connection_age_seconds * 1000)))

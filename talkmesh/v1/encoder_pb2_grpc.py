@@ -45,8 +45,10 @@ class EncoderServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Encode(self, request_iterator, context):
-        """First message: config. Then frames (in frame order) and audio chunks (in sample order),
-        interleaved freely; end_of_stream flushes both tracks.
+        """First message: config. Then audio chunks (in sample order) and either raw frames (in frame
+        order) or, when config.render is set, the renderer's input (visemes and per-frame features):
+        the encoder then pulls the frames from the renderer itself, so raw frames never cross the
+        caller. Messages may be interleaved freely; end_of_stream (or a half-close) flushes both tracks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

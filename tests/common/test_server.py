@@ -191,3 +191,47 @@ async def test_metrics_endpoint_serves_the_service_registry():
         )
     assert 'talkmesh_build_info{service="toy"' in body
     assert 'talkmesh_streams_active{service="toy"} 0.0' in body
+
+
+async def test_keepalive_policy_of_clients_is_what_servers_accept():
+    """Clients ping no faster than servers allow: otherwise a quiet connection is closed with
+    GOAWAY "too_many_pings" and the next call fails (found by a 10-minute soak)."""
+    from talkmesh.common import channel
+
+    client = dict(channel.channel_options())
+    server = dict(channel.server_keepalive_options())
+    assert client["grpc.keepalive_time_ms"] >= server["grpc.http2.min_recv_ping_interval_without_data_ms"]
+    assert channel.PUBLIC_CLIENT_KEEPALIVE_MS >= server["grpc.http2.min_recv_ping_interval_without_data_ms"]
+    assert server["grpc.http2.max_ping_strikes"] == 0
+    assert client["grpc.keepalive_permit_without_calls"] == 1
+
+
+async def test_a_quiet_open_stream_survives_keepalive_pings_and_the_next_call_works():
+    """An open stream that sends nothing for several client ping intervals; then a new call."""
+    from talkmesh.common.channel import CLIENT_KEEPALIVE_MS
+
+    svc = ToyService(Telemetry("toy"))
+    async with serve(svc) as host, create_channel(host.address) as ch:
+        stub = tts_pb2_grpc.TTSStub(ch)
+        quiet = stub.Synthesize(tts_pb2.SynthesizeRequest(text="wait"))
+        assert (await quiet.read()).seq == 0
+        await asyncio.sleep(4 * CLIENT_KEEPALIVE_MS / 1000)  # ~4 pings, no data either way
+        other = [m async for m in stub.Synthesize(tts_pb2.SynthesizeRequest(text="hi"), timeout=5)]
+        assert [m.seq for m in other] == [0, 1, 2]
+        svc.servicer.release.set()
+        assert [m.seq async for m in quiet] == [1, 2]
+
+
+async def test_a_busy_port_is_one_line_naming_it():
+    from talkmesh.common.server import BindError, ServiceHost
+
+    first = ToyService(Telemetry("toy"))
+    async with serve(first, metrics=True) as host:
+        busy = ServiceHost(ToyService(Telemetry("toy")), ServerConfig(port=host.port, metrics_port=-1))
+        with pytest.raises(BindError) as err:
+            await busy.start()
+        assert str(err.value) == f"toy: gRPC port 127.0.0.1:{host.port} is already in use (another talkmesh mesh?)"
+        busy_metrics = ServiceHost(ToyService(Telemetry("toy")), ServerConfig(port=0, metrics_port=host.metrics_port))
+        with pytest.raises(BindError, match=f"metrics port 127.0.0.1:{host.metrics_port} is already in use"):
+            await busy_metrics.start()
+        assert busy_metrics.server is None  # nothing left listening after a failed start

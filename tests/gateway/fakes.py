@@ -7,7 +7,8 @@ import math
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-from services.gateway.downstream import Downstreams, Stream
+from services.gateway.downstream import Downstreams
+from talkmesh.common.calls import Stream
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
@@ -33,8 +34,8 @@ class GenStream(Stream):
 
 
 class FakeDownstreams(Downstreams):
-    """TTS gives ``chunks`` chunks of 40 ms; features one per frame; renderer 8x8 frames; encoder
-    one fragment per frame. ``fail`` names a stage that raises; ``hold`` makes TTS wait forever
+    """TTS gives ``chunks`` chunks of 40 ms; features one per frame; the encoder (which renders)
+    one fragment per features message. ``fail`` names a stage that raises; ``hold`` makes TTS wait forever
     after its first chunk (for cancellation tests)."""
 
     def __init__(self, chunks: int = 10, fail: str = "", hold: bool = False) -> None:
@@ -44,6 +45,7 @@ class FakeDownstreams(Downstreams):
         self.log: list[str] = []
         self.encoder_inputs: list[str] = []
         self.encoder_audio_samples = 0
+        self.render_configs: list[Any] = []
         self.closed: set[str] = set()
 
     def _track(self, name: str, gen: AsyncIterator[Any]) -> Stream:
@@ -107,46 +109,37 @@ class FakeDownstreams(Downstreams):
 
         return self._track("features", gen())
 
-    def render(self, requests: AsyncIterable[Any], timeout: float | None) -> Stream:
-        async def gen() -> AsyncIterator[cpb.VideoFrame]:
-            kinds: list[str] = []
-            async for req in requests:
-                kind = req.WhichOneof("kind") or ("end" if req.end_of_stream else "")
-                kinds.append(kind)
-                if kind == "features":
-                    f = req.features
-                    yield cpb.VideoFrame(
-                        frame_index=f.frame_index,
-                        width=8,
-                        height=8,
-                        pixel_format=cpb.PIXEL_FORMAT_I420,
-                        data=b"\x80" * 96,
-                        inferred=f.activity.voiced,
-                        part_count=1,
-                    )
-            assert kinds[0] == "config", kinds
-            yield cpb.VideoFrame(end_of_stream=True)
-
-        return self._track("renderer", gen())
-
     def encode(self, requests: AsyncIterable[epb.EncodeRequest], timeout: float | None) -> Stream:
+        """Renders (one 'frame' per features message) and encodes one fragment per frame."""
+
         async def gen() -> AsyncIterator[epb.MediaChunk]:
-            frames = 0
+            frames = inferred = 0
             async for req in requests:
                 kind = req.WhichOneof("kind") or ("end" if req.end_of_stream else "")
                 self.encoder_inputs.append(kind)
                 if kind == "config":
-                    assert (req.config.width, req.config.height, req.config.sample_rate) == (8, 8, SR)
+                    assert req.config.sample_rate == SR and req.config.HasField("render")
+                    self.render_configs.append(req.config.render)
                     yield epb.MediaChunk(init_segment=True, data=b"init", mime_type="video/mp4")
                 elif kind == "audio":
                     assert req.audio.sample_offset == self.encoder_audio_samples, "audio must stay contiguous"
                     self.encoder_audio_samples += len(req.audio.pcm) // 2
-                elif kind == "frame":
+                elif kind == "features":
                     if self.fail == "encoder":
-                        raise InvalidArgument("frame.data", "fake failure")
-                    assert req.frame.frame_index == frames
+                        raise InvalidArgument("features.features", "fake failure")
+                    assert req.features.frame_index == frames
                     frames += 1
+                    inferred += int(req.features.activity.voiced)
                     yield epb.MediaChunk(data=b"frag", frames_encoded=frames)
-            yield epb.MediaChunk(end_of_stream=True, frames_encoded=frames, video_encoder="fake")
+            yield epb.MediaChunk(
+                end_of_stream=True,
+                frames_encoded=frames,
+                frames_inferred=inferred,
+                video_encoder="fake",
+                stages=[
+                    cpb.StageTiming(service="renderer", stage="first_frame", seconds=0.001),
+                    cpb.StageTiming(service="encoder", stage="first_fragment", seconds=0.002),
+                ],
+            )
 
         return self._track("encoder", gen())

@@ -13,7 +13,6 @@ from services.gateway.server import GatewayService
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
-from talkmesh.v1 import gateway_pb2 as gpb
 from tests.gateway.fakes import FPS, SR, FakeDownstreams
 
 
@@ -42,7 +41,10 @@ async def test_speak_streams_media_then_summary_and_encoder_gets_config_first():
     # The encoder must see its config before any audio or frame, and end_of_stream last.
     assert ds.encoder_inputs[0] == "config"
     assert ds.encoder_inputs[-1] == "end"
-    assert ds.encoder_inputs.count("frame") == 10
+    assert ds.encoder_inputs.count("features") == 10
+    assert ds.encoder_inputs.count("visemes") == 10
+    (render,) = ds.render_configs
+    assert render.backend == "viseme" and render.sample_rate == SR and render.fps == FPS
     # consecutive audio chunks are merged, never dropped or reordered
     assert 1 <= ds.encoder_inputs.count("audio") <= 10
     assert ds.encoder_audio_samples == samples
@@ -51,7 +53,11 @@ async def test_speak_streams_media_then_summary_and_encoder_gets_config_first():
 
 @pytest.mark.parametrize(
     ("stage", "prefix"),
-    [("tts", "tts: config.voice"), ("features", "audio_features: audio.pcm"), ("encoder", "encoder: frame.data")],
+    [
+        ("tts", "tts: config.voice"),
+        ("features", "audio_features: audio.pcm"),
+        ("encoder", "encoder: features.features"),
+    ],
 )
 async def test_stage_failure_reaches_client_with_its_code_and_cancels_the_rest(stage, prefix):
     ds = FakeDownstreams(fail=stage)
@@ -61,7 +67,7 @@ async def test_stage_failure_reaches_client_with_its_code_and_cancels_the_rest(s
     # In-process fakes raise TalkmeshError directly, so the stage prefix comes only over gRPC;
     # the field name is always there.
     assert prefix.split(": ", 1)[1] in err.value.details()
-    assert {"tts", "features", "renderer", "encoder"} <= ds.closed
+    assert {"tts", "features", "encoder"} <= ds.closed
 
 
 @pytest.mark.parametrize(
@@ -104,10 +110,10 @@ async def test_client_cancel_stops_every_stage():
         assert first.media.init_segment
         call.cancel()
         for _ in range(200):
-            if {"tts", "features", "renderer", "encoder"} <= ds.closed:
+            if {"tts", "features", "encoder"} <= ds.closed:
                 break
             await asyncio.sleep(0.01)
-        assert {"tts", "features", "renderer", "encoder"} <= ds.closed
+        assert {"tts", "features", "encoder"} <= ds.closed
         for _ in range(200):
             if tel.metrics.registry.get_sample_value("talkmesh_streams_active", {"service": "gateway"}) == 0:
                 break
@@ -125,17 +131,7 @@ async def test_speak_stream_takes_text_pieces():
 
     async with serve(svc) as host, TalkmeshClient(host.address) as client:
         chunks = [c async for c in client.speak_stream(pieces())]
+    # the fake TTS answers each text piece with one 40 ms chunk, in order
     assert chunks[-1].summary.frames == 4
-    assert isinstance(chunks[-1].summary, gpb.SpeakSummary)
-
-
-def test_merge_audio_joins_contiguous_chunks_up_to_a_limit():
-    from services.gateway.pipeline import merge_audio
-    from talkmesh.v1 import common_pb2 as cpb
-
-    chunks = [cpb.AudioChunk(sample_rate=100, sample_offset=10 * i, pcm=bytes([i]) * 20) for i in range(25)]
-    merged = merge_audio(chunks, max_seconds=1.0)
-    assert [m.sample_offset for m in merged] == [0, 100, 200]
-    assert b"".join(m.pcm for m in merged) == b"".join(c.pcm for c in chunks)
-    gap = [*chunks[:2], cpb.AudioChunk(sample_rate=100, sample_offset=999, pcm=b"\x00\x00")]
-    assert len(merge_audio(gap, 1.0)) == 2  # a discontinuity is never papered over
+    assert chunks[-1].summary.audio_seconds == pytest.approx(4 / FPS)
+    assert [c.WhichOneof("kind") for c in chunks] == ["media"] * 5 + ["summary"]
