@@ -29,6 +29,8 @@ from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
 
 _END = object()
+# Viseme messages with more events than this are queued in a worker thread, not on the event loop.
+INLINE_EVENTS = 256
 
 
 def ping_pong(t: int, n: int) -> int:
@@ -85,9 +87,17 @@ class RenderSession:
             async for req in requests:
                 kind = req.WhichOneof("kind")
                 if kind == "visemes":
-                    self.animator.add(list(req.visemes.events))
+                    events = req.visemes.events
+                    if len(events) > INLINE_EVENTS:  # a large track is queued off the event loop
+                        await asyncio.to_thread(self.animator.add, events)
+                    else:
+                        self.animator.add(events)
                 elif kind == "features":
-                    await self.jobs.put(self._job(req.features))
+                    if self.animator.queued > INLINE_EVENTS:  # the frame may consume a large track
+                        job = await asyncio.to_thread(self._job, req.features)
+                    else:
+                        job = self._job(req.features)
+                    await self.jobs.put(job)
                 elif kind == "config":
                     raise InvalidArgument("config", "only the first message may carry the config")
                 if req.end_of_stream:
@@ -124,8 +134,6 @@ class RenderSession:
             mouth=mouth,
         )
         self.tick += 1
-        if fc.frame_index % 250 == 0:
-            self.animator.prune(int(fc.frame_index * self.o.sample_rate / self.o.fps) - self.o.sample_rate)
         return job
 
     async def run(self, requests: AsyncIterator[rpb.RenderRequest]) -> AsyncIterator[cpb.VideoFrame]:

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 
-from services.renderer.avatar import AvatarStore
+from services.renderer.avatars import AvatarStore
 from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.blend import boundary_gradient
@@ -59,17 +59,17 @@ def _video(path: Path, frames: int, size: tuple[int, int] = (512, 512)) -> bytes
 def test_second_registration_is_instant_and_precomputes_once(tmp_path):
     store, backend = _store(tmp_path)
     calls = {"faces": 0, "prepare": 0}
-    find, prepare = store._faces.find, backend.prepare
+    find, prepare = store.faces.analyse, backend.prepare
 
-    def counting_find(frame):
+    def counting_find(frames, *args):
         calls["faces"] += 1
-        return find(frame)
+        return find(frames, *args)
 
     def counting_prepare(avatar):
         calls["prepare"] += 1
         prepare(avatar)
 
-    store._faces.find = counting_find  # type: ignore[method-assign,assignment]
+    store.faces.analyse = counting_find  # type: ignore[method-assign,assignment]
     backend.prepare = counting_prepare  # type: ignore[method-assign]
     a1, cached1 = store.register(PORTRAIT, "me.png", "me")
     assert calls == {"faces": 1, "prepare": 1}
@@ -91,14 +91,14 @@ def test_a_precompute_in_progress_does_not_block_ready_avatars(tmp_path):
     store, _ = _store(tmp_path)
     ready, _ = store.register(PORTRAIT, "me.png")
     entered, release = threading.Event(), threading.Event()
-    find = store._faces.find
+    find = store.faces.analyse
 
-    def slow_find(frame):
+    def slow_find(frames, *args):
         entered.set()
         release.wait(30)
-        return find(frame)
+        return find(frames, *args)
 
-    store._faces.find = slow_find  # type: ignore[method-assign,assignment]
+    store.faces.analyse = slow_find  # type: ignore[method-assign,assignment]
     other = cv2.imencode(".png", cv2.flip(_portrait(), 1))[1].tobytes()
     worker = threading.Thread(target=store.register, args=(other, "mirror.png"))
     worker.start()
@@ -163,7 +163,7 @@ def test_killed_precompute_leaves_the_cache_loadable(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        from services.renderer.avatar import AvatarStore
+        from services.renderer.avatars import AvatarStore
         from services.renderer.backends.viseme import VisemeBackend
         from services.renderer.config import AvatarConfig, RendererConfig
         from talkmesh.common.telemetry import Telemetry

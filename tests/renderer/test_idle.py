@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from services.renderer.avatar import AvatarStore
+from services.renderer.avatars import AvatarStore
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
 from services.renderer.idle import BLINK_CURVE, IdleLife
