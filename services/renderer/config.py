@@ -40,8 +40,8 @@ class VisemeRendererConfig:
     # Subtle idle motion (blinks, slight head motion) for still photos.
     idle_motion: bool = True
     # Attack / release time constants of the mouth, in milliseconds.
-    attack_ms: float = 40.0
-    release_ms: float = 90.0
+    attack_ms: float = 20.0
+    release_ms: float = 50.0
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,8 @@ class VisemeEventLike(Protocol):
 class MouthAnimator:
     sample_rate: int
     fps: float
-    attack_ms: float = 40.0
-    release_ms: float = 90.0
+    attack_ms: float = 20.0
+    release_ms: float = 50.0
     anticipation_ms: float = 20.0
     # (start, seq, end, viseme) of events the frame window has not reached yet, by start
     _pending: list[tuple[int, int, int, int]] = field(default_factory=list)

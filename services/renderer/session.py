@@ -53,8 +53,8 @@ class SessionOptions:
     idle_life: bool
     start_tick: int = 0
     max_group: int = 8
-    attack_ms: float = 40.0
-    release_ms: float = 90.0
+    attack_ms: float = 20.0
+    release_ms: float = 50.0
 
 
 class RenderSession:

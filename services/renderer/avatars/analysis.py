@@ -13,9 +13,11 @@ Without the model files, OpenCV's Haar cascade finds face boxes and a lip-colour
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 
 import cv2
 import numpy as np
@@ -40,6 +42,7 @@ MIN_KEPT_FRACTION = 0.5
 LIPS_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
 NOSE_MID = 5  # MuseTalk centres its crop vertically on the nose (68-point index 29)
 CHEEK_LEFT, CHEEK_RIGHT = 234, 454
+TEMPLATE = "assets/face_template.npy"
 
 
 @dataclass(frozen=True)
@@ -254,13 +257,27 @@ class FaceAnalyzer:
         return FaceTrack(
             boxes=face.astype(np.float32),
             mouth_boxes=mouth.astype(np.float32),
-            landmarks=None,
+            landmarks=template_landmarks(mouth.astype(np.float32)),
             scores=kept.astype(np.float32),
             kept=kept,
             faces_found=faces,
             face_index=index,
             detector="haar",
         )
+
+
+def template_landmarks(mouth_boxes: np.ndarray) -> np.ndarray:
+    """[N, 468, 2] landmarks of a standard face placed on each frame's mouth box (upright).
+
+    The template is the default portrait's face mesh in units of its interocular distance, with
+    the mouth centre at the origin (services/renderer/assets/face_template.npy); the Haar fallback
+    uses it so the renderer has one code path.
+    """
+    template = np.load(io.BytesIO(resources.files("services.renderer").joinpath(TEMPLATE).read_bytes()))
+    mouth_w_template = float(np.linalg.norm(template[291] - template[61]))
+    centre = np.stack([(mouth_boxes[:, 0] + mouth_boxes[:, 2]) / 2, (mouth_boxes[:, 1] + mouth_boxes[:, 3]) / 2], 1)
+    iod = (mouth_boxes[:, 2] - mouth_boxes[:, 0]) / mouth_w_template
+    return np.asarray(centre[:, None, :] + template[None] * iod[:, None, None], np.float32)
 
 
 def _face_width(pts: np.ndarray) -> np.ndarray:
