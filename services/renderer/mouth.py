@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
 from services.renderer.backends.base import MouthShape
 from talkmesh.v1 import common_pb2 as cpb
 

@@ -74,7 +74,11 @@ class RenderSession:
         self.telemetry = telemetry
         self.jobs: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         self.animator = MouthAnimator(options.sample_rate or 16000, options.fps, options.attack_ms, options.release_ms)
-        self.idle = IdleLife(avatar, options.fps) if options.idle_life and avatar.frames.shape[0] == 1 else None
+        self.idle = (
+            IdleLife(avatar, options.fps, options.start_tick)
+            if options.idle_life and avatar.frames.shape[0] == 1
+            else None
+        )
         self.next_index = 0
         self.tick = options.start_tick
         self.frames_out = 0

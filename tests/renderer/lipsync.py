@@ -48,7 +48,7 @@ def mouth_gaps(frames: list[np.ndarray], near: tuple[float, float] | None = None
     pts, _ = analyzer.mesh(frames[0], roi_from_eyes(dets[0].box, dets[0].keypoints[0], dets[0].keypoints[1]))
     out = []
     for f in frames:
-        pts, score = analyzer.mesh(f, roi_from_landmarks(pts))
+        pts, _score = analyzer.mesh(f, roi_from_landmarks(pts))
         width = float(np.linalg.norm(pts[454] - pts[234]))
         out.append(float(np.linalg.norm(pts[14] - pts[13])) / max(width, 1.0))
     return np.array(out)

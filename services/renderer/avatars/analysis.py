@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -367,7 +367,7 @@ def musetalk_boxes(pts: np.ndarray) -> np.ndarray:
 # -- the Haar fallback --------------------------------------------------------------------------------
 def haar_mouth_box(frame: np.ndarray, face: tuple[float, ...]) -> tuple[int, int, int, int]:
     """A geometric estimate from the face box, refined with lip colour (Lab a*, redness)."""
-    x1, y1, x2, y2 = (int(round(v)) for v in face[:4])
+    x1, y1, x2, y2 = (round(v) for v in face[:4])
     w, h = x2 - x1, y2 - y1
     gx1, gx2 = x1 + int(0.27 * w), x1 + int(0.73 * w)
     gy1, gy2 = y1 + int(0.66 * h), y1 + int(0.90 * h)
@@ -393,7 +393,7 @@ def haar_mouth_box(frame: np.ndarray, face: tuple[float, ...]) -> tuple[int, int
     return gx1, gy1, gx2, gy2
 
 
-def smooth_boxes(boxes: list[tuple[float, ...] | None], window: int = 5) -> np.ndarray:
+def smooth_boxes(boxes: Sequence[tuple[float, ...] | None], window: int = 5) -> np.ndarray:
     """Fills missing detections from neighbours, then a moving average over ``window`` frames."""
     idx = [i for i, b in enumerate(boxes) if b is not None]
     arr = np.zeros((len(boxes), 4), np.float32)

@@ -72,7 +72,11 @@ class AvatarStore:
         self._protected: set[str] = set()
         self._lock = threading.Lock()  # the tables above and _entries; never held for slow work
         self._entries: dict[str, threading.RLock] = {}
-        models = None if cfg.face_models == "haar" else load_face_models("" if cfg.face_models == "auto" else cfg.face_models)
+        models = (
+            None
+            if cfg.face_models == "haar"
+            else load_face_models("" if cfg.face_models == "auto" else cfg.face_models)
+        )
         self.faces = FaceAnalyzer(models)
         self._on_cache = on_cache or (lambda cache, hit: None)
         self.precomputes = 0
@@ -247,9 +251,14 @@ class AvatarStore:
                 backends = tuple(sorted(p.stem for p in meta_path.parent.glob("*.npz") if p.stem != "boxes"))
                 out.append(
                     AvatarSummary(
-                        meta["id"], meta["name"], meta["width"], meta["height"], meta["frames"], backends,
+                        meta["id"],
+                        meta["name"],
+                        meta["width"],
+                        meta["height"],
+                        meta["frames"],
+                        backends,
                         meta.get("face", {}),
-                    )  # fmt: skip
+                    )
                 )
         return out
 

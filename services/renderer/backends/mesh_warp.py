@@ -158,7 +158,7 @@ def _pose_maps(pts: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     top = float(pts[NOSE_BOTTOM, 1]) - 0.1 * mouth_w
     bottom = chin_y + 0.9 * mouth_w
     ox, oy = -x_half, top
-    W, H = int(math.ceil(2 * x_half)) + 1, int(math.ceil(bottom - top)) + 1
+    W, H = math.ceil(2 * x_half) + 1, math.ceil(bottom - top) + 1
     # vertices: landmarks inside the region (not the lips' own lists), the lips, the cut, a ring
     lips = set(UPPER_INNER) | set(LOWER_INNER) | set(UPPER_OUTER) | set(LOWER_OUTER)
     inner_margin = 0.08 * mouth_w
@@ -180,7 +180,13 @@ def _pose_maps(pts: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     for i in others:
         verts.append(pts[i])
         group.append(1 if pts[i, 1] > line(np.array([pts[i, 0]]))[0] else 0)
-    for arr, g in ((pts[list(UPPER_OUTER)], 0), (up_in, 0), (cut, 0), (lo_in[1:-1], 1), (pts[list(LOWER_OUTER)[1:-1]], 1)):
+    for arr, g in (
+        (pts[list(UPPER_OUTER)], 0),
+        (up_in, 0),
+        (cut, 0),
+        (lo_in[1:-1], 1),
+        (pts[list(LOWER_OUTER)[1:-1]], 1),
+    ):
         for p in arr:
             verts.append(p)
             group.append(g)
@@ -205,7 +211,7 @@ def _pose_maps(pts: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     p = np.sqrt(np.clip(1 - (x / hw) ** 2, 0, 1))
     below = y - line(x)
     lat = 1 - _smoothstep((np.abs(x) - 0.4 * mouth_w) / (1.0 * mouth_w))
-    neck = 1 - _smoothstep((y - chin_y) / (0.75 * mouth_w))
+    neck = 1 - _smoothstep((y - chin_y) / (0.45 * mouth_w))
     toward_chin = np.clip(below / max(chin_y - float(line(np.array([0.0]))[0]), 1.0), 0, 1)
     jaw = (1 - 0.1 * toward_chin) * lat * neck
     t = _smoothstep(below / lip_lo)
@@ -241,7 +247,7 @@ def _dedupe(V: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def _delaunay(V: np.ndarray, box: tuple[float, float, int, int]) -> np.ndarray:
     ox, oy, W, H = box
-    sub = cv2.Subdiv2D((int(math.floor(ox)) - 2, int(math.floor(oy)) - 2, W + 4, H + 4))
+    sub = cv2.Subdiv2D((math.floor(ox) - 2, math.floor(oy) - 2, W + 4, H + 4))
     index = {}
     for i, (vx, vy) in enumerate(V):
         sub.insert((float(vx), float(vy)))
