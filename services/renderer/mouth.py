@@ -5,13 +5,21 @@ mix of the visemes under it (looked at slightly ahead, so the mouth starts to sh
 sound rises), scaled by the frame's speech energy; a bilabial (/p b m/) under a third of the frame
 or more closes the mouth outright, and silence returns it to rest. The pose then follows the target
 with separate attack and release time constants, which gives natural coarticulation.
+
+Events may arrive in any order and in any number per message: they wait in a heap ordered by start
+(O(log n) each), move to a heap ordered by end when the frame window reaches them, and leave it when
+the window has passed them, so memory follows the events still to come and the work per event is
+O(log n) whatever the order. Frames must be stepped in increasing order (the session enforces it).
 """
 
 from __future__ import annotations
 
-import bisect
+import heapq
+import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from services.renderer.backends.base import MouthShape
 from talkmesh.v1 import common_pb2 as cpb
@@ -35,46 +43,66 @@ VISEME_POSE: dict[int, tuple[float, float, float]] = {
 }
 SILENCE_DBFS = -50.0
 LOUD_DBFS = -18.0
+# At most this many events are mixed into one frame (a real track has two or three under a frame;
+# this bounds the per-frame work for a track that stacks thousands of events on one instant).
+MAX_OVERLAP = 32
+
+
+class VisemeEventLike(Protocol):
+    start_sample: Any
+    end_sample: Any
+    viseme: Any
 
 
 @dataclass
 class MouthAnimator:
     sample_rate: int
     fps: float
-    attack_ms: float = 40.0
-    release_ms: float = 90.0
+    attack_ms: float = 20.0
+    release_ms: float = 50.0
     anticipation_ms: float = 20.0
-    _starts: list[int] = field(default_factory=list)
-    _events: list[cpb.VisemeEvent] = field(default_factory=list)
+    # (start, seq, end, viseme) of events the frame window has not reached yet, by start
+    _pending: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # (end, seq, start, viseme) of events the window has reached and not yet passed, by end
+    _active: list[tuple[int, int, int, int]] = field(default_factory=list)
+    _seq: itertools.count = field(default_factory=itertools.count)
     _pose: tuple[float, float, float] = (0.0, 0.5, 0.0)
 
-    def add(self, events: list[cpb.VisemeEvent]) -> None:
+    def add(self, events: Iterable[VisemeEventLike]) -> None:
+        """Queues viseme events (any order; O(log n) each)."""
+        pending, seq = self._pending, self._seq
         for ev in events:
-            i = bisect.bisect_right(self._starts, ev.start_sample)
-            self._starts.insert(i, ev.start_sample)
-            self._events.insert(i, ev)
+            heapq.heappush(pending, (ev.start_sample, next(seq), ev.end_sample, ev.viseme))
+
+    @property
+    def queued(self) -> int:
+        """Events held (waiting or under the current window)."""
+        return len(self._pending) + len(self._active)
 
     def _target(self, frame_index: int, voiced: bool, rms_dbfs: float) -> tuple[float, float, float]:
-        if not voiced:
-            return VISEME_POSE[cpb.VISEME_REST]
         shift = int(self.sample_rate * self.anticipation_ms / 1000)
         lo = frame_index * self.sample_rate / self.fps + shift
         hi = (frame_index + 1) * self.sample_rate / self.fps + shift
+        pending, active = self._pending, self._active
+        while pending and pending[0][0] < hi:
+            start, seq, end, viseme = heapq.heappop(pending)
+            heapq.heappush(active, (end, seq, start, viseme))
+        while active and active[0][0] <= lo:
+            heapq.heappop(active)
+        if not voiced:
+            return VISEME_POSE[cpb.VISEME_REST]
         acc = [0.0, 0.0, 0.0]
         total = 0.0
         closed = 0.0
-        i = max(0, bisect.bisect_right(self._starts, lo) - 1)
-        while i < len(self._events) and self._events[i].start_sample < hi:
-            ev = self._events[i]
-            overlap = min(hi, ev.end_sample) - max(lo, ev.start_sample)
+        for end, _seq, start, viseme in itertools.islice(active, MAX_OVERLAP):
+            overlap = min(hi, end) - max(lo, start)
             if overlap > 0:
-                pose = VISEME_POSE.get(ev.viseme, VISEME_POSE[cpb.VISEME_MID])
+                pose = VISEME_POSE.get(viseme, VISEME_POSE[cpb.VISEME_MID])
                 for k in range(3):
                     acc[k] += pose[k] * overlap
                 total += overlap
-                if ev.viseme == cpb.VISEME_CLOSED:
+                if viseme == cpb.VISEME_CLOSED:
                     closed += overlap
-            i += 1
         if total == 0:
             pose = VISEME_POSE[cpb.VISEME_MID]
         else:
@@ -97,10 +125,3 @@ class MouthAnimator:
             out[0] = min(out[0], 0.1 * self._pose[0])
         self._pose = (out[0], out[1], out[2])
         return MouthShape(open=out[0], width=out[1], round=out[2])
-
-    def prune(self, before_sample: int) -> None:
-        """Drops events that ended before ``before_sample`` (keeps memory flat on long streams)."""
-        keep = [i for i, e in enumerate(self._events) if e.end_sample >= before_sample]
-        if len(keep) < len(self._events):
-            self._events = [self._events[i] for i in keep]
-            self._starts = [e.start_sample for e in self._events]

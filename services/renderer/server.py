@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from services.renderer.avatar import DEFAULT_ALIAS, AvatarStore
+from services.renderer.avatars import DEFAULT_ALIAS, AvatarStore, FaceChoice
 from services.renderer.backends import create_backend
 from services.renderer.backends.base import RenderBackend
 from services.renderer.config import RendererConfig
@@ -104,8 +104,12 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             buf += msg.data
             if len(buf) > limit:
                 raise InvalidArgument("data", f"upload exceeds the limit of {limit} bytes")
+        choice = FaceChoice(
+            index=meta.face_index,
+            point=(meta.face_point.x, meta.face_point.y) if meta.HasField("face_point") else None,
+        )
         avatar, cached = await asyncio.to_thread(
-            s.store.register, bytes(buf), meta.filename, meta.name, tuple(meta.backends)
+            s.store.register, bytes(buf), meta.filename, meta.name, tuple(meta.backends), "", choice
         )
         return rpb.AvatarInfo(
             id=avatar.id,
@@ -114,7 +118,8 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             height=avatar.size[1],
             frame_count=int(avatar.frames.shape[0]),
             cached=cached,
-            backends=sorted(avatar.extras),
+            backends=sorted(k for k in avatar.extras if k in s.backends),
+            face=face_report(avatar.report),
         )
 
     async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
@@ -129,6 +134,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                     frame_count=a.frame_count,
                     cached=True,
                     backends=list(a.backends),
+                    face=face_report(a.report),
                 )
                 for a in items
             ]
@@ -138,6 +144,18 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         if not request.avatar_id:
             raise InvalidArgument("avatar_id", "must not be empty")
         return rpb.DeleteAvatarResponse(deleted=await asyncio.to_thread(self.s.store.delete, request.avatar_id))
+
+
+def face_report(report: dict[str, Any]) -> rpb.FaceReport:
+    return rpb.FaceReport(
+        box=report.get("box", []),
+        confidence=report.get("confidence", 0.0),
+        frames_kept=report.get("frames_kept", 0),
+        frames_rejected=report.get("frames_rejected", 0),
+        faces_found=report.get("faces_found", 0),
+        face_index=report.get("face_index", 0),
+        detector=report.get("detector", ""),
+    )
 
 
 class RendererService(Service):

@@ -29,6 +29,8 @@ from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
 
 _END = object()
+# Viseme messages with more events than this are queued in a worker thread, not on the event loop.
+INLINE_EVENTS = 256
 
 
 def ping_pong(t: int, n: int) -> int:
@@ -51,8 +53,8 @@ class SessionOptions:
     idle_life: bool
     start_tick: int = 0
     max_group: int = 8
-    attack_ms: float = 40.0
-    release_ms: float = 90.0
+    attack_ms: float = 20.0
+    release_ms: float = 50.0
 
 
 class RenderSession:
@@ -72,7 +74,11 @@ class RenderSession:
         self.telemetry = telemetry
         self.jobs: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         self.animator = MouthAnimator(options.sample_rate or 16000, options.fps, options.attack_ms, options.release_ms)
-        self.idle = IdleLife(avatar, options.fps) if options.idle_life and avatar.frames.shape[0] == 1 else None
+        self.idle = (
+            IdleLife(avatar, options.fps, options.start_tick)
+            if options.idle_life and avatar.frames.shape[0] == 1
+            else None
+        )
         self.next_index = 0
         self.tick = options.start_tick
         self.frames_out = 0
@@ -85,9 +91,17 @@ class RenderSession:
             async for req in requests:
                 kind = req.WhichOneof("kind")
                 if kind == "visemes":
-                    self.animator.add(list(req.visemes.events))
+                    events = req.visemes.events
+                    if len(events) > INLINE_EVENTS:  # a large track is queued off the event loop
+                        await asyncio.to_thread(self.animator.add, events)
+                    else:
+                        self.animator.add(events)
                 elif kind == "features":
-                    await self.jobs.put(self._job(req.features))
+                    if self.animator.queued > INLINE_EVENTS:  # the frame may consume a large track
+                        job = await asyncio.to_thread(self._job, req.features)
+                    else:
+                        job = self._job(req.features)
+                    await self.jobs.put(job)
                 elif kind == "config":
                     raise InvalidArgument("config", "only the first message may carry the config")
                 if req.end_of_stream:
@@ -124,8 +138,6 @@ class RenderSession:
             mouth=mouth,
         )
         self.tick += 1
-        if fc.frame_index % 250 == 0:
-            self.animator.prune(int(fc.frame_index * self.o.sample_rate / self.o.fps) - self.o.sample_rate)
         return job
 
     async def run(self, requests: AsyncIterator[rpb.RenderRequest]) -> AsyncIterator[cpb.VideoFrame]:

@@ -59,17 +59,47 @@ class AvatarUpload(_message.Message):
     def __init__(self, meta: _Optional[_Union[AvatarMeta, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AvatarMeta(_message.Message):
-    __slots__ = ("name", "filename", "backends")
+    __slots__ = ("name", "filename", "backends", "face_index", "face_point")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    FACE_POINT_FIELD_NUMBER: _ClassVar[int]
     name: str
     filename: str
     backends: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ...) -> None: ...
+    face_index: int
+    face_point: ImagePoint
+    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., face_index: _Optional[int] = ..., face_point: _Optional[_Union[ImagePoint, _Mapping]] = ...) -> None: ...
+
+class ImagePoint(_message.Message):
+    __slots__ = ("x", "y")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
+
+class FaceReport(_message.Message):
+    __slots__ = ("box", "confidence", "frames_kept", "frames_rejected", "faces_found", "face_index", "detector")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_KEPT_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    FACES_FOUND_FIELD_NUMBER: _ClassVar[int]
+    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    box: _containers.RepeatedScalarFieldContainer[float]
+    confidence: float
+    frames_kept: int
+    frames_rejected: int
+    faces_found: int
+    face_index: int
+    detector: str
+    def __init__(self, box: _Optional[_Iterable[float]] = ..., confidence: _Optional[float] = ..., frames_kept: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., faces_found: _Optional[int] = ..., face_index: _Optional[int] = ..., detector: _Optional[str] = ...) -> None: ...
 
 class AvatarInfo(_message.Message):
-    __slots__ = ("id", "name", "width", "height", "frame_count", "cached", "backends")
+    __slots__ = ("id", "name", "width", "height", "frame_count", "cached", "backends", "face")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +107,7 @@ class AvatarInfo(_message.Message):
     FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    FACE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     width: int
@@ -84,7 +115,8 @@ class AvatarInfo(_message.Message):
     frame_count: int
     cached: bool
     backends: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_count: _Optional[int] = ..., cached: _Optional[bool] = ..., backends: _Optional[_Iterable[str]] = ...) -> None: ...
+    face: FaceReport
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_count: _Optional[int] = ..., cached: _Optional[bool] = ..., backends: _Optional[_Iterable[str]] = ..., face: _Optional[_Union[FaceReport, _Mapping]] = ...) -> None: ...
 
 class ListAvatarsRequest(_message.Message):
     __slots__ = ()

@@ -18,10 +18,10 @@ import grpc
 import numpy as np
 import pytest
 
-from services.renderer.avatar import AvatarStore
+from services.renderer.avatars import AvatarStore
+from services.renderer.backends import mesh_warp
 from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
-from services.renderer.blend import boundary_gradient
 from services.renderer.config import AvatarConfig, RendererConfig
 from services.renderer.main import create_service, load_config
 from services.renderer.session import ping_pong
@@ -59,17 +59,17 @@ def _video(path: Path, frames: int, size: tuple[int, int] = (512, 512)) -> bytes
 def test_second_registration_is_instant_and_precomputes_once(tmp_path):
     store, backend = _store(tmp_path)
     calls = {"faces": 0, "prepare": 0}
-    find, prepare = store._faces.find, backend.prepare
+    find, prepare = store.faces.analyse, backend.prepare
 
-    def counting_find(frame):
+    def counting_find(frames, *args):
         calls["faces"] += 1
-        return find(frame)
+        return find(frames, *args)
 
     def counting_prepare(avatar):
         calls["prepare"] += 1
         prepare(avatar)
 
-    store._faces.find = counting_find  # type: ignore[method-assign,assignment]
+    store.faces.analyse = counting_find  # type: ignore[method-assign,assignment]
     backend.prepare = counting_prepare  # type: ignore[method-assign]
     a1, cached1 = store.register(PORTRAIT, "me.png", "me")
     assert calls == {"faces": 1, "prepare": 1}
@@ -91,14 +91,14 @@ def test_a_precompute_in_progress_does_not_block_ready_avatars(tmp_path):
     store, _ = _store(tmp_path)
     ready, _ = store.register(PORTRAIT, "me.png")
     entered, release = threading.Event(), threading.Event()
-    find = store._faces.find
+    find = store.faces.analyse
 
-    def slow_find(frame):
+    def slow_find(frames, *args):
         entered.set()
         release.wait(30)
-        return find(frame)
+        return find(frames, *args)
 
-    store._faces.find = slow_find  # type: ignore[method-assign,assignment]
+    store.faces.analyse = slow_find  # type: ignore[method-assign,assignment]
     other = cv2.imencode(".png", cv2.flip(_portrait(), 1))[1].tobytes()
     worker = threading.Thread(target=store.register, args=(other, "mirror.png"))
     worker.start()
@@ -124,26 +124,37 @@ def test_face_and_mouth_are_found_on_the_default_portrait(tmp_path):
     assert lab[my1:my2, mx1:mx2].mean() > lab[fy1:fy2, fx1:fx2].mean()
 
 
-def test_blend_leaves_no_seam(tmp_path):
+def _border_gradient(frame: np.ndarray, box: tuple[int, int, int, int], band: int = 3) -> float:
+    """Mean gradient magnitude over the pixels within ``band`` of the box's border, inside it."""
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    mag = np.hypot(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3))
+    x1, y1, x2, y2 = box
+    ring = np.zeros(gray.shape, bool)
+    ring[y1:y2, x1:x2] = True
+    ring[y1 + band : y2 - band, x1 + band : x2 - band] = False
+    return float(mag[ring].mean())
+
+
+def test_warp_leaves_no_seam_and_touches_nothing_outside_its_region(tmp_path):
     store, backend = _store(tmp_path)
     avatar, _ = store.register(PORTRAIT, "me.png")
-    pre = avatar.extras["viseme"]
-    roi_w, roi_h, ox, oy = (int(v) for v in pre["geom"][:4])
-    mb = avatar.mouth_boxes[0]
-    x1 = (int(mb[0]) + int(mb[2])) // 2 + ox
-    y1 = (int(mb[1]) + int(mb[3])) // 2 + oy
-    box = (x1, y1, x1 + roi_w, y1 + roi_h)
+    rig = backend.rig(avatar)
+    box = mesh_warp.region(rig, 0, avatar.size)
+    assert box is not None
     original = np.array(avatar.frames[0])
+    reference = _border_gradient(original, box)
     for shape in (MouthShape(open=1.0), MouthShape(open=0.5, width=0.2, round=1.0), MouthShape(0.4, 0.9, 0.0)):
         rendered = backend.render(avatar, [FrameJob("s", 0, 0, True, -20.0, mouth=shape)])[0]
         assert not np.array_equal(rendered, original)
-        seam = boundary_gradient(rendered, pre["mask"], box)
-        reference = boundary_gradient(original, pre["mask"], box)
+        seam = _border_gradient(rendered, box)
         assert abs(seam - reference) <= 0.2 * reference, (shape, seam, reference)
-        # outside the blended region nothing changed
+        # outside the warped region nothing changed
         outside = np.ones(original.shape[:2], bool)
         outside[box[1] : box[3], box[0] : box[2]] = False
         assert np.array_equal(rendered[outside], original[outside])
+    # the rest pose is the photo itself
+    rest = backend.render(avatar, [FrameJob("s", 0, 0, True, -20.0, mouth=MouthShape())])[0]
+    assert np.array_equal(rest, original)
 
 
 def test_video_avatar_loops_forward_then_backward(tmp_path):
@@ -163,7 +174,7 @@ def test_killed_precompute_leaves_the_cache_loadable(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        from services.renderer.avatar import AvatarStore
+        from services.renderer.avatars import AvatarStore
         from services.renderer.backends.viseme import VisemeBackend
         from services.renderer.config import AvatarConfig, RendererConfig
         from talkmesh.common.telemetry import Telemetry

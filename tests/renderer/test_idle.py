@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from services.renderer.avatar import AvatarStore
+from services.renderer.avatars import AvatarStore
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
 from services.renderer.idle import BLINK_CURVE, IdleLife
@@ -39,11 +39,15 @@ def test_eyes_are_found_inside_the_upper_face(tmp_path):
     assert all(e.valid for e in life.eyes)
 
 
+def _blink_ticks(life: IdleLife, n: int = 2000) -> list[int]:
+    return [t for t in range(n) if life.closure(t) == 1.0]
+
+
 def test_a_blink_covers_the_irises_with_the_lids_and_reopens(tmp_path):
     avatar = _avatar(tmp_path)
     life = IdleLife(avatar, 25.0)
     frame = np.asarray(avatar.frames[0])
-    closed_tick = life.period + BLINK_CURVE.index(1.0)
+    closed_tick = _blink_ticks(life)[0]
     for eye in life.eyes:
         open_dark = _dark(frame[eye.y1 : eye.y2, eye.x1 : eye.x2])
         shut = np.array(frame, copy=True)
@@ -51,19 +55,39 @@ def test_a_blink_covers_the_irises_with_the_lids_and_reopens(tmp_path):
         shut_dark = _dark(shut[eye.y1 : eye.y2, eye.x1 : eye.x2])
         # iris and pupil (the dark pixels) mostly disappear under the lid; the lash line stays
         assert shut_dark < 0.6 * open_dark, (open_dark, shut_dark)
-    assert life.closure(closed_tick) == 1.0
-    assert life.closure(life.period - 1) == 0.0 and life.closure(life.period + len(BLINK_CURVE)) == 0.0
+    start = closed_tick - BLINK_CURVE.index(1.0)
+    assert [life.closure(start + k) for k in range(len(BLINK_CURVE))] == list(BLINK_CURVE)
+    assert life.closure(start - 1) == 0.0 and life.closure(start + len(BLINK_CURVE)) == 0.0
 
 
-def test_sway_is_subtle_and_continuous(tmp_path):
+def test_blinks_come_at_irregular_intervals_and_never_on_a_clips_first_frame(tmp_path):
+    avatar = _avatar(tmp_path)
+    life = IdleLife(avatar, 25.0)
+    starts = [t - BLINK_CURVE.index(1.0) for t in _blink_ticks(life, 3000)]
+    gaps = np.diff(starts)
+    assert len(starts) >= 10
+    assert gaps.min() >= 2 * 25 and gaps.max() <= 6 * 25
+    assert len(set(gaps.tolist())) >= 5  # not a fixed period
+    # a clip that starts on a blink's first frame (or inside it) shows no blink at its start
+    for clip_start in (starts[3], starts[3] + 1):
+        clipped = IdleLife(avatar, 25.0, clip_start=clip_start)
+        assert all(clipped.closure(clip_start + k) == 0.0 for k in range(len(BLINK_CURVE)))
+        assert clipped.closure(starts[4] + BLINK_CURVE.index(1.0)) == 1.0  # later blinks still come
+
+
+def test_sway_is_subtle_and_continuous_and_leaves_the_background_still(tmp_path):
     avatar = _avatar(tmp_path)
     life = IdleLife(avatar, 25.0)
     frame = np.asarray(avatar.frames[0])
     ticks = [t for t in range(10, 60) if life.closure(t) == 0.0]
     frames = [life.apply(frame, t).astype(np.float32) for t in ticks]
     # it moves ...
-    assert np.abs(frames[0] - frames[len(frames) // 2]).mean() > 0.5
+    assert np.abs(frames[0] - frames[len(frames) // 2]).mean() > 0.3
     # ... by less than a pixel's worth between consecutive frames, and stays close to the photo
     for a, b in itertools.pairwise(frames):
         assert np.abs(a - b).mean() < 3.0
     assert max(np.abs(f - frame).mean() for f in frames) < 8.0
+    # the background away from the head and body does not move at all (top corners of the photo)
+    for f in frames:
+        assert np.array_equal(f[:40, :40], frame[:40, :40].astype(np.float32))
+        assert np.array_equal(f[:40, -40:], frame[:40, -40:].astype(np.float32))

@@ -18,13 +18,22 @@ import numpy as np
 
 @dataclass
 class Avatar:
-    """A prepared avatar, as the precompute cache stores it (see services/renderer/avatar.py)."""
+    """A prepared avatar, as the precompute cache stores it (see services/renderer/avatars/)."""
 
     id: str
     name: str
     frames: np.ndarray  # [N, H, W, 3] uint8 BGR; N == 1 for a photo
     face_boxes: np.ndarray  # [N, 4] int32 x1, y1, x2, y2 (smoothed over time for videos)
     mouth_boxes: np.ndarray  # [N, 4] int32 x1, y1, x2, y2
+    # [N, 468, 2] float32 face-mesh landmarks in image pixels (smoothed over time for videos);
+    # None when the face models are not installed (Haar fallback: boxes only).
+    landmarks: np.ndarray | None = None
+    # [N] bool: the face was found on this frame (frames where it was lost are never animated).
+    kept: np.ndarray | None = None
+    # Landmark-derived model crops per neural backend ("wav2lip", "musetalk"): [N, 4] float32 boxes.
+    crop_boxes: dict[str, np.ndarray] = field(default_factory=dict)
+    # What registration found (face box, confidence, frames kept/rejected, detector).
+    report: dict[str, Any] = field(default_factory=dict)
     # Per-backend precompute, keyed by backend name (crops, masks, reference latents, remap grids...).
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -32,6 +41,10 @@ class Avatar:
     def size(self) -> tuple[int, int]:
         """(width, height)"""
         return int(self.frames.shape[2]), int(self.frames.shape[1])
+
+    def animated(self, frame: int) -> bool:
+        """Whether the mouth may be moved on this avatar frame (its face was found there)."""
+        return self.kept is None or bool(self.kept[frame])
 
 
 @dataclass(frozen=True)

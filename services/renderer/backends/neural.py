@@ -41,13 +41,24 @@ def padded_boxes(boxes: np.ndarray, size: tuple[int, int], pads: tuple[int, int,
     return b.astype(np.int32)
 
 
-def face_crops(frames: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+def face_crops(frames: np.ndarray, boxes: np.ndarray, size: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
     """[N, size, size, 3] uint8: each frame's box resized to a square of ``size`` pixels."""
     out = np.empty((len(boxes), size, size, 3), np.uint8)
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         frame = frames[i if len(frames) > 1 else 0]
-        out[i] = cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+        out[i] = cv2.resize(frame[y1:y2, x1:x2], (size, size), interpolation=interpolation)
     return out
+
+
+def landmark_boxes(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The avatar's landmark-derived model crops (float, time-smoothed) as pixel boxes in the frame."""
+    w, h = size
+    b = np.round(boxes).astype(np.int64)
+    b[:, 0] = np.clip(b[:, 0], 0, w - 1)
+    b[:, 1] = np.clip(b[:, 1], 0, h - 1)
+    b[:, 2] = np.clip(b[:, 2], b[:, 0] + 1, w)
+    b[:, 3] = np.clip(b[:, 3], b[:, 1] + 1, h)
+    return b.astype(np.int32)
 
 
 def lower_face_mask(size: int, top: float = 0.45, side: float = 0.1, bottom: float = 0.04) -> np.ndarray:
@@ -92,6 +103,8 @@ class NeuralBackend(RenderBackend):
     pads: tuple[int, int, int, int] = (0, 10, 0, 0)
     #: estimated device memory per batched frame (activations, FP16), for the GPU batch bound
     bytes_per_frame: int = 64 * 1024 * 1024
+    #: the resize the model's training crops were made with
+    crop_interpolation: int = cv2.INTER_AREA
 
     def __init__(self, config: RendererConfig, telemetry: Telemetry) -> None:
         self.config = config
@@ -135,12 +148,15 @@ class NeuralBackend(RenderBackend):
 
     def prepare(self, avatar: Avatar) -> None:
         frames = avatar.frames
-        boxes = padded_boxes(avatar.face_boxes, avatar.size, self.pads)
+        if self.name in avatar.crop_boxes:  # from the face-mesh landmarks, smoothed over time
+            boxes = landmark_boxes(avatar.crop_boxes[self.name], avatar.size)
+        else:  # an avatar without landmarks: the padded face box
+            boxes = padded_boxes(avatar.face_boxes, avatar.size, self.pads)
         if len(boxes) != len(frames) and len(boxes) != 1:
             raise ValueError(f"avatar {avatar.id}: {len(boxes)} face boxes for {len(frames)} frames")
         if len(boxes) == 1 and len(frames) > 1:
             boxes = np.repeat(boxes, len(frames), axis=0)
-        crops = face_crops(frames, boxes, self.crop_size)
+        crops = face_crops(frames, boxes, self.crop_size, self.crop_interpolation)
         avatar.extras[self.name] = {
             "boxes": boxes,
             "crops": crops,

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob
@@ -50,6 +51,7 @@ class Wav2LipBackend(NeuralBackend):
     crop_size = FACE_SIZE
     feature_shape = MEL_SHAPE
     pads = (0, 10, 0, 0)
+    crop_interpolation = cv2.INTER_LINEAR  # Wav2Lip resized its S3FD crops bilinearly
     # ~6 MB of FP16 activations per 96x96 frame through the U-Net, with headroom.
     bytes_per_frame = 24 * 1024 * 1024
 

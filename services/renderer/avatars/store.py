@@ -1,0 +1,310 @@
+"""Avatar registry: decode a photo or a short video once, find the face and its landmarks,
+precompute what each backend needs, and keep the result content-addressed on disk and hot in a
+bounded LRU.
+
+Layout on disk: ``<cache_dir>/<id>/`` with ``frames.npy`` (N x H x W x 3, BGR), ``boxes.npz``
+(face and mouth boxes, landmarks, per-frame confidence and model crops), one ``<backend>.npz`` per
+prepared backend, and ``meta.json`` (with the face report), written last. An entry is built in a
+temporary directory and renamed into place, so a precompute that is killed half way leaves nothing
+that later loads (stale temporaries are removed at start).
+
+Locking: a store-wide lock guards only the in-memory tables (LRU, aliases, per-entry locks) and is
+never held while decoding, analysing, loading from disk or running a backend's precompute; those
+hold the lock of their own entry, so renders of ready avatars never wait for another avatar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.renderer.avatars.analysis import FaceAnalyzer, FaceChoice, FaceTrack
+from services.renderer.avatars.decode import decode
+from services.renderer.avatars.face_models import load_face_models
+from services.renderer.backends.base import Avatar, RenderBackend
+from services.renderer.config import AvatarConfig
+from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
+
+PRECOMPUTE_VERSION = "2"
+DEFAULT_ALIAS = "default"
+
+
+@dataclass(frozen=True)
+class AvatarSummary:
+    id: str
+    name: str
+    width: int
+    height: int
+    frame_count: int
+    backends: tuple[str, ...]
+    report: dict[str, Any]
+
+
+# -- the store ----------------------------------------------------------------------------------
+class AvatarStore:
+    def __init__(
+        self,
+        cfg: AvatarConfig,
+        backends: Mapping[str, RenderBackend],
+        on_cache: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.backends = backends
+        self.root = Path(cfg.cache_dir or Path.home() / ".cache" / "talkmesh" / "avatars").expanduser()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._memory: OrderedDict[str, Avatar] = OrderedDict()
+        self._aliases: dict[str, str] = {}
+        self._protected: set[str] = set()
+        self._lock = threading.Lock()  # the tables above and _entries; never held for slow work
+        self._entries: dict[str, threading.RLock] = {}
+        models = (
+            None
+            if cfg.face_models == "haar"
+            else load_face_models("" if cfg.face_models == "auto" else cfg.face_models)
+        )
+        self.faces = FaceAnalyzer(models)
+        self._on_cache = on_cache or (lambda cache, hit: None)
+        self.precomputes = 0
+        for stale in self.root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def _entry(self, avatar_id: str) -> threading.RLock:
+        """The lock of one avatar's entry (its precompute, disk load and backend preparation)."""
+        with self._lock:
+            return self._entries.setdefault(avatar_id, threading.RLock())
+
+    def settings_key(self, choice: FaceChoice = FaceChoice()) -> str:
+        settings: dict[str, Any] = {"v": PRECOMPUTE_VERSION, "faces": self.faces.detector}
+        if choice != FaceChoice():
+            settings["face"] = [choice.index, list(choice.point) if choice.point else None]
+        return json.dumps(settings, sort_keys=True)
+
+    def content_id(self, data: bytes, choice: FaceChoice = FaceChoice()) -> str:
+        h = hashlib.sha256()
+        h.update(data)
+        h.update(self.settings_key(choice).encode())
+        return h.hexdigest()[:20]
+
+    def register(
+        self,
+        data: bytes,
+        filename: str,
+        name: str = "",
+        backends: tuple[str, ...] = (),
+        alias: str = "",
+        choice: FaceChoice = FaceChoice(),
+    ) -> tuple[Avatar, bool]:
+        """Blocking. Returns (avatar, cached): a second registration of the same file is instant."""
+        if len(data) > self.cfg.max_upload_bytes:
+            raise InvalidArgument("data", f"upload of {len(data)} bytes exceeds {self.cfg.max_upload_bytes}")
+        for b in backends:
+            if b not in self.backends:
+                raise InvalidArgument(
+                    "meta.backends", f"backend {b!r} is not loaded (loaded: {', '.join(self.backends)})"
+                )
+        avatar_id = self.content_id(data, choice)
+        # Only registrations of the same file wait for each other: a long video precompute must
+        # not hold up renders of the avatars that are ready.
+        with self._entry(avatar_id):
+            cached = (self.root / avatar_id / "meta.json").is_file()
+            self._on_cache("avatar_precompute", cached)
+            if not cached:
+                self._precompute(avatar_id, data, filename, name or Path(filename).stem or avatar_id, choice)
+            avatar = self.get(avatar_id)
+            for b in ("viseme", *backends):
+                if b in self.backends:
+                    self._ensure_backend(avatar, b)
+        if alias:
+            with self._lock:
+                self._aliases[alias] = avatar_id
+                self._protected.add(avatar_id)
+        return avatar, cached
+
+    def _precompute(self, avatar_id: str, data: bytes, filename: str, name: str, choice: FaceChoice) -> None:
+        tmp = self.root / f".tmp-{avatar_id}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            frames = decode(data, filename, self.cfg)
+            track = self.faces.analyse(frames, choice)
+            report = face_report(track)
+            np.save(tmp / "frames.npy", frames)
+            arrays = {
+                "face": np.round(track.boxes).astype(np.int32),
+                "mouth": np.round(track.mouth_boxes).astype(np.int32),
+                "scores": track.scores,
+                "kept": track.kept,
+                **{f"crop_{k}": v for k, v in track.crop_boxes.items()},
+            }
+            if track.landmarks is not None:
+                arrays["landmarks"] = track.landmarks
+            np.savez(tmp / "boxes.npz", **arrays)  # type: ignore[arg-type]
+            meta = {
+                "id": avatar_id,
+                "name": name,
+                "filename": filename,
+                "version": PRECOMPUTE_VERSION,
+                "width": int(frames.shape[2]),
+                "height": int(frames.shape[1]),
+                "frames": int(frames.shape[0]),
+                "face": report,
+            }
+            _write_atomic(tmp / "meta.json", json.dumps(meta).encode())
+            final = self.root / avatar_id
+            if final.exists():  # a half-written entry from an older layout
+                shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        with self._lock:
+            self.precomputes += 1
+        log.info(
+            "prepared avatar %s (%s): %d frame(s), face found on %d (%s, confidence %.2f)",
+            avatar_id, name, len(frames), report["frames_kept"], report["detector"], report["confidence"],
+        )  # fmt: skip
+
+    def _ensure_backend(self, avatar: Avatar, backend: str) -> None:
+        if backend in avatar.extras:
+            return
+        with self._entry(avatar.id):
+            if backend in avatar.extras:  # prepared by another thread while we waited
+                return
+            path = self.root / avatar.id / f"{backend}.npz"
+            if path.is_file():
+                with np.load(path) as z:
+                    avatar.extras[backend] = {k: z[k] for k in z.files}
+                return
+            self.backends[backend].prepare(avatar)
+            extras = avatar.extras.get(backend)
+            if isinstance(extras, dict) and all(isinstance(v, np.ndarray) for v in extras.values()):
+                tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.npz")
+                with contextlib.suppress(OSError):  # the entry may have been deleted meanwhile
+                    np.savez(tmp, **extras)
+                    os.replace(tmp, path)
+
+    def resolve(self, avatar_id: str) -> str:
+        with self._lock:
+            return self._aliases.get(avatar_id or DEFAULT_ALIAS, avatar_id or DEFAULT_ALIAS)
+
+    def get(self, avatar_id: str, backend: str = "") -> Avatar:
+        """Blocking. The prepared avatar (memory, then disk), with ``backend``'s precompute."""
+        key = self.resolve(avatar_id)
+        with self._lock:
+            avatar = self._memory.get(key)
+            if avatar is not None:
+                self._memory.move_to_end(key)
+        self._on_cache("avatar_memory", avatar is not None)
+        if avatar is None:
+            with self._entry(key):
+                with self._lock:
+                    avatar = self._memory.get(key)
+                if avatar is None:
+                    avatar = self._load(key)
+                    with self._lock:
+                        self._memory[key] = avatar
+                        while len(self._memory) > self.cfg.memory_entries:
+                            self._memory.popitem(last=False)
+        if backend:
+            self._ensure_backend(avatar, backend)
+        return avatar
+
+    def _load(self, avatar_id: str) -> Avatar:
+        d = self.root / avatar_id
+        if not avatar_id or "/" in avatar_id or avatar_id.startswith(".") or not (d / "meta.json").is_file():
+            raise NotFound("config.avatar_id", avatar_id, "avatar")
+        meta = json.loads((d / "meta.json").read_text())
+        frames = np.load(d / "frames.npy", mmap_mode="r")
+        with np.load(d / "boxes.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        return Avatar(
+            id=avatar_id,
+            name=meta["name"],
+            frames=np.ascontiguousarray(frames),
+            face_boxes=arrays["face"],
+            mouth_boxes=arrays["mouth"],
+            landmarks=arrays.get("landmarks"),
+            kept=arrays.get("kept"),
+            crop_boxes={k[5:]: v for k, v in arrays.items() if k.startswith("crop_")},
+            report=meta.get("face", {}),
+        )
+
+    def list(self) -> list[AvatarSummary]:
+        out = []
+        for meta_path in sorted(self.root.glob("*/meta.json")):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                meta = json.loads(meta_path.read_text())
+                backends = tuple(sorted(p.stem for p in meta_path.parent.glob("*.npz") if p.stem != "boxes"))
+                out.append(
+                    AvatarSummary(
+                        meta["id"],
+                        meta["name"],
+                        meta["width"],
+                        meta["height"],
+                        meta["frames"],
+                        backends,
+                        meta.get("face", {}),
+                    )
+                )
+        return out
+
+    def delete(self, avatar_id: str) -> bool:
+        """Removes an avatar from disk and memory. Streams that already hold it finish with it.
+
+        The default avatar (and any alias the service registered) is refused by alias and by id.
+        """
+        key = self.resolve(avatar_id)
+        with self._lock:
+            if key in self._protected:
+                raise FailedPrecondition(
+                    f"avatar_id: {avatar_id!r} is the {DEFAULT_ALIAS} avatar, which cannot be deleted"
+                )
+        if not key or "/" in key or key.startswith("."):
+            return False
+        with self._entry(key):
+            with self._lock:
+                self._memory.pop(key, None)
+            d = self.root / key
+            if not d.is_dir():
+                return False
+            tmp = self.root / f".tmp-del-{key}-{uuid.uuid4().hex[:6]}"
+            os.replace(d, tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return True
+
+
+def face_report(track: FaceTrack) -> dict[str, Any]:
+    """What registration found, as reported to the client (and kept in meta.json)."""
+    first = int(np.argmax(track.kept)) if track.kept.any() else 0
+    return {
+        "box": [round(float(v), 1) for v in track.boxes[first]],
+        "confidence": round(track.mean_confidence, 4),
+        "frames_kept": int(track.kept.sum()),
+        "frames_rejected": int((~track.kept).sum()),
+        "faces_found": track.faces_found,
+        "face_index": track.face_index,
+        "detector": track.detector,
+    }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
