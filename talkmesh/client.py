@@ -8,17 +8,22 @@ async with TalkmeshClient("127.0.0.1:50051") as client:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import grpc
 
 from talkmesh.common.channel import PUBLIC_CLIENT_KEEPALIVE_MS, create_channel
 from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import gateway_pb2 as gpb
-from talkmesh.v1 import gateway_pb2_grpc
+from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
+from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import tts_pb2 as tpb
 
@@ -35,6 +40,107 @@ class SpeakResult:
     time_to_first_fragment: float
     total_seconds: float
     fragment_times: list[float] = field(default_factory=list)
+
+
+class LiveSession:
+    """A live session (``TalkmeshClient.live``): send turns and interrupts, iterate the stream.
+
+    async with client.live(voice="espeak:en-us") as live:
+        await live.say("Hello there!")            # a text turn (returns its turn id)
+        async for msg in live:                    # LiveServerMessage: media, events, errors
+            ...
+    """
+
+    def __init__(self, stub: live_pb2_grpc.LiveStub, config: lpb.LiveConfig, timeout: float | None) -> None:
+        self._stub = stub
+        self._config = config
+        self._timeout = timeout
+        self._requests: asyncio.Queue[lpb.LiveClientMessage | None] = asyncio.Queue()
+        self._call: Any = None
+        self._turns = 0
+        self.started: lpb.SessionStarted | None = None
+        self._first: list[lpb.LiveServerMessage] = []
+
+    async def _stream(self) -> AsyncIterator[lpb.LiveClientMessage]:
+        while (msg := await self._requests.get()) is not None:
+            yield msg
+
+    async def __aenter__(self) -> LiveSession:
+        await self._requests.put(lpb.LiveClientMessage(config=self._config))
+        self._call = self._stub.Session(self._stream(), timeout=self._timeout)
+        first = await self._call.read()
+        if first is grpc.aio.EOF:
+            raise RuntimeError("the live session ended before it started")
+        if first.WhichOneof("kind") == "started":
+            self.started = first.started
+        self._first.append(first)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._call is not None and not self._call.done():
+            self._call.cancel()
+
+    def __aiter__(self) -> AsyncIterator[lpb.LiveServerMessage]:
+        return self._read()
+
+    async def _read(self) -> AsyncIterator[lpb.LiveServerMessage]:
+        while self._first:
+            yield self._first.pop(0)
+        while (msg := await self._call.read()) is not grpc.aio.EOF:
+            yield msg
+
+    def _turn_id(self, turn_id: str | None) -> str:
+        if turn_id:
+            return turn_id
+        self._turns += 1
+        return f"turn-{self._turns}"
+
+    async def say(self, text: str, *, turn_id: str | None = None, final: bool = True) -> str:
+        """Speaks ``text`` as a turn (or a piece of one, with ``final=False``); returns the turn id."""
+        tid = self._turn_id(turn_id)
+        await self._requests.put(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=text, final=final)))
+        return tid
+
+    async def say_stream(self, pieces: AsyncIterable[str], *, turn_id: str | None = None) -> str:
+        """Speaks text as it is written (LLM tokens): one turn, ended when ``pieces`` ends."""
+        tid = self._turn_id(turn_id)
+        async for piece in pieces:
+            await self._requests.put(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=piece)))
+        await self._requests.put(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid)))
+        return tid
+
+    async def say_audio(
+        self, chunks: AsyncIterable[bytes] | Iterable[bytes], sample_rate: int, *, turn_id: str | None = None
+    ) -> str:
+        """Plays your own speech (mono PCM s16le chunks at ``sample_rate``) as a turn."""
+        tid = self._turn_id(turn_id)
+        if isinstance(chunks, AsyncIterable):
+            async for pcm in chunks:
+                await self.audio(tid, pcm, sample_rate)
+        else:
+            for pcm in chunks:
+                await self.audio(tid, pcm, sample_rate)
+        await self._requests.put(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid)))
+        return tid
+
+    async def audio(self, turn_id: str, pcm: bytes, sample_rate: int, *, final: bool = False) -> None:
+        """One chunk of an audio turn."""
+        msg = lpb.SpeakAudio(turn_id=turn_id, sample_rate=sample_rate, pcm=pcm, final=final)
+        await self._requests.put(lpb.LiveClientMessage(audio=msg))
+
+    async def end_turn(self, turn_id: str) -> None:
+        await self._requests.put(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=turn_id)))
+
+    async def interrupt(self, turn_id: str = "") -> None:
+        """Stops ``turn_id`` (empty: the current turn and every queued one) at the next frame."""
+        await self._requests.put(lpb.LiveClientMessage(interrupt=lpb.Interrupt(turn_id=turn_id)))
+
+    async def keep_alive(self) -> None:
+        await self._requests.put(lpb.LiveClientMessage(keep_alive=lpb.KeepAlive()))
+
+    async def close(self) -> None:
+        """Half-closes: turns already started play to their end, then the session ends."""
+        await self._requests.put(None)
 
 
 class TalkmeshClient:
@@ -168,6 +274,38 @@ class TalkmeshClient:
                         progress(sent, total)
 
         return await self.stub.RegisterAvatar(upload())  # type: ignore[no-any-return]
+
+    def live(
+        self,
+        *,
+        avatar: str = "",
+        voice: str = "",
+        size: str = "",
+        backend: str = "",
+        idle_timeout: float = 0.0,
+        max_seconds: float = 0.0,
+        rate: float = 0.0,
+        pitch: float = 0.0,
+        volume: float = 0.0,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> LiveSession:
+        """A live session: ``async with client.live(...) as session`` (see ``LiveSession``)."""
+        config = lpb.LiveConfig(
+            request_id=request_id,
+            avatar_id=avatar,
+            voice=voice,
+            voice_settings=tpb.VoiceSettings(rate=rate, pitch=pitch, volume=volume),
+            size=size,
+            renderer_backend=backend,
+            idle_timeout_seconds=idle_timeout,
+            max_session_seconds=max_seconds,
+        )
+        return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout)
+
+    def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
+        """Another viewer of a running live session (joins at the next keyframe)."""
+        return live_pb2_grpc.LiveStub(self.channel).Watch(lpb.WatchRequest(session_id=session_id))  # type: ignore[no-any-return]
 
     async def delete_avatar(self, avatar_id: str) -> bool:
         return bool((await self.stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=avatar_id))).deleted)

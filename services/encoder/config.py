@@ -147,6 +147,29 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class LiveConfig:
+    # Rendered speech held ahead of the clock (ms): bounds memory and how much an interrupt drops.
+    lead_ms: int = 500
+    # Rendered speech a turn waits for before it starts (ms): absorbs jitter of real-time input.
+    start_buffer_ms: int = 120
+    # Length of an idle loop (seconds, rounded to whole GOPs) and its GOP (frames; 0 = one second).
+    loop_seconds: float = 4.0
+    loop_gop_frames: int = 0
+    # Idle loops kept in memory (per avatar, size, fps and encoder settings).
+    max_loops: int = 32
+
+    def validate(self) -> None:
+        if not 40 <= self.lead_ms <= 5000:
+            raise ConfigError("live.lead_ms: must be within 40..5000")
+        if not 0 <= self.start_buffer_ms <= self.lead_ms:
+            raise ConfigError("live.start_buffer_ms: must be within 0..lead_ms")
+        if not 1 <= self.loop_seconds <= 60:
+            raise ConfigError("live.loop_seconds: must be within 1..60")
+        if self.loop_gop_frames < 0 or self.max_loops < 1:
+            raise ConfigError("live.loop_gop_frames must not be negative and live.max_loops at least 1")
+
+
+@dataclass(frozen=True)
 class EncoderConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50055, metrics_port=9105))
     video: VideoConfig = field(default_factory=VideoConfig)
@@ -158,6 +181,8 @@ class EncoderConfig:
     renderer: Endpoint = field(default_factory=lambda: Endpoint(default_target("renderer")))
     # Audio released to the AAC encoder ahead of the frame being encoded (seconds), when rendering.
     audio_lead_seconds: float = 0.25
+    # Live sessions (the Live RPC).
+    live: LiveConfig = field(default_factory=LiveConfig)
 
     def validate(self) -> None:
         if not 0 <= self.audio_lead_seconds <= 2:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import grpc
 from opentelemetry import trace
@@ -23,17 +25,20 @@ from services.encoder.backends import X264Backend, probe_nvenc, select_backend
 from services.encoder.backends.base import VideoBackend
 from services.encoder.config import EncoderConfig
 from services.encoder.interleave import AudioInterleaver
+from services.encoder.live.idle import IdleLoop, IdleLoops, encode_loop, loop_frames, render_idle_frames
+from services.encoder.live.media import LiveCodecs, LiveParams
+from services.encoder.live.session import LiveSession
 from services.encoder.render import FrameSource, GrpcFrameSource
 from services.encoder.session import EncodeSession, StreamParams
 from services.encoder.validation import FrameAssembler, check_audio, stream_params
 from talkmesh.common.aio import Chan, TaskSet
-from talkmesh.common.clock import MediaClock
+from talkmesh.common.clock import MediaClock, fps_fraction
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
-from talkmesh.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, renderer_pb2
+from talkmesh.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, live_pb2, renderer_pb2
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self.config = config
         self.telemetry = telemetry
         self.frame_source = frame_source
+        self.idle_loops = IdleLoops(config.live.max_loops)
         # Set by EncoderService.start() once the probe has run.
         self.backend: VideoBackend | None = None
         self.fallback: VideoBackend | None = None
@@ -123,6 +129,80 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         async with contextlib.aclosing(encode) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    # -- live sessions -----------------------------------------------------------------------------
+    async def Live(
+        self, request_iterator: AsyncIterator[encoder_pb2.LiveEncodeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[live_pb2.LiveServerMessage]:
+        if self.backend is None:
+            raise Unavailable("the encoder is still starting")
+        if self.frame_source is None:
+            raise FailedPrecondition("live sessions need a renderer (renderer.target)")
+        # The gateway owns the session's lifetime: no idle limit here after the first message.
+        stream: RequestStream[encoder_pb2.LiveEncodeRequest] = await RequestStream.open(
+            request_iterator, "config", first_timeout=self.config.server.idle_timeout, what="live stream"
+        )
+        cfg = stream.config
+        fps_value = cfg.fps or self.config.defaults.fps
+        if not math.isfinite(fps_value) or not 1 <= fps_value <= 60:
+            raise InvalidArgument("config.fps", f"{cfg.fps:g} is outside 1..60")
+        if not 8000 <= cfg.sample_rate <= 48000:
+            raise InvalidArgument("config.sample_rate", f"{cfg.sample_rate} Hz is outside 8000..48000")
+        codec = {
+            encoder_pb2.AUDIO_CODEC_UNSPECIFIED: "aac",
+            encoder_pb2.AUDIO_CODEC_AAC: "aac",
+            encoder_pb2.AUDIO_CODEC_OPUS: "opus",
+        }.get(cfg.audio_codec)
+        if codec is None:
+            raise InvalidArgument("config.audio_codec", f"unknown audio codec {cfg.audio_codec}")
+        fps = fps_fraction(fps_value)
+        render = renderer_pb2.RenderConfig()
+        render.CopyFrom(cfg.render)
+        render.fps = float(fps)
+        render.sample_rate = cfg.sample_rate
+        render.pixel_format = common_pb2.PIXEL_FORMAT_I420
+        render.session_id = render.session_id or cfg.session_id
+        render.request_id = render.request_id or cfg.request_id
+        timeout = context.time_remaining()
+        loop = await self._idle_loop(render, fps, cfg.sample_rate, codec, timeout)
+        params = LiveParams(loop.width, loop.height, fps, cfg.sample_rate, codec)
+        assert self.backend is not None
+        session = LiveSession(
+            self.config, self.telemetry, self.backend, self.frame_source, cfg, render, params, loop, timeout
+        )
+        async with contextlib.aclosing(session.run(stream)) as messages:
+            async for msg in messages:
+                yield msg
+
+    async def _idle_loop(
+        self, render: renderer_pb2.RenderConfig, fps: Fraction, sample_rate: int, codec: str, timeout: float | None
+    ) -> IdleLoop:
+        """The avatar's idle loop for this size and rate, built (render + encode) on first use."""
+        assert self.backend is not None and self.frame_source is not None
+        backend, source = self.backend, self.frame_source
+        live = self.config.live
+        gop = live.loop_gop_frames or max(1, round(float(fps)))
+        frames = loop_frames(live.loop_seconds, float(fps), gop)
+        key = (render.avatar_id, render.backend, render.size, fps, backend.name, frames, gop)
+
+        async def build() -> IdleLoop:
+            idle_render = renderer_pb2.RenderConfig()
+            idle_render.CopyFrom(render)
+            idle_render.session_id = ""  # the loop's own idle motion, from tick 0
+            with self.telemetry.stage("idle_loop", frames=frames):
+                rendered = await render_idle_frames(source, idle_render, frames, timeout)
+                params = LiveParams(rendered[0][0], rendered[0][1], fps, sample_rate, codec)
+
+                def encode() -> IdleLoop:
+                    probe = LiveCodecs(params, backend, self.config.audio)
+                    try:
+                        return encode_loop(rendered, backend, params, gop, probe.video.extradata)
+                    finally:
+                        probe.close()
+
+                return await asyncio.to_thread(encode)
+
+        return await self.idle_loops.get(key, build)
 
     def _session(self, params: StreamParams) -> EncodeSession:
         assert self.backend is not None

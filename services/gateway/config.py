@@ -8,6 +8,43 @@ from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
 
 
 @dataclass(frozen=True)
+class LiveSettings:
+    """Live sessions (talkmesh.v1.Live)."""
+
+    # Sessions this replica runs at once; more get RESOURCE_EXHAUSTED (health stays SERVING).
+    max_sessions: int = 16
+    # Rate of the session's audio timeline; turns are resampled to it (TTS voices, callers' PCM).
+    sample_rate: int = 24000
+    # Defaults for LiveConfig.idle_timeout_seconds and max_session_seconds.
+    idle_timeout_seconds: float = 300.0
+    max_session_seconds: float = 3600.0
+    # A session_ending event this long before the server closes a session (idle or length).
+    ending_warning_seconds: float = 10.0
+    # On SIGTERM, sessions are told to end and may finish their turns for this long.
+    drain_seconds: float = 10.0
+    # How far a turn's audio may run ahead of what has been played (seconds).
+    max_audio_ahead_seconds: float = 3.0
+    # This replica's address as other replicas reach it (Watch forwarding); "" = its own
+    # host:port. In Kubernetes: "$(POD_IP):50051".
+    advertise_address: str = ""
+    # Signs session ids (they name their owner); every replica of a deployment needs the same
+    # secret for Watch forwarding. "" = a random secret per process (no forwarding).
+    session_secret: str = ""
+
+    def validate(self) -> None:
+        if self.max_sessions < 1:
+            raise ConfigError("max_sessions: must be at least 1")
+        if self.sample_rate not in (16000, 22050, 24000, 44100, 48000):
+            raise ConfigError("sample_rate: must be one of 16000, 22050, 24000, 44100, 48000")
+        if self.idle_timeout_seconds <= 0 or self.max_session_seconds <= 0:
+            raise ConfigError("idle_timeout_seconds: and max_session_seconds must be positive")
+        if self.ending_warning_seconds < 0 or self.drain_seconds < 0:
+            raise ConfigError("ending_warning_seconds: and drain_seconds must not be negative")
+        if self.max_audio_ahead_seconds < 2.0:
+            raise ConfigError("max_audio_ahead_seconds: must be at least 2 (the feature look-ahead needs it)")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50051, metrics_port=9101))
     tts: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1:50052"))
@@ -27,6 +64,7 @@ class GatewayConfig:
     # Deadline for a whole Speak call when the client set none, in seconds.
     default_deadline_seconds: float = 600.0
     fps: float = 25.0
+    live: LiveSettings = field(default_factory=LiveSettings)
 
     def validate(self) -> None:
         if self.max_text_chars < 1:

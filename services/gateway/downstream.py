@@ -13,7 +13,7 @@ It still reaches the renderer directly for avatar management (register, list, de
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import grpc
@@ -21,11 +21,12 @@ import grpc
 from services.gateway.config import GatewayConfig
 from talkmesh.common.calls import CallStream, Stream
 from talkmesh.common.channel import create_channel
-from talkmesh.common.errors import StageError
+from talkmesh.common.errors import NotFound, StageError
 from talkmesh.common.interceptors import outgoing_metadata
 from talkmesh.v1 import audio_features_pb2 as fpb
-from talkmesh.v1 import audio_features_pb2_grpc, encoder_pb2_grpc, renderer_pb2_grpc, tts_pb2_grpc
+from talkmesh.v1 import audio_features_pb2_grpc, encoder_pb2_grpc, live_pb2_grpc, renderer_pb2_grpc, tts_pb2_grpc
 from talkmesh.v1 import encoder_pb2 as epb
+from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import tts_pb2 as tpb
 
 
@@ -41,6 +42,14 @@ class Downstreams(abc.ABC):
 
     @abc.abstractmethod
     def encode(self, requests: AsyncIterable[epb.EncodeRequest], timeout: float | None) -> Stream: ...
+
+    @abc.abstractmethod
+    def live(self, requests: AsyncIterable[epb.LiveEncodeRequest], timeout: float | None) -> Stream:
+        """A live session's stream on the encoder."""
+
+    def watch_remote(self, owner: str, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
+        """Watch a session owned by the replica at ``owner`` (other replicas forward to it)."""
+        raise NotFound("session_id", session_id, "live session")
 
     async def close(self) -> None:
         return None
@@ -66,6 +75,7 @@ class GrpcDownstreams(Downstreams):
         self.features = audio_features_pb2_grpc.AudioFeaturesStub(self.channels["audio_features"])
         self.renderer = renderer_pb2_grpc.RendererStub(self.channels["renderer"])
         self.encoder = encoder_pb2_grpc.EncoderStub(self.channels["encoder"])
+        self.peers: dict[str, grpc.aio.Channel] = {}  # other gateway replicas (Watch forwarding)
 
     def synthesize(self, request: tpb.SynthesizeRequest, timeout: float | None) -> Stream:
         return CallStream(self.tts.Synthesize(request, timeout=timeout, metadata=outgoing_metadata()), stage="tts")
@@ -82,6 +92,22 @@ class GrpcDownstreams(Downstreams):
         call = self.encoder.Encode(timeout=timeout, metadata=outgoing_metadata())
         return CallStream(call, requests, stage="encoder")
 
+    def live(self, requests: AsyncIterable[epb.LiveEncodeRequest], timeout: float | None) -> Stream:
+        call = self.encoder.Live(timeout=timeout, metadata=outgoing_metadata())
+        return CallStream(call, requests, stage="encoder")
+
+    async def watch_remote(self, owner: str, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
+        channel = self.peers.get(owner)
+        if channel is None:
+            channel = self.peers[owner] = create_channel(
+                owner, self.config.server.max_message_bytes, interceptors=False
+            )
+        call = live_pb2_grpc.LiveStub(channel).Watch(
+            lpb.WatchRequest(session_id=session_id), metadata=outgoing_metadata()
+        )
+        async for msg in CallStream(call, stage="gateway"):
+            yield msg
+
     async def unary(self, stage: str, method: str, request: Any, timeout: float | None) -> Any:
         """A unary (or client-streaming) call to ``stage``, with trace context and request id."""
         stub = {"tts": self.tts, "renderer": self.renderer, "audio_features": self.features, "encoder": self.encoder}
@@ -91,5 +117,5 @@ class GrpcDownstreams(Downstreams):
             raise StageError(stage, exc) from None
 
     async def close(self) -> None:
-        for ch in self.channels.values():
+        for ch in [*self.channels.values(), *self.peers.values()]:
             await ch.close()

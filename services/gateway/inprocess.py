@@ -35,3 +35,6 @@ class InProcessDownstreams(Downstreams):
 
     def encode(self, requests: AsyncIterable[Any], timeout: float | None) -> Stream:
         return self._call("talkmesh.v1.Encoder/Encode", aiter(requests), timeout)
+
+    def live(self, requests: AsyncIterable[Any], timeout: float | None) -> Stream:
+        return self._call("talkmesh.v1.Encoder/Live", aiter(requests), timeout)

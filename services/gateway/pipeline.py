@@ -104,6 +104,19 @@ class ReadAhead:
             self._progress.set()
 
 
+def video_chunk(mc: epb.MediaChunk, seq: int) -> gpb.VideoChunk:
+    """The public form of the encoder's output (the public API never exposes a stage's types)."""
+    return gpb.VideoChunk(
+        request_id=mc.request_id,
+        seq=seq,
+        data=mc.data,
+        init_segment=mc.init_segment,
+        mime_type=mc.mime_type,
+        frames_encoded=mc.frames_encoded,
+        video_encoder=mc.video_encoder,
+    )
+
+
 class SpeakPipeline:
     def __init__(self, downstreams: Downstreams, config: GatewayConfig, telemetry: Telemetry) -> None:
         self.ds = downstreams
@@ -295,7 +308,7 @@ class _Run:
             async for item in self.out:
                 if not item.init_segment and not self.tl.first_fragment:
                     self._first_fragment()
-                yield gpb.SpeakChunk(request_id=self.rid, seq=seq, media=item)
+                yield gpb.SpeakChunk(request_id=self.rid, seq=seq, media=video_chunk(item, seq))
                 seq += 1
             self.tl.last_fragment = time.monotonic()
             yield gpb.SpeakChunk(request_id=self.rid, seq=seq, end_of_stream=True, summary=self._summary())

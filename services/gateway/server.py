@@ -12,6 +12,7 @@ import grpc
 
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, GrpcDownstreams
+from services.gateway.live import LiveHub
 from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
@@ -21,7 +22,8 @@ from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import gateway_pb2 as gpb
-from talkmesh.v1 import gateway_pb2_grpc
+from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
+from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import tts_pb2 as tpb
 
@@ -123,6 +125,30 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return await self._grpc().unary("renderer", "DeleteAvatar", request, self.config.renderer.timeout_seconds)
 
 
+class LiveServicer(live_pb2_grpc.LiveServicer):
+    """``talkmesh.v1.Live``: live sessions and their viewers (services/gateway/live.py)."""
+
+    def __init__(self, config: GatewayConfig, hub: LiveHub) -> None:
+        self.config = config
+        self.hub = hub
+
+    async def Session(
+        self, request_iterator: AsyncIterator[lpb.LiveClientMessage], context: Any
+    ) -> AsyncIterator[lpb.LiveServerMessage]:
+        # The session's own idle timeout (with keep-alives and a warning) applies after the config.
+        stream: RequestStream[lpb.LiveClientMessage] = await RequestStream.open(
+            request_iterator, "config", first_timeout=self.config.server.idle_timeout, what="live session"
+        )
+        async for msg in self.hub.session(stream, context.time_remaining()):
+            yield msg
+
+    async def Watch(self, request: lpb.WatchRequest, context: Any) -> AsyncIterator[lpb.LiveServerMessage]:
+        if not request.session_id or len(request.session_id) > 256:
+            raise InvalidArgument("session_id", "must be a session id from SessionStarted")
+        async for msg in self.hub.watch(request.session_id):
+            yield msg
+
+
 class GatewayService(Service):
     name = "gateway"
 
@@ -131,10 +157,21 @@ class GatewayService(Service):
         self.config = config
         self.downstreams: Downstreams = downstreams or GrpcDownstreams(config)
         self.servicer = GatewayServicer(config, telemetry, self.downstreams)
+        self.live = LiveHub(config, telemetry, self.downstreams)
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         gateway_pb2_grpc.add_GatewayServicer_to_server(self.servicer, server)
-        return [gpb.DESCRIPTOR.services_by_name["Gateway"].full_name]
+        live_pb2_grpc.add_LiveServicer_to_server(LiveServicer(self.config, self.live), server)
+        return [
+            gpb.DESCRIPTOR.services_by_name["Gateway"].full_name,
+            lpb.DESCRIPTOR.services_by_name["Live"].full_name,
+        ]
+
+    def bound(self, address: str) -> None:
+        self.live.advertise(address)
+
+    async def drain(self) -> None:
+        await self.live.drain()
 
     async def stop(self) -> None:
         await self.downstreams.close()

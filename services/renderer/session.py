@@ -123,10 +123,11 @@ class RenderSession:
             )
         self.next_index += 1
         features = None
-        if self.wants_features:
-            if not fc.features.data:
-                raise InvalidArgument("features.features", f"backend {self.backend.name} needs a feature tensor")
+        if self.wants_features and fc.features.data:
             features = from_tensor(fc.features, "features.features")
+        elif self.wants_features and fc.activity.voiced:
+            # silent frames show the idle avatar and skip the model: they need no features
+            raise InvalidArgument("features.features", f"backend {self.backend.name} needs a feature tensor")
         mouth = self.animator.step(fc.frame_index, fc.activity.voiced, fc.activity.rms_dbfs)
         job = FrameJob(
             session_id=self.o.request_id,

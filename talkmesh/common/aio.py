@@ -240,3 +240,29 @@ class TaskSet:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def priority_merge(*chans: Chan[T]) -> AsyncIterator[T]:
+    """Items of several channels, always from the first non-empty one in ``chans`` order.
+
+    Control overtakes media: an interrupt in the first channel is taken before any data still
+    queued in the second. Ends when every channel is closed and drained; a channel closed with an
+    error raises it when it is reached.
+    """
+    while True:
+        for ch in chans:
+            if ch.qsize():
+                yield ch.recv_nowait()
+                break
+        else:
+            open_ = [ch for ch in chans if not ch.closed]
+            for ch in chans:
+                if ch.closed and ch._error is not None:
+                    raise ch._error
+            if not open_:
+                return
+            waiters = [asyncio.ensure_future(ch._readable.wait()) for ch in open_]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_and_wait(*waiters)

@@ -58,6 +58,12 @@ class Service(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Releases resources after the server stopped."""
 
+    def bound(self, address: str) -> None:  # noqa: B027 - optional hook
+        """Called with the ``host:port`` the server listens on, once it is bound."""
+
+    async def drain(self) -> None:  # noqa: B027 - optional hook
+        """SIGTERM: long-lived streams (live sessions) are asked to end within the grace period."""
+
 
 class BindError(RuntimeError):
     """A port or socket the service needs is taken; the message is one line naming it."""
@@ -167,6 +173,7 @@ class ServiceHost:
             self._metrics_server = httpd
             self.metrics_port = httpd.server_port
         self._grpc_server = server
+        self.service.bound(self.address)
         await server.start()
         self.server = server
         await self.service.start()
@@ -202,6 +209,7 @@ class ServiceHost:
         grace = self.config.grace_seconds if grace is None else grace
         await self._set_ready(False)
         self.admission.draining = True
+        await self.service.drain()
         log.info("%s draining: %d stream(s) in flight, grace %.1fs", self.service.name, self.admission.active, grace)
         drained = await self.admission.wait_idle(grace)
         if not drained:

@@ -46,6 +46,12 @@ class Metrics:
     backend_info: Gauge
     build_info: Gauge
     skipped_frames_total: Counter
+    stream_bytes_total: Counter
+    live_sessions: Gauge
+    live_interrupt_seconds: Histogram
+    live_underruns_total: Counter
+    live_late_ticks_total: Counter
+    live_lead_frames: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -129,6 +135,43 @@ class Metrics:
                 "talkmesh_skipped_frames_total",
                 "Frames that skipped model inference (silence or frame skip).",
                 ["service", "reason"],
+                registry=reg,
+            ),
+            stream_bytes_total=Counter(
+                "talkmesh_stream_bytes_total",
+                "Serialized message bytes on the service's gRPC streams (received: in, sent: out).",
+                ["service", "direction"],
+                registry=reg,
+            ),
+            live_sessions=Gauge(
+                "talkmesh_live_sessions",
+                "Live sessions open, by state (speaking: a turn is playing; idle: none is).",
+                ["service", "state"],
+                registry=reg,
+            ),
+            live_interrupt_seconds=Histogram(
+                "talkmesh_live_interrupt_seconds",
+                "Interrupt received to acknowledged (the cut applied).",
+                ["service"],
+                buckets=LATENCY_BUCKETS,
+                registry=reg,
+            ),
+            live_underruns_total=Counter(
+                "talkmesh_live_underruns_total",
+                "Speech frames that were not rendered in time (the previous frame was repeated).",
+                ["service"],
+                registry=reg,
+            ),
+            live_late_ticks_total=Counter(
+                "talkmesh_live_late_ticks_total",
+                "Live frames sent more than one frame interval after they were due.",
+                ["service"],
+                registry=reg,
+            ),
+            live_lead_frames=Gauge(
+                "talkmesh_live_lead_frames",
+                "Rendered speech frames waiting ahead of the clock (last value of any session).",
+                ["service"],
                 registry=reg,
             ),
         )

@@ -1,11 +1,35 @@
+from talkmesh.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from talkmesh.v1.types_pb2 import VoiceSettings as VoiceSettings
+from talkmesh.v1.types_pb2 import ListVoicesRequest as ListVoicesRequest
+from talkmesh.v1.types_pb2 import Voice as Voice
+from talkmesh.v1.types_pb2 import ListVoicesResponse as ListVoicesResponse
+from talkmesh.v1.types_pb2 import AvatarUpload as AvatarUpload
+from talkmesh.v1.types_pb2 import AvatarMeta as AvatarMeta
+from talkmesh.v1.types_pb2 import ImagePoint as ImagePoint
+from talkmesh.v1.types_pb2 import FaceReport as FaceReport
+from talkmesh.v1.types_pb2 import AvatarInfo as AvatarInfo
+from talkmesh.v1.types_pb2 import ListAvatarsRequest as ListAvatarsRequest
+from talkmesh.v1.types_pb2 import ListAvatarsResponse as ListAvatarsResponse
+from talkmesh.v1.types_pb2 import DeleteAvatarRequest as DeleteAvatarRequest
+from talkmesh.v1.types_pb2 import DeleteAvatarResponse as DeleteAvatarResponse
+from talkmesh.v1.types_pb2 import StageTiming as StageTiming
+from talkmesh.v1.types_pb2 import Container as Container
+from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
 
 DESCRIPTOR: _descriptor.FileDescriptor
+CONTAINER_UNSPECIFIED: _types_pb2.Container
+CONTAINER_FMP4: _types_pb2.Container
+CONTAINER_MPEGTS: _types_pb2.Container
+CONTAINER_MP4: _types_pb2.Container
+AUDIO_CODEC_UNSPECIFIED: _types_pb2.AudioCodec
+AUDIO_CODEC_AAC: _types_pb2.AudioCodec
+AUDIO_CODEC_OPUS: _types_pb2.AudioCodec
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -129,16 +153,6 @@ class VideoFrame(_message.Message):
     part_count: int
     inferred: bool
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ..., part_index: _Optional[int] = ..., part_count: _Optional[int] = ..., inferred: _Optional[bool] = ...) -> None: ...
-
-class StageTiming(_message.Message):
-    __slots__ = ("service", "stage", "seconds")
-    SERVICE_FIELD_NUMBER: _ClassVar[int]
-    STAGE_FIELD_NUMBER: _ClassVar[int]
-    SECONDS_FIELD_NUMBER: _ClassVar[int]
-    service: str
-    stage: str
-    seconds: float
-    def __init__(self, service: _Optional[str] = ..., stage: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class FrameActivity(_message.Message):
     __slots__ = ("rms_dbfs", "voiced")

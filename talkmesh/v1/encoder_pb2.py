@@ -24,26 +24,39 @@ _sym_db = _symbol_database.Default()
 
 from talkmesh.v1 import audio_features_pb2 as talkmesh_dot_v1_dot_audio__features__pb2
 from talkmesh.v1 import common_pb2 as talkmesh_dot_v1_dot_common__pb2
+try:
+  talkmesh_dot_v1_dot_types__pb2 = talkmesh_dot_v1_dot_common__pb2.talkmesh_dot_v1_dot_types__pb2
+except AttributeError:
+  talkmesh_dot_v1_dot_types__pb2 = talkmesh_dot_v1_dot_common__pb2.talkmesh.v1.types_pb2
+from talkmesh.v1 import live_pb2 as talkmesh_dot_v1_dot_live__pb2
 from talkmesh.v1 import renderer_pb2 as talkmesh_dot_v1_dot_renderer__pb2
+try:
+  talkmesh_dot_v1_dot_types__pb2 = talkmesh_dot_v1_dot_renderer__pb2.talkmesh_dot_v1_dot_types__pb2
+except AttributeError:
+  talkmesh_dot_v1_dot_types__pb2 = talkmesh_dot_v1_dot_renderer__pb2.talkmesh.v1.types_pb2
+from talkmesh.v1 import types_pb2 as talkmesh_dot_v1_dot_types__pb2
 
+from talkmesh.v1.types_pb2 import *
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19talkmesh/v1/encoder.proto\x12\x0btalkmesh.v1\x1a talkmesh/v1/audio_features.proto\x1a\x18talkmesh/v1/common.proto\x1a\x1atalkmesh/v1/renderer.proto\"\xac\x02\n\x0c\x45ncodeConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x02\x12.\n\x0cpixel_format\x18\x05 \x01(\x0e\x32\x18.talkmesh.v1.PixelFormat\x12\x13\n\x0bsample_rate\x18\x06 \x01(\r\x12)\n\tcontainer\x18\x07 \x01(\x0e\x32\x16.talkmesh.v1.Container\x12,\n\x0b\x61udio_codec\x18\x08 \x01(\x0e\x32\x17.talkmesh.v1.AudioCodec\x12\x13\n\x0b\x66ragment_ms\x18\t \x01(\r\x12)\n\x06render\x18\n \x01(\x0b\x32\x19.talkmesh.v1.RenderConfig\"\xac\x02\n\rEncodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12+\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x19.talkmesh.v1.EncodeConfigH\x00\x12(\n\x05\x66rame\x18\x05 \x01(\x0b\x32\x17.talkmesh.v1.VideoFrameH\x00\x12(\n\x05\x61udio\x18\x06 \x01(\x0b\x32\x17.talkmesh.v1.AudioChunkH\x00\x12+\n\x07visemes\x18\x07 \x01(\x0b\x32\x18.talkmesh.v1.VisemeTrackH\x00\x12-\n\x08\x66\x65\x61tures\x18\x08 \x01(\x0b\x32\x19.talkmesh.v1.FeatureChunkH\x00\x42\x06\n\x04kind\"\xed\x01\n\nMediaChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x14\n\x0cinit_segment\x18\x05 \x01(\x08\x12\x11\n\tmime_type\x18\x06 \x01(\t\x12\x16\n\x0e\x66rames_encoded\x18\x07 \x01(\x03\x12\x15\n\rvideo_encoder\x18\x08 \x01(\t\x12(\n\x06stages\x18\t \x03(\x0b\x32\x18.talkmesh.v1.StageTiming\x12\x17\n\x0f\x66rames_inferred\x18\n \x01(\x03*c\n\tContainer\x12\x19\n\x15\x43ONTAINER_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43ONTAINER_FMP4\x10\x01\x12\x14\n\x10\x43ONTAINER_MPEGTS\x10\x02\x12\x11\n\rCONTAINER_MP4\x10\x03*T\n\nAudioCodec\x12\x1b\n\x17\x41UDIO_CODEC_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41UDIO_CODEC_AAC\x10\x01\x12\x14\n\x10\x41UDIO_CODEC_OPUS\x10\x02\x32L\n\x07\x45ncoder\x12\x41\n\x06\x45ncode\x12\x1a.talkmesh.v1.EncodeRequest\x1a\x17.talkmesh.v1.MediaChunk(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19talkmesh/v1/encoder.proto\x12\x0btalkmesh.v1\x1a talkmesh/v1/audio_features.proto\x1a\x18talkmesh/v1/common.proto\x1a\x16talkmesh/v1/live.proto\x1a\x1atalkmesh/v1/renderer.proto\x1a\x17talkmesh/v1/types.proto\"\xc6\x01\n\x10LiveEncodeConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\x06render\x18\x03 \x01(\x0b\x32\x19.talkmesh.v1.RenderConfig\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x02\x12\x13\n\x0bsample_rate\x18\x05 \x01(\r\x12,\n\x0b\x61udio_codec\x18\x06 \x01(\x0e\x32\x17.talkmesh.v1.AudioCodec\x12\x0f\n\x07lead_ms\x18\x07 \x01(\r\"\'\n\tTurnStart\x12\x1a\n\x12source_sample_rate\x18\x01 \x01(\r\"\xd4\x02\n\x11LiveEncodeRequest\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12/\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1d.talkmesh.v1.LiveEncodeConfigH\x00\x12,\n\nturn_start\x18\x03 \x01(\x0b\x32\x16.talkmesh.v1.TurnStartH\x00\x12(\n\x05\x61udio\x18\x04 \x01(\x0b\x32\x17.talkmesh.v1.AudioChunkH\x00\x12+\n\x07visemes\x18\x05 \x01(\x0b\x32\x18.talkmesh.v1.VisemeTrackH\x00\x12-\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x19.talkmesh.v1.FeatureChunkH\x00\x12\x15\n\x0b\x65nd_of_turn\x18\x07 \x01(\x08H\x00\x12\x13\n\tinterrupt\x18\x08 \x01(\x08H\x00\x12\x15\n\x0bturn_failed\x18\t \x01(\tH\x00\x42\x06\n\x04kind\"\xac\x02\n\x0c\x45ncodeConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x02\x12.\n\x0cpixel_format\x18\x05 \x01(\x0e\x32\x18.talkmesh.v1.PixelFormat\x12\x13\n\x0bsample_rate\x18\x06 \x01(\r\x12)\n\tcontainer\x18\x07 \x01(\x0e\x32\x16.talkmesh.v1.Container\x12,\n\x0b\x61udio_codec\x18\x08 \x01(\x0e\x32\x17.talkmesh.v1.AudioCodec\x12\x13\n\x0b\x66ragment_ms\x18\t \x01(\r\x12)\n\x06render\x18\n \x01(\x0b\x32\x19.talkmesh.v1.RenderConfig\"\xac\x02\n\rEncodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12+\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x19.talkmesh.v1.EncodeConfigH\x00\x12(\n\x05\x66rame\x18\x05 \x01(\x0b\x32\x17.talkmesh.v1.VideoFrameH\x00\x12(\n\x05\x61udio\x18\x06 \x01(\x0b\x32\x17.talkmesh.v1.AudioChunkH\x00\x12+\n\x07visemes\x18\x07 \x01(\x0b\x32\x18.talkmesh.v1.VisemeTrackH\x00\x12-\n\x08\x66\x65\x61tures\x18\x08 \x01(\x0b\x32\x19.talkmesh.v1.FeatureChunkH\x00\x42\x06\n\x04kind\"\xed\x01\n\nMediaChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x14\n\x0cinit_segment\x18\x05 \x01(\x08\x12\x11\n\tmime_type\x18\x06 \x01(\t\x12\x16\n\x0e\x66rames_encoded\x18\x07 \x01(\x03\x12\x15\n\rvideo_encoder\x18\x08 \x01(\t\x12(\n\x06stages\x18\t \x03(\x0b\x32\x18.talkmesh.v1.StageTiming\x12\x17\n\x0f\x66rames_inferred\x18\n \x01(\x03\x32\x98\x01\n\x07\x45ncoder\x12\x41\n\x06\x45ncode\x12\x1a.talkmesh.v1.EncodeRequest\x1a\x17.talkmesh.v1.MediaChunk(\x01\x30\x01\x12J\n\x04Live\x12\x1e.talkmesh.v1.LiveEncodeRequest\x1a\x1e.talkmesh.v1.LiveServerMessage(\x01\x30\x01P\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkmesh.v1.encoder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTAINER']._serialized_start=976
-  _globals['_CONTAINER']._serialized_end=1075
-  _globals['_AUDIOCODEC']._serialized_start=1077
-  _globals['_AUDIOCODEC']._serialized_end=1161
-  _globals['_ENCODECONFIG']._serialized_start=131
-  _globals['_ENCODECONFIG']._serialized_end=431
-  _globals['_ENCODEREQUEST']._serialized_start=434
-  _globals['_ENCODEREQUEST']._serialized_end=734
-  _globals['_MEDIACHUNK']._serialized_start=737
-  _globals['_MEDIACHUNK']._serialized_end=974
-  _globals['_ENCODER']._serialized_start=1163
-  _globals['_ENCODER']._serialized_end=1239
+  _globals['_LIVEENCODECONFIG']._serialized_start=180
+  _globals['_LIVEENCODECONFIG']._serialized_end=378
+  _globals['_TURNSTART']._serialized_start=380
+  _globals['_TURNSTART']._serialized_end=419
+  _globals['_LIVEENCODEREQUEST']._serialized_start=422
+  _globals['_LIVEENCODEREQUEST']._serialized_end=762
+  _globals['_ENCODECONFIG']._serialized_start=765
+  _globals['_ENCODECONFIG']._serialized_end=1065
+  _globals['_ENCODEREQUEST']._serialized_start=1068
+  _globals['_ENCODEREQUEST']._serialized_end=1368
+  _globals['_MEDIACHUNK']._serialized_start=1371
+  _globals['_MEDIACHUNK']._serialized_end=1608
+  _globals['_ENCODER']._serialized_start=1611
+  _globals['_ENCODER']._serialized_end=1763
 # @@protoc_insertion_point(module_scope)

@@ -1,34 +1,86 @@
 from talkmesh.v1 import audio_features_pb2 as _audio_features_pb2
 from talkmesh.v1 import common_pb2 as _common_pb2
+from talkmesh.v1 import types_pb2 as _types_pb2
+from talkmesh.v1 import live_pb2 as _live_pb2
 from talkmesh.v1 import renderer_pb2 as _renderer_pb2
+from talkmesh.v1 import types_pb2 as _types_pb2_1
+from talkmesh.v1 import types_pb2 as _types_pb2_1_1
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from talkmesh.v1.types_pb2 import VoiceSettings as VoiceSettings
+from talkmesh.v1.types_pb2 import ListVoicesRequest as ListVoicesRequest
+from talkmesh.v1.types_pb2 import Voice as Voice
+from talkmesh.v1.types_pb2 import ListVoicesResponse as ListVoicesResponse
+from talkmesh.v1.types_pb2 import AvatarUpload as AvatarUpload
+from talkmesh.v1.types_pb2 import AvatarMeta as AvatarMeta
+from talkmesh.v1.types_pb2 import ImagePoint as ImagePoint
+from talkmesh.v1.types_pb2 import FaceReport as FaceReport
+from talkmesh.v1.types_pb2 import AvatarInfo as AvatarInfo
+from talkmesh.v1.types_pb2 import ListAvatarsRequest as ListAvatarsRequest
+from talkmesh.v1.types_pb2 import ListAvatarsResponse as ListAvatarsResponse
+from talkmesh.v1.types_pb2 import DeleteAvatarRequest as DeleteAvatarRequest
+from talkmesh.v1.types_pb2 import DeleteAvatarResponse as DeleteAvatarResponse
+from talkmesh.v1.types_pb2 import StageTiming as StageTiming
+from talkmesh.v1.types_pb2 import Container as Container
+from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
 
 DESCRIPTOR: _descriptor.FileDescriptor
+CONTAINER_UNSPECIFIED: _types_pb2_1_1.Container
+CONTAINER_FMP4: _types_pb2_1_1.Container
+CONTAINER_MPEGTS: _types_pb2_1_1.Container
+CONTAINER_MP4: _types_pb2_1_1.Container
+AUDIO_CODEC_UNSPECIFIED: _types_pb2_1_1.AudioCodec
+AUDIO_CODEC_AAC: _types_pb2_1_1.AudioCodec
+AUDIO_CODEC_OPUS: _types_pb2_1_1.AudioCodec
 
-class Container(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    CONTAINER_UNSPECIFIED: _ClassVar[Container]
-    CONTAINER_FMP4: _ClassVar[Container]
-    CONTAINER_MPEGTS: _ClassVar[Container]
-    CONTAINER_MP4: _ClassVar[Container]
+class LiveEncodeConfig(_message.Message):
+    __slots__ = ("session_id", "request_id", "render", "fps", "sample_rate", "audio_codec", "lead_ms")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RENDER_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CODEC_FIELD_NUMBER: _ClassVar[int]
+    LEAD_MS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    request_id: str
+    render: _renderer_pb2.RenderConfig
+    fps: float
+    sample_rate: int
+    audio_codec: _types_pb2_1_1.AudioCodec
+    lead_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., render: _Optional[_Union[_renderer_pb2.RenderConfig, _Mapping]] = ..., fps: _Optional[float] = ..., sample_rate: _Optional[int] = ..., audio_codec: _Optional[_Union[_types_pb2_1_1.AudioCodec, str]] = ..., lead_ms: _Optional[int] = ...) -> None: ...
 
-class AudioCodec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    AUDIO_CODEC_UNSPECIFIED: _ClassVar[AudioCodec]
-    AUDIO_CODEC_AAC: _ClassVar[AudioCodec]
-    AUDIO_CODEC_OPUS: _ClassVar[AudioCodec]
-CONTAINER_UNSPECIFIED: Container
-CONTAINER_FMP4: Container
-CONTAINER_MPEGTS: Container
-CONTAINER_MP4: Container
-AUDIO_CODEC_UNSPECIFIED: AudioCodec
-AUDIO_CODEC_AAC: AudioCodec
-AUDIO_CODEC_OPUS: AudioCodec
+class TurnStart(_message.Message):
+    __slots__ = ("source_sample_rate",)
+    SOURCE_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    source_sample_rate: int
+    def __init__(self, source_sample_rate: _Optional[int] = ...) -> None: ...
+
+class LiveEncodeRequest(_message.Message):
+    __slots__ = ("turn_id", "config", "turn_start", "audio", "visemes", "features", "end_of_turn", "interrupt", "turn_failed")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TURN_START_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    VISEMES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    END_OF_TURN_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_FIELD_NUMBER: _ClassVar[int]
+    TURN_FAILED_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    config: LiveEncodeConfig
+    turn_start: TurnStart
+    audio: _common_pb2.AudioChunk
+    visemes: _renderer_pb2.VisemeTrack
+    features: _audio_features_pb2.FeatureChunk
+    end_of_turn: bool
+    interrupt: bool
+    turn_failed: str
+    def __init__(self, turn_id: _Optional[str] = ..., config: _Optional[_Union[LiveEncodeConfig, _Mapping]] = ..., turn_start: _Optional[_Union[TurnStart, _Mapping]] = ..., audio: _Optional[_Union[_common_pb2.AudioChunk, _Mapping]] = ..., visemes: _Optional[_Union[_renderer_pb2.VisemeTrack, _Mapping]] = ..., features: _Optional[_Union[_audio_features_pb2.FeatureChunk, _Mapping]] = ..., end_of_turn: _Optional[bool] = ..., interrupt: _Optional[bool] = ..., turn_failed: _Optional[str] = ...) -> None: ...
 
 class EncodeConfig(_message.Message):
     __slots__ = ("request_id", "width", "height", "fps", "pixel_format", "sample_rate", "container", "audio_codec", "fragment_ms", "render")
@@ -48,11 +100,11 @@ class EncodeConfig(_message.Message):
     fps: float
     pixel_format: _common_pb2.PixelFormat
     sample_rate: int
-    container: Container
-    audio_codec: AudioCodec
+    container: _types_pb2_1_1.Container
+    audio_codec: _types_pb2_1_1.AudioCodec
     fragment_ms: int
     render: _renderer_pb2.RenderConfig
-    def __init__(self, request_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., pixel_format: _Optional[_Union[_common_pb2.PixelFormat, str]] = ..., sample_rate: _Optional[int] = ..., container: _Optional[_Union[Container, str]] = ..., audio_codec: _Optional[_Union[AudioCodec, str]] = ..., fragment_ms: _Optional[int] = ..., render: _Optional[_Union[_renderer_pb2.RenderConfig, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., pixel_format: _Optional[_Union[_common_pb2.PixelFormat, str]] = ..., sample_rate: _Optional[int] = ..., container: _Optional[_Union[_types_pb2_1_1.Container, str]] = ..., audio_codec: _Optional[_Union[_types_pb2_1_1.AudioCodec, str]] = ..., fragment_ms: _Optional[int] = ..., render: _Optional[_Union[_renderer_pb2.RenderConfig, _Mapping]] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
     __slots__ = ("request_id", "seq", "end_of_stream", "config", "frame", "audio", "visemes", "features")
@@ -94,6 +146,6 @@ class MediaChunk(_message.Message):
     mime_type: str
     frames_encoded: int
     video_encoder: str
-    stages: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]
+    stages: _containers.RepeatedCompositeFieldContainer[_types_pb2_1_1.StageTiming]
     frames_inferred: int
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., data: _Optional[bytes] = ..., init_segment: _Optional[bool] = ..., mime_type: _Optional[str] = ..., frames_encoded: _Optional[int] = ..., video_encoder: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ..., frames_inferred: _Optional[int] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., data: _Optional[bytes] = ..., init_segment: _Optional[bool] = ..., mime_type: _Optional[str] = ..., frames_encoded: _Optional[int] = ..., video_encoder: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_types_pb2_1_1.StageTiming, _Mapping]]] = ..., frames_inferred: _Optional[int] = ...) -> None: ...

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from talkmesh.v1 import encoder_pb2 as talkmesh_dot_v1_dot_encoder__pb2
+from talkmesh.v1 import live_pb2 as talkmesh_dot_v1_dot_live__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -39,6 +40,11 @@ class EncoderStub:
                 request_serializer=talkmesh_dot_v1_dot_encoder__pb2.EncodeRequest.SerializeToString,
                 response_deserializer=talkmesh_dot_v1_dot_encoder__pb2.MediaChunk.FromString,
                 _registered_method=True)
+        self.Live = channel.stream_stream(
+                '/talkmesh.v1.Encoder/Live',
+                request_serializer=talkmesh_dot_v1_dot_encoder__pb2.LiveEncodeRequest.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_live__pb2.LiveServerMessage.FromString,
+                _registered_method=True)
 
 
 class EncoderServicer:
@@ -54,6 +60,16 @@ class EncoderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Live(self, request_iterator, context):
+        """A live session's media (see live.proto): one fragment per frame at wall-clock pace. The
+        encoder renders each turn by pulling frames from the renderer, shows an idle loop (rendered
+        and encoded once per avatar and size, then re-stamped) between turns, and applies interrupts
+        at the next frame. It answers with the public live messages, which the gateway relays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EncoderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +77,11 @@ def add_EncoderServicer_to_server(servicer, server):
                     servicer.Encode,
                     request_deserializer=talkmesh_dot_v1_dot_encoder__pb2.EncodeRequest.FromString,
                     response_serializer=talkmesh_dot_v1_dot_encoder__pb2.MediaChunk.SerializeToString,
+            ),
+            'Live': grpc.stream_stream_rpc_method_handler(
+                    servicer.Live,
+                    request_deserializer=talkmesh_dot_v1_dot_encoder__pb2.LiveEncodeRequest.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_live__pb2.LiveServerMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +111,33 @@ class Encoder:
             '/talkmesh.v1.Encoder/Encode',
             talkmesh_dot_v1_dot_encoder__pb2.EncodeRequest.SerializeToString,
             talkmesh_dot_v1_dot_encoder__pb2.MediaChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Live(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/talkmesh.v1.Encoder/Live',
+            talkmesh_dot_v1_dot_encoder__pb2.LiveEncodeRequest.SerializeToString,
+            talkmesh_dot_v1_dot_live__pb2.LiveServerMessage.FromString,
             options,
             channel_credentials,
             insecure,

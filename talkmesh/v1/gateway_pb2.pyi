@@ -1,7 +1,4 @@
-from talkmesh.v1 import common_pb2 as _common_pb2
-from talkmesh.v1 import encoder_pb2 as _encoder_pb2
-from talkmesh.v1 import renderer_pb2 as _renderer_pb2
-from talkmesh.v1 import tts_pb2 as _tts_pb2
+from talkmesh.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -18,11 +15,11 @@ class OutputOptions(_message.Message):
     RENDERER_BACKEND_FIELD_NUMBER: _ClassVar[int]
     FRAGMENT_MS_FIELD_NUMBER: _ClassVar[int]
     size: str
-    container: _encoder_pb2.Container
-    audio_codec: _encoder_pb2.AudioCodec
+    container: _types_pb2.Container
+    audio_codec: _types_pb2.AudioCodec
     renderer_backend: str
     fragment_ms: int
-    def __init__(self, size: _Optional[str] = ..., container: _Optional[_Union[_encoder_pb2.Container, str]] = ..., audio_codec: _Optional[_Union[_encoder_pb2.AudioCodec, str]] = ..., renderer_backend: _Optional[str] = ..., fragment_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, size: _Optional[str] = ..., container: _Optional[_Union[_types_pb2.Container, str]] = ..., audio_codec: _Optional[_Union[_types_pb2.AudioCodec, str]] = ..., renderer_backend: _Optional[str] = ..., fragment_ms: _Optional[int] = ...) -> None: ...
 
 class SpeakRequest(_message.Message):
     __slots__ = ("request_id", "text", "avatar_id", "voice", "voice_settings", "output", "session_id")
@@ -37,10 +34,10 @@ class SpeakRequest(_message.Message):
     text: str
     avatar_id: str
     voice: str
-    voice_settings: _tts_pb2.VoiceSettings
+    voice_settings: _types_pb2.VoiceSettings
     output: OutputOptions
     session_id: str
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., avatar_id: _Optional[str] = ..., voice: _Optional[str] = ..., voice_settings: _Optional[_Union[_tts_pb2.VoiceSettings, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., avatar_id: _Optional[str] = ..., voice: _Optional[str] = ..., voice_settings: _Optional[_Union[_types_pb2.VoiceSettings, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class SpeakStreamRequest(_message.Message):
     __slots__ = ("start", "text")
@@ -80,7 +77,7 @@ class SpeakSummary(_message.Message):
     VIDEO_ENCODER_FIELD_NUMBER: _ClassVar[int]
     INFERRED_FRAMES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    stages: _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]
+    stages: _containers.RepeatedCompositeFieldContainer[_types_pb2.StageTiming]
     time_to_first_audio_seconds: float
     time_to_first_frame_seconds: float
     time_to_first_fragment_seconds: float
@@ -90,7 +87,7 @@ class SpeakSummary(_message.Message):
     timeline: SpeakTimeline
     video_encoder: str
     inferred_frames: int
-    def __init__(self, request_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_common_pb2.StageTiming, _Mapping]]] = ..., time_to_first_audio_seconds: _Optional[float] = ..., time_to_first_frame_seconds: _Optional[float] = ..., time_to_first_fragment_seconds: _Optional[float] = ..., audio_seconds: _Optional[float] = ..., frames: _Optional[int] = ..., total_seconds: _Optional[float] = ..., timeline: _Optional[_Union[SpeakTimeline, _Mapping]] = ..., video_encoder: _Optional[str] = ..., inferred_frames: _Optional[int] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_types_pb2.StageTiming, _Mapping]]] = ..., time_to_first_audio_seconds: _Optional[float] = ..., time_to_first_frame_seconds: _Optional[float] = ..., time_to_first_fragment_seconds: _Optional[float] = ..., audio_seconds: _Optional[float] = ..., frames: _Optional[int] = ..., total_seconds: _Optional[float] = ..., timeline: _Optional[_Union[SpeakTimeline, _Mapping]] = ..., video_encoder: _Optional[str] = ..., inferred_frames: _Optional[int] = ...) -> None: ...
 
 class SpeakChunk(_message.Message):
     __slots__ = ("request_id", "seq", "end_of_stream", "media", "summary")
@@ -102,6 +99,26 @@ class SpeakChunk(_message.Message):
     request_id: str
     seq: int
     end_of_stream: bool
-    media: _encoder_pb2.MediaChunk
+    media: VideoChunk
     summary: SpeakSummary
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., media: _Optional[_Union[_encoder_pb2.MediaChunk, _Mapping]] = ..., summary: _Optional[_Union[SpeakSummary, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., media: _Optional[_Union[VideoChunk, _Mapping]] = ..., summary: _Optional[_Union[SpeakSummary, _Mapping]] = ...) -> None: ...
+
+class VideoChunk(_message.Message):
+    __slots__ = ("request_id", "seq", "end_of_stream", "data", "init_segment", "mime_type", "frames_encoded", "video_encoder")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    INIT_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_ENCODED_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_ENCODER_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    seq: int
+    end_of_stream: bool
+    data: bytes
+    init_segment: bool
+    mime_type: str
+    frames_encoded: int
+    video_encoder: str
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., data: _Optional[bytes] = ..., init_segment: _Optional[bool] = ..., mime_type: _Optional[str] = ..., frames_encoded: _Optional[int] = ..., video_encoder: _Optional[str] = ...) -> None: ...

@@ -4,8 +4,7 @@ import grpc
 import warnings
 
 from talkmesh.v1 import gateway_pb2 as talkmesh_dot_v1_dot_gateway__pb2
-from talkmesh.v1 import renderer_pb2 as talkmesh_dot_v1_dot_renderer__pb2
-from talkmesh.v1 import tts_pb2 as talkmesh_dot_v1_dot_tts__pb2
+from talkmesh.v1 import types_pb2 as talkmesh_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -48,23 +47,23 @@ class GatewayStub:
                 _registered_method=True)
         self.ListVoices = channel.unary_unary(
                 '/talkmesh.v1.Gateway/ListVoices',
-                request_serializer=talkmesh_dot_v1_dot_tts__pb2.ListVoicesRequest.SerializeToString,
-                response_deserializer=talkmesh_dot_v1_dot_tts__pb2.ListVoicesResponse.FromString,
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.ListVoicesRequest.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.ListVoicesResponse.FromString,
                 _registered_method=True)
         self.ListAvatars = channel.unary_unary(
                 '/talkmesh.v1.Gateway/ListAvatars',
-                request_serializer=talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsRequest.SerializeToString,
-                response_deserializer=talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsResponse.FromString,
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.FromString,
                 _registered_method=True)
         self.RegisterAvatar = channel.stream_unary(
                 '/talkmesh.v1.Gateway/RegisterAvatar',
-                request_serializer=talkmesh_dot_v1_dot_renderer__pb2.AvatarUpload.SerializeToString,
-                response_deserializer=talkmesh_dot_v1_dot_renderer__pb2.AvatarInfo.FromString,
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
                 _registered_method=True)
         self.DeleteAvatar = channel.unary_unary(
                 '/talkmesh.v1.Gateway/DeleteAvatar',
-                request_serializer=talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarRequest.SerializeToString,
-                response_deserializer=talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarResponse.FromString,
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.DeleteAvatarRequest.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.DeleteAvatarResponse.FromString,
                 _registered_method=True)
 
 
@@ -124,23 +123,23 @@ def add_GatewayServicer_to_server(servicer, server):
             ),
             'ListVoices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVoices,
-                    request_deserializer=talkmesh_dot_v1_dot_tts__pb2.ListVoicesRequest.FromString,
-                    response_serializer=talkmesh_dot_v1_dot_tts__pb2.ListVoicesResponse.SerializeToString,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.ListVoicesRequest.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.ListVoicesResponse.SerializeToString,
             ),
             'ListAvatars': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAvatars,
-                    request_deserializer=talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsRequest.FromString,
-                    response_serializer=talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsResponse.SerializeToString,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.SerializeToString,
             ),
             'RegisterAvatar': grpc.stream_unary_rpc_method_handler(
                     servicer.RegisterAvatar,
-                    request_deserializer=talkmesh_dot_v1_dot_renderer__pb2.AvatarUpload.FromString,
-                    response_serializer=talkmesh_dot_v1_dot_renderer__pb2.AvatarInfo.SerializeToString,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.SerializeToString,
             ),
             'DeleteAvatar': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAvatar,
-                    request_deserializer=talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarRequest.FromString,
-                    response_serializer=talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarResponse.SerializeToString,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.DeleteAvatarRequest.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.DeleteAvatarResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,8 +221,8 @@ class Gateway:
             request,
             target,
             '/talkmesh.v1.Gateway/ListVoices',
-            talkmesh_dot_v1_dot_tts__pb2.ListVoicesRequest.SerializeToString,
-            talkmesh_dot_v1_dot_tts__pb2.ListVoicesResponse.FromString,
+            talkmesh_dot_v1_dot_types__pb2.ListVoicesRequest.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.ListVoicesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -249,8 +248,8 @@ class Gateway:
             request,
             target,
             '/talkmesh.v1.Gateway/ListAvatars',
-            talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsRequest.SerializeToString,
-            talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsResponse.FromString,
+            talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -276,8 +275,8 @@ class Gateway:
             request_iterator,
             target,
             '/talkmesh.v1.Gateway/RegisterAvatar',
-            talkmesh_dot_v1_dot_renderer__pb2.AvatarUpload.SerializeToString,
-            talkmesh_dot_v1_dot_renderer__pb2.AvatarInfo.FromString,
+            talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -303,8 +302,8 @@ class Gateway:
             request,
             target,
             '/talkmesh.v1.Gateway/DeleteAvatar',
-            talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarRequest.SerializeToString,
-            talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarResponse.FromString,
+            talkmesh_dot_v1_dot_types__pb2.DeleteAvatarRequest.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.DeleteAvatarResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,40 +23,28 @@ _sym_db = _symbol_database.Default()
 
 
 from talkmesh.v1 import common_pb2 as talkmesh_dot_v1_dot_common__pb2
+try:
+  talkmesh_dot_v1_dot_types__pb2 = talkmesh_dot_v1_dot_common__pb2.talkmesh_dot_v1_dot_types__pb2
+except AttributeError:
+  talkmesh_dot_v1_dot_types__pb2 = talkmesh_dot_v1_dot_common__pb2.talkmesh.v1.types_pb2
 from talkmesh.v1 import audio_features_pb2 as talkmesh_dot_v1_dot_audio__features__pb2
+from talkmesh.v1 import types_pb2 as talkmesh_dot_v1_dot_types__pb2
 
+from talkmesh.v1.types_pb2 import *
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atalkmesh/v1/renderer.proto\x12\x0btalkmesh.v1\x1a\x18talkmesh/v1/common.proto\x1a talkmesh/v1/audio_features.proto\"\xba\x01\n\x0cRenderConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x02\x12.\n\x0cpixel_format\x18\x06 \x01(\x0e\x32\x18.talkmesh.v1.PixelFormat\x12\x13\n\x0bsample_rate\x18\x07 \x01(\r\x12\x12\n\nsession_id\x18\x08 \x01(\t\"7\n\x0bVisemeTrack\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.talkmesh.v1.VisemeEvent\"\xd8\x01\n\rRenderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12+\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x19.talkmesh.v1.RenderConfigH\x00\x12+\n\x07visemes\x18\x05 \x01(\x0b\x32\x18.talkmesh.v1.VisemeTrackH\x00\x12-\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x19.talkmesh.v1.FeatureChunkH\x00\x42\x06\n\x04kind\"O\n\x0c\x41vatarUpload\x12\'\n\x04meta\x18\x01 \x01(\x0b\x32\x17.talkmesh.v1.AvatarMetaH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\x7f\n\nAvatarMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\x12\x12\n\nface_index\x18\x04 \x01(\r\x12+\n\nface_point\x18\x05 \x01(\x0b\x32\x17.talkmesh.v1.ImagePoint\"\"\n\nImagePoint\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\"\x96\x01\n\nFaceReport\x12\x0b\n\x03\x62ox\x18\x01 \x03(\x02\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x13\n\x0b\x66rames_kept\x18\x03 \x01(\r\x12\x17\n\x0f\x66rames_rejected\x18\x04 \x01(\r\x12\x13\n\x0b\x66\x61\x63\x65s_found\x18\x05 \x01(\r\x12\x12\n\nface_index\x18\x06 \x01(\r\x12\x10\n\x08\x64\x65tector\x18\x07 \x01(\t\"\xa3\x01\n\nAvatarInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x13\n\x0b\x66rame_count\x18\x05 \x01(\r\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12\x10\n\x08\x62\x61\x63kends\x18\x07 \x03(\t\x12%\n\x04\x66\x61\x63\x65\x18\x08 \x01(\x0b\x32\x17.talkmesh.v1.FaceReport\"\x14\n\x12ListAvatarsRequest\"?\n\x13ListAvatarsResponse\x12(\n\x07\x61vatars\x18\x01 \x03(\x0b\x32\x17.talkmesh.v1.AvatarInfo\"(\n\x13\x44\x65leteAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\"\'\n\x14\x44\x65leteAvatarResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\xbc\x02\n\x08Renderer\x12\x41\n\x06Render\x12\x1a.talkmesh.v1.RenderRequest\x1a\x17.talkmesh.v1.VideoFrame(\x01\x30\x01\x12\x46\n\x0eRegisterAvatar\x12\x19.talkmesh.v1.AvatarUpload\x1a\x17.talkmesh.v1.AvatarInfo(\x01\x12P\n\x0bListAvatars\x12\x1f.talkmesh.v1.ListAvatarsRequest\x1a .talkmesh.v1.ListAvatarsResponse\x12S\n\x0c\x44\x65leteAvatar\x12 .talkmesh.v1.DeleteAvatarRequest\x1a!.talkmesh.v1.DeleteAvatarResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atalkmesh/v1/renderer.proto\x12\x0btalkmesh.v1\x1a\x18talkmesh/v1/common.proto\x1a talkmesh/v1/audio_features.proto\x1a\x17talkmesh/v1/types.proto\"\xba\x01\n\x0cRenderConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x02\x12.\n\x0cpixel_format\x18\x06 \x01(\x0e\x32\x18.talkmesh.v1.PixelFormat\x12\x13\n\x0bsample_rate\x18\x07 \x01(\r\x12\x12\n\nsession_id\x18\x08 \x01(\t\"7\n\x0bVisemeTrack\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.talkmesh.v1.VisemeEvent\"\xd8\x01\n\rRenderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12+\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x19.talkmesh.v1.RenderConfigH\x00\x12+\n\x07visemes\x18\x05 \x01(\x0b\x32\x18.talkmesh.v1.VisemeTrackH\x00\x12-\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x19.talkmesh.v1.FeatureChunkH\x00\x42\x06\n\x04kind2\xbc\x02\n\x08Renderer\x12\x41\n\x06Render\x12\x1a.talkmesh.v1.RenderRequest\x1a\x17.talkmesh.v1.VideoFrame(\x01\x30\x01\x12\x46\n\x0eRegisterAvatar\x12\x19.talkmesh.v1.AvatarUpload\x1a\x17.talkmesh.v1.AvatarInfo(\x01\x12P\n\x0bListAvatars\x12\x1f.talkmesh.v1.ListAvatarsRequest\x1a .talkmesh.v1.ListAvatarsResponse\x12S\n\x0c\x44\x65leteAvatar\x12 .talkmesh.v1.DeleteAvatarRequest\x1a!.talkmesh.v1.DeleteAvatarResponseP\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkmesh.v1.renderer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RENDERCONFIG']._serialized_start=104
-  _globals['_RENDERCONFIG']._serialized_end=290
-  _globals['_VISEMETRACK']._serialized_start=292
-  _globals['_VISEMETRACK']._serialized_end=347
-  _globals['_RENDERREQUEST']._serialized_start=350
-  _globals['_RENDERREQUEST']._serialized_end=566
-  _globals['_AVATARUPLOAD']._serialized_start=568
-  _globals['_AVATARUPLOAD']._serialized_end=647
-  _globals['_AVATARMETA']._serialized_start=649
-  _globals['_AVATARMETA']._serialized_end=776
-  _globals['_IMAGEPOINT']._serialized_start=778
-  _globals['_IMAGEPOINT']._serialized_end=812
-  _globals['_FACEREPORT']._serialized_start=815
-  _globals['_FACEREPORT']._serialized_end=965
-  _globals['_AVATARINFO']._serialized_start=968
-  _globals['_AVATARINFO']._serialized_end=1131
-  _globals['_LISTAVATARSREQUEST']._serialized_start=1133
-  _globals['_LISTAVATARSREQUEST']._serialized_end=1153
-  _globals['_LISTAVATARSRESPONSE']._serialized_start=1155
-  _globals['_LISTAVATARSRESPONSE']._serialized_end=1218
-  _globals['_DELETEAVATARREQUEST']._serialized_start=1220
-  _globals['_DELETEAVATARREQUEST']._serialized_end=1260
-  _globals['_DELETEAVATARRESPONSE']._serialized_start=1262
-  _globals['_DELETEAVATARRESPONSE']._serialized_end=1301
-  _globals['_RENDERER']._serialized_start=1304
-  _globals['_RENDERER']._serialized_end=1620
+  _globals['_RENDERCONFIG']._serialized_start=129
+  _globals['_RENDERCONFIG']._serialized_end=315
+  _globals['_VISEMETRACK']._serialized_start=317
+  _globals['_VISEMETRACK']._serialized_end=372
+  _globals['_RENDERREQUEST']._serialized_start=375
+  _globals['_RENDERREQUEST']._serialized_end=591
+  _globals['_RENDERER']._serialized_start=594
+  _globals['_RENDERER']._serialized_end=910
 # @@protoc_insertion_point(module_scope)

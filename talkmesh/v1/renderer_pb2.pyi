@@ -1,12 +1,37 @@
 from talkmesh.v1 import common_pb2 as _common_pb2
+from talkmesh.v1 import types_pb2 as _types_pb2
 from talkmesh.v1 import audio_features_pb2 as _audio_features_pb2
+from talkmesh.v1 import types_pb2 as _types_pb2_1
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from talkmesh.v1.types_pb2 import VoiceSettings as VoiceSettings
+from talkmesh.v1.types_pb2 import ListVoicesRequest as ListVoicesRequest
+from talkmesh.v1.types_pb2 import Voice as Voice
+from talkmesh.v1.types_pb2 import ListVoicesResponse as ListVoicesResponse
+from talkmesh.v1.types_pb2 import AvatarUpload as AvatarUpload
+from talkmesh.v1.types_pb2 import AvatarMeta as AvatarMeta
+from talkmesh.v1.types_pb2 import ImagePoint as ImagePoint
+from talkmesh.v1.types_pb2 import FaceReport as FaceReport
+from talkmesh.v1.types_pb2 import AvatarInfo as AvatarInfo
+from talkmesh.v1.types_pb2 import ListAvatarsRequest as ListAvatarsRequest
+from talkmesh.v1.types_pb2 import ListAvatarsResponse as ListAvatarsResponse
+from talkmesh.v1.types_pb2 import DeleteAvatarRequest as DeleteAvatarRequest
+from talkmesh.v1.types_pb2 import DeleteAvatarResponse as DeleteAvatarResponse
+from talkmesh.v1.types_pb2 import StageTiming as StageTiming
+from talkmesh.v1.types_pb2 import Container as Container
+from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
 
 DESCRIPTOR: _descriptor.FileDescriptor
+CONTAINER_UNSPECIFIED: _types_pb2_1.Container
+CONTAINER_FMP4: _types_pb2_1.Container
+CONTAINER_MPEGTS: _types_pb2_1.Container
+CONTAINER_MP4: _types_pb2_1.Container
+AUDIO_CODEC_UNSPECIFIED: _types_pb2_1.AudioCodec
+AUDIO_CODEC_AAC: _types_pb2_1.AudioCodec
+AUDIO_CODEC_OPUS: _types_pb2_1.AudioCodec
 
 class RenderConfig(_message.Message):
     __slots__ = ("request_id", "avatar_id", "backend", "size", "fps", "pixel_format", "sample_rate", "session_id")
@@ -49,93 +74,3 @@ class RenderRequest(_message.Message):
     visemes: VisemeTrack
     features: _audio_features_pb2.FeatureChunk
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., config: _Optional[_Union[RenderConfig, _Mapping]] = ..., visemes: _Optional[_Union[VisemeTrack, _Mapping]] = ..., features: _Optional[_Union[_audio_features_pb2.FeatureChunk, _Mapping]] = ...) -> None: ...
-
-class AvatarUpload(_message.Message):
-    __slots__ = ("meta", "data")
-    META_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    meta: AvatarMeta
-    data: bytes
-    def __init__(self, meta: _Optional[_Union[AvatarMeta, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
-
-class AvatarMeta(_message.Message):
-    __slots__ = ("name", "filename", "backends", "face_index", "face_point")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    FILENAME_FIELD_NUMBER: _ClassVar[int]
-    BACKENDS_FIELD_NUMBER: _ClassVar[int]
-    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
-    FACE_POINT_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    filename: str
-    backends: _containers.RepeatedScalarFieldContainer[str]
-    face_index: int
-    face_point: ImagePoint
-    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., face_index: _Optional[int] = ..., face_point: _Optional[_Union[ImagePoint, _Mapping]] = ...) -> None: ...
-
-class ImagePoint(_message.Message):
-    __slots__ = ("x", "y")
-    X_FIELD_NUMBER: _ClassVar[int]
-    Y_FIELD_NUMBER: _ClassVar[int]
-    x: float
-    y: float
-    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
-
-class FaceReport(_message.Message):
-    __slots__ = ("box", "confidence", "frames_kept", "frames_rejected", "faces_found", "face_index", "detector")
-    BOX_FIELD_NUMBER: _ClassVar[int]
-    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
-    FRAMES_KEPT_FIELD_NUMBER: _ClassVar[int]
-    FRAMES_REJECTED_FIELD_NUMBER: _ClassVar[int]
-    FACES_FOUND_FIELD_NUMBER: _ClassVar[int]
-    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
-    DETECTOR_FIELD_NUMBER: _ClassVar[int]
-    box: _containers.RepeatedScalarFieldContainer[float]
-    confidence: float
-    frames_kept: int
-    frames_rejected: int
-    faces_found: int
-    face_index: int
-    detector: str
-    def __init__(self, box: _Optional[_Iterable[float]] = ..., confidence: _Optional[float] = ..., frames_kept: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., faces_found: _Optional[int] = ..., face_index: _Optional[int] = ..., detector: _Optional[str] = ...) -> None: ...
-
-class AvatarInfo(_message.Message):
-    __slots__ = ("id", "name", "width", "height", "frame_count", "cached", "backends", "face")
-    ID_FIELD_NUMBER: _ClassVar[int]
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    WIDTH_FIELD_NUMBER: _ClassVar[int]
-    HEIGHT_FIELD_NUMBER: _ClassVar[int]
-    FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
-    CACHED_FIELD_NUMBER: _ClassVar[int]
-    BACKENDS_FIELD_NUMBER: _ClassVar[int]
-    FACE_FIELD_NUMBER: _ClassVar[int]
-    id: str
-    name: str
-    width: int
-    height: int
-    frame_count: int
-    cached: bool
-    backends: _containers.RepeatedScalarFieldContainer[str]
-    face: FaceReport
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_count: _Optional[int] = ..., cached: _Optional[bool] = ..., backends: _Optional[_Iterable[str]] = ..., face: _Optional[_Union[FaceReport, _Mapping]] = ...) -> None: ...
-
-class ListAvatarsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class ListAvatarsResponse(_message.Message):
-    __slots__ = ("avatars",)
-    AVATARS_FIELD_NUMBER: _ClassVar[int]
-    avatars: _containers.RepeatedCompositeFieldContainer[AvatarInfo]
-    def __init__(self, avatars: _Optional[_Iterable[_Union[AvatarInfo, _Mapping]]] = ...) -> None: ...
-
-class DeleteAvatarRequest(_message.Message):
-    __slots__ = ("avatar_id",)
-    AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
-    avatar_id: str
-    def __init__(self, avatar_id: _Optional[str] = ...) -> None: ...
-
-class DeleteAvatarResponse(_message.Message):
-    __slots__ = ("deleted",)
-    DELETED_FIELD_NUMBER: _ClassVar[int]
-    deleted: bool
-    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...

@@ -5,6 +5,7 @@ import warnings
 
 from talkmesh.v1 import common_pb2 as talkmesh_dot_v1_dot_common__pb2
 from talkmesh.v1 import renderer_pb2 as talkmesh_dot_v1_dot_renderer__pb2
+from talkmesh.v1 import types_pb2 as talkmesh_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -42,18 +43,18 @@ class RendererStub:
                 _registered_method=True)
         self.RegisterAvatar = channel.stream_unary(
                 '/talkmesh.v1.Renderer/RegisterAvatar',
-                request_serializer=talkmesh_dot_v1_dot_renderer__pb2.AvatarUpload.SerializeToString,
-                response_deserializer=talkmesh_dot_v1_dot_renderer__pb2.AvatarInfo.FromString,
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
                 _registered_method=True)
         self.ListAvatars = channel.unary_unary(
                 '/talkmesh.v1.Renderer/ListAvatars',
-                request_serializer=talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsRequest.SerializeToString,
-                response_deserializer=talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsResponse.FromString,
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.FromString,
                 _registered_method=True)
         self.DeleteAvatar = channel.unary_unary(
                 '/talkmesh.v1.Renderer/DeleteAvatar',
-                request_serializer=talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarRequest.SerializeToString,
-                response_deserializer=talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarResponse.FromString,
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.DeleteAvatarRequest.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.DeleteAvatarResponse.FromString,
                 _registered_method=True)
 
 
@@ -97,18 +98,18 @@ def add_RendererServicer_to_server(servicer, server):
             ),
             'RegisterAvatar': grpc.stream_unary_rpc_method_handler(
                     servicer.RegisterAvatar,
-                    request_deserializer=talkmesh_dot_v1_dot_renderer__pb2.AvatarUpload.FromString,
-                    response_serializer=talkmesh_dot_v1_dot_renderer__pb2.AvatarInfo.SerializeToString,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.SerializeToString,
             ),
             'ListAvatars': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAvatars,
-                    request_deserializer=talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsRequest.FromString,
-                    response_serializer=talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsResponse.SerializeToString,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.SerializeToString,
             ),
             'DeleteAvatar': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAvatar,
-                    request_deserializer=talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarRequest.FromString,
-                    response_serializer=talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarResponse.SerializeToString,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.DeleteAvatarRequest.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.DeleteAvatarResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -163,8 +164,8 @@ class Renderer:
             request_iterator,
             target,
             '/talkmesh.v1.Renderer/RegisterAvatar',
-            talkmesh_dot_v1_dot_renderer__pb2.AvatarUpload.SerializeToString,
-            talkmesh_dot_v1_dot_renderer__pb2.AvatarInfo.FromString,
+            talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -190,8 +191,8 @@ class Renderer:
             request,
             target,
             '/talkmesh.v1.Renderer/ListAvatars',
-            talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsRequest.SerializeToString,
-            talkmesh_dot_v1_dot_renderer__pb2.ListAvatarsResponse.FromString,
+            talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -217,8 +218,8 @@ class Renderer:
             request,
             target,
             '/talkmesh.v1.Renderer/DeleteAvatar',
-            talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarRequest.SerializeToString,
-            talkmesh_dot_v1_dot_renderer__pb2.DeleteAvatarResponse.FromString,
+            talkmesh_dot_v1_dot_types__pb2.DeleteAvatarRequest.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.DeleteAvatarResponse.FromString,
             options,
             channel_credentials,
             insecure,

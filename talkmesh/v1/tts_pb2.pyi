@@ -1,21 +1,35 @@
 from talkmesh.v1 import common_pb2 as _common_pb2
-from google.protobuf.internal import containers as _containers
+from talkmesh.v1 import types_pb2 as _types_pb2
+from talkmesh.v1 import types_pb2 as _types_pb2_1
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from talkmesh.v1.types_pb2 import VoiceSettings as VoiceSettings
+from talkmesh.v1.types_pb2 import ListVoicesRequest as ListVoicesRequest
+from talkmesh.v1.types_pb2 import Voice as Voice
+from talkmesh.v1.types_pb2 import ListVoicesResponse as ListVoicesResponse
+from talkmesh.v1.types_pb2 import AvatarUpload as AvatarUpload
+from talkmesh.v1.types_pb2 import AvatarMeta as AvatarMeta
+from talkmesh.v1.types_pb2 import ImagePoint as ImagePoint
+from talkmesh.v1.types_pb2 import FaceReport as FaceReport
+from talkmesh.v1.types_pb2 import AvatarInfo as AvatarInfo
+from talkmesh.v1.types_pb2 import ListAvatarsRequest as ListAvatarsRequest
+from talkmesh.v1.types_pb2 import ListAvatarsResponse as ListAvatarsResponse
+from talkmesh.v1.types_pb2 import DeleteAvatarRequest as DeleteAvatarRequest
+from talkmesh.v1.types_pb2 import DeleteAvatarResponse as DeleteAvatarResponse
+from talkmesh.v1.types_pb2 import StageTiming as StageTiming
+from talkmesh.v1.types_pb2 import Container as Container
+from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class VoiceSettings(_message.Message):
-    __slots__ = ("rate", "pitch", "volume")
-    RATE_FIELD_NUMBER: _ClassVar[int]
-    PITCH_FIELD_NUMBER: _ClassVar[int]
-    VOLUME_FIELD_NUMBER: _ClassVar[int]
-    rate: float
-    pitch: float
-    volume: float
-    def __init__(self, rate: _Optional[float] = ..., pitch: _Optional[float] = ..., volume: _Optional[float] = ...) -> None: ...
+CONTAINER_UNSPECIFIED: _types_pb2_1.Container
+CONTAINER_FMP4: _types_pb2_1.Container
+CONTAINER_MPEGTS: _types_pb2_1.Container
+CONTAINER_MP4: _types_pb2_1.Container
+AUDIO_CODEC_UNSPECIFIED: _types_pb2_1.AudioCodec
+AUDIO_CODEC_AAC: _types_pb2_1.AudioCodec
+AUDIO_CODEC_OPUS: _types_pb2_1.AudioCodec
 
 class SynthesisConfig(_message.Message):
     __slots__ = ("request_id", "voice", "settings", "chunk_ms")
@@ -25,9 +39,9 @@ class SynthesisConfig(_message.Message):
     CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     voice: str
-    settings: VoiceSettings
+    settings: _types_pb2_1.VoiceSettings
     chunk_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., voice: _Optional[str] = ..., settings: _Optional[_Union[VoiceSettings, _Mapping]] = ..., chunk_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., voice: _Optional[str] = ..., settings: _Optional[_Union[_types_pb2_1.VoiceSettings, _Mapping]] = ..., chunk_ms: _Optional[int] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
     __slots__ = ("config", "text")
@@ -50,27 +64,3 @@ class TextPiece(_message.Message):
     config: SynthesisConfig
     text: str
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., config: _Optional[_Union[SynthesisConfig, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
-
-class ListVoicesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class Voice(_message.Message):
-    __slots__ = ("id", "name", "language", "engine", "sample_rate")
-    ID_FIELD_NUMBER: _ClassVar[int]
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
-    ENGINE_FIELD_NUMBER: _ClassVar[int]
-    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
-    id: str
-    name: str
-    language: str
-    engine: str
-    sample_rate: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., language: _Optional[str] = ..., engine: _Optional[str] = ..., sample_rate: _Optional[int] = ...) -> None: ...
-
-class ListVoicesResponse(_message.Message):
-    __slots__ = ("voices",)
-    VOICES_FIELD_NUMBER: _ClassVar[int]
-    voices: _containers.RepeatedCompositeFieldContainer[Voice]
-    def __init__(self, voices: _Optional[_Iterable[_Union[Voice, _Mapping]]] = ...) -> None: ...

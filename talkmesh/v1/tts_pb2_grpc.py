@@ -5,6 +5,7 @@ import warnings
 
 from talkmesh.v1 import common_pb2 as talkmesh_dot_v1_dot_common__pb2
 from talkmesh.v1 import tts_pb2 as talkmesh_dot_v1_dot_tts__pb2
+from talkmesh.v1 import types_pb2 as talkmesh_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -47,8 +48,8 @@ class TTSStub:
                 _registered_method=True)
         self.ListVoices = channel.unary_unary(
                 '/talkmesh.v1.TTS/ListVoices',
-                request_serializer=talkmesh_dot_v1_dot_tts__pb2.ListVoicesRequest.SerializeToString,
-                response_deserializer=talkmesh_dot_v1_dot_tts__pb2.ListVoicesResponse.FromString,
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.ListVoicesRequest.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.ListVoicesResponse.FromString,
                 _registered_method=True)
 
 
@@ -90,8 +91,8 @@ def add_TTSServicer_to_server(servicer, server):
             ),
             'ListVoices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVoices,
-                    request_deserializer=talkmesh_dot_v1_dot_tts__pb2.ListVoicesRequest.FromString,
-                    response_serializer=talkmesh_dot_v1_dot_tts__pb2.ListVoicesResponse.SerializeToString,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.ListVoicesRequest.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.ListVoicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,8 +174,8 @@ class TTS:
             request,
             target,
             '/talkmesh.v1.TTS/ListVoices',
-            talkmesh_dot_v1_dot_tts__pb2.ListVoicesRequest.SerializeToString,
-            talkmesh_dot_v1_dot_tts__pb2.ListVoicesResponse.FromString,
+            talkmesh_dot_v1_dot_types__pb2.ListVoicesRequest.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.ListVoicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -103,7 +103,7 @@ def _allowed(ref: np.ndarray, m: np.ndarray, shape: tuple[int, int]) -> np.ndarr
     transformed face width."""
     mouth_w = float(np.linalg.norm(ref[291] - ref[61]))
     pts = ref[list(LIPS) + list(JAW)]
-    swept = np.concatenate([pts, [*pts, 0, 0.35 * mouth_w]])
+    swept = np.concatenate([pts, pts + np.array([0.0, 0.35 * mouth_w])])
     out = _affine(m, swept)
     face_w = float(np.linalg.norm(_affine(m, ref[[454]]) - _affine(m, ref[[234]])))
     mask = np.zeros(shape, np.uint8)

@@ -1,0 +1,181 @@
+"""Fragmented MP4 written by hand: one movie fragment per video frame, out the moment it is made.
+
+A live session needs each frame's fragment to leave *when the frame is due*, not when the next
+packet arrives (libavformat's mov muxer closes a fragment only then, which would delay every frame
+by one and let a frame of an interrupted turn out after the interrupt). So the live encoder takes
+the init segment (``ftyp`` + ``moov``, with the codecs' configuration) from libavformat and writes
+the fragments itself: ``moof`` (``mfhd``, one ``traf`` per track with ``tfhd``, ``tfdt``,
+``trun``) and ``mdat``. That also makes re-stamping pre-encoded idle frames trivial: a sample's
+time is whatever the fragment says.
+
+Times are exact: video sample ``n`` starts at ``floor(n * timescale / fps)`` in the video track's
+timescale, and audio samples follow each other without gaps in the audio track's timescale.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from services.encoder import boxes
+
+#: sample_depends_on = 2 (an IDR: depends on no other sample)
+SYNC_SAMPLE_FLAGS = 0x02000000
+#: sample_depends_on = 1, sample_is_non_sync_sample = 1
+NON_SYNC_SAMPLE_FLAGS = 0x01010000
+_TFHD_DEFAULT_BASE_IS_MOOF = 0x020000
+_TRUN_DATA_OFFSET = 0x000001
+_TRUN_DURATION = 0x000100
+_TRUN_SIZE = 0x000200
+_TRUN_FLAGS = 0x000400
+
+
+@dataclass(frozen=True)
+class Track:
+    track_id: int
+    timescale: int
+    handler: bytes  # b"vide" or b"soun"
+
+
+@dataclass(frozen=True)
+class Sample:
+    data: bytes
+    duration: int  # in the track's timescale
+    keyframe: bool = True
+
+
+def parse_tracks(init: bytes) -> dict[bytes, Track]:
+    """The tracks of an init segment by handler type (b"vide", b"soun")."""
+    out: dict[bytes, Track] = {}
+    for kind, off, size, head in boxes.iter_boxes(init):
+        if kind != b"moov":
+            continue
+        for tkind, toff, tsize, thead in boxes.iter_boxes(init, off + head, off + size):
+            if tkind == b"trak":
+                track = _parse_trak(init, toff + thead, toff + tsize)
+                out[track.handler] = track
+    if b"vide" not in out:
+        raise ValueError("init segment has no video track")
+    return out
+
+
+def _parse_trak(data: bytes, start: int, end: int) -> Track:
+    track_id = timescale = 0
+    handler = b""
+    for kind, off, size, head in boxes.iter_boxes(data, start, end):
+        body = off + head
+        if kind == b"tkhd":
+            version = data[body]
+            (track_id,) = struct.unpack_from(">I", data, body + (20 if version == 1 else 12))
+        elif kind == b"mdia":
+            for mkind, moff, _msize, mhead in boxes.iter_boxes(data, body, off + size):
+                mbody = moff + mhead
+                if mkind == b"mdhd":
+                    version = data[mbody]
+                    (timescale,) = struct.unpack_from(">I", data, mbody + (20 if version == 1 else 12))
+                elif mkind == b"hdlr":
+                    handler = bytes(data[mbody + 8 : mbody + 12])
+    if not (track_id and timescale and handler):
+        raise ValueError("init segment: incomplete trak box")
+    return Track(track_id, timescale, handler)
+
+
+def annexb_to_avcc(data: bytes) -> bytes:
+    """H.264 Annex B (start codes) to the length-prefixed NAL units MP4 samples hold."""
+    if data[:3] != b"\x00\x00\x01" and data[:4] != b"\x00\x00\x00\x01":
+        return data  # already length-prefixed
+    out = bytearray()
+    starts: list[tuple[int, int]] = []  # (start code position, payload position)
+    i = 0
+    n = len(data)
+    while True:
+        j = data.find(b"\x00\x00\x01", i)
+        if j < 0:
+            break
+        code = j - 1 if j > 0 and data[j - 1] == 0 else j
+        starts.append((code, j + 3))
+        i = j + 3
+    for k, (_code, payload) in enumerate(starts):
+        stop = starts[k + 1][0] if k + 1 < len(starts) else n
+        nal = data[payload:stop]
+        if nal:
+            out += struct.pack(">I", len(nal)) + nal
+    return bytes(out)
+
+
+def _box(kind: bytes, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def _full_box(kind: bytes, version: int, flags: int, *parts: bytes) -> bytes:
+    return _box(kind, struct.pack(">I", (version << 24) | flags), *parts)
+
+
+class FragmentWriter:
+    """Writes ``moof`` + ``mdat`` pairs for the tracks of an init segment, keeping decode times."""
+
+    def __init__(self, init: bytes, fps: Fraction) -> None:
+        tracks = parse_tracks(init)
+        self.video = tracks[b"vide"]
+        self.audio = tracks.get(b"soun")
+        self.fps = fps
+        self.sequence = 0
+        self.video_frames = 0  # video samples written so far (their decode time follows from it)
+        self.audio_time = 0  # audio decode time in the audio timescale
+
+    def video_time(self, frame: int) -> int:
+        """Decode time of video frame ``frame`` in the video timescale (exact, never drifts)."""
+        return frame * self.video.timescale * self.fps.denominator // self.fps.numerator
+
+    def frame_duration(self, frame: int) -> int:
+        return self.video_time(frame + 1) - self.video_time(frame)
+
+    def fragment(self, video: Sequence[bytes], keyframes: Sequence[bool], audio: Sequence[Sample]) -> bytes:
+        """One fragment holding the next ``len(video)`` frames and the audio ``audio``."""
+        self.sequence += 1
+        first = self.video_frames
+        v_samples = [
+            Sample(annexb_to_avcc(data), self.frame_duration(first + i), key)
+            for i, (data, key) in enumerate(zip(video, keyframes, strict=True))
+        ]
+        trafs: list[tuple[Track, int, list[Sample]]] = [(self.video, self.video_time(first), v_samples)]
+        if audio and self.audio is not None:
+            trafs.append((self.audio, self.audio_time, list(audio)))
+        moof = self._moof(trafs)
+        mdat = _box(b"mdat", *(s.data for _t, _time, samples in trafs for s in samples))
+        self.video_frames += len(video)
+        self.audio_time += sum(s.duration for s in audio)
+        return moof + mdat
+
+    def _moof(self, trafs: list[tuple[Track, int, list[Sample]]]) -> bytes:
+        # Data offsets are relative to the start of moof; its size does not depend on them.
+        def build(offsets: list[int]) -> bytes:
+            parts = [_full_box(b"mfhd", 0, 0, struct.pack(">I", self.sequence))]
+            for (track, time, samples), offset in zip(trafs, offsets, strict=True):
+                trun_flags = _TRUN_DATA_OFFSET | _TRUN_DURATION | _TRUN_SIZE | _TRUN_FLAGS
+                entries = b"".join(
+                    struct.pack(
+                        ">III", s.duration, len(s.data), SYNC_SAMPLE_FLAGS if s.keyframe else NON_SYNC_SAMPLE_FLAGS
+                    )
+                    for s in samples
+                )
+                parts.append(
+                    _box(
+                        b"traf",
+                        _full_box(b"tfhd", 0, _TFHD_DEFAULT_BASE_IS_MOOF, struct.pack(">I", track.track_id)),
+                        _full_box(b"tfdt", 1, 0, struct.pack(">Q", time)),
+                        _full_box(b"trun", 0, trun_flags, struct.pack(">Ii", len(samples), offset), entries),
+                    )
+                )
+            return _box(b"moof", *parts)
+
+        size = len(build([0] * len(trafs)))
+        offsets = []
+        pos = size + 8  # past the mdat header
+        for _track, _time, samples in trafs:
+            offsets.append(pos)
+            pos += sum(len(s.data) for s in samples)
+        return build(offsets)

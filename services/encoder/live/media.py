@@ -1,0 +1,178 @@
+"""The live session's codecs: H.264 and AAC encoders, the init segment, and encoders for idle loops.
+
+libavformat's fMP4 muxer writes the init segment (it builds ``avcC`` and ``esds`` from the
+codecs' configuration) and is then only used for that: frames and audio are encoded by the
+stream's codec contexts directly, and ``fmp4.FragmentWriter`` writes the fragments. A second,
+standalone H.264 encoder with the same settings encodes idle loops; its parameter sets must equal
+the live encoder's (checked), so its packets can be spliced into the live stream after any IDR.
+
+Blocking (PyAV); used from one worker thread at a time.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from services.encoder import boxes
+from services.encoder.backends.base import VideoBackend, VideoCodecSettings
+from services.encoder.config import AudioConfig
+from services.encoder.live.fmp4 import Sample
+
+AAC_RATE = 48_000
+
+
+@dataclass(frozen=True)
+class LiveParams:
+    width: int
+    height: int
+    fps: Fraction
+    sample_rate: int  # the session's PCM rate
+    audio_codec: str  # "aac" or "opus"
+
+
+def _video_settings(backend: VideoBackend, p: LiveParams) -> VideoCodecSettings:
+    settings = backend.settings(p.width, p.height, p.fps)
+    options = dict(settings.options)
+    if "nvenc" in settings.codec_name:
+        options["forced-idr"] = "1"  # a forced keyframe must be an IDR (splice points)
+    return VideoCodecSettings(settings.codec_name, settings.pix_fmt, options, settings.bit_rate, settings.gop_size)
+
+
+def _configure(ctx: av.VideoCodecContext, settings: VideoCodecSettings, p: LiveParams) -> None:
+    ctx.width = p.width
+    ctx.height = p.height
+    ctx.pix_fmt = settings.pix_fmt
+    ctx.time_base = Fraction(p.fps.denominator, p.fps.numerator)
+    ctx.framerate = p.fps
+    if settings.bit_rate:
+        ctx.bit_rate = settings.bit_rate
+    if settings.gop_size:
+        ctx.gop_size = settings.gop_size
+
+
+def i420_frame(data: bytes, width: int, height: int) -> av.VideoFrame:
+    plane = np.frombuffer(data, np.uint8).reshape(height * 3 // 2, width)
+    return av.VideoFrame.from_ndarray(plane, format="yuv420p")
+
+
+class VideoEncoder:
+    """An H.264 encoder context: raw I420 frames in, (Annex B packet, keyframe) out."""
+
+    def __init__(self, ctx: av.VideoCodecContext, params: LiveParams) -> None:
+        self.ctx = ctx
+        self.params = params
+
+    @classmethod
+    def standalone(cls, backend: VideoBackend, params: LiveParams) -> VideoEncoder:
+        """An encoder with the live session's settings (for idle loops)."""
+        settings = _video_settings(backend, params)
+        ctx = av.CodecContext.create(settings.codec_name, "w")
+        assert isinstance(ctx, av.VideoCodecContext)
+        _configure(ctx, settings, params)
+        ctx.options = dict(settings.options)
+        ctx.flags |= av.codec.context.Flags.global_header  # like the MP4 muxer's stream
+        ctx.open()
+        return cls(ctx, params)
+
+    @property
+    def extradata(self) -> bytes:
+        return bytes(self.ctx.extradata or b"")
+
+    def encode(self, data: bytes, pts: int, *, force_keyframe: bool = False) -> tuple[bytes, bool]:
+        frame = i420_frame(data, self.params.width, self.params.height)
+        frame.pts = pts
+        frame.time_base = self.ctx.time_base
+        if force_keyframe:
+            frame.pict_type = av.video.frame.PictureType.I
+        packets = self.ctx.encode(frame)
+        if len(packets) != 1:  # zero-latency settings: exactly one packet per frame
+            raise RuntimeError(f"{self.ctx.name}: {len(packets)} packets for one frame (needs zero-latency settings)")
+        (packet,) = packets
+        return bytes(packet), bool(packet.is_keyframe)
+
+
+class LiveCodecs:
+    """The session's video and audio encoders and its init segment."""
+
+    def __init__(self, params: LiveParams, backend: VideoBackend, audio: AudioConfig) -> None:
+        self.params = params
+        self.backend = backend
+        settings = _video_settings(backend, params)
+        sink = io.BytesIO()
+        container = av.open(
+            sink, mode="w", format="mp4", options={"movflags": "empty_moov+default_base_moof+skip_trailer"}
+        )
+        video = container.add_stream(settings.codec_name, rate=params.fps, options=dict(settings.options))
+        assert isinstance(video, av.VideoStream)
+        _configure(video.codec_context, settings, params)
+        video.time_base = Fraction(params.fps.denominator, params.fps.numerator)
+        if params.audio_codec == "opus":
+            astream = container.add_stream("libopus", rate=AAC_RATE, layout="mono")
+            assert isinstance(astream, av.AudioStream)
+            astream.bit_rate = audio.opus_bitrate_kbps * 1000
+        else:
+            astream = container.add_stream("aac", rate=AAC_RATE, layout="mono")
+            assert isinstance(astream, av.AudioStream)
+            astream.bit_rate = audio.aac_bitrate_kbps * 1000
+        container.start_encoding()
+        self.container = container
+        self.init_segment = sink.getvalue()
+        self.video = VideoEncoder(video.codec_context, params)
+        self.audio_ctx = astream.codec_context
+        self.resampler = av.AudioResampler(
+            format=self.audio_ctx.format.name,
+            layout="mono",
+            rate=AAC_RATE,
+            frame_size=self.audio_ctx.frame_size or None,
+        )
+        self.video_encoder = settings.codec_name
+        self._audio_pts = 0
+
+    @property
+    def mime_type(self) -> str:
+        video = boxes.avc_codecs_string(self.video.extradata)
+        audio = "opus" if self.params.audio_codec == "opus" else "mp4a.40.2"
+        return f'video/mp4; codecs="{video}, {audio}"'
+
+    def encode_audio(self, pcm: bytes) -> list[Sample]:
+        """PCM s16le mono at the session rate in, encoded packets out (priming dropped), durations in
+        the audio track's timescale (48 kHz samples)."""
+        samples = np.frombuffer(pcm, "<i2")
+        if samples.size == 0:
+            return []
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.params.sample_rate
+        return self._encode(self.resampler.resample(frame))
+
+    def flush_audio(self) -> list[Sample]:
+        out = self._encode(self.resampler.resample(None))
+        for packet in self.audio_ctx.encode(None):
+            out += self._packet(packet)
+        return out
+
+    def _encode(self, frames: list[av.AudioFrame]) -> list[Sample]:
+        out: list[Sample] = []
+        for f in frames:
+            f.pts = self._audio_pts  # timestamps from sample counts, never from clocks
+            f.time_base = Fraction(1, AAC_RATE)
+            self._audio_pts += f.samples
+            for packet in self.audio_ctx.encode(f):
+                out += self._packet(packet)
+        return out
+
+    @staticmethod
+    def _packet(packet: av.Packet) -> list[Sample]:
+        if packet.pts is None or packet.pts + (packet.duration or 0) <= 0:
+            return []  # encoder priming before sample 0 (see services/encoder/session.py)
+        return [Sample(bytes(packet), int(packet.duration or 1024), True)]
+
+    def close(self) -> None:
+        try:
+            self.container.close()
+        except (av.FFmpegError, OSError, ValueError):
+            pass

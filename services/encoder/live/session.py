@@ -1,0 +1,524 @@
+"""One live session's timeline: a frame per tick at wall-clock pace, turns, interrupts, idle.
+
+The clock: frame ``n`` is due at ``T0 + n / fps`` (exact fractions, so ten minutes or ten hours
+later the media time still equals the wall time). At each tick exactly one frame is encoded and
+sent in its own fragment, with exactly that frame's audio (``MediaClock``: the samples
+``[start(n), start(n + 1))``), silence when idle. Audio and video therefore share one clock and
+cannot drift.
+
+What a tick shows:
+
+* the current turn's next frame, when it is rendered and its audio has arrived (speech audio is
+  never sent without its frame);
+* a repeat of the previous frame, with silence, when the current turn's next frame is late although
+  its audio is there (an *underrun*: the turn moves one frame later, nothing of it is skipped);
+* idle otherwise: a short cross-fade from the last speech frame into the idle loop, then the
+  loop's pre-encoded frames (no render, no H.264 encode). When the turn is only waiting for more
+  text, the avatar idles meanwhile.
+
+Turns are played in the order they started; each has its own Render stream, started as soon as
+the turn's input arrives, holding at most ``lead`` rendered frames ahead of the clock. An
+interrupt is applied the moment it arrives (the tick loop wakes up for it): the stopped turns'
+render streams are cancelled, nothing of them is sent afterwards, and the acknowledgement goes out
+in order after the last frame that was sent. Events are stamped when they are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from services.encoder.backends.base import VideoBackend
+from services.encoder.config import EncoderConfig
+from services.encoder.live.fmp4 import FragmentWriter, Sample
+from services.encoder.live.idle import IdleLoop, blend_i420
+from services.encoder.live.media import LiveCodecs, LiveParams
+from services.encoder.render import FrameSource
+from talkmesh.common.aio import Chan, TaskSet
+from talkmesh.common.calls import Stream
+from talkmesh.common.clock import MediaClock
+from talkmesh.common.errors import InvalidArgument, TalkmeshError
+from talkmesh.common.streams import RequestStream
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import common_pb2, encoder_pb2, live_pb2, renderer_pb2
+
+log = logging.getLogger(__name__)
+
+#: Frames of cross-fade from the last speech frame into the idle loop (a smooth mouth close).
+BLEND_FRAMES = 3
+#: Renderer input a turn may hold (the gateway's read-ahead keeps it far below).
+TURN_INPUT_CAPACITY = 4096
+
+
+@dataclass
+class Turn:
+    """A turn's state on the encoder: its audio, its rendered frames, how much of it was played."""
+
+    turn_id: str
+    source_rate: int
+    clock: MediaClock
+    lead: int
+    render_in: Chan[renderer_pb2.RenderRequest] = field(init=False)
+    frames: collections.deque[tuple[int, bytes, bool]] = field(default_factory=collections.deque)
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    audio: bytearray = field(default_factory=bytearray)
+    audio_base: int = 0  # turn sample index of audio[0] (played audio is trimmed)
+    audio_samples: int = 0  # samples received
+    input_done: bool = False
+    render_done: bool = False
+    played: int = 0
+    rendered: int = 0
+    stopped: bool = False
+    failed: str = ""
+    underrun: bool = False
+    stream: Stream | None = None
+    seq: int = 1
+
+    def __post_init__(self) -> None:
+        self.render_in = Chan(TURN_INPUT_CAPACITY)
+        self.room.set()
+
+    @property
+    def total_frames(self) -> int | None:
+        """Frames of the whole turn, once its input is complete."""
+        return self.clock.frames_for(self.audio_samples) if self.input_done else None
+
+    def add_audio(self, chunk: common_pb2.AudioChunk) -> None:
+        if chunk.sample_rate and chunk.sample_rate != self.clock.sample_rate:
+            raise InvalidArgument("audio.sample_rate", f"{chunk.sample_rate} Hz is not the session's rate")
+        if len(chunk.pcm) % 2:
+            raise InvalidArgument("audio.pcm", "PCM s16le needs an even number of bytes")
+        if chunk.sample_offset != self.audio_samples:
+            raise InvalidArgument(
+                "audio.sample_offset",
+                f"expected {self.audio_samples} for turn {self.turn_id!r}, got {chunk.sample_offset}",
+            )
+        self.audio += chunk.pcm
+        self.audio_samples += len(chunk.pcm) // 2
+
+    def has_audio_for(self, k: int) -> bool:
+        return self.input_done or self.audio_samples >= self.clock.start(k + 1)
+
+    def ready(self) -> bool:
+        """The next frame can be played now: rendered, and its audio is here."""
+        k = self.played
+        return bool(self.frames) and self.frames[0][0] == k and self.has_audio_for(k)
+
+    def can_start(self, buffer_frames: int) -> bool:
+        """Frame 0 is ready and enough frames are buffered to absorb jitter (or all of them are)."""
+        if not (self.played == 0 and self.ready()):
+            return False
+        total = self.total_frames
+        all_rendered = self.render_done or (total is not None and self.rendered >= total)
+        return len(self.frames) >= min(buffer_frames, self.lead) or all_rendered
+
+    def finished(self) -> bool:
+        total = self.total_frames
+        return total is not None and self.played >= total
+
+    def take(self) -> tuple[bytes, bool, bytes]:
+        """The next frame (raw, inferred) and its audio; advances the turn by one frame."""
+        k, raw, inferred = self.frames.popleft()
+        self.room.set()
+        lo, hi = self.clock.start(k), self.clock.start(k + 1)
+        pcm = bytes(self.audio[2 * (lo - self.audio_base) : 2 * (hi - self.audio_base)])
+        pcm += b"\x00" * (2 * (hi - lo) - len(pcm))  # past the end of the turn's audio: silence
+        cut = 2 * (hi - self.audio_base)
+        if cut > 1 << 16:  # drop what was played
+            del self.audio[:cut]
+            self.audio_base = hi
+        self.played += 1
+        return raw, inferred, pcm
+
+    def samples_played(self) -> int:
+        """The turn's own audio that was sent, in samples at its source rate."""
+        session = min(self.clock.start(self.played), self.audio_samples)
+        return session * self.source_rate // self.clock.sample_rate
+
+
+@dataclass
+class _Output:
+    seq: int = 0
+
+    def message(self, **kind: object) -> live_pb2.LiveServerMessage:
+        msg = live_pb2.LiveServerMessage(seq=self.seq, **kind)  # type: ignore[arg-type]
+        self.seq += 1
+        return msg
+
+
+class LiveSession:
+    """The encoder side of a live session; ``run`` yields the messages for the gateway."""
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        telemetry: Telemetry,
+        backend: VideoBackend,
+        source: FrameSource,
+        live_config: encoder_pb2.LiveEncodeConfig,
+        render: renderer_pb2.RenderConfig,
+        params: LiveParams,
+        loop: IdleLoop,
+        timeout: float | None,
+    ) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.backend = backend
+        self.source = source
+        self.live_config = live_config
+        self.render = render
+        self.params = params
+        self.loop = loop
+        self.timeout = timeout
+        self.clock = MediaClock(params.fps, params.sample_rate)
+        lead_ms = live_config.lead_ms or config.live.lead_ms
+        self.lead = max(1, self.clock.frames_for_seconds(Fraction(lead_ms, 1000)))
+        # a turn starts once this much is rendered: input arriving in real time (a caller's audio)
+        # then plays without underruns, at the price of this much latency
+        self.start_frames = max(1, self.clock.frames_for_seconds(Fraction(config.live.start_buffer_ms, 1000)))
+        self.turns: collections.OrderedDict[str, Turn] = collections.OrderedDict()
+        self.current: Turn | None = None
+        self.stopped_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.interrupts: list[tuple[str, float]] = []
+        self.wakeup = asyncio.Event()
+        self.input_ended = False
+        self.tasks = TaskSet(f"live-{live_config.session_id}")
+        self.out = _Output()
+        # what was shown last, for underruns and blends
+        self.last_raw: bytes | None = None
+        self.last_kind = "loop"  # "live" (encoded by the session's encoder) or "loop"
+        self.loop_pos = 0
+        self.blend_target: int | None = None
+        self.blend_step = 0
+        self._pending_audio: list[Sample] = []
+        metrics = telemetry.metrics
+        self._underruns = metrics.live_underruns_total.labels(telemetry.service)
+        self._lead_gauge = metrics.live_lead_frames.labels(telemetry.service)
+        self._late = metrics.live_late_ticks_total.labels(telemetry.service)
+
+    # -- input --------------------------------------------------------------------------------
+    async def _route(self, requests: RequestStream[encoder_pb2.LiveEncodeRequest]) -> None:
+        """The gateway's messages: turns and their data, end-of-turn, interrupts (never blocks)."""
+        async for req in requests:
+            kind = req.WhichOneof("kind")
+            tid = req.turn_id
+            if kind == "interrupt":
+                self.interrupts.append((tid, time.perf_counter()))
+                self.wakeup.set()
+                continue
+            if tid in self.stopped_ids:
+                continue  # a stopped turn's late input: fenced off
+            if kind == "turn_start":
+                if not tid or tid in self.turns:
+                    raise InvalidArgument("turn_id", f"turn {tid!r} is empty or already started")
+                self._start_turn(tid, req.turn_start.source_sample_rate or self.params.sample_rate)
+                continue
+            turn = self.turns.get(tid)
+            if turn is None:
+                raise InvalidArgument("turn_id", f"unknown turn {tid!r} (send turn_start first)")
+            if kind == "audio":
+                turn.add_audio(req.audio)
+            elif kind in ("visemes", "features"):
+                msg = renderer_pb2.RenderRequest(seq=turn.seq)
+                turn.seq += 1
+                if kind == "visemes":
+                    msg.visemes.CopyFrom(req.visemes)
+                else:
+                    msg.features.CopyFrom(req.features)
+                try:
+                    turn.render_in.send_nowait(msg)
+                except asyncio.QueueFull:
+                    raise InvalidArgument("features", f"turn {tid!r} sent too far ahead of playback") from None
+            elif kind == "end_of_turn":
+                turn.input_done = True
+                if not turn.render_in.closed:
+                    turn.render_in.send_nowait(renderer_pb2.RenderRequest(seq=turn.seq, end_of_stream=True))
+                    turn.render_in.close()
+            elif kind == "turn_failed":
+                turn.failed = req.turn_failed or "the turn's input failed"
+                self.interrupts.append((tid, time.perf_counter()))
+                self.wakeup.set()
+        self.input_ended = True
+        self.wakeup.set()
+
+    def _start_turn(self, tid: str, source_rate: int) -> None:
+        turn = Turn(tid, source_rate, self.clock, self.lead)
+        self.turns[tid] = turn
+        config = renderer_pb2.RenderConfig()
+        config.CopyFrom(self.render)
+        turn.render_in.send_nowait(renderer_pb2.RenderRequest(config=config))
+        self.tasks.spawn(self._render_turn(turn), name=f"render-{tid}")
+
+    async def _render_turn(self, turn: Turn) -> None:
+        """Pulls the turn's frames from the renderer, at most ``lead`` ahead of playback."""
+        stream = self.source.render(turn.render_in, self.timeout)
+        turn.stream = stream
+        parts: list[bytes] = []
+        try:
+            async for vf in stream:
+                if vf.end_of_stream:
+                    break
+                parts.append(vf.data)
+                if vf.part_index + 1 < max(1, vf.part_count):
+                    continue
+                raw = parts[0] if len(parts) == 1 else b"".join(parts)
+                parts = []
+                if vf.width != self.params.width or vf.height != self.params.height:
+                    raise InvalidArgument(
+                        "render",
+                        f"frame is {vf.width}x{vf.height}, the session is {self.params.width}x{self.params.height}",
+                    )
+                turn.frames.append((vf.frame_index, raw, vf.inferred))
+                turn.rendered += 1
+                while len(turn.frames) >= turn.lead and not turn.stopped:
+                    turn.room.clear()
+                    await turn.room.wait()
+        except asyncio.CancelledError:
+            raise
+        except TalkmeshError as exc:
+            if not turn.stopped:
+                turn.failed = exc.message
+                self.interrupts.append((turn.turn_id, time.perf_counter()))
+                self.wakeup.set()
+        finally:
+            turn.render_done = True
+            await stream.cancel()
+
+    # -- the clock ----------------------------------------------------------------------------
+    async def run(
+        self, requests: RequestStream[encoder_pb2.LiveEncodeRequest]
+    ) -> AsyncGenerator[live_pb2.LiveServerMessage, None]:
+        codecs = await asyncio.to_thread(LiveCodecs, self.params, self.backend, self.config.audio)
+        writer = FragmentWriter(codecs.init_segment, self.params.fps)
+        self.codecs = codecs
+        self.writer = writer
+        fps = self.params.fps
+        try:
+            self.tasks.spawn(self._route(requests), name="route")
+            t0 = time.monotonic()
+            unix0 = time.time()
+            yield self.out.message(
+                started=live_pb2.SessionStarted(
+                    session_id=self.live_config.session_id,
+                    width=self.params.width,
+                    height=self.params.height,
+                    fps_numerator=fps.numerator,
+                    fps_denominator=fps.denominator,
+                    sample_rate=self.params.sample_rate,
+                    mime_type=codecs.mime_type,
+                    frame0_unix_seconds=unix0,
+                    video_encoder=codecs.video_encoder,
+                    avatar_id=self.render.avatar_id,
+                    request_id=self.live_config.request_id,
+                )
+            )
+            yield self.out.message(media=live_pb2.LiveMedia(data=codecs.init_segment, init_segment=True))
+            n = 0
+            while True:
+                if self.tasks.failure is not None:
+                    raise self.tasks.failure
+                due = t0 + float(n / fps)
+                while (delay := due - time.monotonic()) > 0:
+                    if self.interrupts:
+                        for msg in self._apply_interrupts(n):
+                            yield msg
+                        continue
+                    self.wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self.wakeup.wait(), delay)
+                    except TimeoutError:
+                        pass
+                if time.monotonic() - due > float(1 / fps):
+                    self._late.inc()
+                if self.interrupts:
+                    for msg in self._apply_interrupts(n):
+                        yield msg
+                if self.input_ended and self.current is None and not self.turns:
+                    break
+                for msg in await self._tick(n):
+                    yield msg
+                n += 1
+        finally:
+            await self.tasks.aclose()
+            for turn in self.turns.values():
+                if turn.stream is not None:
+                    await turn.stream.cancel()
+            await asyncio.to_thread(codecs.close)
+
+    # -- one tick -----------------------------------------------------------------------------
+    async def _tick(self, n: int) -> list[live_pb2.LiveServerMessage]:
+        events: list[live_pb2.LiveEvent] = []
+        turn = self._current_turn(n, events)
+        lo, hi = self.clock.start(n), self.clock.start(n + 1)
+        silence = b"\x00" * (2 * (hi - lo))
+        label = ""
+        if turn is not None and turn.ready():
+            k = turn.played
+            raw, _inferred, pcm = turn.take()
+            turn.underrun = False
+            video, key = await asyncio.to_thread(self._encode, raw, n, self.last_kind == "loop", pcm)
+            self.last_raw, self.last_kind = raw, "live"
+            self.blend_target = None
+            label = turn.turn_id
+            if k == 0:
+                events.append(self._event(n, speaking_started=live_pb2.SpeakingStarted(turn_id=turn.turn_id)))
+            if turn.finished():
+                events.append(self._stopped(turn, n + 1, live_pb2.STOP_REASON_COMPLETED))
+                self._drop(turn)
+        elif (
+            turn is not None
+            and self.last_kind == "live"
+            and self.last_raw is not None
+            and (turn.has_audio_for(turn.played) and self.blend_target is None)
+        ):
+            # the frame is late although its audio is here: repeat the previous one, with silence
+            if not turn.underrun:
+                turn.underrun = True
+                self._underruns.inc()
+                events.append(self._event(n, underrun=live_pb2.Underrun(turn_id=turn.turn_id, turn_frame=turn.played)))
+            video, key = await asyncio.to_thread(self._encode, self.last_raw, n, False, silence)
+            label = turn.turn_id
+        else:
+            video, key = await self._idle(n, silence)
+        if self.current is not None:
+            self._lead_gauge.set(len(self.current.frames))
+        media = live_pb2.LiveMedia(
+            data=self._fragment(video, key),
+            first_frame=n,
+            frame_count=1,
+            first_sample=lo,
+            sample_count=hi - lo,
+            keyframe=key,
+            turn_id=label,
+        )
+        out = [self.out.message(media=media)]
+        now = time.time()
+        for ev in events:
+            ev.unix_seconds = now
+            out.append(self.out.message(event=ev))
+        return out
+
+    def _current_turn(self, n: int, events: list[live_pb2.LiveEvent]) -> Turn | None:
+        """The turn playing now: the current one, else the first queued one once it can start."""
+        if self.current is not None:
+            if self.current.finished():
+                events.append(self._stopped(self.current, n, live_pb2.STOP_REASON_COMPLETED))
+                self._drop(self.current)
+            else:
+                return self.current
+        for turn in self.turns.values():
+            if turn.can_start(self.start_frames):
+                self.current = turn
+                return turn
+            if turn.finished():  # a turn with no audio at all: nothing to play
+                events.append(self._stopped(turn, n, live_pb2.STOP_REASON_COMPLETED))
+                self._drop(turn)
+            return None  # turns play in order: wait for the first one
+        return None
+
+    async def _idle(self, n: int, silence: bytes) -> tuple[bytes, bool]:
+        """An idle frame: the cross-fade into the loop after speech, then the loop's packets."""
+        loop = self.loop
+        if self.last_kind == "live" and self.last_raw is not None:
+            # cross-fade from the last speech frame into the loop, entering it at a GOP start
+            if self.blend_target is None:
+                self.blend_target = loop.entry_at_or_after(self.loop_pos + BLEND_FRAMES)
+                self.blend_step = 0
+            self.blend_step += 1
+            if self.blend_step <= BLEND_FRAMES:
+                weight = self.blend_step / (BLEND_FRAMES + 1)
+                raw = blend_i420(self.last_raw, loop.entries[self.blend_target], weight)
+                return await asyncio.to_thread(self._encode, raw, n, False, silence)
+            self.loop_pos = self.blend_target
+            self.blend_target = None
+            self.last_raw = None
+        if loop.spliceable:
+            # after a live frame the loop can only be entered at a GOP start (an IDR)
+            pos = self.loop_pos if self.last_kind == "loop" else loop.entry_at_or_after(self.loop_pos)
+            self.loop_pos = (pos + 1) % len(loop)
+            self.last_kind = "loop"
+            self._pending_audio = self.codecs.encode_audio(silence)  # cheap: no thread hop
+            return loop.packets[pos], loop.keyframes[pos]
+        pos = self.loop_pos
+        self.loop_pos = (pos + 1) % len(loop)
+        video, key = await asyncio.to_thread(self._encode, loop.raw[pos], n, False, silence)
+        self.last_kind = "live"
+        self.last_raw = None
+        return video, key
+
+    def _encode(self, raw: bytes, pts: int, force_keyframe: bool, pcm: bytes) -> tuple[bytes, bool]:
+        """Encodes one frame and its audio (blocking: runs in a worker thread)."""
+        video, key = self.codecs.video.encode(raw, pts, force_keyframe=force_keyframe)
+        self._pending_audio = self.codecs.encode_audio(pcm)
+        return video, key
+
+    def _fragment(self, video: bytes, key: bool) -> bytes:
+        audio, self._pending_audio = self._pending_audio, []
+        return self.writer.fragment([video], [key], audio)
+
+    # -- turns ending ---------------------------------------------------------------------------
+    def _event(self, n: int, **kind: object) -> live_pb2.LiveEvent:
+        return live_pb2.LiveEvent(frame=n, **kind)  # type: ignore[arg-type]
+
+    def _stopped(self, turn: Turn, frame: int, reason: int) -> live_pb2.LiveEvent:
+        return self._event(
+            frame,
+            speaking_stopped=live_pb2.SpeakingStopped(
+                turn_id=turn.turn_id,
+                reason=reason,  # type: ignore[arg-type]
+                samples_played=turn.samples_played(),
+                sample_rate=turn.source_rate,
+                frames_played=turn.played,
+            ),
+        )
+
+    def _drop(self, turn: Turn) -> None:
+        turn.stopped = True
+        turn.room.set()
+        self.turns.pop(turn.turn_id, None)
+        self.stopped_ids[turn.turn_id] = None
+        while len(self.stopped_ids) > 4096:
+            self.stopped_ids.popitem(last=False)
+        if self.current is turn:
+            self.current = None
+        if turn.stream is not None:
+            self.tasks.spawn(turn.stream.cancel(), name=f"cancel-{turn.turn_id}")
+
+    def _apply_interrupts(self, n: int) -> list[live_pb2.LiveServerMessage]:
+        """Applies the interrupts received so far; the frame ``n`` (not sent yet) is the cut."""
+        out: list[live_pb2.LiveServerMessage] = []
+        pending, self.interrupts = self.interrupts, []
+        for tid, received in pending:
+            targets = list(self.turns.values()) if not tid else [t for t in self.turns.values() if t.turn_id == tid]
+            events = []
+            for turn in targets:
+                reason = live_pb2.STOP_REASON_FAILED if turn.failed else live_pb2.STOP_REASON_INTERRUPTED
+                events.append(self._stopped(turn, n, reason))
+                self._drop(turn)
+            failed = [t for t in targets if t.failed]
+            now = time.time()
+            for turn in failed:
+                out.append(
+                    self.out.message(error=live_pb2.LiveError(code=13, message=turn.failed, turn_id=turn.turn_id))
+                )
+            for ev in events:
+                ev.unix_seconds = now
+                out.append(self.out.message(event=ev))
+            if not failed:
+                ack = self._event(
+                    n,
+                    interrupt_acknowledged=live_pb2.InterruptAcknowledged(
+                        turn_id=tid, stopped_turn_ids=[t.turn_id for t in targets]
+                    ),
+                )
+                ack.unix_seconds = now
+                out.append(self.out.message(event=ack))
+                self.telemetry.metrics.live_interrupt_seconds.labels(self.telemetry.service).observe(
+                    time.perf_counter() - received
+                )
+        return out

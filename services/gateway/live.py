@@ -1,0 +1,710 @@
+"""Live sessions on the gateway: turns in, the encoder's paced stream out (``talkmesh.v1.Live``).
+
+The encoder owns the clock (``services/encoder/live``): it sends one frame per tick, idles
+between turns and applies interrupts at the next frame. The gateway owns everything around it:
+
+* the session: its config, its id (which names the owning replica, so Watch can be forwarded),
+  the idle timeout, the maximum length, draining, the limit of sessions per replica;
+* turns: each text turn goes through TTS (text pieces as they arrive), each audio turn is the
+  caller's PCM; both are resampled to the session's rate and go to the feature stage and to the
+  encoder (audio, visemes, features), one turn after the other, at most
+  ``max_audio_ahead_seconds`` ahead of what has been played;
+* interrupts: forwarded to the encoder ahead of any queued data (control overtakes media), and
+  the turns' upstream work (TTS, features) is cancelled at once; later input for a stopped turn is
+  discarded (a turn id fences everything);
+* viewers: the session's messages are fanned out to Watch streams, which join at a keyframe.
+
+Client mistakes inside a running session (a bad audio chunk, an unknown turn) are answered with a
+``LiveError`` message and the session goes on; only a bad first message ends the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+import unicodedata
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from opentelemetry import trace
+
+from services.gateway.config import GatewayConfig
+from services.gateway.downstream import Downstreams
+from services.gateway.pipeline import FEATURE_FOR_BACKEND
+from talkmesh.common.aio import Chan, TaskSet, cancel_and_wait, priority_merge
+from talkmesh.common.calls import Stream
+from talkmesh.common.clock import MediaClock
+from talkmesh.common.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TalkmeshError,
+    Unavailable,
+)
+from talkmesh.common.streams import RequestStream
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import audio_features_pb2 as fpb
+from talkmesh.v1 import common_pb2 as cpb
+from talkmesh.v1 import encoder_pb2 as epb
+from talkmesh.v1 import live_pb2 as lpb
+from talkmesh.v1 import renderer_pb2 as rpb
+from talkmesh.v1 import tts_pb2 as tpb
+
+log = logging.getLogger(__name__)
+
+MAX_ID_CHARS = 128
+MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 48000
+#: Turns a session may have started but not finished.
+MAX_PENDING_TURNS = 32
+
+
+# -- session ids that name their owner ----------------------------------------------------------------
+class SessionIds:
+    """Session ids of the form ``<owner>.<nonce>.<mac>``: the owning replica's address, recoverable
+    by any replica, and signed so a client cannot make a replica connect to an address it chose."""
+
+    def __init__(self, advertise: str, secret: bytes) -> None:
+        self.advertise = advertise
+        self.secret = secret
+
+    def new(self) -> str:
+        owner = base64.urlsafe_b64encode(self.advertise.encode()).decode().rstrip("=")
+        nonce = secrets.token_hex(8)
+        return f"{owner}.{nonce}.{self._mac(owner, nonce)}"
+
+    def owner(self, session_id: str) -> str | None:
+        """The owner's address of a well-formed, correctly signed id; None otherwise."""
+        parts = session_id.split(".")
+        if len(parts) != 3 or len(session_id) > 256:
+            return None
+        owner, nonce, mac = parts
+        if not hmac.compare_digest(mac, self._mac(owner, nonce)):
+            return None
+        try:
+            return base64.urlsafe_b64decode(owner + "=" * (-len(owner) % 4)).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def _mac(self, owner: str, nonce: str) -> str:
+        return hmac.new(self.secret, f"{owner}.{nonce}".encode(), hashlib.sha256).hexdigest()[:24]
+
+
+# -- turns -------------------------------------------------------------------------------------
+@dataclass
+class GatewayTurn:
+    turn_id: str
+    kind: str  # "text" or "audio"
+    source_rate: int = 0
+    text: Chan[str] = field(default_factory=lambda: Chan(256))
+    audio: Chan[tuple[int, bytes]] = field(default_factory=lambda: Chan(256))
+    input_done: bool = False
+    task: asyncio.Task[None] | None = None
+    samples_sent: int = 0  # at the session rate
+    frames_played: int = 0
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    span: Any = None
+
+    def end_input(self) -> None:
+        self.input_done = True
+        self.text.close()
+        self.audio.close()
+
+
+def _check_id(value: str, field_name: str) -> str:
+    if not value or len(value) > MAX_ID_CHARS or any(unicodedata.category(c)[0] == "C" for c in value):
+        raise InvalidArgument(field_name, f"must be 1..{MAX_ID_CHARS} printable characters")
+    return value
+
+
+class _Resampler:
+    """Streaming PCM s16 resampling to the session rate (soxr, ~30 ms filter delay)."""
+
+    def __init__(self, source_rate: int, target_rate: int) -> None:
+        import soxr
+
+        self.passthrough = source_rate == target_rate
+        self.stream = None if self.passthrough else soxr.ResampleStream(source_rate, target_rate, 1, dtype="int16")
+
+    def push(self, pcm: bytes, last: bool = False) -> bytes:
+        if self.passthrough:
+            return pcm
+        x = np.frombuffer(pcm, "<i2")
+        assert self.stream is not None
+        return np.asarray(self.stream.resample_chunk(x, last=last), "<i2").tobytes()
+
+
+# -- one session -------------------------------------------------------------------------------
+class LiveSession:
+    def __init__(
+        self, hub: LiveHub, session_id: str, config: lpb.LiveConfig, request_id: str, deadline: float | None
+    ) -> None:
+        self.hub = hub
+        self.ds = hub.ds
+        self.cfg = hub.config.live
+        self.gateway_config = hub.config
+        self.telemetry = hub.telemetry
+        self.session_id = session_id
+        self.config = config
+        self.request_id = request_id
+        self.deadline = deadline
+        self.rate = self.cfg.sample_rate
+        self.clock = MediaClock.of(hub.config.fps, self.rate)
+        self.backend = config.renderer_backend or hub.config.default_renderer_backend
+        self.turns: collections.OrderedDict[str, GatewayTurn] = collections.OrderedDict()
+        self.stopped: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.control: Chan[epb.LiveEncodeRequest] = Chan(64)
+        self.data: Chan[epb.LiveEncodeRequest] = Chan(64)
+        self.out: Chan[lpb.LiveServerMessage] = Chan(64, gauge=self.telemetry.queue_gauge("live_to_client"))
+        self.tasks = TaskSet(f"live-{session_id[-8:]}", on_error=self.out.close)
+        self.turn_queue: Chan[GatewayTurn] = Chan(MAX_PENDING_TURNS)
+        self.last_message = time.monotonic()  # last client message, or the end of the last speech
+        self.started_at = time.monotonic()
+        self.idle_timeout = config.idle_timeout_seconds or self.cfg.idle_timeout_seconds
+        self.max_seconds = config.max_session_seconds or self.cfg.max_session_seconds
+        self.client_closed = False
+        self.ending: lpb.SessionEnding | None = None
+        self.end_requested = asyncio.Event()
+        self.speaking = False
+        # for watchers: what a late joiner needs first
+        self.started_msg: lpb.LiveServerMessage | None = None
+        self.init_msg: lpb.LiveServerMessage | None = None
+        self.watchers: set[Chan[lpb.LiveServerMessage]] = set()
+        self.span: Any = None
+
+    # -- the run -----------------------------------------------------------------------------
+    async def run(self, stream: RequestStream[Any]) -> AsyncIterator[lpb.LiveServerMessage]:
+        tracer = self.telemetry.tracer
+        self.span = tracer.start_span("gateway.live_session", attributes={"talkmesh.session_id": self.session_id})
+        encoder: Stream | None = None
+        try:
+            await self.control.send(epb.LiveEncodeRequest(config=self._encode_config()))
+            encoder = self.ds.live(self._encoder_requests(), self.deadline)
+            self.tasks.spawn(self._pump_encoder(encoder), name="encoder")
+            self.tasks.spawn(self._read_client(stream), name="client")
+            self.tasks.spawn(self._run_turns(), name="turns")
+            self.tasks.spawn(self._watch_lifetime(), name="lifetime")
+            seq = 0
+            async for msg in self.out:
+                out = lpb.LiveServerMessage()
+                out.CopyFrom(msg)  # watchers share ``msg``; each stream numbers its own messages
+                out.seq = seq
+                seq += 1
+                yield out
+        finally:
+            self.span.end()
+            await self.tasks.aclose()
+            for turn in self.turns.values():
+                await cancel_and_wait(turn.task)
+            if encoder is not None:
+                await encoder.cancel()
+            for w in self.watchers:
+                w.close()
+            self.control.close()
+            self.data.close()
+
+    def _encode_config(self) -> epb.LiveEncodeConfig:
+        c = self.config
+        return epb.LiveEncodeConfig(
+            session_id=self.session_id,
+            request_id=self.request_id,
+            render=rpb.RenderConfig(
+                request_id=self.request_id,
+                avatar_id=c.avatar_id,
+                backend=self.backend,
+                size=c.size,
+                session_id=self.session_id,
+            ),
+            fps=self.gateway_config.fps,
+            sample_rate=self.rate,
+            audio_codec=c.audio_codec,
+        )
+
+    def _encoder_requests(self) -> AsyncIterator[epb.LiveEncodeRequest]:
+        """Control messages (config, turn starts, interrupts) overtake queued data."""
+        return priority_merge(self.control, self.data)
+
+    async def _send(self, msg: lpb.LiveServerMessage) -> None:
+        """To the client and every watcher (a watcher that cannot keep up is dropped)."""
+        kind = msg.WhichOneof("kind")
+        if kind == "started":
+            self.started_msg = msg
+        elif kind == "media" and msg.media.init_segment:
+            self.init_msg = msg
+        for w in list(self.watchers):
+            try:
+                w.send_nowait(msg)
+            except asyncio.QueueFull:
+                w.close(ResourceExhausted("watcher: fell too far behind the live stream", retry_after=1.0))
+                self.watchers.discard(w)
+        await self.out.send(msg)
+
+    async def _error(self, exc: TalkmeshError, turn_id: str = "") -> None:
+        await self._send(
+            lpb.LiveServerMessage(
+                error=lpb.LiveError(
+                    code=exc.code.value[0], message=exc.message, field=getattr(exc, "field", ""), turn_id=turn_id
+                )
+            )
+        )
+
+    # -- encoder output ----------------------------------------------------------------------
+    async def _pump_encoder(self, encoder: Stream) -> None:
+        sessions = self.telemetry.metrics.live_sessions
+        async for msg in encoder:
+            kind = msg.WhichOneof("kind")
+            if kind == "media" and msg.media.turn_id:
+                turn = self.turns.get(msg.media.turn_id)
+                if turn is not None:
+                    turn.frames_played += msg.media.frame_count
+                    turn.progress.set()
+            elif kind == "event":
+                ev = msg.event
+                which = ev.WhichOneof("kind")
+                if which == "speaking_started":
+                    self._set_speaking(True, sessions)
+                elif which == "speaking_stopped":
+                    self._set_speaking(False, sessions)
+                    self._turn_over(ev.speaking_stopped.turn_id)
+            elif kind == "started":
+                self.span.add_event("started", {"talkmesh.width": msg.started.width})
+            await self._send(msg)
+        self.out.close()
+
+    def _set_speaking(self, speaking: bool, sessions: Any) -> None:
+        if speaking == self.speaking:
+            return
+        self.speaking = speaking
+        self.last_message = time.monotonic()  # the idle clock starts when speech ends
+        svc = self.telemetry.service
+        sessions.labels(svc, "speaking" if speaking else "idle").inc()
+        sessions.labels(svc, "idle" if speaking else "speaking").dec()
+
+    def _turn_over(self, turn_id: str) -> None:
+        turn = self.turns.pop(turn_id, None)
+        if turn is not None:
+            if turn.span is not None:
+                turn.span.end()
+            turn.progress.set()
+        self._fence(turn_id)
+        self.end_requested.set()
+
+    def _fence(self, turn_id: str) -> None:
+        self.stopped[turn_id] = None
+        while len(self.stopped) > 4096:
+            self.stopped.popitem(last=False)
+
+    # -- client input ------------------------------------------------------------------------
+    async def _read_client(self, stream: RequestStream[Any]) -> None:
+        async for msg in stream:
+            self.last_message = time.monotonic()
+            try:
+                await self._client_message(msg)
+            except TalkmeshError as exc:
+                if exc.code.value[0] not in (3, 5, 9):  # INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+                    raise
+                await self._error(exc, _turn_of(msg))
+        self.client_closed = True
+        for turn in self.turns.values():
+            turn.end_input()  # what was sent is all there will be
+        self.end_requested.set()
+
+    async def _client_message(self, msg: Any) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == "keep_alive":
+            return
+        if kind == "interrupt":
+            await self._interrupt(msg.interrupt.turn_id)
+            return
+        if kind == "end_of_turn":
+            tid = msg.end_of_turn.turn_id
+            turn = self.turns.get(tid)
+            if turn is None:
+                if tid in self.stopped:
+                    return
+                raise NotFound("end_of_turn.turn_id", tid, "turn")
+            turn.end_input()
+            return
+        if kind not in ("text", "audio"):
+            raise InvalidArgument("kind", "expected text, audio, end_of_turn, interrupt or keep_alive")
+        body = getattr(msg, kind)
+        tid = _check_id(body.turn_id, f"{kind}.turn_id")
+        if tid in self.stopped:
+            return  # input for a stopped turn: discarded
+        turn = self.turns.get(tid)
+        if turn is None:
+            turn = await self._new_turn(tid, kind, body)
+        elif turn.kind != kind:
+            raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} is a {turn.kind} turn")
+        elif turn.input_done:
+            raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} has already ended its input")
+        if kind == "text":
+            if len(body.text) > self.gateway_config.max_text_chars:
+                raise InvalidArgument("text.text", f"longer than {self.gateway_config.max_text_chars} characters")
+            if any(unicodedata.category(c) == "Cc" and c not in "\n\r\t" for c in body.text):
+                raise InvalidArgument("text.text", "contains control characters")
+            if body.text:
+                await turn.text.send(body.text)
+        else:
+            self._check_audio(turn, body)
+            if body.pcm:
+                await turn.audio.send((body.sample_rate, body.pcm))
+        if body.final:
+            turn.end_input()
+
+    def _check_audio(self, turn: GatewayTurn, body: Any) -> None:
+        if not MIN_AUDIO_RATE <= body.sample_rate <= MAX_AUDIO_RATE:
+            raise InvalidArgument(
+                "audio.sample_rate", f"{body.sample_rate} Hz is outside {MIN_AUDIO_RATE}..{MAX_AUDIO_RATE}"
+            )
+        if body.sample_rate != turn.source_rate:
+            raise InvalidArgument(
+                "audio.sample_rate", f"{body.sample_rate} Hz differs from the turn's {turn.source_rate} Hz"
+            )
+        if len(body.pcm) % 2:
+            raise InvalidArgument("audio.pcm", f"{len(body.pcm)} bytes is not a whole number of s16le samples")
+        if len(body.pcm) > 2 * body.sample_rate:
+            raise InvalidArgument("audio.pcm", "more than one second of audio in one message")
+
+    async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
+        if len(self.turns) >= MAX_PENDING_TURNS:
+            raise InvalidArgument(f"{kind}.turn_id", f"more than {MAX_PENDING_TURNS} turns waiting to play")
+        if self.ending is not None:
+            raise InvalidArgument(f"{kind}.turn_id", "the session is ending")
+        turn = GatewayTurn(tid, kind)
+        if kind == "audio":
+            if not MIN_AUDIO_RATE <= body.sample_rate <= MAX_AUDIO_RATE:
+                raise InvalidArgument(
+                    "audio.sample_rate", f"{body.sample_rate} Hz is outside {MIN_AUDIO_RATE}..{MAX_AUDIO_RATE}"
+                )
+            turn.source_rate = body.sample_rate
+        self.turns[tid] = turn
+        turn.span = self.telemetry.tracer.start_span(
+            "gateway.live_turn",
+            context=trace.set_span_in_context(self.span),
+            attributes={"talkmesh.turn_id": tid, "talkmesh.turn_kind": kind},
+        )
+        await self.turn_queue.send(turn)
+        return turn
+
+    async def _interrupt(self, turn_id: str) -> None:
+        """Forward first (it overtakes queued data), then stop the turns' upstream work."""
+        await self.control.send(epb.LiveEncodeRequest(turn_id=turn_id, interrupt=True))
+        targets = list(self.turns.values()) if not turn_id else [t for t in self.turns.values() if t.turn_id == turn_id]
+        for turn in targets:
+            self._fence(turn.turn_id)
+            turn.end_input()
+            if turn.task is not None:
+                turn.task.cancel()
+        self.span.add_event("interrupt", {"talkmesh.turn_id": turn_id})
+
+    # -- turn pipelines ----------------------------------------------------------------------
+    async def _run_turns(self) -> None:
+        """Turns one after the other: each turn's input reaches the encoder in full before the
+        next one starts sending (the encoder starts rendering the next turn as it arrives). Each
+        runs in its own task, which an interrupt cancels."""
+        current: asyncio.Task[None] | None = None
+        try:
+            async for turn in self.turn_queue:
+                if turn.turn_id in self.stopped:
+                    continue
+                current = turn.task = asyncio.create_task(self._turn(turn), name=f"live-turn-{turn.turn_id[:16]}")
+                await asyncio.wait([current])
+                turn.task = current = None
+        finally:
+            await cancel_and_wait(current)
+
+    async def _turn(self, turn: GatewayTurn) -> None:
+        try:
+            await self._run_turn(turn)
+        except TalkmeshError as exc:
+            log.info("live turn %s failed: %s", turn.turn_id, exc.message)
+            self._fence(turn.turn_id)
+            await self.control.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
+            await self._error(exc, turn.turn_id)
+
+    async def _run_turn(self, turn: GatewayTurn) -> None:
+        rate = turn.source_rate if turn.kind == "audio" else 0
+        await self.control.send(
+            epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_start=epb.TurnStart(source_sample_rate=rate))
+        )
+        features_in: Chan[fpb.FeatureRequest] = Chan(64)
+        features_in.send_nowait(
+            fpb.FeatureRequest(
+                config=fpb.FeatureConfig(
+                    request_id=self.request_id,
+                    feature_type=FEATURE_FOR_BACKEND[self.backend],
+                    fps=self.gateway_config.fps,
+                )
+            )
+        )
+        features = self.ds.extract(features_in, self.deadline)
+        tts: Stream | None = None
+        async with TaskSet(f"turn-{turn.turn_id[:16]}") as tasks:
+            feature_pump = tasks.spawn(self._pump_features(turn, features), name="features")
+            try:
+                if turn.kind == "text":
+                    tts = self.ds.synthesize_stream(self._text_pieces(turn), self.deadline)
+                    await self._pump_tts(turn, tts, features_in)
+                else:
+                    await self._pump_audio(turn, features_in)
+                await features_in.send(fpb.FeatureRequest(end_of_stream=True))
+                features_in.close()
+                await feature_pump
+                await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, end_of_turn=True))
+            finally:
+                features_in.close()
+                await features.cancel()
+                if tts is not None:
+                    await tts.cancel()
+
+    async def _text_pieces(self, turn: GatewayTurn) -> AsyncIterator[tpb.TextPiece]:
+        yield tpb.TextPiece(
+            request_id=self.request_id,
+            config=tpb.SynthesisConfig(
+                request_id=self.request_id, voice=self.config.voice, settings=self.config.voice_settings
+            ),
+        )
+        async for text in turn.text:
+            yield tpb.TextPiece(request_id=self.request_id, text=text)
+        yield tpb.TextPiece(request_id=self.request_id, end_of_stream=True)
+
+    async def _room(self, turn: GatewayTurn) -> None:
+        """Waits while the turn's audio sent runs more than the budget ahead of what was played."""
+        budget = self.cfg.max_audio_ahead_seconds * self.rate
+        while turn.samples_sent - self.clock.start(turn.frames_played) > budget:
+            turn.progress.clear()
+            await turn.progress.wait()
+
+    async def _send_audio(self, turn: GatewayTurn, pcm: bytes, features_in: Chan[fpb.FeatureRequest]) -> None:
+        if not pcm:
+            return
+        await self._room(turn)
+        chunk = cpb.AudioChunk(sample_rate=self.rate, sample_offset=turn.samples_sent, pcm=pcm)
+        turn.samples_sent += len(pcm) // 2
+        await features_in.send(fpb.FeatureRequest(audio=chunk))
+        await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, audio=chunk))
+
+    async def _pump_tts(self, turn: GatewayTurn, tts: Stream, features_in: Chan[fpb.FeatureRequest]) -> None:
+        resampler: _Resampler | None = None
+        source_rate = 0
+        async for chunk in tts:
+            if chunk.sample_rate and resampler is None:
+                source_rate = chunk.sample_rate
+                resampler = _Resampler(source_rate, self.rate)
+                turn.source_rate = source_rate
+            if chunk.visemes and source_rate:
+                events = [
+                    cpb.VisemeEvent(
+                        viseme=v.viseme,
+                        start_sample=v.start_sample * self.rate // source_rate,
+                        end_sample=v.end_sample * self.rate // source_rate,
+                        phoneme=v.phoneme,
+                    )
+                    for v in chunk.visemes
+                ]
+                await self.data.send(
+                    epb.LiveEncodeRequest(turn_id=turn.turn_id, visemes=rpb.VisemeTrack(events=events))
+                )
+            if chunk.pcm and resampler is not None:
+                await self._send_audio(turn, resampler.push(chunk.pcm), features_in)
+            if chunk.end_of_stream:
+                break
+        if resampler is not None:
+            await self._send_audio(turn, resampler.push(b"", last=True), features_in)
+
+    async def _pump_audio(self, turn: GatewayTurn, features_in: Chan[fpb.FeatureRequest]) -> None:
+        resampler = _Resampler(turn.source_rate, self.rate)
+        async for _rate, pcm in turn.audio:
+            await self._send_audio(turn, resampler.push(pcm), features_in)
+        await self._send_audio(turn, resampler.push(b"", last=True), features_in)
+
+    async def _pump_features(self, turn: GatewayTurn, features: Stream) -> None:
+        async for fc in features:
+            if fc.end_of_stream:
+                break
+            await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, features=fc))
+
+    # -- lifetime ----------------------------------------------------------------------------
+    async def _watch_lifetime(self) -> None:
+        """Idle timeout, maximum length, draining and the client's close, each announced."""
+        warn = self.cfg.ending_warning_seconds
+        warned_idle = False
+        while True:
+            now = time.monotonic()
+            if self.hub.draining and self.ending is None:
+                await self._announce(lpb.END_REASON_DRAINING, self.cfg.drain_seconds)
+                await self._sleep_or_done(self.cfg.drain_seconds)
+                return await self._finish()
+            if self.client_closed and not self.turns:
+                await self._announce(lpb.END_REASON_CLIENT_CLOSED, 0.0)
+                return await self._finish()
+            idle_left = self.idle_timeout - (now - self.last_message)
+            length_left = self.max_seconds - (now - self.started_at)
+            if length_left <= 0:
+                return await self._finish()
+            if idle_left <= 0 and not self.speaking:
+                return await self._finish()
+            if length_left <= warn and self.ending is None:
+                await self._announce(lpb.END_REASON_MAX_LENGTH, max(0.0, length_left))
+            elif idle_left <= warn and not warned_idle and not self.speaking:
+                warned_idle = True
+                await self._announce(lpb.END_REASON_IDLE_TIMEOUT, max(0.0, idle_left), final=False)
+            elif idle_left > warn:
+                warned_idle = False
+            self.end_requested.clear()
+            try:
+                await asyncio.wait_for(self.end_requested.wait(), 0.25)
+            except TimeoutError:
+                pass
+
+    async def _sleep_or_done(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.turns and time.monotonic() < deadline:
+            self.end_requested.clear()
+            try:
+                await asyncio.wait_for(self.end_requested.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+
+    async def _announce(self, reason: int, seconds_left: float, *, final: bool = True) -> None:
+        ending = lpb.SessionEnding(reason=reason, seconds_left=seconds_left)  # type: ignore[arg-type]
+        if final:
+            self.ending = ending
+        await self._send(lpb.LiveServerMessage(event=lpb.LiveEvent(unix_seconds=time.time(), session_ending=ending)))
+
+    async def _finish(self) -> None:
+        """Stops every turn, then closes the encoder stream; the output ends when it does."""
+        if self.ending is None:
+            reason = (
+                lpb.END_REASON_MAX_LENGTH
+                if self.max_seconds - (time.monotonic() - self.started_at) <= 0
+                else (lpb.END_REASON_IDLE_TIMEOUT)
+            )
+            await self._announce(reason, 0.0)
+        if self.turns:
+            await self._interrupt("")
+        self.control.close()
+        self.data.close()
+
+
+def _turn_of(msg: Any) -> str:
+    kind = msg.WhichOneof("kind")
+    body = getattr(msg, kind, None) if kind else None
+    return getattr(body, "turn_id", "") or ""
+
+
+# -- the sessions of one gateway ------------------------------------------------------------------
+class LiveHub:
+    """Owns the live sessions of this gateway replica: limits, ids, draining, watchers."""
+
+    def __init__(self, config: GatewayConfig, telemetry: Telemetry, downstreams: Downstreams) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.ds = downstreams
+        self.sessions: dict[str, LiveSession] = {}
+        self.draining = False
+        secret = config.live.session_secret.encode() or secrets.token_bytes(32)
+        self.ids = SessionIds(config.live.advertise_address, secret)
+
+    def advertise(self, address: str) -> None:
+        """The address other replicas reach this one at (set once the server is bound)."""
+        if not self.config.live.advertise_address:
+            self.ids.advertise = address
+
+    def _limit(self) -> None:
+        if self.draining:
+            raise Unavailable("gateway is draining; open the session on another replica", retry_after=0.5)
+        if len(self.sessions) >= self.config.live.max_sessions:
+            raise ResourceExhausted(
+                f"{len(self.sessions)} live sessions on this gateway (limit {self.config.live.max_sessions})",
+                retry_after=5.0,
+                quota="live sessions per gateway replica",
+                subject="gateway",
+            )
+
+    async def session(self, stream: RequestStream[Any], deadline: float | None) -> AsyncIterator[lpb.LiveServerMessage]:
+        cfg = stream.config
+        self._limit()
+        _validate_config(cfg, self.config)
+        session_id = self.ids.new()
+        request_id = cfg.request_id or session_id
+        session = LiveSession(self, session_id, cfg, request_id, deadline)
+        self.sessions[session_id] = session
+        svc = self.telemetry.service
+        self.telemetry.metrics.live_sessions.labels(svc, "idle").inc()
+        try:
+            async for msg in session.run(stream):
+                yield msg
+        finally:
+            self.sessions.pop(session_id, None)
+            self.telemetry.metrics.live_sessions.labels(svc, "speaking" if session.speaking else "idle").dec()
+
+    async def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
+        session = self.sessions.get(session_id)
+        if session is None:
+            owner = self.ids.owner(session_id)
+            if owner is None or owner == self.ids.advertise:
+                raise NotFound("session_id", session_id, "live session")
+            async for msg in self.ds.watch_remote(owner, session_id):
+                yield msg
+            return
+        feed: Chan[lpb.LiveServerMessage] = Chan(256)
+        joined = False
+        seq = 0
+
+        def numbered(msg: lpb.LiveServerMessage) -> lpb.LiveServerMessage:
+            nonlocal seq
+            out = lpb.LiveServerMessage()
+            out.CopyFrom(msg)
+            out.seq = seq
+            seq += 1
+            return out
+
+        for first in (session.started_msg, session.init_msg):
+            if first is not None:
+                yield numbered(first)
+        session.watchers.add(feed)
+        try:
+            async for msg in feed:
+                kind = msg.WhichOneof("kind")
+                if kind == "started" or (kind == "media" and msg.media.init_segment):
+                    continue  # sent above
+                if kind == "media" and not joined:
+                    if not msg.media.keyframe:
+                        continue  # a new decoder starts at a keyframe
+                    joined = True
+                yield numbered(msg)
+        finally:
+            session.watchers.discard(feed)
+
+    async def drain(self) -> None:
+        """SIGTERM: sessions announce their end and close after drain_seconds (or their turns)."""
+        self.draining = True
+        for s in list(self.sessions.values()):
+            s.end_requested.set()
+
+
+def _validate_config(cfg: lpb.LiveConfig, config: GatewayConfig) -> None:
+    for name in ("request_id", "avatar_id", "voice"):
+        value = getattr(cfg, name)
+        if len(value) > MAX_ID_CHARS or any(unicodedata.category(c)[0] == "C" for c in value):
+            raise InvalidArgument(f"config.{name}", f"must be at most {MAX_ID_CHARS} printable characters")
+    backend = cfg.renderer_backend
+    if backend and backend not in FEATURE_FOR_BACKEND:
+        raise InvalidArgument("config.renderer_backend", f"{backend!r} is not one of {', '.join(FEATURE_FOR_BACKEND)}")
+    if cfg.audio_codec not in epb.AudioCodec.values():
+        raise InvalidArgument("config.audio_codec", f"unknown audio codec {cfg.audio_codec}")
+    for name in ("idle_timeout_seconds", "max_session_seconds"):
+        value = getattr(cfg, name)
+        if not 0 <= value <= 86400 or value != value:
+            raise InvalidArgument(f"config.{name}", f"{value:g} is outside 0..86400 (0 = server default)")
+    if cfg.size and cfg.size not in ("native", "360p", "480p", "512", "720p"):
+        raise InvalidArgument("config.size", f"{cfg.size!r} is not one of native, 360p, 480p, 512, 720p")
