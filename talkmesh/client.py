@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from talkmesh.common.channel import PUBLIC_CLIENT_KEEPALIVE_MS, create_channel
+from talkmesh.common.interceptors import outgoing_metadata
 from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
@@ -55,19 +56,19 @@ class LiveSession:
         self._stub = stub
         self._config = config
         self._timeout = timeout
-        self._requests: asyncio.Queue[lpb.LiveClientMessage | None] = asyncio.Queue()
         self._call: Any = None
+        self._write_lock = asyncio.Lock()
         self._turns = 0
         self.started: lpb.SessionStarted | None = None
         self._first: list[lpb.LiveServerMessage] = []
 
-    async def _stream(self) -> AsyncIterator[lpb.LiveClientMessage]:
-        while (msg := await self._requests.get()) is not None:
-            yield msg
+    async def _send(self, msg: lpb.LiveClientMessage) -> None:
+        async with self._write_lock:  # one write at a time on a gRPC call
+            await self._call.write(msg)
 
     async def __aenter__(self) -> LiveSession:
-        await self._requests.put(lpb.LiveClientMessage(config=self._config))
-        self._call = self._stub.Session(self._stream(), timeout=self._timeout)
+        self._call = self._stub.Session(timeout=self._timeout, metadata=outgoing_metadata())
+        await self._send(lpb.LiveClientMessage(config=self._config))
         first = await self._call.read()
         if first is grpc.aio.EOF:
             raise RuntimeError("the live session ended before it started")
@@ -98,15 +99,15 @@ class LiveSession:
     async def say(self, text: str, *, turn_id: str | None = None, final: bool = True) -> str:
         """Speaks ``text`` as a turn (or a piece of one, with ``final=False``); returns the turn id."""
         tid = self._turn_id(turn_id)
-        await self._requests.put(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=text, final=final)))
+        await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=text, final=final)))
         return tid
 
     async def say_stream(self, pieces: AsyncIterable[str], *, turn_id: str | None = None) -> str:
         """Speaks text as it is written (LLM tokens): one turn, ended when ``pieces`` ends."""
         tid = self._turn_id(turn_id)
         async for piece in pieces:
-            await self._requests.put(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=piece)))
-        await self._requests.put(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid)))
+            await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=piece)))
+        await self._send(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid)))
         return tid
 
     async def say_audio(
@@ -120,33 +121,40 @@ class LiveSession:
         else:
             for pcm in chunks:
                 await self.audio(tid, pcm, sample_rate)
-        await self._requests.put(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid)))
+        await self._send(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid)))
         return tid
 
     async def audio(self, turn_id: str, pcm: bytes, sample_rate: int, *, final: bool = False) -> None:
         """One chunk of an audio turn."""
         msg = lpb.SpeakAudio(turn_id=turn_id, sample_rate=sample_rate, pcm=pcm, final=final)
-        await self._requests.put(lpb.LiveClientMessage(audio=msg))
+        await self._send(lpb.LiveClientMessage(audio=msg))
 
     async def end_turn(self, turn_id: str) -> None:
-        await self._requests.put(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=turn_id)))
+        await self._send(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=turn_id)))
 
     async def interrupt(self, turn_id: str = "") -> None:
         """Stops ``turn_id`` (empty: the current turn and every queued one) at the next frame."""
-        await self._requests.put(lpb.LiveClientMessage(interrupt=lpb.Interrupt(turn_id=turn_id)))
+        await self._send(lpb.LiveClientMessage(interrupt=lpb.Interrupt(turn_id=turn_id)))
 
     async def keep_alive(self) -> None:
-        await self._requests.put(lpb.LiveClientMessage(keep_alive=lpb.KeepAlive()))
+        await self._send(lpb.LiveClientMessage(keep_alive=lpb.KeepAlive()))
 
     async def close(self) -> None:
         """Half-closes: turns already started play to their end, then the session ends."""
-        await self._requests.put(None)
+        async with self._write_lock:
+            if not self._call.done():
+                await self._call.done_writing()
 
 
 class TalkmeshClient:
     def __init__(self, target: str = "127.0.0.1:50051", *, max_message_bytes: int = 8 * 1024 * 1024) -> None:
         self.target = target
-        self.channel = create_channel(target, max_message_bytes, keepalive_ms=PUBLIC_CLIENT_KEEPALIVE_MS)
+        # No client interceptors: every call passes ``outgoing_metadata()`` (trace context, request id)
+        # itself. Interceptors would proxy writes through a queue whose consumer task outlives a
+        # call the server ended (a live session's idle timeout) until ``done_writing``.
+        self.channel = create_channel(
+            target, max_message_bytes, keepalive_ms=PUBLIC_CLIENT_KEEPALIVE_MS, interceptors=False
+        )
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
 
     async def __aenter__(self) -> TalkmeshClient:
@@ -190,7 +198,7 @@ class TalkmeshClient:
     ) -> AsyncIterator[gpb.SpeakChunk]:
         """Streams the video of ``text``: media chunks (init segment first), then a summary."""
         req = text if isinstance(text, gpb.SpeakRequest) else self.request(text, **options)  # type: ignore[arg-type]
-        return self.stub.Speak(req, timeout=timeout)  # type: ignore[no-any-return]
+        return self.stub.Speak(req, timeout=timeout, metadata=outgoing_metadata())  # type: ignore[no-any-return]
 
     def speak_stream(
         self, pieces: AsyncIterable[str], *, timeout: float | None = None, **options: object
@@ -203,7 +211,7 @@ class TalkmeshClient:
             async for piece in pieces:
                 yield gpb.SpeakStreamRequest(text=piece)
 
-        return self.stub.SpeakStream(requests(), timeout=timeout)  # type: ignore[no-any-return]
+        return self.stub.SpeakStream(requests(), timeout=timeout, metadata=outgoing_metadata())  # type: ignore[no-any-return]
 
     async def save(self, chunks: AsyncIterator[gpb.SpeakChunk], path: str | os.PathLike[str]) -> SpeakResult:
         """Writes streamed media to ``path`` (atomically) and returns the summary and timings."""
@@ -243,10 +251,10 @@ class TalkmeshClient:
         return await self.save(self.speak(text, **options), path)  # type: ignore[arg-type]
 
     async def list_voices(self) -> list[tpb.Voice]:
-        return list((await self.stub.ListVoices(tpb.ListVoicesRequest())).voices)
+        return list((await self.stub.ListVoices(tpb.ListVoicesRequest(), metadata=outgoing_metadata())).voices)
 
     async def list_avatars(self) -> list[rpb.AvatarInfo]:
-        return list((await self.stub.ListAvatars(rpb.ListAvatarsRequest())).avatars)
+        return list((await self.stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=outgoing_metadata())).avatars)
 
     async def register_avatar(
         self,
@@ -273,7 +281,7 @@ class TalkmeshClient:
                     if progress is not None:
                         progress(sent, total)
 
-        return await self.stub.RegisterAvatar(upload())  # type: ignore[no-any-return]
+        return await self.stub.RegisterAvatar(upload(), metadata=outgoing_metadata())  # type: ignore[no-any-return]
 
     def live(
         self,
@@ -305,7 +313,13 @@ class TalkmeshClient:
 
     def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         """Another viewer of a running live session (joins at the next keyframe)."""
-        return live_pb2_grpc.LiveStub(self.channel).Watch(lpb.WatchRequest(session_id=session_id))  # type: ignore[no-any-return]
+        return live_pb2_grpc.LiveStub(self.channel).Watch(
+            lpb.WatchRequest(session_id=session_id), metadata=outgoing_metadata()
+        )  # type: ignore[no-any-return]
 
     async def delete_avatar(self, avatar_id: str) -> bool:
-        return bool((await self.stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=avatar_id))).deleted)
+        return bool(
+            (
+                await self.stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=avatar_id), metadata=outgoing_metadata())
+            ).deleted
+        )

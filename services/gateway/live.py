@@ -39,7 +39,7 @@ from opentelemetry import trace
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.pipeline import FEATURE_FOR_BACKEND
-from talkmesh.common.aio import Chan, TaskSet, cancel_and_wait, priority_merge
+from talkmesh.common.aio import Chan, TaskSet, cancel_and_wait, priority_merge, wait_event
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import (
@@ -338,6 +338,8 @@ class LiveSession:
         tid = _check_id(body.turn_id, f"{kind}.turn_id")
         if tid in self.stopped:
             return  # input for a stopped turn: discarded
+        if kind == "audio":
+            _check_audio(body)  # a refused message has no effect: checked before a turn exists
         turn = self.turns.get(tid)
         if turn is None:
             turn = await self._new_turn(tid, kind, body)
@@ -353,25 +355,14 @@ class LiveSession:
             if body.text:
                 await turn.text.send(body.text)
         else:
-            self._check_audio(turn, body)
+            if body.sample_rate != turn.source_rate:
+                raise InvalidArgument(
+                    "audio.sample_rate", f"{body.sample_rate} Hz differs from the turn's {turn.source_rate} Hz"
+                )
             if body.pcm:
                 await turn.audio.send((body.sample_rate, body.pcm))
         if body.final:
             turn.end_input()
-
-    def _check_audio(self, turn: GatewayTurn, body: Any) -> None:
-        if not MIN_AUDIO_RATE <= body.sample_rate <= MAX_AUDIO_RATE:
-            raise InvalidArgument(
-                "audio.sample_rate", f"{body.sample_rate} Hz is outside {MIN_AUDIO_RATE}..{MAX_AUDIO_RATE}"
-            )
-        if body.sample_rate != turn.source_rate:
-            raise InvalidArgument(
-                "audio.sample_rate", f"{body.sample_rate} Hz differs from the turn's {turn.source_rate} Hz"
-            )
-        if len(body.pcm) % 2:
-            raise InvalidArgument("audio.pcm", f"{len(body.pcm)} bytes is not a whole number of s16le samples")
-        if len(body.pcm) > 2 * body.sample_rate:
-            raise InvalidArgument("audio.pcm", "more than one second of audio in one message")
 
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
         if len(self.turns) >= MAX_PENDING_TURNS:
@@ -380,12 +371,13 @@ class LiveSession:
             raise InvalidArgument(f"{kind}.turn_id", "the session is ending")
         turn = GatewayTurn(tid, kind)
         if kind == "audio":
-            if not MIN_AUDIO_RATE <= body.sample_rate <= MAX_AUDIO_RATE:
-                raise InvalidArgument(
-                    "audio.sample_rate", f"{body.sample_rate} Hz is outside {MIN_AUDIO_RATE}..{MAX_AUDIO_RATE}"
-                )
             turn.source_rate = body.sample_rate
         self.turns[tid] = turn
+        # The encoder learns of every turn at once, in order: an interrupt then covers queued turns
+        # too, and each turn ends with exactly one speaking_stopped.
+        await self.control.send(
+            epb.LiveEncodeRequest(turn_id=tid, turn_start=epb.TurnStart(source_sample_rate=turn.source_rate))
+        )
         turn.span = self.telemetry.tracer.start_span(
             "gateway.live_turn",
             context=trace.set_span_in_context(self.span),
@@ -431,10 +423,6 @@ class LiveSession:
             await self._error(exc, turn.turn_id)
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
-        rate = turn.source_rate if turn.kind == "audio" else 0
-        await self.control.send(
-            epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_start=epb.TurnStart(source_sample_rate=rate))
-        )
         features_in: Chan[fpb.FeatureRequest] = Chan(64)
         features_in.send_nowait(
             fpb.FeatureRequest(
@@ -500,6 +488,9 @@ class LiveSession:
                 source_rate = chunk.sample_rate
                 resampler = _Resampler(source_rate, self.rate)
                 turn.source_rate = source_rate
+                # now the voice's rate is known: samples played are reported in it
+                start = epb.TurnStart(source_sample_rate=source_rate)
+                await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_start=start))
             if chunk.visemes and source_rate:
                 events = [
                     cpb.VisemeEvent(
@@ -560,18 +551,13 @@ class LiveSession:
             elif idle_left > warn:
                 warned_idle = False
             self.end_requested.clear()
-            try:
-                await asyncio.wait_for(self.end_requested.wait(), 0.25)
-            except TimeoutError:
-                pass
+            await wait_event(self.end_requested, 0.25)
 
     async def _sleep_or_done(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while self.turns and time.monotonic() < deadline:
             self.end_requested.clear()
-            try:
-                await asyncio.wait_for(self.end_requested.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
+            if not await wait_event(self.end_requested, max(0.0, deadline - time.monotonic())):
                 break
 
     async def _announce(self, reason: int, seconds_left: float, *, final: bool = True) -> None:
@@ -593,6 +579,18 @@ class LiveSession:
             await self._interrupt("")
         self.control.close()
         self.data.close()
+
+
+def _check_audio(body: Any) -> None:
+    """A SpeakAudio message on its own: rate in range, whole samples, at most a second."""
+    if not MIN_AUDIO_RATE <= body.sample_rate <= MAX_AUDIO_RATE:
+        raise InvalidArgument(
+            "audio.sample_rate", f"{body.sample_rate} Hz is outside {MIN_AUDIO_RATE}..{MAX_AUDIO_RATE}"
+        )
+    if len(body.pcm) % 2:
+        raise InvalidArgument("audio.pcm", f"{len(body.pcm)} bytes is not a whole number of s16le samples")
+    if len(body.pcm) > 2 * body.sample_rate:
+        raise InvalidArgument("audio.pcm", "more than one second of audio in one message")
 
 
 def _turn_of(msg: Any) -> str:

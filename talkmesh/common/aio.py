@@ -266,3 +266,21 @@ async def priority_merge(*chans: Chan[T]) -> AsyncIterator[T]:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 await cancel_and_wait(*waiters)
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Waits until ``event`` is set or ``timeout`` seconds have passed; returns whether it is set.
+
+    Use this (or ``asyncio.timeout``), never ``asyncio.wait_for``, in talkmesh: on Python 3.11
+    ``wait_for`` returns normally, swallowing the caller's cancellation, when the awaited thing
+    completes at the moment the caller is cancelled (a session's own ``end`` event firing while
+    the session is being torn down left its task running forever).
+    """
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return event.is_set()
+    return True

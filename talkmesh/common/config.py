@@ -49,6 +49,9 @@ class ServerConfig:
     # A client stream that sends nothing for this long (including before its first message)
     # fails with DEADLINE_EXCEEDED, so a forgotten stream cannot hold a slot (0 = never).
     stream_idle_seconds: float = 120.0
+    # A client that reads nothing of a response stream for this long fails with DEADLINE_EXCEEDED
+    # (flow control would otherwise hold the stream, and its slot, until the call's deadline).
+    write_timeout_seconds: float = 60.0
     # Also listen on this Unix domain socket (empty = off): co-located services (the encoder
     # pulling frames from the renderer in one pod) talk over it instead of TCP.
     unix_socket: str = ""
@@ -72,6 +75,8 @@ class ServerConfig:
             raise ConfigError("server.grace_seconds: must not be negative")
         if self.stream_idle_seconds < 0:
             raise ConfigError("server.stream_idle_seconds: must not be negative")
+        if self.write_timeout_seconds <= 0:
+            raise ConfigError("server.write_timeout_seconds: must be positive")
 
 
 @dataclasses.dataclass(frozen=True)

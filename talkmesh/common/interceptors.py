@@ -9,10 +9,11 @@ instrumentation reports them as OK).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -22,7 +23,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from talkmesh.common.errors import ResourceExhausted, TalkmeshError, Unavailable, status_trailer
+from talkmesh.common.aio import wait_event
+from talkmesh.common.errors import DeadlineExceeded, ResourceExhausted, TalkmeshError, Unavailable, status_trailer
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.streams import CheckedRequests, Undecodable, lenient_deserializer
 from talkmesh.common.telemetry import Telemetry
@@ -63,17 +65,14 @@ class AdmissionState:
             self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(self._idle, timeout)
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, telemetry: Telemetry, admission: AdmissionState) -> None:
+    def __init__(self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float = 60.0) -> None:
         self.telemetry = telemetry
         self.admission = admission
+        self.write_timeout = write_timeout
 
     async def intercept_service(
         self,
@@ -184,19 +183,31 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         span.end()
 
     def _wrap_stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str, *, streaming_requests: bool
+        self, behavior: Callable[..., AsyncGenerator[Any, None]], method: str, *, streaming_requests: bool
     ) -> Callable[..., Any]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> None:
+            # A coroutine that writes, not an async generator that yields: when the call is
+            # cancelled, grpc cancels this task and the handler's generator is closed right here
+            # (its ``finally`` blocks run now), instead of being left suspended at ``yield`` until
+            # garbage collection. It also bounds how long a client that stops reading can hold us.
             await self._admit(method, context)
             span, start = self._begin(method, context)
             self.admission.enter()
             self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
             code = "OK"
+            write_timeout = self.write_timeout
             try:
                 try:
-                    async for item in behavior(_checked(request, streaming_requests), context):
-                        yield item
-                except (asyncio.CancelledError, GeneratorExit):
+                    async with contextlib.aclosing(behavior(_checked(request, streaming_requests), context)) as items:
+                        async for item in items:
+                            try:
+                                async with asyncio.timeout(write_timeout):
+                                    await context.write(item)
+                            except TimeoutError:
+                                raise DeadlineExceeded(
+                                    f"the client read nothing for {write_timeout:g} s (server.write_timeout_seconds)"
+                                ) from None
+                except asyncio.CancelledError:
                     code = "CANCELLED"
                     raise
                 except grpc.aio.AbortError:

@@ -135,7 +135,9 @@ class ServiceHost:
 
     async def _start(self) -> int:
         server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.telemetry, self.admission)],
+            interceptors=[
+                ServerInterceptor(self.telemetry, self.admission, write_timeout=self.config.write_timeout_seconds)
+            ],
             options=self._server_options(),
         )
         self._names = list(self.service.register(server))

@@ -142,7 +142,8 @@ async def _next(it: AsyncIterator[Any], idle: float | None, what: str) -> Any:
     if idle is None:
         return await anext(it, None)
     try:
-        return await asyncio.wait_for(anext(it, None), idle)
+        async with asyncio.timeout(idle):  # never asyncio.wait_for: see talkmesh.common.aio.wait_event
+            return await anext(it, None)
     except TimeoutError:
         raise DeadlineExceeded(f"{what}: no message for {idle:g} s") from None
 

@@ -190,3 +190,37 @@ async def test_taskset_join_raises_the_failure() -> None:
     with pytest.raises(KeyError):
         await tasks.join()
     await tasks.aclose()
+
+
+async def test_wait_event_never_swallows_the_callers_cancellation():
+    """The event is set at the very moment the waiter is cancelled: the waiter must still end
+    cancelled (Python 3.11's asyncio.wait_for returns normally here and the task runs on)."""
+    from talkmesh.common.aio import wait_event
+
+    for _ in range(20):
+        event = asyncio.Event()
+        loops = 0
+
+        async def poller(event: asyncio.Event) -> None:
+            nonlocal loops
+            while True:  # like a session's lifetime loop
+                loops += 1
+                await wait_event(event, 10)
+                event.clear()
+
+        task = asyncio.create_task(poller(event))
+        await asyncio.sleep(0)
+        event.set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 1)
+        assert task.cancelled()
+
+
+async def test_wait_event_times_out_and_reports_the_state():
+    from talkmesh.common.aio import wait_event
+
+    event = asyncio.Event()
+    assert await wait_event(event, 0.01) is False
+    event.set()
+    assert await wait_event(event, 0.01) is True

@@ -141,7 +141,9 @@ class FragmentWriter:
             Sample(annexb_to_avcc(data), self.frame_duration(first + i), key)
             for i, (data, key) in enumerate(zip(video, keyframes, strict=True))
         ]
-        trafs: list[tuple[Track, int, list[Sample]]] = [(self.video, self.video_time(first), v_samples)]
+        trafs: list[tuple[Track, int, list[Sample]]] = []
+        if v_samples:
+            trafs.append((self.video, self.video_time(first), v_samples))
         if audio and self.audio is not None:
             trafs.append((self.audio, self.audio_time, list(audio)))
         moof = self._moof(trafs)

@@ -39,7 +39,7 @@ from services.encoder.live.fmp4 import FragmentWriter, Sample
 from services.encoder.live.idle import IdleLoop, blend_i420
 from services.encoder.live.media import LiveCodecs, LiveParams
 from services.encoder.render import FrameSource
-from talkmesh.common.aio import Chan, TaskSet
+from talkmesh.common.aio import Chan, TaskSet, wait_event
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import InvalidArgument, TalkmeshError
@@ -214,9 +214,13 @@ class LiveSession:
             if tid in self.stopped_ids:
                 continue  # a stopped turn's late input: fenced off
             if kind == "turn_start":
-                if not tid or tid in self.turns:
-                    raise InvalidArgument("turn_id", f"turn {tid!r} is empty or already started")
-                self._start_turn(tid, req.turn_start.source_sample_rate or self.params.sample_rate)
+                rate = req.turn_start.source_sample_rate or self.params.sample_rate
+                if not tid:
+                    raise InvalidArgument("turn_id", "must not be empty")
+                if tid in self.turns:
+                    self.turns[tid].source_rate = rate  # a text turn learns its voice's rate later
+                else:
+                    self._start_turn(tid, rate)
                 continue
             turn = self.turns.get(tid)
             if turn is None:
@@ -329,10 +333,7 @@ class LiveSession:
                             yield msg
                         continue
                     self.wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self.wakeup.wait(), delay)
-                    except TimeoutError:
-                        pass
+                    await wait_event(self.wakeup, delay)
                 if time.monotonic() - due > float(1 / fps):
                     self._late.inc()
                 if self.interrupts:
@@ -343,6 +344,12 @@ class LiveSession:
                 for msg in await self._tick(n):
                     yield msg
                 n += 1
+            # the audio encoder's tail, so the audio track ends with the video track
+            tail = await asyncio.to_thread(codecs.flush_audio)
+            if tail:
+                yield self.out.message(
+                    media=live_pb2.LiveMedia(data=writer.fragment([], [], tail), first_frame=n)
+                )
         finally:
             await self.tasks.aclose()
             for turn in self.turns.values():

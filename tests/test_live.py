@@ -1,0 +1,319 @@
+"""Live sessions end to end through the five services (in this process, each on its own port).
+
+The media is checked decoded (FFmpeg through PyAV) and, for the mouth, with the face mesh run on
+the decoded frames. Timing figures live in the benchmark (talkmesh bench live); these tests check
+the rules: one gap-free timeline, turns in order, nothing of an interrupted turn after the cut,
+samples-played accounting, fencing, errors, lifetimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.gateway.main import create_service as create_gateway
+from services.gateway.main import load_config as load_gateway_config
+from talkmesh.client import TalkmeshClient
+from talkmesh.common.channel import create_channel
+from talkmesh.common.clock import MediaClock
+from talkmesh.common.config import ServerConfig
+from talkmesh.common.errors import ErrorDetails
+from talkmesh.common.server import ServiceHost
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import live_pb2 as lpb
+from talkmesh.v1 import live_pb2_grpc
+from tests.live_helpers import Recorder, decode, mouth_openness
+from tests.mesh import inprocess_mesh
+
+pytestmark = pytest.mark.timeout(180)
+
+TEXT = "Hello there! This is a live avatar, speaking while it is still being rendered."
+
+
+def _turn_frames(rec: Recorder, turn_id: str) -> list[int]:
+    return [r.msg.media.first_frame for r in rec.fragments() if r.msg.media.turn_id == turn_id]
+
+
+def _index(rec: Recorder, predicate) -> int:  # type: ignore[no-untyped-def]
+    return next(i for i, r in enumerate(rec.messages) if predicate(r))
+
+
+def _opens(speaking: np.ndarray, resting: np.ndarray) -> bool:
+    """The open-mouth area while speaking clearly exceeds the resting mouth's (whose own range,
+    from head motion and breathing, is a few percent of the mouth box)."""
+    margin = 0.05
+    return bool(speaking.max() > resting.max() + margin and np.percentile(speaking, 80) > np.median(resting) + margin)
+
+
+def _burst(rate: int, seconds: float) -> bytes:
+    """Syllable-like tone bursts (on 150 ms, off 100 ms), mono s16le."""
+    t = np.arange(int(rate * seconds)) / rate
+    on = (t % 0.25) < 0.15
+    return (np.sin(2 * np.pi * 180 * t) * 9000 * on).astype("<i2").tobytes()
+
+
+async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 12)
+            tid = await live.say(TEXT)
+            await rec.wait_event("speaking_started", tid)
+            stopped = await rec.wait_event("speaking_stopped", tid, timeout=40)
+            last = max(_turn_frames(rec, tid))
+            await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= last + 15)
+            await live.close()
+            await rec.finish()
+
+    started = rec.started
+    assert rec.messages[0].kind == "started" and rec.media()[0].init_segment
+    clock = MediaClock.of(started.fps_numerator / started.fps_denominator, started.sample_rate)
+    frags = [m for m in rec.media() if m.frame_count]
+    # one frame per fragment, session frames 0, 1, 2, ... and exactly their audio samples
+    assert [m.first_frame for m in frags] == list(range(len(frags)))
+    assert all(
+        m.first_sample == clock.start(m.first_frame) and m.sample_count == clock.samples_in(m.first_frame)
+        for m in frags
+    )
+    turn = _turn_frames(rec, tid)
+    assert turn == list(range(turn[0], turn[0] + len(turn))), "a turn's frames are contiguous"
+    body = stopped.msg.event.speaking_stopped
+    assert body.reason == lpb.STOP_REASON_COMPLETED and body.frames_played == len(turn)
+    per_frame = body.sample_rate / 25
+    assert abs(body.samples_played - len(turn) * per_frame) <= per_frame  # the turn's audio, to a frame
+    # events leave after the media they describe
+    first_turn_media = _index(rec, lambda r: r.kind == "media" and r.msg.media.turn_id == tid)
+    assert _index(rec, lambda r: r.event == "speaking_started") > first_turn_media
+    assert rec.events("session_ending")[-1].msg.event.session_ending.reason == lpb.END_REASON_CLIENT_CLOSED
+
+    out = decode(rec.write(tmp_path / "live.mp4"))
+    assert len(out.frames) == len(frags)
+    steps = {b - a for a, b in zip(out.pts, out.pts[1:], strict=False)}
+    assert len(steps) == 1 and out.frame_seconds == Fraction(1, 25), "monotonic, gap-free, 25 fps"
+    assert abs(out.audio_seconds - out.video_seconds) <= 0.045, "audio ends with the video (within a frame)"
+
+    gaps = mouth_openness(out.frames)
+    idle = np.r_[gaps[: turn[0]], gaps[turn[-1] + 10 :]]
+    speaking = gaps[turn[0] : turn[-1] + 1]
+    assert _opens(speaking, idle), "the mouth moves while speaking and rests while idle"
+
+
+async def test_interrupt_cuts_the_turn_at_the_next_frame(tmp_path: Path) -> None:
+    long_text = " ".join([TEXT] * 4)
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 25)  # a resting mouth
+            tid = await live.say(long_text)
+            await rec.wait_event("speaking_started", tid)
+            await rec.wait_for(
+                lambda r: (
+                    r.kind == "media"
+                    and r.msg.media.turn_id == tid
+                    and r.msg.media.first_frame >= _turn_frames(rec, tid)[0] + 25
+                )
+            )
+            queued = await live.say("And this one was still waiting.")
+            await live.interrupt()
+            ack = await rec.wait_event("interrupt_acknowledged")
+            cut = _turn_frames(rec, tid)[-1] + 1
+            await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= cut + 25)
+            # input for a stopped turn is discarded: it never plays
+            await live.say("more text for the stopped turn", turn_id=tid)
+            await asyncio.sleep(0.5)
+            await live.close()
+            await rec.finish()
+
+    ack_at = rec.messages.index(ack)
+    assert not [r for r in rec.messages[ack_at:] if r.kind == "media" and r.msg.media.turn_id], (
+        "no frame of a stopped turn after the acknowledgement"
+    )
+    assert set(ack.msg.event.interrupt_acknowledged.stopped_turn_ids) == {tid, queued}
+    stops = {r.msg.event.speaking_stopped.turn_id: r.msg.event.speaking_stopped for r in rec.events("speaking_stopped")}
+    assert stops[tid].reason == lpb.STOP_REASON_INTERRUPTED
+    assert stops[tid].frames_played == len(_turn_frames(rec, tid))
+    per_frame = stops[tid].sample_rate / 25
+    assert abs(stops[tid].samples_played - stops[tid].frames_played * per_frame) <= per_frame
+    assert stops[queued].frames_played == 0 and not _turn_frames(rec, queued)
+    assert len(rec.events("speaking_started")) == 1
+
+    out = decode(rec.write(tmp_path / "live.mp4"))
+    gaps = mouth_openness(out.frames)
+    first = _turn_frames(rec, tid)[0]
+    resting = gaps[:first]
+    assert _opens(gaps[first:cut], resting), "the mouth moved until the cut"
+    after = gaps[cut + 4 : cut + 25]  # after the cross-fade (3 frames) into the idle loop
+    assert after.max() <= resting.max() + 0.02, "back to the resting mouth a few frames after the cut"
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+async def test_audio_turns_at_the_callers_rate(tmp_path: Path, rate: int) -> None:
+    pcm = _burst(rate, 1.2)
+    chunk = 2 * rate // 25  # 40 ms chunks, sent in real time
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 5)
+
+            async def chunks():
+                for i in range(0, len(pcm), chunk):
+                    yield pcm[i : i + chunk]
+                    await asyncio.sleep(0.04)
+
+            tid = await live.say_audio(chunks(), rate)
+            stopped = await rec.wait_event("speaking_stopped", tid, timeout=30)
+            await live.close()
+            await rec.finish()
+    body = stopped.msg.event.speaking_stopped
+    assert body.reason == lpb.STOP_REASON_COMPLETED
+    assert body.sample_rate == rate and body.samples_played == len(pcm) // 2, "all of the caller's audio played"
+    assert body.frames_played == math.ceil(1.2 * 25)
+    out = decode(rec.write(tmp_path / "live.mp4"))
+    turn = _turn_frames(rec, tid)
+    gaps = mouth_openness(out.frames)
+    assert _opens(gaps[turn[0] : turn[-1] + 1], gaps[: turn[0]])
+
+
+async def test_bad_turn_input_gets_errors_and_the_session_goes_on(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await live.audio("odd", b"\x00\x01\x02", 16000)
+            await live.audio("slow", b"\x00\x00" * 10, 96000)
+            await live.end_turn("nobody")
+            await live.say("x", turn_id="")  # an empty turn id is generated by the client: fine
+            errors = []
+            for _ in range(3):
+                errors.append(
+                    await rec.wait_for(
+                        lambda r, n=len(errors): (
+                            r.kind == "error" and len([x for x in rec.messages if x.kind == "error"]) > n
+                        )
+                    )
+                )
+            fields = {e.msg.error.field: e.msg.error.code for e in rec.messages if e.kind == "error"}
+            assert fields["audio.pcm"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert fields["audio.sample_rate"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert fields["end_of_turn.turn_id"] == grpc.StatusCode.NOT_FOUND.value[0]
+            tid = await live.say("Still here.")
+            await rec.wait_event("speaking_stopped", tid, timeout=30)
+            await live.close()
+            await rec.finish()
+
+
+async def test_messages_before_the_config_are_refused(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path) as mesh, create_channel(mesh.gateway) as channel:
+        stub = live_pb2_grpc.LiveStub(channel)
+        call = stub.Session(iter([lpb.LiveClientMessage(text=lpb.SpeakText(turn_id="t", text="hi"))]))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "config: must be the first message of the stream"
+    assert ErrorDetails.of(err.value).field == "config"
+
+
+async def test_idle_timeout_warns_then_ends_and_keep_alive_holds_it(tmp_path: Path) -> None:
+    env = {"TALKMESH_GATEWAY__LIVE__ENDING_WARNING_SECONDS": "0.5"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live(idle_timeout=2.0) as live:
+            rec = Recorder(live).start()
+            for _ in range(8):  # 2.4 s of keep-alives: longer than the timeout
+                await asyncio.sleep(0.3)
+                await live.keep_alive()
+            assert not rec.events("session_ending")
+            await rec.finish(timeout=10)
+    endings = [r.msg.event.session_ending for r in rec.events("session_ending")]
+    assert [e.reason for e in endings] == [lpb.END_REASON_IDLE_TIMEOUT, lpb.END_REASON_IDLE_TIMEOUT]
+    assert 0 < endings[0].seconds_left <= 0.5 and endings[1].seconds_left == 0
+
+
+async def test_a_client_that_hangs_up_frees_every_stage(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        live = client.live()
+        await live.__aenter__()
+        rec = Recorder(live).start()
+        tid = await live.say(TEXT)
+        await rec.wait_event("speaking_started", tid)
+        await live.__aexit__(None, None, None)  # cancels the call
+        with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
+            await rec.finish()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while loop.time() < deadline and any(mesh.active_streams().values()):
+            await asyncio.sleep(0.02)
+        assert mesh.active_streams() == dict.fromkeys(mesh.telemetry, 0.0)
+
+
+async def test_session_limit_is_resource_exhausted_and_health_stays_serving(tmp_path: Path) -> None:
+    env = {"TALKMESH_GATEWAY__LIVE__MAX_SESSIONS": "1"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as first:
+            rec = Recorder(first).start()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async with client.live():
+                    pass
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert ErrorDetails.of(err.value).retry_delay is not None
+            health = health_pb2_grpc.HealthStub(client.channel)
+            assert (
+                await health.Check(health_pb2.HealthCheckRequest())
+            ).status == health_pb2.HealthCheckResponse.SERVING
+            await first.close()
+            await rec.finish()
+
+
+async def test_watch_through_another_gateway_replica(tmp_path: Path) -> None:
+    env = {"TALKMESH_GATEWAY__LIVE__SESSION_SECRET": "shared-by-the-replicas"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh:
+        gw_env = dict(env)
+        for name in ("tts", "audio_features", "renderer", "encoder"):
+            gw_env[f"TALKMESH_GATEWAY__{name.upper()}__TARGET"] = mesh.hosts[name].address
+        second = ServiceHost(
+            create_gateway(load_gateway_config(None, env=gw_env), Telemetry("gateway")),
+            ServerConfig(port=0, metrics_port=-1, grace_seconds=1.0),
+        )
+        await second.start()
+        try:
+            async with TalkmeshClient(mesh.gateway) as a, TalkmeshClient(second.address) as b:
+                async with a.live() as live:
+                    rec = Recorder(live).start()
+                    session_id = live.started.session_id if live.started else ""
+                    watched = []
+                    async for msg in b.watch(session_id):
+                        watched.append(msg)
+                        if len([m for m in watched if m.WhichOneof("kind") == "media"]) >= 3:
+                            break
+                    await live.close()
+                    await rec.finish()
+        finally:
+            await second.stop(1.0)
+    kinds = [m.WhichOneof("kind") for m in watched]
+    assert kinds[0] == "started" and watched[0].started.session_id == session_id
+    assert watched[1].media.init_segment
+    assert watched[2].media.keyframe, "a viewer joins at a keyframe"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async with TalkmeshClient(mesh.gateway) as b:
+            async for _ in b.watch("forged." + session_id.split(".", 1)[1]):
+                pass
+    assert err.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
+
+
+async def test_draining_ends_sessions_with_a_final_event(tmp_path: Path) -> None:
+    env = {"TALKMESH_GATEWAY__LIVE__DRAIN_SECONDS": "0.5"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 3)
+            stop = asyncio.create_task(mesh.hosts["gateway"].stop(5.0))
+            ending = await rec.wait_event("session_ending")
+            await rec.finish(timeout=10)
+            await stop
+    assert ending.msg.event.session_ending.reason == lpb.END_REASON_DRAINING
