@@ -183,6 +183,12 @@ async def _voices(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _live(args: argparse.Namespace) -> int:
+    from talkmesh.live_cli import run
+
+    return await run(args, args.target)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="talkmesh", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -221,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("voices", parents=[target], help="list voices")
 
+    lv = sub.add_parser("live", parents=[target], help="a live session: type lines to speak, empty line interrupts")
+    from talkmesh.live_cli import add_arguments as live_arguments
+
+    live_arguments(lv)
+
     b = sub.add_parser("bench", help="measure latency, real-time factor and concurrency; append BENCHMARKS.md")
     with contextlib.suppress(ImportError):
         from talkmesh.bench import add_arguments
@@ -237,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         from talkmesh.bench import run
 
         return run(args)
-    handlers = {"say": _say, "up": _up, "demo": _demo, "avatar": _avatar, "voices": _voices}
+    handlers = {"say": _say, "up": _up, "demo": _demo, "avatar": _avatar, "voices": _voices, "live": _live}
     try:
         return asyncio.run(handlers[args.cmd](args))
     except KeyboardInterrupt:

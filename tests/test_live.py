@@ -317,3 +317,39 @@ async def test_draining_ends_sessions_with_a_final_event(tmp_path: Path) -> None
             await rec.finish(timeout=10)
             await stop
     assert ending.msg.event.session_ending.reason == lpb.END_REASON_DRAINING
+
+
+async def test_the_live_command_speaks_typed_lines_and_writes_the_stream(tmp_path: Path) -> None:
+    import sys
+
+    out = tmp_path / "live.mp4"
+    async with inprocess_mesh(tmp_path) as mesh:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "talkmesh.cli", "live", "--target", mesh.gateway, "-o", str(out),
+            stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None and proc.stderr is not None
+        lines: list[str] = []
+
+        async def read_until(word: str) -> None:
+            while word not in (line := (await proc.stderr.readline()).decode()):  # type: ignore[union-attr]
+                assert line, f"talkmesh live ended before {word!r}: {lines}"
+                lines.append(line)
+            lines.append(line)
+
+        try:
+            await asyncio.wait_for(read_until("type a line"), 30)
+            proc.stdin.write(b"Hello from the command line.\n")
+            await proc.stdin.drain()
+            await asyncio.wait_for(read_until("stopped"), 30)
+            proc.stdin.close()  # Ctrl-D: the session ends
+            await asyncio.wait_for(read_until("wrote"), 30)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = "".join(lines)
+    assert "speaking  turn-1" in text and "stopped   turn-1 (completed" in text
+    decoded = decode(out)
+    assert len(decoded.frames) > 25 and decoded.audio_seconds > 1.0

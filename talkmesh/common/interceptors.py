@@ -85,29 +85,33 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler
         # Every request is parsed leniently: bytes that do not parse reach the wrapper as
         # ``Undecodable`` and become INVALID_ARGUMENT naming the field, counted like any other error.
-        deserializer = _lenient(handler.request_deserializer)
+        # The (de)serializers also count the bytes on the wire (talkmesh_stream_bytes_total).
+        bytes_total = self.telemetry.metrics.stream_bytes_total
+        service = self.telemetry.service
+        deserializer = _counted(_lenient(handler.request_deserializer), bytes_total.labels(service, "in"))
+        serializer = _counted_out(handler.response_serializer, bytes_total.labels(service, "out"))
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(
                 self._wrap_stream(handler.stream_stream, method, streaming_requests=True),
                 request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=serializer,
             )
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, streaming_requests=False),
                 request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=serializer,
             )
         if handler.request_streaming:
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap_unary(handler.stream_unary, method, streaming_requests=True),
                 request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=serializer,
             )
         return grpc.unary_unary_rpc_method_handler(
             self._wrap_unary(handler.unary_unary, method, streaming_requests=False),
             request_deserializer=deserializer,
-            response_serializer=handler.response_serializer,
+            response_serializer=serializer,
         )
 
     # -- the shared envelope ------------------------------------------------------------------
@@ -196,9 +200,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
             code = "OK"
             write_timeout = self.write_timeout
+            requests = _checked(request, streaming_requests)
             try:
                 try:
-                    async with contextlib.aclosing(behavior(_checked(request, streaming_requests), context)) as items:
+                    async with contextlib.aclosing(behavior(requests, context)) as items:
                         async for item in items:
                             try:
                                 async with asyncio.timeout(write_timeout):
@@ -214,6 +219,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = _code_name(context, "UNKNOWN")
                     raise
                 except Exception as exc:
+                    if streaming_requests:
+                        await _drain(requests)
                     code = (await self._fail(exc, context, span)).name
             except grpc.aio.AbortError:
                 if code == "OK":
@@ -233,9 +240,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             self.admission.enter()
             self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
             code = "OK"
+            requests = _checked(request, streaming_requests)
             try:
                 try:
-                    return await behavior(_checked(request, streaming_requests), context)
+                    return await behavior(requests, context)
                 except asyncio.CancelledError:
                     code = "CANCELLED"
                     raise
@@ -243,6 +251,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = _code_name(context, "UNKNOWN")
                     raise
                 except Exception as exc:
+                    if streaming_requests:
+                        await _drain(requests)
                     code = (await self._fail(exc, context, span)).name
             except grpc.aio.AbortError:
                 if code == "OK":
@@ -260,6 +270,50 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     if deserializer is None or not isinstance(getattr(cls, "DESCRIPTOR", None), Descriptor):
         return deserializer
     return lenient_deserializer(cls)
+
+
+#: Before a client-streaming call is failed, the messages the client already sent are read (at
+#: most this many, for at most this long): a client whose write is still in flight when the status
+#: arrives would otherwise see grpc's "INTERNAL: Internal error from Core" instead of the status
+#: (grpc/grpc#36066).
+DRAIN_MESSAGES = 64
+DRAIN_SECONDS = 0.05
+
+
+async def _drain(requests: Any) -> None:
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            for _ in range(DRAIN_MESSAGES):
+                await anext(requests)
+    except (TimeoutError, StopAsyncIteration):
+        pass
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # the stream is being failed anyway; its own error is what is reported
+        pass
+
+
+def _counted(deserializer: Callable[[bytes], Any] | None, counter: Any) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        counter.inc(len(data))
+        return deserializer(data)
+
+    return parse
+
+
+def _counted_out(serializer: Callable[[Any], bytes] | None, counter: Any) -> Callable[[Any], bytes] | None:
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        data = serializer(message)
+        counter.inc(len(data))
+        return data
+
+    return serialize
 
 
 def _checked(request: Any, streaming: bool) -> Any:

@@ -109,6 +109,9 @@ class FakeDownstreams(Downstreams):
 
         return self._track("features", gen())
 
+    def live(self, requests: AsyncIterable[Any], timeout: float | None) -> Stream:
+        raise NotImplementedError("live sessions are tested through the real mesh (tests/test_live.py)")
+
     def encode(self, requests: AsyncIterable[epb.EncodeRequest], timeout: float | None) -> Stream:
         """Renders (one 'frame' per features message) and encodes one fragment per frame."""
 

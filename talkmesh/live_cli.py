@@ -1,0 +1,139 @@
+"""`talkmesh live`: a live session from the terminal.
+
+Type a line and press Enter to speak it; an empty line (or Ctrl-C while the avatar speaks)
+interrupts; Ctrl-D (end of input) lets the queued turns finish and ends the session; Ctrl-C while
+idle quits. The stream is written to a file as it arrives (fragmented MP4: play it with any player
+afterwards, or watch it grow with ``ffplay``), and the session's events are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from talkmesh.client import LiveSession, TalkmeshClient
+from talkmesh.common.aio import TaskSet, cancel_and_wait
+from talkmesh.v1 import live_pb2 as lpb
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", default="live.mp4", help="write the stream here ('-' for none)")
+    p.add_argument("--avatar", default="", help="avatar id or name (default avatar if empty)")
+    p.add_argument("--voice", default="", help="voice id, e.g. espeak:en-gb")
+    p.add_argument("--size", default="", help="360p, 480p, 512, 720p or native")
+    p.add_argument("--backend", default="", help="renderer backend: viseme, wav2lip, musetalk")
+    p.add_argument("--idle-timeout", type=float, default=0.0, help="seconds without input before the session ends")
+    p.add_argument("--quiet", action="store_true", help="do not print media progress, only events")
+
+
+def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
+    """One line for a message worth printing (events, errors, the start)."""
+    at = f"{time.monotonic() - t0:7.2f}s"
+    kind = msg.WhichOneof("kind")
+    if kind == "started":
+        s = msg.started
+        fps = s.fps_numerator / max(1, s.fps_denominator)
+        return f"{at}  session {s.session_id[-12:]}: {s.width}x{s.height} at {fps:g} fps, {s.video_encoder}"
+    if kind == "error":
+        e = msg.error
+        return f"{at}  error ({e.turn_id or 'session'}): {e.message}"
+    if kind != "event":
+        return None
+    ev = msg.event
+    which = ev.WhichOneof("kind")
+    if which == "speaking_started":
+        return f"{at}  speaking  {ev.speaking_started.turn_id}"
+    if which == "speaking_stopped":
+        st = ev.speaking_stopped
+        reason = lpb.StopReason.Name(st.reason).removeprefix("STOP_REASON_").lower()
+        seconds = st.samples_played / st.sample_rate if st.sample_rate else 0.0
+        return f"{at}  stopped   {st.turn_id} ({reason}, {seconds:.2f} s played)"
+    if which == "interrupt_acknowledged":
+        return f"{at}  interrupt acknowledged ({', '.join(ev.interrupt_acknowledged.stopped_turn_ids) or 'nothing'})"
+    if which == "underrun":
+        return f"{at}  underrun  {ev.underrun.turn_id} frame {ev.underrun.turn_frame}"
+    if which == "session_ending":
+        se = ev.session_ending
+        reason = lpb.EndReason.Name(se.reason).removeprefix("END_REASON_").lower()
+        return f"{at}  ending    ({reason}, {se.seconds_left:.1f} s left)"
+    return None
+
+
+async def _pump(session: LiveSession, output: Path | None, out: TextIO, state: dict[str, bool]) -> None:
+    t0 = time.monotonic()
+    sink = output.open("wb") if output is not None else None
+    try:
+        async for msg in session:
+            kind = msg.WhichOneof("kind")
+            if kind == "media" and sink is not None:
+                sink.write(msg.media.data)
+                sink.flush()
+            elif kind == "event":
+                which = msg.event.WhichOneof("kind")
+                if which == "speaking_started":
+                    state["speaking"] = True
+                elif which == "speaking_stopped":
+                    state["speaking"] = False
+            line = describe(msg, t0)
+            if line:
+                print(line, file=out, flush=True)
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, out: TextIO = sys.stderr) -> int:
+    output = None if args.output == "-" else Path(args.output)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    quit_now = asyncio.Event()
+    state = {"speaking": False}
+    async with TalkmeshClient(target) as client:
+        async with client.live(
+            avatar=args.avatar, voice=args.voice, size=args.size, backend=args.backend, idle_timeout=args.idle_timeout
+        ) as session:
+            pump = asyncio.create_task(_pump(session, output, out, state), name="live-cli-pump")
+            signals = TaskSet("live-cli")
+
+            def on_sigint() -> None:
+                if state["speaking"]:
+                    signals.spawn(session.interrupt(), name="interrupt")
+                else:
+                    quit_now.set()
+
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGINT, on_sigint)
+            print("type a line to speak it; an empty line interrupts; Ctrl-D ends", file=out, flush=True)
+            quitting = asyncio.ensure_future(quit_now.wait())
+            try:
+                while not pump.done() and not quit_now.is_set():
+                    read: asyncio.Future[str] = loop.run_in_executor(None, stdin.readline)
+                    waiting: set[asyncio.Future[object]] = {read, pump, quitting}  # type: ignore[arg-type]
+                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if read not in done:
+                        break
+                    line = read.result()
+                    if line == "":  # end of input
+                        await session.close()
+                        await pump
+                        break
+                    text = line.strip()
+                    if text:
+                        await session.say(text)
+                    else:
+                        await session.interrupt()
+            finally:
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(signal.SIGINT)
+                await cancel_and_wait(pump, quitting)
+                await signals.aclose()
+    if output is not None:
+        print(f"wrote {output}", file=out)
+    return 0
