@@ -180,3 +180,43 @@ async def test_up_starts_five_processes_on_the_default_ports_and_ctrl_c_stops_th
     codes = dict(item.split("=") for item in stopped.removeprefix("stopped: ").split(", "))
     assert codes == dict.fromkeys(["gateway", "tts", "audio_features", "renderer", "encoder"], "0")
     assert _ports_free(list(DEFAULT_PORTS.values()))  # nothing left listening
+
+
+async def test_a_hung_stage_fails_streams_fast_and_readiness_shows_it(mesh, tmp_path):
+    """SIGSTOP the renderer mid-stream (a hung process that still holds its sockets): the stream in
+    flight fails with UNAVAILABLE, new calls are refused at once, the gateway reports NOT_SERVING;
+    SIGCONT brings everything back."""
+    renderer = mesh.processes["renderer"].proc
+    loop = asyncio.get_running_loop()
+    async with TalkmeshClient(mesh.gateway) as client:
+        call = client.speak(PARAGRAPH * 3)
+        assert (await call.read()).media.init_segment
+        renderer.send_signal(signal.SIGSTOP)
+        stopped_at = loop.time()
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+            failed_after = loop.time() - stopped_at
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert failed_after < 10, f"in-flight stream failed {failed_after:.1f} s after the stage hung"
+            for _ in range(100):  # the dependency watch needs two missed checks
+                if await _health(mesh.gateway) == health_pb2.HealthCheckResponse.NOT_SERVING:
+                    break
+                await asyncio.sleep(0.1)
+            assert await _health(mesh.gateway) == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await _health(mesh.gateway, "liveness") == health_pb2.HealthCheckResponse.SERVING
+            started = loop.time()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.speak_to_file("Anyone there?", tmp_path / "x.mp4")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "renderer" in err.value.details()
+            assert loop.time() - started < 2.0, "new calls are refused, not left hanging"
+        finally:
+            renderer.send_signal(signal.SIGCONT)
+        for _ in range(100):
+            if await _health(mesh.gateway) == health_pb2.HealthCheckResponse.SERVING:
+                break
+            await asyncio.sleep(0.1)
+        result = await client.speak_to_file("Back again.", tmp_path / "ok.mp4")
+        assert result.summary.frames > 0

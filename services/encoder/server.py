@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -109,6 +109,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self.telemetry = telemetry
         self.frame_source = frame_source
         self.idle_loops = IdleLoops(config.live.max_loops)
+        self.renderer_down = False
         # Set by EncoderService.start() once the probe has run.
         self.backend: VideoBackend | None = None
         self.fallback: VideoBackend | None = None
@@ -138,6 +139,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             raise Unavailable("the encoder is still starting")
         if self.frame_source is None:
             raise FailedPrecondition("live sessions need a renderer (renderer.target)")
+        if self.renderer_down:
+            raise Unavailable("renderer: not answering health checks", retry_after=1.0)
         # The gateway owns the session's lifetime: no idle limit here after the first message.
         stream: RequestStream[encoder_pb2.LiveEncodeRequest] = await RequestStream.open(
             request_iterator, "config", first_timeout=self.config.server.idle_timeout, what="live stream"
@@ -313,6 +316,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         """
         if self.frame_source is None:
             raise FailedPrecondition("config.render: this encoder has no renderer configured")
+        if self.renderer_down:
+            raise Unavailable("renderer: not answering health checks", retry_after=1.0)
         started = time.perf_counter()
         cfg = stream.config
         base = stream_params(cfg, self.config, size=(2, 2), pixel_format_value=common_pb2.PIXEL_FORMAT_I420)
@@ -479,6 +484,15 @@ class EncoderService(Service):
             video.encoder,
             extra={"fields": {"video_encoder": backend.name}},
         )
+
+    def dependencies(self) -> Mapping[str, grpc.aio.Channel]:
+        source = self.frame_source
+        return {"renderer": source.channel} if isinstance(source, GrpcFrameSource) else {}
+
+    def dependencies_changed(self, down: list[str]) -> str:
+        # raw-frame encoding needs no renderer: only the streams that render are refused
+        self.servicer.renderer_down = "renderer" in down
+        return ""
 
     async def stop(self) -> None:
         await self.frame_source.close()

@@ -24,10 +24,10 @@ from opentelemetry import trace
 
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
-from talkmesh.common.aio import Chan, TaskSet
+from talkmesh.common.aio import Chan, TaskSet, all_of
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
-from talkmesh.common.errors import FailedPrecondition
+from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
@@ -115,6 +115,23 @@ def video_chunk(mc: epb.MediaChunk, seq: int) -> gpb.VideoChunk:
         frames_encoded=mc.frames_encoded,
         video_encoder=mc.video_encoder,
     )
+
+
+async def _first_piece(pieces: AsyncIterable[str]) -> AsyncIterable[str]:
+    """Waits for the first non-empty text piece; returns the pieces again, that one included."""
+    it = aiter(pieces)
+    async for piece in it:
+        if piece.strip():
+            break
+    else:
+        raise InvalidArgument("text", "must not be empty")
+
+    async def chained() -> AsyncIterator[str]:
+        yield piece
+        async for rest in it:
+            yield rest
+
+    return chained()
 
 
 class SpeakPipeline:
@@ -295,12 +312,18 @@ class _Run:
         streams: list[Stream] = []
         tasks = TaskSet(f"gateway-{self.rid}", on_error=self.out.close)
         try:
-            tts = self._open_tts()
-            streams.append(tts)
-            features = ds.extract(self._feature_requests(), self.timeout)
-            streams.append(features)
+            if self.text_pieces is not None:
+                # capacity is taken when there is work: nothing opens before the first text piece
+                self.text_pieces = await _first_piece(self.text_pieces)
+            # The scarce stages admit the request before any work starts: an overloaded encoder
+            # answers RESOURCE_EXHAUSTED in one round trip, and TTS never starts for it.
             media = ds.encode(self.to_encoder, self.timeout)
             streams.append(media)
+            features = ds.extract(self._feature_requests(), self.timeout)
+            streams.append(features)
+            await all_of(media.admitted(), features.admitted())
+            tts = self._open_tts()
+            streams.append(tts)
             tasks.spawn(self._pump_tts(tts), name="tts")
             tasks.spawn(self._pump_features(features), name="features")
             tasks.spawn(self._pump_media(media), name="media")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -169,6 +169,14 @@ class GatewayService(Service):
 
     def bound(self, address: str) -> None:
         self.live.advertise(address)
+
+    def dependencies(self) -> Mapping[str, grpc.aio.Channel]:
+        ds = self.downstreams
+        return dict(ds.channels) if isinstance(ds, GrpcDownstreams) else {}
+
+    def dependencies_changed(self, down: list[str]) -> str:
+        # every gateway call needs the stages: refuse at once rather than hang until the deadline
+        return f"{', '.join(down)}: not answering health checks" if down else ""
 
     async def drain(self) -> None:
         await self.live.drain()

@@ -284,3 +284,17 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+async def all_of(*aws: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Runs ``aws`` concurrently and returns their results; at the first failure the others are
+    cancelled (and awaited) and that failure is raised as it is (not wrapped in an ExceptionGroup)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        return [t.result() for t in tasks]
+    finally:
+        await cancel_and_wait(*tasks)

@@ -40,6 +40,9 @@ class Stream(abc.ABC):
     @abc.abstractmethod
     def __aiter__(self) -> AsyncIterator[Any]: ...
 
+    async def admitted(self) -> None:  # noqa: B027 - in-process streams are always admitted
+        """Returns once the stage has admitted the stream; raises its refusal."""
+
     @abc.abstractmethod
     async def cancel(self) -> None:
         """Stops the stream and everything it started; safe to call more than once."""
@@ -108,6 +111,22 @@ class CallStream(Stream):
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._read()
+
+    async def admitted(self) -> None:
+        """Returns once the stage has admitted the stream (its headers arrived); raises its status
+        (RESOURCE_EXHAUSTED, UNAVAILABLE...) as a ``StageError`` if it refused it."""
+        try:
+            await self.call.initial_metadata()
+        except grpc.aio.AioRpcError as exc:
+            raise StageError(self.stage, exc) from None
+        if self.call.done():
+            code = await self.call.code()
+            if code != grpc.StatusCode.OK:
+                details = await self.call.details()
+                trailing = await self.call.trailing_metadata()
+                raise StageError(
+                    self.stage, grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=details)
+                )
 
     async def response(self) -> Any:
         """The single response of a client-streaming call (same error handling as reading)."""

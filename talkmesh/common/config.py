@@ -52,6 +52,9 @@ class ServerConfig:
     # A client that reads nothing of a response stream for this long fails with DEADLINE_EXCEEDED
     # (flow control would otherwise hold the stream, and its slot, until the call's deadline).
     write_timeout_seconds: float = 60.0
+    # Seconds between health checks of the stages this service calls (0 = off): a stage that does
+    # not answer twice makes this service NOT_SERVING and refuse new streams with UNAVAILABLE.
+    dependency_check_seconds: float = 1.0
     # Also listen on this Unix domain socket (empty = off): co-located services (the encoder
     # pulling frames from the renderer in one pod) talk over it instead of TCP.
     unix_socket: str = ""

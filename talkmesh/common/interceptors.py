@@ -52,6 +52,8 @@ class AdmissionState:
         self.limit = limit
         self.active = 0
         self.draining = False
+        #: why new streams are refused with UNAVAILABLE ("renderer: not answering health checks")
+        self.unavailable = ""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -143,6 +145,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if self.admission.draining:
             m.rejections_total.labels(svc, "draining").inc()
             error = Unavailable("server is draining; retry on another replica", retry_after=0.5)
+        elif self.admission.unavailable:
+            m.rejections_total.labels(svc, "dependency").inc()
+            error = Unavailable(self.admission.unavailable, retry_after=1.0)
         elif self.admission.active >= self.admission.limit:
             m.rejections_total.labels(svc, "overload").inc()
             error = ResourceExhausted(
@@ -200,6 +205,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
             code = "OK"
             write_timeout = self.write_timeout
+            # Headers go out the moment the stream is admitted: a caller that opens several stages
+            # learns from them that it has capacity everywhere before it starts any work (and an
+            # overloaded stage's RESOURCE_EXHAUSTED arrives in one round trip).
+            await context.send_initial_metadata(())
             requests = _checked(request, streaming_requests)
             try:
                 try:

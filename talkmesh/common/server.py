@@ -20,7 +20,7 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.channel import server_keepalive_options, transport_options
 from talkmesh.common.config import ServerConfig
+from talkmesh.common.health import LIVENESS, DependencyWatch
 from talkmesh.common.interceptors import AdmissionState, ServerInterceptor
 from talkmesh.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-LIVENESS = "liveness"
 
 
 class Service(abc.ABC):
@@ -57,6 +58,15 @@ class Service(abc.ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Releases resources after the server stopped."""
+
+    def dependencies(self) -> Mapping[str, grpc.aio.Channel]:
+        """Channels to the stages this service calls (their health decides its readiness)."""
+        return {}
+
+    def dependencies_changed(self, down: list[str]) -> str:
+        """Called when stages stop or start answering; returns why new streams are refused with
+        UNAVAILABLE ("" accepts them: a service whose every call needs the stages refuses)."""
+        return ""
 
     def bound(self, address: str) -> None:  # noqa: B027 - optional hook
         """Called with the ``host:port`` the server listens on, once it is bound."""
@@ -107,6 +117,8 @@ class ServiceHost:
         self.metrics_port = -1
         self._metrics_server: Any = None
         self._grpc_server: grpc.aio.Server | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._deps_down: list[str] = []
         self._names: Sequence[str] = ()
         self._stopped = asyncio.Event()
 
@@ -124,6 +136,7 @@ class ServiceHost:
             raise
 
     async def _abort_start(self) -> None:
+        await cancel_and_wait(self._watch)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -179,7 +192,17 @@ class ServiceHost:
         await server.start()
         self.server = server
         await self.service.start()
-        await self._set_ready(True)
+        deps = self.service.dependencies()
+        if deps and self.config.dependency_check_seconds > 0:
+            watch = DependencyWatch(
+                deps,
+                self._dependencies_changed,
+                interval=self.config.dependency_check_seconds,
+                timeout=self.config.dependency_check_seconds,
+            )
+            await watch.check_once()
+            self._watch = asyncio.create_task(watch.run(), name=f"{name}-dependency-watch")
+        await self._set_ready(not self._deps_down)
         log.info(
             "%s serving on %s (metrics port %s)",
             self.service.name,
@@ -199,6 +222,12 @@ class ServiceHost:
             opts.append(("grpc.max_connection_age_grace_ms", 2**31 - 1))
         return opts
 
+    async def _dependencies_changed(self, down: list[str]) -> None:
+        self._deps_down = down
+        self.admission.unavailable = self.service.dependencies_changed(down)
+        if self.server is not None and not self.admission.draining:
+            await self._set_ready(not down)
+
     async def _set_ready(self, ready: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self._names):
@@ -211,6 +240,7 @@ class ServiceHost:
         grace = self.config.grace_seconds if grace is None else grace
         await self._set_ready(False)
         self.admission.draining = True
+        await cancel_and_wait(self._watch)
         await self.service.drain()
         log.info("%s draining: %d stream(s) in flight, grace %.1fs", self.service.name, self.admission.active, grace)
         drained = await self.admission.wait_idle(grace)

@@ -1,0 +1,70 @@
+"""Readiness that means something: a service is ready only while the stages it calls answer.
+
+``DependencyWatch`` asks each downstream stage's health service ("liveness": the process answers,
+even while it drains) every ``interval`` seconds with a ``timeout``; after ``failures``
+consecutive misses a stage counts as down, and after one answer as up again. The host then
+reports NOT_SERVING (Kubernetes stops routing to the replica) and refuses new streams with
+UNAVAILABLE naming the stage, instead of letting them hang until their deadline. Streams already
+in flight are failed by the transport's keepalive (talkmesh.common.channel: within about 4 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+#: Health service name that reports SERVING while the process lives (readiness is service "").
+LIVENESS = "liveness"
+
+
+class DependencyWatch:
+    def __init__(
+        self,
+        channels: Mapping[str, grpc.aio.Channel],
+        on_change: Callable[[list[str]], Awaitable[None]],
+        *,
+        interval: float = 1.0,
+        timeout: float = 1.0,
+        failures: int = 2,
+    ) -> None:
+        self.stubs = {name: health_pb2_grpc.HealthStub(ch) for name, ch in channels.items()}
+        self.on_change = on_change
+        self.interval = interval
+        self.timeout = timeout
+        self.failures = failures
+        self.misses = dict.fromkeys(self.stubs, 0)
+        self.down: list[str] = []
+
+    async def _answers(self, stub: health_pb2_grpc.HealthStub) -> bool:
+        try:
+            resp = await stub.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=self.timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def check_once(self) -> list[str]:
+        """Checks every stage once; returns the stages that are down now."""
+        names = list(self.stubs)
+        answers = await asyncio.gather(*(self._answers(self.stubs[n]) for n in names))
+        for name, ok in zip(names, answers, strict=True):
+            self.misses[name] = 0 if ok else self.misses[name] + 1
+        down = [n for n in names if self.misses[n] >= self.failures]
+        if down != self.down:
+            if down:
+                log.warning("not answering health checks: %s; refusing new streams", ", ".join(down))
+            else:
+                log.info("every downstream stage answers again")
+            self.down = down
+            await self.on_change(down)
+        return down
+
+    async def run(self) -> None:
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self.interval)
