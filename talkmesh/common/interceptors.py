@@ -209,9 +209,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             # learns from them that it has capacity everywhere before it starts any work (and an
             # overloaded stage's RESOURCE_EXHAUSTED arrives in one round trip).
             await context.send_initial_metadata(())
-            requests = _checked(request, streaming_requests)
+            requests = request
             try:
                 try:
+                    requests = _checked(request, streaming_requests)
                     async with contextlib.aclosing(behavior(requests, context)) as items:
                         async for item in items:
                             try:
@@ -228,7 +229,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = _code_name(context, "UNKNOWN")
                     raise
                 except Exception as exc:
-                    if streaming_requests:
+                    if streaming_requests and requests is not request:
                         await _drain(requests)
                     code = (await self._fail(exc, context, span)).name
             except grpc.aio.AbortError:
@@ -249,9 +250,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             self.admission.enter()
             self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
             code = "OK"
-            requests = _checked(request, streaming_requests)
+            requests = request
             try:
                 try:
+                    requests = _checked(request, streaming_requests)
                     return await behavior(requests, context)
                 except asyncio.CancelledError:
                     code = "CANCELLED"
@@ -260,7 +262,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = _code_name(context, "UNKNOWN")
                     raise
                 except Exception as exc:
-                    if streaming_requests:
+                    if streaming_requests and requests is not request:
                         await _drain(requests)
                     code = (await self._fail(exc, context, span)).name
             except grpc.aio.AbortError:
