@@ -25,6 +25,8 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from talkmesh.common import registry
+
 
 def check(
     target: str, service: str = "", timeout: float = 3.0, credentials: grpc.ChannelCredentials | None = None
@@ -57,13 +59,14 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 def server_settings(service: str, config: str | None, env: Mapping[str, str]) -> dict[str, Any]:
     """The ``server`` section as the service would see it (packaged defaults, ``config``, env)."""
+    spec = registry.spec(service)
     layers: list[Mapping[str, Any]] = []
-    packaged = importlib.resources.files(f"services.{service}").joinpath("config.yaml")
+    packaged = importlib.resources.files(spec.package).joinpath("config.yaml")
     if packaged.is_file():
         layers.append(yaml.safe_load(packaged.read_text()) or {})
     if config:
         layers.append(yaml.safe_load(Path(config).read_text()) or {})
-    head = f"TALKMESH_{service.upper()}__SERVER__"
+    head = f"{spec.env_prefix}__SERVER__"
     from_env: dict[str, Any] = {}
     for name, value in env.items():
         if name.startswith(head):

@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
+from talkmesh.common import registry
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 GPU_OVERLAYS = [o for o in OVERLAYS if o.startswith("gpu")]
-SERVICES = ("gateway", "tts", "audio_features", "renderer", "encoder")
+SERVICES = registry.NAMES
 GPU_SERVICES = ("renderer", "encoder")
 # Optional components an overlay can enable (the tests render each overlay with each of them).
 OPTIONAL_COMPONENTS = ("mtls", "nvidia-runtime-class")
@@ -28,7 +30,7 @@ Manifest = dict[str, Any]
 
 
 def k8s_name(service: str) -> str:
-    return service.replace("_", "-")
+    return registry.spec(service).k8s_name
 
 
 def kubectl() -> str:

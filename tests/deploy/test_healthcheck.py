@@ -124,3 +124,8 @@ def test_mutual_tls_with_the_services_own_certificate(
 def test_unreadable_config_is_unhealthy_with_a_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert healthcheck.main(["--service", "tts", "--config", str(tmp_path / "missing.yaml")]) == 1
     assert "cannot read the tts config" in capsys.readouterr().err
+
+
+def test_unknown_service_is_unhealthy_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    assert healthcheck.main(["--service", "nope"]) == 1
+    assert "unknown service 'nope'" in capsys.readouterr().err

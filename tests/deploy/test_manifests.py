@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from talkmesh.common import registry
 from tests.deploy.manifests import (
     DEPLOY,
     OPTIONAL_COMPONENTS,
@@ -48,13 +49,7 @@ CUSTOM_SCHEMAS = {
     ("cert-manager.io/v1", "Certificate"): "certificate-cert-manager-v1.json",
     ("cert-manager.io/v1", "Issuer"): "issuer-cert-manager-v1.json",
 }
-PORTS = {
-    "gateway": (50051, 9101),
-    "tts": (50052, 9102),
-    "audio_features": (50053, 9103),
-    "renderer": (50054, 9104),
-    "encoder": (50055, 9105),
-}
+PORTS = {s.name: s.ports() for s in registry.SERVICES}
 COLOCATED = [o for o in OVERLAYS if o != "gpu-split"]
 # Secrets the manifests mount but do not create: the operator creates them (docs/DEPLOY.md).
 EXTERNAL_SECRETS = {"talkmesh-api-keys"}

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from talkmesh.common import registry
 from tests.deploy.manifests import (
     OPTIONAL_COMPONENTS,
     OVERLAYS,
@@ -131,12 +132,17 @@ def expected(deployments: set[str], layout: str) -> set[tuple[str, str, str]]:
     for pod in deployments:
         out |= {(pod, "kube-dns", "53/UDP"), (pod, "kube-dns", "53/TCP"), (pod, "otel-collector", "4317/TCP")}
         out.add(("prometheus", pod, "metrics"))
-    out |= {("gateway", "tts", "grpc"), ("gateway", "audio-features", "grpc")}
+    # Each hop of the registry: the caller reaches the callee's gRPC port. In the co-located layout
+    # the renderer and the encoder are containers of the media pod and talk over a Unix socket.
+    pod = {"renderer": "media", "encoder": "media"} if layout == "colocated" else {}
+    port = {"encoder": "encoder-grpc"} if layout == "colocated" else {}
+    for spec in registry.SERVICES:
+        for callee in spec.calls:
+            src, dst = pod.get(spec.name, spec.k8s_name), pod.get(callee, registry.spec(callee).k8s_name)
+            if src != dst:
+                out.add((src, dst, port.get(callee, "grpc")))
     if layout == "colocated":
-        out |= {("gateway", "media", "grpc"), ("gateway", "media", "encoder-grpc")}
         out.add(("prometheus", "media", "encoder-metrics"))
-    else:
-        out |= {("gateway", "renderer", "grpc"), ("gateway", "encoder", "grpc"), ("encoder", "renderer", "grpc")}
     return out
 
 
