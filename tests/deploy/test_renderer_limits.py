@@ -1,8 +1,8 @@
 """The renderer's memory and ephemeral-storage limits are sized to what its upload limits allow.
 
 The arithmetic (docs/DEPLOY.md, "Renderer limits") for the avatar store as it works today
-(services/renderer/avatar.py): a RegisterAvatar upload of B bytes is held twice in memory (the
-assembled message and its bytes copy) and written once to /tmp for the video decoder; its F decoded
+(services/renderer/avatars/decode.py and store.py): a RegisterAvatar upload of B bytes is held twice
+in memory (the assembled message and its bytes copy) and written once to /tmp for the video decoder; its F decoded
 frames of P pixels are held as a list and then stacked (2 x 3·F·P bytes) and saved to the cache
 directory (3·F·P bytes, plus a few percent of boxes and backend precomputes).
 """
