@@ -52,7 +52,7 @@ CUSTOM_SCHEMAS = {
 PORTS = {s.name: s.ports() for s in registry.SERVICES}
 COLOCATED = [o for o in OVERLAYS if o != "gpu-split"]
 # Secrets the manifests mount but do not create: the operator creates them (docs/DEPLOY.md).
-EXTERNAL_SECRETS = {"talkmesh-api-keys"}
+EXTERNAL_SECRETS = {"talkmesh-api-keys", "talkmesh-live-session"}
 
 VARIANTS = [(o, ()) for o in OVERLAYS] + [(o, (c,)) for o in OVERLAYS for c in OPTIONAL_COMPONENTS]
 VARIANT_IDS = [o + "".join(f"+{c}" for c in cs) for o, cs in VARIANTS]
@@ -354,6 +354,10 @@ def test_references_resolve(overlay: str, components: tuple[str, ...]) -> None:
         for c in containers(dep):
             for src in c.get("envFrom", []):
                 assert src["configMapRef"]["name"] in config_maps
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref is not None:
+                    assert ref["name"] in secrets, ref["name"]
             assert {m["name"] for m in c.get("volumeMounts", [])} <= set(volumes)
     gateway_dep, gateway = runs(docs, "gateway")
     gateway_config = config_of(docs, gateway_dep, gateway)

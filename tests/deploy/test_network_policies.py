@@ -114,12 +114,13 @@ def _allowed(policies: list[dict[str, Any]], pod: Pod, direction: str, other: Po
 
 
 def flows(docs: list[dict[str, Any]]) -> Iterator[tuple[str, str, str]]:
-    """(source, destination, port) for every allowed flow that involves a talkmesh pod."""
+    """(source, destination, port) for every allowed flow that involves a talkmesh pod (a pod stands for
+    all replicas of its Deployment, so a flow from a Deployment to itself is between replicas)."""
     policies = of_kind(docs, "NetworkPolicy")
     pods = mesh_pods(docs) + OUTSIDE
     for src in pods:
         for dst in pods:
-            if src is dst or NAMESPACE not in (src.namespace, dst.namespace):
+            if NAMESPACE not in (src.namespace, dst.namespace):
                 continue
             for port in dst.ports:
                 if _allowed(policies, src, "Egress", dst, port) and _allowed(policies, dst, "Ingress", src, port):
@@ -143,6 +144,8 @@ def expected(deployments: set[str], layout: str) -> set[tuple[str, str, str]]:
                 out.add((src, dst, port.get(callee, "grpc")))
     if layout == "colocated":
         out.add(("prometheus", "media", "encoder-metrics"))
+    # Live sessions: a Watch that reaches another gateway replica is forwarded to the owner.
+    out.add(("gateway", "gateway", "grpc"))
     return out
 
 
