@@ -52,11 +52,11 @@ bench: install
 	$(BIN)/talkmesh bench
 
 ## Container images, all from the one Dockerfile (`--build-arg SERVICE=<name>`); see docs/DEPLOY.md.
-## A new service gets an image by adding its name to IMAGES (and to GPU_IMAGES if it runs ONNX models
-## on the GPU).
+## IMAGES is every service of the registry (talkmesh/common/registry.py, read without installing
+## anything); GPU_IMAGES the services that run ONNX models on the GPU.
 REGISTRY ?= ghcr.io/talkmesh
 TAG ?= 0.1.0
-IMAGES ?= gateway tts audio_features renderer encoder
+IMAGES ?= $(shell PYTHONPATH=$(CURDIR) $(PYTHON) -c "from talkmesh.common.registry import NAMES; print(*NAMES)")
 GPU_IMAGES ?= audio_features renderer
 image_name = $(REGISTRY)/$(subst _,-,$(1))
 
