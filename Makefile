@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME_EXTRAS ?= all,bench
 DEV_EXTRAS ?= all,bench,dev,tools
 
-.PHONY: demo test install install-dev proto lint typecheck bench clean up
+.PHONY: demo test install install-dev proto lint typecheck bench clean up images images-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,24 @@ up: install
 ## Measure latency, real-time factor and concurrency; appends to BENCHMARKS.md.
 bench: install
 	$(BIN)/talkmesh bench
+
+## Container images, all from the one Dockerfile (`--build-arg SERVICE=<name>`); see docs/DEPLOY.md.
+## IMAGES is every service of the registry (talkmesh/common/registry.py, read without installing
+## anything); GPU_IMAGES the services that run ONNX models on the GPU.
+REGISTRY ?= ghcr.io/talkmesh
+TAG ?= 0.1.0
+IMAGES ?= $(shell PYTHONPATH=$(CURDIR) $(PYTHON) -c "from talkmesh.common.registry import NAMES; print(*NAMES)")
+GPU_IMAGES ?= audio_features renderer
+image_name = $(REGISTRY)/$(subst _,-,$(1))
+
+images: $(addprefix image-,$(IMAGES))
+images-gpu: $(addprefix gpu-image-,$(GPU_IMAGES))
+
+image-%:
+	docker build --build-arg SERVICE=$* -t $(call image_name,$*):$(TAG) .
+
+gpu-image-%:
+	docker build --build-arg SERVICE=$* --target gpu -t $(call image_name,$*):$(TAG)-gpu .
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,19 +14,23 @@ from typing import Any
 import pytest
 import yaml
 
+from talkmesh.common import registry
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 GPU_OVERLAYS = [o for o in OVERLAYS if o.startswith("gpu")]
-SERVICES = ("gateway", "tts", "audio_features", "renderer", "encoder")
+SERVICES = registry.NAMES
 GPU_SERVICES = ("renderer", "encoder")
+# Optional components an overlay can enable (the tests render each overlay with each of them).
+OPTIONAL_COMPONENTS = ("mtls", "nvidia-runtime-class")
 
 Manifest = dict[str, Any]
 
 
 def k8s_name(service: str) -> str:
-    return service.replace("_", "-")
+    return registry.spec(service).k8s_name
 
 
 def kubectl() -> str:
@@ -34,19 +40,37 @@ def kubectl() -> str:
     return exe
 
 
-@functools.cache
-def _render(overlay: str) -> tuple[Manifest, ...]:
-    out = subprocess.run(
-        [kubectl(), "kustomize", str(K8S / "overlays" / overlay)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+def _kustomize(directory: Path) -> tuple[Manifest, ...]:
+    out = subprocess.run([kubectl(), "kustomize", str(directory)], check=True, capture_output=True, text=True).stdout
     return tuple(d for d in yaml.safe_load_all(out) if d)
 
 
-def render(overlay: str) -> list[Manifest]:
-    return list(_render(overlay))
+@functools.cache
+def _render(overlay: str, components: tuple[str, ...]) -> tuple[Manifest, ...]:
+    if not components:
+        return _kustomize(K8S / "overlays" / overlay)
+    # An overlay with optional components added, as a user's own overlay would list them. kustomize
+    # wants relative paths; the namespace transformer (unsetOnly) keeps the device plugin config where
+    # it belongs, like the GPU overlays do.
+    with tempfile.TemporaryDirectory() as tmp:
+        rel = os.path.relpath(K8S, tmp)
+        doc = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [f"{rel}/overlays/{overlay}"],
+            "components": [f"{rel}/components/{c}" for c in components],
+            "transformers": ["namespace.yaml"],
+        }
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+        (Path(tmp) / "namespace.yaml").write_text(
+            "apiVersion: builtin\nkind: NamespaceTransformer\nmetadata: {name: ns, namespace: talkmesh}\n"
+            "unsetOnly: true\n"
+        )
+        return _kustomize(Path(tmp))
+
+
+def render(overlay: str, *components: str) -> list[Manifest]:
+    return list(_render(overlay, tuple(components)))
 
 
 def of_kind(docs: list[Manifest], kind: str) -> list[Manifest]:
@@ -64,9 +88,32 @@ def pod_spec(deployment: Manifest) -> Manifest:
 
 
 def containers(deployment: Manifest) -> Iterator[Manifest]:
+    """Init containers, then the app containers."""
     spec = pod_spec(deployment)
     yield from spec.get("initContainers", [])
     yield from spec["containers"]
+
+
+def service_of(container: Manifest) -> str | None:
+    """The talkmesh service a container runs (`talkmesh serve <service>`), or None."""
+    command = container.get("command", [])
+    return command[2] if command[:2] == ["talkmesh", "serve"] and len(command) > 2 else None
+
+
+def service_containers(docs: list[Manifest]) -> Iterator[tuple[str, Manifest, Manifest]]:
+    """(service, Deployment, container) for every container that runs a talkmesh service."""
+    for dep in of_kind(docs, "Deployment"):
+        for c in pod_spec(dep)["containers"]:
+            service = service_of(c)
+            if service is not None:
+                yield service, dep, c
+
+
+def runs(docs: list[Manifest], service: str) -> tuple[Manifest, Manifest]:
+    """The Deployment and the container that run ``service`` (exactly one of each)."""
+    found = [(dep, c) for s, dep, c in service_containers(docs) if s == service]
+    assert len(found) == 1, f"{service} runs in {len(found)} containers"
+    return found[0]
 
 
 def matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -88,22 +135,36 @@ def matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return True
 
 
+def pod_labels(deployment: Manifest) -> dict[str, str]:
+    return deployment["spec"]["template"]["metadata"].get("labels", {})  # type: ignore[no-any-return]
+
+
 def pods_selected(docs: list[Manifest], selector: Mapping[str, Any]) -> list[str]:
     """Names of the Deployments whose pods the selector picks."""
-    return [
-        d["metadata"]["name"]
-        for d in of_kind(docs, "Deployment")
-        if matches(selector, d["spec"]["template"]["metadata"].get("labels", {}))
-    ]
+    return [d["metadata"]["name"] for d in of_kind(docs, "Deployment") if matches(selector, pod_labels(d))]
 
 
 def env_of(container: Manifest) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
-def config_of(docs: list[Manifest], deployment: Manifest) -> dict[str, Any]:
-    """The service's config.yaml as mounted from its ConfigMap."""
-    volumes = {v["name"]: v for v in pod_spec(deployment).get("volumes", [])}
-    cm_name = volumes["config"]["configMap"]["name"]
+def mounts_of(container: Manifest) -> dict[str, Manifest]:
+    """mountPath -> volumeMount."""
+    return {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+
+
+def volume(deployment: Manifest, name: str) -> Manifest:
+    (found,) = [v for v in pod_spec(deployment).get("volumes", []) if v["name"] == name]
+    return found  # type: ignore[no-any-return]
+
+
+def config_of(docs: list[Manifest], deployment: Manifest, container: Manifest) -> dict[str, Any]:
+    """The container's config.yaml as mounted from its ConfigMap."""
+    mount = mounts_of(container)["/etc/talkmesh/config.yaml"]
+    cm_name = volume(deployment, mount["name"])["configMap"]["name"]
     cm = named(docs, "ConfigMap", cm_name)
-    return yaml.safe_load(cm["data"]["config.yaml"]) or {}  # type: ignore[no-any-return]
+    return yaml.safe_load(cm["data"][mount["subPath"]]) or {}  # type: ignore[no-any-return]
+
+
+def ports_of(container: Manifest) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container.get("ports", [])}

@@ -1,5 +1,7 @@
-"""The Kubernetes manifests: every overlay renders, validates against several Kubernetes versions
-(custom resources against their own schemas) and keeps the invariants the services rely on."""
+"""The Kubernetes manifests: every overlay (alone and with each optional component) renders, validates
+against several Kubernetes versions (custom resources against their own schemas) and keeps the
+invariants the services rely on: one container per service, probes, drains, ports, selectors,
+references, and the renderer/encoder layouts (co-located media pod, or split)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from talkmesh.common import registry
 from tests.deploy.manifests import (
     DEPLOY,
-    GPU_OVERLAYS,
-    GPU_SERVICES,
+    OPTIONAL_COMPONENTS,
     OVERLAYS,
     SERVICES,
     config_of,
@@ -24,11 +26,18 @@ from tests.deploy.manifests import (
     env_of,
     k8s_name,
     matches,
+    mounts_of,
     named,
     of_kind,
+    pod_labels,
     pod_spec,
     pods_selected,
+    ports_of,
     render,
+    runs,
+    service_containers,
+    service_of,
+    volume,
 )
 
 # The oldest Kubernetes version we support (native gRPC probes are GA since 1.27) and a recent one.
@@ -37,28 +46,40 @@ SCHEMAS = Path(__file__).parent / "schemas"
 CUSTOM_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
+    ("cert-manager.io/v1", "Certificate"): "certificate-cert-manager-v1.json",
+    ("cert-manager.io/v1", "Issuer"): "issuer-cert-manager-v1.json",
 }
-PORTS = {
-    "gateway": (50051, 9101),
-    "tts": (50052, 9102),
-    "audio_features": (50053, 9103),
-    "renderer": (50054, 9104),
-    "encoder": (50055, 9105),
-}
+PORTS = {s.name: s.ports() for s in registry.SERVICES}
+COLOCATED = [o for o in OVERLAYS if o != "gpu-split"]
+# Secrets the manifests mount but do not create: the operator creates them (docs/DEPLOY.md).
+EXTERNAL_SECRETS = {"talkmesh-api-keys", "talkmesh-live-session"}
+
+VARIANTS = [(o, ()) for o in OVERLAYS] + [(o, (c,)) for o in OVERLAYS for c in OPTIONAL_COMPONENTS]
+VARIANT_IDS = [o + "".join(f"+{c}" for c in cs) for o, cs in VARIANTS]
 
 
 def schema(name: str) -> dict[str, Any]:
     return json.loads((SCHEMAS / name).read_text())  # type: ignore[no-any-return]
 
 
-def test_there_are_cpu_gpu_and_gpu_shared_overlays() -> None:
-    assert {"cpu", "gpu", "gpu-shared"} <= set(OVERLAYS)
+def grace_seconds(docs: list[dict[str, Any]], dep: dict[str, Any], c: dict[str, Any]) -> float:
+    return float(config_of(docs, dep, c)["server"]["grace_seconds"])
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+def prestop_seconds(c: dict[str, Any]) -> float:
+    command = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    return float(command[1])
+
+
+def test_there_are_cpu_gpu_gpu_shared_and_gpu_split_overlays() -> None:
+    assert {"cpu", "gpu", "gpu-shared", "gpu-split"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-def test_overlay_validates_strictly(overlay: str, version: str) -> None:
-    docs = render(overlay)
+def test_overlay_validates_strictly(overlay: str, components: tuple[str, ...], version: str) -> None:
+    docs = render(overlay, *components)
     for doc in docs:
         where = f"{overlay}: {doc['kind']}/{doc['metadata']['name']}"
         custom = CUSTOM_SCHEMAS.get((doc["apiVersion"], doc["kind"]))
@@ -89,110 +110,210 @@ def test_custom_schemas_reject_mistakes() -> None:
     bad["spec"]["groups"][1]["rules"][0]["for"] = "ten minutes"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema("prometheusrule-monitoring-v1.json"))
+    docs = render("cpu", "mtls")
+    cert = json.loads(json.dumps(named(docs, "Certificate", "renderer-tls")))
+    cert["spec"]["usages"].append("client authentication")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(cert, schema("certificate-cert-manager-v1.json"))
+    issuer = json.loads(json.dumps(named(docs, "Issuer", "talkmesh-ca")))
+    issuer["spec"]["selfSigned"] = {}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(issuer, schema("issuer-cert-manager-v1.json"))
 
 
 def test_device_plugin_and_adapter_configs_follow_their_schemas() -> None:
-    cm = named(render("gpu-shared"), "ConfigMap", "talkmesh-time-slicing")
+    cm = named(render("gpu"), "ConfigMap", "talkmesh-time-slicing")
     assert cm["metadata"]["namespace"] == "gpu-operator"
-    config = yaml.safe_load(cm["data"]["any"])
-    jsonschema.validate(config, schema("nvidia-device-plugin-config-v1.json"))
-    (resource,) = config["sharing"]["timeSlicing"]["resources"]
-    assert resource["name"] == "nvidia.com/gpu" and resource["replicas"] >= 2
+    replicas = {}
+    for key, text in cm["data"].items():
+        config = yaml.safe_load(text)
+        jsonschema.validate(config, schema("nvidia-device-plugin-config-v1.json"))
+        slicing = config["sharing"]["timeSlicing"]
+        assert slicing["renameByDefault"] is False, "keeps nvidia.com/gpu; products get the -SHARED suffix"
+        (resource,) = slicing["resources"]
+        assert resource["name"] == "nvidia.com/gpu"
+        replicas[key] = resource["replicas"]
+    assert replicas == {"talkmesh-media": 2, "talkmesh-shared": 8}
     adapter = yaml.safe_load((DEPLOY / "prometheus" / "adapter-config.yaml").read_text())
     jsonschema.validate(adapter, schema("prometheus-adapter-config.json"))
 
 
-def test_namespaces() -> None:
-    for overlay in OVERLAYS:
-        for doc in render(overlay):
-            if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "talkmesh-time-slicing":
-                continue
-            assert doc["metadata"].get("namespace") == "talkmesh", f"{overlay}: {doc['metadata']['name']}"
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=VARIANT_IDS)
+def test_namespaces(overlay: str, components: tuple[str, ...]) -> None:
+    for doc in render(overlay, *components):
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "talkmesh-time-slicing":
+            continue
+        assert doc["metadata"].get("namespace") == "talkmesh", f"{overlay}: {doc['metadata']['name']}"
 
 
 # -- invariants ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_one_deployment_service_pdb_and_hpa_per_service(overlay: str) -> None:
+def test_every_service_runs_in_one_container_with_one_service_object(overlay: str) -> None:
     docs = render(overlay)
-    names = {k8s_name(s) for s in SERVICES}
-    for kind in ("Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"):
-        assert {d["metadata"]["name"] for d in of_kind(docs, kind)} == names, kind
+    assert sorted(s for s, _, _ in service_containers(docs)) == sorted(SERVICES)
+    assert {d["metadata"]["name"] for d in of_kind(docs, "Service")} == {k8s_name(s) for s in SERVICES}
+    deployments = {d["metadata"]["name"] for d in of_kind(docs, "Deployment")}
+    for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler"):
+        assert {d["metadata"]["name"] for d in of_kind(docs, kind)} == deployments, kind
+    media, _ = runs(docs, "renderer")
+    encoder_dep, _ = runs(docs, "encoder")
+    if overlay in COLOCATED:
+        assert media is encoder_dep and media["metadata"]["name"] == "media", "renderer and encoder share a pod"
+        assert deployments == {"gateway", "tts", "audio-features", "media"}
+    else:
+        assert media is not encoder_dep
+        assert deployments == {k8s_name(s) for s in SERVICES}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_container_has_grpc_probes_resources_and_a_locked_down_context(overlay: str) -> None:
-    docs = render(overlay)
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=VARIANT_IDS)
+def test_every_container_has_probes_resources_and_a_locked_down_context(
+    overlay: str, components: tuple[str, ...]
+) -> None:
+    docs = render(overlay, *components)
     for dep in of_kind(docs, "Deployment"):
         spec = pod_spec(dep)
         assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["automountServiceAccountToken"] is False
+        init_names = {c["name"] for c in spec.get("initContainers", [])}
+        seen_ports: set[str] = set()
         for c in containers(dep):
             where = f"{overlay}: {dep['metadata']['name']}/{c['name']}"
-            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                assert probe in c, f"{where}: no {probe}"
-                assert c[probe]["grpc"]["port"] == ports["grpc"], f"{where}: {probe} port"
-            # Readiness is the overall health ("": SERVING after warm-up, NOT_SERVING while draining),
-            # liveness and start-up the process-level "liveness" service.
-            assert c["readinessProbe"]["grpc"].get("service", "") == ""
-            assert c["livenessProbe"]["grpc"]["service"] == "liveness"
-            assert c["startupProbe"]["grpc"]["service"] == "liveness"
             for section in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"].get(section, {})), f"{where}: {section}"
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
             assert sc["capabilities"]["drop"] == ["ALL"]
-            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
-            assert {"/tmp", "/etc/talkmesh"} <= mounts, f"{where}: writable /tmp and the config"
+            if c["name"] in init_names:
+                assert "restartPolicy" not in c, f"{where}: no sidecars"
+                continue
+            ports = ports_of(c)
+            assert not set(ports) & seen_ports, f"{where}: port names must be unique in the pod"
+            seen_ports |= set(ports)
+            service = service_of(c)
+            assert service is not None, f"{where}: runs `talkmesh serve <service>`"
+            grpc_port = PORTS[service][0]
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert probe in c, f"{where}: no {probe}"
+                p = c[probe]
+                if "grpc" in p:
+                    assert p["grpc"]["port"] == grpc_port, f"{where}: {probe} port"
+                    expected = "" if probe == "readinessProbe" else "liveness"
+                    # Readiness is the overall health ("": SERVING after warm-up, NOT_SERVING while
+                    # draining), liveness and start-up the process-level "liveness" service.
+                    assert p["grpc"].get("service", "") == expected, f"{where}: {probe}"
+                else:
+                    command = p["exec"]["command"]
+                    assert command[:3] == ["python", "-m", "talkmesh.healthcheck"], f"{where}: {probe}"
+                    assert command[command.index("--service") + 1] == service
+                    check = command[command.index("--check") + 1] if "--check" in command else ""
+                    assert check == ("" if probe == "readinessProbe" else "liveness"), f"{where}: {probe}"
+            mounts = mounts_of(c)
+            assert {"/tmp", "/etc/talkmesh/config.yaml", "/home/talkmesh/.cache"} <= set(mounts), where
+            for path in ("/tmp", "/home/talkmesh/.cache"):
+                vol = volume(dep, mounts[path]["name"])
+                assert "sizeLimit" in vol.get("emptyDir", {}), f"{where}: {path} is a bounded emptyDir"
+            if "ephemeral-storage" in c["resources"]["limits"]:
+                assert "ephemeral-storage" in c["resources"]["requests"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_ports_and_config_agree(overlay: str) -> None:
     """Container ports are the ones the service listens on (from its mounted config)."""
     docs = render(overlay)
-    for service in SERVICES:
-        dep = named(docs, "Deployment", k8s_name(service))
-        (c,) = pod_spec(dep)["containers"]
+    for service, dep, c in service_containers(docs):
         assert c["command"] == ["talkmesh", "serve", service]
-        config = config_of(docs, dep)
-        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert (ports["grpc"], ports["metrics"]) == PORTS[service]
+        assert c["args"] == ["--config", "/etc/talkmesh/config.yaml"]
+        config = config_of(docs, dep, c)
+        assert sorted(ports_of(c).values()) == sorted(PORTS[service])
         assert (config["server"]["port"], config["server"]["metrics_port"]) == PORTS[service]
         assert config["server"]["host"] == "0.0.0.0"
-        annotations = dep["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(ports["metrics"])
+        # Each service reads its own config file.
+        cm = volume(dep, mounts_of(c)["/etc/talkmesh/config.yaml"]["name"])["configMap"]["name"]
+        assert cm.startswith(f"{k8s_name(service)}-config-")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_termination_grace_covers_prestop_and_drain(overlay: str) -> None:
     docs = render(overlay)
     for dep in of_kind(docs, "Deployment"):
-        (c,) = pod_spec(dep)["containers"]
-        command = c["lifecycle"]["preStop"]["exec"]["command"]
-        assert command[0] == "sleep"
-        drain = float(config_of(docs, dep)["server"]["grace_seconds"])
-        assert drain >= 30, "a stream of a paragraph of speech must be able to finish"
-        assert pod_spec(dep)["terminationGracePeriodSeconds"] >= float(command[1]) + drain + 5
+        need = 0.0
+        for c in pod_spec(dep)["containers"]:
+            drain = grace_seconds(docs, dep, c)
+            assert drain >= 30, "a stream of a paragraph of speech must be able to finish"
+            need = max(need, prestop_seconds(c) + drain + 5)
+        assert pod_spec(dep)["terminationGracePeriodSeconds"] >= need, dep["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", COLOCATED)
+def test_colocated_drain_order_the_renderer_outlives_the_encoder(overlay: str) -> None:
+    """Both containers of a media pod get SIGTERM after their own preStop; the renderer must keep
+    serving the encoder's in-flight renders until the encoder has drained."""
+    docs = render(overlay)
+    dep, renderer = runs(docs, "renderer")
+    _, encoder = runs(docs, "encoder")
+    encoder_done = prestop_seconds(encoder) + grace_seconds(docs, dep, encoder)
+    assert prestop_seconds(renderer) >= encoder_done
+
+
+@pytest.mark.parametrize("overlay", COLOCATED)
+def test_colocated_encoder_reaches_its_renderer_over_a_shared_unix_socket(overlay: str) -> None:
+    docs = render(overlay)
+    dep, renderer = runs(docs, "renderer")
+    _, encoder = runs(docs, "encoder")
+    sock = env_of(renderer)["TALKMESH_RENDERER__SERVER__UNIX_SOCKET"]
+    target = env_of(encoder)["TALKMESH_ENCODER__RENDERER__TARGET"]
+    assert target == f"unix://{sock}", "the encoder dials the renderer's socket"
+    directory = sock.rsplit("/", 1)[0]
+    r_mount, e_mount = mounts_of(renderer)[directory], mounts_of(encoder)[directory]
+    assert r_mount["name"] == e_mount["name"], "one volume for both containers"
+    vol = volume(dep, r_mount["name"])
+    assert vol["emptyDir"]["medium"] == "Memory" and not r_mount.get("readOnly") and not e_mount.get("readOnly")
+    # Not in the packaged defaults or the container configs: only the manifests set the new keys.
+    for c in (renderer, encoder):
+        config = config_of(docs, dep, c)
+        assert "unix_socket" not in config["server"] and "renderer" not in config
+
+
+def test_split_encoder_reaches_the_renderer_service() -> None:
+    docs = render("gpu-split")
+    _, encoder = runs(docs, "encoder")
+    target = env_of(encoder)["TALKMESH_ENCODER__RENDERER__TARGET"]
+    m = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", target)
+    assert m, f"{target!r}: use dns:///<service>:<port> (round robin over renderer pods)"
+    svc = named(docs, "Service", m.group(1))
+    (dep_name,) = pods_selected(docs, svc["spec"]["selector"])
+    assert runs(docs, "renderer")[0]["metadata"]["name"] == dep_name
+    assert int(m.group(2)) in {p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_selectors_match_real_pods(overlay: str) -> None:
+def test_services_select_the_container_that_serves_them(overlay: str) -> None:
     docs = render(overlay)
     for svc in of_kind(docs, "Service"):
         name = svc["metadata"]["name"]
-        assert pods_selected(docs, svc["spec"]["selector"]) == [name], f"Service {name}"
-        dep = named(docs, "Deployment", name)
-        (c,) = pod_spec(dep)["containers"]
-        container_ports = {p["name"] for p in c["ports"]}
+        (dep_name,) = pods_selected(docs, svc["spec"]["selector"])
+        dep = named(docs, "Deployment", dep_name)
+        service = next(s for s in SERVICES if k8s_name(s) == name)
         for port in svc["spec"]["ports"]:
-            assert port["targetPort"] in container_ports, f"Service {name} port {port['name']}"
+            owners = [c for c in pod_spec(dep)["containers"] if port["targetPort"] in ports_of(c)]
+            assert len(owners) == 1, f"Service {name} port {port['name']}: targetPort must name one container port"
+            assert service_of(owners[0]) == service, f"Service {name} reaches {service_of(owners[0])}"
+            number = ports_of(owners[0])[port["targetPort"]]
+            assert number == PORTS[service][0 if port["name"] == "grpc" else 1]
+            assert port["port"] == number
         # Internal stages are headless: the gateway's round_robin channel sees every pod.
         if name != "gateway":
             assert svc["spec"]["clusterIP"] == "None"
+        # Annotation-based scraping (role: endpoints) of the service's own metrics port.
+        metrics_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "metrics")
+        assert svc["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
     for dep in of_kind(docs, "Deployment"):
-        assert matches(dep["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+        assert matches(dep["spec"]["selector"], pod_labels(dep))
         assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+        annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+        assert "prometheus.io/scrape" not in annotations, "scraped through the Services (a pod has 2 ports)"
     for pdb in of_kind(docs, "PodDisruptionBudget"):
         assert pods_selected(docs, pdb["spec"]["selector"]) == [pdb["metadata"]["name"]]
     for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
@@ -210,94 +331,44 @@ def test_hpa_metric_is_served_by_the_adapter_rule() -> None:
     assert rule["name"]["as"] == "talkmesh_streams_active"
     assert re.search(rule["name"]["matches"], "talkmesh_streams_active")
     assert rule["resources"]["overrides"]["pod"]["resource"] == "pod"
+    # A media pod reports the gauge twice (renderer, encoder): the max per pod is its streams.
+    assert rule["metricsQuery"].startswith("max by")
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policies_let_only_the_gateway_reach_internal_stages(overlay: str) -> None:
-    docs = render(overlay)
-    internal = {k8s_name(s) for s in SERVICES if s != "gateway"}
-    protected: set[str] = set()
-    for policy in of_kind(docs, "NetworkPolicy"):
-        selected = pods_selected(docs, policy["spec"]["podSelector"])
-        assert selected, f"NetworkPolicy {policy['metadata']['name']} selects no pods"
-        for rule in policy["spec"].get("ingress", []):
-            for dep_name in selected:
-                (c,) = pod_spec(named(docs, "Deployment", dep_name))["containers"]
-                names = {p["name"] for p in c["ports"]}
-                for port in rule.get("ports", []):
-                    assert port["port"] in names, f"{policy['metadata']['name']}: port {port['port']}"
-            grpc_rule = any(p["port"] == "grpc" for p in rule.get("ports", []))
-            if grpc_rule and set(selected) & internal:
-                peers = rule.get("from")
-                assert peers, "internal gRPC ports must not be open to everyone"
-                for peer in peers:
-                    assert set(peer) == {"podSelector"}, "only pods of the same namespace"
-                    assert pods_selected(docs, peer["podSelector"]) == ["gateway"]
-        protected |= set(selected) & internal
-    assert protected == internal
-
-
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_references_resolve(overlay: str) -> None:
-    """ConfigMaps, PVCs and the gateway's downstream targets point at objects that exist."""
-    docs = render(overlay)
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=VARIANT_IDS)
+def test_references_resolve(overlay: str, components: tuple[str, ...]) -> None:
+    """ConfigMaps, Secrets, PVCs and the gateway's downstream targets point at objects that exist."""
+    docs = render(overlay, *components)
     config_maps = {d["metadata"]["name"] for d in of_kind(docs, "ConfigMap")}
     claims = {d["metadata"]["name"] for d in of_kind(docs, "PersistentVolumeClaim")}
+    secrets = {d["spec"]["secretName"] for d in of_kind(docs, "Certificate")} | EXTERNAL_SECRETS
     for dep in of_kind(docs, "Deployment"):
-        for vol in pod_spec(dep).get("volumes", []):
+        volumes = {v["name"]: v for v in pod_spec(dep).get("volumes", [])}
+        for vol in volumes.values():
             if "configMap" in vol:
                 assert vol["configMap"]["name"] in config_maps
+            if "secret" in vol:
+                assert vol["secret"]["secretName"] in secrets, vol["secret"]["secretName"]
             if "persistentVolumeClaim" in vol:
                 assert vol["persistentVolumeClaim"]["claimName"] in claims
         for c in containers(dep):
             for src in c.get("envFrom", []):
                 assert src["configMapRef"]["name"] in config_maps
-            volumes = {v["name"] for v in pod_spec(dep).get("volumes", [])}
-            assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes
-    gateway_config = config_of(docs, named(docs, "Deployment", "gateway"))
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref is not None:
+                    assert ref["name"] in secrets, ref["name"]
+            assert {m["name"] for m in c.get("volumeMounts", [])} <= set(volumes)
+    gateway_dep, gateway = runs(docs, "gateway")
+    gateway_config = config_of(docs, gateway_dep, gateway)
     for stage in ("tts", "audio_features", "renderer", "encoder"):
         target = gateway_config[stage]["target"]
         m = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", target)
         assert m, f"gateway {stage}.target {target!r}: use dns:///<service>:<port> (round robin)"
         svc = named(docs, "Service", m.group(1))
-        assert pods_selected(docs, svc["spec"]["selector"]) == [k8s_name(stage)]
+        (dep_name,) = pods_selected(docs, svc["spec"]["selector"])
+        assert runs(docs, stage)[0]["metadata"]["name"] == dep_name
         assert int(m.group(2)) in {p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc"}
-
-
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_gpu_limits_only_on_renderer_and_encoder_in_gpu_overlays(overlay: str) -> None:
-    docs = render(overlay)
-    for dep in of_kind(docs, "Deployment"):
-        name = dep["metadata"]["name"]
-        spec = pod_spec(dep)
-        for c in containers(dep):
-            gpus = c["resources"]["limits"].get("nvidia.com/gpu")
-            wants_gpu = overlay in GPU_OVERLAYS and name in {k8s_name(s) for s in GPU_SERVICES}
-            assert (gpus == 1) if wants_gpu else (gpus is None), f"{overlay}: {name} nvidia.com/gpu={gpus}"
-            if not wants_gpu:
-                assert "affinity" not in spec and "tolerations" not in spec
-                continue
-            assert "video" in env_of(c)["NVIDIA_DRIVER_CAPABILITIES"].split(",")
-            assert {"compute", "utility"} <= set(env_of(c)["NVIDIA_DRIVER_CAPABILITIES"].split(","))
-            assert c["image"].endswith("-gpu")
-            assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
-            required = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-            keys = {e["key"] for term in required["nodeSelectorTerms"] for e in term["matchExpressions"]}
-            if name == "encoder":
-                # NVENC only: the product list excludes the data-centre parts without an encoder.
-                (term,) = required["nodeSelectorTerms"]
-                (expr,) = [e for e in term["matchExpressions"] if e["key"] == "nvidia.com/gpu.product"]
-                assert expr["operator"] == "In"
-                assert not {"NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3"} & set(expr["values"])
-                assert "Tesla-T4" in expr["values"] and "NVIDIA-L4" in expr["values"]
-                assert env_of(c)["TALKMESH_ENCODER__VIDEO__ENCODER"] == "nvenc"
-            else:
-                assert "nvidia.com/gpu.present" in keys
-            if overlay == "gpu-shared" and name == "renderer":
-                assert "nvidia.com/gpu.sharing-strategy" in keys
-    if overlay == "cpu":
-        encoder_config = config_of(docs, named(docs, "Deployment", "encoder"))
-        assert encoder_config["video"]["encoder"] == "x264"
 
 
 def test_monitoring_objects_select_the_services() -> None:

@@ -1,0 +1,206 @@
+"""GPU overlays that schedule and mean something: node affinities that match the labels GPU Feature
+Discovery really sets (the "-SHARED" product suffix of time-sliced GPUs), a driver floor from the one
+GPU stack table, the encoder sharing the renderer's GPU instead of taking one, execution providers
+pinned so a renderer never silently runs on the CPU, a neural backend whose model files must be there,
+and the TensorRT engine cache on a persistent volume."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from services.renderer.backends.musetalk import FILES as MUSETALK_FILES
+from tests.deploy.manifests import (
+    DEPLOY,
+    GPU_OVERLAYS,
+    OVERLAYS,
+    REPO,
+    containers,
+    env_of,
+    mounts_of,
+    named,
+    of_kind,
+    pod_spec,
+    render,
+    runs,
+    service_of,
+    volume,
+)
+
+GPU = "nvidia.com/gpu"
+NO_NVENC = {
+    "NVIDIA-A100-SXM4-80GB",
+    "NVIDIA-A100-SXM4-40GB",
+    "NVIDIA-A100-PCIE-40GB",
+    "NVIDIA-A30",
+    "NVIDIA-H100-80GB-HBM3",
+}
+
+
+def stack() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "gpu-stack.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def gpu_count(c: dict[str, Any]) -> int:
+    return int(c["resources"].get("limits", {}).get(GPU, 0))
+
+
+def required_terms(dep: dict[str, Any]) -> list[dict[str, Any]]:
+    affinity = pod_spec(dep)["affinity"]["nodeAffinity"]
+    return affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]  # type: ignore[no-any-return]
+
+
+def expressions(dep: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (term,) = required_terms(dep)  # one term: every expression must hold
+    return {e["key"]: e for e in term["matchExpressions"]}
+
+
+def gpu_deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in of_kind(docs, "Deployment") if any(gpu_count(c) for c in containers(d))]
+
+
+def label_suffix_problems(dep: dict[str, Any]) -> list[str]:
+    """Product names must carry "-SHARED" exactly on time-sliced nodes (renameByDefault: false)."""
+    exprs = expressions(dep)
+    problems = []
+    terms = [exprs]
+    for pref in pod_spec(dep)["affinity"]["nodeAffinity"].get("preferredDuringSchedulingIgnoredDuringExecution", []):
+        terms.append({e["key"]: e for e in pref["preference"]["matchExpressions"]})
+    sharing = exprs.get("nvidia.com/gpu.sharing-strategy")
+    for term in terms:
+        product = term.get("nvidia.com/gpu.product")
+        if product is None:
+            continue
+        if sharing is None or sharing["operator"] != "In" or len(sharing["values"]) != 1:
+            problems.append("a product affinity needs one required nvidia.com/gpu.sharing-strategy")
+            continue
+        shared = sharing["values"] == ["time-slicing"]
+        for value in product["values"]:
+            if value.endswith("-SHARED") != shared:
+                problems.append(f"{value}: GFD names it {'with' if shared else 'without'} -SHARED on these nodes")
+    return problems
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gpus_only_for_the_renderer_and_the_encoder_in_gpu_overlays(overlay: str) -> None:
+    docs = render(overlay)
+    for dep in of_kind(docs, "Deployment"):
+        spec = pod_spec(dep)
+        for c in containers(dep):
+            service = service_of(c)
+            wants = overlay in GPU_OVERLAYS and service in {"renderer", "encoder"}
+            assert gpu_count(c) == (1 if wants else 0), f"{overlay}: {dep['metadata']['name']}/{c['name']}"
+        if not any(gpu_count(c) for c in containers(dep)):
+            assert "affinity" not in spec and "tolerations" not in spec and "runtimeClassName" not in spec
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_gpu_pods_tolerate_the_taint_and_have_a_driver_floor(overlay: str) -> None:
+    floors = stack()["driver_floor"]
+    for dep in gpu_deployments(render(overlay)):
+        assert any(t["key"] == GPU and t["operator"] == "Exists" for t in pod_spec(dep)["tolerations"])
+        nvenc = any(env_of(c).get("TALKMESH_ENCODER__VIDEO__ENCODER") == "nvenc" for c in containers(dep))
+        floor = floors["nvenc"] if nvenc else floors["inference"]
+        driver = expressions(dep)["nvidia.com/cuda.driver.major"]
+        assert driver["operator"] == "Gt" and driver["values"] == [str(floor - 1)], dep["metadata"]["name"]
+        assert "nvidia.com/gpu.present" not in expressions(dep), "set by the GPU Operator only, not by GFD"
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_product_labels_carry_the_shared_suffix_exactly_on_time_sliced_nodes(overlay: str) -> None:
+    for dep in gpu_deployments(render(overlay)):
+        assert label_suffix_problems(dep) == [], dep["metadata"]["name"]
+
+
+def test_the_suffix_check_can_fail() -> None:
+    dep = runs(render("gpu"), "encoder")[0]
+    bad = yaml.safe_load(yaml.safe_dump(dep))
+    product = next(e for e in required_terms(bad)[0]["matchExpressions"] if e["key"] == "nvidia.com/gpu.product")
+    product["values"] = ["Tesla-T4", "NVIDIA-L4"]  # what the nodes are called without time-slicing
+    assert any("Tesla-T4" in p for p in label_suffix_problems(bad))
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_the_encoder_shares_a_gpu_and_goes_only_where_nvenc_is(overlay: str) -> None:
+    docs = render(overlay)
+    dep, encoder = runs(docs, "encoder")
+    env = env_of(encoder)
+    assert env["TALKMESH_ENCODER__VIDEO__ENCODER"] == "nvenc", "NVENC or fail; no silent x264 on a GPU node"
+    assert "video" in env["NVIDIA_DRIVER_CAPABILITIES"].split(","), "mounts libnvidia-encode"
+    assert not encoder["image"].endswith("-gpu"), "NVENC comes with PyAV; the encoder has no GPU image"
+    exprs = expressions(dep)
+    # Never a whole GPU for NVENC: a time-slice, either next to its renderer or on its own.
+    assert exprs["nvidia.com/gpu.sharing-strategy"]["values"] == ["time-slicing"]
+    products = {v.removesuffix("-SHARED") for v in exprs["nvidia.com/gpu.product"]["values"]}
+    assert exprs["nvidia.com/gpu.product"]["operator"] == "In"
+    assert {"Tesla-T4", "NVIDIA-L4", "NVIDIA-A10G"} <= products and not products & NO_NVENC
+    renderer_dep, _ = runs(docs, "renderer")
+    if renderer_dep is dep:
+        # Co-located: two slices, one per container, of the node's only GPU.
+        assert [gpu_count(c) for c in pod_spec(dep)["containers"]] == [1, 1]
+        assert exprs["nvidia.com/gpu.count"] == {"key": "nvidia.com/gpu.count", "operator": "In", "values": ["1"]}
+        (replicas,) = exprs["nvidia.com/gpu.replicas"]["values"]
+        configs = named(docs, "ConfigMap", "talkmesh-time-slicing")["data"]
+        offered = {yaml.safe_load(t)["sharing"]["timeSlicing"]["resources"][0]["replicas"] for t in configs.values()}
+        assert int(replicas) in offered and int(replicas) % 2 == 0, "whole media pods per GPU"
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_the_renderer_pins_its_providers_and_runs_a_neural_backend_with_its_models(overlay: str) -> None:
+    docs = render(overlay)
+    dep, renderer = runs(docs, "renderer")
+    env = env_of(renderer)
+    providers = env["TALKMESH_RENDERER__EXECUTION__PROVIDERS"].split(",")
+    assert providers and providers[0] == "tensorrt" and "cpu" not in providers, providers
+    assert set(providers) <= {"tensorrt", "cuda"}
+    assert renderer["image"].endswith("-gpu")
+    makefile = (REPO / "Makefile").read_text()
+    assert "renderer" in re.search(r"^GPU_IMAGES \?= (.*)$", makefile, re.M).group(1).split()  # type: ignore[union-attr]
+    # A neural backend by default, its model directory on the read-only models volume.
+    assert env["TALKMESH_RENDERER__DEFAULT_BACKEND"] == "musetalk"
+    assert "musetalk" in env["TALKMESH_RENDERER__BACKENDS"].split(",")
+    model_dir = env["TALKMESH_RENDERER__MUSETALK__PATH"]
+    mount = mounts_of(renderer)["/models"]
+    assert model_dir.startswith("/models/") and mount["readOnly"] is True
+    models = volume(dep, mount["name"])["persistentVolumeClaim"]
+    claim = named(docs, "PersistentVolumeClaim", models["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+    # Missing model files stop the pod before the renderer starts, naming the file.
+    (check,) = [c for c in pod_spec(dep).get("initContainers", []) if c["name"] == "check-models"]
+    files = {f"{model_dir}/{name}" for name, _ in MUSETALK_FILES.values()}
+    assert set(check["command"][4:]) == files
+    assert "model file $f is missing" in check["command"][2]
+    assert check["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert mounts_of(check)["/models"]["name"] == mount["name"]
+    af_dep, af = runs(docs, "audio_features")
+    whisper = env_of(af)["TALKMESH_AUDIO_FEATURES__WHISPER_ENCODER__PATH"]
+    (af_check,) = [c for c in pod_spec(af_dep).get("initContainers", []) if c["name"] == "check-models"]
+    assert af_check["command"][4:] == [whisper]
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_engine_cache_on_a_persistent_volume_sized_for_musetalk(overlay: str) -> None:
+    docs = render(overlay)
+    dep, renderer = runs(docs, "renderer")
+    cache = env_of(renderer)["TALKMESH_RENDERER__EXECUTION__TRT_CACHE_DIR"]
+    mount = mounts_of(renderer)[cache]
+    assert not mount.get("readOnly")
+    claim = named(docs, "PersistentVolumeClaim", volume(dep, mount["name"])["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "shared by every renderer pod"
+    size = claim["spec"]["resources"]["requests"]["storage"]
+    assert size.endswith("Gi") and int(size[:-2]) >= 20, "three GPU architectures of MuseTalk FP16 engines"
+    # Not the avatar emptyDir: engines must survive the pod and not count against its eviction limit.
+    assert not cache.startswith("/home/talkmesh/.cache")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_runtime_class_is_configurable_for_the_gpu_pods(overlay: str) -> None:
+    docs = render(overlay, "nvidia-runtime-class")
+    for dep in of_kind(docs, "Deployment"):
+        uses_gpu = any(gpu_count(c) for c in containers(dep))
+        assert pod_spec(dep).get("runtimeClassName") == ("nvidia" if uses_gpu else None), dep["metadata"]["name"]
+    for dep in of_kind(render(overlay), "Deployment"):
+        assert "runtimeClassName" not in pod_spec(dep), "off unless the component is listed"

@@ -1,0 +1,171 @@
+"""components/mtls: cert-manager certificates for every service, mounted where the TLS config keys
+point, mutual TLS on every internal hop (both directions of every hop configured, server names the
+certificates cover), probes that can pass a TLS-only port, and the gateway's API keys from a Secret.
+
+The TLS and auth config keys are a contract with code that does not exist yet: these tests check the
+manifests only, and no test starts a service with these keys (nor does any overlay set them by default).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.manifests import (
+    K8S,
+    OVERLAYS,
+    REPO,
+    SERVICES,
+    env_of,
+    k8s_name,
+    mounts_of,
+    named,
+    of_kind,
+    render,
+    runs,
+    service_containers,
+    volume,
+)
+
+TLS_DIR = "/etc/talkmesh/tls"
+KEYS_DIR = "/etc/talkmesh/keys"
+# Who calls whom: (client service, its endpoint's env prefix, the server service).
+HOPS = [
+    ("gateway", "TALKMESH_GATEWAY__TTS", "tts"),
+    ("gateway", "TALKMESH_GATEWAY__AUDIO_FEATURES", "audio_features"),
+    ("gateway", "TALKMESH_GATEWAY__RENDERER", "renderer"),
+    ("gateway", "TALKMESH_GATEWAY__ENCODER", "encoder"),
+    ("encoder", "TALKMESH_ENCODER__RENDERER", "renderer"),
+]
+INTERNAL = [s for s in SERVICES if s != "gateway"]
+
+
+def prefix(service: str) -> str:
+    return f"TALKMESH_{service.upper()}"
+
+
+def certificate_for_secret(docs: list[dict[str, Any]], secret: str) -> dict[str, Any]:
+    (cert,) = [c for c in of_kind(docs, "Certificate") if c["spec"]["secretName"] == secret]
+    return cert
+
+
+def tls_certificate(docs: list[dict[str, Any]], service: str) -> dict[str, Any]:
+    """The Certificate behind the Secret mounted at /etc/talkmesh/tls in the service's container."""
+    dep, c = runs(docs, service)
+    mount = mounts_of(c)[TLS_DIR]
+    assert mount["readOnly"] is True
+    return certificate_for_secret(docs, volume(dep, mount["name"])["secret"]["secretName"])
+
+
+def in_tls_dir(path: str, name: str) -> bool:
+    return path == f"{TLS_DIR}/{name}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_issuer_chain(overlay: str) -> None:
+    docs = render(overlay, "mtls")
+    issuers = {i["metadata"]["name"]: i for i in of_kind(docs, "Issuer")}
+    for cert in of_kind(docs, "Certificate"):
+        ref = cert["spec"]["issuerRef"]
+        assert ref.get("kind", "Issuer") == "Issuer" and ref["name"] in issuers
+    ca_issuer = issuers["talkmesh-ca"]["spec"]["ca"]
+    ca_cert = certificate_for_secret(docs, ca_issuer["secretName"])
+    assert ca_cert["spec"]["isCA"] is True
+    assert "selfSigned" in issuers[ca_cert["spec"]["issuerRef"]["name"]]["spec"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_has_its_certificate_for_both_directions(overlay: str) -> None:
+    docs = render(overlay, "mtls")
+    for service in SERVICES:
+        cert = tls_certificate(docs, service)["spec"]
+        assert {"server auth", "client auth"} <= set(cert["usages"]), service
+        assert cert["privateKey"]["rotationPolicy"] == "Always"
+        names = set(cert["dnsNames"])
+        assert {k8s_name(service), "localhost"} <= names, "the Service name clients dial; localhost for probes"
+        assert not cert.get("isCA")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_internal_servers_require_client_certificates(overlay: str) -> None:
+    docs = render(overlay, "mtls")
+    for service in INTERNAL:
+        _, c = runs(docs, service)
+        env = env_of(c)
+        head = f"{prefix(service)}__SERVER__TLS__"
+        assert in_tls_dir(env[head + "CERT_FILE"], "tls.crt")
+        assert in_tls_dir(env[head + "KEY_FILE"], "tls.key")
+        assert in_tls_dir(env[head + "CLIENT_CA_FILE"], "ca.crt"), "mutual TLS"
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert "grpc" not in c[probe], f"{service}: kubelet's gRPC probe cannot speak TLS"
+            assert c[probe]["exec"]["command"][:3] == ["python", "-m", "talkmesh.healthcheck"]
+    # The public port: no client certificates demanded from the world (TLS there is optional).
+    _, gateway = runs(docs, "gateway")
+    assert not any(k.startswith("TALKMESH_GATEWAY__SERVER__TLS__") for k in env_of(gateway))
+    assert "grpc" in gateway["readinessProbe"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_hop_is_configured_on_the_client_side(overlay: str) -> None:
+    docs = render(overlay, "mtls")
+    for client, head, server in HOPS:
+        _, c = runs(docs, client)
+        env = env_of(c)
+        assert in_tls_dir(env[f"{head}__TLS__CA_FILE"], "ca.crt"), (client, server)
+        assert in_tls_dir(env[f"{head}__TLS__CERT_FILE"], "tls.crt")
+        assert in_tls_dir(env[f"{head}__TLS__KEY_FILE"], "tls.key")
+        server_name = env[f"{head}__TLS__SERVER_NAME"]
+        assert server_name in tls_certificate(docs, server)["spec"]["dnsNames"], (client, server)
+    # Every TLS key set anywhere belongs to a known hop or server.
+    known = {f"{h}__TLS__{k}" for _, h, _ in HOPS for k in ("CA_FILE", "CERT_FILE", "KEY_FILE", "SERVER_NAME")}
+    known |= {f"{prefix(s)}__SERVER__TLS__{k}" for s in INTERNAL for k in ("CERT_FILE", "KEY_FILE", "CLIENT_CA_FILE")}
+    for _, _, c in service_containers(docs):
+        assert {k for k in env_of(c) if "__TLS__" in k} <= known
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_api_keys_from_a_secret(overlay: str) -> None:
+    docs = render(overlay, "mtls")
+    dep, gateway = runs(docs, "gateway")
+    mount = mounts_of(gateway)[KEYS_DIR]
+    assert mount["readOnly"] is True
+    assert volume(dep, mount["name"])["secret"]["secretName"] == "talkmesh-api-keys"
+    assert env_of(gateway)["TALKMESH_GATEWAY__AUTH__API_KEYS_FILE"].startswith(KEYS_DIR + "/")
+    for service, _, c in service_containers(docs):
+        if service != "gateway":
+            assert KEYS_DIR not in mounts_of(c), f"{service} must not see the API keys"
+    assert not [s for s in of_kind(docs, "Secret") if s["metadata"]["name"] == "talkmesh-api-keys"], (
+        "created by the operator, so that `kubectl apply` never overwrites the keys"
+    )
+    assert "create secret generic talkmesh-api-keys" in (REPO / "docs" / "DEPLOY.md").read_text()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_not_in_the_base_overlays(overlay: str) -> None:
+    """Until the services accept the TLS and auth keys, no overlay sets them by default."""
+    docs = render(overlay)
+    assert not of_kind(docs, "Certificate") and not of_kind(docs, "Issuer")
+    for _, _, c in service_containers(docs):
+        assert not [k for k in env_of(c) if "__TLS__" in k or "__AUTH__" in k]
+        assert TLS_DIR not in mounts_of(c) and KEYS_DIR not in mounts_of(c)
+
+
+def test_config_files_do_not_carry_the_pending_keys() -> None:
+    """The services' packaged configs and the container configs stay loadable by today's code."""
+    files = [*(REPO / "services").glob("*/config.yaml"), *(K8S / "base" / "config").glob("*.yaml")]
+    assert files
+    for path in files:
+        config = yaml.safe_load(path.read_text()) or {}
+        server = config.get("server", {})
+        assert "tls" not in server and "unix_socket" not in server and "auth" not in config, path
+        for value in config.values():
+            assert not (isinstance(value, dict) and "tls" in value), path
+
+
+def test_the_component_is_a_kustomize_component() -> None:
+    doc = yaml.safe_load((K8S / "components" / "mtls" / "kustomization.yaml").read_text())
+    assert doc["kind"] == "Component"
+    cert = named(render("gpu-split", "mtls"), "Certificate", "encoder-tls")
+    assert cert["metadata"]["namespace"] == "talkmesh"
