@@ -1,0 +1,112 @@
+"""Driving a speaker: sequential latency series, one long stream, a concurrency sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+from talkmesh.bench.results import (
+    ConcurrencyRow,
+    LatencySummary,
+    Percentiles,
+    RequestResult,
+    SingleStream,
+    SpeakerRun,
+)
+from talkmesh.bench.speakers import Speaker
+from talkmesh.bench.workload import PARAGRAPH, TEXTS, Workload
+
+#: CPU seconds so far of each service process, by service name.
+CpuProbe = Callable[[], dict[str, float]]
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile with linear interpolation (NaN for no values)."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def percentiles(values: Sequence[float]) -> Percentiles:
+    return Percentiles(pct(values, 0.5), pct(values, 0.95), pct(values, 0.99))
+
+
+async def latency_series(speaker: Speaker, work: Workload, n: int) -> list[RequestResult]:
+    return [await speaker.speak(work.request(TEXTS[i % len(TEXTS)], i)) for i in range(n)]
+
+
+def summarize_latency(results: list[RequestResult]) -> LatencySummary:
+    ttff = [r.ttff * 1000 for r in results]
+    ttfa = [r.summary.time_to_first_audio_seconds * 1000 for r in results]
+    stages: dict[str, list[float]] = {}
+    for r in results:
+        for st in r.summary.stages:
+            stages.setdefault(st.stage, []).append(st.seconds * 1000)
+    return LatencySummary(
+        requests=len(results),
+        ttff_ms=percentiles(ttff),
+        ttfa_ms=percentiles(ttfa),
+        stages_ms_p50={k: pct(v, 0.5) for k, v in stages.items()},
+        stages_ms_p95={k: pct(v, 0.95) for k, v in stages.items()},
+        ttff_samples_ms=ttff,
+    )
+
+
+async def concurrent(speaker: Speaker, work: Workload, streams: int, text: str = PARAGRAPH) -> ConcurrencyRow:
+    """``streams`` requests of ``text`` started together."""
+    start = time.perf_counter()
+    results = await asyncio.gather(*(speaker.speak(work.request(text, i)) for i in range(streams)))
+    wall = time.perf_counter() - start
+    rtfs = [r.rtf for r in results]
+    frames = sum(r.frames for r in results)
+    return ConcurrencyRow(
+        streams=streams,
+        wall_seconds=wall,
+        frames_per_second=frames / wall,
+        aggregate_audio_seconds_per_second=sum(r.audio_seconds for r in results) / wall,
+        per_stream_rtf_min=min(rtfs),
+        per_stream_rtf_median=statistics.median(rtfs),
+        ttff_ms_median=1000 * statistics.median(r.ttff for r in results),
+        ttff_ms_max=1000 * max(r.ttff for r in results),
+        frames=frames,
+    )
+
+
+async def run_speaker(
+    speaker: Speaker,
+    work: Workload,
+    label: str,
+    sweep: bool,
+    cpu: CpuProbe | None = None,
+    *,
+    echo: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> SpeakerRun:
+    """Warm-up, the latency series, the single stream, then the sweep (or 4 streams only)."""
+    for i in range(2):  # warm-up: first connections, lazy allocations
+        await speaker.speak(work.request(TEXTS[i], 1000 + i))
+    echo(f"[{label}] {work.requests} sequential requests ...")
+    latency = summarize_latency(await latency_series(speaker, work, work.requests))
+    single = [await speaker.speak(work.request(PARAGRAPH, 2000 + i)) for i in range(3)]
+    one = SingleStream(single[0].audio_seconds, statistics.median(r.rtf for r in single), single[0].frames)
+    echo(f"[{label}] one stream: {one.rtf_median:.2f}x real time")
+    rows = []
+    for c in work.concurrency if sweep else (4,):
+        before = cpu() if cpu else {}
+        row = await concurrent(speaker, work, c)
+        if cpu and row.frames:
+            after = cpu()
+            row.cpu_ms_per_frame = {k: 1000 * (after[k] - before[k]) / row.frames for k in before}
+        rows.append(row)
+        echo(
+            f"[{label}] {c:>2} streams: per-stream rtf min {row.per_stream_rtf_min:.2f}, "
+            f"ttff median {row.ttff_ms_median:.0f} ms"
+        )
+        if sweep and row.per_stream_rtf_min < 1.0:
+            break
+    return SpeakerRun(label, latency, one, rows)
