@@ -20,7 +20,7 @@ from typing import Any
 
 from services.tts.config import CacheConfig
 from services.tts.main import create_service, load_config
-from services.tts.server import TTSService
+from services.tts.service import TTSService
 from talkmesh.common.channel import create_channel
 from talkmesh.common.config import replace
 from talkmesh.common.inprocess import InProcessContext

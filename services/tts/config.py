@@ -65,6 +65,11 @@ class TTSConfig:
     max_segment_chars: int = 300
     # Complete clauses waiting for synthesis in a SynthesizeStream (back-pressure on the client).
     stream_queue_segments: int = 16
+    # Streamed text without punctuation (services/tts/text.py): a run is spoken once it holds this
+    # many complete words (0 = only at punctuation) ...
+    stream_flush_words: int = 10
+    # ... or once it has waited this long unspoken, in seconds (0 = never by time).
+    stream_flush_seconds: float = 1.0
     espeak: EspeakConfig = field(default_factory=EspeakConfig)
     piper: PiperConfig = field(default_factory=PiperConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -80,3 +85,7 @@ class TTSConfig:
             raise ConfigError("max_segment_chars: must be at least 20")
         if self.stream_queue_segments < 1:
             raise ConfigError("stream_queue_segments: must be at least 1")
+        if self.stream_flush_words < 0:
+            raise ConfigError("stream_flush_words: must not be negative")
+        if not 0 <= self.stream_flush_seconds <= 60:
+            raise ConfigError("stream_flush_seconds: must be within 0..60")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from services.tts.backends.base import PcmBlock, PhonemeEvent
+
+log = logging.getLogger(__name__)
 
 # speak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -57,7 +62,11 @@ VOLUME_DEFAULT = 100
 
 
 class EspeakError(RuntimeError):
-    """eSpeak NG refused a call (unknown voice, failed initialisation, internal error)."""
+    """eSpeak NG refused a call (failed initialisation, internal error)."""
+
+
+class EspeakVoiceError(EspeakError):
+    """eSpeak NG has no usable voice by that name."""
 
 
 class _Event(ctypes.Structure):
@@ -91,29 +100,18 @@ _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), 
 
 
 @dataclass(frozen=True)
-class PhonemeEvent:
-    """A phoneme (IPA, as eSpeak spells it; "" for a pause) starting at ``sample``."""
-
-    sample: int
-    phoneme: str
-
-
-@dataclass(frozen=True)
-class PcmBlock:
-    """Audio as synthesized (mono int16) plus the phonemes that start inside it.
-
-    Sample positions count from the start of the clause being synthesized.
-    """
-
-    samples: np.ndarray
-    phonemes: tuple[PhonemeEvent, ...] = ()
-
-
-@dataclass(frozen=True)
 class EspeakVoice:
+    """A voice file: its display name, main language, file identifier and every language it speaks."""
+
     name: str
     language: str
     identifier: str
+    languages: tuple[str, ...] = ()
+
+
+def voice_key(spelling: str) -> str:
+    """How a voice name is compared: ``en_GB``, ``en-GB`` and ``en-gb`` are the same voice."""
+    return spelling.strip().lower().replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -166,6 +164,8 @@ class EspeakEngine:
         self._callback = _SynthCallback(self._on_audio)  # kept referenced for the library's lifetime
         self._sink: _Sink | None = None
         self._params: EspeakParams | None = None
+        self._data_dir = data_path
+        self._by_key: dict[str, EspeakVoice] = {}
         self.sample_rate = 0
         self.voices: list[EspeakVoice] = []
 
@@ -223,6 +223,7 @@ class EspeakEngine:
             raise EspeakError(f"espeak_Initialize failed ({rate}) with data path {data_path}")
         lib.espeak_SetSynthCallback(self._callback)
         self._lib = lib
+        self._data_dir = data_path
         self.sample_rate = rate
         self.voices = self._list_voices()
 
@@ -235,19 +236,54 @@ class EspeakEngine:
             self._tmpdir = None
 
     def _list_voices(self) -> list[EspeakVoice]:
+        """One voice per main language, leaving out voices whose dictionary the data lacks.
+
+        Voices are selected by their file identifier (``gmw/en`` for en-gb): eSpeak's
+        ``SetVoiceByName`` does not find a voice by the language it is listed under.
+        """
         arr = self._lib.espeak_ListVoices(None)
         voices: dict[str, EspeakVoice] = {}
         i = 0
         while arr[i]:
             v = arr[i].contents
             langs = _parse_languages(v.languages)
-            if langs:
-                lang = langs[0]
-                name = (v.name or b"").decode("utf-8", "replace")
-                ident = (v.identifier or b"").decode("utf-8", "replace")
-                voices.setdefault(lang, EspeakVoice(name=name, language=lang, identifier=ident))
             i += 1
-        return sorted(voices.values(), key=lambda v: v.language)
+            if not langs:
+                continue
+            ident = (v.identifier or b"").decode("utf-8", "replace")
+            if not self._has_dictionary(ident, langs[0]):
+                log.info("eSpeak voice %s (%s) left out: its dictionary is not installed", langs[0], ident)
+                continue
+            name = (v.name or b"").decode("utf-8", "replace")
+            voices.setdefault(langs[0], EspeakVoice(name, langs[0], ident, tuple(langs)))
+        listed = sorted(voices.values(), key=lambda v: v.language)
+        self._by_key = {}
+        for voice in listed:  # main languages first: "en" (also spoken by en-gb) stays the en voice
+            self._by_key.setdefault(voice_key(voice.language), voice)
+        for voice in listed:
+            for spelling in (*voice.languages, voice.identifier, voice.identifier.rsplit("/", 1)[-1], voice.name):
+                self._by_key.setdefault(voice_key(spelling), voice)
+        return listed
+
+    def _has_dictionary(self, identifier: str, language: str) -> bool:
+        """Whether ``<dict>_dict`` exists: the voice file's ``dictionary`` or its language's base name."""
+        data = Path(self._data_dir)
+        dictionary = language.split("-", 1)[0]
+        for folder in ("lang", "voices"):
+            try:
+                text = (data / folder / identifier).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "dictionary":
+                    dictionary = parts[1]
+            break
+        return (data / f"{dictionary}_dict").is_file()
+
+    def resolve(self, spelling: str) -> EspeakVoice | None:
+        """The listed voice ``spelling`` names (language, any case, ``_`` or ``-``; or file identifier)."""
+        return self._by_key.get(voice_key(spelling))
 
     def _require(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None or self._lib is None:
@@ -259,9 +295,10 @@ class EspeakEngine:
         if params == self._params:
             return
         if self._params is None or params.voice != self._params.voice:
-            if self._lib.espeak_SetVoiceByName(params.voice.encode()) != 0:
+            voice = self.resolve(params.voice)
+            if voice is None or self._lib.espeak_SetVoiceByName(voice.identifier.encode()) != 0:
                 self._params = None
-                raise EspeakError(f"eSpeak has no voice {params.voice!r}")
+                raise EspeakVoiceError(f"eSpeak has no voice {params.voice!r}")
         self._lib.espeak_SetParameter(_PARAM_RATE, params.rate_wpm, 0)
         self._lib.espeak_SetParameter(_PARAM_PITCH, params.pitch, 0)
         self._lib.espeak_SetParameter(_PARAM_VOLUME, params.volume, 0)

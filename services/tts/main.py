@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 
 from services.tts.config import TTSConfig
-from services.tts.server import TTSService
+from services.tts.service import TTSService
 from talkmesh.common.server import Service
 from talkmesh.common.service_config import load_service_config
 from talkmesh.common.telemetry import Telemetry

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.tts.engine import PcmBlock, PhonemeEvent
+from services.tts.backends.base import PcmBlock, PhonemeEvent
 from services.tts.visemes import viseme_for
 from talkmesh.v1 import common_pb2
 

@@ -6,6 +6,19 @@ A clause ends at sentence punctuation (. ! ? … and their CJK forms), at clause
 streamed input "3." may still become "3.5", so a trailing mark waits for the next character (or the
 end of the text). Common abbreviations ("Dr.", "e.g.") and single-letter initials do not end a
 sentence. A run longer than ``max_chars`` without punctuation is cut at its last space.
+
+Streamed text (``SynthesizeStream``: an LLM writing as it goes) may have no punctuation at all, so
+two more rules bound how long the first words wait to be spoken:
+
+* **word count**: a run without a clause boundary is spoken once it holds ``max_words`` complete
+  words (a word is complete when whitespace follows it), cut after that word;
+* **waiting time**: text that has waited ``max_wait_seconds`` since it arrived unspoken is spoken
+  at once: every complete word, or all of it when it holds no space at all (CJK text). The
+  service applies it (``flush_waiting``) when no new piece arrives in time.
+
+So speech starts at most ``max_wait_seconds`` after the first words arrive (plus the time to the
+next space when the text stops mid-word), whatever the text looks like. Whole texts
+(``Synthesize``) use punctuation and ``max_chars`` only.
 """
 
 from __future__ import annotations
@@ -46,11 +59,20 @@ def is_sentence_end(segment: str) -> bool:
 
 
 class ClauseSplitter:
-    """Incremental splitter: ``push`` text as it arrives, get complete clauses back; ``flush`` at end."""
+    """Incremental splitter: ``push`` text as it arrives, get complete clauses back; ``flush`` at end.
 
-    def __init__(self, max_chars: int = 300) -> None:
+    ``max_words`` > 0 also ends a clause after that many complete words without punctuation.
+    """
+
+    def __init__(self, max_chars: int = 300, max_words: int = 0) -> None:
         self.max_chars = max_chars
+        self.max_words = max_words
         self._buf = ""
+
+    @property
+    def pending(self) -> bool:
+        """Whether text is waiting to be spoken."""
+        return bool(self._buf.strip())
 
     def push(self, text: str) -> list[str]:
         self._buf += text
@@ -75,14 +97,30 @@ class ClauseSplitter:
             out.append(rest)
         return [s for s in out if s]
 
+    def flush_waiting(self) -> list[str]:
+        """Speaks text that waited too long: up to its last space, or all of it without one."""
+        text = self._buf.lstrip()
+        space = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
+        cut = space if space > 0 else len(text)
+        seg, self._buf = text[:cut].strip(), text[cut:]
+        out = [seg] if seg else []
+        return out
+
     def _find_boundary(self, buf: str) -> int | None:
         """Index just past the clause's last character, if a confirmed boundary exists."""
         n = len(buf)
+        words = 0
         for i, ch in enumerate(buf):
             if i >= self.max_chars:
                 return self._long_cut(buf)
             if ch == "\n":
                 return i + 1
+            if ch.isspace():
+                if i > 0 and not buf[i - 1].isspace():
+                    words += 1
+                    if words == self.max_words:
+                        return i
+                continue
             if ch not in SENTENCE_END and ch not in CLAUSE_END:
                 continue
             j = i + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,16 +23,23 @@ def default_config(**changes: Any) -> TTSConfig:
     return replace(load_config(env={}), **changes)
 
 
-@pytest.fixture
-async def tts() -> AsyncIterator[Any]:
-    """(stub, service, host) for a TTS service with the packaged defaults."""
-    service = create_service(default_config(), Telemetry("tts"))
+@contextlib.asynccontextmanager
+async def serve_tts(config: TTSConfig) -> AsyncIterator[Any]:
+    """(stub, service, host) for a TTS service with ``config`` on port 0."""
+    service = create_service(config, Telemetry("tts"))
     async with serve(service) as host:
         channel = create_channel(host.address)
         try:
             yield tts_pb2_grpc.TTSStub(channel), service, host
         finally:
             await channel.close()
+
+
+@pytest.fixture
+async def tts() -> AsyncIterator[Any]:
+    """(stub, service, host) for a TTS service with the default config."""
+    async with serve_tts(default_config()) as served:
+        yield served
 
 
 def pcm_of(chunks: list[common_pb2.AudioChunk]) -> np.ndarray:

@@ -13,12 +13,12 @@ import pytest
 
 from services.tts.backends.base import VoiceSettings
 from services.tts.main import create_service, load_config
-from services.tts.server import WARMUP_TEXT
+from services.tts.service import WARMUP_TEXT
 from services.tts.text import split_clauses
 from talkmesh.common.config import ConfigError
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2, tts_pb2
-from tests.tts.conftest import default_config, pcm_of, visemes_of
+from tests.tts.conftest import default_config, pcm_of, serve_tts, visemes_of
 
 SENTENCE = "Bob saw a map of Paris, then Pam baked a pie."
 
@@ -120,7 +120,12 @@ async def test_viseme_track_covers_audio_in_order_with_closed_lips_on_p_b_m(tts:
     assert np.median(quiet) < loud
 
 
-async def test_streamed_text_input_speaks_before_the_text_ends(tts: Any) -> None:
+async def test_streamed_text_input_speaks_before_the_text_ends() -> None:
+    async with serve_tts(default_config(stream_flush_seconds=0.0)) as tts:  # punctuation only here
+        await _streamed_text_input_speaks_before_the_text_ends(tts)
+
+
+async def _streamed_text_input_speaks_before_the_text_ends(tts: Any) -> None:
     stub, _, _ = tts
     pieces: asyncio.Queue[tts_pb2.TextPiece | None] = asyncio.Queue()
 
@@ -207,7 +212,7 @@ async def test_other_voice_and_ssml_like_text_are_spoken(tts: Any) -> None:
         ({"text": ""}, grpc.StatusCode.INVALID_ARGUMENT, "text"),
         ({"text": "x" * 5001}, grpc.StatusCode.INVALID_ARGUMENT, "text"),
         ({"text": "ring\x07"}, grpc.StatusCode.INVALID_ARGUMENT, "text"),
-        ({"text": "hi", "config": {"voice": "espeak:klingon"}}, grpc.StatusCode.NOT_FOUND, "config.voice"),
+        ({"text": "hi", "config": {"voice": "espeak:no-such-voice"}}, grpc.StatusCode.NOT_FOUND, "config.voice"),
         ({"text": "hi", "config": {"voice": "festival:kal"}}, grpc.StatusCode.NOT_FOUND, "config.voice"),
         ({"text": "hi", "config": {"settings": {"rate": 9}}}, grpc.StatusCode.INVALID_ARGUMENT, "config.settings.rate"),
         (

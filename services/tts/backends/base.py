@@ -1,4 +1,8 @@
-"""The TTS backend interface: one clause of text in, PCM blocks with phoneme timings out."""
+"""The TTS backend interface: one clause of text in, PCM blocks with phoneme timings out.
+
+Everything a backend and the service exchange lives here: the audio it yields (``PcmBlock`` with
+``PhonemeEvent`` timings), the voice it speaks (``VoiceInfo``) and how (``VoiceSettings``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,30 @@ import abc
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-from services.tts.engine import PcmBlock
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PhonemeEvent:
+    """A phoneme (IPA, as eSpeak spells it; "" for a pause) starting at ``sample``."""
+
+    sample: int
+    phoneme: str
+
+
+@dataclass(frozen=True)
+class PcmBlock:
+    """Audio as synthesized (mono int16) plus the phonemes that start inside it.
+
+    Sample positions count from the start of the clause being synthesized.
+    """
+
+    samples: np.ndarray
+    phonemes: tuple[PhonemeEvent, ...] = ()
+
+
+class VoiceUnavailable(Exception):
+    """The engine cannot speak with this voice after all (the service answers NOT_FOUND)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +70,7 @@ class TTSBackend(abc.ABC):
         return list(self._voices.values())
 
     def voice(self, name: str) -> VoiceInfo | None:
+        """The listed voice ``name`` (the part of the voice id after ``<engine>:``), or None."""
         return self._voices.get(name)
 
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -53,4 +81,4 @@ class TTSBackend(abc.ABC):
 
     @abc.abstractmethod
     def synthesize(self, text: str, voice: VoiceInfo, settings: VoiceSettings) -> AsyncGenerator[PcmBlock, None]:
-        """Speaks one clause; yields its audio as it is produced."""
+        """Speaks one clause; yields its audio as it is produced (VoiceUnavailable if it cannot)."""

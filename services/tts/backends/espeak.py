@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from services.tts.backends.base import TTSBackend, VoiceInfo, VoiceSettings
+from services.tts.backends.base import PcmBlock, TTSBackend, VoiceInfo, VoiceSettings, VoiceUnavailable
 from services.tts.engine import (
     PITCH_DEFAULT,
     RATE_DEFAULT_WPM,
@@ -13,7 +13,7 @@ from services.tts.engine import (
     VOLUME_DEFAULT,
     EspeakEngine,
     EspeakParams,
-    PcmBlock,
+    EspeakVoiceError,
 )
 
 
@@ -44,6 +44,14 @@ class EspeakBackend(TTSBackend):
                 sample_rate=self._engine.sample_rate,
             )
 
+    def voice(self, name: str) -> VoiceInfo | None:
+        """Any spelling eSpeak NG knows the voice by: ``en-gb``, ``en_GB``, ``en-GB``, ``gmw/en``."""
+        found = self._engine.resolve(name)
+        return self._voices.get(found.language) if found is not None else None
+
     async def synthesize(self, text: str, voice: VoiceInfo, settings: VoiceSettings) -> AsyncGenerator[PcmBlock, None]:
-        async for block in self._engine.synthesize(text, espeak_params(voice.language, settings)):
-            yield block
+        try:
+            async for block in self._engine.synthesize(text, espeak_params(voice.language, settings)):
+                yield block
+        except EspeakVoiceError as exc:
+            raise VoiceUnavailable(str(exc)) from exc

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from services.tts.backends.base import TTSBackend, VoiceInfo, VoiceSettings
+from services.tts.backends.base import PcmBlock, PhonemeEvent, TTSBackend, VoiceInfo, VoiceSettings, VoiceUnavailable
 from services.tts.backends.espeak import espeak_params
 from services.tts.config import PiperConfig
-from services.tts.engine import EspeakEngine, PcmBlock, PhonemeEvent
+from services.tts.engine import EspeakEngine, EspeakVoiceError
 from services.tts.text import final_punctuation, is_sentence_end
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,11 @@ class PiperBackend(TTSBackend):
                 continue
             cfg = PiperVoiceConfig.from_json(cfg_path)
             name = model.name[: -len(".onnx")]
+            if self._espeak.resolve(cfg.espeak_voice) is None:
+                log.warning(
+                    "piper voice %s needs eSpeak voice %r, which is not installed; skipped", model, cfg.espeak_voice
+                )
+                continue
             self._models[name] = _PiperVoice(name, model, cfg, self._config.intra_op_threads)
             self._voices[name] = VoiceInfo(
                 id=f"piper:{name}",
@@ -183,7 +188,10 @@ class PiperBackend(TTSBackend):
 
     async def synthesize(self, text: str, voice: VoiceInfo, settings: VoiceSettings) -> AsyncGenerator[PcmBlock, None]:
         model = self._models[voice.name]
-        phonemes = await self._phonemes(text, model)
+        try:
+            phonemes = await self._phonemes(text, model)
+        except EspeakVoiceError as exc:
+            raise VoiceUnavailable(str(exc)) from exc
         ids, missing = model.config.phoneme_ids(phonemes)
         if missing:
             log.debug("piper voice %s has no id for %s", voice.name, sorted(set(missing)))

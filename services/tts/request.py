@@ -1,0 +1,71 @@
+"""What one synthesis request asks for: the backend and voice, prosody, chunk size and request id."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.tts.backends.base import TTSBackend, VoiceInfo, VoiceSettings
+from services.tts.config import TTSConfig
+from talkmesh.common.errors import InvalidArgument, NotFound, Unavailable
+from talkmesh.v1 import tts_pb2
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+@dataclass(frozen=True)
+class SynthesisJob:
+    request_id: str
+    backend: TTSBackend
+    voice: VoiceInfo
+    settings: VoiceSettings
+    chunk_samples: int
+
+
+def find_voice(backends: Mapping[str, TTSBackend], voice_id: str) -> tuple[TTSBackend, VoiceInfo] | None:
+    """The backend and listed voice ``<engine>:<name>`` names (the engine may accept other spellings)."""
+    engine, sep, name = voice_id.partition(":")
+    backend = backends.get(engine.strip().lower()) if sep else None
+    voice = backend.voice(name) if backend is not None else None
+    return (backend, voice) if backend is not None and voice is not None else None
+
+
+def multiple(value: float, field: str, low: float, high: float) -> float:
+    """A prosody multiple from the request: 0 means 1.0 (unchanged); else within ``low..high``."""
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidArgument(field, "must be a finite number")
+    if value == 0:
+        return 1.0
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"{value:g} is outside {low:g}..{high:g} (0 = default)")
+    return float(value)
+
+
+def resolve_job(
+    config: TTSConfig, backends: Mapping[str, TTSBackend], cfg: tts_pb2.SynthesisConfig, context: Any
+) -> SynthesisJob:
+    """Checks a request's SynthesisConfig; errors name the field (``config.voice``, ...)."""
+    if not backends:
+        raise Unavailable("tts: engine not started yet")
+    voice_id = cfg.voice or config.default_voice
+    found = find_voice(backends, voice_id)
+    if found is None:
+        raise NotFound("config.voice", voice_id, "voice")
+    backend, voice = found
+    settings = VoiceSettings(
+        rate=multiple(cfg.settings.rate, "config.settings.rate", 0.25, 4.0),
+        pitch=multiple(cfg.settings.pitch, "config.settings.pitch", 0.25, 4.0),
+        volume=multiple(cfg.settings.volume, "config.settings.volume", 0.0, 2.0),
+    )
+    chunk_ms = cfg.chunk_ms or config.chunk_ms
+    if not config.min_chunk_ms <= chunk_ms <= config.max_chunk_ms:
+        raise InvalidArgument("config.chunk_ms", f"{chunk_ms} is outside {config.min_chunk_ms}..{config.max_chunk_ms}")
+    rid = cfg.request_id
+    if not rid:
+        md = dict((k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str))
+        rid = md.get(REQUEST_ID_KEY) or uuid.uuid4().hex
+    chunk_samples = max(1, voice.sample_rate * chunk_ms // 1000)
+    return SynthesisJob(rid, backend, voice, settings, chunk_samples)

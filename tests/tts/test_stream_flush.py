@@ -1,0 +1,121 @@
+"""Streamed text without punctuation is spoken after ``max_words`` words or ``max_wait_seconds``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from services.tts.pieces import StreamRules, read_clauses
+from services.tts.text import ClauseSplitter
+from talkmesh.common.aio import Chan
+from talkmesh.common.streams import RequestStream
+from talkmesh.v1 import tts_pb2
+from tests.tts.conftest import default_config, serve_tts
+
+HANG_GUARD = 30.0  # a failing test ends here instead of hanging; not a timing assertion
+
+
+def test_word_rule_cuts_a_run_without_punctuation_after_max_words() -> None:
+    s = ClauseSplitter(max_chars=300, max_words=4)
+    assert s.push("one two thr") == []
+    assert s.push("ee fo") == []  # "fo" may still grow: only three complete words
+    assert s.push("ur five six") == ["one two three four"]
+    assert s.push(" seven eight, nine") == ["five six seven eight,"]  # punctuation first
+    assert s.flush() == ["nine"]
+
+
+def test_word_rule_is_off_by_default_and_for_whole_texts() -> None:
+    s = ClauseSplitter(max_chars=300)
+    assert s.push(" ".join(["word"] * 40) + " ") == []
+
+
+def test_flush_waiting_speaks_complete_words_or_everything_without_a_space() -> None:
+    s = ClauseSplitter(max_words=0)
+    s.push("hello there wor")
+    assert s.flush_waiting() == ["hello there"]
+    assert s.pending
+    assert s.flush_waiting() == ["wor"]
+    assert not s.pending
+    s.push("你好我是一个机器人")  # no spaces, no punctuation
+    assert s.flush_waiting() == ["你好我是一个机器人"]
+
+
+async def _stream(pieces: asyncio.Queue[tts_pb2.TextPiece | None]) -> RequestStream[tts_pb2.TextPiece]:
+    async def messages() -> AsyncIterator[tts_pb2.TextPiece]:
+        while (p := await pieces.get()) is not None:
+            yield p
+
+    await pieces.put(tts_pb2.TextPiece(config=tts_pb2.SynthesisConfig()))
+    return await RequestStream.open(messages(), "config")
+
+
+async def test_time_rule_speaks_waiting_text_while_the_stream_stays_open() -> None:
+    pieces: asyncio.Queue[tts_pb2.TextPiece | None] = asyncio.Queue()
+    stream = await _stream(pieces)
+    clauses: Chan[str] = Chan(8)
+    rules = StreamRules(max_text_chars=1000, max_segment_chars=300, max_words=0, max_wait_seconds=0.05)
+    reader = asyncio.create_task(read_clauses(stream, clauses, rules))
+    try:
+        await pieces.put(tts_pb2.TextPiece(text="so here is a thought tha"))
+        # nothing more arrives: the complete words are spoken, then the rest after another wait
+        assert await asyncio.wait_for(clauses.recv(), HANG_GUARD) == "so here is a thought"
+        assert await asyncio.wait_for(clauses.recv(), HANG_GUARD) == "tha"
+        await pieces.put(tts_pb2.TextPiece(text="t ends. Bye", end_of_stream=True))
+        await pieces.put(None)
+        assert [c async for c in clauses] == ["t ends.", "Bye"]
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_without_the_time_rule_unpunctuated_text_waits_for_the_end() -> None:
+    """The same stream with the rule off: nothing is spoken while the client holds it open."""
+    pieces: asyncio.Queue[tts_pb2.TextPiece | None] = asyncio.Queue()
+    stream = await _stream(pieces)
+    clauses: Chan[str] = Chan(8)
+    rules = StreamRules(max_text_chars=1000, max_segment_chars=300, max_words=0, max_wait_seconds=0)
+    reader = asyncio.create_task(read_clauses(stream, clauses, rules))
+    try:
+        await pieces.put(tts_pb2.TextPiece(text="so here is a thought tha"))
+        await asyncio.sleep(0.3)
+        assert clauses.qsize() == 0
+        await pieces.put(None)
+        assert [c async for c in clauses] == ["so here is a thought tha"]
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+async def _first_audio_while_open(stub: Any, text: str) -> tts_pb2.TextPiece:
+    pieces: asyncio.Queue[tts_pb2.TextPiece | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[tts_pb2.TextPiece]:
+        while (p := await pieces.get()) is not None:
+            yield p
+
+    call = stub.SynthesizeStream(requests())
+    await pieces.put(tts_pb2.TextPiece(config=tts_pb2.SynthesisConfig(request_id="llm")))
+    for word in text.split(" "):
+        await pieces.put(tts_pb2.TextPiece(text=word + " "))
+    try:
+        first = await asyncio.wait_for(call.read(), HANG_GUARD)  # the stream is still open here
+    finally:
+        await pieces.put(None)
+        async for _ in call:
+            pass
+    return first  # type: ignore[no-any-return]
+
+
+async def test_llm_text_without_punctuation_is_heard_before_the_stream_ends_by_word_count() -> None:
+    async with serve_tts(default_config(stream_flush_words=6, stream_flush_seconds=0.0)) as (stub, _, _):
+        first = await _first_audio_while_open(stub, "so this is what i think about the weather today")
+    assert first is not grpc.aio.EOF and len(first.pcm) > 0 and first.segment_index == 0
+
+
+async def test_llm_text_without_punctuation_is_heard_before_the_stream_ends_by_time() -> None:
+    async with serve_tts(default_config(stream_flush_words=0, stream_flush_seconds=0.2)) as (stub, _, _):
+        first = await _first_audio_while_open(stub, "well i suppose")
+    assert first is not grpc.aio.EOF and len(first.pcm) > 0

@@ -1,0 +1,110 @@
+"""Every voice ListVoices names synthesizes; usual spellings find it; a broken voice is NOT_FOUND."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from services.tts.backends.base import PcmBlock, TTSBackend, VoiceInfo, VoiceSettings, VoiceUnavailable
+from services.tts.server import TTSServicer
+from talkmesh.common.channel import create_channel
+from talkmesh.common.server import Service
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.testing import serve
+from talkmesh.v1 import tts_pb2, tts_pb2_grpc
+from tests.tts.conftest import default_config, pcm_of
+
+
+async def speak(stub: Any, voice: str, text: str = "Hello, one two three.") -> np.ndarray:
+    chunks = [c async for c in stub.Synthesize(tts_pb2.SynthesizeRequest(text=text, config={"voice": voice}))]
+    return pcm_of(chunks)
+
+
+async def test_every_listed_voice_synthesizes_audible_speech(tts: Any) -> None:
+    stub, _, _ = tts
+    voices = (await stub.ListVoices(tts_pb2.ListVoicesRequest())).voices
+    ids = [v.id for v in voices]
+    assert len(ids) > 100
+    assert {"espeak:en-gb", "espeak:fr-fr", "espeak:en-us", "espeak:de"} <= set(ids)
+    silent = []
+    for voice_id in ids:  # one at a time: the engine is one thread anyway
+        pcm = await speak(stub, voice_id)
+        if pcm.size < 4000 or int(np.abs(pcm.astype(np.int32)).max()) < 1000:
+            silent.append(voice_id)
+    assert silent == []
+
+
+@pytest.mark.parametrize("spelling", ["en-gb", "en_GB", "en-GB", "EN_gb"])
+async def test_usual_spellings_find_the_voice(tts: Any, spelling: str) -> None:
+    stub, _, _ = tts
+    reference = await speak(stub, "espeak:en-gb")
+    pcm = await speak(stub, f"espeak:{spelling}")
+    np.testing.assert_array_equal(pcm, reference)
+    # and it really is British English, not the default American voice
+    assert not np.array_equal(pcm, await speak(stub, "espeak:en-us"))
+
+
+async def test_french_and_cherokee_voices_speak(tts: Any) -> None:
+    """fr-fr and chr-US-Qaaa-x-west failed with INTERNAL before (eSpeak knows them by file name)."""
+    stub, _, _ = tts
+    for voice in ("espeak:fr-fr", "espeak:fr_FR", "espeak:chr-US-Qaaa-x-west"):
+        assert (await speak(stub, voice, "Bonjour.")).size > 4000
+
+
+async def test_voices_without_their_dictionary_are_not_listed(tts: Any) -> None:
+    """The wheel's data lacks some dictionaries (e.g. Faroese): such voices would speak silence."""
+    stub, service, _ = tts
+    engine = service.engine
+    listed = {v.identifier for v in engine.voices}
+    assert "gmq/fo" not in listed
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await speak(stub, "espeak:fo")
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert exc.value.details().startswith("config.voice")
+
+
+class _BrokenBackend(TTSBackend):
+    """Lists a voice but cannot load it when asked to speak."""
+
+    engine = "broken"
+
+    async def start(self) -> None:
+        self._voices["v"] = VoiceInfo("broken:v", "v", "xx", self.engine, 16000)
+
+    async def synthesize(self, text: str, voice: VoiceInfo, settings: VoiceSettings) -> AsyncGenerator[PcmBlock, None]:
+        raise VoiceUnavailable("cannot load v")
+        yield  # pragma: no cover
+
+
+class _BrokenService(Service):
+    name = "tts"
+
+    def __init__(self) -> None:
+        super().__init__(Telemetry("tts"))
+        self.servicer = TTSServicer(default_config(), self.telemetry)
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        tts_pb2_grpc.add_TTSServicer_to_server(self.servicer, server)
+        return ["talkmesh.v1.TTS"]
+
+    async def start(self) -> None:
+        backend = _BrokenBackend()
+        await backend.start()
+        self.servicer.backends = {"broken": backend}
+
+
+async def test_a_voice_that_fails_to_load_is_not_found_never_internal() -> None:
+    async with serve(_BrokenService()) as host:
+        channel = create_channel(host.address)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await asyncio.wait_for(speak(tts_pb2_grpc.TTSStub(channel), "broken:v"), 30)
+        finally:
+            await channel.close()
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert exc.value.details().startswith("config.voice")
