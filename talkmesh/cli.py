@@ -1,4 +1,9 @@
-"""The `talkmesh` command: serve one service, run the whole mesh, speak, manage avatars, bench."""
+"""The `talkmesh` command: serve one service, run the whole mesh, speak, manage avatars, bench.
+
+Every failure a user can cause (a mesh that is not running, a bad option, a missing file, an
+output that cannot be written, a closed pipe, a busy port) ends with one line on stderr,
+``error: ...``, and a non-zero exit code; ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,14 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from talkmesh.launcher import SERVICES, Mesh
+from talkmesh.common.registry import DEFAULT_PORT_BASE, NAMES, spec
 
 DEMO_TEXT = (
     "Hello, and welcome to talkmesh. I am a talking head, rendered on your own machine, while my voice "
@@ -20,14 +26,37 @@ DEMO_TEXT = (
     "audio features, rendering, encoding, and a gateway that streams the video back to you. "
     "Mouths close on the letters p, b and m, and rest during silence. Thanks for watching!"
 )
+#: ``say --container`` choices, and what an output file's extension implies when none is given.
+CONTAINERS = {"mp4": "CONTAINER_MP4", "fmp4": "CONTAINER_FMP4", "mpegts": "CONTAINER_MPEGTS"}
+AUDIO_CODECS = {"aac": "AUDIO_CODEC_AAC", "opus": "AUDIO_CODEC_OPUS"}
+#: The option a user sets for a request field a service names in an error.
+OPTION_FOR_FIELD = {
+    "voice": "--voice",
+    "avatar_id": "--avatar",
+    "size": "--size",
+    "renderer_backend": "--backend",
+    "backend": "--backend",
+    "container": "--container",
+    "audio_codec": "--audio-codec",
+    "rate": "--rate",
+    "pitch": "--pitch",
+    "volume": "--volume",
+    "text": "the text",
+    "backends": "--backend",
+}
 
 
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 1."""
+
+
+# -- serve / up / config -------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
     from talkmesh.common.logs import setup_logging
     from talkmesh.common.server import ServiceHost
     from talkmesh.common.telemetry import Telemetry, tracer_provider_from_env
 
-    module = importlib.import_module(f"services.{args.service}.main")
+    module = importlib.import_module(spec(args.service).main_module)
     config = module.load_config(args.config)
     setup_logging(args.service, config.server.log_level, config.server.log_json)
     telemetry = Telemetry(args.service, tracer_provider=tracer_provider_from_env(args.service))
@@ -41,56 +70,92 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-class ProgressBar:
-    """Upload progress, then an elapsed-time line while the renderer prepares the avatar."""
+def _config(args: argparse.Namespace) -> int:
+    from talkmesh.common.config_yaml import config_to_yaml
 
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
-        self.stream = stream
-        self.width = width
-        self.sent = 0
-        self.total = 0
-        self.start = time.monotonic()
-        self.uploaded_at = 0.0
-        self.interactive = stream.isatty()
-
-    def upload(self, sent: int, total: int) -> None:
-        self.sent, self.total = sent, total
-        if sent >= total:
-            self.uploaded_at = time.monotonic()
-        self.tick()
-
-    def tick(self) -> None:
-        if not self.total:
-            return
-        if self.sent < self.total:
-            filled = int(self.width * self.sent / self.total)
-            line = (
-                f"uploading [{'#' * filled}{'.' * (self.width - filled)}] {100 * self.sent / self.total:3.0f}% "
-                f"{self.sent / 1e6:.1f}/{self.total / 1e6:.1f} MB"
-            )
-        else:
-            line = f"uploaded {self.total / 1e6:.1f} MB; preparing (face tracking, masks) {self._since():.1f}s"
-        if self.interactive:
-            self.stream.write("\r" + line.ljust(78))
-            self.stream.flush()
-
-    def _since(self) -> float:
-        return time.monotonic() - (self.uploaded_at or self.start)
-
-    def close(self) -> None:
-        if self.interactive:
-            self.stream.write("\n")
-        elif self.total:
-            self.stream.write(f"uploaded {self.total / 1e6:.1f} MB; prepared in {self._since():.1f}s\n")
-        self.stream.flush()
+    s = spec(args.service)
+    module = importlib.import_module(s.main_module)
+    if args.defaults:
+        config = module.load_config(None, env={})
+        where = "defaults"
+    else:
+        config = module.load_config(args.config)
+        where = "defaults" + (f" < {args.config}" if args.config else "") + f" < {s.env_prefix}__* environment"
+    header = f"talkmesh {s.name}: effective configuration ({where})"
+    sys.stdout.write(config_to_yaml(config, header=header, comments=not args.no_comments))
+    return 0
 
 
-def _print_result(result: object) -> None:
-    from talkmesh.client import SpeakResult
+async def _up(args: argparse.Namespace) -> int:
+    from talkmesh.common.server import BindError
+    from talkmesh.launcher import Mesh, check_port_base
 
-    assert isinstance(result, SpeakResult)
+    if args.port_base is not None:
+        try:
+            check_port_base(args.port_base)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    mesh = Mesh(ephemeral=False, host=args.host, port_base=args.port_base)
+    try:
+        mesh.check_ports()
+    except BindError as exc:
+        raise CliError(f"{exc}; stop it, or move this mesh with `talkmesh up --port-base N`") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await mesh.start()
+    code = 0
+    try:
+        for name, sp in mesh.processes.items():
+            print(f"{name:>15}  grpc {sp.address}  metrics http://{args.host}:{sp.metrics_port}/metrics")
+        hint = "" if mesh.gateway == f"127.0.0.1:{DEFAULT_PORT_BASE}" else f"TALKMESH_TARGET={mesh.gateway} "
+        print(f'talkmesh is up: try `{hint}talkmesh say "Hello there" -o hello.mp4`')
+        print("Ctrl-C stops all services.", flush=True)
+        stopping = asyncio.ensure_future(stop.wait())
+        died = asyncio.ensure_future(mesh.wait_for_exit())
+        try:
+            await asyncio.wait({stopping, died}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            from talkmesh.common.aio import cancel_and_wait
+
+            await cancel_and_wait(stopping, died)
+        if died.done() and not died.cancelled() and died.exception() is None:
+            print(f"error: {died.result().describe()}; stopping the mesh", file=sys.stderr, flush=True)
+            code = 1
+    finally:
+        codes = await mesh.stop()
+        print("stopped: " + ", ".join(f"{k}={v}" for k, v in codes.items()), flush=True)
+    return code
+
+
+# -- say / demo ----------------------------------------------------------------------------------
+def check_output(path: Path) -> None:
+    """CliError unless ``path`` can be written (before the mesh spends time on it)."""
+    if path.is_dir():
+        raise CliError(f"-o {path}: is a directory")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CliError(f"-o {path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CliError(f"-o {path}: permission denied")
+
+
+def container_for(path: Path, container: str) -> str:
+    """The container asked for, else the one the file name implies (a seekable MP4 by default)."""
+    if container:
+        return container
+    return "mpegts" if path.suffix.lower() in (".ts", ".m2ts") else "mp4"
+
+
+def _print_result(result: Any, container: str = "fmp4") -> None:
     s = result.summary
-    print(f"time to first fragment (client): {result.time_to_first_fragment * 1000:.0f} ms")
+    if container == "mp4":
+        print(f"whole file received after {result.total_seconds:.2f} s (seekable MP4, +faststart)")
+    else:
+        print(f"time to first fragment (client): {result.time_to_first_fragment * 1000:.0f} ms")
     print(
         f"audio {s.audio_seconds:.2f} s, {s.frames} frames, total {result.total_seconds:.2f} s "
         f"({s.audio_seconds / max(result.total_seconds, 1e-9):.1f}x real time), encoder {s.video_encoder}"
@@ -102,39 +167,37 @@ def _print_result(result: object) -> None:
 
 async def _say(args: argparse.Namespace) -> int:
     from talkmesh.client import TalkmeshClient
+    from talkmesh.v1 import encoder_pb2 as epb
 
+    out = Path(args.output)
+    check_output(out)
+    container = container_for(out, args.container)
     async with TalkmeshClient(args.target) as client:
-        result = await client.speak_to_file(
-            args.text, args.output, avatar=args.avatar, voice=args.voice, size=args.size, backend=args.backend
+        avatar = await client.resolve_avatar(args.avatar)
+        request = client.request(
+            args.text,
+            avatar=avatar,
+            voice=args.voice,
+            size=args.size,
+            backend=args.backend,
+            container=epb.Container.Value(CONTAINERS[container]),
+            audio_codec=epb.AudioCodec.Value(AUDIO_CODECS[args.audio_codec]) if args.audio_codec else 0,
+            rate=args.rate,
+            pitch=args.pitch,
+            volume=args.volume,
         )
-    print(f"wrote {args.output} ({result.bytes_written} bytes, {result.mime_type})")
-    _print_result(result)
-    return 0
-
-
-async def _up(args: argparse.Namespace) -> int:
-    mesh = Mesh(ephemeral=False, host=args.host)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await mesh.start()
-    try:
-        for name, sp in mesh.processes.items():
-            print(f"{name:>15}  grpc {sp.address}  metrics http://{args.host}:{sp.metrics_port}/metrics")
-        print(f'talkmesh is up: try `talkmesh say "Hello there" -o hello.mp4 --target {mesh.gateway}`')
-        print("Ctrl-C stops all services.")
-        await stop.wait()
-    finally:
-        codes = await mesh.stop()
-        print("stopped: " + ", ".join(f"{k}={v}" for k, v in codes.items()))
+        result = await client.speak_to_file(request, out)
+    print(f"wrote {out} ({result.bytes_written} bytes, {result.mime_type})")
+    _print_result(result, container)
     return 0
 
 
 async def _demo(args: argparse.Namespace) -> int:
     from talkmesh.client import TalkmeshClient
+    from talkmesh.launcher import Mesh
 
     out = Path(args.output)
+    check_output(out)
     log_dir = out.parent / "logs"
     print("starting the five services ...", flush=True)
     async with Mesh(ephemeral=True, log_dir=log_dir) as mesh:
@@ -146,31 +209,98 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- avatars and voices --------------------------------------------------------------------------
+class ProgressBar:
+    """Upload progress, then the renderer's preparation progress (frames done of total)."""
+
+    STAGES = {"received": "received", "decoding": "decoding", "faces": "face tracking", "saving": "saving"}
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.sent = 0
+        self.total = 0
+        self.start = time.monotonic()
+        self.uploaded_at = 0.0
+        self.stage = ""
+        self.done = 0
+        self.of = 0
+        self.frames = 0
+        self.interactive = stream.isatty()
+
+    def upload(self, sent: int, total: int) -> None:
+        self.sent, self.total = sent, total
+        if sent >= total and not self.uploaded_at:
+            self.uploaded_at = time.monotonic()
+        self.draw()
+
+    def preparing(self, progress: Any) -> None:
+        if not self.uploaded_at:
+            self.uploaded_at = time.monotonic()
+        self.stage, self.done, self.of = progress.stage, int(progress.done), int(progress.total)
+        if self.stage == "faces":
+            self.frames = self.of
+        self.draw()
+
+    def _bar(self, done: int, total: int) -> str:
+        filled = int(self.width * done / total) if total else 0
+        return f"[{'#' * filled}{'.' * (self.width - filled)}]"
+
+    def line(self) -> str:
+        if self.total and self.sent < self.total:
+            return (
+                f"uploading {self._bar(self.sent, self.total)} {100 * self.sent / self.total:3.0f}% "
+                f"{self.sent / 1e6:.1f}/{self.total / 1e6:.1f} MB"
+            )
+        stage = self.STAGES.get(self.stage, self.stage.replace("backend:", "precompute for ") or "preparing")
+        if self.stage == "faces" and self.of:
+            return f"preparing: {stage} {self._bar(self.done, self.of)} {self.done}/{self.of} frames"
+        return f"preparing: {stage} ({time.monotonic() - (self.uploaded_at or self.start):.1f}s)"
+
+    def draw(self) -> None:
+        if self.interactive:
+            self.stream.write("\r" + self.line().ljust(78))
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.interactive:
+            self.stream.write("\n")
+        elif self.total:
+            frames = f", {self.frames} frame(s) tracked" if self.frames else ""
+            self.stream.write(
+                f"uploaded {self.total / 1e6:.1f} MB; prepared in "
+                f"{time.monotonic() - (self.uploaded_at or self.start):.1f}s{frames}\n"
+            )
+        self.stream.flush()
+
+
 async def _avatar(args: argparse.Namespace) -> int:
     from talkmesh.client import TalkmeshClient
 
     async with TalkmeshClient(args.target) as client:
         if args.avatar_cmd == "add":
+            path = Path(args.path)
+            if not path.is_file():
+                raise CliError(f"{path}: no such file")
             bar = ProgressBar(sys.stderr)
-            task = asyncio.create_task(
-                client.register_avatar(
-                    args.path, name=args.name or "", backends=tuple(args.backend or ()), progress=bar.upload
-                )
-            )
             try:
-                while not task.done():  # after the upload: an elapsed-time line while the service prepares
-                    bar.tick()
-                    await asyncio.wait({task}, timeout=0.2)
+                info = await client.register_avatar(
+                    path,
+                    name=args.name or "",
+                    backends=tuple(args.backend or ()),
+                    progress=bar.upload,
+                    preparing=bar.preparing,
+                )
             finally:
                 bar.close()
-            info = task.result()
             state = "already prepared" if info.cached else "prepared"
             print(f"{info.id}  {info.name}  {info.width}x{info.height}  {info.frame_count} frame(s)  ({state})")
         elif args.avatar_cmd == "list":
             for a in await client.list_avatars():
                 print(f"{a.id}  {a.name}  {a.width}x{a.height}  {a.frame_count} frame(s)  {','.join(a.backends)}")
         elif args.avatar_cmd == "rm":
-            print("deleted" if await client.delete_avatar(args.avatar_id) else "not found")
+            avatar_id = await client.resolve_avatar(args.avatar)
+            print("deleted" if await client.delete_avatar(avatar_id) else "not found")
     return 0
 
 
@@ -189,41 +319,82 @@ async def _live(args: argparse.Namespace) -> int:
     return await run(args, args.target)
 
 
+# -- arguments -----------------------------------------------------------------------------------
+def _port_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="talkmesh", description=__doc__)
+    from talkmesh.client import TARGET_ENV, default_target
+
+    p = argparse.ArgumentParser(prog="talkmesh", description=__doc__.split("\n")[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    s = sub.add_parser("serve", help="run one service in this process")
-    s.add_argument("service", choices=SERVICES)
-    s.add_argument("--config", help="YAML config file (defaults: services/<name>/config.yaml)")
+    s = sub.add_parser("serve", parents=[common], help="run one service in this process")
+    s.add_argument("service", choices=NAMES)
+    s.add_argument("--config", help="YAML file over the built-in defaults (see `talkmesh config <service>`)")
 
-    u = sub.add_parser("up", help="start all five services on their default ports; Ctrl-C stops them")
+    c = sub.add_parser("config", parents=[common], help="print a service's effective configuration as YAML")
+    c.add_argument("service", choices=NAMES)
+    c.add_argument("--config", help="YAML file over the defaults, as `talkmesh serve --config` reads it")
+    c.add_argument("--defaults", action="store_true", help="the built-in defaults only (no file, no environment)")
+    c.add_argument("--no-comments", action="store_true", help="leave out the comments")
+
+    u = sub.add_parser(
+        "up", parents=[common], help="start all five services (default ports, or --port-base); Ctrl-C stops them"
+    )
     u.add_argument("--host", default="127.0.0.1")
+    u.add_argument(
+        "--port-base",
+        type=_port_number,
+        help=f"gRPC ports BASE..BASE+4 and metrics ports BASE+10..BASE+14 (default: {DEFAULT_PORT_BASE}.. and 9101..)",
+    )
 
-    target = argparse.ArgumentParser(add_help=False)
-    target.add_argument("--target", default="127.0.0.1:50051", help="gateway address")
+    target = argparse.ArgumentParser(add_help=False, parents=[common])
+    target.add_argument(
+        "--target",
+        default=default_target(),
+        help=f"gateway address (default: ${TARGET_ENV}, else the local mesh's gateway)",
+    )
 
-    y = sub.add_parser("say", parents=[target], help="speak a text and write the streamed video")
+    y = sub.add_parser("say", parents=[target], help="speak a text and write the video to a file")
     y.add_argument("text")
     y.add_argument("-o", "--output", default="out.mp4")
-    y.add_argument("--avatar", default="")
-    y.add_argument("--voice", default="")
+    y.add_argument("--avatar", default="", help="avatar name or id (default: the default avatar)")
+    y.add_argument("--voice", default="", help="voice id, e.g. espeak:en-gb (see `talkmesh voices`)")
     y.add_argument("--size", default="", help="360p, 480p, 512, 720p or native")
     y.add_argument("--backend", default="", help="renderer backend: viseme, wav2lip, musetalk")
+    y.add_argument(
+        "--container",
+        choices=tuple(CONTAINERS),
+        default="",
+        help="mp4: one seekable file (+faststart; the default for .mp4 files); fmp4: fragments as streamed; "
+        "mpegts (the default for .ts files)",
+    )
+    y.add_argument("--audio-codec", choices=tuple(AUDIO_CODECS), default="", help="default: aac")
+    y.add_argument("--rate", type=float, default=0.0, help="speaking rate, x normal (0.25..4; 0 = default)")
+    y.add_argument("--pitch", type=float, default=0.0, help="pitch, x normal (0.25..4; 0 = default)")
+    y.add_argument("--volume", type=float, default=0.0, help="volume, x normal (0..2; 0 = default)")
 
-    d = sub.add_parser("demo", help="start the mesh, speak a paragraph, write an MP4, stop")
+    d = sub.add_parser("demo", parents=[common], help="start the mesh, speak a paragraph, write an MP4, stop")
     d.add_argument("-o", "--output", default="out/demo.mp4")
     d.add_argument("--text", default=DEMO_TEXT)
 
-    a = sub.add_parser("avatar", help="manage avatars")
+    a = sub.add_parser("avatar", parents=[common], help="manage avatars")
     asub = a.add_subparsers(dest="avatar_cmd", required=True)
     add = asub.add_parser("add", parents=[target], help="register an image or video")
     add.add_argument("path")
     add.add_argument("--name")
     add.add_argument("--backend", action="append", help="also precompute for this backend")
     asub.add_parser("list", parents=[target])
-    rm = asub.add_parser("rm", parents=[target])
-    rm.add_argument("avatar_id")
+    rm = asub.add_parser("rm", parents=[target], help="delete an avatar (by name or id)")
+    rm.add_argument("avatar", metavar="avatar")
 
     sub.add_parser("voices", parents=[target], help="list voices")
 
@@ -232,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     live_arguments(lv)
 
-    b = sub.add_parser("bench", help="measure latency, real-time factor and concurrency; append BENCHMARKS.md")
+    b = sub.add_parser(
+        "bench", parents=[common], help="measure latency, real-time factor and concurrency; append BENCHMARKS.md"
+    )
     with contextlib.suppress(ImportError):
         from talkmesh.bench import add_arguments
 
@@ -240,26 +413,92 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+# -- errors ---------------------------------------------------------------------------------------
+def describe_rpc_error(exc: Any, target: str) -> str:
+    """One line for a failed call: the status, its message and the offending field or option."""
+    import grpc
+
+    from talkmesh.common.errors import ErrorDetails
+
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details.lower():
+        return (
+            f"cannot reach the gateway at {target}: is the mesh running? "
+            "Start it with `talkmesh up`, or point --target (or TALKMESH_TARGET) at it"
+        )
+    line = f"{code.name}: {details}"
+    info = ErrorDetails.of(exc)
+    field = info.field
+    if field:
+        option = OPTION_FOR_FIELD.get(field.rsplit(".", 1)[-1])
+        line += f" (field {field}" + (f"; set by {option}" if option else "") + ")"
+    elif info.resource_name:
+        line += f" ({info.resource_type} {info.resource_name!r})"
+    if info.retry_delay:
+        line += f"; retry in {info.retry_delay:g} s"
+    return line
+
+
+def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
+    import grpc
+
+    from talkmesh.client import AvatarNameError
+    from talkmesh.common.config import ConfigError
+    from talkmesh.common.server import BindError
+    from talkmesh.launcher import MeshError
+
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return describe_rpc_error(exc, getattr(args, "target", ""))
+    if isinstance(exc, CliError | BindError | AvatarNameError | MeshError):
+        return str(exc)
+    if isinstance(exc, ConfigError):
+        return f"config: {exc}"
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{exc.filename}: no such file or directory"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+
+
+def _closed_stdout() -> None:
+    """After a broken pipe: stdout to /dev/null, so the interpreter's final flush stays quiet."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def run(args: argparse.Namespace) -> int:
     if args.cmd == "serve":
         return _serve(args)
+    if args.cmd == "config":
+        return _config(args)
     if args.cmd == "bench":
-        from talkmesh.bench import run
+        from talkmesh.bench import run as run_bench
 
-        return run(args)
+        return run_bench(args)
     handlers = {"say": _say, "up": _up, "demo": _demo, "avatar": _avatar, "voices": _voices, "live": _live}
+    return asyncio.run(handlers[args.cmd](args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(handlers[args.cmd](args))
+        code = run(args)
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # a clear one-line error for the command line
-        import grpc
-
-        if isinstance(exc, grpc.aio.AioRpcError):
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-        raise
+    except BrokenPipeError:
+        _closed_stdout()
+        if args.debug:
+            raise
+        print("error: the output was closed before everything was written (broken pipe)", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {describe_error(exc, args)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Python client API for the talkmesh gateway.
 
-async with TalkmeshClient("127.0.0.1:50051") as client:
+async with TalkmeshClient() as client:      # $TALKMESH_TARGET, else 127.0.0.1:50051
     async for chunk in client.speak("Hello there."):
         ...                                  # SpeakChunk: media fragments, then a summary
     summary = await client.speak_to_file("Hello there.", "out.mp4")
@@ -29,6 +29,19 @@ from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import tts_pb2 as tpb
 
 UPLOAD_CHUNK_BYTES = 1 << 20
+#: Environment variable naming the gateway (``host:port``) when no target is given.
+TARGET_ENV = "TALKMESH_TARGET"
+
+
+def default_target() -> str:
+    """``$TALKMESH_TARGET``, else the gateway of a local mesh on the default ports."""
+    from talkmesh.common.registry import default_target as registry_target
+
+    return os.environ.get(TARGET_ENV, "").strip() or registry_target("gateway")
+
+
+class AvatarNameError(ValueError):
+    """Several avatars carry the name given; the message lists their ids."""
 
 
 @dataclass
@@ -147,7 +160,8 @@ class LiveSession:
 
 
 class TalkmeshClient:
-    def __init__(self, target: str = "127.0.0.1:50051", *, max_message_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(self, target: str = "", *, max_message_bytes: int = 8 * 1024 * 1024) -> None:
+        target = target or default_target()
         self.target = target
         # No client interceptors: every call passes ``outgoing_metadata()`` (trace context, request id)
         # itself. Interceptors would proxy writes through a queue whose consumer task outlives a
@@ -177,6 +191,7 @@ class TalkmeshClient:
         size: str = "",
         backend: str = "",
         container: int = epb.CONTAINER_FMP4,
+        audio_codec: int = 0,
         request_id: str = "",
         rate: float = 0.0,
         pitch: float = 0.0,
@@ -189,7 +204,12 @@ class TalkmeshClient:
             avatar_id=avatar,
             voice=voice,
             voice_settings=tpb.VoiceSettings(rate=rate, pitch=pitch, volume=volume),
-            output=gpb.OutputOptions(size=size, container=container, renderer_backend=backend),  # type: ignore[arg-type]
+            output=gpb.OutputOptions(
+                size=size,
+                container=container,  # type: ignore[arg-type]
+                audio_codec=audio_codec,  # type: ignore[arg-type]
+                renderer_backend=backend,
+            ),
             session_id=session_id,
         )
 
@@ -262,11 +282,15 @@ class TalkmeshClient:
         name: str = "",
         backends: tuple[str, ...] = (),
         progress: Callable[[int, int], None] | None = None,
+        preparing: Callable[[rpb.AvatarProgress], None] | None = None,
         face_index: int = 0,
     ) -> rpb.AvatarInfo:
-        """Uploads an image or video; ``progress(sent_bytes, total_bytes)`` is called per block.
+        """Uploads an image or video and waits until the renderer has prepared it.
 
-        ``face_index`` picks the face to animate when there are several (0 = the largest)."""
+        ``progress(sent_bytes, total_bytes)`` is called per uploaded block, ``preparing(p)`` with
+        the renderer's own progress (``p.stage``, ``p.done`` of ``p.total``, e.g. frames).
+        ``face_index`` picks the face to animate when there are several (0 = the largest).
+        """
         p = Path(path)
         total = p.stat().st_size
 
@@ -281,7 +305,32 @@ class TalkmeshClient:
                     if progress is not None:
                         progress(sent, total)
 
-        return await self.stub.RegisterAvatar(upload(), metadata=outgoing_metadata())  # type: ignore[no-any-return]
+        info: rpb.AvatarInfo | None = None
+        async for msg in self.stub.RegisterAvatarWithProgress(upload(), metadata=outgoing_metadata()):
+            if msg.WhichOneof("kind") == "progress":
+                if preparing is not None:
+                    preparing(msg.progress)
+            else:
+                info = msg.avatar
+        if info is None:
+            raise RuntimeError("the gateway ended RegisterAvatarWithProgress without the avatar")
+        return info
+
+    async def resolve_avatar(self, name_or_id: str) -> str:
+        """The id of the avatar ``name_or_id`` names (an id, or a unique name); unknown values as given."""
+        if not name_or_id:
+            return ""
+        avatars = await self.list_avatars()
+        if any(a.id == name_or_id for a in avatars):
+            return name_or_id
+        for same in (lambda a: a.name == name_or_id, lambda a: a.name.lower() == name_or_id.lower()):
+            named = [a for a in avatars if same(a)]
+            if len(named) == 1:
+                return named[0].id
+            if len(named) > 1:
+                ids = ", ".join(a.id for a in named)
+                raise AvatarNameError(f"{len(named)} avatars are named {name_or_id!r} ({ids}): give the id")
+        return name_or_id
 
     def live(
         self,

@@ -1,4 +1,4 @@
-"""Audio features configuration (defaults in config.yaml beside this file)."""
+"""Audio features configuration: these dataclasses are the defaults (`talkmesh config audio_features`)."""
 
 from __future__ import annotations
 
@@ -27,15 +27,17 @@ class WhisperEncoderConfig:
 
     def validate(self) -> None:
         if self.backend not in ENCODER_BACKENDS:
-            raise ConfigError(f"whisper_encoder.backend: {self.backend!r} is not one of {ENCODER_BACKENDS}")
+            raise ConfigError.at("backend", f"{self.backend!r} is not one of {ENCODER_BACKENDS}")
         if self.intra_op_threads < 0:
-            raise ConfigError("whisper_encoder.intra_op_threads: must not be negative")
+            raise ConfigError.at("intra_op_threads", "must not be negative")
         if self.block_frames < 1:
-            raise ConfigError("whisper_encoder.block_seconds: must be at least 0.02 (one Whisper frame)")
-        if self.left_context_seconds < 0 or self.right_context_seconds < 0:
-            raise ConfigError("whisper_encoder.*_context_seconds: must not be negative")
+            raise ConfigError.at("block_seconds", "must be at least 0.02 (one Whisper frame)")
+        if self.left_context_seconds < 0:
+            raise ConfigError.at("left_context_seconds", "must not be negative")
+        if self.right_context_seconds < 0:
+            raise ConfigError.at("right_context_seconds", "must not be negative")
         if self.block_frames + self.left_frames + self.right_frames > 1500:
-            raise ConfigError("whisper_encoder: block + contexts must fit the encoder's 30 s window")
+            raise ConfigError.at("block_seconds", "block + left and right context must fit the encoder's 30 s window")
 
     @property
     def block_frames(self) -> int:
@@ -57,12 +59,12 @@ class CacheConfig:
 
     def validate(self) -> None:
         if self.max_bytes < 0:
-            raise ConfigError("cache.max_bytes: must not be negative")
+            raise ConfigError.at("max_bytes", "must not be negative")
 
 
 @dataclass(frozen=True)
 class AudioFeaturesConfig:
-    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50053, metrics_port=9103))
+    server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("audio_features"))
     # A frame is voiced when its RMS level is above this (dB full scale).
     voiced_threshold_dbfs: float = -45.0
     # soxr quality of the resampling to 16 kHz (HQ is what librosa uses by default).
@@ -72,6 +74,6 @@ class AudioFeaturesConfig:
 
     def validate(self) -> None:
         if not -120.0 <= self.voiced_threshold_dbfs <= 0.0:
-            raise ConfigError("voiced_threshold_dbfs: must be within [-120, 0]")
+            raise ConfigError.at("voiced_threshold_dbfs", "must be within [-120, 0]")
         if self.resample_quality not in RESAMPLE_QUALITIES:
-            raise ConfigError(f"resample_quality: {self.resample_quality!r} is not one of {RESAMPLE_QUALITIES}")
+            raise ConfigError.at("resample_quality", f"{self.resample_quality!r} is not one of {RESAMPLE_QUALITIES}")

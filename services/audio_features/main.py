@@ -10,14 +10,12 @@ from services.audio_features.server import AudioFeaturesService
 from talkmesh.common.service_config import load_service_config
 from talkmesh.common.telemetry import Telemetry
 
-ENV_PREFIX = "TALKMESH_AUDIO_FEATURES"
-
 
 def load_config(
     path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> AudioFeaturesConfig:
-    """The packaged config.yaml, overlaid by ``path`` (if given), then TALKMESH_AUDIO_FEATURES__*."""
-    return load_service_config(AudioFeaturesConfig, "services.audio_features", ENV_PREFIX, path, env)
+    """The dataclass defaults, overlaid by ``path`` (if given), then TALKMESH_AUDIO_FEATURES__* overrides."""
+    return load_service_config(AudioFeaturesConfig, "audio_features", path, env)
 
 
 def create_service(config: AudioFeaturesConfig, telemetry: Telemetry) -> AudioFeaturesService:

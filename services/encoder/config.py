@@ -1,4 +1,4 @@
-"""Encoder configuration (defaults in config.yaml beside this file)."""
+"""Encoder configuration: these dataclasses are the defaults (`talkmesh config encoder`)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,11 @@ class X264Config:
 
     def validate(self) -> None:
         if not 0 <= self.crf <= 51:
-            raise ConfigError("video.x264.crf: must be within 0..51")
-        if self.bitrate_kbps < 0 or self.threads < 0:
-            raise ConfigError("video.x264: bitrate_kbps and threads must not be negative")
+            raise ConfigError.at("crf", "must be within 0..51")
+        if self.bitrate_kbps < 0:
+            raise ConfigError.at("bitrate_kbps", "must not be negative")
+        if self.threads < 0:
+            raise ConfigError.at("threads", "must not be negative")
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,13 @@ class NvencConfig:
 
     def validate(self) -> None:
         if self.rc not in ("cbr", "vbr", "constqp"):
-            raise ConfigError(f"video.nvenc.rc: {self.rc!r} is not one of cbr, vbr, constqp")
-        if self.bitrate_kbps < 0 or not 0 <= self.cq <= 51 or self.gpu < 0:
-            raise ConfigError("video.nvenc: bitrate_kbps and gpu must not be negative, cq within 0..51")
+            raise ConfigError.at("rc", f"{self.rc!r} is not one of cbr, vbr, constqp")
+        if self.bitrate_kbps < 0:
+            raise ConfigError.at("bitrate_kbps", "must not be negative")
+        if not 0 <= self.cq <= 51:
+            raise ConfigError.at("cq", "must be within 0..51")
+        if self.gpu < 0:
+            raise ConfigError.at("gpu", "must not be negative")
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,13 @@ class VideoConfig:
 
     def validate(self) -> None:
         if self.encoder not in ENCODER_CHOICES:
-            raise ConfigError(f"video.encoder: {self.encoder!r} is not one of {ENCODER_CHOICES}")
+            raise ConfigError.at("encoder", f"{self.encoder!r} is not one of {ENCODER_CHOICES}")
         if self.profile not in H264_PROFILES:
-            raise ConfigError(f"video.profile: {self.profile!r} is not one of {H264_PROFILES}")
+            raise ConfigError.at("profile", f"{self.profile!r} is not one of {H264_PROFILES}")
         if not 0 < self.gop_seconds <= 60:
-            raise ConfigError("video.gop_seconds: must be within (0, 60]")
+            raise ConfigError.at("gop_seconds", "must be within (0, 60]")
         if self.level and not _is_level(self.level):
-            raise ConfigError(f"video.level: {self.level!r} is not an H.264 level like 3.1")
+            raise ConfigError.at("level", f"{self.level!r} is not an H.264 level like 3.1")
 
 
 def _is_level(text: str) -> bool:
@@ -93,10 +99,12 @@ class AudioConfig:
     aac_sample_rate: int = 48000
 
     def validate(self) -> None:
-        if self.aac_bitrate_kbps < 8 or self.opus_bitrate_kbps < 6:
-            raise ConfigError("audio: bitrates must be at least 8 kb/s (AAC) and 6 kb/s (Opus)")
+        if self.aac_bitrate_kbps < 8:
+            raise ConfigError.at("aac_bitrate_kbps", "must be at least 8 kb/s")
+        if self.opus_bitrate_kbps < 6:
+            raise ConfigError.at("opus_bitrate_kbps", "must be at least 6 kb/s")
         if self.aac_sample_rate not in (0, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000):
-            raise ConfigError(f"audio.aac_sample_rate: {self.aac_sample_rate} is not an AAC sample rate")
+            raise ConfigError.at("aac_sample_rate", f"{self.aac_sample_rate} is not an AAC sample rate")
 
 
 @dataclass(frozen=True)
@@ -110,13 +118,13 @@ class StreamDefaults:
 
     def validate(self) -> None:
         if not 1 <= self.fragment_ms <= 10_000:
-            raise ConfigError("defaults.fragment_ms: must be within 1..10000")
+            raise ConfigError.at("fragment_ms", "must be within 1..10000")
         if self.container not in CONTAINERS:
-            raise ConfigError(f"defaults.container: {self.container!r} is not one of {CONTAINERS}")
+            raise ConfigError.at("container", f"{self.container!r} is not one of {CONTAINERS}")
         if self.audio_codec not in AUDIO_CODECS:
-            raise ConfigError(f"defaults.audio_codec: {self.audio_codec!r} is not one of {AUDIO_CODECS}")
+            raise ConfigError.at("audio_codec", f"{self.audio_codec!r} is not one of {AUDIO_CODECS}")
         if not 1 <= self.fps <= 120:
-            raise ConfigError("defaults.fps: must be within 1..120")
+            raise ConfigError.at("fps", "must be within 1..120")
 
 
 @dataclass(frozen=True)
@@ -134,16 +142,18 @@ class LimitsConfig:
     max_file_bytes: int = 512 * 1024 * 1024
 
     def validate(self) -> None:
-        if self.max_width < 16 or self.max_height < 16:
-            raise ConfigError("limits.max_width/max_height: must be at least 16")
+        if self.max_width < 16:
+            raise ConfigError.at("max_width", "must be at least 16")
+        if self.max_height < 16:
+            raise ConfigError.at("max_height", "must be at least 16")
         if not 1 <= self.max_fps <= 240:
-            raise ConfigError("limits.max_fps: must be within 1..240")
+            raise ConfigError.at("max_fps", "must be within 1..240")
         if self.input_queue < 1:
-            raise ConfigError("limits.input_queue: must be at least 1")
+            raise ConfigError.at("input_queue", "must be at least 1")
         if self.max_chunk_bytes < 64 * 1024:
-            raise ConfigError("limits.max_chunk_bytes: must be at least 65536")
+            raise ConfigError.at("max_chunk_bytes", "must be at least 65536")
         if self.max_file_bytes < self.max_chunk_bytes:
-            raise ConfigError("limits.max_file_bytes: must be at least max_chunk_bytes")
+            raise ConfigError.at("max_file_bytes", "must be at least max_chunk_bytes")
 
 
 @dataclass(frozen=True)
@@ -160,18 +170,21 @@ class LiveConfig:
 
     def validate(self) -> None:
         if not 40 <= self.lead_ms <= 5000:
-            raise ConfigError("live.lead_ms: must be within 40..5000")
+            raise ConfigError.at("lead_ms", "must be within 40..5000")
         if not 0 <= self.start_buffer_ms <= self.lead_ms:
-            raise ConfigError("live.start_buffer_ms: must be within 0..lead_ms")
+            raise ConfigError.at("start_buffer_ms", "must be within 0..lead_ms")
         if not 1 <= self.loop_seconds <= 60:
-            raise ConfigError("live.loop_seconds: must be within 1..60")
-        if self.loop_gop_frames < 0 or self.max_loops < 1:
-            raise ConfigError("live.loop_gop_frames must not be negative and live.max_loops at least 1")
+            raise ConfigError.at("loop_seconds", "must be within 1..60")
+        if self.loop_gop_frames < 0:
+            raise ConfigError.at("loop_gop_frames", "must not be negative")
+        if self.max_loops < 1:
+            raise ConfigError.at("max_loops", "must be at least 1")
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50055, metrics_port=9105))
+    # At most 16 encodes at once per process (x264 on CPU, or an NVENC session budget).
+    server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("encoder", max_concurrent_streams=16))
     video: VideoConfig = field(default_factory=VideoConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     defaults: StreamDefaults = field(default_factory=StreamDefaults)
@@ -186,8 +199,8 @@ class EncoderConfig:
 
     def validate(self) -> None:
         if not 0 <= self.audio_lead_seconds <= 2:
-            raise ConfigError("audio_lead_seconds: must be within 0..2")
+            raise ConfigError.at("audio_lead_seconds", "must be within 0..2")
         if self.limits.max_chunk_bytes > self.server.max_message_bytes - 64 * 1024:
-            raise ConfigError("limits.max_chunk_bytes: must stay at least 64 KiB below server.max_message_bytes")
+            raise ConfigError.at("limits.max_chunk_bytes", "must stay at least 64 KiB below server.max_message_bytes")
         if self.defaults.fragment_ms > self.limits.max_fragment_ms:
-            raise ConfigError("defaults.fragment_ms: exceeds limits.max_fragment_ms")
+            raise ConfigError.at("defaults.fragment_ms", "exceeds limits.max_fragment_ms")

@@ -13,12 +13,10 @@ from talkmesh.common.server import Service
 from talkmesh.common.service_config import load_service_config
 from talkmesh.common.telemetry import Telemetry
 
-ENV_PREFIX = "TALKMESH_ENCODER"
-
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> EncoderConfig:
-    """The packaged config.yaml, overlaid by ``path`` (if given), then TALKMESH_ENCODER__* overrides."""
-    return load_service_config(EncoderConfig, "services.encoder", ENV_PREFIX, path, env)
+    """The dataclass defaults, overlaid by ``path`` (if given), then TALKMESH_ENCODER__* overrides."""
+    return load_service_config(EncoderConfig, "encoder", path, env)
 
 
 def create_service(

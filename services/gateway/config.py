@@ -1,10 +1,11 @@
-"""Gateway configuration (defaults in config.yaml beside this file)."""
+"""Gateway configuration: these dataclasses are the defaults (`talkmesh config gateway`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
+from talkmesh.common.registry import default_target
 
 
 @dataclass(frozen=True)
@@ -33,24 +34,29 @@ class LiveSettings:
 
     def validate(self) -> None:
         if self.max_sessions < 1:
-            raise ConfigError("max_sessions: must be at least 1")
+            raise ConfigError.at("max_sessions", "must be at least 1")
         if self.sample_rate not in (16000, 22050, 24000, 44100, 48000):
-            raise ConfigError("sample_rate: must be one of 16000, 22050, 24000, 44100, 48000")
-        if self.idle_timeout_seconds <= 0 or self.max_session_seconds <= 0:
-            raise ConfigError("idle_timeout_seconds: and max_session_seconds must be positive")
-        if self.ending_warning_seconds < 0 or self.drain_seconds < 0:
-            raise ConfigError("ending_warning_seconds: and drain_seconds must not be negative")
+            raise ConfigError.at("sample_rate", "must be one of 16000, 22050, 24000, 44100, 48000")
+        if self.idle_timeout_seconds <= 0:
+            raise ConfigError.at("idle_timeout_seconds", "must be positive")
+        if self.max_session_seconds <= 0:
+            raise ConfigError.at("max_session_seconds", "must be positive")
+        if self.ending_warning_seconds < 0:
+            raise ConfigError.at("ending_warning_seconds", "must not be negative")
+        if self.drain_seconds < 0:
+            raise ConfigError.at("drain_seconds", "must not be negative")
         if self.max_audio_ahead_seconds < 2.0:
-            raise ConfigError("max_audio_ahead_seconds: must be at least 2 (the feature look-ahead needs it)")
+            raise ConfigError.at("max_audio_ahead_seconds", "must be at least 2 (the feature look-ahead needs it)")
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50051, metrics_port=9101))
-    tts: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1:50052"))
-    audio_features: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1:50053"))
-    renderer: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1:50054"))
-    encoder: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1:50055"))
+    server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("gateway"))
+    # Where the four stages listen (defaults: a local mesh on the registry's ports).
+    tts: Endpoint = field(default_factory=lambda: Endpoint(default_target("tts")))
+    audio_features: Endpoint = field(default_factory=lambda: Endpoint(default_target("audio_features")))
+    renderer: Endpoint = field(default_factory=lambda: Endpoint(default_target("renderer")))
+    encoder: Endpoint = field(default_factory=lambda: Endpoint(default_target("encoder")))
     # Longest text accepted by Speak, in characters (after stripping).
     max_text_chars: int = 5000
     # Renderer backend when the request names none; decides the feature type asked for.
@@ -68,12 +74,12 @@ class GatewayConfig:
 
     def validate(self) -> None:
         if self.max_text_chars < 1:
-            raise ConfigError("max_text_chars: must be at least 1")
+            raise ConfigError.at("max_text_chars", "must be at least 1")
         if self.queue_size < 1:
-            raise ConfigError("queue_size: must be at least 1")
+            raise ConfigError.at("queue_size", "must be at least 1")
         if self.max_audio_ahead_seconds < 2.0:
-            raise ConfigError("max_audio_ahead_seconds: must be at least 2 (the feature look-ahead needs it)")
+            raise ConfigError.at("max_audio_ahead_seconds", "must be at least 2 (the feature look-ahead needs it)")
         if not 1 <= self.fps <= 60:
-            raise ConfigError("fps: must be within 1..60")
+            raise ConfigError.at("fps", "must be within 1..60")
         if self.default_renderer_backend not in ("viseme", "wav2lip", "musetalk"):
-            raise ConfigError(f"default_renderer_backend: unknown backend {self.default_renderer_backend!r}")
+            raise ConfigError.at("default_renderer_backend", f"unknown backend {self.default_renderer_backend!r}")

@@ -13,7 +13,8 @@ from talkmesh.common.telemetry import Telemetry
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    return load_service_config(GatewayConfig, "services.gateway", "TALKMESH_GATEWAY", path, env)
+    """The dataclass defaults, overlaid by ``path`` (if given), then TALKMESH_GATEWAY__* overrides."""
+    return load_service_config(GatewayConfig, "gateway", path, env)
 
 
 def create_service(config: GatewayConfig, telemetry: Telemetry) -> Service:

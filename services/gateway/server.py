@@ -121,6 +121,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         call = self._grpc().renderer.RegisterAvatar(timeout=self._timeout(context), metadata=outgoing_metadata())
         return await CallStream(call, request_iterator, stage="renderer").response()
 
+    async def RegisterAvatarWithProgress(
+        self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any
+    ) -> AsyncIterator[rpb.AvatarRegistration]:
+        call = self._grpc().renderer.RegisterAvatarWithProgress(
+            timeout=self._timeout(context), metadata=outgoing_metadata()
+        )
+        stream = CallStream(call, request_iterator, stage="renderer")
+        try:
+            async for msg in stream:
+                yield msg
+        finally:
+            await stream.cancel()
+
     async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
         return await self._grpc().unary("renderer", "DeleteAvatar", request, self.config.renderer.timeout_seconds)
 

@@ -1,4 +1,4 @@
-"""Renderer configuration (defaults in config.yaml beside this file)."""
+"""Renderer configuration: these dataclasses are the defaults (`talkmesh config renderer`)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ class AvatarConfig:
 
     def validate(self) -> None:
         if not self.face_models:
-            raise ConfigError('avatars.face_models: must be "auto", "haar" or a directory')
+            raise ConfigError.at("face_models", 'must be "auto", "haar" or a directory')
         if self.memory_entries < 1:
-            raise ConfigError("avatars.memory_entries: must be at least 1")
+            raise ConfigError.at("memory_entries", "must be at least 1")
         if self.max_pixels < 64 * 64:
-            raise ConfigError("avatars.max_pixels: too small")
+            raise ConfigError.at("max_pixels", "must be at least 4096 (64x64)")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.frame_skip < 1:
-            raise ConfigError("frame_skip: must be at least 1")
+            raise ConfigError.at("frame_skip", "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,12 @@ class BatchConfig:
     max_size_gpu: int = 64
 
     def validate(self) -> None:
-        if self.max_size < 1 or self.max_size_gpu < 1:
-            raise ConfigError("batch.max_size: must be at least 1")
+        if self.max_size < 1:
+            raise ConfigError.at("max_size", "must be at least 1")
+        if self.max_size_gpu < 1:
+            raise ConfigError.at("max_size_gpu", "must be at least 1")
         if self.max_delay_ms < 0:
-            raise ConfigError("batch.max_delay_ms: must not be negative")
+            raise ConfigError.at("max_delay_ms", "must not be negative")
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class ExecutionConfig:
 
 @dataclass(frozen=True)
 class RendererConfig:
-    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50054, metrics_port=9104))
+    server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("renderer"))
     default_backend: str = "viseme"
     default_size: str = "512"
     default_avatar: str = "default"
@@ -105,13 +107,13 @@ class RendererConfig:
 
     def validate(self) -> None:
         if self.default_backend not in BACKENDS:
-            raise ConfigError(f"default_backend: {self.default_backend!r} is not one of {BACKENDS}")
+            raise ConfigError.at("default_backend", f"{self.default_backend!r} is not one of {BACKENDS}")
         for b in self.backends:
             if b not in BACKENDS:
-                raise ConfigError(f"backends: {b!r} is not one of {BACKENDS}")
+                raise ConfigError.at("backends", f"{b!r} is not one of {BACKENDS}")
         if self.default_size not in SIZE_PRESETS:
-            raise ConfigError(f"default_size: {self.default_size!r} is not one of {SIZE_PRESETS}")
+            raise ConfigError.at("default_size", f"{self.default_size!r} is not one of {SIZE_PRESETS}")
         if self.session_queue < 1:
-            raise ConfigError("session_queue: must be at least 1")
+            raise ConfigError.at("session_queue", "must be at least 1")
         if self.frame_part_bytes < 16 * 1024:
-            raise ConfigError("frame_part_bytes: must be at least 16384")
+            raise ConfigError.at("frame_part_bytes", "must be at least 16384")

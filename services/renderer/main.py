@@ -11,12 +11,10 @@ from talkmesh.common.server import Service
 from talkmesh.common.service_config import load_service_config
 from talkmesh.common.telemetry import Telemetry
 
-ENV_PREFIX = "TALKMESH_RENDERER"
-
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> RendererConfig:
-    """The packaged config.yaml, overlaid by ``path`` (if given), then TALKMESH_RENDERER__* overrides."""
-    return load_service_config(RendererConfig, "services.renderer", ENV_PREFIX, path, env)
+    """The dataclass defaults, overlaid by ``path`` (if given), then TALKMESH_RENDERER__* overrides."""
+    return load_service_config(RendererConfig, "renderer", path, env)
 
 
 def create_service(config: RendererConfig, telemetry: Telemetry) -> Service:

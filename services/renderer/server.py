@@ -16,8 +16,10 @@ from services.renderer.backends import create_backend
 from services.renderer.backends.base import RenderBackend
 from services.renderer.config import RendererConfig
 from services.renderer.frames import output_size
+from services.renderer.progress import LatestProgress
 from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
+from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.server import Service
 from talkmesh.common.telemetry import Telemetry
@@ -90,13 +92,11 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                 while len(s.session_ticks) > MAX_SESSIONS_REMEMBERED:
                     s.session_ticks.popitem(last=False)
 
-    async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
-        s = self.s
+    async def _read_upload(self, request_iterator: AsyncIterator[rpb.AvatarUpload]) -> tuple[rpb.AvatarMeta, bytes]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("kind") != "meta":
             raise InvalidArgument("meta", "the first message must carry the avatar's metadata")
-        meta = first.meta
-        limit = s.config.avatars.max_upload_bytes
+        limit = self.s.config.avatars.max_upload_bytes
         buf = bytearray()
         async for msg in request_iterator:
             if msg.WhichOneof("kind") != "data":
@@ -104,13 +104,16 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             buf += msg.data
             if len(buf) > limit:
                 raise InvalidArgument("data", f"upload exceeds the limit of {limit} bytes")
-        choice = FaceChoice(
+        return first.meta, bytes(buf)
+
+    @staticmethod
+    def _choice(meta: rpb.AvatarMeta) -> FaceChoice:
+        return FaceChoice(
             index=meta.face_index,
             point=(meta.face_point.x, meta.face_point.y) if meta.HasField("face_point") else None,
         )
-        avatar, cached = await asyncio.to_thread(
-            s.store.register, bytes(buf), meta.filename, meta.name, tuple(meta.backends), "", choice
-        )
+
+    def _info(self, avatar: Any, cached: bool) -> rpb.AvatarInfo:
         return rpb.AvatarInfo(
             id=avatar.id,
             name=avatar.name,
@@ -118,9 +121,43 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             height=avatar.size[1],
             frame_count=int(avatar.frames.shape[0]),
             cached=cached,
-            backends=sorted(k for k in avatar.extras if k in s.backends),
+            backends=sorted(k for k in avatar.extras if k in self.s.backends),
             face=face_report(avatar.report),
         )
+
+    async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
+        meta, data = await self._read_upload(request_iterator)
+        avatar, cached = await asyncio.to_thread(
+            self.s.store.register, data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta)
+        )
+        return self._info(avatar, cached)
+
+    async def RegisterAvatarWithProgress(
+        self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any
+    ) -> AsyncIterator[rpb.AvatarRegistration]:
+        meta, data = await self._read_upload(request_iterator)
+        size = len(data)
+        yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
+        progress = LatestProgress(asyncio.get_running_loop())
+        job = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.s.store.register,
+                data,
+                meta.filename,
+                meta.name,
+                tuple(meta.backends),
+                "",
+                self._choice(meta),
+                progress.report,
+            )
+        )
+        try:
+            async for stage, done, total in progress.updates(job):
+                yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage=stage, done=done, total=total))
+            avatar, cached = await job
+        finally:
+            await cancel_and_wait(job)
+        yield rpb.AvatarRegistration(avatar=self._info(avatar, cached))
 
     async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
         items = await asyncio.to_thread(self.s.store.list)

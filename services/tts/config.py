@@ -1,4 +1,4 @@
-"""TTS service configuration (defaults in config.yaml beside this file)."""
+"""TTS service configuration: these dataclasses are the defaults (`talkmesh config tts`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class EspeakConfig:
 
     def validate(self) -> None:
         if not 5 <= self.buffer_ms <= 1000:
-            raise ConfigError("espeak.buffer_ms: must be between 5 and 1000")
+            raise ConfigError.at("buffer_ms", "must be between 5 and 1000")
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,11 @@ class PiperConfig:
 
     def validate(self) -> None:
         if self.sentence_silence_ms < 0:
-            raise ConfigError("piper.sentence_silence_ms: must not be negative")
+            raise ConfigError.at("sentence_silence_ms", "must not be negative")
         if not 0 <= self.fade_ms <= 50:
-            raise ConfigError("piper.fade_ms: must be between 0 and 50")
+            raise ConfigError.at("fade_ms", "must be between 0 and 50")
         if self.intra_op_threads < 0:
-            raise ConfigError("piper.intra_op_threads: must not be negative")
+            raise ConfigError.at("intra_op_threads", "must not be negative")
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,15 @@ class CacheConfig:
     max_bytes: int = 64 * 1024 * 1024
 
     def validate(self) -> None:
-        if self.max_entries < 0 or self.max_bytes < 0:
-            raise ConfigError("cache: max_entries and max_bytes must not be negative")
+        if self.max_entries < 0:
+            raise ConfigError.at("max_entries", "must not be negative")
+        if self.max_bytes < 0:
+            raise ConfigError.at("max_bytes", "must not be negative")
 
 
 @dataclass(frozen=True)
 class TTSConfig:
-    server: ServerConfig = field(default_factory=lambda: ServerConfig(port=50052, metrics_port=9102))
+    server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("tts"))
     default_voice: str = "espeak:en-us"
     # Longest accepted text (Synthesize) or total of all pieces (SynthesizeStream), in characters.
     max_text_chars: int = 5000
@@ -76,16 +78,16 @@ class TTSConfig:
 
     def validate(self) -> None:
         if ":" not in self.default_voice:
-            raise ConfigError("default_voice: must look like 'espeak:<name>' or 'piper:<name>'")
+            raise ConfigError.at("default_voice", "must look like 'espeak:<name>' or 'piper:<name>'")
         if self.max_text_chars < 1:
-            raise ConfigError("max_text_chars: must be at least 1")
+            raise ConfigError.at("max_text_chars", "must be at least 1")
         if not 1 <= self.min_chunk_ms <= self.chunk_ms <= self.max_chunk_ms:
-            raise ConfigError("chunk_ms: must satisfy 1 <= min_chunk_ms <= chunk_ms <= max_chunk_ms")
+            raise ConfigError.at("chunk_ms", "must satisfy 1 <= min_chunk_ms <= chunk_ms <= max_chunk_ms")
         if self.max_segment_chars < 20:
-            raise ConfigError("max_segment_chars: must be at least 20")
+            raise ConfigError.at("max_segment_chars", "must be at least 20")
         if self.stream_queue_segments < 1:
-            raise ConfigError("stream_queue_segments: must be at least 1")
+            raise ConfigError.at("stream_queue_segments", "must be at least 1")
         if self.stream_flush_words < 0:
-            raise ConfigError("stream_flush_words: must not be negative")
+            raise ConfigError.at("stream_flush_words", "must not be negative")
         if not 0 <= self.stream_flush_seconds <= 60:
-            raise ConfigError("stream_flush_seconds: must be within 0..60")
+            raise ConfigError.at("stream_flush_seconds", "must be within 0..60")

@@ -11,12 +11,10 @@ from talkmesh.common.server import Service
 from talkmesh.common.service_config import load_service_config
 from talkmesh.common.telemetry import Telemetry
 
-ENV_PREFIX = "TALKMESH_TTS"
-
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> TTSConfig:
-    """The packaged config.yaml, overlaid by ``path`` (if given), then TALKMESH_TTS__* overrides."""
-    return load_service_config(TTSConfig, "services.tts", ENV_PREFIX, path, env)
+    """The dataclass defaults, overlaid by ``path`` (if given), then TALKMESH_TTS__* overrides."""
+    return load_service_config(TTSConfig, "tts", path, env)
 
 
 def create_service(config: TTSConfig, telemetry: Telemetry) -> Service:

@@ -56,7 +56,7 @@ class TTSService(Service):
             self.telemetry.set_backend("tts_engine", backend.engine)
         found = find_voice(backends, cfg.default_voice)
         if found is None:
-            raise ConfigError(f"default_voice: {cfg.default_voice!r} is not an available voice")
+            raise ConfigError.at("default_voice", f"{cfg.default_voice!r} is not an available voice")
         default, voice = found
         # Warm-up: the first synthesis loads the voice's dictionaries.
         async with contextlib.aclosing(default.synthesize(WARMUP_TEXT, voice, VoiceSettings())) as blocks:

@@ -5,6 +5,11 @@ reads the YAML file (optional), then applies environment variables of the form
 ``TALKMESH_TTS__SERVER__PORT=50052`` (double underscore separates nesting levels), converts every
 value to the field's declared type and runs each dataclass's ``validate()`` method if it has one.
 Unknown keys are errors: a typo in a config file must not be silently ignored.
+
+The dataclasses are the only source of defaults (a service's ports come from
+``talkmesh.common.registry`` through ``ServerConfig.for_service``). Validators name keys relative
+to their own dataclass (``ConfigError.at("frame_skip", ...)``); the loader adds the section's path,
+so the user reads the full key (``musetalk.frame_skip: must be at least 1``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,25 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """The configuration is invalid; the message names the offending key."""
+    """The configuration is invalid; the message names the offending key by its full path."""
+
+    def __init__(self, message: str, *, key: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+        self.reason = reason
+
+    @classmethod
+    def at(cls, key: str, reason: str) -> ConfigError:
+        """``key: reason``; ``key`` is relative to the dataclass whose ``validate`` raises it."""
+        return cls(f"{key}: {reason}", key=key, reason=reason)
+
+    def under(self, section: str) -> ConfigError:
+        """The same error seen from the parent config: ``section.key: reason``."""
+        if not section:
+            return self
+        if self.key:
+            return ConfigError.at(f"{section}.{self.key}", self.reason)
+        return ConfigError(f"{section}: {self}", key=section, reason=str(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,23 +86,31 @@ class ServerConfig:
     def idle_timeout(self) -> float | None:
         return self.stream_idle_seconds or None
 
+    @classmethod
+    def for_service(cls, name: str, **changes: Any) -> ServerConfig:
+        """Defaults of service ``name``: its ports from the registry, plus ``changes``."""
+        from talkmesh.common.registry import spec
+
+        s = spec(name)
+        return cls(port=s.port, metrics_port=s.metrics_port, **changes)
+
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"server.port: {self.port} is not a TCP port")
+            raise ConfigError.at("port", f"{self.port} is not a TCP port")
         if not -1 <= self.metrics_port <= 65535:
-            raise ConfigError(f"server.metrics_port: {self.metrics_port} is not a TCP port or -1")
+            raise ConfigError.at("metrics_port", f"{self.metrics_port} is not a TCP port or -1")
         if self.max_message_bytes < 64 * 1024:
-            raise ConfigError("server.max_message_bytes: must be at least 65536")
+            raise ConfigError.at("max_message_bytes", "must be at least 65536")
         if self.max_concurrent_streams < 1:
-            raise ConfigError("server.max_concurrent_streams: must be at least 1")
+            raise ConfigError.at("max_concurrent_streams", "must be at least 1")
         if self.max_connection_age_seconds < 0:
-            raise ConfigError("server.max_connection_age_seconds: must not be negative")
+            raise ConfigError.at("max_connection_age_seconds", "must not be negative")
         if self.grace_seconds < 0:
-            raise ConfigError("server.grace_seconds: must not be negative")
+            raise ConfigError.at("grace_seconds", "must not be negative")
         if self.stream_idle_seconds < 0:
-            raise ConfigError("server.stream_idle_seconds: must not be negative")
+            raise ConfigError.at("stream_idle_seconds", "must not be negative")
         if self.write_timeout_seconds <= 0:
-            raise ConfigError("server.write_timeout_seconds: must be positive")
+            raise ConfigError.at("write_timeout_seconds", "must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +180,10 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError as exc:
+            raise exc.under(prefix) from None
     return obj
 
 

@@ -1,32 +1,28 @@
-"""Loading a service's config: its packaged config.yaml defaults, a user file, then env overrides."""
+"""Loading a service's config: its dataclass defaults, a user file, then env overrides.
+
+The dataclasses are the only defaults (no packaged YAML layer that could disagree with them);
+``talkmesh config <service>`` prints the result as YAML.
+"""
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import yaml
-
 from talkmesh.common.config import build_config, read_yaml
+from talkmesh.common.registry import spec
 
 T = TypeVar("T")
 
 
 def load_service_config(
     cls: type[T],
-    package: str,
-    env_prefix: str,
+    service: str,
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> T:
-    """Defaults from ``package``'s config.yaml, overlaid by ``path``, env vars and ``overrides``."""
-    layers: list[Mapping[str, Any]] = []
-    res = importlib.resources.files(package).joinpath("config.yaml")
-    if res.is_file():
-        layers.append(yaml.safe_load(res.read_text()) or {})
-    if path is not None:
-        layers.append(read_yaml(path))
-    return build_config(cls, layers, env_prefix, env, overrides)
+    """``cls``'s defaults, overlaid by the YAML at ``path``, ``TALKMESH_<SERVICE>__*`` and ``overrides``."""
+    layers: list[Mapping[str, Any]] = [read_yaml(path)] if path is not None else []
+    return build_config(cls, layers, spec(service).env_prefix, env, overrides)

@@ -60,6 +60,11 @@ class GatewayStub:
                 request_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
                 response_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
                 _registered_method=True)
+        self.RegisterAvatarWithProgress = channel.stream_stream(
+                '/talkmesh.v1.Gateway/RegisterAvatarWithProgress',
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarRegistration.FromString,
+                _registered_method=True)
         self.DeleteAvatar = channel.unary_unary(
                 '/talkmesh.v1.Gateway/DeleteAvatar',
                 request_serializer=talkmesh_dot_v1_dot_types__pb2.DeleteAvatarRequest.SerializeToString,
@@ -102,6 +107,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterAvatarWithProgress(self, request_iterator, context):
+        """RegisterAvatar with the renderer's progress streamed back (frames prepared of the total),
+        then the prepared avatar as the last message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteAvatar(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -135,6 +148,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.RegisterAvatar,
                     request_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.FromString,
                     response_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.SerializeToString,
+            ),
+            'RegisterAvatarWithProgress': grpc.stream_stream_rpc_method_handler(
+                    servicer.RegisterAvatarWithProgress,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarRegistration.SerializeToString,
             ),
             'DeleteAvatar': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAvatar,
@@ -277,6 +295,33 @@ class Gateway:
             '/talkmesh.v1.Gateway/RegisterAvatar',
             talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
             talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterAvatarWithProgress(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/talkmesh.v1.Gateway/RegisterAvatarWithProgress',
+            talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.AvatarRegistration.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,11 @@ class RendererStub:
                 request_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
                 response_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
                 _registered_method=True)
+        self.RegisterAvatarWithProgress = channel.stream_stream(
+                '/talkmesh.v1.Renderer/RegisterAvatarWithProgress',
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarRegistration.FromString,
+                _registered_method=True)
         self.ListAvatars = channel.unary_unary(
                 '/talkmesh.v1.Renderer/ListAvatars',
                 request_serializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.SerializeToString,
@@ -76,6 +81,14 @@ class RendererServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterAvatarWithProgress(self, request_iterator, context):
+        """The same upload; the answer streams the preparation's progress (AvatarProgress messages),
+        then ends with the prepared avatar (AvatarInfo). Errors are those of RegisterAvatar.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAvatars(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -100,6 +113,11 @@ def add_RendererServicer_to_server(servicer, server):
                     servicer.RegisterAvatar,
                     request_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.FromString,
                     response_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.SerializeToString,
+            ),
+            'RegisterAvatarWithProgress': grpc.stream_stream_rpc_method_handler(
+                    servicer.RegisterAvatarWithProgress,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarRegistration.SerializeToString,
             ),
             'ListAvatars': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAvatars,
@@ -166,6 +184,33 @@ class Renderer:
             '/talkmesh.v1.Renderer/RegisterAvatar',
             talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
             talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterAvatarWithProgress(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/talkmesh.v1.Renderer/RegisterAvatarWithProgress',
+            talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.AvatarRegistration.FromString,
             options,
             channel_credentials,
             insecure,

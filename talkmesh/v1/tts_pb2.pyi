@@ -14,6 +14,8 @@ from talkmesh.v1.types_pb2 import AvatarMeta as AvatarMeta
 from talkmesh.v1.types_pb2 import ImagePoint as ImagePoint
 from talkmesh.v1.types_pb2 import FaceReport as FaceReport
 from talkmesh.v1.types_pb2 import AvatarInfo as AvatarInfo
+from talkmesh.v1.types_pb2 import AvatarProgress as AvatarProgress
+from talkmesh.v1.types_pb2 import AvatarRegistration as AvatarRegistration
 from talkmesh.v1.types_pb2 import ListAvatarsRequest as ListAvatarsRequest
 from talkmesh.v1.types_pb2 import ListAvatarsResponse as ListAvatarsResponse
 from talkmesh.v1.types_pb2 import DeleteAvatarRequest as DeleteAvatarRequest

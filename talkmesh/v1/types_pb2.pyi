@@ -129,6 +129,24 @@ class AvatarInfo(_message.Message):
     face: FaceReport
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_count: _Optional[int] = ..., cached: _Optional[bool] = ..., backends: _Optional[_Iterable[str]] = ..., face: _Optional[_Union[FaceReport, _Mapping]] = ...) -> None: ...
 
+class AvatarProgress(_message.Message):
+    __slots__ = ("stage", "done", "total")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class AvatarRegistration(_message.Message):
+    __slots__ = ("progress", "avatar")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    AVATAR_FIELD_NUMBER: _ClassVar[int]
+    progress: AvatarProgress
+    avatar: AvatarInfo
+    def __init__(self, progress: _Optional[_Union[AvatarProgress, _Mapping]] = ..., avatar: _Optional[_Union[AvatarInfo, _Mapping]] = ...) -> None: ...
+
 class ListAvatarsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

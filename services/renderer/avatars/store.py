@@ -56,6 +56,14 @@ class AvatarSummary:
 
 
 # -- the store ----------------------------------------------------------------------------------
+#: ``progress(stage, done, total)`` of a registration (see ``talkmesh.v1.AvatarProgress``).
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
 class AvatarStore:
     def __init__(
         self,
@@ -108,8 +116,14 @@ class AvatarStore:
         backends: tuple[str, ...] = (),
         alias: str = "",
         choice: FaceChoice = FaceChoice(),
+        progress: Progress | None = None,
     ) -> tuple[Avatar, bool]:
-        """Blocking. Returns (avatar, cached): a second registration of the same file is instant."""
+        """Blocking. Returns (avatar, cached): a second registration of the same file is instant.
+
+        ``progress(stage, done, total)`` is called from this thread as the preparation advances
+        (stages as in ``talkmesh.v1.AvatarProgress``: decoding, faces, saving, backend:<name>).
+        """
+        report = progress or _no_progress
         if len(data) > self.cfg.max_upload_bytes:
             raise InvalidArgument("data", f"upload of {len(data)} bytes exceeds {self.cfg.max_upload_bytes}")
         for b in backends:
@@ -124,24 +138,39 @@ class AvatarStore:
             cached = (self.root / avatar_id / "meta.json").is_file()
             self._on_cache("avatar_precompute", cached)
             if not cached:
-                self._precompute(avatar_id, data, filename, name or Path(filename).stem or avatar_id, choice)
+                self._precompute(avatar_id, data, filename, name or Path(filename).stem or avatar_id, choice, report)
             avatar = self.get(avatar_id)
             for b in ("viseme", *backends):
                 if b in self.backends:
+                    report(f"backend:{b}", 0, 1)
                     self._ensure_backend(avatar, b)
+                    report(f"backend:{b}", 1, 1)
         if alias:
             with self._lock:
                 self._aliases[alias] = avatar_id
                 self._protected.add(avatar_id)
         return avatar, cached
 
-    def _precompute(self, avatar_id: str, data: bytes, filename: str, name: str, choice: FaceChoice) -> None:
+    def _precompute(
+        self, avatar_id: str, data: bytes, filename: str, name: str, choice: FaceChoice, progress: Progress
+    ) -> None:
         tmp = self.root / f".tmp-{avatar_id}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
+            progress("decoding", 0, 0)
             frames = decode(data, filename, self.cfg)
-            track = self.faces.analyse(frames, choice)
+            tracked = 0
+
+            def one_frame(index: int, total: int) -> None:  # called once per tracked frame, in any order
+                nonlocal tracked
+                tracked += 1
+                progress("faces", tracked, total)
+
+            progress("faces", 0, len(frames))
+            track = self.faces.analyse(frames, choice, progress=one_frame)
+            progress("faces", len(frames), len(frames))
             report = face_report(track)
+            progress("saving", 0, 0)
             np.save(tmp / "frames.npy", frames)
             arrays = {
                 "face": np.round(track.boxes).astype(np.int32),

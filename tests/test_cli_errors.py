@@ -1,0 +1,165 @@
+"""The command line fails with one line on stderr and a non-zero code, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from google.rpc import error_details_pb2
+
+from talkmesh.cli import build_parser, describe_rpc_error
+from talkmesh.common.errors import NotFound, status_trailer
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "talkmesh.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something listens on (the socket a running mesh would hold)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_mesh_that_is_not_running_is_one_line(closed_port: int) -> None:
+    code, _, err = run_cli("voices", "--target", f"127.0.0.1:{closed_port}")
+    assert code == 1
+    line = one_error_line(err)
+    assert f"cannot reach the gateway at 127.0.0.1:{closed_port}" in line and "talkmesh up" in line
+
+
+def test_clients_read_the_target_from_talkmesh_target(closed_port: int) -> None:
+    code, _, err = run_cli("avatar", "list", env={"TALKMESH_TARGET": f"127.0.0.1:{closed_port}"})
+    assert code == 1
+    assert f"127.0.0.1:{closed_port}" in one_error_line(err)
+    # --target wins over the environment
+    code, _, err = run_cli("voices", "--target", "127.0.0.1:1", env={"TALKMESH_TARGET": f"127.0.0.1:{closed_port}"})
+    assert "127.0.0.1:1:" in one_error_line(err)
+
+
+def test_debug_shows_the_traceback(closed_port: int) -> None:
+    code, _, err = run_cli("--debug", "voices", "--target", f"127.0.0.1:{closed_port}")
+    assert code != 0 and "Traceback" in err
+    code, _, err = run_cli("voices", "--debug", "--target", f"127.0.0.1:{closed_port}")
+    assert code != 0 and "Traceback" in err
+
+
+def test_a_bad_output_path_is_one_line_before_any_work(tmp_path: Path, closed_port: int) -> None:
+    target = ("--target", f"127.0.0.1:{closed_port}")  # nothing listens: the path is checked first
+    code, _, err = run_cli("say", "Hi.", "-o", str(tmp_path), *target)
+    assert code == 1 and one_error_line(err) == f"error: -o {tmp_path}: is a directory"
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    code, _, err = run_cli("say", "Hi.", "-o", str(a_file / "out.mp4"), *target)
+    assert code == 1 and "is not a directory" in one_error_line(err)
+
+
+def test_a_missing_input_file_is_one_line(tmp_path: Path, closed_port: int) -> None:
+    code, _, err = run_cli("avatar", "add", str(tmp_path / "nope.png"), "--target", f"127.0.0.1:{closed_port}")
+    assert code == 1 and one_error_line(err) == f"error: {tmp_path / 'nope.png'}: no such file"
+    code, _, err = run_cli("serve", "tts", "--config", str(tmp_path / "nope.yaml"))
+    assert code == 1 and "not found" in one_error_line(err)
+
+
+def test_a_busy_metrics_port_is_one_line_naming_it(busy_port: int) -> None:
+    env = {"TALKMESH_TTS__SERVER__PORT": "0", "TALKMESH_TTS__SERVER__METRICS_PORT": str(busy_port)}
+    code, out, err = run_cli("serve", "tts", env=env)
+    assert code == 1 and "READY" not in out
+    line = one_error_line(err)
+    assert f"metrics port 127.0.0.1:{busy_port}" in line and "in use" in line
+
+
+def test_a_busy_grpc_port_is_one_line_naming_it(busy_port: int) -> None:
+    code, _, err = run_cli("serve", "renderer", env={"TALKMESH_RENDERER__SERVER__PORT": str(busy_port)})
+    assert code == 1
+    assert f"gRPC port 127.0.0.1:{busy_port}" in one_error_line(err)
+
+
+def test_a_closed_pipe_is_one_line() -> None:
+    """`talkmesh config renderer | head -0`: the reader is gone before the first write."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "talkmesh.cli", "config", "renderer"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(60) == 1
+    assert "broken pipe" in one_error_line(err)
+
+
+def test_config_errors_name_the_full_key() -> None:
+    code, _, err = run_cli("config", "renderer", env={"TALKMESH_RENDERER__MUSETALK__FRAME_SKIP": "0"})
+    assert code == 1
+    assert one_error_line(err) == "error: config: musetalk.frame_skip: must be at least 1"
+
+
+def test_config_prints_the_effective_config_as_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("batch:\n  max_size: 3\n")
+    code, out, err = run_cli("config", "renderer", "--config", str(path), env={"TALKMESH_RENDERER__SESSION_QUEUE": "5"})
+    assert code == 0, err
+    data = yaml.safe_load(out)
+    assert data["batch"]["max_size"] == 3 and data["session_queue"] == 5
+    assert data["server"]["port"] == 50054
+    assert "# Frames in flight per session" in out  # the dataclass's own comments
+
+
+def test_rpc_errors_show_the_field_from_the_rich_details() -> None:
+    class FakeError(grpc.aio.AioRpcError):
+        def __init__(self, exc: NotFound) -> None:
+            trailer = grpc.aio.Metadata(*status_trailer(exc.code, exc.message, exc.details()))
+            super().__init__(exc.code, grpc.aio.Metadata(), trailer, details=f"tts: {exc.message}")
+
+    line = describe_rpc_error(FakeError(NotFound("config.voice", "espeak:xx", "voice")), "127.0.0.1:1")
+    assert line == "NOT_FOUND: tts: config.voice: voice 'espeak:xx' not found (field config.voice; set by --voice)"
+    assert error_details_pb2.BadRequest  # the details really are google.rpc messages
+
+
+def test_say_exposes_the_options_of_the_api() -> None:
+    args = build_parser().parse_args(
+        ["say", "Hi", "--container", "fmp4", "--audio-codec", "opus", "--rate", "1.5", "--pitch", "0.8"]
+        + ["--volume", "1.2", "--backend", "viseme", "--avatar", "Astro", "--voice", "espeak:en-gb"]
+    )
+    assert (args.container, args.audio_codec, args.rate, args.pitch, args.volume) == ("fmp4", "opus", 1.5, 0.8, 1.2)
+    assert (args.backend, args.avatar, args.voice) == ("viseme", "Astro", "espeak:en-gb")
+
+
+def test_bench_help_lists_every_mode() -> None:
+    code, out, err = run_cli("bench", "--help")
+    assert code == 0, err
+    assert "--quick" in out and "components" in out
