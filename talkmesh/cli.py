@@ -205,7 +205,7 @@ async def _demo(args: argparse.Namespace) -> int:
         async with TalkmeshClient(mesh.gateway) as client:
             result = await client.speak_to_file(args.text, out)
     print(f"wrote {out} ({result.bytes_written} bytes); service logs in {log_dir}/")
-    _print_result(result)
+    _print_result(result, "mp4")
     return 0
 
 
@@ -262,10 +262,10 @@ class ProgressBar:
             self.stream.write("\r" + self.line().ljust(78))
             self.stream.flush()
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         if self.interactive:
             self.stream.write("\n")
-        elif self.total:
+        elif self.total and ok:
             frames = f", {self.frames} frame(s) tracked" if self.frames else ""
             self.stream.write(
                 f"uploaded {self.total / 1e6:.1f} MB; prepared in "
@@ -291,8 +291,10 @@ async def _avatar(args: argparse.Namespace) -> int:
                     progress=bar.upload,
                     preparing=bar.preparing,
                 )
-            finally:
-                bar.close()
+            except BaseException:
+                bar.close(ok=False)
+                raise
+            bar.close()
             state = "already prepared" if info.cached else "prepared"
             print(f"{info.id}  {info.name}  {info.width}x{info.height}  {info.frame_count} frame(s)  ({state})")
         elif args.avatar_cmd == "list":

@@ -268,6 +268,10 @@ class TalkmeshClient:
     async def speak_to_file(
         self, text: str | gpb.SpeakRequest, path: str | os.PathLike[str], **options: object
     ) -> SpeakResult:
+        """Speaks ``text`` into the file ``path``: a whole, seekable MP4 (``+faststart``) unless
+        ``container`` (or the request given) asks for fragments (``CONTAINER_FMP4``) or MPEG-TS."""
+        if not isinstance(text, gpb.SpeakRequest):
+            options.setdefault("container", epb.CONTAINER_MP4)
         return await self.save(self.speak(text, **options), path)  # type: ignore[arg-type]
 
     async def list_voices(self) -> list[tpb.Voice]:

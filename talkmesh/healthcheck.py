@@ -4,7 +4,7 @@
     python -m talkmesh.healthcheck --service NAME [--config FILE] [--check HEALTH_SERVICE]
 
 Health service "" is readiness, "liveness" is liveness. With ``--service`` the port and the TLS
-settings are the ones the service itself uses: its packaged config.yaml, overlaid by ``--config`` and
+settings are the ones the service itself uses: its registry ports, overlaid by ``--config`` and
 by ``TALKMESH_<NAME>__SERVER__...`` environment variables. When ``server.tls.cert_file`` is set the
 check connects to ``localhost`` over TLS, verifying the server against ``server.tls.client_ca_file``
 and presenting the service's own certificate (the mesh requires client certificates); that is how a
@@ -14,7 +14,6 @@ probe reaches a service whose port accepts only mutual TLS.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import os
 import sys
 from collections.abc import Mapping
@@ -58,12 +57,13 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def server_settings(service: str, config: str | None, env: Mapping[str, str]) -> dict[str, Any]:
-    """The ``server`` section as the service would see it (packaged defaults, ``config``, env)."""
+    """The ``server`` section as the service would see it (registry ports, ``config``, env).
+
+    The service's own defaults are its config dataclass; of them the check needs only the ports,
+    which come from the registry (without importing the service's modules).
+    """
     spec = registry.spec(service)
-    layers: list[Mapping[str, Any]] = []
-    packaged = importlib.resources.files(spec.package).joinpath("config.yaml")
-    if packaged.is_file():
-        layers.append(yaml.safe_load(packaged.read_text()) or {})
+    layers: list[Mapping[str, Any]] = [{"server": {"port": spec.port, "metrics_port": spec.metrics_port}}]
     if config:
         layers.append(yaml.safe_load(Path(config).read_text()) or {})
     head = f"{spec.env_prefix}__SERVER__"

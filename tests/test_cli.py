@@ -3,30 +3,70 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from importlib import resources
+from pathlib import Path
 
+import cv2
+import numpy as np
+
+from talkmesh.client import TalkmeshClient
 from tests.media import probe
 from tests.mesh import inprocess_mesh
 
+PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
 
-async def _cli(*args: str) -> tuple[int, str, str]:
+
+async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "talkmesh.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode(), err.decode()
 
 
+def _portrait() -> np.ndarray:
+    return np.asarray(cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR))
+
+
+def _mirrored_portrait(path: Path) -> Path:
+    """Another picture of a face (so a new avatar, not the default one found again)."""
+    cv2.imwrite(str(path), cv2.flip(_portrait(), 1))
+    return path
+
+
+def _video(path: Path, frames: int) -> Path:
+    img = cv2.resize(_portrait(), (256, 256))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (256, 256))
+    for i in range(frames):
+        m = np.array([[1, 0, 2 * np.sin(i / 5)], [0, 1, np.cos(i / 7)]], np.float32)
+        writer.write(cv2.warpAffine(img, m, (256, 256), borderMode=cv2.BORDER_REFLECT))
+    writer.release()
+    return path
+
+
+def _atoms(data: bytes) -> list[str]:
+    """Top-level MP4 box types in file order."""
+    out, pos = [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        out.append(data[pos + 4 : pos + 8].decode("latin-1"))
+        if size < 8:
+            break
+        pos += size
+    return out
+
+
 async def test_say_voices_and_avatars_from_the_command_line(tmp_path):
     portrait = tmp_path / "portrait.png"
-    portrait.write_bytes(resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes())
+    portrait.write_bytes(PORTRAIT)
     async with inprocess_mesh(tmp_path) as mesh:
         gw = ("--target", mesh.gateway)
         code, out, err = await _cli("voices", *gw)
         assert code == 0, err
-        assert "espeak:en-us" in out
+        assert "espeak:en-us" in out and "espeak:en-gb" in out
 
         code, out, err = await _cli("avatar", "add", str(portrait), "--name", "astro", *gw)
         assert code == 0, err
@@ -38,15 +78,122 @@ async def test_say_voices_and_avatars_from_the_command_line(tmp_path):
         code, out, err = await _cli("avatar", "list", *gw)
         assert code == 0 and avatar_id in out
 
-        code, out, err = await _cli("say", "Hello from the command line.", "-o", str(tmp_path / "s.mp4"), *gw)
+        # TALKMESH_TARGET instead of --target
+        code, out, err = await _cli("say", "Hello from the command line.", "-o", str(tmp_path / "s.mp4"),
+                                    env={"TALKMESH_TARGET": mesh.gateway})  # fmt: skip
         assert code == 0, err
-        assert "time to first fragment (client)" in out and "renderer_first_frame" in out
+        assert "whole file received after" in out and "renderer_first_frame" in out
         assert probe(tmp_path / "s.mp4").frames > 10
 
         code, out, err = await _cli("say", "Hi.", "--voice", "espeak:nope", "-o", str(tmp_path / "x.mp4"), *gw)
         assert code == 1
         assert err.startswith("error: NOT_FOUND: tts: config.voice")
+        assert len(err.strip().splitlines()) == 1
         assert not (tmp_path / "x.mp4").exists()
 
         code, out, err = await _cli("avatar", "rm", "0123456789abcdef0123", *gw)
         assert code == 0 and out.strip() == "not found"
+
+
+async def test_say_writes_a_seekable_mp4_unless_fragments_are_asked_for(tmp_path):
+    async with inprocess_mesh(tmp_path) as mesh:
+        gw = ("--target", mesh.gateway)
+        whole, frag = tmp_path / "whole.mp4", tmp_path / "frag.mp4"
+        code, out, err = await _cli("say", "Hello there, how are you?", "-o", str(whole), *gw)
+        assert code == 0, err
+        code, out, err = await _cli("say", "Hello there, how are you?", "-o", str(frag), "--container", "fmp4", *gw)
+        assert code == 0, err
+        assert "time to first fragment (client)" in out
+    atoms = _atoms(whole.read_bytes())
+    # a normal MP4: the index (moov) first (+faststart), one mdat, no fragments
+    assert atoms[0] == "ftyp" and atoms.index("moov") < atoms.index("mdat") and "moof" not in atoms
+    assert "moof" in _atoms(frag.read_bytes())
+    a, b = probe(whole), probe(frag)
+    assert a.frames == b.frames and abs(a.audio_seconds - b.audio_seconds) < 0.05
+    import av
+
+    with av.open(str(whole)) as container:  # the duration is in the header, as a browser reads it
+        assert abs(container.duration / 1e6 - a.video_seconds) < 0.1
+
+
+async def test_say_options_reach_the_services(tmp_path):
+    async with inprocess_mesh(tmp_path) as mesh:
+        gw = ("--target", mesh.gateway)
+        base, fast = tmp_path / "base.mp4", tmp_path / "fast.mp4"
+        text = "The quick brown fox jumps over the lazy dog."
+        code, _, err = await _cli("say", text, "-o", str(base), "--voice", "espeak:en_GB", *gw)
+        assert code == 0, err
+        code, _, err = await _cli(
+            "say", text, "-o", str(fast), "--voice", "espeak:en-GB", "--rate", "2", "--pitch", "1.5",
+            "--volume", "0.5", "--size", "360p", "--backend", "viseme", "--audio-codec", "opus",
+            "--container", "fmp4", *gw,
+        )  # fmt: skip
+        assert code == 0, err
+    a, b = probe(base), probe(fast)
+    assert b.audio_seconds < 0.75 * a.audio_seconds  # twice the rate: clearly shorter
+    assert (b.width, b.height) != (a.width, a.height) and b.height == 360
+    assert b.audio_codec == "opus" and a.audio_codec == "aac"
+
+
+async def test_avatar_names_work_wherever_ids_do(tmp_path):
+    face = _mirrored_portrait(tmp_path / "mirror.png")
+    async with inprocess_mesh(tmp_path) as mesh:
+        gw = ("--target", mesh.gateway)
+        code, out, err = await _cli("avatar", "add", str(face), "--name", "Mirror", *gw)
+        assert code == 0, err
+        avatar_id = out.split()[0]
+        for spelling in ("Mirror", "mirror", avatar_id):
+            code, out, err = await _cli("say", "Hi.", "--avatar", spelling, "-o", str(tmp_path / "m.mp4"), *gw)
+            assert code == 0, (spelling, err)
+        code, out, err = await _cli("avatar", "rm", "Mirror", *gw)
+        assert code == 0 and out.strip() == "deleted"
+        code, out, err = await _cli("say", "Hi.", "--avatar", "Mirror", "-o", str(tmp_path / "m.mp4"), *gw)
+        assert code == 1 and err.startswith("error: NOT_FOUND")
+
+
+async def test_avatar_add_shows_the_renderers_progress_in_frames(tmp_path):
+    video = _video(tmp_path / "clip.mp4", 20)
+    async with inprocess_mesh(tmp_path) as mesh:
+        seen = []
+        async with TalkmeshClient(mesh.gateway) as client:
+            info = await client.register_avatar(
+                video, name="clip", preparing=lambda p: seen.append((p.stage, p.done, p.total))
+            )
+        assert info.frame_count == 20 and not info.cached
+        faces = [(done, total) for stage, done, total in seen if stage == "faces"]
+        assert faces and faces[-1] == (20, 20)  # the renderer counted every frame it tracked
+        assert all(total == 20 for _, total in faces) and [d for d, _ in faces] == sorted(d for d, _ in faces)
+        stages = [stage for stage, _, _ in seen]
+        assert stages[0] == "received" and "backend:viseme" in stages
+
+        other = _video(tmp_path / "other.mp4", 12)
+        code, out, err = await _cli("avatar", "add", str(other), "--target", mesh.gateway)
+        assert code == 0, err
+        assert "12 frame(s) tracked" in err and "12 frame(s)  (prepared)" in out
+
+
+async def test_errors_show_the_offending_field(tmp_path):
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("just text")
+    async with inprocess_mesh(tmp_path) as mesh:
+        code, _, err = await _cli("avatar", "add", str(not_an_image), "--target", mesh.gateway)
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: INVALID_ARGUMENT: renderer: data:") and "(field data" in line
+
+
+async def test_voices_into_a_closed_pipe_is_one_line(tmp_path):
+    async with inprocess_mesh(tmp_path) as mesh:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "talkmesh.cli", "voices", "--target", mesh.gateway,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.feed_eof()
+        transport = proc._transport  # type: ignore[attr-defined]
+        transport.get_pipe_transport(1).close()  # `| head -0`: the reader is gone
+        err = await asyncio.wait_for(proc.stderr.read(), 60)
+        assert await proc.wait() == 1
+    assert err.decode().strip().splitlines() == [
+        "error: the output was closed before everything was written (broken pipe)"
+    ]

@@ -151,9 +151,9 @@ def test_rpc_errors_show_the_field_from_the_rich_details() -> None:
 
 
 def test_say_exposes_the_options_of_the_api() -> None:
+    options = ["--container", "fmp4", "--audio-codec", "opus", "--rate", "1.5", "--pitch", "0.8", "--volume", "1.2"]
     args = build_parser().parse_args(
-        ["say", "Hi", "--container", "fmp4", "--audio-codec", "opus", "--rate", "1.5", "--pitch", "0.8"]
-        + ["--volume", "1.2", "--backend", "viseme", "--avatar", "Astro", "--voice", "espeak:en-gb"]
+        ["say", "Hi", *options, "--backend", "viseme", "--avatar", "Astro", "--voice", "espeak:en-gb"]
     )
     assert (args.container, args.audio_codec, args.rate, args.pitch, args.volume) == ("fmp4", "opus", 1.5, 0.8, 1.2)
     assert (args.backend, args.avatar, args.voice) == ("viseme", "Astro", "espeak:en-gb")

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from talkmesh.client import TalkmeshClient
-from talkmesh.launcher import SERVICES, Mesh
+from talkmesh.common.registry import NAMES, PORT_SPAN, spec
+from talkmesh.common.registry import SERVICES as REGISTRY
+from talkmesh.launcher import Mesh
+from talkmesh.v1 import encoder_pb2 as epb
 from tests.media import probe
 
 pytestmark = pytest.mark.slow
@@ -35,7 +40,7 @@ async def mesh(tmp_path):
 
 def _active_streams(mesh: Mesh) -> dict[str, float]:
     out = {}
-    for name in SERVICES:
+    for name in NAMES:
         body = urllib.request.urlopen(mesh.metrics_url(name), timeout=5).read().decode()
         line = next(ln for ln in body.splitlines() if ln.startswith(f'talkmesh_streams_active{{service="{name}"}}'))
         out[name] = float(line.rsplit(" ", 1)[1])
@@ -50,7 +55,7 @@ async def _health(address: str, service: str = "") -> int:
 
 async def test_first_fragment_arrives_before_tts_finishes(mesh, tmp_path):
     async with TalkmeshClient(mesh.gateway) as client:
-        result = await client.speak_to_file(PARAGRAPH, tmp_path / "out.mp4")
+        result = await client.speak_to_file(PARAGRAPH, tmp_path / "out.mp4", container=epb.CONTAINER_FMP4)
     tl = result.summary.timeline
     assert tl.first_fragment > 0 and tl.last_audio > 0
     assert tl.first_fragment < tl.last_audio, (
@@ -81,7 +86,7 @@ async def test_cancel_stops_every_service_within_a_second(mesh):
             if not any(active.values()):
                 break
             await asyncio.sleep(0.05)
-        assert active == dict.fromkeys(SERVICES, 0.0)
+        assert active == dict.fromkeys(NAMES, 0.0)
 
 
 async def test_health_under_load_then_drain_on_sigterm(mesh, tmp_path):
@@ -89,7 +94,7 @@ async def test_health_under_load_then_drain_on_sigterm(mesh, tmp_path):
         load = [asyncio.create_task(client.speak_to_file(PARAGRAPH, tmp_path / f"load{i}.mp4")) for i in range(3)]
         try:
             await asyncio.sleep(0.3)
-            for name in SERVICES:
+            for name in NAMES:
                 assert await _health(mesh.address(name)) == health_pb2.HealthCheckResponse.SERVING, name
                 assert await _health(mesh.address(name), "liveness") == health_pb2.HealthCheckResponse.SERVING
         finally:
@@ -127,7 +132,7 @@ def test_demo_command_writes_a_playable_mp4(tmp_path):
         timeout=300,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "time to first fragment" in res.stdout
+    assert "whole file received after" in res.stdout
     info = probe(out)
     assert (info.video_codec, info.audio_codec, info.fps) == ("h264", "aac", 25)
     assert abs(info.frames - math.ceil(info.audio_seconds * 25)) <= 1
@@ -147,28 +152,62 @@ def _ports_free(ports: list[int]) -> bool:
     return True
 
 
-async def test_up_starts_five_processes_on_the_default_ports_and_ctrl_c_stops_them(tmp_path):
-    from talkmesh.launcher import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+def free_port_base() -> int:
+    """A port block (registry PORT_SPAN wide) that is free now, away from the default ports."""
+    import random
 
-    if not _ports_free([*DEFAULT_PORTS.values(), *DEFAULT_METRICS_PORTS.values()]):
-        pytest.skip("the default ports are in use on this machine (is `talkmesh up` already running?)")
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - PORT_SPAN)
+        if _ports_free(list(range(base, base + PORT_SPAN))):
+            return base
+    pytest.skip("no free block of ports found")
+
+
+def _children(pid: int) -> dict[str, int]:
+    """Service name -> pid of the `talkmesh serve` processes whose parent is ``pid`` (Linux /proc)."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"serve" in cmd:
+            out[cmd[cmd.index(b"serve") + 1].decode()] = int(proc.name)
+    return out
+
+
+async def _start_up(tmp_path, *args: str) -> tuple[asyncio.subprocess.Process, list[str]]:
     import os
 
     env = {**os.environ, "TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "talkmesh.cli", "up", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable, "-m", "talkmesh.cli", "up", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
     lines: list[str] = []
+    while not any("Ctrl-C stops" in ln for ln in lines):
+        raw = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if not raw:
+            _, err = await proc.communicate()
+            pytest.fail(f"`talkmesh up` exited early: {lines} {err.decode()}")
+        lines.append(raw.decode())
+    return proc, lines
+
+
+async def test_up_on_a_port_base_starts_five_processes_and_ctrl_c_stops_them(tmp_path):
+    base = free_port_base()
+    proc, lines = await _start_up(tmp_path, "--port-base", str(base))
     try:
-        while not any("talkmesh is up" in ln for ln in lines):
-            raw = await asyncio.wait_for(proc.stdout.readline(), 120)
-            assert raw, f"`talkmesh up` exited early: {lines}"
-            lines.append(raw.decode())
-        for name in SERVICES:
-            assert await _health(f"127.0.0.1:{DEFAULT_PORTS[name]}") == health_pb2.HealthCheckResponse.SERVING
-        async with TalkmeshClient("127.0.0.1:50051") as client:
+        for s in REGISTRY:
+            port, metrics = s.ports(base)
+            assert any(f"grpc 127.0.0.1:{port}" in ln and f":{metrics}/metrics" in ln for ln in lines), lines
+            assert await _health(f"127.0.0.1:{port}") == health_pb2.HealthCheckResponse.SERVING
+        assert any(f"TALKMESH_TARGET=127.0.0.1:{base} talkmesh say" in ln for ln in lines)
+        async with TalkmeshClient(f"127.0.0.1:{base}") as client:
             result = await client.speak_to_file("Up and running.", tmp_path / "up.mp4")
         assert result.summary.frames > 0
     finally:
@@ -178,8 +217,8 @@ async def test_up_starts_five_processes_on_the_default_ports_and_ctrl_c_stops_th
     stopped = out.decode().strip().splitlines()[-1]
     assert stopped.startswith("stopped: ")
     codes = dict(item.split("=") for item in stopped.removeprefix("stopped: ").split(", "))
-    assert codes == dict.fromkeys(["gateway", "tts", "audio_features", "renderer", "encoder"], "0")
-    assert _ports_free(list(DEFAULT_PORTS.values()))  # nothing left listening
+    assert codes == dict.fromkeys(NAMES, "0")
+    assert _ports_free(list(range(base, base + PORT_SPAN)))  # nothing left listening
 
 
 async def test_a_hung_stage_fails_streams_fast_and_readiness_shows_it(mesh, tmp_path):
@@ -220,3 +259,42 @@ async def test_a_hung_stage_fails_streams_fast_and_readiness_shows_it(mesh, tmp_
             await asyncio.sleep(0.1)
         result = await client.speak_to_file("Back again.", tmp_path / "ok.mp4")
         assert result.summary.frames > 0
+
+
+async def test_a_second_up_on_busy_ports_is_one_line_and_starts_nothing(tmp_path):
+    import socket
+
+    base = free_port_base()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", base + spec("renderer").index))  # as if another mesh held the renderer's port
+        s.listen()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "talkmesh.cli", "up", "--port-base", str(base),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: renderer: gRPC port"), err.decode()
+    assert f":{base + spec('renderer').index} is already in use" in lines[0] and "--port-base" in lines[0]
+    assert out == b""
+
+
+async def test_up_reports_a_dead_child_and_stops_the_mesh(tmp_path):
+    base = free_port_base()
+    proc, _ = await _start_up(tmp_path, "--port-base", str(base))
+    try:
+        children = _children(proc.pid)
+        assert set(children) == set(NAMES)
+        os.kill(children["renderer"], signal.SIGKILL)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            await proc.wait()
+    assert proc.returncode == 1
+    assert "error: renderer was killed by signal 9; stopping the mesh" in err.decode()
+    stopped = out.decode().strip().splitlines()[-1]
+    codes = dict(item.split("=") for item in stopped.removeprefix("stopped: ").split(", "))
+    assert codes["renderer"] == "-9" and all(codes[n] == "0" for n in NAMES if n != "renderer")
+    assert _ports_free(list(range(base, base + PORT_SPAN)))

@@ -17,6 +17,7 @@ from services.audio_features.server import AudioFeaturesService
 from services.audio_features.streaming import StreamOptions, extract_offline, fps_fraction
 from talkmesh.common.channel import create_channel
 from talkmesh.common.config import ConfigError, ServerConfig
+from talkmesh.common.registry import spec
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.common.tensors import from_tensor
 from talkmesh.testing import serve
@@ -201,7 +202,7 @@ async def test_repeated_audio_hits_the_encoder_cache(host: Any) -> None:
 
 def test_load_config_defaults_and_env() -> None:
     cfg = load_config(env={})
-    assert (cfg.server.port, cfg.server.metrics_port) == (50053, 9103)
+    assert (cfg.server.port, cfg.server.metrics_port) == spec("audio_features").ports()
     assert cfg.voiced_threshold_dbfs == -45.0 and cfg.whisper_encoder.path == ""
     env = {
         "TALKMESH_AUDIO_FEATURES__WHISPER_ENCODER__PATH": "/models/enc.onnx",

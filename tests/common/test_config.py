@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from talkmesh.common.config import ConfigError, ServerConfig, load_config
+from talkmesh.common.registry import NAMES, spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +60,13 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(Outer, bad)
 
 
-@pytest.mark.parametrize("service", ["gateway", "tts", "audio_features", "renderer", "encoder"])
-def test_every_service_default_config_loads(service):
+@pytest.mark.parametrize("service", NAMES)
+def test_every_service_default_config_is_its_dataclass_with_the_registry_ports(service):
+    """Loading with no file and no environment gives exactly the dataclass defaults: no other layer."""
     import importlib
 
-    main = importlib.import_module(f"services.{service}.main")
+    main = importlib.import_module(spec(service).main_module)
     cfg = main.load_config(None, env={})
-    assert cfg.server.port in (50051, 50052, 50053, 50054, 50055)
+    assert cfg == type(cfg)()
+    assert (cfg.server.port, cfg.server.metrics_port) == spec(service).ports()
+    assert cfg.server.host == "127.0.0.1"

@@ -153,7 +153,7 @@ def test_context_holds_what_the_dockerfile_copies_and_nothing_of_tests_tools_or_
         name = f.rsplit("/", 1)[-1]
         assert not f.startswith(("tests/", "tools/", "docs/", "out/", ".venv/")), f
         assert "bench" not in name, f"{f}: benchmarks live outside the images"
-    assert {"talkmesh/cli.py", "talkmesh/healthcheck.py", "services/renderer/config.yaml"} <= context
+    assert {"talkmesh/cli.py", "talkmesh/healthcheck.py", "services/renderer/config.py"} <= context
 
 
 def _imports(path: str) -> set[tuple[str, bool]]:

@@ -90,3 +90,20 @@ def test_select_backend_is_pure():
     video = VideoConfig()
     assert isinstance(select_backend(video, lambda _gpu: True), NvencBackend)
     assert isinstance(select_backend(video, lambda _gpu: False), X264Backend)
+
+
+def test_start_up_log_says_plainly_that_x264_is_used_without_an_nvidia_encoder(caplog):
+    """On a CPU machine the log reads as information, not as an error (errno text only at DEBUG)."""
+    import logging
+
+    from services.encoder.backends import select_backend
+    from services.encoder.config import VideoConfig
+
+    caplog.set_level(logging.INFO)
+    backend = select_backend(VideoConfig(encoder="auto"), lambda gpu: probe_nvenc(gpu))
+    if backend.name != "libx264":
+        pytest.skip("a real NVENC is present")
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert "no NVIDIA encoder found on this machine: encoding video with x264 on the CPU" in messages
+    assert not any("unavailable" in m or "Errno" in m or "not permitted" in m for m in messages), messages
+    assert all(r.levelno < logging.WARNING for r in caplog.records)

@@ -13,6 +13,7 @@ from services.encoder import boxes
 from services.encoder.main import create_service, load_config
 from talkmesh.common.config import ConfigError
 from talkmesh.common.inprocess import InProcessContext
+from talkmesh.common.registry import spec
 from talkmesh.common.telemetry import Telemetry
 
 from .media import config_request, frame_request, i420_frame
@@ -20,7 +21,7 @@ from .media import config_request, frame_request, i420_frame
 
 def test_default_config_and_env_overrides():
     cfg = load_config(env={})
-    assert (cfg.server.port, cfg.server.metrics_port) == (50055, 9105)
+    assert (cfg.server.port, cfg.server.metrics_port) == spec("encoder").ports()
     assert cfg.video.encoder == "auto" and cfg.defaults.fragment_ms == 40
     cfg = load_config(env={"TALKMESH_ENCODER__VIDEO__X264__CRF": "23", "TALKMESH_ENCODER__SERVER__PORT": "6000"})
     assert cfg.video.x264.crf == 23.0 and cfg.server.port == 6000

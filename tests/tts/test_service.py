@@ -16,6 +16,7 @@ from services.tts.main import create_service, load_config
 from services.tts.service import WARMUP_TEXT
 from services.tts.text import split_clauses
 from talkmesh.common.config import ConfigError
+from talkmesh.common.registry import spec
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2, tts_pb2
 from tests.tts.conftest import default_config, pcm_of, serve_tts, visemes_of
@@ -301,7 +302,8 @@ async def test_concurrent_requests_are_all_correct(tts: Any) -> None:
 
 def test_config_defaults_and_env_overrides() -> None:
     cfg = load_config(env={})
-    assert (cfg.server.port, cfg.server.metrics_port, cfg.default_voice) == (50052, 9102, "espeak:en-us")
+    assert (cfg.server.port, cfg.server.metrics_port) == spec("tts").ports()
+    assert cfg.default_voice == "espeak:en-us"
     assert (cfg.max_text_chars, cfg.chunk_ms) == (5000, 40)
     cfg = load_config(env={"TALKMESH_TTS__CHUNK_MS": "20", "TALKMESH_TTS__PIPER__VOICES_DIR": "/v"})
     assert cfg.chunk_ms == 20 and cfg.piper.voices_dir == "/v"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from services.encoder.backends.base import VideoBackend, VideoCodecSettings
@@ -18,6 +19,8 @@ __all__ = [
     "select_backend",
 ]
 
+log = logging.getLogger(__name__)
+
 
 class NvencUnavailable(RuntimeError):
     """video.encoder is "nvenc" but the probe failed."""
@@ -31,4 +34,5 @@ def select_backend(config: VideoConfig, probe: Callable[[int], bool]) -> VideoBa
         return NvencBackend(config)
     if config.encoder == "nvenc":
         raise NvencUnavailable("video.encoder is 'nvenc' but h264_nvenc could not be opened on this host")
+    log.info("no NVIDIA encoder found on this machine: encoding video with x264 on the CPU")
     return X264Backend(config)

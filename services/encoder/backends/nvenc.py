@@ -73,6 +73,7 @@ def probe_nvenc(gpu: int = 0) -> bool:
         frame.pts = 0
         packets = list(ctx.encode(frame)) + list(ctx.encode(None))
     except (av.FFmpegError, ValueError) as exc:
-        log.info("h264_nvenc unavailable: %s", exc)
+        # Normal on machines without an NVIDIA GPU; select_backend says so in plain words.
+        log.debug("h264_nvenc did not open: %s", exc)
         return False
     return bool(packets)
