@@ -46,6 +46,10 @@ OPTION_FOR_FIELD = {
 }
 
 
+#: Environment variable with the default of ``talkmesh up --port-base``.
+PORT_BASE_ENV = "TALKMESH_PORT_BASE"
+
+
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
 
@@ -352,10 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
         "up", parents=[common], help="start all five services (default ports, or --port-base); Ctrl-C stops them"
     )
     u.add_argument("--host", default="127.0.0.1")
+    env_base = os.environ.get(PORT_BASE_ENV, "").strip()
     u.add_argument(
         "--port-base",
         type=_port_number,
-        help=f"gRPC ports BASE..BASE+4 and metrics ports BASE+10..BASE+14 (default: {DEFAULT_PORT_BASE}.. and 9101..)",
+        default=env_base or None,  # argparse converts a string default with `type`
+        help=f"gRPC ports BASE..BASE+4 and metrics ports BASE+10..BASE+14 (default: ${PORT_BASE_ENV}, "
+        f"else {DEFAULT_PORT_BASE}.. and 9101..)",
     )
 
     target = argparse.ArgumentParser(add_help=False, parents=[common])
