@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from talkmesh.client import TalkmeshClient
+from talkmesh.common.registry import NAMES
 from tests.media import probe
 from tests.mesh import inprocess_mesh
 
@@ -51,7 +52,7 @@ async def test_one_trace_spans_all_five_services(tmp_path):
         await client.speak_to_file("Hello there. How are you?", tmp_path / "out.mp4")
     spans = exporter.get_finished_spans()
     servers = {s.attributes.get("talkmesh.service"): s for s in spans if s.attributes.get("rpc.system") == "grpc"}
-    assert set(servers) == {"gateway", "tts", "audio_features", "renderer", "encoder"}
+    assert set(servers) == set(NAMES)
     root = servers["gateway"]
     assert root.parent is None
     assert {s.context.trace_id for s in spans} == {root.context.trace_id}
@@ -138,3 +139,25 @@ async def test_bad_input_gets_a_clear_status_and_the_mesh_stays_up(tmp_path, opt
         assert details in err.value.details()
         result = await client.speak_to_file("Still here.", tmp_path / "ok.mp4")
         assert result.summary.frames > 0
+
+
+async def test_llm_text_without_punctuation_is_heard_while_the_stream_is_open(tmp_path):
+    """SpeakStream through the gateway: unpunctuated words become video before the text ends."""
+    more = asyncio.Event()
+
+    async def tokens():
+        for word in "so this is what i think about the weather".split():
+            yield word + " "
+        await more.wait()  # the "LLM" keeps the stream open until video has arrived
+        yield "today"
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        media = 0
+        async for chunk in client.speak_stream(tokens(), timeout=60):
+            if chunk.WhichOneof("kind") == "media" and not chunk.media.init_segment and chunk.media.data:
+                media += 1
+                more.set()
+            elif chunk.WhichOneof("kind") == "summary":
+                summary = chunk.summary
+    assert media > 0 and more.is_set()
+    assert summary.audio_seconds > 1.0

@@ -20,6 +20,7 @@ from talkmesh.bench.series import run_speaker
 from talkmesh.bench.speakers import GrpcSpeaker, InProcessSpeaker
 from talkmesh.bench.targets import check_targets
 from talkmesh.bench.workload import Workload
+from talkmesh.common.registry import spec
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,12 +54,13 @@ def model_dir(args: argparse.Namespace) -> Path:
 
 def mesh_env(backend: str, models: Path) -> dict[str, str]:
     """Environment of the mesh's services for ``backend`` (a random-weight Wav2Lip if asked)."""
-    env = {"TALKMESH_GATEWAY__DEFAULT_RENDERER_BACKEND": backend}
+    gateway, renderer = spec("gateway").env_prefix, spec("renderer").env_prefix
+    env = {f"{gateway}__DEFAULT_RENDERER_BACKEND": backend}
     if backend == "wav2lip":
         from services.renderer.bench_models import write_random_wav2lip
 
-        env["TALKMESH_RENDERER__WAV2LIP__PATH"] = str(write_random_wav2lip(models))
-        env["TALKMESH_RENDERER__BACKENDS"] = "viseme,wav2lip"
+        env[f"{renderer}__WAV2LIP__PATH"] = str(write_random_wav2lip(models))
+        env[f"{renderer}__BACKENDS"] = "viseme,wav2lip"
     return env
 
 
