@@ -430,7 +430,8 @@ def describe_rpc_error(exc: Any, target: str) -> str:
     from talkmesh.common.errors import ErrorDetails
 
     code, details = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details.lower():
+    unreachable = ("failed to connect", "connection refused", "all backends failing", "errors resolving")
+    if code == grpc.StatusCode.UNAVAILABLE and any(text in details.lower() for text in unreachable):
         return (
             f"cannot reach the gateway at {target}: is the mesh running? "
             "Start it with `talkmesh up`, or point --target (or TALKMESH_TARGET) at it"

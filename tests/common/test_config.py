@@ -70,3 +70,20 @@ def test_every_service_default_config_is_its_dataclass_with_the_registry_ports(s
     assert cfg == type(cfg)()
     assert (cfg.server.port, cfg.server.metrics_port) == spec(service).ports()
     assert cfg.server.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("service", NAMES)
+def test_talkmesh_config_yaml_loads_back_to_the_same_config(service, tmp_path):
+    """What `talkmesh config <service>` prints is a config file that reproduces the config."""
+    import importlib
+
+    from talkmesh.common.config_yaml import config_to_yaml
+
+    main = importlib.import_module(spec(service).main_module)
+    env = {f"{spec(service).env_prefix}__SERVER__GRACE_SECONDS": "7.5"}
+    config = main.load_config(None, env=env)
+    text = config_to_yaml(config, header="test")
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert main.load_config(path, env={}) == config
+    assert "# " in text.split("\n", 1)[1]  # field comments from the source
