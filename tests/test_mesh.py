@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.registry import NAMES
+from talkmesh.v1 import encoder_pb2 as epb
 from tests.media import probe
 from tests.mesh import inprocess_mesh
 
@@ -49,7 +50,7 @@ async def test_one_trace_spans_all_five_services(tmp_path):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     async with inprocess_mesh(tmp_path, tracer_provider=provider) as mesh, TalkmeshClient(mesh.gateway) as client:
-        await client.speak_to_file("Hello there. How are you?", tmp_path / "out.mp4")
+        await client.speak_to_file("Hello there. How are you?", tmp_path / "out.mp4", container=epb.CONTAINER_FMP4)
     spans = exporter.get_finished_spans()
     servers = {s.attributes.get("talkmesh.service"): s for s in spans if s.attributes.get("rpc.system") == "grpc"}
     assert set(servers) == set(NAMES)
@@ -76,7 +77,7 @@ async def test_one_trace_spans_all_five_services(tmp_path):
 
 async def test_metrics_count_the_request_and_streams_return_to_zero(tmp_path):
     async with inprocess_mesh(tmp_path, metrics=True) as mesh, TalkmeshClient(mesh.gateway) as client:
-        await client.speak_to_file("Hello there.", tmp_path / "out.mp4")
+        await client.speak_to_file("Hello there.", tmp_path / "out.mp4", container=epb.CONTAINER_FMP4)
         bodies = {}
         for name, host in mesh.hosts.items():
             url = f"http://127.0.0.1:{host.metrics_port}/metrics"

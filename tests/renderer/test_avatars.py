@@ -61,9 +61,9 @@ def test_second_registration_is_instant_and_precomputes_once(tmp_path):
     calls = {"faces": 0, "prepare": 0}
     find, prepare = store.faces.analyse, backend.prepare
 
-    def counting_find(frames, *args):
+    def counting_find(frames, *args, **kwargs):
         calls["faces"] += 1
-        return find(frames, *args)
+        return find(frames, *args, **kwargs)
 
     def counting_prepare(avatar):
         calls["prepare"] += 1
@@ -93,10 +93,10 @@ def test_a_precompute_in_progress_does_not_block_ready_avatars(tmp_path):
     entered, release = threading.Event(), threading.Event()
     find = store.faces.analyse
 
-    def slow_find(frames, *args):
+    def slow_find(frames, *args, **kwargs):
         entered.set()
         release.wait(30)
-        return find(frames, *args)
+        return find(frames, *args, **kwargs)
 
     store.faces.analyse = slow_find  # type: ignore[method-assign,assignment]
     other = cv2.imencode(".png", cv2.flip(_portrait(), 1))[1].tobytes()
