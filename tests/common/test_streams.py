@@ -91,3 +91,34 @@ def test_lenient_deserializer_names_the_bad_utf8_field() -> None:
     garbage = lenient_deserializer(tts_pb2.TextPiece)(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff")
     assert isinstance(garbage, Undecodable) and garbage.field == "request"
     assert lenient_deserializer(tts_pb2.TextPiece)(good).config.voice == "AAAA"
+
+
+async def test_a_cancelled_reader_stays_cancelled_when_its_message_arrives_at_the_same_moment():
+    """asyncio.wait_for (Python 3.11) returns the inner result when the message and the
+    cancellation land in one loop iteration, swallowing the cancel: the encoder's request router
+    then blocked on a full channel forever and an unknown avatar hung the call to its deadline."""
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[tts_pb2.TextPiece] = loop.create_future()
+
+    async def messages():
+        yield tts_pb2.TextPiece(config=tts_pb2.SynthesisConfig())
+        yield await gate
+        await asyncio.Event().wait()
+
+    stream = await RequestStream.open(messages(), "config", idle_timeout=30.0)
+
+    async def reader() -> None:
+        async for _ in stream:
+            await asyncio.Event().wait()  # e.g. a send into a channel nobody drains any more
+
+    task = asyncio.create_task(reader())
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0)  # the reader now waits for the second message
+        gate.set_result(tts_pb2.TextPiece(text="hi"))
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)  # hang guard, not a timing assertion
+        assert task.cancelled()
+    finally:
+        task.cancel()  # a second cancel ends it even when the first one was swallowed
+        await asyncio.gather(task, return_exceptions=True)
