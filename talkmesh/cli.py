@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from talkmesh.common.registry import DEFAULT_PORT_BASE, NAMES, spec
+from talkmesh.common.registry import DEFAULT_METRICS_BASE, DEFAULT_PORT_BASE, NAMES, spec
 
 DEMO_TEXT = (
     "Hello, and welcome to talkmesh. I am a talking head, rendered on your own machine, while my voice "
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_port_number,
         default=env_base or None,  # argparse converts a string default with `type`
         help=f"gRPC ports BASE..BASE+4 and metrics ports BASE+10..BASE+14 (default: ${PORT_BASE_ENV}, "
-        f"else {DEFAULT_PORT_BASE}.. and 9101..)",
+        f"else {DEFAULT_PORT_BASE}.. and {DEFAULT_METRICS_BASE}..)",
     )
 
     target = argparse.ArgumentParser(add_help=False, parents=[common])

@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2
 
 from talkmesh.cli import build_parser, describe_rpc_error
 from talkmesh.common.errors import NotFound, status_trailer
+from talkmesh.common.registry import spec
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str]:
@@ -135,7 +136,7 @@ def test_config_prints_the_effective_config_as_yaml(tmp_path: Path) -> None:
     assert code == 0, err
     data = yaml.safe_load(out)
     assert data["batch"]["max_size"] == 3 and data["session_queue"] == 5
-    assert data["server"]["port"] == 50054
+    assert data["server"]["port"] == spec("renderer").port
     assert "# Frames in flight per session" in out  # the dataclass's own comments
 
 
