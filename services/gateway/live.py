@@ -193,11 +193,9 @@ class LiveSession:
             self.tasks.spawn(self._watch_lifetime(), name="lifetime")
             seq = 0
             async for msg in self.out:
-                out = lpb.LiveServerMessage()
-                out.CopyFrom(msg)  # watchers share ``msg``; each stream numbers its own messages
-                out.seq = seq
+                msg.seq = seq  # watchers get their own numbered copies (LiveHub.watch)
                 seq += 1
-                yield out
+                yield msg
         finally:
             self.span.end()
             await self.tasks.aclose()

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkmesh.bench import components_mode, speak
+from talkmesh.bench import components_mode, live, speak
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,12 @@ DEFAULT = BenchMode(
 )
 #: ``talkmesh bench <name> [options]``.
 MODES: tuple[BenchMode, ...] = (
+    BenchMode(
+        "live",
+        "live sessions: interrupts, turn latency, clock drift, idle vs speaking cost",
+        live.add_arguments,
+        live.run,
+    ),
     BenchMode(
         "components",
         "only each service's micro-benchmark, in this process (no mesh)",

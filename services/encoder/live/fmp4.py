@@ -83,9 +83,9 @@ def _parse_trak(data: bytes, start: int, end: int) -> Track:
 
 
 def annexb_to_avcc(data: bytes) -> bytes:
-    """H.264 Annex B (start codes) to the length-prefixed NAL units MP4 samples hold."""
-    if data[:3] != b"\x00\x00\x01" and data[:4] != b"\x00\x00\x00\x01":
-        return data  # already length-prefixed
+    """H.264 Annex B (start codes) to the length-prefixed NAL units MP4 samples hold.
+
+    Call it exactly once per packet: a length prefix can look like a start code."""
     out = bytearray()
     starts: list[tuple[int, int]] = []  # (start code position, payload position)
     i = 0
@@ -134,11 +134,12 @@ class FragmentWriter:
         return self.video_time(frame + 1) - self.video_time(frame)
 
     def fragment(self, video: Sequence[bytes], keyframes: Sequence[bool], audio: Sequence[Sample]) -> bytes:
-        """One fragment holding the next ``len(video)`` frames and the audio ``audio``."""
+        """One fragment holding the next ``len(video)`` frames (length-prefixed NAL units, see
+        ``annexb_to_avcc``) and the audio ``audio``."""
         self.sequence += 1
         first = self.video_frames
         v_samples = [
-            Sample(annexb_to_avcc(data), self.frame_duration(first + i), key)
+            Sample(data, self.frame_duration(first + i), key)
             for i, (data, key) in enumerate(zip(video, keyframes, strict=True))
         ]
         trafs: list[tuple[Track, int, list[Sample]]] = []
@@ -153,31 +154,26 @@ class FragmentWriter:
         return moof + mdat
 
     def _moof(self, trafs: list[tuple[Track, int, list[Sample]]]) -> bytes:
-        # Data offsets are relative to the start of moof; its size does not depend on them.
-        def build(offsets: list[int]) -> bytes:
-            parts = [_full_box(b"mfhd", 0, 0, struct.pack(">I", self.sequence))]
-            for (track, time, samples), offset in zip(trafs, offsets, strict=True):
-                trun_flags = _TRUN_DATA_OFFSET | _TRUN_DURATION | _TRUN_SIZE | _TRUN_FLAGS
-                entries = b"".join(
-                    struct.pack(
-                        ">III", s.duration, len(s.data), SYNC_SAMPLE_FLAGS if s.keyframe else NON_SYNC_SAMPLE_FLAGS
-                    )
-                    for s in samples
+        # Data offsets are relative to the start of moof, whose size follows from the sample counts:
+        # mfhd 16, and per traf 8 + tfhd 16 + tfdt 20 + trun (20 + 12 per sample).
+        size = 8 + 16 + sum(8 + 16 + 20 + 20 + 12 * len(samples) for _t, _time, samples in trafs)
+        trun_flags = _TRUN_DATA_OFFSET | _TRUN_DURATION | _TRUN_SIZE | _TRUN_FLAGS
+        parts = [_full_box(b"mfhd", 0, 0, struct.pack(">I", self.sequence))]
+        offset = size + 8  # past the mdat header
+        for track, time, samples in trafs:
+            entries = b"".join(
+                struct.pack(">III", s.duration, len(s.data), SYNC_SAMPLE_FLAGS if s.keyframe else NON_SYNC_SAMPLE_FLAGS)
+                for s in samples
+            )
+            parts.append(
+                _box(
+                    b"traf",
+                    _full_box(b"tfhd", 0, _TFHD_DEFAULT_BASE_IS_MOOF, struct.pack(">I", track.track_id)),
+                    _full_box(b"tfdt", 1, 0, struct.pack(">Q", time)),
+                    _full_box(b"trun", 0, trun_flags, struct.pack(">Ii", len(samples), offset), entries),
                 )
-                parts.append(
-                    _box(
-                        b"traf",
-                        _full_box(b"tfhd", 0, _TFHD_DEFAULT_BASE_IS_MOOF, struct.pack(">I", track.track_id)),
-                        _full_box(b"tfdt", 1, 0, struct.pack(">Q", time)),
-                        _full_box(b"trun", 0, trun_flags, struct.pack(">Ii", len(samples), offset), entries),
-                    )
-                )
-            return _box(b"moof", *parts)
-
-        size = len(build([0] * len(trafs)))
-        offsets = []
-        pos = size + 8  # past the mdat header
-        for _track, _time, samples in trafs:
-            offsets.append(pos)
-            pos += sum(len(s.data) for s in samples)
-        return build(offsets)
+            )
+            offset += sum(len(s.data) for s in samples)
+        moof = _box(b"moof", *parts)
+        assert len(moof) == size
+        return moof

@@ -21,9 +21,12 @@ import numpy as np
 from services.encoder import boxes
 from services.encoder.backends.base import VideoBackend, VideoCodecSettings
 from services.encoder.config import AudioConfig
-from services.encoder.live.fmp4 import Sample
+from services.encoder.live.fmp4 import Sample, annexb_to_avcc
 
 AAC_RATE = 48_000
+AAC_FRAME = 1024  # samples per AAC frame
+#: Silent ticks fed to the encoder before its (identical) silent packets are reused.
+SILENCE_WARMUP_TICKS = 8
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ class VideoEncoder:
         if len(packets) != 1:  # zero-latency settings: exactly one packet per frame
             raise RuntimeError(f"{self.ctx.name}: {len(packets)} packets for one frame (needs zero-latency settings)")
         (packet,) = packets
-        return bytes(packet), bool(packet.is_keyframe)
+        return annexb_to_avcc(bytes(packet)), bool(packet.is_keyframe)
 
 
 class LiveCodecs:
@@ -132,6 +135,14 @@ class LiveCodecs:
         )
         self.video_encoder = settings.codec_name
         self._audio_pts = 0
+        # Silence is free: once a few silent ticks have flushed the encoder, its packets are all the
+        # same bytes; they are sent without encoding while the input stays silent (idle sessions).
+        self._silent_ticks = 0
+        self._silent_packet: bytes | None = None
+        self._owed = 0  # silent AAC-rate samples skipped and not yet covered by a whole packet
+        # skipping is exact when an AAC frame is a whole number of input samples (24 or 48 kHz)
+        ratio, rest = divmod(AAC_RATE, params.sample_rate)
+        self._skip_ratio = ratio if rest == 0 and AAC_FRAME % ratio == 0 and params.audio_codec == "aac" else 0
 
     @property
     def mime_type(self) -> str:
@@ -145,6 +156,27 @@ class LiveCodecs:
         samples = np.frombuffer(pcm, "<i2")
         if samples.size == 0:
             return []
+        silent = not samples.any()
+        self._silent_ticks = self._silent_ticks + 1 if silent else 0
+        ratio = self._skip_ratio
+        if silent and ratio and self._silent_packet is not None and self._silent_ticks > SILENCE_WARMUP_TICKS:
+            self._owed += samples.size * ratio  # AAC-rate samples not encoded
+            packets, self._owed = divmod(self._owed, AAC_FRAME)
+            return [Sample(self._silent_packet, AAC_FRAME)] * packets
+        out: list[Sample] = []
+        if self._owed:
+            # speech after skipped silence: the encoder first gets the silence still owed (less
+            # than one AAC frame), so the audio timeline stays exact to the sample
+            out = self._resample_and_encode(np.zeros(self._owed // ratio, np.int16))
+            self._owed = 0
+        encoded = self._resample_and_encode(samples)
+        if silent and ratio and self._silent_ticks > SILENCE_WARMUP_TICKS and encoded:
+            first = encoded[0].data
+            if len(first) <= 64 and all(x.data == first and x.duration == AAC_FRAME for x in encoded):
+                self._silent_packet = first
+        return out + encoded
+
+    def _resample_and_encode(self, samples: np.ndarray) -> list[Sample]:
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.params.sample_rate
         return self._encode(self.resampler.resample(frame))

@@ -323,10 +323,11 @@ class LiveSession:
             )
             yield self.out.message(media=live_pb2.LiveMedia(data=codecs.init_segment, init_segment=True))
             n = 0
+            period = fps.denominator / fps.numerator  # seconds per frame; n * period rounds once
             while True:
                 if self.tasks.failure is not None:
                     raise self.tasks.failure
-                due = t0 + float(n / fps)
+                due = t0 + n * period
                 while (delay := due - time.monotonic()) > 0:
                     if self.interrupts:
                         for msg in self._apply_interrupts(n):
@@ -334,7 +335,7 @@ class LiveSession:
                         continue
                     self.wakeup.clear()
                     await wait_event(self.wakeup, delay)
-                if time.monotonic() - due > float(1 / fps):
+                if time.monotonic() - due > period:
                     self._late.inc()
                 if self.interrupts:
                     for msg in self._apply_interrupts(n):

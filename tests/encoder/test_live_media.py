@@ -1,0 +1,124 @@
+"""The live encoder's own pieces: hand-written fMP4 fragments, free silence, idle loops."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import struct
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from services.encoder import boxes
+from services.encoder.backends import X264Backend
+from services.encoder.config import AudioConfig, VideoConfig
+from services.encoder.live import media
+from services.encoder.live.fmp4 import FragmentWriter, annexb_to_avcc, parse_tracks
+from services.encoder.live.idle import blend_i420, encode_loop, loop_frames, ping_pong_order
+from services.encoder.live.media import LiveCodecs, LiveParams
+
+W, H, SR = 64, 48, 24000
+SPF = SR // 25
+
+
+def _frame(value: int) -> bytes:
+    y = np.full((H, W), value, np.uint8)
+    y[: H // 2, : W // 2] = 255 - value  # some structure for the encoder
+    return y.tobytes() + np.full(W * H // 2, 128, np.uint8).tobytes()
+
+
+def _tone(n: int, start: int) -> bytes:
+    t = np.arange(start, start + n)
+    return (np.sin(2 * np.pi * 330 * t / SR) * 6000).astype("<i2").tobytes()
+
+
+def _session(ticks: list[bool], *, skip: bool) -> tuple[bytes, list[int]]:
+    """A stream of ``len(ticks)`` frames (True: tone, False: silence) as fMP4 bytes."""
+    codecs = LiveCodecs(LiveParams(W, H, Fraction(25), SR, "aac"), X264Backend(VideoConfig()), AudioConfig())
+    if not skip:
+        codecs._skip_ratio = 0  # the reference: every silent tick encoded
+    writer = FragmentWriter(codecs.init_segment, Fraction(25))
+    out = io.BytesIO()
+    out.write(codecs.init_segment)
+    packets_per_tick = []
+    for n, speech in enumerate(ticks):
+        pcm = _tone(SPF, n * SPF) if speech else b"\x00\x00" * SPF
+        video, key = codecs.video.encode(_frame(n % 200), n, force_keyframe=n == 0)
+        audio = codecs.encode_audio(pcm)
+        packets_per_tick.append(len(audio))
+        out.write(writer.fragment([video], [key], audio))
+    out.write(writer.fragment([], [], codecs.flush_audio()))
+    codecs.close()
+    return out.getvalue(), packets_per_tick
+
+
+def _decode(data: bytes) -> tuple[list[int], np.ndarray, int]:
+    with av.open(io.BytesIO(data)) as c:
+        pts = [int(f.pts) for f in c.decode(video=0)]
+    with av.open(io.BytesIO(data)) as c:
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    return pts, pcm, len(pts)
+
+
+def test_fragments_decode_with_exact_gap_free_timestamps():
+    ticks = [False] * 20 + [True] * 30 + [False] * 50
+    data, _ = _session(ticks, skip=True)
+    pts, pcm, frames = _decode(data)
+    assert frames == len(ticks)
+    steps = {b - a for a, b in itertools.pairwise(pts)}
+    assert len(steps) == 1, "monotonic and gap-free"
+    tracks = parse_tracks(data)
+    assert tracks[b"vide"].timescale * Fraction(1, 25) == next(iter(steps))
+    assert abs(len(pcm) / 48000 - len(ticks) / 25) < 1 / 25, "audio ends with the video"
+
+
+def test_free_silence_is_sample_exact_against_encoding_every_tick():
+    """Idle sessions reuse the encoder's silent packet instead of encoding; the decoded audio must
+    be the same as when every silent tick is encoded (same length, speech at the same place)."""
+    ticks = [True] * 10 + [False] * 60 + [True] * 20 + [False] * 37 + [True] * 5 + [False] * 20
+    fast, per_tick = _session(ticks, skip=True)
+    slow, _ = _session(ticks, skip=False)
+    _, a, _ = _decode(fast)
+    _, b, _ = _decode(slow)
+    assert len(a) == len(b)
+    assert np.max(np.abs(a - b)) < 1e-3
+    skipped = sum(1 for n, p in enumerate(per_tick) if not ticks[n] and p in (1, 2))
+    assert skipped > 60, "most silent ticks went the free way (one or two cached packets)"
+
+
+def test_no_free_silence_when_the_rate_does_not_divide_an_aac_frame():
+    c = LiveCodecs(LiveParams(W, H, Fraction(25), 22050, "aac"), X264Backend(VideoConfig()), AudioConfig())
+    assert c._skip_ratio == 0
+    c.close()
+
+
+def test_annexb_becomes_length_prefixed_nal_units():
+    nal1, nal2 = b"\x67\x42\x00\x1e", b"\x65" + b"\x88" * 300
+    assert annexb_to_avcc(b"\x00\x00\x00\x01" + nal1 + b"\x00\x00\x01" + nal2) == (
+        struct.pack(">I", 4) + nal1 + struct.pack(">I", 301) + nal2
+    )
+
+
+def test_idle_loop_is_a_ping_pong_of_whole_gops_each_starting_with_an_idr():
+    assert ping_pong_order(4) == [0, 1, 2, 3, 2, 1]
+    n = loop_frames(4.0, 25, 25)
+    assert (2 * n - 2) % 25 == 0 and 2 * n - 2 == 100
+    params = LiveParams(W, H, Fraction(25), SR, "aac")
+    backend = X264Backend(VideoConfig())
+    probe = LiveCodecs(params, backend, AudioConfig())
+    rendered = [(W, H, _frame((10 * i) % 256)) for i in range(n)]
+    loop = encode_loop(rendered, backend, params, 25, probe.video.extradata)
+    probe.close()
+    assert loop.spliceable, "the loop's encoder makes the live encoder's parameter sets"
+    assert len(loop) == 100 and [i for i, k in enumerate(loop.keyframes) if k] == [0, 25, 50, 75]
+    assert sorted(loop.entries) == [0, 25, 50, 75]
+    assert loop.entry_at_or_after(26) == 50 and loop.entry_at_or_after(76) == 0
+    assert boxes.avc_codecs_string(media.VideoEncoder.standalone(backend, params).extradata).startswith("avc1.")
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.25, 0.5, 1.0])
+def test_blend_is_a_cross_fade(weight):
+    a, b = bytes([0]) * 12, bytes([200]) * 12
+    assert set(blend_i420(a, b, weight)) == {round(200 * weight)}
