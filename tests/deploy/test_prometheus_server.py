@@ -59,6 +59,14 @@ class SyntheticService(Service):
         self.telemetry.cache("avatar", hit=True)
         self.telemetry.cache("avatar", hit=False)
         self.telemetry.set_backend("execution_provider", "CPUExecutionProvider")
+        m.live_sessions.labels("gateway", "speaking").set(3)
+        m.live_sessions.labels("gateway", "idle").set(5)
+        m.live_interrupt_seconds.labels("encoder").observe(0.004)
+        m.live_underruns_total.labels("encoder").inc(2)
+        m.live_late_ticks_total.labels("encoder").inc(1)
+        m.live_lead_frames.labels("encoder").set(12)
+        m.stream_bytes_total.labels("renderer", "out").inc(400_000)
+        m.stream_bytes_total.labels("encoder", "in").inc(400_000)
 
 
 def _values(result: list[dict]) -> list[float]:  # type: ignore[type-arg]
