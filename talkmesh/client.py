@@ -20,13 +20,11 @@ from typing import Any
 import grpc
 
 from talkmesh.common.channel import PUBLIC_CLIENT_KEEPALIVE_MS, create_channel
-from talkmesh.common.interceptors import outgoing_metadata
-from talkmesh.v1 import encoder_pb2 as epb
+from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
 from talkmesh.v1 import live_pb2 as lpb
-from talkmesh.v1 import renderer_pb2 as rpb
-from talkmesh.v1 import tts_pb2 as tpb
+from talkmesh.v1 import types_pb2 as api
 
 UPLOAD_CHUNK_BYTES = 1 << 20
 #: Environment variable naming the gateway (``host:port``) when no target is given.
@@ -190,7 +188,7 @@ class TalkmeshClient:
         voice: str = "",
         size: str = "",
         backend: str = "",
-        container: int = epb.CONTAINER_FMP4,
+        container: int = api.CONTAINER_FMP4,
         audio_codec: int = 0,
         request_id: str = "",
         rate: float = 0.0,
@@ -203,7 +201,7 @@ class TalkmeshClient:
             text=text,
             avatar_id=avatar,
             voice=voice,
-            voice_settings=tpb.VoiceSettings(rate=rate, pitch=pitch, volume=volume),
+            voice_settings=api.VoiceSettings(rate=rate, pitch=pitch, volume=volume),
             output=gpb.OutputOptions(
                 size=size,
                 container=container,  # type: ignore[arg-type]
@@ -271,14 +269,14 @@ class TalkmeshClient:
         """Speaks ``text`` into the file ``path``: a whole, seekable MP4 (``+faststart``) unless
         ``container`` (or the request given) asks for fragments (``CONTAINER_FMP4``) or MPEG-TS."""
         if not isinstance(text, gpb.SpeakRequest):
-            options.setdefault("container", epb.CONTAINER_MP4)
+            options.setdefault("container", api.CONTAINER_MP4)
         return await self.save(self.speak(text, **options), path)  # type: ignore[arg-type]
 
-    async def list_voices(self) -> list[tpb.Voice]:
-        return list((await self.stub.ListVoices(tpb.ListVoicesRequest(), metadata=outgoing_metadata())).voices)
+    async def list_voices(self) -> list[api.Voice]:
+        return list((await self.stub.ListVoices(api.ListVoicesRequest(), metadata=outgoing_metadata())).voices)
 
-    async def list_avatars(self) -> list[rpb.AvatarInfo]:
-        return list((await self.stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=outgoing_metadata())).avatars)
+    async def list_avatars(self) -> list[api.AvatarInfo]:
+        return list((await self.stub.ListAvatars(api.ListAvatarsRequest(), metadata=outgoing_metadata())).avatars)
 
     async def register_avatar(
         self,
@@ -286,9 +284,9 @@ class TalkmeshClient:
         name: str = "",
         backends: tuple[str, ...] = (),
         progress: Callable[[int, int], None] | None = None,
-        preparing: Callable[[rpb.AvatarProgress], None] | None = None,
+        preparing: Callable[[api.AvatarProgress], None] | None = None,
         face_index: int = 0,
-    ) -> rpb.AvatarInfo:
+    ) -> api.AvatarInfo:
         """Uploads an image or video and waits until the renderer has prepared it.
 
         ``progress(sent_bytes, total_bytes)`` is called per uploaded block, ``preparing(p)`` with
@@ -298,18 +296,18 @@ class TalkmeshClient:
         p = Path(path)
         total = p.stat().st_size
 
-        async def upload() -> AsyncIterator[rpb.AvatarUpload]:
-            meta = rpb.AvatarMeta(name=name or p.stem, filename=p.name, backends=list(backends), face_index=face_index)
-            yield rpb.AvatarUpload(meta=meta)
+        async def upload() -> AsyncIterator[api.AvatarUpload]:
+            meta = api.AvatarMeta(name=name or p.stem, filename=p.name, backends=list(backends), face_index=face_index)
+            yield api.AvatarUpload(meta=meta)
             sent = 0
             with p.open("rb") as fh:
                 while block := fh.read(UPLOAD_CHUNK_BYTES):
-                    yield rpb.AvatarUpload(data=block)
+                    yield api.AvatarUpload(data=block)
                     sent += len(block)
                     if progress is not None:
                         progress(sent, total)
 
-        info: rpb.AvatarInfo | None = None
+        info: api.AvatarInfo | None = None
         async for msg in self.stub.RegisterAvatarWithProgress(upload(), metadata=outgoing_metadata()):
             if msg.WhichOneof("kind") == "progress":
                 if preparing is not None:
@@ -356,7 +354,7 @@ class TalkmeshClient:
             request_id=request_id,
             avatar_id=avatar,
             voice=voice,
-            voice_settings=tpb.VoiceSettings(rate=rate, pitch=pitch, volume=volume),
+            voice_settings=api.VoiceSettings(rate=rate, pitch=pitch, volume=volume),
             size=size,
             renderer_backend=backend,
             idle_timeout_seconds=idle_timeout,
@@ -373,6 +371,6 @@ class TalkmeshClient:
     async def delete_avatar(self, avatar_id: str) -> bool:
         return bool(
             (
-                await self.stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=avatar_id), metadata=outgoing_metadata())
+                await self.stub.DeleteAvatar(api.DeleteAvatarRequest(avatar_id=avatar_id), metadata=outgoing_metadata())
             ).deleted
         )

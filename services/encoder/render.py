@@ -17,7 +17,7 @@ from talkmesh.common.calls import CallStream, LocalStream, Stream
 from talkmesh.common.channel import create_channel
 from talkmesh.common.config import Endpoint
 from talkmesh.common.inprocess import InProcessContext
-from talkmesh.common.interceptors import outgoing_metadata
+from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import renderer_pb2, renderer_pb2_grpc
 
 

@@ -22,7 +22,7 @@ from services.gateway.config import GatewayConfig
 from talkmesh.common.calls import CallStream, Stream
 from talkmesh.common.channel import create_channel
 from talkmesh.common.errors import NotFound, StageError
-from talkmesh.common.interceptors import outgoing_metadata
+from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import audio_features_pb2_grpc, encoder_pb2_grpc, live_pb2_grpc, renderer_pb2_grpc, tts_pb2_grpc
 from talkmesh.v1 import encoder_pb2 as epb

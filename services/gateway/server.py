@@ -16,7 +16,7 @@ from services.gateway.live import LiveHub
 from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
-from talkmesh.common.interceptors import outgoing_metadata
+from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry

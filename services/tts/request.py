@@ -11,9 +11,8 @@ from typing import Any
 from services.tts.backends.base import TTSBackend, VoiceInfo, VoiceSettings
 from services.tts.config import TTSConfig
 from talkmesh.common.errors import InvalidArgument, NotFound, Unavailable
+from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.v1 import tts_pb2
-
-REQUEST_ID_KEY = "x-request-id"
 
 
 @dataclass(frozen=True)

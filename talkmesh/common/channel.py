@@ -6,7 +6,7 @@ import json
 
 import grpc
 
-from talkmesh.common.interceptors import client_interceptors
+from talkmesh.common.propagation import client_interceptors
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 

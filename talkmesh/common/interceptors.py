@@ -1,4 +1,5 @@
-"""Server and client interceptors: request ids, admission control, metrics, tracing, error mapping.
+"""Server interceptor: request ids, admission control, metrics, tracing, error mapping (the client
+side, carrying trace context and request ids, is ``talkmesh.common.propagation``).
 
 Handlers carry logic only: they raise ``TalkmeshError`` subclasses (or let a downstream
 ``AioRpcError`` through) and the server interceptor turns that into the right gRPC status. Streams
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -26,12 +27,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from talkmesh.common.aio import wait_event
 from talkmesh.common.errors import DeadlineExceeded, ResourceExhausted, TalkmeshError, Unavailable, status_trailer
 from talkmesh.common.logs import request_id_var
+from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.streams import CheckedRequests, Undecodable, lenient_deserializer
 from talkmesh.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_KEY = "x-request-id"
 # Methods that bypass admission control, draining and stream metrics.
 _INFRA_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -344,54 +345,3 @@ def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
     return default
-
-
-def outgoing_metadata(metadata: Iterable[tuple[str, str | bytes]] | None = None) -> grpc.aio.Metadata:
-    """``metadata`` plus the current trace context and request id (what the client interceptors add)."""
-    md = grpc.aio.Metadata(*(metadata or ()))
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    for k, v in carrier.items():
-        md[k] = v
-    rid = request_id_var.get()
-    if rid and REQUEST_ID_KEY not in md:
-        md[REQUEST_ID_KEY] = rid
-    return md
-
-
-def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-    return grpc.aio.ClientCallDetails(
-        method=details.method,
-        timeout=details.timeout,
-        metadata=outgoing_metadata(details.metadata),
-        credentials=details.credentials,
-        wait_for_ready=details.wait_for_ready,
-    )
-
-
-class _UnaryUnaryPropagation(grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        return await continuation(_details(client_call_details), request)
-
-
-class _UnaryStreamPropagation(grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        return await continuation(_details(client_call_details), request)
-
-
-class _StreamUnaryPropagation(grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
-        return await continuation(_details(client_call_details), request_iterator)
-
-
-class _StreamStreamPropagation(grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
-        return await continuation(_details(client_call_details), request_iterator)
-
-
-def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """Carry the trace context and the request id to the next service in gRPC metadata.
-
-    One instance per RPC kind: grpc.aio files each interceptor under the first kind it matches.
-    """
-    return [_UnaryUnaryPropagation(), _UnaryStreamPropagation(), _StreamUnaryPropagation(), _StreamStreamPropagation()]

@@ -1,0 +1,68 @@
+"""Carrying the trace context and the request id to the next service in gRPC metadata.
+
+The client side of what the server interceptor reads (talkmesh.common.interceptors). It needs
+only grpc, the OpenTelemetry API and the request-id context variable, so the Python client
+(``talkmesh-client``) ships it without any server code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from opentelemetry import propagate
+
+from talkmesh.common.logs import request_id_var
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+def outgoing_metadata(metadata: Iterable[tuple[str, str | bytes]] | None = None) -> grpc.aio.Metadata:
+    """``metadata`` plus the current trace context and request id (what the client interceptors add)."""
+    md = grpc.aio.Metadata(*(metadata or ()))
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    for k, v in carrier.items():
+        md[k] = v
+    rid = request_id_var.get()
+    if rid and REQUEST_ID_KEY not in md:
+        md[REQUEST_ID_KEY] = rid
+    return md
+
+
+def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    return grpc.aio.ClientCallDetails(
+        method=details.method,
+        timeout=details.timeout,
+        metadata=outgoing_metadata(details.metadata),
+        credentials=details.credentials,
+        wait_for_ready=details.wait_for_ready,
+    )
+
+
+class _UnaryUnaryPropagation(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_details(client_call_details), request)
+
+
+class _UnaryStreamPropagation(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_details(client_call_details), request)
+
+
+class _StreamUnaryPropagation(grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(_details(client_call_details), request_iterator)
+
+
+class _StreamStreamPropagation(grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(_details(client_call_details), request_iterator)
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Carry the trace context and the request id to the next service in gRPC metadata.
+
+    One instance per RPC kind: grpc.aio files each interceptor under the first kind it matches.
+    """
+    return [_UnaryUnaryPropagation(), _UnaryStreamPropagation(), _StreamUnaryPropagation(), _StreamStreamPropagation()]
