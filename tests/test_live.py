@@ -223,10 +223,10 @@ async def test_messages_before_the_config_are_refused(tmp_path: Path) -> None:
 async def test_idle_timeout_warns_then_ends_and_keep_alive_holds_it(tmp_path: Path) -> None:
     env = {"TALKMESH_GATEWAY__LIVE__ENDING_WARNING_SECONDS": "0.5"}
     async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
-        async with client.live(idle_timeout=2.0) as live:
+        async with client.live(idle_timeout=3.0) as live:
             rec = Recorder(live).start()
-            for _ in range(8):  # 2.4 s of keep-alives: longer than the timeout
-                await asyncio.sleep(0.3)
+            for _ in range(16):  # 4 s of keep-alives: longer than the timeout
+                await asyncio.sleep(0.25)
                 await live.keep_alive()
             assert not rec.events("session_ending")
             await rec.finish(timeout=10)

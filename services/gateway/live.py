@@ -39,7 +39,7 @@ from opentelemetry import trace
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.pipeline import FEATURE_FOR_BACKEND
-from talkmesh.common.aio import Chan, TaskSet, cancel_and_wait, priority_merge, wait_event
+from talkmesh.common.aio import Chan, ChanClosed, TaskSet, cancel_and_wait, priority_merge, wait_event
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import (
@@ -103,8 +103,10 @@ class GatewayTurn:
     turn_id: str
     kind: str  # "text" or "audio"
     source_rate: int = 0
-    text: Chan[str] = field(default_factory=lambda: Chan(256))
-    audio: Chan[tuple[int, bytes]] = field(default_factory=lambda: Chan(256))
+    # A client that sends a turn far ahead of its playback is held back by flow control once these
+    # fill (thousands of text pieces, 20-100 s of audio chunks).
+    text: Chan[str] = field(default_factory=lambda: Chan(4096))
+    audio: Chan[tuple[int, bytes]] = field(default_factory=lambda: Chan(1024))
     input_done: bool = False
     task: asyncio.Task[None] | None = None
     samples_sent: int = 0  # at the session rate
@@ -242,7 +244,8 @@ class LiveSession:
             except asyncio.QueueFull:
                 w.close(ResourceExhausted("watcher: fell too far behind the live stream", retry_after=1.0))
                 self.watchers.discard(w)
-        await self.out.send(msg)
+        if not self.out.closed:  # after the end (or a failure) nothing more goes out
+            await self.out.send(msg)
 
     async def _error(self, exc: TalkmeshError, turn_id: str = "") -> None:
         await self._send(
@@ -373,7 +376,7 @@ class LiveSession:
         self.turns[tid] = turn
         # The encoder learns of every turn at once, in order: an interrupt then covers queued turns
         # too, and each turn ends with exactly one speaking_stopped.
-        await self.control.send(
+        await self._to_encoder_control(
             epb.LiveEncodeRequest(turn_id=tid, turn_start=epb.TurnStart(source_sample_rate=turn.source_rate))
         )
         turn.span = self.telemetry.tracer.start_span(
@@ -384,9 +387,14 @@ class LiveSession:
         await self.turn_queue.send(turn)
         return turn
 
+    async def _to_encoder_control(self, msg: epb.LiveEncodeRequest) -> None:
+        """A control message for the encoder, unless the session is already closing its stream."""
+        if not self.control.closed:
+            await self.control.send(msg)
+
     async def _interrupt(self, turn_id: str) -> None:
         """Forward first (it overtakes queued data), then stop the turns' upstream work."""
-        await self.control.send(epb.LiveEncodeRequest(turn_id=turn_id, interrupt=True))
+        await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn_id, interrupt=True))
         targets = list(self.turns.values()) if not turn_id else [t for t in self.turns.values() if t.turn_id == turn_id]
         for turn in targets:
             self._fence(turn.turn_id)
@@ -414,10 +422,12 @@ class LiveSession:
     async def _turn(self, turn: GatewayTurn) -> None:
         try:
             await self._run_turn(turn)
+        except ChanClosed:
+            return  # the session is ending: its encoder stream is closed
         except TalkmeshError as exc:
             log.info("live turn %s failed: %s", turn.turn_id, exc.message)
             self._fence(turn.turn_id)
-            await self.control.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
+            await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
             await self._error(exc, turn.turn_id)
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
