@@ -21,7 +21,7 @@ def to_tensor(array: np.ndarray) -> pb.Tensor:
     dt = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     code = _FROM_NP.get(np.dtype(dt))
     if code is None:
-        raise ValueError(f"dtype {array.dtype} has no talkmesh.v1.DType")
+        raise ValueError(f"dtype {array.dtype} has no talkmesh.v1.Dtype")
     data = np.ascontiguousarray(array, dtype=_TO_NP[code]).tobytes()
     return pb.Tensor(data=data, shape=list(array.shape), dtype=code)  # type: ignore[arg-type]
 

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AudioFeaturesStub:
-    """Missing associated documentation comment in .proto file."""
+    """The feature stage (internal): PCM in, one FeatureChunk per video frame out.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,11 +43,13 @@ class AudioFeaturesStub:
 
 
 class AudioFeaturesServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The feature stage (internal): PCM in, one FeatureChunk per video frame out.
+    """
 
     def Extract(self, request_iterator, context):
         """First message: config. Then audio chunks in order. Features of video frame i leave as soon
-        as the audio they depend on has arrived; the rest is flushed after end_of_stream.
+        as the audio they depend on has arrived; the rest is flushed after end_of_stream (or the
+        client's half-close, which means the same).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,7 +72,8 @@ def add_AudioFeaturesServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AudioFeatures:
-    """Missing associated documentation comment in .proto file."""
+    """The feature stage (internal): PCM in, one FeatureChunk per video frame out.
+    """
 
     @staticmethod
     def Extract(request_iterator,

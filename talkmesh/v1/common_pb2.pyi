@@ -33,14 +33,14 @@ AUDIO_CODEC_UNSPECIFIED: _types_pb2.AudioCodec
 AUDIO_CODEC_AAC: _types_pb2.AudioCodec
 AUDIO_CODEC_OPUS: _types_pb2.AudioCodec
 
-class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    DTYPE_UNSPECIFIED: _ClassVar[DType]
-    DTYPE_FLOAT32: _ClassVar[DType]
-    DTYPE_FLOAT16: _ClassVar[DType]
-    DTYPE_INT16: _ClassVar[DType]
-    DTYPE_UINT8: _ClassVar[DType]
-    DTYPE_INT64: _ClassVar[DType]
+    DTYPE_UNSPECIFIED: _ClassVar[Dtype]
+    DTYPE_FLOAT32: _ClassVar[Dtype]
+    DTYPE_FLOAT16: _ClassVar[Dtype]
+    DTYPE_INT16: _ClassVar[Dtype]
+    DTYPE_UINT8: _ClassVar[Dtype]
+    DTYPE_INT64: _ClassVar[Dtype]
 
 class Viseme(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -64,12 +64,12 @@ class PixelFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PIXEL_FORMAT_UNSPECIFIED: _ClassVar[PixelFormat]
     PIXEL_FORMAT_I420: _ClassVar[PixelFormat]
     PIXEL_FORMAT_RGB24: _ClassVar[PixelFormat]
-DTYPE_UNSPECIFIED: DType
-DTYPE_FLOAT32: DType
-DTYPE_FLOAT16: DType
-DTYPE_INT16: DType
-DTYPE_UINT8: DType
-DTYPE_INT64: DType
+DTYPE_UNSPECIFIED: Dtype
+DTYPE_FLOAT32: Dtype
+DTYPE_FLOAT16: Dtype
+DTYPE_INT16: Dtype
+DTYPE_UINT8: Dtype
+DTYPE_INT64: Dtype
 VISEME_REST: Viseme
 VISEME_CLOSED: Viseme
 VISEME_OPEN: Viseme
@@ -95,8 +95,8 @@ class Tensor(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     shape: _containers.RepeatedScalarFieldContainer[int]
-    dtype: DType
-    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    dtype: Dtype
+    def __init__(self, data: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[Dtype, str]] = ...) -> None: ...
 
 class VisemeEvent(_message.Message):
     __slots__ = ("viseme", "start_sample", "end_sample", "phoneme")

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class EncoderStub:
-    """Missing associated documentation comment in .proto file."""
+    """The encoder stage (internal): H.264 video (libx264 or NVENC) and AAC or Opus audio, muxed.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -48,7 +49,8 @@ class EncoderStub:
 
 
 class EncoderServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The encoder stage (internal): H.264 video (libx264 or NVENC) and AAC or Opus audio, muxed.
+    """
 
     def Encode(self, request_iterator, context):
         """First message: config. Then audio chunks (in sample order) and either raw frames (in frame
@@ -92,7 +94,8 @@ def add_EncoderServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Encoder:
-    """Missing associated documentation comment in .proto file."""
+    """The encoder stage (internal): H.264 video (libx264 or NVENC) and AAC or Opus audio, muxed.
+    """
 
     @staticmethod
     def Encode(request_iterator,

@@ -27,7 +27,9 @@ if _version_not_supported:
 
 
 class GatewayStub:
-    """Missing associated documentation comment in .proto file."""
+    """The gateway: speaks text as streamed talking-head video, and manages voices and avatars.
+    Bad requests are INVALID_ARGUMENT naming the field; unknown voices and avatars NOT_FOUND.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -73,7 +75,9 @@ class GatewayStub:
 
 
 class GatewayServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The gateway: speaks text as streamed talking-head video, and manages voices and avatars.
+    Bad requests are INVALID_ARGUMENT naming the field; unknown voices and avatars NOT_FOUND.
+    """
 
     def Speak(self, request, context):
         """Text in, streamed video out: the init segment, fragments, then a summary with stage timings.
@@ -90,19 +94,23 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListVoices(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The voices of the TTS service (what SpeakRequest.voice accepts).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAvatars(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The prepared avatars (what SpeakRequest.avatar_id accepts).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RegisterAvatar(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Uploads a photo or a short video and prepares it as an avatar (first message: metadata,
+        then the file's bytes). Registering the same file again is instant (AvatarInfo.cached).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -116,7 +124,8 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAvatar(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes a prepared avatar (not the default one).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -168,7 +177,9 @@ def add_GatewayServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Gateway:
-    """Missing associated documentation comment in .proto file."""
+    """The gateway: speaks text as streamed talking-head video, and manages voices and avatars.
+    Bad requests are INVALID_ARGUMENT naming the field; unknown voices and avatars NOT_FOUND.
+    """
 
     @staticmethod
     def Speak(request,

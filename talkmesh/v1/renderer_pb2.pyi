@@ -1,6 +1,6 @@
+from talkmesh.v1 import audio_features_pb2 as _audio_features_pb2
 from talkmesh.v1 import common_pb2 as _common_pb2
 from talkmesh.v1 import types_pb2 as _types_pb2
-from talkmesh.v1 import audio_features_pb2 as _audio_features_pb2
 from talkmesh.v1 import types_pb2 as _types_pb2_1
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

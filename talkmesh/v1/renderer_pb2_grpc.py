@@ -28,7 +28,8 @@ if _version_not_supported:
 
 
 class RendererStub:
-    """Missing associated documentation comment in .proto file."""
+    """The renderer stage (internal): prepares avatars and draws their lip-synced frames.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -64,7 +65,8 @@ class RendererStub:
 
 
 class RendererServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The renderer stage (internal): prepares avatars and draws their lip-synced frames.
+    """
 
     def Render(self, request_iterator, context):
         """First message: config. Then viseme events and per-frame features in frame order; frames
@@ -90,13 +92,15 @@ class RendererServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAvatars(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The avatars prepared on this renderer's disk cache.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAvatar(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Removes a prepared avatar from disk and memory.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -138,7 +142,8 @@ def add_RendererServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Renderer:
-    """Missing associated documentation comment in .proto file."""
+    """The renderer stage (internal): prepares avatars and draws their lip-synced frames.
+    """
 
     @staticmethod
     def Render(request_iterator,

@@ -28,7 +28,10 @@ if _version_not_supported:
 
 
 class TTSStub:
-    """Missing associated documentation comment in .proto file."""
+    """The text-to-speech stage (internal). Its answers are AudioChunks on one continuous sample clock
+    at the voice's rate: clauses follow each other without gaps, chunks never span two clauses,
+    and the last message (end_of_stream) carries no PCM, only the remaining visemes.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -54,7 +57,10 @@ class TTSStub:
 
 
 class TTSServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The text-to-speech stage (internal). Its answers are AudioChunks on one continuous sample clock
+    at the voice's rate: clauses follow each other without gaps, chunks never span two clauses,
+    and the last message (end_of_stream) carries no PCM, only the remaining visemes.
+    """
 
     def Synthesize(self, request, context):
         """Whole text in, audio chunks out as they are synthesized (first clause first).
@@ -71,7 +77,8 @@ class TTSServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListVoices(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The voices of every loaded engine.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -103,7 +110,10 @@ def add_TTSServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TTS:
-    """Missing associated documentation comment in .proto file."""
+    """The text-to-speech stage (internal). Its answers are AudioChunks on one continuous sample clock
+    at the voice's rate: clauses follow each other without gaps, chunks never span two clauses,
+    and the last message (end_of_stream) carries no PCM, only the remaining visemes.
+    """
 
     @staticmethod
     def Synthesize(request,
