@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# buf (the protobuf linter, from npm) lives next to the Python venv; scripts/buf.sh installs it on
+# first use, once per version.
+BUF := BUF_NODE_DIR=$(abspath $(VENV))/node scripts/buf.sh
 # `make demo` installs what the services need; `make test` adds the test tools and the model
 # export tools (PyTorch, transformers, diffusers), which the services never import.
 RUNTIME_EXTRAS ?= all,bench
@@ -28,17 +31,17 @@ demo: install
 	$(BIN)/talkmesh demo -o out/demo.mp4
 
 ## Lint, type-check and run the whole test suite.
-test: install-dev
-	$(BIN)/ruff check .
-	$(BIN)/mypy talkmesh services tools
+test: lint typecheck
 	$(BIN)/pytest -q
 
 ## Regenerate talkmesh/v1/*_pb2*.py from protos/.
 proto: install-dev
 	PYTHON=$(BIN)/python scripts/gen_protos.sh
 
+## ruff over the Python; buf over protos/ (buf.yaml: every element documented, naming rules).
 lint: install-dev
 	$(BIN)/ruff check .
+	$(BUF) lint
 
 typecheck: install-dev
 	$(BIN)/mypy talkmesh services tools

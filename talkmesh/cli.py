@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from talkmesh.common.registry import DEFAULT_METRICS_BASE, DEFAULT_PORT_BASE, NAMES, spec
+from talkmesh.common.registry import DEFAULT_METRICS_BASE, DEFAULT_PORT_BASE, NAMES, SIZE_PRESETS, spec
 
 DEMO_TEXT = (
     "Hello, and welcome to talkmesh. I am a talking head, rendered on your own machine, while my voice "
@@ -377,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("-o", "--output", default="out.mp4")
     y.add_argument("--avatar", default="", help="avatar name or id (default: the default avatar)")
     y.add_argument("--voice", default="", help="voice id, e.g. espeak:en-gb (see `talkmesh voices`)")
-    y.add_argument("--size", default="", help="360p, 480p, 512, 720p or native")
-    y.add_argument("--backend", default="", help="renderer backend: viseme, wav2lip, musetalk")
+    y.add_argument("--size", default="", help=f"output size preset: {', '.join(SIZE_PRESETS)}")
+    y.add_argument("--backend", default="", help=f"renderer backend: {', '.join(spec('renderer').backends)}")
     y.add_argument(
         "--container",
         choices=tuple(CONTAINERS),

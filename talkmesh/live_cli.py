@@ -19,6 +19,7 @@ from typing import TextIO
 
 from talkmesh.client import LiveSession, TalkmeshClient
 from talkmesh.common.aio import TaskSet, cancel_and_wait
+from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.v1 import live_pb2 as lpb
 
 
@@ -26,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="live.mp4", help="write the stream here ('-' for none)")
     p.add_argument("--avatar", default="", help="avatar id or name (default avatar if empty)")
     p.add_argument("--voice", default="", help="voice id, e.g. espeak:en-gb")
-    p.add_argument("--size", default="", help="360p, 480p, 512, 720p or native")
-    p.add_argument("--backend", default="", help="renderer backend: viseme, wav2lip, musetalk")
+    p.add_argument("--size", default="", help=f"output size preset: {', '.join(SIZE_PRESETS)}")
+    p.add_argument("--backend", default="", help=f"renderer backend: {', '.join(spec('renderer').backends)}")
     p.add_argument("--idle-timeout", type=float, default=0.0, help="seconds without input before the session ends")
     p.add_argument("--quiet", action="store_true", help="do not print media progress, only events")
 

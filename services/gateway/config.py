@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
-from talkmesh.common.registry import default_target
+from talkmesh.common.registry import default_target, spec
 
 
 @dataclass(frozen=True)
@@ -81,5 +81,6 @@ class GatewayConfig:
             raise ConfigError.at("max_audio_ahead_seconds", "must be at least 2 (the feature look-ahead needs it)")
         if not 1 <= self.fps <= 60:
             raise ConfigError.at("fps", "must be within 1..60")
-        if self.default_renderer_backend not in ("viseme", "wav2lip", "musetalk"):
-            raise ConfigError.at("default_renderer_backend", f"unknown backend {self.default_renderer_backend!r}")
+        known = spec("renderer").backends
+        if self.default_renderer_backend not in known:
+            raise ConfigError.at("default_renderer_backend", f"{self.default_renderer_backend!r} is not one of {known}")

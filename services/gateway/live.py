@@ -49,6 +49,7 @@ from talkmesh.common.errors import (
     TalkmeshError,
     Unavailable,
 )
+from talkmesh.common.registry import SIZE_PRESETS
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
@@ -712,5 +713,5 @@ def _validate_config(cfg: lpb.LiveConfig, config: GatewayConfig) -> None:
         value = getattr(cfg, name)
         if not 0 <= value <= 86400 or value != value:
             raise InvalidArgument(f"config.{name}", f"{value:g} is outside 0..86400 (0 = server default)")
-    if cfg.size and cfg.size not in ("native", "360p", "480p", "512", "720p"):
-        raise InvalidArgument("config.size", f"{cfg.size!r} is not one of native, 360p, 480p, 512, 720p")
+    if cfg.size and cfg.size not in SIZE_PRESETS:
+        raise InvalidArgument("config.size", f"{cfg.size!r} is not one of {', '.join(SIZE_PRESETS)}")

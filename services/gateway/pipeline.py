@@ -38,7 +38,8 @@ from talkmesh.v1 import tts_pb2 as tpb
 
 log = logging.getLogger(__name__)
 
-#: What each renderer backend needs from the feature stage.
+#: What each renderer backend needs from the feature stage: exactly the registry's renderer
+#: backends (``spec("renderer").backends``; tests/test_open_sets.py checks it).
 FEATURE_FOR_BACKEND = {
     "viseme": fpb.FEATURE_TYPE_ACTIVITY,
     "wav2lip": fpb.FEATURE_TYPE_WAV2LIP_MEL,

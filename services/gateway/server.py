@@ -17,6 +17,7 @@ from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.propagation import outgoing_metadata
+from talkmesh.common.registry import SIZE_PRESETS
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -53,6 +54,9 @@ def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming:
         value = getattr(req, name)
         if len(value) > MAX_ID_CHARS or any(unicodedata.category(c) == "Cc" for c in value):
             raise InvalidArgument(name, f"must be at most {MAX_ID_CHARS} printable characters")
+    size = req.output.size
+    if size and size not in SIZE_PRESETS:
+        raise InvalidArgument("output.size", f"{size!r} is not one of {', '.join(SIZE_PRESETS)}")
     backend = req.output.renderer_backend
     if backend and backend not in FEATURE_FOR_BACKEND:
         raise InvalidArgument("output.renderer_backend", f"{backend!r} is not one of {', '.join(FEATURE_FOR_BACKEND)}")

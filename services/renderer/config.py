@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, ServerConfig
-
-SIZE_PRESETS = ("native", "360p", "480p", "512", "720p")
-BACKENDS = ("viseme", "wav2lip", "musetalk")
+from talkmesh.common.registry import SIZE_PRESETS, spec
 
 
 @dataclass(frozen=True)
@@ -106,11 +104,12 @@ class RendererConfig:
     frame_part_bytes: int = 4 * 1024 * 1024
 
     def validate(self) -> None:
-        if self.default_backend not in BACKENDS:
-            raise ConfigError.at("default_backend", f"{self.default_backend!r} is not one of {BACKENDS}")
+        known = spec("renderer").backends
+        if self.default_backend not in known:
+            raise ConfigError.at("default_backend", f"{self.default_backend!r} is not one of {known}")
         for b in self.backends:
-            if b not in BACKENDS:
-                raise ConfigError.at("backends", f"{b!r} is not one of {BACKENDS}")
+            if b not in known:
+                raise ConfigError.at("backends", f"{b!r} is not one of {known}")
         if self.default_size not in SIZE_PRESETS:
             raise ConfigError.at("default_size", f"{self.default_size!r} is not one of {SIZE_PRESETS}")
         if self.session_queue < 1:

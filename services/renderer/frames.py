@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.registry import SIZE_PRESETS
 from talkmesh.v1 import common_pb2 as cpb
 
 # Height of each preset; the width follows the avatar's aspect ratio. "512" scales the longer side to
@@ -26,7 +27,7 @@ def output_size(preset: str, native: tuple[int, int]) -> tuple[int, int]:
         out_h = _HEIGHTS[preset]
         out_w = round(w * out_h / h)
         return out_w - out_w % 2, out_h
-    raise InvalidArgument("config.size", f"unknown size preset {preset!r} (native, 360p, 480p, 512, 720p)")
+    raise InvalidArgument("config.size", f"unknown size preset {preset!r} ({', '.join(SIZE_PRESETS)})")
 
 
 def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:

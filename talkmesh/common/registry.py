@@ -101,6 +101,13 @@ SERVICES: tuple[ServiceSpec, ...] = (
 
 NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
 
+#: The renderer's output size presets (``RenderConfig.size``; ``OutputOptions.size`` and
+#: ``LiveConfig.size`` in the public API): "native" keeps the avatar's size, "360p", "480p" and
+#: "720p" set the height, "512" the longer side (``services/renderer/frames.py`` computes them).
+#: The protos keep sizes as open strings: a new preset is added here and in frames.py, and a test
+#: checks that both agree. The renderer backends are ``spec("renderer").backends``.
+SIZE_PRESETS: tuple[str, ...] = ("native", "360p", "480p", "512", "720p")
+
 
 def spec(name: str) -> ServiceSpec:
     """The service called ``name``; KeyError naming the known services otherwise."""

@@ -88,11 +88,16 @@ async def test_bad_text_is_invalid_argument_naming_the_field(text, field):
     assert ds.log == []  # nothing started downstream
 
 
-async def test_bad_backend_and_container():
+async def test_bad_backend_size_and_container():
     ds = FakeDownstreams()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _speak(ds, backend="sadtalker")
     assert err.value.details().startswith("output.renderer_backend")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _speak(ds, size="1080p")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "output.size: '1080p' is not one of native, 360p, 480p, 512, 720p"
+    assert ds.log == []  # refused before anything started downstream
     req = TalkmeshClient.request("hi")
     req.output.container = 42  # type: ignore[assignment]
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from services.renderer.backends.base import RenderBackend
     from services.renderer.config import RendererConfig
     from talkmesh.common.telemetry import Telemetry
 
+#: Module and class of each backend; the names are the registry's renderer backends
+#: (``talkmesh.common.registry.spec("renderer").backends``; a test checks that they agree).
+CLASSES: dict[str, tuple[str, str]] = {
+    "viseme": ("services.renderer.backends.viseme", "VisemeBackend"),
+    "wav2lip": ("services.renderer.backends.wav2lip", "Wav2LipBackend"),
+    "musetalk": ("services.renderer.backends.musetalk", "MuseTalkBackend"),
+}
+
+
+def backend_class(name: str) -> type[RenderBackend]:
+    """The class of backend ``name`` (importing its module); ValueError for an unknown name."""
+    try:
+        module, cls = CLASSES[name]
+    except KeyError:
+        raise ValueError(f"unknown renderer backend {name!r}") from None
+    return cast("type[RenderBackend]", getattr(importlib.import_module(module), cls))
+
 
 def create_backend(name: str, config: RendererConfig, telemetry: Telemetry) -> RenderBackend:
     """Builds the backend ``name`` (constructor signature: ``Backend(config, telemetry)``)."""
-    if name == "viseme":
-        from services.renderer.backends.viseme import VisemeBackend
-
-        return VisemeBackend(config, telemetry)
-    if name == "wav2lip":
-        from services.renderer.backends.wav2lip import Wav2LipBackend
-
-        return Wav2LipBackend(config, telemetry)
-    if name == "musetalk":
-        from services.renderer.backends.musetalk import MuseTalkBackend
-
-        return MuseTalkBackend(config, telemetry)
-    raise ValueError(f"unknown renderer backend {name!r}")
+    return backend_class(name)(config, telemetry)  # type: ignore[call-arg]
