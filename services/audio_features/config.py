@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, ServerConfig
+from talkmesh.common.registry import spec
 
 RESAMPLE_QUALITIES = ("LQ", "MQ", "HQ", "VHQ")
-ENCODER_BACKENDS = ("onnx",)
+ENCODER_BACKENDS = spec("audio_features").backends
 
 
 @dataclass(frozen=True)

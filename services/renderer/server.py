@@ -22,6 +22,7 @@ from services.renderer.session import RenderSession, SessionOptions
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.server import Service
+from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
@@ -41,10 +42,12 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         self, request_iterator: AsyncIterator[rpb.RenderRequest], context: Any
     ) -> AsyncIterator[cpb.VideoFrame]:
         s = self.s
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("kind") != "config":
-            raise InvalidArgument("config", "the first message must carry the render config")
-        cfg = first.config
+        # The encoder drives Render streams (a live turn may wait long for its text): no idle limit.
+        stream: RequestStream[rpb.RenderRequest] = await RequestStream.open(
+            request_iterator, "config", first_timeout=s.config.server.idle_timeout, what="render stream"
+        )
+        first = stream.head
+        cfg = stream.config
         backend_name = cfg.backend or s.config.default_backend
         backend = s.backends.get(backend_name)
         if backend is None:
@@ -83,7 +86,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             s.config.session_queue,
         )
         try:
-            async for frame in session.run(request_iterator):
+            async for frame in session.run(stream):
                 yield frame
         finally:
             if session_key:
@@ -93,14 +96,14 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                     s.session_ticks.popitem(last=False)
 
     async def _read_upload(self, request_iterator: AsyncIterator[rpb.AvatarUpload]) -> tuple[rpb.AvatarMeta, bytes]:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("kind") != "meta":
-            raise InvalidArgument("meta", "the first message must carry the avatar's metadata")
+        idle = self.s.config.server.idle_timeout
+        upload: RequestStream[rpb.AvatarUpload] = await RequestStream.open(
+            request_iterator, "meta", first_timeout=idle, idle_timeout=idle, what="upload"
+        )
+        first = upload.head
         limit = self.s.config.avatars.max_upload_bytes
         buf = bytearray()
-        async for msg in request_iterator:
-            if msg.WhichOneof("kind") != "data":
-                raise InvalidArgument("meta", "only the first message may carry metadata")
+        async for msg in upload:
             buf += msg.data
             if len(buf) > limit:
                 raise InvalidArgument("data", f"upload exceeds the limit of {limit} bytes")

@@ -9,10 +9,8 @@ idle life of still photos, resizes to the requested preset and converts to the e
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -21,6 +19,7 @@ from services.renderer.frames import encode_pixels, resize, split
 from services.renderer.idle import IdleLife
 from services.renderer.mouth import MouthAnimator
 from services.renderer.runner import FrameRunner
+from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.common.tensors import from_tensor
@@ -28,7 +27,6 @@ from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
 
-_END = object()
 # Viseme messages with more events than this are queued in a worker thread, not on the event loop.
 INLINE_EVENTS = 256
 
@@ -72,7 +70,7 @@ class RenderSession:
         self.backend = backend
         self.runner = runner
         self.telemetry = telemetry
-        self.jobs: asyncio.Queue[Any] = asyncio.Queue(queue_size)
+        self.jobs: Chan[FrameJob] = Chan(queue_size, gauge=telemetry.queue_gauge("render_jobs"))
         self.animator = MouthAnimator(options.sample_rate or 16000, options.fps, options.attack_ms, options.release_ms)
         self.idle = (
             IdleLife(avatar, options.fps, options.start_tick)
@@ -86,7 +84,8 @@ class RenderSession:
         self.wants_features = backend.feature_type != fpb.FEATURE_TYPE_ACTIVITY
         self.failure: Exception | None = None
 
-    async def _read(self, requests: AsyncIterator[rpb.RenderRequest]) -> None:
+    async def _read(self, requests: AsyncIterable[rpb.RenderRequest]) -> None:
+        """Turns requests into frame jobs; closes the job channel at the end (or with the error)."""
         try:
             async for req in requests:
                 kind = req.WhichOneof("kind")
@@ -101,19 +100,13 @@ class RenderSession:
                         job = await asyncio.to_thread(self._job, req.features)
                     else:
                         job = self._job(req.features)
-                    await self.jobs.put(job)
-                elif kind == "config":
-                    raise InvalidArgument("config", "only the first message may carry the config")
-                if req.end_of_stream:
-                    break
+                    await self.jobs.send(job)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # handed to the render loop, which raises it
-            self.failure = exc
-            with contextlib.suppress(asyncio.QueueFull):
-                self.jobs.put_nowait(_END)
+        except Exception as exc:  # handed to the render loop, which raises it after earlier frames
+            self.jobs.close(exc)
             return
-        await self.jobs.put(_END)
+        self.jobs.close()
 
     def _job(self, fc: fpb.FeatureChunk) -> FrameJob:
         if fc.frame_index != self.next_index:
@@ -141,40 +134,24 @@ class RenderSession:
         self.tick += 1
         return job
 
-    async def run(self, requests: AsyncIterator[rpb.RenderRequest]) -> AsyncIterator[cpb.VideoFrame]:
+    async def run(self, requests: AsyncIterable[rpb.RenderRequest]) -> AsyncIterator[cpb.VideoFrame]:
         reader = asyncio.create_task(self._read(requests), name=f"render-read-{self.o.request_id}")
         seq = 0
-        depth = self.telemetry.queue_gauge("render_jobs")
         try:
-            done = False
-            while not done:
-                group: list[FrameJob] = []
-                item = await self.jobs.get()
-                while True:
-                    if self.failure is not None:
-                        raise self.failure
-                    if item is _END:
-                        done = True
-                        break
-                    group.append(item)
-                    # The first frames go out one by one (time to first frame), later ones in
-                    # groups of up to max_group (fewer thread hops, and batches for the models).
-                    limit = min(self.o.max_group, 1 + self.frames_out // 4)
-                    if len(group) >= limit or self.jobs.empty():
-                        break
-                    item = self.jobs.get_nowait()
-                depth.set(self.jobs.qsize())
-                if not group:
-                    continue
+            async for first in self.jobs:
+                group = [first]
+                # The first frames go out one by one (time to first frame), later ones in groups of
+                # up to max_group (fewer thread hops, and batches for the models).
+                limit = min(self.o.max_group, 1 + self.frames_out // 4)
+                while len(group) < limit and self.jobs.qsize():
+                    group.append(self.jobs.recv_nowait())
                 for msg in await self._render(group):
                     msg.seq = seq
                     seq += 1
                     yield msg
             yield cpb.VideoFrame(request_id=self.o.request_id, seq=seq, end_of_stream=True)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await cancel_and_wait(reader)
 
     async def _render(self, group: list[FrameJob]) -> list[cpb.VideoFrame]:
         voiced = [j for j in group if j.voiced]

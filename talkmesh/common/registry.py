@@ -83,7 +83,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "gateway",
         0,
-        (("talkmesh.v1.gateway_pb2", "Gateway"),),
+        (("talkmesh.v1.gateway_pb2", "Gateway"), ("talkmesh.v1.live_pb2", "Live")),
         calls=("tts", "audio_features", "renderer", "encoder"),
     ),
     ServiceSpec("tts", 1, (("talkmesh.v1.tts_pb2", "TTS"),), backends=("espeak", "piper")),
@@ -91,7 +91,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "audio_features",
         2,
         (("talkmesh.v1.audio_features_pb2", "AudioFeatures"),),
-        backends=("whisper_encoder",),
+        backends=("onnx",),
     ),
     ServiceSpec("renderer", 3, (("talkmesh.v1.renderer_pb2", "Renderer"),), backends=("viseme", "wav2lip", "musetalk")),
     ServiceSpec(

@@ -68,3 +68,19 @@ def test_port_base_moves_the_whole_block() -> None:
         registry.spec("renderer").port,
         registry.spec("renderer").metrics_port,
     )
+
+
+def test_registry_names_every_grpc_service_each_service_registers():
+    """The registry's gRPC service names are exactly what each service registers on its server."""
+    import importlib
+
+    from talkmesh.common.inprocess import HandlerRecorder
+    from talkmesh.common.telemetry import Telemetry
+
+    for s in registry.SERVICES:
+        if not s.protos:
+            continue
+        main = importlib.import_module(s.main_module)
+        service = main.create_service(main.load_config(None, env={}), Telemetry(s.name))
+        names = service.register(HandlerRecorder())
+        assert sorted(names) == sorted(s.grpc_service_names()), s.name
