@@ -41,6 +41,7 @@ proto: install-dev
 ## ruff over the Python; buf over protos/ (buf.yaml: every element documented, naming rules).
 lint: install-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BUF) lint
 
 typecheck: install-dev

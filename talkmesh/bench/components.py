@@ -25,11 +25,11 @@ async def run_components(
         except Exception as exc:  # a missing optional piece must not lose the whole run
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
 
-    from services.tts.bench import run_benchmark as tts_bench
+    from talkmesh.bench.stages.tts import run_benchmark as tts_bench
 
     await attempt("tts", lambda: tts_bench(runs=10 if quick else 50, paragraph_runs=2 if quick else 5))
 
-    from services.audio_features.bench import run_bench as features_bench
+    from talkmesh.bench.stages.audio_features import run_bench as features_bench
 
     encoder_path = ""
     try:  # a random-weight Whisper-tiny encoder, when the model tools (PyTorch) are installed
@@ -42,14 +42,14 @@ async def run_components(
         "audio_features",
         lambda: asyncio.to_thread(features_bench, seconds=3 if quick else 10, encoder_path=encoder_path or None),
     )
-    from services.renderer.bench import run_bench as renderer_bench
+    from talkmesh.bench.stages.renderer import run_bench as renderer_bench
 
     await attempt("renderer", lambda: asyncio.to_thread(renderer_bench, quick=quick))
-    from services.encoder.bench import measure as encoder_bench
+    from talkmesh.bench.stages.encoder import measure as encoder_bench
 
     await attempt("encoder", lambda: encoder_bench(("512",) if quick else ("360p", "512", "720p")))
     if wav2lip_model is not None:
-        from services.renderer.bench_models import measure_forward
+        from talkmesh.bench.stages.models import measure_forward
 
         model = wav2lip_model
         await attempt(

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     models = model_dir(args)
     wav2lip = None
     if args.wav2lip:
-        from services.renderer.bench_models import write_random_wav2lip
+        from talkmesh.bench.stages.models import write_random_wav2lip
 
         wav2lip = write_random_wav2lip(models)
     out = asyncio.run(run_components(args.quick, models, wav2lip))

@@ -57,7 +57,7 @@ def mesh_env(backend: str, models: Path) -> dict[str, str]:
     gateway, renderer = spec("gateway").env_prefix, spec("renderer").env_prefix
     env = {f"{gateway}__DEFAULT_RENDERER_BACKEND": backend}
     if backend == "wav2lip":
-        from services.renderer.bench_models import write_random_wav2lip
+        from talkmesh.bench.stages.models import write_random_wav2lip
 
         env[f"{renderer}__WAV2LIP__PATH"] = str(write_random_wav2lip(models))
         env[f"{renderer}__BACKENDS"] = "viseme,wav2lip"
@@ -113,7 +113,7 @@ async def bench(args: argparse.Namespace) -> BenchReport:
     if not args.no_components:
         wav2lip = None
         if work.backend == "wav2lip":
-            from services.renderer.bench_models import write_random_wav2lip
+            from talkmesh.bench.stages.models import write_random_wav2lip
 
             wav2lip = write_random_wav2lip(models)
         report.components = await run_components(args.quick, models, wav2lip)

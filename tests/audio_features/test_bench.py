@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.audio_features.bench import run_bench
+from talkmesh.bench.stages.audio_features import run_bench
 
 from .helpers import FakeEncoder
 

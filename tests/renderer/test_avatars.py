@@ -77,7 +77,7 @@ def test_second_registration_is_instant_and_precomputes_once(tmp_path):
     assert (cached1, cached2) == (False, True)
     assert a1.id == a2.id
     # the second registration is a look-up: no decoding, face detection or backend precompute
-    # (its time is in the renderer benchmark: services/renderer/bench.py, second_registration_ms)
+    # (its time is in the renderer benchmark: talkmesh/bench/stages/renderer.py, second_registration_ms)
     assert calls == {"faces": 1, "prepare": 1}
     assert store.precomputes == 1
     # a fresh store (another process) finds it on disk

@@ -265,7 +265,7 @@ def test_on_a_gpu_the_batch_bound_follows_free_memory(exported, monkeypatch: pyt
 
 
 def test_bench_helpers_measure_raw_forward_and_sessions(exported):
-    from services.renderer.bench_models import measure_forward, measure_sessions
+    from talkmesh.bench.stages.models import measure_forward, measure_sessions
 
     _, _, onnx_path = exported
     raw = measure_forward(onnx_path, (1, 2), min_seconds=0.0, min_runs=1)

@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("torch")
 renderer_main = pytest.importorskip("services.renderer.main")
 
-from services.renderer.bench_models import write_random_wav2lip  # noqa: E402
 from services.renderer.config import AvatarConfig, BatchConfig, ModelConfig, RendererConfig  # noqa: E402
+from talkmesh.bench.stages.models import write_random_wav2lip  # noqa: E402
 from talkmesh.common.channel import create_channel  # noqa: E402
 from talkmesh.common.config import ServerConfig  # noqa: E402
 from talkmesh.common.telemetry import Telemetry  # noqa: E402

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from services.tts.bench import run_benchmark
+from talkmesh.bench.stages.tts import run_benchmark
 
 
 async def test_benchmark_reports_figures() -> None:

@@ -1,7 +1,7 @@
 """Per-frame cost of the default (procedural viseme) backend: render + blend, then the session's
 compose step (idle life, resize, I420 conversion), on the packaged default avatar.
 
-    python -m services.renderer.bench
+    python -m talkmesh.bench.stages.renderer
 """
 
 from __future__ import annotations

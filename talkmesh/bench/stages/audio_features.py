@@ -1,6 +1,6 @@
 """Benchmark of the feature stage: throughput (x real time) and added look-ahead latency per type.
 
-    python -m services.audio_features.bench --seconds 10 --encoder whisper-tiny-encoder.onnx
+    python -m talkmesh.bench.stages.audio_features --seconds 10 --encoder whisper-tiny-encoder.onnx
 
 ``run_bench`` is what ``talkmesh bench`` calls. It drives ``FeatureStream`` directly (no gRPC), so
 the figures are the stage's own cost:

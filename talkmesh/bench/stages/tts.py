@@ -1,7 +1,7 @@
 """TTS benchmark: first-audio latency and synthesis speed, through the real gRPC service on port 0.
 
 ``await run_benchmark()`` returns a dict of figures (milliseconds and "x real time"); ``talkmesh
-bench`` calls it, ``python -m services.tts.bench`` prints it. The cache is off so every run
+bench`` calls it, ``python -m talkmesh.bench.stages.tts`` prints it. The cache is off so every run
 synthesizes. Latencies are measured three ways:
 
 * ``server_first_audio_ms``: request arrival in the handler to the first audio chunk handed to

@@ -6,7 +6,7 @@ needs the ``tools`` extra (torch) and is cached in ``directory``. ``measure_forw
 the bare ``InferenceSession.run`` at batch 1/8/32 and returns frames per second per batch size:
 the ceiling the whole mesh is compared against (``talkmesh bench``).
 
-    python -m services.renderer.bench_models [directory]
+    python -m talkmesh.bench.stages.models [directory]
 """
 
 from __future__ import annotations
