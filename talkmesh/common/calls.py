@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -92,10 +93,11 @@ class CallStream(Stream):
             self.failure = exc
             self.call.cancel()
 
-    async def _read(self) -> AsyncIterator[Any]:
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """What reading the call raises, as this stream's errors (see the module docstring)."""
         try:
-            while (msg := await self.call.read()) is not grpc.aio.EOF:
-                yield msg
+            yield
         except asyncio.CancelledError:
             if _being_cancelled() or not (self._cancelled or self.failure is not None or self.call.cancelled()):
                 raise  # our own task is being cancelled: never turn that into an error
@@ -106,6 +108,11 @@ class CallStream(Stream):
             if self.failure is not None:
                 raise self.failure from None
             raise StageError(self.stage, exc) from None
+
+    async def _read(self) -> AsyncIterator[Any]:
+        with self._translated():
+            while (msg := await self.call.read()) is not grpc.aio.EOF:
+                yield msg
         if self.failure is not None:
             raise self.failure
 
@@ -131,17 +138,8 @@ class CallStream(Stream):
     async def response(self) -> Any:
         """The single response of a client-streaming call (same error handling as reading)."""
         try:
-            return await self.call
-        except asyncio.CancelledError:
-            if _being_cancelled() or not (self._cancelled or self.failure is not None or self.call.cancelled()):
-                raise
-            if self.failure is not None:
-                raise self.failure from None
-            raise CallCancelled(f"{self.stage}: call cancelled") from None
-        except grpc.aio.AioRpcError as exc:
-            if self.failure is not None:
-                raise self.failure from None
-            raise StageError(self.stage, exc) from None
+            with self._translated():
+                return await self.call
         finally:
             await cancel_and_wait(self.writer)
 
