@@ -32,6 +32,29 @@ def parse_renderer_metrics(text: str) -> RendererMetrics:
     return out
 
 
+def parse_stream_bytes(text: str) -> dict[str, float]:
+    """Bytes on the service's gRPC streams so far by direction ("in", "out"), from /metrics text."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "talkmesh_stream_bytes_total":
+                d = sample.labels.get("direction", "")
+                out[d] = out.get(d, 0.0) + sample.value
+    return out
+
+
+def stream_bytes(urls: dict[str, str], timeout: float = 10.0) -> dict[str, float]:
+    """``parse_stream_bytes`` of each service's /metrics, keyed "<service> <direction>"."""
+    import urllib.request
+
+    out: dict[str, float] = {}
+    for name, url in urls.items():
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            for direction, value in parse_stream_bytes(response.read().decode()).items():
+                out[f"{name} {direction}"] = value
+    return out
+
+
 def renderer_metrics(url: str, timeout: float = 10.0) -> RendererMetrics:
     """``parse_renderer_metrics`` of the renderer's /metrics at ``url``."""
     import urllib.request

@@ -19,8 +19,10 @@ from talkmesh.bench.results import (
 from talkmesh.bench.speakers import Speaker
 from talkmesh.bench.workload import PARAGRAPH, TEXTS, Workload
 
-#: CPU seconds so far of each service process, by service name.
-CpuProbe = Callable[[], dict[str, float]]
+#: A counter of each service so far, by name: CPU seconds of each process, or bytes on the wire of
+#: each service and direction ("gateway in").
+Probe = Callable[[], dict[str, float]]
+CpuProbe = Probe
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -84,6 +86,7 @@ async def run_speaker(
     label: str,
     sweep: bool,
     cpu: CpuProbe | None = None,
+    wire: Probe | None = None,
     *,
     echo: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> SpeakerRun:
@@ -98,10 +101,16 @@ async def run_speaker(
     rows = []
     for c in work.concurrency if sweep else (4,):
         before = cpu() if cpu else {}
+        wire_before = wire() if wire else {}
         row = await concurrent(speaker, work, c)
         if cpu and row.frames:
             after = cpu()
             row.cpu_ms_per_frame = {k: 1000 * (after[k] - before[k]) / row.frames for k in before}
+        if wire and row.wall_seconds > 0:
+            wire_after = wire()
+            row.wire_bytes_per_stream_second = {
+                k: (wire_after[k] - wire_before.get(k, 0.0)) / row.wall_seconds / c for k in wire_after
+            }
         rows.append(row)
         echo(
             f"[{label}] {c:>2} streams: per-stream rtf min {row.per_stream_rtf_min:.2f}, "

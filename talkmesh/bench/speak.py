@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from talkmesh.bench.components import run_components
-from talkmesh.bench.metrics import process_cpu_seconds, renderer_metrics
+from talkmesh.bench.metrics import process_cpu_seconds, renderer_metrics, stream_bytes
 from talkmesh.bench.report import git_revision, machine, write_report
 from talkmesh.bench.results import BenchReport, SpeakerRun
 from talkmesh.bench.series import run_speaker
@@ -85,11 +85,16 @@ async def bench(args: argparse.Namespace) -> BenchReport:
                 speaker = GrpcSpeaker(mesh.gateway)
                 pids = {name: sp.proc.pid for name, sp in mesh.processes.items()}
 
+                urls = {name: mesh.metrics_url(name) for name in pids}
+
                 def cpu() -> dict[str, float]:
                     return {name: process_cpu_seconds(pid) for name, pid in pids.items()}
 
+                def wire() -> dict[str, float]:
+                    return stream_bytes(urls)
+
                 try:
-                    mesh_run = await run_speaker(speaker, work, "mesh", sweep=True, cpu=cpu)
+                    mesh_run = await run_speaker(speaker, work, "mesh", sweep=True, cpu=cpu, wire=wire)
                 finally:
                     await speaker.close()
                 metrics = await asyncio.to_thread(renderer_metrics, mesh.metrics_url("renderer"))

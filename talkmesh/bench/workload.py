@@ -37,7 +37,7 @@ class Workload:
     #: sequential requests of the latency series
     requests: int = 30
     #: concurrency levels of the sweep (it stops at the first level below real time)
-    concurrency: tuple[int, ...] = (1, 2, 4, 8, 12, 16)
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 20, 24)
 
     def request(self, text: str, i: int) -> gpb.SpeakRequest:
         from talkmesh.client import TalkmeshClient

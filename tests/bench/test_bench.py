@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from talkmesh.bench import MODES, add_arguments
-from talkmesh.bench.metrics import parse_renderer_metrics
+from talkmesh.bench.metrics import parse_renderer_metrics, parse_stream_bytes
 from talkmesh.bench.report import to_markdown, write_report
 from talkmesh.bench.results import BenchReport, Machine, RequestResult
 from talkmesh.bench.series import pct, run_speaker
@@ -37,6 +37,13 @@ def test_renderer_metrics_are_read_from_real_exposition_text() -> None:
     assert buckets["1.0"] == 1
 
 
+def test_stream_bytes_are_read_per_direction() -> None:
+    m = Metrics.create()
+    m.stream_bytes_total.labels("gateway", "in").inc(1234)
+    m.stream_bytes_total.labels("gateway", "out").inc(99)
+    assert parse_stream_bytes(generate_latest(m.registry).decode()) == {"in": 1234, "out": 99}
+
+
 class FakeSpeaker:
     """Audio of 2 s per request in 0.5 s: 4x real time, ttff 10 ms, 50 frames."""
 
@@ -57,8 +64,18 @@ async def test_run_speaker_over_a_fake_and_the_report_it_makes(tmp_path: Path) -
     speaker = FakeSpeaker()
     lines: list[str] = []
     work = Workload(backend="viseme", size="360p", requests=4, concurrency=(1, 4))
-    cpu_calls = iter([{"renderer": 1.0}, {"renderer": 1.2}, {"renderer": 2.0}, {"renderer": 3.0}])
-    run = await run_speaker(speaker, work, "mesh", sweep=True, cpu=lambda: next(cpu_calls), echo=lines.append)
+    cpu_calls = iter(
+        [
+            {"renderer": 1.0, "gateway": 0.5},
+            {"renderer": 1.2, "gateway": 0.5},
+            {"renderer": 2.0, "gateway": 0.5},
+            {"renderer": 3.0, "gateway": 0.51},
+        ]
+    )
+    wire_calls = iter([{"gateway in": 0.0}, {"gateway in": 1000.0}, {"gateway in": 1000.0}, {"gateway in": 5000.0}])
+    run = await run_speaker(
+        speaker, work, "mesh", sweep=True, cpu=lambda: next(cpu_calls), wire=lambda: next(wire_calls), echo=lines.append
+    )
     # 2 warm-up + 4 series + 3 paragraphs + 1 + 4 concurrent
     assert len(speaker.requests) == 2 + 4 + 3 + 1 + 4
     assert {r.output.size for r in speaker.requests} == {"360p"}
@@ -67,7 +84,10 @@ async def test_run_speaker_over_a_fake_and_the_report_it_makes(tmp_path: Path) -
     assert run.latency.stages_ms_p50 == {"tts_first_chunk": pytest.approx(4.0)}
     assert run.single_stream.rtf_median == pytest.approx(4.0)
     assert [r.streams for r in run.concurrency] == [1, 4]
-    assert run.concurrency[0].cpu_ms_per_frame == {"renderer": pytest.approx(1000 * 0.2 / 50)}
+    assert run.concurrency[0].cpu_ms_per_frame == {"renderer": pytest.approx(1000 * 0.2 / 50), "gateway": 0.0}
+    # 4000 bytes over the 4-stream level's wall time, per stream
+    four = run.concurrency[1]
+    assert four.wire_bytes_per_stream_second == {"gateway in": pytest.approx(4000 / four.wall_seconds / 4)}
     assert run.concurrency[1].frames == 200
     assert any("4 streams" in line for line in lines)
 
@@ -89,15 +109,20 @@ async def test_run_speaker_over_a_fake_and_the_report_it_makes(tmp_path: Path) -
     assert by_name["time to first fragment p50"].met
     assert not by_name["one stream, x real time"].met  # 4x < the 6x goal
     assert by_name["streams each at >= 1x real time"].value == 4
+    # 0.01 s of gateway CPU over 200 frames = 0.05 ms per frame: under the 0.2 ms goal
+    assert by_name["gateway CPU per frame (4 streams)"].value == pytest.approx(0.05)
+    assert by_name["gateway CPU per frame (4 streams)"].met
+    assert by_name["time to first fragment p50 / in-process p50"].value == pytest.approx(1.0)
     md = to_markdown(report)
     assert "| 4 | 4.00 / 4.00 |" in md
+    assert "crossing pods (gateway in + out)" in md
     assert "| one stream, x real time | ≥ 6 x | 4.0 x | **no** |" in md
     written = write_report(report, tmp_path / "out", tmp_path / "BENCH.md")
     data = json.loads(written.json_path.read_text())
     # the JSON keeps the keys of the runs already stored in docs/benchmarks
     stored = json.loads(next(Path("docs/benchmarks").glob("bench-*-viseme.json")).read_text())
     assert set(stored) - {"renderer_metrics", "components"} <= set(data)
-    assert set(stored["mesh"]["concurrency"][0]) == set(data["mesh"]["concurrency"][0])
+    assert set(stored["mesh"]["concurrency"][0]) <= set(data["mesh"]["concurrency"][0])
     assert set(stored["mesh"]["latency"]) == set(data["mesh"]["latency"])
     assert (tmp_path / "BENCH.md").read_text().startswith("# talkmesh benchmarks")
 
