@@ -111,21 +111,22 @@ def to_markdown(report: BenchReport) -> str:
             lines.append(
                 f"| {r.streams} | " + " | ".join(f"{c[k]:.2f}" for k in services) + f" | {sum(c.values()):.2f} |"
             )
-    wired = [r for r in mesh.concurrency if r.wire_bytes_per_stream_second]
+    wired = [r for r in mesh.concurrency if r.wire_bytes_per_audio_second]
     if wired:
-        keys = sorted(wired[0].wire_bytes_per_stream_second)
+        keys = sorted(wired[0].wire_bytes_per_audio_second)
         lines += [
             "",
-            "Bytes per second per stream on each service's gRPC streams (KB/s, talkmesh_stream_bytes_total;"
-            " everything the gateway sends and receives crosses pods, the renderer's output stays in the"
-            " media pod when renderer and encoder are co-located):",
+            "Bytes on each service's gRPC streams per second of speech, i.e. KB/s of one stream at 1x real"
+            " time (talkmesh_stream_bytes_total, counted by the server side of each hop). With renderer and"
+            " encoder co-located, every hop but the renderer's crosses pods; the renderer's raw frames"
+            " (renderer out) stay inside the media pod:",
             "",
-            "| streams | " + " | ".join(keys) + " | crossing pods (gateway in + out) |",
+            "| streams | " + " | ".join(keys) + " | crossing pods |",
             "|---|" + "---|" * (len(keys) + 1),
         ]
         for r in wired:
-            w = r.wire_bytes_per_stream_second
-            cross = w.get("gateway in", 0.0) + w.get("gateway out", 0.0)
+            w = r.wire_bytes_per_audio_second
+            cross = sum(v for k, v in w.items() if not k.startswith("renderer "))
             lines.append(
                 f"| {r.streams} | " + " | ".join(f"{w[k] / 1000:.1f}" for k in keys) + f" | {cross / 1000:.1f} |"
             )

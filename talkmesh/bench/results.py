@@ -73,9 +73,10 @@ class ConcurrencyRow:
     frames: int
     #: CPU milliseconds per frame in each service process (empty when not profiled)
     cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
-    #: bytes per second per stream on each service's gRPC streams, by "service direction"
-    #: (talkmesh_stream_bytes_total; empty when not measured)
-    wire_bytes_per_stream_second: dict[str, float] = field(default_factory=dict)
+    #: bytes on each service's gRPC streams per second of speech delivered, by "service direction"
+    #: (talkmesh_stream_bytes_total: a stream at 1x real time moves this many bytes per second;
+    #: empty when not measured)
+    wire_bytes_per_audio_second: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

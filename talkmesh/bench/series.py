@@ -106,11 +106,10 @@ async def run_speaker(
         if cpu and row.frames:
             after = cpu()
             row.cpu_ms_per_frame = {k: 1000 * (after[k] - before[k]) / row.frames for k in before}
-        if wire and row.wall_seconds > 0:
+        audio = row.aggregate_audio_seconds_per_second * row.wall_seconds
+        if wire and audio > 0:
             wire_after = wire()
-            row.wire_bytes_per_stream_second = {
-                k: (wire_after[k] - wire_before.get(k, 0.0)) / row.wall_seconds / c for k in wire_after
-            }
+            row.wire_bytes_per_audio_second = {k: (wire_after[k] - wire_before.get(k, 0.0)) / audio for k in wire_after}
         rows.append(row)
         echo(
             f"[{label}] {c:>2} streams: per-stream rtf min {row.per_stream_rtf_min:.2f}, "
