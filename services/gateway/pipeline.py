@@ -183,7 +183,12 @@ class _Run:
 
     # -- sources ---------------------------------------------------------------------------
     def _synthesis_config(self) -> tpb.SynthesisConfig:
-        return tpb.SynthesisConfig(request_id=self.rid, voice=self.req.voice, settings=self.req.voice_settings)
+        return tpb.SynthesisConfig(
+            request_id=self.rid,
+            voice=self.req.voice,
+            settings=self.req.voice_settings,
+            chunk_ms=self.o.config.tts_chunk_ms,
+        )
 
     def _open_tts(self) -> Stream:
         if self.text_pieces is None:
