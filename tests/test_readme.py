@@ -173,6 +173,7 @@ def test_every_readme_example_runs_as_written(tmp_path: Path) -> None:
                     ["bash", "-euo", "pipefail", "-c", cmd],
                     cwd=work,
                     env=env,
+                    stdin=subprocess.DEVNULL,  # interactive commands (`talkmesh live`) see end of input
                     capture_output=True,
                     text=True,
                     timeout=300,
