@@ -112,6 +112,12 @@ class StreamDefaults:
     # Fragment duration when EncodeConfig.fragment_ms is 0. A fragment leaves as soon as the next
     # packet after it is muxed, so one frame's worth (40 ms at 25 fps) means one fragment per frame.
     fragment_ms: int = 40
+    # Frames pulled from the renderer whose fragments may leave in one message: when the next frame
+    # is already waiting, its fragment joins the same message (at most this many frames), so a
+    # stream that runs faster than real time costs every hop fewer messages. The first fragment,
+    # and any fragment with no frame waiting behind it, leave at once: this never adds latency.
+    # 1: one message per fragment.
+    coalesce_frames: int = 5
     container: str = "fmp4"
     audio_codec: str = "aac"
     fps: float = 25.0
@@ -119,6 +125,8 @@ class StreamDefaults:
     def validate(self) -> None:
         if not 1 <= self.fragment_ms <= 10_000:
             raise ConfigError.at("fragment_ms", "must be within 1..10000")
+        if not 1 <= self.coalesce_frames <= 250:
+            raise ConfigError.at("coalesce_frames", "must be within 1..250")
         if self.container not in CONTAINERS:
             raise ConfigError.at("container", f"{self.container!r} is not one of {CONTAINERS}")
         if self.audio_codec not in AUDIO_CODECS:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -333,10 +333,21 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         session: EncodeSession | None = None
         frames: FrameAssembler | None = None
         source = self.frame_source.render(render_in, timeout)
+        # Frames waiting to be encoded: when one is, the fragments before it join one message.
+        waiting: Chan[common_pb2.VideoFrame] = Chan(self.config.limits.input_queue)
+        coalesce = self.config.defaults.coalesce_frames
+        pending = bytearray()
+        pending_frames = 0
+
+        def fail(exc: BaseException) -> None:
+            render_in.close(exc)
+            waiting.close(exc)
+
         try:
-            async with TaskSet("encoder", on_error=render_in.close) as tasks:
+            async with TaskSet("encoder", on_error=fail) as tasks:
                 reader = tasks.spawn(_route(stream, audio, render_in, timing, base), name="route-requests")
-                async for vf in source:
+                tasks.spawn(_pull_frames(source, waiting), name="pull-frames")
+                async for vf in waiting:
                     if vf.end_of_stream:
                         break
                     if session is None:
@@ -356,13 +367,22 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                     output.frames_inferred += int(vf.inferred)
                     data = await self._encode_frame(session, audio.until_frame(vf.frame_index), raw)
                     if data:
-                        if not timing.first_fragment:
+                        first = not timing.first_fragment
+                        if first:
                             timing.first_fragment = time.perf_counter()
                             self._first_fragment(started)
-                        for msg in output.chunks(data, session):
-                            yield msg
-                    elif session.frames_in % PROGRESS_EVERY_FRAMES == 0:
+                        pending += data
+                        pending_frames += 1
+                        if first or pending_frames >= coalesce or not waiting.qsize():
+                            for msg in output.chunks(bytes(pending), session):
+                                yield msg
+                            pending.clear()
+                            pending_frames = 0
+                    elif not pending and session.frames_in % PROGRESS_EVERY_FRAMES == 0:
                         yield output.progress(session)  # whole-file MP4: the caller still sees progress
+                if pending and session is not None:
+                    for msg in output.chunks(bytes(pending), session):
+                        yield msg
                 await reader  # the caller's input has ended, so the audio is complete
                 if session is None or frames is None:
                     raise FailedPrecondition("renderer: produced no frames")
@@ -406,6 +426,15 @@ class _RenderTiming:
             seconds = max(0.0, self.first_fragment - self.first_frame)
             out.append(common_pb2.StageTiming(service="encoder", stage="first_fragment", seconds=seconds))
         return out
+
+
+async def _pull_frames(source: AsyncIterable[common_pb2.VideoFrame], out: Chan[common_pb2.VideoFrame]) -> None:
+    """Moves the renderer's frames into ``out`` (closed after the last one)."""
+    async for vf in source:
+        await out.send(vf)
+        if vf.end_of_stream:
+            break
+    out.close()
 
 
 async def _forward(stream: RequestStream[encoder_pb2.EncodeRequest], inputs: Chan[encoder_pb2.EncodeRequest]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.encoder import bench
+from talkmesh.bench.stages import encoder as bench
 
 
 async def test_bench_reports_latency_and_throughput(config):
