@@ -36,7 +36,9 @@ class GrpcFrameSource(FrameSource):
 
     def __init__(self, endpoint: Endpoint, max_message_bytes: int) -> None:
         # Raw frames come back: the stream window starts large enough for two whole messages.
-        self.channel = create_channel(endpoint.target, max_message_bytes, interceptors=False, large_window=True)
+        self.channel = create_channel(
+            endpoint.target, max_message_bytes, interceptors=False, large_window=True, tls=endpoint.tls
+        )
         self.stub = renderer_pb2_grpc.RendererStub(self.channel)
 
     def render(self, requests: AsyncIterable[renderer_pb2.RenderRequest], timeout: float | None) -> Stream:

@@ -25,7 +25,14 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from talkmesh.common.aio import wait_event
-from talkmesh.common.errors import DeadlineExceeded, ResourceExhausted, TalkmeshError, Unavailable, status_trailer
+from talkmesh.common.errors import (
+    DeadlineExceeded,
+    ResourceExhausted,
+    TalkmeshError,
+    Unavailable,
+    scrub,
+    status_trailer,
+)
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.streams import CheckedRequests, Undecodable, lenient_deserializer
@@ -72,10 +79,14 @@ class AdmissionState:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float = 60.0) -> None:
+    def __init__(
+        self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float = 60.0, scrub: bool = False
+    ) -> None:
         self.telemetry = telemetry
         self.admission = admission
         self.write_timeout = write_timeout
+        #: statuses go to external clients: without internal addresses, paths and exception text
+        self.scrub = scrub
 
     async def intercept_service(
         self,
@@ -163,10 +174,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             )
 
     async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, span: trace.Span) -> grpc.StatusCode:
-        trailer: tuple[tuple[str, bytes], ...] = ()
+        rich: list[Any] = []
         if isinstance(exc, TalkmeshError):
             code, details = exc.code, exc.message
-            trailer = status_trailer(code, details, exc.details())
+            rich = exc.details()
         elif isinstance(exc, grpc.aio.AioRpcError):
             code, details = exc.code(), exc.details() or ""
             if code == grpc.StatusCode.CANCELLED:
@@ -177,7 +188,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
         span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
         span.set_attribute("rpc.grpc.status_code", code.value[0])
-        await context.abort(code, details, trailing_metadata=trailer)
+        if self.scrub:
+            shown, rich = scrub(code, details, rich)
+            if shown != details:
+                log.info("status to the client scrubbed; was %s: %s", code.name, details)
+            details = shown
+        await context.abort(code, details, trailing_metadata=status_trailer(code, details, rich))
         return code  # unreachable: abort raises
 
     def _finish(self, method: str, code: str, span: trace.Span, start: float) -> None:
