@@ -27,6 +27,7 @@ from talkmesh.common.errors import ErrorDetails
 from talkmesh.devcerts import make_dev_pki
 from talkmesh.v1 import tts_pb2 as tpb
 from talkmesh.v1 import tts_pb2_grpc
+from tests.live_helpers import Recorder
 from tests.mesh import InProcessMesh, inprocess_mesh
 
 PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
@@ -217,3 +218,27 @@ async def test_keys_file_is_reloaded_without_restart(tmp_path):
             # A broken file keeps the keys loaded before.
             (tmp_path / "api-keys.yaml").write_text("keys: [{name: x, sha256: nope}]")
             assert await carol.list_voices()
+
+
+async def test_live_sessions_need_a_key_and_only_their_key_watches(tmp_path):
+    async with secure_mesh(tmp_path) as (mesh, pki):
+        async with client(mesh, pki, None) as anonymous:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async with anonymous.live():
+                    pass
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        async with client(mesh, pki, "alice") as alice, client(mesh, pki, "bob") as bob:
+            async with client(mesh, pki, "root") as root, alice.live() as live:
+                rec = Recorder(live).start()
+                assert live.started is not None
+                session_id = live.started.session_id
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in bob.watch(session_id):
+                        pass
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                for viewer in (alice, root):
+                    async for msg in viewer.watch(session_id):
+                        assert msg.WhichOneof("kind") == "started"
+                        break
+                await live.close()
+                await rec.finish()
