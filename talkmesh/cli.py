@@ -90,6 +90,23 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secure_env(args: argparse.Namespace) -> dict[str, str]:
+    """``up --pki DIR``: mutual TLS with the certificates of `talkmesh certs DIR`; ``--api-keys FILE``."""
+    env: dict[str, str] = {}
+    if args.pki:
+        from talkmesh.devcerts import mesh_tls_env
+
+        pki = Path(args.pki)
+        if not (pki / "ca.crt").is_file():
+            raise CliError(f"--pki {pki}: no ca.crt there; make the certificates with `talkmesh certs {pki}`")
+        env.update(mesh_tls_env(pki.resolve()))
+    if args.api_keys:
+        if not Path(args.api_keys).is_file():
+            raise CliError(f"--api-keys {args.api_keys}: no such file (make one with `talkmesh keys new NAME --file`)")
+        env[f"{spec('gateway').env_prefix}__AUTH__API_KEYS_FILE"] = str(Path(args.api_keys).resolve())
+    return env
+
+
 async def _up(args: argparse.Namespace) -> int:
     from talkmesh.common.server import BindError
     from talkmesh.launcher import Mesh, check_port_base
@@ -99,7 +116,7 @@ async def _up(args: argparse.Namespace) -> int:
             check_port_base(args.port_base)
         except ValueError as exc:
             raise CliError(str(exc)) from None
-    mesh = Mesh(ephemeral=False, host=args.host, port_base=args.port_base)
+    mesh = Mesh(ephemeral=False, host=args.host, port_base=args.port_base, env=_secure_env(args))
     try:
         mesh.check_ports()
     except BindError as exc:
@@ -417,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"gRPC ports BASE..BASE+4 and metrics ports BASE+10..BASE+14 (default: ${PORT_BASE_ENV}, "
         f"else {DEFAULT_PORT_BASE}.. and {DEFAULT_METRICS_BASE}..)",
     )
+    u.add_argument("--pki", default="", help="mutual TLS on every hop with the certificates of `talkmesh certs DIR`")
+    u.add_argument("--api-keys", default="", help="API keys file for the gateway (`talkmesh keys new`)")
 
     target = argparse.ArgumentParser(add_help=False, parents=[common])
     target.add_argument(

@@ -104,3 +104,26 @@ def make_dev_pki(directory: Path, services: Iterable[str], *, days: int = 90) ->
         dns = [name, name.replace("_", "-")]
         write_bundle(directory / name, ca, issue(ca, name.replace("_", "-"), dns, days=days))
     return ca
+
+
+def mesh_tls_env(pki: Path) -> dict[str, str]:
+    """Environment that runs a mesh (``talkmesh up``, the launcher) as the Kubernetes mtls component
+    does, with the certificates of ``make_dev_pki(pki, ...)``: mutual TLS on every internal server
+    and hop, TLS without client certificates on the gateway's port."""
+    from talkmesh.common.registry import SERVICES
+
+    env: dict[str, str] = {}
+    for s in SERVICES:
+        own = pki / s.name
+        server = f"{s.env_prefix}__SERVER__TLS__"
+        env[server + "CERT_FILE"] = str(own / "tls.crt")
+        env[server + "KEY_FILE"] = str(own / "tls.key")
+        if s.name != "gateway":
+            env[server + "CLIENT_CA_FILE"] = str(own / "ca.crt")
+        for callee in s.calls:
+            hop = f"{s.env_prefix}__{callee.upper()}__TLS__"
+            env[hop + "CA_FILE"] = str(own / "ca.crt")
+            env[hop + "CERT_FILE"] = str(own / "tls.crt")
+            env[hop + "KEY_FILE"] = str(own / "tls.key")
+            env[hop + "SERVER_NAME"] = callee.replace("_", "-")
+    return env

@@ -160,10 +160,10 @@ class Holder:
 
 async def test_tls_config_is_checked(tmp_path):
     env = {"T__SERVER__TLS__CERT_FILE": "/x/tls.crt"}
-    with pytest.raises(ConfigError, match="server.tls.key_file: cert_file and key_file go together"):
+    with pytest.raises(ConfigError, match=r"server\.tls\.key_file: cert_file and key_file go together"):
         load_config(Holder, env_prefix="T", env=env)
     env = {"T__SERVER__TLS__CLIENT_CA_FILE": "/x/ca.crt"}
-    with pytest.raises(ConfigError, match="server.tls.client_ca_file"):
+    with pytest.raises(ConfigError, match=r"server\.tls\.client_ca_file"):
         load_config(Holder, env_prefix="T", env=env)
     env = {
         "T__SERVER__TLS__CERT_FILE": str(tmp_path / "missing.crt"),
@@ -171,6 +171,6 @@ async def test_tls_config_is_checked(tmp_path):
     }
     cfg = load_config(Holder, env_prefix="T", env=env)
     host = ServiceHost(Empty(Telemetry("tts")), cfg.server)
-    with pytest.raises(ConfigError, match="server.tls"):
+    with pytest.raises(ConfigError, match=r"server\.tls"):
         await host.start()
     assert host.server is None

@@ -70,7 +70,7 @@ def test_store_reloads_on_change_and_keeps_keys_on_a_broken_file(tmp_path):
 
 
 def test_missing_keys_file_fails_at_start(tmp_path):
-    with pytest.raises(ConfigError, match="auth.api_keys_file"):
+    with pytest.raises(ConfigError, match=r"auth\.api_keys_file"):
         KeyStore(AuthConfig(api_keys_file=str(tmp_path / "nope.yaml")))
 
 
