@@ -32,6 +32,7 @@ class ClientTLS:
     """TLS on a client channel (``<endpoint>.tls`` in a service's config, the client's ``--tls``
     flags); on when ``enabled`` or any file is set. The files are read when the channel is made."""
 
+    # TLS even without any file below (the server is verified against the system's roots).
     enabled: bool = False
     # PEM CA bundle the server's certificate must chain to ("" = the system's roots).
     ca_file: str = ""

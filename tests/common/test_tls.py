@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import shutil
 import socket
@@ -174,3 +175,33 @@ async def test_tls_config_is_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"server\.tls"):
         await host.start()
     assert host.server is None
+
+
+async def test_healthcheck_probe_connects_over_mutual_tls(tmp_path):
+    """The Kubernetes probes of the mtls component: the service's own certificate, ``localhost``."""
+    from talkmesh import healthcheck
+
+    pki = tmp_path / "pki"
+    make_dev_pki(pki, ["tts"])
+    d = pki / "tts"
+    tls = ServerTLS(str(d / "tls.crt"), str(d / "tls.key"), client_ca_file=str(d / "ca.crt"))
+    host = ServiceHost(Empty(Telemetry("tts")), ServerConfig(port=0, grace_seconds=0.5, tls=tls))
+    await host.start()
+    try:
+        env = {
+            "TALKMESH_TTS__SERVER__PORT": str(host.port),
+            "TALKMESH_TTS__SERVER__TLS__CERT_FILE": tls.cert_file,
+            "TALKMESH_TTS__SERVER__TLS__KEY_FILE": tls.key_file,
+            "TALKMESH_TTS__SERVER__TLS__CLIENT_CA_FILE": tls.client_ca_file,
+        }
+        target, creds = healthcheck.target_for(healthcheck.server_settings("tts", None, env))
+        assert creds is not None
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, healthcheck.check, target, "liveness", 5.0, creds)
+        plain, none = healthcheck.target_for(
+            healthcheck.server_settings("tts", None, {"TALKMESH_TTS__SERVER__PORT": str(host.port)})
+        )
+        assert none is None
+        assert not await loop.run_in_executor(None, healthcheck.check, plain, "liveness", 2.0, None)
+    finally:
+        await host.stop(grace=0.5)
