@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -218,6 +220,24 @@ async def test_keys_file_is_reloaded_without_restart(tmp_path):
             # A broken file keeps the keys loaded before.
             (tmp_path / "api-keys.yaml").write_text("keys: [{name: x, sha256: nope}]")
             assert await carol.list_voices()
+
+        # The CLI: --tls-ca and --api-key (or their environment variables).
+        gw = ["--target", mesh.gateway, "--tls-ca", str(pki / "ca.crt")]
+        code, out, err = await cli("voices", *gw, "--api-key", key_of("carol"))
+        assert code == 0 and "espeak" in out, err
+        code, out, err = await cli("voices", *gw, env={"TALKMESH_API_KEY": key_of("carol")})
+        assert code == 0, err
+        code, out, err = await cli("voices", *gw, env={"TALKMESH_API_KEY": "tm_wrong"})
+        assert code == 1 and err.startswith("error: UNAUTHENTICATED: authorization"), err
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "talkmesh.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_live_sessions_need_a_key_and_only_their_key_watches(tmp_path):

@@ -125,3 +125,13 @@ def test_cli_makes_a_dev_pki(tmp_path: Path):
         assert {p.name for p in d.iterdir()} == {"tls.crt", "tls.key", "ca.crt"}
         assert (d / "tls.key").stat().st_mode & 0o077 == 0
     assert (tmp_path / "pki" / "ca.key").stat().st_mode & 0o077 == 0
+
+
+def test_up_refuses_a_missing_pki_or_keys_file(tmp_path: Path):
+    for argv, expected in (
+        (["up", "--pki", str(tmp_path)], "talkmesh certs"),
+        (["up", "--api-keys", str(tmp_path / "keys.yaml")], "talkmesh keys new"),
+    ):
+        with redirect_stderr(io.StringIO()) as err:
+            assert cli([*argv, "--port-base", "40000"]) == 1
+        assert expected in err.getvalue()
