@@ -49,6 +49,7 @@ from talkmesh.common.errors import (
     ResourceExhausted,
     TalkmeshError,
     Unavailable,
+    scrub,
 )
 from talkmesh.common.principal import current_principal
 from talkmesh.common.registry import SIZE_PRESETS
@@ -251,10 +252,14 @@ class LiveSession:
             await self.out.send(msg)
 
     async def _error(self, exc: TalkmeshError, turn_id: str = "") -> None:
+        # In-band errors reach the client like statuses do: without internal addresses and paths.
+        message, _ = scrub(exc.code, exc.message, [])
+        if message != exc.message:
+            log.info("live error to the client scrubbed; was %s: %s", exc.code.name, exc.message)
         await self._send(
             lpb.LiveServerMessage(
                 error=lpb.LiveError(
-                    code=exc.code.value[0], message=exc.message, field=getattr(exc, "field", ""), turn_id=turn_id
+                    code=exc.code.value[0], message=message, field=getattr(exc, "field", ""), turn_id=turn_id
                 )
             )
         )
