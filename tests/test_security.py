@@ -145,6 +145,14 @@ async def test_avatars_belong_to_the_key_that_registered_them(tmp_path):
                 assert mine.id in ids and theirs.id not in ids and len(default) == 1  # own + the default
                 assert {mine.id, theirs.id} | default <= {a.id for a in await root.list_avatars()}
 
+                # Speaking with an avatar: the key's own (or the default); another key's is refused.
+                result = await alice.speak_to_file("Mine.", tmp_path / "mine.mp4", avatar=mine.id)
+                assert result.summary.frames > 0
+                with pytest.raises(grpc.aio.AioRpcError) as speak:
+                    async for _ in bob.speak("Not mine.", avatar=mine.id):
+                        pass
+                assert speak.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "another API key" in (speak.value.details() or "")
                 err = await status_of(bob.delete_avatar(mine.id))
                 assert err.code() == grpc.StatusCode.PERMISSION_DENIED
                 assert mine.id in {a.id for a in await alice.list_avatars()}

@@ -17,6 +17,7 @@ from talkmesh.common.calls import CallStream, LocalStream, Stream
 from talkmesh.common.channel import create_channel
 from talkmesh.common.config import Endpoint
 from talkmesh.common.inprocess import InProcessContext
+from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import renderer_pb2, renderer_pb2_grpc
 
@@ -42,7 +43,8 @@ class GrpcFrameSource(FrameSource):
         self.stub = renderer_pb2_grpc.RendererStub(self.channel)
 
     def render(self, requests: AsyncIterable[renderer_pb2.RenderRequest], timeout: float | None) -> Stream:
-        call = self.stub.Render(timeout=timeout, metadata=outgoing_metadata())
+        # The API key the gateway named (if any): the renderer renders only avatars the key may use.
+        call = self.stub.Render(timeout=timeout, metadata=outgoing_metadata(principal_metadata()))
         return CallStream(call, requests, stage="renderer")
 
     async def close(self) -> None:

@@ -92,11 +92,11 @@ class GrpcDownstreams(Downstreams):
         return CallStream(call, requests, stage="audio_features")
 
     def encode(self, requests: AsyncIterable[epb.EncodeRequest], timeout: float | None) -> Stream:
-        call = self.encoder.Encode(timeout=timeout, metadata=outgoing_metadata())
+        call = self.encoder.Encode(timeout=timeout, metadata=outgoing_metadata(principal_metadata()))
         return CallStream(call, requests, stage="encoder")
 
     def live(self, requests: AsyncIterable[epb.LiveEncodeRequest], timeout: float | None) -> Stream:
-        call = self.encoder.Live(timeout=timeout, metadata=outgoing_metadata())
+        call = self.encoder.Live(timeout=timeout, metadata=outgoing_metadata(principal_metadata()))
         return CallStream(call, requests, stage="encoder")
 
     async def watch_remote(self, owner: str, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:

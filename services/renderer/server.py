@@ -63,7 +63,9 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             raise InvalidArgument("config.pixel_format", f"unsupported pixel format {pixel_format}")
         if cfg.sample_rate and not 8000 <= cfg.sample_rate <= 192000:
             raise InvalidArgument("config.sample_rate", f"{cfg.sample_rate} Hz is not a supported rate")
-        avatar = await asyncio.to_thread(s.store.get, cfg.avatar_id or s.config.default_avatar, backend_name)
+        avatar_id = cfg.avatar_id or s.config.default_avatar
+        await asyncio.to_thread(self._may_use, principal_of(context.invocation_metadata()), avatar_id)
+        avatar = await asyncio.to_thread(s.store.get, avatar_id, backend_name)
         size = output_size(cfg.size or s.config.default_size, avatar.size)
         session_key = cfg.session_id
         start_tick = s.session_ticks.get(session_key, 0) if session_key else 0
@@ -201,6 +203,14 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         if who is None or who.admin:
             return items
         return [a for a in items if store.is_protected(a.id) or who.name in store.owners(a.id)]
+
+    def _may_use(self, who: Principal | None, avatar_id: str) -> None:
+        """Blocking. With API keys a key renders its own avatars and the default (admins: any)."""
+        store = self.s.store
+        if who is None or who.admin or store.is_protected(avatar_id) or not store.exists(avatar_id):
+            return  # an unknown id: NOT_FOUND from the store, as without keys
+        if who.name not in store.owners(avatar_id):
+            raise PermissionDenied(f"config.avatar_id: avatar {avatar_id!r} belongs to another API key")
 
     def _delete(self, who: Principal | None, avatar_id: str) -> bool:
         """Blocking. Only an owner (or an admin) deletes; a co-owner only gives up its share."""

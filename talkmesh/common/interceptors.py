@@ -34,6 +34,7 @@ from talkmesh.common.errors import (
     status_trailer,
 )
 from talkmesh.common.logs import request_id_var
+from talkmesh.common.principal import current_principal, principal_of
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.streams import CheckedRequests, Undecodable, lenient_deserializer
 from talkmesh.common.telemetry import Telemetry
@@ -135,6 +136,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # Set for the rest of this RPC's task. Never reset: a cancelled stream's generator is closed
         # from another task, where resetting a token of this context would fail.
         request_id_var.set(rid)
+        if not self.scrub:
+            # Inside the mesh: the API key the gateway authenticated, for the stages this call
+            # reaches next (the edge sets its own from the client's key, never from metadata).
+            current_principal.set(principal_of(md.items()))
         parent = propagate.extract(md, getter=_MetadataGetter())
         span = self.telemetry.tracer.start_span(
             method.lstrip("/"),
