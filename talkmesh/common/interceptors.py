@@ -81,13 +81,14 @@ class AdmissionState:
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float = 60.0, scrub: bool = False
+        self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float = 60.0, edge: bool = False
     ) -> None:
         self.telemetry = telemetry
         self.admission = admission
         self.write_timeout = write_timeout
-        #: statuses go to external clients: without internal addresses, paths and exception text
-        self.scrub = scrub
+        #: the public edge (the gateway): statuses go to external clients, scrubbed of internal
+        #: addresses, paths and exception text; the caller's principal is never read from metadata
+        self.edge = edge
 
     async def intercept_service(
         self,
@@ -136,7 +137,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # Set for the rest of this RPC's task. Never reset: a cancelled stream's generator is closed
         # from another task, where resetting a token of this context would fail.
         request_id_var.set(rid)
-        if not self.scrub:
+        if not self.edge:
             # Inside the mesh: the API key the gateway authenticated, for the stages this call
             # reaches next (the edge sets its own from the client's key, never from metadata).
             current_principal.set(principal_of(md.items()))
@@ -193,7 +194,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
         span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
         span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if self.scrub:
+        if self.edge:
             shown, rich = scrub(code, details, rich)
             if shown != details:
                 log.info("status to the client scrubbed; was %s: %s", code.name, details)

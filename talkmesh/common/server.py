@@ -4,8 +4,9 @@ A service implements ``Service`` (register its servicer, warm up, shut down); ``
 the rest the same way for all five:
 
 * TLS or mutual TLS when ``server.tls`` is set (certificates reloaded when their files change);
-* standard health checking (``server.health``): ``""`` and the service's own names report readiness (SERVING only after
-  ``Service.start`` finished warming up), ``"liveness"`` reports SERVING while the process is up;
+* standard health checking (``server.health``): ``""`` and the service's own names report readiness
+  (SERVING only after ``Service.start`` finished warming up), ``"liveness"`` reports SERVING while
+  the process is up;
 * server reflection (``server.reflection``); explicit max message sizes on both directions;
 * interceptors for request ids, admission control, metrics and tracing;
 * ``/metrics`` on ``metrics_port`` with the service's own registry;
@@ -71,7 +72,8 @@ class Service(abc.ABC):
         return ""
 
     #: True for the public edge (the gateway): statuses it returns are scrubbed of internal
-    #: addresses, file paths and exception text (talkmesh.common.errors.scrub); logs keep them.
+    #: addresses, file paths and exception text (talkmesh.common.errors.scrub; logs keep them),
+    #: and the caller's API key is never taken from metadata (talkmesh.common.principal).
     external: bool = False
 
     def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
@@ -168,7 +170,7 @@ class ServiceHost:
     async def _start(self) -> int:
         cfg = self.config
         common = ServerInterceptor(
-            self.telemetry, self.admission, write_timeout=cfg.write_timeout_seconds, scrub=self.service.external
+            self.telemetry, self.admission, write_timeout=cfg.write_timeout_seconds, edge=self.service.external
         )
         server = grpc.aio.server(interceptors=[common, *self.service.interceptors()], options=self._server_options())
         self._names = list(self.service.register(server))
