@@ -90,6 +90,23 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secure_env(args: argparse.Namespace) -> dict[str, str]:
+    """``up --pki DIR``: mutual TLS with the certificates of `talkmesh certs DIR`; ``--api-keys FILE``."""
+    env: dict[str, str] = {}
+    if args.pki:
+        from talkmesh.devcerts import mesh_tls_env
+
+        pki = Path(args.pki)
+        if not (pki / "ca.crt").is_file():
+            raise CliError(f"--pki {pki}: no ca.crt there; make the certificates with `talkmesh certs {pki}`")
+        env.update(mesh_tls_env(pki.resolve()))
+    if args.api_keys:
+        if not Path(args.api_keys).is_file():
+            raise CliError(f"--api-keys {args.api_keys}: no such file (make one with `talkmesh keys new NAME --file`)")
+        env[f"{spec('gateway').env_prefix}__AUTH__API_KEYS_FILE"] = str(Path(args.api_keys).resolve())
+    return env
+
+
 async def _up(args: argparse.Namespace) -> int:
     from talkmesh.common.server import BindError
     from talkmesh.launcher import Mesh, check_port_base
@@ -99,7 +116,7 @@ async def _up(args: argparse.Namespace) -> int:
             check_port_base(args.port_base)
         except ValueError as exc:
             raise CliError(str(exc)) from None
-    mesh = Mesh(ephemeral=False, host=args.host, port_base=args.port_base)
+    mesh = Mesh(ephemeral=False, host=args.host, port_base=args.port_base, env=_secure_env(args))
     try:
         mesh.check_ports()
     except BindError as exc:
@@ -169,14 +186,36 @@ def _print_result(result: Any, container: str = "fmp4") -> None:
         print(f"  {st.service:>8} {st.stage:<24} {st.seconds * 1000:8.1f} ms")
 
 
-async def _say(args: argparse.Namespace) -> int:
+def client_for(args: argparse.Namespace) -> Any:
+    """A TalkmeshClient for ``--target`` with the TLS and API-key flags (their env defaults otherwise)."""
     from talkmesh.client import TalkmeshClient
+
+    return TalkmeshClient(args.target, tls=tls_from_args(args), api_key=getattr(args, "api_key", None))
+
+
+def tls_from_args(args: argparse.Namespace) -> Any:
+    """``ClientTLS`` from the --tls* flags; None (the env defaults) when none is given."""
+    from talkmesh.common.channel import ClientTLS
+
+    tls = ClientTLS(
+        enabled=bool(getattr(args, "tls", False)),
+        ca_file=getattr(args, "tls_ca", "") or "",
+        cert_file=getattr(args, "tls_cert", "") or "",
+        key_file=getattr(args, "tls_key", "") or "",
+        server_name=getattr(args, "tls_server_name", "") or "",
+    )
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise CliError("--tls-cert and --tls-key go together")
+    return tls if tls.active else None
+
+
+async def _say(args: argparse.Namespace) -> int:
     from talkmesh.v1 import encoder_pb2 as epb
 
     out = Path(args.output)
     check_output(out)
     container = container_for(out, args.container)
-    async with TalkmeshClient(args.target) as client:
+    async with client_for(args) as client:
         avatar = await client.resolve_avatar(args.avatar)
         request = client.request(
             args.text,
@@ -279,9 +318,8 @@ class ProgressBar:
 
 
 async def _avatar(args: argparse.Namespace) -> int:
-    from talkmesh.client import TalkmeshClient
 
-    async with TalkmeshClient(args.target) as client:
+    async with client_for(args) as client:
         if args.avatar_cmd == "add":
             path = Path(args.path)
             if not path.is_file():
@@ -311,9 +349,8 @@ async def _avatar(args: argparse.Namespace) -> int:
 
 
 async def _voices(args: argparse.Namespace) -> int:
-    from talkmesh.client import TalkmeshClient
 
-    async with TalkmeshClient(args.target) as client:
+    async with client_for(args) as client:
         for v in await client.list_voices():
             print(f"{v.id:<28} {v.language:<8} {v.engine:<8} {v.sample_rate} Hz  {v.name}")
     return 0
@@ -325,6 +362,39 @@ async def _live(args: argparse.Namespace) -> int:
     return await run(args, args.target)
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from talkmesh.devcerts import make_dev_pki
+
+    out = Path(args.dir)
+    make_dev_pki(out, NAMES, days=args.days)
+    print(f"wrote a development CA and certificates for {', '.join(NAMES)} and client under {out}/")
+    print(f"  e.g. TALKMESH_TTS__SERVER__TLS__CERT_FILE={out}/tts/tls.crt (see docs/SECURITY.md)")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import yaml
+
+    from services.gateway.auth import ROLES, hash_key, new_key, parse_keys
+
+    if args.role not in ROLES:
+        raise CliError(f"--role must be one of {', '.join(ROLES)}")
+    key = new_key()
+    entry: dict[str, Any] = {"name": args.name, "role": args.role, "sha256": hash_key(key)}
+    if args.file:
+        path = Path(args.file)
+        data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+        data.setdefault("keys", [])
+        data["keys"] = [k for k in data["keys"] if k.get("name") != args.name] + [entry]
+        parse_keys(data, str(path))  # refuses to write a file the gateway would not load
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        print(f"added {args.name!r} ({args.role}) to {path}", file=sys.stderr)
+    else:
+        print(yaml.safe_dump({"keys": [entry]}, sort_keys=False), end="", file=sys.stderr)
+    print(key)
+    return 0
+
+
 # -- arguments -----------------------------------------------------------------------------------
 def _port_number(text: str) -> int:
     try:
@@ -334,7 +404,7 @@ def _port_number(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from talkmesh.client import TARGET_ENV, default_target
+    from talkmesh.client import API_KEY_ENV, TARGET_ENV, TLS_ENV, default_target
 
     p = argparse.ArgumentParser(prog="talkmesh", description=__doc__.split("\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -364,12 +434,26 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"gRPC ports BASE..BASE+4 and metrics ports BASE+10..BASE+14 (default: ${PORT_BASE_ENV}, "
         f"else {DEFAULT_PORT_BASE}.. and {DEFAULT_METRICS_BASE}..)",
     )
+    u.add_argument("--pki", default="", help="mutual TLS on every hop with the certificates of `talkmesh certs DIR`")
+    u.add_argument("--api-keys", default="", help="API keys file for the gateway (`talkmesh keys new`)")
 
     target = argparse.ArgumentParser(add_help=False, parents=[common])
     target.add_argument(
         "--target",
         default=default_target(),
         help=f"gateway address (default: ${TARGET_ENV}, else the local mesh's gateway)",
+    )
+    target.add_argument(
+        "--api-key", default=None, help=f"API key, sent as 'authorization: Bearer <key>' (default: ${API_KEY_ENV})"
+    )
+    target.add_argument("--tls", action="store_true", help=f"connect over TLS (default: ${TLS_ENV}=1)")
+    target.add_argument(
+        "--tls-ca", default="", help=f"CA bundle to verify the gateway (implies --tls; ${TLS_ENV}_CA_FILE)"
+    )
+    target.add_argument("--tls-cert", default="", help=f"client certificate for mutual TLS (${TLS_ENV}_CERT_FILE)")
+    target.add_argument("--tls-key", default="", help=f"its private key (${TLS_ENV}_KEY_FILE)")
+    target.add_argument(
+        "--tls-server-name", default="", help="name the gateway's certificate carries, if not the target's host"
     )
 
     y = sub.add_parser("say", parents=[target], help="speak a text and write the video to a file")
@@ -411,6 +495,16 @@ def build_parser() -> argparse.ArgumentParser:
     from talkmesh.live_cli import add_arguments as live_arguments
 
     live_arguments(lv)
+
+    ce = sub.add_parser("certs", parents=[common], help="make a development CA and mutual-TLS certificates")
+    ce.add_argument("dir", help="output directory (<dir>/<service>/tls.crt, tls.key, ca.crt)")
+    ce.add_argument("--days", type=int, default=90, help="validity of the service certificates")
+    k = sub.add_parser("keys", parents=[common], help="API keys for the gateway")
+    ksub = k.add_subparsers(dest="keys_cmd", required=True)
+    kn = ksub.add_parser("new", parents=[common], help="make a key: prints it once; stores only its hash")
+    kn.add_argument("name", help="the key's name (owner of its avatars; in logs)")
+    kn.add_argument("--role", default="user", help="user (default) or admin")
+    kn.add_argument("--file", help="add the hashed entry to this keys file (auth.api_keys_file)")
 
     b = sub.add_parser(
         "bench", parents=[common], help="measure latency, real-time factor and concurrency; append BENCHMARKS.md"
@@ -482,6 +576,10 @@ def run(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.cmd == "config":
         return _config(args)
+    if args.cmd == "certs":
+        return _certs(args)
+    if args.cmd == "keys":
+        return _keys(args)
     if args.cmd == "bench":
         from talkmesh.bench import run as run_bench
 

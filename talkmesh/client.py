@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from talkmesh.common.channel import PUBLIC_CLIENT_KEEPALIVE_MS, create_channel
+from talkmesh.common.channel import PUBLIC_CLIENT_KEEPALIVE_MS, ClientTLS, create_channel
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
@@ -29,6 +29,10 @@ from talkmesh.v1 import types_pb2 as api
 UPLOAD_CHUNK_BYTES = 1 << 20
 #: Environment variable naming the gateway (``host:port``) when no target is given.
 TARGET_ENV = "TALKMESH_TARGET"
+#: Environment variable with the API key sent when none is given.
+API_KEY_ENV = "TALKMESH_API_KEY"
+#: Prefix of the TLS environment variables (see ``default_tls``).
+TLS_ENV = "TALKMESH_TLS"
 
 
 def default_target() -> str:
@@ -63,8 +67,15 @@ class LiveSession:
             ...
     """
 
-    def __init__(self, stub: live_pb2_grpc.LiveStub, config: lpb.LiveConfig, timeout: float | None) -> None:
+    def __init__(
+        self,
+        stub: live_pb2_grpc.LiveStub,
+        config: lpb.LiveConfig,
+        timeout: float | None,
+        metadata: Callable[[], grpc.aio.Metadata] = outgoing_metadata,
+    ) -> None:
         self._stub = stub
+        self._metadata = metadata
         self._config = config
         self._timeout = timeout
         self._call: Any = None
@@ -78,7 +89,7 @@ class LiveSession:
             await self._call.write(msg)
 
     async def __aenter__(self) -> LiveSession:
-        self._call = self._stub.Session(timeout=self._timeout, metadata=outgoing_metadata())
+        self._call = self._stub.Session(timeout=self._timeout, metadata=self._metadata())
         await self._send(lpb.LiveClientMessage(config=self._config))
         first = await self._call.read()
         if first is grpc.aio.EOF:
@@ -157,20 +168,59 @@ class LiveSession:
                 await self._call.done_writing()
 
 
+def default_tls() -> ClientTLS | None:
+    """TLS settings from ``$TALKMESH_TLS`` (1 = TLS with the system's roots) and
+    ``$TALKMESH_TLS_CA_FILE``, ``$TALKMESH_TLS_CERT_FILE``, ``$TALKMESH_TLS_KEY_FILE``,
+    ``$TALKMESH_TLS_SERVER_NAME``; None when none is set (plaintext)."""
+    env = os.environ
+    tls = ClientTLS(
+        enabled=env.get(TLS_ENV, "").strip().lower() in ("1", "true", "yes", "on"),
+        ca_file=env.get(f"{TLS_ENV}_CA_FILE", "").strip(),
+        cert_file=env.get(f"{TLS_ENV}_CERT_FILE", "").strip(),
+        key_file=env.get(f"{TLS_ENV}_KEY_FILE", "").strip(),
+        server_name=env.get(f"{TLS_ENV}_SERVER_NAME", "").strip(),
+    )
+    return tls if tls.active else None
+
+
 class TalkmeshClient:
-    def __init__(self, target: str = "", *, max_message_bytes: int = 8 * 1024 * 1024) -> None:
+    """A connection to the gateway.
+
+    ``tls``: TLS to the gateway (CA to verify it, optionally a client certificate); default
+    from ``$TALKMESH_TLS*`` (``default_tls``), else plaintext. ``api_key``: sent as
+    ``authorization: Bearer <key>`` on every call; default ``$TALKMESH_API_KEY``.
+    """
+
+    def __init__(
+        self,
+        target: str = "",
+        *,
+        max_message_bytes: int = 8 * 1024 * 1024,
+        tls: ClientTLS | None = None,
+        api_key: str | None = None,
+    ) -> None:
         target = target or default_target()
         self.target = target
+        key = os.environ.get(API_KEY_ENV, "").strip() if api_key is None else api_key
+        self._auth: list[tuple[str, str]] = [("authorization", f"Bearer {key}")] if key else []
         # No client interceptors: every call passes ``outgoing_metadata()`` (trace context, request id)
         # itself. Interceptors would proxy writes through a queue whose consumer task outlives a
         # call the server ended (a live session's idle timeout) until ``done_writing``.
         self.channel = create_channel(
-            target, max_message_bytes, keepalive_ms=PUBLIC_CLIENT_KEEPALIVE_MS, interceptors=False
+            target,
+            max_message_bytes,
+            keepalive_ms=PUBLIC_CLIENT_KEEPALIVE_MS,
+            interceptors=False,
+            tls=tls if tls is not None else default_tls(),
         )
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
 
     async def __aenter__(self) -> TalkmeshClient:
         return self
+
+    def _md(self) -> grpc.aio.Metadata:
+        """Trace context, request id and the API key."""
+        return outgoing_metadata(self._auth)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -216,7 +266,7 @@ class TalkmeshClient:
     ) -> AsyncIterator[gpb.SpeakChunk]:
         """Streams the video of ``text``: media chunks (init segment first), then a summary."""
         req = text if isinstance(text, gpb.SpeakRequest) else self.request(text, **options)  # type: ignore[arg-type]
-        return self.stub.Speak(req, timeout=timeout, metadata=outgoing_metadata())  # type: ignore[no-any-return]
+        return self.stub.Speak(req, timeout=timeout, metadata=self._md())  # type: ignore[no-any-return]
 
     def speak_stream(
         self, pieces: AsyncIterable[str], *, timeout: float | None = None, **options: object
@@ -229,7 +279,7 @@ class TalkmeshClient:
             async for piece in pieces:
                 yield gpb.SpeakStreamRequest(text=piece)
 
-        return self.stub.SpeakStream(requests(), timeout=timeout, metadata=outgoing_metadata())  # type: ignore[no-any-return]
+        return self.stub.SpeakStream(requests(), timeout=timeout, metadata=self._md())  # type: ignore[no-any-return]
 
     async def save(self, chunks: AsyncIterator[gpb.SpeakChunk], path: str | os.PathLike[str]) -> SpeakResult:
         """Writes streamed media to ``path`` (atomically) and returns the summary and timings."""
@@ -273,10 +323,10 @@ class TalkmeshClient:
         return await self.save(self.speak(text, **options), path)  # type: ignore[arg-type]
 
     async def list_voices(self) -> list[api.Voice]:
-        return list((await self.stub.ListVoices(api.ListVoicesRequest(), metadata=outgoing_metadata())).voices)
+        return list((await self.stub.ListVoices(api.ListVoicesRequest(), metadata=self._md())).voices)
 
     async def list_avatars(self) -> list[api.AvatarInfo]:
-        return list((await self.stub.ListAvatars(api.ListAvatarsRequest(), metadata=outgoing_metadata())).avatars)
+        return list((await self.stub.ListAvatars(api.ListAvatarsRequest(), metadata=self._md())).avatars)
 
     async def register_avatar(
         self,
@@ -308,7 +358,7 @@ class TalkmeshClient:
                         progress(sent, total)
 
         info: api.AvatarInfo | None = None
-        async for msg in self.stub.RegisterAvatarWithProgress(upload(), metadata=outgoing_metadata()):
+        async for msg in self.stub.RegisterAvatarWithProgress(upload(), metadata=self._md()):
             if msg.WhichOneof("kind") == "progress":
                 if preparing is not None:
                     preparing(msg.progress)
@@ -360,17 +410,17 @@ class TalkmeshClient:
             idle_timeout_seconds=idle_timeout,
             max_session_seconds=max_seconds,
         )
-        return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout)
+        return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout, self._md)
 
     def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         """Another viewer of a running live session (joins at the next keyframe)."""
         return live_pb2_grpc.LiveStub(self.channel).Watch(
-            lpb.WatchRequest(session_id=session_id), metadata=outgoing_metadata()
+            lpb.WatchRequest(session_id=session_id), metadata=self._md()
         )  # type: ignore[no-any-return]
 
     async def delete_avatar(self, avatar_id: str) -> bool:
         return bool(
             (
-                await self.stub.DeleteAvatar(api.DeleteAvatarRequest(avatar_id=avatar_id), metadata=outgoing_metadata())
+                await self.stub.DeleteAvatar(api.DeleteAvatarRequest(avatar_id=avatar_id), metadata=self._md())
             ).deleted
         )

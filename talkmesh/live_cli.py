@@ -96,7 +96,9 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
     loop = asyncio.get_running_loop()
     quit_now = asyncio.Event()
     state = {"speaking": False}
-    async with TalkmeshClient(target) as client:
+    from talkmesh.cli import tls_from_args
+
+    async with TalkmeshClient(target, tls=tls_from_args(args), api_key=getattr(args, "api_key", None)) as client:
         async with client.live(
             avatar=args.avatar, voice=args.voice, size=args.size, backend=args.backend, idle_timeout=args.idle_timeout
         ) as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from pathlib import Path
 from opentelemetry.trace import TracerProvider
 
 from talkmesh.common import registry
-from talkmesh.common.config import ServerConfig
+from talkmesh.common.config import ServerConfig, ServerTLS
 from talkmesh.common.server import ServiceHost
 from talkmesh.common.telemetry import Telemetry
 
@@ -38,11 +39,15 @@ async def inprocess_mesh(
     tracer_provider: TracerProvider | None = None,
     env: Mapping[str, str] | None = None,
     metrics: bool = False,
+    pki: Path | None = None,
 ) -> AsyncIterator[InProcessMesh]:
+    """``pki``: a directory made by ``talkmesh.devcerts.make_dev_pki``: mutual TLS on every internal
+    hop (each service presents its own certificate, requires the mesh CA's) and TLS without client
+    certificates on the gateway's port, as the Kubernetes mtls component sets them up."""
     base_env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
     base_env.update(env or {})
     mesh = InProcessMesh()
-    server_cfg = ServerConfig(port=0, metrics_port=0 if metrics else -1, grace_seconds=2.0)
+    plain = ServerConfig(port=0, metrics_port=0 if metrics else -1, grace_seconds=2.0)
     async with contextlib.AsyncExitStack() as stack:
         for spec in registry.start_order():
             name = spec.name
@@ -50,7 +55,20 @@ async def inprocess_mesh(
             local_env = dict(base_env)
             for callee in spec.calls:
                 local_env[f"{spec.env_prefix}__{callee.upper()}__TARGET"] = mesh.hosts[callee].address
+                if pki is not None:  # this service's own certificate, the mesh CA, the callee's name
+                    tls = f"{spec.env_prefix}__{callee.upper()}__TLS__"
+                    local_env[tls + "CA_FILE"] = str(pki / name / "ca.crt")
+                    local_env[tls + "CERT_FILE"] = str(pki / name / "tls.crt")
+                    local_env[tls + "KEY_FILE"] = str(pki / name / "tls.key")
+                    local_env[tls + "SERVER_NAME"] = callee.replace("_", "-")
             config = main.load_config(None, env=local_env)
+            server_cfg = plain
+            if pki is not None:
+                client_ca = "" if name == "gateway" else str(pki / name / "ca.crt")
+                server_cfg = dataclasses.replace(
+                    plain,
+                    tls=ServerTLS(str(pki / name / "tls.crt"), str(pki / name / "tls.key"), client_ca_file=client_ca),
+                )
             tel = Telemetry(name, tracer_provider=tracer_provider)
             host = ServiceHost(main.create_service(config, tel), server_cfg)
             await host.start()

@@ -17,6 +17,7 @@ from talkmesh.common.calls import CallStream, LocalStream, Stream
 from talkmesh.common.channel import create_channel
 from talkmesh.common.config import Endpoint
 from talkmesh.common.inprocess import InProcessContext
+from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import renderer_pb2, renderer_pb2_grpc
 
@@ -36,11 +37,14 @@ class GrpcFrameSource(FrameSource):
 
     def __init__(self, endpoint: Endpoint, max_message_bytes: int) -> None:
         # Raw frames come back: the stream window starts large enough for two whole messages.
-        self.channel = create_channel(endpoint.target, max_message_bytes, interceptors=False, large_window=True)
+        self.channel = create_channel(
+            endpoint.target, max_message_bytes, interceptors=False, large_window=True, tls=endpoint.tls
+        )
         self.stub = renderer_pb2_grpc.RendererStub(self.channel)
 
     def render(self, requests: AsyncIterable[renderer_pb2.RenderRequest], timeout: float | None) -> Stream:
-        call = self.stub.Render(timeout=timeout, metadata=outgoing_metadata())
+        # The API key the gateway named (if any): the renderer renders only avatars the key may use.
+        call = self.stub.Render(timeout=timeout, metadata=outgoing_metadata(principal_metadata()))
         return CallStream(call, requests, stage="renderer")
 
     async def close(self) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
+from services.gateway.auth import AuthConfig
+from talkmesh.common.config import ClientTLS, ConfigError, Endpoint, ServerConfig
 from talkmesh.common.registry import default_target, spec
 
 
@@ -31,6 +32,8 @@ class LiveSettings:
     # Signs session ids (they name their owner); every replica of a deployment needs the same
     # secret for Watch forwarding. "" = a random secret per process (no forwarding).
     session_secret: str = ""
+    # TLS to the other replicas (Watch forwarding reaches their public port).
+    peer_tls: ClientTLS = field(default_factory=ClientTLS)
 
     def validate(self) -> None:
         if self.max_sessions < 1:
@@ -76,6 +79,8 @@ class GatewayConfig:
     # relay a fifth of the messages of 40 ms ones.
     tts_chunk_ms: int = 200
     live: LiveSettings = field(default_factory=LiveSettings)
+    # API keys (off by default; docs/SECURITY.md).
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def validate(self) -> None:
         if self.max_text_chars < 1:

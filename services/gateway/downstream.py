@@ -22,6 +22,7 @@ from services.gateway.config import GatewayConfig
 from talkmesh.common.calls import CallStream, Stream
 from talkmesh.common.channel import create_channel
 from talkmesh.common.errors import NotFound, StageError
+from talkmesh.common.principal import current_principal, principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import audio_features_pb2_grpc, encoder_pb2_grpc, live_pb2_grpc, renderer_pb2_grpc, tts_pb2_grpc
@@ -65,10 +66,12 @@ class GrpcDownstreams(Downstreams):
         self.channels = {
             # TTS runs hundreds of times faster than real time: a fixed flow-control window holds it
             # back (with the gateway's own read-ahead limit) instead of buffering a whole utterance.
-            "tts": create_channel(config.tts.target, limit, interceptors=False, bdp_probe=False),
-            "audio_features": create_channel(config.audio_features.target, limit, interceptors=False),
-            "renderer": create_channel(config.renderer.target, limit, interceptors=False),
-            "encoder": create_channel(config.encoder.target, limit, interceptors=False),
+            "tts": create_channel(config.tts.target, limit, interceptors=False, bdp_probe=False, tls=config.tts.tls),
+            "audio_features": create_channel(
+                config.audio_features.target, limit, interceptors=False, tls=config.audio_features.tls
+            ),
+            "renderer": create_channel(config.renderer.target, limit, interceptors=False, tls=config.renderer.tls),
+            "encoder": create_channel(config.encoder.target, limit, interceptors=False, tls=config.encoder.tls),
         }
         self.config = config
         self.tts = tts_pb2_grpc.TTSStub(self.channels["tts"])
@@ -89,21 +92,24 @@ class GrpcDownstreams(Downstreams):
         return CallStream(call, requests, stage="audio_features")
 
     def encode(self, requests: AsyncIterable[epb.EncodeRequest], timeout: float | None) -> Stream:
-        call = self.encoder.Encode(timeout=timeout, metadata=outgoing_metadata())
+        call = self.encoder.Encode(timeout=timeout, metadata=outgoing_metadata(principal_metadata()))
         return CallStream(call, requests, stage="encoder")
 
     def live(self, requests: AsyncIterable[epb.LiveEncodeRequest], timeout: float | None) -> Stream:
-        call = self.encoder.Live(timeout=timeout, metadata=outgoing_metadata())
+        call = self.encoder.Live(timeout=timeout, metadata=outgoing_metadata(principal_metadata()))
         return CallStream(call, requests, stage="encoder")
 
     async def watch_remote(self, owner: str, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         channel = self.peers.get(owner)
         if channel is None:
             channel = self.peers[owner] = create_channel(
-                owner, self.config.server.max_message_bytes, interceptors=False
+                owner, self.config.server.max_message_bytes, interceptors=False, tls=self.config.live.peer_tls
             )
+        # The owning replica checks the same API key (and that it started the session).
+        principal = current_principal.get()
+        forwarded = [("authorization", principal.authorization)] if principal and principal.authorization else []
         call = live_pb2_grpc.LiveStub(channel).Watch(
-            lpb.WatchRequest(session_id=session_id), metadata=outgoing_metadata()
+            lpb.WatchRequest(session_id=session_id), metadata=outgoing_metadata(forwarded)
         )
         async for msg in CallStream(call, stage="gateway"):
             yield msg
@@ -112,7 +118,9 @@ class GrpcDownstreams(Downstreams):
         """A unary (or client-streaming) call to ``stage``, with trace context and request id."""
         stub = {"tts": self.tts, "renderer": self.renderer, "audio_features": self.features, "encoder": self.encoder}
         try:
-            return await getattr(stub[stage], method)(request, timeout=timeout, metadata=outgoing_metadata())
+            return await getattr(stub[stage], method)(
+                request, timeout=timeout, metadata=outgoing_metadata(principal_metadata())
+            )
         except grpc.aio.AioRpcError as exc:
             raise StageError(stage, exc) from None
 

@@ -45,10 +45,13 @@ from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import (
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     TalkmeshError,
     Unavailable,
+    scrub,
 )
+from talkmesh.common.principal import current_principal
 from talkmesh.common.registry import SIZE_PRESETS
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -249,10 +252,14 @@ class LiveSession:
             await self.out.send(msg)
 
     async def _error(self, exc: TalkmeshError, turn_id: str = "") -> None:
+        # In-band errors reach the client like statuses do: without internal addresses and paths.
+        message, _ = scrub(exc.code, exc.message, [])
+        if message != exc.message:
+            log.info("live error to the client scrubbed; was %s: %s", exc.code.name, exc.message)
         await self._send(
             lpb.LiveServerMessage(
                 error=lpb.LiveError(
-                    code=exc.code.value[0], message=exc.message, field=getattr(exc, "field", ""), turn_id=turn_id
+                    code=exc.code.value[0], message=message, field=getattr(exc, "field", ""), turn_id=turn_id
                 )
             )
         )
@@ -617,6 +624,8 @@ class LiveHub:
         self.telemetry = telemetry
         self.ds = downstreams
         self.sessions: dict[str, LiveSession] = {}
+        #: session id -> the name of the API key that started it (with API keys on)
+        self.session_keys: dict[str, str] = {}
         self.draining = False
         secret = config.live.session_secret.encode() or secrets.token_bytes(32)
         self.ids = SessionIds(config.live.advertise_address, secret)
@@ -645,6 +654,9 @@ class LiveHub:
         request_id = cfg.request_id or session_id
         session = LiveSession(self, session_id, cfg, request_id, deadline)
         self.sessions[session_id] = session
+        principal = current_principal.get()
+        if principal is not None:
+            self.session_keys[session_id] = principal.name
         svc = self.telemetry.service
         self.telemetry.metrics.live_sessions.labels(svc, "idle").inc()
         try:
@@ -652,6 +664,7 @@ class LiveHub:
                 yield msg
         finally:
             self.sessions.pop(session_id, None)
+            self.session_keys.pop(session_id, None)
             self.telemetry.metrics.live_sessions.labels(svc, "speaking" if session.speaking else "idle").dec()
 
     async def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
@@ -663,6 +676,10 @@ class LiveHub:
             async for msg in self.ds.watch_remote(owner, session_id):
                 yield msg
             return
+        # With API keys, only the key that started the session (or an admin key) watches it.
+        principal = current_principal.get()
+        if principal is not None and not principal.admin and self.session_keys.get(session_id) != principal.name:
+            raise PermissionDenied(f"session_id: live session {session_id!r} belongs to another API key")
         feed: Chan[lpb.LiveServerMessage] = Chan(256)
         joined = False
         seq = 0

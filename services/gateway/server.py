@@ -10,12 +10,14 @@ from typing import Any
 
 import grpc
 
+from services.gateway.auth import AuthInterceptor, KeyStore
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, GrpcDownstreams
 from services.gateway.live import LiveHub
 from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
+from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.common.registry import SIZE_PRESETS
 from talkmesh.common.server import Service
@@ -122,14 +124,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return await self._grpc().unary("renderer", "ListAvatars", request, self.config.renderer.timeout_seconds)
 
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
-        call = self._grpc().renderer.RegisterAvatar(timeout=self._timeout(context), metadata=outgoing_metadata())
+        call = self._grpc().renderer.RegisterAvatar(
+            timeout=self._timeout(context), metadata=outgoing_metadata(principal_metadata())
+        )
         return await CallStream(call, request_iterator, stage="renderer").response()
 
     async def RegisterAvatarWithProgress(
         self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any
     ) -> AsyncIterator[rpb.AvatarRegistration]:
         call = self._grpc().renderer.RegisterAvatarWithProgress(
-            timeout=self._timeout(context), metadata=outgoing_metadata()
+            timeout=self._timeout(context), metadata=outgoing_metadata(principal_metadata())
         )
         stream = CallStream(call, request_iterator, stage="renderer")
         try:
@@ -168,10 +172,12 @@ class LiveServicer(live_pb2_grpc.LiveServicer):
 
 class GatewayService(Service):
     name = "gateway"
+    external = True  # the public edge: statuses scrubbed of internal addresses and paths
 
     def __init__(self, config: GatewayConfig, telemetry: Telemetry, downstreams: Downstreams | None = None) -> None:
         super().__init__(telemetry)
         self.config = config
+        self.keys = KeyStore(config.auth) if config.auth.enabled else None
         self.downstreams: Downstreams = downstreams or GrpcDownstreams(config)
         self.servicer = GatewayServicer(config, telemetry, self.downstreams)
         self.live = LiveHub(config, telemetry, self.downstreams)
@@ -183,6 +189,9 @@ class GatewayService(Service):
             gpb.DESCRIPTOR.services_by_name["Gateway"].full_name,
             lpb.DESCRIPTOR.services_by_name["Live"].full_name,
         ]
+
+    def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
+        return [AuthInterceptor(self.keys)] if self.keys is not None else []
 
     def bound(self, address: str) -> None:
         self.live.advertise(address)

@@ -20,7 +20,8 @@ from services.renderer.progress import LatestProgress
 from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
 from talkmesh.common.aio import cancel_and_wait
-from talkmesh.common.errors import FailedPrecondition, InvalidArgument
+from talkmesh.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
+from talkmesh.common.principal import Principal, principal_of
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -62,7 +63,9 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             raise InvalidArgument("config.pixel_format", f"unsupported pixel format {pixel_format}")
         if cfg.sample_rate and not 8000 <= cfg.sample_rate <= 192000:
             raise InvalidArgument("config.sample_rate", f"{cfg.sample_rate} Hz is not a supported rate")
-        avatar = await asyncio.to_thread(s.store.get, cfg.avatar_id or s.config.default_avatar, backend_name)
+        avatar_id = cfg.avatar_id or s.config.default_avatar
+        await asyncio.to_thread(self._may_use, principal_of(context.invocation_metadata()), avatar_id)
+        avatar = await asyncio.to_thread(s.store.get, avatar_id, backend_name)
         size = output_size(cfg.size or s.config.default_size, avatar.size)
         session_key = cfg.session_id
         start_tick = s.session_ticks.get(session_key, 0) if session_key else 0
@@ -128,31 +131,62 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             face=face_report(avatar.report),
         )
 
+    # -- owners: the API key the gateway names (talkmesh/common/principal.py); none without keys --
+    def _usage(self, who: Principal) -> int:
+        store = self.s.store
+        return sum(store.disk_bytes(a.id) for a in store.list() if who.name in store.owners(a.id))
+
+    def _check_quota(self, who: Principal | None, adding: int) -> None:
+        """Blocking. RESOURCE_EXHAUSTED when the key's avatars (plus ``adding`` bytes) exceed its quota."""
+        if who is None or not who.avatar_disk_bytes:
+            return
+        used = self._usage(who)
+        if used + adding > who.avatar_disk_bytes:
+            raise ResourceExhausted(
+                f"API key {who.name!r}: avatars take {used} bytes on disk, {adding} more would exceed "
+                f"the limit of {who.avatar_disk_bytes}; delete avatars first",
+                retry_after=None,
+                quota="avatar_disk_bytes",
+                subject=f"api_key:{who.name}",
+            )
+
+    def _register(self, who: Principal | None, data: bytes, meta: rpb.AvatarMeta, progress: Any = None) -> Any:
+        """Blocking: quota, registration, then the key recorded as an owner (or rolled back)."""
+        store = self.s.store
+        self._check_quota(who, len(data))
+        avatar, cached = store.register(
+            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress
+        )
+        if who is None or store.is_protected(avatar.id):
+            return avatar, cached
+        owners = store.owners(avatar.id)
+        if who.name not in owners:
+            store.set_owners(avatar.id, owners | {who.name})
+            try:
+                self._check_quota(who, 0)
+            except ResourceExhausted:
+                store.set_owners(avatar.id, owners)
+                if not owners and not cached:
+                    store.delete(avatar.id)
+                raise
+        return avatar, cached
+
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
         meta, data = await self._read_upload(request_iterator)
-        avatar, cached = await asyncio.to_thread(
-            self.s.store.register, data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta)
-        )
+        who = principal_of(context.invocation_metadata())
+        avatar, cached = await asyncio.to_thread(self._register, who, data, meta)
         return self._info(avatar, cached)
 
     async def RegisterAvatarWithProgress(
         self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any
     ) -> AsyncIterator[rpb.AvatarRegistration]:
         meta, data = await self._read_upload(request_iterator)
+        who = principal_of(context.invocation_metadata())
         size = len(data)
         yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
         progress = LatestProgress(asyncio.get_running_loop())
         job = asyncio.ensure_future(
-            asyncio.to_thread(
-                self.s.store.register,
-                data,
-                meta.filename,
-                meta.name,
-                tuple(meta.backends),
-                "",
-                self._choice(meta),
-                progress.report,
-            )
+            asyncio.to_thread(self._register, who, data, meta, progress.report)
         )
         try:
             async for stage, done, total in progress.updates(job):
@@ -162,8 +196,39 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             await cancel_and_wait(job)
         yield rpb.AvatarRegistration(avatar=self._info(avatar, cached))
 
+    def _visible(self, who: Principal | None) -> list[Any]:
+        """Blocking. Every avatar without API keys or for an admin; else the key's own and the default."""
+        store = self.s.store
+        items = store.list()
+        if who is None or who.admin:
+            return items
+        return [a for a in items if store.is_protected(a.id) or who.name in store.owners(a.id)]
+
+    def _may_use(self, who: Principal | None, avatar_id: str) -> None:
+        """Blocking. With API keys a key renders its own avatars and the default (admins: any)."""
+        store = self.s.store
+        if who is None or who.admin or store.is_protected(avatar_id) or not store.exists(avatar_id):
+            return  # an unknown id: NOT_FOUND from the store, as without keys
+        if who.name not in store.owners(avatar_id):
+            raise PermissionDenied(f"config.avatar_id: avatar {avatar_id!r} belongs to another API key")
+
+    def _delete(self, who: Principal | None, avatar_id: str) -> bool:
+        """Blocking. Only an owner (or an admin) deletes; a co-owner only gives up its share."""
+        store = self.s.store
+        if who is None or who.admin or store.is_protected(avatar_id):
+            return store.delete(avatar_id)  # the default avatar: FAILED_PRECONDITION for everyone
+        owners = store.owners(avatar_id)
+        if who.name not in owners:
+            if not store.exists(avatar_id):
+                return False
+            raise PermissionDenied(f"avatar_id: avatar {avatar_id!r} belongs to another API key")
+        if owners - {who.name}:
+            store.set_owners(avatar_id, owners - {who.name})
+            return True
+        return store.delete(avatar_id)
+
     async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
-        items = await asyncio.to_thread(self.s.store.list)
+        items = await asyncio.to_thread(self._visible, principal_of(context.invocation_metadata()))
         return rpb.ListAvatarsResponse(
             avatars=[
                 rpb.AvatarInfo(
@@ -183,7 +248,8 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
         if not request.avatar_id:
             raise InvalidArgument("avatar_id", "must not be empty")
-        return rpb.DeleteAvatarResponse(deleted=await asyncio.to_thread(self.s.store.delete, request.avatar_id))
+        who = principal_of(context.invocation_metadata())
+        return rpb.DeleteAvatarResponse(deleted=await asyncio.to_thread(self._delete, who, request.avatar_id))
 
 
 def face_report(report: dict[str, Any]) -> rpb.FaceReport:

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkmesh.bench import components_mode, live, speak
+from talkmesh.bench import components_mode, live, speak, tls
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ MODES: tuple[BenchMode, ...] = (
         "live sessions: interrupts, turn latency, clock drift, idle vs speaking cost",
         live.add_arguments,
         live.run,
+    ),
+    BenchMode(
+        "tls",
+        "TTFF with mutual TLS on every hop and API keys vs plaintext (two meshes, interleaved)",
+        tls.add_arguments,
+        tls.run,
     ),
     BenchMode(
         "components",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import grpc
 
@@ -23,6 +25,49 @@ PUBLIC_CLIENT_KEEPALIVE_MS = 20_000
 SERVER_MIN_PING_INTERVAL_MS = 1_000
 SERVER_KEEPALIVE_MS = 10_000
 SERVER_KEEPALIVE_TIMEOUT_MS = 5_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTLS:
+    """TLS on a client channel (``<endpoint>.tls`` in a service's config, the client's ``--tls``
+    flags); on when ``enabled`` or any file is set. The files are read when the channel is made."""
+
+    # TLS even without any file below (the server is verified against the system's roots).
+    enabled: bool = False
+    # PEM CA bundle the server's certificate must chain to ("" = the system's roots).
+    ca_file: str = ""
+    # This client's certificate chain and key (mutual TLS); "" = none.
+    cert_file: str = ""
+    key_file: str = ""
+    # The name the server's certificate must carry when it differs from the target's host
+    # (e.g. "renderer" when dialling a Unix socket or a pod IP).
+    server_name: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or bool(self.ca_file or self.cert_file)
+
+    def validate(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            from talkmesh.common.config import ConfigError
+
+            raise ConfigError.at("key_file" if self.cert_file else "cert_file", "cert_file and key_file go together")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The CA (or the system's roots) and the client certificate, read now."""
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file),
+            private_key=read(self.key_file),
+            certificate_chain=read(self.cert_file),
+        )
+
+    def options(self) -> list[tuple[str, object]]:
+        """Channel options TLS needs (the name the server's certificate must carry)."""
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
 def server_keepalive_options() -> list[tuple[str, object]]:
@@ -95,13 +140,18 @@ def create_channel(
     large_window: bool = False,
     bdp_probe: bool = True,
     keepalive_ms: int = CLIENT_KEEPALIVE_MS,
+    tls: ClientTLS | None = None,
 ) -> grpc.aio.Channel:
     """A channel whose calls carry the trace context and request id (``interceptors=False``: the
-    caller passes ``outgoing_metadata()`` itself, see services/gateway/downstream.py for why)."""
-    return grpc.aio.insecure_channel(
-        target,
-        options=channel_options(
-            max_message_bytes, large_window=large_window, bdp_probe=bdp_probe, keepalive_ms=keepalive_ms
-        ),
-        interceptors=client_interceptors() if interceptors else None,
+    caller passes ``outgoing_metadata()`` itself, see services/gateway/downstream.py for why).
+
+    ``tls`` (when ``tls.active``): a TLS channel verifying the server against ``tls.ca_file`` and
+    presenting ``tls.cert_file`` (mutual TLS)."""
+    options = channel_options(
+        max_message_bytes, large_window=large_window, bdp_probe=bdp_probe, keepalive_ms=keepalive_ms
     )
+    chain = client_interceptors() if interceptors else None
+    if tls is not None and tls.active:
+        options += tls.options()
+        return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=chain)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=chain)

@@ -24,7 +24,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from talkmesh.common.channel import ClientTLS
+
 T = TypeVar("T")
+
+__all__ = ["ClientTLS", "ConfigError", "Endpoint", "ServerConfig", "ServerTLS", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -47,6 +51,34 @@ class ConfigError(ValueError):
         if self.key:
             return ConfigError.at(f"{section}.{self.key}", self.reason)
         return ConfigError(f"{section}: {self}", key=section, reason=str(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerTLS:
+    """TLS on a server's ports (``server.tls``); off while ``cert_file`` is empty.
+
+    The files are read again when they change (checked by modification time at each new
+    connection), so a renewed certificate (cert-manager, a rotated Secret) is served without a
+    restart; connections already open keep the certificate they started with.
+    """
+
+    # PEM certificate chain and private key this server presents.
+    cert_file: str = ""
+    key_file: str = ""
+    # PEM CA bundle that client certificates must chain to (mutual TLS); "" = no client certificates.
+    client_ca_file: str = ""
+    # With client_ca_file: refuse clients without a certificate (false: verify one if presented).
+    require_client_cert: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+    def validate(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError.at("key_file" if self.cert_file else "cert_file", "cert_file and key_file go together")
+        if self.client_ca_file and not self.cert_file:
+            raise ConfigError.at("client_ca_file", "needs cert_file and key_file (mutual TLS is TLS first)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +113,13 @@ class ServerConfig:
     # Also listen on this Unix domain socket (empty = off): co-located services (the encoder
     # pulling frames from the renderer in one pod) talk over it instead of TCP.
     unix_socket: str = ""
+    # TLS on the gRPC port and the Unix socket (off by default; see docs/SECURITY.md).
+    tls: ServerTLS = dataclasses.field(default_factory=ServerTLS)
+    # The standard gRPC health service ("" readiness, "liveness"); probes and the gateway's
+    # dependency checks use it: turn off only where nothing probes over gRPC.
+    health: bool = True
+    # gRPC server reflection (grpcurl without the protos).
+    reflection: bool = True
 
     @property
     def idle_timeout(self) -> float | None:
@@ -120,6 +159,8 @@ class Endpoint:
     target: str = "127.0.0.1:0"
     # Per-call deadline in seconds for unary calls; streams get the caller's deadline.
     timeout_seconds: float = 10.0
+    # TLS (and mutual TLS) to this endpoint; off by default.
+    tls: ClientTLS = dataclasses.field(default_factory=ClientTLS)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

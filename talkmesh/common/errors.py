@@ -9,6 +9,7 @@ back on the client side.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,3 +235,50 @@ class ErrorDetails:
     def field(self) -> str:
         """The first offending field's name, or ""."""
         return self.field_violations[0].field if self.field_violations else ""
+
+
+# -- what external clients see ----------------------------------------------------------------------
+#: Statuses whose message is replaced as a whole for external clients: their text is an exception's.
+_OPAQUE_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS)
+_ADDRESS = re.compile(
+    r"(?:\b(?:ipv4|ipv6|dns|unix|unix-abstract|vsock):(?://)?/?[^\s,;)'\"]+)"  # gRPC resolver addresses
+    r"|\[[0-9a-fA-F:.%\w]*:[0-9a-fA-F:.%\w]*\](?::\d+)?"  # [v6]:port
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"  # v4[:port]
+    r"|\b[A-Za-z][\w.-]*:\d{2,5}\b"  # host:port
+)
+_PATH = re.compile(r"(?<![\w/.:-])(?:~|\.{1,2})?/(?:[^\s/'\",;:()]+/)*[^\s/'\",;:()]*")
+
+
+def scrub_text(text: str) -> str:
+    """``text`` without network addresses and file paths (replaced by ``<address>``, ``<path>``)."""
+    return _PATH.sub("<path>", _ADDRESS.sub("<address>", text))
+
+
+def scrub(code: grpc.StatusCode, message: str, details: Sequence[Message]) -> tuple[str, list[Message]]:
+    """The status an external client may see: for INTERNAL, UNKNOWN and DATA_LOSS only the stage
+    that failed (if named) and that it was internal; otherwise the message and the details' text
+    without internal addresses and file paths."""
+    if code in _OPAQUE_CODES:
+        stage = message.split(":", 1)[0] if ":" in message else ""
+        where = f"{stage}: " if stage in _stage_names() else ""
+        return f"{where}internal error (see the server's logs)", []
+    out: list[Message] = []
+    for d in details:
+        copy = type(d)()
+        copy.CopyFrom(d)
+        _scrub_fields(copy)
+        out.append(copy)
+    return scrub_text(message), out
+
+
+def _scrub_fields(msg: Message) -> None:
+    for fd, value in msg.ListFields():
+        repeated = fd.is_repeated
+        if fd.type == fd.TYPE_STRING:
+            if repeated:
+                value[:] = [scrub_text(v) for v in value]
+            else:
+                setattr(msg, fd.name, scrub_text(value))
+        elif fd.type == fd.TYPE_MESSAGE and not fd.message_type.GetOptions().map_entry:
+            for item in value if repeated else [value]:
+                _scrub_fields(item)

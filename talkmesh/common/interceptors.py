@@ -25,8 +25,16 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from talkmesh.common.aio import wait_event
-from talkmesh.common.errors import DeadlineExceeded, ResourceExhausted, TalkmeshError, Unavailable, status_trailer
+from talkmesh.common.errors import (
+    DeadlineExceeded,
+    ResourceExhausted,
+    TalkmeshError,
+    Unavailable,
+    scrub,
+    status_trailer,
+)
 from talkmesh.common.logs import request_id_var
+from talkmesh.common.principal import current_principal, principal_of
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.streams import CheckedRequests, Undecodable, lenient_deserializer
 from talkmesh.common.telemetry import Telemetry
@@ -72,10 +80,15 @@ class AdmissionState:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float = 60.0) -> None:
+    def __init__(
+        self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float = 60.0, edge: bool = False
+    ) -> None:
         self.telemetry = telemetry
         self.admission = admission
         self.write_timeout = write_timeout
+        #: the public edge (the gateway): statuses go to external clients, scrubbed of internal
+        #: addresses, paths and exception text; the caller's principal is never read from metadata
+        self.edge = edge
 
     async def intercept_service(
         self,
@@ -124,6 +137,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # Set for the rest of this RPC's task. Never reset: a cancelled stream's generator is closed
         # from another task, where resetting a token of this context would fail.
         request_id_var.set(rid)
+        if not self.edge:
+            # Inside the mesh: the API key the gateway authenticated, for the stages this call
+            # reaches next (the edge sets its own from the client's key, never from metadata).
+            current_principal.set(principal_of(md.items()))
         parent = propagate.extract(md, getter=_MetadataGetter())
         span = self.telemetry.tracer.start_span(
             method.lstrip("/"),
@@ -163,10 +180,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             )
 
     async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, span: trace.Span) -> grpc.StatusCode:
-        trailer: tuple[tuple[str, bytes], ...] = ()
+        rich: list[Any] = []
         if isinstance(exc, TalkmeshError):
             code, details = exc.code, exc.message
-            trailer = status_trailer(code, details, exc.details())
+            rich = exc.details()
         elif isinstance(exc, grpc.aio.AioRpcError):
             code, details = exc.code(), exc.details() or ""
             if code == grpc.StatusCode.CANCELLED:
@@ -177,7 +194,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
         span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
         span.set_attribute("rpc.grpc.status_code", code.value[0])
-        await context.abort(code, details, trailing_metadata=trailer)
+        if self.edge:
+            shown, rich = scrub(code, details, rich)
+            if shown != details:
+                log.info("status to the client scrubbed; was %s: %s", code.name, details)
+            details = shown
+        await context.abort(code, details, trailing_metadata=status_trailer(code, details, rich))
         return code  # unreachable: abort raises
 
     def _finish(self, method: str, code: str, span: trace.Span, start: float) -> None:

@@ -3,9 +3,11 @@
 A service implements ``Service`` (register its servicer, warm up, shut down); ``ServiceHost`` does
 the rest the same way for all five:
 
-* standard health checking: ``""`` and the service's own names report readiness (SERVING only after
-  ``Service.start`` finished warming up), ``"liveness"`` reports SERVING while the process is up;
-* server reflection; explicit max message sizes on both directions;
+* TLS or mutual TLS when ``server.tls`` is set (certificates reloaded when their files change);
+* standard health checking (``server.health``): ``""`` and the service's own names report readiness
+  (SERVING only after ``Service.start`` finished warming up), ``"liveness"`` reports SERVING while
+  the process is up;
+* server reflection (``server.reflection``); explicit max message sizes on both directions;
 * interceptors for request ids, admission control, metrics and tracing;
 * ``/metrics`` on ``metrics_port`` with the service's own registry;
 * graceful shutdown: readiness NOT_SERVING, new streams refused with UNAVAILABLE, streams in flight
@@ -31,10 +33,11 @@ from prometheus_client import start_http_server
 
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.channel import server_keepalive_options, transport_options
-from talkmesh.common.config import ServerConfig
+from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.health import LIVENESS, DependencyWatch
 from talkmesh.common.interceptors import AdmissionState, ServerInterceptor
 from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.tls import ReloadingServerCertificates
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,16 @@ class Service(abc.ABC):
         """Called when stages stop or start answering; returns why new streams are refused with
         UNAVAILABLE ("" accepts them: a service whose every call needs the stages refuses)."""
         return ""
+
+    #: True for the public edge (the gateway): statuses it returns are scrubbed of internal
+    #: addresses, file paths and exception text (talkmesh.common.errors.scrub; logs keep them),
+    #: and the caller's API key is never taken from metadata (talkmesh.common.principal).
+    external: bool = False
+
+    def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
+        """Interceptors of this service, run inside the common one (e.g. the gateway's API keys):
+        errors they raise become statuses like a handler's."""
+        return ()
 
     def bound(self, address: str) -> None:  # noqa: B027 - optional hook
         """Called with the ``host:port`` the server listens on, once it is bound."""
@@ -105,6 +118,12 @@ def prepare_unix_socket(service: str, path: str) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _add_port(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    if credentials is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, credentials)
+
+
 class ServiceHost:
     def __init__(self, service: Service, config: ServerConfig) -> None:
         self.service = service
@@ -121,6 +140,8 @@ class ServiceHost:
         self._deps_down: list[str] = []
         self._names: Sequence[str] = ()
         self._stopped = asyncio.Event()
+        #: the server's certificates when ``server.tls`` is set (reloaded when the files change)
+        self.certificates: ReloadingServerCertificates | None = None
 
     @property
     def address(self) -> str:
@@ -147,21 +168,28 @@ class ServiceHost:
         self.server = None
 
     async def _start(self) -> int:
-        server = grpc.aio.server(
-            interceptors=[
-                ServerInterceptor(self.telemetry, self.admission, write_timeout=self.config.write_timeout_seconds)
-            ],
-            options=self._server_options(),
+        cfg = self.config
+        common = ServerInterceptor(
+            self.telemetry, self.admission, write_timeout=cfg.write_timeout_seconds, edge=self.service.external
         )
+        server = grpc.aio.server(interceptors=[common, *self.service.interceptors()], options=self._server_options())
         self._names = list(self.service.register(server))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [*self._names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-        )
+        served = list(self._names)
+        if cfg.health:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            served.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        if cfg.reflection:
+            reflection.enable_server_reflection([*served, reflection.SERVICE_NAME], server)
+        credentials = None
+        if cfg.tls.enabled:
+            try:
+                self.certificates = ReloadingServerCertificates(cfg.tls)
+            except ConfigError as exc:
+                raise exc.under("server") from None
+            credentials = self.certificates.credentials()
         await self._set_ready(False)
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        name, cfg = self.service.name, self.config
+        name = self.service.name
         # Ports are checked before gRPC binds them: a busy port is one clear line (BindError), and
         # gRPC's SO_REUSEPORT is off, so a second mesh can never silently share a running one's port.
         if cfg.port:
@@ -169,13 +197,13 @@ class ServiceHost:
         if cfg.metrics_port > 0:
             check_port_free(name, "metrics", cfg.host, cfg.metrics_port)
         try:
-            self.port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+            self.port = _add_port(server, f"{cfg.host}:{cfg.port}", credentials)
         except RuntimeError as exc:
             raise BindError(f"{name}: cannot listen on {cfg.host}:{cfg.port} (gRPC): {exc}") from None
         if cfg.unix_socket:
             prepare_unix_socket(name, cfg.unix_socket)
             try:
-                server.add_insecure_port(f"unix:{cfg.unix_socket}")
+                _add_port(server, f"unix:{cfg.unix_socket}", credentials)
             except RuntimeError as exc:
                 raise BindError(f"{name}: cannot listen on unix:{cfg.unix_socket}: {exc}") from None
         if cfg.metrics_port >= 0:
@@ -204,9 +232,10 @@ class ServiceHost:
             self._watch = asyncio.create_task(watch.run(), name=f"{name}-dependency-watch")
         await self._set_ready(not self._deps_down)
         log.info(
-            "%s serving on %s (metrics port %s)",
+            "%s serving on %s%s (metrics port %s)",
             self.service.name,
             self.address,
+            "" if credentials is None else " over mutual TLS" if cfg.tls.client_ca_file else " over TLS",
             self.metrics_port,
             extra={"fields": {"port": self.port, "metrics_port": self.metrics_port}},
         )

@@ -2,8 +2,10 @@
 point, mutual TLS on every internal hop (both directions of every hop configured, server names the
 certificates cover), probes that can pass a TLS-only port, and the gateway's API keys from a Secret.
 
-The TLS and auth config keys are a contract with code that does not exist yet: these tests check the
-manifests only, and no test starts a service with these keys (nor does any overlay set them by default).
+The component's environment is fed to the services' own config loaders (TLS really on, every file
+where the Secret is mounted, the API keys file), and the example Secret of API keys parses as the
+gateway parses it. tests/test_security.py runs the five services with the same settings (certificates
+from ``talkmesh certs``); no overlay sets them by default.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def test_gateway_api_keys_from_a_secret(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_not_in_the_base_overlays(overlay: str) -> None:
-    """Until the services accept the TLS and auth keys, no overlay sets them by default."""
+    """TLS and API keys are opt-in (cert-manager needed): no overlay sets them by default."""
     docs = render(overlay)
     assert not of_kind(docs, "Certificate") and not of_kind(docs, "Issuer")
     for _, _, c in service_containers(docs):
@@ -152,8 +154,8 @@ def test_not_in_the_base_overlays(overlay: str) -> None:
         assert TLS_DIR not in mounts_of(c) and KEYS_DIR not in mounts_of(c)
 
 
-def test_config_files_do_not_carry_the_pending_keys() -> None:
-    """The services' packaged configs and the container configs stay loadable by today's code."""
+def test_config_files_leave_tls_and_keys_to_the_component() -> None:
+    """The packaged and container configs stay plaintext without keys: the component's env turns them on."""
     files = [*(REPO / "services").glob("*/config.yaml"), *(K8S / "base" / "config").glob("*.yaml")]
     assert files
     for path in files:
@@ -169,3 +171,53 @@ def test_the_component_is_a_kustomize_component() -> None:
     assert doc["kind"] == "Component"
     cert = named(render("gpu-split", "mtls"), "Certificate", "encoder-tls")
     assert cert["metadata"]["namespace"] == "talkmesh"
+
+
+def _loaded(service: str, env: dict[str, str]) -> Any:
+    """The service's config as its own loader builds it from the container's environment."""
+    import importlib
+
+    from talkmesh.common import registry
+
+    return importlib.import_module(registry.spec(service).main_module).load_config(None, env=env)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_component_turns_tls_and_keys_on_in_the_services_configs(overlay: str) -> None:
+    docs = render(overlay, "mtls")
+    for service in SERVICES:
+        _, c = runs(docs, service)
+        config = _loaded(service, env_of(c))  # unknown keys or bad values would raise ConfigError
+        tls = config.server.tls
+        if service == "gateway":
+            assert not tls.enabled, "the public port stays as the base sets it"
+            assert config.auth.enabled and config.auth.api_keys_file.startswith(KEYS_DIR + "/")
+        else:
+            assert tls.enabled and tls.client_ca_file and tls.require_client_cert, service
+            assert (tls.cert_file, tls.key_file, tls.client_ca_file) == tuple(
+                f"{TLS_DIR}/{n}" for n in ("tls.crt", "tls.key", "ca.crt")
+            )
+    for client, head, server in HOPS:
+        _, c = runs(docs, client)
+        endpoint = getattr(_loaded(client, env_of(c)), head.rsplit("__", 1)[1].lower())
+        assert endpoint.tls.active and endpoint.tls.cert_file == f"{TLS_DIR}/tls.crt", (client, server)
+
+
+def test_example_api_keys_secret() -> None:
+    """An example only: a Secret of the name and key the gateway mounts, not part of the component."""
+    from services.gateway.auth import hash_key, parse_keys
+
+    path = K8S / "components" / "mtls" / "api-keys.example.yaml"
+    secret = yaml.safe_load(path.read_text())
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "talkmesh-api-keys"
+    keys = parse_keys(yaml.safe_load(secret["stringData"]["api-keys"]), str(path))
+    assert {k.role for k in keys.values()} == {"user", "admin"}
+    assert hash_key("tm_EXAMPLE-ONLY-replace-me-user") in keys, "the comment names the example keys"
+    component = yaml.safe_load((K8S / "components" / "mtls" / "kustomization.yaml").read_text())
+    assert path.name not in component["resources"]
+    import kubernetes_validate
+
+    from tests.deploy.test_manifests import K8S_VERSIONS
+
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(secret, version, strict=True)

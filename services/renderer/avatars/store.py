@@ -291,6 +291,51 @@ class AvatarStore:
                 )
         return out
 
+    # -- owners (API keys; see talkmesh/common/principal.py) ---------------------------------------
+    # ``owners.json`` next to ``meta.json`` lists the names of the API keys that registered the
+    # avatar (an avatar is content-addressed: two keys uploading the same file share one entry).
+    # No file: registered without API keys, owned by nobody (only admins may delete it).
+    def is_protected(self, avatar_id: str) -> bool:
+        """The default avatar (and any alias the service registered): read-only for everyone."""
+        key = self.resolve(avatar_id)
+        with self._lock:
+            return key in self._protected
+
+    def owners(self, avatar_id: str) -> set[str]:
+        d = self._dir(avatar_id)
+        try:
+            return set(json.loads((d / "owners.json").read_text())) if d is not None else set()
+        except (OSError, ValueError):
+            return set()
+
+    def set_owners(self, avatar_id: str, owners: set[str]) -> None:
+        d = self._dir(avatar_id)
+        if d is not None and d.is_dir():
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                _write_atomic(d / "owners.json", json.dumps(sorted(owners)).encode())
+
+    def disk_bytes(self, avatar_id: str) -> int:
+        """Bytes the avatar takes on disk (its frames, boxes and backends' precomputes)."""
+        d = self._dir(avatar_id)
+        if d is None:
+            return 0
+        total = 0
+        for p in d.iterdir() if d.is_dir() else ():
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+    def exists(self, avatar_id: str) -> bool:
+        """True when the avatar exists (is registered and complete)."""
+        d = self._dir(avatar_id)
+        return d is not None and (d / "meta.json").is_file()
+
+    def _dir(self, avatar_id: str) -> Path | None:
+        key = self.resolve(avatar_id)
+        if not key or "/" in key or key.startswith("."):
+            return None
+        return self.root / key
+
     def delete(self, avatar_id: str) -> bool:
         """Removes an avatar from disk and memory. Streams that already hold it finish with it.
 

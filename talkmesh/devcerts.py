@@ -1,0 +1,129 @@
+"""A development PKI for talkmesh: a CA and one certificate per service (``talkmesh certs``).
+
+Same layout as the Kubernetes Secrets cert-manager makes (deploy/k8s/components/mtls): for each
+service ``<dir>/<service>/tls.crt``, ``tls.key`` and ``ca.crt``, plus ``<dir>/ca.crt`` and
+``<dir>/ca.key`` (keep the CA key private) and a ``client`` certificate for talkmesh's own client.
+Certificates carry the service's name, ``localhost`` and 127.0.0.1, and both usages (server and
+client authentication), ECDSA P-256. For tests and laptops; production certificates come from
+your issuer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CLIENT = "client"
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def make_ca(common_name: str = "talkmesh dev CA", days: int = 3650) -> Issued:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def issue(ca: Issued, common_name: str, dns_names: Iterable[str] = (), days: int = 90) -> Issued:
+    """A leaf certificate signed by ``ca`` for server and client authentication."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys([common_name, *dns_names, "localhost"])]
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def write_bundle(directory: Path, ca: Issued, leaf: Issued) -> None:
+    """``tls.crt``, ``tls.key`` (mode 0600) and ``ca.crt`` in ``directory``, as a Secret mounts them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca.crt").write_bytes(ca.cert_pem)
+    (directory / "tls.crt").write_bytes(leaf.cert_pem)
+    key = directory / "tls.key"
+    key.touch(mode=0o600)
+    key.write_bytes(leaf.key_pem)
+
+
+def make_dev_pki(directory: Path, services: Iterable[str], *, days: int = 90) -> Issued:
+    """A CA and a bundle per service (and ``client``) under ``directory``; returns the CA."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = make_ca()
+    (directory / "ca.crt").write_bytes(ca.cert_pem)
+    ca_key = directory / "ca.key"
+    ca_key.touch(mode=0o600)
+    ca_key.write_bytes(ca.key_pem)
+    for name in [*services, CLIENT]:
+        dns = [name, name.replace("_", "-")]
+        write_bundle(directory / name, ca, issue(ca, name.replace("_", "-"), dns, days=days))
+    return ca
+
+
+def mesh_tls_env(pki: Path) -> dict[str, str]:
+    """Environment that runs a mesh (``talkmesh up``, the launcher) as the Kubernetes mtls component
+    does, with the certificates of ``make_dev_pki(pki, ...)``: mutual TLS on every internal server
+    and hop, TLS without client certificates on the gateway's port."""
+    from talkmesh.common.registry import SERVICES
+
+    env: dict[str, str] = {}
+    for s in SERVICES:
+        own = pki / s.name
+        server = f"{s.env_prefix}__SERVER__TLS__"
+        env[server + "CERT_FILE"] = str(own / "tls.crt")
+        env[server + "KEY_FILE"] = str(own / "tls.key")
+        if s.name != "gateway":
+            env[server + "CLIENT_CA_FILE"] = str(own / "ca.crt")
+        for callee in s.calls:
+            hop = f"{s.env_prefix}__{callee.upper()}__TLS__"
+            env[hop + "CA_FILE"] = str(own / "ca.crt")
+            env[hop + "CERT_FILE"] = str(own / "tls.crt")
+            env[hop + "KEY_FILE"] = str(own / "tls.key")
+            env[hop + "SERVER_NAME"] = callee.replace("_", "-")
+    return env

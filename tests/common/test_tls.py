@@ -1,0 +1,207 @@
+"""TLS on a service's port: mutual TLS, certificates reloaded when their files change, config checks."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import socket
+import ssl
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from talkmesh.common.channel import ClientTLS, create_channel
+from talkmesh.common.config import ConfigError, ServerConfig, ServerTLS, load_config
+from talkmesh.common.server import Service, ServiceHost
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.devcerts import Issued, issue, make_ca, make_dev_pki, write_bundle
+
+
+class Empty(Service):
+    name = "tts"
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        return []
+
+
+def served_certificate(port: int, pki: Path) -> bytes:
+    """The DER certificate a new TLS connection to 127.0.0.1:``port`` is served (mutual TLS)."""
+    ctx = ssl.create_default_context(cafile=None)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(pki / "client" / "tls.crt", pki / "client" / "tls.key")
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
+        cert = tls.getpeercert(binary_form=True)
+    assert cert
+    return cert
+
+
+def der(pem: bytes) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem.decode())
+
+
+async def check(address: str, tls: ClientTLS) -> grpc.StatusCode:
+    async with create_channel(address, tls=tls) as ch:
+        try:
+            await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def replace_atomically(directory: Path, leaf: Issued) -> None:
+    """As Kubernetes updates a mounted Secret: the new files appear at once."""
+    tmp = directory.with_name(directory.name + ".new")
+    shutil.copytree(directory, tmp)
+    (tmp / "tls.crt").write_bytes(leaf.cert_pem)
+    (tmp / "tls.key").write_bytes(leaf.key_pem)
+    for name in ("tls.crt", "tls.key"):
+        (tmp / name).replace(directory / name)
+    shutil.rmtree(tmp)
+
+
+async def test_rotated_certificate_is_served_to_new_connections_without_restart(tmp_path):
+    pki = tmp_path / "pki"
+    ca = make_dev_pki(pki, ["tts"])
+    d = pki / "tts"
+    tls = ServerTLS(str(d / "tls.crt"), str(d / "tls.key"), client_ca_file=str(d / "ca.crt"))
+    host = ServiceHost(Empty(Telemetry("tts")), ServerConfig(port=0, grace_seconds=0.5, tls=tls))
+    await host.start()
+    try:
+        client = ClientTLS(
+            ca_file=str(pki / "ca.crt"),
+            cert_file=str(pki / "client" / "tls.crt"),
+            key_file=str(pki / "client" / "tls.key"),
+            server_name="tts",
+        )
+        assert await check(host.address, client) == grpc.StatusCode.OK
+        first = served_certificate(host.port, pki)
+        assert first == der((d / "tls.crt").read_bytes())
+
+        # Renewal by the same CA (cert-manager's renewal; the key is rotated too).
+        renewed = issue(ca, "tts", ["tts"])
+        replace_atomically(d, renewed)
+        second = served_certificate(host.port, pki)
+        assert second == der(renewed.cert_pem) != first
+        assert await check(host.address, client) == grpc.StatusCode.OK
+        assert host.certificates is not None and host.certificates.loads == 2
+
+        # Half a rotation (a new key, the old certificate): the loaded pair stays in service.
+        (d / "tls.key").write_bytes(issue(ca, "tts").key_pem)
+        assert served_certificate(host.port, pki) == second
+        assert await check(host.address, client) == grpc.StatusCode.OK
+
+        # A new CA: clients that trust only the new CA get in only after the server's files change.
+        new_ca = make_ca("talkmesh dev CA 2")
+        new_pki = tmp_path / "new"
+        write_bundle(new_pki / "client", new_ca, issue(new_ca, "client"))
+        new_client = ClientTLS(
+            ca_file=str(new_pki / "client" / "ca.crt"),
+            cert_file=str(new_pki / "client" / "tls.crt"),
+            key_file=str(new_pki / "client" / "tls.key"),
+            server_name="tts",
+        )
+        assert await check(host.address, new_client) == grpc.StatusCode.UNAVAILABLE
+        (d / "ca.crt").write_bytes(new_ca.cert_pem)  # the client CA first (a Secret carries all three)
+        replace_atomically(d, issue(new_ca, "tts", ["tts"]))
+        assert await check(host.address, new_client) == grpc.StatusCode.OK
+        assert await check(host.address, client) == grpc.StatusCode.UNAVAILABLE  # the old CA is out
+    finally:
+        await host.stop(grace=0.5)
+
+
+async def test_tls_without_client_certificates_and_plaintext_refused(tmp_path):
+    pki = tmp_path / "pki"
+    make_dev_pki(pki, ["tts"])
+    d = pki / "tts"
+    cfg = ServerConfig(port=0, grace_seconds=0.5, tls=ServerTLS(str(d / "tls.crt"), str(d / "tls.key")))
+    host = ServiceHost(Empty(Telemetry("tts")), cfg)
+    await host.start()
+    try:
+        assert await check(host.address, ClientTLS(ca_file=str(pki / "ca.crt"))) == grpc.StatusCode.OK
+        assert await check(host.address, ClientTLS()) == grpc.StatusCode.UNAVAILABLE  # plaintext
+        assert await check(host.address, ClientTLS(enabled=True)) == grpc.StatusCode.UNAVAILABLE  # system roots
+    finally:
+        await host.stop(grace=0.5)
+
+
+async def test_health_and_reflection_can_be_turned_off():
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    cfg = ServerConfig(port=0, grace_seconds=0.5, health=False, reflection=False)
+    host = ServiceHost(Empty(Telemetry("tts")), cfg)
+    await host.start()
+    try:
+        assert await check(host.address, ClientTLS()) == grpc.StatusCode.UNIMPLEMENTED
+        async with create_channel(host.address) as ch:
+            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+            call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in call:
+                    pass
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await host.stop(grace=0.5)
+    host = ServiceHost(Empty(Telemetry("tts")), ServerConfig(port=0, grace_seconds=0.5))
+    await host.start()
+    try:
+        assert await check(host.address, ClientTLS()) == grpc.StatusCode.OK
+    finally:
+        await host.stop(grace=0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+
+
+async def test_tls_config_is_checked(tmp_path):
+    env = {"T__SERVER__TLS__CERT_FILE": "/x/tls.crt"}
+    with pytest.raises(ConfigError, match=r"server\.tls\.key_file: cert_file and key_file go together"):
+        load_config(Holder, env_prefix="T", env=env)
+    env = {"T__SERVER__TLS__CLIENT_CA_FILE": "/x/ca.crt"}
+    with pytest.raises(ConfigError, match=r"server\.tls\.client_ca_file"):
+        load_config(Holder, env_prefix="T", env=env)
+    env = {
+        "T__SERVER__TLS__CERT_FILE": str(tmp_path / "missing.crt"),
+        "T__SERVER__TLS__KEY_FILE": str(tmp_path / "missing.key"),
+    }
+    cfg = load_config(Holder, env_prefix="T", env=env)
+    host = ServiceHost(Empty(Telemetry("tts")), cfg.server)
+    with pytest.raises(ConfigError, match=r"server\.tls"):
+        await host.start()
+    assert host.server is None
+
+
+async def test_healthcheck_probe_connects_over_mutual_tls(tmp_path):
+    """The Kubernetes probes of the mtls component: the service's own certificate, ``localhost``."""
+    from talkmesh import healthcheck
+
+    pki = tmp_path / "pki"
+    make_dev_pki(pki, ["tts"])
+    d = pki / "tts"
+    tls = ServerTLS(str(d / "tls.crt"), str(d / "tls.key"), client_ca_file=str(d / "ca.crt"))
+    host = ServiceHost(Empty(Telemetry("tts")), ServerConfig(port=0, grace_seconds=0.5, tls=tls))
+    await host.start()
+    try:
+        env = {
+            "TALKMESH_TTS__SERVER__PORT": str(host.port),
+            "TALKMESH_TTS__SERVER__TLS__CERT_FILE": tls.cert_file,
+            "TALKMESH_TTS__SERVER__TLS__KEY_FILE": tls.key_file,
+            "TALKMESH_TTS__SERVER__TLS__CLIENT_CA_FILE": tls.client_ca_file,
+        }
+        target, creds = healthcheck.target_for(healthcheck.server_settings("tts", None, env))
+        assert creds is not None
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, healthcheck.check, target, "liveness", 5.0, creds)
+        plain, none = healthcheck.target_for(
+            healthcheck.server_settings("tts", None, {"TALKMESH_TTS__SERVER__PORT": str(host.port)})
+        )
+        assert none is None
+        assert not await loop.run_in_executor(None, healthcheck.check, plain, "liveness", 2.0, None)
+    finally:
+        await host.stop(grace=0.5)

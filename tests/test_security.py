@@ -1,0 +1,272 @@
+"""TLS, mutual TLS and API keys through the five real services (in this process, port 0).
+
+The mesh runs as the Kubernetes mtls component sets it up: every internal hop over mutual TLS
+(each service presents its own certificate and accepts only the mesh CA's), TLS without client
+certificates on the gateway's port, and API keys at the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.gateway.auth import hash_key
+from talkmesh.client import TalkmeshClient
+from talkmesh.common.channel import ClientTLS, create_channel
+from talkmesh.common.errors import ErrorDetails
+from talkmesh.devcerts import make_dev_pki
+from talkmesh.v1 import tts_pb2 as tpb
+from talkmesh.v1 import tts_pb2_grpc
+from tests.live_helpers import Recorder
+from tests.mesh import InProcessMesh, inprocess_mesh
+
+PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+KEYS = {
+    "alice": ("user", {}),
+    "bob": ("user", {}),
+    "root": ("admin", {}),
+    "tight": ("user", {"requests_per_minute": 3, "concurrent_streams": 1}),
+    "uploader": ("user", {"uploads_per_hour": 1, "avatar_disk_bytes": 1000}),
+}
+
+
+def key_of(name: str) -> str:
+    return f"tm_test-key-of-{name}"
+
+
+def write_keys(path: Path, keys: dict[str, tuple[str, dict[str, int]]]) -> None:
+    entries = [
+        {"name": name, "role": role, "sha256": hash_key(key_of(name)), "limits": limits}
+        for name, (role, limits) in keys.items()
+    ]
+    path.write_text(yaml.safe_dump({"defaults": {"requests_per_minute": 1000}, "keys": entries}))
+
+
+@contextlib.asynccontextmanager
+async def secure_mesh(tmp_path: Path) -> AsyncIterator[tuple[InProcessMesh, Path]]:
+    pki = tmp_path / "pki"
+    make_dev_pki(pki, ["gateway", "tts", "audio_features", "renderer", "encoder"])
+    keys = tmp_path / "api-keys.yaml"
+    write_keys(keys, KEYS)
+    env = {"TALKMESH_GATEWAY__AUTH__API_KEYS_FILE": str(keys), "TALKMESH_GATEWAY__AUTH__RELOAD_CHECK_SECONDS": "0"}
+    async with inprocess_mesh(tmp_path, env=env, pki=pki) as mesh:
+        yield mesh, pki
+
+
+def client(mesh: InProcessMesh, pki: Path, name: str | None) -> TalkmeshClient:
+    return TalkmeshClient(
+        mesh.gateway, tls=ClientTLS(ca_file=str(pki / "ca.crt")), api_key=key_of(name) if name else ""
+    )
+
+
+async def status_of(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    return info.value
+
+
+def face(path: Path, variant: int = 0) -> Path:
+    """Another picture of the default face (a new avatar each ``variant``)."""
+    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
+    img = cv2.flip(img, 1) if variant % 2 == 0 else img
+    if variant >= 1:
+        img = cv2.resize(img, (img.shape[1] - 8 * variant, img.shape[0] - 8 * variant))
+    cv2.imwrite(str(path), img)
+    return path
+
+
+async def test_speak_over_tls_and_mutual_tls_with_an_api_key(tmp_path):
+    async with secure_mesh(tmp_path) as (mesh, pki):
+        for name in ("tts", "audio_features", "renderer", "encoder"):
+            assert mesh.hosts[name].certificates is not None and mesh.hosts[name].config.tls.client_ca_file
+        async with client(mesh, pki, "alice") as c:
+            result = await c.speak_to_file("Hello over TLS. Keys checked.", tmp_path / "out.mp4")
+        assert result.summary.frames > 25 and result.bytes_written > 10_000
+        assert (tmp_path / "out.mp4").stat().st_size == result.bytes_written
+
+        # Plaintext to the TLS port: the handshake fails, nothing is served.
+        async with TalkmeshClient(mesh.gateway, api_key=key_of("alice")) as plain:
+            err = await status_of(plain.list_voices())
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        # An internal stage without a client certificate (TLS, right CA): refused.
+        tts = mesh.hosts["tts"].address
+        no_cert = ClientTLS(ca_file=str(pki / "ca.crt"), server_name="tts")
+        async with create_channel(tts, tls=no_cert) as ch:
+            err = await status_of(tts_pb2_grpc.TTSStub(ch).ListVoices(tpb.ListVoicesRequest(), timeout=5))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        # A certificate of another CA: refused too; the mesh's own client certificate: served.
+        other = tmp_path / "other-pki"
+        make_dev_pki(other, ["tts"])
+        foreign = ClientTLS(ca_file=str(pki / "ca.crt"), cert_file=str(other / "client" / "tls.crt"),
+                            key_file=str(other / "client" / "tls.key"), server_name="tts")  # fmt: skip
+        async with create_channel(tts, tls=foreign) as ch:
+            err = await status_of(tts_pb2_grpc.TTSStub(ch).ListVoices(tpb.ListVoicesRequest(), timeout=5))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        own = ClientTLS(ca_file=str(pki / "ca.crt"), cert_file=str(pki / "client" / "tls.crt"),
+                        key_file=str(pki / "client" / "tls.key"), server_name="tts")  # fmt: skip
+        async with create_channel(tts, tls=own) as ch:
+            voices = await tts_pb2_grpc.TTSStub(ch).ListVoices(tpb.ListVoicesRequest(), timeout=5)
+        assert voices.voices
+
+        # Without a key, or with a wrong one: UNAUTHENTICATED. Health needs no key (probes).
+        for name, key in ((None, ""), ("mallory", "tm_not-a-key")):
+            async with TalkmeshClient(mesh.gateway, tls=ClientTLS(ca_file=str(pki / "ca.crt")), api_key=key) as c:
+                err = await status_of(c.list_voices())
+                assert err.code() == grpc.StatusCode.UNAUTHENTICATED, name
+                assert "authorization" in (err.details() or "")
+                with pytest.raises(grpc.aio.AioRpcError) as speak:
+                    async for _ in c.speak("Hello."):
+                        pass
+                assert speak.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                health = await health_pb2_grpc.HealthStub(c.channel).Check(health_pb2.HealthCheckRequest())
+                assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_avatars_belong_to_the_key_that_registered_them(tmp_path):
+    async with secure_mesh(tmp_path) as (mesh, pki):
+        async with client(mesh, pki, "alice") as alice, client(mesh, pki, "bob") as bob:
+            async with client(mesh, pki, "root") as root:
+                mine = await alice.register_avatar(face(tmp_path / "alice.png"), name="alice-face")
+                theirs = await bob.register_avatar(face(tmp_path / "bob.png", 1), name="bob-face")
+                ids = {a.id for a in await alice.list_avatars()}
+                default = {a.id for a in await bob.list_avatars()} - {theirs.id}
+                assert mine.id in ids and theirs.id not in ids and len(default) == 1  # own + the default
+                assert {mine.id, theirs.id} | default <= {a.id for a in await root.list_avatars()}
+
+                # Speaking with an avatar: the key's own (or the default); another key's is refused.
+                result = await alice.speak_to_file("Mine.", tmp_path / "mine.mp4", avatar=mine.id)
+                assert result.summary.frames > 0
+                with pytest.raises(grpc.aio.AioRpcError) as speak:
+                    async for _ in bob.speak("Not mine.", avatar=mine.id):
+                        pass
+                assert speak.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "another API key" in (speak.value.details() or "")
+                err = await status_of(bob.delete_avatar(mine.id))
+                assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert mine.id in {a.id for a in await alice.list_avatars()}
+                # The default avatar is read-only for everyone, admins included.
+                for c in (alice, root):
+                    err = await status_of(c.delete_avatar(next(iter(default))))
+                    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+                # The same file registered by a second key: shared; one owner deleting keeps it for the other.
+                again = await bob.register_avatar(tmp_path / "alice.png", name="alice-face")
+                assert again.id == mine.id and again.cached
+                assert await bob.delete_avatar(mine.id)
+                assert mine.id in {a.id for a in await alice.list_avatars()}
+                assert mine.id not in {a.id for a in await bob.list_avatars()}
+                assert await alice.delete_avatar(mine.id)
+                assert mine.id not in {a.id for a in await root.list_avatars()}
+                # An admin deletes anyone's.
+                assert await root.delete_avatar(theirs.id)
+                assert theirs.id not in {a.id for a in await bob.list_avatars()}
+
+        # Quotas: 1000 bytes of avatars on disk (less than any avatar), 1 upload per hour.
+        async with client(mesh, pki, "uploader") as up:
+            err = await status_of(up.register_avatar(face(tmp_path / "u.png", 2), name="u"))
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            info = ErrorDetails.of(err)
+            assert info.quota_violations and info.quota_violations[0].description == "avatar_disk_bytes"
+            assert "u" not in {a.name for a in await up.list_avatars()}
+            err = await status_of(up.register_avatar(tmp_path / "u.png", name="u"))
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            info = ErrorDetails.of(err)
+            assert info.quota_violations[0].description == "uploads_per_hour"
+            assert info.retry_delay is not None and 60 < info.retry_delay <= 3600
+
+
+async def test_limits_answer_resource_exhausted_with_retry_info(tmp_path):
+    async with secure_mesh(tmp_path) as (mesh, pki):
+        # concurrent_streams 1: a second call while a Speak is streaming is refused at once.
+        async with client(mesh, pki, "tight") as tight:
+            stream = tight.speak("This sentence keeps the stream open for a little while. " * 4)
+            first = await anext(aiter(stream))
+            assert first.WhichOneof("kind")
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            err = await status_of(tight.list_voices())
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert loop.time() - start < 2.0
+            info = ErrorDetails.of(err)
+            assert info.retry_delay and info.retry_delay > 0
+            assert info.quota_violations[0].field == "api_key:tight"
+            assert info.quota_violations[0].description == "concurrent_streams"
+            stream.cancel()  # type: ignore[attr-defined]
+            # Another key is not affected.
+            async with client(mesh, pki, "alice") as alice:
+                assert await alice.list_voices()
+            # requests_per_minute 3: the Speak took one (a call refused for concurrency takes none),
+            # two more, then RESOURCE_EXHAUSTED until the bucket refills (one call per 20 s).
+            await asyncio.sleep(0.2)  # the cancelled stream's slot is given back
+            await tight.list_voices()
+            await tight.list_voices()
+            err = await status_of(tight.list_voices())
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            info = ErrorDetails.of(err)
+            assert info.quota_violations[0].description == "requests_per_minute"
+            assert info.retry_delay is not None and 5 < info.retry_delay <= 20.5
+
+
+async def test_keys_file_is_reloaded_without_restart(tmp_path):
+    async with secure_mesh(tmp_path) as (mesh, pki):
+        async with client(mesh, pki, "carol") as carol:
+            err = await status_of(carol.list_voices())
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+            write_keys(tmp_path / "api-keys.yaml", {**KEYS, "carol": ("user", {})})
+            assert await carol.list_voices()
+            # A broken file keeps the keys loaded before.
+            (tmp_path / "api-keys.yaml").write_text("keys: [{name: x, sha256: nope}]")
+            assert await carol.list_voices()
+
+        # The CLI: --tls-ca and --api-key (or their environment variables).
+        gw = ["--target", mesh.gateway, "--tls-ca", str(pki / "ca.crt")]
+        code, out, err = await cli("voices", *gw, "--api-key", key_of("carol"))
+        assert code == 0 and "espeak" in out, err
+        code, out, err = await cli("voices", *gw, env={"TALKMESH_API_KEY": key_of("carol")})
+        assert code == 0, err
+        code, out, err = await cli("voices", *gw, env={"TALKMESH_API_KEY": "tm_wrong"})
+        assert code == 1 and err.startswith("error: UNAUTHENTICATED: authorization"), err
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "talkmesh.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_live_sessions_need_a_key_and_only_their_key_watches(tmp_path):
+    async with secure_mesh(tmp_path) as (mesh, pki):
+        async with client(mesh, pki, None) as anonymous:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async with anonymous.live():
+                    pass
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        async with client(mesh, pki, "alice") as alice, client(mesh, pki, "bob") as bob:
+            async with client(mesh, pki, "root") as root, alice.live() as live:
+                rec = Recorder(live).start()
+                assert live.started is not None
+                session_id = live.started.session_id
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in bob.watch(session_id):
+                        pass
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                for viewer in (alice, root):
+                    async for msg in viewer.watch(session_id):
+                        assert msg.WhichOneof("kind") == "started"
+                        break
+                await live.close()
+                await rec.finish()
