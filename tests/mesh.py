@@ -1,12 +1,15 @@
-"""The five services in this process, each on its own gRPC port (port 0), for end-to-end tests."""
+"""The five gRPC services in this process, each on its own port (port 0), for end-to-end tests;
+with ``web=True`` also the browser edge (HTTP on a free port)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.trace import TracerProvider
 
@@ -18,12 +21,17 @@ from talkmesh.common.telemetry import Telemetry
 
 @dataclass
 class InProcessMesh:
-    hosts: dict[str, ServiceHost] = field(default_factory=dict)
+    hosts: dict[str, Any] = field(default_factory=dict)  # ServiceHost (gRPC) or WebHost
     telemetry: dict[str, Telemetry] = field(default_factory=dict)
 
     @property
     def gateway(self) -> str:
         return self.hosts["gateway"].address
+
+    @property
+    def web_url(self) -> str:
+        """``http://host:port/`` of the browser edge (``inprocess_mesh(web=True)``)."""
+        return str(self.hosts["web"].url)
 
     def active_streams(self) -> dict[str, float]:
         return {
@@ -38,6 +46,7 @@ async def inprocess_mesh(
     tracer_provider: TracerProvider | None = None,
     env: Mapping[str, str] | None = None,
     metrics: bool = False,
+    web: bool = False,
 ) -> AsyncIterator[InProcessMesh]:
     base_env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
     base_env.update(env or {})
@@ -46,13 +55,18 @@ async def inprocess_mesh(
     async with contextlib.AsyncExitStack() as stack:
         for spec in registry.start_order():
             name = spec.name
+            if spec.protocol == "http" and not web:
+                continue
             main = importlib.import_module(spec.main_module)
             local_env = dict(base_env)
             for callee in spec.calls:
                 local_env[f"{spec.env_prefix}__{callee.upper()}__TARGET"] = mesh.hosts[callee].address
             config = main.load_config(None, env=local_env)
             tel = Telemetry(name, tracer_provider=tracer_provider)
-            host = ServiceHost(main.create_service(config, tel), server_cfg)
+            if spec.protocol == "http":  # the web edge hosts itself, with the same server settings
+                config = dataclasses.replace(config, server=server_cfg)
+            service = main.create_service(config, tel)
+            host = service if spec.protocol == "http" else ServiceHost(service, server_cfg)
             await host.start()
             stack.push_async_callback(host.stop, 2.0)
             mesh.hosts[name] = host
