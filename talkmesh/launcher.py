@@ -1,4 +1,5 @@
-"""Starting the services (the five gRPC stages and the web edge) as separate local processes (`talkmesh up`, the demo, tests, bench).
+"""Starting the services as separate local processes (`talkmesh up`, the demo, tests, bench): the
+five gRPC stages and the web edge.
 
 Names, ports, environment prefixes and the start order come from ``talkmesh.common.registry``.
 A mesh runs on the default ports, on a block moved with ``port_base`` (``talkmesh up

@@ -207,8 +207,8 @@ async def test_up_on_a_port_base_starts_five_processes_and_ctrl_c_stops_them(tmp
             assert any(f"{s.protocol} 127.0.0.1:{port}" in ln and f":{metrics}/metrics" in ln for ln in lines), lines
             if s.protocol == "http":  # the web edge: the page's URL is printed, /readyz follows the gateway
                 assert any(f"open http://127.0.0.1:{port}/ in a browser" in ln for ln in lines), lines
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
-                    assert resp.status == 200
+                url = f"http://127.0.0.1:{port}/readyz"
+                assert await asyncio.to_thread(lambda u=url: urllib.request.urlopen(u, timeout=5).status) == 200
                 continue
             assert await _health(f"127.0.0.1:{port}") == health_pb2.HealthCheckResponse.SERVING
         assert any(f"TALKMESH_TARGET=127.0.0.1:{base} talkmesh say" in ln for ln in lines)
