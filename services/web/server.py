@@ -391,6 +391,12 @@ class WebHost:
         headers = {"Content-Type": mime.split(";")[0] or "video/mp4", "Accept-Ranges": "bytes"}
         headers["X-Talkmesh-Frames"] = str(summary.frames)
         headers["X-Talkmesh-Audio-Seconds"] = f"{summary.audio_seconds:.3f}"
+        # The gateway's per-stage timings (SpeakSummary.stages), for the page's timings panel.
+        headers["X-Talkmesh-Stages"] = ", ".join(
+            f"{st.service}.{st.stage}={st.seconds * 1000:.1f}ms" for st in summary.stages
+        )
+        headers["X-Talkmesh-First-Fragment-Ms"] = f"{summary.time_to_first_fragment_seconds * 1000:.1f}"
+        headers["Access-Control-Expose-Headers"] = "X-Talkmesh-Stages, X-Talkmesh-Frames, X-Talkmesh-Audio-Seconds"
         return web.Response(body=bytes(data), headers=headers)
 
     # -- live sessions ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkmesh.bench import components_mode, live, speak
+from talkmesh.bench import components_mode, live, speak, web
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ MODES: tuple[BenchMode, ...] = (
         "live sessions: interrupts, turn latency, clock drift, idle vs speaking cost",
         live.add_arguments,
         live.run,
+    ),
+    BenchMode(
+        "web",
+        "the page in headless Chromium: speak to first painted frame, interrupt to idle, live-edge distance",
+        web.add_arguments,
+        web.run,
     ),
     BenchMode(
         "components",

@@ -95,6 +95,7 @@ async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path:
             assert r.status == 400 and (await r.json())["error"]["field"] == "body"
         async with http.post("/v1/speak", json={"text": "Hello there.", "avatar_id": created["id"]}) as r:
             assert r.status == 200 and r.headers["Content-Type"] == "video/mp4"
+            assert "gateway.tts_total=" in r.headers["X-Talkmesh-Stages"], r.headers
             assert r.headers["traceparent"]
             trace_id = r.headers["traceparent"].split("-")[1]
             (tmp_path / "speak.mp4").write_bytes(await r.read())

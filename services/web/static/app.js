@@ -20,7 +20,7 @@
     interrupts: [], // {pressed, ackAt, cutFrame, idlePainted}
     events: [],
     errors: [],
-    lag: { last: 0, max: 0, samples: [] },
+    lag: { last: 0, max: 0, samples: [], skips: 0 }, // playhead behind the newest buffered frame (s)
     painted: 0,
     lastMediaTime: 0,
     speakingVisible: false,
@@ -119,14 +119,19 @@
     if (!video.buffered.length) return;
     const end = video.buffered.end(video.buffered.length - 1);
     if (video.currentTime < video.buffered.start(0)) video.currentTime = video.buffered.start(0);
-    const lag = end - video.currentTime;
+    let lag = end - video.currentTime;
+    if (lag > MAX_LAG) {
+      // Fell behind (a stall, a background tab): skip forward, don't accumulate delay.
+      video.currentTime = end - TARGET_LAG;
+      tm.lag.skips += 1;
+      lag = TARGET_LAG;
+    }
     tm.lag.last = lag;
     if (tm.painted > 25) {
       tm.lag.max = Math.max(tm.lag.max, lag);
       tm.lag.samples.push(lag);
       if (tm.lag.samples.length > 20000) tm.lag.samples.splice(0, 10000);
     }
-    if (lag > MAX_LAG) video.currentTime = end - TARGET_LAG; // fell behind: skip, don't accumulate
     if (video.paused && lag > TARGET_LAG / 2) video.play().catch(() => {});
     $("t-lag").textContent = ms_(lag * 1000);
   }
@@ -454,9 +459,40 @@
     xhr.send(form);
   }
 
+  // The whole utterance as a seekable MP4 (POST /v1/speak), saved by the browser.
+  async function download() {
+    const button = $("download");
+    button.disabled = true;
+    const started = performance.now();
+    try {
+      const body = { text: $("text").value.trim() };
+      if ($("avatar-select").value) body.avatar_id = $("avatar-select").value;
+      if ($("voice-select").value) body.voice = $("voice-select").value;
+      const resp = await fetch("/v1/speak", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      if (!resp.ok) {
+        const err = (await resp.json()).error || {};
+        throw new Error(err.message || resp.statusText);
+      }
+      const blob = await resp.blob();
+      const stages = (resp.headers.get("X-Talkmesh-Stages") || "").split(", ").filter(Boolean);
+      const items = [`whole MP4 in ${Math.round(performance.now() - started)} ms`].concat(stages);
+      $("stages").replaceChildren(...items.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
+      const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(blob), download: "talkmesh.mp4" });
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    } catch (err) {
+      showError(`download: ${err.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // -- wiring -----------------------------------------------------------------------------------
   $("speak").addEventListener("click", speak);
   $("interrupt").addEventListener("click", interrupt);
+  $("download").addEventListener("click", download);
   $("unmute").addEventListener("click", unmute);
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) speak();
