@@ -24,8 +24,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # --no-install-recommends: just the Prometheus server, promtool and the browser (not node-exporter
-# and friends). The
-# package's service is not started in containers (no init system); the tests run their own.
+# and friends). Prometheus's service is not started in containers (no init system); the tests run
+# their own.
 # Unique names (prometheus is listed twice when both of its tools are missing).
 mapfile -t pkgs < <(printf '%s\n' "${need[@]}" | sort -u)
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
