@@ -44,8 +44,9 @@ class WebConfig:
     # host/port: the HTTP listener (default 8080); metrics_port: Prometheus /metrics (also served on
     # the main port); max_concurrent_streams: live WebSocket sessions at once (more get close code
     # 1013, "try again later"); dependency_check_seconds: how often /readyz's gateway check runs;
-    # grace_seconds: how long open sessions may take after SIGTERM. Other keys are the gRPC
-    # services' and are ignored here.
+    # grace_seconds: how long open sessions may take after SIGTERM; stream_idle_seconds: a live
+    # WebSocket must send its config within this time; max_message_bytes: the gRPC channel to the
+    # gateway. The other keys are the gRPC services' and are not used here.
     server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("web"))
     # The gateway this edge talks to (default: a local mesh on the registry's ports).
     gateway: Endpoint = field(default_factory=lambda: Endpoint(default_target("gateway")))
