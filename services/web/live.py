@@ -148,6 +148,12 @@ class LiveBridge:
         self.audio_turn: lpb.SpeakAudio | None = None
         self.call: Any = None
 
+    async def half_close(self) -> None:
+        """No more input from this browser (the edge drains): started turns play, then the end."""
+        if self.call is not None and not self.call.done():
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                await self.call.done_writing()
+
     async def _first(self) -> lpb.LiveClientMessage | None:
         """The config message (errors are answered, and the socket closed)."""
         try:
@@ -212,7 +218,7 @@ class LiveBridge:
                     await self.out.error(3, str(exc), exc.field)
                     continue
                 if msg is None:
-                    await self.call.done_writing()
+                    await self.half_close()
                     continue
                 kind = msg.WhichOneof("kind")
                 if kind == "config":
@@ -239,8 +245,8 @@ class LiveBridge:
                 break
             try:
                 await self.call.write(msg)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                break  # the session ended; _pump_down reports how
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                break  # the session ended (or the edge half-closed it); _pump_down reports how
 
 
 async def watch_bridge(client: TalkmeshClient, ws: web.WebSocketResponse, session_id: str) -> None:

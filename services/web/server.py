@@ -76,6 +76,7 @@ class WebHost:
         self.gateway_ready = False
         self.draining = False
         self.sessions: set[asyncio.Task[Any]] = set()
+        self.bridges: set[LiveBridge] = set()
         self._runner: web.AppRunner | None = None
         self._metrics_server: Any = None
         self._watch: asyncio.Task[None] | None = None
@@ -184,6 +185,8 @@ class WebHost:
         grace = self.config.server.grace_seconds if grace is None else grace
         self.draining = True
         await cancel_and_wait(self._watch)
+        # Live sessions end as if the browser half-closed: started turns play, then status OK.
+        await asyncio.gather(*(b.half_close() for b in list(self.bridges)), return_exceptions=True)
         if self.sessions:
             done = asyncio.Event()
             pending = set(self.sessions)
@@ -426,7 +429,12 @@ class WebHost:
             if watch:
                 await watch_bridge(client, ws, request.query.get("session_id", ""))
             else:
-                await LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds).run()
+                bridge = LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds)
+                self.bridges.add(bridge)
+                try:
+                    await bridge.run()
+                finally:
+                    self.bridges.discard(bridge)
         finally:
             self._active.dec()
             self.sessions.discard(task)

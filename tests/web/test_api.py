@@ -221,3 +221,25 @@ async def test_a_browser_that_vanishes_ends_its_session(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.02)
         assert mesh.active_streams()["gateway"] == 0
+
+
+async def test_draining_the_edge_ends_live_sessions_cleanly(tmp_path: Path) -> None:
+    """SIGTERM on the web edge: /readyz turns 503, each live session is half-closed (it ends with
+    status OK once its started turns have played) well within the grace period."""
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        ws = await http.ws_connect("/v1/live")
+        await ws.send_str(json.dumps({"config": {}}))
+        assert "started" in await _recv_json(ws)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stop = asyncio.create_task(mesh.hosts["web"].stop(10.0))
+        async with asyncio.timeout(10):
+            while True:
+                body = await _recv_json(ws)
+                if "status" in body:
+                    break
+        assert body["status"]["code"] == "OK"
+        await stop
+        assert loop.time() - started < 5.0
+        assert ws.close_code == 1000 or (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        await ws.close()

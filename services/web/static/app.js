@@ -5,9 +5,12 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const video = $("avatar");
-  // Playback is kept TARGET_LAG behind the newest buffered media; beyond MAX_LAG it skips forward.
+  // Playback is kept TARGET_LAG behind the newest buffered media (10 % faster while above it);
+  // beyond MAX_LAG it skips forward.
   const TARGET_LAG = 0.12;
   const MAX_LAG = 0.3;
+  // On interrupt, buffered speech beyond the playhead longer than this is skipped by a seek.
+  const CUT_SEEK = 0.08;
   // Media older than this is removed from the SourceBuffer (a long session stays small).
   const KEEP_SECONDS = 20;
 
@@ -126,6 +129,9 @@
       tm.lag.skips += 1;
       lag = TARGET_LAG;
     }
+    // A little behind: play slightly faster until back at the target (inaudible, no jump).
+    const rate = lag > TARGET_LAG + 0.04 ? 1.1 : 1.0;
+    if (video.playbackRate !== rate) video.playbackRate = rate;
     tm.lag.last = lag;
     if (tm.painted > 25) {
       tm.lag.max = Math.max(tm.lag.max, lag);
@@ -286,9 +292,10 @@
   }
 
   // Everything buffered between the playhead and the cut is speech the user interrupted: skip it.
+  // (A few frames are quicker to play than a seek, which decodes again from the last keyframe.)
   function dropAfterCut(frame) {
     const cut = frameTime(frame);
-    if (video.currentTime < cut) video.currentTime = cut;
+    if (cut - video.currentTime > CUT_SEEK) video.currentTime = cut;
   }
 
   // -- controls ---------------------------------------------------------------------------------
