@@ -48,6 +48,12 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 #: Upload blocks sent to the gateway (the gRPC client's block size).
 UPLOAD_BLOCK = 1 << 20
+#: aiohttp's HTTP errors as (gRPC status name, field) in the JSON error.
+HTTP_EXCEPTION_CODES = {
+    404: ("NOT_FOUND", "path"),
+    405: ("UNIMPLEMENTED", "method"),
+    413: ("INVALID_ARGUMENT", "body"),
+}
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -249,10 +255,9 @@ class WebHost:
                     response = exc.response()
                 except grpc.aio.AioRpcError as exc:
                     response = from_rpc_error(exc).response()
-                except web.HTTPException as exc:
-                    response = error_response(
-                        exc.status, "INVALID_ARGUMENT" if exc.status < 500 else "INTERNAL", exc.reason, ""
-                    )
+                except web.HTTPException as exc:  # aiohttp's own: unknown path, body too large, ...
+                    code, field = HTTP_EXCEPTION_CODES.get(exc.status, ("INVALID_ARGUMENT", ""))
+                    response = error_response(exc.status, code if exc.status < 500 else "INTERNAL", exc.reason, field)
                 status = response.status
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:

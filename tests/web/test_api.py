@@ -108,6 +108,11 @@ async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path:
         )
         assert 0 < moov < mdat, "seekable: the index (moov) comes before the media (+faststart)"
 
+        async with http.post("/v1/speak", data=b"x" * 100_000, headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 413 and (await r.json())["error"]["field"] == "body"
+        async with http.get("/v1/nothing") as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] == "NOT_FOUND"
+
         async with http.get("/metrics") as r:
             text = await r.text()
             assert 'talkmesh_streams_total{code="200",method="POST /v1/speak",service="web"}' in text
