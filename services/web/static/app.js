@@ -267,6 +267,7 @@
       const t = turn(ev.speaking_started.turn_id);
       t.startFrame = frame;
       t.startedEvent = now;
+      skipIdleBefore(frame);
       if (t.pressed != null) $("t-started").textContent = ms_(now - t.pressed);
       logEvent(`speaking_started ${ev.speaking_started.turn_id} at frame ${frame}`);
     } else if (ev.speaking_stopped) {
@@ -289,6 +290,13 @@
     } else if (ev.session_ending) {
       logEvent(`session_ending ${ev.session_ending.reason} in ${ev.session_ending.seconds_left} s`);
     }
+  }
+
+  // Speech starts on a keyframe (the encoder forces one after idle): the idle frames still buffered
+  // before it are skipped, so the answer is seen and heard as early as possible.
+  function skipIdleBefore(frame) {
+    const start = frameTime(frame);
+    if (!tm.speakingVisible && start - video.currentTime > CUT_SEEK) video.currentTime = start;
   }
 
   // Everything buffered between the playhead and the cut is speech the user interrupted: skip it.
