@@ -67,7 +67,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         # Built inside the running loop: grpc.aio channels and servers bind to the loop they are made in.
-        host = ServiceHost(module.create_service(config, telemetry), config.server)
+        service = module.create_service(config, telemetry)
+        # The HTTP edge (web) hosts itself; gRPC services run in a ServiceHost.
+        host = service if spec(args.service).protocol == "http" else ServiceHost(service, config.server)
         await host.run_until_signal()
 
     asyncio.run(run())
@@ -129,9 +131,12 @@ async def _up(args: argparse.Namespace) -> int:
     code = 0
     try:
         for name, sp in mesh.processes.items():
-            print(f"{name:>15}  grpc {sp.address}  metrics http://{args.host}:{sp.metrics_port}/metrics")
+            kind = "http" if spec(name).protocol == "http" else "grpc"
+            print(f"{name:>15}  {kind} {sp.address}  metrics http://{args.host}:{sp.metrics_port}/metrics")
         hint = "" if mesh.gateway == f"127.0.0.1:{DEFAULT_PORT_BASE}" else f"TALKMESH_TARGET={mesh.gateway} "
         print(f'talkmesh is up: try `{hint}talkmesh say "Hello there" -o hello.mp4`')
+        if "web" in mesh.processes:
+            print(f"open http://{mesh.address('web')}/ in a browser to watch and talk to the avatar")
         print("Ctrl-C stops all services.", flush=True)
         stopping = asyncio.ensure_future(stop.wait())
         died = asyncio.ensure_future(mesh.wait_for_exit())

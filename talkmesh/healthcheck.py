@@ -8,7 +8,8 @@ settings are the ones the service itself uses: its registry ports, overlaid by `
 by ``TALKMESH_<NAME>__SERVER__...`` environment variables. When ``server.tls.cert_file`` is set the
 check connects to ``localhost`` over TLS, verifying the server against ``server.tls.client_ca_file``
 and presenting the service's own certificate (the mesh requires client certificates); that is how a
-probe reaches a service whose port accepts only mutual TLS.
+probe reaches a service whose port accepts only mutual TLS. The HTTP edge (``web``) is checked
+over HTTP instead: ``/readyz`` for readiness, ``/healthz`` for liveness.
 """
 
 from __future__ import annotations
@@ -46,6 +47,21 @@ def check(
     ok = resp.status == health_pb2.HealthCheckResponse.SERVING
     if not ok:
         print(f"unhealthy: {health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)}", file=sys.stderr)
+    return ok
+
+
+def check_http(port: int, service: str = "", timeout: float = 3.0) -> bool:
+    """An HTTP service's ``/readyz`` (``service`` "") or ``/healthz`` ("liveness") answers 200."""
+    import urllib.error
+    import urllib.request
+
+    path = "/healthz" if service == "liveness" else "/readyz"
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            ok = resp.status == 200
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"unhealthy: {path}: {exc}", file=sys.stderr)
+        return False
     return ok
 
 
@@ -109,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", default="", help='health service: "" (readiness, default) or "liveness"')
     opts = parser.parse_args(args)
     try:
-        target, creds = target_for(server_settings(opts.service, opts.config, os.environ))
+        server = server_settings(opts.service, opts.config, os.environ)
+        if registry.spec(opts.service).protocol == "http":
+            return 0 if check_http(int(server["port"]), opts.check) else 1
+        target, creds = target_for(server)
     except (OSError, KeyError, ValueError, ModuleNotFoundError, yaml.YAMLError) as exc:
         print(f"unhealthy: cannot read the {opts.service} config: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
-"""Starting the five services as separate local processes (`talkmesh up`, the demo, tests, bench).
+"""Starting the services as separate local processes (`talkmesh up`, the demo, tests, bench): the
+five gRPC stages and the web edge.
 
 Names, ports, environment prefixes and the start order come from ``talkmesh.common.registry``.
 A mesh runs on the default ports, on a block moved with ``port_base`` (``talkmesh up
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from talkmesh.common.aio import cancel_and_wait
-from talkmesh.common.registry import PORT_SPAN, SERVICES, ServiceSpec, start_order
+from talkmesh.common.registry import PORT_SPAN, SERVICES, ServiceSpec, spec, start_order
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class Mesh:
 
         for name, (port, metrics) in self.planned_ports().items():
             if port:
-                check_port_free(name, "gRPC", self.host, port)
+                check_port_free(name, "HTTP" if spec(name).protocol == "http" else "gRPC", self.host, port)
             if metrics > 0:
                 check_port_free(name, "metrics", self.host, metrics)
 

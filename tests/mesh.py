@@ -1,4 +1,5 @@
-"""The five services in this process, each on its own gRPC port (port 0), for end-to-end tests."""
+"""The five gRPC services in this process, each on its own port (port 0), for end-to-end tests;
+with ``web=True`` also the browser edge (HTTP on a free port)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.trace import TracerProvider
 
@@ -19,12 +21,17 @@ from talkmesh.common.telemetry import Telemetry
 
 @dataclass
 class InProcessMesh:
-    hosts: dict[str, ServiceHost] = field(default_factory=dict)
+    hosts: dict[str, Any] = field(default_factory=dict)  # ServiceHost (gRPC) or WebHost
     telemetry: dict[str, Telemetry] = field(default_factory=dict)
 
     @property
     def gateway(self) -> str:
         return self.hosts["gateway"].address
+
+    @property
+    def web_url(self) -> str:
+        """``http://host:port/`` of the browser edge (``inprocess_mesh(web=True)``)."""
+        return str(self.hosts["web"].url)
 
     def active_streams(self) -> dict[str, float]:
         return {
@@ -40,10 +47,12 @@ async def inprocess_mesh(
     env: Mapping[str, str] | None = None,
     metrics: bool = False,
     pki: Path | None = None,
+    web: bool = False,
 ) -> AsyncIterator[InProcessMesh]:
     """``pki``: a directory made by ``talkmesh.devcerts.make_dev_pki``: mutual TLS on every internal
     hop (each service presents its own certificate, requires the mesh CA's) and TLS without client
-    certificates on the gateway's port, as the Kubernetes mtls component sets them up."""
+    certificates on the gateway's port, as the Kubernetes mtls component sets them up.
+    ``web``: also start the browser edge (an HTTP service, not a gRPC one)."""
     base_env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
     base_env.update(env or {})
     mesh = InProcessMesh()
@@ -51,6 +60,8 @@ async def inprocess_mesh(
     async with contextlib.AsyncExitStack() as stack:
         for spec in registry.start_order():
             name = spec.name
+            if spec.protocol == "http" and not web:
+                continue
             main = importlib.import_module(spec.main_module)
             local_env = dict(base_env)
             for callee in spec.calls:
@@ -70,7 +81,10 @@ async def inprocess_mesh(
                     tls=ServerTLS(str(pki / name / "tls.crt"), str(pki / name / "tls.key"), client_ca_file=client_ca),
                 )
             tel = Telemetry(name, tracer_provider=tracer_provider)
-            host = ServiceHost(main.create_service(config, tel), server_cfg)
+            if spec.protocol == "http":  # the web edge hosts itself, with the same server settings
+                config = dataclasses.replace(config, server=server_cfg)
+            service = main.create_service(config, tel)
+            host = service if spec.protocol == "http" else ServiceHost(service, server_cfg)
             await host.start()
             stack.push_async_callback(host.stop, 2.0)
             mesh.hosts[name] = host

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from talkmesh.client import TalkmeshClient
-from talkmesh.common.registry import NAMES
+from talkmesh.common.registry import GRPC_NAMES
 from talkmesh.v1 import encoder_pb2 as epb
 from tests.media import probe
 from tests.mesh import inprocess_mesh
@@ -53,7 +53,7 @@ async def test_one_trace_spans_all_five_services(tmp_path):
         await client.speak_to_file("Hello there. How are you?", tmp_path / "out.mp4", container=epb.CONTAINER_FMP4)
     spans = exporter.get_finished_spans()
     servers = {s.attributes.get("talkmesh.service"): s for s in spans if s.attributes.get("rpc.system") == "grpc"}
-    assert set(servers) == set(NAMES)
+    assert set(servers) == set(GRPC_NAMES)
     root = servers["gateway"]
     assert root.parent is None
     assert {s.context.trace_id for s in spans} == {root.context.trace_id}

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from talkmesh.client import TalkmeshClient
-from talkmesh.common.registry import NAMES, PORT_SPAN, spec
+from talkmesh.common.registry import GRPC_NAMES, NAMES, PORT_SPAN, spec
 from talkmesh.common.registry import SERVICES as REGISTRY
 from talkmesh.launcher import Mesh
 from talkmesh.v1 import encoder_pb2 as epb
@@ -94,7 +94,7 @@ async def test_health_under_load_then_drain_on_sigterm(mesh, tmp_path):
         load = [asyncio.create_task(client.speak_to_file(PARAGRAPH, tmp_path / f"load{i}.mp4")) for i in range(3)]
         try:
             await asyncio.sleep(0.3)
-            for name in NAMES:
+            for name in GRPC_NAMES:
                 assert await _health(mesh.address(name)) == health_pb2.HealthCheckResponse.SERVING, name
                 assert await _health(mesh.address(name), "liveness") == health_pb2.HealthCheckResponse.SERVING
         finally:
@@ -204,7 +204,12 @@ async def test_up_on_a_port_base_starts_five_processes_and_ctrl_c_stops_them(tmp
     try:
         for s in REGISTRY:
             port, metrics = s.ports(base)
-            assert any(f"grpc 127.0.0.1:{port}" in ln and f":{metrics}/metrics" in ln for ln in lines), lines
+            assert any(f"{s.protocol} 127.0.0.1:{port}" in ln and f":{metrics}/metrics" in ln for ln in lines), lines
+            if s.protocol == "http":  # the web edge: the page's URL is printed, /readyz follows the gateway
+                assert any(f"open http://127.0.0.1:{port}/ in a browser" in ln for ln in lines), lines
+                url = f"http://127.0.0.1:{port}/readyz"
+                assert await asyncio.to_thread(lambda u=url: urllib.request.urlopen(u, timeout=5).status) == 200
+                continue
             assert await _health(f"127.0.0.1:{port}") == health_pb2.HealthCheckResponse.SERVING
         assert any(f"TALKMESH_TARGET=127.0.0.1:{base} talkmesh say" in ln for ln in lines)
         async with TalkmeshClient(f"127.0.0.1:{base}") as client:

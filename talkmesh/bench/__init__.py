@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkmesh.bench import components_mode, live, speak, tls
+from talkmesh.bench import components_mode, live, speak, tls, web
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,12 @@ MODES: tuple[BenchMode, ...] = (
         "TTFF with mutual TLS on every hop and API keys vs plaintext (two meshes, interleaved)",
         tls.add_arguments,
         tls.run,
+    ),
+    BenchMode(
+        "web",
+        "the page in headless Chromium: speak to first painted frame, interrupt to idle, live-edge distance",
+        web.add_arguments,
+        web.run,
     ),
     BenchMode(
         "components",

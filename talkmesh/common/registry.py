@@ -18,6 +18,9 @@ DEFAULT_METRICS_BASE = 9101
 #: metrics ports B + METRICS_OFFSET + index.
 METRICS_OFFSET = 10
 PORT_SPAN = 20
+#: Default port of the HTTP service (the browser edge, ``web``) in a default mesh; a moved mesh
+#: (``ports(base)``) puts it in the block like the others.
+DEFAULT_HTTP_PORT = 8080
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,9 @@ class ServiceSpec:
     backends: tuple[str, ...] = ()
     #: services it calls (start order: dependencies first)
     calls: tuple[str, ...] = ()
+    #: what its main port speaks: "grpc" (health over gRPC), or "http" (the browser edge: HTTP and
+    #: WebSocket, health at /healthz and /readyz; it has no protos)
+    protocol: str = "grpc"
 
     @property
     def package(self) -> str:
@@ -56,8 +62,8 @@ class ServiceSpec:
 
     @property
     def port(self) -> int:
-        """Default gRPC port."""
-        return DEFAULT_PORT_BASE + self.index
+        """Default main port (gRPC; HTTP for the web edge)."""
+        return DEFAULT_HTTP_PORT if self.protocol == "http" else DEFAULT_PORT_BASE + self.index
 
     @property
     def metrics_port(self) -> int:
@@ -65,7 +71,7 @@ class ServiceSpec:
         return DEFAULT_METRICS_BASE + self.index
 
     def ports(self, base: int | None = None) -> tuple[int, int]:
-        """(gRPC port, metrics port) in a mesh whose block starts at ``base`` (None: defaults)."""
+        """(main port, metrics port) in a mesh whose block starts at ``base`` (None: defaults)."""
         if base is None:
             return self.port, self.metrics_port
         return base + self.index, base + METRICS_OFFSET + self.index
@@ -97,9 +103,13 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "encoder", 4, (("talkmesh.v1.encoder_pb2", "Encoder"),), backends=("x264", "nvenc"), calls=("renderer",)
     ),
+    # The browser edge: a page and an HTTP + WebSocket API over the gateway's gRPC API.
+    ServiceSpec("web", 5, (), calls=("gateway",), protocol="http"),
 )
 
 NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
+#: The services that speak gRPC (the pipeline: the gateway and its four stages).
+GRPC_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES if s.protocol == "grpc")
 
 #: The renderer's output size presets (``RenderConfig.size``; ``OutputOptions.size`` and
 #: ``LiveConfig.size`` in the public API): "native" keeps the avatar's size, "360p", "480p" and

@@ -161,7 +161,7 @@ def test_every_service_runs_in_one_container_with_one_service_object(overlay: st
     encoder_dep, _ = runs(docs, "encoder")
     if overlay in COLOCATED:
         assert media is encoder_dep and media["metadata"]["name"] == "media", "renderer and encoder share a pod"
-        assert deployments == {"gateway", "tts", "audio-features", "media"}
+        assert deployments == {"gateway", "tts", "audio-features", "media", "web"}
     else:
         assert media is not encoder_dep
         assert deployments == {k8s_name(s) for s in SERVICES}
@@ -197,7 +197,12 @@ def test_every_container_has_probes_resources_and_a_locked_down_context(
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 assert probe in c, f"{where}: no {probe}"
                 p = c[probe]
-                if "grpc" in p:
+                if "httpGet" in p:  # the HTTP edge (web): /readyz follows the gateway, /healthz the process
+                    assert registry.spec(service).protocol == "http", f"{where}: {probe}"
+                    assert ports[p["httpGet"]["port"]] == grpc_port, f"{where}: {probe} port"
+                    path = "/readyz" if probe == "readinessProbe" else "/healthz"
+                    assert p["httpGet"]["path"] == path, f"{where}: {probe}"
+                elif "grpc" in p:
                     assert p["grpc"]["port"] == grpc_port, f"{where}: {probe} port"
                     expected = "" if probe == "readinessProbe" else "liveness"
                     # Readiness is the overall health ("": SERVING after warm-up, NOT_SERVING while
@@ -301,10 +306,11 @@ def test_services_select_the_container_that_serves_them(overlay: str) -> None:
             assert len(owners) == 1, f"Service {name} port {port['name']}: targetPort must name one container port"
             assert service_of(owners[0]) == service, f"Service {name} reaches {service_of(owners[0])}"
             number = ports_of(owners[0])[port["targetPort"]]
-            assert number == PORTS[service][0 if port["name"] == "grpc" else 1]
+            assert number == PORTS[service][0 if port["name"] in ("grpc", "http") else 1]
             assert port["port"] == number
-        # Internal stages are headless: the gateway's round_robin channel sees every pod.
-        if name != "gateway":
+        # Internal stages are headless: the gateway's round_robin channel sees every pod. The entry
+        # points (the gateway, the HTTP edge behind an ingress) have a cluster IP.
+        if name != "gateway" and registry.spec(service).protocol == "grpc":
             assert svc["spec"]["clusterIP"] == "None"
         # Annotation-based scraping (role: endpoints) of the service's own metrics port.
         metrics_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "metrics")

@@ -130,6 +130,10 @@ def flows(docs: list[dict[str, Any]]) -> Iterator[tuple[str, str, str]]:
 def expected(deployments: set[str], layout: str) -> set[tuple[str, str, str]]:
     # The public entry point: the gateway's gRPC port is open to anyone outside the namespace.
     out = {(outside.name, "gateway", "grpc") for outside in OUTSIDE}
+    # The browser edge's HTTP port is public too (behind the cluster's ingress).
+    for spec in registry.SERVICES:
+        if spec.protocol == "http":
+            out |= {(outside.name, spec.k8s_name, "http") for outside in OUTSIDE}
     for pod in deployments:
         out |= {(pod, "kube-dns", "53/UDP"), (pod, "kube-dns", "53/TCP"), (pod, "otel-collector", "4317/TCP")}
         out.add(("prometheus", pod, "metrics"))

@@ -114,6 +114,8 @@ DEPLOYMENT_OVERRIDES: dict[str, set[str]] = {
     "encoder": {"video.encoder", "renderer.target"},
     # the renderer also listens on the pod's Unix socket for the co-located encoder, and takes
     # uploads only as large as the pod's memory and disk limits allow (docs/DEPLOY.md)
+    # the web edge calls the gateway through its Service
+    "web": {"gateway.target"},
     "renderer": {"server.unix_socket", "avatars.max_upload_bytes", "avatars.max_pixels", "avatars.max_frames"},
 }
 

@@ -1,0 +1,77 @@
+"""gRPC statuses as HTTP errors: one JSON shape, the status mapped the usual way.
+
+Every error body is ``{"error": {"code": "INVALID_ARGUMENT", "message": "file: ...", "field":
+"file", "retry_after_seconds": 1.0}}``: ``code`` is the gRPC status name, ``message`` the status
+message (``field: reason``), ``field`` the offending field from the status details (BadRequest),
+``retry_after_seconds`` only when the server said when to retry (also a ``Retry-After`` header).
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from aiohttp import web
+
+from talkmesh.common.errors import ErrorDetails
+
+#: gRPC status -> HTTP status (as the Google API HTTP mapping does).
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+
+def error_response(
+    status: int, code: str, message: str, field: str = "", retry_after: float | None = None
+) -> web.Response:
+    body: dict[str, object] = {"code": code, "message": message, "field": field}
+    headers = {}
+    if retry_after is not None:
+        body["retry_after_seconds"] = retry_after
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return web.json_response({"error": body}, status=status, headers=headers)
+
+
+class HttpError(Exception):
+    """An error answered to the browser (raised by handlers; the middleware renders it)."""
+
+    def __init__(self, status: int, code: str, message: str, field: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.code, self.message, self.field, self.retry_after)
+
+    def as_json(self) -> dict[str, object]:
+        """The same error as a live-session ``error`` message (LiveError's fields)."""
+        code = grpc.StatusCode[self.code].value[0] if self.code in grpc.StatusCode.__members__ else 2
+        return {"error": {"code": code, "message": self.message, "field": self.field}}
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:
+    code = exc.code()
+    details = ErrorDetails.of(exc)
+    message = exc.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message.lower():
+        message = "gateway: not reachable"
+    return HttpError(HTTP_STATUS.get(code, 500), code.name, message, details.field, details.retry_delay)

@@ -1,0 +1,265 @@
+"""The live WebSocket (``/v1/live``): ``talkmesh.v1.Live/Session`` for browsers, one to one.
+
+Browser -> edge: text frames are ``LiveClientMessage`` in protobuf's JSON mapping
+(``{"config": {...}}``, ``{"text": {"turn_id": "t1", "text": "Hello.", "final": true}}``,
+``{"end_of_turn": ...}``, ``{"interrupt": {}}``, ``{"keep_alive": {}}``); binary frames are PCM
+chunks (mono s16le) of the audio turn named by the last JSON ``audio`` message (which carries the
+``turn_id`` and ``sample_rate``; it may carry ``pcm`` itself, base64, as in the JSON mapping).
+``{"half_close": {}}`` is the one addition: the gRPC half-close (no more input; started turns play).
+
+Edge -> browser: every ``LiveServerMessage`` as JSON, except that a ``media`` message's ``data``
+follows it as one binary frame (the fMP4 bytes to append). When the gRPC stream ends, a final
+``{"status": {"code": "OK" | <gRPC status name>, "message": ..., "field": ...}}`` and the close.
+docs/WEB.md is the reference with an example exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import grpc
+from aiohttp import WSMsgType, web
+from google.protobuf import json_format
+
+from services.web.config import WebSettings
+from talkmesh.client import TalkmeshClient
+from talkmesh.common.aio import TaskSet
+from talkmesh.common.errors import ErrorDetails
+from talkmesh.common.propagation import outgoing_metadata
+from talkmesh.v1 import live_pb2 as lpb
+from talkmesh.v1 import live_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+#: WebSocket close codes by gRPC status of the ended session.
+CLOSE_NORMAL, CLOSE_BAD_INPUT, CLOSE_INTERNAL, CLOSE_TRY_LATER = 1000, 1008, 1011, 1013
+_CLOSE_FOR = {
+    grpc.StatusCode.OK: CLOSE_NORMAL,
+    grpc.StatusCode.INVALID_ARGUMENT: CLOSE_BAD_INPUT,
+    grpc.StatusCode.NOT_FOUND: CLOSE_BAD_INPUT,
+    grpc.StatusCode.FAILED_PRECONDITION: CLOSE_BAD_INPUT,
+    grpc.StatusCode.OUT_OF_RANGE: CLOSE_BAD_INPUT,
+    grpc.StatusCode.PERMISSION_DENIED: CLOSE_BAD_INPUT,
+    grpc.StatusCode.UNAUTHENTICATED: CLOSE_BAD_INPUT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: CLOSE_TRY_LATER,
+    grpc.StatusCode.UNAVAILABLE: CLOSE_TRY_LATER,
+}
+
+
+class BadMessage(ValueError):
+    """A browser message that cannot become a LiveClientMessage (answered with an ``error``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+
+
+def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
+    """A text frame as a LiveClientMessage; None for ``half_close``. BadMessage otherwise."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise BadMessage("message", "not JSON") from None
+    if not isinstance(body, dict) or len(body) != 1:
+        raise BadMessage("message", "expected an object with exactly one key (config, text, audio, ...)")
+    if "half_close" in body:
+        return None
+    msg = lpb.LiveClientMessage()
+    try:
+        json_format.ParseDict(body, msg)
+    except json_format.ParseError as exc:
+        (key,) = body
+        raise BadMessage(str(key), str(exc)) from None
+    return msg
+
+
+def _json(msg: Any) -> str:
+    return json.dumps(json_format.MessageToDict(msg, preserving_proto_field_name=True), separators=(",", ":"))
+
+
+class Sender:
+    """One writer at a time on the WebSocket (a media header and its bytes stay together)."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.lock = asyncio.Lock()
+
+    async def message(self, msg: lpb.LiveServerMessage) -> None:
+        async with self.lock:
+            if self.ws.closed:
+                return
+            if msg.WhichOneof("kind") == "media":
+                data = msg.media.data
+                head = lpb.LiveServerMessage()
+                head.CopyFrom(msg)
+                head.media.ClearField("data")
+                await self.ws.send_str(_json(head))
+                await self.ws.send_bytes(data)
+            else:
+                await self.ws.send_str(_json(msg))
+
+    async def json(self, body: dict[str, Any]) -> None:
+        async with self.lock:
+            if not self.ws.closed:
+                await self.ws.send_str(json.dumps(body, separators=(",", ":")))
+
+    async def error(self, code: int, message: str, field: str = "", turn_id: str = "") -> None:
+        err = lpb.LiveServerMessage(error=lpb.LiveError(code=code, message=message, field=field, turn_id=turn_id))
+        await self.message(err)
+
+    async def end(self, exc: grpc.aio.AioRpcError | None) -> None:
+        """The final status, then the close."""
+        if exc is None:
+            status: dict[str, Any] = {"code": "OK", "message": "", "field": ""}
+            close = CLOSE_NORMAL
+        else:
+            status = {"code": exc.code().name, "message": exc.details() or "", "field": ErrorDetails.of(exc).field}
+            close = _CLOSE_FOR.get(exc.code(), CLOSE_INTERNAL)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.json({"status": status})
+            await self.ws.close(code=close, message=status["code"].encode())
+
+
+async def _pump_down(call: Any, out: Sender) -> None:
+    """gRPC stream -> browser, until the stream ends; then the final status and the close."""
+    try:
+        async for msg in call:
+            await out.message(msg)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.CANCELLED:
+            await out.end(exc)
+        return
+    await out.end(None)
+
+
+class LiveBridge:
+    """One browser session: a WebSocket on one side, ``Live/Session`` on the other."""
+
+    def __init__(self, client: TalkmeshClient, ws: web.WebSocketResponse, cfg: WebSettings, idle: float) -> None:
+        self.client = client
+        self.ws = ws
+        self.cfg = cfg
+        self.idle = idle
+        self.out = Sender(ws)
+        self.audio_turn: lpb.SpeakAudio | None = None
+        self.call: Any = None
+
+    async def half_close(self) -> None:
+        """No more input from this browser (the edge drains): started turns play, then the end."""
+        if self.call is not None and not self.call.done():
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                await self.call.done_writing()
+
+    async def _first(self) -> lpb.LiveClientMessage | None:
+        """The config message (errors are answered, and the socket closed)."""
+        try:
+            async with asyncio.timeout(self.idle or None):
+                raw = await self.ws.receive()
+        except TimeoutError:
+            await self._refuse("config", f"no config message within {self.idle:.0f} s")
+            return None
+        if raw.type != WSMsgType.TEXT:
+            if raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return None
+            await self._refuse("config", "the first message must be a JSON config message")
+            return None
+        try:
+            msg = parse_client_message(raw.data)
+        except BadMessage as exc:
+            await self._refuse(exc.field, str(exc))
+            return None
+        if msg is None or msg.WhichOneof("kind") != "config":
+            await self._refuse("config", "the first message must be config")
+            return None
+        return msg
+
+    async def _refuse(self, field: str, message: str) -> None:
+        await self.out.json({"status": {"code": "INVALID_ARGUMENT", "message": message, "field": field}})
+        await self.ws.close(code=CLOSE_BAD_INPUT, message=b"INVALID_ARGUMENT")
+
+    async def run(self) -> None:
+        first = await self._first()
+        if first is None:
+            return
+        stub = live_pb2_grpc.LiveStub(self.client.channel)
+        self.call = stub.Session(metadata=outgoing_metadata())
+        try:
+            await self.call.write(first)
+            async with TaskSet("web-live") as tasks:
+                down = tasks.spawn(_pump_down(self.call, self.out), name="down")
+                up = tasks.spawn(self._pump_up(), name="up")
+                await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
+                if up.done() and not down.done():
+                    if up.exception() is not None or self.ws.closed:
+                        self.call.cancel()  # the browser left: the session ends at once
+                    await down
+                if tasks.failure is not None:
+                    raise tasks.failure
+        except grpc.aio.AioRpcError as exc:  # the write of config failed: the call is over
+            await self.out.end(exc)
+        finally:
+            if not self.call.done():
+                self.call.cancel()
+            if not self.ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.ws.close()
+
+    async def _pump_up(self) -> None:
+        """Browser -> gRPC. Returns when the browser closes (or half-closes and then closes)."""
+        async for raw in self.ws:
+            if raw.type == WSMsgType.TEXT:
+                try:
+                    msg = parse_client_message(raw.data)
+                except BadMessage as exc:
+                    await self.out.error(3, str(exc), exc.field)
+                    continue
+                if msg is None:
+                    await self.half_close()
+                    continue
+                kind = msg.WhichOneof("kind")
+                if kind == "config":
+                    await self.out.error(3, "config: only the first message may be config", "config")
+                    continue
+                if kind == "audio":
+                    self.audio_turn = lpb.SpeakAudio(turn_id=msg.audio.turn_id, sample_rate=msg.audio.sample_rate)
+                    if msg.audio.final:
+                        self.audio_turn = None
+            elif raw.type == WSMsgType.BINARY:
+                if self.audio_turn is None:
+                    await self.out.error(
+                        3, "audio: send a JSON audio message (turn_id, sample_rate) before PCM frames", "audio"
+                    )
+                    continue
+                msg = lpb.LiveClientMessage(
+                    audio=lpb.SpeakAudio(
+                        turn_id=self.audio_turn.turn_id, sample_rate=self.audio_turn.sample_rate, pcm=raw.data
+                    )
+                )
+            else:
+                break
+            if self.call.done():
+                break
+            try:
+                await self.call.write(msg)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                break  # the session ended (or the edge half-closed it); _pump_down reports how
+
+
+async def watch_bridge(client: TalkmeshClient, ws: web.WebSocketResponse, session_id: str) -> None:
+    """``/v1/live/watch?session_id=...``: ``Live/Watch`` for a browser (server to browser only)."""
+    out = Sender(ws)
+    call = client.watch(session_id)
+    async with TaskSet("web-watch") as tasks:
+        down = tasks.spawn(_pump_down(call, out), name="down")
+        up = tasks.spawn(_drain(ws), name="up")
+        await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
+    call.cancel()  # type: ignore[attr-defined]
+
+
+async def _drain(ws: web.WebSocketResponse) -> None:
+    async for _ in ws:
+        pass

@@ -1,0 +1,446 @@
+"""The web edge's HTTP server: the page, the HTTP API, the live WebSocket, health and metrics.
+
+Why aiohttp: one dependency that has everything this edge needs built in (HTTP/1.1 server,
+WebSocket with ping/pong and message-size limits, streamed multipart parsing, static files) and
+runs on the asyncio loop that grpc.aio already uses, so a WebSocket message becomes a gRPC write
+with no thread hop. An ASGI stack would need a framework, a server (uvicorn) and a multipart
+package for the same result.
+
+Everything here is translation: browser requests become calls to the gateway's public gRPC API
+(``talkmesh.v1.Gateway``, ``talkmesh.v1.Live``); there is no pipeline logic. Each request starts a
+trace (or continues the browser's ``traceparent``), which goes on to the gateway in the call's
+metadata (``talkmesh.common.propagation``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
+
+from services.web.config import WebConfig
+from services.web.errors import HttpError, error_response, from_rpc_error
+from services.web.live import LiveBridge, watch_bridge
+from talkmesh.client import TalkmeshClient
+from talkmesh.common.aio import cancel_and_wait, wait_event
+from talkmesh.common.logs import request_id_var
+from talkmesh.common.propagation import REQUEST_ID_KEY, outgoing_metadata
+from talkmesh.common.server import BindError, check_port_free
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import gateway_pb2 as gpb
+from talkmesh.v1 import types_pb2 as api
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+#: Upload blocks sent to the gateway (the gRPC client's block size).
+UPLOAD_BLOCK = 1 << 20
+#: aiohttp's HTTP errors as (gRPC status name, field) in the JSON error.
+HTTP_EXCEPTION_CODES = {
+    404: ("NOT_FOUND", "path"),
+    405: ("UNIMPLEMENTED", "method"),
+    413: ("INVALID_ARGUMENT", "body"),
+}
+#: RegisterAvatar's fields -> the multipart form's.
+FORM_FIELDS = {
+    "data": "file",
+    "meta.filename": "file",
+    "meta.name": "name",
+    "meta.face_index": "face_index",
+    "meta.backends": "backends",
+}
+
+
+def _to_dict(msg: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)  # type: ignore[no-any-return]
+
+
+class WebHost:
+    """Hosts the web edge (same interface as ``talkmesh.common.server.ServiceHost``)."""
+
+    name = "web"
+
+    def __init__(self, config: WebConfig, telemetry: Telemetry) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.port = 0
+        self.metrics_port = -1
+        self.client: TalkmeshClient | None = None
+        self.gateway_ready = False
+        self.draining = False
+        self.sessions: set[asyncio.Task[Any]] = set()
+        self.bridges: set[LiveBridge] = set()
+        self._runner: web.AppRunner | None = None
+        self._metrics_server: Any = None
+        self._watch: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._requests = telemetry.metrics.streams_total
+        self._active = telemetry.metrics.streams_active.labels(self.name)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"{self.config.server.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}/"
+
+    def app(self) -> web.Application:
+        cfg = self.config.web
+        app = web.Application(middlewares=[self._middleware], client_max_size=cfg.max_speak_body_bytes)
+        static = Path(cfg.static_dir) if cfg.static_dir else STATIC
+        app.add_routes(
+            [
+                web.get("/", self._index),
+                web.get("/healthz", self._healthz),
+                web.get("/readyz", self._readyz),
+                web.get("/metrics", self._metrics),
+                web.get("/v1/voices", self._voices),
+                web.get("/v1/avatars", self._avatars),
+                web.post("/v1/avatars", self._register_avatar),
+                web.post("/v1/speak", self._speak),
+                web.get("/v1/live", self._live),
+                web.get("/v1/live/watch", self._watch_live),
+                web.static("/static", static),
+            ]
+        )
+        self._static = static
+        return app
+
+    async def start(self) -> int:
+        cfg = self.config.server
+        if cfg.port:
+            check_port_free(self.name, "HTTP", cfg.host, cfg.port)
+        if cfg.metrics_port > 0:
+            check_port_free(self.name, "metrics", cfg.host, cfg.metrics_port)
+        self.client = TalkmeshClient(self.config.gateway.target, max_message_bytes=cfg.max_message_bytes)
+        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.host, cfg.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._abort()
+            raise BindError(f"{self.name}: cannot listen on {cfg.host}:{cfg.port} (HTTP): {exc}") from None
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        if cfg.metrics_port >= 0:
+            try:
+                httpd, _ = start_http_server(cfg.metrics_port, addr=cfg.host, registry=self.telemetry.metrics.registry)
+            except OSError as exc:
+                await self._abort()
+                raise BindError(
+                    f"{self.name}: cannot listen on {cfg.host}:{cfg.metrics_port} (metrics): {exc}"
+                ) from None
+            self._metrics_server = httpd
+            self.metrics_port = httpd.server_port
+        await self._check_gateway()
+        if cfg.dependency_check_seconds > 0:
+            self._watch = asyncio.create_task(self._watch_gateway(), name="web-gateway-watch")
+        log.info(
+            "web serving on %s (metrics port %s), gateway %s", self.url, self.metrics_port, self.config.gateway.target
+        )
+        return self.port
+
+    async def _abort(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    async def _check_gateway(self) -> bool:
+        assert self.client is not None
+        stub = health_pb2_grpc.HealthStub(self.client.channel)
+        timeout = max(0.5, self.config.server.dependency_check_seconds)
+        try:
+            resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            ready = resp.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError:
+            ready = False
+        if ready != self.gateway_ready:
+            log.info("gateway %s is %s", self.config.gateway.target, "ready" if ready else "not ready")
+        self.gateway_ready = ready
+        return ready
+
+    async def _watch_gateway(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.server.dependency_check_seconds)
+            await self._check_gateway()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Not ready, stop accepting; live sessions get ``grace`` seconds, then are closed."""
+        if self._runner is None or self._stopped.is_set():
+            return
+        grace = self.config.server.grace_seconds if grace is None else grace
+        self.draining = True
+        await cancel_and_wait(self._watch)
+        # Live sessions end as if the browser half-closed: started turns play, then status OK.
+        await asyncio.gather(*(b.half_close() for b in list(self.bridges)), return_exceptions=True)
+        if self.sessions:
+            done = asyncio.Event()
+            pending = set(self.sessions)
+
+            def gone(task: asyncio.Task[Any]) -> None:
+                pending.discard(task)
+                if not pending:
+                    done.set()
+
+            for task in pending:
+                task.add_done_callback(gone)
+            await wait_event(done, grace)
+        await self._runner.cleanup()  # closes the remaining WebSockets (1001 going away)
+        self._runner = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        if self.client is not None:
+            await self.client.close()
+        self._stopped.set()
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+    async def run_until_signal(self) -> None:
+        """Starts, then serves until SIGTERM/SIGINT, then drains (for `talkmesh serve web`)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        print(f"READY {self.name} {self.address} metrics={self.metrics_port}", flush=True)
+        await stop.wait()
+        await self.stop()
+        self.telemetry.shutdown()
+
+    # -- every request: trace, request id, metrics, errors ----------------------------------------
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
+        if route in ("/healthz", "/readyz", "/metrics") or route.startswith("/static"):
+            return await handler(request)
+        rid = request.headers.get(REQUEST_ID_KEY, "")[:128] or secrets.token_hex(8)
+        token = request_id_var.set(rid)
+        parent = propagate.extract(dict(request.headers))
+        start = time.perf_counter()
+        status = 500
+        try:
+            with self.telemetry.tracer.start_as_current_span(
+                f"web {request.method} {route}",
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={"http.request.method": request.method, "http.route": route, "talkmesh.service": "web"},
+            ) as span:
+                try:
+                    response = await handler(request)
+                except HttpError as exc:
+                    response = exc.response()
+                except grpc.aio.AioRpcError as exc:
+                    response = from_rpc_error(exc).response()
+                except web.HTTPException as exc:  # aiohttp's own: unknown path, body too large, ...
+                    code, field = HTTP_EXCEPTION_CODES.get(exc.status, ("INVALID_ARGUMENT", ""))
+                    response = error_response(exc.status, code if exc.status < 500 else "INTERNAL", exc.reason, field)
+                status = response.status
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                if not response.prepared:
+                    response.headers[REQUEST_ID_KEY] = rid
+                    carrier: dict[str, str] = {}
+                    propagate.inject(carrier)
+                    if "traceparent" in carrier:
+                        response.headers["traceparent"] = carrier["traceparent"]
+                return response
+        finally:
+            request_id_var.reset(token)
+            self._requests.labels(self.name, f"{request.method} {route}", str(status)).inc()
+            self.telemetry.observe_stage(f"http {route}", time.perf_counter() - start)
+
+    # -- page, health, metrics --------------------------------------------------------------------
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(self._static / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response({"status": "draining"}, status=503)
+        if not self.gateway_ready and not await self._check_gateway():
+            return web.json_response(
+                {"status": "gateway unavailable", "gateway": self.config.gateway.target}, status=503
+            )
+        return web.json_response({"status": "ready", "gateway": self.config.gateway.target})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.telemetry.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # -- HTTP API -----------------------------------------------------------------------------------
+    def _client(self) -> TalkmeshClient:
+        if self.client is None or self.draining:
+            raise HttpError(503, "UNAVAILABLE", "the web edge is shutting down")
+        return self.client
+
+    async def _voices(self, request: web.Request) -> web.Response:
+        voices = await self._client().list_voices()
+        return web.json_response({"voices": [_to_dict(v) for v in voices]})
+
+    async def _avatars(self, request: web.Request) -> web.Response:
+        avatars = await self._client().list_avatars()
+        return web.json_response({"avatars": [_to_dict(a) for a in avatars]})
+
+    async def _register_avatar(self, request: web.Request) -> web.Response:
+        """Multipart form: optional fields ``name``, ``face_index``, ``backends`` (comma-separated),
+        then the ``file``. The bytes stream on to the gateway as they arrive; the renderer applies
+        its limits (size, format) and its errors come back with the field they name."""
+        client = self._client()
+        if not request.content_type.startswith("multipart/"):
+            raise HttpError(400, "INVALID_ARGUMENT", "send multipart/form-data with a 'file' part", "file")
+        reader = await request.multipart()
+        meta = api.AvatarMeta()
+        found_file = False
+        parts = 0
+
+        async def upload() -> AsyncIterator[api.AvatarUpload]:
+            nonlocal found_file, parts
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                parts += 1
+                if parts > 16:
+                    raise HttpError(400, "INVALID_ARGUMENT", "too many form fields", "form")
+                name = getattr(part, "name", "") or ""
+                if name == "file":
+                    found_file = True
+                    meta.filename = getattr(part, "filename", "") or "upload"
+                    meta.name = meta.name or Path(meta.filename).stem
+                    yield api.AvatarUpload(meta=meta)
+                    while block := await part.read_chunk(UPLOAD_BLOCK):  # type: ignore[union-attr]
+                        yield api.AvatarUpload(data=block)
+                    break
+                value = (await part.text())[:1024]  # type: ignore[union-attr]
+                if name == "name":
+                    meta.name = value
+                elif name == "face_index":
+                    try:
+                        meta.face_index = int(value or 0)
+                    except ValueError:
+                        raise HttpError(
+                            400, "INVALID_ARGUMENT", "face_index: must be an integer", "face_index"
+                        ) from None
+                elif name == "backends":
+                    meta.backends.extend(b.strip() for b in value.split(",") if b.strip())
+            if not found_file:
+                raise HttpError(400, "INVALID_ARGUMENT", "file: the form has no 'file' part", "file")
+
+        info: api.AvatarInfo | None = None
+        call = client.stub.RegisterAvatarWithProgress(upload(), metadata=outgoing_metadata())
+        try:
+            async for msg in call:
+                if msg.WhichOneof("kind") == "avatar":
+                    info = msg.avatar
+        except grpc.aio.AioRpcError as exc:
+            err = from_rpc_error(exc)
+            # The gRPC fields of the upload, named as the form's fields.
+            err.field = FORM_FIELDS.get(err.field, err.field)
+            raise err from None
+        if info is None:
+            raise HttpError(502, "INTERNAL", "the gateway ended the upload without the avatar")
+        return web.json_response({"avatar": _to_dict(info)}, status=201)
+
+    async def _speak(self, request: web.Request) -> web.Response:
+        """JSON body with the fields of ``SpeakRequest`` (text, avatar_id, voice, voice_settings,
+        output...): the whole utterance as a seekable MP4 (``+faststart``)."""
+        client = self._client()
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HttpError(400, "INVALID_ARGUMENT", "body: not JSON", "body") from None
+        if not isinstance(body, dict):
+            raise HttpError(400, "INVALID_ARGUMENT", "body: expected a JSON object", "body")
+        req = gpb.SpeakRequest()
+        try:
+            json_format.ParseDict(body, req)
+        except json_format.ParseError as exc:
+            raise HttpError(400, "INVALID_ARGUMENT", f"body: {exc}", "body") from None
+        req.output.container = api.CONTAINER_MP4  # type: ignore[assignment]
+        data = bytearray()
+        mime = "video/mp4"
+        summary = gpb.SpeakSummary()
+        async for chunk in client.stub.Speak(
+            req, timeout=self.config.web.speak_timeout_seconds, metadata=outgoing_metadata()
+        ):
+            kind = chunk.WhichOneof("kind")
+            if kind == "media":
+                data += chunk.media.data
+                mime = chunk.media.mime_type or mime
+            elif kind == "summary":
+                summary = chunk.summary
+        headers = {"Content-Type": mime.split(";")[0] or "video/mp4", "Accept-Ranges": "bytes"}
+        headers["X-Talkmesh-Frames"] = str(summary.frames)
+        headers["X-Talkmesh-Audio-Seconds"] = f"{summary.audio_seconds:.3f}"
+        # The gateway's per-stage timings (SpeakSummary.stages), for the page's timings panel.
+        headers["X-Talkmesh-Stages"] = ", ".join(
+            f"{st.service}.{st.stage}={st.seconds * 1000:.1f}ms" for st in summary.stages
+        )
+        headers["X-Talkmesh-First-Fragment-Ms"] = f"{summary.time_to_first_fragment_seconds * 1000:.1f}"
+        headers["Access-Control-Expose-Headers"] = "X-Talkmesh-Stages, X-Talkmesh-Frames, X-Talkmesh-Audio-Seconds"
+        return web.Response(body=bytes(data), headers=headers)
+
+    # -- live sessions ------------------------------------------------------------------------------
+    async def _live(self, request: web.Request) -> web.StreamResponse:
+        return await self._session(request, watch=False)
+
+    async def _watch_live(self, request: web.Request) -> web.StreamResponse:
+        return await self._session(request, watch=True)
+
+    async def _session(self, request: web.Request, *, watch: bool) -> web.StreamResponse:
+        cfg = self.config.web
+        ws = web.WebSocketResponse(
+            heartbeat=cfg.heartbeat_seconds or None, max_msg_size=cfg.max_ws_message_bytes, compress=False
+        )
+        await ws.prepare(request)
+        task = asyncio.current_task()
+        assert task is not None
+        if self.draining or len(self.sessions) >= self.config.server.max_concurrent_streams:
+            why = "shutting down" if self.draining else "too many live sessions on this web edge"
+            await ws.send_json({"error": {"code": 8, "message": f"session: {why}; try again later", "field": ""}})
+            await ws.close(code=1013, message=b"try again later")
+            return ws
+        self.sessions.add(task)
+        self._active.inc()
+        try:
+            client = self._client()
+            if watch:
+                await watch_bridge(client, ws, request.query.get("session_id", ""))
+            else:
+                bridge = LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds)
+                self.bridges.add(bridge)
+                try:
+                    await bridge.run()
+                finally:
+                    self.bridges.discard(bridge)
+        finally:
+            self._active.dec()
+            self.sessions.discard(task)
+        return ws

@@ -1,0 +1,551 @@
+// talkmesh live page: one live session over the /v1/live WebSocket (docs/WEB.md), its fMP4
+// stream played through Media Source Extensions near the live edge. Plain JS, no build step.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const video = $("avatar");
+  // Playback is kept TARGET_LAG behind the newest buffered media (10 % faster while above it);
+  // beyond MAX_LAG it skips forward.
+  const TARGET_LAG = 0.12;
+  const MAX_LAG = 0.3;
+  // On interrupt, buffered speech beyond the playhead longer than this is skipped by a seek.
+  const CUT_SEEK = 0.08;
+  // Media older than this is removed from the SourceBuffer (a long session stays small).
+  const KEEP_SECONDS = 20;
+
+  const tm = {
+    // Exposed for tests and `talkmesh bench web`.
+    started: null, // SessionStarted
+    fps: 25,
+    offset: null, // media time of session frame 0
+    turns: {}, // turn_id -> {pressed, startFrame, stopFrame, firstPainted, startedEvent}
+    interrupts: [], // {pressed, ackAt, cutFrame, idlePainted}
+    events: [],
+    errors: [],
+    lag: { last: 0, max: 0, samples: [], skips: 0 }, // playhead behind the newest buffered frame (s)
+    painted: 0,
+    lastMediaTime: 0,
+    speakingVisible: false,
+    status: null,
+    connected: false,
+  };
+  window.talkmesh = tm;
+
+  let ws = null;
+  let ms = null;
+  let sb = null;
+  let appendQueue = [];
+  let pendingMedia = null;
+  let turnCounter = 0;
+  let currentTurn = "";
+  let reconnectTimer = null;
+  let keepAliveTimer = null;
+
+  // -- events panel ---------------------------------------------------------------------------
+  function logEvent(text) {
+    const li = document.createElement("li");
+    li.textContent = `${new Date().toISOString().slice(11, 23)} ${text}`;
+    const list = $("events");
+    list.prepend(li);
+    while (list.children.length > 60) list.lastChild.remove();
+  }
+  function ms_(seconds) {
+    return seconds == null ? "–" : `${Math.round(seconds)} ms`;
+  }
+  function setConnection(text) {
+    $("connection").textContent = text;
+  }
+
+  // -- media ----------------------------------------------------------------------------------
+  function frameTime(frame) {
+    return (tm.offset ?? 0) + Number(frame) / tm.fps;
+  }
+
+  function setupMedia(mime) {
+    if (!window.MediaSource || !MediaSource.isTypeSupported(mime)) {
+      showError(`this browser cannot play ${mime}`);
+      return;
+    }
+    ms = new MediaSource();
+    appendQueue = [];
+    sb = null;
+    tm.offset = null;
+    video.src = URL.createObjectURL(ms);
+    ms.addEventListener("sourceopen", () => {
+      URL.revokeObjectURL(video.src);
+      sb = ms.addSourceBuffer(mime);
+      sb.mode = "segments";
+      sb.addEventListener("updateend", pump);
+      sb.addEventListener("error", () => showError("the media could not be decoded"));
+      pump();
+    }, { once: true });
+  }
+
+  function pump() {
+    if (!sb || sb.updating || !appendQueue.length || ms.readyState !== "open") return;
+    const item = appendQueue.shift();
+    try {
+      if (item.remove) {
+        sb.remove(item.remove[0], item.remove[1]);
+      } else {
+        sb.appendBuffer(item.data);
+        if (item.head && !item.head.init_segment && tm.offset === null) {
+          // The first fragment's media time says where session frame 0 sits on the media timeline.
+          const first = Number(item.head.first_frame || 0);
+          sb.addEventListener("updateend", () => {
+            if (video.buffered.length) tm.offset = video.buffered.start(0) - first / tm.fps;
+          }, { once: true });
+        }
+      }
+    } catch (err) {
+      if (err.name === "QuotaExceededError") {
+        appendQueue.unshift(item);
+        trim(true);
+      } else {
+        showError(`media: ${err.message}`);
+      }
+    }
+  }
+
+  function trim(force) {
+    if (!sb || !video.buffered.length) return;
+    const start = video.buffered.start(0);
+    const keep = force ? 2 : KEEP_SECONDS;
+    if (video.currentTime - start > keep + 5) {
+      appendQueue.unshift({ remove: [start, video.currentTime - keep] });
+      pump();
+    }
+  }
+
+  function keepLive() {
+    if (!video.buffered.length) return;
+    const end = video.buffered.end(video.buffered.length - 1);
+    if (video.currentTime < video.buffered.start(0)) video.currentTime = video.buffered.start(0);
+    let lag = end - video.currentTime;
+    if (lag > MAX_LAG) {
+      // Fell behind (a stall, a background tab): skip forward, don't accumulate delay.
+      video.currentTime = end - TARGET_LAG;
+      tm.lag.skips += 1;
+      lag = TARGET_LAG;
+    }
+    // A little behind: play slightly faster until back at the target (inaudible, no jump).
+    const rate = lag > TARGET_LAG + 0.04 ? 1.1 : 1.0;
+    if (video.playbackRate !== rate) video.playbackRate = rate;
+    tm.lag.last = lag;
+    if (tm.painted > 25) {
+      tm.lag.max = Math.max(tm.lag.max, lag);
+      tm.lag.samples.push(lag);
+      if (tm.lag.samples.length > 20000) tm.lag.samples.splice(0, 10000);
+    }
+    if (video.paused && lag > TARGET_LAG / 2) video.play().catch(() => {});
+    $("t-lag").textContent = ms_(lag * 1000);
+  }
+
+  // Every painted frame: what is visible (speaking or idle), first-frame and idle timings.
+  function onFrame(now, meta) {
+    tm.painted += 1;
+    const t = meta.mediaTime;
+    tm.lastMediaTime = t;
+    let speaking = false;
+    for (const [id, turn] of Object.entries(tm.turns)) {
+      if (turn.startFrame == null) continue;
+      const start = frameTime(turn.startFrame) - 0.001;
+      const stop = turn.stopFrame == null ? Infinity : frameTime(turn.stopFrame) - 0.001;
+      if (t >= start && t < stop) {
+        speaking = true;
+        if (turn.firstPainted == null) {
+          turn.firstPainted = now;
+          if (turn.pressed != null) {
+            turn.ttff = now - turn.pressed;
+            $("t-ttff").textContent = ms_(turn.ttff);
+            logEvent(`first speaking frame of ${id} painted (${Math.round(turn.ttff)} ms after speak)`);
+          }
+        }
+      }
+    }
+    for (const cut of tm.interrupts) {
+      if (cut.cutFrame != null && cut.idlePainted == null && t >= frameTime(cut.cutFrame) - 0.001) {
+        cut.idlePainted = now;
+        cut.toIdle = now - cut.pressed;
+        $("t-idle").textContent = ms_(cut.toIdle);
+      }
+    }
+    if (speaking !== tm.speakingVisible) {
+      tm.speakingVisible = speaking;
+      $("state").textContent = speaking ? "speaking" : "idle";
+      $("state").classList.toggle("speaking", speaking);
+    }
+    video.requestVideoFrameCallback(onFrame);
+  }
+
+  // -- the session ----------------------------------------------------------------------------
+  function send(obj) {
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
+  }
+
+  function connect() {
+    clearTimeout(reconnectTimer);
+    if (ws) {
+      ws.onclose = null;
+      ws.close();
+    }
+    tm.turns = {};
+    tm.started = null;
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    ws = new WebSocket(`${scheme}://${location.host}/v1/live`);
+    ws.binaryType = "arraybuffer";
+    setConnection("connecting…");
+    ws.onopen = () => {
+      const config = { request_id: `web-${Date.now().toString(36)}` };
+      if ($("avatar-select").value) config.avatar_id = $("avatar-select").value;
+      if ($("voice-select").value) config.voice = $("voice-select").value;
+      send({ config });
+      clearInterval(keepAliveTimer);
+      keepAliveTimer = setInterval(() => send({ keep_alive: {} }), 30000);
+    };
+    ws.onmessage = (ev) => {
+      if (typeof ev.data !== "string") {
+        const head = pendingMedia;
+        pendingMedia = null;
+        appendQueue.push({ data: ev.data, head });
+        pump();
+        return;
+      }
+      onMessage(JSON.parse(ev.data));
+    };
+    ws.onclose = (ev) => {
+      tm.connected = false;
+      clearInterval(keepAliveTimer);
+      const why = tm.status && tm.status.code !== "OK" ? `${tm.status.code}: ${tm.status.message}` : `closed (${ev.code})`;
+      setConnection(`disconnected: ${why}; reconnecting…`);
+      reconnectTimer = setTimeout(connect, 2000);
+    };
+  }
+
+  function onMessage(msg) {
+    if (msg.media) {
+      pendingMedia = msg.media; // its bytes are the next binary frame
+      return;
+    }
+    if (msg.started) {
+      const s = msg.started;
+      tm.started = s;
+      tm.fps = s.fps_numerator / (s.fps_denominator || 1);
+      tm.connected = true;
+      setConnection(`live: session ${s.session_id.slice(-8)}, ${s.width}×${s.height} at ${tm.fps} fps`);
+      logEvent(`started ${s.width}x${s.height} ${s.mime_type}`);
+      setupMedia(s.mime_type);
+      return;
+    }
+    if (msg.event) {
+      onEvent(msg.event);
+      return;
+    }
+    if (msg.error) {
+      tm.errors.push(msg.error);
+      logEvent(`error ${msg.error.code}: ${msg.error.message}`);
+      return;
+    }
+    if (msg.status) {
+      tm.status = msg.status;
+      logEvent(`session ended: ${msg.status.code} ${msg.status.message || ""}`);
+    }
+  }
+
+  function turn(id) {
+    if (!tm.turns[id]) tm.turns[id] = {};
+    return tm.turns[id];
+  }
+
+  function onEvent(ev) {
+    const now = performance.now();
+    tm.events.push({ at: now, ev });
+    if (tm.events.length > 2000) tm.events.splice(0, 1000);
+    const frame = Number(ev.frame || 0);
+    if (ev.speaking_started) {
+      const t = turn(ev.speaking_started.turn_id);
+      t.startFrame = frame;
+      t.startedEvent = now;
+      skipIdleBefore(frame);
+      if (t.pressed != null) $("t-started").textContent = ms_(now - t.pressed);
+      logEvent(`speaking_started ${ev.speaking_started.turn_id} at frame ${frame}`);
+    } else if (ev.speaking_stopped) {
+      const s = ev.speaking_stopped;
+      const t = turn(s.turn_id);
+      t.stopFrame = frame;
+      t.reason = s.reason;
+      logEvent(`speaking_stopped ${s.turn_id} ${s.reason} at frame ${frame}, ${s.samples_played || 0} samples played`);
+    } else if (ev.interrupt_acknowledged) {
+      const cut = tm.interrupts.find((c) => c.ackAt == null);
+      if (cut) {
+        cut.ackAt = now;
+        cut.cutFrame = frame;
+        $("t-ack").textContent = ms_(now - cut.pressed);
+      }
+      dropAfterCut(frame);
+      logEvent(`interrupt_acknowledged at frame ${frame}: ${(ev.interrupt_acknowledged.stopped_turn_ids || []).join(", ")}`);
+    } else if (ev.underrun) {
+      logEvent(`underrun ${ev.underrun.turn_id} frame ${ev.underrun.turn_frame}`);
+    } else if (ev.session_ending) {
+      logEvent(`session_ending ${ev.session_ending.reason} in ${ev.session_ending.seconds_left} s`);
+    }
+  }
+
+  // Speech starts on a keyframe (the encoder forces one after idle): the idle frames still buffered
+  // before it are skipped, so the answer is seen and heard as early as possible.
+  function skipIdleBefore(frame) {
+    const start = frameTime(frame);
+    if (!tm.speakingVisible && start - video.currentTime > CUT_SEEK) video.currentTime = start;
+  }
+
+  // Everything buffered between the playhead and the cut is speech the user interrupted: skip it.
+  // (A few frames are quicker to play than a seek, which decodes again from the last keyframe.)
+  function dropAfterCut(frame) {
+    const cut = frameTime(frame);
+    if (cut - video.currentTime > CUT_SEEK) video.currentTime = cut;
+  }
+
+  // -- controls ---------------------------------------------------------------------------------
+  function unmute() {
+    video.muted = false;
+    $("unmute").hidden = true;
+    video.play().catch(() => {});
+  }
+
+  function speak() {
+    const text = $("text").value.trim();
+    if (!text) return;
+    unmute();
+    turnCounter += 1;
+    currentTurn = `t${turnCounter}`;
+    turn(currentTurn).pressed = performance.now();
+    send({ text: { turn_id: currentTurn, text, final: true } });
+    logEvent(`speak ${currentTurn}: ${text.slice(0, 40)}`);
+  }
+
+  function interrupt() {
+    tm.interrupts.push({ pressed: performance.now() });
+    send({ interrupt: {} });
+    logEvent("interrupt");
+  }
+
+  function showError(message) {
+    tm.errors.push({ message });
+    logEvent(`error: ${message}`);
+  }
+
+  // Audio turns: mono s16le PCM chunks of 100 ms after a JSON `audio` message naming the turn.
+  const AUDIO_RATE = 16000;
+  function sendPcm(turnId, floats, final) {
+    const step = AUDIO_RATE / 10;
+    for (let i = 0; i < floats.length; i += step) {
+      const part = floats.subarray(i, Math.min(floats.length, i + step));
+      const pcm = new Int16Array(part.length);
+      for (let j = 0; j < part.length; j++) pcm[j] = Math.max(-1, Math.min(1, part[j])) * 0x7fff;
+      if (ws && ws.readyState === WebSocket.OPEN) ws.send(pcm.buffer);
+    }
+    if (final) send({ end_of_turn: { turn_id: turnId } });
+  }
+
+  function startAudioTurn() {
+    unmute();
+    turnCounter += 1;
+    const id = `a${turnCounter}`;
+    turn(id).pressed = performance.now();
+    send({ audio: { turn_id: id, sample_rate: AUDIO_RATE } });
+    return id;
+  }
+
+  async function audioFile(file) {
+    try {
+      const bytes = await file.arrayBuffer();
+      const decoded = await new AudioContext().decodeAudioData(bytes);
+      const frames = Math.ceil(decoded.duration * AUDIO_RATE);
+      const off = new OfflineAudioContext(1, frames, AUDIO_RATE);
+      const src = off.createBufferSource();
+      src.buffer = decoded;
+      src.connect(off.destination);
+      src.start();
+      const rendered = await off.startRendering();
+      const id = startAudioTurn();
+      sendPcm(id, rendered.getChannelData(0), true);
+      logEvent(`audio turn ${id}: ${file.name}, ${decoded.duration.toFixed(1)} s`);
+    } catch (err) {
+      showError(`audio file: ${err.message}`);
+    }
+  }
+
+  let mic = null;
+  async function toggleMic() {
+    const button = $("mic");
+    if (mic) {
+      mic.stop();
+      mic = null;
+      button.textContent = "Start microphone";
+      button.setAttribute("aria-pressed", "false");
+      return;
+    }
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      const ctx = new AudioContext({ sampleRate: AUDIO_RATE });
+      const source = ctx.createMediaStreamSource(stream);
+      const node = ctx.createScriptProcessor(2048, 1, 1);
+      const id = startAudioTurn();
+      node.onaudioprocess = (e) => sendPcm(id, new Float32Array(e.inputBuffer.getChannelData(0)), false);
+      source.connect(node);
+      node.connect(ctx.destination);
+      mic = {
+        stop() {
+          node.disconnect();
+          source.disconnect();
+          stream.getTracks().forEach((t) => t.stop());
+          ctx.close();
+          send({ end_of_turn: { turn_id: id } });
+        },
+      };
+      button.textContent = "Stop microphone";
+      button.setAttribute("aria-pressed", "true");
+    } catch (err) {
+      showError(`microphone: ${err.message}`);
+    }
+  }
+
+  // -- pickers and upload -------------------------------------------------------------------------
+  async function getJson(url) {
+    const resp = await fetch(url);
+    const body = await resp.json();
+    if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
+    return body;
+  }
+
+  async function loadPickers(selectAvatar) {
+    try {
+      const [{ avatars = [] }, { voices = [] }] = await Promise.all([getJson("/v1/avatars"), getJson("/v1/voices")]);
+      fill($("avatar-select"), [{ id: "", label: "default" }].concat(
+        avatars.map((a) => ({ id: a.id, label: `${a.name || a.id} (${a.width}×${a.height})` }))), selectAvatar);
+      fill($("voice-select"), [{ id: "", label: "default" }].concat(
+        voices.map((v) => ({ id: v.id, label: `${v.name || v.id} (${v.language || "?"})` }))));
+    } catch (err) {
+      showError(`lists: ${err.message}`);
+    }
+  }
+
+  function fill(select, items, selected) {
+    const keep = selected ?? select.value;
+    select.replaceChildren(...items.map((it) => new Option(it.label, it.id)));
+    if (items.some((it) => it.id === keep)) select.value = keep;
+  }
+
+  function upload(file) {
+    const status = $("upload-status");
+    const bar = $("upload-progress");
+    status.classList.remove("error");
+    status.textContent = `uploading ${file.name}…`;
+    bar.value = 0;
+    const form = new FormData();
+    form.append("name", file.name.replace(/\.[^.]*$/, ""));
+    form.append("file", file, file.name);
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/v1/avatars");
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total;
+    };
+    xhr.onload = () => {
+      let body = {};
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch (_) { /* not JSON: described below */ }
+      if (xhr.status >= 200 && xhr.status < 300 && body.avatar) {
+        bar.value = 100;
+        status.textContent = `avatar “${body.avatar.name}” is ready`;
+        loadPickers(body.avatar.id).then(connect);
+      } else {
+        const err = body.error || {};
+        status.classList.add("error");
+        status.textContent = `Upload failed: ${err.message || xhr.statusText || `HTTP ${xhr.status}`}`;
+        bar.value = 0;
+      }
+    };
+    xhr.onerror = () => {
+      status.classList.add("error");
+      status.textContent = "Upload failed: the server could not be reached";
+    };
+    xhr.send(form);
+  }
+
+  // The whole utterance as a seekable MP4 (POST /v1/speak), saved by the browser.
+  async function download() {
+    const button = $("download");
+    button.disabled = true;
+    const started = performance.now();
+    try {
+      const body = { text: $("text").value.trim() };
+      if ($("avatar-select").value) body.avatar_id = $("avatar-select").value;
+      if ($("voice-select").value) body.voice = $("voice-select").value;
+      const resp = await fetch("/v1/speak", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+      });
+      if (!resp.ok) {
+        const err = (await resp.json()).error || {};
+        throw new Error(err.message || resp.statusText);
+      }
+      const blob = await resp.blob();
+      const stages = (resp.headers.get("X-Talkmesh-Stages") || "").split(", ").filter(Boolean);
+      const items = [`whole MP4 in ${Math.round(performance.now() - started)} ms`].concat(stages);
+      $("stages").replaceChildren(...items.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
+      const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(blob), download: "talkmesh.mp4" });
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    } catch (err) {
+      showError(`download: ${err.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // -- wiring -----------------------------------------------------------------------------------
+  $("speak").addEventListener("click", speak);
+  $("interrupt").addEventListener("click", interrupt);
+  $("download").addEventListener("click", download);
+  $("unmute").addEventListener("click", unmute);
+  $("text").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) speak();
+  });
+  $("avatar-select").addEventListener("change", connect);
+  $("voice-select").addEventListener("change", connect);
+  $("audio-file").addEventListener("change", (e) => e.target.files[0] && audioFile(e.target.files[0]));
+  $("mic").addEventListener("click", toggleMic);
+  const drop = $("drop");
+  const picker = $("avatar-file");
+  drop.addEventListener("click", () => picker.click());
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      picker.click();
+    }
+  });
+  picker.addEventListener("change", () => picker.files[0] && upload(picker.files[0]));
+  drop.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]);
+  });
+  video.addEventListener("play", () => {
+    if (video.muted) $("unmute").hidden = false;
+  });
+  tm.upload = upload;
+  tm.speak = speak;
+  tm.interrupt = interrupt;
+  tm.frameTime = frameTime;
+
+  video.requestVideoFrameCallback(onFrame);
+  setInterval(keepLive, 100);
+  setInterval(() => trim(false), 5000);
+  loadPickers().then(connect);
+})();

@@ -1,0 +1,215 @@
+"""`talkmesh bench web`: what a user sees in a real browser (headless Chromium via Playwright).
+
+Starts the mesh (six processes, the web edge included) on free ports, opens the page in the
+system's Chromium and measures, with the page's own instruments (``window.talkmesh``, fed by
+``requestVideoFrameCallback``):
+
+* speak pressed -> the turn's first speaking frame painted (target <= 400 ms p95);
+* interrupt pressed -> the first idle frame after the cut painted (target <= 500 ms p95);
+* the distance between the playhead and the live edge (newest buffered frame) over the run
+  (target: within 300 ms), and the playhead's media time against the wall clock.
+
+Figures include Chromium's own decoding and compositing on the same loaded machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from talkmesh.bench.report import git_revision, machine
+
+#: Flags for headless Chromium: play media without a user gesture, no sandbox when run as root
+#: (CI containers), no GPU process (software decode and compositing).
+CHROMIUM_ARGS = (
+    "--autoplay-policy=no-user-gesture-required",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+)
+SENTENCES = (
+    "Hello there, it is good to see you again.",
+    "Let me check that for you right away.",
+    "The answer has three short parts.",
+    "Thanks for waiting, here is what I found.",
+)
+LONG = "Here is a longer answer, which goes on for a while so that there is something to interrupt. " * 3
+
+
+def find_chromium() -> str | None:
+    """The system's Chromium (Debian: /usr/bin/chromium), or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    return None
+
+
+async def launch(playwright: Any, executable: str) -> Any:
+    return await playwright.chromium.launch(executable_path=executable, headless=True, args=list(CHROMIUM_ARGS))
+
+
+async def wait_js(page: Any, expression: str, timeout: float = 30.0) -> Any:
+    """Polls ``expression`` in the page until it is truthy; returns its value."""
+    await page.wait_for_function(expression, timeout=timeout * 1000, polling=20)
+    return await page.evaluate(expression)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--turns", type=int, default=20, help="speak and interrupt turns each")
+    p.add_argument("--out-dir", default="docs/benchmarks", help="where the JSON goes")
+    p.add_argument("--markdown", default="BENCHMARKS.md", help="file to append the results to ('' = none)")
+    p.add_argument("--screenshot", default="", help="save a screenshot of the page here")
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+@dataclass
+class WebReport:
+    command: str
+    machine: str
+    revision: str
+    speak_to_paint_ms: list[float] = field(default_factory=list)
+    speak_to_event_ms: list[float] = field(default_factory=list)
+    interrupt_to_idle_ms: list[float] = field(default_factory=list)
+    interrupt_to_ack_ms: list[float] = field(default_factory=list)
+    lag_ms: list[float] = field(default_factory=list)
+    wall_lag_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+async def _turns(page: Any, report: WebReport, turns: int) -> None:
+    for i in range(turns):
+        n = await page.evaluate("Object.keys(window.talkmesh.turns).length")
+        await page.fill("#text", SENTENCES[i % len(SENTENCES)])
+        await page.click("#speak")
+        tid = f"t{n + 1}"
+        ttff = await wait_js(page, f"window.talkmesh.turns['{tid}'] && window.talkmesh.turns['{tid}'].ttff")
+        report.speak_to_paint_ms.append(float(ttff))
+        turn = f"window.talkmesh.turns['{tid}']"
+        started = await page.evaluate(f"{turn}.startedEvent - {turn}.pressed")
+        report.speak_to_event_ms.append(float(started))
+        await wait_js(page, f"window.talkmesh.turns['{tid}'].stopFrame != null && !window.talkmesh.speakingVisible")
+        await asyncio.sleep(0.3)
+
+
+async def _interrupts(page: Any, report: WebReport, turns: int) -> None:
+    for _ in range(turns):
+        n = await page.evaluate("Object.keys(window.talkmesh.turns).length")
+        await page.fill("#text", LONG)
+        await page.click("#speak")
+        tid = f"t{n + 1}"
+        await wait_js(page, f"window.talkmesh.turns['{tid}'] && window.talkmesh.turns['{tid}'].firstPainted")
+        await asyncio.sleep(0.8)
+        k = await page.evaluate("window.talkmesh.interrupts.length")
+        await page.click("#interrupt")
+        idle = await wait_js(page, f"window.talkmesh.interrupts[{k}] && window.talkmesh.interrupts[{k}].toIdle")
+        report.interrupt_to_idle_ms.append(float(idle))
+        ack = await page.evaluate(f"window.talkmesh.interrupts[{k}].ackAt - window.talkmesh.interrupts[{k}].pressed")
+        report.interrupt_to_ack_ms.append(float(ack))
+        await asyncio.sleep(0.3)
+
+
+WALL_LAG = """() => {
+  const s = window.talkmesh.started, v = document.getElementById('avatar');
+  return (Date.now() / 1000 - s.frame0_unix_seconds) - (v.currentTime - (window.talkmesh.offset || 0));
+}"""
+
+
+async def bench(args: argparse.Namespace) -> WebReport:
+    from playwright.async_api import async_playwright
+
+    from talkmesh.launcher import Mesh
+
+    exe = find_chromium()
+    if exe is None:
+        raise SystemExit("bench web: no Chromium found (scripts/ci_system_deps.sh installs it)")
+    m = machine()
+    report = WebReport(
+        command="talkmesh bench " + shlex.join(sys.argv[2:]),
+        machine=f"{m.cpu}, {m.cores} cores, {m.memory}, {m.os}, Python {m.python}, GPU: {m.gpu}",
+        revision=git_revision(),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(Path(tmp) / "avatars")}
+        async with Mesh(env=env, log_dir=Path(tmp) / "logs") as mesh, async_playwright() as pw:
+            browser = await launch(pw, exe)
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 800})
+                await page.goto(f"http://{mesh.address('web')}/")
+                await wait_js(page, "window.talkmesh.started && window.talkmesh.painted > 25")
+                start = time.monotonic()
+                sampler = asyncio.create_task(_sample_lag(page, report))
+                try:
+                    await _turns(page, report, args.turns)
+                    await _interrupts(page, report, args.turns)
+                finally:
+                    sampler.cancel()
+                    await asyncio.gather(sampler, return_exceptions=True)
+                report.seconds = time.monotonic() - start
+                report.lag_ms = [1000 * x for x in await page.evaluate("window.talkmesh.lag.samples")]
+                if args.screenshot:
+                    await page.screenshot(path=args.screenshot)
+            finally:
+                await browser.close()
+    return report
+
+
+async def _sample_lag(page: Any, report: WebReport) -> None:
+    while True:
+        report.wall_lag_ms.append(1000 * float(await page.evaluate(WALL_LAG)))
+        await asyncio.sleep(0.5)
+
+
+def markdown(r: WebReport) -> str:
+    def row(name: str, v: list[float], target: str) -> str:
+        top = max(v) if v else float("nan")
+        return f"| {name} | {len(v)} | {pct(v, 50):.0f} | {pct(v, 95):.0f} | {top:.0f} | {target} |"
+
+    return "\n".join(
+        [
+            "",
+            f"### Web (browser) run ({time.strftime('%Y-%m-%d')}, revision {r.revision})",
+            "",
+            f"Machine: {r.machine}; loaded by parallel work (other helpers' tests and builds on the same 2 cores).",
+            f"Command: `{r.command}` (headless Chromium {'/usr/bin/chromium'}, software decoding; "
+            f"{r.seconds:.0f} s of session).",
+            "",
+            "| browser-visible | n | p50 ms | p95 ms | max ms | target |",
+            "|---|---|---|---|---|---|",
+            row("speak pressed → first speaking frame painted", r.speak_to_paint_ms, "≤ 400 p95"),
+            row("speak pressed → speaking_started event received", r.speak_to_event_ms, "—"),
+            row("interrupt pressed → acknowledged (event received)", r.interrupt_to_ack_ms, "—"),
+            row("interrupt pressed → idle frame painted", r.interrupt_to_idle_ms, "≤ 500 p95"),
+            row("playhead behind the newest buffered frame", r.lag_ms, "≤ 300"),
+            row("playhead behind the wall clock (frame 0 + media time)", r.wall_lag_ms, "—"),
+            "",
+        ]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    report = asyncio.run(bench(args))
+    text = markdown(report)
+    print(text)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "web.json").write_text(json.dumps(asdict(report), indent=1))
+    if args.markdown:
+        with Path(args.markdown).open("a") as fh:
+            fh.write(text)
+    return 0

@@ -1,0 +1,66 @@
+"""Driving the page in the system's Chromium (Playwright for Python, no browser download).
+
+Shared by the browser tests and `talkmesh bench web` lives in talkmesh/bench/web.py (the same
+launch flags, kept there because the bench is not a test).
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pytest
+
+#: JS: the frame on screen as a JPEG data URL, with its media time and the page's state.
+GRAB = """() => {
+  const v = document.getElementById('avatar');
+  const c = document.createElement('canvas');
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  c.getContext('2d').drawImage(v, 0, 0);
+  return {url: c.toDataURL('image/jpeg', 0.95), t: v.currentTime, speaking: window.talkmesh.speakingVisible};
+}"""
+
+
+def chromium_path() -> str:
+    from talkmesh.bench.web import find_chromium
+
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip("no Chromium: run scripts/ci_system_deps.sh (apt-get install chromium)")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e .[dev])")
+    return exe
+
+
+@dataclass
+class Grab:
+    frame: np.ndarray
+    t: float
+    speaking: bool
+
+
+@dataclass
+class Console:
+    """Console errors and uncaught page errors."""
+
+    errors: list[str] = field(default_factory=list)
+
+    def attach(self, page) -> None:  # type: ignore[no-untyped-def]
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+
+async def grab(page) -> Grab:  # type: ignore[no-untyped-def]
+    got = await page.evaluate(GRAB)
+    raw = base64.b64decode(got["url"].split(",", 1)[1])
+    frame = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    return Grab(frame, float(got["t"]), bool(got["speaking"]))
+
+
+def has_chromium() -> bool:
+    return shutil.which("chromium") is not None

@@ -1,0 +1,250 @@
+"""The web edge's HTTP and WebSocket API against a real in-process mesh (no browser)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.media import probe
+from tests.mesh import inprocess_mesh
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def portrait() -> bytes:
+    """The default avatar mirrored: a new image (avatars are deduplicated by content)."""
+    import cv2
+    import numpy as np
+
+    raw = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    ok, png = cv2.imencode(".png", image[:, ::-1])
+    assert ok
+    return png.tobytes()
+
+
+async def _recv_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 20.0) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                return json.loads(msg.data)  # type: ignore[no-any-return]
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                raise AssertionError(f"socket closed: {msg}")
+
+
+async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with (
+        inprocess_mesh(tmp_path, tracer_provider=provider, web=True) as mesh,
+        aiohttp.ClientSession(mesh.web_url) as http,
+    ):
+        async with http.get("/healthz") as r:
+            assert r.status == 200
+        async with http.get("/readyz") as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["gateway"] == mesh.gateway
+        async with http.get("/") as r:
+            page = await r.text()
+            assert r.status == 200 and 'id="avatar"' in page and 'id="speak"' in page and 'id="interrupt"' in page
+        async with http.get("/static/app.js") as r:
+            assert r.status == 200
+
+        async with http.get("/v1/voices") as r:
+            voices = (await r.json())["voices"]
+            assert r.status == 200 and any(v["id"].startswith("espeak:") for v in voices)
+
+        # An upload the renderer refuses: the gRPC status becomes 400 with the field it names.
+        form = aiohttp.FormData()
+        form.add_field("name", "broken")
+        form.add_field("file", b"this is not an image", filename="broken.png", content_type="image/png")
+        async with http.post("/v1/avatars", data=form) as r:
+            body = await r.json()
+            assert r.status == 400, body
+            assert body["error"]["code"] == "INVALID_ARGUMENT"
+            assert body["error"]["field"] == "file" and "not a decodable image" in body["error"]["message"]
+        form = aiohttp.FormData()
+        form.add_field("name", "no file")
+        async with http.post("/v1/avatars", data=form) as r:
+            assert r.status == 400 and (await r.json())["error"]["field"] == "file"
+
+        form = aiohttp.FormData()
+        form.add_field("name", "me")
+        form.add_field("file", portrait(), filename="me.png", content_type="image/png")
+        async with http.post("/v1/avatars", data=form) as r:
+            created = (await r.json())["avatar"]
+            assert r.status == 201 and created["name"] == "me"
+        async with http.get("/v1/avatars") as r:
+            assert created["id"] in {a["id"] for a in (await r.json())["avatars"]}
+
+        async with http.post("/v1/speak", json={"text": "Hello there.", "avatar_id": "nope"}) as r:
+            body = await r.json()
+            assert r.status == 404 and body["error"]["field"].endswith("avatar_id"), body
+        async with http.post("/v1/speak", json={"text": "Hello there.", "voice_settings": {"rate": "fast"}}) as r:
+            assert r.status == 400 and (await r.json())["error"]["field"] == "body"
+        async with http.post("/v1/speak", json={"text": "Hello there.", "avatar_id": created["id"]}) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "video/mp4"
+            assert "gateway.tts_total=" in r.headers["X-Talkmesh-Stages"], r.headers
+            assert r.headers["traceparent"]
+            trace_id = r.headers["traceparent"].split("-")[1]
+            (tmp_path / "speak.mp4").write_bytes(await r.read())
+        info = probe(tmp_path / "speak.mp4")
+        assert info.video_codec == "h264" and info.audio_codec == "aac" and info.frames > 10
+        assert (tmp_path / "speak.mp4").read_bytes()[4:8] == b"ftyp"
+        moov, mdat = (
+            (tmp_path / "speak.mp4").read_bytes().find(b"moov"),
+            (tmp_path / "speak.mp4").read_bytes().find(b"mdat"),
+        )
+        assert 0 < moov < mdat, "seekable: the index (moov) comes before the media (+faststart)"
+
+        async with http.post("/v1/speak", data=b"x" * 100_000, headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 413 and (await r.json())["error"]["field"] == "body"
+        async with http.get("/v1/nothing") as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] == "NOT_FOUND"
+
+        async with http.get("/metrics") as r:
+            text = await r.text()
+            assert 'talkmesh_streams_total{code="200",method="POST /v1/speak",service="web"}' in text
+
+    # A browser request starts the trace; the gateway's server span is its child.
+    spans = exporter.get_finished_spans()
+    (web_span,) = [
+        s for s in spans if s.name == "web POST /v1/speak" and s.attributes.get("http.response.status_code") == 200
+    ]
+    assert f"{web_span.context.trace_id:032x}" == trace_id
+    gateway = [s for s in spans if s.attributes.get("talkmesh.service") == "gateway" and s.parent is not None]
+    assert any(s.parent.span_id == web_span.context.span_id for s in gateway)
+
+
+async def test_readyz_reflects_the_gateway(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        async with http.get("/readyz") as r:
+            assert r.status == 200
+        await mesh.hosts["gateway"].stop(0.5)
+        for _ in range(100):
+            async with http.get("/readyz") as r:
+                if r.status == 503:
+                    break
+            await asyncio.sleep(0.05)
+        assert r.status == 503
+        async with http.get("/healthz") as r:
+            assert r.status == 200, "liveness does not depend on the gateway"
+        async with http.get("/v1/voices") as r:
+            body = await r.json()
+            assert r.status == 503 and body["error"]["code"] == "UNAVAILABLE"
+
+
+async def test_live_websocket_speaks_interrupts_and_reports_errors(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        # Bad first message: a status naming the field, then close 1008.
+        async with http.ws_connect("/v1/live") as ws:
+            await ws.send_str(json.dumps({"text": {"turn_id": "t1", "text": "hi"}}))
+            status = await _recv_json(ws)
+            assert status["status"]["code"] == "INVALID_ARGUMENT" and status["status"]["field"] == "config"
+            await ws.receive()
+            assert ws.close_code == 1008
+        async with http.ws_connect("/v1/live") as ws:
+            await ws.send_str(json.dumps({"config": {"size": "999p"}}))
+            status = await _recv_json(ws)
+            assert status["status"]["code"] == "INVALID_ARGUMENT" and status["status"]["field"] == "config.size", status
+
+        async with http.ws_connect("/v1/live") as ws:
+            await ws.send_str(json.dumps({"config": {"request_id": "ws-test"}}))
+            started = (await _recv_json(ws))["started"]
+            assert started["request_id"] == "ws-test" and 'codecs="avc1' in started["mime_type"]
+            head = await _recv_json(ws)
+            assert head["media"]["init_segment"] is True
+            init = await ws.receive()
+            assert init.type == aiohttp.WSMsgType.BINARY and init.data[4:8] == b"ftyp"
+            # bad input inside the session: an error message, the session goes on
+            await ws.send_str("not json")
+            await ws.send_bytes(b"\x00\x00")
+            await ws.send_str(json.dumps({"text": {"turn_id": "t1", "text": "Hello there, this is a long test."}}))
+            await ws.send_str(json.dumps({"end_of_turn": {"turn_id": "t1"}}))
+            errors, events, media, binary = [], [], [], 0
+            async with asyncio.timeout(30):
+                while not any("speaking_started" in e for e in events):
+                    msg = await ws.receive()
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        binary += 1
+                        continue
+                    body = json.loads(msg.data)
+                    errors += [body["error"]] if "error" in body else []
+                    events += [body["event"]] if "event" in body else []
+                    media += [body["media"]] if "media" in body else []
+            assert [e["field"] for e in errors] == ["message", "audio"]
+            assert binary >= len(media) - 1 and all("data" not in m for m in media)
+            await ws.send_str(json.dumps({"interrupt": {}}))
+            async with asyncio.timeout(10):
+                while True:
+                    body = await _recv_json(ws)
+                    if "interrupt_acknowledged" in body.get("event", {}):
+                        break
+            assert body["event"]["interrupt_acknowledged"]["stopped_turn_ids"] == ["t1"]
+            stopped = (
+                next(e for e in events if "speaking_stopped" in e)
+                if any("speaking_stopped" in e for e in events)
+                else None
+            )
+            assert stopped is None
+            # half-close: the session ends with status OK
+            await ws.send_str(json.dumps({"half_close": {}}))
+            async with asyncio.timeout(15):
+                while True:
+                    body = await _recv_json(ws)
+                    if "status" in body:
+                        break
+            assert body["status"]["code"] == "OK"
+        for _ in range(100):
+            if not mesh.hosts["web"].sessions and mesh.active_streams()["gateway"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert not mesh.hosts["web"].sessions
+        assert mesh.active_streams()["gateway"] == 0, "the live session ended with the socket"
+
+
+async def test_a_browser_that_vanishes_ends_its_session(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        ws = await http.ws_connect("/v1/live")
+        await ws.send_str(json.dumps({"config": {}}))
+        assert "started" in await _recv_json(ws)
+        assert mesh.active_streams()["gateway"] == 1
+        await ws.close()
+        for _ in range(100):
+            if mesh.active_streams()["gateway"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert mesh.active_streams()["gateway"] == 0
+
+
+async def test_draining_the_edge_ends_live_sessions_cleanly(tmp_path: Path) -> None:
+    """SIGTERM on the web edge: /readyz turns 503, each live session is half-closed (it ends with
+    status OK once its started turns have played) well within the grace period."""
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        ws = await http.ws_connect("/v1/live")
+        await ws.send_str(json.dumps({"config": {}}))
+        assert "started" in await _recv_json(ws)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stop = asyncio.create_task(mesh.hosts["web"].stop(10.0))
+        async with asyncio.timeout(10):
+            while True:
+                body = await _recv_json(ws)
+                if "status" in body:
+                    break
+        assert body["status"]["code"] == "OK"
+        await stop
+        assert loop.time() - started < 5.0
+        assert ws.close_code == 1000 or (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        await ws.close()

@@ -1,0 +1,53 @@
+"""The WebSocket's JSON is protobuf's JSON mapping of talkmesh.v1.Live, one to one (no mesh needed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import grpc
+import pytest
+
+from services.web.errors import HTTP_STATUS
+from services.web.live import BadMessage, parse_client_message
+from talkmesh.v1 import live_pb2 as lpb
+
+
+def test_every_client_message_kind_parses_from_its_json() -> None:
+    kinds = {f.name for f in lpb.LiveClientMessage.DESCRIPTOR.oneofs_by_name["kind"].fields}
+    samples = {
+        "config": {"avatar_id": "me", "voice": "espeak:en-us", "voice_settings": {"rate": 1.2}, "size": "512"},
+        "text": {"turn_id": "t1", "text": "Hello.", "final": True},
+        "audio": {"turn_id": "a1", "sample_rate": 16000, "pcm": base64.b64encode(b"\x01\x00").decode()},
+        "end_of_turn": {"turn_id": "t1"},
+        "interrupt": {},
+        "keep_alive": {},
+    }
+    assert set(samples) == kinds, "a new message kind needs a line here and in docs/WEB.md"
+    for kind, body in samples.items():
+        msg = parse_client_message(json.dumps({kind: body}))
+        assert msg is not None and msg.WhichOneof("kind") == kind
+    assert parse_client_message(json.dumps({"audio": samples["audio"]})).audio.pcm == b"\x01\x00"  # type: ignore[union-attr]
+    assert parse_client_message('{"half_close": {}}') is None
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("not json", "message"),
+        ("[1, 2]", "message"),
+        ('{"text": {}, "interrupt": {}}', "message"),
+        ('{"txet": {"turn_id": "t1"}}', "txet"),
+        ('{"text": {"turn_id": 5, "text": []}}', "text"),
+        ('{"audio": {"sample_rate": "fast"}}', "audio"),
+    ],
+)
+def test_bad_messages_name_what_is_wrong(text: str, field: str) -> None:
+    with pytest.raises(BadMessage) as exc:
+        parse_client_message(text)
+    assert exc.value.field == field and str(exc.value).startswith(f"{field}: ")
+
+
+def test_every_grpc_status_has_an_http_status() -> None:
+    assert set(HTTP_STATUS) == set(grpc.StatusCode)
+    assert HTTP_STATUS[grpc.StatusCode.INVALID_ARGUMENT] == 400 and HTTP_STATUS[grpc.StatusCode.NOT_FOUND] == 404
