@@ -26,9 +26,11 @@ from services.gateway.auth import hash_key
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.channel import ClientTLS, create_channel
 from talkmesh.common.errors import ErrorDetails
+from talkmesh.common.principal import Principal
 from talkmesh.devcerts import make_dev_pki
 from talkmesh.v1 import tts_pb2 as tpb
 from talkmesh.v1 import tts_pb2_grpc
+from talkmesh.v1 import types_pb2 as api
 from tests.live_helpers import Recorder
 from tests.mesh import InProcessMesh, inprocess_mesh
 
@@ -154,6 +156,12 @@ async def test_avatars_belong_to_the_key_that_registered_them(tmp_path):
                 assert speak.value.code() == grpc.StatusCode.PERMISSION_DENIED
                 assert "another API key" in (speak.value.details() or "")
                 err = await status_of(bob.delete_avatar(mine.id))
+                assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+                # A client cannot claim another name or a role in metadata: the gateway never forwards it.
+                forged = [("authorization", f"Bearer {key_of('bob')}"), *Principal("alice", role="admin").metadata()]
+                err = await status_of(
+                    bob.stub.DeleteAvatar(api.DeleteAvatarRequest(avatar_id=mine.id), metadata=forged)
+                )
                 assert err.code() == grpc.StatusCode.PERMISSION_DENIED
                 assert mine.id in {a.id for a in await alice.list_avatars()}
                 # The default avatar is read-only for everyone, admins included.
