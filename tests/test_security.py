@@ -245,6 +245,11 @@ async def test_keys_file_is_reloaded_without_restart(tmp_path):
         assert code == 0, err
         code, out, err = await cli("voices", *gw, env={"TALKMESH_API_KEY": "tm_wrong"})
         assert code == 1 and err.startswith("error: UNAUTHENTICATED: authorization"), err
+        # TLS against the wrong CA (the system's), and plaintext to a TLS port: one line that says so.
+        code, out, err = await cli("voices", "--target", mesh.gateway, "--tls", "--api-key", key_of("carol"))
+        assert code == 1 and "error: TLS handshake with the gateway" in err and "--tls-ca" in err, err
+        code, out, err = await cli("voices", "--target", mesh.gateway, "--api-key", key_of("carol"))
+        assert code == 1 and "add --tls or --tls-ca" in err, err
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
