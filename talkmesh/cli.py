@@ -529,11 +529,18 @@ def describe_rpc_error(exc: Any, target: str) -> str:
     from talkmesh.common.errors import ErrorDetails
 
     code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and "handshake failed" in details.lower():
+        reason = details.rsplit(":", 2)[-2].strip() if details.count(":") >= 2 else details
+        return (
+            f"TLS handshake with the gateway at {target} failed ({reason}): check --tls-ca "
+            "(TALKMESH_TLS_CA_FILE), --tls-server-name, or whether the gateway serves TLS at all"
+        )
     unreachable = ("failed to connect", "connection refused", "all backends failing", "errors resolving")
     if code == grpc.StatusCode.UNAVAILABLE and any(text in details.lower() for text in unreachable):
         return (
             f"cannot reach the gateway at {target}: is the mesh running? "
             "Start it with `talkmesh up`, or point --target (or TALKMESH_TARGET) at it"
+            + ("" if "socket closed" not in details.lower() else "; if it serves TLS, add --tls or --tls-ca")
         )
     line = f"{code.name}: {details}"
     info = ErrorDetails.of(exc)

@@ -26,9 +26,11 @@ from services.gateway.auth import hash_key
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.channel import ClientTLS, create_channel
 from talkmesh.common.errors import ErrorDetails
+from talkmesh.common.principal import Principal
 from talkmesh.devcerts import make_dev_pki
 from talkmesh.v1 import tts_pb2 as tpb
 from talkmesh.v1 import tts_pb2_grpc
+from talkmesh.v1 import types_pb2 as api
 from tests.live_helpers import Recorder
 from tests.mesh import InProcessMesh, inprocess_mesh
 
@@ -155,6 +157,12 @@ async def test_avatars_belong_to_the_key_that_registered_them(tmp_path):
                 assert "another API key" in (speak.value.details() or "")
                 err = await status_of(bob.delete_avatar(mine.id))
                 assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+                # A client cannot claim another name or a role in metadata: the gateway never forwards it.
+                forged = [("authorization", f"Bearer {key_of('bob')}"), *Principal("alice", role="admin").metadata()]
+                err = await status_of(
+                    bob.stub.DeleteAvatar(api.DeleteAvatarRequest(avatar_id=mine.id), metadata=forged)
+                )
+                assert err.code() == grpc.StatusCode.PERMISSION_DENIED
                 assert mine.id in {a.id for a in await alice.list_avatars()}
                 # The default avatar is read-only for everyone, admins included.
                 for c in (alice, root):
@@ -237,6 +245,11 @@ async def test_keys_file_is_reloaded_without_restart(tmp_path):
         assert code == 0, err
         code, out, err = await cli("voices", *gw, env={"TALKMESH_API_KEY": "tm_wrong"})
         assert code == 1 and err.startswith("error: UNAUTHENTICATED: authorization"), err
+        # TLS against the wrong CA (the system's), and plaintext to a TLS port: one line that says so.
+        code, out, err = await cli("voices", "--target", mesh.gateway, "--tls", "--api-key", key_of("carol"))
+        assert code == 1 and "error: TLS handshake with the gateway" in err and "--tls-ca" in err, err
+        code, out, err = await cli("voices", "--target", mesh.gateway, "--api-key", key_of("carol"))
+        assert code == 1 and "add --tls or --tls-ca" in err, err
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
