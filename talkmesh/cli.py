@@ -412,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     live_arguments(lv)
 
+    dr = sub.add_parser(
+        "doctor", parents=[common],
+        help="check this node's GPU stack: driver, CUDA, ONNX Runtime providers, TensorRT, NVENC, model speed",
+    )  # fmt: skip
+    from talkmesh.doctor import add_arguments as doctor_arguments
+
+    doctor_arguments(dr)
+
     b = sub.add_parser(
         "bench", parents=[common], help="measure latency, real-time factor and concurrency; append BENCHMARKS.md"
     )
@@ -482,6 +490,10 @@ def run(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.cmd == "config":
         return _config(args)
+    if args.cmd == "doctor":
+        from talkmesh.doctor import run as run_doctor
+
+        return run_doctor(args)
     if args.cmd == "bench":
         from talkmesh.bench import run as run_bench
 
