@@ -230,3 +230,20 @@ def test_open_model_keeps_a_working_cuda_session_with_io_binding(tmp_path: Path)
     )
     assert m.provider == CUDA and m.use_io_binding and m.choice.plan.fp16
     assert m.choice.fallbacks == ()
+
+
+def test_a_pinned_renderer_without_gpu_providers_fails_at_start_up(tmp_path: Path):
+    """The GPU overlays pin tensorrt,cuda: on a CPU-only ONNX Runtime the backend (and so the
+    renderer's start-up, before it reports Ready) fails in one line naming the file."""
+    from services.renderer.backends.wav2lip import Wav2LipBackend
+    from services.renderer.config import ModelConfig, RendererConfig
+    from talkmesh.common.telemetry import Telemetry
+
+    path = write_model(tmp_path / "wav2lip.onnx")
+    cfg = RendererConfig(wav2lip=ModelConfig(path=str(path)), execution=ExecutionConfig(providers=["tensorrt", "cuda"]))
+    with pytest.raises(ModelError) as err:
+        Wav2LipBackend(cfg, Telemetry("renderer"), available=[CPU])
+    msg = str(err.value)
+    assert "\n" not in msg
+    pinned = "execution.providers ['TensorrtExecutionProvider', 'CUDAExecutionProvider']"
+    assert msg.startswith(f"wav2lip ({path}): {pinned}: none is in this ONNX Runtime build")
