@@ -215,7 +215,7 @@ def test_renderers_memory_shares_fit_the_gpu_and_the_smallest_admitted_card_batc
     from services.renderer.backends.musetalk import MuseTalkBackend
     from services.renderer.config import RendererConfig
     from talkmesh.common.config import load_config
-    from talkmesh.common.gpu import MiB, GpuConfig, GpuMemory, plan_gpu
+    from talkmesh.common.gpu import GpuMemory, MiB, plan_gpu
 
     docs = render(overlay)
     dep, renderer = runs(docs, "renderer")
