@@ -116,3 +116,22 @@ def test_renderer_reads_gpu_share_from_the_environment() -> None:
     env = {"TALKMESH_RENDERER__GPU__SHARE": "0.25"}
     cfg = load_config(RendererConfig, None, env_prefix="TALKMESH_RENDERER", env=env)
     assert cfg.gpu.share == 0.25
+
+
+def test_the_deploy_docs_table_is_what_the_code_computes() -> None:
+    """docs/DEPLOY.md "GPU memory": MuseTalk's arena limit and batch per card size and share."""
+    import re
+
+    from services.renderer.backends.musetalk import MuseTalkBackend
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "DEPLOY.md").read_text()
+    rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"^\| (\d+) GB .*$", text, re.M)}
+    assert set(rows) == {16, 24, 48, 80}
+    for card, row in rows.items():
+        cells = row.split("|")[2:-1]
+        for share, cell, cap in zip((1.0, 0.8, 0.2), cells, (64, 64, 16), strict=True):
+            if cell.strip() == "—":
+                continue
+            plan = plan_gpu(GpuConfig(share=share), weights=3700 * MiB, per_frame_bytes=MuseTalkBackend.bytes_per_frame,
+                            cap=cap, memory=GpuMemory(card * GiB, card * GiB))  # fmt: skip
+            assert f"arena {plan.gpu_mem_limit / GiB:.1f} GiB, batch {plan.max_batch}" in cell, (card, share, cell)
