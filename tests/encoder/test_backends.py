@@ -177,3 +177,22 @@ def test_only_an_nvenc_enomem_is_a_session_limit():
     assert status is not None and status.code.name == "RESOURCE_EXHAUSTED"
     assert nv.open_error(av.error.ArgumentError(errno.EINVAL, "Invalid argument")) is None
     assert X264Backend(VideoConfig()).open_error(enomem) is None
+
+
+def test_live_sessions_and_idle_loops_map_the_session_limit_too():
+    """The live path opens its encoders through open_errors (one encoder per live session; the idle
+    loop's encoders once per cached loop): an NVENC session limit is RESOURCE_EXHAUSTED there too."""
+    import errno
+
+    import av
+
+    from services.encoder.backends import open_errors
+    from talkmesh.common.errors import ResourceExhausted
+
+    enomem = av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+    with pytest.raises(ResourceExhausted, match="h264_nvenc could not open another encoder session"):
+        with open_errors(NvencBackend(VideoConfig())):
+            raise enomem
+    with pytest.raises(av.error.MemoryError):  # x264 out of memory is not a session limit
+        with open_errors(X264Backend(VideoConfig())):
+            raise enomem
