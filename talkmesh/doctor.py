@@ -325,16 +325,22 @@ def _feeds(session: Any, batch: int) -> dict[str, np.ndarray] | None:
 
 
 def measure_model(
-    name: str, path: Path, batches: Sequence[int] = BATCHES, *, seconds: float = 1.0, max_run_seconds: float = 20.0
+    name: str,
+    path: Path,
+    batches: Sequence[int] = BATCHES,
+    *,
+    seconds: float = 1.0,
+    max_run_seconds: float = 20.0,
+    execution: Any = None,
 ) -> dict[str, Any]:
     """Frames per second of ``session.run`` at each batch size (after a warm-up run), on the provider
-    the session factory picks. A batch whose warm-up takes longer than ``max_run_seconds`` ends the
-    series (larger batches are skipped)."""
+    the session factory picks with ``execution`` (an ExecutionConfig; default: automatic). A batch
+    whose warm-up takes longer than ``max_run_seconds`` ends the series (larger batches are skipped)."""
     from talkmesh.common.onnx import ExecutionConfig, ModelError, open_session
 
     out: dict[str, Any] = {"name": name, "path": str(path), "fps": {}}
     try:
-        s = open_session(path, ExecutionConfig(), name=name, max_batch=max(batches))
+        s = open_session(path, execution or ExecutionConfig(), name=name, max_batch=max(batches))
     except ModelError as exc:
         out["error"] = str(exc)
         return out
@@ -395,14 +401,35 @@ def configured_models(config: Path | None = None, service: str | None = None) ->
     return [(n, p) for n, p in found if p.is_file()]
 
 
+def configured_execution(config: Path | None = None) -> Any:
+    """The renderer's ``execution`` section (file + environment): its providers and, above all, its
+    TensorRT engine cache, so measuring the configured models reuses (or fills) the shared cache."""
+    from talkmesh.common.config import load_config
+    from talkmesh.common.registry import spec
+
+    try:
+        from services.renderer.config import RendererConfig
+    except ImportError:
+        return None
+    service = os.environ.get("TALKMESH_SERVICE", "")
+    cfg = load_config(RendererConfig, config if service == "renderer" else None, env_prefix=spec("renderer").env_prefix)
+    return cfg.execution
+
+
 def models_section(
-    tmp: Path, ort_info: dict[str, Any], models: Sequence[tuple[str, Path]], seconds: float
+    tmp: Path, ort_info: dict[str, Any], models: Sequence[tuple[str, Path]], seconds: float, execution: Any = None
 ) -> list[dict[str, Any]]:
+    """The configured models with the renderer's execution settings, else the embedded one (automatic
+    providers, engine cache in ``tmp``)."""
     if not ort_info.get("installed"):
         return []
     if not models:
-        models = [(EMBEDDED_NAME, _write(tmp, "generator.onnx", embedded_generator()))]
-    return [measure_model(n, p, seconds=seconds) for n, p in models]
+        from talkmesh.common.onnx import ExecutionConfig
+
+        path = _write(tmp, "generator.onnx", embedded_generator())
+        return [measure_model(EMBEDDED_NAME, path, seconds=seconds,
+                              execution=ExecutionConfig(trt_cache_dir=str(tmp / "trt-embedded")))]  # fmt: skip
+    return [measure_model(n, p, seconds=seconds, execution=execution) for n, p in models]
 
 
 def _test_frames(width: int, height: int, n: int = 8) -> list[np.ndarray]:
@@ -518,7 +545,8 @@ def run_doctor(
         r.tensorrt = tensorrt_section(tmp, r.onnxruntime)
         r.nvenc = nvenc_section()
         chosen = list(models) if models is not None else configured_models(config)
-        r.models = models_section(tmp, r.onnxruntime, chosen, seconds)
+        execution = configured_execution(config) if chosen else None
+        r.models = models_section(tmp, r.onnxruntime, chosen, seconds, execution)
         r.encoder = encoder_section(bool(r.nvenc.get("opens")), seconds)
     r.summary = summarize(r)
     return r

@@ -143,3 +143,13 @@ def test_nvidia_smi_output_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     gpus = doctor.nvidia_smi(run=lambda *a, **k: Done())
     assert gpus == [{"name": "NVIDIA L4", "driver_version": "570.124.06", "memory_total": "23034",
                      "memory_free": "22800", "compute_cap": "8.9", "pci_bus_id": "00000000:00:03.0"}]  # fmt: skip
+
+
+def test_configured_model_files_come_from_the_services_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "w.onnx"
+    model.write_bytes(doctor.tiny_model())
+    monkeypatch.setenv("TALKMESH_RENDERER__WAV2LIP__PATH", str(model))
+    monkeypatch.setenv("TALKMESH_RENDERER__MUSETALK__PATH", str(tmp_path / "absent"))  # no files: left out
+    monkeypatch.setenv("TALKMESH_RENDERER__EXECUTION__TRT_CACHE_DIR", str(tmp_path / "engines"))
+    assert doctor.configured_models() == [("wav2lip", model)]
+    assert doctor.configured_execution().trt_cache_dir == str(tmp_path / "engines")
