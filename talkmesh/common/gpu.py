@@ -35,8 +35,9 @@ DRIVER_FLOOR = {"inference": 535, "nvenc": 570}
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-#: CUDA context + cuBLAS/cuDNN handles and workspaces of one process (measured 300-600 MiB on
-#: T4/L4/A10G with CUDA 12 and lazy module loading); reserved before anything else.
+#: CUDA context + cuBLAS/cuDNN handles and workspaces of one process, reserved before anything else.
+#: An estimate (a few hundred MiB with CUDA 12 and lazy module loading), not measured here: no GPU on
+#: the development machine; `talkmesh doctor` on a node shows the real free memory.
 CUDA_CONTEXT_BYTES = 512 * MiB
 #: Fraction of the budget kept free for fragmentation and transient allocations.
 HEADROOM = 0.1

@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 CODEC_NAME = "h264_nvenc"
 #: What runs out when NVENC cannot open another encoder: the driver's per-GPU limit of concurrent
-#: sessions on consumer (GeForce) cards (8 since driver 550; data-centre and RTX professional parts
-#: have none), or the GPU's memory. FFmpeg reports both as ENOMEM ("OpenEncodeSessionEx failed: out
+#: sessions on consumer (GeForce) cards (a handful, 8 on recent drivers; data-centre and RTX
+#: professional parts have none), or the GPU's memory. FFmpeg reports both as ENOMEM ("OpenEncodeSessionEx failed: out
 #: of memory (10)").
 SESSION_LIMIT = "concurrent NVENC sessions per GPU"
 
@@ -30,7 +30,7 @@ def is_session_limit(exc: BaseException, codec_name: str) -> bool:
 def session_limit_error(gpu: int) -> ResourceExhausted:
     return ResourceExhausted(
         f"video encoder: h264_nvenc could not open another encoder session on GPU {gpu} (the {SESSION_LIMIT} "
-        "of consumer GeForce cards, 8 since driver 550, or the GPU's memory is exhausted); retry later, "
+        "of consumer GeForce cards, or the GPU's memory, is exhausted); retry later, "
         "or set video.fallback_to_x264 to encode such streams on the CPU",
         retry_after=1.0, quota=SESSION_LIMIT, subject=f"gpu {gpu}",
     )  # fmt: skip
