@@ -510,6 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     kn.add_argument("name", help="the key's name (owner of its avatars; in logs)")
     kn.add_argument("--role", default="user", help="user (default) or admin")
     kn.add_argument("--file", help="add the hashed entry to this keys file (auth.api_keys_file)")
+    dr = sub.add_parser(
+        "doctor", parents=[common],
+        help="check this node's GPU stack: driver, CUDA, ONNX Runtime providers, TensorRT, NVENC, model speed",
+    )  # fmt: skip
+    from talkmesh.doctor import add_arguments as doctor_arguments
+
+    doctor_arguments(dr)
 
     b = sub.add_parser(
         "bench", parents=[common], help="measure latency, real-time factor and concurrency; append BENCHMARKS.md"
@@ -592,6 +599,10 @@ def run(args: argparse.Namespace) -> int:
         return _certs(args)
     if args.cmd == "keys":
         return _keys(args)
+    if args.cmd == "doctor":
+        from talkmesh.doctor import run as run_doctor
+
+        return run_doctor(args)
     if args.cmd == "bench":
         from talkmesh.bench import run as run_bench
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, ServerConfig
+from talkmesh.common.onnx import ExecutionConfig
 from talkmesh.common.registry import spec
 
 RESAMPLE_QUALITIES = ("LQ", "MQ", "HQ", "VHQ")
@@ -16,9 +17,6 @@ class WhisperEncoderConfig:
     # ONNX file written by tools/export_whisper_encoder.py; empty: WHISPER_EMBEDDING unavailable.
     path: str = ""
     backend: str = "onnx"
-    # ONNX Runtime execution providers in order of preference; empty = CUDA if offered, else CPU.
-    providers: list[str] = field(default_factory=list)
-    intra_op_threads: int = 0
     # The encoder runs once per block of audio, on the block plus context, zero-padded to its 30 s
     # window. Look-ahead ~ block + right context; block 30 s with no context is MuseTalk's offline
     # recipe. Multiples of 20 ms (one Whisper frame).
@@ -29,8 +27,6 @@ class WhisperEncoderConfig:
     def validate(self) -> None:
         if self.backend not in ENCODER_BACKENDS:
             raise ConfigError.at("backend", f"{self.backend!r} is not one of {ENCODER_BACKENDS}")
-        if self.intra_op_threads < 0:
-            raise ConfigError.at("intra_op_threads", "must not be negative")
         if self.block_frames < 1:
             raise ConfigError.at("block_seconds", "must be at least 0.02 (one Whisper frame)")
         if self.left_context_seconds < 0:
@@ -71,6 +67,9 @@ class AudioFeaturesConfig:
     # soxr quality of the resampling to 16 kHz (HQ is what librosa uses by default).
     resample_quality: str = "HQ"
     whisper_encoder: WhisperEncoderConfig = field(default_factory=WhisperEncoderConfig)
+    # ONNX Runtime for the Whisper encoder: providers (empty = TensorRT, CUDA, CPU from what loads;
+    # a list is pinned), fp16, CUDA arena (talkmesh.common.onnx, the same section as the renderer's).
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def validate(self) -> None:

@@ -256,7 +256,7 @@ class AudioFeaturesService(Service):
 
     async def start(self) -> None:
         if self.encoder is None and self.config.whisper_encoder.path:
-            self.encoder = await asyncio.to_thread(create_encoder, self.config.whisper_encoder)
+            self.encoder = await asyncio.to_thread(create_encoder, self.config.whisper_encoder, self.config.execution)
             self._prepare_encoder(self.encoder)
         if self.encoder is not None:
             encoder = self.encoder

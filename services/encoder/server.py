@@ -21,7 +21,7 @@ from fractions import Fraction
 import grpc
 from opentelemetry import trace
 
-from services.encoder.backends import X264Backend, probe_nvenc, select_backend
+from services.encoder.backends import X264Backend, open_errors, probe_nvenc, select_backend
 from services.encoder.backends.base import VideoBackend
 from services.encoder.config import EncoderConfig
 from services.encoder.interleave import AudioInterleaver
@@ -197,11 +197,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 params = LiveParams(rendered[0][0], rendered[0][1], fps, sample_rate, codec)
 
                 def encode() -> IdleLoop:
-                    probe = LiveCodecs(params, backend, self.config.audio)
-                    try:
-                        return encode_loop(rendered, backend, params, gop, probe.video.extradata)
-                    finally:
-                        probe.close()
+                    with open_errors(backend):  # NVENC's session limit -> RESOURCE_EXHAUSTED
+                        probe = LiveCodecs(params, backend, self.config.audio)
+                        try:
+                            return encode_loop(rendered, backend, params, gop, probe.video.extradata)
+                        finally:
+                            probe.close()
 
                 return await asyncio.to_thread(encode)
 

@@ -140,6 +140,9 @@ class EncodeSession:
         except av.FFmpegError as exc:
             self.close()
             if self.fallback is None or self.fallback.name == self.backend.name:
+                status = self.backend.open_error(exc)
+                if status is not None:
+                    raise status from exc
                 raise
             log.warning("%s failed to open (%s); this stream uses %s", self.backend.name, exc, self.fallback.name)
             self._open_with(self.fallback)

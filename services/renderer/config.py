@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, ServerConfig
+from talkmesh.common.gpu import GpuConfig
+from talkmesh.common.onnx import ExecutionConfig
 from talkmesh.common.registry import SIZE_PRESETS, spec
 
 
@@ -61,7 +63,8 @@ class BatchConfig:
     enabled: bool = True
     max_size: int = 8
     max_delay_ms: float = 15.0
-    # Upper bound on CPU; on GPU max_size adapts to free memory at start-up up to this.
+    # Upper bound on CPU; on a GPU the batch adapts up to max_size_gpu to the memory budget (gpu.share
+    # of the card, minus CUDA context and model weights, bounded by the memory free at start-up).
     max_size_gpu: int = 64
 
     def validate(self) -> None:
@@ -71,17 +74,6 @@ class BatchConfig:
             raise ConfigError.at("max_size_gpu", "must be at least 1")
         if self.max_delay_ms < 0:
             raise ConfigError.at("max_delay_ms", "must not be negative")
-
-
-@dataclass(frozen=True)
-class ExecutionConfig:
-    # ONNX Runtime execution providers in order of preference; empty = automatic
-    # (TensorRT, then CUDA, then CPU, from what the installed runtime offers).
-    providers: list[str] = field(default_factory=list)
-    fp16: bool = True
-    # TensorRT engine cache; "" means ~/.cache/talkmesh/trt.
-    trt_cache_dir: str = ""
-    intra_op_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,7 +89,10 @@ class RendererConfig:
     wav2lip: ModelConfig = field(default_factory=ModelConfig)
     musetalk: ModelConfig = field(default_factory=ModelConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    # ONNX Runtime: providers, fp16, TensorRT cache, CUDA memory arena (talkmesh.common.onnx).
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    # This pod's share of its GPU: arena limit and batch bound (talkmesh.common.gpu).
+    gpu: GpuConfig = field(default_factory=GpuConfig)
     # Frames in flight per session between the renderer and its client.
     session_queue: int = 8
     # Frames larger than this go out in several VideoFrame parts (capped below max_message_bytes).

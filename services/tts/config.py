@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, ServerConfig
+from talkmesh.common.onnx import ExecutionConfig
 
 
 @dataclass(frozen=True)
@@ -28,16 +29,12 @@ class PiperConfig:
     sentence_silence_ms: int = 0
     # Linear fade at both ends of each synthesized clause, in milliseconds (no clicks at joins).
     fade_ms: float = 2.0
-    # ONNX Runtime threads per session (0 = ONNX Runtime's default).
-    intra_op_threads: int = 1
 
     def validate(self) -> None:
         if self.sentence_silence_ms < 0:
             raise ConfigError.at("sentence_silence_ms", "must not be negative")
         if not 0 <= self.fade_ms <= 50:
             raise ConfigError.at("fade_ms", "must be between 0 and 50")
-        if self.intra_op_threads < 0:
-            raise ConfigError.at("intra_op_threads", "must not be negative")
 
 
 @dataclass(frozen=True)
@@ -74,6 +71,9 @@ class TTSConfig:
     stream_flush_seconds: float = 1.0
     espeak: EspeakConfig = field(default_factory=EspeakConfig)
     piper: PiperConfig = field(default_factory=PiperConfig)
+    # ONNX Runtime for Piper voices (talkmesh.common.onnx, the same section as the renderer's): one
+    # thread per session by default (many small concurrent requests).
+    execution: ExecutionConfig = field(default_factory=lambda: ExecutionConfig(intra_op_threads=1))
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def validate(self) -> None:

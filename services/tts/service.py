@@ -50,7 +50,11 @@ class TTSService(Service):
         if cfg.piper.voices_dir:
             from services.tts.backends.piper import PiperBackend
 
-            backends["piper"] = PiperBackend(engine, cfg.piper)
+            telemetry = self.telemetry
+            backends["piper"] = PiperBackend(
+                engine, cfg.piper, cfg.execution,
+                on_session=lambda s: telemetry.set_backend("execution_provider", f"piper/{s.provider}"),
+            )  # fmt: skip
         for backend in backends.values():
             await backend.start()
             self.telemetry.set_backend("tts_engine", backend.engine)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from services.audio_features.backends.onnx import OnnxWhisperEncoder, choose_providers
+from services.audio_features.backends.onnx import OnnxWhisperEncoder
 from services.audio_features.config import AudioFeaturesConfig, WhisperEncoderConfig
 from services.audio_features.server import AudioFeaturesService
 from services.audio_features.streaming import FeatureKind, FeatureStream, Resampler, StreamOptions, fps_fraction
@@ -17,12 +18,57 @@ from .helpers import noise
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
 
-def test_choose_providers() -> None:
-    assert choose_providers([], [CUDA, CPU]) == [CUDA, CPU]
-    assert choose_providers([], ["AzureExecutionProvider", CPU]) == [CPU]
-    assert choose_providers(["TensorrtExecutionProvider", CPU], [CUDA, CPU]) == [CPU]
-    with pytest.raises(ValueError, match=r"whisper_encoder\.providers"):
-        choose_providers(["TensorrtExecutionProvider"], [CPU])
+def tiny_encoder(path: Path, frames: int = 300, layers: int = 3, width: int = 8) -> Path:
+    """An ONNX model with the Whisper encoder's contract: [B, 80, frames] -> [B, layers, frames/2, width]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input_features", TensorProto.FLOAT, ["batch", 80, frames])
+    y = helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch", layers, frames // 2, width])
+    ints = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)], v)  # noqa: E731
+    nodes = [
+        helper.make_node("Slice", ["input_features", "s0", "s1", "s_ax"], ["cut"]),  # [B, L*W, frames]
+        helper.make_node("Reshape", ["cut", "shape"], ["r"]),  # [B, L, W, frames]
+        helper.make_node("Transpose", ["r"], ["t"], perm=[0, 1, 3, 2]),  # [B, L, frames, W]
+        helper.make_node("Slice", ["t", "f0", "f1", "f_ax", "f_step"], ["hidden_states"]),  # every 2nd frame
+    ]
+    inits = [
+        ints("s0", [0]), ints("s1", [layers * width]), ints("s_ax", [1]), ints("shape", [0, layers, width, frames]),
+        ints("f0", [0]), ints("f1", [frames]), ints("f_ax", [2]), ints("f_step", [2]),
+    ]  # fmt: skip
+    graph = helper.make_graph(nodes, "enc", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_short_provider_names_work_for_the_encoder(tmp_path: Path) -> None:
+    """`execution.providers: [cuda]` is accepted as in the renderer (it used to stop start-up)."""
+    from talkmesh.common.onnx import ExecutionConfig, ModelError
+
+    path = tiny_encoder(tmp_path / "enc.onnx")
+    enc = OnnxWhisperEncoder(WhisperEncoderConfig(path=str(path)), ExecutionConfig(providers=["cpu"]))
+    assert enc.provider == CPU
+    with pytest.raises(ModelError, match=r"whisper_encoder\.path: whisper encoder \(.*enc\.onnx\): pinned.*CUDA"):
+        OnnxWhisperEncoder(
+            WhisperEncoderConfig(path=str(path)), ExecutionConfig(providers=["cuda"]),
+            available=[CUDA, CPU], provider_check=lambda p: "no NVIDIA driver",
+        )  # fmt: skip
+
+
+async def test_real_cpu_session_and_the_provider_metric(tmp_path: Path) -> None:
+    path = tiny_encoder(tmp_path / "enc.onnx")
+    telemetry = Telemetry("audio_features")
+    service = AudioFeaturesService(AudioFeaturesConfig(whisper_encoder=WhisperEncoderConfig(path=str(path))), telemetry)
+    await service.start()
+    assert service.encoder is not None and service.encoder.provider == CPU
+    mel = np.random.default_rng(0).standard_normal((2, 80, 300)).astype(np.float32)
+    hidden = service.encoder.encode(mel)
+    assert hidden.shape == (2, 3, 150, 8)
+    np.testing.assert_array_equal(hidden[1, 2, 5], mel[1, 16:24, 10])
+    labels = {"service": "audio_features", "kind": "execution_provider", "name": CPU}
+    assert telemetry.metrics.registry.get_sample_value("talkmesh_backend_info", labels) == 1
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -204,3 +204,35 @@ def test_runtime_class_is_configurable_for_the_gpu_pods(overlay: str) -> None:
         assert pod_spec(dep).get("runtimeClassName") == ("nvidia" if uses_gpu else None), dep["metadata"]["name"]
     for dep in of_kind(render(overlay), "Deployment"):
         assert "runtimeClassName" not in pod_spec(dep), "off unless the component is listed"
+
+
+#: MuseTalk's files in FP32 (UNet 3.4 GB, VAE encoder + decoder 0.3 GB; components/neural/pvc.yaml).
+MUSETALK_WEIGHTS = 3700 * 1024 * 1024
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_renderers_memory_shares_fit_the_gpu_and_the_smallest_admitted_card_batches(overlay: str) -> None:
+    from services.renderer.backends.musetalk import MuseTalkBackend
+    from services.renderer.config import RendererConfig
+    from talkmesh.common.config import load_config
+    from talkmesh.common.gpu import GpuMemory, MiB, plan_gpu
+
+    docs = render(overlay)
+    dep, renderer = runs(docs, "renderer")
+    env = {k: v for k, v in env_of(renderer).items() if k.startswith("TALKMESH_RENDERER__")}
+    cfg = load_config(RendererConfig, None, env_prefix="TALKMESH_RENDERER", env=env)
+    exprs = expressions(dep)
+    sharing = exprs["nvidia.com/gpu.sharing-strategy"]["values"]
+    if sharing == ["time-slicing"]:
+        # Two slices per media pod (renderer + encoder): replicas / 2 renderers on one GPU, and the
+        # encoders keep at least a fifth of the memory.
+        (replicas,) = exprs["nvidia.com/gpu.replicas"]["values"]
+        renderers = int(replicas) // 2
+        assert renderers * cfg.gpu.share <= 0.8 + 1e-9, (renderers, cfg.gpu.share)
+    else:
+        assert cfg.gpu.share == 1.0, "a whole GPU of its own"
+    (floor,) = exprs["nvidia.com/gpu.memory"]["values"]
+    card = GpuMemory(int(floor) * MiB, int(floor) * MiB)
+    plan = plan_gpu(cfg.gpu, weights=MUSETALK_WEIGHTS, per_frame_bytes=MuseTalkBackend.bytes_per_frame,
+                    cap=cfg.batch.max_size_gpu, memory=card)  # fmt: skip
+    assert plan.max_batch >= 4, f"{overlay}: MuseTalk batch {plan.max_batch} on a {floor} MiB card"

@@ -274,3 +274,17 @@ def test_library_dirs_are_the_wheels_lib_dirs(tmp_path: Path) -> None:
         str(tmp_path / "nvidia/cudnn/lib"),
         str(tmp_path / "tensorrt_libs"),
     ]
+
+
+def test_the_runtime_checks_agree_with_the_table() -> None:
+    """What the services check at start-up (talkmesh.common.onnx pre-flight) and what `talkmesh doctor`
+    reports as driver floors are the table's values."""
+    from talkmesh.common.gpu import DRIVER_FLOOR
+    from talkmesh.common.onnx import CUDA, CUDA_MAJOR, PROVIDER_LIBRARIES, TENSORRT
+
+    t = table()
+    assert CUDA_MAJOR == t["cuda"]["major"]
+    assert DRIVER_FLOOR == t["driver_floor"]
+    needs = t["provider_needs"]
+    assert list(PROVIDER_LIBRARIES[CUDA]) == needs["libonnxruntime_providers_cuda.so"]
+    assert list(PROVIDER_LIBRARIES[TENSORRT]) == needs["libonnxruntime_providers_tensorrt.so"]

@@ -107,3 +107,92 @@ def test_start_up_log_says_plainly_that_x264_is_used_without_an_nvidia_encoder(c
     assert "no NVIDIA encoder found on this machine: encoding video with x264 on the CPU" in messages
     assert not any("unavailable" in m or "Errno" in m or "not permitted" in m for m in messages), messages
     assert all(r.levelno < logging.WARNING for r in caplog.records)
+
+
+@pytest.fixture
+def nvenc_session_limit(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Opening h264_nvenc fails as on a GeForce card whose NVENC sessions are all taken: FFmpeg's
+    "OpenEncodeSessionEx failed: out of memory (10)", an ENOMEM from avcodec_open2."""
+    import errno
+
+    import av
+
+    from services.encoder.session import EncodeSession
+
+    real = EncodeSession._open_with
+    opened: list[str] = []
+
+    def open_with(self: EncodeSession, backend) -> None:  # type: ignore[no-untyped-def]
+        opened.append(backend.name)
+        if backend.name == "h264_nvenc":
+            raise av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+        real(self, backend)
+
+    monkeypatch.setattr(EncodeSession, "_open_with", open_with)
+    return opened
+
+
+async def test_nvenc_session_limit_without_fallback_is_resource_exhausted(config, nvenc_session_limit):
+    import grpc
+
+    from talkmesh.common.errors import ErrorDetails
+
+    strict = replace(config, video=replace(config.video, fallback_to_x264=False))
+    service = create_service(strict, Telemetry("encoder"), nvenc_probe=Probe(True))
+    async with serve(service) as host, create_channel(host.address) as channel:
+        # One frame: the request stream is sent before the encoder opens (no write after the status).
+        requests = list(utterance(64, 64, SR // 25))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(iter(requests))]
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "h264_nvenc could not open another encoder session on GPU 0" in (err.value.details() or "")
+    assert "video.fallback_to_x264" in (err.value.details() or "")
+    details = ErrorDetails.of(err.value)
+    assert details.retry_delay == 1.0
+    quota = [(q.field, q.description) for q in details.quota_violations]
+    assert quota == [("gpu 0", "concurrent NVENC sessions per GPU")]
+    assert nvenc_session_limit == ["h264_nvenc"]
+
+
+async def test_nvenc_session_limit_falls_back_to_x264_for_that_stream(config, nvenc_session_limit, caplog):
+    service = create_service(config, Telemetry("encoder"), nvenc_probe=Probe(True))
+    async with serve(service) as host, create_channel(host.address) as channel:
+        out = [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(utterance(64, 64, SR // 5))]
+    assert out[0].video_encoder == "libx264" and nvenc_session_limit == ["h264_nvenc", "libx264"]
+    assert any("h264_nvenc failed to open" in r.getMessage() and "this stream uses libx264" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+
+
+def test_only_an_nvenc_enomem_is_a_session_limit():
+    import errno
+
+    import av
+
+    from services.encoder.backends.nvenc import is_session_limit
+
+    nv = NvencBackend(VideoConfig())
+    enomem = av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+    assert is_session_limit(enomem, "h264_nvenc") and not is_session_limit(enomem, "libx264")
+    status = nv.open_error(enomem)
+    assert status is not None and status.code.name == "RESOURCE_EXHAUSTED"
+    assert nv.open_error(av.error.ArgumentError(errno.EINVAL, "Invalid argument")) is None
+    assert X264Backend(VideoConfig()).open_error(enomem) is None
+
+
+def test_live_sessions_and_idle_loops_map_the_session_limit_too():
+    """The live path opens its encoders through open_errors (one encoder per live session; the idle
+    loop's encoders once per cached loop): an NVENC session limit is RESOURCE_EXHAUSTED there too."""
+    import errno
+
+    import av
+
+    from services.encoder.backends import open_errors
+    from talkmesh.common.errors import ResourceExhausted
+
+    enomem = av.error.MemoryError(errno.ENOMEM, "Cannot allocate memory")
+    with pytest.raises(ResourceExhausted, match="h264_nvenc could not open another encoder session"):
+        with open_errors(NvencBackend(VideoConfig())):
+            raise enomem
+    with pytest.raises(av.error.MemoryError):  # x264 out of memory is not a session limit
+        with open_errors(X264Backend(VideoConfig())):
+            raise enomem

@@ -175,5 +175,5 @@ async def test_sessions_through_the_batcher_get_full_frames_in_order(backend):
 
 def test_missing_model_file_in_the_directory_is_reported(tmp_path: Path):
     cfg = RendererConfig(musetalk=ModelConfig(path=str(tmp_path)))
-    with pytest.raises(ModelError, match=r"musetalk vae_encoder: model file .*vae_encoder.onnx.* does not exist"):
+    with pytest.raises(ModelError, match=r"musetalk vae_encoder \(.*vae_encoder\.onnx\): model file does not exist"):
         MuseTalkBackend(cfg, Telemetry("renderer"))

@@ -26,13 +26,12 @@ from services.renderer.backends.onnx_models import (
     Signature,
     TensorSpec,
     choose_provider,
-    max_batch_for_memory,
     model_variant,
     open_model,
     plan_providers,
     provider_options,
 )
-from services.renderer.config import ExecutionConfig
+from talkmesh.common.onnx import ExecutionConfig
 
 ALL = [TENSORRT, CUDA, CPU]
 OTHERS = ["AzureExecutionProvider", "OpenVINOExecutionProvider"]
@@ -93,7 +92,7 @@ def test_configured_providers_override_order_and_drop_unavailable():
     pinned = plan_providers([CUDA, CPU], ExecutionConfig(providers=["tensorrt", "cuda"]))
     assert [p.provider for p in pinned] == [CUDA]  # no implicit CPU when pinned
     assert pinned[0].chain == (CUDA, CPU)
-    with pytest.raises(ModelError, match=r"execution.providers: none of \['TensorrtExecutionProvider'\]"):
+    with pytest.raises(ModelError, match=r"execution.providers \['TensorrtExecutionProvider'\]: none is in"):
         plan_providers([CPU], ExecutionConfig(providers=["trt"]))
 
 
@@ -120,15 +119,6 @@ def test_fp16_variant_is_used_on_cuda_only(tmp_path: Path):
     assert model_variant(model, ProviderPlan(CUDA, False, (CUDA, CPU))) == model
     assert model_variant(model, ProviderPlan(TENSORRT, True, (TENSORRT, CPU))) == model
     assert model_variant(model, ProviderPlan(CPU, False, (CPU,))) == model
-
-
-def test_batch_bound_from_free_memory():
-    mb = 1024 * 1024
-    assert max_batch_for_memory(None, 24 * mb, 64) == 64
-    assert max_batch_for_memory(8000 * mb, 24 * mb, 64) == 64
-    assert max_batch_for_memory(1000 * mb, 24 * mb, 64) == 24  # 700 MB / 24 MB = 29 -> 24
-    assert max_batch_for_memory(100 * mb, 24 * mb, 64) == 2
-    assert max_batch_for_memory(1 * mb, 24 * mb, 64) == 1
 
 
 # -- real sessions (CPU) ---------------------------------------------------------------------------
@@ -184,7 +174,7 @@ def test_wrong_model_is_rejected_naming_both_signatures(tmp_path: Path, in_name:
 
 
 def test_missing_file_is_reported(tmp_path: Path):
-    with pytest.raises(ModelError, match="does not exist"):
+    with pytest.raises(ModelError, match=r"nope\.onnx\): model file does not exist"):
         open_model("toy", tmp_path / "nope.onnx", EXPECTED, ExecutionConfig())
 
 
@@ -218,11 +208,11 @@ def test_open_model_probes_tensorrt_then_cuda_then_cpu(tmp_path: Path):
         return FakeSession(real, [CPU])
 
     cfg = ExecutionConfig(trt_cache_dir=str(tmp_path / "trt"))
-    m = open_model("toy", path, EXPECTED, cfg, available=ALL, factory=factory)
+    m = open_model("toy", path, EXPECTED, cfg, available=ALL, factory=factory, check=lambda p: None)
     assert [c[1][0] for c in calls] == [TENSORRT, CUDA, CPU]
     assert calls[1][0] == "toy.fp16.onnx" and calls[2][0] == "toy.onnx"
     assert m.provider == CPU and [p for p, _ in m.choice.fallbacks] == [TENSORRT, CUDA]
-    assert "session runs on ['CPUExecutionProvider'] instead" in m.choice.fallbacks[1][1]
+    assert "the session fell back to ['CPUExecutionProvider']" in m.choice.fallbacks[1][1]
     assert (tmp_path / "trt").is_dir()  # engine cache directory prepared for TensorRT
 
 
@@ -235,6 +225,25 @@ def test_open_model_keeps_a_working_cuda_session_with_io_binding(tmp_path: Path)
         real = ort.InferenceSession(file, sess_options=options, providers=[CPU])
         return FakeSession(real, [providers[0][0], CPU])
 
-    m = open_model("toy", path, EXPECTED, ExecutionConfig(), available=[CUDA, CPU], factory=factory)
+    m = open_model(
+        "toy", path, EXPECTED, ExecutionConfig(), available=[CUDA, CPU], factory=factory, check=lambda p: None
+    )
     assert m.provider == CUDA and m.use_io_binding and m.choice.plan.fp16
     assert m.choice.fallbacks == ()
+
+
+def test_a_pinned_renderer_without_gpu_providers_fails_at_start_up(tmp_path: Path):
+    """The GPU overlays pin tensorrt,cuda: on a CPU-only ONNX Runtime the backend (and so the
+    renderer's start-up, before it reports Ready) fails in one line naming the file."""
+    from services.renderer.backends.wav2lip import Wav2LipBackend
+    from services.renderer.config import ModelConfig, RendererConfig
+    from talkmesh.common.telemetry import Telemetry
+
+    path = write_model(tmp_path / "wav2lip.onnx")
+    cfg = RendererConfig(wav2lip=ModelConfig(path=str(path)), execution=ExecutionConfig(providers=["tensorrt", "cuda"]))
+    with pytest.raises(ModelError) as err:
+        Wav2LipBackend(cfg, Telemetry("renderer"), available=[CPU])
+    msg = str(err.value)
+    assert "\n" not in msg
+    pinned = "execution.providers ['TensorrtExecutionProvider', 'CUDAExecutionProvider']"
+    assert msg.startswith(f"wav2lip ({path}): {pinned}: none is in this ONNX Runtime build")

@@ -225,9 +225,11 @@ def test_on_a_gpu_the_batch_bound_follows_free_memory(exported, monkeypatch: pyt
     from services.renderer.backends import neural
     from services.renderer.backends.onnx_models import CUDA
     from services.renderer.runner import make_runner
+    from talkmesh.common.gpu import CUDA_CONTEXT_BYTES, GiB, GpuMemory
 
     _, _, onnx_path = exported
-    monkeypatch.setattr(neural, "gpu_free_bytes", lambda device=0: 2 * 1024**3)
+    # A 16 GiB card with 2 GiB free at start-up (neighbours on a time-sliced GPU use the rest).
+    monkeypatch.setattr(neural, "gpu_memory", lambda device=0: GpuMemory(16 * GiB, 2 * GiB))
 
     class CudaLike:
         def __init__(self, file: str, options: object) -> None:
@@ -240,18 +242,24 @@ def test_on_a_gpu_the_batch_bound_follows_free_memory(exported, monkeypatch: pyt
             return getattr(self.real, name)
 
     opened: list[str] = []
+    limits: list[int] = []
 
     def factory(file: str, providers: list, options: object) -> CudaLike:
         opened.append(Path(file).name)
+        limits.append(dict(providers)[CUDA]["gpu_mem_limit"])
         return CudaLike(file, options)
 
     tel = Telemetry("renderer")
     cfg = config(onnx_path, max_size=4)
-    b = Wav2LipBackend(cfg, tel, available=[CUDA, CPU], session_factory=factory)
+    b = Wav2LipBackend(cfg, tel, available=[CUDA, CPU], session_factory=factory, provider_check=lambda p: None)
     assert b.provider == CUDA and b.model.use_io_binding
     assert opened == ["wav2lip.fp16.onnx"]  # the FP16 variant written by --fp16
-    assert b.max_batch == 56  # 70 % of 2 GiB / 24 MiB per frame = 59, rounded down to a multiple of 8
-    assert make_runner(b, cfg, tel).max_size == 56  # type: ignore[attr-defined]
+    assert limits == [16 * GiB - CUDA_CONTEXT_BYTES]  # gpu.share 1.0 of the card, minus the CUDA context
+    # 90 % of the 2 GiB free, minus the CUDA context and the FP16 weights, / 24 MiB per frame -> a multiple of 8
+    weights = Path(onnx_path).stat().st_size // 2
+    expected = (int(2 * GiB * 0.9) - CUDA_CONTEXT_BYTES - weights) // (24 * 1024**2)
+    assert b.max_batch == expected - expected % 8 and 40 <= b.max_batch <= 56
+    assert make_runner(b, cfg, tel).max_size == b.max_batch  # type: ignore[attr-defined]
     assert (
         tel.metrics.registry.get_sample_value(
             "talkmesh_backend_info", {"service": "renderer", "kind": "execution_provider", "name": "wav2lip/" + CUDA}

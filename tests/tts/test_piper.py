@@ -184,3 +184,27 @@ def test_phoneme_ids_with_phoneme_map_and_missing_symbols() -> None:
     ids, missing = cfg.phoneme_ids("ga☃")
     assert ids == [1, 0, ID_MAP["k"][0], 0, ID_MAP["a"][0], 0, 2]
     assert missing == ["☃"]
+
+
+async def test_piper_runs_on_the_shared_session_factory_and_reports_its_provider(tmp_path: Path) -> None:
+    write_voice(tmp_path, "test-voice")
+    cfg = default_config(piper=PiperConfig(voices_dir=str(tmp_path), fade_ms=0.0))
+    telemetry = Telemetry("tts")
+    service = create_service(cfg, telemetry)
+    async with serve(service):
+        labels = {"service": "tts", "kind": "execution_provider", "name": "piper/CPUExecutionProvider"}
+        assert telemetry.metrics.registry.get_sample_value("talkmesh_backend_info", labels) == 1
+
+
+async def test_piper_pinned_provider_that_cannot_load_stops_start_up_naming_the_file(tmp_path: Path) -> None:
+    import dataclasses
+
+    from talkmesh.common.onnx import ExecutionConfig
+
+    write_voice(tmp_path, "test-voice")
+    cfg = dataclasses.replace(
+        default_config(piper=PiperConfig(voices_dir=str(tmp_path))), execution=ExecutionConfig(providers=["cuda"])
+    )
+    with pytest.raises(PiperVoiceError, match=r"test-voice\.onnx\): execution\.providers \['CUDAExecutionProvider'\]"):
+        async with serve(create_service(cfg, Telemetry("tts"))):
+            pass

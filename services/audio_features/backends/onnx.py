@@ -9,31 +9,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from services.audio_features.backends.base import WhisperEncoder
 from services.audio_features.config import WhisperEncoderConfig
+from talkmesh.common.onnx import ExecutionConfig, ModelError, ProviderCheck, SessionFactory, open_session
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input_features"
 OUTPUT_NAME = "hidden_states"
-
-
-def choose_providers(preferred: Sequence[str], available: Sequence[str] | None = None) -> list[str]:
-    """Execution providers to use: the configured ones that this ONNX Runtime offers (in order), or
-    CUDA when offered, then CPU. Raises ``ValueError`` when none of the configured ones exists."""
-    offered = list(ort.get_available_providers() if available is None else available)
-    if preferred:
-        chosen = [p for p in preferred if p in offered]
-        if not chosen:
-            raise ValueError(f"whisper_encoder.providers: none of {list(preferred)} available (have {offered})")
-        return chosen
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in offered]
 
 
 def _static(dim: object, what: str) -> int:
@@ -43,17 +30,27 @@ def _static(dim: object, what: str) -> int:
 
 
 class OnnxWhisperEncoder(WhisperEncoder):
-    def __init__(self, config: WhisperEncoderConfig) -> None:
+    def __init__(
+        self,
+        config: WhisperEncoderConfig,
+        execution: ExecutionConfig | None = None,
+        *,
+        available: list[str] | None = None,
+        session_factory: SessionFactory | None = None,
+        provider_check: ProviderCheck | None = None,
+    ) -> None:
         path = Path(os.path.expanduser(config.path))
         if not path.is_file():
             raise FileNotFoundError(f"whisper_encoder.path: {path} is not a file")
-        options = ort.SessionOptions()
-        if config.intra_op_threads > 0:
-            options.intra_op_num_threads = config.intra_op_threads
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=choose_providers(config.providers)
-        )
-        self.provider = self.session.get_providers()[0]
+        try:
+            self.model = open_session(
+                path, execution or ExecutionConfig(), name="whisper encoder", max_batch=1,
+                available=available, factory=session_factory, check=provider_check,
+            )  # fmt: skip
+        except ModelError as exc:
+            raise ModelError(f"whisper_encoder.path: {exc}") from None
+        self.session = self.model.session
+        self.provider = self.model.provider
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
@@ -87,5 +84,5 @@ class OnnxWhisperEncoder(WhisperEncoder):
     def encode(self, mel: np.ndarray) -> np.ndarray:
         if mel.ndim != 3 or mel.shape[1:] != (80, self.input_frames):
             raise ValueError(f"mel must be [B, 80, {self.input_frames}], got {list(mel.shape)}")
-        (hidden,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(mel, dtype=np.float32)})
+        (hidden,) = self.model.run({INPUT_NAME: np.ascontiguousarray(mel, dtype=np.float32)}, [OUTPUT_NAME])
         return np.asarray(hidden, dtype=np.float32)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from services.encoder.backends.base import VideoBackend, VideoCodecSettings
 from services.encoder.backends.nvenc import NvencBackend, probe_nvenc
@@ -15,6 +16,7 @@ __all__ = [
     "VideoBackend",
     "VideoCodecSettings",
     "X264Backend",
+    "open_errors",
     "probe_nvenc",
     "select_backend",
 ]
@@ -36,3 +38,18 @@ def select_backend(config: VideoConfig, probe: Callable[[int], bool]) -> VideoBa
         raise NvencUnavailable("video.encoder is 'nvenc' but h264_nvenc could not be opened on this host")
     log.info("no NVIDIA encoder found on this machine: encoding video with x264 on the CPU")
     return X264Backend(config)
+
+
+@contextlib.contextmanager
+def open_errors(backend: VideoBackend) -> Iterator[None]:
+    """Opening ``backend``'s encoder: an FFmpeg error the backend knows (NVENC's session limit) becomes
+    its status (RESOURCE_EXHAUSTED); any other is raised as it is."""
+    import av
+
+    try:
+        yield
+    except av.FFmpegError as exc:
+        status = backend.open_error(exc)
+        if status is not None:
+            raise status from exc
+        raise

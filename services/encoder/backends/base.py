@@ -28,6 +28,11 @@ class VideoBackend(abc.ABC):
     #: the encoder's name as reported in logs, metrics and MediaChunk.video_encoder
     name: str = ""
 
+    def open_error(self, exc: BaseException) -> Exception | None:
+        """The error to report when the encoder failed to open with ``exc`` and there is no fallback
+        (e.g. NVENC's session limit -> RESOURCE_EXHAUSTED); None re-raises ``exc`` as it is."""
+        return None
+
     @abc.abstractmethod
     def settings(self, width: int, height: int, fps: Fraction) -> VideoCodecSettings:
         """The codec and options for a ``width`` x ``height`` stream at ``fps``."""

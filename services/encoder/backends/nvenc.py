@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from fractions import Fraction
 
 from services.encoder.backends.base import VideoBackend, VideoCodecSettings
 from services.encoder.config import VideoConfig
+from talkmesh.common.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
 
 CODEC_NAME = "h264_nvenc"
+#: What runs out when NVENC cannot open another encoder: the driver's per-GPU limit of concurrent
+#: sessions on consumer (GeForce) cards (a handful, 8 on recent drivers; data-centre and RTX
+#: professional parts have none), or the GPU's memory. FFmpeg reports both as ENOMEM ("OpenEncodeSessionEx failed: out
+#: of memory (10)").
+SESSION_LIMIT = "concurrent NVENC sessions per GPU"
+
+
+def is_session_limit(exc: BaseException, codec_name: str) -> bool:
+    """True when opening ``codec_name`` failed because NVENC could not open another session."""
+    if "nvenc" not in codec_name:
+        return False
+    return isinstance(exc, MemoryError) or getattr(exc, "errno", None) == errno.ENOMEM
+
+
+def session_limit_error(gpu: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"video encoder: h264_nvenc could not open another encoder session on GPU {gpu} (the {SESSION_LIMIT} "
+        "of consumer GeForce cards, or the GPU's memory, is exhausted); retry later, "
+        "or set video.fallback_to_x264 to encode such streams on the CPU",
+        retry_after=1.0, quota=SESSION_LIMIT, subject=f"gpu {gpu}",
+    )  # fmt: skip
 
 
 class NvencBackend(VideoBackend):
@@ -18,6 +41,11 @@ class NvencBackend(VideoBackend):
 
     def __init__(self, config: VideoConfig) -> None:
         self.config = config
+
+    def open_error(self, exc: BaseException) -> Exception | None:
+        if is_session_limit(exc, CODEC_NAME):
+            return session_limit_error(self.config.nvenc.gpu)
+        return None
 
     def settings(self, width: int, height: int, fps: Fraction) -> VideoCodecSettings:
         cfg = self.config
@@ -52,8 +80,8 @@ class NvencBackend(VideoBackend):
         )
 
 
-def probe_nvenc(gpu: int = 0) -> bool:
-    """True when an h264_nvenc encoder opens and encodes a frame here (a GPU and driver exist).
+def nvenc_open_error(gpu: int = 0) -> str | None:
+    """None when an h264_nvenc encoder opens and encodes a frame here, else FFmpeg's reason.
 
     Blocking (it may initialise CUDA): call it from a worker thread.
     """
@@ -73,7 +101,18 @@ def probe_nvenc(gpu: int = 0) -> bool:
         frame.pts = 0
         packets = list(ctx.encode(frame)) + list(ctx.encode(None))
     except (av.FFmpegError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if packets else "the encoder opened but produced no packet"
+
+
+def probe_nvenc(gpu: int = 0) -> bool:
+    """True when an h264_nvenc encoder opens and encodes a frame here (a GPU and driver exist).
+
+    Blocking (it may initialise CUDA): call it from a worker thread.
+    """
+    reason = nvenc_open_error(gpu)
+    if reason is not None:
         # Normal on machines without an NVIDIA GPU; select_backend says so in plain words.
-        log.debug("h264_nvenc did not open: %s", exc)
+        log.debug("h264_nvenc did not open: %s", reason)
         return False
-    return bool(packets)
+    return True

@@ -33,6 +33,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from services.encoder.backends import open_errors
 from services.encoder.backends.base import VideoBackend
 from services.encoder.config import EncoderConfig
 from services.encoder.live.fmp4 import FragmentWriter, Sample
@@ -297,7 +298,11 @@ class LiveSession:
     async def run(
         self, requests: RequestStream[encoder_pb2.LiveEncodeRequest]
     ) -> AsyncGenerator[live_pb2.LiveServerMessage, None]:
-        codecs = await asyncio.to_thread(LiveCodecs, self.params, self.backend, self.config.audio)
+        # One encoder per live session, reused across its turns and idle stretches. No per-session
+        # x264 fallback here: the idle loops spliced into the stream are encoded with the same
+        # backend's parameter sets. NVENC's session limit -> RESOURCE_EXHAUSTED.
+        with open_errors(self.backend):
+            codecs = await asyncio.to_thread(LiveCodecs, self.params, self.backend, self.config.audio)
         writer = FragmentWriter(codecs.init_segment, self.params.fps)
         self.codecs = codecs
         self.writer = writer

@@ -23,11 +23,12 @@ import cv2
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob
-from services.renderer.backends.neural import NeuralBackend, gpu_batch_bound, warmup_avatar
+from services.renderer.backends.neural import NeuralBackend, gpu_plan, warmup_avatar
 from services.renderer.backends.onnx_models import (
     GPU_PROVIDERS,
     ModelError,
     OnnxModel,
+    ProviderCheck,
     SessionFactory,
     Signature,
     TensorSpec,
@@ -86,6 +87,7 @@ class MuseTalkBackend(NeuralBackend):
         *,
         available: Sequence[str] | None = None,
         session_factory: SessionFactory | None = None,
+        provider_check: ProviderCheck | None = None,
     ) -> None:
         super().__init__(config, telemetry)
         config.musetalk.validate()
@@ -95,7 +97,8 @@ class MuseTalkBackend(NeuralBackend):
         if not root.is_dir():
             raise ModelError(f"musetalk.path: {str(root)!r} is not a directory")
         avail = list(available) if available is not None else available_providers()
-        gpu_batch = gpu_batch_bound(self.bytes_per_frame, config, avail)
+        gpu = gpu_plan(self.bytes_per_frame, config, avail, [root / file for file, _ in FILES.values()])
+        gpu_batch = gpu.max_batch
         self.models: dict[str, OnnxModel] = {
             role: open_model(
                 f"musetalk {role}",
@@ -103,8 +106,10 @@ class MuseTalkBackend(NeuralBackend):
                 sig,
                 config.execution,
                 max_batch=gpu_batch,
+                gpu_mem_limit=gpu.gpu_mem_limit,
                 available=avail,
                 factory=session_factory,
+                check=provider_check,
             )
             for role, (file, sig) in FILES.items()
         }

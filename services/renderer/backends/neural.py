@@ -11,16 +11,18 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob, RenderBackend
-from services.renderer.backends.onnx_models import GPU_PROVIDERS, gpu_free_bytes, max_batch_for_memory
+from services.renderer.backends.onnx_models import GPU_PROVIDERS
 from services.renderer.config import RendererConfig
 from services.renderer.interpolate import fill_skipped, plan_keyframes
 from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.gpu import GpuPlan, gpu_memory, model_weight_bytes, plan_gpu
 from talkmesh.common.telemetry import Telemetry
 
 log = logging.getLogger("talkmesh.renderer.neural")
@@ -195,11 +197,22 @@ class NeuralBackend(RenderBackend):
             self.telemetry.metrics.skipped_frames_total.labels(self.telemetry.service, "frame_skip").inc(n)
 
 
-def gpu_batch_bound(per_frame_bytes: int, config: RendererConfig, available: Sequence[str]) -> int:
-    """Batch bound on a GPU from its free memory at start-up (probed only if a GPU provider exists)."""
+def gpu_plan(
+    per_frame_bytes: int, config: RendererConfig, available: Sequence[str], model_files: Sequence[Path] = ()
+) -> GpuPlan:
+    """Arena limit and batch bound on a GPU (talkmesh.common.gpu): ``gpu.share`` of the card minus
+    the CUDA context and the weights of ``model_files``, bounded by the memory free at start-up and
+    ``batch.max_size_gpu``. Without a GPU provider in the runtime: ``batch.max_size``, no limit."""
     if not any(p in available for p in GPU_PROVIDERS):
-        return config.batch.max_size
-    return max_batch_for_memory(gpu_free_bytes(), per_frame_bytes, config.batch.max_size_gpu)
+        return GpuPlan(0, config.batch.max_size, 0, 0)
+    ex = config.execution
+    plan = plan_gpu(
+        config.gpu, weights=model_weight_bytes(f for f in model_files if f.is_file()),
+        per_frame_bytes=per_frame_bytes, cap=config.batch.max_size_gpu, configured_limit_mb=ex.gpu_mem_limit_mb,
+        arena_extend_strategy=ex.arena_extend_strategy, fp16=ex.fp16, memory=gpu_memory(ex.device_id),
+    )  # fmt: skip
+    log.info("%s", plan.describe())
+    return plan
 
 
 def warmup_avatar(size: int = 160) -> Avatar:

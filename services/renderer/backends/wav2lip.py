@@ -21,11 +21,12 @@ import cv2
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob
-from services.renderer.backends.neural import NeuralBackend, gpu_batch_bound, warmup_avatar
+from services.renderer.backends.neural import NeuralBackend, gpu_plan, warmup_avatar
 from services.renderer.backends.onnx_models import (
     GPU_PROVIDERS,
     ModelError,
     OnnxModel,
+    ProviderCheck,
     SessionFactory,
     Signature,
     TensorSpec,
@@ -62,19 +63,21 @@ class Wav2LipBackend(NeuralBackend):
         *,
         available: Sequence[str] | None = None,
         session_factory: SessionFactory | None = None,
+        provider_check: ProviderCheck | None = None,
     ) -> None:
         super().__init__(config, telemetry)
         config.wav2lip.validate()
         if not config.wav2lip.path:
             raise ModelError("wav2lip.path: not set (convert a checkpoint with python -m tools.import_wav2lip)")
         avail = list(available) if available is not None else available_providers()
-        gpu_batch = gpu_batch_bound(self.bytes_per_frame, config, avail)
+        path = Path(os.path.expanduser(config.wav2lip.path))
+        gpu = gpu_plan(self.bytes_per_frame, config, avail, [path])
         self.model: OnnxModel = open_model(
-            "wav2lip", Path(os.path.expanduser(config.wav2lip.path)), SIGNATURE, config.execution,
-            max_batch=gpu_batch, available=avail, factory=session_factory,
+            "wav2lip", path, SIGNATURE, config.execution, max_batch=gpu.max_batch,
+            gpu_mem_limit=gpu.gpu_mem_limit, available=avail, factory=session_factory, check=provider_check,
         )  # fmt: skip
         self.provider = self.model.provider
-        self.max_batch = gpu_batch if self.provider in GPU_PROVIDERS else config.batch.max_size
+        self.max_batch = gpu.max_batch if self.provider in GPU_PROVIDERS else config.batch.max_size
         telemetry.set_backend("execution_provider", f"{self.name}/{self.provider}")
 
     @property

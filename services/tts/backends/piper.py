@@ -22,10 +22,9 @@ import json
 import logging
 import os
 import unicodedata
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -34,6 +33,7 @@ from services.tts.backends.espeak import espeak_params
 from services.tts.config import PiperConfig
 from services.tts.engine import EspeakEngine, EspeakVoiceError
 from services.tts.text import final_punctuation, is_sentence_end
+from talkmesh.common.onnx import ExecutionConfig, ModelError, OnnxSession, open_session
 
 log = logging.getLogger(__name__)
 
@@ -100,24 +100,32 @@ class PiperVoiceConfig:
 
 
 class _PiperVoice:
-    def __init__(self, name: str, model: Path, config: PiperVoiceConfig, threads: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: Path,
+        config: PiperVoiceConfig,
+        execution: ExecutionConfig,
+        on_session: Callable[[OnnxSession], None] | None = None,
+    ) -> None:
         self.name = name
         self.model = model
         self.config = config
-        self.threads = threads
-        self._session: Any = None
+        self.execution = execution
+        self.on_session = on_session
+        self._session: OnnxSession | None = None
         self._inputs: set[str] = set()
 
-    def session(self) -> Any:
+    def session(self) -> OnnxSession:
+        """The voice's session (the shared factory: execution.providers, errors naming the file)."""
         if self._session is None:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            if self.threads:
-                opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(os.fspath(self.model), opts, providers=["CPUExecutionProvider"])
-            self._inputs = {i.name for i in self._session.get_inputs()}
+            try:
+                self._session = open_session(self.model, self.execution, name=f"piper voice {self.name}", max_batch=1)
+            except ModelError as exc:
+                raise PiperVoiceError(str(exc)) from None
+            self._inputs = set(self._session.input_names)
+            if self.on_session is not None:
+                self.on_session(self._session)
         return self._session
 
     def run(self, ids: list[int], length_scale: float, speaker: int = 0) -> np.ndarray:
@@ -130,17 +138,25 @@ class _PiperVoice:
         }
         if "sid" in self._inputs:
             feeds["sid"] = np.asarray([speaker], dtype=np.int64)
-        audio = sess.run(None, feeds)[0]
+        audio = sess.run(feeds)[0]
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
 
 class PiperBackend(TTSBackend):
     engine = "piper"
 
-    def __init__(self, espeak: EspeakEngine, config: PiperConfig) -> None:
+    def __init__(
+        self,
+        espeak: EspeakEngine,
+        config: PiperConfig,
+        execution: ExecutionConfig | None = None,
+        on_session: Callable[[OnnxSession], None] | None = None,
+    ) -> None:
         super().__init__()
         self._espeak = espeak
         self._config = config
+        self._execution = execution or ExecutionConfig(intra_op_threads=1)
+        self._on_session = on_session
         self._models: dict[str, _PiperVoice] = {}
         self._load_lock = asyncio.Lock()
 
@@ -160,7 +176,7 @@ class PiperBackend(TTSBackend):
                     "piper voice %s needs eSpeak voice %r, which is not installed; skipped", model, cfg.espeak_voice
                 )
                 continue
-            self._models[name] = _PiperVoice(name, model, cfg, self._config.intra_op_threads)
+            self._models[name] = _PiperVoice(name, model, cfg, self._execution, self._on_session)
             self._voices[name] = VoiceInfo(
                 id=f"piper:{name}",
                 name=name,
@@ -168,6 +184,11 @@ class PiperBackend(TTSBackend):
                 engine=self.engine,
                 sample_rate=cfg.sample_rate,
             )
+        if self._models:
+            # One session at start-up: a pinned provider that cannot be obtained, or a file ONNX
+            # Runtime rejects, stops the service now (the other voices load on first use).
+            first = next(iter(self._models.values()))
+            await asyncio.to_thread(first.session)
 
     async def _phonemes(self, text: str, voice: _PiperVoice) -> str:
         clauses = await self._espeak.phonemize(text, voice.config.espeak_voice)

@@ -52,14 +52,12 @@ def measure_forward(
     intra_op_threads: int = 0,
     providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> dict[int, float]:
-    """Frames per second of bare ``session.run`` per batch size (after one warm-up run each)."""
-    import onnxruntime as ort
+    """Frames per second of bare ``session.run`` per batch size (after one warm-up run each), on a
+    session of the shared factory with ``providers`` pinned (no FP16 variant: the file as given)."""
+    from talkmesh.common.onnx import ExecutionConfig, open_session
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if intra_op_threads > 0:
-        opts.intra_op_num_threads = intra_op_threads
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    cfg = ExecutionConfig(providers=list(providers), fp16=False, intra_op_threads=intra_op_threads)
+    sess = open_session(path, cfg, name="bench", max_batch=max(batch_sizes)).session
     rng = np.random.default_rng(0)
     result: dict[int, float] = {}
     for b in batch_sizes:
