@@ -63,7 +63,7 @@ ENV TALKMESH_SERVICE=${SERVICE} \
 WORKDIR /home/talkmesh
 VOLUME ["/home/talkmesh/.cache"]
 # Readiness over standard gRPC health checking (SERVING only after warm-up), on the port (and with the
-# TLS settings) of the service's own config.
+# TLS settings) of the service's own config; for the HTTP edge (web), GET /readyz.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
   CMD python -m talkmesh.healthcheck --service "$TALKMESH_SERVICE" --config /etc/talkmesh/config.yaml
 STOPSIGNAL SIGTERM

@@ -47,7 +47,7 @@ lint: install-dev
 typecheck: install-dev
 	$(BIN)/mypy talkmesh services tools
 
-## Start all five services on their default ports (Ctrl-C stops them).
+## Start every service (the five gRPC stages and the web edge on :8080) on their default ports (Ctrl-C stops them).
 up: install
 	$(BIN)/talkmesh up
 

@@ -68,7 +68,7 @@ class InProcessSpeaker:
         services: dict[str, Any] = {}
         try:
             for s in start_order():  # dependencies first: the encoder pulls frames from the renderer
-                if s.name == "gateway":
+                if s.name == "gateway" or s.protocol != "grpc":  # the stages only (no web edge)
                     continue
                 main = importlib.import_module(s.main_module)
                 extra: dict[str, Any] = {}

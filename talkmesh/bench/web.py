@@ -72,6 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="docs/benchmarks", help="where the JSON goes")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file to append the results to ('' = none)")
     p.add_argument("--screenshot", default="", help="save a screenshot of the page here")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="keep the session going this long in all (a sentence every 20 s) to sample the live-edge distance",
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -90,6 +96,7 @@ class WebReport:
     lag_ms: list[float] = field(default_factory=list)
     wall_lag_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    browser: str = ""
 
 
 async def _turns(page: Any, report: WebReport, turns: int) -> None:
@@ -143,6 +150,7 @@ async def bench(args: argparse.Namespace) -> WebReport:
         command="talkmesh bench " + shlex.join(sys.argv[2:]),
         machine=f"{m.cpu}, {m.cores} cores, {m.memory}, {m.os}, Python {m.python}, GPU: {m.gpu}",
         revision=git_revision(),
+        browser=exe,
     )
     with tempfile.TemporaryDirectory() as tmp:
         env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(Path(tmp) / "avatars")}
@@ -157,6 +165,7 @@ async def bench(args: argparse.Namespace) -> WebReport:
                 try:
                     await _turns(page, report, args.turns)
                     await _interrupts(page, report, args.turns)
+                    await _keep_going(page, start + 60 * args.minutes)
                 finally:
                     sampler.cancel()
                     await asyncio.gather(sampler, return_exceptions=True)
@@ -167,6 +176,14 @@ async def bench(args: argparse.Namespace) -> WebReport:
             finally:
                 await browser.close()
     return report
+
+
+async def _keep_going(page: Any, until: float) -> None:
+    """A sentence every 20 s until ``until`` (monotonic): a long session's live-edge distance."""
+    while time.monotonic() < until:
+        await page.fill("#text", SENTENCES[0])
+        await page.click("#speak")
+        await asyncio.sleep(min(20.0, max(0.0, until - time.monotonic())))
 
 
 async def _sample_lag(page: Any, report: WebReport) -> None:
@@ -186,8 +203,7 @@ def markdown(r: WebReport) -> str:
             f"### Web (browser) run ({time.strftime('%Y-%m-%d')}, revision {r.revision})",
             "",
             f"Machine: {r.machine}; loaded by parallel work (other helpers' tests and builds on the same 2 cores).",
-            f"Command: `{r.command}` (headless Chromium {'/usr/bin/chromium'}, software decoding; "
-            f"{r.seconds:.0f} s of session).",
+            f"Command: `{r.command}` (headless Chromium {r.browser}, software decoding; {r.seconds:.0f} s of session).",
             "",
             "| browser-visible | n | p50 ms | p95 ms | max ms | target |",
             "|---|---|---|---|---|---|",

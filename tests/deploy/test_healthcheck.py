@@ -129,3 +129,34 @@ def test_unreadable_config_is_unhealthy_with_a_reason(tmp_path: Path, capsys: py
 def test_unknown_service_is_unhealthy_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
     assert healthcheck.main(["--service", "nope"]) == 1
     assert "unknown service 'nope'" in capsys.readouterr().err
+
+
+def test_the_http_edge_is_checked_over_http(tmp_path: Path) -> None:
+    """web has no gRPC port: readiness is GET /readyz, liveness GET /healthz (200 = healthy)."""
+    import http.server
+    import threading
+
+    ready = {"/healthz": 200, "/readyz": 503}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(ready.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = tmp_path / "web.yaml"
+        config.write_text(f"server:\n  port: {httpd.server_port}\n")
+        args = ["--service", "web", "--config", str(config)]
+        assert healthcheck.main([*args, "--check", "liveness"]) == 0
+        assert healthcheck.main(args) == 1, "not ready while /readyz is 503"
+        ready["/readyz"] = 200
+        assert healthcheck.main(args) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +112,17 @@ async def test_the_page_plays_speaks_interrupts_and_reports_upload_errors(tmp_pa
             text = await page.inner_text("#upload-status")
             assert "not a decodable image" in text and "{" not in text, text
             assert status
+
+            # -- an audio file as a turn (decoded in the page, sent as 16 kHz PCM) --------------------
+            wav = tmp_path / "me.wav"
+            _write_wav(wav, 22050, 1.5)
+            await page.set_input_files("#audio-file", str(wav))
+            audio_turn = await wait_js(
+                page,
+                "Object.entries(window.talkmesh.turns).find(([id, t]) => id.startsWith('a') && t.stopFrame != null)",
+                timeout=20,
+            )
+            assert audio_turn[1]["reason"] == "STOP_REASON_COMPLETED", audio_turn
         finally:
             await browser.close()
     # The refused upload is logged by Chromium as a failed resource load (HTTP 400); nothing else.
@@ -120,7 +130,19 @@ async def test_the_page_plays_speaks_interrupts_and_reports_upload_errors(tmp_pa
     assert unexpected == [], unexpected
 
 
+def _write_wav(path: Path, rate: int, seconds: float) -> None:
+    """Syllable-like tone bursts, mono 16-bit."""
+    import wave
+
+    t = np.arange(int(rate * seconds)) / rate
+    pcm = (np.sin(2 * np.pi * 180 * t) * 9000 * ((t % 0.25) < 0.15)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
 def test_the_readme_screenshot_exists() -> None:
     shot = Path(__file__).resolve().parents[2] / "docs" / "web-page.png"
     assert shot.is_file() and shot.stat().st_size > 10_000
-    assert shutil.which  # keeps the import used when chromium is absent
