@@ -193,7 +193,9 @@ def test_the_component_turns_tls_and_keys_on_in_the_services_configs(overlay: st
         _, c = runs(docs, service)
         config = _loaded(service, env_of(c))  # unknown keys or bad values would raise ConfigError
         tls = config.server.tls
-        if service == "gateway":
+        if service == "web":
+            assert not tls.enabled, "the browser edge is public: TLS ends at the Ingress"
+        elif service == "gateway":
             assert not tls.enabled, "the public port stays as the base sets it"
             assert config.auth.enabled and config.auth.api_keys_file.startswith(KEYS_DIR + "/")
         else:
