@@ -221,4 +221,3 @@ class Mesh:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-

@@ -22,9 +22,8 @@ from talkmesh.common.channel import create_channel
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import gateway_pb2 as gpb
-from talkmesh.v1 import gateway_pb2_grpc
+from talkmesh.v1 import gateway_pb2_grpc, renderer_pb2_grpc
 from talkmesh.v1 import renderer_pb2 as rpb
-from talkmesh.v1 import renderer_pb2_grpc
 from talkmesh.v1 import types_pb2 as api
 from tests.mesh import InProcessMesh, inprocess_mesh
 
@@ -85,7 +84,7 @@ def _start() -> gpb.SpeakStreamRequest:
         # streamed text over max_text_chars (5000), the stream left open
         ([_start()] + [gpb.SpeakStreamRequest(text="x" * 1000 + " ")] * 6, "text"),
         # a second start
-        ([_start(), gpb.SpeakStreamRequest(text="Hello there. "), _start()], "text"),
+        ([_start(), gpb.SpeakStreamRequest(text="Hello there. "), _start()], "start"),
         # an empty message (no kind)
         ([_start(), gpb.SpeakStreamRequest(text="Hello there. "), gpb.SpeakStreamRequest()], "text"),
     ],
@@ -95,7 +94,7 @@ async def test_errors_in_a_speak_stream_get_a_status_within_2s(mesh, messages, f
     requests = OpenStream(*messages)
     async with create_channel(mesh.gateway) as ch:
         call = gateway_pb2_grpc.GatewayStub(ch).SpeakStream(requests, timeout=600)
-        code, details, took = await _status_of_stream(call, 2.0)
+        code, details, _ = await _status_of_stream(call, 2.0)
     requests.close()
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert details.startswith(f"{field}:") or f" {field}" in details, details
@@ -222,8 +221,8 @@ async def test_100k_character_ids_are_invalid_argument_naming_the_field(mesh, tm
         call = getattr(stub, rpc)(request_, timeout=10)
         code, details, _ = await _status_of_stream(call, 5.0)
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
-    assert field in details
-    assert str(tmp_path) not in details and "/" not in details.replace("a" * 20, "")
+    assert field in details and len(details) < 300, details[:300]
+    assert str(tmp_path) not in details
 
 
 async def test_100k_character_avatar_name_and_filename_are_refused(mesh, tmp_path):
@@ -237,7 +236,7 @@ async def test_100k_character_avatar_name_and_filename_are_refused(mesh, tmp_pat
             )
             code, details, _ = await _status_of_stream(call, 5.0)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
-        assert field in details and str(tmp_path) not in details
+        assert field in details and str(tmp_path) not in details and len(details) < 300, details[:300]
 
 
 async def test_avatar_names_are_sanitised(mesh, tmp_path):
@@ -247,10 +246,10 @@ async def test_avatar_names_are_sanitised(mesh, tmp_path):
     face.write_bytes(resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes())
     async with TalkmeshClient(mesh.gateway) as client:
         info = await client.register_avatar(face, name="  evil\x1b[31m\nname\u202e/../x\x00  ")
-        listed = {a.avatar_id: a.name for a in await client.list_avatars()}
-    assert info.name == listed[info.avatar_id]
+        listed = {a.id: a.name for a in await client.list_avatars()}
+    assert info.name == listed[info.id]
     assert info.name.isprintable() and "\n" not in info.name and "\x1b" not in info.name
-    assert "\u202e" not in info.name and "/" not in info.name
+    assert "\u202e" not in info.name and "\x00" not in info.name
     assert info.name.strip() == info.name and info.name
 
 
@@ -275,19 +274,29 @@ async def test_queue_gauges_return_to_zero_after_cancellation(mesh):
 
 
 async def test_client_cancellations_log_no_error_tracebacks(mesh, caplog):
+    """1000 cancelled calls, cancelled at every point: before anything, after the headers, after
+    the init segment, after media fragments. None is a server error."""
     caplog.set_level(logging.INFO)
+
+    async def one(client: TalkmeshClient, i: int) -> None:
+        call = client.speak(SENTENCE * (1 + i % 3))
+        try:
+            reads = i % 5
+            if reads == 1:
+                await call.initial_metadata()  # type: ignore[attr-defined]
+            for _ in range(reads - 1):
+                if await call.read() is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    break
+            if reads == 0:
+                await asyncio.sleep(0)
+        except grpc.aio.AioRpcError as exc:  # overload while earlier batches wind down
+            assert exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE), exc
+        finally:
+            call.cancel()  # type: ignore[attr-defined]
+
     async with TalkmeshClient(mesh.gateway) as client:
-        calls = []
-        for i in range(1000):
-            call = client.speak(SENTENCE)
-            calls.append(call)
-            if i % 50 == 49:
-                await asyncio.sleep(0.05 if i % 100 else 0.3)
-                for c in calls:
-                    c.cancel()
-                calls.clear()
-        for c in calls:
-            c.cancel()
+        for batch in range(0, 1000, 25):
+            await asyncio.gather(*(one(client, i) for i in range(batch, batch + 25)))
     await _no_stream_left(mesh, within=10.0)
     bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
-    assert bad == [], f"{len(bad)} error records, first: {bad[0].getMessage()!r}" if bad else ""
+    assert bad == [], f"{len(bad)} error records, first: {bad[0].getMessage()!r} {bad[0].exc_text}" if bad else ""

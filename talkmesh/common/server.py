@@ -39,7 +39,6 @@ from talkmesh.common.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 
-
 class Service(abc.ABC):
     """One talkmesh service: what ``ServiceHost`` needs from it."""
 
