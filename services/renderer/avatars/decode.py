@@ -22,11 +22,11 @@ from pathlib import Path
 # OpenCV at its first image decode, so it is set before cv2 is used (not overriding an operator's).
 os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(4096 * 4096))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from services.renderer.config import AvatarConfig  # noqa: E402
-from talkmesh.common.errors import InvalidArgument  # noqa: E402
+from services.renderer.config import AvatarConfig
+from talkmesh.common.errors import InvalidArgument
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_EXTS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
