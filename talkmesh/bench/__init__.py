@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkmesh.bench import components_mode, live, speak
+from talkmesh.bench import components_mode, live, soak, speak
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ MODES: tuple[BenchMode, ...] = (
         "live sessions: interrupts, turn latency, clock drift, idle vs speaking cost",
         live.add_arguments,
         live.run,
+    ),
+    BenchMode(
+        "soak",
+        "constant concurrency for N minutes: RSS per service, errors, TTFF drift",
+        soak.add_arguments,
+        soak.run,
     ),
     BenchMode(
         "components",
