@@ -300,3 +300,10 @@ async def test_client_cancellations_log_no_error_tracebacks(mesh, caplog):
     await _no_stream_left(mesh, within=10.0)
     bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert bad == [], f"{len(bad)} error records, first: {bad[0].getMessage()!r} {bad[0].exc_text}" if bad else ""
+
+
+async def test_every_service_exports_process_metrics(mesh):
+    for name, tel in mesh.telemetry.items():
+        rss = tel.metrics.registry.get_sample_value("process_resident_memory_bytes")
+        assert rss is not None and rss > 0, name
+        assert tel.metrics.registry.get_sample_value("process_open_fds"), name
