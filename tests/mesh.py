@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ async def inprocess_mesh(
     tracer_provider: TracerProvider | None = None,
     env: Mapping[str, str] | None = None,
     metrics: bool = False,
+    max_streams: Mapping[str, int] | None = None,
 ) -> AsyncIterator[InProcessMesh]:
+    """``max_streams``: a service's ``server.max_concurrent_streams`` when not the default."""
     base_env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
     base_env.update(env or {})
     mesh = InProcessMesh()
@@ -52,7 +55,10 @@ async def inprocess_mesh(
                 local_env[f"{spec.env_prefix}__{callee.upper()}__TARGET"] = mesh.hosts[callee].address
             config = main.load_config(None, env=local_env)
             tel = Telemetry(name, tracer_provider=tracer_provider)
-            host = ServiceHost(main.create_service(config, tel), server_cfg)
+            cfg = server_cfg
+            if max_streams and name in max_streams:
+                cfg = dataclasses.replace(server_cfg, max_concurrent_streams=max_streams[name])
+            host = ServiceHost(main.create_service(config, tel), cfg)
             await host.start()
             stack.push_async_callback(host.stop, 2.0)
             mesh.hosts[name] = host
