@@ -124,7 +124,9 @@ class CallStream(Stream):
             if code != grpc.StatusCode.OK:
                 details = await self.call.details()
                 trailing = await self.call.trailing_metadata()
-                raise StageError(self.stage, grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=details))
+                raise StageError(
+                    self.stage, grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=details)
+                )
 
     async def response(self) -> Any:
         """The single response of a client-streaming call (same error handling as reading)."""

@@ -39,6 +39,7 @@ from talkmesh.common.telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 
+
 class Service(abc.ABC):
     """One talkmesh service: what ``ServiceHost`` needs from it."""
 

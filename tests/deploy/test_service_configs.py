@@ -100,6 +100,7 @@ def test_a_misspelt_override_is_caught(tmp_path: Path) -> None:
         load("encoder", config, {"TALKMESH_ENCODER__RENDERER__TARGETT": "x"}, tmp_path)
 
 
+
 #: What a deployment changes on purpose, by service ("*": every service). A ConfigMap value that
 #: differs from the dataclass defaults and is not listed here fails the test below: defaults live in
 #: the dataclasses, and a copy that drifts from them cannot hide in the deployment.
@@ -136,7 +137,8 @@ def _value(config: object, key: str) -> object:
 def _configmaps() -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
     """(where, service, config) of the base files and of every overlay's rendered configs."""
     out = [
-        (f"base/config/{s}.yaml", s, yaml.safe_load((K8S / "base" / "config" / f"{s}.yaml").read_text())) for s in NAMES
+        (f"base/config/{s}.yaml", s, yaml.safe_load((K8S / "base" / "config" / f"{s}.yaml").read_text()))
+        for s in NAMES
     ]
     for overlay in OVERLAYS:
         docs = render(overlay)
@@ -153,10 +155,7 @@ def _differing(service: str, data: dict, tmp_path: Path) -> tuple[Any, set[str]]
 
 @pytest.mark.parametrize(("where", "service", "data"), _configmaps(), ids=lambda v: v if isinstance(v, str) else "")
 def test_configmaps_set_existing_keys_and_differ_from_the_defaults_only_by_deployment_overrides(
-    where: str,
-    service: str,
-    data: dict,
-    tmp_path: Path,  # type: ignore[type-arg]
+    where: str, service: str, data: dict, tmp_path: Path  # type: ignore[type-arg]
 ) -> None:
     config, differing = _differing(service, data, tmp_path)
     allowed = DEPLOYMENT_OVERRIDES["*"] | DEPLOYMENT_OVERRIDES.get(service, set())

@@ -348,7 +348,9 @@ class LiveSession:
             # the audio encoder's tail, so the audio track ends with the video track
             tail = await asyncio.to_thread(codecs.flush_audio)
             if tail:
-                yield self.out.message(media=live_pb2.LiveMedia(data=writer.fragment([], [], tail), first_frame=n))
+                yield self.out.message(
+                    media=live_pb2.LiveMedia(data=writer.fragment([], [], tail), first_frame=n)
+                )
         finally:
             await self.tasks.aclose()
             for turn in self.turns.values():
