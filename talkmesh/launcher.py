@@ -121,11 +121,11 @@ class Mesh:
         """``<PREFIX>__<CALLEE>__TARGET`` for each service it calls."""
         return {f"{s.env_prefix}__{c.upper()}__TARGET": self.address(c) for c in s.calls}
 
-    async def _spawn(self, s: ServiceSpec, extra_env: Mapping[str, str]) -> None:
+    async def _spawn(self, s: ServiceSpec, extra_env: Mapping[str, str], ports: tuple[int, int] | None = None) -> None:
         env = dict(os.environ)
         env.update(self.env)
         env.update(extra_env)
-        port, metrics = self.planned_ports()[s.name]
+        port, metrics = ports or self.planned_ports()[s.name]
         env[f"{s.env_prefix}__SERVER__HOST"] = self.host
         env[f"{s.env_prefix}__SERVER__PORT"] = str(port)
         env[f"{s.env_prefix}__SERVER__METRICS_PORT"] = str(metrics)
@@ -187,6 +187,19 @@ class Mesh:
         while await stream.readline():
             pass
 
+    async def restart(self, name: str) -> None:
+        """Starts service ``name`` again on the same ports (after it died, or killing it first);
+        the services that call it reconnect by themselves."""
+        sp = self.processes[name]
+        if sp.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                sp.proc.kill()
+            await sp.proc.wait()
+        await cancel_and_wait(sp.stdout_task, sp.exit_task)
+        port = int(sp.address.rsplit(":", 1)[1])
+        s = next(x for x in SERVICES if x.name == name)
+        await self._spawn(s, self._targets(s), ports=(port, sp.metrics_port))
+
     async def wait_for_exit(self) -> ChildExit:
         """Waits until any service process ends (a crash, a kill) and says which one."""
         tasks = {sp.exit_task: name for name, sp in self.processes.items() if sp.exit_task is not None}
@@ -222,4 +235,3 @@ class Mesh:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-

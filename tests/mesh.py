@@ -48,11 +48,13 @@ async def inprocess_mesh(
     metrics: bool = False,
     pki: Path | None = None,
     web: bool = False,
+    max_streams: Mapping[str, int] | None = None,
 ) -> AsyncIterator[InProcessMesh]:
     """``pki``: a directory made by ``talkmesh.devcerts.make_dev_pki``: mutual TLS on every internal
     hop (each service presents its own certificate, requires the mesh CA's) and TLS without client
     certificates on the gateway's port, as the Kubernetes mtls component sets them up.
-    ``web``: also start the browser edge (an HTTP service, not a gRPC one)."""
+    ``web``: also start the browser edge (an HTTP service, not a gRPC one).
+    ``max_streams``: a service's ``server.max_concurrent_streams`` when not the default."""
     base_env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
     base_env.update(env or {})
     mesh = InProcessMesh()
@@ -81,6 +83,8 @@ async def inprocess_mesh(
                     tls=ServerTLS(str(pki / name / "tls.crt"), str(pki / name / "tls.key"), client_ca_file=client_ca),
                 )
             tel = Telemetry(name, tracer_provider=tracer_provider)
+            if max_streams and name in max_streams:
+                server_cfg = dataclasses.replace(server_cfg, max_concurrent_streams=max_streams[name])
             if spec.protocol == "http":  # the web edge hosts itself, with the same server settings
                 config = dataclasses.replace(config, server=server_cfg)
             service = main.create_service(config, tel)

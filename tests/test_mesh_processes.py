@@ -266,6 +266,65 @@ async def test_a_hung_stage_fails_streams_fast_and_readiness_shows_it(mesh, tmp_
         assert result.summary.frames > 0
 
 
+async def test_a_killed_stage_fails_streams_fast_and_the_mesh_recovers_after_restart(mesh, tmp_path):
+    """Chaos: SIGKILL the renderer mid-stream. The streams in flight fail with UNAVAILABLE within
+    5 s, the gateway's readiness goes NOT_SERVING (liveness stays SERVING), new calls are refused
+    fast; once the renderer is started again on its port, readiness and Speak come back."""
+    loop = asyncio.get_running_loop()
+    async with TalkmeshClient(mesh.gateway) as client:
+        calls = [client.speak(PARAGRAPH * 3) for _ in range(3)]
+        for call in calls:
+            assert (await call.read()).media.init_segment
+        mesh.processes["renderer"].proc.send_signal(signal.SIGKILL)
+        killed_at = loop.time()
+
+        async def fails(call) -> tuple[grpc.StatusCode, float]:
+            try:
+                while await call.read() is not grpc.aio.EOF:
+                    pass
+            except grpc.aio.AioRpcError as exc:
+                return exc.code(), loop.time() - killed_at
+            return grpc.StatusCode.OK, loop.time() - killed_at
+
+        results = await asyncio.gather(*(fails(c) for c in calls))
+        assert all(code == grpc.StatusCode.UNAVAILABLE for code, _ in results), results
+        assert max(t for _, t in results) < 5.0, results
+        for _ in range(100):
+            if await _health(mesh.gateway) == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.1)
+        assert await _health(mesh.gateway) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _health(mesh.gateway, "liveness") == health_pb2.HealthCheckResponse.SERVING
+        started = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.speak_to_file("Anyone there?", tmp_path / "x.mp4")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert loop.time() - started < 2.0
+
+        await mesh.restart("renderer")
+        restarted = loop.time()
+        for _ in range(200):
+            if all(
+                [
+                    await _health(mesh.address(n)) == health_pb2.HealthCheckResponse.SERVING
+                    for n in ("encoder", "gateway")
+                ]
+            ):
+                break
+            await asyncio.sleep(0.1)
+        assert await _health(mesh.gateway) == health_pb2.HealthCheckResponse.SERVING
+        ready_after = loop.time() - restarted
+        while True:  # UNAVAILABLE is retryable: a client retries until the encoder has seen it too
+            try:
+                result = await client.speak_to_file("Back again.", tmp_path / "ok.mp4")
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and loop.time() - restarted < 10, exc
+                await asyncio.sleep(0.2)
+        assert result.summary.frames > 0
+        assert ready_after < 10, f"readiness came back {ready_after:.1f} s after the restart"
+
+
 async def test_a_second_up_on_busy_ports_is_one_line_and_starts_nothing(tmp_path):
     import socket
 

@@ -192,7 +192,7 @@ class LiveConfig:
 @dataclass(frozen=True)
 class EncoderConfig:
     # At most 16 encodes at once per process (x264 on CPU, or an NVENC session budget).
-    server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("encoder", max_concurrent_streams=16))
+    server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("encoder"))
     video: VideoConfig = field(default_factory=VideoConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     defaults: StreamDefaults = field(default_factory=StreamDefaults)

@@ -295,6 +295,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 for msg in await self._finish(session, output, started):
                     yield msg
         finally:
+            inputs.discard()  # unread requests of a failed or cancelled stream
             # Releases the encoder if the stream failed or was cancelled (no-op after finish()).
             await asyncio.to_thread(session.close)
 
@@ -398,6 +399,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                     yield msg
         finally:
             await source.cancel()
+            render_in.discard()
             if session is not None:
                 await asyncio.to_thread(session.close)
 

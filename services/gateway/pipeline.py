@@ -345,9 +345,11 @@ class _Run:
             await tasks.aclose()
             for s in streams:
                 await s.cancel()
-            self.to_features.close()
-            self.to_encoder.close()
-            self.out.close()
+            # What still waits is never read (the stream failed or was cancelled): drop it, and
+            # its depth from talkmesh_queue_depth.
+            self.to_features.discard()
+            self.to_encoder.discard()
+            self.out.discard()
 
     def _first_fragment(self) -> None:
         self.tl.first_fragment = time.monotonic()

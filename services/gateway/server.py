@@ -17,6 +17,7 @@ from services.gateway.live import LiveHub
 from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
+from talkmesh.common.names import check_id
 from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.common.registry import SIZE_PRESETS
@@ -31,8 +32,6 @@ from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import tts_pb2 as tpb
 
 log = logging.getLogger(__name__)
-
-MAX_ID_CHARS = 128
 
 
 def validate_text(text: str, limit: int, field: str = "text") -> str:
@@ -53,9 +52,7 @@ def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming:
     elif req.text:
         raise InvalidArgument("start.text", "must be empty: send text as the following messages")
     for name in ("request_id", "avatar_id", "voice", "session_id"):
-        value = getattr(req, name)
-        if len(value) > MAX_ID_CHARS or any(unicodedata.category(c) == "Cc" for c in value):
-            raise InvalidArgument(name, f"must be at most {MAX_ID_CHARS} printable characters")
+        check_id(name, getattr(req, name), path_safe=name == "avatar_id")
     size = req.output.size
     if size and size not in SIZE_PRESETS:
         raise InvalidArgument("output.size", f"{size!r} is not one of {', '.join(SIZE_PRESETS)}")
@@ -143,6 +140,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             await stream.cancel()
 
     async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
+        check_id("avatar_id", request.avatar_id, path_safe=True)
         return await self._grpc().unary("renderer", "DeleteAvatar", request, self.config.renderer.timeout_seconds)
 
 

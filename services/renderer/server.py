@@ -21,6 +21,7 @@ from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
+from talkmesh.common.names import check_filename, check_id, clean_name
 from talkmesh.common.principal import Principal, principal_of
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
@@ -49,6 +50,8 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         )
         first = stream.head
         cfg = stream.config
+        for name in ("request_id", "avatar_id", "backend", "size", "session_id"):
+            check_id(f"config.{name}", getattr(cfg, name), path_safe=name == "avatar_id")
         backend_name = cfg.backend or s.config.default_backend
         backend = s.backends.get(backend_name)
         if backend is None:
@@ -104,6 +107,13 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             request_iterator, "meta", first_timeout=idle, idle_timeout=idle, what="upload"
         )
         first = upload.head
+        meta = first.meta
+        check_filename("meta.filename", meta.filename)
+        meta.name = clean_name("meta.name", meta.name)
+        if len(meta.backends) > 16:
+            raise InvalidArgument("meta.backends", "names at most 16 backends")
+        for i, b in enumerate(meta.backends):
+            check_id(f"meta.backends[{i}]", b)
         limit = self.s.config.avatars.max_upload_bytes
         buf = bytearray()
         async for msg in upload:
@@ -248,6 +258,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
         if not request.avatar_id:
             raise InvalidArgument("avatar_id", "must not be empty")
+        check_id("avatar_id", request.avatar_id, path_safe=True)
         who = principal_of(context.invocation_metadata())
         return rpb.DeleteAvatarResponse(deleted=await asyncio.to_thread(self._delete, who, request.avatar_id))
 

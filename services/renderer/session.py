@@ -152,6 +152,7 @@ class RenderSession:
             yield cpb.VideoFrame(request_id=self.o.request_id, seq=seq, end_of_stream=True)
         finally:
             await cancel_and_wait(reader)
+            self.jobs.discard()
 
     async def _render(self, group: list[FrameJob]) -> list[cpb.VideoFrame]:
         voiced = [j for j in group if j.voiced]

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkmesh.bench import components_mode, live, speak, tls, web
+from talkmesh.bench import components_mode, live, soak, speak, tls, web
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,12 @@ MODES: tuple[BenchMode, ...] = (
         "the page in headless Chromium: speak to first painted frame, interrupt to idle, live-edge distance",
         web.add_arguments,
         web.run,
+    ),
+    BenchMode(
+        "soak",
+        "constant concurrency for N minutes: RSS per service, errors, TTFF drift",
+        soak.add_arguments,
+        soak.run,
     ),
     BenchMode(
         "components",

@@ -28,7 +28,7 @@ class ChanClosed(Exception):
 
 
 class _Gauge(Protocol):
-    def set(self, value: float) -> None: ...
+    def inc(self, amount: float = 1) -> None: ...
 
 
 class Chan(Generic[T]):
@@ -37,8 +37,10 @@ class Chan(Generic[T]):
     ``close()`` ends the stream: items already sent are still received, then iteration stops
     (``recv`` raises ``ChanClosed``). ``close(error)`` makes the consumer raise ``error`` after
     those items instead, which is how a failing producer hands its error downstream.
-    ``gauge`` (e.g. a ``talkmesh_queue_depth`` child) follows the number of items waiting and is
-    reset to 0 when the channel closes, so a cancelled stream leaves no stale depth behind.
+    ``gauge`` (e.g. a ``talkmesh_queue_depth`` child) follows the number of items waiting: each
+    channel adds its own depth (so concurrent streams sharing a gauge sum up) and takes it back when
+    it is drained or ``discard``-ed. Owners discard their channels when a stream ends (the items of
+    a cancelled stream are never read), so no stale depth is left behind.
     """
 
     def __init__(self, maxsize: int, *, gauge: _Gauge | None = None) -> None:
@@ -49,6 +51,7 @@ class Chan(Generic[T]):
         self._closed = False
         self._error: BaseException | None = None
         self._gauge = gauge
+        self._reported = 0
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -74,8 +77,9 @@ class Chan(Generic[T]):
             self._writable.set()
         else:
             self._writable.clear()
-        if self._gauge is not None:
-            self._gauge.set(0 if self._closed and not n else n)
+        if self._gauge is not None and n != self._reported:
+            self._gauge.inc(n - self._reported)
+            self._reported = n
 
     # -- producer ---------------------------------------------------------------------------------
     async def send(self, item: T) -> None:
@@ -100,6 +104,12 @@ class Chan(Generic[T]):
         self._closed = True
         self._error = error
         self._changed()  # wakes consumers (they see the end) and blocked producers (ChanClosed)
+
+    def discard(self) -> None:
+        """Closes the channel and drops what is waiting (its reader is gone: a stream's teardown)."""
+        self._closed = True
+        self._items.clear()
+        self._changed()
 
     def clear(self) -> list[T]:
         """Removes and returns everything waiting (interrupts drop queued media this way)."""

@@ -127,10 +127,11 @@ class ServerConfig:
 
     @classmethod
     def for_service(cls, name: str, **changes: Any) -> ServerConfig:
-        """Defaults of service ``name``: its ports from the registry, plus ``changes``."""
+        """Defaults of service ``name``: its ports and stream limit from the registry, plus ``changes``."""
         from talkmesh.common.registry import spec
 
         s = spec(name)
+        changes.setdefault("max_concurrent_streams", s.max_streams)
         return cls(port=s.port, metrics_port=s.metrics_port, **changes)
 
     def validate(self) -> None:

@@ -228,13 +228,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
             code = "OK"
             write_timeout = self.write_timeout
-            # Headers go out the moment the stream is admitted: a caller that opens several stages
-            # learns from them that it has capacity everywhere before it starts any work (and an
-            # overloaded stage's RESOURCE_EXHAUSTED arrives in one round trip).
-            await context.send_initial_metadata(())
             requests = request
             try:
                 try:
+                    # Headers go out the moment the stream is admitted: a caller that opens several
+                    # stages learns from them that it has capacity everywhere before it starts any
+                    # work (and an overloaded stage's RESOURCE_EXHAUSTED arrives in one round trip).
+                    # Inside the try: a client that is already gone makes this raise, and the slot
+                    # taken above must still be given back.
+                    await context.send_initial_metadata(())
                     requests = _checked(request, streaming_requests)
                     async with contextlib.aclosing(behavior(requests, context)) as items:
                         async for item in items:
@@ -252,6 +254,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = _code_name(context, "UNKNOWN")
                     raise
                 except Exception as exc:
+                    if _client_gone(context, exc):
+                        # The client cancelled or disconnected while we wrote or read (grpc raises
+                        # from write, or a stage's stream ends): its doing, not a server error.
+                        code = "CANCELLED"
+                        log.debug("client went away: %s", type(exc).__name__)
+                        raise asyncio.CancelledError from None
                     if streaming_requests and requests is not request:
                         await _drain(requests)
                     code = (await self._fail(exc, context, span)).name
@@ -285,6 +293,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = _code_name(context, "UNKNOWN")
                     raise
                 except Exception as exc:
+                    if _client_gone(context, exc):
+                        # The client cancelled or disconnected while we wrote or read (grpc raises
+                        # from write, or a stage's stream ends): its doing, not a server error.
+                        code = "CANCELLED"
+                        log.debug("client went away: %s", type(exc).__name__)
+                        raise asyncio.CancelledError from None
                     if streaming_requests and requests is not request:
                         await _drain(requests)
                     code = (await self._fail(exc, context, span)).name
@@ -357,6 +371,20 @@ def _checked(request: Any, streaming: bool) -> Any:
     if isinstance(request, Undecodable):
         raise request.error()
     return request
+
+
+def _client_gone(context: grpc.aio.ServicerContext, exc: BaseException | None = None) -> bool:
+    """Whether the call was cancelled by the client (or its connection dropped).
+
+    A send on a call whose peer is gone fails in grpc's core with ``ExecuteBatchError`` before
+    the cancellation is visible on the context.
+    """
+    if exc is not None and type(exc).__name__ == "ExecuteBatchError":
+        return True
+    try:
+        return bool(context.cancelled() or context.done())
+    except Exception:
+        return False
 
 
 def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:

@@ -39,6 +39,9 @@ class ServiceSpec:
     #: what its main port speaks: "grpc" (health over gRPC), or "http" (the browser edge: HTTP and
     #: WebSocket, health at /healthz and /readyz; it has no protos)
     protocol: str = "grpc"
+    #: streams one replica admits at once (``server.max_concurrent_streams``' default); more get
+    #: RESOURCE_EXHAUSTED. See ``STREAM_LIMIT_RULES``.
+    max_streams: int = 64
 
     @property
     def package(self) -> str:
@@ -91,6 +94,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         0,
         (("talkmesh.v1.gateway_pb2", "Gateway"), ("talkmesh.v1.live_pb2", "Live")),
         calls=("tts", "audio_features", "renderer", "encoder"),
+        max_streams=16,
     ),
     ServiceSpec("tts", 1, (("talkmesh.v1.tts_pb2", "TTS"),), backends=("espeak", "piper")),
     ServiceSpec(
@@ -99,9 +103,20 @@ SERVICES: tuple[ServiceSpec, ...] = (
         (("talkmesh.v1.audio_features_pb2", "AudioFeatures"),),
         backends=("onnx",),
     ),
-    ServiceSpec("renderer", 3, (("talkmesh.v1.renderer_pb2", "Renderer"),), backends=("viseme", "wav2lip", "musetalk")),
     ServiceSpec(
-        "encoder", 4, (("talkmesh.v1.encoder_pb2", "Encoder"),), backends=("x264", "nvenc"), calls=("renderer",)
+        "renderer",
+        3,
+        (("talkmesh.v1.renderer_pb2", "Renderer"),),
+        backends=("viseme", "wav2lip", "musetalk"),
+        max_streams=32,
+    ),
+    ServiceSpec(
+        "encoder",
+        4,
+        (("talkmesh.v1.encoder_pb2", "Encoder"),),
+        backends=("x264", "nvenc"),
+        calls=("renderer",),
+        max_streams=16,
     ),
     # The browser edge: a page and an HTTP + WebSocket API over the gateway's gRPC API.
     ServiceSpec("web", 5, (), calls=("gateway",), protocol="http"),
@@ -110,6 +125,15 @@ SERVICES: tuple[ServiceSpec, ...] = (
 NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
 #: The services that speak gRPC (the pipeline: the gateway and its four stages).
 GRPC_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES if s.protocol == "grpc")
+
+#: Stream limits are consistent when (checked by tests/deploy/test_stream_limits.py):
+#: - a replica of each stage admits at least as many streams as a gateway replica (every Speak
+#:   takes one stream of each stage, and the renderer also serves the encoder's pull): the gateway
+#:   is where overload is refused, before any work starts;
+#: - every HorizontalPodAutoscaler's target of talkmesh_streams_active per pod is at most
+#:   ``HPA_TARGET_FRACTION`` of the smallest limit of the services in the pod, so replicas are added
+#:   well before any of them refuses streams.
+HPA_TARGET_FRACTION = 0.5
 
 #: The renderer's output size presets (``RenderConfig.size``; ``OutputOptions.size`` and
 #: ``LiveConfig.size`` in the public API): "native" keeps the avatar's size, "360p", "480p" and

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer, TracerProvider
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 import talkmesh
 
@@ -56,6 +56,10 @@ class Metrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # process_* (resident memory, CPU seconds, open fds) and python_info on every service's
+        # own registry: memory can be alerted on (TalkmeshHighMemory) without a node exporter.
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
         m = cls(
             registry=reg,
             stage_duration=Histogram(

@@ -13,8 +13,8 @@ class _Gauge:
     def __init__(self) -> None:
         self.values: list[float] = []
 
-    def set(self, value: float) -> None:
-        self.values.append(value)
+    def inc(self, amount: float = 1) -> None:
+        self.values.append((self.values[-1] if self.values else 0) + amount)
 
 
 async def test_chan_iteration_ends_on_close_after_draining() -> None:
@@ -82,6 +82,23 @@ async def test_chan_gauge_follows_depth_and_resets_on_close() -> None:
     assert gauge.values[-1] == 1  # one item still waiting to be read
     await ch.recv()
     assert gauge.values[-1] == 0
+
+
+async def test_chans_sharing_a_gauge_sum_and_discard_takes_their_depth_back() -> None:
+    gauge = _Gauge()
+    a: Chan[int] = Chan(8, gauge=gauge)
+    b: Chan[int] = Chan(8, gauge=gauge)
+    for i in range(3):
+        await a.send(i)
+    await b.send(9)
+    assert gauge.values[-1] == 4
+    await b.recv()
+    assert gauge.values[-1] == 3
+    a.discard()  # a cancelled stream: nobody will read what waits
+    assert gauge.values[-1] == 0
+    assert a.closed
+    with pytest.raises(ChanClosed):
+        await a.recv()
 
 
 async def test_clear_drops_queued_items() -> None:

@@ -1,12 +1,26 @@
 """Decoding an uploaded avatar: a photo (PNG, JPEG, WebP, BMP) or a short video, to BGR frames.
 
-Image sizes are checked on the header before decoding (a small file can declare a huge image).
+Nothing is decoded before the bytes say what they are: the format is sniffed from the magic
+bytes (whatever the file name says) and must be on the allow-list (``IMAGE_FORMATS``,
+``VIDEO_FORMATS``); a TIFF, GIF, SVG... named ``.png`` is refused without touching a decoder.
+Image sizes are read from the header and checked before decoding (a small file can declare a
+huge image); OpenCV's own limit (``CV_IO_MAX_IMAGE_PIXELS``) is set as a second line. Videos are
+decoded frame by frame into one preallocated array, each frame downscaled as it arrives so that
+all frames together fit ``max_video_bytes`` (and the longer side ``max_video_side``); more than
+``max_frames`` frames is refused. So one upload within the limits holds at most about
+``max_upload_bytes`` (compressed, as received) + ``max_video_bytes`` (decoded) in memory.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import tempfile
 from pathlib import Path
+
+# A backstop under the header checks below: OpenCV refuses to decode larger images. Read by
+# OpenCV at its first image decode, so it is set before cv2 is used (not overriding an operator's).
+os.environ.setdefault("CV_IO_MAX_IMAGE_PIXELS", str(4096 * 4096))
 
 import cv2
 import numpy as np
@@ -16,6 +30,32 @@ from talkmesh.common.errors import InvalidArgument
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_EXTS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
+IMAGE_FORMATS = ("png", "jpeg", "webp", "bmp")
+VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv", "avi")
+#: ISO base media ``ftyp`` brands read as QuickTime (the rest of ftyp files are MP4-family).
+_QT_BRANDS = {b"qt  "}
+
+
+def sniff(data: bytes) -> str:
+    """The format the bytes are in ("png", "jpeg", "webp", "bmp", "mp4", "mov", "webm", "mkv",
+    "avi"), or "" when they are none of the allowed ones."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "avi"
+    if data[:2] == b"BM" and len(data) >= 26 and int.from_bytes(data[14:18], "little") in (12, 40, 52, 56, 108, 124):
+        return "bmp"
+    if data[4:8] == b"ftyp":
+        return "mov" if data[8:12] in _QT_BRANDS else "mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska or WebM
+        return "webm" if b"webm" in data[:64] else "mkv"
+    if data[4:8] in (b"moov", b"mdat", b"wide", b"free"):  # QuickTime without ftyp
+        return "mov"
+    return ""
 
 
 def decode(data: bytes, filename: str, cfg: AvatarConfig) -> np.ndarray:
@@ -23,35 +63,38 @@ def decode(data: bytes, filename: str, cfg: AvatarConfig) -> np.ndarray:
     ext = Path(filename).suffix.lower()
     if not data:
         raise InvalidArgument("data", "the upload is empty")
-    if ext in IMAGE_EXTS or (not ext and data[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1")):
-        arr = np.frombuffer(data, np.uint8)
-        dims = image_dimensions(data)
-        if dims is None:  # a format whose header we do not parse: measure a 1/8 scale decode
-            header = cv2.imdecode(arr, cv2.IMREAD_REDUCED_COLOR_8)
-            if header is None:
-                raise InvalidArgument("data", f"{filename or 'upload'} is not a decodable image (corrupt or truncated)")
-            dims = (header.shape[1] * 8, header.shape[0] * 8)
-        if dims[0] * dims[1] > cfg.max_pixels:
-            # checked on the header, before decoding: a small file can declare a huge image
-            raise InvalidArgument(
-                "data", f"image is {dims[0]}x{dims[1]}: larger than the limit of {cfg.max_pixels} pixels"
-            )
-        if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-4096:]:
-            # some libjpeg builds decode a truncated file with a grey bottom and only a warning
-            raise InvalidArgument("data", f"{filename or 'upload'} is not a decodable image (truncated JPEG)")
-        img = cv2.imdecode(arr, cv2.IMREAD_COLOR)
-        if img is None:
-            raise InvalidArgument("data", f"{filename or 'upload'} is not a decodable image (corrupt or truncated)")
-        if img.shape[0] * img.shape[1] > cfg.max_pixels:
-            raise InvalidArgument("data", f"image has {img.shape[1]}x{img.shape[0]} pixels, over {cfg.max_pixels}")
-        return _even(img)[None]
-    if ext in VIDEO_EXTS:
-        return _decode_video(data, ext, cfg)
-    raise InvalidArgument(
-        "meta.filename",
-        f"unsupported file type {ext or '(none)'}; images: "
-        f"{', '.join(sorted(IMAGE_EXTS))}; videos: {', '.join(sorted(VIDEO_EXTS))}",
-    )
+    if ext and ext not in IMAGE_EXTS | VIDEO_EXTS:
+        raise InvalidArgument(
+            "meta.filename",
+            f"unsupported file type {ext}; images: "
+            f"{', '.join(sorted(IMAGE_EXTS))}; videos: {', '.join(sorted(VIDEO_EXTS))}",
+        )
+    kind = sniff(data)
+    what = filename or "upload"
+    if not kind:
+        # Whatever the name says: only formats on the allow-list reach a decoder.
+        raise InvalidArgument(
+            "data",
+            f"{what} is not a decodable image or video: its bytes are none of "
+            f"{', '.join(IMAGE_FORMATS + VIDEO_FORMATS)} (corrupt, truncated or another format)",
+        )
+    if kind in VIDEO_FORMATS:
+        return _decode_video(data, kind, cfg)
+    dims = image_dimensions(data)
+    if dims is None or dims[0] <= 0 or dims[1] <= 0:
+        raise InvalidArgument("data", f"{what} is not a decodable image (unreadable {kind.upper()} header)")
+    if dims[0] * dims[1] > cfg.max_pixels:
+        # checked on the header, before decoding: a small file can declare a huge image
+        raise InvalidArgument("data", f"image is {dims[0]}x{dims[1]}: larger than the limit of {cfg.max_pixels} pixels")
+    if kind == "jpeg" and b"\xff\xd9" not in data[-4096:]:
+        # some libjpeg builds decode a truncated file with a grey bottom and only a warning
+        raise InvalidArgument("data", f"{what} is not a decodable image (truncated JPEG)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise InvalidArgument("data", f"{what} is not a decodable image (corrupt or truncated)")
+    if img.shape[0] * img.shape[1] > cfg.max_pixels:
+        raise InvalidArgument("data", f"image has {img.shape[1]}x{img.shape[0]} pixels, over {cfg.max_pixels}")
+    return _even(img)[None]
 
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -99,8 +142,20 @@ def _even(img: np.ndarray) -> np.ndarray:
     return img[: h - h % 2, : w - w % 2]
 
 
-def _decode_video(data: bytes, ext: str, cfg: AvatarConfig) -> np.ndarray:
-    with tempfile.NamedTemporaryFile(suffix=ext) as tmp:
+def video_frame_size(w: int, h: int, frames: int, cfg: AvatarConfig) -> tuple[int, int]:
+    """(width, height) each frame is stored at: the longer side at most ``max_video_side`` and
+    ``frames`` frames within ``max_video_bytes``; even sizes, never upscaled."""
+    scale = min(1.0, cfg.max_video_side / max(w, h))
+    per_frame = cfg.max_video_bytes / max(1, frames) / 3
+    scale = min(scale, math.sqrt(per_frame / (w * h)))
+    ow, oh = max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2)
+    return min(ow, w - w % 2), min(oh, h - h % 2)
+
+
+def _decode_video(data: bytes, kind: str, cfg: AvatarConfig) -> np.ndarray:
+    # The compressed upload is what goes to disk (a temporary file OpenCV can read); frames are
+    # decoded one at a time into a preallocated array, downscaled on the way.
+    with tempfile.NamedTemporaryFile(suffix=f".{kind}") as tmp:
         tmp.write(data)
         tmp.flush()
         cap = cv2.VideoCapture(tmp.name)
@@ -109,18 +164,41 @@ def _decode_video(data: bytes, ext: str, cfg: AvatarConfig) -> np.ndarray:
                 raise InvalidArgument("data", "not a decodable video (corrupt, truncated or unknown codec)")
             w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
             h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            if w <= 0 or h <= 0:
+                raise InvalidArgument("data", "not a decodable video (no video track)")
             if w * h > cfg.max_pixels:
                 raise InvalidArgument("data", f"video frames have {w}x{h} pixels, over {cfg.max_pixels}")
-            frames = []
+            declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            if declared > cfg.max_frames:
+                raise InvalidArgument("data", f"video has {declared} frames, more than {cfg.max_frames}")
+            capacity = declared if declared > 0 else cfg.max_frames
+            ow, oh = video_frame_size(w, h, capacity, cfg)
+            out = np.empty((capacity, oh, ow, 3), np.uint8)
+            n = 0
             while True:
                 ok, frame = cap.read()
                 if not ok:
                     break
-                frames.append(_even(frame))
-                if len(frames) > cfg.max_frames:
-                    raise InvalidArgument("data", f"video has more than {cfg.max_frames} frames")
+                if n >= capacity:
+                    if n >= cfg.max_frames:
+                        raise InvalidArgument("data", f"video has more than {cfg.max_frames} frames")
+                    # more frames than the container declared: grow, keeping within the budget
+                    capacity = min(cfg.max_frames, capacity * 2)
+                    ow2, oh2 = video_frame_size(w, h, capacity, cfg)
+                    grown = np.empty((capacity, oh2, ow2, 3), np.uint8)
+                    for i in range(n):
+                        grown[i] = out[i] if (ow2, oh2) == (ow, oh) else cv2.resize(out[i], (ow2, oh2))
+                    out, ow, oh = grown, ow2, oh2
+                fh, fw = frame.shape[:2]
+                if (fw, fh) == (ow, oh):
+                    out[n] = frame
+                elif fw - fw % 2 == ow and fh - fh % 2 == oh:
+                    out[n] = frame[:oh, :ow]
+                else:
+                    out[n] = cv2.resize(frame, (ow, oh), interpolation=cv2.INTER_AREA)
+                n += 1
         finally:
             cap.release()
-    if not frames:
+    if not n:
         raise InvalidArgument("data", "not a decodable video (no frames could be read)")
-    return np.stack(frames)
+    return out[:n]

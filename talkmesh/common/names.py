@@ -1,0 +1,54 @@
+"""Ids and names that clients send: checked (ids) or cleaned (display names) at every service.
+
+An id (request, avatar, session, voice) is at most ``MAX_ID_CHARS`` printable characters; an
+avatar id also names a directory, so it must not contain a path separator or start with a dot.
+A display name (``AvatarMeta.name``) is a label: control, format (bidi overrides, zero-width) and
+separator characters are dropped, runs of white space become one space, at most
+``MAX_NAME_CHARS`` characters remain. A file name is at most ``MAX_FILENAME_CHARS`` printable
+characters (only its extension is used). Over-long values are INVALID_ARGUMENT naming the field,
+never echoed back (a 100k-character id must not reach a path, a log line or a status trailer).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from talkmesh.common.errors import InvalidArgument
+
+MAX_ID_CHARS = 128
+MAX_NAME_CHARS = 128
+MAX_FILENAME_CHARS = 255
+
+#: Unicode categories removed from display names: controls, format characters (bidi overrides,
+#: zero-width joiners), private use, unassigned, surrogates, line and paragraph separators.
+_DROPPED = {"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"}
+
+
+def _printable(value: str) -> bool:
+    return all(unicodedata.category(c) not in _DROPPED for c in value)
+
+
+def check_id(field: str, value: str, *, path_safe: bool = False) -> str:
+    """``value`` unchanged, or InvalidArgument naming ``field`` (the value is not echoed)."""
+    if len(value) > MAX_ID_CHARS or not _printable(value):
+        raise InvalidArgument(field, f"must be at most {MAX_ID_CHARS} printable characters")
+    if path_safe and value and ("/" in value or "\\" in value or value.startswith(".")):
+        raise InvalidArgument(field, "must not contain '/' or '\\' or start with '.'")
+    return value
+
+
+def check_filename(field: str, value: str) -> str:
+    if len(value) > MAX_FILENAME_CHARS or not _printable(value):
+        raise InvalidArgument(field, f"must be at most {MAX_FILENAME_CHARS} printable characters")
+    return value
+
+
+def clean_name(field: str, value: str) -> str:
+    """A display name with unprintable characters dropped and white space collapsed."""
+    if len(value) > 4 * MAX_NAME_CHARS:
+        raise InvalidArgument(field, f"must be at most {MAX_NAME_CHARS} characters")
+    kept = "".join(c for c in value if unicodedata.category(c) not in _DROPPED or c in "\t\n\r")
+    cleaned = " ".join(kept.split())
+    if len(cleaned) > MAX_NAME_CHARS:
+        raise InvalidArgument(field, f"must be at most {MAX_NAME_CHARS} characters")
+    return cleaned
