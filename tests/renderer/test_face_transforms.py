@@ -127,6 +127,18 @@ def _chroma(pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (np.clip(p[:, 2] / s * 32, 0, 31).astype(int), np.clip(p[:, 1] / s * 32, 0, 31).astype(int))
 
 
+def _save_heat(path: Path, rest: np.ndarray, size: tuple[int, int], heat: np.ndarray, allowed: np.ndarray) -> None:
+    """An artefact to look at when the test fails: the avatar darkened, green where pixels changed
+    inside the allowed region, red (brighter: more frames) where they changed outside it, the
+    region's outline (last frame's) in cyan."""
+    vis = 0.5 * cv2.resize(rest, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    vis[..., 1] += 120 * (heat[..., 0] > 0)
+    vis[..., 2] += 255 * np.clip(3 * heat[..., 1] / max(1, int(heat[..., 1].max())), 0, 1)
+    outline = cv2.morphologyEx(allowed.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    vis[outline] = (255, 255, 0)
+    cv2.imwrite(str(path), np.clip(vis, 0, 255).astype(np.uint8))
+
+
 @pytest.mark.timeout(600)
 async def test_transformed_portraits_move_only_their_own_mouth(tmp_path):
     ref = _landmarks()
@@ -152,6 +164,7 @@ async def test_transformed_portraits_move_only_their_own_mouth(tmp_path):
         palette = _chroma_palette([cv2.resize(f, (ow, oh), interpolation=cv2.INTER_AREA) for f in case.frames])
         changed_in = changed_out = 0
         worst_foreign = 0.0
+        heat = np.zeros((oh, ow, 2), np.int32)  # per pixel: frames changed inside, outside
         for i, frame in enumerate(frames):
             k = ping_pong(i, len(case.frames))
             rest = cv2.resize(case.frames[k], (ow, oh), interpolation=cv2.INTER_AREA)
@@ -164,15 +177,20 @@ async def test_transformed_portraits_move_only_their_own_mouth(tmp_path):
             diff = np.abs(a - b) > 30
             changed_in += int((diff & allowed).sum())
             changed_out += int((diff & ~allowed).sum())
+            heat[..., 0] += diff & allowed
+            heat[..., 1] += diff & ~allowed
             luma = frame.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
             r, g = _chroma(frame[luma > 30])
             foreign = ~palette[r, g]
             worst_foreign = max(worst_foreign, float(foreign.mean()))
         report[name] = (changed_in, changed_out, worst_foreign)
+        _save_heat(tmp_path / f"heat-{name}.png", case.frames[0], (ow, oh), heat, allowed)
     print(report)
     for name, (changed_in, changed_out, worst_foreign) in report.items():
         assert changed_in > 200, (name, report)  # the mouth moved
-        # measured: 7-11 % of the changed pixels lie outside (the neck below the moving chin and the
-        # stretched cheeks reach past the 10 % margin); the issue's target is 0: see BENCHMARKS.md
-        assert changed_out <= 0.15 * changed_in, (name, report)
+        # measured: none outside on every case (the jaw's motion and the corners' spread die out
+        # before the face's outline, and the neck is pinned 0.45 mouth widths below the jaw line);
+        # 1 % leaves room for the codec on other machines. Before that fix: 7-11 %. The heat maps
+        # are saved as heat-<case>.png in the test's tmp dir.
+        assert changed_out <= 0.01 * changed_in, (name, report)
         assert worst_foreign < 0.001, (name, report)
