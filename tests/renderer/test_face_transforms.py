@@ -6,8 +6,6 @@ the avatar's own (or a shade of it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -17,85 +15,23 @@ import pytest
 from services.renderer.avatars.analysis import FaceAnalyzer
 from services.renderer.avatars.face_models import load_face_models
 from services.renderer.session import ping_pong
+from talkmesh.bench.face_cases import portrait, transformed_portraits, write_avatar
+from talkmesh.bench.lipsync import LIPS, decode
 from talkmesh.client import TalkmeshClient
 from tests.mesh import inprocess_mesh
-from tests.renderer.lipsync import LIPS, decode
 
-PORTRAIT_BYTES = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
 JAW = (172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397)
 SENTENCE = "Wow, look at all of that!"
-
-
-def _portrait() -> np.ndarray:
-    return np.asarray(cv2.imdecode(np.frombuffer(PORTRAIT_BYTES, np.uint8), cv2.IMREAD_COLOR))
 
 
 def _landmarks() -> np.ndarray:
     """The untransformed portrait's landmarks: the reference every transform is applied to."""
     analyzer = FaceAnalyzer(load_face_models())
-    return analyzer.analyse(_portrait()[None]).landmarks[0]  # type: ignore[index]
+    return analyzer.analyse(portrait()[None]).landmarks[0]  # type: ignore[index]
 
 
 def _affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.asarray(pts @ m[:, :2].T + m[:, 2])
-
-
-def _rotation(angle: float, size: int = 512) -> np.ndarray:
-    return np.asarray(cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0))
-
-
-@dataclass
-class Case:
-    name: str
-    frames: list[np.ndarray]  # the avatar's frames
-    transforms: list[np.ndarray]  # portrait -> avatar frame, per frame
-    face_index: int = 0
-
-
-def _cases() -> list[Case]:
-    img = _portrait()
-    cases = []
-    rng = np.random.default_rng(1)
-    scene = cv2.resize(rng.integers(40, 220, (30, 40, 3), dtype=np.uint8), (4000, 3000), interpolation=cv2.INTER_CUBIC)
-    m = np.array([[2.5, 0, 2300], [0, 2.5, 1200]], np.float64)
-    scene[1200 : 1200 + 1280, 2300 : 2300 + 1280] = cv2.resize(img, (1280, 1280), interpolation=cv2.INTER_CUBIC)
-    cases.append(Case("scene-4000x3000", [scene], [m]))
-    for angle in (20, -20):
-        r = _rotation(angle)
-        cases.append(
-            Case(f"rotated{angle:+d}", [cv2.warpAffine(img, r, (512, 512), borderMode=cv2.BORDER_REPLICATE)], [r])
-        )
-    mirror = np.array([[-1, 0, 511], [0, 1, 0]], np.float64)
-    cases.append(Case("mirrored", [cv2.flip(img, 1)], [mirror]))
-    crop = np.array([[1, 0, -160], [0, 1, -60]], np.float64)
-    cases.append(Case("tight-crop", [np.ascontiguousarray(img[60:200, 160:290])], [crop]))
-    small = cv2.resize(img, (384, 384), interpolation=cv2.INTER_AREA)
-    twice = np.concatenate([img, cv2.copyMakeBorder(small, 64, 64, 0, 0, cv2.BORDER_REPLICATE)], axis=1)
-    cases.append(Case("twice-largest", [twice], [np.eye(2, 3)]))
-    cases.append(Case("twice-second", [twice], [np.array([[0.75, 0, 512], [0, 0.75, 64]])], face_index=1))
-    frames, transforms = [], []
-    for t in range(16):
-        r = _rotation(12 * np.sin(t / 4))
-        r[0, 2] += 20 * np.sin(t / 5)
-        r[1, 2] += 8 * np.cos(t / 6)
-        frames.append(cv2.warpAffine(img, r, (512, 512), borderMode=cv2.BORDER_REPLICATE))
-        transforms.append(r)
-    cases.append(Case("video-pan-rotate", frames, transforms))
-    return cases
-
-
-def _write(case: Case, tmp: Path) -> Path:
-    if len(case.frames) == 1:
-        path = tmp / f"{case.name}.png"
-        cv2.imwrite(str(path), case.frames[0])
-        return path
-    path = tmp / f"{case.name}.mp4"
-    h, w = case.frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (w, h))
-    for f in case.frames:
-        writer.write(f)
-    writer.release()
-    return path
 
 
 def _allowed(ref: np.ndarray, m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -142,12 +78,12 @@ def _save_heat(path: Path, rest: np.ndarray, size: tuple[int, int], heat: np.nda
 @pytest.mark.timeout(600)
 async def test_transformed_portraits_move_only_their_own_mouth(tmp_path):
     ref = _landmarks()
-    cases = _cases()
+    cases = transformed_portraits()
     env = {"TALKMESH_RENDERER__VISEME__IDLE_MOTION": "false"}
     results = {}
     async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
         for case in cases:
-            path = _write(case, tmp_path)
+            path = write_avatar(case, tmp_path)
             info = await client.register_avatar(path, name=case.name, face_index=case.face_index)
             assert info.face.detector == "mediapipe" and info.face.frames_rejected == 0, (case.name, info.face)
             out = tmp_path / f"{case.name}.mp4"

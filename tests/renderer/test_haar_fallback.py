@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 
 from services.renderer.avatars import face_models
+from talkmesh.bench.lipsync import dark_area, decode, energy, lag_correlations
 from talkmesh.client import TalkmeshClient
 from tests.mesh import inprocess_mesh
-from tests.renderer.lipsync import dark_area, decode, energy, lag_correlations
 
 PORTRAIT_BYTES = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
 SENTENCE = "Papa, bring me the big blue map. ... Now open wide and say: ah, oh, ee!"
