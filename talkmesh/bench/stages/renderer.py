@@ -89,11 +89,11 @@ def run_bench(quick: bool = False, sizes: tuple[str, ...] = ("512", "360p", "720
     return result
 
 
-def faces_bench(quick: bool = False) -> dict[str, Any]:
+def faces_bench(quick: bool = False, names: tuple[str, ...] = ("default", *FACE_CASES)) -> dict[str, Any]:
     """Per avatar: landmark ms per registered frame, render ms per frame (median over random mouth
     poses), and the lip-sync figure on the decoded video (idle motion off: the mouth alone)."""
-    cases = [Case("default", [portrait()], [np.eye(2, 3)])]
-    cases += [c for c in transformed_portraits() if c.name in FACE_CASES]
+    cases = [Case("default", [portrait()], [np.eye(2, 3)]), *transformed_portraits()]
+    cases = [c for c in cases if c.name in names]
     renders = 50 if quick else 200
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
