@@ -138,7 +138,7 @@ def mouth_openness(frames: list[np.ndarray]) -> np.ndarray:
     fraction of the mouth box; the box comes from the face mesh on frame 0 (a resting frame)."""
     from services.renderer.avatars.analysis import FaceAnalyzer
     from services.renderer.avatars.face_models import load_face_models, roi_from_eyes
-    from tests.renderer.lipsync import dark_area, mouth_region
+    from talkmesh.bench.lipsync import dark_area, mouth_region
 
     models = load_face_models()
     assert models is not None, "the face models are installed with the renderer"

@@ -6,8 +6,6 @@ the avatar's own (or a shade of it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -17,85 +15,23 @@ import pytest
 from services.renderer.avatars.analysis import FaceAnalyzer
 from services.renderer.avatars.face_models import load_face_models
 from services.renderer.session import ping_pong
+from talkmesh.bench.face_cases import portrait, transformed_portraits, write_avatar
+from talkmesh.bench.lipsync import LIPS, decode
 from talkmesh.client import TalkmeshClient
 from tests.mesh import inprocess_mesh
-from tests.renderer.lipsync import LIPS, decode
 
-PORTRAIT_BYTES = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
 JAW = (172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397)
 SENTENCE = "Wow, look at all of that!"
-
-
-def _portrait() -> np.ndarray:
-    return np.asarray(cv2.imdecode(np.frombuffer(PORTRAIT_BYTES, np.uint8), cv2.IMREAD_COLOR))
 
 
 def _landmarks() -> np.ndarray:
     """The untransformed portrait's landmarks: the reference every transform is applied to."""
     analyzer = FaceAnalyzer(load_face_models())
-    return analyzer.analyse(_portrait()[None]).landmarks[0]  # type: ignore[index]
+    return analyzer.analyse(portrait()[None]).landmarks[0]  # type: ignore[index]
 
 
 def _affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.asarray(pts @ m[:, :2].T + m[:, 2])
-
-
-def _rotation(angle: float, size: int = 512) -> np.ndarray:
-    return np.asarray(cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0))
-
-
-@dataclass
-class Case:
-    name: str
-    frames: list[np.ndarray]  # the avatar's frames
-    transforms: list[np.ndarray]  # portrait -> avatar frame, per frame
-    face_index: int = 0
-
-
-def _cases() -> list[Case]:
-    img = _portrait()
-    cases = []
-    rng = np.random.default_rng(1)
-    scene = cv2.resize(rng.integers(40, 220, (30, 40, 3), dtype=np.uint8), (4000, 3000), interpolation=cv2.INTER_CUBIC)
-    m = np.array([[2.5, 0, 2300], [0, 2.5, 1200]], np.float64)
-    scene[1200 : 1200 + 1280, 2300 : 2300 + 1280] = cv2.resize(img, (1280, 1280), interpolation=cv2.INTER_CUBIC)
-    cases.append(Case("scene-4000x3000", [scene], [m]))
-    for angle in (20, -20):
-        r = _rotation(angle)
-        cases.append(
-            Case(f"rotated{angle:+d}", [cv2.warpAffine(img, r, (512, 512), borderMode=cv2.BORDER_REPLICATE)], [r])
-        )
-    mirror = np.array([[-1, 0, 511], [0, 1, 0]], np.float64)
-    cases.append(Case("mirrored", [cv2.flip(img, 1)], [mirror]))
-    crop = np.array([[1, 0, -160], [0, 1, -60]], np.float64)
-    cases.append(Case("tight-crop", [np.ascontiguousarray(img[60:200, 160:290])], [crop]))
-    small = cv2.resize(img, (384, 384), interpolation=cv2.INTER_AREA)
-    twice = np.concatenate([img, cv2.copyMakeBorder(small, 64, 64, 0, 0, cv2.BORDER_REPLICATE)], axis=1)
-    cases.append(Case("twice-largest", [twice], [np.eye(2, 3)]))
-    cases.append(Case("twice-second", [twice], [np.array([[0.75, 0, 512], [0, 0.75, 64]])], face_index=1))
-    frames, transforms = [], []
-    for t in range(16):
-        r = _rotation(12 * np.sin(t / 4))
-        r[0, 2] += 20 * np.sin(t / 5)
-        r[1, 2] += 8 * np.cos(t / 6)
-        frames.append(cv2.warpAffine(img, r, (512, 512), borderMode=cv2.BORDER_REPLICATE))
-        transforms.append(r)
-    cases.append(Case("video-pan-rotate", frames, transforms))
-    return cases
-
-
-def _write(case: Case, tmp: Path) -> Path:
-    if len(case.frames) == 1:
-        path = tmp / f"{case.name}.png"
-        cv2.imwrite(str(path), case.frames[0])
-        return path
-    path = tmp / f"{case.name}.mp4"
-    h, w = case.frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (w, h))
-    for f in case.frames:
-        writer.write(f)
-    writer.release()
-    return path
 
 
 def _allowed(ref: np.ndarray, m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -127,15 +63,27 @@ def _chroma(pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (np.clip(p[:, 2] / s * 32, 0, 31).astype(int), np.clip(p[:, 1] / s * 32, 0, 31).astype(int))
 
 
+def _save_heat(path: Path, rest: np.ndarray, size: tuple[int, int], heat: np.ndarray, allowed: np.ndarray) -> None:
+    """An artefact to look at when the test fails: the avatar darkened, green where pixels changed
+    inside the allowed region, red (brighter: more frames) where they changed outside it, the
+    region's outline (last frame's) in cyan."""
+    vis = 0.5 * cv2.resize(rest, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    vis[..., 1] += 120 * (heat[..., 0] > 0)
+    vis[..., 2] += 255 * np.clip(3 * heat[..., 1] / max(1, int(heat[..., 1].max())), 0, 1)
+    outline = cv2.morphologyEx(allowed.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    vis[outline] = (255, 255, 0)
+    cv2.imwrite(str(path), np.clip(vis, 0, 255).astype(np.uint8))
+
+
 @pytest.mark.timeout(600)
 async def test_transformed_portraits_move_only_their_own_mouth(tmp_path):
     ref = _landmarks()
-    cases = _cases()
+    cases = transformed_portraits()
     env = {"TALKMESH_RENDERER__VISEME__IDLE_MOTION": "false"}
     results = {}
     async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
         for case in cases:
-            path = _write(case, tmp_path)
+            path = write_avatar(case, tmp_path)
             info = await client.register_avatar(path, name=case.name, face_index=case.face_index)
             assert info.face.detector == "mediapipe" and info.face.frames_rejected == 0, (case.name, info.face)
             out = tmp_path / f"{case.name}.mp4"
@@ -152,6 +100,7 @@ async def test_transformed_portraits_move_only_their_own_mouth(tmp_path):
         palette = _chroma_palette([cv2.resize(f, (ow, oh), interpolation=cv2.INTER_AREA) for f in case.frames])
         changed_in = changed_out = 0
         worst_foreign = 0.0
+        heat = np.zeros((oh, ow, 2), np.int32)  # per pixel: frames changed inside, outside
         for i, frame in enumerate(frames):
             k = ping_pong(i, len(case.frames))
             rest = cv2.resize(case.frames[k], (ow, oh), interpolation=cv2.INTER_AREA)
@@ -164,15 +113,20 @@ async def test_transformed_portraits_move_only_their_own_mouth(tmp_path):
             diff = np.abs(a - b) > 30
             changed_in += int((diff & allowed).sum())
             changed_out += int((diff & ~allowed).sum())
+            heat[..., 0] += diff & allowed
+            heat[..., 1] += diff & ~allowed
             luma = frame.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
             r, g = _chroma(frame[luma > 30])
             foreign = ~palette[r, g]
             worst_foreign = max(worst_foreign, float(foreign.mean()))
         report[name] = (changed_in, changed_out, worst_foreign)
+        _save_heat(tmp_path / f"heat-{name}.png", case.frames[0], (ow, oh), heat, allowed)
     print(report)
     for name, (changed_in, changed_out, worst_foreign) in report.items():
         assert changed_in > 200, (name, report)  # the mouth moved
-        # measured: 7-11 % of the changed pixels lie outside (the neck below the moving chin and the
-        # stretched cheeks reach past the 10 % margin); the issue's target is 0: see BENCHMARKS.md
-        assert changed_out <= 0.15 * changed_in, (name, report)
+        # measured: none outside on every case (the jaw's motion and the corners' spread die out
+        # before the face's outline, and the neck is pinned 0.45 mouth widths below the jaw line);
+        # 1 % leaves room for the codec on other machines. Before that fix: 7-11 %. The heat maps
+        # are saved as heat-<case>.png in the test's tmp dir.
+        assert changed_out <= 0.01 * changed_in, (name, report)
         assert worst_foreign < 0.001, (name, report)

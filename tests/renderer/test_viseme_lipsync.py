@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from talkmesh.bench.lipsync import dark_area, decode, energy, lag_correlations, mouth_region
 from talkmesh.client import TalkmeshClient
 from tests.mesh import inprocess_mesh
-from tests.renderer.lipsync import dark_area, decode, energy, lag_correlations, mouth_region
 
 SENTENCE = "Papa, bring me the big blue map. ... Now open wide and say: ah, oh, ee!"
 

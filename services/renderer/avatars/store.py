@@ -40,7 +40,7 @@ from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
-PRECOMPUTE_VERSION = "2"
+PRECOMPUTE_VERSION = "3"
 DEFAULT_ALIAS = "default"
 
 

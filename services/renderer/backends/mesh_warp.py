@@ -6,10 +6,12 @@ one canonical pixel ~ one image pixel of the reference frame (capped for very la
 avatar frame has a similarity from that frame to the image (from its landmarks), so one rig serves
 all frames of a video whose head pans and rotates.
 
-The rig's vertices are the face-mesh landmarks of the lower face plus a fixed ring around it. A mouth
-pose displaces them: the lower lip and the jaw drop by the opening (the chin with them, the neck
-below taking up the motion, the cheeks stretching), the upper lip lifts a little, the corners move
-out or in with the width (rounded "o/u" narrower, "e/i" wider). The lips are cut between the upper
+The rig's vertices are the face-mesh landmarks of the lower face, a pinned line a little beyond the
+jaw line and a fixed ring around it. A mouth pose displaces them: the lower lip and the jaw drop by
+the opening (the chin with them, sliding over the neck inside the pinned line; the jaw's motion dies
+out towards its angles, so the face's outline and the background beside it stay put), the upper lip
+lifts a little, the corners move out or in with the width (rounded "o/u" narrower, "e/i" wider; the
+cheeks between the corners and the face's edge take that up). The lips are cut between the upper
 lip (with any teeth the photo shows, which stay with it) and the lower lip; the gap that opens is
 filled with a dark inner mouth whose colours are the avatar's own darkest lip colours.
 
@@ -45,6 +47,10 @@ LIP_LIFT = 0.08  # upper-lip travel, as a fraction of the lower lip's
 MAX_CANONICAL_MOUTH = 80.0  # canonical pixels across the mouth, at most
 SUPERSAMPLE = 4
 EDGE_SHADE, DEEP_SHADE = 0.6, 0.35  # inner mouth: darkened lip shadow at its edge and deepest
+# the jaw line from one cheek beside the mouth, round the chin, to the other
+JAW_LINE = (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361)
+NECK_BAND = 0.45  # pinned line beyond the jaw line, in mouth widths: the chin's drop is taken up inside
+LAT_FLAT = 0.35  # the jaw moves fully within this many mouth widths of the centre, then less to the face's edge
 
 
 def spread(shape: MouthShape) -> float:
@@ -156,7 +162,7 @@ def _pose_maps(pts: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     # canonical region: the jaw's width, from the nose to below the chin
     x_half = max(1.2 * mouth_w, float(np.abs(pts[[172, 397, 136, 365], 0]).max()) + 0.2 * mouth_w)
     top = float(pts[NOSE_BOTTOM, 1]) - 0.1 * mouth_w
-    bottom = chin_y + 0.9 * mouth_w
+    bottom = chin_y + NECK_BAND * mouth_w + 0.15 * mouth_w
     ox, oy = -x_half, top
     W, H = math.ceil(2 * x_half) + 1, math.ceil(bottom - top) + 1
     # vertices: landmarks inside the region (not the lips' own lists), the lips, the cut, a ring
@@ -190,6 +196,17 @@ def _pose_maps(pts: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
         for p in arr:
             verts.append(p)
             group.append(g)
+    # the jaw line pushed out by the neck band: pinned, so the chin slides over the neck inside it
+    # and nothing beyond it moves (the collar, the background beside the jaw)
+    centre = np.array([0.0, float(pts[NOSE_BOTTOM, 1])])
+    contour = pts[list(JAW_LINE)].astype(np.float64)
+    contour = np.concatenate([contour, (contour[1:] + contour[:-1]) / 2])
+    out_dir = contour - centre
+    out_dir /= np.maximum(np.linalg.norm(out_dir, axis=1, keepdims=True), 1e-6)
+    for q in contour + NECK_BAND * mouth_w * out_dir:
+        if ox + inner_margin < q[0] < ox + W - 1 - inner_margin and oy + inner_margin < q[1] < bottom - inner_margin:
+            verts.append(q)
+            group.append(2)
     n_ring = max(8, int((W + H) / max(4.0, mouth_w / 4)))
     for t in np.linspace(0, 1, n_ring, endpoint=False):
         for px, py in ((t * (W - 1), 0), (W - 1, t * (H - 1)), ((1 - t) * (W - 1), H - 1), (0, (1 - t) * (H - 1))):
@@ -210,15 +227,20 @@ def _pose_maps(pts: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     x, y = V[:, 0], V[:, 1]
     p = np.sqrt(np.clip(1 - (x / hw) ** 2, 0, 1))
     below = y - line(x)
-    lat = 1 - _smoothstep((np.abs(x) - 0.4 * mouth_w) / (1.0 * mouth_w))
-    neck = 1 - _smoothstep((y - chin_y) / (0.45 * mouth_w))
+    # how far the face reaches on each side at the jaw (its angle and the cheek beside the mouth):
+    # the jaw's motion and the corners' spread die out before it, so the face's outline stays put
+    edge_l = max(float(-pts[[58, 172], 0].max()), 0.6 * mouth_w)
+    edge_r = max(float(pts[[288, 397], 0].min()), 0.6 * mouth_w)
+    edge = np.where(x < 0, edge_l, edge_r)
+    lat = 1 - _smoothstep((np.abs(x) - LAT_FLAT * mouth_w) / np.maximum(edge - LAT_FLAT * mouth_w, 1.0))
     toward_chin = np.clip(below / max(chin_y - float(line(np.array([0.0]))[0]), 1.0), 0, 1)
-    jaw = (1 - 0.1 * toward_chin) * lat * neck
+    jaw = (1 - 0.1 * toward_chin) * lat
     t = _smoothstep(below / lip_lo)
     lower_dy = (1 - t) * p + t * jaw
     upper_dy = -LIP_LIFT * p * (1 - _smoothstep(-below / (1.5 * lip_up)))
     open_dy = np.where(G == 1, lower_dy, np.where(G == 0, upper_dy, 0.0)) * JAW_DROP * mouth_w
     spread_dx = x * np.exp(-((x / (0.8 * mouth_w)) ** 2)) * np.exp(-((below / (1.2 * (lip_lo + lip_up))) ** 2))
+    spread_dx *= 1 - _smoothstep((np.abs(x) - hw) / np.maximum(edge - hw, 1.0))
     spread_dx = np.where(G == 2, 0.0, spread_dx)
 
     maps = np.zeros((len(OPEN_GRID), len(SPREAD_GRID), H, W, 4), np.float32)
