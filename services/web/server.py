@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -38,7 +37,7 @@ from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.propagation import REQUEST_ID_KEY, outgoing_metadata
-from talkmesh.common.server import BindError, check_port_free
+from talkmesh.common.server import BindError, check_port_free, run_until_signal
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import types_pb2 as api
@@ -219,15 +218,7 @@ class WebHost:
 
     async def run_until_signal(self) -> None:
         """Starts, then serves until SIGTERM/SIGINT, then drains (for `talkmesh serve web`)."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        print(f"READY {self.name} {self.address} metrics={self.metrics_port}", flush=True)
-        await stop.wait()
-        await self.stop()
-        self.telemetry.shutdown()
+        await run_until_signal(self, self.name)
 
     # -- every request: trace, request id, metrics, errors ----------------------------------------
     @web.middleware

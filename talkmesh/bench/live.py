@@ -23,21 +23,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import random
 import shlex
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from talkmesh.bench.metrics import process_cpu_seconds
-from talkmesh.bench.report import git_revision, machine
+from talkmesh.bench.report import git_revision, machine, publish
 from talkmesh.common.registry import spec
 
 TEXTS = (
@@ -386,13 +385,5 @@ def markdown(r: LiveReport) -> str:
 
 def run(args: argparse.Namespace) -> int:
     report = asyncio.run(bench(args))
-    text = markdown(report)
-    print(text)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"bench-{stamp}-live.json").write_text(json.dumps(asdict(report), indent=2))
-    if args.markdown:
-        with Path(args.markdown).open("a") as fh:
-            fh.write("\n" + text)
+    publish(markdown(report), report, args.out_dir, "bench-{stamp}-live.json", args.markdown)
     return 0

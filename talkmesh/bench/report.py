@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -239,3 +240,17 @@ def write_report(report: BenchReport, out_dir: Path, markdown_path: Path | None)
         with markdown_path.open("a") as fh:
             fh.write(md + ("" if not plotted else f"\nPlot: `{png}`\n") + "\n")
     return Written(json_path, png if plotted else None, md)
+
+
+def publish(text: str, data: object, out_dir: str, json_name: str, markdown_path: str) -> Path:
+    """A mode's results: the Markdown printed and appended to ``markdown_path`` (if set), the
+    dataclass ``data`` as JSON in ``out_dir`` (``{stamp}`` in ``json_name``: the time). The JSON path."""
+    print(text)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / json_name.format(stamp=time.strftime("%Y%m%d-%H%M%S"))
+    path.write_text(json.dumps(dataclasses.asdict(data), indent=2))  # type: ignore[call-overload]
+    if markdown_path:
+        with Path(markdown_path).open("a") as fh:
+            fh.write("\n" + text)
+    return path

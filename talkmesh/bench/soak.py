@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from talkmesh.bench.report import machine
+from talkmesh.bench.report import machine, publish
 from talkmesh.bench.workload import TEXTS
 
 SAMPLE_SECONDS = 5.0
@@ -166,12 +165,5 @@ def run(args: argparse.Namespace) -> int:
 
     report = asyncio.run(soak(args))
     text = markdown(report, "talkmesh bench soak " + " ".join(sys.argv[3:] if len(sys.argv) > 3 else []))
-    print(text)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"bench-{stamp}-soak.json").write_text(json.dumps(asdict(report), indent=2))
-    if args.markdown:
-        with Path(args.markdown).open("a") as fh:
-            fh.write("\n" + text)
+    publish(text, report, args.out_dir, "bench-{stamp}-soak.json", args.markdown)
     return 0 if not report.failures else 1

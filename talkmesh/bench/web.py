@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shlex
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from talkmesh.bench.report import git_revision, machine
+from talkmesh.bench.report import git_revision, machine, publish
 
 #: Flags for headless Chromium: play media without a user gesture, no sandbox when run as root
 #: (CI containers), no GPU process (software decode and compositing).
@@ -220,12 +219,5 @@ def markdown(r: WebReport) -> str:
 
 def run(args: argparse.Namespace) -> int:
     report = asyncio.run(bench(args))
-    text = markdown(report)
-    print(text)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "web.json").write_text(json.dumps(asdict(report), indent=1))
-    if args.markdown:
-        with Path(args.markdown).open("a") as fh:
-            fh.write(text)
+    publish(markdown(report), report, args.out_dir, "web.json", args.markdown)
     return 0

@@ -24,7 +24,7 @@ import signal
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -290,12 +290,32 @@ class ServiceHost:
 
     async def run_until_signal(self) -> None:
         """Starts, then serves until SIGTERM/SIGINT, then drains (for `talkmesh serve`)."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        print(f"READY {self.service.name} {self.address} metrics={self.metrics_port}", flush=True)
-        await stop.wait()
-        await self.stop()
-        self.telemetry.shutdown()
+        await run_until_signal(self, self.service.name)
+
+
+class Host(Protocol):
+    """What `talkmesh serve` runs: a ServiceHost, or a service that hosts itself (the web edge)."""
+
+    telemetry: Telemetry
+    metrics_port: int
+
+    @property
+    def address(self) -> str: ...
+
+    async def start(self) -> object: ...
+
+    async def stop(self) -> object: ...
+
+
+async def run_until_signal(host: Host, name: str) -> None:
+    """Starts ``host``, prints the READY line the launcher waits for, serves until SIGTERM or
+    SIGINT, then drains and flushes telemetry."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await host.start()
+    print(f"READY {name} {host.address} metrics={host.metrics_port}", flush=True)
+    await stop.wait()
+    await host.stop()
+    host.telemetry.shutdown()
