@@ -107,3 +107,46 @@ def small_vae_config() -> dict[str, Any]:
         "norm_num_groups": 4,
         "scaling_factor": SD_VAE_SCALING,
     }
+
+
+def musetalk_unet_config() -> dict[str, Any]:
+    """MuseTalk's released UNet config (``musetalk.json``, the same for 1.0 and 1.5): the Stable
+    Diffusion 1.x UNet with 8 input channels and 384-wide cross-attention, ~850 M parameters."""
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "act_fn": "silu",
+        "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "center_input_sample": False,
+        "cross_attention_dim": AUDIO_WIDTH,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": 8,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05,
+        "norm_num_groups": 32,
+        "out_channels": 4,
+        "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    }
+
+
+def sd_vae_config() -> dict[str, Any]:
+    """sd-vae-ft-mse's config (the Stable Diffusion KL autoencoder, 4 latent channels, x8)."""
+    return {
+        "_class_name": "AutoencoderKL",
+        "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "in_channels": 3,
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "out_channels": 3,
+        "sample_size": 256,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "scaling_factor": SD_VAE_SCALING,
+    }
