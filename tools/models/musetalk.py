@@ -4,7 +4,11 @@ MuseTalk (Zhang et al., 2024) inpaints the lower half of a 256x256 face crop in 
 the ``sd-vae-ft-mse`` VAE with a single UNet step conditioned on Whisper-tiny encoder features:
 
 * ``vae_encoder``: RGB crop in [0, 1] ``[B,3,256,256]`` -> latents ``[B,4,32,32]`` (posterior mean,
-  times the VAE's scaling factor);
+  times the VAE's scaling factor). MuseTalk itself takes ONE SAMPLE of the posterior
+  (``latent_dist.sample()`` in ``musetalk/models/vae.py``) per reference crop; talkmesh takes the
+  mean, so an avatar's cached latents are reproducible. The two differ by one draw of the posterior
+  noise (``exp(logvar / 2)`` per latent); not measured with real weights (none here), so not a
+  setting yet;
 * ``unet``: latents of the masked crop ‖ the reference crop ``[B,8,32,32]`` and the frame's Whisper
   window ``[B,50,384]`` -> latents ``[B,4,32,32]``; timestep 0 and MuseTalk's sinusoidal positional
   encoding of the audio window are inside the graph;
