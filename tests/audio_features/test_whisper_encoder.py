@@ -160,6 +160,7 @@ def token_relative_error(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.asarray(np.linalg.norm(got - ref, axis=-1)[keep] / norm[keep])
 
 
+@pytest.mark.timeout(1800)  # ~50 encoder windows: minutes on a loaded 2-core machine
 async def test_streamed_embeddings_match_the_full_window_computation(tiny: tuple[Any, Path]) -> None:
     """45 s of speech (one 30 s segment boundary): the default streaming geometry (1 s blocks, whole
     segment so far as left context, 0.5 s right context) against MuseTalk's offline computation
@@ -183,7 +184,7 @@ async def test_streamed_embeddings_match_the_full_window_computation(tiny: tuple
     options = StreamOptions(FeatureKind.WHISPER_EMBEDDING, fps_fraction(25), 16000)
     reference = extract_offline(x, options, encoder, EmbeddingGeometry(1500, 0, 0, 1500))
     offline = np.stack([f.features for f in reference if f.features is not None])
-    geometry = EmbeddingGeometry(cfg.block_frames, cfg.left_frames, cfg.right_frames, 1500)
+    geometry = EmbeddingGeometry(cfg.block_frames, cfg.left_frames, cfg.right_frames, 1500, fill=cfg.future_fill)
     stream = FeatureStream(options, encoder, geometry)
     frames = []
     for a in range(0, len(x), 480):  # 30 ms chunks
