@@ -1,15 +1,32 @@
 """Exports MuseTalk (UNet + sd-vae-ft-mse) to the three ONNX files the renderer loads.
 
-    python -m tools.export_musetalk \\
-        --unet-config models/musetalk/musetalk.json --unet-weights models/musetalk/pytorch_model.bin \\
-        --vae models/sd-vae-ft-mse  ~/models/musetalk  [--fp16]
+MuseTalk's own ``models/`` directory (as its download script lays it out) holds both releases:
+
+    MuseTalk 1.5 (default):  models/musetalkV15/musetalk.json + models/musetalkV15/unet.pth
+    MuseTalk 1.0:            models/musetalk/musetalk.json   + models/musetalk/pytorch_model.bin
+    both:                    models/sd-vae/ (sd-vae-ft-mse, diffusers format), models/whisper/ (Whisper-tiny)
+
+    python -m tools.export_musetalk --models models --version 1.5 ~/models/musetalk  [--fp16]
+    python -m tools.export_musetalk --models models --version 1.0 ~/models/musetalk-v1  [--fp16]
+    python -m tools.export_whisper_encoder models/whisper encoder.onnx --musetalk-version 1.5   # or 1.0
+
+or name the files one by one:
+
+    python -m tools.export_musetalk --version 1.5 \
+        --unet-config models/musetalkV15/musetalk.json --unet-weights models/musetalkV15/unet.pth \
+        --vae models/sd-vae  ~/models/musetalk
 
 ``--unet-config`` is MuseTalk's UNet2DConditionModel JSON config (in_channels 8, out_channels 4,
-cross_attention_dim 384); ``--unet-weights`` its state dict (``.bin``/``.pth`` torch file or
-``.safetensors``). ``--unet`` may instead name a diffusers-format directory. ``--vae`` is the
-diffusers-format ``sd-vae-ft-mse`` directory (config.json + weights). The output directory gets
-``unet.onnx``, ``vae_encoder.onnx`` and ``vae_decoder.onnx`` (dynamic batch; ``--fp16`` adds
-``*.fp16.onnx``); set ``musetalk.path`` to it. Needs the ``tools`` extra.
+cross_attention_dim 384; the same architecture, ~850 M parameters, for both releases);
+``--unet-weights`` its state dict (``.bin``/``.pth`` torch file or ``.safetensors``). ``--unet`` may
+instead name a diffusers-format directory. ``--vae`` is the diffusers-format ``sd-vae-ft-mse``
+directory (config.json + weights). The output directory gets ``unet.onnx``, ``vae_encoder.onnx``
+and ``vae_decoder.onnx`` (dynamic batch; ``--fp16`` adds ``*.fp16.onnx``; a model over 2 GB, like
+the real UNet, keeps its weights in one ``<name>.onnx.data`` file beside it); set
+``musetalk.path`` of the renderer to it. The release is recorded in the models' metadata
+(``talkmesh.musetalk_version``): set the audio features' ``musetalk.version`` to the same and export
+the Whisper encoder with the same ``--musetalk-version`` (1.0 and 1.5 differ in the encoder's last
+state and in the padding of the audio windows). Needs the ``tools`` extra.
 """
 
 from __future__ import annotations
@@ -30,7 +47,14 @@ from tools.models.musetalk import (
     VaeDecode,
     VaeEncode,
 )
-from tools.onnx_export import export_onnx, write_fp16_variant
+from tools.onnx_export import PROTOBUF_LIMIT, export_onnx, write_fp16_variant
+
+# MuseTalk release -> (its directory under MuseTalk's models/, config file, UNet weights file)
+RELEASES = {
+    "1.5": ("musetalkV15", "musetalk.json", "unet.pth"),
+    "1.0": ("musetalk", "musetalk.json", "pytorch_model.bin"),
+}
+VAE_DIR = "sd-vae"  # sd-vae-ft-mse under MuseTalk's models/
 
 UNET_FILE = "unet.onnx"
 VAE_ENCODER_FILE = "vae_encoder.onnx"
@@ -89,7 +113,24 @@ def load_vae(directory: Path) -> Any:
     return vae
 
 
-def export_all(unet: Any, vae: Any, out_dir: Path, fp16: bool = False) -> dict[str, Path]:
+def release_files(models: Path, version: str) -> tuple[Path, Path, Path]:
+    """``(unet config, unet weights, vae directory)`` of ``version`` in MuseTalk's ``models/`` layout."""
+    directory, config, weights = RELEASES[version]
+    files = (models / directory / config, models / directory / weights, models / VAE_DIR)
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        raise ExportError(f"MuseTalk {version} layout under {models}: missing {', '.join(missing)}")
+    return files
+
+
+def export_all(
+    unet: Any,
+    vae: Any,
+    out_dir: Path,
+    fp16: bool = False,
+    version: str = "1.5",
+    external_data_threshold: int = PROTOBUF_LIMIT,
+) -> dict[str, Path]:
     """Writes the three models into ``out_dir``; returns their paths by role."""
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
@@ -97,13 +138,36 @@ def export_all(unet: Any, vae: Any, out_dir: Path, fp16: bool = False) -> dict[s
     latents = torch.randn(2, 4, LATENT_SIZE, LATENT_SIZE, generator=gen)
     pair = torch.randn(2, 8, LATENT_SIZE, LATENT_SIZE, generator=gen)
     audio = torch.randn(2, AUDIO_TOKENS, AUDIO_WIDTH, generator=gen)
-    meta = {"talkmesh.model": "musetalk", "talkmesh.format": "1"}
+    meta = {"talkmesh.model": "musetalk", "talkmesh.format": "1", "talkmesh.musetalk_version": version}
+    big = external_data_threshold
     paths = {
-        "vae_encoder": export_onnx(VaeEncode(vae), (image,), out_dir / VAE_ENCODER_FILE, ["image"], ["latents"], meta),
-        "vae_decoder": export_onnx(
-            VaeDecode(vae), (latents,), out_dir / VAE_DECODER_FILE, ["latents"], ["image"], meta
+        "vae_encoder": export_onnx(
+            VaeEncode(vae),
+            (image,),
+            out_dir / VAE_ENCODER_FILE,
+            ["image"],
+            ["latents"],
+            meta,
+            external_data_threshold=big,
         ),
-        "unet": export_onnx(UNetStep(unet), (pair, audio), out_dir / UNET_FILE, ["latents", "audio"], ["pred"], meta),
+        "vae_decoder": export_onnx(
+            VaeDecode(vae),
+            (latents,),
+            out_dir / VAE_DECODER_FILE,
+            ["latents"],
+            ["image"],
+            meta,
+            external_data_threshold=big,
+        ),
+        "unet": export_onnx(
+            UNetStep(unet),
+            (pair, audio),
+            out_dir / UNET_FILE,
+            ["latents", "audio"],
+            ["pred"],
+            meta,
+            external_data_threshold=big,
+        ),
     }
     if fp16:
         for p in paths.values():
@@ -113,21 +177,29 @@ def export_all(unet: Any, vae: Any, out_dir: Path, fp16: bool = False) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", choices=sorted(RELEASES), default="1.5", help="MuseTalk release (default 1.5)")
+    parser.add_argument("--models", type=Path, help="MuseTalk's models/ directory: picks the release's files")
     parser.add_argument("--unet-config", type=Path, help="MuseTalk UNet JSON config (musetalk.json)")
     parser.add_argument("--unet-weights", type=Path, help="MuseTalk UNet weights (.bin/.pth/.safetensors)")
     parser.add_argument("--unet", type=Path, help="or: a diffusers-format UNet directory")
-    parser.add_argument("--vae", type=Path, required=True, help="diffusers-format sd-vae-ft-mse directory")
+    parser.add_argument("--vae", type=Path, help="diffusers-format sd-vae-ft-mse directory")
     parser.add_argument("output", type=Path, help="output directory")
     parser.add_argument("--fp16", action="store_true", help="also write *.fp16.onnx variants")
     args = parser.parse_args(argv)
     try:
-        unet = load_unet(args.unet_config, args.unet_weights, args.unet)
-        vae = load_vae(args.vae)
-        paths = export_all(unet, vae, args.output.expanduser(), fp16=args.fp16)
+        unet_config, unet_weights, vae_dir = args.unet_config, args.unet_weights, args.vae
+        if args.models is not None:
+            unet_config, unet_weights, vae_dir = release_files(args.models.expanduser(), args.version)
+        if vae_dir is None:
+            raise ExportError("give --models DIR, or --vae DIR")
+        unet = load_unet(unet_config, unet_weights, args.unet)
+        vae = load_vae(vae_dir)
+        paths = export_all(unet, vae, args.output.expanduser(), fp16=args.fp16, version=args.version)
     except ExportError as exc:
         parser.exit(2, f"error: {exc}\n")
     for role, path in paths.items():
         print(f"{role}: {path}")
+    print(f"renderer musetalk.path={args.output}; audio features musetalk.version={args.version}")
     return 0
 
 

@@ -9,7 +9,10 @@ uses). The ONNX model has
 * input ``input_features``: ``[batch, 80, 3000]`` float32 log-mel (the 30 s window),
 * output ``hidden_states``: ``[batch, layers + 1, 1500, width]`` float32, the embedding output
   followed by every encoder layer's hidden state (MuseTalk stacks exactly these), ``[*, 5, 1500, 384]``
-  for Whisper-tiny.
+  for Whisper-tiny. ``--musetalk-version 1.5`` (default): the last state has the encoder's final
+  LayerNorm (transformers' ``hidden_states``, MuseTalk 1.5); ``--musetalk-version 1.0``: it does not
+  (MuseTalk 1.0 collected openai-whisper's block outputs before ``ln_post``). Both releases use
+  Whisper-tiny (MuseTalk's ``models/whisper``).
 
 Point ``whisper_encoder.path`` of the audio features config at the file. Needs the ``tools`` extra
 (torch, transformers, onnx); the service itself only needs onnxruntime.
@@ -30,16 +33,40 @@ OUTPUT_NAME = "hidden_states"
 OPSET = 17
 
 
-class EncoderHiddenStates(torch.nn.Module):
-    """Wraps a ``transformers`` Whisper encoder: log-mel in, all hidden states stacked out."""
+# MuseTalk release -> whether the last hidden state carries the encoder's final LayerNorm: 1.5 uses
+# transformers' hidden_states (it does), 1.0 openai-whisper's per-block outputs collected before
+# ln_post (it does not). services/audio_features/streaming.py MUSETALK_VERSIONS says the same.
+FINAL_LAYER_NORM = {"1.5": True, "1.0": False}
 
-    def __init__(self, encoder: torch.nn.Module) -> None:
+
+class EncoderHiddenStates(torch.nn.Module):
+    """Wraps a ``transformers`` Whisper encoder: log-mel in, all hidden states stacked out.
+
+    ``final_layer_norm=False`` replaces the last state (``layer_norm(last block output)`` in
+    transformers) by the last block's own output, as MuseTalk 1.0 collected it."""
+
+    def __init__(self, encoder: torch.nn.Module, final_layer_norm: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
+        self.final_layer_norm = final_layer_norm
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        out = self.encoder(input_features, output_hidden_states=True, return_dict=True)
-        return torch.stack(tuple(out.hidden_states), dim=1)
+        captured: list[torch.Tensor] = []
+        layers: Any = self.encoder.layers
+        hook = None
+        if not self.final_layer_norm:
+            hook = layers[-1].register_forward_hook(
+                lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
+            )
+        try:
+            out = self.encoder(input_features, output_hidden_states=True, return_dict=True)
+        finally:
+            if hook is not None:
+                hook.remove()
+        states = list(out.hidden_states)
+        if not self.final_layer_norm:
+            states[-1] = captured[-1]
+        return torch.stack(tuple(states), dim=1)
 
 
 def load_encoder(model_dir: Path) -> torch.nn.Module:
@@ -52,14 +79,16 @@ def load_encoder(model_dir: Path) -> torch.nn.Module:
     return model.get_encoder().eval()
 
 
-def export_encoder(encoder: torch.nn.Module, output: Path, opset: int = OPSET) -> Path:
-    """Writes ``encoder`` (a ``transformers`` WhisperEncoder) to ``output`` as ONNX; returns the path."""
+def export_encoder(encoder: torch.nn.Module, output: Path, opset: int = OPSET, musetalk_version: str = "1.5") -> Path:
+    """Writes ``encoder`` (a ``transformers`` WhisperEncoder) to ``output`` as ONNX; returns the path.
+    ``musetalk_version`` decides the last state (see ``FINAL_LAYER_NORM``)."""
     import onnx
 
     config: Any = encoder.config
     frames = int(config.max_source_positions) * 2  # two stride-1/stride-2 convolutions: 3000 -> 1500
     mels = int(config.num_mel_bins)
-    wrapper = EncoderHiddenStates(encoder).eval()
+    final_layer_norm = FINAL_LAYER_NORM[musetalk_version]
+    wrapper = EncoderHiddenStates(encoder, final_layer_norm).eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(1, mels, frames)
     # The TorchScript exporter: the torch.export-based one needs onnxscript, not part of the tools extra.
@@ -81,6 +110,8 @@ def export_encoder(encoder: torch.nn.Module, output: Path, opset: int = OPSET) -
         "talkmesh.model": "whisper_encoder",
         "talkmesh.layers": str(int(config.encoder_layers) + 1),
         "talkmesh.width": str(int(config.d_model)),
+        "talkmesh.final_layer_norm": "true" if final_layer_norm else "false",
+        "talkmesh.musetalk_version": musetalk_version,
     }.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -126,8 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("model_dir", type=Path, help="local Hugging Face Whisper checkpoint directory")
     parser.add_argument("output", type=Path, help="ONNX file to write")
     parser.add_argument("--opset", type=int, default=OPSET)
+    parser.add_argument(
+        "--musetalk-version",
+        choices=sorted(FINAL_LAYER_NORM),
+        default="1.5",
+        help="MuseTalk release the states are for: 1.5 keeps the final LayerNorm on the last state, "
+        "1.0 leaves it off (set the audio features' musetalk.version to the same)",
+    )
     args = parser.parse_args(argv)
-    path = export_encoder(load_encoder(args.model_dir.expanduser()), args.output.expanduser(), args.opset)
+    path = export_encoder(
+        load_encoder(args.model_dir.expanduser()), args.output.expanduser(), args.opset, args.musetalk_version
+    )
     print(f"wrote {path}")
     return 0
 

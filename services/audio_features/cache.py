@@ -2,8 +2,9 @@
 
 The encoder is the only expensive step (the mel front ends run hundreds of times faster than real
 time, hashing their input would cost about as much as computing them). A block's hidden states depend
-only on the block's audio clip and where the block sits in it, so they are keyed by a hash of exactly
-that: a repeated phrase (the same greeting, a retried utterance) skips the encoder.
+only on the block's audio clip, where the clip sits in the encoder window and where the block sits
+in the clip, so they are keyed by a hash of exactly that: a repeated phrase (the same greeting, a
+retried utterance, at the same place in its 30 s segment) skips the encoder.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ class BlockCache:
         self._lock = threading.Lock()
         self._on_lookup = on_lookup
 
-    def key(self, clip: np.ndarray, offset: int, count: int) -> str:
+    def key(self, clip: np.ndarray, position: int, offset: int, count: int, extra: tuple[int, ...] = ()) -> str:
+        """``clip`` sits at Whisper frame ``position`` of its encoder window (the encoder's positional
+        embedding makes the same audio at another position a different result); the block is
+        ``count`` frames from ``offset`` into the clip; ``extra``: whatever else shaped the window."""
         h = hashlib.sha256(self.namespace.encode())
-        h.update(np.asarray([offset, count, len(clip)], dtype="<i8").tobytes())
+        h.update(np.asarray([position, offset, count, len(clip), *extra], dtype="<i8").tobytes())
         h.update(np.ascontiguousarray(clip, dtype="<f4").tobytes())
         return h.hexdigest()
 

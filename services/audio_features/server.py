@@ -32,6 +32,7 @@ from services.audio_features.backends.base import WhisperEncoder
 from services.audio_features.cache import BlockCache
 from services.audio_features.config import AudioFeaturesConfig
 from services.audio_features.streaming import (
+    MUSETALK_VERSIONS,
     SUPPORTED_SAMPLE_RATES,
     EmbeddingGeometry,
     FeatureKind,
@@ -240,7 +241,22 @@ class AudioFeaturesService(Service):
 
     def _prepare_encoder(self, encoder: WhisperEncoder) -> None:
         cfg = self.config.whisper_encoder
-        geometry = EmbeddingGeometry(cfg.block_frames, cfg.left_frames, cfg.right_frames, encoder.output_frames)
+        version = MUSETALK_VERSIONS[self.config.musetalk.version]
+        if encoder.final_layer_norm is not None and encoder.final_layer_norm != version.final_layer_norm:
+            raise ValueError(
+                f"musetalk.version {version.version}: needs a Whisper encoder "
+                f"{'with' if version.final_layer_norm else 'without'} its final LayerNorm on the last state, "
+                f"{encoder.name} is {'with' if encoder.final_layer_norm else 'without'} "
+                f"(re-export it: python -m tools.export_whisper_encoder --musetalk-version {version.version})"
+            )
+        geometry = EmbeddingGeometry(
+            cfg.block_frames,
+            cfg.left_frames,
+            cfg.right_frames,
+            encoder.output_frames,
+            padding=version.padding,
+            fill=cfg.future_fill,
+        )
         try:
             geometry.validate()
         except ValueError as exc:

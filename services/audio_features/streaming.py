@@ -315,26 +315,79 @@ class Wav2LipMelExtractor(TensorExtractor):
 class EmbeddingGeometry:
     """How the Whisper encoder is run over a stream, in Whisper frames (50 Hz, 320 samples).
 
-    The stream is cut into blocks of ``block`` frames. Block ``b`` is computed from the clip
-    ``[b*block - left, (b+1)*block + right)`` (clipped to the audio), zero-padded to the encoder's
-    window, exactly as Whisper's feature extractor would pad that clip; its hidden states for the
-    block's own frames are kept. ``block = window, left = right = 0`` is MuseTalk's offline recipe
-    (30 s segments). Memory stays flat: one window at a time.
+    The reference (MuseTalk's offline recipe) cuts the audio into segments of ``window`` frames (30 s),
+    encodes each segment zero-padded to the window and keeps the hidden states of its frames: frame
+    ``t`` is encoded at position ``t % window`` of segment ``t // window``, seeing the whole segment.
+
+    The stream cuts each segment into blocks of ``block`` frames (the last block of a segment may be
+    shorter: blocks never cross a segment boundary). The block ``[first, end)`` of the segment starting
+    at frame ``s`` is encoded from the clip ``[max(s, first - left), min(s + window, end + right))``
+    (clipped to the audio) placed at its TRUE position in the segment's window, the rest of the window
+    silent (zeros) like the extractor's own padding; its hidden states for ``[first, end)`` are kept.
+    Positions are therefore exactly the reference's; what differs is only that the encoder's attention
+    sees silence instead of the segment's audio beyond the contexts (see the audio features README for
+    the measured error). ``block = window, left = right = 0`` IS the reference. Memory stays flat: one
+    window at a time.
     """
 
     block: int
     left: int
     right: int
     window: int  # encoder output frames per window (1500 for Whisper)
+    # Per-frame windows reaching outside the audio: "zero" rows (MuseTalk 1.5) or the first/last
+    # frame's states repeated (MuseTalk 1.0). See MUSETALK_VERSIONS.
+    padding: str = "zero"
+    # The part of the encoder window the block cannot know yet (the segment's future, and its past
+    # beyond the left context): "silence", or "repeat" the clip periodically (then silence after the
+    # end of the audio once the stream has ended, as the reference has).
+    fill: str = "silence"
 
     def validate(self) -> None:
         if self.block < 1 or self.left < 0 or self.right < 0:
             raise ValueError("embedding block must be at least one frame and contexts non-negative")
-        if self.left + self.block + self.right > self.window:
-            raise ValueError(
-                f"embedding block + contexts ({self.left + self.block + self.right} frames) exceed "
-                f"the encoder window ({self.window} frames)"
-            )
+        if self.padding not in PADDINGS:
+            raise ValueError(f"embedding padding {self.padding!r} is not one of {PADDINGS}")
+        if self.fill not in FILLS:
+            raise ValueError(f"embedding fill {self.fill!r} is not one of {FILLS}")
+        if self.block > self.window:
+            raise ValueError(f"embedding block ({self.block} frames) exceeds the encoder window ({self.window} frames)")
+
+    def block_end(self, first: int) -> int:
+        """End (exclusive) of the block starting at Whisper frame ``first``."""
+        segment = first - first % self.window
+        return min(segment + self.window, segment + ((first - segment) // self.block + 1) * self.block)
+
+    def clip(self, first: int, end: int) -> tuple[int, int, int]:
+        """``(segment start, clip start, clip end)`` in Whisper frames for the block ``[first, end)``."""
+        segment = first - first % self.window
+        return segment, max(segment, first - self.left), min(segment + self.window, end + self.right)
+
+
+PADDINGS = ("zero", "edge")
+FILLS = ("silence", "repeat")
+
+
+@dataclass(frozen=True)
+class MuseTalkVersion:
+    """How a MuseTalk release turns Whisper-tiny into its audio features. Both stack the embedding
+    output and every encoder layer (5 states for tiny) over the same 10-frame window per video frame.
+
+    * 1.5 (``musetalk/utils/audio_processor.py``): transformers' ``hidden_states``, whose last entry
+      has the encoder's final LayerNorm applied; windows padded with zero states.
+    * 1.0 (``musetalk/whisper/audio2feature.py`` on openai-whisper): the output of every block with
+      NO final LayerNorm (``ln_post`` comes after the collected states); window indices clamped to
+      the audio, i.e. the first and last frames' states repeated.
+    """
+
+    version: str
+    final_layer_norm: bool
+    padding: str
+
+
+MUSETALK_VERSIONS = {
+    "1.5": MuseTalkVersion("1.5", final_layer_norm=True, padding="zero"),
+    "1.0": MuseTalkVersion("1.0", final_layer_norm=False, padding="edge"),
+}
 
 
 WHISPER_FRAME = 320  # 16 kHz samples per encoder output frame (hop 160, conv stride 2)
@@ -345,9 +398,11 @@ EMBED_WINDOW = 2 * (EMBED_PAD_FRAMES + EMBED_PAD_FRAMES + 1)
 
 class WhisperEmbeddingExtractor(TensorExtractor):
     """Whisper-encoder hidden states (embedding output + every layer) per video frame, MuseTalk style:
-    Whisper frames ``[floor(i*50/fps) - 2*ceil(50/fps), ... + 10)`` zero-padded outside the audio
-    (``t >= n16 // 320``), ``[10, layers, width]`` reshaped to ``[10 * layers, width]`` ([50, 384] for
-    Whisper-tiny). Look-ahead: up to one block plus the right context plus 6 Whisper frames."""
+    Whisper frames ``[floor(i*50/fps) - 2*ceil(50/fps), ... + 10)``, padded outside the audio
+    (``t < 0``, ``t >= n16 // 320``) as ``geometry.padding`` says (zeros, or the edge frames
+    repeated), ``[10, layers, width]`` reshaped to ``[10 * layers, width]`` ([50, 384] for
+    Whisper-tiny). Each block is encoded at its true position in its 30 s segment (``EmbeddingGeometry``).
+    Look-ahead: up to one block plus the right context (less at a segment's end) plus 6 Whisper frames."""
 
     def __init__(
         self, fps: Fraction, encoder: WhisperEncoder, geometry: EmbeddingGeometry, cache: BlockCache | None
@@ -361,40 +416,65 @@ class WhisperEmbeddingExtractor(TensorExtractor):
         self.samples = 0
         self._states: deque[np.ndarray] = deque()  # [layers, width] per Whisper frame from _states_base
         self._states_base = 0
-        self._next_block = 0
+        self._next_first = 0  # first Whisper frame of the next block to encode
         self._zero = np.zeros((encoder.layers, encoder.width), dtype=np.float32)
+        self._edge = geometry.padding == "edge"
+        self._first_state: np.ndarray | None = None  # frame 0's states (edge padding)
+        self._last_state: np.ndarray | None = None  # the latest computed frame's states
 
     def _window_start(self, i: int) -> int:
         first = (i * 50 * self.fps.denominator) // self.fps.numerator
         pad = -((-50 * self.fps.denominator) // self.fps.numerator)  # ceil(50 / fps)
         return first - pad * EMBED_PAD_FRAMES
 
-    def _run_block(self, b: int, valid_frames: int) -> None:
+    def _run_block(self, first: int, end: int, valid_frames: int, ended: bool) -> None:
         g = self.geo
-        first = b * g.block
-        clip_start = max(0, first - g.left)
-        clip_end = min(self.samples, ((b + 1) * g.block + g.right) * WHISPER_FRAME)
-        clip = self._audio[clip_start * WHISPER_FRAME - self._audio_base : clip_end - self._audio_base]
-        offset = first - clip_start
-        count = min(g.block, valid_frames - first)
+        segment, lo, hi = g.clip(first, end)
+        clip = self._audio[
+            lo * WHISPER_FRAME - self._audio_base : min(self.samples, hi * WHISPER_FRAME) - self._audio_base
+        ]
+        position = lo - segment  # where the clip sits in the encoder window (Whisper frames)
+        offset = first - lo
+        count = min(end, valid_frames) - first
+        # "repeat": the window outside the clip is the clip's periodic extension, except after the
+        # end of the audio once it is known (silence there, as in the reference)
+        silent_after = None if g.fill == "silence" else (len(clip) + position * WHISPER_FRAME if ended else -1)
         key = None
         states = None
         if self.cache is not None:
-            key = self.cache.key(clip, offset, count)
+            key = self.cache.key(clip, position, offset, count, extra=(-2 if silent_after is None else silent_after,))
             states = self.cache.get(key)
         if states is None:
-            mel = dsp.whisper_encoder_input(clip, g.window * WHISPER_FRAME)
+            mel = dsp.whisper_log_mel(self._window(clip, position * WHISPER_FRAME, silent_after))
             hidden = self.encoder.encode(mel[None].astype(np.float32))[0]  # [layers, window, width]
-            states = np.ascontiguousarray(hidden[:, offset : offset + count].transpose(1, 0, 2))
+            at = position + offset
+            states = np.ascontiguousarray(hidden[:, at : at + count].transpose(1, 0, 2))
             if self.cache is not None and key is not None:
                 self.cache.put(key, states)
         self._states.extend(states)
-        self._next_block = b + 1
+        if len(states):
+            if self._first_state is None:
+                self._first_state = states[0]
+            self._last_state = states[-1]
+        self._next_first = end
         # audio before the next block's left context is no longer needed
-        keep = max(0, self._next_block * g.block - g.left) * WHISPER_FRAME
+        keep = max(0, end - g.left) * WHISPER_FRAME
         if keep > self._audio_base:
             self._audio = self._audio[keep - self._audio_base :]
             self._audio_base = keep
+
+    def _window(self, clip: np.ndarray, at: int, silent_after: int | None) -> np.ndarray:
+        """The encoder's 30 s input: ``clip`` at sample ``at``; elsewhere silence (``silent_after`` None)
+        or the clip's periodic extension, silent from sample ``silent_after`` when that is >= 0."""
+        n = self.geo.window * WHISPER_FRAME
+        if silent_after is None or len(clip) == 0:
+            window = np.zeros(n, dtype=np.float64)
+            window[at : at + len(clip)] = clip
+            return window
+        window = np.asarray(clip, dtype=np.float64)[(np.arange(n) - at) % len(clip)]
+        if silent_after >= 0:
+            window[silent_after:] = 0.0
+        return window
 
     def _emit(self, computed: int, valid: int | None, limit: int | None) -> list[tuple[int, np.ndarray]]:
         """Frames whose window lies in computed states (or past ``valid``, the end of the audio)."""
@@ -405,9 +485,14 @@ class WhisperEmbeddingExtractor(TensorExtractor):
             if valid is None and t_end > computed:
                 break
             rows = []
+            known = computed if valid is None else min(valid, computed)
             for t in range(t0, t_end):
-                inside = 0 <= t < (computed if valid is None else min(valid, computed))
-                rows.append(self._states[t - self._states_base] if inside else self._zero)
+                if 0 <= t < known:
+                    rows.append(self._states[t - self._states_base])
+                elif self._edge and known > 0 and self._first_state is not None and self._last_state is not None:
+                    rows.append(self._first_state if t < 0 else self._last_state)  # t >= valid: at the end
+                else:
+                    rows.append(self._zero)
             out.append((self.next_frame, np.stack(rows).reshape(-1, self.encoder.width)))
             self.next_frame += 1
         drop = max(0, self._window_start(self.next_frame)) - self._states_base
@@ -419,15 +504,18 @@ class WhisperEmbeddingExtractor(TensorExtractor):
     def push(self, x: np.ndarray) -> list[tuple[int, np.ndarray]]:
         self._audio = np.concatenate([self._audio, x.astype(np.float32, copy=False)])
         self.samples += len(x)
-        g = self.geo
-        while ((self._next_block + 1) * g.block + g.right) * WHISPER_FRAME <= self.samples:
-            self._run_block(self._next_block, valid_frames=(self._next_block + 1) * g.block)
-        return self._emit(self._next_block * g.block, None, None)
+        while True:
+            first = self._next_first
+            end = self.geo.block_end(first)
+            if self.geo.clip(first, end)[2] * WHISPER_FRAME > self.samples:
+                break
+            self._run_block(first, end, valid_frames=end, ended=False)
+        return self._emit(self._next_first, None, None)
 
     def finish(self, frames: int) -> list[tuple[int, np.ndarray]]:
         valid = self.samples // WHISPER_FRAME
-        while self._next_block * self.geo.block < valid:
-            self._run_block(self._next_block, valid_frames=valid)
+        while self._next_first < valid:
+            self._run_block(self._next_first, self.geo.block_end(self._next_first), valid_frames=valid, ended=True)
         return self._emit(valid, valid, frames)
 
 

@@ -217,7 +217,7 @@ def test_load_config_defaults_and_env() -> None:
 
 
 def test_block_geometry_is_checked_against_the_model_window() -> None:
-    too_big = WhisperEncoderConfig(block_seconds=3.0)  # the FakeEncoder's window is 3 s
+    too_big = WhisperEncoderConfig(block_seconds=3.5)  # the FakeEncoder's window is 3 s
     with pytest.raises(ValueError, match="whisper_encoder"):
         AudioFeaturesService(
             AudioFeaturesConfig(server=SERVER, whisper_encoder=too_big),

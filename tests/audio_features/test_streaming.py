@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from services.audio_features import dsp
 from services.audio_features.streaming import (
+    MUSETALK_VERSIONS,
     SUPPORTED_SAMPLE_RATES,
     EmbeddingGeometry,
     FeatureKind,
@@ -137,32 +138,74 @@ def test_embedding_lookahead_is_one_block_plus_right_context() -> None:
         assert at == ((block + 1) * g.block + g.right) * 320
 
 
-def test_embedding_windows_match_a_direct_computation() -> None:
-    """Per-frame windows against a direct MuseTalk-style computation from whole blocks."""
-    x = quantise(speech_like(16000, 0.9))
-    encoder = FakeEncoder()
-    frames = extract_offline(
-        x, StreamOptions(FeatureKind.WHISPER_EMBEDDING, fps_fraction(25), 16000), encoder, GEOMETRY
-    )
+def direct_block_states(x: np.ndarray, encoder: FakeEncoder, g: EmbeddingGeometry) -> np.ndarray:
+    """The definition, written out: per 30 s (here 3 s) segment, blocks of ``g.block`` frames (the
+    last one of a segment shorter), each from its clip placed at its true position in a silent window."""
     valid = len(x) // 320
     states = []
-    for b in range(math.ceil(valid / GEOMETRY.block)):
-        first = b * GEOMETRY.block
-        clip_start = max(0, first - GEOMETRY.left)
-        clip = x[clip_start * 320 : min(len(x), (first + GEOMETRY.block + GEOMETRY.right) * 320)]
-        window = np.zeros(300 * 160, dtype=np.float32)
-        window[: len(clip)] = clip
-        mel = dsp.whisper_log_mel(window)
-        hidden = encoder.encode(mel[None])[0]  # [layers, 150, width]
-        count = min(GEOMETRY.block, valid - first)
-        states.append(hidden[:, first - clip_start : first - clip_start + count])
-    feats = np.concatenate(states, axis=1).transpose(1, 0, 2)  # [valid, layers, width]
+    for segment in range(0, valid, g.window):
+        for first in range(segment, min(valid, segment + g.window), g.block):
+            end = min(first + g.block, segment + g.window)
+            lo, hi = max(segment, first - g.left), min(segment + g.window, end + g.right)
+            clip = x[lo * 320 : min(len(x), hi * 320)]
+            at = (lo - segment) * 320
+            if g.fill == "repeat":  # the clip's periodic extension; silence after the audio once ended
+                window = clip[(np.arange(g.window * 320) - at) % len(clip)]
+                if hi * 320 > len(x):  # the block waited for the end of the stream
+                    window[at + len(clip) :] = 0.0
+            else:
+                window = np.zeros(g.window * 320, dtype=np.float32)
+                window[at : at + len(clip)] = clip
+            hidden = encoder.encode(dsp.whisper_log_mel(window)[None])[0]  # [layers, window, width]
+            states.append(hidden[:, first - segment : min(end, valid) - segment])
+    return np.concatenate(states, axis=1).transpose(1, 0, 2)  # [valid, layers, width]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "geometry"),
+    [
+        (0.9, GEOMETRY),
+        (7.3, EmbeddingGeometry(block=20, left=5, right=7, window=150)),  # 2 segment boundaries
+        (7.3, EmbeddingGeometry(block=20, left=150, right=7, window=150, fill="repeat")),
+        (2.9, EmbeddingGeometry(block=20, left=5, right=7, window=150, fill="repeat")),
+    ],
+)
+def test_embedding_windows_match_a_direct_computation(seconds: float, geometry: EmbeddingGeometry) -> None:
+    """Per-frame windows against a direct MuseTalk-style computation from whole blocks, each encoded
+    at its true position in its segment (blocks of 20 frames do not divide the 150-frame segments)."""
+    x = quantise(speech_like(16000, seconds))
+    encoder = FakeEncoder()
+    options = StreamOptions(FeatureKind.WHISPER_EMBEDDING, fps_fraction(25), 16000)
+    stream = FeatureStream(options, encoder, geometry)
+    frames: list[Frame] = []
+    for a in range(0, len(x), 1111):
+        frames += stream.push(x[a : a + 1111])
+    frames += stream.finish()
+    feats = direct_block_states(x, encoder, geometry)
     padded = np.concatenate([np.zeros((4, 3, 8)), feats, np.zeros((12, 3, 8))])  # MuseTalk's padding
     assert len(frames) == math.ceil(len(x) * 25 / 16000)
     for i, f in enumerate(frames):
         expected = padded[2 * i : 2 * i + 10].reshape(30, 8)
         assert f.features is not None and f.features.shape == (30, 8) and f.features.dtype == np.float32
         np.testing.assert_allclose(f.features, expected, atol=1e-6)
+
+
+def test_block_at_the_wrong_position_is_not_the_definition() -> None:
+    """The check above can fail: the same blocks placed at the start of their windows differ."""
+    x = quantise(speech_like(16000, 2.0))
+    encoder = FakeEncoder()
+    g = GEOMETRY
+    frames = extract_offline(x, StreamOptions(FeatureKind.WHISPER_EMBEDDING, fps_fraction(25), 16000), encoder, g)
+    states = direct_block_states(x, encoder, g)
+    first = 40  # a block well inside the segment: its clip starts at frame 35, not 0
+    window = np.zeros(g.window * 320, dtype=np.float32)
+    clip = x[(first - g.left) * 320 : (first + g.block + g.right) * 320]
+    window[: len(clip)] = clip
+    at_start = encoder.encode(dsp.whisper_log_mel(window)[None])[0][:, g.left : g.left + g.block].transpose(1, 0, 2)
+    assert not np.allclose(at_start, states[first : first + g.block], atol=1e-3)
+    got = frames[(first + 4) // 2].features  # frame i's window starts at Whisper frame 2i - 4
+    assert got is not None
+    np.testing.assert_allclose(got.reshape(10, 3, 8), states[first : first + 10], atol=1e-6)
 
 
 def test_embedding_blocks_come_from_the_cache_for_repeated_audio() -> None:
@@ -200,8 +243,9 @@ def test_cache_is_bounded() -> None:
 
 def test_geometry_must_fit_the_encoder_window() -> None:
     with pytest.raises(ValueError, match="exceed"):
-        EmbeddingGeometry(block=100, left=40, right=20, window=150).validate()
-    EmbeddingGeometry(block=100, left=30, right=20, window=150).validate()
+        EmbeddingGeometry(block=151, left=0, right=0, window=150).validate()
+    # contexts are clipped to the block's segment, so any context fits
+    EmbeddingGeometry(block=150, left=1500, right=150, window=150).validate()
 
 
 def test_frame_count_rule() -> None:
@@ -210,3 +254,25 @@ def test_frame_count_rule() -> None:
             stream = FeatureStream(StreamOptions(FeatureKind.ACTIVITY, fps_fraction(25), sr))
             frames = stream.push(np.zeros(n, dtype=np.float32)) + stream.finish()
             assert len(frames) == stream.frame_count == math.ceil(n * 25 / sr)
+
+
+@pytest.mark.parametrize("version", sorted(MUSETALK_VERSIONS))
+def test_musetalk_versions_pad_as_defined(version: str) -> None:
+    """1.5 pads the per-frame windows with zero states, 1.0 clamps the Whisper frame index to the
+    audio (``max(0, min(length - 1, t))``, audio2feature.get_sliced_feature)."""
+    x = quantise(speech_like(16000, 0.9))
+    encoder = FakeEncoder()
+    g = EmbeddingGeometry(block=10, left=5, right=7, window=150, padding=MUSETALK_VERSIONS[version].padding)
+    frames = extract_offline(x, StreamOptions(FeatureKind.WHISPER_EMBEDDING, fps_fraction(25), 16000), encoder, g)
+    states = direct_block_states(x, encoder, g)  # [valid, layers, width]
+    valid = len(states)
+    for i, f in enumerate(frames):
+        assert f.features is not None
+        rows = f.features.reshape(10, 3, 8)
+        for k, t in enumerate(range(2 * i - 4, 2 * i + 6)):
+            if version == "1.0":
+                expected = states[max(0, min(valid - 1, t))]
+            else:
+                expected = states[t] if 0 <= t < valid else np.zeros((3, 8))
+            np.testing.assert_allclose(rows[k], expected, atol=1e-6)
+    assert MUSETALK_VERSIONS["1.5"].final_layer_norm and not MUSETALK_VERSIONS["1.0"].final_layer_norm

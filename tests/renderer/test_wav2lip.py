@@ -282,3 +282,35 @@ def test_bench_helpers_measure_raw_forward_and_sessions(exported):
     assert r["in_order_and_complete"] is True
     hist = r["batch_histogram"]
     assert isinstance(hist, dict) and sum(k * v for k, v in hist.items()) == 12
+
+
+def test_paste_cannot_ghost_a_moving_chin(tmp_path):
+    """The generated lower half is pasted whole (weight 1 on every row the model changes, the chin rows
+    78-90 of the 96 px crop included); feathering only above it. Before/after crops are written as an
+    artefact: a chin that moved down 8 px is doubled with the old lower-face mask, single with the new."""
+    import cv2
+
+    from services.renderer.backends.neural import generated_region_mask, lower_face_mask, paste
+
+    new = generated_region_mask(96)
+    assert np.all(new[48:90, 6:90] == 1.0) and np.all(new[:28] == 0.0)  # chin rows 78-90 included
+    assert np.all(np.diff(new[:48, 48]) >= 0)  # a monotone fade above the changed region
+    assert new[-1].max() == 0 and new[:, 0].max() == 0 and new[:, -1].max() == 0  # no seam at the edge
+    old = lower_face_mask(96)
+    assert old[84, 48] < 0.9  # the former mask mixed the chin rows with the reference frame
+
+    def face(chin: int) -> np.ndarray:
+        img = np.full((96, 96, 3), 180, np.uint8)
+        cv2.ellipse(img, (48, chin), (30, 6), 0, 0, 360, (40, 40, 40), -1)  # a dark chin edge
+        return img
+
+    reference, generated = face(78), face(86)
+    box = np.array([0, 0, 96, 96])
+    before = paste(reference, box, generated, old)
+    after = paste(reference, box, generated, new)
+    np.testing.assert_array_equal(after[48:90, 6:90], generated[48:90, 6:90])  # exactly the model's chin
+    ghost = np.abs(before[80:90].astype(int) - generated[80:90].astype(int)).max()
+    assert ghost > 40  # the old blend fades the moved chin out into the reference frame
+    out = tmp_path / "wav2lip_paste_before_after.png"
+    cv2.imwrite(str(out), np.concatenate([reference, generated, before, after], axis=1))
+    assert out.stat().st_size > 0

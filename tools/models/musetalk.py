@@ -4,7 +4,11 @@ MuseTalk (Zhang et al., 2024) inpaints the lower half of a 256x256 face crop in 
 the ``sd-vae-ft-mse`` VAE with a single UNet step conditioned on Whisper-tiny encoder features:
 
 * ``vae_encoder``: RGB crop in [0, 1] ``[B,3,256,256]`` -> latents ``[B,4,32,32]`` (posterior mean,
-  times the VAE's scaling factor);
+  times the VAE's scaling factor). MuseTalk itself takes ONE SAMPLE of the posterior
+  (``latent_dist.sample()`` in ``musetalk/models/vae.py``) per reference crop; talkmesh takes the
+  mean, so an avatar's cached latents are reproducible. The two differ by one draw of the posterior
+  noise (``exp(logvar / 2)`` per latent); not measured with real weights (none here), so not a
+  setting yet;
 * ``unet``: latents of the masked crop ‖ the reference crop ``[B,8,32,32]`` and the frame's Whisper
   window ``[B,50,384]`` -> latents ``[B,4,32,32]``; timestep 0 and MuseTalk's sinusoidal positional
   encoding of the audio window are inside the graph;
@@ -105,5 +109,48 @@ def small_vae_config() -> dict[str, Any]:
         "up_block_types": ["UpDecoderBlock2D"] * 4,
         "layers_per_block": 1,
         "norm_num_groups": 4,
+        "scaling_factor": SD_VAE_SCALING,
+    }
+
+
+def musetalk_unet_config() -> dict[str, Any]:
+    """MuseTalk's released UNet config (``musetalk.json``, the same for 1.0 and 1.5): the Stable
+    Diffusion 1.x UNet with 8 input channels and 384-wide cross-attention, ~850 M parameters."""
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "act_fn": "silu",
+        "attention_head_dim": 8,
+        "block_out_channels": [320, 640, 1280, 1280],
+        "center_input_sample": False,
+        "cross_attention_dim": AUDIO_WIDTH,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1,
+        "flip_sin_to_cos": True,
+        "freq_shift": 0,
+        "in_channels": 8,
+        "layers_per_block": 2,
+        "mid_block_scale_factor": 1,
+        "norm_eps": 1e-05,
+        "norm_num_groups": 32,
+        "out_channels": 4,
+        "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    }
+
+
+def sd_vae_config() -> dict[str, Any]:
+    """sd-vae-ft-mse's config (the Stable Diffusion KL autoencoder, 4 latent channels, x8)."""
+    return {
+        "_class_name": "AutoencoderKL",
+        "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "in_channels": 3,
+        "latent_channels": 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "out_channels": 3,
+        "sample_size": 256,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
         "scaling_factor": SD_VAE_SCALING,
     }

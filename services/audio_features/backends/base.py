@@ -12,10 +12,14 @@ class WhisperEncoder(abc.ABC):
 
     Implementations set the geometry they read from the model: ``input_frames`` (mel frames per
     window, 3000 for Whisper), ``layers`` (embedding output + one per encoder layer, 5 for tiny) and
-    ``width`` (384 for tiny). ``name`` identifies the model (used in cache keys and metrics).
+    ``width`` (384 for tiny), and ``final_layer_norm`` when the model records it. ``name``
+    identifies the model (used in cache keys and metrics).
     """
 
     name: str = ""
+    # Whether the last hidden state has the encoder's final LayerNorm applied (transformers'
+    # ``hidden_states``, MuseTalk 1.5) or not (MuseTalk 1.0); None: the model does not say.
+    final_layer_norm: bool | None = None
     input_frames: int = 3000
     layers: int = 0
     width: int = 0

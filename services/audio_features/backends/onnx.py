@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "input_features"
 OUTPUT_NAME = "hidden_states"
+FINAL_LAYER_NORM_KEY = "talkmesh.final_layer_norm"  # metadata: "true" | "false"
 
 
 def _static(dim: object, what: str) -> int:
@@ -67,6 +68,9 @@ class OnnxWhisperEncoder(WhisperEncoder):
         self.input_frames = _static(in_shape[2], "input frames")
         self.layers = _static(out_shape[1], "layers")
         self.width = _static(out_shape[3], "width")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        # written by tools/export_whisper_encoder.py; older exports are transformers' states (with it)
+        self.final_layer_norm = meta.get(FINAL_LAYER_NORM_KEY, "true") == "true"
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

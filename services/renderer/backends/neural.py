@@ -82,6 +82,29 @@ def lower_face_mask(size: int, top: float = 0.45, side: float = 0.1, bottom: flo
     return out
 
 
+def _ramp(n: int, start: float, stop: float) -> np.ndarray:
+    """Smoothstep over positions ``0.5 .. n - 0.5``: 0 at ``start``, 1 at ``stop`` (either order)."""
+    x = np.arange(n, dtype=np.float32) + 0.5
+    t = np.clip((x - start) / (stop - start), 0.0, 1.0)
+    out: np.ndarray = t * t * (3.0 - 2.0 * t)
+    return out
+
+
+def generated_region_mask(size: int, fade_from: float = 0.3, changed_from: float = 0.5, border: int = 6) -> np.ndarray:
+    """[size, size] float32 weight for a model that regenerates the lower half of its crop (Wav2Lip).
+
+    Exactly 1 over the changed region - rows ``changed_from * size`` down to ``border`` px above the
+    bottom, ``border`` px in from each side - so a moving chin is pasted whole, never mixed with the
+    reference frame's chin (no ghost). Feathered only outside it: above, over rows the model leaves
+    as they were (0 at ``fade_from * size`` to 1 at ``changed_from * size``), and in the last
+    ``border`` px to the crop's edges (the padding below the chin and beside the cheeks), so the
+    box edge never shows."""
+    rows = np.minimum(_ramp(size, fade_from * size, changed_from * size), _ramp(size, size - 1, size - border))
+    rows[int(changed_from * size) : size - border] = 1.0
+    cols = np.minimum(_ramp(size, 1.0, border), _ramp(size, size - 1, size - border))
+    return (rows[:, None] * cols[None, :]).astype(np.float32)  # the outermost pixels weigh exactly 0
+
+
 def paste(frame: np.ndarray, box: np.ndarray, crop: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``frame`` with ``crop`` resized into ``box`` and blended by ``mask`` (a new array)."""
     x1, y1, x2, y2 = (int(v) for v in box)
@@ -96,6 +119,10 @@ def paste(frame: np.ndarray, box: np.ndarray, crop: np.ndarray, mask: np.ndarray
 
 class NeuralBackend(RenderBackend):
     """Base of the ONNX backends: the batched model step and the per-frame composition."""
+
+    def paste_mask(self) -> np.ndarray:
+        """The [crop, crop] blend weight of the generated crop (per backend; computed per avatar)."""
+        return lower_face_mask(self.crop_size)
 
     #: side of the square model crop
     crop_size: int = 96
@@ -162,7 +189,7 @@ class NeuralBackend(RenderBackend):
         avatar.extras[self.name] = {
             "boxes": boxes,
             "crops": crops,
-            "mask": lower_face_mask(self.crop_size),
+            "mask": self.paste_mask(),
             **self.prepare_model(crops),
         }
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob
-from services.renderer.backends.neural import NeuralBackend, gpu_plan, warmup_avatar
+from services.renderer.backends.neural import NeuralBackend, generated_region_mask, gpu_plan, warmup_avatar
 from services.renderer.backends.onnx_models import (
     GPU_PROVIDERS,
     ModelError,
@@ -55,6 +55,10 @@ class Wav2LipBackend(NeuralBackend):
     crop_interpolation = cv2.INTER_LINEAR  # Wav2Lip resized its S3FD crops bilinearly
     # ~6 MB of FP16 activations per 96x96 frame through the U-Net, with headroom.
     bytes_per_frame = 24 * 1024 * 1024
+
+    def paste_mask(self) -> np.ndarray:
+        # Wav2Lip regenerates the lower half: pasted whole there, feathered only above (no chin ghost)
+        return generated_region_mask(self.crop_size)
 
     def __init__(
         self,

@@ -122,7 +122,9 @@ def run_bench(
         encoder = create_encoder(cfg)
     geometry = None
     if encoder is not None:
-        geometry = EmbeddingGeometry(cfg.block_frames, cfg.left_frames, cfg.right_frames, encoder.output_frames)
+        geometry = EmbeddingGeometry(
+            cfg.block_frames, cfg.left_frames, cfg.right_frames, encoder.output_frames, fill=cfg.future_fill
+        )
         geometry.validate()
         encoder.encode(np.full((1, 80, encoder.input_frames), -1.5, dtype=np.float32))  # warm-up
     x = speech_signal(sample_rate, seconds)
@@ -142,6 +144,8 @@ def run_bench(
                 block_seconds=cfg.block_seconds,
                 left_context_seconds=cfg.left_context_seconds,
                 right_context_seconds=cfg.right_context_seconds,
+                future_fill=cfg.future_fill,
+                encoder_runs_per_audio_second=round(50 / cfg.block_frames, 2),
             )
         results[kind] = entry
     return {
