@@ -53,6 +53,17 @@ async def _health(address: str, service: str = "") -> int:
         return resp.status
 
 
+async def _await_health(address: str, status: int, polls: int = 100) -> int:
+    """Polls ``address``'s readiness every 0.1 s until it is ``status`` (at most ``polls`` times);
+    returns the last status seen, for the caller to assert on."""
+    for _ in range(polls):
+        seen = await _health(address)
+        if seen == status:
+            break
+        await asyncio.sleep(0.1)
+    return seen
+
+
 async def test_first_fragment_arrives_before_tts_finishes(mesh, tmp_path):
     async with TalkmeshClient(mesh.gateway) as client:
         result = await client.speak_to_file(PARAGRAPH, tmp_path / "out.mp4", container=epb.CONTAINER_FMP4)
@@ -244,11 +255,9 @@ async def test_a_hung_stage_fails_streams_fast_and_readiness_shows_it(mesh, tmp_
             failed_after = loop.time() - stopped_at
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
             assert failed_after < 10, f"in-flight stream failed {failed_after:.1f} s after the stage hung"
-            for _ in range(100):  # the dependency watch needs two missed checks
-                if await _health(mesh.gateway) == health_pb2.HealthCheckResponse.NOT_SERVING:
-                    break
-                await asyncio.sleep(0.1)
-            assert await _health(mesh.gateway) == health_pb2.HealthCheckResponse.NOT_SERVING
+            # the dependency watch needs two missed checks
+            not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+            assert await _await_health(mesh.gateway, not_serving) == not_serving
             assert await _health(mesh.gateway, "liveness") == health_pb2.HealthCheckResponse.SERVING
             started = loop.time()
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -258,10 +267,7 @@ async def test_a_hung_stage_fails_streams_fast_and_readiness_shows_it(mesh, tmp_
             assert loop.time() - started < 2.0, "new calls are refused, not left hanging"
         finally:
             renderer.send_signal(signal.SIGCONT)
-        for _ in range(100):
-            if await _health(mesh.gateway) == health_pb2.HealthCheckResponse.SERVING:
-                break
-            await asyncio.sleep(0.1)
+        await _await_health(mesh.gateway, health_pb2.HealthCheckResponse.SERVING)
         result = await client.speak_to_file("Back again.", tmp_path / "ok.mp4")
         assert result.summary.frames > 0
 
@@ -289,11 +295,8 @@ async def test_a_killed_stage_fails_streams_fast_and_the_mesh_recovers_after_res
         results = await asyncio.gather(*(fails(c) for c in calls))
         assert all(code == grpc.StatusCode.UNAVAILABLE for code, _ in results), results
         assert max(t for _, t in results) < 5.0, results
-        for _ in range(100):
-            if await _health(mesh.gateway) == health_pb2.HealthCheckResponse.NOT_SERVING:
-                break
-            await asyncio.sleep(0.1)
-        assert await _health(mesh.gateway) == health_pb2.HealthCheckResponse.NOT_SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _await_health(mesh.gateway, not_serving) == not_serving
         assert await _health(mesh.gateway, "liveness") == health_pb2.HealthCheckResponse.SERVING
         started = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as err:
