@@ -11,7 +11,10 @@ Stream protocol (``Extract``, bidirectional):
 Responses: one ``FeatureChunk`` per video frame, in frame order, as soon as the audio the frame
 depends on has arrived (see ``streaming.py`` for the look-ahead of each type), then a final message
 with ``end_of_stream=True``, ``frame_count = ceil(source_samples * fps / sample_rate)`` and
-``frame_index = frame_count`` (it carries no frame).
+``frame_index = frame_count`` (it carries no frame). With ``config.batch_frames`` the frames that
+one audio message completed leave together, in one ``FeatureChunk`` whose ``frames`` lists them
+(and those flushed at the end in one more): the gateway relays one message per TTS chunk instead
+of one per frame.
 """
 
 from __future__ import annotations
@@ -70,10 +73,11 @@ KINDS = {
 class _Request:
     """Per-stream state: the validated config, the pipeline (created at the first audio chunk)."""
 
-    def __init__(self, kind: str, fps: float, request_id: str) -> None:
+    def __init__(self, kind: str, fps: float, request_id: str, batch: bool = False) -> None:
         self.kind = kind
         self.fps = fps
         self.request_id = request_id
+        self.batch = batch
         self.stream: FeatureStream | None = None
         self.sample_rate = 0
         self.seq = 0
@@ -109,16 +113,17 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
         first_frame = True
         async for message in requests:
             if message.WhichOneof("kind") == "audio":
-                for frame in await self._push(req, message.audio):
-                    if first_frame:
-                        first_frame = False
-                        telemetry.metrics.time_to_first_frame.labels(telemetry.service).observe(
-                            time.perf_counter() - started
-                        )
-                        trace.get_current_span().add_event("first_frame")
-                    yield self._chunk(req, frame)
-        for frame in await self._finish(req):
-            yield self._chunk(req, frame)
+                frames = await self._push(req, message.audio)
+                if frames and first_frame:
+                    first_frame = False
+                    telemetry.metrics.time_to_first_frame.labels(telemetry.service).observe(
+                        time.perf_counter() - started
+                    )
+                    trace.get_current_span().add_event("first_frame")
+                for chunk in self._chunks(req, frames):
+                    yield chunk
+        for chunk in self._chunks(req, await self._finish(req)):
+            yield chunk
         count = req.stream.frame_count if req.stream is not None else 0
         telemetry.metrics.frames_total.labels(telemetry.service).inc(count)
         telemetry.observe_stage("extract", req.compute_seconds)
@@ -147,7 +152,7 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
         if not math.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
             raise InvalidArgument("config.fps", f"{cfg.fps:g} is not within {MIN_FPS:g}..{MAX_FPS:g} (0 selects 25)")
         request_id = cfg.request_id or first.request_id or request_id_var.get()
-        return _Request(kind, fps, request_id)
+        return _Request(kind, fps, request_id, batch=cfg.batch_frames)
 
     def _stream(self, req: _Request, sample_rate: int) -> FeatureStream:
         svc = self.service
@@ -207,17 +212,34 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
             req.compute_seconds += time.perf_counter() - start
         return result
 
-    def _chunk(self, req: _Request, frame: Frame) -> pb.FeatureChunk:
-        msg = pb.FeatureChunk(
-            request_id=req.request_id,
-            seq=req.seq,
-            frame_index=frame.index,
-            activity=common_pb2.FrameActivity(rms_dbfs=frame.rms_dbfs, voiced=frame.voiced),
-        )
-        if frame.features is not None:
-            msg.features.CopyFrom(to_tensor(frame.features))
-        req.seq += 1
-        return msg
+    def _chunks(self, req: _Request, frames: list[Frame]) -> list[pb.FeatureChunk]:
+        """The response messages for ``frames``: one per frame, or one batch of them all."""
+        if not frames:
+            return []
+        if not req.batch:
+            out = [_frame(frame, request_id=req.request_id, seq=req.seq + i) for i, frame in enumerate(frames)]
+        else:
+            batch = pb.FeatureChunk(request_id=req.request_id, seq=req.seq, frame_index=frames[0].index)
+            add = batch.frames.add
+            for frame in frames:
+                _fill(add(), frame)
+            out = [batch]
+        req.seq += len(out)
+        return out
+
+
+def _fill(msg: pb.FeatureChunk, frame: Frame) -> pb.FeatureChunk:
+    msg.frame_index = frame.index
+    msg.activity.rms_dbfs = frame.rms_dbfs
+    msg.activity.voiced = frame.voiced
+    if frame.features is not None:
+        msg.features.CopyFrom(to_tensor(frame.features))
+    return msg
+
+
+def _frame(frame: Frame, request_id: str, seq: int) -> pb.FeatureChunk:
+    """One frame's own message (``batch_frames`` unset)."""
+    return _fill(pb.FeatureChunk(request_id=request_id, seq=seq), frame)
 
 
 class AudioFeaturesService(Service):

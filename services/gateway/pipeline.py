@@ -282,15 +282,20 @@ class _Run:
         yield fpb.FeatureRequest(
             request_id=self.rid,
             seq=0,
+            # one answer per TTS chunk with all its frames, not one per frame: half the messages
+            # the gateway relays (the renderer takes the batch as it is, through the encoder)
             config=fpb.FeatureConfig(
-                request_id=self.rid, feature_type=FEATURE_FOR_BACKEND[self.backend], fps=self.o.config.fps
+                request_id=self.rid,
+                feature_type=FEATURE_FOR_BACKEND[self.backend],
+                fps=self.o.config.fps,
+                batch_frames=True,
             ),
         )
         async for item in self.to_features:
             yield item
 
     async def _pump_features(self, features: Stream) -> None:
-        """Per-frame features to the encoder (which forwards them to the renderer)."""
+        """Feature batches (a TTS chunk's frames each) to the encoder, which forwards them to the renderer."""
         async for fc in features:
             if fc.end_of_stream:
                 break

@@ -96,11 +96,13 @@ class RenderSession:
                     else:
                         self.animator.add(events)
                 elif kind == "features":
-                    if self.animator.queued > INLINE_EVENTS:  # the frame may consume a large track
-                        job = await asyncio.to_thread(self._job, req.features)
-                    else:
-                        job = self._job(req.features)
-                    await self.jobs.send(job)
+                    # one frame, or a batch of consecutive frames (FeatureChunk.frames)
+                    for fc in req.features.frames or (req.features,):
+                        if self.animator.queued > INLINE_EVENTS:  # the frame may consume a large track
+                            job = await asyncio.to_thread(self._job, fc)
+                        else:
+                            job = self._job(fc)
+                        await self.jobs.send(job)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # handed to the render loop, which raises it after earlier frames

@@ -1,9 +1,10 @@
 from talkmesh.v1 import common_pb2 as _common_pb2
 from talkmesh.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -22,14 +23,16 @@ FEATURE_TYPE_WHISPER_EMBEDDING: FeatureType
 FEATURE_TYPE_ACTIVITY: FeatureType
 
 class FeatureConfig(_message.Message):
-    __slots__ = ("request_id", "feature_type", "fps")
+    __slots__ = ("request_id", "feature_type", "fps", "batch_frames")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FRAMES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     feature_type: FeatureType
     fps: float
-    def __init__(self, request_id: _Optional[str] = ..., feature_type: _Optional[_Union[FeatureType, str]] = ..., fps: _Optional[float] = ...) -> None: ...
+    batch_frames: bool
+    def __init__(self, request_id: _Optional[str] = ..., feature_type: _Optional[_Union[FeatureType, str]] = ..., fps: _Optional[float] = ..., batch_frames: _Optional[bool] = ...) -> None: ...
 
 class FeatureRequest(_message.Message):
     __slots__ = ("request_id", "seq", "end_of_stream", "config", "audio")
@@ -46,7 +49,7 @@ class FeatureRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., config: _Optional[_Union[FeatureConfig, _Mapping]] = ..., audio: _Optional[_Union[_common_pb2.AudioChunk, _Mapping]] = ...) -> None: ...
 
 class FeatureChunk(_message.Message):
-    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "features", "activity", "frame_count")
+    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "features", "activity", "frame_count", "frames")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +57,7 @@ class FeatureChunk(_message.Message):
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
     FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     end_of_stream: bool
@@ -61,4 +65,5 @@ class FeatureChunk(_message.Message):
     features: _common_pb2.Tensor
     activity: _common_pb2.FrameActivity
     frame_count: int
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., activity: _Optional[_Union[_common_pb2.FrameActivity, _Mapping]] = ..., frame_count: _Optional[int] = ...) -> None: ...
+    frames: _containers.RepeatedCompositeFieldContainer[FeatureChunk]
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., activity: _Optional[_Union[_common_pb2.FrameActivity, _Mapping]] = ..., frame_count: _Optional[int] = ..., frames: _Optional[_Iterable[_Union[FeatureChunk, _Mapping]]] = ...) -> None: ...

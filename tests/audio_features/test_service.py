@@ -111,6 +111,30 @@ async def test_extract_streams_one_chunk_per_frame(host: Any, feature_type: int)
             np.testing.assert_array_equal(from_tensor(m.features), e.features)
 
 
+@pytest.mark.parametrize("feature_type", [pb.FEATURE_TYPE_ACTIVITY, pb.FEATURE_TYPE_WAV2LIP_MEL])
+async def test_batch_frames_answers_once_per_audio_message_with_the_same_frames(host: Any, feature_type: int) -> None:
+    """batch_frames: one message per audio chunk that completed frames, carrying them all; the
+    frames are exactly the unbatched stream's."""
+    x = quantise(speech_like(16000, 1.0))
+    reqs = requests(feature_type, to_pcm(x), 16000, chunk_bytes=6400)  # 200 ms chunks: 5 frames
+    single = await call(host.address, reqs)
+    reqs[0].config.batch_frames = True
+    batched = await call(host.address, reqs)
+    audio_messages = len(reqs) - 2
+    assert len(batched) - 1 <= audio_messages + 1  # at most one per audio message, plus the flush
+    assert len(batched) < len(single) // 3
+    assert [m.seq for m in batched] == list(range(len(batched)))
+    assert batched[-1].end_of_stream and batched[-1].frame_count == single[-1].frame_count == 25
+    frames = [f for m in batched[:-1] for f in m.frames]
+    for m in batched[:-1]:
+        assert m.request_id == "r1" and m.frames and m.frame_index == m.frames[0].frame_index
+        assert not m.HasField("features") and not m.HasField("activity")
+    assert [f.frame_index for f in frames] == list(range(25))
+    for f, s in zip(frames, single[:-1], strict=True):
+        assert not f.frames and f.HasField("activity")
+        assert f.activity == s.activity and f.features == s.features
+
+
 async def test_frames_leave_before_the_end_of_stream(host: Any) -> None:
     """Frames of the first chunks arrive while the client is still holding the rest of the audio."""
     x = quantise(speech_like(16000, 1.0))

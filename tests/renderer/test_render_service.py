@@ -83,6 +83,44 @@ async def test_frames_arrive_in_order_split_into_parts_and_silence_shows_the_idl
     assert diff[:60].max() == 0 and diff[:, :100].max() == 0
 
 
+async def test_feature_batches_render_the_same_frames_as_single_features(stub):
+    """FeatureChunk.frames (the gateway's batches, one per TTS chunk) render frame by frame, the
+    same pixels as one message per frame; a batch out of order is INVALID_ARGUMENT."""
+    config = rpb.RenderConfig(request_id="r", fps=FPS, sample_rate=SR)
+    single = _assemble([m async for m in stub.Render(_requests(config))])
+
+    async def batched() -> AsyncIterator[rpb.RenderRequest]:
+        seq = 0
+        async for req in _requests(config):
+            if req.WhichOneof("kind") != "features":
+                yield req
+            elif req.features.frame_index % 5 == 0:  # batches of 5 frames, the last one shorter
+                batch = rpb.RenderRequest(request_id="r", seq=seq, features=fpb.FeatureChunk(request_id="r"))
+                batch.features.frame_index = req.features.frame_index
+                for i in range(req.features.frame_index, min(req.features.frame_index + 5, len(VOICED))):
+                    activity = cpb.FrameActivity(rms_dbfs=-15.0 if VOICED[i] else -90.0, voiced=VOICED[i])
+                    batch.features.frames.add(frame_index=i, activity=activity)
+                yield batch
+            seq += 1
+
+    frames = _assemble([m async for m in stub.Render(batched())])
+    assert len(frames) == len(single) == len(VOICED)
+    for (m, data), (ms, ds) in zip(frames, single, strict=True):
+        assert m.inferred == ms.inferred and data == ds
+
+    async def out_of_order() -> AsyncIterator[rpb.RenderRequest]:
+        yield rpb.RenderRequest(request_id="r", config=config)
+        batch = fpb.FeatureChunk(request_id="r")
+        batch.frames.add(frame_index=0)
+        batch.frames.add(frame_index=2)
+        yield rpb.RenderRequest(request_id="r", seq=1, features=batch)
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        _ = [m async for m in stub.Render(out_of_order())]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("features.frame_index")
+
+
 async def test_rgb_and_size_presets(stub):
     config = rpb.RenderConfig(fps=FPS, sample_rate=SR, size="360p", pixel_format=cpb.PIXEL_FORMAT_RGB24)
     frames = _assemble([m async for m in stub.Render(_requests(config))])
