@@ -462,6 +462,12 @@ async def _route(
             if not params.sample_rate:
                 raise InvalidArgument("audio", "config.sample_rate is 0 (no audio track), but audio arrived")
             audio.add(req.audio)
+            if req.audio.visemes:  # the audio's own viseme timings: renderer input too
+                if not timing.first_input:
+                    timing.first_input = time.perf_counter()
+                track = renderer_pb2.VisemeTrack(events=req.audio.visemes)
+                await render_in.send(renderer_pb2.RenderRequest(request_id=req.request_id, seq=seq, visemes=track))
+                seq += 1
         elif kind in ("visemes", "features"):
             if not timing.first_input:
                 timing.first_input = time.perf_counter()

@@ -34,9 +34,9 @@ class GenStream(Stream):
 
 
 class FakeDownstreams(Downstreams):
-    """TTS gives ``chunks`` chunks of 40 ms; features one per frame; the encoder (which renders)
-    one fragment per features message. ``fail`` names a stage that raises; ``hold`` makes TTS wait forever
-    after its first chunk (for cancellation tests)."""
+    """TTS gives ``chunks`` chunks of 40 ms; features one per frame, or one batch per audio message
+    (``batch_frames``); the encoder (which renders) one fragment per frame. ``fail`` names a stage
+    that raises; ``hold`` makes TTS wait forever after its first chunk (for cancellation tests)."""
 
     def __init__(self, chunks: int = 10, fail: str = "", hold: bool = False) -> None:
         self.chunks = chunks
@@ -45,6 +45,12 @@ class FakeDownstreams(Downstreams):
         self.log: list[str] = []
         self.encoder_inputs: list[str] = []
         self.encoder_audio_samples = 0
+        self.encoder_frames = 0
+        #: end sample of the viseme events the encoder received so far (with audio or alone)
+        self.encoder_visemes_until = 0
+        self.encoder_viseme_events = 0
+        self.frames_before_their_visemes = 0
+        self.feature_batches = False
         self.render_configs: list[Any] = []
         self.closed: set[str] = set()
 
@@ -93,18 +99,33 @@ class FakeDownstreams(Downstreams):
         async def gen() -> AsyncIterator[fpb.FeatureChunk]:
             samples = 0
             emitted = 0
+            batch = False
+
+            def answer(frames: list[fpb.FeatureChunk]) -> list[fpb.FeatureChunk]:
+                if not batch or not frames:
+                    return frames
+                return [fpb.FeatureChunk(frame_index=frames[0].frame_index, frames=frames)]
+
             async for req in requests:
+                if req.WhichOneof("kind") == "config":
+                    batch = self.feature_batches = req.config.batch_frames
                 if req.WhichOneof("kind") == "audio":
                     samples += len(req.audio.pcm) // 2
                     if self.fail == "features":
                         raise InvalidArgument("audio.pcm", "fake failure")
+                    ready = []
                     while (emitted + 1) * SR // FPS <= samples:
-                        yield fpb.FeatureChunk(frame_index=emitted, activity=cpb.FrameActivity(voiced=True))
+                        ready.append(fpb.FeatureChunk(frame_index=emitted, activity=cpb.FrameActivity(voiced=True)))
                         emitted += 1
+                    for msg in answer(ready):
+                        yield msg
             total = math.ceil(samples * FPS / SR)
+            rest = []
             while emitted < total:
-                yield fpb.FeatureChunk(frame_index=emitted)
+                rest.append(fpb.FeatureChunk(frame_index=emitted))
                 emitted += 1
+            for msg in answer(rest):
+                yield msg
             yield fpb.FeatureChunk(end_of_stream=True, frame_count=total, frame_index=total)
 
         return self._track("features", gen())
@@ -127,13 +148,20 @@ class FakeDownstreams(Downstreams):
                 elif kind == "audio":
                     assert req.audio.sample_offset == self.encoder_audio_samples, "audio must stay contiguous"
                     self.encoder_audio_samples += len(req.audio.pcm) // 2
+                    self._visemes(req.audio.visemes)
+                elif kind == "visemes":
+                    self._visemes(req.visemes.events)
                 elif kind == "features":
                     if self.fail == "encoder":
                         raise InvalidArgument("features.features", "fake failure")
-                    assert req.features.frame_index == frames
-                    frames += 1
-                    inferred += int(req.features.activity.voiced)
-                    yield epb.MediaChunk(data=b"frag", frames_encoded=frames)
+                    for fc in req.features.frames or [req.features]:
+                        assert fc.frame_index == frames
+                        if fc.activity.voiced and self.encoder_visemes_until < (frames + 1) * SR // FPS:
+                            self.frames_before_their_visemes += 1  # renderer input out of order
+                        frames += 1
+                        self.encoder_frames = frames
+                        inferred += int(fc.activity.voiced)
+                        yield epb.MediaChunk(data=b"frag", frames_encoded=frames)
             yield epb.MediaChunk(
                 end_of_stream=True,
                 frames_encoded=frames,
@@ -146,3 +174,8 @@ class FakeDownstreams(Downstreams):
             )
 
         return self._track("encoder", gen())
+
+    def _visemes(self, events: Any) -> None:
+        self.encoder_viseme_events += len(events)
+        for e in events:
+            self.encoder_visemes_until = max(self.encoder_visemes_until, e.end_sample)

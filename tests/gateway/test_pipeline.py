@@ -41,8 +41,11 @@ async def test_speak_streams_media_then_summary_and_encoder_gets_config_first():
     # The encoder must see its config before any audio or frame, and end_of_stream last.
     assert ds.encoder_inputs[0] == "config"
     assert ds.encoder_inputs[-1] == "end"
+    # features in batches (one per TTS chunk: a frame each here), visemes riding with the audio
+    assert ds.feature_batches and ds.encoder_frames == 10
     assert ds.encoder_inputs.count("features") == 10
-    assert ds.encoder_inputs.count("visemes") == 10
+    assert ds.encoder_viseme_events == 10 and ds.encoder_inputs.count("visemes") == 0
+    assert ds.frames_before_their_visemes == 0
     (render,) = ds.render_configs
     assert render.backend == "viseme" and render.sample_rate == SR and render.fps == FPS
     # consecutive audio chunks are merged, never dropped or reordered
