@@ -100,8 +100,11 @@ async def count_messages(env: Mapping[str, str], work: Workload) -> tuple[Counte
         await speaker.close()
 
 
-async def gateway_cpu(env: Mapping[str, str], work: Workload, requests: int, concurrency: int) -> tuple[float, int]:
-    """Gateway CPU seconds and frames over ``requests`` Speak calls, ``concurrency`` at a time."""
+async def gateway_cpu(
+    env: Mapping[str, str], work: Workload, requests: int, concurrency: int, idle_seconds: float
+) -> tuple[float, int, float, float]:
+    """Gateway CPU seconds and frames over ``requests`` Speak calls, ``concurrency`` at a time; the
+    wall seconds they took; the gateway's CPU seconds per second while idle (health checks...)."""
     from talkmesh.launcher import Mesh
 
     with tempfile.TemporaryDirectory() as logs:
@@ -116,9 +119,13 @@ async def gateway_cpu(env: Mapping[str, str], work: Workload, requests: int, con
                     async with sem:
                         return (await speaker.speak(work.request(PARAGRAPH, i))).frames
 
+                idle = process_cpu_seconds(pid)
+                await asyncio.sleep(idle_seconds)
                 before = process_cpu_seconds(pid)
+                idle_rate = (before - idle) / idle_seconds if idle_seconds > 0 else 0.0
+                start = time.monotonic()
                 frames = sum(await asyncio.gather(*(one(i + 1) for i in range(requests))))
-                return process_cpu_seconds(pid) - before, frames
+                return process_cpu_seconds(pid) - before, frames, time.monotonic() - start, idle_rate
             finally:
                 await speaker.close()
 
@@ -133,10 +140,12 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"  {key:<22} {n:6d}  {n / frames:6.3f} per frame")
     print(f"  {'total':<22} {total:6d}  {total / frames:6.3f} per frame")
     if args.requests:
-        cpu, frames = await gateway_cpu(env, work, args.requests, args.concurrency)
+        cpu, frames, wall, idle_rate = await gateway_cpu(env, work, args.requests, args.concurrency, args.idle)
+        busy = max(0.0, cpu - idle_rate * wall)
         print(
-            f"gateway CPU: {cpu:.2f} s over {args.requests} requests x {args.concurrency} concurrent, "
-            f"{frames} frames: {1000 * cpu / max(frames, 1):.3f} ms per frame"
+            f"gateway CPU: {cpu:.2f} s over {args.requests} requests x {args.concurrency} concurrent "
+            f"({wall:.1f} s), {frames} frames: {1000 * cpu / max(frames, 1):.3f} ms per frame; idle it uses "
+            f"{1000 * idle_rate:.1f} ms/s, so {1000 * busy / max(frames, 1):.3f} ms per frame above idle"
         )
 
 
@@ -144,6 +153,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--requests", type=int, default=8, help="Speak calls measured for CPU (0: messages only)")
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measured before the requests")
     p.add_argument("--backend", default="viseme", choices=("viseme", "wav2lip"))
     asyncio.run(main_async(p.parse_args()))
 

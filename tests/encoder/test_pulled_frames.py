@@ -14,7 +14,7 @@ from services.encoder.render import LocalFrameSource
 from talkmesh.common.channel import create_channel
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
-from talkmesh.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, renderer_pb2
+from talkmesh.v1 import audio_features_pb2, common_pb2, encoder_pb2, encoder_pb2_grpc, renderer_pb2
 
 from .media import FPS, SR, audio_request, decode, frame_luma, frames_for, i420_frame, tone
 
@@ -74,3 +74,46 @@ async def test_fragments_ready_together_leave_in_one_message(coalesce: int) -> N
         # frames were all waiting, so fragments leave five at a time.
         assert media[0].frames_encoded <= 2
         assert len(media) <= 2 + n // 5 + 1
+
+
+async def test_visemes_riding_with_the_audio_reach_the_renderer_before_later_features() -> None:
+    """EncodeRequest.audio.visemes go to the renderer as a visemes message, in their place among the
+    renderer input (so before the features sent after that audio); feature batches pass as they are."""
+    samples = SR // 5  # one 200 ms chunk: 5 frames
+    n = frames_for(samples)
+    seen: list[renderer_pb2.RenderRequest] = []
+
+    async def render(requests: AsyncIterator[renderer_pb2.RenderRequest], _context: Any):
+        async for req in requests:
+            seen.append(req)
+        for i in range(n):
+            yield common_pb2.VideoFrame(
+                frame_index=i, width=W, height=H, pixel_format=common_pb2.PIXEL_FORMAT_I420, data=i420_frame(W, H, i)
+            )
+        yield common_pb2.VideoFrame(end_of_stream=True)
+
+    cfg = encoder_pb2.EncodeConfig(
+        request_id="t", fps=FPS, sample_rate=SR, render=renderer_pb2.RenderConfig(request_id="t")
+    )
+    audio = audio_request(0, tone(samples))
+    event = common_pb2.VisemeEvent(viseme=common_pb2.VISEME_OPEN, start_sample=0, end_sample=samples)
+    audio.audio.visemes.append(event)
+    batch = audio_features_pb2.FeatureChunk(frame_index=0)
+    for i in range(n):
+        batch.frames.add(frame_index=i)
+    reqs = [
+        encoder_pb2.EncodeRequest(config=cfg),
+        audio,
+        encoder_pb2.EncodeRequest(features=batch),
+        encoder_pb2.EncodeRequest(end_of_stream=True),
+    ]
+    service = create_service(
+        load_config(), Telemetry("encoder"), nvenc_probe=lambda _: False, frame_source=LocalFrameSource(render)
+    )
+    async with serve(service) as host, create_channel(host.address) as channel:
+        out = [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(iter(reqs))]
+    assert out[-1].end_of_stream and out[-1].frames_encoded == n
+    kinds = [r.WhichOneof("kind") or ("end" if r.end_of_stream else "") for r in seen]
+    assert kinds == ["config", "visemes", "features", "end"]
+    assert list(seen[1].visemes.events) == [event]
+    assert seen[2].features == batch
