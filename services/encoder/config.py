@@ -22,10 +22,10 @@ class X264Config:
     crf: float = 27.0
     # Target bitrate with a matching VBV buffer; 0 selects CRF.
     bitrate_kbps: int = 0
-    # Encoder threads; 0 lets x264 decide (sliced threads with zerolatency). One thread per stream
-    # costs the least CPU per frame (512x512 ultrafast: ~1.7 ms, ~0.2 ms less than sliced threads)
-    # and still encodes several hundred frames per second; concurrent streams use the other cores.
-    threads: int = 1
+    # Encoder threads; 0 lets x264 decide (sliced threads with zerolatency). 1 costs ~0.2 ms less
+    # CPU per 512x512 frame (1.7 vs 1.9 ms), but each frame then takes longer to encode: on a loaded
+    # machine a live session's ticks fell behind its renderer (underruns), so auto stays the default.
+    threads: int = 0
 
     def validate(self) -> None:
         if not 0 <= self.crf <= 51:
