@@ -35,6 +35,7 @@ import numpy as np
 from services.encoder import boxes
 from services.encoder.backends.base import VideoBackend
 from services.encoder.config import AudioConfig
+from services.encoder.frames import aac_options, i420_frame
 from talkmesh.common.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class EncodeSession:
             rate = self.audio_config.aac_sample_rate
             if not rate:
                 rate = p.sample_rate if p.sample_rate in AAC_RATES else 48000
-            stream = container.add_stream("aac", rate=rate, layout="mono")
+            stream = container.add_stream("aac", rate=rate, layout="mono", options=aac_options(self.audio_config))
             assert isinstance(stream, av.AudioStream)
             stream.bit_rate = self.audio_config.aac_bitrate_kbps * 1000
         return stream
@@ -222,10 +223,10 @@ class EncodeSession:
         """Encodes the next frame (raw bytes in the stream's pixel format, already size-checked)."""
         p = self.params
         assert self._video is not None, "open() first"
-        plane = np.frombuffer(data, np.uint8)
         if p.pixel_format == "i420":
-            frame = av.VideoFrame.from_ndarray(plane.reshape(p.height * 3 // 2, p.width), format="yuv420p")
+            frame = i420_frame(data, p.width, p.height)
         else:
+            plane = np.frombuffer(data, np.uint8)
             frame = av.VideoFrame.from_ndarray(plane.reshape(p.height, p.width, 3), format="rgb24")
         frame.pts = self.frames_in
         frame.time_base = self._time_base

@@ -125,14 +125,15 @@ class FrameAssembler:
                 "frame.part_index",
                 f"expected part {len(self._parts)} of frame {frame.frame_index}, got {frame.part_index}",
             )
-        self._bytes += len(frame.data)
+        data = frame.data  # each access of a bytes field copies it out of the message (upb)
+        self._bytes += len(data)
         if self._bytes > p.frame_bytes:
             raise InvalidArgument(
                 "frame.data",
                 f"frame {frame.frame_index} has more than the {p.frame_bytes} bytes of a "
                 f"{p.width}x{p.height} {p.pixel_format} frame",
             )
-        self._parts.append(frame.data)
+        self._parts.append(data)
         if len(self._parts) < self._part_count:
             return None
         if self._bytes != p.frame_bytes:
@@ -141,11 +142,11 @@ class FrameAssembler:
                 f"frame {frame.frame_index} has {self._bytes} bytes, a {p.width}x{p.height} "
                 f"{p.pixel_format} frame has {p.frame_bytes}",
             )
-        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        whole = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         self._parts = []
         self._bytes = 0
         self.next_index += 1
-        return data
+        return whole
 
 
 def check_audio(chunk: common_pb2.AudioChunk, params: StreamParams, samples_so_far: int) -> None:

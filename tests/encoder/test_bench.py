@@ -16,6 +16,7 @@ async def test_bench_reports_latency_and_throughput(config):
     assert tiny["frames"] == 12
     assert 0 < tiny["first_fragment_ms"] <= tiny["first_fragment_max_ms"]
     assert tiny["first_fragment_paced_ms"] > 0 and tiny["fps"] > 0
+    assert tiny["cpu_ms_per_frame"] > 0
 
 
 def test_synthetic_frames_move():

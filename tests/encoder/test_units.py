@@ -98,3 +98,39 @@ async def test_a_stalled_receiver_bounds_what_is_read_ahead(config):
         await asyncio.sleep(0.01)  # let the reader run as far as it can
     assert pulled <= 1 + config.limits.input_queue + 1
     await handler.aclose()
+
+
+def test_aac_coder_is_configurable_and_reaches_the_encoder():
+    from dataclasses import replace
+    from fractions import Fraction
+
+    from services.encoder.backends import X264Backend
+    from services.encoder.session import EncodeSession, StreamParams
+
+    cfg = load_config(env={})
+    assert cfg.audio.aac_coder == "fast"
+    with pytest.raises(ConfigError, match=r"audio\.aac_coder"):
+        load_config(env={"TALKMESH_ENCODER__AUDIO__AAC_CODER": "slowest"})
+    t = np.arange(24000) / 24000
+    pcm = (np.sin(2 * np.pi * 440 * t) * 8000 + np.sin(2 * np.pi * 3100 * t) * 3000).astype("<i2").tobytes()
+    params = StreamParams(64, 64, Fraction(25), "i420", 24000, "fmp4", "aac", 40)
+
+    def encoded(coder: str) -> bytes:
+        session = EncodeSession(params, X264Backend(cfg.video), replace(cfg.audio, aac_coder=coder))
+        session.open()
+        try:
+            return session.add_audio(pcm) + session.finish()
+        finally:
+            session.close()
+
+    # a different coder makes a different bitstream: the option is not silently dropped
+    assert encoded("fast") != encoded("twoloop")
+
+
+def test_wrapped_i420_frames_keep_their_planes():
+    from services.encoder.frames import i420_frame
+
+    data = (np.arange(64 * 96) % 251).astype(np.uint8).tobytes()  # Y, then U, then V
+    frame = i420_frame(data, 64, 64)
+    assert frame.format.name == "yuv420p" and (frame.width, frame.height) == (64, 64)
+    assert frame.to_ndarray(format="yuv420p").tobytes() == data

@@ -21,6 +21,7 @@ import numpy as np
 from services.encoder import boxes
 from services.encoder.backends.base import VideoBackend, VideoCodecSettings
 from services.encoder.config import AudioConfig
+from services.encoder.frames import aac_options, i420_frame
 from services.encoder.live.fmp4 import Sample, annexb_to_avcc
 
 AAC_RATE = 48_000
@@ -56,11 +57,6 @@ def _configure(ctx: av.VideoCodecContext, settings: VideoCodecSettings, p: LiveP
         ctx.bit_rate = settings.bit_rate
     if settings.gop_size:
         ctx.gop_size = settings.gop_size
-
-
-def i420_frame(data: bytes, width: int, height: int) -> av.VideoFrame:
-    plane = np.frombuffer(data, np.uint8).reshape(height * 3 // 2, width)
-    return av.VideoFrame.from_ndarray(plane, format="yuv420p")
 
 
 class VideoEncoder:
@@ -119,7 +115,7 @@ class LiveCodecs:
             assert isinstance(astream, av.AudioStream)
             astream.bit_rate = audio.opus_bitrate_kbps * 1000
         else:
-            astream = container.add_stream("aac", rate=AAC_RATE, layout="mono")
+            astream = container.add_stream("aac", rate=AAC_RATE, layout="mono", options=aac_options(audio))
             assert isinstance(astream, av.AudioStream)
             astream.bit_rate = audio.aac_bitrate_kbps * 1000
         container.start_encoding()

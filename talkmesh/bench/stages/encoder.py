@@ -8,7 +8,9 @@ measures on the client side:
   as fast as they are accepted (the fragment holding frame 0 leaves once frame 1 is encoded);
 * ``first_fragment_paced_ms``: the same with frames arriving at the real frame rate (this adds
   one frame interval, 40 ms at 25 fps, of waiting for frame 1);
-* ``fps``: frames encoded per second over a longer stream (frames written as fast as accepted).
+* ``fps``: frames encoded per second over a longer stream (frames written as fast as accepted);
+* ``cpu_ms_per_frame``: CPU time of the encoding itself (``EncodeSession``: H.264, AAC and fMP4
+  muxing, no gRPC) per frame, with one frame of speech-like audio per frame, in this process.
 
 Audio runs 200 ms ahead of the frames, as the TTS runs ahead of the renderer in the mesh.
 """
@@ -24,10 +26,13 @@ from typing import Any
 import grpc
 import numpy as np
 
+from services.encoder.backends import X264Backend
 from services.encoder.config import EncoderConfig
 from services.encoder.main import create_service, load_config
 from services.encoder.server import EncoderService
+from services.encoder.session import EncodeSession, StreamParams
 from talkmesh.common.channel import create_channel
+from talkmesh.common.clock import fps_fraction
 from talkmesh.common.config import replace as replace_config
 from talkmesh.common.server import ServiceHost
 from talkmesh.common.telemetry import Telemetry
@@ -52,6 +57,35 @@ def synthetic_frames(width: int, height: int, count: int) -> list[bytes]:
         y[(xx - cx) ** 2 + (yy - height / 2) ** 2 < (height / 6) ** 2] = 235
         frames.append(y.tobytes() + chroma + chroma)
     return frames
+
+
+def speech_like(samples: int, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """PCM s16le with a voice's harmonics and noise (the AAC encoder's work depends on the signal)."""
+    t = np.arange(samples) / sample_rate
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12))
+    noise = np.random.default_rng(0).normal(0, 0.05, samples)
+    return ((voice * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)) + noise) * 6000).astype("<i2").tobytes()
+
+
+def session_cpu_ms_per_frame(
+    width: int, height: int, frames: Sequence[bytes], fps: float, config: EncoderConfig
+) -> float:
+    """CPU milliseconds per frame of ``EncodeSession`` alone (fMP4, x264 with the configured settings)."""
+    params = StreamParams(width, height, fps_fraction(fps), "i420", SAMPLE_RATE, "fmp4", "aac", 40)
+    session = EncodeSession(params, X264Backend(config.video), config.audio)
+    spf = round(SAMPLE_RATE / fps)
+    pcm = speech_like(spf * len(frames))
+    session.open()
+    try:
+        start = time.process_time()
+        for i, frame in enumerate(frames):
+            session.add_audio_then_frame(pcm[2 * i * spf : 2 * (i + 1) * spf], frame)
+        session.finish()
+        return 1000 * (time.process_time() - start) / len(frames)
+    finally:
+        session.close()
 
 
 async def _stream(
@@ -170,6 +204,7 @@ async def measure(
                 ]
                 paced = (await _stream(stub, width, height, clip[:6], fps, paced=True))[0]
                 _lat, seconds, encoded = await _stream(stub, width, height, clip[:frames], fps, paced=False)
+                cpu_ms = await asyncio.to_thread(session_cpu_ms_per_frame, width, height, clip[:frames], fps, cfg)
                 results["sizes"][size] = {
                     "width": width,
                     "height": height,
@@ -178,6 +213,7 @@ async def measure(
                     "first_fragment_paced_ms": round(1000 * paced, 2),
                     "fps": round(encoded / seconds, 1),
                     "frames": encoded,
+                    "cpu_ms_per_frame": round(cpu_ms, 2),
                 }
     finally:
         await host.stop(grace=1.0)
