@@ -30,7 +30,8 @@ SERVER_KEEPALIVE_TIMEOUT_MS = 5_000
 @dataclasses.dataclass(frozen=True)
 class ClientTLS:
     """TLS on a client channel (``<endpoint>.tls`` in a service's config, the client's ``--tls``
-    flags); on when ``enabled`` or any file is set. The files are read when the channel is made."""
+    flags); on when ``enabled`` or any file is set. The files are read when the channel is made and
+    again when they change (``talkmesh.common.tls.ReloadingChannel``)."""
 
     # TLS even without any file below (the server is verified against the system's roots).
     enabled: bool = False
@@ -146,12 +147,20 @@ def create_channel(
     caller passes ``outgoing_metadata()`` itself, see services/gateway/downstream.py for why).
 
     ``tls`` (when ``tls.active``): a TLS channel verifying the server against ``tls.ca_file`` and
-    presenting ``tls.cert_file`` (mutual TLS)."""
+    presenting ``tls.cert_file`` (mutual TLS), made again when those files change
+    (``talkmesh.common.tls.ReloadingChannel``): a renewed certificate needs no restart."""
     options = channel_options(
         max_message_bytes, large_window=large_window, bdp_probe=bdp_probe, keepalive_ms=keepalive_ms
     )
     chain = client_interceptors() if interceptors else None
     if tls is not None and tls.active:
         options += tls.options()
-        return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=chain)
+        if not (tls.ca_file or tls.cert_file):  # the system's roots only: nothing to reload
+            return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=chain)
+        from talkmesh.common.tls import ReloadingChannel  # (tls imports the config, which imports this)
+
+        def make(credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+            return grpc.aio.secure_channel(target, credentials, options=options, interceptors=chain)
+
+        return ReloadingChannel(tls, make)
     return grpc.aio.insecure_channel(target, options=options, interceptors=chain)
