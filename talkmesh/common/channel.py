@@ -12,14 +12,16 @@ from talkmesh.common.propagation import client_interceptors
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
-# Keepalive, one policy for both ends. Services ping the next stage every 2 s (with or without
-# calls) and give up after 2 s without an answer, so a hung stage (SIGSTOP, a dead node) fails the
-# streams in flight within ~4 s and new calls fail fast instead of waiting for their deadline.
+# Keepalive, one policy for both ends. Services ping the next stage every second (with or without
+# calls) and give up after 1.5 s without an answer, so a hung stage (SIGSTOP, a dead node) fails the
+# streams in flight within ~2.5 s (target: 5 s; tests/test_mesh_processes.py asserts it) and new
+# calls fail fast instead of waiting for their deadline. A ping is answered by gRPC's own I/O
+# threads, not the service's event loop, so a busy stage still answers within the timeout.
 # Servers accept pings as often as every second and never count them as abuse; the clients'
 # interval must never be shorter than what servers accept, or servers answer with GOAWAY
 # "too_many_pings" (a test checks the two).
-CLIENT_KEEPALIVE_MS = 2_000
-CLIENT_KEEPALIVE_TIMEOUT_MS = 2_000
+CLIENT_KEEPALIVE_MS = 1_000
+CLIENT_KEEPALIVE_TIMEOUT_MS = 1_500
 #: External clients (the Python client, the web edge) ping less often.
 PUBLIC_CLIENT_KEEPALIVE_MS = 20_000
 SERVER_MIN_PING_INTERVAL_MS = 1_000

@@ -5,7 +5,7 @@ even while it drains) every ``interval`` seconds with a ``timeout``; after ``fai
 consecutive misses a stage counts as down, and after one answer as up again. The host then
 reports NOT_SERVING (Kubernetes stops routing to the replica) and refuses new streams with
 UNAVAILABLE naming the stage, instead of letting them hang until their deadline. Streams already
-in flight are failed by the transport's keepalive (talkmesh.common.channel: within about 4 s).
+in flight are failed by the transport's keepalive (talkmesh.common.channel: within about 2.5 s).
 """
 
 from __future__ import annotations
