@@ -65,6 +65,11 @@ class DependencyWatch:
         return down
 
     async def run(self) -> None:
+        # One check starts every ``interval`` (not ``interval`` after the last one ended): a hung
+        # stage's checks each take the whole ``timeout``, and waiting the interval on top of it
+        # would double the time to notice it (~4 s instead of ~2-3 s with the defaults).
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             await self.check_once()
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
