@@ -28,8 +28,9 @@ import os
 import shutil
 import threading
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -410,16 +411,31 @@ def _avatar(avatar_id: str, meta: Mapping[str, Any], frames: np.ndarray, arrays:
     )
 
 
+def _codec_threads() -> int:
+    """Threads that encode or decode frames (OpenCV's PNG codec releases the GIL)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def save_frames(d: Path, frames: np.ndarray, progress: Callable[[int], None] = lambda done: None) -> None:
-    """Writes ``frames`` ([N, H, W, 3] uint8) to ``d`` as lossless PNGs, one frame at a time (the
-    memory it adds is one compressed frame)."""
+    """Writes ``frames`` ([N, H, W, 3] uint8) to ``d`` as lossless PNGs, in order, encoded by a few
+    threads (the memory it adds is the compressed frames not yet written: a few MiB)."""
+
+    def encode(i: int) -> bytes:
+        ok, png = cv2.imencode(".png", frames[i], [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
+        if not ok:
+            raise RuntimeError(f"could not encode frame {i} as PNG")
+        return png.tobytes()
+
     ends = np.empty(len(frames), np.int64)
-    with open(d / FRAMES_FILE, "wb") as fh:
-        for i, frame in enumerate(frames):
-            ok, png = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
-            if not ok:
-                raise RuntimeError(f"could not encode frame {i} as PNG")
-            fh.write(png.tobytes())
+    window = 4 * _codec_threads()  # frames submitted ahead of the writer
+    with open(d / FRAMES_FILE, "wb") as fh, ThreadPoolExecutor(_codec_threads(), "avatar-png") as pool:
+        pending: deque[Future[bytes]] = deque()
+        submitted = 0
+        for i in range(len(frames)):
+            while submitted < len(frames) and len(pending) < window:
+                pending.append(pool.submit(encode, submitted))
+                submitted += 1
+            fh.write(pending.popleft().result())
             ends[i] = fh.tell()
             if i % 25 == 24:
                 progress(i + 1)
@@ -429,20 +445,27 @@ def save_frames(d: Path, frames: np.ndarray, progress: Callable[[int], None] = l
 
 
 def load_frames(d: Path, shape: tuple[int, int, int, int]) -> np.ndarray:
-    """The frames ``save_frames`` wrote, decoded one at a time into one [N, H, W, 3] array."""
+    """The frames ``save_frames`` wrote, decoded by a few threads into one [N, H, W, 3] array."""
     ends = np.load(d / FRAMES_INDEX)
     if len(ends) != shape[0]:
         raise ValueError(f"{d.name}: {len(ends)} stored frames, meta.json says {shape[0]}")
+    starts = np.concatenate([[0], ends[:-1]]).tolist()
     out = np.empty(shape, np.uint8)
-    start = 0
-    with open(d / FRAMES_FILE, "rb") as fh:
-        for i, end in enumerate(ends.tolist()):
-            png = np.frombuffer(fh.read(end - start), np.uint8)
-            img = cv2.imdecode(png, cv2.IMREAD_COLOR)
+    fd = os.open(d / FRAMES_FILE, os.O_RDONLY)
+    try:
+
+        def decode_one(i: int) -> None:
+            size = int(ends[i]) - starts[i]
+            png = np.frombuffer(os.pread(fd, size, starts[i]), np.uint8)
+            img = cv2.imdecode(png, cv2.IMREAD_COLOR) if len(png) == size else None
             if img is None or img.shape != shape[1:]:
                 raise ValueError(f"{d.name}: stored frame {i} is damaged")
             out[i] = img
-            start = end
+
+        with ThreadPoolExecutor(_codec_threads(), "avatar-png") as pool:
+            list(pool.map(decode_one, range(shape[0])))  # raises the first failure
+    finally:
+        os.close(fd)
     return out
 
 
