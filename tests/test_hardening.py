@@ -332,28 +332,27 @@ def _total(mesh: InProcessMesh, service: str, name: str) -> float:
 
 
 async def test_overload_is_resource_exhausted_within_100ms_and_starts_no_upstream_work(tmp_path):
+    """~50 refused calls timed as `talkmesh bench overload` times them (the same function); the
+    process mesh of the benchmark measures the target (BENCHMARKS.md, "Overload refusals"): here
+    five services share this process's one event loop on a loaded machine, so the bound is generous."""
+    from talkmesh.bench.overload import OverloadReport, refuse
+
     async with inprocess_mesh(tmp_path, max_streams={"encoder": 1}) as mesh, TalkmeshClient(mesh.gateway) as client:
-        busy = client.speak(SENTENCE * 6)
+        busy = client.speak(SENTENCE * 12)
         assert (await busy.read()).media.init_segment  # type: ignore[attr-defined]
         tts_before = _total(mesh, "tts", "talkmesh_streams_total")
-        took = []
-        for _ in range(5):
-            t0 = time.monotonic()
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                async for _chunk in client.speak("Can I come in?"):
-                    pass
-            took.append(time.monotonic() - t0)
-            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
-            assert "encoder" in (err.value.details() or "")
-        busy.cancel()  # type: ignore[attr-defined]
+        report = OverloadReport()
+        await refuse(mesh.gateway, 50, report)
         # TTS never saw the refused requests: no synthesis was started for them
         assert _total(mesh, "tts", "talkmesh_streams_total") == tts_before
+        busy.cancel()  # type: ignore[attr-defined]
         health = await _gateway_health(mesh)
+    assert not report.unexpected, report.unexpected  # every call: RESOURCE_EXHAUSTED naming the encoder
+    assert len(report.refusals) == 50
     assert health == health_pb2.HealthCheckResponse.SERVING
-    # Target 100 ms; five services share this process's one event loop on a loaded 2-core
-    # machine (90-130 ms measured), so: the fastest within the target, the median with margin.
-    assert min(took) <= 0.1, f"fastest refusal took {min(took) * 1000:.0f} ms: {took}"
-    assert sorted(took)[2] <= 0.25, f"median refusal took {sorted(took)[2] * 1000:.0f} ms: {took}"
+    print(f"\nrefusals in-process: p50 {report.ms(50):.0f} ms, p95 {report.ms(95):.0f} ms, max {report.ms(100):.0f} ms")
+    assert report.ms(50) <= 100, f"median refusal took {report.ms(50):.0f} ms"
+    assert report.ms(95) <= 300, f"p95 refusal took {report.ms(95):.0f} ms"
 
 
 async def _gateway_health(mesh: InProcessMesh) -> int:

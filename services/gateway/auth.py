@@ -23,6 +23,9 @@ Every call except health and reflection needs a key. Limits per key: streams and
 avatar uploads per hour (token bucket) and the avatars' bytes on disk (checked by the renderer,
 which knows them). Over a limit: RESOURCE_EXHAUSTED with ``RetryInfo`` (when to try again) and
 ``QuotaFailure`` (which limit, whose key).
+
+The counters are this replica's, in memory: with N gateway replicas a key can reach N times each
+limit (docs/SECURITY.md, "Limits are per gateway replica", says why they are not divided by N).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ KEY_PREFIX = "tm_"
 
 @dataclasses.dataclass(frozen=True)
 class KeyLimits:
-    """Limits of one API key (0 = unlimited)."""
+    """Limits of one API key on one gateway replica (0 = unlimited)."""
 
     # Calls in flight at once (a Speak stream, a live session, a list call...).
     concurrent_streams: int = 4
@@ -64,7 +67,7 @@ class KeyLimits:
     requests_per_minute: int = 120
     # Avatar registrations per hour (a token bucket holding up to this many).
     uploads_per_hour: int = 20
-    # Bytes the key's avatars may take on the renderer's disk (decoded frames and precomputes).
+    # Bytes the key's avatars may take on a renderer's disk (stored frames and precomputes).
     avatar_disk_bytes: int = 2 * 1024**3
 
     def validate(self) -> None:

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkmesh.bench import components_mode, live, soak, speak, tls, web
+from talkmesh.bench import components_mode, live, overload, soak, speak, tls, web
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,12 @@ MODES: tuple[BenchMode, ...] = (
         "constant concurrency for N minutes: RSS per service, errors, TTFF drift",
         soak.add_arguments,
         soak.run,
+    ),
+    BenchMode(
+        "overload",
+        "refusals at capacity: time to RESOURCE_EXHAUSTED (p50/p95 of N calls), upstream work started, readiness",
+        overload.add_arguments,
+        overload.run,
     ),
     BenchMode(
         "components",

@@ -12,14 +12,16 @@ from talkmesh.common.propagation import client_interceptors
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
-# Keepalive, one policy for both ends. Services ping the next stage every 2 s (with or without
-# calls) and give up after 2 s without an answer, so a hung stage (SIGSTOP, a dead node) fails the
-# streams in flight within ~4 s and new calls fail fast instead of waiting for their deadline.
+# Keepalive, one policy for both ends. Services ping the next stage every second (with or without
+# calls) and give up after 1.5 s without an answer, so a hung stage (SIGSTOP, a dead node) fails the
+# streams in flight within ~2.5 s (target: 5 s; tests/test_mesh_processes.py asserts it) and new
+# calls fail fast instead of waiting for their deadline. A ping is answered by gRPC's own I/O
+# threads, not the service's event loop, so a busy stage still answers within the timeout.
 # Servers accept pings as often as every second and never count them as abuse; the clients'
 # interval must never be shorter than what servers accept, or servers answer with GOAWAY
 # "too_many_pings" (a test checks the two).
-CLIENT_KEEPALIVE_MS = 2_000
-CLIENT_KEEPALIVE_TIMEOUT_MS = 2_000
+CLIENT_KEEPALIVE_MS = 1_000
+CLIENT_KEEPALIVE_TIMEOUT_MS = 1_500
 #: External clients (the Python client, the web edge) ping less often.
 PUBLIC_CLIENT_KEEPALIVE_MS = 20_000
 SERVER_MIN_PING_INTERVAL_MS = 1_000
@@ -30,7 +32,8 @@ SERVER_KEEPALIVE_TIMEOUT_MS = 5_000
 @dataclasses.dataclass(frozen=True)
 class ClientTLS:
     """TLS on a client channel (``<endpoint>.tls`` in a service's config, the client's ``--tls``
-    flags); on when ``enabled`` or any file is set. The files are read when the channel is made."""
+    flags); on when ``enabled`` or any file is set. The files are read when the channel is made and
+    again when they change (``talkmesh.common.tls.ReloadingChannel``)."""
 
     # TLS even without any file below (the server is verified against the system's roots).
     enabled: bool = False
@@ -146,12 +149,20 @@ def create_channel(
     caller passes ``outgoing_metadata()`` itself, see services/gateway/downstream.py for why).
 
     ``tls`` (when ``tls.active``): a TLS channel verifying the server against ``tls.ca_file`` and
-    presenting ``tls.cert_file`` (mutual TLS)."""
+    presenting ``tls.cert_file`` (mutual TLS), made again when those files change
+    (``talkmesh.common.tls.ReloadingChannel``): a renewed certificate needs no restart."""
     options = channel_options(
         max_message_bytes, large_window=large_window, bdp_probe=bdp_probe, keepalive_ms=keepalive_ms
     )
     chain = client_interceptors() if interceptors else None
     if tls is not None and tls.active:
         options += tls.options()
-        return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=chain)
+        if not (tls.ca_file or tls.cert_file):  # the system's roots only: nothing to reload
+            return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=chain)
+        from talkmesh.common.tls import ReloadingChannel  # (tls imports the config, which imports this)
+
+        def make(credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+            return grpc.aio.secure_channel(target, credentials, options=options, interceptors=chain)
+
+        return ReloadingChannel(tls, make)
     return grpc.aio.insecure_channel(target, options=options, interceptors=chain)

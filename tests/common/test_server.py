@@ -235,3 +235,37 @@ async def test_a_busy_port_is_one_line_naming_it():
         with pytest.raises(BindError, match=f"metrics port 127.0.0.1:{host.metrics_port} is already in use"):
             await busy_metrics.start()
         assert busy_metrics.server is None  # nothing left listening after a failed start
+
+
+async def test_a_hung_dependency_is_down_after_two_timeouts_not_two_timeouts_plus_intervals():
+    """A stage that accepts connections but never answers (a SIGSTOPped process holding its
+    socket): with checks every second and a one-second timeout, two misses take ~2 s (checks
+    keep their cadence while they time out), not ~3 s."""
+    import socket
+
+    from talkmesh.common.aio import cancel_and_wait
+    from talkmesh.common.health import DependencyWatch
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)  # the kernel completes connections; nobody ever reads them
+        changes: list[list[str]] = []
+        noticed = asyncio.Event()
+
+        async def on_change(down: list[str]) -> None:
+            changes.append(down)
+            noticed.set()
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hung.getsockname()[1]}") as ch:
+            watch = DependencyWatch({"renderer": ch}, on_change, interval=1.0, timeout=1.0, failures=2)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            task = asyncio.create_task(watch.run())
+            try:
+                async with asyncio.timeout(10):
+                    await noticed.wait()
+                took = loop.time() - started
+            finally:
+                await cancel_and_wait(task)
+    assert changes == [["renderer"]]
+    assert took < 2.7, f"a hung stage was noticed after {took:.2f} s"

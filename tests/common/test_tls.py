@@ -205,3 +205,76 @@ async def test_healthcheck_probe_connects_over_mutual_tls(tmp_path):
         assert not await loop.run_in_executor(None, healthcheck.check, plain, "liveness", 2.0, None)
     finally:
         await host.stop(grace=0.5)
+
+
+async def _liveness(stub: health_pb2_grpc.HealthStub) -> grpc.StatusCode:
+    try:
+        await stub.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_a_rotated_client_certificate_is_used_without_restart(tmp_path):
+    """A client channel (and a stub made on it before) presents a renewed client certificate once
+    its files change: a server that trusts only the new CA lets it in without a new channel; half a
+    rotation (the new key first) keeps the old pair; calls in flight on the old channel go on."""
+    pki = tmp_path / "pki"
+    make_dev_pki(pki, ["tts"])
+    new_ca = make_ca("talkmesh dev CA 2")
+    (tmp_path / "new-ca.crt").write_bytes(new_ca.cert_pem)
+    d = pki / "tts"
+    both = tmp_path / "both.crt"
+    both.write_bytes((pki / "ca.crt").read_bytes() + new_ca.cert_pem)
+    strict = ServiceHost(
+        Empty(Telemetry("tts")),
+        ServerConfig(
+            port=0,
+            grace_seconds=0.5,
+            tls=ServerTLS(str(d / "tls.crt"), str(d / "tls.key"), str(tmp_path / "new-ca.crt")),
+        ),
+    )
+    lenient = ServiceHost(
+        Empty(Telemetry("tts")),
+        ServerConfig(port=0, grace_seconds=0.5, tls=ServerTLS(str(d / "tls.crt"), str(d / "tls.key"), str(both))),
+    )
+    await strict.start()
+    await lenient.start()
+    client_dir = pki / "client"
+    tls = ClientTLS(
+        ca_file=str(pki / "ca.crt"),
+        cert_file=str(client_dir / "tls.crt"),
+        key_file=str(client_dir / "tls.key"),
+        server_name="tts",
+    )
+    to_strict = create_channel(strict.address, tls=tls)
+    to_lenient = create_channel(lenient.address, tls=tls)
+    try:
+        stub = health_pb2_grpc.HealthStub(to_strict)
+        assert await _liveness(stub) == grpc.StatusCode.UNAVAILABLE  # the old CA is not trusted
+        watch = health_pb2_grpc.HealthStub(to_lenient).Watch(health_pb2.HealthCheckRequest(service="liveness"))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+
+        renewed = issue(new_ca, "client")
+        (client_dir / "tls.key").write_bytes(renewed.key_pem)  # half a rotation: the new key only
+        await asyncio.sleep(1.2)
+        assert await _liveness(stub) == grpc.StatusCode.UNAVAILABLE
+        assert await _liveness(health_pb2_grpc.HealthStub(to_lenient)) == grpc.StatusCode.OK  # old pair kept
+
+        (client_dir / "tls.crt").write_bytes(renewed.cert_pem)
+        loop = asyncio.get_running_loop()
+        rotated = loop.time()
+        seen = grpc.StatusCode.UNAVAILABLE
+        while seen != grpc.StatusCode.OK and loop.time() - rotated < 10:
+            await asyncio.sleep(0.2)
+            seen = await _liveness(stub)
+        assert seen == grpc.StatusCode.OK, "the renewed client certificate was not picked up"
+        assert loop.time() - rotated < 3
+        assert await _liveness(health_pb2_grpc.HealthStub(to_lenient)) == grpc.StatusCode.OK
+        assert not watch.done()  # the stream opened on the replaced channel goes on
+        watch.cancel()
+    finally:
+        await to_strict.close()
+        await to_lenient.close()
+        await strict.stop(grace=0.5)
+        await lenient.stop(grace=0.5)

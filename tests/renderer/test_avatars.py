@@ -261,3 +261,50 @@ async def test_bad_uploads_get_invalid_argument_and_the_service_stays_up(tmp_pat
         assert info.width == 512 and info.cached  # the default avatar is the same file
         listed = await stub.ListAvatars(rpb.ListAvatarsRequest())
         assert [a.id for a in listed.avatars] == [info.id]
+
+
+# -- frames stored compressed (issue 19) ------------------------------------------------------------
+
+
+def test_frames_are_stored_compressed_lossless_and_counted_in_disk_bytes(tmp_path):
+    """A video avatar's frames are on disk as PNGs (no raw frames.npy), smaller than the raw frames,
+    decoded bit for bit on load; the disk quota counts the compressed files."""
+    store, _ = _store(tmp_path)
+    video, _ = store.register(_video(tmp_path / "v.mp4", 40, (320, 240)), "v.mp4")
+    d = tmp_path / "cache" / video.id
+    assert (d / "frames.pngs").is_file() and not (d / "frames.npy").exists()
+    raw = video.frames.nbytes
+    stored = (d / "frames.pngs").stat().st_size + (d / "frames.index.npy").stat().st_size
+    assert stored < raw * 0.75, f"{stored} bytes stored for {raw} raw"
+    assert store.disk_bytes(video.id) < raw  # what the per-key quota sees
+    fresh, _ = _store(tmp_path)  # another process: decoded from disk
+    loaded = fresh.get(video.id)
+    assert loaded.frames.shape == video.frames.shape and loaded.frames.flags.c_contiguous
+    assert np.array_equal(loaded.frames, video.frames)
+    assert np.array_equal(loaded.face_boxes, video.face_boxes)
+
+
+def test_an_entry_with_raw_frames_from_an_older_version_still_loads(tmp_path):
+    """Caches written before frames were compressed (frames.npy) load as they are, and a new
+    registration of the same file finds them (same content id: no second precompute)."""
+    store, _ = _store(tmp_path)
+    avatar, _ = store.register(PORTRAIT, "me.png", "me")
+    d = tmp_path / "cache" / avatar.id
+    # turn the entry into the old layout
+    np.save(d / "frames.npy", avatar.frames)
+    (d / "frames.pngs").unlink()
+    (d / "frames.index.npy").unlink()
+    old, _ = _store(tmp_path)
+    loaded, cached = old.register(PORTRAIT, "me.png", "me")
+    assert cached and old.precomputes == 0
+    assert np.array_equal(loaded.frames, avatar.frames)
+    assert old.disk_bytes(avatar.id) >= avatar.frames.nbytes  # the raw file counts as it is
+
+
+def test_a_damaged_frame_file_is_not_a_silent_grey_avatar(tmp_path):
+    store, _ = _store(tmp_path)
+    avatar, _ = store.register(PORTRAIT, "me.png", "me")
+    path = tmp_path / "cache" / avatar.id / "frames.pngs"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="damaged"):
+        _store(tmp_path)[0].get(avatar.id)

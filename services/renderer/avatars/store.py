@@ -2,11 +2,16 @@
 precompute what each backend needs, and keep the result content-addressed on disk and hot in a
 bounded LRU.
 
-Layout on disk: ``<cache_dir>/<id>/`` with ``frames.npy`` (N x H x W x 3, BGR), ``boxes.npz``
-(face and mouth boxes, landmarks, per-frame confidence and model crops), one ``<backend>.npz`` per
-prepared backend, and ``meta.json`` (with the face report), written last. An entry is built in a
-temporary directory and renamed into place, so a precompute that is killed half way leaves nothing
-that later loads (stale temporaries are removed at start).
+Layout on disk: ``<cache_dir>/<id>/`` with ``frames.pngs`` (the N frames, each a lossless PNG,
+concatenated) and ``frames.index.npy`` (where each frame's PNG ends), ``boxes.npz`` (face and mouth
+boxes, landmarks, per-frame confidence and model crops), one ``<backend>.npz`` per prepared backend,
+and ``meta.json`` (with the face report), written last. Frames are stored compressed (about a third
+of the raw size for a video, half for a photo: BENCHMARKS.md, "Avatar store") and decoded one at a
+time into one array when the avatar is loaded; entries written by older versions, with raw
+``frames.npy``, still load as they are (and count their raw size in the disk quota).
+
+An entry is built in a temporary directory and renamed into place, so a precompute that is killed
+half way leaves nothing that later loads (stale temporaries are removed at start).
 
 Locking: a store-wide lock guards only the in-memory tables (LRU, aliases, per-entry locks) and is
 never held while decoding, analysing, loading from disk or running a backend's precompute; those
@@ -23,12 +28,14 @@ import os
 import shutil
 import threading
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from services.renderer.avatars.analysis import FaceAnalyzer, FaceChoice, FaceTrack
@@ -40,8 +47,14 @@ from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
-PRECOMPUTE_VERSION = "3"
+PRECOMPUTE_VERSION = "3"  # the content ids depend on it: changing it orphans every cached avatar
 DEFAULT_ALIAS = "default"
+FRAMES_FILE = "frames.pngs"
+FRAMES_INDEX = "frames.index.npy"
+LEGACY_FRAMES = "frames.npy"  # raw N x H x W x 3 (before frames were stored compressed)
+#: zlib level of the stored PNGs: 3 is smaller *and* faster to write than 1 on avatar frames, and
+#: levels above trade a lot of time for a few percent (measured; BENCHMARKS.md, "Avatar store").
+PNG_LEVEL = 3
 
 
 @dataclass(frozen=True)
@@ -138,7 +151,15 @@ class AvatarStore:
             cached = (self.root / avatar_id / "meta.json").is_file()
             self._on_cache("avatar_precompute", cached)
             if not cached:
-                self._precompute(avatar_id, data, filename, name or Path(filename).stem or avatar_id, choice, report)
+                fresh = self._precompute(
+                    avatar_id, data, filename, name or Path(filename).stem or avatar_id, choice, report
+                )
+                if fresh.frames.flags.c_contiguous and (
+                    fresh.frames.base is None or fresh.frames.base.nbytes == fresh.frames.nbytes
+                ):
+                    self._remember(avatar_id, fresh)
+                # else the decoded frames are a view of a larger buffer (a video that declared more
+                # frames than it had, an odd-sized photo): loaded from disk below, compact
             avatar = self.get(avatar_id)
             for b in ("viseme", *backends):
                 if b in self.backends:
@@ -153,7 +174,9 @@ class AvatarStore:
 
     def _precompute(
         self, avatar_id: str, data: bytes, filename: str, name: str, choice: FaceChoice, progress: Progress
-    ) -> None:
+    ) -> Avatar:
+        """Decodes, analyses and stores one upload; returns the avatar (its frames are the decoded
+        ones, so a new registration does not decode its stored frames again)."""
         tmp = self.root / f".tmp-{avatar_id}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -170,8 +193,8 @@ class AvatarStore:
             track = self.faces.analyse(frames, choice, progress=one_frame)
             progress("faces", len(frames), len(frames))
             report = face_report(track)
-            progress("saving", 0, 0)
-            np.save(tmp / "frames.npy", frames)
+            progress("saving", 0, len(frames))
+            save_frames(tmp, frames, lambda done: progress("saving", done, len(frames)))
             arrays = {
                 "face": np.round(track.boxes).astype(np.int32),
                 "mouth": np.round(track.mouth_boxes).astype(np.int32),
@@ -193,6 +216,7 @@ class AvatarStore:
                 "face": report,
             }
             _write_atomic(tmp / "meta.json", json.dumps(meta).encode())
+            avatar = _avatar(avatar_id, meta, frames, arrays)
             final = self.root / avatar_id
             if final.exists():  # a half-written entry from an older layout
                 shutil.rmtree(final, ignore_errors=True)
@@ -206,6 +230,7 @@ class AvatarStore:
             "prepared avatar %s (%s): %d frame(s), face found on %d (%s, confidence %.2f)",
             avatar_id, name, len(frames), report["frames_kept"], report["detector"], report["confidence"],
         )  # fmt: skip
+        return avatar
 
     def _ensure_backend(self, avatar: Avatar, backend: str) -> None:
         if backend in avatar.extras:
@@ -244,33 +269,30 @@ class AvatarStore:
                     avatar = self._memory.get(key)
                 if avatar is None:
                     avatar = self._load(key)
-                    with self._lock:
-                        self._memory[key] = avatar
-                        while len(self._memory) > self.cfg.memory_entries:
-                            self._memory.popitem(last=False)
+                    self._remember(key, avatar)
         if backend:
             self._ensure_backend(avatar, backend)
         return avatar
+
+    def _remember(self, key: str, avatar: Avatar) -> None:
+        with self._lock:
+            self._memory[key] = avatar
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.cfg.memory_entries:
+                self._memory.popitem(last=False)
 
     def _load(self, avatar_id: str) -> Avatar:
         d = self.root / avatar_id
         if not avatar_id or "/" in avatar_id or avatar_id.startswith(".") or not (d / "meta.json").is_file():
             raise NotFound("config.avatar_id", avatar_id, "avatar")
         meta = json.loads((d / "meta.json").read_text())
-        frames = np.load(d / "frames.npy", mmap_mode="r")
+        if (d / FRAMES_INDEX).is_file():
+            frames = load_frames(d, (int(meta["frames"]), int(meta["height"]), int(meta["width"]), 3))
+        else:  # an entry written before frames were stored compressed
+            frames = np.ascontiguousarray(np.load(d / LEGACY_FRAMES, mmap_mode="r"))
         with np.load(d / "boxes.npz") as z:
             arrays = {k: z[k] for k in z.files}
-        return Avatar(
-            id=avatar_id,
-            name=meta["name"],
-            frames=np.ascontiguousarray(frames),
-            face_boxes=arrays["face"],
-            mouth_boxes=arrays["mouth"],
-            landmarks=arrays.get("landmarks"),
-            kept=arrays.get("kept"),
-            crop_boxes={k[5:]: v for k, v in arrays.items() if k.startswith("crop_")},
-            report=meta.get("face", {}),
-        )
+        return _avatar(avatar_id, meta, frames, arrays)
 
     def list(self) -> list[AvatarSummary]:
         out = []
@@ -373,6 +395,78 @@ def face_report(track: FaceTrack) -> dict[str, Any]:
         "face_index": track.face_index,
         "detector": track.detector,
     }
+
+
+def _avatar(avatar_id: str, meta: Mapping[str, Any], frames: np.ndarray, arrays: Mapping[str, np.ndarray]) -> Avatar:
+    return Avatar(
+        id=avatar_id,
+        name=meta["name"],
+        frames=frames,
+        face_boxes=arrays["face"],
+        mouth_boxes=arrays["mouth"],
+        landmarks=arrays.get("landmarks"),
+        kept=arrays.get("kept"),
+        crop_boxes={k[5:]: v for k, v in arrays.items() if k.startswith("crop_")},
+        report=meta.get("face", {}),
+    )
+
+
+def _codec_threads() -> int:
+    """Threads that encode or decode frames (OpenCV's PNG codec releases the GIL)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def save_frames(d: Path, frames: np.ndarray, progress: Callable[[int], None] = lambda done: None) -> None:
+    """Writes ``frames`` ([N, H, W, 3] uint8) to ``d`` as lossless PNGs, in order, encoded by a few
+    threads (the memory it adds is the compressed frames not yet written: a few MiB)."""
+
+    def encode(i: int) -> bytes:
+        ok, png = cv2.imencode(".png", frames[i], [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
+        if not ok:
+            raise RuntimeError(f"could not encode frame {i} as PNG")
+        return png.tobytes()
+
+    ends = np.empty(len(frames), np.int64)
+    window = 4 * _codec_threads()  # frames submitted ahead of the writer
+    with open(d / FRAMES_FILE, "wb") as fh, ThreadPoolExecutor(_codec_threads(), "avatar-png") as pool:
+        pending: deque[Future[bytes]] = deque()
+        submitted = 0
+        for i in range(len(frames)):
+            while submitted < len(frames) and len(pending) < window:
+                pending.append(pool.submit(encode, submitted))
+                submitted += 1
+            fh.write(pending.popleft().result())
+            ends[i] = fh.tell()
+            if i % 25 == 24:
+                progress(i + 1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    np.save(d / FRAMES_INDEX, ends)
+
+
+def load_frames(d: Path, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """The frames ``save_frames`` wrote, decoded by a few threads into one [N, H, W, 3] array."""
+    ends = np.load(d / FRAMES_INDEX)
+    if len(ends) != shape[0]:
+        raise ValueError(f"{d.name}: {len(ends)} stored frames, meta.json says {shape[0]}")
+    starts = np.concatenate([[0], ends[:-1]]).tolist()
+    out = np.empty(shape, np.uint8)
+    fd = os.open(d / FRAMES_FILE, os.O_RDONLY)
+    try:
+
+        def decode_one(i: int) -> None:
+            size = int(ends[i]) - starts[i]
+            png = np.frombuffer(os.pread(fd, size, starts[i]), np.uint8)
+            img = cv2.imdecode(png, cv2.IMREAD_COLOR) if len(png) == size else None
+            if img is None or img.shape != shape[1:]:
+                raise ValueError(f"{d.name}: stored frame {i} is damaged")
+            out[i] = img
+
+        with ThreadPoolExecutor(_codec_threads(), "avatar-png") as pool:
+            list(pool.map(decode_one, range(shape[0])))  # raises the first failure
+    finally:
+        os.close(fd)
+    return out
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
