@@ -23,6 +23,8 @@
     interrupts: [], // {pressed, ackAt, cutFrame, idlePainted}
     events: [],
     errors: [],
+    uploads: [], // {name, size, progress: [%...], ok: avatar id | false | null while running}
+    mics: [], // microphone turns: {turnId, chunks, samples}
     lag: { last: 0, max: 0, samples: [], skips: 0 }, // playhead behind the newest buffered frame (s)
     painted: 0,
     lastMediaTime: 0,
@@ -90,6 +92,10 @@
         sb.remove(item.remove[0], item.remove[1]);
       } else {
         sb.appendBuffer(item.data);
+        if (item.firstOf) {
+          const t = item.firstOf;
+          sb.addEventListener("updateend", () => { t.appendedAt = performance.now(); }, { once: true });
+        }
         if (item.head && !item.head.init_segment && tm.offset === null) {
           // The first fragment's media time says where session frame 0 sits on the media timeline.
           const first = Number(item.head.first_frame || 0);
@@ -208,7 +214,16 @@
       if (typeof ev.data !== "string") {
         const head = pendingMedia;
         pendingMedia = null;
-        appendQueue.push({ data: ev.data, head });
+        const item = { data: ev.data, head };
+        if (head && head.turn_id) {
+          // The turn's first fragment: where the time between speak and paint goes (tm.turns).
+          const t = turn(head.turn_id);
+          if (t.mediaAt == null) {
+            t.mediaAt = performance.now();
+            item.firstOf = t;
+          }
+        }
+        appendQueue.push(item);
         pump();
         return;
       }
@@ -267,7 +282,9 @@
       const t = turn(ev.speaking_started.turn_id);
       t.startFrame = frame;
       t.startedEvent = now;
-      skipIdleBefore(frame);
+      // when the server sent it, on this page's clock (same machine in the bench: one clock)
+      if (ev.unix_seconds) t.serverSent = Number(ev.unix_seconds) * 1000 - performance.timeOrigin;
+      skipIdleBefore(frame, t);
       if (t.pressed != null) $("t-started").textContent = ms_(now - t.pressed);
       logEvent(`speaking_started ${ev.speaking_started.turn_id} at frame ${frame}`);
     } else if (ev.speaking_stopped) {
@@ -294,9 +311,12 @@
 
   // Speech starts on a keyframe (the encoder forces one after idle): the idle frames still buffered
   // before it are skipped, so the answer is seen and heard as early as possible.
-  function skipIdleBefore(frame) {
+  function skipIdleBefore(frame, t) {
     const start = frameTime(frame);
-    if (!tm.speakingVisible && start - video.currentTime > CUT_SEEK) video.currentTime = start;
+    if (!tm.speakingVisible && start - video.currentTime > CUT_SEEK) {
+      t.seekAt = performance.now();
+      video.currentTime = start;
+    }
   }
 
   // Everything buffered between the playhead and the cut is speech the user interrupted: skip it.
@@ -386,13 +406,23 @@
       button.setAttribute("aria-pressed", "false");
       return;
     }
+    if (button.disabled) return;
+    button.disabled = true; // until the microphone is open (or refused)
     try {
       const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
       const ctx = new AudioContext({ sampleRate: AUDIO_RATE });
       const source = ctx.createMediaStreamSource(stream);
       const node = ctx.createScriptProcessor(2048, 1, 1);
       const id = startAudioTurn();
-      node.onaudioprocess = (e) => sendPcm(id, new Float32Array(e.inputBuffer.getChannelData(0)), false);
+      const record = { turnId: id, chunks: 0, samples: 0, peak: 0 };
+      tm.mics.push(record);
+      node.onaudioprocess = (e) => {
+        const pcm = new Float32Array(e.inputBuffer.getChannelData(0));
+        record.chunks += 1;
+        record.samples += pcm.length;
+        for (const x of pcm) record.peak = Math.max(record.peak, Math.abs(x));
+        sendPcm(id, pcm, false);
+      };
       source.connect(node);
       node.connect(ctx.destination);
       mic = {
@@ -408,6 +438,8 @@
       button.setAttribute("aria-pressed", "true");
     } catch (err) {
       showError(`microphone: ${err.message}`);
+    } finally {
+      button.disabled = false;
     }
   }
 
@@ -443,13 +475,18 @@
     status.classList.remove("error");
     status.textContent = `uploading ${file.name}…`;
     bar.value = 0;
+    const record = { name: file.name, size: file.size, progress: [], ok: null };
+    tm.uploads.push(record);
     const form = new FormData();
     form.append("name", file.name.replace(/\.[^.]*$/, ""));
     form.append("file", file, file.name);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/avatars");
     xhr.upload.onprogress = (e) => {
-      if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total;
+      if (e.lengthComputable) {
+        bar.value = (100 * e.loaded) / e.total;
+        record.progress.push(bar.value);
+      }
     };
     xhr.onload = () => {
       let body = {};
@@ -458,10 +495,12 @@
       } catch (_) { /* not JSON: described below */ }
       if (xhr.status >= 200 && xhr.status < 300 && body.avatar) {
         bar.value = 100;
+        record.ok = body.avatar.id;
         status.textContent = `avatar “${body.avatar.name}” is ready`;
         loadPickers(body.avatar.id).then(connect);
       } else {
         const err = body.error || {};
+        record.ok = false;
         status.classList.add("error");
         status.textContent = `Upload failed: ${err.message || xhr.statusText || `HTTP ${xhr.status}`}`;
         bar.value = 0;
@@ -526,15 +565,20 @@
     }
   });
   picker.addEventListener("change", () => picker.files[0] && upload(picker.files[0]));
-  drop.addEventListener("dragover", (e) => {
-    e.preventDefault();
-    drop.classList.add("over");
-  });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (e) => {
+      e.preventDefault(); // this element accepts the drop
+      if (e.dataTransfer) e.dataTransfer.dropEffect = "copy";
+      drop.classList.add("over");
+    });
+  }
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]);
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) upload(file);
+    else showError("drop: no file in what was dropped");
   });
   video.addEventListener("play", () => {
     if (video.muted) $("unmute").hidden = false;
