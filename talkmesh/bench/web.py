@@ -73,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="docs/benchmarks", help="where the JSON goes")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file to append the results to ('' = none)")
     p.add_argument("--screenshot", default="", help="save a screenshot of the page here")
+    p.add_argument("--page-query", default="", help="query string for the page's tuning knobs, e.g. 'target_lag=0.2'")
     p.add_argument(
         "--minutes",
         type=float,
@@ -101,6 +102,7 @@ class WebReport:
     #: where speak -> paint goes, per turn (ms): see BREAKDOWN
     breakdown: dict[str, list[float]] = field(default_factory=dict)
     skips: int = 0
+    stalls: int = 0
 
 
 #: speak -> paint in parts, from the page's per-turn timestamps (performance.now(); the server's
@@ -184,7 +186,8 @@ async def bench(args: argparse.Namespace) -> WebReport:
             browser = await launch(pw, exe)
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                await page.goto(f"http://{mesh.address('web')}/")
+                query = f"?{args.page_query}" if args.page_query else ""
+                await page.goto(f"http://{mesh.address('web')}/{query}")
                 await wait_js(page, "window.talkmesh.started && window.talkmesh.painted > 25")
                 start = time.monotonic()
                 sampler = asyncio.create_task(_sample_lag(page, report))
@@ -198,6 +201,7 @@ async def bench(args: argparse.Namespace) -> WebReport:
                 report.seconds = time.monotonic() - start
                 report.lag_ms = [1000 * x for x in await page.evaluate("window.talkmesh.lag.samples")]
                 report.skips = int(await page.evaluate("window.talkmesh.lag.skips"))
+                report.stalls = int(await page.evaluate("window.talkmesh.waiting"))
                 if args.screenshot:
                     await page.screenshot(path=args.screenshot)
             finally:
@@ -241,7 +245,7 @@ def markdown(r: WebReport) -> str:
             row("playhead behind the newest buffered frame", r.lag_ms, "≤ 300"),
             row("playhead behind the wall clock (frame 0 + media time)", r.wall_lag_ms, "—"),
             "",
-            f"Skips forward (playhead more than 300 ms behind the live edge): {r.skips}.",
+            f"Skips forward (playhead too far behind the live edge): {r.skips}; stalls (`waiting`): {r.stalls}.",
             "",
             "Where speak → paint goes (per turn, ms):",
             "",

@@ -5,12 +5,23 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const video = $("avatar");
-  // Playback is kept TARGET_LAG behind the newest buffered media (10 % faster while above it);
-  // beyond MAX_LAG it skips forward.
-  const TARGET_LAG = 0.12;
-  const MAX_LAG = 0.3;
+  // Playback is kept TARGET_LAG behind the newest buffered media (faster while above it, see
+  // keepLive); beyond MAX_LAG it skips forward. Closer than ~150 ms, Chromium stalls for want of
+  // data under load (each stall then costs more than the margin saved: docs/WEB.md).
+  // Tunable from the page's URL for experiments (`/?target_lag=0.2&max_lag=0.4&speech_seek=0`).
+  const query = new URLSearchParams(location.search);
+  const knob = (name, value) => {
+    const v = Number.parseFloat(query.get(name) ?? "");
+    return Number.isFinite(v) ? v : value;
+  };
+  const TARGET_LAG = knob("target_lag", 0.15);
+  const MAX_LAG = knob("max_lag", 0.45);
+  // Playback rate while more than 80 ms above the target (1.1 while 40 to 80 ms above).
+  const FAST_RATE = knob("fast_rate", 1.25);
   // On interrupt, buffered speech beyond the playhead longer than this is skipped by a seek.
-  const CUT_SEEK = 0.08;
+  const CUT_SEEK = knob("cut_seek", 0.08);
+  // When speech starts, the idle frames still buffered before it are skipped by a seek (1) or played (0).
+  const SPEECH_SEEK = knob("speech_seek", 1);
   // Media older than this is removed from the SourceBuffer (a long session stays small).
   const KEEP_SECONDS = 20;
 
@@ -27,6 +38,7 @@
     mics: [], // microphone turns: {turnId, chunks, samples}
     lag: { last: 0, max: 0, samples: [], skips: 0 }, // playhead behind the newest buffered frame (s)
     painted: 0,
+    waiting: 0, // times playback stalled for want of data (the element's `waiting` event)
     lastMediaTime: 0,
     speakingVisible: false,
     status: null,
@@ -129,21 +141,23 @@
     const end = video.buffered.end(video.buffered.length - 1);
     if (video.currentTime < video.buffered.start(0)) video.currentTime = video.buffered.start(0);
     let lag = end - video.currentTime;
+    if (tm.painted > 25) {
+      // sampled before any correction: the distance the viewer actually had
+      tm.lag.max = Math.max(tm.lag.max, lag);
+      tm.lag.samples.push(lag);
+      if (tm.lag.samples.length > 20000) tm.lag.samples.splice(0, 10000);
+    }
     if (lag > MAX_LAG) {
       // Fell behind (a stall, a background tab): skip forward, don't accumulate delay.
       video.currentTime = end - TARGET_LAG;
       tm.lag.skips += 1;
       lag = TARGET_LAG;
     }
-    // A little behind: play slightly faster until back at the target (inaudible, no jump).
-    const rate = lag > TARGET_LAG + 0.04 ? 1.1 : 1.0;
+    // Behind: play faster until back at the target (pitch kept; no seek, which would flush the
+    // decoders and stall playback until they have refilled).
+    const rate = lag > TARGET_LAG + 0.08 ? FAST_RATE : lag > TARGET_LAG + 0.04 ? 1.1 : 1.0;
     if (video.playbackRate !== rate) video.playbackRate = rate;
     tm.lag.last = lag;
-    if (tm.painted > 25) {
-      tm.lag.max = Math.max(tm.lag.max, lag);
-      tm.lag.samples.push(lag);
-      if (tm.lag.samples.length > 20000) tm.lag.samples.splice(0, 10000);
-    }
     if (video.paused && lag > TARGET_LAG / 2) video.play().catch(() => {});
     $("t-lag").textContent = ms_(lag * 1000);
   }
@@ -313,7 +327,7 @@
   // before it are skipped, so the answer is seen and heard as early as possible.
   function skipIdleBefore(frame, t) {
     const start = frameTime(frame);
-    if (!tm.speakingVisible && start - video.currentTime > CUT_SEEK) {
+    if (SPEECH_SEEK && !tm.speakingVisible && start - video.currentTime > CUT_SEEK) {
       t.seekAt = performance.now();
       video.currentTime = start;
     }
@@ -580,6 +594,7 @@
     if (file) upload(file);
     else showError("drop: no file in what was dropped");
   });
+  video.addEventListener("waiting", () => { tm.waiting += 1; });
   video.addEventListener("play", () => {
     if (video.muted) $("unmute").hidden = false;
   });
