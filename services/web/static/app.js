@@ -20,8 +20,10 @@
   const FAST_RATE = knob("fast_rate", 1.1);
   // On interrupt, buffered speech beyond the playhead longer than this is skipped by a seek.
   const CUT_SEEK = knob("cut_seek", 0.08);
-  // When speech starts, the idle frames still buffered before it are skipped by a seek (1) or played (0).
+  // When speech starts, the idle frames still buffered before it are skipped by a seek (1), played
+  // at RUSH_RATE (2: no decoder flush, no refill) or played as they are (0).
   const SPEECH_SEEK = knob("speech_seek", 1);
+  const RUSH_RATE = knob("rush_rate", 4);
   // Media older than this is removed from the SourceBuffer (a long session stays small).
   const KEEP_SECONDS = 20;
 
@@ -55,6 +57,7 @@
   let currentTurn = "";
   let reconnectTimer = null;
   let keepAliveTimer = null;
+  let rushTo = null; // media time playback rushes to (speech_seek=2)
 
   // -- events panel ---------------------------------------------------------------------------
   function logEvent(text) {
@@ -153,6 +156,10 @@
       tm.lag.skips += 1;
       lag = TARGET_LAG;
     }
+    if (rushTo !== null) {
+      if (video.currentTime < rushTo && !tm.speakingVisible) return;
+      rushTo = null;
+    }
     // Behind: play faster until back at the target (pitch kept; no seek, which would flush the
     // decoders and stall playback until they have refilled).
     const rate = lag > TARGET_LAG + 0.08 ? FAST_RATE : lag > TARGET_LAG + 0.04 ? 1.1 : 1.0;
@@ -190,6 +197,10 @@
         cut.toIdle = now - cut.pressed;
         $("t-idle").textContent = ms_(cut.toIdle);
       }
+    }
+    if (speaking && rushTo !== null) {
+      rushTo = null;
+      video.playbackRate = 1.0;
     }
     if (speaking !== tm.speakingVisible) {
       tm.speakingVisible = speaking;
@@ -327,8 +338,12 @@
   // before it are skipped, so the answer is seen and heard as early as possible.
   function skipIdleBefore(frame, t) {
     const start = frameTime(frame);
-    if (SPEECH_SEEK && !tm.speakingVisible && start - video.currentTime > CUT_SEEK) {
-      t.seekAt = performance.now();
+    if (!SPEECH_SEEK || tm.speakingVisible || start - video.currentTime <= CUT_SEEK) return;
+    t.seekAt = performance.now();
+    if (SPEECH_SEEK === 2) {
+      rushTo = start; // keepLive and onFrame end the rush
+      video.playbackRate = RUSH_RATE;
+    } else {
       video.currentTime = start;
     }
   }
