@@ -56,8 +56,10 @@ def find_chromium() -> str | None:
     return None
 
 
-async def launch(playwright: Any, executable: str) -> Any:
-    return await playwright.chromium.launch(executable_path=executable, headless=True, args=list(CHROMIUM_ARGS))
+async def launch(playwright: Any, executable: str, extra_args: tuple[str, ...] = ()) -> Any:
+    """Headless Chromium with CHROMIUM_ARGS (and ``extra_args``, e.g. a fake microphone's file)."""
+    args = [*CHROMIUM_ARGS, *extra_args]
+    return await playwright.chromium.launch(executable_path=executable, headless=True, args=args)
 
 
 async def wait_js(page: Any, expression: str, timeout: float = 30.0) -> Any:
@@ -71,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="docs/benchmarks", help="where the JSON goes")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file to append the results to ('' = none)")
     p.add_argument("--screenshot", default="", help="save a screenshot of the page here")
+    p.add_argument("--page-query", default="", help="query string for the page's tuning knobs, e.g. 'target_lag=0.2'")
     p.add_argument(
         "--minutes",
         type=float,
@@ -96,6 +99,25 @@ class WebReport:
     wall_lag_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
     browser: str = ""
+    #: where speak -> paint goes, per turn (ms): see BREAKDOWN
+    breakdown: dict[str, list[float]] = field(default_factory=dict)
+    skips: int = 0
+    stalls: int = 0
+
+
+#: speak -> paint in parts, from the page's per-turn timestamps (performance.now(); the server's
+#: send time is its wall clock mapped onto the page's, one machine so one clock).
+BREAKDOWN = (
+    (
+        "speak → server sent speaking_started (page, WS, edge, gateway, TTS, features, renderer, encoder)",
+        "serverSent",
+        "pressed",
+    ),
+    ("server sent → event received (gRPC, edge, WS)", "startedEvent", "serverSent"),
+    ("speak → first speech fragment received", "mediaAt", "pressed"),
+    ("fragment received → appended (MSE)", "appendedAt", "mediaAt"),
+    ("appended → painted (seek or playhead, decode, compositing)", "firstPainted", "appendedAt"),
+)
 
 
 async def _turns(page: Any, report: WebReport, turns: int) -> None:
@@ -109,6 +131,13 @@ async def _turns(page: Any, report: WebReport, turns: int) -> None:
         turn = f"window.talkmesh.turns['{tid}']"
         started = await page.evaluate(f"{turn}.startedEvent - {turn}.pressed")
         report.speak_to_event_ms.append(float(started))
+        t = await page.evaluate(turn)
+        for name, end, begin in BREAKDOWN:
+            if t.get(end) is not None and t.get(begin) is not None:
+                report.breakdown.setdefault(name, []).append(float(t[end]) - float(t[begin]))
+        report.breakdown.setdefault("turns whose idle was skipped by a seek (1 = yes)", []).append(
+            1.0 if t.get("seekAt") is not None else 0.0
+        )
         await wait_js(page, f"window.talkmesh.turns['{tid}'].stopFrame != null && !window.talkmesh.speakingVisible")
         await asyncio.sleep(0.3)
 
@@ -157,7 +186,8 @@ async def bench(args: argparse.Namespace) -> WebReport:
             browser = await launch(pw, exe)
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                await page.goto(f"http://{mesh.address('web')}/")
+                query = f"?{args.page_query}" if args.page_query else ""
+                await page.goto(f"http://{mesh.address('web')}/{query}")
                 await wait_js(page, "window.talkmesh.started && window.talkmesh.painted > 25")
                 start = time.monotonic()
                 sampler = asyncio.create_task(_sample_lag(page, report))
@@ -170,6 +200,8 @@ async def bench(args: argparse.Namespace) -> WebReport:
                     await asyncio.gather(sampler, return_exceptions=True)
                 report.seconds = time.monotonic() - start
                 report.lag_ms = [1000 * x for x in await page.evaluate("window.talkmesh.lag.samples")]
+                report.skips = int(await page.evaluate("window.talkmesh.lag.skips"))
+                report.stalls = int(await page.evaluate("window.talkmesh.waiting"))
                 if args.screenshot:
                     await page.screenshot(path=args.screenshot)
             finally:
@@ -212,6 +244,14 @@ def markdown(r: WebReport) -> str:
             row("interrupt pressed → idle frame painted", r.interrupt_to_idle_ms, "≤ 500 p95"),
             row("playhead behind the newest buffered frame", r.lag_ms, "≤ 300"),
             row("playhead behind the wall clock (frame 0 + media time)", r.wall_lag_ms, "—"),
+            "",
+            f"Skips forward (playhead too far behind the live edge): {r.skips}; stalls (`waiting`): {r.stalls}.",
+            "",
+            "Where speak → paint goes (per turn, ms):",
+            "",
+            "| part | n | p50 ms | p95 ms | max ms | |",
+            "|---|---|---|---|---|---|",
+            *(row(name, v, "") for name, v in r.breakdown.items()),
             "",
         ]
     )

@@ -72,7 +72,10 @@ async def test_the_page_plays_speaks_interrupts_and_reports_upload_errors(tmp_pa
             assert media["audio"] > 0, "audio is decoded"
             assert not media["paused"]
             lag = np.array(media["lag"]["samples"])
-            assert len(lag) > 20 and np.percentile(lag, 90) < 0.35, f"near the live edge: {np.percentile(lag, 90)}"
+            # The page samples the distance before it corrects it (skips included): the target is
+            # 300 ms; the 90th percentile has margin for stalls on the loaded 2-core machine.
+            assert len(lag) > 20 and np.median(lag) < 0.3, f"near the live edge: {np.median(lag)}"
+            assert np.percentile(lag, 90) < 0.5, f"near the live edge: {np.percentile(lag, 90)}"
             assert turn["ttff"] > 0
             times = [g.t for g in speaking]
             assert times == sorted(times) and times[-1] - times[0] > 0.6 * (stop_time - start_time)

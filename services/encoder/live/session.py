@@ -111,12 +111,17 @@ class Turn:
         return bool(self.frames) and self.frames[0][0] == k and self.has_audio_for(k)
 
     def can_start(self, buffer_frames: int) -> bool:
-        """Frame 0 is ready and enough frames are buffered to absorb jitter (or all of them are)."""
+        """Frame 0 is ready and enough frames are buffered to absorb jitter (or all of them are).
+
+        The buffer absorbs input arriving in real time (a caller's audio). When the input already
+        runs ahead of it (a text turn: the TTS is faster than real time), only the renderer paces
+        the turn and it starts with its first frame: the buffer would only add latency."""
         if not (self.played == 0 and self.ready()):
             return False
         total = self.total_frames
         all_rendered = self.render_done or (total is not None and self.rendered >= total)
-        return len(self.frames) >= min(buffer_frames, self.lead) or all_rendered
+        input_ahead = self.has_audio_for(2 * buffer_frames)
+        return len(self.frames) >= min(buffer_frames, self.lead) or all_rendered or input_ahead
 
     def finished(self) -> bool:
         total = self.total_frames

@@ -5,12 +5,25 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const video = $("avatar");
-  // Playback is kept TARGET_LAG behind the newest buffered media (10 % faster while above it);
-  // beyond MAX_LAG it skips forward.
-  const TARGET_LAG = 0.12;
-  const MAX_LAG = 0.3;
+  // Playback is kept TARGET_LAG behind the newest buffered media (faster while above it, see
+  // keepLive); beyond MAX_LAG it skips forward. (A 150 ms target with a 450 ms skip threshold
+  // and 25 % catch-up was tried on the loaded machine: no fewer stalls, a longer distance.)
+  // Tunable from the page's URL for experiments (`/?target_lag=0.2&max_lag=0.4&speech_seek=0`).
+  const query = new URLSearchParams(location.search);
+  const knob = (name, value) => {
+    const v = Number.parseFloat(query.get(name) ?? "");
+    return Number.isFinite(v) ? v : value;
+  };
+  const TARGET_LAG = knob("target_lag", 0.12);
+  const MAX_LAG = knob("max_lag", 0.3);
+  // Playback rate while more than 80 ms above the target (1.1 while 40 to 80 ms above it).
+  const FAST_RATE = knob("fast_rate", 1.1);
   // On interrupt, buffered speech beyond the playhead longer than this is skipped by a seek.
-  const CUT_SEEK = 0.08;
+  const CUT_SEEK = knob("cut_seek", 0.08);
+  // When speech starts, the idle frames still buffered before it are skipped by a seek (1), played
+  // at RUSH_RATE (2: no decoder flush, no refill) or played as they are (0).
+  const SPEECH_SEEK = knob("speech_seek", 1);
+  const RUSH_RATE = knob("rush_rate", 4);
   // Media older than this is removed from the SourceBuffer (a long session stays small).
   const KEEP_SECONDS = 20;
 
@@ -23,8 +36,11 @@
     interrupts: [], // {pressed, ackAt, cutFrame, idlePainted}
     events: [],
     errors: [],
+    uploads: [], // {name, size, progress: [%...], ok: avatar id | false | null while running}
+    mics: [], // microphone turns: {turnId, chunks, samples}
     lag: { last: 0, max: 0, samples: [], skips: 0 }, // playhead behind the newest buffered frame (s)
     painted: 0,
+    waiting: 0, // times playback stalled for want of data (the element's `waiting` event)
     lastMediaTime: 0,
     speakingVisible: false,
     status: null,
@@ -41,6 +57,7 @@
   let currentTurn = "";
   let reconnectTimer = null;
   let keepAliveTimer = null;
+  let rushTo = null; // media time playback rushes to (speech_seek=2)
 
   // -- events panel ---------------------------------------------------------------------------
   function logEvent(text) {
@@ -90,6 +107,10 @@
         sb.remove(item.remove[0], item.remove[1]);
       } else {
         sb.appendBuffer(item.data);
+        if (item.firstOf) {
+          const t = item.firstOf;
+          sb.addEventListener("updateend", () => { t.appendedAt = performance.now(); }, { once: true });
+        }
         if (item.head && !item.head.init_segment && tm.offset === null) {
           // The first fragment's media time says where session frame 0 sits on the media timeline.
           const first = Number(item.head.first_frame || 0);
@@ -123,21 +144,27 @@
     const end = video.buffered.end(video.buffered.length - 1);
     if (video.currentTime < video.buffered.start(0)) video.currentTime = video.buffered.start(0);
     let lag = end - video.currentTime;
+    if (tm.painted > 25) {
+      // sampled before any correction: the distance the viewer actually had
+      tm.lag.max = Math.max(tm.lag.max, lag);
+      tm.lag.samples.push(lag);
+      if (tm.lag.samples.length > 20000) tm.lag.samples.splice(0, 10000);
+    }
     if (lag > MAX_LAG) {
       // Fell behind (a stall, a background tab): skip forward, don't accumulate delay.
       video.currentTime = end - TARGET_LAG;
       tm.lag.skips += 1;
       lag = TARGET_LAG;
     }
-    // A little behind: play slightly faster until back at the target (inaudible, no jump).
-    const rate = lag > TARGET_LAG + 0.04 ? 1.1 : 1.0;
+    if (rushTo !== null) {
+      if (video.currentTime < rushTo && !tm.speakingVisible) return;
+      rushTo = null;
+    }
+    // Behind: play faster until back at the target (pitch kept; no seek, which would flush the
+    // decoders and stall playback until they have refilled).
+    const rate = lag > TARGET_LAG + 0.08 ? FAST_RATE : lag > TARGET_LAG + 0.04 ? 1.1 : 1.0;
     if (video.playbackRate !== rate) video.playbackRate = rate;
     tm.lag.last = lag;
-    if (tm.painted > 25) {
-      tm.lag.max = Math.max(tm.lag.max, lag);
-      tm.lag.samples.push(lag);
-      if (tm.lag.samples.length > 20000) tm.lag.samples.splice(0, 10000);
-    }
     if (video.paused && lag > TARGET_LAG / 2) video.play().catch(() => {});
     $("t-lag").textContent = ms_(lag * 1000);
   }
@@ -170,6 +197,10 @@
         cut.toIdle = now - cut.pressed;
         $("t-idle").textContent = ms_(cut.toIdle);
       }
+    }
+    if (speaking && rushTo !== null) {
+      rushTo = null;
+      video.playbackRate = 1.0;
     }
     if (speaking !== tm.speakingVisible) {
       tm.speakingVisible = speaking;
@@ -208,7 +239,16 @@
       if (typeof ev.data !== "string") {
         const head = pendingMedia;
         pendingMedia = null;
-        appendQueue.push({ data: ev.data, head });
+        const item = { data: ev.data, head };
+        if (head && head.turn_id) {
+          // The turn's first fragment: where the time between speak and paint goes (tm.turns).
+          const t = turn(head.turn_id);
+          if (t.mediaAt == null) {
+            t.mediaAt = performance.now();
+            item.firstOf = t;
+          }
+        }
+        appendQueue.push(item);
         pump();
         return;
       }
@@ -267,7 +307,9 @@
       const t = turn(ev.speaking_started.turn_id);
       t.startFrame = frame;
       t.startedEvent = now;
-      skipIdleBefore(frame);
+      // when the server sent it, on this page's clock (same machine in the bench: one clock)
+      if (ev.unix_seconds) t.serverSent = Number(ev.unix_seconds) * 1000 - performance.timeOrigin;
+      skipIdleBefore(frame, t);
       if (t.pressed != null) $("t-started").textContent = ms_(now - t.pressed);
       logEvent(`speaking_started ${ev.speaking_started.turn_id} at frame ${frame}`);
     } else if (ev.speaking_stopped) {
@@ -294,9 +336,16 @@
 
   // Speech starts on a keyframe (the encoder forces one after idle): the idle frames still buffered
   // before it are skipped, so the answer is seen and heard as early as possible.
-  function skipIdleBefore(frame) {
+  function skipIdleBefore(frame, t) {
     const start = frameTime(frame);
-    if (!tm.speakingVisible && start - video.currentTime > CUT_SEEK) video.currentTime = start;
+    if (!SPEECH_SEEK || tm.speakingVisible || start - video.currentTime <= CUT_SEEK) return;
+    t.seekAt = performance.now();
+    if (SPEECH_SEEK === 2) {
+      rushTo = start; // keepLive and onFrame end the rush
+      video.playbackRate = RUSH_RATE;
+    } else {
+      video.currentTime = start;
+    }
   }
 
   // Everything buffered between the playhead and the cut is speech the user interrupted: skip it.
@@ -386,13 +435,23 @@
       button.setAttribute("aria-pressed", "false");
       return;
     }
+    if (button.disabled) return;
+    button.disabled = true; // until the microphone is open (or refused)
     try {
       const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
       const ctx = new AudioContext({ sampleRate: AUDIO_RATE });
       const source = ctx.createMediaStreamSource(stream);
       const node = ctx.createScriptProcessor(2048, 1, 1);
       const id = startAudioTurn();
-      node.onaudioprocess = (e) => sendPcm(id, new Float32Array(e.inputBuffer.getChannelData(0)), false);
+      const record = { turnId: id, chunks: 0, samples: 0, peak: 0 };
+      tm.mics.push(record);
+      node.onaudioprocess = (e) => {
+        const pcm = new Float32Array(e.inputBuffer.getChannelData(0));
+        record.chunks += 1;
+        record.samples += pcm.length;
+        for (const x of pcm) record.peak = Math.max(record.peak, Math.abs(x));
+        sendPcm(id, pcm, false);
+      };
       source.connect(node);
       node.connect(ctx.destination);
       mic = {
@@ -408,6 +467,8 @@
       button.setAttribute("aria-pressed", "true");
     } catch (err) {
       showError(`microphone: ${err.message}`);
+    } finally {
+      button.disabled = false;
     }
   }
 
@@ -443,13 +504,18 @@
     status.classList.remove("error");
     status.textContent = `uploading ${file.name}…`;
     bar.value = 0;
+    const record = { name: file.name, size: file.size, progress: [], ok: null };
+    tm.uploads.push(record);
     const form = new FormData();
     form.append("name", file.name.replace(/\.[^.]*$/, ""));
     form.append("file", file, file.name);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/avatars");
     xhr.upload.onprogress = (e) => {
-      if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total;
+      if (e.lengthComputable) {
+        bar.value = (100 * e.loaded) / e.total;
+        record.progress.push(bar.value);
+      }
     };
     xhr.onload = () => {
       let body = {};
@@ -458,10 +524,12 @@
       } catch (_) { /* not JSON: described below */ }
       if (xhr.status >= 200 && xhr.status < 300 && body.avatar) {
         bar.value = 100;
+        record.ok = body.avatar.id;
         status.textContent = `avatar “${body.avatar.name}” is ready`;
         loadPickers(body.avatar.id).then(connect);
       } else {
         const err = body.error || {};
+        record.ok = false;
         status.classList.add("error");
         status.textContent = `Upload failed: ${err.message || xhr.statusText || `HTTP ${xhr.status}`}`;
         bar.value = 0;
@@ -526,16 +594,22 @@
     }
   });
   picker.addEventListener("change", () => picker.files[0] && upload(picker.files[0]));
-  drop.addEventListener("dragover", (e) => {
-    e.preventDefault();
-    drop.classList.add("over");
-  });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (e) => {
+      e.preventDefault(); // this element accepts the drop
+      if (e.dataTransfer) e.dataTransfer.dropEffect = "copy";
+      drop.classList.add("over");
+    });
+  }
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]);
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) upload(file);
+    else showError("drop: no file in what was dropped");
   });
+  video.addEventListener("waiting", () => { tm.waiting += 1; });
   video.addEventListener("play", () => {
     if (video.muted) $("unmute").hidden = false;
   });
