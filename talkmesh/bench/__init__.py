@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkmesh.bench import components_mode, live, soak, speak, tls, web
+from talkmesh.bench import components_mode, live, neural, soak, speak, tls, web
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,12 @@ MODES: tuple[BenchMode, ...] = (
         "constant concurrency for N minutes: RSS per service, errors, TTFF drift",
         soak.add_arguments,
         soak.run,
+    ),
+    BenchMode(
+        "musetalk",
+        "one Speak through the mesh with MuseTalk on your model files: first fragment, frames/s, precompute",
+        neural.add_arguments,
+        neural.run,
     ),
     BenchMode(
         "components",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from talkmesh.common.gpu import GpuPlan, gpu_memory, model_weight_bytes, plan_gp
 from talkmesh.common.telemetry import Telemetry
 
 log = logging.getLogger("talkmesh.renderer.neural")
+#: the log line of an avatar's precompute (read back by ``talkmesh bench musetalk``)
+PREPARED = "%s precompute of avatar %s: %d frame(s) in %.3f s"
 
 
 def padded_boxes(boxes: np.ndarray, size: tuple[int, int], pads: tuple[int, int, int, int]) -> np.ndarray:
@@ -176,6 +179,13 @@ class NeuralBackend(RenderBackend):
             raise InvalidArgument("avatar_frame", f"{job.avatar_frame} outside 0..{len(avatar.frames) - 1}")
 
     def prepare(self, avatar: Avatar) -> None:
+        """The avatar's crops, paste mask and model inputs; timed as stage ``<backend>_prepare`` and logged."""
+        start = time.perf_counter()
+        with self.telemetry.stage(f"{self.name}_prepare", avatar=avatar.id, frames=len(avatar.frames)):
+            self._prepare(avatar)
+        log.info(PREPARED, self.name, avatar.id, len(avatar.frames), time.perf_counter() - start)
+
+    def _prepare(self, avatar: Avatar) -> None:
         frames = avatar.frames
         if self.name in avatar.crop_boxes:  # from the face-mesh landmarks, smoothed over time
             boxes = landmark_boxes(avatar.crop_boxes[self.name], avatar.size)
