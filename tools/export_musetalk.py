@@ -146,7 +146,7 @@ def export_all(
             (image,),
             out_dir / VAE_ENCODER_FILE,
             ["image"],
-            ["latents"],
+            ["latents", "latents_std"],
             meta,
             external_data_threshold=big,
         ),

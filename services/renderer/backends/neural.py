@@ -196,6 +196,7 @@ class NeuralBackend(RenderBackend):
         if len(boxes) == 1 and len(frames) > 1:
             boxes = np.repeat(boxes, len(frames), axis=0)
         crops = face_crops(frames, boxes, self.crop_size, self.crop_interpolation)
+        # "mask": one [S,S] blend weight for every frame, or (a backend's prepare_model) [N,S,S] per frame
         avatar.extras[self.name] = {
             "boxes": boxes,
             "crops": crops,
@@ -209,7 +210,10 @@ class NeuralBackend(RenderBackend):
 
     def compose(self, avatar: Avatar, job: FrameJob, crop: np.ndarray) -> np.ndarray:
         ex = self.extras(avatar)
-        return paste(avatar.frames[job.avatar_frame], ex["boxes"][job.avatar_frame], crop, ex["mask"])
+        mask = ex["mask"]
+        if mask.ndim == 3:  # per avatar frame
+            mask = mask[job.avatar_frame]
+        return paste(avatar.frames[job.avatar_frame], ex["boxes"][job.avatar_frame], crop, mask)
 
     def render(self, avatar: Avatar, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
         """Direct (unbatched) rendering, with frame skip: used when the batcher is disabled."""
