@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", default="Hi.", help="what to say (keep it short on a CPU)")
     p.add_argument("--frames", type=int, default=0, help="stop after this many video frames (0: the whole request)")
     p.add_argument("--size", default="360p", help="output size preset")
+    p.add_argument("--deadline", type=float, default=7200.0, help="the Speak call's deadline, seconds")
     p.add_argument("--start-timeout", type=float, default=1800.0, help="seconds each service may take to get ready")
     p.add_argument("--out-dir", default="docs/benchmarks", help="where the JSON goes ('' = none)")
 
@@ -153,6 +154,7 @@ async def bench(args: argparse.Namespace) -> NeuralRun:
         env = mesh_env(model_dir, encoder, Path(logs) / "avatars")
         async with Mesh(env=env, log_dir=Path(logs), start_timeout=args.start_timeout) as mesh:
             run.mesh_start_seconds = time.perf_counter() - started
+            print(f"mesh ready in {run.mesh_start_seconds:.1f} s", file=sys.stderr, flush=True)
             speaker = GrpcSpeaker(mesh.gateway)
             try:
                 await speak(speaker, args, run)
@@ -172,7 +174,7 @@ async def speak(speaker: object, args: argparse.Namespace, run: NeuralRun) -> No
     assert isinstance(speaker, GrpcSpeaker)
     request = TalkmeshClient.request(args.text, size=args.size, backend=BACKEND, request_id="bench-musetalk")
     start = time.perf_counter()
-    call = speaker.client.speak(request)
+    call = speaker.client.speak(request, timeout=args.deadline)  # the gateway's default (600 s) is too short
     async for chunk in call:
         kind = chunk.WhichOneof("kind")
         if kind == "media" and not chunk.media.init_segment and chunk.media.data:

@@ -384,3 +384,61 @@ async def test_renderer_service_loads_the_external_data_models_on_cpu(exported_e
     assert msgs[-1].end_of_stream
     inferred = {m.frame_index for m in msgs if m.data and m.inferred}
     assert inferred == {0, 1, 2}
+
+
+@pytest.fixture(scope="module")
+def face_parser_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tools.export_face_parser import export_face_parser, load_bisenet
+
+    return export_face_parser(load_bisenet(None, seed=2), tmp_path_factory.mktemp("parser") / "face_parser.onnx")
+
+
+def test_blend_uses_the_face_parser_mask_when_configured(exported, face_parser_onnx):
+    """With musetalk.face_parser the blend weight of each avatar frame is its parsed mask, and the
+    rendered frame is the generated crop pasted through it."""
+    from services.renderer.backends.face_parser import FACE_PARSER, FaceParser
+    from services.renderer.backends.neural import paste
+    from services.renderer.backends.onnx_models import ExecutionConfig, open_model
+
+    _, _, out = exported
+    cfg = RendererConfig(
+        musetalk=ModelConfig(path=str(out), face_parser=str(face_parser_onnx), face_parser_mode="raw"),
+        batch=BatchConfig(max_size=2),
+    )
+    b = MuseTalkBackend(cfg, Telemetry("renderer"))
+    avatar = make_avatar()
+    jobs = [FrameJob("s", i, i, True, -20.0, features=whisper(i)) for i in range(2)]
+    frames = b.render(avatar, jobs)
+    ex = avatar.extras["musetalk"]
+    assert ex["mask"].shape == (2, 256, 256)
+    parser = FaceParser(open_model("p", face_parser_onnx, FACE_PARSER, ExecutionConfig()), "raw")
+    assert np.allclose(ex["mask"], parser.masks(ex["crops"], 256))
+    assert ex["mask"].max() > 0.5 and not np.array_equal(ex["mask"][0], ex["mask"][1])
+    crops = b.infer([(avatar, j) for j in jobs])
+    for i, frame in enumerate(frames):
+        want = paste(avatar.frames[i], ex["boxes"][i], crops[i], ex["mask"][i])
+        assert np.array_equal(frame, want)
+        # and not the landmark-box mask's result
+        other = paste(avatar.frames[i], ex["boxes"][i], crops[i], b.paste_mask())
+        assert not np.array_equal(frame, other)
+
+
+def test_blend_falls_back_to_the_lower_face_mask_without_a_parser(backend):
+    from services.renderer.backends.neural import lower_face_mask, paste
+
+    avatar = make_avatar()
+    jobs = [FrameJob("s", i, i, True, -20.0, features=whisper(i)) for i in range(2)]
+    frames = backend.render(avatar, jobs)
+    ex = avatar.extras["musetalk"]
+    assert backend.parser is None and ex["mask"].shape == (256, 256)
+    assert np.array_equal(ex["mask"], lower_face_mask(256))
+    crops = backend.infer([(avatar, j) for j in jobs])
+    for i, frame in enumerate(frames):
+        assert np.array_equal(frame, paste(avatar.frames[i], ex["boxes"][i], crops[i], ex["mask"]))
+
+
+def test_a_missing_face_parser_file_is_reported(exported, tmp_path: Path):
+    _, _, out = exported
+    cfg = RendererConfig(musetalk=ModelConfig(path=str(out), face_parser=str(tmp_path / "nope.onnx")))
+    with pytest.raises(ModelError, match=r"musetalk face_parser .*does not exist"):
+        MuseTalkBackend(cfg, Telemetry("renderer"))

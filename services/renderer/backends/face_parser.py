@@ -8,9 +8,9 @@ blurred with a kernel a tenth of the crop wide. The modes are MuseTalk's:
 
 - ``raw``: skin (1), mouth (11), upper and lower lip (12, 13);
 - ``neck``: ``raw`` and the neck (14);
-- ``jaw`` (MuseTalk 1.5's default): the skin grown by a cone-shaped dilation (the mask follows a jaw
-  that opens further than the reference's), kept narrower at the cheeks (an erosion outside the
-  central 160 of 512 columns), without the nose (10), with the mouth and lips.
+- ``jaw`` (MuseTalk 1.5's default): the skin grown by a cone-shaped dilation (at 512 px: 16 rows up,
+  6 down, up to 10 columns to each side), narrowed at the cheeks (an erosion outside the central
+  160 of 512 columns), without the nose (10), with the mouth and lips.
 
 The mask here is in the renderer's model crop (the face box + padding) and fades to zero at the
 crop's border, so no box edge shows in the paste.
