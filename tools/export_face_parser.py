@@ -44,7 +44,7 @@ def load_bisenet(weights: Path | None, seed: int = 0) -> BiSeNet:
             )
     else:  # random BatchNorm statistics too, so that random weights give a varied parse
         for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
+            if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
                 m.running_mean.normal_(0.0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return net.eval()

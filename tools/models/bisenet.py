@@ -56,6 +56,10 @@ class BasicBlock(nn.Module):
         return F.relu(y + skip)
 
 
+def _stage(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout))
+
+
 class ResNet18(nn.Module):
     """The backbone without its classifier; returns the stride-8, -16 and -32 features."""
 
@@ -64,9 +68,10 @@ class ResNet18(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        widths = ((64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2))
-        for i, (cin, cout, stride) in enumerate(widths, start=1):
-            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout)))
+        self.layer1 = _stage(64, 64, 1)
+        self.layer2 = _stage(64, 128, 2)
+        self.layer3 = _stage(128, 256, 2)
+        self.layer4 = _stage(256, 512, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
@@ -153,6 +158,8 @@ class FaceParserExport(nn.Module):
     def __init__(self, net: BiSeNet) -> None:
         super().__init__()
         self.net = net
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
