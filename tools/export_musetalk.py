@@ -26,7 +26,11 @@ the real UNet, keeps its weights in one ``<name>.onnx.data`` file beside it); se
 ``musetalk.path`` of the renderer to it. The release is recorded in the models' metadata
 (``talkmesh.musetalk_version``): set the audio features' ``musetalk.version`` to the same and export
 the Whisper encoder with the same ``--musetalk-version`` (1.0 and 1.5 differ in the encoder's last
-state and in the padding of the audio windows). Needs the ``tools`` extra.
+state and in the padding of the audio windows). ``vae_encoder.onnx`` outputs the scaled mean
+(``latents``) and standard deviation (``latents_std``) of the VAE's latent distribution, so the
+renderer can take the latent as MuseTalk does (a sample, ``musetalk.vae_latent: sample``) or its mean.
+For MuseTalk's face-parsing blend, also export ``models/face-parse-bisent/79999_iter.pth`` with
+``python -m tools.export_face_parser`` (renderer ``musetalk.face_parser``). Needs the ``tools`` extra.
 """
 
 from __future__ import annotations
@@ -146,7 +150,7 @@ def export_all(
             (image,),
             out_dir / VAE_ENCODER_FILE,
             ["image"],
-            ["latents"],
+            ["latents", "latents_std"],
             meta,
             external_data_threshold=big,
         ),

@@ -67,6 +67,33 @@ class ModelConfig:
             raise ConfigError.at("frame_skip", "must be at least 1")
 
 
+VAE_LATENTS = ("sample", "mean")
+FACE_PARSER_MODES = ("jaw", "raw", "neck")
+
+
+@dataclass(frozen=True)
+class MuseTalkModelConfig(ModelConfig):
+    # The VAE latent of each avatar crop: "sample" (MuseTalk's own code: the encoder's distribution
+    # sampled once per avatar frame, scaled; here with a fixed seed per frame, so the precompute and
+    # its cache are reproducible) or "mean" (the distribution's mean: deterministic, no noise).
+    vae_latent: str = "sample"
+    # Seed of the "sample" noise (with the avatar frame's index).
+    vae_seed: int = 0
+    # Optional BiSeNet face-parsing ONNX (python -m tools.export_face_parser): the blend mask comes
+    # from its face classes, as MuseTalk blends; empty: the landmark-based lower-face mask.
+    face_parser: str = ""
+    # Which parsed classes make the mask: "jaw" (MuseTalk 1.5's default: skin grown down over the
+    # jaw, lips and mouth, not the nose), "raw" (skin, lips, mouth) or "neck" (raw plus the neck).
+    face_parser_mode: str = "jaw"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.vae_latent not in VAE_LATENTS:
+            raise ConfigError.at("vae_latent", f"{self.vae_latent!r} is not one of {VAE_LATENTS}")
+        if self.face_parser_mode not in FACE_PARSER_MODES:
+            raise ConfigError.at("face_parser_mode", f"{self.face_parser_mode!r} is not one of {FACE_PARSER_MODES}")
+
+
 @dataclass(frozen=True)
 class BatchConfig:
     # Cross-session dynamic batching for the neural backends.
@@ -97,7 +124,7 @@ class RendererConfig:
     avatars: AvatarConfig = field(default_factory=AvatarConfig)
     viseme: VisemeRendererConfig = field(default_factory=VisemeRendererConfig)
     wav2lip: ModelConfig = field(default_factory=ModelConfig)
-    musetalk: ModelConfig = field(default_factory=ModelConfig)
+    musetalk: MuseTalkModelConfig = field(default_factory=MuseTalkModelConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     # ONNX Runtime: providers, fp16, TensorRT cache, CUDA memory arena (talkmesh.common.onnx).
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)

@@ -195,9 +195,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         size = len(data)
         yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
         progress = LatestProgress(asyncio.get_running_loop())
-        job = asyncio.ensure_future(
-            asyncio.to_thread(self._register, who, data, meta, progress.report)
-        )
+        job = asyncio.ensure_future(asyncio.to_thread(self._register, who, data, meta, progress.report))
         try:
             async for stage, done, total in progress.updates(job):
                 yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage=stage, done=done, total=total))

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkmesh.bench import components_mode, live, overload, soak, speak, tls, web
+from talkmesh.bench import components_mode, live, neural, overload, soak, speak, tls, web
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ MODES: tuple[BenchMode, ...] = (
         "refusals at capacity: time to RESOURCE_EXHAUSTED (p50/p95 of N calls), upstream work started, readiness",
         overload.add_arguments,
         overload.run,
+    ),
+    BenchMode(
+        "musetalk",
+        "one Speak through the mesh with MuseTalk on your model files: first fragment, frames/s, precompute",
+        neural.add_arguments,
+        neural.run,
     ),
     BenchMode(
         "components",

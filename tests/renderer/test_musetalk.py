@@ -17,10 +17,11 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from services.renderer.backends.base import Avatar, FrameJob  # noqa: E402
-from services.renderer.backends.musetalk import MuseTalkBackend  # noqa: E402
+from services.renderer.backends.musetalk import MuseTalkBackend, latent_noise  # noqa: E402
 from services.renderer.backends.onnx_models import CPU, ModelError  # noqa: E402
 from services.renderer.batcher import DynamicBatcher  # noqa: E402
-from services.renderer.config import BatchConfig, ModelConfig, RendererConfig  # noqa: E402
+from services.renderer.config import BatchConfig, RendererConfig  # noqa: E402
+from services.renderer.config import MuseTalkModelConfig as ModelConfig  # noqa: E402
 from talkmesh.common.telemetry import Telemetry  # noqa: E402
 from tools.export_musetalk import main, unet_from_config  # noqa: E402
 from tools.models.musetalk import (  # noqa: E402
@@ -99,12 +100,24 @@ def test_exported_models_match_pytorch(exported):
     ]
     for file, module, feeds, shape in cases:
         with torch.no_grad():
-            ref = module(*feeds.values()).numpy()
+            refs = module(*feeds.values())
+        refs = refs if isinstance(refs, tuple) else (refs,)
         sess = ort.InferenceSession(str(out / file), providers=[CPU])
-        got = sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
-        assert got.shape == shape and got.dtype == np.float32, file
-        assert np.abs(got - ref).max() < 1e-4, file
-        assert ref.std() > 1e-3, file
+        outs = sess.run(None, {k: v.numpy() for k, v in feeds.items()})
+        assert len(outs) == len(refs), file
+        for got, ref in zip(outs, (r.numpy() for r in refs), strict=True):
+            assert got.shape == shape and got.dtype == np.float32, file
+            assert np.abs(got - ref).max() < 1e-4, file
+            assert ref.std() > 1e-3, file
+    # the encoder's two outputs are the scaled mean and standard deviation of the latent distribution
+    with torch.no_grad():
+        dist = vae.encode(image * 2 - 1).latent_dist
+    sess = ort.InferenceSession(str(out / "vae_encoder.onnx"), providers=[CPU])
+    assert [o.name for o in sess.get_outputs()] == ["latents", "latents_std"]
+    mean, std = sess.run(None, {"image": image.numpy()})
+    scale = vae.config.scaling_factor
+    assert np.abs(mean - dist.mean.numpy() * scale).max() < 1e-4
+    assert np.abs(std - dist.std.numpy() * scale).max() < 1e-4
 
 
 def test_positional_encoding_is_the_sinusoidal_table():
@@ -157,9 +170,62 @@ def test_avatar_precompute_holds_masked_and_reference_latents(exported, backend)
     masked[128:] = 0
     batch = torch.from_numpy(np.stack([masked, crop]).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
-        ref = VaeEncode(vae)(batch).numpy()
-    assert np.abs(ex["latents"][1, :4] - ref[0]).max() < 1e-4
-    assert np.abs(ex["latents"][1, 4:] - ref[1]).max() < 1e-4
+        mean, std = (t.numpy() for t in VaeEncode(vae)(batch))
+    # The default is MuseTalk's: a sample of the latent distribution, mean + std * noise, with the
+    # noise of (seed 0, frame 1, masked 0 / reference 1).
+    assert backend.config.musetalk.vae_latent == "sample"
+    masked_want = mean[0] + std[0] * latent_noise(0, 1, 0)
+    ref_want = mean[1] + std[1] * latent_noise(0, 1, 1)
+    assert np.abs(ex["latents"][1, :4] - masked_want).max() < 1e-4
+    assert np.abs(ex["latents"][1, 4:] - ref_want).max() < 1e-4
+    assert np.abs(ex["latents"][1, 4:] - mean[1]).max() > 1e-3  # the noise is really there
+    # Reproducible: a second precompute of the same avatar gives the same latents.
+    again = make_avatar()
+    backend.prepare(again)
+    assert np.array_equal(again.extras["musetalk"]["latents"], ex["latents"])
+
+
+def test_vae_latent_mean_takes_the_distribution_mean(exported):
+    _, vae, out = exported
+    cfg = RendererConfig(musetalk=ModelConfig(path=str(out), vae_latent="mean"), batch=BatchConfig(max_size=4))
+    b = MuseTalkBackend(cfg, Telemetry("renderer"))
+    avatar = make_avatar()
+    b.prepare(avatar)
+    ex = avatar.extras["musetalk"]
+    crop = ex["crops"][0][..., ::-1].astype(np.float32) / 255.0
+    with torch.no_grad():
+        mean, _ = VaeEncode(vae)(torch.from_numpy(crop.transpose(2, 0, 1)[None].copy()))
+    assert np.abs(ex["latents"][0, 4:] - mean.numpy()[0]).max() < 1e-4
+
+
+def test_vae_latent_setting_is_checked():
+    from talkmesh.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match="vae_latent"):
+        ModelConfig(vae_latent="mode").validate()
+    with pytest.raises(ConfigError, match="face_parser_mode"):
+        ModelConfig(face_parser_mode="chin").validate()
+
+
+def test_a_mean_only_encoder_needs_vae_latent_mean(exported, tmp_path: Path):
+    """An encoder exported before latents_std loads with vae_latent: mean, and is refused (naming
+    the setting and the fix) with the default sample."""
+    import shutil
+
+    import onnx
+
+    _, _, out = exported
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    model = onnx.load(str(old / "vae_encoder.onnx"))
+    del model.graph.output[1]
+    onnx.save(model, str(old / "vae_encoder.onnx"))
+    with pytest.raises(ModelError, match="vae_latent: sample needs the encoder's latents_std"):
+        MuseTalkBackend(RendererConfig(musetalk=ModelConfig(path=str(old))), Telemetry("renderer"))
+    b = MuseTalkBackend(RendererConfig(musetalk=ModelConfig(path=str(old), vae_latent="mean")), Telemetry("renderer"))
+    avatar = make_avatar()
+    b.prepare(avatar)
+    assert avatar.extras["musetalk"]["latents"].shape == (2, 8, 32, 32)
 
 
 def test_backend_output_matches_the_torch_pipeline(exported, backend):
@@ -318,3 +384,65 @@ async def test_renderer_service_loads_the_external_data_models_on_cpu(exported_e
     assert msgs[-1].end_of_stream
     inferred = {m.frame_index for m in msgs if m.data and m.inferred}
     assert inferred == {0, 1, 2}
+
+
+@pytest.fixture(scope="module")
+def face_parser_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tools.export_face_parser import export_face_parser, load_bisenet
+
+    net = load_bisenet(None, seed=2)
+    with torch.no_grad():  # random weights parse these crops mostly as classes 5 and 10: make 5 skin
+        w = net.conv_out.conv_out.weight
+        w[[1, 5]] = w[[5, 1]].clone()
+    return export_face_parser(net, tmp_path_factory.mktemp("parser") / "face_parser.onnx")
+
+
+def test_blend_uses_the_face_parser_mask_when_configured(exported, face_parser_onnx):
+    """With musetalk.face_parser the blend weight of each avatar frame is its parsed mask, and the
+    rendered frame is the generated crop pasted through it."""
+    from services.renderer.backends.face_parser import FACE_PARSER, FaceParser
+    from services.renderer.backends.neural import paste
+    from services.renderer.backends.onnx_models import ExecutionConfig, open_model
+
+    _, _, out = exported
+    cfg = RendererConfig(
+        musetalk=ModelConfig(path=str(out), face_parser=str(face_parser_onnx), face_parser_mode="raw"),
+        batch=BatchConfig(max_size=2),
+    )
+    b = MuseTalkBackend(cfg, Telemetry("renderer"))
+    avatar = make_avatar()
+    jobs = [FrameJob("s", i, i, True, -20.0, features=whisper(i)) for i in range(2)]
+    frames = b.render(avatar, jobs)
+    ex = avatar.extras["musetalk"]
+    assert ex["mask"].shape == (2, 256, 256)
+    parser = FaceParser(open_model("p", face_parser_onnx, FACE_PARSER, ExecutionConfig()), "raw")
+    assert np.allclose(ex["mask"], parser.masks(ex["crops"], 256))
+    assert ex["mask"].max() > 0.5 and not np.array_equal(ex["mask"][0], ex["mask"][1])
+    crops = b.infer([(avatar, j) for j in jobs])
+    for i, frame in enumerate(frames):
+        want = paste(avatar.frames[i], ex["boxes"][i], crops[i], ex["mask"][i])
+        assert np.array_equal(frame, want)
+        # and not the landmark-box mask's result
+        other = paste(avatar.frames[i], ex["boxes"][i], crops[i], b.paste_mask())
+        assert not np.array_equal(frame, other)
+
+
+def test_blend_falls_back_to_the_lower_face_mask_without_a_parser(backend):
+    from services.renderer.backends.neural import lower_face_mask, paste
+
+    avatar = make_avatar()
+    jobs = [FrameJob("s", i, i, True, -20.0, features=whisper(i)) for i in range(2)]
+    frames = backend.render(avatar, jobs)
+    ex = avatar.extras["musetalk"]
+    assert backend.parser is None and ex["mask"].shape == (256, 256)
+    assert np.array_equal(ex["mask"], lower_face_mask(256))
+    crops = backend.infer([(avatar, j) for j in jobs])
+    for i, frame in enumerate(frames):
+        assert np.array_equal(frame, paste(avatar.frames[i], ex["boxes"][i], crops[i], ex["mask"]))
+
+
+def test_a_missing_face_parser_file_is_reported(exported, tmp_path: Path):
+    _, _, out = exported
+    cfg = RendererConfig(musetalk=ModelConfig(path=str(out), face_parser=str(tmp_path / "nope.onnx")))
+    with pytest.raises(ModelError, match=r"musetalk face_parser .*does not exist"):
+        MuseTalkBackend(cfg, Telemetry("renderer"))

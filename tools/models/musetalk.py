@@ -63,9 +63,10 @@ class VaeEncode(nn.Module):
         self.vae = vae
         self.scaling = float(getattr(vae.config, "scaling_factor", SD_VAE_SCALING))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        mean: torch.Tensor = self.vae.encode(image * 2.0 - 1.0).latent_dist.mean
-        return mean * self.scaling
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent distribution, scaled: (mean, std); MuseTalk's latent is ``mean + std * noise``."""
+        dist = self.vae.encode(image * 2.0 - 1.0).latent_dist
+        return dist.mean * self.scaling, dist.std * self.scaling
 
 
 class VaeDecode(nn.Module):

@@ -2,13 +2,20 @@
 
 ``musetalk.path`` is a directory with the three models ``python -m tools.export_musetalk`` writes:
 
-    vae_encoder.onnx  image [B,3,256,256] RGB in [0,1]            -> latents [B,4,32,32] (scaled)
+    vae_encoder.onnx  image [B,3,256,256] RGB in [0,1]            -> latents, latents_std [B,4,32,32]
+                                                                   (the latent distribution's mean and
+                                                                   standard deviation, both scaled)
     unet.onnx         latents [B,8,32,32], audio [B,50,384]        -> pred [B,4,32,32]
     vae_decoder.onnx  latents [B,4,32,32]                          -> image [B,3,256,256] in [0,1]
 
 Per avatar frame (in the avatar cache, computed once): the face crop (face box + 10 px chin,
 resized to 256x256), the latents of the masked crop (lower half zero) and of the reference crop,
-concatenated as the UNet's 8 input channels, and a feathered lower-face mask. Per frame: the Whisper
+concatenated as the UNet's 8 input channels, and the blend mask. The latents are, as MuseTalk takes
+them, a sample of the VAE's latent distribution (``musetalk.vae_latent: sample``: mean + std * noise,
+the noise seeded by ``musetalk.vae_seed`` and the frame's index, so the cache is reproducible) or its
+mean (``mean``). The blend mask is the face parser's (``musetalk.face_parser``, a BiSeNet ONNX:
+:mod:`services.renderer.backends.face_parser`) when configured, else the feathered landmark-box
+lower-face mask. Per frame: the Whisper
 window ``[50,384]`` from audio_features (FEATURE_TYPE_WHISPER_EMBEDDING; the positional encoding
 and timestep 0 are inside unet.onnx), one UNet step, decode, blend.
 """
@@ -23,6 +30,7 @@ import cv2
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob
+from services.renderer.backends.face_parser import FACE_PARSER, FaceParser
 from services.renderer.backends.neural import NeuralBackend, gpu_plan, warmup_avatar
 from services.renderer.backends.onnx_models import (
     GPU_PROVIDERS,
@@ -45,8 +53,10 @@ FEATURE_TYPE_WHISPER_EMBEDDING = 3  # talkmesh.v1.FeatureType
 
 VAE_ENCODER = Signature(
     inputs=(TensorSpec("image", (None, 3, CROP, CROP)),),
-    outputs=(TensorSpec("latents", (None, 4, LATENT, LATENT)),),
+    outputs=(TensorSpec("latents", (None, 4, LATENT, LATENT)), TensorSpec("latents_std", (None, 4, LATENT, LATENT))),
 )
+#: an encoder exported before ``latents_std`` (the mean only): usable with ``musetalk.vae_latent: mean``
+VAE_ENCODER_MEAN_ONLY = Signature(inputs=VAE_ENCODER.inputs, outputs=VAE_ENCODER.outputs[:1])
 UNET = Signature(
     inputs=(TensorSpec("latents", (None, 8, LATENT, LATENT)), TensorSpec("audio", (None, *AUDIO_SHAPE))),
     outputs=(TensorSpec("pred", (None, 4, LATENT, LATENT)),),
@@ -57,6 +67,13 @@ VAE_DECODER = Signature(
 )
 FILES = {"vae_encoder": ("vae_encoder.onnx", VAE_ENCODER), "unet": ("unet.onnx", UNET),
          "vae_decoder": ("vae_decoder.onnx", VAE_DECODER)}  # fmt: skip
+
+
+def latent_noise(seed: int, frame: int, part: int) -> np.ndarray:
+    """The standard normal noise [4,32,32] of avatar frame ``frame``'s latent sample (``part`` 0: the
+    masked crop, 1: the reference crop): the same for the same seed, frame and part in every run."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, frame, part]))
+    return rng.standard_normal((4, LATENT, LATENT), dtype=np.float32)
 
 
 def to_model_image(crops_bgr: np.ndarray) -> np.ndarray:
@@ -99,10 +116,11 @@ class MuseTalkBackend(NeuralBackend):
         avail = list(available) if available is not None else available_providers()
         gpu = gpu_plan(self.bytes_per_frame, config, avail, [root / file for file, _ in FILES.values()])
         gpu_batch = gpu.max_batch
-        self.models: dict[str, OnnxModel] = {
-            role: open_model(
+
+        def load(role: str, path: Path, sig: Signature) -> OnnxModel:
+            return open_model(
                 f"musetalk {role}",
-                root / file,
+                path,
                 sig,
                 config.execution,
                 max_batch=gpu_batch,
@@ -111,8 +129,26 @@ class MuseTalkBackend(NeuralBackend):
                 factory=session_factory,
                 check=provider_check,
             )
-            for role, (file, sig) in FILES.items()
-        }
+
+        self.models: dict[str, OnnxModel] = {}
+        for role, (file, sig) in FILES.items():
+            try:
+                self.models[role] = load(role, root / file, sig)
+            except ModelError as exc:
+                if role != "vae_encoder" or "wrong model signature" not in str(exc):
+                    raise
+                if config.musetalk.vae_latent != "mean":
+                    raise ModelError(
+                        f"{exc}; musetalk.vae_latent: sample needs the encoder's latents_std (re-export with "
+                        "python -m tools.export_musetalk, or set musetalk.vae_latent: mean)"
+                    ) from exc
+                self.models[role] = load(role, root / file, VAE_ENCODER_MEAN_ONLY)
+        self.parser: FaceParser | None = None
+        if config.musetalk.face_parser:
+            self.parser = FaceParser(
+                load("face_parser", Path(os.path.expanduser(config.musetalk.face_parser)), FACE_PARSER),
+                config.musetalk.face_parser_mode,
+            )
         self.provider = self.models["unet"].provider
         self.max_batch = gpu_batch if self.provider in GPU_PROVIDERS else config.batch.max_size
         telemetry.set_backend("execution_provider", f"{self.name}/{self.provider}")
@@ -121,20 +157,33 @@ class MuseTalkBackend(NeuralBackend):
     def frame_skip(self) -> int:
         return self.config.musetalk.frame_skip
 
-    def encode(self, crops_bgr: np.ndarray) -> np.ndarray:
-        """Scaled VAE latents [N,4,32,32] of [N,256,256,3] uint8 BGR crops, in batches."""
+    def encode(self, crops_bgr: np.ndarray, part: int = 0) -> np.ndarray:
+        """Scaled VAE latents [N,4,32,32] of [N,256,256,3] uint8 BGR crops, in batches: the mean, or
+        (``musetalk.vae_latent: sample``) one sample per crop, its noise seeded by (``vae_seed``, crop
+        index, ``part``)."""
+        model = self.models["vae_encoder"]
+        sample = self.config.musetalk.vae_latent == "sample"
         out = []
         for start in range(0, len(crops_bgr), self.max_batch):
             chunk = to_model_image(crops_bgr[start : start + self.max_batch])
-            out.append(self.models["vae_encoder"].run({"image": chunk})[0])
+            result = model.run({"image": chunk})
+            mean = result[0].astype(np.float32)
+            if sample:
+                seed = self.config.musetalk.vae_seed
+                noise = np.stack([latent_noise(seed, start + i, part) for i in range(len(mean))])
+                mean = mean + result[1].astype(np.float32) * noise
+            out.append(mean)
         return np.concatenate(out).astype(np.float32)
 
     def prepare_model(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         masked = crops.copy()
         masked[:, CROP // 2 :] = 0
         # UNet input channels: masked-crop latents, then reference latents (MuseTalk's order).
-        latents = np.concatenate([self.encode(masked), self.encode(crops)], axis=1)
-        return {"latents": latents}
+        latents = np.concatenate([self.encode(masked, 0), self.encode(crops, 1)], axis=1)
+        out = {"latents": latents}
+        if self.parser is not None:  # one blend mask per avatar frame, from its parsed face
+            out["mask"] = self.parser.masks(crops, CROP)
+        return out
 
     def infer(self, items: Sequence[tuple[Avatar, FrameJob]]) -> list[np.ndarray]:
         n = len(items)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from talkmesh.common.gpu import GpuPlan, gpu_memory, model_weight_bytes, plan_gp
 from talkmesh.common.telemetry import Telemetry
 
 log = logging.getLogger("talkmesh.renderer.neural")
+#: the log line of an avatar's precompute (read back by ``talkmesh bench musetalk``)
+PREPARED = "%s precompute of avatar %s: %d frame(s) in %.3f s"
 
 
 def padded_boxes(boxes: np.ndarray, size: tuple[int, int], pads: tuple[int, int, int, int]) -> np.ndarray:
@@ -176,6 +179,13 @@ class NeuralBackend(RenderBackend):
             raise InvalidArgument("avatar_frame", f"{job.avatar_frame} outside 0..{len(avatar.frames) - 1}")
 
     def prepare(self, avatar: Avatar) -> None:
+        """The avatar's crops, paste mask and model inputs; timed as stage ``<backend>_prepare`` and logged."""
+        start = time.perf_counter()
+        with self.telemetry.stage(f"{self.name}_prepare", avatar=avatar.id, frames=len(avatar.frames)):
+            self._prepare(avatar)
+        log.info(PREPARED, self.name, avatar.id, len(avatar.frames), time.perf_counter() - start)
+
+    def _prepare(self, avatar: Avatar) -> None:
         frames = avatar.frames
         if self.name in avatar.crop_boxes:  # from the face-mesh landmarks, smoothed over time
             boxes = landmark_boxes(avatar.crop_boxes[self.name], avatar.size)
@@ -186,6 +196,7 @@ class NeuralBackend(RenderBackend):
         if len(boxes) == 1 and len(frames) > 1:
             boxes = np.repeat(boxes, len(frames), axis=0)
         crops = face_crops(frames, boxes, self.crop_size, self.crop_interpolation)
+        # "mask": one [S,S] blend weight for every frame, or (a backend's prepare_model) [N,S,S] per frame
         avatar.extras[self.name] = {
             "boxes": boxes,
             "crops": crops,
@@ -199,7 +210,10 @@ class NeuralBackend(RenderBackend):
 
     def compose(self, avatar: Avatar, job: FrameJob, crop: np.ndarray) -> np.ndarray:
         ex = self.extras(avatar)
-        return paste(avatar.frames[job.avatar_frame], ex["boxes"][job.avatar_frame], crop, ex["mask"])
+        mask = ex["mask"]
+        if mask.ndim == 3:  # per avatar frame
+            mask = mask[job.avatar_frame]
+        return paste(avatar.frames[job.avatar_frame], ex["boxes"][job.avatar_frame], crop, mask)
 
     def render(self, avatar: Avatar, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
         """Direct (unbatched) rendering, with frame skip: used when the batcher is disabled."""

@@ -1,0 +1,49 @@
+"""``talkmesh bench musetalk``: its environment is the services' real config, and its figures are read right."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from services.renderer.backends.neural import PREPARED
+from talkmesh.bench import MODES
+from talkmesh.bench.neural import NeuralRun, add_arguments, mesh_env, precompute_seconds
+
+
+def test_mesh_env_configures_the_three_services(tmp_path: Path):
+    from services.audio_features.main import load_config as features_config
+    from services.gateway.main import load_config as gateway_config
+    from services.renderer.main import load_config as renderer_config
+
+    env = mesh_env(tmp_path / "models", tmp_path / "enc.onnx", tmp_path / "avatars")
+    r = renderer_config(None, env=env)
+    assert r.musetalk.path == str(tmp_path / "models") and "musetalk" in r.backends
+    assert r.batch.max_size == 1 and r.avatars.cache_dir == str(tmp_path / "avatars")
+    assert gateway_config(None, env=env).default_renderer_backend == "musetalk"
+    assert features_config(None, env=env).whisper_encoder.path == str(tmp_path / "enc.onnx")
+
+
+def test_precompute_is_read_from_the_renderers_log_line(caplog):
+    log = logging.getLogger("t")
+    with caplog.at_level(logging.INFO):
+        log.info(PREPARED, "musetalk", "warmup", 1, 1.5)
+        log.info(PREPARED, "musetalk", "a1b2", 3, 58.125)
+        log.info(PREPARED, "wav2lip", "a1b2", 3, 9.0)
+    assert precompute_seconds(caplog.text) == 58.125  # not the warm-up, not another backend
+
+
+def test_frames_per_second_and_markdown():
+    run = NeuralRun("musetalk", "talkmesh bench musetalk", "abc", "d", {"cpu": "x", "cores": 2}, "/m", 10**9, "Hi.", 4)
+    run.fragment_times = [10.0, 20.0, 30.0, 40.0]
+    run.total_seconds, run.frames = 40.0, 4
+    assert run.frames_per_second == 0.1 and run.steady_frames_per_second == 0.1
+    assert "4 in 40.0 s" in run.markdown()
+
+
+def test_mode_is_registered_with_its_options():
+    assert any(m.name == "musetalk" for m in MODES)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--model-dir", "m", "--whisper-encoder", "e", "--frames", "3"])
+    assert args.frames == 3 and args.deadline > 600 and args.text
