@@ -308,3 +308,45 @@ def test_a_damaged_frame_file_is_not_a_silent_grey_avatar(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="damaged"):
         _store(tmp_path)[0].get(avatar.id)
+
+
+class _KeyedBackend(VisemeBackend):
+    """A backend whose precompute depends on a model version (as a neural backend's on its files)."""
+
+    name = "keyed"
+
+    def __init__(self, cfg: RendererConfig, version: int) -> None:
+        super().__init__(cfg, Telemetry("renderer"))
+        self.version = version
+        self.prepared = 0
+
+    def precompute_key(self) -> str:
+        return f"model-v{self.version}"
+
+    def prepare(self, avatar) -> None:
+        self.prepared += 1
+        avatar.extras[self.name] = {"latents": np.full(3, self.version, np.float32)}
+
+
+def test_a_cached_backend_precompute_is_redone_when_its_model_or_settings_change(tmp_path):
+    cfg = RendererConfig(avatars=AvatarConfig(cache_dir=str(tmp_path / "cache")))
+
+    def store_with(version: int) -> tuple[AvatarStore, _KeyedBackend]:
+        keyed = _KeyedBackend(cfg, version)
+        return AvatarStore(cfg.avatars, {"viseme": VisemeBackend(cfg, Telemetry("r")), "keyed": keyed}), keyed
+
+    store, keyed = store_with(1)
+    avatar, _ = store.register(PORTRAIT, "me.png", "me")
+    assert store.get(avatar.id, "keyed").extras["keyed"]["latents"].tolist() == [1, 1, 1]
+    assert keyed.prepared == 1
+    # another process with the same model: the precompute comes from disk
+    store, keyed = store_with(1)
+    assert store.get(avatar.id, "keyed").extras["keyed"]["latents"].tolist() == [1, 1, 1]
+    assert keyed.prepared == 0
+    # new model files or settings: the cached latents are not served, they are made again and saved
+    store, keyed = store_with(2)
+    assert store.get(avatar.id, "keyed").extras["keyed"]["latents"].tolist() == [2, 2, 2]
+    assert keyed.prepared == 1
+    store, keyed = store_with(2)
+    assert store.get(avatar.id, "keyed").extras["keyed"]["latents"].tolist() == [2, 2, 2]
+    assert keyed.prepared == 0

@@ -446,3 +446,17 @@ def test_a_missing_face_parser_file_is_reported(exported, tmp_path: Path):
     cfg = RendererConfig(musetalk=ModelConfig(path=str(out), face_parser=str(tmp_path / "nope.onnx")))
     with pytest.raises(ModelError, match=r"musetalk face_parser .*does not exist"):
         MuseTalkBackend(cfg, Telemetry("renderer"))
+
+
+def test_precompute_key_follows_the_model_files_and_the_latent_settings(exported, backend, tmp_path):
+    """The avatar store redoes a cached precompute made under another key (tests/renderer/test_avatars.py)."""
+    import shutil
+
+    _, _, out = exported
+    assert backend.precompute_key() == backend.precompute_key()
+    cfg = RendererConfig(musetalk=ModelConfig(path=str(out), vae_latent="mean"), batch=BatchConfig(max_size=4))
+    assert MuseTalkBackend(cfg, Telemetry("renderer")).precompute_key() != backend.precompute_key()
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    copy_cfg = RendererConfig(musetalk=ModelConfig(path=str(copy)), batch=BatchConfig(max_size=4))  # other files
+    assert MuseTalkBackend(copy_cfg, Telemetry("renderer")).precompute_key() != backend.precompute_key()

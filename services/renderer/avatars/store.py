@@ -55,6 +55,8 @@ LEGACY_FRAMES = "frames.npy"  # raw N x H x W x 3 (before frames were stored com
 #: zlib level of the stored PNGs: 3 is smaller *and* faster to write than 1 on avatar frames, and
 #: levels above trade a lot of time for a few percent (measured; BENCHMARKS.md, "Avatar store").
 PNG_LEVEL = 3
+# Entry of a backend's cached ``<backend>.npz`` holding the backend's precompute_key() it was made under.
+_PRECOMPUTE_KEY = "__precompute_key__"
 
 
 @dataclass(frozen=True)
@@ -239,16 +241,21 @@ class AvatarStore:
             if backend in avatar.extras:  # prepared by another thread while we waited
                 return
             path = self.root / avatar.id / f"{backend}.npz"
+            key = self.backends[backend].precompute_key()
             if path.is_file():
                 with np.load(path) as z:
-                    avatar.extras[backend] = {k: z[k] for k in z.files}
-                return
+                    made_with = str(z[_PRECOMPUTE_KEY]) if _PRECOMPUTE_KEY in z.files else ""
+                    if made_with == key:
+                        avatar.extras[backend] = {k: z[k] for k in z.files if k != _PRECOMPUTE_KEY}
+                        return
+                log.info("avatar %s: the cached %s precompute was made with other model files or settings; redoing it",
+                         avatar.id, backend)  # fmt: skip
             self.backends[backend].prepare(avatar)
             extras = avatar.extras.get(backend)
             if isinstance(extras, dict) and all(isinstance(v, np.ndarray) for v in extras.values()):
                 tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.npz")
                 with contextlib.suppress(OSError):  # the entry may have been deleted meanwhile
-                    np.savez(tmp, **extras)
+                    np.savez(tmp, **extras, **{_PRECOMPUTE_KEY: np.array(key)})
                     os.replace(tmp, path)
 
     def resolve(self, avatar_id: str) -> str:

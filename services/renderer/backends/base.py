@@ -80,5 +80,11 @@ class RenderBackend(abc.ABC):
     def prepare(self, avatar: Avatar) -> None:  # noqa: B027 - optional hook
         """Adds this backend's precompute to ``avatar.extras`` (called once per avatar, cached)."""
 
+    def precompute_key(self) -> str:
+        """What ``prepare`` depends on besides the avatar (model files, settings), as a short string.
+        The avatar store keeps it beside the cached precompute and redoes one made under another key;
+        empty: the precompute depends on the avatar only."""
+        return ""
+
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Runs one inference so the first request does not pay for lazy initialisation."""

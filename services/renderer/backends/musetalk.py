@@ -149,9 +149,15 @@ class MuseTalkBackend(NeuralBackend):
                 load("face_parser", Path(os.path.expanduser(config.musetalk.face_parser)), FACE_PARSER),
                 config.musetalk.face_parser_mode,
             )
+        self.model_files = [root / file for file, _ in FILES.values()]
+        if config.musetalk.face_parser:
+            self.model_files.append(Path(os.path.expanduser(config.musetalk.face_parser)))
         self.provider = self.models["unet"].provider
         self.max_batch = gpu_batch if self.provider in GPU_PROVIDERS else config.batch.max_size
         telemetry.set_backend("execution_provider", f"{self.name}/{self.provider}")
+
+    def settings(self) -> object:
+        return self.config.musetalk
 
     @property
     def frame_skip(self) -> int:

@@ -9,6 +9,7 @@ avatar frame through a feathered mask that is computed once per avatar (no box e
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -143,6 +144,22 @@ class NeuralBackend(RenderBackend):
         self.telemetry = telemetry
         self.max_batch = max(1, config.batch.max_size)
         self.provider = "CPUExecutionProvider"
+        #: the model files this backend loaded (their identity is part of precompute_key)
+        self.model_files: list[Path] = []
+
+    def settings(self) -> object:
+        """This backend's config section (part of precompute_key)."""
+        return None
+
+    def precompute_key(self) -> str:
+        """A digest of the backend's settings and of each loaded model file (path, size, mtime): a
+        cached avatar precompute (latents, masks) made with other weights or settings is redone."""
+        digest = hashlib.sha256(f"{self.name}|{self.crop_size}|{self.pads}|{self.crop_interpolation}".encode())
+        digest.update(repr(self.settings()).encode())
+        for path in self.model_files:
+            st = path.stat()
+            digest.update(f"|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        return digest.hexdigest()[:32]
 
     # -- the model step (batched across sessions) ------------------------------------------------
 

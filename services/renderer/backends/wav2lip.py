@@ -80,9 +80,13 @@ class Wav2LipBackend(NeuralBackend):
             "wav2lip", path, SIGNATURE, config.execution, max_batch=gpu.max_batch,
             gpu_mem_limit=gpu.gpu_mem_limit, available=avail, factory=session_factory, check=provider_check,
         )  # fmt: skip
+        self.model_files = [path]
         self.provider = self.model.provider
         self.max_batch = gpu.max_batch if self.provider in GPU_PROVIDERS else config.batch.max_size
         telemetry.set_backend("execution_provider", f"{self.name}/{self.provider}")
+
+    def settings(self) -> object:
+        return self.config.wav2lip
 
     @property
     def frame_skip(self) -> int:
