@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 
 from services.renderer.avatars import AvatarStore
+from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
-from services.renderer.idle import BLINK_CURVE, IdleLife
+from services.renderer.idle import BLINK_CURVE, STEP_PX, IdleLife, motion
 from talkmesh.common.telemetry import Telemetry
 
 PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
@@ -91,3 +92,34 @@ def test_sway_is_subtle_and_continuous_and_leaves_the_background_still(tmp_path)
     for f in frames:
         assert np.array_equal(f[:40, :40], frame[:40, :40].astype(np.float32))
         assert np.array_equal(f[:40, -40:], frame[:40, -40:].astype(np.float32))
+
+
+def test_the_fast_path_equals_moving_the_whole_frame_and_steps_stay_small(tmp_path):
+    """apply() re-renders the moved body on key ticks only and redoes just the regions that differ
+    from the photo (a drawn mouth, blinking eyes): the result equals remapping the whole frame."""
+    cfg = RendererConfig(avatars=AvatarConfig(cache_dir=str(tmp_path)))
+    backend = VisemeBackend(cfg, Telemetry("renderer"))
+    store = AvatarStore(cfg.avatars, {"viseme": backend})
+    avatar = store.register(PORTRAIT, "me.png")[0]
+    life = IdleLife(avatar, 25.0)
+    photo = np.asarray(avatar.frames[0])
+    blink = _blink_ticks(life)[0]
+    ticks = [0, 1, 2, 3, 37, 401, blink - 1, blink, blink + 1, life.loop + 5]
+    for i, t in enumerate(ticks):
+        job = FrameJob("s", i, 0, True, -20.0, mouth=MouthShape(open=0.3 + 0.07 * i, width=0.5 + 0.04 * i))
+        spoken = backend.render(avatar, [job])[0]
+        for frame in (photo, spoken):
+            assert np.array_equal(life.apply(frame, t), life.reference(frame, t)), t
+    # the motion loops exactly, and between key ticks it holds: consecutive frames never jump
+    assert np.array_equal(life.apply(photo, 5), life.apply(photo, life.loop + 5))
+    keys = life.keys
+    assert len(keys) > life.loop / 8  # re-rendered often enough to look continuous ...
+    assert len(keys) < life.loop / 2  # ... and rarely enough to save most of the work
+    # no pixel is ever shown more than STEP_PX away from where the motion puts it at that tick
+    bx1, by1, bx2, by2 = life.mask_box
+    corners = np.array([[x - life.centre[0], y - life.centre[1], 1.0] for x in (bx1, bx2) for y in (by1, by2)])
+    t = np.arange(life.loop)
+    shown = motion(np.array([life.key(int(k)) for k in t]), life.loop) @ corners.T
+    exact = motion(t, life.loop) @ corners.T
+    assert np.abs(shown - exact).max() <= STEP_PX
+    assert np.abs(exact).max() > 1.0  # and the motion itself is not negligible
