@@ -34,18 +34,32 @@ class VisemeBackend(RenderBackend):
 
             avatar.landmarks = template_landmarks(avatar.mouth_boxes.astype(np.float32))
         avatar.extras[self.name] = mesh_warp.build_rig(avatar).arrays()
+        avatar.extras.pop(f"{self.name}.placed", None)
 
     def rig(self, avatar: Avatar) -> mesh_warp.Rig:
         if self.name not in avatar.extras:
             self.prepare(avatar)
         return mesh_warp.Rig.from_arrays(avatar.extras[self.name])
 
+    def placed(self, avatar: Avatar, rig: mesh_warp.Rig) -> mesh_warp.Placed | None:
+        """A still photo's pose grid carried onto the photo once (kept in memory with the avatar),
+        so a frame only mixes four placed maps and samples the mouth's box. Video avatars place
+        each frame's one pose instead (their head moves from frame to frame)."""
+        if len(avatar.frames) != 1 or not avatar.animated(0):
+            return None
+        key = f"{self.name}.placed"
+        if key not in avatar.extras:  # two threads may both compute it: the same result
+            avatar.extras[key] = mesh_warp.place(rig, 0, avatar.size)
+        placed: mesh_warp.Placed | None = avatar.extras[key]
+        return placed
+
     def render(self, avatar: Avatar, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
         rig = self.rig(avatar)
+        placed = self.placed(avatar, rig)
         out = []
         for job in jobs:
             frame = np.asarray(avatar.frames[job.avatar_frame])
             if avatar.animated(job.avatar_frame):
-                frame = mesh_warp.draw(frame, rig, job.avatar_frame, job.mouth or MouthShape())
+                frame = mesh_warp.draw(frame, rig, job.avatar_frame, job.mouth or MouthShape(), placed)
             out.append(frame)  # the avatar's own (read-only) frame when nothing moved
         return out
