@@ -8,12 +8,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from services.renderer.avatars import AvatarStore
 from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
-from services.renderer.idle import BLINK_CURVE, STEP_PX, IdleLife, motion
+from services.renderer.idle import BLINK_CURVE, STEP_PX, IdleLife, changed_box, motion
 from talkmesh.common.telemetry import Telemetry
 
 PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
@@ -123,3 +124,27 @@ def test_the_fast_path_equals_moving_the_whole_frame_and_steps_stay_small(tmp_pa
     exact = motion(t, life.loop) @ corners.T
     assert np.abs(shown - exact).max() <= STEP_PX
     assert np.abs(exact).max() > 1.0  # and the motion itself is not negligible
+
+
+@pytest.mark.parametrize("width", [512, 511, 7])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_changed_box_holds_every_changed_pixel_and_little_else(width, channels):
+    rng = np.random.default_rng(width + channels)
+    shape = (37, width, 3) if channels == 3 else (37, width)
+    rest = rng.integers(0, 255, shape, dtype=np.uint8)
+    assert changed_box(rest.copy(), rest) is None
+    assert changed_box(rest, rest) is None
+    for _ in range(40):
+        x1, x2 = sorted(int(v) for v in rng.integers(0, width + 1, 2))
+        y1, y2 = sorted(int(v) for v in rng.integers(0, 38, 2))
+        if x1 == x2 or y1 == y2:
+            continue
+        frame = rest.copy()
+        frame[y1:y2, x1:x2] ^= 1
+        bx1, by1, bx2, by2 = changed_box(frame, rest)  # type: ignore[misc]
+        assert (by1, by2) == (y1, y2)
+        assert x1 - 8 <= bx1 <= x1 and x2 <= bx2 <= min(width, x2 + 8)
+    flipped = rest[:, ::-1]  # not contiguous: compared byte by byte
+    frame = np.ascontiguousarray(flipped)
+    frame[3, 2] ^= 1
+    assert changed_box(frame, flipped) == (2, 3, 3, 4)
