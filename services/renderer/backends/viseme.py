@@ -19,6 +19,10 @@ from services.renderer.config import RendererConfig
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 
+# A still photo's placed pose grid is kept in memory up to this size (16 bytes per pixel and pose):
+# the default portrait's takes 2.5 MB.
+MAX_PLACED_BYTES = 32 << 20
+
 
 class VisemeBackend(RenderBackend):
     name = "viseme"
@@ -47,6 +51,10 @@ class VisemeBackend(RenderBackend):
         each frame's one pose instead (their head moves from frame to frame)."""
         if len(avatar.frames) != 1 or not avatar.animated(0):
             return None
+        box = mesh_warp.region(rig, 0, avatar.size)
+        poses = rig.maps.shape[0] * rig.maps.shape[1]
+        if box is None or (box[2] - box[0]) * (box[3] - box[1]) * poses * 16 > MAX_PLACED_BYTES:
+            return None  # a face thousands of pixels wide: placed per frame, not kept
         key = f"{self.name}.placed"
         if key not in avatar.extras:  # two threads may both compute it: the same result
             avatar.extras[key] = mesh_warp.place(rig, 0, avatar.size)
