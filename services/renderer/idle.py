@@ -145,6 +145,7 @@ BREATH_ZOOM = (0.002, 8, 0.0)
 # ~0.15 px per tick, so a key lasts ~3 ticks and no pixel ever jumps by more than this.
 STEP_PX = 0.25
 COARSE = 4  # the displacement field is computed on a grid this many pixels apart, then interpolated
+PAD = 2  # coarse samples beyond the mask box on each side
 
 
 def _wave(spec: tuple[float, int, float], phase: np.ndarray) -> np.ndarray:
@@ -212,6 +213,12 @@ def changed_box(frame: np.ndarray, rest: np.ndarray) -> tuple[int, int, int, int
     return int(cols[0]) * word // px, y1, -(-(int(cols[-1]) + 1) * word // px), y2
 
 
+def _remap(src: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """``src`` sampled at ``maps`` ([h, w, 2] float32 absolute x, y), bilinear, reflected at the edges."""
+    out = cv2.remap(src, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)  # type: ignore[call-overload]
+    return np.asarray(out)
+
+
 class IdleLife:
     """Subtle life for still photos: slow head sway and breathing, and irregular blinks.
 
@@ -242,21 +249,25 @@ class IdleLife:
             mask, box = body_mask((x1, y1, x2, y2), shape)
             bx1, by1, bx2, by2 = box
             cx, cy = self.centre
-            # the coarse grid's samples, placed so that cv2.resize (pixel centres aligned) lands
-            # them on the mask box's pixels
-            gw, gh = max(2, math.ceil((bx2 - bx1) / COARSE)), max(2, math.ceil((by2 - by1) / COARSE))
-            small = cv2.resize(mask, (gw, gh), interpolation=cv2.INTER_AREA)
-            sx = bx1 - 0.5 + (np.arange(gw, dtype=np.float32) + 0.5) * (bx2 - bx1) / gw
-            sy = by1 - 0.5 + (np.arange(gh, dtype=np.float32) + 0.5) * (by2 - by1) / gh
-            xx, yy = np.meshgrid(np.arange(bx1, bx2, dtype=np.float32), np.arange(by1, by2, dtype=np.float32))
+            # the coarse grid: COARSE pixels apart, PAD samples beyond the box on each side, so that
+            # cv2.resize by exactly COARSE lands it on the box's pixels without clamping at its edges
+            bw, bh = bx2 - bx1, by2 - by1
+            gw, gh = math.ceil(bw / COARSE) + 2 * PAD, math.ceil(bh / COARSE) + 2 * PAD
+            o = PAD * COARSE  # the mask continues beyond the box as at its edge (~0, or the image's edge)
+            padded = np.pad(mask, ((o, gh * COARSE - bh - o), (o, gw * COARSE - bw - o)), mode="edge")
+            small = cv2.resize(padded, (gw, gh), interpolation=cv2.INTER_AREA)
+            sx = bx1 - PAD * COARSE + (np.arange(gw, dtype=np.float32) + 0.5) * COARSE - 0.5
+            sy = by1 - PAD * COARSE + (np.arange(gh, dtype=np.float32) + 0.5) * COARSE - 0.5
+            gx, gy = np.meshgrid(sx, sy)
             cached = {
                 "eyes": np.array(eyes, np.float32),
                 "eye_sizes": np.array(sizes, np.float32),
                 "mask": mask,
                 "mask_box": np.array(box, np.int32),
-                # the per-pixel displacement is a linear mix of these three, per tick
-                "basis": (small * (sx[None, :] - cx), small * (sy[:, None] - cy), small),
-                "grid": np.stack([xx, yy], axis=-1),
+                # on the coarse grid: where each sample is, and the three fields whose per-tick mix
+                # is its displacement
+                "grid": np.stack([gx, gy], axis=-1),
+                "basis": np.stack([small * (gx - cx), small * (gy - cy), small], axis=-1),
                 "keys": {},
             }
             avatar.extras["idle"] = cached
@@ -267,7 +278,7 @@ class IdleLife:
         self.mask = cached["mask"]
         self.mask_box = tuple(int(v) for v in cached["mask_box"])
         self.basis = cached["basis"]
-        self.grid = cached["grid"]
+        self.grid = cached["grid"]  # [gh, gw, 2] float32
         self.rest = np.asarray(avatar.frames[0])
         self.loop = max(1, round(LOOP_S * fps))
         if self.loop not in cached["keys"]:
@@ -279,7 +290,7 @@ class IdleLife:
         self._starts = np.zeros(0, np.int64)
         self._key = -1
         self._moved = self.rest
-        self._maps: tuple[np.ndarray, np.ndarray] | None = None
+        self._maps: np.ndarray | None = None
         self._margin = 0
 
     def closure(self, tick: int) -> float:
@@ -302,21 +313,22 @@ class IdleLife:
     def _move_to(self, key: int) -> None:
         """Renders the photo's head and body moved as at loop position ``key`` (kept until the next)."""
         (a, b, c), (d, e, f) = motion(np.array(key), self.loop).tolist()
-        mx, my, m = self.basis
-        # the displacement is smooth (the mask is blurred over ~10 % of the face): computed on a
-        # coarse grid and interpolated up, then added to the pixel grid
-        coarse = np.stack([a * mx + b * my + c * m, d * mx + e * my + f * m], axis=-1).astype(np.float32)
+        # the displacement is smooth (the mask is blurred over ~10 % of the face): mixed on the
+        # coarse grid, added to where its samples are, and interpolated up to every pixel (exact
+        # for the pixel grid itself: bilinear interpolation reproduces a linear function)
+        coarse = self.basis @ np.array([[a, d], [b, e], [c, f]], np.float32) + self.grid
+        gh, gw = coarse.shape[:2]
         bx1, by1, bx2, by2 = self.mask_box
-        disp = cv2.resize(coarse, (bx2 - bx1, by2 - by1), interpolation=cv2.INTER_LINEAR)
-        # fixed point once: the key frame and every later patch sample with identical weights
-        m1, m2 = cv2.convertMaps(cv2.add(disp, self.grid), None, cv2.CV_16SC2)  # type: ignore[call-overload]
+        o = PAD * COARSE
+        full = cv2.resize(coarse, (gw * COARSE, gh * COARSE), interpolation=cv2.INTER_LINEAR)
+        maps = full[o : o + by2 - by1, o : o + bx2 - bx1]
         moved = np.array(self.rest, copy=True)
-        moved[by1:by2, bx1:bx2] = cv2.remap(self.rest, m1, m2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        moved[by1:by2, bx1:bx2] = _remap(self.rest, maps)
         moved.flags.writeable = False
         # how far a pixel's samples can lie from it (the corners bound the displacement); twice
         # that plus the bilinear footprint, for samples reflected at the image's edge
         reach = max(max(abs(a * x + b * y + c), abs(d * x + e * y + f)) for x, y in self._corners())
-        self._moved, self._maps, self._margin = moved, (m1, m2), 2 * math.ceil(reach) + 3
+        self._moved, self._maps, self._margin = moved, maps, 2 * math.ceil(reach) + 3
         self._key = key
 
     def _corners(self) -> list[tuple[float, float]]:
@@ -337,16 +349,20 @@ class IdleLife:
         ix1, iy1, ix2, iy2 = max(x1, bx1), max(y1, by1), min(x2, bx2), min(y2, by2)
         if ix1 >= ix2 or iy1 >= iy2:
             return
-        m1, m2 = self._maps
-        sub = (slice(iy1 - by1, iy2 - by1), slice(ix1 - bx1, ix2 - bx1))
-        out[iy1:iy2, ix1:ix2] = cv2.remap(src, m1[sub], m2[sub], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        sub = self._maps[iy1 - by1 : iy2 - by1, ix1 - bx1 : ix2 - bx1]
+        out[iy1:iy2, ix1:ix2] = _remap(src, sub)
 
-    def reference(self, frame: np.ndarray, tick: int) -> np.ndarray:
-        """What ``apply`` returns, the slow way: the eyes closed, then the whole body remapped."""
+    def maps(self, tick: int) -> np.ndarray:
+        """[h, w, 2] float32: where each pixel of the mask box samples the frame at this tick."""
         key = self.key(tick)
         if key != self._key:
             self._move_to(key)
         assert self._maps is not None
+        return self._maps
+
+    def reference(self, frame: np.ndarray, tick: int) -> np.ndarray:
+        """What ``apply`` returns, the slow way: the eyes closed, then the whole body remapped."""
+        maps = self.maps(tick)
         out = np.array(frame, copy=True)
         closure = self.closure(tick)
         if closure > 0:
@@ -354,15 +370,13 @@ class IdleLife:
                 if eye.valid:
                     eye.close(out, closure)
         bx1, by1, bx2, by2 = self.mask_box
-        out[by1:by2, bx1:bx2] = cv2.remap(out, *self._maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        out[by1:by2, bx1:bx2] = _remap(out, maps)
         return out
 
     def apply(self, frame: np.ndarray, tick: int) -> np.ndarray:
         """The frame for ``tick``: ``frame`` (the photo, or the photo with a mouth drawn on it)
         with its eyes blinking and its head and body moved. May return a shared read-only array."""
-        key = self.key(tick)
-        if key != self._key:
-            self._move_to(key)
+        self.maps(tick)
         boxes = []
         changed = changed_box(frame, self.rest)
         if changed is not None:

@@ -111,13 +111,20 @@ def test_the_fast_path_equals_moving_the_whole_frame_and_steps_stay_small(tmp_pa
         spoken = backend.render(avatar, [job])[0]
         for frame in (photo, spoken):
             assert np.array_equal(life.apply(frame, t), life.reference(frame, t)), t
+    # the maps (interpolated from a coarse grid) are the mask-weighted similarity of the tick's key
+    bx1, by1, bx2, by2 = life.mask_box
+    xx, yy = np.meshgrid(np.arange(bx1, bx2, dtype=np.float64), np.arange(by1, by2, dtype=np.float64))
+    for t in (0, 123, 555):
+        (a, b, c), (d, e, f) = motion(np.array(life.key(t)), life.loop)
+        rx, ry = xx - life.centre[0], yy - life.centre[1]
+        exact = np.stack([xx + life.mask * (a * rx + b * ry + c), yy + life.mask * (d * rx + e * ry + f)], -1)
+        assert np.abs(life.maps(t) - exact).max() < 0.05
     # the motion loops exactly, and between key ticks it holds: consecutive frames never jump
     assert np.array_equal(life.apply(photo, 5), life.apply(photo, life.loop + 5))
     keys = life.keys
     assert len(keys) > life.loop / 8  # re-rendered often enough to look continuous ...
     assert len(keys) < life.loop / 2  # ... and rarely enough to save most of the work
     # no pixel is ever shown more than STEP_PX away from where the motion puts it at that tick
-    bx1, by1, bx2, by2 = life.mask_box
     corners = np.array([[x - life.centre[0], y - life.centre[1], 1.0] for x in (bx1, bx2) for y in (by1, by2)])
     t = np.arange(life.loop)
     shown = motion(np.array([life.key(int(k)) for k in t]), life.loop) @ corners.T
