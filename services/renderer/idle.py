@@ -9,8 +9,12 @@ per avatar), and never on the first frames of a clip.
 
 Head sway and breathing move the head and shoulders only: a sub-pixel affine motion weighted by a
 smooth mask of the head and body built from the face (one ``remap`` of that region), so the
-background stays still. Everything is a pure function of the clock tick, so a session that
-continues at the next tick continues the motion without a jump.
+background stays still. The motion loops every 32 s; the moved body is re-rendered only on the
+ticks where some pixel would otherwise lag by more than ``STEP_PX`` (about one tick in 3.5) and
+reused in between, and a frame redoes only what the backend changed (the mouth) and the blinking
+eyes, with the same maps: per frame that is a copy and a few small remaps, not a full-body warp.
+Everything is a pure function of the clock tick, so a session that continues at the next tick
+continues the motion without a jump.
 """
 
 from __future__ import annotations

@@ -18,8 +18,10 @@ filled with a dark inner mouth whose colours are the avatar's own darkest lip co
 The exact inverse warp (destination pixel -> source pixel) is rasterised over the displaced
 triangles at precompute time for a grid of poses (opening x width); a frame interpolates its pose
 from the four neighbouring grid maps, carries the result into the frame with one ``warpAffine`` and
-samples the image with one ``remap`` of the small region. Outside the ring nothing changes; on the
-ring the displacement is zero, so there is no seam to blend.
+samples the image with one ``remap`` of the small region. For a still photo the whole grid is
+carried onto the photo once (``place``, kept in memory by the backend), so a frame only mixes four
+placed maps and remaps the mouth's box. Outside the ring nothing changes; on the ring the
+displacement is zero, so there is no seam to blend.
 """
 
 from __future__ import annotations
