@@ -9,8 +9,12 @@ per avatar), and never on the first frames of a clip.
 
 Head sway and breathing move the head and shoulders only: a sub-pixel affine motion weighted by a
 smooth mask of the head and body built from the face (one ``remap`` of that region), so the
-background stays still. Everything is a pure function of the clock tick, so a session that
-continues at the next tick continues the motion without a jump.
+background stays still. The motion loops every 32 s; the moved body is re-rendered only on the
+ticks where some pixel would otherwise lag by more than ``STEP_PX`` (about one tick in 3.5) and
+reused in between, and a frame redoes only what the backend changed (the mouth) and the blinking
+eyes, with the same maps: per frame that is a copy and a few small remaps, not a full-body warp.
+Everything is a pure function of the clock tick, so a session that continues at the next tick
+continues the motion without a jump.
 """
 
 from __future__ import annotations
@@ -132,8 +136,102 @@ def body_mask(face: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[
     return mask[box[1] : box[3], box[0] : box[2]], box
 
 
+LOOP_S = 32.0  # the head motion repeats exactly after this many seconds (a whole number of ticks)
+# (amplitude, cycles per loop, phase): head roll in degrees, sway and bob in pixels, breathing (a
+# rise and a slight zoom together) - periods 6.4, 5.3, 3.6 and 4 s, so the motion never looks regular
+ROLL_DEG = (0.25, 5, 0.0)
+SWAY_X = (0.6, 6, 0.0)
+BOB_Y = (0.4, 9, 1.0)
+BREATH_Y = (0.5, 8, 0.0)
+BREATH_ZOOM = (0.002, 8, 0.0)
+# The moved head and body are re-rendered when some pixel of them would move by more than this
+# since the last rendering (a "key" tick); in between, frames reuse it. The motion is at most
+# ~0.15 px per tick, so a key lasts ~3 ticks and no pixel ever jumps by more than this.
+STEP_PX = 0.25
+COARSE = 4  # the displacement field is computed on a grid this many pixels apart, then interpolated
+PAD = 2  # coarse samples beyond the mask box on each side
+
+
+def _wave(spec: tuple[float, int, float], phase: np.ndarray) -> np.ndarray:
+    amplitude, cycles, offset = spec
+    return np.asarray(amplitude * np.sin(cycles * phase + offset))
+
+
+def motion(tick: np.ndarray, loop: int) -> np.ndarray:
+    """[..., 2, 3] inverse similarity per tick: (dx, dy) from a pixel's position relative to the face
+    centre ``(X, Y, 1)`` to where the moved head and body take it from."""
+    phase = 2 * np.pi * (np.asarray(tick) % loop) / loop
+    angle = np.radians(_wave(ROLL_DEG, phase))
+    dx = _wave(SWAY_X, phase)
+    dy = _wave(BOB_Y, phase) + _wave(BREATH_Y, phase)
+    zoom = _wave(BREATH_ZOOM, phase)
+    c, s = np.cos(angle) * (1 - zoom), np.sin(angle) * (1 - zoom)
+    m = np.zeros((*phase.shape, 2, 3))
+    m[..., 0, 0], m[..., 0, 1], m[..., 0, 2] = c - 1, s, -c * dx - s * dy
+    m[..., 1, 0], m[..., 1, 1], m[..., 1, 2] = -s, c - 1, s * dx - c * dy
+    return m
+
+
+def key_ticks(corners: np.ndarray, loop: int, step: float = STEP_PX) -> np.ndarray:
+    """The ticks of one loop at which the moved body is re-rendered: whenever a corner of its box
+    (relative to the centre; the weight mask never exceeds 1 and the displacement is affine, so
+    the corners bound every pixel) has moved by more than ``step`` since the last key."""
+    disp = motion(np.arange(loop), loop) @ np.concatenate([corners, np.ones((len(corners), 1))], 1).T
+    keys = [0]
+    ref = disp[0]
+    for t in range(1, loop):
+        if float(np.abs(disp[t] - ref).max()) > step:
+            keys.append(t)
+            ref = disp[t]
+    return np.array(keys, np.int64)
+
+
+def changed_box(frame: np.ndarray, rest: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box (x1, y1, x2, y2) outside which ``frame`` equals ``rest`` (None: they are equal).
+
+    Compares whole machine words (8 bytes where the row allows): the box may be a few pixels
+    wider than the change, never narrower.
+    """
+    if frame is rest or (
+        frame.shape == rest.shape
+        and frame.strides == rest.strides
+        and frame.__array_interface__["data"][0] == rest.__array_interface__["data"][0]
+    ):
+        return None
+    h, w = rest.shape[:2]
+    if frame.shape != rest.shape or frame.dtype != rest.dtype:
+        return (0, 0, w, h)
+    row = frame[0].nbytes
+    word = next(k for k in (8, 4, 2, 1) if row % k == 0)
+    if frame.flags.c_contiguous and rest.flags.c_contiguous:
+        a, b = frame.reshape(h, row).view(f"u{word}"), rest.reshape(h, row).view(f"u{word}")
+    else:
+        a, b, word = frame.reshape(h, row), rest.reshape(h, row), 1
+    neq = a != b
+    rows = np.flatnonzero(neq.any(1))
+    if len(rows) == 0:
+        return None
+    y1, y2 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(neq[y1:y2].any(0))
+    px = row // w  # bytes per pixel
+    return int(cols[0]) * word // px, y1, -(-(int(cols[-1]) + 1) * word // px), y2
+
+
+def _remap(src: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """``src`` sampled at ``maps`` ([h, w, 2] float32 absolute x, y), bilinear, reflected at the edges."""
+    out = cv2.remap(src, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)  # type: ignore[call-overload]
+    return np.asarray(out)
+
+
 class IdleLife:
-    """Subtle life for still photos: slow head sway and breathing, and irregular blinks."""
+    """Subtle life for still photos: slow head sway and breathing, and irregular blinks.
+
+    The head and body move by a similarity weighted by a smooth mask (per pixel ``m * (S(p) - p)``,
+    the background stays still). That remap of the whole body is the costly part, so it is done on
+    the key ticks only (see ``STEP_PX``) and kept; a frame copies it and redoes only what differs
+    from the photo (the mouth the backend drew, the eyes while blinking) with the same maps, so
+    those regions move exactly with the rest.
+    """
 
     def __init__(self, avatar: Avatar, fps: float, clip_start: int = 0) -> None:
         self.fps = fps
@@ -153,11 +251,28 @@ class IdleLife:
                 eyes = find_eyes(np.asarray(avatar.frames[0]), (x1, y1, x2, y2))
                 sizes = [[0.11 * w, 0.045 * w]] * 2
             mask, box = body_mask((x1, y1, x2, y2), shape)
+            bx1, by1, bx2, by2 = box
+            cx, cy = self.centre
+            # the coarse grid: COARSE pixels apart, PAD samples beyond the box on each side, so that
+            # cv2.resize by exactly COARSE lands it on the box's pixels without clamping at its edges
+            bw, bh = bx2 - bx1, by2 - by1
+            gw, gh = math.ceil(bw / COARSE) + 2 * PAD, math.ceil(bh / COARSE) + 2 * PAD
+            o = PAD * COARSE  # the mask continues beyond the box as at its edge (~0, or the image's edge)
+            padded = np.pad(mask, ((o, gh * COARSE - bh - o), (o, gw * COARSE - bw - o)), mode="edge")
+            small = cv2.resize(padded, (gw, gh), interpolation=cv2.INTER_AREA)
+            sx = bx1 - PAD * COARSE + (np.arange(gw, dtype=np.float32) + 0.5) * COARSE - 0.5
+            sy = by1 - PAD * COARSE + (np.arange(gh, dtype=np.float32) + 0.5) * COARSE - 0.5
+            gx, gy = np.meshgrid(sx, sy)
             cached = {
                 "eyes": np.array(eyes, np.float32),
                 "eye_sizes": np.array(sizes, np.float32),
                 "mask": mask,
                 "mask_box": np.array(box, np.int32),
+                # on the coarse grid: where each sample is, and the three fields whose per-tick mix
+                # is its displacement
+                "grid": np.stack([gx, gy], axis=-1),
+                "basis": np.stack([small * (gx - cx), small * (gy - cy), small], axis=-1),
+                "keys": {},
             }
             avatar.extras["idle"] = cached
         self.eyes = [
@@ -166,10 +281,21 @@ class IdleLife:
         ]
         self.mask = cached["mask"]
         self.mask_box = tuple(int(v) for v in cached["mask_box"])
-        bx1, by1, bx2, by2 = self.mask_box
-        self.grid = np.meshgrid(np.arange(bx1, bx2, dtype=np.float32), np.arange(by1, by2, dtype=np.float32))
+        self.basis = cached["basis"]
+        self.grid = cached["grid"]  # [gh, gw, 2] float32
+        self.rest = np.asarray(avatar.frames[0])
+        self.loop = max(1, round(LOOP_S * fps))
+        if self.loop not in cached["keys"]:
+            bx1, by1, bx2, by2 = self.mask_box
+            corners = np.array([[bx1, by1], [bx2, by1], [bx1, by2], [bx2, by2]], np.float64) - self.centre
+            cached["keys"][self.loop] = key_ticks(corners, self.loop)
+        self.keys = cached["keys"][self.loop]
         self.seed = int.from_bytes(avatar.id.encode()[:8].ljust(8, b"0"), "little")
         self._starts = np.zeros(0, np.int64)
+        self._key = -1
+        self._moved = self.rest
+        self._maps: np.ndarray | None = None
+        self._margin = 0
 
     def closure(self, tick: int) -> float:
         if len(self._starts) == 0 or tick >= int(self._starts[-1]):
@@ -183,27 +309,92 @@ class IdleLife:
         k = tick - start
         return BLINK_CURVE[k] if k < len(BLINK_CURVE) else 0.0
 
-    def apply(self, frame: np.ndarray, tick: int) -> np.ndarray:
-        t = tick / self.fps
+    def key(self, tick: int) -> int:
+        """The loop position whose motion this tick shows (the last key tick at or before it)."""
+        pos = tick % self.loop
+        return int(self.keys[int(np.searchsorted(self.keys, pos, side="right")) - 1])
+
+    def _move_to(self, key: int) -> None:
+        """Renders the photo's head and body moved as at loop position ``key`` (kept until the next)."""
+        (a, b, c), (d, e, f) = motion(np.array(key), self.loop).tolist()
+        # the displacement is smooth (the mask is blurred over ~10 % of the face): mixed on the
+        # coarse grid, added to where its samples are, and interpolated up to every pixel (exact
+        # for the pixel grid itself: bilinear interpolation reproduces a linear function)
+        coarse = self.basis @ np.array([[a, d], [b, e], [c, f]], np.float32) + self.grid
+        gh, gw = coarse.shape[:2]
+        bx1, by1, bx2, by2 = self.mask_box
+        o = PAD * COARSE
+        full = cv2.resize(coarse, (gw * COARSE, gh * COARSE), interpolation=cv2.INTER_LINEAR)
+        maps = full[o : o + by2 - by1, o : o + bx2 - bx1]
+        moved = np.array(self.rest, copy=True)
+        moved[by1:by2, bx1:bx2] = _remap(self.rest, maps)
+        moved.flags.writeable = False
+        # how far a pixel's samples can lie from it (the corners bound the displacement); twice
+        # that plus the bilinear footprint, for samples reflected at the image's edge
+        reach = max(max(abs(a * x + b * y + c), abs(d * x + e * y + f)) for x, y in self._corners())
+        self._moved, self._maps, self._margin = moved, maps, 2 * math.ceil(reach) + 3
+        self._key = key
+
+    def _corners(self) -> list[tuple[float, float]]:
+        bx1, by1, bx2, by2 = self.mask_box
+        cx, cy = self.centre
+        return [(x - cx, y - cy) for x in (bx1, bx2) for y in (by1, by2)]
+
+    def _redo(self, out: np.ndarray, src: np.ndarray, box: tuple[int, int, int, int]) -> None:
+        """Moves ``src`` into ``out`` over ``box`` (grown by the motion's reach), with the key's maps."""
+        assert self._maps is not None
+        h, w = out.shape[:2]
+        k = self._margin
+        x1, y1, x2, y2 = max(0, box[0] - k), max(0, box[1] - k), min(w, box[2] + k), min(h, box[3] + k)
+        if x1 >= x2 or y1 >= y2:
+            return
+        out[y1:y2, x1:x2] = src[y1:y2, x1:x2]  # what lies outside the body does not move
+        bx1, by1, bx2, by2 = self.mask_box
+        ix1, iy1, ix2, iy2 = max(x1, bx1), max(y1, by1), min(x2, bx2), min(y2, by2)
+        if ix1 >= ix2 or iy1 >= iy2:
+            return
+        sub = self._maps[iy1 - by1 : iy2 - by1, ix1 - bx1 : ix2 - bx1]
+        out[iy1:iy2, ix1:ix2] = _remap(src, sub)
+
+    def maps(self, tick: int) -> np.ndarray:
+        """[h, w, 2] float32: where each pixel of the mask box samples the frame at this tick."""
+        key = self.key(tick)
+        if key != self._key:
+            self._move_to(key)
+        assert self._maps is not None
+        return self._maps
+
+    def reference(self, frame: np.ndarray, tick: int) -> np.ndarray:
+        """What ``apply`` returns, the slow way: the eyes closed, then the whole body remapped."""
+        maps = self.maps(tick)
+        out = np.array(frame, copy=True)
         closure = self.closure(tick)
-        frame = np.array(frame, copy=True)
         if closure > 0:
             for eye in self.eyes:
                 if eye.valid:
-                    eye.close(frame, closure)
-        angle = math.radians(0.25 * math.sin(2 * math.pi * t / 7.1))
-        dx = 0.6 * math.sin(2 * math.pi * t / 5.3)
-        dy = 0.4 * math.sin(2 * math.pi * t / 3.7 + 1.0) + 0.5 * math.sin(2 * math.pi * t / 4.1)  # breathing
-        zoom = 0.002 * math.sin(2 * math.pi * t / 4.1)
-        cx, cy = self.centre
-        xx, yy = self.grid
-        # where each pixel of the moved head and body comes from (inverse of a small similarity)
-        c, s = math.cos(angle) * (1 - zoom), math.sin(angle) * (1 - zoom)
-        sx = cx + c * (xx - cx - dx) + s * (yy - cy - dy)
-        sy = cy - s * (xx - cx - dx) + c * (yy - cy - dy)
-        m = self.mask
-        map_x = (xx + (sx - xx) * m).astype(np.float32)
-        map_y = (yy + (sy - yy) * m).astype(np.float32)
+                    eye.close(out, closure)
         bx1, by1, bx2, by2 = self.mask_box
-        frame[by1:by2, bx1:bx2] = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-        return frame
+        out[by1:by2, bx1:bx2] = _remap(out, maps)
+        return out
+
+    def apply(self, frame: np.ndarray, tick: int) -> np.ndarray:
+        """The frame for ``tick``: ``frame`` (the photo, or the photo with a mouth drawn on it)
+        with its eyes blinking and its head and body moved. May return a shared read-only array."""
+        self.maps(tick)
+        boxes = []
+        changed = changed_box(frame, self.rest)
+        if changed is not None:
+            boxes.append(changed)
+        closure = self.closure(tick)
+        if closure > 0:
+            frame = np.array(frame, copy=True)
+            for eye in self.eyes:
+                if eye.valid:
+                    eye.close(frame, closure)
+                    boxes.append((eye.x1, eye.y1, eye.x2, eye.y2))
+        if not boxes:
+            return self._moved
+        out = np.array(self._moved, copy=True)
+        for box in boxes:
+            self._redo(out, frame, box)
+        return out

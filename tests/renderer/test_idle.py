@@ -8,11 +8,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from services.renderer.avatars import AvatarStore
+from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
-from services.renderer.idle import BLINK_CURVE, IdleLife
+from services.renderer.idle import BLINK_CURVE, STEP_PX, IdleLife, changed_box, motion
 from talkmesh.common.telemetry import Telemetry
 
 PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
@@ -91,3 +93,65 @@ def test_sway_is_subtle_and_continuous_and_leaves_the_background_still(tmp_path)
     for f in frames:
         assert np.array_equal(f[:40, :40], frame[:40, :40].astype(np.float32))
         assert np.array_equal(f[:40, -40:], frame[:40, -40:].astype(np.float32))
+
+
+def test_the_fast_path_equals_moving_the_whole_frame_and_steps_stay_small(tmp_path):
+    """apply() re-renders the moved body on key ticks only and redoes just the regions that differ
+    from the photo (a drawn mouth, blinking eyes): the result equals remapping the whole frame."""
+    cfg = RendererConfig(avatars=AvatarConfig(cache_dir=str(tmp_path)))
+    backend = VisemeBackend(cfg, Telemetry("renderer"))
+    store = AvatarStore(cfg.avatars, {"viseme": backend})
+    avatar = store.register(PORTRAIT, "me.png")[0]
+    life = IdleLife(avatar, 25.0)
+    photo = np.asarray(avatar.frames[0])
+    blink = _blink_ticks(life)[0]
+    ticks = [0, 1, 2, 3, 37, 401, blink - 1, blink, blink + 1, life.loop + 5]
+    for i, t in enumerate(ticks):
+        job = FrameJob("s", i, 0, True, -20.0, mouth=MouthShape(open=0.3 + 0.07 * i, width=0.5 + 0.04 * i))
+        spoken = backend.render(avatar, [job])[0]
+        for frame in (photo, spoken):
+            assert np.array_equal(life.apply(frame, t), life.reference(frame, t)), t
+    # the maps (interpolated from a coarse grid) are the mask-weighted similarity of the tick's key
+    bx1, by1, bx2, by2 = life.mask_box
+    xx, yy = np.meshgrid(np.arange(bx1, bx2, dtype=np.float64), np.arange(by1, by2, dtype=np.float64))
+    for t in (0, 123, 555):
+        (a, b, c), (d, e, f) = motion(np.array(life.key(t)), life.loop)
+        rx, ry = xx - life.centre[0], yy - life.centre[1]
+        exact = np.stack([xx + life.mask * (a * rx + b * ry + c), yy + life.mask * (d * rx + e * ry + f)], -1)
+        assert np.abs(life.maps(t) - exact).max() < 0.05
+    # the motion loops exactly, and between key ticks it holds: consecutive frames never jump
+    assert np.array_equal(life.apply(photo, 5), life.apply(photo, life.loop + 5))
+    keys = life.keys
+    assert len(keys) > life.loop / 8  # re-rendered often enough to look continuous ...
+    assert len(keys) < life.loop / 2  # ... and rarely enough to save most of the work
+    # no pixel is ever shown more than STEP_PX away from where the motion puts it at that tick
+    corners = np.array([[x - life.centre[0], y - life.centre[1], 1.0] for x in (bx1, bx2) for y in (by1, by2)])
+    t = np.arange(life.loop)
+    shown = motion(np.array([life.key(int(k)) for k in t]), life.loop) @ corners.T
+    exact = motion(t, life.loop) @ corners.T
+    assert np.abs(shown - exact).max() <= STEP_PX
+    assert np.abs(exact).max() > 1.0  # and the motion itself is not negligible
+
+
+@pytest.mark.parametrize("width", [512, 511, 7])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_changed_box_holds_every_changed_pixel_and_little_else(width, channels):
+    rng = np.random.default_rng(width + channels)
+    shape = (37, width, 3) if channels == 3 else (37, width)
+    rest = rng.integers(0, 255, shape, dtype=np.uint8)
+    assert changed_box(rest.copy(), rest) is None
+    assert changed_box(rest, rest) is None
+    for _ in range(40):
+        x1, x2 = sorted(int(v) for v in rng.integers(0, width + 1, 2))
+        y1, y2 = sorted(int(v) for v in rng.integers(0, 38, 2))
+        if x1 == x2 or y1 == y2:
+            continue
+        frame = rest.copy()
+        frame[y1:y2, x1:x2] ^= 1
+        bx1, by1, bx2, by2 = changed_box(frame, rest)  # type: ignore[misc]
+        assert (by1, by2) == (y1, y2)
+        assert x1 - 8 <= bx1 <= x1 and x2 <= bx2 <= min(width, x2 + 8)
+    flipped = rest[:, ::-1]  # not contiguous: compared byte by byte
+    frame = np.ascontiguousarray(flipped)
+    frame[3, 2] ^= 1
+    assert changed_box(frame, flipped) == (2, 3, 3, 4)

@@ -18,12 +18,15 @@ filled with a dark inner mouth whose colours are the avatar's own darkest lip co
 The exact inverse warp (destination pixel -> source pixel) is rasterised over the displaced
 triangles at precompute time for a grid of poses (opening x width); a frame interpolates its pose
 from the four neighbouring grid maps, carries the result into the frame with one ``warpAffine`` and
-samples the image with one ``remap`` of the small region. Outside the ring nothing changes; on the
-ring the displacement is zero, so there is no seam to blend.
+samples the image with one ``remap`` of the small region. For a still photo the whole grid is
+carried onto the photo once (``place``, kept in memory by the backend), so a frame only mixes four
+placed maps and remaps the mouth's box. Outside the ring nothing changes; on the ring the
+displacement is zero, so there is no seam to blend.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -42,6 +45,7 @@ MOUTH_L, MOUTH_R = 61, 291
 
 OPEN_GRID = np.linspace(0.0, 1.0, 5).astype(np.float32)
 SPREAD_GRID = np.array([-0.4, 0.0, 0.2], np.float32)  # relative change of the mouth's width
+_OPEN, _SPREAD = tuple(float(v) for v in OPEN_GRID), tuple(float(v) for v in SPREAD_GRID)
 JAW_DROP = 0.32  # lower-lip travel at full opening, in mouth widths
 LIP_LIFT = 0.08  # upper-lip travel, as a fraction of the lower lip's
 MAX_CANONICAL_MOUTH = 80.0  # canonical pixels across the mouth, at most
@@ -334,19 +338,44 @@ def _rasterise(
 
 
 # -- per frame --------------------------------------------------------------------------------------
+@dataclass
+class Placed:
+    """Pose maps carried onto one avatar frame: for the image box ``box`` (x1, y1, x2, y2), per
+    pose of the grid (or for one pose), where each pixel samples the image (absolute x, y) and the
+    inner mouth's coverage and depth there."""
+
+    box: tuple[int, int, int, int]
+    maps: np.ndarray  # [..., h, w, 2] float32 absolute image coordinates
+    gap: np.ndarray  # [..., h, w, 2] float32 coverage, depth
+    gap_boxes: np.ndarray  # [..., 4] int rows r0, r1, cols c0, c1 where coverage > 0 (r0 == r1: none)
+
+
+def _weights(shape: MouthShape) -> tuple[int, int, float, float]:
+    """Grid cell (a, b) of this pose and its position (ta, tb) inside it."""
+    cell = []
+    for v, grid in ((shape.open, _OPEN), (spread(shape), _SPREAD)):
+        v = min(max(float(v), grid[0]), grid[-1])
+        i = min(max(bisect.bisect_left(grid, v) - 1, 0), len(grid) - 2)
+        cell.append((i, (v - grid[i]) / (grid[i + 1] - grid[i])))
+    (a, ta), (b, tb) = cell
+    return a, b, ta, tb
+
+
+def _mix(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """sum(w * a) over the arrays whose weight is not ~0 (the weights sum to 1)."""
+    pairs = [(a, w) for a, w in zip(arrays, weights, strict=True) if w > 1e-6]
+    out: np.ndarray = pairs[0][0] * np.float32(pairs[0][1])
+    for a, w in pairs[1:]:
+        out = np.asarray(cv2.scaleAdd(a, w, out))
+    return out
+
+
 def _pose_map(rig: Rig, shape: MouthShape) -> np.ndarray:
     """Bilinear interpolation of the grid maps at this pose."""
-    o = float(np.clip(shape.open, OPEN_GRID[0], OPEN_GRID[-1]))
-    s = float(np.clip(spread(shape), SPREAD_GRID[0], SPREAD_GRID[-1]))
-    a = int(np.clip(np.searchsorted(OPEN_GRID, o) - 1, 0, len(OPEN_GRID) - 2))
-    b = int(np.clip(np.searchsorted(SPREAD_GRID, s) - 1, 0, len(SPREAD_GRID) - 2))
-    ta = (o - OPEN_GRID[a]) / (OPEN_GRID[a + 1] - OPEN_GRID[a])
-    tb = (s - SPREAD_GRID[b]) / (SPREAD_GRID[b + 1] - SPREAD_GRID[b])
+    a, b, ta, tb = _weights(shape)
     m = rig.maps
-    return np.asarray(
-        (1 - ta) * ((1 - tb) * m[a, b] + tb * m[a, b + 1]) + ta * ((1 - tb) * m[a + 1, b] + tb * m[a + 1, b + 1]),
-        np.float32,
-    )
+    cells = [m[a, b], m[a, b + 1], m[a + 1, b], m[a + 1, b + 1]]
+    return _mix(cells, [(1 - ta) * (1 - tb), (1 - ta) * tb, ta * (1 - tb), ta * tb])
 
 
 def region(rig: Rig, frame_index: int, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
@@ -363,37 +392,85 @@ def region(rig: Rig, frame_index: int, size: tuple[int, int]) -> tuple[int, int,
     return int(x1), int(y1), int(x2), int(y2)
 
 
-def draw(frame: np.ndarray, rig: Rig, frame_index: int, shape: MouthShape) -> np.ndarray:
-    """``frame`` with the mouth in ``shape`` (a new array; the frame itself when nothing moves)."""
-    if shape.open < 0.01 and abs(spread(shape)) < 0.004:
-        return frame
-    box = region(rig, frame_index, (frame.shape[1], frame.shape[0]))
+def place(rig: Rig, frame_index: int, size: tuple[int, int], maps: np.ndarray | None = None) -> Placed | None:
+    """Carries canonical pose maps (``maps``: [..., H, W, 4]; default: the whole grid) onto this
+    avatar frame's image box (None: the box lies outside the image)."""
+    box = region(rig, frame_index, size)
     if box is None:
-        return frame
+        return None
+    maps = rig.maps if maps is None else maps
+    lead = maps.shape[:-3]
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1
     T = rig.to_image[frame_index]
     ox, oy = rig.origin
-    # canonical map pixel -> ROI pixel
+    # canonical map pixel -> box pixel
     M = T.copy()
     M[:, 2] = T[:, :2] @ np.array([ox, oy]) + T[:, 2] - [x1, y1]
-    local = cv2.warpAffine(_pose_map(rig, shape), M, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     lin = T[:, :2].astype(np.float32)
-    dxc, dyc = local[..., 0], local[..., 1]
     xx, yy = np.meshgrid(np.arange(x1, x2, dtype=np.float32), np.arange(y1, y2, dtype=np.float32))
-    map_x = xx + (lin[0, 0] * dxc + lin[0, 1] * dyc)
-    map_y = yy + (lin[1, 0] * dxc + lin[1, 1] * dyc)
-    roi = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    alpha = local[..., 2]
-    ys, xs = np.nonzero(alpha > 1e-3)
-    if len(ys):
-        r0, r1, c0, c1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        a = alpha[r0:r1, c0:c1, None]
-        depth = np.sqrt(local[r0:r1, c0:c1, 3:4])
+    flat = maps.reshape(-1, *maps.shape[-3:])
+    out_maps = np.empty((len(flat), h, w, 2), np.float32)
+    out_gap = np.empty((len(flat), h, w, 2), np.float32)
+    gap_boxes = np.zeros((len(flat), 4), np.int64)
+    for k, canon in enumerate(flat):
+        local = cv2.warpAffine(canon, M, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        dxc, dyc = local[..., 0], local[..., 1]
+        out_maps[k, ..., 0] = xx + (lin[0, 0] * dxc + lin[0, 1] * dyc)
+        out_maps[k, ..., 1] = yy + (lin[1, 0] * dxc + lin[1, 1] * dyc)
+        out_gap[k] = local[..., 2:4]
+        ys, xs = np.nonzero(local[..., 2] > 1e-3)
+        if len(ys):
+            gap_boxes[k] = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    return Placed(
+        box,
+        out_maps.reshape(*lead, h, w, 2),
+        out_gap.reshape(*lead, h, w, 2),
+        gap_boxes.reshape(*lead, 4),
+    )
+
+
+def _at_pose(placed: Placed, shape: MouthShape) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A placed grid mixed at this pose: maps, gap, and the gap's box (r0, r1, c0, c1)."""
+    a, b, ta, tb = _weights(shape)
+    cells = [(a, b), (a, b + 1), (a + 1, b), (a + 1, b + 1)]
+    weights = [(1 - ta) * (1 - tb), (1 - ta) * tb, ta * (1 - tb), ta * tb]
+    maps = _mix([placed.maps[c] for c in cells], weights)
+    gap = _mix([placed.gap[c] for c in cells], weights)
+    boxes = [placed.gap_boxes[c].tolist() for c, w in zip(cells, weights, strict=True) if w > 1e-6]
+    boxes = [bx for bx in boxes if bx[0] < bx[1]]
+    if not boxes:
+        return maps, gap, [0, 0, 0, 0]
+    r0, r1 = min(bx[0] for bx in boxes), max(bx[1] for bx in boxes)
+    return maps, gap, [r0, r1, min(bx[2] for bx in boxes), max(bx[3] for bx in boxes)]
+
+
+def draw(frame: np.ndarray, rig: Rig, frame_index: int, shape: MouthShape, placed: Placed | None = None) -> np.ndarray:
+    """``frame`` with the mouth in ``shape`` (a new array; the frame itself when nothing moves).
+
+    ``placed``: this frame's whole grid, already placed (``place``); without it the pose's map is
+    interpolated in canonical space and placed for this frame alone.
+    """
+    if shape.open < 0.01 and abs(spread(shape)) < 0.004:
+        return frame
+    if placed is None:
+        one = place(rig, frame_index, (frame.shape[1], frame.shape[0]), _pose_map(rig, shape))
+        if one is None:
+            return frame
+        box, maps, gap, gap_box = one.box, one.maps, one.gap, one.gap_boxes.tolist()
+    else:
+        box = placed.box
+        maps, gap, gap_box = _at_pose(placed, shape)
+    x1, y1, x2, y2 = box
+    roi = cv2.remap(frame, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
+    r0, r1, c0, c1 = (int(v) for v in gap_box)
+    if r0 < r1:
+        alpha = gap[r0:r1, c0:c1, 0:1]
+        depth = np.sqrt(gap[r0:r1, c0:c1, 1:2])
         edge, deep = rig.colours[0], rig.colours[1]
         colour = edge + (deep - edge) * depth
         part = roi[r0:r1, c0:c1].astype(np.float32)
-        roi[r0:r1, c0:c1] = np.clip(part + (colour - part) * a + 0.5, 0, 255).astype(np.uint8)
+        roi[r0:r1, c0:c1] = np.clip(part + (colour - part) * alpha + 0.5, 0, 255).astype(np.uint8)
     out = np.array(frame, copy=True)
     out[y1:y2, x1:x2] = roi
     return out

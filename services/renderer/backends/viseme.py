@@ -19,6 +19,10 @@ from services.renderer.config import RendererConfig
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 
+# A still photo's placed pose grid is kept in memory up to this size (16 bytes per pixel and pose):
+# the default portrait's takes 2.5 MB.
+MAX_PLACED_BYTES = 32 << 20
+
 
 class VisemeBackend(RenderBackend):
     name = "viseme"
@@ -34,18 +38,36 @@ class VisemeBackend(RenderBackend):
 
             avatar.landmarks = template_landmarks(avatar.mouth_boxes.astype(np.float32))
         avatar.extras[self.name] = mesh_warp.build_rig(avatar).arrays()
+        avatar.extras.pop(f"{self.name}.placed", None)
 
     def rig(self, avatar: Avatar) -> mesh_warp.Rig:
         if self.name not in avatar.extras:
             self.prepare(avatar)
         return mesh_warp.Rig.from_arrays(avatar.extras[self.name])
 
+    def placed(self, avatar: Avatar, rig: mesh_warp.Rig) -> mesh_warp.Placed | None:
+        """A still photo's pose grid carried onto the photo once (kept in memory with the avatar),
+        so a frame only mixes four placed maps and samples the mouth's box. Video avatars place
+        each frame's one pose instead (their head moves from frame to frame)."""
+        if len(avatar.frames) != 1 or not avatar.animated(0):
+            return None
+        box = mesh_warp.region(rig, 0, avatar.size)
+        poses = rig.maps.shape[0] * rig.maps.shape[1]
+        if box is None or (box[2] - box[0]) * (box[3] - box[1]) * poses * 16 > MAX_PLACED_BYTES:
+            return None  # a face thousands of pixels wide: placed per frame, not kept
+        key = f"{self.name}.placed"
+        if key not in avatar.extras:  # two threads may both compute it: the same result
+            avatar.extras[key] = mesh_warp.place(rig, 0, avatar.size)
+        placed: mesh_warp.Placed | None = avatar.extras[key]
+        return placed
+
     def render(self, avatar: Avatar, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
         rig = self.rig(avatar)
+        placed = self.placed(avatar, rig)
         out = []
         for job in jobs:
             frame = np.asarray(avatar.frames[job.avatar_frame])
             if avatar.animated(job.avatar_frame):
-                frame = mesh_warp.draw(frame, rig, job.avatar_frame, job.mouth or MouthShape())
+                frame = mesh_warp.draw(frame, rig, job.avatar_frame, job.mouth or MouthShape(), placed)
             out.append(frame)  # the avatar's own (read-only) frame when nothing moved
         return out

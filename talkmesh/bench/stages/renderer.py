@@ -1,5 +1,6 @@
 """Per-frame cost of the default (mesh-warp) backend: render + blend, then the session's compose
-step (idle life, resize, I420 conversion), on the packaged default avatar; and, per avatar (the
+step (idle life, resize, I420 conversion), on the packaged default avatar, and the mean process CPU
+of a whole session frame, speaking and idle (``frame_cpu``); and, per avatar (the
 default portrait and the transformed test portraits of ``talkmesh.bench.face_cases``), the landmark
 time per registered frame, the render time per frame and the lip-sync figure: the open-mouth area
 on the decoded output video against the speech energy, correlated at the best lag within +-2
@@ -85,8 +86,24 @@ def run_bench(quick: bool = False, sizes: tuple[str, ...] = ("512", "360p", "720
             result[f"total_{preset}_ms_median"] = round(
                 result["render_blend_ms_median"] + statistics.median(compose_ms), 3
             )
+        result.update(frame_cpu(backend, avatar, jobs, output_size("512", avatar.size)))
     result["faces"] = faces_bench(quick)
     return result
+
+
+def frame_cpu(backend: VisemeBackend, avatar: Avatar, jobs: list[FrameJob], size: tuple[int, int]) -> dict[str, float]:
+    """Mean process CPU per frame of what the renderer does for each frame of a session (render,
+    idle life at consecutive ticks, resize, I420), speaking (a new mouth every frame) and idle
+    (the photo): a mean, so the ticks that re-render the moving body are counted."""
+    out: dict[str, float] = {}
+    for label, speaking in (("speaking", True), ("idle", False)):
+        idle = IdleLife(avatar, 25.0)
+        start = time.process_time()
+        for i, job in enumerate(jobs):
+            frame = backend.render(avatar, [job])[0] if speaking else avatar.frames[0]
+            encode_pixels(resize(idle.apply(np.asarray(frame), i), size), cpb.PIXEL_FORMAT_I420)
+        out[f"{label}_frame_cpu_ms_mean"] = round(1000 * (time.process_time() - start) / len(jobs), 3)
+    return out
 
 
 def faces_bench(quick: bool = False, names: tuple[str, ...] = ("default", *FACE_CASES)) -> dict[str, Any]:
