@@ -255,7 +255,7 @@ class AvatarStore:
             if isinstance(extras, dict) and all(isinstance(v, np.ndarray) for v in extras.values()):
                 tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.npz")
                 with contextlib.suppress(OSError):  # the entry may have been deleted meanwhile
-                    np.savez(tmp, **extras, **{_PRECOMPUTE_KEY: np.array(key)})
+                    np.savez(tmp, **{**extras, _PRECOMPUTE_KEY: np.array(key)})  # type: ignore[arg-type]
                     os.replace(tmp, path)
 
     def resolve(self, avatar_id: str) -> str:
