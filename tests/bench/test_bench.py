@@ -153,3 +153,18 @@ async def test_inprocess_speaker_speaks_a_request(tmp_path: Path) -> None:
     assert result.frames > 10
     assert 0 < result.ttff <= result.total
     assert result.audio_seconds == pytest.approx(result.frames / 25, abs=0.05)
+
+
+def test_live_cost_is_taken_over_the_empty_mesh_floor():
+    from talkmesh.bench.live import LiveReport
+    from talkmesh.bench.live import markdown as live_markdown
+
+    r = LiveReport(machine="m", command="c", git="g", date="d", baseline_cores=0.10, cost_seconds=10)
+    # 1 idle session: 0.12 cores in all, 0.02 over the floor; 1 speaking: 0.60, 0.50 over the floor
+    r.cost = [
+        {"sessions": 1, "speaking": 0.0, "cpu_cores": 0.12, "per_session": 0.02, "underruns": 0.0},
+        {"sessions": 1, "speaking": 1.0, "cpu_cores": 0.60, "per_session": 0.50, "underruns": 0.0},
+    ]
+    md = live_markdown(r)
+    assert "with no\nsession the mesh uses 0.100 cores" in md
+    assert "| 1 | 0.120 | 0.600 | 4.0 % (20.0 %) | 0 |" in md
