@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import shutil
 import sys
@@ -99,6 +100,8 @@ class WebReport:
     wall_lag_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
     browser: str = ""
+    #: 1-minute load average when the run started (other work on the machine shows here)
+    load_at_start: float = 0.0
     #: where speak -> paint goes, per turn (ms): see BREAKDOWN
     breakdown: dict[str, list[float]] = field(default_factory=dict)
     skips: int = 0
@@ -179,6 +182,7 @@ async def bench(args: argparse.Namespace) -> WebReport:
         machine=f"{m.cpu}, {m.cores} cores, {m.memory}, {m.os}, Python {m.python}, GPU: {m.gpu}",
         revision=git_revision(),
         browser=exe,
+        load_at_start=os.getloadavg()[0],
     )
     with tempfile.TemporaryDirectory() as tmp:
         env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(Path(tmp) / "avatars")}
@@ -233,7 +237,7 @@ def markdown(r: WebReport) -> str:
             "",
             f"### Web (browser) run ({time.strftime('%Y-%m-%d')}, revision {r.revision})",
             "",
-            f"Machine: {r.machine}; loaded by parallel work (other helpers' tests and builds on the same 2 cores).",
+            f"Machine: {r.machine}; 1-minute load average at the start: {r.load_at_start:.2f}.",
             f"Command: `{r.command}` (headless Chromium {r.browser}, software decoding; {r.seconds:.0f} s of session).",
             "",
             "| browser-visible | n | p50 ms | p95 ms | max ms | target |",
