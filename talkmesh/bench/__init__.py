@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talkmesh.bench import components_mode, live, neural, overload, soak, speak, tls, web
+from talkmesh.bench import components_mode, gateway_cost, live, neural, overload, soak, speak, tls, web
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ MODES: tuple[BenchMode, ...] = (
         "refusals at capacity: time to RESOURCE_EXHAUSTED (p50/p95 of N calls), upstream work started, readiness",
         overload.add_arguments,
         overload.run,
+    ),
+    BenchMode(
+        "gateway",
+        "the messages the gateway relays per frame of a Speak, and its CPU per frame in the mesh",
+        gateway_cost.add_arguments,
+        gateway_cost.run,
     ),
     BenchMode(
         "musetalk",

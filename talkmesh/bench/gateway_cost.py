@@ -1,6 +1,6 @@
 """What the gateway costs per frame: the messages it relays and the CPU of its process.
 
-``python -m talkmesh.bench.gateway_cost [--requests N] [--concurrency C]``
+``talkmesh bench gateway [--requests N] [--concurrency C]``
 
 1. Messages: the five stages in this process (the in-process yardstick), the gateway's pipeline
    driving them through a counting wrapper: every message the gateway sends to or reads from a
@@ -149,14 +149,13 @@ async def main_async(args: argparse.Namespace) -> None:
         )
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=8, help="Speak calls measured for CPU (0: messages only)")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measured before the requests")
     p.add_argument("--backend", default="viseme", choices=("viseme", "wav2lip"))
-    asyncio.run(main_async(p.parse_args()))
 
 
-if __name__ == "__main__":
-    main()
+def run(args: argparse.Namespace) -> int:
+    asyncio.run(main_async(args))
+    return 0

@@ -26,6 +26,7 @@ from services.renderer.config import AvatarConfig, RendererConfig
 from services.renderer.main import create_service, load_config
 from services.renderer.session import ping_pong
 from talkmesh.common.channel import create_channel
+from talkmesh.common.errors import FailedPrecondition
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import renderer_pb2 as rpb
@@ -306,8 +307,18 @@ def test_a_damaged_frame_file_is_not_a_silent_grey_avatar(tmp_path):
     avatar, _ = store.register(PORTRAIT, "me.png", "me")
     path = tmp_path / "cache" / avatar.id / "frames.pngs"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="damaged"):
-        _store(tmp_path)[0].get(avatar.id)
+    store2 = _store(tmp_path)[0]
+    with pytest.raises(FailedPrecondition, match=r"damaged.*register it again"):
+        store2.get(avatar.id)
+    # the damaged entry is gone (not a grey avatar, not an error forever): registering the file again
+    # rebuilds it, and a registration that finds a damaged entry rebuilds it at once
+    assert not (tmp_path / "cache" / avatar.id).exists()
+    again, cached = store2.register(PORTRAIT, "me.png", "me")
+    assert (again.id, cached) == (avatar.id, False)
+    np.testing.assert_array_equal(_store(tmp_path)[0].get(avatar.id).frames, avatar.frames)
+    path.write_bytes(path.read_bytes()[:1000])
+    third, cached = _store(tmp_path)[0].register(PORTRAIT, "me.png", "me")
+    assert (third.id, cached) == (avatar.id, False)
 
 
 class _KeyedBackend(VisemeBackend):

@@ -151,6 +151,11 @@ class AvatarStore:
         # not hold up renders of the avatars that are ready.
         with self._entry(avatar_id):
             cached = (self.root / avatar_id / "meta.json").is_file()
+            if cached:
+                try:
+                    self.get(avatar_id)
+                except FailedPrecondition:  # damaged on disk and removed: made again from this upload
+                    cached = False
             self._on_cache("avatar_precompute", cached)
             if not cached:
                 fresh = self._precompute(
@@ -292,13 +297,20 @@ class AvatarStore:
         d = self.root / avatar_id
         if not avatar_id or "/" in avatar_id or avatar_id.startswith(".") or not (d / "meta.json").is_file():
             raise NotFound("config.avatar_id", avatar_id, "avatar")
-        meta = json.loads((d / "meta.json").read_text())
-        if (d / FRAMES_INDEX).is_file():
-            frames = load_frames(d, (int(meta["frames"]), int(meta["height"]), int(meta["width"]), 3))
-        else:  # an entry written before frames were stored compressed
-            frames = np.ascontiguousarray(np.load(d / LEGACY_FRAMES, mmap_mode="r"))
-        with np.load(d / "boxes.npz") as z:
-            arrays = {k: z[k] for k in z.files}
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+            if (d / FRAMES_INDEX).is_file():
+                frames = load_frames(d, (int(meta["frames"]), int(meta["height"]), int(meta["width"]), 3))
+            else:  # an entry written before frames were stored compressed
+                frames = np.ascontiguousarray(np.load(d / LEGACY_FRAMES, mmap_mode="r"))
+            with np.load(d / "boxes.npz") as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError) as exc:  # damaged on disk (a full volume, a bad sector)
+            log.warning("avatar %s: stored entry is damaged (%s); removed, it must be registered again", avatar_id, exc)
+            shutil.rmtree(d, ignore_errors=True)
+            raise FailedPrecondition(
+                f"avatar {avatar_id}: its stored frames were damaged and have been removed; register it again"
+            ) from exc
         return _avatar(avatar_id, meta, frames, arrays)
 
     def list(self) -> list[AvatarSummary]:
