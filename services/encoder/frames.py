@@ -14,6 +14,8 @@ def i420_frame(data: bytes, width: int, height: int) -> av.VideoFrame:
     per 512x512 frame). The encoder copies the picture into its own buffers when it encodes it, and
     the frame keeps ``data`` alive until then."""
     plane = np.frombuffer(data, np.uint8).reshape(height * 3 // 2, width)
+    if height % 4:  # PyAV's buffer wrapper takes the height as rows // 6 * 4: 270 would become 268
+        return av.VideoFrame.from_ndarray(plane, format="yuv420p")
     return av.VideoFrame.from_numpy_buffer(plane, format="yuv420p")
 
 

@@ -286,6 +286,8 @@ class IdleLife:
         self.rest = np.asarray(avatar.frames[0])
         self.loop = max(1, round(LOOP_S * fps))
         if self.loop not in cached["keys"]:
+            if len(cached["keys"]) >= 8:  # the loop length follows the client's fps: keep a few, not one per rate
+                cached["keys"].clear()
             bx1, by1, bx2, by2 = self.mask_box
             corners = np.array([[bx1, by1], [bx2, by1], [bx1, by2], [bx2, by2]], np.float64) - self.centre
             cached["keys"][self.loop] = key_ticks(corners, self.loop)

@@ -217,7 +217,7 @@ class ReloadingChannel(grpc.aio.Channel):
         if self._retired is not None:
             await self._retired.aclose()
         for old in self._old:
-            await old.close()
+            await old.close(grace)
         self._old.clear()
         await self._channel.close(grace)
 

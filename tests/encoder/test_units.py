@@ -127,10 +127,32 @@ def test_aac_coder_is_configurable_and_reaches_the_encoder():
     assert encoded("fast") != encoded("twoloop")
 
 
-def test_wrapped_i420_frames_keep_their_planes():
+@pytest.mark.parametrize("height", [64, 66, 270])  # 66 and 270: heights of 2 mod 4 (even, allowed)
+def test_wrapped_i420_frames_keep_their_planes(height):
     from services.encoder.frames import i420_frame
 
-    data = (np.arange(64 * 96) % 251).astype(np.uint8).tobytes()  # Y, then U, then V
-    frame = i420_frame(data, 64, 64)
-    assert frame.format.name == "yuv420p" and (frame.width, frame.height) == (64, 64)
+    data = (np.arange(64 * height * 3 // 2) % 251).astype(np.uint8).tobytes()  # Y, then U, then V
+    frame = i420_frame(data, 64, height)
+    assert frame.format.name == "yuv420p" and (frame.width, frame.height) == (64, height)
     assert frame.to_ndarray(format="yuv420p").tobytes() == data
+
+
+async def test_a_turn_skips_its_start_buffer_only_when_its_input_runs_ahead():
+    """Live: a turn starts once `buffer` frames are rendered; a turn whose audio already covers twice
+    the buffer (a text turn: TTS runs ahead of real time) starts with two, never with one."""
+    from services.encoder.live.session import Turn
+    from talkmesh.common.clock import MediaClock
+
+    clock = MediaClock.of(25, 16000)
+
+    def turn(seconds_of_audio: float, frames: int) -> Turn:
+        t = Turn("t", 16000, clock, lead=10)
+        t.audio_samples = int(seconds_of_audio * 16000)
+        t.frames.extend((k, b"", True) for k in range(frames))
+        t.rendered = frames
+        return t
+
+    assert not turn(0.08, 2).can_start(3)  # real-time input (a caller's audio), 2 of 3 frames buffered
+    assert turn(0.16, 3).can_start(3)
+    assert not turn(1.0, 1).can_start(3)  # input ahead, but only one frame rendered
+    assert turn(1.0, 2).can_start(3)

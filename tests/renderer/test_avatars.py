@@ -313,6 +313,8 @@ def test_a_damaged_frame_file_is_not_a_silent_grey_avatar(tmp_path):
     # the damaged entry is gone (not a grey avatar, not an error forever): registering the file again
     # rebuilds it, and a registration that finds a damaged entry rebuilds it at once
     assert not (tmp_path / "cache" / avatar.id).exists()
+    assert [p.name.split(".")[0] for p in (tmp_path / "cache" / ".damaged").iterdir()] == [avatar.id]
+    assert [a.id for a in store2.list()] == []
     again, cached = store2.register(PORTRAIT, "me.png", "me")
     assert (again.id, cached) == (avatar.id, False)
     np.testing.assert_array_equal(_store(tmp_path)[0].get(avatar.id).frames, avatar.frames)
@@ -361,3 +363,34 @@ def test_a_cached_backend_precompute_is_redone_when_its_model_or_settings_change
     store, keyed = store_with(2)
     assert store.get(avatar.id, "keyed").extras["keyed"]["latents"].tolist() == [2, 2, 2]
     assert keyed.prepared == 0
+
+
+def test_a_passing_read_error_is_unavailable_and_keeps_the_entry(tmp_path, monkeypatch):
+    from services.renderer.avatars import store as store_module
+    from talkmesh.common.errors import Unavailable
+
+    store, _ = _store(tmp_path)
+    avatar, _ = store.register(PORTRAIT, "me.png", "me")
+
+    def no_descriptors(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(store_module, "load_frames", no_descriptors)
+    with pytest.raises(Unavailable, match="try again"):
+        _store(tmp_path)[0].get(avatar.id)
+    monkeypatch.undo()
+    assert (tmp_path / "cache" / avatar.id / "meta.json").is_file()  # nothing was moved or deleted
+    np.testing.assert_array_equal(_store(tmp_path)[0].get(avatar.id).frames, avatar.frames)
+
+
+def test_an_unreadable_backend_precompute_is_redone(tmp_path):
+    cfg = RendererConfig(avatars=AvatarConfig(cache_dir=str(tmp_path / "cache")))
+    keyed = _KeyedBackend(cfg, 1)
+    store = AvatarStore(cfg.avatars, {"viseme": VisemeBackend(cfg, Telemetry("r")), "keyed": keyed})
+    avatar, _ = store.register(PORTRAIT, "me.png", "me")
+    store.get(avatar.id, "keyed")
+    (tmp_path / "cache" / avatar.id / "keyed.npz").write_bytes(b"PK\x03\x04 truncated")
+    keyed = _KeyedBackend(cfg, 1)
+    store = AvatarStore(cfg.avatars, {"viseme": VisemeBackend(cfg, Telemetry("r")), "keyed": keyed})
+    assert store.get(avatar.id, "keyed").extras["keyed"]["latents"].tolist() == [1, 1, 1]
+    assert keyed.prepared == 1

@@ -115,13 +115,15 @@ class Turn:
 
         The buffer absorbs input arriving in real time (a caller's audio). When the input already
         runs ahead of it (a text turn: the TTS is faster than real time), only the renderer paces
-        the turn and it starts with its first frame: the buffer would only add latency."""
+        the turn and it starts with two frames rendered (one frame of slack for the renderer's own
+        jitter): the full buffer would only add latency."""
         if not (self.played == 0 and self.ready()):
             return False
         total = self.total_frames
         all_rendered = self.render_done or (total is not None and self.rendered >= total)
-        input_ahead = self.has_audio_for(2 * buffer_frames)
-        return len(self.frames) >= min(buffer_frames, self.lead) or all_rendered or input_ahead
+        buffered = len(self.frames)
+        input_ahead = self.has_audio_for(2 * buffer_frames) and buffered >= min(2, buffer_frames)
+        return buffered >= min(buffer_frames, self.lead) or all_rendered or input_ahead
 
     def finished(self) -> bool:
         total = self.total_frames

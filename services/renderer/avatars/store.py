@@ -28,6 +28,7 @@ import os
 import shutil
 import threading
 import uuid
+import zipfile
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,7 +44,7 @@ from services.renderer.avatars.decode import decode
 from services.renderer.avatars.face_models import load_face_models
 from services.renderer.backends.base import Avatar, RenderBackend
 from services.renderer.config import AvatarConfig
-from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ PRECOMPUTE_VERSION = "3"  # the content ids depend on it: changing it orphans ev
 DEFAULT_ALIAS = "default"
 FRAMES_FILE = "frames.pngs"
 FRAMES_INDEX = "frames.index.npy"
+DAMAGED_DIR = ".damaged"  # entries found damaged on load are moved here (not listed, not served)
 LEGACY_FRAMES = "frames.npy"  # raw N x H x W x 3 (before frames were stored compressed)
 #: zlib level of the stored PNGs: 3 is smaller *and* faster to write than 1 on avatar frames, and
 #: levels above trade a lot of time for a few percent (measured; BENCHMARKS.md, "Avatar store").
@@ -248,13 +250,17 @@ class AvatarStore:
             path = self.root / avatar.id / f"{backend}.npz"
             key = self.backends[backend].precompute_key()
             if path.is_file():
-                with np.load(path) as z:
-                    made_with = str(z[_PRECOMPUTE_KEY]) if _PRECOMPUTE_KEY in z.files else ""
-                    if made_with == key:
-                        avatar.extras[backend] = {k: z[k] for k in z.files if k != _PRECOMPUTE_KEY}
-                        return
-                log.info("avatar %s: the cached %s precompute was made with other model files or settings; redoing it",
-                         avatar.id, backend)  # fmt: skip
+                try:
+                    with np.load(path) as z:
+                        made_with = str(z[_PRECOMPUTE_KEY]) if _PRECOMPUTE_KEY in z.files else ""
+                        if made_with == key:
+                            avatar.extras[backend] = {k: z[k] for k in z.files if k != _PRECOMPUTE_KEY}
+                            return
+                    log.info("avatar %s: the cached %s precompute was made with other model files or settings; "
+                             "redoing it", avatar.id, backend)  # fmt: skip
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # unreadable: redone
+                    log.warning("avatar %s: the cached %s precompute is unreadable (%s); redoing it",
+                                avatar.id, backend, exc)  # fmt: skip
             self.backends[backend].prepare(avatar)
             extras = avatar.extras.get(backend)
             if isinstance(extras, dict) and all(isinstance(v, np.ndarray) for v in extras.values()):
@@ -305,13 +311,23 @@ class AvatarStore:
                 frames = np.ascontiguousarray(np.load(d / LEGACY_FRAMES, mmap_mode="r"))
             with np.load(d / "boxes.npz") as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError) as exc:  # damaged on disk (a full volume, a bad sector)
-            log.warning("avatar %s: stored entry is damaged (%s); removed, it must be registered again", avatar_id, exc)
-            shutil.rmtree(d, ignore_errors=True)
-            raise FailedPrecondition(
-                f"avatar {avatar_id}: its stored frames were damaged and have been removed; register it again"
-            ) from exc
-        return _avatar(avatar_id, meta, frames, arrays)
+            return _avatar(avatar_id, meta, frames, arrays)
+        except FileNotFoundError as exc:  # a file of the entry is missing: damaged
+            damage: Exception = exc
+        except OSError as exc:  # out of file descriptors, memory, a passing I/O error: the entry may be fine
+            raise Unavailable(f"avatar {avatar_id}: its stored entry could not be read now; try again",
+                              retry_after=1.0) from exc  # fmt: skip
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated or corrupt content
+            damage = exc
+        # Set aside (not deleted: kept for inspection, out of the listing) so that the next
+        # registration of the file rebuilds it; its owners register it again to own it again.
+        aside = self.root / DAMAGED_DIR / f"{avatar_id}.{uuid.uuid4().hex[:8]}"
+        log.warning("avatar %s: stored entry is damaged (%s); moved to %s, it must be registered again",
+                    avatar_id, damage, aside)  # fmt: skip
+        with contextlib.suppress(OSError):
+            aside.parent.mkdir(exist_ok=True)
+            os.replace(d, aside)
+        raise FailedPrecondition(f"avatar {avatar_id}: its stored frames were damaged; register it again") from damage
 
     def list(self) -> list[AvatarSummary]:
         out = []
@@ -417,6 +433,9 @@ def face_report(track: FaceTrack) -> dict[str, Any]:
 
 
 def _avatar(avatar_id: str, meta: Mapping[str, Any], frames: np.ndarray, arrays: Mapping[str, np.ndarray]) -> Avatar:
+    # Shared by every session and every thread rendering this avatar: an in-place write would change
+    # it for all of them, so the frames are read-only (as the memory-mapped raw frames used to be).
+    frames.flags.writeable = False
     return Avatar(
         id=avatar_id,
         name=meta["name"],

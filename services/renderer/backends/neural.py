@@ -9,6 +9,7 @@ avatar frame through a feathered mask that is computed once per avatar (no box e
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 import logging
 import time
@@ -155,10 +156,17 @@ class NeuralBackend(RenderBackend):
         """A digest of the backend's settings and of each loaded model file (path, size, mtime): a
         cached avatar precompute (latents, masks) made with other weights or settings is redone."""
         digest = hashlib.sha256(f"{self.name}|{self.crop_size}|{self.pads}|{self.crop_interpolation}".encode())
-        digest.update(repr(self.settings()).encode())
+        settings = self.settings()
+        if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+            # frame_skip only changes which frames run the model, not what is precomputed
+            settings = {k: v for k, v in dataclasses.asdict(settings).items() if k != "frame_skip"}
+        digest.update(repr(settings).encode())
         for path in self.model_files:
-            st = path.stat()
-            digest.update(f"|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+            try:
+                st = path.stat()
+                digest.update(f"|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+            except OSError:  # removed since it was loaded: the loaded model still answers
+                digest.update(f"|{path}|gone".encode())
         return digest.hexdigest()[:32]
 
     # -- the model step (batched across sessions) ------------------------------------------------
