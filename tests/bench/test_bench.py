@@ -138,8 +138,9 @@ def test_every_mode_parses() -> None:
     add_arguments(p)
     args = p.parse_args(["--quick", "--backend", "wav2lip"])
     assert args.bench_mode is None and args.quick and args.backend == "wav2lip"
+    required = {"musetalk": ["--model-dir", "m", "--whisper-encoder", "w.onnx"]}  # the user's model files
     for mode in MODES:
-        assert p.parse_args([mode.name]).bench_mode == mode.name
+        assert p.parse_args([mode.name, *required.get(mode.name, [])]).bench_mode == mode.name
 
 
 async def test_inprocess_speaker_speaks_a_request(tmp_path: Path) -> None:
