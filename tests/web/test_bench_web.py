@@ -16,4 +16,4 @@ def test_the_report_has_a_row_per_measure_with_percentiles() -> None:
     assert "Skips forward (playhead too far behind the live edge): 2; stalls (`waiting`): 5." in text
     assert "| speak pressed → first speaking frame painted | 3 | 200 | 290 | 300 | ≤ 400 p95 |" in text
     assert "| interrupt pressed → idle frame painted | 1 | 50 | 50 | 50 | ≤ 500 p95 |" in text
-    assert "talkmesh bench web" in text and "loaded by parallel work" in text
+    assert "talkmesh bench web" in text and "1-minute load average at the start: " in text
