@@ -275,7 +275,17 @@ async def test_a_hung_stage_fails_streams_fast_and_readiness_shows_it(mesh, tmp_
         finally:
             renderer.send_signal(signal.SIGCONT)
         await _await_health(mesh.gateway, health_pb2.HealthCheckResponse.SERVING)
-        result = await client.speak_to_file("Back again.", tmp_path / "ok.mp4")
+        # the resumed renderer works off its backlog first: one more health check may time out, so
+        # the gateway may refuse (UNAVAILABLE, naming it) for a moment; it must serve again within 10 s
+        deadline = loop.time() + 10
+        while True:
+            try:
+                result = await client.speak_to_file("Back again.", tmp_path / "ok.mp4")
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and "renderer" in exc.details()
+                assert loop.time() < deadline, "the gateway did not serve again within 10 s of SIGCONT"
+                await asyncio.sleep(0.2)
         assert result.summary.frames > 0
 
 
