@@ -78,6 +78,11 @@ class GatewayConfig:
     # message the gateway relays costs it CPU (about 0.1-0.2 ms on a laptop core): 200 ms chunks
     # relay a fifth of the messages of 40 ms ones.
     tts_chunk_ms: int = 200
+    # Later TTS chunks double in length up to this many milliseconds (0: all are tts_chunk_ms). The
+    # first chunk, which decides the time to first frame, stays tts_chunk_ms long; a paragraph then
+    # costs every hop (tts, audio_features, encoder and the gateway between them) a third of the
+    # messages. Must fit in max_audio_ahead_seconds with the feature look-ahead.
+    tts_max_chunk_ms: int = 800
     live: LiveSettings = field(default_factory=LiveSettings)
     # API keys (off by default; docs/SECURITY.md).
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -93,6 +98,8 @@ class GatewayConfig:
             raise ConfigError.at("fps", "must be within 1..60")
         if not 0 <= self.tts_chunk_ms <= 1000:
             raise ConfigError.at("tts_chunk_ms", "must be within 0..1000 (0: the TTS service's default)")
+        if self.tts_max_chunk_ms and not max(self.tts_chunk_ms, 1) <= self.tts_max_chunk_ms <= 1000:
+            raise ConfigError.at("tts_max_chunk_ms", "must be 0 or within tts_chunk_ms..1000")
         known = spec("renderer").backends
         if self.default_renderer_backend not in known:
             raise ConfigError.at("default_renderer_backend", f"{self.default_renderer_backend!r} is not one of {known}")

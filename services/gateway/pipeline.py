@@ -191,6 +191,7 @@ class _Run:
             voice=self.req.voice,
             settings=self.req.voice_settings,
             chunk_ms=self.o.config.tts_chunk_ms,
+            max_chunk_ms=self.o.config.tts_max_chunk_ms,
         )
 
     def _open_tts(self) -> Stream:

@@ -107,7 +107,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         started = time.perf_counter()
         job = resolve_job(self.config, self.backends, request.config, context)
         check_text(request.text, "text", self.config.max_text_chars)
-        asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples)
+        asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         key = (job.voice.id, job.settings, request.text)
         if self.cache.enabled:
             cached = self.cache.get(key)
@@ -140,7 +140,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             request_iterator, "config", first_timeout=idle, idle_timeout=idle, what="text stream"
         )
         job = resolve_job(self.config, self.backends, stream.head.config, context)
-        asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples)
+        asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         clauses: Chan[str] = Chan(self.config.stream_queue_segments)
         reader = asyncio.create_task(read_clauses(stream, clauses, self.stream_rules), name="tts-read-pieces")
         try:

@@ -1,9 +1,11 @@
 """Turning a backend's PCM blocks into AudioChunk messages on one continuous sample clock.
 
 Per request, clauses (segments) follow each other on one clock: ``sample_offset`` of every chunk
-is the previous chunk's offset plus its sample count, with no gaps between clauses. Inside a clause
-chunks are exactly ``chunk_samples`` long; the last chunk of a clause carries the remainder, so a
-chunk never spans two clauses and ``segment_index`` is exact.
+is the previous chunk's offset plus its sample count, with no gaps between clauses. The first chunk
+is ``chunk_samples`` long and, when ``max_chunk_samples`` is set, each later one twice the one
+before up to that length (a reader faster than real time gets its first audio as early, and far
+fewer messages); the last chunk of a clause carries the remainder, so a chunk never spans two
+clauses and ``segment_index`` is exact.
 
 Visemes tile the audio: each phoneme event opens a viseme that lasts until the next event (the
 stretch before the first event is REST). A chunk leaves only once every viseme starting inside it
@@ -35,6 +37,7 @@ class ChunkAssembler:
     request_id: str
     sample_rate: int
     chunk_samples: int
+    max_chunk_samples: int = 0  # 0: every chunk is chunk_samples long
     offset: int = 0
     seq: int = 0
     record: list[SegmentRecord] | None = None
@@ -47,6 +50,20 @@ class ChunkAssembler:
     _open_phoneme: str = ""
     _seg_phonemes: list[PhonemeEvent] = field(default_factory=list)
     _seg_audio: list[np.ndarray] = field(default_factory=list)
+    _size: int = 0  # length of the next whole chunk
+
+    def __post_init__(self) -> None:
+        self._size = self.chunk_samples
+
+    def _sizes(self, available: int) -> list[int]:
+        """Lengths of the whole chunks that fit in ``available`` samples (the growth advances)."""
+        sizes: list[int] = []
+        while available >= self._size:
+            sizes.append(self._size)
+            available -= self._size
+            if self.max_chunk_samples:
+                self._size = min(2 * self._size, self.max_chunk_samples)
+        return sizes
 
     def begin_segment(self, index: int) -> None:
         self._segment = index
@@ -112,9 +129,10 @@ class ChunkAssembler:
 
     def _emit(self, available: int, *, final: bool) -> list[common_pb2.AudioChunk]:
         out: list[common_pb2.AudioChunk] = []
-        n = self.chunk_samples
-        count = available // n * n
-        if final:
+        sizes = self._sizes(self._pending_len if final else available)
+        count = sum(sizes)
+        if final and count < self._pending_len:
+            sizes.append(self._pending_len - count)  # the clause's remainder
             count = self._pending_len
         if count <= 0:
             return out
@@ -122,8 +140,9 @@ class ChunkAssembler:
         take, rest = data[:count], data[count:]
         self._pending = [rest] if rest.size else []
         self._pending_len = int(rest.size)
-        for start in range(0, count, n):
-            piece = take[start : start + n]
+        start = 0
+        for size in sizes:
+            piece = take[start : start + size]
             msg = common_pb2.AudioChunk(
                 request_id=self.request_id,
                 seq=self.seq,
@@ -136,6 +155,7 @@ class ChunkAssembler:
                 msg.visemes.extend(self._done_visemes)
                 self._done_visemes = []
             out.append(msg)
+            start += size
             self.offset += int(piece.size)
             self.seq += 1
         return out

@@ -34,16 +34,18 @@ AUDIO_CODEC_AAC: _types_pb2_1.AudioCodec
 AUDIO_CODEC_OPUS: _types_pb2_1.AudioCodec
 
 class SynthesisConfig(_message.Message):
-    __slots__ = ("request_id", "voice", "settings", "chunk_ms")
+    __slots__ = ("request_id", "voice", "settings", "chunk_ms", "max_chunk_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     voice: str
     settings: _types_pb2_1.VoiceSettings
     chunk_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., voice: _Optional[str] = ..., settings: _Optional[_Union[_types_pb2_1.VoiceSettings, _Mapping]] = ..., chunk_ms: _Optional[int] = ...) -> None: ...
+    max_chunk_ms: int
+    def __init__(self, request_id: _Optional[str] = ..., voice: _Optional[str] = ..., settings: _Optional[_Union[_types_pb2_1.VoiceSettings, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., max_chunk_ms: _Optional[int] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
     __slots__ = ("config", "text")

@@ -168,6 +168,30 @@ async def test_chunk_size_rate_and_volume_settings(tts: Any) -> None:
     assert np.sqrt(np.mean(quiet**2)) < 0.7 * np.sqrt(np.mean(normal**2))
 
 
+async def test_chunks_grow_to_max_chunk_ms_and_audio_is_unchanged(tts: Any) -> None:
+    """max_chunk_ms: 200 ms first, then 400, 800, 800... (a clause's last chunk is its remainder)."""
+    stub, _, _ = tts
+    text = "A first clause that runs for a while, and a second one that also takes its time to say."
+    cfg = tts_pb2.SynthesisConfig(chunk_ms=200, max_chunk_ms=800)
+    grown = await collect(stub.Synthesize(tts_pb2.SynthesizeRequest(config=cfg, text=text)))
+    # the same text again (a cache replay, through the same assembler) in fixed 200 ms chunks
+    fixed = await collect(
+        stub.Synthesize(tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesisConfig(chunk_ms=200), text=text))
+    )
+    check_stream_shape(grown, grown[0].request_id, 17640)
+    np.testing.assert_array_equal(pcm_of(grown), pcm_of(fixed))
+    assert visemes_of(grown) == visemes_of(fixed)
+    sizes = [len(c.pcm) // 2 for c in grown if c.pcm]
+    assert sizes[:3] == [4410, 8820, 17640]
+    # every chunk is a step of the schedule, or the remainder that ends its clause
+    steps = {4410, 8820, 17640}
+    audio = [c for c in grown if c.pcm]
+    for i, c in enumerate(audio):
+        ends_clause = i + 1 == len(audio) or audio[i + 1].segment_index != c.segment_index
+        assert len(c.pcm) // 2 in steps or ends_clause
+    assert len(audio) < len([c for c in fixed if c.pcm]) / 2
+
+
 async def test_cache_serves_identical_requests(tts: Any) -> None:
     stub, service, _ = tts
     req = tts_pb2.SynthesizeRequest(text="Cache me if you can.")
@@ -227,6 +251,16 @@ async def test_other_voice_and_ssml_like_text_are_spoken(tts: Any) -> None:
             "config.settings.volume",
         ),
         ({"text": "hi", "config": {"chunk_ms": 100000}}, grpc.StatusCode.INVALID_ARGUMENT, "config.chunk_ms"),
+        (
+            {"text": "hi", "config": {"chunk_ms": 200, "max_chunk_ms": 100}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config.max_chunk_ms",
+        ),
+        (
+            {"text": "hi", "config": {"chunk_ms": 200, "max_chunk_ms": 5000}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config.max_chunk_ms",
+        ),
     ],
 )
 async def test_bad_input(tts: Any, request_kwargs: dict[str, Any], code: grpc.StatusCode, field: str) -> None:
