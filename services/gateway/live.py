@@ -446,6 +446,8 @@ class LiveSession:
                     request_id=self.request_id,
                     feature_type=FEATURE_FOR_BACKEND[self.backend],
                     fps=self.gateway_config.fps,
+                    # one answer per audio chunk, as in Speak: fewer messages on every hop
+                    batch_frames=True,
                 )
             )
         )
@@ -473,7 +475,13 @@ class LiveSession:
         yield tpb.TextPiece(
             request_id=self.request_id,
             config=tpb.SynthesisConfig(
-                request_id=self.request_id, voice=self.config.voice, settings=self.config.voice_settings
+                request_id=self.request_id,
+                voice=self.config.voice,
+                settings=self.config.voice_settings,
+                # the chunking of Speak (gateway.tts_chunk_ms, then growing): a clause is synthesized
+                # at once, so a longer chunk does not delay the turn's first audio
+                chunk_ms=self.gateway_config.tts_chunk_ms,
+                max_chunk_ms=self.gateway_config.tts_max_chunk_ms,
             ),
         )
         async for text in turn.text:
