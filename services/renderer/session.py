@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob, RenderBackend
-from services.renderer.frames import encode_pixels, resize, split
+from services.renderer.frames import I420Regions, encode_pixels, resize, split
 from services.renderer.idle import IdleLife
 from services.renderer.mouth import MouthAnimator
 from services.renderer.runner import DirectRunner, FrameRunner
@@ -84,6 +84,16 @@ class RenderSession:
         self.inferred = 0
         self.wants_features = backend.feature_type != fpb.FEATURE_TYPE_ACTIVITY
         self.failure: Exception | None = None
+        # idle life at the output size: frames converted to I420 only where they differ from the
+        # key tick's moved photo (the drawn mouth, blinking eyes)
+        w, h = options.size
+        self.regions = (
+            I420Regions()
+            if self.idle is not None
+            and options.pixel_format == cpb.PIXEL_FORMAT_I420
+            and (int(avatar.frames.shape[2]), int(avatar.frames.shape[1])) == (w, h)
+            else None
+        )
 
     async def _read(self, requests: AsyncIterable[rpb.RenderRequest]) -> None:
         """Turns requests into frame jobs; closes the job channel at the end (or with the error)."""
@@ -188,7 +198,10 @@ class RenderSession:
             frame = next(it) if job.voiced else self.avatar.frames[job.avatar_frame]
             if self.idle is not None:
                 frame = self.idle.apply(np.asarray(frame), job.frame_index + self.o.start_tick)
-            pixels.append(encode_pixels(resize(np.asarray(frame), (w, h)), self.o.pixel_format))
+            if self.regions is not None and self.idle is not None:
+                pixels.append(self.regions.encode(frame, self.idle.base, self.idle.redone))
+            else:
+                pixels.append(encode_pixels(resize(np.asarray(frame), (w, h)), self.o.pixel_format))
             self.frames_out += 1
             self.inferred += int(job.voiced)
         self.telemetry.metrics.frames_total.labels(self.telemetry.service).inc(len(group))
