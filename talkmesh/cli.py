@@ -64,7 +64,8 @@ def _serve(args: argparse.Namespace) -> int:
     module = importlib.import_module(spec(args.service).main_module)
     config = module.load_config(args.config)
     setup_logging(args.service, config.server.log_level, config.server.log_json)
-    tune_malloc_for_frames()  # frame-sized buffers reused, not faulted in afresh (talkmesh/common/memory.py)
+    if spec(args.service).raw_frames:
+        tune_malloc_for_frames()  # frame-sized buffers reused, not faulted in afresh (talkmesh/common/memory.py)
     telemetry = Telemetry(args.service, tracer_provider=tracer_provider_from_env(args.service))
 
     async def run() -> None:

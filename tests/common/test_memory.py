@@ -49,3 +49,9 @@ def test_operator_settings_and_the_switch_leave_the_allocator_alone():
     assert tune_malloc_for_frames({"TALKMESH_MALLOC_TUNING": "0"}) is False
     assert tune_malloc_for_frames({"MALLOC_ARENA_MAX_": "2"}) is False
     assert tune_malloc_for_frames({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}) is False
+
+
+def test_the_services_that_move_raw_frames_are_the_ones_tuned():
+    from talkmesh.common.registry import SERVICES
+
+    assert {s.name for s in SERVICES if s.raw_frames} == {"renderer", "encoder"}
