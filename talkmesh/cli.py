@@ -57,12 +57,15 @@ class CliError(Exception):
 # -- serve / up / config -------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
     from talkmesh.common.logs import setup_logging
+    from talkmesh.common.memory import tune_malloc_for_frames
     from talkmesh.common.server import ServiceHost
     from talkmesh.common.telemetry import Telemetry, tracer_provider_from_env
 
     module = importlib.import_module(spec(args.service).main_module)
     config = module.load_config(args.config)
     setup_logging(args.service, config.server.log_level, config.server.log_json)
+    if spec(args.service).raw_frames:
+        tune_malloc_for_frames()  # frame-sized buffers reused, not faulted in afresh (talkmesh/common/memory.py)
     telemetry = Telemetry(args.service, tracer_provider=tracer_provider_from_env(args.service))
 
     async def run() -> None:

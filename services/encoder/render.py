@@ -10,7 +10,7 @@ and the benchmark's in-process yardstick passes the renderer's handler directly 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 from talkmesh.common.calls import CallStream, LocalStream, Stream
@@ -19,7 +19,7 @@ from talkmesh.common.config import Endpoint
 from talkmesh.common.inprocess import InProcessContext
 from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
-from talkmesh.v1 import renderer_pb2, renderer_pb2_grpc
+from talkmesh.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 
 
 class FrameSource(abc.ABC):
@@ -59,3 +59,14 @@ class LocalFrameSource(FrameSource):
 
     def render(self, requests: AsyncIterable[renderer_pb2.RenderRequest], timeout: float | None) -> Stream:
         return LocalStream(self.handler(aiter(requests), InProcessContext(timeout)))
+
+
+async def unbatched(stream: AsyncIterable[common_pb2.VideoFrame]) -> AsyncIterator[common_pb2.VideoFrame]:
+    """The Render stream's messages with each batch (``VideoFrame.frames``, asked for with
+    ``RenderConfig.batch_frames``) replaced by its frames, in order."""
+    async for vf in stream:
+        if vf.frames:
+            for frame in vf.frames:
+                yield frame
+        else:
+            yield vf

@@ -166,6 +166,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         render.pixel_format = common_pb2.PIXEL_FORMAT_I420
         render.session_id = render.session_id or cfg.session_id
         render.request_id = render.request_id or cfg.request_id
+        render.batch_frames = True  # frames rendered together come in one message (see unbatched)
         timeout = context.time_remaining()
         loop = await self._idle_loop(render, fps, cfg.sample_rate, codec, timeout)
         params = LiveParams(loop.width, loop.height, fps, cfg.sample_rate, codec)
@@ -276,9 +277,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                     kind = req.WhichOneof("kind")
                     data = b""
                     if kind == "frame":
-                        raw = frames.add(req.frame)
-                        if raw is not None:
-                            data = await self._encode_frame(session, b"", raw)
+                        for frame in req.frame.frames or (req.frame,):  # a frame (part), or a batch
+                            raw = frames.add(frame)
+                            if raw is not None:
+                                data += await self._encode_frame(session, b"", raw)
                     elif kind == "audio":
                         check_audio(req.audio, params, session.samples_in)
                         data = await asyncio.to_thread(session.add_audio, req.audio.pcm)
@@ -411,6 +413,7 @@ def _render_config(cfg: encoder_pb2.EncodeConfig, params: StreamParams) -> rende
     out.request_id = out.request_id or cfg.request_id
     out.fps = out.fps or float(params.fps)
     out.sample_rate = out.sample_rate or params.sample_rate
+    out.batch_frames = True  # frames rendered together come in one message (_pull_frames splits it)
     return out
 
 
@@ -432,9 +435,11 @@ class _RenderTiming:
 
 
 async def _pull_frames(source: AsyncIterable[common_pb2.VideoFrame], out: Chan[common_pb2.VideoFrame]) -> None:
-    """Moves the renderer's frames into ``out`` (closed after the last one)."""
+    """Moves the renderer's frames into ``out`` (closed after the last one); a batch
+    (``VideoFrame.frames``) goes in as its frames, one by one."""
     async for vf in source:
-        await out.send(vf)
+        for frame in vf.frames or (vf,):
+            await out.send(frame)
         if vf.end_of_stream:
             break
     out.close()

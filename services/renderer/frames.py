@@ -44,6 +44,40 @@ def encode_pixels(frame_bgr: np.ndarray, pixel_format: int) -> bytes:
     return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2YUV_I420).tobytes()
 
 
+class I420Regions:
+    """I420 bytes of frames that differ from a shared base frame only inside known boxes.
+
+    The base (a still photo, or the idle motion's moved photo of a key tick) is converted once;
+    a frame equal to it re-uses its bytes, and any other is a copy of its I420 planes with only
+    the boxes converted again. Boxes have even corners, so the 4:2:0 conversion of a box alone
+    is exactly the whole frame's there (each 2x2 block of pixels makes its own chroma sample).
+    """
+
+    def __init__(self) -> None:
+        self._base: np.ndarray | None = None
+        self._planes = np.zeros(0, np.uint8)
+        self._bytes = b""
+
+    def encode(self, frame: np.ndarray, base: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> bytes:
+        """``frame`` (BGR, even sides) as I420; it equals ``base`` outside ``boxes``."""
+        if base is not self._base:
+            self._planes = np.asarray(cv2.cvtColor(base, cv2.COLOR_BGR2YUV_I420))
+            self._bytes = self._planes.tobytes()
+            self._base = base
+        if frame is base:
+            return self._bytes
+        h, w = frame.shape[:2]
+        out = self._planes.copy()
+        y_plane = out[:h]
+        chroma = out[h:].reshape(2, h // 2, w // 2)  # U, then V
+        for x1, y1, x2, y2 in boxes:
+            sub = np.asarray(cv2.cvtColor(np.ascontiguousarray(frame[y1:y2, x1:x2]), cv2.COLOR_BGR2YUV_I420))
+            rh, rw = y2 - y1, x2 - x1
+            y_plane[y1:y2, x1:x2] = sub[:rh]
+            chroma[:, y1 // 2 : y2 // 2, x1 // 2 : x2 // 2] = sub[rh:].reshape(2, rh // 2, rw // 2)
+        return out.tobytes()
+
+
 def split(data: bytes, part_bytes: int) -> list[bytes]:
     if len(data) <= part_bytes:
         return [data]

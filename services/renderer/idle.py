@@ -298,6 +298,10 @@ class IdleLife:
         self._moved = self.rest
         self._maps: np.ndarray | None = None
         self._margin = 0
+        # what the last ``apply`` returned differs from ``base`` (the moved photo of its key tick,
+        # shared by the frames up to the next key) only inside the ``redone`` boxes (even corners)
+        self.base: np.ndarray = self.rest
+        self.redone: list[tuple[int, int, int, int]] = []
 
     def closure(self, tick: int) -> float:
         if len(self._starts) == 0 or tick >= int(self._starts[-1]):
@@ -342,21 +346,26 @@ class IdleLife:
         cx, cy = self.centre
         return [(x - cx, y - cy) for x in (bx1, bx2) for y in (by1, by2)]
 
-    def _redo(self, out: np.ndarray, src: np.ndarray, box: tuple[int, int, int, int]) -> None:
-        """Moves ``src`` into ``out`` over ``box`` (grown by the motion's reach), with the key's maps."""
+    def _redo(
+        self, out: np.ndarray, src: np.ndarray, box: tuple[int, int, int, int]
+    ) -> tuple[int, int, int, int] | None:
+        """Moves ``src`` into ``out`` over ``box`` (grown by the motion's reach, and to even
+        coordinates), with the key's maps; returns the box written (None: nothing)."""
         assert self._maps is not None
         h, w = out.shape[:2]
         k = self._margin
-        x1, y1, x2, y2 = max(0, box[0] - k), max(0, box[1] - k), min(w, box[2] + k), min(h, box[3] + k)
+        # even corners: a 4:2:0 conversion of the box alone then equals the whole frame's there
+        x1, y1 = max(0, box[0] - k) & ~1, max(0, box[1] - k) & ~1
+        x2, y2 = min(w, (box[2] + k + 1) & ~1), min(h, (box[3] + k + 1) & ~1)
         if x1 >= x2 or y1 >= y2:
-            return
+            return None
         out[y1:y2, x1:x2] = src[y1:y2, x1:x2]  # what lies outside the body does not move
         bx1, by1, bx2, by2 = self.mask_box
         ix1, iy1, ix2, iy2 = max(x1, bx1), max(y1, by1), min(x2, bx2), min(y2, by2)
-        if ix1 >= ix2 or iy1 >= iy2:
-            return
-        sub = self._maps[iy1 - by1 : iy2 - by1, ix1 - bx1 : ix2 - bx1]
-        out[iy1:iy2, ix1:ix2] = _remap(src, sub)
+        if ix1 < ix2 and iy1 < iy2:
+            sub = self._maps[iy1 - by1 : iy2 - by1, ix1 - bx1 : ix2 - bx1]
+            out[iy1:iy2, ix1:ix2] = _remap(src, sub)
+        return x1, y1, x2, y2
 
     def maps(self, tick: int) -> np.ndarray:
         """[h, w, 2] float32: where each pixel of the mask box samples the frame at this tick."""
@@ -394,9 +403,13 @@ class IdleLife:
                 if eye.valid:
                     eye.close(frame, closure)
                     boxes.append((eye.x1, eye.y1, eye.x2, eye.y2))
+        self.base = self._moved
+        self.redone = []
         if not boxes:
             return self._moved
         out = np.array(self._moved, copy=True)
         for box in boxes:
-            self._redo(out, frame, box)
+            written = self._redo(out, frame, box)
+            if written is not None:
+                self.redone.append(written)
         return out

@@ -84,6 +84,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                 start_tick=start_tick,
                 attack_ms=s.config.viseme.attack_ms,
                 release_ms=s.config.viseme.release_ms,
+                batch_frames=cfg.batch_frames,
             ),
             avatar,
             backend,

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob, RenderBackend
-from services.renderer.frames import encode_pixels, resize, split
+from services.renderer.frames import I420Regions, encode_pixels, resize, split
 from services.renderer.idle import IdleLife
 from services.renderer.mouth import MouthAnimator
-from services.renderer.runner import FrameRunner
+from services.renderer.runner import DirectRunner, FrameRunner
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.common.telemetry import Telemetry
@@ -50,6 +50,7 @@ class SessionOptions:
     part_bytes: int
     idle_life: bool
     start_tick: int = 0
+    batch_frames: bool = False  # frames rendered together leave in one message (RenderConfig.batch_frames)
     max_group: int = 8
     attack_ms: float = 20.0
     release_ms: float = 50.0
@@ -83,6 +84,16 @@ class RenderSession:
         self.inferred = 0
         self.wants_features = backend.feature_type != fpb.FEATURE_TYPE_ACTIVITY
         self.failure: Exception | None = None
+        # idle life at the output size: frames converted to I420 only where they differ from the
+        # key tick's moved photo (the drawn mouth, blinking eyes)
+        w, h = options.size
+        self.regions = (
+            I420Regions()
+            if self.idle is not None
+            and options.pixel_format == cpb.PIXEL_FORMAT_I420
+            and (int(avatar.frames.shape[2]), int(avatar.frames.shape[1])) == (w, h)
+            else None
+        )
 
     async def _read(self, requests: AsyncIterable[rpb.RenderRequest]) -> None:
         """Turns requests into frame jobs; closes the job channel at the end (or with the error)."""
@@ -158,25 +169,75 @@ class RenderSession:
 
     async def _render(self, group: list[FrameJob]) -> list[cpb.VideoFrame]:
         voiced = [j for j in group if j.voiced]
+        skipped = len(group) - len(voiced)
+        if skipped:
+            self.telemetry.metrics.skipped_frames_total.labels(self.telemetry.service, "silence").inc(skipped)
+        if isinstance(self.runner, DirectRunner):
+            # the procedural backend: render and compose in one worker-thread hop per group
+            return await asyncio.to_thread(self._render_and_finish, group, voiced)
         rendered: list[np.ndarray] = []
         if voiced:
             with self.telemetry.stage("infer", backend=self.backend.name, frames=len(voiced)):
                 rendered = await self.runner.render(self.avatar, voiced)
-        skipped = len(group) - len(voiced)
-        if skipped:
-            self.telemetry.metrics.skipped_frames_total.labels(self.telemetry.service, "silence").inc(skipped)
         with self.telemetry.stage("compose"):
             return await asyncio.to_thread(self._finish, group, rendered)
 
+    def _render_and_finish(self, group: list[FrameJob], voiced: list[FrameJob]) -> list[cpb.VideoFrame]:
+        rendered: list[np.ndarray] = []
+        if voiced:
+            with self.telemetry.stage("infer", backend=self.backend.name, frames=len(voiced)):
+                rendered = self.backend.render(self.avatar, voiced)
+        with self.telemetry.stage("compose"):
+            return self._finish(group, rendered)
+
     def _finish(self, group: list[FrameJob], rendered: list[np.ndarray]) -> list[cpb.VideoFrame]:
-        out: list[cpb.VideoFrame] = []
         it = iter(rendered)
         w, h = self.o.size
+        pixels: list[bytes] = []
         for job in group:
             frame = next(it) if job.voiced else self.avatar.frames[job.avatar_frame]
             if self.idle is not None:
                 frame = self.idle.apply(np.asarray(frame), job.frame_index + self.o.start_tick)
-            data = encode_pixels(resize(np.asarray(frame), (w, h)), self.o.pixel_format)
+            if self.regions is not None and self.idle is not None:
+                pixels.append(self.regions.encode(frame, self.idle.base, self.idle.redone))
+            else:
+                pixels.append(encode_pixels(resize(np.asarray(frame), (w, h)), self.o.pixel_format))
+            self.frames_out += 1
+            self.inferred += int(job.voiced)
+        self.telemetry.metrics.frames_total.labels(self.telemetry.service).inc(len(group))
+        return self._messages(group, pixels)
+
+    def _messages(self, group: list[FrameJob], pixels: list[bytes]) -> list[cpb.VideoFrame]:
+        """The group's frames as messages: one per frame (or part), or with ``batch_frames``
+        whole frames joined into batches of at most ``part_bytes`` of pixels."""
+        out: list[cpb.VideoFrame] = []
+        w, h = self.o.size
+        fmt = self.o.pixel_format
+        batch: cpb.VideoFrame | None = None
+        batch_bytes = 0
+        for job, data in zip(group, pixels, strict=True):
+            if self.o.batch_frames and len(group) > 1 and len(data) <= self.o.part_bytes:
+                if batch is None or batch_bytes + len(data) > self.o.part_bytes:
+                    batch = cpb.VideoFrame(
+                        request_id=self.o.request_id,
+                        frame_index=job.frame_index,
+                        width=w,
+                        height=h,
+                        pixel_format=fmt,  # type: ignore[arg-type]
+                    )
+                    out.append(batch)
+                    batch_bytes = 0
+                batch.frames.add(
+                    frame_index=job.frame_index,
+                    width=w,
+                    height=h,
+                    pixel_format=fmt,  # type: ignore[arg-type]
+                    data=data,
+                    inferred=job.voiced,
+                )
+                batch_bytes += len(data)
+                continue
+            batch = None
             parts = split(data, self.o.part_bytes)
             for i, part in enumerate(parts):
                 out.append(
@@ -185,14 +246,11 @@ class RenderSession:
                         frame_index=job.frame_index,
                         width=w,
                         height=h,
-                        pixel_format=self.o.pixel_format,  # type: ignore[arg-type]
+                        pixel_format=fmt,  # type: ignore[arg-type]
                         data=part,
                         part_index=i,
                         part_count=len(parts),
                         inferred=job.voiced,
                     )
                 )
-            self.frames_out += 1
-            self.inferred += int(job.voiced)
-        self.telemetry.metrics.frames_total.labels(self.telemetry.service).inc(len(group))
         return out

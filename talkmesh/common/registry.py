@@ -42,6 +42,9 @@ class ServiceSpec:
     #: streams one replica admits at once (``server.max_concurrent_streams``' default); more get
     #: RESOURCE_EXHAUSTED. See ``STREAM_LIMIT_RULES``.
     max_streams: int = 64
+    #: moves raw video frames (renderer out, encoder in): its process keeps freed frame-sized
+    #: buffers in the heap (``talkmesh/common/memory.py``)
+    raw_frames: bool = False
 
     @property
     def package(self) -> str:
@@ -109,6 +112,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         (("talkmesh.v1.renderer_pb2", "Renderer"),),
         backends=("viseme", "wav2lip", "musetalk"),
         max_streams=32,
+        raw_frames=True,
     ),
     ServiceSpec(
         "encoder",
@@ -117,6 +121,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         backends=("x264", "nvenc"),
         calls=("renderer",),
         max_streams=16,
+        raw_frames=True,
     ),
     # The browser edge: a page and an HTTP + WebSocket API over the gateway's gRPC API.
     ServiceSpec("web", 5, (), calls=("gateway",), protocol="http"),

@@ -131,7 +131,7 @@ class AudioChunk(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., sample_offset: _Optional[int] = ..., pcm: _Optional[bytes] = ..., visemes: _Optional[_Iterable[_Union[VisemeEvent, _Mapping]]] = ..., segment_index: _Optional[int] = ...) -> None: ...
 
 class VideoFrame(_message.Message):
-    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "width", "height", "pixel_format", "data", "part_index", "part_count", "inferred")
+    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "width", "height", "pixel_format", "data", "part_index", "part_count", "inferred", "frames")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class VideoFrame(_message.Message):
     PART_INDEX_FIELD_NUMBER: _ClassVar[int]
     PART_COUNT_FIELD_NUMBER: _ClassVar[int]
     INFERRED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     end_of_stream: bool
@@ -154,7 +155,8 @@ class VideoFrame(_message.Message):
     part_index: int
     part_count: int
     inferred: bool
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ..., part_index: _Optional[int] = ..., part_count: _Optional[int] = ..., inferred: _Optional[bool] = ...) -> None: ...
+    frames: _containers.RepeatedCompositeFieldContainer[VideoFrame]
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ..., part_index: _Optional[int] = ..., part_count: _Optional[int] = ..., inferred: _Optional[bool] = ..., frames: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ...) -> None: ...
 
 class FrameActivity(_message.Message):
     __slots__ = ("rms_dbfs", "voiced")

@@ -36,7 +36,7 @@ AUDIO_CODEC_AAC: _types_pb2_1.AudioCodec
 AUDIO_CODEC_OPUS: _types_pb2_1.AudioCodec
 
 class RenderConfig(_message.Message):
-    __slots__ = ("request_id", "avatar_id", "backend", "size", "fps", "pixel_format", "sample_rate", "session_id")
+    __slots__ = ("request_id", "avatar_id", "backend", "size", "fps", "pixel_format", "sample_rate", "session_id", "batch_frames")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class RenderConfig(_message.Message):
     PIXEL_FORMAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FRAMES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     avatar_id: str
     backend: str
@@ -53,7 +54,8 @@ class RenderConfig(_message.Message):
     pixel_format: _common_pb2.PixelFormat
     sample_rate: int
     session_id: str
-    def __init__(self, request_id: _Optional[str] = ..., avatar_id: _Optional[str] = ..., backend: _Optional[str] = ..., size: _Optional[str] = ..., fps: _Optional[float] = ..., pixel_format: _Optional[_Union[_common_pb2.PixelFormat, str]] = ..., sample_rate: _Optional[int] = ..., session_id: _Optional[str] = ...) -> None: ...
+    batch_frames: bool
+    def __init__(self, request_id: _Optional[str] = ..., avatar_id: _Optional[str] = ..., backend: _Optional[str] = ..., size: _Optional[str] = ..., fps: _Optional[float] = ..., pixel_format: _Optional[_Union[_common_pb2.PixelFormat, str]] = ..., sample_rate: _Optional[int] = ..., session_id: _Optional[str] = ..., batch_frames: _Optional[bool] = ...) -> None: ...
 
 class VisemeTrack(_message.Message):
     __slots__ = ("events",)

@@ -181,3 +181,34 @@ async def test_cancelled_stream_releases_the_encoder_and_the_service_goes_on(stu
         await call.read()
     out = await collect(stub, utterance(W, H, SR // 5))
     assert out[-1].end_of_stream and out[-1].frames_encoded == frames_for(SR // 5)
+
+
+async def test_frames_sent_in_batches_are_encoded_like_single_frames(stub):
+    """EncodeRequest.frame may be a batch (VideoFrame.frames, as the renderer sends them with
+    RenderConfig.batch_frames): its frames are encoded in order, the same video as one by one."""
+    samples = SR * 14 // 25
+    single = list(utterance(W, H, samples))
+    batched: list[encoder_pb2.EncodeRequest] = []
+    batch: encoder_pb2.EncodeRequest | None = None
+    for req in single:
+        if req.WhichOneof("kind") != "frame":
+            batch = None
+            batched.append(req)
+            continue
+        if batch is None or len(batch.frame.frames) == 4:
+            batch = encoder_pb2.EncodeRequest(frame=common_pb2.VideoFrame(frame_index=req.frame.frame_index))
+            batched.append(batch)
+        batch.frame.frames.append(req.frame)
+    assert any(len(r.frame.frames) > 1 for r in batched)
+    n = frames_for(samples)
+    out = await collect(stub, batched)
+    assert out[-1].end_of_stream and out[-1].frames_encoded == n
+    d = decode(b"".join(m.data for m in out))
+    assert d.video_pts == pytest.approx([i / FPS for i in range(n)], abs=1e-6)
+    assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)
+    # a batch whose frames skip one is refused like single frames out of order
+    fifth = next(r.frame for r in single if r.WhichOneof("kind") == "frame" and r.frame.frame_index == 5)
+    bad = [single[0], encoder_pb2.EncodeRequest(frame=common_pb2.VideoFrame(frames=[fifth]))]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(stub, bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "frame_index" in (err.value.details() or "")

@@ -14,8 +14,10 @@ from services.renderer.avatars import AvatarStore
 from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
+from services.renderer.frames import I420Regions, encode_pixels
 from services.renderer.idle import BLINK_CURVE, STEP_PX, IdleLife, changed_box, motion
 from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import common_pb2 as cpb
 
 PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
 
@@ -155,3 +157,29 @@ def test_changed_box_holds_every_changed_pixel_and_little_else(width, channels):
     frame = np.ascontiguousarray(flipped)
     frame[3, 2] ^= 1
     assert changed_box(frame, flipped) == (2, 3, 3, 4)
+
+
+def test_i420_of_the_changed_regions_equals_converting_the_whole_frame(tmp_path):
+    """The session converts only what differs from the key tick's moved photo (I420Regions): over
+    key ticks, blinks, speech and silence its bytes equal the whole frame's conversion, and a frame
+    equal to the moved photo re-uses its bytes."""
+    cfg = RendererConfig(avatars=AvatarConfig(cache_dir=str(tmp_path)))
+    backend = VisemeBackend(cfg, Telemetry("renderer"))
+    store = AvatarStore(cfg.avatars, {"viseme": backend})
+    avatar = store.register(PORTRAIT, "me.png")[0]
+    life = IdleLife(avatar, 25.0)
+    regions = I420Regions()
+    photo = np.asarray(avatar.frames[0])
+    blink = _blink_ticks(life)[0]
+    ticks = sorted({*range(12), *range(blink - 2, blink + len(BLINK_CURVE) + 1), 401, 402})
+    reused = converted = 0
+    for i, t in enumerate(ticks):
+        job = FrameJob("s", i, 0, True, -20.0, mouth=MouthShape(open=0.2 + 0.05 * (i % 12), width=0.4 + 0.03 * i))
+        for src in (photo, backend.render(avatar, [job])[0]):
+            frame = life.apply(src, t)
+            assert all(v % 2 == 0 for box in life.redone for v in box)
+            data = regions.encode(frame, life.base, life.redone)
+            assert data == encode_pixels(frame, cpb.PIXEL_FORMAT_I420), (t, life.redone)
+            reused += frame is life.base
+            converted += bool(life.redone)
+    assert reused and converted  # both paths ran: silent frames between blinks, and redone regions

@@ -26,7 +26,7 @@ import numpy as np
 
 from services.encoder.backends.base import VideoBackend
 from services.encoder.live.media import LiveParams, VideoEncoder
-from services.encoder.render import FrameSource
+from services.encoder.render import FrameSource, unbatched
 from talkmesh.common.errors import FailedPrecondition, Unavailable
 from talkmesh.v1 import audio_features_pb2, common_pb2, renderer_pb2
 
@@ -93,7 +93,7 @@ async def render_idle_frames(
     parts: list[bytes] = []
     stream = source.render(requests(), timeout)
     try:
-        async for vf in stream:
+        async for vf in unbatched(stream):
             if vf.end_of_stream:
                 break
             parts.append(vf.data)

@@ -39,7 +39,7 @@ from services.encoder.config import EncoderConfig
 from services.encoder.live.fmp4 import FragmentWriter, Sample
 from services.encoder.live.idle import IdleLoop, blend_i420
 from services.encoder.live.media import LiveCodecs, LiveParams
-from services.encoder.render import FrameSource
+from services.encoder.render import FrameSource, unbatched
 from talkmesh.common.aio import Chan, TaskSet, wait_event
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
@@ -272,7 +272,7 @@ class LiveSession:
         turn.stream = stream
         parts: list[bytes] = []
         try:
-            async for vf in stream:
+            async for vf in unbatched(stream):
                 if vf.end_of_stream:
                     break
                 parts.append(vf.data)

@@ -27,7 +27,7 @@ from services.renderer.avatars.analysis import FaceChoice
 from services.renderer.backends.base import Avatar, FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
-from services.renderer.frames import encode_pixels, output_size, resize
+from services.renderer.frames import I420Regions, encode_pixels, output_size, resize
 from services.renderer.idle import IdleLife
 from services.renderer.session import ping_pong
 from talkmesh.bench.face_cases import Case, portrait, transformed_portraits, write_avatar
@@ -93,15 +93,20 @@ def run_bench(quick: bool = False, sizes: tuple[str, ...] = ("512", "360p", "720
 
 def frame_cpu(backend: VisemeBackend, avatar: Avatar, jobs: list[FrameJob], size: tuple[int, int]) -> dict[str, float]:
     """Mean process CPU per frame of what the renderer does for each frame of a session (render,
-    idle life at consecutive ticks, resize, I420), speaking (a new mouth every frame) and idle
-    (the photo): a mean, so the ticks that re-render the moving body are counted."""
+    idle life at consecutive ticks, resize, I420: at the avatar's own size, of the regions that
+    changed, as the session does), speaking (a new mouth every frame) and idle (the photo): a
+    mean, so the ticks that re-render the moving body are counted."""
     out: dict[str, float] = {}
     for label, speaking in (("speaking", True), ("idle", False)):
         idle = IdleLife(avatar, 25.0)
+        regions = I420Regions() if size == avatar.size else None
         start = time.process_time()
         for i, job in enumerate(jobs):
-            frame = backend.render(avatar, [job])[0] if speaking else avatar.frames[0]
-            encode_pixels(resize(idle.apply(np.asarray(frame), i), size), cpb.PIXEL_FORMAT_I420)
+            frame = idle.apply(np.asarray(backend.render(avatar, [job])[0] if speaking else avatar.frames[0]), i)
+            if regions is not None:
+                regions.encode(frame, idle.base, idle.redone)
+            else:
+                encode_pixels(resize(frame, size), cpb.PIXEL_FORMAT_I420)
         out[f"{label}_frame_cpu_ms_mean"] = round(1000 * (time.process_time() - start) / len(jobs), 3)
     return out
 

@@ -1,0 +1,69 @@
+"""Allocator settings for processes that move raw frames.
+
+A 512x512 I420 frame is 393 KB, and every frame passes through several buffers of that size (the
+converted pixels, the protobuf message, its serialization, gRPC's slices). glibc's malloc serves
+blocks above its mmap threshold (128 KB at start, raised as such blocks are freed) with fresh
+``mmap`` calls and gives the top of its heap back to the kernel beyond its trim threshold, so at
+~200 frames/s such buffers kept arriving as fresh zeroed pages: ~200 minor page faults per frame in
+the renderer, ~0.7 ms of its CPU per 512² frame (BENCHMARKS.md, "Renderer CPU per frame, render3").
+Fixed thresholds above the frame sizes keep the freed buffers in the heap for the next frame; the
+memory kept is bounded by ``trim_threshold`` per arena (measured: ~+90 MB of RSS in the renderer
+and ~+120 MB in the encoder after a bench of 1-2 streams). ``talkmesh serve`` applies it to the
+services that move raw frames (``ServiceSpec.raw_frames``: renderer and encoder). A lower trim
+threshold (16 MiB) was tried: groups of frames then free more than it at once and the faults
+come back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+# mallopt(3) parameter numbers (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's maximum on 64-bit: blocks below it come from the heap
+TRIM_THRESHOLD = 64 * 1024 * 1024  # free memory each heap keeps before giving its top back
+TOP_PAD = 4 * 1024 * 1024  # extra grown per heap extension (fewer brk calls)
+ENV_OFF = "TALKMESH_MALLOC_TUNING"  # "0" leaves the allocator's defaults
+
+
+def tune_malloc_for_frames(env: dict[str, str] | None = None) -> bool:
+    """Sets the thresholds above (glibc on Linux only); True if they were applied.
+
+    ``TALKMESH_MALLOC_TUNING=0`` in the environment turns it off. Explicit ``MALLOC_*_`` or
+    ``GLIBC_TUNABLES`` settings of the operator win (nothing is changed then).
+    """
+    env = dict(os.environ) if env is None else env
+    if env.get(ENV_OFF, "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    if "GLIBC_TUNABLES" in env or any(k.startswith("MALLOC_") and k.endswith("_") for k in env):
+        return False
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    ok = all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            (_M_TOP_PAD, TOP_PAD),
+        )
+    )
+    if not ok:
+        log.warning("mallopt refused the frame-buffer thresholds; the allocator keeps its defaults")
+    return ok
