@@ -72,7 +72,10 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         size = output_size(cfg.size or s.config.default_size, avatar.size)
         session_key = cfg.session_id
         start_tick = s.session_ticks.get(session_key, 0) if session_key else 0
-        session = RenderSession(
+        # built in a worker thread: a still photo's first session prepares its idle life (the
+        # body mask and motion grid, ~15 ms), which must not stall the other streams' frames
+        session = await asyncio.to_thread(
+            RenderSession,
             SessionOptions(
                 request_id=cfg.request_id or first.request_id,
                 size=size,

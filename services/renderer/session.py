@@ -107,12 +107,15 @@ class RenderSession:
                     else:
                         self.animator.add(events)
                 elif kind == "features":
-                    # one frame, or a batch of consecutive frames (FeatureChunk.frames)
-                    for fc in req.features.frames or (req.features,):
+                    # one frame, or a batch of consecutive frames (FeatureChunk.frames); errors name
+                    # the frame's own path in the request
+                    batch = req.features.frames
+                    for i, fc in enumerate(batch or (req.features,)):
+                        where = f"features.frames[{i}]" if batch else "features"
                         if self.animator.queued > INLINE_EVENTS:  # the frame may consume a large track
-                            job = await asyncio.to_thread(self._job, fc)
+                            job = await asyncio.to_thread(self._job, fc, where)
                         else:
-                            job = self._job(fc)
+                            job = self._job(fc, where)
                         await self.jobs.send(job)
         except asyncio.CancelledError:
             raise
@@ -121,19 +124,19 @@ class RenderSession:
             return
         self.jobs.close()
 
-    def _job(self, fc: fpb.FeatureChunk) -> FrameJob:
+    def _job(self, fc: fpb.FeatureChunk, where: str = "features") -> FrameJob:
         if fc.frame_index != self.next_index:
             raise InvalidArgument(
-                "features.frame_index",
+                f"{where}.frame_index",
                 f"expected frame {self.next_index}, got {fc.frame_index} (frames must be in order)",
             )
         self.next_index += 1
         features = None
         if self.wants_features and fc.features.data:
-            features = from_tensor(fc.features, "features.features")
+            features = from_tensor(fc.features, f"{where}.features")
         elif self.wants_features and fc.activity.voiced:
             # silent frames show the idle avatar and skip the model: they need no features
-            raise InvalidArgument("features.features", f"backend {self.backend.name} needs a feature tensor")
+            raise InvalidArgument(f"{where}.features", f"backend {self.backend.name} needs a feature tensor")
         mouth = self.animator.step(fc.frame_index, fc.activity.voiced, fc.activity.rms_dbfs)
         job = FrameJob(
             session_id=self.o.request_id,

@@ -118,7 +118,8 @@ async def test_feature_batches_render_the_same_frames_as_single_features(stub):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         _ = [m async for m in stub.Render(out_of_order())]
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert (err.value.details() or "").startswith("features.frame_index")
+    # the offending frame's own path: the second frame of the batch
+    assert (err.value.details() or "").startswith("features.frames[1].frame_index")
 
 
 async def test_rgb_and_size_presets(stub):
