@@ -489,7 +489,7 @@ class LiveSession:
             keys.append(loop.keyframes[pos])
             self.loop_pos = (pos + 1) % len(loop)
         lo, hi = self.clock.start(n), self.clock.start(n + count)
-        audio = self.codecs.encode_audio(b"\x00" * (2 * (hi - lo)))  # cached silent packets: cheap
+        audio = self.codecs.encode_silence(hi - lo)  # the cached silent packets
         media = live_pb2.LiveMedia(
             data=self.writer.fragment(packets, keys, audio),
             first_frame=n,
@@ -521,7 +521,7 @@ class LiveSession:
             pos = self.loop_pos if self.last_kind == "loop" else loop.entry_at_or_after(self.loop_pos)
             self.loop_pos = (pos + 1) % len(loop)
             self.last_kind = "loop"
-            self._pending_audio = self.codecs.encode_audio(silence)  # cheap: no thread hop
+            self._pending_audio = self.codecs.encode_silence(len(silence) // 2)  # no thread hop
             return loop.packets[pos], loop.keyframes[pos]
         pos = self.loop_pos
         self.loop_pos = (pos + 1) % len(loop)
