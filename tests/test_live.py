@@ -9,6 +9,7 @@ samples-played accounting, fencing, errors, lifetimes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -59,8 +60,26 @@ def _burst(rate: int, seconds: float) -> bytes:
     return (np.sin(2 * np.pi * 180 * t) * 9000 * on).astype("<i2").tobytes()
 
 
-async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path) -> None:
-    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+def _check_timeline(rec: Recorder, clock: MediaClock, idle_batch: int) -> list[lpb.LiveMedia]:
+    """Fragments cover session frames 0, 1, 2, ... without gap or overlap, with exactly their audio
+    samples; one frame per fragment while speaking, at most ``idle_batch`` while idle."""
+    frags = [m for m in rec.media() if m.frame_count]
+    assert frags[0].first_frame == 0
+    assert all(b.first_frame == a.first_frame + a.frame_count for a, b in itertools.pairwise(frags))
+    assert all(
+        m.first_sample == clock.start(m.first_frame)
+        and m.sample_count == clock.start(m.first_frame + m.frame_count) - clock.start(m.first_frame)
+        for m in frags
+    )
+    assert all(m.frame_count == 1 for m in frags if m.turn_id), "one frame per fragment while speaking"
+    assert max(m.frame_count for m in frags) <= idle_batch
+    return frags
+
+
+@pytest.mark.parametrize("idle_batch", [2, 1])  # 2: the default (live.idle_frames_per_fragment)
+async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path, idle_batch: int) -> None:
+    env = {} if idle_batch == 2 else {"TALKMESH_ENCODER__LIVE__IDLE_FRAMES_PER_FRAGMENT": str(idle_batch)}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
         async with client.live() as live:
             rec = Recorder(live).start()
             await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 12)
@@ -75,13 +94,9 @@ async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path) -> Non
     started = rec.started
     assert rec.messages[0].kind == "started" and rec.media()[0].init_segment
     clock = MediaClock.of(started.fps_numerator / started.fps_denominator, started.sample_rate)
-    frags = [m for m in rec.media() if m.frame_count]
-    # one frame per fragment, session frames 0, 1, 2, ... and exactly their audio samples
-    assert [m.first_frame for m in frags] == list(range(len(frags)))
-    assert all(
-        m.first_sample == clock.start(m.first_frame) and m.sample_count == clock.samples_in(m.first_frame)
-        for m in frags
-    )
+    frags = _check_timeline(rec, clock, idle_batch)
+    idle_counts = {m.frame_count for m in frags if not m.turn_id}
+    assert idle_counts == ({1, 2} if idle_batch == 2 else {1}), idle_counts
     turn = _turn_frames(rec, tid)
     assert turn == list(range(turn[0], turn[0] + len(turn))), "a turn's frames are contiguous"
     body = stopped.msg.event.speaking_stopped
@@ -94,7 +109,7 @@ async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path) -> Non
     assert rec.events("session_ending")[-1].msg.event.session_ending.reason == lpb.END_REASON_CLIENT_CLOSED
 
     out = decode(rec.write(tmp_path / "live.mp4"))
-    assert len(out.frames) == len(frags)
+    assert len(out.frames) == sum(m.frame_count for m in frags)
     steps = {b - a for a, b in zip(out.pts, out.pts[1:], strict=False)}
     assert len(steps) == 1 and out.frame_seconds == Fraction(1, 25), "monotonic, gap-free, 25 fps"
     assert abs(out.audio_seconds - out.video_seconds) <= 0.045, "audio ends with the video (within a frame)"
@@ -103,6 +118,53 @@ async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path) -> Non
     idle = np.r_[gaps[: turn[0]], gaps[turn[-1] + 10 :]]
     speaking = gaps[turn[0] : turn[-1] + 1]
     assert _opens(speaking, idle), "the mouth moves while speaking and rests while idle"
+
+
+async def test_idle_frames_go_several_per_fragment_paced_and_exactly_labelled(tmp_path: Path) -> None:
+    """live.idle_frames_per_fragment = 4: an idle session sends up to four loop frames per fragment
+    when the first is due; a turn starts at the next frame not sent; the decoded stream has the
+    same gap-free timestamps, keyframes and audio as one frame per fragment."""
+    import av
+
+    env = {"TALKMESH_ENCODER__LIVE__IDLE_FRAMES_PER_FRAGMENT": "4"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 60)
+            tid = await live.say("Hello there!")
+            await rec.wait_event("speaking_stopped", tid, timeout=40)
+            last = max(_turn_frames(rec, tid))
+            await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= last + 40)
+            await live.close()
+            await rec.finish()
+
+    started = rec.started
+    fps = Fraction(started.fps_numerator, started.fps_denominator)
+    clock = MediaClock(fps, started.sample_rate)
+    frags = _check_timeline(rec, clock, 4)
+    idle = [m for m in frags if not m.turn_id]
+    assert sum(m.frame_count for m in idle) > 2 * len(idle), "idle fragments mostly hold several frames"
+    assert [m for m in frags if m.turn_id], "the turn played"
+    # pacing: a fragment leaves when its first frame is due, never earlier (the others ride ahead)
+    timed = [r for r in rec.fragments() if r.msg.media.frame_count]
+    ref = timed[0]
+    for r in timed[1:]:
+        due = float((r.msg.media.first_frame - ref.msg.media.first_frame) / fps)
+        assert r.at - ref.at >= due - 0.02, (r.msg.media.first_frame, r.at - ref.at, due)
+    # the labels are what the decoder sees: keyframes only ever start a fragment
+    path = rec.write(tmp_path / "idle.mp4")
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        packets = [(int(p.pts), p.is_keyframe) for p in c.demux(stream) if p.size]
+        step = stream.time_base
+    frame_of = {pts: round(pts * step * fps) for pts, _key in packets}
+    keys = sorted(frame_of[pts] for pts, key in packets if key)
+    assert keys == sorted(m.first_frame for m in frags if m.keyframe), "keyframe labels are exact"
+    out = decode(path)
+    assert len(out.frames) == sum(m.frame_count for m in frags) == len(packets)
+    assert len({b - a for a, b in zip(out.pts, out.pts[1:], strict=False)}) == 1, "no gap, no overlap"
+    assert out.frame_seconds == 1 / fps
+    assert abs(out.audio_seconds - out.video_seconds) <= 0.045, "audio ends with the video (within a frame)"
 
 
 async def test_interrupt_cuts_the_turn_at_the_next_frame(tmp_path: Path) -> None:

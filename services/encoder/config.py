@@ -185,6 +185,11 @@ class LiveConfig:
     loop_gop_frames: int = 0
     # Idle loops kept in memory (per avatar, size, fps and encoder settings).
     max_loops: int = 32
+    # Frames of the pre-encoded idle loop sent per fragment (one message) while a session idles
+    # with no turn queued, sent when the first of them is due (the others ride ahead of the clock).
+    # Fewer messages and timer wake-ups per idle second; a turn that becomes ready meanwhile starts
+    # at most this many frames minus one later. 1 = one frame per tick (as while speaking).
+    idle_frames_per_fragment: int = 2
 
     def validate(self) -> None:
         if not 40 <= self.lead_ms <= 5000:
@@ -197,6 +202,8 @@ class LiveConfig:
             raise ConfigError.at("loop_gop_frames", "must not be negative")
         if self.max_loops < 1:
             raise ConfigError.at("max_loops", "must be at least 1")
+        if not 1 <= self.idle_frames_per_fragment <= 12:
+            raise ConfigError.at("idle_frames_per_fragment", "must be within 1..12")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ class WebSettings:
     max_ws_message_bytes: int = 256 * 1024
     # WebSocket ping interval in seconds (detects browsers that vanished; 0 = off).
     heartbeat_seconds: float = 20.0
-    # Live media messages buffered for a slow browser before the session is closed (1 per frame).
+    # Live media messages buffered for a slow browser before the session is closed (a message holds
+    # one frame while speaking, up to the encoder's live.idle_frames_per_fragment while idle).
     send_queue_frames: int = 250
     # Deadline of one POST /v1/speak (the whole MP4), in seconds.
     speak_timeout_seconds: float = 300.0

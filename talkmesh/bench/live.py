@@ -101,6 +101,7 @@ class LiveReport:
     drift_max_ms: float = 0.0
     drift_growth_ms: float = 0.0
     frames: int = 0
+    fragments: int = 0  # media messages carrying those frames (fewer while idle frames are batched)
     gaps: int = 0
     repeats: int = 0
     underruns: int = 0
@@ -242,6 +243,16 @@ async def audio_turns(client: Any, report: LiveReport, turns: int) -> None:
             await asyncio.sleep(0.3)
 
 
+def timeline(fragments: list[tuple[int, int]]) -> tuple[int, int, int, int]:
+    """(frames, fragments, gaps, repeats) of fragments given as (first_frame, frame_count) in the
+    order received: a gap is a fragment starting after the previous one's end, a repeat (or an
+    overlap) one starting before it."""
+    spans = [(first, first + count) for first, count in fragments]
+    gaps = sum(1 for (_a0, a1), (b0, _b1) in itertools.pairwise(spans) if b0 > a1)
+    repeats = sum(1 for (_a0, a1), (b0, _b1) in itertools.pairwise(spans) if b0 < a1)
+    return sum(count for _first, count in fragments), len(fragments), gaps, repeats
+
+
 async def drift(client: Any, report: LiveReport, minutes: float) -> None:
     """A long session, speaking now and then; every frame's arrival vs its due time."""
     async with Session(client) as s:
@@ -257,11 +268,12 @@ async def drift(client: Any, report: LiveReport, minutes: float) -> None:
     # perf_counter <-> wall clock: one reading of each, so the offsets below are on one clock
     offset = time.time() - time.perf_counter()
     frames = [(at, m.media) for at, m in s.messages if m.WhichOneof("kind") == "media" and m.media.frame_count]
+    # a fragment leaves when its first frame is due; idle fragments may carry more frames, riding
+    # ahead of the clock (live.idle_frames_per_fragment), so lateness is taken on the first frame
     lateness = [1000 * (at + offset - (started.frame0_unix_seconds + med.first_frame / fps)) for at, med in frames]
-    idx = [med.first_frame for _at, med in frames]
-    report.frames = len(idx)
-    report.gaps = sum(1 for a, b in itertools.pairwise(idx) if b > a + 1)
-    report.repeats = sum(1 for a, b in itertools.pairwise(idx) if b <= a)
+    report.frames, report.fragments, report.gaps, report.repeats = timeline(
+        [(med.first_frame, med.frame_count) for _at, med in frames]
+    )
     head, tail = lateness[: 25 * 10], lateness[-25 * 10 :]
     report.drift_minutes = minutes
     report.drift_first_ms = statistics.median(head)
@@ -298,17 +310,21 @@ async def cost(client: Any, pids: dict[str, int], report: LiveReport, counts: li
 
                     talkers = [asyncio.create_task(talk(s)) for s in sessions]
                 await asyncio.sleep(3.0)  # warm-up: idle loops built, turns started
+                m0 = sum(len(s.messages) for s in sessions)
                 c0, t0 = cpu(), time.perf_counter()
                 await asyncio.sleep(seconds)
-                used = (cpu() - c0) / (time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                used = (cpu() - c0) / elapsed
+                rate = (sum(len(s.messages) for s in sessions) - m0) / elapsed / n
                 late = sum(1 for s in sessions for _at, m in s.messages if _event("underrun")(m))
                 per_session = max(0.0, used - report.baseline_cores) / n
                 report.cost.append(
                     {"sessions": n, "speaking": float(speaking), "cpu_cores": used, "per_session": per_session,
-                     "underruns": float(late)}
+                     "underruns": float(late), "messages_per_s": rate}
                 )  # fmt: skip
                 print(f"  {n:3d} {'speaking' if speaking else 'idle':8s} sessions: {used:.3f} cores "
-                      f"({per_session:.4f} per session over the floor), underruns {late}", flush=True)  # fmt: skip
+                      f"({per_session:.4f} per session over the floor), {rate:.1f} messages/s per session, "
+                      f"underruns {late}", flush=True)  # fmt: skip
             finally:
                 for t in talkers:
                     t.cancel()
@@ -357,9 +373,10 @@ def markdown(r: LiveReport) -> str:
         i, t = idle.get(n), talk.get(n)
         ratio = i["per_session"] / t["per_session"] if i and t and t["per_session"] else float("nan")
         raw = i["cpu_cores"] / t["cpu_cores"] if i and t and t["cpu_cores"] else float("nan")
+        rates = "/".join(f"{c.get('messages_per_s', float('nan')):.1f}" for c in (i, t) if c)
         rows.append(
             f"| {n} | {i['cpu_cores'] if i else float('nan'):.3f} | {t['cpu_cores'] if t else float('nan'):.3f} "
-            f"| {100 * ratio:.1f} % ({100 * raw:.1f} %) | {int(t['underruns']) if t else 0} |"
+            f"| {100 * ratio:.1f} % ({100 * raw:.1f} %) | {int(t['underruns']) if t else 0} | {rates} |"
         )
     return "\n".join(
         [
@@ -381,7 +398,8 @@ def markdown(r: LiveReport) -> str:
             f"| audio turn: first 40 ms chunk sent -> first frame received | {r.audio_turn_first_frame.row()} "
             "| <= 250 p95 |",
             "",
-            f"Clock over {r.drift_minutes:g} min ({r.frames} frames): frame arrival minus due time "
+            f"Clock over {r.drift_minutes:g} min ({r.frames} frames in {r.fragments} fragments): "
+            "fragment arrival minus its first frame's due time "
             f"{r.drift_first_ms:.1f} ms at the start, {r.drift_last_ms:.1f} ms at the end "
             f"(growth {r.drift_growth_ms:+.1f} ms; target within 40 ms after 10 min), max {r.drift_max_ms:.1f} ms; "
             f"gaps {r.gaps}, repeated frames {r.repeats} (targets 0), underruns {r.underruns}.",
@@ -390,8 +408,9 @@ def markdown(r: LiveReport) -> str:
             f"session the mesh uses {r.baseline_cores:.3f} cores (health watches, metrics), subtracted before a",
             "session's share is taken (idle / speaking column; the raw ratio with that floor in brackets).",
             "",
-            "| sessions | idle: cores | speaking: cores | idle / speaking per session | underruns while speaking |",
-            "|---|---|---|---|---|",
+            "| sessions | idle: cores | speaking: cores | idle / speaking per session | underruns while speaking "
+            "| messages/s per session, idle/speaking |",
+            "|---|---|---|---|---|---|",
             *rows,
             "",
         ]

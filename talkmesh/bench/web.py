@@ -6,7 +6,7 @@ system's Chromium and measures, with the page's own instruments (``window.talkme
 
 * speak pressed -> the turn's first speaking frame painted (target <= 400 ms p95);
 * interrupt pressed -> the first idle frame after the cut painted (target <= 500 ms p95);
-* the distance between the playhead and the live edge (newest buffered frame) over the run
+* the distance between the playhead and the live edge (newest buffered frame that is due) over the run
   (target: within 300 ms), and the playhead's media time against the wall clock.
 
 Figures include Chromium's own decoding and compositing on the same loaded machine.
@@ -246,7 +246,7 @@ def markdown(r: WebReport) -> str:
             row("speak pressed → speaking_started event received", r.speak_to_event_ms, "—"),
             row("interrupt pressed → acknowledged (event received)", r.interrupt_to_ack_ms, "—"),
             row("interrupt pressed → idle frame painted", r.interrupt_to_idle_ms, "≤ 500 p95"),
-            row("playhead behind the newest buffered frame", r.lag_ms, "≤ 300"),
+            row("playhead behind the live edge (newest due frame)", r.lag_ms, "≤ 300"),
             row("playhead behind the wall clock (frame 0 + media time)", r.wall_lag_ms, "—"),
             "",
             f"Skips forward (playhead too far behind the live edge): {r.skips}; stalls (`waiting`): {r.stalls}.",

@@ -163,9 +163,21 @@ def test_live_cost_is_taken_over_the_empty_mesh_floor():
     r = LiveReport(machine="m", command="c", git="g", date="d", baseline_cores=0.10, cost_seconds=10)
     # 1 idle session: 0.12 cores in all, 0.02 over the floor; 1 speaking: 0.60, 0.50 over the floor
     r.cost = [
-        {"sessions": 1, "speaking": 0.0, "cpu_cores": 0.12, "per_session": 0.02, "underruns": 0.0},
-        {"sessions": 1, "speaking": 1.0, "cpu_cores": 0.60, "per_session": 0.50, "underruns": 0.0},
-    ]
+        {"sessions": 1, "speaking": 0.0, "cpu_cores": 0.12, "per_session": 0.02, "underruns": 0.0,
+         "messages_per_s": 13.0},
+        {"sessions": 1, "speaking": 1.0, "cpu_cores": 0.60, "per_session": 0.50, "underruns": 0.0,
+         "messages_per_s": 25.5},
+    ]  # fmt: skip
     md = live_markdown(r)
     assert "with no\nsession the mesh uses 0.100 cores" in md
-    assert "| 1 | 0.120 | 0.600 | 4.0 % (20.0 %) | 0 |" in md
+    assert "| 1 | 0.120 | 0.600 | 4.0 % (20.0 %) | 0 | 13.0/25.5 |" in md
+
+
+def test_live_timeline_counts_frames_per_fragment():
+    from talkmesh.bench.live import timeline
+
+    # idle fragments of two frames, speech of one: 7 frames in 5 fragments, no gap, no repeat
+    assert timeline([(0, 2), (2, 2), (4, 1), (5, 1), (6, 1)]) == (7, 5, 0, 0)
+    # frame 2 missing after a two-frame fragment (0..1), then frame 4 sent twice (an overlap)
+    assert timeline([(0, 2), (3, 2), (4, 1)]) == (5, 3, 1, 1)
+    assert timeline([(0, 1), (1, 1), (1, 1)]) == (3, 3, 0, 1)

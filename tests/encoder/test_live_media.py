@@ -88,6 +88,54 @@ def test_free_silence_is_sample_exact_against_encoding_every_tick():
     assert skipped > 60, "most silent ticks went the free way (one or two cached packets)"
 
 
+def _batched_session(ticks: list[bool], batch: int) -> tuple[bytes, list[int]]:
+    """As ``_session(skip=True)``, but silent ticks go ``batch`` frames per fragment with their
+    audio from ``encode_silence`` (a live session idling on its loop); returns the frames per
+    fragment too."""
+    codecs = LiveCodecs(LiveParams(W, H, Fraction(25), SR, "aac"), X264Backend(VideoConfig()), AudioConfig())
+    writer = FragmentWriter(codecs.init_segment, Fraction(25))
+    out = io.BytesIO()
+    out.write(codecs.init_segment)
+    counts = []
+    n = 0
+    while n < len(ticks):
+        count = 1
+        if not ticks[n]:
+            while count < batch and n + count < len(ticks) and not ticks[n + count]:
+                count += 1
+        videos, keys = [], []
+        for k in range(n, n + count):
+            video, key = codecs.video.encode(_frame(k % 200), k, force_keyframe=k == 0)
+            videos.append(video)
+            keys.append(key)
+        if ticks[n]:
+            audio = codecs.encode_audio(_tone(SPF, n * SPF))
+        else:
+            audio = codecs.encode_silence(count * SPF)
+        out.write(writer.fragment(videos, keys, audio))
+        counts.append(count)
+        n += count
+    out.write(writer.fragment([], [], codecs.flush_audio()))
+    codecs.close()
+    return out.getvalue(), counts
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_several_idle_frames_per_fragment_decode_like_one_per_fragment(batch):
+    """Multi-frame idle fragments with free silence: the same frames at the same times and the same
+    audio as one frame per fragment with every silent tick encoded."""
+    ticks = [True] * 10 + [False] * 61 + [True] * 20 + [False] * 37 + [True] * 5 + [False] * 20
+    batched, counts = _batched_session(ticks, batch)
+    reference, _ = _session(ticks, skip=False)
+    assert max(counts) == batch and sum(counts) == len(ticks)
+    pts_a, a, frames_a = _decode(batched)
+    pts_b, b, frames_b = _decode(reference)
+    assert frames_a == frames_b == len(ticks)
+    assert pts_a == pts_b and len(set(np.diff(pts_a))) == 1, "gap-free, no overlap"
+    assert len(a) == len(b)
+    assert np.max(np.abs(a - b)) < 1e-3
+
+
 def test_no_free_silence_when_the_rate_does_not_divide_an_aac_frame():
     c = LiveCodecs(LiveParams(W, H, Fraction(25), 22050, "aac"), X264Backend(VideoConfig()), AudioConfig())
     assert c._skip_ratio == 0

@@ -172,6 +172,17 @@ class LiveCodecs:
                 self._silent_packet = first
         return out + encoded
 
+    def encode_silence(self, samples: int) -> list[Sample]:
+        """``encode_audio`` of ``samples`` silent samples, without building or scanning the PCM
+        once the silent packet is known (an idle session's every fragment)."""
+        ratio = self._skip_ratio
+        if ratio and self._silent_packet is not None and self._silent_ticks >= SILENCE_WARMUP_TICKS:
+            self._silent_ticks += 1
+            self._owed += samples * ratio
+            packets, self._owed = divmod(self._owed, AAC_FRAME)
+            return [Sample(self._silent_packet, AAC_FRAME)] * packets
+        return self.encode_audio(bytes(2 * samples))
+
     def _resample_and_encode(self, samples: np.ndarray) -> list[Sample]:
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = self.params.sample_rate

@@ -2,9 +2,9 @@
 
 The clock: frame ``n`` is due at ``T0 + n / fps`` (exact fractions, so ten minutes or ten hours
 later the media time still equals the wall time). At each tick exactly one frame is encoded and
-sent in its own fragment, with exactly that frame's audio (``MediaClock``: the samples
-``[start(n), start(n + 1))``), silence when idle. Audio and video therefore share one clock and
-cannot drift.
+sent in its own fragment (idle batches aside, see below), with exactly that frame's audio
+(``MediaClock``: the samples ``[start(n), start(n + 1))``), silence when idle. Audio and video
+therefore share one clock and cannot drift.
 
 What a tick shows:
 
@@ -15,6 +15,17 @@ What a tick shows:
 * idle otherwise: a short cross-fade from the last speech frame into the idle loop, then the
   loop's pre-encoded frames (no render, no H.264 encode). When the turn is only waiting for more
   text, the avatar idles meanwhile.
+
+Idle batches: while the session idles on the pre-encoded loop with nothing else to do (no current
+turn, no queued turn, no pending interrupt, not cross-fading, a spliceable loop), up to
+``live.idle_frames_per_fragment`` (K) loop frames go out in one fragment, sent when the first of
+them is due; the others ride ahead of the clock (at most K-1 frames, well within the lead speech
+may have). A batch never holds a keyframe after its first frame, so every GOP start still starts a
+fragment (viewers join there). What the batch sends is final: a turn that becomes ready, or an
+interrupt that arrives, meanwhile takes effect at the first frame not yet sent (a turn starts at
+most K-1 frames later than with K = 1). The timeline stays gap-free: the next tick is the frame
+after the batch. This halves (K = 2) the messages and timer wake-ups of an idle second in the
+encoder and in the gateway, which is what an idle session costs.
 
 Turns are played in the order they started; each has its own Render stream, started as soon as
 the turn's input arrives, holding at most ``lead`` rendered frames ahead of the clock. An
@@ -204,6 +215,8 @@ class LiveSession:
         self.blend_target: int | None = None
         self.blend_step = 0
         self._pending_audio: list[Sample] = []
+        # idle loop frames per fragment while nothing else is going on (never more than the lead)
+        self.idle_batch = max(1, min(config.live.idle_frames_per_fragment, self.lead))
         metrics = telemetry.metrics
         self._underruns = metrics.live_underruns_total.labels(telemetry.service)
         self._lead_gauge = metrics.live_lead_frames.labels(telemetry.service)
@@ -354,6 +367,11 @@ class LiveSession:
                         yield msg
                 if self.input_ended and self.current is None and not self.turns:
                     break
+                count = self._idle_batch_size()
+                if count > 1:
+                    yield self._idle_batch(n, count)
+                    n += count
+                    continue
                 for msg in await self._tick(n):
                     yield msg
                 n += 1
@@ -441,6 +459,47 @@ class LiveSession:
             return None  # turns play in order: wait for the first one
         return None
 
+    def _idle_batch_size(self) -> int:
+        """Loop frames the next fragment may hold: 1 unless the session idles on the pre-encoded
+        loop with nothing else to do; a batch ends before the loop's next keyframe."""
+        loop = self.loop
+        if (
+            self.idle_batch <= 1
+            or self.current is not None
+            or self.turns
+            or self.interrupts
+            or self.last_kind != "loop"
+            or self.blend_target is not None
+            or not loop.spliceable
+        ):
+            return 1
+        count = 1
+        while count < self.idle_batch and not loop.keyframes[(self.loop_pos + count) % len(loop)]:
+            count += 1
+        return count
+
+    def _idle_batch(self, n: int, count: int) -> live_pb2.LiveServerMessage:
+        """Frames ``n .. n + count - 1`` of the idle loop and their silence, in one fragment."""
+        loop = self.loop
+        packets: list[bytes] = []
+        keys: list[bool] = []
+        for _ in range(count):
+            pos = self.loop_pos
+            packets.append(loop.packets[pos])
+            keys.append(loop.keyframes[pos])
+            self.loop_pos = (pos + 1) % len(loop)
+        lo, hi = self.clock.start(n), self.clock.start(n + count)
+        audio = self.codecs.encode_silence(hi - lo)  # the cached silent packets
+        media = live_pb2.LiveMedia(
+            data=self.writer.fragment(packets, keys, audio),
+            first_frame=n,
+            frame_count=count,
+            first_sample=lo,
+            sample_count=hi - lo,
+            keyframe=keys[0],
+        )
+        return self.out.message(media=media)
+
     async def _idle(self, n: int, silence: bytes) -> tuple[bytes, bool]:
         """An idle frame: the cross-fade into the loop after speech, then the loop's packets."""
         loop = self.loop
@@ -462,7 +521,7 @@ class LiveSession:
             pos = self.loop_pos if self.last_kind == "loop" else loop.entry_at_or_after(self.loop_pos)
             self.loop_pos = (pos + 1) % len(loop)
             self.last_kind = "loop"
-            self._pending_audio = self.codecs.encode_audio(silence)  # cheap: no thread hop
+            self._pending_audio = self.codecs.encode_silence(len(silence) // 2)  # no thread hop
             return loop.packets[pos], loop.keyframes[pos]
         pos = self.loop_pos
         self.loop_pos = (pos + 1) % len(loop)

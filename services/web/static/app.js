@@ -38,7 +38,8 @@
     errors: [],
     uploads: [], // {name, size, progress: [%...], ok: avatar id | false | null while running}
     mics: [], // microphone turns: {turnId, chunks, samples}
-    lag: { last: 0, max: 0, samples: [], skips: 0 }, // playhead behind the newest buffered frame (s)
+    lag: { last: 0, max: 0, samples: [], skips: 0 }, // playhead behind the live edge (s, see keepLive)
+    ahead: null, // {seconds, at}: the newest media's frames beyond the one due when it arrived
     painted: 0,
     waiting: 0, // times playback stalled for want of data (the element's `waiting` event)
     lastMediaTime: 0,
@@ -139,9 +140,17 @@
     }
   }
 
+  // Seconds the newest buffered media runs ahead of the session clock: an idle fragment may carry
+  // several frames, sent when its first is due (live.idle_frames_per_fragment on the encoder).
+  function riding() {
+    const a = tm.ahead;
+    return a ? Math.max(0, a.seconds - (performance.now() - a.at) / 1000) : 0;
+  }
+
   function keepLive() {
     if (!video.buffered.length) return;
-    const end = video.buffered.end(video.buffered.length - 1);
+    // the live edge: the newest frame that is due, not the frames that rode ahead of the clock
+    const end = video.buffered.end(video.buffered.length - 1) - riding();
     if (video.currentTime < video.buffered.start(0)) video.currentTime = video.buffered.start(0);
     let lag = end - video.currentTime;
     if (tm.painted > 25) {
@@ -240,6 +249,8 @@
         const head = pendingMedia;
         pendingMedia = null;
         const item = { data: ev.data, head };
+        const count = head && !head.init_segment ? Number(head.frame_count || 0) : 0;
+        if (count) tm.ahead = { seconds: (count - 1) / tm.fps, at: performance.now() };
         if (head && head.turn_id) {
           // The turn's first fragment: where the time between speak and paint goes (tm.turns).
           const t = turn(head.turn_id);
