@@ -131,7 +131,7 @@ BREAKDOWN = (
     ("appendBuffer called → updateend", "appendedAt", "appendCalledAt"),
     ("appended → painted (seek or playhead, decode, compositing)", "firstPainted", "appendedAt"),
     ("seek issued → seeked (the seeking turns)", "seekedAt", "seekAt"),
-    ("seeked → painted (the seeking turns)", "firstPainted", "seekedAt"),
+    ("seeked → painted (the seeking turns; < 0: painted before `seeked` fired)", "firstPainted", "seekedAt"),
 )
 
 
