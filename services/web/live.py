@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -77,18 +78,27 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
     return msg
 
 
-def _json(msg: Any) -> str:
-    return json.dumps(json_format.MessageToDict(msg, preserving_proto_field_name=True), separators=(",", ":"))
+def _json(msg: Any, received: float | None = None) -> str:
+    body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    if received is not None:
+        body["edge_unix_seconds"] = received
+    return json.dumps(body, separators=(",", ":"))
 
 
 class Sender:
-    """One writer at a time on the WebSocket (a media header and its bytes stay together)."""
+    """One writer at a time on the WebSocket (a media header and its bytes stay together).
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    ``timing`` (the page's ``?timing=1``, a debug and bench aid): every JSON message also carries
+    ``edge_unix_seconds``, when the edge got it from the gateway (wall clock, as ``unix_seconds``).
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, timing: bool = False) -> None:
         self.ws = ws
         self.lock = asyncio.Lock()
+        self.timing = timing
 
     async def message(self, msg: lpb.LiveServerMessage) -> None:
+        received = time.time() if self.timing else None
         async with self.lock:
             if self.ws.closed:
                 return
@@ -97,10 +107,10 @@ class Sender:
                 head = lpb.LiveServerMessage()
                 head.CopyFrom(msg)
                 head.media.ClearField("data")
-                await self.ws.send_str(_json(head))
+                await self.ws.send_str(_json(head, received))
                 await self.ws.send_bytes(data)
             else:
-                await self.ws.send_str(_json(msg))
+                await self.ws.send_str(_json(msg, received))
 
     async def json(self, body: dict[str, Any]) -> None:
         async with self.lock:
@@ -139,12 +149,14 @@ async def _pump_down(call: Any, out: Sender) -> None:
 class LiveBridge:
     """One browser session: a WebSocket on one side, ``Live/Session`` on the other."""
 
-    def __init__(self, client: TalkmeshClient, ws: web.WebSocketResponse, cfg: WebSettings, idle: float) -> None:
+    def __init__(
+        self, client: TalkmeshClient, ws: web.WebSocketResponse, cfg: WebSettings, idle: float, timing: bool = False
+    ) -> None:
         self.client = client
         self.ws = ws
         self.cfg = cfg
         self.idle = idle
-        self.out = Sender(ws)
+        self.out = Sender(ws, timing)
         self.audio_turn: lpb.SpeakAudio | None = None
         self.call: Any = None
 

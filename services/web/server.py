@@ -425,7 +425,8 @@ class WebHost:
             if watch:
                 await watch_bridge(client, ws, request.query.get("session_id", ""))
             else:
-                bridge = LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds)
+                timing = request.query.get("timing") == "1"  # debug: relay timestamps (docs/WEB.md)
+                bridge = LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds, timing)
                 self.bridges.add(bridge)
                 try:
                     await bridge.run()

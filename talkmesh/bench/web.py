@@ -76,6 +76,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--screenshot", default="", help="save a screenshot of the page here")
     p.add_argument("--page-query", default="", help="query string for the page's tuning knobs, e.g. 'target_lag=0.2'")
     p.add_argument(
+        "--browser-flag",
+        action="append",
+        default=[],
+        help="an extra Chromium command-line flag (repeatable), e.g. --enable-blink-features=MediaLatencyHint",
+    )
+    p.add_argument(
         "--minutes",
         type=float,
         default=0.0,
@@ -117,9 +123,26 @@ BREAKDOWN = (
         "pressed",
     ),
     ("server sent → event received (gRPC, edge, WS)", "startedEvent", "serverSent"),
+    ("server sent → edge received (encoder → gateway → edge, gRPC)", "edgeReceived", "serverSent"),
+    ("edge received → event received (edge → WebSocket → page)", "startedEvent", "edgeReceived"),
     ("speak → first speech fragment received", "mediaAt", "pressed"),
     ("fragment received → appended (MSE)", "appendedAt", "mediaAt"),
+    ("fragment received → appendBuffer called (queued behind earlier appends)", "appendCalledAt", "mediaAt"),
+    ("appendBuffer called → updateend", "appendedAt", "appendCalledAt"),
     ("appended → painted (seek or playhead, decode, compositing)", "firstPainted", "appendedAt"),
+    ("seek issued → seeked (the seeking turns)", "seekedAt", "seekAt"),
+    ("seeked → painted (the seeking turns; < 0: painted before `seeked` fired)", "firstPainted", "seekedAt"),
+)
+
+
+#: per-turn values the page records as they are (not a difference of two timestamps)
+RAW = (
+    ("appends queued or running when the first speech fragment arrived (count)", "queuedBefore"),
+    ("the turn's first fragment is a keyframe (1 = yes)", "firstKey"),
+    ("playhead behind the newest frame when speak was pressed (ms)", "lagAtPress"),
+    ("first speech frame ahead of the playhead when speaking_started arrived (ms)", "ahead"),
+    ("the page's estimate of a speech seek's cost then (ms)", "seekCost"),
+    ("clock drift: Date.now() ahead of performance.timeOrigin + now() (ms; not a delay)", "clockDrift"),
 )
 
 
@@ -141,6 +164,9 @@ async def _turns(page: Any, report: WebReport, turns: int) -> None:
         report.breakdown.setdefault("turns whose idle was skipped by a seek (1 = yes)", []).append(
             1.0 if t.get("seekAt") is not None else 0.0
         )
+        for name, key in RAW:
+            if t.get(key) is not None:
+                report.breakdown.setdefault(name, []).append(float(t[key]))
         await wait_js(page, f"window.talkmesh.turns['{tid}'].stopFrame != null && !window.talkmesh.speakingVisible")
         await asyncio.sleep(0.3)
 
@@ -187,10 +213,11 @@ async def bench(args: argparse.Namespace) -> WebReport:
     with tempfile.TemporaryDirectory() as tmp:
         env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(Path(tmp) / "avatars")}
         async with Mesh(env=env, log_dir=Path(tmp) / "logs") as mesh, async_playwright() as pw:
-            browser = await launch(pw, exe)
+            browser = await launch(pw, exe, tuple(args.browser_flag))
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                query = f"?{args.page_query}" if args.page_query else ""
+                # timing=1: the edge stamps its messages, so the relay's share shows (docs/WEB.md)
+                query = "?" + "&".join(q for q in ("timing=1", args.page_query) if q)
                 await page.goto(f"http://{mesh.address('web')}/{query}")
                 await wait_js(page, "window.talkmesh.started && window.talkmesh.painted > 25")
                 start = time.monotonic()

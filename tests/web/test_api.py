@@ -248,3 +248,32 @@ async def test_draining_the_edge_ends_live_sessions_cleanly(tmp_path: Path) -> N
         assert loop.time() - started < 5.0
         assert ws.close_code == 1000 or (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         await ws.close()
+
+
+async def test_timing_stamps_when_asked_and_only_then(tmp_path: Path) -> None:
+    """``/v1/live?timing=1`` (a debug and bench aid): every JSON message carries when the edge got
+    it from the gateway, on the wall clock the encoder's ``unix_seconds`` use; without it, nothing."""
+    import time
+
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        for timing in (True, False):
+            async with http.ws_connect("/v1/live?timing=1" if timing else "/v1/live") as ws:
+                await ws.send_str(json.dumps({"config": {"request_id": "timing"}}))
+                await ws.send_str(json.dumps({"text": {"turn_id": "t1", "text": "Hello there.", "final": True}}))
+                bodies: list[dict[str, Any]] = []
+                async with asyncio.timeout(30):
+                    while not any("speaking_started" in b.get("event", {}) for b in bodies):
+                        bodies.append(await _recv_json(ws))
+                        bodies[-1]["_got"] = time.time()
+                if not timing:
+                    assert not any("edge_unix_seconds" in b for b in bodies)
+                    continue
+                assert all("edge_unix_seconds" in b for b in bodies), bodies[:3]
+                for b in bodies:
+                    assert b["edge_unix_seconds"] <= b["_got"] + 0.001  # stamped before it was sent
+                event = bodies[-1]["event"]
+                # the encoder stamped the event before the edge got it: the relay's share of speak -> paint
+                assert event["unix_seconds"] <= bodies[-1]["edge_unix_seconds"] + 0.001
+                assert bodies[-1]["edge_unix_seconds"] - event["unix_seconds"] < 5.0
+                heads = [b for b in bodies if "media" in b]
+                assert heads and all(h["edge_unix_seconds"] > 0 for h in heads)

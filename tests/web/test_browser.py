@@ -43,7 +43,7 @@ async def test_the_page_plays_speaks_interrupts_and_reports_upload_errors(tmp_pa
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 860})
             console.attach(page)
-            await page.goto(mesh.web_url)
+            await page.goto(mesh.web_url + "?timing=1")  # the edge stamps its messages (docs/WEB.md)
             # Accessible controls: every form control has a label.
             for control in ("text", "avatar-select", "voice-select", "audio-file", "upload-progress"):
                 assert await page.locator(f"label[for='{control}']").count() == 1, control
@@ -77,6 +77,13 @@ async def test_the_page_plays_speaks_interrupts_and_reports_upload_errors(tmp_pa
             assert len(lag) > 20 and np.median(lag) < 0.3, f"near the live edge: {np.median(lag)}"
             assert np.percentile(lag, 90) < 0.5, f"near the live edge: {np.percentile(lag, 90)}"
             assert turn["ttff"] > 0
+            # Where speak -> paint went, in order on the page's clock (the server's and the edge's
+            # wall-clock stamps mapped with Date.now(), not performance.timeOrigin, which drifts).
+            t = turn
+            assert t["pressed"] < t["serverSent"] <= t["edgeReceived"] + 2 <= t["startedEvent"] + 4, t
+            assert t["startedEvent"] - t["serverSent"] < 1000, t
+            assert t["pressed"] < t["mediaAt"] <= t["appendCalledAt"] <= t["appendedAt"] < t["firstPainted"], t
+            assert t["firstKey"] == 1, "a turn's first fragment starts with a keyframe (after idle)"
             times = [g.t for g in speaking]
             assert times == sorted(times) and times[-1] - times[0] > 0.6 * (stop_time - start_time)
 

@@ -23,9 +23,30 @@
   // When speech starts, the idle frames still buffered before it are skipped by a seek (1), played
   // at RUSH_RATE (2: no decoder flush, no refill) or played as they are (0).
   const SPEECH_SEEK = knob("speech_seek", 1);
+  // ... but only when the first speech frame is further ahead of the playhead than a seek costs:
+  // after a seek Chromium plays only once it has buffered a threshold of audio again (200 ms at
+  // first, more after underflows), so a seek into a buffer holding one frame takes about that long
+  // to paint, while playing on shows the frame after `ahead` seconds. The page measures the cost
+  // (speech seek issued -> that turn's first frame painted, averaged) unless
+  // `speech_seek_min` fixes the threshold (seconds; 0.08 was the earlier behaviour).
+  const SPEECH_SEEK_MIN = knob("speech_seek_min", NaN);
   const RUSH_RATE = knob("rush_rate", 4);
   // Media older than this is removed from the SourceBuffer (a long session stays small).
   const KEEP_SECONDS = 20;
+  // Chromium's audio renderer waits for a buffer's worth of audio (200 ms at first, doubled after
+  // every underflow) before it plays after a seek or a stall. Where the browser lets a page set it
+  // (`latencyHint`, not web-exposed in Chromium 156 without --enable-blink-features=MediaLatencyHint)
+  // `?latency_hint=0.05` sets it (seconds).
+  const LATENCY_HINT = knob("latency_hint", NaN);
+  if (Number.isFinite(LATENCY_HINT) && "latencyHint" in video) video.latencyHint = LATENCY_HINT;
+  // `?timing=1`: the edge stamps every JSON message with when it got it (edge_unix_seconds), so
+  // the relay's share of speak -> paint can be told apart (docs/WEB.md; `talkmesh bench web`).
+  const TIMING = query.get("timing") === "1";
+  // A wall-clock time (ms since the epoch, e.g. the server's unix_seconds) on performance.now()'s
+  // clock. Date.now() is read now, not derived from performance.timeOrigin: timeOrigin is fixed when
+  // the page loads while the wall clock may be stepped or slewed later (tm.turns[id].clockDrift
+  // records the difference; 0-2 ms in the 2-minute bench runs).
+  const wallToPerf = (wallMs) => performance.now() - (Date.now() - wallMs);
 
   const tm = {
     // Exposed for tests and `talkmesh bench web`.
@@ -59,6 +80,8 @@
   let reconnectTimer = null;
   let keepAliveTimer = null;
   let rushTo = null; // media time playback rushes to (speech_seek=2)
+  let seekCost = 0.2; // s, the measured cost of a speech seek (see SPEECH_SEEK_MIN)
+  let seekingTurn = null; // the turn whose start the last seek went to (its seekedAt is recorded)
 
   // -- events panel ---------------------------------------------------------------------------
   function logEvent(text) {
@@ -110,6 +133,7 @@
         sb.appendBuffer(item.data);
         if (item.firstOf) {
           const t = item.firstOf;
+          t.appendCalledAt = performance.now();
           sb.addEventListener("updateend", () => { t.appendedAt = performance.now(); }, { once: true });
         }
         if (item.head && !item.head.init_segment && tm.offset === null) {
@@ -171,11 +195,15 @@
     }
     // Behind: play faster until back at the target (pitch kept; no seek, which would flush the
     // decoders and stall playback until they have refilled).
-    const rate = lag > TARGET_LAG + 0.08 ? FAST_RATE : lag > TARGET_LAG + 0.04 ? 1.1 : 1.0;
+    const rate = lag > TARGET_LAG + 0.08 ? FAST_RATE : lag > TARGET_LAG + 0.04 ? Math.min(1.1, FAST_RATE) : 1.0;
     if (video.playbackRate !== rate) video.playbackRate = rate;
     tm.lag.last = lag;
     if (video.paused && lag > TARGET_LAG / 2) video.play().catch(() => {});
     $("t-lag").textContent = ms_(lag * 1000);
+  }
+
+  function liveLag() {
+    return video.buffered.length ? video.buffered.end(video.buffered.length - 1) - video.currentTime : 0;
   }
 
   // Every painted frame: what is visible (speaking or idle), first-frame and idle timings.
@@ -192,6 +220,7 @@
         speaking = true;
         if (turn.firstPainted == null) {
           turn.firstPainted = now;
+          if (turn.seekAt != null) seekCost = 0.7 * seekCost + 0.3 * Math.min(1, (now - turn.seekAt) / 1000);
           if (turn.pressed != null) {
             turn.ttff = now - turn.pressed;
             $("t-ttff").textContent = ms_(turn.ttff);
@@ -233,7 +262,7 @@
     tm.turns = {};
     tm.started = null;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    ws = new WebSocket(`${scheme}://${location.host}/v1/live`);
+    ws = new WebSocket(`${scheme}://${location.host}/v1/live${TIMING ? "?timing=1" : ""}`);
     ws.binaryType = "arraybuffer";
     setConnection("connecting…");
     ws.onopen = () => {
@@ -256,6 +285,8 @@
           const t = turn(head.turn_id);
           if (t.mediaAt == null) {
             t.mediaAt = performance.now();
+            t.queuedBefore = appendQueue.length + (sb && sb.updating ? 1 : 0);
+            t.firstKey = head.keyframe ? 1 : 0;
             item.firstOf = t;
           }
         }
@@ -290,7 +321,7 @@
       return;
     }
     if (msg.event) {
-      onEvent(msg.event);
+      onEvent(msg.event, msg.edge_unix_seconds);
       return;
     }
     if (msg.error) {
@@ -309,7 +340,7 @@
     return tm.turns[id];
   }
 
-  function onEvent(ev) {
+  function onEvent(ev, edgeUnix) {
     const now = performance.now();
     tm.events.push({ at: now, ev });
     if (tm.events.length > 2000) tm.events.splice(0, 1000);
@@ -319,7 +350,11 @@
       t.startFrame = frame;
       t.startedEvent = now;
       // when the server sent it, on this page's clock (same machine in the bench: one clock)
-      if (ev.unix_seconds) t.serverSent = Number(ev.unix_seconds) * 1000 - performance.timeOrigin;
+      if (ev.unix_seconds) {
+        t.serverSent = wallToPerf(Number(ev.unix_seconds) * 1000);
+        t.clockDrift = Number(ev.unix_seconds) * 1000 - performance.timeOrigin - t.serverSent;
+      }
+      if (edgeUnix != null) t.edgeReceived = wallToPerf(Number(edgeUnix) * 1000);
       skipIdleBefore(frame, t);
       if (t.pressed != null) $("t-started").textContent = ms_(now - t.pressed);
       logEvent(`speaking_started ${ev.speaking_started.turn_id} at frame ${frame}`);
@@ -349,8 +384,13 @@
   // before it are skipped, so the answer is seen and heard as early as possible.
   function skipIdleBefore(frame, t) {
     const start = frameTime(frame);
-    if (!SPEECH_SEEK || tm.speakingVisible || start - video.currentTime <= CUT_SEEK) return;
+    const ahead = start - video.currentTime;
+    t.ahead = ahead * 1000;
+    t.seekCost = seekCost * 1000;
+    const min = Number.isFinite(SPEECH_SEEK_MIN) ? SPEECH_SEEK_MIN : Math.max(CUT_SEEK, seekCost);
+    if (!SPEECH_SEEK || tm.speakingVisible || ahead <= min) return;
     t.seekAt = performance.now();
+    seekingTurn = t;
     if (SPEECH_SEEK === 2) {
       rushTo = start; // keepLive and onFrame end the rush
       video.playbackRate = RUSH_RATE;
@@ -380,6 +420,7 @@
     turnCounter += 1;
     currentTurn = `t${turnCounter}`;
     turn(currentTurn).pressed = performance.now();
+    turn(currentTurn).lagAtPress = liveLag() * 1000;
     send({ text: { turn_id: currentTurn, text, final: true } });
     logEvent(`speak ${currentTurn}: ${text.slice(0, 40)}`);
   }
@@ -621,6 +662,10 @@
     else showError("drop: no file in what was dropped");
   });
   video.addEventListener("waiting", () => { tm.waiting += 1; });
+  video.addEventListener("seeked", () => {
+    if (seekingTurn) seekingTurn.seekedAt = performance.now();
+    seekingTurn = null;
+  });
   video.addEventListener("play", () => {
     if (video.muted) $("unmute").hidden = false;
   });
