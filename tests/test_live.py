@@ -76,9 +76,9 @@ def _check_timeline(rec: Recorder, clock: MediaClock, idle_batch: int) -> list[l
     return frags
 
 
-@pytest.mark.parametrize("idle_batch", [2, 1])  # 2: the default (live.idle_frames_per_fragment)
+@pytest.mark.parametrize("idle_batch", [4, 1])  # 4: the default (live.idle_frames_per_fragment)
 async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path, idle_batch: int) -> None:
-    env = {} if idle_batch == 2 else {"TALKMESH_ENCODER__LIVE__IDLE_FRAMES_PER_FRAGMENT": str(idle_batch)}
+    env = {} if idle_batch == 4 else {"TALKMESH_ENCODER__LIVE__IDLE_FRAMES_PER_FRAGMENT": str(idle_batch)}
     async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
         async with client.live() as live:
             rec = Recorder(live).start()
@@ -96,7 +96,10 @@ async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path, idle_b
     clock = MediaClock.of(started.fps_numerator / started.fps_denominator, started.sample_rate)
     frags = _check_timeline(rec, clock, idle_batch)
     idle_counts = {m.frame_count for m in frags if not m.turn_id}
-    assert idle_counts == ({1, 2} if idle_batch == 2 else {1}), idle_counts
+    # one frame per fragment during the cross-fade; full batches of K while idling on the loop
+    # (a batch ends before the loop's next keyframe, so shorter ones occur too)
+    assert 1 in idle_counts and idle_batch in idle_counts, idle_counts
+    assert idle_counts <= set(range(1, idle_batch + 1)), idle_counts
     turn = _turn_frames(rec, tid)
     assert turn == list(range(turn[0], turn[0] + len(turn))), "a turn's frames are contiguous"
     body = stopped.msg.event.speaking_stopped
@@ -121,12 +124,12 @@ async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path, idle_b
 
 
 async def test_idle_frames_go_several_per_fragment_paced_and_exactly_labelled(tmp_path: Path) -> None:
-    """live.idle_frames_per_fragment = 4: an idle session sends up to four loop frames per fragment
-    when the first is due; a turn starts at the next frame not sent; the decoded stream has the
-    same gap-free timestamps, keyframes and audio as one frame per fragment."""
+    """live.idle_frames_per_fragment = 3 (not the default 4): an idle session sends up to three loop
+    frames per fragment when the first is due; a turn starts at the next frame not sent; the
+    decoded stream has the same gap-free timestamps, keyframes and audio as one frame per fragment."""
     import av
 
-    env = {"TALKMESH_ENCODER__LIVE__IDLE_FRAMES_PER_FRAGMENT": "4"}
+    env = {"TALKMESH_ENCODER__LIVE__IDLE_FRAMES_PER_FRAGMENT": "3"}
     async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
         async with client.live() as live:
             rec = Recorder(live).start()
@@ -141,7 +144,7 @@ async def test_idle_frames_go_several_per_fragment_paced_and_exactly_labelled(tm
     started = rec.started
     fps = Fraction(started.fps_numerator, started.fps_denominator)
     clock = MediaClock(fps, started.sample_rate)
-    frags = _check_timeline(rec, clock, 4)
+    frags = _check_timeline(rec, clock, 3)
     idle = [m for m in frags if not m.turn_id]
     assert sum(m.frame_count for m in idle) > 2 * len(idle), "idle fragments mostly hold several frames"
     assert [m for m in frags if m.turn_id], "the turn played"
