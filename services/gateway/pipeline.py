@@ -277,8 +277,7 @@ class _Run:
                 seq += 1
             elif chunk.visemes:  # TTS's last message: the remaining visemes, no audio
                 await self._to_encoder(visemes=rpb.VisemeTrack(events=chunk.visemes))
-            if chunk.end_of_stream:
-                break
+            # end_of_stream: the loop still reads to the stream's end (TTS's OK), as for the media
         self.tl.last_audio = time.monotonic()
         if not self.read_ahead.samples_read:
             raise FailedPrecondition("tts: produced no audio for this text")
@@ -304,9 +303,9 @@ class _Run:
 
     async def _pump_features(self, features: Stream) -> None:
         """Feature batches (a TTS chunk's frames each) to the encoder, which forwards them to the renderer."""
-        async for fc in features:
+        async for fc in features:  # to the stream's end (its OK), as for the media
             if fc.end_of_stream:
-                break
+                continue
             if not self.tl.first_features:
                 self.tl.first_features = time.monotonic()
             await self._to_encoder(features=fc)
@@ -314,15 +313,14 @@ class _Run:
 
     async def _pump_media(self, media: Stream) -> None:
         """Compressed media to the client; the encoder's progress releases TTS read-ahead."""
+        # Read to the stream's end, not just to end_of_stream: the encoder's call then finishes with
+        # its own OK before the cleanup below cancels what is left (else it may count CANCELLED).
         async for mc in media:
             self.read_ahead.encoded(mc.frames_encoded)
-            if mc.end_of_stream:
-                self.end = mc
-                if mc.data:
-                    await self.out.send(mc)
-                break
             if mc.data:
                 await self.out.send(mc)
+            if mc.end_of_stream:
+                self.end = mc
         self.out.close()
 
     # -- the run ---------------------------------------------------------------------------

@@ -285,13 +285,15 @@ class IdleLife:
         self.grid = cached["grid"]  # [gh, gw, 2] float32
         self.rest = np.asarray(avatar.frames[0])
         self.loop = max(1, round(LOOP_S * fps))
-        if self.loop not in cached["keys"]:
+        # sessions are built in worker threads: read the shared cache once, into a local
+        keys = cached["keys"].get(self.loop)
+        if keys is None:
             if len(cached["keys"]) >= 8:  # the loop length follows the client's fps: keep a few, not one per rate
                 cached["keys"].clear()
             bx1, by1, bx2, by2 = self.mask_box
             corners = np.array([[bx1, by1], [bx2, by1], [bx1, by2], [bx2, by2]], np.float64) - self.centre
-            cached["keys"][self.loop] = key_ticks(corners, self.loop)
-        self.keys = cached["keys"][self.loop]
+            keys = cached["keys"][self.loop] = key_ticks(corners, self.loop)
+        self.keys = keys
         self.seed = int.from_bytes(avatar.id.encode()[:8].ljust(8, b"0"), "little")
         self._starts = np.zeros(0, np.int64)
         self._key = -1

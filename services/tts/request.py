@@ -67,12 +67,9 @@ def resolve_job(
     if not rid:
         md = dict((k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str))
         rid = md.get(REQUEST_ID_KEY) or uuid.uuid4().hex
-    max_chunk_ms = cfg.max_chunk_ms
-    if max_chunk_ms and not chunk_ms <= max_chunk_ms <= config.max_chunk_ms:
-        raise InvalidArgument(
-            "config.max_chunk_ms",
-            f"{max_chunk_ms} is outside {chunk_ms}..{config.max_chunk_ms} (chunk_ms..the service's max_chunk_ms)",
-        )
+    # a wish, not a contract: clamped to chunk_ms..the service's max_chunk_ms, so a gateway's setting
+    # never fails requests on a TTS service configured with shorter chunks
+    max_chunk_ms = min(max(cfg.max_chunk_ms, chunk_ms), config.max_chunk_ms) if cfg.max_chunk_ms else 0
     chunk_samples = max(1, voice.sample_rate * chunk_ms // 1000)
     max_chunk_samples = max(chunk_samples, voice.sample_rate * max_chunk_ms // 1000) if max_chunk_ms else 0
     return SynthesisJob(rid, backend, voice, settings, chunk_samples, max_chunk_samples)

@@ -388,7 +388,11 @@
     t.ahead = ahead * 1000;
     t.seekCost = seekCost * 1000;
     const min = Number.isFinite(SPEECH_SEEK_MIN) ? SPEECH_SEEK_MIN : Math.max(CUT_SEEK, seekCost);
-    if (!SPEECH_SEEK || tm.speakingVisible || ahead <= min) return;
+    if (!SPEECH_SEEK || tm.speakingVisible || ahead <= min) {
+      // no seek, so no new measurement: let one slow seek's estimate fade back to the default
+      seekCost = 0.8 * seekCost + 0.2 * 0.2;
+      return;
+    }
     t.seekAt = performance.now();
     seekingTurn = t;
     if (SPEECH_SEEK === 2) {
