@@ -47,6 +47,22 @@ SERVICE_NAME = "talkmesh.v1.Encoder"
 PROGRESS_EVERY_FRAMES = 5
 
 
+
+def _frames_of(vf: common_pb2.VideoFrame) -> list[tuple[common_pb2.VideoFrame, str]]:
+    """A frame (or one part of it), or the frames of a batch (``VideoFrame.frames``), each with the
+    path its errors name. A batch holds whole frames only: no pixels or parts of its own, no
+    nested batches, no split frames."""
+    if not vf.frames:
+        return [(vf, "frame")]
+    if vf.data or vf.part_count > 1:
+        raise InvalidArgument("frame.data", "a batch (frame.frames) carries no pixels or parts of its own")
+    out = []
+    for i, f in enumerate(vf.frames):
+        if f.frames or f.part_count > 1:
+            raise InvalidArgument(f"frame.frames[{i}]", "a frame of a batch is whole: not split, not a batch")
+        out.append((f, f"frame.frames[{i}]"))
+    return out
+
 class _Output:
     """Builds the MediaChunks of one stream: seq numbers, chunk splitting, first-message fields."""
 
@@ -277,8 +293,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                     kind = req.WhichOneof("kind")
                     data = b""
                     if kind == "frame":
-                        for frame in req.frame.frames or (req.frame,):  # a frame (part), or a batch
-                            raw = frames.add(frame)
+                        for frame, where in _frames_of(req.frame):  # a frame (part), or a batch
+                            raw = frames.add(frame, where)
                             if raw is not None:
                                 data += await self._encode_frame(session, b"", raw)
                     elif kind == "audio":

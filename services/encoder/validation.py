@@ -94,42 +94,43 @@ class FrameAssembler:
         """A frame has some but not all of its parts."""
         return bool(self._parts)
 
-    def add(self, frame: common_pb2.VideoFrame) -> bytes | None:
-        """The whole frame's bytes when ``frame`` completes it, else None."""
+    def add(self, frame: common_pb2.VideoFrame, where: str = "frame") -> bytes | None:
+        """The whole frame's bytes when ``frame`` completes it, else None; errors name ``where``
+        (``frame``, or ``frame.frames[i]`` for a frame of a batch)."""
         p = self.params
         if frame.frame_index != self.next_index:
             raise InvalidArgument(
-                "frame.frame_index",
+                f"{where}.frame_index",
                 f"expected frame {self.next_index}, got {frame.frame_index}: frames must arrive in order "
                 "without gaps or duplicates",
             )
         if (frame.width and frame.width != p.width) or (frame.height and frame.height != p.height):
             raise InvalidArgument(
-                "frame.width", f"frame is {frame.width}x{frame.height}, the stream is {p.width}x{p.height}"
+                f"{where}.width", f"frame is {frame.width}x{frame.height}, the stream is {p.width}x{p.height}"
             )
         fmt = _PIXEL_FORMATS.get(frame.pixel_format) if frame.pixel_format else p.pixel_format
         if fmt != p.pixel_format:
             raise InvalidArgument(
-                "frame.pixel_format",
+                f"{where}.pixel_format",
                 f"frame is {common_pb2.PixelFormat.Name(frame.pixel_format)}, the stream is {p.pixel_format}",
             )
         count = frame.part_count or 1
         if not self._parts:
             if count > MAX_PARTS:
-                raise InvalidArgument("frame.part_count", f"{count} parts exceed {MAX_PARTS}")
+                raise InvalidArgument(f"{where}.part_count", f"{count} parts exceed {MAX_PARTS}")
             self._part_count = count
         elif count != self._part_count:
-            raise InvalidArgument("frame.part_count", f"changed from {self._part_count} to {count} within a frame")
+            raise InvalidArgument(f"{where}.part_count", f"changed from {self._part_count} to {count} within a frame")
         if frame.part_index != len(self._parts):
             raise InvalidArgument(
-                "frame.part_index",
+                f"{where}.part_index",
                 f"expected part {len(self._parts)} of frame {frame.frame_index}, got {frame.part_index}",
             )
         data = frame.data  # each access of a bytes field copies it out of the message (upb)
         self._bytes += len(data)
         if self._bytes > p.frame_bytes:
             raise InvalidArgument(
-                "frame.data",
+                f"{where}.data",
                 f"frame {frame.frame_index} has more than the {p.frame_bytes} bytes of a "
                 f"{p.width}x{p.height} {p.pixel_format} frame",
             )
@@ -138,7 +139,7 @@ class FrameAssembler:
             return None
         if self._bytes != p.frame_bytes:
             raise InvalidArgument(
-                "frame.data",
+                f"{where}.data",
                 f"frame {frame.frame_index} has {self._bytes} bytes, a {p.width}x{p.height} "
                 f"{p.pixel_format} frame has {p.frame_bytes}",
             )

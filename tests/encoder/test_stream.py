@@ -211,4 +211,17 @@ async def test_frames_sent_in_batches_are_encoded_like_single_frames(stub):
     bad = [single[0], encoder_pb2.EncodeRequest(frame=common_pb2.VideoFrame(frames=[fifth]))]
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await collect(stub, bad)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "frame_index" in (err.value.details() or "")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("frame.frames[0].frame_index"), "the error names the frame"
+    # a batch holds whole frames only: no pixels of its own, no split or nested frames
+    first = next(r.frame for r in single if r.WhichOneof("kind") == "frame")
+    split = common_pb2.VideoFrame(frame_index=0, part_count=2, data=first.data[:10])
+    for batch_frame, field in (
+        (common_pb2.VideoFrame(data=b"xx", frames=[first]), "frame.data"),
+        (common_pb2.VideoFrame(frames=[split]), "frame.frames[0]"),
+        (common_pb2.VideoFrame(frames=[common_pb2.VideoFrame(frames=[first])]), "frame.frames[0]"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await collect(stub, [single[0], encoder_pb2.EncodeRequest(frame=batch_frame)])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith(field), (field, err.value.details())
