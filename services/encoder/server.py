@@ -28,7 +28,7 @@ from services.encoder.interleave import AudioInterleaver
 from services.encoder.live.idle import IdleLoop, IdleLoops, encode_loop, loop_frames, render_idle_frames
 from services.encoder.live.media import LiveCodecs, LiveParams
 from services.encoder.live.session import LiveSession
-from services.encoder.render import FrameSource, GrpcFrameSource
+from services.encoder.render import FrameSource, GrpcFrameSource, unbatched
 from services.encoder.session import EncodeSession, StreamParams
 from services.encoder.validation import FrameAssembler, check_audio, stream_params
 from talkmesh.common.aio import Chan, TaskSet
@@ -47,7 +47,6 @@ SERVICE_NAME = "talkmesh.v1.Encoder"
 PROGRESS_EVERY_FRAMES = 5
 
 
-
 def _frames_of(vf: common_pb2.VideoFrame) -> list[tuple[common_pb2.VideoFrame, str]]:
     """A frame (or one part of it), or the frames of a batch (``VideoFrame.frames``), each with the
     path its errors name. A batch holds whole frames only: no pixels or parts of its own, no
@@ -62,6 +61,7 @@ def _frames_of(vf: common_pb2.VideoFrame) -> list[tuple[common_pb2.VideoFrame, s
             raise InvalidArgument(f"frame.frames[{i}]", "a frame of a batch is whole: not split, not a batch")
         out.append((f, f"frame.frames[{i}]"))
     return out
+
 
 class _Output:
     """Builds the MediaChunks of one stream: seq numbers, chunk splitting, first-message fields."""
@@ -453,9 +453,8 @@ class _RenderTiming:
 async def _pull_frames(source: AsyncIterable[common_pb2.VideoFrame], out: Chan[common_pb2.VideoFrame]) -> None:
     """Moves the renderer's frames into ``out`` (closed after the last one); a batch
     (``VideoFrame.frames``) goes in as its frames, one by one."""
-    async for vf in source:
-        for frame in vf.frames or (vf,):
-            await out.send(frame)
+    async for vf in unbatched(source):
+        await out.send(vf)
         if vf.end_of_stream:
             break
     out.close()

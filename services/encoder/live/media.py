@@ -156,9 +156,7 @@ class LiveCodecs:
         self._silent_ticks = self._silent_ticks + 1 if silent else 0
         ratio = self._skip_ratio
         if silent and ratio and self._silent_packet is not None and self._silent_ticks > SILENCE_WARMUP_TICKS:
-            self._owed += samples.size * ratio  # AAC-rate samples not encoded
-            packets, self._owed = divmod(self._owed, AAC_FRAME)
-            return [Sample(self._silent_packet, AAC_FRAME)] * packets
+            return self._skip_silence(samples.size, self._silent_packet)
         out: list[Sample] = []
         if self._owed:
             # speech after skipped silence: the encoder first gets the silence still owed (less
@@ -178,10 +176,15 @@ class LiveCodecs:
         ratio = self._skip_ratio
         if ratio and self._silent_packet is not None and self._silent_ticks >= SILENCE_WARMUP_TICKS:
             self._silent_ticks += 1
-            self._owed += samples * ratio
-            packets, self._owed = divmod(self._owed, AAC_FRAME)
-            return [Sample(self._silent_packet, AAC_FRAME)] * packets
+            return self._skip_silence(samples, self._silent_packet)
         return self.encode_audio(bytes(2 * samples))
+
+    def _skip_silence(self, samples: int, packet: bytes) -> list[Sample]:
+        """``samples`` silent samples not encoded: the cached silent packet for each whole AAC frame
+        they complete; the rest is owed (and fed to the encoder before the next speech)."""
+        self._owed += samples * self._skip_ratio  # AAC-rate samples not encoded
+        packets, self._owed = divmod(self._owed, AAC_FRAME)
+        return [Sample(packet, AAC_FRAME)] * packets
 
     def _resample_and_encode(self, samples: np.ndarray) -> list[Sample]:
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
