@@ -43,33 +43,6 @@ def iter_boxes(
         offset += size
 
 
-def complete_prefix(data: bytes | bytearray) -> int:
-    """Length of the longest prefix of ``data`` made of complete top-level boxes."""
-    done = 0
-    for _kind, offset, size, _header in iter_boxes(data):
-        done = offset + size
-    return done
-
-
-def video_samples(data: bytes | bytearray, track_id: int = 1) -> int:
-    """Samples of track ``track_id`` in the movie fragments (moof boxes) of ``data``."""
-    total = 0
-    for kind, offset, size, header in iter_boxes(data):
-        if kind != b"moof":
-            continue
-        for tkind, toff, tsize, thead in iter_boxes(data, offset + header, offset + size):
-            if tkind != b"traf":
-                continue
-            current = -1
-            for bkind, boff, _bsize, bhead in iter_boxes(data, toff + thead, toff + tsize):
-                if bkind == b"tfhd":
-                    (current,) = struct.unpack_from(">I", data, boff + bhead + 4)
-                elif bkind == b"trun" and current == track_id:
-                    (count,) = struct.unpack_from(">I", data, boff + bhead + 4)
-                    total += count
-    return total
-
-
 def avc_codecs_string(extradata: bytes) -> str:
     """RFC 6381 codecs string ("avc1.PPCCLL") from avcC or Annex B extradata (SPS/PPS)."""
     if len(extradata) >= 4 and extradata[0] == 1:  # AVCDecoderConfigurationRecord

@@ -10,12 +10,12 @@ audio sample 0 plays with video frame 0 (the price is a fade-in over the first ~
 which is TTS leading silence in practice). At the end the audio is padded with silence up to the
 end of the last video frame, so both tracks end together.
 
-Fragmented MP4 (``movflags=empty_moov+default_base_moof``) cuts a fragment once it holds
-``fragment_ms`` of media; libavformat writes it when the next packet arrives, so the fragment
-holding frame *i* leaves when frame *i + 1* has been encoded (or at the end of the stream).
-libavformat interleaves the tracks by timestamp, so a fragment also waits for the audio that covers
-it: audio has to lead the frames by a little more than two AAC frames (~90 ms at 24 kHz), which it
-does in the mesh, where the TTS runs ahead of the renderer.
+Fragmented MP4 is written by hand (``services.encoder.fmp4``, the live sessions' writer): libavformat
+only writes the init segment, and a fragment of ``fragment_ms`` of frames (one frame at the default
+40 ms) leaves the moment its last frame is encoded, with the audio packets encoded so far. (The mov
+muxer would close a fragment only when the next packet arrives, after interleaving the tracks by
+timestamp: the first fragment waited for frames 1 and 2 to be encoded.) MP4 and MPEG-TS go through
+libavformat.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import numpy as np
 from services.encoder import boxes
 from services.encoder.backends.base import VideoBackend
 from services.encoder.config import AudioConfig
+from services.encoder.fmp4 import FragmentWriter, Sample, annexb_to_avcc
 from services.encoder.frames import aac_options, i420_frame
 from talkmesh.common.errors import ResourceExhausted
 
@@ -131,6 +133,14 @@ class EncodeSession:
         self._time_base = Fraction(params.fps.denominator, params.fps.numerator)
         self._finished = False
         self._lock = threading.RLock()
+        # fMP4: the hand-written fragments (the container only wrote the init segment)
+        self._fragments: FragmentWriter | None = None
+        self._out = bytearray()
+        self._video_samples: list[bytes] = []
+        self._keyframes: list[bool] = []
+        self._audio_samples: list[Sample] = []
+        # frames per fragment: the fewest whose duration reaches fragment_ms (exact fractions)
+        self._fragment_frames = max(1, math.ceil(Fraction(params.fragment_ms) * params.fps / 1000))
 
     # -- set-up -------------------------------------------------------------------------------
     @_locked
@@ -158,14 +168,9 @@ class EncodeSession:
         elif p.container == "mpegts":
             sink = _Sink()
             fmt, options = "mpegts", {"flush_packets": "1"}
-        else:
+        else:  # fmp4: libavformat writes the init segment only (see the module docstring)
             sink = _Sink()
-            fmt = "mp4"
-            options = {
-                "movflags": "empty_moov+default_base_moof+skip_trailer",
-                "frag_duration": str(p.fragment_ms * 1000),
-                "flush_packets": "1",
-            }
+            fmt, options = "mp4", {"movflags": "empty_moov+default_base_moof+skip_trailer"}
         self._sink = sink
         container = av.open(sink, mode="w", format=fmt, options=options)
         self._container = container
@@ -188,6 +193,10 @@ class EncodeSession:
             self._resampler = av.AudioResampler(
                 format=ctx.format.name, layout="mono", rate=ctx.sample_rate, frame_size=ctx.frame_size or None
             )
+        if isinstance(sink, _Sink) and p.container == "fmp4":
+            self._out = sink.buffer  # the init segment; nothing is muxed into the container after it
+            sink.buffer = bytearray()
+            self._fragments = FragmentWriter(bytes(self._out), p.fps)
         self.video_encoder = backend.name
         extradata = video.codec_context.extradata
         self._video_codec = boxes.avc_codecs_string(extradata) if extradata else ""
@@ -272,7 +281,13 @@ class EncodeSession:
             packet.duration = 1
             if not self._video_codec:
                 self._video_codec = boxes.avc_codecs_string(bytes(packet))
-            self._container.mux_one(packet)
+            if self._fragments is not None:
+                self._video_samples.append(annexb_to_avcc(bytes(packet)))
+                self._keyframes.append(bool(packet.is_keyframe))
+                if len(self._video_samples) >= self._fragment_frames:
+                    self._write_fragment()
+            else:
+                self._container.mux_one(packet)
         self._check_size()
 
     def _mux_audio(self, packets: list[av.Packet]) -> None:
@@ -282,10 +297,31 @@ class EncodeSession:
                 continue
             if packet.pts + (packet.duration or 0) <= 0:
                 continue  # encoder priming before sample 0: dropped (see module docstring)
+            if self._fragments is not None:
+                self._audio_samples.append(Sample(bytes(packet), self._audio_duration(packet)))
+                continue
             if packet.pts < 0:
                 packet.pts = packet.dts = 0
             self._container.mux_one(packet)
         self._check_size()
+
+    def _audio_duration(self, packet: av.Packet) -> int:
+        """A packet's duration in the audio track's timescale (the fragments' unit)."""
+        assert self._fragments is not None and self._fragments.audio is not None and self._audio is not None
+        rate = self._audio.codec_context.sample_rate
+        samples = packet.duration or self._audio.codec_context.frame_size or 1024
+        if packet.time_base is not None and packet.time_base != Fraction(1, rate):
+            samples = round(samples * packet.time_base * rate)
+        return samples * self._fragments.audio.timescale // rate
+
+    def _write_fragment(self) -> None:
+        """The frames encoded since the last fragment and the audio encoded so far, as one fragment."""
+        assert self._fragments is not None
+        if not self._video_samples and not self._audio_samples:
+            return
+        self._out += self._fragments.fragment(self._video_samples, self._keyframes, self._audio_samples)
+        self.frames_out += len(self._video_samples)
+        self._video_samples, self._keyframes, self._audio_samples = [], [], []
 
     def _check_size(self) -> None:
         if isinstance(self._sink, io.BytesIO) and self._sink.tell() > self.max_file_bytes:
@@ -306,6 +342,8 @@ class EncodeSession:
             self._encode_audio(None)
             self._mux_audio(self._audio.encode(None))
         self._mux_video(self._video.encode(None))
+        if self._fragments is not None:
+            self._write_fragment()
         self._container.close()
         self._container = None
         self._finished = True
@@ -329,17 +367,16 @@ class EncodeSession:
         sink = self._sink
         if sink is None:
             return b""
+        if self._fragments is not None:  # fMP4: whole fragments, written by _write_fragment
+            out = bytes(self._out)
+            self._out.clear()
+            return out
         if isinstance(sink, io.BytesIO):
             return sink.getvalue() if self._finished else b""
         buf = sink.buffer
-        if self.params.container == "mpegts":
-            n = len(buf) if self._finished else len(buf) - len(buf) % 188
-        else:
-            n = len(buf) if self._finished else boxes.complete_prefix(buf)
+        n = len(buf) if self._finished else len(buf) - len(buf) % 188  # MPEG-TS: whole packets
         if n == 0:
             return b""
         out = bytes(buf[:n])
         del buf[:n]
-        if self.params.container == "fmp4":
-            self.frames_out += boxes.video_samples(out)
         return out

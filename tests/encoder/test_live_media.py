@@ -14,8 +14,8 @@ import pytest
 from services.encoder import boxes
 from services.encoder.backends import X264Backend
 from services.encoder.config import AudioConfig, VideoConfig
+from services.encoder.fmp4 import FragmentWriter, annexb_to_avcc, parse_tracks
 from services.encoder.live import media
-from services.encoder.live.fmp4 import FragmentWriter, annexb_to_avcc, parse_tracks
 from services.encoder.live.idle import blend_i420, encode_loop, loop_frames, ping_pong_order
 from services.encoder.live.media import LiveCodecs, LiveParams
 

@@ -74,21 +74,26 @@ async def test_audio_onset_plays_with_its_frame(stub):
     assert heard == pytest.approx(onset / SR, abs=0.005)
 
 
-async def test_first_fragment_leaves_before_the_third_frame_is_sent(stub):
-    """Fragments do not wait for the end of the utterance: init + first fragment decode alone."""
+async def test_the_first_fragment_leaves_with_frame_0_and_its_audio(stub):
+    """A fragment does not wait for the next frame: frame 0 alone comes back, decodable with the
+    init segment, with the audio that plays with it (fragment_ms is one frame by default)."""
     call = stub.Encode()
     await call.write(config_request(W, H))
     init = await call.read()
     assert init.init_segment
     await call.write(audio_request(0, b"\x00\x00" * (SR // 5)))  # 200 ms of audio look-ahead
     await call.write(frame_request(0, i420_frame(W, H, 0), W, H))
-    await call.write(frame_request(1, i420_frame(W, H, 1), W, H))
-    first = await call.read()  # nothing else has been sent: this must come from frames 0 and 1
+    async with asyncio.timeout(20):  # the old muxer held it until frames 1 and 2 came: a hang
+        first = await call.read()  # nothing else has been sent: this must come from frame 0 alone
     assert not first.end_of_stream and first.data[4:8] == b"moof"
-    assert first.frames_encoded >= 1
+    assert first.frames_encoded == 1
     d = decode(init.data + first.data)
-    assert len(d.video_pts) == first.frames_encoded
+    assert len(d.video_pts) == 1
     assert d.lumas[0] == pytest.approx(frame_luma(0), abs=3)
+    assert d.audio_end >= 1 / FPS  # frame 0's audio is in it
+    await call.write(frame_request(1, i420_frame(W, H, 1), W, H))
+    second = await call.read()
+    assert second.frames_encoded == 2
     await call.write(encoder_pb2.EncodeRequest(end_of_stream=True))
     await call.done_writing()
     rest = []

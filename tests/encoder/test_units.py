@@ -60,12 +60,6 @@ def test_faststart_moves_moov_and_keeps_the_file_decodable():
     assert len(a) == len(b) == 5 and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def test_complete_prefix_waits_for_whole_boxes():
-    box = (16).to_bytes(4, "big") + b"free" + b"\0" * 8
-    assert boxes.complete_prefix(box + box[:10]) == 16
-    assert boxes.complete_prefix(box[:7]) == 0
-
-
 def test_codecs_string_from_avcc_and_annex_b():
     assert boxes.avc_codecs_string(bytes([1, 0x42, 0xC0, 0x1E, 0xFF])) == "avc1.42C01E"
     annex_b = b"\x00\x00\x00\x01\x67\x64\x00\x1f\xac" + b"\x00\x00\x00\x01\x68\xee"

@@ -21,8 +21,8 @@ import numpy as np
 from services.encoder import boxes
 from services.encoder.backends.base import VideoBackend, VideoCodecSettings
 from services.encoder.config import AudioConfig
+from services.encoder.fmp4 import Sample, annexb_to_avcc
 from services.encoder.frames import aac_options, i420_frame
-from services.encoder.live.fmp4 import Sample, annexb_to_avcc
 
 AAC_RATE = 48_000
 AAC_FRAME = 1024  # samples per AAC frame

@@ -47,7 +47,7 @@ from fractions import Fraction
 from services.encoder.backends import open_errors
 from services.encoder.backends.base import VideoBackend
 from services.encoder.config import EncoderConfig
-from services.encoder.live.fmp4 import FragmentWriter, Sample
+from services.encoder.fmp4 import FragmentWriter, Sample
 from services.encoder.live.idle import IdleLoop, blend_i420
 from services.encoder.live.media import LiveCodecs, LiveParams
 from services.encoder.render import FrameSource, unbatched
@@ -378,9 +378,7 @@ class LiveSession:
             # the audio encoder's tail, so the audio track ends with the video track
             tail = await asyncio.to_thread(codecs.flush_audio)
             if tail:
-                yield self.out.message(
-                    media=live_pb2.LiveMedia(data=writer.fragment([], [], tail), first_frame=n)
-                )
+                yield self.out.message(media=live_pb2.LiveMedia(data=writer.fragment([], [], tail), first_frame=n))
         finally:
             await self.tasks.aclose()
             for turn in self.turns.values():
