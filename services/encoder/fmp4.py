@@ -1,12 +1,13 @@
-"""Fragmented MP4 written by hand: one movie fragment per video frame, out the moment it is made.
+"""Fragmented MP4 written by hand: movie fragments out the moment their frames are encoded.
 
-A live session needs each frame's fragment to leave *when the frame is due*, not when the next
-packet arrives (libavformat's mov muxer closes a fragment only then, which would delay every frame
-by one and let a frame of an interrupted turn out after the interrupt). So the live encoder takes
-the init segment (``ftyp`` + ``moov``, with the codecs' configuration) from libavformat and writes
-the fragments itself: ``moof`` (``mfhd``, one ``traf`` per track with ``tfhd``, ``tfdt``,
-``trun``) and ``mdat``. That also makes re-stamping pre-encoded idle frames trivial: a sample's
-time is whatever the fragment says.
+libavformat's mov muxer closes a fragment only when the next packet arrives, after interleaving
+the tracks by timestamp, which delays every fragment by a frame or two: a live session's frame
+would leave after it is due (and a frame of an interrupted turn after the interrupt), and a Speak's
+first fragment would wait for frames 1 and 2. So the encoder takes the init segment (``ftyp`` +
+``moov``, with the codecs' configuration) from libavformat and writes the fragments itself:
+``moof`` (``mfhd``, one ``traf`` per track with ``tfhd``, ``tfdt``, ``trun``) and ``mdat``. That
+also makes re-stamping pre-encoded idle frames trivial: a sample's time is whatever the fragment
+says. Used by the live sessions (``live/session.py``) and by Speak's fMP4 (``session.py``).
 
 Times are exact: video sample ``n`` starts at ``floor(n * timescale / fps)`` in the video track's
 timescale, and audio samples follow each other without gaps in the audio track's timescale.
