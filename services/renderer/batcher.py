@@ -28,6 +28,7 @@ from opentelemetry import trace
 from services.renderer.backends.base import Avatar, FrameJob
 from services.renderer.backends.neural import NeuralBackend
 from services.renderer.interpolate import fill_skipped, plan_keyframes
+from services.renderer.runner import BlockingRender
 from talkmesh.common.errors import Unavailable
 from talkmesh.common.telemetry import Telemetry
 
@@ -54,6 +55,7 @@ class DynamicBatcher:
         self.telemetry = telemetry
         self.max_size = max_size
         self.max_delay = max(0.0, max_delay_ms) / 1000.0
+        self.blocking_render: BlockingRender | None = None  # frames of all sessions share batches
         self._lanes: dict[str, deque[_Item]] = {}
         self._pending = 0
         self._wakeup: asyncio.Event | None = None

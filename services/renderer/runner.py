@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -12,8 +12,16 @@ from services.renderer.backends.base import Avatar, FrameJob, RenderBackend
 from services.renderer.config import RendererConfig
 from talkmesh.common.telemetry import Telemetry
 
+#: The backend's own blocking render call.
+BlockingRender = Callable[[Avatar, Sequence[FrameJob]], list[np.ndarray]]
+
 
 class FrameRunner(Protocol):
+    #: The backend's blocking call when the runner adds nothing to it (no batching across
+    #: sessions): a session may then call it in the thread it composes frames in, one thread hop
+    #: per group instead of two. None when frames must go through ``render``.
+    blocking_render: BlockingRender | None
+
     async def render(self, avatar: Avatar, jobs: Sequence[FrameJob]) -> list[np.ndarray]: ...
 
     async def close(self) -> None: ...
@@ -24,6 +32,7 @@ class DirectRunner:
 
     def __init__(self, backend: RenderBackend) -> None:
         self.backend = backend
+        self.blocking_render: BlockingRender | None = backend.render
 
     async def render(self, avatar: Avatar, jobs: Sequence[FrameJob]) -> list[np.ndarray]:
         return await asyncio.to_thread(self.backend.render, avatar, jobs)

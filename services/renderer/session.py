@@ -18,7 +18,7 @@ from services.renderer.backends.base import Avatar, FrameJob, RenderBackend
 from services.renderer.frames import I420Regions, encode_pixels, resize, split
 from services.renderer.idle import IdleLife
 from services.renderer.mouth import MouthAnimator
-from services.renderer.runner import DirectRunner, FrameRunner
+from services.renderer.runner import BlockingRender, FrameRunner
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.common.telemetry import Telemetry
@@ -175,9 +175,9 @@ class RenderSession:
         skipped = len(group) - len(voiced)
         if skipped:
             self.telemetry.metrics.skipped_frames_total.labels(self.telemetry.service, "silence").inc(skipped)
-        if isinstance(self.runner, DirectRunner):
-            # the procedural backend: render and compose in one worker-thread hop per group
-            return await asyncio.to_thread(self._render_and_finish, group, voiced)
+        if self.runner.blocking_render is not None:
+            # no cross-session batching: render and compose in one worker-thread hop per group
+            return await asyncio.to_thread(self._render_and_finish, group, voiced, self.runner.blocking_render)
         rendered: list[np.ndarray] = []
         if voiced:
             with self.telemetry.stage("infer", backend=self.backend.name, frames=len(voiced)):
@@ -185,11 +185,13 @@ class RenderSession:
         with self.telemetry.stage("compose"):
             return await asyncio.to_thread(self._finish, group, rendered)
 
-    def _render_and_finish(self, group: list[FrameJob], voiced: list[FrameJob]) -> list[cpb.VideoFrame]:
+    def _render_and_finish(
+        self, group: list[FrameJob], voiced: list[FrameJob], render: BlockingRender
+    ) -> list[cpb.VideoFrame]:
         rendered: list[np.ndarray] = []
         if voiced:
             with self.telemetry.stage("infer", backend=self.backend.name, frames=len(voiced)):
-                rendered = self.backend.render(self.avatar, voiced)
+                rendered = render(self.avatar, voiced)
         with self.telemetry.stage("compose"):
             return self._finish(group, rendered)
 

@@ -56,14 +56,17 @@ def tune_malloc_for_frames(env: dict[str, str] | None = None) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    ok = all(
-        mallopt(param, value) == 1
-        for param, value in (
-            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-            (_M_TOP_PAD, TOP_PAD),
-        )
+    settings = (
+        ("M_MMAP_THRESHOLD", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        ("M_TRIM_THRESHOLD", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        ("M_TOP_PAD", _M_TOP_PAD, TOP_PAD),
     )
-    if not ok:
-        log.warning("mallopt refused the frame-buffer thresholds; the allocator keeps its defaults")
-    return ok
+    # each is tried: one refused setting does not keep the others from applying
+    refused = [name for name, param, value in settings if mallopt(param, value) != 1]
+    if refused:
+        log.warning(
+            "mallopt refused %s; the allocator keeps its default for %s",
+            ", ".join(refused),
+            "them" if len(refused) > 1 else "it",
+        )
+    return not refused

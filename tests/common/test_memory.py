@@ -55,3 +55,29 @@ def test_the_services_that_move_raw_frames_are_the_ones_tuned():
     from talkmesh.common.registry import SERVICES
 
     assert {s.name for s in SERVICES if s.raw_frames} == {"renderer", "encoder"}
+
+
+def test_a_refused_setting_is_named_and_does_not_stop_the_others(monkeypatch, caplog):
+    import ctypes
+
+    from talkmesh.common import memory
+
+    calls: list[int] = []
+
+    class Mallopt:
+        argtypes: object = None
+        restype: object = None
+
+        def __call__(self, param: int, value: int) -> int:
+            calls.append(param)
+            return 0 if param == memory._M_TRIM_THRESHOLD else 1
+
+    class Libc:
+        mallopt = Mallopt()
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(sys, "platform", "linux")
+    with caplog.at_level("WARNING", logger=memory.__name__):
+        assert memory.tune_malloc_for_frames({}) is False
+    assert calls == [memory._M_MMAP_THRESHOLD, memory._M_TRIM_THRESHOLD, memory._M_TOP_PAD]
+    assert "M_TRIM_THRESHOLD" in caplog.text and "M_TOP_PAD" not in caplog.text
