@@ -74,3 +74,38 @@ async def test_batches_carry_the_same_frames_as_single_messages(stub):
         assert f.inferred == p.inferred and f.part_count in (0, 1)
         assert f.data == p.data  # identical pixels (idle motion is a function of the tick)
     assert [f.inferred for f in frames] == VOICED
+
+
+async def _render(tmp_path, part_bytes: int) -> list[cpb.VideoFrame]:
+    env = {
+        "TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache"),
+        "TALKMESH_RENDERER__FRAME_PART_BYTES": str(part_bytes),
+    }
+    service = create_service(load_config(None, env=env), Telemetry("renderer"))
+    async with serve(service) as host, create_channel(host.address) as ch:
+        stub = renderer_pb2_grpc.RendererStub(ch)
+        return [m async for m in stub.Render(_requests(rpb.RenderConfig(fps=FPS, sample_rate=SR, batch_frames=True)))]
+
+
+async def test_a_batch_holds_at_most_frame_part_bytes_of_pixels(tmp_path):
+    """frame_part_bytes of two and a half frames: batches of at most two frames, every frame there."""
+    batched = await _render(tmp_path, FRAME_BYTES * 5 // 2)
+    batches = [m for m in batched if m.frames]
+    assert batches and max(len(m.frames) for m in batches) == 2
+    assert all(sum(len(f.data) for f in m.frames) <= FRAME_BYTES * 5 // 2 for m in batches)
+    frames = [f async for f in unbatched(_aiter(batched[:-1]))]
+    assert [f.frame_index for f in frames] == list(range(FRAMES))
+    assert all(len(f.data) == FRAME_BYTES for f in frames)
+
+
+async def test_a_frame_larger_than_frame_part_bytes_goes_in_parts_not_in_a_batch(tmp_path):
+    part = 256 * 1024  # below one 512² frame (384 KiB): two parts each
+    messages = await _render(tmp_path, part)
+    assert not any(m.frames for m in messages)
+    pixels = [m for m in messages if not m.end_of_stream]
+    assert len(pixels) == 2 * FRAMES
+    assert all(m.part_count == 2 and len(m.data) <= part for m in pixels)
+    for i in range(FRAMES):
+        a, b = pixels[2 * i], pixels[2 * i + 1]
+        assert (a.frame_index, a.part_index, b.frame_index, b.part_index) == (i, 0, i, 1)
+        assert len(a.data) + len(b.data) == FRAME_BYTES
