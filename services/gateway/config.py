@@ -83,6 +83,13 @@ class GatewayConfig:
     # costs every hop (tts, audio_features, encoder and the gateway between them) a third of the
     # messages. Must fit in max_audio_ahead_seconds with the feature look-ahead.
     tts_max_chunk_ms: int = 800
+    # First things first: until a request's first fragment is out (at most this long), the encoder
+    # (and so the renderer) gets only what frame 0 needs: the first TTS chunk's audio and the first
+    # feature batch; the rest waits, so the first frame does not share the cores with the frames
+    # after it (TTS and the feature stage still get all the audio: their look-ahead is not held).
+    # 0 turns it off. Also bounds what a request whose first fragment needs later frames (a whole-
+    # file MP4, long fragment_ms) waits once.
+    start_hold_ms: int = 100
     live: LiveSettings = field(default_factory=LiveSettings)
     # API keys (off by default; docs/SECURITY.md).
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -98,6 +105,8 @@ class GatewayConfig:
             raise ConfigError.at("fps", "must be within 1..60")
         if not 0 <= self.tts_chunk_ms <= 1000:
             raise ConfigError.at("tts_chunk_ms", "must be within 0..1000 (0: the TTS service's default)")
+        if not 0 <= self.start_hold_ms <= 1000:
+            raise ConfigError.at("start_hold_ms", "must be within 0..1000")
         if self.tts_max_chunk_ms and not max(self.tts_chunk_ms, 1) <= self.tts_max_chunk_ms <= 1000:
             raise ConfigError.at("tts_max_chunk_ms", "must be 0 or within tts_chunk_ms..1000")
         known = spec("renderer").backends

@@ -27,7 +27,7 @@ from opentelemetry import trace
 
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
-from talkmesh.common.aio import Chan, TaskSet, all_of
+from talkmesh.common.aio import Chan, TaskSet, all_of, wait_event
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
@@ -183,6 +183,12 @@ class _Run:
         self.encoder_seq = 0
         self.open_inputs = {"tts", "features"}  # what still feeds the encoder
         self.end: epb.MediaChunk | None = None
+        # the start hold (GatewayConfig.start_hold_ms): encoder-bound messages wait here, in order,
+        # from the second TTS chunk and the second feature batch on, until the first fragment is out
+        self.holding = False
+        self.held: list[dict[str, object]] = []
+        self.first_out = asyncio.Event()
+        self.released = asyncio.Event()
 
     # -- sources ---------------------------------------------------------------------------
     def _synthesis_config(self) -> tpb.SynthesisConfig:
@@ -233,15 +239,39 @@ class _Run:
             ),
         )
 
-    async def _to_encoder(self, **fields: object) -> None:
-        await self.to_encoder.send(epb.EncodeRequest(request_id=self.rid, seq=self.encoder_seq, **fields))  # type: ignore[arg-type]
-        self.encoder_seq += 1
+    async def _to_encoder(self, *, now: bool = False, **fields: object) -> None:
+        """Sends a message to the encoder; held during the start hold unless ``now``."""
+        if self.holding and not now:
+            self.held.append(fields)
+        else:
+            await self._send_to_encoder(fields)
+
+    async def _send_to_encoder(self, fields: dict[str, object]) -> None:
+        seq = self.encoder_seq
+        self.encoder_seq += 1  # before the send: another pump may send while this one waits for room
+        await self.to_encoder.send(epb.EncodeRequest(request_id=self.rid, seq=seq, **fields))  # type: ignore[arg-type]
+
+    def _start_holding(self) -> None:
+        if self.o.config.start_hold_ms and not self.released.is_set():  # once per request
+            self.holding = True
+
+    async def _release(self) -> None:
+        """Ends the start hold when the first fragment is out (or after start_hold_ms): what was
+        held goes to the encoder in the order it came, then messages go straight through again."""
+        try:
+            await wait_event(self.first_out, self.o.config.start_hold_ms / 1000)
+            while self.held:
+                await self._send_to_encoder(self.held.pop(0))
+            self.holding = False  # no await since the list was found empty: nothing is left behind
+        finally:
+            self.released.set()
 
     async def _input_done(self, name: str) -> None:
         """One of the encoder's inputs ended; after the last one the encoder stream ends."""
         self.open_inputs.discard(name)
         if not self.open_inputs:
             await self._to_encoder(end_of_stream=True)
+            await self.released.wait()  # a short utterance may end during the start hold
             self.to_encoder.close()
 
     # -- pumps -----------------------------------------------------------------------------
@@ -275,6 +305,7 @@ class _Run:
                 await self._to_encoder(audio=audio)
                 await self.to_features.send(features)
                 seq += 1
+                self._start_holding()  # the first chunk is out: later ones wait for the first fragment
             elif chunk.visemes:  # TTS's last message: the remaining visemes, no audio
                 await self._to_encoder(visemes=rpb.VisemeTrack(events=chunk.visemes))
             # end_of_stream: the loop still reads to the stream's end (TTS's OK), as for the media
@@ -306,9 +337,11 @@ class _Run:
         async for fc in features:  # to the stream's end (its OK), as for the media
             if fc.end_of_stream:
                 continue
-            if not self.tl.first_features:
+            first = not self.tl.first_features
+            if first:
                 self.tl.first_features = time.monotonic()
-            await self._to_encoder(features=fc)
+            # the first batch (frame 0's features) is not held: its visemes went with the first chunk
+            await self._to_encoder(features=fc, now=first)
         await self._input_done("features")
 
     async def _pump_media(self, media: Stream) -> None:
@@ -317,6 +350,8 @@ class _Run:
         # its own OK before the cleanup below cancels what is left (else it may count CANCELLED).
         async for mc in media:
             self.read_ahead.encoded(mc.frames_encoded)
+            if mc.frames_encoded:
+                self.first_out.set()
             if mc.data:
                 await self.out.send(mc)
             if mc.end_of_stream:
@@ -344,6 +379,7 @@ class _Run:
             tasks.spawn(self._pump_tts(tts), name="tts")
             tasks.spawn(self._pump_features(features), name="features")
             tasks.spawn(self._pump_media(media), name="media")
+            tasks.spawn(self._release(), name="start-hold")
             seq = 0
             async for item in self.out:
                 if not item.init_segment and not self.tl.first_fragment:

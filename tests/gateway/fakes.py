@@ -38,8 +38,12 @@ class FakeDownstreams(Downstreams):
     (``batch_frames``); the encoder (which renders) one fragment per frame. ``fail`` names a stage
     that raises; ``hold`` makes TTS wait forever after its first chunk (for cancellation tests)."""
 
-    def __init__(self, chunks: int = 10, fail: str = "", hold: bool = False) -> None:
+    def __init__(self, chunks: int = 10, fail: str = "", hold: bool = False, whole_file: bool = False) -> None:
         self.chunks = chunks
+        #: the encoder sends nothing before the end (like a whole-file MP4)
+        self.whole_file = whole_file
+        #: encoder_inputs received when the first fragment went out
+        self.inputs_before_first_fragment: list[str] | None = None
         self.fail = fail
         self.hold = hold
         self.log: list[str] = []
@@ -161,7 +165,13 @@ class FakeDownstreams(Downstreams):
                         frames += 1
                         self.encoder_frames = frames
                         inferred += int(fc.activity.voiced)
+                        if self.whole_file:
+                            continue
+                        if self.inputs_before_first_fragment is None:
+                            self.inputs_before_first_fragment = list(self.encoder_inputs)
                         yield epb.MediaChunk(data=b"frag", frames_encoded=frames)
+            if self.whole_file:
+                yield epb.MediaChunk(data=b"file", frames_encoded=frames)
             yield epb.MediaChunk(
                 end_of_stream=True,
                 frames_encoded=frames,

@@ -143,3 +143,33 @@ async def test_speak_stream_takes_text_pieces():
     assert chunks[-1].summary.frames == 4
     assert chunks[-1].summary.audio_seconds == pytest.approx(4 / FPS)
     assert [c.WhichOneof("kind") for c in chunks] == ["media"] * 5 + ["summary"]
+
+
+async def test_until_the_first_fragment_the_encoder_gets_only_what_frame_0_needs():
+    """The start hold: config, the first chunk's audio, the first feature batch; the rest after."""
+    ds = FakeDownstreams(chunks=10)
+    chunks = await _speak(ds)
+    assert ds.inputs_before_first_fragment == ["config", "audio", "features"]
+    # then everything, in order: every frame after its visemes, the audio whole and contiguous
+    assert ds.encoder_frames == 10 and chunks[-1].summary.frames == 10
+    assert ds.frames_before_their_visemes == 0
+    assert ds.encoder_audio_samples == 10 * (SR // FPS)
+    assert ds.encoder_inputs[-1] == "end"
+
+    off = FakeDownstreams(chunks=10)
+    await _speak(off, config=GatewayConfig(start_hold_ms=0))
+    assert off.inputs_before_first_fragment is not None
+    assert off.inputs_before_first_fragment.count("audio") > 1  # TTS runs ahead: later chunks came first
+    assert off.frames_before_their_visemes == 0 and off.encoder_frames == 10
+
+
+async def test_a_first_fragment_that_needs_later_frames_waits_for_the_hold_only_once():
+    """A whole-file encoder sends nothing before the end: the hold ends after start_hold_ms."""
+    ds = FakeDownstreams(chunks=10, whole_file=True)
+    config = GatewayConfig(start_hold_ms=200)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    chunks = await _speak(ds, config=config)
+    took = loop.time() - start
+    assert chunks[-1].summary.frames == 10 and ds.encoder_frames == 10
+    assert 0.2 <= took < 5
