@@ -166,7 +166,8 @@ def to_markdown(report: BenchReport) -> str:
             "",
             "In-process yardstick (same stages, no gRPC, one process):",
             "",
-            f"- time to first fragment p50 {ip.latency.ttff_ms.p50:.1f} ms, p95 {ip.latency.ttff_ms.p95:.1f} ms",
+            f"- time to first fragment p50 {ip.latency.ttff_ms.p50:.1f} ms, p95 {ip.latency.ttff_ms.p95:.1f} ms"
+            + (" (its requests alternated with the mesh's)" if report.mesh.yardstick_latency else ""),
             f"- one stream {ip.single_stream.rtf_median:.2f}x real time "
             f"(the mesh's single stream is {ratio:.2f}x that: separate processes use both cores, "
             "one process shares one GIL)",

@@ -87,6 +87,8 @@ class SpeakerRun:
     latency: LatencySummary
     single_stream: SingleStream
     concurrency: list[ConcurrencyRow]
+    #: the yardstick's latency series, run alternated with this one (``paired_latency_series``)
+    yardstick_latency: LatencySummary | None = None
 
     def row(self, streams: int) -> ConcurrencyRow | None:
         return next((r for r in self.concurrency if r.streams == streams), None)

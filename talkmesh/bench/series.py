@@ -43,6 +43,21 @@ async def latency_series(speaker: Speaker, work: Workload, n: int) -> list[Reque
     return [await speaker.speak(work.request(TEXTS[i % len(TEXTS)], i)) for i in range(n)]
 
 
+async def paired_latency_series(
+    a: Speaker, b: Speaker, work: Workload, n: int
+) -> tuple[list[RequestResult], list[RequestResult]]:
+    """The same ``n`` requests on two speakers, alternated request by request (``a`` first on even
+    ones, ``b`` first on odd ones): both see the same machine at the same time, so the ratio of
+    their figures does not compare two moments of a machine whose speed drifts."""
+    ra: list[RequestResult] = []
+    rb: list[RequestResult] = []
+    for i in range(n):
+        request = work.request(TEXTS[i % len(TEXTS)], i)
+        for speaker, out in ((a, ra), (b, rb)) if i % 2 == 0 else ((b, rb), (a, ra)):
+            out.append(await speaker.speak(request))
+    return ra, rb
+
+
 def summarize_latency(results: list[RequestResult]) -> LatencySummary:
     ttff = [r.ttff * 1000 for r in results]
     ttfa = [r.summary.time_to_first_audio_seconds * 1000 for r in results]
@@ -88,13 +103,27 @@ async def run_speaker(
     cpu: CpuProbe | None = None,
     wire: Probe | None = None,
     *,
+    yardstick: Speaker | None = None,
+    latency: LatencySummary | None = None,
     echo: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> SpeakerRun:
-    """Warm-up, the latency series, the single stream, then the sweep (or 4 streams only)."""
+    """Warm-up, the latency series, the single stream, then the sweep (or 4 streams only).
+
+    With a ``yardstick`` the latency series is paired with it (``paired_latency_series``) and the
+    yardstick's summary is kept in ``SpeakerRun.yardstick_latency``; a ``latency`` given is used
+    instead of running a series (the yardstick's own run, later)."""
     for i in range(2):  # warm-up: first connections, lazy allocations
         await speaker.speak(work.request(TEXTS[i], 1000 + i))
-    echo(f"[{label}] {work.requests} sequential requests ...")
-    latency = summarize_latency(await latency_series(speaker, work, work.requests))
+        if yardstick is not None:
+            await yardstick.speak(work.request(TEXTS[i], 1000 + i))
+    paired: LatencySummary | None = None
+    if latency is None:
+        echo(f"[{label}] {work.requests} sequential requests ...")
+        if yardstick is not None:
+            mine, theirs = await paired_latency_series(speaker, yardstick, work, work.requests)
+            latency, paired = summarize_latency(mine), summarize_latency(theirs)
+        else:
+            latency = summarize_latency(await latency_series(speaker, work, work.requests))
     single = [await speaker.speak(work.request(PARAGRAPH, 2000 + i)) for i in range(3)]
     one = SingleStream(single[0].audio_seconds, statistics.median(r.rtf for r in single), single[0].frames)
     echo(f"[{label}] one stream: {one.rtf_median:.2f}x real time")
@@ -117,4 +146,4 @@ async def run_speaker(
         )
         if sweep and row.per_stream_rtf_min < 1.0:
             break
-    return SpeakerRun(label, latency, one, rows)
+    return SpeakerRun(label, latency, one, rows, yardstick_latency=paired)

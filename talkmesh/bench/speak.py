@@ -73,48 +73,55 @@ async def bench(args: argparse.Namespace) -> BenchReport:
     command = "talkmesh bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     metrics = None
     mesh_run: SpeakerRun
-    if args.target:
-        speaker = GrpcSpeaker(args.target)
-        try:
-            mesh_run = await run_speaker(speaker, work, "mesh", sweep=True)
-        finally:
-            await speaker.close()
-    else:
-        with tempfile.TemporaryDirectory() as logs:
-            async with Mesh(env=env, log_dir=Path(logs)) as mesh:
-                speaker = GrpcSpeaker(mesh.gateway)
-                pids = {name: sp.proc.pid for name, sp in mesh.processes.items()}
+    # The in-process yardstick runs next to the mesh: its latency series is alternated with the
+    # mesh's request by request (the ratio target compares them), the rest of its run follows.
+    inprocess = None if args.no_inprocess else await InProcessSpeaker.start({**os.environ, **env})
+    try:
+        if args.target:
+            speaker = GrpcSpeaker(args.target)
+            try:
+                mesh_run = await run_speaker(speaker, work, "mesh", sweep=True, yardstick=inprocess)
+            finally:
+                await speaker.close()
+        else:
+            with tempfile.TemporaryDirectory() as logs:
+                async with Mesh(env=env, log_dir=Path(logs)) as mesh:
+                    speaker = GrpcSpeaker(mesh.gateway)
+                    pids = {name: sp.proc.pid for name, sp in mesh.processes.items()}
 
-                urls = {name: mesh.metrics_url(name) for name in pids}
+                    urls = {name: mesh.metrics_url(name) for name in pids}
 
-                def cpu() -> dict[str, float]:
-                    return {name: process_cpu_seconds(pid) for name, pid in pids.items()}
+                    def cpu() -> dict[str, float]:
+                        return {name: process_cpu_seconds(pid) for name, pid in pids.items()}
 
-                def wire() -> dict[str, float]:
-                    return stream_bytes(urls)
+                    def wire() -> dict[str, float]:
+                        return stream_bytes(urls)
 
-                try:
-                    mesh_run = await run_speaker(speaker, work, "mesh", sweep=True, cpu=cpu, wire=wire)
-                finally:
-                    await speaker.close()
-                metrics = await asyncio.to_thread(renderer_metrics, mesh.metrics_url("renderer"))
-    report = BenchReport(
-        machine=machine(),
-        command=command,
-        git=git_revision(),
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        backend=work.backend,
-        size=work.size,
-        mesh=mesh_run,
-        renderer_metrics=metrics,
-    )
-    if not args.no_inprocess:
-        inprocess = await InProcessSpeaker.start({**os.environ, **env})
-        try:
-            report.inprocess = await run_speaker(inprocess, work, "in-process", sweep=False)
-        finally:
+                    try:
+                        mesh_run = await run_speaker(
+                            speaker, work, "mesh", sweep=True, cpu=cpu, wire=wire, yardstick=inprocess
+                        )
+                    finally:
+                        await speaker.close()
+                    metrics = await asyncio.to_thread(renderer_metrics, mesh.metrics_url("renderer"))
+        report = BenchReport(
+            machine=machine(),
+            command=command,
+            git=git_revision(),
+            date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            backend=work.backend,
+            size=work.size,
+            mesh=mesh_run,
+            renderer_metrics=metrics,
+        )
+        if inprocess is not None:
+            report.inprocess = await run_speaker(
+                inprocess, work, "in-process", sweep=False, latency=mesh_run.yardstick_latency
+            )
+            compare_with_inprocess(report)
+    finally:
+        if inprocess is not None:
             await inprocess.close()
-        compare_with_inprocess(report)
     if not args.no_components:
         wav2lip = None
         if work.backend == "wav2lip":

@@ -181,3 +181,33 @@ def test_live_timeline_counts_frames_per_fragment():
     # frame 2 missing after a two-frame fragment (0..1), then frame 4 sent twice (an overlap)
     assert timeline([(0, 2), (3, 2), (4, 1)]) == (5, 3, 1, 1)
     assert timeline([(0, 1), (1, 1), (1, 1)]) == (3, 3, 0, 1)
+
+
+async def test_the_yardstick_latency_series_is_alternated_with_the_mesh() -> None:
+    order: list[str] = []
+
+    class Named(FakeSpeaker):
+        def __init__(self, name: str, ttff: float) -> None:
+            super().__init__()
+            self.name, self.ttff = name, ttff
+
+        async def speak(self, request: gpb.SpeakRequest) -> RequestResult:
+            order.append(self.name)
+            r = await super().speak(request)
+            return RequestResult(self.ttff, r.total, r.audio_seconds, r.frames, r.summary)
+
+    mesh, yard = Named("mesh", 0.030), Named("yard", 0.020)
+    work = Workload(backend="viseme", size="360p", requests=4, concurrency=(1,))
+    run = await run_speaker(mesh, work, "mesh", sweep=True, yardstick=yard, echo=lambda line: None)
+    # warm-up pairs, then the series: mesh first on even requests, the yardstick first on odd ones
+    assert order[:4] == ["mesh", "yard"] * 2
+    assert order[4:12] == ["mesh", "yard", "yard", "mesh", "mesh", "yard", "yard", "mesh"]
+    assert set(order[12:]) == {"mesh"}  # the single stream and the sweep are the mesh's alone
+    assert [r.request_id for r in mesh.requests[2:6]] == [r.request_id for r in yard.requests[2:6]]
+    assert run.latency.ttff_ms.p50 == pytest.approx(30.0)
+    assert run.yardstick_latency is not None and run.yardstick_latency.ttff_ms.p50 == pytest.approx(20.0)
+    # the yardstick's own run reuses that series instead of running one of its own
+    before = len(yard.requests)
+    ip = await run_speaker(yard, work, "in-process", sweep=False, latency=run.yardstick_latency, echo=lambda line: None)
+    assert ip.latency is run.yardstick_latency
+    assert len(yard.requests) - before == 2 + 3 + 4  # warm-up, the paragraph x3, 4 streams
