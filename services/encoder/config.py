@@ -118,8 +118,8 @@ class AudioConfig:
 
 @dataclass(frozen=True)
 class StreamDefaults:
-    # Fragment duration when EncodeConfig.fragment_ms is 0. A fragment leaves as soon as the next
-    # packet after it is muxed, so one frame's worth (40 ms at 25 fps) means one fragment per frame.
+    # Fragment duration when EncodeConfig.fragment_ms is 0: a fragment holds the fewest frames that
+    # last this long and leaves the moment its last one is encoded (40 ms at 25 fps: one per frame).
     fragment_ms: int = 40
     # Frames pulled from the renderer whose fragments may leave in one message: when the next frame
     # is already waiting, its fragment joins the same message (at most this many frames), so a

@@ -10,11 +10,12 @@ audio sample 0 plays with video frame 0 (the price is a fade-in over the first ~
 which is TTS leading silence in practice). At the end the audio is padded with silence up to the
 end of the last video frame, so both tracks end together.
 
-Fragmented MP4 is written by hand (``services.encoder.fmp4``, the live sessions' writer): libavformat
-only writes the init segment, and a fragment of ``fragment_ms`` of frames (one frame at the default
-40 ms) leaves the moment its last frame is encoded, with the audio packets encoded so far. (The mov
+Fragmented MP4 is written by hand (``services.encoder.fmp4``, the live sessions' writer):
+libavformat only writes the init segment, and a fragment of ``fragment_ms`` of frames (one frame
+at the default 40 ms and 25 fps) leaves the moment its last frame is encoded, with the audio
+packets encoded so far (an encoder's priming before sample 0 is cut, as libavformat did). The mov
 muxer would close a fragment only when the next packet arrives, after interleaving the tracks by
-timestamp: the first fragment waited for frames 1 and 2 to be encoded.) MP4 and MPEG-TS go through
+timestamp: the first fragment waited for frames 1 and 2 to be encoded. MP4 and MPEG-TS go through
 libavformat.
 """
 
@@ -310,6 +311,8 @@ class EncodeSession:
         assert self._fragments is not None and self._fragments.audio is not None and self._audio is not None
         rate = self._audio.codec_context.sample_rate
         samples = packet.duration or self._audio.codec_context.frame_size or 1024
+        if packet.pts is not None and packet.pts < 0:
+            samples += packet.pts  # the part before sample 0 is priming (Opus: 312 samples): cut
         if packet.time_base is not None and packet.time_base != Fraction(1, rate):
             samples = round(samples * packet.time_base * rate)
         return samples * self._fragments.audio.timescale // rate

@@ -83,12 +83,12 @@ class GatewayConfig:
     # costs every hop (tts, audio_features, encoder and the gateway between them) a third of the
     # messages. Must fit in max_audio_ahead_seconds with the feature look-ahead.
     tts_max_chunk_ms: int = 800
-    # First things first: until a request's first fragment is out (at most this long), the encoder
-    # (and so the renderer) gets only what frame 0 needs: the first TTS chunk's audio and the first
-    # feature batch; the rest waits, so the first frame does not share the cores with the frames
-    # after it (TTS and the feature stage still get all the audio: their look-ahead is not held).
-    # 0 turns it off. Also bounds what a request whose first fragment needs later frames (a whole-
-    # file MP4, long fragment_ms) waits once.
+    # First things first: until a request's first fragment is out (at most this long after its
+    # first TTS chunk), the encoder (and so the renderer) gets what frame 0 needs: the first chunk,
+    # the first feature batch and the audio and visemes of that batch's frames; the rest waits, in
+    # order, so the first frame does not share the cores with the frames after it. TTS and the
+    # feature stage get all the audio (their look-ahead is never held). 0 turns it off; a whole-file
+    # MP4 or fragments longer than the first chunk are never held (docs/ARCHITECTURE.md).
     start_hold_ms: int = 100
     live: LiveSettings = field(default_factory=LiveSettings)
     # API keys (off by default; docs/SECURITY.md).

@@ -18,9 +18,10 @@ hanging up, or the error, cancels every task and every downstream call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -108,6 +109,64 @@ class ReadAhead:
             self._progress.set()
 
 
+class StartHold:
+    """First things first (``GatewayConfig.start_hold_ms``): until a request's first fragment is out,
+    encoder-bound messages after the first TTS chunk wait here, in the order they came, so frame 0
+    does not share the cores with the rendering and encoding of the frames behind it.
+
+    The first feature batch goes at once, after the held chunks whose audio starts before the end
+    of its frames plus one (a chunk's visemes reach the encoder ahead of its frames' features, and
+    the renderer anticipates the next viseme by less than a frame); the hold ends when the first
+    fragment is out or ``seconds`` after it began, and what it held goes then, in order."""
+
+    def __init__(self, seconds: float, send: Callable[[dict[str, object]], Awaitable[None]]) -> None:
+        self.seconds = seconds
+        self.send = send
+        self.holding = False
+        self.held: collections.deque[tuple[int, dict[str, object]]] = collections.deque()
+        self.began = asyncio.Event()
+        self.first_out = asyncio.Event()
+        self.over = asyncio.Event()
+        if seconds <= 0:
+            self.over.set()
+
+    def begin(self) -> None:
+        """The first chunk is out: from now on messages wait (once per request)."""
+        if not self.over.is_set() and not self.began.is_set():
+            self.holding = True
+            self.began.set()
+
+    async def put(self, fields: dict[str, object], start: int, *, now: bool = False) -> None:
+        """Sends ``fields`` (a message whose audio starts at sample ``start``), or holds it."""
+        if self.holding and not now:
+            self.held.append((start, fields))
+        else:
+            await self.send(fields)
+
+    async def release_before(self, sample: int) -> None:
+        """Sends the held messages whose audio starts before ``sample``."""
+        while self.held and self.held[0][0] < sample:
+            await self.send(self.held.popleft()[1])
+
+    async def run(self) -> None:
+        """Ends the hold: on the first fragment, or ``seconds`` after the hold began."""
+        try:
+            if self.over.is_set():
+                return
+            await self.began.wait()
+            await wait_event(self.first_out, self.seconds)
+            while self.held:
+                await self.send(self.held.popleft()[1])
+            self.holding = False  # no await since the queue was found empty: nothing is left behind
+        finally:
+            self.over.set()
+
+    async def wait_over(self) -> None:
+        """Returns once nothing can be held any more (the end of the input waits for it)."""
+        if self.began.is_set():
+            await self.over.wait()
+
+
 def video_chunk(mc: epb.MediaChunk, seq: int) -> gpb.VideoChunk:
     """The public form of the encoder's output (the public API never exposes a stage's types)."""
     return gpb.VideoChunk(
@@ -183,12 +242,11 @@ class _Run:
         self.encoder_seq = 0
         self.open_inputs = {"tts", "features"}  # what still feeds the encoder
         self.end: epb.MediaChunk | None = None
-        # the start hold (GatewayConfig.start_hold_ms): encoder-bound messages wait here, in order,
-        # from the second TTS chunk and the second feature batch on, until the first fragment is out
-        self.holding = False
-        self.held: list[dict[str, object]] = []
-        self.first_out = asyncio.Event()
-        self.released = asyncio.Event()
+        out = request.output
+        # A whole-file MP4 has no fragments, and fragments longer than the first chunk need later
+        # frames: neither is held.
+        holds = out.container != cpb.CONTAINER_MP4 and out.fragment_ms <= max(cfg.tts_chunk_ms, 40)
+        self.hold = StartHold(cfg.start_hold_ms / 1000 if holds else 0.0, self._send_to_encoder)
 
     # -- sources ---------------------------------------------------------------------------
     def _synthesis_config(self) -> tpb.SynthesisConfig:
@@ -239,39 +297,21 @@ class _Run:
             ),
         )
 
-    async def _to_encoder(self, *, now: bool = False, **fields: object) -> None:
-        """Sends a message to the encoder; held during the start hold unless ``now``."""
-        if self.holding and not now:
-            self.held.append(fields)
-        else:
-            await self._send_to_encoder(fields)
+    async def _to_encoder(self, start: int = 0, *, now: bool = False, **fields: object) -> None:
+        """A message for the encoder (its audio starts at sample ``start``), through the start hold."""
+        await self.hold.put(fields, start, now=now)
 
     async def _send_to_encoder(self, fields: dict[str, object]) -> None:
         seq = self.encoder_seq
-        self.encoder_seq += 1  # before the send: another pump may send while this one waits for room
+        self.encoder_seq += 1  # taken before the send: unique even when both pumps send at once
         await self.to_encoder.send(epb.EncodeRequest(request_id=self.rid, seq=seq, **fields))  # type: ignore[arg-type]
-
-    def _start_holding(self) -> None:
-        if self.o.config.start_hold_ms and not self.released.is_set():  # once per request
-            self.holding = True
-
-    async def _release(self) -> None:
-        """Ends the start hold when the first fragment is out (or after start_hold_ms): what was
-        held goes to the encoder in the order it came, then messages go straight through again."""
-        try:
-            await wait_event(self.first_out, self.o.config.start_hold_ms / 1000)
-            while self.held:
-                await self._send_to_encoder(self.held.pop(0))
-            self.holding = False  # no await since the list was found empty: nothing is left behind
-        finally:
-            self.released.set()
 
     async def _input_done(self, name: str) -> None:
         """One of the encoder's inputs ended; after the last one the encoder stream ends."""
         self.open_inputs.discard(name)
         if not self.open_inputs:
-            await self._to_encoder(end_of_stream=True)
-            await self.released.wait()  # a short utterance may end during the start hold
+            await self._to_encoder(self.read_ahead.samples_read, end_of_stream=True)
+            await self.hold.wait_over()  # a short utterance may end during the start hold
             self.to_encoder.close()
 
     # -- pumps -----------------------------------------------------------------------------
@@ -302,12 +342,13 @@ class _Run:
                 # The chunk's visemes ride with its audio (the encoder hands them to the renderer),
                 # queued before the chunk reaches the feature stage: so before its frames' features.
                 audio.visemes.extend(chunk.visemes)
-                await self._to_encoder(audio=audio)
+                await self._to_encoder(chunk.sample_offset, audio=audio)
                 await self.to_features.send(features)
                 seq += 1
-                self._start_holding()  # the first chunk is out: later ones wait for the first fragment
+                self.hold.begin()  # the first chunk is out: what follows waits for the first fragment
             elif chunk.visemes:  # TTS's last message: the remaining visemes, no audio
-                await self._to_encoder(visemes=rpb.VisemeTrack(events=chunk.visemes))
+                start = min(v.start_sample for v in chunk.visemes)
+                await self._to_encoder(start, visemes=rpb.VisemeTrack(events=chunk.visemes))
             # end_of_stream: the loop still reads to the stream's end (TTS's OK), as for the media
         self.tl.last_audio = time.monotonic()
         if not self.read_ahead.samples_read:
@@ -340,8 +381,12 @@ class _Run:
             first = not self.tl.first_features
             if first:
                 self.tl.first_features = time.monotonic()
-            # the first batch (frame 0's features) is not held: its visemes went with the first chunk
-            await self._to_encoder(features=fc, now=first)
+                # frame 0's batch is not held; the audio and visemes of its frames (and of the
+                # frame after them) go first
+                last = fc.frames[-1].frame_index if fc.frames else fc.frame_index
+                if self.read_ahead.clock is not None:
+                    await self.hold.release_before(self.read_ahead.clock.start(last + 2))
+            await self._to_encoder(now=first, features=fc)
         await self._input_done("features")
 
     async def _pump_media(self, media: Stream) -> None:
@@ -351,7 +396,7 @@ class _Run:
         async for mc in media:
             self.read_ahead.encoded(mc.frames_encoded)
             if mc.frames_encoded:
-                self.first_out.set()
+                self.hold.first_out.set()
             if mc.data:
                 await self.out.send(mc)
             if mc.end_of_stream:
@@ -379,7 +424,7 @@ class _Run:
             tasks.spawn(self._pump_tts(tts), name="tts")
             tasks.spawn(self._pump_features(features), name="features")
             tasks.spawn(self._pump_media(media), name="media")
-            tasks.spawn(self._release(), name="start-hold")
+            tasks.spawn(self.hold.run(), name="start-hold")
             seq = 0
             async for item in self.out:
                 if not item.init_segment and not self.tl.first_fragment:

@@ -59,6 +59,7 @@ def test_the_services_that_move_raw_frames_are_the_ones_tuned():
 
 def test_a_refused_setting_is_named_and_does_not_stop_the_others(monkeypatch, caplog):
     import ctypes
+    import ctypes.util
 
     from talkmesh.common import memory
 
@@ -76,6 +77,7 @@ def test_a_refused_setting_is_named_and_does_not_stop_the_others(monkeypatch, ca
         mallopt = Mallopt()
 
     monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libc.so.6")
     monkeypatch.setattr(sys, "platform", "linux")
     with caplog.at_level("WARNING", logger=memory.__name__):
         assert memory.tune_malloc_for_frames({}) is False

@@ -38,8 +38,20 @@ class FakeDownstreams(Downstreams):
     (``batch_frames``); the encoder (which renders) one fragment per frame. ``fail`` names a stage
     that raises; ``hold`` makes TTS wait forever after its first chunk (for cancellation tests)."""
 
-    def __init__(self, chunks: int = 10, fail: str = "", hold: bool = False, whole_file: bool = False) -> None:
+    def __init__(
+        self,
+        chunks: int = 10,
+        fail: str = "",
+        hold: bool = False,
+        whole_file: bool = False,
+        chunk_frames: tuple[int, ...] = (),
+        lookahead_frames: int = 0,
+    ) -> None:
         self.chunks = chunks
+        #: frames of audio in each TTS chunk (the last size repeats); default one frame each
+        self.chunk_frames = chunk_frames
+        #: a frame's features need this many frames of audio after it (Wav2Lip mel, Whisper)
+        self.lookahead_frames = lookahead_frames
         #: the encoder sends nothing before the end (like a whole-file MP4)
         self.whole_file = whole_file
         #: encoder_inputs received when the first fragment went out
@@ -71,19 +83,27 @@ class FakeDownstreams(Downstreams):
     def synthesize(self, request: tpb.SynthesizeRequest, timeout: float | None) -> Stream:
         async def gen() -> AsyncIterator[cpb.AudioChunk]:
             n = SR // FPS
+            offset = 0
             for i in range(self.chunks):
                 if self.fail == "tts" and i == 2:
                     raise InvalidArgument("config.voice", "fake failure")
+                frames = self.chunk_frames[min(i, len(self.chunk_frames) - 1)] if self.chunk_frames else 1
                 yield cpb.AudioChunk(
                     seq=i,
                     sample_rate=SR,
-                    sample_offset=i * n,
-                    pcm=b"\x01\x00" * n,
-                    visemes=[cpb.VisemeEvent(viseme=cpb.VISEME_OPEN, start_sample=i * n, end_sample=(i + 1) * n)],
+                    sample_offset=offset,
+                    pcm=b"\x01\x00" * n * frames,
+                    visemes=[
+                        cpb.VisemeEvent(
+                            viseme=cpb.VISEME_OPEN, start_sample=offset + k * n, end_sample=offset + (k + 1) * n
+                        )
+                        for k in range(frames)
+                    ],
                 )
+                offset += n * frames
                 if self.hold and i == 0:
                     await asyncio.Event().wait()
-            yield cpb.AudioChunk(seq=self.chunks, sample_rate=SR, sample_offset=self.chunks * n, end_of_stream=True)
+            yield cpb.AudioChunk(seq=self.chunks, sample_rate=SR, sample_offset=offset, end_of_stream=True)
 
         return self._track("tts", gen())
 
@@ -118,7 +138,7 @@ class FakeDownstreams(Downstreams):
                     if self.fail == "features":
                         raise InvalidArgument("audio.pcm", "fake failure")
                     ready = []
-                    while (emitted + 1) * SR // FPS <= samples:
+                    while (emitted + 1 + self.lookahead_frames) * SR // FPS <= samples:
                         ready.append(fpb.FeatureChunk(frame_index=emitted, activity=cpb.FrameActivity(voiced=True)))
                         emitted += 1
                     for msg in answer(ready):

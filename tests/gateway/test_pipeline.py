@@ -13,6 +13,7 @@ from services.gateway.server import GatewayService
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
+from talkmesh.v1 import types_pb2 as api
 from tests.gateway.fakes import FPS, SR, FakeDownstreams
 
 
@@ -146,10 +147,11 @@ async def test_speak_stream_takes_text_pieces():
 
 
 async def test_until_the_first_fragment_the_encoder_gets_only_what_frame_0_needs():
-    """The start hold: config, the first chunk's audio, the first feature batch; the rest after."""
+    """The start hold: the config, the audio and visemes of frame 0 and the frame after it, frame 0's
+    feature batch; everything else after the first fragment, in order."""
     ds = FakeDownstreams(chunks=10)
     chunks = await _speak(ds)
-    assert ds.inputs_before_first_fragment == ["config", "audio", "features"]
+    assert ds.inputs_before_first_fragment == ["config", "audio", "audio", "features"]
     # then everything, in order: every frame after its visemes, the audio whole and contiguous
     assert ds.encoder_frames == 10 and chunks[-1].summary.frames == 10
     assert ds.frames_before_their_visemes == 0
@@ -159,17 +161,27 @@ async def test_until_the_first_fragment_the_encoder_gets_only_what_frame_0_needs
     off = FakeDownstreams(chunks=10)
     await _speak(off, config=GatewayConfig(start_hold_ms=0))
     assert off.inputs_before_first_fragment is not None
-    assert off.inputs_before_first_fragment.count("audio") > 1  # TTS runs ahead: later chunks came first
+    # the fake TTS yields all its chunks at once: without the hold they all came first
+    assert off.inputs_before_first_fragment.count("audio") == 10
     assert off.frames_before_their_visemes == 0 and off.encoder_frames == 10
 
 
-async def test_a_first_fragment_that_needs_later_frames_waits_for_the_hold_only_once():
-    """A whole-file encoder sends nothing before the end: the hold ends after start_hold_ms."""
+async def test_a_first_batch_that_looks_ahead_is_never_ahead_of_its_frames_visemes():
+    """A feature type with look-ahead (Wav2Lip mel, Whisper) answers frame 0 only after later
+    chunks: those chunks, held by then, go to the encoder before that first batch."""
+    ds = FakeDownstreams(chunks=4, chunk_frames=(5, 10), lookahead_frames=5)
+    chunks = await _speak(ds)
+    # nothing after chunk 1 (5 frames), frames 0-9 after chunk 2: its audio and visemes first
+    assert ds.inputs_before_first_fragment == ["config", "audio", "audio", "features"]
+    assert ds.frames_before_their_visemes == 0
+    assert ds.encoder_frames == 35 and chunks[-1].summary.frames == 35
+
+
+@pytest.mark.parametrize("container", [api.CONTAINER_FMP4, api.CONTAINER_MP4])
+async def test_a_first_fragment_that_needs_later_frames_does_not_wait_forever(container):
+    """An encoder that sends nothing before the end: an fMP4 request's hold ends after
+    start_hold_ms, once (a hold that came back would hang the request); a whole-file MP4 is not held."""
     ds = FakeDownstreams(chunks=10, whole_file=True)
-    config = GatewayConfig(start_hold_ms=200)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    chunks = await _speak(ds, config=config)
-    took = loop.time() - start
+    chunks = await _speak(ds, config=GatewayConfig(start_hold_ms=50), container=container)
     assert chunks[-1].summary.frames == 10 and ds.encoder_frames == 10
-    assert 0.2 <= took < 5
+    assert ds.frames_before_their_visemes == 0 and ds.encoder_inputs[-1] == "end"
