@@ -127,6 +127,7 @@ class StartHold:
         self.began = asyncio.Event()
         self.first_out = asyncio.Event()
         self.over = asyncio.Event()
+        self._flushing = asyncio.Lock()  # the end of the hold and the first batch's release take turns
         if seconds <= 0:
             self.over.set()
 
@@ -145,8 +146,9 @@ class StartHold:
 
     async def release_before(self, sample: int) -> None:
         """Sends the held messages whose audio starts before ``sample``."""
-        while self.held and self.held[0][0] < sample:
-            await self.send(self.held.popleft()[1])
+        async with self._flushing:
+            while self.held and self.held[0][0] < sample:
+                await self.send(self.held.popleft()[1])
 
     async def run(self) -> None:
         """Ends the hold: on the first fragment, or ``seconds`` after the hold began."""
@@ -155,9 +157,10 @@ class StartHold:
                 return
             await self.began.wait()
             await wait_event(self.first_out, self.seconds)
-            while self.held:
-                await self.send(self.held.popleft()[1])
-            self.holding = False  # no await since the queue was found empty: nothing is left behind
+            async with self._flushing:
+                while self.held:
+                    await self.send(self.held.popleft()[1])
+                self.holding = False  # no await since the queue was found empty: nothing is left behind
         finally:
             self.over.set()
 
