@@ -48,6 +48,11 @@
   const WEBAUDIO = query.get("audio") === "webaudio" && "AudioDecoder" in window && !!window.TalkmeshAudio;
   const AUDIO_RESYNC = knob("audio_resync", 0.04); // s the sound may drift from the picture
   const AUDIO_HORIZON = knob("audio_horizon", 0.3); // s of sound scheduled ahead
+  // A frame's sound arrives up to ~100 ms after the frame (the AAC encoder's delay, TTS chunks):
+  // the picture pauses when it comes within AUDIO_FLOOR of the decoded sound's end and plays on
+  // once AUDIO_RESUME is there (the picture never shows a frame whose sound is missing).
+  const AUDIO_FLOOR = knob("audio_floor", 0.02);
+  const AUDIO_RESUME = knob("audio_resume", 0.06);
   // A wall-clock time (ms since the epoch, e.g. the server's unix_seconds) on performance.now()'s
   // clock. Date.now() is read now, not derived from performance.timeOrigin: timeOrigin is fixed when
   // the page loads while the wall clock may be stepped or slewed later (tm.turns[id].clockDrift
@@ -71,7 +76,7 @@
     waiting: 0, // times playback stalled for want of data (the element's `waiting` event)
     lastMediaTime: 0,
     // the webaudio path's counters (null on the default page)
-    audio: WEBAUDIO ? { received: 0, decoded: 0, scheduled: 0, late: 0, resyncs: 0, drift: 0, errors: [] } : null,
+    audio: WEBAUDIO ? { received: 0, decoded: 0, scheduled: 0, late: 0, lateSound: 0, resyncs: 0, drift: 0, holds: 0, errors: [] } : null,
     speakingVisible: false,
     status: null,
     connected: false,
@@ -92,6 +97,7 @@
   let seekingTurn = null; // the turn whose start the last seek went to (its seekedAt is recorded)
   let audioPath = null; // webaudio.js's AudioPath (audio=webaudio)
   let audioTrack = null; // the audio track's id in the stream (audio=webaudio)
+  let waitingForSound = false; // the picture is paused until its sound is there (audio=webaudio)
 
   // -- events panel ---------------------------------------------------------------------------
   function logEvent(text) {
@@ -218,7 +224,8 @@
     const rate = lag > TARGET_LAG + 0.08 ? FAST_RATE : lag > TARGET_LAG + 0.04 ? Math.min(1.1, FAST_RATE) : 1.0;
     if (video.playbackRate !== rate) video.playbackRate = rate;
     tm.lag.last = lag;
-    if (video.paused && lag > TARGET_LAG / 2) video.play().catch(() => {});
+    if (waitingForSound) soundArrived();
+    else if (video.paused && lag > TARGET_LAG / 2) video.play().catch(() => {});
     $("t-lag").textContent = ms_(lag * 1000);
   }
 
@@ -234,6 +241,7 @@
     if (audioPath) {
       audioPath.offset = tm.offset ?? 0;
       audioPath.clock(t, meta.expectedDisplayTime, video.playbackRate);
+      holdForSound(t);
     }
     let speaking = false;
     for (const [id, turn] of Object.entries(tm.turns)) {
@@ -292,6 +300,7 @@
     if (audioPath) audioPath.close();
     audioPath = null;
     audioTrack = null;
+    waitingForSound = false;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     ws = new WebSocket(`${scheme}://${location.host}/v1/live${TIMING ? "?timing=1" : ""}`);
     ws.binaryType = "arraybuffer";
@@ -350,6 +359,7 @@
         audioTrack = audio ? audio.trackId : null;
         if (audio && audio.description) {
           audioPath = new A.AudioPath(video, { ...audio, resync: AUDIO_RESYNC, horizon: AUDIO_HORIZON }, tm.audio);
+          audioPath.onDecoded = soundArrived;
         }
         return true;
       }
@@ -361,6 +371,21 @@
     } catch (err) {
       showError(`webaudio: ${err.message}`);
       return true;
+    }
+  }
+
+  // audio=webaudio: the picture waits at the end of the decoded sound (see AUDIO_FLOOR).
+  function holdForSound(mediaTime) {
+    // the next frame too must have its sound
+    if (waitingForSound || video.paused || audioPath.edge() - mediaTime >= AUDIO_FLOOR + 1 / tm.fps) return;
+    waitingForSound = true;
+    tm.audio.holds += 1;
+    video.pause();
+  }
+  function soundArrived() {
+    if (waitingForSound && audioPath.edge() - video.currentTime >= AUDIO_RESUME) {
+      waitingForSound = false;
+      video.play().catch(() => {});
     }
   }
 

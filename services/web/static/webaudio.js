@@ -301,6 +301,7 @@
       if (this.loud.length > 2000) this.loud.splice(0, 1000);
       this.queue.push({ t, buffer, at: loud >= 0 ? t + loud / rate : null });
       this.schedule();
+      if (this.onDecoded) this.onDecoded();
     }
 
     // The picture's clock, from a painted frame: media time `media` shown at performance time `at`.
@@ -380,7 +381,8 @@
     stopAll(requeue = false) {
       for (const p of this.playing) this.stopNode(p);
       if (requeue) {
-        const back = this.playing.map((p) => ({ t: p.t, buffer: p.node.buffer, at: p.at }));
+        const now = this.ctx.currentTime;
+        const back = this.playing.filter((p) => p.endCtx > now).map((p) => ({ t: p.t, buffer: p.node.buffer, at: p.at }));
         this.queue = back.concat(this.queue.filter((q) => !back.length || q.t > back[back.length - 1].t));
       }
       this.playing = [];
@@ -401,7 +403,8 @@
         this.queue.shift();
         const endCtx = start + dur / a.rate;
         if (endCtx <= now) {
-          this.stats.late += 1;
+          this.stats.late += 1; // its time went by before it could be scheduled
+          if (q.at !== null) this.stats.lateSound += 1;
           continue;
         }
         const node = this.ctx.createBufferSource();
