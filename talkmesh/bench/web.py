@@ -114,6 +114,8 @@ class WebReport:
     stalls: int = 0
     #: the page's audio=webaudio counters (window.talkmesh.audio), None on the default page
     audio: dict[str, Any] | None = None
+    #: the same after the speak turns, before the interrupts (whose cuts skip speech on purpose)
+    audio_after_turns: dict[str, Any] | None = None
     #: console errors and uncaught exceptions in the page
     console_errors: list[str] = field(default_factory=list)
 
@@ -236,6 +238,7 @@ async def bench(args: argparse.Namespace) -> WebReport:
                 sampler = asyncio.create_task(_sample_lag(page, report))
                 try:
                     await _turns(page, report, args.turns)
+                    report.audio_after_turns = await page.evaluate("window.talkmesh.audio")
                     await _interrupts(page, report, args.turns)
                     await _keep_going(page, start + 60 * args.minutes)
                 finally:
@@ -290,7 +293,11 @@ def markdown(r: WebReport) -> str:
             row("playhead behind the wall clock (frame 0 + media time)", r.wall_lag_ms, "—"),
             "",
             f"Skips forward (playhead too far behind the live edge): {r.skips}; stalls (`waiting`): {r.stalls}.",
-            *([f"audio=webaudio counters: {r.audio}."] if r.audio else []),
+            *(
+                [f"audio=webaudio counters after the turns: {r.audio_after_turns}; at the end: {r.audio}."]
+                if r.audio
+                else []
+            ),
             *([f"Console errors: {len(r.console_errors)} (first: {r.console_errors[0]})."] if r.console_errors else []),
             "",
             "Where speak → paint goes (per turn, ms):",

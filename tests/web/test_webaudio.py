@@ -36,8 +36,11 @@ async def test_webaudio_plays_the_sound_in_sync_with_the_picture(tmp_path: Path)
             assert await page.evaluate("window.talkmesh.audio !== null"), "the webaudio path is on"
             await page.fill("#text", SENTENCE)
             await page.click("#speak")
-            turn = await wait_js(page, "window.talkmesh.turns.t1 && window.talkmesh.turns.t1.stopFrame != null"
-                                 " && !window.talkmesh.speakingVisible && window.talkmesh.turns.t1")
+            turn = await wait_js(
+                page,
+                "window.talkmesh.turns.t1 && window.talkmesh.turns.t1.stopFrame != null"
+                " && !window.talkmesh.speakingVisible && window.talkmesh.turns.t1",
+            )
             assert turn["reason"] == "STOP_REASON_COMPLETED"
             media = await page.evaluate(
                 """() => { const v = document.getElementById('avatar');
@@ -63,12 +66,17 @@ async def test_webaudio_plays_the_sound_in_sync_with_the_picture(tmp_path: Path)
             await wait_js(page, "window.talkmesh.turns.t2 && window.talkmesh.turns.t2.firstPainted")
             await page.wait_for_timeout(800)
             await page.click("#interrupt")
-            cut = await wait_js(page, "window.talkmesh.interrupts[0] && window.talkmesh.interrupts[0].toIdle"
-                                " && window.talkmesh.interrupts[0]")
+            cut = await wait_js(
+                page,
+                "window.talkmesh.interrupts[0] && window.talkmesh.interrupts[0].toIdle"
+                " && window.talkmesh.interrupts[0]",
+            )
             assert cut["toIdle"] < 500
             await page.wait_for_timeout(300)
-            heard = await page.evaluate("window.talkmesh.audioScheduledAfter(window.talkmesh.frameTime("
-                                        "window.talkmesh.interrupts[0].cutFrame) + 0.05)")
+            heard = await page.evaluate(
+                "window.talkmesh.audioScheduledAfter(window.talkmesh.frameTime("
+                "window.talkmesh.interrupts[0].cutFrame) + 0.05)"
+            )
             assert heard == 0, "no speech is scheduled after the cut"
             assert console.errors == []
         finally:
