@@ -321,8 +321,14 @@
           this.schedule();
           return;
         }
-        this.stats.resyncs += 1;
-        this.stopAll(true);
+        if (Math.abs(drift) <= this.config.resync) {
+          // only the rate changed: what is playing plays on at the new rate, the rest is scheduled again
+          this.stats.rateChanges += 1;
+          this.stopUnstarted(rate);
+        } else {
+          this.stats.resyncs += 1;
+          this.stopAll(true);
+        }
       }
       this.anchor = { media: raw, ctx: ctxAt, rate };
       this.schedule();
@@ -376,6 +382,17 @@
       p.node.disconnect();
     }
 
+    // Stops and requeues what has not started; what has plays on at `rate`.
+    stopUnstarted(rate) {
+      const now = this.ctx.currentTime;
+      const later = this.playing.filter((p) => p.startCtx > now);
+      for (const p of later) this.stopNode(p);
+      for (const p of this.playing) if (p.startCtx <= now) p.node.playbackRate.value = rate;
+      this.playing = this.playing.filter((p) => p.startCtx <= now);
+      const back = later.map((p) => ({ t: p.t, buffer: p.node.buffer, at: p.at }));
+      this.queue = back.concat(this.queue.filter((q) => !back.length || q.t > back[back.length - 1].t));
+    }
+
     // Stops what is scheduled; with `requeue` what is not heard yet goes back to the queue (it is
     // scheduled again on the next anchor).
     stopAll(requeue = false) {
@@ -413,7 +430,7 @@
         node.connect(this.gain);
         const skip = Math.max(0, (now - start) * a.rate);
         node.start(Math.max(start, now), skip);
-        const p = { t: q.t, end: q.t + dur, endCtx, node, at: q.at, stopped: false };
+        const p = { t: q.t, end: q.t + dur, startCtx: Math.max(start, now), endCtx, node, at: q.at, stopped: false };
         this.playing.push(p);
         this.history.push(p);
         if (this.history.length > 2000) this.history.splice(0, 1000);
