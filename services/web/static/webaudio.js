@@ -268,6 +268,8 @@
 
     // Encoded samples of one message, in order ({time, duration, data} in the audio timescale).
     push(samples) {
+      // a decoder that failed (an unsupported configuration: stats.errors says why) takes nothing
+      if (this.decoder.state !== "configured") return;
       const scale = this.config.timescale;
       for (const s of samples) {
         const t = s.time / scale;
