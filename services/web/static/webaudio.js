@@ -3,9 +3,9 @@
 // on the video's clock. Without an audio track Chromium's media pipeline does not wait for its audio
 // playback threshold (~200 ms) after every seek or stall. Plain JS, no build step.
 //
-// The fMP4 is the encoder's hand-written one (services/encoder/fmp4.py, live/fmp4.py before it moved): an init segment (ftyp + moov with
-// one trak and one trex per track) and fragments of moof {mfhd, traf per track {tfhd, tfdt, trun}}
-// + mdat, several of them back to back in one message.
+// The fMP4 is the encoder's hand-written one (services/encoder/fmp4.py, live/fmp4.py before it
+// moved): an init segment (ftyp + moov with one trak and one trex per track) and fragments of
+// moof {mfhd, traf per track {tfhd, tfdt, trun}} + mdat, several back to back in one message.
 "use strict";
 
 (() => {
