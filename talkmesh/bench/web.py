@@ -112,6 +112,12 @@ class WebReport:
     breakdown: dict[str, list[float]] = field(default_factory=dict)
     skips: int = 0
     stalls: int = 0
+    #: the page's audio=webaudio counters (window.talkmesh.audio), None on the default page
+    audio: dict[str, Any] | None = None
+    #: the same after the speak turns, before the interrupts (whose cuts skip speech on purpose)
+    audio_after_turns: dict[str, Any] | None = None
+    #: console errors and uncaught exceptions in the page
+    console_errors: list[str] = field(default_factory=list)
 
 
 #: speak -> paint in parts, from the page's per-turn timestamps (performance.now(); the server's
@@ -143,7 +149,10 @@ RAW = (
     ("first speech frame ahead of the playhead when speaking_started arrived (ms)", "ahead"),
     ("the page's estimate of a speech seek's cost then (ms)", "seekCost"),
     ("clock drift: Date.now() ahead of performance.timeOrigin + now() (ms; not a delay)", "clockDrift"),
+    ("audio=webaudio: the first speaking frame's sound heard minus the frame shown (ms; lip sync)", "avSync"),
 )
+#: audio=webaudio: the turn's first sound minus its first frame on the media timeline (ms)
+ONSET = "audio=webaudio: the turn's first sound minus its first speaking frame (media time, ms)"
 
 
 async def _turns(page: Any, report: WebReport, turns: int) -> None:
@@ -168,6 +177,9 @@ async def _turns(page: Any, report: WebReport, turns: int) -> None:
             if t.get(key) is not None:
                 report.breakdown.setdefault(name, []).append(float(t[key]))
         await wait_js(page, f"window.talkmesh.turns['{tid}'].stopFrame != null && !window.talkmesh.speakingVisible")
+        onset = await page.evaluate(f"window.talkmesh.audioOnset('{tid}')")
+        if onset is not None:
+            report.breakdown.setdefault(ONSET, []).append(1000 * float(onset))
         await asyncio.sleep(0.3)
 
 
@@ -216,6 +228,8 @@ async def bench(args: argparse.Namespace) -> WebReport:
             browser = await launch(pw, exe, tuple(args.browser_flag))
             try:
                 page = await browser.new_page(viewport={"width": 1280, "height": 800})
+                page.on("console", lambda m: report.console_errors.extend([m.text] if m.type == "error" else []))
+                page.on("pageerror", lambda e: report.console_errors.append(str(e)))
                 # timing=1: the edge stamps its messages, so the relay's share shows (docs/WEB.md)
                 query = "?" + "&".join(q for q in ("timing=1", args.page_query) if q)
                 await page.goto(f"http://{mesh.address('web')}/{query}")
@@ -224,6 +238,7 @@ async def bench(args: argparse.Namespace) -> WebReport:
                 sampler = asyncio.create_task(_sample_lag(page, report))
                 try:
                     await _turns(page, report, args.turns)
+                    report.audio_after_turns = await page.evaluate("window.talkmesh.audio")
                     await _interrupts(page, report, args.turns)
                     await _keep_going(page, start + 60 * args.minutes)
                 finally:
@@ -233,6 +248,7 @@ async def bench(args: argparse.Namespace) -> WebReport:
                 report.lag_ms = [1000 * x for x in await page.evaluate("window.talkmesh.lag.samples")]
                 report.skips = int(await page.evaluate("window.talkmesh.lag.skips"))
                 report.stalls = int(await page.evaluate("window.talkmesh.waiting"))
+                report.audio = await page.evaluate("window.talkmesh.audio")
                 if args.screenshot:
                     await page.screenshot(path=args.screenshot)
             finally:
@@ -277,6 +293,12 @@ def markdown(r: WebReport) -> str:
             row("playhead behind the wall clock (frame 0 + media time)", r.wall_lag_ms, "—"),
             "",
             f"Skips forward (playhead too far behind the live edge): {r.skips}; stalls (`waiting`): {r.stalls}.",
+            *(
+                [f"audio=webaudio counters after the turns: {r.audio_after_turns}; at the end: {r.audio}."]
+                if r.audio
+                else []
+            ),
+            *([f"Console errors: {len(r.console_errors)} (first: {r.console_errors[0]})."] if r.console_errors else []),
             "",
             "Where speak → paint goes (per turn, ms):",
             "",

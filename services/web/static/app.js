@@ -42,6 +42,17 @@
   // `?timing=1`: the edge stamps every JSON message with when it got it (edge_unix_seconds), so
   // the relay's share of speak -> paint can be told apart (docs/WEB.md; `talkmesh bench web`).
   const TIMING = query.get("timing") === "1";
+  // `?audio=webaudio` (experimental, docs/WEB.md): the <video> plays a video-only stream and the
+  // audio is decoded with WebCodecs and played in an AudioContext on the video's clock
+  // (webaudio.js), so Chromium's audio playback threshold no longer holds the picture back.
+  const WEBAUDIO = query.get("audio") === "webaudio" && "AudioDecoder" in window && !!window.TalkmeshAudio;
+  const AUDIO_RESYNC = knob("audio_resync", 0.04); // s the sound may drift from the picture
+  const AUDIO_HORIZON = knob("audio_horizon", 0.3); // s of sound scheduled ahead
+  // A frame's sound arrives up to ~100 ms after the frame (the AAC encoder's delay, TTS chunks):
+  // the picture pauses when it comes within AUDIO_FLOOR of the decoded sound's end and plays on
+  // once AUDIO_RESUME is there (the picture never shows a frame whose sound is missing).
+  const AUDIO_FLOOR = knob("audio_floor", 0.02);
+  const AUDIO_RESUME = knob("audio_resume", 0.06);
   // A wall-clock time (ms since the epoch, e.g. the server's unix_seconds) on performance.now()'s
   // clock. Date.now() is read now, not derived from performance.timeOrigin: timeOrigin is fixed when
   // the page loads while the wall clock may be stepped or slewed later (tm.turns[id].clockDrift
@@ -64,6 +75,8 @@
     painted: 0,
     waiting: 0, // times playback stalled for want of data (the element's `waiting` event)
     lastMediaTime: 0,
+    // the webaudio path's counters (null on the default page)
+    audio: WEBAUDIO ? { received: 0, decoded: 0, scheduled: 0, late: 0, lateSound: 0, resyncs: 0, rateChanges: 0, drift: 0, holds: 0, errors: [] } : null,
     speakingVisible: false,
     status: null,
     connected: false,
@@ -82,6 +95,9 @@
   let rushTo = null; // media time playback rushes to (speech_seek=2)
   let seekCost = 0.2; // s, the measured cost of a speech seek (see SPEECH_SEEK_MIN)
   let seekingTurn = null; // the turn whose start the last seek went to (its seekedAt is recorded)
+  let audioPath = null; // webaudio.js's AudioPath (audio=webaudio)
+  let audioTrack = null; // the audio track's id in the stream (audio=webaudio)
+  let waitingForSound = false; // the picture is paused until its sound is there (audio=webaudio)
 
   // -- events panel ---------------------------------------------------------------------------
   function logEvent(text) {
@@ -103,7 +119,14 @@
     return (tm.offset ?? 0) + Number(frame) / tm.fps;
   }
 
+  // The stream's MIME type without its audio codec (audio=webaudio).
+  function videoOnly(mime) {
+    return mime.replace(/codecs="([^"]*)"/, (_, list) =>
+      `codecs="${list.split(",").map((c) => c.trim()).filter((c) => !/^(mp4a|opus|ac-3|ec-3)/.test(c)).join(",")}"`);
+  }
+
   function setupMedia(mime) {
+    if (WEBAUDIO) mime = videoOnly(mime);
     if (!window.MediaSource || !MediaSource.isTypeSupported(mime)) {
       showError(`this browser cannot play ${mime}`);
       return;
@@ -174,7 +197,10 @@
   function keepLive() {
     if (!video.buffered.length) return;
     // the live edge: the newest frame that is due, not the frames that rode ahead of the clock
-    const end = video.buffered.end(video.buffered.length - 1) - riding();
+    let end = video.buffered.end(video.buffered.length - 1) - riding();
+    // audio=webaudio: the sound of a frame arrives a little after the frame (the AAC encoder's
+    // delay); the picture keeps its distance from where both are there
+    if (audioPath) end = Math.min(end, audioPath.edge());
     if (video.currentTime < video.buffered.start(0)) video.currentTime = video.buffered.start(0);
     let lag = end - video.currentTime;
     if (tm.painted > 25) {
@@ -198,7 +224,8 @@
     const rate = lag > TARGET_LAG + 0.08 ? FAST_RATE : lag > TARGET_LAG + 0.04 ? Math.min(1.1, FAST_RATE) : 1.0;
     if (video.playbackRate !== rate) video.playbackRate = rate;
     tm.lag.last = lag;
-    if (video.paused && lag > TARGET_LAG / 2) video.play().catch(() => {});
+    if (waitingForSound) soundArrived();
+    else if (video.paused && lag > TARGET_LAG / 2) video.play().catch(() => {});
     $("t-lag").textContent = ms_(lag * 1000);
   }
 
@@ -211,6 +238,11 @@
     tm.painted += 1;
     const t = meta.mediaTime;
     tm.lastMediaTime = t;
+    if (audioPath) {
+      audioPath.offset = tm.offset ?? 0;
+      audioPath.clock(t, meta.expectedDisplayTime, video.playbackRate);
+      holdForSound(t);
+    }
     let speaking = false;
     for (const [id, turn] of Object.entries(tm.turns)) {
       if (turn.startFrame == null) continue;
@@ -220,6 +252,10 @@
         speaking = true;
         if (turn.firstPainted == null) {
           turn.firstPainted = now;
+          if (audioPath) {
+            // lip sync: when this frame's sound is heard minus when the frame is shown (ms)
+            turn.avSync = audioPath.heardAt(t) - meta.expectedDisplayTime;
+          }
           if (turn.seekAt != null) seekCost = 0.7 * seekCost + 0.3 * Math.min(1, (now - turn.seekAt) / 1000);
           if (turn.pressed != null) {
             turn.ttff = now - turn.pressed;
@@ -261,6 +297,10 @@
     }
     tm.turns = {};
     tm.started = null;
+    if (audioPath) audioPath.close();
+    audioPath = null;
+    audioTrack = null;
+    waitingForSound = false;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     ws = new WebSocket(`${scheme}://${location.host}/v1/live${TIMING ? "?timing=1" : ""}`);
     ws.binaryType = "arraybuffer";
@@ -278,6 +318,7 @@
         const head = pendingMedia;
         pendingMedia = null;
         const item = { data: ev.data, head };
+        if (WEBAUDIO && !splitAudio(item)) return;
         const count = head && !head.init_segment ? Number(head.frame_count || 0) : 0;
         if (count) tm.ahead = { seconds: (count - 1) / tm.fps, at: performance.now() };
         if (head && head.turn_id) {
@@ -303,6 +344,49 @@
       setConnection(`disconnected: ${why}; reconnecting…`);
       reconnectTimer = setTimeout(connect, 2000);
     };
+  }
+
+  // audio=webaudio: the init segment and fragments lose their audio track, which goes to the
+  // AudioPath. False when nothing is left for the SourceBuffer.
+  function splitAudio(item) {
+    const A = window.TalkmeshAudio;
+    try {
+      if (item.head && item.head.init_segment) {
+        const { init, audio } = A.splitInit(item.data);
+        item.data = init;
+        if (audioPath) audioPath.close();
+        audioPath = null;
+        audioTrack = audio ? audio.trackId : null;
+        if (audio && audio.description) {
+          audioPath = new A.AudioPath(video, { ...audio, resync: AUDIO_RESYNC, horizon: AUDIO_HORIZON }, tm.audio);
+          audioPath.onDecoded = soundArrived;
+        }
+        return true;
+      }
+      if (audioTrack === null) return true;
+      const { video: data, audio } = A.splitFragments(item.data, audioTrack);
+      if (audioPath && audio.length) audioPath.push(audio);
+      item.data = data;
+      return data !== null;
+    } catch (err) {
+      showError(`webaudio: ${err.message}`);
+      return true;
+    }
+  }
+
+  // audio=webaudio: the picture waits at the end of the decoded sound (see AUDIO_FLOOR).
+  function holdForSound(mediaTime) {
+    // the next frame too must have its sound
+    if (waitingForSound || video.paused || audioPath.edge() - mediaTime >= AUDIO_FLOOR + 1 / tm.fps) return;
+    waitingForSound = true;
+    tm.audio.holds += 1;
+    video.pause();
+  }
+  function soundArrived() {
+    if (waitingForSound && audioPath.edge() - video.currentTime >= AUDIO_RESUME) {
+      waitingForSound = false;
+      video.play().catch(() => {});
+    }
   }
 
   function onMessage(msg) {
@@ -407,6 +491,7 @@
   // (A few frames are quicker to play than a seek, which decodes again from the last keyframe.)
   function dropAfterCut(frame) {
     const cut = frameTime(frame);
+    if (audioPath) audioPath.cut(cut);
     if (cut - video.currentTime > CUT_SEEK) video.currentTime = cut;
   }
 
@@ -414,6 +499,7 @@
   function unmute() {
     video.muted = false;
     $("unmute").hidden = true;
+    if (audioPath) audioPath.syncMuted();
     video.play().catch(() => {});
   }
 
@@ -665,7 +751,12 @@
     if (file) upload(file);
     else showError("drop: no file in what was dropped");
   });
-  video.addEventListener("waiting", () => { tm.waiting += 1; });
+  video.addEventListener("waiting", () => {
+    tm.waiting += 1;
+    if (audioPath) audioPath.hold();
+  });
+  for (const type of ["seeking", "pause"]) video.addEventListener(type, () => audioPath && audioPath.hold());
+  video.addEventListener("volumechange", () => audioPath && audioPath.syncMuted());
   video.addEventListener("seeked", () => {
     if (seekingTurn) seekingTurn.seekedAt = performance.now();
     seekingTurn = null;
@@ -677,6 +768,10 @@
   tm.speak = speak;
   tm.interrupt = interrupt;
   tm.frameTime = frameTime;
+  // audio=webaudio: a turn's first sound minus its first frame, in media time (s; null: not known)
+  tm.audioScheduledAfter = (media) => (audioPath ? audioPath.scheduledSoundAfter(media) : null);
+  tm.audioOnset = (id) => (audioPath && tm.turns[id] && tm.turns[id].startFrame != null
+    ? audioPath.onsetAfter(frameTime(tm.turns[id].startFrame)) : null);
 
   video.requestVideoFrameCallback(onFrame);
   setInterval(keepLive, 100);
