@@ -7,8 +7,11 @@ launch flags, kept there because the bench is not a test).
 from __future__ import annotations
 
 import base64
+import contextlib
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -53,6 +56,32 @@ class Console:
     def attach(self, page) -> None:  # type: ignore[no-untyped-def]
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+
+#: The window the page tests use (the README screenshot's size).
+VIEWPORT = {"width": 1280, "height": 860}
+
+
+@contextlib.asynccontextmanager
+async def browser_page(
+    extra_args: tuple[str, ...] = (), viewport: dict[str, int] | None = None
+) -> AsyncIterator[tuple[Any, Console]]:
+    """A page in the system's headless Chromium (launched with talkmesh.bench.web's flags and
+    ``extra_args``) and the console errors it collects; the browser is closed on the way out."""
+    from playwright.async_api import async_playwright
+
+    from talkmesh.bench.web import launch
+
+    exe = chromium_path()
+    console = Console()
+    async with async_playwright() as pw:
+        browser = await launch(pw, exe, extra_args)
+        try:
+            page = await browser.new_page(**({"viewport": viewport} if viewport else {}))
+            console.attach(page)
+            yield page, console
+        finally:
+            await browser.close()
 
 
 async def grab(page) -> Grab:  # type: ignore[no-untyped-def]

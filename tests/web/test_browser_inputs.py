@@ -13,11 +13,11 @@ import grpc
 import numpy as np
 import pytest
 
-from talkmesh.bench.web import launch, wait_js
+from talkmesh.bench.web import wait_js
 from talkmesh.v1 import tts_pb2, tts_pb2_grpc
 from tests.live_helpers import mouth_openness
 from tests.mesh import inprocess_mesh
-from tests.web.browser import Console, Grab, chromium_path, grab
+from tests.web.browser import VIEWPORT, Grab, browser_page, grab
 from tests.web.test_api import portrait
 
 pytestmark = pytest.mark.timeout(180)
@@ -56,18 +56,11 @@ async def _speech_wav(address: str, path: Path) -> float:
 
 
 async def test_drag_and_drop_uploads_an_avatar_and_the_microphone_speaks(tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright
-
-    exe = chromium_path()
-    console = Console()
-    async with inprocess_mesh(tmp_path, web=True) as mesh, async_playwright() as pw:
+    async with inprocess_mesh(tmp_path, web=True) as mesh:
         wav = tmp_path / "speech.wav"
         seconds = await _speech_wav(mesh.hosts["tts"].address, wav)
         assert seconds > 1.5
-        browser = await launch(pw, exe, (f"--use-file-for-fake-audio-capture={wav}",))
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 860})
-            console.attach(page)
+        async with browser_page((f"--use-file-for-fake-audio-capture={wav}",), viewport=VIEWPORT) as (page, console):
             await page.goto(mesh.web_url)
             await wait_js(page, "window.talkmesh.started && window.talkmesh.painted > 20")
             assert await page.locator("#mic").get_attribute("aria-pressed") == "false"
@@ -127,6 +120,4 @@ async def test_drag_and_drop_uploads_an_avatar_and_the_microphone_speaks(tmp_pat
             resting, moving = gaps[: len(rest)], gaps[len(rest) :]
             assert moving.max() > resting.max() + 0.05, (moving.round(3), resting.round(3))
             assert np.percentile(moving, 80) > np.median(resting) + 0.03
-        finally:
-            await browser.close()
     assert console.errors == [], console.errors

@@ -14,8 +14,7 @@ import pytest
 from services.encoder.backends import X264Backend
 from services.encoder.config import AudioConfig, VideoConfig
 from services.encoder.session import EncodeSession, StreamParams
-from talkmesh.bench.web import launch
-from tests.web.browser import Console, chromium_path
+from tests.web.browser import browser_page
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,20 +63,10 @@ def _speak_fmp4(audio_codec: str) -> tuple[bytes, str]:
 
 @pytest.mark.parametrize("audio_codec", ["aac", "opus"])
 async def test_speak_fmp4_plays_through_mse_in_chromium(audio_codec: str) -> None:
-    from playwright.async_api import async_playwright
-
-    exe = chromium_path()
     data, mime = _speak_fmp4(audio_codec)
-    async with async_playwright() as p:
-        browser = await launch(p, exe)
-        try:
-            page = await browser.new_page()
-            console = Console()
-            console.attach(page)
-            await page.set_content("<!doctype html><html><body></body></html>")
-            got = await page.evaluate(PLAY, [base64.b64encode(data).decode(), mime])
-        finally:
-            await browser.close()
+    async with browser_page() as (page, console):
+        await page.set_content("<!doctype html><html><body></body></html>")
+        got = await page.evaluate(PLAY, [base64.b64encode(data).decode(), mime])
     assert "err" not in got or got["err"] is None, got
     assert got["errors"] == [] and console.errors == []
     seconds = FRAMES / FPS
