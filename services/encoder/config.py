@@ -221,12 +221,18 @@ class EncoderConfig:
     renderer: Endpoint = field(default_factory=lambda: Endpoint(default_target("renderer")))
     # Audio released to the AAC encoder ahead of the frame being encoded (seconds), when rendering.
     audio_lead_seconds: float = 0.25
+    # First things first, when rendering an fMP4 stream: the renderer gets the first fragment's
+    # frames alone, and the rest of their feature batch once that fragment is out or, for a
+    # renderer that needs more input before its first frame, after this long (0: no wait).
+    first_fragment_wait_ms: int = 100
     # Live sessions (the Live RPC).
     live: LiveConfig = field(default_factory=LiveConfig)
 
     def validate(self) -> None:
         if not 0 <= self.audio_lead_seconds <= 2:
             raise ConfigError.at("audio_lead_seconds", "must be within 0..2")
+        if not 0 <= self.first_fragment_wait_ms <= 10_000:
+            raise ConfigError.at("first_fragment_wait_ms", "must be within 0..10000")
         if self.limits.max_chunk_bytes > self.server.max_message_bytes - 64 * 1024:
             raise ConfigError.at("limits.max_chunk_bytes", "must stay at least 64 KiB below server.max_message_bytes")
         if self.defaults.fragment_ms > self.limits.max_fragment_ms:

@@ -10,12 +10,13 @@ handler at ``yield``, which stops the reader and lets gRPC flow control push bac
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import grpc
@@ -31,16 +32,19 @@ from services.encoder.live.session import LiveSession
 from services.encoder.render import FrameSource, GrpcFrameSource, unbatched
 from services.encoder.session import EncodeSession, StreamParams
 from services.encoder.validation import FrameAssembler, check_audio, stream_params
-from talkmesh.common.aio import Chan, TaskSet
+from talkmesh.common.aio import Chan, TaskSet, wait_event
 from talkmesh.common.clock import MediaClock, fps_fraction
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
-from talkmesh.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, live_pb2, renderer_pb2
+from talkmesh.v1 import audio_features_pb2, common_pb2, encoder_pb2, encoder_pb2_grpc, live_pb2, renderer_pb2
 
 log = logging.getLogger(__name__)
+
+#: Avatar frame sizes remembered for opening an encoder before frame 0 (EncoderServicer.frame_sizes).
+FRAME_SIZES_KEPT = 1024
 
 SERVICE_NAME = "talkmesh.v1.Encoder"
 #: Whole-file MP4 streams output nothing until the end; they report progress this often (frames).
@@ -126,6 +130,11 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self.frame_source = frame_source
         self.idle_loops = IdleLoops(config.live.max_loops)
         self.renderer_down = False
+        # The frame size (width, height, pixel format) the renderer sent last for an avatar, backend
+        # and size preset: the next such stream opens its encoder while frame 0 is being rendered.
+        self.frame_sizes: collections.OrderedDict[tuple[str, str, str], tuple[int, int, int]] = (
+            collections.OrderedDict()
+        )
         # Set by EncoderService.start() once the probe has run.
         self.backend: VideoBackend | None = None
         self.fallback: VideoBackend | None = None
@@ -236,6 +245,11 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         )
 
     async def _open(self, session: EncodeSession, output: _Output) -> list[encoder_pb2.MediaChunk]:
+        init = await self._open_session(session)
+        return output.chunks(init, session, init=session.params.container == "fmp4")
+
+    async def _open_session(self, session: EncodeSession) -> bytes:
+        """Opens the session's codecs and muxer; returns the init segment (or the header bytes)."""
         params = session.params
         with self.telemetry.stage("open", container=params.container):
             init = await asyncio.to_thread(session.open)
@@ -248,7 +262,13 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             session.mime_type,
             session.video_encoder,
         )
-        return output.chunks(init, session, init=params.container == "fmp4")
+        return init
+
+    def _remember_size(self, key: tuple[str, str, str], size: tuple[int, int, int]) -> None:
+        self.frame_sizes[key] = size
+        self.frame_sizes.move_to_end(key)
+        while len(self.frame_sizes) > FRAME_SIZES_KEPT:
+            self.frame_sizes.popitem(last=False)
 
     async def _finish(self, session: EncodeSession, output: _Output, started: float) -> list[encoder_pb2.MediaChunk]:
         with self.telemetry.stage("finish"):
@@ -365,21 +385,45 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
 
         try:
             async with TaskSet("encoder", on_error=fail) as tasks:
-                reader = tasks.spawn(_route(stream, audio, render_in, timing, base), name="route-requests")
+                # fMP4: the first fragment's frames are rendered alone (see _route)
+                wait = self.config.first_fragment_wait_ms / 1000
+                first_frames = base.fragment_frames if base.container == "fmp4" and wait else 0
+                reader = tasks.spawn(
+                    _route(stream, audio, render_in, timing, base, first_batch=first_frames, wait=wait),
+                    name="route-requests",
+                )
                 tasks.spawn(_pull_frames(source, waiting), name="pull-frames")
+                # The encoder opens while frame 0 is being rendered, at the size this avatar's frames
+                # had last time (a frame 0 of another size gets its own session).
+                opening: asyncio.Task[bytes] | None = None
+                key = (cfg.render.avatar_id, cfg.render.backend, cfg.render.size)
+                guess = self.frame_sizes.get(key)
+                if guess is not None:
+                    w, h, pixel_format = guess
+                    session = self._session(
+                        stream_params(cfg, self.config, size=(w, h), pixel_format_value=pixel_format)
+                    )
+                    opening = tasks.spawn(self._open_session(session), name="open-encoder")
                 async for vf in waiting:
                     if vf.end_of_stream:
                         break
-                    if session is None:
+                    if frames is None:
                         timing.first_frame = time.perf_counter()
                         trace.get_current_span().add_event("first_frame")
                         params = stream_params(
                             cfg, self.config, size=(vf.width, vf.height), pixel_format_value=vf.pixel_format
                         )
-                        session = self._session(params)
+                        self._remember_size(key, (vf.width, vf.height, vf.pixel_format))
+                        init = await opening if opening is not None else b""
+                        if session is None or session.params != params:
+                            if session is not None:
+                                await asyncio.to_thread(session.close)
+                            session = self._session(params)
+                            init = await self._open_session(session)
                         frames = FrameAssembler(params)
-                        for msg in await self._open(session, output):
+                        for msg in output.chunks(init, session, init=params.container == "fmp4"):
                             yield msg
+                    assert session is not None
                     assert frames is not None
                     raw = frames.add(vf)
                     if raw is None:
@@ -390,6 +434,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                         first = not timing.first_fragment
                         if first:
                             timing.first_fragment = time.perf_counter()
+                            timing.fragment_out.set()
                             self._first_fragment(started)
                         pending += data
                         pending_frames += 1
@@ -433,11 +478,33 @@ def _render_config(cfg: encoder_pb2.EncodeConfig, params: StreamParams) -> rende
     return out
 
 
+def _split_batch(
+    batch: audio_features_pb2.FeatureChunk, frames: int
+) -> tuple[audio_features_pb2.FeatureChunk | None, audio_features_pb2.FeatureChunk]:
+    """A feature batch as (its first ``frames`` frames, the rest); (None, batch) when it holds no more."""
+    if len(batch.frames) <= frames:
+        return None, batch
+    head = audio_features_pb2.FeatureChunk(
+        request_id=batch.request_id,
+        seq=batch.seq,
+        frame_index=batch.frames[0].frame_index,
+        frames=batch.frames[:frames],
+    )
+    rest = audio_features_pb2.FeatureChunk(
+        request_id=batch.request_id,
+        seq=batch.seq,
+        frame_index=batch.frames[frames].frame_index,
+        frames=batch.frames[frames:],
+    )
+    return head, rest
+
+
 @dataclass
 class _RenderTiming:
     first_input: float = 0.0
     first_frame: float = 0.0
     first_fragment: float = 0.0
+    fragment_out: asyncio.Event = field(default_factory=asyncio.Event)  # the first fragment is out
 
     def stages(self) -> list[common_pb2.StageTiming]:
         out = []
@@ -473,8 +540,16 @@ async def _route(
     render_in: Chan[renderer_pb2.RenderRequest],
     timing: _RenderTiming,
     params: StreamParams,
+    *,
+    first_batch: int = 0,
+    wait: float = 0.0,
 ) -> None:
-    """Audio to the interleaver, renderer input to the Render stream; closes it at the end."""
+    """Audio to the interleaver, renderer input to the Render stream; closes it at the end.
+
+    First things first: from a feature batch of more than ``first_batch`` frames (the first
+    fragment's), the renderer gets those frames alone and the rest once the fragment is out (or
+    after ``wait`` seconds), so frame 0 is not encoded while the frames behind it are rendered.
+    """
     seq = 1
     async for req in stream:
         kind = req.WhichOneof("kind")
@@ -491,11 +566,18 @@ async def _route(
         elif kind in ("visemes", "features"):
             if not timing.first_input:
                 timing.first_input = time.perf_counter()
-            msg = renderer_pb2.RenderRequest(request_id=req.request_id, seq=seq)
+            msg = renderer_pb2.RenderRequest(request_id=req.request_id)
             if kind == "visemes":
                 msg.visemes.CopyFrom(req.visemes)
             else:
-                msg.features.CopyFrom(req.features)
+                head, batch = _split_batch(req.features, first_batch) if first_batch else (None, req.features)
+                first_batch = 0
+                if head is not None:
+                    await render_in.send(renderer_pb2.RenderRequest(request_id=req.request_id, seq=seq, features=head))
+                    seq += 1
+                    await wait_event(timing.fragment_out, wait)
+                msg.features.CopyFrom(batch)
+            msg.seq = seq
             await render_in.send(msg)
             seq += 1
         elif kind == "frame":

@@ -68,6 +68,11 @@ class StreamParams:
             return self.width * self.height * 3 // 2
         return self.width * self.height * 3
 
+    @property
+    def fragment_frames(self) -> int:
+        """Frames per fMP4 fragment: the fewest whose duration reaches ``fragment_ms`` (exact fractions)."""
+        return max(1, math.ceil(Fraction(self.fragment_ms) * self.fps / 1000))
+
     def samples_for_frames(self, frames: int) -> int:
         """Audio samples covered by ``frames`` video frames (the frame boundary rule)."""
         return frames * self.sample_rate * self.fps.denominator // self.fps.numerator
@@ -140,8 +145,7 @@ class EncodeSession:
         self._video_samples: list[bytes] = []
         self._keyframes: list[bool] = []
         self._audio_samples: list[Sample] = []
-        # frames per fragment: the fewest whose duration reaches fragment_ms (exact fractions)
-        self._fragment_frames = max(1, math.ceil(Fraction(params.fragment_ms) * params.fps / 1000))
+        self._fragment_frames = params.fragment_frames
 
     # -- set-up -------------------------------------------------------------------------------
     @_locked

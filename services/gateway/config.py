@@ -86,9 +86,10 @@ class GatewayConfig:
     # First things first: until a request's first fragment is out (at most this long after its
     # first TTS chunk), the encoder (and so the renderer) gets what frame 0 needs: the first chunk,
     # the first feature batch and the audio and visemes of that batch's frames; the rest waits, in
-    # order, so the first frame does not share the cores with the frames after it. TTS and the
-    # feature stage get all the audio (their look-ahead is never held). 0 turns it off; a whole-file
-    # MP4 or fragments longer than the first chunk are never held (docs/ARCHITECTURE.md).
+    # order, so the first frame does not share the cores with the frames after it. The feature
+    # stage gets the audio it needs for frame 0 (look-ahead included); then TTS is read no further
+    # until the hold ends. 0 turns it off; a whole-file MP4 or fragments longer than the first
+    # chunk are never held (docs/ARCHITECTURE.md).
     start_hold_ms: int = 100
     live: LiveSettings = field(default_factory=LiveSettings)
     # API keys (off by default; docs/SECURITY.md).

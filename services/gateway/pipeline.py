@@ -117,7 +117,9 @@ class StartHold:
     The first feature batch goes at once, after the held chunks whose audio starts before the end
     of its frames plus one (a chunk's visemes reach the encoder ahead of its frames' features, and
     the renderer anticipates the next viseme by less than a frame); the hold ends when the first
-    fragment is out or ``seconds`` after it began, and what it held goes then, in order."""
+    fragment is out or ``seconds`` after it began, and what it held goes then, in order. Once frame
+    0 has its features, TTS is not read either until then (``tts_may_read``); the encoder likewise
+    renders the first fragment's frames alone (services/encoder/server.py)."""
 
     def __init__(self, seconds: float, send: Callable[[dict[str, object]], Awaitable[None]]) -> None:
         self.seconds = seconds
@@ -125,6 +127,7 @@ class StartHold:
         self.holding = False
         self.held: collections.deque[tuple[int, dict[str, object]]] = collections.deque()
         self.began = asyncio.Event()
+        self.frame0_fed = asyncio.Event()  # frame 0's features went to the encoder
         self.first_out = asyncio.Event()
         self.over = asyncio.Event()
         self._flushing = asyncio.Lock()  # the end of the hold and the first batch's release take turns
@@ -143,6 +146,13 @@ class StartHold:
             self.held.append((start, fields))
         else:
             await self.send(fields)
+
+    async def tts_may_read(self) -> None:
+        """Once frame 0 has its features, TTS is read no further until the hold ends: synthesizing
+        and extracting the rest would take the cores from frame 0. (Until then it is read: feature
+        types with look-ahead answer frame 0 only after later chunks.)"""
+        if self.frame0_fed.is_set():
+            await self.over.wait()
 
     async def release_before(self, sample: int) -> None:
         """Sends the held messages whose audio starts before ``sample``."""
@@ -323,6 +333,7 @@ class _Run:
         seq = 1
         async for chunk in tts:
             await self.read_ahead.wait_for_room()
+            await self.hold.tts_may_read()
             if not self.sample_rate and chunk.sample_rate:
                 self.sample_rate = chunk.sample_rate
                 self.read_ahead.start(chunk.sample_rate)
@@ -390,6 +401,8 @@ class _Run:
                 if self.read_ahead.clock is not None:
                     await self.hold.release_before(self.read_ahead.clock.start(last + 2))
             await self._to_encoder(now=first, features=fc)
+            if first:
+                self.hold.frame0_fed.set()
         await self._input_done("features")
 
     async def _pump_media(self, media: Stream) -> None:

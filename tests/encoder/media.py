@@ -109,6 +109,7 @@ class Decoded:
     audio_end: float = 0.0  # end of the last audio packet
     audio_codec: str = ""
     audio_samples: np.ndarray | None = None
+    size: tuple[int, int] = (0, 0)  # the video's width and height
 
     @property
     def video_seconds(self) -> float:
@@ -132,6 +133,7 @@ def decode(data: bytes, fmt: str | None = None) -> Decoded:
         for frame in c.decode(video=0):
             assert frame.pts is not None and frame.time_base is not None
             out.video_pts.append(float(frame.pts * frame.time_base))
+            out.size = (frame.width, frame.height)
             yuv = frame.to_ndarray(format="yuv420p")
             out.lumas.append(float(yuv[: frame.height].mean()))
             out.rgb_means.append(frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0))

@@ -4,6 +4,7 @@ that were ready together in one message, without losing or reordering a frame.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -78,7 +79,9 @@ async def test_fragments_ready_together_leave_in_one_message(coalesce: int) -> N
 
 async def test_visemes_riding_with_the_audio_reach_the_renderer_before_later_features() -> None:
     """EncodeRequest.audio.visemes go to the renderer as a visemes message, in their place among the
-    renderer input (so before the features sent after that audio); feature batches pass as they are."""
+    renderer input (so before the features sent after that audio). The first feature batch reaches
+    this renderer, which reads all its input before its first frame, in two parts: frame 0's, and
+    the rest after first_fragment_wait_ms (no first fragment can come before it)."""
     samples = SR // 5  # one 200 ms chunk: 5 frames
     n = frames_for(samples)
     seen: list[renderer_pb2.RenderRequest] = []
@@ -114,6 +117,105 @@ async def test_visemes_riding_with_the_audio_reach_the_renderer_before_later_fea
         out = [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(iter(reqs))]
     assert out[-1].end_of_stream and out[-1].frames_encoded == n
     kinds = [r.WhichOneof("kind") or ("end" if r.end_of_stream else "") for r in seen]
-    assert kinds == ["config", "visemes", "features", "end"]
+    assert kinds == ["config", "visemes", "features", "features", "end"]
     assert list(seen[1].visemes.events) == [event]
-    assert seen[2].features == batch
+    assert list(seen[2].features.frames) == list(batch.frames[:1])
+    assert list(seen[3].features.frames) == list(batch.frames[1:]) and seen[3].features.frame_index == 1
+
+
+@pytest.mark.parametrize("fragment_ms", [0, 120])
+async def test_the_first_fragments_frames_are_rendered_alone(fragment_ms: int) -> None:
+    """First things first: from a batch of more frames than the first fragment holds, a renderer that
+    renders as its input comes gets only that fragment's frames, and the rest once the fragment is
+    out (first_fragment_wait_ms is 10 s here: a rest sent after the wait would miss the deadline)."""
+    n = 10
+    first = max(1, -(-fragment_ms * FPS // 1000))  # frames per fragment (one at the default 40 ms)
+    known_when_rendering: list[int] = []  # feature frames the renderer had seen, per frame rendered
+
+    async def render(requests: AsyncIterator[renderer_pb2.RenderRequest], _context: Any):
+        known = 0
+        async for req in requests:
+            frames = req.features.frames if req.WhichOneof("kind") == "features" else []
+            known += len(frames)
+            for fc in frames:
+                known_when_rendering.append(known)
+                yield common_pb2.VideoFrame(
+                    frame_index=fc.frame_index,
+                    width=W,
+                    height=H,
+                    pixel_format=common_pb2.PIXEL_FORMAT_I420,
+                    data=i420_frame(W, H, fc.frame_index),
+                )
+        yield common_pb2.VideoFrame(end_of_stream=True)
+
+    cfg = encoder_pb2.EncodeConfig(
+        request_id="t",
+        fps=FPS,
+        sample_rate=SR,
+        fragment_ms=fragment_ms,
+        render=renderer_pb2.RenderConfig(request_id="t"),
+    )
+    samples = n * SR // FPS
+    batch = audio_features_pb2.FeatureChunk(frame_index=0)
+    for i in range(n):
+        batch.frames.add(frame_index=i)
+    reqs = [
+        encoder_pb2.EncodeRequest(config=cfg),
+        audio_request(0, tone(samples)),
+        encoder_pb2.EncodeRequest(features=batch),
+        encoder_pb2.EncodeRequest(end_of_stream=True),
+    ]
+    env = {"TALKMESH_ENCODER__FIRST_FRAGMENT_WAIT_MS": "10000"}
+    service = create_service(
+        load_config(env=env), Telemetry("encoder"), nvenc_probe=lambda _: False, frame_source=LocalFrameSource(render)
+    )
+    async with asyncio.timeout(5), serve(service) as host, create_channel(host.address) as channel:
+        out = [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(iter(reqs))]
+    assert out[-1].end_of_stream and out[-1].frames_encoded == n
+    assert known_when_rendering == [first] * first + [n] * (n - first)
+    d = decode(b"".join(m.data for m in out))
+    assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)  # nothing lost or reordered
+
+
+async def test_the_encoder_opens_while_frame_0_is_rendered_at_the_size_it_had_last_time() -> None:
+    """The second stream of an avatar opens its encoder before the renderer sends frame 0 (this
+    renderer waits for that open); a frame 0 of another size gets a session of its own size."""
+    telemetry = Telemetry("encoder")
+
+    def opens() -> float:
+        labels = {"service": "encoder", "stage": "open"}
+        return telemetry.metrics.registry.get_sample_value("talkmesh_stage_duration_seconds_count", labels) or 0.0
+
+    opened_before_frame_0: list[bool] = []
+    sizes = iter([(W, H), (W, H), (W * 2, H)])
+
+    async def render(requests: AsyncIterator[renderer_pb2.RenderRequest], _context: Any):
+        w, h = next(sizes)
+        before = opens()
+        await anext(requests)  # the config
+        for _ in range(100):  # up to ~1 s for an open that should come
+            if opens() > before:
+                break
+            await asyncio.sleep(0.01)
+        opened_before_frame_0.append(opens() > before)
+        for i in range(n):
+            yield common_pb2.VideoFrame(
+                frame_index=i, width=w, height=h, pixel_format=common_pb2.PIXEL_FORMAT_I420, data=i420_frame(w, h, i)
+            )
+        yield common_pb2.VideoFrame(end_of_stream=True)
+
+    samples = SR // 2
+    n = frames_for(samples)
+    service = create_service(
+        load_config(), telemetry, nvenc_probe=lambda _: False, frame_source=LocalFrameSource(render)
+    )
+    decoded = []
+    async with serve(service) as host, create_channel(host.address) as channel:
+        for _ in range(3):
+            out = [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(iter(requests(samples)))]
+            decoded.append(decode(b"".join(m.data for m in out)))
+    assert opened_before_frame_0 == [False, True, True]  # the third opened at the old size, then again
+    assert opens() == 4
+    for d, w in zip(decoded, (W, W, W * 2), strict=True):
+        assert d.size == (w, H) and len(d.video_pts) == n
+        assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)

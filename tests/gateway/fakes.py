@@ -46,8 +46,15 @@ class FakeDownstreams(Downstreams):
         whole_file: bool = False,
         chunk_frames: tuple[int, ...] = (),
         lookahead_frames: int = 0,
+        paced_tts: bool = False,
     ) -> None:
         self.chunks = chunks
+        #: TTS yields a chunk only once the feature stage has the audio before it (a TTS slower than
+        #: the feature stage), and the encoder takes 50 event-loop steps to encode frame 0
+        self.paced_tts = paced_tts
+        self.feature_samples = 0
+        #: TTS chunks the gateway read while frame 0 was being encoded (paced_tts)
+        self.tts_chunks_read_during_frame_0: int | None = None
         #: frames of audio in each TTS chunk (the last size repeats); default one frame each
         self.chunk_frames = chunk_frames
         #: a frame's features need this many frames of audio after it (Wav2Lip mel, Whisper)
@@ -56,6 +63,8 @@ class FakeDownstreams(Downstreams):
         self.whole_file = whole_file
         #: encoder_inputs received when the first fragment went out
         self.inputs_before_first_fragment: list[str] | None = None
+        #: TTS chunks the gateway has read
+        self.tts_chunks_read = 0
         self.fail = fail
         self.hold = hold
         self.log: list[str] = []
@@ -88,6 +97,9 @@ class FakeDownstreams(Downstreams):
                 if self.fail == "tts" and i == 2:
                     raise InvalidArgument("config.voice", "fake failure")
                 frames = self.chunk_frames[min(i, len(self.chunk_frames) - 1)] if self.chunk_frames else 1
+                while self.paced_tts and self.feature_samples < offset:
+                    await asyncio.sleep(0)
+                self.tts_chunks_read = i + 1
                 yield cpb.AudioChunk(
                     seq=i,
                     sample_rate=SR,
@@ -135,6 +147,7 @@ class FakeDownstreams(Downstreams):
                     batch = self.feature_batches = req.config.batch_frames
                 if req.WhichOneof("kind") == "audio":
                     samples += len(req.audio.pcm) // 2
+                    self.feature_samples = samples
                     if self.fail == "features":
                         raise InvalidArgument("audio.pcm", "fake failure")
                     ready = []
@@ -188,6 +201,11 @@ class FakeDownstreams(Downstreams):
                         if self.whole_file:
                             continue
                         if self.inputs_before_first_fragment is None:
+                            if self.paced_tts:
+                                read = self.tts_chunks_read
+                                for _ in range(50):
+                                    await asyncio.sleep(0)
+                                self.tts_chunks_read_during_frame_0 = self.tts_chunks_read - read
                             self.inputs_before_first_fragment = list(self.encoder_inputs)
                         yield epb.MediaChunk(data=b"frag", frames_encoded=frames)
             if self.whole_file:

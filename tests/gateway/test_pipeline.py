@@ -166,6 +166,21 @@ async def test_until_the_first_fragment_the_encoder_gets_only_what_frame_0_needs
     assert off.frames_before_their_visemes == 0 and off.encoder_frames == 10
 
 
+@pytest.mark.parametrize("hold_ms", [100, 0])
+async def test_tts_is_not_read_while_frame_0_is_encoded(hold_ms):
+    """Once frame 0's features are out, the gateway reads no more TTS until the first fragment
+    (synthesis and extraction of the rest would share the cores with frame 0); without the hold it
+    goes on reading. At most the chunk already received waits at the gate."""
+    ds = FakeDownstreams(chunks=20, paced_tts=True)
+    chunks = await _speak(ds, config=GatewayConfig(start_hold_ms=hold_ms))
+    assert chunks[-1].summary.frames == 20 and ds.encoder_frames == 20
+    assert ds.tts_chunks_read_during_frame_0 is not None
+    if hold_ms:
+        assert ds.tts_chunks_read_during_frame_0 <= 1
+    else:
+        assert ds.tts_chunks_read_during_frame_0 >= 5
+
+
 async def test_a_first_batch_that_looks_ahead_is_never_ahead_of_its_frames_visemes():
     """A feature type with look-ahead (Wav2Lip mel, Whisper) answers frame 0 only after later
     chunks: those chunks, held by then, go to the encoder before that first batch."""
