@@ -222,8 +222,9 @@ class EncoderConfig:
     # Audio released to the AAC encoder ahead of the frame being encoded (seconds), when rendering.
     audio_lead_seconds: float = 0.25
     # First things first, when rendering an fMP4 stream: the renderer gets the first fragment's
-    # frames alone, and the rest of their feature batch once that fragment is out or, for a
-    # renderer that needs more input before its first frame, after this long (0: no wait).
+    # frames alone, and the rest of the first feature batch once they are encoded or, for a
+    # renderer that needs more input before its first frame, after this long. 0 turns it off
+    # (independent of gateway.start_hold_ms).
     first_fragment_wait_ms: int = 100
     # Live sessions (the Live RPC).
     live: LiveConfig = field(default_factory=LiveConfig)

@@ -130,9 +130,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self.frame_source = frame_source
         self.idle_loops = IdleLoops(config.live.max_loops)
         self.renderer_down = False
-        # The frame size (width, height, pixel format) the renderer sent last for an avatar, backend
-        # and size preset: the next such stream opens its encoder while frame 0 is being rendered.
-        self.frame_sizes: collections.OrderedDict[tuple[str, str, str], tuple[int, int, int]] = (
+        # The frame size (width, height, pixel format) the renderer sent last for an avatar, backend,
+        # size preset and pixel format: the next such stream opens its encoder ahead of frame 0.
+        self.frame_sizes: collections.OrderedDict[tuple[str, str, str, int], tuple[int, int, int]] = (
             collections.OrderedDict()
         )
         # Set by EncoderService.start() once the probe has run.
@@ -248,10 +248,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         init = await self._open_session(session)
         return output.chunks(init, session, init=session.params.container == "fmp4")
 
-    async def _open_session(self, session: EncodeSession) -> bytes:
+    async def _open_ahead(self, session: EncodeSession) -> bytes | None:
+        """``_open_session`` before frame 0 is here (stage ``open_ahead``); None if it failed (frame
+        0 then gets a session of its own, which reports the error if it has one)."""
+        try:
+            return await self._open_session(session, stage="open_ahead")
+        except Exception as exc:  # a miss, not the stream's failure
+            log.info("opening the encoder ahead of frame 0 failed: %s", exc)
+            return None
+
+    async def _open_session(self, session: EncodeSession, stage: str = "open") -> bytes:
         """Opens the session's codecs and muxer; returns the init segment (or the header bytes)."""
         params = session.params
-        with self.telemetry.stage("open", container=params.container):
+        with self.telemetry.stage(stage, container=params.container):
             init = await asyncio.to_thread(session.open)
         log.info(
             "encoding %dx%d@%s %s (%s) with %s",
@@ -264,7 +273,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         )
         return init
 
-    def _remember_size(self, key: tuple[str, str, str], size: tuple[int, int, int]) -> None:
+    def _remember_size(self, key: tuple[str, str, str, int], size: tuple[int, int, int]) -> None:
         self.frame_sizes[key] = size
         self.frame_sizes.move_to_end(key)
         while len(self.frame_sizes) > FRAME_SIZES_KEPT:
@@ -393,17 +402,18 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                     name="route-requests",
                 )
                 tasks.spawn(_pull_frames(source, waiting), name="pull-frames")
-                # The encoder opens while frame 0 is being rendered, at the size this avatar's frames
-                # had last time (a frame 0 of another size gets its own session).
-                opening: asyncio.Task[bytes] | None = None
-                key = (cfg.render.avatar_id, cfg.render.backend, cfg.render.size)
+                # The encoder opens now, while TTS, the feature stage and the renderer make frame 0, at
+                # the size this avatar's frames had last time (a frame 0 of another size gets its
+                # own session).
+                opening: asyncio.Task[bytes | None] | None = None
+                key = (cfg.render.avatar_id, cfg.render.backend, cfg.render.size, cfg.render.pixel_format)
                 guess = self.frame_sizes.get(key)
                 if guess is not None:
                     w, h, pixel_format = guess
                     session = self._session(
                         stream_params(cfg, self.config, size=(w, h), pixel_format_value=pixel_format)
                     )
-                    opening = tasks.spawn(self._open_session(session), name="open-encoder")
+                    opening = tasks.spawn(self._open_ahead(session), name="open-encoder")
                 async for vf in waiting:
                     if vf.end_of_stream:
                         break
@@ -414,9 +424,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                             cfg, self.config, size=(vf.width, vf.height), pixel_format_value=vf.pixel_format
                         )
                         self._remember_size(key, (vf.width, vf.height, vf.pixel_format))
-                        init = await opening if opening is not None else b""
-                        if session is None or session.params != params:
-                            if session is not None:
+                        init = await opening if opening is not None else None
+                        if init is None or session is None or session.params != params:
+                            if session is not None:  # opened ahead at another size, or failed to
                                 await asyncio.to_thread(session.close)
                             session = self._session(params)
                             init = await self._open_session(session)
@@ -430,11 +440,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                         continue
                     output.frames_inferred += int(vf.inferred)
                     data = await self._encode_frame(session, audio.until_frame(vf.frame_index), raw)
+                    if session.frames_in >= first_frames:
+                        timing.first_frames_encoded.set()
                     if data:
                         first = not timing.first_fragment
                         if first:
                             timing.first_fragment = time.perf_counter()
-                            timing.fragment_out.set()
                             self._first_fragment(started)
                         pending += data
                         pending_frames += 1
@@ -504,7 +515,8 @@ class _RenderTiming:
     first_input: float = 0.0
     first_frame: float = 0.0
     first_fragment: float = 0.0
-    fragment_out: asyncio.Event = field(default_factory=asyncio.Event)  # the first fragment is out
+    # the first fragment's frames are encoded (_route then sends the renderer the rest)
+    first_frames_encoded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stages(self) -> list[common_pb2.StageTiming]:
         out = []
@@ -546,9 +558,10 @@ async def _route(
 ) -> None:
     """Audio to the interleaver, renderer input to the Render stream; closes it at the end.
 
-    First things first: from a feature batch of more than ``first_batch`` frames (the first
-    fragment's), the renderer gets those frames alone and the rest once the fragment is out (or
-    after ``wait`` seconds), so frame 0 is not encoded while the frames behind it are rendered.
+    First things first: if the stream's first feature batch holds more than ``first_batch`` frames
+    (the first fragment's), the renderer gets those frames alone and the rest once they are encoded
+    (or after ``wait`` seconds, for a renderer that needs more input first), so frame 0 is not
+    encoded while the frames behind it are rendered. Meanwhile the caller's input waits.
     """
     seq = 1
     async for req in stream:
@@ -575,7 +588,7 @@ async def _route(
                 if head is not None:
                     await render_in.send(renderer_pb2.RenderRequest(request_id=req.request_id, seq=seq, features=head))
                     seq += 1
-                    await wait_event(timing.fragment_out, wait)
+                    await wait_event(timing.first_frames_encoded, wait)
                 msg.features.CopyFrom(batch)
             msg.seq = seq
             await render_in.send(msg)

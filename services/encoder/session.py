@@ -138,6 +138,7 @@ class EncodeSession:
         self._resampler: av.AudioResampler | None = None
         self._time_base = Fraction(params.fps.denominator, params.fps.numerator)
         self._finished = False
+        self._closed = False
         self._lock = threading.RLock()
         # fMP4: the hand-written fragments (the container only wrote the init segment)
         self._fragments: FragmentWriter | None = None
@@ -151,10 +152,12 @@ class EncodeSession:
     @_locked
     def open(self) -> bytes:
         """Opens encoders and muxer; returns the bytes written so far (the fMP4 init segment)."""
+        if self._closed:  # closed before this (queued) open ran: a cancelled stream
+            raise RuntimeError("the session was closed before it was opened")
         try:
             self._open_with(self.backend)
         except av.FFmpegError as exc:
-            self.close()
+            self._release()
             if self.fallback is None or self.fallback.name == self.backend.name:
                 status = self.backend.open_error(exc)
                 if status is not None:
@@ -361,7 +364,12 @@ class EncodeSession:
 
     @_locked
     def close(self) -> None:
-        """Releases the encoders (after an error or cancellation; idempotent)."""
+        """Releases the encoders (after an error or cancellation; idempotent). A session closed
+        before ``open`` ran stays closed."""
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
         container, self._container = self._container, None
         if container is not None:
             try:

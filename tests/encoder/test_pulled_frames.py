@@ -5,6 +5,7 @@ that were ready together in one message, without losing or reordering a frame.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -125,28 +126,49 @@ async def test_visemes_riding_with_the_audio_reach_the_renderer_before_later_fea
 
 @pytest.mark.parametrize("fragment_ms", [0, 120])
 async def test_the_first_fragments_frames_are_rendered_alone(fragment_ms: int) -> None:
-    """First things first: from a batch of more frames than the first fragment holds, a renderer that
-    renders as its input comes gets only that fragment's frames, and the rest once the fragment is
-    out (first_fragment_wait_ms is 10 s here: a rest sent after the wait would miss the deadline)."""
+    """First things first: from a first batch of more frames than the first fragment holds, the
+    renderer gets only that fragment's frames, and the rest once they are encoded. This renderer
+    takes 20 ms per frame and sees input arriving meanwhile; first_fragment_wait_ms is 10 s, so a
+    rest released by that timeout would miss the test's deadline."""
     n = 10
     first = max(1, -(-fragment_ms * FPS // 1000))  # frames per fragment (one at the default 40 ms)
-    known_when_rendering: list[int] = []  # feature frames the renderer had seen, per frame rendered
+    known_when_rendering: list[int] = []  # feature frames the renderer had, per frame it rendered
 
     async def render(requests: AsyncIterator[renderer_pb2.RenderRequest], _context: Any):
-        known = 0
-        async for req in requests:
-            frames = req.features.frames if req.WhichOneof("kind") == "features" else []
-            known += len(frames)
-            for fc in frames:
-                known_when_rendering.append(known)
+        known: list[int] = []
+        arrived, ended = asyncio.Event(), asyncio.Event()
+
+        async def read() -> None:
+            async for req in requests:
+                if req.WhichOneof("kind") == "features":
+                    known.extend(fc.frame_index for fc in req.features.frames)
+                    arrived.set()
+            ended.set()
+            arrived.set()
+
+        reader = asyncio.create_task(read())
+        try:
+            done = 0
+            while done < len(known) or not ended.is_set():
+                if done == len(known):
+                    arrived.clear()
+                    await arrived.wait()
+                    continue
+                await asyncio.sleep(0.02)  # rendering
+                known_when_rendering.append(len(known))
                 yield common_pb2.VideoFrame(
-                    frame_index=fc.frame_index,
+                    frame_index=done,
                     width=W,
                     height=H,
                     pixel_format=common_pb2.PIXEL_FORMAT_I420,
-                    data=i420_frame(W, H, fc.frame_index),
+                    data=i420_frame(W, H, done),
                 )
-        yield common_pb2.VideoFrame(end_of_stream=True)
+                done += 1
+            yield common_pb2.VideoFrame(end_of_stream=True)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
     cfg = encoder_pb2.EncodeConfig(
         request_id="t",
@@ -177,27 +199,27 @@ async def test_the_first_fragments_frames_are_rendered_alone(fragment_ms: int) -
     assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)  # nothing lost or reordered
 
 
-async def test_the_encoder_opens_while_frame_0_is_rendered_at_the_size_it_had_last_time() -> None:
+async def test_the_encoder_opens_ahead_of_frame_0_at_the_size_it_had_last_time() -> None:
     """The second stream of an avatar opens its encoder before the renderer sends frame 0 (this
-    renderer waits for that open); a frame 0 of another size gets a session of its own size."""
+    renderer waits up to 1 s for that open); a frame 0 of another size gets a session of its own."""
     telemetry = Telemetry("encoder")
 
-    def opens() -> float:
-        labels = {"service": "encoder", "stage": "open"}
+    def opens(stage: str) -> float:
+        labels = {"service": "encoder", "stage": stage}
         return telemetry.metrics.registry.get_sample_value("talkmesh_stage_duration_seconds_count", labels) or 0.0
 
-    opened_before_frame_0: list[bool] = []
-    sizes = iter([(W, H), (W, H), (W * 2, H)])
+    opened_ahead: list[bool] = []
+    streams = iter([(W, H, False), (W, H, True), (W * 2, H, True)])  # size, and whether to wait for the open
+    ahead_before = 0.0
 
     async def render(requests: AsyncIterator[renderer_pb2.RenderRequest], _context: Any):
-        w, h = next(sizes)
-        before = opens()
+        w, h, wait = next(streams)
         await anext(requests)  # the config
-        for _ in range(100):  # up to ~1 s for an open that should come
-            if opens() > before:
+        for _ in range(100 if wait else 0):
+            if opens("open_ahead") > ahead_before:
                 break
             await asyncio.sleep(0.01)
-        opened_before_frame_0.append(opens() > before)
+        opened_ahead.append(opens("open_ahead") > ahead_before)
         for i in range(n):
             yield common_pb2.VideoFrame(
                 frame_index=i, width=w, height=h, pixel_format=common_pb2.PIXEL_FORMAT_I420, data=i420_frame(w, h, i)
@@ -212,10 +234,12 @@ async def test_the_encoder_opens_while_frame_0_is_rendered_at_the_size_it_had_la
     decoded = []
     async with serve(service) as host, create_channel(host.address) as channel:
         for _ in range(3):
+            ahead_before = opens("open_ahead")
             out = [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(iter(requests(samples)))]
             decoded.append(decode(b"".join(m.data for m in out)))
-    assert opened_before_frame_0 == [False, True, True]  # the third opened at the old size, then again
-    assert opens() == 4
+    assert opened_ahead == [False, True, True]
+    # the third opened ahead at the old size, then again at its own
+    assert (opens("open_ahead"), opens("open")) == (2, 2)
     for d, w in zip(decoded, (W, W, W * 2), strict=True):
         assert d.size == (w, H) and len(d.video_pts) == n
         assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)

@@ -121,6 +121,24 @@ def test_aac_coder_is_configurable_and_reaches_the_encoder():
     assert encoded("fast") != encoded("twoloop")
 
 
+def test_a_session_closed_before_its_open_ran_stays_closed():
+    """A cancelled stream closes its session while the open queued for a worker thread has not run
+    yet: that open must not leave codecs and a muxer behind that nothing will close."""
+    from fractions import Fraction
+
+    from services.encoder.backends import X264Backend
+    from services.encoder.session import EncodeSession, StreamParams
+
+    cfg = load_config(env={})
+    session = EncodeSession(
+        StreamParams(64, 64, Fraction(25), "i420", 24000, "fmp4", "aac", 40), X264Backend(cfg.video), cfg.audio
+    )
+    session.close()
+    with pytest.raises(RuntimeError, match="closed before"):
+        session.open()
+    assert session._container is None
+
+
 @pytest.mark.parametrize("height", [64, 66, 270])  # 66 and 270: heights of 2 mod 4 (even, allowed)
 def test_wrapped_i420_frames_keep_their_planes(height):
     from services.encoder.frames import i420_frame
