@@ -127,8 +127,8 @@ class StartHold:
         self.holding = False
         self.held: collections.deque[tuple[int, dict[str, object]]] = collections.deque()
         self.began = asyncio.Event()
-        self.frame0_fed = asyncio.Event()  # frame 0's features went to the encoder
-        self.first_out = asyncio.Event()
+        self._frame0_fed = asyncio.Event()  # frame 0's features went to the encoder
+        self._first_out = asyncio.Event()
         self.over = asyncio.Event()
         self._flushing = asyncio.Lock()  # the end of the hold and the first batch's release take turns
         if seconds <= 0:
@@ -147,11 +147,19 @@ class StartHold:
         else:
             await self.send(fields)
 
+    def frame0_fed(self) -> None:
+        """Frame 0's features went to the encoder (``tts_may_read`` holds TTS from now on)."""
+        self._frame0_fed.set()
+
+    def fragment_out(self) -> None:
+        """The encoder sent its first fragment: the hold ends."""
+        self._first_out.set()
+
     async def tts_may_read(self) -> None:
         """Once frame 0 has its features, TTS is read no further until the hold ends: synthesizing
         and extracting the rest would take the cores from frame 0. (Until then it is read: feature
         types with look-ahead answer frame 0 only after later chunks.)"""
-        if self.frame0_fed.is_set():
+        if self._frame0_fed.is_set():
             await self.over.wait()
 
     async def release_before(self, sample: int) -> None:
@@ -166,7 +174,7 @@ class StartHold:
             if self.over.is_set():
                 return
             await self.began.wait()
-            await wait_event(self.first_out, self.seconds)
+            await wait_event(self._first_out, self.seconds)
             async with self._flushing:
                 while self.held:
                     await self.send(self.held.popleft()[1])
@@ -402,7 +410,7 @@ class _Run:
                     await self.hold.release_before(self.read_ahead.clock.start(last + 2))
             await self._to_encoder(now=first, features=fc)
             if first:
-                self.hold.frame0_fed.set()
+                self.hold.frame0_fed()
         await self._input_done("features")
 
     async def _pump_media(self, media: Stream) -> None:
@@ -412,7 +420,7 @@ class _Run:
         async for mc in media:
             self.read_ahead.encoded(mc.frames_encoded)
             if mc.frames_encoded:
-                self.hold.first_out.set()
+                self.hold.fragment_out()
             if mc.data:
                 await self.out.send(mc)
             if mc.end_of_stream:
