@@ -76,7 +76,7 @@
     waiting: 0, // times playback stalled for want of data (the element's `waiting` event)
     lastMediaTime: 0,
     // the webaudio path's counters (null on the default page)
-    audio: WEBAUDIO ? { received: 0, decoded: 0, scheduled: 0, late: 0, lateSound: 0, resyncs: 0, rateChanges: 0, drift: 0, holds: 0, errors: [] } : null,
+    audio: WEBAUDIO ? { received: 0, decoded: 0, scheduled: 0, late: 0, lateSound: 0, resyncs: 0, rateChanges: 0, drift: 0, holds: 0, muted: 0, errors: [] } : null,
     speakingVisible: false,
     status: null,
     connected: false,
