@@ -48,9 +48,10 @@
   const WEBAUDIO = query.get("audio") === "webaudio" && "AudioDecoder" in window && !!window.TalkmeshAudio;
   const AUDIO_RESYNC = knob("audio_resync", 0.04); // s the sound may drift from the picture
   const AUDIO_HORIZON = knob("audio_horizon", 0.3); // s of sound scheduled ahead
-  // A frame's sound arrives up to ~100 ms after the frame (the AAC encoder's delay, TTS chunks):
-  // the picture pauses when it comes within AUDIO_FLOOR of the decoded sound's end and plays on
-  // once AUDIO_RESUME is there (the picture never shows a frame whose sound is missing).
+  // A speaking frame's sound comes with the frame (the encoder encodes the speech ahead of the
+  // picture), but decoding takes a moment and an underrun's or idle frame's silence still ends
+  // short of it: the picture pauses when it comes within AUDIO_FLOOR of the decoded sound's end
+  // and plays on once AUDIO_RESUME is there (the picture never shows a frame whose sound is missing).
   const AUDIO_FLOOR = knob("audio_floor", 0.02);
   const AUDIO_RESUME = knob("audio_resume", 0.06);
   // A wall-clock time (ms since the epoch, e.g. the server's unix_seconds) on performance.now()'s
@@ -198,8 +199,8 @@
     if (!video.buffered.length) return;
     // the live edge: the newest frame that is due, not the frames that rode ahead of the clock
     let end = video.buffered.end(video.buffered.length - 1) - riding();
-    // audio=webaudio: the sound of a frame arrives a little after the frame (the AAC encoder's
-    // delay); the picture keeps its distance from where both are there
+    // audio=webaudio: the picture keeps its distance from where both it and its decoded sound are
+    // there (the sound may end a little short of the newest frame: decoding, idle silence)
     if (audioPath) end = Math.min(end, audioPath.edge());
     if (video.currentTime < video.buffered.start(0)) video.currentTime = video.buffered.start(0);
     let lag = end - video.currentTime;
