@@ -21,7 +21,7 @@ page mutes (docs/WEB.md).
 What a tick shows:
 
 * the current turn's next frame, when it is rendered and its audio has arrived (speech audio is
-  never sent without its frame);
+  never sent without its frame, or the frame before it: the lead above);
 * a repeat of the previous frame, with silence, when the current turn's next frame is late although
   its audio is there (an *underrun*: the turn moves one frame later, nothing of it is skipped);
 * idle otherwise: a short cross-fade from the last speech frame into the idle loop, then the
@@ -615,7 +615,7 @@ class LiveSession:
             targets = list(self.turns.values()) if not tid else [t for t in self.turns.values() if t.turn_id == tid]
             if self.current in targets and self._audio_ahead(n):
                 # the speech fed ahead of the picture past the cut is not sent (the packets sent
-                # already hold at most the lead: the page mutes them, docs/WEB.md)
+                # reach at most an AAC frame past it: the page mutes them, docs/WEB.md)
                 self._pending_audio += self.codecs.cut_audio()
             events = []
             for turn in targets:
