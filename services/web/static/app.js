@@ -42,10 +42,12 @@
   // `?timing=1`: the edge stamps every JSON message with when it got it (edge_unix_seconds), so
   // the relay's share of speak -> paint can be told apart (docs/WEB.md; `talkmesh bench web`).
   const TIMING = query.get("timing") === "1";
-  // `?audio=webaudio` (experimental, docs/WEB.md): the <video> plays a video-only stream and the
-  // audio is decoded with WebCodecs and played in an AudioContext on the video's clock
+  // The sound (docs/WEB.md): by default (`?audio=webaudio`) the <video> plays a video-only stream
+  // and the audio is decoded with WebCodecs and played in an AudioContext on the video's clock
   // (webaudio.js), so Chromium's audio playback threshold no longer holds the picture back.
-  const WEBAUDIO = query.get("audio") === "webaudio" && "AudioDecoder" in window && !!window.TalkmeshAudio;
+  // `?audio=mse`, and browsers without WebCodecs' AudioDecoder, play it in the <video> with the
+  // picture through MSE.
+  const WEBAUDIO = (query.get("audio") ?? "webaudio") === "webaudio" && "AudioDecoder" in window && !!window.TalkmeshAudio;
   const AUDIO_RESYNC = knob("audio_resync", 0.04); // s the sound may drift from the picture
   const AUDIO_HORIZON = knob("audio_horizon", 0.3); // s of sound scheduled ahead
   // A speaking frame's sound comes with the frame (the encoder encodes the speech ahead of the
@@ -76,7 +78,7 @@
     painted: 0,
     waiting: 0, // times playback stalled for want of data (the element's `waiting` event)
     lastMediaTime: 0,
-    // the webaudio path's counters (null on the default page)
+    // the Web Audio path's counters (null with `?audio=mse`)
     audio: WEBAUDIO ? { received: 0, decoded: 0, scheduled: 0, late: 0, lateSound: 0, resyncs: 0, rateChanges: 0, drift: 0, holds: 0, muted: 0, errors: [] } : null,
     speakingVisible: false,
     status: null,
