@@ -52,9 +52,11 @@
   const AUDIO_HORIZON = knob("audio_horizon", 0.3); // s of sound scheduled ahead
   // A speaking frame's sound comes with the frame (the encoder encodes the speech ahead of the
   // picture), but decoding takes a moment and an underrun's or idle frame's silence still ends
-  // short of it: the picture pauses when it comes within AUDIO_FLOOR of the decoded sound's end
-  // and plays on once AUDIO_RESUME is there (the picture never shows a frame whose sound is missing).
-  const AUDIO_FLOOR = knob("audio_floor", 0.02);
+  // short of it: the picture pauses when the decoded sound ends less than AUDIO_FLOOR past the
+  // shown frame's end and plays on once AUDIO_RESUME is there (the picture never shows a frame
+  // whose sound is missing). A 20 ms floor (the default before the encoder's lead) paused it ~10x
+  // as often for no fewer late sounds (BENCHMARKS.md, "The live sound ahead of the picture").
+  const AUDIO_FLOOR = knob("audio_floor", 0);
   const AUDIO_RESUME = knob("audio_resume", 0.06);
   // A wall-clock time (ms since the epoch, e.g. the server's unix_seconds) on performance.now()'s
   // clock. Date.now() is read now, not derived from performance.timeOrigin: timeOrigin is fixed when
