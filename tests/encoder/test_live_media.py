@@ -170,3 +170,47 @@ def test_idle_loop_is_a_ping_pong_of_whole_gops_each_starting_with_an_idr():
 def test_blend_is_a_cross_fade(weight):
     a, b = bytes([0]) * 12, bytes([200]) * 12
     assert set(blend_i420(a, b, weight)) == {round(200 * weight)}
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 24000])
+def test_an_interrupt_cut_drops_the_unsent_speech_and_keeps_the_timeline_exact(rate):
+    """Speech fed ahead of the picture and cut (``cut_audio``): the track goes on silent from the
+    packets sent, and later sound lands where it does in a stream never cut."""
+    spf = rate // 25
+    lead = 3 * 1024 * rate // 48000 + 100  # more than LiveCodecs.audio_lead's samples past the frame
+
+    def tone(n: int, start: int) -> bytes:
+        t = np.arange(start, start + n)
+        return (np.sin(2 * np.pi * 1500 * t / rate) * 6000).astype("<i2").tobytes()
+
+    def stream(cut: bool) -> np.ndarray:
+        codecs = LiveCodecs(LiveParams(W, H, Fraction(25), rate, "aac"), X264Backend(VideoConfig()), AudioConfig())
+        writer = FragmentWriter(codecs.init_segment, Fraction(25))
+        out = io.BytesIO()
+        out.write(codecs.init_segment)
+        for n in range(60):
+            video, key = codecs.video.encode(_frame(n), n, force_keyframe=n == 0)
+            lo, hi = n * spf, (n + 1) * spf
+            if n < 20:  # speech, fed with a lead past the frame (nothing past frame 19's end when not cut)
+                upto = hi + lead if cut else min(hi + lead, 20 * spf)
+                pcm = tone(upto - codecs.fed, codecs.fed) if upto > codecs.fed else b""
+            elif n < 40 or n >= 45:  # silence (the cut at frame 20), then speech again from 45
+                pcm = b"\x00\x00" * (hi - max(lo, codecs.fed))
+            else:
+                pcm = tone(hi - max(lo, codecs.fed), max(lo, codecs.fed))
+            audio = codecs.encode_audio(pcm)
+            if cut and n == 19:
+                audio += codecs.cut_audio()
+            out.write(writer.fragment([video], [key], audio))
+        out.write(writer.fragment([], [], codecs.flush_audio()))
+        codecs.close()
+        return _decode(out.getvalue())[1]
+
+    cut, reference = stream(True), stream(False)
+    assert abs(len(cut) - len(reference)) <= 1024
+    assert np.max(np.abs(cut[21 * 1920 : 40 * 1920 - 2048])) < 1e-3, "silent after the cut"
+    # the later sound lands where it does uncut, to the 48 kHz sample (the silence's length is a
+    # whole number of session samples: at 16 and 22.05 kHz the cut rounds to the nearest one)
+    lo, hi = 40 * 1920 + 2048, 45 * 1920 - 1024  # clear of its edges
+    off = min(np.max(np.abs(cut[lo:hi] - reference[lo + s : hi + s])) for s in (-1, 0, 1))
+    assert off < 0.02, "at the same place"

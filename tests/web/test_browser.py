@@ -35,7 +35,9 @@ async def _grab_while(page, condition: str, seconds: float) -> list[Grab]:  # ty
 
 async def test_the_page_plays_speaks_interrupts_and_reports_upload_errors(tmp_path: Path) -> None:
     async with inprocess_mesh(tmp_path, web=True) as mesh, browser_page(viewport=VIEWPORT) as (page, console):
-        await page.goto(mesh.web_url + "?timing=1")  # the edge stamps its messages (docs/WEB.md)
+        # the sound in the <video> through MSE (the default page plays it through Web Audio:
+        # test_webaudio.py); the edge stamps its messages (docs/WEB.md)
+        await page.goto(mesh.web_url + "?timing=1&audio=mse")
         # Accessible controls: every form control has a label.
         for control in ("text", "avatar-select", "voice-select", "audio-file", "upload-progress"):
             assert await page.locator(f"label[for='{control}']").count() == 1, control

@@ -28,6 +28,9 @@ AAC_RATE = 48_000
 AAC_FRAME = 1024  # samples per AAC frame
 #: Silent ticks fed to the encoder before its (identical) silent packets are reused.
 SILENCE_WARMUP_TICKS = 8
+#: Audio fed past a speaking frame's end beyond three codec frames (48 kHz samples): the resampler's
+#: filter holds a few samples back (see ``LiveCodecs.audio_lead``).
+LEAD_MARGIN = 128
 
 
 @dataclass(frozen=True)
@@ -123,14 +126,12 @@ class LiveCodecs:
         self.init_segment = sink.getvalue()
         self.video = VideoEncoder(video.codec_context, params)
         self.audio_ctx = astream.codec_context
-        self.resampler = av.AudioResampler(
-            format=self.audio_ctx.format.name,
-            layout="mono",
-            rate=AAC_RATE,
-            frame_size=self.audio_ctx.frame_size or None,
-        )
+        self._audio_options = aac_options(audio) if params.audio_codec == "aac" else {}
+        self.resampler = self._resampler()
         self.video_encoder = settings.codec_name
         self._audio_pts = 0
+        self.fed = 0  # samples handed to encode_audio / encode_silence (the session's rate)
+        self.sent = 0  # audio track time of the packets returned so far (48 kHz samples)
         # Silence is free: once a few silent ticks have flushed the encoder, its packets are all the
         # same bytes; they are sent without encoding while the input stays silent (idle sessions).
         self._silent_ticks = 0
@@ -146,12 +147,22 @@ class LiveCodecs:
         audio = "opus" if self.params.audio_codec == "opus" else "mp4a.40.2"
         return f'video/mp4; codecs="{video}, {audio}"'
 
+    @property
+    def audio_lead(self) -> int:
+        """Samples (at the session rate) a speaking frame's audio is fed past the frame's end, so the
+        frame's fragment carries every packet up to that end: FFmpeg's AAC encoder sends a frame's
+        packet two frames later (one frame of look-ahead, then AAC's delay of 1024 samples; Opus's
+        is 312) and whole frames only (up to one more), and the resampler holds a few samples."""
+        frame = self.audio_ctx.frame_size or AAC_FRAME
+        return -(-(3 * frame + LEAD_MARGIN) * self.params.sample_rate // AAC_RATE)
+
     def encode_audio(self, pcm: bytes) -> list[Sample]:
         """PCM s16le mono at the session rate in, encoded packets out (priming dropped), durations in
         the audio track's timescale (48 kHz samples)."""
         samples = np.frombuffer(pcm, "<i2")
         if samples.size == 0:
             return []
+        self.fed += samples.size
         silent = not samples.any()
         self._silent_ticks = self._silent_ticks + 1 if silent else 0
         ratio = self._skip_ratio
@@ -176,14 +187,58 @@ class LiveCodecs:
         ratio = self._skip_ratio
         if ratio and self._silent_packet is not None and self._silent_ticks >= SILENCE_WARMUP_TICKS:
             self._silent_ticks += 1
+            self.fed += samples
             return self._skip_silence(samples, self._silent_packet)
         return self.encode_audio(bytes(2 * samples))
+
+    def cut_audio(self) -> list[Sample]:
+        """An interrupt: what the audio encoder and the resampler hold and have not sent (the speech
+        fed ahead of the picture, past the cut) is dropped with them, and the track goes on with
+        silence from the end of the packets sent so far up to where the input stands (``fed``), so
+        the next sample fed lands where it would have (to the nearest session sample). Returns the
+        packets of that silence encoded so far.
+
+        The packets already sent reach at most one AAC frame (and the margin) past the cut, and
+        decode to at most one more (the last one's MDCT tail): the page mutes those (docs/WEB.md)."""
+        rate = self.params.sample_rate
+        zeros = max(0, round(self.fed - Fraction(self.sent * rate, AAC_RATE)))
+        self.audio_ctx = self._audio_encoder()
+        self.resampler = self._resampler()
+        self._audio_pts = 0  # the new encoder's priming is dropped like the first one's
+        self._owed = 0  # included in ``zeros``
+        self._silent_ticks = 0
+        return self._resample_and_encode(np.zeros(zeros, np.int16)) if zeros else []
+
+    def _audio_encoder(self) -> av.AudioCodecContext:
+        """A fresh audio encoder with the first one's settings (and so its AudioSpecificConfig)."""
+        first = self.container.streams.audio[0].codec_context
+        ctx = av.CodecContext.create(first.name, "w")
+        assert isinstance(ctx, av.AudioCodecContext)
+        ctx.sample_rate = AAC_RATE
+        ctx.layout = "mono"
+        ctx.format = first.format.name
+        ctx.bit_rate = first.bit_rate
+        ctx.options = dict(self._audio_options)
+        ctx.flags |= av.codec.context.Flags.global_header  # like the MP4 muxer's stream
+        ctx.open()
+        if bytes(ctx.extradata or b"") != bytes(first.extradata or b""):
+            raise RuntimeError(f"{ctx.name}: a new encoder's configuration differs from the init segment's")
+        return ctx
+
+    def _resampler(self) -> av.AudioResampler:
+        return av.AudioResampler(
+            format=self.audio_ctx.format.name,
+            layout="mono",
+            rate=AAC_RATE,
+            frame_size=self.audio_ctx.frame_size or None,
+        )
 
     def _skip_silence(self, samples: int, packet: bytes) -> list[Sample]:
         """``samples`` silent samples not encoded: the cached silent packet for each whole AAC frame
         they complete; the rest is owed (and fed to the encoder before the next speech)."""
         self._owed += samples * self._skip_ratio  # AAC-rate samples not encoded
         packets, self._owed = divmod(self._owed, AAC_FRAME)
+        self.sent += packets * AAC_FRAME
         return [Sample(packet, AAC_FRAME)] * packets
 
     def _resample_and_encode(self, samples: np.ndarray) -> list[Sample]:
@@ -207,11 +262,12 @@ class LiveCodecs:
                 out += self._packet(packet)
         return out
 
-    @staticmethod
-    def _packet(packet: av.Packet) -> list[Sample]:
+    def _packet(self, packet: av.Packet) -> list[Sample]:
         if packet.pts is None or packet.pts + (packet.duration or 0) <= 0:
             return []  # encoder priming before sample 0 (see services/encoder/session.py)
-        return [Sample(bytes(packet), int(packet.duration or 1024), True)]
+        duration = int(packet.duration or 1024)
+        self.sent += duration
+        return [Sample(bytes(packet), duration, True)]
 
     def close(self) -> None:
         try:

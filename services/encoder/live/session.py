@@ -2,14 +2,26 @@
 
 The clock: frame ``n`` is due at ``T0 + n / fps`` (exact fractions, so ten minutes or ten hours
 later the media time still equals the wall time). At each tick exactly one frame is encoded and
-sent in its own fragment (idle batches aside, see below), with exactly that frame's audio
-(``MediaClock``: the samples ``[start(n), start(n + 1))``), silence when idle. Audio and video
-therefore share one clock and cannot drift.
+sent in its own fragment (idle batches aside, see below), with that frame's audio (``MediaClock``:
+the samples ``[start(n), start(n + 1))``), silence when idle. The audio track's times come from
+sample counts, so audio and video share one clock and cannot drift.
+
+The sound leads the picture while speaking: the AAC encoder sends a frame's packets two frames
+later (look-ahead and its 1024-sample delay), so a speaking frame's audio is fed with the audio
+after it (``LiveCodecs.audio_lead``, ~67 ms) and its fragment carries all of its sound. The lead
+only reaches over what will surely play on the next ticks: the turn's next frames when they are
+rendered and their audio is here (a frame that may be late is never led into: an underrun repeats
+the previous frame with silence), and silence after the turn's last frame, so a turn starts, and
+the session ends, only at a frame the lead does not reach (one or two frames later than without).
+Idle ticks feed no lead (their silence costs nothing, see ``LiveCodecs.encode_silence``). An
+interrupt drops the speech fed past the cut with the encoder that holds it
+(``LiveCodecs.cut_audio``): what was sent reaches at most an AAC frame past the cut, which the
+page mutes (docs/WEB.md).
 
 What a tick shows:
 
 * the current turn's next frame, when it is rendered and its audio has arrived (speech audio is
-  never sent without its frame);
+  never sent without its frame, or the frame before it: the lead above);
 * a repeat of the previous frame, with silence, when the current turn's next frame is late although
   its audio is there (an *underrun*: the turn moves one frame later, nothing of it is skipped);
 * idle otherwise: a short cross-fade from the last speech frame into the idle loop, then the
@@ -79,8 +91,9 @@ class Turn:
     frames: collections.deque[tuple[int, bytes, bool]] = field(default_factory=collections.deque)
     room: asyncio.Event = field(default_factory=asyncio.Event)
     audio: bytearray = field(default_factory=bytearray)
-    audio_base: int = 0  # turn sample index of audio[0] (played audio is trimmed)
+    audio_base: int = 0  # turn sample index of audio[0] (audio fed to the encoder is trimmed)
     audio_samples: int = 0  # samples received
+    fed: int = 0  # samples handed to the encoder (up to a lead past the last frame played)
     input_done: bool = False
     render_done: bool = False
     played: int = 0
@@ -140,19 +153,39 @@ class Turn:
         total = self.total_frames
         return total is not None and self.played >= total
 
-    def take(self) -> tuple[bytes, bool, bytes]:
-        """The next frame (raw, inferred) and its audio; advances the turn by one frame."""
+    def take(self, lead: int) -> tuple[bytes, bool, bytes]:
+        """The next frame (raw, inferred) and the audio to feed with it: what is not fed yet up to
+        the frame's end, and on up to ``lead`` samples past it as far as the frames after it will
+        surely play on the next ticks (see ``_sure_end``). Advances the turn by one frame."""
         k, raw, inferred = self.frames.popleft()
         self.room.set()
-        lo, hi = self.clock.start(k), self.clock.start(k + 1)
+        self.played += 1
+        end = self.clock.start(k + 1)
+        lo, hi = self.fed, max(self.fed, end, self._sure_end(end + lead))
         pcm = bytes(self.audio[2 * (lo - self.audio_base) : 2 * (hi - self.audio_base)])
         pcm += b"\x00" * (2 * (hi - lo) - len(pcm))  # past the end of the turn's audio: silence
+        self.fed = hi
         cut = 2 * (hi - self.audio_base)
-        if cut > 1 << 16:  # drop what was played
+        if cut > 1 << 16:  # drop what was fed
             del self.audio[:cut]
             self.audio_base = hi
-        self.played += 1
         return raw, inferred, pcm
+
+    def _sure_end(self, limit: int) -> int:
+        """How far (at most ``limit``) the audio of the frames after the one taken can be fed now:
+        over the frames that will surely play on the next ticks, rendered with their audio here
+        (an underrun repeats a frame with silence, so a frame that may be late is never led
+        into), and past the turn's last frame (silence: the next turn waits for it, see
+        ``LiveSession._current_turn``)."""
+        j = self.played
+        total = self.total_frames
+        for index, _raw, _inferred in self.frames:
+            if self.clock.start(j) >= limit or index != j or not self.has_audio_for(j):
+                break
+            j += 1
+        if total is not None and j >= total:
+            return limit
+        return min(limit, self.clock.start(j))
 
     def samples_played(self) -> int:
         """The turn's own audio that was sent, in samples at its source rate."""
@@ -365,7 +398,7 @@ class LiveSession:
                 if self.interrupts:
                     for msg in self._apply_interrupts(n):
                         yield msg
-                if self.input_ended and self.current is None and not self.turns:
+                if self.input_ended and self.current is None and not self.turns and not self._audio_ahead(n):
                     break
                 count = self._idle_batch_size()
                 if count > 1:
@@ -391,11 +424,11 @@ class LiveSession:
         events: list[live_pb2.LiveEvent] = []
         turn = self._current_turn(n, events)
         lo, hi = self.clock.start(n), self.clock.start(n + 1)
-        silence = b"\x00" * (2 * (hi - lo))
+        silence = b"\x00" * (2 * max(0, hi - self.codecs.fed))  # what the lead has not covered
         label = ""
         if turn is not None and turn.ready():
             k = turn.played
-            raw, _inferred, pcm = turn.take()
+            raw, _inferred, pcm = turn.take(self.codecs.audio_lead)
             turn.underrun = False
             video, key = await asyncio.to_thread(self._encode, raw, n, self.last_kind == "loop", pcm)
             self.last_raw, self.last_kind = raw, "live"
@@ -448,7 +481,7 @@ class LiveSession:
             else:
                 return self.current
         for turn in self.turns.values():
-            if turn.can_start(self.start_frames):
+            if turn.can_start(self.start_frames) and not self._audio_ahead(n):
                 self.current = turn
                 return turn
             if turn.finished():  # a turn with no audio at all: nothing to play
@@ -487,7 +520,7 @@ class LiveSession:
             keys.append(loop.keyframes[pos])
             self.loop_pos = (pos + 1) % len(loop)
         lo, hi = self.clock.start(n), self.clock.start(n + count)
-        audio = self.codecs.encode_silence(hi - lo)  # the cached silent packets
+        audio = self._take_audio() + self.codecs.encode_silence(max(0, hi - self.codecs.fed))  # cached packets
         media = live_pb2.LiveMedia(
             data=self.writer.fragment(packets, keys, audio),
             first_frame=n,
@@ -519,7 +552,7 @@ class LiveSession:
             pos = self.loop_pos if self.last_kind == "loop" else loop.entry_at_or_after(self.loop_pos)
             self.loop_pos = (pos + 1) % len(loop)
             self.last_kind = "loop"
-            self._pending_audio = self.codecs.encode_silence(len(silence) // 2)  # no thread hop
+            self._pending_audio += self.codecs.encode_silence(len(silence) // 2)  # no thread hop
             return loop.packets[pos], loop.keyframes[pos]
         pos = self.loop_pos
         self.loop_pos = (pos + 1) % len(loop)
@@ -531,12 +564,20 @@ class LiveSession:
     def _encode(self, raw: bytes, pts: int, force_keyframe: bool, pcm: bytes) -> tuple[bytes, bool]:
         """Encodes one frame and its audio (blocking: runs in a worker thread)."""
         video, key = self.codecs.video.encode(raw, pts, force_keyframe=force_keyframe)
-        self._pending_audio = self.codecs.encode_audio(pcm)
+        self._pending_audio += self.codecs.encode_audio(pcm)
         return video, key
 
     def _fragment(self, video: bytes, key: bool) -> bytes:
+        return self.writer.fragment([video], [key], self._take_audio())
+
+    def _take_audio(self) -> list[Sample]:
         audio, self._pending_audio = self._pending_audio, []
-        return self.writer.fragment([video], [key], audio)
+        return audio
+
+    def _audio_ahead(self, n: int) -> bool:
+        """The audio fed so far reaches past frame ``n``'s start (a lead fed with the last speaking
+        frame): a turn may start, and the session end, only at a frame the lead does not reach."""
+        return self.codecs.fed > self.clock.start(n)
 
     # -- turns ending ---------------------------------------------------------------------------
     def _event(self, n: int, **kind: object) -> live_pb2.LiveEvent:
@@ -572,6 +613,10 @@ class LiveSession:
         pending, self.interrupts = self.interrupts, []
         for tid, received in pending:
             targets = list(self.turns.values()) if not tid else [t for t in self.turns.values() if t.turn_id == tid]
+            if self.current in targets and self._audio_ahead(n):
+                # the speech fed ahead of the picture past the cut is not sent (the packets sent
+                # reach at most an AAC frame past it: the page mutes them, docs/WEB.md)
+                self._pending_audio += self.codecs.cut_audio()
             events = []
             for turn in targets:
                 reason = live_pb2.STOP_REASON_FAILED if turn.failed else live_pb2.STOP_REASON_INTERRUPTED

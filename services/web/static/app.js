@@ -42,16 +42,21 @@
   // `?timing=1`: the edge stamps every JSON message with when it got it (edge_unix_seconds), so
   // the relay's share of speak -> paint can be told apart (docs/WEB.md; `talkmesh bench web`).
   const TIMING = query.get("timing") === "1";
-  // `?audio=webaudio` (experimental, docs/WEB.md): the <video> plays a video-only stream and the
-  // audio is decoded with WebCodecs and played in an AudioContext on the video's clock
+  // The sound (docs/WEB.md): by default (`?audio=webaudio`) the <video> plays a video-only stream
+  // and the audio is decoded with WebCodecs and played in an AudioContext on the video's clock
   // (webaudio.js), so Chromium's audio playback threshold no longer holds the picture back.
-  const WEBAUDIO = query.get("audio") === "webaudio" && "AudioDecoder" in window && !!window.TalkmeshAudio;
+  // `?audio=mse`, and browsers without WebCodecs' AudioDecoder, play it in the <video> with the
+  // picture through MSE.
+  const WEBAUDIO = (query.get("audio") ?? "webaudio") === "webaudio" && "AudioDecoder" in window && !!window.TalkmeshAudio;
   const AUDIO_RESYNC = knob("audio_resync", 0.04); // s the sound may drift from the picture
   const AUDIO_HORIZON = knob("audio_horizon", 0.3); // s of sound scheduled ahead
-  // A frame's sound arrives up to ~100 ms after the frame (the AAC encoder's delay, TTS chunks):
-  // the picture pauses when it comes within AUDIO_FLOOR of the decoded sound's end and plays on
-  // once AUDIO_RESUME is there (the picture never shows a frame whose sound is missing).
-  const AUDIO_FLOOR = knob("audio_floor", 0.02);
+  // A speaking frame's sound comes with the frame (the encoder encodes the speech ahead of the
+  // picture), but decoding takes a moment and an underrun's or idle frame's silence still ends
+  // short of it: the picture pauses when the decoded sound ends less than AUDIO_FLOOR past the
+  // shown frame's end and plays on once AUDIO_RESUME is there (the picture never shows a frame
+  // whose sound is missing). A 20 ms floor (the default before the encoder's lead) paused it ~10x
+  // as often for no fewer late sounds (BENCHMARKS.md, "The live sound ahead of the picture").
+  const AUDIO_FLOOR = knob("audio_floor", 0);
   const AUDIO_RESUME = knob("audio_resume", 0.06);
   // A wall-clock time (ms since the epoch, e.g. the server's unix_seconds) on performance.now()'s
   // clock. Date.now() is read now, not derived from performance.timeOrigin: timeOrigin is fixed when
@@ -75,8 +80,8 @@
     painted: 0,
     waiting: 0, // times playback stalled for want of data (the element's `waiting` event)
     lastMediaTime: 0,
-    // the webaudio path's counters (null on the default page)
-    audio: WEBAUDIO ? { received: 0, decoded: 0, scheduled: 0, late: 0, lateSound: 0, resyncs: 0, rateChanges: 0, drift: 0, holds: 0, errors: [] } : null,
+    // the Web Audio path's counters (null with `?audio=mse`)
+    audio: WEBAUDIO ? { received: 0, decoded: 0, scheduled: 0, late: 0, lateSound: 0, resyncs: 0, rateChanges: 0, drift: 0, holds: 0, muted: 0, errors: [] } : null,
     speakingVisible: false,
     status: null,
     connected: false,
@@ -198,8 +203,8 @@
     if (!video.buffered.length) return;
     // the live edge: the newest frame that is due, not the frames that rode ahead of the clock
     let end = video.buffered.end(video.buffered.length - 1) - riding();
-    // audio=webaudio: the sound of a frame arrives a little after the frame (the AAC encoder's
-    // delay); the picture keeps its distance from where both are there
+    // audio=webaudio: the picture keeps its distance from where both it and its decoded sound are
+    // there (the sound may end a little short of the newest frame: decoding, idle silence)
     if (audioPath) end = Math.min(end, audioPath.edge());
     if (video.currentTime < video.buffered.start(0)) video.currentTime = video.buffered.start(0);
     let lag = end - video.currentTime;

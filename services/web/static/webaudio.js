@@ -243,6 +243,8 @@
       this.anchor = null; // {media, ctx, rate}
       this.offset = 0; // media time of raw audio time 0 (the page's tm.offset)
       this.end = -Infinity; // raw media time where the decoded audio ends
+      this.pushed = { end: -Infinity, duration: 0 }; // the last sample pushed: where it ends, how long
+      this.mute = null; // {from, to}: raw media times not heard (after an interrupt's cut, see cut)
       this.history = []; // scheduled chunks, {t, at, stopped} (audioScheduledAfter)
       this.loud = []; // decoded chunks: {t, at: raw time of the first loud sample or null}
       this.decoder = new AudioDecoder({
@@ -278,6 +280,7 @@
         // A sample at or before one already held replaces what follows (like MSE's overlap rule).
         if (this.queue.length && this.queue[this.queue.length - 1].t >= t) this.queue = this.queue.filter((q) => q.t < t);
         this.stats.received += 1;
+        this.pushed = { end: t + s.duration / scale, duration: s.duration / scale };
         this.decoder.decode(new EncodedAudioChunk({
           type: "key", timestamp: Math.round(t * 1e6), duration: Math.round((s.duration / scale) * 1e6), data: s.data,
         }));
@@ -288,14 +291,15 @@
       const frames = data.numberOfFrames;
       const buffer = this.ctx.createBuffer(data.numberOfChannels, frames, data.sampleRate);
       let loud = -1; // the first sample above LOUD (for onsetAfter)
+      const t = data.timestamp / 1e6;
+      const rate = data.sampleRate;
       for (let c = 0; c < data.numberOfChannels; c++) {
         const plane = new Float32Array(frames);
         data.copyTo(plane, { planeIndex: c, format: "f32-planar" });
+        this.muted(plane, t, rate);
         buffer.copyToChannel(plane, c);
         if (c === 0) loud = plane.findIndex((x) => Math.abs(x) > LOUD);
       }
-      const t = data.timestamp / 1e6;
-      const rate = data.sampleRate;
       this.end = Math.max(this.end, t + frames / rate);
       data.close();
       this.stats.decoded += 1;
@@ -370,12 +374,34 @@
       this.anchor = null;
     }
 
-    // Interrupt: what is scheduled at or after the cut (raw media seconds) is not heard.
+    // Interrupt: nothing after the cut (raw media seconds) is heard. The encoder sends the sound
+    // ahead of the picture, so what came before the cut was announced reaches up to an AAC frame
+    // past it, and its last packet decodes with a tail one frame long (MDCT overlap) into the
+    // next one's time: that stretch is muted, whenever it is decoded. (The next turn starts after
+    // it: the encoder had fed more than that when it cut, services/encoder/live/session.py.)
     cut(media) {
       const raw = media - this.offset;
-      for (const p of this.playing) if (p.t + 1e-3 >= raw) this.stopNode(p);
+      this.mute = { from: raw, to: Math.max(raw, this.pushed.end) + this.pushed.duration };
+      const a = this.anchor;
+      for (const p of this.playing) {
+        if (p.t + 1e-3 >= raw) this.stopNode(p);
+        else if (p.end > raw && a) p.node.stop(a.ctx + (raw - a.media) / a.rate); // stops at the cut
+      }
       this.playing = this.playing.filter((p) => p.t + 1e-3 < raw);
       this.queue = this.queue.filter((q) => q.t + 1e-3 < raw);
+      for (const q of this.queue) {
+        for (let c = 0; c < q.buffer.numberOfChannels; c++) this.muted(q.buffer.getChannelData(c), q.t, q.buffer.sampleRate);
+      }
+    }
+
+    // Zeroes the samples of `plane` (starting at raw media time t) that fall in the muted stretch.
+    muted(plane, t, rate) {
+      const m = this.mute;
+      if (!m || t >= m.to || t + plane.length / rate <= m.from) return;
+      const from = Math.max(0, Math.round((m.from - t) * rate));
+      const to = Math.min(plane.length, Math.round((m.to - t) * rate));
+      plane.fill(0, from, to);
+      this.stats.muted += 1;
     }
 
     stopNode(p) {
