@@ -119,7 +119,7 @@ class StartHold:
     the renderer anticipates the next viseme by less than a frame); the hold ends when the first
     fragment is out or ``seconds`` after it began, and what it held goes then, in order. Once frame
     0 has its features, TTS is not read either until then (``tts_may_read``); the encoder likewise
-    renders the first fragment's frames alone (services/encoder/server.py)."""
+    sends the renderer the first fragment's frames alone (services/encoder/server.py, ``_route``)."""
 
     def __init__(self, seconds: float, send: Callable[[dict[str, object]], Awaitable[None]]) -> None:
         self.seconds = seconds
