@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+import av
+
 from services.encoder import boxes
 
 #: sample_depends_on = 2 (an IDR: depends on no other sample)
@@ -81,6 +83,24 @@ def _parse_trak(data: bytes, start: int, end: int) -> Track:
     if not (track_id and timescale and handler):
         raise ValueError("init segment: incomplete trak box")
     return Track(track_id, timescale, handler)
+
+
+def before_start(packet: av.Packet) -> bool:
+    """An audio packet that is all encoder priming before sample 0 (or has no time): not sent."""
+    return packet.pts is None or packet.pts + (packet.duration or 0) <= 0
+
+
+def audio_sample(packet: av.Packet, rate: int, timescale: int, frame_size: int) -> Sample:
+    """An encoded audio packet (not ``before_start``) as a fragment sample, its duration in the
+    track's ``timescale``: the part of it before sample 0 (Opus's priming, 312 samples at 48 kHz) is
+    cut, so the track's sample 0 is the input's. ``rate`` is the encoder's sample rate and
+    ``frame_size`` its samples per packet (for packets without a duration)."""
+    samples = packet.duration or frame_size
+    if packet.pts is not None and packet.pts < 0:
+        samples += packet.pts
+    if packet.time_base is not None and packet.time_base != Fraction(1, rate):
+        samples = round(samples * packet.time_base * rate)
+    return Sample(bytes(packet), samples * timescale // rate)
 
 
 def annexb_to_avcc(data: bytes) -> bytes:

@@ -37,7 +37,7 @@ import numpy as np
 from services.encoder import boxes
 from services.encoder.backends.base import VideoBackend
 from services.encoder.config import AudioConfig
-from services.encoder.fmp4 import FragmentWriter, Sample, annexb_to_avcc
+from services.encoder.fmp4 import FragmentWriter, Sample, annexb_to_avcc, audio_sample, before_start
 from services.encoder.frames import aac_options, i420_frame
 from talkmesh.common.errors import ResourceExhausted
 
@@ -299,30 +299,20 @@ class EncodeSession:
         self._check_size()
 
     def _mux_audio(self, packets: list[av.Packet]) -> None:
-        assert self._container is not None
+        assert self._container is not None and self._audio is not None
+        ctx = self._audio.codec_context
         for packet in packets:
-            if packet.pts is None:
-                continue
-            if packet.pts + (packet.duration or 0) <= 0:
+            if before_start(packet):
                 continue  # encoder priming before sample 0: dropped (see module docstring)
             if self._fragments is not None:
-                self._audio_samples.append(Sample(bytes(packet), self._audio_duration(packet)))
+                assert self._fragments.audio is not None
+                timescale = self._fragments.audio.timescale
+                self._audio_samples.append(audio_sample(packet, ctx.sample_rate, timescale, ctx.frame_size or 1024))
                 continue
-            if packet.pts < 0:
+            if packet.pts is not None and packet.pts < 0:
                 packet.pts = packet.dts = 0
             self._container.mux_one(packet)
         self._check_size()
-
-    def _audio_duration(self, packet: av.Packet) -> int:
-        """A packet's duration in the audio track's timescale (the fragments' unit)."""
-        assert self._fragments is not None and self._fragments.audio is not None and self._audio is not None
-        rate = self._audio.codec_context.sample_rate
-        samples = packet.duration or self._audio.codec_context.frame_size or 1024
-        if packet.pts is not None and packet.pts < 0:
-            samples += packet.pts  # the part before sample 0 is priming (Opus: 312 samples): cut
-        if packet.time_base is not None and packet.time_base != Fraction(1, rate):
-            samples = round(samples * packet.time_base * rate)
-        return samples * self._fragments.audio.timescale // rate
 
     def _write_fragment(self) -> None:
         """The frames encoded since the last fragment and the audio encoded so far, as one fragment."""

@@ -214,3 +214,16 @@ def test_an_interrupt_cut_drops_the_unsent_speech_and_keeps_the_timeline_exact(r
     lo, hi = 40 * 1920 + 2048, 45 * 1920 - 1024  # clear of its edges
     off = min(np.max(np.abs(cut[lo:hi] - reference[lo + s : hi + s])) for s in (-1, 0, 1))
     assert off < 0.02, "at the same place"
+
+
+@pytest.mark.parametrize("codec", ["aac", "opus"])
+def test_the_audio_track_is_exactly_the_input(codec):
+    """The encoder's priming before sample 0 is not counted in the track's time (AAC: a whole
+    packet, dropped; Opus: 312 samples at the head of its first packet, cut from its duration, as
+    Speak's fMP4 does), and the encoders trim their last packet to the input's end, so the track's
+    duration is the input's to the sample (counted with Opus's priming it was 312 samples longer,
+    its sound 6.5 ms late)."""
+    codecs = LiveCodecs(LiveParams(W, H, Fraction(25), 48_000, codec), X264Backend(VideoConfig()), AudioConfig())
+    fed = 10 * codecs.audio_ctx.frame_size + 1 - 312
+    samples = codecs.encode_audio(np.full(fed, 1000, "<i2").tobytes()) + codecs.flush_audio()
+    assert sum(s.duration for s in samples) == fed

@@ -21,7 +21,7 @@ import numpy as np
 from services.encoder import boxes
 from services.encoder.backends.base import VideoBackend, VideoCodecSettings
 from services.encoder.config import AudioConfig
-from services.encoder.fmp4 import Sample, annexb_to_avcc
+from services.encoder.fmp4 import Sample, annexb_to_avcc, audio_sample, before_start
 from services.encoder.frames import aac_options, i420_frame
 
 AAC_RATE = 48_000
@@ -263,11 +263,11 @@ class LiveCodecs:
         return out
 
     def _packet(self, packet: av.Packet) -> list[Sample]:
-        if packet.pts is None or packet.pts + (packet.duration or 0) <= 0:
+        if before_start(packet):
             return []  # encoder priming before sample 0 (see services/encoder/session.py)
-        duration = int(packet.duration or 1024)
-        self.sent += duration
-        return [Sample(bytes(packet), duration, True)]
+        sample = audio_sample(packet, AAC_RATE, AAC_RATE, self.audio_ctx.frame_size or AAC_FRAME)
+        self.sent += sample.duration
+        return [sample]
 
     def close(self) -> None:
         try:
