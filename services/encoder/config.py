@@ -226,6 +226,11 @@ class EncoderConfig:
     # renderer that needs more input before its first frame, after this long. 0 turns it off
     # (independent of gateway.start_hold_ms).
     first_fragment_wait_ms: int = 100
+    # Encoder sessions kept open for the next stream: after a stream's first fragment, a session of
+    # the same parameters (size, rate, container, codecs) is opened in the background, so the next
+    # such stream starts without opening one (~3-5 ms that hold the GIL: the event loop stalls).
+    # Each holds one encoder (on a GPU, one NVENC session). 0 turns it off.
+    spare_sessions: int = 1
     # Live sessions (the Live RPC).
     live: LiveConfig = field(default_factory=LiveConfig)
 
@@ -234,6 +239,8 @@ class EncoderConfig:
             raise ConfigError.at("audio_lead_seconds", "must be within 0..2")
         if not 0 <= self.first_fragment_wait_ms <= 10_000:
             raise ConfigError.at("first_fragment_wait_ms", "must be within 0..10000")
+        if not 0 <= self.spare_sessions <= 64:
+            raise ConfigError.at("spare_sessions", "must be within 0..64")
         if self.limits.max_chunk_bytes > self.server.max_message_bytes - 64 * 1024:
             raise ConfigError.at("limits.max_chunk_bytes", "must stay at least 64 KiB below server.max_message_bytes")
         if self.defaults.fragment_ms > self.limits.max_fragment_ms:

@@ -31,6 +31,7 @@ from services.encoder.live.media import LiveCodecs, LiveParams
 from services.encoder.live.session import LiveSession
 from services.encoder.render import FrameSource, GrpcFrameSource, unbatched
 from services.encoder.session import EncodeSession, StreamParams
+from services.encoder.spares import SpareSessions
 from services.encoder.validation import FrameAssembler, check_audio, stream_params
 from talkmesh.common.aio import Chan, TaskSet, wait_event
 from talkmesh.common.clock import MediaClock, fps_fraction
@@ -135,6 +136,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self.frame_sizes: collections.OrderedDict[tuple[str, str, str, int], tuple[int, int, int]] = (
             collections.OrderedDict()
         )
+        self.spares = SpareSessions(config.spare_sessions, self._session, self._open_spare)
         # Set by EncoderService.start() once the probe has run.
         self.backend: VideoBackend | None = None
         self.fallback: VideoBackend | None = None
@@ -256,6 +258,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         except Exception as exc:  # a miss, not the stream's failure
             log.info("opening the encoder ahead of frame 0 failed: %s", exc)
             return None
+
+    async def _open_spare(self, session: EncodeSession) -> bytes:
+        return await self._open_session(session, stage="open_spare")
 
     async def _open_session(self, session: EncodeSession, stage: str = "open") -> bytes:
         """Opens the session's codecs and muxer; returns the init segment (or the header bytes)."""
@@ -405,15 +410,22 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 # The encoder opens now, while TTS, the feature stage and the renderer make frame 0, at
                 # the size this avatar's frames had last time (a frame 0 of another size gets its
                 # own session).
-                opening: asyncio.Task[bytes | None] | None = None
+                # A spare session of those parameters (see spares.py) is already open.
+                opening: asyncio.Future[bytes | None] | None = None
                 key = (cfg.render.avatar_id, cfg.render.backend, cfg.render.size, cfg.render.pixel_format)
                 guess = self.frame_sizes.get(key)
                 if guess is not None:
                     w, h, pixel_format = guess
-                    session = self._session(
-                        stream_params(cfg, self.config, size=(w, h), pixel_format_value=pixel_format)
-                    )
-                    opening = tasks.spawn(self._open_ahead(session), name="open-encoder")
+                    guessed = stream_params(cfg, self.config, size=(w, h), pixel_format_value=pixel_format)
+                    spare = self.spares.take(guessed)
+                    trace.get_current_span().set_attribute("talkmesh.encoder.spare_session", spare is not None)
+                    if spare is not None:
+                        session, ready = spare
+                        opening = asyncio.get_running_loop().create_future()
+                        opening.set_result(ready)
+                    else:
+                        session = self._session(guessed)
+                        opening = tasks.spawn(self._open_ahead(session), name="open-encoder")
                 async for vf in waiting:
                     if vf.end_of_stream:
                         break
@@ -454,6 +466,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                                 yield msg
                             pending.clear()
                             pending_frames = 0
+                            if first:  # a spare for the next such stream, now that its fragment is out
+                                self.spares.replenish(session.params)
                     elif not pending and session.frames_in % PROGRESS_EVERY_FRAMES == 0:
                         yield output.progress(session)  # whole-file MP4: the caller still sees progress
                 if pending and session is not None:
@@ -648,4 +662,5 @@ class EncoderService(Service):
         return ""
 
     async def stop(self) -> None:
+        await self.servicer.spares.aclose()
         await self.frame_source.close()

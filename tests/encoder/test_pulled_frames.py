@@ -199,14 +199,19 @@ async def test_the_first_fragments_frames_are_rendered_alone(fragment_ms: int) -
     assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)  # nothing lost or reordered
 
 
+def stage_count(telemetry: Telemetry, stage: str) -> float:
+    labels = {"service": "encoder", "stage": stage}
+    return telemetry.metrics.registry.get_sample_value("talkmesh_stage_duration_seconds_count", labels) or 0.0
+
+
 async def test_the_encoder_opens_ahead_of_frame_0_at_the_size_it_had_last_time() -> None:
     """The second stream of an avatar opens its encoder before the renderer sends frame 0 (this
-    renderer waits up to 1 s for that open); a frame 0 of another size gets a session of its own."""
+    renderer waits up to 1 s for that open); a frame 0 of another size gets a session of its own.
+    (No spare sessions here: with them the second stream finds one already open, tested below.)"""
     telemetry = Telemetry("encoder")
 
     def opens(stage: str) -> float:
-        labels = {"service": "encoder", "stage": stage}
-        return telemetry.metrics.registry.get_sample_value("talkmesh_stage_duration_seconds_count", labels) or 0.0
+        return stage_count(telemetry, stage)
 
     opened_ahead: list[bool] = []
     streams = iter([(W, H, False), (W, H, True), (W * 2, H, True)])  # size, and whether to wait for the open
@@ -228,9 +233,8 @@ async def test_the_encoder_opens_ahead_of_frame_0_at_the_size_it_had_last_time()
 
     samples = SR // 2
     n = frames_for(samples)
-    service = create_service(
-        load_config(), telemetry, nvenc_probe=lambda _: False, frame_source=LocalFrameSource(render)
-    )
+    config = load_config(env={"TALKMESH_ENCODER__SPARE_SESSIONS": "0"})
+    service = create_service(config, telemetry, nvenc_probe=lambda _: False, frame_source=LocalFrameSource(render))
     decoded = []
     async with serve(service) as host, create_channel(host.address) as channel:
         for _ in range(3):
@@ -243,3 +247,49 @@ async def test_the_encoder_opens_ahead_of_frame_0_at_the_size_it_had_last_time()
     for d, w in zip(decoded, (W, W, W * 2), strict=True):
         assert d.size == (w, H) and len(d.video_pts) == n
         assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)
+
+
+async def test_a_stream_takes_the_spare_session_the_one_before_left_open() -> None:
+    """After a stream's first fragment the encoder opens a spare session of its parameters: the
+    next such stream opens nothing (its output decodes as a fresh session's would); a frame 0 of
+    another size closes the spare it took and opens its own; at most ``spare_sessions`` are kept,
+    and stopping the service closes them."""
+    telemetry = Telemetry("encoder")
+    sizes = iter([W, W, W * 2])
+
+    async def render(requests: AsyncIterator[renderer_pb2.RenderRequest], _context: Any):
+        w = next(sizes)
+        await anext(requests)  # the config
+        for i in range(n):
+            data = i420_frame(w, H, i)
+            yield common_pb2.VideoFrame(
+                frame_index=i, width=w, height=H, pixel_format=common_pb2.PIXEL_FORMAT_I420, data=data
+            )
+        yield common_pb2.VideoFrame(end_of_stream=True)
+
+    samples = SR // 2
+    n = frames_for(samples)
+    service = create_service(
+        load_config(), telemetry, nvenc_probe=lambda _: False, frame_source=LocalFrameSource(render)
+    )
+    spares = service.servicer.spares  # type: ignore[attr-defined]
+    counts = []
+    decoded = []
+    async with serve(service) as host, create_channel(host.address) as channel:
+        for _ in range(3):
+            out = [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(iter(requests(samples)))]
+            decoded.append(decode(b"".join(m.data for m in out)))
+            async with asyncio.timeout(10):
+                while len(spares) < 1:  # the spare opens in the background
+                    await asyncio.sleep(0.01)
+            counts.append(tuple(stage_count(telemetry, s) for s in ("open", "open_ahead", "open_spare")))
+        held = [session for session, _init in spares._held.values()]
+        assert [(s.params.width, s.params.height) for s in held] == [(W * 2, H)]  # keep=1: the newest
+    # 1st: opens its own, then a spare; 2nd: takes it, another spare opens; 3rd: takes the W spare
+    # for frame 0 at 2W, opens its own, and a 2W spare replaces the W one
+    assert counts == [(1, 0, 1), (1, 0, 2), (2, 0, 3)]
+    assert len(spares) == 0 and all(s._container is None for s in held)  # closed with the service
+    for d, w in zip(decoded, (W, W, W * 2), strict=True):
+        assert d.size == (w, H) and len(d.video_pts) == n
+        assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)
+        assert d.audio_end == pytest.approx(samples / SR, abs=1 / FPS)  # the spare's audio starts at 0 too
