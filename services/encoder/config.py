@@ -226,10 +226,11 @@ class EncoderConfig:
     # renderer that needs more input before its first frame, after this long. 0 turns it off
     # (independent of gateway.start_hold_ms).
     first_fragment_wait_ms: int = 100
-    # Encoder sessions kept open for the next stream: after a stream's first fragment, a session of
-    # the same parameters (size, rate, container, codecs) is opened in the background, so the next
-    # such stream starts without opening one (~3-5 ms that hold the GIL: the event loop stalls).
-    # Each holds one encoder (on a GPU, one NVENC session). 0 turns it off.
+    # Encoder sessions kept open for the next stream (services/encoder/spares.py): once a rendered
+    # stream's first fragment is out, a session of the same StreamParams (size, fps, pixel format,
+    # audio rate and codec, container, fragment length) opens in the background, so the next such
+    # stream opens none (~3-5 ms that hold the GIL: the event loop stalls). x264 only: NVENC's
+    # sessions are a per-GPU budget the streams need. 0 turns it off.
     spare_sessions: int = 1
     # Live sessions (the Live RPC).
     live: LiveConfig = field(default_factory=LiveConfig)

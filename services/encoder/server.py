@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -414,18 +415,20 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 opening: asyncio.Future[bytes | None] | None = None
                 key = (cfg.render.avatar_id, cfg.render.backend, cfg.render.size, cfg.render.pixel_format)
                 guess = self.frame_sizes.get(key)
+                spare = None
                 if guess is not None:
                     w, h, pixel_format = guess
                     guessed = stream_params(cfg, self.config, size=(w, h), pixel_format_value=pixel_format)
                     spare = self.spares.take(guessed)
-                    trace.get_current_span().set_attribute("talkmesh.encoder.spare_session", spare is not None)
                     if spare is not None:
                         session, ready = spare
+                        log.info("encoding %dx%d with a spare %s session", w, h, session.video_encoder)
                         opening = asyncio.get_running_loop().create_future()
                         opening.set_result(ready)
                     else:
                         session = self._session(guessed)
                         opening = tasks.spawn(self._open_ahead(session), name="open-encoder")
+                trace.get_current_span().set_attribute("talkmesh.encoder.spare_session", spare is not None)
                 async for vf in waiting:
                     if vf.end_of_stream:
                         break
@@ -467,7 +470,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                             pending.clear()
                             pending_frames = 0
                             if first:  # a spare for the next such stream, now that its fragment is out
-                                self.spares.replenish(session.params)
+                                # (its own trace and logs: not this request's)
+                                contextvars.Context().run(self.spares.replenish, session.params)
                     elif not pending and session.frames_in % PROGRESS_EVERY_FRAMES == 0:
                         yield output.progress(session)  # whole-file MP4: the caller still sees progress
                 if pending and session is not None:
@@ -644,6 +648,8 @@ class EncoderService(Service):
         self.backend = backend
         self.servicer.fallback = X264Backend(video) if backend.name != X264Backend.name else None
         self.servicer.backend = backend
+        if backend.scarce_sessions:
+            self.servicer.spares.keep = 0
         self.telemetry.set_backend("video_encoder", backend.name)
         log.info(
             "video encoder: %s (video.encoder=%s)",
@@ -662,5 +668,7 @@ class EncoderService(Service):
         return ""
 
     async def stop(self) -> None:
-        await self.servicer.spares.aclose()
-        await self.frame_source.close()
+        try:
+            await self.servicer.spares.aclose()
+        finally:
+            await self.frame_source.close()

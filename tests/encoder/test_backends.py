@@ -44,6 +44,8 @@ async def test_start_up_probe_selects_the_backend(config, probe_ok, expected):
         assert service.backend.name == expected  # type: ignore[attr-defined]
         assert backend_metric(telemetry, expected) == 1.0
         assert probe.calls == [config.video.nvenc.gpu]
+        # NVENC's sessions are a per-GPU budget: no spare session is kept idle on it
+        assert service.servicer.spares.keep == (0 if probe_ok else config.spare_sessions)  # type: ignore[attr-defined]
 
 
 async def test_probe_success_without_a_usable_gpu_falls_back_per_stream(config):

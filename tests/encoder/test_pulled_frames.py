@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
+import av
 import pytest
 
 from services.encoder.main import create_service, load_config
@@ -249,16 +251,26 @@ async def test_the_encoder_opens_ahead_of_frame_0_at_the_size_it_had_last_time()
         assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)
 
 
+def _packets(data: bytes) -> dict[str, list[tuple[int | None, int | None, int | None, bytes]]]:
+    """Each track's packets: timestamps, duration and bytes."""
+    tracks: dict[str, list[tuple[int | None, int | None, int | None, bytes]]] = {"audio": [], "video": []}
+    with av.open(io.BytesIO(data)) as container:
+        for p in container.demux():
+            if p.size:
+                tracks[p.stream.type].append((p.pts, p.dts, p.duration, bytes(p)))
+    return tracks
+
+
 async def test_a_stream_takes_the_spare_session_the_one_before_left_open() -> None:
-    """After a stream's first fragment the encoder opens a spare session of its parameters: the
-    next such stream opens nothing (its output decodes as a fresh session's would); a frame 0 of
-    another size closes the spare it took and opens its own; at most ``spare_sessions`` are kept,
-    and stopping the service closes them."""
+    """Once a stream's first fragment is out the encoder opens a spare session of its parameters:
+    the next such stream opens nothing, and its tracks are a fresh session's, packet for packet. A spare
+    of other parameters is neither taken nor evicted while fresh (two sizes in turn would evict
+    each other's); a stale one makes way; stopping the service closes what is held."""
     telemetry = Telemetry("encoder")
-    sizes = iter([W, W, W * 2])
+    widths: list[int] = []
 
     async def render(requests: AsyncIterator[renderer_pb2.RenderRequest], _context: Any):
-        w = next(sizes)
+        w = widths.pop(0)
         await anext(requests)  # the config
         for i in range(n):
             data = i420_frame(w, H, i)
@@ -269,27 +281,43 @@ async def test_a_stream_takes_the_spare_session_the_one_before_left_open() -> No
 
     samples = SR // 2
     n = frames_for(samples)
-    service = create_service(
-        load_config(), telemetry, nvenc_probe=lambda _: False, frame_source=LocalFrameSource(render)
-    )
+    config = load_config(env={"TALKMESH_ENCODER__SPARE_SESSIONS": "1"})
+    service = create_service(config, telemetry, nvenc_probe=lambda _: False, frame_source=LocalFrameSource(render))
     spares = service.servicer.spares  # type: ignore[attr-defined]
+    outputs: list[bytes] = []
     counts = []
-    decoded = []
+    held = []
+
+    async def stream(avatar: str, width: int, *, expect_held: int) -> None:
+        widths.append(width)
+        reqs = requests(samples)
+        reqs[0].config.render.avatar_id = avatar
+        out = [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(iter(reqs))]
+        outputs.append(b"".join(m.data for m in out))
+        async with asyncio.timeout(10):
+            while stage_count(telemetry, "open_spare") < expect_held:  # spares open in the background
+                await asyncio.sleep(0.01)
+        counts.append(tuple(int(stage_count(telemetry, s)) for s in ("open", "open_ahead", "open_spare")))
+        held.append([p.width for p in spares.held()])
+
     async with serve(service) as host, create_channel(host.address) as channel:
-        for _ in range(3):
-            out = [m async for m in encoder_pb2_grpc.EncoderStub(channel).Encode(iter(requests(samples)))]
-            decoded.append(decode(b"".join(m.data for m in out)))
-            async with asyncio.timeout(10):
-                while len(spares) < 1:  # the spare opens in the background
-                    await asyncio.sleep(0.01)
-            counts.append(tuple(stage_count(telemetry, s) for s in ("open", "open_ahead", "open_spare")))
-        held = [session for session, _init in spares._held.values()]
-        assert [(s.params.width, s.params.height) for s in held] == [(W * 2, H)]  # keep=1: the newest
-    # 1st: opens its own, then a spare; 2nd: takes it, another spare opens; 3rd: takes the W spare
-    # for frame 0 at 2W, opens its own, and a 2W spare replaces the W one
-    assert counts == [(1, 0, 1), (1, 0, 2), (2, 0, 3)]
-    assert len(spares) == 0 and all(s._container is None for s in held)  # closed with the service
-    for d, w in zip(decoded, (W, W, W * 2), strict=True):
+        await stream("a", W, expect_held=1)  # opens its own at frame 0 (no size known); a W spare
+        await stream("a", W, expect_held=2)  # takes it; another W spare
+        await stream("b", 2 * W, expect_held=2)  # opens its own; the W spare is fresh: stays
+        (first_w_spare,) = [s for s, _init, _at in spares._held.values()]
+        spares.stale_seconds = 0.0
+        await stream("b", 2 * W, expect_held=3)  # no 2W spare: opens ahead; the stale W spare makes way
+        await stream("a", W, expect_held=4)  # the 2W spare is not its: opens ahead; then a W spare
+        assert first_w_spare._container is None  # the evicted spare was closed
+        last_spare = next(iter(spares._held.values()))[0]
+    assert counts == [(1, 0, 1), (1, 0, 2), (2, 0, 2), (2, 1, 3), (2, 2, 4)]
+    assert held == [[W], [W], [W], [2 * W], [W]]
+    assert len(spares) == 0 and last_spare._container is None  # closed with the service
+    # the spare's tracks are a fresh session's, packet for packet (which fragment carries which
+    # audio packet depends on when the encoder was open, not on the session)
+    assert _packets(outputs[1]) == _packets(outputs[0])
+    for data, w in zip(outputs, (W, W, 2 * W, 2 * W, W), strict=True):
+        d = decode(data)
         assert d.size == (w, H) and len(d.video_pts) == n
         assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)
-        assert d.audio_end == pytest.approx(samples / SR, abs=1 / FPS)  # the spare's audio starts at 0 too
+        assert d.audio_end == pytest.approx(samples / SR, abs=1 / FPS)

@@ -27,6 +27,9 @@ class VideoCodecSettings:
 class VideoBackend(abc.ABC):
     #: the encoder's name as reported in logs, metrics and MediaChunk.video_encoder
     name: str = ""
+    #: its sessions are a budget the streams share (NVENC's per-GPU limit): none is kept idle
+    #: (no spare sessions, services/encoder/spares.py)
+    scarce_sessions: bool = False
 
     def open_error(self, exc: BaseException) -> Exception | None:
         """The error to report when the encoder failed to open with ``exc`` and there is no fallback

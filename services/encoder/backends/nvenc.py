@@ -38,6 +38,7 @@ def session_limit_error(gpu: int) -> ResourceExhausted:
 
 class NvencBackend(VideoBackend):
     name = CODEC_NAME
+    scarce_sessions = True
 
     def __init__(self, config: VideoConfig) -> None:
         self.config = config
