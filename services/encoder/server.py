@@ -408,10 +408,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                     name="route-requests",
                 )
                 tasks.spawn(_pull_frames(source, waiting), name="pull-frames")
-                # The encoder opens now, while TTS, the feature stage and the renderer make frame 0, at
-                # the size this avatar's frames had last time (a frame 0 of another size gets its
-                # own session).
-                # A spare session of those parameters (see spares.py) is already open.
+                # At the size this avatar's frames had last time, the stream takes a spare session
+                # already open (spares.py), or the encoder opens one now, while TTS, the feature stage
+                # and the renderer make frame 0 (a frame 0 of another size gets its own session).
                 opening: asyncio.Future[bytes | None] | None = None
                 key = (cfg.render.avatar_id, cfg.render.backend, cfg.render.size, cfg.render.pixel_format)
                 guess = self.frame_sizes.get(key)
