@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
+from talkmesh.common.framering import MAX_SLOTS, FrameRingConfig
 from talkmesh.common.registry import default_target
 
 ENCODER_CHOICES = ("auto", "nvenc", "x264")
@@ -209,6 +210,18 @@ class LiveConfig:
 
 
 @dataclass(frozen=True)
+class EncoderFrameRingConfig(FrameRingConfig):
+    # Slots per stream: frames rendered ahead of the one being encoded. A slot holds one frame of
+    # the size the avatar had last time (393 KB at 512x512 I420: 12 slots are ~4.7 MB per stream).
+    slots: int = 12
+
+    def validate(self) -> None:
+        super().validate()
+        if not 2 <= self.slots <= MAX_SLOTS:
+            raise ConfigError.at("slots", f"must be within 2..{MAX_SLOTS}")
+
+
+@dataclass(frozen=True)
 class EncoderConfig:
     # At most 16 encodes at once per process (x264 on CPU, or an NVENC session budget).
     server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("encoder"))
@@ -232,6 +245,11 @@ class EncoderConfig:
     # stream opens none (~3-5 ms that hold the GIL: the event loop stalls). x264 only: NVENC's
     # sessions are a per-GPU budget the streams need. 0 turns it off.
     spare_sessions: int = 1
+    # Frames from a renderer on this machine (the same pod, or the same host) come through shared
+    # memory instead of gRPC messages (talkmesh/common/framering.py): the renderer's
+    # `frame_ring.directory` must be the same directory. A renderer elsewhere falls back to frames
+    # in messages by itself; turn it off where they never share one (the gpu-split overlay).
+    frame_ring: EncoderFrameRingConfig = field(default_factory=EncoderFrameRingConfig)
     # Live sessions (the Live RPC).
     live: LiveConfig = field(default_factory=LiveConfig)
 

@@ -9,7 +9,7 @@ import numpy as np
 from services.encoder.config import AudioConfig
 
 
-def i420_frame(data: bytes, width: int, height: int) -> av.VideoFrame:
+def i420_frame(data: bytes | memoryview, width: int, height: int) -> av.VideoFrame:
     """An I420 frame that points into ``data`` (no copy; ``from_ndarray`` copied each plane, 0.65 ms
     per 512x512 frame). The encoder copies the picture into its own buffers when it encodes it, and
     the frame keeps ``data`` alive until then."""

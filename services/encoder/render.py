@@ -25,6 +25,10 @@ from talkmesh.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 class FrameSource(abc.ABC):
     """Opens a Render stream: ``requests`` (config first) in, VideoFrame messages out."""
 
+    #: The renderer is another process, which may share this machine's memory: streams offer it a
+    #: frame ring (talkmesh/common/framering.py). In-process, frames are passed as they are.
+    remote = False
+
     @abc.abstractmethod
     def render(self, requests: AsyncIterable[renderer_pb2.RenderRequest], timeout: float | None) -> Stream: ...
 
@@ -34,6 +38,8 @@ class FrameSource(abc.ABC):
 
 class GrpcFrameSource(FrameSource):
     """The renderer over gRPC (``renderer.target``: ``host:port``, ``dns:///...`` or ``unix:///path``)."""
+
+    remote = True
 
     def __init__(self, endpoint: Endpoint, max_message_bytes: int) -> None:
         # Raw frames come back: the stream window starts large enough for two whole messages.

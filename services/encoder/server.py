@@ -37,6 +37,7 @@ from services.encoder.validation import FrameAssembler, check_audio, stream_para
 from talkmesh.common.aio import Chan, TaskSet, wait_event
 from talkmesh.common.clock import MediaClock, fps_fraction
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from talkmesh.common.framering import FrameRing
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
@@ -352,7 +353,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             # Releases the encoder if the stream failed or was cancelled (no-op after finish()).
             await asyncio.to_thread(session.close)
 
-    async def _encode_frame(self, session: EncodeSession, pcm: bytes, raw: bytes) -> bytes:
+    async def _encode_frame(self, session: EncodeSession, pcm: bytes, raw: bytes | memoryview) -> bytes:
         t0 = time.perf_counter()
         data = await asyncio.to_thread(session.add_audio_then_frame, pcm, raw)
         self.telemetry.observe_stage("frame", time.perf_counter() - t0)
@@ -398,26 +399,35 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             render_in.close(exc)
             waiting.close(exc)
 
+        # The size this avatar's frames had last time: a frame ring of slots that size, and an
+        # encoder session of it (a frame 0 of another size gets its own session, and goes inline).
+        key = (cfg.render.avatar_id, cfg.render.backend, cfg.render.size, cfg.render.pixel_format)
+        guess = self.frame_sizes.get(key)
+        guessed: StreamParams | None = None
+        if guess is not None:
+            w, h, pixel_format = guess
+            guessed = stream_params(cfg, self.config, size=(w, h), pixel_format_value=pixel_format)
+        ring_offer: asyncio.Future[FrameRing | None] | None = None
+        ring: FrameRing | None = None
         try:
             async with TaskSet("encoder", on_error=fail) as tasks:
+                if guessed is not None and self.frame_source.remote and self.config.frame_ring.enabled:
+                    ring_offer = self._create_ring(guessed.frame_bytes)
                 # fMP4: the first fragment's frames are rendered alone (see _route)
                 wait = self.config.first_fragment_wait_ms / 1000
                 first_frames = base.fragment_frames if base.container == "fmp4" and wait else 0
                 reader = tasks.spawn(
-                    _route(stream, audio, render_in, timing, base, first_batch=first_frames, wait=wait),
+                    _route(
+                        stream, audio, render_in, timing, base, first_batch=first_frames, wait=wait, ring=ring_offer
+                    ),
                     name="route-requests",
                 )
                 tasks.spawn(_pull_frames(source, waiting), name="pull-frames")
-                # At the size this avatar's frames had last time, the stream takes a spare session
-                # already open (spares.py), or the encoder opens one now, while TTS, the feature stage
-                # and the renderer make frame 0 (a frame 0 of another size gets its own session).
+                # The stream takes a spare session already open (spares.py), or the encoder opens
+                # one now, while TTS, the feature stage and the renderer make frame 0.
                 opening: asyncio.Future[bytes | None] | None = None
-                key = (cfg.render.avatar_id, cfg.render.backend, cfg.render.size, cfg.render.pixel_format)
-                guess = self.frame_sizes.get(key)
                 spare = None
-                if guess is not None:
-                    w, h, pixel_format = guess
-                    guessed = stream_params(cfg, self.config, size=(w, h), pixel_format_value=pixel_format)
+                if guessed is not None:
                     spare = self.spares.take(guessed)
                     if spare is not None:
                         session, ready = spare
@@ -449,11 +459,15 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                             yield msg
                     assert session is not None
                     assert frames is not None
-                    raw = frames.add(vf)
+                    if ring is None and ring_offer is not None and ring_offer.done():
+                        ring = ring_offer.result()
+                    raw = frames.add(vf, pixels=_in_ring(vf, ring, session.params) if vf.in_ring else None)
                     if raw is None:
                         continue
                     output.frames_inferred += int(vf.inferred)
                     data = await self._encode_frame(session, audio.until_frame(vf.frame_index), raw)
+                    if ring is not None:  # its slot (if it used one) may take another frame
+                        ring.release(vf.frame_index + 1)
                     if session.frames_in >= first_frames:
                         timing.first_frames_encoded.set()
                     if data:
@@ -491,8 +505,50 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         finally:
             await source.cancel()
             render_in.discard()
+            if ring_offer is not None:
+                _unlink_when_made(ring_offer)
             if session is not None:
                 await asyncio.to_thread(session.close)
+
+    def _create_ring(self, frame_bytes: int) -> asyncio.Future[FrameRing | None]:
+        """A frame ring of slots of ``frame_bytes``, made in a worker thread (allocating and mapping
+        its pages takes ~1.5 ms for 12 slots of 393 KB) while the stream's first input is on its way;
+        None where the directory cannot hold it (frames then go inline)."""
+        cfg = self.config.frame_ring
+
+        def create() -> FrameRing | None:
+            try:
+                return FrameRing.create(cfg.directory, cfg.slots, frame_bytes)
+            except OSError as exc:
+                log.warning("no frame ring in %s (%s): frames come inline", cfg.directory, exc)
+                return None
+
+        # an executor future, not a task: it runs to the end even if the stream is cancelled, and
+        # _unlink_when_made removes what it made
+        return asyncio.get_running_loop().run_in_executor(None, create)
+
+
+def _in_ring(vf: common_pb2.VideoFrame, ring: FrameRing | None, params: StreamParams) -> memoryview:
+    """The pixels of a frame the renderer put into the stream's ring (its slot)."""
+    if ring is None:
+        raise InvalidArgument("frame.in_ring", "no frame ring was offered to the renderer")
+    if params.frame_bytes > ring.slot_bytes:
+        raise InvalidArgument(
+            "frame.in_ring",
+            f"a {params.width}x{params.height} frame does not fit the ring's {ring.slot_bytes}-byte slots",
+        )
+    ring.unlink()  # the renderer has it open: the mappings outlive the name
+    return ring.frame(vf.frame_index, params.frame_bytes)
+
+
+def _unlink_when_made(offer: asyncio.Future[FrameRing | None]) -> None:
+    """Removes the ring's file now, or once the worker thread has made it."""
+
+    def unlink(done: asyncio.Future[FrameRing | None]) -> None:
+        if not done.cancelled() and done.exception() is None and (ring := done.result()) is not None:
+            ring.unlink()
+
+    offer.add_done_callback(unlink)  # runs soon even if it is already done
 
 
 def _render_config(cfg: encoder_pb2.EncodeConfig, params: StreamParams) -> renderer_pb2.RenderConfig:
@@ -572,6 +628,7 @@ async def _route(
     *,
     first_batch: int = 0,
     wait: float = 0.0,
+    ring: asyncio.Future[FrameRing | None] | None = None,
 ) -> None:
     """Audio to the interleaver, renderer input to the Render stream; closes it at the end.
 
@@ -579,8 +636,24 @@ async def _route(
     (the first fragment's), the renderer gets those frames alone and the rest once they are encoded
     (or after ``wait`` seconds, for a renderer that needs more input first), so frame 0 is not
     encoded while the frames behind it are rendered. Meanwhile the caller's input waits.
+
+    ``ring``: the stream's frame ring, being made; it is offered to the renderer ahead of the
+    first message that finds it made.
     """
     seq = 1
+
+    async def send(msg: renderer_pb2.RenderRequest) -> None:
+        nonlocal seq, ring
+        if ring is not None and ring.done():
+            made, ring = ring.result(), None
+            if made is not None:
+                offer = renderer_pb2.FrameRing(name=made.name, slots=made.slots, slot_bytes=made.slot_bytes)
+                await render_in.send(renderer_pb2.RenderRequest(seq=seq, frame_ring=offer))
+                seq += 1
+        msg.seq = seq
+        await render_in.send(msg)
+        seq += 1
+
     async for req in stream:
         kind = req.WhichOneof("kind")
         if kind == "audio":
@@ -591,8 +664,7 @@ async def _route(
                 if not timing.first_input:
                     timing.first_input = time.perf_counter()
                 track = renderer_pb2.VisemeTrack(events=req.audio.visemes)
-                await render_in.send(renderer_pb2.RenderRequest(request_id=req.request_id, seq=seq, visemes=track))
-                seq += 1
+                await send(renderer_pb2.RenderRequest(request_id=req.request_id, visemes=track))
         elif kind in ("visemes", "features"):
             if not timing.first_input:
                 timing.first_input = time.perf_counter()
@@ -603,13 +675,10 @@ async def _route(
                 head, batch = _split_batch(req.features, first_batch) if first_batch else (None, req.features)
                 first_batch = 0
                 if head is not None:
-                    await render_in.send(renderer_pb2.RenderRequest(request_id=req.request_id, seq=seq, features=head))
-                    seq += 1
+                    await send(renderer_pb2.RenderRequest(request_id=req.request_id, features=head))
                     await wait_event(timing.first_frames_encoded, wait)
                 msg.features.CopyFrom(batch)
-            msg.seq = seq
-            await render_in.send(msg)
-            seq += 1
+            await send(msg)
         elif kind == "frame":
             raise InvalidArgument("frame", "config.render is set: the frames come from the renderer")
     await render_in.send(renderer_pb2.RenderRequest(seq=seq, end_of_stream=True))

@@ -236,7 +236,7 @@ class EncodeSession:
 
     # -- data ---------------------------------------------------------------------------------
     @_locked
-    def add_frame(self, data: bytes) -> bytes:
+    def add_frame(self, data: bytes | memoryview) -> bytes:
         """Encodes the next frame (raw bytes in the stream's pixel format, already size-checked)."""
         p = self.params
         assert self._video is not None, "open() first"
@@ -252,7 +252,7 @@ class EncodeSession:
         return self._take()
 
     @_locked
-    def add_audio_then_frame(self, pcm: bytes, frame: bytes) -> bytes:
+    def add_audio_then_frame(self, pcm: bytes, frame: bytes | memoryview) -> bytes:
         """``add_audio(pcm)`` then ``add_frame(frame)`` in one call (one thread hop per frame)."""
         out = self.add_audio(pcm) if pcm else b""
         return out + self.add_frame(frame)

@@ -85,7 +85,7 @@ class FrameAssembler:
     def __init__(self, params: StreamParams) -> None:
         self.params = params
         self.next_index = 0
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self._part_count = 0
         self._bytes = 0
 
@@ -94,10 +94,17 @@ class FrameAssembler:
         """A frame has some but not all of its parts."""
         return bool(self._parts)
 
-    def add(self, frame: common_pb2.VideoFrame, where: str = "frame") -> bytes | None:
+    def add(
+        self, frame: common_pb2.VideoFrame, where: str = "frame", pixels: memoryview | None = None
+    ) -> bytes | memoryview | None:
         """The whole frame's bytes when ``frame`` completes it, else None; errors name ``where``
-        (``frame``, or ``frame.frames[i]`` for a frame of a batch)."""
+        (``frame``, or ``frame.frames[i]`` for a frame of a batch). ``pixels``: the frame's slot in
+        the stream's frame ring (a frame with ``in_ring`` set, from the renderer)."""
         p = self.params
+        if frame.in_ring and pixels is None:
+            raise InvalidArgument(f"{where}.in_ring", "frames in a ring come only from the renderer's Render stream")
+        if frame.in_ring and (frame.part_count > 1 or frame.data):
+            raise InvalidArgument(f"{where}.in_ring", "a frame in the ring is whole: no parts, no data")
         if frame.frame_index != self.next_index:
             raise InvalidArgument(
                 f"{where}.frame_index",
@@ -126,7 +133,8 @@ class FrameAssembler:
                 f"{where}.part_index",
                 f"expected part {len(self._parts)} of frame {frame.frame_index}, got {frame.part_index}",
             )
-        data = frame.data  # each access of a bytes field copies it out of the message (upb)
+        # each access of a bytes field copies it out of the message (upb)
+        data: bytes | memoryview = frame.data if pixels is None else pixels
         self._bytes += len(data)
         if self._bytes > p.frame_bytes:
             raise InvalidArgument(

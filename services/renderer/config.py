@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, ServerConfig
+from talkmesh.common.framering import FrameRingConfig
 from talkmesh.common.gpu import GpuConfig
 from talkmesh.common.onnx import ExecutionConfig
 from talkmesh.common.registry import SIZE_PRESETS, spec
@@ -134,6 +135,9 @@ class RendererConfig:
     session_queue: int = 8
     # Frames larger than this go out in several VideoFrame parts (capped below max_message_bytes).
     frame_part_bytes: int = 4 * 1024 * 1024
+    # Frames into the shared-memory ring an encoder on this machine offers (talkmesh/common/framering.py):
+    # the same directory as the encoder's `frame_ring.directory`.
+    frame_ring: FrameRingConfig = field(default_factory=FrameRingConfig)
 
     def validate(self) -> None:
         known = spec("renderer").backends

@@ -38,10 +38,16 @@ def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(frame, size, interpolation=interp)
 
 
-def encode_pixels(frame_bgr: np.ndarray, pixel_format: int) -> bytes:
-    if pixel_format == cpb.PIXEL_FORMAT_RGB24:
-        return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB).tobytes()
-    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2YUV_I420).tobytes()
+def encode_pixels(frame_bgr: np.ndarray, pixel_format: int, out: np.ndarray | None = None) -> bytes | None:
+    """The frame in ``pixel_format`` as bytes, or converted into ``out`` (a frame ring's slot, of
+    the converted frame's shape: rows x width for I420, height x width x 3 for RGB): None."""
+    code = cv2.COLOR_BGR2RGB if pixel_format == cpb.PIXEL_FORMAT_RGB24 else cv2.COLOR_BGR2YUV_I420
+    if out is None:
+        return cv2.cvtColor(frame_bgr, code).tobytes()
+    converted = cv2.cvtColor(frame_bgr, code, dst=out)
+    if not np.shares_memory(converted, out):  # OpenCV made a new array (never for a slot of the right shape)
+        out[...] = converted
+    return None
 
 
 class I420Regions:
@@ -58,16 +64,26 @@ class I420Regions:
         self._planes = np.zeros(0, np.uint8)
         self._bytes = b""
 
-    def encode(self, frame: np.ndarray, base: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> bytes:
-        """``frame`` (BGR, even sides) as I420; it equals ``base`` outside ``boxes``."""
+    def encode(
+        self, frame: np.ndarray, base: np.ndarray, boxes: list[tuple[int, int, int, int]], out: np.ndarray | None = None
+    ) -> bytes | None:
+        """``frame`` (BGR, even sides) as I420; it equals ``base`` outside ``boxes``. Written into
+        ``out`` (a frame ring's slot, rows x width) if given, and then None."""
         if base is not self._base:
             self._planes = np.asarray(cv2.cvtColor(base, cv2.COLOR_BGR2YUV_I420))
             self._bytes = self._planes.tobytes()
             self._base = base
         if frame is base:
-            return self._bytes
+            if out is None:
+                return self._bytes
+            out[...] = self._planes
+            return None
         h, w = frame.shape[:2]
-        out = self._planes.copy()
+        into_slot = out is not None
+        if out is None:
+            out = self._planes.copy()
+        else:
+            out[...] = self._planes
         y_plane = out[:h]
         chroma = out[h:].reshape(2, h // 2, w // 2)  # U, then V
         for x1, y1, x2, y2 in boxes:
@@ -75,7 +91,7 @@ class I420Regions:
             rh, rw = y2 - y1, x2 - x1
             y_plane[y1:y2, x1:x2] = sub[:rh]
             chroma[:, y1 // 2 : y2 // 2, x1 // 2 : x2 // 2] = sub[rh:].reshape(2, rh // 2, rw // 2)
-        return out.tobytes()
+        return None if into_slot else out.tobytes()
 
 
 def split(data: bytes, part_bytes: int) -> list[bytes]:

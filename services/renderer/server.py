@@ -88,12 +88,14 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                 attack_ms=s.config.viseme.attack_ms,
                 release_ms=s.config.viseme.release_ms,
                 batch_frames=cfg.batch_frames,
+                ring_directory=s.config.frame_ring.directory if s.config.frame_ring.enabled else "",
             ),
             avatar,
             backend,
             s.runners[backend_name],
             s.telemetry,
             s.config.session_queue,
+            s.ring_opened,
         )
         try:
             async for frame in session.run(stream):
@@ -288,6 +290,19 @@ class RendererService(Service):
         self.store: AvatarStore = None  # type: ignore[assignment]  # built in start()
         self.session_ticks: OrderedDict[str, int] = OrderedDict()
         self.part_bytes = min(config.frame_part_bytes, config.server.max_message_bytes - 64 * 1024)
+        self._ring_refusals = 0
+
+    def ring_opened(self, opened: bool, reason: str = "") -> None:
+        """An encoder's frame ring was opened, or could not be (its frames go inline): counted as
+        ``talkmesh_cache_requests_total{cache="frame_ring"}`` hit or miss. A miss is logged the first
+        time and every 1000th after (a split deployment whose encoders still offer rings wants them
+        off there: ``encoder.frame_ring.enabled``)."""
+        self.telemetry.cache("frame_ring", opened)
+        if opened:
+            return
+        if self._ring_refusals % 1000 == 0:
+            log.warning("%s; frames go inline (%d streams so far)", reason, self._ring_refusals + 1)
+        self._ring_refusals += 1
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         renderer_pb2_grpc.add_RendererServicer_to_server(RendererServicer(self), server)

@@ -9,7 +9,7 @@ idle life of still photos, resizes to the requested preset and converts to the e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +21,7 @@ from services.renderer.mouth import MouthAnimator
 from services.renderer.runner import BlockingRender, FrameRunner
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.framering import FrameRing
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.common.tensors import from_tensor
 from talkmesh.v1 import audio_features_pb2 as fpb
@@ -51,6 +52,7 @@ class SessionOptions:
     idle_life: bool
     start_tick: int = 0
     batch_frames: bool = False  # frames rendered together leave in one message (RenderConfig.batch_frames)
+    ring_directory: str = ""  # where an offered frame ring is opened (frame_ring.directory); empty: rings off
     max_group: int = 8
     attack_ms: float = 20.0
     release_ms: float = 50.0
@@ -65,6 +67,7 @@ class RenderSession:
         runner: FrameRunner,
         telemetry: Telemetry,
         queue_size: int,
+        ring_opened: Callable[[bool, str], None] | None = None,
     ) -> None:
         self.o = options
         self.avatar = avatar
@@ -84,6 +87,10 @@ class RenderSession:
         self.inferred = 0
         self.wants_features = backend.feature_type != fpb.FEATURE_TYPE_ACTIVITY
         self.failure: Exception | None = None
+        # the encoder's shared-memory ring, once offered and opened (RenderRequest.frame_ring)
+        self.ring: FrameRing | None = None
+        self.ring_offered = False
+        self.ring_opened = ring_opened or (lambda opened, reason: None)
         # idle life at the output size: frames converted to I420 only where they differ from the
         # key tick's moved photo (the drawn mouth, blinking eyes)
         w, h = options.size
@@ -106,6 +113,8 @@ class RenderSession:
                         await asyncio.to_thread(self.animator.add, events)
                     else:
                         self.animator.add(events)
+                elif kind == "frame_ring":
+                    await self._open_ring(req.frame_ring)
                 elif kind == "features":
                     # one frame, or a batch of consecutive frames (FeatureChunk.frames); errors name
                     # the frame's own path in the request
@@ -123,6 +132,29 @@ class RenderSession:
             self.jobs.close(exc)
             return
         self.jobs.close()
+
+    async def _open_ring(self, offer: rpb.FrameRing) -> None:
+        """Opens the encoder's ring; frames go inline if it cannot be (another machine, rings off here)."""
+        if self.ring_offered:
+            raise InvalidArgument("frame_ring", "a stream offers one ring, once")
+        self.ring_offered = True
+        if not self.o.ring_directory:
+            self.ring_opened(False, "frame rings are off in this renderer (frame_ring.enabled)")
+            return
+        w, h = self.o.size
+        frame_bytes = w * h * (3 if self.o.pixel_format == cpb.PIXEL_FORMAT_RGB24 else 3 / 2)
+        if frame_bytes > offer.slot_bytes:  # made for the size this avatar had before
+            self.ring_opened(False, f"frame ring {offer.name!r}: {w}x{h} frames do not fit its slots")
+            return
+        try:
+            self.ring = await asyncio.to_thread(
+                FrameRing.attach, self.o.ring_directory, offer.name, offer.slots, offer.slot_bytes
+            )
+        except (OSError, ValueError) as exc:
+            # not an error of the stream: its frames go inline, as they would without the offer
+            self.ring_opened(False, f"cannot open frame ring {offer.name!r} in {self.o.ring_directory}: {exc}")
+            return
+        self.ring_opened(True, "")
 
     def _job(self, fc: fpb.FeatureChunk, where: str = "features") -> FrameJob:
         if fc.frame_index != self.next_index:
@@ -159,6 +191,9 @@ class RenderSession:
                 # The first frames go out one by one (time to first frame), later ones in groups of
                 # up to max_group (fewer thread hops, and batches for the models).
                 limit = min(self.o.max_group, 1 + self.frames_out // 4)
+                if self.ring is not None:  # back-pressure: no more frames than the encoder has released slots
+                    await self.ring.room(first.frame_index)
+                    limit = min(limit, self.ring.free(first.frame_index))
                 while len(group) < limit and self.jobs.qsize():
                     group.append(self.jobs.recv_nowait())
                 for msg in await self._render(group):
@@ -198,29 +233,44 @@ class RenderSession:
     def _finish(self, group: list[FrameJob], rendered: list[np.ndarray]) -> list[cpb.VideoFrame]:
         it = iter(rendered)
         w, h = self.o.size
-        pixels: list[bytes] = []
+        pixels: list[bytes | None] = []  # None: converted straight into the frame's ring slot
         for job in group:
             frame = next(it) if job.voiced else self.avatar.frames[job.avatar_frame]
             if self.idle is not None:
                 frame = self.idle.apply(np.asarray(frame), job.frame_index + self.o.start_tick)
+            slot = self._slot(job.frame_index)
             if self.regions is not None and self.idle is not None:
-                pixels.append(self.regions.encode(frame, self.idle.base, self.idle.redone))
+                pixels.append(self.regions.encode(frame, self.idle.base, self.idle.redone, out=slot))
             else:
-                pixels.append(encode_pixels(resize(np.asarray(frame), (w, h)), self.o.pixel_format))
+                pixels.append(encode_pixels(resize(np.asarray(frame), (w, h)), self.o.pixel_format, out=slot))
             self.frames_out += 1
             self.inferred += int(job.voiced)
         self.telemetry.metrics.frames_total.labels(self.telemetry.service).inc(len(group))
         return self._messages(group, pixels)
 
-    def _messages(self, group: list[FrameJob], pixels: list[bytes]) -> list[cpb.VideoFrame]:
+    def _slot(self, index: int) -> np.ndarray | None:
+        """Frame ``index``'s slot in the encoder's ring as an array of the frame's shape (the
+        renderer converts the frame straight into it), or None: the frame goes inline."""
+        ring = self.ring
+        if ring is None or not ring.has_room(index):  # (run() takes no more frames than slots)
+            return None
+        w, h = self.o.size
+        if self.o.pixel_format == cpb.PIXEL_FORMAT_RGB24:
+            return np.frombuffer(ring.frame(index, w * h * 3), np.uint8).reshape(h, w, 3)
+        return np.frombuffer(ring.frame(index, w * h * 3 // 2), np.uint8).reshape(h * 3 // 2, w)
+
+    def _messages(self, group: list[FrameJob], pixels: list[bytes | None]) -> list[cpb.VideoFrame]:
         """The group's frames as messages: one per frame (or part), or with ``batch_frames``
-        whole frames joined into batches of at most ``part_bytes`` of pixels."""
+        whole frames joined into batches of at most ``part_bytes`` of pixels. A frame already in
+        the encoder's ring (``pixels`` None) carries no pixels (``in_ring``)."""
         out: list[cpb.VideoFrame] = []
         w, h = self.o.size
         fmt = self.o.pixel_format
         batch: cpb.VideoFrame | None = None
         batch_bytes = 0
-        for job, data in zip(group, pixels, strict=True):
+        for job, converted in zip(group, pixels, strict=True):
+            in_ring = converted is None
+            data = b"" if converted is None else converted
             if self.o.batch_frames and len(group) > 1 and len(data) <= self.o.part_bytes:
                 if batch is None or batch_bytes + len(data) > self.o.part_bytes:
                     batch = cpb.VideoFrame(
@@ -239,6 +289,7 @@ class RenderSession:
                     pixel_format=fmt,  # type: ignore[arg-type]
                     data=data,
                     inferred=job.voiced,
+                    in_ring=in_ring,
                 )
                 batch_bytes += len(data)
                 continue
@@ -256,6 +307,7 @@ class RenderSession:
                         part_index=i,
                         part_count=len(parts),
                         inferred=job.voiced,
+                        in_ring=in_ring,
                     )
                 )
         return out

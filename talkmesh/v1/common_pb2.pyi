@@ -131,7 +131,7 @@ class AudioChunk(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., sample_offset: _Optional[int] = ..., pcm: _Optional[bytes] = ..., visemes: _Optional[_Iterable[_Union[VisemeEvent, _Mapping]]] = ..., segment_index: _Optional[int] = ...) -> None: ...
 
 class VideoFrame(_message.Message):
-    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "width", "height", "pixel_format", "data", "part_index", "part_count", "inferred", "frames")
+    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "width", "height", "pixel_format", "data", "part_index", "part_count", "inferred", "frames", "in_ring")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,7 @@ class VideoFrame(_message.Message):
     PART_COUNT_FIELD_NUMBER: _ClassVar[int]
     INFERRED_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
+    IN_RING_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     end_of_stream: bool
@@ -156,7 +157,8 @@ class VideoFrame(_message.Message):
     part_count: int
     inferred: bool
     frames: _containers.RepeatedCompositeFieldContainer[VideoFrame]
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ..., part_index: _Optional[int] = ..., part_count: _Optional[int] = ..., inferred: _Optional[bool] = ..., frames: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ...) -> None: ...
+    in_ring: bool
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ..., part_index: _Optional[int] = ..., part_count: _Optional[int] = ..., inferred: _Optional[bool] = ..., frames: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ..., in_ring: _Optional[bool] = ...) -> None: ...
 
 class FrameActivity(_message.Message):
     __slots__ = ("rms_dbfs", "voiced")

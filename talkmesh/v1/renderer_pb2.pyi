@@ -64,17 +64,29 @@ class VisemeTrack(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.VisemeEvent, _Mapping]]] = ...) -> None: ...
 
 class RenderRequest(_message.Message):
-    __slots__ = ("request_id", "seq", "end_of_stream", "config", "visemes", "features")
+    __slots__ = ("request_id", "seq", "end_of_stream", "config", "visemes", "features", "frame_ring")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     VISEMES_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    FRAME_RING_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     end_of_stream: bool
     config: RenderConfig
     visemes: VisemeTrack
     features: _audio_features_pb2.FeatureChunk
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., config: _Optional[_Union[RenderConfig, _Mapping]] = ..., visemes: _Optional[_Union[VisemeTrack, _Mapping]] = ..., features: _Optional[_Union[_audio_features_pb2.FeatureChunk, _Mapping]] = ...) -> None: ...
+    frame_ring: FrameRing
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., config: _Optional[_Union[RenderConfig, _Mapping]] = ..., visemes: _Optional[_Union[VisemeTrack, _Mapping]] = ..., features: _Optional[_Union[_audio_features_pb2.FeatureChunk, _Mapping]] = ..., frame_ring: _Optional[_Union[FrameRing, _Mapping]] = ...) -> None: ...
+
+class FrameRing(_message.Message):
+    __slots__ = ("name", "slots", "slot_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    slots: int
+    slot_bytes: int
+    def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., slot_bytes: _Optional[int] = ...) -> None: ...

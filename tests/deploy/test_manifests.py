@@ -15,6 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.encoder.config import EncoderConfig
+from services.renderer.config import RendererConfig
 from talkmesh.common import registry
 from tests.deploy.manifests import (
     DEPLOY,
@@ -279,6 +281,29 @@ def test_colocated_encoder_reaches_its_renderer_over_a_shared_unix_socket(overla
     for c in (renderer, encoder):
         config = config_of(docs, dep, c)
         assert "unix_socket" not in config["server"] and "renderer" not in config
+
+
+@pytest.mark.parametrize("overlay", COLOCATED)
+def test_colocated_containers_share_the_frame_ring_directory(overlay: str) -> None:
+    """The encoder's frame rings (frame_ring.directory) are in memory both containers mount."""
+    directory = EncoderConfig().frame_ring.directory
+    assert RendererConfig().frame_ring.directory == directory
+    docs = render(overlay)
+    dep, renderer = runs(docs, "renderer")
+    _, encoder = runs(docs, "encoder")
+    r_mount, e_mount = mounts_of(renderer)[directory], mounts_of(encoder)[directory]
+    assert r_mount["name"] == e_mount["name"], "one volume for both containers"
+    vol = volume(dep, r_mount["name"])["emptyDir"]
+    assert vol["medium"] == "Memory" and vol["sizeLimit"]
+    for c in (renderer, encoder):
+        assert not mounts_of(c)[directory].get("readOnly")
+        assert "TALKMESH_ENCODER__FRAME_RING__ENABLED" not in env_of(c)
+        assert "frame_ring" not in config_of(docs, dep, c)
+
+
+def test_split_encoder_offers_no_frame_rings() -> None:
+    _, encoder = runs(render("gpu-split"), "encoder")
+    assert env_of(encoder)["TALKMESH_ENCODER__FRAME_RING__ENABLED"] == "false"
 
 
 def test_split_encoder_reaches_the_renderer_service() -> None:

@@ -158,3 +158,13 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
         lo = max(s, 0)
         out[lo : s + len(a)] = a[lo - s :]
     return out, rate
+
+
+def packets(data: bytes) -> dict[str, list[tuple[int | None, int | None, int | None, bytes]]]:
+    """Each track's packets: timestamps, duration and bytes."""
+    tracks: dict[str, list[tuple[int | None, int | None, int | None, bytes]]] = {"audio": [], "video": []}
+    with av.open(io.BytesIO(data)) as container:
+        for p in container.demux():
+            if p.size:
+                tracks[p.stream.type].append((p.pts, p.dts, p.duration, bytes(p)))
+    return tracks

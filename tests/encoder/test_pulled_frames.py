@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 from collections.abc import AsyncIterator
 from typing import Any
 
-import av
 import pytest
 
 from services.encoder.main import create_service, load_config
@@ -20,7 +18,7 @@ from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import audio_features_pb2, common_pb2, encoder_pb2, encoder_pb2_grpc, renderer_pb2
 
-from .media import FPS, SR, audio_request, decode, frame_luma, frames_for, i420_frame, tone
+from .media import FPS, SR, audio_request, decode, frame_luma, frames_for, i420_frame, packets, tone
 
 W, H = 128, 96
 
@@ -251,16 +249,6 @@ async def test_the_encoder_opens_ahead_of_frame_0_at_the_size_it_had_last_time()
         assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)
 
 
-def _packets(data: bytes) -> dict[str, list[tuple[int | None, int | None, int | None, bytes]]]:
-    """Each track's packets: timestamps, duration and bytes."""
-    tracks: dict[str, list[tuple[int | None, int | None, int | None, bytes]]] = {"audio": [], "video": []}
-    with av.open(io.BytesIO(data)) as container:
-        for p in container.demux():
-            if p.size:
-                tracks[p.stream.type].append((p.pts, p.dts, p.duration, bytes(p)))
-    return tracks
-
-
 async def test_a_stream_takes_the_spare_session_the_one_before_left_open() -> None:
     """Once a stream's first fragment is out the encoder opens a spare session of its parameters:
     the next such stream opens nothing, and its tracks are a fresh session's, packet for packet. A spare
@@ -315,7 +303,7 @@ async def test_a_stream_takes_the_spare_session_the_one_before_left_open() -> No
     assert len(spares) == 0 and last_spare._container is None  # closed with the service
     # the spare's tracks are a fresh session's, packet for packet (which fragment carries which
     # audio packet depends on when the encoder was open, not on the session)
-    assert _packets(outputs[1]) == _packets(outputs[0])
+    assert packets(outputs[1]) == packets(outputs[0])
     for data, w in zip(outputs, (W, W, 2 * W, 2 * W, W), strict=True):
         d = decode(data)
         assert d.size == (w, H) and len(d.video_pts) == n

@@ -180,6 +180,9 @@ def test_i420_of_the_changed_regions_equals_converting_the_whole_frame(tmp_path)
             assert all(v % 2 == 0 for box in life.redone for v in box)
             data = regions.encode(frame, life.base, life.redone)
             assert data == encode_pixels(frame, cpb.PIXEL_FORMAT_I420), (t, life.redone)
+            slot = np.full((frame.shape[0] * 3 // 2, frame.shape[1]), 7, np.uint8)  # a used frame ring slot
+            assert regions.encode(frame, life.base, life.redone, out=slot) is None
+            assert slot.tobytes() == data
             reused += frame is life.base
             converted += bool(life.redone)
     assert reused and converted  # both paths ran: silent frames between blinks, and redone regions
