@@ -3,6 +3,7 @@ with ``web=True`` also the browser edge (HTTP on a free port)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import importlib
@@ -55,7 +56,14 @@ async def inprocess_mesh(
     certificates on the gateway's port, as the Kubernetes mtls component sets them up.
     ``web``: also start the browser edge (an HTTP service, not a gRPC one).
     ``max_streams``: a service's ``server.max_concurrent_streams`` when not the default."""
-    base_env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars")}
+    # frame rings in a directory of the test's own: none may be left behind (checked at the end)
+    rings = tmp_path / "frame-rings"
+    rings.mkdir(exist_ok=True)
+    base_env = {
+        "TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars"),
+        "TALKMESH_RENDERER__FRAME_RING__DIRECTORY": str(rings),
+        "TALKMESH_ENCODER__FRAME_RING__DIRECTORY": str(rings),
+    }
     base_env.update(env or {})
     mesh = InProcessMesh()
     plain = ServerConfig(port=0, metrics_port=0 if metrics else -1, grace_seconds=2.0)
@@ -94,3 +102,8 @@ async def inprocess_mesh(
             mesh.hosts[name] = host
             mesh.telemetry[name] = tel
         yield mesh
+    for _ in range(50):  # a ring made while its stream ended is unlinked once made
+        if not any(rings.iterdir()):
+            break
+        await asyncio.sleep(0.02)
+    assert not any(rings.iterdir()), f"frame rings left behind: {sorted(p.name for p in rings.iterdir())}"

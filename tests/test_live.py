@@ -90,7 +90,12 @@ async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path, idle_b
             await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= last + 15)
             await live.close()
             await rec.finish()
+        ring_hits = mesh.telemetry["renderer"].metrics.registry.get_sample_value(
+            "talkmesh_cache_requests_total", {"service": "renderer", "cache": "frame_ring", "result": "hit"}
+        )
 
+    # the turn's frames came through a frame ring (the renderer shares this machine; docs/ARCHITECTURE.md)
+    assert ring_hits == 1
     started = rec.started
     assert rec.messages[0].kind == "started" and rec.media()[0].init_segment
     clock = MediaClock.of(started.fps_numerator / started.fps_denominator, started.sample_rate)

@@ -214,11 +214,16 @@ class EncoderFrameRingConfig(FrameRingConfig):
     # Slots per stream: frames rendered ahead of the one being encoded. A slot holds one frame of
     # the size the avatar had last time (393 KB at 512x512 I420: 12 slots are ~4.7 MB per stream).
     slots: int = 12
+    # Rings made ahead per frame size (for the last 4 sizes): a stream that takes one has frame 0 in
+    # it too (a ring made when the stream starts is offered only once made, ~1.5 ms later).
+    ready: int = 2
 
     def validate(self) -> None:
         super().validate()
         if not 2 <= self.slots <= MAX_SLOTS:
             raise ConfigError.at("slots", f"must be within 2..{MAX_SLOTS}")
+        if not 0 <= self.ready <= 16:
+            raise ConfigError.at("ready", "must be within 0..16")
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,23 @@ and the benchmark's in-process yardstick passes the renderer's handler directly 
 from __future__ import annotations
 
 import abc
+import asyncio
+import collections
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 from talkmesh.common.calls import CallStream, LocalStream, Stream
 from talkmesh.common.channel import create_channel
 from talkmesh.common.config import Endpoint
+from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.framering import FrameRing
 from talkmesh.common.inprocess import InProcessContext
 from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 class FrameSource(abc.ABC):
@@ -76,3 +83,144 @@ async def unbatched(stream: AsyncIterable[common_pb2.VideoFrame]) -> AsyncIterat
                 yield frame
         else:
             yield vf
+
+
+class RingOffer:
+    """A stream's frame ring (talkmesh/common/framering.py), from the encoder's side.
+
+    Offered to the renderer ahead of the stream's next renderer input once it is made (``offer``:
+    at once for a ring ``FrameRings`` had ready); its slots read as frames are encoded (``pixels``)
+    and released after them (``release``); its file unlinked once the renderer has used it, or at
+    the end (``close``). A ring the directory cannot hold is not made: the frames then come inline.
+    """
+
+    def __init__(self, made: asyncio.Future[FrameRing | None]) -> None:
+        self._made = made
+        self._offered = False
+        self._ring: FrameRing | None = None
+
+    @property
+    def ring(self) -> FrameRing | None:
+        """The ring, once made and offered (frames may come through it from then on)."""
+        return self._ring
+
+    def offer(self, seq: int) -> renderer_pb2.RenderRequest | None:
+        """The RenderRequest that offers the ring: once, the first time it is asked for after the
+        ring is made (None before, after, or if it could not be made)."""
+        if self._offered or not self._made.done():
+            return None
+        self._offered = True
+        ring = self._made.result()
+        if ring is None:
+            return None
+        self._ring = ring
+        return renderer_pb2.RenderRequest(
+            seq=seq, frame_ring=renderer_pb2.FrameRing(name=ring.name, slots=ring.slots, slot_bytes=ring.slot_bytes)
+        )
+
+    def pixels(self, vf: common_pb2.VideoFrame, width: int, height: int, frame_bytes: int) -> memoryview:
+        """The pixels of a frame the renderer put into the ring (``VideoFrame.in_ring``): its slot,
+        valid until the frame is released."""
+        ring = self._ring
+        if ring is None:
+            raise InvalidArgument("frame.in_ring", "no frame ring was offered to the renderer")
+        if frame_bytes > ring.slot_bytes:
+            raise InvalidArgument(
+                "frame.in_ring", f"a {width}x{height} frame does not fit the ring's {ring.slot_bytes}-byte slots"
+            )
+        ring.unlink()  # the renderer has it open: the mappings outlive the name
+        return ring.frame(vf.frame_index, frame_bytes)
+
+    def release(self, frames: int) -> None:
+        """Frames ``0 .. frames - 1`` are encoded (or copied): their slots may take new frames."""
+        if self._ring is not None:
+            self._ring.release(frames)
+
+    def close(self) -> None:
+        """Removes the ring's file now, or once the worker thread has made it."""
+        _unlink_when_made(self._made)
+
+
+def _unlink_when_made(made: asyncio.Future[FrameRing | None]) -> None:
+    def unlink(done: asyncio.Future[FrameRing | None]) -> None:
+        if not done.cancelled() and done.exception() is None and (ring := done.result()) is not None:
+            ring.unlink()
+
+    made.add_done_callback(unlink)  # runs soon, also when it is already done
+
+
+class FrameRings:
+    """Where the encoder's streams get their frame rings: one made ahead (``ready`` per frame size)
+    is offered right behind the stream's config, so frame 0 comes through it too; otherwise one
+    is made in a worker thread (allocating and mapping 12 slots of 393 KB takes ~1.5 ms) and
+    offered once made. ``prepare`` makes the next ones in the background; streams call it once
+    their first frame is out of the way, so the making never competes with a frame 0. ``enabled``
+    False (rings off, or a renderer in this process): no rings."""
+
+    #: frame sizes with rings kept ready (the oldest size's are unlinked to make room)
+    MAX_SIZES = 4
+
+    def __init__(self, directory: str, slots: int, ready: int, enabled: bool) -> None:
+        self.directory = directory
+        self.slots = slots
+        self.ready = ready
+        self.enabled = enabled
+        self._ready: collections.OrderedDict[int, list[FrameRing]] = collections.OrderedDict()
+        self._making: collections.Counter[int] = collections.Counter()
+        self._closed = False
+
+    def _make(self, frame_bytes: int) -> asyncio.Future[FrameRing | None]:
+        directory, slots = self.directory, self.slots
+
+        def make() -> FrameRing | None:
+            try:
+                return FrameRing.create(directory, slots, frame_bytes)
+            except OSError as exc:
+                log.warning("no frame ring in %s (%s): frames come inline", directory, exc)
+                return None
+
+        # an executor future, not a task: it runs to its end even if the stream is cancelled, and
+        # RingOffer.close (or _keep) removes what it made
+        return asyncio.get_running_loop().run_in_executor(None, make)
+
+    def take(self, frame_bytes: int) -> RingOffer | None:
+        """A ring for frames of ``frame_bytes`` (None when rings are off)."""
+        if not self.enabled or self._closed:
+            return None
+        held = self._ready.get(frame_bytes)
+        if held:
+            made: asyncio.Future[FrameRing | None] = asyncio.get_running_loop().create_future()
+            made.set_result(held.pop())
+        else:
+            made = self._make(frame_bytes)
+        return RingOffer(made)
+
+    def prepare(self, frame_bytes: int) -> None:
+        """Makes rings for frames of ``frame_bytes`` in the background, up to ``ready``."""
+        if not self.enabled or self._closed:
+            return
+        while len(self._ready.get(frame_bytes, ())) + self._making[frame_bytes] < self.ready:
+            self._making[frame_bytes] += 1
+            self._make(frame_bytes).add_done_callback(lambda done: self._keep(frame_bytes, done))
+
+    def _keep(self, frame_bytes: int, done: asyncio.Future[FrameRing | None]) -> None:
+        self._making[frame_bytes] -= 1
+        if done.cancelled() or done.exception() is not None or (ring := done.result()) is None:
+            return
+        if self._closed:
+            ring.unlink()
+            return
+        self._ready.setdefault(frame_bytes, []).append(ring)
+        self._ready.move_to_end(frame_bytes)
+        while len(self._ready) > self.MAX_SIZES:
+            _, old = self._ready.popitem(last=False)
+            for r in old:
+                r.unlink()
+
+    def close(self) -> None:
+        """Unlinks the rings kept ready (and those still being made, once made)."""
+        self._closed = True
+        for held in self._ready.values():
+            for ring in held:
+                ring.unlink()
+        self._ready.clear()

@@ -30,14 +30,13 @@ from services.encoder.interleave import AudioInterleaver
 from services.encoder.live.idle import IdleLoop, IdleLoops, encode_loop, loop_frames, render_idle_frames
 from services.encoder.live.media import LiveCodecs, LiveParams
 from services.encoder.live.session import LiveSession
-from services.encoder.render import FrameSource, GrpcFrameSource, unbatched
+from services.encoder.render import FrameRings, FrameSource, GrpcFrameSource, RingOffer, unbatched
 from services.encoder.session import EncodeSession, StreamParams
 from services.encoder.spares import SpareSessions
 from services.encoder.validation import FrameAssembler, check_audio, stream_params
 from talkmesh.common.aio import Chan, TaskSet, wait_event
 from talkmesh.common.clock import MediaClock, fps_fraction
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from talkmesh.common.framering import FrameRing
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
@@ -139,6 +138,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             collections.OrderedDict()
         )
         self.spares = SpareSessions(config.spare_sessions, self._session, self._open_spare)
+        # Frame rings for a renderer in another process on this machine (docs/ARCHITECTURE.md).
+        rings = config.frame_ring
+        remote = frame_source is not None and frame_source.remote
+        self.rings = FrameRings(rings.directory, rings.slots, rings.ready, enabled=rings.enabled and remote)
         # Set by EncoderService.start() once the probe has run.
         self.backend: VideoBackend | None = None
         self.fallback: VideoBackend | None = None
@@ -201,7 +204,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         params = LiveParams(loop.width, loop.height, fps, cfg.sample_rate, codec)
         assert self.backend is not None
         session = LiveSession(
-            self.config, self.telemetry, self.backend, self.frame_source, cfg, render, params, loop, timeout
+            self.config, self.telemetry, self.backend, self.frame_source, cfg, render, params, loop, timeout, self.rings
         )
         async with contextlib.aclosing(session.run(stream)) as messages:
             async for msg in messages:
@@ -407,18 +410,17 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         if guess is not None:
             w, h, pixel_format = guess
             guessed = stream_params(cfg, self.config, size=(w, h), pixel_format_value=pixel_format)
-        ring_offer: asyncio.Future[FrameRing | None] | None = None
-        ring: FrameRing | None = None
+        ring: RingOffer | None = None
         try:
             async with TaskSet("encoder", on_error=fail) as tasks:
-                if guessed is not None and self.frame_source.remote and self.config.frame_ring.enabled:
-                    ring_offer = self._create_ring(guessed.frame_bytes)
+                if guessed is not None:  # offered ahead of the first renderer input (_route)
+                    ring = self.rings.take(guessed.frame_bytes)
                 # fMP4: the first fragment's frames are rendered alone (see _route)
                 wait = self.config.first_fragment_wait_ms / 1000
                 first_frames = base.fragment_frames if base.container == "fmp4" and wait else 0
                 reader = tasks.spawn(
                     _route(
-                        stream, audio, render_in, timing, base, first_batch=first_frames, wait=wait, ring=ring_offer
+                        stream, audio, render_in, timing, base, first_batch=first_frames, wait=wait, ring=ring
                     ),
                     name="route-requests",
                 )
@@ -459,9 +461,13 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                             yield msg
                     assert session is not None
                     assert frames is not None
-                    if ring is None and ring_offer is not None and ring_offer.done():
-                        ring = ring_offer.result()
-                    raw = frames.add(vf, pixels=_in_ring(vf, ring, session.params) if vf.in_ring else None)
+                    pixels = None
+                    if vf.in_ring:
+                        if ring is None:
+                            raise InvalidArgument("frame.in_ring", "no frame ring was offered to the renderer")
+                        p = session.params
+                        pixels = ring.pixels(vf, p.width, p.height, p.frame_bytes)
+                    raw = frames.add(vf, pixels=pixels)
                     if raw is None:
                         continue
                     output.frames_inferred += int(vf.inferred)
@@ -485,6 +491,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                             if first:  # a spare for the next such stream, now that its fragment is out
                                 # (its own trace and logs: not this request's)
                                 contextvars.Context().run(self.spares.replenish, session.params)
+                                self.rings.prepare(session.params.frame_bytes)
                     elif not pending and session.frames_in % PROGRESS_EVERY_FRAMES == 0:
                         yield output.progress(session)  # whole-file MP4: the caller still sees progress
                 if pending and session is not None:
@@ -505,50 +512,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         finally:
             await source.cancel()
             render_in.discard()
-            if ring_offer is not None:
-                _unlink_when_made(ring_offer)
+            if ring is not None:
+                ring.close()
             if session is not None:
                 await asyncio.to_thread(session.close)
-
-    def _create_ring(self, frame_bytes: int) -> asyncio.Future[FrameRing | None]:
-        """A frame ring of slots of ``frame_bytes``, made in a worker thread (allocating and mapping
-        its pages takes ~1.5 ms for 12 slots of 393 KB) while the stream's first input is on its way;
-        None where the directory cannot hold it (frames then go inline)."""
-        cfg = self.config.frame_ring
-
-        def create() -> FrameRing | None:
-            try:
-                return FrameRing.create(cfg.directory, cfg.slots, frame_bytes)
-            except OSError as exc:
-                log.warning("no frame ring in %s (%s): frames come inline", cfg.directory, exc)
-                return None
-
-        # an executor future, not a task: it runs to the end even if the stream is cancelled, and
-        # _unlink_when_made removes what it made
-        return asyncio.get_running_loop().run_in_executor(None, create)
-
-
-def _in_ring(vf: common_pb2.VideoFrame, ring: FrameRing | None, params: StreamParams) -> memoryview:
-    """The pixels of a frame the renderer put into the stream's ring (its slot)."""
-    if ring is None:
-        raise InvalidArgument("frame.in_ring", "no frame ring was offered to the renderer")
-    if params.frame_bytes > ring.slot_bytes:
-        raise InvalidArgument(
-            "frame.in_ring",
-            f"a {params.width}x{params.height} frame does not fit the ring's {ring.slot_bytes}-byte slots",
-        )
-    ring.unlink()  # the renderer has it open: the mappings outlive the name
-    return ring.frame(vf.frame_index, params.frame_bytes)
-
-
-def _unlink_when_made(offer: asyncio.Future[FrameRing | None]) -> None:
-    """Removes the ring's file now, or once the worker thread has made it."""
-
-    def unlink(done: asyncio.Future[FrameRing | None]) -> None:
-        if not done.cancelled() and done.exception() is None and (ring := done.result()) is not None:
-            ring.unlink()
-
-    offer.add_done_callback(unlink)  # runs soon even if it is already done
 
 
 def _render_config(cfg: encoder_pb2.EncodeConfig, params: StreamParams) -> renderer_pb2.RenderConfig:
@@ -628,7 +595,7 @@ async def _route(
     *,
     first_batch: int = 0,
     wait: float = 0.0,
-    ring: asyncio.Future[FrameRing | None] | None = None,
+    ring: RingOffer | None = None,
 ) -> None:
     """Audio to the interleaver, renderer input to the Render stream; closes it at the end.
 
@@ -643,13 +610,11 @@ async def _route(
     seq = 1
 
     async def send(msg: renderer_pb2.RenderRequest) -> None:
-        nonlocal seq, ring
-        if ring is not None and ring.done():
-            made, ring = ring.result(), None
-            if made is not None:
-                offer = renderer_pb2.FrameRing(name=made.name, slots=made.slots, slot_bytes=made.slot_bytes)
-                await render_in.send(renderer_pb2.RenderRequest(seq=seq, frame_ring=offer))
-                seq += 1
+        nonlocal seq
+        offer = ring.offer(seq) if ring is not None else None
+        if offer is not None:
+            await render_in.send(offer)
+            seq += 1
         msg.seq = seq
         await render_in.send(msg)
         seq += 1
@@ -737,6 +702,7 @@ class EncoderService(Service):
 
     async def stop(self) -> None:
         try:
+            self.servicer.rings.close()
             await self.servicer.spares.aclose()
         finally:
             await self.frame_source.close()

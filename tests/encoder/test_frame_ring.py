@@ -6,12 +6,14 @@ leave the renderer; the ring's file is gone at the end."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
-
-import pytest
+from pathlib import Path
 
 from services.encoder.main import create_service as create_encoder
 from services.encoder.main import load_config as encoder_config
+from services.encoder.render import FrameRings
 from services.renderer.main import create_service as create_renderer
 from services.renderer.main import load_config as renderer_config
 from talkmesh.common.channel import create_channel
@@ -55,8 +57,9 @@ def _sample(telemetry: Telemetry, name: str, labels: dict[str, str]) -> float:
     return telemetry.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture
-async def mesh(tmp_path) -> AsyncIterator[tuple[encoder_pb2_grpc.EncoderStub, Telemetry]]:
+@contextlib.asynccontextmanager
+async def _mesh(tmp_path: Path) -> AsyncIterator[tuple[encoder_pb2_grpc.EncoderStub, Telemetry]]:
+    """A renderer and an encoder on port 0, sharing the ring directory ``tmp_path / "shm"``."""
     shm = tmp_path / "shm"
     shm.mkdir()
     env = {
@@ -74,25 +77,66 @@ async def mesh(tmp_path) -> AsyncIterator[tuple[encoder_pb2_grpc.EncoderStub, Te
             yield encoder_pb2_grpc.EncoderStub(channel), renderer_telemetry
 
 
-async def test_frames_through_the_ring_make_the_same_video(mesh, tmp_path) -> None:
-    stub, renderer = mesh
+async def test_frames_through_the_ring_make_the_same_video(tmp_path: Path) -> None:
     samples = SR * SECONDS
     n = frames_for(samples)
     outputs: list[bytes] = []
     sent: list[float] = []
-    for _ in range(2):
-        before = _sample(renderer, "talkmesh_stream_bytes_total", OUT)
-        out = [m async for m in stub.Encode(iter(_requests(samples)))]
-        outputs.append(b"".join(m.data for m in out))
-        sent.append(_sample(renderer, "talkmesh_stream_bytes_total", OUT) - before)
-    hits = _sample(renderer, "talkmesh_cache_requests_total", RING_HITS)
-    # the first stream's frame size was not known yet: no ring; the second had one
-    assert hits == 1
+    shm = tmp_path / "shm"
+    async with _mesh(tmp_path) as (stub, renderer):
+        for _ in range(3):
+            before = _sample(renderer, "talkmesh_stream_bytes_total", OUT)
+            out = [m async for m in stub.Encode(iter(_requests(samples)))]
+            outputs.append(b"".join(m.data for m in out))
+            sent.append(_sample(renderer, "talkmesh_stream_bytes_total", OUT) - before)
+        hits = _sample(renderer, "talkmesh_cache_requests_total", RING_HITS)
+        async with asyncio.timeout(10):  # rings made ahead for the next streams (frame_ring.ready: 2)
+            while len(list(shm.iterdir())) < 2:
+                await asyncio.sleep(0.01)
+        assert len(list(shm.iterdir())) == 2  # those in use were unlinked
+    # the first stream's frame size was not known yet: no ring; the next two had one made ahead,
+    # offered before their first input, so every frame (frame 0 too) came through it
+    assert hits == 2
     assert sent[0] >= n * FRAME_BYTES
-    # every frame through the ring, small messages only; frame 0 may come inline, as here, where its
-    # input reaches the encoder at once, before the ring is made
-    assert sent[1] < FRAME_BYTES + n * 200
-    assert packets(outputs[1]) == packets(outputs[0])  # the same pixels reached the encoder
+    assert sent[1] < n * 200 and sent[2] < n * 200  # small messages only
+    assert packets(outputs[1]) == packets(outputs[0]) == packets(outputs[2])  # the same pixels were encoded
     d = decode(outputs[1])
     assert d.size == (512, 512) and len(d.video_pts) == n
-    assert list((tmp_path / "shm").iterdir()) == []  # unlinked once the renderer had it open
+    assert list(shm.iterdir()) == []  # the encoder's stop unlinked the rings kept ready
+
+
+async def _settle(rings: FrameRings) -> None:
+    async with asyncio.timeout(10):
+        while sum(rings._making.values()):
+            await asyncio.sleep(0.005)
+
+
+async def test_rings_made_ahead_are_taken_kept_per_size_and_unlinked_at_close(tmp_path: Path) -> None:
+    rings = FrameRings(str(tmp_path), 3, ready=2, enabled=True)
+    miss = rings.take(1000)  # none ready: made now, offered once made
+    assert miss is not None and miss.offer(1) is None  # not made yet (a worker thread makes it)
+    async with asyncio.timeout(10):
+        while (offer := miss.offer(1)) is None:
+            await asyncio.sleep(0.005)
+    assert offer.frame_ring.slots == 3 and offer.frame_ring.slot_bytes == 1000
+    assert miss.offer(2) is None  # once
+    rings.prepare(1000)
+    await _settle(rings)
+    assert len(rings._ready[1000]) == 2
+    hit = rings.take(1000)
+    assert hit is not None and hit.offer(1) is not None  # made ahead: offered at once
+    assert len(rings._ready[1000]) == 1  # the next is made by prepare(), not by take()
+    for size in (2000, 3000, 4000, 5000):  # four more sizes: the oldest size's ring is unlinked
+        rings.prepare(size)
+        await _settle(rings)
+    assert list(rings._ready) == [2000, 3000, 4000, 5000]
+    miss.close()
+    hit.close()
+    await asyncio.sleep(0)
+    assert len(list(tmp_path.iterdir())) == 8
+    rings.prepare(6000)
+    rings.close()  # the ready ones now, the one being made once made
+    await _settle(rings)
+    await asyncio.sleep(0)
+    assert list(tmp_path.iterdir()) == []
+    assert rings.take(1000) is None and FrameRings(str(tmp_path), 3, 2, enabled=False).take(1000) is None

@@ -62,7 +62,7 @@ from services.encoder.config import EncoderConfig
 from services.encoder.fmp4 import FragmentWriter, Sample
 from services.encoder.live.idle import IdleLoop, blend_i420
 from services.encoder.live.media import LiveCodecs, LiveParams
-from services.encoder.render import FrameSource, unbatched
+from services.encoder.render import FrameRings, FrameSource, RingOffer, unbatched
 from talkmesh.common.aio import Chan, TaskSet, wait_event
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
@@ -103,6 +103,7 @@ class Turn:
     underrun: bool = False
     stream: Stream | None = None
     seq: int = 1
+    ring: RingOffer | None = None  # the turn's frame ring (a renderer on this machine)
 
     def __post_init__(self) -> None:
         self.render_in = Chan(TURN_INPUT_CAPACITY)
@@ -217,8 +218,10 @@ class LiveSession:
         params: LiveParams,
         loop: IdleLoop,
         timeout: float | None,
+        rings: FrameRings | None = None,
     ) -> None:
         self.config = config
+        self.rings = rings
         self.telemetry = telemetry
         self.backend = backend
         self.source = source
@@ -282,6 +285,12 @@ class LiveSession:
             if kind == "audio":
                 turn.add_audio(req.audio)
             elif kind in ("visemes", "features"):
+                # the turn's frame ring, once made, goes ahead of the input (if there is room for both)
+                if turn.ring is not None and turn.render_in.qsize() < TURN_INPUT_CAPACITY - 1:
+                    offer = turn.ring.offer(turn.seq)
+                    if offer is not None:
+                        turn.render_in.send_nowait(offer)
+                        turn.seq += 1
                 msg = renderer_pb2.RenderRequest(seq=turn.seq)
                 turn.seq += 1
                 if kind == "visemes":
@@ -310,27 +319,38 @@ class LiveSession:
         config = renderer_pb2.RenderConfig()
         config.CopyFrom(self.render)
         turn.render_in.send_nowait(renderer_pb2.RenderRequest(config=config))
+        if self.rings is not None:  # offered by _route ahead of the turn's first input, once made
+            turn.ring = self.rings.take(self.params.width * self.params.height * 3 // 2)
         self.tasks.spawn(self._render_turn(turn), name=f"render-{tid}")
 
     async def _render_turn(self, turn: Turn) -> None:
         """Pulls the turn's frames from the renderer, at most ``lead`` ahead of playback."""
         stream = self.source.render(turn.render_in, self.timeout)
         turn.stream = stream
+        w, h = self.params.width, self.params.height
+        frame_bytes = w * h * 3 // 2
         parts: list[bytes] = []
         try:
             async for vf in unbatched(stream):
                 if vf.end_of_stream:
                     break
-                parts.append(vf.data)
-                if vf.part_index + 1 < max(1, vf.part_count):
-                    continue
-                raw = parts[0] if len(parts) == 1 else b"".join(parts)
-                parts = []
-                if vf.width != self.params.width or vf.height != self.params.height:
-                    raise InvalidArgument(
-                        "render",
-                        f"frame is {vf.width}x{vf.height}, the session is {self.params.width}x{self.params.height}",
-                    )
+                if vf.width != w or vf.height != h:
+                    raise InvalidArgument("render", f"frame is {vf.width}x{vf.height}, the session is {w}x{h}")
+                if vf.in_ring:
+                    if turn.ring is None:
+                        raise InvalidArgument("frame.in_ring", "no frame ring was offered to the renderer")
+                    # copied out: the turn keeps its frames until they are played
+                    raw = bytes(turn.ring.pixels(vf, w, h, frame_bytes))
+                else:
+                    parts.append(vf.data)
+                    if vf.part_index + 1 < max(1, vf.part_count):
+                        continue
+                    raw = parts[0] if len(parts) == 1 else b"".join(parts)
+                    parts = []
+                if turn.ring is not None:
+                    turn.ring.release(vf.frame_index + 1)
+                if vf.frame_index == 0 and self.rings is not None:  # a ring ready for the next turn
+                    self.rings.prepare(frame_bytes)
                 turn.frames.append((vf.frame_index, raw, vf.inferred))
                 turn.rendered += 1
                 while len(turn.frames) >= turn.lead and not turn.stopped:
@@ -346,6 +366,8 @@ class LiveSession:
         finally:
             turn.render_done = True
             await stream.cancel()
+            if turn.ring is not None:
+                turn.ring.close()
 
     # -- the clock ----------------------------------------------------------------------------
     async def run(
@@ -359,6 +381,8 @@ class LiveSession:
         writer = FragmentWriter(codecs.init_segment, self.params.fps)
         self.codecs = codecs
         self.writer = writer
+        if self.rings is not None:  # a frame ring ready for the first turn
+            self.rings.prepare(self.params.width * self.params.height * 3 // 2)
         fps = self.params.fps
         try:
             self.tasks.spawn(self._route(requests), name="route")
@@ -417,6 +441,8 @@ class LiveSession:
             for turn in self.turns.values():
                 if turn.stream is not None:
                     await turn.stream.cancel()
+                if turn.ring is not None:
+                    turn.ring.close()
             await asyncio.to_thread(codecs.close)
 
     # -- one tick -----------------------------------------------------------------------------
@@ -606,6 +632,8 @@ class LiveSession:
             self.current = None
         if turn.stream is not None:
             self.tasks.spawn(turn.stream.cancel(), name=f"cancel-{turn.turn_id}")
+        if turn.ring is not None:  # (also if its render task never ran)
+            turn.ring.close()
 
     def _apply_interrupts(self, n: int) -> list[live_pb2.LiveServerMessage]:
         """Applies the interrupts received so far; the frame ``n`` (not sent yet) is the cut."""
