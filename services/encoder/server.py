@@ -37,6 +37,7 @@ from services.encoder.validation import FrameAssembler, check_audio, stream_para
 from talkmesh.common.aio import Chan, TaskSet, wait_event
 from talkmesh.common.clock import MediaClock, fps_fraction
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from talkmesh.common.framering import FrameRing
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
@@ -467,6 +468,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                             raise InvalidArgument("frame.in_ring", "no frame ring was offered to the renderer")
                         p = session.params
                         pixels = ring.pixels(vf, p.width, p.height, p.frame_bytes)
+                        if session.video_encoder != X264Backend.name:
+                            # x264 copies the picture as it takes it; FFmpeg's NVENC may keep a frame it
+                            # cannot take at once (no free input surface) past the call: not the slot
+                            pixels = memoryview(bytes(pixels))
                     raw = frames.add(vf, pixels=pixels)
                     if raw is None:
                         continue
@@ -510,10 +515,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 for msg in await self._finish(session, output, started):
                     yield msg
         finally:
+            if ring is not None:  # first: nothing below may stop it
+                ring.close()
             await source.cancel()
             render_in.discard()
-            if ring is not None:
-                ring.close()
             if session is not None:
                 await asyncio.to_thread(session.close)
 
@@ -676,6 +681,10 @@ class EncoderService(Service):
     async def start(self) -> None:
         video = self.config.video
         probe = self._probe
+        if self.servicer.rings.enabled:  # rings an encoder that died left behind in a shared directory
+            swept = await asyncio.to_thread(FrameRing.sweep, self.config.frame_ring.directory)
+            if swept:
+                log.info("removed %d frame rings left behind in %s", swept, self.config.frame_ring.directory)
         # The probe may initialise CUDA: keep it off the event loop.
         backend = await asyncio.to_thread(select_backend, video, probe)
         self.backend = backend

@@ -147,13 +147,17 @@ class RenderSession:
             self.ring_opened(False, f"frame ring {offer.name!r}: {w}x{h} frames do not fit its slots")
             return
         try:
-            self.ring = await asyncio.to_thread(
+            ring = await asyncio.to_thread(
                 FrameRing.attach, self.o.ring_directory, offer.name, offer.slots, offer.slot_bytes
             )
         except (OSError, ValueError) as exc:
             # not an error of the stream: its frames go inline, as they would without the offer
             self.ring_opened(False, f"cannot open frame ring {offer.name!r} in {self.o.ring_directory}: {exc}")
             return
+        # frames whose input came before the offer go inline (the encoder may have encoded more
+        # than a ring's worth of them without releasing anything in the ring)
+        ring.start(self.next_index)
+        self.ring = ring
         self.ring_opened(True, "")
 
     def _job(self, fc: fpb.FeatureChunk, where: str = "features") -> FrameJob:

@@ -24,6 +24,8 @@ cleared (an ``emptyDir`` goes with its pod).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import mmap
 import os
@@ -69,7 +71,9 @@ def slot_stride(slot_bytes: int) -> int:
 class FrameRing:
     """One stream's ring, mapped in this process (see the module's docstring)."""
 
-    def __init__(self, name: str, path: str, slots: int, slot_bytes: int, buf: mmap.mmap, owner: bool) -> None:
+    def __init__(
+        self, name: str, path: str, slots: int, slot_bytes: int, buf: mmap.mmap, owner: bool, lock_fd: int = -1
+    ) -> None:
         self.name = name
         self.path = path
         self.slots = slots
@@ -80,6 +84,10 @@ class FrameRing:
         self._view = memoryview(buf)
         self._unlinked = not owner
         self._released = 0
+        # the creator holds a lock on the file while it is named: sweep() removes only unlocked ones
+        self._lock_fd = lock_fd
+        # the renderer's side: frames before this one go inline (see start())
+        self.floor = 0
 
     # -- the encoder's side -----------------------------------------------------------------------
     @classmethod
@@ -93,15 +101,15 @@ class FrameRing:
         size = HEADER_BYTES + slots * slot_stride(slot_bytes)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.posix_fallocate(fd, 0, size)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _allocate(fd, size)
             buf = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _populate(), prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.unlink(path)
-            raise
-        finally:
             os.close(fd)
+            raise
         _HEADER.pack_into(buf, 0, MAGIC, slots, slot_stride(slot_bytes))
-        return cls(name, path, slots, slot_bytes, buf, owner=True)
+        return cls(name, path, slots, slot_bytes, buf, owner=True, lock_fd=fd)
 
     def frame(self, index: int, nbytes: int) -> memoryview:
         """Frame ``index``'s ``nbytes`` of pixels in its slot (a view: valid until it is released)."""
@@ -125,6 +133,38 @@ class FrameRing:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        finally:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+    @staticmethod
+    def sweep(directory: str) -> int:
+        """Removes the ring files in ``directory`` that no process holds (their encoder died
+        before unlinking them); returns how many. Rings of live encoders, even other ones sharing
+        the directory, are locked by them and stay."""
+        removed = 0
+        try:
+            names = [n for n in os.listdir(directory) if _NAME.fullmatch(n)]
+        except OSError:
+            return 0
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # held by its encoder
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed += 1
+            finally:
+                os.close(fd)
+        return removed
 
     # -- the renderer's side ----------------------------------------------------------------------
     @classmethod
@@ -156,25 +196,40 @@ class FrameRing:
         """How many frames the encoder has released (read from the shared header)."""
         return int(_RELEASED.unpack_from(self._buf, _RELEASED_AT)[0])
 
+    def start(self, floor: int) -> None:
+        """The renderer's frames from ``floor`` on (the first whose input came after the ring was
+        opened) may use the ring; earlier ones go inline. Frames the encoder encoded before it had
+        the ring were never released in the header, and their slots are free all the same."""
+        self.floor = floor
+
     def has_room(self, index: int) -> bool:
         """Frame ``index`` may be written: the frame that used its slot before is released."""
-        return index < self.released + self.slots
+        return self.floor <= index < max(self.released, self.floor) + self.slots
 
     def free(self, index: int) -> int:
-        """How many frames from ``index`` on may be written now."""
-        return max(0, self.released + self.slots - index)
+        """How many frames from ``index`` on may be written now (or go inline, before the floor)."""
+        return max(0, max(self.released, self.floor) + self.slots - index)
 
     async def room(self, index: int, poll: float = 0.0005, max_poll: float = 0.004) -> None:
-        """Waits until frame ``index`` may be written (polling the header, at most ``max_poll``
-        apart: the encoder releases as it encodes, and waits only happen when the renderer runs
-        ahead)."""
-        while not self.has_room(index):
+        """Waits until frame ``index`` may be written, or at once if it goes inline (polling the
+        header, at most ``max_poll`` apart: the encoder releases as it encodes, and waits only
+        happen when the renderer runs ahead)."""
+        while index >= self.floor and not self.has_room(index):
             await asyncio.sleep(poll)
             poll = min(poll * 2, max_poll)
 
     def write(self, index: int, data: bytes | memoryview) -> None:
         """Copies frame ``index``'s pixels into its slot (check ``has_room`` first)."""
         self.frame(index, len(data))[:] = data
+
+
+def _allocate(fd: int, size: int) -> None:
+    # the pages now: a full tmpfs is ENOSPC here, not SIGBUS when a frame is written
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:  # (macOS) size only
+        os.ftruncate(fd, size)
+    else:
+        allocate(fd, 0, size)
 
 
 def _populate() -> int:

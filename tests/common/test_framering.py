@@ -5,11 +5,13 @@ ring of the offered shape, by name, in its own directory."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 
 import numpy as np
 import pytest
 
+from talkmesh.common import framering
 from talkmesh.common.config import ConfigError, load_config
 from talkmesh.common.framering import HEADER_BYTES, NAME_PREFIX, FrameRing, FrameRingConfig, slot_stride
 
@@ -102,3 +104,37 @@ def test_config_is_checked() -> None:
     assert load_config(FrameRingConfig, env={}).directory == "/dev/shm"
     with pytest.raises(ConfigError, match="directory"):
         load_config(FrameRingConfig, overrides={"directory": ""}, env={})
+
+
+def test_a_full_directory_leaves_no_file(tmp_path, monkeypatch) -> None:
+    def full(fd: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(framering, "_allocate", full)
+    with pytest.raises(OSError, match="No space"):
+        FrameRing.create(str(tmp_path), 2, SLOT)
+    assert not list(tmp_path.iterdir())
+
+
+def test_frames_before_the_floor_go_inline_and_free_the_slots_after_it(tmp_path) -> None:
+    """A ring opened once frames 0-19 had their input: the encoder encoded them inline without
+    releasing anything in the ring; frames from 20 on still have room."""
+    enc = FrameRing.create(str(tmp_path), 4, SLOT)
+    ren = FrameRing.attach(str(tmp_path), enc.name, 4, SLOT)
+    ren.start(20)
+    assert not ren.has_room(19) and all(ren.has_room(i) for i in range(20, 24)) and not ren.has_room(24)
+    assert ren.free(18) == 6 and ren.free(20) == 4
+    enc.release(21)
+    assert ren.has_room(24) and not ren.has_room(25)
+
+
+def test_sweep_removes_only_rings_nobody_holds(tmp_path) -> None:
+    held = FrameRing.create(str(tmp_path), 2, SLOT)
+    orphan = tmp_path / (NAME_PREFIX + "c" * 32)  # its encoder died: no lock on it
+    orphan.write_bytes(b"\0" * 64)
+    other = tmp_path / "not-a-ring"
+    other.write_bytes(b"x")
+    assert FrameRing.sweep(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([held.name, "not-a-ring"])
+    held.unlink()
+    assert FrameRing.sweep(str(tmp_path / "missing")) == 0

@@ -11,6 +11,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
+import pytest
+
 from services.encoder.main import create_service as create_encoder
 from services.encoder.main import load_config as encoder_config
 from services.encoder.render import FrameRings
@@ -21,7 +24,7 @@ from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import audio_features_pb2, common_pb2, encoder_pb2, encoder_pb2_grpc, renderer_pb2
 
-from .media import FPS, SR, audio_request, decode, frames_for, packets, tone
+from .media import FPS, SR, audio_request, config_request, decode, frame_request, frames_for, packets, tone
 
 SECONDS = 2
 FRAME_BYTES = 512 * 512 * 3 // 2
@@ -58,13 +61,16 @@ def _sample(telemetry: Telemetry, name: str, labels: dict[str, str]) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _mesh(tmp_path: Path) -> AsyncIterator[tuple[encoder_pb2_grpc.EncoderStub, Telemetry]]:
+async def _mesh(
+    tmp_path: Path, renderer_rings: bool = True
+) -> AsyncIterator[tuple[encoder_pb2_grpc.EncoderStub, Telemetry]]:
     """A renderer and an encoder on port 0, sharing the ring directory ``tmp_path / "shm"``."""
     shm = tmp_path / "shm"
     shm.mkdir()
     env = {
         "TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache"),
         "TALKMESH_RENDERER__FRAME_RING__DIRECTORY": str(shm),
+        "TALKMESH_RENDERER__FRAME_RING__ENABLED": str(renderer_rings).lower(),
     }
     renderer_telemetry = Telemetry("renderer")
     async with serve(create_renderer(renderer_config(None, env=env), renderer_telemetry)) as renderer:
@@ -86,7 +92,8 @@ async def test_frames_through_the_ring_make_the_same_video(tmp_path: Path) -> No
     async with _mesh(tmp_path) as (stub, renderer):
         for _ in range(3):
             before = _sample(renderer, "talkmesh_stream_bytes_total", OUT)
-            out = [m async for m in stub.Encode(iter(_requests(samples)))]
+            async with asyncio.timeout(60):  # (an encoder that never released a slot would stall)
+                out = [m async for m in stub.Encode(iter(_requests(samples)))]
             outputs.append(b"".join(m.data for m in out))
             sent.append(_sample(renderer, "talkmesh_stream_bytes_total", OUT) - before)
         hits = _sample(renderer, "talkmesh_cache_requests_total", RING_HITS)
@@ -140,3 +147,44 @@ async def test_rings_made_ahead_are_taken_kept_per_size_and_unlinked_at_close(tm
     await asyncio.sleep(0)
     assert list(tmp_path.iterdir()) == []
     assert rings.take(1000) is None and FrameRings(str(tmp_path), 3, 2, enabled=False).take(1000) is None
+
+
+@pytest.mark.parametrize("how", ["refused", "cancelled"])
+async def test_no_ring_is_left_behind(tmp_path: Path, how: str) -> None:
+    """A ring the renderer refused (its rings are off) or a stream cancelled after its first
+    fragment: the file goes with the stream, and those kept ready go when the encoder stops."""
+    samples = SR * SECONDS
+    shm = tmp_path / "shm"
+    async with _mesh(tmp_path, renderer_rings=how != "refused") as (stub, renderer):
+        async with asyncio.timeout(60):
+            for i in range(3):
+                call = stub.Encode(iter(_requests(samples)))
+                if how == "cancelled" and i > 0:
+                    async for m in call:
+                        if m.frames_encoded:
+                            break
+                    call.cancel()
+                else:
+                    out = [m async for m in call]
+                    assert len(decode(b"".join(m.data for m in out)).video_pts) == frames_for(samples)
+            while len(list(shm.iterdir())) > 2:  # a cancelled stream's ring goes as its handler ends
+                await asyncio.sleep(0.01)
+        lookups = {
+            r: _sample(renderer, "talkmesh_cache_requests_total", {**RING_HITS, "result": r}) for r in ("hit", "miss")
+        }
+    assert lookups == ({"hit": 0, "miss": 2} if how == "refused" else {"hit": 2, "miss": 0})
+    assert list(shm.iterdir()) == []
+
+
+async def test_frames_in_a_ring_are_refused_on_the_encode_stream() -> None:
+    """The caller's own frames (the Encode stream without config.render) carry pixels; a frame
+    claiming to be in a ring names the field."""
+    service = create_encoder(encoder_config(env={}), Telemetry("encoder"), nvenc_probe=lambda _: False)
+    frame = frame_request(0, b"", 64, 48)
+    frame.frame.in_ring = True
+    async with serve(service) as host, create_channel(host.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in encoder_pb2_grpc.EncoderStub(channel).Encode(iter([config_request(64, 48), frame])):
+                pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "frame.in_ring" in (err.value.details() or "")

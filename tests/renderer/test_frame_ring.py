@@ -168,3 +168,39 @@ async def test_a_second_offer_is_refused_by_field(renderer, tmp_path) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "frame_ring" in (err.value.details() or "")
     assert NAME_PREFIX  # the module's name rule is what the encoder uses
+
+
+async def test_a_ring_offered_after_more_frames_than_slots_does_not_stall(renderer, tmp_path) -> None:
+    """The offer comes after 20 frames went inline (the ring was made late); the encoder, which
+    encoded those without having the ring, released nothing in it. The rest of the frames still
+    come through the ring."""
+    stub, _ = renderer
+    expected = await _inline(stub)
+    ring = FrameRing.create(str(tmp_path / "shm"), 4, FRAME_BYTES)
+    inputs: asyncio.Queue[rpb.RenderRequest | None] = asyncio.Queue()
+    reqs = _input(None)
+    config, features = reqs[0], reqs[-1].features
+    head = fpb.FeatureChunk(frame_index=0, frames=features.frames[:20])
+    tail = fpb.FeatureChunk(frame_index=20, frames=features.frames[20:])
+
+    async def requests() -> AsyncIterator[rpb.RenderRequest]:
+        while (item := await inputs.get()) is not None:
+            yield item
+
+    for item in (config, rpb.RenderRequest(seq=1, features=head)):
+        inputs.put_nowait(item)
+    frames = aiter(unbatched(stub.Render(requests())))
+    async with asyncio.timeout(30):
+        first = [await anext(frames) for _ in range(20)]
+        assert not any(f.in_ring for f in first)
+        inputs.put_nowait(rpb.RenderRequest(seq=2, frame_ring=_offer(ring)))
+        inputs.put_nowait(rpb.RenderRequest(seq=3, features=tail, end_of_stream=True))
+        inputs.put_nowait(None)
+        rest = []
+        async for f in frames:
+            if f.end_of_stream:
+                break
+            rest.append(bytes(ring.frame(f.frame_index, FRAME_BYTES)) if f.in_ring else f.data)
+            assert f.in_ring
+            ring.release(f.frame_index + 1)  # as the encoder does from now on
+    assert [f.data for f in first] + rest == expected
