@@ -195,8 +195,12 @@ class RenderSession:
                 # The first frames go out one by one (time to first frame), later ones in groups of
                 # up to max_group (fewer thread hops, and batches for the models).
                 limit = min(self.o.max_group, 1 + self.frames_out // 4)
-                if self.ring is not None:  # back-pressure: no more frames than the encoder has released slots
-                    await self.ring.room(first.frame_index)
+                if self.ring is not None:
+                    # back-pressure: no more frames than the encoder has released slots for, and
+                    # when the ring is full, a wait for room for a group (up to half the ring), not
+                    # for one frame: a renderer ahead of its encoder still renders in groups
+                    want = min(limit, max(1, self.ring.slots // 2))
+                    await self.ring.room(first.frame_index + want - 1)
                     limit = min(limit, self.ring.free(first.frame_index))
                 while len(group) < limit and self.jobs.qsize():
                     group.append(self.jobs.recv_nowait())

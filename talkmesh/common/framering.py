@@ -210,7 +210,7 @@ class FrameRing:
         """How many frames from ``index`` on may be written now (or go inline, before the floor)."""
         return max(0, max(self.released, self.floor) + self.slots - index)
 
-    async def room(self, index: int, poll: float = 0.0005, max_poll: float = 0.004) -> None:
+    async def room(self, index: int, poll: float = 0.001, max_poll: float = 0.01) -> None:
         """Waits until frame ``index`` may be written, or at once if it goes inline (polling the
         header, at most ``max_poll`` apart: the encoder releases as it encodes, and waits only
         happen when the renderer runs ahead)."""
