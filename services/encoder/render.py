@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import collections
+import errno
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
@@ -168,6 +169,7 @@ class FrameRings:
         self._ready: collections.OrderedDict[int, list[FrameRing]] = collections.OrderedDict()
         self._making: collections.Counter[int] = collections.Counter()
         self._closed = False
+        self._full = 0  # rings not made for want of room
 
     def _make(self, frame_bytes: int) -> asyncio.Future[FrameRing | None]:
         directory, slots = self.directory, self.slots
@@ -176,7 +178,14 @@ class FrameRings:
             try:
                 return FrameRing.create(directory, slots, frame_bytes)
             except OSError as exc:
-                log.warning("no frame ring in %s (%s): frames come inline", directory, exc)
+                if exc.errno == errno.ENOSPC:  # full for now: this stream's frames come inline
+                    self._full += 1
+                    if self._full % 100 == 1:
+                        log.warning("no room for a frame ring in %s (%d times): inline frames", directory, self._full)
+                    return None
+                # no such directory (macOS has no /dev/shm), not writable...: off for good
+                self.enabled = False
+                log.warning("frame rings off: cannot make one in %s (%s); frames come inline", directory, exc)
                 return None
 
         # an executor future, not a task: it runs to its end even if the stream is cancelled, and

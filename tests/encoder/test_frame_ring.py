@@ -188,3 +188,16 @@ async def test_frames_in_a_ring_are_refused_on_the_encode_stream() -> None:
                 pass
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "frame.in_ring" in (err.value.details() or "")
+
+
+async def test_a_directory_that_is_not_there_turns_rings_off(tmp_path: Path, caplog) -> None:
+    """macOS has no /dev/shm: one warning, then no ring is tried again (frames go inline)."""
+    rings = FrameRings(str(tmp_path / "missing"), 3, ready=2, enabled=True)
+    offer = rings.take(1000)
+    assert offer is not None
+    async with asyncio.timeout(10):
+        while offer.offer(1) is None and rings.enabled:
+            await asyncio.sleep(0.005)
+    assert offer.ring is None and not rings.enabled
+    assert rings.take(1000) is None
+    assert sum("frame rings off" in r.message for r in caplog.records) == 1
