@@ -38,6 +38,9 @@ pytestmark = pytest.mark.timeout(180)
 TEXT = "Hello there! This is a live avatar, speaking while it is still being rendered."
 
 
+OUT = {"service": "renderer", "direction": "out"}
+
+
 def _turn_frames(rec: Recorder, turn_id: str) -> list[int]:
     return [r.msg.media.first_frame for r in rec.fragments() if r.msg.media.turn_id == turn_id]
 
@@ -83,6 +86,8 @@ async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path, idle_b
         async with client.live() as live:
             rec = Recorder(live).start()
             await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 12)
+            registry = mesh.telemetry["renderer"].metrics.registry
+            idle_bytes = registry.get_sample_value("talkmesh_stream_bytes_total", OUT) or 0  # the idle loop's
             tid = await live.say(TEXT)
             await rec.wait_event("speaking_started", tid)
             stopped = await rec.wait_event("speaking_stopped", tid, timeout=40)
@@ -90,12 +95,15 @@ async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path, idle_b
             await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= last + 15)
             await live.close()
             await rec.finish()
-        ring_hits = mesh.telemetry["renderer"].metrics.registry.get_sample_value(
+        ring_hits = registry.get_sample_value(
             "talkmesh_cache_requests_total", {"service": "renderer", "cache": "frame_ring", "result": "hit"}
         )
+        turn_bytes = (registry.get_sample_value("talkmesh_stream_bytes_total", OUT) or 0) - idle_bytes
 
-    # the turn's frames came through a frame ring (the renderer shares this machine; docs/ARCHITECTURE.md)
+    # the turn's frames came through a frame ring (the renderer shares this machine; docs/ARCHITECTURE.md):
+    # its Render stream carried small messages, not 393 KB frames
     assert ring_hits == 1
+    assert turn_bytes < 393216
     started = rec.started
     assert rec.messages[0].kind == "started" and rec.media()[0].init_segment
     clock = MediaClock.of(started.fps_numerator / started.fps_denominator, started.sample_rate)

@@ -150,6 +150,10 @@ def _unlink_when_made(made: asyncio.Future[FrameRing | None]) -> None:
     made.add_done_callback(unlink)  # runs soon, also when it is already done
 
 
+#: errors that mean frame rings cannot work in the directory at all
+_NO_RINGS_HERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.EOPNOTSUPP})
+
+
 class FrameRings:
     """Where the encoder's streams get their frame rings: one made ahead (``ready`` per frame size)
     is offered right behind the stream's config, so frame 0 comes through it too; otherwise one
@@ -183,9 +187,12 @@ class FrameRings:
                     if self._full % 100 == 1:
                         log.warning("no room for a frame ring in %s (%d times): inline frames", directory, self._full)
                     return None
-                # no such directory (macOS has no /dev/shm), not writable...: off for good
-                self.enabled = False
-                log.warning("frame rings off: cannot make one in %s (%s); frames come inline", directory, exc)
+                if exc.errno in _NO_RINGS_HERE and self.enabled:
+                    # no such directory (macOS has no /dev/shm), not writable...: off for good
+                    log.warning("frame rings off: cannot make one in %s (%s); frames come inline", directory, exc)
+                    self.enabled = False
+                elif exc.errno not in _NO_RINGS_HERE:  # (fds, memory...): this stream goes inline
+                    log.warning("no frame ring this time (%s): frames come inline", exc)
                 return None
 
         # an executor future, not a task: it runs to its end even if the stream is cancelled, and
@@ -200,6 +207,8 @@ class FrameRings:
         if held:
             made: asyncio.Future[FrameRing | None] = asyncio.get_running_loop().create_future()
             made.set_result(held.pop())
+            if not held:
+                del self._ready[frame_bytes]
         else:
             made = self._make(frame_bytes)
         return RingOffer(made)
@@ -214,9 +223,11 @@ class FrameRings:
 
     def _keep(self, frame_bytes: int, done: asyncio.Future[FrameRing | None]) -> None:
         self._making[frame_bytes] -= 1
+        if not self._making[frame_bytes]:
+            del self._making[frame_bytes]
         if done.cancelled() or done.exception() is not None or (ring := done.result()) is None:
             return
-        if self._closed:
+        if self._closed or not self.enabled:
             ring.unlink()
             return
         self._ready.setdefault(frame_bytes, []).append(ring)

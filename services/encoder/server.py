@@ -682,7 +682,11 @@ class EncoderService(Service):
         video = self.config.video
         probe = self._probe
         if self.servicer.rings.enabled:  # rings an encoder that died left behind in a shared directory
-            swept = await asyncio.to_thread(FrameRing.sweep, self.config.frame_ring.directory)
+            try:
+                swept = await asyncio.to_thread(FrameRing.sweep, self.config.frame_ring.directory)
+            except OSError as exc:
+                log.warning("could not sweep %s for frame rings: %s", self.config.frame_ring.directory, exc)
+                swept = 0
             if swept:
                 log.info("removed %d frame rings left behind in %s", swept, self.config.frame_ring.directory)
         # The probe may initialise CUDA: keep it off the event loop.

@@ -99,13 +99,17 @@ class FrameRing:
         name = NAME_PREFIX + secrets.token_hex(16)
         path = os.path.join(directory, name)
         size = HEADER_BYTES + slots * slot_stride(slot_bytes)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # made under a name no sweep looks at, locked, then renamed: a ring's name is never unlocked
+        making = os.path.join(directory, f".{name}.new")
+        fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _allocate(fd, size)
             buf = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _populate(), prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            os.rename(making, path)
         except BaseException:
-            os.unlink(path)
+            with contextlib.suppress(OSError):
+                os.unlink(making)
             os.close(fd)
             raise
         _HEADER.pack_into(buf, 0, MAGIC, slots, slot_stride(slot_bytes))
@@ -151,15 +155,18 @@ class FrameRing:
         for name in names:
             path = os.path.join(directory, name)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:
                 continue
             try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                    continue  # not a ring of ours (a shared /dev/shm holds other users' files)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # held by its encoder
             else:
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     os.unlink(path)
                     removed += 1
             finally:

@@ -134,7 +134,9 @@ def test_sweep_removes_only_rings_nobody_holds(tmp_path) -> None:
     orphan.write_bytes(b"\0" * 64)
     other = tmp_path / "not-a-ring"
     other.write_bytes(b"x")
+    fifo = tmp_path / (NAME_PREFIX + "d" * 32)  # neither opened for long nor removed (not a regular file)
+    os.mkfifo(fifo)
     assert FrameRing.sweep(str(tmp_path)) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([held.name, "not-a-ring"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([held.name, "not-a-ring", fifo.name])
     held.unlink()
     assert FrameRing.sweep(str(tmp_path / "missing")) == 0

@@ -29,6 +29,7 @@ from .media import FPS, SR, audio_request, config_request, decode, frame_request
 SECONDS = 2
 FRAME_BYTES = 512 * 512 * 3 // 2
 OUT = {"service": "renderer", "direction": "out"}
+_RINGS: list[FrameRings] = []  # the encoder's, of the last _mesh
 RING_HITS = {"service": "renderer", "cache": "frame_ring", "result": "hit"}
 
 
@@ -79,6 +80,7 @@ async def _mesh(
             "TALKMESH_ENCODER__FRAME_RING__DIRECTORY": str(shm),
         }
         encoder = create_encoder(encoder_config(env=env), Telemetry("encoder"), nvenc_probe=lambda _: False)
+        _RINGS[:] = [encoder.servicer.rings]  # type: ignore[attr-defined]
         async with serve(encoder) as host, create_channel(host.address) as channel:
             yield encoder_pb2_grpc.EncoderStub(channel), renderer_telemetry
 
@@ -90,6 +92,7 @@ async def test_frames_through_the_ring_make_the_same_video(tmp_path: Path) -> No
     sent: list[float] = []
     shm = tmp_path / "shm"
     async with _mesh(tmp_path) as (stub, renderer):
+        encoder_rings = _RINGS
         for _ in range(3):
             before = _sample(renderer, "talkmesh_stream_bytes_total", OUT)
             async with asyncio.timeout(60):  # (an encoder that never released a slot would stall)
@@ -100,6 +103,7 @@ async def test_frames_through_the_ring_make_the_same_video(tmp_path: Path) -> No
         async with asyncio.timeout(10):  # rings made ahead for the next streams (frame_ring.ready: 2)
             while len(list(shm.iterdir())) < 2:
                 await asyncio.sleep(0.01)
+            await _settle(encoder_rings[0])
         assert len(list(shm.iterdir())) == 2  # those in use were unlinked
     # the first stream's frame size was not known yet: no ring; the next two had one made ahead,
     # offered before their first input, so every frame (frame 0 too) came through it
@@ -169,6 +173,7 @@ async def test_no_ring_is_left_behind(tmp_path: Path, how: str) -> None:
                     assert len(decode(b"".join(m.data for m in out)).video_pts) == frames_for(samples)
             while len(list(shm.iterdir())) > 2:  # a cancelled stream's ring goes as its handler ends
                 await asyncio.sleep(0.01)
+            await _settle(_RINGS[0])
         lookups = {
             r: _sample(renderer, "talkmesh_cache_requests_total", {**RING_HITS, "result": r}) for r in ("hit", "miss")
         }

@@ -106,7 +106,7 @@ class Turn:
     ring: RingOffer | None = None  # the turn's frame ring (a renderer on this machine)
 
     def __post_init__(self) -> None:
-        self.render_in = Chan(TURN_INPUT_CAPACITY)
+        self.render_in = Chan(TURN_INPUT_CAPACITY + 1)  # + the frame ring's offer
         self.room.set()
 
     @property
@@ -286,7 +286,7 @@ class LiveSession:
                 turn.add_audio(req.audio)
             elif kind in ("visemes", "features"):
                 # the turn's frame ring, once made, goes ahead of the input (if there is room for both)
-                if turn.ring is not None and turn.render_in.qsize() < TURN_INPUT_CAPACITY - 1:
+                if turn.ring is not None and turn.render_in.qsize() < TURN_INPUT_CAPACITY:
                     offer = turn.ring.offer(turn.seq)
                     if offer is not None:
                         turn.render_in.send_nowait(offer)
@@ -304,7 +304,10 @@ class LiveSession:
             elif kind == "end_of_turn":
                 turn.input_done = True
                 if not turn.render_in.closed:
-                    turn.render_in.send_nowait(renderer_pb2.RenderRequest(seq=turn.seq, end_of_stream=True))
+                    try:
+                        turn.render_in.send_nowait(renderer_pb2.RenderRequest(seq=turn.seq, end_of_stream=True))
+                    except asyncio.QueueFull:
+                        raise InvalidArgument("end_of_turn", f"turn {tid!r} sent too far ahead of playback") from None
                     turn.render_in.close()
             elif kind == "turn_failed":
                 turn.failed = req.turn_failed or "the turn's input failed"
@@ -325,6 +328,9 @@ class LiveSession:
 
     async def _render_turn(self, turn: Turn) -> None:
         """Pulls the turn's frames from the renderer, at most ``lead`` ahead of playback."""
+        if turn.stopped:  # interrupted before this task ran: no Render stream for it
+            turn.render_done = True
+            return
         stream = self.source.render(turn.render_in, self.timeout)
         turn.stream = stream
         w, h = self.params.width, self.params.height
@@ -365,9 +371,9 @@ class LiveSession:
                 self.wakeup.set()
         finally:
             turn.render_done = True
-            await stream.cancel()
-            if turn.ring is not None:
+            if turn.ring is not None:  # first: nothing below may stop it
                 turn.ring.close()
+            await stream.cancel()
 
     # -- the clock ----------------------------------------------------------------------------
     async def run(
@@ -437,12 +443,13 @@ class LiveSession:
             if tail:
                 yield self.out.message(media=live_pb2.LiveMedia(data=writer.fragment([], [], tail), first_frame=n))
         finally:
+            for turn in self.turns.values():  # first: nothing below may stop it
+                if turn.ring is not None:
+                    turn.ring.close()
             await self.tasks.aclose()
             for turn in self.turns.values():
                 if turn.stream is not None:
                     await turn.stream.cancel()
-                if turn.ring is not None:
-                    turn.ring.close()
             await asyncio.to_thread(codecs.close)
 
     # -- one tick -----------------------------------------------------------------------------
