@@ -202,6 +202,7 @@ class FrameRings:
     def take(self, frame_bytes: int) -> RingOffer | None:
         """A ring for frames of ``frame_bytes`` (None when rings are off)."""
         if not self.enabled or self._closed:
+            self._unlink_ready()  # (rings were turned off since they were made)
             return None
         held = self._ready.get(frame_bytes)
         if held:
@@ -240,6 +241,9 @@ class FrameRings:
     def close(self) -> None:
         """Unlinks the rings kept ready (and those still being made, once made)."""
         self._closed = True
+        self._unlink_ready()
+
+    def _unlink_ready(self) -> None:
         for held in self._ready.values():
             for ring in held:
                 ring.unlink()
