@@ -9,6 +9,7 @@ idle life of still photos, resizes to the requested preset and converts to the e
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -141,9 +142,8 @@ class RenderSession:
         if not self.o.ring_directory:
             self.ring_opened(False, "frame rings are off in this renderer (frame_ring.enabled)")
             return
-        w, h = self.o.size
-        frame_bytes = w * h * (3 if self.o.pixel_format == cpb.PIXEL_FORMAT_RGB24 else 3 / 2)
-        if frame_bytes > offer.slot_bytes:  # made for the size this avatar had before
+        if math.prod(self._frame_shape()) > offer.slot_bytes:  # made for the size this avatar had before
+            w, h = self.o.size
             self.ring_opened(False, f"frame ring {offer.name!r}: {w}x{h} frames do not fit its slots")
             return
         try:
@@ -262,10 +262,13 @@ class RenderSession:
         ring = self.ring
         if ring is None or not ring.has_room(index):  # (run() takes no more frames than slots)
             return None
+        shape = self._frame_shape()
+        return np.frombuffer(ring.frame(index, math.prod(shape)), np.uint8).reshape(shape)
+
+    def _frame_shape(self) -> tuple[int, ...]:
+        """The shape of a converted frame: rows x width for I420, height x width x 3 for RGB."""
         w, h = self.o.size
-        if self.o.pixel_format == cpb.PIXEL_FORMAT_RGB24:
-            return np.frombuffer(ring.frame(index, w * h * 3), np.uint8).reshape(h, w, 3)
-        return np.frombuffer(ring.frame(index, w * h * 3 // 2), np.uint8).reshape(h * 3 // 2, w)
+        return (h, w, 3) if self.o.pixel_format == cpb.PIXEL_FORMAT_RGB24 else (h * 3 // 2, w)
 
     def _messages(self, group: list[FrameJob], pixels: list[bytes | None]) -> list[cpb.VideoFrame]:
         """The group's frames as messages: one per frame (or part), or with ``batch_frames``

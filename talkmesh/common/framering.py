@@ -11,14 +11,15 @@ Layout: a 4 KiB header (magic, slot count, slot size, and the count of frames th
 released, which only the encoder writes) followed by the slots, each a whole number of 4 KiB
 pages. Frame *i* may be written once frames ``0 .. i - slots`` are released, so the renderer
 never overwrites a frame the encoder still reads; it waits for room (back-pressure, as gRPC flow
-control gives for frames sent inline), and a frame that does not fit a slot goes inline.
+control gives for frames sent inline). A renderer whose frames do not fit the slots does not
+use the ring.
 
 The encoder names the file (``talkmesh-frames-<32 hex digits>``); the renderer opens only such a
 name in its own configured directory, without following links, and checks its size and header,
 so a request cannot make it open any other file. The encoder unlinks the file as soon as the
 renderer has used it (or at the end of the stream): the mappings live on until both let go, and
-nothing is left behind. Files of a process killed in between stay until the directory is
-cleared (an ``emptyDir`` goes with its pod).
+nothing is left behind. The file of a process killed in between stays, locked by nobody, and the
+next encoder's ``sweep`` removes it (an ``emptyDir`` also goes with its pod).
 """
 
 from __future__ import annotations
@@ -79,7 +80,6 @@ class FrameRing:
         self.slots = slots
         self.slot_bytes = slot_bytes
         self.stride = slot_stride(slot_bytes)
-        self.owner = owner
         self._buf = buf
         self._view = memoryview(buf)
         self._unlinked = not owner
@@ -225,9 +225,6 @@ class FrameRing:
             await asyncio.sleep(poll)
             poll = min(poll * 2, max_poll)
 
-    def write(self, index: int, data: bytes | memoryview) -> None:
-        """Copies frame ``index``'s pixels into its slot (check ``has_room`` first)."""
-        self.frame(index, len(data))[:] = data
 
 
 def _allocate(fd: int, size: int) -> None:

@@ -27,14 +27,14 @@ def test_both_sides_see_one_memory(tmp_path) -> None:
     seen = []
     for i, data in enumerate(frames):
         assert ren.has_room(i)
-        ren.write(i, data)
+        ren.frame(i, SLOT)[:] = data
         seen.append(bytes(enc.frame(i, SLOT)))
         enc.release(i + 1)
     assert seen == frames
     assert ren.released == 7
     enc.unlink()  # the name goes; both mappings stay
     assert not os.path.exists(enc.path)
-    ren.write(7, frames[0])
+    ren.frame(7, SLOT)[:] = frames[0]
     assert bytes(enc.frame(7, SLOT)) == frames[0]
     enc.unlink()  # once
 

@@ -41,6 +41,11 @@ class LiveParams:
     sample_rate: int  # the session's PCM rate
     audio_codec: str  # "aac" or "opus"
 
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one I420 frame."""
+        return self.width * self.height * 3 // 2
+
 
 def _video_settings(backend: VideoBackend, p: LiveParams) -> VideoCodecSettings:
     settings = backend.settings(p.width, p.height, p.fps)

@@ -323,7 +323,7 @@ class LiveSession:
         config.CopyFrom(self.render)
         turn.render_in.send_nowait(renderer_pb2.RenderRequest(config=config))
         if self.rings is not None:  # offered by _route ahead of the turn's first input, once made
-            turn.ring = self.rings.take(self.params.width * self.params.height * 3 // 2)
+            turn.ring = self.rings.take(self.params.frame_bytes)
         self.tasks.spawn(self._render_turn(turn), name=f"render-{tid}")
 
     async def _render_turn(self, turn: Turn) -> None:
@@ -334,7 +334,7 @@ class LiveSession:
         stream = self.source.render(turn.render_in, self.timeout)
         turn.stream = stream
         w, h = self.params.width, self.params.height
-        frame_bytes = w * h * 3 // 2
+        frame_bytes = self.params.frame_bytes
         parts: list[bytes] = []
         try:
             async for vf in unbatched(stream):
@@ -388,7 +388,7 @@ class LiveSession:
         self.codecs = codecs
         self.writer = writer
         if self.rings is not None:  # a frame ring ready for the first turn
-            self.rings.prepare(self.params.width * self.params.height * 3 // 2)
+            self.rings.prepare(self.params.frame_bytes)
         fps = self.params.fps
         try:
             self.tasks.spawn(self._route(requests), name="route")
