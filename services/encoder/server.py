@@ -10,7 +10,6 @@ handler at ``yield``, which stops the reader and lets gRPC flow control push bac
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import contextvars
 import logging
@@ -39,6 +38,7 @@ from talkmesh.common.clock import MediaClock, fps_fraction
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from talkmesh.common.framering import FrameRing
 from talkmesh.common.logs import request_id_var
+from talkmesh.common.lru import Lru
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -135,9 +135,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self.renderer_down = False
         # The frame size (width, height, pixel format) the renderer sent last for an avatar, backend,
         # size preset and pixel format: the next such stream opens its encoder ahead of frame 0.
-        self.frame_sizes: collections.OrderedDict[tuple[str, str, str, int], tuple[int, int, int]] = (
-            collections.OrderedDict()
-        )
+        self.frame_sizes: Lru[tuple[str, str, str, int], tuple[int, int, int]] = Lru(FRAME_SIZES_KEPT)
         self.spares = SpareSessions(config.spare_sessions, self._session, self._open_spare)
         # Frame rings for a renderer in another process on this machine (docs/ARCHITECTURE.md).
         rings = config.frame_ring
@@ -285,10 +283,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         return init
 
     def _remember_size(self, key: tuple[str, str, str, int], size: tuple[int, int, int]) -> None:
-        self.frame_sizes[key] = size
-        self.frame_sizes.move_to_end(key)
-        while len(self.frame_sizes) > FRAME_SIZES_KEPT:
-            self.frame_sizes.popitem(last=False)
+        self.frame_sizes.put(key, size)
 
     async def _finish(self, session: EncodeSession, output: _Output, started: float) -> list[encoder_pb2.MediaChunk]:
         with self.telemetry.stage("finish"):
@@ -479,8 +474,6 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                     data = await self._encode_frame(session, audio.until_frame(vf.frame_index), raw)
                     if ring is not None:  # its slot (if it used one) may take another frame
                         ring.release(vf.frame_index + 1)
-                    if session.frames_in >= first_frames:
-                        timing.first_frames_encoded.set()
                     if data:
                         first = not timing.first_fragment
                         if first:
@@ -499,6 +492,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                                 self.rings.prepare(session.params.frame_bytes)
                     elif not pending and session.frames_in % PROGRESS_EVERY_FRAMES == 0:
                         yield output.progress(session)  # whole-file MP4: the caller still sees progress
+                    if session.frames_in >= first_frames:
+                        # the renderer gets the rest (_route) once the first fragment has gone out
+                        timing.first_frames_encoded.set()
                 if pending and session is not None:
                     for msg in output.chunks(bytes(pending), session):
                         yield msg

@@ -152,7 +152,7 @@ class StartHold:
         self._frame0_fed.set()
 
     def fragment_out(self) -> None:
-        """The encoder sent its first fragment: the hold ends."""
+        """The first fragment went to the client: the hold ends."""
         self._first_out.set()
 
     async def tts_may_read(self) -> None:
@@ -419,8 +419,6 @@ class _Run:
         # its own OK before the cleanup below cancels what is left (else it may count CANCELLED).
         async for mc in media:
             self.read_ahead.encoded(mc.frames_encoded)
-            if mc.frames_encoded:
-                self.hold.fragment_out()
             if mc.data:
                 await self.out.send(mc)
             if mc.end_of_stream:
@@ -451,10 +449,15 @@ class _Run:
             tasks.spawn(self.hold.run(), name="start-hold")
             seq = 0
             async for item in self.out:
-                if not item.init_segment and not self.tl.first_fragment:
+                first = not item.init_segment and not self.tl.first_fragment
+                if first:
                     self._first_fragment()
                 yield gpb.SpeakChunk(request_id=self.rid, seq=seq, media=video_chunk(item, seq))
                 seq += 1
+                if first:
+                    # the start hold ends once the first fragment is on its way to the client: what
+                    # it held goes to the encoder after the fragment, not ahead of it
+                    self.hold.fragment_out()
             self.tl.last_fragment = time.monotonic()
             yield gpb.SpeakChunk(request_id=self.rid, seq=seq, end_of_stream=True, summary=self._summary())
         finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
@@ -21,6 +20,7 @@ from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
+from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_filename, check_id, clean_name
 from talkmesh.common.principal import Principal, principal_of
 from talkmesh.common.server import Service
@@ -71,7 +71,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         avatar = await asyncio.to_thread(s.store.get, avatar_id, backend_name)
         size = output_size(cfg.size or s.config.default_size, avatar.size)
         session_key = cfg.session_id
-        start_tick = s.session_ticks.get(session_key, 0) if session_key else 0
+        start_tick = (s.session_ticks.get(session_key) or 0) if session_key else 0
         # built in a worker thread: a still photo's first session prepares its idle life (the
         # body mask and motion grid, ~15 ms), which must not stall the other streams' frames
         session = await asyncio.to_thread(
@@ -102,10 +102,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                 yield frame
         finally:
             if session_key:
-                s.session_ticks[session_key] = session.tick
-                s.session_ticks.move_to_end(session_key)
-                while len(s.session_ticks) > MAX_SESSIONS_REMEMBERED:
-                    s.session_ticks.popitem(last=False)
+                s.session_ticks.put(session_key, session.tick)
 
     async def _read_upload(self, request_iterator: AsyncIterator[rpb.AvatarUpload]) -> tuple[rpb.AvatarMeta, bytes]:
         idle = self.s.config.server.idle_timeout
@@ -288,7 +285,7 @@ class RendererService(Service):
         self.backends: dict[str, RenderBackend] = {}
         self.runners: dict[str, FrameRunner] = {}
         self.store: AvatarStore = None  # type: ignore[assignment]  # built in start()
-        self.session_ticks: OrderedDict[str, int] = OrderedDict()
+        self.session_ticks: Lru[str, int] = Lru(MAX_SESSIONS_REMEMBERED)
         self.part_bytes = min(config.frame_part_bytes, config.server.max_message_bytes - 64 * 1024)
         self._ring_refusals = 0
 

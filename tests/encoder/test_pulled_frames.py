@@ -14,6 +14,7 @@ import pytest
 from services.encoder.main import create_service, load_config
 from services.encoder.render import LocalFrameSource
 from talkmesh.common.channel import create_channel
+from talkmesh.common.inprocess import InProcessContext
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import audio_features_pb2, common_pb2, encoder_pb2, encoder_pb2_grpc, renderer_pb2
@@ -309,3 +310,61 @@ async def test_a_stream_takes_the_spare_session_the_one_before_left_open() -> No
         assert d.size == (w, H) and len(d.video_pts) == n
         assert d.lumas == pytest.approx([frame_luma(i) for i in range(n)], abs=3)
         assert d.audio_end == pytest.approx(samples / SR, abs=1 / FPS)
+
+
+async def test_the_rest_of_the_first_batch_goes_to_the_renderer_after_the_first_fragment_went_out() -> None:
+    """The renderer gets the rest of the first batch once the first fragment has been handed to the
+    caller (the handler resumed after it), not as soon as it was encoded: rendering the rest would
+    otherwise share the event loop and the cores with sending that fragment."""
+    n = 5
+    features_seen: list[int] = []
+
+    async def render(requests: AsyncIterator[renderer_pb2.RenderRequest], _context: Any):
+        done = 0
+        async for req in requests:
+            if req.WhichOneof("kind") != "features":
+                continue
+            features_seen.extend(fc.frame_index for fc in req.features.frames)
+            while done < len(features_seen):
+                yield common_pb2.VideoFrame(
+                    frame_index=done,
+                    width=W,
+                    height=H,
+                    pixel_format=common_pb2.PIXEL_FORMAT_I420,
+                    data=i420_frame(W, H, done),
+                )
+                done += 1
+        yield common_pb2.VideoFrame(end_of_stream=True)
+
+    cfg = encoder_pb2.EncodeConfig(
+        request_id="t", fps=FPS, sample_rate=SR, render=renderer_pb2.RenderConfig(request_id="t")
+    )
+    samples = n * SR // FPS
+    batch = audio_features_pb2.FeatureChunk(frame_index=0)
+    for i in range(n):
+        batch.frames.add(frame_index=i)
+
+    async def reqs() -> AsyncIterator[encoder_pb2.EncodeRequest]:
+        yield encoder_pb2.EncodeRequest(config=cfg)
+        yield audio_request(0, tone(samples))
+        yield encoder_pb2.EncodeRequest(features=batch)
+        yield encoder_pb2.EncodeRequest(end_of_stream=True)
+
+    env = {"TALKMESH_ENCODER__FIRST_FRAGMENT_WAIT_MS": "10000"}
+    service = create_service(
+        load_config(env=env), Telemetry("encoder"), nvenc_probe=lambda _: False, frame_source=LocalFrameSource(render)
+    )
+    await service.start()
+    out = service.servicer.Encode(reqs(), InProcessContext())
+    try:
+        async with asyncio.timeout(10):
+            async for msg in out:
+                if msg.data and not msg.init_segment:
+                    break
+            await asyncio.sleep(0.05)  # the caller has not taken the fragment on yet
+            assert features_seen == [0]
+            rest = [m async for m in out]  # now it has
+    finally:
+        await out.aclose()
+        await service.stop()
+    assert features_seen == list(range(n)) and rest[-1].end_of_stream and rest[-1].frames_encoded == n

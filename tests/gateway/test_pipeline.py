@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from services.gateway.config import GatewayConfig
+from services.gateway.pipeline import SpeakPipeline
 from services.gateway.server import GatewayService
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.telemetry import Telemetry
@@ -164,6 +165,29 @@ async def test_until_the_first_fragment_the_encoder_gets_only_what_frame_0_needs
     # the fake TTS yields all its chunks at once: without the hold they all came first
     assert off.inputs_before_first_fragment.count("audio") == 10
     assert off.frames_before_their_visemes == 0 and off.encoder_frames == 10
+
+
+async def test_what_the_hold_kept_goes_to_the_encoder_after_the_first_fragment_went_to_the_client():
+    """The hold ends once the first fragment has been handed on, not when it came from the encoder:
+    the held messages would otherwise go out first, on the gateway's one event loop."""
+    ds = FakeDownstreams(chunks=10)
+    pipeline = SpeakPipeline(ds, GatewayConfig(start_hold_ms=60_000), Telemetry("gateway"))
+    run = pipeline.run(TalkmeshClient.request("Hello there."), "rid-hold", None)
+    try:
+        async for chunk in run:
+            if chunk.media.data and not chunk.media.init_segment:
+                break
+        # the consumer has not taken the fragment on yet (say gRPC is still writing it to the client)
+        await asyncio.sleep(0.05)
+        assert ds.inputs_before_first_fragment == ["config", "audio", "audio", "features"]
+        assert ds.encoder_inputs == ds.inputs_before_first_fragment
+        # once it has, the rest goes at once (not after the 60 s the hold would last)
+        async with asyncio.timeout(10):
+            chunks = [c async for c in run]
+    finally:
+        await run.aclose()
+    assert chunks[-1].summary.frames == 10 and ds.encoder_frames == 10
+    assert ds.encoder_inputs[-1] == "end" and ds.frames_before_their_visemes == 0
 
 
 @pytest.mark.parametrize("hold_ms", [100, 0])
