@@ -50,9 +50,17 @@ class AvatarConfig:
 class VisemeRendererConfig:
     # Subtle idle motion (blinks, slight head motion) for still photos.
     idle_motion: bool = True
+    # Memory per avatar for the photo moved as at the idle motion's key ticks, shared by all its
+    # sessions (every stream starts at tick 0): a 512x512 photo is 0.75 MiB, the 32 s loop has
+    # ~190 key ticks. 0: each session moves its own.
+    idle_cache_mb: int = 64
     # Attack / release time constants of the mouth, in milliseconds.
     attack_ms: float = 20.0
     release_ms: float = 50.0
+
+    def validate(self) -> None:
+        if self.idle_cache_mb < 0:
+            raise ConfigError.at("idle_cache_mb", "must not be negative")
 
 
 @dataclass(frozen=True)

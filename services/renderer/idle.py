@@ -14,7 +14,9 @@ ticks where some pixel would otherwise lag by more than ``STEP_PX`` (about one t
 reused in between, and a frame redoes only what the backend changed (the mouth) and the blinking
 eyes, with the same maps: per frame that is a copy and a few small remaps, not a full-body warp.
 Everything is a pure function of the clock tick, so a session that continues at the next tick
-continues the motion without a jump.
+continues the motion without a jump; and the moved bodies are shared by every session of the avatar
+(``MovedPhotos``): every stream starts at tick 0, and many listeners of one avatar speak at once,
+so a key tick is mostly moved once per avatar, not once per stream.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -29,6 +32,7 @@ import numpy as np
 
 from services.renderer.backends.base import Avatar
 from services.renderer.blend import blend_into, feathered_ellipse
+from talkmesh.common.lru import Lru
 
 BLINK_INTERVAL_S = (2.0, 6.0)  # seconds between blinks, drawn uniformly per avatar
 # lid closure over the frames of one blink (at 25 fps: 120 ms closed-ish, a slower opening)
@@ -223,6 +227,31 @@ def _remap(src: np.ndarray, maps: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
+class MovedPhotos:
+    """The photo moved as at each key tick (the costly full-body remap), shared by the sessions of
+    one avatar, keyed by (loop length, key tick). The most recently made are kept, up to
+    ``max_bytes`` (0: none). Sessions render in worker threads: one lock guards the map."""
+
+    def __init__(self, max_bytes: int, photo_bytes: int) -> None:
+        capacity = max_bytes // max(1, photo_bytes)
+        self._photos: Lru[tuple[int, int], np.ndarray] | None = Lru(capacity) if capacity else None
+        self._lock = threading.Lock()
+
+    def get(self, loop: int, key: int) -> np.ndarray | None:
+        if self._photos is None:
+            return None
+        with self._lock:
+            return self._photos.get((loop, key))
+
+    def put(self, loop: int, key: int, moved: np.ndarray) -> None:
+        if self._photos is not None:
+            with self._lock:
+                self._photos.put((loop, key), moved)
+
+    def __len__(self) -> int:
+        return len(self._photos) if self._photos is not None else 0
+
+
 class IdleLife:
     """Subtle life for still photos: slow head sway and breathing, and irregular blinks.
 
@@ -233,7 +262,17 @@ class IdleLife:
     those regions move exactly with the rest.
     """
 
-    def __init__(self, avatar: Avatar, fps: float, clip_start: int = 0) -> None:
+    def __init__(
+        self,
+        avatar: Avatar,
+        fps: float,
+        clip_start: int = 0,
+        *,
+        cache_bytes: int = 0,
+        on_cache: Callable[[bool], None] | None = None,
+    ) -> None:
+        """``cache_bytes``: how much of the avatar's moved photos its sessions share (``MovedPhotos``,
+        made by the first session); ``on_cache`` hears whether a key tick's photo was found there."""
         self.fps = fps
         self.clip_start = clip_start
         x1, y1, x2, y2 = (int(v) for v in avatar.face_boxes[0])
@@ -273,6 +312,7 @@ class IdleLife:
                 "grid": np.stack([gx, gy], axis=-1),
                 "basis": np.stack([small * (gx - cx), small * (gy - cy), small], axis=-1),
                 "keys": {},
+                "moved": MovedPhotos(cache_bytes, avatar.frames[0].nbytes),
             }
             avatar.extras["idle"] = cached
         self.eyes = [
@@ -283,6 +323,8 @@ class IdleLife:
         self.mask_box = tuple(int(v) for v in cached["mask_box"])
         self.basis = cached["basis"]
         self.grid = cached["grid"]  # [gh, gw, 2] float32
+        self.shared: MovedPhotos = cached["moved"]
+        self.on_cache = on_cache
         self.rest = np.asarray(avatar.frames[0])
         self.loop = max(1, round(LOOP_S * fps))
         # sessions are built in worker threads: read the shared cache once, into a local
@@ -323,25 +365,40 @@ class IdleLife:
         return int(self.keys[int(np.searchsorted(self.keys, pos, side="right")) - 1])
 
     def _move_to(self, key: int) -> None:
-        """Renders the photo's head and body moved as at loop position ``key`` (kept until the next)."""
+        """The photo's head and body moved as at loop position ``key`` (kept until the next): made
+        once per avatar while the shared ``MovedPhotos`` keep it; the maps are made when needed."""
         (a, b, c), (d, e, f) = motion(np.array(key), self.loop).tolist()
-        # the displacement is smooth (the mask is blurred over ~10 % of the face): mixed on the
-        # coarse grid, added to where its samples are, and interpolated up to every pixel (exact
-        # for the pixel grid itself: bilinear interpolation reproduces a linear function)
-        coarse = self.basis @ np.array([[a, d], [b, e], [c, f]], np.float32) + self.grid
-        gh, gw = coarse.shape[:2]
-        bx1, by1, bx2, by2 = self.mask_box
-        o = PAD * COARSE
-        full = cv2.resize(coarse, (gw * COARSE, gh * COARSE), interpolation=cv2.INTER_LINEAR)
-        maps = full[o : o + by2 - by1, o : o + bx2 - bx1]
-        moved = np.array(self.rest, copy=True)
-        moved[by1:by2, bx1:bx2] = _remap(self.rest, maps)
-        moved.flags.writeable = False
+        self._maps = None
+        moved = self.shared.get(self.loop, key)
+        if self.on_cache is not None:
+            self.on_cache(moved is not None)
+        if moved is None:
+            bx1, by1, bx2, by2 = self.mask_box
+            self._key = key
+            moved = np.array(self.rest, copy=True)
+            moved[by1:by2, bx1:bx2] = _remap(self.rest, self._key_maps())
+            moved.flags.writeable = False
+            self.shared.put(self.loop, key, moved)
         # how far a pixel's samples can lie from it (the corners bound the displacement); twice
         # that plus the bilinear footprint, for samples reflected at the image's edge
         reach = max(max(abs(a * x + b * y + c), abs(d * x + e * y + f)) for x, y in self._corners())
-        self._moved, self._maps, self._margin = moved, maps, 2 * math.ceil(reach) + 3
+        self._moved, self._margin = moved, 2 * math.ceil(reach) + 3
         self._key = key
+
+    def _key_maps(self) -> np.ndarray:
+        """[h, w, 2] float32 over the mask box: where each pixel samples the photo at the current key."""
+        if self._maps is None:
+            (a, b, c), (d, e, f) = motion(np.array(self._key), self.loop).tolist()
+            # the displacement is smooth (the mask is blurred over ~10 % of the face): mixed on the
+            # coarse grid, added to where its samples are, and interpolated up to every pixel (exact
+            # for the pixel grid itself: bilinear interpolation reproduces a linear function)
+            coarse = self.basis @ np.array([[a, d], [b, e], [c, f]], np.float32) + self.grid
+            gh, gw = coarse.shape[:2]
+            bx1, by1, bx2, by2 = self.mask_box
+            o = PAD * COARSE
+            full = cv2.resize(coarse, (gw * COARSE, gh * COARSE), interpolation=cv2.INTER_LINEAR)
+            self._maps = full[o : o + by2 - by1, o : o + bx2 - bx1]
+        return self._maps
 
     def _corners(self) -> list[tuple[float, float]]:
         bx1, by1, bx2, by2 = self.mask_box
@@ -353,7 +410,6 @@ class IdleLife:
     ) -> tuple[int, int, int, int] | None:
         """Moves ``src`` into ``out`` over ``box`` (grown by the motion's reach, and to even
         coordinates), with the key's maps; returns the box written (None: nothing)."""
-        assert self._maps is not None
         h, w = out.shape[:2]
         k = self._margin
         # even corners: a 4:2:0 conversion of the box alone then equals the whole frame's there
@@ -365,17 +421,19 @@ class IdleLife:
         bx1, by1, bx2, by2 = self.mask_box
         ix1, iy1, ix2, iy2 = max(x1, bx1), max(y1, by1), min(x2, bx2), min(y2, by2)
         if ix1 < ix2 and iy1 < iy2:
-            sub = self._maps[iy1 - by1 : iy2 - by1, ix1 - bx1 : ix2 - bx1]
+            sub = self._key_maps()[iy1 - by1 : iy2 - by1, ix1 - bx1 : ix2 - bx1]
             out[iy1:iy2, ix1:ix2] = _remap(src, sub)
         return x1, y1, x2, y2
 
     def maps(self, tick: int) -> np.ndarray:
         """[h, w, 2] float32: where each pixel of the mask box samples the frame at this tick."""
+        self._at(tick)
+        return self._key_maps()
+
+    def _at(self, tick: int) -> None:
         key = self.key(tick)
         if key != self._key:
             self._move_to(key)
-        assert self._maps is not None
-        return self._maps
 
     def reference(self, frame: np.ndarray, tick: int) -> np.ndarray:
         """What ``apply`` returns, the slow way: the eyes closed, then the whole body remapped."""
@@ -393,7 +451,7 @@ class IdleLife:
     def apply(self, frame: np.ndarray, tick: int) -> np.ndarray:
         """The frame for ``tick``: ``frame`` (the photo, or the photo with a mouth drawn on it)
         with its eyes blinking and its head and body moved. May return a shared read-only array."""
-        self.maps(tick)
+        self._at(tick)
         boxes = []
         changed = changed_box(frame, self.rest)
         if changed is not None:

@@ -84,6 +84,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                 sample_rate=cfg.sample_rate,
                 part_bytes=s.part_bytes,
                 idle_life=s.config.viseme.idle_motion,
+                idle_cache_bytes=s.config.viseme.idle_cache_mb * 2**20,
                 start_tick=start_tick,
                 attack_ms=s.config.viseme.attack_ms,
                 release_ms=s.config.viseme.release_ms,

@@ -52,6 +52,7 @@ class SessionOptions:
     part_bytes: int
     idle_life: bool
     start_tick: int = 0
+    idle_cache_bytes: int = 0  # the avatar's moved photos its sessions share (IdleLife, MovedPhotos)
     batch_frames: bool = False  # frames rendered together leave in one message (RenderConfig.batch_frames)
     ring_directory: str = ""  # where an offered frame ring is opened (frame_ring.directory); empty: rings off
     max_group: int = 8
@@ -78,7 +79,13 @@ class RenderSession:
         self.jobs: Chan[FrameJob] = Chan(queue_size, gauge=telemetry.queue_gauge("render_jobs"))
         self.animator = MouthAnimator(options.sample_rate or 16000, options.fps, options.attack_ms, options.release_ms)
         self.idle = (
-            IdleLife(avatar, options.fps, options.start_tick)
+            IdleLife(
+                avatar,
+                options.fps,
+                options.start_tick,
+                cache_bytes=options.idle_cache_bytes,
+                on_cache=lambda hit: telemetry.cache("idle_motion", hit),
+            )
             if options.idle_life and avatar.frames.shape[0] == 1
             else None
         )

@@ -135,6 +135,39 @@ def test_the_fast_path_equals_moving_the_whole_frame_and_steps_stay_small(tmp_pa
     assert np.abs(exact).max() > 1.0  # and the motion itself is not negligible
 
 
+def test_sessions_of_one_avatar_share_the_moved_photos_and_show_the_same_frames(tmp_path):
+    """A key tick's moved photo is made once per avatar: a second session finds every key the
+    first one made, and every frame equals one made without sharing (another avatar object of the
+    same photo, cache off). The budget bounds how many are kept."""
+    cfg = RendererConfig(avatars=AvatarConfig(cache_dir=str(tmp_path)))
+    backend = VisemeBackend(cfg, Telemetry("renderer"))
+    store = AvatarStore(cfg.avatars, {"viseme": backend})
+    avatar = store.register(PORTRAIT, "me.png")[0]
+    alone = _avatar(tmp_path / "another-store")  # the same photo, another avatar object
+    assert alone is not avatar
+    photo = np.asarray(avatar.frames[0])
+    ticks = [*range(60), 401, 402]
+    keys = {IdleLife(alone, 25.0).key(t) for t in ticks}
+    heard: list[list[bool]] = [[], []]
+    for i in range(2):
+        life = IdleLife(avatar, 25.0, cache_bytes=64 * 2**20, on_cache=heard[i].append)
+        solo = IdleLife(alone, 25.0)  # its own moved photos, none shared (cache_bytes 0)
+        for t in ticks:
+            job = FrameJob("s", t, 0, True, -20.0, mouth=MouthShape(open=0.2 + 0.01 * (t % 30), width=0.5))
+            spoken = backend.render(avatar, [job])[0]
+            for frame in (photo, spoken):
+                assert np.array_equal(life.apply(frame, t), solo.apply(frame, t)), (i, t)
+    assert heard == [[False] * len(keys), [True] * len(keys)]  # made once, then found
+    assert len(avatar.extras["idle"]["moved"]) == len(keys)
+    assert len(alone.extras["idle"]["moved"]) == 0
+
+    budget = _avatar(tmp_path / "a-third-store")
+    life = IdleLife(budget, 25.0, cache_bytes=3 * photo.nbytes)  # three moved photos
+    for t in ticks:
+        life.apply(photo, t)
+    assert len(budget.extras["idle"]["moved"]) == 3
+
+
 @pytest.mark.parametrize("width", [512, 511, 7])
 @pytest.mark.parametrize("channels", [3, 1])
 def test_changed_box_holds_every_changed_pixel_and_little_else(width, channels):
