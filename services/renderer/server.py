@@ -67,37 +67,41 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         if cfg.sample_rate and not 8000 <= cfg.sample_rate <= 192000:
             raise InvalidArgument("config.sample_rate", f"{cfg.sample_rate} Hz is not a supported rate")
         avatar_id = cfg.avatar_id or s.config.default_avatar
-        await asyncio.to_thread(self._may_use, principal_of(context.invocation_metadata()), avatar_id)
-        avatar = await asyncio.to_thread(s.store.get, avatar_id, backend_name)
-        size = output_size(cfg.size or s.config.default_size, avatar.size)
+        who = principal_of(context.invocation_metadata())
         session_key = cfg.session_id
         start_tick = (s.session_ticks.get(session_key) or 0) if session_key else 0
-        # built in a worker thread: a still photo's first session prepares its idle life (the
-        # body mask and motion grid, ~15 ms), which must not stall the other streams' frames
-        session = await asyncio.to_thread(
-            RenderSession,
-            SessionOptions(
-                request_id=cfg.request_id or first.request_id,
-                size=size,
-                fps=fps,
-                pixel_format=pixel_format,
-                sample_rate=cfg.sample_rate,
-                part_bytes=s.part_bytes,
-                idle_life=s.config.viseme.idle_motion,
-                idle_cache_bytes=s.config.viseme.idle_cache_mb * 2**20,
-                start_tick=start_tick,
-                attack_ms=s.config.viseme.attack_ms,
-                release_ms=s.config.viseme.release_ms,
-                batch_frames=cfg.batch_frames,
-                ring_directory=s.config.frame_ring.directory if s.config.frame_ring.enabled else "",
-            ),
-            avatar,
-            backend,
-            s.runners[backend_name],
-            s.telemetry,
-            s.config.session_queue,
-            s.ring_opened,
-        )
+
+        def open_session() -> RenderSession:
+            # One worker-thread hop (each costs frame 0 a wake-up): the owner check and the avatar
+            # may read the disk, and a still photo's first session prepares its idle life (the body
+            # mask and motion grid, ~15 ms); none of it may stall the other streams' frames.
+            self._may_use(who, avatar_id)
+            avatar = s.store.get(avatar_id, backend_name)
+            return RenderSession(
+                SessionOptions(
+                    request_id=cfg.request_id or first.request_id,
+                    size=output_size(cfg.size or s.config.default_size, avatar.size),
+                    fps=fps,
+                    pixel_format=pixel_format,
+                    sample_rate=cfg.sample_rate,
+                    part_bytes=s.part_bytes,
+                    idle_life=s.config.viseme.idle_motion,
+                    idle_cache_bytes=s.config.viseme.idle_cache_mb * 2**20,
+                    start_tick=start_tick,
+                    attack_ms=s.config.viseme.attack_ms,
+                    release_ms=s.config.viseme.release_ms,
+                    batch_frames=cfg.batch_frames,
+                    ring_directory=s.config.frame_ring.directory if s.config.frame_ring.enabled else "",
+                ),
+                avatar,
+                backend,
+                s.runners[backend_name],
+                s.telemetry,
+                s.config.session_queue,
+                s.ring_opened,
+            )
+
+        session = await asyncio.to_thread(open_session)
         try:
             async for frame in session.run(stream):
                 yield frame
