@@ -240,8 +240,8 @@ class EncoderConfig:
     # Audio released to the AAC encoder ahead of the frame being encoded (seconds), when rendering.
     audio_lead_seconds: float = 0.25
     # First things first, when rendering an fMP4 stream: the renderer gets the first fragment's
-    # frames alone, and the rest of the first feature batch once they are encoded or, for a
-    # renderer that needs more input before its first frame, after this long. 0 turns it off
+    # frames alone, and the rest of the first feature batch once that fragment has gone out or, for
+    # a renderer that needs more input before its first frame, after this long. 0 turns it off
     # (independent of gateway.start_hold_ms).
     first_fragment_wait_ms: int = 100
     # Encoder sessions kept open for the next stream (services/encoder/spares.py): once a rendered

@@ -556,7 +556,7 @@ class _RenderTiming:
     first_input: float = 0.0
     first_frame: float = 0.0
     first_fragment: float = 0.0
-    # the first fragment's frames are encoded (_route then sends the renderer the rest)
+    # the first fragment's frames are encoded and it has gone out (_route then sends the renderer the rest)
     first_frames_encoded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stages(self) -> list[common_pb2.StageTiming]:
@@ -601,9 +601,10 @@ async def _route(
     """Audio to the interleaver, renderer input to the Render stream; closes it at the end.
 
     First things first: if the stream's first feature batch holds more than ``first_batch`` frames
-    (the first fragment's), the renderer gets those frames alone and the rest once they are encoded
-    (or after ``wait`` seconds, for a renderer that needs more input first), so frame 0 is not
-    encoded while the frames behind it are rendered. Meanwhile the caller's input waits.
+    (the first fragment's), the renderer gets those frames alone and the rest once the fragment
+    has gone out (or after ``wait`` seconds, for a renderer that needs more input first), so frame
+    0 is not encoded and sent while the frames behind it are rendered. Meanwhile the caller's input
+    waits.
 
     ``ring``: the stream's frame ring, being made; it is offered to the renderer ahead of the
     first message that finds it made.

@@ -51,8 +51,9 @@ class VisemeRendererConfig:
     # Subtle idle motion (blinks, slight head motion) for still photos.
     idle_motion: bool = True
     # Memory per avatar for the photo moved as at the idle motion's key ticks, shared by all its
-    # sessions (every stream starts at tick 0): a 512x512 photo is 0.75 MiB, the 32 s loop has
-    # ~190 key ticks. 0: each session moves its own.
+    # sessions (every stream starts at tick 0), the most recently used kept: a 512x512 photo is
+    # 0.75 MiB (64 MiB keep 85), the 32 s loop has ~230 key ticks (one tick in 3.5) for the bundled
+    # photo. 0: each session moves its own.
     idle_cache_mb: int = 64
     # Attack / release time constants of the mouth, in milliseconds.
     attack_ms: float = 20.0

@@ -229,13 +229,18 @@ def _remap(src: np.ndarray, maps: np.ndarray) -> np.ndarray:
 
 class MovedPhotos:
     """The photo moved as at each key tick (the costly full-body remap), shared by the sessions of
-    one avatar, keyed by (loop length, key tick). The most recently made are kept, up to
-    ``max_bytes`` (0: none). Sessions render in worker threads: one lock guards the map."""
+    one avatar, keyed by (loop length, key tick). The most recently used are kept, up to
+    ``max_bytes`` (0: none): the keys where new streams start (tick 0) stay while streams start.
+    Sessions render in worker threads: one lock guards the map."""
 
     def __init__(self, max_bytes: int, photo_bytes: int) -> None:
         capacity = max_bytes // max(1, photo_bytes)
         self._photos: Lru[tuple[int, int], np.ndarray] | None = Lru(capacity) if capacity else None
         self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self._photos is not None
 
     def get(self, loop: int, key: int) -> np.ndarray | None:
         if self._photos is None:
@@ -280,7 +285,7 @@ class IdleLife:
         w = x2 - x1
         shape = (int(avatar.frames.shape[1]), int(avatar.frames.shape[2]))
         cached = avatar.extras.get("idle")
-        if cached is None:
+        if cached is None:  # the avatar's first session (several may build it at once: one wins)
             if avatar.landmarks is not None and avatar.report.get("detector") != "haar":
                 lm = avatar.landmarks[0]
                 eyes: list[Any] = [lm[list(e[:2])].mean(0) for e in (LEFT_EYE, RIGHT_EYE)]
@@ -314,7 +319,8 @@ class IdleLife:
                 "keys": {},
                 "moved": MovedPhotos(cache_bytes, avatar.frames[0].nbytes),
             }
-            avatar.extras["idle"] = cached
+            # sessions are built in worker threads: the first to get here is the one all share
+            cached = avatar.extras.setdefault("idle", cached)
         self.eyes = [
             _Eye((float(ex), float(ey)), float(max(hw, 2.0)), float(max(hh, 0.35 * hw, 1.0)), shape)
             for (ex, ey), (hw, hh) in zip(cached["eyes"], cached["eye_sizes"], strict=True)
@@ -324,7 +330,7 @@ class IdleLife:
         self.basis = cached["basis"]
         self.grid = cached["grid"]  # [gh, gw, 2] float32
         self.shared: MovedPhotos = cached["moved"]
-        self.on_cache = on_cache
+        self.on_cache = on_cache if self.shared.enabled else None
         self.rest = np.asarray(avatar.frames[0])
         self.loop = max(1, round(LOOP_S * fps))
         # sessions are built in worker threads: read the shared cache once, into a local
@@ -368,37 +374,41 @@ class IdleLife:
         """The photo's head and body moved as at loop position ``key`` (kept until the next): made
         once per avatar while the shared ``MovedPhotos`` keep it; the maps are made when needed."""
         (a, b, c), (d, e, f) = motion(np.array(key), self.loop).tolist()
-        self._maps = None
         moved = self.shared.get(self.loop, key)
         if self.on_cache is not None:
             self.on_cache(moved is not None)
+        maps = None
         if moved is None:
             bx1, by1, bx2, by2 = self.mask_box
-            self._key = key
+            maps = self._maps_for(key)
             moved = np.array(self.rest, copy=True)
-            moved[by1:by2, bx1:bx2] = _remap(self.rest, self._key_maps())
+            moved[by1:by2, bx1:bx2] = _remap(self.rest, maps)
             moved.flags.writeable = False
             self.shared.put(self.loop, key, moved)
         # how far a pixel's samples can lie from it (the corners bound the displacement); twice
         # that plus the bilinear footprint, for samples reflected at the image's edge
         reach = max(max(abs(a * x + b * y + c), abs(d * x + e * y + f)) for x, y in self._corners())
-        self._moved, self._margin = moved, 2 * math.ceil(reach) + 3
-        self._key = key
+        # all at once, after anything that may fail: the state always belongs to one key
+        self._moved, self._maps, self._margin, self._key = moved, maps, 2 * math.ceil(reach) + 3, key
 
     def _key_maps(self) -> np.ndarray:
-        """[h, w, 2] float32 over the mask box: where each pixel samples the photo at the current key."""
+        """The current key's maps, made the first time a frame needs them."""
         if self._maps is None:
-            (a, b, c), (d, e, f) = motion(np.array(self._key), self.loop).tolist()
-            # the displacement is smooth (the mask is blurred over ~10 % of the face): mixed on the
-            # coarse grid, added to where its samples are, and interpolated up to every pixel (exact
-            # for the pixel grid itself: bilinear interpolation reproduces a linear function)
-            coarse = self.basis @ np.array([[a, d], [b, e], [c, f]], np.float32) + self.grid
-            gh, gw = coarse.shape[:2]
-            bx1, by1, bx2, by2 = self.mask_box
-            o = PAD * COARSE
-            full = cv2.resize(coarse, (gw * COARSE, gh * COARSE), interpolation=cv2.INTER_LINEAR)
-            self._maps = full[o : o + by2 - by1, o : o + bx2 - bx1]
+            self._maps = self._maps_for(self._key)
         return self._maps
+
+    def _maps_for(self, key: int) -> np.ndarray:
+        """[h, w, 2] float32 over the mask box: where each pixel samples the photo at loop position ``key``."""
+        (a, b, c), (d, e, f) = motion(np.array(key), self.loop).tolist()
+        # the displacement is smooth (the mask is blurred over ~10 % of the face): mixed on the
+        # coarse grid, added to where its samples are, and interpolated up to every pixel (exact
+        # for the pixel grid itself: bilinear interpolation reproduces a linear function)
+        coarse = self.basis @ np.array([[a, d], [b, e], [c, f]], np.float32) + self.grid
+        gh, gw = coarse.shape[:2]
+        bx1, by1, bx2, by2 = self.mask_box
+        o = PAD * COARSE
+        full = cv2.resize(coarse, (gw * COARSE, gh * COARSE), interpolation=cv2.INTER_LINEAR)
+        return full[o : o + by2 - by1, o : o + bx2 - bx1]
 
     def _corners(self) -> list[tuple[float, float]]:
         bx1, by1, bx2, by2 = self.mask_box

@@ -1,6 +1,6 @@
-"""A bounded map that keeps the most recently stored entries: what a service remembers from one
-stream for the next (an avatar's frame size at the encoder, a session's idle tick at the renderer,
-a voice's sample rate at the gateway). A key seen once by a client must not grow memory for ever."""
+"""A bounded map that keeps the most recently used entries: what a service remembers from one
+stream for the next (an avatar's frame size at the encoder, a session's idle tick and an avatar's
+moved idle photos at the renderer). A key seen once by a client must not grow memory for ever."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ V = TypeVar("V")
 
 
 class Lru(Generic[K, V]):
-    """At most ``capacity`` entries; storing one beyond that forgets the least recently stored."""
+    """At most ``capacity`` entries; storing one beyond that forgets the least recently used (got
+    or stored)."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -21,7 +22,10 @@ class Lru(Generic[K, V]):
         self._items: collections.OrderedDict[K, V] = collections.OrderedDict()
 
     def get(self, key: K) -> V | None:
-        return self._items.get(key)
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
 
     def put(self, key: K, value: V) -> None:
         self._items[key] = value

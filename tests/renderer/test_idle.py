@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -160,12 +162,30 @@ def test_sessions_of_one_avatar_share_the_moved_photos_and_show_the_same_frames(
     assert heard == [[False] * len(keys), [True] * len(keys)]  # made once, then found
     assert len(avatar.extras["idle"]["moved"]) == len(keys)
     assert len(alone.extras["idle"]["moved"]) == 0
+    off: list[bool] = []
+    IdleLife(alone, 25.0, on_cache=off.append).apply(photo, 0)
+    assert off == []  # no sharing, nothing to count (a dashboard would read all misses as broken)
 
     budget = _avatar(tmp_path / "a-third-store")
     life = IdleLife(budget, 25.0, cache_bytes=3 * photo.nbytes)  # three moved photos
     for t in ticks:
         life.apply(photo, t)
     assert len(budget.extras["idle"]["moved"]) == 3
+
+
+def test_sessions_opening_at_once_on_a_new_avatar_share_one_cache(tmp_path):
+    """Sessions are built in worker threads: the first ones of an avatar, built at the same moment
+    (listeners starting together after a restart), must end up with the same shared photos."""
+    avatar = _avatar(tmp_path)
+    start = threading.Barrier(4)
+
+    def build(_: int) -> IdleLife:
+        start.wait()
+        return IdleLife(avatar, 25.0, cache_bytes=64 * 2**20)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        lives = list(pool.map(build, range(4)))
+    assert all(life.shared is avatar.extras["idle"]["moved"] for life in lives)
 
 
 @pytest.mark.parametrize("width", [512, 511, 7])
