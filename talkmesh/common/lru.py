@@ -13,7 +13,7 @@ V = TypeVar("V")
 
 class Lru(Generic[K, V]):
     """At most ``capacity`` entries; storing one beyond that forgets the least recently used (got
-    or stored)."""
+    or stored). Not thread-safe, reads included (a get reorders): one event loop, or a lock."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:

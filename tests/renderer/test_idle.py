@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from services.renderer import idle as idle_module
 from services.renderer.avatars import AvatarStore
 from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
@@ -171,6 +172,50 @@ def test_sessions_of_one_avatar_share_the_moved_photos_and_show_the_same_frames(
     for t in ticks:
         life.apply(photo, t)
     assert len(budget.extras["idle"]["moved"]) == 3
+
+
+def test_tick_0_stays_shared_while_streams_keep_starting(tmp_path):
+    """A long stream walks through more keys than the budget keeps; new streams starting meanwhile
+    (at tick 0) keep finding tick 0's photo, because finding it counts as a use."""
+    avatar = _avatar(tmp_path)
+    photo = np.asarray(avatar.frames[0])
+    budget = 10 * photo.nbytes
+    long = IdleLife(avatar, 25.0, cache_bytes=budget)
+    openers: list[bool] = []
+    keys_seen = 0
+    for t in range(long.loop // 2):
+        before = long._key
+        long.apply(photo, t)
+        if long._key != before:
+            keys_seen += 1
+            if keys_seen % 5 == 0:  # a new stream starts
+                IdleLife(avatar, 25.0, cache_bytes=budget, on_cache=openers.append).apply(photo, 0)
+    assert keys_seen > 50 and len(openers) > 10
+    assert all(openers)
+
+
+def test_a_failed_key_tick_leaves_no_mixed_state(tmp_path, monkeypatch):
+    """A remap that fails on a key change leaves the session at its previous key, whole: the next
+    frame of that tick is the one a fresh session makes."""
+    avatar = _avatar(tmp_path)
+    photo = np.asarray(avatar.frames[0])
+    life = IdleLife(avatar, 25.0)
+    life.apply(photo, 0)
+    tick = next(t for t in range(1, 50) if life.key(t) != life.key(0))
+    real = idle_module._remap
+
+    def broken(src, maps):
+        raise MemoryError("no room for the moved photo")
+
+    monkeypatch.setattr(idle_module, "_remap", broken)
+    with pytest.raises(MemoryError):
+        life.apply(photo, tick)
+    monkeypatch.setattr(idle_module, "_remap", real)
+    job = FrameJob("s", 0, 0, True, -20.0, mouth=MouthShape(open=0.4, width=0.6))
+    spoken = VisemeBackend(RendererConfig(), Telemetry("renderer")).render(avatar, [job])[0]
+    fresh = IdleLife(_avatar(tmp_path / "fresh"), 25.0)
+    for frame in (photo, spoken):
+        assert np.array_equal(life.apply(frame, tick), fresh.apply(frame, tick))
 
 
 def test_sessions_opening_at_once_on_a_new_avatar_share_one_cache(tmp_path):
