@@ -24,6 +24,24 @@ from .media import FPS, SR, audio_request, decode, frame_luma, frames_for, i420_
 W, H = 128, 96
 
 
+def rendered(i: int, width: int = W, height: int = H) -> common_pb2.VideoFrame:
+    """Frame ``i`` as a fake renderer sends it (I420, a luma that tells it apart)."""
+    return common_pb2.VideoFrame(
+        frame_index=i,
+        width=width,
+        height=height,
+        pixel_format=common_pb2.PIXEL_FORMAT_I420,
+        data=i420_frame(width, height, i),
+    )
+
+
+def rendering_config(**fields: Any) -> encoder_pb2.EncodeConfig:
+    """An Encode stream's config whose frames come from the renderer."""
+    return encoder_pb2.EncodeConfig(
+        request_id="t", fps=FPS, sample_rate=SR, render=renderer_pb2.RenderConfig(request_id="t"), **fields
+    )
+
+
 def fake_renderer(frames: int):
     """A Render handler that answers the config with ``frames`` ready frames (then ends)."""
 
@@ -31,18 +49,14 @@ def fake_renderer(frames: int):
         first = await anext(requests)
         assert first.WhichOneof("kind") == "config"
         for i in range(frames):
-            yield common_pb2.VideoFrame(
-                frame_index=i, width=W, height=H, pixel_format=common_pb2.PIXEL_FORMAT_I420, data=i420_frame(W, H, i)
-            )
+            yield rendered(i)
         yield common_pb2.VideoFrame(end_of_stream=True)
 
     return render
 
 
 def requests(samples: int) -> list[encoder_pb2.EncodeRequest]:
-    cfg = encoder_pb2.EncodeConfig(
-        request_id="t", fps=FPS, sample_rate=SR, render=renderer_pb2.RenderConfig(request_id="t")
-    )
+    cfg = rendering_config()
     pcm = tone(samples)
     out = [encoder_pb2.EncodeRequest(config=cfg)]
     out += [audio_request(o, pcm[2 * o : 2 * min(o + 960, samples)]) for o in range(0, samples, 960)]
@@ -92,14 +106,10 @@ async def test_visemes_riding_with_the_audio_reach_the_renderer_before_later_fea
         async for req in requests:
             seen.append(req)
         for i in range(n):
-            yield common_pb2.VideoFrame(
-                frame_index=i, width=W, height=H, pixel_format=common_pb2.PIXEL_FORMAT_I420, data=i420_frame(W, H, i)
-            )
+            yield rendered(i)
         yield common_pb2.VideoFrame(end_of_stream=True)
 
-    cfg = encoder_pb2.EncodeConfig(
-        request_id="t", fps=FPS, sample_rate=SR, render=renderer_pb2.RenderConfig(request_id="t")
-    )
+    cfg = rendering_config()
     audio = audio_request(0, tone(samples))
     event = common_pb2.VisemeEvent(viseme=common_pb2.VISEME_OPEN, start_sample=0, end_sample=samples)
     audio.audio.visemes.append(event)
@@ -157,13 +167,7 @@ async def test_the_first_fragments_frames_are_rendered_alone(fragment_ms: int) -
                     continue
                 await asyncio.sleep(0.02)  # rendering
                 known_when_rendering.append(len(known))
-                yield common_pb2.VideoFrame(
-                    frame_index=done,
-                    width=W,
-                    height=H,
-                    pixel_format=common_pb2.PIXEL_FORMAT_I420,
-                    data=i420_frame(W, H, done),
-                )
+                yield rendered(done)
                 done += 1
             yield common_pb2.VideoFrame(end_of_stream=True)
         finally:
@@ -171,13 +175,7 @@ async def test_the_first_fragments_frames_are_rendered_alone(fragment_ms: int) -
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    cfg = encoder_pb2.EncodeConfig(
-        request_id="t",
-        fps=FPS,
-        sample_rate=SR,
-        fragment_ms=fragment_ms,
-        render=renderer_pb2.RenderConfig(request_id="t"),
-    )
+    cfg = rendering_config(fragment_ms=fragment_ms)
     samples = n * SR // FPS
     batch = audio_features_pb2.FeatureChunk(frame_index=0)
     for i in range(n):
@@ -227,9 +225,7 @@ async def test_the_encoder_opens_ahead_of_frame_0_at_the_size_it_had_last_time()
             await asyncio.sleep(0.01)
         opened_ahead.append(opens("open_ahead") > ahead_before)
         for i in range(n):
-            yield common_pb2.VideoFrame(
-                frame_index=i, width=w, height=h, pixel_format=common_pb2.PIXEL_FORMAT_I420, data=i420_frame(w, h, i)
-            )
+            yield rendered(i, w, h)
         yield common_pb2.VideoFrame(end_of_stream=True)
 
     samples = SR // 2
@@ -262,10 +258,7 @@ async def test_a_stream_takes_the_spare_session_the_one_before_left_open() -> No
         w = widths.pop(0)
         await anext(requests)  # the config
         for i in range(n):
-            data = i420_frame(w, H, i)
-            yield common_pb2.VideoFrame(
-                frame_index=i, width=w, height=H, pixel_format=common_pb2.PIXEL_FORMAT_I420, data=data
-            )
+            yield rendered(i, w)
         yield common_pb2.VideoFrame(end_of_stream=True)
 
     samples = SR // 2
@@ -326,19 +319,11 @@ async def test_the_rest_of_the_first_batch_goes_to_the_renderer_after_the_first_
                 continue
             features_seen.extend(fc.frame_index for fc in req.features.frames)
             while done < len(features_seen):
-                yield common_pb2.VideoFrame(
-                    frame_index=done,
-                    width=W,
-                    height=H,
-                    pixel_format=common_pb2.PIXEL_FORMAT_I420,
-                    data=i420_frame(W, H, done),
-                )
+                yield rendered(done)
                 done += 1
         yield common_pb2.VideoFrame(end_of_stream=True)
 
-    cfg = encoder_pb2.EncodeConfig(
-        request_id="t", fps=FPS, sample_rate=SR, render=renderer_pb2.RenderConfig(request_id="t")
-    )
+    cfg = rendering_config()
     samples = n * SR // FPS
     batch = audio_features_pb2.FeatureChunk(frame_index=0)
     for i in range(n):
