@@ -13,6 +13,11 @@ H264_PROFILES = ("baseline", "main", "high")
 CONTAINERS = ("fmp4", "mpegts", "mp4")
 AUDIO_CODECS = ("aac", "opus")
 AAC_CODERS = ("fast", "twoloop", "anmr")
+#: the sample rates an AAC track can have (MPEG-4's sampling frequency table)
+AAC_SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+#: an Opus track is always timed in 48 kHz samples (RFC 7845), and the AAC track's rate when the
+#: input's is not an AAC rate
+TRACK_RATE_FALLBACK = 48000
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,9 @@ def _is_level(text: str) -> bool:
 class AudioConfig:
     aac_bitrate_kbps: int = 64
     opus_bitrate_kbps: int = 32
-    # AAC track sample rate (0: the input's rate when AAC supports it). 48 kHz keeps an AAC frame
-    # at 21 ms, so the audio track's last frame overshoots the video's end by less than a frame.
+    # AAC track sample rate of Speak streams and live sessions (0: the input's rate when AAC supports
+    # it, else 48 kHz). 48 kHz keeps an AAC frame at 21 ms, so the audio track's last frame
+    # overshoots the video's end by less than a frame.
     aac_sample_rate: int = 48000
     # FFmpeg's AAC coder: "fast" costs a third of the default "twoloop" (0.8 vs 2.4 ms of CPU per
     # 40 ms of speech at 48 kHz, more than the H.264 encode of a 512x512 frame) for a quality
@@ -113,8 +119,17 @@ class AudioConfig:
             raise ConfigError.at("aac_bitrate_kbps", "must be at least 8 kb/s")
         if self.opus_bitrate_kbps < 6:
             raise ConfigError.at("opus_bitrate_kbps", "must be at least 6 kb/s")
-        if self.aac_sample_rate not in (0, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000):
+        if self.aac_sample_rate not in (0, *AAC_SAMPLE_RATES):
             raise ConfigError.at("aac_sample_rate", f"{self.aac_sample_rate} is not an AAC sample rate")
+
+    def track_rate(self, codec: str, input_rate: int) -> int:
+        """The audio track's sample rate for ``codec`` ("aac" or "opus") and PCM at ``input_rate``:
+        the one place both the Speak and the live sessions' tracks take it from."""
+        if codec == "opus":
+            return TRACK_RATE_FALLBACK
+        if self.aac_sample_rate:
+            return self.aac_sample_rate
+        return input_rate if input_rate in AAC_SAMPLE_RATES else TRACK_RATE_FALLBACK
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 PIXEL_FORMATS = {"i420": "yuv420p", "rgb24": "rgb24"}
 
 
@@ -211,14 +210,12 @@ class EncodeSession:
 
     def _add_audio(self, container: av.container.OutputContainer) -> av.AudioStream:
         p = self.params
+        rate = self.audio_config.track_rate(p.audio_codec, p.sample_rate)
         if p.audio_codec == "opus":
-            stream = container.add_stream("libopus", rate=48000, layout="mono")
+            stream = container.add_stream("libopus", rate=rate, layout="mono")
             assert isinstance(stream, av.AudioStream)
             stream.bit_rate = self.audio_config.opus_bitrate_kbps * 1000
         else:
-            rate = self.audio_config.aac_sample_rate
-            if not rate:
-                rate = p.sample_rate if p.sample_rate in AAC_RATES else 48000
             stream = container.add_stream("aac", rate=rate, layout="mono", options=aac_options(self.audio_config))
             assert isinstance(stream, av.AudioStream)
             stream.bit_rate = self.audio_config.aac_bitrate_kbps * 1000

@@ -34,9 +34,10 @@ def _tone(n: int, start: int) -> bytes:
     return (np.sin(2 * np.pi * 330 * t / SR) * 6000).astype("<i2").tobytes()
 
 
-def _session(ticks: list[bool], *, skip: bool) -> tuple[bytes, list[int]]:
+def _session(ticks: list[bool], *, skip: bool, audio: AudioConfig | None = None) -> tuple[bytes, list[int]]:
     """A stream of ``len(ticks)`` frames (True: tone, False: silence) as fMP4 bytes."""
-    codecs = LiveCodecs(LiveParams(W, H, Fraction(25), SR, "aac"), X264Backend(VideoConfig()), AudioConfig())
+    params = LiveParams(W, H, Fraction(25), SR, "aac")
+    codecs = LiveCodecs(params, X264Backend(VideoConfig()), audio or AudioConfig())
     if not skip:
         codecs._skip_ratio = 0  # the reference: every silent tick encoded
     writer = FragmentWriter(codecs.init_segment, Fraction(25))
@@ -72,6 +73,22 @@ def test_fragments_decode_with_exact_gap_free_timestamps():
     tracks = parse_tracks(data)
     assert tracks[b"vide"].timescale * Fraction(1, 25) == next(iter(steps))
     assert abs(len(pcm) / 48000 - len(ticks) / 25) < 1 / 25, "audio ends with the video"
+
+
+@pytest.mark.parametrize(("aac_sample_rate", "track"), [(0, SR), (44100, 44100), (32000, 32000)])
+def test_the_audio_track_rate_is_the_encoders_setting(aac_sample_rate, track):
+    """``audio.aac_sample_rate`` sets the live track's rate as it does Speak's (0: the session's
+    rate), free silence included; the audio still ends with the video."""
+    ticks = [True] * 10 + [False] * 40 + [True] * 10
+    data, _ = _session(ticks, skip=True, audio=AudioConfig(aac_sample_rate=aac_sample_rate))
+    assert parse_tracks(data)[b"soun"].timescale == track
+    with av.open(io.BytesIO(data)) as c:
+        assert c.streams.audio[0].codec_context.sample_rate == track
+    _, pcm, frames = _decode(data)
+    assert frames == len(ticks)
+    assert abs(len(pcm) / track - len(ticks) / 25) < 1 / 25, "audio ends with the video"
+    reference, _ = _session(ticks, skip=False, audio=AudioConfig(aac_sample_rate=aac_sample_rate))
+    assert len(_decode(reference)[1]) == len(pcm), "free silence keeps the track's length"
 
 
 def test_free_silence_is_sample_exact_against_encoding_every_tick():

@@ -24,11 +24,10 @@ from services.encoder.config import AudioConfig
 from services.encoder.fmp4 import Sample, annexb_to_avcc, audio_sample, before_start
 from services.encoder.frames import aac_options, i420_frame
 
-AAC_RATE = 48_000
 AAC_FRAME = 1024  # samples per AAC frame
 #: Silent ticks fed to the encoder before its (identical) silent packets are reused.
 SILENCE_WARMUP_TICKS = 8
-#: Audio fed past a speaking frame's end beyond three codec frames (48 kHz samples): the resampler's
+#: Audio fed past a speaking frame's end beyond three codec frames (track samples): the resampler's
 #: filter holds a few samples back (see ``LiveCodecs.audio_lead``).
 LEAD_MARGIN = 128
 
@@ -118,12 +117,14 @@ class LiveCodecs:
         assert isinstance(video, av.VideoStream)
         _configure(video.codec_context, settings, params)
         video.time_base = Fraction(params.fps.denominator, params.fps.numerator)
+        #: the audio track's sample rate (``audio.aac_sample_rate``, as for Speak; Opus: 48 kHz)
+        self.rate = audio.track_rate(params.audio_codec, params.sample_rate)
         if params.audio_codec == "opus":
-            astream = container.add_stream("libopus", rate=AAC_RATE, layout="mono")
+            astream = container.add_stream("libopus", rate=self.rate, layout="mono")
             assert isinstance(astream, av.AudioStream)
             astream.bit_rate = audio.opus_bitrate_kbps * 1000
         else:
-            astream = container.add_stream("aac", rate=AAC_RATE, layout="mono", options=aac_options(audio))
+            astream = container.add_stream("aac", rate=self.rate, layout="mono", options=aac_options(audio))
             assert isinstance(astream, av.AudioStream)
             astream.bit_rate = audio.aac_bitrate_kbps * 1000
         container.start_encoding()
@@ -136,14 +137,15 @@ class LiveCodecs:
         self.video_encoder = settings.codec_name
         self._audio_pts = 0
         self.fed = 0  # samples handed to encode_audio / encode_silence (the session's rate)
-        self.sent = 0  # audio track time of the packets returned so far (48 kHz samples)
+        self.sent = 0  # audio track time of the packets returned so far (track samples)
         # Silence is free: once a few silent ticks have flushed the encoder, its packets are all the
         # same bytes; they are sent without encoding while the input stays silent (idle sessions).
         self._silent_ticks = 0
         self._silent_packet: bytes | None = None
-        self._owed = 0  # silent AAC-rate samples skipped and not yet covered by a whole packet
-        # skipping is exact when an AAC frame is a whole number of input samples (24 or 48 kHz)
-        ratio, rest = divmod(AAC_RATE, params.sample_rate)
+        self._owed = 0  # silent track samples skipped and not yet covered by a whole packet
+        # skipping is exact when an AAC frame is a whole number of input samples (at a 48 kHz
+        # track: 24 or 48 kHz input)
+        ratio, rest = divmod(self.rate, params.sample_rate)
         self._skip_ratio = ratio if rest == 0 and AAC_FRAME % ratio == 0 and params.audio_codec == "aac" else 0
 
     @property
@@ -159,11 +161,11 @@ class LiveCodecs:
         packet two frames later (one frame of look-ahead, then AAC's delay of 1024 samples; Opus's
         is 312) and whole frames only (up to one more), and the resampler holds a few samples."""
         frame = self.audio_ctx.frame_size or AAC_FRAME
-        return -(-(3 * frame + LEAD_MARGIN) * self.params.sample_rate // AAC_RATE)
+        return -(-(3 * frame + LEAD_MARGIN) * self.params.sample_rate // self.rate)
 
     def encode_audio(self, pcm: bytes) -> list[Sample]:
         """PCM s16le mono at the session rate in, encoded packets out (priming dropped), durations in
-        the audio track's timescale (48 kHz samples)."""
+        the audio track's timescale (``rate``)."""
         samples = np.frombuffer(pcm, "<i2")
         if samples.size == 0:
             return []
@@ -206,7 +208,7 @@ class LiveCodecs:
         The packets already sent reach at most one AAC frame (and the margin) past the cut, and
         decode to at most one more (the last one's MDCT tail): the page mutes those (docs/WEB.md)."""
         rate = self.params.sample_rate
-        zeros = max(0, round(self.fed - Fraction(self.sent * rate, AAC_RATE)))
+        zeros = max(0, round(self.fed - Fraction(self.sent * rate, self.rate)))
         self.audio_ctx = self._audio_encoder()
         self.resampler = self._resampler()
         self._audio_pts = 0  # the new encoder's priming is dropped like the first one's
@@ -219,7 +221,7 @@ class LiveCodecs:
         first = self.container.streams.audio[0].codec_context
         ctx = av.CodecContext.create(first.name, "w")
         assert isinstance(ctx, av.AudioCodecContext)
-        ctx.sample_rate = AAC_RATE
+        ctx.sample_rate = self.rate
         ctx.layout = "mono"
         ctx.format = first.format.name
         ctx.bit_rate = first.bit_rate
@@ -234,14 +236,14 @@ class LiveCodecs:
         return av.AudioResampler(
             format=self.audio_ctx.format.name,
             layout="mono",
-            rate=AAC_RATE,
+            rate=self.rate,
             frame_size=self.audio_ctx.frame_size or None,
         )
 
     def _skip_silence(self, samples: int, packet: bytes) -> list[Sample]:
         """``samples`` silent samples not encoded: the cached silent packet for each whole AAC frame
         they complete; the rest is owed (and fed to the encoder before the next speech)."""
-        self._owed += samples * self._skip_ratio  # AAC-rate samples not encoded
+        self._owed += samples * self._skip_ratio  # track samples not encoded
         packets, self._owed = divmod(self._owed, AAC_FRAME)
         self.sent += packets * AAC_FRAME
         return [Sample(packet, AAC_FRAME)] * packets
@@ -261,7 +263,7 @@ class LiveCodecs:
         out: list[Sample] = []
         for f in frames:
             f.pts = self._audio_pts  # timestamps from sample counts, never from clocks
-            f.time_base = Fraction(1, AAC_RATE)
+            f.time_base = Fraction(1, self.rate)
             self._audio_pts += f.samples
             for packet in self.audio_ctx.encode(f):
                 out += self._packet(packet)
@@ -270,7 +272,7 @@ class LiveCodecs:
     def _packet(self, packet: av.Packet) -> list[Sample]:
         if before_start(packet):
             return []  # encoder priming before sample 0 (see services/encoder/session.py)
-        sample = audio_sample(packet, AAC_RATE, AAC_RATE, self.audio_ctx.frame_size or AAC_FRAME)
+        sample = audio_sample(packet, self.rate, self.rate, self.audio_ctx.frame_size or AAC_FRAME)
         self.sent += sample.duration
         return [sample]
 
