@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from fractions import Fraction
 from typing import Any
 
 import grpc
@@ -36,15 +36,14 @@ from services.audio_features.cache import BlockCache
 from services.audio_features.config import AudioFeaturesConfig
 from services.audio_features.streaming import (
     MUSETALK_VERSIONS,
-    SUPPORTED_SAMPLE_RATES,
     EmbeddingGeometry,
     FeatureKind,
     FeatureStream,
     Frame,
     StreamOptions,
-    fps_fraction,
     pcm_to_float,
 )
+from talkmesh.common.clock import SPEECH_SAMPLE_RATES, request_fps
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.server import Service
@@ -58,9 +57,6 @@ from talkmesh.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "talkmesh.v1.AudioFeatures"
-DEFAULT_FPS = 25.0
-MIN_FPS = 1.0
-MAX_FPS = 60.0
 
 KINDS = {
     pb.FEATURE_TYPE_WHISPER_LOG_MEL: FeatureKind.WHISPER_LOG_MEL,
@@ -73,7 +69,7 @@ KINDS = {
 class _Request:
     """Per-stream state: the validated config, the pipeline (created at the first audio chunk)."""
 
-    def __init__(self, kind: str, fps: float, request_id: str, batch: bool = False) -> None:
+    def __init__(self, kind: str, fps: Fraction, request_id: str, batch: bool = False) -> None:
         self.kind = kind
         self.fps = fps
         self.request_id = request_id
@@ -148,9 +144,7 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
                 "config.feature_type: WHISPER_EMBEDDING needs a Whisper encoder; set whisper_encoder.path "
                 "in the audio_features config (tools/export_whisper_encoder.py makes one)"
             )
-        fps = float(cfg.fps) or DEFAULT_FPS
-        if not math.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
-            raise InvalidArgument("config.fps", f"{cfg.fps:g} is not within {MIN_FPS:g}..{MAX_FPS:g} (0 selects 25)")
+        fps = request_fps(cfg.fps)
         request_id = cfg.request_id or first.request_id or request_id_var.get()
         return _Request(kind, fps, request_id, batch=cfg.batch_frames)
 
@@ -158,7 +152,7 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
         svc = self.service
         options = StreamOptions(
             kind=req.kind,
-            fps=fps_fraction(req.fps),
+            fps=req.fps,
             sample_rate=sample_rate,
             voiced_threshold_dbfs=svc.config.voiced_threshold_dbfs,
             resample_quality=svc.config.resample_quality,
@@ -168,11 +162,11 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
     def _validate(self, req: _Request, audio: common_pb2.AudioChunk) -> np.ndarray:
         if len(audio.pcm) % 2:
             raise InvalidArgument("audio.pcm", f"{len(audio.pcm)} bytes is not a whole number of s16le samples")
-        if audio.sample_rate not in SUPPORTED_SAMPLE_RATES:
+        if audio.sample_rate not in SPEECH_SAMPLE_RATES:
             if not audio.pcm and audio.sample_rate == 0:
                 return np.zeros(0, dtype=np.float32)  # an empty marker chunk
             raise InvalidArgument(
-                "audio.sample_rate", f"{audio.sample_rate} Hz is not supported (one of {SUPPORTED_SAMPLE_RATES})"
+                "audio.sample_rate", f"{audio.sample_rate} Hz is not supported (one of {SPEECH_SAMPLE_RATES})"
             )
         if req.stream is None:
             req.sample_rate = audio.sample_rate

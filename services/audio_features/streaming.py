@@ -37,24 +37,9 @@ import soxr
 from services.audio_features import dsp
 from services.audio_features.backends.base import WhisperEncoder
 from services.audio_features.cache import BlockCache
+from talkmesh.common.clock import frame_start_sample, frames_for_samples
 
-SUPPORTED_SAMPLE_RATES = (16000, 22050, 24000, 44100, 48000)
 SR16 = dsp.SAMPLE_RATE
-
-
-def fps_fraction(fps: float) -> Fraction:
-    """Frame rate as an exact fraction (29.97 -> 2997/100, 30000/1001 stays close to NTSC)."""
-    return Fraction(fps).limit_denominator(1001)
-
-
-def frame_start(i: int, rate: int, fps: Fraction) -> int:
-    """First sample of video frame ``i`` at ``rate``: ``floor(i * rate / fps)``."""
-    return (i * rate * fps.denominator) // fps.numerator
-
-
-def frame_count(samples: int, rate: int, fps: Fraction) -> int:
-    """``ceil(samples * fps / rate)``."""
-    return -((-samples * fps.numerator) // (rate * fps.denominator))
 
 
 @dataclass
@@ -110,7 +95,7 @@ class ActivityMeter:
         self._pending = np.concatenate([self._pending, x]) if len(self._pending) else x
         out = []
         while True:
-            end = frame_start(self._next + 1, self.sample_rate, self.fps)
+            end = frame_start_sample(self._next + 1, self.sample_rate, self.fps)
             if end > self.samples:
                 break
             cut = end - self._pending_start
@@ -121,10 +106,10 @@ class ActivityMeter:
         return out
 
     def finish(self) -> list[tuple[int, float, bool]]:
-        total = frame_count(self.samples, self.sample_rate, self.fps)
+        total = frames_for_samples(self.samples, self.sample_rate, self.fps)
         out = []
         while self._next < total:
-            end = frame_start(self._next + 1, self.sample_rate, self.fps) - self._pending_start
+            end = frame_start_sample(self._next + 1, self.sample_rate, self.fps) - self._pending_start
             out.append(self._level(self._next, self._pending[:end]))
             self._pending = self._pending[end:]
             self._pending_start += end
@@ -220,7 +205,7 @@ class WhisperLogMelExtractor(TensorExtractor):
         self._running_max = -math.inf
 
     def _col(self, i: int) -> int:
-        return (i * 100 * self.fps.denominator) // self.fps.numerator
+        return frame_start_sample(i, 100, self.fps)  # Whisper: 100 mel columns a second
 
     def _add(self, frames: np.ndarray) -> None:
         if len(frames):
@@ -269,7 +254,7 @@ class Wav2LipMelExtractor(TensorExtractor):
         self._cols_base = 0
 
     def _start(self, i: int) -> int:
-        return (i * 80 * self.fps.denominator) // self.fps.numerator
+        return frame_start_sample(i, 80, self.fps)  # Wav2Lip: 80 mel frames a second
 
     def _add(self, frames: np.ndarray) -> None:
         if len(frames):
@@ -423,7 +408,7 @@ class WhisperEmbeddingExtractor(TensorExtractor):
         self._last_state: np.ndarray | None = None  # the latest computed frame's states
 
     def _window_start(self, i: int) -> int:
-        first = (i * 50 * self.fps.denominator) // self.fps.numerator
+        first = frame_start_sample(i, 50, self.fps)  # the encoder: 50 states a second
         pad = -((-50 * self.fps.denominator) // self.fps.numerator)  # ceil(50 / fps)
         return first - pad * EMBED_PAD_FRAMES
 
@@ -605,7 +590,7 @@ class FeatureStream:
 
     @property
     def frame_count(self) -> int:
-        return frame_count(self.activity.samples, self.options.sample_rate, self.options.fps)
+        return frames_for_samples(self.activity.samples, self.options.sample_rate, self.options.fps)
 
 
 def pcm_to_float(pcm: bytes) -> np.ndarray:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from services.encoder.session import EncodeSession, StreamParams
 from services.encoder.spares import SpareSessions
 from services.encoder.validation import FrameAssembler, check_audio, stream_params
 from talkmesh.common.aio import Chan, TaskSet, wait_event
-from talkmesh.common.clock import MediaClock, fps_fraction
+from talkmesh.common.clock import MediaClock, request_fps
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from talkmesh.common.framering import FrameRing
 from talkmesh.common.logs import request_id_var
@@ -177,9 +176,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             request_iterator, "config", first_timeout=self.config.server.idle_timeout, what="live stream"
         )
         cfg = stream.config
-        fps_value = cfg.fps or self.config.defaults.fps
-        if not math.isfinite(fps_value) or not 1 <= fps_value <= 60:
-            raise InvalidArgument("config.fps", f"{cfg.fps:g} is outside 1..60")
+        fps = request_fps(cfg.fps or self.config.defaults.fps)
         if not 8000 <= cfg.sample_rate <= 48000:
             raise InvalidArgument("config.sample_rate", f"{cfg.sample_rate} Hz is outside 8000..48000")
         codec = {
@@ -189,7 +186,6 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         }.get(cfg.audio_codec)
         if codec is None:
             raise InvalidArgument("config.audio_codec", f"unknown audio codec {cfg.audio_codec}")
-        fps = fps_fraction(fps_value)
         render = renderer_pb2.RenderConfig()
         render.CopyFrom(cfg.render)
         render.fps = float(fps)

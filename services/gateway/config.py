@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.gateway.auth import AuthConfig
+from talkmesh.common.clock import DEFAULT_FPS, MAX_FPS, MIN_FPS, SPEECH_SAMPLE_RATES
 from talkmesh.common.config import ClientTLS, ConfigError, Endpoint, ServerConfig
 from talkmesh.common.registry import default_target, spec
 
@@ -38,8 +39,8 @@ class LiveSettings:
     def validate(self) -> None:
         if self.max_sessions < 1:
             raise ConfigError.at("max_sessions", "must be at least 1")
-        if self.sample_rate not in (16000, 22050, 24000, 44100, 48000):
-            raise ConfigError.at("sample_rate", "must be one of 16000, 22050, 24000, 44100, 48000")
+        if self.sample_rate not in SPEECH_SAMPLE_RATES:
+            raise ConfigError.at("sample_rate", f"must be one of {', '.join(map(str, SPEECH_SAMPLE_RATES))}")
         if self.idle_timeout_seconds <= 0:
             raise ConfigError.at("idle_timeout_seconds", "must be positive")
         if self.max_session_seconds <= 0:
@@ -72,7 +73,7 @@ class GatewayConfig:
     max_audio_ahead_seconds: float = 3.0
     # Deadline for a whole Speak call when the client set none, in seconds.
     default_deadline_seconds: float = 600.0
-    fps: float = 25.0
+    fps: float = DEFAULT_FPS
     # Audio chunk length asked of TTS, in milliseconds (0: the TTS service's own default). TTS runs
     # hundreds of times faster than real time, so a longer chunk adds no latency, while every
     # message the gateway relays costs it CPU (about 0.1-0.2 ms on a laptop core): 200 ms chunks
@@ -102,8 +103,8 @@ class GatewayConfig:
             raise ConfigError.at("queue_size", "must be at least 1")
         if self.max_audio_ahead_seconds < 2.0:
             raise ConfigError.at("max_audio_ahead_seconds", "must be at least 2 (the feature look-ahead needs it)")
-        if not 1 <= self.fps <= 60:
-            raise ConfigError.at("fps", "must be within 1..60")
+        if not MIN_FPS <= self.fps <= MAX_FPS:
+            raise ConfigError.at("fps", f"must be within {MIN_FPS}..{MAX_FPS}")
         if not 0 <= self.tts_chunk_ms <= 1000:
             raise ConfigError.at("tts_chunk_ms", "must be within 0..1000 (0: the TTS service's default)")
         if not 0 <= self.start_hold_ms <= 1000:

@@ -19,6 +19,7 @@ from services.renderer.progress import LatestProgress
 from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
 from talkmesh.common.aio import cancel_and_wait
+from talkmesh.common.clock import request_fps
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_filename, check_id, clean_name
@@ -58,9 +59,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             raise InvalidArgument(
                 "config.backend", f"backend {backend_name!r} is not loaded (loaded: {', '.join(s.backends)})"
             )
-        fps = cfg.fps or 25.0
-        if not 1.0 <= fps <= 60.0:
-            raise InvalidArgument("config.fps", f"{fps} is outside 1..60")
+        fps = float(request_fps(cfg.fps))
         pixel_format = cfg.pixel_format or cpb.PIXEL_FORMAT_I420
         if pixel_format not in (cpb.PIXEL_FORMAT_I420, cpb.PIXEL_FORMAT_RGB24):
             raise InvalidArgument("config.pixel_format", f"unsupported pixel format {pixel_format}")

@@ -19,6 +19,16 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from talkmesh.common.errors import InvalidArgument
+
+#: The frame rate of a stream whose request names none (0).
+DEFAULT_FPS = 25
+#: The frame rates of the stages that animate (gateway, feature stage, renderer, live sessions).
+MIN_FPS, MAX_FPS = 1, 60
+#: The speech PCM rates (s16le mono) the feature stage takes as they are, and so the rates a live
+#: session's audio may have.
+SPEECH_SAMPLE_RATES = (16000, 22050, 24000, 44100, 48000)
+
 
 def fps_fraction(fps: float | Fraction | int) -> Fraction:
     """The exact rate of ``fps``: 25.0 -> 25, 12.5 -> 25/2, 29.97 -> 2997/100, and a float close to
@@ -36,6 +46,15 @@ def fps_fraction(fps: float | Fraction | int) -> Fraction:
     if value <= 0:
         raise ValueError(f"frame rate {fps!r} is not positive")
     return value
+
+
+def request_fps(value: float, field: str = "config.fps") -> Fraction:
+    """A request's frame rate, exactly: 0 selects ``DEFAULT_FPS``; INVALID_ARGUMENT naming ``field``
+    for a rate outside ``MIN_FPS..MAX_FPS`` (or not a number)."""
+    fps = float(value) or DEFAULT_FPS
+    if not math.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
+        raise InvalidArgument(field, f"{value:g} is outside {MIN_FPS}..{MAX_FPS} (0 selects {DEFAULT_FPS})")
+    return fps_fraction(fps)
 
 
 def frame_start_sample(i: int, sample_rate: int, fps: Fraction) -> int:

@@ -10,7 +10,8 @@ import pytest
 from services.audio_features.backends.onnx import OnnxWhisperEncoder
 from services.audio_features.config import AudioFeaturesConfig, WhisperEncoderConfig
 from services.audio_features.server import AudioFeaturesService
-from services.audio_features.streaming import FeatureKind, FeatureStream, Resampler, StreamOptions, fps_fraction
+from services.audio_features.streaming import FeatureKind, FeatureStream, Resampler, StreamOptions
+from talkmesh.common.clock import fps_fraction
 from talkmesh.common.telemetry import Telemetry
 
 from .helpers import noise

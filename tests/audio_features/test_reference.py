@@ -13,9 +13,8 @@ from services.audio_features.streaming import (
     FeatureKind,
     StreamOptions,
     extract_offline,
-    fps_fraction,
-    frame_start,
 )
+from talkmesh.common.clock import fps_fraction, frame_start_sample
 
 from .helpers import noise, quantise, speech_like
 
@@ -180,7 +179,7 @@ def test_activity_is_the_rms_of_each_frames_source_samples(sample_rate: int, fps
     assert len(frames) == count
     f = fps_fraction(fps)
     for i, frame in enumerate(frames):
-        seg = x[frame_start(i, sample_rate, f) : frame_start(i + 1, sample_rate, f)].astype(np.float64)
+        seg = x[frame_start_sample(i, sample_rate, f) : frame_start_sample(i + 1, sample_rate, f)].astype(np.float64)
         rms = np.sqrt(np.mean(seg**2))
         expected = 20 * np.log10(rms) if rms > 0 else dsp.SILENCE_DBFS
         assert frame.rms_dbfs == pytest.approx(max(expected, dsp.SILENCE_DBFS), abs=1e-6)

@@ -14,8 +14,9 @@ import pytest
 from services.audio_features.config import AudioFeaturesConfig, WhisperEncoderConfig
 from services.audio_features.main import create_service, load_config
 from services.audio_features.server import AudioFeaturesService
-from services.audio_features.streaming import StreamOptions, extract_offline, fps_fraction
+from services.audio_features.streaming import StreamOptions, extract_offline
 from talkmesh.common.channel import create_channel
+from talkmesh.common.clock import fps_fraction
 from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.registry import spec
 from talkmesh.common.telemetry import Telemetry

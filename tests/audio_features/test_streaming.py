@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from services.audio_features import dsp
 from services.audio_features.streaming import (
     MUSETALK_VERSIONS,
-    SUPPORTED_SAMPLE_RATES,
     EmbeddingGeometry,
     FeatureKind,
     FeatureStream,
@@ -21,8 +20,8 @@ from services.audio_features.streaming import (
     StreamingFramer,
     StreamOptions,
     extract_offline,
-    fps_fraction,
 )
+from talkmesh.common.clock import SPEECH_SAMPLE_RATES, fps_fraction
 
 from .helpers import FakeEncoder, quantise, speech_like
 
@@ -53,7 +52,7 @@ def assert_same(streamed: list[Frame], offline: list[Frame]) -> None:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     kind=st.sampled_from(KINDS),
-    sample_rate=st.sampled_from(SUPPORTED_SAMPLE_RATES),
+    sample_rate=st.sampled_from(SPEECH_SAMPLE_RATES),
     fps=st.sampled_from([25.0, 30.0, 29.97, 12.5]),
     seconds=st.floats(0.01, 1.3),
     cuts=st.lists(st.floats(0, 1), max_size=12),
@@ -249,7 +248,7 @@ def test_geometry_must_fit_the_encoder_window() -> None:
 
 
 def test_frame_count_rule() -> None:
-    for sr in SUPPORTED_SAMPLE_RATES:
+    for sr in SPEECH_SAMPLE_RATES:
         for n in (1, sr // 25 - 1, sr // 25, sr // 25 + 1, 12345):
             stream = FeatureStream(StreamOptions(FeatureKind.ACTIVITY, fps_fraction(25), sr))
             frames = stream.push(np.zeros(n, dtype=np.float32)) + stream.finish()

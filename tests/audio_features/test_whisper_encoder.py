@@ -173,8 +173,8 @@ async def test_streamed_embeddings_match_the_full_window_computation(tiny: tuple
         FeatureStream,
         StreamOptions,
         extract_offline,
-        fps_fraction,
     )
+    from talkmesh.common.clock import fps_fraction
 
     _, onnx_path = tiny
     x = soxr.resample(await long_speech(45.0), 22050, 16000, quality="HQ").astype(np.float32)

@@ -7,7 +7,8 @@ from fractions import Fraction
 import pytest
 
 from talkmesh.common import registry
-from talkmesh.common.clock import MediaClock, fps_fraction, frame_start_sample, frames_for_samples
+from talkmesh.common.clock import MediaClock, fps_fraction, frame_start_sample, frames_for_samples, request_fps
+from talkmesh.common.errors import InvalidArgument
 
 
 def test_fps_fraction_is_exact() -> None:
@@ -17,6 +18,16 @@ def test_fps_fraction_is_exact() -> None:
     for bad in (0, -1, float("nan"), float("inf"), 1e-400):
         with pytest.raises(ValueError):
             fps_fraction(bad)
+
+
+def test_a_requests_frame_rate_is_checked_in_one_place() -> None:
+    assert request_fps(0) == 25
+    assert request_fps(29.97) == Fraction(2997, 100)
+    assert request_fps(60) == 60
+    for bad in (-1, 0.5, 60.5, 120, float("nan"), float("inf")):
+        with pytest.raises(InvalidArgument) as err:
+            request_fps(bad, "render.fps")
+        assert err.value.field == "render.fps"
 
 
 @pytest.mark.parametrize("fps", [Fraction(25), Fraction(30000, 1001), Fraction(24)])

@@ -31,9 +31,8 @@ from services.audio_features.streaming import (
     FeatureKind,
     FeatureStream,
     StreamOptions,
-    fps_fraction,
-    frame_start,
 )
+from talkmesh.common.clock import fps_fraction, frame_start_sample
 
 ALL_KINDS = (
     FeatureKind.ACTIVITY,
@@ -84,14 +83,14 @@ def _lookahead(stream: FeatureStream, x: np.ndarray) -> dict[str, float]:
     # 1 ms steps, plus a cut at every frame end so zero look-ahead measures as zero
     cuts = set(range(0, len(x), max(1, sr // 1000)))
     i = 1
-    while (end := frame_start(i, sr, fps)) < len(x):
+    while (end := frame_start_sample(i, sr, fps)) < len(x):
         cuts.add(end)
         i += 1
     bounds = [*sorted(cuts), len(x)]
     waits = []
     for start, received in itertools.pairwise(bounds):
         for frame in stream.push(x[start:received]):
-            waits.append(received - frame_start(frame.index + 1, sr, fps))
+            waits.append(received - frame_start_sample(frame.index + 1, sr, fps))
     ms = np.asarray(waits, dtype=np.float64) * 1000.0 / sr
     return {
         "lookahead_ms_max": round(float(ms.max()), 2) if len(ms) else float("nan"),
