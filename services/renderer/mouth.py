@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.renderer.backends.base import MouthShape
+from talkmesh.common.clock import MediaClock
 from talkmesh.v1 import common_pb2 as cpb
 
 # viseme -> (open, width, round), each in [0, 1]; width 0.5 is neutral.
@@ -67,6 +68,11 @@ class MouthAnimator:
     _active: list[tuple[int, int, int, int]] = field(default_factory=list)
     _seq: itertools.count = field(default_factory=itertools.count)
     _pose: tuple[float, float, float] = (0.0, 0.5, 0.0)
+    _clock: MediaClock = field(init=False)
+
+    def __post_init__(self) -> None:
+        # frame i's samples are the one clock's (talkmesh.common.clock), as in every other stage
+        self._clock = MediaClock.of(self.fps, self.sample_rate)
 
     def add(self, events: Iterable[VisemeEventLike]) -> None:
         """Queues viseme events (any order; O(log n) each)."""
@@ -81,8 +87,8 @@ class MouthAnimator:
 
     def _target(self, frame_index: int, voiced: bool, rms_dbfs: float) -> tuple[float, float, float]:
         shift = int(self.sample_rate * self.anticipation_ms / 1000)
-        lo = frame_index * self.sample_rate / self.fps + shift
-        hi = (frame_index + 1) * self.sample_rate / self.fps + shift
+        lo = self._clock.start(frame_index) + shift
+        hi = self._clock.start(frame_index + 1) + shift
         pending, active = self._pending, self._active
         while pending and pending[0][0] < hi:
             start, seq, end, viseme = heapq.heappop(pending)
