@@ -28,7 +28,6 @@ import hmac
 import logging
 import secrets
 import time
-import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +50,7 @@ from talkmesh.common.errors import (
     Unavailable,
     scrub,
 )
+from talkmesh.common.names import check_id, check_text
 from talkmesh.common.principal import current_principal
 from talkmesh.common.registry import SIZE_PRESETS
 from talkmesh.common.streams import RequestStream
@@ -64,7 +64,6 @@ from talkmesh.v1 import tts_pb2 as tpb
 
 log = logging.getLogger(__name__)
 
-MAX_ID_CHARS = 128
 MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 48000
 #: Turns a session may have started but not finished.
 MAX_PENDING_TURNS = 32
@@ -125,9 +124,9 @@ class GatewayTurn:
 
 
 def _check_id(value: str, field_name: str) -> str:
-    if not value or len(value) > MAX_ID_CHARS or any(unicodedata.category(c)[0] == "C" for c in value):
-        raise InvalidArgument(field_name, f"must be 1..{MAX_ID_CHARS} printable characters")
-    return value
+    if not value:
+        raise InvalidArgument(field_name, "must not be empty")
+    return check_id(field_name, value)
 
 
 class _Resampler:
@@ -357,10 +356,7 @@ class LiveSession:
         elif turn.input_done:
             raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} has already ended its input")
         if kind == "text":
-            if len(body.text) > self.gateway_config.max_text_chars:
-                raise InvalidArgument("text.text", f"longer than {self.gateway_config.max_text_chars} characters")
-            if any(unicodedata.category(c) == "Cc" and c not in "\n\r\t" for c in body.text):
-                raise InvalidArgument("text.text", "contains control characters")
+            check_text("text.text", body.text, self.gateway_config.max_text_chars, allow_empty=True)
             if body.text:
                 await turn.text.send(body.text)
         else:
@@ -726,9 +722,7 @@ class LiveHub:
 
 def _validate_config(cfg: lpb.LiveConfig, config: GatewayConfig) -> None:
     for name in ("request_id", "avatar_id", "voice"):
-        value = getattr(cfg, name)
-        if len(value) > MAX_ID_CHARS or any(unicodedata.category(c)[0] == "C" for c in value):
-            raise InvalidArgument(f"config.{name}", f"must be at most {MAX_ID_CHARS} printable characters")
+        check_id(f"config.{name}", getattr(cfg, name))
     backend = cfg.renderer_backend
     if backend and backend not in FEATURE_FOR_BACKEND:
         raise InvalidArgument("config.renderer_backend", f"{backend!r} is not one of {', '.join(FEATURE_FOR_BACKEND)}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -17,7 +16,7 @@ from services.gateway.live import LiveHub
 from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
-from talkmesh.common.names import check_id
+from talkmesh.common.names import check_id, check_text
 from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.common.registry import SIZE_PRESETS
@@ -35,15 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def validate_text(text: str, limit: int, field: str = "text") -> str:
-    stripped = text.strip()
-    if not stripped:
-        raise InvalidArgument(field, "must not be empty")
-    if len(stripped) > limit:
-        raise InvalidArgument(field, f"{len(stripped)} characters exceed the limit of {limit}")
-    for ch in stripped:
-        if unicodedata.category(ch) == "Cc" and ch not in "\n\r\t":
-            raise InvalidArgument(field, f"contains the control character U+{ord(ch):04X}")
-    return stripped
+    """The text to speak, stripped of surrounding white space and checked as every stage checks it."""
+    return check_text(field, text.strip(), limit)
 
 
 def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming: bool = False) -> None:

@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.tts.text import ClauseSplitter, check_text
+from services.tts.text import ClauseSplitter
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.names import check_text
 from talkmesh.common.streams import RequestStream
 from talkmesh.v1 import tts_pb2
 
@@ -89,7 +90,7 @@ async def read_clauses(
                 break
             if piece.WhichOneof("kind") != "text":
                 continue
-            check_text(piece.text, "text", rules.max_text_chars, allow_empty=True)
+            check_text("text", piece.text, rules.max_text_chars, allow_empty=True)
             total += len(piece.text)
             if total > rules.max_text_chars:
                 raise InvalidArgument("text", f"the stream's text is over the limit of {rules.max_text_chars}")

@@ -19,9 +19,10 @@ from services.tts.config import TTSConfig
 from services.tts.pieces import StreamRules, read_clauses
 from services.tts.request import SynthesisJob, resolve_job
 from services.tts.stream import ChunkAssembler, SegmentRecord
-from services.tts.text import check_text, split_clauses
+from services.tts.text import split_clauses
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import NotFound
+from talkmesh.common.names import check_text
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2, tts_pb2, tts_pb2_grpc
@@ -106,7 +107,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
     async def Synthesize(self, request: Any, context: Any) -> AsyncGenerator[common_pb2.AudioChunk, None]:  # type: ignore[override]
         started = time.perf_counter()
         job = resolve_job(self.config, self.backends, request.config, context)
-        check_text(request.text, "text", self.config.max_text_chars)
+        check_text("text", request.text, self.config.max_text_chars)
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         key = (job.voice.id, job.settings, request.text)
         if self.cache.enabled:

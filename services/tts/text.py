@@ -24,28 +24,12 @@ next space when the text stops mid-word), whatever the text looks like. Whole te
 from __future__ import annotations
 
 import re
-import unicodedata
 
-from talkmesh.common.errors import InvalidArgument
-
-_ALLOWED_CONTROLS = frozenset("\t\n\r")
 SENTENCE_END = frozenset(".!?…。！？")
 CLAUSE_END = frozenset(",;:，；：、")
 _CLOSERS = frozenset("\"')]}»”’")
 _ABBREVIATIONS = frozenset("mr mrs ms dr prof sr jr st vs etc e.g i.e cf approx no fig inc ltd co mt ft".split())
 _WORD_BEFORE = re.compile(r"([\w.]+)$")
-
-
-def check_text(text: str, field: str, max_chars: int, *, allow_empty: bool = False) -> None:
-    """Raises InvalidArgument naming ``field`` for empty, overlong or control-character text."""
-    if not allow_empty and not text.strip():
-        raise InvalidArgument(field, "must not be empty")
-    if len(text) > max_chars:
-        raise InvalidArgument(field, f"{len(text)} characters is over the limit of {max_chars}")
-    for i, ch in enumerate(text):
-        cat = unicodedata.category(ch)
-        if (cat == "Cc" and ch not in _ALLOWED_CONTROLS) or cat == "Cs":
-            raise InvalidArgument(field, f"control character U+{ord(ch):04X} at position {i}")
 
 
 def final_punctuation(segment: str) -> str:

@@ -1,4 +1,5 @@
-"""Ids and names that clients send: checked (ids) or cleaned (display names) at every service.
+"""Ids, names and text that clients send: checked (ids, text) or cleaned (display names) at every
+service.
 
 An id (request, avatar, session, voice) is at most ``MAX_ID_CHARS`` printable characters; an
 avatar id also names a directory, so it must not contain a path separator or start with a dot.
@@ -7,6 +8,7 @@ separator characters are dropped, runs of white space become one space, at most
 ``MAX_NAME_CHARS`` characters remain. A file name is at most ``MAX_FILENAME_CHARS`` printable
 characters (only its extension is used). Over-long values are INVALID_ARGUMENT naming the field,
 never echoed back (a 100k-character id must not reach a path, a log line or a status trailer).
+Text to speak may hold any character but controls other than tab and line breaks, and surrogates.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ def check_id(field: str, value: str, *, path_safe: bool = False) -> str:
     if path_safe and value and ("/" in value or "\\" in value or value.startswith(".")):
         raise InvalidArgument(field, "must not contain '/' or '\\' or start with '.'")
     return value
+
+
+def check_text(field: str, text: str, max_chars: int, *, allow_empty: bool = False) -> str:
+    """``text`` unchanged, or InvalidArgument naming ``field``: empty (unless ``allow_empty``), over
+    ``max_chars``, or holding a control character other than tab and line breaks, or a surrogate."""
+    if not allow_empty and not text.strip():
+        raise InvalidArgument(field, "must not be empty")
+    if len(text) > max_chars:
+        raise InvalidArgument(field, f"{len(text)} characters exceed the limit of {max_chars}")
+    for i, ch in enumerate(text):
+        cat = unicodedata.category(ch)
+        if (cat == "Cc" and ch not in "\t\n\r") or cat == "Cs":
+            raise InvalidArgument(field, f"contains the control character U+{ord(ch):04X} at position {i}")
+    return text
 
 
 def check_filename(field: str, value: str) -> str:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.tts.text import ClauseSplitter, check_text, final_punctuation, split_clauses
+from services.tts.text import ClauseSplitter, final_punctuation, split_clauses
 from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.names import check_text
 
 
 def test_splits_sentences_and_clauses_keeping_punctuation() -> None:
@@ -50,14 +51,21 @@ def test_final_punctuation() -> None:
 
 @pytest.mark.parametrize(
     ("text", "reason"),
-    [("", "empty"), ("   \n", "empty"), ("x" * 11, "limit"), ("bell\x07", "U+0007"), ("nul\x00", "U+0000")],
+    [
+        ("", "empty"),
+        ("   \n", "empty"),
+        ("x" * 11, "limit"),
+        ("bell\x07", "U+0007"),
+        ("nul\x00", "U+0000"),
+        ("half \ud83d", "U+D83D"),
+    ],
 )
 def test_check_text_rejects(text: str, reason: str) -> None:
     with pytest.raises(InvalidArgument) as exc:
-        check_text(text, "text", 10)
+        check_text("text", text, 10)
     assert exc.value.field == "text"
     assert reason in exc.value.message
 
 
 def test_check_text_accepts_tabs_newlines_and_unicode() -> None:
-    check_text("a\tb\nc é 😀", "text", 100)
+    assert check_text("text", "a\tb\nc é 😀", 100) == "a\tb\nc é 😀"
