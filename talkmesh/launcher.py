@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from talkmesh.common.aio import cancel_and_wait
+from talkmesh.common.aio import all_of, cancel_and_wait
 from talkmesh.common.registry import PORT_SPAN, SERVICES, ServiceSpec, spec, start_order
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class Mesh:
             pending = list(start_order())
             while pending:
                 wave = [s for s in pending if all(c in self.processes for c in s.calls)]
-                await asyncio.gather(*(self._spawn(s, self._targets(s)) for s in wave))
+                await all_of(*(self._spawn(s, self._targets(s)) for s in wave))
                 pending = [s for s in pending if s not in wave]
         except BaseException:
             await self.stop()
@@ -148,7 +148,8 @@ class Mesh:
         self.processes[s.name] = sp
         assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(self._ready_line(proc.stdout), self.start_timeout)
+            async with asyncio.timeout(self.start_timeout):
+                line = await self._ready_line(proc.stdout)
         except TimeoutError as exc:
             raise MeshError(f"{s.name} did not become ready within {self.start_timeout:.0f}s") from exc
         if not line:
@@ -221,7 +222,8 @@ class Mesh:
         for name in order:
             sp = self.processes[name]
             try:
-                codes[name] = await asyncio.wait_for(sp.proc.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    codes[name] = await sp.proc.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     sp.proc.kill()

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.registry import GRPC_NAMES, NAMES, PORT_SPAN, spec
 from talkmesh.common.registry import SERVICES as REGISTRY
-from talkmesh.launcher import Mesh
+from talkmesh.launcher import Mesh, MeshError
 from talkmesh.v1 import encoder_pb2 as epb
 from tests.media import probe
 
@@ -382,3 +382,31 @@ async def test_up_reports_a_dead_child_and_stops_the_mesh(tmp_path):
     codes = dict(item.split("=") for item in stopped.removeprefix("stopped: ").split(", "))
     assert codes["renderer"] == "-9" and all(codes[n] == "0" for n in NAMES if n != "renderer")
     assert _ports_free(list(range(base, base + PORT_SPAN)))
+
+
+async def test_a_service_that_fails_to_start_stops_its_wave_and_leaves_nothing(tmp_path):
+    """TTS refuses its config while the rest of its start wave comes up: the mesh reports it,
+    and every process it started is stopped (none is left running unowned)."""
+    env = {f"{spec('tts').env_prefix}__MAX_TEXT_CHARS": "0"}
+    mesh = Mesh(env=env, log_dir=tmp_path / "logs")
+    with pytest.raises(MeshError, match="tts exited with code"):
+        await mesh.start()
+    assert mesh.processes == {}
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == [], "no start left running"
+    assert {p.stem for p in (tmp_path / "logs").glob("*.log")} >= {"tts"}
+    assert _serving_children() == []
+
+
+def _serving_children() -> list[int]:
+    """This process's children that run a service (``talkmesh.cli serve``)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and b"talkmesh.cli\x00serve" in cmdline:
+            out.append(int(entry.name))
+    return out
