@@ -19,9 +19,6 @@ class WebSettings:
     max_ws_message_bytes: int = 256 * 1024
     # WebSocket ping interval in seconds (detects browsers that vanished; 0 = off).
     heartbeat_seconds: float = 20.0
-    # Live media messages buffered for a slow browser before the session is closed (a message holds
-    # one frame while speaking, up to the encoder's live.idle_frames_per_fragment while idle).
-    send_queue_frames: int = 250
     # Deadline of one POST /v1/speak (the whole MP4), in seconds.
     speak_timeout_seconds: float = 300.0
     # Largest POST /v1/speak body (JSON with the text), in bytes.
@@ -32,8 +29,6 @@ class WebSettings:
             raise ConfigError.at("max_ws_message_bytes", "must be at least 131072 (one second of 48 kHz audio)")
         if self.heartbeat_seconds < 0:
             raise ConfigError.at("heartbeat_seconds", "must not be negative")
-        if self.send_queue_frames < 25:
-            raise ConfigError.at("send_queue_frames", "must be at least 25")
         if self.speak_timeout_seconds <= 0:
             raise ConfigError.at("speak_timeout_seconds", "must be positive")
         if self.max_speak_body_bytes < 1024:
