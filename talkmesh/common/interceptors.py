@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -214,6 +214,47 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         span.set_attribute("talkmesh.duration_seconds", time.perf_counter() - start)
         span.end()
 
+    @contextlib.asynccontextmanager
+    async def _call(
+        self, method: str, context: grpc.aio.ServicerContext, request: Any, streaming_requests: bool
+    ) -> AsyncIterator[Any]:
+        """One call's envelope, the same for every kind of method: admission, span, request id and
+        metrics around the handler, which runs in the body with the (checked) requests; a
+        handler's error becomes the call's status here, and a client that went away becomes a
+        cancellation."""
+        await self._admit(method, context)
+        span, start = self._begin(method, context)
+        self.admission.enter()
+        self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
+        code = "OK"
+        requests = request
+        try:
+            try:
+                requests = _checked(request, streaming_requests)
+                yield requests
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                code = _code_name(context, "UNKNOWN")
+                raise
+            except Exception as exc:
+                if _client_gone(context, exc):
+                    # The client cancelled or disconnected while we wrote or read (grpc raises
+                    # from write, or a stage's stream ends): its doing, not a server error.
+                    code = "CANCELLED"
+                    log.debug("client went away: %s", type(exc).__name__)
+                    raise asyncio.CancelledError from None
+                if streaming_requests and requests is not request:
+                    await _drain(requests)
+                code = (await self._fail(exc, context, span)).name
+        except grpc.aio.AbortError:
+            if code == "OK":
+                code = _code_name(context, "UNKNOWN")
+            raise
+        finally:
+            self._finish(method, code, span, start)
+
     def _wrap_stream(
         self, behavior: Callable[..., AsyncGenerator[Any, None]], method: str, *, streaming_requests: bool
     ) -> Callable[..., Any]:
@@ -222,53 +263,23 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             # cancelled, grpc cancels this task and the handler's generator is closed right here
             # (its ``finally`` blocks run now), instead of being left suspended at ``yield`` until
             # garbage collection. It also bounds how long a client that stops reading can hold us.
-            await self._admit(method, context)
-            span, start = self._begin(method, context)
-            self.admission.enter()
-            self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
-            code = "OK"
             write_timeout = self.write_timeout
-            requests = request
-            try:
-                try:
-                    # Headers go out the moment the stream is admitted: a caller that opens several
-                    # stages learns from them that it has capacity everywhere before it starts any
-                    # work (and an overloaded stage's RESOURCE_EXHAUSTED arrives in one round trip).
-                    # Inside the try: a client that is already gone makes this raise, and the slot
-                    # taken above must still be given back.
-                    await context.send_initial_metadata(())
-                    requests = _checked(request, streaming_requests)
-                    async with contextlib.aclosing(behavior(requests, context)) as items:
-                        async for item in items:
-                            try:
-                                async with asyncio.timeout(write_timeout):
-                                    await context.write(item)
-                            except TimeoutError:
-                                raise DeadlineExceeded(
-                                    f"the client read nothing for {write_timeout:g} s (server.write_timeout_seconds)"
-                                ) from None
-                except asyncio.CancelledError:
-                    code = "CANCELLED"
-                    raise
-                except grpc.aio.AbortError:
-                    code = _code_name(context, "UNKNOWN")
-                    raise
-                except Exception as exc:
-                    if _client_gone(context, exc):
-                        # The client cancelled or disconnected while we wrote or read (grpc raises
-                        # from write, or a stage's stream ends): its doing, not a server error.
-                        code = "CANCELLED"
-                        log.debug("client went away: %s", type(exc).__name__)
-                        raise asyncio.CancelledError from None
-                    if streaming_requests and requests is not request:
-                        await _drain(requests)
-                    code = (await self._fail(exc, context, span)).name
-            except grpc.aio.AbortError:
-                if code == "OK":
-                    code = _code_name(context, "UNKNOWN")
-                raise
-            finally:
-                self._finish(method, code, span, start)
+            async with self._call(method, context, request, streaming_requests) as requests:
+                # Headers go out the moment the stream is admitted: a caller that opens several
+                # stages learns from them that it has capacity everywhere before it starts any
+                # work (and an overloaded stage's RESOURCE_EXHAUSTED arrives in one round trip).
+                # Inside the call: a client that is already gone makes this raise, and the slot
+                # taken must still be given back.
+                await context.send_initial_metadata(())
+                async with contextlib.aclosing(behavior(requests, context)) as items:
+                    async for item in items:
+                        try:
+                            async with asyncio.timeout(write_timeout):
+                                await context.write(item)
+                        except TimeoutError:
+                            raise DeadlineExceeded(
+                                f"the client read nothing for {write_timeout:g} s (server.write_timeout_seconds)"
+                            ) from None
 
         return wrapper
 
@@ -276,38 +287,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self, behavior: Callable[..., Awaitable[Any]], method: str, *, streaming_requests: bool
     ) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await self._admit(method, context)
-            span, start = self._begin(method, context)
-            self.admission.enter()
-            self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
-            code = "OK"
-            requests = request
-            try:
-                try:
-                    requests = _checked(request, streaming_requests)
-                    return await behavior(requests, context)
-                except asyncio.CancelledError:
-                    code = "CANCELLED"
-                    raise
-                except grpc.aio.AbortError:
-                    code = _code_name(context, "UNKNOWN")
-                    raise
-                except Exception as exc:
-                    if _client_gone(context, exc):
-                        # The client cancelled or disconnected while we wrote or read (grpc raises
-                        # from write, or a stage's stream ends): its doing, not a server error.
-                        code = "CANCELLED"
-                        log.debug("client went away: %s", type(exc).__name__)
-                        raise asyncio.CancelledError from None
-                    if streaming_requests and requests is not request:
-                        await _drain(requests)
-                    code = (await self._fail(exc, context, span)).name
-            except grpc.aio.AbortError:
-                if code == "OK":
-                    code = _code_name(context, "UNKNOWN")
-                raise
-            finally:
-                self._finish(method, code, span, start)
+            async with self._call(method, context, request, streaming_requests) as requests:
+                return await behavior(requests, context)
 
         return wrapper
 
