@@ -9,6 +9,17 @@ from talkmesh.common.clock import DEFAULT_FPS, MAX_FPS, MIN_FPS, SPEECH_SAMPLE_R
 from talkmesh.common.config import ClientTLS, ConfigError, Endpoint, ServerConfig
 from talkmesh.common.registry import default_target, spec
 
+#: The least audio a stream may read ahead (Speak) or run ahead of playback (live): the feature
+#: stage's look-ahead must fit in it.
+MIN_AUDIO_AHEAD_SECONDS = 2.0
+
+
+def _check_audio_ahead(seconds: float) -> None:
+    if not seconds >= MIN_AUDIO_AHEAD_SECONDS:
+        raise ConfigError.at(
+            "max_audio_ahead_seconds", f"must be at least {MIN_AUDIO_AHEAD_SECONDS:g} (the feature look-ahead needs it)"
+        )
+
 
 @dataclass(frozen=True)
 class LiveSettings:
@@ -49,8 +60,7 @@ class LiveSettings:
             raise ConfigError.at("ending_warning_seconds", "must not be negative")
         if self.drain_seconds < 0:
             raise ConfigError.at("drain_seconds", "must not be negative")
-        if self.max_audio_ahead_seconds < 2.0:
-            raise ConfigError.at("max_audio_ahead_seconds", "must be at least 2 (the feature look-ahead needs it)")
+        _check_audio_ahead(self.max_audio_ahead_seconds)
 
 
 @dataclass(frozen=True)
@@ -101,8 +111,7 @@ class GatewayConfig:
             raise ConfigError.at("max_text_chars", "must be at least 1")
         if self.queue_size < 1:
             raise ConfigError.at("queue_size", "must be at least 1")
-        if self.max_audio_ahead_seconds < 2.0:
-            raise ConfigError.at("max_audio_ahead_seconds", "must be at least 2 (the feature look-ahead needs it)")
+        _check_audio_ahead(self.max_audio_ahead_seconds)
         if not MIN_FPS <= self.fps <= MAX_FPS:
             raise ConfigError.at("fps", f"must be within {MIN_FPS}..{MAX_FPS}")
         if not 0 <= self.tts_chunk_ms <= 1000:
