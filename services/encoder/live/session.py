@@ -411,11 +411,11 @@ class LiveSession:
             )
             yield self.out.message(media=live_pb2.LiveMedia(data=codecs.init_segment, init_segment=True))
             n = 0
-            period = fps.denominator / fps.numerator  # seconds per frame; n * period rounds once
+            period = float(self.clock.seconds(1))
             while True:
                 if self.tasks.failure is not None:
                     raise self.tasks.failure
-                due = t0 + n * period
+                due = t0 + float(self.clock.seconds(n))  # exact media time, rounded once
                 while (delay := due - time.monotonic()) > 0:
                     if self.interrupts:
                         for msg in self._apply_interrupts(n):
@@ -423,7 +423,7 @@ class LiveSession:
                         continue
                     self.wakeup.clear()
                     await wait_event(self.wakeup, delay)
-                if time.monotonic() - due > period:
+                if time.monotonic() - due > period:  # more than a frame late
                     self._late.inc()
                 if self.interrupts:
                     for msg in self._apply_interrupts(n):
