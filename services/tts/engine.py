@@ -363,6 +363,8 @@ class EspeakEngine:
         """Streams one synth call's audio as eSpeak produces it (positions from its start)."""
         executor = self._require()
         loop = asyncio.get_running_loop()
+        # Not bounded on purpose: eSpeak's one thread serves every stream, so a slow reader must not
+        # hold it; what one call queues is bounded by its text (one clause, at most max_text_chars).
         sink = _Sink(loop=loop, queue=asyncio.Queue(), cancel=threading.Event())
         fut = loop.run_in_executor(executor, self._synth_job, text, params, sink)
         try:
