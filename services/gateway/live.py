@@ -50,6 +50,7 @@ from talkmesh.common.errors import (
     Unavailable,
     scrub,
 )
+from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_id, check_text
 from talkmesh.common.principal import current_principal
 from talkmesh.common.registry import SIZE_PRESETS
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 48000
 #: Turns a session may have started but not finished.
 MAX_PENDING_TURNS = 32
+#: Ids of stopped turns a session remembers (later input for them is discarded, not a new turn).
+STOPPED_TURNS_KEPT = 4096
 
 
 # -- session ids that name their owner ----------------------------------------------------------------
@@ -164,7 +167,7 @@ class LiveSession:
         self.clock = MediaClock.of(hub.config.fps, self.rate)
         self.backend = config.renderer_backend or hub.config.default_renderer_backend
         self.turns: collections.OrderedDict[str, GatewayTurn] = collections.OrderedDict()
-        self.stopped: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.stopped: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)  # input for them is discarded
         self.control: Chan[epb.LiveEncodeRequest] = Chan(64)
         self.data: Chan[epb.LiveEncodeRequest] = Chan(64)
         self.out: Chan[lpb.LiveServerMessage] = Chan(64, gauge=self.telemetry.queue_gauge("live_to_client"))
@@ -305,9 +308,7 @@ class LiveSession:
         self.end_requested.set()
 
     def _fence(self, turn_id: str) -> None:
-        self.stopped[turn_id] = None
-        while len(self.stopped) > 4096:
-            self.stopped.popitem(last=False)
+        self.stopped.put(turn_id, True)
 
     # -- client input ------------------------------------------------------------------------
     async def _read_client(self, stream: RequestStream[Any]) -> None:

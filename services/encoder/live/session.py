@@ -67,6 +67,7 @@ from talkmesh.common.aio import Chan, TaskSet, wait_event
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import InvalidArgument, TalkmeshError
+from talkmesh.common.lru import Lru
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2, encoder_pb2, live_pb2, renderer_pb2
@@ -77,6 +78,8 @@ log = logging.getLogger(__name__)
 BLEND_FRAMES = 3
 #: Renderer input a turn may hold (the gateway's read-ahead keeps it far below).
 TURN_INPUT_CAPACITY = 4096
+#: Ids of stopped turns a session remembers (later input for them is dropped, not a new turn).
+STOPPED_TURNS_KEPT = 4096
 
 
 @dataclass
@@ -238,7 +241,7 @@ class LiveSession:
         self.start_frames = max(1, self.clock.frames_for_seconds(Fraction(config.live.start_buffer_ms, 1000)))
         self.turns: collections.OrderedDict[str, Turn] = collections.OrderedDict()
         self.current: Turn | None = None
-        self.stopped_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.stopped_ids: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)  # input for them is dropped
         self.interrupts: list[tuple[str, float]] = []
         self.wakeup = asyncio.Event()
         self.input_ended = False
@@ -632,9 +635,7 @@ class LiveSession:
         turn.stopped = True
         turn.room.set()
         self.turns.pop(turn.turn_id, None)
-        self.stopped_ids[turn.turn_id] = None
-        while len(self.stopped_ids) > 4096:
-            self.stopped_ids.popitem(last=False)
+        self.stopped_ids.put(turn.turn_id, True)
         if self.current is turn:
             self.current = None
         if turn.stream is not None:
