@@ -1,5 +1,5 @@
-"""Raw frames into PyAV without copying them, and the AAC encoder's options: one place for both paths
-(``session`` for Encode, ``live.media`` for Live)."""
+"""Raw frames into PyAV without copying them, and the audio track (its encoder, options and codecs
+string): one place for both paths (``session`` for Encode, ``live.media`` for Live)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,25 @@ def i420_frame(data: bytes | memoryview, width: int, height: int) -> av.VideoFra
 def aac_options(audio: AudioConfig) -> dict[str, str]:
     """Options of FFmpeg's native AAC encoder (its coder: see ``AudioConfig.aac_coder``)."""
     return {"aac_coder": audio.aac_coder}
+
+
+def add_audio_stream(
+    container: av.container.OutputContainer, codec: str, input_rate: int, audio: AudioConfig
+) -> av.AudioStream:
+    """The mono audio track of ``codec`` ("aac" or "opus") for PCM at ``input_rate``, at the rate,
+    bit rate and options the config gives."""
+    rate = audio.track_rate(codec, input_rate)
+    if codec == "opus":
+        stream = container.add_stream("libopus", rate=rate, layout="mono")
+        assert isinstance(stream, av.AudioStream)
+        stream.bit_rate = audio.opus_bitrate_kbps * 1000
+    else:
+        stream = container.add_stream("aac", rate=rate, layout="mono", options=aac_options(audio))
+        assert isinstance(stream, av.AudioStream)
+        stream.bit_rate = audio.aac_bitrate_kbps * 1000
+    return stream
+
+
+def audio_codecs_string(codec: str) -> str:
+    """The audio track's RFC 6381 codecs string (AAC-LC or Opus)."""
+    return "opus" if codec == "opus" else "mp4a.40.2"

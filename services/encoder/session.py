@@ -38,7 +38,7 @@ from services.encoder import boxes
 from services.encoder.backends.base import VideoBackend
 from services.encoder.config import AudioConfig
 from services.encoder.fmp4 import FragmentWriter, Sample, annexb_to_avcc, audio_sample, before_start
-from services.encoder.frames import aac_options, i420_frame
+from services.encoder.frames import add_audio_stream, audio_codecs_string, i420_frame
 from talkmesh.common.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class EncodeSession:
             video.codec_context.gop_size = settings.gop_size
         self._video = video
         if p.sample_rate:
-            self._audio = self._add_audio(container)
+            self._audio = add_audio_stream(container, p.audio_codec, p.sample_rate, self.audio_config)
         container.start_encoding()
         if self._audio is not None:
             ctx = self._audio.codec_context
@@ -208,26 +208,13 @@ class EncodeSession:
         extradata = video.codec_context.extradata
         self._video_codec = boxes.avc_codecs_string(extradata) if extradata else ""
 
-    def _add_audio(self, container: av.container.OutputContainer) -> av.AudioStream:
-        p = self.params
-        rate = self.audio_config.track_rate(p.audio_codec, p.sample_rate)
-        if p.audio_codec == "opus":
-            stream = container.add_stream("libopus", rate=rate, layout="mono")
-            assert isinstance(stream, av.AudioStream)
-            stream.bit_rate = self.audio_config.opus_bitrate_kbps * 1000
-        else:
-            stream = container.add_stream("aac", rate=rate, layout="mono", options=aac_options(self.audio_config))
-            assert isinstance(stream, av.AudioStream)
-            stream.bit_rate = self.audio_config.aac_bitrate_kbps * 1000
-        return stream
-
     @property
     def mime_type(self) -> str:
         """MIME type with the RFC 6381 codecs, e.g. 'video/mp4; codecs="avc1.42C01E, mp4a.40.2"'."""
         p = self.params
         codecs = [self._video_codec] if self._video_codec else []
         if p.sample_rate:
-            codecs.append("opus" if p.audio_codec == "opus" else "mp4a.40.2")
+            codecs.append(audio_codecs_string(p.audio_codec))
         base = "video/mp2t" if p.container == "mpegts" else "video/mp4"
         return f'{base}; codecs="{", ".join(codecs)}"' if codecs else base
 

@@ -22,7 +22,7 @@ from services.encoder import boxes
 from services.encoder.backends.base import VideoBackend, VideoCodecSettings
 from services.encoder.config import AudioConfig
 from services.encoder.fmp4 import Sample, annexb_to_avcc, audio_sample, before_start
-from services.encoder.frames import aac_options, i420_frame
+from services.encoder.frames import aac_options, add_audio_stream, audio_codecs_string, i420_frame
 
 AAC_FRAME = 1024  # samples per AAC frame
 #: Silent ticks fed to the encoder before its (identical) silent packets are reused.
@@ -117,16 +117,9 @@ class LiveCodecs:
         assert isinstance(video, av.VideoStream)
         _configure(video.codec_context, settings, params)
         video.time_base = Fraction(params.fps.denominator, params.fps.numerator)
+        astream = add_audio_stream(container, params.audio_codec, params.sample_rate, audio)
         #: the audio track's sample rate (``audio.aac_sample_rate``, as for Speak; Opus: 48 kHz)
-        self.rate = audio.track_rate(params.audio_codec, params.sample_rate)
-        if params.audio_codec == "opus":
-            astream = container.add_stream("libopus", rate=self.rate, layout="mono")
-            assert isinstance(astream, av.AudioStream)
-            astream.bit_rate = audio.opus_bitrate_kbps * 1000
-        else:
-            astream = container.add_stream("aac", rate=self.rate, layout="mono", options=aac_options(audio))
-            assert isinstance(astream, av.AudioStream)
-            astream.bit_rate = audio.aac_bitrate_kbps * 1000
+        self.rate = astream.codec_context.sample_rate
         container.start_encoding()
         self.container = container
         self.init_segment = sink.getvalue()
@@ -151,8 +144,7 @@ class LiveCodecs:
     @property
     def mime_type(self) -> str:
         video = boxes.avc_codecs_string(self.video.extradata)
-        audio = "opus" if self.params.audio_codec == "opus" else "mp4a.40.2"
-        return f'video/mp4; codecs="{video}, {audio}"'
+        return f'video/mp4; codecs="{video}, {audio_codecs_string(self.params.audio_codec)}"'
 
     @property
     def audio_lead(self) -> int:
