@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
+
+from talkmesh.common.lru import Lru
 
 
 class BlockCache:
@@ -23,8 +24,9 @@ class BlockCache:
     def __init__(self, max_bytes: int, namespace: str, on_lookup: Callable[[bool], None] | None = None) -> None:
         self.max_bytes = max_bytes
         self.namespace = namespace
-        self.bytes = 0
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._items: Lru[str, np.ndarray] = Lru(
+            max(1, max_bytes), max_weight=max_bytes, weigh=lambda a: int(a.nbytes)
+        )
         self._lock = threading.Lock()
         self._on_lookup = on_lookup
 
@@ -40,27 +42,21 @@ class BlockCache:
     def get(self, key: str) -> np.ndarray | None:
         with self._lock:
             value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
         if self._on_lookup is not None:
             self._on_lookup(value is not None)
         return value
 
+    @property
+    def bytes(self) -> int:
+        return self._items.weight
+
     def put(self, key: str, value: np.ndarray) -> None:
-        size = value.nbytes
-        if size > self.max_bytes:
+        if value.nbytes > self.max_bytes:
             return
         value = value.copy()
         value.setflags(write=False)
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.bytes -= old.nbytes
-            self._items[key] = value
-            self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self.bytes -= evicted.nbytes
+            self._items.put(key, value)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -23,3 +23,17 @@ def test_keeps_the_most_recently_used_entries() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
         Lru(0)
+
+
+def test_a_weight_bound_forgets_the_least_recently_used_and_refuses_what_never_fits():
+    lru: Lru[str, bytes] = Lru(10, max_weight=10, weigh=len)
+    assert lru.put("a", b"1234") and lru.put("b", b"1234")
+    assert lru.get("a") == b"1234"  # a is now the most recent
+    assert lru.put("c", b"1234")  # 12 > 10: b goes
+    assert "b" not in lru and "a" in lru and "c" in lru and lru.weight == 8
+    assert lru.put("a", b"12")  # replacing an entry re-weighs it
+    assert lru.weight == 6
+    assert not lru.put("big", b"x" * 11)  # alone over the bound: not stored, nothing evicted
+    assert len(lru) == 2 and lru.weight == 6
+    with pytest.raises(ValueError):
+        Lru(3, max_weight=10)
