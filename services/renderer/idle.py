@@ -38,9 +38,6 @@ BLINK_INTERVAL_S = (2.0, 6.0)  # seconds between blinks, drawn uniformly per ava
 # lid closure over the frames of one blink (at 25 fps: 120 ms closed-ish, a slower opening)
 BLINK_CURVE = (0.45, 1.0, 0.8, 0.35)
 
-_cascade_lock = threading.Lock()
-
-
 def find_eyes(frame: np.ndarray, face: tuple[int, int, int, int]) -> list[tuple[float, float]]:
     """Centres of the two eyes (image left first): Haar eye cascade, else face-box geometry."""
     x1, y1, x2, y2 = face
@@ -55,8 +52,8 @@ def find_eyes(frame: np.ndarray, face: tuple[int, int, int, int]) -> list[tuple[
         return guess
     gray = cv2.equalizeHist(cv2.cvtColor(top, cv2.COLOR_BGR2GRAY))
     side = max(8, w // 8)
-    with _cascade_lock:
-        found = cascade.detectMultiScale(gray, 1.1, 5, minSize=(side, side), maxSize=(w // 2, w // 2))
+    # a classifier of this call's own (once per avatar without landmarks): nothing shared to lock
+    found = cascade.detectMultiScale(gray, 1.1, 5, minSize=(side, side), maxSize=(w // 2, w // 2))
     eyes = list(guess)
     for half in (0, 1):
         cands = [
