@@ -31,17 +31,14 @@ import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob
 from services.renderer.backends.face_parser import FACE_PARSER, FaceParser
-from services.renderer.backends.neural import NeuralBackend, gpu_plan, warmup_avatar
+from services.renderer.backends.neural import NeuralBackend, warmup_avatar
 from services.renderer.backends.onnx_models import (
-    GPU_PROVIDERS,
     ModelError,
     OnnxModel,
     ProviderCheck,
     SessionFactory,
     Signature,
     TensorSpec,
-    available_providers,
-    open_model,
 )
 from services.renderer.config import RendererConfig
 from talkmesh.common.telemetry import Telemetry
@@ -113,22 +110,14 @@ class MuseTalkBackend(NeuralBackend):
         root = Path(os.path.expanduser(config.musetalk.path))
         if not root.is_dir():
             raise ModelError(f"musetalk.path: {str(root)!r} is not a directory")
-        avail = list(available) if available is not None else available_providers()
-        gpu = gpu_plan(self.bytes_per_frame, config, avail, [root / file for file, _ in FILES.values()])
-        gpu_batch = gpu.max_batch
+        parser_path = Path(os.path.expanduser(config.musetalk.face_parser)) if config.musetalk.face_parser else None
+        files = [root / file for file, _ in FILES.values()]
+        opened = self._loader(files, available, session_factory, provider_check)
+        # the plan's weights are the MuseTalk models'; the optional face parser is named as well
+        self.model_files = files + ([parser_path] if parser_path is not None else [])
 
         def load(role: str, path: Path, sig: Signature) -> OnnxModel:
-            return open_model(
-                f"musetalk {role}",
-                path,
-                sig,
-                config.execution,
-                max_batch=gpu_batch,
-                gpu_mem_limit=gpu.gpu_mem_limit,
-                available=avail,
-                factory=session_factory,
-                check=provider_check,
-            )
+            return opened(f"musetalk {role}", path, sig)
 
         self.models: dict[str, OnnxModel] = {}
         for role, (file, sig) in FILES.items():
@@ -144,17 +133,9 @@ class MuseTalkBackend(NeuralBackend):
                     ) from exc
                 self.models[role] = load(role, root / file, VAE_ENCODER_MEAN_ONLY)
         self.parser: FaceParser | None = None
-        if config.musetalk.face_parser:
-            self.parser = FaceParser(
-                load("face_parser", Path(os.path.expanduser(config.musetalk.face_parser)), FACE_PARSER),
-                config.musetalk.face_parser_mode,
-            )
-        self.model_files = [root / file for file, _ in FILES.values()]
-        if config.musetalk.face_parser:
-            self.model_files.append(Path(os.path.expanduser(config.musetalk.face_parser)))
-        self.provider = self.models["unet"].provider
-        self.max_batch = gpu_batch if self.provider in GPU_PROVIDERS else config.batch.max_size
-        telemetry.set_backend("execution_provider", f"{self.name}/{self.provider}")
+        if parser_path is not None:
+            self.parser = FaceParser(load("face_parser", parser_path, FACE_PARSER), config.musetalk.face_parser_mode)
+        self._runs_on(self.models["unet"])
 
     def settings(self) -> object:
         return self.config.musetalk

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,15 @@ import cv2
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob, RenderBackend
-from services.renderer.backends.onnx_models import GPU_PROVIDERS
+from services.renderer.backends.onnx_models import (
+    GPU_PROVIDERS,
+    OnnxModel,
+    ProviderCheck,
+    SessionFactory,
+    Signature,
+    available_providers,
+    open_model,
+)
 from services.renderer.config import RendererConfig
 from services.renderer.interpolate import fill_skipped, plan_keyframes
 from talkmesh.common.errors import InvalidArgument
@@ -147,6 +155,7 @@ class NeuralBackend(RenderBackend):
         self.provider = "CPUExecutionProvider"
         #: the model files this backend loaded (their identity is part of precompute_key)
         self.model_files: list[Path] = []
+        self._gpu_batch = self.max_batch
 
     def settings(self) -> object:
         """This backend's config section (part of precompute_key)."""
@@ -168,6 +177,36 @@ class NeuralBackend(RenderBackend):
             except OSError:  # removed since it was loaded: the loaded model still answers
                 digest.update(f"|{path}|gone".encode())
         return digest.hexdigest()[:32]
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def _loader(
+        self,
+        files: Sequence[Path],
+        available: Sequence[str] | None,
+        factory: SessionFactory | None,
+        check: ProviderCheck | None,
+    ) -> Callable[[str, Path, Signature], OnnxModel]:
+        """``load(name, path, signature)`` for this backend's ONNX models, all on the execution
+        provider and batch bound of one GPU plan for ``files`` (which precompute_key then names)."""
+        avail = list(available) if available is not None else available_providers()
+        gpu = gpu_plan(self.bytes_per_frame, self.config, avail, files)
+        self._gpu_batch = gpu.max_batch
+        self.model_files = list(files)
+
+        def load(name: str, path: Path, signature: Signature) -> OnnxModel:
+            return open_model(
+                name, path, signature, self.config.execution, max_batch=gpu.max_batch,
+                gpu_mem_limit=gpu.gpu_mem_limit, available=avail, factory=factory, check=check,
+            )  # fmt: skip
+
+        return load
+
+    def _runs_on(self, model: OnnxModel) -> None:
+        """The main model's execution provider decides the batch bound; reported on the dashboard."""
+        self.provider = model.provider
+        self.max_batch = self._gpu_batch if self.provider in GPU_PROVIDERS else self.config.batch.max_size
+        self.telemetry.set_backend("execution_provider", f"{self.name}/{self.provider}")
 
     # -- the model step (batched across sessions) ------------------------------------------------
 

@@ -21,17 +21,14 @@ import cv2
 import numpy as np
 
 from services.renderer.backends.base import Avatar, FrameJob
-from services.renderer.backends.neural import NeuralBackend, generated_region_mask, gpu_plan, warmup_avatar
+from services.renderer.backends.neural import NeuralBackend, generated_region_mask, warmup_avatar
 from services.renderer.backends.onnx_models import (
-    GPU_PROVIDERS,
     ModelError,
     OnnxModel,
     ProviderCheck,
     SessionFactory,
     Signature,
     TensorSpec,
-    available_providers,
-    open_model,
 )
 from services.renderer.config import RendererConfig
 from talkmesh.common.telemetry import Telemetry
@@ -73,17 +70,10 @@ class Wav2LipBackend(NeuralBackend):
         config.wav2lip.validate()
         if not config.wav2lip.path:
             raise ModelError("wav2lip.path: not set (convert a checkpoint with python -m tools.import_wav2lip)")
-        avail = list(available) if available is not None else available_providers()
         path = Path(os.path.expanduser(config.wav2lip.path))
-        gpu = gpu_plan(self.bytes_per_frame, config, avail, [path])
-        self.model: OnnxModel = open_model(
-            "wav2lip", path, SIGNATURE, config.execution, max_batch=gpu.max_batch,
-            gpu_mem_limit=gpu.gpu_mem_limit, available=avail, factory=session_factory, check=provider_check,
-        )  # fmt: skip
-        self.model_files = [path]
-        self.provider = self.model.provider
-        self.max_batch = gpu.max_batch if self.provider in GPU_PROVIDERS else config.batch.max_size
-        telemetry.set_backend("execution_provider", f"{self.name}/{self.provider}")
+        load = self._loader([path], available, session_factory, provider_check)
+        self.model: OnnxModel = load("wav2lip", path, SIGNATURE)
+        self._runs_on(self.model)
 
     def settings(self) -> object:
         return self.config.wav2lip
