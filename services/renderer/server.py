@@ -75,11 +75,14 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             # may read the disk, and a still photo's first session prepares its idle life (the body
             # mask and motion grid, ~15 ms); none of it may stall the other streams' frames.
             self._may_use(who, avatar_id)
-            avatar = s.store.get(avatar_id, backend_name)
+            stored = s.store.get(avatar_id)
+            size = output_size(cfg.size or s.config.default_size, stored.size)
+            # rendered at the output size: a phone photo's 12 Mpx are scaled down once, not per frame
+            avatar = s.store.at_size(stored, size, backend_name)
             return RenderSession(
                 SessionOptions(
                     request_id=cfg.request_id or first.request_id,
-                    size=output_size(cfg.size or s.config.default_size, avatar.size),
+                    size=size,
                     fps=fps,
                     pixel_format=pixel_format,
                     sample_rate=cfg.sample_rate,

@@ -108,7 +108,7 @@ def test_video_frames_are_sized_to_the_budget():
     assert cfg.max_frames * w * h * 3 <= cfg.max_video_bytes
     assert w % 2 == 0 and h % 2 == 0 and abs(w / h - 16 / 9) < 0.05
     assert video_frame_size(640, 360, 25, cfg) == (640, 360)  # a short small video keeps its size
-    assert max(video_frame_size(3840, 2160, 10, cfg)) <= cfg.max_video_side
+    assert max(video_frame_size(3840, 2160, 10, cfg)) <= cfg.max_side
 
 
 def _video(path: Path, frames: int, size: tuple[int, int]) -> bytes:

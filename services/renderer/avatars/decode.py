@@ -4,9 +4,10 @@ Nothing is decoded before the bytes say what they are: the format is sniffed fro
 bytes (whatever the file name says) and must be on the allow-list (``IMAGE_FORMATS``,
 ``VIDEO_FORMATS``); a TIFF, GIF, SVG... named ``.png`` is refused without touching a decoder.
 Image sizes are read from the header and checked before decoding (a small file can declare a
-huge image); OpenCV's own limit (``CV_IO_MAX_IMAGE_PIXELS``) is set as a second line. Videos are
-decoded frame by frame into one preallocated array, each frame downscaled as it arrives so that
-all frames together fit ``max_video_bytes`` (and the longer side ``max_video_side``); more than
+huge image); OpenCV's own limit (``CV_IO_MAX_IMAGE_PIXELS``) is set as a second line. A photo
+larger than ``max_side`` is scaled down to it. Videos are decoded frame by frame into one
+preallocated array, each frame downscaled as it arrives so that all frames together fit
+``max_video_bytes`` (and the longer side ``max_side``); more than
 ``max_frames`` frames is refused. So one upload within the limits holds at most about
 ``max_upload_bytes`` (compressed, as received) + ``max_video_bytes`` (decoded) in memory.
 """
@@ -94,6 +95,10 @@ def decode(data: bytes, filename: str, cfg: AvatarConfig) -> np.ndarray:
         raise InvalidArgument("data", f"{what} is not a decodable image (corrupt or truncated)")
     if img.shape[0] * img.shape[1] > cfg.max_pixels:
         raise InvalidArgument("data", f"image has {img.shape[1]}x{img.shape[0]} pixels, over {cfg.max_pixels}")
+    h, w = img.shape[:2]
+    if max(w, h) > cfg.max_side:  # a phone photo: stored (and analysed) at max_side
+        scale = cfg.max_side / max(w, h)
+        img = cv2.resize(img, (max(2, round(w * scale)), max(2, round(h * scale))), interpolation=cv2.INTER_AREA)
     return _even(img)[None]
 
 
@@ -143,9 +148,9 @@ def _even(img: np.ndarray) -> np.ndarray:
 
 
 def video_frame_size(w: int, h: int, frames: int, cfg: AvatarConfig) -> tuple[int, int]:
-    """(width, height) each frame is stored at: the longer side at most ``max_video_side`` and
+    """(width, height) each frame is stored at: the longer side at most ``max_side`` and
     ``frames`` frames within ``max_video_bytes``; even sizes, never upscaled."""
-    scale = min(1.0, cfg.max_video_side / max(w, h))
+    scale = min(1.0, cfg.max_side / max(w, h))
     per_frame = cfg.max_video_bytes / max(1, frames) / 3
     scale = min(scale, math.sqrt(per_frame / (w * h)))
     ow, oh = max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2)

@@ -42,9 +42,11 @@ import numpy as np
 from services.renderer.avatars.analysis import FaceAnalyzer, FaceChoice, FaceTrack
 from services.renderer.avatars.decode import decode
 from services.renderer.avatars.face_models import load_face_models
+from services.renderer.avatars.scaled import needs_scaling, scaled
 from services.renderer.backends.base import Avatar, RenderBackend
 from services.renderer.config import AvatarConfig
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from talkmesh.common.lru import Lru
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class AvatarStore:
         self.root = Path(cfg.cache_dir or Path.home() / ".cache" / "talkmesh" / "avatars").expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
         self._memory: OrderedDict[str, Avatar] = OrderedDict()
+        #: avatars scaled down to the output sizes streams asked for, by (id, size)
+        self._scaled: Lru[tuple[str, tuple[int, int]], Avatar] = Lru(max(1, cfg.memory_entries))
         self._aliases: dict[str, str] = {}
         self._protected: set[str] = set()
         self._lock = threading.Lock()  # the tables above and _entries; never held for slow work
@@ -247,7 +251,7 @@ class AvatarStore:
         with self._entry(avatar.id):
             if backend in avatar.extras:  # prepared by another thread while we waited
                 return
-            path = self.root / avatar.id / f"{backend}.npz"
+            path = self.root / avatar.id / (f"{backend}@{avatar.variant}.npz" if avatar.variant else f"{backend}.npz")
             key = self.backends[backend].precompute_key()
             if path.is_file():
                 try:
@@ -291,6 +295,27 @@ class AvatarStore:
         if backend:
             self._ensure_backend(avatar, backend)
         return avatar
+
+    def at_size(self, avatar: Avatar, size: tuple[int, int], backend: str = "") -> Avatar:
+        """Blocking. ``avatar`` as a stream of output ``size`` renders it, with ``backend``'s
+        precompute: itself when its frames are not larger, else a copy scaled down once (kept in
+        memory; its precompute made for that size and stored next to the avatar's own)."""
+        key = (avatar.id, size)
+        variant: Avatar | None = avatar
+        if needs_scaling(avatar, size):
+            with self._lock:
+                variant = self._scaled.get(key)
+        if variant is None:
+            with self._entry(avatar.id):
+                with self._lock:
+                    variant = self._scaled.get(key)
+                if variant is None:
+                    variant = scaled(avatar, size)
+                    with self._lock:
+                        self._scaled.put(key, variant)
+        if backend:
+            self._ensure_backend(variant, backend)
+        return variant
 
     def _remember(self, key: str, avatar: Avatar) -> None:
         with self._lock:

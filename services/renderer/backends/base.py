@@ -36,6 +36,8 @@ class Avatar:
     report: dict[str, Any] = field(default_factory=dict)
     # Per-backend precompute, keyed by backend name (crops, masks, reference latents, remap grids...).
     extras: dict[str, Any] = field(default_factory=dict)
+    # "" for the stored frames; "WxH" for a copy scaled down to an output size (avatars/scaled.py).
+    variant: str = ""
 
     @property
     def size(self) -> tuple[int, int]:
