@@ -50,6 +50,7 @@ def test_a_phone_photo_is_stored_at_max_side(tmp_path):
     assert avatar.report["frames_kept"] == 1  # the face is found on the stored photo
     # the portrait's own face box, carried into the stored photo (x 960/512, 160 rows of canvas above)
     ok, png = cv2.imencode(".png", _portrait())
+    assert ok
     original, _ = store.register(png.tobytes(), "portrait.png")
     expected = original.face_boxes[0] * 960 / 512 + np.array([0, 160, 0, 160])
     assert np.abs(avatar.face_boxes[0] - expected).max() < 0.08 * (expected[2] - expected[0])
