@@ -47,6 +47,7 @@ from services.audio_features.streaming import (
 )
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.logs import request_id_var
+from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -57,7 +58,6 @@ from talkmesh.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "talkmesh.v1.AudioFeatures"
 DEFAULT_FPS = 25.0
 MIN_FPS = 1.0
 MAX_FPS = 60.0
@@ -259,7 +259,7 @@ class AudioFeaturesService(Service):
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         pb_grpc.add_AudioFeaturesServicer_to_server(AudioFeaturesServicer(self), server)
-        return [SERVICE_NAME]
+        return spec("audio_features").grpc_service_names()
 
     def _prepare_encoder(self, encoder: WhisperEncoder) -> None:
         cfg = self.config.whisper_encoder

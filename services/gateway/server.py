@@ -20,7 +20,7 @@ from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.names import check_id
 from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
-from talkmesh.common.registry import SIZE_PRESETS
+from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -183,10 +183,7 @@ class GatewayService(Service):
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         gateway_pb2_grpc.add_GatewayServicer_to_server(self.servicer, server)
         live_pb2_grpc.add_LiveServicer_to_server(LiveServicer(self.config, self.live), server)
-        return [
-            gpb.DESCRIPTOR.services_by_name["Gateway"].full_name,
-            lpb.DESCRIPTOR.services_by_name["Live"].full_name,
-        ]
+        return spec("gateway").grpc_service_names()
 
     def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
         return [AuthInterceptor(self.keys)] if self.keys is not None else []

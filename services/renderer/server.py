@@ -23,6 +23,7 @@ from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Permissi
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_filename, check_id, clean_name
 from talkmesh.common.principal import Principal, principal_of
+from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -32,7 +33,6 @@ from talkmesh.v1 import renderer_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Renderer"].full_name
 MAX_SESSIONS_REMEMBERED = 1024
 
 
@@ -308,7 +308,7 @@ class RendererService(Service):
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         renderer_pb2_grpc.add_RendererServicer_to_server(RendererServicer(self), server)
-        return [SERVICE_NAME]
+        return spec("renderer").grpc_service_names()
 
     async def start(self) -> None:
         names = list(dict.fromkeys(["viseme", *self.config.backends]))
