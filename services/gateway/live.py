@@ -52,7 +52,7 @@ from talkmesh.common.errors import (
     scrub,
 )
 from talkmesh.common.principal import current_principal
-from talkmesh.common.registry import SIZE_PRESETS
+from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
@@ -730,8 +730,9 @@ def _validate_config(cfg: lpb.LiveConfig, config: GatewayConfig) -> None:
         if len(value) > MAX_ID_CHARS or any(unicodedata.category(c)[0] == "C" for c in value):
             raise InvalidArgument(f"config.{name}", f"must be at most {MAX_ID_CHARS} printable characters")
     backend = cfg.renderer_backend
-    if backend and backend not in FEATURE_FOR_BACKEND:
-        raise InvalidArgument("config.renderer_backend", f"{backend!r} is not one of {', '.join(FEATURE_FOR_BACKEND)}")
+    known = spec("renderer").backends
+    if backend and backend not in known:
+        raise InvalidArgument("config.renderer_backend", f"{backend!r} is not one of {', '.join(known)}")
     if cfg.audio_codec not in epb.AudioCodec.values():
         raise InvalidArgument("config.audio_codec", f"unknown audio codec {cfg.audio_codec}")
     for name in ("idle_timeout_seconds", "max_session_seconds"):

@@ -14,7 +14,7 @@ from services.gateway.auth import AuthInterceptor, KeyStore
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, GrpcDownstreams
 from services.gateway.live import LiveHub
-from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline
+from services.gateway.pipeline import SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.names import check_id
@@ -57,8 +57,9 @@ def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming:
     if size and size not in SIZE_PRESETS:
         raise InvalidArgument("output.size", f"{size!r} is not one of {', '.join(SIZE_PRESETS)}")
     backend = req.output.renderer_backend
-    if backend and backend not in FEATURE_FOR_BACKEND:
-        raise InvalidArgument("output.renderer_backend", f"{backend!r} is not one of {', '.join(FEATURE_FOR_BACKEND)}")
+    known = spec("renderer").backends
+    if backend and backend not in known:
+        raise InvalidArgument("output.renderer_backend", f"{backend!r} is not one of {', '.join(known)}")
     if req.output.container not in epb.Container.values():
         raise InvalidArgument("output.container", f"unknown container {req.output.container}")
     if req.output.audio_codec not in epb.AudioCodec.values():

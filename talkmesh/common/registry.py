@@ -91,6 +91,15 @@ class ServiceSpec:
         return tuple(names)
 
 
+#: The renderer backends, each with the audio feature it consumes: the ``talkmesh.v1.FeatureType``
+#: the gateway asks audio_features for, and the backend class's ``feature_type`` (a test checks
+#: both). Names, not the enum: the client wheel ships this module without the stage protos.
+RENDERER_FEATURES: dict[str, str] = {
+    "viseme": "FEATURE_TYPE_ACTIVITY",
+    "wav2lip": "FEATURE_TYPE_WAV2LIP_MEL",
+    "musetalk": "FEATURE_TYPE_WHISPER_EMBEDDING",
+}
+
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "gateway",
@@ -110,7 +119,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "renderer",
         3,
         (("talkmesh.v1.renderer_pb2", "Renderer"),),
-        backends=("viseme", "wav2lip", "musetalk"),
+        backends=tuple(RENDERER_FEATURES),
         max_streams=32,
         raw_frames=True,
     ),
