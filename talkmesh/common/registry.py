@@ -21,6 +21,9 @@ PORT_SPAN = 20
 #: Default port of the HTTP service (the browser edge, ``web``) in a default mesh; a moved mesh
 #: (``ports(base)``) puts it in the block like the others.
 DEFAULT_HTTP_PORT = 8080
+#: Streams one replica admits at once unless its ``ServiceSpec.max_streams`` says otherwise (and
+#: ``server.max_concurrent_streams``' default outside a mesh).
+DEFAULT_MAX_STREAMS = 64
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class ServiceSpec:
     protocol: str = "grpc"
     #: streams one replica admits at once (``server.max_concurrent_streams``' default); more get
     #: RESOURCE_EXHAUSTED. See ``STREAM_LIMIT_RULES``.
-    max_streams: int = 64
+    max_streams: int = DEFAULT_MAX_STREAMS
     #: moves raw video frames (renderer out, encoder in): its process keeps freed frame-sized
     #: buffers in the heap (``talkmesh/common/memory.py``)
     raw_frames: bool = False
