@@ -51,7 +51,7 @@ from talkmesh.common.errors import (
     Unavailable,
     scrub,
 )
-from talkmesh.common.principal import current_principal
+from talkmesh.common.principal import current_principal, restricted
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -686,7 +686,7 @@ class LiveHub:
             return
         # With API keys, only the key that started the session (or an admin key) watches it.
         principal = current_principal.get()
-        if principal is not None and not principal.admin and self.session_keys.get(session_id) != principal.name:
+        if restricted(principal) and self.session_keys.get(session_id) != principal.name:
             raise PermissionDenied(f"session_id: live session {session_id!r} belongs to another API key")
         feed: Chan[lpb.LiveServerMessage] = Chan(256)
         joined = False

@@ -22,7 +22,7 @@ from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_filename, check_id, clean_name
-from talkmesh.common.principal import Principal, principal_of
+from talkmesh.common.principal import Principal, principal_of, restricted
 from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
@@ -216,14 +216,14 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         """Blocking. Every avatar without API keys or for an admin; else the key's own and the default."""
         store = self.s.store
         items = store.list()
-        if who is None or who.admin:
+        if not restricted(who):
             return items
         return [a for a in items if store.is_protected(a.id) or who.name in store.owners(a.id)]
 
     def _may_use(self, who: Principal | None, avatar_id: str) -> None:
         """Blocking. With API keys a key renders its own avatars and the default (admins: any)."""
         store = self.s.store
-        if who is None or who.admin or store.is_protected(avatar_id) or not store.exists(avatar_id):
+        if not restricted(who) or store.is_protected(avatar_id) or not store.exists(avatar_id):
             return  # an unknown id: NOT_FOUND from the store, as without keys
         if who.name not in store.owners(avatar_id):
             raise PermissionDenied(f"config.avatar_id: avatar {avatar_id!r} belongs to another API key")
@@ -231,7 +231,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     def _delete(self, who: Principal | None, avatar_id: str) -> bool:
         """Blocking. Only an owner (or an admin) deletes; a co-owner only gives up its share."""
         store = self.s.store
-        if who is None or who.admin or store.is_protected(avatar_id):
+        if not restricted(who) or store.is_protected(avatar_id):
             return store.delete(avatar_id)  # the default avatar: FAILED_PRECONDITION for everyone
         owners = store.owners(avatar_id)
         if who.name not in owners:
