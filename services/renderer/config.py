@@ -10,6 +10,9 @@ from talkmesh.common.gpu import GpuConfig
 from talkmesh.common.onnx import ExecutionConfig
 from talkmesh.common.registry import SIZE_PRESETS, spec
 
+#: The bundled default avatar's alias (registered at start-up; it cannot be deleted)
+DEFAULT_ALIAS = "default"
+
 
 @dataclass(frozen=True)
 class AvatarConfig:
@@ -128,7 +131,7 @@ class RendererConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("renderer"))
     default_backend: str = "viseme"
     default_size: str = "512"
-    default_avatar: str = "default"
+    default_avatar: str = DEFAULT_ALIAS
     # Backends loaded (and warmed up) at start-up.
     backends: list[str] = field(default_factory=lambda: ["viseme"])
     avatars: AvatarConfig = field(default_factory=AvatarConfig)

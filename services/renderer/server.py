@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from importlib import resources
 from typing import Any
 
 import grpc
 
-from services.renderer.avatars import DEFAULT_ALIAS, AvatarStore, FaceChoice
+from services.renderer.avatars import DEFAULT_ALIAS, DEFAULT_AVATAR_FILE, AvatarStore, FaceChoice, default_avatar_bytes
 from services.renderer.backends import create_backend
 from services.renderer.backends.base import RenderBackend
 from services.renderer.config import RendererConfig
@@ -326,9 +325,13 @@ class RendererService(Service):
         if self.config.default_backend not in self.backends:
             raise FailedPrecondition(f"default_backend {self.config.default_backend!r} is not in backends")
         self.store = AvatarStore(self.config.avatars, self.backends, on_cache=self.telemetry.cache)
-        data = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
         avatar, _ = await asyncio.to_thread(
-            self.store.register, data, "default_avatar.png", "default", tuple(self.backends), DEFAULT_ALIAS
+            self.store.register,
+            default_avatar_bytes(),
+            DEFAULT_AVATAR_FILE,
+            DEFAULT_ALIAS,
+            tuple(self.backends),
+            DEFAULT_ALIAS,
         )
         log.info("renderer ready: backends %s, default avatar %s", ", ".join(self.backends), avatar.id)
 
