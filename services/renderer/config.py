@@ -16,7 +16,8 @@ DEFAULT_ALIAS = "default"
 
 @dataclass(frozen=True)
 class AvatarConfig:
-    # Where prepared avatars are stored (content-addressed); "" means ~/.cache/talkmesh/avatars.
+    # Where prepared avatars are stored (content-addressed); "" means $XDG_CACHE_HOME/talkmesh/avatars
+    # (~/.cache/talkmesh/avatars without XDG_CACHE_HOME).
     cache_dir: str = ""
     # Prepared avatars kept in memory.
     memory_entries: int = 8

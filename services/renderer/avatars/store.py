@@ -46,6 +46,7 @@ from services.renderer.avatars.face_models import load_face_models
 from services.renderer.backends.base import Avatar, RenderBackend
 from services.renderer.config import DEFAULT_ALIAS, AvatarConfig
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from talkmesh.common.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class AvatarStore:
     ) -> None:
         self.cfg = cfg
         self.backends = backends
-        self.root = Path(cfg.cache_dir or Path.home() / ".cache" / "talkmesh" / "avatars").expanduser()
+        self.root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_dir("avatars")
         self.root.mkdir(parents=True, exist_ok=True)
         self._memory: OrderedDict[str, Avatar] = OrderedDict()
         self._aliases: dict[str, str] = {}
