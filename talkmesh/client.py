@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from talkmesh.common.channel import PUBLIC_CLIENT_KEEPALIVE_MS, ClientTLS, create_channel
+from talkmesh.common.channel import DEFAULT_MAX_MESSAGE_BYTES, PUBLIC_CLIENT_KEEPALIVE_MS, ClientTLS, create_channel
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
@@ -195,7 +195,7 @@ class TalkmeshClient:
         self,
         target: str = "",
         *,
-        max_message_bytes: int = 8 * 1024 * 1024,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: ClientTLS | None = None,
         api_key: str | None = None,
     ) -> None:

@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from services.renderer.avatars import default_avatar_bytes
 from talkmesh.client import TalkmeshClient
 from tests.media import probe
 from tests.mesh import inprocess_mesh
 
-PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+PORTRAIT = default_avatar_bytes()
 
 
 async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

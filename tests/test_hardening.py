@@ -17,6 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.renderer.avatars import default_avatar_bytes
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.channel import create_channel
 from talkmesh.v1 import audio_features_pb2 as fpb
@@ -241,12 +242,10 @@ async def test_100k_character_avatar_name_and_filename_are_refused(mesh, tmp_pat
 
 def _new_portrait() -> bytes:
     """The default portrait mirrored: a face the store does not know yet (ids are content hashes)."""
-    from importlib import resources
-
     import cv2
     import numpy as np
 
-    data = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+    data = default_avatar_bytes()
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     return bytes(cv2.imencode(".png", img[:, ::-1])[1].tobytes())
 

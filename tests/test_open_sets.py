@@ -19,19 +19,21 @@ from services.renderer.config import RendererConfig
 from services.renderer.frames import output_size
 from talkmesh.common.config import ConfigError
 from talkmesh.common.errors import InvalidArgument
-from talkmesh.common.registry import SIZE_PRESETS, spec
+from talkmesh.common.registry import RENDERER_FEATURES, SIZE_PRESETS, spec
+from talkmesh.v1 import audio_features_pb2 as fpb
 
 PROTOS = Path(__file__).resolve().parents[1] / "protos" / "talkmesh" / "v1"
 RENDERER_BACKENDS = spec("renderer").backends
 
 
-def test_the_gateway_knows_the_feature_type_of_exactly_the_registry_backends():
-    assert set(FEATURE_FOR_BACKEND) == set(RENDERER_BACKENDS)
+def test_every_backend_consumes_the_feature_the_registry_names_for_it():
     assert set(CLASSES) == set(RENDERER_BACKENDS)
+    assert set(FEATURE_FOR_BACKEND) == set(RENDERER_BACKENDS)
     for name in RENDERER_BACKENDS:
         cls = backend_class(name)
         assert cls.name == name
         # what the gateway asks the feature stage for is what the backend consumes
+        assert cls.feature_type == fpb.FeatureType.Value(RENDERER_FEATURES[name]), name
         assert FEATURE_FOR_BACKEND[name] == cls.feature_type, name
     with pytest.raises(ValueError, match="unknown renderer backend 'sadtalker'"):
         backend_class("sadtalker")

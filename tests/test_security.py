@@ -12,7 +12,6 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -23,6 +22,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gateway.auth import hash_key
+from services.renderer.avatars import default_avatar_bytes
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.channel import ClientTLS, create_channel
 from talkmesh.common.errors import ErrorDetails
@@ -34,7 +34,7 @@ from talkmesh.v1 import types_pb2 as api
 from tests.live_helpers import Recorder
 from tests.mesh import InProcessMesh, inprocess_mesh
 
-PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+PORTRAIT = default_avatar_bytes()
 KEYS = {
     "alice": ("user", {}),
     "bob": ("user", {}),

@@ -242,8 +242,3 @@ def write_fp16_variant(path: Path, progress: Progress = stderr_progress) -> Path
         raise
     progress(f"{out.name}: done in {time.monotonic() - started:.0f} s")
     return out
-
-
-def remove_model(path: Path) -> None:
-    """Removes ``path`` and its external-data file, if any."""
-    _remove(path, data_path(path))

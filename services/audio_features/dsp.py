@@ -168,18 +168,6 @@ def whisper_log_mel(audio: np.ndarray) -> np.ndarray:
     return whisper_scale(log10, float(log10.max())).astype(np.float32)
 
 
-def whisper_encoder_input(clip: np.ndarray, n_samples: int, at: int = 0) -> np.ndarray:
-    """What Whisper's feature extractor feeds the encoder for ``clip`` placed at sample ``at`` of a
-    window of ``n_samples`` (30 s for real Whisper) that is silent (zeros) elsewhere: log-mel clamped
-    against that window's maximum. ``[80, n_samples // 160]``. ``at = 0`` is the extractor's own
-    zero padding of a clip."""
-    if at < 0 or at + len(clip) > n_samples:
-        raise ValueError(f"clip of {len(clip)} samples at {at} does not fit the encoder window ({n_samples} samples)")
-    window = np.zeros(n_samples, dtype=np.float64)
-    window[at : at + len(clip)] = clip
-    return whisper_log_mel(window)
-
-
 # -- Wav2Lip --------------------------------------------------------------------------------------
 def preemphasis(audio: np.ndarray, previous: float = 0.0) -> np.ndarray:
     """``y[n] = x[n] - 0.97 x[n-1]`` with ``x[-1] = previous`` (0 at the start, like lfilter)."""

@@ -46,6 +46,7 @@ from services.audio_features.streaming import (
 from talkmesh.common.clock import SPEECH_SAMPLE_RATES, request_fps
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.logs import request_id_var
+from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -55,8 +56,6 @@ from talkmesh.v1 import audio_features_pb2_grpc as pb_grpc
 from talkmesh.v1 import common_pb2
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = "talkmesh.v1.AudioFeatures"
 
 KINDS = {
     pb.FEATURE_TYPE_WHISPER_LOG_MEL: FeatureKind.WHISPER_LOG_MEL,
@@ -253,7 +252,7 @@ class AudioFeaturesService(Service):
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         pb_grpc.add_AudioFeaturesServicer_to_server(AudioFeaturesServicer(self), server)
-        return [SERVICE_NAME]
+        return spec("audio_features").grpc_service_names()
 
     def _prepare_encoder(self, encoder: WhisperEncoder) -> None:
         cfg = self.config.whisper_encoder

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
 from talkmesh.common.framering import MAX_SLOTS, FrameRingConfig
-from talkmesh.common.registry import default_target
+from talkmesh.common.registry import default_target, spec
 
-ENCODER_CHOICES = ("auto", "nvenc", "x264")
+#: "auto": NVENC when its start-up probe succeeds, else x264
+ENCODER_CHOICES = ("auto", *spec("encoder").backends)
 H264_PROFILES = ("baseline", "main", "high")
 CONTAINERS = ("fmp4", "mpegts", "mp4")
 AUDIO_CODECS = ("aac", "opus")

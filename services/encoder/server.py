@@ -38,6 +38,7 @@ from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Unavaila
 from talkmesh.common.framering import FrameRing
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.lru import Lru
+from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 #: Avatar frame sizes remembered for opening an encoder before frame 0 (EncoderServicer.frame_sizes).
 FRAME_SIZES_KEPT = 1024
 
-SERVICE_NAME = "talkmesh.v1.Encoder"
 #: Whole-file MP4 streams output nothing until the end; they report progress this often (frames).
 PROGRESS_EVERY_FRAMES = 5
 
@@ -669,7 +669,7 @@ class EncoderService(Service):
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         encoder_pb2_grpc.add_EncoderServicer_to_server(self.servicer, server)
-        return [SERVICE_NAME]
+        return spec("encoder").grpc_service_names()
 
     async def start(self) -> None:
         video = self.config.video

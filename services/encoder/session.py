@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-PIXEL_FORMATS = {"i420": "yuv420p", "rgb24": "rgb24"}
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import yaml
 
 from talkmesh.common.config import ConfigError, build_config
 from talkmesh.common.errors import ResourceExhausted, Unauthenticated
-from talkmesh.common.principal import ADMIN, ROLES, USER, Principal, current_principal
+from talkmesh.common.principal import ROLES, USER, Principal, current_principal
 
 log = logging.getLogger(__name__)
 
@@ -334,8 +334,3 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 usage.active -= 1
 
         return wrapper
-
-
-def is_admin(principal: Principal | None) -> bool:
-    """True without API keys (everyone may do everything) or for an admin key."""
-    return principal is None or principal.role == ADMIN

@@ -52,8 +52,8 @@ from talkmesh.common.errors import (
 )
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_id, check_text
-from talkmesh.common.principal import current_principal
-from talkmesh.common.registry import SIZE_PRESETS
+from talkmesh.common.principal import current_principal, restricted
+from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
@@ -683,7 +683,7 @@ class LiveHub:
             return
         # With API keys, only the key that started the session (or an admin key) watches it.
         principal = current_principal.get()
-        if principal is not None and not principal.admin and self.session_keys.get(session_id) != principal.name:
+        if restricted(principal) and self.session_keys.get(session_id) != principal.name:
             raise PermissionDenied(f"session_id: live session {session_id!r} belongs to another API key")
         feed: Chan[lpb.LiveServerMessage] = Chan(256)
         joined = False
@@ -725,8 +725,9 @@ def _validate_config(cfg: lpb.LiveConfig, config: GatewayConfig) -> None:
     for name in ("request_id", "avatar_id", "voice"):
         check_id(f"config.{name}", getattr(cfg, name))
     backend = cfg.renderer_backend
-    if backend and backend not in FEATURE_FOR_BACKEND:
-        raise InvalidArgument("config.renderer_backend", f"{backend!r} is not one of {', '.join(FEATURE_FOR_BACKEND)}")
+    known = spec("renderer").backends
+    if backend and backend not in known:
+        raise InvalidArgument("config.renderer_backend", f"{backend!r} is not one of {', '.join(known)}")
     if cfg.audio_codec not in epb.AudioCodec.values():
         raise InvalidArgument("config.audio_codec", f"unknown audio codec {cfg.audio_codec}")
     for name in ("idle_timeout_seconds", "max_session_seconds"):

@@ -32,6 +32,7 @@ from talkmesh.common.aio import Chan, TaskSet, all_of, wait_event
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
+from talkmesh.common.registry import RENDERER_FEATURES
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
@@ -42,13 +43,8 @@ from talkmesh.v1 import tts_pb2 as tpb
 
 log = logging.getLogger(__name__)
 
-#: What each renderer backend needs from the feature stage: exactly the registry's renderer
-#: backends (``spec("renderer").backends``; tests/test_open_sets.py checks it).
-FEATURE_FOR_BACKEND = {
-    "viseme": fpb.FEATURE_TYPE_ACTIVITY,
-    "wav2lip": fpb.FEATURE_TYPE_WAV2LIP_MEL,
-    "musetalk": fpb.FEATURE_TYPE_WHISPER_EMBEDDING,
-}
+#: What each renderer backend needs from the feature stage (the registry's ``RENDERER_FEATURES``).
+FEATURE_FOR_BACKEND = {backend: fpb.FeatureType.Value(feature) for backend, feature in RENDERER_FEATURES.items()}
 
 
 @dataclass

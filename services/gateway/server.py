@@ -13,13 +13,13 @@ from services.gateway.auth import AuthInterceptor, KeyStore
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, GrpcDownstreams
 from services.gateway.live import LiveHub
-from services.gateway.pipeline import FEATURE_FOR_BACKEND, SpeakPipeline
+from services.gateway.pipeline import SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.names import check_id, check_text
 from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
-from talkmesh.common.registry import SIZE_PRESETS
+from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -49,8 +49,9 @@ def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming:
     if size and size not in SIZE_PRESETS:
         raise InvalidArgument("output.size", f"{size!r} is not one of {', '.join(SIZE_PRESETS)}")
     backend = req.output.renderer_backend
-    if backend and backend not in FEATURE_FOR_BACKEND:
-        raise InvalidArgument("output.renderer_backend", f"{backend!r} is not one of {', '.join(FEATURE_FOR_BACKEND)}")
+    known = spec("renderer").backends
+    if backend and backend not in known:
+        raise InvalidArgument("output.renderer_backend", f"{backend!r} is not one of {', '.join(known)}")
     if req.output.container not in epb.Container.values():
         raise InvalidArgument("output.container", f"unknown container {req.output.container}")
     if req.output.audio_codec not in epb.AudioCodec.values():
@@ -175,10 +176,7 @@ class GatewayService(Service):
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         gateway_pb2_grpc.add_GatewayServicer_to_server(self.servicer, server)
         live_pb2_grpc.add_LiveServicer_to_server(LiveServicer(self.config, self.live), server)
-        return [
-            gpb.DESCRIPTOR.services_by_name["Gateway"].full_name,
-            lpb.DESCRIPTOR.services_by_name["Live"].full_name,
-        ]
+        return spec("gateway").grpc_service_names()
 
     def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
         return [AuthInterceptor(self.keys)] if self.keys is not None else []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 
@@ -30,14 +29,3 @@ def blend_into(frame: np.ndarray, patch: np.ndarray, box: tuple[int, int, int, i
     out += (patch.astype(np.float32) - out) * mask
     frame[y1:y2, x1:x2] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
-
-def boundary_gradient(frame: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int]) -> float:
-    """Mean gradient magnitude along the mask's outer boundary (for seam measurements)."""
-    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-    mag = np.sqrt(gx * gx + gy * gy)
-    x1, y1, x2, y2 = box
-    m = mask[..., 0]
-    edge = (m > 0.01) & (m < 0.2)
-    return float(mag[y1:y2, x1:x2][edge].mean())

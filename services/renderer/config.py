@@ -10,10 +10,14 @@ from talkmesh.common.gpu import GpuConfig
 from talkmesh.common.onnx import ExecutionConfig
 from talkmesh.common.registry import SIZE_PRESETS, spec
 
+#: The bundled default avatar's alias (registered at start-up; it cannot be deleted)
+DEFAULT_ALIAS = "default"
+
 
 @dataclass(frozen=True)
 class AvatarConfig:
-    # Where prepared avatars are stored (content-addressed); "" means ~/.cache/talkmesh/avatars.
+    # Where prepared avatars are stored (content-addressed); "" means $XDG_CACHE_HOME/talkmesh/avatars
+    # (~/.cache/talkmesh/avatars without XDG_CACHE_HOME).
     cache_dir: str = ""
     # Prepared avatars kept in memory.
     memory_entries: int = 8
@@ -129,7 +133,7 @@ class RendererConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("renderer"))
     default_backend: str = "viseme"
     default_size: str = "512"
-    default_avatar: str = "default"
+    default_avatar: str = DEFAULT_ALIAS
     # Backends loaded (and warmed up) at start-up.
     backends: list[str] = field(default_factory=lambda: ["viseme"])
     avatars: AvatarConfig = field(default_factory=AvatarConfig)

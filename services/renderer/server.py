@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from importlib import resources
 from typing import Any
 
 import grpc
 
-from services.renderer.avatars import DEFAULT_ALIAS, AvatarStore, FaceChoice
+from services.renderer.avatars import DEFAULT_ALIAS, DEFAULT_AVATAR_FILE, AvatarStore, FaceChoice, default_avatar_bytes
 from services.renderer.backends import create_backend
 from services.renderer.backends.base import RenderBackend
 from services.renderer.config import RendererConfig
@@ -23,7 +22,8 @@ from talkmesh.common.clock import request_fps
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_filename, check_id, clean_name
-from talkmesh.common.principal import Principal, principal_of
+from talkmesh.common.principal import Principal, principal_of, restricted
+from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -33,7 +33,6 @@ from talkmesh.v1 import renderer_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Renderer"].full_name
 MAX_SESSIONS_REMEMBERED = 1024
 
 
@@ -218,14 +217,14 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         """Blocking. Every avatar without API keys or for an admin; else the key's own and the default."""
         store = self.s.store
         items = store.list()
-        if who is None or who.admin:
+        if not restricted(who):
             return items
         return [a for a in items if store.is_protected(a.id) or who.name in store.owners(a.id)]
 
     def _may_use(self, who: Principal | None, avatar_id: str) -> None:
         """Blocking. With API keys a key renders its own avatars and the default (admins: any)."""
         store = self.s.store
-        if who is None or who.admin or store.is_protected(avatar_id) or not store.exists(avatar_id):
+        if not restricted(who) or store.is_protected(avatar_id) or not store.exists(avatar_id):
             return  # an unknown id: NOT_FOUND from the store, as without keys
         if who.name not in store.owners(avatar_id):
             raise PermissionDenied(f"config.avatar_id: avatar {avatar_id!r} belongs to another API key")
@@ -233,7 +232,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     def _delete(self, who: Principal | None, avatar_id: str) -> bool:
         """Blocking. Only an owner (or an admin) deletes; a co-owner only gives up its share."""
         store = self.s.store
-        if who is None or who.admin or store.is_protected(avatar_id):
+        if not restricted(who) or store.is_protected(avatar_id):
             return store.delete(avatar_id)  # the default avatar: FAILED_PRECONDITION for everyone
         owners = store.owners(avatar_id)
         if who.name not in owners:
@@ -310,7 +309,7 @@ class RendererService(Service):
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         renderer_pb2_grpc.add_RendererServicer_to_server(RendererServicer(self), server)
-        return [SERVICE_NAME]
+        return spec("renderer").grpc_service_names()
 
     async def start(self) -> None:
         names = list(dict.fromkeys(["viseme", *self.config.backends]))
@@ -328,9 +327,13 @@ class RendererService(Service):
         if self.config.default_backend not in self.backends:
             raise FailedPrecondition(f"default_backend {self.config.default_backend!r} is not in backends")
         self.store = AvatarStore(self.config.avatars, self.backends, on_cache=self.telemetry.cache)
-        data = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
         avatar, _ = await asyncio.to_thread(
-            self.store.register, data, "default_avatar.png", "default", tuple(self.backends), DEFAULT_ALIAS
+            self.store.register,
+            default_avatar_bytes(),
+            DEFAULT_AVATAR_FILE,
+            DEFAULT_ALIAS,
+            tuple(self.backends),
+            DEFAULT_ALIAS,
         )
         log.info("renderer ready: backends %s, default avatar %s", ", ".join(self.backends), avatar.id)
 

@@ -27,8 +27,6 @@ from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2, tts_pb2, tts_pb2_grpc
 
-SERVICE_NAME = "talkmesh.v1.TTS"
-
 
 class TTSServicer(tts_pb2_grpc.TTSServicer):
     def __init__(self, config: TTSConfig, telemetry: Telemetry) -> None:

@@ -13,8 +13,9 @@ from services.tts.backends.espeak import EspeakBackend
 from services.tts.config import TTSConfig
 from services.tts.engine import EspeakEngine
 from services.tts.request import find_voice
-from services.tts.server import SERVICE_NAME, TTSServicer
+from services.tts.server import TTSServicer
 from talkmesh.common.config import ConfigError
+from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import tts_pb2_grpc
@@ -39,7 +40,7 @@ class TTSService(Service):
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         tts_pb2_grpc.add_TTSServicer_to_server(self.servicer, server)
-        return [SERVICE_NAME]
+        return spec("tts").grpc_service_names()
 
     async def start(self) -> None:
         cfg = self.config

@@ -62,10 +62,10 @@ class HttpError(Exception):
     def response(self) -> web.Response:
         return error_response(self.status, self.code, self.message, self.field, self.retry_after)
 
-    def as_json(self) -> dict[str, object]:
-        """The same error as a live-session ``error`` message (LiveError's fields)."""
-        code = grpc.StatusCode[self.code].value[0] if self.code in grpc.StatusCode.__members__ else 2
-        return {"error": {"code": code, "message": self.message, "field": self.field}}
+
+def live_error(code: grpc.StatusCode, message: str, field: str = "") -> dict[str, object]:
+    """An error as a live session's ``error`` message (``LiveError``'s fields: the numeric code)."""
+    return {"error": {"code": code.value[0], "message": message, "field": field}}
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:

@@ -31,8 +31,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
 from services.web.config import WebConfig
-from services.web.errors import HttpError, error_response, from_rpc_error
-from services.web.live import LiveBridge, watch_bridge
+from services.web.errors import HttpError, error_response, from_rpc_error, live_error
+from services.web.live import CLOSE_TRY_LATER, LiveBridge, watch_bridge
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
 from talkmesh.common.logs import request_id_var
@@ -415,8 +415,8 @@ class WebHost:
         assert task is not None
         if self.draining or len(self.sessions) >= self.config.server.max_concurrent_streams:
             why = "shutting down" if self.draining else "too many live sessions on this web edge"
-            await ws.send_json({"error": {"code": 8, "message": f"session: {why}; try again later", "field": ""}})
-            await ws.close(code=1013, message=b"try again later")
+            await ws.send_json(live_error(grpc.StatusCode.RESOURCE_EXHAUSTED, f"session: {why}; try again later"))
+            await ws.close(code=CLOSE_TRY_LATER, message=b"try again later")
             return ws
         self.sessions.add(task)
         self._active.inc()

@@ -5,17 +5,17 @@ one image (the largest, the second), a short video panning and rotating the head
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-PORTRAIT_BYTES = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+from services.renderer.avatars import default_avatar_bytes
 
 
 def portrait() -> np.ndarray:
-    return np.asarray(cv2.imdecode(np.frombuffer(PORTRAIT_BYTES, np.uint8), cv2.IMREAD_COLOR))
+    """The default avatar's portrait (BGR)."""
+    return np.asarray(cv2.imdecode(np.frombuffer(default_avatar_bytes(), np.uint8), cv2.IMREAD_COLOR))
 
 
 def rotation(angle: float, size: int = 512) -> np.ndarray:

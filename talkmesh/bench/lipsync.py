@@ -9,9 +9,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-from services.renderer.avatars.analysis import FaceAnalyzer
-from services.renderer.avatars.face_models import load_face_models, roi_from_eyes, roi_from_landmarks
-
 FPS = 25
 
 
@@ -33,25 +30,6 @@ def energy(audio: np.ndarray, rate: int, n: int, fps: int = FPS) -> np.ndarray:
         seg = audio[i * rate // fps : (i + 1) * rate // fps]
         out[i] = np.sqrt(np.mean(seg**2)) if len(seg) else 0.0
     return out
-
-
-def mouth_gaps(frames: list[np.ndarray], near: tuple[float, float] | None = None) -> np.ndarray:
-    """Inner-lip gap (landmarks 13-14) per frame in face widths (cheek to cheek), from the face mesh
-    tracked through the frames; ``near`` picks the face nearest that point on the first frame."""
-    models = load_face_models()
-    assert models is not None, "the face models are installed with the renderer"
-    analyzer = FaceAnalyzer(models)
-    dets = analyzer.detect(frames[0])
-    assert dets, "no face on the first output frame"
-    if near is not None:
-        dets.sort(key=lambda d: np.hypot((d.box[0] + d.box[2]) / 2 - near[0], (d.box[1] + d.box[3]) / 2 - near[1]))
-    pts, _ = analyzer.mesh(frames[0], roi_from_eyes(dets[0].box, dets[0].keypoints[0], dets[0].keypoints[1]))
-    out = []
-    for f in frames:
-        pts, _score = analyzer.mesh(f, roi_from_landmarks(pts))
-        width = float(np.linalg.norm(pts[454] - pts[234]))
-        out.append(float(np.linalg.norm(pts[14] - pts[13])) / max(width, 1.0))
-    return np.array(out)
 
 
 LIPS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from talkmesh.common.channel import ClientTLS
+from talkmesh.common.channel import DEFAULT_MAX_MESSAGE_BYTES, ClientTLS
+from talkmesh.common.registry import DEFAULT_MAX_STREAMS
 
 T = TypeVar("T")
 
@@ -90,9 +91,9 @@ class ServerConfig:
     # Prometheus /metrics port; -1 disables the endpoint, 0 picks a free port.
     metrics_port: int = -1
     # Explicit gRPC message size limit, both directions (bytes).
-    max_message_bytes: int = 8 * 1024 * 1024
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     # Streams accepted at once before RESOURCE_EXHAUSTED (application-level admission control).
-    max_concurrent_streams: int = 64
+    max_concurrent_streams: int = DEFAULT_MAX_STREAMS
     # Seconds streams in flight may take to finish after SIGTERM.
     grace_seconds: float = 20.0
     log_level: str = "INFO"

@@ -81,7 +81,7 @@ class AdmissionState:
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float = 60.0, edge: bool = False
+        self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float, edge: bool = False
     ) -> None:
         self.telemetry = telemetry
         self.admission = admission

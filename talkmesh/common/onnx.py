@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from talkmesh.common.config import ConfigError
+from talkmesh.common.paths import cache_dir
 
 log = logging.getLogger("talkmesh.onnx")
 
@@ -83,7 +84,8 @@ class ExecutionConfig:
     providers: list[str] = field(default_factory=list)
     # FP16 on GPU providers (TensorRT builds FP16 engines; CUDA loads x.fp16.onnx when present).
     fp16: bool = True
-    # TensorRT engine and timing cache; "" means ~/.cache/talkmesh/trt.
+    # TensorRT engine and timing cache; "" means $XDG_CACHE_HOME/talkmesh/trt
+    # (~/.cache/talkmesh/trt without XDG_CACHE_HOME).
     trt_cache_dir: str = ""
     # ONNX Runtime threads per session (0 = ONNX Runtime's default).
     intra_op_threads: int = 0
@@ -204,8 +206,7 @@ def choose_provider(plans: Sequence[ProviderPlan], probes: Mapping[str, str | No
 
 
 def trt_cache_dir(config: ExecutionConfig) -> Path:
-    base = config.trt_cache_dir or os.path.join("~", ".cache", "talkmesh", "trt")
-    return Path(os.path.expanduser(base))
+    return Path(config.trt_cache_dir).expanduser() if config.trt_cache_dir else cache_dir("trt")
 
 
 def provider_options(

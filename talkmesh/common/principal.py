@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 PRINCIPAL_KEY = "x-talkmesh-principal"
 ROLE_KEY = "x-talkmesh-role"
@@ -43,6 +44,12 @@ class Principal:
             (ROLE_KEY, self.role),
             (DISK_QUOTA_KEY, str(self.avatar_disk_bytes)),
         ]
+
+
+def restricted(who: Principal | None) -> TypeGuard[Principal]:
+    """True for a user key: it reaches only its own avatars and sessions (False without API keys,
+    where every caller may do everything, and for an admin key)."""
+    return who is not None and not who.admin
 
 
 #: The principal of the call being served (set by the gateway's auth interceptor for its task).

@@ -21,6 +21,9 @@ PORT_SPAN = 20
 #: Default port of the HTTP service (the browser edge, ``web``) in a default mesh; a moved mesh
 #: (``ports(base)``) puts it in the block like the others.
 DEFAULT_HTTP_PORT = 8080
+#: Streams one replica admits at once unless its ``ServiceSpec.max_streams`` says otherwise (and
+#: ``server.max_concurrent_streams``' default outside a mesh).
+DEFAULT_MAX_STREAMS = 64
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class ServiceSpec:
     protocol: str = "grpc"
     #: streams one replica admits at once (``server.max_concurrent_streams``' default); more get
     #: RESOURCE_EXHAUSTED. See ``STREAM_LIMIT_RULES``.
-    max_streams: int = 64
+    max_streams: int = DEFAULT_MAX_STREAMS
     #: moves raw video frames (renderer out, encoder in): its process keeps freed frame-sized
     #: buffers in the heap (``talkmesh/common/memory.py``)
     raw_frames: bool = False
@@ -91,6 +94,15 @@ class ServiceSpec:
         return tuple(names)
 
 
+#: The renderer backends, each with the audio feature it consumes: the ``talkmesh.v1.FeatureType``
+#: the gateway asks audio_features for, and the backend class's ``feature_type`` (a test checks
+#: both). Names, not the enum: the client wheel ships this module without the stage protos.
+RENDERER_FEATURES: dict[str, str] = {
+    "viseme": "FEATURE_TYPE_ACTIVITY",
+    "wav2lip": "FEATURE_TYPE_WAV2LIP_MEL",
+    "musetalk": "FEATURE_TYPE_WHISPER_EMBEDDING",
+}
+
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "gateway",
@@ -110,7 +122,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "renderer",
         3,
         (("talkmesh.v1.renderer_pb2", "Renderer"),),
-        backends=("viseme", "wav2lip", "musetalk"),
+        backends=tuple(RENDERER_FEATURES),
         max_streams=32,
         raw_frames=True,
     ),

@@ -82,7 +82,8 @@ def test_port_base_moves_the_whole_block() -> None:
 
 
 def test_registry_names_every_grpc_service_each_service_registers():
-    """The registry's gRPC service names are exactly what each service registers on its server."""
+    """The registry's gRPC service names are exactly the services whose handlers each service adds
+    to its server, and the names its ``register`` reports (health, reflection)."""
     import importlib
 
     from talkmesh.common.inprocess import HandlerRecorder
@@ -93,5 +94,9 @@ def test_registry_names_every_grpc_service_each_service_registers():
             continue
         main = importlib.import_module(s.main_module)
         service = main.create_service(main.load_config(None, env={}), Telemetry(s.name))
-        names = service.register(HandlerRecorder())
+        recorder = HandlerRecorder()
+        names = service.register(recorder)
+        served = {method.rsplit("/", 1)[0] for method in recorder.handlers}
+        served |= {generic.service_name() for generic in recorder.generic}
+        assert served == set(s.grpc_service_names()), s.name
         assert sorted(names) == sorted(s.grpc_service_names()), s.name

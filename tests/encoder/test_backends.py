@@ -79,6 +79,7 @@ def test_backend_settings_are_low_latency():
     assert nv.codec_name == "h264_nvenc"
     assert nv.options["preset"] == "p1" and nv.options["tune"] == "ull"
     assert nv.options["bf"] == "0" and nv.options["zerolatency"] == "1" and nv.options["delay"] == "0"
+    assert nv.options["forced-idr"] == "1"  # live sessions splice at forced keyframes: they must be IDRs
     assert nv.gop_size == 50 and nv.bit_rate == 2_500_000
     x = X264Backend(video).settings(512, 512, Fraction(25))
     assert x.codec_name == "libx264"

@@ -10,7 +10,6 @@ import sys
 import textwrap
 import threading
 import time
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -18,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from services.renderer.avatars import AvatarStore
+from services.renderer.avatars import AvatarStore, default_avatar_bytes
 from services.renderer.backends import mesh_warp
 from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
@@ -32,7 +31,7 @@ from talkmesh.testing import serve
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
 
-PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+PORTRAIT = default_avatar_bytes()
 
 
 def _portrait() -> np.ndarray:

@@ -4,17 +4,15 @@ mouth still opens with speech and rests in silence, through the whole in-process
 
 from __future__ import annotations
 
-from importlib import resources
-
 import cv2
 import numpy as np
 
-from services.renderer.avatars import face_models
+from services.renderer.avatars import default_avatar_bytes, face_models
 from talkmesh.bench.lipsync import dark_area, decode, energy, lag_correlations
 from talkmesh.client import TalkmeshClient
 from tests.mesh import inprocess_mesh
 
-PORTRAIT_BYTES = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+PORTRAIT_BYTES = default_avatar_bytes()
 SENTENCE = "Papa, bring me the big blue map. ... Now open wide and say: ah, oh, ee!"
 
 

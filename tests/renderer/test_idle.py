@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import threading
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from services.renderer import idle as idle_module
-from services.renderer.avatars import AvatarStore
+from services.renderer.avatars import AvatarStore, default_avatar_bytes
 from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
@@ -22,7 +21,7 @@ from services.renderer.idle import BLINK_CURVE, STEP_PX, IdleLife, changed_box, 
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2 as cpb
 
-PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+PORTRAIT = default_avatar_bytes()
 
 
 def _avatar(tmp_path: Path):

@@ -3,18 +3,16 @@ the frames the per-frame placement gives, and is kept only while it is small."""
 
 from __future__ import annotations
 
-from importlib import resources
-
 import numpy as np
 
-from services.renderer.avatars import AvatarStore
+from services.renderer.avatars import AvatarStore, default_avatar_bytes
 from services.renderer.backends import mesh_warp
 from services.renderer.backends.base import FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
 from talkmesh.common.telemetry import Telemetry
 
-PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+PORTRAIT = default_avatar_bytes()
 
 
 def test_placed_grid_draws_what_per_frame_placement_draws(tmp_path, monkeypatch):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from importlib import resources
-
 import cv2
 import grpc
 import numpy as np
 import pytest
 
+from services.renderer.avatars import default_avatar_bytes
 from services.renderer.main import create_service, load_config
 from talkmesh.common.channel import create_channel
 from talkmesh.common.principal import Principal
@@ -17,7 +16,7 @@ from talkmesh.testing import serve
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
 
-PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+PORTRAIT = default_avatar_bytes()
 
 
 def _mirrored() -> bytes:

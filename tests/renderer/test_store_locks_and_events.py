@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -14,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from services.renderer.avatars import AvatarStore
+from services.renderer.avatars import AvatarStore, default_avatar_bytes
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
 from services.renderer.main import create_service, load_config
@@ -27,7 +26,7 @@ from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
 
-PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+PORTRAIT = default_avatar_bytes()
 
 
 def _mirrored() -> bytes:

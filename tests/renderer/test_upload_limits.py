@@ -12,7 +12,6 @@ import os
 import struct
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -21,11 +20,12 @@ import numpy as np
 import pytest
 
 from services.renderer.avatars import decode as decode_mod
+from services.renderer.avatars import default_avatar_bytes
 from services.renderer.avatars.decode import decode, sniff, video_frame_size
 from services.renderer.config import AvatarConfig
 from talkmesh.common.errors import InvalidArgument
 
-PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+PORTRAIT = default_avatar_bytes()
 
 
 def _tiff_bomb(width: int = 30000, height: int = 30000) -> bytes:

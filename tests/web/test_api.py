@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from services.renderer.avatars import default_avatar_bytes
 from tests.media import probe
 from tests.mesh import inprocess_mesh
 
@@ -25,7 +25,7 @@ def portrait() -> bytes:
     import cv2
     import numpy as np
 
-    raw = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+    raw = default_avatar_bytes()
     image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
     ok, png = cv2.imencode(".png", image[:, ::-1])
     assert ok

@@ -63,7 +63,7 @@ class NvencBackend(VideoBackend):
             "zerolatency": "1",
             "delay": "0",
             "rc-lookahead": "0",
-            "forced-idr": "1",
+            "forced-idr": "1",  # a forced keyframe is an IDR (live sessions splice there)
         }
         if cfg.level:
             options["level"] = cfg.level

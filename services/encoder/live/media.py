@@ -46,14 +46,6 @@ class LiveParams:
         return self.width * self.height * 3 // 2
 
 
-def _video_settings(backend: VideoBackend, p: LiveParams) -> VideoCodecSettings:
-    settings = backend.settings(p.width, p.height, p.fps)
-    options = dict(settings.options)
-    if "nvenc" in settings.codec_name:
-        options["forced-idr"] = "1"  # a forced keyframe must be an IDR (splice points)
-    return VideoCodecSettings(settings.codec_name, settings.pix_fmt, options, settings.bit_rate, settings.gop_size)
-
-
 def _configure(ctx: av.VideoCodecContext, settings: VideoCodecSettings, p: LiveParams) -> None:
     ctx.width = p.width
     ctx.height = p.height
@@ -76,7 +68,7 @@ class VideoEncoder:
     @classmethod
     def standalone(cls, backend: VideoBackend, params: LiveParams) -> VideoEncoder:
         """An encoder with the live session's settings (for idle loops)."""
-        settings = _video_settings(backend, params)
+        settings = backend.settings(params.width, params.height, params.fps)
         ctx = av.CodecContext.create(settings.codec_name, "w")
         assert isinstance(ctx, av.VideoCodecContext)
         _configure(ctx, settings, params)
@@ -108,7 +100,7 @@ class LiveCodecs:
     def __init__(self, params: LiveParams, backend: VideoBackend, audio: AudioConfig) -> None:
         self.params = params
         self.backend = backend
-        settings = _video_settings(backend, params)
+        settings = backend.settings(params.width, params.height, params.fps)
         sink = io.BytesIO()
         container = av.open(
             sink, mode="w", format="mp4", options={"movflags": "empty_moov+default_base_moof+skip_trailer"}

@@ -25,6 +25,8 @@ import numpy as np
 from services.renderer.avatars.face_models import (
     CHIN,
     FACE_OVAL,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
     Detection,
     FaceModels,
     HaarFaces,
@@ -274,7 +276,7 @@ def template_landmarks(mouth_boxes: np.ndarray) -> np.ndarray:
     uses it so the renderer has one code path.
     """
     template = np.load(io.BytesIO(resources.files("services.renderer").joinpath(TEMPLATE).read_bytes()))
-    mouth_w_template = float(np.linalg.norm(template[291] - template[61]))
+    mouth_w_template = float(np.linalg.norm(template[MOUTH_RIGHT] - template[MOUTH_LEFT]))
     centre = np.stack([(mouth_boxes[:, 0] + mouth_boxes[:, 2]) / 2, (mouth_boxes[:, 1] + mouth_boxes[:, 3]) / 2], 1)
     iod = (mouth_boxes[:, 2] - mouth_boxes[:, 0]) / mouth_w_template
     return np.asarray(centre[:, None, :] + template[None] * iod[:, None, None], np.float32)

@@ -33,6 +33,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,16 @@ from services.renderer.avatars.decode import decode
 from services.renderer.avatars.face_models import load_face_models
 from services.renderer.avatars.scaled import needs_scaling, scaled
 from services.renderer.backends.base import Avatar, RenderBackend
-from services.renderer.config import AvatarConfig
+from services.renderer.config import DEFAULT_ALIAS, AvatarConfig
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from talkmesh.common.lru import Lru
+from talkmesh.common.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
+#: The bundled portrait registered as the default avatar (in ``services/renderer/assets``)
+DEFAULT_AVATAR_FILE = "default_avatar.png"
 PRECOMPUTE_VERSION = "3"  # the content ids depend on it: changing it orphans every cached avatar
-DEFAULT_ALIAS = "default"
 FRAMES_FILE = "frames.pngs"
 FRAMES_INDEX = "frames.index.npy"
 DAMAGED_DIR = ".damaged"  # entries found damaged on load are moved here (not listed, not served)
@@ -61,6 +64,11 @@ LEGACY_FRAMES = "frames.npy"  # raw N x H x W x 3 (before frames were stored com
 PNG_LEVEL = 3
 # Entry of a backend's cached ``<backend>.npz`` holding the backend's precompute_key() it was made under.
 _PRECOMPUTE_KEY = "__precompute_key__"
+
+
+def default_avatar_bytes() -> bytes:
+    """The bundled default avatar's image (``DEFAULT_AVATAR_FILE``)."""
+    return resources.files("services.renderer").joinpath(f"assets/{DEFAULT_AVATAR_FILE}").read_bytes()
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ class AvatarStore:
     ) -> None:
         self.cfg = cfg
         self.backends = backends
-        self.root = Path(cfg.cache_dir or Path.home() / ".cache" / "talkmesh" / "avatars").expanduser()
+        self.root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_dir("avatars")
         self.root.mkdir(parents=True, exist_ok=True)
         self._memory: OrderedDict[str, Avatar] = OrderedDict()
         #: avatars scaled down to the output sizes streams asked for, by (id, size)

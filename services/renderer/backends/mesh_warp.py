@@ -33,15 +33,22 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from services.renderer.avatars.face_models import (
+    CHIN,
+    EYE_OUTER_LEFT,
+    EYE_OUTER_RIGHT,
+    LIP_LOWER_INNER,
+    LIP_UPPER_INNER,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
+)
 from services.renderer.backends.base import Avatar, MouthShape
 
 UPPER_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
 LOWER_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
 UPPER_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
 LOWER_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
-EYE_L, EYE_R = 33, 263
-CHIN, NOSE_BOTTOM = 152, 2
-MOUTH_L, MOUTH_R = 61, 291
+NOSE_BOTTOM = 2
 
 OPEN_GRID = np.linspace(0.0, 1.0, 5).astype(np.float32)
 SPREAD_GRID = np.array([-0.4, 0.0, 0.2], np.float32)  # relative change of the mouth's width
@@ -94,10 +101,10 @@ def frame_transforms(landmarks: np.ndarray, scale: float) -> np.ndarray:
 
     ``scale`` is canonical pixels per interocular distance.
     """
-    eye = landmarks[:, EYE_R] - landmarks[:, EYE_L]
+    eye = landmarks[:, EYE_OUTER_RIGHT] - landmarks[:, EYE_OUTER_LEFT]
     theta = np.arctan2(eye[:, 1], eye[:, 0])
     iod = np.linalg.norm(eye, axis=1)
-    centre = landmarks[:, (MOUTH_L, MOUTH_R, 13, 14)].mean(1)
+    centre = landmarks[:, (MOUTH_LEFT, MOUTH_RIGHT, LIP_UPPER_INNER, LIP_LOWER_INNER)].mean(1)
     k = iod / scale
     c, s = np.cos(theta) * k, np.sin(theta) * k
     out = np.zeros((len(landmarks), 2, 3), np.float64)
@@ -119,8 +126,8 @@ def build_rig(avatar: Avatar) -> Rig:
     lm = avatar.landmarks.astype(np.float64)
     kept = avatar.kept if avatar.kept is not None else np.ones(len(lm), bool)
     ref = lm[kept] if kept.any() else lm
-    iod = float(np.median(np.linalg.norm(ref[:, EYE_R] - ref[:, EYE_L], axis=1)))
-    mouth_over_iod = float(np.median(np.linalg.norm(ref[:, MOUTH_R] - ref[:, MOUTH_L], axis=1))) / max(iod, 1e-6)
+    iod = float(np.median(np.linalg.norm(ref[:, EYE_OUTER_RIGHT] - ref[:, EYE_OUTER_LEFT], axis=1)))
+    mouth_over_iod = float(np.median(np.linalg.norm(ref[:, MOUTH_RIGHT] - ref[:, MOUTH_LEFT], axis=1))) / max(iod, 1e-6)
     scale = min(iod, MAX_CANONICAL_MOUTH / max(mouth_over_iod, 1e-3))
     to_image = frame_transforms(lm, scale)
     canon = to_canonical(lm, to_image)
@@ -153,7 +160,7 @@ def _inner_mouth_colours(frame: np.ndarray, lm: np.ndarray) -> np.ndarray:
 def _pose_maps(pts: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     """Inverse warp maps for every pose of the grid, over the canonical region of the lower face."""
     up_in, lo_in = pts[list(UPPER_INNER)].copy(), pts[list(LOWER_INNER)].copy()
-    mouth_w = float(np.linalg.norm(pts[MOUTH_R] - pts[MOUTH_L]))
+    mouth_w = float(np.linalg.norm(pts[MOUTH_RIGHT] - pts[MOUTH_LEFT]))
     # a closed mouth: keep the lips at least a pixel apart so the cut between them is well formed
     lo_in[1:-1, 1] = np.maximum(lo_in[1:-1, 1], up_in[1:-1, 1] + 1.0)
     gap = lo_in[1:-1, 1] - up_in[1:-1, 1]
@@ -177,8 +184,8 @@ def _pose_maps(pts: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
         if i not in lips and ox + inner_margin < pts[i, 0] < ox + W - 1 - inner_margin
         and oy + inner_margin < pts[i, 1] < oy + H - 1 - inner_margin
     ]  # fmt: skip
-    xs_line = np.concatenate([[pts[MOUTH_L, 0]], (up_in[1:-1, 0] + lo_in[1:-1, 0]) / 2, [pts[MOUTH_R, 0]]])
-    ys_line = np.concatenate([[pts[MOUTH_L, 1]], (up_in[1:-1, 1] + lo_in[1:-1, 1]) / 2, [pts[MOUTH_R, 1]]])
+    xs_line = np.concatenate([[pts[MOUTH_LEFT, 0]], (up_in[1:-1, 0] + lo_in[1:-1, 0]) / 2, [pts[MOUTH_RIGHT, 0]]])
+    ys_line = np.concatenate([[pts[MOUTH_LEFT, 1]], (up_in[1:-1, 1] + lo_in[1:-1, 1]) / 2, [pts[MOUTH_RIGHT, 1]]])
     order = np.argsort(xs_line)
     xs_line, ys_line = xs_line[order], ys_line[order]
 

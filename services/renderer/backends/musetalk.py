@@ -42,11 +42,11 @@ from services.renderer.backends.onnx_models import (
 )
 from services.renderer.config import RendererConfig
 from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import audio_features_pb2 as fpb
 
 CROP = 256
 LATENT = 32
 AUDIO_SHAPE = (50, 384)
-FEATURE_TYPE_WHISPER_EMBEDDING = 3  # talkmesh.v1.FeatureType
 
 VAE_ENCODER = Signature(
     inputs=(TensorSpec("image", (None, 3, CROP, CROP)),),
@@ -86,7 +86,7 @@ def from_model_image(images: np.ndarray) -> np.ndarray:
 
 class MuseTalkBackend(NeuralBackend):
     name = "musetalk"
-    feature_type = FEATURE_TYPE_WHISPER_EMBEDDING
+    feature_type = fpb.FEATURE_TYPE_WHISPER_EMBEDDING
     crop_size = CROP
     feature_shape = AUDIO_SHAPE
     pads = (0, 10, 0, 0)

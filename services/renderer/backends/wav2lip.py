@@ -32,10 +32,10 @@ from services.renderer.backends.onnx_models import (
 )
 from services.renderer.config import RendererConfig
 from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import audio_features_pb2 as fpb
 
 FACE_SIZE = 96
 MEL_SHAPE = (80, 16)
-FEATURE_TYPE_WAV2LIP_MEL = 2  # talkmesh.v1.FeatureType
 
 SIGNATURE = Signature(
     inputs=(TensorSpec("mel", (None, 1, *MEL_SHAPE)), TensorSpec("face", (None, 6, FACE_SIZE, FACE_SIZE))),
@@ -45,7 +45,7 @@ SIGNATURE = Signature(
 
 class Wav2LipBackend(NeuralBackend):
     name = "wav2lip"
-    feature_type = FEATURE_TYPE_WAV2LIP_MEL
+    feature_type = fpb.FEATURE_TYPE_WAV2LIP_MEL
     crop_size = FACE_SIZE
     feature_shape = MEL_SHAPE
     pads = (0, 10, 0, 0)

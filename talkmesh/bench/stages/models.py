@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from talkmesh.common.paths import cache_dir
+
 WAV2LIP_FILE = "wav2lip-random.onnx"
 
 
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     import statistics
 
     args = sys.argv[1:] if argv is None else argv
-    directory = Path(args[0]) if args else Path("~/.cache/talkmesh/bench").expanduser()
+    directory = Path(args[0]) if args else cache_dir("bench")
     rounds = int(args[1]) if len(args) > 1 else 3
     path = write_random_wav2lip(directory)
     raw: dict[int, list[float]] = {}

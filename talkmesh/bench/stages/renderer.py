@@ -16,13 +16,12 @@ import json
 import statistics
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from services.renderer.avatars import AvatarStore
+from services.renderer.avatars import DEFAULT_ALIAS, DEFAULT_AVATAR_FILE, AvatarStore, default_avatar_bytes
 from services.renderer.avatars.analysis import FaceChoice
 from services.renderer.backends.base import Avatar, FrameJob, MouthShape
 from services.renderer.backends.viseme import VisemeBackend
@@ -49,12 +48,12 @@ def run_bench(quick: bool = False, sizes: tuple[str, ...] = ("512", "360p", "720
         config = RendererConfig(avatars=AvatarConfig(cache_dir=cache))
         backend = VisemeBackend(config, Telemetry("renderer-bench"))
         store = AvatarStore(config.avatars, {"viseme": backend})
-        data = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
+        data = default_avatar_bytes()
         start = time.perf_counter()
-        avatar, _ = store.register(data, "default_avatar.png", "default")
+        avatar, _ = store.register(data, DEFAULT_AVATAR_FILE, DEFAULT_ALIAS)
         precompute_ms = 1000 * (time.perf_counter() - start)
         start = time.perf_counter()
-        store.register(data, "default_avatar.png", "default")
+        store.register(data, DEFAULT_AVATAR_FILE, DEFAULT_ALIAS)
         cached_ms = 1000 * (time.perf_counter() - start)
         rng = np.random.default_rng(0)
         jobs = [
