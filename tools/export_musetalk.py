@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from services.renderer.backends.musetalk import FILES
 from tools.models.musetalk import (
     AUDIO_TOKENS,
     AUDIO_WIDTH,
@@ -60,9 +61,13 @@ RELEASES = {
 }
 VAE_DIR = "sd-vae"  # sd-vae-ft-mse under MuseTalk's models/
 
-UNET_FILE = "unet.onnx"
-VAE_ENCODER_FILE = "vae_encoder.onnx"
-VAE_DECODER_FILE = "vae_decoder.onnx"
+
+
+def _contract(role: str) -> tuple[str, list[str], list[str]]:
+    """The file, input and output names the renderer's MuseTalk backend opens ``role`` with."""
+    file, signature = FILES[role]
+    return file, [t.name for t in signature.inputs], [t.name for t in signature.outputs]
+
 
 
 class ExportError(ValueError):
@@ -144,35 +149,12 @@ def export_all(
     audio = torch.randn(2, AUDIO_TOKENS, AUDIO_WIDTH, generator=gen)
     meta = {"talkmesh.model": "musetalk", "talkmesh.format": "1", "talkmesh.musetalk_version": version}
     big = external_data_threshold
-    paths = {
-        "vae_encoder": export_onnx(
-            VaeEncode(vae),
-            (image,),
-            out_dir / VAE_ENCODER_FILE,
-            ["image"],
-            ["latents", "latents_std"],
-            meta,
-            external_data_threshold=big,
-        ),
-        "vae_decoder": export_onnx(
-            VaeDecode(vae),
-            (latents,),
-            out_dir / VAE_DECODER_FILE,
-            ["latents"],
-            ["image"],
-            meta,
-            external_data_threshold=big,
-        ),
-        "unet": export_onnx(
-            UNetStep(unet),
-            (pair, audio),
-            out_dir / UNET_FILE,
-            ["latents", "audio"],
-            ["pred"],
-            meta,
-            external_data_threshold=big,
-        ),
-    }
+    modules = {"vae_encoder": (VaeEncode(vae), (image,)), "vae_decoder": (VaeDecode(vae), (latents,)),
+               "unet": (UNetStep(unet), (pair, audio))}  # fmt: skip
+    paths = {}
+    for role, (module, example) in modules.items():
+        file, inputs, outputs = _contract(role)
+        paths[role] = export_onnx(module, example, out_dir / file, inputs, outputs, meta, external_data_threshold=big)
     if fp16:
         for p in paths.values():
             write_fp16_variant(p)

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-INPUT_NAME = "input_features"
-OUTPUT_NAME = "hidden_states"
+from services.audio_features.backends.onnx import INPUT_NAME, OUTPUT_NAME  # the service's contract
+
 OPSET = 17
 
 

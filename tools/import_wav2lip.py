@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
+from services.renderer.backends.wav2lip import SIGNATURE
 from tools.models.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2LipGenerator
 from tools.onnx_export import export_onnx, write_fp16_variant
 
-INPUT_NAMES = ("mel", "face")
-OUTPUT_NAMES = ("frames",)
+# the names the renderer's Wav2Lip backend checks the model for (its signature)
+INPUT_NAMES = tuple(t.name for t in SIGNATURE.inputs)
+OUTPUT_NAMES = tuple(t.name for t in SIGNATURE.outputs)
 
 
 class CheckpointError(ValueError):
