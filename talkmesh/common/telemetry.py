@@ -20,12 +20,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 
 import talkmesh
 
-# 1 ms .. 30 s, roughly x2 per step.
+# 1 ms .. 30 s, roughly x2 per step. Every threshold a rule in deploy/prometheus compares a
+# histogram_quantile with must be one of these edges (the 2 s time-to-first-frame SLO: 2.0), else
+# the quantile is interpolated inside a bucket and the alert fires or stays quiet by accident
+# (tests/deploy/test_observability_config.py checks it).
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
-    1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+    1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 20.0, 30.0,
 )  # fmt: skip
-RTF_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 50.0, 100.0)
+# Real-time factor: 1.0 is the alert's edge; tts and the viseme renderer run hundreds of times
+# faster than real time, so the buckets go on to 2000x (a p50 above the top edge would read as it).
+RTF_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
 

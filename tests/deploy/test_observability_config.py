@@ -17,6 +17,7 @@ from tests.deploy.promql import (
     dashboard,
     dashboard_expressions,
     panels,
+    quantile_thresholds,
     rule_expressions,
     variable_queries,
 )
@@ -128,3 +129,52 @@ def test_dashboard_answers_where_the_time_went() -> None:
         assert metric in joined, metric
     assert any("by (service, code)" in e for e in exprs.values()), "errors by status code"
     assert any(p["type"] == "heatmap" for p in panels(dashboard()))
+
+
+def histogram_buckets() -> dict[str, tuple[float, ...]]:
+    """Bucket edges of every histogram the services export (talkmesh.common.telemetry)."""
+    from prometheus_client import Histogram
+
+    from talkmesh.common.telemetry import Metrics
+
+    metrics = Metrics.create()
+    out = {}
+    for value in vars(metrics).values():
+        if isinstance(value, Histogram):
+            out[value._name] = tuple(value._upper_bounds)
+    return out
+
+
+def off_edge_thresholds(rules: dict[str, str], buckets: dict[str, tuple[float, ...]]) -> list[str]:
+    problems = []
+    for rule, metric, threshold in quantile_thresholds(rules):
+        assert metric in buckets, f"{rule}: {metric} is not a histogram of talkmesh.common.telemetry"
+        if threshold not in buckets[metric]:
+            edges = buckets[metric]
+            problems.append(f"{rule}: compares the quantile of {metric} with {threshold}, not an edge of {edges}")
+    return problems
+
+
+def test_every_quantile_threshold_is_a_bucket_edge() -> None:
+    """histogram_quantile interpolates inside a bucket: a threshold between two edges reads requests
+    well below it as above it (and the other way round). Every number a rule compares a quantile
+    with, directly or through a recording rule, must be an edge of that histogram."""
+    rules = rule_expressions()
+    checked = quantile_thresholds(rules)
+    assert {(r, m) for r, m, _ in checked} >= {
+        ("TalkmeshTimeToFirstFrameSLO", "talkmesh_time_to_first_frame_seconds"),
+        ("TalkmeshRealtimeFactorBelowOne", "talkmesh_realtime_factor"),
+    }
+    assert off_edge_thresholds(rules, histogram_buckets()) == []
+
+
+def test_the_bucket_edge_check_can_fail() -> None:
+    buckets = histogram_buckets()
+    rules = {
+        "x:p95": "histogram_quantile(0.95, sum by (le) (rate(talkmesh_time_to_first_frame_seconds_bucket[5m])))",
+        "Indirect": "x:p95 > 1.7",
+        "Direct": "histogram_quantile(0.9, sum by (le) (rate(talkmesh_realtime_factor_bucket[5m]))) < 0.9"
+        " and on () vector(1) > 0.3",
+    }
+    problems = off_edge_thresholds(rules, buckets)
+    assert len(problems) == 2 and problems[0].startswith("Indirect") and problems[1].startswith("Direct"), problems
