@@ -83,7 +83,8 @@ class Metrics:
             ),
             time_to_first_frame=Histogram(
                 "talkmesh_time_to_first_frame_seconds",
-                "Request received to first video output (gateway: first fragment sent).",
+                "Request received to first video output (gateway: first fragment of a streamed"
+                " container sent; whole-file MP4 requests are not counted).",
                 ["service"],
                 buckets=LATENCY_BUCKETS,
                 registry=reg,
