@@ -19,7 +19,16 @@ import yaml
 
 from talkmesh.common.config import ConfigError
 from talkmesh.common.registry import NAMES, spec
-from tests.deploy.manifests import K8S, OVERLAYS, config_of, env_of, ports_of, render, service_containers
+from tests.deploy.manifests import (
+    HEADLESS_TWINS,
+    K8S,
+    OVERLAYS,
+    config_of,
+    env_of,
+    ports_of,
+    render,
+    service_containers,
+)
 
 # Keys the manifests set ahead of the code (issue 16's co-location contract): dotted config paths.
 PENDING = {"server.unix_socket", "renderer.target"}
@@ -168,7 +177,8 @@ def test_configmaps_set_existing_keys_and_differ_from_the_defaults_only_by_deplo
         target = set_keys.get(f"{callee}.target")
         if target is not None:  # a target the ConfigMap sets names the callee's Service, or a pod socket
             callee_spec = spec(callee)
-            assert target == f"dns:///{callee_spec.k8s_name}:{callee_spec.port}" or str(target).startswith("unix:")
+            names = {callee_spec.k8s_name} | {twin for twin, s in HEADLESS_TWINS.items() if s == callee}
+            assert str(target).startswith("unix:") or target in {f"dns:///{n}:{callee_spec.port}" for n in names}
 
 
 def test_an_undeclared_difference_is_caught(tmp_path: Path) -> None:
