@@ -178,3 +178,40 @@ def test_the_bucket_edge_check_can_fail() -> None:
     }
     problems = off_edge_thresholds(rules, buckets)
     assert len(problems) == 2 and problems[0].startswith("Indirect") and problems[1].startswith("Direct"), problems
+
+
+def test_the_error_ratio_panel_reads_zero_without_errors(tmp_path: Path) -> None:
+    """The "Error ratio" panel shows 0 for a service whose streams all succeed (not an empty panel:
+    the numerator has no series then), and the failed share for one that fails."""
+    (expr,) = [e for k, e in dashboard_expressions().items() if k.startswith("Error ratio /")]
+    (tmp_path / "panel.rules.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "panel", "rules": [{"record": "panel:error_ratio", "expr": expr}]}]})
+    )
+    counts = [("tts", "OK", "0+10x20"), ("tts", "CANCELLED", "0+1x20"), ("encoder", "OK", "0+3x20")]
+    counts.append(("encoder", "INTERNAL", "0+1x20"))
+    series = [(f'talkmesh_streams_total{{namespace="ns",service="{s}",code="{c}"}}', v) for s, c, v in counts]
+    tests = {
+        "rule_files": ["panel.rules.yaml"],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": [
+                    {
+                        "expr": "round(panel:error_ratio, 0.001)",
+                        "eval_time": "4m",
+                        "exp_samples": [
+                            {"labels": '{service="tts"}', "value": 0},
+                            {"labels": '{service="encoder"}', "value": 0.25},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "panel.test.yaml").write_text(yaml.safe_dump(tests))
+    proc = subprocess.run(
+        [promtool(), "test", "rules", str(tmp_path / "panel.test.yaml")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
