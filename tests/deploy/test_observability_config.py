@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -215,3 +216,19 @@ def test_the_error_ratio_panel_reads_zero_without_errors(tmp_path: Path) -> None
         [promtool(), "test", "rules", str(tmp_path / "panel.test.yaml")], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def panel(title: str) -> dict:  # type: ignore[type-arg]
+    (found,) = [p for p in panels(dashboard()) if p["title"].startswith(title)]
+    return found
+
+
+def test_panels_plot_one_meaning_each() -> None:
+    """Time to first audio is tts's (the gateway records its own, hop included); the heatmap shows
+    one service's one stage (all stages together mix per-frame ms with per-request totals)."""
+    for t in panel("Time to first audio (tts)")["targets"]:
+        assert 'service="tts"' in t["expr"] and "$service" not in t["expr"], t["expr"]
+    (heatmap,) = [p for p in panels(dashboard()) if p["type"] == "heatmap"]
+    for t in heatmap["targets"]:
+        assert re.search(r'service="[a-z_]+"', t["expr"]) and re.search(r'stage="[a-z_]+"', t["expr"]), t["expr"]
+    assert "cpu overlay" in panel("Batch size")["description"]
