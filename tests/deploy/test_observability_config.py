@@ -232,3 +232,10 @@ def test_panels_plot_one_meaning_each() -> None:
     for t in heatmap["targets"]:
         assert re.search(r'service="[a-z_]+"', t["expr"]) and re.search(r'stage="[a-z_]+"', t["expr"]), t["expr"]
     assert "cpu overlay" in panel("Batch size")["description"]
+
+
+def test_the_deploy_guide_lists_every_alert() -> None:
+    guide = (DEPLOY.parent / "docs" / "DEPLOY.md").read_text()
+    listed = set(re.findall(r"^\| `(Talkmesh\w+)` \|", guide, re.M))
+    alerts = {name for name in rule_expressions() if not name.startswith("talkmesh:")}
+    assert listed == alerts
