@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from talkmesh.common.registry import DEFAULT_METRICS_BASE, DEFAULT_PORT_BASE, NAMES, SIZE_PRESETS, spec
+from talkmesh.common.registry import DEFAULT_PORT_BASE, NAMES, SERVICES, SIZE_PRESETS, spec
 
 DEMO_TEXT = (
     "Hello, and welcome to talkmesh. I am a talking head, rendered on your own machine, while my voice "
@@ -411,6 +411,31 @@ def _port_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
 
 
+def _port_base_help() -> str:
+    """The ports `talkmesh up --port-base BASE` gives the services, from the registry."""
+
+    def span(offsets: list[int]) -> str:
+        first, last = (f"BASE+{o}" if o else "BASE" for o in (offsets[0], offsets[-1]))
+        return first if first == last else f"{first}..{last}"
+
+    grpc_ports = sorted(s.ports(0)[0] for s in SERVICES if s.protocol == "grpc")
+    http_ports = sorted(s.ports(0)[0] for s in SERVICES if s.protocol == "http")
+    out = f"ports gRPC {span(grpc_ports)}"
+    if http_ports:
+        out += f", HTTP {span(http_ports)}"
+    return out + f", metrics {span(sorted(s.ports(0)[1] for s in SERVICES))}"
+
+
+def _default_ports_help() -> str:
+    grpc_ports = sorted(s.port for s in SERVICES if s.protocol == "grpc")
+    http_ports = sorted(s.port for s in SERVICES if s.protocol == "http")
+    metrics = sorted(s.metrics_port for s in SERVICES)
+    out = f"gRPC {grpc_ports[0]}..{grpc_ports[-1]}"
+    if http_ports:
+        out += f", HTTP {', '.join(map(str, http_ports))}"
+    return out + f", metrics {metrics[0]}..{metrics[-1]}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from talkmesh.client import API_KEY_ENV, TARGET_ENV, TLS_ENV, default_target
 
@@ -431,7 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-comments", action="store_true", help="leave out the comments")
 
     u = sub.add_parser(
-        "up", parents=[common], help="start all five services (default ports, or --port-base); Ctrl-C stops them"
+        "up",
+        parents=[common],
+        help=f"start all {len(SERVICES)} services ({', '.join(NAMES)}; default ports, or --port-base); "
+        "Ctrl-C stops them",
     )
     u.add_argument("--host", default="127.0.0.1")
     env_base = os.environ.get(PORT_BASE_ENV, "").strip()
@@ -439,8 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port-base",
         type=_port_number,
         default=env_base or None,  # argparse converts a string default with `type`
-        help=f"gRPC ports BASE..BASE+4 and metrics ports BASE+10..BASE+14 (default: ${PORT_BASE_ENV}, "
-        f"else {DEFAULT_PORT_BASE}.. and {DEFAULT_METRICS_BASE}..)",
+        help=f"{_port_base_help()} (default: ${PORT_BASE_ENV}, else {_default_ports_help()})",
     )
     u.add_argument("--pki", default="", help="mutual TLS on every hop with the certificates of `talkmesh certs DIR`")
     u.add_argument("--api-keys", default="", help="API keys file for the gateway (`talkmesh keys new`)")

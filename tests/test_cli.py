@@ -197,3 +197,34 @@ async def test_voices_into_a_closed_pipe_is_one_line(tmp_path):
     assert err.decode().strip().splitlines() == [
         "error: the output was closed before everything was written (broken pipe)"
     ]
+
+
+def test_up_help_names_every_service_and_port_from_the_registry(capsys, monkeypatch):
+    """`talkmesh up --help` lists as many services as it starts, and BASE offsets that cover every
+    service's main and metrics port (the web edge's HTTP port included), no more."""
+    import re
+
+    import pytest
+
+    from talkmesh.cli import build_parser
+    from talkmesh.common.registry import SERVICES
+
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    top = capsys.readouterr().out
+    assert f"start all {len(SERVICES)} services" in top
+    assert all(s.name in top for s in SERVICES)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["up", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    ranges: dict[str, range] = {}
+    for kind, first, last in re.findall(r"(gRPC|HTTP|metrics) BASE(?:\+(\d+))?(?:\.\.BASE\+(\d+))?", text):
+        start = int(first or 0)
+        ranges[kind] = range(start, int(last or start) + 1)
+    for s in SERVICES:
+        main, metrics = s.ports(0)
+        assert main in ranges["HTTP" if s.protocol == "http" else "gRPC"], (s.name, text)
+        assert metrics in ranges["metrics"], (s.name, text)
+    assert sum(len(r) for r in ranges.values()) == 2 * len(SERVICES), text

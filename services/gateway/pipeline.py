@@ -470,7 +470,12 @@ class _Run:
         self.tl.first_fragment = time.monotonic()
         since = self.tl.since(self.tl.first_fragment)
         trace.get_current_span().add_event("first_fragment", {"talkmesh.seconds_since_request": since})
-        self.o.telemetry.metrics.time_to_first_frame.labels("gateway").observe(since)
+        # talkmesh_time_to_first_frame_seconds is the time to the first *streamed* fragment (the
+        # SLO's metric). A whole-file MP4's first chunk comes after the whole utterance is encoded:
+        # its time is the request's total (talkmesh_stage_duration_seconds{stage="total"}), and
+        # recording it here would make a batch of `talkmesh say -o x.mp4` fire the SLO alert.
+        if self.req.output.container != cpb.CONTAINER_MP4:
+            self.o.telemetry.metrics.time_to_first_frame.labels("gateway").observe(since)
 
     def _summary(self) -> gpb.SpeakSummary:
         tl = self.tl

@@ -3,16 +3,20 @@
 No global registries: each service owns a CollectorRegistry and a tracer, so five services can run
 in one test process and be scraped and traced separately. Tracing is configured by the standard
 ``OTEL_*`` variables (OTLP export when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_TRACES_EXPORTER``
-is set, off otherwise); tests pass an explicit TracerProvider with an in-memory exporter.
+is set, off otherwise; ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` picks gRPC, the default, or
+http/protobuf when opentelemetry-exporter-otlp-proto-http is installed: ``talkmesh[otlp-http]``);
+tests pass an explicit TracerProvider with an in-memory exporter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer, TracerProvider
@@ -20,12 +24,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Plat
 
 import talkmesh
 
-# 1 ms .. 30 s, roughly x2 per step.
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+log = logging.getLogger(__name__)
+
+# 1 ms .. 30 s, roughly x2 per step. Every threshold a rule in deploy/prometheus compares a
+# histogram_quantile with must be one of these edges (the 2 s time-to-first-frame SLO: 2.0), else
+# the quantile is interpolated inside a bucket and the alert fires or stays quiet by accident
+# (tests/deploy/test_observability_config.py checks it).
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75,
-    1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+    1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 20.0, 30.0,
 )  # fmt: skip
-RTF_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 50.0, 100.0)
+# Real-time factor: 1.0 is the alert's edge; tts and the viseme renderer run hundreds of times
+# faster than real time, so the buckets go on to 2000x (a p50 above the top edge would read as it).
+RTF_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 
 
@@ -57,7 +71,7 @@ class Metrics:
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         reg = registry if registry is not None else CollectorRegistry(auto_describe=True)
         # process_* (resident memory, CPU seconds, open fds) and python_info on every service's
-        # own registry: memory can be alerted on (TalkmeshHighMemory) without a node exporter.
+        # own registry: memory can be alerted on (TalkmeshMemoryNearLimit) without a node exporter.
         ProcessCollector(registry=reg)
         PlatformCollector(registry=reg)
         m = cls(
@@ -78,7 +92,8 @@ class Metrics:
             ),
             time_to_first_frame=Histogram(
                 "talkmesh_time_to_first_frame_seconds",
-                "Request received to first video output (gateway: first fragment sent).",
+                "Request received to first video output (gateway: first fragment of a streamed"
+                " container sent; whole-file MP4 requests are not counted).",
                 ["service"],
                 buckets=LATENCY_BUCKETS,
                 registry=reg,
@@ -191,7 +206,7 @@ def tracer_provider_from_env(service: str) -> TracerProvider:
         return trace.NoOpTracerProvider()
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", f"talkmesh-{service}")})
     provider = SdkTracerProvider(resource=resource)
@@ -199,11 +214,53 @@ def tracer_provider_from_env(service: str) -> TracerProvider:
     if wants == "console":
         exporter = ConsoleSpanExporter()
     else:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        exporter = OTLPSpanExporter()
+        exporter = otlp_span_exporter()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+def otlp_protocol() -> str:
+    """The OTLP transport the standard variables ask for (traces' own first), "grpc" by default."""
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = os.environ.get(name, "").strip().lower()
+        if value:
+            return value
+    return "grpc"
+
+
+def otlp_span_exporter() -> SpanExporter:
+    """OTLP over gRPC, or over HTTP (protobuf) when OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL says
+    http/protobuf and its exporter is installed; a protocol that cannot be honoured is said in the
+    log at start-up (the spans then go over gRPC, which an HTTP-only endpoint refuses)."""
+    protocol = otlp_protocol()
+    if protocol == "http/protobuf":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+        except ImportError:
+            log.warning(
+                "OTLP protocol http/protobuf asked for, but opentelemetry-exporter-otlp-proto-http is not "
+                "installed (pip install 'talkmesh[otlp-http]'): exporting spans over gRPC instead, to %s",
+                _endpoint_for_log(),
+            )
+        else:
+            return HttpExporter()  # type: ignore[no-any-return]
+    elif protocol != "grpc":
+        log.warning(
+            "OTLP protocol %r is not supported (grpc or http/protobuf): exporting spans over gRPC instead, to %s",
+            protocol,
+            _endpoint_for_log(),
+        )
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
+def _endpoint_for_log() -> str:
+    return (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or "the default endpoint (localhost:4317)"
+    )
 
 
 class Telemetry:

@@ -26,6 +26,10 @@ GPU_SERVICES = ("renderer", "encoder")
 # Optional components an overlay can enable (the tests render each overlay with each of them).
 OPTIONAL_COMPONENTS = ("mtls", "nvidia-runtime-class")
 
+# Headless twins of entry-point Services, for in-cluster clients that balance themselves
+# (Service name -> the talkmesh service it reaches): gRPC port only, never scraped.
+HEADLESS_TWINS = {"gateway-pods": "gateway"}
+
 Manifest = dict[str, Any]
 
 

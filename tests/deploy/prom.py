@@ -65,13 +65,14 @@ class PrometheusServer:
         *,
         labels: Mapping[str, Mapping[str, str]] | None = None,
         rule_files: Sequence[Path] = (),
+        extra_scrape_configs: Sequence[Mapping[str, Any]] = (),
         scrape_interval: str = "1s",
         startup_timeout: float = 60.0,
     ) -> Iterator[PrometheusServer]:
         """Runs Prometheus scraping ``targets`` (job name -> host:port list), stops it on exit.
 
         ``labels`` maps a job to labels attached to its targets (e.g. namespace and pod, as
-        Kubernetes service discovery adds them).
+        Kubernetes service discovery adds them). ``extra_scrape_configs``: whole jobs, added as given.
         """
         binary = find_binary("prometheus")
         workdir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,8 @@ class PrometheusServer:
                     "static_configs": [{"targets": list(addrs), "labels": dict((labels or {}).get(job, {}))}],
                 }
                 for job, addrs in targets.items()
-            ],
+            ]
+            + [dict(job) for job in extra_scrape_configs],
         }
         config_path = workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,33 @@ def check_parse(promtool: str, exprs: dict[str, str], workdir: Path) -> None:
     if proc.returncode != 0:
         names = "\n".join(f"expr_{i}: {k}: {v}" for i, (k, v) in enumerate(exprs.items()))
         raise AssertionError(f"promtool rejected an expression:\n{proc.stdout}{proc.stderr}\n{names}")
+
+
+HISTOGRAM_QUANTILE = re.compile(r"histogram_quantile\s*\(\s*[0-9.]+\s*,.*?\b([a-zA-Z_:][a-zA-Z0-9_:]*)_bucket\b", re.S)
+COMPARISON = re.compile(r"(?<![=!<>])(>=|<=|>|<|==|!=)\s*(?:bool\s+)?([0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)\b")
+SET_OPERATOR = re.compile(r"\b(?:and|or|unless)\b")
+
+
+def histograms_of(expr: str, records: Mapping[str, str]) -> set[str]:
+    """The histograms whose quantile ``expr`` computes, directly or through recording rules."""
+    found = set(HISTOGRAM_QUANTILE.findall(expr))
+    for name, rexpr in records.items():
+        if re.search(rf"(?<![a-zA-Z0-9_:]){re.escape(name)}(?![a-zA-Z0-9_:])", expr):
+            found |= histograms_of(rexpr, {k: v for k, v in records.items() if k != name})
+    return found
+
+
+def quantile_thresholds(rules: Mapping[str, str]) -> list[tuple[str, str, float]]:
+    """(rule, histogram, threshold) for every comparison of a histogram quantile with a number.
+
+    A rule's expression is split at its set operators (and/or/unless): each part compares at most
+    one thing, and the histograms of that part are the ones the number is compared against.
+    """
+    records = {k: v for k, v in rules.items() if ":" in k}
+    out = []
+    for rule, expr in rules.items():
+        for part in SET_OPERATOR.split(expr):
+            thresholds = [float(v) for _, v in COMPARISON.findall(part)]
+            for metric in sorted(histograms_of(part, records)):
+                out.extend((rule, metric, t) for t in thresholds)
+    return out

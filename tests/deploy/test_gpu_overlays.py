@@ -26,6 +26,7 @@ from tests.deploy.manifests import (
     pod_spec,
     render,
     runs,
+    service_containers,
     service_of,
     volume,
 )
@@ -167,7 +168,13 @@ def test_the_renderer_pins_its_providers_and_runs_a_neural_backend_with_its_mode
     assert model_dir.startswith("/models/") and mount["readOnly"] is True
     models = volume(dep, mount["name"])["persistentVolumeClaim"]
     claim = named(docs, "PersistentVolumeClaim", models["claimName"])
-    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+    # filled once through a read-write mount (docs/DEPLOY.md), read-only in every service container
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for _, model_dep, c in service_containers(docs):
+        for m in c.get("volumeMounts", []):
+            source = volume(model_dep, m["name"]).get("persistentVolumeClaim", {})
+            if source.get("claimName") == claim["metadata"]["name"]:
+                assert m.get("readOnly") is True, f"{c['name']} mounts the models read-write"
     # Missing model files stop the pod before the renderer starts, naming the file.
     (check,) = [c for c in pod_spec(dep).get("initContainers", []) if c["name"] == "check-models"]
     files = {f"{model_dir}/{name}" for name, _ in MUSETALK_FILES.values()}

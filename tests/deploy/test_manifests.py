@@ -20,6 +20,7 @@ from services.renderer.config import RendererConfig
 from talkmesh.common import registry
 from tests.deploy.manifests import (
     DEPLOY,
+    HEADLESS_TWINS,
     OPTIONAL_COMPONENTS,
     OVERLAYS,
     SERVICES,
@@ -155,7 +156,9 @@ def test_namespaces(overlay: str, components: tuple[str, ...]) -> None:
 def test_every_service_runs_in_one_container_with_one_service_object(overlay: str) -> None:
     docs = render(overlay)
     assert sorted(s for s, _, _ in service_containers(docs)) == sorted(SERVICES)
-    assert {d["metadata"]["name"] for d in of_kind(docs, "Service")} == {k8s_name(s) for s in SERVICES}
+    assert {d["metadata"]["name"] for d in of_kind(docs, "Service")} == {k8s_name(s) for s in SERVICES} | set(
+        HEADLESS_TWINS
+    )
     deployments = {d["metadata"]["name"] for d in of_kind(docs, "Deployment")}
     for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler"):
         assert {d["metadata"]["name"] for d in of_kind(docs, kind)} == deployments, kind
@@ -325,7 +328,7 @@ def test_services_select_the_container_that_serves_them(overlay: str) -> None:
         name = svc["metadata"]["name"]
         (dep_name,) = pods_selected(docs, svc["spec"]["selector"])
         dep = named(docs, "Deployment", dep_name)
-        service = next(s for s in SERVICES if k8s_name(s) == name)
+        service = HEADLESS_TWINS.get(name) or next(s for s in SERVICES if k8s_name(s) == name)
         for port in svc["spec"]["ports"]:
             owners = [c for c in pod_spec(dep)["containers"] if port["targetPort"] in ports_of(c)]
             assert len(owners) == 1, f"Service {name} port {port['name']}: targetPort must name one container port"
@@ -337,6 +340,10 @@ def test_services_select_the_container_that_serves_them(overlay: str) -> None:
         # points (the gateway, the HTTP edge behind an ingress) have a cluster IP.
         if name != "gateway" and registry.spec(service).protocol == "grpc":
             assert svc["spec"]["clusterIP"] == "None"
+        if name in HEADLESS_TWINS:
+            assert [p["name"] for p in svc["spec"]["ports"]] == ["grpc"], "a twin is not scraped"
+            assert "prometheus.io/scrape" not in svc["metadata"].get("annotations", {})
+            continue
         # Annotation-based scraping (role: endpoints) of the service's own metrics port.
         metrics_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "metrics")
         assert svc["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
@@ -354,6 +361,84 @@ def test_services_select_the_container_that_serves_them(overlay: str) -> None:
         assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
         pods_metrics = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
         assert pods_metrics == ["talkmesh_streams_active"]
+
+
+def dns_targets(docs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(where, target) for every "dns:///" target in the services' configs and environments."""
+    out = []
+
+    def walk(where: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{where}.{k}", v)
+        elif isinstance(value, str) and value.startswith("dns:///"):
+            out.append((where, value))
+
+    for service, dep, c in service_containers(docs):
+        walk(f"{service} config", config_of(docs, dep, c))
+        for name, value in env_of(c).items():
+            walk(f"{service} env {name}", value)
+    return out
+
+
+def undialable_targets(docs: list[dict[str, Any]]) -> list[str]:
+    """dns:/// targets that do not name a headless Service's gRPC port: through a cluster IP, the
+    client's round_robin sees one address and sends every stream to one pod."""
+    problems = []
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    for where, target in dns_targets(docs):
+        m = re.fullmatch(r"dns:///([a-z0-9-]+)(?:\.[a-z0-9.-]+)?:(\d+)", target)
+        svc = services.get(m.group(1)) if m else None
+        if m is None or svc is None:
+            problems.append(f"{where}: {target} names no Service")
+        elif svc["spec"].get("clusterIP") != "None":
+            problems.append(f"{where}: {target} names a ClusterIP Service (not headless)")
+        elif int(m.group(2)) not in {p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc"}:
+            problems.append(f"{where}: {target} is not the Service's grpc port")
+    return problems
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_dns_target_names_a_headless_service(overlay: str) -> None:
+    docs = render(overlay)
+    targets = dict(dns_targets(docs))
+    # the gateway's four stages, and the web edge's gateway
+    assert "web config.gateway.target" in targets and "gateway config.tts.target" in targets
+    assert undialable_targets(docs) == []
+    # ...and the headless gateway Service reaches the gateway pods
+    svc = named(docs, "Service", "gateway-pods")
+    assert pods_selected(docs, svc["spec"]["selector"]) == [runs(docs, "gateway")[0]["metadata"]["name"]]
+
+
+def test_the_dns_target_check_can_fail() -> None:
+    docs = [dict(d) for d in render("cpu")]
+    web_cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("web-config"))
+    web_cm["data"] = {"config.yaml": web_cm["data"]["config.yaml"].replace("gateway-pods:", "gateway:")}
+    (problem,) = undialable_targets(docs)
+    assert "ClusterIP" in problem and "web config.gateway.target" in problem
+
+
+async def test_the_web_channel_balances_round_robin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The web edge's gateway client (talkmesh.client.TalkmeshClient, services/web/server.py) asks
+    for round_robin, so every address of a dns:/// target gets streams."""
+    import grpc
+
+    from talkmesh.client import TalkmeshClient
+
+    seen: list[Any] = []
+    real = grpc.aio.insecure_channel
+
+    def recording_channel(target: str, options: Any = None, **kw: Any) -> Any:
+        seen.append((target, dict(options or [])))
+        return real(target, options=options, **kw)
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", recording_channel)
+    async with TalkmeshClient("dns:///gateway-pods:50051"):
+        pass
+    ((target, options),) = seen
+    assert target == "dns:///gateway-pods:50051"
+    config = json.loads(options["grpc.service_config"])
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
 
 
 def test_hpa_metric_is_served_by_the_adapter_rule() -> None:
@@ -406,11 +491,13 @@ def test_monitoring_objects_select_the_services() -> None:
     docs = render("gpu")
     (sm,) = of_kind(docs, "ServiceMonitor")
     selected = [s for s in of_kind(docs, "Service") if matches(sm["spec"]["selector"], s["metadata"]["labels"])]
-    assert {s["metadata"]["name"] for s in selected} == {k8s_name(s) for s in SERVICES}
+    assert {s["metadata"]["name"] for s in selected} == {k8s_name(s) for s in SERVICES} | set(HEADLESS_TWINS)
     for endpoint in sm["spec"]["endpoints"]:
         assert endpoint["honorLabels"] is True, "the metrics' own `service` label must survive"
         for svc in selected:
-            assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
+            # a headless twin has no metrics port: its pods are scraped once, through the main Service
+            has_port = endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
+            assert has_port == (svc["metadata"]["name"] not in HEADLESS_TWINS)
     dashboards = [d for d in of_kind(docs, "ConfigMap") if d["metadata"].get("labels", {}).get("grafana_dashboard")]
     (dashboard,) = dashboards
     on_disk = json.loads((DEPLOY / "grafana" / "talkmesh-dashboard.json").read_text())

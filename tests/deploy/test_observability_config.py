@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tests.deploy.promql import (
     dashboard,
     dashboard_expressions,
     panels,
+    quantile_thresholds,
     rule_expressions,
     variable_queries,
 )
@@ -128,3 +130,112 @@ def test_dashboard_answers_where_the_time_went() -> None:
         assert metric in joined, metric
     assert any("by (service, code)" in e for e in exprs.values()), "errors by status code"
     assert any(p["type"] == "heatmap" for p in panels(dashboard()))
+
+
+def histogram_buckets() -> dict[str, tuple[float, ...]]:
+    """Bucket edges of every histogram the services export (talkmesh.common.telemetry)."""
+    from prometheus_client import Histogram
+
+    from talkmesh.common.telemetry import Metrics
+
+    metrics = Metrics.create()
+    out = {}
+    for value in vars(metrics).values():
+        if isinstance(value, Histogram):
+            out[value._name] = tuple(value._upper_bounds)
+    return out
+
+
+def off_edge_thresholds(rules: dict[str, str], buckets: dict[str, tuple[float, ...]]) -> list[str]:
+    problems = []
+    for rule, metric, threshold in quantile_thresholds(rules):
+        assert metric in buckets, f"{rule}: {metric} is not a histogram of talkmesh.common.telemetry"
+        if threshold not in buckets[metric]:
+            edges = buckets[metric]
+            problems.append(f"{rule}: compares the quantile of {metric} with {threshold}, not an edge of {edges}")
+    return problems
+
+
+def test_every_quantile_threshold_is_a_bucket_edge() -> None:
+    """histogram_quantile interpolates inside a bucket: a threshold between two edges reads requests
+    well below it as above it (and the other way round). Every number a rule compares a quantile
+    with, directly or through a recording rule, must be an edge of that histogram."""
+    rules = rule_expressions()
+    checked = quantile_thresholds(rules)
+    assert {(r, m) for r, m, _ in checked} >= {
+        ("TalkmeshTimeToFirstFrameSLO", "talkmesh_time_to_first_frame_seconds"),
+        ("TalkmeshRealtimeFactorBelowOne", "talkmesh_realtime_factor"),
+    }
+    assert off_edge_thresholds(rules, histogram_buckets()) == []
+
+
+def test_the_bucket_edge_check_can_fail() -> None:
+    buckets = histogram_buckets()
+    rules = {
+        "x:p95": "histogram_quantile(0.95, sum by (le) (rate(talkmesh_time_to_first_frame_seconds_bucket[5m])))",
+        "Indirect": "x:p95 > 1.7",
+        "Direct": "histogram_quantile(0.9, sum by (le) (rate(talkmesh_realtime_factor_bucket[5m]))) < 0.9"
+        " and on () vector(1) > 0.3",
+    }
+    problems = off_edge_thresholds(rules, buckets)
+    assert len(problems) == 2 and problems[0].startswith("Indirect") and problems[1].startswith("Direct"), problems
+
+
+def test_the_error_ratio_panel_reads_zero_without_errors(tmp_path: Path) -> None:
+    """The "Error ratio" panel shows 0 for a service whose streams all succeed (not an empty panel:
+    the numerator has no series then), and the failed share for one that fails."""
+    (expr,) = [e for k, e in dashboard_expressions().items() if k.startswith("Error ratio /")]
+    (tmp_path / "panel.rules.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "panel", "rules": [{"record": "panel:error_ratio", "expr": expr}]}]})
+    )
+    counts = [("tts", "OK", "0+10x20"), ("tts", "CANCELLED", "0+1x20"), ("encoder", "OK", "0+3x20")]
+    counts.append(("encoder", "INTERNAL", "0+1x20"))
+    series = [(f'talkmesh_streams_total{{namespace="ns",service="{s}",code="{c}"}}', v) for s, c, v in counts]
+    tests = {
+        "rule_files": ["panel.rules.yaml"],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": [
+                    {
+                        "expr": "round(panel:error_ratio, 0.001)",
+                        "eval_time": "4m",
+                        "exp_samples": [
+                            {"labels": '{service="tts"}', "value": 0},
+                            {"labels": '{service="encoder"}', "value": 0.25},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "panel.test.yaml").write_text(yaml.safe_dump(tests))
+    proc = subprocess.run(
+        [promtool(), "test", "rules", str(tmp_path / "panel.test.yaml")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def panel(title: str) -> dict:  # type: ignore[type-arg]
+    (found,) = [p for p in panels(dashboard()) if p["title"].startswith(title)]
+    return found
+
+
+def test_panels_plot_one_meaning_each() -> None:
+    """Time to first audio is tts's (the gateway records its own, hop included); the heatmap shows
+    one service's one stage (all stages together mix per-frame ms with per-request totals)."""
+    for t in panel("Time to first audio (tts)")["targets"]:
+        assert 'service="tts"' in t["expr"] and "$service" not in t["expr"], t["expr"]
+    (heatmap,) = [p for p in panels(dashboard()) if p["type"] == "heatmap"]
+    for t in heatmap["targets"]:
+        assert re.search(r'service="[a-z_]+"', t["expr"]) and re.search(r'stage="[a-z_]+"', t["expr"]), t["expr"]
+    assert "cpu overlay" in panel("Batch size")["description"]
+
+
+def test_the_deploy_guide_lists_every_alert() -> None:
+    guide = (DEPLOY.parent / "docs" / "DEPLOY.md").read_text()
+    listed = set(re.findall(r"^\| `(Talkmesh\w+)` \|", guide, re.M))
+    alerts = {name for name in rule_expressions() if not name.startswith("talkmesh:")}
+    assert listed == alerts

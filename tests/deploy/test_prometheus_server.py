@@ -29,7 +29,12 @@ from tests.deploy.promql import (
 )
 
 TTFF_SECONDS = 0.3  # between the 0.25 and 0.5 buckets
-STAGES = {("tts", "synthesize"): 0.02, ("renderer", "render"): 0.04, ("encoder", "encode"): 0.01}
+STAGES = {
+    ("tts", "synthesize"): 0.02,
+    ("renderer", "render"): 0.04,
+    ("encoder", "encode"): 0.01,
+    ("gateway", "total"): 0.3,
+}
 
 
 class SyntheticService(Service):

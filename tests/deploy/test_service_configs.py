@@ -1,16 +1,13 @@
 """The container configs (deploy/k8s/base/config, also baked into the images) load with each
 service's own config loader, with the environment each overlay sets on its container.
 
-Keys of the co-location contract (the renderer's `server.unix_socket`, the encoder's `renderer.target`)
-are set in the manifests before the services accept them; while a service's loader does not know such
-a key yet, it is left out of that service's check (and reported), and every other key must load.
+Every key must load, the co-location contract's included (the renderer's `server.unix_socket`, the
+encoder's `renderer.target`, set per layout in the manifests' environment).
 """
 
 from __future__ import annotations
 
 import importlib
-import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +16,20 @@ import yaml
 
 from talkmesh.common.config import ConfigError
 from talkmesh.common.registry import NAMES, spec
-from tests.deploy.manifests import K8S, OVERLAYS, config_of, env_of, ports_of, render, service_containers
+from tests.deploy.manifests import (
+    HEADLESS_TWINS,
+    K8S,
+    OVERLAYS,
+    config_of,
+    env_of,
+    ports_of,
+    render,
+    service_containers,
+)
 
-# Keys the manifests set ahead of the code (issue 16's co-location contract): dotted config paths.
-PENDING = {"server.unix_socket", "renderer.target"}
+# Keys of the co-location contract, set per layout in the manifests' environment: checked to load
+# with the value the manifest gives.
+LAYOUT_KEYS = ("server.unix_socket", "renderer.target")
 
 
 def _loader(service: str):  # type: ignore[no-untyped-def]
@@ -37,62 +44,37 @@ def _env_key(service: str, dotted: str) -> str:
     return f"TALKMESH_{service.upper()}__" + "__".join(p.upper() for p in dotted.split("."))
 
 
-def _without(service: str, config: dict[str, Any], env: dict[str, str], dotted: str) -> None:
-    env.pop(_env_key(service, dotted), None)
-    section, _, key = dotted.rpartition(".")
-    node = config
-    for part in section.split(".") if section else []:
-        node = node.get(part, {})
-    node.pop(key, None)
-    if section and not node and section in config:
-        config.pop(section)
-
-
-def load(service: str, config: dict[str, Any], env: dict[str, str], tmp_path: Path) -> tuple[Any, set[str]]:
-    """Loads like the service does; pending keys the loader rejects are dropped and returned."""
-    load_config = _loader(service)
-    dropped: set[str] = set()
-    while True:
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        try:
-            return load_config(str(path), env=env), dropped
-        except ConfigError as exc:
-            m = re.match(r"(\w[\w.]*|\w+Config): unknown key\(s\) (.+)$", str(exc))
-            if m is None:
-                raise
-            where = "" if m.group(1).endswith("Config") else m.group(1) + "."
-            keys = set()
-            for unknown in (where + k.strip() for k in m.group(2).split(",")):
-                # An unknown key is a pending key, or a section that only pending keys are in.
-                pending = {p for p in PENDING if p == unknown or p.startswith(unknown + ".")}
-                if not pending:
-                    raise
-                keys |= pending
-            if keys & dropped:
-                raise
-            for key in keys:
-                _without(service, config, env, key)
-            dropped |= keys
+def load(service: str, config: dict[str, Any], env: dict[str, str], tmp_path: Path) -> Any:
+    """Loads like the service does (an unknown key is a ConfigError)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return _loader(service)(str(path), env=env)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_config_and_env_load_with_the_service_loader(overlay: str, tmp_path: Path) -> None:
     docs = render(overlay)
+    layout_keys: set[tuple[str, str]] = set()
     for service, dep, container in service_containers(docs):
         env = {k: v for k, v in env_of(container).items() if k.startswith("TALKMESH_")}
-        config, dropped = load(service, config_of(docs, dep, container), env, tmp_path)
-        if dropped:
-            warnings.warn(f"{overlay}: {service} does not accept {sorted(dropped)} yet", stacklevel=1)
+        config = load(service, config_of(docs, dep, container), env, tmp_path)
+        for key in LAYOUT_KEYS:
+            if _env_key(service, key) in env:
+                assert str(_value(config, key)) == env[_env_key(service, key)], f"{overlay}: {service} {key}"
+                layout_keys.add((service, key))
         assert config.server.host == "0.0.0.0"
         assert config.server.grace_seconds == 60
         ports = ports_of(container)
         assert {config.server.port, config.server.metrics_port} == set(ports.values())
+    # the co-located layout's socket, or the split layout's renderer Service
+    expected = {("encoder", "renderer.target")}
+    if overlay != "gpu-split":
+        expected.add(("renderer", "server.unix_socket"))
+    assert layout_keys == expected
 
 
 def test_a_misspelt_override_is_caught(tmp_path: Path) -> None:
-    """The check above can fail: an env override naming an unknown key is a config error, and only
-    the pending keys are ever left out."""
+    """The check above can fail: an env override naming an unknown key is a config error."""
     config = yaml.safe_load((K8S / "base" / "config" / "encoder.yaml").read_text())
     with pytest.raises(ConfigError):
         load("encoder", config, {"TALKMESH_ENCODER__VIDEO__ENCODERR": "nvenc"}, tmp_path)
@@ -150,9 +132,9 @@ def _configmaps() -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
 
 
 def _differing(service: str, data: dict, tmp_path: Path) -> tuple[Any, set[str]]:  # type: ignore[type-arg]
-    config, dropped = load(service, data, {}, tmp_path)  # an unknown key is a ConfigError here
+    config = load(service, data, {}, tmp_path)  # an unknown key is a ConfigError here
     defaults = _loader(service)(None, env={})
-    return config, {k for k in _leaves(data) if k not in dropped and _value(config, k) != _value(defaults, k)}
+    return config, {k for k in _leaves(data) if _value(config, k) != _value(defaults, k)}
 
 
 @pytest.mark.parametrize(("where", "service", "data"), _configmaps(), ids=lambda v: v if isinstance(v, str) else "")
@@ -168,7 +150,8 @@ def test_configmaps_set_existing_keys_and_differ_from_the_defaults_only_by_deplo
         target = set_keys.get(f"{callee}.target")
         if target is not None:  # a target the ConfigMap sets names the callee's Service, or a pod socket
             callee_spec = spec(callee)
-            assert target == f"dns:///{callee_spec.k8s_name}:{callee_spec.port}" or str(target).startswith("unix:")
+            names = {callee_spec.k8s_name} | {twin for twin, s in HEADLESS_TWINS.items() if s == callee}
+            assert str(target).startswith("unix:") or target in {f"dns:///{n}:{callee_spec.port}" for n in names}
 
 
 def test_an_undeclared_difference_is_caught(tmp_path: Path) -> None:

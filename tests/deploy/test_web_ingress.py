@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import kubernetes_validate
 import yaml
 
-from tests.deploy.manifests import K8S, named, render
+from tests.deploy.manifests import K8S, OVERLAYS, config_of, named, render, runs
 
 
 def test_the_web_ingress_example_validates_and_reaches_the_web_service() -> None:
@@ -17,3 +19,22 @@ def test_the_web_ingress_example_validates_and_reaches_the_web_service() -> None
     assert backends == [{"name": "web", "port": {"name": "http"}}]
     assert "http" in {p["name"] for p in svc["spec"]["ports"]}
     assert ingress["metadata"]["namespace"] == svc["metadata"]["namespace"]
+
+
+def nginx_size(value: str) -> int:
+    """An nginx size ("33m", "512k", "1g", bytes): k, m and g are powers of 1024."""
+    m = re.fullmatch(r"(\d+)([kmg]?)", value.strip().lower())
+    assert m, value
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2)]
+
+
+def test_the_ingress_body_limit_follows_the_renderers_upload_limit() -> None:
+    """An avatar upload the renderer accepts (avatars.max_upload_bytes, plus the multipart form
+    around it) passes the ingress; one it refuses does not travel to the renderer first."""
+    (ingress,) = [d for d in yaml.safe_load_all((K8S / "examples" / "web-ingress.yaml").read_text()) if d]
+    body = nginx_size(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"])
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        dep, container = runs(docs, "renderer")
+        max_upload = config_of(docs, dep, container)["avatars"]["max_upload_bytes"]
+        assert max_upload < body <= max_upload + (1 << 20), (overlay, max_upload, body)

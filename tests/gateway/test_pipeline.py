@@ -224,3 +224,25 @@ async def test_a_first_fragment_that_needs_later_frames_does_not_wait_forever(co
     chunks = await _speak(ds, config=GatewayConfig(start_hold_ms=50), container=container)
     assert chunks[-1].summary.frames == 10 and ds.encoder_frames == 10
     assert ds.frames_before_their_visemes == 0 and ds.encoder_inputs[-1] == "end"
+
+
+@pytest.mark.parametrize(
+    ("container", "counted"),
+    [(api.CONTAINER_FMP4, 1), (api.CONTAINER_MPEGTS, 1), (api.CONTAINER_MP4, 0)],
+)
+async def test_time_to_first_frame_counts_streamed_fragments_only(container, counted):
+    """talkmesh_time_to_first_frame_seconds (the SLO's metric) is the time to the first streamed
+    fragment: a whole-file MP4's first chunk is the whole file, its time the request's total."""
+    telemetry = Telemetry("gateway")
+    svc = GatewayService(GatewayConfig(), telemetry, downstreams=FakeDownstreams(chunks=10))
+    async with serve(svc) as host, TalkmeshClient(host.address) as client:
+        chunks = [c async for c in client.speak("Hello there.", container=container)]
+    assert chunks[-1].summary.frames == 10
+    labels = {"service": "gateway"}
+    count = telemetry.metrics.registry.get_sample_value("talkmesh_time_to_first_frame_seconds_count", labels)
+    assert (count or 0) == counted
+    # the request itself is still timed, whole file or not
+    total = telemetry.metrics.registry.get_sample_value(
+        "talkmesh_stage_duration_seconds_count", {"service": "gateway", "stage": "total"}
+    )
+    assert total == 1
