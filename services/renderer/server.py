@@ -178,14 +178,17 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         )
         if who is None or store.is_protected(avatar.id):
             return avatar, cached
+        # Read and changed under the entry's lock: another key (on this or another replica) may add
+        # itself at the same time.
+        name = who.name
         owners = store.owners(avatar.id)
-        if who.name not in owners:
-            store.set_owners(avatar.id, owners | {who.name})
+        if name not in owners:
+            store.update_owners(avatar.id, lambda now: now | {name})
             try:
                 self._check_quota(who, 0)
             except ResourceExhausted:
-                store.set_owners(avatar.id, owners)
-                if not owners and not cached:
+                left = store.update_owners(avatar.id, lambda now: now - {name})
+                if not left and not owners and not cached:
                     store.delete(avatar.id)
                 raise
         return avatar, cached
@@ -239,9 +242,9 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             if not store.exists(avatar_id):
                 return False
             raise PermissionDenied(f"avatar_id: avatar {avatar_id!r} belongs to another API key")
-        if owners - {who.name}:
-            store.set_owners(avatar_id, owners - {who.name})
-            return True
+        name = who.name
+        if store.update_owners(avatar_id, lambda now: now - {name}):
+            return True  # others (maybe added meanwhile on another replica) still own it
         return store.delete(avatar_id)
 
     async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:

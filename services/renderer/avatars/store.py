@@ -10,8 +10,21 @@ of the raw size for a video, half for a photo: BENCHMARKS.md, "Avatar store") an
 time into one array when the avatar is loaded; entries written by older versions, with raw
 ``frames.npy``, still load as they are (and count their raw size in the disk quota).
 
-An entry is built in a temporary directory and renamed into place, so a precompute that is killed
-half way leaves nothing that later loads (stale temporaries are removed at start).
+An entry is built in a temporary directory (``.tmp-*``) and renamed into place, so a precompute that
+is killed half way leaves nothing that later loads (temporaries untouched for ``STALE_TMP_SECONDS``
+are removed at start and by later registrations: one just made may be another replica's build).
+
+Shared between replicas: several renderer processes (pods on one ReadWriteMany volume) may use one
+root. Everything another replica needs is on disk: the entries, their owners (``owners.json``), the
+backends' precomputes (``<backend>.npz``, when the backend's extras are arrays; otherwise each
+replica prepares them again in memory) and the aliases (``.aliases/<hash>.json``, whose targets are
+protected from deletion). Changes that must not be lost or undone by another replica (installing an
+entry, deleting it, setting a damaged one aside, changing its owners) hold the entry's file lock
+(``.locks/<id>``, ``flock``), so a complete entry is never removed by a concurrent registration: the
+second writer discards its build and uses the entry in place. A replica trusts its memory for at
+most ``RECHECK_SECONDS`` (plus the file system's own attribute cache, e.g. NFS ``actimeo``) before it
+looks again: an alias set or changed elsewhere resolves, and an avatar deleted elsewhere stops being
+served, within that bound.
 
 Locking: a store-wide lock guards only the in-memory tables (LRU, aliases, per-entry locks) and is
 never held while decoding, analysing, loading from disk or running a backend's precompute; those
@@ -21,16 +34,18 @@ hold the lock of their own entry, so renders of ready avatars never wait for ano
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 import zipfile
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -58,6 +73,16 @@ PRECOMPUTE_VERSION = "3"  # the content ids depend on it: changing it orphans ev
 FRAMES_FILE = "frames.pngs"
 FRAMES_INDEX = "frames.index.npy"
 DAMAGED_DIR = ".damaged"  # entries found damaged on load are moved here (not listed, not served)
+ALIASES_DIR = ".aliases"  # one <sha256 of the alias>.json per alias: {"alias": ..., "id": ...}
+LOCKS_DIR = ".locks"  # one empty lock file per entry (flock), shared by every process on the root
+TMP_PREFIX = ".tmp-"  # entries being built or deleted: never loaded or listed
+#: A temporary entry nothing has touched for this long is a crashed build (or delete) and is removed.
+#: Builds write their frames as they go; analysing a 750-frame video takes minutes, not an hour.
+STALE_TMP_SECONDS = 3600.0
+#: How long a replica trusts what it remembers about an alias or an entry before it looks on disk
+#: again (an alias set, or an avatar deleted, by another replica is seen within this bound).
+RECHECK_SECONDS = 2.0
+ALIAS_CACHE_ENTRIES = 4096  # names resolved (aliases or not) remembered for RECHECK_SECONDS
 LEGACY_FRAMES = "frames.npy"  # raw N x H x W x 3 (before frames were stored compressed)
 #: zlib level of the stored PNGs: 3 is smaller *and* faster to write than 1 on avatar frames, and
 #: levels above trade a lot of time for a few percent (measured; BENCHMARKS.md, "Avatar store").
@@ -105,8 +130,10 @@ class AvatarStore:
         self._memory: OrderedDict[str, Avatar] = OrderedDict()
         #: avatars scaled down to the output sizes streams asked for, by (id, size)
         self._scaled: Lru[tuple[str, tuple[int, int]], Avatar] = Lru(max(1, cfg.memory_entries))
-        self._aliases: dict[str, str] = {}
-        self._protected: set[str] = set()
+        self._verified: dict[str, float] = {}  # id in _memory -> when its entry was last seen on disk
+        # name -> (the id it is an alias of, or "", when that was read from disk)
+        self._aliases: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._protected: tuple[frozenset[str], float] = (frozenset(), -RECHECK_SECONDS)
         self._lock = threading.Lock()  # the tables above and _entries; never held for slow work
         self._entries: dict[str, threading.RLock] = {}
         models = (
@@ -117,13 +144,43 @@ class AvatarStore:
         self.faces = FaceAnalyzer(models)
         self._on_cache = on_cache or (lambda cache, hit: None)
         self.precomputes = 0
-        for stale in self.root.glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        self._swept = 0.0
+        self.sweep_stale()
 
     def _entry(self, avatar_id: str) -> threading.RLock:
         """The lock of one avatar's entry (its precompute, disk load and backend preparation)."""
         with self._lock:
             return self._entries.setdefault(avatar_id, threading.RLock())
+
+    @contextlib.contextmanager
+    def _disk_lock(self, avatar_id: str) -> Iterator[None]:
+        """The entry's lock across processes (an flock on ``.locks/<id>``; NFSv4, CephFS and local
+        file systems honour it). Taken with the entry's thread lock held and never nested: on NFS
+        flock is a POSIX lock, which a process holds once whatever its threads do."""
+        locks = self.root / LOCKS_DIR
+        locks.mkdir(exist_ok=True)
+        fd = os.open(locks / avatar_id, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def sweep_stale(self, older_than: float = STALE_TMP_SECONDS) -> int:
+        """Removes temporary entries (``.tmp-*``) nothing has written for ``older_than`` seconds: the
+        leftovers of a build or a delete whose process died. Returns how many it removed."""
+        self._swept = time.monotonic()
+        removed = 0
+        now = time.time()
+        for tmp in self.root.glob(f"{TMP_PREFIX}*"):
+            try:
+                newest = max(max(st.st_mtime, st.st_ctime) for st in (tmp.stat(), *(p.stat() for p in tmp.iterdir())))
+            except OSError:  # removed or renamed meanwhile
+                continue
+            if now - newest > older_than:
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed += 1
+        return removed
 
     def settings_key(self, choice: FaceChoice = FaceChoice()) -> str:
         settings: dict[str, Any] = {"v": PRECOMPUTE_VERSION, "faces": self.faces.detector}
@@ -161,6 +218,8 @@ class AvatarStore:
                     "meta.backends", f"backend {b!r} is not loaded (loaded: {', '.join(self.backends)})"
                 )
         avatar_id = self.content_id(data, choice)
+        if time.monotonic() - self._swept > STALE_TMP_SECONDS / 4:
+            self.sweep_stale()
         # Only registrations of the same file wait for each other: a long video precompute must
         # not hold up renders of the avatars that are ready.
         with self._entry(avatar_id):
@@ -168,7 +227,7 @@ class AvatarStore:
             if cached:
                 try:
                     self.get(avatar_id)
-                except FailedPrecondition:  # damaged on disk and removed: made again from this upload
+                except (FailedPrecondition, NotFound):  # damaged and set aside, or deleted meanwhile: made again
                     cached = False
             self._on_cache("avatar_precompute", cached)
             if not cached:
@@ -188,10 +247,27 @@ class AvatarStore:
                     self._ensure_backend(avatar, b)
                     report(f"backend:{b}", 1, 1)
         if alias:
-            with self._lock:
-                self._aliases[alias] = avatar_id
-                self._protected.add(avatar_id)
+            self._set_alias(alias, avatar_id)
         return avatar, cached
+
+    def _alias_path(self, name: str) -> Path:
+        return self.root / ALIASES_DIR / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.json"
+
+    def _set_alias(self, name: str, avatar_id: str) -> None:
+        """``name`` resolves to ``avatar_id`` on every replica, which is protected from deletion."""
+        path = self._alias_path(name)
+        path.parent.mkdir(exist_ok=True)
+        _write_atomic(path, json.dumps({"alias": name, "id": avatar_id}).encode())
+        with self._lock:
+            self._aliases[name] = (avatar_id, time.monotonic())
+            self._protected = (self._protected[0] | {avatar_id}, self._protected[1])
+
+    def _read_alias(self, name: str) -> str:
+        try:
+            doc = json.loads(self._alias_path(name).read_text())
+            return str(doc["id"]) if doc.get("alias") == name else ""
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
 
     def _precompute(
         self, avatar_id: str, data: bytes, filename: str, name: str, choice: FaceChoice, progress: Progress
@@ -238,10 +314,7 @@ class AvatarStore:
             }
             _write_atomic(tmp / "meta.json", json.dumps(meta).encode())
             avatar = _avatar(avatar_id, meta, frames, arrays)
-            final = self.root / avatar_id
-            if final.exists():  # a half-written entry from an older layout
-                shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            self._install(tmp, avatar_id)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -252,6 +325,22 @@ class AvatarStore:
             avatar_id, name, len(frames), report["frames_kept"], report["detector"], report["confidence"],
         )  # fmt: skip
         return avatar
+
+    def _install(self, tmp: Path, avatar_id: str) -> None:
+        """Renames the built entry ``tmp`` into place, unless a complete entry is there already (made
+        by another replica or process meanwhile: it is kept, and ``tmp`` removed). The content id
+        names the content, so either is the same avatar."""
+        final = self.root / avatar_id
+        with self._disk_lock(avatar_id):
+            if (final / "meta.json").is_file():
+                log.info("avatar %s: prepared meanwhile by another process; using that entry", avatar_id)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            if final.exists():  # a half-written entry from an older layout (never a complete one)
+                aside = self.root / f"{TMP_PREFIX}old-{avatar_id}-{uuid.uuid4().hex[:6]}"
+                os.replace(final, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            os.replace(tmp, final)
 
     def _ensure_backend(self, avatar: Avatar, backend: str) -> None:
         if backend in avatar.extras:
@@ -282,16 +371,39 @@ class AvatarStore:
                     os.replace(tmp, path)
 
     def resolve(self, avatar_id: str) -> str:
+        """The id an alias names (read from disk at most every ``RECHECK_SECONDS``), else the id."""
+        name = avatar_id or DEFAULT_ALIAS
+        now = time.monotonic()
         with self._lock:
-            return self._aliases.get(avatar_id or DEFAULT_ALIAS, avatar_id or DEFAULT_ALIAS)
+            known = self._aliases.get(name)
+        if known is not None and now - known[1] < RECHECK_SECONDS:
+            return known[0] or name
+        target = self._read_alias(name)
+        with self._lock:
+            self._aliases[name] = (target, now)
+            self._aliases.move_to_end(name)
+            while len(self._aliases) > ALIAS_CACHE_ENTRIES:
+                self._aliases.popitem(last=False)
+        return target or name
 
     def get(self, avatar_id: str, backend: str = "") -> Avatar:
         """Blocking. The prepared avatar (memory, then disk), with ``backend``'s precompute."""
         key = self.resolve(avatar_id)
+        now = time.monotonic()
         with self._lock:
             avatar = self._memory.get(key)
             if avatar is not None:
                 self._memory.move_to_end(key)
+            recheck = avatar is not None and now - self._verified.get(key, now) >= RECHECK_SECONDS
+        if recheck:  # deleted by another replica? (one stat, at most every RECHECK_SECONDS)
+            if (self.root / key / "meta.json").is_file():
+                with self._lock:
+                    self._verified[key] = now
+            else:
+                with self._lock:
+                    self._memory.pop(key, None)
+                    self._verified.pop(key, None)
+                avatar = None
         self._on_cache("avatar_memory", avatar is not None)
         if avatar is None:
             with self._entry(key):
@@ -329,13 +441,18 @@ class AvatarStore:
         with self._lock:
             self._memory[key] = avatar
             self._memory.move_to_end(key)
+            self._verified[key] = time.monotonic()
             while len(self._memory) > self.cfg.memory_entries:
-                self._memory.popitem(last=False)
+                self._verified.pop(self._memory.popitem(last=False)[0], None)
 
     def _load(self, avatar_id: str) -> Avatar:
         d = self.root / avatar_id
         if not avatar_id or "/" in avatar_id or avatar_id.startswith(".") or not (d / "meta.json").is_file():
             raise NotFound("config.avatar_id", avatar_id, "avatar")
+        try:
+            inode = d.stat().st_ino
+        except FileNotFoundError as exc:  # deleted meanwhile
+            raise NotFound("config.avatar_id", avatar_id, "avatar") from exc
         try:
             meta = json.loads((d / "meta.json").read_text())
             if (d / FRAMES_INDEX).is_file():
@@ -345,7 +462,9 @@ class AvatarStore:
             with np.load(d / "boxes.npz") as z:
                 arrays = {k: z[k] for k in z.files}
             return _avatar(avatar_id, meta, frames, arrays)
-        except FileNotFoundError as exc:  # a file of the entry is missing: damaged
+        except FileNotFoundError as exc:  # a file of the entry is missing: damaged, or deleted meanwhile
+            if not (d / "meta.json").is_file():
+                raise NotFound("config.avatar_id", avatar_id, "avatar") from exc
             damage: Exception = exc
         except OSError as exc:  # out of file descriptors, memory, a passing I/O error: the entry may be fine
             raise Unavailable(f"avatar {avatar_id}: its stored entry could not be read now; try again",
@@ -357,17 +476,23 @@ class AvatarStore:
         aside = self.root / DAMAGED_DIR / f"{avatar_id}.{uuid.uuid4().hex[:8]}"
         log.warning("avatar %s: stored entry is damaged (%s); moved to %s, it must be registered again",
                     avatar_id, damage, aside)  # fmt: skip
-        with contextlib.suppress(OSError):
-            aside.parent.mkdir(exist_ok=True)
-            os.replace(d, aside)
+        with self._disk_lock(avatar_id), contextlib.suppress(OSError):
+            # Only the entry found damaged: not one another replica has installed since.
+            if d.stat().st_ino == inode:
+                aside.parent.mkdir(exist_ok=True)
+                os.replace(d, aside)
         raise FailedPrecondition(f"avatar {avatar_id}: its stored frames were damaged; register it again") from damage
 
     def list(self) -> list[AvatarSummary]:
         out = []
         for meta_path in sorted(self.root.glob("*/meta.json")):
+            if meta_path.parent.name.startswith("."):  # being built or deleted, set aside
+                continue
             with contextlib.suppress(OSError, ValueError, KeyError):
                 meta = json.loads(meta_path.read_text())
-                backends = tuple(sorted(p.stem for p in meta_path.parent.glob("*.npz") if p.stem != "boxes"))
+                backends = tuple(
+                    sorted(p.stem for p in meta_path.parent.glob("*.npz") if p.stem != "boxes" and p.name[0] != ".")
+                )
                 out.append(
                     AvatarSummary(
                         meta["id"],
@@ -387,9 +512,22 @@ class AvatarStore:
     # No file: registered without API keys, owned by nobody (only admins may delete it).
     def is_protected(self, avatar_id: str) -> bool:
         """The default avatar (and any alias the service registered): read-only for everyone."""
-        key = self.resolve(avatar_id)
+        return self.resolve(avatar_id) in self._protected_ids()
+
+    def _protected_ids(self) -> frozenset[str]:
+        """The ids any alias names, on any replica (read from disk at most every RECHECK_SECONDS)."""
+        now = time.monotonic()
         with self._lock:
-            return key in self._protected
+            ids, read_at = self._protected
+        if now - read_at < RECHECK_SECONDS:
+            return ids
+        found = set(ids)  # an alias is never removed: what was protected stays protected
+        for path in (self.root / ALIASES_DIR).glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                found.add(str(json.loads(path.read_text())["id"]))
+        with self._lock:
+            self._protected = (self._protected[0] | found, now)
+            return self._protected[0]
 
     def owners(self, avatar_id: str) -> set[str]:
         d = self._dir(avatar_id)
@@ -399,10 +537,24 @@ class AvatarStore:
             return set()
 
     def set_owners(self, avatar_id: str, owners: set[str]) -> None:
+        self.update_owners(avatar_id, lambda _: set(owners))
+
+    def update_owners(self, avatar_id: str, change: Callable[[set[str]], set[str]]) -> set[str]:
+        """Replaces the owners by ``change(owners)`` under the entry's lock, so that owners added or
+        removed at the same time by other threads or replicas are not lost. Returns the new owners
+        (an empty set, and no change, when the avatar does not exist)."""
         d = self._dir(avatar_id)
-        if d is not None and d.is_dir():
-            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-                _write_atomic(d / "owners.json", json.dumps(sorted(owners)).encode())
+        if d is None or not (d / "meta.json").is_file():  # (no lock file for ids that never existed)
+            return set()
+        with self._entry(d.name), self._disk_lock(d.name):
+            if not (d / "meta.json").is_file():  # deleted meanwhile
+                return set()
+            before = self.owners(d.name)
+            after = change(set(before))
+            if after != before:
+                with contextlib.suppress(FileNotFoundError):
+                    _write_atomic(d / "owners.json", json.dumps(sorted(after)).encode())
+            return after
 
     def disk_bytes(self, avatar_id: str) -> int:
         """Bytes the avatar takes on disk (its frames, boxes and backends' precomputes)."""
@@ -432,21 +584,23 @@ class AvatarStore:
         The default avatar (and any alias the service registered) is refused by alias and by id.
         """
         key = self.resolve(avatar_id)
-        with self._lock:
-            if key in self._protected:
-                raise FailedPrecondition(
-                    f"avatar_id: {avatar_id!r} is the {DEFAULT_ALIAS} avatar, which cannot be deleted"
-                )
+        if key in self._protected_ids():
+            raise FailedPrecondition(f"avatar_id: {avatar_id!r} is the {DEFAULT_ALIAS} avatar, which cannot be deleted")
         if not key or "/" in key or key.startswith("."):
             return False
         with self._entry(key):
             with self._lock:
                 self._memory.pop(key, None)
+                self._verified.pop(key, None)
             d = self.root / key
-            if not d.is_dir():
+            if not d.is_dir():  # (no lock file for ids that never existed)
                 return False
-            tmp = self.root / f".tmp-del-{key}-{uuid.uuid4().hex[:6]}"
-            os.replace(d, tmp)
+            tmp = self.root / f"{TMP_PREFIX}del-{key}-{uuid.uuid4().hex[:6]}"
+            with self._disk_lock(key):
+                try:
+                    os.replace(d, tmp)
+                except FileNotFoundError:  # not there (or deleted by another replica meanwhile)
+                    return False
             shutil.rmtree(tmp, ignore_errors=True)
             return True
 
