@@ -313,6 +313,30 @@ async def test_idle_timeout_warns_then_ends_and_keep_alive_holds_it(tmp_path: Pa
     assert 0 < endings[0].seconds_left <= 0.5 and endings[1].seconds_left == 0
 
 
+async def test_short_limits_start_first_and_a_short_session_still_speaks(tmp_path: Path) -> None:
+    """Limits under ending_warning_seconds (10 s): `started` is still the first message, the warning
+    comes a quarter of the limit before the end, and a 3 s session speaks a short turn."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live(idle_timeout=2.0) as live:
+            assert live.started is not None and live.started.session_id
+            rec = Recorder(live).start()
+            await rec.finish(timeout=10)
+        assert rec.messages[0].kind == "started"
+        endings = [r.msg.event.session_ending for r in rec.events("session_ending")]
+        assert endings[0].reason == lpb.END_REASON_IDLE_TIMEOUT and 0 < endings[0].seconds_left <= 0.5
+
+        async with client.live(max_seconds=3.0) as live:
+            assert live.started is not None
+            rec = Recorder(live).start()
+            tid = await live.say("Hi.")
+            stopped = await rec.wait_event("speaking_stopped", tid, timeout=10)
+            await rec.finish(timeout=10)
+        assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+        assert not [r for r in rec.messages if r.kind == "error"]
+        endings = [r.msg.event.session_ending for r in rec.events("session_ending")]
+        assert endings[0].reason == lpb.END_REASON_MAX_LENGTH and 0 < endings[0].seconds_left <= 0.75
+
+
 async def test_a_client_that_hangs_up_frees_every_stage(tmp_path: Path) -> None:
     async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
         live = client.live()

@@ -70,6 +70,9 @@ MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 48000
 MAX_PENDING_TURNS = 32
 #: Ids of stopped turns a session remembers (later input for them is discarded, not a new turn).
 STOPPED_TURNS_KEPT = 4096
+#: The session_ending warning comes ``ending_warning_seconds`` before the end, or this fraction of
+#: the limit when that is shorter (a 3 s session is warned 0.75 s before its end, not at once).
+ENDING_WARNING_FRACTION = 0.25
 
 
 # -- session ids that name their owner ----------------------------------------------------------------
@@ -179,6 +182,10 @@ class LiveSession:
         self.max_seconds = config.max_session_seconds or self.cfg.max_session_seconds
         self.client_closed = False
         self.ending: lpb.SessionEnding | None = None
+        #: set once ``started`` went out: nothing else is sent before it (live.proto)
+        self.started = asyncio.Event()
+        #: no new turns (the session drains or is closing); a max-length warning does not refuse them
+        self.refusing_turns = False
         self.end_requested = asyncio.Event()
         self.speaking = False
         # for watchers: what a late joiner needs first
@@ -240,8 +247,15 @@ class LiveSession:
     async def _send(self, msg: lpb.LiveServerMessage) -> None:
         """To the client and every watcher (a watcher that cannot keep up is dropped)."""
         kind = msg.WhichOneof("kind")
+        if kind != "started" and not self.started.is_set():
+            # live.proto: `started` is the first message; a message made before it (an error, a
+            # lifetime event) waits for it (or for the end, if the session fails before it starts)
+            await self._started_or_closed()
+            if self.out.closed:
+                return
         if kind == "started":
             self.started_msg = msg
+            self.started.set()
         elif kind == "media" and msg.media.init_segment:
             self.init_msg = msg
         for w in list(self.watchers):
@@ -252,6 +266,10 @@ class LiveSession:
                 self.watchers.discard(w)
         if not self.out.closed:  # after the end (or a failure) nothing more goes out
             await self.out.send(msg)
+
+    async def _started_or_closed(self) -> None:
+        while not self.started.is_set() and not self.out.closed:
+            await wait_event(self.started, 0.25)
 
     async def _error(self, exc: TalkmeshError, turn_id: str = "") -> None:
         # In-band errors reach the client like statuses do: without internal addresses and paths.
@@ -373,7 +391,7 @@ class LiveSession:
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
         if len(self.turns) >= MAX_PENDING_TURNS:
             raise InvalidArgument(f"{kind}.turn_id", f"more than {MAX_PENDING_TURNS} turns waiting to play")
-        if self.ending is not None:
+        if self.refusing_turns:
             raise InvalidArgument(f"{kind}.turn_id", "the session is ending")
         turn = GatewayTurn(tid, kind)
         if kind == "audio":
@@ -546,12 +564,18 @@ class LiveSession:
 
     # -- lifetime ----------------------------------------------------------------------------
     async def _watch_lifetime(self) -> None:
-        """Idle timeout, maximum length, draining and the client's close, each announced."""
-        warn = self.cfg.ending_warning_seconds
+        """Idle timeout, maximum length, draining and the client's close, each announced (after
+        ``started``). The warning comes ``ending_warning_seconds`` before the end, or a quarter of
+        the limit before it when that is shorter; only draining refuses new turns: after a
+        max-length warning a turn may still start, and what of it has not played at the end is cut."""
+        warn_idle = min(self.cfg.ending_warning_seconds, ENDING_WARNING_FRACTION * self.idle_timeout)
+        warn_length = min(self.cfg.ending_warning_seconds, ENDING_WARNING_FRACTION * self.max_seconds)
         warned_idle = False
+        await self._started_or_closed()
         while True:
             now = time.monotonic()
             if self.hub.draining and self.ending is None:
+                self.refusing_turns = True
                 await self._announce(lpb.END_REASON_DRAINING, self.cfg.drain_seconds)
                 await self._sleep_or_done(self.cfg.drain_seconds)
                 return await self._finish()
@@ -564,12 +588,12 @@ class LiveSession:
                 return await self._finish()
             if idle_left <= 0 and not self.speaking:
                 return await self._finish()
-            if length_left <= warn and self.ending is None:
+            if length_left <= warn_length and self.ending is None:
                 await self._announce(lpb.END_REASON_MAX_LENGTH, max(0.0, length_left))
-            elif idle_left <= warn and not warned_idle and not self.speaking:
+            elif idle_left <= warn_idle and not warned_idle and not self.speaking:
                 warned_idle = True
                 await self._announce(lpb.END_REASON_IDLE_TIMEOUT, max(0.0, idle_left), final=False)
-            elif idle_left > warn:
+            elif idle_left > warn_idle:
                 warned_idle = False
             self.end_requested.clear()
             await wait_event(self.end_requested, 0.25)
@@ -589,6 +613,7 @@ class LiveSession:
 
     async def _finish(self) -> None:
         """Stops every turn, then closes the encoder stream; the output ends when it does."""
+        self.refusing_turns = True
         if self.ending is None:
             reason = (
                 lpb.END_REASON_MAX_LENGTH
