@@ -48,7 +48,7 @@ from talkmesh.common.errors import (
     ResourceExhausted,
     TalkmeshError,
     Unavailable,
-    scrub,
+    scrub_live_error,
 )
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_id, check_text
@@ -186,6 +186,8 @@ class LiveSession:
         self.started = asyncio.Event()
         #: no new turns (the session drains or is closing); a max-length warning does not refuse them
         self.refusing_turns = False
+        #: turns whose failure the client was told of (the encoder's own report of it is dropped)
+        self.reported_failed: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)
         self.end_requested = asyncio.Event()
         self.speaking = False
         # for watchers: what a late joiner needs first
@@ -253,6 +255,8 @@ class LiveSession:
             await self._started_or_closed()
             if self.out.closed:
                 return
+        if kind == "error":
+            msg = _scrubbed(msg)
         if kind == "started":
             self.started_msg = msg
             self.started.set()
@@ -272,14 +276,10 @@ class LiveSession:
             await wait_event(self.started, 0.25)
 
     async def _error(self, exc: TalkmeshError, turn_id: str = "") -> None:
-        # In-band errors reach the client like statuses do: without internal addresses and paths.
-        message, _ = scrub(exc.code, exc.message, [])
-        if message != exc.message:
-            log.info("live error to the client scrubbed; was %s: %s", exc.code.name, exc.message)
         await self._send(
             lpb.LiveServerMessage(
                 error=lpb.LiveError(
-                    code=exc.code.value[0], message=message, field=getattr(exc, "field", ""), turn_id=turn_id
+                    code=exc.code.value[0], message=exc.message, field=getattr(exc, "field", ""), turn_id=turn_id
                 )
             )
         )
@@ -304,6 +304,8 @@ class LiveSession:
                     self._turn_over(ev.speaking_stopped.turn_id)
             elif kind == "started":
                 self.span.add_event("started", {"talkmesh.width": msg.started.width})
+            elif kind == "error" and msg.error.turn_id in self.reported_failed:
+                continue  # a turn the gateway failed: the client was told once, with its code
             await self._send(msg)
         self.out.close()
 
@@ -450,6 +452,7 @@ class LiveSession:
         except TalkmeshError as exc:
             log.info("live turn %s failed: %s", turn.turn_id, exc.message)
             self._fence(turn.turn_id)
+            self.reported_failed.put(turn.turn_id, True)
             await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
             await self._error(exc, turn.turn_id)
 
@@ -637,6 +640,19 @@ def _check_audio(body: Any) -> None:
         raise InvalidArgument("audio.pcm", f"{len(body.pcm)} bytes is not a whole number of s16le samples")
     if len(body.pcm) > 2 * body.sample_rate:
         raise InvalidArgument("audio.pcm", "more than one second of audio in one message")
+
+
+def _scrubbed(msg: lpb.LiveServerMessage) -> lpb.LiveServerMessage:
+    """An in-band error as the client may see it: the gateway is the edge, so the scrub of its
+    statuses (no internal addresses, paths or exception text) applies to a stream's errors too."""
+    message = scrub_live_error(msg.error.code, msg.error.message)
+    if message == msg.error.message:
+        return msg
+    log.info("live error to the client scrubbed; was %d: %s", msg.error.code, msg.error.message)
+    out = lpb.LiveServerMessage()
+    out.CopyFrom(msg)
+    out.error.message = message
+    return out
 
 
 def _turn_of(msg: Any) -> str:
