@@ -9,9 +9,11 @@ message (``field: reason``), ``field`` the offending field from the status detai
 from __future__ import annotations
 
 import math
+import re
 
 import grpc
 from aiohttp import web
+from google.protobuf import descriptor_pool
 
 from talkmesh.common.errors import ErrorDetails
 
@@ -63,9 +65,8 @@ class HttpError(Exception):
         return error_response(self.status, self.code, self.message, self.field, self.retry_after)
 
     def as_json(self) -> dict[str, object]:
-        """The same error as a live-session ``error`` message (LiveError's fields)."""
-        code = grpc.StatusCode[self.code].value[0] if self.code in grpc.StatusCode.__members__ else 2
-        return {"error": {"code": code, "message": self.message, "field": self.field}}
+        """The same error as a live-session ``error`` message (LiveError's fields, the code by name)."""
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:
@@ -75,3 +76,24 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:
     if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message.lower():
         message = "gateway: not reachable"
     return HttpError(HTTP_STATUS.get(code, 500), code.name, message, details.field, details.retry_delay)
+
+
+_UNKNOWN_FIELD = re.compile(
+    r'Message type "(?P<type>[\w.]+)" has no field named "(?P<name>[^"]*)" at "(?P<at>[^"]*)"\.'
+    r"\s*Available Fields\(except extensions\): \"\[[^\]]*\]\""
+)
+
+
+def proto_names(message: str) -> str:
+    """A ParseError's message with the proto field names (WEB.md): json_format lists an unknown
+    field's siblings by their JSON names (``turnId``, ``endOfTurn``)."""
+
+    def fields(m: re.Match[str]) -> str:
+        try:
+            desc = descriptor_pool.Default().FindMessageTypeByName(m["type"])
+        except KeyError:
+            return m[0]
+        names = ", ".join(f.name for f in desc.fields)
+        return f'Message type "{m["type"]}" has no field named "{m["name"]}" at "{m["at"]}"; its fields: {names}'
+
+    return _UNKNOWN_FIELD.sub(fields, message)

@@ -31,7 +31,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
 from services.web.config import WebConfig
-from services.web.errors import HttpError, error_response, from_rpc_error
+from services.web.errors import HttpError, error_response, from_rpc_error, proto_names
 from services.web.live import LiveBridge, watch_bridge
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
@@ -382,7 +382,7 @@ class WebHost:
         try:
             json_format.ParseDict(body, req)
         except json_format.ParseError as exc:
-            raise HttpError(400, "INVALID_ARGUMENT", f"body: {exc}", "body") from None
+            raise HttpError(400, "INVALID_ARGUMENT", f"body: {proto_names(str(exc))}", "body") from None
         req.output.container = api.CONTAINER_MP4  # type: ignore[assignment]
         data = bytearray()
         mime = "video/mp4"
