@@ -15,7 +15,7 @@ import grpc
 from aiohttp import web
 from google.protobuf import descriptor_pool
 
-from talkmesh.common.errors import ErrorDetails
+from talkmesh.common.errors import ErrorDetails, scrub
 
 #: gRPC status -> HTTP status (as the Google API HTTP mapping does).
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -72,10 +72,18 @@ class HttpError(Exception):
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:
     code = exc.code()
     details = ErrorDetails.of(exc)
-    message = exc.details() or code.name
+    message = edge_message(exc)
     if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message.lower():
         message = "gateway: not reachable"
     return HttpError(HTTP_STATUS.get(code, 500), code.name, message, details.field, details.retry_delay)
+
+
+def edge_message(exc: grpc.aio.AioRpcError) -> str:
+    """A status's message as a browser may see it. The gateway scrubs its own statuses, but a
+    status the channel makes here (the gateway unreachable, a TLS or connection failure) names
+    addresses (``ipv4:127.0.0.1:50051: Socket closed``): the same scrub applies at this edge."""
+    message, _ = scrub(exc.code(), exc.details() or exc.code().name, [])
+    return message
 
 
 _UNKNOWN_FIELD = re.compile(

@@ -27,11 +27,10 @@ from aiohttp import WSMsgType, web
 from google.protobuf import json_format
 
 from services.web.config import WebSettings
-from services.web.errors import proto_names
+from services.web.errors import edge_message, proto_names
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import TaskSet
 from talkmesh.common.errors import ErrorDetails
-from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import live_pb2_grpc
 
@@ -134,7 +133,7 @@ class Sender:
             status: dict[str, Any] = {"code": "OK", "message": "", "field": ""}
             close = CLOSE_NORMAL
         else:
-            status = {"code": exc.code().name, "message": exc.details() or "", "field": ErrorDetails.of(exc).field}
+            status = {"code": exc.code().name, "message": edge_message(exc), "field": ErrorDetails.of(exc).field}
             close = _CLOSE_FOR.get(exc.code(), CLOSE_INTERNAL)
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.json({"status": status})
@@ -205,7 +204,7 @@ class LiveBridge:
         if first is None:
             return
         stub = live_pb2_grpc.LiveStub(self.client.channel)
-        self.call = stub.Session(metadata=outgoing_metadata())
+        self.call = stub.Session(metadata=self.client.metadata())
         try:
             await self.call.write(first)
             async with TaskSet("web-live") as tasks:

@@ -36,7 +36,7 @@ from services.web.live import LiveBridge, watch_bridge
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
 from talkmesh.common.logs import request_id_var
-from talkmesh.common.propagation import REQUEST_ID_KEY, outgoing_metadata
+from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.server import BindError, check_port_free, run_until_signal
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import gateway_pb2 as gpb
@@ -126,7 +126,14 @@ class WebHost:
             check_port_free(self.name, "HTTP", cfg.host, cfg.port)
         if cfg.metrics_port > 0:
             check_port_free(self.name, "metrics", cfg.host, cfg.metrics_port)
-        self.client = TalkmeshClient(self.config.gateway.target, max_message_bytes=cfg.max_message_bytes)
+        gateway = self.config.gateway
+        self.client = TalkmeshClient(
+            gateway.target,
+            max_message_bytes=cfg.max_message_bytes,
+            # the edge's own settings, not the $TALKMESH_TLS* / $TALKMESH_API_KEY of a CLI user
+            tls=gateway.tls,
+            api_key=self.config.web.gateway_api_key(),
+        )
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port)
@@ -348,7 +355,7 @@ class WebHost:
                 raise
 
         info: api.AvatarInfo | None = None
-        call = client.stub.RegisterAvatarWithProgress(upload(), metadata=outgoing_metadata())
+        call = client.stub.RegisterAvatarWithProgress(upload(), metadata=client.metadata())
         try:
             async for msg in call:
                 if msg.WhichOneof("kind") == "avatar":
@@ -388,7 +395,7 @@ class WebHost:
         mime = "video/mp4"
         summary = gpb.SpeakSummary()
         async for chunk in client.stub.Speak(
-            req, timeout=self.config.web.speak_timeout_seconds, metadata=outgoing_metadata()
+            req, timeout=self.config.web.speak_timeout_seconds, metadata=client.metadata()
         ):
             kind = chunk.WhichOneof("kind")
             if kind == "media":
