@@ -109,6 +109,9 @@ def _secure_env(args: argparse.Namespace) -> dict[str, str]:
         if not Path(args.api_keys).is_file():
             raise CliError(f"--api-keys {args.api_keys}: no such file (make one with `talkmesh keys new NAME --file`)")
         env[f"{spec('gateway').env_prefix}__AUTH__API_KEYS_FILE"] = str(Path(args.api_keys).resolve())
+        from talkmesh.devcerts import edge_key_env
+
+        env.update(edge_key_env())  # the web edge's own key (docs/WEB.md, "Security")
     return env
 
 

@@ -222,6 +222,11 @@ class TalkmeshClient:
         """Trace context, request id and the API key."""
         return outgoing_metadata(self._auth)
 
+    def metadata(self) -> grpc.aio.Metadata:
+        """The metadata of a call made on ``stub`` or ``channel`` directly: trace context, request
+        id and the API key (as every call of this client sends)."""
+        return self._md()
+
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:

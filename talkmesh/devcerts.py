@@ -127,3 +127,43 @@ def mesh_tls_env(pki: Path) -> dict[str, str]:
             env[hop + "KEY_FILE"] = str(own / "tls.key")
             env[hop + "SERVER_NAME"] = callee.replace("_", "-")
     return env
+
+
+#: The name of the web edge's API key (``edge_key_env``).
+EDGE_KEY_NAME = "web-edge"
+
+
+def edge_key_env(directory: Path | None = None) -> dict[str, str]:
+    """Environment that gives a mesh's web edge an API key of its own (``talkmesh up --api-keys``):
+    a fresh key in ``<directory>/web-edge.key`` (mode 0600) for the edge
+    (``web.gateway_api_key_file``) and its hashed entry in ``<directory>/service-keys.yaml`` for the
+    gateway (``auth.service_keys_file``; the users' keys file is left as it is). The key has no
+    per-key limits: the edge applies its own (``server.max_concurrent_streams``). Without
+    ``directory``, a private temporary one, removed when the process exits."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    import yaml
+
+    from services.gateway.auth import hash_key, new_key
+    from talkmesh.common.registry import spec
+
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="talkmesh-edge-key-"))
+        atexit.register(shutil.rmtree, directory, True)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = new_key()
+    key_file = directory / f"{EDGE_KEY_NAME}.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    unlimited = {"concurrent_streams": 0, "requests_per_minute": 0, "uploads_per_hour": 0}
+    entry = {"name": EDGE_KEY_NAME, "role": "user", "sha256": hash_key(key), "limits": unlimited}
+    keys_file = directory / "service-keys.yaml"
+    keys_file.write_text(yaml.safe_dump({"keys": [entry]}, sort_keys=False))
+    return {
+        f"{spec('gateway').env_prefix}__AUTH__SERVICE_KEYS_FILE": str(keys_file),
+        f"{spec('web').env_prefix}__WEB__GATEWAY_API_KEY_FILE": str(key_file),
+    }

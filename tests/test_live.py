@@ -313,6 +313,52 @@ async def test_idle_timeout_warns_then_ends_and_keep_alive_holds_it(tmp_path: Pa
     assert 0 < endings[0].seconds_left <= 0.5 and endings[1].seconds_left == 0
 
 
+async def test_short_limits_start_first_and_a_short_session_still_speaks(tmp_path: Path) -> None:
+    """Limits under ending_warning_seconds (10 s): `started` is still the first message, the warning
+    comes a quarter of the limit before the end, and a 3 s session speaks a short turn."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live(idle_timeout=2.0) as live:
+            assert live.started is not None and live.started.session_id
+            rec = Recorder(live).start()
+            await rec.finish(timeout=10)
+        assert rec.messages[0].kind == "started"
+        endings = [r.msg.event.session_ending for r in rec.events("session_ending")]
+        assert endings[0].reason == lpb.END_REASON_IDLE_TIMEOUT and 0 < endings[0].seconds_left <= 0.5
+
+        async with client.live(max_seconds=3.0) as live:
+            assert live.started is not None
+            rec = Recorder(live).start()
+            tid = await live.say("Hi.")
+            stopped = await rec.wait_event("speaking_stopped", tid, timeout=10)
+            await rec.finish(timeout=10)
+        assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+        assert not [r for r in rec.messages if r.kind == "error"]
+        endings = [r.msg.event.session_ending for r in rec.events("session_ending")]
+        assert endings[0].reason == lpb.END_REASON_MAX_LENGTH and 0 < endings[0].seconds_left <= 0.75
+
+
+async def test_a_failed_turn_is_one_error_with_its_code(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live(voice="nope") as live:
+            rec = Recorder(live).start()
+            tid = await live.say("Hello.")
+            await rec.wait_event("speaking_stopped", tid, timeout=20)
+            await asyncio.sleep(0.5)  # a second error would follow the stop at once
+            errors = [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert [(e.code, e.turn_id) for e in errors] == [(grpc.StatusCode.NOT_FOUND.value[0], tid)]
+    assert errors[0].message == "tts: config.voice: voice 'nope' not found"
+
+
+def test_in_band_errors_are_scrubbed_at_the_gateway() -> None:
+    from services.gateway.live import _scrubbed
+
+    leak = "tts: failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:47301: Socket closed"
+    msg = _scrubbed(lpb.LiveServerMessage(error=lpb.LiveError(code=14, message=leak, turn_id="t")))
+    assert "127.0.0.1" not in msg.error.message and "<address>" in msg.error.message
+    msg = _scrubbed(lpb.LiveServerMessage(error=lpb.LiveError(code=13, message=leak, turn_id="t")))
+    assert msg.error.message == "tts: internal error (see the server's logs)" and msg.error.turn_id == "t"
+
+
 async def test_a_client_that_hangs_up_frees_every_stage(tmp_path: Path) -> None:
     async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
         live = client.live()

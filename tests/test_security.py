@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -283,3 +284,56 @@ async def test_live_sessions_need_a_key_and_only_their_key_watches(tmp_path):
                         break
                 await live.close()
                 await rec.finish()
+
+
+async def test_the_web_edge_behind_up_pki_and_api_keys(tmp_path):
+    """`talkmesh up --pki DIR --api-keys FILE`: the web edge reaches the TLS gateway with a key of its
+    own (ready, lists voices, runs a live session); an edge that talks plaintext to that gateway
+    answers 503 without the gateway's address."""
+    import json
+
+    import aiohttp
+
+    from services.web.main import create_service as create_web
+    from services.web.main import load_config as load_web_config
+    from talkmesh.common.config import ServerConfig
+    from talkmesh.common.registry import NAMES
+    from talkmesh.common.telemetry import Telemetry
+    from talkmesh.devcerts import edge_key_env, mesh_tls_env
+
+    pki = tmp_path / "pki"
+    make_dev_pki(pki, NAMES)
+    tls_env = mesh_tls_env(pki)
+    assert tls_env["TALKMESH_WEB__GATEWAY__TLS__CA_FILE"] == str(pki / "web" / "ca.crt")
+    keys = tmp_path / "api-keys.yaml"
+    write_keys(keys, KEYS)
+    edge = edge_key_env(tmp_path / "edge")
+    assert oct((tmp_path / "edge" / "web-edge.key").stat().st_mode & 0o777) == "0o600"
+    env = {"TALKMESH_GATEWAY__AUTH__API_KEYS_FILE": str(keys), **edge}
+    async with inprocess_mesh(tmp_path, env=env, pki=pki, web=True) as mesh:
+        async with aiohttp.ClientSession(mesh.web_url) as http:
+            async with http.get("/readyz") as r:
+                assert r.status == 200, await r.text()
+            async with http.get("/v1/voices") as r:
+                body = await r.json()
+                assert r.status == 200 and any(v["id"].startswith("espeak:") for v in body["voices"]), body
+            async with http.ws_connect("/v1/live") as ws:
+                await ws.send_str(json.dumps({"config": {"request_id": "edge-key"}}))
+                first = json.loads((await ws.receive()).data)
+                assert "started" in first, first
+
+        # the same edge without its TLS settings: the TLS gateway closes its plaintext connection
+        plain = load_web_config(None, env={"TALKMESH_WEB__GATEWAY__TARGET": mesh.gateway})
+        plain = dataclasses.replace(plain, server=ServerConfig(port=0, metrics_port=-1, dependency_check_seconds=0))
+        host = create_web(plain, Telemetry("web"))
+        await host.start()
+        try:
+            async with aiohttp.ClientSession(host.url) as http:
+                async with http.get("/readyz") as r:
+                    assert r.status == 503
+                async with http.get("/v1/voices") as r:
+                    text = await r.text()
+                    assert r.status == 503 and "UNAVAILABLE" in text, text
+                    assert "127.0.0.1" not in text and mesh.gateway not in text and "ipv4" not in text, text
+        finally:
+            await host.stop(0.5)

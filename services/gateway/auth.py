@@ -82,6 +82,10 @@ class AuthConfig:
 
     # YAML/JSON file of hashed keys (see services/gateway/auth.py); "" = no keys, every call allowed.
     api_keys_file: str = ""
+    # A second keys file, same format, for the mesh's own clients (the web edge's key, which
+    # `talkmesh up --api-keys` writes here so that the users' file is left as it is). Read only
+    # while api_keys_file is set; a name in both files is one key's counters.
+    service_keys_file: str = ""
     # How often (seconds) the file's modification time is checked for a reload.
     reload_check_seconds: float = 2.0
 
@@ -187,8 +191,11 @@ class _Usage:
 class KeyStore:
     """The keys of ``auth.api_keys_file``, reloaded when the file changes, and their counters."""
 
-    def __init__(self, config: AuthConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: AuthConfig, clock: Callable[[], float] = time.monotonic, field: str = "auth.api_keys_file"
+    ) -> None:
         self.config = config
+        self.field = field
         self.path = Path(config.api_keys_file)
         self.clock = clock
         self._keys: dict[str, ApiKey] = {}
@@ -197,6 +204,10 @@ class KeyStore:
         self._usage: dict[str, _Usage] = {}
         self.reloads = 0
         self._reload(initial=True)
+        self.service: KeyStore | None = None
+        if config.service_keys_file:
+            only = dataclasses.replace(config, api_keys_file=config.service_keys_file, service_keys_file="")
+            self.service = KeyStore(only, clock, "auth.service_keys_file")
 
     def _reload(self, *, initial: bool = False) -> None:
         try:
@@ -207,7 +218,7 @@ class KeyStore:
             keys = parse_keys(yaml.safe_load(self.path.read_text()) or {}, str(self.path))
         except (OSError, yaml.YAMLError, ConfigError) as exc:
             if initial:
-                raise ConfigError.at("auth.api_keys_file", f"{exc}") from None
+                raise ConfigError.at(self.field, f"{exc}") from None
             log.warning("API keys file %s not reloaded, keeping %d key(s): %s", self.path, len(self._keys), exc)
             return
         self._keys, self._stamp = keys, stamp
@@ -219,7 +230,10 @@ class KeyStore:
         if now - self._checked >= self.config.reload_check_seconds:
             self._checked = now
             self._reload()
-        return self._keys.get(hash_key(key))
+        found = self._keys.get(hash_key(key))
+        if found is None and self.service is not None:
+            found = self.service.lookup(key)
+        return found
 
     def usage(self, key: ApiKey) -> _Usage:
         u = self._usage.setdefault(key.name, _Usage())

@@ -32,7 +32,8 @@ class LiveSettings:
     # Defaults for LiveConfig.idle_timeout_seconds and max_session_seconds.
     idle_timeout_seconds: float = 300.0
     max_session_seconds: float = 3600.0
-    # A session_ending event this long before the server closes a session (idle or length).
+    # A session_ending event this long before the server closes a session (idle or length), or a
+    # quarter of the limit before it when that is shorter (services/gateway/live.py).
     ending_warning_seconds: float = 10.0
     # On SIGTERM, sessions are told to end and may finish their turns for this long.
     drain_seconds: float = 10.0

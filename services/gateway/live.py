@@ -48,7 +48,7 @@ from talkmesh.common.errors import (
     ResourceExhausted,
     TalkmeshError,
     Unavailable,
-    scrub,
+    scrub_live_error,
 )
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_id, check_text
@@ -70,6 +70,9 @@ MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 48000
 MAX_PENDING_TURNS = 32
 #: Ids of stopped turns a session remembers (later input for them is discarded, not a new turn).
 STOPPED_TURNS_KEPT = 4096
+#: The session_ending warning comes ``ending_warning_seconds`` before the end, or this fraction of
+#: the limit when that is shorter (a 3 s session is warned 0.75 s before its end, not at once).
+ENDING_WARNING_FRACTION = 0.25
 
 
 # -- session ids that name their owner ----------------------------------------------------------------
@@ -179,6 +182,12 @@ class LiveSession:
         self.max_seconds = config.max_session_seconds or self.cfg.max_session_seconds
         self.client_closed = False
         self.ending: lpb.SessionEnding | None = None
+        #: set once ``started`` went out: nothing else is sent before it (live.proto)
+        self.started = asyncio.Event()
+        #: no new turns (the session drains or is closing); a max-length warning does not refuse them
+        self.refusing_turns = False
+        #: turns whose failure the client was told of (the encoder's own report of it is dropped)
+        self.reported_failed: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)
         self.end_requested = asyncio.Event()
         self.speaking = False
         # for watchers: what a late joiner needs first
@@ -240,8 +249,17 @@ class LiveSession:
     async def _send(self, msg: lpb.LiveServerMessage) -> None:
         """To the client and every watcher (a watcher that cannot keep up is dropped)."""
         kind = msg.WhichOneof("kind")
+        if kind != "started" and not self.started.is_set():
+            # live.proto: `started` is the first message; a message made before it (an error, a
+            # lifetime event) waits for it (or for the end, if the session fails before it starts)
+            await self._started_or_closed()
+            if self.out.closed:
+                return
+        if kind == "error":
+            msg = _scrubbed(msg)
         if kind == "started":
             self.started_msg = msg
+            self.started.set()
         elif kind == "media" and msg.media.init_segment:
             self.init_msg = msg
         for w in list(self.watchers):
@@ -253,15 +271,15 @@ class LiveSession:
         if not self.out.closed:  # after the end (or a failure) nothing more goes out
             await self.out.send(msg)
 
+    async def _started_or_closed(self) -> None:
+        while not self.started.is_set() and not self.out.closed:
+            await wait_event(self.started, 0.25)
+
     async def _error(self, exc: TalkmeshError, turn_id: str = "") -> None:
-        # In-band errors reach the client like statuses do: without internal addresses and paths.
-        message, _ = scrub(exc.code, exc.message, [])
-        if message != exc.message:
-            log.info("live error to the client scrubbed; was %s: %s", exc.code.name, exc.message)
         await self._send(
             lpb.LiveServerMessage(
                 error=lpb.LiveError(
-                    code=exc.code.value[0], message=message, field=getattr(exc, "field", ""), turn_id=turn_id
+                    code=exc.code.value[0], message=exc.message, field=getattr(exc, "field", ""), turn_id=turn_id
                 )
             )
         )
@@ -286,6 +304,8 @@ class LiveSession:
                     self._turn_over(ev.speaking_stopped.turn_id)
             elif kind == "started":
                 self.span.add_event("started", {"talkmesh.width": msg.started.width})
+            elif kind == "error" and msg.error.turn_id in self.reported_failed:
+                continue  # a turn the gateway failed: the client was told once, with its code
             await self._send(msg)
         self.out.close()
 
@@ -373,7 +393,7 @@ class LiveSession:
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
         if len(self.turns) >= MAX_PENDING_TURNS:
             raise InvalidArgument(f"{kind}.turn_id", f"more than {MAX_PENDING_TURNS} turns waiting to play")
-        if self.ending is not None:
+        if self.refusing_turns:
             raise InvalidArgument(f"{kind}.turn_id", "the session is ending")
         turn = GatewayTurn(tid, kind)
         if kind == "audio":
@@ -432,6 +452,7 @@ class LiveSession:
         except TalkmeshError as exc:
             log.info("live turn %s failed: %s", turn.turn_id, exc.message)
             self._fence(turn.turn_id)
+            self.reported_failed.put(turn.turn_id, True)
             await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
             await self._error(exc, turn.turn_id)
 
@@ -546,12 +567,18 @@ class LiveSession:
 
     # -- lifetime ----------------------------------------------------------------------------
     async def _watch_lifetime(self) -> None:
-        """Idle timeout, maximum length, draining and the client's close, each announced."""
-        warn = self.cfg.ending_warning_seconds
+        """Idle timeout, maximum length, draining and the client's close, each announced (after
+        ``started``). The warning comes ``ending_warning_seconds`` before the end, or a quarter of
+        the limit before it when that is shorter; only draining refuses new turns: after a
+        max-length warning a turn may still start, and what of it has not played at the end is cut."""
+        warn_idle = min(self.cfg.ending_warning_seconds, ENDING_WARNING_FRACTION * self.idle_timeout)
+        warn_length = min(self.cfg.ending_warning_seconds, ENDING_WARNING_FRACTION * self.max_seconds)
         warned_idle = False
+        await self._started_or_closed()
         while True:
             now = time.monotonic()
             if self.hub.draining and self.ending is None:
+                self.refusing_turns = True
                 await self._announce(lpb.END_REASON_DRAINING, self.cfg.drain_seconds)
                 await self._sleep_or_done(self.cfg.drain_seconds)
                 return await self._finish()
@@ -564,12 +591,12 @@ class LiveSession:
                 return await self._finish()
             if idle_left <= 0 and not self.speaking:
                 return await self._finish()
-            if length_left <= warn and self.ending is None:
+            if length_left <= warn_length and self.ending is None:
                 await self._announce(lpb.END_REASON_MAX_LENGTH, max(0.0, length_left))
-            elif idle_left <= warn and not warned_idle and not self.speaking:
+            elif idle_left <= warn_idle and not warned_idle and not self.speaking:
                 warned_idle = True
                 await self._announce(lpb.END_REASON_IDLE_TIMEOUT, max(0.0, idle_left), final=False)
-            elif idle_left > warn:
+            elif idle_left > warn_idle:
                 warned_idle = False
             self.end_requested.clear()
             await wait_event(self.end_requested, 0.25)
@@ -589,6 +616,7 @@ class LiveSession:
 
     async def _finish(self) -> None:
         """Stops every turn, then closes the encoder stream; the output ends when it does."""
+        self.refusing_turns = True
         if self.ending is None:
             reason = (
                 lpb.END_REASON_MAX_LENGTH
@@ -612,6 +640,19 @@ def _check_audio(body: Any) -> None:
         raise InvalidArgument("audio.pcm", f"{len(body.pcm)} bytes is not a whole number of s16le samples")
     if len(body.pcm) > 2 * body.sample_rate:
         raise InvalidArgument("audio.pcm", "more than one second of audio in one message")
+
+
+def _scrubbed(msg: lpb.LiveServerMessage) -> lpb.LiveServerMessage:
+    """An in-band error as the client may see it: the gateway is the edge, so the scrub of its
+    statuses (no internal addresses, paths or exception text) applies to a stream's errors too."""
+    message = scrub_live_error(msg.error.code, msg.error.message)
+    if message == msg.error.message:
+        return msg
+    log.info("live error to the client scrubbed; was %d: %s", msg.error.code, msg.error.message)
+    out = lpb.LiveServerMessage()
+    out.CopyFrom(msg)
+    out.error.message = message
+    return out
 
 
 def _turn_of(msg: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
 from talkmesh.common.registry import default_target
@@ -23,6 +24,10 @@ class WebSettings:
     speak_timeout_seconds: float = 300.0
     # Largest POST /v1/speak body (JSON with the text), in bytes.
     max_speak_body_bytes: int = 64 * 1024
+    # File holding the API key this edge sends to the gateway (a gateway with API keys needs one;
+    # every browser's call goes out with it, see docs/WEB.md "Security"). `talkmesh up --api-keys`
+    # makes one for the edge; "" sends none.
+    gateway_api_key_file: str = ""
 
     def validate(self) -> None:
         if self.max_ws_message_bytes < 128 * 1024:
@@ -33,6 +38,18 @@ class WebSettings:
             raise ConfigError.at("speak_timeout_seconds", "must be positive")
         if self.max_speak_body_bytes < 1024:
             raise ConfigError.at("max_speak_body_bytes", "must be at least 1024")
+
+    def gateway_api_key(self) -> str:
+        """The key of ``gateway_api_key_file`` ("" when none is set)."""
+        if not self.gateway_api_key_file:
+            return ""
+        try:
+            key = Path(self.gateway_api_key_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError.at("gateway_api_key_file", str(exc)) from None
+        if not key:
+            raise ConfigError.at("gateway_api_key_file", f"{self.gateway_api_key_file} is empty")
+        return key
 
 
 @dataclass(frozen=True)

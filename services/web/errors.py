@@ -9,11 +9,13 @@ message (``field: reason``), ``field`` the offending field from the status detai
 from __future__ import annotations
 
 import math
+import re
 
 import grpc
 from aiohttp import web
+from google.protobuf import descriptor_pool
 
-from talkmesh.common.errors import ErrorDetails
+from talkmesh.common.errors import ErrorDetails, scrub
 
 #: gRPC status -> HTTP status (as the Google API HTTP mapping does).
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -63,15 +65,45 @@ class HttpError(Exception):
         return error_response(self.status, self.code, self.message, self.field, self.retry_after)
 
 
+
 def live_error(code: grpc.StatusCode, message: str, field: str = "") -> dict[str, object]:
-    """An error as a live session's ``error`` message (``LiveError``'s fields: the numeric code)."""
-    return {"error": {"code": code.value[0], "message": message, "field": field}}
+    """An error as a live session's ``error`` message (``LiveError``'s fields, the code by name)."""
+    return {"error": {"code": code.name, "message": message, "field": field}}
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:
     code = exc.code()
     details = ErrorDetails.of(exc)
-    message = exc.details() or code.name
+    message = edge_message(exc)
     if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message.lower():
         message = "gateway: not reachable"
     return HttpError(HTTP_STATUS.get(code, 500), code.name, message, details.field, details.retry_delay)
+
+
+def edge_message(exc: grpc.aio.AioRpcError) -> str:
+    """A status's message as a browser may see it. The gateway scrubs its own statuses, but a
+    status the channel makes here (the gateway unreachable, a TLS or connection failure) names
+    addresses (``ipv4:127.0.0.1:50051: Socket closed``): the same scrub applies at this edge."""
+    message, _ = scrub(exc.code(), exc.details() or exc.code().name, [])
+    return message
+
+
+_UNKNOWN_FIELD = re.compile(
+    r'Message type "(?P<type>[\w.]+)" has no field named "(?P<name>[^"]*)" at "(?P<at>[^"]*)"\.'
+    r"\s*Available Fields\(except extensions\): \"\[[^\]]*\]\""
+)
+
+
+def proto_names(message: str) -> str:
+    """A ParseError's message with the proto field names (WEB.md): json_format lists an unknown
+    field's siblings by their JSON names (``turnId``, ``endOfTurn``)."""
+
+    def fields(m: re.Match[str]) -> str:
+        try:
+            desc = descriptor_pool.Default().FindMessageTypeByName(m["type"])
+        except KeyError:
+            return m[0]
+        names = ", ".join(f.name for f in desc.fields)
+        return f'Message type "{m["type"]}" has no field named "{m["name"]}" at "{m["at"]}"; its fields: {names}'
+
+    return _UNKNOWN_FIELD.sub(fields, message)

@@ -27,10 +27,10 @@ from aiohttp import WSMsgType, web
 from google.protobuf import json_format
 
 from services.web.config import WebSettings
+from services.web.errors import edge_message, proto_names
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import TaskSet
 from talkmesh.common.errors import ErrorDetails
-from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import live_pb2_grpc
 
@@ -74,15 +74,21 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
         json_format.ParseDict(body, msg)
     except json_format.ParseError as exc:
         (key,) = body
-        raise BadMessage(str(key), str(exc)) from None
+        raise BadMessage(str(key), proto_names(str(exc))) from None
     return msg
 
 
 def _json(msg: Any, received: float | None = None) -> str:
     body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    if "error" in body:  # a LiveError's code by its gRPC status name, as in `status` and HTTP errors
+        body["error"]["code"] = _status_name(msg.error.code)
     if received is not None:
         body["edge_unix_seconds"] = received
     return json.dumps(body, separators=(",", ":"))
+
+
+def _status_name(code: int) -> str:
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN.name)
 
 
 class Sender:
@@ -117,9 +123,9 @@ class Sender:
             if not self.ws.closed:
                 await self.ws.send_str(json.dumps(body, separators=(",", ":")))
 
-    async def error(self, code: int, message: str, field: str = "", turn_id: str = "") -> None:
-        err = lpb.LiveServerMessage(error=lpb.LiveError(code=code, message=message, field=field, turn_id=turn_id))
-        await self.message(err)
+    async def error(self, code: grpc.StatusCode, message: str, field: str = "", turn_id: str = "") -> None:
+        err = lpb.LiveError(code=code.value[0], message=message, field=field, turn_id=turn_id)
+        await self.message(lpb.LiveServerMessage(error=err))
 
     async def end(self, exc: grpc.aio.AioRpcError | None) -> None:
         """The final status, then the close."""
@@ -127,7 +133,7 @@ class Sender:
             status: dict[str, Any] = {"code": "OK", "message": "", "field": ""}
             close = CLOSE_NORMAL
         else:
-            status = {"code": exc.code().name, "message": exc.details() or "", "field": ErrorDetails.of(exc).field}
+            status = {"code": exc.code().name, "message": edge_message(exc), "field": ErrorDetails.of(exc).field}
             close = _CLOSE_FOR.get(exc.code(), CLOSE_INTERNAL)
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.json({"status": status})
@@ -198,7 +204,7 @@ class LiveBridge:
         if first is None:
             return
         stub = live_pb2_grpc.LiveStub(self.client.channel)
-        self.call = stub.Session(metadata=outgoing_metadata())
+        self.call = stub.Session(metadata=self.client.metadata())
         try:
             await self.call.write(first)
             async with TaskSet("web-live") as tasks:
@@ -227,14 +233,16 @@ class LiveBridge:
                 try:
                     msg = parse_client_message(raw.data)
                 except BadMessage as exc:
-                    await self.out.error(3, str(exc), exc.field)
+                    await self.out.error(grpc.StatusCode.INVALID_ARGUMENT, str(exc), exc.field)
                     continue
                 if msg is None:
                     await self.half_close()
                     continue
                 kind = msg.WhichOneof("kind")
                 if kind == "config":
-                    await self.out.error(3, "config: only the first message may be config", "config")
+                    await self.out.error(
+                        grpc.StatusCode.INVALID_ARGUMENT, "config: only the first message may be config", "config"
+                    )
                     continue
                 if kind == "audio":
                     self.audio_turn = lpb.SpeakAudio(turn_id=msg.audio.turn_id, sample_rate=msg.audio.sample_rate)
@@ -243,7 +251,8 @@ class LiveBridge:
             elif raw.type == WSMsgType.BINARY:
                 if self.audio_turn is None:
                     await self.out.error(
-                        3, "audio: send a JSON audio message (turn_id, sample_rate) before PCM frames", "audio"
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "audio: send a JSON audio message (turn_id, sample_rate) before PCM frames", "audio"
                     )
                     continue
                 msg = lpb.LiveClientMessage(

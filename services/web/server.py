@@ -31,12 +31,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
 from services.web.config import WebConfig
-from services.web.errors import HttpError, error_response, from_rpc_error, live_error
+from services.web.errors import HttpError, error_response, from_rpc_error, live_error, proto_names
 from services.web.live import CLOSE_TRY_LATER, LiveBridge, watch_bridge
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
 from talkmesh.common.logs import request_id_var
-from talkmesh.common.propagation import REQUEST_ID_KEY, outgoing_metadata
+from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.server import BindError, check_port_free, run_until_signal
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import gateway_pb2 as gpb
@@ -126,7 +126,14 @@ class WebHost:
             check_port_free(self.name, "HTTP", cfg.host, cfg.port)
         if cfg.metrics_port > 0:
             check_port_free(self.name, "metrics", cfg.host, cfg.metrics_port)
-        self.client = TalkmeshClient(self.config.gateway.target, max_message_bytes=cfg.max_message_bytes)
+        gateway = self.config.gateway
+        self.client = TalkmeshClient(
+            gateway.target,
+            max_message_bytes=cfg.max_message_bytes,
+            # the edge's own settings, not the $TALKMESH_TLS* / $TALKMESH_API_KEY of a CLI user
+            tls=gateway.tls,
+            api_key=self.config.web.gateway_api_key(),
+        )
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port)
@@ -308,48 +315,57 @@ class WebHost:
             raise HttpError(400, "INVALID_ARGUMENT", "send multipart/form-data with a 'file' part", "file")
         reader = await request.multipart()
         meta = api.AvatarMeta()
-        found_file = False
+        # The fields before the file are read and checked here, before the gRPC call: an exception
+        # raised in the call's request iterator only cancels the call (gRPC logs it at debug), and
+        # that cancellation would leave this handler without a response (the connection dropped).
+        file_part: Any = None
         parts = 0
+        while (part := await reader.next()) is not None:
+            parts += 1
+            if parts > 16:
+                raise HttpError(400, "INVALID_ARGUMENT", "too many form fields", "form")
+            name = getattr(part, "name", "") or ""
+            if name == "file":
+                file_part = part
+                break
+            value = (await part.text())[:1024]  # type: ignore[union-attr]
+            if name == "name":
+                meta.name = value
+            elif name == "face_index":
+                try:
+                    meta.face_index = int(value or 0)
+                except ValueError:
+                    raise HttpError(400, "INVALID_ARGUMENT", "face_index: must be an integer", "face_index") from None
+            elif name == "backends":
+                meta.backends.extend(b.strip() for b in value.split(",") if b.strip())
+        if file_part is None:
+            raise HttpError(400, "INVALID_ARGUMENT", "file: the form has no 'file' part", "file")
+        meta.filename = getattr(file_part, "filename", "") or "upload"
+        meta.name = meta.name or Path(meta.filename).stem
+        read_error: BaseException | None = None
 
         async def upload() -> AsyncIterator[api.AvatarUpload]:
-            nonlocal found_file, parts
-            while True:
-                part = await reader.next()
-                if part is None:
-                    break
-                parts += 1
-                if parts > 16:
-                    raise HttpError(400, "INVALID_ARGUMENT", "too many form fields", "form")
-                name = getattr(part, "name", "") or ""
-                if name == "file":
-                    found_file = True
-                    meta.filename = getattr(part, "filename", "") or "upload"
-                    meta.name = meta.name or Path(meta.filename).stem
-                    yield api.AvatarUpload(meta=meta)
-                    while block := await part.read_chunk(UPLOAD_BLOCK):  # type: ignore[union-attr]
-                        yield api.AvatarUpload(data=block)
-                    break
-                value = (await part.text())[:1024]  # type: ignore[union-attr]
-                if name == "name":
-                    meta.name = value
-                elif name == "face_index":
-                    try:
-                        meta.face_index = int(value or 0)
-                    except ValueError:
-                        raise HttpError(
-                            400, "INVALID_ARGUMENT", "face_index: must be an integer", "face_index"
-                        ) from None
-                elif name == "backends":
-                    meta.backends.extend(b.strip() for b in value.split(",") if b.strip())
-            if not found_file:
-                raise HttpError(400, "INVALID_ARGUMENT", "file: the form has no 'file' part", "file")
+            nonlocal read_error
+            yield api.AvatarUpload(meta=meta)
+            try:
+                while block := await file_part.read_chunk(UPLOAD_BLOCK):
+                    yield api.AvatarUpload(data=block)
+            except Exception as exc:  # the browser's body broke off: the call is cancelled
+                read_error = exc
+                raise
 
         info: api.AvatarInfo | None = None
-        call = client.stub.RegisterAvatarWithProgress(upload(), metadata=outgoing_metadata())
+        call = client.stub.RegisterAvatarWithProgress(upload(), metadata=client.metadata())
         try:
             async for msg in call:
                 if msg.WhichOneof("kind") == "avatar":
                     info = msg.avatar
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if read_error is None or (task is not None and task.cancelling()):
+                raise
+            log.info("avatar upload: the request body failed: %r", read_error)
+            raise HttpError(400, "INVALID_ARGUMENT", "file: the upload broke off before its end", "file") from None
         except grpc.aio.AioRpcError as exc:
             err = from_rpc_error(exc)
             # The gRPC fields of the upload, named as the form's fields.
@@ -373,13 +389,13 @@ class WebHost:
         try:
             json_format.ParseDict(body, req)
         except json_format.ParseError as exc:
-            raise HttpError(400, "INVALID_ARGUMENT", f"body: {exc}", "body") from None
+            raise HttpError(400, "INVALID_ARGUMENT", f"body: {proto_names(str(exc))}", "body") from None
         req.output.container = api.CONTAINER_MP4  # type: ignore[assignment]
         data = bytearray()
         mime = "video/mp4"
         summary = gpb.SpeakSummary()
         async for chunk in client.stub.Speak(
-            req, timeout=self.config.web.speak_timeout_seconds, metadata=outgoing_metadata()
+            req, timeout=self.config.web.speak_timeout_seconds, metadata=client.metadata()
         ):
             kind = chunk.WhichOneof("kind")
             if kind == "media":

@@ -282,3 +282,10 @@ def _scrub_fields(msg: Message) -> None:
         elif fd.type == fd.TYPE_MESSAGE and not fd.message_type.GetOptions().map_entry:
             for item in value if repeated else [value]:
                 _scrub_fields(item)
+
+
+def scrub_live_error(code: int, message: str) -> str:
+    """The message of an in-band error (a LiveError: a gRPC status code number and a message) as an
+    external client may see it: the same scrub as a status's (``scrub``)."""
+    status = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    return scrub(status, message, [])[0]

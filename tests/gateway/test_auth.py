@@ -74,6 +74,25 @@ def test_missing_keys_file_fails_at_start(tmp_path):
         KeyStore(AuthConfig(api_keys_file=str(tmp_path / "nope.yaml")))
 
 
+def test_service_keys_file_adds_keys_and_leaves_the_users_file_alone(tmp_path):
+    from talkmesh.devcerts import EDGE_KEY_NAME, edge_key_env
+
+    users = tmp_path / "keys.yaml"
+    users.write_text(yaml.safe_dump({"keys": [{"name": "a", "sha256": DIGEST}]}))
+    before = users.read_text()
+    env = edge_key_env(tmp_path / "edge")
+    edge_key = (tmp_path / "edge" / "web-edge.key").read_text().strip()
+    config = load_config(None, env={**env, "TALKMESH_GATEWAY__AUTH__API_KEYS_FILE": str(users)})
+    store = KeyStore(config.auth)
+    found = store.lookup(edge_key)
+    assert found is not None and found.name == EDGE_KEY_NAME
+    assert found.limits.concurrent_streams == 0 and found.limits.requests_per_minute == 0
+    assert store.lookup("tm_x").name == "a" and store.lookup("tm_nobody") is None
+    assert users.read_text() == before
+    with pytest.raises(ConfigError, match=r"auth\.service_keys_file"):
+        KeyStore(AuthConfig(api_keys_file=str(users), service_keys_file=str(tmp_path / "nope.yaml")))
+
+
 def test_token_bucket():
     now = [0.0]
     bucket = TokenBucket(3, 60.0, lambda: now[0])

@@ -127,6 +127,31 @@ async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path:
     assert any(s.parent.span_id == web_span.context.span_id for s in gateway)
 
 
+async def test_multipart_uploads_with_bad_fields_get_a_400_not_a_dropped_connection(tmp_path: Path) -> None:
+    """curl -F name=x (no file part), -F face_index=abc -F file=@...: multipart forms whose
+    mistakes the edge finds itself get WEB.md's JSON error, not an empty reply."""
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        cases: list[tuple[list[tuple[str, Any, dict[str, str]]], str, str]] = [
+            ([("name", "x", {})], "file", "file: the form has no 'file' part"),
+            (
+                [
+                    ("face_index", "abc", {}),
+                    ("file", portrait(), {"filename": "crop.png", "content_type": "image/png"}),
+                ],
+                "face_index",
+                "face_index: must be an integer",
+            ),
+        ]
+        for fields, field, message in cases:
+            form = aiohttp.FormData(default_to_multipart=True)
+            for name, value, extra in fields:
+                form.add_field(name, value, **extra)
+            async with http.post("/v1/avatars", data=form) as r:
+                body = await r.json()
+                assert r.status == 400, body
+                assert body == {"error": {"code": "INVALID_ARGUMENT", "message": message, "field": field}}
+
+
 async def test_readyz_reflects_the_gateway(tmp_path: Path) -> None:
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
         async with http.get("/readyz") as r:

@@ -51,3 +51,27 @@ def test_bad_messages_name_what_is_wrong(text: str, field: str) -> None:
 def test_every_grpc_status_has_an_http_status() -> None:
     assert set(HTTP_STATUS) == set(grpc.StatusCode)
     assert HTTP_STATUS[grpc.StatusCode.INVALID_ARGUMENT] == 400 and HTTP_STATUS[grpc.StatusCode.NOT_FOUND] == 404
+
+
+@pytest.mark.parametrize(
+    ("text", "listed", "camel"),
+    [
+        ('{"txet": {"turn_id": "t1"}}', "config, text, audio, end_of_turn, interrupt, keep_alive", "endOfTurn"),
+        ('{"text": {"turnid": "t1"}}', "turn_id, text, final", "turnId"),
+        ('{"config": {"voice_settings": {"rat": 1}}}', "rate, pitch, volume", "Available Fields"),
+    ],
+)
+def test_unknown_fields_are_listed_by_their_proto_names(text: str, listed: str, camel: str) -> None:
+    with pytest.raises(BadMessage) as exc:
+        parse_client_message(text)
+    assert f"its fields: {listed}" in str(exc.value) and camel not in str(exc.value)
+
+
+def test_in_session_errors_carry_the_status_name() -> None:
+    from services.web.live import _json
+
+    for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INTERNAL):
+        msg = lpb.LiveServerMessage(error=lpb.LiveError(code=code.value[0], message="m", turn_id="t1"))
+        assert json.loads(_json(msg)) == {"error": {"code": code.name, "message": "m", "turn_id": "t1"}}
+    started = json.loads(_json(lpb.LiveServerMessage(started=lpb.SessionStarted(session_id="s", sample_rate=24000))))
+    assert started == {"started": {"session_id": "s", "sample_rate": 24000}}, "proto field names out too"

@@ -103,6 +103,9 @@ class Turn:
     rendered: int = 0
     stopped: bool = False
     failed: str = ""
+    #: the status code of a failure found here (a render failed); 0 when the gateway failed the
+    #: turn (``turn_failed``): it has told its client, so no LiveError is sent for it
+    failed_code: int = 0
     underrun: bool = False
     stream: Stream | None = None
     seq: int = 1
@@ -370,6 +373,7 @@ class LiveSession:
         except TalkmeshError as exc:
             if not turn.stopped:
                 turn.failed = exc.message
+                turn.failed_code = exc.code.value[0]
                 self.interrupts.append((turn.turn_id, time.perf_counter()))
                 self.wakeup.set()
         finally:
@@ -661,9 +665,9 @@ class LiveSession:
             failed = [t for t in targets if t.failed]
             now = time.time()
             for turn in failed:
-                out.append(
-                    self.out.message(error=live_pb2.LiveError(code=13, message=turn.failed, turn_id=turn.turn_id))
-                )
+                if turn.failed_code:
+                    error = live_pb2.LiveError(code=turn.failed_code, message=turn.failed, turn_id=turn.turn_id)
+                    out.append(self.out.message(error=error))
             for ev in events:
                 ev.unix_seconds = now
                 out.append(self.out.message(event=ev))
