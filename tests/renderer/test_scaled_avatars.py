@@ -80,6 +80,7 @@ def test_the_store_scales_once_per_size_and_keeps_the_precompute_apart(tmp_path)
     assert store.at_size(avatar, (500, 600), "viseme") is small  # made once
     entry = tmp_path / "cache" / avatar.id
     assert (entry / "viseme@500x600.npz").is_file() and (entry / "viseme.npz").is_file()
+    assert [a.backends for a in store.list()] == [("viseme",)]  # the sized precompute is not a backend
     # a fresh store (a restart) loads that precompute instead of making it again
     again = _store(tmp_path)
     made = again.precomputes

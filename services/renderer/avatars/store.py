@@ -34,6 +34,7 @@ hold the lock of their own entry, so renders of ready avatars never wait for ano
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -241,6 +242,8 @@ class AvatarStore:
                 # else the decoded frames are a view of a larger buffer (a video that declared more
                 # frames than it had, an odd-sized photo): loaded from disk below, compact
             avatar = self.get(avatar_id)
+            if cached and name and avatar.name != name:
+                avatar = self._rename(avatar_id, avatar, name)
             for b in ("viseme", *backends):
                 if b in self.backends:
                     report(f"backend:{b}", 0, 1)
@@ -437,6 +440,19 @@ class AvatarStore:
             self._ensure_backend(variant, backend)
         return variant
 
+    def _rename(self, avatar_id: str, avatar: Avatar, name: str) -> Avatar:
+        """A stored file registered again under another name takes that name (``say --avatar
+        <new name>`` then finds it); called with the entry's thread lock held."""
+        meta_path = self.root / avatar_id / "meta.json"
+        with self._disk_lock(avatar_id):
+            meta = json.loads(meta_path.read_text())
+            meta["name"] = name
+            _write_atomic(meta_path, json.dumps(meta).encode())
+        renamed = dataclasses.replace(avatar, name=name)
+        self._remember(avatar_id, renamed)
+        log.info("avatar %s renamed %r -> %r", avatar_id, avatar.name, name)
+        return renamed
+
     def _remember(self, key: str, avatar: Avatar) -> None:
         with self._lock:
             self._memory[key] = avatar
@@ -490,8 +506,12 @@ class AvatarStore:
                 continue
             with contextlib.suppress(OSError, ValueError, KeyError):
                 meta = json.loads(meta_path.read_text())
-                backends = tuple(
-                    sorted(p.stem for p in meta_path.parent.glob("*.npz") if p.stem != "boxes" and p.name[0] != ".")
+                backends = tuple(  # (a backend's precompute at an output size, "<backend>@WxH", not again)
+                    sorted(
+                        p.stem
+                        for p in meta_path.parent.glob("*.npz")
+                        if p.stem != "boxes" and p.name[0] != "." and "@" not in p.stem
+                    )
                 )
                 out.append(
                     AvatarSummary(
