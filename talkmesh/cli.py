@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from talkmesh.common.registry import DEFAULT_METRICS_BASE, DEFAULT_PORT_BASE, NAMES, SIZE_PRESETS, spec
+from talkmesh.common.registry import (
+    DEFAULT_METRICS_BASE,
+    DEFAULT_PORT_BASE,
+    NAMES,
+    PORT_BASE_ENV,
+    SIZE_PRESETS,
+    spec,
+)
 
 DEMO_TEXT = (
     "Hello, and welcome to talkmesh. I am a talking head, rendered on your own machine, while my voice "
@@ -44,10 +51,6 @@ OPTION_FOR_FIELD = {
     "text": "the text",
     "backends": "--backend",
 }
-
-
-#: Environment variable with the default of ``talkmesh up --port-base``.
-PORT_BASE_ENV = "TALKMESH_PORT_BASE"
 
 
 class CliError(Exception):
@@ -412,7 +415,7 @@ def _port_number(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from talkmesh.client import API_KEY_ENV, TARGET_ENV, TLS_ENV, default_target
+    from talkmesh.client import API_KEY_ENV, TARGET_ENV, TLS_ENV
 
     p = argparse.ArgumentParser(prog="talkmesh", description=__doc__.split("\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -448,8 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     target = argparse.ArgumentParser(add_help=False, parents=[common])
     target.add_argument(
         "--target",
-        default=default_target(),
-        help=f"gateway address (default: ${TARGET_ENV}, else the local mesh's gateway)",
+        default=None,  # resolved in main() (default_target()), where a bad environment is one line
+        help=f"gateway address (default: ${TARGET_ENV}, else the local mesh's gateway: "
+        f"the one `talkmesh up` starts, on ${PORT_BASE_ENV}'s block when set)",
     )
     target.add_argument(
         "--api-key", default=None, help=f"API key, sent as 'authorization: Bearer <key>' (default: ${API_KEY_ENV})"
@@ -586,6 +590,16 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
     return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
 
 
+def _default_target() -> str:
+    """The clients' default target: ``$TALKMESH_TARGET``, else the local mesh's gateway."""
+    from talkmesh.client import default_target
+
+    try:
+        return default_target()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _closed_stdout() -> None:
     """After a broken pipe: stdout to /dev/null, so the interpreter's final flush stays quiet."""
     with contextlib.suppress(OSError, ValueError):
@@ -617,6 +631,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if "target" in args and args.target is None:
+            args.target = _default_target()
         code = run(args)
         sys.stdout.flush()
         return code

@@ -1,6 +1,6 @@
 """Python client API for the talkmesh gateway.
 
-async with TalkmeshClient() as client:      # $TALKMESH_TARGET, else 127.0.0.1:50051
+async with TalkmeshClient() as client:      # $TALKMESH_TARGET, else the local mesh (127.0.0.1:50051)
     async for chunk in client.speak("Hello there."):
         ...                                  # SpeakChunk: media fragments, then a summary
     summary = await client.speak_to_file("Hello there.", "out.mp4")
@@ -21,6 +21,7 @@ import grpc
 
 from talkmesh.common.channel import PUBLIC_CLIENT_KEEPALIVE_MS, ClientTLS, create_channel
 from talkmesh.common.propagation import outgoing_metadata
+from talkmesh.common.registry import PORT_BASE_ENV
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
 from talkmesh.v1 import live_pb2 as lpb
@@ -35,11 +36,25 @@ API_KEY_ENV = "TALKMESH_API_KEY"
 TLS_ENV = "TALKMESH_TLS"
 
 
+def port_base_from_env() -> int | None:
+    """``$TALKMESH_PORT_BASE`` as a number; None when unset (the default ports).
+
+    ValueError when it is not a number."""
+    text = os.environ.get(PORT_BASE_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"${PORT_BASE_ENV}: {text!r} is not a port number") from None
+
+
 def default_target() -> str:
-    """``$TALKMESH_TARGET``, else the gateway of a local mesh on the default ports."""
+    """``$TALKMESH_TARGET``, else the gateway of the local mesh: on ``$TALKMESH_PORT_BASE``'s block
+    when set (as ``talkmesh up`` starts it), else on the default ports."""
     from talkmesh.common.registry import default_target as registry_target
 
-    return os.environ.get(TARGET_ENV, "").strip() or registry_target("gateway")
+    return os.environ.get(TARGET_ENV, "").strip() or registry_target("gateway", base=port_base_from_env())
 
 
 class AvatarNameError(ValueError):

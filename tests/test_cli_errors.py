@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -19,13 +19,15 @@ from talkmesh.common.errors import NotFound, status_trailer
 from talkmesh.common.registry import spec
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str]:
+def run_cli(*args: str, env: Mapping[str, str | None] | None = None, timeout: float = 60) -> tuple[int, str, str]:
+    """Runs the command; ``env`` adds variables to this process's environment (None removes one)."""
+    merged = {**os.environ, **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "talkmesh.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={k: v for k, v in merged.items() if v is not None},
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -67,6 +69,19 @@ def test_clients_read_the_target_from_talkmesh_target(closed_port: int) -> None:
     assert f"127.0.0.1:{closed_port}" in one_error_line(err)
     # --target wins over the environment
     code, _, err = run_cli("voices", "--target", "127.0.0.1:1", env={"TALKMESH_TARGET": f"127.0.0.1:{closed_port}"})
+    assert "127.0.0.1:1:" in one_error_line(err)
+
+
+def test_clients_dial_the_mesh_of_talkmesh_port_base(closed_port: int) -> None:
+    """`TALKMESH_PORT_BASE=B talkmesh up` puts the gateway on B; the clients find it there."""
+    for cmd in (["voices"], ["avatar", "list"], ["say", "Hi", "-o", os.devnull]):
+        code, _, err = run_cli(*cmd, env={"TALKMESH_TARGET": None, "TALKMESH_PORT_BASE": str(closed_port)})
+        assert code == 1
+        assert f"cannot reach the gateway at 127.0.0.1:{closed_port}" in one_error_line(err), cmd
+    code, _, err = run_cli("voices", env={"TALKMESH_TARGET": None, "TALKMESH_PORT_BASE": "many"})
+    assert code == 1 and "TALKMESH_PORT_BASE" in one_error_line(err)
+    # TALKMESH_TARGET still wins
+    code, _, err = run_cli("voices", env={"TALKMESH_TARGET": "127.0.0.1:1", "TALKMESH_PORT_BASE": str(closed_port)})
     assert "127.0.0.1:1:" in one_error_line(err)
 
 
