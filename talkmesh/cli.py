@@ -63,7 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
     from talkmesh.common.memory import tune_malloc_for_frames
     from talkmesh.common.server import ServiceHost
     from talkmesh.common.telemetry import Telemetry, tracer_provider_from_env
+    from talkmesh.launcher import stop_with_parent
 
+    stop_with_parent()  # started by a launcher (`talkmesh up`): never outlive it
     module = importlib.import_module(spec(args.service).main_module)
     config = module.load_config(args.config)
     setup_logging(args.service, config.server.log_level, config.server.log_json)
@@ -131,7 +133,7 @@ async def _up(args: argparse.Namespace) -> int:
         raise CliError(f"{exc}; stop it, or move this mesh with `talkmesh up --port-base N`") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal was closed
         loop.add_signal_handler(sig, stop.set)
     await mesh.start()
     code = 0
