@@ -552,7 +552,13 @@ def describe_rpc_error(exc: Any, target: str) -> str:
             "(TALKMESH_TLS_CA_FILE), --tls-server-name, or whether the gateway serves TLS at all"
         )
     unreachable = ("failed to connect", "connection refused", "all backends failing", "errors resolving")
-    if code == grpc.StatusCode.UNAVAILABLE and any(text in details.lower() for text in unreachable):
+    # "<service>: ..." is the gateway reporting a stage it could not reach, not the gateway unreachable
+    from_a_stage = any(details.startswith(f"{name}: ") for name in NAMES)
+    if (
+        code == grpc.StatusCode.UNAVAILABLE
+        and not from_a_stage
+        and any(text in details.lower() for text in unreachable)
+    ):
         return (
             f"cannot reach the gateway at {target}: is the mesh running? "
             "Start it with `talkmesh up`, or point --target (or TALKMESH_TARGET) at it"
@@ -654,4 +660,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m talkmesh.cli` (how the launcher starts services, and tests the command): run the
+    # module as `talkmesh.cli`, so that what other modules import from it (CliError) is the same
+    # class as here, not a second copy in `__main__`
+    from talkmesh.cli import main as _main
+
+    sys.exit(_main())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -88,8 +88,10 @@ class LiveSession:
         config: lpb.LiveConfig,
         timeout: float | None,
         metadata: Callable[[], grpc.aio.Metadata] = outgoing_metadata,
+        resolve_avatar: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self._stub = stub
+        self._resolve_avatar = resolve_avatar
         self._metadata = metadata
         self._config = config
         self._timeout = timeout
@@ -104,6 +106,9 @@ class LiveSession:
             await self._call.write(msg)
 
     async def __aenter__(self) -> LiveSession:
+        if self._config.avatar_id and self._resolve_avatar is not None:
+            # an avatar name works as an id does, as everywhere else (TalkmeshClient.resolve_avatar)
+            self._config.avatar_id = await self._resolve_avatar(self._config.avatar_id)
         self._call = self._stub.Session(timeout=self._timeout, metadata=self._metadata())
         await self._send(lpb.LiveClientMessage(config=self._config))
         first = await self._call.read()
@@ -414,7 +419,9 @@ class TalkmeshClient:
         request_id: str = "",
         timeout: float | None = None,
     ) -> LiveSession:
-        """A live session: ``async with client.live(...) as session`` (see ``LiveSession``)."""
+        """A live session: ``async with client.live(...) as session`` (see ``LiveSession``).
+
+        ``avatar``: an id or a name, as in ``resolve_avatar`` (the name is looked up at the start)."""
         config = lpb.LiveConfig(
             request_id=request_id,
             avatar_id=avatar,
@@ -425,7 +432,7 @@ class TalkmeshClient:
             idle_timeout_seconds=idle_timeout,
             max_session_seconds=max_seconds,
         )
-        return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout, self._md)
+        return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout, self._md, self.resolve_avatar)
 
     def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         """Another viewer of a running live session (joins at the next keyframe)."""
