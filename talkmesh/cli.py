@@ -141,8 +141,8 @@ async def _up(args: argparse.Namespace) -> int:
         for name, sp in mesh.processes.items():
             kind = "http" if spec(name).protocol == "http" else "grpc"
             print(f"{name:>15}  {kind} {sp.address}  metrics http://{args.host}:{sp.metrics_port}/metrics")
-        hint = "" if mesh.gateway == f"127.0.0.1:{DEFAULT_PORT_BASE}" else f"TALKMESH_TARGET={mesh.gateway} "
-        print(f'talkmesh is up: try `{hint}talkmesh say "Hello there" -o hello.mp4`')
+        key = f" (KEY: a key of {args.api_keys}, as `talkmesh keys new` printed it)" if args.api_keys else ""
+        print(f"talkmesh is up: try `{up_hint(mesh.gateway, args.pki, args.api_keys)}`{key}")
         if "web" in mesh.processes:
             print(f"open http://{mesh.address('web')}/ in a browser to watch and talk to the avatar")
         print("Ctrl-C stops all services.", flush=True)
@@ -161,6 +161,44 @@ async def _up(args: argparse.Namespace) -> int:
         codes = await mesh.stop()
         print("stopped: " + ", ".join(f"{k}={v}" for k, v in codes.items()), flush=True)
     return code
+
+
+def self_command() -> str:
+    """How to run this `talkmesh` again from a shell here: ``talkmesh`` when PATH finds this one,
+    else the path of the script next to this Python (a venv's ``.venv/bin/talkmesh``), else
+    ``python -m talkmesh.cli``."""
+    import shlex
+    import shutil
+
+    script = Path(sys.executable).parent / "talkmesh"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m talkmesh.cli"
+    found = shutil.which("talkmesh")
+    if found and Path(found).resolve() == script.resolve():
+        return "talkmesh"
+    try:
+        rel = os.path.relpath(script)
+    except ValueError:
+        rel = str(script)
+    if rel.startswith(".."):
+        rel = str(script)
+    return shlex.quote(rel if os.sep in rel else f".{os.sep}{rel}")
+
+
+def up_hint(gateway: str, pki: str = "", api_keys: str = "") -> str:
+    """The `talkmesh say` command that reaches the mesh `up` started: its target when it is not the
+    clients' default, the CA when it serves TLS (--pki), an API key when it asks for one."""
+    import shlex
+
+    from talkmesh.client import TARGET_ENV, default_target
+
+    words = [] if gateway == default_target() else [f"{TARGET_ENV}={gateway}"]
+    words += [self_command(), "say", '"Hello there"']
+    if pki:
+        words += ["--tls-ca", shlex.quote(str(Path(pki).resolve() / "ca.crt"))]
+    if api_keys:
+        words += ["--api-key", "KEY"]
+    return " ".join([*words, "-o", "hello.mp4"])
 
 
 # -- say / demo ----------------------------------------------------------------------------------

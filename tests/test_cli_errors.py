@@ -179,3 +179,31 @@ def test_bench_help_lists_every_mode() -> None:
     code, out, err = run_cli("bench", "--help")
     assert code == 0, err
     assert "--quick" in out and "components" in out
+
+
+def test_the_up_hint_is_a_command_that_works_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_port: int
+) -> None:
+    """`talkmesh up` prints a `say` command to try: runnable without the venv on PATH, with the CA
+    under --pki and an API key under --api-keys, and the target unless the clients find it."""
+    import shlex
+
+    from talkmesh.cli import self_command, up_hint
+
+    monkeypatch.delenv("TALKMESH_TARGET", raising=False)
+    monkeypatch.delenv("TALKMESH_PORT_BASE", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv is not activated
+    command = shlex.split(self_command())
+    assert command[0] != "talkmesh"
+    res = subprocess.run([*command, "voices", "--target", f"127.0.0.1:{closed_port}"], capture_output=True, text=True)
+    assert res.returncode == 1 and "cannot reach the gateway" in one_error_line(res.stderr)
+
+    hint = up_hint(f"127.0.0.1:{closed_port}", pki=str(tmp_path), api_keys="keys.yaml")
+    words = shlex.split(hint)
+    assert words[0] == f"TALKMESH_TARGET=127.0.0.1:{closed_port}"
+    assert words[words.index("--tls-ca") + 1] == str(tmp_path.resolve() / "ca.crt")
+    assert "--api-key" in words
+    assert build_parser().parse_args(words[len(command) + 1 :]).cmd == "say"  # flags `say` takes
+
+    monkeypatch.setenv("TALKMESH_PORT_BASE", str(closed_port))  # the clients find this mesh by themselves
+    assert not up_hint(f"127.0.0.1:{closed_port}").startswith("TALKMESH_TARGET")

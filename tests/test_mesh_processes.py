@@ -222,7 +222,9 @@ async def test_up_on_a_port_base_starts_five_processes_and_ctrl_c_stops_them(tmp
                 assert await asyncio.to_thread(lambda u=url: urllib.request.urlopen(u, timeout=5).status) == 200
                 continue
             assert await _health(f"127.0.0.1:{port}") == health_pb2.HealthCheckResponse.SERVING
-        assert any(f"TALKMESH_TARGET=127.0.0.1:{base} talkmesh say" in ln for ln in lines)
+        from talkmesh.cli import self_command
+
+        assert any(f"TALKMESH_TARGET=127.0.0.1:{base} {self_command()} say" in ln for ln in lines), lines
         async with TalkmeshClient(f"127.0.0.1:{base}") as client:
             result = await client.speak_to_file("Up and running.", tmp_path / "up.mp4")
         assert result.summary.frames > 0
