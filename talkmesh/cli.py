@@ -373,6 +373,8 @@ async def _avatar(args: argparse.Namespace) -> int:
     async with client_for(args) as client:
         if args.avatar_cmd == "add":
             path = Path(args.path)
+            if path.is_dir():
+                raise CliError(f"{path}: is a directory; give an image or a video file")
             if not path.is_file():
                 raise CliError(f"{path}: no such file")
             bar = ProgressBar(sys.stderr)
@@ -395,7 +397,9 @@ async def _avatar(args: argparse.Namespace) -> int:
                 print(f"{a.id}  {a.name}  {a.width}x{a.height}  {a.frame_count} frame(s)  {','.join(a.backends)}")
         elif args.avatar_cmd == "rm":
             avatar_id = await client.resolve_avatar(args.avatar)
-            print("deleted" if await client.delete_avatar(avatar_id) else "not found")
+            if not await client.delete_avatar(avatar_id):
+                raise CliError(f"avatar {args.avatar!r} not found (see `talkmesh avatar list`)")
+            print("deleted")
     return 0
 
 

@@ -181,6 +181,12 @@ def test_bench_help_lists_every_mode() -> None:
     assert "--quick" in out and "components" in out
 
 
+def test_avatar_add_of_a_directory_says_it_is_one(tmp_path: Path, closed_port: int) -> None:
+    code, _, err = run_cli("avatar", "add", str(tmp_path), "--target", f"127.0.0.1:{closed_port}")
+    assert code == 1
+    assert one_error_line(err) == f"error: {tmp_path}: is a directory; give an image or a video file"
+
+
 def test_the_up_hint_is_a_command_that_works_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_port: int
 ) -> None:
