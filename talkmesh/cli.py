@@ -406,9 +406,17 @@ async def _avatar(args: argparse.Namespace) -> int:
 async def _voices(args: argparse.Namespace) -> int:
 
     async with client_for(args) as client:
-        for v in await client.list_voices():
-            print(f"{v.id:<28} {v.language:<8} {v.engine:<8} {v.sample_rate} Hz  {v.name}")
+        voices = await client.list_voices()
+    for line in voice_table(voices):
+        print(line)
     return 0
+
+
+def voice_table(voices: Any) -> list[str]:
+    """`talkmesh voices`: one line per voice, the columns as wide as their longest value."""
+    rows = [(v.id, v.language, v.engine, f"{v.sample_rate} Hz", v.name) for v in voices]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
 
 
 async def _live(args: argparse.Namespace) -> int:

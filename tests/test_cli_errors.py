@@ -181,6 +181,27 @@ def test_bench_help_lists_every_mode() -> None:
     assert "--quick" in out and "components" in out
 
 
+def test_voice_columns_line_up_whatever_the_length_of_the_ids() -> None:
+    from talkmesh.cli import voice_table
+    from talkmesh.v1 import types_pb2 as api
+
+    voices = [
+        api.Voice(id="espeak:en-us", language="en-us", engine="espeak", sample_rate=22050, name="English (US)"),
+        api.Voice(id="espeak:chr-US-Qaaa-x-west", language="chr-US-Qaaa-x-west", engine="espeak",
+                  sample_rate=22050, name="Cherokee"),
+        api.Voice(id="piper:en_US-lessac-medium", language="en-us", engine="piper", sample_rate=16000, name="lessac"),
+    ]  # fmt: skip
+    lines = voice_table(voices)
+    assert len(lines) == 3
+    import re
+
+    assert len({re.search(r"\d+ Hz", line).start() for line in lines}) == 1, lines  # type: ignore[union-attr]
+    assert len({line.index(f" {v.engine} ") for line, v in zip(lines, voices, strict=True)}) == 1, lines
+    names = [line.rindex(v.name) for line, v in zip(lines, voices, strict=True)]
+    assert len(set(names)) == 1, lines
+    assert all(line.split()[0] == v.id for line, v in zip(lines, voices, strict=True))
+
+
 def test_avatar_add_of_a_directory_says_it_is_one(tmp_path: Path, closed_port: int) -> None:
     code, _, err = run_cli("avatar", "add", str(tmp_path), "--target", f"127.0.0.1:{closed_port}")
     assert code == 1
