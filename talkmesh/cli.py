@@ -48,7 +48,7 @@ OPTION_FOR_FIELD = {
     "rate": "--rate",
     "pitch": "--pitch",
     "volume": "--volume",
-    "text": "the text",
+    "text": "the text argument",
     "backends": "--backend",
 }
 

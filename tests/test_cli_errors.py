@@ -166,6 +166,19 @@ def test_rpc_errors_show_the_field_from_the_rich_details() -> None:
     assert error_details_pb2.BadRequest  # the details really are google.rpc messages
 
 
+def _rpc_error(exc: Exception) -> grpc.aio.AioRpcError:
+    """The AioRpcError a client sees for a service's error (rich details in the trailer)."""
+    trailer = grpc.aio.Metadata(*status_trailer(exc.code, exc.message, exc.details()))  # type: ignore[attr-defined]
+    return grpc.aio.AioRpcError(exc.code, grpc.aio.Metadata(), trailer, details=exc.message)  # type: ignore[attr-defined]
+
+
+def test_an_error_on_the_text_names_the_argument_that_sets_it() -> None:
+    from talkmesh.common.errors import InvalidArgument
+
+    line = describe_rpc_error(_rpc_error(InvalidArgument("text", "is empty")), "127.0.0.1:1")
+    assert line.endswith("(field text; set by the text argument)"), line
+
+
 def test_say_exposes_the_options_of_the_api() -> None:
     options = ["--container", "fmp4", "--audio-codec", "opus", "--rate", "1.5", "--pitch", "0.8", "--volume", "1.2"]
     args = build_parser().parse_args(
