@@ -50,6 +50,12 @@ OPTION_FOR_FIELD = {
     "volume": "--volume",
     "text": "the text argument",
     "backends": "--backend",
+    "face_index": "--face-index",
+    "face_point": "--face-point",
+    # the encoder's limits on the frames the renderer makes, whose size --size (output.size) picks:
+    # "native" keeps the avatar's, which may be larger than the encoder takes
+    "width": "--size (output.size; e.g. --size 720p)",
+    "height": "--size (output.size; e.g. --size 720p)",
 }
 
 
@@ -383,6 +389,8 @@ async def _avatar(args: argparse.Namespace) -> int:
                     path,
                     name=args.name or "",
                     backends=tuple(args.backend or ()),
+                    face_index=args.face_index,
+                    face_point=args.face_point,
                     progress=bar.upload,
                     preparing=bar.preparing,
                 )
@@ -464,6 +472,27 @@ def _port_number(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+
+
+def _face_index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a face index (0 = the largest face, 1 = the next...)")
+    return value
+
+
+def _image_point(text: str) -> tuple[float, float]:
+    """``X,Y`` in pixels (fractions allowed, not negative)."""
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X,Y (pixels, e.g. 320,200)") from None
+    if not (x >= 0 and y >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: X and Y are pixels from the top-left corner, not negative")
+    return x, y
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -549,7 +578,21 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("path")
     add.add_argument("--name")
     add.add_argument("--backend", action="append", help="also precompute for this backend")
-    asub.add_parser("list", parents=[target])
+    add.add_argument(
+        "--face-index",
+        type=_face_index,
+        default=0,
+        metavar="N",
+        help="which face to animate when the picture shows several: 0 = the largest (default), 1 = the next...",
+    )
+    add.add_argument(
+        "--face-point",
+        type=_image_point,
+        default=None,
+        metavar="X,Y",
+        help="or the face whose box contains this point (pixels of the picture; overrides --face-index)",
+    )
+    asub.add_parser("list", parents=[target], help="list the avatars: id, name, size, frames, backends")
     rm = asub.add_parser("rm", parents=[target], help="delete an avatar (by name or id)")
     rm.add_argument("avatar", metavar="avatar")
 

@@ -356,18 +356,22 @@ class TalkmeshClient:
         progress: Callable[[int, int], None] | None = None,
         preparing: Callable[[api.AvatarProgress], None] | None = None,
         face_index: int = 0,
+        face_point: tuple[float, float] | None = None,
     ) -> api.AvatarInfo:
         """Uploads an image or video and waits until the renderer has prepared it.
 
         ``progress(sent_bytes, total_bytes)`` is called per uploaded block, ``preparing(p)`` with
         the renderer's own progress (``p.stage``, ``p.done`` of ``p.total``, e.g. frames).
-        ``face_index`` picks the face to animate when there are several (0 = the largest).
+        ``face_index`` picks the face to animate when there are several (0 = the largest);
+        ``face_point`` (x, y in pixels of the picture) the face whose box contains that point.
         """
         p = Path(path)
         total = p.stat().st_size
 
         async def upload() -> AsyncIterator[api.AvatarUpload]:
             meta = api.AvatarMeta(name=name or p.stem, filename=p.name, backends=list(backends), face_index=face_index)
+            if face_point is not None:
+                meta.face_point.CopyFrom(api.ImagePoint(x=face_point[0], y=face_point[1]))
             yield api.AvatarUpload(meta=meta)
             sent = 0
             with p.open("rb") as fh:

@@ -221,6 +221,24 @@ def test_avatar_add_of_a_directory_says_it_is_one(tmp_path: Path, closed_port: i
     assert one_error_line(err) == f"error: {tmp_path}: is a directory; give an image or a video file"
 
 
+def test_avatar_help_lists_every_subcommand() -> None:
+    code, out, _ = run_cli("avatar", "--help")
+    assert code == 0
+    listed = out.split("{", 1)[1].split("}", 1)[0].split(",")
+    assert listed == ["add", "list", "rm"]
+    for sub in listed:  # each has a line of help, not only its name in the braces
+        assert any(line.split()[:1] == [sub] and len(line.split()) > 1 for line in out.splitlines()), out
+
+
+def test_a_frame_too_large_for_the_encoder_points_at_size() -> None:
+    """`say --size native` on a 3000x4000 avatar: the encoder refuses the frames; --size fixes it."""
+    from talkmesh.common.errors import InvalidArgument
+
+    exc = InvalidArgument("frame.width", "3000x4000 exceeds the limit 3840x2160")
+    line = describe_rpc_error(_rpc_error(exc), "127.0.0.1:1")
+    assert line.endswith("(field frame.width; set by --size (output.size; e.g. --size 720p))"), line
+
+
 def test_the_up_hint_is_a_command_that_works_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_port: int
 ) -> None:

@@ -1,4 +1,5 @@
-"""`talkmesh live` and ``TalkmeshClient.live`` against a scripted gateway (fast: no mesh).
+"""`talkmesh live` and ``TalkmeshClient.live`` against a scripted gateway (fast: no mesh); and
+what `talkmesh avatar add` sends.
 
 The gateway here answers ListVoices / ListAvatars and runs a Live session as its ``mode`` says:
 "idle" (started, then waits for the client), "fail" (the stream breaks after the start, as when
@@ -29,6 +30,15 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServicer, live_pb2_grpc.LiveServic
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.configs: list[lpb.LiveConfig] = []
+        self.uploads: list[api.AvatarMeta] = []
+
+    async def RegisterAvatarWithProgress(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[api.AvatarUpload], context: object
+    ) -> AsyncIterator[api.AvatarRegistration]:
+        async for msg in request_iterator:
+            if msg.WhichOneof("kind") == "meta":
+                self.uploads.append(msg.meta)
+        yield api.AvatarRegistration(avatar=api.AvatarInfo(id=AVATAR_ID, name="me", width=64, height=64))
 
     async def ListVoices(self, request: api.ListVoicesRequest, context: object) -> api.ListVoicesResponse:
         voices = [api.Voice(id="espeak:en-us", name="English", language="en-us", engine="espeak", sample_rate=22050)]
@@ -153,3 +163,32 @@ async def test_the_client_resolves_avatar_names_for_live_sessions(avatar: str) -
     finally:
         await server.stop(0)
     assert [c.avatar_id for c in gateway.configs] == [AVATAR_ID]
+
+
+async def test_avatar_add_picks_the_face_by_index_or_point(tmp_path: Path) -> None:
+    picture = tmp_path / "group.png"
+    picture.write_bytes(b"not decoded by the scripted gateway")
+    server, gateway, target = await _serve("idle")
+    try:
+        for args in (["--face-index", "2"], ["--face-point", "320.5,200"], []):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "talkmesh.cli", "avatar", "add", str(picture), "--target", target, *args,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(30):
+                _, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+        for bad in (["--face-point", "320"], ["--face-index", "-1"]):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "talkmesh.cli", "avatar", "add", str(picture), "--target", target, *bad,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(30):
+                _, err = await proc.communicate()
+            assert proc.returncode == 2 and bad[0] in err.decode(), err.decode()
+    finally:
+        await server.stop(0)
+    index, point, neither = gateway.uploads
+    assert index.face_index == 2 and not index.HasField("face_point")
+    assert (point.face_point.x, point.face_point.y) == (320.5, 200.0) and point.face_index == 0
+    assert neither.face_index == 0 and not neither.HasField("face_point")
