@@ -143,7 +143,9 @@ def test_demo_command_writes_a_playable_mp4(tmp_path):
         timeout=300,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "whole file received after" in res.stdout
+    # as the README says: the time to the first fragment (the demo streams), and how many services
+    assert "time to first fragment (client): " in res.stdout and "whole file" not in res.stdout
+    assert res.stdout.startswith(f"starting the {len(REGISTRY)} services ...")
     info = probe(out)
     assert (info.video_codec, info.audio_codec, info.fps) == ("h264", "aac", 25)
     assert abs(info.frames - math.ceil(info.audio_seconds * 25)) <= 1
