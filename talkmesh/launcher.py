@@ -267,6 +267,8 @@ class Mesh:
         codes: dict[str, int] = {}
         for wave in stop_waves():
             names = [name for name in wave if name in self.processes]
+            if not names:  # not started (a start that failed on an earlier wave)
+                continue
             for name in names:
                 sp = self.processes[name]
                 if sp.proc.returncode is None:
