@@ -26,7 +26,7 @@ $(VENV)/.installed-dev: pyproject.toml scripts/install.sh | $(BIN)/python
 install: $(VENV)/.installed-runtime
 install-dev: $(VENV)/.installed-dev
 
-## Start the five services, speak a paragraph with the default avatar, write out/demo.mp4, stop.
+## Start the six services (five gRPC stages and the web edge), speak a paragraph with the default avatar, write out/demo.mp4, stop.
 demo: install
 	$(BIN)/talkmesh demo -o out/demo.mp4
 

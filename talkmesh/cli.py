@@ -18,7 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from talkmesh.common.registry import DEFAULT_PORT_BASE, NAMES, SERVICES, SIZE_PRESETS, spec
+from talkmesh.common.registry import (
+    NAMES,
+    PORT_BASE_ENV,
+    SERVICES,
+    SIZE_PRESETS,
+    spec,
+)
 
 DEMO_TEXT = (
     "Hello, and welcome to talkmesh. I am a talking head, rendered on your own machine, while my voice "
@@ -41,13 +47,15 @@ OPTION_FOR_FIELD = {
     "rate": "--rate",
     "pitch": "--pitch",
     "volume": "--volume",
-    "text": "the text",
+    "text": "the text argument",
     "backends": "--backend",
+    "face_index": "--face-index",
+    "face_point": "--face-point",
+    # the encoder's limits on the frames the renderer makes, whose size --size (output.size) picks:
+    # "native" keeps the avatar's, which may be larger than the encoder takes
+    "width": "--size (output.size; e.g. --size 720p)",
+    "height": "--size (output.size; e.g. --size 720p)",
 }
-
-
-#: Environment variable with the default of ``talkmesh up --port-base``.
-PORT_BASE_ENV = "TALKMESH_PORT_BASE"
 
 
 class CliError(Exception):
@@ -60,7 +68,9 @@ def _serve(args: argparse.Namespace) -> int:
     from talkmesh.common.memory import tune_malloc_for_frames
     from talkmesh.common.server import ServiceHost
     from talkmesh.common.telemetry import Telemetry, tracer_provider_from_env
+    from talkmesh.launcher import stop_with_parent
 
+    stop_with_parent()  # started by a launcher (`talkmesh up`): never outlive it
     module = importlib.import_module(spec(args.service).main_module)
     config = module.load_config(args.config)
     setup_logging(args.service, config.server.log_level, config.server.log_json)
@@ -131,7 +141,7 @@ async def _up(args: argparse.Namespace) -> int:
         raise CliError(f"{exc}; stop it, or move this mesh with `talkmesh up --port-base N`") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal was closed
         loop.add_signal_handler(sig, stop.set)
     await mesh.start()
     code = 0
@@ -139,8 +149,8 @@ async def _up(args: argparse.Namespace) -> int:
         for name, sp in mesh.processes.items():
             kind = "http" if spec(name).protocol == "http" else "grpc"
             print(f"{name:>15}  {kind} {sp.address}  metrics http://{args.host}:{sp.metrics_port}/metrics")
-        hint = "" if mesh.gateway == f"127.0.0.1:{DEFAULT_PORT_BASE}" else f"TALKMESH_TARGET={mesh.gateway} "
-        print(f'talkmesh is up: try `{hint}talkmesh say "Hello there" -o hello.mp4`')
+        key = f" (KEY: a key of {args.api_keys}, as `talkmesh keys new` printed it)" if args.api_keys else ""
+        print(f"talkmesh is up: try `{up_hint(mesh.gateway, args.pki, args.api_keys)}`{key}")
         if "web" in mesh.processes:
             print(f"open http://{mesh.address('web')}/ in a browser to watch and talk to the avatar")
         print("Ctrl-C stops all services.", flush=True)
@@ -159,6 +169,44 @@ async def _up(args: argparse.Namespace) -> int:
         codes = await mesh.stop()
         print("stopped: " + ", ".join(f"{k}={v}" for k, v in codes.items()), flush=True)
     return code
+
+
+def self_command() -> str:
+    """How to run this `talkmesh` again from a shell here: ``talkmesh`` when PATH finds this one,
+    else the path of the script next to this Python (a venv's ``.venv/bin/talkmesh``), else
+    ``python -m talkmesh.cli``."""
+    import shlex
+    import shutil
+
+    script = Path(sys.executable).parent / "talkmesh"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m talkmesh.cli"
+    found = shutil.which("talkmesh")
+    if found and Path(found).resolve() == script.resolve():
+        return "talkmesh"
+    try:
+        rel = os.path.relpath(script)
+    except ValueError:
+        rel = str(script)
+    if rel.startswith(".."):
+        rel = str(script)
+    return shlex.quote(rel if os.sep in rel else f".{os.sep}{rel}")
+
+
+def up_hint(gateway: str, pki: str = "", api_keys: str = "") -> str:
+    """The `talkmesh say` command that reaches the mesh `up` started: its target when it is not the
+    clients' default, the CA when it serves TLS (--pki), an API key when it asks for one."""
+    import shlex
+
+    from talkmesh.client import TARGET_ENV, default_target
+
+    words = [] if gateway == default_target() else [f"{TARGET_ENV}={gateway}"]
+    words += [self_command(), "say", '"Hello there"']
+    if pki:
+        words += ["--tls-ca", shlex.quote(str(Path(pki).resolve() / "ca.crt"))]
+    if api_keys:
+        words += ["--api-key", "KEY"]
+    return " ".join([*words, "-o", "hello.mp4"])
 
 
 # -- say / demo ----------------------------------------------------------------------------------
@@ -249,17 +297,20 @@ async def _say(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from talkmesh.client import TalkmeshClient
     from talkmesh.launcher import Mesh
+    from talkmesh.v1 import encoder_pb2 as epb
 
     out = Path(args.output)
     check_output(out)
     log_dir = out.parent / "logs"
-    print("starting the five services ...", flush=True)
+    print(f"starting the {len(SERVICES)} services ...", flush=True)
     async with Mesh(ephemeral=True, log_dir=log_dir) as mesh:
         print(f"gateway on {mesh.gateway}; speaking the demo paragraph ...", flush=True)
         async with TalkmeshClient(mesh.gateway) as client:
-            result = await client.speak_to_file(args.text, out)
-    print(f"wrote {out} ({result.bytes_written} bytes); service logs in {log_dir}/")
-    _print_result(result, "mp4")
+            # streamed as fragments (fMP4), as a player would receive it: the first one's arrival is
+            # the latency the demo shows; the file they make plays in any player
+            result = await client.speak_to_file(args.text, out, container=epb.CONTAINER_FMP4)
+    print(f"wrote {out} ({result.bytes_written} bytes, fragmented MP4); service logs in {log_dir}/")
+    _print_result(result, "fmp4")
     return 0
 
 
@@ -333,6 +384,8 @@ async def _avatar(args: argparse.Namespace) -> int:
     async with client_for(args) as client:
         if args.avatar_cmd == "add":
             path = Path(args.path)
+            if path.is_dir():
+                raise CliError(f"{path}: is a directory; give an image or a video file")
             if not path.is_file():
                 raise CliError(f"{path}: no such file")
             bar = ProgressBar(sys.stderr)
@@ -341,6 +394,8 @@ async def _avatar(args: argparse.Namespace) -> int:
                     path,
                     name=args.name or "",
                     backends=tuple(args.backend or ()),
+                    face_index=args.face_index,
+                    face_point=args.face_point,
                     progress=bar.upload,
                     preparing=bar.preparing,
                 )
@@ -355,16 +410,26 @@ async def _avatar(args: argparse.Namespace) -> int:
                 print(f"{a.id}  {a.name}  {a.width}x{a.height}  {a.frame_count} frame(s)  {','.join(a.backends)}")
         elif args.avatar_cmd == "rm":
             avatar_id = await client.resolve_avatar(args.avatar)
-            print("deleted" if await client.delete_avatar(avatar_id) else "not found")
+            if not await client.delete_avatar(avatar_id):
+                raise CliError(f"avatar {args.avatar!r} not found (see `talkmesh avatar list`)")
+            print("deleted")
     return 0
 
 
 async def _voices(args: argparse.Namespace) -> int:
 
     async with client_for(args) as client:
-        for v in await client.list_voices():
-            print(f"{v.id:<28} {v.language:<8} {v.engine:<8} {v.sample_rate} Hz  {v.name}")
+        voices = await client.list_voices()
+    for line in voice_table(voices):
+        print(line)
     return 0
+
+
+def voice_table(voices: Any) -> list[str]:
+    """`talkmesh voices`: one line per voice, the columns as wide as their longest value."""
+    rows = [(v.id, v.language, v.engine, f"{v.sample_rate} Hz", v.name) for v in voices]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
 
 
 async def _live(args: argparse.Namespace) -> int:
@@ -439,8 +504,29 @@ def _default_ports_help() -> str:
     return out + f", metrics {metrics[0]}..{metrics[-1]}"
 
 
+def _face_index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a face index (0 = the largest face, 1 = the next...)")
+    return value
+
+
+def _image_point(text: str) -> tuple[float, float]:
+    """``X,Y`` in pixels (fractions allowed, not negative)."""
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not X,Y (pixels, e.g. 320,200)") from None
+    if not (x >= 0 and y >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: X and Y are pixels from the top-left corner, not negative")
+    return x, y
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from talkmesh.client import API_KEY_ENV, TARGET_ENV, TLS_ENV, default_target
+    from talkmesh.client import API_KEY_ENV, TARGET_ENV, TLS_ENV
 
     p = argparse.ArgumentParser(prog="talkmesh", description=__doc__.split("\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -478,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     target = argparse.ArgumentParser(add_help=False, parents=[common])
     target.add_argument(
         "--target",
-        default=default_target(),
-        help=f"gateway address (default: ${TARGET_ENV}, else the local mesh's gateway)",
+        default=None,  # resolved in main() (default_target()), where a bad environment is one line
+        help=f"gateway address (default: ${TARGET_ENV}, else the local mesh's gateway: "
+        f"the one `talkmesh up` starts, on ${PORT_BASE_ENV}'s block when set)",
     )
     target.add_argument(
         "--api-key", default=None, help=f"API key, sent as 'authorization: Bearer <key>' (default: ${API_KEY_ENV})"
@@ -523,7 +610,21 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("path")
     add.add_argument("--name")
     add.add_argument("--backend", action="append", help="also precompute for this backend")
-    asub.add_parser("list", parents=[target])
+    add.add_argument(
+        "--face-index",
+        type=_face_index,
+        default=0,
+        metavar="N",
+        help="which face to animate when the picture shows several: 0 = the largest (default), 1 = the next...",
+    )
+    add.add_argument(
+        "--face-point",
+        type=_image_point,
+        default=None,
+        metavar="X,Y",
+        help="or the face whose box contains this point (pixels of the picture; overrides --face-index)",
+    )
+    asub.add_parser("list", parents=[target], help="list the avatars: id, name, size, frames, backends")
     rm = asub.add_parser("rm", parents=[target], help="delete an avatar (by name or id)")
     rm.add_argument("avatar", metavar="avatar")
 
@@ -576,7 +677,13 @@ def describe_rpc_error(exc: Any, target: str) -> str:
             "(TALKMESH_TLS_CA_FILE), --tls-server-name, or whether the gateway serves TLS at all"
         )
     unreachable = ("failed to connect", "connection refused", "all backends failing", "errors resolving")
-    if code == grpc.StatusCode.UNAVAILABLE and any(text in details.lower() for text in unreachable):
+    # "<service>: ..." is the gateway reporting a stage it could not reach, not the gateway unreachable
+    from_a_stage = any(details.startswith(f"{name}: ") for name in NAMES)
+    if (
+        code == grpc.StatusCode.UNAVAILABLE
+        and not from_a_stage
+        and any(text in details.lower() for text in unreachable)
+    ):
         return (
             f"cannot reach the gateway at {target}: is the mesh running? "
             "Start it with `talkmesh up`, or point --target (or TALKMESH_TARGET) at it"
@@ -616,6 +723,16 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
     return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
 
 
+def _default_target() -> str:
+    """The clients' default target: ``$TALKMESH_TARGET``, else the local mesh's gateway."""
+    from talkmesh.client import default_target
+
+    try:
+        return default_target()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _closed_stdout() -> None:
     """After a broken pipe: stdout to /dev/null, so the interpreter's final flush stays quiet."""
     with contextlib.suppress(OSError, ValueError):
@@ -647,6 +764,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if "target" in args and args.target is None:
+            args.target = _default_target()
         code = run(args)
         sys.stdout.flush()
         return code
@@ -666,4 +785,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m talkmesh.cli` (how the launcher starts services, and tests the command): run the
+    # module as `talkmesh.cli`, so that what other modules import from it (CliError) is the same
+    # class as here, not a second copy in `__main__`
+    from talkmesh.cli import main as _main
+
+    sys.exit(_main())

@@ -1,6 +1,6 @@
 """Python client API for the talkmesh gateway.
 
-async with TalkmeshClient() as client:      # $TALKMESH_TARGET, else 127.0.0.1:50051
+async with TalkmeshClient() as client:      # $TALKMESH_TARGET, else the local mesh (127.0.0.1:50051)
     async for chunk in client.speak("Hello there."):
         ...                                  # SpeakChunk: media fragments, then a summary
     summary = await client.speak_to_file("Hello there.", "out.mp4")
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +21,7 @@ import grpc
 
 from talkmesh.common.channel import DEFAULT_MAX_MESSAGE_BYTES, PUBLIC_CLIENT_KEEPALIVE_MS, ClientTLS, create_channel
 from talkmesh.common.propagation import outgoing_metadata
+from talkmesh.common.registry import PORT_BASE_ENV
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
 from talkmesh.v1 import live_pb2 as lpb
@@ -35,11 +36,25 @@ API_KEY_ENV = "TALKMESH_API_KEY"
 TLS_ENV = "TALKMESH_TLS"
 
 
+def port_base_from_env() -> int | None:
+    """``$TALKMESH_PORT_BASE`` as a number; None when unset (the default ports).
+
+    ValueError when it is not a number."""
+    text = os.environ.get(PORT_BASE_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"${PORT_BASE_ENV}: {text!r} is not a port number") from None
+
+
 def default_target() -> str:
-    """``$TALKMESH_TARGET``, else the gateway of a local mesh on the default ports."""
+    """``$TALKMESH_TARGET``, else the gateway of the local mesh: on ``$TALKMESH_PORT_BASE``'s block
+    when set (as ``talkmesh up`` starts it), else on the default ports."""
     from talkmesh.common.registry import default_target as registry_target
 
-    return os.environ.get(TARGET_ENV, "").strip() or registry_target("gateway")
+    return os.environ.get(TARGET_ENV, "").strip() or registry_target("gateway", base=port_base_from_env())
 
 
 class AvatarNameError(ValueError):
@@ -73,8 +88,10 @@ class LiveSession:
         config: lpb.LiveConfig,
         timeout: float | None,
         metadata: Callable[[], grpc.aio.Metadata] = outgoing_metadata,
+        resolve_avatar: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self._stub = stub
+        self._resolve_avatar = resolve_avatar
         self._metadata = metadata
         self._config = config
         self._timeout = timeout
@@ -89,6 +106,9 @@ class LiveSession:
             await self._call.write(msg)
 
     async def __aenter__(self) -> LiveSession:
+        if self._config.avatar_id and self._resolve_avatar is not None:
+            # an avatar name works as an id does, as everywhere else (TalkmeshClient.resolve_avatar)
+            self._config.avatar_id = await self._resolve_avatar(self._config.avatar_id)
         self._call = self._stub.Session(timeout=self._timeout, metadata=self._metadata())
         await self._send(lpb.LiveClientMessage(config=self._config))
         first = await self._call.read()
@@ -341,18 +361,22 @@ class TalkmeshClient:
         progress: Callable[[int, int], None] | None = None,
         preparing: Callable[[api.AvatarProgress], None] | None = None,
         face_index: int = 0,
+        face_point: tuple[float, float] | None = None,
     ) -> api.AvatarInfo:
         """Uploads an image or video and waits until the renderer has prepared it.
 
         ``progress(sent_bytes, total_bytes)`` is called per uploaded block, ``preparing(p)`` with
         the renderer's own progress (``p.stage``, ``p.done`` of ``p.total``, e.g. frames).
-        ``face_index`` picks the face to animate when there are several (0 = the largest).
+        ``face_index`` picks the face to animate when there are several (0 = the largest);
+        ``face_point`` (x, y in pixels of the picture) the face whose box contains that point.
         """
         p = Path(path)
         total = p.stat().st_size
 
         async def upload() -> AsyncIterator[api.AvatarUpload]:
             meta = api.AvatarMeta(name=name or p.stem, filename=p.name, backends=list(backends), face_index=face_index)
+            if face_point is not None:
+                meta.face_point.CopyFrom(api.ImagePoint(x=face_point[0], y=face_point[1]))
             yield api.AvatarUpload(meta=meta)
             sent = 0
             with p.open("rb") as fh:
@@ -404,7 +428,9 @@ class TalkmeshClient:
         request_id: str = "",
         timeout: float | None = None,
     ) -> LiveSession:
-        """A live session: ``async with client.live(...) as session`` (see ``LiveSession``)."""
+        """A live session: ``async with client.live(...) as session`` (see ``LiveSession``).
+
+        ``avatar``: an id or a name, as in ``resolve_avatar`` (the name is looked up at the start)."""
         config = lpb.LiveConfig(
             request_id=request_id,
             avatar_id=avatar,
@@ -415,7 +441,7 @@ class TalkmeshClient:
             idle_timeout_seconds=idle_timeout,
             max_session_seconds=max_seconds,
         )
-        return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout, self._md)
+        return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout, self._md, self.resolve_avatar)
 
     def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         """Another viewer of a running live session (joins at the next keyframe)."""

@@ -5,6 +5,13 @@ Names, ports, environment prefixes and the start order come from ``talkmesh.comm
 A mesh runs on the default ports, on a block moved with ``port_base`` (``talkmesh up
 --port-base``), or on free ports (``ephemeral``). After start-up the mesh watches its children:
 ``wait_for_exit()`` returns the first one that dies, so ``talkmesh up`` can report it and stop.
+
+Each child runs in its own session (a Ctrl-C in the terminal reaches only the launcher, which stops
+the mesh in order), so nothing but the launcher stops it; and no child outlives the launcher: each
+child's stdin is a pipe from the launcher, and a child whose stdin reaches end of file (the
+launcher has exited, however it died: even SIGKILL) stops itself as on SIGTERM
+(``PARENT_PIPE_ENV``). A pipe rather than Linux's PR_SET_PDEATHSIG: that fires when the *thread*
+that started the child ends, and exists on Linux only.
 """
 
 from __future__ import annotations
@@ -23,6 +30,43 @@ from talkmesh.common.aio import all_of, cancel_and_wait
 from talkmesh.common.registry import PORT_SPAN, SERVICES, ServiceSpec, spec, start_order
 
 log = logging.getLogger(__name__)
+
+
+#: Set for the children: "stdin" = stop (as on SIGTERM) when stdin reaches end of file, i.e. when
+#: the launcher, which holds the pipe's other end, has exited (``talkmesh serve`` reads it).
+PARENT_PIPE_ENV = "TALKMESH_SERVE_PARENT_PIPE"
+
+
+def stop_with_parent() -> None:
+    """In a child (``talkmesh serve``) the launcher started: SIGTERM to itself when the launcher's
+    pipe on stdin closes. A daemon thread blocks on the read, so it never delays an exit."""
+    import threading
+
+    if os.environ.get(PARENT_PIPE_ENV) != "stdin":
+        return
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
+        log.warning("the launcher has exited: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-pipe", daemon=True).start()
+
+
+def stop_waves() -> list[list[str]]:
+    """The services in the order they stop: the start waves reversed (the web edge, then the
+    gateway, then the stages each after the services that call it)."""
+    waves: list[list[str]] = []
+    done: set[str] = set()
+    pending = list(start_order())
+    while pending:
+        wave = [s for s in pending if all(c in done for c in s.calls)]
+        waves.append([s.name for s in wave])
+        done.update(s.name for s in wave)
+        pending = [s for s in pending if s not in wave]
+    return waves[::-1]
 
 
 class MeshError(RuntimeError):
@@ -139,8 +183,14 @@ class Mesh:
             log_path = self.log_dir / f"{s.name}.log"
             stderr_file = log_path.open("ab")
             stderr = stderr_file.fileno()
+        env[PARENT_PIPE_ENV] = "stdin"  # stops when this process is gone (stop_with_parent)
         proc = await asyncio.create_subprocess_exec(
-            *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True
+            *cmd,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
         )
         if self.log_dir is not None:
             stderr_file.close()
@@ -211,26 +261,36 @@ class Mesh:
         return ChildExit(tasks[task], task.result())
 
     async def stop(self, timeout: float = 30.0) -> dict[str, int]:
-        """SIGTERM (the gateway first, so it stops taking requests), wait, SIGKILL what remains."""
+        """Stops the services in waves (``stop_waves``): SIGTERM to a wave, wait until it has exited
+        (SIGKILL what remains after ``timeout``), then the next. So the gateway drains its streams
+        while the stages still serve them, and stops taking requests before anything else stops."""
         codes: dict[str, int] = {}
-        order = [s.name for s in reversed(start_order()) if s.name in self.processes]
-        for name in order:
-            sp = self.processes[name]
-            if sp.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    sp.proc.send_signal(signal.SIGTERM)
-        for name in order:
-            sp = self.processes[name]
-            try:
-                async with asyncio.timeout(timeout):
-                    codes[name] = await sp.proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    sp.proc.kill()
-                codes[name] = await sp.proc.wait()
-            await cancel_and_wait(sp.stdout_task, sp.exit_task)
+        for wave in stop_waves():
+            names = [name for name in wave if name in self.processes]
+            if not names:  # not started (a start that failed on an earlier wave)
+                continue
+            for name in names:
+                sp = self.processes[name]
+                if sp.proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        sp.proc.send_signal(signal.SIGTERM)
+            for name, code in zip(names, await all_of(*(self._reap(name, timeout) for name in names)), strict=True):
+                codes[name] = code
         self.processes.clear()
         return codes
+
+    async def _reap(self, name: str, timeout: float) -> int:
+        """Waits up to ``timeout`` for service ``name`` to exit (SIGKILL after it); its exit code."""
+        sp = self.processes[name]
+        try:
+            async with asyncio.timeout(timeout):
+                code = await sp.proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                sp.proc.kill()
+            code = await sp.proc.wait()
+        await cancel_and_wait(sp.stdout_task, sp.exit_task)
+        return code
 
     async def __aenter__(self) -> Mesh:
         return await self.start()

@@ -66,7 +66,7 @@ def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
     return None
 
 
-async def _pump(session: LiveSession, output: Path | None, out: TextIO, state: dict[str, bool]) -> None:
+async def _pump(session: LiveSession, output: Path | None, out: TextIO, state: dict[str, int]) -> None:
     t0 = time.monotonic()
     sink = output.open("wb") if output is not None else None
     try:
@@ -75,12 +75,14 @@ async def _pump(session: LiveSession, output: Path | None, out: TextIO, state: d
             if kind == "media" and sink is not None:
                 sink.write(msg.media.data)
                 sink.flush()
+            elif kind == "error":
+                state["errors"] += 1
             elif kind == "event":
                 which = msg.event.WhichOneof("kind")
                 if which == "speaking_started":
-                    state["speaking"] = True
+                    state["speaking"] = 1
                 elif which == "speaking_stopped":
-                    state["speaking"] = False
+                    state["speaking"] = 0
             line = describe(msg, t0)
             if line:
                 print(line, file=out, flush=True)
@@ -89,16 +91,70 @@ async def _pump(session: LiveSession, output: Path | None, out: TextIO, state: d
             sink.close()
 
 
+class StdinLines:
+    """Lines of ``stdin`` read by a daemon thread: a blocked read never keeps the process alive
+    (a thread of the loop's default executor would: ``asyncio.run`` waits for it at exit, so
+    Ctrl-C while idle quit only after the next Enter)."""
+
+    def __init__(self, stdin: TextIO) -> None:
+        import threading
+
+        loop = asyncio.get_running_loop()
+        self._lines: asyncio.Queue[str] = asyncio.Queue()
+
+        def read() -> None:
+            while True:
+                try:
+                    line = stdin.readline()
+                except (OSError, ValueError):
+                    line = ""
+                try:
+                    loop.call_soon_threadsafe(self._lines.put_nowait, line)
+                except RuntimeError:  # the loop is closed: nobody reads any more
+                    return
+                if line == "":
+                    return
+
+        threading.Thread(target=read, name="live-cli-stdin", daemon=True).start()
+
+    async def get(self) -> str:
+        """The next line, with its newline; "" at end of input."""
+        return await self._lines.get()
+
+
+def _same_voice(a: str, b: str) -> bool:
+    def norm(v: str) -> tuple[str, str]:
+        engine, _, name = v.strip().lower().replace("_", "-").partition(":")
+        return engine, name.rsplit("/", 1)[-1]
+
+    return norm(a) == norm(b)
+
+
+async def check_voice(client: TalkmeshClient, voice: str) -> None:
+    """CliError unless the gateway lists ``voice`` (as ``talkmesh say`` would fail on it): an
+    unknown voice fails the session at its start, not each turn."""
+    from talkmesh.cli import CliError
+
+    if not voice:
+        return
+    voices = await client.list_voices()
+    if not any(_same_voice(voice, v.id) for v in voices):
+        raise CliError(f"--voice {voice!r}: no such voice (see `talkmesh voices`)")
+
+
 async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, out: TextIO = sys.stderr) -> int:
+    """Runs the session; 0 when every turn played, 1 when one failed (its error is printed as an
+    event); a failed stream raises its error (`talkmesh` prints it as one line)."""
     output = None if args.output == "-" else Path(args.output)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     quit_now = asyncio.Event()
-    state = {"speaking": False}
+    state = {"speaking": 0, "errors": 0}
     from talkmesh.cli import tls_from_args
 
     async with TalkmeshClient(target, tls=tls_from_args(args), api_key=getattr(args, "api_key", None)) as client:
+        await check_voice(client, args.voice)
         async with client.live(
             avatar=args.avatar, voice=args.voice, size=args.size, backend=args.backend, idle_timeout=args.idle_timeout
         ) as session:
@@ -114,10 +170,12 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGINT, on_sigint)
             print("type a line to speak it; an empty line interrupts; Ctrl-D ends", file=out, flush=True)
+            lines = StdinLines(stdin)
             quitting = asyncio.ensure_future(quit_now.wait())
+            read: asyncio.Future[str] | None = None
             try:
                 while not pump.done() and not quit_now.is_set():
-                    read: asyncio.Future[str] = loop.run_in_executor(None, stdin.readline)
+                    read = asyncio.ensure_future(lines.get())
                     waiting: set[asyncio.Future[object]] = {read, pump, quitting}  # type: ignore[arg-type]
                     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     if read not in done:
@@ -128,6 +186,8 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
                         await pump
                         break
                     text = line.strip()
+                    if pump.done():
+                        break
                     if text:
                         await session.say(text)
                     else:
@@ -135,8 +195,10 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
             finally:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(signal.SIGINT)
-                await cancel_and_wait(pump, quitting)
+                await cancel_and_wait(pump, quitting, read)
                 await signals.aclose()
+            if not pump.cancelled() and pump.exception() is not None:
+                raise pump.exception()  # type: ignore[misc]  # the stream failed: one line, exit 1
     if output is not None:
         print(f"wrote {output}", file=out)
-    return 0
+    return 1 if state["errors"] else 0

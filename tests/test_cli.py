@@ -92,7 +92,8 @@ async def test_say_voices_and_avatars_from_the_command_line(tmp_path):
         assert not (tmp_path / "x.mp4").exists()
 
         code, out, err = await _cli("avatar", "rm", "0123456789abcdef0123", *gw)
-        assert code == 0 and out.strip() == "not found"
+        assert code == 1 and out == ""
+        assert err.strip() == "error: avatar '0123456789abcdef0123' not found (see `talkmesh avatar list`)"
 
 
 async def test_say_writes_a_seekable_mp4_unless_fragments_are_asked_for(tmp_path):

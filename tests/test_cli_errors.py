@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -19,13 +19,15 @@ from talkmesh.common.errors import NotFound, status_trailer
 from talkmesh.common.registry import spec
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str]:
+def run_cli(*args: str, env: Mapping[str, str | None] | None = None, timeout: float = 60) -> tuple[int, str, str]:
+    """Runs the command; ``env`` adds variables to this process's environment (None removes one)."""
+    merged = {**os.environ, **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "talkmesh.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={k: v for k, v in merged.items() if v is not None},
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -67,6 +69,19 @@ def test_clients_read_the_target_from_talkmesh_target(closed_port: int) -> None:
     assert f"127.0.0.1:{closed_port}" in one_error_line(err)
     # --target wins over the environment
     code, _, err = run_cli("voices", "--target", "127.0.0.1:1", env={"TALKMESH_TARGET": f"127.0.0.1:{closed_port}"})
+    assert "127.0.0.1:1:" in one_error_line(err)
+
+
+def test_clients_dial_the_mesh_of_talkmesh_port_base(closed_port: int) -> None:
+    """`TALKMESH_PORT_BASE=B talkmesh up` puts the gateway on B; the clients find it there."""
+    for cmd in (["voices"], ["avatar", "list"], ["say", "Hi", "-o", os.devnull]):
+        code, _, err = run_cli(*cmd, env={"TALKMESH_TARGET": None, "TALKMESH_PORT_BASE": str(closed_port)})
+        assert code == 1
+        assert f"cannot reach the gateway at 127.0.0.1:{closed_port}" in one_error_line(err), cmd
+    code, _, err = run_cli("voices", env={"TALKMESH_TARGET": None, "TALKMESH_PORT_BASE": "many"})
+    assert code == 1 and "TALKMESH_PORT_BASE" in one_error_line(err)
+    # TALKMESH_TARGET still wins
+    code, _, err = run_cli("voices", env={"TALKMESH_TARGET": "127.0.0.1:1", "TALKMESH_PORT_BASE": str(closed_port)})
     assert "127.0.0.1:1:" in one_error_line(err)
 
 
@@ -151,6 +166,19 @@ def test_rpc_errors_show_the_field_from_the_rich_details() -> None:
     assert error_details_pb2.BadRequest  # the details really are google.rpc messages
 
 
+def _rpc_error(exc: Exception) -> grpc.aio.AioRpcError:
+    """The AioRpcError a client sees for a service's error (rich details in the trailer)."""
+    trailer = grpc.aio.Metadata(*status_trailer(exc.code, exc.message, exc.details()))  # type: ignore[attr-defined]
+    return grpc.aio.AioRpcError(exc.code, grpc.aio.Metadata(), trailer, details=exc.message)  # type: ignore[attr-defined]
+
+
+def test_an_error_on_the_text_names_the_argument_that_sets_it() -> None:
+    from talkmesh.common.errors import InvalidArgument
+
+    line = describe_rpc_error(_rpc_error(InvalidArgument("text", "is empty")), "127.0.0.1:1")
+    assert line.endswith("(field text; set by the text argument)"), line
+
+
 def test_say_exposes_the_options_of_the_api() -> None:
     options = ["--container", "fmp4", "--audio-codec", "opus", "--rate", "1.5", "--pitch", "0.8", "--volume", "1.2"]
     args = build_parser().parse_args(
@@ -164,3 +192,76 @@ def test_bench_help_lists_every_mode() -> None:
     code, out, err = run_cli("bench", "--help")
     assert code == 0, err
     assert "--quick" in out and "components" in out
+
+
+def test_voice_columns_line_up_whatever_the_length_of_the_ids() -> None:
+    from talkmesh.cli import voice_table
+    from talkmesh.v1 import types_pb2 as api
+
+    voices = [
+        api.Voice(id="espeak:en-us", language="en-us", engine="espeak", sample_rate=22050, name="English (US)"),
+        api.Voice(id="espeak:chr-US-Qaaa-x-west", language="chr-US-Qaaa-x-west", engine="espeak",
+                  sample_rate=22050, name="Cherokee"),
+        api.Voice(id="piper:en_US-lessac-medium", language="en-us", engine="piper", sample_rate=16000, name="lessac"),
+    ]  # fmt: skip
+    lines = voice_table(voices)
+    assert len(lines) == 3
+    import re
+
+    assert len({re.search(r"\d+ Hz", line).start() for line in lines}) == 1, lines  # type: ignore[union-attr]
+    assert len({line.index(f" {v.engine} ") for line, v in zip(lines, voices, strict=True)}) == 1, lines
+    names = [line.rindex(v.name) for line, v in zip(lines, voices, strict=True)]
+    assert len(set(names)) == 1, lines
+    assert all(line.split()[0] == v.id for line, v in zip(lines, voices, strict=True))
+
+
+def test_avatar_add_of_a_directory_says_it_is_one(tmp_path: Path, closed_port: int) -> None:
+    code, _, err = run_cli("avatar", "add", str(tmp_path), "--target", f"127.0.0.1:{closed_port}")
+    assert code == 1
+    assert one_error_line(err) == f"error: {tmp_path}: is a directory; give an image or a video file"
+
+
+def test_avatar_help_lists_every_subcommand() -> None:
+    code, out, _ = run_cli("avatar", "--help")
+    assert code == 0
+    listed = out.split("{", 1)[1].split("}", 1)[0].split(",")
+    assert listed == ["add", "list", "rm"]
+    for sub in listed:  # each has a line of help, not only its name in the braces
+        assert any(line.split()[:1] == [sub] and len(line.split()) > 1 for line in out.splitlines()), out
+
+
+def test_a_frame_too_large_for_the_encoder_points_at_size() -> None:
+    """`say --size native` on a 3000x4000 avatar: the encoder refuses the frames; --size fixes it."""
+    from talkmesh.common.errors import InvalidArgument
+
+    exc = InvalidArgument("frame.width", "3000x4000 exceeds the limit 3840x2160")
+    line = describe_rpc_error(_rpc_error(exc), "127.0.0.1:1")
+    assert line.endswith("(field frame.width; set by --size (output.size; e.g. --size 720p))"), line
+
+
+def test_the_up_hint_is_a_command_that_works_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_port: int
+) -> None:
+    """`talkmesh up` prints a `say` command to try: runnable without the venv on PATH, with the CA
+    under --pki and an API key under --api-keys, and the target unless the clients find it."""
+    import shlex
+
+    from talkmesh.cli import self_command, up_hint
+
+    monkeypatch.delenv("TALKMESH_TARGET", raising=False)
+    monkeypatch.delenv("TALKMESH_PORT_BASE", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv is not activated
+    command = shlex.split(self_command())
+    assert command[0] != "talkmesh"
+    res = subprocess.run([*command, "voices", "--target", f"127.0.0.1:{closed_port}"], capture_output=True, text=True)
+    assert res.returncode == 1 and "cannot reach the gateway" in one_error_line(res.stderr)
+
+    hint = up_hint(f"127.0.0.1:{closed_port}", pki=str(tmp_path), api_keys="keys.yaml")
+    words = shlex.split(hint)
+    assert words[0] == f"TALKMESH_TARGET=127.0.0.1:{closed_port}"
+    assert words[words.index("--tls-ca") + 1] == str(tmp_path.resolve() / "ca.crt")
+    assert "--api-key" in words
+    assert build_parser().parse_args(words[len(command) + 1 :]).cmd == "say"  # flags `say` takes
+
+    monkeypatch.setenv("TALKMESH_PORT_BASE", str(closed_port))  # the clients find this mesh by themselves
+    assert not up_hint(f"127.0.0.1:{closed_port}").startswith("TALKMESH_TARGET")

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.registry import GRPC_NAMES, NAMES, PORT_SPAN, spec
 from talkmesh.common.registry import SERVICES as REGISTRY
-from talkmesh.launcher import Mesh, MeshError
+from talkmesh.launcher import Mesh, MeshError, ServiceProcess
 from talkmesh.v1 import encoder_pb2 as epb
 from tests.media import probe
 
@@ -143,7 +143,9 @@ def test_demo_command_writes_a_playable_mp4(tmp_path):
         timeout=300,
     )
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "whole file received after" in res.stdout
+    # as the README says: the time to the first fragment (the demo streams), and how many services
+    assert "time to first fragment (client): " in res.stdout and "whole file" not in res.stdout
+    assert res.stdout.startswith(f"starting the {len(REGISTRY)} services ...")
     info = probe(out)
     assert (info.video_codec, info.audio_codec, info.fps) == ("h264", "aac", 25)
     assert abs(info.frames - math.ceil(info.audio_seconds * 25)) <= 1
@@ -222,7 +224,9 @@ async def test_up_on_a_port_base_starts_five_processes_and_ctrl_c_stops_them(tmp
                 assert await asyncio.to_thread(lambda u=url: urllib.request.urlopen(u, timeout=5).status) == 200
                 continue
             assert await _health(f"127.0.0.1:{port}") == health_pb2.HealthCheckResponse.SERVING
-        assert any(f"TALKMESH_TARGET=127.0.0.1:{base} talkmesh say" in ln for ln in lines)
+        from talkmesh.cli import self_command
+
+        assert any(f"TALKMESH_TARGET=127.0.0.1:{base} {self_command()} say" in ln for ln in lines), lines
         async with TalkmeshClient(f"127.0.0.1:{base}") as client:
             result = await client.speak_to_file("Up and running.", tmp_path / "up.mp4")
         assert result.summary.frames > 0
@@ -235,6 +239,98 @@ async def test_up_on_a_port_base_starts_five_processes_and_ctrl_c_stops_them(tmp
     codes = dict(item.split("=") for item in stopped.removeprefix("stopped: ").split(", "))
     assert codes == dict.fromkeys(NAMES, "0")
     assert _ports_free(list(range(base, base + PORT_SPAN)))  # nothing left listening
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def test_sighup_stops_the_mesh_like_ctrl_c(tmp_path):
+    """Closing the terminal sends SIGHUP: the mesh stops in order, nothing is left running."""
+    base = free_port_base()
+    proc, _ = await _start_up(tmp_path, "--port-base", str(base))
+    children = _children(proc.pid)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(60):
+            out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    stopped = out.decode().strip().splitlines()[-1]
+    codes = dict(item.split("=") for item in stopped.removeprefix("stopped: ").split(", "))
+    assert codes == dict.fromkeys(NAMES, "0")
+    assert not any(_alive(pid) for pid in children.values())
+    assert _ports_free(list(range(base, base + PORT_SPAN)))
+
+
+async def test_no_service_outlives_a_killed_launcher(tmp_path):
+    """`talkmesh up` killed outright (SIGKILL: no handler runs): its children stop by themselves."""
+    base = free_port_base()
+    proc, _ = await _start_up(tmp_path, "--port-base", str(base))
+    children = _children(proc.pid)
+    assert set(children) == set(NAMES)
+    try:
+        proc.kill()
+        await proc.wait()
+        async with asyncio.timeout(30):
+            while any(_alive(pid) for pid in children.values()):
+                await asyncio.sleep(0.1)
+    finally:
+        for pid in children.values():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert _ports_free(list(range(base, base + PORT_SPAN)))
+
+
+class _FakeProcess:
+    """Stands for a service process: exits ``linger`` seconds after SIGTERM; logs both."""
+
+    def __init__(self, name: str, log: list[str], linger: float) -> None:
+        self.name, self.log, self.linger = name, log, linger
+        self.returncode: int | None = None
+        self._exited = asyncio.Event()
+
+    def send_signal(self, sig: int) -> None:
+        self.log.append(f"term {self.name}")
+        asyncio.get_running_loop().call_later(self.linger, self._exit)
+
+    def kill(self) -> None:
+        self._exit()
+
+    def _exit(self) -> None:
+        if self.returncode is None:
+            self.log.append(f"exit {self.name}")
+            self.returncode = 0
+            self._exited.set()
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+
+async def test_stop_drains_the_gateway_before_any_stage_stops():
+    """Ctrl-C during a stream: the gateway (after the web edge) drains while every stage still
+    serves; each stage stops only after the services that call it have exited."""
+    log: list[str] = []
+    mesh = Mesh()
+    for s in REGISTRY:
+        fake = _FakeProcess(s.name, log, 0.3 if s.name == "gateway" else 0.01)
+        mesh.processes[s.name] = ServiceProcess(s.name, fake)  # type: ignore[arg-type]
+    codes = await mesh.stop(timeout=5)
+    assert codes == dict.fromkeys(NAMES, 0)
+    assert log.index("exit web") < log.index("term gateway")
+    for s in REGISTRY:
+        for callee in s.calls:
+            assert log.index(f"exit {s.name}") < log.index(f"term {callee}"), log
+    assert mesh.processes == {}
 
 
 async def test_a_hung_stage_fails_streams_fast_and_readiness_shows_it(mesh, tmp_path):

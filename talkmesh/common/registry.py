@@ -25,6 +25,10 @@ DEFAULT_HTTP_PORT = 8080
 #: ``server.max_concurrent_streams``' default outside a mesh).
 DEFAULT_MAX_STREAMS = 64
 
+#: Environment variable with the port block of the local mesh: ``talkmesh up``'s default
+#: ``--port-base``, and the block whose gateway the clients dial when no target is given.
+PORT_BASE_ENV = "TALKMESH_PORT_BASE"
+
 
 @dataclass(frozen=True)
 class ServiceSpec:
@@ -181,6 +185,6 @@ def start_order() -> tuple[ServiceSpec, ...]:
     return tuple(done)
 
 
-def default_target(name: str, host: str = "127.0.0.1") -> str:
-    """``host:port`` of service ``name`` in a default mesh."""
-    return f"{host}:{spec(name).port}"
+def default_target(name: str, host: str = "127.0.0.1", base: int | None = None) -> str:
+    """``host:port`` of service ``name`` in a default mesh, or in the mesh moved to ``base``."""
+    return f"{host}:{spec(name).ports(base)[0]}"

@@ -1,0 +1,194 @@
+"""`talkmesh live` and ``TalkmeshClient.live`` against a scripted gateway (fast: no mesh); and
+what `talkmesh avatar add` sends.
+
+The gateway here answers ListVoices / ListAvatars and runs a Live session as its ``mode`` says:
+"idle" (started, then waits for the client), "fail" (the stream breaks after the start, as when
+the encoder is killed), "turn_error" (each turn fails with an error event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from talkmesh.client import TalkmeshClient
+from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
+from talkmesh.v1 import live_pb2 as lpb
+from talkmesh.v1 import types_pb2 as api
+
+AVATAR_ID = "0123456789abcdef0123"
+
+
+class ScriptedGateway(gateway_pb2_grpc.GatewayServicer, live_pb2_grpc.LiveServicer):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.configs: list[lpb.LiveConfig] = []
+        self.uploads: list[api.AvatarMeta] = []
+
+    async def RegisterAvatarWithProgress(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[api.AvatarUpload], context: object
+    ) -> AsyncIterator[api.AvatarRegistration]:
+        async for msg in request_iterator:
+            if msg.WhichOneof("kind") == "meta":
+                self.uploads.append(msg.meta)
+        yield api.AvatarRegistration(avatar=api.AvatarInfo(id=AVATAR_ID, name="me", width=64, height=64))
+
+    async def ListVoices(self, request: api.ListVoicesRequest, context: object) -> api.ListVoicesResponse:
+        voices = [api.Voice(id="espeak:en-us", name="English", language="en-us", engine="espeak", sample_rate=22050)]
+        return api.ListVoicesResponse(voices=voices)
+
+    async def ListAvatars(self, request: api.ListAvatarsRequest, context: object) -> api.ListAvatarsResponse:
+        return api.ListAvatarsResponse(avatars=[api.AvatarInfo(id=AVATAR_ID, name="me", width=64, height=64)])
+
+    async def Session(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[lpb.LiveClientMessage], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[lpb.LiveServerMessage]:
+        first = await anext(aiter(request_iterator))
+        self.configs.append(first.config)
+        started = lpb.SessionStarted(session_id="s-1", width=64, height=64, fps_numerator=25, fps_denominator=1)
+        yield lpb.LiveServerMessage(started=started)
+        if self.mode == "fail":
+            await asyncio.sleep(0.2)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "encoder: connections to all backends failing")
+        async for msg in request_iterator:
+            if msg.WhichOneof("kind") == "text" and self.mode == "turn_error":
+                error = lpb.LiveError(code=5, message="config.voice: no such voice", turn_id=msg.text.turn_id)
+                yield lpb.LiveServerMessage(error=error)
+
+
+async def _serve(mode: str) -> tuple[grpc.aio.Server, ScriptedGateway, str]:
+    gateway = ScriptedGateway(mode)
+    server = grpc.aio.server()
+    gateway_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
+    live_pb2_grpc.add_LiveServicer_to_server(gateway, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, gateway, f"127.0.0.1:{port}"
+
+
+async def _live(target: str, tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "talkmesh.cli", "live", "--target", target, "-o", str(tmp_path / "live.mp4"), *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TALKMESH_")},
+    )  # fmt: skip
+
+
+async def _until(proc: asyncio.subprocess.Process, word: str) -> str:
+    assert proc.stderr is not None
+    seen = ""
+    async with asyncio.timeout(30):
+        while word not in seen:
+            line = (await proc.stderr.readline()).decode()
+            assert line, f"ended before {word!r}: {seen}"
+            seen += line
+    return seen
+
+
+async def test_ctrl_c_while_idle_quits_without_waiting_for_input(tmp_path: Path) -> None:
+    server, _, target = await _serve("idle")
+    proc = await _live(target, tmp_path)
+    try:
+        await _until(proc, "type a line")
+        proc.send_signal(signal.SIGINT)  # stdin stays open: nobody presses Enter
+        async with asyncio.timeout(10):
+            _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert f"wrote {tmp_path / 'live.mp4'}" in err.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await server.stop(0)
+
+
+async def test_a_stream_that_fails_is_one_error_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    server, _, target = await _serve("fail")
+    proc = await _live(target, tmp_path)
+    try:
+        async with asyncio.timeout(30):
+            _, raw = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await server.stop(0)
+    err = raw.decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "never retrieved" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: UNAVAILABLE: encoder: connections to all backends failing"], err
+
+
+async def test_an_unknown_voice_fails_at_the_start(tmp_path: Path) -> None:
+    server, gateway, target = await _serve("idle")
+    proc = await _live(target, tmp_path, "--voice", "nope")
+    try:
+        async with asyncio.timeout(30):
+            _, raw = await proc.communicate(b"hi\n")
+    finally:
+        await server.stop(0)
+    err = raw.decode()
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines() == ["error: --voice 'nope': no such voice (see `talkmesh voices`)"]
+    assert gateway.configs == []  # no session was started
+
+
+async def test_a_failed_turn_makes_the_exit_code_non_zero(tmp_path: Path) -> None:
+    server, _, target = await _serve("turn_error")
+    proc = await _live(target, tmp_path, "--voice", "espeak:EN_US")  # a spelling of a listed voice
+    try:
+        async with asyncio.timeout(30):
+            _, raw = await proc.communicate(b"hi\n")
+    finally:
+        await server.stop(0)
+    err = raw.decode()
+    assert proc.returncode == 1, err
+    assert err.count("config.voice: no such voice") == 1, err
+
+
+@pytest.mark.parametrize("avatar", ["me", AVATAR_ID])
+async def test_the_client_resolves_avatar_names_for_live_sessions(avatar: str) -> None:
+    server, gateway, target = await _serve("idle")
+    try:
+        async with TalkmeshClient(target) as client, client.live(avatar=avatar) as session:
+            assert session.started is not None
+    finally:
+        await server.stop(0)
+    assert [c.avatar_id for c in gateway.configs] == [AVATAR_ID]
+
+
+async def test_avatar_add_picks_the_face_by_index_or_point(tmp_path: Path) -> None:
+    picture = tmp_path / "group.png"
+    picture.write_bytes(b"not decoded by the scripted gateway")
+    server, gateway, target = await _serve("idle")
+    try:
+        for args in (["--face-index", "2"], ["--face-point", "320.5,200"], []):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "talkmesh.cli", "avatar", "add", str(picture), "--target", target, *args,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(30):
+                _, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+        for bad in (["--face-point", "320"], ["--face-index", "-1"]):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "talkmesh.cli", "avatar", "add", str(picture), "--target", target, *bad,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(30):
+                _, err = await proc.communicate()
+            assert proc.returncode == 2 and bad[0] in err.decode(), err.decode()
+    finally:
+        await server.stop(0)
+    index, point, neither = gateway.uploads
+    assert index.face_index == 2 and not index.HasField("face_point")
+    assert (point.face_point.x, point.face_point.y) == (320.5, 200.0) and point.face_index == 0
+    assert neither.face_index == 0 and not neither.HasField("face_point")
