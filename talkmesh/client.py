@@ -365,6 +365,9 @@ class TalkmeshClient:
     ) -> api.AvatarInfo:
         """Uploads an image or video and waits until the renderer has prepared it.
 
+        ``name`` names it (default: the file's name without its extension); a file registered
+        before takes the new name when one is given, and keeps its own otherwise.
+
         ``progress(sent_bytes, total_bytes)`` is called per uploaded block, ``preparing(p)`` with
         the renderer's own progress (``p.stage``, ``p.done`` of ``p.total``, e.g. frames).
         ``face_index`` picks the face to animate when there are several (0 = the largest);
@@ -374,7 +377,7 @@ class TalkmeshClient:
         total = p.stat().st_size
 
         async def upload() -> AsyncIterator[api.AvatarUpload]:
-            meta = api.AvatarMeta(name=name or p.stem, filename=p.name, backends=list(backends), face_index=face_index)
+            meta = api.AvatarMeta(name=name, filename=p.name, backends=list(backends), face_index=face_index)
             if face_point is not None:
                 meta.face_point.CopyFrom(api.ImagePoint(x=face_point[0], y=face_point[1]))
             yield api.AvatarUpload(meta=meta)
