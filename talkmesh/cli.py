@@ -141,8 +141,14 @@ async def _up(args: argparse.Namespace) -> int:
         raise CliError(f"{exc}; stop it, or move this mesh with `talkmesh up --port-base N`") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:  # the first stops the mesh in order; a second kills what is left
+        if stop.is_set():
+            mesh.kill()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal was closed
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await mesh.start()
     code = 0
     try:
@@ -167,7 +173,8 @@ async def _up(args: argparse.Namespace) -> int:
             code = 1
     finally:
         codes = await mesh.stop()
-        print("stopped: " + ", ".join(f"{k}={v}" for k, v in codes.items()), flush=True)
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print("stopped: " + ", ".join(f"{k}={v}" for k, v in codes.items()), flush=True)
     return code
 
 

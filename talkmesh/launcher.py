@@ -69,6 +69,10 @@ def stop_waves() -> list[list[str]]:
     return waves[::-1]
 
 
+#: The least time a stop wave gets, however long the waves before it took.
+MIN_WAVE_SECONDS = 2.0
+
+
 class MeshError(RuntimeError):
     """A service of the mesh did not start; the message is one line naming it."""
 
@@ -261,10 +265,13 @@ class Mesh:
         return ChildExit(tasks[task], task.result())
 
     async def stop(self, timeout: float = 30.0) -> dict[str, int]:
-        """Stops the services in waves (``stop_waves``): SIGTERM to a wave, wait until it has exited
-        (SIGKILL what remains after ``timeout``), then the next. So the gateway drains its streams
-        while the stages still serve them, and stops taking requests before anything else stops."""
+        """Stops the services in waves (``stop_waves``): SIGTERM to a wave, wait until it has exited,
+        then the next. So the gateway drains its streams while the stages still serve them, and
+        stops taking requests before anything else stops. ``timeout`` bounds the whole stop: a
+        wave gets what is left of it (at least ``MIN_WAVE_SECONDS``), then SIGKILL."""
         codes: dict[str, int] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         for wave in stop_waves():
             names = [name for name in wave if name in self.processes]
             if not names:  # not started (a start that failed on an earlier wave)
@@ -274,10 +281,18 @@ class Mesh:
                 if sp.proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         sp.proc.send_signal(signal.SIGTERM)
-            for name, code in zip(names, await all_of(*(self._reap(name, timeout) for name in names)), strict=True):
+            left = max(MIN_WAVE_SECONDS, deadline - loop.time())
+            for name, code in zip(names, await all_of(*(self._reap(name, left) for name in names)), strict=True):
                 codes[name] = code
         self.processes.clear()
         return codes
+
+    def kill(self) -> None:
+        """SIGKILL to every service still running (a second Ctrl-C while stopping)."""
+        for sp in self.processes.values():
+            if sp.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    sp.proc.kill()
 
     async def _reap(self, name: str, timeout: float) -> int:
         """Waits up to ``timeout`` for service ``name`` to exit (SIGKILL after it); its exit code."""

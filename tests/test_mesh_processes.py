@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.registry import GRPC_NAMES, NAMES, PORT_SPAN, spec
 from talkmesh.common.registry import SERVICES as REGISTRY
-from talkmesh.launcher import Mesh, MeshError, ServiceProcess
+from talkmesh.launcher import MIN_WAVE_SECONDS, Mesh, MeshError, ServiceProcess
 from talkmesh.v1 import encoder_pb2 as epb
 from tests.media import probe
 
@@ -331,6 +331,23 @@ async def test_stop_drains_the_gateway_before_any_stage_stops():
         for callee in s.calls:
             assert log.index(f"exit {s.name}") < log.index(f"term {callee}"), log
     assert mesh.processes == {}
+
+
+async def test_the_stop_timeout_bounds_the_whole_stop_not_each_wave():
+    """A gateway and an encoder that never exit on SIGTERM: the gateway is killed when the stop's
+    time is up, the encoder after MIN_WAVE_SECONDS more, not after a whole timeout of its own."""
+    log: list[str] = []
+    mesh = Mesh()
+    for s in REGISTRY:
+        fake = _FakeProcess(s.name, log, 3600 if s.name in ("gateway", "encoder") else 0.01)
+        mesh.processes[s.name] = ServiceProcess(s.name, fake)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    codes = await mesh.stop(timeout=4.0)
+    took = loop.time() - start
+    assert codes == dict.fromkeys(NAMES, 0)
+    assert 4.0 + MIN_WAVE_SECONDS - 0.1 < took < 4.0 + MIN_WAVE_SECONDS + 1.0  # per wave: 8 s
+    assert log.index("exit gateway") < log.index("term encoder") < log.index("exit encoder") < log.index("term tts")
 
 
 async def test_a_hung_stage_fails_streams_fast_and_readiness_shows_it(mesh, tmp_path):

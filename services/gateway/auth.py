@@ -203,11 +203,11 @@ class KeyStore:
         self._checked = -1e18
         self._usage: dict[str, _Usage] = {}
         self.reloads = 0
-        self._reload(initial=True)
         self.service: KeyStore | None = None
         if config.service_keys_file:
             only = dataclasses.replace(config, api_keys_file=config.service_keys_file, service_keys_file="")
             self.service = KeyStore(only, clock, "auth.service_keys_file")
+        self._reload(initial=True)
 
     def _reload(self, *, initial: bool = False) -> None:
         try:
@@ -216,6 +216,12 @@ class KeyStore:
             if stamp == self._stamp:
                 return
             keys = parse_keys(yaml.safe_load(self.path.read_text()) or {}, str(self.path))
+            if self.service is not None:
+                # a service key's name (the web edge's) owns what it registers and has its own
+                # counters: a user key of the same name would share both
+                clash = {k.name for k in keys.values()} & {k.name for k in self.service._keys.values()}
+                if clash:
+                    raise ConfigError(f"key name(s) {', '.join(sorted(clash))} are taken by auth.service_keys_file")
         except (OSError, yaml.YAMLError, ConfigError) as exc:
             if initial:
                 raise ConfigError.at(self.field, f"{exc}") from None

@@ -176,12 +176,18 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         avatar, cached = store.register(
             data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress
         )
-        if who is None or store.is_protected(avatar.id):
-            return avatar, cached
+        if store.is_protected(avatar.id):
+            return avatar, cached  # (the default avatar keeps its name whoever uploads its file)
+        if who is None:
+            return self._renamed(avatar, meta.name, cached), cached
         # Read and changed under the entry's lock: another key (on this or another replica) may add
         # itself at the same time.
         name = who.name
         owners = store.owners(avatar.id)
+        if cached and meta.name and (not restricted(who) or owners == {name}):
+            # its only owner (or an admin) names it again; another key's upload of the same
+            # bytes does not rename that key's avatar
+            avatar = self._renamed(avatar, meta.name, cached)
         if name not in owners:
             store.update_owners(avatar.id, lambda now: now | {name})
             try:
@@ -192,6 +198,12 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                     store.delete(avatar.id)
                 raise
         return avatar, cached
+
+    def _renamed(self, avatar: Any, name: str, cached: bool) -> Any:
+        """A stored file registered again with an explicit name takes it."""
+        if not cached or not name or avatar.name == name:
+            return avatar
+        return self.s.store.rename(avatar.id, name)
 
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
         meta, data = await self._read_upload(request_iterator)

@@ -341,7 +341,6 @@ class WebHost:
         if file_part is None:
             raise HttpError(400, "INVALID_ARGUMENT", "file: the form has no 'file' part", "file")
         meta.filename = getattr(file_part, "filename", "") or "upload"
-        meta.name = meta.name or Path(meta.filename).stem
         read_error: BaseException | None = None
 
         async def upload() -> AsyncIterator[api.AvatarUpload]:

@@ -44,6 +44,7 @@ class Lru(Generic[K, V]):
         """Stores ``value``; False when it alone weighs more than ``max_weight`` (not stored)."""
         weight = self._weigh(value) if self._weigh is not None else 0
         if self.max_weight is not None and weight > self.max_weight:
+            self.pop(key)  # the key's older value would be stale
             return False
         old = self._items.pop(key, None)
         if old is not None:
@@ -54,6 +55,18 @@ class Lru(Generic[K, V]):
             evicted, _ = self._items.popitem(last=False)[1]
             self.weight -= evicted
         return True
+
+    def pop(self, key: K) -> V | None:
+        """Forgets ``key``; its value, or None."""
+        item = self._items.pop(key, None)
+        if item is None:
+            return None
+        self.weight -= item[0]
+        return item[1]
+
+    def keys(self) -> list[K]:
+        """The keys, least recently used first (a copy)."""
+        return list(self._items)
 
     def __len__(self) -> int:
         return len(self._items)

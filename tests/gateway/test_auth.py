@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from contextlib import redirect_stderr, redirect_stdout
@@ -91,6 +92,11 @@ def test_service_keys_file_adds_keys_and_leaves_the_users_file_alone(tmp_path):
     assert users.read_text() == before
     with pytest.raises(ConfigError, match=r"auth\.service_keys_file"):
         KeyStore(AuthConfig(api_keys_file=str(users), service_keys_file=str(tmp_path / "nope.yaml")))
+    # a user key may not take the edge's name (it would own what browsers upload)
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(yaml.safe_dump({"keys": [{"name": EDGE_KEY_NAME, "sha256": DIGEST}]}))
+    with pytest.raises(ConfigError, match=r"taken by auth\.service_keys_file"):
+        KeyStore(dataclasses.replace(config.auth, api_keys_file=str(clash)))
 
 
 def test_token_bucket():

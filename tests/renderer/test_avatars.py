@@ -398,18 +398,3 @@ def test_an_unreadable_backend_precompute_is_redone(tmp_path):
     assert store.get(avatar.id, "keyed").extras["keyed"]["latents"].tolist() == [1, 1, 1]
     assert keyed.prepared == 1
 
-
-def test_a_file_registered_again_under_another_name_takes_it(tmp_path):
-    """`avatar add crop.png --name other` after `--name crop`: the avatar is now called other (for
-    every store on the root), and a registration without a name leaves the name alone."""
-    store, _ = _store(tmp_path)
-    first, cached = store.register(PORTRAIT, "crop.png", "crop")
-    assert not cached and first.name == "crop"
-    again, cached = store.register(PORTRAIT, "crop.png", "other")
-    assert cached and again.id == first.id and again.name == "other"
-    assert [a.name for a in store.list()] == ["other"]
-    assert store.get(first.id).name == "other"
-    unnamed, _ = store.register(PORTRAIT, "crop.png")
-    assert unnamed.name == "other"
-    other, _ = _store(tmp_path)
-    assert other.get(first.id).name == "other" and [a.name for a in other.list()] == ["other"]

@@ -59,3 +59,33 @@ async def test_quota_checked_after_preparation_undoes_the_registration(tmp_path)
         assert len((await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=admin)).avatars) == 2
         assert (await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id="nope"), metadata=other)).deleted is False
         assert (await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=info.id))).deleted
+
+
+async def _named(data: bytes, name: str):
+    yield rpb.AvatarUpload(meta=rpb.AvatarMeta(name=name, filename="crop.png"))
+    yield rpb.AvatarUpload(data=data)
+
+
+async def test_registering_a_file_again_with_a_name_renames_it_only_for_its_owner(tmp_path):
+    """`avatar add crop.png --name other` after `--name crop` renames the key's own avatar (for
+    every replica: meta.json), an upload without a name keeps it; another key uploading the same
+    bytes, or anyone uploading the default portrait, renames nothing."""
+    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache")}
+    service = create_service(load_config(None, env=env), Telemetry("renderer"))
+    data = _mirrored()
+    async with serve(service) as host, create_channel(host.address) as ch:
+        stub = renderer_pb2_grpc.RendererStub(ch)
+        alice, mallory = Principal("alice").metadata(), Principal("mallory").metadata()
+        first = await stub.RegisterAvatar(_named(data, "crop"), metadata=alice)
+        assert first.name == "crop" and not first.cached
+        again = await stub.RegisterAvatar(_named(data, "other"), metadata=alice)
+        assert again.cached and again.id == first.id and again.name == "other"
+        unnamed = await stub.RegisterAvatar(_named(data, ""), metadata=alice)
+        assert unnamed.name == "other"
+        taken = await stub.RegisterAvatar(_named(data, "renamed-by-mallory"), metadata=mallory)
+        assert taken.name == "other"
+        await stub.RegisterAvatar(_named(PORTRAIT, "pwned"), metadata=mallory)
+        names = {a.name for a in service.store.list()}  # type: ignore[attr-defined]
+        assert names == {"default", "other"}
+        listed = await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=alice)
+        assert {a.name for a in listed.avatars} == {"default", "other"}

@@ -66,7 +66,10 @@ def test_scaled_copy_carries_every_coordinate(tmp_path):
     assert np.abs(small.face_boxes - avatar.face_boxes / 2).max() <= 1
     assert np.abs(small.mouth_boxes - avatar.mouth_boxes / 2).max() <= 1
     assert avatar.landmarks is not None and small.landmarks is not None
-    np.testing.assert_allclose(small.landmarks, avatar.landmarks / 2, atol=1e-3)
+    np.testing.assert_allclose(small.landmarks, (avatar.landmarks + 0.5) / 2 - 0.5, atol=1e-3)  # pixel centres
+    assert avatar.crop_boxes and small.crop_boxes.keys() == avatar.crop_boxes.keys()
+    for name, box in avatar.crop_boxes.items():
+        np.testing.assert_allclose(small.crop_boxes[name], box / 2, atol=1e-3)
     reference = cv2.resize(np.asarray(avatar.frames[0]), (500, 600), interpolation=cv2.INTER_AREA)
     assert np.array_equal(small.frames[0], reference)
 
@@ -75,6 +78,7 @@ def test_the_store_scales_once_per_size_and_keeps_the_precompute_apart(tmp_path)
     store = _store(tmp_path)
     avatar, _ = store.register(_phone_photo(1000, 1200), "p.jpg")
     assert store.at_size(avatar, avatar.size, "viseme") is avatar  # not larger: itself
+    quota_before = store.disk_bytes(avatar.id)
     small = store.at_size(avatar, (500, 600), "viseme")
     assert small is not avatar and "viseme" in small.extras
     assert store.at_size(avatar, (500, 600), "viseme") is small  # made once
@@ -83,10 +87,24 @@ def test_the_store_scales_once_per_size_and_keeps_the_precompute_apart(tmp_path)
     assert [a.backends for a in store.list()] == [("viseme",)]  # the sized precompute is not a backend
     # a fresh store (a restart) loads that precompute instead of making it again
     again = _store(tmp_path)
-    made = again.precomputes
+    made: list[tuple[int, int]] = []
+    backend = again.backends["viseme"]
+    prepare = backend.prepare
+    backend.prepare = lambda a: (made.append(a.size), prepare(a))[1]  # type: ignore[method-assign]
     reloaded = again.at_size(again.get(avatar.id), (500, 600), "viseme")
-    assert reloaded.extras["viseme"].keys() == small.extras["viseme"].keys()
-    assert again.precomputes == made
+    assert made == [], "the stored precompute at that size was made again"
+    for key, value in small.extras["viseme"].items():
+        assert np.array_equal(reloaded.extras["viseme"][key], value)
+    (entry / "viseme@500x600.npz").unlink()  # (the check above can fail: without the file it is made)
+    third = _store(tmp_path)
+    third.backends["viseme"].prepare = backend.prepare  # type: ignore[method-assign]
+    third.at_size(third.get(avatar.id), (500, 600), "viseme")
+    assert made == [(500, 600)]
+    # rendering at output sizes does not use up the owner's disk quota
+    assert store.disk_bytes(avatar.id) == quota_before
+    # a deleted avatar's copies leave memory with it
+    store.delete(avatar.id)
+    assert not any(k[0] == avatar.id for k in store._scaled.keys())
 
 
 async def _speak(config: rpb.RenderConfig) -> AsyncIterator[rpb.RenderRequest]:

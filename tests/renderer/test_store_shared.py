@@ -138,9 +138,14 @@ def test_only_stale_temporary_entries_are_removed(tmp_path):
         os.utime(p, (old, old))
     _store(tmp_path)  # a replica starting
     assert building.is_dir(), "another replica's build in progress was removed"
-    # ctime cannot be set back: the sweep's own threshold stands in for an hour
-    assert a.sweep_stale(older_than=-1.0) == 2
-    assert not building.exists() and not crashed.exists()
+    # ctime cannot be set back: age is tested with a threshold of a second. An entry written
+    # more than that ago goes, one written since stays.
+    time.sleep(1.3)
+    fresh = tmp_path / ".tmp-ghi-11111111"
+    fresh.mkdir()
+    (fresh / "meta.json").write_text("{}")
+    assert a.sweep_stale(older_than=1.0) == 2
+    assert not building.exists() and not crashed.exists() and fresh.is_dir()
 
 
 def test_a_temporary_entry_is_never_listed_or_loaded(tmp_path):

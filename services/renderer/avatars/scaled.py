@@ -34,15 +34,20 @@ def scaled(avatar: Avatar, size: tuple[int, int]) -> Avatar:
     scale = np.array([sx, sy, sx, sy], np.float32)
 
     def boxes(b: np.ndarray) -> np.ndarray:
-        return np.round(b.astype(np.float32) * scale).astype(b.dtype)
+        """Box edges scale as they are (rounded for integer boxes)."""
+        out = b.astype(np.float32) * scale
+        return (np.round(out) if np.issubdtype(b.dtype, np.integer) else out).astype(b.dtype)
+
+    # landmarks are points at pixel centres: (x + 0.5) * s - 0.5, as the area resize maps them
+    centre = np.array([sx, sy], np.float32)
 
     return dataclasses.replace(
         avatar,
         frames=frames,
         face_boxes=boxes(avatar.face_boxes),
         mouth_boxes=boxes(avatar.mouth_boxes),
-        landmarks=None if avatar.landmarks is None else (avatar.landmarks * np.array([sx, sy], np.float32)),
-        crop_boxes={k: (v.astype(np.float32) * scale).astype(v.dtype) for k, v in avatar.crop_boxes.items()},
+        landmarks=None if avatar.landmarks is None else ((avatar.landmarks + 0.5) * centre - 0.5).astype(np.float32),
+        crop_boxes={k: boxes(v) for k, v in avatar.crop_boxes.items()},
         extras={},
         variant=f"{out_w}x{out_h}",
     )

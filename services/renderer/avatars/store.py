@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
@@ -129,8 +130,11 @@ class AvatarStore:
         self.root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_dir("avatars")
         self.root.mkdir(parents=True, exist_ok=True)
         self._memory: OrderedDict[str, Avatar] = OrderedDict()
-        #: avatars scaled down to the output sizes streams asked for, by (id, size)
-        self._scaled: Lru[tuple[str, tuple[int, int]], Avatar] = Lru(max(1, cfg.memory_entries))
+        #: avatars scaled down to the output sizes streams asked for, by (id, size): at most
+        #: 2 x max_video_bytes of frames (a copy is never larger than the avatar's stored frames)
+        self._scaled: Lru[tuple[str, tuple[int, int]], Avatar] = Lru(
+            max(1, cfg.memory_entries), max_weight=2 * cfg.max_video_bytes, weigh=lambda a: int(a.frames.nbytes)
+        )
         self._verified: dict[str, float] = {}  # id in _memory -> when its entry was last seen on disk
         # name -> (the id it is an alias of, or "", when that was read from disk)
         self._aliases: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -242,8 +246,6 @@ class AvatarStore:
                 # else the decoded frames are a view of a larger buffer (a video that declared more
                 # frames than it had, an odd-sized photo): loaded from disk below, compact
             avatar = self.get(avatar_id)
-            if cached and name and avatar.name != name:
-                avatar = self._rename(avatar_id, avatar, name)
             for b in ("viseme", *backends):
                 if b in self.backends:
                     report(f"backend:{b}", 0, 1)
@@ -343,7 +345,15 @@ class AvatarStore:
                 aside = self.root / f"{TMP_PREFIX}old-{avatar_id}-{uuid.uuid4().hex[:6]}"
                 os.replace(final, aside)
                 shutil.rmtree(aside, ignore_errors=True)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # installed by another replica after our check (a network file system's cached
+                # "not there"): the same content; that entry is kept
+                log.info("avatar %s: installed meanwhile by another process; using that entry", avatar_id)
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def _ensure_backend(self, avatar: Avatar, backend: str) -> None:
         if backend in avatar.extras:
@@ -403,9 +413,7 @@ class AvatarStore:
                 with self._lock:
                     self._verified[key] = now
             else:
-                with self._lock:
-                    self._memory.pop(key, None)
-                    self._verified.pop(key, None)
+                self._forget(key)
                 avatar = None
         self._on_cache("avatar_memory", avatar is not None)
         if avatar is None:
@@ -440,18 +448,33 @@ class AvatarStore:
             self._ensure_backend(variant, backend)
         return variant
 
-    def _rename(self, avatar_id: str, avatar: Avatar, name: str) -> Avatar:
-        """A stored file registered again under another name takes that name (``say --avatar
-        <new name>`` then finds it); called with the entry's thread lock held."""
-        meta_path = self.root / avatar_id / "meta.json"
-        with self._disk_lock(avatar_id):
-            meta = json.loads(meta_path.read_text())
-            meta["name"] = name
-            _write_atomic(meta_path, json.dumps(meta).encode())
-        renamed = dataclasses.replace(avatar, name=name)
-        self._remember(avatar_id, renamed)
+    def rename(self, avatar_id: str, name: str) -> Avatar:
+        """Blocking. The avatar under another name (a stored file registered again with a new
+        name: ``say --avatar <new name>`` then finds it). Who may rename is the caller's check."""
+        with self._entry(avatar_id):
+            avatar = self.get(avatar_id)
+            if avatar.name == name:
+                return avatar
+            meta_path = self.root / avatar_id / "meta.json"
+            with self._disk_lock(avatar_id):
+                try:
+                    meta = json.loads(meta_path.read_text())
+                except FileNotFoundError:  # deleted by another replica meanwhile
+                    raise NotFound("avatar_id", avatar_id, "avatar") from None
+                meta["name"] = name
+                _write_atomic(meta_path, json.dumps(meta).encode())
+            renamed = dataclasses.replace(avatar, name=name)
+            self._remember(avatar_id, renamed)
         log.info("avatar %s renamed %r -> %r", avatar_id, avatar.name, name)
         return renamed
+
+    def _forget(self, key: str) -> None:
+        """Drops the avatar ``key`` from memory, its copies at output sizes included."""
+        with self._lock:
+            self._memory.pop(key, None)
+            self._verified.pop(key, None)
+            for scaled_key in [k for k in self._scaled.keys() if k[0] == key]:
+                self._scaled.pop(scaled_key)
 
     def _remember(self, key: str, avatar: Avatar) -> None:
         with self._lock:
@@ -577,12 +600,16 @@ class AvatarStore:
             return after
 
     def disk_bytes(self, avatar_id: str) -> int:
-        """Bytes the avatar takes on disk (its frames, boxes and backends' precomputes)."""
+        """Bytes the avatar takes on disk (its frames, boxes and backends' precomputes; not the
+        precomputes the service made at output sizes, "<backend>@WxH.npz", nor temporary files:
+        rendering does not use up an owner's quota)."""
         d = self._dir(avatar_id)
         if d is None:
             return 0
         total = 0
         for p in d.iterdir() if d.is_dir() else ():
+            if p.name.startswith(".") or "@" in p.name:
+                continue
             with contextlib.suppress(OSError):
                 total += p.stat().st_size
         return total
@@ -609,9 +636,7 @@ class AvatarStore:
         if not key or "/" in key or key.startswith("."):
             return False
         with self._entry(key):
-            with self._lock:
-                self._memory.pop(key, None)
-                self._verified.pop(key, None)
+            self._forget(key)
             d = self.root / key
             if not d.is_dir():  # (no lock file for ids that never existed)
                 return False
