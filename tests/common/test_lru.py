@@ -35,5 +35,7 @@ def test_a_weight_bound_forgets_the_least_recently_used_and_refuses_what_never_f
     assert lru.weight == 6
     assert not lru.put("big", b"x" * 11)  # alone over the bound: not stored, nothing evicted
     assert len(lru) == 2 and lru.weight == 6
+    assert not lru.put("a", b"y" * 11)  # a key whose new value cannot be kept loses its old one too
+    assert "a" not in lru and lru.weight == 4
     with pytest.raises(ValueError):
         Lru(3, max_weight=10)
