@@ -771,7 +771,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if "target" in args and args.target is None:
+        if args.cmd != "bench" and "target" in args and args.target is None:
+            # (a bench with no --target starts a mesh of its own)
             args.target = _default_target()
         code = run(args)
         sys.stdout.flush()

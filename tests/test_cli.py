@@ -229,3 +229,22 @@ def test_up_help_names_every_service_and_port_from_the_registry(capsys, monkeypa
         assert main in ranges["HTTP" if s.protocol == "http" else "gRPC"], (s.name, text)
         assert metrics in ranges["metrics"], (s.name, text)
     assert sum(len(r) for r in ranges.values()) == 2 * len(SERVICES), text
+
+
+def test_bench_without_a_target_starts_its_own_mesh_and_clients_get_the_default(monkeypatch):
+    """`talkmesh bench` with no --target benches a mesh it starts (its target stays None), while
+    a client command dials the local mesh's gateway (TALKMESH_PORT_BASE's block)."""
+    from talkmesh import cli
+
+    seen: dict[str, object] = {}
+
+    def fake_run(args):
+        seen[args.cmd] = args.target
+        return 0
+
+    monkeypatch.setattr(cli, "run", fake_run)
+    monkeypatch.delenv("TALKMESH_TARGET", raising=False)
+    monkeypatch.setenv("TALKMESH_PORT_BASE", "47000")
+    assert cli.main(["bench", "--quick"]) == 0
+    assert cli.main(["voices"]) == 0
+    assert seen == {"bench": None, "voices": "127.0.0.1:47000"}
