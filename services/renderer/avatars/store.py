@@ -84,6 +84,9 @@ STALE_TMP_SECONDS = 3600.0
 #: How long a replica trusts what it remembers about an alias or an entry before it looks on disk
 #: again (an alias set, or an avatar deleted, by another replica is seen within this bound).
 RECHECK_SECONDS = 2.0
+#: Marks a backend's precompute made at an output size ("viseme@384x512.npz", see ``at_size``): not
+#: a backend of its own in listings, not the owner's disk use.
+SIZED_MARK = "@"
 ALIAS_CACHE_ENTRIES = 4096  # names resolved (aliases or not) remembered for RECHECK_SECONDS
 LEGACY_FRAMES = "frames.npy"  # raw N x H x W x 3 (before frames were stored compressed)
 #: zlib level of the stored PNGs: 3 is smaller *and* faster to write than 1 on avatar frames, and
@@ -137,7 +140,7 @@ class AvatarStore:
         )
         self._verified: dict[str, float] = {}  # id in _memory -> when its entry was last seen on disk
         # name -> (the id it is an alias of, or "", when that was read from disk)
-        self._aliases: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._aliases: Lru[str, tuple[str, float]] = Lru(ALIAS_CACHE_ENTRIES)
         self._protected: tuple[frozenset[str], float] = (frozenset(), -RECHECK_SECONDS)
         self._lock = threading.Lock()  # the tables above and _entries; never held for slow work
         self._entries: dict[str, threading.RLock] = {}
@@ -264,7 +267,7 @@ class AvatarStore:
         path.parent.mkdir(exist_ok=True)
         _write_atomic(path, json.dumps({"alias": name, "id": avatar_id}).encode())
         with self._lock:
-            self._aliases[name] = (avatar_id, time.monotonic())
+            self._aliases.put(name, (avatar_id, time.monotonic()))
             self._protected = (self._protected[0] | {avatar_id}, self._protected[1])
 
     def _read_alias(self, name: str) -> str:
@@ -361,7 +364,8 @@ class AvatarStore:
         with self._entry(avatar.id):
             if backend in avatar.extras:  # prepared by another thread while we waited
                 return
-            path = self.root / avatar.id / (f"{backend}@{avatar.variant}.npz" if avatar.variant else f"{backend}.npz")
+            sized = f"{SIZED_MARK}{avatar.variant}" if avatar.variant else ""
+            path = self.root / avatar.id / f"{backend}{sized}.npz"
             key = self.backends[backend].precompute_key()
             if path.is_file():
                 try:
@@ -393,10 +397,7 @@ class AvatarStore:
             return known[0] or name
         target = self._read_alias(name)
         with self._lock:
-            self._aliases[name] = (target, now)
-            self._aliases.move_to_end(name)
-            while len(self._aliases) > ALIAS_CACHE_ENTRIES:
-                self._aliases.popitem(last=False)
+            self._aliases.put(name, (target, now))
         return target or name
 
     def get(self, avatar_id: str, backend: str = "") -> Avatar:
@@ -529,12 +530,8 @@ class AvatarStore:
                 continue
             with contextlib.suppress(OSError, ValueError, KeyError):
                 meta = json.loads(meta_path.read_text())
-                backends = tuple(  # (a backend's precompute at an output size, "<backend>@WxH", not again)
-                    sorted(
-                        p.stem
-                        for p in meta_path.parent.glob("*.npz")
-                        if p.stem != "boxes" and p.name[0] != "." and "@" not in p.stem
-                    )
+                backends = tuple(
+                    sorted(p.stem for p in meta_path.parent.glob("*.npz") if p.stem != "boxes" and _own_file(p))
                 )
                 out.append(
                     AvatarSummary(
@@ -608,7 +605,7 @@ class AvatarStore:
             return 0
         total = 0
         for p in d.iterdir() if d.is_dir() else ():
-            if p.name.startswith(".") or "@" in p.name:
+            if not _own_file(p):
                 continue
             with contextlib.suppress(OSError):
                 total += p.stat().st_size
@@ -737,6 +734,12 @@ def load_frames(d: Path, shape: tuple[int, int, int, int]) -> np.ndarray:
     finally:
         os.close(fd)
     return out
+
+
+def _own_file(path: Path) -> bool:
+    """A file of the entry as registered: not a temporary one (``.*``) nor a precompute at an
+    output size."""
+    return not path.name.startswith(".") and SIZED_MARK not in path.name
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
