@@ -92,6 +92,20 @@ async def _until(proc: asyncio.subprocess.Process, word: str) -> str:
     return seen
 
 
+async def _run_to_end(proc: asyncio.subprocess.Process, server: grpc.aio.Server, stdin: bytes | None = None) -> str:
+    """Feeds ``stdin``, waits (30 s at most) for the command to exit, stops the scripted gateway;
+    the command's stderr. A command still running is killed."""
+    try:
+        async with asyncio.timeout(30):
+            _, raw = await proc.communicate(stdin)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await server.stop(0)
+    return raw.decode()
+
+
 async def test_ctrl_c_while_idle_quits_without_waiting_for_input(tmp_path: Path) -> None:
     server, _, target = await _serve("idle")
     proc = await _live(target, tmp_path)
@@ -112,15 +126,7 @@ async def test_ctrl_c_while_idle_quits_without_waiting_for_input(tmp_path: Path)
 async def test_a_stream_that_fails_is_one_error_line_and_a_non_zero_exit(tmp_path: Path) -> None:
     server, _, target = await _serve("fail")
     proc = await _live(target, tmp_path)
-    try:
-        async with asyncio.timeout(30):
-            _, raw = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await server.stop(0)
-    err = raw.decode()
+    err = await _run_to_end(proc, server)
     assert proc.returncode == 1, err
     assert "Traceback" not in err and "never retrieved" not in err, err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -130,12 +136,7 @@ async def test_a_stream_that_fails_is_one_error_line_and_a_non_zero_exit(tmp_pat
 async def test_an_unknown_voice_fails_at_the_start(tmp_path: Path) -> None:
     server, gateway, target = await _serve("idle")
     proc = await _live(target, tmp_path, "--voice", "nope")
-    try:
-        async with asyncio.timeout(30):
-            _, raw = await proc.communicate(b"hi\n")
-    finally:
-        await server.stop(0)
-    err = raw.decode()
+    err = await _run_to_end(proc, server, b"hi\n")
     assert proc.returncode == 1, err
     assert err.strip().splitlines() == ["error: --voice 'nope': no such voice (see `talkmesh voices`)"]
     assert gateway.configs == []  # no session was started
@@ -144,12 +145,7 @@ async def test_an_unknown_voice_fails_at_the_start(tmp_path: Path) -> None:
 async def test_a_failed_turn_makes_the_exit_code_non_zero(tmp_path: Path) -> None:
     server, _, target = await _serve("turn_error")
     proc = await _live(target, tmp_path, "--voice", "espeak:EN_US")  # a spelling of a listed voice
-    try:
-        async with asyncio.timeout(30):
-            _, raw = await proc.communicate(b"hi\n")
-    finally:
-        await server.stop(0)
-    err = raw.decode()
+    err = await _run_to_end(proc, server, b"hi\n")
     assert proc.returncode == 1, err
     assert err.count("config.voice: no such voice") == 1, err
 
