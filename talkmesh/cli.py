@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -486,29 +487,20 @@ def _port_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
 
 
-def _port_base_help() -> str:
-    """The ports `talkmesh up --port-base BASE` gives the services, from the registry."""
+def _ports_help(base: int | None, label: Callable[[int], str]) -> str:
+    """The ports of the services in a mesh on block ``base`` (None: the defaults), from the
+    registry, each written with ``label``: "gRPC a..b, HTTP c, metrics d..e"."""
 
-    def span(offsets: list[int]) -> str:
-        first, last = (f"BASE+{o}" if o else "BASE" for o in (offsets[0], offsets[-1]))
+    def span(ports: list[int]) -> str:
+        first, last = label(ports[0]), label(ports[-1])
         return first if first == last else f"{first}..{last}"
 
-    grpc_ports = sorted(s.ports(0)[0] for s in SERVICES if s.protocol == "grpc")
-    http_ports = sorted(s.ports(0)[0] for s in SERVICES if s.protocol == "http")
-    out = f"ports gRPC {span(grpc_ports)}"
+    grpc_ports = sorted(s.ports(base)[0] for s in SERVICES if s.protocol == "grpc")
+    http_ports = sorted(s.ports(base)[0] for s in SERVICES if s.protocol == "http")
+    out = f"gRPC {span(grpc_ports)}"
     if http_ports:
         out += f", HTTP {span(http_ports)}"
-    return out + f", metrics {span(sorted(s.ports(0)[1] for s in SERVICES))}"
-
-
-def _default_ports_help() -> str:
-    grpc_ports = sorted(s.port for s in SERVICES if s.protocol == "grpc")
-    http_ports = sorted(s.port for s in SERVICES if s.protocol == "http")
-    metrics = sorted(s.metrics_port for s in SERVICES)
-    out = f"gRPC {grpc_ports[0]}..{grpc_ports[-1]}"
-    if http_ports:
-        out += f", HTTP {', '.join(map(str, http_ports))}"
-    return out + f", metrics {metrics[0]}..{metrics[-1]}"
+    return out + f", metrics {span(sorted(s.ports(base)[1] for s in SERVICES))}"
 
 
 def _face_index(text: str) -> int:
@@ -563,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--port-base",
         type=_port_number,
         default=env_base or None,  # argparse converts a string default with `type`
-        help=f"{_port_base_help()} (default: ${PORT_BASE_ENV}, else {_default_ports_help()})",
+        help=f"ports {_ports_help(0, lambda o: f'BASE+{o}' if o else 'BASE')} "
+        f"(default: ${PORT_BASE_ENV}, else {_ports_help(None, str)})",
     )
     u.add_argument("--pki", default="", help="mutual TLS on every hop with the certificates of `talkmesh certs DIR`")
     u.add_argument("--api-keys", default="", help="API keys file for the gateway (`talkmesh keys new`)")
