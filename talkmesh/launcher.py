@@ -55,18 +55,24 @@ def stop_with_parent() -> None:
     threading.Thread(target=watch, name="parent-pipe", daemon=True).start()
 
 
-def stop_waves() -> list[list[str]]:
-    """The services in the order they stop: the start waves reversed (the web edge, then the
-    gateway, then the stages each after the services that call it)."""
-    waves: list[list[str]] = []
+def start_waves() -> list[list[ServiceSpec]]:
+    """The services in the waves they start in: each after the services it calls (the stages,
+    the encoder, the gateway, the web edge)."""
+    waves: list[list[ServiceSpec]] = []
     done: set[str] = set()
     pending = list(start_order())
     while pending:
         wave = [s for s in pending if all(c in done for c in s.calls)]
-        waves.append([s.name for s in wave])
+        waves.append(wave)
         done.update(s.name for s in wave)
         pending = [s for s in pending if s not in wave]
-    return waves[::-1]
+    return waves
+
+
+def stop_waves() -> list[list[str]]:
+    """The services in the order they stop: the start waves reversed (the web edge, then the
+    gateway, then the stages each after the services that call it)."""
+    return [[s.name for s in wave] for wave in reversed(start_waves())]
 
 
 #: The least time a stop wave gets, however long the waves before it took.
@@ -153,13 +159,10 @@ class Mesh:
         if self.port_base is not None:
             check_port_base(self.port_base)
         try:
-            # Services start in waves: each after the services it calls (registry start order),
-            # with their addresses passed as TALKMESH_<SERVICE>__<CALLEE>__TARGET.
-            pending = list(start_order())
-            while pending:
-                wave = [s for s in pending if all(c in self.processes for c in s.calls)]
+            # Services start in waves: each after the services it calls, with their addresses
+            # passed as TALKMESH_<SERVICE>__<CALLEE>__TARGET.
+            for wave in start_waves():
                 await all_of(*(self._spawn(s, self._targets(s)) for s in wave))
-                pending = [s for s in pending if s not in wave]
         except BaseException:
             await self.stop()
             raise
