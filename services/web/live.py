@@ -30,7 +30,7 @@ from services.web.config import WebSettings
 from services.web.errors import edge_message, proto_names
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import TaskSet
-from talkmesh.common.errors import ErrorDetails
+from talkmesh.common.errors import ErrorDetails, status_of
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import live_pb2_grpc
 
@@ -81,14 +81,10 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
 def _json(msg: Any, received: float | None = None) -> str:
     body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
     if "error" in body:  # a LiveError's code by its gRPC status name, as in `status` and HTTP errors
-        body["error"]["code"] = _status_name(msg.error.code)
+        body["error"]["code"] = status_of(msg.error.code).name
     if received is not None:
         body["edge_unix_seconds"] = received
     return json.dumps(body, separators=(",", ":"))
-
-
-def _status_name(code: int) -> str:
-    return next((c.name for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN.name)
 
 
 class Sender:

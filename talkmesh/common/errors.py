@@ -284,8 +284,12 @@ def _scrub_fields(msg: Message) -> None:
                 _scrub_fields(item)
 
 
+def status_of(code: int) -> grpc.StatusCode:
+    """The gRPC status of a code number (a LiveError's ``code``); UNKNOWN for a number that is none."""
+    return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+
+
 def scrub_live_error(code: int, message: str) -> str:
     """The message of an in-band error (a LiveError: a gRPC status code number and a message) as an
     external client may see it: the same scrub as a status's (``scrub``)."""
-    status = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
-    return scrub(status, message, [])[0]
+    return scrub(status_of(code), message, [])[0]
