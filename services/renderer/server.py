@@ -178,16 +178,18 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         )
         if store.is_protected(avatar.id):
             return avatar, cached  # (the default avatar keeps its name whoever uploads its file)
+        # a stored file registered again with an explicit name takes it
+        renames = cached and bool(meta.name)
         if who is None:
-            return self._renamed(avatar, meta.name, cached), cached
+            return (store.rename(avatar.id, meta.name) if renames else avatar), cached
         # Read and changed under the entry's lock: another key (on this or another replica) may add
         # itself at the same time.
         name = who.name
         owners = store.owners(avatar.id)
-        if cached and meta.name and (not restricted(who) or owners == {name}):
+        if renames and (not restricted(who) or owners == {name}):
             # its only owner (or an admin) names it again; another key's upload of the same
             # bytes does not rename that key's avatar
-            avatar = self._renamed(avatar, meta.name, cached)
+            avatar = store.rename(avatar.id, meta.name)
         if name not in owners:
             store.update_owners(avatar.id, lambda now: now | {name})
             try:
@@ -198,12 +200,6 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                     store.delete(avatar.id)
                 raise
         return avatar, cached
-
-    def _renamed(self, avatar: Any, name: str, cached: bool) -> Any:
-        """A stored file registered again with an explicit name takes it."""
-        if not cached or not name or avatar.name == name:
-            return avatar
-        return self.s.store.rename(avatar.id, name)
 
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
         meta, data = await self._read_upload(request_iterator)
