@@ -37,6 +37,8 @@ DEMO_TEXT = (
 CONTAINERS = {"mp4": "CONTAINER_MP4", "fmp4": "CONTAINER_FMP4", "mpegts": "CONTAINER_MPEGTS"}
 AUDIO_CODECS = {"aac": "AUDIO_CODEC_AAC", "opus": "AUDIO_CODEC_OPUS"}
 #: The option a user sets for a request field a service names in an error.
+#: The command that lists what a NOT_FOUND's resource type names (its error points at it).
+LIST_COMMAND = {"voice": "talkmesh voices", "avatar": "talkmesh avatar list"}
 OPTION_FOR_FIELD = {
     "voice": "--voice",
     "avatar_id": "--avatar",
@@ -699,6 +701,8 @@ def describe_rpc_error(exc: Any, target: str) -> str:
         line += f" ({info.resource_type} {info.resource_name!r})"
     if info.retry_delay:
         line += f"; retry in {info.retry_delay:g} s"
+    if code == grpc.StatusCode.NOT_FOUND and info.resource_type in LIST_COMMAND:
+        line += f"; see `{LIST_COMMAND[info.resource_type]}`"
     return line
 
 

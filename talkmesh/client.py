@@ -347,8 +347,10 @@ class TalkmeshClient:
             options.setdefault("container", api.CONTAINER_MP4)
         return await self.save(self.speak(text, **options), path)  # type: ignore[arg-type]
 
-    async def list_voices(self) -> list[api.Voice]:
-        return list((await self.stub.ListVoices(api.ListVoicesRequest(), metadata=self._md())).voices)
+    async def list_voices(self, voice: str = "") -> list[api.Voice]:
+        """Every voice; with ``voice``, that one under its listed id (NOT_FOUND if there is none)."""
+        request = api.ListVoicesRequest(voice=voice)
+        return list((await self.stub.ListVoices(request, metadata=self._md())).voices)
 
     async def list_avatars(self) -> list[api.AvatarInfo]:
         return list((await self.stub.ListAvatars(api.ListAvatarsRequest(), metadata=self._md())).avatars)

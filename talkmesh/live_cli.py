@@ -122,26 +122,6 @@ class StdinLines:
         return await self._lines.get()
 
 
-def _same_voice(a: str, b: str) -> bool:
-    def norm(v: str) -> tuple[str, str]:
-        engine, _, name = v.strip().lower().replace("_", "-").partition(":")
-        return engine, name.rsplit("/", 1)[-1]
-
-    return norm(a) == norm(b)
-
-
-async def check_voice(client: TalkmeshClient, voice: str) -> None:
-    """CliError unless the gateway lists ``voice`` (as ``talkmesh say`` would fail on it): an
-    unknown voice fails the session at its start, not each turn."""
-    from talkmesh.cli import CliError
-
-    if not voice:
-        return
-    voices = await client.list_voices()
-    if not any(_same_voice(voice, v.id) for v in voices):
-        raise CliError(f"--voice {voice!r}: no such voice (see `talkmesh voices`)")
-
-
 async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, out: TextIO = sys.stderr) -> int:
     """Runs the session; 0 when every turn played, 1 when one failed (its error is printed as an
     event); a failed stream raises its error (`talkmesh` prints it as one line)."""
@@ -154,7 +134,6 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
     from talkmesh.cli import tls_from_args
 
     async with TalkmeshClient(target, tls=tls_from_args(args), api_key=getattr(args, "api_key", None)) as client:
-        await check_voice(client, args.voice)
         async with client.live(
             avatar=args.avatar, voice=args.voice, size=args.size, backend=args.backend, idle_timeout=args.idle_timeout
         ) as session:

@@ -162,7 +162,12 @@ def test_rpc_errors_show_the_field_from_the_rich_details() -> None:
             super().__init__(exc.code, grpc.aio.Metadata(), trailer, details=f"tts: {exc.message}")
 
     line = describe_rpc_error(FakeError(NotFound("config.voice", "espeak:xx", "voice")), "127.0.0.1:1")
-    assert line == "NOT_FOUND: tts: config.voice: voice 'espeak:xx' not found (field config.voice; set by --voice)"
+    assert line == (
+        "NOT_FOUND: tts: config.voice: voice 'espeak:xx' not found (field config.voice; set by --voice); "
+        "see `talkmesh voices`"
+    )
+    line = describe_rpc_error(FakeError(NotFound("avatar_id", "me", "avatar")), "127.0.0.1:1")
+    assert line.endswith("(field avatar_id; set by --avatar); see `talkmesh avatar list`")
     assert error_details_pb2.BadRequest  # the details really are google.rpc messages
 
 

@@ -339,14 +339,35 @@ async def test_short_limits_start_first_and_a_short_session_still_speaks(tmp_pat
 
 async def test_a_failed_turn_is_one_error_with_its_code(tmp_path: Path) -> None:
     async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
-        async with client.live(voice="nope") as live:
+        async with client.live(rate=10.0) as live:  # TTS refuses the rate on each text turn
             rec = Recorder(live).start()
             tid = await live.say("Hello.")
             await rec.wait_event("speaking_stopped", tid, timeout=20)
             await asyncio.sleep(0.5)  # a second error would follow the stop at once
             errors = [r.msg.error for r in rec.messages if r.kind == "error"]
-    assert [(e.code, e.turn_id) for e in errors] == [(grpc.StatusCode.NOT_FOUND.value[0], tid)]
-    assert errors[0].message == "tts: config.voice: voice 'nope' not found"
+    assert [(e.code, e.turn_id) for e in errors] == [(grpc.StatusCode.INVALID_ARGUMENT.value[0], tid)]
+    assert errors[0].message == "tts: config.settings.rate: 10 is outside 0.25..4 (0 = default)"
+
+
+async def test_an_unknown_voice_is_refused_at_the_start_and_spellings_of_a_listed_one_speak(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with client.live(voice="espeak:nope") as live:
+                await live.say("Hello.")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.details() == "config.voice: voice 'espeak:nope' not found"
+        assert mesh.active_streams()["encoder"] == 0  # no encoder session was opened for it
+        async with client.live(voice="espeak:EN_US") as live:  # as a request's voice accepts it
+            rec = Recorder(live).start()
+            tid = await live.say("Hello.")
+            stopped = await rec.wait_event("speaking_stopped", tid, timeout=20)
+        assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+        assert not [r for r in rec.messages if r.kind == "error"]
+        listed = await client.list_voices(voice="espeak:EN_US")
+        assert [v.id for v in listed] == ["espeak:en-us"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.list_voices(voice="espeak:nope")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and err.value.details().startswith("tts: voice:")
 
 
 def test_in_band_errors_are_scrubbed_at_the_gateway() -> None:

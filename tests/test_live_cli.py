@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from talkmesh.client import TalkmeshClient
+from talkmesh.common.errors import NotFound, status_trailer
 from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import types_pb2 as api
@@ -52,6 +53,10 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServicer, live_pb2_grpc.LiveServic
     ) -> AsyncIterator[lpb.LiveServerMessage]:
         first = await anext(aiter(request_iterator))
         self.configs.append(first.config)
+        if first.config.voice == "nope":  # the gateway checks the voice before the session starts
+            refusal = NotFound("config.voice", "nope", "voice")
+            trailer = status_trailer(refusal.code, refusal.message, refusal.details())
+            await context.abort(refusal.code, refusal.message, trailing_metadata=trailer)
         started = lpb.SessionStarted(session_id="s-1", width=64, height=64, fps_numerator=25, fps_denominator=1)
         yield lpb.LiveServerMessage(started=started)
         if self.mode == "fail":
@@ -138,8 +143,11 @@ async def test_an_unknown_voice_fails_at_the_start(tmp_path: Path) -> None:
     proc = await _live(target, tmp_path, "--voice", "nope")
     err = await _run_to_end(proc, server, b"hi\n")
     assert proc.returncode == 1, err
-    assert err.strip().splitlines() == ["error: --voice 'nope': no such voice (see `talkmesh voices`)"]
-    assert gateway.configs == []  # no session was started
+    assert err.strip().splitlines() == [
+        "error: NOT_FOUND: config.voice: voice 'nope' not found (field config.voice; set by --voice); "
+        "see `talkmesh voices`"
+    ]
+    assert [c.voice for c in gateway.configs] == ["nope"]  # one session asked for, no turn sent
 
 
 async def test_a_failed_turn_makes_the_exit_code_non_zero(tmp_path: Path) -> None:

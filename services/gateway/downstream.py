@@ -48,6 +48,10 @@ class Downstreams(abc.ABC):
     def live(self, requests: AsyncIterable[epb.LiveEncodeRequest], timeout: float | None) -> Stream:
         """A live session's stream on the encoder."""
 
+    @abc.abstractmethod
+    async def list_voices(self, request: tpb.ListVoicesRequest, timeout: float | None) -> tpb.ListVoicesResponse:
+        """TTS's voices; with ``request.voice``, that one (NOT_FOUND on ``voice`` if TTS has none)."""
+
     def watch_remote(self, owner: str, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         """Watch a session owned by the replica at ``owner`` (other replicas forward to it)."""
         raise NotFound("session_id", session_id, "live session")
@@ -98,6 +102,9 @@ class GrpcDownstreams(Downstreams):
     def live(self, requests: AsyncIterable[epb.LiveEncodeRequest], timeout: float | None) -> Stream:
         call = self.encoder.Live(timeout=timeout, metadata=outgoing_metadata(principal_metadata()))
         return CallStream(call, requests, stage="encoder")
+
+    async def list_voices(self, request: tpb.ListVoicesRequest, timeout: float | None) -> tpb.ListVoicesResponse:
+        return await self.unary("tts", "ListVoices", request, timeout)  # type: ignore[no-any-return]
 
     async def watch_remote(self, owner: str, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         channel = self.peers.get(owner)

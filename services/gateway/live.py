@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import numpy as np
 from opentelemetry import trace
 
@@ -696,6 +697,7 @@ class LiveHub:
         cfg = stream.config
         self._limit()
         _validate_config(cfg, self.config)
+        await self._check_voice(cfg.voice)
         session_id = self.ids.new()
         request_id = cfg.request_id or session_id
         session = LiveSession(self, session_id, cfg, request_id, deadline)
@@ -712,6 +714,19 @@ class LiveHub:
             self.sessions.pop(session_id, None)
             self.session_keys.pop(session_id, None)
             self.telemetry.metrics.live_sessions.labels(svc, "speaking" if session.speaking else "idle").dec()
+
+    async def _check_voice(self, voice: str) -> None:
+        """NOT_FOUND on ``config.voice`` before the session starts, not on each turn, if TTS has no
+        such voice. (TTS unreachable now does not refuse the session: audio turns need no TTS, and
+        text turns report their own errors.)"""
+        if not voice:
+            return  # TTS's default voice
+        try:
+            await self.ds.list_voices(tpb.ListVoicesRequest(voice=voice), self.config.tts.timeout_seconds)
+        except TalkmeshError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                raise NotFound("config.voice", voice, "voice") from None
+            log.warning("could not check the live session's voice %r: %s", voice, exc.message)
 
     async def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         session = self.sessions.get(session_id)

@@ -104,11 +104,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     # -- proxies to the owning services (one code path: trace context and request id) ---------
     def _grpc(self) -> GrpcDownstreams:
         if not isinstance(self.downstreams, GrpcDownstreams):
-            raise FailedPrecondition("avatar and voice management needs the gRPC mesh")
+            raise FailedPrecondition("avatar management needs the gRPC mesh")
         return self.downstreams
 
     async def ListVoices(self, request: tpb.ListVoicesRequest, context: Any) -> tpb.ListVoicesResponse:
-        return await self._grpc().unary("tts", "ListVoices", request, self.config.tts.timeout_seconds)
+        return await self.downstreams.list_voices(request, self.config.tts.timeout_seconds)
 
     async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
         return await self._grpc().unary("renderer", "ListAvatars", request, self.config.renderer.timeout_seconds)

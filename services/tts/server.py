@@ -17,12 +17,12 @@ from services.tts.backends.base import PcmBlock, TTSBackend, VoiceUnavailable
 from services.tts.cache import UtteranceCache
 from services.tts.config import TTSConfig
 from services.tts.pieces import StreamRules, read_clauses
-from services.tts.request import SynthesisJob, resolve_job
+from services.tts.request import SynthesisJob, find_voice, resolve_job
 from services.tts.stream import ChunkAssembler, SegmentRecord
 from services.tts.text import split_clauses
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import NotFound
-from talkmesh.common.names import check_text
+from talkmesh.common.names import check_id, check_text
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2, tts_pb2, tts_pb2_grpc
@@ -150,8 +150,14 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             await cancel_and_wait(reader)
 
     async def ListVoices(self, request: Any, context: Any) -> tts_pb2.ListVoicesResponse:  # type: ignore[override]
+        if request.voice:  # one voice, in any spelling a request accepts
+            found = find_voice(self.backends, check_id("voice", request.voice))
+            if found is None:
+                raise NotFound("voice", request.voice, "voice")
+            voices = [found[1]]
+        else:
+            voices = [v for backend in self.backends.values() for v in backend.voices()]
         resp = tts_pb2.ListVoicesResponse()
-        for backend in self.backends.values():
-            for v in backend.voices():
-                resp.voices.add(id=v.id, name=v.name, language=v.language, engine=v.engine, sample_rate=v.sample_rate)
+        for v in voices:
+            resp.voices.add(id=v.id, name=v.name, language=v.language, engine=v.engine, sample_rate=v.sample_rate)
         return resp

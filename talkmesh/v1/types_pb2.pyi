@@ -38,8 +38,10 @@ class VoiceSettings(_message.Message):
     def __init__(self, rate: _Optional[float] = ..., pitch: _Optional[float] = ..., volume: _Optional[float] = ...) -> None: ...
 
 class ListVoicesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("voice",)
+    VOICE_FIELD_NUMBER: _ClassVar[int]
+    voice: str
+    def __init__(self, voice: _Optional[str] = ...) -> None: ...
 
 class Voice(_message.Message):
     __slots__ = ("id", "name", "language", "engine", "sample_rate")

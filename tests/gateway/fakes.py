@@ -167,6 +167,9 @@ class FakeDownstreams(Downstreams):
 
         return self._track("features", gen())
 
+    async def list_voices(self, request: tpb.ListVoicesRequest, timeout: float | None) -> tpb.ListVoicesResponse:
+        raise NotImplementedError("voices are tested through the real mesh (tests/test_live.py)")
+
     def live(self, requests: AsyncIterable[Any], timeout: float | None) -> Stream:
         raise NotImplementedError("live sessions are tested through the real mesh (tests/test_live.py)")
 

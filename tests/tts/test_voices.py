@@ -47,6 +47,18 @@ async def test_usual_spellings_find_the_voice(tts: Any, spelling: str) -> None:
     np.testing.assert_array_equal(pcm, reference)
     # and it really is British English, not the default American voice
     assert not np.array_equal(pcm, await speak(stub, "espeak:en-us"))
+    # ListVoices finds the spelling as a request does, under the voice's listed id
+    listed = (await stub.ListVoices(tts_pb2.ListVoicesRequest(voice=f"espeak:{spelling}"))).voices
+    assert [v.id for v in listed] == ["espeak:en-gb"]
+
+
+@pytest.mark.parametrize("voice", ["espeak:fo", "espeak:nope", "nope", "piper:en-gb"])
+async def test_list_voices_of_a_voice_it_cannot_speak_is_not_found(tts: Any, voice: str) -> None:
+    stub, _, _ = tts
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await stub.ListVoices(tts_pb2.ListVoicesRequest(voice=voice))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert exc.value.details() == f"voice: voice {voice!r} not found"
 
 
 async def test_french_and_cherokee_voices_speak(tts: Any) -> None:
