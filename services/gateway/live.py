@@ -39,7 +39,7 @@ from opentelemetry import trace
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.pipeline import FEATURE_FOR_BACKEND
-from talkmesh.common.aio import Chan, ChanClosed, TaskSet, cancel_and_wait, priority_merge, wait_event
+from talkmesh.common.aio import Chan, ChanClosed, TaskSet, any_event, cancel_and_wait, priority_merge, wait_event
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import (
@@ -273,8 +273,7 @@ class LiveSession:
             await self.out.send(msg)
 
     async def _started_or_closed(self) -> None:
-        while not self.started.is_set() and not self.out.closed:
-            await wait_event(self.started, 0.25)
+        await any_event(self.started, self.out.closed_event)
 
     async def _error(self, exc: TalkmeshError, turn_id: str = "") -> None:
         await self._send(

@@ -55,6 +55,8 @@ class Chan(Generic[T]):
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
+        #: set when the channel is closed (or discarded): ``any_event(done, chan.closed_event)``
+        self.closed_event = asyncio.Event()
 
     # -- state ------------------------------------------------------------------------------------
     @property
@@ -103,11 +105,13 @@ class Chan(Generic[T]):
             return
         self._closed = True
         self._error = error
+        self.closed_event.set()
         self._changed()  # wakes consumers (they see the end) and blocked producers (ChanClosed)
 
     def discard(self) -> None:
         """Closes the channel and drops what is waiting (its reader is gone: a stream's teardown)."""
         self._closed = True
+        self.closed_event.set()
         self._items.clear()
         self._changed()
 
@@ -294,6 +298,17 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+async def any_event(*events: asyncio.Event) -> None:
+    """Returns once any of ``events`` is set."""
+    if any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(*waiters)
 
 
 async def all_of(*aws: Coroutine[Any, Any, Any]) -> list[Any]:

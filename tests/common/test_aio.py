@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from talkmesh.common.aio import Chan, ChanClosed, TaskSet, cancel_and_wait
+from talkmesh.common.aio import Chan, ChanClosed, TaskSet, any_event, cancel_and_wait
 
 
 class _Gauge:
@@ -241,3 +241,30 @@ async def test_wait_event_times_out_and_reports_the_state():
     assert await wait_event(event, 0.01) is False
     event.set()
     assert await wait_event(event, 0.01) is True
+
+
+async def test_any_event_returns_on_the_first_event_set_and_leaves_no_waiter() -> None:
+    a, b = asyncio.Event(), asyncio.Event()
+    waiter = asyncio.create_task(any_event(a, b))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    b.set()
+    async with asyncio.timeout(1.0):
+        await waiter
+    assert not a._waiters  # type: ignore[attr-defined]  # its wait on the other event is gone
+    await any_event(a, b)  # one is already set: at once
+
+
+@pytest.mark.parametrize("end", ["close", "close_error", "discard"])
+async def test_chan_closed_event_is_set_by_every_way_of_ending_it(end: str) -> None:
+    chan: Chan[int] = Chan(2)
+    chan.send_nowait(1)
+    waiter = asyncio.create_task(any_event(asyncio.Event(), chan.closed_event))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    if end == "discard":
+        chan.discard()
+    else:
+        chan.close(RuntimeError("x") if end == "close_error" else None)
+    async with asyncio.timeout(1.0):
+        await waiter
