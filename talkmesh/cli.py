@@ -129,15 +129,16 @@ def _secure_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 async def _up(args: argparse.Namespace) -> int:
+    from talkmesh.client import port_base_from_env
+    from talkmesh.common.registry import check_port_base
     from talkmesh.common.server import BindError
-    from talkmesh.launcher import Mesh, check_port_base
+    from talkmesh.launcher import Mesh
 
-    if args.port_base is not None:
-        try:
-            check_port_base(args.port_base)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-    mesh = Mesh(ephemeral=False, host=args.host, port_base=args.port_base, env=_secure_env(args))
+    try:
+        base = port_base_from_env() if args.port_base is None else check_port_base(args.port_base)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    mesh = Mesh(ephemeral=False, host=args.host, port_base=base, env=_secure_env(args))
     try:
         mesh.check_ports()
     except BindError as exc:
@@ -552,11 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Ctrl-C stops them",
     )
     u.add_argument("--host", default="127.0.0.1")
-    env_base = os.environ.get(PORT_BASE_ENV, "").strip()
     u.add_argument(
         "--port-base",
         type=_port_number,
-        default=env_base or None,  # argparse converts a string default with `type`
+        default=None,  # resolved in _up (client.port_base_from_env), where a bad environment is one line
         help=f"ports {_ports_help(0, lambda o: f'BASE+{o}' if o else 'BASE')} "
         f"(default: ${PORT_BASE_ENV}, else {_ports_help(None, str)})",
     )

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from talkmesh.common.aio import all_of, cancel_and_wait
-from talkmesh.common.registry import PORT_SPAN, SERVICES, ServiceSpec, spec, start_order
+from talkmesh.common.registry import SERVICES, ServiceSpec, check_port_base, spec, start_order
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +104,6 @@ class ChildExit:
     def describe(self) -> str:
         how = f"was killed by signal {-self.code}" if self.code < 0 else f"exited with code {self.code}"
         return f"{self.name} {how}"
-
-
-def check_port_base(base: int) -> None:
-    """ValueError unless a whole port block fits at ``base``."""
-    if not 1024 <= base <= 65535 - PORT_SPAN:
-        raise ValueError(f"--port-base: {base} is outside 1024..{65535 - PORT_SPAN}")
 
 
 @dataclass

@@ -80,6 +80,13 @@ def test_clients_dial_the_mesh_of_talkmesh_port_base(closed_port: int) -> None:
         assert f"cannot reach the gateway at 127.0.0.1:{closed_port}" in one_error_line(err), cmd
     code, _, err = run_cli("voices", env={"TALKMESH_TARGET": None, "TALKMESH_PORT_BASE": "many"})
     assert code == 1 and "TALKMESH_PORT_BASE" in one_error_line(err)
+    # `up` and the clients read it the same way, with the same checks
+    for cmd in (["up"], ["voices"]):
+        for value, problem in (("many", "'many' is not a port number"), ("65530", "65530 is outside 1024..65515")):
+            code, _, err = run_cli(*cmd, env={"TALKMESH_TARGET": None, "TALKMESH_PORT_BASE": value})
+            assert (code, one_error_line(err)) == (1, f"error: $TALKMESH_PORT_BASE: {problem}"), (cmd, value)
+    code, _, err = run_cli("up", "--port-base", "80", env={"TALKMESH_PORT_BASE": "many"})  # the option wins
+    assert (code, one_error_line(err)) == (1, "error: --port-base: 80 is outside 1024..65515")
     # TALKMESH_TARGET still wins
     code, _, err = run_cli("voices", env={"TALKMESH_TARGET": "127.0.0.1:1", "TALKMESH_PORT_BASE": str(closed_port)})
     assert "127.0.0.1:1:" in one_error_line(err)

@@ -172,6 +172,13 @@ def spec(name: str) -> ServiceSpec:
     raise KeyError(f"unknown service {name!r} (known: {', '.join(NAMES)})")
 
 
+def check_port_base(base: int, what: str = "--port-base") -> int:
+    """``base`` when a whole port block fits there; ValueError naming ``what`` otherwise."""
+    if not 1024 <= base <= 65535 - PORT_SPAN:
+        raise ValueError(f"{what}: {base} is outside 1024..{65535 - PORT_SPAN}")
+    return base
+
+
 def start_order() -> tuple[ServiceSpec, ...]:
     """Services ordered so that each starts after the services it calls."""
     done: list[ServiceSpec] = []
