@@ -224,15 +224,20 @@ def _remap(src: np.ndarray, maps: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
+#: Moved photos an avatar keeps at most, whatever their size (the byte bound is ``MovedPhotos``'s).
+MAX_MOVED_PHOTOS = 4096
+
+
 class MovedPhotos:
     """The photo moved as at each key tick (the costly full-body remap), shared by the sessions of
     one avatar, keyed by (loop length, key tick). The most recently used are kept, up to
     ``max_bytes`` (0: none): the keys where new streams start (tick 0) stay while streams start.
     Sessions render in worker threads: one lock guards the map."""
 
-    def __init__(self, max_bytes: int, photo_bytes: int) -> None:
-        capacity = max_bytes // max(1, photo_bytes)
-        self._photos: Lru[tuple[int, int], np.ndarray] | None = Lru(capacity) if capacity else None
+    def __init__(self, max_bytes: int) -> None:
+        self._photos: Lru[tuple[int, int], np.ndarray] | None = (
+            Lru(MAX_MOVED_PHOTOS, max_weight=max_bytes, weigh=lambda photo: photo.nbytes) if max_bytes > 0 else None
+        )
         self._lock = threading.Lock()
 
     @property
@@ -314,7 +319,7 @@ class IdleLife:
                 "grid": np.stack([gx, gy], axis=-1),
                 "basis": np.stack([small * (gx - cx), small * (gy - cy), small], axis=-1),
                 "keys": {},
-                "moved": MovedPhotos(cache_bytes, avatar.frames[0].nbytes),
+                "moved": MovedPhotos(cache_bytes),
             }
             # sessions are built in worker threads: the first to get here is the one all share
             cached = avatar.extras.setdefault("idle", cached)
