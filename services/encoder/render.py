@@ -23,6 +23,7 @@ from talkmesh.common.config import Endpoint
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.common.framering import FrameRing
 from talkmesh.common.inprocess import InProcessContext
+from talkmesh.common.lru import Lru
 from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
@@ -154,6 +155,11 @@ def _unlink_when_made(made: asyncio.Future[FrameRing | None]) -> None:
 _NO_RINGS_HERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.EOPNOTSUPP})
 
 
+def _unlink(rings: list[FrameRing]) -> None:
+    for ring in rings:
+        ring.unlink()
+
+
 class FrameRings:
     """Where the encoder's streams get their frame rings: one made ahead (``ready`` per frame size)
     is offered right behind the stream's config, so frame 0 comes through it too; otherwise one
@@ -170,7 +176,8 @@ class FrameRings:
         self.slots = slots
         self.ready = ready
         self.enabled = enabled
-        self._ready: collections.OrderedDict[int, list[FrameRing]] = collections.OrderedDict()
+        # rings kept ready per frame size; a size forgotten for room has its rings unlinked
+        self._ready: Lru[int, list[FrameRing]] = Lru(self.MAX_SIZES, on_drop=lambda _size, rings: _unlink(rings))
         self._making: collections.Counter[int] = collections.Counter()
         self._closed = False
         self._full = 0  # rings not made for want of room
@@ -209,7 +216,7 @@ class FrameRings:
             made: asyncio.Future[FrameRing | None] = asyncio.get_running_loop().create_future()
             made.set_result(held.pop())
             if not held:
-                del self._ready[frame_bytes]
+                self._ready.pop(frame_bytes)
         else:
             made = self._make(frame_bytes)
         return RingOffer(made)
@@ -218,7 +225,7 @@ class FrameRings:
         """Makes rings for frames of ``frame_bytes`` in the background, up to ``ready``."""
         if not self.enabled or self._closed:
             return
-        while len(self._ready.get(frame_bytes, ())) + self._making[frame_bytes] < self.ready:
+        while len(self._ready.get(frame_bytes) or ()) + self._making[frame_bytes] < self.ready:
             self._making[frame_bytes] += 1
             self._make(frame_bytes).add_done_callback(lambda done: self._keep(frame_bytes, done))
 
@@ -231,12 +238,11 @@ class FrameRings:
         if self._closed or not self.enabled:
             ring.unlink()
             return
-        self._ready.setdefault(frame_bytes, []).append(ring)
-        self._ready.move_to_end(frame_bytes)
-        while len(self._ready) > self.MAX_SIZES:
-            _, old = self._ready.popitem(last=False)
-            for r in old:
-                r.unlink()
+        held = self._ready.get(frame_bytes)
+        if held is None:
+            self._ready.put(frame_bytes, [ring])
+        else:
+            held.append(ring)
 
     def close(self) -> None:
         """Unlinks the rings kept ready (and those still being made, once made)."""
@@ -244,7 +250,5 @@ class FrameRings:
         self._unlink_ready()
 
     def _unlink_ready(self) -> None:
-        for held in self._ready.values():
-            for ring in held:
-                ring.unlink()
-        self._ready.clear()
+        for size in self._ready.keys():
+            _unlink(self._ready.pop(size) or [])

@@ -16,11 +16,18 @@ V = TypeVar("V")
 class Lru(Generic[K, V]):
     """At most ``capacity`` entries, and with ``weigh`` at most ``max_weight`` in total (bytes,
     say); storing one beyond that forgets the least recently used (got or stored). An entry that
-    alone weighs more than ``max_weight`` is not stored. Not thread-safe, reads included (a get
-    reorders): one event loop, or a lock."""
+    alone weighs more than ``max_weight`` is not stored. ``on_drop(key, value)`` hears of every
+    value the map lets go of by itself (forgotten for room, replaced by ``put``, or stale behind a
+    value too heavy to store), not of ``pop``: what holds a resource releases it there. Not
+    thread-safe, reads included (a get reorders): one event loop, or a lock."""
 
     def __init__(
-        self, capacity: int, *, max_weight: int | None = None, weigh: Callable[[V], int] | None = None
+        self,
+        capacity: int,
+        *,
+        max_weight: int | None = None,
+        weigh: Callable[[V], int] | None = None,
+        on_drop: Callable[[K, V], object] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -29,6 +36,7 @@ class Lru(Generic[K, V]):
         self.capacity = capacity
         self.max_weight = max_weight
         self._weigh = weigh
+        self._on_drop = on_drop
         #: the total weight of the entries (0 without ``weigh``)
         self.weight = 0
         self._items: collections.OrderedDict[K, tuple[int, V]] = collections.OrderedDict()
@@ -43,18 +51,23 @@ class Lru(Generic[K, V]):
     def put(self, key: K, value: V) -> bool:
         """Stores ``value``; False when it alone weighs more than ``max_weight`` (not stored)."""
         weight = self._weigh(value) if self._weigh is not None else 0
-        if self.max_weight is not None and weight > self.max_weight:
-            self.pop(key)  # the key's older value would be stale
-            return False
         old = self._items.pop(key, None)
-        if old is not None:
+        if old is not None:  # replaced, or stale behind a value too heavy to store
             self.weight -= old[0]
+            self._dropped(key, old[1])
+        if self.max_weight is not None and weight > self.max_weight:
+            return False
         self._items[key] = (weight, value)
         self.weight += weight
         while len(self._items) > self.capacity or (self.max_weight is not None and self.weight > self.max_weight):
-            evicted, _ = self._items.popitem(last=False)[1]
-            self.weight -= evicted
+            evicted, (evicted_weight, evicted_value) = self._items.popitem(last=False)
+            self.weight -= evicted_weight
+            self._dropped(evicted, evicted_value)
         return True
+
+    def _dropped(self, key: K, value: V) -> None:
+        if self._on_drop is not None:
+            self._on_drop(key, value)
 
     def pop(self, key: K) -> V | None:
         """Forgets ``key``; its value, or None."""

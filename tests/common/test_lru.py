@@ -39,3 +39,17 @@ def test_a_weight_bound_forgets_the_least_recently_used_and_refuses_what_never_f
     assert "a" not in lru and lru.weight == 4
     with pytest.raises(ValueError):
         Lru(3, max_weight=10)
+
+
+def test_on_drop_hears_every_value_let_go_of_by_the_map_but_not_pops() -> None:
+    dropped: list[tuple[str, bytes]] = []
+    lru: Lru[str, bytes] = Lru(2, max_weight=10, weigh=len, on_drop=lambda k, v: dropped.append((k, v)))
+    lru.put("a", b"1")
+    lru.put("b", b"2")
+    lru.put("c", b"3")  # capacity: a goes
+    lru.put("b", b"22")  # replaced: the old value goes
+    lru.put("d", b"4" * 9)  # weight: c, then b go
+    assert lru.pop("d") == b"4" * 9  # taken back by its owner: not dropped
+    lru.put("e", b"5")
+    assert not lru.put("e", b"x" * 11)  # stale behind a value too heavy to store
+    assert dropped == [("a", b"1"), ("b", b"2"), ("c", b"3"), ("b", b"22"), ("e", b"5")]

@@ -66,7 +66,7 @@ def test_a_backend_precompute_of_one_avatar_does_not_block_get_of_another(tmp_pa
 
         def reader() -> None:
             got.append(store.get(ready.id, "slow").id)
-            store._memory.clear()
+            store._forget(ready.id)
             got.append(store.get(ready.id, "slow").id)
             got.append(store.get(ready.id, "viseme").id)
 

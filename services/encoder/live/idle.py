@@ -17,7 +17,6 @@ several sessions ask at the same time.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from services.encoder.backends.base import VideoBackend
 from services.encoder.live.media import LiveParams, VideoEncoder
 from services.encoder.render import FrameSource, unbatched
 from talkmesh.common.errors import FailedPrecondition, Unavailable
+from talkmesh.common.lru import Lru
 from talkmesh.v1 import audio_features_pb2, common_pb2, renderer_pb2
 
 log = logging.getLogger(__name__)
@@ -150,23 +150,20 @@ class IdleLoops:
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._loops: collections.OrderedDict[Hashable, asyncio.Future[IdleLoop]] = collections.OrderedDict()
+        self._loops: Lru[Hashable, asyncio.Future[IdleLoop]] = Lru(max_entries)
         self.builds = 0
 
     async def get(self, key: Hashable, build: Callable[[], Awaitable[IdleLoop]]) -> IdleLoop:
         fut = self._loops.get(key)
         if fut is not None:
-            self._loops.move_to_end(key)
             return await asyncio.shield(fut)
         fut = asyncio.get_running_loop().create_future()
-        self._loops[key] = fut
-        while len(self._loops) > self.max_entries:
-            self._loops.popitem(last=False)
+        self._loops.put(key, fut)
         try:
             self.builds += 1
             loop = await build()
         except BaseException as exc:
-            self._loops.pop(key, None)
+            self._loops.pop(key)
             if not fut.done():
                 # Waiters must not mistake the builder's cancellation for their own.
                 shared = (

@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -132,11 +132,14 @@ class AvatarStore:
         self.backends = backends
         self.root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_dir("avatars")
         self.root.mkdir(parents=True, exist_ok=True)
-        self._memory: OrderedDict[str, Avatar] = OrderedDict()
+        # an avatar forgotten for room is no longer checked against the disk either
+        self._memory: Lru[str, Avatar] = Lru(
+            cfg.memory_entries, on_drop=lambda key, _avatar: self._verified.pop(key, None)
+        )
         #: avatars scaled down to the output sizes streams asked for, by (id, size): at most
         #: 2 x max_video_bytes of frames (a copy is never larger than the avatar's stored frames)
         self._scaled: Lru[tuple[str, tuple[int, int]], Avatar] = Lru(
-            max(1, cfg.memory_entries), max_weight=2 * cfg.max_video_bytes, weigh=lambda a: int(a.frames.nbytes)
+            cfg.memory_entries, max_weight=2 * cfg.max_video_bytes, weigh=lambda a: int(a.frames.nbytes)
         )
         self._verified: dict[str, float] = {}  # id in _memory -> when its entry was last seen on disk
         # name -> (the id it is an alias of, or "", when that was read from disk)
@@ -406,13 +409,12 @@ class AvatarStore:
         now = time.monotonic()
         with self._lock:
             avatar = self._memory.get(key)
-            if avatar is not None:
-                self._memory.move_to_end(key)
             recheck = avatar is not None and now - self._verified.get(key, now) >= RECHECK_SECONDS
         if recheck:  # deleted by another replica? (one stat, at most every RECHECK_SECONDS)
             if (self.root / key / "meta.json").is_file():
                 with self._lock:
-                    self._verified[key] = now
+                    if key in self._memory:  # (not forgotten meanwhile: no stale check time left)
+                        self._verified[key] = now
             else:
                 self._forget(key)
                 avatar = None
@@ -472,18 +474,15 @@ class AvatarStore:
     def _forget(self, key: str) -> None:
         """Drops the avatar ``key`` from memory, its copies at output sizes included."""
         with self._lock:
-            self._memory.pop(key, None)
+            self._memory.pop(key)
             self._verified.pop(key, None)
             for scaled_key in [k for k in self._scaled.keys() if k[0] == key]:
                 self._scaled.pop(scaled_key)
 
     def _remember(self, key: str, avatar: Avatar) -> None:
         with self._lock:
-            self._memory[key] = avatar
-            self._memory.move_to_end(key)
+            self._memory.put(key, avatar)
             self._verified[key] = time.monotonic()
-            while len(self._memory) > self.cfg.memory_entries:
-                self._verified.pop(self._memory.popitem(last=False)[0], None)
 
     def _load(self, avatar_id: str) -> Avatar:
         d = self.root / avatar_id
