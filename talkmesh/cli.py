@@ -285,21 +285,33 @@ async def _say(args: argparse.Namespace) -> int:
     out = Path(args.output)
     check_output(out)
     container = container_for(out, args.container)
+    if (args.text is None) == (args.audio is None):
+        raise CliError("say: give a text to speak, or --audio FILE (your own speech), not both")
+    speech = None
+    if args.audio is not None:
+        from talkmesh.speech_file import SpeechFileError, read_speech
+
+        try:
+            speech = read_speech(args.audio)
+        except SpeechFileError as exc:
+            raise CliError(str(exc)) from None
     async with client_for(args) as client:
         avatar = await client.resolve_avatar(args.avatar)
-        request = client.request(
-            args.text,
-            avatar=avatar,
-            voice=args.voice,
-            size=args.size,
-            backend=args.backend,
-            container=epb.Container.Value(CONTAINERS[container]),
-            audio_codec=epb.AudioCodec.Value(AUDIO_CODECS[args.audio_codec]) if args.audio_codec else 0,
-            rate=args.rate,
-            pitch=args.pitch,
-            volume=args.volume,
-        )
-        result = await client.speak_to_file(request, out)
+        options = {
+            "avatar": avatar,
+            "voice": args.voice,
+            "size": args.size,
+            "backend": args.backend,
+            "container": epb.Container.Value(CONTAINERS[container]),
+            "audio_codec": epb.AudioCodec.Value(AUDIO_CODECS[args.audio_codec]) if args.audio_codec else 0,
+            "rate": args.rate,
+            "pitch": args.pitch,
+            "volume": args.volume,
+        }
+        if speech is not None:
+            result = await client.save(client.speak_audio(*speech, **options), out)
+        else:
+            result = await client.save(client.speak(args.text, **options), out)
     print(f"wrote {out} ({result.bytes_written} bytes, {result.mime_type})")
     _print_result(result, container)
     return 0
@@ -583,8 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-server-name", default="", help="name the gateway's certificate carries, if not the target's host"
     )
 
-    y = sub.add_parser("say", parents=[target], help="speak a text and write the video to a file")
-    y.add_argument("text")
+    y = sub.add_parser("say", parents=[target], help="speak a text (or your own speech) and write the video to a file")
+    y.add_argument("text", nargs="?", help="what the avatar says")
+    y.add_argument(
+        "--audio",
+        metavar="FILE",
+        help="your own speech instead of a text: the avatar says it, lip-synced (PCM WAV; MP3, M4A, Ogg... with PyAV)",
+    )
     y.add_argument("-o", "--output", default="out.mp4")
     y.add_argument("--avatar", default="", help="avatar name or id (default: the default avatar)")
     y.add_argument("--voice", default="", help="voice id, e.g. espeak:en-gb (see `talkmesh voices`)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +49,47 @@ def port_base_from_env() -> int | None:
     except ValueError:
         raise ValueError(f"${PORT_BASE_ENV}: {text!r} is not a port number") from None
     return check_port_base(base, f"${PORT_BASE_ENV}")
+
+
+#: The longest PCM piece a message carries (the gateway refuses more than one second), and the
+#: first piece's length: the video's first frames need no more.
+MAX_PIECE_SECONDS, FIRST_PIECE_SECONDS = 1.0, 0.2
+
+
+async def pcm_pieces(
+    chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes, sample_rate: int
+) -> AsyncIterator[bytes]:
+    """Mono s16le PCM (a whole recording, or chunks of any size as they are recorded) in pieces
+    the gateway takes: each chunk goes on at once, split when longer than ``MAX_PIECE_SECONDS``
+    (the first piece: ``FIRST_PIECE_SECONDS``), in whole samples (a byte split off by the recorder
+    waits for the next chunk). ValueError if the whole holds an odd number of bytes."""
+    if isinstance(chunks, bytes | bytearray | memoryview):
+        chunks = [bytes(chunks)]
+    pending = bytearray()
+    first = True
+
+    def ready() -> Iterator[bytes]:
+        nonlocal first
+        while len(pending) >= 2:
+            limit = 2 * max(1, int(sample_rate * (FIRST_PIECE_SECONDS if first else MAX_PIECE_SECONDS)))
+            take = min(limit, len(pending) - len(pending) % 2)
+            piece = bytes(pending[:take])
+            del pending[:take]
+            first = False
+            yield piece
+
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            pending += chunk
+            for piece in ready():
+                yield piece
+    else:
+        for chunk in chunks:
+            pending += chunk
+            for piece in ready():
+                yield piece
+    if pending:
+        raise ValueError("PCM of an odd number of bytes: not 16-bit samples")
 
 
 def default_target() -> str:
@@ -155,17 +196,15 @@ class LiveSession:
         return tid
 
     async def say_audio(
-        self, chunks: AsyncIterable[bytes] | Iterable[bytes], sample_rate: int, *, turn_id: str | None = None
+        self, chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes, sample_rate: int, *, turn_id: str | None = None
     ) -> str:
-        """Plays your own speech (mono PCM s16le chunks at ``sample_rate``) as a turn."""
+        """Plays your own speech (mono PCM s16le at ``sample_rate``: the whole recording, or chunks
+        of any size as they are recorded) as a turn; returns the turn id. The audio is sent in the
+        pieces of at most one second the gateway takes."""
         tid = self._turn_id(turn_id)
-        if isinstance(chunks, AsyncIterable):
-            async for pcm in chunks:
-                await self.audio(tid, pcm, sample_rate)
-        else:
-            for pcm in chunks:
-                await self.audio(tid, pcm, sample_rate)
-        await self._send(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid)))
+        async for pcm in pcm_pieces(chunks, sample_rate):
+            await self.audio(tid, pcm, sample_rate)
+        await self.audio(tid, b"", sample_rate, final=True)  # (a turn with no audio at all ends too)
         return tid
 
     async def audio(self, turn_id: str, pcm: bytes, sample_rate: int, *, final: bool = False) -> None:
@@ -305,6 +344,26 @@ class TalkmeshClient:
             yield gpb.SpeakStreamRequest(start=start)
             async for piece in pieces:
                 yield gpb.SpeakStreamRequest(text=piece)
+
+        return self.stub.SpeakStream(requests(), timeout=timeout, metadata=self._md())  # type: ignore[no-any-return]
+
+    def speak_audio(
+        self,
+        pcm: AsyncIterable[bytes] | Iterable[bytes] | bytes,
+        sample_rate: int,
+        *,
+        timeout: float | None = None,
+        **options: object,
+    ) -> AsyncIterator[gpb.SpeakChunk]:
+        """Like speak, for your own speech instead of text: mono PCM s16le at ``sample_rate``
+        (8000..48000), the whole recording or chunks of any size as they are recorded. Rendered as
+        fast as the mesh goes (a live session's ``say_audio`` plays at the clock's pace)."""
+        start = self.request("", **options)  # type: ignore[arg-type]
+
+        async def requests() -> AsyncIterator[gpb.SpeakStreamRequest]:
+            yield gpb.SpeakStreamRequest(start=start)
+            async for piece in pcm_pieces(pcm, sample_rate):
+                yield gpb.SpeakStreamRequest(audio=gpb.AudioPiece(sample_rate=sample_rate, pcm=piece))
 
         return self.stub.SpeakStream(requests(), timeout=timeout, metadata=self._md())  # type: ignore[no-any-return]
 

@@ -74,6 +74,8 @@ class GatewayConfig:
     encoder: Endpoint = field(default_factory=lambda: Endpoint(default_target("encoder")))
     # Longest text accepted by Speak, in characters (after stripping).
     max_text_chars: int = 5000
+    # Longest caller's speech accepted by SpeakStream's audio input, in seconds.
+    max_audio_seconds: float = 600.0
     # Renderer backend when the request names none; decides the feature type asked for.
     default_renderer_backend: str = "viseme"
     # Messages buffered between two stages of one request (bounded queues).
@@ -110,6 +112,8 @@ class GatewayConfig:
     def validate(self) -> None:
         if self.max_text_chars < 1:
             raise ConfigError.at("max_text_chars", "must be at least 1")
+        if not 0 < self.max_audio_seconds <= 86400:
+            raise ConfigError.at("max_audio_seconds", "must be within 0..86400 (exclusive of 0)")
         if self.queue_size < 1:
             raise ConfigError.at("queue_size", "must be at least 1")
         _check_audio_ahead(self.max_audio_ahead_seconds)

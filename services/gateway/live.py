@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import numpy as np
 from opentelemetry import trace
 
+from services.gateway.audio import Resampler, check_audio
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.pipeline import FEATURE_FOR_BACKEND
@@ -66,7 +66,6 @@ from talkmesh.v1 import tts_pb2 as tpb
 
 log = logging.getLogger(__name__)
 
-MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 48000
 #: Turns a session may have started but not finished.
 MAX_PENDING_TURNS = 32
 #: Ids of stopped turns a session remembers (later input for them is discarded, not a new turn).
@@ -134,23 +133,6 @@ def _check_id(value: str, field_name: str) -> str:
     if not value:
         raise InvalidArgument(field_name, "must not be empty")
     return check_id(field_name, value)
-
-
-class _Resampler:
-    """Streaming PCM s16 resampling to the session rate (soxr, ~30 ms filter delay)."""
-
-    def __init__(self, source_rate: int, target_rate: int) -> None:
-        import soxr
-
-        self.passthrough = source_rate == target_rate
-        self.stream = None if self.passthrough else soxr.ResampleStream(source_rate, target_rate, 1, dtype="int16")
-
-    def push(self, pcm: bytes, last: bool = False) -> bytes:
-        if self.passthrough:
-            return pcm
-        x = np.frombuffer(pcm, "<i2")
-        assert self.stream is not None
-        return np.asarray(self.stream.resample_chunk(x, last=last), "<i2").tobytes()
 
 
 # -- one session -------------------------------------------------------------------------------
@@ -368,7 +350,7 @@ class LiveSession:
         if tid in self.stopped:
             return  # input for a stopped turn: discarded
         if kind == "audio":
-            _check_audio(body)  # a refused message has no effect: checked before a turn exists
+            check_audio(body.sample_rate, body.pcm)  # a refused message has no effect: checked before a turn exists
         turn = self.turns.get(tid)
         if turn is None:
             turn = await self._new_turn(tid, kind, body)
@@ -523,12 +505,12 @@ class LiveSession:
         await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, audio=chunk))
 
     async def _pump_tts(self, turn: GatewayTurn, tts: Stream, features_in: Chan[fpb.FeatureRequest]) -> None:
-        resampler: _Resampler | None = None
+        resampler: Resampler | None = None
         source_rate = 0
         async for chunk in tts:
             if chunk.sample_rate and resampler is None:
                 source_rate = chunk.sample_rate
-                resampler = _Resampler(source_rate, self.rate)
+                resampler = Resampler(source_rate, self.rate)
                 turn.source_rate = source_rate
                 # now the voice's rate is known: samples played are reported in it
                 start = epb.TurnStart(source_sample_rate=source_rate)
@@ -554,7 +536,7 @@ class LiveSession:
             await self._send_audio(turn, resampler.push(b"", last=True), features_in)
 
     async def _pump_audio(self, turn: GatewayTurn, features_in: Chan[fpb.FeatureRequest]) -> None:
-        resampler = _Resampler(turn.source_rate, self.rate)
+        resampler = Resampler(turn.source_rate, self.rate)
         async for _rate, pcm in turn.audio:
             await self._send_audio(turn, resampler.push(pcm), features_in)
         await self._send_audio(turn, resampler.push(b"", last=True), features_in)
@@ -628,18 +610,6 @@ class LiveSession:
             await self._interrupt("")
         self.control.close()
         self.data.close()
-
-
-def _check_audio(body: Any) -> None:
-    """A SpeakAudio message on its own: rate in range, whole samples, at most a second."""
-    if not MIN_AUDIO_RATE <= body.sample_rate <= MAX_AUDIO_RATE:
-        raise InvalidArgument(
-            "audio.sample_rate", f"{body.sample_rate} Hz is outside {MIN_AUDIO_RATE}..{MAX_AUDIO_RATE}"
-        )
-    if len(body.pcm) % 2:
-        raise InvalidArgument("audio.pcm", f"{len(body.pcm)} bytes is not a whole number of s16le samples")
-    if len(body.pcm) > 2 * body.sample_rate:
-        raise InvalidArgument("audio.pcm", "more than one second of audio in one message")
 
 
 def _scrubbed(msg: lpb.LiveServerMessage) -> lpb.LiveServerMessage:

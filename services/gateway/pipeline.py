@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
+from services.gateway.audio import Resampler, stage_rate
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from talkmesh.common.aio import Chan, TaskSet, all_of, wait_event
-from talkmesh.common.calls import Stream
+from talkmesh.common.calls import LocalStream, Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.registry import RENDERER_FEATURES
@@ -226,9 +227,11 @@ class SpeakPipeline:
         request_id: str,
         timeout: float | None,
         text_pieces: AsyncIterable[str] | None = None,
+        audio_pieces: AsyncIterable[tuple[int, bytes]] | None = None,
     ) -> AsyncIterator[gpb.SpeakChunk]:
-        """Yields the media chunks, then a summary. ``text_pieces`` streams text (LLM) instead."""
-        run = _Run(self, request, request_id, timeout, text_pieces)
+        """Yields the media chunks, then a summary. ``text_pieces`` streams text (LLM) instead;
+        ``audio_pieces`` (sample rate, checked PCM) is the caller's own speech, in place of TTS."""
+        run = _Run(self, request, request_id, timeout, text_pieces, audio_pieces)
         async for chunk in run.go():
             yield chunk
 
@@ -241,12 +244,14 @@ class _Run:
         request_id: str,
         timeout: float | None,
         text_pieces: AsyncIterable[str] | None,
+        audio_pieces: AsyncIterable[tuple[int, bytes]] | None = None,
     ) -> None:
         self.o = owner
         self.req = request
         self.rid = request_id
         self.timeout = timeout
         self.text_pieces = text_pieces
+        self.audio_pieces = audio_pieces
         self.tl = Timeline()
         cfg = owner.config
         tel = owner.telemetry
@@ -276,6 +281,8 @@ class _Run:
         )
 
     def _open_tts(self) -> Stream:
+        if self.audio_pieces is not None:
+            return LocalStream(self._caller_speech(self.audio_pieces))
         if self.text_pieces is None:
             return self.o.ds.synthesize(
                 tpb.SynthesizeRequest(config=self._synthesis_config(), text=self.req.text), self.timeout
@@ -291,6 +298,24 @@ class _Run:
             yield tpb.TextPiece(request_id=self.rid, seq=seq, end_of_stream=True)
 
         return self.o.ds.synthesize_stream(pieces(), self.timeout)
+
+    async def _caller_speech(self, pieces: AsyncIterable[tuple[int, bytes]]) -> AsyncIterator[cpb.AudioChunk]:
+        """The caller's speech in TTS's place: chunks as TTS sends them, without visemes, at a rate
+        the stages take (``stage_rate``)."""
+        resampler: Resampler | None = None
+        rate = offset = seq = 0
+        async for source_rate, pcm in pieces:
+            if resampler is None:
+                rate = stage_rate(source_rate)
+                resampler = Resampler(source_rate, rate)
+            out = resampler.push(pcm)
+            if out:
+                yield cpb.AudioChunk(request_id=self.rid, seq=seq, sample_rate=rate, sample_offset=offset, pcm=out)
+                offset += len(out) // 2
+                seq += 1
+        tail = resampler.push(b"", last=True) if resampler is not None else b""
+        if tail:
+            yield cpb.AudioChunk(request_id=self.rid, seq=seq, sample_rate=rate, sample_offset=offset, pcm=tail)
 
     def _encode_config(self, sample_rate: int) -> epb.EncodeConfig:
         out = self.req.output
@@ -370,6 +395,8 @@ class _Run:
             # end_of_stream: the loop still reads to the stream's end (TTS's OK), as for the media
         self.tl.last_audio = time.monotonic()
         if not self.read_ahead.samples_read:
+            if self.audio_pieces is not None:
+                raise InvalidArgument("audio.pcm", "no audio: every piece was empty")
             raise FailedPrecondition("tts: produced no audio for this text")
         await self.to_features.send(fpb.FeatureRequest(request_id=self.rid, seq=seq, end_of_stream=True))
         self.to_features.close()

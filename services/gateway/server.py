@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from services.gateway.audio import check_audio
 from services.gateway.auth import AuthInterceptor, KeyStore
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, GrpcDownstreams
@@ -86,20 +87,51 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
         validate_request(stream.config, self.config, streaming=True)
         rid = stream.config.request_id or uuid.uuid4().hex
-        limit = self.config.max_text_chars
-
-        async def pieces() -> AsyncIterator[str]:
-            total = 0
-            async for msg in stream:
-                if msg.WhichOneof("kind") != "text":
-                    raise InvalidArgument("text", "every message after start must carry text")
-                total += len(msg.text)
-                if total > limit:
-                    raise InvalidArgument("text", f"streamed text exceeds the limit of {limit} characters")
-                yield msg.text
-
-        async for chunk in self.pipeline.run(stream.config, rid, self._timeout(context), text_pieces=pieces()):
+        first = await anext(stream, None)  # text or audio: the first piece says which
+        timeout = self._timeout(context)
+        if first is not None and first.WhichOneof("kind") == "audio":
+            run = self.pipeline.run(stream.config, rid, timeout, audio_pieces=self._audio_pieces(first, stream))
+        else:
+            run = self.pipeline.run(stream.config, rid, timeout, text_pieces=self._text_pieces(first, stream))
+        async for chunk in run:
             yield chunk
+
+    async def _text_pieces(
+        self, first: gpb.SpeakStreamRequest | None, rest: AsyncIterator[gpb.SpeakStreamRequest]
+    ) -> AsyncIterator[str]:
+        limit = self.config.max_text_chars
+        total = 0
+        msg = first
+        while msg is not None:
+            if msg.WhichOneof("kind") != "text":
+                raise InvalidArgument("text", "every message after start must carry text, as the first one did")
+            total += len(msg.text)
+            if total > limit:
+                raise InvalidArgument("text", f"streamed text exceeds the limit of {limit} characters")
+            yield msg.text
+            msg = await anext(rest, None)
+
+    async def _audio_pieces(
+        self, first: gpb.SpeakStreamRequest, rest: AsyncIterator[gpb.SpeakStreamRequest]
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """(sample rate, PCM) of each audio piece, checked: one rate, at most ``max_audio_seconds``."""
+        rate = first.audio.sample_rate
+        limit = self.config.max_audio_seconds
+        samples = 0
+        msg: gpb.SpeakStreamRequest | None = first
+        while msg is not None:
+            if msg.WhichOneof("kind") != "audio":
+                raise InvalidArgument("audio", "every message after start must carry audio, as the first one did")
+            check_audio(msg.audio.sample_rate, msg.audio.pcm)
+            if msg.audio.sample_rate != rate:
+                raise InvalidArgument(
+                    "audio.sample_rate", f"{msg.audio.sample_rate} Hz differs from the first piece's {rate} Hz"
+                )
+            samples += len(msg.audio.pcm) // 2
+            if samples > limit * rate:
+                raise InvalidArgument("audio", f"streamed audio exceeds the limit of {limit:g} seconds")
+            yield rate, msg.audio.pcm
+            msg = await anext(rest, None)
 
     # -- proxies to the owning services (one code path: trace context and request id) ---------
     def _grpc(self) -> GrpcDownstreams:

@@ -28,6 +28,8 @@ MIN_FPS, MAX_FPS = 1, 60
 #: The speech PCM rates (s16le mono) the feature stage takes as they are, and so the rates a live
 #: session's audio may have.
 SPEECH_SAMPLE_RATES = (16000, 22050, 24000, 44100, 48000)
+#: The rates a caller's own speech may have (Hz): live audio turns and SpeakStream's audio pieces.
+MIN_CALLER_RATE, MAX_CALLER_RATE = 8000, 48000
 
 
 def fps_fraction(fps: float | Fraction | int) -> Fraction:

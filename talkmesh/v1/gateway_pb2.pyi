@@ -40,12 +40,22 @@ class SpeakRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., avatar_id: _Optional[str] = ..., voice: _Optional[str] = ..., voice_settings: _Optional[_Union[_types_pb2.VoiceSettings, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class SpeakStreamRequest(_message.Message):
-    __slots__ = ("start", "text")
+    __slots__ = ("start", "text", "audio")
     START_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     start: SpeakRequest
     text: str
-    def __init__(self, start: _Optional[_Union[SpeakRequest, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
+    audio: AudioPiece
+    def __init__(self, start: _Optional[_Union[SpeakRequest, _Mapping]] = ..., text: _Optional[str] = ..., audio: _Optional[_Union[AudioPiece, _Mapping]] = ...) -> None: ...
+
+class AudioPiece(_message.Message):
+    __slots__ = ("sample_rate", "pcm")
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    PCM_FIELD_NUMBER: _ClassVar[int]
+    sample_rate: int
+    pcm: bytes
+    def __init__(self, sample_rate: _Optional[int] = ..., pcm: _Optional[bytes] = ...) -> None: ...
 
 class SpeakTimeline(_message.Message):
     __slots__ = ("received", "first_audio", "last_audio", "first_frame", "first_fragment", "last_fragment")

@@ -87,7 +87,8 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SpeakStream(self, request_iterator, context):
-        """Text pieces in as an LLM writes them (first message: request without text), video out.
+        """Text pieces in as an LLM writes them, or the caller's own speech as PCM pieces (first
+        message: request without text), video out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,85 @@
+"""Reading the caller's recording for ``talkmesh say --audio``: mono 16-bit PCM and its rate.
+
+PCM WAV files (8, 16, 24 or 32-bit integer samples, any number of channels) are read with the
+standard library; other formats (float WAV, MP3, M4A, Ogg, WebM...) with PyAV when it is
+installed (it comes with talkmesh's `encoder` or `all` extras). Channels are averaged; a rate the
+gateway does not take (outside 8..48 kHz) is resampled to 48 kHz (PyAV) or refused (WAV).
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from talkmesh.common.clock import MAX_CALLER_RATE as MAX_RATE
+from talkmesh.common.clock import MIN_CALLER_RATE as MIN_RATE
+
+
+class SpeechFileError(ValueError):
+    """The file cannot be read as speech; the message names the file and what to do."""
+
+
+def read_speech(path: str | Path) -> tuple[bytes, int]:
+    """(mono s16le PCM, sample rate) of the recording at ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpeechFileError(f"{path}: no such file")
+    try:
+        return _read_wav(path)
+    except (wave.Error, EOFError, _RateError) as exc:
+        why = str(exc) if isinstance(exc, _RateError) else "not a PCM WAV file"  # PyAV, if it is here
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        raise SpeechFileError(
+            f"{path}: {why}; other formats and rates need PyAV (pip install av), "
+            f"or convert it: ffmpeg -i {path} -ac 1 -ar 16000 speech.wav"
+        ) from None
+    return _read_av(path)
+
+
+class _RateError(ValueError):
+    """A WAV file at a rate the gateway does not take (PyAV resamples it)."""
+
+
+def _read_wav(path: Path) -> tuple[bytes, int]:
+    with wave.open(str(path), "rb") as w:
+        channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+        raw = w.readframes(frames)
+    if width not in (1, 2, 3, 4):
+        raise SpeechFileError(f"{path}: {8 * width}-bit WAV samples are not supported")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise _RateError(f"{rate} Hz is outside {MIN_RATE}..{MAX_RATE}")
+    usable = len(raw) - len(raw) % (width * channels)  # a truncated file's last partial frame goes
+    data = np.frombuffer(raw[:usable], np.uint8).reshape(-1, width)
+    if width == 1:  # unsigned 8-bit
+        samples = (data[:, 0].astype(np.int32) - 128) << 24
+    else:  # little-endian signed: the top bytes make a 32-bit sample
+        padded = np.zeros((len(data), 4), np.uint8)
+        padded[:, 4 - width :] = data
+        samples = padded.view("<i4")[:, 0]
+    mono = samples.reshape(-1, channels).astype(np.float64).mean(axis=1)
+    return np.clip(np.round(mono / 65536.0), -32768, 32767).astype("<i2").tobytes(), rate
+
+
+def _read_av(path: Path) -> tuple[bytes, int]:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise SpeechFileError(f"{path}: has no audio track")
+            stream = container.streams.audio[0]
+            rate = stream.rate if MIN_RATE <= (stream.rate or 0) <= MAX_RATE else MAX_RATE
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+            pcm = bytearray()
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    pcm += out.to_ndarray().astype("<i2").tobytes()
+            for out in resampler.resample(None):
+                pcm += out.to_ndarray().astype("<i2").tobytes()
+    except av.FFmpegError as exc:
+        raise SpeechFileError(f"{path}: cannot decode it as audio ({exc})") from None
+    return bytes(pcm), rate

@@ -1,0 +1,179 @@
+"""The caller's own speech in, video out, rendered as fast as the mesh goes (SpeakStream's audio
+pieces; `talkmesh say --audio`; `TalkmeshClient.speak_audio`)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import wave
+from pathlib import Path
+
+import av
+import grpc
+import numpy as np
+import pytest
+
+from talkmesh.client import TalkmeshClient, pcm_pieces
+from talkmesh.common.channel import create_channel
+from talkmesh.speech_file import SpeechFileError, read_speech
+from talkmesh.v1 import gateway_pb2 as gpb
+from talkmesh.v1 import gateway_pb2_grpc
+from talkmesh.v1 import types_pb2 as api
+from tests.live_helpers import decode, mouth_openness
+from tests.mesh import inprocess_mesh
+from tests.test_cli import _cli
+
+FPS = 25
+
+
+def _speech(rate: int) -> np.ndarray:
+    """0.4 s of silence, 1.2 s of syllable-like bursts (on 150 ms, off 100 ms), 0.4 s of silence."""
+    t = np.arange(int(rate * 1.2)) / rate
+    bursts = np.sin(2 * np.pi * 180 * t) * 9000 * ((t % 0.25) < 0.15)
+    quiet = np.zeros(int(rate * 0.4))
+    return np.concatenate([quiet, bursts, quiet]).astype("<i2")
+
+
+def _check_video(path: Path, pcm: np.ndarray, rate: int) -> None:
+    """The caller's audio is the video's, in time; the mouth opens on the bursts only."""
+    seconds = len(pcm) / rate
+    out = decode(path)
+    assert len(out.frames) == math.ceil(seconds * FPS)
+    assert abs(out.audio_seconds - seconds) <= 1 / FPS
+    # the bursts are where they were sent (energy per 40 ms: high from 0.4 s to 1.6 s only)
+    hop = out.audio_rate // FPS
+    energy = np.array([np.abs(out.audio[i : i + hop]).mean() for i in range(0, len(out.audio) - hop + 1, hop)])
+    loud = energy > 0.25 * energy.max()
+    assert not loud[: int(0.35 * FPS)].any() and not loud[int(1.65 * FPS) :].any()
+    assert loud[int(0.45 * FPS) : int(1.55 * FPS)].mean() > 0.5
+    gaps = mouth_openness(out.frames)
+    speaking, silent = gaps[int(0.5 * FPS) : int(1.5 * FPS)], np.concatenate([gaps[:8], gaps[-6:]])
+    assert speaking.max() > silent.max() + 0.05, "the mouth opens on the caller's speech"
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100])
+async def test_the_callers_speech_becomes_a_lip_synced_video(tmp_path: Path, rate: int) -> None:
+    pcm = _speech(rate)
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        result = await client.save(
+            client.speak_audio(pcm.tobytes(), rate, container=api.CONTAINER_FMP4), tmp_path / "me.mp4"
+        )
+    assert result.summary.audio_seconds == pytest.approx(len(pcm) / rate, abs=0.01)
+    assert len(result.fragment_times) > 3  # streamed: fragments as they were encoded
+    _check_video(tmp_path / "me.mp4", pcm, rate)
+
+
+def _messages(*items: gpb.SpeakStreamRequest) -> list[gpb.SpeakStreamRequest]:
+    return [gpb.SpeakStreamRequest(start=gpb.SpeakRequest()), *items]
+
+
+def _piece(rate: int, samples: int) -> gpb.SpeakStreamRequest:
+    return gpb.SpeakStreamRequest(audio=gpb.AudioPiece(sample_rate=rate, pcm=b"\x01\x00" * samples))
+
+
+@pytest.mark.parametrize(
+    ("messages", "field", "message"),
+    [
+        (_messages(_piece(16000, 100), gpb.SpeakStreamRequest(text="hi")), "audio", "as the first one did"),
+        (_messages(gpb.SpeakStreamRequest(text="hi"), _piece(16000, 100)), "text", "as the first one did"),
+        (_messages(_piece(16000, 100), _piece(22050, 100)), "audio.sample_rate", "differs from the first"),
+        (_messages(_piece(96000, 100)), "audio.sample_rate", "outside 8000..48000"),
+        (_messages(_piece(16000, 16001)), "audio.pcm", "more than one second"),
+        (_messages(_piece(16000, 0), _piece(16000, 0)), "audio.pcm", "no audio"),
+        (_messages(*[_piece(16000, 16000)] * 3), "audio", "exceeds the limit of 2 seconds"),
+    ],
+)
+async def test_bad_audio_pieces_are_refused_naming_the_field(
+    tmp_path: Path, messages: list[gpb.SpeakStreamRequest], field: str, message: str
+) -> None:
+    env = {"TALKMESH_GATEWAY__MAX_AUDIO_SECONDS": "2"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, create_channel(mesh.gateway) as channel:
+        call = gateway_pb2_grpc.GatewayStub(channel).SpeakStream(iter(messages), timeout=60)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith(f"{field}: ") and message in err.value.details()
+        await asyncio.sleep(0.2)
+        assert mesh.active_streams() == dict.fromkeys(mesh.active_streams(), 0.0)  # nothing left running
+
+
+async def test_pcm_is_sent_in_whole_samples_at_most_a_second_per_piece() -> None:
+    async def collect(chunks: object, rate: int = 1000) -> list[int]:
+        return [len(p) async for p in pcm_pieces(chunks, rate)]  # type: ignore[arg-type]
+
+    assert await collect(b"\x00" * 5000) == [400, 2000, 2000, 600]  # 0.2 s first, then 1 s pieces
+    assert await collect([b"\x00" * 3, b"\x00" * 3, b"\x00" * 4]) == [2, 4, 4]  # a split sample waits
+    assert await collect([b"\x00" * 100, b"", b"\x00" * 100]) == [100, 100]  # live chunks go at once
+
+    async def mic():
+        yield b"\x00" * 10
+        yield b"\x00" * 20
+
+    assert await collect(mic()) == [10, 20]
+    with pytest.raises(ValueError, match="odd number of bytes"):
+        await collect(b"\x00" * 7)
+
+
+def _wav(path: Path, samples: np.ndarray, rate: int, width: int) -> Path:
+    """``samples`` (float, -1..1, frames x channels) as integer PCM of ``width`` bytes."""
+    scale = {1: 127, 2: 32767, 3: 8388607, 4: 2147483647}[width]
+    ints = np.round(samples * scale).astype(np.int64)
+    if width == 1:
+        raw = (ints + 128).astype(np.uint8).tobytes()
+    else:
+        raw = b"".join(int(v).to_bytes(width, "little", signed=True) for v in ints.reshape(-1))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(samples.shape[1])
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(raw)
+    return path
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_pcm_wav_files_of_any_width_and_channels_read_as_mono_16_bit(tmp_path: Path, width: int) -> None:
+    rate = 16000
+    t = np.arange(rate // 10) / rate
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    stereo = np.stack([tone, tone], axis=1)  # the same in both: the average is the tone
+    pcm, got_rate = read_speech(_wav(tmp_path / "s.wav", stereo, rate, width))
+    got = np.frombuffer(pcm, "<i2") / 32767
+    assert got_rate == rate and len(got) == len(t)
+    assert np.abs(got - tone).max() < (0.02 if width == 1 else 0.001)
+
+
+def test_other_formats_and_rates_go_through_pyav(tmp_path: Path) -> None:
+    rate = 96000  # outside the gateway's rates: resampled to 48 kHz
+    t = np.arange(rate // 5) / rate
+    path = tmp_path / "float.wav"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("pcm_f32le", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray((0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], "flt", "mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    pcm, got_rate = read_speech(path)
+    assert got_rate == 48000 and abs(len(pcm) // 2 - 48000 // 5) <= 64
+    (tmp_path / "noise.wav").write_bytes(b"RIFF not really")
+    with pytest.raises(SpeechFileError, match="cannot decode"):
+        read_speech(tmp_path / "noise.wav")
+
+
+async def test_say_audio_from_the_command_line(tmp_path: Path) -> None:
+    rate = 22050
+    pcm = _speech(rate)
+    path = _wav(tmp_path / "me.wav", (pcm.astype(np.float64) / 32767)[:, None], rate, 2)
+    async with inprocess_mesh(tmp_path) as mesh:
+        gw = ("--target", mesh.gateway)
+        code, out, err = await _cli("say", "--audio", str(path), "-o", str(tmp_path / "me.mp4"), *gw)
+        assert code == 0, err
+        assert "wrote" in out
+        _check_video(tmp_path / "me.mp4", pcm, rate)
+        code, _, err = await _cli("say", "Hi.", "--audio", str(path), *gw)
+        both = "error: say: give a text to speak, or --audio FILE (your own speech), not both"
+        assert (code, err.strip()) == (1, both)
+        code, _, err = await _cli("say", "--audio", str(tmp_path / "nope.wav"), *gw)
+        assert (code, err.strip()) == (1, f"error: {tmp_path / 'nope.wav'}: no such file")
