@@ -9,6 +9,7 @@ async with TalkmeshClient() as client:      # $TALKMESH_TARGET, else the local m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -188,11 +189,23 @@ class LiveSession:
         return tid
 
     async def say_stream(self, pieces: AsyncIterable[str], *, turn_id: str | None = None) -> str:
-        """Speaks text as it is written (LLM tokens): one turn, ended when ``pieces`` ends."""
+        """Speaks text as it is written (LLM tokens): one turn, ended when ``pieces`` ends, or
+        raises (what was sent still plays, and the error is raised here). Returns the turn id;
+        pass ``turn_id`` to know it while the text is still coming (to interrupt this turn).
+        Sending nothing at all still makes (and ends) the turn."""
         tid = self._turn_id(turn_id)
-        async for piece in pieces:
-            await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=piece)))
-        await self._send(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid)))
+        # The turn is ended whatever happens (a turn left open holds every later turn back): with an
+        # EndOfTurn once it exists, else with an empty last piece, which makes and ends it.
+        end = lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text="", final=True))
+        try:
+            async for piece in pieces:
+                await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=piece)))
+                end = lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid))
+        except BaseException:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+                await self._send(end)  # (the session may be what failed)
+            raise
+        await self._send(end)
         return tid
 
     async def say_audio(

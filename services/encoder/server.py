@@ -267,8 +267,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         params = session.params
         with self.telemetry.stage(stage, container=params.container):
             init = await asyncio.to_thread(session.open)
-        log.info(
-            "encoding %dx%d@%s %s (%s) with %s",
+        log.log(
+            logging.DEBUG if stage == "open_spare" else logging.INFO,  # a spare is not a stream's
+            "%s %dx%d@%s %s (%s) with %s",
+            "opened a spare session for" if stage == "open_spare" else "encoding",
             params.width,
             params.height,
             params.fps,

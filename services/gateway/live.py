@@ -54,6 +54,7 @@ from talkmesh.common.errors import (
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_id, check_text
 from talkmesh.common.principal import current_principal, restricted
+from talkmesh.common.propagation import adopt_request_id
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -668,7 +669,7 @@ class LiveHub:
         _validate_config(cfg, self.config)
         await self._check_voice(cfg.voice)
         session_id = self.ids.new()
-        request_id = cfg.request_id or session_id
+        request_id = adopt_request_id(cfg.request_id)
         session = LiveSession(self, session_id, cfg, request_id, deadline)
         self.sessions[session_id] = session
         principal = current_principal.get()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.names import check_id, check_text
 from talkmesh.common.principal import principal_metadata
-from talkmesh.common.propagation import outgoing_metadata
+from talkmesh.common.propagation import adopt_request_id, outgoing_metadata
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
@@ -74,7 +73,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def Speak(self, request: gpb.SpeakRequest, context: Any) -> AsyncIterator[gpb.SpeakChunk]:
         validate_request(request, self.config)
-        rid = request.request_id or uuid.uuid4().hex
+        rid = adopt_request_id(request.request_id)
         async for chunk in self.pipeline.run(request, rid, self._timeout(context)):
             yield chunk
 
@@ -86,7 +85,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             request_iterator, "start", first_timeout=idle, idle_timeout=idle, what="text stream"
         )
         validate_request(stream.config, self.config, streaming=True)
-        rid = stream.config.request_id or uuid.uuid4().hex
+        rid = adopt_request_id(stream.config.request_id)
         first = await anext(stream, None)  # text or audio: the first piece says which
         timeout = self._timeout(context)
         if first is not None and first.WhichOneof("kind") == "audio":

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # Methods that bypass admission control, draining and stream metrics.
 _INFRA_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+#: Statuses logged as warnings (the server's or a stage's fault, not the client's request).
+_SERVER_FAULTS = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"})
 
 
 class _MetadataGetter(Getter[dict[str, str]]):
@@ -211,8 +213,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if code == "CANCELLED":
             span.set_status(Status(StatusCode.ERROR, "CANCELLED: the client cancelled the call"))
             span.set_attribute("talkmesh.cancelled", True)
-        span.set_attribute("talkmesh.duration_seconds", time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        span.set_attribute("talkmesh.duration_seconds", seconds)
         span.end()
+        # One line per call, with the request id (the log format adds it): what a client reports
+        # by its request id is found in every service's log.
+        log.log(logging.WARNING if code in _SERVER_FAULTS else logging.INFO, "%s %s in %.3f s", method, code, seconds)
 
     @contextlib.asynccontextmanager
     async def _call(

@@ -30,6 +30,21 @@ def outgoing_metadata(metadata: Iterable[tuple[str, str | bytes]] | None = None)
     return md
 
 
+def adopt_request_id(named: str) -> str:
+    """The request's id for the rest of this call: the one its message names (``named``), else the
+    call's own (its x-request-id metadata, or the one the server interceptor generated). Set for
+    the call's log lines, the metadata of the calls it makes and its span, so that the id a client
+    sees in its answers is the one in every service's logs."""
+    import uuid
+
+    from opentelemetry import trace
+
+    rid = named or request_id_var.get() or uuid.uuid4().hex
+    request_id_var.set(rid)
+    trace.get_current_span().set_attribute("talkmesh.request_id", rid)
+    return rid
+
+
 def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
     return grpc.aio.ClientCallDetails(
         method=details.method,

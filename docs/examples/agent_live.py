@@ -1,0 +1,86 @@
+"""An LLM agent with a face: each reply is spoken on a live avatar as the model writes it, and the
+user can barge in (interrupt) at any time.
+
+    .venv/bin/talkmesh up          # in another terminal
+    .venv/bin/python docs/examples/agent_live.py
+
+The session's video goes to agent.mp4 (a browser would append it to a MediaSource). Replace
+``llm_reply`` with your model's token stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from talkmesh.client import LiveSession, TalkmeshClient
+from talkmesh.v1 import live_pb2 as lpb
+
+
+async def llm_reply(question: str):  # your model's streamed answer, token by token
+    answer = f"You asked: {question} Here is a short answer, written a few words at a time."
+    for word in answer.split(" "):
+        yield word + " "
+        await asyncio.sleep(0.03)
+
+
+class Avatar:
+    """Reads the session in the background (never stalls the player) and tells each turn's end."""
+
+    def __init__(self, live: LiveSession, video_path: str) -> None:
+        self.live = live
+        self.video = open(video_path, "wb")
+        self.stopped: dict[str, asyncio.Future[lpb.SpeakingStopped]] = {}
+        self.ids = (f"reply-{n}" for n in itertools.count(1))
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.live:
+            kind = msg.WhichOneof("kind")
+            if kind == "media":
+                self.video.write(msg.media.data)
+            elif kind == "error":  # a refused message or a failed turn: the session goes on
+                print("error:", msg.error.message)
+            elif kind == "event" and msg.event.WhichOneof("kind") == "speaking_stopped":
+                stopped = msg.event.speaking_stopped
+                self.stopped.setdefault(stopped.turn_id, asyncio.get_running_loop().create_future()).set_result(stopped)
+
+    async def speak(self, pieces) -> tuple[str, asyncio.Future[lpb.SpeakingStopped]]:
+        """Sends a reply as the model writes it; returns its turn id (to interrupt it) and the future
+        of its end. (Run it in a task to interrupt a reply whose text is still coming.)"""
+        turn_id = next(self.ids)
+        done = self.stopped.setdefault(turn_id, asyncio.get_running_loop().create_future())
+        await self.live.say_stream(pieces, turn_id=turn_id)  # ends the turn even if the LLM fails
+        return turn_id, done
+
+    async def close(self) -> None:
+        await self.live.close()  # what is queued plays, then the stream ends
+        await self.reader
+        self.video.close()
+
+
+def heard(stopped: lpb.SpeakingStopped) -> float:
+    """Seconds of the reply the user heard (the LLM's context should keep only that much)."""
+    return stopped.samples_played / stopped.sample_rate if stopped.sample_rate else 0.0
+
+
+async def main() -> None:
+    async with TalkmeshClient() as client, client.live(voice="espeak:en-us") as live:
+        avatar = Avatar(live, "agent.mp4")
+        # 1. a reply played to its end
+        _, done = await avatar.speak(llm_reply("What is talkmesh?"))
+        stopped = await done
+        print(lpb.StopReason.Name(stopped.reason), f"{heard(stopped):.1f} s heard")
+        # 2. the user barges in while the avatar speaks: stop that reply, answer the new question
+        turn_id, done = await avatar.speak(llm_reply("Tell me a long story."))
+        await asyncio.sleep(1.0)
+        await live.interrupt(turn_id)
+        stopped = await done
+        print(lpb.StopReason.Name(stopped.reason), f"{heard(stopped):.1f} s heard")
+        _, done = await avatar.speak(llm_reply("Sorry, a short one instead?"))
+        await done
+        await avatar.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,72 @@
+"""The Python client's live-session helpers end their turns whatever happens to the input."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from talkmesh.client import TalkmeshClient
+from talkmesh.v1 import live_pb2 as lpb
+from tests.live_helpers import Recorder
+from tests.mesh import inprocess_mesh
+
+
+async def test_a_failing_llm_stream_still_ends_its_turn_and_the_next_one_plays(tmp_path: Path) -> None:
+    async def llm():
+        yield "Hello there, "
+        yield "I was about to "
+        await asyncio.sleep(0.05)
+        raise ConnectionError("the LLM's stream dropped")
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            with pytest.raises(ConnectionError):
+                await live.say_stream(llm(), turn_id="cut")
+            sorry = await live.say("Sorry, something went wrong.")
+            first = await rec.wait_event("speaking_stopped", "cut", timeout=30)
+            second = await rec.wait_event("speaking_stopped", sorry, timeout=30)
+            await live.close()
+            await rec.finish()
+    assert first.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED  # what was sent played
+    assert second.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+    assert not [r for r in rec.messages if r.kind == "error"]
+
+
+async def test_pieces_of_audio_of_any_size_play_whole(tmp_path: Path) -> None:
+    rate = 16000
+    pcm = bytes(2 * rate * 3)  # 3 s of silence in one piece: sent as pieces of at most a second
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            tid = await live.say_audio(pcm, rate)
+            empty = await live.say_audio([], rate)  # nothing recorded: a turn that ends at once
+            stopped = await rec.wait_event("speaking_stopped", tid, timeout=30)
+            nothing = await rec.wait_event("speaking_stopped", empty, timeout=30)
+            await live.close()
+            await rec.finish()
+    assert not [r for r in rec.messages if r.kind == "error"], [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert stopped.msg.event.speaking_stopped.samples_played == rate * 3
+    assert nothing.msg.event.speaking_stopped.samples_played == 0
+
+
+async def test_the_agent_example_runs_as_written(tmp_path: Path) -> None:
+    """docs/examples/agent_live.py: a reply played to its end, a barge-in, the next reply."""
+    import os
+    import sys
+
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "agent_live.py"
+    async with inprocess_mesh(tmp_path) as mesh:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(example), cwd=tmp_path, env={**os.environ, "TALKMESH_TARGET": mesh.gateway},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[0].startswith("STOP_REASON_COMPLETED") and lines[1].startswith("STOP_REASON_INTERRUPTED"), lines
+    assert float(lines[1].split()[1]) < float(lines[0].split()[1])  # the barge-in cut the long reply
+    assert "error" not in out.decode()
+    assert (tmp_path / "agent.mp4").stat().st_size > 10_000
