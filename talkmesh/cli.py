@@ -129,8 +129,7 @@ def _secure_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from talkmesh.client import port_base_from_env
-    from talkmesh.common.registry import check_port_base
+    from talkmesh.common.registry import check_port_base, port_base_from_env
     from talkmesh.common.server import BindError
     from talkmesh.launcher import Mesh
 
@@ -568,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument(
         "--port-base",
         type=_port_number,
-        default=None,  # resolved in _up (client.port_base_from_env), where a bad environment is one line
+        default=None,  # resolved in _up (registry.port_base_from_env), where a bad environment is one line
         help=f"ports {_ports_help(0, lambda o: f'BASE+{o}' if o else 'BASE')} "
         f"(default: ${PORT_BASE_ENV}, else {_ports_help(None, str)})",
     )
@@ -794,11 +793,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # `talkmesh voices | head`: the reader has all it wanted. Quiet, as Unix tools are, with
+        # the exit code of a process killed by SIGPIPE.
         _closed_stdout()
         if args.debug:
             raise
-        print("error: the output was closed before everything was written (broken pipe)", file=sys.stderr)
-        return 1
+        return 128 + signal.SIGPIPE
     except Exception as exc:
         if args.debug:
             raise

@@ -22,7 +22,7 @@ import grpc
 
 from talkmesh.common.channel import DEFAULT_MAX_MESSAGE_BYTES, PUBLIC_CLIENT_KEEPALIVE_MS, ClientTLS, create_channel
 from talkmesh.common.propagation import outgoing_metadata
-from talkmesh.common.registry import PORT_BASE_ENV, check_port_base
+from talkmesh.common.registry import port_base_from_env
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
 from talkmesh.v1 import live_pb2 as lpb
@@ -35,21 +35,6 @@ TARGET_ENV = "TALKMESH_TARGET"
 API_KEY_ENV = "TALKMESH_API_KEY"
 #: Prefix of the TLS environment variables (see ``default_tls``).
 TLS_ENV = "TALKMESH_TLS"
-
-
-def port_base_from_env() -> int | None:
-    """``$TALKMESH_PORT_BASE`` as a number; None when unset (the default ports). The clients and
-    ``talkmesh up`` read it here.
-
-    ValueError when it is not a number, or no port block fits there."""
-    text = os.environ.get(PORT_BASE_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        base = int(text)
-    except ValueError:
-        raise ValueError(f"${PORT_BASE_ENV}: {text!r} is not a port number") from None
-    return check_port_base(base, f"${PORT_BASE_ENV}")
 
 
 #: The longest PCM piece a message carries (the gateway refuses more than one second), and the

@@ -40,7 +40,8 @@ def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
     if kind == "started":
         s = msg.started
         fps = s.fps_numerator / max(1, s.fps_denominator)
-        return f"{at}  session {s.session_id[-12:]}: {s.width}x{s.height} at {fps:g} fps, {s.video_encoder}"
+        # the whole id: others join with it (TalkmeshClient.watch, the web page's watch link)
+        return f"{at}  session {s.session_id}: {s.width}x{s.height} at {fps:g} fps, {s.video_encoder}"
     if kind == "error":
         e = msg.error
         return f"{at}  error ({e.turn_id or 'session'}): {e.message}"

@@ -183,7 +183,7 @@ async def test_errors_show_the_offending_field(tmp_path):
     assert line.startswith("error: INVALID_ARGUMENT: renderer: data:") and "(field data" in line
 
 
-async def test_voices_into_a_closed_pipe_is_one_line(tmp_path):
+async def test_voices_into_a_closed_pipe_ends_quietly(tmp_path):
     async with inprocess_mesh(tmp_path) as mesh:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "talkmesh.cli", "voices", "--target", mesh.gateway,
@@ -194,10 +194,8 @@ async def test_voices_into_a_closed_pipe_is_one_line(tmp_path):
         transport = proc._transport  # type: ignore[attr-defined]
         transport.get_pipe_transport(1).close()  # `| head -0`: the reader is gone
         err = await asyncio.wait_for(proc.stderr.read(), 60)
-        assert await proc.wait() == 1
-    assert err.decode().strip().splitlines() == [
-        "error: the output was closed before everything was written (broken pipe)"
-    ]
+        assert await proc.wait() == 141  # 128 + SIGPIPE, as `ls | head` ends
+    assert err.decode() == ""  # quiet: the reader had all it wanted
 
 
 def test_up_help_names_every_service_and_port_from_the_registry(capsys, monkeypatch):

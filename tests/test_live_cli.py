@@ -25,6 +25,8 @@ from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import types_pb2 as api
 
 AVATAR_ID = "0123456789abcdef0123"
+#: as the gateway makes them: the owner replica's address, a nonce and a signature
+SESSION_ID = "MTI3LjAuMC4xOjUwMDUx.a1b2c3d4e5f60718.0123456789abcdef01234567"
 
 
 class ScriptedGateway(gateway_pb2_grpc.GatewayServicer, live_pb2_grpc.LiveServicer):
@@ -57,7 +59,7 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServicer, live_pb2_grpc.LiveServic
             refusal = NotFound("config.voice", "nope", "voice")
             trailer = status_trailer(refusal.code, refusal.message, refusal.details())
             await context.abort(refusal.code, refusal.message, trailing_metadata=trailer)
-        started = lpb.SessionStarted(session_id="s-1", width=64, height=64, fps_numerator=25, fps_denominator=1)
+        started = lpb.SessionStarted(session_id=SESSION_ID, width=64, height=64, fps_numerator=25, fps_denominator=1)
         yield lpb.LiveServerMessage(started=started)
         if self.mode == "fail":
             await asyncio.sleep(0.2)
@@ -115,7 +117,10 @@ async def test_ctrl_c_while_idle_quits_without_waiting_for_input(tmp_path: Path)
     server, _, target = await _serve("idle")
     proc = await _live(target, tmp_path)
     try:
-        await _until(proc, "type a line")
+        seen = await _until(proc, "64x64")
+        assert f"session {SESSION_ID}: 64x64" in seen  # the whole id: others can watch with it
+        if "type a line" not in seen:
+            await _until(proc, "type a line")
         proc.send_signal(signal.SIGINT)  # stdin stays open: nobody presses Enter
         async with asyncio.timeout(10):
             _, err = await proc.communicate()

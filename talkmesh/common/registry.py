@@ -9,6 +9,8 @@ descriptors, so a renamed proto service cannot drift from what health checks and
 from __future__ import annotations
 
 import importlib
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: Ports of a default mesh; ``ports(base)`` moves a whole mesh (`talkmesh up --port-base`).
@@ -177,6 +179,21 @@ def check_port_base(base: int, what: str = "--port-base") -> int:
     if not 1024 <= base <= 65535 - PORT_SPAN:
         raise ValueError(f"{what}: {base} is outside 1024..{65535 - PORT_SPAN}")
     return base
+
+
+def port_base_from_env(env: Mapping[str, str] | None = None) -> int | None:
+    """``$TALKMESH_PORT_BASE`` (in ``env``, else the process's environment) as a number; None when
+    unset (the default ports). ``talkmesh up``, the clients and every service's config read it here.
+
+    ValueError when it is not a number, or no port block fits there."""
+    text = (os.environ if env is None else env).get(PORT_BASE_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        base = int(text)
+    except ValueError:
+        raise ValueError(f"${PORT_BASE_ENV}: {text!r} is not a port number") from None
+    return check_port_base(base, f"${PORT_BASE_ENV}")
 
 
 def start_order() -> tuple[ServiceSpec, ...]:

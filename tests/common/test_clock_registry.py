@@ -100,3 +100,29 @@ def test_registry_names_every_grpc_service_each_service_registers():
         served |= {generic.service_name() for generic in recorder.generic}
         assert served == set(s.grpc_service_names()), s.name
         assert sorted(names) == sorted(s.grpc_service_names()), s.name
+
+
+def test_every_services_config_follows_talkmesh_port_base_unless_told_otherwise(tmp_path) -> None:
+    """`TALKMESH_PORT_BASE=B talkmesh serve X` (or `config X`) agrees with `talkmesh up` on B."""
+    import importlib
+
+    from talkmesh.common.config import ConfigError
+    from talkmesh.common.registry import SERVICES, default_target
+
+    base = 42900
+    for s in SERVICES:
+        main = importlib.import_module(s.main_module)
+        cfg = main.load_config(None, env={"TALKMESH_PORT_BASE": str(base)})
+        assert (cfg.server.port, cfg.server.metrics_port) == s.ports(base), s.name
+        for callee in s.calls:
+            assert getattr(cfg, callee).target == default_target(callee, base=base), (s.name, callee)
+        plain = main.load_config(None, env={})
+        assert (plain.server.port, plain.server.metrics_port) == s.ports(None), s.name
+    gateway = importlib.import_module("services.gateway.main")
+    yaml = tmp_path / "g.yaml"
+    yaml.write_text("server:\n  port: 43000\n")
+    env = {"TALKMESH_PORT_BASE": str(base), "TALKMESH_GATEWAY__SERVER__METRICS_PORT": "43001"}
+    cfg = gateway.load_config(str(yaml), env=env)  # a file and the service's own variables win
+    assert (cfg.server.port, cfg.server.metrics_port, cfg.tts.target) == (43000, 43001, f"127.0.0.1:{base + 1}")
+    with pytest.raises(ConfigError, match="TALKMESH_PORT_BASE"):
+        gateway.load_config(None, env={"TALKMESH_PORT_BASE": "65530"})
