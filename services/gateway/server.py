@@ -82,7 +82,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gpb.SpeakChunk]:
         idle = self.config.server.idle_timeout
         stream: RequestStream[gpb.SpeakStreamRequest] = await RequestStream.open(
-            request_iterator, "start", first_timeout=idle, idle_timeout=idle, what="text stream"
+            request_iterator, "start", first_timeout=idle, idle_timeout=idle, what="text or audio stream"
         )
         validate_request(stream.config, self.config, streaming=True)
         rid = adopt_request_id(stream.config.request_id)
