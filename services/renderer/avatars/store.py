@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 
 from services.renderer.avatars.analysis import FaceAnalyzer, FaceChoice, FaceTrack
-from services.renderer.avatars.decode import decode
+from services.renderer.avatars.decode import decode, has_alpha
 from services.renderer.avatars.face_models import load_face_models
 from services.renderer.avatars.scaled import needs_scaling, scaled
 from services.renderer.backends.base import Avatar, RenderBackend
@@ -210,6 +210,10 @@ class AvatarStore:
         h = hashlib.sha256()
         h.update(data)
         h.update(self.settings_key(choice).encode())
+        if has_alpha(data):
+            # its frames depend on the background it is put on (and entries made before alpha was
+            # honoured showed the hidden colour: they are not found again, the image is redone)
+            h.update(f"alpha:{self.cfg.background.lower()}".encode())
         return h.hexdigest()[:20]
 
     def register(
