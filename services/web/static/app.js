@@ -645,6 +645,25 @@
     if (items.some((it) => it.id === keep)) select.value = keep;
   }
 
+  // What an upload's answer (AvatarInfo as JSON: zero values absent) tells the user: the avatar's
+  // other names (the same file uploaded before under another name: both names work), and for a
+  // video on how many frames the face was found, the others being shown without lip-sync.
+  function uploadMessage(avatar) {
+    const name = avatar.name || avatar.id;
+    let text = `avatar “${name}” is ready`;
+    const others = (avatar.names || []).filter((n) => n !== name);
+    if (others.length) text += ` (also named ${others.map((n) => `“${n}”`).join(", ")})`;
+    const face = avatar.face || {};
+    const kept = Number(face.frames_kept || 0);
+    const rejected = Number(face.frames_rejected || 0);
+    if (Number(avatar.frame_count || 0) > 1 && rejected) {
+      text += `. The face was found on ${kept} of ${kept + rejected} frames: the ${rejected} frame(s) ` +
+        "without a face are shown as they are, without lip-sync (trim them from the video to avoid it).";
+    }
+    return text;
+  }
+  tm.uploadMessage = uploadMessage;
+
   function upload(file) {
     const status = $("upload-status");
     const bar = $("upload-progress");
@@ -672,7 +691,7 @@
       if (xhr.status >= 200 && xhr.status < 300 && body.avatar) {
         bar.value = 100;
         record.ok = body.avatar.id;
-        status.textContent = `avatar “${body.avatar.name}” is ready`;
+        status.textContent = uploadMessage(body.avatar);
         loadPickers(body.avatar.id).then(connect);
       } else {
         const err = body.error || {};
