@@ -15,16 +15,17 @@ is killed half way leaves nothing that later loads (temporaries untouched for ``
 are removed at start and by later registrations: one just made may be another replica's build).
 
 Shared between replicas: several renderer processes (pods on one ReadWriteMany volume) may use one
-root. Everything another replica needs is on disk: the entries, their owners (``owners.json``), the
-backends' precomputes (``<backend>.npz``, when the backend's extras are arrays; otherwise each
-replica prepares them again in memory) and the aliases (``.aliases/<hash>.json``, whose targets are
-protected from deletion). Changes that must not be lost or undone by another replica (installing an
-entry, deleting it, setting a damaged one aside, changing its owners) hold the entry's file lock
+root. Everything another replica needs is on disk: the entries, their owners (``owners.json``) and
+names (``names.json``: one file, several names, by API key), the backends' precomputes
+(``<backend>.npz``, when the backend's extras are arrays; otherwise each replica prepares them again
+in memory) and the aliases (``.aliases/<hash>.json``, whose targets are protected from deletion).
+Changes that must not be lost or undone by another replica (installing an entry, deleting it,
+setting a damaged one aside, changing its owners or names) hold the entry's file lock
 (``.locks/<id>``, ``flock``), so a complete entry is never removed by a concurrent registration: the
 second writer discards its build and uses the entry in place. A replica trusts its memory for at
-most ``RECHECK_SECONDS`` (plus the file system's own attribute cache, e.g. NFS ``actimeo``) before it
-looks again: an alias set or changed elsewhere resolves, and an avatar deleted elsewhere stops being
-served, within that bound.
+most ``RECHECK_SECONDS`` (plus the file system's own attribute cache, e.g. NFS ``actimeo``) before
+it looks again: an alias set or changed elsewhere resolves, and an avatar deleted elsewhere stops
+being served, within that bound.
 
 Locking: a store-wide lock guards only the in-memory tables (LRU, aliases, per-entry locks) and is
 never held while decoding, analysing, loading from disk or running a backend's precompute; those

@@ -631,7 +631,7 @@
     try {
       const [{ avatars = [] }, { voices = [] }] = await Promise.all([getJson("/v1/avatars"), getJson("/v1/voices")]);
       fill($("avatar-select"), [{ id: "", label: "default" }].concat(
-        avatars.map((a) => ({ id: a.id, label: `${a.name || a.id} (${a.width}×${a.height})` }))), selectAvatar);
+        avatars.map((a) => ({ id: a.id, label: `${(a.names || []).join(", ") || a.name || a.id} (${a.width}×${a.height})` }))), selectAvatar);
       fill($("voice-select"), [{ id: "", label: "default" }].concat(
         voices.map((v) => ({ id: v.id, label: `${v.name || v.id} (${v.language || "?"})` }))));
     } catch (err) {
