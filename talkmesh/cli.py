@@ -393,7 +393,7 @@ class ProgressBar:
         if self.interactive:
             self.stream.write("\n")
         elif self.total and ok:
-            frames = f", {self.frames} frame(s) tracked" if self.frames else ""
+            frames = f", {self.frames} frame(s) analysed" if self.frames else ""
             self.stream.write(
                 f"uploaded {self.total / 1e6:.1f} MB; prepared in "
                 f"{time.monotonic() - (self.uploaded_at or self.start):.1f}s{frames}\n"
@@ -404,7 +404,8 @@ class ProgressBar:
 async def _avatar(args: argparse.Namespace) -> int:
 
     async with client_for(args) as client:
-        if args.avatar_cmd == "add":
+        command = args.avatar_cmd
+        if command == "add":
             path = Path(args.path)
             if path.is_dir():
                 raise CliError(f"{path}: is a directory; give an image or a video file")
@@ -427,15 +428,41 @@ async def _avatar(args: argparse.Namespace) -> int:
             bar.close()
             state = "already prepared" if info.cached else "prepared"
             print(f"{info.id}  {info.name}  {info.width}x{info.height}  {info.frame_count} frame(s)  ({state})")
-        elif args.avatar_cmd == "list":
+            for line in face_lines(info):
+                print(line)
+        elif command in ("list", "ls"):
             for a in await client.list_avatars():
-                print(f"{a.id}  {a.name}  {a.width}x{a.height}  {a.frame_count} frame(s)  {','.join(a.backends)}")
-        elif args.avatar_cmd == "rm":
-            avatar_id = await client.resolve_avatar(args.avatar)
-            if not await client.delete_avatar(avatar_id):
+                names = ",".join(a.names or [a.name])
+                print(f"{a.id}  {names}  {a.width}x{a.height}  {a.frame_count} frame(s)  {','.join(a.backends)}")
+        elif command in ("rm", "delete", "remove"):
+            avatar_id, name = await client.find_avatar(args.avatar)
+            if not await client.delete_avatar(avatar_id, name=name):
                 raise CliError(f"avatar {args.avatar!r} not found (see `talkmesh avatar list`)")
-            print("deleted")
+            if name and await _still_there(client, avatar_id):
+                print(f"deleted the name {name!r}; avatar {avatar_id} keeps its other name(s)")
+            else:
+                print("deleted")
     return 0
+
+
+async def _still_there(client: Any, avatar_id: str) -> bool:
+    """Whether the avatar is still listed (``rm <name>`` removed only one of its names)."""
+    return any(a.id == avatar_id for a in await client.list_avatars())
+
+
+def face_lines(info: Any) -> list[str]:
+    """What `avatar add` says about the face analysis of a video: on how many frames the face was
+    found, and what becomes of the others (FaceReport.frames_rejected)."""
+    kept, rejected = int(info.face.frames_kept), int(info.face.frames_rejected)
+    if info.frame_count <= 1 or not kept + rejected:
+        return []
+    lines = [f"face found on {kept} of {kept + rejected} frame(s) ({rejected} rejected)"]
+    if rejected:
+        lines.append(
+            f"  the {rejected} frame(s) without a face are shown as they are, without lip-sync: the mouth "
+            "does not move while the video passes them (trim them from the video to avoid it)"
+        )
+    return lines
 
 
 async def _voices(args: argparse.Namespace) -> int:
@@ -642,8 +669,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="X,Y",
         help="or the face whose box contains this point (pixels of the picture; overrides --face-index)",
     )
-    asub.add_parser("list", parents=[target], help="list the avatars: id, name, size, frames, backends")
-    rm = asub.add_parser("rm", parents=[target], help="delete an avatar (by name or id)")
+    asub.add_parser(
+        "list", aliases=["ls"], parents=[target], help="list the avatars: id, names, size, frames, backends"
+    )
+    rm = asub.add_parser(
+        "rm",
+        aliases=["delete", "remove"],
+        parents=[target],
+        help="delete an avatar by id, or one of its names by name (the avatar goes with its last name)",
+    )
     rm.add_argument("avatar", metavar="avatar")
 
     sub.add_parser("voices", parents=[target], help="list voices")

@@ -463,19 +463,25 @@ class TalkmeshClient:
 
     async def resolve_avatar(self, name_or_id: str) -> str:
         """The id of the avatar ``name_or_id`` names (an id, or a unique name); unknown values as given."""
+        return (await self.find_avatar(name_or_id))[0]
+
+    async def find_avatar(self, name_or_id: str) -> tuple[str, str]:
+        """(id, name) of the avatar ``name_or_id`` names: its id (name ""), or one of its names
+        (AvatarInfo.names: an avatar registered under several names answers to each), exactly
+        or else in any case, on one avatar only (AvatarNameError otherwise). Unknown: (as given, "")."""
         if not name_or_id:
-            return ""
+            return "", ""
         avatars = await self.list_avatars()
         if any(a.id == name_or_id for a in avatars):
-            return name_or_id
-        for same in (lambda a: a.name == name_or_id, lambda a: a.name.lower() == name_or_id.lower()):
-            named = [a for a in avatars if same(a)]
-            if len(named) == 1:
-                return named[0].id
-            if len(named) > 1:
-                ids = ", ".join(a.id for a in named)
+            return name_or_id, ""
+        for same in (lambda n: n == name_or_id, lambda n: n.lower() == name_or_id.lower()):
+            named = [(a, n) for a in avatars for n in dict.fromkeys(a.names or [a.name]) if same(n)]
+            if len({a.id for a, _ in named}) == 1:
+                return named[0][0].id, named[0][1]
+            if named:
+                ids = ", ".join(dict.fromkeys(a.id for a, _ in named))
                 raise AvatarNameError(f"{len(named)} avatars are named {name_or_id!r} ({ids}): give the id")
-        return name_or_id
+        return name_or_id, ""
 
     def live(
         self,
@@ -509,13 +515,9 @@ class TalkmeshClient:
 
     def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         """Another viewer of a running live session (joins at the next keyframe)."""
-        return live_pb2_grpc.LiveStub(self.channel).Watch(
-            lpb.WatchRequest(session_id=session_id), metadata=self._md()
-        )  # type: ignore[no-any-return]
+        return live_pb2_grpc.LiveStub(self.channel).Watch(lpb.WatchRequest(session_id=session_id), metadata=self._md())  # type: ignore[no-any-return]
 
-    async def delete_avatar(self, avatar_id: str) -> bool:
-        return bool(
-            (
-                await self.stub.DeleteAvatar(api.DeleteAvatarRequest(avatar_id=avatar_id), metadata=self._md())
-            ).deleted
-        )
+    async def delete_avatar(self, avatar_id: str, name: str = "") -> bool:
+        """Deletes the avatar; with ``name``, only that name of it (the avatar goes with its last name)."""
+        request = api.DeleteAvatarRequest(avatar_id=avatar_id, name=name)
+        return bool((await self.stub.DeleteAvatar(request, metadata=self._md())).deleted)

@@ -37,10 +37,14 @@ def _mirrored_portrait(path: Path) -> Path:
     return path
 
 
-def _video(path: Path, frames: int) -> Path:
+def _video(path: Path, frames: int, faceless: int = 0) -> Path:
+    """A short clip of the portrait moving a little; its last ``faceless`` frames show no face."""
     img = cv2.resize(_portrait(), (256, 256))
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (256, 256))
     for i in range(frames):
+        if i >= frames - faceless:
+            writer.write(np.full((256, 256, 3), 128, np.uint8))
+            continue
         m = np.array([[1, 0, 2 * np.sin(i / 5)], [0, 1, np.cos(i / 7)]], np.float32)
         writer.write(cv2.warpAffine(img, m, (256, 256), borderMode=cv2.BORDER_REFLECT))
     writer.release()
@@ -146,10 +150,26 @@ async def test_avatar_names_work_wherever_ids_do(tmp_path):
         for spelling in ("Mirror", "mirror", avatar_id):
             code, out, err = await _cli("say", "Hi.", "--avatar", spelling, "-o", str(tmp_path / "m.mp4"), *gw)
             assert code == 0, (spelling, err)
+        # the same file uploaded again under another name (another user of the same photo): the
+        # avatar answers to both names; the first one is not renamed away
+        code, out, err = await _cli("avatar", "add", str(face), "--name", "Second", *gw)
+        assert code == 0 and out.split()[:2] == [avatar_id, "Second"], err
+        code, out, err = await _cli("avatar", "ls", *gw)
+        assert code == 0 and f"{avatar_id}  Mirror,Second  " in out, out
+        for spelling in ("Mirror", "Second"):
+            code, out, err = await _cli("say", "Hi.", "--avatar", spelling, "-o", str(tmp_path / "m.mp4"), *gw)
+            assert code == 0, (spelling, err)
+        # removing one name leaves the other working; the last name takes the avatar with it
         code, out, err = await _cli("avatar", "rm", "Mirror", *gw)
+        assert code == 0 and out.strip() == f"deleted the name 'Mirror'; avatar {avatar_id} keeps its other name(s)"
+        code, out, err = await _cli("avatar", "list", *gw)
+        assert code == 0 and f"{avatar_id}  Second  " in out and "Mirror" not in out
+        code, out, err = await _cli("say", "Hi.", "--avatar", "Second", "-o", str(tmp_path / "m.mp4"), *gw)
+        assert code == 0, err
+        code, out, err = await _cli("avatar", "delete", "second", *gw)
         assert code == 0 and out.strip() == "deleted"
         code, out, err = await _cli("avatar", "list", *gw)
-        assert code == 0 and avatar_id not in out and "Mirror" not in out
+        assert code == 0 and avatar_id not in out and "Second" not in out
 
 
 async def test_avatar_add_shows_the_renderers_progress_in_frames(tmp_path):
@@ -167,10 +187,14 @@ async def test_avatar_add_shows_the_renderers_progress_in_frames(tmp_path):
         stages = [stage for stage, _, _ in seen]
         assert stages[0] == "received" and "backend:viseme" in stages
 
-        other = _video(tmp_path / "other.mp4", 12)
+        # a clip whose face is missing from some frames: the counts, and what becomes of those frames
+        other = _video(tmp_path / "other.mp4", 12, faceless=3)
         code, out, err = await _cli("avatar", "add", str(other), "--target", mesh.gateway)
         assert code == 0, err
-        assert "12 frame(s) tracked" in err and "12 frame(s)  (prepared)" in out
+        assert "12 frame(s) analysed" in err and "tracked" not in err and "12 frame(s)  (prepared)" in out
+        lines = out.splitlines()
+        assert lines[1] == "face found on 9 of 12 frame(s) (3 rejected)", out
+        assert "the 3 frame(s) without a face are shown as they are, without lip-sync" in lines[2]
 
 
 async def test_errors_show_the_offending_field(tmp_path):

@@ -237,9 +237,11 @@ def test_avatar_help_lists_every_subcommand() -> None:
     code, out, _ = run_cli("avatar", "--help")
     assert code == 0
     listed = out.split("{", 1)[1].split("}", 1)[0].split(",")
-    assert listed == ["add", "list", "rm"]
-    for sub in listed:  # each has a line of help, not only its name in the braces
+    # `ls` for `list`, `delete` and `remove` for `rm` (argparse aliases)
+    assert listed == ["add", "list", "ls", "rm", "delete", "remove"]
+    for sub in ("add", "list", "rm"):  # each has a line of help, not only its name in the braces
         assert any(line.split()[:1] == [sub] and len(line.split()) > 1 for line in out.splitlines()), out
+    assert "list (ls)" in out and "rm (delete, remove)" in out
 
 
 def test_a_frame_too_large_for_the_encoder_points_at_size() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, ServerConfig
@@ -35,8 +36,14 @@ class AvatarConfig:
     # cascade (no landmarks), or a directory holding face_detection_full_range.tflite and
     # face_landmark.tflite.
     face_models: str = "auto"
+    # Colour put behind the transparent pixels of an uploaded image with an alpha channel (a
+    # background-removal cutout, a PNG or WebP with transparency), as "#rrggbb". Such images are
+    # stored composited onto it; changing it prepares them again on their next registration.
+    background: str = "#ffffff"
 
     def validate(self) -> None:
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", self.background):
+            raise ConfigError.at("background", f'must be a colour as "#rrggbb", not {self.background!r}')
         if not self.face_models:
             raise ConfigError.at("face_models", 'must be "auto", "haar" or a directory')
         if self.memory_entries < 1:

@@ -138,10 +138,11 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             point=(meta.face_point.x, meta.face_point.y) if meta.HasField("face_point") else None,
         )
 
-    def _info(self, avatar: Any, cached: bool) -> rpb.AvatarInfo:
+    def _info(self, avatar: Any, cached: bool, names: list[str]) -> rpb.AvatarInfo:
         return rpb.AvatarInfo(
             id=avatar.id,
-            name=avatar.name,
+            name=names[0],
+            names=names,
             width=avatar.size[0],
             height=avatar.size[1],
             frame_count=int(avatar.frames.shape[0]),
@@ -169,28 +170,24 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                 subject=f"api_key:{who.name}",
             )
 
-    def _register(self, who: Principal | None, data: bytes, meta: rpb.AvatarMeta, progress: Any = None) -> Any:
-        """Blocking: quota, registration, then the key recorded as an owner (or rolled back)."""
+    def _register(
+        self, who: Principal | None, data: bytes, meta: rpb.AvatarMeta, progress: Any = None
+    ) -> tuple[Any, bool, list[str]]:
+        """Blocking: quota, registration, then the key recorded as an owner (or rolled back) and the
+        name added to the caller's names of the avatar. Returns (avatar, cached, the caller's names:
+        the name given first)."""
         store = self.s.store
         self._check_quota(who, len(data))
         avatar, cached = store.register(
             data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress
         )
         if store.is_protected(avatar.id):
-            return avatar, cached  # (the default avatar keeps its name whoever uploads its file)
-        # a stored file registered again with an explicit name takes it
-        renames = cached and bool(meta.name)
-        if who is None:
-            return (store.rename(avatar.id, meta.name) if renames else avatar), cached
+            return avatar, cached, [avatar.name]  # (the default avatar keeps its name whoever uploads its file)
         # Read and changed under the entry's lock: another key (on this or another replica) may add
         # itself at the same time.
-        name = who.name
         owners = store.owners(avatar.id)
-        if renames and (not restricted(who) or owners == {name}):
-            # its only owner (or an admin) names it again; another key's upload of the same
-            # bytes does not rename that key's avatar
-            avatar = store.rename(avatar.id, meta.name)
-        if name not in owners:
+        if who is not None and who.name not in owners:
+            name = who.name
             store.update_owners(avatar.id, lambda now: now | {name})
             try:
                 self._check_quota(who, 0)
@@ -199,13 +196,32 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                 if not left and not owners and not cached:
                     store.delete(avatar.id)
                 raise
-        return avatar, cached
+        # A stored file registered again with another name gets that name too: its older names
+        # (maybe another user's, when every caller is the same principal without API keys) keep
+        # working. Nothing is renamed; with API keys a key only ever adds to its own names.
+        given = meta.name or ("" if cached else avatar.name)
+        key = who.name if who is not None else ""
+        first = avatar.name
+
+        def add(names: dict[str, list[str]]) -> dict[str, list[str]]:
+            if not names and cached:  # an entry registered before names.json: its name stays its owners'
+                names = {o: [first] for o in owners or {""}}
+            mine = names.setdefault(key, [])
+            if given not in mine:
+                mine.append(given)
+            return names
+
+        names = store.update_names(avatar.id, add) if given else store.names(avatar.id)
+        mine = _names_for(who, names, first)
+        if given:  # the answer's `name` is the one just given
+            mine = [given, *(n for n in mine if n != given)]
+        return avatar, cached, mine
 
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
         meta, data = await self._read_upload(request_iterator)
         who = principal_of(context.invocation_metadata())
-        avatar, cached = await asyncio.to_thread(self._register, who, data, meta)
-        return self._info(avatar, cached)
+        avatar, cached, names = await asyncio.to_thread(self._register, who, data, meta)
+        return self._info(avatar, cached, names)
 
     async def RegisterAvatarWithProgress(
         self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any
@@ -219,10 +235,10 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         try:
             async for stage, done, total in progress.updates(job):
                 yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage=stage, done=done, total=total))
-            avatar, cached = await job
+            avatar, cached, names = await job
         finally:
             await cancel_and_wait(job)
-        yield rpb.AvatarRegistration(avatar=self._info(avatar, cached))
+        yield rpb.AvatarRegistration(avatar=self._info(avatar, cached, names))
 
     def _visible(self, who: Principal | None) -> list[Any]:
         """Blocking. Every avatar without API keys or for an admin; else the key's own and the default."""
@@ -240,28 +256,46 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         if who.name not in store.owners(avatar_id):
             raise PermissionDenied(f"config.avatar_id: avatar {avatar_id!r} belongs to another API key")
 
-    def _delete(self, who: Principal | None, avatar_id: str) -> bool:
-        """Blocking. Only an owner (or an admin) deletes; a co-owner only gives up its share."""
+    def _delete(self, who: Principal | None, avatar_id: str, name: str = "") -> bool:
+        """Blocking. Only an owner (or an admin) deletes; a co-owner only gives up its share.
+
+        With ``name``, only that name goes (a key's own; without keys or for an admin, the name
+        whoever gave it); the avatar (the key's share) goes with the caller's last name."""
         store = self.s.store
-        if not restricted(who) or store.is_protected(avatar_id):
+        if store.is_protected(avatar_id):
             return store.delete(avatar_id)  # the default avatar: FAILED_PRECONDITION for everyone
-        owners = store.owners(avatar_id)
-        if who.name not in owners:
+        if restricted(who) and who.name not in store.owners(avatar_id):
             if not store.exists(avatar_id):
                 return False
             raise PermissionDenied(f"avatar_id: avatar {avatar_id!r} belongs to another API key")
-        name = who.name
-        if store.update_owners(avatar_id, lambda now: now - {name}):
+        if name:
+            if name not in _names_for(who, store.names(avatar_id), store.first_name(avatar_id)):
+                return False  # (and an avatar that does not exist has no name)
+
+            def drop(names: dict[str, list[str]]) -> dict[str, list[str]]:
+                for key in [who.name] if restricted(who) else list(names):
+                    names[key] = [n for n in names.get(key, []) if n != name]
+                return names
+
+            if _names_for(who, store.update_names(avatar_id, drop), ""):
+                return True  # the avatar keeps its other names
+        if not restricted(who):
+            return store.delete(avatar_id)
+        key = who.name
+        store.update_names(avatar_id, lambda names: {k: v for k, v in names.items() if k != key})
+        if store.update_owners(avatar_id, lambda now: now - {key}):
             return True  # others (maybe added meanwhile on another replica) still own it
         return store.delete(avatar_id)
 
     async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
-        items = await asyncio.to_thread(self._visible, principal_of(context.invocation_metadata()))
+        who = principal_of(context.invocation_metadata())
+        items = await asyncio.to_thread(self._visible, who)
         return rpb.ListAvatarsResponse(
             avatars=[
                 rpb.AvatarInfo(
                     id=a.id,
-                    name=a.name,
+                    name=names[0],
+                    names=names,
                     width=a.width,
                     height=a.height,
                     frame_count=a.frame_count,
@@ -269,7 +303,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                     backends=list(a.backends),
                     face=face_report(a.report),
                 )
-                for a in items
+                for a, names in ((a, _names_for(who, a.names, a.name)) for a in items)
             ]
         )
 
@@ -277,8 +311,20 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         if not request.avatar_id:
             raise InvalidArgument("avatar_id", "must not be empty")
         check_id("avatar_id", request.avatar_id, path_safe=True)
+        name = clean_name("name", request.name)
         who = principal_of(context.invocation_metadata())
-        return rpb.DeleteAvatarResponse(deleted=await asyncio.to_thread(self._delete, who, request.avatar_id))
+        return rpb.DeleteAvatarResponse(deleted=await asyncio.to_thread(self._delete, who, request.avatar_id, name))
+
+
+def _names_for(who: Principal | None, names: dict[str, list[str]], first: str) -> list[str]:
+    """The names ``who`` sees of an avatar whose names are ``names`` (``AvatarStore.names``): a
+    user key its own; without keys or for an admin every name, whoever gave it. None recorded
+    (older entries, a co-owner that gave no name): ``[first]`` (its first name), or [] if empty."""
+    if restricted(who):
+        mine = list(names.get(who.name, []))
+    else:
+        mine = list(dict.fromkeys(n for key in sorted(names) for n in names[key]))
+    return mine or ([first] if first else [])
 
 
 def face_report(report: dict[str, Any]) -> rpb.FaceReport:

@@ -110,7 +110,8 @@ class GatewayServicer:
 
     def RegisterAvatar(self, request_iterator, context):
         """Uploads a photo or a short video and prepares it as an avatar (first message: metadata,
-        then the file's bytes). Registering the same file again is instant (AvatarInfo.cached).
+        then the file's bytes). Registering the same file again is instant (AvatarInfo.cached); with
+        another name it adds that name to the avatar, whose older names keep working (AvatarMeta.name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,7 +126,7 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAvatar(self, request, context):
-        """Deletes a prepared avatar (not the default one).
+        """Deletes a prepared avatar (not the default one), or one of its names (DeleteAvatarRequest.name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -99,7 +99,7 @@ class RendererServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAvatar(self, request, context):
-        """Removes a prepared avatar from disk and memory.
+        """Removes a prepared avatar from disk and memory, or only one of its names (see DeleteAvatarRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

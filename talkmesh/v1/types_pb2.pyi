@@ -112,7 +112,7 @@ class FaceReport(_message.Message):
     def __init__(self, box: _Optional[_Iterable[float]] = ..., confidence: _Optional[float] = ..., frames_kept: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., faces_found: _Optional[int] = ..., face_index: _Optional[int] = ..., detector: _Optional[str] = ...) -> None: ...
 
 class AvatarInfo(_message.Message):
-    __slots__ = ("id", "name", "width", "height", "frame_count", "cached", "backends", "face")
+    __slots__ = ("id", "name", "width", "height", "frame_count", "cached", "backends", "face", "names")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class AvatarInfo(_message.Message):
     CACHED_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     width: int
@@ -129,7 +130,8 @@ class AvatarInfo(_message.Message):
     cached: bool
     backends: _containers.RepeatedScalarFieldContainer[str]
     face: FaceReport
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_count: _Optional[int] = ..., cached: _Optional[bool] = ..., backends: _Optional[_Iterable[str]] = ..., face: _Optional[_Union[FaceReport, _Mapping]] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_count: _Optional[int] = ..., cached: _Optional[bool] = ..., backends: _Optional[_Iterable[str]] = ..., face: _Optional[_Union[FaceReport, _Mapping]] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AvatarProgress(_message.Message):
     __slots__ = ("stage", "done", "total")
@@ -160,10 +162,12 @@ class ListAvatarsResponse(_message.Message):
     def __init__(self, avatars: _Optional[_Iterable[_Union[AvatarInfo, _Mapping]]] = ...) -> None: ...
 
 class DeleteAvatarRequest(_message.Message):
-    __slots__ = ("avatar_id",)
+    __slots__ = ("avatar_id", "name")
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     avatar_id: str
-    def __init__(self, avatar_id: _Optional[str] = ...) -> None: ...
+    name: str
+    def __init__(self, avatar_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class DeleteAvatarResponse(_message.Message):
     __slots__ = ("deleted",)

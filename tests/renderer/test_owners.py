@@ -66,26 +66,94 @@ async def _named(data: bytes, name: str):
     yield rpb.AvatarUpload(data=data)
 
 
-async def test_registering_a_file_again_with_a_name_renames_it_only_for_its_owner(tmp_path):
-    """`avatar add crop.png --name other` after `--name crop` renames the key's own avatar (for
-    every replica: meta.json), an upload without a name keeps it; another key uploading the same
-    bytes, or anyone uploading the default portrait, renames nothing."""
+def _names(listed: rpb.ListAvatarsResponse) -> dict[str, list[str]]:
+    return {a.id: list(a.names) for a in listed.avatars}
+
+
+async def test_registering_a_stored_file_under_another_name_adds_the_name(tmp_path):
+    """Without API keys every caller is one principal: two users uploading the same photo as "a"
+    and "b" get one avatar with both names, and neither name stops working (it used to be renamed,
+    and `say --avatar a` was NOT_FOUND). Deleting by one name leaves the other; the last one deletes."""
+    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache")}
+    service = create_service(load_config(None, env=env), Telemetry("renderer"))
+    data = _mirrored()
+    async with serve(service) as host, create_channel(host.address) as ch:
+        stub = renderer_pb2_grpc.RendererStub(ch)
+        first = await stub.RegisterAvatar(_named(data, "a"))
+        assert first.name == "a" and list(first.names) == ["a"] and not first.cached
+        again = await stub.RegisterAvatar(_named(data, "b"))
+        assert again.cached and again.id == first.id
+        assert again.name == "b" and list(again.names) == ["b", "a"]
+        unnamed = await stub.RegisterAvatar(_named(data, ""))
+        assert unnamed.name == "a" and list(unnamed.names) == ["a", "b"]
+        listed = await stub.ListAvatars(rpb.ListAvatarsRequest())
+        assert _names(listed)[first.id] == ["a", "b"]
+        assert next(a for a in listed.avatars if a.id == first.id).name == "a", "the first name stays first"
+
+        gone = await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=first.id, name="a"))
+        assert gone.deleted and service.store.exists(first.id)  # type: ignore[attr-defined]
+        assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest()))[first.id] == ["b"]
+        missing = await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=first.id, name="a"))
+        assert not missing.deleted and service.store.exists(first.id)  # type: ignore[attr-defined]
+        last = await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=first.id, name="b"))
+        assert last.deleted and not service.store.exists(first.id)  # type: ignore[attr-defined]
+
+
+async def test_an_entry_stored_before_names_keeps_its_name(tmp_path):
+    """An entry written before names.json (meta.json's name only) registered again with a new
+    name keeps its first name too."""
+    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache")}
+    service = create_service(load_config(None, env=env), Telemetry("renderer"))
+    data = _mirrored()
+    async with serve(service) as host, create_channel(host.address) as ch:
+        stub = renderer_pb2_grpc.RendererStub(ch)
+        first = await stub.RegisterAvatar(_named(data, "old"))
+        (tmp_path / "cache" / first.id / "names.json").unlink()
+        assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest()))[first.id] == ["old"]
+        await stub.RegisterAvatar(_named(data, "new"))
+        assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest()))[first.id] == ["old", "new"]
+
+
+async def test_each_api_key_names_its_avatars_for_itself(tmp_path):
+    """`avatar add crop.png --name other` after `--name crop` adds a name to the key's own avatar
+    (for every replica: names.json), an upload without a name adds none; another key uploading the
+    same bytes names it for itself only (it neither sees nor changes the first key's names, nor can
+    delete them), and anyone uploading the default portrait names nothing."""
     env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache")}
     service = create_service(load_config(None, env=env), Telemetry("renderer"))
     data = _mirrored()
     async with serve(service) as host, create_channel(host.address) as ch:
         stub = renderer_pb2_grpc.RendererStub(ch)
         alice, mallory = Principal("alice").metadata(), Principal("mallory").metadata()
+        admin = Principal("ops", role="admin").metadata()
         first = await stub.RegisterAvatar(_named(data, "crop"), metadata=alice)
         assert first.name == "crop" and not first.cached
         again = await stub.RegisterAvatar(_named(data, "other"), metadata=alice)
         assert again.cached and again.id == first.id and again.name == "other"
         unnamed = await stub.RegisterAvatar(_named(data, ""), metadata=alice)
-        assert unnamed.name == "other"
-        taken = await stub.RegisterAvatar(_named(data, "renamed-by-mallory"), metadata=mallory)
-        assert taken.name == "other"
-        await stub.RegisterAvatar(_named(PORTRAIT, "pwned"), metadata=mallory)
-        names = {a.name for a in service.store.list()}  # type: ignore[attr-defined]
-        assert names == {"default", "other"}
+        assert list(unnamed.names) == ["crop", "other"]
+        taken = await stub.RegisterAvatar(_named(data, "mine"), metadata=mallory)
+        assert taken.id == first.id and list(taken.names) == ["mine"]
+        pwned = await stub.RegisterAvatar(_named(PORTRAIT, "pwned"), metadata=mallory)
+        assert list(pwned.names) == ["default"]
+
         listed = await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=alice)
-        assert {a.name for a in listed.avatars} == {"default", "other"}
+        assert {a.name for a in listed.avatars} == {"default", "crop"}
+        assert _names(listed)[first.id] == ["crop", "other"]
+        assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=mallory))[first.id] == ["mine"]
+        everyone = _names(await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=admin))
+        assert everyone[first.id] == ["crop", "other", "mine"] and everyone[pwned.id] == ["default"]
+
+        # mallory cannot remove alice's names; removing her own last one gives up her share only
+        crop = rpb.DeleteAvatarRequest(avatar_id=first.id, name="crop")
+        assert not (await stub.DeleteAvatar(crop, metadata=mallory)).deleted
+        mine = rpb.DeleteAvatarRequest(avatar_id=first.id, name="mine")
+        assert (await stub.DeleteAvatar(mine, metadata=mallory)).deleted
+        store = service.store  # type: ignore[attr-defined]
+        assert store.owners(first.id) == {"alice"} and store.exists(first.id)
+        assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=alice))[first.id] == ["crop", "other"]
+        assert first.id not in _names(await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=mallory))
+        default_name = rpb.DeleteAvatarRequest(avatar_id=pwned.id, name="default")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.DeleteAvatar(default_name, metadata=mallory)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION

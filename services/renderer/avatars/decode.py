@@ -5,11 +5,13 @@ bytes (whatever the file name says) and must be on the allow-list (``IMAGE_FORMA
 ``VIDEO_FORMATS``); a TIFF, GIF, SVG... named ``.png`` is refused without touching a decoder.
 Image sizes are read from the header and checked before decoding (a small file can declare a
 huge image); OpenCV's own limit (``CV_IO_MAX_IMAGE_PIXELS``) is set as a second line. A photo
-larger than ``max_side`` is scaled down to it. Videos are decoded frame by frame into one
-preallocated array, each frame downscaled as it arrives so that all frames together fit
-``max_video_bytes`` (and the longer side ``max_side``); more than
-``max_frames`` frames is refused. So one upload within the limits holds at most about
-``max_upload_bytes`` (compressed, as received) + ``max_video_bytes`` (decoded) in memory.
+larger than ``max_side`` is scaled down to it; one with transparency (an alpha channel) is
+composited onto ``background`` (white by default), not shown on whatever colour its transparent
+pixels hide. Videos are decoded frame by frame into one preallocated array, each frame downscaled
+as it arrives so that all frames together fit ``max_video_bytes`` (and the longer side
+``max_side``); more than ``max_frames`` frames is refused. So one upload within the limits holds
+at most about ``max_upload_bytes`` (compressed, as received) + ``max_video_bytes`` (decoded) in
+memory.
 """
 
 from __future__ import annotations
@@ -90,7 +92,10 @@ def decode(data: bytes, filename: str, cfg: AvatarConfig) -> np.ndarray:
     if kind == "jpeg" and b"\xff\xd9" not in data[-4096:]:
         # some libjpeg builds decode a truncated file with a grey bottom and only a warning
         raise InvalidArgument("data", f"{what} is not a decodable image (truncated JPEG)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if has_alpha(data):
+        img = _flattened(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cfg.background)
+    else:  # (IMREAD_COLOR also turns a JPEG as its EXIF orientation says)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise InvalidArgument("data", f"{what} is not a decodable image (corrupt or truncated)")
     if img.shape[0] * img.shape[1] > cfg.max_pixels:
@@ -100,6 +105,50 @@ def decode(data: bytes, filename: str, cfg: AvatarConfig) -> np.ndarray:
         scale = cfg.max_side / max(w, h)
         img = cv2.resize(img, (max(2, round(w * scale)), max(2, round(h * scale))), interpolation=cv2.INTER_AREA)
     return _even(img)[None]
+
+
+def has_alpha(data: bytes) -> bool:
+    """Whether the image's header declares transparency: a PNG with an alpha channel (colour type
+    4 or 6) or a ``tRNS`` chunk, a WebP with alpha (VP8X's flag, or lossless VP8L's)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 26:
+        if data[25] in (4, 6):
+            return True
+        idat = data.find(b"IDAT")
+        return b"tRNS" in data[: idat if idat >= 0 else len(data)]
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 25:
+        if data[12:16] == b"VP8X":
+            return bool(data[20] & 0x10)
+        if data[12:16] == b"VP8L":
+            return bool(int.from_bytes(data[21:25], "little") >> 28 & 1)
+    return False
+
+
+def background_bgr(colour: str) -> tuple[int, int, int]:
+    """The colour "#rrggbb" (AvatarConfig.background) as OpenCV's (blue, green, red)."""
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return b, g, r
+
+
+def _flattened(img: np.ndarray | None, background: str) -> np.ndarray | None:
+    """An image decoded as it is stored (IMREAD_UNCHANGED: 8 or 16 bits, grey or colour, with or
+    without alpha) as 8-bit BGR, its transparent pixels composited onto ``background``: a cutout
+    whose hidden pixels are black (or anything else) shows the background, not what is hidden."""
+    if img is None:
+        return None
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        return None
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 2:  # grey + alpha (not produced by every OpenCV build; handled anyway)
+        img = np.dstack([img[..., 0], img[..., 0], img[..., 0], img[..., 1]])
+    if img.shape[2] == 3:
+        return img
+    alpha = img[..., 3:4].astype(np.uint16)
+    back = np.array(background_bgr(background), np.uint16)
+    out = (img[..., :3].astype(np.uint16) * alpha + back * (255 - alpha) + 127) // 255
+    return np.ascontiguousarray(out.astype(np.uint8))
 
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}

@@ -15,16 +15,17 @@ is killed half way leaves nothing that later loads (temporaries untouched for ``
 are removed at start and by later registrations: one just made may be another replica's build).
 
 Shared between replicas: several renderer processes (pods on one ReadWriteMany volume) may use one
-root. Everything another replica needs is on disk: the entries, their owners (``owners.json``), the
-backends' precomputes (``<backend>.npz``, when the backend's extras are arrays; otherwise each
-replica prepares them again in memory) and the aliases (``.aliases/<hash>.json``, whose targets are
-protected from deletion). Changes that must not be lost or undone by another replica (installing an
-entry, deleting it, setting a damaged one aside, changing its owners) hold the entry's file lock
+root. Everything another replica needs is on disk: the entries, their owners (``owners.json``) and
+names (``names.json``: one file, several names, by API key), the backends' precomputes
+(``<backend>.npz``, when the backend's extras are arrays; otherwise each replica prepares them again
+in memory) and the aliases (``.aliases/<hash>.json``, whose targets are protected from deletion).
+Changes that must not be lost or undone by another replica (installing an entry, deleting it,
+setting a damaged one aside, changing its owners or names) hold the entry's file lock
 (``.locks/<id>``, ``flock``), so a complete entry is never removed by a concurrent registration: the
 second writer discards its build and uses the entry in place. A replica trusts its memory for at
-most ``RECHECK_SECONDS`` (plus the file system's own attribute cache, e.g. NFS ``actimeo``) before it
-looks again: an alias set or changed elsewhere resolves, and an avatar deleted elsewhere stops being
-served, within that bound.
+most ``RECHECK_SECONDS`` (plus the file system's own attribute cache, e.g. NFS ``actimeo``) before
+it looks again: an alias set or changed elsewhere resolves, and an avatar deleted elsewhere stops
+being served, within that bound.
 
 Locking: a store-wide lock guards only the in-memory tables (LRU, aliases, per-entry locks) and is
 never held while decoding, analysing, loading from disk or running a backend's precompute; those
@@ -34,6 +35,7 @@ hold the lock of their own entry, so renders of ready avatars never wait for ano
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import errno
 import fcntl
@@ -58,7 +60,7 @@ import cv2
 import numpy as np
 
 from services.renderer.avatars.analysis import FaceAnalyzer, FaceChoice, FaceTrack
-from services.renderer.avatars.decode import decode
+from services.renderer.avatars.decode import decode, has_alpha
 from services.renderer.avatars.face_models import load_face_models
 from services.renderer.avatars.scaled import needs_scaling, scaled
 from services.renderer.backends.base import Avatar, RenderBackend
@@ -96,6 +98,10 @@ PNG_LEVEL = 3
 _PRECOMPUTE_KEY = "__precompute_key__"
 
 
+#: An avatar's names by API key name ("" without keys), oldest first (``AvatarStore.names``)
+Names = dict[str, list[str]]
+
+
 def default_avatar_bytes() -> bytes:
     """The bundled default avatar's image (``DEFAULT_AVATAR_FILE``)."""
     return resources.files("services.renderer").joinpath(f"assets/{DEFAULT_AVATAR_FILE}").read_bytes()
@@ -110,6 +116,8 @@ class AvatarSummary:
     frame_count: int
     backends: tuple[str, ...]
     report: dict[str, Any]
+    #: the names callers gave it, by API key name ("" without keys): see ``AvatarStore.names``
+    names: Names = dataclasses.field(default_factory=dict)
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -203,6 +211,10 @@ class AvatarStore:
         h = hashlib.sha256()
         h.update(data)
         h.update(self.settings_key(choice).encode())
+        if has_alpha(data):
+            # its frames depend on the background it is put on (and entries made before alpha was
+            # honoured showed the hidden colour: they are not found again, the image is redone)
+            h.update(f"alpha:{self.cfg.background.lower()}".encode())
         return h.hexdigest()[:20]
 
     def register(
@@ -451,26 +463,6 @@ class AvatarStore:
             self._ensure_backend(variant, backend)
         return variant
 
-    def rename(self, avatar_id: str, name: str) -> Avatar:
-        """Blocking. The avatar under another name (a stored file registered again with a new
-        name: ``say --avatar <new name>`` then finds it). Who may rename is the caller's check."""
-        with self._entry(avatar_id):
-            avatar = self.get(avatar_id)
-            if avatar.name == name:
-                return avatar
-            meta_path = self.root / avatar_id / "meta.json"
-            with self._disk_lock(avatar_id):
-                try:
-                    meta = json.loads(meta_path.read_text())
-                except FileNotFoundError:  # deleted by another replica meanwhile
-                    raise NotFound("avatar_id", avatar_id, "avatar") from None
-                meta["name"] = name
-                _write_atomic(meta_path, json.dumps(meta).encode())
-            renamed = dataclasses.replace(avatar, name=name)
-            self._remember(avatar_id, renamed)
-        log.info("avatar %s renamed %r -> %r", avatar_id, avatar.name, name)
-        return renamed
-
     def _forget(self, key: str) -> None:
         """Drops the avatar ``key`` from memory, its copies at output sizes included."""
         with self._lock:
@@ -541,6 +533,7 @@ class AvatarStore:
                         meta["frames"],
                         backends,
                         meta.get("face", {}),
+                        self.names(meta["id"]),
                     )
                 )
         return out
@@ -582,17 +575,53 @@ class AvatarStore:
         """Replaces the owners by ``change(owners)`` under the entry's lock, so that owners added or
         removed at the same time by other threads or replicas are not lost. Returns the new owners
         (an empty set, and no change, when the avatar does not exist)."""
+        return self._update_file(avatar_id, "owners.json", self.owners, change, sorted, set())  # type: ignore[no-any-return]
+
+    # -- names -------------------------------------------------------------------------------------
+    # ``names.json`` next to ``meta.json``: the names callers gave the avatar, by API key name (""
+    # without keys), oldest first: {"": ["a", "b"], "alice": ["crop"]}. Registering a stored file
+    # again with another name adds it (the avatar is content-addressed: one entry, several names);
+    # nothing is ever renamed. No file (older entries, the default avatar): meta.json's ``name``.
+    def names(self, avatar_id: str) -> Names:
+        d = self._dir(avatar_id)
+        try:
+            doc = json.loads((d / "names.json").read_text()) if d is not None else {}
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        return {str(k): [str(n) for n in v] for k, v in doc.items() if isinstance(v, list)}
+
+    def update_names(self, avatar_id: str, change: Callable[[Names], Names]) -> Names:
+        """Replaces the names by ``change(names)`` under the entry's lock (as ``update_owners``).
+        Returns the new names ({} and no change when the avatar does not exist)."""
+        return self._update_file(  # type: ignore[no-any-return]
+            avatar_id, "names.json", self.names, lambda n: {k: v for k, v in change(n).items() if v}, dict, {}
+        )
+
+    def first_name(self, avatar_id: str) -> str:
+        """The name the avatar was first registered under (meta.json; "" when it does not exist)."""
+        d = self._dir(avatar_id)
+        try:
+            return str(json.loads((d / "meta.json").read_text())["name"]) if d is not None else ""
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+
+    def _update_file(
+        self, avatar_id: str, file: str, read: Callable[[str], Any], change: Callable[[Any], Any],
+        dump: Callable[[Any], Any], missing: Any,
+    ) -> Any:  # fmt: skip
         d = self._dir(avatar_id)
         if d is None or not (d / "meta.json").is_file():  # (no lock file for ids that never existed)
-            return set()
+            return missing
         with self._entry(d.name), self._disk_lock(d.name):
             if not (d / "meta.json").is_file():  # deleted meanwhile
-                return set()
-            before = self.owners(d.name)
-            after = change(set(before))
+                return missing
+            before = read(d.name)
+            after = change(copy.deepcopy(before))
             if after != before:
                 with contextlib.suppress(FileNotFoundError):
-                    _write_atomic(d / "owners.json", json.dumps(sorted(after)).encode())
+                    _write_atomic(d / file, json.dumps(dump(after)).encode())
             return after
 
     def disk_bytes(self, avatar_id: str) -> int:

@@ -631,7 +631,7 @@
     try {
       const [{ avatars = [] }, { voices = [] }] = await Promise.all([getJson("/v1/avatars"), getJson("/v1/voices")]);
       fill($("avatar-select"), [{ id: "", label: "default" }].concat(
-        avatars.map((a) => ({ id: a.id, label: `${a.name || a.id} (${a.width}×${a.height})` }))), selectAvatar);
+        avatars.map((a) => ({ id: a.id, label: `${(a.names || []).join(", ") || a.name || a.id} (${a.width}×${a.height})` }))), selectAvatar);
       fill($("voice-select"), [{ id: "", label: "default" }].concat(
         voices.map((v) => ({ id: v.id, label: `${v.name || v.id} (${v.language || "?"})` }))));
     } catch (err) {
@@ -644,6 +644,25 @@
     select.replaceChildren(...items.map((it) => new Option(it.label, it.id)));
     if (items.some((it) => it.id === keep)) select.value = keep;
   }
+
+  // What an upload's answer (AvatarInfo as JSON: zero values absent) tells the user: the avatar's
+  // other names (the same file uploaded before under another name: both names work), and for a
+  // video on how many frames the face was found, the others being shown without lip-sync.
+  function uploadMessage(avatar) {
+    const name = avatar.name || avatar.id;
+    let text = `avatar “${name}” is ready`;
+    const others = (avatar.names || []).filter((n) => n !== name);
+    if (others.length) text += ` (also named ${others.map((n) => `“${n}”`).join(", ")})`;
+    const face = avatar.face || {};
+    const kept = Number(face.frames_kept || 0);
+    const rejected = Number(face.frames_rejected || 0);
+    if (Number(avatar.frame_count || 0) > 1 && rejected) {
+      text += `. The face was found on ${kept} of ${kept + rejected} frames: the ${rejected} frame(s) ` +
+        "without a face are shown as they are, without lip-sync (trim them from the video to avoid it).";
+    }
+    return text;
+  }
+  tm.uploadMessage = uploadMessage;
 
   function upload(file) {
     const status = $("upload-status");
@@ -672,7 +691,7 @@
       if (xhr.status >= 200 && xhr.status < 300 && body.avatar) {
         bar.value = 100;
         record.ok = body.avatar.id;
-        status.textContent = `avatar “${body.avatar.name}” is ready`;
+        status.textContent = uploadMessage(body.avatar);
         loadPickers(body.avatar.id).then(connect);
       } else {
         const err = body.error || {};
