@@ -566,3 +566,13 @@ async def test_the_live_command_speaks_typed_lines_and_writes_the_stream(tmp_pat
     assert "speaking  turn-1" in text and "stopped   turn-1 (completed" in text
     decoded = decode(out)
     assert len(decoded.frames) > 25 and decoded.audio_seconds > 1.0
+
+
+def test_the_turn_input_timeout_is_validated() -> None:
+    from services.gateway.config import LiveSettings
+    from talkmesh.common.config import ConfigError
+
+    LiveSettings(turn_input_timeout_seconds=0.5).validate()
+    for bad in (0.0, -1.0, float("nan"), 86401.0):
+        with pytest.raises(ConfigError, match=r"^turn_input_timeout_seconds: "):
+            LiveSettings(turn_input_timeout_seconds=bad).validate()
