@@ -39,6 +39,10 @@ class LiveSettings:
     drain_seconds: float = 10.0
     # How far a turn's audio may run ahead of what has been played (seconds).
     max_audio_ahead_seconds: float = 3.0
+    # A turn that has played all its input and gets nothing new (no text, no audio) for this long
+    # has its input ended as if EndOfTurn came (a DEADLINE_EXCEEDED LiveError says so): a client or
+    # LLM stream that dies mid-turn cannot hold the turns behind it (nor the idle timeout) for ever.
+    turn_input_timeout_seconds: float = 30.0
     # This replica's address as other replicas reach it (Watch forwarding); "" = its own
     # host:port. In Kubernetes: "$(POD_IP):50051".
     advertise_address: str = ""
@@ -62,6 +66,8 @@ class LiveSettings:
         if self.drain_seconds < 0:
             raise ConfigError.at("drain_seconds", "must not be negative")
         _check_audio_ahead(self.max_audio_ahead_seconds)
+        if not 0 < self.turn_input_timeout_seconds <= 86400:
+            raise ConfigError.at("turn_input_timeout_seconds", "must be within 0..86400 (exclusive of 0)")
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,18 @@ between turns and applies interrupts at the next frame. The gateway owns everyth
 * interrupts: forwarded to the encoder ahead of any queued data (control overtakes media), and
   the turns' upstream work (TTS, features) is cancelled at once; later input for a stopped turn is
   discarded (a turn id fences everything);
+* refusals: a text piece or audio chunk is checked before it has any effect: a refused first piece
+  starts no turn, a refused later one ends its turn's input (what it had plays); either way later
+  input for that turn id is discarded quietly (the client was told once). A turn's text is counted
+  here against ``max_text_chars``; a turn that has played all it got and gets nothing new for
+  ``live.turn_input_timeout_seconds`` has its input ended (a DEADLINE_EXCEEDED LiveError says so),
+  so a dead client or LLM stream cannot hold the queue (nor the idle timeout) for ever;
 * viewers: the session's messages are fanned out to Watch streams, which join at a keyframe.
 
 Client mistakes inside a running session (a bad audio chunk, an unknown turn) are answered with a
-``LiveError`` message and the session goes on; only a bad first message ends the call.
+``LiveError`` message and the session goes on; only a bad first message ends the call. A session
+the server ends (idle timeout, maximum length, drain) stops its turns with
+STOP_REASON_SESSION_ENDED (the encoder's ``end_session``), not as an interrupt.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from talkmesh.common.aio import Chan, ChanClosed, TaskSet, any_event, cancel_and
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -52,7 +62,7 @@ from talkmesh.common.errors import (
     scrub_live_error,
 )
 from talkmesh.common.lru import Lru
-from talkmesh.common.names import check_id, check_text
+from talkmesh.common.names import check_id, check_text, check_voice_settings
 from talkmesh.common.principal import current_principal, restricted
 from talkmesh.common.propagation import adopt_request_id
 from talkmesh.common.registry import SIZE_PRESETS, spec
@@ -69,7 +79,8 @@ log = logging.getLogger(__name__)
 
 #: Turns a session may have started but not finished.
 MAX_PENDING_TURNS = 32
-#: Ids of stopped turns a session remembers (later input for them is discarded, not a new turn).
+#: Ids of stopped (or refused) turns a session remembers (later input for them is discarded, not a
+#: new turn).
 STOPPED_TURNS_KEPT = 4096
 #: The session_ending warning comes ``ending_warning_seconds`` before the end, or this fraction of
 #: the limit when that is shorter (a 3 s session is warned 0.75 s before its end, not at once).
@@ -120,6 +131,9 @@ class GatewayTurn:
     input_done: bool = False
     task: asyncio.Task[None] | None = None
     samples_sent: int = 0  # at the session rate
+    chars: int = 0  # of the turn's text so far (max_text_chars is the whole turn's limit)
+    #: the last input piece or played frame (monotonic); the turn-input timeout counts from it
+    quiet_since: float = field(default_factory=time.monotonic)
     frames_played: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     span: Any = None
@@ -139,7 +153,13 @@ def _check_id(value: str, field_name: str) -> str:
 # -- one session -------------------------------------------------------------------------------
 class LiveSession:
     def __init__(
-        self, hub: LiveHub, session_id: str, config: lpb.LiveConfig, request_id: str, deadline: float | None
+        self,
+        hub: LiveHub,
+        session_id: str,
+        config: lpb.LiveConfig,
+        request_id: str,
+        deadline: float | None,
+        voice_rate: int = 0,
     ) -> None:
         self.hub = hub
         self.ds = hub.ds
@@ -155,6 +175,14 @@ class LiveSession:
         self.backend = config.renderer_backend or hub.config.default_renderer_backend
         self.turns: collections.OrderedDict[str, GatewayTurn] = collections.OrderedDict()
         self.stopped: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)  # input for them is discarded
+        #: turns whose input was refused (a first piece: no turn; a later one: input ended); later
+        #: input for them is discarded quietly
+        self.refused: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)
+        #: the voice's rate once known (from the check at the start, or TTS's first answer): text
+        #: turns count samples_played in it, even one stopped before its own TTS answered
+        self.voice_rate = voice_rate
+        #: the next session frame not sent yet (LiveEvent.frame of the gateway's own events)
+        self.next_frame = 0
         self.control: Chan[epb.LiveEncodeRequest] = Chan(64)
         self.data: Chan[epb.LiveEncodeRequest] = Chan(64)
         self.out: Chan[lpb.LiveServerMessage] = Chan(64, gauge=self.telemetry.queue_gauge("live_to_client"))
@@ -272,10 +300,12 @@ class LiveSession:
         sessions = self.telemetry.metrics.live_sessions
         async for msg in encoder:
             kind = msg.WhichOneof("kind")
-            if kind == "media" and msg.media.turn_id:
-                turn = self.turns.get(msg.media.turn_id)
+            if kind == "media":
+                self.next_frame = max(self.next_frame, msg.media.first_frame + msg.media.frame_count)
+                turn = self.turns.get(msg.media.turn_id) if msg.media.turn_id else None
                 if turn is not None:
                     turn.frames_played += msg.media.frame_count
+                    turn.quiet_since = time.monotonic()
                     turn.progress.set()
             elif kind == "event":
                 ev = msg.event
@@ -328,59 +358,80 @@ class LiveSession:
             turn.end_input()  # what was sent is all there will be
         self.end_requested.set()
 
+    def _ended(self, turn_id: str) -> bool:
+        """A turn that was stopped, played, or refused: later input naming it is discarded."""
+        return turn_id in self.stopped or turn_id in self.refused
+
     async def _client_message(self, msg: Any) -> None:
         kind = msg.WhichOneof("kind")
         if kind == "keep_alive":
             return
-        if kind == "interrupt":
-            await self._interrupt(msg.interrupt.turn_id)
-            return
-        if kind == "end_of_turn":
-            tid = msg.end_of_turn.turn_id
+        if kind in ("interrupt", "end_of_turn"):
+            # a turn id never seen is NOT_FOUND for both; one that ended (or was refused) is fine
+            body = getattr(msg, kind)
+            tid = body.turn_id
             turn = self.turns.get(tid)
-            if turn is None:
-                if tid in self.stopped:
-                    return
-                raise NotFound("end_of_turn.turn_id", tid, "turn")
-            turn.end_input()
+            if turn is None and (tid or kind == "end_of_turn") and not self._ended(tid):
+                raise NotFound(f"{kind}.turn_id", tid, "turn")
+            if kind == "interrupt":
+                await self._interrupt(tid)
+            elif turn is not None:
+                turn.end_input()
             return
         if kind not in ("text", "audio"):
             raise InvalidArgument("kind", "expected text, audio, end_of_turn, interrupt or keep_alive")
         body = getattr(msg, kind)
         tid = _check_id(body.turn_id, f"{kind}.turn_id")
-        if tid in self.stopped:
-            return  # input for a stopped turn: discarded
-        if kind == "audio":
-            check_audio(body.sample_rate, body.pcm)  # a refused message has no effect: checked before a turn exists
+        if self._ended(tid):
+            return  # input for a stopped or refused turn: discarded
         turn = self.turns.get(tid)
-        if turn is None:
-            turn = await self._new_turn(tid, kind, body)
-        elif turn.kind != kind:
-            raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} is a {turn.kind} turn")
-        elif turn.input_done:
-            raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} has already ended its input")
+        try:
+            # a refused message has no effect: checked before a turn exists
+            self._check_piece(kind, tid, body, turn)
+            if turn is None:
+                turn = await self._new_turn(tid, kind, body)
+        except TalkmeshError:
+            self.refused.put(tid, True)
+            if turn is not None:
+                turn.end_input()  # it plays what it had
+            raise
+        turn.quiet_since = time.monotonic()
         if kind == "text":
-            check_text("text.text", body.text, self.gateway_config.max_text_chars, allow_empty=True)
             if body.text:
+                turn.chars += len(body.text)
                 await turn.text.send(body.text)
-        else:
-            if body.sample_rate != turn.source_rate:
+        elif body.pcm:
+            await turn.audio.send((body.sample_rate, body.pcm))
+        if body.final:
+            turn.end_input()
+
+    def _check_piece(self, kind: str, tid: str, body: Any, turn: GatewayTurn | None) -> None:
+        if turn is not None and turn.kind != kind:
+            raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} is a {turn.kind} turn")
+        if turn is not None and turn.input_done:
+            raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} has already ended its input")
+        if kind == "audio":
+            check_audio(body.sample_rate, body.pcm)
+            if turn is not None and body.sample_rate != turn.source_rate:
                 raise InvalidArgument(
                     "audio.sample_rate", f"{body.sample_rate} Hz differs from the turn's {turn.source_rate} Hz"
                 )
-            if body.pcm:
-                await turn.audio.send((body.sample_rate, body.pcm))
-        if body.final:
-            turn.end_input()
+            return
+        limit = self.gateway_config.max_text_chars
+        check_text("text.text", body.text, limit, allow_empty=True)
+        total = len(body.text) + (turn.chars if turn is not None else 0)
+        if total > limit:  # TTS would fail the whole turn at its end; refused now, at the gateway
+            raise InvalidArgument(
+                "text.text", f"the turn's text would be {total} characters, over the limit of {limit}"
+            )
 
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
         if len(self.turns) >= MAX_PENDING_TURNS:
             raise InvalidArgument(f"{kind}.turn_id", f"more than {MAX_PENDING_TURNS} turns waiting to play")
         if self.refusing_turns:
-            raise InvalidArgument(f"{kind}.turn_id", "the session is ending")
+            raise FailedPrecondition("the session is ending: no new turns")
         turn = GatewayTurn(tid, kind)
-        if kind == "audio":
-            turn.source_rate = body.sample_rate
+        turn.source_rate = body.sample_rate if kind == "audio" else self.voice_rate
         self.turns[tid] = turn
         # The encoder learns of every turn at once, in order: an interrupt then covers queued turns
         # too, and each turn ends with exactly one speaking_stopped.
@@ -400,9 +451,13 @@ class LiveSession:
         if not self.control.closed:
             await self.control.send(msg)
 
-    async def _interrupt(self, turn_id: str) -> None:
-        """Forward first (it overtakes queued data), then stop the turns' upstream work."""
-        await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn_id, interrupt=True))
+    async def _interrupt(self, turn_id: str, *, end_session: bool = False) -> None:
+        """Forward first (it overtakes queued data), then stop the turns' upstream work. With
+        ``end_session`` every turn stops for the session's end (STOP_REASON_SESSION_ENDED)."""
+        if end_session:
+            await self._to_encoder_control(epb.LiveEncodeRequest(end_session=True))
+        else:
+            await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn_id, interrupt=True))
         targets = list(self.turns.values()) if not turn_id else [t for t in self.turns.values() if t.turn_id == turn_id]
         for turn in targets:
             self._fence(turn.turn_id)
@@ -421,6 +476,7 @@ class LiveSession:
             async for turn in self.turn_queue:
                 if turn.turn_id in self.stopped:
                     continue
+                turn.quiet_since = time.monotonic()  # the input timeout counts from its start, not its queueing
                 current = turn.task = asyncio.create_task(self._turn(turn), name=f"live-turn-{turn.turn_id[:16]}")
                 await asyncio.wait([current])
                 turn.task = current = None
@@ -513,6 +569,16 @@ class LiveSession:
                 source_rate = chunk.sample_rate
                 resampler = Resampler(source_rate, self.rate)
                 turn.source_rate = source_rate
+                if not self.voice_rate:  # queued text turns now count in it too
+                    self.voice_rate = source_rate
+                    for other in list(self.turns.values()):
+                        if other.kind == "text" and other is not turn and not other.source_rate:
+                            other.source_rate = source_rate
+                            await self._to_encoder_control(
+                                epb.LiveEncodeRequest(
+                                    turn_id=other.turn_id, turn_start=epb.TurnStart(source_sample_rate=source_rate)
+                                )
+                            )
                 # now the voice's rate is known: samples played are reported in it
                 start = epb.TurnStart(source_sample_rate=source_rate)
                 await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_start=start))
@@ -553,7 +619,9 @@ class LiveSession:
         """Idle timeout, maximum length, draining and the client's close, each announced (after
         ``started``). The warning comes ``ending_warning_seconds`` before the end, or a quarter of
         the limit before it when that is shorter; only draining refuses new turns: after a
-        max-length warning a turn may still start, and what of it has not played at the end is cut."""
+        max-length warning a turn may still start, and what of it has not played at the end is cut.
+        Every end is announced once more with 0 seconds left just before it. Turns whose input
+        went quiet are ended here too (``_end_quiet_turns``)."""
         warn_idle = min(self.cfg.ending_warning_seconds, ENDING_WARNING_FRACTION * self.idle_timeout)
         warn_length = min(self.cfg.ending_warning_seconds, ENDING_WARNING_FRACTION * self.max_seconds)
         warned_idle = False
@@ -564,16 +632,16 @@ class LiveSession:
                 self.refusing_turns = True
                 await self._announce(lpb.END_REASON_DRAINING, self.cfg.drain_seconds)
                 await self._sleep_or_done(self.cfg.drain_seconds)
-                return await self._finish()
+                return await self._finish(lpb.END_REASON_DRAINING)
             if self.client_closed and not self.turns:
-                await self._announce(lpb.END_REASON_CLIENT_CLOSED, 0.0)
-                return await self._finish()
+                return await self._finish(lpb.END_REASON_CLIENT_CLOSED)
+            await self._end_quiet_turns(now)
             idle_left = self.idle_timeout - (now - self.last_message)
             length_left = self.max_seconds - (now - self.started_at)
             if length_left <= 0:
-                return await self._finish()
+                return await self._finish(lpb.END_REASON_MAX_LENGTH)
             if idle_left <= 0 and not self.speaking:
-                return await self._finish()
+                return await self._finish(lpb.END_REASON_IDLE_TIMEOUT)
             if length_left <= warn_length and self.ending is None:
                 await self._announce(lpb.END_REASON_MAX_LENGTH, max(0.0, length_left))
             elif idle_left <= warn_idle and not warned_idle and not self.speaking:
@@ -583,6 +651,23 @@ class LiveSession:
                 warned_idle = False
             self.end_requested.clear()
             await wait_event(self.end_requested, 0.25)
+
+    async def _end_quiet_turns(self, now: float) -> None:
+        """The turn being sent (the head of the queue) that got no input and played nothing for
+        ``turn_input_timeout_seconds`` (it has played all it got) ends its input, as if EndOfTurn
+        came: what it had plays, and the client gets a DEADLINE_EXCEEDED LiveError for it; later
+        input for it is discarded."""
+        timeout = self.cfg.turn_input_timeout_seconds
+        for turn in list(self.turns.values()):
+            if turn.task is None or turn.input_done or now - turn.quiet_since < timeout:
+                continue
+            self.refused.put(turn.turn_id, True)
+            turn.end_input()
+            self.span.add_event("turn_input_timeout", {"talkmesh.turn_id": turn.turn_id})
+            await self._error(
+                DeadlineExceeded(f"no input for {timeout:g} s after all of it played: its input was ended"),
+                turn.turn_id,
+            )
 
     async def _sleep_or_done(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -595,20 +680,16 @@ class LiveSession:
         ending = lpb.SessionEnding(reason=reason, seconds_left=seconds_left)  # type: ignore[arg-type]
         if final:
             self.ending = ending
-        await self._send(lpb.LiveServerMessage(event=lpb.LiveEvent(unix_seconds=time.time(), session_ending=ending)))
+        event = lpb.LiveEvent(unix_seconds=time.time(), frame=self.next_frame, session_ending=ending)
+        await self._send(lpb.LiveServerMessage(event=event))
 
-    async def _finish(self) -> None:
-        """Stops every turn, then closes the encoder stream; the output ends when it does."""
+    async def _finish(self, reason: int) -> None:
+        """Announces the end (0 s left), stops every turn for it (STOP_REASON_SESSION_ENDED, no
+        interrupt_acknowledged), then closes the encoder stream; the output ends when it does."""
         self.refusing_turns = True
-        if self.ending is None:
-            reason = (
-                lpb.END_REASON_MAX_LENGTH
-                if self.max_seconds - (time.monotonic() - self.started_at) <= 0
-                else (lpb.END_REASON_IDLE_TIMEOUT)
-            )
-            await self._announce(reason, 0.0)
+        await self._announce(reason, 0.0)
         if self.turns:
-            await self._interrupt("")
+            await self._interrupt("", end_session=True)
         self.control.close()
         self.data.close()
 
@@ -667,10 +748,10 @@ class LiveHub:
         cfg = stream.config
         self._limit()
         _validate_config(cfg, self.config)
-        await self._check_voice(cfg.voice)
+        voice_rate = await self._check_voice(cfg.voice)
         session_id = self.ids.new()
         request_id = adopt_request_id(cfg.request_id)
-        session = LiveSession(self, session_id, cfg, request_id, deadline)
+        session = LiveSession(self, session_id, cfg, request_id, deadline, voice_rate)
         self.sessions[session_id] = session
         principal = current_principal.get()
         if principal is not None:
@@ -685,18 +766,21 @@ class LiveHub:
             self.session_keys.pop(session_id, None)
             self.telemetry.metrics.live_sessions.labels(svc, "speaking" if session.speaking else "idle").dec()
 
-    async def _check_voice(self, voice: str) -> None:
+    async def _check_voice(self, voice: str) -> int:
         """NOT_FOUND on ``config.voice`` before the session starts, not on each turn, if TTS has no
-        such voice. (TTS unreachable now does not refuse the session: audio turns need no TTS, and
-        text turns report their own errors.)"""
+        such voice; else the voice's sample rate (0 when not known yet: the default voice, or TTS
+        unreachable now, which does not refuse the session: audio turns need no TTS, and text turns
+        report their own errors)."""
         if not voice:
-            return  # TTS's default voice
+            return 0  # TTS's default voice
         try:
-            await self.ds.list_voices(tpb.ListVoicesRequest(voice=voice), self.config.tts.timeout_seconds)
+            listed = await self.ds.list_voices(tpb.ListVoicesRequest(voice=voice), self.config.tts.timeout_seconds)
         except TalkmeshError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:
                 raise NotFound("config.voice", voice, "voice") from None
             log.warning("could not check the live session's voice %r: %s", voice, exc.message)
+            return 0
+        return listed.voices[0].sample_rate if len(listed.voices) == 1 else 0
 
     async def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         session = self.sessions.get(session_id)
@@ -760,5 +844,6 @@ def _validate_config(cfg: lpb.LiveConfig, config: GatewayConfig) -> None:
         value = getattr(cfg, name)
         if not 0 <= value <= 86400 or value != value:
             raise InvalidArgument(f"config.{name}", f"{value:g} is outside 0..86400 (0 = server default)")
+    check_voice_settings("config.voice_settings", cfg.voice_settings)  # as TTS checks them, but at once
     if cfg.size and cfg.size not in SIZE_PRESETS:
         raise InvalidArgument("config.size", f"{cfg.size!r} is not one of {', '.join(SIZE_PRESETS)}")

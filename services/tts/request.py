@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 from services.tts.backends.base import TTSBackend, VoiceInfo, VoiceSettings
 from services.tts.config import TTSConfig
 from talkmesh.common.errors import InvalidArgument, NotFound, Unavailable
+from talkmesh.common.names import check_voice_settings
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.v1 import tts_pb2
 
@@ -33,17 +33,6 @@ def find_voice(backends: Mapping[str, TTSBackend], voice_id: str) -> tuple[TTSBa
     return (backend, voice) if backend is not None and voice is not None else None
 
 
-def multiple(value: float, field: str, low: float, high: float) -> float:
-    """A prosody multiple from the request: 0 means 1.0 (unchanged); else within ``low..high``."""
-    if math.isnan(value) or math.isinf(value):
-        raise InvalidArgument(field, "must be a finite number")
-    if value == 0:
-        return 1.0
-    if not low <= value <= high:
-        raise InvalidArgument(field, f"{value:g} is outside {low:g}..{high:g} (0 = default)")
-    return float(value)
-
-
 def resolve_job(
     config: TTSConfig, backends: Mapping[str, TTSBackend], cfg: tts_pb2.SynthesisConfig, context: Any
 ) -> SynthesisJob:
@@ -55,11 +44,8 @@ def resolve_job(
     if found is None:
         raise NotFound("config.voice", voice_id, "voice")
     backend, voice = found
-    settings = VoiceSettings(
-        rate=multiple(cfg.settings.rate, "config.settings.rate", 0.25, 4.0),
-        pitch=multiple(cfg.settings.pitch, "config.settings.pitch", 0.25, 4.0),
-        volume=multiple(cfg.settings.volume, "config.settings.volume", 0.0, 2.0),
-    )
+    rate, pitch, volume = check_voice_settings("config.settings", cfg.settings)
+    settings = VoiceSettings(rate=rate, pitch=pitch, volume=volume)
     chunk_ms = cfg.chunk_ms or config.chunk_ms
     if not config.min_chunk_ms <= chunk_ms <= config.max_chunk_ms:
         raise InvalidArgument("config.chunk_ms", f"{chunk_ms} is outside {config.min_chunk_ms}..{config.max_chunk_ms}")

@@ -9,11 +9,15 @@ separator characters are dropped, runs of white space become one space, at most
 characters (only its extension is used). Over-long values are INVALID_ARGUMENT naming the field,
 never echoed back (a 100k-character id must not reach a path, a log line or a status trailer).
 Text to speak may hold any character but controls other than tab and line breaks, and surrogates.
+Voice settings (rate, pitch, volume: ``VOICE_SETTING_RANGES``) are multiples where 0 means 1.0; TTS
+and the live gateway check them with ``check_voice_settings``.
 """
 
 from __future__ import annotations
 
+import math
 import unicodedata
+from typing import Protocol
 
 from talkmesh.common.errors import InvalidArgument
 
@@ -51,6 +55,37 @@ def check_text(field: str, text: str, max_chars: int, *, allow_empty: bool = Fal
         if (cat == "Cc" and ch not in "\t\n\r") or cat == "Cs":
             raise InvalidArgument(field, f"contains the control character U+{ord(ch):04X} at position {i}")
     return text
+
+
+#: The allowed range of each VoiceSettings field (types.proto); 0 is the default (1.0) for each.
+VOICE_SETTING_RANGES: dict[str, tuple[float, float]] = {"rate": (0.25, 4.0), "pitch": (0.25, 4.0), "volume": (0.0, 2.0)}
+
+
+class VoiceSettingsLike(Protocol):
+    rate: float
+    pitch: float
+    volume: float
+
+
+def multiple(field: str, value: float, low: float, high: float) -> float:
+    """A prosody multiple: 0 means 1.0 (unchanged); else within ``low..high``, or InvalidArgument."""
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidArgument(field, "must be a finite number")
+    if value == 0:
+        return 1.0
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"{value:g} is outside {low:g}..{high:g} (0 = default)")
+    return float(value)
+
+
+def check_voice_settings(field: str, settings: VoiceSettingsLike) -> tuple[float, float, float]:
+    """(rate, pitch, volume) as multiples (0 becomes 1.0), or InvalidArgument naming
+    ``<field>.rate`` etc."""
+    rate, pitch, volume = (
+        multiple(f"{field}.{name}", getattr(settings, name), *VOICE_SETTING_RANGES[name])
+        for name in ("rate", "pitch", "volume")
+    )
+    return rate, pitch, volume
 
 
 def check_filename(field: str, value: str) -> str:

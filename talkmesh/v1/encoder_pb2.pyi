@@ -63,7 +63,7 @@ class TurnStart(_message.Message):
     def __init__(self, source_sample_rate: _Optional[int] = ...) -> None: ...
 
 class LiveEncodeRequest(_message.Message):
-    __slots__ = ("turn_id", "config", "turn_start", "audio", "visemes", "features", "end_of_turn", "interrupt", "turn_failed")
+    __slots__ = ("turn_id", "config", "turn_start", "audio", "visemes", "features", "end_of_turn", "interrupt", "turn_failed", "end_session")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     TURN_START_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class LiveEncodeRequest(_message.Message):
     END_OF_TURN_FIELD_NUMBER: _ClassVar[int]
     INTERRUPT_FIELD_NUMBER: _ClassVar[int]
     TURN_FAILED_FIELD_NUMBER: _ClassVar[int]
+    END_SESSION_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     config: LiveEncodeConfig
     turn_start: TurnStart
@@ -82,7 +83,8 @@ class LiveEncodeRequest(_message.Message):
     end_of_turn: bool
     interrupt: bool
     turn_failed: str
-    def __init__(self, turn_id: _Optional[str] = ..., config: _Optional[_Union[LiveEncodeConfig, _Mapping]] = ..., turn_start: _Optional[_Union[TurnStart, _Mapping]] = ..., audio: _Optional[_Union[_common_pb2.AudioChunk, _Mapping]] = ..., visemes: _Optional[_Union[_renderer_pb2.VisemeTrack, _Mapping]] = ..., features: _Optional[_Union[_audio_features_pb2.FeatureChunk, _Mapping]] = ..., end_of_turn: _Optional[bool] = ..., interrupt: _Optional[bool] = ..., turn_failed: _Optional[str] = ...) -> None: ...
+    end_session: bool
+    def __init__(self, turn_id: _Optional[str] = ..., config: _Optional[_Union[LiveEncodeConfig, _Mapping]] = ..., turn_start: _Optional[_Union[TurnStart, _Mapping]] = ..., audio: _Optional[_Union[_common_pb2.AudioChunk, _Mapping]] = ..., visemes: _Optional[_Union[_renderer_pb2.VisemeTrack, _Mapping]] = ..., features: _Optional[_Union[_audio_features_pb2.FeatureChunk, _Mapping]] = ..., end_of_turn: _Optional[bool] = ..., interrupt: _Optional[bool] = ..., turn_failed: _Optional[str] = ..., end_session: _Optional[bool] = ...) -> None: ...
 
 class EncodeConfig(_message.Message):
     __slots__ = ("request_id", "width", "height", "fps", "pixel_format", "sample_rate", "container", "audio_codec", "fragment_ms", "render")

@@ -14,6 +14,7 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_COMPLETED: _ClassVar[StopReason]
     STOP_REASON_INTERRUPTED: _ClassVar[StopReason]
     STOP_REASON_FAILED: _ClassVar[StopReason]
+    STOP_REASON_SESSION_ENDED: _ClassVar[StopReason]
 
 class EndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,6 +28,7 @@ STOP_REASON_UNSPECIFIED: StopReason
 STOP_REASON_COMPLETED: StopReason
 STOP_REASON_INTERRUPTED: StopReason
 STOP_REASON_FAILED: StopReason
+STOP_REASON_SESSION_ENDED: StopReason
 END_REASON_UNSPECIFIED: EndReason
 END_REASON_CLIENT_CLOSED: EndReason
 END_REASON_IDLE_TIMEOUT: EndReason

@@ -58,6 +58,9 @@ class LiveServicer:
         non-fatal errors in between. The session ends when the client half-closes (after the turns
         already started have played), on the idle timeout or the maximum length (each announced by a
         `session_ending` event), or when the server drains; a client that cancels ends it at once.
+        When the server ends the session, a last `session_ending` with 0 seconds left comes just
+        before the end, and the turns still playing or queued stop with STOP_REASON_SESSION_ENDED
+        (no `interrupt_acknowledged`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

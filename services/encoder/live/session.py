@@ -245,7 +245,8 @@ class LiveSession:
         self.turns: collections.OrderedDict[str, Turn] = collections.OrderedDict()
         self.current: Turn | None = None
         self.stopped_ids: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)  # input for them is dropped
-        self.interrupts: list[tuple[str, float]] = []
+        #: (turn id or  for all, when received, for the session's end: no acknowledgement)
+        self.interrupts: list[tuple[str, float, bool]] = []
         self.wakeup = asyncio.Event()
         self.input_ended = False
         self.tasks = TaskSet(f"live-{live_config.session_id}")
@@ -270,8 +271,10 @@ class LiveSession:
         async for req in requests:
             kind = req.WhichOneof("kind")
             tid = req.turn_id
-            if kind == "interrupt":
-                self.interrupts.append((tid, time.perf_counter()))
+            if kind in ("interrupt", "end_session"):
+                self.interrupts.append(
+                    ("" if kind == "end_session" else tid, time.perf_counter(), kind == "end_session")
+                )
                 self.wakeup.set()
                 continue
             if tid in self.stopped_ids:
@@ -317,7 +320,7 @@ class LiveSession:
                     turn.render_in.close()
             elif kind == "turn_failed":
                 turn.failed = req.turn_failed or "the turn's input failed"
-                self.interrupts.append((tid, time.perf_counter()))
+                self.interrupts.append((tid, time.perf_counter(), False))
                 self.wakeup.set()
         self.input_ended = True
         self.wakeup.set()
@@ -374,7 +377,7 @@ class LiveSession:
             if not turn.stopped:
                 turn.failed = exc.message
                 turn.failed_code = exc.code.value[0]
-                self.interrupts.append((turn.turn_id, time.perf_counter()))
+                self.interrupts.append((turn.turn_id, time.perf_counter(), False))
                 self.wakeup.set()
         finally:
             turn.render_done = True
@@ -651,7 +654,7 @@ class LiveSession:
         """Applies the interrupts received so far; the frame ``n`` (not sent yet) is the cut."""
         out: list[live_pb2.LiveServerMessage] = []
         pending, self.interrupts = self.interrupts, []
-        for tid, received in pending:
+        for tid, received, ending in pending:
             targets = list(self.turns.values()) if not tid else [t for t in self.turns.values() if t.turn_id == tid]
             if self.current in targets and self._audio_ahead(n):
                 # the speech fed ahead of the picture past the cut is not sent (the packets sent
@@ -659,7 +662,13 @@ class LiveSession:
                 self._pending_audio += self.codecs.cut_audio()
             events = []
             for turn in targets:
-                reason = live_pb2.STOP_REASON_FAILED if turn.failed else live_pb2.STOP_REASON_INTERRUPTED
+                reason = (
+                    live_pb2.STOP_REASON_FAILED
+                    if turn.failed
+                    else live_pb2.STOP_REASON_SESSION_ENDED
+                    if ending
+                    else live_pb2.STOP_REASON_INTERRUPTED
+                )
                 events.append(self._stopped(turn, n, reason))
                 self._drop(turn)
             failed = [t for t in targets if t.failed]
@@ -671,7 +680,7 @@ class LiveSession:
             for ev in events:
                 ev.unix_seconds = now
                 out.append(self.out.message(event=ev))
-            if not failed:
+            if not failed and not ending:
                 ack = self._event(
                     n,
                     interrupt_acknowledged=live_pb2.InterruptAcknowledged(
