@@ -396,13 +396,18 @@ async def test_a_failed_turn_is_one_error_with_its_code(tmp_path: Path) -> None:
         assert mesh.active_streams()["encoder"] == 0
         async with client.live() as live:
             rec = Recorder(live).start()
-            tid = await live.say("   ")  # TTS refuses a turn with no words
+            blank = await live.say("  \n ")  # no words at all: a silent turn, not a failure
+            quiet = await rec.wait_event("speaking_stopped", blank, timeout=20)
+            await mesh.hosts["tts"].stop(0.5)  # TTS goes away: the next text turn fails
+            tid = await live.say("Hello.")
             stopped = await rec.wait_event("speaking_stopped", tid, timeout=20)
             await asyncio.sleep(0.5)  # a second error would follow the stop at once
             errors = [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert quiet.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+    assert quiet.msg.event.speaking_stopped.samples_played == 0
     assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_FAILED
-    assert [(e.code, e.turn_id) for e in errors] == [(INVALID, tid)]
-    assert errors[0].message == "tts: text: must not be empty"
+    assert [(e.code, e.turn_id) for e in errors] == [(grpc.StatusCode.UNAVAILABLE.value[0], tid)]
+    assert errors[0].message.startswith("tts: ") and "127.0.0.1" not in errors[0].message  # scrubbed
 
 
 async def test_an_unknown_voice_is_refused_at_the_start_and_spellings_of_a_listed_one_speak(tmp_path: Path) -> None:

@@ -70,3 +70,22 @@ async def test_the_agent_example_runs_as_written(tmp_path: Path) -> None:
     assert float(lines[1].split()[1]) < float(lines[0].split()[1])  # the barge-in cut the long reply
     assert "error" not in out.decode()
     assert (tmp_path / "agent.mp4").stat().st_size > 10_000
+
+
+async def test_an_llm_reply_with_no_text_at_all_is_a_turn_that_ends(tmp_path: Path) -> None:
+    async def nothing():
+        return
+        yield ""
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            tid = await live.say_stream(nothing())
+            after = await live.say("Next.")
+            stopped = await rec.wait_event("speaking_stopped", tid, timeout=30)
+            await rec.wait_event("speaking_stopped", after, timeout=30)
+            await live.close()
+            await rec.finish()
+    assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+    assert stopped.msg.event.speaking_stopped.samples_played == 0
+    assert not [r for r in rec.messages if r.kind == "error"]

@@ -514,8 +514,12 @@ class LiveSession:
             feature_pump = tasks.spawn(self._pump_features(turn, features), name="features")
             try:
                 if turn.kind == "text":
-                    tts = self.ds.synthesize_stream(self._text_pieces(turn), self.deadline)
-                    await self._pump_tts(turn, tts, features_in)
+                    # a turn with no words at all (an LLM reply of white space) is silent, not a
+                    # failure: it ends at once, as an audio turn without audio does
+                    words = await _first_words(turn.text)
+                    if words is not None:
+                        tts = self.ds.synthesize_stream(self._text_pieces(turn, words), self.deadline)
+                        await self._pump_tts(turn, tts, features_in)
                 else:
                     await self._pump_audio(turn, features_in)
                 await features_in.send(fpb.FeatureRequest(end_of_stream=True))
@@ -528,7 +532,7 @@ class LiveSession:
                 if tts is not None:
                     await tts.cancel()
 
-    async def _text_pieces(self, turn: GatewayTurn) -> AsyncIterator[tpb.TextPiece]:
+    async def _text_pieces(self, turn: GatewayTurn, first: str) -> AsyncIterator[tpb.TextPiece]:
         yield tpb.TextPiece(
             request_id=self.request_id,
             config=tpb.SynthesisConfig(
@@ -541,6 +545,7 @@ class LiveSession:
                 max_chunk_ms=self.gateway_config.tts_max_chunk_ms,
             ),
         )
+        yield tpb.TextPiece(request_id=self.request_id, text=first)
         async for text in turn.text:
             yield tpb.TextPiece(request_id=self.request_id, text=text)
         yield tpb.TextPiece(request_id=self.request_id, end_of_stream=True)
@@ -705,6 +710,16 @@ def _scrubbed(msg: lpb.LiveServerMessage) -> lpb.LiveServerMessage:
     out.CopyFrom(msg)
     out.error.message = message
     return out
+
+
+async def _first_words(pieces: Chan[str]) -> str | None:
+    """The pieces up to the first that is not white space, joined; None when the input ends first."""
+    seen = []
+    async for piece in pieces:
+        seen.append(piece)
+        if piece.strip():
+            return "".join(seen)
+    return None
 
 
 def _turn_of(msg: Any) -> str:
