@@ -523,14 +523,16 @@ class WebHost:
                 retry_after=SPEAK_RETRY_AFTER,
             )
         self.speaks += 1
-        call = client.stub.Speak(req, timeout=self.config.web.speak_timeout_seconds, metadata=client.metadata())
+        call: Any = None
         try:
+            call = client.stub.Speak(req, timeout=self.config.web.speak_timeout_seconds, metadata=client.metadata())
             return await self._relay_speak(request, call, whole=req.output.container == api.CONTAINER_MP4)
         except grpc.aio.AioRpcError as exc:
             raise speak_error(from_rpc_error(exc)) from None
         finally:
             self.speaks -= 1
-            call.cancel()
+            if call is not None:
+                call.cancel()
 
     async def _relay_speak(self, request: web.Request, call: Any, *, whole: bool) -> web.StreamResponse:
         """Speak's chunks to the browser. A whole MP4 up to ``speak_buffer_bytes`` is answered at the

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -205,6 +206,30 @@ async def test_speak_wants_json_and_a_browser_that_leaves_cancels_the_call() -> 
                 break
             await asyncio.sleep(0.01)
         assert fake.stub.calls[0].cancelled, "the gateway call ends with the browser's request"
+
+
+async def test_a_gateway_failure_before_the_answer_is_its_json_error_and_after_it_a_broken_body() -> None:
+    def failure() -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "voice 'x' not found"
+        )
+
+    async def chunks(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        if req.text == "early":
+            raise failure()
+        yield media(b"\0\0\0\x18ftypiso5", init=True, mime=FMP4_MIME)
+        yield media(b"f" * 1000, frames=1)
+        raise failure()
+
+    async with edge(chunks) as (client, _):
+        r = await client.post("/v1/speak", json={"text": "early"})
+        assert r.status == 404 and (await r.json())["error"]["code"] == "NOT_FOUND"
+        r = await client.post("/v1/speak", json={"text": "late", "output": {"container": "CONTAINER_FMP4"}})
+        assert r.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+        r = await client.get("/healthz")
+        assert r.status == 200, "the edge goes on"
 
 
 async def test_uploads_can_be_switched_off() -> None:
