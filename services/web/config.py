@@ -4,9 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
 from talkmesh.common.registry import default_target
+
+
+def normal_origin(origin: str) -> str:
+    """``scheme://host[:port]`` of a URL-like origin, lower case; "" when it is not one (a path,
+    a query, no host, another scheme than http/https)."""
+    try:
+        parts = urlsplit(origin.strip().rstrip("/"))
+        port = parts.port
+    except ValueError:
+        return ""
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+        return ""
+    if parts.username or parts.password:
+        return ""
+    netloc = parts.hostname if port is None else f"{parts.hostname}:{port}"
+    if ":" in parts.hostname:  # IPv6 literal
+        netloc = f"[{parts.hostname}]" if port is None else f"[{parts.hostname}]:{port}"
+    return f"{parts.scheme}://{netloc}".lower()
 
 
 @dataclass(frozen=True)
@@ -28,6 +47,21 @@ class WebSettings:
     # every browser's call goes out with it, see docs/WEB.md "Security"). `talkmesh up --api-keys`
     # makes one for the edge; "" sends none.
     gateway_api_key_file: str = ""
+    # Origins (scheme://host[:port]) other than the edge's own that may use the API from a browser:
+    # open the live WebSocket, POST/DELETE, and read the answers (CORS). The page's own origin (the
+    # request's Host) is always allowed; a request without Origin (curl, a server) is not a
+    # browser's and is allowed. Env: TALKMESH_WEB__WEB__ALLOWED_ORIGINS=https://a.example,https://b.example
+    allowed_origins: tuple[str, ...] = ()
+    # Whether browsers may upload (POST /v1/avatars) and delete (DELETE /v1/avatars/{id}) avatars.
+    # Avatars made through the edge belong to the edge's gateway key: every visitor sees and can
+    # delete them (docs/WEB.md "Security"). false: 403 PERMISSION_DENIED, the page's drop zone fails.
+    allow_uploads: bool = True
+    # POST /v1/speak answers being sent at once (each holds a gateway stream); more get 429
+    # RESOURCE_EXHAUSTED with Retry-After.
+    max_concurrent_speaks: int = 4
+    # A whole-file MP4 answer is held until the end (for Content-Length and the summary headers)
+    # up to this many bytes; a longer file is sent on as it arrives (docs/WEB.md, POST /v1/speak).
+    speak_buffer_bytes: int = 8 * 1024 * 1024
 
     def validate(self) -> None:
         if self.max_ws_message_bytes < 128 * 1024:
@@ -38,6 +72,20 @@ class WebSettings:
             raise ConfigError.at("speak_timeout_seconds", "must be positive")
         if self.max_speak_body_bytes < 1024:
             raise ConfigError.at("max_speak_body_bytes", "must be at least 1024")
+        for origin in self.allowed_origins:
+            if normal_origin(origin) != origin.rstrip("/").lower():
+                raise ConfigError.at(
+                    "allowed_origins",
+                    f"{origin!r} is not an origin: scheme://host[:port], no path (e.g. https://app.example.com)",
+                )
+        if self.max_concurrent_speaks < 1:
+            raise ConfigError.at("max_concurrent_speaks", "must be at least 1")
+        if self.speak_buffer_bytes < 0:
+            raise ConfigError.at("speak_buffer_bytes", "must not be negative")
+
+    def origins(self) -> frozenset[str]:
+        """``allowed_origins`` in the form browsers send (lower case, no trailing slash)."""
+        return frozenset(o.rstrip("/").lower() for o in self.allowed_origins)
 
     def gateway_api_key(self) -> str:
         """The key of ``gateway_api_key_file`` ("" when none is set)."""

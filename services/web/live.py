@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import grpc
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from google.protobuf import json_format
 
 from services.web.config import WebSettings
@@ -49,6 +49,32 @@ _CLOSE_FOR = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: CLOSE_TRY_LATER,
     grpc.StatusCode.UNAVAILABLE: CLOSE_TRY_LATER,
 }
+
+
+class EdgeWebSocket(web.WebSocketResponse):
+    """A WebSocket whose writers take turns (``lock``: a media header and its bytes stay
+    together), and that ends like every session when a browser's message is over
+    ``max_msg_size``: aiohttp closes with 1009 on its own; the final status naming the limit goes
+    out first."""
+
+    def __init__(self, *, max_msg_size: int, **kwargs: Any) -> None:
+        super().__init__(max_msg_size=max_msg_size, **kwargs)
+        self.lock = asyncio.Lock()
+        self.limit = max_msg_size
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
+            status = {
+                "code": "INVALID_ARGUMENT",
+                "message": f"message: larger than this web edge's limit of {self.limit} bytes "
+                "(web.max_ws_message_bytes); send text in pieces and audio in chunks of at most 1 s",
+                "field": "message",
+            }
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                async with self.lock:
+                    await self.send_str(json.dumps({"status": status}, separators=(",", ":")))
+            message = message or b"INVALID_ARGUMENT"
+        return await super().close(code=code, message=message, drain=drain)
 
 
 class BadMessage(ValueError):
@@ -96,7 +122,7 @@ class Sender:
 
     def __init__(self, ws: web.WebSocketResponse, timing: bool = False) -> None:
         self.ws = ws
-        self.lock = asyncio.Lock()
+        self.lock = ws.lock if isinstance(ws, EdgeWebSocket) else asyncio.Lock()
         self.timing = timing
 
     async def message(self, msg: lpb.LiveServerMessage) -> None:
@@ -129,7 +155,10 @@ class Sender:
             status: dict[str, Any] = {"code": "OK", "message": "", "field": ""}
             close = CLOSE_NORMAL
         else:
-            status = {"code": exc.code().name, "message": edge_message(exc), "field": ErrorDetails.of(exc).field}
+            details = ErrorDetails.of(exc)
+            status = {"code": exc.code().name, "message": edge_message(exc), "field": details.field}
+            if details.retry_delay is not None:
+                status["retry_after_seconds"] = details.retry_delay
             close = _CLOSE_FOR.get(exc.code(), CLOSE_INTERNAL)
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.json({"status": status})

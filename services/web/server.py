@@ -30,9 +30,9 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
-from services.web.config import WebConfig
-from services.web.errors import HttpError, error_response, from_rpc_error, live_error, proto_names
-from services.web.live import CLOSE_TRY_LATER, LiveBridge, watch_bridge
+from services.web.config import WebConfig, normal_origin
+from services.web.errors import HttpError, error_response, from_rpc_error, proto_names, speak_error
+from services.web.live import CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
 from talkmesh.common.logs import request_id_var
@@ -53,6 +53,24 @@ HTTP_EXCEPTION_CODES = {
     405: ("UNIMPLEMENTED", "method"),
     413: ("INVALID_ARGUMENT", "body"),
 }
+#: Methods that change something: refused from an origin that is not allowed (CSRF).
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: WebSocket routes: refused before the upgrade from an origin that is not allowed.
+WS_ROUTES = frozenset({"/v1/live", "/v1/live/watch"})
+#: Response headers a page of an allowed origin may read (CORS).
+EXPOSE_HEADERS = (
+    "X-Talkmesh-Stages, X-Talkmesh-Frames, X-Talkmesh-Audio-Seconds, X-Talkmesh-First-Fragment-Ms, "
+    "X-Request-Id, traceparent, Retry-After"
+)
+#: Request headers a page of an allowed origin may send (CORS preflight).
+ALLOW_HEADERS = "Content-Type, traceparent, tracestate, X-Request-Id"
+ALLOW_METHODS = "GET, POST, DELETE"
+#: The CORS headers of the request's answer (set by the middleware).
+CORS_KEY = web.RequestKey("cors", dict)
+#: How long a browser may cache a preflight's answer (seconds).
+PREFLIGHT_MAX_AGE = "600"
+#: Retry-After of a POST /v1/speak refused because of max_concurrent_speaks (seconds).
+SPEAK_RETRY_AFTER = 2.0
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -61,6 +79,23 @@ FORM_FIELDS = {
     "meta.face_index": "face_index",
     "meta.backends": "backends",
 }
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """Whether ``origin`` (normalised, ``scheme://host[:port]``) names the request's ``Host``
+    header (``host[:port]``; the port defaults to the origin scheme's)."""
+    scheme, _, netloc = origin.partition("://")
+    default = "443" if scheme == "https" else "80"
+
+    def split(value: str) -> tuple[str, str]:
+        value = value.strip().lower()
+        if value.startswith("["):  # IPv6 literal
+            name, _, rest = value[1:].partition("]")
+            return name, rest.lstrip(":") or default
+        name, _, port = value.partition(":")
+        return name, port or default
+
+    return bool(host) and split(netloc) == split(host)
 
 
 def _to_dict(msg: Any) -> dict[str, Any]:
@@ -88,6 +123,8 @@ class WebHost:
         self._stopped = asyncio.Event()
         self._requests = telemetry.metrics.streams_total
         self._active = telemetry.metrics.streams_active.labels(self.name)
+        self._origins = config.web.origins()
+        self.speaks = 0  # POST /v1/speak answers being sent
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -111,6 +148,7 @@ class WebHost:
                 web.get("/v1/voices", self._voices),
                 web.get("/v1/avatars", self._avatars),
                 web.post("/v1/avatars", self._register_avatar),
+                web.delete("/v1/avatars/{avatar_id}", self._delete_avatar),
                 web.post("/v1/speak", self._speak),
                 web.get("/v1/live", self._live),
                 web.get("/v1/live/watch", self._watch_live),
@@ -247,8 +285,22 @@ class WebHost:
                 kind=SpanKind.SERVER,
                 attributes={"http.request.method": request.method, "http.route": route, "talkmesh.service": "web"},
             ) as span:
+                response: web.StreamResponse
                 try:
-                    response = await handler(request)
+                    origin, allowed = self._origin_of(request)
+                    request[CORS_KEY] = self._cors_headers(origin, allowed)
+                    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                        response = self._preflight(request, origin, allowed)
+                    elif not allowed and (request.method in UNSAFE_METHODS or route in WS_ROUTES):
+                        raise HttpError(
+                            403,
+                            "PERMISSION_DENIED",
+                            f"origin: {origin or 'a cross-site request'} may not use this web edge "
+                            "(its own origin and web.allowed_origins may)",
+                            "origin",
+                        )
+                    else:
+                        response = await handler(request)
                 except HttpError as exc:
                     response = exc.response()
                 except grpc.aio.AioRpcError as exc:
@@ -261,16 +313,61 @@ class WebHost:
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
                 if not response.prepared:
-                    response.headers[REQUEST_ID_KEY] = rid
-                    carrier: dict[str, str] = {}
-                    propagate.inject(carrier)
-                    if "traceparent" in carrier:
-                        response.headers["traceparent"] = carrier["traceparent"]
+                    self._decorate(request, response)
                 return response
         finally:
             request_id_var.reset(token)
             self._requests.labels(self.name, f"{request.method} {route}", str(status)).inc()
             self.telemetry.observe_stage(f"http {route}", time.perf_counter() - start)
+
+    def _decorate(self, request: web.Request, response: web.StreamResponse) -> None:
+        """The request id, the trace and the CORS headers, on a response not yet sent."""
+        response.headers[REQUEST_ID_KEY] = request_id_var.get() or ""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if "traceparent" in carrier:
+            response.headers["traceparent"] = carrier["traceparent"]
+        cors = request.get(CORS_KEY) or {}
+        for key, value in cors.items():
+            response.headers.setdefault(key, value)
+        response.headers.add("Vary", "Origin")
+
+    # -- origins: WebSocket hijacking, CSRF, CORS -------------------------------------------------
+    def _origin_of(self, request: web.Request) -> tuple[str, bool]:
+        """(the browser's origin, whether it may use the API). No ``Origin`` header: not a browser's
+        cross-site request (curl, a server; browsers send one with every WebSocket, POST and
+        DELETE), unless ``Sec-Fetch-Site`` says it is one."""
+        raw = request.headers.get("Origin")
+        if raw is None:
+            return "", request.headers.get("Sec-Fetch-Site", "").lower() not in ("cross-site", "same-site")
+        origin = normal_origin(raw)
+        if not origin:  # "null" (a sandboxed frame, a file: page) or not an origin at all
+            return raw[:200], False
+        return origin, origin in self._origins or same_origin(origin, request.host)
+
+    def _cors_headers(self, origin: str, allowed: bool) -> dict[str, str]:
+        """The CORS headers of an answer to ``origin``: only for an origin of ``web.allowed_origins``
+        (the page's own needs none)."""
+        if not (origin and allowed and origin in self._origins):
+            return {}
+        return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": EXPOSE_HEADERS}
+
+    def _preflight(self, request: web.Request, origin: str, allowed: bool) -> web.Response:
+        if not request.get(CORS_KEY):
+            raise HttpError(
+                403,
+                "PERMISSION_DENIED",
+                f"origin: {origin or 'this origin'} is not in web.allowed_origins (no CORS)",
+                "origin",
+            )
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": ALLOW_METHODS,
+                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Max-Age": PREFLIGHT_MAX_AGE,
+            },
+        )
 
     # -- page, health, metrics --------------------------------------------------------------------
     async def _index(self, request: web.Request) -> web.StreamResponse:
@@ -311,6 +408,7 @@ class WebHost:
         then the ``file``. The bytes stream on to the gateway as they arrive; the renderer applies
         its limits (size, format) and its errors come back with the field they name."""
         client = self._client()
+        self._check_uploads("file")
         if not request.content_type.startswith("multipart/"):
             raise HttpError(400, "INVALID_ARGUMENT", "send multipart/form-data with a 'file' part", "file")
         reader = await request.multipart()
@@ -374,10 +472,35 @@ class WebHost:
             raise HttpError(502, "INTERNAL", "the gateway ended the upload without the avatar")
         return web.json_response({"avatar": _to_dict(info)}, status=201)
 
-    async def _speak(self, request: web.Request) -> web.Response:
-        """JSON body with the fields of ``SpeakRequest`` (text, avatar_id, voice, voice_settings,
-        output...): the whole utterance as a seekable MP4 (``+faststart``)."""
+    def _check_uploads(self, field: str) -> None:
+        if not self.config.web.allow_uploads:
+            raise HttpError(
+                403,
+                "PERMISSION_DENIED",
+                f"{field}: this web edge does not take avatar changes (web.allow_uploads)",
+                field,
+            )
+
+    async def _delete_avatar(self, request: web.Request) -> web.Response:
+        """``DeleteAvatar`` with the edge's key: any avatar uploaded through this edge (they all
+        belong to its key), not the default one."""
         client = self._client()
+        self._check_uploads("avatar_id")
+        avatar_id = request.match_info["avatar_id"]
+        if not await client.delete_avatar(avatar_id):
+            raise HttpError(404, "NOT_FOUND", f"avatar_id: avatar {avatar_id!r} not found", "avatar_id")
+        return web.json_response({"avatar_id": avatar_id, "deleted": True})
+
+    async def _speak(self, request: web.Request) -> web.StreamResponse:
+        """JSON body with the fields of ``SpeakRequest`` (text, avatar_id, voice, voice_settings,
+        output...). By default the whole utterance as one seekable MP4 (``+faststart``); with
+        ``output.container`` ``CONTAINER_FMP4`` (or ``CONTAINER_MPEGTS``) the stream as it is encoded.
+        The edge holds at most ``web.speak_buffer_bytes`` of it (docs/WEB.md)."""
+        client = self._client()
+        if request.content_type != "application/json":
+            raise HttpError(
+                415, "INVALID_ARGUMENT", "Content-Type: send the body as application/json", "Content-Type"
+            )
         try:
             body = await request.json()
         except ValueError:
@@ -389,29 +512,114 @@ class WebHost:
             json_format.ParseDict(body, req)
         except json_format.ParseError as exc:
             raise HttpError(400, "INVALID_ARGUMENT", f"body: {proto_names(str(exc))}", "body") from None
-        req.output.container = api.CONTAINER_MP4  # type: ignore[assignment]
-        data = bytearray()
-        mime = "video/mp4"
-        summary = gpb.SpeakSummary()
-        async for chunk in client.stub.Speak(
-            req, timeout=self.config.web.speak_timeout_seconds, metadata=client.metadata()
-        ):
-            kind = chunk.WhichOneof("kind")
-            if kind == "media":
-                data += chunk.media.data
-                mime = chunk.media.mime_type or mime
-            elif kind == "summary":
-                summary = chunk.summary
-        headers = {"Content-Type": mime.split(";")[0] or "video/mp4", "Accept-Ranges": "bytes"}
-        headers["X-Talkmesh-Frames"] = str(summary.frames)
-        headers["X-Talkmesh-Audio-Seconds"] = f"{summary.audio_seconds:.3f}"
-        # The gateway's per-stage timings (SpeakSummary.stages), for the page's timings panel.
-        headers["X-Talkmesh-Stages"] = ", ".join(
-            f"{st.service}.{st.stage}={st.seconds * 1000:.1f}ms" for st in summary.stages
-        )
-        headers["X-Talkmesh-First-Fragment-Ms"] = f"{summary.time_to_first_fragment_seconds * 1000:.1f}"
-        headers["Access-Control-Expose-Headers"] = "X-Talkmesh-Stages, X-Talkmesh-Frames, X-Talkmesh-Audio-Seconds"
-        return web.Response(body=bytes(data), headers=headers)
+        if req.output.container == api.CONTAINER_UNSPECIFIED:
+            req.output.container = api.CONTAINER_MP4  # type: ignore[assignment]
+        if self.speaks >= self.config.web.max_concurrent_speaks:
+            raise HttpError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"speak: {self.speaks} answers are being sent by this web edge (web.max_concurrent_speaks); "
+                "try again later",
+                retry_after=SPEAK_RETRY_AFTER,
+            )
+        self.speaks += 1
+        call: Any = None
+        try:
+            call = client.stub.Speak(req, timeout=self.config.web.speak_timeout_seconds, metadata=client.metadata())
+            return await self._relay_speak(request, call, whole=req.output.container == api.CONTAINER_MP4)
+        except grpc.aio.AioRpcError as exc:
+            raise speak_error(from_rpc_error(exc)) from None
+        finally:
+            self.speaks -= 1
+            if call is not None:
+                call.cancel()
+
+    async def _relay_speak(self, request: web.Request, call: Any, *, whole: bool) -> web.StreamResponse:
+        """Speak's chunks to the browser. A whole MP4 up to ``speak_buffer_bytes`` is answered at the
+        end with its length and the summary's headers; a longer one, and a stream (fMP4, MPEG-TS),
+        go out as they come (chunked), from the first fragment after the init segment on, with the
+        headers known then."""
+        start = time.perf_counter()
+        limit = self.config.web.speak_buffer_bytes
+        held: list[bytes] = []
+        held_bytes = 0
+        mime = ""
+        frames = 0
+        first_ms: float | None = None
+        summary: gpb.SpeakSummary | None = None
+        resp: web.StreamResponse | None = None
+        try:
+            async for chunk in call:
+                kind = chunk.WhichOneof("kind")
+                if kind == "summary":
+                    summary = chunk.summary
+                    continue
+                if kind != "media":
+                    continue
+                media = chunk.media
+                mime = mime or media.mime_type
+                frames = max(frames, media.frames_encoded)
+                if not media.data:
+                    continue
+                if first_ms is None and not media.init_segment:
+                    first_ms = (time.perf_counter() - start) * 1000
+                if resp is not None:
+                    await resp.write(media.data)
+                    continue
+                held.append(media.data)
+                held_bytes += len(media.data)
+                if (whole and held_bytes > limit) or (not whole and first_ms is not None):
+                    headers = {"X-Talkmesh-First-Fragment-Ms": f"{first_ms or 0.0:.1f}"}
+                    if whole:  # the whole file is encoded before its first chunk comes
+                        headers["X-Talkmesh-Frames"] = str(frames)
+                    resp = await self._open_speak(request, mime, headers, None)
+                    for block in held:
+                        await resp.write(block)
+                    held, held_bytes = [], 0
+        except ConnectionError:  # the browser went away: the call is cancelled (_speak)
+            if resp is None:
+                raise
+            return resp
+        except grpc.aio.AioRpcError:
+            if resp is None:
+                raise
+            # The status line is gone: the body breaks off (no final chunk), which the browser's
+            # fetch reports as a network error.
+            log.info("speak: the gateway's stream failed after the answer started", exc_info=True)
+            if request.transport is not None:
+                request.transport.close()
+            return resp
+        if resp is not None:
+            await resp.write_eof()
+            return resp
+        # Everything is here: answered with its length and the summary's headers.
+        summary = summary or gpb.SpeakSummary()
+        headers = {
+            "X-Talkmesh-Frames": str(summary.frames or frames),
+            "X-Talkmesh-Audio-Seconds": f"{summary.audio_seconds:.3f}",
+            # The gateway's per-stage timings (SpeakSummary.stages), for the page's timings panel.
+            "X-Talkmesh-Stages": ", ".join(
+                f"{st.service}.{st.stage}={st.seconds * 1000:.1f}ms" for st in summary.stages
+            ),
+            "X-Talkmesh-First-Fragment-Ms": f"{summary.time_to_first_fragment_seconds * 1000:.1f}",
+        }
+        resp = await self._open_speak(request, mime, headers, sum(len(b) for b in held))
+        for block in held:
+            await resp.write(block)
+        await resp.write_eof()
+        return resp
+
+    async def _open_speak(
+        self, request: web.Request, mime: str, headers: dict[str, str], length: int | None
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": mime.split(";")[0].strip() or "video/mp4", **headers})
+        if length is None:
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = length
+        self._decorate(request, resp)
+        await resp.prepare(request)
+        return resp
 
     # -- live sessions ------------------------------------------------------------------------------
     async def _live(self, request: web.Request) -> web.StreamResponse:
@@ -422,16 +630,23 @@ class WebHost:
 
     async def _session(self, request: web.Request, *, watch: bool) -> web.StreamResponse:
         cfg = self.config.web
-        ws = web.WebSocketResponse(
+        ws = EdgeWebSocket(
             heartbeat=cfg.heartbeat_seconds or None, max_msg_size=cfg.max_ws_message_bytes, compress=False
         )
         await ws.prepare(request)
         task = asyncio.current_task()
         assert task is not None
         if self.draining or len(self.sessions) >= self.config.server.max_concurrent_streams:
-            why = "shutting down" if self.draining else "too many live sessions on this web edge"
-            await ws.send_json(live_error(grpc.StatusCode.RESOURCE_EXHAUSTED, f"session: {why}; try again later"))
-            await ws.close(code=CLOSE_TRY_LATER, message=b"try again later")
+            if self.draining:
+                why = "session: this web edge is shutting down; try again later"
+            else:
+                why = (
+                    f"session: this web edge has {len(self.sessions)} live sessions, its limit "
+                    "(server.max_concurrent_streams); try again later"
+                )
+            # The documented end of a session: the final status, then the close (1013).
+            await Sender(ws).json({"status": {"code": "RESOURCE_EXHAUSTED", "message": why, "field": ""}})
+            await ws.close(code=CLOSE_TRY_LATER, message=b"RESOURCE_EXHAUSTED")
             return ws
         self.sessions.add(task)
         self._active.inc()

@@ -1,0 +1,283 @@
+"""The web edge against a fake gateway (no mesh): how POST /v1/speak relays the answer (streamed,
+bounded in memory and in number), the upload switch, the origin rules and their config."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from services.web.config import WebConfig, WebSettings, normal_origin
+from services.web.main import load_config
+from services.web.server import WebHost, same_origin
+from talkmesh.common.config import ConfigError
+from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import gateway_pb2 as gpb
+from talkmesh.v1 import types_pb2 as api
+
+pytestmark = pytest.mark.timeout(60)
+
+MIB = 1 << 20
+FMP4_MIME = 'video/mp4; codecs="avc1.42C01E, mp4a.40.2"'
+
+Chunks = Callable[[gpb.SpeakRequest], AsyncIterator[gpb.SpeakChunk]]
+
+
+class FakeCall:
+    def __init__(self, chunks: AsyncIterator[gpb.SpeakChunk]) -> None:
+        self.chunks = chunks
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[gpb.SpeakChunk]:
+        return self.chunks
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+class FakeStub:
+    def __init__(self, chunks: Chunks) -> None:
+        self.chunks = chunks
+        self.calls: list[FakeCall] = []
+
+    def Speak(self, req: gpb.SpeakRequest, **_: Any) -> FakeCall:
+        self.calls.append(FakeCall(self.chunks(req)))
+        return self.calls[-1]
+
+
+class FakeClient:
+    def __init__(self, chunks: Chunks) -> None:
+        self.stub = FakeStub(chunks)
+        self.deleted: list[str] = []
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    async def delete_avatar(self, avatar_id: str) -> bool:
+        self.deleted.append(avatar_id)
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+def media(data: bytes, *, init: bool = False, mime: str = "", frames: int = 0) -> gpb.SpeakChunk:
+    return gpb.SpeakChunk(media=gpb.VideoChunk(data=data, init_segment=init, mime_type=mime, frames_encoded=frames))
+
+
+def summary(frames: int) -> gpb.SpeakChunk:
+    return gpb.SpeakChunk(
+        end_of_stream=True,
+        summary=gpb.SpeakSummary(frames=frames, audio_seconds=1.5, time_to_first_fragment_seconds=0.25),
+    )
+
+
+@contextlib.asynccontextmanager
+async def edge(chunks: Chunks, **settings: Any) -> AsyncIterator[tuple[TestClient[Any, Any], FakeClient]]:
+    config = dataclasses.replace(WebConfig(), web=dataclasses.replace(WebSettings(), **settings))
+    host = WebHost(config, Telemetry("web"))
+    fake = FakeClient(chunks)
+    host.client = fake  # type: ignore[assignment]
+    async with TestClient(TestServer(host.app())) as client:
+        yield client, fake
+
+
+async def test_a_fragmented_speak_streams_its_first_fragment_before_the_utterance_is_done() -> None:
+    """output.container CONTAINER_FMP4: the init segment and the first fragment reach the browser
+    while the gateway is still encoding (the old edge answered only once the stream had ended)."""
+    more = asyncio.Event()
+
+    async def chunks(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        assert req.output.container == api.CONTAINER_FMP4
+        yield media(b"\0\0\0\x18ftypiso5" + b"i" * 12, init=True, mime=FMP4_MIME)
+        yield media(b"moof-1" * 100, frames=1)
+        await more.wait()  # the rest of the utterance is not encoded yet
+        yield media(b"moof-2" * 100, frames=2)
+        yield summary(2)
+
+    async with edge(chunks) as (client, _):
+        body = {"text": "Hello.", "output": {"container": "CONTAINER_FMP4"}}
+        async with asyncio.timeout(10):
+            r = await client.post("/v1/speak", json=body)
+            assert r.status == 200 and r.headers["Content-Type"] == "video/mp4"
+            assert r.headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in r.headers
+            assert "Accept-Ranges" not in r.headers
+            assert float(r.headers["X-Talkmesh-First-Fragment-Ms"]) >= 0
+            first = await r.content.readexactly(24 + 600)
+        assert first[4:8] == b"ftyp" and first.endswith(b"moof-1")
+        more.set()
+        rest = await r.read()
+        assert rest == b"moof-2" * 100
+
+
+async def test_a_long_speak_is_never_whole_in_the_edges_memory() -> None:
+    """30 MiB of MP4 (a long text's file) passes through the edge holding at most
+    speak_buffer_bytes (1 MiB here) of it; the old edge gathered it all in a bytearray."""
+    total = 30
+
+    async def chunks(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        assert req.output.container == api.CONTAINER_MP4  # the default: one whole file
+        for i in range(total):
+            yield media(bytes([i]) * MIB, mime="video/mp4" if i == 0 else "", frames=750)
+        yield summary(750)
+
+    async with edge(chunks, speak_buffer_bytes=MIB) as (client, _):
+        tracemalloc.start()
+        try:
+            r = await client.post("/v1/speak", json={"text": "A long text."})
+            got = 0
+            async for block in r.content.iter_chunked(256 * 1024):
+                got += len(block)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert r.status == 200 and got == total * MIB
+        assert r.headers["X-Talkmesh-Frames"] == "750" and "Content-Length" not in r.headers
+        assert "Accept-Ranges" not in r.headers
+        assert peak < 8 * MIB, f"the edge held {peak / MIB:.1f} MiB"
+
+
+async def test_a_short_whole_mp4_keeps_its_length_and_summary_headers() -> None:
+    async def chunks(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        yield media(b"\0\0\0\x18ftypisom" + b"m" * 1000, mime="video/mp4", frames=20)
+        yield summary(20)
+
+    async with edge(chunks) as (client, _):
+        r = await client.post("/v1/speak", json={"text": "Hi."})
+        assert r.status == 200 and r.headers["Content-Length"] == str(len(await r.read()))
+        assert r.headers["X-Talkmesh-Frames"] == "20" and r.headers["X-Talkmesh-Audio-Seconds"] == "1.500"
+        assert r.headers["X-Talkmesh-First-Fragment-Ms"] == "250.0" and "Accept-Ranges" not in r.headers
+
+
+async def test_concurrent_speaks_are_bounded_with_a_retry_after() -> None:
+    release = asyncio.Event()
+
+    async def chunks(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        await release.wait()
+        yield media(b"x" * 10, mime="video/mp4", frames=1)
+        yield summary(1)
+
+    async with edge(chunks, max_concurrent_speaks=1) as (client, fake):
+        first = asyncio.create_task(client.post("/v1/speak", json={"text": "One."}))
+        for _ in range(500):
+            if fake.stub.calls:
+                break
+            await asyncio.sleep(0.01)
+        r = await client.post("/v1/speak", json={"text": "Two."})
+        body = await r.json()
+        assert r.status == 429 and body["error"]["code"] == "RESOURCE_EXHAUSTED", body
+        assert r.headers["Retry-After"] == "2" and body["error"]["retry_after_seconds"] == 2.0
+        assert len(fake.stub.calls) == 1, "the refused one never reached the gateway"
+        release.set()
+        r1 = await first
+        assert r1.status == 200 and await r1.read() == b"x" * 10
+        r = await client.post("/v1/speak", json={"text": "Three."})
+        assert r.status == 200, "the slot is free again"
+
+
+async def test_speak_wants_json_and_a_browser_that_leaves_cancels_the_call() -> None:
+    async def chunks(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        yield media(b"\0\0\0\x18ftypiso5", init=True, mime=FMP4_MIME)
+        while True:
+            yield media(b"f" * 65536, frames=1)
+            await asyncio.sleep(0.01)
+
+    async with edge(chunks) as (client, fake):
+        # text/plain needs no CORS preflight: any site could make the mesh render with it
+        r = await client.post("/v1/speak", data='{"text": "Hi."}', headers={"Content-Type": "text/plain"})
+        body = await r.json()
+        assert r.status == 415 and body["error"]["field"] == "Content-Type", body
+        assert fake.stub.calls == []
+        r = await client.post("/v1/speak", json={"text": "Hi.", "output": {"container": "CONTAINER_FMP4"}})
+        assert r.status == 200
+        await r.content.readexactly(65536)
+        r.close()
+        for _ in range(500):
+            if fake.stub.calls[0].cancelled:
+                break
+            await asyncio.sleep(0.01)
+        assert fake.stub.calls[0].cancelled, "the gateway call ends with the browser's request"
+
+
+async def test_a_gateway_failure_before_the_answer_is_its_json_error_and_after_it_a_broken_body() -> None:
+    def failure() -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "voice 'x' not found"
+        )
+
+    async def chunks(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        if req.text == "early":
+            raise failure()
+        yield media(b"\0\0\0\x18ftypiso5", init=True, mime=FMP4_MIME)
+        yield media(b"f" * 1000, frames=1)
+        raise failure()
+
+    async with edge(chunks) as (client, _):
+        r = await client.post("/v1/speak", json={"text": "early"})
+        assert r.status == 404 and (await r.json())["error"]["code"] == "NOT_FOUND"
+        r = await client.post("/v1/speak", json={"text": "late", "output": {"container": "CONTAINER_FMP4"}})
+        assert r.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+        r = await client.get("/healthz")
+        assert r.status == 200, "the edge goes on"
+
+
+async def test_uploads_can_be_switched_off() -> None:
+    async def chunks(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        yield summary(0)
+
+    async with edge(chunks, allow_uploads=False) as (client, fake):
+        form = aiohttp.FormData()
+        form.add_field("file", b"png", filename="a.png", content_type="image/png")
+        r = await client.post("/v1/avatars", data=form)
+        body = await r.json()
+        assert r.status == 403 and body["error"] == {
+            "code": "PERMISSION_DENIED",
+            "message": "file: this web edge does not take avatar changes (web.allow_uploads)",
+            "field": "file",
+        }
+        r = await client.delete("/v1/avatars/abc")
+        assert r.status == 403 and (await r.json())["error"]["field"] == "avatar_id"
+        assert fake.deleted == []
+    async with edge(chunks) as (client, fake):
+        r = await client.delete("/v1/avatars/abc")
+        assert r.status == 200 and await r.json() == {"avatar_id": "abc", "deleted": True}
+        assert fake.deleted == ["abc"]
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "same"),
+    [
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", True),
+        ("http://127.0.0.1:8080", "127.0.0.1:8081", False),
+        ("https://app.example.com", "app.example.com", True),
+        ("https://app.example.com", "app.example.com:443", True),
+        ("http://app.example.com", "app.example.com:8080", False),
+        ("https://evil.example", "127.0.0.1:8080", False),
+        ("http://[::1]:8080", "[::1]:8080", True),
+        ("http://localhost:8080", "", False),
+    ],
+)
+def test_same_origin_compares_host_and_port(origin: str, host: str, same: bool) -> None:
+    assert same_origin(origin, host) is same
+
+
+def test_allowed_origins_are_validated_and_read_from_the_environment() -> None:
+    assert normal_origin("HTTPS://App.Example.com/") == "https://app.example.com"
+    for bad in ("app.example.com", "https://app.example.com/path", "ftp://x", "null", "https://u:p@x.example", "*"):
+        with pytest.raises(ConfigError, match="allowed_origins"):
+            WebSettings(allowed_origins=(bad,)).validate()
+    config = load_config(env={"TALKMESH_WEB__WEB__ALLOWED_ORIGINS": "https://a.example, http://localhost:3000"})
+    assert config.web.origins() == {"https://a.example", "http://localhost:3000"}
+    with pytest.raises(ConfigError, match=r"web\.allowed_origins"):
+        load_config(env={"TALKMESH_WEB__WEB__ALLOWED_ORIGINS": "https://a.example/app"})
