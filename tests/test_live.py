@@ -259,6 +259,52 @@ async def test_audio_turns_at_the_callers_rate(tmp_path: Path, rate: int) -> Non
     assert _opens(gaps[turn[0] : turn[-1] + 1], gaps[: turn[0]])
 
 
+def _noisy_recording(rate: int) -> bytes:
+    """A caller in a humming, hissing room: 0.6 s of background, 1 s of syllable-like bursts (peak
+    -10 dBFS), 1 s of background, 0.6 s of bursts, 0.4 s of background; white noise at -34 dBFS and
+    50 Hz hum at -29 dBFS throughout (mono s16le)."""
+    t = np.arange(int(rate * 3.6)) / rate
+    harmonics = sum(np.sin(2 * np.pi * k * 140 * t) / k for k in range(1, 12))
+    gate = ((t >= 0.6) & (t < 1.6)) | ((t >= 2.6) & (t < 3.2))
+    speech = 0.32 * harmonics / np.abs(harmonics).max() * 0.5 * (1 - np.cos(2 * np.pi * 4 * (t - 0.6))) * gate
+    background = 0.02 * np.random.default_rng(0).standard_normal(len(t)) + 0.05 * np.sin(2 * np.pi * 50 * t)
+    return (np.clip(speech + background, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def test_a_noisy_recording_opens_the_mouth_on_speech_only(tmp_path: Path) -> None:
+    """Hiss and hum do not open the mouth in the caller's pauses (they did with the fixed -45 dBFS
+    voicing threshold); the bursts do."""
+    rate = 16000
+    pcm = _noisy_recording(rate)
+    chunk = 2 * rate // 10  # 100 ms chunks, in real time
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 5)
+
+            async def chunks():
+                for i in range(0, len(pcm), chunk):
+                    yield pcm[i : i + chunk]
+                    await asyncio.sleep(0.1)
+
+            tid = await live.say_audio(chunks(), rate)
+            await rec.wait_event("speaking_stopped", tid, timeout=30)
+            await live.close()
+            await rec.finish()
+    out = decode(rec.write(tmp_path / "live.mp4"))
+    turn = _turn_frames(rec, tid)
+    assert len(turn) == 90
+    gaps = mouth_openness(out.frames)
+    resting = gaps[: turn[0]]
+
+    def part(a: float, b: float) -> np.ndarray:  # the turn's frames in [a, b) s, 0.12 s off each edge
+        return gaps[turn[0] + round((a + 0.12) * 25) : turn[0] + round((b - 0.12) * 25)]
+
+    pauses = np.r_[part(0.0, 0.6), part(1.6, 2.6)]
+    assert pauses.max() <= resting.max() + 0.02, ("the mouth rests in the pauses", pauses, resting.max())
+    assert _opens(part(0.6, 1.6), resting) and _opens(part(2.6, 3.2), resting), "and opens on the bursts"
+
+
 async def test_bad_turn_input_gets_errors_and_the_session_goes_on(tmp_path: Path) -> None:
     async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
         async with client.live() as live:
