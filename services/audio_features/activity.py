@@ -21,13 +21,14 @@ and for ``hangover_seconds`` after (the frames of a short dip between two syllab
 they are in clean speech, where the dip stays above the threshold). The absolute minimum keeps
 digital silence and near-silence (dither, a faint tail) unvoiced, hangover or not.
 
-Speech peak: the loudest voiced level so far, decaying by ``peak_decay_db_per_second`` (so a
-speaker who gets quieter is followed, and one loud cough does not shrink what comes after for
-long). Loudness maps ``[max(threshold, top - loudness_range_db), top]`` to ``[0, 1]``, where
-``top = max(peak, threshold + min_span_db)`` (the scale never shrinks to a few dB, so small
-fluctuations above the threshold stay small). Clean loud speech (a TTS voice with its peak near
--18 dBFS) gets about the fixed scale the renderer used before (-50..-18 dBFS); a quiet speaker
-reaches 1 on their own peaks; a loud one is not pinned at 1.
+Speech peak: the loudest level above the threshold so far, decaying by
+``peak_decay_db_per_second`` (so a speaker who gets quieter is followed, and one loud cough does not
+shrink what comes after for long). Loudness maps ``[max(floor, top - loudness_range_db), top]`` to
+``[0, 1]`` (clipped), where ``top = max(peak - peak_headroom_db, threshold + min_span_db)``: the
+louder syllables reach 1, and the scale never shrinks to a few dB (fluctuations just above the
+threshold stay small). Clean TTS speech (peak near -13 dBFS) gets about the fixed scale the
+renderer used before (-50..-18 dBFS); a quiet speaker reaches 1 on their own peaks; a loud one is
+not pinned at 1. Unvoiced frames have loudness 0.
 
 All state is per stream (one ``ActivityMeter`` per Extract stream, i.e. per live turn or Speak),
 and every step depends only on frame positions, so streamed output equals offline output.
@@ -64,13 +65,14 @@ class ActivityConfig:
     voiced_margin_db: float = 6.0
     # ... and above this absolute level (digital silence and near-silence are never voiced).
     min_voiced_dbfs: float = -60.0
-    # A frame within this long after a voiced one stays voiced (dips between syllables).
+    # A frame within this long after one above the threshold stays voiced (dips between syllables),
+    # unless it is below min_voiced_dbfs.
     hangover_seconds: float = 0.08
-    # Loudness 0..1 spans at most this many dB below the recent speech peak ...
+    # Loudness 0..1 spans at most this many dB below its top (and never below the noise floor) ...
     loudness_range_db: float = 32.0
-    # ... and at least this many above the voicing threshold.
+    # ... and its top is at least this many dB above the voicing threshold (noise never fills it).
     min_span_db: float = 12.0
-    # Loudness reaches 1 this far below the speech peak (the louder syllables all open fully).
+    # Loudness reaches 1 (its top) this far below the speech peak: the louder syllables all reach 1.
     peak_headroom_db: float = 5.0
     # The speech peak falls back this fast when nothing as loud comes.
     peak_decay_db_per_second: float = 3.0
