@@ -260,6 +260,62 @@ async def test_audio_turns_at_the_callers_rate(tmp_path: Path, rate: int) -> Non
     assert _opens(gaps[turn[0] : turn[-1] + 1], gaps[: turn[0]])
 
 
+def _noisy_recording(rate: int) -> bytes:
+    """A caller in a humming, hissing room: 0.6 s of background, 1 s of syllable-like bursts (peak
+    -10 dBFS), 1 s of background, 0.6 s of bursts, 0.4 s of background; white noise at -34 dBFS and
+    50 Hz hum at -29 dBFS throughout (mono s16le)."""
+    t = np.arange(int(rate * 3.6)) / rate
+    harmonics = sum(np.sin(2 * np.pi * k * 140 * t) / k for k in range(1, 12))
+    gate = ((t >= 0.6) & (t < 1.6)) | ((t >= 2.6) & (t < 3.2))
+    speech = 0.32 * harmonics / np.abs(harmonics).max() * 0.5 * (1 - np.cos(2 * np.pi * 4 * (t - 0.6))) * gate
+    background = 0.02 * np.random.default_rng(0).standard_normal(len(t)) + 0.05 * np.sin(2 * np.pi * 50 * t)
+    return (np.clip(speech + background, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def test_a_noisy_recording_opens_the_mouth_on_speech_only(tmp_path: Path) -> None:
+    """Hiss and hum do not open the mouth in the caller's pauses (they did with the fixed -45 dBFS
+    voicing threshold); the bursts do."""
+    rate = 16000
+    pcm = _noisy_recording(rate)
+    chunk = 2 * rate // 10  # 100 ms chunks, in real time
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 5)
+
+            async def chunks():
+                for i in range(0, len(pcm), chunk):
+                    yield pcm[i : i + chunk]
+                    await asyncio.sleep(0.1)
+
+            tid = await live.say_audio(chunks(), rate)
+            await rec.wait_event("speaking_stopped", tid, timeout=30)
+            await live.close()
+            await rec.finish()
+    out = decode(rec.write(tmp_path / "live.mp4"))
+    turn = _turn_frames(rec, tid)
+    gaps = mouth_openness(out.frames)
+    resting = gaps[: turn[0]]
+    # Pauses and bursts are found in the played sound (an underrun under load inserts a silent frame
+    # and moves the rest of the turn): pauses are runs of 8+ frames of background only (hiss + hum,
+    # -28 dBFS), less 3 frames at each end (the mouth's release, the AAC lead); bursts are the
+    # frames well above the background.
+    per = out.audio_rate // 25
+    level = np.array(
+        [20 * np.log10(np.sqrt(np.mean(out.audio[i * per : (i + 1) * per] ** 2)) + 1e-9) for i in range(len(gaps))]
+    )
+    background = (level > -34) & (level < -24)
+    pauses = []
+    for is_bg, run in itertools.groupby(range(turn[0], turn[-1] + 1), key=lambda i: bool(background[i])):
+        frames = list(run)
+        if is_bg and len(frames) >= 8:
+            pauses += frames[3:-3]
+    bursts = [i for i in turn if level[i] > -20]
+    assert len(pauses) >= 15 and len(bursts) >= 12, (len(pauses), len(bursts))
+    assert gaps[pauses].max() <= resting.max() + 0.02, ("the mouth rests in the pauses", gaps[pauses], resting.max())
+    assert _opens(gaps[bursts], resting), "and opens on the bursts"
+
+
 def _errors(rec: Recorder) -> list[tuple[str, int, str]]:
     return [(r.msg.error.field, r.msg.error.code, r.msg.error.turn_id) for r in rec.messages if r.kind == "error"]
 

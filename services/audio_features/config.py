@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.audio_features.activity import ActivityConfig
 from services.audio_features.streaming import FILLS, MUSETALK_VERSIONS
 from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.onnx import ExecutionConfig
@@ -85,8 +86,9 @@ class CacheConfig:
 @dataclass(frozen=True)
 class AudioFeaturesConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("audio_features"))
-    # A frame is voiced when its RMS level is above this (dB full scale).
-    voiced_threshold_dbfs: float = -45.0
+    # Each frame's `activity` (voiced, loudness): relative to the stream's own noise floor and speech
+    # peak, on the speech band (services/audio_features/activity.py).
+    activity: ActivityConfig = field(default_factory=ActivityConfig)
     # soxr quality of the resampling to 16 kHz (HQ is what librosa uses by default).
     resample_quality: str = "HQ"
     whisper_encoder: WhisperEncoderConfig = field(default_factory=WhisperEncoderConfig)
@@ -97,7 +99,5 @@ class AudioFeaturesConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def validate(self) -> None:
-        if not -120.0 <= self.voiced_threshold_dbfs <= 0.0:
-            raise ConfigError.at("voiced_threshold_dbfs", "must be within [-120, 0]")
         if self.resample_quality not in RESAMPLE_QUALITIES:
             raise ConfigError.at("resample_quality", f"{self.resample_quality!r} is not one of {RESAMPLE_QUALITIES}")

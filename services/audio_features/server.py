@@ -153,7 +153,7 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
             kind=req.kind,
             fps=req.fps,
             sample_rate=sample_rate,
-            voiced_threshold_dbfs=svc.config.voiced_threshold_dbfs,
+            activity=svc.config.activity,
             resample_quality=svc.config.resample_quality,
         )
         return FeatureStream(options, svc.encoder, svc.geometry, svc.cache)
@@ -225,6 +225,7 @@ def _fill(msg: pb.FeatureChunk, frame: Frame) -> pb.FeatureChunk:
     msg.frame_index = frame.index
     msg.activity.rms_dbfs = frame.rms_dbfs
     msg.activity.voiced = frame.voiced
+    msg.activity.loudness = frame.loudness
     if frame.features is not None:
         msg.features.CopyFrom(to_tensor(frame.features))
     return msg

@@ -2,7 +2,7 @@
 
 ``FeatureStream`` is the whole per-request pipeline (blocking; the servicer runs it in a thread):
 
-    source PCM ──▶ ActivityMeter (source clock, zero look-ahead)
+    source PCM ──▶ ActivityMeter (activity.py: source clock, zero look-ahead)
         └──────▶ Resampler (soxr, to 16 kHz) ──▶ tensor extractor (Whisper log-mel | Wav2Lip mel |
                                                                    Whisper-encoder embedding)
 
@@ -28,13 +28,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 import soxr
 
 from services.audio_features import dsp
+from services.audio_features.activity import Activity, ActivityConfig, ActivityMeter
 from services.audio_features.backends.base import WhisperEncoder
 from services.audio_features.cache import BlockCache
 from talkmesh.common.clock import frame_start_sample, frames_for_samples
@@ -47,6 +48,7 @@ class Frame:
     index: int
     rms_dbfs: float
     voiced: bool
+    loudness: float
     features: np.ndarray | None = None
 
 
@@ -71,50 +73,6 @@ class Resampler:
         if self._stream is None:
             return np.zeros(0, dtype=np.float32)
         return self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-
-
-# -- activity (source clock) ----------------------------------------------------------------------
-class ActivityMeter:
-    """RMS level per video frame over the frame's own source samples: zero look-ahead."""
-
-    def __init__(self, sample_rate: int, fps: Fraction, threshold_dbfs: float) -> None:
-        self.sample_rate = sample_rate
-        self.fps = fps
-        self.threshold = threshold_dbfs
-        self._pending = np.zeros(0, dtype=np.float32)  # samples of frame self._next onwards
-        self._pending_start = 0
-        self._next = 0
-        self.samples = 0
-
-    def _level(self, i: int, samples: np.ndarray) -> tuple[int, float, bool]:
-        level = dsp.rms_dbfs(samples)
-        return i, level, level > self.threshold
-
-    def push(self, x: np.ndarray) -> list[tuple[int, float, bool]]:
-        self.samples += len(x)
-        self._pending = np.concatenate([self._pending, x]) if len(self._pending) else x
-        out = []
-        while True:
-            end = frame_start_sample(self._next + 1, self.sample_rate, self.fps)
-            if end > self.samples:
-                break
-            cut = end - self._pending_start
-            out.append(self._level(self._next, self._pending[:cut]))
-            self._pending = self._pending[cut:]
-            self._pending_start = end
-            self._next += 1
-        return out
-
-    def finish(self) -> list[tuple[int, float, bool]]:
-        total = frames_for_samples(self.samples, self.sample_rate, self.fps)
-        out = []
-        while self._next < total:
-            end = frame_start_sample(self._next + 1, self.sample_rate, self.fps) - self._pending_start
-            out.append(self._level(self._next, self._pending[:end]))
-            self._pending = self._pending[end:]
-            self._pending_start += end
-            self._next += 1
-        return out
 
 
 # -- centred STFT framing of a growing signal -----------------------------------------------------
@@ -517,7 +475,7 @@ class StreamOptions:
     kind: str
     fps: Fraction
     sample_rate: int
-    voiced_threshold_dbfs: float = -45.0
+    activity: ActivityConfig = field(default_factory=ActivityConfig)
     resample_quality: str = "HQ"
 
 
@@ -532,7 +490,7 @@ class FeatureStream:
         cache: BlockCache | None = None,
     ) -> None:
         self.options = options
-        self.activity = ActivityMeter(options.sample_rate, options.fps, options.voiced_threshold_dbfs)
+        self.activity = ActivityMeter(options.sample_rate, options.fps, options.activity)
         self.tensors: TensorExtractor | None
         if options.kind == FeatureKind.ACTIVITY:
             self.tensors = None
@@ -547,7 +505,7 @@ class FeatureStream:
         else:
             raise ValueError(f"unknown feature kind {options.kind!r}")
         self.resampler = Resampler(options.sample_rate, options.resample_quality) if self.tensors else None
-        self._levels: deque[tuple[int, float, bool]] = deque()
+        self._levels: deque[Activity] = deque()
         self._features: deque[tuple[int, np.ndarray]] = deque()
         self.frames_out = 0
         self.finished = False
@@ -559,12 +517,12 @@ class FeatureStream:
     def _merge(self) -> list[Frame]:
         out = []
         while self._levels and (self.tensors is None or self._features):
-            i, level, voiced = self._levels.popleft()
+            a = self._levels.popleft()
             features = None
             if self.tensors is not None:
                 j, features = self._features.popleft()
-                assert i == j, f"activity frame {i} met feature frame {j}"
-            out.append(Frame(i, level, voiced, features))
+                assert a.index == j, f"activity frame {a.index} met feature frame {j}"
+            out.append(Frame(a.index, a.rms_dbfs, a.voiced, a.loudness, features))
         self.frames_out += len(out)
         return out
 

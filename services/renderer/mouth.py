@@ -2,7 +2,9 @@
 
 Each viseme has a target pose (opening, width, rounding). A frame's target is the overlap-weighted
 mix of the visemes under it (looked at slightly ahead, so the mouth starts to shape before the
-sound rises), scaled by the frame's speech energy; a bilabial (/p b m/) under a third of the frame
+sound rises), scaled by the frame's speech loudness (the feature stage's ``activity.loudness``:
+0..1 relative to the stream's noise floor and the speaker's recent peaks, so the recording level and
+steady background noise do not matter), never below ``MIN_OPEN``; a bilabial (/p b m/) under a third of the frame
 or more closes the mouth outright, and silence returns it to rest. The pose then follows the target
 with separate attack and release time constants, which gives natural coarticulation.
 
@@ -42,8 +44,8 @@ VISEME_POSE: dict[int, tuple[float, float, float]] = {
     cpb.VISEME_R: (0.35, 0.35, 0.5),
     cpb.VISEME_MID: (0.55, 0.5, 0.1),
 }
-SILENCE_DBFS = -50.0
-LOUD_DBFS = -18.0
+# A voiced frame opens the mouth at least this much of its viseme's opening, however soft.
+MIN_OPEN = 0.4
 # At most this many events are mixed into one frame (a real track has two or three under a frame;
 # this bounds the per-frame work for a track that stacks thousands of events on one instant).
 MAX_OVERLAP = 32
@@ -85,7 +87,7 @@ class MouthAnimator:
         """Events held (waiting or under the current window)."""
         return len(self._pending) + len(self._active)
 
-    def _target(self, frame_index: int, voiced: bool, rms_dbfs: float) -> tuple[float, float, float]:
+    def _target(self, frame_index: int, voiced: bool, loudness: float) -> tuple[float, float, float]:
         shift = int(self.sample_rate * self.anticipation_ms / 1000)
         lo = self._clock.start(frame_index) + shift
         hi = self._clock.start(frame_index + 1) + shift
@@ -115,11 +117,11 @@ class MouthAnimator:
             pose = (acc[0] / total, acc[1] / total, acc[2] / total)
         if closed >= (hi - lo) / 3:
             return VISEME_POSE[cpb.VISEME_CLOSED]
-        loudness = min(1.0, max(0.4, (rms_dbfs - SILENCE_DBFS) / (LOUD_DBFS - SILENCE_DBFS)))
-        return (pose[0] * loudness, pose[1], pose[2])
+        return (pose[0] * min(1.0, max(MIN_OPEN, loudness)), pose[1], pose[2])
 
-    def step(self, frame_index: int, voiced: bool, rms_dbfs: float) -> MouthShape:
-        target = self._target(frame_index, voiced, rms_dbfs)
+    def step(self, frame_index: int, voiced: bool, loudness: float) -> MouthShape:
+        """The mouth of frame ``frame_index`` (increasing) from its activity (``voiced``, ``loudness``)."""
+        target = self._target(frame_index, voiced, loudness)
         dt = 1000.0 / self.fps
         out = []
         for cur, tgt in zip(self._pose, target, strict=True):

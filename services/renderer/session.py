@@ -180,7 +180,7 @@ class RenderSession:
         elif self.wants_features and fc.activity.voiced:
             # silent frames show the idle avatar and skip the model: they need no features
             raise InvalidArgument(f"{where}.features", f"backend {self.backend.name} needs a feature tensor")
-        mouth = self.animator.step(fc.frame_index, fc.activity.voiced, fc.activity.rms_dbfs)
+        mouth = self.animator.step(fc.frame_index, fc.activity.voiced, fc.activity.loudness)
         job = FrameJob(
             session_id=self.o.request_id,
             frame_index=fc.frame_index,

@@ -161,9 +161,11 @@ class VideoFrame(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ..., part_index: _Optional[int] = ..., part_count: _Optional[int] = ..., inferred: _Optional[bool] = ..., frames: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ..., in_ring: _Optional[bool] = ...) -> None: ...
 
 class FrameActivity(_message.Message):
-    __slots__ = ("rms_dbfs", "voiced")
+    __slots__ = ("rms_dbfs", "voiced", "loudness")
     RMS_DBFS_FIELD_NUMBER: _ClassVar[int]
     VOICED_FIELD_NUMBER: _ClassVar[int]
+    LOUDNESS_FIELD_NUMBER: _ClassVar[int]
     rms_dbfs: float
     voiced: bool
-    def __init__(self, rms_dbfs: _Optional[float] = ..., voiced: _Optional[bool] = ...) -> None: ...
+    loudness: float
+    def __init__(self, rms_dbfs: _Optional[float] = ..., voiced: _Optional[bool] = ..., loudness: _Optional[float] = ...) -> None: ...

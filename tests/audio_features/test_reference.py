@@ -9,6 +9,7 @@ import scipy.signal
 import soxr
 
 from services.audio_features import dsp
+from services.audio_features.activity import ActivityConfig
 from services.audio_features.streaming import (
     FeatureKind,
     StreamOptions,
@@ -171,18 +172,56 @@ def test_resampled_features_match_reference_on_soxr_resampled_audio(sample_rate:
         assert np.abs(frame.features - chunks[min(i, len(chunks) - 1)]).max() < 1e-3
 
 
+def reference_activity(x: np.ndarray, sample_rate: int, fps: float, cfg: ActivityConfig) -> list[tuple[bool, float]]:
+    """``(voiced, loudness)`` per frame, computed directly from activity.py's definition: speech-band
+    power from scipy's Hann periodogram, the floor as the minimum of the window's levels, the
+    hangover counted from the last frame above the threshold."""
+    f = fps_fraction(fps)
+    levels: list[float] = []
+    out = []
+    peak = -np.inf
+    last_voiced = -(10**9)
+    for i in range(int(np.ceil(len(x) * fps / sample_rate - 1e-9))):
+        seg = x[frame_start_sample(i, sample_rate, f) : frame_start_sample(i + 1, sample_rate, f)].astype(np.float64)
+        power = 0.0
+        if len(seg) >= 2:
+            freqs, psd = scipy.signal.periodogram(seg, sample_rate, window="hann", detrend=False)
+            band = (freqs >= cfg.band_low_hz) & (freqs <= min(8000.0, sample_rate / 2))
+            power = float(psd[band].sum() * sample_rate / len(seg))
+        level = max(dsp.SILENCE_DBFS, 10 * np.log10(power)) if power > 0 else dsp.SILENCE_DBFS
+        levels.append(level)
+        floor = min(levels[-round(cfg.floor_window_seconds * fps) :])
+        threshold = max(floor + cfg.voiced_margin_db, cfg.min_voiced_dbfs)
+        peak -= cfg.peak_decay_db_per_second / fps
+        if level > threshold:
+            peak = max(peak, level)
+            last_voiced = i
+        elif level <= cfg.min_voiced_dbfs or i - last_voiced > round(cfg.hangover_seconds * fps):
+            out.append((False, 0.0))
+            continue
+        top = max(peak - cfg.peak_headroom_db, threshold + cfg.min_span_db)
+        bottom = max(floor, top - cfg.loudness_range_db)
+        out.append((True, float(np.clip((level - bottom) / (top - bottom), 0, 1))))
+    return out
+
+
 @pytest.mark.parametrize(("sample_rate", "fps"), [(22050, 25.0), (24000, 29.97), (44100, 30.0)])
 def test_activity_is_the_rms_of_each_frames_source_samples(sample_rate: int, fps: float) -> None:
     x = quantise(speech_like(sample_rate, 1.21))
+    x[: len(x) // 5] += quantise(noise(sample_rate, 1.21, level=0.003))[: len(x) // 5]  # a noisy start
     frames = extract_offline(x, StreamOptions(FeatureKind.ACTIVITY, fps_fraction(fps), sample_rate))
     count = int(np.ceil(len(x) * fps / sample_rate - 1e-9))
     assert len(frames) == count
     f = fps_fraction(fps)
+    expected_activity = reference_activity(x, sample_rate, fps, ActivityConfig())
     for i, frame in enumerate(frames):
         seg = x[frame_start_sample(i, sample_rate, f) : frame_start_sample(i + 1, sample_rate, f)].astype(np.float64)
         rms = np.sqrt(np.mean(seg**2))
         expected = 20 * np.log10(rms) if rms > 0 else dsp.SILENCE_DBFS
         assert frame.rms_dbfs == pytest.approx(max(expected, dsp.SILENCE_DBFS), abs=1e-6)
-        assert frame.voiced == (frame.rms_dbfs > -45.0)
+        voiced, loudness = expected_activity[i]
+        assert frame.voiced == voiced, i
+        assert frame.loudness == pytest.approx(loudness, abs=1e-6), i
         assert frame.features is None
     assert any(f.voiced for f in frames) and not all(f.voiced for f in frames)
+    assert any(0.05 < f.loudness < 0.95 for f in frames) and max(f.loudness for f in frames) == 1.0

@@ -106,6 +106,7 @@ async def test_extract_streams_one_chunk_per_frame(host: Any, feature_type: int)
         assert not m.end_of_stream
         assert m.activity.rms_dbfs == pytest.approx(e.rms_dbfs, abs=1e-4)
         assert m.activity.voiced == e.voiced
+        assert m.activity.loudness == pytest.approx(e.loudness, abs=1e-6)
         if e.features is None:
             assert not m.HasField("features")
         else:
@@ -228,7 +229,7 @@ async def test_repeated_audio_hits_the_encoder_cache(host: Any) -> None:
 def test_load_config_defaults_and_env() -> None:
     cfg = load_config(env={})
     assert (cfg.server.port, cfg.server.metrics_port) == spec("audio_features").ports()
-    assert cfg.voiced_threshold_dbfs == -45.0 and cfg.whisper_encoder.path == ""
+    assert cfg.activity.min_voiced_dbfs == -60.0 and cfg.whisper_encoder.path == ""
     env = {
         "TALKMESH_AUDIO_FEATURES__WHISPER_ENCODER__PATH": "/models/enc.onnx",
         "TALKMESH_AUDIO_FEATURES__SERVER__PORT": "6000",
@@ -239,6 +240,9 @@ def test_load_config_defaults_and_env() -> None:
         load_config(env={"TALKMESH_AUDIO_FEATURES__RESAMPLE_QUALITY": "best"})
     with pytest.raises(ConfigError, match="block_seconds"):
         load_config(env={"TALKMESH_AUDIO_FEATURES__WHISPER_ENCODER__BLOCK_SECONDS": "0"})
+    assert load_config(env={"TALKMESH_AUDIO_FEATURES__ACTIVITY__VOICED_MARGIN_DB": "9"}).activity.voiced_margin_db == 9
+    with pytest.raises(ConfigError, match=r"activity\.loudness_range_db"):
+        load_config(env={"TALKMESH_AUDIO_FEATURES__ACTIVITY__LOUDNESS_RANGE_DB": "3"})
 
 
 def test_block_geometry_is_checked_against_the_model_window() -> None:

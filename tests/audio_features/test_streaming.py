@@ -41,7 +41,7 @@ def run_chunked(x: np.ndarray, options: StreamOptions, cuts: list[int], encoder:
 def assert_same(streamed: list[Frame], offline: list[Frame]) -> None:
     assert [f.index for f in streamed] == list(range(len(offline)))
     for s, o in zip(streamed, offline, strict=True):
-        assert s.rms_dbfs == o.rms_dbfs and s.voiced == o.voiced
+        assert s.rms_dbfs == o.rms_dbfs and s.voiced == o.voiced and s.loudness == o.loudness
         if o.features is None:
             assert s.features is None
         else:
