@@ -428,7 +428,7 @@
       rushTo = null;
       video.playbackRate = 1.0;
     }
-    if (speaking !== tm.speakingVisible) {
+    if (speaking !== tm.speakingVisible && tm.connected) { // without a session the badge says so
       tm.speakingVisible = speaking;
       $("state").textContent = speaking ? "speaking" : "idle";
       $("state").classList.toggle("speaking", speaking);
