@@ -248,6 +248,8 @@ async def test_escape_interrupts_and_a_drain_reconnects_at_once() -> None:
         await ws.send_json(started(n))
         while (body := await recv_json(ws, conn)) is not None:
             if "interrupt" in body and n == 1:
+                ack = {"unix_seconds": time.time(), "frame": "10", "interrupt_acknowledged": {}}
+                await ws.send_json({"seq": "4", "event": ack})
                 event = {
                     "unix_seconds": time.time(),
                     "frame": "10",
@@ -262,8 +264,11 @@ async def test_escape_interrupts_and_a_drain_reconnects_at_once() -> None:
     async with fake_edge(script) as edge, browser_page() as (page, console):
         await page.goto(edge.url + "?retry_base=5")
         await wait_js(page, "window.talkmesh.connected", timeout=15)
+        # "Turn sound on" (shown while the sound is off) comes right after the video, before the controls
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.id") == "unmute"
         await page.locator("body").press("Escape")
-        await wait_js(page, "window.talkmesh.interrupts.length === 1", timeout=5)
+        await wait_js(page, "document.getElementById('t-ack').textContent.endsWith(' ms')", timeout=5)
         deadline = time.monotonic() + 5
         while not any("interrupt" in m for m in edge.conns[0].received) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -278,4 +283,6 @@ async def test_escape_interrupts_and_a_drain_reconnects_at_once() -> None:
         # reconnected right after the session ended (the backoff base is 5 s here)
         await wait_js(page, "window.talkmesh.connected && window.talkmesh.started.session_id.endsWith('2')", timeout=3)
         assert edge.conns[1].at - edge.conns[0].at < 2.0
+        # the Timings panel starts afresh for the new session
+        assert await page.inner_text("#t-ack") == "\u2013"  # the en dash of an empty timing
     assert console.errors == [], console.errors
