@@ -182,7 +182,7 @@
       case "RESOURCE_EXHAUSTED":
         if (status.field) return `Your message was refused: ${tell}`;
         return `The server is full${inSeconds == null ? "" : `, retrying in ${Math.ceil(inSeconds)} s`}`;
-      case "MESSAGE_TOO_BIG": return `Your last message was too large for the server${retry}`;
+      case "MESSAGE_TOO_BIG": return `Your last message was too large for the server${tell ? ` (${tell})` : ""}${retry}`;
       case "UNAVAILABLE": return `The avatar service is unavailable${retry}`;
       case "DEADLINE_EXCEEDED": return `The avatar service did not answer in time${retry}`;
       case "INVALID_ARGUMENT": case "NOT_FOUND": case "FAILED_PRECONDITION": case "OUT_OF_RANGE":
@@ -516,9 +516,12 @@
     clearInterval(keepAliveTimer);
     if (mic) toggleMic();
     let status = tm.status || refusal;
-    if (!status) {
-      if (ev.code === 1009) status = { code: "MESSAGE_TOO_BIG", message: "message too big", field: "message" };
-      else if (ev.code === 1013) status = { code: "RESOURCE_EXHAUSTED", message: ev.reason || "try again later" };
+    // a message too large for the edge: close 1009, with (the documented form) or without a final status
+    const tooBig = ev.code === 1009 || (status && status.field === "message" && /large|big|size|bytes/i.test(status.message || ""));
+    if (tooBig) {
+      status = { code: "MESSAGE_TOO_BIG", message: status ? status.message : "", field: "message", raw: status };
+    } else if (!status) {
+      if (ev.code === 1013) status = { code: "RESOURCE_EXHAUSTED", message: ev.reason || "try again later" };
       else status = { code: "CLOSED", message: `closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})` };
     }
     if (!tm.status) logEvent(`session ended: ${status.code} ${status.message || ""}`);
