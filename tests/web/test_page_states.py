@@ -200,13 +200,17 @@ async def test_a_final_status_with_retry_after_is_honoured() -> None:
     assert console.errors == [], console.errors
 
 
-async def test_errors_are_shown_in_the_alert_region() -> None:
+@pytest.mark.parametrize("final_status", [False, True], ids=["close-1009", "status-then-1009"])
+async def test_errors_are_shown_in_the_alert_region(final_status: bool) -> None:
     async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
         await recv_json(ws, conn)
         await ws.send_json(started(n))
         while (body := await recv_json(ws, conn)) is not None:
             text = body.get("text", {}).get("text", "")
             if text == "oversized":
+                if final_status:  # the documented form: a final status, then the close
+                    why = "message: larger than the edge's limit of 262144 bytes"
+                    await ws.send_json({"status": {"code": "INVALID_ARGUMENT", "message": why, "field": "message"}})
                 await ws.close(code=1009)  # today's edge: no JSON before a too-big message's close
                 return
             if text:
