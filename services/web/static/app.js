@@ -683,9 +683,14 @@
     } else if (ev.session_ending) {
       const end = ev.session_ending;
       logEvent(`session_ending ${end.reason} in ${end.seconds_left || 0} s`);
+      const left = Math.ceil(Number(end.seconds_left || 0));
       if (end.reason === "END_REASON_DRAINING") {
         draining = true;
-        setConnection(`This server is restarting: moving to another one in ${Math.ceil(Number(end.seconds_left || 0))} s`);
+        setConnection(`This server is restarting: moving to another one in ${left} s`);
+      } else if (end.reason === "END_REASON_MAX_LENGTH") {
+        setConnection(`This session reaches its maximum length in ${left} s; a new one starts then`);
+      } else if (end.reason === "END_REASON_IDLE_TIMEOUT") {
+        setConnection(`This session ends in ${left} s (nothing was said for a while); a new one starts then`);
       }
     }
   }
