@@ -63,6 +63,18 @@
   // the page loads while the wall clock may be stepped or slewed later (tm.turns[id].clockDrift
   // records the difference; 0-2 ms in the 2-minute bench runs).
   const wallToPerf = (wallMs) => performance.now() - (Date.now() - wallMs);
+  // Reconnects: exponential backoff with jitter (the n-th wait is between half and all of
+  // retry_base * 2^n, capped at retry_cap; a final status's retry_after is a floor), so a refused
+  // or failing edge is not hammered every 2 s. Seconds.
+  const RETRY_BASE = knob("retry_base", 1);
+  const RETRY_CAP = knob("retry_cap", 30);
+  // The true delay (the frame on screen vs the wall clock, see trueDelay): beyond LAG_WARN s of
+  // media arriving late the page says the connection is too slow; beyond CATCHUP s it drops what
+  // is in flight (a new session at the live edge) rather than fall further behind.
+  const LAG_WARN = knob("lag_warn", 1.5);
+  const CATCHUP = knob("catchup", 5);
+  // The documented limit of a text turn (LiveConfig.max_text_chars); a server may announce its own.
+  const MAX_TEXT = 5000;
 
   const tm = {
     // Exposed for tests and `talkmesh bench web`.
@@ -85,6 +97,12 @@
     speakingVisible: false,
     status: null,
     connected: false,
+    // the true delay (s): `screen` the frame on screen, `link` the newest media received, both
+    // against the server's wall clock (frame n of the session is due at frame0_unix_seconds + n / fps)
+    delay: { screen: null, link: null, max: 0, samples: [], clockOffset: null, warned: 0, catchups: 0 },
+    connects: [], // {at (performance.now()), wait (s before it), reason}
+    alerts: [], // texts shown in the role=alert region
+    unsent: [], // turns not sent (no session): {at, text}
   };
   window.talkmesh = tm;
 
@@ -103,6 +121,15 @@
   let audioPath = null; // webaudio.js's AudioPath (audio=webaudio)
   let audioTrack = null; // the audio track's id in the stream (audio=webaudio)
   let waitingForSound = false; // the picture is paused until its sound is there (audio=webaudio)
+  let attempts = 0; // failed connections in a row (the backoff's exponent)
+  let refusal = null; // an `error` before `started`: the old edge's way of refusing a session
+  let draining = false; // a session_ending END_REASON_DRAINING arrived: reconnect at once
+  let catchingUp = false; // this close is the page's own, to drop media in flight (too slow a link)
+  let sessionStartedAt = null; // performance.now() of `started`
+  let countdown = null; // the header's "retrying in N s" timer
+  let newestFrameEnd = null; // session frame after the newest frame received
+  let slowSince = null; // performance.now() since when the link has been more than LAG_WARN late
+  let lastSlowAt = -Infinity; // performance.now() when it last was
 
   // -- events panel ---------------------------------------------------------------------------
   function logEvent(text) {
@@ -117,6 +144,60 @@
   }
   function setConnection(text) {
     $("connection").textContent = text;
+  }
+  // User-facing errors: the role=alert region (the raw message goes to the Events list).
+  function showAlert(text, kind = "") {
+    tm.alerts.push(text);
+    $("alert").dataset.kind = kind;
+    $("alert").textContent = text;
+    $("alert").hidden = false;
+  }
+  function clearAlert() {
+    $("alert").textContent = "";
+    $("alert").hidden = true;
+  }
+  // Speak, Interrupt and the audio turns need a session; the badge and the video say there is none.
+  function setControls(live) {
+    for (const id of ["speak", "interrupt", "audio-file"]) $(id).disabled = !live;
+    if (!mic) $("mic").disabled = !live;
+    video.parentElement.classList.toggle("offline", !live);
+    $("state").classList.toggle("offline", !live);
+    if (!live) {
+      tm.speakingVisible = false;
+      $("state").classList.remove("speaking");
+      $("state").textContent = ws && ws.readyState === WebSocket.CONNECTING ? "connecting" : "disconnected";
+    } else {
+      $("state").textContent = tm.speakingVisible ? "speaking" : "idle";
+    }
+  }
+  function resetTimings() {
+    for (const id of ["t-ttff", "t-started", "t-ack", "t-idle", "t-delay", "t-lag"]) $(id).textContent = "–";
+  }
+  // A gRPC status for people (the raw message stays in the Events list): null for OK.
+  function friendly(status, inSeconds) {
+    const retry = inSeconds == null ? "" : inSeconds <= 0.5 ? "; reconnecting now" : `; reconnecting in ${Math.ceil(inSeconds)} s`;
+    const tell = (status.message || "").replace(/^session: /, "");
+    switch (status.code) {
+      case "OK": return null;
+      case "RESOURCE_EXHAUSTED":
+        if (status.field) return `Your message was refused: ${tell}`;
+        return `The server is full${inSeconds == null ? "" : `, retrying in ${Math.ceil(inSeconds)} s`}`;
+      case "MESSAGE_TOO_BIG": return `Your last message was too large for the server${tell ? ` (${tell})` : ""}${retry}`;
+      case "UNAVAILABLE": return `The avatar service is unavailable${retry}`;
+      case "DEADLINE_EXCEEDED": return `The avatar service did not answer in time${retry}`;
+      case "INVALID_ARGUMENT": case "NOT_FOUND": case "FAILED_PRECONDITION": case "OUT_OF_RANGE":
+        return `The session was refused: ${tell}${retry}`;
+      case "PERMISSION_DENIED": case "UNAUTHENTICATED": return `Not allowed: ${tell}`;
+      case "CLOSED": return `The connection to the server was lost${retry}`;
+      default: return `Something went wrong on the server${retry}`;
+    }
+  }
+  // retry_after of a final status: seconds as a number, "5s" (a Duration's JSON) or retry_after_seconds.
+  function retryAfter(status) {
+    const v = status && (status.retry_after_seconds ?? status.retry_after);
+    if (v == null) return 0;
+    const n = typeof v === "object" ? Number(v.seconds || 0) + Number(v.nanos || 0) / 1e9 : Number.parseFloat(String(v));
+    return Number.isFinite(n) && n > 0 ? n : 0;
   }
 
   // -- media ----------------------------------------------------------------------------------
@@ -197,6 +278,72 @@
   function riding() {
     const a = tm.ahead;
     return a ? Math.max(0, a.seconds - (performance.now() - a.at) / 1000) : 0;
+  }
+
+  // -- the true delay -------------------------------------------------------------------------
+  // Session frame n is due at frame0_unix_seconds + n / fps on the server's clock. `started` (a
+  // small message first on a fresh socket) and every fragment (sent when its first frame is due)
+  // arrive (arrival on this clock) - (server time) = the clocks' offset + the link's delay after
+  // the server stamped them: the smallest value seen estimates the offset. Clocks that agree
+  // within a second (NTP) are taken as agreeing (offset 0), so the link's latency is not mistaken
+  // for an offset; beyond that the estimate is used.
+  function dueWall(frame) {
+    return Number(tm.started.frame0_unix_seconds) + frame / tm.fps;
+  }
+  function noteClock(seen) {
+    const d = tm.delay;
+    d.minSeen = d.minSeen == null ? seen : Math.min(d.minSeen, seen);
+    d.clockOffset = Math.abs(d.minSeen) < 1 ? 0 : d.minSeen;
+  }
+  function noteArrival(head) {
+    if (!tm.started || !tm.started.frame0_unix_seconds || !head || head.init_segment) return;
+    const first = Number(head.first_frame || 0);
+    newestFrameEnd = first + Number(head.frame_count || 1);
+    noteClock(Date.now() / 1000 - dueWall(first));
+  }
+  // Seconds behind live of the frame on screen and of the newest media received (null: unknown).
+  function trueDelay() {
+    const d = tm.delay;
+    if (!tm.started || !tm.started.frame0_unix_seconds || tm.offset === null || d.clockOffset === null) return;
+    const now = Date.now() / 1000 - d.clockOffset;
+    d.screen = now - dueWall((video.currentTime - tm.offset) * tm.fps);
+    // the newest frame received ends at newestFrameEnd; idle frames sent ahead of the clock count as on time
+    d.link = Math.max(0, now - dueWall(newestFrameEnd));
+    if (tm.painted > 25) {
+      d.max = Math.max(d.max, d.screen);
+      d.samples.push(d.screen);
+      if (d.samples.length > 20000) d.samples.splice(0, 10000);
+    }
+    $("t-delay").textContent = ms_(d.screen * 1000);
+    // The link is slower than the stream: the media itself arrives late (not a stall in this tab,
+    // which keepLive skips over). Say so, and past CATCHUP drop what is in flight.
+    const late = Math.max(d.link, d.screen);
+    if (d.link > LAG_WARN) {
+      if (slowSince === null) slowSince = performance.now();
+      lastSlowAt = performance.now();
+      if (performance.now() - slowSince > 1000) {
+        if ($("slow").hidden) d.warned += 1;
+        $("slow").textContent = `Your connection is too slow for live video: ${late.toFixed(1)} s behind.`
+          + (late > CATCHUP ? " Skipping ahead to live…" : ` The page skips ahead to live beyond ${CATCHUP} s.`);
+        $("slow").hidden = false;
+      }
+      if (late > CATCHUP && tm.painted > 25 && ws && ws.readyState === WebSocket.OPEN) {
+        // The media in flight can only be dropped by closing its socket: a new session starts at
+        // the live edge (the turn being spoken is lost; the user is told).
+        d.catchups += 1;
+        catchingUp = true;
+        logEvent(`catch up: ${late.toFixed(1)} s behind live, reconnecting at the live edge`);
+        ws.close(4000, "catching up");
+      }
+    } else if (d.link < LAG_WARN / 2 && d.screen < LAG_WARN) {
+      slowSince = null;
+      // the warning stays up until the stream has kept up for a while (a catch-up's new session
+      // starts on time and falls behind again on a link that cannot carry it)
+      if (!$("slow").hidden && !catchingUp && performance.now() - lastSlowAt > 10000) $("slow").hidden = true;
+      else if (!$("slow").hidden && d.catchups) {
+        $("slow").textContent = `Your connection is too slow for live video: skipped ahead to live ${d.catchups}× (the speech in between was dropped).`;
+      }
+    }
   }
 
   function keepLive() {
@@ -281,7 +428,7 @@
       rushTo = null;
       video.playbackRate = 1.0;
     }
-    if (speaking !== tm.speakingVisible) {
+    if (speaking !== tm.speakingVisible && tm.connected) { // without a session the badge says so
       tm.speakingVisible = speaking;
       $("state").textContent = speaking ? "speaking" : "idle";
       $("state").classList.toggle("speaking", speaking);
@@ -290,18 +437,32 @@
   }
 
   // -- the session ----------------------------------------------------------------------------
+  // True when the message went out (false: no open session).
   function send(obj) {
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify(obj));
+    return true;
   }
 
-  function connect() {
+  function connect(reason) {
     clearTimeout(reconnectTimer);
+    clearInterval(countdown);
     if (ws) {
       ws.onclose = null;
       ws.close();
     }
+    tm.connects.push({ at: performance.now(), reason: typeof reason === "string" ? reason : "start" });
     tm.turns = {};
     tm.started = null;
+    tm.connected = false;
+    tm.status = null;
+    refusal = null;
+    draining = false;
+    sessionStartedAt = null;
+    newestFrameEnd = null;
+    slowSince = null;
+    Object.assign(tm.delay, { screen: null, link: null, clockOffset: null, minSeen: null });
+    resetTimings();
     if (audioPath) audioPath.close();
     audioPath = null;
     audioTrack = null;
@@ -310,6 +471,7 @@
     ws = new WebSocket(`${scheme}://${location.host}/v1/live${TIMING ? "?timing=1" : ""}`);
     ws.binaryType = "arraybuffer";
     setConnection("connecting…");
+    setControls(false);
     ws.onopen = () => {
       const config = { request_id: `web-${Date.now().toString(36)}` };
       if ($("avatar-select").value) config.avatar_id = $("avatar-select").value;
@@ -323,6 +485,7 @@
         const head = pendingMedia;
         pendingMedia = null;
         const item = { data: ev.data, head };
+        noteArrival(head);
         if (WEBAUDIO && !splitAudio(item)) return;
         const count = head && !head.init_segment ? Number(head.frame_count || 0) : 0;
         if (count) tm.ahead = { seconds: (count - 1) / tm.fps, at: performance.now() };
@@ -342,13 +505,52 @@
       }
       onMessage(JSON.parse(ev.data));
     };
-    ws.onclose = (ev) => {
-      tm.connected = false;
-      clearInterval(keepAliveTimer);
-      const why = tm.status && tm.status.code !== "OK" ? `${tm.status.code}: ${tm.status.message}` : `closed (${ev.code})`;
-      setConnection(`disconnected: ${why}; reconnecting…`);
-      reconnectTimer = setTimeout(connect, 2000);
-    };
+    ws.onclose = (ev) => onClose(ev);
+  }
+
+  // The session is over: say why (the final status; the old edge's `error` before `started`; the
+  // close code) and reconnect after a backoff (at once after a drain or a catch-up).
+  function onClose(ev) {
+    const lived = sessionStartedAt === null ? 0 : (performance.now() - sessionStartedAt) / 1000;
+    tm.connected = false;
+    clearInterval(keepAliveTimer);
+    if (mic) toggleMic();
+    let status = tm.status || refusal;
+    // a message too large for the edge: close 1009, with (the documented form) or without a final status
+    const tooBig = ev.code === 1009 || (status && status.field === "message" && /large|big|size|bytes/i.test(status.message || ""));
+    if (tooBig) {
+      status = { code: "MESSAGE_TOO_BIG", message: status ? status.message : "", field: "message", raw: status };
+    } else if (!status) {
+      if (ev.code === 1013) status = { code: "RESOURCE_EXHAUSTED", message: ev.reason || "try again later" };
+      else status = { code: "CLOSED", message: `closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})` };
+    }
+    if (!tm.status) logEvent(`session ended: ${status.code} ${status.message || ""}`);
+    let wait;
+    if (catchingUp || draining) {
+      attempts = 0;
+      wait = 0.1 + Math.random() * 0.4; // to the live edge / another replica, at once
+    } else {
+      // a session that ran for a while was not a failed attempt: start the backoff again
+      if (lived > 10 || status.code === "OK" || status.code === "MESSAGE_TOO_BIG") attempts = 0;
+      const step = Math.min(RETRY_CAP, RETRY_BASE * 2 ** attempts);
+      wait = Math.max(step / 2 + Math.random() * step / 2, retryAfter(status));
+      attempts += 1;
+    }
+    const reason = catchingUp ? "catch up" : draining ? "drain" : status.code;
+    const header = catchingUp
+      ? () => "Skipping ahead to live: reconnecting…"
+      : draining
+        ? () => "This server is restarting: moving to another one…"
+        : (left) => friendly(status, left) || `The session ended; reconnecting in ${Math.ceil(left)} s`;
+    const text = friendly(status, null);
+    if (text && !catchingUp && !draining) showAlert(text, "session");
+    catchingUp = false;
+    const due = performance.now() + wait * 1000;
+    const tick = () => setConnection(header(Math.max(0, (due - performance.now()) / 1000)));
+    tick();
+    countdown = setInterval(tick, 1000);
+    setControls(false);
+    reconnectTimer = setTimeout(() => connect(reason), wait * 1000);
   }
 
   // audio=webaudio: the init segment and fragments lose their audio track, which goes to the
@@ -404,6 +606,11 @@
       tm.started = s;
       tm.fps = s.fps_numerator / (s.fps_denominator || 1);
       tm.connected = true;
+      sessionStartedAt = performance.now();
+      if (s.frame0_unix_seconds) noteClock(Date.now() / 1000 - Number(s.frame0_unix_seconds));
+      if (s.max_text_chars) $("text").maxLength = Number(s.max_text_chars);
+      setControls(true);
+      if ($("alert").dataset.kind === "session") clearAlert(); // the session is back
       setConnection(`live: session ${s.session_id.slice(-8)}, ${s.width}×${s.height} at ${tm.fps} fps`);
       logEvent(`started ${s.width}x${s.height} ${s.mime_type}`);
       setupMedia(s.mime_type);
@@ -414,13 +621,22 @@
       return;
     }
     if (msg.error) {
-      tm.errors.push(msg.error);
-      logEvent(`error ${msg.error.code}: ${msg.error.message}`);
+      const e = msg.error;
+      tm.errors.push(e);
+      logEvent(`error ${e.code}: ${e.message}`);
+      if (!tm.started) {
+        refusal = e; // the old edge refused the session this way (then closed 1013)
+        return;
+      }
+      const what = e.turn_id ? `Turn ${e.turn_id} was not spoken` : "The server refused a message";
+      const why = ["UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED"].includes(e.code)
+        ? "a service behind the avatar failed (details in Events)" : e.message;
+      showAlert(`${what}: ${why}`);
       return;
     }
     if (msg.status) {
       tm.status = msg.status;
-      logEvent(`session ended: ${msg.status.code} ${msg.status.message || ""}`);
+      logEvent(`session ended: ${msg.status.code} ${msg.status.message || ""}${msg.status.field ? ` (${msg.status.field})` : ""}`);
     }
   }
 
@@ -465,7 +681,17 @@
     } else if (ev.underrun) {
       logEvent(`underrun ${ev.underrun.turn_id} frame ${ev.underrun.turn_frame}`);
     } else if (ev.session_ending) {
-      logEvent(`session_ending ${ev.session_ending.reason} in ${ev.session_ending.seconds_left} s`);
+      const end = ev.session_ending;
+      logEvent(`session_ending ${end.reason} in ${end.seconds_left || 0} s`);
+      const left = Math.ceil(Number(end.seconds_left || 0));
+      if (end.reason === "END_REASON_DRAINING") {
+        draining = true;
+        setConnection(`This server is restarting: moving to another one in ${left} s`);
+      } else if (end.reason === "END_REASON_MAX_LENGTH") {
+        setConnection(`This session reaches its maximum length in ${left} s; a new one starts then`);
+      } else if (end.reason === "END_REASON_IDLE_TIMEOUT") {
+        setConnection(`This session ends in ${left} s (nothing was said for a while); a new one starts then`);
+      }
     }
   }
 
@@ -508,19 +734,35 @@
     video.play().catch(() => {});
   }
 
+  // Without a session a turn is not sent and not queued (it would be spoken late, out of the
+  // conversation, by a new session): the user is told and the text stays in the box.
   function speak() {
     const text = $("text").value.trim();
     if (!text) return;
+    const limit = $("text").maxLength > 0 ? $("text").maxLength : MAX_TEXT;
+    if (text.length > limit) {
+      showAlert(`Not sent: the text is ${text.length} characters long, the limit is ${limit}.`);
+      logEvent(`speak refused in the page: ${text.length} > ${limit} characters`);
+      return;
+    }
+    if (!tm.connected || !ws || ws.readyState !== WebSocket.OPEN) {
+      tm.unsent.push({ at: performance.now(), text });
+      showAlert("Not sent: there is no live session right now. Press Speak again once reconnected.");
+      logEvent(`NOT sent (no session): ${text.slice(0, 40)}`);
+      return;
+    }
     unmute();
     turnCounter += 1;
     currentTurn = `t${turnCounter}`;
     turn(currentTurn).pressed = performance.now();
     turn(currentTurn).lagAtPress = liveLag() * 1000;
     send({ text: { turn_id: currentTurn, text, final: true } });
+    if ($("alert").dataset.kind !== "session") clearAlert();
     logEvent(`speak ${currentTurn}: ${text.slice(0, 40)}`);
   }
 
   function interrupt() {
+    if (!tm.connected) return;
     tm.interrupts.push({ pressed: performance.now() });
     send({ interrupt: {} });
     logEvent("interrupt");
@@ -529,6 +771,7 @@
   function showError(message) {
     tm.errors.push({ message });
     logEvent(`error: ${message}`);
+    showAlert(message.charAt(0).toUpperCase() + message.slice(1));
   }
 
   // Audio turns: mono s16le PCM chunks of 100 ms after a JSON `audio` message naming the turn.
@@ -545,6 +788,7 @@
   }
 
   function startAudioTurn() {
+    if (!tm.connected) throw new Error("not sent: there is no live session right now");
     unmute();
     turnCounter += 1;
     const id = `a${turnCounter}`;
@@ -698,12 +942,14 @@
         record.ok = false;
         status.classList.add("error");
         status.textContent = `Upload failed: ${err.message || xhr.statusText || `HTTP ${xhr.status}`}`;
+        showAlert(status.textContent);
         bar.value = 0;
       }
     };
     xhr.onerror = () => {
       status.classList.add("error");
       status.textContent = "Upload failed: the server could not be reached";
+      showAlert(status.textContent);
     };
     xhr.send(form);
   }
@@ -746,6 +992,10 @@
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) speak();
   });
+  // Escape interrupts, from anywhere on the page (an open <select> keeps its own Escape).
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !e.defaultPrevented && !(e.target instanceof HTMLSelectElement)) interrupt();
+  });
   $("avatar-select").addEventListener("change", connect);
   $("voice-select").addEventListener("change", connect);
   $("audio-file").addEventListener("change", (e) => e.target.files[0] && audioFile(e.target.files[0]));
@@ -786,7 +1036,7 @@
     seekingTurn = null;
   });
   video.addEventListener("play", () => {
-    if (video.muted) $("unmute").hidden = false;
+    $("unmute").hidden = !video.muted;
   });
   tm.upload = upload;
   tm.speak = speak;
@@ -798,7 +1048,10 @@
     ? audioPath.onsetAfter(frameTime(tm.turns[id].startFrame)) : null);
 
   video.requestVideoFrameCallback(onFrame);
-  setInterval(keepLive, 100);
+  setInterval(() => {
+    keepLive();
+    trueDelay();
+  }, 100);
   setInterval(() => trim(false), 5000);
   loadPickers().then(connect);
 })();
