@@ -360,8 +360,12 @@ class TalkmeshClient:
 
         async def requests() -> AsyncIterator[gpb.SpeakStreamRequest]:
             yield gpb.SpeakStreamRequest(start=start)
+            sent = False
             async for piece in pcm_pieces(pcm, sample_rate):
                 yield gpb.SpeakStreamRequest(audio=gpb.AudioPiece(sample_rate=sample_rate, pcm=piece))
+                sent = True
+            if not sent:  # no audio at all: said as such (audio.pcm), not taken for a request without text
+                yield gpb.SpeakStreamRequest(audio=gpb.AudioPiece(sample_rate=sample_rate))
 
         return self.stub.SpeakStream(requests(), timeout=timeout, metadata=self._md())  # type: ignore[no-any-return]
 

@@ -22,10 +22,17 @@ class SpeechFileError(ValueError):
 
 
 def read_speech(path: str | Path) -> tuple[bytes, int]:
-    """(mono s16le PCM, sample rate) of the recording at ``path``."""
+    """(mono s16le PCM, sample rate) of the recording at ``path``; SpeechFileError if it holds none."""
     path = Path(path)
     if not path.is_file():
         raise SpeechFileError(f"{path}: no such file")
+    pcm, rate = _read(path)
+    if not pcm:
+        raise SpeechFileError(f"{path}: holds no audio")
+    return pcm, rate
+
+
+def _read(path: Path) -> tuple[bytes, int]:
     try:
         return _read_wav(path)
     except (wave.Error, EOFError, _RateError) as exc:

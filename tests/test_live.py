@@ -637,3 +637,22 @@ def test_the_turn_input_timeout_is_validated() -> None:
     for bad in (0.0, -1.0, float("nan"), 86401.0):
         with pytest.raises(ConfigError, match=r"^turn_input_timeout_seconds: "):
             LiveSettings(turn_input_timeout_seconds=bad).validate()
+
+
+async def test_a_turn_refused_for_want_of_room_may_be_sent_again(tmp_path: Path) -> None:
+    """The 33rd waiting turn is RESOURCE_EXHAUSTED; once there is room, the same id plays."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            for i in range(32):
+                await live.say("A long sentence that keeps the avatar busy for a while.", turn_id=f"t{i}")
+            await live.say("One too many.", turn_id="extra")
+            refused = await rec.wait_for(lambda r: r.kind == "error" and r.msg.error.turn_id == "extra")
+            await live.interrupt()  # room again
+            await rec.wait_event("interrupt_acknowledged")
+            await live.say("One too many.", turn_id="extra")
+            played = await rec.wait_event("speaking_stopped", "extra", timeout=30)
+            await live.close()
+            await rec.finish()
+    assert refused.msg.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert played.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED

@@ -98,6 +98,15 @@ async def test_bad_audio_pieces_are_refused_naming_the_field(
         assert mesh.active_streams() == dict.fromkeys(mesh.active_streams(), 0.0)  # nothing left running
 
 
+async def test_no_audio_at_all_is_refused_as_such(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in client.speak_audio(b"", 16000):
+                pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "audio.pcm: no audio: every piece was empty"
+
+
 async def test_pcm_is_sent_in_whole_samples_at_most_a_second_per_piece() -> None:
     async def collect(chunks: object, rate: int = 1000) -> list[int]:
         return [len(p) async for p in pcm_pieces(chunks, rate)]  # type: ignore[arg-type]
@@ -157,6 +166,12 @@ def test_other_formats_and_rates_go_through_pyav(tmp_path: Path) -> None:
             out.mux(packet)
     pcm, got_rate = read_speech(path)
     assert got_rate == 48000 and abs(len(pcm) // 2 - 48000 // 5) <= 64
+    with wave.open(str(tmp_path / "empty.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+    with pytest.raises(SpeechFileError, match="holds no audio"):
+        read_speech(tmp_path / "empty.wav")
     (tmp_path / "noise.wav").write_bytes(b"RIFF not really")
     with pytest.raises(SpeechFileError, match="cannot decode"):
         read_speech(tmp_path / "noise.wav")

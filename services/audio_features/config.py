@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from services.audio_features.activity import ActivityConfig
 from services.audio_features.streaming import FILLS, MUSETALK_VERSIONS
@@ -85,6 +86,11 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class AudioFeaturesConfig:
+    #: keys of earlier releases, and where they went (named in the start-up error)
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "voiced_threshold_dbfs": "activity.min_voiced_dbfs (voicing is now relative to each stream's noise floor)"
+    }
+
     server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("audio_features"))
     # Each frame's `activity` (voiced, loudness): relative to the stream's own noise floor and speech
     # peak, on the speech band (services/audio_features/activity.py).

@@ -350,7 +350,7 @@ class LiveSession:
             try:
                 await self._client_message(msg)
             except TalkmeshError as exc:
-                if exc.code.value[0] not in (3, 5, 9):  # INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION
+                if exc.code not in _IN_SESSION_REFUSALS:
                     raise
                 await self._error(exc, _turn_of(msg))
         self.client_closed = True
@@ -388,13 +388,13 @@ class LiveSession:
         try:
             # a refused message has no effect: checked before a turn exists
             self._check_piece(kind, tid, body, turn)
-            if turn is None:
-                turn = await self._new_turn(tid, kind, body)
         except TalkmeshError:
             self.refused.put(tid, True)
             if turn is not None:
                 turn.end_input()  # it plays what it had
             raise
+        if turn is None:  # (a refusal for want of room is not remembered: the id may come again)
+            turn = await self._new_turn(tid, kind, body)
         turn.quiet_since = time.monotonic()
         if kind == "text":
             if body.text:
@@ -427,7 +427,12 @@ class LiveSession:
 
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
         if len(self.turns) >= MAX_PENDING_TURNS:
-            raise InvalidArgument(f"{kind}.turn_id", f"more than {MAX_PENDING_TURNS} turns waiting to play")
+            raise ResourceExhausted(
+                f"{kind}.turn_id: more than {MAX_PENDING_TURNS} turns waiting to play; send it again later",
+                retry_after=1.0,
+                quota="turns waiting per live session",
+                subject="session",
+            )
         if self.refusing_turns:
             raise FailedPrecondition("the session is ending: no new turns")
         turn = GatewayTurn(tid, kind)
@@ -570,6 +575,7 @@ class LiveSession:
         resampler: Resampler | None = None
         source_rate = 0
         async for chunk in tts:
+            turn.quiet_since = time.monotonic()  # speech still coming (a slow TTS is not a quiet input)
             if chunk.sample_rate and resampler is None:
                 source_rate = chunk.sample_rate
                 resampler = Resampler(source_rate, self.rate)
@@ -712,6 +718,17 @@ def _scrubbed(msg: lpb.LiveServerMessage) -> lpb.LiveServerMessage:
     return out
 
 
+#: What a refused client message gets as a LiveError while the session goes on (anything else ends it).
+_IN_SESSION_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many turns waiting: the turn may be sent again
+    }
+)
+
+
 async def _first_words(pieces: Chan[str]) -> str | None:
     """The pieces up to the first that is not white space, joined; None when the input ends first."""
     seen = []
@@ -764,6 +781,7 @@ class LiveHub:
         self._limit()
         _validate_config(cfg, self.config)
         voice_rate = await self._check_voice(cfg.voice)
+        self._limit()  # again: other sessions may have started while the voice was checked
         session_id = self.ids.new()
         request_id = adopt_request_id(cfg.request_id)
         session = LiveSession(self, session_id, cfg, request_id, deadline, voice_rate)

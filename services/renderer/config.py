@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.framering import FrameRingConfig
@@ -17,6 +18,9 @@ DEFAULT_ALIAS = "default"
 
 @dataclass(frozen=True)
 class AvatarConfig:
+    #: keys of earlier releases, and where they went (named in the start-up error)
+    MOVED_KEYS: ClassVar[dict[str, str]] = {"max_video_side": "max_side (photos too)"}
+
     # Where prepared avatars are stored (content-addressed); "" means $XDG_CACHE_HOME/talkmesh/avatars
     # (~/.cache/talkmesh/avatars without XDG_CACHE_HOME).
     cache_dir: str = ""

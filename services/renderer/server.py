@@ -141,7 +141,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     def _info(self, avatar: Any, cached: bool, names: list[str]) -> rpb.AvatarInfo:
         return rpb.AvatarInfo(
             id=avatar.id,
-            name=names[0],
+            name=names[0] if names else "",
             names=names,
             width=avatar.size[0],
             height=avatar.size[1],
@@ -294,7 +294,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             avatars=[
                 rpb.AvatarInfo(
                     id=a.id,
-                    name=names[0],
+                    name=names[0] if names else "",
                     names=names,
                     width=a.width,
                     height=a.height,
@@ -312,19 +312,22 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             raise InvalidArgument("avatar_id", "must not be empty")
         check_id("avatar_id", request.avatar_id, path_safe=True)
         name = clean_name("name", request.name)
+        if request.name and not name:  # (else it would delete the whole avatar, not one name)
+            raise InvalidArgument("name", "has no printable characters: give a name of the avatar, or none")
         who = principal_of(context.invocation_metadata())
         return rpb.DeleteAvatarResponse(deleted=await asyncio.to_thread(self._delete, who, request.avatar_id, name))
 
 
 def _names_for(who: Principal | None, names: dict[str, list[str]], first: str) -> list[str]:
     """The names ``who`` sees of an avatar whose names are ``names`` (``AvatarStore.names``): a
-    user key its own; without keys or for an admin every name, whoever gave it. None recorded
-    (older entries, a co-owner that gave no name): ``[first]`` (its first name), or [] if empty."""
+    user key its own only (a co-owner that gave none sees none: another key's names are never
+    shown to it); without keys or for an admin every name, whoever gave it. An entry with no names
+    recorded (from before names.json, or the default avatar): ``[first]``, or [] if empty."""
+    if not names:
+        return [first] if first else []
     if restricted(who):
-        mine = list(names.get(who.name, []))
-    else:
-        mine = list(dict.fromkeys(n for key in sorted(names) for n in names[key]))
-    return mine or ([first] if first else [])
+        return list(names.get(who.name, []))
+    return list(dict.fromkeys(n for key in sorted(names) for n in names[key]))
 
 
 def face_report(report: dict[str, Any]) -> rpb.FaceReport:

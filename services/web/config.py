@@ -22,6 +22,8 @@ def normal_origin(origin: str) -> str:
         return ""
     if parts.username or parts.password:
         return ""
+    if (parts.scheme, port) in (("http", 80), ("https", 443)):
+        port = None  # as browsers send it: "https://a.example", never "https://a.example:443"
     netloc = parts.hostname if port is None else f"{parts.hostname}:{port}"
     if ":" in parts.hostname:  # IPv6 literal
         netloc = f"[{parts.hostname}]" if port is None else f"[{parts.hostname}]:{port}"

@@ -172,7 +172,11 @@ class WebHost:
             tls=gateway.tls,
             api_key=self.config.web.gateway_api_key(),
         )
-        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        # handler_cancellation: a browser that goes away cancels its handler, and so its gateway
+        # call (a whole-MP4 /v1/speak writes nothing before the end, so it would not notice)
+        self._runner = web.AppRunner(
+            self.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, cfg.host, cfg.port)
         try:
@@ -603,11 +607,15 @@ class WebHost:
             ),
             "X-Talkmesh-First-Fragment-Ms": f"{summary.time_to_first_fragment_seconds * 1000:.1f}",
         }
-        resp = await self._open_speak(request, mime, headers, sum(len(b) for b in held))
-        for block in held:
-            await resp.write(block)
-        await resp.write_eof()
-        return resp
+        answer = web.StreamResponse()
+        try:
+            answer = await self._open_speak(request, mime, headers, sum(len(b) for b in held))
+            for block in held:
+                await answer.write(block)
+            await answer.write_eof()
+        except ConnectionError:  # the browser went away at the last moment: nothing more to do
+            log.info("speak: the browser left before the answer was written")
+        return answer
 
     async def _open_speak(
         self, request: web.Request, mime: str, headers: dict[str, str], length: int | None

@@ -212,7 +212,10 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = set(data) - set(fields)
     if unknown:
         where = prefix or cls.__name__
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        # a key of an earlier release says where it went (a config class's MOVED_KEYS)
+        moved: Mapping[str, str] = getattr(cls, "MOVED_KEYS", {})
+        where_now = "".join(f"; {k} is now {moved[k]}" for k in sorted(unknown) if k in moved)
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}{where_now}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name

@@ -177,6 +177,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             )
         if error is not None:
             m.streams_total.labels(svc, method, error.code.name).inc()
+            md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            request_id_var.set(md.get(REQUEST_ID_KEY, ""))
+            log.info("%s %s refused: %s", method, error.code.name, error.message)  # as _finish logs a call
             await context.abort(
                 error.code, error.message, trailing_metadata=status_trailer(error.code, error.message, error.details())
             )

@@ -87,3 +87,21 @@ def test_talkmesh_config_yaml_loads_back_to_the_same_config(service, tmp_path):
     path.write_text(text)
     assert main.load_config(path, env={}) == config
     assert "# " in text.split("\n", 1)[1]  # field comments from the source
+
+
+@pytest.mark.parametrize(
+    ("service", "variable", "hint"),
+    [
+        ("audio_features", "TALKMESH_AUDIO_FEATURES__VOICED_THRESHOLD_DBFS", "is now activity.min_voiced_dbfs"),
+        ("renderer", "TALKMESH_RENDERER__AVATARS__MAX_VIDEO_SIDE", "max_video_side is now max_side"),
+    ],
+)
+def test_a_key_of_an_earlier_release_says_where_it_went(service: str, variable: str, hint: str) -> None:
+    import importlib
+
+    from talkmesh.common.config import ConfigError
+    from talkmesh.common.registry import spec
+
+    main = importlib.import_module(spec(service).main_module)
+    with pytest.raises(ConfigError, match=hint):
+        main.load_config(None, env={variable: "1"})

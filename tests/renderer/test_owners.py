@@ -157,3 +157,16 @@ async def test_each_api_key_names_its_avatars_for_itself(tmp_path):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.DeleteAvatar(default_name, metadata=mallory)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        # a key uploading the same bytes without a name sees none of alice's names, nor can use them
+        bob = Principal("bob").metadata()
+        quiet = await stub.RegisterAvatar(_named(data, ""), metadata=bob)
+        assert quiet.id == first.id and quiet.name == "" and list(quiet.names) == []
+        assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=bob))[first.id] == []
+        assert not (await stub.DeleteAvatar(crop, metadata=bob)).deleted
+        assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=alice))[first.id] == ["crop", "other"]
+        for blank in ("   ", "\u200b"):  # a name of nothing is refused, not taken for "the whole avatar"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=first.id, name=blank), metadata=alice)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("name: ")
+        assert store.exists(first.id)

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.web.config import WebConfig, WebSettings, normal_origin
 from services.web.main import load_config
 from services.web.server import WebHost, same_origin
-from talkmesh.common.config import ConfigError
+from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import types_pb2 as api
@@ -274,6 +274,11 @@ def test_same_origin_compares_host_and_port(origin: str, host: str, same: bool) 
 
 def test_allowed_origins_are_validated_and_read_from_the_environment() -> None:
     assert normal_origin("HTTPS://App.Example.com/") == "https://app.example.com"
+    # a scheme's own port is written as browsers send the origin: without it
+    assert normal_origin("https://a.example:443") == "https://a.example"
+    assert normal_origin("http://a.example:80") == "http://a.example"
+    assert normal_origin("https://a.example:8443") == "https://a.example:8443"
+    assert normal_origin("http://a.example:443") == "http://a.example:443"
     for bad in ("app.example.com", "https://app.example.com/path", "ftp://x", "null", "https://u:p@x.example", "*"):
         with pytest.raises(ConfigError, match="allowed_origins"):
             WebSettings(allowed_origins=(bad,)).validate()
@@ -281,3 +286,35 @@ def test_allowed_origins_are_validated_and_read_from_the_environment() -> None:
     assert config.web.origins() == {"https://a.example", "http://localhost:3000"}
     with pytest.raises(ConfigError, match=r"web\.allowed_origins"):
         load_config(env={"TALKMESH_WEB__WEB__ALLOWED_ORIGINS": "https://a.example/app"})
+
+
+async def test_a_browser_that_leaves_a_whole_mp4_speak_cancels_it_on_the_real_server() -> None:
+    """The edge as `talkmesh serve web` runs it (its own AppRunner, not aiohttp's test server):
+    a whole MP4 writes nothing before the end, yet a browser that goes away cancels the call at
+    once and gives its download slot back."""
+    finished = asyncio.Event()
+
+    async def chunks(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        await asyncio.sleep(3)  # the whole file is encoded before its first chunk
+        yield media(b"x" * 1000, mime="video/mp4", frames=10)
+        yield summary(10)
+        finished.set()
+
+    plain = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=1.0)
+    config = dataclasses.replace(WebConfig(), server=plain)
+    host = WebHost(config, Telemetry("web"))
+    await host.start()
+    fake = FakeClient(chunks)
+    real_client, host.client = host.client, fake  # type: ignore[assignment]
+    try:
+        async with aiohttp.ClientSession() as session:
+            post = asyncio.create_task(session.post(f"{host.url}v1/speak", json={"text": "Hi."}))
+            await asyncio.sleep(0.5)
+            post.cancel()  # the browser goes away
+            await asyncio.gather(post, return_exceptions=True)
+            await asyncio.sleep(0.5)
+        assert fake.stub.calls[0].cancelled and host.speaks == 0
+        assert not finished.is_set()
+    finally:
+        host.client = real_client
+        await host.stop()
