@@ -86,8 +86,9 @@ class WebSettings:
             raise ConfigError.at("speak_buffer_bytes", "must not be negative")
 
     def origins(self) -> frozenset[str]:
-        """``allowed_origins`` in the form browsers send (lower case, no trailing slash)."""
-        return frozenset(o.rstrip("/").lower() for o in self.allowed_origins)
+        """``allowed_origins`` in the form browsers send (``normal_origin``: lower case, no trailing
+        slash, no port of the scheme's own)."""
+        return frozenset(normal_origin(o) for o in self.allowed_origins)
 
     def gateway_api_key(self) -> str:
         """The key of ``gateway_api_key_file`` ("" when none is set)."""

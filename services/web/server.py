@@ -15,6 +15,7 @@ metadata (``talkmesh.common.propagation``).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import time
@@ -81,6 +82,27 @@ FORM_FIELDS = {
 }
 
 
+#: The names a browser uses for an edge that listens on loopback.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _host_name(host: str) -> str:
+    """The name of a ``Host`` header or an origin's netloc (``name[:port]``, ``[v6][:port]``), lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.partition(":")[0]
+
+
+def _is_loopback(address: str) -> bool:
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def same_origin(origin: str, host: str) -> bool:
     """Whether ``origin`` (normalised, ``scheme://host[:port]``) names the request's ``Host``
     header (``host[:port]``; the port defaults to the origin scheme's)."""
@@ -124,6 +146,14 @@ class WebHost:
         self._requests = telemetry.metrics.streams_total
         self._active = telemetry.metrics.streams_active.labels(self.name)
         self._origins = config.web.origins()
+        # On a loopback address, only requests that name the edge by a loopback name (or a host of
+        # web.allowed_origins) are served: a page whose own name was made to resolve to 127.0.0.1
+        # (DNS rebinding) is then not "the edge's own origin". Behind a proxy (0.0.0.0) no check.
+        self._own_hosts: frozenset[str] | None = (
+            LOOPBACK_NAMES | {_host_name(o.partition("://")[2]) for o in self._origins}
+            if _is_loopback(config.server.host)
+            else None
+        )
         self.speaks = 0  # POST /v1/speak answers being sent
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -291,6 +321,14 @@ class WebHost:
             ) as span:
                 response: web.StreamResponse
                 try:
+                    if self._own_hosts is not None and _host_name(request.host) not in self._own_hosts:
+                        raise HttpError(
+                            403,
+                            "PERMISSION_DENIED",
+                            f"host: {request.host[:100]!r} is not a name of this web edge (it listens on "
+                            "loopback: localhost, 127.0.0.1, [::1], or the hosts of web.allowed_origins)",
+                            "host",
+                        )
                     origin, allowed = self._origin_of(request)
                     request[CORS_KEY] = self._cors_headers(origin, allowed)
                     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:

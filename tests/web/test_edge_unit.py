@@ -318,3 +318,21 @@ async def test_a_browser_that_leaves_a_whole_mp4_speak_cancels_it_on_the_real_se
     finally:
         host.client = real_client
         await host.stop()
+
+
+async def test_on_loopback_only_the_edges_own_names_are_served() -> None:
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 sends its own name as Host (and as
+    Origin, so it would pass as "same origin"); the edge on loopback refuses it."""
+
+    async def nothing(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        yield summary(0)
+
+    async with edge(nothing, allowed_origins=("https://app.example.com",)) as (client, _):
+        for host in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080", "app.example.com"):
+            assert (await client.get("/", headers={"Host": host})).status == 200, host
+        rebound = {"Host": "evil.example:8080", "Origin": "http://evil.example:8080"}
+        for method, path in (("GET", "/"), ("GET", "/v1/avatars"), ("POST", "/v1/speak")):
+            r = await client.request(method, path, headers=rebound, json={"text": "hi"})
+            assert r.status == 403, (method, path)
+            assert (await r.json())["error"]["field"] == "host"
+        assert (await client.get("/healthz", headers=rebound)).status == 200  # probes name no host
