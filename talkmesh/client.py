@@ -37,6 +37,50 @@ API_KEY_ENV = "TALKMESH_API_KEY"
 TLS_ENV = "TALKMESH_TLS"
 
 
+class _InputChecked:
+    """A request stream that remembers the error it raised (the caller's own input failing)."""
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self.requests = requests
+        self.failed: Exception | None = None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[Any]:
+        try:
+            async for msg in self.requests:
+                yield msg
+        except Exception as exc:
+            self.failed = exc
+            raise
+
+
+class _CheckedCall:
+    """A streaming call whose iteration raises the caller's own input error (a generator that
+    raised, PCM of an odd length) as it is, where gRPC only cancels the call (CancelledError).
+    Everything else (``read``, ``cancel``, ``code``...) is the call's."""
+
+    def __init__(self, call: Any, requests: _InputChecked) -> None:
+        self._call = call
+        self._requests = requests
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._answers()
+
+    async def _answers(self) -> AsyncIterator[Any]:
+        try:
+            async for chunk in self._call:
+                yield chunk
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            if self._requests.failed is not None:
+                raise self._requests.failed from None
+            raise
+
+
 #: The longest PCM piece a message carries (the gateway refuses more than one second), and the
 #: first piece's length: the video's first frames need no more.
 MAX_PIECE_SECONDS, FIRST_PIECE_SECONDS = 1.0, 0.2
@@ -179,13 +223,15 @@ class LiveSession:
         pass ``turn_id`` to know it while the text is still coming (to interrupt this turn).
         Sending nothing at all still makes (and ends) the turn."""
         tid = self._turn_id(turn_id)
-        # The turn is ended whatever happens (a turn left open holds every later turn back): with an
-        # EndOfTurn once it exists, else with an empty last piece, which makes and ends it.
-        end = lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text="", final=True))
+        # The turn exists at once (an empty piece), before the model's first token: an interrupt
+        # naming it then stops it even during the model's first-token delay, and it keeps its
+        # place in the queue. It is ended whatever happens (a turn left open holds every later
+        # turn back).
+        await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text="")))
+        end = lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid))
         try:
             async for piece in pieces:
                 await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=piece)))
-                end = lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid))
         except BaseException:
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
                 await self._send(end)  # (the session may be what failed)
@@ -343,7 +389,7 @@ class TalkmeshClient:
             async for piece in pieces:
                 yield gpb.SpeakStreamRequest(text=piece)
 
-        return self.stub.SpeakStream(requests(), timeout=timeout, metadata=self._md())  # type: ignore[no-any-return]
+        return self._speak_stream(requests(), timeout)
 
     def speak_audio(
         self,
@@ -367,7 +413,14 @@ class TalkmeshClient:
             if not sent:  # no audio at all: said as such (audio.pcm), not taken for a request without text
                 yield gpb.SpeakStreamRequest(audio=gpb.AudioPiece(sample_rate=sample_rate))
 
-        return self.stub.SpeakStream(requests(), timeout=timeout, metadata=self._md())  # type: ignore[no-any-return]
+        return self._speak_stream(requests(), timeout)
+
+    def _speak_stream(
+        self, requests: AsyncIterator[gpb.SpeakStreamRequest], timeout: float | None
+    ) -> AsyncIterator[gpb.SpeakChunk]:
+        """SpeakStream's call, iterated with the caller's own input errors raised as they are."""
+        checked = _InputChecked(requests)
+        return _CheckedCall(self.stub.SpeakStream(checked, timeout=timeout, metadata=self._md()), checked)
 
     async def save(self, chunks: AsyncIterator[gpb.SpeakChunk], path: str | os.PathLike[str]) -> SpeakResult:
         """Writes streamed media to ``path`` (atomically) and returns the summary and timings."""

@@ -24,8 +24,12 @@ class SpeechFileError(ValueError):
 def read_speech(path: str | Path) -> tuple[bytes, int]:
     """(mono s16le PCM, sample rate) of the recording at ``path``; SpeechFileError if it holds none."""
     path = Path(path)
+    if path.is_dir():
+        raise SpeechFileError(f"{path}: is a directory, not a recording")
     if not path.is_file():
         raise SpeechFileError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise SpeechFileError(f"{path}: holds no audio (an empty file)")
     pcm, rate = _read(path)
     if not pcm:
         raise SpeechFileError(f"{path}: holds no audio")
@@ -88,5 +92,6 @@ def _read_av(path: Path) -> tuple[bytes, int]:
             for out in resampler.resample(None):
                 pcm += out.to_ndarray().astype("<i2").tobytes()
     except av.FFmpegError as exc:
-        raise SpeechFileError(f"{path}: cannot decode it as audio ({exc})") from None
+        why = getattr(exc, "strerror", None) or "not a format FFmpeg knows"
+        raise SpeechFileError(f"{path}: cannot decode it as audio ({why})") from None
     return bytes(pcm), rate

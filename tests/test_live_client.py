@@ -89,3 +89,32 @@ async def test_an_llm_reply_with_no_text_at_all_is_a_turn_that_ends(tmp_path: Pa
     assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
     assert stopped.msg.event.speaking_stopped.samples_played == 0
     assert not [r for r in rec.messages if r.kind == "error"]
+
+
+async def test_a_reply_interrupted_before_the_models_first_token_never_plays(tmp_path: Path) -> None:
+    """A barge-in during the model's first-token delay names a turn that already exists."""
+    first_token = asyncio.Event()
+
+    async def slow_llm():
+        await first_token.wait()
+        yield "This reply was interrupted before its first word and must not be heard."
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            reply = asyncio.create_task(live.say_stream(slow_llm(), turn_id="reply"))
+            await asyncio.sleep(0.3)
+            await live.interrupt("reply")  # the user barges in; the model has written nothing yet
+            stopped = await rec.wait_event("speaking_stopped", "reply", timeout=20)
+            first_token.set()
+            await reply
+            after = await live.say("Yes?")
+            await rec.wait_event("speaking_stopped", after, timeout=30)
+            await live.close()
+            await rec.finish()
+    assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_INTERRUPTED
+    assert stopped.msg.event.speaking_stopped.samples_played == 0
+    assert not [r for r in rec.messages if r.kind == "error"], [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert not rec.events("speaking_started") or all(
+        r.msg.event.speaking_started.turn_id != "reply" for r in rec.events("speaking_started")
+    )

@@ -107,6 +107,31 @@ async def test_no_audio_at_all_is_refused_as_such(tmp_path: Path) -> None:
     assert err.value.details() == "audio.pcm: no audio: every piece was empty"
 
 
+async def test_the_callers_own_input_errors_are_raised_as_they_are(tmp_path: Path) -> None:
+    """Not the CancelledError gRPC reports when a request stream raises."""
+
+    async def mic():
+        yield b"\x00\x00" * 1600
+        raise RuntimeError("mic died")
+
+    async def llm():
+        yield "Hello "
+        raise ConnectionError("the model's stream dropped")
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        with pytest.raises(ValueError, match="odd number of bytes"):
+            async for _ in client.speak_audio(b"\x00" * 7, 16000):
+                pass
+        with pytest.raises(RuntimeError, match="mic died"):
+            async for _ in client.speak_audio(mic(), 16000):
+                pass
+        with pytest.raises(ConnectionError, match="dropped"):
+            async for _ in client.speak_stream(llm()):
+                pass
+        chunks = [c async for c in client.speak_audio(b"\x00\x00" * 1600, 16000)]  # and the mesh goes on
+    assert chunks[-1].summary.frames == 3  # 0.1 s: 2.5 frames, the last one whole
+
+
 async def test_pcm_is_sent_in_whole_samples_at_most_a_second_per_piece() -> None:
     async def collect(chunks: object, rate: int = 1000) -> list[int]:
         return [len(p) async for p in pcm_pieces(chunks, rate)]  # type: ignore[arg-type]
@@ -173,8 +198,15 @@ def test_other_formats_and_rates_go_through_pyav(tmp_path: Path) -> None:
     with pytest.raises(SpeechFileError, match="holds no audio"):
         read_speech(tmp_path / "empty.wav")
     (tmp_path / "noise.wav").write_bytes(b"RIFF not really")
-    with pytest.raises(SpeechFileError, match="cannot decode"):
+    undecodable = r"cannot decode it as audio \(Invalid data found when processing input\)$"  # no errno, no path
+    with pytest.raises(SpeechFileError, match=undecodable):
         read_speech(tmp_path / "noise.wav")
+    (tmp_path / "zero.wav").write_bytes(b"")
+    with pytest.raises(SpeechFileError, match="holds no audio"):
+        read_speech(tmp_path / "zero.wav")
+    (tmp_path / "dir.wav").mkdir()
+    with pytest.raises(SpeechFileError, match="is a directory"):
+        read_speech(tmp_path / "dir.wav")
 
 
 async def test_say_audio_from_the_command_line(tmp_path: Path) -> None:
