@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -19,7 +19,13 @@ from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.clock import request_fps
-from talkmesh.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
+from talkmesh.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_filename, check_id, clean_name
 from talkmesh.common.principal import Principal, principal_of, restricted
@@ -202,6 +208,17 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         given = meta.name or ("" if cached else avatar.name)
         key = who.name if who is not None else ""
         first = avatar.name
+        if given:
+            taken = self._names_taken(who, avatar.id)
+            if given in taken and meta.name:  # an explicit name never moves off another avatar
+                if not cached and not owners:
+                    store.delete(avatar.id)  # (this upload made the entry: nothing else refers to it)
+                raise AlreadyExists(
+                    "name",
+                    f"{given!r} is already the name of avatar {taken[given]}; remove that name first "
+                    f"(`talkmesh avatar rm {given}`) or choose another",
+                )
+            given = _free_name(given, taken)  # a name from the file's name: the first free variant
 
         def add(names: dict[str, list[str]]) -> dict[str, list[str]]:
             if not names and cached:  # an entry registered before names.json: its name stays its owners'
@@ -216,6 +233,12 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         if given:  # the answer's `name` is the one just given
             mine = [given, *(n for n in mine if n != given)]
         return avatar, cached, mine
+
+    def _names_taken(self, who: Principal | None, except_id: str) -> dict[str, str]:
+        """Blocking. The names ``who`` resolves to avatars other than ``except_id``: name -> id."""
+        return {
+            name: a.id for a in self._visible(who) if a.id != except_id for name in _names_for(who, a.names, a.name)
+        }
 
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
         meta, data = await self._read_upload(request_iterator)
@@ -316,6 +339,16 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             raise InvalidArgument("name", "has no printable characters: give a name of the avatar, or none")
         who = principal_of(context.invocation_metadata())
         return rpb.DeleteAvatarResponse(deleted=await asyncio.to_thread(self._delete, who, request.avatar_id, name))
+
+
+def _free_name(name: str, taken: Mapping[str, str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... the first that no other avatar of the caller has."""
+    n = 1
+    free = name
+    while free in taken:
+        n += 1
+        free = f"{name}-{n}"
+    return free
 
 
 def _names_for(who: Principal | None, names: dict[str, list[str]], first: str) -> list[str]:

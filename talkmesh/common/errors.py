@@ -57,6 +57,12 @@ class InvalidArgument(TalkmeshError):
         ]
 
 
+class AlreadyExists(InvalidArgument):
+    """A name that is already taken (an avatar's). The message starts with the field's name."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class NotFound(TalkmeshError):
     """An unknown voice, avatar or session. ``what`` is its kind ("voice", "avatar")."""
 

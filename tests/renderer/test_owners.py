@@ -170,3 +170,32 @@ async def test_each_api_key_names_its_avatars_for_itself(tmp_path):
                 await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=first.id, name=blank), metadata=alice)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("name: ")
         assert store.exists(first.id)
+
+
+def _shifted() -> bytes:
+    """A third picture of a face (the portrait moved a little): another avatar."""
+    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
+    moved = cv2.warpAffine(img, np.float32([[1, 0, 6], [0, 1, 4]]), (img.shape[1], img.shape[0]))
+    return bytes(cv2.imencode(".png", moved)[1])
+
+
+async def test_a_name_names_one_avatar(tmp_path):
+    """Without API keys: another photo under a taken name is ALREADY_EXISTS (and not kept); a
+    photo named after its file, whose name is taken, gets the first free variant."""
+    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache")}
+    service = create_service(load_config(None, env=env), Telemetry("renderer"))
+    async with serve(service) as host, create_channel(host.address) as ch:
+        stub = renderer_pb2_grpc.RendererStub(ch)
+        first = await stub.RegisterAvatar(_named(_mirrored(), "dup"))
+        before = {a.id for a in (await stub.ListAvatars(rpb.ListAvatarsRequest())).avatars}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RegisterAvatar(_named(_shifted(), "dup"))
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert err.value.details().startswith(f"name: 'dup' is already the name of avatar {first.id}")
+        assert {a.id for a in (await stub.ListAvatars(rpb.ListAvatarsRequest())).avatars} == before
+        same = await stub.RegisterAvatar(_named(_mirrored(), "dup"))  # the same photo again: fine
+        assert same.id == first.id and list(same.names) == ["dup"]
+        # named after its file ("crop.png"), when "crop" is taken: "crop-2"
+        await stub.RegisterAvatar(_named(_mirrored(), "crop"))
+        unnamed = await stub.RegisterAvatar(_named(_shifted(), ""))
+        assert unnamed.id != first.id and list(unnamed.names) == ["crop-2"]
