@@ -117,8 +117,18 @@ async def test_delete_avatar_and_speak_errors_name_the_requests_fields(tmp_path:
         async with http.post("/v1/avatars", data=form) as r:
             created = (await r.json())["avatar"]
             assert r.status == 201
-        async with http.delete(f"/v1/avatars/{created['id']}") as r:
-            assert r.status == 200 and await r.json() == {"avatar_id": created["id"], "deleted": True}
+        again = aiohttp.FormData()  # the same file under a second name: one avatar, two names
+        again.add_field("name", "also")
+        again.add_field("file", portrait(), filename="me.png", content_type="image/png")
+        async with http.post("/v1/avatars", data=again) as r:
+            assert (await r.json())["avatar"]["id"] == created["id"]
+        async with http.delete("/v1/avatars/also") as r:  # by a name: that name only
+            assert r.status == 200 and await r.json() == {"avatar_id": created["id"], "name": "also", "deleted": True}
+        async with http.get("/v1/avatars") as r:
+            names = {a["id"]: a.get("names", []) for a in (await r.json())["avatars"]}
+            assert "also" not in names[created["id"]] and "temporary" in names[created["id"]]
+        async with http.delete(f"/v1/avatars/{created['id']}") as r:  # by its id: the whole avatar
+            assert r.status == 200 and await r.json() == {"avatar_id": created["id"], "name": "", "deleted": True}
         async with http.get("/v1/avatars") as r:
             assert created["id"] not in {a["id"] for a in (await r.json())["avatars"]}
         async with http.delete(f"/v1/avatars/{created['id']}") as r:

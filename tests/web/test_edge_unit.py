@@ -62,7 +62,10 @@ class FakeClient:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return ()
 
-    async def delete_avatar(self, avatar_id: str) -> bool:
+    async def find_avatar(self, name_or_id: str) -> tuple[str, str]:
+        return name_or_id, ""
+
+    async def delete_avatar(self, avatar_id: str, name: str = "") -> bool:
         self.deleted.append(avatar_id)
         return True
 
