@@ -254,7 +254,7 @@ async def test_uploads_can_be_switched_off() -> None:
         assert fake.deleted == []
     async with edge(chunks) as (client, fake):
         r = await client.delete("/v1/avatars/abc")
-        assert r.status == 200 and await r.json() == {"avatar_id": "abc", "deleted": True}
+        assert r.status == 200 and await r.json() == {"avatar_id": "abc", "name": "", "deleted": True}
         assert fake.deleted == ["abc"]
 
 
