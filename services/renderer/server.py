@@ -192,6 +192,20 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         # Read and changed under the entry's lock: another key (on this or another replica) may add
         # itself at the same time.
         owners = store.owners(avatar.id)
+        # A name names one avatar of the caller's: checked before the caller becomes an owner, so
+        # a refusal leaves nothing behind.
+        given = meta.name or ("" if cached else avatar.name)
+        if given:
+            taken = self._names_taken(who, avatar.id)
+            if given in taken and meta.name:  # an explicit name never moves off another avatar
+                if not cached and not owners:
+                    store.delete(avatar.id)  # (this upload made the entry: nothing else refers to it)
+                raise AlreadyExists(
+                    "name",
+                    f"{given!r} is already the name of avatar {taken[given]}; remove that name first "
+                    f"(`talkmesh avatar rm {given}`) or choose another",
+                )
+            given = _free_name(given, taken)  # a name from the file's name: the first free variant
         if who is not None and who.name not in owners:
             name = who.name
             store.update_owners(avatar.id, lambda now: now | {name})
@@ -205,20 +219,8 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         # A stored file registered again with another name gets that name too: its older names
         # (maybe another user's, when every caller is the same principal without API keys) keep
         # working. Nothing is renamed; with API keys a key only ever adds to its own names.
-        given = meta.name or ("" if cached else avatar.name)
         key = who.name if who is not None else ""
         first = avatar.name
-        if given:
-            taken = self._names_taken(who, avatar.id)
-            if given in taken and meta.name:  # an explicit name never moves off another avatar
-                if not cached and not owners:
-                    store.delete(avatar.id)  # (this upload made the entry: nothing else refers to it)
-                raise AlreadyExists(
-                    "name",
-                    f"{given!r} is already the name of avatar {taken[given]}; remove that name first "
-                    f"(`talkmesh avatar rm {given}`) or choose another",
-                )
-            given = _free_name(given, taken)  # a name from the file's name: the first free variant
 
         def add(names: dict[str, list[str]]) -> dict[str, list[str]]:
             if not names and cached:  # an entry registered before names.json: its name stays its owners'

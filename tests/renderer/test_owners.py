@@ -199,3 +199,21 @@ async def test_a_name_names_one_avatar(tmp_path):
         await stub.RegisterAvatar(_named(_mirrored(), "crop"))
         unnamed = await stub.RegisterAvatar(_named(_shifted(), ""))
         assert unnamed.id != first.id and list(unnamed.names) == ["crop-2"]
+
+
+async def test_with_api_keys_a_name_names_one_avatar_of_each_key(tmp_path):
+    """Names are per key: bob may call another photo what alice calls hers; alice may not give
+    her name to a second photo, and that refusal does not make her an owner of it."""
+    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache")}
+    service = create_service(load_config(None, env=env), Telemetry("renderer"))
+    async with serve(service) as host, create_channel(host.address) as ch:
+        stub = renderer_pb2_grpc.RendererStub(ch)
+        alice, bob = Principal("alice").metadata(), Principal("bob").metadata()
+        mine = await stub.RegisterAvatar(_named(_mirrored(), "dup"), metadata=alice)
+        his = await stub.RegisterAvatar(_named(_shifted(), "dup"), metadata=bob)
+        assert his.id != mine.id and list(his.names) == ["dup"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RegisterAvatar(_named(_shifted(), "dup"), metadata=alice)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        store = service.store  # type: ignore[attr-defined]
+        assert store.owners(his.id) == {"bob"} and store.exists(his.id)
