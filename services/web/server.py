@@ -86,12 +86,19 @@ FORM_FIELDS = {
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
-def _host_name(host: str) -> str:
-    """The name of a ``Host`` header or an origin's netloc (``name[:port]``, ``[v6][:port]``), lower case."""
+def _host_port(host: str, default_port: str = "") -> tuple[str, str]:
+    """(name, port) of a ``Host`` header or an origin's netloc (``name[:port]``, ``[v6][:port]``),
+    lower case; ``default_port`` when it names none."""
     host = host.strip().lower()
-    if host.startswith("["):
-        return host[1:].partition("]")[0]
-    return host.partition(":")[0]
+    if host.startswith("["):  # IPv6 literal
+        name, _, rest = host[1:].partition("]")
+        return name, rest.lstrip(":") or default_port
+    name, _, port = host.partition(":")
+    return name, port or default_port
+
+
+def _host_name(host: str) -> str:
+    return _host_port(host)[0]
 
 
 def _is_loopback(address: str) -> bool:
@@ -108,16 +115,7 @@ def same_origin(origin: str, host: str) -> bool:
     header (``host[:port]``; the port defaults to the origin scheme's)."""
     scheme, _, netloc = origin.partition("://")
     default = "443" if scheme == "https" else "80"
-
-    def split(value: str) -> tuple[str, str]:
-        value = value.strip().lower()
-        if value.startswith("["):  # IPv6 literal
-            name, _, rest = value[1:].partition("]")
-            return name, rest.lstrip(":") or default
-        name, _, port = value.partition(":")
-        return name, port or default
-
-    return bool(host) and split(netloc) == split(host)
+    return bool(host) and _host_port(netloc, default) == _host_port(host, default)
 
 
 def _to_dict(msg: Any) -> dict[str, Any]:
