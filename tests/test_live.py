@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def _opens(speaking: np.ndarray, resting: np.ndarray) -> bool:
     from head motion and breathing, is a few percent of the mouth box)."""
     margin = 0.05
     return bool(speaking.max() > resting.max() + margin and np.percentile(speaking, 80) > np.median(resting) + margin)
+
+
+async def _in_real_time(pcm: bytes, chunk: int, seconds: float) -> AsyncIterator[bytes]:
+    """``pcm`` in pieces of ``chunk`` bytes, one every ``seconds``, as a microphone sends it."""
+    for i in range(0, len(pcm), chunk):
+        yield pcm[i : i + chunk]
+        await asyncio.sleep(seconds)
 
 
 def _burst(rate: int, seconds: float) -> bytes:
@@ -240,13 +248,7 @@ async def test_audio_turns_at_the_callers_rate(tmp_path: Path, rate: int) -> Non
         async with client.live() as live:
             rec = Recorder(live).start()
             await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 5)
-
-            async def chunks():
-                for i in range(0, len(pcm), chunk):
-                    yield pcm[i : i + chunk]
-                    await asyncio.sleep(0.04)
-
-            tid = await live.say_audio(chunks(), rate)
+            tid = await live.say_audio(_in_real_time(pcm, chunk, 0.04), rate)
             stopped = await rec.wait_event("speaking_stopped", tid, timeout=30)
             await live.close()
             await rec.finish()
@@ -282,13 +284,7 @@ async def test_a_noisy_recording_opens_the_mouth_on_speech_only(tmp_path: Path) 
         async with client.live() as live:
             rec = Recorder(live).start()
             await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 5)
-
-            async def chunks():
-                for i in range(0, len(pcm), chunk):
-                    yield pcm[i : i + chunk]
-                    await asyncio.sleep(0.1)
-
-            tid = await live.say_audio(chunks(), rate)
+            tid = await live.say_audio(_in_real_time(pcm, chunk, 0.1), rate)
             await rec.wait_event("speaking_stopped", tid, timeout=30)
             await live.close()
             await rec.finish()
