@@ -165,17 +165,19 @@ class Endpoint:
     tls: ClientTLS = dataclasses.field(default_factory=ClientTLS)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
+    """``value`` as type ``tp``; a mapping for a section is laid over ``base`` (the section's
+    default in its parent) when that is an instance of the section's class."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key)
+        return _coerce(value, args[0], key, base)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, base if isinstance(base, tp) else None)
     if origin in (list, tuple):
         (item_tp, *_rest) = typing.get_args(tp) or (str,)
         if isinstance(value, str):
@@ -206,7 +208,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value (a fresh one from its factory); None when it has none."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "", base: T | None = None) -> T:
+    """``cls`` from ``data``; what ``data`` leaves out is ``base``'s (else the class's default).
+
+    A section keeps what its parent made it by default (``GatewayConfig.server`` is
+    ``ServerConfig.for_service("gateway")``: the gateway's port and stream limit): setting one key
+    of it in a file or the environment changes that key only."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - set(fields)
@@ -216,10 +230,13 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         moved: Mapping[str, str] = getattr(cls, "MOVED_KEYS", {})
         where_now = "".join(f"; {k} is now {moved[k]}" for k in sorted(unknown) if k in moved)
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}{where_now}")
-    kwargs = {}
+    kwargs = {} if base is None else {n: getattr(base, n) for n, f in fields.items() if f.init}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
+        section = None
+        if isinstance(value, Mapping):  # a section: over its default in this object
+            section = getattr(base, name) if base is not None else _default(fields[name])
+        kwargs[name] = _coerce(value, hints[name], key, section)
     try:
         obj = cls(**kwargs)
     except TypeError as exc:

@@ -105,3 +105,37 @@ def test_a_key_of_an_earlier_release_says_where_it_went(service: str, variable: 
     main = importlib.import_module(spec(service).main_module)
     with pytest.raises(ConfigError, match=hint):
         main.load_config(None, env={variable: "1"})
+
+
+@pytest.mark.parametrize("service", NAMES)
+def test_a_section_given_in_part_keeps_the_services_own_defaults(service: str, tmp_path) -> None:
+    """Setting one key of a section (in a file or the environment) changes that key only: the rest
+    stays what the service's config makes it (``server`` is ``ServerConfig.for_service``: the
+    service's port and stream limit, not ``ServerConfig``'s)."""
+    import importlib
+
+    import yaml
+
+    main = importlib.import_module(spec(service).main_module)
+    defaults = main.load_config(None, env={})
+    sections = [f.name for f in dataclasses.fields(defaults) if dataclasses.is_dataclass(getattr(defaults, f.name))]
+    assert "server" in sections
+    # each section with its first key set to the value it already has
+    data = {}
+    for name in sections:
+        section = getattr(defaults, name)
+        first = dataclasses.fields(section)[0].name
+        value = getattr(section, first)
+        data[name] = {first: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main.load_config(path, env={}) == defaults
+    # one key from the environment
+    env = {f"{spec(service).env_prefix}__SERVER__LOG_LEVEL": "DEBUG"}
+    changed = main.load_config(None, env=env)
+    assert changed.server == dataclasses.replace(defaults.server, log_level="DEBUG")
+    assert changed.server.max_concurrent_streams == spec(service).max_streams
+    for callee in spec(service).calls:  # an endpoint's timeout keeps its target
+        env = {f"{spec(service).env_prefix}__{callee.upper()}__TIMEOUT_SECONDS": "5"}
+        endpoint = getattr(main.load_config(None, env=env), callee)
+        assert endpoint == dataclasses.replace(getattr(defaults, callee), timeout_seconds=5.0)

@@ -7,6 +7,7 @@ encoder's `renderer.target`, set per layout in the manifests' environment).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,16 @@ def test_config_and_env_load_with_the_service_loader(overlay: str, tmp_path: Pat
     layout_keys: set[tuple[str, str]] = set()
     for service, dep, container in service_containers(docs):
         env = {k: v for k, v in env_of(container).items() if k.startswith("TALKMESH_")}
-        config = load(service, config_of(docs, dep, container), env, tmp_path)
+        data = config_of(docs, dep, container)
+        config = load(service, data, env, tmp_path)
+        # what neither the file nor the environment sets keeps the service's own default (a
+        # section's per-service defaults too: the gateway's stream limit is 16, not the class's)
+        given = set(_leaves(data)) | {k for k in _leaves(dataclasses.asdict(config)) if _env_key(service, k) in env}
+        defaults = _loader(service)(None, env={})
+        for key, value in _leaves(dataclasses.asdict(defaults)).items():
+            if key not in given:
+                assert _value(config, key) == value, f"{overlay}: {service} {key} is not its default"
+        assert config.server.max_concurrent_streams == spec(service).max_streams
         for key in LAYOUT_KEYS:
             if _env_key(service, key) in env:
                 assert str(_value(config, key)) == env[_env_key(service, key)], f"{overlay}: {service} {key}"
