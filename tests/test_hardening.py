@@ -283,6 +283,27 @@ async def test_queue_gauges_return_to_zero_after_cancellation(mesh):
     assert stale == {}
 
 
+async def test_a_speak_stream_cancelled_before_any_text_is_counted_cancelled_not_ok(mesh):
+    """A client that opens SpeakStream and hangs up before sending text: the gateway's metrics
+    (and log line) say CANCELLED, as for any other cancelled call, not OK."""
+    reg = mesh.telemetry["gateway"].metrics.registry
+    method = "/talkmesh.v1.Gateway/SpeakStream"
+
+    def count(code: str) -> float:
+        value = reg.get_sample_value("talkmesh_streams_total", {"service": "gateway", "method": method, "code": code})
+        return value or 0.0
+
+    async with create_channel(mesh.gateway) as channel:
+        for _ in range(3):
+            requests = OpenStream(_start())
+            call = gateway_pb2_grpc.GatewayStub(channel).SpeakStream(requests.__aiter__())
+            await call.initial_metadata()
+            await asyncio.sleep(0.1)
+            call.cancel()
+    await _no_stream_left(mesh)
+    assert (count("CANCELLED"), count("OK")) == (3, 0)
+
+
 @pytest.mark.timeout(600)  # about 2-4 minutes on a loaded 2-core machine
 async def test_client_cancellations_log_no_error_tracebacks(mesh, caplog):
     """1000 cancelled calls, cancelled at every point: before anything, after the headers, after

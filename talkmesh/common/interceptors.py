@@ -179,7 +179,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             m.streams_total.labels(svc, method, error.code.name).inc()
             md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
             request_id_var.set(md.get(REQUEST_ID_KEY, ""))
-            log.info("%s %s refused: %s", method, error.code.name, error.message)  # as _finish logs a call
+            log.info(  # as _finish logs a call
+                "%s %s refused: %s",
+                method,
+                error.code.name,
+                error.message,
+                extra={"fields": {"method": method, "code": error.code.name, "seconds": 0.0}},
+            )
             await context.abort(
                 error.code, error.message, trailing_metadata=status_trailer(error.code, error.message, error.details())
             )
@@ -221,7 +227,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         span.end()
         # One line per call, with the request id (the log format adds it): what a client reports
         # by its request id is found in every service's log.
-        log.log(logging.WARNING if code in _SERVER_FAULTS else logging.INFO, "%s %s in %.3f s", method, code, seconds)
+        log.log(
+            logging.WARNING if code in _SERVER_FAULTS else logging.INFO,
+            "%s %s in %.3f s",
+            method,
+            code,
+            seconds,
+            extra={"fields": {"method": method, "code": str(code), "seconds": round(seconds, 4), **_ids(span)}},
+        )
 
     @contextlib.asynccontextmanager
     async def _call(
@@ -256,7 +269,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     raise asyncio.CancelledError from None
                 if streaming_requests and requests is not request:
                     await _drain(requests)
-                code = (await self._fail(exc, context, span)).name
+                try:
+                    code = (await self._fail(exc, context, span)).name
+                except grpc.aio.AbortError:  # the status was sent (abort raises to end the call)
+                    raise
+                except Exception as sending:
+                    # the status could not be sent: the client had gone (a SpeakStream whose
+                    # caller hung up before any text fails for want of text, after it left)
+                    if not _client_gone(context, sending):
+                        raise
+                    code = "CANCELLED"
+                    raise asyncio.CancelledError from None
         except grpc.aio.AbortError:
             if code == "OK":
                 code = _code_name(context, "UNKNOWN")
@@ -385,3 +408,11 @@ def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
     return default
+
+
+def _ids(span: trace.Span) -> dict[str, str]:
+    """The span's trace and span ids as a JSON log line carries them (none for a no-op span)."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return {}
+    return {"trace_id": trace.format_trace_id(ctx.trace_id), "span_id": trace.format_span_id(ctx.span_id)}

@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 
+from opentelemetry import trace
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("talkmesh_request_id", default="")
 
 
@@ -33,6 +35,10 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", "")
         if rid:
             out["request_id"] = rid
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # joins the line to its trace in a tracing backend
+            out["trace_id"] = trace.format_trace_id(span.trace_id)
+            out["span_id"] = trace.format_span_id(span.span_id)
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             out.update(extra)

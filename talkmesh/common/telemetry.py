@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,10 +214,68 @@ def tracer_provider_from_env(service: str) -> TracerProvider:
     exporter: SpanExporter
     if wants == "console":
         exporter = ConsoleSpanExporter()
+        log.info("tracing: spans to the console")
     else:
         exporter = otlp_span_exporter()
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+        log.info("tracing: OTLP over %s to %s", otlp_protocol(), _endpoint_for_log())
+        _quiet_export_errors()
+    # a collector that is slow or gone costs at most EXPORT_TIMEOUT_S per batch, not the SDK's 30 s
+    # (which would outlast a pod's drain); OTEL_BSP_EXPORT_TIMEOUT still says otherwise
+    timeout_ms = None if os.environ.get("OTEL_BSP_EXPORT_TIMEOUT") else EXPORT_TIMEOUT_S * 1000
+    provider.add_span_processor(BatchSpanProcessor(exporter, export_timeout_millis=timeout_ms))
     return provider
+
+
+#: How long one export of spans may take unless OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT says otherwise
+#: (the SDK's default is 10 s per try); also what ``Telemetry.shutdown`` waits for the last spans.
+EXPORT_TIMEOUT_S = 2.0
+
+#: Export failures logged at most once per this many seconds per logger (the SDK logs every batch)
+EXPORT_ERROR_LOG_INTERVAL_S = 60.0
+
+_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.sdk.trace.export",
+    "opentelemetry.sdk._shared_internal",
+)
+
+
+class _OncePer(logging.Filter):
+    """Lets one warning or error through per ``interval`` seconds, saying how many were held back."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self._next = 0.0
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return False
+        if self._held:
+            record.msg = f"{record.msg} ({self._held} more span export messages were not logged)"
+        self._next, self._held = now + self.interval, 0
+        return True
+
+
+def _quiet_export_errors() -> None:
+    """A missing collector is one log line a minute, not two per batch of spans."""
+    for name in _EXPORT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OncePer) for f in logger.filters):
+            logger.addFilter(_OncePer(EXPORT_ERROR_LOG_INTERVAL_S))
+
+
+def _export_timeout() -> float | None:
+    """EXPORT_TIMEOUT_S unless the standard variables set the exporter's timeout."""
+    if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT"):
+        return None
+    return EXPORT_TIMEOUT_S
 
 
 def otlp_protocol() -> str:
@@ -243,7 +302,7 @@ def otlp_span_exporter() -> SpanExporter:
                 _endpoint_for_log(),
             )
         else:
-            return HttpExporter()  # type: ignore[no-any-return]
+            return HttpExporter(timeout=_export_timeout())  # type: ignore[no-any-return]
     elif protocol != "grpc":
         log.warning(
             "OTLP protocol %r is not supported (grpc or http/protobuf): exporting spans over gRPC instead, to %s",
@@ -252,7 +311,7 @@ def otlp_span_exporter() -> SpanExporter:
         )
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()
+    return OTLPSpanExporter(timeout=_export_timeout())
 
 
 def _endpoint_for_log() -> str:
@@ -302,7 +361,14 @@ class Telemetry:
     def queue_gauge(self, stage: str) -> Gauge:
         return self.metrics.queue_depth.labels(self.service, stage)  # type: ignore[no-any-return]
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = EXPORT_TIMEOUT_S + 1.0) -> None:
+        """Flushes the last spans, waiting at most ``timeout`` seconds (a collector that does not
+        answer must not hold a draining process past its grace period)."""
         shutdown = getattr(self.tracer_provider, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
+        if not callable(shutdown):
+            return
+        done = threading.Thread(target=shutdown, name="telemetry-shutdown", daemon=True)
+        done.start()
+        done.join(timeout)
+        if done.is_alive():
+            log.warning("tracing: the last spans were not exported within %.1f s; exiting without them", timeout)
