@@ -130,3 +130,25 @@ async def test_transformed_portraits_move_only_their_own_mouth(tmp_path):
         # are saved as heat-<case>.png in the test's tmp dir.
         assert changed_out <= 0.01 * changed_in, (name, report)
         assert worst_foreign < 0.001, (name, report)
+
+
+def test_the_face_runtimes_own_output_becomes_json_log_lines() -> None:
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from native code
+    when a model loads: with JSON logs, the renderer's stderr must still be JSON lines only (a log
+    pipeline drops or flags the others). A fresh process: the runtime prints it once per process."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("ai_edge_litert")
+    code = (
+        "from talkmesh.common.logs import setup_logging\n"
+        "setup_logging('renderer', 'INFO', json_logs=True)\n"
+        "from services.renderer.avatars.face_models import load_face_models\n"
+        "load_face_models()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines, "the runtime said nothing: nothing left to check"
+    messages = [json.loads(ln)["msg"] for ln in lines]  # every line is JSON
+    assert any("XNNPACK" in m for m in messages)

@@ -17,11 +17,15 @@ falls back to OpenCV's Haar cascade (boxes only, no landmarks).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import math
 import os
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,26 @@ def default_model_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+@contextlib.contextmanager
+def _native_output_logged() -> Iterator[None]:
+    """What native code writes to the process's stderr in the block (LiteRT's "INFO: Created
+    TensorFlow Lite XNNPACK delegate for CPU.") goes to this module's log instead, so that a
+    service logging JSON writes only JSON lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.info("%s", line.strip())
+
+
 class TFLiteModel:
     """One ``.tflite`` file on one interpreter thread; calls are serialised (interpreters are not
     thread-safe and each call is a few milliseconds)."""
@@ -70,8 +94,9 @@ class TFLiteModel:
         from ai_edge_litert.interpreter import Interpreter  # the optional runtime, imported on use
 
         self.path = path
-        self.interpreter = Interpreter(model_path=str(path), num_threads=1)
-        self.interpreter.allocate_tensors()
+        with _native_output_logged():
+            self.interpreter = Interpreter(model_path=str(path), num_threads=1)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.outputs = self.interpreter.get_output_details()
         self._lock = threading.Lock()
