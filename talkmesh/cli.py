@@ -67,6 +67,8 @@ class CliError(Exception):
 
 # -- serve / up / config -------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
+    import prometheus_client
+
     from talkmesh.common.logs import setup_logging
     from talkmesh.common.memory import tune_malloc_for_frames
     from talkmesh.common.server import ServiceHost
@@ -77,6 +79,9 @@ def _serve(args: argparse.Namespace) -> int:
     module = importlib.import_module(spec(args.service).main_module)
     config = module.load_config(args.config)
     setup_logging(args.service, config.server.log_level, config.server.log_json)
+    # no ``*_created`` series beside every counter and histogram: a third of the series, unused
+    # by the dashboards and rules (Prometheus knows a counter's resets without them)
+    prometheus_client.disable_created_metrics()
     if spec(args.service).raw_frames:
         tune_malloc_for_frames()  # frame-sized buffers reused, not faulted in afresh (talkmesh/common/memory.py)
     telemetry = Telemetry(args.service, tracer_provider=tracer_provider_from_env(args.service))

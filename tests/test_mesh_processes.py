@@ -43,6 +43,7 @@ def _active_streams(mesh: Mesh) -> dict[str, float]:
     for name in NAMES:
         body = urllib.request.urlopen(mesh.metrics_url(name), timeout=5).read().decode()
         line = next(ln for ln in body.splitlines() if ln.startswith(f'talkmesh_streams_active{{service="{name}"}}'))
+        assert "_created" not in body, f"{name} exports *_created series"
         out[name] = float(line.rsplit(" ", 1)[1])
     return out
 
