@@ -349,6 +349,10 @@ async def bench(args: argparse.Namespace) -> LiveReport:
     )
     gateway = spec("gateway").env_prefix
     env = {f"{gateway}__LIVE__MAX_SESSIONS": str(max(counts) + 2)}
+    # each session is one stream at the gateway and one at the encoder: room for the most measured
+    for service in ("gateway", "encoder"):
+        limit = max(max(counts) + 4, spec(service).max_streams)
+        env[f"{spec(service).env_prefix}__SERVER__MAX_CONCURRENT_STREAMS"] = str(limit)
     with tempfile.TemporaryDirectory() as logs:
         async with Mesh(env=env, log_dir=Path(logs)) as mesh, TalkmeshClient(mesh.gateway) as client:
             pids = {name: sp.proc.pid for name, sp in mesh.processes.items()}
