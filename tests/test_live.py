@@ -652,3 +652,15 @@ async def test_a_turn_refused_for_want_of_room_may_be_sent_again(tmp_path: Path)
             await rec.finish()
     assert refused.msg.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert played.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+
+
+async def test_stage_errors_name_the_live_configs_fields(tmp_path: Path) -> None:
+    """A stage's `config.backend` (the renderer's) is the LiveConfig's `config.renderer_backend`."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with client.live(backend="wav2lip") as live:  # known, but this renderer has not loaded it
+                await live.say("Hello.")
+                await asyncio.sleep(5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert ErrorDetails.of(err.value).field == "config.renderer_backend"
+        assert err.value.details().startswith("renderer: config.renderer_backend: "), err.value.details()

@@ -46,6 +46,7 @@ from opentelemetry import trace
 from services.gateway.audio import Resampler, check_audio
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
+from services.gateway.fields import in_live_terms, live_field
 from services.gateway.pipeline import FEATURE_FOR_BACKEND
 from talkmesh.common.aio import Chan, ChanClosed, TaskSet, any_event, cancel_and_wait, priority_merge, wait_event
 from talkmesh.common.calls import Stream
@@ -269,6 +270,7 @@ class LiveSession:
                 return
         if kind == "error":
             msg = _scrubbed(msg)
+            _in_live_terms(msg.error)
         if kind == "started":
             self.started_msg = msg
             self.started.set()
@@ -287,6 +289,7 @@ class LiveSession:
         await any_event(self.started, self.out.closed_event)
 
     async def _error(self, exc: TalkmeshError, turn_id: str = "") -> None:
+        in_live_terms(exc)  # a stage's `config.settings.rate` is the caller's `config.voice_settings.rate`
         await self._send(
             lpb.LiveServerMessage(
                 error=lpb.LiveError(
@@ -705,6 +708,14 @@ class LiveSession:
         self.data.close()
 
 
+def _in_live_terms(err: lpb.LiveError) -> None:
+    """An in-band error of a stage (the encoder's) naming the caller's LiveConfig field."""
+    new = live_field(err.field) if err.field else None
+    if new is not None and new != err.field:
+        err.message = err.message.replace(f"{err.field}:", f"{new}:", 1)
+        err.field = new
+
+
 def _scrubbed(msg: lpb.LiveServerMessage) -> lpb.LiveServerMessage:
     """An in-band error as the client may see it: the gateway is the edge, so the scrub of its
     statuses (no internal addresses, paths or exception text) applies to a stream's errors too."""
@@ -794,6 +805,9 @@ class LiveHub:
         try:
             async for msg in session.run(stream):
                 yield msg
+        except TalkmeshError as exc:
+            in_live_terms(exc)  # the encoder's (renderer's) `config.backend` is `config.renderer_backend`
+            raise
         finally:
             self.sessions.pop(session_id, None)
             self.session_keys.pop(session_id, None)

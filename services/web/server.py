@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
 from services.web.config import WebConfig, normal_origin
-from services.web.errors import HttpError, error_response, from_rpc_error, proto_names, speak_error
+from services.web.errors import HttpError, error_response, from_rpc_error, proto_names
 from services.web.live import CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
 from talkmesh.client import AvatarNameError, TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
@@ -573,7 +573,7 @@ class WebHost:
             call = client.stub.Speak(req, timeout=self.config.web.speak_timeout_seconds, metadata=client.metadata())
             return await self._relay_speak(request, call, whole=req.output.container == api.CONTAINER_MP4)
         except grpc.aio.AioRpcError as exc:
-            raise speak_error(from_rpc_error(exc)) from None
+            raise from_rpc_error(exc) from None  # the gateway names the JSON body's fields
         finally:
             self.speaks -= 1
             if call is not None:
