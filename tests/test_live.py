@@ -664,3 +664,41 @@ async def test_stage_errors_name_the_live_configs_fields(tmp_path: Path) -> None
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
         assert ErrorDetails.of(err.value).field == "config.renderer_backend"
         assert err.value.details().startswith("renderer: config.renderer_backend: "), err.value.details()
+
+
+async def test_pending_turns_are_the_configs_and_the_next_one_is_refused_naming_it(tmp_path: Path) -> None:
+    """live.max_pending_turns (here 2, through the environment, as every key): the third turn
+    waiting is RESOURCE_EXHAUSTED naming its field and the key; the two before it play."""
+    env = {"TALKMESH_GATEWAY__LIVE__MAX_PENDING_TURNS": "2"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            for tid in ("t0", "t1", "t2"):
+                await live.say("A long sentence that keeps the avatar busy for a while.", turn_id=tid)
+            refused = await rec.wait_for(lambda r: r.kind == "error" and r.msg.error.turn_id == "t2")
+            played = await rec.wait_event("speaking_stopped", "t1", timeout=60)
+            await live.close()
+            await rec.finish()
+    err = refused.msg.error
+    assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert err.field == "text.turn_id" and err.message.startswith("text.turn_id: ")
+    assert "live.max_pending_turns" in err.message
+    assert played.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+    assert [r.msg.error.turn_id for r in rec.messages if r.kind == "error"] == ["t2"]
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("MAX_PENDING_TURNS", "0"),
+        ("MAX_PENDING_TURNS", "100000"),
+        ("TURN_TEXT_PIECES", "0"),
+        ("TURN_AUDIO_CHUNKS", "-1"),
+    ],
+)
+def test_live_queue_sizes_are_checked_at_start_naming_the_key(key: str, bad: str) -> None:
+    from talkmesh.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^live\.{key.lower()}: must be within 1\.\."):
+        load_gateway_config(None, env={f"TALKMESH_GATEWAY__LIVE__{key}": bad})
+    assert load_gateway_config(None, env={f"TALKMESH_GATEWAY__LIVE__{key}": "3"}).live.__dict__[key.lower()] == 3

@@ -78,8 +78,6 @@ from talkmesh.v1 import tts_pb2 as tpb
 
 log = logging.getLogger(__name__)
 
-#: Turns a session may have started but not finished.
-MAX_PENDING_TURNS = 32
 #: Ids of stopped (or refused) turns a session remembers (later input for them is discarded, not a
 #: new turn).
 STOPPED_TURNS_KEPT = 4096
@@ -121,14 +119,43 @@ class SessionIds:
 
 # -- turns -------------------------------------------------------------------------------------
 @dataclass
+class QueueSizes:
+    """The bounded queues of a live session, from the gateway config: the operator's knobs
+    (``live.max_pending_turns``, ``live.turn_text_pieces``, ``live.turn_audio_chunks``) and the
+    rest derived from them and from ``queue_size`` (the messages between two stages of a request)."""
+
+    pending_turns: int
+    turn_text: int
+    turn_audio: int
+    #: config, a turn start per turn (and its voice's rate, learnt later, per text turn), interrupts
+    control: int
+    #: data to the encoder, audio to the feature stage, messages to the client: a stream's hop
+    stream: int
+    #: what a watcher may fall behind before it is dropped
+    watcher: int
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> QueueSizes:
+        live = config.live
+        return cls(
+            pending_turns=live.max_pending_turns,
+            turn_text=live.turn_text_pieces,
+            turn_audio=live.turn_audio_chunks,
+            control=2 * live.max_pending_turns + 8,
+            stream=2 * config.queue_size,
+            watcher=8 * config.queue_size,
+        )
+
+
+@dataclass
 class GatewayTurn:
     turn_id: str
     kind: str  # "text" or "audio"
-    source_rate: int = 0
     # A client that sends a turn far ahead of its playback is held back by flow control once these
-    # fill (thousands of text pieces, 20-100 s of audio chunks).
-    text: Chan[str] = field(default_factory=lambda: Chan(4096))
-    audio: Chan[tuple[int, bytes]] = field(default_factory=lambda: Chan(1024))
+    # fill (live.turn_text_pieces, live.turn_audio_chunks).
+    text: Chan[str]
+    audio: Chan[tuple[int, bytes]]
+    source_rate: int = 0
     input_done: bool = False
     task: asyncio.Task[None] | None = None
     samples_sent: int = 0  # at the session rate
@@ -184,11 +211,12 @@ class LiveSession:
         self.voice_rate = voice_rate
         #: the next session frame not sent yet (LiveEvent.frame of the gateway's own events)
         self.next_frame = 0
-        self.control: Chan[epb.LiveEncodeRequest] = Chan(64)
-        self.data: Chan[epb.LiveEncodeRequest] = Chan(64)
-        self.out: Chan[lpb.LiveServerMessage] = Chan(64, gauge=self.telemetry.queue_gauge("live_to_client"))
+        self.sizes = sizes = QueueSizes.of(hub.config)
+        self.control: Chan[epb.LiveEncodeRequest] = Chan(sizes.control)
+        self.data: Chan[epb.LiveEncodeRequest] = Chan(sizes.stream)
+        self.out: Chan[lpb.LiveServerMessage] = Chan(sizes.stream, gauge=self.telemetry.queue_gauge("live_to_client"))
         self.tasks = TaskSet(f"live-{session_id[-8:]}", on_error=self.out.close)
-        self.turn_queue: Chan[GatewayTurn] = Chan(MAX_PENDING_TURNS)
+        self.turn_queue: Chan[GatewayTurn] = Chan(sizes.pending_turns)
         self.last_message = time.monotonic()  # last client message, or the end of the last speech
         self.started_at = time.monotonic()
         self.idle_timeout = config.idle_timeout_seconds or self.cfg.idle_timeout_seconds
@@ -429,16 +457,19 @@ class LiveSession:
             )
 
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
-        if len(self.turns) >= MAX_PENDING_TURNS:
+        limit = self.sizes.pending_turns
+        if len(self.turns) >= limit:
             raise ResourceExhausted(
-                f"{kind}.turn_id: more than {MAX_PENDING_TURNS} turns waiting to play; send it again later",
+                f"{kind}.turn_id: {limit} turns are waiting to play or playing (live.max_pending_turns); "
+                "send it again later",
                 retry_after=1.0,
-                quota="turns waiting per live session",
+                quota="live.max_pending_turns: turns waiting per live session",
                 subject="session",
+                field=f"{kind}.turn_id",
             )
         if self.refusing_turns:
             raise FailedPrecondition("the session is ending: no new turns")
-        turn = GatewayTurn(tid, kind)
+        turn = GatewayTurn(tid, kind, text=Chan(self.sizes.turn_text), audio=Chan(self.sizes.turn_audio))
         turn.source_rate = body.sample_rate if kind == "audio" else self.voice_rate
         self.turns[tid] = turn
         # The encoder learns of every turn at once, in order: an interrupt then covers queued turns
@@ -504,7 +535,7 @@ class LiveSession:
             await self._error(exc, turn.turn_id)
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
-        features_in: Chan[fpb.FeatureRequest] = Chan(64)
+        features_in: Chan[fpb.FeatureRequest] = Chan(self.sizes.stream)
         features_in.send_nowait(
             fpb.FeatureRequest(
                 config=fpb.FeatureConfig(
@@ -842,7 +873,7 @@ class LiveHub:
         principal = current_principal.get()
         if restricted(principal) and self.session_keys.get(session_id) != principal.name:
             raise PermissionDenied(f"session_id: live session {session_id!r} belongs to another API key")
-        feed: Chan[lpb.LiveServerMessage] = Chan(256)
+        feed: Chan[lpb.LiveServerMessage] = Chan(session.sizes.watcher)
         joined = False
         seq = 0
 

@@ -115,10 +115,14 @@ class ResourceExhausted(_Retryable):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, *, retry_after: float | None = 1.0, quota: str = "", subject: str = "") -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = 1.0, quota: str = "", subject: str = "", field: str = ""
+    ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.quota = quota
         self.subject = subject
+        #: the request field refused for want of room (a live turn's ``text.turn_id``), if one is
+        self.field = field
 
     def details(self) -> list[Message]:
         out = super().details()
