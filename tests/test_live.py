@@ -14,6 +14,7 @@ import math
 from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,12 +24,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.gateway.main import create_service as create_gateway
 from services.gateway.main import load_config as load_gateway_config
 from talkmesh.client import TalkmeshClient
+from talkmesh.common.calls import Stream
 from talkmesh.common.channel import create_channel
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.config import ServerConfig
 from talkmesh.common.errors import ErrorDetails
 from talkmesh.common.server import ServiceHost
 from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import live_pb2_grpc
 from tests.live_helpers import Recorder, decode, mouth_openness
@@ -702,3 +705,70 @@ def test_live_queue_sizes_are_checked_at_start_naming_the_key(key: str, bad: str
     with pytest.raises(ConfigError, match=rf"^live\.{key.lower()}: must be within 1\.\."):
         load_gateway_config(None, env={f"TALKMESH_GATEWAY__LIVE__{key}": bad})
     assert load_gateway_config(None, env={f"TALKMESH_GATEWAY__LIVE__{key}": "3"}).live.__dict__[key.lower()] == 3
+
+
+def _speaker(rate: int, seconds: float, seed: int) -> bytes:
+    """A voiced speaker from the first sample on (a syllable's peak at t=0) over a -50 dBFS room."""
+    t = np.arange(int(rate * seconds)) / rate
+    phase = 2 * np.pi * np.cumsum(120.0 + 20.0 * np.sin(2 * np.pi * 0.7 * t)) / rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.55 + 0.45 * np.cos(2 * np.pi * 4.0 * t))
+    x = 0.2 * voice / np.abs(voice).max() + np.random.default_rng(seed).standard_normal(len(t)) * 10 ** (-50 / 20)
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def test_a_sessions_second_turn_is_voiced_from_its_first_speech_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feature stage's noise floor and speech peak carry from one turn to the next of a session
+    (FeatureConfig.activity_state): the second turn's first frames are voiced; the first turn's,
+    which start from nothing, are not (their own level is the floor)."""
+    from services.gateway.downstream import GrpcDownstreams
+
+    streams: list[tuple[fpb.FeatureConfig, list[bool]]] = []
+    extract = GrpcDownstreams.extract
+
+    class Recording(Stream):
+        def __init__(self, inner: Stream, voiced: list[bool]) -> None:
+            self.inner = inner
+            self.voiced = voiced
+
+        async def __aiter__(self) -> AsyncIterator[fpb.FeatureChunk]:  # type: ignore[override]
+            async for fc in self.inner:
+                self.voiced.extend(f.activity.voiced for f in fc.frames)
+                yield fc
+
+        async def admitted(self) -> None:
+            await self.inner.admitted()
+
+        async def cancel(self) -> None:
+            await self.inner.cancel()
+
+    def recording(self: GrpcDownstreams, requests: Any, timeout: float | None) -> Stream:
+        voiced: list[bool] = []
+
+        async def tee() -> AsyncIterator[fpb.FeatureRequest]:
+            async for req in requests:
+                if req.WhichOneof("kind") == "config":
+                    streams.append((req.config, voiced))
+                yield req
+
+        return Recording(extract(self, tee(), timeout), voiced)
+
+    monkeypatch.setattr(GrpcDownstreams, "extract", recording)
+    rate = 24000
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            first = await live.say_audio(_speaker(rate, 1.5, 1), rate)
+            await rec.wait_event("speaking_stopped", first, timeout=30)
+            second = await live.say_audio(_speaker(rate, 1.0, 2), rate)
+            await rec.wait_event("speaking_stopped", second, timeout=30)
+            await live.close()
+            await rec.finish()
+    assert len(streams) == 2
+    (config1, voiced1), (config2, voiced2) = streams
+    assert not config1.HasField("activity_state") and config2.HasField("activity_state")
+    window = 50  # audio_features.activity.floor_window_seconds (2 s) at 25 fps: the state's bound
+    assert 0 < len(config2.activity_state.levels) <= window
+    assert voiced2[:5] == [True] * 5, voiced2[:10]
+    assert not voiced1[0], voiced1[:10]

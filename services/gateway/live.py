@@ -8,7 +8,9 @@ between turns and applies interrupts at the next frame. The gateway owns everyth
 * turns: each text turn goes through TTS (text pieces as they arrive), each audio turn is the
   caller's PCM; both are resampled to the session's rate and go to the feature stage and to the
   encoder (audio, visemes, features), one turn after the other, at most
-  ``max_audio_ahead_seconds`` ahead of what has been played;
+  ``max_audio_ahead_seconds`` ahead of what has been played; each turn's feature stream starts
+  from the activity state (noise floor, speech peak) the last turn of its kind ended with, so the
+  feature stage's level adaptation does not start over at every turn;
 * interrupts: forwarded to the encoder ahead of any queued data (control overtakes media), and
   the turns' upstream work (TTS, features) is cancelled at once; later input for a stopped turn is
   discarded (a turn id fences everything);
@@ -209,6 +211,11 @@ class LiveSession:
         #: the voice's rate once known (from the check at the start, or TTS's first answer): text
         #: turns count samples_played in it, even one stopped before its own TTS answered
         self.voice_rate = voice_rate
+        #: where the feature stage's level-adaptive activity (noise floor, speech peak) stands at the
+        #: end of the last turn of each kind ("text": the TTS voice, "audio": the caller's
+        #: recording): the next turn of that kind starts from it, so it is voiced from its first
+        #: speech frame (at most the floor window's levels each; gone with the session)
+        self.activity_states: dict[str, fpb.ActivityState] = {}
         #: the next session frame not sent yet (LiveEvent.frame of the gateway's own events)
         self.next_frame = 0
         self.sizes = sizes = QueueSizes.of(hub.config)
@@ -536,17 +543,17 @@ class LiveSession:
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
         features_in: Chan[fpb.FeatureRequest] = Chan(self.sizes.stream)
-        features_in.send_nowait(
-            fpb.FeatureRequest(
-                config=fpb.FeatureConfig(
-                    request_id=self.request_id,
-                    feature_type=FEATURE_FOR_BACKEND[self.backend],
-                    fps=self.gateway_config.fps,
-                    # one answer per audio chunk, as in Speak: fewer messages on every hop
-                    batch_frames=True,
-                )
-            )
+        feature_config = fpb.FeatureConfig(
+            request_id=self.request_id,
+            feature_type=FEATURE_FOR_BACKEND[self.backend],
+            fps=self.gateway_config.fps,
+            # one answer per audio chunk, as in Speak: fewer messages on every hop
+            batch_frames=True,
         )
+        state = self.activity_states.get(turn.kind)
+        if state is not None:  # the previous turn's noise floor and peak carry on
+            feature_config.activity_state.CopyFrom(state)
+        features_in.send_nowait(fpb.FeatureRequest(config=feature_config))
         features = self.ds.extract(features_in, self.deadline)
         tts: Stream | None = None
         async with TaskSet(f"turn-{turn.turn_id[:16]}") as tasks:
@@ -656,6 +663,8 @@ class LiveSession:
     async def _pump_features(self, turn: GatewayTurn, features: Stream) -> None:
         async for fc in features:
             if fc.end_of_stream:
+                if fc.HasField("activity_state"):  # (an interrupted turn's stream ends without one)
+                    self.activity_states[turn.kind] = fc.activity_state
                 break
             await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, features=fc))
 
