@@ -772,3 +772,20 @@ async def test_a_sessions_second_turn_is_voiced_from_its_first_speech_frame(
     assert 0 < len(config2.activity_state.levels) <= window
     assert voiced2[:5] == [True] * 5, voiced2[:10]
     assert not voiced1[0], voiced1[:10]
+
+
+async def test_a_text_turn_stopped_before_tts_answered_counts_in_the_default_voices_rate(tmp_path: Path) -> None:
+    """No `voice`: the session still knows its voice's rate from the start (ListVoices marks the
+    default), so a text turn stopped before TTS ever answered reports samples in 22050 Hz (eSpeak
+    NG), not in the session's 24000 Hz."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            tid = await live.say("   ", final=False)  # no words yet: TTS is not even asked
+            await live.interrupt(tid)
+            stopped = await rec.wait_event("speaking_stopped", tid, timeout=20)
+            await live.close()
+            await rec.finish()
+    body = stopped.msg.event.speaking_stopped
+    assert body.reason == lpb.STOP_REASON_INTERRUPTED and body.samples_played == 0
+    assert body.sample_rate == 22050, body

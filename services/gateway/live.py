@@ -855,19 +855,20 @@ class LiveHub:
 
     async def _check_voice(self, voice: str) -> int:
         """NOT_FOUND on ``config.voice`` before the session starts, not on each turn, if TTS has no
-        such voice; else the voice's sample rate (0 when not known yet: the default voice, or TTS
-        unreachable now, which does not refuse the session: audio turns need no TTS, and text turns
-        report their own errors)."""
-        if not voice:
-            return 0  # TTS's default voice
+        such voice; else the voice's sample rate (without ``voice``, the one TTS lists as its
+        default), so a text turn stopped before TTS answered reports its samples in it. 0 when TTS
+        is unreachable now, which does not refuse the session: audio turns need no TTS, and text
+        turns report their own errors (the rate is then learnt from TTS's first answer)."""
         try:
             listed = await self.ds.list_voices(tpb.ListVoicesRequest(voice=voice), self.config.tts.timeout_seconds)
         except TalkmeshError as exc:
-            if exc.code == grpc.StatusCode.NOT_FOUND:
+            if exc.code == grpc.StatusCode.NOT_FOUND and voice:
                 raise NotFound("config.voice", voice, "voice") from None
-            log.warning("could not check the live session's voice %r: %s", voice, exc.message)
+            log.warning("could not check the live session's voice %r: %s", voice or "(default)", exc.message)
             return 0
-        return listed.voices[0].sample_rate if len(listed.voices) == 1 else 0
+        if voice:
+            return listed.voices[0].sample_rate if len(listed.voices) == 1 else 0
+        return next((v.sample_rate for v in listed.voices if v.default), 0)
 
     async def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         session = self.sessions.get(session_id)
