@@ -480,8 +480,12 @@ async def _voices(args: argparse.Namespace) -> int:
 
 
 def voice_table(voices: Any) -> list[str]:
-    """`talkmesh voices`: one line per voice, the columns as wide as their longest value."""
-    rows = [(v.id, v.language, v.engine, f"{v.sample_rate} Hz", v.name) for v in voices]
+    """`talkmesh voices`: one line per voice, the columns as wide as their longest value; the
+    default voice (the one a request without --voice speaks with) has "(default)" after its name."""
+    rows = [
+        (v.id, v.language, v.engine, f"{v.sample_rate} Hz", v.name + ("  (default)" if v.default else ""))
+        for v in voices
+    ]
     widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
 

@@ -91,7 +91,8 @@ async def test_say_voices_and_avatars_from_the_command_line(tmp_path):
 
         code, out, err = await _cli("say", "Hi.", "--voice", "espeak:nope", "-o", str(tmp_path / "x.mp4"), *gw)
         assert code == 1
-        assert err.startswith("error: NOT_FOUND: tts: config.voice")
+        assert err.startswith("error: NOT_FOUND: tts: voice: "), err  # the request's field, set by --voice
+        assert "(field voice; set by --voice)" in err, err
         assert len(err.strip().splitlines()) == 1
         assert not (tmp_path / "x.mp4").exists()
 

@@ -211,7 +211,8 @@ def test_voice_columns_line_up_whatever_the_length_of_the_ids() -> None:
     from talkmesh.v1 import types_pb2 as api
 
     voices = [
-        api.Voice(id="espeak:en-us", language="en-us", engine="espeak", sample_rate=22050, name="English (US)"),
+        api.Voice(id="espeak:en-us", language="en-us", engine="espeak", sample_rate=22050, name="English (US)",
+                  default=True),
         api.Voice(id="espeak:chr-US-Qaaa-x-west", language="chr-US-Qaaa-x-west", engine="espeak",
                   sample_rate=22050, name="Cherokee"),
         api.Voice(id="piper:en_US-lessac-medium", language="en-us", engine="piper", sample_rate=16000, name="lessac"),
@@ -222,6 +223,7 @@ def test_voice_columns_line_up_whatever_the_length_of_the_ids() -> None:
 
     assert len({re.search(r"\d+ Hz", line).start() for line in lines}) == 1, lines  # type: ignore[union-attr]
     assert len({line.index(f" {v.engine} ") for line, v in zip(lines, voices, strict=True)}) == 1, lines
+    assert lines[0].endswith("English (US)  (default)") and "(default)" not in "".join(lines[1:]), lines
     names = [line.rindex(v.name) for line, v in zip(lines, voices, strict=True)]
     assert len(set(names)) == 1, lines
     assert all(line.split()[0] == v.id for line, v in zip(lines, voices, strict=True))

@@ -14,6 +14,7 @@ import math
 from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,12 +24,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.gateway.main import create_service as create_gateway
 from services.gateway.main import load_config as load_gateway_config
 from talkmesh.client import TalkmeshClient
+from talkmesh.common.calls import Stream
 from talkmesh.common.channel import create_channel
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.config import ServerConfig
 from talkmesh.common.errors import ErrorDetails
 from talkmesh.common.server import ServiceHost
 from talkmesh.common.telemetry import Telemetry
+from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import live_pb2_grpc
 from tests.live_helpers import Recorder, decode, mouth_openness
@@ -652,3 +655,137 @@ async def test_a_turn_refused_for_want_of_room_may_be_sent_again(tmp_path: Path)
             await rec.finish()
     assert refused.msg.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert played.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+
+
+async def test_stage_errors_name_the_live_configs_fields(tmp_path: Path) -> None:
+    """A stage's `config.backend` (the renderer's) is the LiveConfig's `config.renderer_backend`."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with client.live(backend="wav2lip") as live:  # known, but this renderer has not loaded it
+                await live.say("Hello.")
+                await asyncio.sleep(5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert ErrorDetails.of(err.value).field == "config.renderer_backend"
+        assert err.value.details().startswith("renderer: config.renderer_backend: "), err.value.details()
+
+
+async def test_pending_turns_are_the_configs_and_the_next_one_is_refused_naming_it(tmp_path: Path) -> None:
+    """live.max_pending_turns (here 2, through the environment, as every key): the third turn
+    waiting is RESOURCE_EXHAUSTED naming its field and the key; the two before it play."""
+    env = {"TALKMESH_GATEWAY__LIVE__MAX_PENDING_TURNS": "2"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            for tid in ("t0", "t1", "t2"):
+                await live.say("A long sentence that keeps the avatar busy for a while.", turn_id=tid)
+            refused = await rec.wait_for(lambda r: r.kind == "error" and r.msg.error.turn_id == "t2")
+            played = await rec.wait_event("speaking_stopped", "t1", timeout=60)
+            await live.close()
+            await rec.finish()
+    err = refused.msg.error
+    assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert err.field == "text.turn_id" and err.message.startswith("text.turn_id: ")
+    assert "live.max_pending_turns" in err.message
+    assert played.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+    assert [r.msg.error.turn_id for r in rec.messages if r.kind == "error"] == ["t2"]
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("MAX_PENDING_TURNS", "0"),
+        ("MAX_PENDING_TURNS", "100000"),
+        ("TURN_TEXT_PIECES", "0"),
+        ("TURN_AUDIO_CHUNKS", "-1"),
+    ],
+)
+def test_live_queue_sizes_are_checked_at_start_naming_the_key(key: str, bad: str) -> None:
+    from talkmesh.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^live\.{key.lower()}: must be within 1\.\."):
+        load_gateway_config(None, env={f"TALKMESH_GATEWAY__LIVE__{key}": bad})
+    assert load_gateway_config(None, env={f"TALKMESH_GATEWAY__LIVE__{key}": "3"}).live.__dict__[key.lower()] == 3
+
+
+def _speaker(rate: int, seconds: float, seed: int) -> bytes:
+    """A voiced speaker from the first sample on (a syllable's peak at t=0) over a -50 dBFS room."""
+    t = np.arange(int(rate * seconds)) / rate
+    phase = 2 * np.pi * np.cumsum(120.0 + 20.0 * np.sin(2 * np.pi * 0.7 * t)) / rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.55 + 0.45 * np.cos(2 * np.pi * 4.0 * t))
+    x = 0.2 * voice / np.abs(voice).max() + np.random.default_rng(seed).standard_normal(len(t)) * 10 ** (-50 / 20)
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def test_a_sessions_second_turn_is_voiced_from_its_first_speech_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feature stage's noise floor and speech peak carry from one turn to the next of a session
+    (FeatureConfig.activity_state): the second turn's first frames are voiced; the first turn's,
+    which start from nothing, are not (their own level is the floor)."""
+    from services.gateway.downstream import GrpcDownstreams
+
+    streams: list[tuple[fpb.FeatureConfig, list[bool]]] = []
+    extract = GrpcDownstreams.extract
+
+    class Recording(Stream):
+        def __init__(self, inner: Stream, voiced: list[bool]) -> None:
+            self.inner = inner
+            self.voiced = voiced
+
+        async def __aiter__(self) -> AsyncIterator[fpb.FeatureChunk]:  # type: ignore[override]
+            async for fc in self.inner:
+                self.voiced.extend(f.activity.voiced for f in fc.frames)
+                yield fc
+
+        async def admitted(self) -> None:
+            await self.inner.admitted()
+
+        async def cancel(self) -> None:
+            await self.inner.cancel()
+
+    def recording(self: GrpcDownstreams, requests: Any, timeout: float | None) -> Stream:
+        voiced: list[bool] = []
+
+        async def tee() -> AsyncIterator[fpb.FeatureRequest]:
+            async for req in requests:
+                if req.WhichOneof("kind") == "config":
+                    streams.append((req.config, voiced))
+                yield req
+
+        return Recording(extract(self, tee(), timeout), voiced)
+
+    monkeypatch.setattr(GrpcDownstreams, "extract", recording)
+    rate = 24000
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            first = await live.say_audio(_speaker(rate, 1.5, 1), rate)
+            await rec.wait_event("speaking_stopped", first, timeout=30)
+            second = await live.say_audio(_speaker(rate, 1.0, 2), rate)
+            await rec.wait_event("speaking_stopped", second, timeout=30)
+            await live.close()
+            await rec.finish()
+    assert len(streams) == 2
+    (config1, voiced1), (config2, voiced2) = streams
+    assert not config1.HasField("activity_state") and config2.HasField("activity_state")
+    window = 50  # audio_features.activity.floor_window_seconds (2 s) at 25 fps: the state's bound
+    assert 0 < len(config2.activity_state.levels) <= window
+    assert voiced2[:5] == [True] * 5, voiced2[:10]
+    assert not voiced1[0], voiced1[:10]
+
+
+async def test_a_text_turn_stopped_before_tts_answered_counts_in_the_default_voices_rate(tmp_path: Path) -> None:
+    """No `voice`: the session still knows its voice's rate from the start (ListVoices marks the
+    default), so a text turn stopped before TTS ever answered reports samples in 22050 Hz (eSpeak
+    NG), not in the session's 24000 Hz."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            tid = await live.say("   ", final=False)  # no words yet: TTS is not even asked
+            await live.interrupt(tid)
+            stopped = await rec.wait_event("speaking_stopped", tid, timeout=20)
+            await live.close()
+            await rec.finish()
+    body = stopped.msg.event.speaking_stopped
+    assert body.reason == lpb.STOP_REASON_INTERRUPTED and body.samples_played == 0
+    assert body.sample_rate == 22050, body

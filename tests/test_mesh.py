@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from talkmesh.client import TalkmeshClient
+from talkmesh.common.errors import ErrorDetails
 from talkmesh.common.registry import GRPC_NAMES
 from talkmesh.v1 import encoder_pb2 as epb
 from tests.media import probe
@@ -127,8 +128,8 @@ async def test_client_cancel_leaves_no_stream_active(tmp_path):
     [
         ({"text": ""}, grpc.StatusCode.INVALID_ARGUMENT, "text: must not be empty"),
         ({"text": "x" * 5001}, grpc.StatusCode.INVALID_ARGUMENT, "text: 5001 characters exceed the limit of 5000"),
-        ({"text": "Hi.", "avatar": "nobody"}, grpc.StatusCode.NOT_FOUND, "config.avatar_id"),
-        ({"text": "Hi.", "voice": "espeak:no-such-voice"}, grpc.StatusCode.NOT_FOUND, "config.voice"),
+        ({"text": "Hi.", "avatar": "nobody"}, grpc.StatusCode.NOT_FOUND, "renderer: avatar_id: "),
+        ({"text": "Hi.", "voice": "espeak:no-such-voice"}, grpc.StatusCode.NOT_FOUND, "tts: voice: "),
         ({"text": "Hi.", "size": "8k"}, grpc.StatusCode.INVALID_ARGUMENT, "output.size"),
         ({"text": "Hi.", "rate": 99.0}, grpc.StatusCode.INVALID_ARGUMENT, "rate"),
         ({"text": "Hi.", "backend": "sadtalker"}, grpc.StatusCode.INVALID_ARGUMENT, "output.renderer_backend"),
@@ -144,6 +145,37 @@ async def test_bad_input_gets_a_clear_status_and_the_mesh_stays_up(tmp_path, opt
         assert details in err.value.details()
         result = await client.speak_to_file("Still here.", tmp_path / "ok.mp4")
         assert result.summary.frames > 0
+
+
+async def test_stage_errors_name_the_callers_request_fields(tmp_path):
+    """A stage's `config.voice`, `config.settings.rate`, `config.backend` are the SpeakRequest's
+    `voice`, `voice_settings.rate`, `output.renderer_backend` in the gateway's status (message and
+    BadRequest details alike), for Speak and SpeakStream."""
+    cases = [
+        ({"voice": "espeak:no-such-voice"}, grpc.StatusCode.NOT_FOUND, "voice"),
+        ({"rate": 99.0}, grpc.StatusCode.INVALID_ARGUMENT, "voice_settings.rate"),
+        ({"pitch": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "voice_settings.pitch"),
+        ({"size": "8k"}, grpc.StatusCode.INVALID_ARGUMENT, "output.size"),
+        ({"backend": "wav2lip"}, grpc.StatusCode.INVALID_ARGUMENT, "output.renderer_backend"),  # not loaded
+    ]
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        for options, code, field in cases:
+            for streamed in (False, True):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    if streamed:
+                        async for _ in client.speak_stream(_words("Hi."), **options):
+                            pass
+                    else:
+                        await client.speak_to_file(TalkmeshClient.request("Hi.", **options), tmp_path / "bad.mp4")
+                where = (options, streamed)
+                assert err.value.code() == code, where
+                assert ErrorDetails.of(err.value).field == field, where
+                message = err.value.details()
+                assert f"{field}: " in message and "config." not in message, (where, message)
+
+
+async def _words(text: str):
+    yield text
 
 
 async def test_llm_text_without_punctuation_is_heard_while_the_stream_is_open(tmp_path):

@@ -31,7 +31,13 @@ renderer used before (-50..-18 dBFS); a quiet speaker reaches 1 on their own pea
 not pinned at 1. Unvoiced frames have loudness 0.
 
 All state is per stream (one ``ActivityMeter`` per Extract stream, i.e. per live turn or Speak),
-and every step depends only on frame positions, so streamed output equals offline output.
+and every step depends only on frame positions, so streamed output equals offline output. A
+stream may start from the state another one ended with (``LevelState``: the floor window's last
+levels and the peak, at most ``floor_window_seconds`` of floats), which a live session's gateway
+sends from one turn to the next (``FeatureConfig.activity_state``): the floor is known from the
+first frame on, so a turn's first speech frame is voiced (a fresh stream's floor is its own first
+frames, which are then never above it: about 160 ms unvoiced at each start). The hangover does
+not carry over (the pause between two streams is longer than it).
 """
 
 from __future__ import annotations
@@ -127,6 +133,15 @@ def band_rms_dbfs(samples: np.ndarray, sample_rate: int, low_hz: float) -> float
 
 
 @dataclass(frozen=True)
+class LevelState:
+    """What a ``LevelTracker`` carries into the next stream: its last speech-band levels (oldest
+    first, at most its floor window of them) and its speech peak (-inf: none yet)."""
+
+    levels: tuple[float, ...] = ()
+    peak: float = -math.inf
+
+
+@dataclass(frozen=True)
 class Activity:
     index: int
     rms_dbfs: float
@@ -137,21 +152,34 @@ class Activity:
 class LevelTracker:
     """The stream's noise floor and speech peak, one speech-band level per frame, in frame order."""
 
-    def __init__(self, config: ActivityConfig, fps: Fraction) -> None:
+    def __init__(self, config: ActivityConfig, fps: Fraction, start: LevelState | None = None) -> None:
         self.config = config
         self._window = max(1, round(config.floor_window_seconds * fps))
         self._decay = config.peak_decay_db_per_second / float(fps)
         self._hangover = round(config.hangover_seconds * fps)
         self._last_voiced = -(10**9)
         self._mins: deque[tuple[int, float]] = deque()  # increasing levels: the window's minimum first
+        self._recent: deque[float] = deque(maxlen=self._window)  # the window's levels (the state)
         self._next = 0
         self.peak = -math.inf
         self.floor = dsp.SILENCE_DBFS
+        if start is not None:
+            # the previous stream's last frames are this one's frames -n..-1
+            levels = start.levels[-self._window :]
+            self._next = -len(levels)
+            for level in levels:
+                self._add(level)
+            self.peak = start.peak
 
-    def step(self, level: float) -> tuple[bool, float]:
-        """``(voiced, loudness)`` of the next frame given its speech-band level."""
-        cfg, i = self.config, self._next
+    def state(self) -> LevelState:
+        """Where the next stream of the same speaker starts from (``LevelTracker(start=...)``)."""
+        return LevelState(tuple(self._recent), self.peak)
+
+    def _add(self, level: float) -> int:
+        """Frame ``i`` of ``level`` joins the floor's window; returns ``i``."""
+        i = self._next
         self._next += 1
+        self._recent.append(level)
         mins = self._mins
         while mins and mins[-1][1] >= level:
             mins.pop()
@@ -159,6 +187,12 @@ class LevelTracker:
         if mins[0][0] <= i - self._window:
             mins.popleft()
         self.floor = mins[0][1]
+        return i
+
+    def step(self, level: float) -> tuple[bool, float]:
+        """``(voiced, loudness)`` of the next frame given its speech-band level."""
+        cfg = self.config
+        i = self._add(level)
         threshold = max(self.floor + cfg.voiced_margin_db, cfg.min_voiced_dbfs)
         above = level > threshold
         self.peak = max(level, self.peak - self._decay) if above else self.peak - self._decay
@@ -174,11 +208,13 @@ class LevelTracker:
 class ActivityMeter:
     """Activity per video frame over the frame's own source samples: zero look-ahead."""
 
-    def __init__(self, sample_rate: int, fps: Fraction, config: ActivityConfig) -> None:
+    def __init__(
+        self, sample_rate: int, fps: Fraction, config: ActivityConfig, start: LevelState | None = None
+    ) -> None:
         self.sample_rate = sample_rate
         self.fps = fps
         self.config = config
-        self.tracker = LevelTracker(config, fps)
+        self.tracker = LevelTracker(config, fps, start)
         self._pending = np.zeros(0, dtype=np.float32)  # samples of frame self._next onwards
         self._pending_start = 0
         self._next = 0

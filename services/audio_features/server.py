@@ -14,13 +14,16 @@ with ``end_of_stream=True``, ``frame_count = ceil(source_samples * fps / sample_
 ``frame_index = frame_count`` (it carries no frame). With ``config.batch_frames`` the frames that
 one audio message completed leave together, in one ``FeatureChunk`` whose ``frames`` lists them
 (and those flushed at the end in one more): the gateway relays one message per TTS chunk instead
-of one per frame.
+of one per frame. The final message also carries ``activity_state``: a caller sends it back in
+its next stream's ``config.activity_state`` (a live session's next turn) so the activity's noise
+floor and speech peak carry on (activity.py); the service keeps nothing between streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from fractions import Fraction
@@ -30,6 +33,8 @@ import grpc
 import numpy as np
 from opentelemetry import trace
 
+from services.audio_features import dsp
+from services.audio_features.activity import LevelState
 from services.audio_features.backends import create_encoder
 from services.audio_features.backends.base import WhisperEncoder
 from services.audio_features.cache import BlockCache
@@ -68,8 +73,11 @@ KINDS = {
 class _Request:
     """Per-stream state: the validated config, the pipeline (created at the first audio chunk)."""
 
-    def __init__(self, kind: str, fps: Fraction, request_id: str, batch: bool = False) -> None:
+    def __init__(
+        self, kind: str, fps: Fraction, request_id: str, batch: bool = False, activity_start: LevelState | None = None
+    ) -> None:
         self.kind = kind
+        self.activity_start = activity_start
         self.fps = fps
         self.request_id = request_id
         self.batch = batch
@@ -127,7 +135,12 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
             audio_seconds = req.stream.source_samples / req.sample_rate
             telemetry.metrics.realtime_factor.labels(telemetry.service).observe(audio_seconds / wall)
         yield pb.FeatureChunk(
-            request_id=req.request_id, seq=req.seq, end_of_stream=True, frame_index=count, frame_count=count
+            request_id=req.request_id,
+            seq=req.seq,
+            end_of_stream=True,
+            frame_index=count,
+            frame_count=count,
+            activity_state=_activity_state(req),
         )
 
     # -- steps --------------------------------------------------------------------------------------
@@ -145,7 +158,8 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
             )
         fps = request_fps(cfg.fps)
         request_id = cfg.request_id or first.request_id or request_id_var.get()
-        return _Request(kind, fps, request_id, batch=cfg.batch_frames)
+        start = _level_state(cfg.activity_state) if cfg.HasField("activity_state") else None
+        return _Request(kind, fps, request_id, batch=cfg.batch_frames, activity_start=start)
 
     def _stream(self, req: _Request, sample_rate: int) -> FeatureStream:
         svc = self.service
@@ -155,6 +169,7 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
             sample_rate=sample_rate,
             activity=svc.config.activity,
             resample_quality=svc.config.resample_quality,
+            activity_start=req.activity_start,
         )
         return FeatureStream(options, svc.encoder, svc.geometry, svc.cache)
 
@@ -219,6 +234,33 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
             out = [batch]
         req.seq += len(out)
         return out
+
+
+#: The most levels an ActivityState may carry (a minute at 60 fps; the floor window keeps fewer).
+MAX_STATE_LEVELS = 4096
+
+
+def _level_state(state: pb.ActivityState) -> LevelState:
+    """A caller's ActivityState, checked: levels within -120..+20 dBFS, at most MAX_STATE_LEVELS."""
+    if len(state.levels) > MAX_STATE_LEVELS:
+        raise InvalidArgument(
+            "config.activity_state.levels", f"{len(state.levels)} levels exceed the limit of {MAX_STATE_LEVELS}"
+        )
+    levels = tuple(state.levels)
+    peak = state.peak_dbfs if state.HasField("peak_dbfs") else -math.inf
+    for name, values in (("levels", levels), ("peak_dbfs", (peak,) if state.HasField("peak_dbfs") else ())):
+        if not all(dsp.SILENCE_DBFS <= v <= 20.0 for v in values):  # NaN fails too
+            raise InvalidArgument(f"config.activity_state.{name}", "must be within -120..20 dBFS")
+    return LevelState(levels, peak)
+
+
+def _activity_state(req: _Request) -> pb.ActivityState:
+    """The state the stream's activity ended in (the one it started from, if it got no audio)."""
+    state = req.stream.activity.tracker.state() if req.stream is not None else req.activity_start or LevelState()
+    out = pb.ActivityState(levels=state.levels)
+    if state.peak > -math.inf:
+        out.peak_dbfs = state.peak
+    return out
 
 
 def _fill(msg: pb.FeatureChunk, frame: Frame) -> pb.FeatureChunk:

@@ -35,7 +35,7 @@ import numpy as np
 import soxr
 
 from services.audio_features import dsp
-from services.audio_features.activity import Activity, ActivityConfig, ActivityMeter
+from services.audio_features.activity import Activity, ActivityConfig, ActivityMeter, LevelState
 from services.audio_features.backends.base import WhisperEncoder
 from services.audio_features.cache import BlockCache
 from talkmesh.common.clock import frame_start_sample, frames_for_samples
@@ -477,6 +477,8 @@ class StreamOptions:
     sample_rate: int
     activity: ActivityConfig = field(default_factory=ActivityConfig)
     resample_quality: str = "HQ"
+    #: where the activity's floor and peak start (the previous stream's end state), if anywhere
+    activity_start: LevelState | None = None
 
 
 class FeatureStream:
@@ -490,7 +492,7 @@ class FeatureStream:
         cache: BlockCache | None = None,
     ) -> None:
         self.options = options
-        self.activity = ActivityMeter(options.sample_rate, options.fps, options.activity)
+        self.activity = ActivityMeter(options.sample_rate, options.fps, options.activity, options.activity_start)
         self.tensors: TensorExtractor | None
         if options.kind == FeatureKind.ACTIVITY:
             self.tensors = None

@@ -14,6 +14,11 @@ from talkmesh.common.registry import default_target, spec
 MIN_AUDIO_AHEAD_SECONDS = 2.0
 
 
+#: Bounds of the live settings' queue sizes (memory: each pending turn holds its input buffers).
+MAX_PENDING_TURNS = 1024
+MAX_TURN_BUFFER = 65536
+
+
 def _check_audio_ahead(seconds: float) -> None:
     if not seconds >= MIN_AUDIO_AHEAD_SECONDS:
         raise ConfigError.at(
@@ -39,6 +44,15 @@ class LiveSettings:
     drain_seconds: float = 10.0
     # How far a turn's audio may run ahead of what has been played (seconds).
     max_audio_ahead_seconds: float = 3.0
+    # Turns a session may have started and not finished (queued or playing); the next one is
+    # refused with RESOURCE_EXHAUSTED naming this key, and may be sent again once one ends.
+    max_pending_turns: int = 32
+    # Input one turn buffers on the gateway ahead of TTS (text) or of the audio sent on (at most
+    # max_audio_ahead_seconds ahead of playback); beyond it, flow control holds the client back
+    # (a fast client or LLM waits, it is not refused): text pieces (thousands of LLM tokens) ...
+    turn_text_pieces: int = 4096
+    # ... and audio chunks (at 20-100 ms a chunk, 20-100 s of speech).
+    turn_audio_chunks: int = 1024
     # A turn that has played all its input and gets nothing new (no text, no audio) for this long
     # has its input ended as if EndOfTurn came (a DEADLINE_EXCEEDED LiveError says so): a client or
     # LLM stream that dies mid-turn cannot hold the turns behind it (nor the idle timeout) for ever.
@@ -66,6 +80,11 @@ class LiveSettings:
         if self.drain_seconds < 0:
             raise ConfigError.at("drain_seconds", "must not be negative")
         _check_audio_ahead(self.max_audio_ahead_seconds)
+        if not 1 <= self.max_pending_turns <= MAX_PENDING_TURNS:
+            raise ConfigError.at("max_pending_turns", f"must be within 1..{MAX_PENDING_TURNS}")
+        for name in ("turn_text_pieces", "turn_audio_chunks"):
+            if not 1 <= getattr(self, name) <= MAX_TURN_BUFFER:
+                raise ConfigError.at(name, f"must be within 1..{MAX_TURN_BUFFER}")
         if not 0 < self.turn_input_timeout_seconds <= 86400:
             raise ConfigError.at("turn_input_timeout_seconds", "must be within 0..86400 (exclusive of 0)")
 

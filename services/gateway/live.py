@@ -8,7 +8,9 @@ between turns and applies interrupts at the next frame. The gateway owns everyth
 * turns: each text turn goes through TTS (text pieces as they arrive), each audio turn is the
   caller's PCM; both are resampled to the session's rate and go to the feature stage and to the
   encoder (audio, visemes, features), one turn after the other, at most
-  ``max_audio_ahead_seconds`` ahead of what has been played;
+  ``max_audio_ahead_seconds`` ahead of what has been played; each turn's feature stream starts
+  from the activity state (noise floor, speech peak) the last turn of its kind ended with, so the
+  feature stage's level adaptation does not start over at every turn;
 * interrupts: forwarded to the encoder ahead of any queued data (control overtakes media), and
   the turns' upstream work (TTS, features) is cancelled at once; later input for a stopped turn is
   discarded (a turn id fences everything);
@@ -46,6 +48,7 @@ from opentelemetry import trace
 from services.gateway.audio import Resampler, check_audio
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
+from services.gateway.fields import in_live_terms, live_field
 from services.gateway.pipeline import FEATURE_FOR_BACKEND
 from talkmesh.common.aio import Chan, ChanClosed, TaskSet, any_event, cancel_and_wait, priority_merge, wait_event
 from talkmesh.common.calls import Stream
@@ -77,8 +80,6 @@ from talkmesh.v1 import tts_pb2 as tpb
 
 log = logging.getLogger(__name__)
 
-#: Turns a session may have started but not finished.
-MAX_PENDING_TURNS = 32
 #: Ids of stopped (or refused) turns a session remembers (later input for them is discarded, not a
 #: new turn).
 STOPPED_TURNS_KEPT = 4096
@@ -120,14 +121,43 @@ class SessionIds:
 
 # -- turns -------------------------------------------------------------------------------------
 @dataclass
+class QueueSizes:
+    """The bounded queues of a live session, from the gateway config: the operator's knobs
+    (``live.max_pending_turns``, ``live.turn_text_pieces``, ``live.turn_audio_chunks``) and the
+    rest derived from them and from ``queue_size`` (the messages between two stages of a request)."""
+
+    pending_turns: int
+    turn_text: int
+    turn_audio: int
+    #: config, a turn start per turn (and its voice's rate, learnt later, per text turn), interrupts
+    control: int
+    #: data to the encoder, audio to the feature stage, messages to the client: a stream's hop
+    stream: int
+    #: what a watcher may fall behind before it is dropped
+    watcher: int
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> QueueSizes:
+        live = config.live
+        return cls(
+            pending_turns=live.max_pending_turns,
+            turn_text=live.turn_text_pieces,
+            turn_audio=live.turn_audio_chunks,
+            control=2 * live.max_pending_turns + 8,
+            stream=2 * config.queue_size,
+            watcher=8 * config.queue_size,
+        )
+
+
+@dataclass
 class GatewayTurn:
     turn_id: str
     kind: str  # "text" or "audio"
-    source_rate: int = 0
     # A client that sends a turn far ahead of its playback is held back by flow control once these
-    # fill (thousands of text pieces, 20-100 s of audio chunks).
-    text: Chan[str] = field(default_factory=lambda: Chan(4096))
-    audio: Chan[tuple[int, bytes]] = field(default_factory=lambda: Chan(1024))
+    # fill (live.turn_text_pieces, live.turn_audio_chunks).
+    text: Chan[str]
+    audio: Chan[tuple[int, bytes]]
+    source_rate: int = 0
     input_done: bool = False
     task: asyncio.Task[None] | None = None
     samples_sent: int = 0  # at the session rate
@@ -181,13 +211,19 @@ class LiveSession:
         #: the voice's rate once known (from the check at the start, or TTS's first answer): text
         #: turns count samples_played in it, even one stopped before its own TTS answered
         self.voice_rate = voice_rate
+        #: where the feature stage's level-adaptive activity (noise floor, speech peak) stands at the
+        #: end of the last turn of each kind ("text": the TTS voice, "audio": the caller's
+        #: recording): the next turn of that kind starts from it, so it is voiced from its first
+        #: speech frame (at most the floor window's levels each; gone with the session)
+        self.activity_states: dict[str, fpb.ActivityState] = {}
         #: the next session frame not sent yet (LiveEvent.frame of the gateway's own events)
         self.next_frame = 0
-        self.control: Chan[epb.LiveEncodeRequest] = Chan(64)
-        self.data: Chan[epb.LiveEncodeRequest] = Chan(64)
-        self.out: Chan[lpb.LiveServerMessage] = Chan(64, gauge=self.telemetry.queue_gauge("live_to_client"))
+        self.sizes = sizes = QueueSizes.of(hub.config)
+        self.control: Chan[epb.LiveEncodeRequest] = Chan(sizes.control)
+        self.data: Chan[epb.LiveEncodeRequest] = Chan(sizes.stream)
+        self.out: Chan[lpb.LiveServerMessage] = Chan(sizes.stream, gauge=self.telemetry.queue_gauge("live_to_client"))
         self.tasks = TaskSet(f"live-{session_id[-8:]}", on_error=self.out.close)
-        self.turn_queue: Chan[GatewayTurn] = Chan(MAX_PENDING_TURNS)
+        self.turn_queue: Chan[GatewayTurn] = Chan(sizes.pending_turns)
         self.last_message = time.monotonic()  # last client message, or the end of the last speech
         self.started_at = time.monotonic()
         self.idle_timeout = config.idle_timeout_seconds or self.cfg.idle_timeout_seconds
@@ -269,6 +305,7 @@ class LiveSession:
                 return
         if kind == "error":
             msg = _scrubbed(msg)
+            _in_live_terms(msg.error)
         if kind == "started":
             self.started_msg = msg
             self.started.set()
@@ -287,6 +324,7 @@ class LiveSession:
         await any_event(self.started, self.out.closed_event)
 
     async def _error(self, exc: TalkmeshError, turn_id: str = "") -> None:
+        in_live_terms(exc)  # a stage's `config.settings.rate` is the caller's `config.voice_settings.rate`
         await self._send(
             lpb.LiveServerMessage(
                 error=lpb.LiveError(
@@ -426,16 +464,19 @@ class LiveSession:
             )
 
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
-        if len(self.turns) >= MAX_PENDING_TURNS:
+        limit = self.sizes.pending_turns
+        if len(self.turns) >= limit:
             raise ResourceExhausted(
-                f"{kind}.turn_id: more than {MAX_PENDING_TURNS} turns waiting to play; send it again later",
+                f"{kind}.turn_id: {limit} turns are waiting to play or playing (live.max_pending_turns); "
+                "send it again later",
                 retry_after=1.0,
-                quota="turns waiting per live session",
+                quota="live.max_pending_turns: turns waiting per live session",
                 subject="session",
+                field=f"{kind}.turn_id",
             )
         if self.refusing_turns:
             raise FailedPrecondition("the session is ending: no new turns")
-        turn = GatewayTurn(tid, kind)
+        turn = GatewayTurn(tid, kind, text=Chan(self.sizes.turn_text), audio=Chan(self.sizes.turn_audio))
         turn.source_rate = body.sample_rate if kind == "audio" else self.voice_rate
         self.turns[tid] = turn
         # The encoder learns of every turn at once, in order: an interrupt then covers queued turns
@@ -501,18 +542,18 @@ class LiveSession:
             await self._error(exc, turn.turn_id)
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
-        features_in: Chan[fpb.FeatureRequest] = Chan(64)
-        features_in.send_nowait(
-            fpb.FeatureRequest(
-                config=fpb.FeatureConfig(
-                    request_id=self.request_id,
-                    feature_type=FEATURE_FOR_BACKEND[self.backend],
-                    fps=self.gateway_config.fps,
-                    # one answer per audio chunk, as in Speak: fewer messages on every hop
-                    batch_frames=True,
-                )
-            )
+        features_in: Chan[fpb.FeatureRequest] = Chan(self.sizes.stream)
+        feature_config = fpb.FeatureConfig(
+            request_id=self.request_id,
+            feature_type=FEATURE_FOR_BACKEND[self.backend],
+            fps=self.gateway_config.fps,
+            # one answer per audio chunk, as in Speak: fewer messages on every hop
+            batch_frames=True,
         )
+        state = self.activity_states.get(turn.kind)
+        if state is not None:  # the previous turn's noise floor and peak carry on
+            feature_config.activity_state.CopyFrom(state)
+        features_in.send_nowait(fpb.FeatureRequest(config=feature_config))
         features = self.ds.extract(features_in, self.deadline)
         tts: Stream | None = None
         async with TaskSet(f"turn-{turn.turn_id[:16]}") as tasks:
@@ -622,6 +663,8 @@ class LiveSession:
     async def _pump_features(self, turn: GatewayTurn, features: Stream) -> None:
         async for fc in features:
             if fc.end_of_stream:
+                if fc.HasField("activity_state"):  # (an interrupted turn's stream ends without one)
+                    self.activity_states[turn.kind] = fc.activity_state
                 break
             await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, features=fc))
 
@@ -703,6 +746,14 @@ class LiveSession:
             await self._interrupt("", end_session=True)
         self.control.close()
         self.data.close()
+
+
+def _in_live_terms(err: lpb.LiveError) -> None:
+    """An in-band error of a stage (the encoder's) naming the caller's LiveConfig field."""
+    new = live_field(err.field) if err.field else None
+    if new is not None and new != err.field:
+        err.message = err.message.replace(f"{err.field}:", f"{new}:", 1)
+        err.field = new
 
 
 def _scrubbed(msg: lpb.LiveServerMessage) -> lpb.LiveServerMessage:
@@ -794,6 +845,9 @@ class LiveHub:
         try:
             async for msg in session.run(stream):
                 yield msg
+        except TalkmeshError as exc:
+            in_live_terms(exc)  # the encoder's (renderer's) `config.backend` is `config.renderer_backend`
+            raise
         finally:
             self.sessions.pop(session_id, None)
             self.session_keys.pop(session_id, None)
@@ -801,19 +855,20 @@ class LiveHub:
 
     async def _check_voice(self, voice: str) -> int:
         """NOT_FOUND on ``config.voice`` before the session starts, not on each turn, if TTS has no
-        such voice; else the voice's sample rate (0 when not known yet: the default voice, or TTS
-        unreachable now, which does not refuse the session: audio turns need no TTS, and text turns
-        report their own errors)."""
-        if not voice:
-            return 0  # TTS's default voice
+        such voice; else the voice's sample rate (without ``voice``, the one TTS lists as its
+        default), so a text turn stopped before TTS answered reports its samples in it. 0 when TTS
+        is unreachable now, which does not refuse the session: audio turns need no TTS, and text
+        turns report their own errors (the rate is then learnt from TTS's first answer)."""
         try:
             listed = await self.ds.list_voices(tpb.ListVoicesRequest(voice=voice), self.config.tts.timeout_seconds)
         except TalkmeshError as exc:
-            if exc.code == grpc.StatusCode.NOT_FOUND:
+            if exc.code == grpc.StatusCode.NOT_FOUND and voice:
                 raise NotFound("config.voice", voice, "voice") from None
-            log.warning("could not check the live session's voice %r: %s", voice, exc.message)
+            log.warning("could not check the live session's voice %r: %s", voice or "(default)", exc.message)
             return 0
-        return listed.voices[0].sample_rate if len(listed.voices) == 1 else 0
+        if voice:
+            return listed.voices[0].sample_rate if len(listed.voices) == 1 else 0
+        return next((v.sample_rate for v in listed.voices if v.default), 0)
 
     async def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         session = self.sessions.get(session_id)
@@ -828,7 +883,7 @@ class LiveHub:
         principal = current_principal.get()
         if restricted(principal) and self.session_keys.get(session_id) != principal.name:
             raise PermissionDenied(f"session_id: live session {session_id!r} belongs to another API key")
-        feed: Chan[lpb.LiveServerMessage] = Chan(256)
+        feed: Chan[lpb.LiveServerMessage] = Chan(session.sizes.watcher)
         joined = False
         seq = 0
 

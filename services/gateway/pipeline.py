@@ -29,10 +29,11 @@ from opentelemetry import trace
 from services.gateway.audio import Resampler, stage_rate
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
+from services.gateway.fields import in_speak_terms
 from talkmesh.common.aio import Chan, TaskSet, all_of, wait_event
 from talkmesh.common.calls import LocalStream, Stream
 from talkmesh.common.clock import MediaClock
-from talkmesh.common.errors import FailedPrecondition, InvalidArgument
+from talkmesh.common.errors import FailedPrecondition, InvalidArgument, TalkmeshError
 from talkmesh.common.registry import RENDERER_FEATURES
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
@@ -232,8 +233,12 @@ class SpeakPipeline:
         """Yields the media chunks, then a summary. ``text_pieces`` streams text (LLM) instead;
         ``audio_pieces`` (sample rate, checked PCM) is the caller's own speech, in place of TTS."""
         run = _Run(self, request, request_id, timeout, text_pieces, audio_pieces)
-        async for chunk in run.go():
-            yield chunk
+        try:
+            async for chunk in run.go():
+                yield chunk
+        except TalkmeshError as exc:
+            in_speak_terms(exc)  # a stage's `config.voice` is the caller's `voice`
+            raise
 
 
 class _Run:

@@ -157,7 +157,16 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             voices = [found[1]]
         else:
             voices = [v for backend in self.backends.values() for v in backend.voices()]
+        default = find_voice(self.backends, self.config.default_voice)
+        default_id = default[1].id if default is not None else ""
         resp = tts_pb2.ListVoicesResponse()
         for v in voices:
-            resp.voices.add(id=v.id, name=v.name, language=v.language, engine=v.engine, sample_rate=v.sample_rate)
+            resp.voices.add(
+                id=v.id,
+                name=v.name,
+                language=v.language,
+                engine=v.engine,
+                sample_rate=v.sample_rate,
+                default=v.id == default_id,
+            )
         return resp

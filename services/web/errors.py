@@ -65,32 +65,6 @@ class HttpError(Exception):
         return error_response(self.status, self.code, self.message, self.field, self.retry_after)
 
 
-
-#: The gateway's field names in a Speak status (the pipeline's stage configs) -> the fields of the
-#: HTTP request's JSON body (SpeakRequest's), as the caller wrote them.
-SPEAK_FIELDS = {
-    "config.voice": "voice",
-    "config.avatar_id": "avatar_id",
-    "config.size": "output.size",
-    "config.backend": "output.renderer_backend",
-    "config.renderer_backend": "output.renderer_backend",
-    "config.audio_codec": "output.audio_codec",
-    "config.settings.rate": "voice_settings.rate",
-    "config.settings.pitch": "voice_settings.pitch",
-    "config.settings.volume": "voice_settings.volume",
-}
-
-
-def speak_error(err: HttpError) -> HttpError:
-    """``err`` of a Speak call with its field (and the field in its message) named as in the
-    request's JSON body: ``config.voice`` -> ``voice``."""
-    new = SPEAK_FIELDS.get(err.field)
-    if new is not None:
-        err.message = err.message.replace(f"{err.field}:", f"{new}:", 1)
-        err.field = new
-    return err
-
-
 def live_error(code: grpc.StatusCode, message: str, field: str = "") -> dict[str, object]:
     """An error as a live session's ``error`` message (``LiveError``'s fields, the code by name)."""
     return {"error": {"code": code.name, "message": message, "field": field}}

@@ -26,16 +26,16 @@ from typing import Any
 import grpc
 from aiohttp import web
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
 from services.web.config import WebConfig, normal_origin
-from services.web.errors import HttpError, error_response, from_rpc_error, proto_names, speak_error
+from services.web.errors import HttpError, error_response, from_rpc_error, proto_names
 from services.web.live import CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
 from talkmesh.client import AvatarNameError, TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
+from talkmesh.common.health import DependencyWatch
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.server import BindError, check_port_free, run_until_signal
@@ -140,6 +140,7 @@ class WebHost:
         self._runner: web.AppRunner | None = None
         self._metrics_server: Any = None
         self._watch: asyncio.Task[None] | None = None
+        self._gateway_watch: DependencyWatch | None = None
         self._stopped = asyncio.Event()
         self._requests = telemetry.metrics.streams_total
         self._active = telemetry.metrics.streams_active.labels(self.name)
@@ -225,9 +226,20 @@ class WebHost:
                 ) from None
             self._metrics_server = httpd
             self.metrics_port = httpd.server_port
+        # The gateway's readiness (service ""), as the other services watch their stages
+        # (talkmesh.common.health): not ready at its first miss, ready again at its first answer.
+        self._gateway_watch = DependencyWatch(
+            {"gateway": self.client.channel},
+            self._gateway_changed,
+            interval=cfg.dependency_check_seconds,
+            timeout=max(0.5, cfg.dependency_check_seconds),
+            failures=1,
+            service="",
+            refuses=False,
+        )
         await self._check_gateway()
         if cfg.dependency_check_seconds > 0:
-            self._watch = asyncio.create_task(self._watch_gateway(), name="web-gateway-watch")
+            self._watch = asyncio.create_task(self._gateway_watch.run(), name="web-gateway-watch")
         log.info(
             "web serving on %s (metrics port %s), gateway %s", self.url, self.metrics_port, self.config.gateway.target
         )
@@ -242,23 +254,14 @@ class WebHost:
             self.client = None
 
     async def _check_gateway(self) -> bool:
-        assert self.client is not None
-        stub = health_pb2_grpc.HealthStub(self.client.channel)
-        timeout = max(0.5, self.config.server.dependency_check_seconds)
-        try:
-            resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-            ready = resp.status == health_pb2.HealthCheckResponse.SERVING
-        except grpc.aio.AioRpcError:
-            ready = False
-        if ready != self.gateway_ready:
-            log.info("gateway %s is %s", self.config.gateway.target, "ready" if ready else "not ready")
-        self.gateway_ready = ready
-        return ready
+        """Asks the gateway's readiness now (at start, and from /readyz while it is not ready)."""
+        assert self._gateway_watch is not None
+        self.gateway_ready = not await self._gateway_watch.check_once()  # (the watch reports changes only)
+        return self.gateway_ready
 
-    async def _watch_gateway(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.server.dependency_check_seconds)
-            await self._check_gateway()
+    async def _gateway_changed(self, down: list[str]) -> None:
+        self.gateway_ready = not down
+        log.info("gateway %s is %s", self.config.gateway.target, "not ready" if down else "ready")
 
     async def stop(self, grace: float | None = None) -> None:
         """Not ready, stop accepting; live sessions get ``grace`` seconds, then are closed."""
@@ -573,7 +576,7 @@ class WebHost:
             call = client.stub.Speak(req, timeout=self.config.web.speak_timeout_seconds, metadata=client.metadata())
             return await self._relay_speak(request, call, whole=req.output.container == api.CONTAINER_MP4)
         except grpc.aio.AioRpcError as exc:
-            raise speak_error(from_rpc_error(exc)) from None
+            raise from_rpc_error(exc) from None  # the gateway names the JSON body's fields
         finally:
             self.speaks -= 1
             if call is not None:

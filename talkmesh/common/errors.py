@@ -10,7 +10,7 @@ back on the client side.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,18 @@ class TalkmeshError(Exception):
     def details(self) -> list[Message]:
         """The ``google.rpc`` detail messages attached to the status (none by default)."""
         return []
+
+    def rename_field(self, rename: Callable[[str], str | None]) -> None:
+        """Names the offending field as ``rename`` says (None: as it is): in the message (its
+        ``field:`` prefix, after a stage's name) and in the details. An edge uses it to name the
+        caller's own request field instead of the stage config's it became."""
+        old = getattr(self, "field", "")
+        new = rename(old) if old else None
+        if new is None or new == old:
+            return
+        setattr(self, "field", new)  # noqa: B010 (InvalidArgument, NotFound: details() read it)
+        self.message = _renamed(self.message, old, new)
+        self.args = (self.message,)
 
 
 class InvalidArgument(TalkmeshError):
@@ -103,10 +115,14 @@ class ResourceExhausted(_Retryable):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, *, retry_after: float | None = 1.0, quota: str = "", subject: str = "") -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = 1.0, quota: str = "", subject: str = "", field: str = ""
+    ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.quota = quota
         self.subject = subject
+        #: the request field refused for want of room (a live turn's ``text.turn_id``), if one is
+        self.field = field
 
     def details(self) -> list[Message]:
         out = super().details()
@@ -157,6 +173,36 @@ class StageError(TalkmeshError):
 
     def details(self) -> list[Message]:
         return list(self._details)
+
+    @property
+    def field(self) -> str:
+        """The stage's offending field (its first BadRequest violation's), or ""."""
+        for d in self._details:
+            if isinstance(d, error_details_pb2.BadRequest) and d.field_violations:
+                return str(d.field_violations[0].field)
+        return ""
+
+    def rename_field(self, rename: Callable[[str], str | None]) -> None:
+        # the field is in the stage's details (BadRequest, and a ResourceInfo's description)
+        renames: dict[str, str] = {}
+        for d in self._details:
+            if isinstance(d, error_details_pb2.BadRequest):
+                for v in d.field_violations:
+                    new = rename(v.field)
+                    if new is not None and new != v.field:
+                        renames[v.field] = new
+                        v.field = new
+        for old, new in renames.items():
+            self.message = _renamed(self.message, old, new)
+            for d in self._details:
+                if isinstance(d, error_details_pb2.ResourceInfo):
+                    d.description = _renamed(d.description, old, new)
+        self.args = (self.message,)
+
+
+def _renamed(message: str, old: str, new: str) -> str:
+    """``message`` with its ``old:`` field prefix (after a stage's ``name:``, if any) as ``new:``."""
+    return message.replace(f"{old}:", f"{new}:", 1)
 
 
 def _stage_names() -> tuple[str, ...]:

@@ -6,6 +6,10 @@ consecutive misses a stage counts as down, and after one answer as up again. The
 reports NOT_SERVING (Kubernetes stops routing to the replica) and refuses new streams with
 UNAVAILABLE naming the stage, instead of letting them hang until their deadline. Streams already
 in flight are failed by the transport's keepalive (talkmesh.common.channel: within about 2.5 s).
+
+The web edge watches the gateway the same way, but asks for its readiness (``service=""``: the
+gateway is ready only while its own stages answer) and counts it down at the first miss, as its
+``/readyz`` reports it (services/web/server.py).
 """
 
 from __future__ import annotations
@@ -32,18 +36,24 @@ class DependencyWatch:
         interval: float = 1.0,
         timeout: float = 1.0,
         failures: int = 2,
+        service: str = LIVENESS,
+        refuses: bool = True,
     ) -> None:
+        """``service``: the health service name asked (LIVENESS; "" for readiness). ``refuses``:
+        the owner refuses new streams while a stage is down (only what is logged)."""
         self.stubs = {name: health_pb2_grpc.HealthStub(ch) for name, ch in channels.items()}
         self.on_change = on_change
         self.interval = interval
         self.timeout = timeout
         self.failures = failures
+        self.service = service
+        self.refuses = refuses
         self.misses = dict.fromkeys(self.stubs, 0)
         self.down: list[str] = []
 
     async def _answers(self, stub: health_pb2_grpc.HealthStub) -> bool:
         try:
-            resp = await stub.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=self.timeout)
+            resp = await stub.Check(health_pb2.HealthCheckRequest(service=self.service), timeout=self.timeout)
         except grpc.aio.AioRpcError:
             return False
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
@@ -57,7 +67,8 @@ class DependencyWatch:
         down = [n for n in names if self.misses[n] >= self.failures]
         if down != self.down:
             if down:
-                log.warning("not answering health checks: %s; refusing new streams", ", ".join(down))
+                what = "; refusing new streams" if self.refuses else ""
+                log.warning("not answering health checks: %s%s", ", ".join(down), what)
             else:
                 log.info("every downstream stage answers again")
             self.down = down

@@ -23,16 +23,26 @@ FEATURE_TYPE_WHISPER_EMBEDDING: FeatureType
 FEATURE_TYPE_ACTIVITY: FeatureType
 
 class FeatureConfig(_message.Message):
-    __slots__ = ("request_id", "feature_type", "fps", "batch_frames")
+    __slots__ = ("request_id", "feature_type", "fps", "batch_frames", "activity_state")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_STATE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     feature_type: FeatureType
     fps: float
     batch_frames: bool
-    def __init__(self, request_id: _Optional[str] = ..., feature_type: _Optional[_Union[FeatureType, str]] = ..., fps: _Optional[float] = ..., batch_frames: _Optional[bool] = ...) -> None: ...
+    activity_state: ActivityState
+    def __init__(self, request_id: _Optional[str] = ..., feature_type: _Optional[_Union[FeatureType, str]] = ..., fps: _Optional[float] = ..., batch_frames: _Optional[bool] = ..., activity_state: _Optional[_Union[ActivityState, _Mapping]] = ...) -> None: ...
+
+class ActivityState(_message.Message):
+    __slots__ = ("levels", "peak_dbfs")
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_DBFS_FIELD_NUMBER: _ClassVar[int]
+    levels: _containers.RepeatedScalarFieldContainer[float]
+    peak_dbfs: float
+    def __init__(self, levels: _Optional[_Iterable[float]] = ..., peak_dbfs: _Optional[float] = ...) -> None: ...
 
 class FeatureRequest(_message.Message):
     __slots__ = ("request_id", "seq", "end_of_stream", "config", "audio")
@@ -49,7 +59,7 @@ class FeatureRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., config: _Optional[_Union[FeatureConfig, _Mapping]] = ..., audio: _Optional[_Union[_common_pb2.AudioChunk, _Mapping]] = ...) -> None: ...
 
 class FeatureChunk(_message.Message):
-    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "features", "activity", "frame_count", "frames")
+    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "features", "activity", "frame_count", "frames", "activity_state")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +68,7 @@ class FeatureChunk(_message.Message):
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
     FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_STATE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     end_of_stream: bool
@@ -66,4 +77,5 @@ class FeatureChunk(_message.Message):
     activity: _common_pb2.FrameActivity
     frame_count: int
     frames: _containers.RepeatedCompositeFieldContainer[FeatureChunk]
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., activity: _Optional[_Union[_common_pb2.FrameActivity, _Mapping]] = ..., frame_count: _Optional[int] = ..., frames: _Optional[_Iterable[_Union[FeatureChunk, _Mapping]]] = ...) -> None: ...
+    activity_state: ActivityState
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., activity: _Optional[_Union[_common_pb2.FrameActivity, _Mapping]] = ..., frame_count: _Optional[int] = ..., frames: _Optional[_Iterable[_Union[FeatureChunk, _Mapping]]] = ..., activity_state: _Optional[_Union[ActivityState, _Mapping]] = ...) -> None: ...

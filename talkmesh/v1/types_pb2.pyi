@@ -44,18 +44,20 @@ class ListVoicesRequest(_message.Message):
     def __init__(self, voice: _Optional[str] = ...) -> None: ...
 
 class Voice(_message.Message):
-    __slots__ = ("id", "name", "language", "engine", "sample_rate")
+    __slots__ = ("id", "name", "language", "engine", "sample_rate", "default")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     language: str
     engine: str
     sample_rate: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., language: _Optional[str] = ..., engine: _Optional[str] = ..., sample_rate: _Optional[int] = ...) -> None: ...
+    default: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., language: _Optional[str] = ..., engine: _Optional[str] = ..., sample_rate: _Optional[int] = ..., default: _Optional[bool] = ...) -> None: ...
 
 class ListVoicesResponse(_message.Message):
     __slots__ = ("voices",)

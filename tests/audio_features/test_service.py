@@ -273,3 +273,49 @@ async def test_client_cancel_stops_the_stream(host: Any) -> None:
     assert host.admission.active == 0
     out = await call(host.address, requests(pb.FEATURE_TYPE_ACTIVITY, to_pcm(x), 16000))
     assert out[-1].frame_count == 25
+
+
+def _syllables(sample_rate: int, seconds: float, seed: int) -> np.ndarray:
+    """A voiced speaker from the first sample on (a syllable's peak at t=0, 4 a second) over a
+    -50 dBFS room."""
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    phase = 2 * np.pi * np.cumsum(120.0 + 20.0 * np.sin(2 * np.pi * 0.7 * t)) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.55 + 0.45 * np.cos(2 * np.pi * 4.0 * t))
+    room = np.random.default_rng(seed).standard_normal(len(t)) * 10 ** (-50 / 20)
+    return (0.2 * voice / np.abs(voice).max() + room).astype(np.float32)
+
+
+async def test_a_stream_started_from_the_previous_ones_state_is_voiced_from_its_first_frame(host: Any) -> None:
+    """A live session's turns: the second turn's stream starts from the state the first ended with
+    (FeatureConfig.activity_state), so its first speech frame is voiced; a fresh stream's first
+    frames are its own floor, never above it. The state is at most the floor window's levels."""
+    sr = 24000
+    room = (np.random.default_rng(2).standard_normal(sr // 2) * 10 ** (-50 / 20)).astype(np.float32)
+    first_turn = np.concatenate([room, _syllables(sr, 3.0, 3)])
+    out = await call(host.address, requests(pb.FEATURE_TYPE_ACTIVITY, to_pcm(first_turn), sr))
+    end = out[-1]
+    assert end.end_of_stream and end.HasField("activity_state")
+    state = end.activity_state
+    window = round(config().activity.floor_window_seconds * 25)
+    assert len(state.levels) == window < end.frame_count, "bounded: the floor window, not the stream"
+    assert state.HasField("peak_dbfs") and -40 < state.peak_dbfs < 0
+
+    second_turn = to_pcm(_syllables(sr, 1.0, 4))
+    fresh = await call(host.address, requests(pb.FEATURE_TYPE_ACTIVITY, second_turn, sr))
+    carried_reqs = requests(pb.FEATURE_TYPE_ACTIVITY, second_turn, sr)
+    carried_reqs[0].config.activity_state.CopyFrom(state)
+    carried = await call(host.address, carried_reqs)
+
+    def voiced(chunks: list[pb.FeatureChunk]) -> list[bool]:
+        return [c.activity.voiced for c in chunks if not c.end_of_stream]
+
+    assert voiced(carried)[:5] == [True] * 5, voiced(carried)
+    assert not voiced(fresh)[0], "a fresh stream's first frame is its own floor (why the state is carried)"
+    assert sum(voiced(carried)) > sum(voiced(fresh))
+
+    too_many = requests(pb.FEATURE_TYPE_ACTIVITY, second_turn, sr)
+    too_many[0].config.activity_state.levels.extend([-60.0] * 4097)
+    await expect_error(host.address, too_many[:1], grpc.StatusCode.INVALID_ARGUMENT, "config.activity_state.levels")
+    not_a_level = requests(pb.FEATURE_TYPE_ACTIVITY, second_turn, sr)
+    not_a_level[0].config.activity_state.levels.append(float("nan"))
+    await expect_error(host.address, not_a_level[:1], grpc.StatusCode.INVALID_ARGUMENT, "config.activity_state.levels")

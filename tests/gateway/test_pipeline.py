@@ -59,7 +59,7 @@ async def test_speak_streams_media_then_summary_and_encoder_gets_config_first():
 @pytest.mark.parametrize(
     ("stage", "prefix"),
     [
-        ("tts", "tts: config.voice"),
+        ("tts", "tts: voice"),  # the stage's config.voice, named as in the request
         ("features", "audio_features: audio.pcm"),
         ("encoder", "encoder: features.features"),
     ],

@@ -230,6 +230,12 @@ async def test_list_voices(tts: Any) -> None:
     ids = {v.id for v in voices}
     assert {"espeak:en-us", "espeak:de", "espeak:fr-fr"} <= ids
     assert all(v.engine == "espeak" and v.sample_rate == 22050 for v in voices)
+    # the voice a request without one speaks with (default_voice) is marked, once, also when asked for
+    assert [v.id for v in voices if v.default] == ["espeak:en-us"]
+    asked = (await stub.ListVoices(tts_pb2.ListVoicesRequest(voice="espeak:EN_US"))).voices
+    assert [(v.id, v.default) for v in asked] == [("espeak:en-us", True)]
+    other = (await stub.ListVoices(tts_pb2.ListVoicesRequest(voice="espeak:de"))).voices
+    assert [(v.id, v.default) for v in other] == [("espeak:de", False)]
 
 
 async def test_other_voice_and_ssml_like_text_are_spoken(tts: Any) -> None:

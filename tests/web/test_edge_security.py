@@ -144,6 +144,10 @@ async def test_delete_avatar_and_speak_errors_name_the_requests_fields(tmp_path:
         async with http.post("/v1/speak", json={"text": "Hello.", "avatar_id": "nope"}) as r:
             err = (await r.json())["error"]
             assert r.status == 404 and err["field"] == "avatar_id" and "config." not in err["message"], err
+        async with http.post("/v1/speak", json={"text": "Hello.", "voice_settings": {"rate": 50}}) as r:
+            err = (await r.json())["error"]
+            assert r.status == 400 and err["field"] == "voice_settings.rate", err
+            assert err["message"].startswith("tts: voice_settings.rate: "), err
 
 
 async def test_refused_sessions_end_with_the_documented_status(tmp_path: Path) -> None:

@@ -339,3 +339,48 @@ async def test_on_loopback_only_the_edges_own_names_are_served() -> None:
             assert r.status == 403, (method, path)
             assert (await r.json())["error"]["field"] == "host"
         assert (await client.get("/healthz", headers=rebound)).status == 200  # probes name no host
+
+
+async def test_readiness_goes_with_the_gateways_and_comes_back_when_it_returns() -> None:
+    """The edge watches the gateway's readiness as every service watches its stages
+    (talkmesh.common.health.DependencyWatch): its own watch, not only /readyz asking, finds the
+    gateway not ready (its stages down), gone, and back on its address."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from talkmesh.common.config import Endpoint
+
+    async def gateway(port: int) -> tuple[grpc.aio.Server, Any, int]:
+        servicer = health.aio.HealthServicer()
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        port = server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        return server, servicer, port
+
+    async def until(ready: bool) -> None:
+        for _ in range(200):  # up to 10 s: the channel's reconnect backoff after the gateway is back
+            if host.gateway_ready == ready:
+                break
+            await asyncio.sleep(0.05)
+        assert host.gateway_ready == ready
+        async with aiohttp.ClientSession() as http, http.get(f"{host.url}readyz") as r:
+            assert r.status == (200 if ready else 503), await r.text()
+
+    server, servicer, port = await gateway(0)
+    plain = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=0.5, dependency_check_seconds=0.1)
+    host = WebHost(WebConfig(server=plain, gateway=Endpoint(f"127.0.0.1:{port}")), Telemetry("web"))
+    await host.start()
+    try:
+        await until(True)
+        await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)  # alive, its stages are not
+        await until(False)
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await until(True)
+        await server.stop(0)  # the gateway goes away ...
+        await until(False)
+        server, servicer, _ = await gateway(port)  # ... and comes back on its address
+        await until(True)
+    finally:
+        await host.stop()
+        await server.stop(0)

@@ -290,3 +290,58 @@ async def test_escape_interrupts_and_a_drain_reconnects_at_once() -> None:
         # the Timings panel starts afresh for the new session
         assert await page.inner_text("#t-ack") == "\u2013"  # the en dash of an empty timing
     assert console.errors == [], console.errors
+
+
+def _wav(seconds: float = 0.3, rate: int = 16000) -> bytes:
+    import io
+    import math
+    import struct
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        n = int(seconds * rate)
+        w.writeframes(struct.pack(f"<{n}h", *(int(8000 * math.sin(2 * math.pi * 220 * i / rate)) for i in range(n))))
+    return out.getvalue()
+
+
+async def test_a_failed_audio_files_alert_goes_when_the_next_turn_starts() -> None:
+    """An audio file the browser cannot decode is an alert; the next turn (another audio file, or
+    text) clears it, as a turn after a refused text does; an alert about the session stays."""
+    pcm_frames = 0
+
+    async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
+        nonlocal pcm_frames
+        await recv_json(ws, conn)
+        await ws.send_json(started(n))
+        async for msg in ws:  # the audio turn's PCM comes as binary frames
+            if msg.type == WSMsgType.BINARY:
+                pcm_frames += 1
+            elif msg.type == WSMsgType.TEXT:
+                conn.received.append(json.loads(msg.data))
+
+    async with fake_edge(script) as edge, browser_page() as (page, console):
+        await page.goto(edge.url + "?retry_base=5")
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        alert = "document.getElementById('alert')"
+        broken = {"name": "broken.wav", "mimeType": "audio/wav", "buffer": b"RIFF not really a wave file"}
+        await page.set_input_files("#audio-file", files=[broken])
+        await wait_js(page, f"!{alert}.hidden", timeout=5)
+        assert (await page.inner_text("#alert")).startswith("Audio file: ")
+        good = {"name": "hello.wav", "mimeType": "audio/wav", "buffer": _wav()}
+        await page.set_input_files("#audio-file", files=[good])
+        await wait_js(page, "window.talkmesh.turns.a1 !== undefined", timeout=5)
+        await wait_js(page, f"{alert}.hidden", timeout=5)
+        await page.set_input_files("#audio-file", files=[broken])  # fails again: shown again ...
+        await wait_js(page, f"!{alert}.hidden", timeout=5)
+        await page.fill("#text", "Hello.")
+        await page.click("#speak")  # ... and a text turn clears it too
+        await wait_js(page, f"{alert}.hidden", timeout=5)
+    assert len(edge.conns) == 1, "one session throughout"
+    turns = [m for m in edge.conns[0].received if "audio" in m or "text" in m]
+    assert [next(iter(m)) for m in turns] == ["audio", "text"], turns
+    assert pcm_frames >= 3, "the good file's 0.3 s went out (100 ms chunks)"
+    assert console.errors == [], console.errors

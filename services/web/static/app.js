@@ -751,13 +751,9 @@
       logEvent(`NOT sent (no session): ${text.slice(0, 40)}`);
       return;
     }
-    unmute();
-    turnCounter += 1;
-    currentTurn = `t${turnCounter}`;
-    turn(currentTurn).pressed = performance.now();
+    currentTurn = newTurn("t");
     turn(currentTurn).lagAtPress = liveLag() * 1000;
     send({ text: { turn_id: currentTurn, text, final: true } });
-    if ($("alert").dataset.kind !== "session") clearAlert();
     logEvent(`speak ${currentTurn}: ${text.slice(0, 40)}`);
   }
 
@@ -766,6 +762,17 @@
     tm.interrupts.push({ pressed: performance.now() });
     send({ interrupt: {} });
     logEvent("interrupt");
+  }
+
+  // A new turn (text "t…", audio "a…") starts: the alert of an earlier turn (a failed audio file,
+  // a refused text) has had its say; one about the session itself stays until the session is back.
+  function newTurn(prefix) {
+    unmute();
+    turnCounter += 1;
+    const id = `${prefix}${turnCounter}`;
+    turn(id).pressed = performance.now();
+    if ($("alert").dataset.kind !== "session") clearAlert();
+    return id;
   }
 
   function showError(message) {
@@ -789,10 +796,7 @@
 
   function startAudioTurn() {
     if (!tm.connected) throw new Error("not sent: there is no live session right now");
-    unmute();
-    turnCounter += 1;
-    const id = `a${turnCounter}`;
-    turn(id).pressed = performance.now();
+    const id = newTurn("a");
     send({ audio: { turn_id: id, sample_rate: AUDIO_RATE } });
     return id;
   }
