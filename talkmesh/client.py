@@ -211,23 +211,29 @@ class LiveSession:
         self._turns += 1
         return f"turn-{self._turns}"
 
-    async def say(self, text: str, *, turn_id: str | None = None, final: bool = True) -> str:
-        """Speaks ``text`` as a turn (or a piece of one, with ``final=False``); returns the turn id."""
+    async def say(
+        self, text: str, *, turn_id: str | None = None, final: bool = True, voice: str = ""
+    ) -> str:
+        """Speaks ``text`` as a turn (or a piece of one, with ``final=False``); returns the turn id.
+        ``voice``: this turn's voice (e.g. another language's) instead of the session's."""
         tid = self._turn_id(turn_id)
-        await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=text, final=final)))
+        piece = lpb.SpeakText(turn_id=tid, text=text, final=final, voice=voice)
+        await self._send(lpb.LiveClientMessage(text=piece))
         return tid
 
-    async def say_stream(self, pieces: AsyncIterable[str], *, turn_id: str | None = None) -> str:
+    async def say_stream(
+        self, pieces: AsyncIterable[str], *, turn_id: str | None = None, voice: str = ""
+    ) -> str:
         """Speaks text as it is written (LLM tokens): one turn, ended when ``pieces`` ends, or
         raises (what was sent still plays, and the error is raised here). Returns the turn id;
         pass ``turn_id`` to know it while the text is still coming (to interrupt this turn).
-        Sending nothing at all still makes (and ends) the turn."""
+        Sending nothing at all still makes (and ends) the turn. ``voice``: as in ``say``."""
         tid = self._turn_id(turn_id)
         # The turn exists at once (an empty piece), before the model's first token: an interrupt
         # naming it then stops it even during the model's first-token delay, and it keeps its
         # place in the queue. It is ended whatever happens (a turn left open holds every later
         # turn back).
-        await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text="")))
+        await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text="", voice=voice)))
         end = lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid))
         try:
             async for piece in pieces:

@@ -789,3 +789,44 @@ async def test_a_text_turn_stopped_before_tts_answered_counts_in_the_default_voi
     body = stopped.msg.event.speaking_stopped
     assert body.reason == lpb.STOP_REASON_INTERRUPTED and body.samples_played == 0
     assert body.sample_rate == 22050, body
+
+
+async def test_a_turn_speaks_in_its_own_voice_and_an_unknown_one_refuses_only_that_turn(tmp_path: Path) -> None:
+    """A tutor switches language turn by turn (SpeakText.voice): the turn is spoken exactly as a
+    session in that voice speaks it, the next turn is back in the session's voice, and an unknown
+    voice refuses its turn only (NOT_FOUND naming text.voice), with the session going on."""
+    french = "Bonjour, nous allons apprendre les couleurs aujourd'hui."
+
+    async def stopped(live: Any, rec: Recorder, text: str, voice: str = "") -> Any:
+        tid = await live.say(text, voice=voice)
+        return (await rec.wait_event("speaking_stopped", tid, timeout=30)).msg.event.speaking_stopped
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live(voice="espeak:fr-fr") as live:  # the yardstick: a French session
+            rec = Recorder(live).start()
+            in_french_session = await stopped(live, rec, french)
+        async with client.live() as live:  # the default (English) voice
+            rec = Recorder(live).start()
+            turn_in_french = await stopped(live, rec, french, voice="espeak:fr-fr")
+            turn_in_english = await stopped(live, rec, french)
+            bad = await live.say("Hola.", voice="espeak:nope", final=False)
+            await live.say(" y adios.", turn_id=bad)  # later input of a refused turn: dropped quietly
+            first = await live.say("Hello", final=False, voice="espeak:en-gb")
+            await live.say(" there.", turn_id=first, voice="espeak:fr-fr")  # a turn's voice is its first piece's
+            after = await stopped(live, rec, "Still here.")
+            await live.close()
+            await rec.finish()
+    errors = [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert [(e.code, e.field, e.turn_id) for e in errors] == [
+        (grpc.StatusCode.NOT_FOUND.value[0], "text.voice", bad),
+        (grpc.StatusCode.INVALID_ARGUMENT.value[0], "text.voice", first),
+    ], errors
+    assert in_french_session.reason == turn_in_french.reason == lpb.STOP_REASON_COMPLETED
+    # the same speech (to the sample, but for where the turn fell on the session's timeline)
+    frame = in_french_session.sample_rate // 25
+    assert turn_in_french.sample_rate == in_french_session.sample_rate == 22050
+    assert abs(turn_in_french.samples_played - in_french_session.samples_played) < frame
+    # the next turn is back in the session's voice: English reads the French text differently
+    assert abs(turn_in_english.samples_played - turn_in_french.samples_played) > 5 * frame, turn_in_english
+    assert after.reason == lpb.STOP_REASON_COMPLETED and after.samples_played > 0
+    assert bad not in [r.msg.event.speaking_started.turn_id for r in rec.messages if r.kind == "event"]

@@ -83,6 +83,8 @@ log = logging.getLogger(__name__)
 #: Ids of stopped (or refused) turns a session remembers (later input for them is discarded, not a
 #: new turn).
 STOPPED_TURNS_KEPT = 4096
+#: Voices of turns (SpeakText.voice) a session remembers the sample rate of
+TURN_VOICES_KEPT = 64
 #: The session_ending warning comes ``ending_warning_seconds`` before the end, or this fraction of
 #: the limit when that is shorter (a 3 s session is warned 0.75 s before its end, not at once).
 ENDING_WARNING_FRACTION = 0.25
@@ -158,6 +160,8 @@ class GatewayTurn:
     text: Chan[str]
     audio: Chan[tuple[int, bytes]]
     source_rate: int = 0
+    #: the voice the turn's first piece asked for ("": the session's), for a text turn
+    voice: str = ""
     input_done: bool = False
     task: asyncio.Task[None] | None = None
     samples_sent: int = 0  # at the session rate
@@ -211,6 +215,8 @@ class LiveSession:
         #: the voice's rate once known (from the check at the start, or TTS's first answer): text
         #: turns count samples_played in it, even one stopped before its own TTS answered
         self.voice_rate = voice_rate
+        #: the rates of the voices text turns asked for (SpeakText.voice), checked once each
+        self.voice_rates: Lru[str, int] = Lru(TURN_VOICES_KEPT)
         #: where the feature stage's level-adaptive activity (noise floor, speech peak) stands at the
         #: end of the last turn of each kind ("text": the TTS voice, "audio": the caller's
         #: recording): the next turn of that kind starts from it, so it is voiced from its first
@@ -431,8 +437,15 @@ class LiveSession:
             if turn is not None:
                 turn.end_input()  # it plays what it had
             raise
+        voice_rate = 0
+        if turn is None and kind == "text" and body.voice:
+            try:
+                voice_rate = await self._turn_voice(body.voice)
+            except TalkmeshError:
+                self.refused.put(tid, True)
+                raise
         if turn is None:  # (a refusal for want of room is not remembered: the id may come again)
-            turn = await self._new_turn(tid, kind, body)
+            turn = await self._new_turn(tid, kind, body, voice_rate)
         turn.quiet_since = time.monotonic()
         if kind == "text":
             if body.text:
@@ -455,6 +468,10 @@ class LiveSession:
                     "audio.sample_rate", f"{body.sample_rate} Hz differs from the turn's {turn.source_rate} Hz"
                 )
             return
+        if body.voice and turn is not None and body.voice != turn.voice:
+            raise InvalidArgument("text.voice", f"turn {tid!r}'s voice is set by its first piece; leave it empty after")
+        if turn is None and body.voice:
+            check_id("text.voice", body.voice)
         limit = self.gateway_config.max_text_chars
         check_text("text.text", body.text, limit, allow_empty=True)
         total = len(body.text) + (turn.chars if turn is not None else 0)
@@ -463,7 +480,16 @@ class LiveSession:
                 "text.text", f"the turn's text would be {total} characters, over the limit of {limit}"
             )
 
-    async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
+    async def _turn_voice(self, voice: str) -> int:
+        """The sample rate of a voice a text turn asks for (NOT_FOUND on ``text.voice`` when TTS
+        has none such): asked of TTS once per voice per session."""
+        rate = self.voice_rates.get(voice)
+        if rate is None:
+            rate = await self.hub.check_voice(voice, "text.voice")
+            self.voice_rates.put(voice, rate)
+        return rate
+
+    async def _new_turn(self, tid: str, kind: str, body: Any, voice_rate: int = 0) -> GatewayTurn:
         limit = self.sizes.pending_turns
         if len(self.turns) >= limit:
             raise ResourceExhausted(
@@ -477,7 +503,11 @@ class LiveSession:
         if self.refusing_turns:
             raise FailedPrecondition("the session is ending: no new turns")
         turn = GatewayTurn(tid, kind, text=Chan(self.sizes.turn_text), audio=Chan(self.sizes.turn_audio))
-        turn.source_rate = body.sample_rate if kind == "audio" else self.voice_rate
+        if kind == "audio":
+            turn.source_rate = body.sample_rate
+        else:
+            turn.voice = body.voice
+            turn.source_rate = voice_rate if body.voice else self.voice_rate
         self.turns[tid] = turn
         # The encoder learns of every turn at once, in order: an interrupt then covers queued turns
         # too, and each turn ends with exactly one speaking_stopped.
@@ -491,6 +521,11 @@ class LiveSession:
         )
         await self.turn_queue.send(turn)
         return turn
+
+    @staticmethod
+    def _activity_key(turn: GatewayTurn) -> str:
+        """Turns that share a level history: the caller's recordings, or one voice's speech."""
+        return f"text:{turn.voice}" if turn.kind == "text" else turn.kind
 
     async def _to_encoder_control(self, msg: epb.LiveEncodeRequest) -> None:
         """A control message for the encoder, unless the session is already closing its stream."""
@@ -550,7 +585,7 @@ class LiveSession:
             # one answer per audio chunk, as in Speak: fewer messages on every hop
             batch_frames=True,
         )
-        state = self.activity_states.get(turn.kind)
+        state = self.activity_states.get(self._activity_key(turn))
         if state is not None:  # the previous turn's noise floor and peak carry on
             feature_config.activity_state.CopyFrom(state)
         features_in.send_nowait(fpb.FeatureRequest(config=feature_config))
@@ -583,7 +618,7 @@ class LiveSession:
             request_id=self.request_id,
             config=tpb.SynthesisConfig(
                 request_id=self.request_id,
-                voice=self.config.voice,
+                voice=turn.voice or self.config.voice,
                 settings=self.config.voice_settings,
                 # the chunking of Speak (gateway.tts_chunk_ms, then growing): a clause is synthesized
                 # at once, so a longer chunk does not delay the turn's first audio
@@ -621,10 +656,10 @@ class LiveSession:
                 source_rate = chunk.sample_rate
                 resampler = Resampler(source_rate, self.rate)
                 turn.source_rate = source_rate
-                if not self.voice_rate:  # queued text turns now count in it too
+                if not turn.voice and not self.voice_rate:  # queued text turns now count in it too
                     self.voice_rate = source_rate
                     for other in list(self.turns.values()):
-                        if other.kind == "text" and other is not turn and not other.source_rate:
+                        if other.kind == "text" and other is not turn and not other.voice and not other.source_rate:
                             other.source_rate = source_rate
                             await self._to_encoder_control(
                                 epb.LiveEncodeRequest(
@@ -664,7 +699,7 @@ class LiveSession:
         async for fc in features:
             if fc.end_of_stream:
                 if fc.HasField("activity_state"):  # (an interrupted turn's stream ends without one)
-                    self.activity_states[turn.kind] = fc.activity_state
+                    self.activity_states[self._activity_key(turn)] = fc.activity_state
                 break
             await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, features=fc))
 
@@ -831,7 +866,7 @@ class LiveHub:
         cfg = stream.config
         self._limit()
         _validate_config(cfg, self.config)
-        voice_rate = await self._check_voice(cfg.voice)
+        voice_rate = await self.check_voice(cfg.voice, "config.voice")
         self._limit()  # again: other sessions may have started while the voice was checked
         session_id = self.ids.new()
         request_id = adopt_request_id(cfg.request_id)
@@ -853,17 +888,18 @@ class LiveHub:
             self.session_keys.pop(session_id, None)
             self.telemetry.metrics.live_sessions.labels(svc, "speaking" if session.speaking else "idle").dec()
 
-    async def _check_voice(self, voice: str) -> int:
-        """NOT_FOUND on ``config.voice`` before the session starts, not on each turn, if TTS has no
-        such voice; else the voice's sample rate (without ``voice``, the one TTS lists as its
-        default), so a text turn stopped before TTS answered reports its samples in it. 0 when TTS
-        is unreachable now, which does not refuse the session: audio turns need no TTS, and text
-        turns report their own errors (the rate is then learnt from TTS's first answer)."""
+    async def check_voice(self, voice: str, field_name: str) -> int:
+        """NOT_FOUND on ``field_name`` (``config.voice`` before the session starts, ``text.voice``
+        when a turn starts), not on each turn, if TTS has no such voice; else the voice's sample
+        rate (without ``voice``, the one TTS lists as its default), so a text turn stopped before
+        TTS answered reports its samples in it. 0 when TTS is unreachable now, which does not
+        refuse the session: audio turns need no TTS, and text turns report their own errors (the
+        rate is then learnt from TTS's first answer)."""
         try:
             listed = await self.ds.list_voices(tpb.ListVoicesRequest(voice=voice), self.config.tts.timeout_seconds)
         except TalkmeshError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND and voice:
-                raise NotFound("config.voice", voice, "voice") from None
+                raise NotFound(field_name, voice, "voice") from None
             log.warning("could not check the live session's voice %r: %s", voice or "(default)", exc.message)
             return 0
         if voice:

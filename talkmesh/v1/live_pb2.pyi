@@ -59,14 +59,16 @@ class LiveConfig(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., avatar_id: _Optional[str] = ..., voice: _Optional[str] = ..., voice_settings: _Optional[_Union[_types_pb2.VoiceSettings, _Mapping]] = ..., size: _Optional[str] = ..., renderer_backend: _Optional[str] = ..., audio_codec: _Optional[_Union[_types_pb2.AudioCodec, str]] = ..., idle_timeout_seconds: _Optional[float] = ..., max_session_seconds: _Optional[float] = ...) -> None: ...
 
 class SpeakText(_message.Message):
-    __slots__ = ("turn_id", "text", "final")
+    __slots__ = ("turn_id", "text", "final", "voice")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     text: str
     final: bool
-    def __init__(self, turn_id: _Optional[str] = ..., text: _Optional[str] = ..., final: _Optional[bool] = ...) -> None: ...
+    voice: str
+    def __init__(self, turn_id: _Optional[str] = ..., text: _Optional[str] = ..., final: _Optional[bool] = ..., voice: _Optional[str] = ...) -> None: ...
 
 class SpeakAudio(_message.Message):
     __slots__ = ("turn_id", "sample_rate", "pcm", "final")
