@@ -221,10 +221,10 @@ async def test_with_api_keys_a_name_names_one_avatar_of_each_key(tmp_path):
         assert store.owners(his.id) == {"bob"} and store.exists(his.id)
 
 
-def _wide() -> bytes:
+def _wide(band: int = 128) -> bytes:
     """The portrait with a band on its right: an avatar of its own size (its frames tell it apart)."""
     img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
-    wide = cv2.copyMakeBorder(img, 0, 0, 0, 128, cv2.BORDER_CONSTANT, value=(90, 90, 90))
+    wide = cv2.copyMakeBorder(img, 0, 0, 0, band, cv2.BORDER_CONSTANT, value=(90, 90, 90))
     return bytes(cv2.imencode(".png", wide)[1])
 
 
@@ -300,6 +300,16 @@ async def test_the_renderer_resolves_avatar_names_for_each_api_key(tmp_path):
         for value in (wide.id, "Alice"):
             assert not (await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=value), metadata=bob)).deleted
         assert service.store.exists(wide.id)  # type: ignore[attr-defined]
+        # an avatar registered before API keys (no owner): for a user key, an unknown one too
+        keyless = await stub.RegisterAvatar(_named(_wide(64), "old"))
+        assert (await get("old", admin)).id == keyless.id
+        for value in (keyless.id, "old"):
+            err = await status(value, bob)
+            assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, f"avatar_id: avatar {value!r} not found")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _frame_sizes(stub, keyless.id, bob)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert not (await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=keyless.id), metadata=bob)).deleted
         again = await stub.RegisterAvatar(_named(_wide(), "second"), metadata=alice)
         assert list(again.names) == ["second", "Alice"]
         assert (await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id="SECOND"), metadata=alice)).deleted
