@@ -153,6 +153,10 @@ async def test_avatars_belong_to_the_key_that_registered_them(tmp_path):
                 # unknown one (NOT_FOUND: nothing tells bob it exists), on Speak, Live, Get, Delete.
                 result = await alice.speak_to_file("Mine.", tmp_path / "mine.mp4", avatar=mine.id)
                 assert result.summary.frames > 0
+                # (alice's live session leaves her avatar's idle loop in the encoder's cache: bob's
+                # session must not start on it, which the renderer alone would only refuse at a turn)
+                async with alice.live(avatar=mine.id) as live:
+                    assert live.started is not None and live.started.avatar_id == mine.id
                 for value in (mine.id, "alice-face", "nobody"):
                     with pytest.raises(grpc.aio.AioRpcError) as speak:
                         async for _ in bob.speak("Not mine.", avatar=value):
