@@ -307,7 +307,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             avatar_id = store.resolve(given)
             if self._may_use(who, avatar_id):
                 return avatar_id, ""
-            raise NotFound(field, value, "avatar")
+            # another key's id: for this caller no such id exists (it may still be a name of its own)
         mine = [a for a in store.name_table() if self._may_use(who, a.id, a.owners)]
         wanted = given.casefold()
         for same in (lambda n: n == given, lambda n: n.casefold() == wanted):
