@@ -300,9 +300,8 @@ async def _say(args: argparse.Namespace) -> int:
         except SpeechFileError as exc:
             raise CliError(str(exc)) from None
     async with client_for(args) as client:
-        avatar = await client.resolve_avatar(args.avatar)
         options = {
-            "avatar": avatar,
+            "avatar": args.avatar,  # an id or a name: the gateway resolves it
             "voice": args.voice,
             "size": args.size,
             "backend": args.backend,
@@ -768,14 +767,13 @@ def describe_rpc_error(exc: Any, target: str) -> str:
 def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
     import grpc
 
-    from talkmesh.client import AvatarNameError
     from talkmesh.common.config import ConfigError
     from talkmesh.common.server import BindError
     from talkmesh.launcher import MeshError
 
     if isinstance(exc, grpc.aio.AioRpcError):
         return describe_rpc_error(exc, getattr(args, "target", ""))
-    if isinstance(exc, CliError | BindError | AvatarNameError | MeshError):
+    if isinstance(exc, CliError | BindError | MeshError):
         return str(exc)
     if isinstance(exc, ConfigError):
         return f"config: {exc}"

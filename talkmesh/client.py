@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -130,10 +130,6 @@ def default_target() -> str:
     return os.environ.get(TARGET_ENV, "").strip() or registry_target("gateway", base=port_base_from_env())
 
 
-class AvatarNameError(ValueError):
-    """Several avatars carry the name given; the message lists their ids."""
-
-
 @dataclass
 class SpeakResult:
     """What a finished Speak returned, with client-side timings (monotonic seconds)."""
@@ -161,10 +157,8 @@ class LiveSession:
         config: lpb.LiveConfig,
         timeout: float | None,
         metadata: Callable[[], grpc.aio.Metadata] = outgoing_metadata,
-        resolve_avatar: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self._stub = stub
-        self._resolve_avatar = resolve_avatar
         self._metadata = metadata
         self._config = config
         self._timeout = timeout
@@ -179,9 +173,6 @@ class LiveSession:
             await self._call.write(msg)
 
     async def __aenter__(self) -> LiveSession:
-        if self._config.avatar_id and self._resolve_avatar is not None:
-            # an avatar name works as an id does, as everywhere else (TalkmeshClient.resolve_avatar)
-            self._config.avatar_id = await self._resolve_avatar(self._config.avatar_id)
         self._call = self._stub.Session(timeout=self._timeout, metadata=self._metadata())
         await self._send(lpb.LiveClientMessage(config=self._config))
         first = await self._call.read()
@@ -524,27 +515,26 @@ class TalkmeshClient:
             raise RuntimeError("the gateway ended RegisterAvatarWithProgress without the avatar")
         return info
 
-    async def resolve_avatar(self, name_or_id: str) -> str:
-        """The id of the avatar ``name_or_id`` names (an id, or a unique name); unknown values as given."""
-        return (await self.find_avatar(name_or_id))[0]
+    async def get_avatar(self, name_or_id: str) -> api.AvatarInfo:
+        """The avatar ``name_or_id`` names (an id or one of its names), resolved by the server as
+        every ``avatar`` option is (GetAvatarRequest): ``name`` is the name that matched. Errors:
+        NOT_FOUND, or FAILED_PRECONDITION for a name of several avatars (the message lists their ids)."""
+        request = api.GetAvatarRequest(avatar_id=name_or_id)
+        return await self.stub.GetAvatar(request, metadata=self._md())  # type: ignore[no-any-return]
 
     async def find_avatar(self, name_or_id: str) -> tuple[str, str]:
-        """(id, name) of the avatar ``name_or_id`` names: its id (name ""), or one of its names
-        (AvatarInfo.names: an avatar registered under several names answers to each), exactly
-        or else in any case, on one avatar only (AvatarNameError otherwise). Unknown: (as given, "")."""
+        """(id, name) of the avatar ``name_or_id`` names (``get_avatar``): name "" when given its
+        id. Unknown: (as given, ""). A name of several avatars raises FAILED_PRECONDITION.
+        (Only to show which avatar a name is: every call taking an avatar takes its name too.)"""
         if not name_or_id:
             return "", ""
-        avatars = await self.list_avatars()
-        if any(a.id == name_or_id for a in avatars):
-            return name_or_id, ""
-        for same in (lambda n: n == name_or_id, lambda n: n.lower() == name_or_id.lower()):
-            named = [(a, n) for a in avatars for n in dict.fromkeys(a.names or [a.name]) if same(n)]
-            if len({a.id for a, _ in named}) == 1:
-                return named[0][0].id, named[0][1]
-            if named:
-                ids = ", ".join(dict.fromkeys(a.id for a, _ in named))
-                raise AvatarNameError(f"{len(named)} avatars are named {name_or_id!r} ({ids}): give the id")
-        return name_or_id, ""
+        try:
+            info = await self.get_avatar(name_or_id)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return name_or_id, ""
+            raise
+        return info.id, "" if info.id == name_or_id else info.name
 
     def live(
         self,
@@ -563,7 +553,7 @@ class TalkmeshClient:
     ) -> LiveSession:
         """A live session: ``async with client.live(...) as session`` (see ``LiveSession``).
 
-        ``avatar``: an id or a name, as in ``resolve_avatar`` (the name is looked up at the start)."""
+        ``avatar``: an id or a name (the gateway resolves it before the session starts)."""
         config = lpb.LiveConfig(
             request_id=request_id,
             avatar_id=avatar,
@@ -574,7 +564,7 @@ class TalkmeshClient:
             idle_timeout_seconds=idle_timeout,
             max_session_seconds=max_seconds,
         )
-        return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout, self._md, self.resolve_avatar)
+        return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout, self._md)
 
     def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         """Another viewer of a running live session (joins at the next keyframe)."""

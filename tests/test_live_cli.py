@@ -164,14 +164,16 @@ async def test_a_failed_turn_makes_the_exit_code_non_zero(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("avatar", ["me", AVATAR_ID])
-async def test_the_client_resolves_avatar_names_for_live_sessions(avatar: str) -> None:
+async def test_the_client_sends_avatar_names_as_they_are(avatar: str) -> None:
+    """The gateway resolves a name (GetAvatar, services/renderer/server.py ``find_avatar``): the
+    client no longer lists the avatars to map it to an id first."""
     server, gateway, target = await _serve("idle")
     try:
         async with TalkmeshClient(target) as client, client.live(avatar=avatar) as session:
             assert session.started is not None
     finally:
         await server.stop(0)
-    assert [c.avatar_id for c in gateway.configs] == [AVATAR_ID]
+    assert [c.avatar_id for c in gateway.configs] == [avatar]
 
 
 async def test_avatar_add_picks_the_face_by_index_or_point(tmp_path: Path) -> None:

@@ -17,17 +17,19 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
 
 from services.gateway.config import GatewayConfig
 from talkmesh.common.calls import CallStream, Stream
 from talkmesh.common.channel import create_channel
-from talkmesh.common.errors import NotFound, StageError
+from talkmesh.common.errors import FailedPrecondition, NotFound, StageError, TalkmeshError
 from talkmesh.common.principal import current_principal, principal_metadata
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import audio_features_pb2_grpc, encoder_pb2_grpc, live_pb2_grpc, renderer_pb2_grpc, tts_pb2_grpc
 from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import live_pb2 as lpb
+from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import tts_pb2 as tpb
 
 
@@ -55,6 +57,39 @@ class Downstreams(abc.ABC):
     def watch_remote(self, owner: str, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         """Watch a session owned by the replica at ``owner`` (other replicas forward to it)."""
         raise NotFound("session_id", session_id, "live session")
+
+    async def get_avatar(self, request: rpb.GetAvatarRequest, timeout: float | None) -> rpb.AvatarInfo | None:
+        """The renderer's GetAvatar for the caller's API key; None when there is no renderer to ask
+        here (then a name goes on as it is, and the renderer's Render resolves it)."""
+        return None
+
+    async def find_avatar(self, value: str, field: str, timeout: float | None) -> rpb.AvatarInfo | None:
+        """The avatar ``value`` (an id or a name; empty: the default) names, resolved by the
+        renderer (GetAvatar: the rules are there, in one place), with errors naming ``field`` as
+        the gateway's own: NOT_FOUND (unknown, or another API key's avatar), FAILED_PRECONDITION
+        (a name of several avatars). None when there is no renderer to ask (``get_avatar``)."""
+        try:
+            return await self.get_avatar(rpb.GetAvatarRequest(avatar_id=value), timeout)
+        except TalkmeshError as exc:  # (a StageError over gRPC; in-process, the renderer's own)
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(field, value, "avatar") from None
+            if exc.code == grpc.StatusCode.FAILED_PRECONDITION:
+                reasons = [
+                    v.description
+                    for d in exc.details()
+                    if isinstance(d, error_details_pb2.BadRequest)
+                    for v in d.field_violations
+                ]
+                raise FailedPrecondition(reasons[0] if reasons else exc.message, field=field) from None
+            raise
+
+    async def avatar_id(self, value: str, field: str, timeout: float | None) -> str:
+        """The id of the avatar ``value`` names (``find_avatar``); empty (the default avatar) stays
+        empty, without a call."""
+        if not value:
+            return value
+        info = await self.find_avatar(value, field, timeout)
+        return info.id if info is not None else value
 
     async def close(self) -> None:
         return None
@@ -105,6 +140,9 @@ class GrpcDownstreams(Downstreams):
 
     async def list_voices(self, request: tpb.ListVoicesRequest, timeout: float | None) -> tpb.ListVoicesResponse:
         return await self.unary("tts", "ListVoices", request, timeout)  # type: ignore[no-any-return]
+
+    async def get_avatar(self, request: rpb.GetAvatarRequest, timeout: float | None) -> rpb.AvatarInfo:
+        return await self.unary("renderer", "GetAvatar", request, timeout)  # type: ignore[no-any-return]
 
     async def watch_remote(self, owner: str, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         channel = self.peers.get(owner)

@@ -39,6 +39,10 @@ class InProcessDownstreams(Downstreams):
     def live(self, requests: AsyncIterable[Any], timeout: float | None) -> Stream:
         return self._call("talkmesh.v1.Encoder/Live", aiter(requests), timeout)
 
+    async def get_avatar(self, request: Any, timeout: float | None) -> Any:
+        handler = self.recorder.lookup("talkmesh.v1.Renderer/GetAvatar")
+        return await handler.unary_unary(request, InProcessContext(timeout))
+
     async def list_voices(self, request: Any, timeout: float | None) -> Any:
         handler = self.recorder.lookup("talkmesh.v1.TTS/ListVoices")
         return await handler.unary_unary(request, InProcessContext(timeout))

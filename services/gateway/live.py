@@ -50,7 +50,16 @@ from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.fields import in_live_terms, live_field
 from services.gateway.pipeline import FEATURE_FOR_BACKEND
-from talkmesh.common.aio import Chan, ChanClosed, TaskSet, any_event, cancel_and_wait, priority_merge, wait_event
+from talkmesh.common.aio import (
+    Chan,
+    ChanClosed,
+    TaskSet,
+    all_of,
+    any_event,
+    cancel_and_wait,
+    priority_merge,
+    wait_event,
+)
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import (
@@ -866,7 +875,11 @@ class LiveHub:
         cfg = stream.config
         self._limit()
         _validate_config(cfg, self.config)
-        voice_rate = await self.check_voice(cfg.voice, "config.voice")
+        # the voice and the avatar (a name: to its id, by the renderer) are checked together
+        voice_rate, cfg.avatar_id = await all_of(
+            self.check_voice(cfg.voice, "config.voice"),
+            self.ds.avatar_id(cfg.avatar_id, "config.avatar_id", self.config.renderer.timeout_seconds),
+        )
         self._limit()  # again: other sessions may have started while the voice was checked
         session_id = self.ids.new()
         request_id = adopt_request_id(cfg.request_id)

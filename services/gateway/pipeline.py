@@ -261,6 +261,7 @@ class _Run:
         cfg = owner.config
         tel = owner.telemetry
         self.backend = request.output.renderer_backend or cfg.default_renderer_backend
+        self.avatar_id = request.avatar_id  # an id or a name: resolved to the id in go()
         self.to_features: Chan[fpb.FeatureRequest] = Chan(cfg.queue_size, gauge=tel.queue_gauge("gateway_to_features"))
         self.to_encoder: Chan[epb.EncodeRequest] = Chan(cfg.queue_size, gauge=tel.queue_gauge("gateway_to_encoder"))
         self.out: Chan[epb.MediaChunk] = Chan(cfg.queue_size, gauge=tel.queue_gauge("gateway_to_client"))
@@ -334,7 +335,7 @@ class _Run:
             fragment_ms=out.fragment_ms,
             render=rpb.RenderConfig(
                 request_id=self.rid,
-                avatar_id=self.req.avatar_id,
+                avatar_id=self.avatar_id,
                 backend=self.backend,
                 size=out.size,
                 fps=self.o.config.fps,
@@ -463,12 +464,14 @@ class _Run:
                 # capacity is taken when there is work: nothing opens before the first text piece
                 self.text_pieces = await _first_piece(self.text_pieces)
             # The scarce stages admit the request before any work starts: an overloaded encoder
-            # answers RESOURCE_EXHAUSTED in one round trip, and TTS never starts for it.
+            # answers RESOURCE_EXHAUSTED in one round trip, and TTS never starts for it. The
+            # renderer resolves the avatar (a name to its id) meanwhile: no round trip of its own
+            # on frame 0's path, and an unknown avatar is NOT_FOUND before TTS starts.
             media = ds.encode(self.to_encoder, self.timeout)
             streams.append(media)
             features = ds.extract(self._feature_requests(), self.timeout)
             streams.append(features)
-            await all_of(media.admitted(), features.admitted())
+            await all_of(media.admitted(), features.admitted(), self._resolve_avatar())
             tts = self._open_tts()
             streams.append(tts)
             tasks.spawn(self._pump_tts(tts), name="tts")
@@ -497,6 +500,10 @@ class _Run:
             self.to_features.discard()
             self.to_encoder.discard()
             self.out.discard()
+
+    async def _resolve_avatar(self) -> None:
+        timeout = self.o.config.renderer.timeout_seconds
+        self.avatar_id = await self.o.ds.avatar_id(self.req.avatar_id, "avatar_id", timeout)
 
     def _first_fragment(self) -> None:
         self.tl.first_fragment = time.monotonic()

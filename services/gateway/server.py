@@ -44,7 +44,7 @@ def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming:
     elif req.text:
         raise InvalidArgument("start.text", "must be empty: send text as the following messages")
     for name in ("request_id", "avatar_id", "voice", "session_id"):
-        check_id(name, getattr(req, name), path_safe=name == "avatar_id")
+        check_id(name, getattr(req, name))  # (avatar_id: an id or a name, resolved by the renderer)
     size = req.output.size
     if size and size not in SIZE_PRESETS:
         raise InvalidArgument("output.size", f"{size!r} is not one of {', '.join(SIZE_PRESETS)}")
@@ -163,8 +163,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         finally:
             await stream.cancel()
 
+    async def GetAvatar(self, request: rpb.GetAvatarRequest, context: Any) -> rpb.AvatarInfo:
+        check_id("avatar_id", request.avatar_id)
+        found = await self._grpc().find_avatar(request.avatar_id, "avatar_id", self.config.renderer.timeout_seconds)
+        assert found is not None  # (the gRPC mesh always has a renderer to ask)
+        return found
+
     async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
-        check_id("avatar_id", request.avatar_id, path_safe=True)
+        check_id("avatar_id", request.avatar_id)  # an id or a name (the renderer resolves it)
         return await self._grpc().unary("renderer", "DeleteAvatar", request, self.config.renderer.timeout_seconds)
 
 

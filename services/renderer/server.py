@@ -9,7 +9,14 @@ from typing import Any
 
 import grpc
 
-from services.renderer.avatars import DEFAULT_ALIAS, DEFAULT_AVATAR_FILE, AvatarStore, FaceChoice, default_avatar_bytes
+from services.renderer.avatars import (
+    DEFAULT_ALIAS,
+    DEFAULT_AVATAR_FILE,
+    AvatarStore,
+    AvatarSummary,
+    FaceChoice,
+    default_avatar_bytes,
+)
 from services.renderer.backends import create_backend
 from services.renderer.backends.base import RenderBackend
 from services.renderer.config import RendererConfig
@@ -23,7 +30,7 @@ from talkmesh.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    PermissionDenied,
+    NotFound,
     ResourceExhausted,
 )
 from talkmesh.common.lru import Lru
@@ -57,7 +64,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         first = stream.head
         cfg = stream.config
         for name in ("request_id", "avatar_id", "backend", "size", "session_id"):
-            check_id(f"config.{name}", getattr(cfg, name), path_safe=name == "avatar_id")
+            check_id(f"config.{name}", getattr(cfg, name))  # (avatar_id: an id or a name; the store checks paths)
         backend_name = cfg.backend or s.config.default_backend
         backend = s.backends.get(backend_name)
         if backend is None:
@@ -79,8 +86,9 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             # One worker-thread hop (each costs frame 0 a wake-up): the owner check and the avatar
             # may read the disk, and a still photo's first session prepares its idle life (the body
             # mask and motion grid, ~15 ms); none of it may stall the other streams' frames.
-            self._may_use(who, avatar_id)
-            stored = s.store.get(avatar_id)
+            # (The gateway sends ids; an id costs one stat here, a name a look at the name table.)
+            found, _ = self.find_avatar(who, avatar_id, "config.avatar_id")
+            stored = s.store.get(found)
             size = output_size(cfg.size or s.config.default_size, stored.size)
             # rendered at the output size: a phone photo's 12 Mpx are scaled down once, not per frame
             avatar = s.store.at_size(stored, size, backend_name)
@@ -273,26 +281,61 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             return items
         return [a for a in items if store.is_protected(a.id) or who.name in store.owners(a.id)]
 
-    def _may_use(self, who: Principal | None, avatar_id: str) -> None:
-        """Blocking. With API keys a key renders its own avatars and the default (admins: any)."""
+    def _may_use(self, who: Principal | None, avatar_id: str, owners: frozenset[str] | set[str] | None = None) -> bool:
+        """Blocking. With API keys a key uses its own avatars and the default (admins: any)."""
         store = self.s.store
-        if not restricted(who) or store.is_protected(avatar_id) or not store.exists(avatar_id):
-            return  # an unknown id: NOT_FOUND from the store, as without keys
-        if who.name not in store.owners(avatar_id):
-            raise PermissionDenied(f"config.avatar_id: avatar {avatar_id!r} belongs to another API key")
+        if not restricted(who) or store.is_protected(avatar_id):
+            return True
+        return who.name in (store.owners(avatar_id) if owners is None else owners)
 
-    def _delete(self, who: Principal | None, avatar_id: str, name: str = "") -> bool:
+    def find_avatar(self, who: Principal | None, value: str, field: str = "avatar_id") -> tuple[str, str]:
+        """Blocking. (id, name) of the avatar ``value`` names for ``who``: the one place avatar
+        names are resolved (the gateway's Speak and Live, Render, GetAvatar, DeleteAvatar; clients
+        ask GetAvatar). An id (or an alias, "default"; empty: the default avatar) wins, name "";
+        else one of the caller's names (``_names_for``) exactly, else in any case, of one avatar
+        the caller may use (another key's names are never matched, nor its avatars found).
+
+        Unknown, or an avatar the caller may not use: NOT_FOUND naming ``field`` (the same answer,
+        so that a key learns nothing of another key's avatars). A name several avatars carry
+        (exactly, or only in another case): FAILED_PRECONDITION naming ``field`` and listing the
+        ids. Not INVALID_ARGUMENT: the value is well formed, and it is the caller's avatars (their
+        names, which the caller can change) that make it ambiguous; the same value works once only
+        one avatar carries the name, and the id always works."""
+        store = self.s.store
+        given = value or self.s.config.default_avatar
+        if store.exists(given):
+            avatar_id = store.resolve(given)
+            if self._may_use(who, avatar_id):
+                return avatar_id, ""
+            # another key's id: for this caller no such id exists (it may still be a name of its own)
+        mine = [a for a in store.name_table() if self._may_use(who, a.id, a.owners)]
+        wanted = given.casefold()
+        for same in (lambda n: n == given, lambda n: n.casefold() == wanted):
+            named = [(a.id, n) for a in mine for n in _names_for(who, a.names, a.first) if same(n)]
+            ids = list(dict.fromkeys(i for i, _ in named))
+            if len(ids) == 1:
+                return named[0]
+            if ids:
+                raise FailedPrecondition(
+                    f"{len(ids)} avatars are named {value!r} ({', '.join(ids)}): give the id", field=field
+                )
+        raise NotFound(field, value, "avatar")
+
+    def _delete(self, who: Principal | None, value: str, name: str = "") -> bool:
         """Blocking. Only an owner (or an admin) deletes; a co-owner only gives up its share.
 
-        With ``name``, only that name goes (a key's own; without keys or for an admin, the name
-        whoever gave it); the avatar (the key's share) goes with the caller's last name."""
+        ``value`` is an id or a name (``find_avatar``): by a name, only that name goes. With
+        ``name``, only that name goes (a key's own; without keys or for an admin, the name
+        whoever gave it); the avatar (the key's share) goes with the caller's last name. An
+        avatar the caller may not use is answered as an unknown one: False."""
         store = self.s.store
+        try:
+            avatar_id, matched = self.find_avatar(who, value)
+        except NotFound:
+            return False
+        name = name or matched
         if store.is_protected(avatar_id):
             return store.delete(avatar_id)  # the default avatar: FAILED_PRECONDITION for everyone
-        if restricted(who) and who.name not in store.owners(avatar_id):
-            if not store.exists(avatar_id):
-                return False
-            raise PermissionDenied(f"avatar_id: avatar {avatar_id!r} belongs to another API key")
         if name:
             if name not in _names_for(who, store.names(avatar_id), store.first_name(avatar_id)):
                 return False  # (and an avatar that does not exist has no name)
@@ -315,27 +358,25 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
         who = principal_of(context.invocation_metadata())
         items = await asyncio.to_thread(self._visible, who)
-        return rpb.ListAvatarsResponse(
-            avatars=[
-                rpb.AvatarInfo(
-                    id=a.id,
-                    name=names[0] if names else "",
-                    names=names,
-                    width=a.width,
-                    height=a.height,
-                    frame_count=a.frame_count,
-                    cached=True,
-                    backends=list(a.backends),
-                    face=face_report(a.report),
-                )
-                for a, names in ((a, _names_for(who, a.names, a.name)) for a in items)
-            ]
-        )
+        return rpb.ListAvatarsResponse(avatars=[_summary_info(a, _names_for(who, a.names, a.name)) for a in items])
+
+    async def GetAvatar(self, request: rpb.GetAvatarRequest, context: Any) -> rpb.AvatarInfo:
+        check_id("avatar_id", request.avatar_id)
+        who = principal_of(context.invocation_metadata())
+
+        def get() -> rpb.AvatarInfo:
+            avatar_id, matched = self.find_avatar(who, request.avatar_id)
+            a = self.s.store.summary(avatar_id)
+            if a is None:  # deleted meanwhile
+                raise NotFound("avatar_id", request.avatar_id, "avatar")
+            return _summary_info(a, _names_for(who, a.names, a.name), matched)
+
+        return await asyncio.to_thread(get)
 
     async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
         if not request.avatar_id:
             raise InvalidArgument("avatar_id", "must not be empty")
-        check_id("avatar_id", request.avatar_id, path_safe=True)
+        check_id("avatar_id", request.avatar_id)  # an id or a name (the store checks its paths)
         name = clean_name("name", request.name)
         if request.name and not name:  # (else it would delete the whole avatar, not one name)
             raise InvalidArgument("name", "has no printable characters: give a name of the avatar, or none")
@@ -363,6 +404,22 @@ def _names_for(who: Principal | None, names: dict[str, list[str]], first: str) -
     if restricted(who):
         return list(names.get(who.name, []))
     return list(dict.fromkeys(n for key in sorted(names) for n in names[key]))
+
+
+def _summary_info(a: AvatarSummary, names: list[str], name: str = "") -> rpb.AvatarInfo:
+    """A stored avatar as ListAvatars and GetAvatar answer it; ``name``: the one that matched
+    (default: the first of ``names``)."""
+    return rpb.AvatarInfo(
+        id=a.id,
+        name=name or (names[0] if names else ""),
+        names=names,
+        width=a.width,
+        height=a.height,
+        frame_count=a.frame_count,
+        cached=True,
+        backends=list(a.backends),
+        face=face_report(a.report),
+    )
 
 
 def face_report(report: dict[str, Any]) -> rpb.FaceReport:

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_s
 from services.web.config import WebConfig, normal_origin
 from services.web.errors import HttpError, error_response, from_rpc_error, proto_names
 from services.web.live import CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
-from talkmesh.client import AvatarNameError, TalkmeshClient
+from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
 from talkmesh.common.health import DependencyWatch
 from talkmesh.common.logs import request_id_var
@@ -531,10 +531,7 @@ class WebHost:
         client = self._client()
         self._check_uploads("avatar_id")
         given = request.match_info["avatar_id"]
-        try:
-            avatar_id, name = await client.find_avatar(given)
-        except AvatarNameError as exc:
-            raise HttpError(400, "INVALID_ARGUMENT", f"avatar_id: {exc}", "avatar_id") from None
+        avatar_id, name = await client.find_avatar(given)  # (a name of several avatars: 400 FAILED_PRECONDITION)
         if not await client.delete_avatar(avatar_id, name):
             raise HttpError(404, "NOT_FOUND", f"avatar_id: avatar {given!r} not found", "avatar_id")
         return web.json_response({"avatar_id": avatar_id, "name": name, "deleted": True})

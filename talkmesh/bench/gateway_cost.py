@@ -78,6 +78,12 @@ class CountingDownstreams:
     def encode(self, requests: AsyncIterable[Any], timeout: float | None) -> Stream:
         return self._wrap("encoder", "encode", requests, timeout)
 
+    async def avatar_id(self, value: str, field: str, timeout: float | None) -> str:
+        """The avatar's id (a name resolved by the renderer; none asked for the default avatar)."""
+        if value:
+            self.counts["to renderer"] += 1
+        return await self.inner.avatar_id(value, field, timeout)  # type: ignore[no-any-return]
+
 
 async def count_messages(env: Mapping[str, str], work: Workload) -> tuple[Counter[str], int]:
     """Messages the gateway moves for one Speak of the paragraph, and the frames it made."""

@@ -140,7 +140,22 @@ class Unavailable(_Retryable):
 
 
 class FailedPrecondition(TalkmeshError):
+    """The request is well formed but the system's state does not allow it now (e.g. a name that
+    several avatars carry). With ``field`` the message is ``field: reason`` and the status names
+    the field (BadRequest details), as InvalidArgument's."""
+
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.reason = message
+
+    def details(self) -> list[Message]:
+        if not self.field:
+            return []
+        violation = error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.reason)
+        return [error_details_pb2.BadRequest(field_violations=[violation])]
 
 
 class DeadlineExceeded(TalkmeshError):

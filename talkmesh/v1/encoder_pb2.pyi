@@ -22,6 +22,7 @@ from talkmesh.v1.types_pb2 import AvatarInfo as AvatarInfo
 from talkmesh.v1.types_pb2 import AvatarProgress as AvatarProgress
 from talkmesh.v1.types_pb2 import AvatarRegistration as AvatarRegistration
 from talkmesh.v1.types_pb2 import ListAvatarsRequest as ListAvatarsRequest
+from talkmesh.v1.types_pb2 import GetAvatarRequest as GetAvatarRequest
 from talkmesh.v1.types_pb2 import ListAvatarsResponse as ListAvatarsResponse
 from talkmesh.v1.types_pb2 import DeleteAvatarRequest as DeleteAvatarRequest
 from talkmesh.v1.types_pb2 import DeleteAvatarResponse as DeleteAvatarResponse

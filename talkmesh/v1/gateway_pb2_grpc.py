@@ -57,6 +57,11 @@ class GatewayStub:
                 request_serializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.SerializeToString,
                 response_deserializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.FromString,
                 _registered_method=True)
+        self.GetAvatar = channel.unary_unary(
+                '/talkmesh.v1.Gateway/GetAvatar',
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.GetAvatarRequest.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
+                _registered_method=True)
         self.RegisterAvatar = channel.stream_unary(
                 '/talkmesh.v1.Gateway/RegisterAvatar',
                 request_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarUpload.SerializeToString,
@@ -102,7 +107,15 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAvatars(self, request, context):
-        """The prepared avatars (what SpeakRequest.avatar_id accepts).
+        """The prepared avatars (what SpeakRequest.avatar_id accepts: their ids and names).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAvatar(self, request, context):
+        """One avatar, by id or by name (GetAvatarRequest): the one SpeakRequest.avatar_id would use.
+        AvatarInfo.name is the name that matched (the first name when given an id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +167,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ListAvatars,
                     request_deserializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.FromString,
                     response_serializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.SerializeToString,
+            ),
+            'GetAvatar': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAvatar,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.GetAvatarRequest.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.SerializeToString,
             ),
             'RegisterAvatar': grpc.stream_unary_rpc_method_handler(
                     servicer.RegisterAvatar,
@@ -281,6 +299,33 @@ class Gateway:
             '/talkmesh.v1.Gateway/ListAvatars',
             talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.SerializeToString,
             talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAvatar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talkmesh.v1.Gateway/GetAvatar',
+            talkmesh_dot_v1_dot_types__pb2.GetAvatarRequest.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,11 @@ class RendererStub:
                 request_serializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.SerializeToString,
                 response_deserializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.FromString,
                 _registered_method=True)
+        self.GetAvatar = channel.unary_unary(
+                '/talkmesh.v1.Renderer/GetAvatar',
+                request_serializer=talkmesh_dot_v1_dot_types__pb2.GetAvatarRequest.SerializeToString,
+                response_deserializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
+                _registered_method=True)
         self.DeleteAvatar = channel.unary_unary(
                 '/talkmesh.v1.Renderer/DeleteAvatar',
                 request_serializer=talkmesh_dot_v1_dot_types__pb2.DeleteAvatarRequest.SerializeToString,
@@ -98,6 +103,14 @@ class RendererServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAvatar(self, request, context):
+        """One avatar by id or by name, as the caller's API key sees it (the one place avatar names are
+        resolved: see GetAvatarRequest). The gateway resolves Speak's and Live's `avatar_id` with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteAvatar(self, request, context):
         """Removes a prepared avatar from disk and memory, or only one of its names (see DeleteAvatarRequest).
         """
@@ -127,6 +140,11 @@ def add_RendererServicer_to_server(servicer, server):
                     servicer.ListAvatars,
                     request_deserializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.FromString,
                     response_serializer=talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.SerializeToString,
+            ),
+            'GetAvatar': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAvatar,
+                    request_deserializer=talkmesh_dot_v1_dot_types__pb2.GetAvatarRequest.FromString,
+                    response_serializer=talkmesh_dot_v1_dot_types__pb2.AvatarInfo.SerializeToString,
             ),
             'DeleteAvatar': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteAvatar,
@@ -243,6 +261,33 @@ class Renderer:
             '/talkmesh.v1.Renderer/ListAvatars',
             talkmesh_dot_v1_dot_types__pb2.ListAvatarsRequest.SerializeToString,
             talkmesh_dot_v1_dot_types__pb2.ListAvatarsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAvatar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/talkmesh.v1.Renderer/GetAvatar',
+            talkmesh_dot_v1_dot_types__pb2.GetAvatarRequest.SerializeToString,
+            talkmesh_dot_v1_dot_types__pb2.AvatarInfo.FromString,
             options,
             channel_credentials,
             insecure,

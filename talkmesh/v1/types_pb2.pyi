@@ -157,6 +157,12 @@ class ListAvatarsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class GetAvatarRequest(_message.Message):
+    __slots__ = ("avatar_id",)
+    AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
+    avatar_id: str
+    def __init__(self, avatar_id: _Optional[str] = ...) -> None: ...
+
 class ListAvatarsResponse(_message.Message):
     __slots__ = ("avatars",)
     AVATARS_FIELD_NUMBER: _ClassVar[int]

@@ -26,6 +26,9 @@ class _SlowVoices:
         await asyncio.sleep(0.1)
         return tpb.ListVoicesResponse(voices=[tpb.Voice(id=request.voice, sample_rate=22050)])
 
+    async def avatar_id(self, value: str, field: str, timeout: float | None) -> str:
+        return value  # (the default avatar: nothing to resolve)
+
 
 async def test_sessions_starting_together_do_not_pass_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     async def runs_until_cancelled(self: Any, stream: Any) -> AsyncIterator[lpb.LiveServerMessage]:

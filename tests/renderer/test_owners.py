@@ -13,6 +13,8 @@ from talkmesh.common.channel import create_channel
 from talkmesh.common.principal import Principal
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
+from talkmesh.v1 import audio_features_pb2 as fpb
+from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
 
@@ -217,3 +219,98 @@ async def test_with_api_keys_a_name_names_one_avatar_of_each_key(tmp_path):
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
         store = service.store  # type: ignore[attr-defined]
         assert store.owners(his.id) == {"bob"} and store.exists(his.id)
+
+
+def _wide(band: int = 128) -> bytes:
+    """The portrait with a band on its right: an avatar of its own size (its frames tell it apart)."""
+    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
+    wide = cv2.copyMakeBorder(img, 0, 0, 0, band, cv2.BORDER_CONSTANT, value=(90, 90, 90))
+    return bytes(cv2.imencode(".png", wide)[1])
+
+
+async def _render(config: rpb.RenderConfig):
+    yield rpb.RenderRequest(request_id="r", config=config)
+    for i in range(2):  # two silent frames
+        activity = cpb.FrameActivity(rms_dbfs=-90.0)
+        feature = fpb.FeatureChunk(request_id="r", frame_index=i, activity=activity)
+        yield rpb.RenderRequest(request_id="r", seq=1 + i, features=feature)
+    yield rpb.RenderRequest(request_id="r", seq=3, end_of_stream=True)
+
+
+async def _frame_sizes(stub: renderer_pb2_grpc.RendererStub, avatar: str, metadata) -> set[tuple[int, int]]:
+    config = rpb.RenderConfig(request_id="r", avatar_id=avatar, size="native", fps=25, sample_rate=16000)
+    messages = [m async for m in stub.Render(_render(config), metadata=metadata)]
+    return {(m.width, m.height) for m in messages if m.width}
+
+
+async def test_the_renderer_resolves_avatar_names_for_each_api_key(tmp_path):
+    """GetAvatar and Render take a name as they take an id (the one place names are resolved): an
+    id wins, else the name exactly, else in any case, of one avatar the key may use. A name of two
+    avatars (in any case) is FAILED_PRECONDITION naming avatar_id and both ids; another key's name,
+    and another key's avatar even by id, answer as an unknown one (NOT_FOUND, nothing revealed)."""
+    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache")}
+    service = create_service(load_config(None, env=env), Telemetry("renderer"))
+    async with serve(service) as host, create_channel(host.address) as ch:
+        stub = renderer_pb2_grpc.RendererStub(ch)
+        alice, bob = Principal("alice").metadata(), Principal("bob").metadata()
+        admin = Principal("ops", role="admin").metadata()
+        wide = await stub.RegisterAvatar(_named(_wide(), "Alice"), metadata=alice)
+        other = await stub.RegisterAvatar(_named(_shifted(), "alice"), metadata=alice)  # another case: allowed
+        theirs = await stub.RegisterAvatar(_named(_mirrored(), "bobby"), metadata=bob)
+
+        async def get(value: str, md) -> rpb.AvatarInfo:
+            return await stub.GetAvatar(rpb.GetAvatarRequest(avatar_id=value), metadata=md)
+
+        async def status(value: str, md) -> grpc.aio.AioRpcError:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await get(value, md)
+            return err.value
+
+        found = await get("Alice", alice)  # exact
+        assert (found.id, found.name, found.width) == (wide.id, "Alice", wide.width)
+        assert (await get("alice", alice)).id == other.id  # exact beats another case
+        assert (await get(wide.id, alice)).id == wide.id and (await get(wide.id, alice)).name == "Alice"
+        assert (await get("", alice)).name == "default" and (await get("default", bob)).name == "default"
+        assert (await get("BOBBY", bob)).id == theirs.id  # in any case
+        ambiguous = await status("ALICE", alice)  # in any case, two of alice's avatars
+        assert ambiguous.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert ambiguous.details().startswith("avatar_id: 2 avatars are named 'ALICE'")
+        assert wide.id in ambiguous.details() and other.id in ambiguous.details()
+        # the admin sees every key's names: "bobby" is one avatar, "alice" exactly one too
+        assert (await get("bobby", admin)).id == theirs.id
+        for unknown in ("nobody", theirs.id, "bobby", "BOBBY"):  # bob's avatar and names, for alice
+            err = await status(unknown, alice)
+            assert err.code() == grpc.StatusCode.NOT_FOUND, unknown
+            assert err.details() == f"avatar_id: avatar {unknown!r} not found"
+
+        # Render: frames of the avatar the name names (its own size), for its key only
+        size = (wide.width, wide.height)
+        assert size != (theirs.width, theirs.height)
+        assert await _frame_sizes(stub, "Alice", alice) == {size}
+        assert await _frame_sizes(stub, wide.id, alice) == {size}
+        assert await _frame_sizes(stub, "bobby", bob) == {(theirs.width, theirs.height)}
+        for value in (wide.id, "Alice"):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _frame_sizes(stub, value, bob)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert err.value.details() == f"config.avatar_id: avatar {value!r} not found"
+
+        # Delete: another key's avatar is an unknown one (False; PERMISSION_DENIED told it existed);
+        # by a name, only that name goes
+        for value in (wide.id, "Alice"):
+            assert not (await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=value), metadata=bob)).deleted
+        assert service.store.exists(wide.id)  # type: ignore[attr-defined]
+        # an avatar registered before API keys (no owner): for a user key, an unknown one too
+        keyless = await stub.RegisterAvatar(_named(_wide(64), "old"))
+        assert (await get("old", admin)).id == keyless.id
+        for value in (keyless.id, "old"):
+            err = await status(value, bob)
+            assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, f"avatar_id: avatar {value!r} not found")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _frame_sizes(stub, keyless.id, bob)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert not (await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=keyless.id), metadata=bob)).deleted
+        again = await stub.RegisterAvatar(_named(_wide(), "second"), metadata=alice)
+        assert list(again.names) == ["second", "Alice"]
+        assert (await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id="SECOND"), metadata=alice)).deleted
+        assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=alice))[wide.id] == ["Alice"]

@@ -302,3 +302,40 @@ async def test_timing_stamps_when_asked_and_only_then(tmp_path: Path) -> None:
                 assert bodies[-1]["edge_unix_seconds"] - event["unix_seconds"] < 5.0
                 heads = [b for b in bodies if "media" in b]
                 assert heads and all(h["edge_unix_seconds"] > 0 for h in heads)
+
+
+async def test_speak_and_live_take_an_avatar_name(tmp_path: Path) -> None:
+    """`POST /v1/speak` and the live WebSocket take an avatar's name (in any case) as its id: the
+    server resolves it (no listing on the page or the edge)."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(portrait(), np.uint8), cv2.IMREAD_COLOR)
+    wide = cv2.copyMakeBorder(image, 0, 0, 0, 128, cv2.BORDER_CONSTANT, value=(90, 90, 90))  # 640 x 512
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        form = aiohttp.FormData()
+        form.add_field("name", "Presenter")
+        form.add_field("file", cv2.imencode(".png", wide)[1].tobytes(), filename="p.png", content_type="image/png")
+        async with http.post("/v1/avatars", data=form) as r:
+            created = (await r.json())["avatar"]
+            assert r.status == 201
+        body = {"text": "Hello there.", "avatar_id": "presenter", "output": {"size": "native"}}
+        async with http.post("/v1/speak", json=body) as r:
+            assert r.status == 200, await r.text()
+            (tmp_path / "named.mp4").write_bytes(await r.read())
+        info = probe(tmp_path / "named.mp4")
+        assert (info.width, info.height) == (created["width"], created["height"]) == (640, 512)
+
+        async with http.post("/v1/speak", json={"text": "Hello there.", "avatar_id": "nobody"}) as r:
+            error = (await r.json())["error"]
+            assert r.status == 404 and error["code"] == "NOT_FOUND" and error["field"] == "avatar_id", error
+            assert error["message"] == "avatar_id: avatar 'nobody' not found"
+
+        async with http.ws_connect("/v1/live") as ws:
+            await ws.send_str(json.dumps({"config": {"avatar_id": "PRESENTER", "size": "native"}}))
+            started = (await _recv_json(ws))["started"]
+            assert started["avatar_id"] == created["id"] and (started["width"], started["height"]) == (640, 512)
+        async with http.ws_connect("/v1/live") as ws:
+            await ws.send_str(json.dumps({"config": {"avatar_id": "nobody"}}))
+            status = (await _recv_json(ws))["status"]
+            assert status["code"] == "NOT_FOUND" and status["field"] == "config.avatar_id", status

@@ -120,6 +120,17 @@ class AvatarSummary:
     names: Names = dataclasses.field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class NamedAvatar:
+    """What resolving a name needs of one avatar (``AvatarStore.name_table``)."""
+
+    id: str
+    #: the name meta.json records (the name of an entry without names.json)
+    first: str
+    names: Names
+    owners: frozenset[str]
+
+
 # -- the store ----------------------------------------------------------------------------------
 #: ``progress(stage, done, total)`` of a registration (see ``talkmesh.v1.AvatarProgress``).
 Progress = Callable[[str, int, int], None]
@@ -153,6 +164,9 @@ class AvatarStore:
         # name -> (the id it is an alias of, or "", when that was read from disk)
         self._aliases: Lru[str, tuple[str, float]] = Lru(ALIAS_CACHE_ENTRIES)
         self._protected: tuple[frozenset[str], float] = (frozenset(), -RECHECK_SECONDS)
+        # every entry's names and owners, and when they were read (name_table)
+        self._name_table: tuple[tuple[NamedAvatar, ...], float] = ((), -RECHECK_SECONDS)
+        self._name_changes = 0  # changes made here (a table read across one is not kept)
         self._lock = threading.Lock()  # the tables above and _entries; never held for slow work
         self._entries: dict[str, threading.RLock] = {}
         models = (
@@ -365,6 +379,7 @@ class AvatarStore:
                 shutil.rmtree(aside, ignore_errors=True)
             try:
                 os.replace(tmp, final)
+                self._names_changed()
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
@@ -520,23 +535,32 @@ class AvatarStore:
             if meta_path.parent.name.startswith("."):  # being built or deleted, set aside
                 continue
             with contextlib.suppress(OSError, ValueError, KeyError):
-                meta = json.loads(meta_path.read_text())
-                backends = tuple(
-                    sorted(p.stem for p in meta_path.parent.glob("*.npz") if p.stem != "boxes" and _own_file(p))
-                )
-                out.append(
-                    AvatarSummary(
-                        meta["id"],
-                        meta["name"],
-                        meta["width"],
-                        meta["height"],
-                        meta["frames"],
-                        backends,
-                        meta.get("face", {}),
-                        self.names(meta["id"]),
-                    )
-                )
+                out.append(self._summary(meta_path))
         return out
+
+    def summary(self, avatar_id: str) -> AvatarSummary | None:
+        """One avatar as ``list`` shows it (by id or alias); None when it does not exist."""
+        d = self._dir(avatar_id)
+        if d is None:
+            return None
+        try:
+            return self._summary(d / "meta.json")
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def _summary(self, meta_path: Path) -> AvatarSummary:
+        meta = json.loads(meta_path.read_text())
+        backends = tuple(sorted(p.stem for p in meta_path.parent.glob("*.npz") if p.stem != "boxes" and _own_file(p)))
+        return AvatarSummary(
+            meta["id"],
+            meta["name"],
+            meta["width"],
+            meta["height"],
+            meta["frames"],
+            backends,
+            meta.get("face", {}),
+            self.names(meta["id"]),
+        )
 
     # -- owners (API keys; see talkmesh/common/principal.py) ---------------------------------------
     # ``owners.json`` next to ``meta.json`` lists the names of the API keys that registered the
@@ -622,7 +646,39 @@ class AvatarStore:
             if after != before:
                 with contextlib.suppress(FileNotFoundError):
                     _write_atomic(d / file, json.dumps(dump(after)).encode())
+                self._names_changed()
             return after
+
+    def name_table(self) -> tuple[NamedAvatar, ...]:
+        """Every entry's id, first name, names and owners: what resolving a name reads (the
+        renderer's ``find_avatar``), on every Speak, Live session and Render given a name. Read
+        from disk at most every ``RECHECK_SECONDS`` (names and owners changed on another replica
+        resolve within that bound, as aliases do), and again at once after this process changed
+        an entry, its names or its owners."""
+        now = time.monotonic()
+        with self._lock:
+            table, read_at = self._name_table
+            changes = self._name_changes
+        if now - read_at < RECHECK_SECONDS:
+            return table
+        rows = []
+        for meta_path in sorted(self.root.glob("*/meta.json")):
+            d = meta_path.parent
+            if d.name.startswith("."):  # being built or deleted, set aside
+                continue
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                first = str(json.loads(meta_path.read_text())["name"])
+                rows.append(NamedAvatar(d.name, first, self.names(d.name), frozenset(self.owners(d.name))))
+        with self._lock:
+            if self._name_changes == changes:  # (else a change made meanwhile may be missing)
+                self._name_table = (tuple(rows), now)
+        return tuple(rows)
+
+    def _names_changed(self) -> None:
+        """An entry, its names or its owners changed here: ``name_table`` reads the disk again."""
+        with self._lock:
+            self._name_table = ((), -RECHECK_SECONDS)
+            self._name_changes += 1
 
     def disk_bytes(self, avatar_id: str) -> int:
         """Bytes the avatar takes on disk (its frames, boxes and backends' precomputes; not the
@@ -672,6 +728,7 @@ class AvatarStore:
                 except FileNotFoundError:  # not there (or deleted by another replica meanwhile)
                     return False
             shutil.rmtree(tmp, ignore_errors=True)
+            self._names_changed()
             return True
 
 

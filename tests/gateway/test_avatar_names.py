@@ -1,0 +1,106 @@
+"""Avatar names straight to the gRPC API: Speak, SpeakStream and a live session take an avatar's
+name as ``talkmesh say --avatar NAME`` does (the renderer resolves it: services/renderer/server.py
+``find_avatar``), through the five real services in this process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+from services.renderer.avatars import default_avatar_bytes
+from talkmesh.client import TalkmeshClient
+from talkmesh.v1 import gateway_pb2 as gpb
+from talkmesh.v1 import types_pb2 as api
+from tests.media import probe
+from tests.mesh import inprocess_mesh
+
+
+def _picture(path: Path, band: int, shift: int = 0) -> Path:
+    """The default portrait (moved by ``shift`` px) with a grey band ``band`` px wide on its right:
+    an avatar whose size tells its frames from the default avatar's (and from each other's)."""
+    img = cv2.imdecode(np.frombuffer(default_avatar_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    if shift:
+        img = cv2.warpAffine(img, np.float32([[1, 0, shift], [0, 1, shift]]), (img.shape[1], img.shape[0]))
+    cv2.imwrite(str(path), cv2.copyMakeBorder(img, 0, 0, 0, band, cv2.BORDER_CONSTANT, value=(90, 90, 90)))
+    return path
+
+
+async def _media(chunks: AsyncIterator[gpb.SpeakChunk]) -> bytes:
+    return b"".join([c.media.data async for c in chunks if c.WhichOneof("kind") == "media"])
+
+
+async def _error(chunks: AsyncIterator[gpb.SpeakChunk]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _media(chunks)
+    return err.value
+
+
+async def test_speak_speak_stream_and_live_take_an_avatar_name(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        wide = await client.register_avatar(_picture(tmp_path / "w.png", 128), name="Alice")
+        size = (wide.width, wide.height)
+        assert size == (640, 512)  # the default avatar is 512 x 512
+
+        # Speak: the raw gRPC request with a name (no client-side lookup), decoded: the named
+        # avatar's frames, at its native size
+        request = gpb.SpeakRequest(
+            text="Hello there.", avatar_id="Alice", output=gpb.OutputOptions(size="native", container=api.CONTAINER_MP4)
+        )
+        info = probe(await _media(client.stub.Speak(request, metadata=client.metadata())))
+        assert (info.width, info.height) == size and info.frames > 5
+        # in any case
+        request.avatar_id = "aLiCe"
+        assert probe(await _media(client.stub.Speak(request, metadata=client.metadata()))).width == wide.width
+
+        # SpeakStream (text as an LLM writes it)
+        async def pieces() -> AsyncIterator[str]:
+            for piece in ("Hello ", "again."):
+                yield piece
+
+        streamed = client.speak_stream(pieces(), avatar="alice", size="native", container=api.CONTAINER_MP4)
+        info = probe(await _media(streamed))
+        assert (info.width, info.height) == size and info.frames > 5
+
+        # a live session started with a name: SessionStarted names the avatar's id, at its size
+        async with client.live(avatar="ALICE", size="native") as live:
+            assert live.started is not None
+            assert live.started.avatar_id == wide.id
+            assert (live.started.width, live.started.height) == size
+
+        # GetAvatar: what the clients show (the CLI's `avatar rm NAME`)
+        found = await client.get_avatar("alice")
+        assert (found.id, found.name) == (wide.id, "Alice")
+        assert await client.find_avatar("alice") == (wide.id, "Alice")
+        assert await client.find_avatar(wide.id) == (wide.id, "")
+
+        # unknown: NOT_FOUND naming avatar_id (config.avatar_id for a live session), before any media
+        err = await _error(client.speak("Hi.", avatar="nobody"))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        assert err.details() == "avatar_id: avatar 'nobody' not found"
+        with pytest.raises(grpc.aio.AioRpcError) as live_err:
+            async with client.live(avatar="nobody"):
+                pass
+        assert live_err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert live_err.value.details() == "config.avatar_id: avatar 'nobody' not found"
+
+        # a name two avatars carry in another case: the exact one wins; in a third case it is
+        # ambiguous (FAILED_PRECONDITION naming avatar_id and both ids)
+        other = await client.register_avatar(_picture(tmp_path / "o.png", 64, shift=6), name="alice")
+        assert other.id != wide.id and (await client.get_avatar("alice")).id == other.id
+        err = await _error(client.speak("Hi.", avatar="ALICE"))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.details().startswith("avatar_id: 2 avatars are named 'ALICE'")
+        assert wide.id in err.details() and other.id in err.details()
+        with pytest.raises(grpc.aio.AioRpcError) as live_err:
+            async with client.live(avatar="ALICE"):
+                pass
+        assert live_err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert live_err.value.details().startswith("config.avatar_id: 2 avatars are named 'ALICE'")
+        # the id always works
+        info = probe(await _media(client.speak("Hi.", avatar=wide.id, size="native", container=api.CONTAINER_MP4)))
+        assert (info.width, info.height) == size
