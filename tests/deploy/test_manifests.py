@@ -538,3 +538,21 @@ def test_monitoring_objects_select_the_services() -> None:
     (dashboard,) = dashboards
     on_disk = json.loads((DEPLOY / "grafana" / "talkmesh-dashboard.json").read_text())
     assert json.loads(dashboard["data"]["talkmesh-dashboard.json"]) == on_disk
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trace_resource_names_the_service_as_locally_and_the_pod(overlay: str) -> None:
+    """Spans carry the service name the code gives them without Kubernetes (``talkmesh-<service>``,
+    talkmesh/common/telemetry.py: ``talkmesh-audio_features``, not the Service's ``audio-features``),
+    so one query finds a service's traces on a laptop and in the cluster; and ``k8s.pod.name`` from
+    the downward API (``$(POD_NAME)`` expands only when POD_NAME comes earlier in the list)."""
+    for service, _, c in service_containers(render(overlay)):
+        env = c.get("env", [])
+        names = [e["name"] for e in env]
+        values = env_of(c)
+        assert values["OTEL_SERVICE_NAME"] == f"talkmesh-{service}", (overlay, service)
+        attributes = dict(kv.split("=", 1) for kv in values["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+        assert attributes["k8s.pod.name"] == "$(POD_NAME)", (overlay, service)
+        assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"), (overlay, service)
+        (pod_name,) = [e for e in env if e["name"] == "POD_NAME"]
+        assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
