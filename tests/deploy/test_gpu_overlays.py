@@ -244,3 +244,21 @@ def test_renderers_memory_shares_fit_the_gpu_and_the_smallest_admitted_card_batc
     plan = plan_gpu(cfg.gpu, weights=MUSETALK_WEIGHTS, per_frame_bytes=MuseTalkBackend.bytes_per_frame,
                     cap=cfg.batch.max_size_gpu, memory=card)  # fmt: skip
     assert plan.max_batch >= 4, f"{overlay}: MuseTalk batch {plan.max_batch} on a {floor} MiB card"
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_one_renderer_pod_starts_first_to_build_the_engines(overlay: str) -> None:
+    """The renderer-bearing Deployment starts with one pod (HPA minReplicas 1, no replicas field), as
+    docs/DEPLOY.md says: the first pod builds the TensorRT engines into the shared cache, and pods
+    started with it would build the same engines at once. The docs' replica table agrees."""
+    docs = render(overlay)
+    dep, _ = runs(docs, "renderer")
+    name = dep["metadata"]["name"]
+    assert "replicas" not in dep["spec"]
+    hpa = named(docs, "HorizontalPodAutoscaler", name)
+    assert hpa["spec"]["minReplicas"] == 1, f"{overlay}: {name} starts {hpa['spec']['minReplicas']} pods"
+    text = (REPO / "docs" / "DEPLOY.md").read_text()
+    assert "Start with one replica" in text
+    row = re.search(rf"^\| {re.escape(overlay)} \| {name} \| (\d+)\u2013(\d+) \|", text, re.M)
+    assert row is not None, f"DEPLOY.md's avatar storage table has no row for {overlay}"
+    assert (int(row.group(1)), int(row.group(2))) == (1, hpa["spec"]["maxReplicas"])
