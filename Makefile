@@ -57,11 +57,13 @@ bench: install
 
 ## Container images, all from the one Dockerfile (`--build-arg SERVICE=<name>`); see docs/DEPLOY.md.
 ## IMAGES is every service of the registry (talkmesh/common/registry.py, read without installing
-## anything); GPU_IMAGES the services that run ONNX models on the GPU.
+## anything); GPU_IMAGES the services whose GPU image an overlay runs (only the renderer: audio_features
+## and tts run on CPU nodes in every overlay; `make gpu-image-audio_features` builds one if you move it).
+## No image is published: build them and push them to your registry (docs/DEPLOY.md, section 1).
 REGISTRY ?= ghcr.io/talkmesh
 TAG ?= 0.1.0
 IMAGES ?= $(shell PYTHONPATH=$(CURDIR) $(PYTHON) -c "from talkmesh.common.registry import NAMES; print(*NAMES)")
-GPU_IMAGES ?= audio_features renderer
+GPU_IMAGES ?= renderer
 image_name = $(REGISTRY)/$(subst _,-,$(1))
 
 images: $(addprefix image-,$(IMAGES))
