@@ -556,3 +556,18 @@ def test_trace_resource_names_the_service_as_locally_and_the_pod(overlay: str) -
         assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"), (overlay, service)
         (pod_name,) = [e for e in env if e["name"] == "POD_NAME"]
         assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_entry_replicas_spread_over_nodes_softly(overlay: str) -> None:
+    """The gateway and the web edge (several replicas each, minReplicas 2) prefer different nodes and
+    zones, so one node's loss or drain takes out one of them; softly, so a one-node cluster runs them."""
+    docs = render(overlay)
+    for service in ("gateway", "web"):
+        dep, _ = runs(docs, service)
+        constraints = {c["topologyKey"]: c for c in pod_spec(dep).get("topologySpreadConstraints", [])}
+        assert {"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= set(constraints), service
+        for c in constraints.values():
+            assert c["whenUnsatisfiable"] == "ScheduleAnyway" and c["maxSkew"] == 1
+            assert matches(c["labelSelector"], pod_labels(dep))
+            assert pods_selected(docs, c["labelSelector"]) == [dep["metadata"]["name"]]
