@@ -10,7 +10,7 @@ BUF := BUF_NODE_DIR=$(abspath $(VENV))/node scripts/buf.sh
 RUNTIME_EXTRAS ?= all,bench
 DEV_EXTRAS ?= all,bench,dev,tools
 
-.PHONY: demo test install install-dev proto lint typecheck bench clean up images images-gpu
+.PHONY: demo test install install-dev proto lint typecheck bench clean up images images-gpu images-push images-gpu-push
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,12 +68,21 @@ image_name = $(REGISTRY)/$(subst _,-,$(1))
 
 images: $(addprefix image-,$(IMAGES))
 images-gpu: $(addprefix gpu-image-,$(GPU_IMAGES))
+## Build and push to $(REGISTRY) (`docker login` first); then pin the pushed digests in your overlay.
+images-push: $(addprefix push-,$(IMAGES))
+images-gpu-push: $(addprefix gpu-push-,$(GPU_IMAGES))
 
 image-%:
 	docker build --build-arg SERVICE=$* -t $(call image_name,$*):$(TAG) .
 
 gpu-image-%:
 	docker build --build-arg SERVICE=$* --target gpu -t $(call image_name,$*):$(TAG)-gpu .
+
+push-%: image-%
+	docker push $(call image_name,$*):$(TAG)
+
+gpu-push-%: gpu-image-%
+	docker push $(call image_name,$*):$(TAG)-gpu
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .mypy_cache .ruff_cache

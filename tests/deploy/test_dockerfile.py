@@ -254,3 +254,21 @@ def test_every_gpu_image_built_is_used() -> None:
                 if c["image"].endswith("-gpu"):
                     used.add(c["image"])
     assert used and used == built, f"built {sorted(built)}, run {sorted(used)}"
+
+
+def test_images_push_pushes_what_images_builds() -> None:
+    """No image is published upstream: `make images-push` (and images-gpu-push) build and push every
+    image under REGISTRY, the names the overlays' `images:` rewrite from ghcr.io/talkmesh."""
+    out = subprocess.run(
+        ["make", "-n", "images-push", "images-gpu-push", "REGISTRY=registry.example.com/tm", "TAG=9.9"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    built = [re.search(r"-t (\S+) \.$", c).group(1) for c in out if c.startswith("docker build")]  # type: ignore[union-attr]
+    pushed = [c.split()[-1] for c in out if c.startswith("docker push")]
+    assert pushed == built and len(pushed) == len(SERVICES) + 1
+    assert all(p.startswith("registry.example.com/tm/") for p in pushed)
+    guide = (REPO / "docs" / "DEPLOY.md").read_text()
+    assert "No images are published" in guide and "make images-push" in guide and "digest:" in guide
