@@ -10,7 +10,7 @@ BUF := BUF_NODE_DIR=$(abspath $(VENV))/node scripts/buf.sh
 RUNTIME_EXTRAS ?= all,bench
 DEV_EXTRAS ?= all,bench,dev,tools
 
-.PHONY: demo test install install-dev proto lint typecheck bench clean up images images-gpu
+.PHONY: demo test install install-dev proto lint typecheck bench clean up images images-gpu images-push images-gpu-push
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,21 +57,32 @@ bench: install
 
 ## Container images, all from the one Dockerfile (`--build-arg SERVICE=<name>`); see docs/DEPLOY.md.
 ## IMAGES is every service of the registry (talkmesh/common/registry.py, read without installing
-## anything); GPU_IMAGES the services that run ONNX models on the GPU.
+## anything); GPU_IMAGES the services whose GPU image an overlay runs (only the renderer: audio_features
+## and tts run on CPU nodes in every overlay; `make gpu-image-audio_features` builds one if you move it).
+## No image is published: build them and push them to your registry (docs/DEPLOY.md, section 1).
 REGISTRY ?= ghcr.io/talkmesh
 TAG ?= 0.1.0
 IMAGES ?= $(shell PYTHONPATH=$(CURDIR) $(PYTHON) -c "from talkmesh.common.registry import NAMES; print(*NAMES)")
-GPU_IMAGES ?= audio_features renderer
+GPU_IMAGES ?= renderer
 image_name = $(REGISTRY)/$(subst _,-,$(1))
 
 images: $(addprefix image-,$(IMAGES))
 images-gpu: $(addprefix gpu-image-,$(GPU_IMAGES))
+## Build and push to $(REGISTRY) (`docker login` first); then pin the pushed digests in your overlay.
+images-push: $(addprefix push-,$(IMAGES))
+images-gpu-push: $(addprefix gpu-push-,$(GPU_IMAGES))
 
 image-%:
 	docker build --build-arg SERVICE=$* -t $(call image_name,$*):$(TAG) .
 
 gpu-image-%:
 	docker build --build-arg SERVICE=$* --target gpu -t $(call image_name,$*):$(TAG)-gpu .
+
+push-%: image-%
+	docker push $(call image_name,$*):$(TAG)
+
+gpu-push-%: gpu-image-%
+	docker push $(call image_name,$*):$(TAG)-gpu
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .mypy_cache .ruff_cache

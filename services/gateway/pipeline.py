@@ -537,7 +537,12 @@ class _Run:
         tel = self.o.telemetry
         for name, secs in stages.items():
             tel.observe_stage(name, secs)
-        if total > 0 and audio_seconds > 0:
+        # The real-time factor measures how fast the mesh makes media of text it has whole. Input
+        # that arrives as a stream (SpeakStream's text pieces from an LLM, the caller's own speech)
+        # paces the request at its own speed, so its factor is below 1 on a healthy mesh: it is not
+        # observed, or TalkmeshRealtimeFactorBelowOne would fire on healthy streamed traffic.
+        streamed_input = self.text_pieces is not None or self.audio_pieces is not None
+        if total > 0 and audio_seconds > 0 and not streamed_input:
             tel.metrics.realtime_factor.labels("gateway").observe(audio_seconds / total)
         tel.metrics.frames_total.labels("gateway").inc(end.frames_encoded)
         return gpb.SpeakSummary(

@@ -77,6 +77,21 @@ def render(overlay: str, *components: str) -> list[Manifest]:
     return list(_render(overlay, tuple(components)))
 
 
+# The cluster admin's step for the GPU overlays (not part of any overlay): the device plugin config.
+GPU_OPERATOR = K8S / "gpu-operator"
+
+
+@functools.cache
+def _device_plugin_docs() -> tuple[Manifest, ...]:
+    return _kustomize(GPU_OPERATOR)
+
+
+def device_plugin_config() -> Manifest:
+    """The device plugin ConfigMap of ``deploy/k8s/gpu-operator``."""
+    (cm,) = _device_plugin_docs()
+    return cm
+
+
 def of_kind(docs: list[Manifest], kind: str) -> list[Manifest]:
     return [d for d in docs if d["kind"] == kind]
 

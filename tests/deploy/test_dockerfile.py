@@ -227,7 +227,8 @@ def test_make_images_builds_every_service_from_the_one_dockerfile() -> None:
         assert "--target" not in cmd and "-f " not in cmd
     gpu = make_dry_run("images-gpu")
     gpu_built = {re.search(r"SERVICE=(\w+)", c).group(1) for c in gpu}  # type: ignore[union-attr]
-    assert gpu_built == {"renderer", "audio_features"}
+    # Only images an overlay runs (test_every_gpu_image_built_is_used): the renderer's.
+    assert gpu_built == {"renderer"}
     assert all("--target gpu" in c and re.search(r":\S+-gpu \.$", c) for c in gpu)
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for service in built:
@@ -235,3 +236,39 @@ def test_make_images_builds_every_service_from_the_one_dockerfile() -> None:
         assert (REPO / "deploy" / "k8s" / "base" / "config" / f"{service}.yaml").is_file()
     for service in gpu_built:
         assert any(d.startswith("onnxruntime") for d in extras[service]), f"{service} runs no ONNX model"
+
+
+def test_every_gpu_image_built_is_used() -> None:
+    """`make images-gpu` builds exactly the GPU images the overlays run: none is built for nothing
+    (audio_features runs on CPU nodes in every overlay) and none an overlay needs is missing."""
+    from tests.deploy.manifests import GPU_OVERLAYS, containers, of_kind, render
+
+    built = {
+        re.search(r"-t (\S+) \.$", c).group(1)  # type: ignore[union-attr]
+        for c in make_dry_run("images-gpu")
+    }
+    used = set()
+    for overlay in GPU_OVERLAYS:
+        for dep in of_kind(render(overlay), "Deployment"):
+            for c in containers(dep):
+                if c["image"].endswith("-gpu"):
+                    used.add(c["image"])
+    assert used and used == built, f"built {sorted(built)}, run {sorted(used)}"
+
+
+def test_images_push_pushes_what_images_builds() -> None:
+    """No image is published upstream: `make images-push` (and images-gpu-push) build and push every
+    image under REGISTRY, the names the overlays' `images:` rewrite from ghcr.io/talkmesh."""
+    out = subprocess.run(
+        ["make", "-n", "images-push", "images-gpu-push", "REGISTRY=registry.example.com/tm", "TAG=9.9"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    built = [re.search(r"-t (\S+) \.$", c).group(1) for c in out if c.startswith("docker build")]  # type: ignore[union-attr]
+    pushed = [c.split()[-1] for c in out if c.startswith("docker push")]
+    assert pushed == built and len(pushed) == len(SERVICES) + 1
+    assert all(p.startswith("registry.example.com/tm/") for p in pushed)
+    guide = (REPO / "docs" / "DEPLOY.md").read_text()
+    assert "No images are published" in guide and "make images-push" in guide and "digest:" in guide

@@ -19,6 +19,7 @@ from tests.deploy.manifests import (
     OVERLAYS,
     REPO,
     containers,
+    device_plugin_config,
     env_of,
     mounts_of,
     named,
@@ -144,8 +145,8 @@ def test_the_encoder_shares_a_gpu_and_goes_only_where_nvenc_is(overlay: str) -> 
         assert [gpu_count(c) for c in pod_spec(dep)["containers"]] == [1, 1]
         assert exprs["nvidia.com/gpu.count"] == {"key": "nvidia.com/gpu.count", "operator": "In", "values": ["1"]}
         (replicas,) = exprs["nvidia.com/gpu.replicas"]["values"]
-        configs = named(docs, "ConfigMap", "talkmesh-time-slicing")["data"]
-        offered = {yaml.safe_load(t)["sharing"]["timeSlicing"]["resources"][0]["replicas"] for t in configs.values()}
+        configs = [yaml.safe_load(t) for t in device_plugin_config()["data"].values()]
+        offered = {c["sharing"]["timeSlicing"]["resources"][0]["replicas"] for c in configs if "sharing" in c}
         assert int(replicas) in offered and int(replicas) % 2 == 0, "whole media pods per GPU"
 
 
@@ -243,3 +244,21 @@ def test_renderers_memory_shares_fit_the_gpu_and_the_smallest_admitted_card_batc
     plan = plan_gpu(cfg.gpu, weights=MUSETALK_WEIGHTS, per_frame_bytes=MuseTalkBackend.bytes_per_frame,
                     cap=cfg.batch.max_size_gpu, memory=card)  # fmt: skip
     assert plan.max_batch >= 4, f"{overlay}: MuseTalk batch {plan.max_batch} on a {floor} MiB card"
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_one_renderer_pod_starts_first_to_build_the_engines(overlay: str) -> None:
+    """The renderer-bearing Deployment starts with one pod (HPA minReplicas 1, no replicas field), as
+    docs/DEPLOY.md says: the first pod builds the TensorRT engines into the shared cache, and pods
+    started with it would build the same engines at once. The docs' replica table agrees."""
+    docs = render(overlay)
+    dep, _ = runs(docs, "renderer")
+    name = dep["metadata"]["name"]
+    assert "replicas" not in dep["spec"]
+    hpa = named(docs, "HorizontalPodAutoscaler", name)
+    assert hpa["spec"]["minReplicas"] == 1, f"{overlay}: {name} starts {hpa['spec']['minReplicas']} pods"
+    text = (REPO / "docs" / "DEPLOY.md").read_text()
+    assert "Start with one replica" in text
+    row = re.search(rf"^\| {re.escape(overlay)} \| {name} \| (\d+)\u2013(\d+) \|", text, re.M)
+    assert row is not None, f"DEPLOY.md's avatar storage table has no row for {overlay}"
+    assert (int(row.group(1)), int(row.group(2))) == (1, hpa["spec"]["maxReplicas"])

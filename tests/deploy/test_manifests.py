@@ -26,6 +26,7 @@ from tests.deploy.manifests import (
     SERVICES,
     config_of,
     containers,
+    device_plugin_config,
     env_of,
     k8s_name,
     matches,
@@ -55,7 +56,7 @@ CUSTOM_SCHEMAS = {
 PORTS = {s.name: s.ports() for s in registry.SERVICES}
 COLOCATED = [o for o in OVERLAYS if o != "gpu-split"]
 # Secrets the manifests mount but do not create: the operator creates them (docs/DEPLOY.md).
-EXTERNAL_SECRETS = {"talkmesh-api-keys", "talkmesh-live-session"}
+EXTERNAL_SECRETS = {"talkmesh-api-keys", "talkmesh-web-api-key", "talkmesh-live-session"}
 
 VARIANTS = [(o, ()) for o in OVERLAYS] + [(o, (c,)) for o in OVERLAYS for c in OPTIONAL_COMPONENTS]
 VARIANT_IDS = [o + "".join(f"+{c}" for c in cs) for o, cs in VARIANTS]
@@ -125,29 +126,64 @@ def test_custom_schemas_reject_mistakes() -> None:
 
 
 def test_device_plugin_and_adapter_configs_follow_their_schemas() -> None:
-    cm = named(render("gpu"), "ConfigMap", "talkmesh-time-slicing")
+    cm = device_plugin_config()
     assert cm["metadata"]["namespace"] == "gpu-operator"
     replicas = {}
     for key, text in cm["data"].items():
         config = yaml.safe_load(text)
         jsonschema.validate(config, schema("nvidia-device-plugin-config-v1.json"))
+        if "sharing" not in config:
+            replicas[key] = 1
+            continue
         slicing = config["sharing"]["timeSlicing"]
         assert slicing["renameByDefault"] is False, "keeps nvidia.com/gpu; products get the -SHARED suffix"
         (resource,) = slicing["resources"]
         assert resource["name"] == "nvidia.com/gpu"
         replicas[key] = resource["replicas"]
-    assert replicas == {"talkmesh-media": 2, "talkmesh-shared": 8}
+    # talkmesh-none: whole GPUs, the default for nodes nobody labelled (gpu-split's renderers need it).
+    assert replicas == {"talkmesh-none": 1, "talkmesh-media": 2, "talkmesh-shared": 8}
     adapter = yaml.safe_load((DEPLOY / "prometheus" / "adapter-config.yaml").read_text())
     jsonschema.validate(adapter, schema("prometheus-adapter-config.json"))
 
 
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_device_plugin_config_is_a_separate_admin_step(version: str) -> None:
+    """The overlays write nothing outside their namespace (no device plugin ConfigMap in gpu-operator:
+    test_namespaces); the admin kustomization renders it there and validates."""
+    cm = device_plugin_config()
+    kubernetes_validate.validate(cm, version, strict=True)
+    for overlay in OVERLAYS:
+        assert not [d for d in of_kind(render(overlay), "ConfigMap") if d["metadata"]["name"] == cm["metadata"]["name"]]
+
+
+def test_documented_device_plugin_default_does_not_time_slice() -> None:
+    """Every device plugin patch or Helm setting in the docs and comments names a non-sharing default:
+    a time-slicing default would slice every GPU node of the cluster (and leave gpu-split's renderers,
+    which need sharing-strategy=none, nowhere to go). Nodes are time-sliced by label instead."""
+    cm = device_plugin_config()
+    sharing = {k for k, text in cm["data"].items() if "sharing" in yaml.safe_load(text)}
+    texts = {
+        "docs/DEPLOY.md": (DEPLOY.parent / "docs" / "DEPLOY.md").read_text(),
+        **{str(p.relative_to(DEPLOY.parent)): p.read_text() for p in (DEPLOY / "k8s").rglob("*.yaml")},
+    }
+    defaults = []
+    for where, text in texts.items():
+        for m in re.finditer(r'"default":\s*"([\w-]+)"|config\.default=([\w-]+)', text):
+            defaults.append((where, m.group(1) or m.group(2)))
+    assert defaults, "the docs show how to set the device plugin's config"
+    for where, name in defaults:
+        assert name in cm["data"] and name not in sharing, f"{where}: default {name}"
+    assert "nvidia.com/device-plugin.config=talkmesh-media" in texts["docs/DEPLOY.md"]
+    assert "kubectl apply -k deploy/k8s/gpu-operator" in texts["docs/DEPLOY.md"]
+
+
+
 @pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=VARIANT_IDS)
 def test_namespaces(overlay: str, components: tuple[str, ...]) -> None:
+    """Everything an overlay renders is in the talkmesh namespace: nothing for the cluster admin's
+    namespaces (the device plugin config is deploy/k8s/gpu-operator, applied apart)."""
     for doc in render(overlay, *components):
-        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "talkmesh-time-slicing":
-            continue
         assert doc["metadata"].get("namespace") == "talkmesh", f"{overlay}: {doc['metadata']['name']}"
-
 
 # -- invariants ------------------------------------------------------------------------------------
 
@@ -502,3 +538,36 @@ def test_monitoring_objects_select_the_services() -> None:
     (dashboard,) = dashboards
     on_disk = json.loads((DEPLOY / "grafana" / "talkmesh-dashboard.json").read_text())
     assert json.loads(dashboard["data"]["talkmesh-dashboard.json"]) == on_disk
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trace_resource_names_the_service_as_locally_and_the_pod(overlay: str) -> None:
+    """Spans carry the service name the code gives them without Kubernetes (``talkmesh-<service>``,
+    talkmesh/common/telemetry.py: ``talkmesh-audio_features``, not the Service's ``audio-features``),
+    so one query finds a service's traces on a laptop and in the cluster; and ``k8s.pod.name`` from
+    the downward API (``$(POD_NAME)`` expands only when POD_NAME comes earlier in the list)."""
+    for service, _, c in service_containers(render(overlay)):
+        env = c.get("env", [])
+        names = [e["name"] for e in env]
+        values = env_of(c)
+        assert values["OTEL_SERVICE_NAME"] == f"talkmesh-{service}", (overlay, service)
+        attributes = dict(kv.split("=", 1) for kv in values["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+        assert attributes["k8s.pod.name"] == "$(POD_NAME)", (overlay, service)
+        assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"), (overlay, service)
+        (pod_name,) = [e for e in env if e["name"] == "POD_NAME"]
+        assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_entry_replicas_spread_over_nodes_softly(overlay: str) -> None:
+    """The gateway and the web edge (several replicas each, minReplicas 2) prefer different nodes and
+    zones, so one node's loss or drain takes out one of them; softly, so a one-node cluster runs them."""
+    docs = render(overlay)
+    for service in ("gateway", "web"):
+        dep, _ = runs(docs, service)
+        constraints = {c["topologyKey"]: c for c in pod_spec(dep).get("topologySpreadConstraints", [])}
+        assert {"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= set(constraints), service
+        for c in constraints.values():
+            assert c["whenUnsatisfiable"] == "ScheduleAnyway" and c["maxSkew"] == 1
+            assert matches(c["labelSelector"], pod_labels(dep))
+            assert pods_selected(docs, c["labelSelector"]) == [dep["metadata"]["name"]]

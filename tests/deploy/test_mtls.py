@@ -34,6 +34,8 @@ from tests.deploy.manifests import (
 
 TLS_DIR = "/etc/talkmesh/tls"
 KEYS_DIR = "/etc/talkmesh/keys"
+# The web edge's own key for the gateway (plain, as the edge sends it), created by the operator.
+WEB_KEY_SECRET = "talkmesh-web-api-key"
 # Who calls whom: (client service, its endpoint's env prefix, the server service).
 HOPS = [
     ("gateway", "TALKMESH_GATEWAY__TTS", "tts"),
@@ -139,13 +141,46 @@ def test_gateway_api_keys_from_a_secret(overlay: str) -> None:
     assert mount["readOnly"] is True
     assert volume(dep, mount["name"])["secret"]["secretName"] == "talkmesh-api-keys"
     assert env_of(gateway)["TALKMESH_GATEWAY__AUTH__API_KEYS_FILE"].startswith(KEYS_DIR + "/")
-    for service, _, c in service_containers(docs):
+    for service, d, c in service_containers(docs):
         if service != "gateway":
             assert KEYS_DIR not in mounts_of(c), f"{service} must not see the API keys"
+        if service != "web":
+            secrets = {volume(d, m["name"]).get("secret", {}).get("secretName") for m in c.get("volumeMounts", [])}
+            assert WEB_KEY_SECRET not in secrets, f"{service} must not see the web edge's key"
     assert not [s for s in of_kind(docs, "Secret") if s["metadata"]["name"] == "talkmesh-api-keys"], (
         "created by the operator, so that `kubectl apply` never overwrites the keys"
     )
     assert "create secret generic talkmesh-api-keys" in (REPO / "docs" / "DEPLOY.md").read_text()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_web_edge_gets_its_own_gateway_key(overlay: str, tmp_path: Any) -> None:
+    """With API keys on at the gateway, the web edge (a client of the gateway) sends a key of its own,
+    read from a Secret the component mounts: without it every browser action is refused (401) while
+    /readyz is 200. The file the config reads is the file the Secret puts there."""
+    docs = render(overlay, "mtls")
+    dep, web = runs(docs, "web")
+    key_file = env_of(web)["TALKMESH_WEB__WEB__GATEWAY_API_KEY_FILE"]
+    directory, _, key = key_file.rpartition("/")
+    mount = mounts_of(web)[directory]
+    assert mount["readOnly"] is True and "subPath" not in mount, "a Secret mounted whole follows its updates"
+    secret = volume(dep, mount["name"])["secret"]
+    assert secret["secretName"] == WEB_KEY_SECRET
+    assert "items" not in secret, f"the Secret's key {key!r} is a file of that name"
+    assert directory != KEYS_DIR, "not next to the gateway's hashed keys"
+    assert not [s for s in of_kind(docs, "Secret") if s["metadata"]["name"] == WEB_KEY_SECRET]
+    # The web config loader reads that file for the key it sends (as the mounted Secret would hold it).
+    config = _loaded("web", env_of(web))
+    assert config.web.gateway_api_key_file == key_file
+    from dataclasses import replace
+
+    (tmp_path / key).write_text("tm_example\n")
+    assert replace(config.web, gateway_api_key_file=str(tmp_path / key)).gateway_api_key() == "tm_example"
+    deploy_md = (REPO / "docs" / "DEPLOY.md").read_text()
+    assert f"create secret generic {WEB_KEY_SECRET}" in deploy_md and key_file in deploy_md
+    # No key for the web edge without the component (the gateway then has no keys either).
+    _, plain_web = runs(render(overlay), "web")
+    assert "TALKMESH_WEB__WEB__GATEWAY_API_KEY_FILE" not in env_of(plain_web)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -8,6 +8,7 @@ allowed flows is compared with the expected set, so an extra allow fails as much
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,8 @@ class Pod:
     namespace: str
     labels: Mapping[str, str]
     ports: list[Port] = field(default_factory=list)
+    # The address an ipBlock sees ("" for pod-network pods, which ipBlocks here never mean).
+    ip: str = ""
 
 
 def ns_labels(namespace: str) -> dict[str, str]:
@@ -51,6 +54,14 @@ def ns_labels(namespace: str) -> dict[str, str]:
 # arbitrary service that nothing in the mesh may reach.
 OUTSIDE = [
     Pod("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, [Port(53, "UDP"), Port(53, "TCP")]),
+    # NodeLocal DNSCache: host-network pods answering on a link-local address on every node.
+    Pod(
+        "node-local-dns",
+        "kube-system",
+        {"k8s-app": "node-local-dns"},
+        [Port(53, "UDP"), Port(53, "TCP")],
+        ip="169.254.20.10",
+    ),
     Pod("otel-collector", "observability", {"app.kubernetes.io/name": "otel-collector"}, [Port(4317), Port(4318)]),
     Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}, [Port(9090)]),
     Pod("client", "default", {"app": "client"}, [Port(443)]),
@@ -72,7 +83,13 @@ def mesh_pods(docs: list[dict[str, Any]]) -> list[Pod]:
 
 def _peer_matches(peer: Mapping[str, Any], pod: Pod) -> bool:
     if "ipBlock" in peer:
-        return pod.namespace != NAMESPACE  # an address range: outside pods only
+        if not pod.ip or pod.namespace == NAMESPACE:
+            return False  # an address range: only outside pods with a known address
+        block = peer["ipBlock"]
+        address = ipaddress.ip_address(pod.ip)
+        return address in ipaddress.ip_network(block["cidr"]) and not any(
+            address in ipaddress.ip_network(e) for e in block.get("except", [])
+        )
     if "namespaceSelector" in peer:
         if not matches(peer["namespaceSelector"], ns_labels(pod.namespace)):
             return False
@@ -136,6 +153,7 @@ def expected(deployments: set[str], layout: str) -> set[tuple[str, str, str]]:
             out |= {(outside.name, spec.k8s_name, "http") for outside in OUTSIDE}
     for pod in deployments:
         out |= {(pod, "kube-dns", "53/UDP"), (pod, "kube-dns", "53/TCP"), (pod, "otel-collector", "4317/TCP")}
+        out |= {(pod, "node-local-dns", "53/UDP"), (pod, "node-local-dns", "53/TCP")}
         out.add(("prometheus", pod, "metrics"))
     # Each hop of the registry: the caller reaches the callee's gRPC port. In the co-located layout
     # the renderer and the encoder are containers of the media pod and talk over a Unix socket.
@@ -189,7 +207,8 @@ def test_the_renderer_reaches_only_dns_and_the_collector() -> None:
             "media" if any(d["metadata"]["name"] == "media" for d in of_kind(docs, "Deployment")) else ("renderer")
         )
         reached = {(dst, port) for src, dst, port in flows(docs) if src == renderer_pod}
-        assert reached == {("kube-dns", "53/UDP"), ("kube-dns", "53/TCP"), ("otel-collector", "4317/TCP")}, overlay
+        dns = {(d, f"53/{proto}") for d in ("kube-dns", "node-local-dns") for proto in ("UDP", "TCP")}
+        assert reached == dns | {("otel-collector", "4317/TCP")}, overlay
 
 
 def test_the_evaluation_can_fail() -> None:

@@ -239,3 +239,35 @@ def test_the_deploy_guide_lists_every_alert() -> None:
     listed = set(re.findall(r"^\| `(Talkmesh\w+)` \|", guide, re.M))
     alerts = {name for name in rule_expressions() if not name.startswith("talkmesh:")}
     assert listed == alerts
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    """Each alert's runbook_url names docs/RUNBOOK.md and an anchor of a section there (GitHub's
+    anchor of a `## AlertName` heading is its lower-cased name); the section says what to check and do."""
+    runbook = (DEPLOY.parent / "docs" / "RUNBOOK.md").read_text()
+    sections = {h.lower(): body for h, body in re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", runbook, re.M | re.S)}
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    alerts = [r for g in groups for r in g["rules"] if "alert" in r]
+    assert alerts
+    for rule in alerts:
+        url = rule["annotations"].get("runbook_url", "")
+        assert url.startswith("https://") and "/docs/RUNBOOK.md#" in url, rule["alert"]
+        anchor = url.rsplit("#", 1)[1]
+        assert anchor == rule["alert"].lower() and anchor in sections, rule["alert"]
+        for part in ("**Means:**", "**Check:**", "**Do:**"):
+            assert part in sections[anchor], f"{rule['alert']}: no {part} in its runbook section"
+
+
+def test_down_alerts_cover_every_service_and_the_scrape_job() -> None:
+    """TalkmeshDown has an absent() for every service of the registry (its metrics' own `service`
+    label), and TalkmeshTargetDown selects the job both scrape setups give the talkmesh targets."""
+    from talkmesh.common.registry import NAMES
+
+    exprs = rule_expressions()
+    absent = set(re.findall(r'absent\(talkmesh_build_info\{service="(\w+)"\}\)', exprs["TalkmeshDown"]))
+    assert absent == set(NAMES)
+    assert 'up{job="talkmesh"}' in exprs["TalkmeshTargetDown"]
+    (job,) = yaml.safe_load((DEPLOY / "prometheus" / "scrape-config.yaml").read_text())["scrape_configs"]
+    assert job["job_name"] == "talkmesh"
+    monitor = yaml.safe_load((DEPLOY / "k8s" / "components" / "monitoring" / "servicemonitor.yaml").read_text())
+    assert monitor["spec"]["selector"]["matchLabels"][monitor["spec"]["jobLabel"]] == "talkmesh"

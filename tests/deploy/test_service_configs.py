@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from talkmesh.common.config import ConfigError
-from talkmesh.common.registry import NAMES, spec
+from talkmesh.common.registry import GRPC_NAMES, NAMES, spec
 from tests.deploy.manifests import (
     HEADLESS_TWINS,
     K8S,
@@ -106,10 +106,16 @@ DEPLOYMENT_OVERRIDES: dict[str, set[str]] = {
     "encoder": {"video.encoder", "renderer.target"},
     # the renderer also listens on the pod's Unix socket for the co-located encoder, and takes
     # uploads only as large as the pod's memory and disk limits allow (docs/DEPLOY.md)
+    "renderer": {"server.unix_socket", "avatars.max_upload_bytes", "avatars.max_pixels", "avatars.max_frames"},
     # the web edge calls the gateway through its Service
     "web": {"gateway.target"},
-    "renderer": {"server.unix_socket", "avatars.max_upload_bytes", "avatars.max_pixels", "avatars.max_frames"},
 }
+# Every gRPC server ends its clients' connections now and then (GOAWAY), so that round-robin clients
+# re-resolve DNS and reach the pods an autoscaler added (test_grpc_servers_age_their_connections).
+for _service in GRPC_NAMES:
+    DEPLOYMENT_OVERRIDES.setdefault(_service, set()).add("server.max_connection_age_seconds")
+# Longest connection age the manifests may set: a new pod must get traffic within minutes.
+MAX_CONNECTION_AGE_SECONDS = 600
 
 
 def _leaves(data: dict, prefix: str = "") -> dict[str, object]:  # type: ignore[type-arg]
@@ -170,3 +176,21 @@ def test_an_undeclared_difference_is_caught(tmp_path: Path) -> None:
     data["server"]["max_concurrent_streams"] = 64
     _, differing = _differing("encoder", data, tmp_path)
     assert "server.max_concurrent_streams" in differing - (DEPLOYMENT_OVERRIDES["*"] | DEPLOYMENT_OVERRIDES["encoder"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grpc_servers_age_their_connections(overlay: str, tmp_path: Path) -> None:
+    """Every gRPC stage (and the gateway, which the web edge balances over) closes its client
+    connections after at most MAX_CONNECTION_AGE_SECONDS: a client's round-robin channel re-resolves
+    DNS only on reconnection, so without it pods added by the HPA get no streams from existing
+    clients (docs/DEPLOY.md, "gRPC load balancing")."""
+    docs = render(overlay)
+    seen = set()
+    for service, dep, container in service_containers(docs):
+        env = {k: v for k, v in env_of(container).items() if k.startswith("TALKMESH_")}
+        config = load(service, config_of(docs, dep, container), env, tmp_path)
+        if service in GRPC_NAMES:
+            age = config.server.max_connection_age_seconds
+            assert 0 < age <= MAX_CONNECTION_AGE_SECONDS, f"{overlay}: {service} max_connection_age_seconds={age}"
+            seen.add(service)
+    assert seen == set(GRPC_NAMES)

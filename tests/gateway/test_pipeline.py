@@ -246,3 +246,26 @@ async def test_time_to_first_frame_counts_streamed_fragments_only(container, cou
         "talkmesh_stage_duration_seconds_count", {"service": "gateway", "stage": "total"}
     )
     assert total == 1
+
+
+async def test_realtime_factor_counts_whole_text_requests_only():
+    """talkmesh_realtime_factor{service="gateway"} (TalkmeshRealtimeFactorBelowOne's metric) measures
+    how fast the mesh makes media of text it has whole: a SpeakStream's text arrives at its sender's
+    pace (an LLM), which reads below 1 on a healthy mesh, so it is not observed."""
+
+    async def pieces():
+        for p in ["Hello ", "there, ", "how are ", "you?"]:
+            await asyncio.sleep(0.05)  # slower than the 40 ms of audio each piece makes
+            yield p
+
+    for streamed, observed in ((True, 0), (False, 1)):
+        telemetry = Telemetry("gateway")
+        svc = GatewayService(GatewayConfig(), telemetry, downstreams=FakeDownstreams(chunks=10))
+        async with serve(svc) as host, TalkmeshClient(host.address) as client:
+            if streamed:
+                chunks = [c async for c in client.speak_stream(pieces())]
+            else:
+                chunks = [c async for c in client.speak("Hello there.")]
+        assert chunks[-1].summary.frames == (4 if streamed else 10)
+        count = telemetry.metrics.registry.get_sample_value("talkmesh_realtime_factor_count", {"service": "gateway"})
+        assert (count or 0) == observed, f"streamed={streamed}"
