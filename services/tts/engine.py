@@ -349,13 +349,22 @@ class EspeakEngine:
             if self._params is None
             else EspeakParams(voice, self._params.rate_wpm, self._params.pitch, self._params.volume)
         )
-        data = ctypes.c_char_p(text.encode("utf-8"))
+        encoded = text.encode("utf-8")
+        data = ctypes.c_char_p(encoded)
         ptr = ctypes.pointer(data)
         clauses: list[str] = []
-        while data.value:
+        # Drained until eSpeak sets the pointer to NULL, not merely to an empty string: after the
+        # input's last character eSpeak may still hold a clause (what follows sentence-final
+        # punctuation, "Hi! 🎉"), which would otherwise start the next call's output, another
+        # request's. Every call takes at least one clause, so the bound only guards the library.
+        for _ in range(len(encoded) + 2):
+            if data.value is None:
+                break
             out = self._lib.espeak_TextToPhonemes(ptr, _CHARS_UTF8, _PHONEMES_IPA)
             if out:
                 clauses.append(out.decode("utf-8", "replace"))
+        else:
+            raise EspeakError(f"espeak_TextToPhonemes did not finish a text of {len(encoded)} bytes")
         return clauses
 
     # -- event-loop side -------------------------------------------------------------------------
