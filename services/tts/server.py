@@ -19,7 +19,7 @@ from services.tts.config import TTSConfig
 from services.tts.pieces import StreamRules, read_clauses
 from services.tts.request import SynthesisJob, find_voice, resolve_job
 from services.tts.stream import ChunkAssembler, SegmentRecord
-from services.tts.text import split_clauses
+from services.tts.text import normalize, split_clauses
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import NotFound
 from talkmesh.common.names import check_id, check_text
@@ -53,7 +53,9 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         )
         try:
             asm.begin_segment(index)
-            async with contextlib.aclosing(job.backend.synthesize(text, job.voice, job.settings)) as blocks:
+            # the one place text is normalized, for both RPCs and every backend (see text.normalize)
+            spoken = normalize(text)
+            async with contextlib.aclosing(job.backend.synthesize(spoken, job.voice, job.settings)) as blocks:
                 async for block in blocks:
                     for msg in asm.add(block):
                         yield msg

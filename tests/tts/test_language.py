@@ -1,0 +1,68 @@
+# ruff: noqa: RUF001 - full-width and CJK text is meant literally
+"""Text in many languages and encodings: normalization, voice lookup by language tag, refusals."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from services.tts.text import normalize
+from talkmesh.v1 import tts_pb2
+from tests.tts.conftest import pcm_of, visemes_of
+
+
+async def _say(stub: Any, text: str, voice: str = "") -> tuple[int, list[int]]:
+    """Samples and viseme ids of ``text``, spoken whole."""
+    request = tts_pb2.SynthesizeRequest(text=text, config={"voice": voice})
+    chunks = [c async for c in stub.Synthesize(request)]
+    return pcm_of(chunks).size, [v.viseme for v in visemes_of(chunks)]
+
+
+async def _say_streamed(stub: Any, pieces: list[str], voice: str = "") -> tuple[int, list[int]]:
+    async def requests() -> AsyncIterator[tts_pb2.TextPiece]:
+        yield tts_pb2.TextPiece(config=tts_pb2.SynthesisConfig(voice=voice))
+        for piece in pieces:
+            yield tts_pb2.TextPiece(text=piece)
+
+    chunks = [c async for c in stub.SynthesizeStream(requests())]
+    return pcm_of(chunks).size, [v.viseme for v in visemes_of(chunks)]
+
+
+def _same_speech(a: tuple[int, list[int]], b: tuple[int, list[int]]) -> None:
+    """Same visemes, same length within 1% (eSpeak's audio varies by a few samples per call)."""
+    assert a[1] == b[1]
+    assert abs(a[0] - b[0]) < b[0] / 100
+
+
+# -- normalization -----------------------------------------------------------------------------
+def test_normalize_composes_and_narrows_only_the_wide_forms() -> None:
+    assert normalize("cafe\u0301") == "café"
+    assert normalize("Ｈｅｌｌｏ\u3000ｗｏｒｌｄ！１２３") == "Hello world!123"
+    assert normalize("ｶﾞｷﾞ") == "ガギ"  # half-width katakana with their voicing mark
+    # other compatibility characters keep their form (all of NFKC would change them)
+    assert normalize("x² ﬁ ① ㍻") == "x² ﬁ ① ㍻"
+
+
+@pytest.mark.parametrize(
+    ("voice", "text"),
+    [("espeak:vi", "Tiếng Việt có dấu."), ("espeak:fr-fr", "Un café à côté."), ("", "Crème brûlée, naïve.")],
+)
+async def test_decomposed_accents_are_spoken_as_composed(tts: Any, voice: str, text: str) -> None:
+    stub, _, _ = tts
+    decomposed = unicodedata.normalize("NFD", text)
+    assert decomposed != text
+    composed = await _say(stub, text, voice)
+    _same_speech(await _say(stub, decomposed, voice), composed)
+    # streamed, with a combining mark in a piece of its own
+    cut = next(i for i, ch in enumerate(decomposed) if unicodedata.combining(ch))
+    _same_speech(await _say_streamed(stub, [decomposed[:cut], decomposed[cut:]], voice), composed)
+
+
+async def test_full_width_latin_is_spoken_as_latin(tts: Any) -> None:
+    stub, _, _ = tts
+    plain = await _say(stub, "Hello world! 2026.")
+    _same_speech(await _say(stub, "Ｈｅｌｌｏ\u3000ｗｏｒｌｄ！\u3000２０２６．"), plain)
+    assert plain[0] < 3 * 22050  # not "letter F F 2 8" (11.8 s before)
