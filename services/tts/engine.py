@@ -136,8 +136,9 @@ class _Sink:
 _DONE = object()
 
 
-def _parse_languages(ptr: int | None) -> list[str]:
-    out: list[str] = []
+def _parse_languages(ptr: int | None) -> list[tuple[int, str]]:
+    """A voice's (priority, language) pairs; a lower priority is a better voice for the language."""
+    out: list[tuple[int, str]] = []
     if not ptr:
         return out
     pos = ptr
@@ -146,7 +147,7 @@ def _parse_languages(ptr: int | None) -> list[str]:
         if priority == 0:
             break
         name = ctypes.string_at(pos + 1)
-        out.append(name.decode("utf-8", "replace"))
+        out.append((priority, name.decode("utf-8", "replace")))
         pos += 1 + len(name) + 1
     return out
 
@@ -243,10 +244,13 @@ class EspeakEngine:
         """
         arr = self._lib.espeak_ListVoices(None)
         voices: dict[str, EspeakVoice] = {}
+        # every language a voice speaks, with eSpeak's priority for it (``language fr 8`` in fr-BE)
+        ranked: list[tuple[int, str, str]] = []  # (priority, language key, main language)
         i = 0
         while arr[i]:
             v = arr[i].contents
-            langs = _parse_languages(v.languages)
+            pairs = _parse_languages(v.languages)
+            langs = [lang for _, lang in pairs]
             i += 1
             if not langs:
                 continue
@@ -255,13 +259,20 @@ class EspeakEngine:
                 log.info("eSpeak voice %s (%s) left out: its dictionary is not installed", langs[0], ident)
                 continue
             name = (v.name or b"").decode("utf-8", "replace")
-            voices.setdefault(langs[0], EspeakVoice(name, langs[0], ident, tuple(langs)))
+            if langs[0] not in voices:
+                voices[langs[0]] = EspeakVoice(name, langs[0], ident, tuple(langs))
+                ranked.extend((priority, voice_key(lang), langs[0]) for priority, lang in pairs)
         listed = sorted(voices.values(), key=lambda v: v.language)
         self._by_key = {}
-        for voice in listed:  # main languages first: "en" (also spoken by en-gb) stays the en voice
+        for voice in listed:  # main languages first: a voice's own language is always that voice
             self._by_key.setdefault(voice_key(voice.language), voice)
+        # then the other languages each voice speaks, to the voice eSpeak prefers for it (its lowest
+        # priority; ties by main language): "fr" -> fr-fr, not fr-be (8); "en" -> en-gb (2) as
+        # ``espeak-ng -v en``, not en-us (3) or en-029 (10); "pt" -> pt, "zh" -> cmn, not yue (8)
+        for _, key, language in sorted(ranked):
+            self._by_key.setdefault(key, voices[language])
         for voice in listed:
-            for spelling in (*voice.languages, voice.identifier, voice.identifier.rsplit("/", 1)[-1], voice.name):
+            for spelling in (voice.identifier, voice.identifier.rsplit("/", 1)[-1], voice.name):
                 self._by_key.setdefault(voice_key(spelling), voice)
         return listed
 

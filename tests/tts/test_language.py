@@ -66,3 +66,28 @@ async def test_full_width_latin_is_spoken_as_latin(tts: Any) -> None:
     plain = await _say(stub, "Hello world! 2026.")
     _same_speech(await _say(stub, "Ｈｅｌｌｏ\u3000ｗｏｒｌｄ！\u3000２０２６．"), plain)
     assert plain[0] < 3 * 22050  # not "letter F F 2 8" (11.8 s before)
+
+
+# -- voices by language tag --------------------------------------------------------------------
+async def _listed(stub: Any, voice: str) -> list[str]:
+    return [v.id for v in (await stub.ListVoices(tts_pb2.ListVoicesRequest(voice=voice))).voices]
+
+
+@pytest.mark.parametrize(
+    ("tag", "voice"),
+    [
+        ("fr", "espeak:fr-fr"),  # not fr-be ("septante, nonante")
+        ("en", "espeak:en-gb"),  # eSpeak's own choice (espeak-ng -v en), not en-029 (Caribbean)
+        ("de", "espeak:de"),
+        ("pt", "espeak:pt"),  # European
+        ("pt-br", "espeak:pt-br"),
+        ("pt-pt", "espeak:pt"),
+        ("es", "espeak:es"),
+        ("zh", "espeak:cmn"),  # Mandarin, not Cantonese
+        ("en-us", "espeak:en-us"),  # the documented default keeps its name
+    ],
+)
+async def test_a_bare_language_is_its_primary_voice(tts: Any, tag: str, voice: str) -> None:
+    stub, _, _ = tts
+    assert await _listed(stub, f"espeak:{tag}") == [voice]
+    assert await _listed(stub, f"espeak:{tag.upper()}") == [voice]
