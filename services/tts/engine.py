@@ -109,6 +109,24 @@ class EspeakVoice:
     languages: tuple[str, ...] = ()
 
 
+#: Language tags eSpeak has no voice for that name one it has (keys as ``voice_key`` spells them):
+#: Chinese in either script is Mandarin (eSpeak's cmn reads simplified and traditional characters),
+#: Hong Kong Chinese is Cantonese, and the withdrawn ISO 639 codes for Hebrew and Indonesian.
+LANGUAGE_ALIASES: dict[str, str] = {
+    "zh": "cmn",
+    "zh-cn": "cmn",
+    "zh-sg": "cmn",
+    "zh-tw": "cmn",
+    "zh-hans": "cmn",
+    "zh-hant": "cmn",
+    "zh-hk": "yue",
+    "zh-mo": "yue",
+    "zh-yue": "yue",
+    "iw": "he",
+    "in": "id",
+}
+
+
 def voice_key(spelling: str) -> str:
     """How a voice name is compared: ``en_GB``, ``en-GB`` and ``en-gb`` are the same voice."""
     return spelling.strip().lower().replace("_", "-")
@@ -293,8 +311,32 @@ class EspeakEngine:
         return (data / f"{dictionary}_dict").is_file()
 
     def resolve(self, spelling: str) -> EspeakVoice | None:
-        """The listed voice ``spelling`` names (language, any case, ``_`` or ``-``; or file identifier)."""
-        return self._by_key.get(voice_key(spelling))
+        """The listed voice ``spelling`` names (language, any case, ``_`` or ``-``; or file identifier).
+
+        A language tag eSpeak has no voice for is looked up as RFC 4647 "lookup" does: its last
+        subtag dropped until a voice is found (``es-ES`` -> es, ``zh-Hant-TW`` -> zh-Hant), each
+        step also through ``LANGUAGE_ALIASES`` (``zh-TW`` -> cmn, ``zh-HK`` -> yue, ``iw`` -> he).
+        """
+        key = voice_key(spelling)
+        found = self._by_key.get(key)
+        if found is not None or "/" in key:
+            return found
+        subtags = key.split("-")
+        while subtags:
+            tag = "-".join(subtags)
+            found = self._by_key.get(tag) or self._by_key.get(LANGUAGE_ALIASES.get(tag, ""))
+            if found is not None:
+                return found
+            subtags.pop()
+            if len(subtags) > 1 and len(subtags[-1]) == 1:  # a singleton ("x" of "-x-...") goes with it
+                subtags.pop()
+        return None
+
+    def close_voices(self, spelling: str) -> list[EspeakVoice]:
+        """Listed voices of the language ``spelling`` starts with (for a NOT_FOUND message)."""
+        language = voice_key(spelling).split("-", 1)[0]
+        language = LANGUAGE_ALIASES.get(language, language)
+        return [v for v in self.voices if voice_key(v.language).split("-", 1)[0] == language]
 
     def _require(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None or self._lib is None:

@@ -7,6 +7,7 @@ import unicodedata
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 
 from services.tts.text import normalize
@@ -91,3 +92,61 @@ async def test_a_bare_language_is_its_primary_voice(tts: Any, tag: str, voice: s
     stub, _, _ = tts
     assert await _listed(stub, f"espeak:{tag}") == [voice]
     assert await _listed(stub, f"espeak:{tag.upper()}") == [voice]
+
+
+@pytest.mark.parametrize(
+    ("tag", "voice"),
+    [
+        ("es-ES", "espeak:es"),
+        ("de-DE", "espeak:de"),
+        ("fr-CA", "espeak:fr-fr"),
+        ("ja-JP", "espeak:ja"),
+        ("ko-KR", "espeak:ko"),
+        ("zh-CN", "espeak:cmn"),
+        ("zh-TW", "espeak:cmn"),  # eSpeak's Mandarin reads traditional characters too
+        ("zh-Hans", "espeak:cmn"),
+        ("zh-Hant", "espeak:cmn"),
+        ("zh-Hant-TW", "espeak:cmn"),
+        ("zh_TW", "espeak:cmn"),
+        ("zh-HK", "espeak:yue"),
+        ("zh-yue", "espeak:yue"),
+        ("he-IL", "espeak:he"),
+        ("iw", "espeak:he"),
+        ("iw-IL", "espeak:he"),
+        ("ar-SA", "espeak:ar"),
+        ("in", "espeak:id"),
+        ("en-US-x-lesson", "espeak:en-us"),
+        ("en-GB-oxendict", "espeak:en-gb"),
+    ],
+)
+async def test_locale_tags_fall_back_to_their_language(tts: Any, tag: str, voice: str) -> None:
+    stub, _, _ = tts
+    assert await _listed(stub, f"espeak:{tag}") == [voice]
+
+
+async def test_a_locale_tag_speaks_as_its_voice(tts: Any) -> None:
+    stub, _, _ = tts
+    _same_speech(await _say(stub, "Hola, ¿qué tal?", "espeak:es-ES"), await _say(stub, "Hola, ¿qué tal?", "espeak:es"))
+
+
+@pytest.mark.parametrize("voice", ["espeak:xx-YY", "espeak:gmw/xx", "espeak:fo"])
+async def test_unknown_voices_are_still_not_found(tts: Any, voice: str) -> None:
+    stub, _, _ = tts
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _say(stub, "Hello.", voice)
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert exc.value.details() == f"config.voice: voice {voice!r} not found"
+
+
+async def test_not_found_suggests_voices_of_the_same_language(tts: Any) -> None:
+    stub, _, _ = tts
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _say(stub, "Bonjour.", "piper:fr_FR-siwis-medium")  # no Piper voices configured
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert exc.value.details() == (
+        "config.voice: voice 'piper:fr_FR-siwis-medium' not found; "
+        "voices of that language: espeak:fr-be, espeak:fr-ch, espeak:fr-fr"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _say(stub, "你好。", "espeak:sit/zh")
+    assert exc.value.details().endswith("; voices of that language: espeak:cmn, espeak:cmn-latn-pinyin")
