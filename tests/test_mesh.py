@@ -128,7 +128,7 @@ async def test_client_cancel_leaves_no_stream_active(tmp_path):
         ({"text": ""}, grpc.StatusCode.INVALID_ARGUMENT, "text: must not be empty"),
         ({"text": "x" * 5001}, grpc.StatusCode.INVALID_ARGUMENT, "text: 5001 characters exceed the limit of 5000"),
         ({"text": "Hi.", "avatar": "nobody"}, grpc.StatusCode.NOT_FOUND, "config.avatar_id"),
-        ({"text": "Hi.", "voice": "espeak:no-such-voice"}, grpc.StatusCode.NOT_FOUND, "config.voice"),
+        ({"text": "Hi.", "voice": "espeak:xx-such-voice"}, grpc.StatusCode.NOT_FOUND, "config.voice"),
         ({"text": "Hi.", "size": "8k"}, grpc.StatusCode.INVALID_ARGUMENT, "output.size"),
         ({"text": "Hi.", "rate": 99.0}, grpc.StatusCode.INVALID_ARGUMENT, "rate"),
         ({"text": "Hi.", "backend": "sadtalker"}, grpc.StatusCode.INVALID_ARGUMENT, "output.renderer_backend"),
