@@ -11,6 +11,8 @@ import grpc
 import pytest
 
 from services.tts.text import normalize
+from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.names import check_text, has_speech
 from talkmesh.v1 import tts_pb2
 from tests.tts.conftest import pcm_of, visemes_of
 
@@ -150,3 +152,38 @@ async def test_not_found_suggests_voices_of_the_same_language(tts: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await _say(stub, "你好。", "espeak:sit/zh")
     assert exc.value.details().endswith("; voices of that language: espeak:cmn, espeak:cmn-latn-pinyin")
+
+
+# -- text with nothing to say ------------------------------------------------------------------
+NOTHING_TO_SAY = ["\u200b\u200b", "。。。！？、，", ".", "...", "!", " - “” \u2060 "]
+
+
+@pytest.mark.parametrize("text", NOTHING_TO_SAY)
+def test_has_speech_is_false_for_punctuation_and_invisible_characters(text: str) -> None:
+    assert not has_speech(text)
+    with pytest.raises(InvalidArgument) as exc:
+        check_text("text", text, 100)
+    assert exc.value.field == "text"
+    assert exc.value.message.startswith("text: must not be empty")
+
+
+@pytest.mark.parametrize("text", ["a", "3", "🎉", "$", "50 %", "&", "。你好", "…Hi"])
+def test_has_speech_is_true_for_words_digits_and_symbols(text: str) -> None:
+    assert has_speech(text)
+    assert check_text("text", text, 100) == text
+
+
+@pytest.mark.parametrize("text", NOTHING_TO_SAY)
+async def test_text_with_nothing_to_say_is_refused_like_empty_text(tts: Any, text: str) -> None:
+    stub, _, _ = tts
+    for say in (lambda: _say(stub, text), lambda: _say_streamed(stub, [text[:1], text[1:]])):
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await say()
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert exc.value.details().startswith("text: must not be empty")
+
+
+async def test_punctuation_around_words_is_still_spoken(tts: Any) -> None:
+    stub, _, _ = tts
+    assert (await _say(stub, "...Hi!"))[0] > 4000
+    assert (await _say_streamed(stub, ["...", " ", "Hi", "!"]))[0] > 4000
