@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 import pytest
 
+from services.tts.scripts import reads
+from services.tts.server import WARNING_KEY
 from services.tts.text import normalize
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.common.names import check_text, has_speech
@@ -187,3 +189,89 @@ async def test_punctuation_around_words_is_still_spoken(tts: Any) -> None:
     stub, _, _ = tts
     assert (await _say(stub, "...Hi!"))[0] > 4000
     assert (await _say_streamed(stub, ["...", " ", "Hi", "!"]))[0] > 4000
+
+
+# -- text in a script the voice reads letter by letter -----------------------------------------
+async def _say_warned(stub: Any, text: str, voice: str = "") -> tuple[int, str]:
+    """Samples of ``text`` spoken whole, and the warning in the trailing metadata ("" without)."""
+    call = stub.Synthesize(tts_pb2.SynthesizeRequest(text=text, config={"voice": voice}))
+    chunks = [c async for c in call]
+    return pcm_of(chunks).size, dict(await call.trailing_metadata()).get(WARNING_KEY, "")
+
+
+@pytest.mark.parametrize(
+    ("text", "voice", "script", "advice"),
+    [
+        ("今天天气很好。", "", "Han", "espeak:cmn"),
+        ("今日天気予報。", "espeak:ja", "Han", "kana"),  # eSpeak's ja says "Chinese letter" for kanji
+        ("こんにちは、元気ですか。", "espeak:en-us", "Kana", "espeak:ja"),
+        ("مرحبا بالعالم", "", "Arabic", "espeak:ar"),
+        ("สวัสดีครับ", "", "Thai", "espeak:th"),
+        ("Καλημέρα κόσμε", "espeak:en-gb", "Greek", "espeak:el"),
+        ("שלום עולם", "", "Hebrew", "espeak:he"),
+        ("Привет, мир!", "espeak:fr-fr", "Cyrillic", "espeak:ru"),
+    ],
+)
+async def test_text_the_voice_would_spell_out_is_refused(
+    tts: Any, text: str, voice: str, script: str, advice: str
+) -> None:
+    stub, _, _ = tts
+    for say in (lambda: _say(stub, text, voice), lambda: _say_streamed(stub, [text], voice)):
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await say()
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = exc.value.details()
+        assert details.startswith("config.voice: ") and f" {script} script" in details and advice in details
+
+
+@pytest.mark.parametrize(
+    ("text", "voice"),
+    [
+        ("今天天气很好。", "espeak:zh-CN"),
+        ("我喜欢 Python 和 TypeScript。", "espeak:cmn"),  # English inside Chinese
+        ("今天天气很好。", "espeak:yue"),
+        ("こんにちは、げんきですか。", "espeak:ja"),
+        ("Καλημέρα κόσμε", "espeak:fr-fr"),  # eSpeak switches to Greek by itself
+        ("Καλημέρα κόσμε", "espeak:el"),
+        ("안녕하세요", ""),  # and to Korean
+        ("Привет, мир!", "espeak:uk"),
+        ("Hello world.", "espeak:cmn"),  # Latin is read by every voice (in English)
+    ],
+)
+async def test_text_the_voice_reads_is_spoken_without_warning(tts: Any, text: str, voice: str) -> None:
+    stub, _, _ = tts
+    samples, warning = await _say_warned(stub, text, voice)
+    assert samples > 4000
+    assert warning == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "voice", "script"),
+    [
+        ("I flew from 北京 to 上海 last week.", "", "Han"),  # 4 of 22 letters
+        ("今日はいい天気ですね。", "espeak:ja", "Han"),  # the report's: 4 kanji among 6 kana
+    ],
+)
+async def test_some_letters_the_voice_spells_out_are_spoken_with_a_warning(
+    tts: Any, text: str, voice: str, script: str
+) -> None:
+    stub, _, _ = tts
+    samples, warning = await _say_warned(stub, text, voice)
+    assert samples > 4000
+    assert "4 of the text's" in warning and f"{script} script" in warning
+
+
+async def test_a_stream_is_refused_by_its_first_words_and_only_warned_later(tts: Any) -> None:
+    stub, _, _ = tts
+    with pytest.raises(grpc.aio.AioRpcError) as exc:  # refused before any audio
+        await _say_streamed(stub, ["今天天气很好。", " Hello there."])
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    samples, _ = await _say_streamed(stub, ["Hello there. ", "今天天气很好。"])  # mixed: spoken
+    assert samples > 4000
+
+
+def test_the_script_table_matches_what_espeak_reads() -> None:
+    assert not reads("en-us", "Han") and reads("zh-TW", "Han") and reads("cmn", "Han")
+    assert not reads("ja", "Han") and reads("ja", "Kana")
+    assert reads("fr-fr", "Greek") and not reads("en-gb", "Greek")
+    assert reads("en-us", "Latin") and reads("ru", "Cyrillic") and not reads("de", "Cyrillic")
