@@ -453,6 +453,9 @@ async def test_a_failed_turn_is_one_error_with_its_code(tmp_path: Path) -> None:
             rec = Recorder(live).start()
             blank = await live.say("  \n ")  # no words at all: a silent turn, not a failure
             quiet = await rec.wait_event("speaking_stopped", blank, timeout=20)
+            # nothing to say (TTS refuses it as a request's text): silent too
+            dots = await live.say("。。。\uff01\uff1f\u200b ...")
+            quiet_dots = await rec.wait_event("speaking_stopped", dots, timeout=20)
             await mesh.hosts["tts"].stop(0.5)  # TTS goes away: the next text turn fails
             tid = await live.say("Hello.")
             stopped = await rec.wait_event("speaking_stopped", tid, timeout=20)
@@ -460,6 +463,8 @@ async def test_a_failed_turn_is_one_error_with_its_code(tmp_path: Path) -> None:
             errors = [r.msg.error for r in rec.messages if r.kind == "error"]
     assert quiet.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
     assert quiet.msg.event.speaking_stopped.samples_played == 0
+    assert quiet_dots.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+    assert quiet_dots.msg.event.speaking_stopped.samples_played == 0
     assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_FAILED
     assert [(e.code, e.turn_id) for e in errors] == [(grpc.StatusCode.UNAVAILABLE.value[0], tid)]
     assert errors[0].message.startswith("tts: ") and "127.0.0.1" not in errors[0].message  # scrubbed

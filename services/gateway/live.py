@@ -74,7 +74,7 @@ from talkmesh.common.errors import (
     scrub_live_error,
 )
 from talkmesh.common.lru import Lru
-from talkmesh.common.names import check_id, check_text, check_voice_settings
+from talkmesh.common.names import check_id, check_text, check_voice_settings, has_speech
 from talkmesh.common.principal import current_principal, restricted
 from talkmesh.common.propagation import adopt_request_id
 from talkmesh.common.registry import SIZE_PRESETS, spec
@@ -825,11 +825,12 @@ _IN_SESSION_REFUSALS = frozenset(
 
 
 async def _first_words(pieces: Chan[str]) -> str | None:
-    """The pieces up to the first that is not white space, joined; None when the input ends first."""
+    """The pieces up to the first with something to say (``has_speech``: not only white space or
+    punctuation, which TTS refuses), joined; None when the input ends first."""
     seen = []
     async for piece in pieces:
         seen.append(piece)
-        if piece.strip():
+        if has_speech(piece):
             return "".join(seen)
     return None
 

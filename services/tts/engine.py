@@ -109,6 +109,24 @@ class EspeakVoice:
     languages: tuple[str, ...] = ()
 
 
+#: Language tags eSpeak has no voice for that name one it has (keys as ``voice_key`` spells them):
+#: Chinese in either script is Mandarin (eSpeak's cmn reads simplified and traditional characters),
+#: Hong Kong Chinese is Cantonese, and the withdrawn ISO 639 codes for Hebrew and Indonesian.
+LANGUAGE_ALIASES: dict[str, str] = {
+    "zh": "cmn",
+    "zh-cn": "cmn",
+    "zh-sg": "cmn",
+    "zh-tw": "cmn",
+    "zh-hans": "cmn",
+    "zh-hant": "cmn",
+    "zh-hk": "yue",
+    "zh-mo": "yue",
+    "zh-yue": "yue",
+    "iw": "he",
+    "in": "id",
+}
+
+
 def voice_key(spelling: str) -> str:
     """How a voice name is compared: ``en_GB``, ``en-GB`` and ``en-gb`` are the same voice."""
     return spelling.strip().lower().replace("_", "-")
@@ -136,8 +154,9 @@ class _Sink:
 _DONE = object()
 
 
-def _parse_languages(ptr: int | None) -> list[str]:
-    out: list[str] = []
+def _parse_languages(ptr: int | None) -> list[tuple[int, str]]:
+    """A voice's (priority, language) pairs; a lower priority is a better voice for the language."""
+    out: list[tuple[int, str]] = []
     if not ptr:
         return out
     pos = ptr
@@ -146,7 +165,7 @@ def _parse_languages(ptr: int | None) -> list[str]:
         if priority == 0:
             break
         name = ctypes.string_at(pos + 1)
-        out.append(name.decode("utf-8", "replace"))
+        out.append((priority, name.decode("utf-8", "replace")))
         pos += 1 + len(name) + 1
     return out
 
@@ -243,10 +262,13 @@ class EspeakEngine:
         """
         arr = self._lib.espeak_ListVoices(None)
         voices: dict[str, EspeakVoice] = {}
+        # every language a voice speaks, with eSpeak's priority for it (``language fr 8`` in fr-BE)
+        ranked: list[tuple[int, str, str]] = []  # (priority, language key, main language)
         i = 0
         while arr[i]:
             v = arr[i].contents
-            langs = _parse_languages(v.languages)
+            pairs = _parse_languages(v.languages)
+            langs = [lang for _, lang in pairs]
             i += 1
             if not langs:
                 continue
@@ -255,13 +277,20 @@ class EspeakEngine:
                 log.info("eSpeak voice %s (%s) left out: its dictionary is not installed", langs[0], ident)
                 continue
             name = (v.name or b"").decode("utf-8", "replace")
-            voices.setdefault(langs[0], EspeakVoice(name, langs[0], ident, tuple(langs)))
+            if langs[0] not in voices:
+                voices[langs[0]] = EspeakVoice(name, langs[0], ident, tuple(langs))
+                ranked.extend((priority, voice_key(lang), langs[0]) for priority, lang in pairs)
         listed = sorted(voices.values(), key=lambda v: v.language)
         self._by_key = {}
-        for voice in listed:  # main languages first: "en" (also spoken by en-gb) stays the en voice
+        for voice in listed:  # main languages first: a voice's own language is always that voice
             self._by_key.setdefault(voice_key(voice.language), voice)
+        # then the other languages each voice speaks, to the voice eSpeak prefers for it (its lowest
+        # priority; ties by main language): "fr" -> fr-fr, not fr-be (8); "en" -> en-gb (2) as
+        # ``espeak-ng -v en``, not en-us (3) or en-029 (10); "pt" -> pt, "zh" -> cmn, not yue (8)
+        for _, key, language in sorted(ranked):
+            self._by_key.setdefault(key, voices[language])
         for voice in listed:
-            for spelling in (*voice.languages, voice.identifier, voice.identifier.rsplit("/", 1)[-1], voice.name):
+            for spelling in (voice.identifier, voice.identifier.rsplit("/", 1)[-1], voice.name):
                 self._by_key.setdefault(voice_key(spelling), voice)
         return listed
 
@@ -282,8 +311,32 @@ class EspeakEngine:
         return (data / f"{dictionary}_dict").is_file()
 
     def resolve(self, spelling: str) -> EspeakVoice | None:
-        """The listed voice ``spelling`` names (language, any case, ``_`` or ``-``; or file identifier)."""
-        return self._by_key.get(voice_key(spelling))
+        """The listed voice ``spelling`` names (language, any case, ``_`` or ``-``; or file identifier).
+
+        A language tag eSpeak has no voice for is looked up as RFC 4647 "lookup" does: its last
+        subtag dropped until a voice is found (``es-ES`` -> es, ``zh-Hant-TW`` -> zh-Hant), each
+        step also through ``LANGUAGE_ALIASES`` (``zh-TW`` -> cmn, ``zh-HK`` -> yue, ``iw`` -> he).
+        """
+        key = voice_key(spelling)
+        found = self._by_key.get(key)
+        if found is not None or "/" in key:
+            return found
+        subtags = key.split("-")
+        while subtags:
+            tag = "-".join(subtags)
+            found = self._by_key.get(tag) or self._by_key.get(LANGUAGE_ALIASES.get(tag, ""))
+            if found is not None:
+                return found
+            subtags.pop()
+            if len(subtags) > 1 and len(subtags[-1]) == 1:  # a singleton ("x" of "-x-...") goes with it
+                subtags.pop()
+        return None
+
+    def close_voices(self, spelling: str) -> list[EspeakVoice]:
+        """Listed voices of the language ``spelling`` starts with (for a NOT_FOUND message)."""
+        language = voice_key(spelling).split("-", 1)[0]
+        language = LANGUAGE_ALIASES.get(language, language)
+        return [v for v in self.voices if voice_key(v.language).split("-", 1)[0] == language]
 
     def _require(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None or self._lib is None:
@@ -349,13 +402,22 @@ class EspeakEngine:
             if self._params is None
             else EspeakParams(voice, self._params.rate_wpm, self._params.pitch, self._params.volume)
         )
-        data = ctypes.c_char_p(text.encode("utf-8"))
+        encoded = text.encode("utf-8")
+        data = ctypes.c_char_p(encoded)
         ptr = ctypes.pointer(data)
         clauses: list[str] = []
-        while data.value:
+        # Drained until eSpeak sets the pointer to NULL, not merely to an empty string: after the
+        # input's last character eSpeak may still hold a clause (what follows sentence-final
+        # punctuation, "Hi! 🎉"), which would otherwise start the next call's output, another
+        # request's. Every call takes at least one clause, so the bound only guards the library.
+        for _ in range(len(encoded) + 2):
+            if data.value is None:
+                break
             out = self._lib.espeak_TextToPhonemes(ptr, _CHARS_UTF8, _PHONEMES_IPA)
             if out:
                 clauses.append(out.decode("utf-8", "replace"))
+        else:
+            raise EspeakError(f"espeak_TextToPhonemes did not finish a text of {len(encoded)} bytes")
         return clauses
 
     # -- event-loop side -------------------------------------------------------------------------

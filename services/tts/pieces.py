@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from services.tts.text import ClauseSplitter
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import InvalidArgument
-from talkmesh.common.names import check_text
+from talkmesh.common.names import check_text, has_speech
 from talkmesh.common.streams import RequestStream
 from talkmesh.v1 import tts_pb2
 
@@ -94,15 +94,15 @@ async def read_clauses(
             total += len(piece.text)
             if total > rules.max_text_chars:
                 raise InvalidArgument("text", f"the stream's text is over the limit of {rules.max_text_chars}")
-            spoken = spoken or bool(piece.text.strip())
+            spoken = spoken or has_speech(piece.text)
             for seg in splitter.push(piece.text):
                 await clauses.send(seg)
                 waiting.since = None
             waiting.update(splitter)
         for seg in splitter.flush():
             await clauses.send(seg)
-        if not spoken:
-            raise InvalidArgument("text", "must not be empty")
+        if not spoken:  # as check_text refuses a whole text with nothing to say
+            check_text("text", "", rules.max_text_chars)
         clauses.close()
     except asyncio.CancelledError:
         raise

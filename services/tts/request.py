@@ -9,6 +9,7 @@ from typing import Any
 
 from services.tts.backends.base import TTSBackend, VoiceInfo, VoiceSettings
 from services.tts.config import TTSConfig
+from services.tts.engine import LANGUAGE_ALIASES, voice_key
 from talkmesh.common.errors import InvalidArgument, NotFound, Unavailable
 from talkmesh.common.names import check_voice_settings
 from talkmesh.common.propagation import REQUEST_ID_KEY
@@ -33,6 +34,29 @@ def find_voice(backends: Mapping[str, TTSBackend], voice_id: str) -> tuple[TTSBa
     return (backend, voice) if backend is not None and voice is not None else None
 
 
+def close_voices(backends: Mapping[str, TTSBackend], voice_id: str, limit: int = 8) -> list[str]:
+    """Ids of listed voices of the language ``voice_id`` names (its engine's first), for NOT_FOUND."""
+    engine, sep, name = voice_id.partition(":")
+    if not sep:
+        engine, name = "", voice_id
+    language = voice_key(name).rsplit("/", 1)[-1].split("-", 1)[0]
+    language = LANGUAGE_ALIASES.get(language, language)
+    engine = engine.strip().lower()
+    found = [
+        v
+        for b in sorted(backends.values(), key=lambda b: b.engine != engine)
+        for v in b.voices()
+        if language and voice_key(v.language).split("-", 1)[0] == language
+    ]
+    return [v.id for v in found[:limit]]
+
+
+def voice_not_found(field: str, backends: Mapping[str, TTSBackend], voice_id: str) -> NotFound:
+    """NOT_FOUND for ``voice_id``, suggesting voices of the same language when there are some."""
+    close = close_voices(backends, voice_id)
+    return NotFound(field, voice_id, "voice", hint=f"voices of that language: {', '.join(close)}" if close else "")
+
+
 def resolve_job(
     config: TTSConfig, backends: Mapping[str, TTSBackend], cfg: tts_pb2.SynthesisConfig, context: Any
 ) -> SynthesisJob:
@@ -42,7 +66,7 @@ def resolve_job(
     voice_id = cfg.voice or config.default_voice
     found = find_voice(backends, voice_id)
     if found is None:
-        raise NotFound("config.voice", voice_id, "voice")
+        raise voice_not_found("config.voice", backends, voice_id)
     backend, voice = found
     rate, pitch, volume = check_voice_settings("config.settings", cfg.settings)
     settings = VoiceSettings(rate=rate, pitch=pitch, volume=volume)

@@ -18,14 +18,18 @@ from services.tts.cache import UtteranceCache
 from services.tts.config import TTSConfig
 from services.tts.pieces import StreamRules, read_clauses
 from services.tts.request import SynthesisJob, find_voice, resolve_job
+from services.tts.scripts import check_voice_reads
 from services.tts.stream import ChunkAssembler, SegmentRecord
-from services.tts.text import split_clauses
+from services.tts.text import normalize, split_clauses
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import NotFound
 from talkmesh.common.names import check_id, check_text
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2, tts_pb2, tts_pb2_grpc
+
+#: Trailing metadata with a warning about the request (text the voice reads letter by letter).
+WARNING_KEY = "talkmesh-warning"
 
 
 class TTSServicer(tts_pb2_grpc.TTSServicer):
@@ -53,7 +57,9 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         )
         try:
             asm.begin_segment(index)
-            async with contextlib.aclosing(job.backend.synthesize(text, job.voice, job.settings)) as blocks:
+            # the one place text is normalized, for both RPCs and every backend (see text.normalize)
+            spoken = normalize(text)
+            async with contextlib.aclosing(job.backend.synthesize(spoken, job.voice, job.settings)) as blocks:
                 async for block in blocks:
                     for msg in asm.add(block):
                         yield msg
@@ -101,11 +107,18 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
                 asm.offset / asm.sample_rate / wall
             )
 
+    @staticmethod
+    def _warn(context: Any, warning: str) -> None:
+        """A warning about the request (logged by its maker) for the caller, in trailing metadata."""
+        if warning:
+            context.set_trailing_metadata(((WARNING_KEY, warning),))
+
     # -- RPCs ----------------------------------------------------------------------------------
     async def Synthesize(self, request: Any, context: Any) -> AsyncGenerator[common_pb2.AudioChunk, None]:  # type: ignore[override]
         started = time.perf_counter()
         job = resolve_job(self.config, self.backends, request.config, context)
         check_text("text", request.text, self.config.max_text_chars)
+        self._warn(context, check_voice_reads(normalize(request.text), job.voice.id, job.voice.language))
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         key = (job.voice.id, job.settings, request.text)
         if self.cache.enabled:
@@ -142,8 +155,23 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         clauses: Chan[str] = Chan(self.config.stream_queue_segments)
         reader = asyncio.create_task(read_clauses(stream, clauses, self.stream_rules), name="tts-read-pieces")
+
+        async def checked() -> AsyncGenerator[str, None]:
+            """The first clause with letters decides whether the voice can read the stream's text
+            at all (it is refused, as a whole text would be); later ones can only warn, once."""
+            decided = warned = False
+            async for clause in clauses:
+                if not warned:
+                    text = normalize(clause)
+                    warning = check_voice_reads(text, job.voice.id, job.voice.language, refuse=not decided)
+                    decided = decided or any(ch.isalpha() for ch in text)
+                    if warning:
+                        self._warn(context, warning)
+                        warned = True
+                yield clause
+
         try:
-            async with contextlib.aclosing(self._speak_all(asm, job, clauses, started)) as chunks:
+            async with contextlib.aclosing(self._speak_all(asm, job, checked(), started)) as chunks:
                 async for msg in chunks:
                     yield msg
         finally:

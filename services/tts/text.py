@@ -1,4 +1,4 @@
-# ruff: noqa: RUF001 - CJK punctuation is meant literally
+# ruff: noqa: RUF001, RUF002 - CJK punctuation and full-width forms are meant literally
 """Text checks and splitting into clauses (the unit of synthesis and of streaming).
 
 A clause ends at sentence punctuation (. ! ? … and their CJK forms), at clause punctuation
@@ -24,12 +24,31 @@ next space when the text stops mid-word), whatever the text looks like. Whole te
 from __future__ import annotations
 
 import re
+import unicodedata
 
 SENTENCE_END = frozenset(".!?…。！？")
 CLAUSE_END = frozenset(",;:，；：、")
 _CLOSERS = frozenset("\"')]}»”’")
 _ABBREVIATIONS = frozenset("mr mrs ms dr prof sr jr st vs etc e.g i.e cf approx no fig inc ltd co mt ft".split())
 _WORD_BEFORE = re.compile(r"([\w.]+)$")
+
+
+_WIDE_FORMS = re.compile("[\u3000\uff01-\uffef]+")
+
+
+def normalize(text: str) -> str:
+    """The text eSpeak and Piper are given: Unicode NFC, and full-width/half-width forms made plain.
+
+    NFC composes decomposed accents (macOS file names, PDF text: "e" + U+0301), which eSpeak would
+    otherwise read by name ("circumflex"). NFKC is applied only to the ideographic space and the
+    Halfwidth and Fullwidth Forms block (U+FF01..U+FFEF: "Ｈｅｌｌｏ" -> "Hello", half-width katakana
+    -> katakana), which eSpeak reads as code points; NFKC on the whole text would also change
+    characters whose form carries meaning (superscripts, ligatures, compatibility ideographs).
+    """
+    text = unicodedata.normalize("NFC", text)
+    if _WIDE_FORMS.search(text):
+        text = unicodedata.normalize("NFC", _WIDE_FORMS.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text))
+    return text
 
 
 def final_punctuation(segment: str) -> str:

@@ -80,8 +80,9 @@ class NotFound(TalkmeshError):
 
     code = grpc.StatusCode.NOT_FOUND
 
-    def __init__(self, field: str, value: str, what: str = "") -> None:
-        super().__init__(f"{field}: {what or 'item'} {value!r} not found")
+    def __init__(self, field: str, value: str, what: str = "", *, hint: str = "") -> None:
+        """``hint`` (what to use instead: "voices of that language: ...") ends the message."""
+        super().__init__(f"{field}: {what or 'item'} {value!r} not found" + (f"; {hint}" if hint else ""))
         self.field = field
         self.value = value
         self.what = what or "item"

@@ -43,11 +43,29 @@ def check_id(field: str, value: str, *, path_safe: bool = False) -> str:
     return value
 
 
+#: Punctuation marks a speech engine reads as words ("50 %", "a & b", "me@home"); other punctuation
+#: only shapes the speech around words and says nothing alone.
+_WORD_MARKS = frozenset("#%&*@/\\§¶")
+
+
+def has_speech(text: str) -> bool:
+    """Whether ``text`` holds something to say: a letter, digit or symbol (emoji, "$", "+") or a
+    mark read as a word (``#%&*@/\\§¶``). Only white space, invisible characters (zero-width space)
+    and punctuation ("...", "。。。") say nothing: eSpeak would render silence, or a mark's
+    name ("exclamation mark")."""
+    return any(unicodedata.category(ch)[0] in "LNS" or ch in _WORD_MARKS for ch in text)
+
+
 def check_text(field: str, text: str, max_chars: int, *, allow_empty: bool = False) -> str:
-    """``text`` unchanged, or InvalidArgument naming ``field``: empty (unless ``allow_empty``), over
-    ``max_chars``, or holding a control character other than tab and line breaks, or a surrogate."""
-    if not allow_empty and not text.strip():
-        raise InvalidArgument(field, "must not be empty")
+    """``text`` unchanged, or InvalidArgument naming ``field``: empty or with nothing to say (see
+    ``has_speech``; unless ``allow_empty``), over ``max_chars``, or holding a control character
+    other than tab and line breaks, or a surrogate."""
+    if not allow_empty and not has_speech(text):
+        raise InvalidArgument(
+            field,
+            "must not be empty"
+            + ("" if not text.strip() else " (it has nothing to say: only punctuation or invisible characters)"),
+        )
     if len(text) > max_chars:
         raise InvalidArgument(field, f"{len(text)} characters exceed the limit of {max_chars}")
     for i, ch in enumerate(text):
