@@ -155,7 +155,7 @@ async def test_stage_errors_name_the_callers_request_fields(tmp_path):
     `voice`, `voice_settings.rate`, `output.renderer_backend` in the gateway's status (message and
     BadRequest details alike), for Speak and SpeakStream."""
     cases = [
-        ({"voice": "espeak:no-such-voice"}, grpc.StatusCode.NOT_FOUND, "voice"),
+        ({"voice": "espeak:xx-such-voice"}, grpc.StatusCode.NOT_FOUND, "voice"),
         ({"rate": 99.0}, grpc.StatusCode.INVALID_ARGUMENT, "voice_settings.rate"),
         ({"pitch": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "voice_settings.pitch"),
         ({"size": "8k"}, grpc.StatusCode.INVALID_ARGUMENT, "output.size"),
