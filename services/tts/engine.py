@@ -187,6 +187,7 @@ class EspeakEngine:
         self._by_key: dict[str, EspeakVoice] = {}
         self.sample_rate = 0
         self.voices: list[EspeakVoice] = []
+        self.variants: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -245,6 +246,7 @@ class EspeakEngine:
         self._data_dir = data_path
         self.sample_rate = rate
         self.voices = self._list_voices()
+        self.variants = self._list_variants()
 
     def _terminate(self) -> None:
         if self._lib is not None:
@@ -253,6 +255,20 @@ class EspeakEngine:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()  # the library stays mapped; only the file name goes
             self._tmpdir = None
+
+    def _list_variants(self) -> dict[str, str]:
+        """eSpeak's voice variants (``voices/!v``: f1-f5 female, m1-m8 male, whisper, ...) by their
+        name in lower case: a voice name ``en-us+f3`` speaks en-us with variant f3."""
+        folder = Path(self._data_dir) / "voices" / "!v"
+        try:
+            names = [p.name for p in folder.iterdir() if p.is_file() and " " not in p.name]
+        except OSError:
+            return {}
+        return {n.lower(): n for n in sorted(names)}
+
+    def variant(self, name: str) -> str | None:
+        """The variant file ``name`` names (any case), or None."""
+        return self.variants.get(name.strip().lower())
 
     def _list_voices(self) -> list[EspeakVoice]:
         """One voice per main language, leaving out voices whose dictionary the data lacks.
@@ -348,8 +364,13 @@ class EspeakEngine:
         if params == self._params:
             return
         if self._params is None or params.voice != self._params.voice:
-            voice = self.resolve(params.voice)
-            if voice is None or self._lib.espeak_SetVoiceByName(voice.identifier.encode()) != 0:
+            name, _, variant = params.voice.partition("+")  # "en-us+f3": a voice and a variant
+            voice = self.resolve(name)
+            variant_file = self.variant(variant) if variant else ""
+            selector = f"{voice.identifier}+{variant_file}" if voice is not None and variant_file else ""
+            if voice is not None and not variant:
+                selector = voice.identifier
+            if not selector or self._lib.espeak_SetVoiceByName(selector.encode()) != 0:
                 self._params = None
                 raise EspeakVoiceError(f"eSpeak has no voice {params.voice!r}")
         self._lib.espeak_SetParameter(_PARAM_RATE, params.rate_wpm, 0)

@@ -120,3 +120,41 @@ async def test_a_voice_that_fails_to_load_is_not_found_never_internal() -> None:
             await channel.close()
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
     assert exc.value.details().startswith("config.voice")
+
+
+def _median_f0(pcm: np.ndarray, rate: int) -> float:
+    """Median pitch (Hz) of the voiced 40 ms frames, by autocorrelation over 60-400 Hz."""
+    x = pcm.astype(np.float64)
+    n = int(0.04 * rate)
+    loudest = np.abs(x).max()
+    f0s = []
+    for i in range(0, len(x) - n, n):
+        frame = x[i : i + n] - x[i : i + n].mean()
+        if np.abs(frame).max() < 0.3 * loudest:
+            continue
+        ac = np.correlate(frame, frame, "full")[n - 1 :]
+        lo, hi = rate // 400, rate // 60
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.3 * ac[0]:
+            f0s.append(rate / lag)
+    assert len(f0s) > 5
+    return float(np.median(f0s))
+
+
+async def test_a_variant_after_a_plus_speaks_the_voice_in_another_register(tts: Any) -> None:
+    """eSpeak's variants: ``espeak:en-us+f3`` is the American voice as a woman's (the listed voices
+    are all male, ~100 Hz): a clearly higher pitch, the same language; any case; ListVoices answers
+    it (a live session checks its voice there); an unknown variant is NOT_FOUND."""
+    stub, _, _ = tts
+    text = "Good morning, and welcome back to the lesson about the weather."
+    male = await speak(stub, "espeak:en-us", text)
+    female = await speak(stub, "espeak:en-us+f3", text)
+    assert np.array_equal(female, await speak(stub, "espeak:EN_US+F3", text))
+    rate = 22050
+    assert _median_f0(female, rate) > 1.5 * _median_f0(male, rate)
+    listed = (await stub.ListVoices(tts_pb2.ListVoicesRequest(voice="espeak:en-us+f3"))).voices
+    assert [(v.id, v.language, v.sample_rate) for v in listed] == [("espeak:en-us+f3", "en-us", rate)]
+    for bad in ("espeak:en-us+nope", "espeak:en-us+", "espeak:en-us+../../x"):
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await speak(stub, bad, text)
+        assert exc.value.code() == grpc.StatusCode.NOT_FOUND, bad

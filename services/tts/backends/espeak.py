@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator
 
 from services.tts.backends.base import PcmBlock, TTSBackend, VoiceInfo, VoiceSettings, VoiceUnavailable
@@ -45,13 +46,27 @@ class EspeakBackend(TTSBackend):
             )
 
     def voice(self, name: str) -> VoiceInfo | None:
-        """Any spelling eSpeak NG knows the voice by: ``en-gb``, ``en_GB``, ``en-GB``, ``gmw/en``."""
-        found = self._engine.resolve(name)
-        return self._voices.get(found.language) if found is not None else None
+        """Any spelling eSpeak NG knows the voice by: ``en-gb``, ``en_GB``, ``en-GB``, ``gmw/en``;
+        with one of eSpeak's variants after a ``+`` (``en-us+f3``: a female voice), unlisted."""
+        base, plus, variant = name.partition("+")
+        found = self._engine.resolve(base)
+        listed = self._voices.get(found.language) if found is not None else None
+        if listed is None or not plus:
+            return listed
+        variant_file = self._engine.variant(variant)
+        if variant_file is None:
+            return None
+        return dataclasses.replace(
+            listed,
+            id=f"{listed.id}+{variant_file}",
+            name=f"{listed.name} ({variant_file})",
+        )
 
     async def synthesize(self, text: str, voice: VoiceInfo, settings: VoiceSettings) -> AsyncGenerator[PcmBlock, None]:
         try:
-            async for block in self._engine.synthesize(text, espeak_params(voice.language, settings)):
+            # the name after "espeak:": the language, and the variant if any ("en-us+f3")
+            name = voice.id.partition(":")[2]
+            async for block in self._engine.synthesize(text, espeak_params(name, settings)):
                 yield block
         except EspeakVoiceError as exc:
             raise VoiceUnavailable(str(exc)) from exc
