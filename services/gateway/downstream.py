@@ -13,6 +13,7 @@ It still reaches the renderer directly for avatar management (register, list, de
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
@@ -31,6 +32,8 @@ from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import tts_pb2 as tpb
+
+log = logging.getLogger(__name__)
 
 
 class Downstreams(abc.ABC):
@@ -71,6 +74,10 @@ class Downstreams(abc.ABC):
         try:
             return await self.get_avatar(rpb.GetAvatarRequest(avatar_id=value), timeout)
         except TalkmeshError as exc:  # (a StageError over gRPC; in-process, the renderer's own)
+            if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+                # a renderer older than GetAvatar (a rolling upgrade): it takes ids, as before
+                log.warning("the renderer has no GetAvatar (older than this gateway): avatar %r sent as it is", value)
+                return None
             if exc.code == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(field, value, "avatar") from None
             if exc.code == grpc.StatusCode.FAILED_PRECONDITION:

@@ -104,3 +104,22 @@ async def test_speak_speak_stream_and_live_take_an_avatar_name(tmp_path: Path) -
         # the id always works
         info = probe(await _media(client.speak("Hi.", avatar=wide.id, size="native", container=api.CONTAINER_MP4)))
         assert (info.width, info.height) == size
+
+
+async def test_a_renderer_without_get_avatar_still_takes_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rolling upgrade: the gateway asks the renderer's GetAvatar, which a renderer older than
+    this gateway does not have (UNIMPLEMENTED). An id then goes on as it is, as before; it is not
+    an INTERNAL error."""
+    from services.renderer.server import RendererServicer
+
+    async def unknown_method(self: object, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")  # as grpc answers one
+
+    monkeypatch.setattr(RendererServicer, "GetAvatar", unknown_method)
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        wide = await client.register_avatar(_picture(tmp_path / "w.png", 128))
+        request = gpb.SpeakRequest(
+            text="Hello there.", avatar_id=wide.id, output=gpb.OutputOptions(size="native", container=api.CONTAINER_MP4)
+        )
+        info = probe(await _media(client.stub.Speak(request, metadata=client.metadata())))
+        assert (info.width, info.height) == (wide.width, wide.height) and info.frames > 5
