@@ -822,10 +822,12 @@ async def test_a_turn_speaks_in_its_own_voice_and_an_unknown_one_refuses_only_th
             await live.close()
             await rec.finish()
     errors = [r.msg.error for r in rec.messages if r.kind == "error"]
-    assert [(e.code, e.field, e.turn_id) for e in errors] == [
-        (grpc.StatusCode.NOT_FOUND.value[0], "text.voice", bad),
-        (grpc.StatusCode.INVALID_ARGUMENT.value[0], "text.voice", first),
-    ], errors
+    assert sorted((e.turn_id, e.code, e.field) for e in errors) == sorted(
+        [
+            (bad, grpc.StatusCode.NOT_FOUND.value[0], "text.voice"),  # when the turn started
+            (first, grpc.StatusCode.INVALID_ARGUMENT.value[0], "text.voice"),  # at once, from the reader
+        ]
+    ), errors
     assert in_french_session.reason == turn_in_french.reason == lpb.STOP_REASON_COMPLETED
     # the same speech (to the sample, but for where the turn fell on the session's timeline)
     frame = in_french_session.sample_rate // 25
@@ -835,3 +837,37 @@ async def test_a_turn_speaks_in_its_own_voice_and_an_unknown_one_refuses_only_th
     assert abs(turn_in_english.samples_played - turn_in_french.samples_played) > 5 * frame, turn_in_english
     assert after.reason == lpb.STOP_REASON_COMPLETED and after.samples_played > 0
     assert bad not in [r.msg.event.speaking_started.turn_id for r in rec.messages if r.kind == "event"]
+
+
+async def test_a_turns_voice_is_checked_in_the_turn_not_in_the_reader(tmp_path: Path, monkeypatch) -> None:
+    """Checking a turn's own voice asks TTS; a slow answer must not hold the client's other
+    messages: an interrupt sent right after such a turn is acknowledged at once. And TTS's error
+    about that turn's text names the turn's voice (text.voice), not the session's."""
+    from services.gateway.live import LiveHub
+
+    real = LiveHub.listed_voice
+
+    async def slow(self: LiveHub, voice: str, field_name: str) -> tuple[str, int] | None:
+        if field_name == "text.voice":
+            await asyncio.sleep(3.0)
+        return await real(self, voice, field_name)
+
+    monkeypatch.setattr(LiveHub, "listed_voice", slow)
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            tid = await live.say(" ".join([TEXT] * 4))
+            await rec.wait_event("speaking_started", tid)
+            await live.say("Bonjour.", voice="espeak:fr-fr")  # queued behind it; its check is slow
+            sent = asyncio.get_running_loop().time()
+            await live.interrupt(tid)
+            await rec.wait_event("interrupt_acknowledged")
+            acknowledged_after = asyncio.get_running_loop().time() - sent
+            han = await live.say("\u4eca\u5929\u5929\u6c14\u5f88\u597d", voice="espeak:en-us")
+            await rec.wait_event("speaking_stopped", han, timeout=30)
+            await live.close()
+            await rec.finish()
+    assert acknowledged_after < 1.0, f"the interrupt waited {acknowledged_after:.2f} s behind a voice check"
+    (error,) = [r.msg.error for r in rec.messages if r.kind == "error" and r.msg.error.turn_id == han]
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and error.field == "text.voice", error
+    assert error.message.startswith("tts: text.voice: "), error.message

@@ -169,8 +169,10 @@ class GatewayTurn:
     text: Chan[str]
     audio: Chan[tuple[int, bytes]]
     source_rate: int = 0
-    #: the voice the turn's first piece asked for ("": the session's), for a text turn
+    #: the voice the turn's first piece asked for ("": the session's), for a text turn, and its
+    #: id as TTS lists it once checked
     voice: str = ""
+    voice_id: str = ""
     input_done: bool = False
     task: asyncio.Task[None] | None = None
     samples_sent: int = 0  # at the session rate
@@ -224,13 +226,13 @@ class LiveSession:
         #: the voice's rate once known (from the check at the start, or TTS's first answer): text
         #: turns count samples_played in it, even one stopped before its own TTS answered
         self.voice_rate = voice_rate
-        #: the rates of the voices text turns asked for (SpeakText.voice), checked once each
-        self.voice_rates: Lru[str, int] = Lru(TURN_VOICES_KEPT)
+        #: (id, rate) of the voices text turns asked for (SpeakText.voice, as spelt), checked once each
+        self.voice_rates: Lru[str, tuple[str, int]] = Lru(TURN_VOICES_KEPT)
         #: where the feature stage's level-adaptive activity (noise floor, speech peak) stands at the
         #: end of the last turn of each kind ("text": the TTS voice, "audio": the caller's
         #: recording): the next turn of that kind starts from it, so it is voiced from its first
         #: speech frame (at most the floor window's levels each; gone with the session)
-        self.activity_states: dict[str, fpb.ActivityState] = {}
+        self.activity_states: Lru[str, fpb.ActivityState] = Lru(TURN_VOICES_KEPT + 2)
         #: the next session frame not sent yet (LiveEvent.frame of the gateway's own events)
         self.next_frame = 0
         self.sizes = sizes = QueueSizes.of(hub.config)
@@ -446,15 +448,8 @@ class LiveSession:
             if turn is not None:
                 turn.end_input()  # it plays what it had
             raise
-        voice_rate = 0
-        if turn is None and kind == "text" and body.voice:
-            try:
-                voice_rate = await self._turn_voice(body.voice)
-            except TalkmeshError:
-                self.refused.put(tid, True)
-                raise
         if turn is None:  # (a refusal for want of room is not remembered: the id may come again)
-            turn = await self._new_turn(tid, kind, body, voice_rate)
+            turn = await self._new_turn(tid, kind, body)
         turn.quiet_since = time.monotonic()
         if kind == "text":
             if body.text:
@@ -489,16 +484,21 @@ class LiveSession:
                 "text.text", f"the turn's text would be {total} characters, over the limit of {limit}"
             )
 
-    async def _turn_voice(self, voice: str) -> int:
-        """The sample rate of a voice a text turn asks for (NOT_FOUND on ``text.voice`` when TTS
-        has none such): asked of TTS once per voice per session."""
-        rate = self.voice_rates.get(voice)
-        if rate is None:
-            rate = await self.hub.check_voice(voice, "text.voice")
-            self.voice_rates.put(voice, rate)
-        return rate
+    async def _turn_voice(self, turn: GatewayTurn) -> None:
+        """The voice a text turn asks for, checked when the turn starts (in its own task: the
+        client's reader never waits on TTS): NOT_FOUND on ``text.voice`` if TTS has none such;
+        else the turn learns the voice's id and rate. Asked of TTS once per voice per session
+        (unless TTS could not answer)."""
+        known = self.voice_rates.get(turn.voice)
+        if known is None:
+            listed = await self.hub.listed_voice(turn.voice, "text.voice")
+            if listed is None:
+                return  # TTS unreachable now: the turn's own TTS call will say what is wrong
+            known = listed
+            self.voice_rates.put(turn.voice, known)
+        turn.voice_id, turn.source_rate = known
 
-    async def _new_turn(self, tid: str, kind: str, body: Any, voice_rate: int = 0) -> GatewayTurn:
+    async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
         limit = self.sizes.pending_turns
         if len(self.turns) >= limit:
             raise ResourceExhausted(
@@ -516,7 +516,8 @@ class LiveSession:
             turn.source_rate = body.sample_rate
         else:
             turn.voice = body.voice
-            turn.source_rate = voice_rate if body.voice else self.voice_rate
+            known = self.voice_rates.get(body.voice) if body.voice else None
+            turn.source_rate = known[1] if known is not None else 0 if body.voice else self.voice_rate
         self.turns[tid] = turn
         # The encoder learns of every turn at once, in order: an interrupt then covers queued turns
         # too, and each turn ends with exactly one speaking_stopped.
@@ -534,7 +535,7 @@ class LiveSession:
     @staticmethod
     def _activity_key(turn: GatewayTurn) -> str:
         """Turns that share a level history: the caller's recordings, or one voice's speech."""
-        return f"text:{turn.voice}" if turn.kind == "text" else turn.kind
+        return f"text:{turn.voice_id or turn.voice}" if turn.kind == "text" else turn.kind
 
     async def _to_encoder_control(self, msg: epb.LiveEncodeRequest) -> None:
         """A control message for the encoder, unless the session is already closing its stream."""
@@ -580,12 +581,16 @@ class LiveSession:
             return  # the session is ending: its encoder stream is closed
         except TalkmeshError as exc:
             log.info("live turn %s failed: %s", turn.turn_id, exc.message)
+            if turn.voice:  # TTS's `config.voice` is this turn's voice: SpeakText.voice
+                exc.rename_field(lambda f: "text.voice" if f == "config.voice" else None)
             self._fence(turn.turn_id)
             self.reported_failed.put(turn.turn_id, True)
             await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
             await self._error(exc, turn.turn_id)
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
+        if turn.voice:
+            await self._turn_voice(turn)
         features_in: Chan[fpb.FeatureRequest] = Chan(self.sizes.stream)
         feature_config = fpb.FeatureConfig(
             request_id=self.request_id,
@@ -708,7 +713,7 @@ class LiveSession:
         async for fc in features:
             if fc.end_of_stream:
                 if fc.HasField("activity_state"):  # (an interrupted turn's stream ends without one)
-                    self.activity_states[self._activity_key(turn)] = fc.activity_state
+                    self.activity_states.put(self._activity_key(turn), fc.activity_state)
                 break
             await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, features=fc))
 
@@ -878,7 +883,7 @@ class LiveHub:
         _validate_config(cfg, self.config)
         # the voice and the avatar (a name: to its id, by the renderer) are checked together
         voice_rate, cfg.avatar_id = await all_of(
-            self.check_voice(cfg.voice, "config.voice"),
+            self.check_voice(cfg.voice),
             self.ds.avatar_id(cfg.avatar_id, "config.avatar_id", self.config.renderer.timeout_seconds),
         )
         self._limit()  # again: other sessions may have started while the voice was checked
@@ -902,23 +907,33 @@ class LiveHub:
             self.session_keys.pop(session_id, None)
             self.telemetry.metrics.live_sessions.labels(svc, "speaking" if session.speaking else "idle").dec()
 
-    async def check_voice(self, voice: str, field_name: str) -> int:
-        """NOT_FOUND on ``field_name`` (``config.voice`` before the session starts, ``text.voice``
-        when a turn starts), not on each turn, if TTS has no such voice; else the voice's sample
-        rate (without ``voice``, the one TTS lists as its default), so a text turn stopped before
-        TTS answered reports its samples in it. 0 when TTS is unreachable now, which does not
-        refuse the session: audio turns need no TTS, and text turns report their own errors (the
-        rate is then learnt from TTS's first answer)."""
+    async def listed_voice(self, voice: str, field_name: str) -> tuple[str, int] | None:
+        """(id, sample rate) of the voice TTS lists for ``voice`` (NOT_FOUND on ``field_name`` if
+        it has none such); None when TTS cannot answer now."""
         try:
             listed = await self.ds.list_voices(tpb.ListVoicesRequest(voice=voice), self.config.tts.timeout_seconds)
         except TalkmeshError as exc:
-            if exc.code == grpc.StatusCode.NOT_FOUND and voice:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(field_name, voice, "voice") from None
-            log.warning("could not check the live session's voice %r: %s", voice or "(default)", exc.message)
-            return 0
+            log.warning("could not check the voice %r: %s", voice, exc.message)
+            return None
+        return (listed.voices[0].id, listed.voices[0].sample_rate) if len(listed.voices) == 1 else None
+
+    async def check_voice(self, voice: str) -> int:
+        """NOT_FOUND on ``config.voice`` before the session starts, not on each turn, if TTS has no
+        such voice; else the voice's sample rate (without ``voice``, the one TTS lists as its
+        default), so a text turn stopped before TTS answered reports its samples in it. 0 when TTS
+        is unreachable now, which does not refuse the session: audio turns need no TTS, and text
+        turns report their own errors (the rate is then learnt from TTS's first answer)."""
         if voice:
-            return listed.voices[0].sample_rate if len(listed.voices) == 1 else 0
-        return next((v.sample_rate for v in listed.voices if v.default), 0)
+            listed = await self.listed_voice(voice, "config.voice")
+            return listed[1] if listed is not None else 0
+        try:
+            voices = await self.ds.list_voices(tpb.ListVoicesRequest(), self.config.tts.timeout_seconds)
+        except TalkmeshError as exc:
+            log.warning("could not check the live session's default voice: %s", exc.message)
+            return 0
+        return next((v.sample_rate for v in voices.voices if v.default), 0)
 
     async def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         session = self.sessions.get(session_id)
