@@ -219,10 +219,10 @@ def tracer_provider_from_env(service: str) -> TracerProvider:
         exporter = otlp_span_exporter()
         log.info("tracing: OTLP over %s to %s", otlp_protocol(), _endpoint_for_log())
         _quiet_export_errors()
-    # a collector that is slow or gone costs at most EXPORT_TIMEOUT_S per batch, not the SDK's 30 s
-    # (which would outlast a pod's drain); OTEL_BSP_EXPORT_TIMEOUT still says otherwise
-    timeout_ms = None if os.environ.get("OTEL_BSP_EXPORT_TIMEOUT") else EXPORT_TIMEOUT_S * 1000
-    provider.add_span_processor(BatchSpanProcessor(exporter, export_timeout_millis=timeout_ms))
+    # a collector that is slow or gone costs at most the exporter's timeout per batch
+    # (EXPORT_TIMEOUT_S, set on the exporter: the batch processor's own export timeout is unused
+    # by this SDK), and Telemetry.shutdown waits for the last spans a bounded time
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
