@@ -203,3 +203,32 @@ def test_two_processes_registering_the_same_files_at_once(tmp_path):
     for s in entries:
         assert store.get(s.id).frames.shape[0] == s.frame_count
     assert not list(tmp_path.glob(".tmp-*")) and not (tmp_path / ".damaged").exists()
+
+
+def test_callers_that_find_the_name_table_stale_at_once_read_the_disk_once(tmp_path, monkeypatch):
+    """Resolving names reads every entry's names and owners (name_table) when its copy is older
+    than RECHECK_SECONDS: several calls at that moment (streams starting together) wait for one
+    read of the disk instead of each scanning every entry, and all get the same table."""
+    store = _store(tmp_path)
+    avatar, _ = store.register(_variant(9), "p.png", name="ann")
+    store.update_names(avatar.id, lambda names: {"": ["ann"]})
+    reads = []
+    real = AvatarStore._read_name_table
+
+    def counted(self: AvatarStore, now: float, changes: int):  # type: ignore[no-untyped-def]
+        reads.append(now)
+        time.sleep(0.2)  # a slow shared volume: the others arrive while it reads
+        return real(self, now, changes)
+
+    monkeypatch.setattr(AvatarStore, "_read_name_table", counted)
+    _expire(monkeypatch, store_module.RECHECK_SECONDS + 1)
+    tables: list[object] = []
+    threads = [threading.Thread(target=lambda: tables.append(store.name_table())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(reads) == 1
+    assert len(tables) == 8 and all(t == tables[0] for t in tables)
+    (row,) = tables[0]  # type: ignore[misc]
+    assert (row.id, row.names) == (avatar.id, {"": ["ann"]})

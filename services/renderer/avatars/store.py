@@ -167,6 +167,7 @@ class AvatarStore:
         # every entry's names and owners, and when they were read (name_table)
         self._name_table: tuple[tuple[NamedAvatar, ...], float] = ((), -RECHECK_SECONDS)
         self._name_changes = 0  # changes made here (a table read across one is not kept)
+        self._name_table_reading = threading.Lock()  # one reader of the disk at a time (name_table)
         self._lock = threading.Lock()  # the tables above and _entries; never held for slow work
         self._entries: dict[str, threading.RLock] = {}
         models = (
@@ -655,12 +656,20 @@ class AvatarStore:
         from disk at most every ``RECHECK_SECONDS`` (names and owners changed on another replica
         resolve within that bound, as aliases do), and again at once after this process changed
         an entry, its names or its owners."""
-        now = time.monotonic()
         with self._lock:
             table, read_at = self._name_table
-            changes = self._name_changes
-        if now - read_at < RECHECK_SECONDS:
+        if time.monotonic() - read_at < RECHECK_SECONDS:
             return table
+        with self._name_table_reading:  # one caller reads the disk; the others wait for its table
+            now = time.monotonic()
+            with self._lock:
+                table, read_at = self._name_table
+                changes = self._name_changes
+            if now - read_at < RECHECK_SECONDS:
+                return table
+            return self._read_name_table(now, changes)
+
+    def _read_name_table(self, now: float, changes: int) -> tuple[NamedAvatar, ...]:
         rows = []
         for meta_path in sorted(self.root.glob("*/meta.json")):
             d = meta_path.parent
