@@ -49,7 +49,7 @@ class ServiceSpec:
     #: WebSocket, health at /healthz and /readyz; it has no protos)
     protocol: str = "grpc"
     #: streams one replica admits at once (``server.max_concurrent_streams``' default); more get
-    #: RESOURCE_EXHAUSTED. See ``STREAM_LIMIT_RULES``.
+    #: RESOURCE_EXHAUSTED. See the rules above ``HPA_TARGET_FRACTION``.
     max_streams: int = DEFAULT_MAX_STREAMS
     #: moves raw video frames (renderer out, encoder in): its process keeps freed frame-sized
     #: buffers in the heap (``talkmesh/common/memory.py``)
