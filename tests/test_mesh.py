@@ -205,3 +205,20 @@ async def test_llm_text_without_punctuation_is_heard_while_the_stream_is_open(tm
                 summary = chunk.summary
     assert media > 0 and more.is_set()
     assert summary.audio_seconds > 1.0
+
+
+async def test_the_request_id_in_the_body_comes_back_in_the_trailers(tmp_path):
+    """SpeakRequest.request_id wins over x-request-id metadata (the id every stage logs); the
+    gateway returns the one it used in its trailers, so a failed call can be found in the logs."""
+    from talkmesh.v1 import gateway_pb2 as gpb
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        md = (("x-request-id", "from-metadata"),)
+        call = client.stub.Speak(gpb.SpeakRequest(text="Hi.", request_id="from-body"), metadata=md)
+        ids = {c.request_id async for c in call if c.request_id}
+        assert ids == {"from-body"}
+        assert dict(await call.trailing_metadata())["x-request-id"] == "from-body"
+        failed = client.stub.Speak(gpb.SpeakRequest(text=""), metadata=md)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            [c async for c in failed]
+        assert dict(err.value.trailing_metadata())["x-request-id"] == "from-metadata"

@@ -187,7 +187,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 extra={"fields": {"method": method, "code": error.code.name, "seconds": 0.0}},
             )
             await context.abort(
-                error.code, error.message, trailing_metadata=status_trailer(error.code, error.message, error.details())
+                error.code,
+                error.message,
+                trailing_metadata=status_trailer(error.code, error.message, error.details()) + _request_id_trailer(),
             )
 
     async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, span: trace.Span) -> grpc.StatusCode:
@@ -210,7 +212,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             if shown != details:
                 log.info("status to the client scrubbed; was %s: %s", code.name, details)
             details = shown
-        await context.abort(code, details, trailing_metadata=status_trailer(code, details, rich))
+        await context.abort(code, details, trailing_metadata=status_trailer(code, details, rich) + _request_id_trailer())
         return code  # unreachable: abort raises
 
     def _finish(self, method: str, code: str, span: trace.Span, start: float) -> None:
@@ -254,6 +256,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 requests = _checked(request, streaming_requests)
                 yield requests
+                context.set_trailing_metadata(_request_id_trailer())
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
@@ -416,3 +419,10 @@ def _ids(span: trace.Span) -> dict[str, str]:
     if not ctx.is_valid:
         return {}
     return {"trace_id": trace.format_trace_id(ctx.trace_id), "span_id": trace.format_span_id(ctx.span_id)}
+
+
+def _request_id_trailer() -> tuple[tuple[str, str], ...]:
+    """The call's request id (the one in every service's log lines for it) as trailing metadata,
+    ``x-request-id``, on every status: a client that did not choose one learns it, failed or not."""
+    rid = request_id_var.get()
+    return ((REQUEST_ID_KEY, rid),) if rid else ()

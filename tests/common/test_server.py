@@ -269,3 +269,23 @@ async def test_a_hung_dependency_is_down_after_two_timeouts_not_two_timeouts_plu
                 await cancel_and_wait(task)
     assert changes == [["renderer"]]
     assert took < 2.7, f"a hung stage was noticed after {took:.2f} s"
+
+
+async def test_every_status_carries_the_calls_request_id_in_its_trailers():
+    """x-request-id comes back in the trailing metadata, on success and on failure: the client's
+    own, or the one the server chose (which is the one in the server's log lines)."""
+    svc = ToyService(Telemetry("toy"))
+    async with serve(svc) as host, create_channel(host.address) as ch:
+        stub = tts_pb2_grpc.TTSStub(ch)
+        call = stub.Synthesize(_req("ok"), metadata=(("x-request-id", "mine-1"),))
+        assert len([c async for c in call]) == 3
+        assert dict(await call.trailing_metadata())["x-request-id"] == "mine-1"
+        failed = stub.Synthesize(_req(""))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            [c async for c in failed]
+        chosen = dict(err.value.trailing_metadata())["x-request-id"]
+        assert len(chosen) == 32
+        ok = stub.Synthesize(_req("ok"))
+        [c async for c in ok]
+        assert dict(await ok.trailing_metadata())["x-request-id"] not in ("", chosen)
+    assert svc.servicer.seen_request_ids[0] == "mine-1"
