@@ -299,7 +299,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         md = context.invocation_metadata()
         token = bearer(md)
         if not token:
-            raise Unauthenticated("authorization: missing API key (send the metadata 'authorization: Bearer <key>')")
+            sent = any(k == "authorization" for k, _ in md or ())
+            what = "expected 'Bearer <key>'" if sent else "missing API key"
+            raise Unauthenticated(f"authorization: {what} (send the metadata 'authorization: Bearer <key>')")
         key = self.keys.lookup(token)
         if key is None:
             raise Unauthenticated("authorization: unknown API key")

@@ -160,3 +160,27 @@ def test_up_refuses_a_missing_pki_or_keys_file(tmp_path: Path):
         with redirect_stderr(io.StringIO()) as err:
             assert cli([*argv, "--port-base", "40000"]) == 1
         assert expected in err.getvalue()
+
+
+def test_a_key_without_its_scheme_is_told_what_is_expected(tmp_path):
+    """`authorization: tm_...` (the key without `Bearer `) is not a missing key: the message says
+    what the header should look like; no header at all is a missing key."""
+    from services.gateway.auth import AuthInterceptor
+    from talkmesh.common.errors import Unauthenticated
+
+    users = tmp_path / "keys.yaml"
+    users.write_text(yaml.safe_dump({"keys": [{"name": "a", "sha256": DIGEST}]}))
+    auth = AuthInterceptor(KeyStore(AuthConfig(api_keys_file=str(users))))
+
+    class Context:
+        def __init__(self, md: tuple[tuple[str, str], ...]) -> None:
+            self.md = md
+
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+            return self.md
+
+    with pytest.raises(Unauthenticated, match=r"^authorization: expected 'Bearer <key>'"):
+        auth._admit(Context((("authorization", "tm_x"),)), upload=False)  # type: ignore[arg-type]
+    with pytest.raises(Unauthenticated, match=r"^authorization: missing API key"):
+        auth._admit(Context(()), upload=False)  # type: ignore[arg-type]
+    assert auth._admit(Context((("authorization", "Bearer tm_x"),)), upload=False) is not None  # type: ignore[arg-type]
