@@ -68,7 +68,7 @@ class LiveServicer:
 
     def Watch(self, request, context):
         """Another viewer of a running session (any gateway replica answers it): `started`, the init
-        segment, then the media from the next keyframe on, and the session's events.
+        segment, then the media from the next keyframe on, and the session's events and LiveErrors.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
