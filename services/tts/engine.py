@@ -133,6 +133,13 @@ def voice_key(spelling: str) -> str:
     return spelling.strip().lower().replace("_", "-")
 
 
+def primary_language(spelling: str) -> str:
+    """The language a voice name or tag starts with, as eSpeak names it: ``en-GB`` -> en,
+    ``zh-Hant-TW`` -> cmn, ``iw`` -> he, ``gmw/en`` (a file identifier) -> en."""
+    language = voice_key(spelling).rsplit("/", 1)[-1].split("-", 1)[0]
+    return LANGUAGE_ALIASES.get(language, language)
+
+
 @dataclass(frozen=True)
 class EspeakParams:
     """Voice and prosody of one synth call, in eSpeak's own units."""
@@ -352,12 +359,6 @@ class EspeakEngine:
 
     def _lookup(self, key: str) -> EspeakVoice | None:
         return self._by_key.get(key) or self._by_key.get(LANGUAGE_ALIASES.get(key, ""))
-
-    def close_voices(self, spelling: str) -> list[EspeakVoice]:
-        """Listed voices of the language ``spelling`` starts with (for a NOT_FOUND message)."""
-        language = voice_key(spelling).split("-", 1)[0]
-        language = LANGUAGE_ALIASES.get(language, language)
-        return [v for v in self.voices if voice_key(v.language).split("-", 1)[0] == language]
 
     def _require(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None or self._lib is None:

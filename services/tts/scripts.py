@@ -17,7 +17,7 @@ import logging
 import unicodedata
 from dataclasses import dataclass
 
-from services.tts.engine import LANGUAGE_ALIASES, voice_key
+from services.tts.engine import primary_language, voice_key
 from talkmesh.common.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def script_of(ch: str) -> str:
 
 def reads(language: str, script: str) -> bool:
     """Whether a voice of ``language`` (a tag: "en-us", "zh_CN") reads ``script`` as text."""
-    lang = voice_key(language).split("-", 1)[0]
-    lang = LANGUAGE_ALIASES.get(lang, lang).split("-", 1)[0]
+    lang = primary_language(language)
     if script == "Greek":
         return lang not in GREEK_BY_NAME
     readers = SCRIPT_READERS.get(script)

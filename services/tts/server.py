@@ -17,7 +17,7 @@ from services.tts.backends.base import PcmBlock, TTSBackend, VoiceUnavailable
 from services.tts.cache import UtteranceCache
 from services.tts.config import TTSConfig
 from services.tts.pieces import StreamRules, read_clauses
-from services.tts.request import SynthesisJob, find_voice, resolve_job
+from services.tts.request import SynthesisJob, find_voice, resolve_job, voice_not_found
 from services.tts.scripts import check_voice_reads
 from services.tts.stream import ChunkAssembler, SegmentRecord
 from services.tts.text import normalize, split_clauses
@@ -181,7 +181,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         if request.voice:  # one voice, in any spelling a request accepts
             found = find_voice(self.backends, check_id("voice", request.voice))
             if found is None:
-                raise NotFound("voice", request.voice, "voice")
+                raise voice_not_found("voice", self.backends, request.voice)
             voices = [found[1]]
         else:
             voices = [v for backend in self.backends.values() for v in backend.voices()]

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from services.tts.engine import primary_language
 from services.tts.scripts import reads
 from services.tts.server import WARNING_KEY
 from services.tts.text import normalize
@@ -178,6 +179,27 @@ async def test_not_found_suggests_voices_of_the_same_language(tts: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await _say(stub, "你好。", "espeak:sit/zh")
     assert exc.value.details().endswith("; voices of that language: espeak:cmn, espeak:cmn-latn-pinyin")
+
+
+async def test_list_voices_not_found_suggests_voices_of_the_same_language(tts: Any) -> None:
+    """Live sessions check a voice through ListVoices: its NOT_FOUND has Synthesize's hint."""
+    stub, _, _ = tts
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _listed(stub, "espeak:fr-female")
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert exc.value.details() == (
+        "voice: voice 'espeak:fr-female' not found; voices of that language: espeak:fr-be, espeak:fr-ch, espeak:fr-fr"
+    )
+
+
+def test_primary_language_is_one_rule_for_tags_identifiers_and_aliases() -> None:
+    assert [primary_language(t) for t in ("en-GB", "zh_Hant_TW", "iw", "gmw/en", "cmn-latn-pinyin")] == [
+        "en",
+        "cmn",
+        "he",
+        "en",
+        "cmn",
+    ]
 
 
 # -- text with nothing to say ------------------------------------------------------------------

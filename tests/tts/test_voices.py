@@ -52,13 +52,21 @@ async def test_usual_spellings_find_the_voice(tts: Any, spelling: str) -> None:
     assert [v.id for v in listed] == ["espeak:en-gb"]
 
 
-@pytest.mark.parametrize("voice", ["espeak:fo", "espeak:nope", "nope", "piper:en-gb"])
-async def test_list_voices_of_a_voice_it_cannot_speak_is_not_found(tts: Any, voice: str) -> None:
+@pytest.mark.parametrize(
+    ("voice", "hint"),
+    [
+        ("espeak:fo", ""),
+        ("espeak:nope", ""),
+        ("nope", ""),
+        ("piper:en-gb", "; voices of that language: espeak:en-029, espeak:en-gb, espeak:en-gb-scotland"),
+    ],
+)
+async def test_list_voices_of_a_voice_it_cannot_speak_is_not_found(tts: Any, voice: str, hint: str) -> None:
     stub, _, _ = tts
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await stub.ListVoices(tts_pb2.ListVoicesRequest(voice=voice))
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
-    assert exc.value.details() == f"voice: voice {voice!r} not found"
+    assert exc.value.details().startswith(f"voice: voice {voice!r} not found{hint}")
 
 
 async def test_french_and_cherokee_voices_speak(tts: Any) -> None:
