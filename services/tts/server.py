@@ -187,6 +187,11 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             voices = [v for backend in self.backends.values() for v in backend.voices()]
         default = find_voice(self.backends, self.config.default_voice)
         default_id = default[1].id if default is not None else ""
+        if default is not None and not request.voice and all(v.id != default_id for v in voices):
+            # an unlisted default (a variant: espeak:en-us+f3) is listed after its voice, marked default
+            base = default_id.partition("+")[0]
+            at = next((i + 1 for i, v in enumerate(voices) if v.id == base), len(voices))
+            voices.insert(at, default[1])
         resp = tts_pb2.ListVoicesResponse()
         for v in voices:
             resp.voices.add(

@@ -17,7 +17,7 @@ from talkmesh.common.server import Service
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import tts_pb2, tts_pb2_grpc
-from tests.tts.conftest import default_config, pcm_of
+from tests.tts.conftest import default_config, pcm_of, serve_tts
 
 
 async def speak(stub: Any, voice: str, text: str = "Hello, one two three.") -> np.ndarray:
@@ -166,3 +166,18 @@ async def test_a_variant_after_a_plus_speaks_the_voice_in_another_register(tts: 
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await speak(stub, bad, text)
         assert exc.value.code() == grpc.StatusCode.NOT_FOUND, bad
+
+
+async def test_a_variant_default_voice_is_listed_and_marked_default() -> None:
+    """default_voice espeak:en-us+f3 is no listed voice: the listing adds it, after en-us, as the one
+    default (the web page and live sessions pick the voice marked default)."""
+    async with serve_tts(default_config(default_voice="espeak:EN-US+F3")) as (stub, _, _):
+        listed = (await stub.ListVoices(tts_pb2.ListVoicesRequest())).voices
+        ids = [v.id for v in listed]
+        assert [v.id for v in listed if v.default] == ["espeak:en-us+f3"]
+        assert ids.index("espeak:en-us+f3") == ids.index("espeak:en-us") + 1
+        assert ids.count("espeak:en-us+f3") == 1
+        one = (await stub.ListVoices(tts_pb2.ListVoicesRequest(voice="espeak:en-us+f3"))).voices
+        assert [(v.id, v.default) for v in one] == [("espeak:en-us+f3", True)]
+        plain = (await stub.ListVoices(tts_pb2.ListVoicesRequest(voice="espeak:en-us"))).voices
+        assert [(v.id, v.default) for v in plain] == [("espeak:en-us", False)]
