@@ -108,7 +108,12 @@ def check_scripts(text: str, language: str) -> ScriptCheck:
 def _advice(script: str, text: str, language: str) -> str:
     japanese = voice_key(language).startswith("ja") or any(script_of(ch) == "Kana" for ch in text)
     if script == "Han" and japanese:
-        return "eSpeak's Japanese reads kana only: write the kanji in kana, or use a Piper Japanese voice"
+        # no other voice helps: Piper voices are phonemized by this same eSpeak (see services/tts/README.md)
+        return (
+            "eSpeak's Japanese voice reads kana only (each kanji is read as \"Chinese letter\"): "
+            "write the text in kana (hiragana or katakana); a Piper voice does not help, "
+            "as Piper voices are phonemized by eSpeak too"
+        )
     return f"use a voice that reads it, e.g. {SCRIPT_VOICE[script]}"
 
 

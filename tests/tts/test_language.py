@@ -270,6 +270,22 @@ async def test_text_the_voice_would_spell_out_is_refused(
         assert details.startswith("config.voice: ") and f" {script} script" in details and advice in details
 
 
+async def test_everyday_japanese_is_refused_with_plain_advice(tts: Any) -> None:
+    """Everyday Japanese is mostly kanji, which eSpeak's ja reads as "Chinese letter": the refusal
+    says so plainly and asks for kana; it sends nobody to a Piper voice (phonemized by eSpeak too)."""
+    stub, _, _ = tts
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _say(stub, "私は日本人です", "espeak:ja")
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.value.details() == (
+        "config.voice: 4 of the text's 7 letters are Han script, which espeak:ja reads letter by letter, "
+        "by name; eSpeak's Japanese voice reads kana only (each kanji is read as \"Chinese letter\"): "
+        "write the text in kana (hiragana or katakana); a Piper voice does not help, "
+        "as Piper voices are phonemized by eSpeak too"
+    )
+    await _say(stub, "わたしはにほんじんです", "espeak:ja")  # the same in kana is spoken
+
+
 @pytest.mark.parametrize(
     ("text", "voice"),
     [
