@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+import warnings
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -130,6 +131,27 @@ def default_target() -> str:
     return os.environ.get(TARGET_ENV, "").strip() or registry_target("gateway", base=port_base_from_env())
 
 
+class AvatarNameError(ValueError, grpc.aio.AioRpcError):
+    """Several avatars carry the name given (the gateway's FAILED_PRECONDITION; the message lists
+    their ids). Both a ``ValueError``, as before names were resolved by the server, and the
+    ``grpc.aio.AioRpcError`` the server answered: ``except AvatarNameError``, ``except ValueError``
+    and ``except grpc.aio.AioRpcError`` (``.code()``, ``.details()``) all catch it."""
+
+    def __init__(self, rpc: grpc.aio.AioRpcError) -> None:
+        grpc.aio.AioRpcError.__init__(
+            self,
+            rpc.code(),
+            rpc.initial_metadata(),
+            rpc.trailing_metadata(),
+            rpc.details(),
+            rpc.debug_error_string(),
+        )
+        self.args = (rpc.details() or "",)
+
+    def __str__(self) -> str:
+        return str(self.details() or "")
+
+
 @dataclass
 class SpeakResult:
     """What a finished Speak returned, with client-side timings (monotonic seconds)."""
@@ -157,8 +179,16 @@ class LiveSession:
         config: lpb.LiveConfig,
         timeout: float | None,
         metadata: Callable[[], grpc.aio.Metadata] = outgoing_metadata,
+        resolve_avatar: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
+        if resolve_avatar is not None:
+            warnings.warn(
+                "LiveSession(resolve_avatar=...) is deprecated: the gateway resolves an avatar name itself",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self._stub = stub
+        self._resolve_avatar = resolve_avatar
         self._metadata = metadata
         self._config = config
         self._timeout = timeout
@@ -173,6 +203,8 @@ class LiveSession:
             await self._call.write(msg)
 
     async def __aenter__(self) -> LiveSession:
+        if self._config.avatar_id and self._resolve_avatar is not None:  # deprecated, still honoured
+            self._config.avatar_id = await self._resolve_avatar(self._config.avatar_id)
         self._call = self._stub.Session(timeout=self._timeout, metadata=self._metadata())
         await self._send(lpb.LiveClientMessage(config=self._config))
         first = await self._call.read()
@@ -524,7 +556,8 @@ class TalkmeshClient:
 
     async def find_avatar(self, name_or_id: str) -> tuple[str, str]:
         """(id, name) of the avatar ``name_or_id`` names (``get_avatar``): name "" when given its
-        id. Unknown: (as given, ""). A name of several avatars raises FAILED_PRECONDITION.
+        id. Unknown: (as given, ""). A name of several avatars raises AvatarNameError (the server's
+        FAILED_PRECONDITION, an AioRpcError).
         (Only to show which avatar a name is: every call taking an avatar takes its name too.)"""
         if not name_or_id:
             return "", ""
@@ -533,8 +566,21 @@ class TalkmeshClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return name_or_id, ""
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and not isinstance(exc, AvatarNameError):
+                raise AvatarNameError(exc) from exc
             raise
         return info.id, "" if info.id == name_or_id else info.name
+
+    async def resolve_avatar(self, name_or_id: str) -> str:
+        """Deprecated (every call taking an avatar takes its name too; ``get_avatar`` shows which
+        avatar a name is): the id of the avatar ``name_or_id`` names; unknown values as given;
+        ``AvatarNameError`` for a name of several avatars."""
+        warnings.warn(
+            "TalkmeshClient.resolve_avatar is deprecated: pass the name itself, or use get_avatar(...).id",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return (await self.find_avatar(name_or_id))[0]
 
     def live(
         self,

@@ -130,7 +130,7 @@ async def test_client_cancel_leaves_no_stream_active(tmp_path):
         ({"text": "x" * 5001}, grpc.StatusCode.INVALID_ARGUMENT, "text: 5001 characters exceed the limit of 5000"),
         # (the gateway resolves the avatar before the stages start: SpeakRequest's own field)
         ({"text": "Hi.", "avatar": "nobody"}, grpc.StatusCode.NOT_FOUND, "avatar_id: avatar 'nobody' not found"),
-        ({"text": "Hi.", "voice": "espeak:xx-such-voice"}, grpc.StatusCode.NOT_FOUND, "tts: voice: "),
+        ({"text": "Hi.", "voice": "espeak:no-such-voice"}, grpc.StatusCode.NOT_FOUND, "tts: voice: "),
         ({"text": "\u3002\u3002\u3002\uff01\uff1f"}, grpc.StatusCode.INVALID_ARGUMENT, "text: must not be empty"),
         (
             {"text": "\u4eca\u5929\u5929\u6c14\u5f88\u597d"},
@@ -159,7 +159,7 @@ async def test_stage_errors_name_the_callers_request_fields(tmp_path):
     `voice`, `voice_settings.rate`, `output.renderer_backend` in the gateway's status (message and
     BadRequest details alike), for Speak and SpeakStream."""
     cases = [
-        ({"voice": "espeak:xx-such-voice"}, grpc.StatusCode.NOT_FOUND, "voice"),
+        ({"voice": "espeak:no-such-voice"}, grpc.StatusCode.NOT_FOUND, "voice"),
         ({"rate": 99.0}, grpc.StatusCode.INVALID_ARGUMENT, "voice_settings.rate"),
         ({"pitch": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "voice_settings.pitch"),
         ({"size": "8k"}, grpc.StatusCode.INVALID_ARGUMENT, "output.size"),

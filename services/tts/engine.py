@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from services.tts.backends.base import PcmBlock, PhonemeEvent
+from services.tts.bcp47 import is_locale_subtag, strip_extensions
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,13 @@ LANGUAGE_ALIASES: dict[str, str] = {
 def voice_key(spelling: str) -> str:
     """How a voice name is compared: ``en_GB``, ``en-GB`` and ``en-gb`` are the same voice."""
     return spelling.strip().lower().replace("_", "-")
+
+
+def primary_language(spelling: str) -> str:
+    """The language a voice name or tag starts with, as eSpeak names it: ``en-GB`` -> en,
+    ``zh-Hant-TW`` -> cmn, ``iw`` -> he, ``gmw/en`` (a file identifier) -> en."""
+    language = voice_key(spelling).rsplit("/", 1)[-1].split("-", 1)[0]
+    return LANGUAGE_ALIASES.get(language, language)
 
 
 @dataclass(frozen=True)
@@ -329,30 +337,28 @@ class EspeakEngine:
     def resolve(self, spelling: str) -> EspeakVoice | None:
         """The listed voice ``spelling`` names (language, any case, ``_`` or ``-``; or file identifier).
 
-        A language tag eSpeak has no voice for is looked up as RFC 4647 "lookup" does: its last
-        subtag dropped until a voice is found (``es-ES`` -> es, ``zh-Hant-TW`` -> zh-Hant), each
-        step also through ``LANGUAGE_ALIASES`` (``zh-TW`` -> cmn, ``zh-HK`` -> yue, ``iw`` -> he).
+        A language tag eSpeak has no voice for is looked up as RFC 4647 "lookup" does: its extension
+        and private-use tail dropped (``en-US-x-lesson`` -> en-US), then its last subtag until a voice
+        is found (``es-ES`` -> es, ``zh-Hant-TW`` -> zh-Hant), each step also through
+        ``LANGUAGE_ALIASES`` (``zh-TW`` -> cmn, ``zh-HK`` -> yue, ``iw`` -> he). Only registered
+        regions, scripts and variants are dropped: ``no-such-voice`` or ``fr-female`` is no voice.
         """
         key = voice_key(spelling)
-        found = self._by_key.get(key)
+        found = self._lookup(key)
         if found is not None or "/" in key:
             return found
-        subtags = key.split("-")
+        subtags = strip_extensions(key.split("-"))
         while subtags:
-            tag = "-".join(subtags)
-            found = self._by_key.get(tag) or self._by_key.get(LANGUAGE_ALIASES.get(tag, ""))
+            found = self._lookup("-".join(subtags))
             if found is not None:
                 return found
+            if len(subtags) < 2 or not is_locale_subtag(subtags[-1]):
+                return None
             subtags.pop()
-            if len(subtags) > 1 and len(subtags[-1]) == 1:  # a singleton ("x" of "-x-...") goes with it
-                subtags.pop()
         return None
 
-    def close_voices(self, spelling: str) -> list[EspeakVoice]:
-        """Listed voices of the language ``spelling`` starts with (for a NOT_FOUND message)."""
-        language = voice_key(spelling).split("-", 1)[0]
-        language = LANGUAGE_ALIASES.get(language, language)
-        return [v for v in self.voices if voice_key(v.language).split("-", 1)[0] == language]
+    def _lookup(self, key: str) -> EspeakVoice | None:
+        return self._by_key.get(key) or self._by_key.get(LANGUAGE_ALIASES.get(key, ""))
 
     def _require(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None or self._lib is None:

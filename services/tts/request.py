@@ -9,7 +9,7 @@ from typing import Any
 
 from services.tts.backends.base import TTSBackend, VoiceInfo, VoiceSettings
 from services.tts.config import TTSConfig
-from services.tts.engine import LANGUAGE_ALIASES, voice_key
+from services.tts.engine import primary_language
 from talkmesh.common.errors import InvalidArgument, NotFound, Unavailable
 from talkmesh.common.names import check_voice_settings
 from talkmesh.common.propagation import REQUEST_ID_KEY
@@ -39,14 +39,13 @@ def close_voices(backends: Mapping[str, TTSBackend], voice_id: str, limit: int =
     engine, sep, name = voice_id.partition(":")
     if not sep:
         engine, name = "", voice_id
-    language = voice_key(name).rsplit("/", 1)[-1].split("-", 1)[0]
-    language = LANGUAGE_ALIASES.get(language, language)
+    language = primary_language(name)
     engine = engine.strip().lower()
     found = [
         v
         for b in sorted(backends.values(), key=lambda b: b.engine != engine)
         for v in b.voices()
-        if language and voice_key(v.language).split("-", 1)[0] == language
+        if language and primary_language(v.language) == language
     ]
     return [v.id for v in found[:limit]]
 

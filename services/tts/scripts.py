@@ -17,7 +17,7 @@ import logging
 import unicodedata
 from dataclasses import dataclass
 
-from services.tts.engine import LANGUAGE_ALIASES, voice_key
+from services.tts.engine import primary_language, voice_key
 from talkmesh.common.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ def script_of(ch: str) -> str:
 
 def reads(language: str, script: str) -> bool:
     """Whether a voice of ``language`` (a tag: "en-us", "zh_CN") reads ``script`` as text."""
-    lang = voice_key(language).split("-", 1)[0]
-    lang = LANGUAGE_ALIASES.get(lang, lang).split("-", 1)[0]
+    lang = primary_language(language)
     if script == "Greek":
         return lang not in GREEK_BY_NAME
     readers = SCRIPT_READERS.get(script)
@@ -109,7 +108,12 @@ def check_scripts(text: str, language: str) -> ScriptCheck:
 def _advice(script: str, text: str, language: str) -> str:
     japanese = voice_key(language).startswith("ja") or any(script_of(ch) == "Kana" for ch in text)
     if script == "Han" and japanese:
-        return "eSpeak's Japanese reads kana only: write the kanji in kana, or use a Piper Japanese voice"
+        # no other voice helps: Piper voices are phonemized by this same eSpeak (see services/tts/README.md)
+        return (
+            "eSpeak's Japanese voice reads kana only (each kanji is read as \"Chinese letter\"): "
+            "write the text in kana (hiragana or katakana); a Piper voice does not help, "
+            "as Piper voices are phonemized by eSpeak too"
+        )
     return f"use a voice that reads it, e.g. {SCRIPT_VOICE[script]}"
 
 

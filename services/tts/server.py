@@ -17,7 +17,7 @@ from services.tts.backends.base import PcmBlock, TTSBackend, VoiceUnavailable
 from services.tts.cache import UtteranceCache
 from services.tts.config import TTSConfig
 from services.tts.pieces import StreamRules, read_clauses
-from services.tts.request import SynthesisJob, find_voice, resolve_job
+from services.tts.request import SynthesisJob, find_voice, resolve_job, voice_not_found
 from services.tts.scripts import check_voice_reads
 from services.tts.stream import ChunkAssembler, SegmentRecord
 from services.tts.text import normalize, split_clauses
@@ -181,12 +181,17 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         if request.voice:  # one voice, in any spelling a request accepts
             found = find_voice(self.backends, check_id("voice", request.voice))
             if found is None:
-                raise NotFound("voice", request.voice, "voice")
+                raise voice_not_found("voice", self.backends, request.voice)
             voices = [found[1]]
         else:
             voices = [v for backend in self.backends.values() for v in backend.voices()]
         default = find_voice(self.backends, self.config.default_voice)
         default_id = default[1].id if default is not None else ""
+        if default is not None and not request.voice and all(v.id != default_id for v in voices):
+            # an unlisted default (a variant: espeak:en-us+f3) is listed after its voice, marked default
+            base = default_id.partition("+")[0]
+            at = next((i + 1 for i, v in enumerate(voices) if v.id == base), len(voices))
+            voices.insert(at, default[1])
         resp = tts_pb2.ListVoicesResponse()
         for v in voices:
             resp.voices.add(

@@ -236,6 +236,7 @@ class WebHost:
             failures=1,
             service="",
             refuses=False,
+            log_changes=False,  # _gateway_changed logs each change, naming the gateway's address
         )
         await self._check_gateway()
         if cfg.dependency_check_seconds > 0:
@@ -261,7 +262,10 @@ class WebHost:
 
     async def _gateway_changed(self, down: list[str]) -> None:
         self.gateway_ready = not down
-        log.info("gateway %s is %s", self.config.gateway.target, "not ready" if down else "ready")
+        if down:
+            log.warning("gateway %s is not ready (not answering health checks)", self.config.gateway.target)
+        else:
+            log.info("gateway %s is ready", self.config.gateway.target)
 
     async def stop(self, grace: float | None = None) -> None:
         """Not ready, stop accepting; live sessions get ``grace`` seconds, then are closed."""

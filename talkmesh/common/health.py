@@ -38,9 +38,11 @@ class DependencyWatch:
         failures: int = 2,
         service: str = LIVENESS,
         refuses: bool = True,
+        log_changes: bool = True,
     ) -> None:
         """``service``: the health service name asked (LIVENESS; "" for readiness). ``refuses``:
-        the owner refuses new streams while a stage is down (only what is logged)."""
+        the owner refuses new streams while a stage is down (only what is logged). ``log_changes``
+        False: the owner's ``on_change`` logs each change itself (one line per change)."""
         self.stubs = {name: health_pb2_grpc.HealthStub(ch) for name, ch in channels.items()}
         self.on_change = on_change
         self.interval = interval
@@ -48,6 +50,7 @@ class DependencyWatch:
         self.failures = failures
         self.service = service
         self.refuses = refuses
+        self.log_changes = log_changes
         self.misses = dict.fromkeys(self.stubs, 0)
         self.down: list[str] = []
 
@@ -66,10 +69,10 @@ class DependencyWatch:
             self.misses[name] = 0 if ok else self.misses[name] + 1
         down = [n for n in names if self.misses[n] >= self.failures]
         if down != self.down:
-            if down:
+            if self.log_changes and down:
                 what = "; refusing new streams" if self.refuses else ""
                 log.warning("not answering health checks: %s%s", ", ".join(down), what)
-            else:
+            elif self.log_changes:
                 log.info("every downstream stage answers again")
             self.down = down
             await self.on_change(down)

@@ -212,7 +212,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             if shown != details:
                 log.info("status to the client scrubbed; was %s: %s", code.name, details)
             details = shown
-        await context.abort(code, details, trailing_metadata=status_trailer(code, details, rich) + _request_id_trailer())
+        trailer = status_trailer(code, details, rich) + _request_id_trailer()
+        await context.abort(code, details, trailing_metadata=trailer)
         return code  # unreachable: abort raises
 
     def _finish(self, method: str, code: str, span: trace.Span, start: float) -> None:

@@ -34,12 +34,11 @@ def _printable(value: str) -> bool:
     return all(unicodedata.category(c) not in _DROPPED for c in value)
 
 
-def check_id(field: str, value: str, *, path_safe: bool = False) -> str:
-    """``value`` unchanged, or InvalidArgument naming ``field`` (the value is not echoed)."""
+def check_id(field: str, value: str) -> str:
+    """``value`` unchanged, or InvalidArgument naming ``field`` (the value is not echoed): at most
+    ``MAX_ID_CHARS`` printable characters."""
     if len(value) > MAX_ID_CHARS or not _printable(value):
         raise InvalidArgument(field, f"must be at most {MAX_ID_CHARS} printable characters")
-    if path_safe and value and ("/" in value or "\\" in value or value.startswith(".")):
-        raise InvalidArgument(field, "must not contain '/' or '\\' or start with '.'")
     return value
 
 

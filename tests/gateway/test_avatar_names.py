@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from services.renderer.avatars import default_avatar_bytes
-from talkmesh.client import TalkmeshClient
+from talkmesh.client import AvatarNameError, LiveSession, TalkmeshClient
 from talkmesh.v1 import gateway_pb2 as gpb
+from talkmesh.v1 import live_pb2 as lpb
+from talkmesh.v1 import live_pb2_grpc
 from talkmesh.v1 import types_pb2 as api
 from tests.media import probe
 from tests.mesh import inprocess_mesh
@@ -123,3 +125,39 @@ async def test_a_renderer_without_get_avatar_still_takes_ids(tmp_path: Path, mon
         )
         info = probe(await _media(client.stub.Speak(request, metadata=client.metadata())))
         assert (info.width, info.height) == (wide.width, wide.height) and info.frames > 5
+
+
+async def test_the_deprecated_client_name_lookup_still_works_and_warns(tmp_path: Path) -> None:
+    """Call sites written before the server resolved names: ``resolve_avatar``, ``except
+    AvatarNameError`` and ``LiveSession(resolve_avatar=...)`` keep working, with a DeprecationWarning."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        bob = await client.register_avatar(_picture(tmp_path / "b.png", 128), name="Bob")
+        with pytest.warns(DeprecationWarning, match="resolve_avatar is deprecated"):
+            assert await client.resolve_avatar("bob") == bob.id
+        with pytest.warns(DeprecationWarning):
+            assert await client.resolve_avatar(bob.id) == bob.id
+        with pytest.warns(DeprecationWarning):
+            assert await client.resolve_avatar("nobody") == "nobody"  # unknown: as given
+
+        with pytest.warns(DeprecationWarning, match=r"LiveSession\(resolve_avatar=...\) is deprecated"):
+            session = LiveSession(
+                live_pb2_grpc.LiveStub(client.channel),
+                lpb.LiveConfig(avatar_id="BOB", size="native"),
+                60.0,
+                client.metadata,
+                client.resolve_avatar,
+            )
+        with pytest.warns(DeprecationWarning):
+            async with session as live:
+                assert live.started is not None and live.started.avatar_id == bob.id
+
+        other = await client.register_avatar(_picture(tmp_path / "o.png", 64, shift=6), name="BOB")
+        for catch in (AvatarNameError, ValueError, grpc.aio.AioRpcError):
+            with pytest.warns(DeprecationWarning), pytest.raises(catch) as exc:
+                await client.resolve_avatar("bOb")  # two avatars in another case: ambiguous
+            assert isinstance(exc.value, AvatarNameError)
+            assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "2 avatars are named 'bOb'" in str(exc.value)
+            assert bob.id in str(exc.value) and other.id in str(exc.value)
+        with pytest.raises(AvatarNameError):
+            await client.find_avatar("bOb")

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from services.tts.engine import primary_language
 from services.tts.scripts import reads
 from services.tts.server import WARNING_KEY
 from services.tts.text import normalize
@@ -121,6 +122,11 @@ async def test_a_bare_language_is_its_primary_voice(tts: Any, tag: str, voice: s
         ("in", "espeak:id"),
         ("en-US-x-lesson", "espeak:en-us"),
         ("en-GB-oxendict", "espeak:en-gb"),
+        ("es-MX", "espeak:es-419"),
+        ("pt-BR", "espeak:pt-br"),
+        ("sv-SE", "espeak:sv"),
+        ("it-IT", "espeak:it"),
+        ("de-Latn-DE-1996-u-co-phonebk", "espeak:de"),
     ],
 )
 async def test_locale_tags_fall_back_to_their_language(tts: Any, tag: str, voice: str) -> None:
@@ -133,13 +139,32 @@ async def test_a_locale_tag_speaks_as_its_voice(tts: Any) -> None:
     _same_speech(await _say(stub, "Hola, ¿qué tal?", "espeak:es-ES"), await _say(stub, "Hola, ¿qué tal?", "espeak:es"))
 
 
-@pytest.mark.parametrize("voice", ["espeak:xx-YY", "espeak:gmw/xx", "espeak:fo"])
+@pytest.mark.parametrize(
+    "voice",
+    [
+        "espeak:xx-YY",
+        "espeak:gmw/xx",
+        "espeak:fo",
+        # typos and made-up names are no locale of a language they happen to start with
+        "espeak:no-such-voice",  # not Norwegian
+        "espeak:my-voice",  # not Burmese
+        "espeak:it-is-bogus",  # IS is a region (Iceland), "bogus" no variant
+        "espeak:hi-there",
+        "espeak:sv-voice",
+        "espeak:en-foo",
+        "espeak:fr-female",
+        "espeak:en-us-x",  # a private-use singleton with nothing after it
+    ],
+)
 async def test_unknown_voices_are_still_not_found(tts: Any, voice: str) -> None:
     stub, _, _ = tts
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await _say(stub, "Hello.", voice)
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
-    assert exc.value.details() == f"config.voice: voice {voice!r} not found"
+    details = exc.value.details()
+    assert details == f"config.voice: voice {voice!r} not found" or details.startswith(
+        f"config.voice: voice {voice!r} not found; voices of that language: "
+    )
 
 
 async def test_not_found_suggests_voices_of_the_same_language(tts: Any) -> None:
@@ -154,6 +179,27 @@ async def test_not_found_suggests_voices_of_the_same_language(tts: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await _say(stub, "你好。", "espeak:sit/zh")
     assert exc.value.details().endswith("; voices of that language: espeak:cmn, espeak:cmn-latn-pinyin")
+
+
+async def test_list_voices_not_found_suggests_voices_of_the_same_language(tts: Any) -> None:
+    """Live sessions check a voice through ListVoices: its NOT_FOUND has Synthesize's hint."""
+    stub, _, _ = tts
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _listed(stub, "espeak:fr-female")
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert exc.value.details() == (
+        "voice: voice 'espeak:fr-female' not found; voices of that language: espeak:fr-be, espeak:fr-ch, espeak:fr-fr"
+    )
+
+
+def test_primary_language_is_one_rule_for_tags_identifiers_and_aliases() -> None:
+    assert [primary_language(t) for t in ("en-GB", "zh_Hant_TW", "iw", "gmw/en", "cmn-latn-pinyin")] == [
+        "en",
+        "cmn",
+        "he",
+        "en",
+        "cmn",
+    ]
 
 
 # -- text with nothing to say ------------------------------------------------------------------
@@ -222,6 +268,22 @@ async def test_text_the_voice_would_spell_out_is_refused(
         assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         details = exc.value.details()
         assert details.startswith("config.voice: ") and f" {script} script" in details and advice in details
+
+
+async def test_everyday_japanese_is_refused_with_plain_advice(tts: Any) -> None:
+    """Everyday Japanese is mostly kanji, which eSpeak's ja reads as "Chinese letter": the refusal
+    says so plainly and asks for kana; it sends nobody to a Piper voice (phonemized by eSpeak too)."""
+    stub, _, _ = tts
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _say(stub, "私は日本人です", "espeak:ja")
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.value.details() == (
+        "config.voice: 4 of the text's 7 letters are Han script, which espeak:ja reads letter by letter, "
+        "by name; eSpeak's Japanese voice reads kana only (each kanji is read as \"Chinese letter\"): "
+        "write the text in kana (hiragana or katakana); a Piper voice does not help, "
+        "as Piper voices are phonemized by eSpeak too"
+    )
+    await _say(stub, "わたしはにほんじんです", "espeak:ja")  # the same in kana is spoken
 
 
 @pytest.mark.parametrize(

@@ -254,7 +254,7 @@ async def test_other_voice_and_ssml_like_text_are_spoken(tts: Any) -> None:
         ({"text": ""}, grpc.StatusCode.INVALID_ARGUMENT, "text"),
         ({"text": "x" * 5001}, grpc.StatusCode.INVALID_ARGUMENT, "text"),
         ({"text": "ring\x07"}, grpc.StatusCode.INVALID_ARGUMENT, "text"),
-        ({"text": "hi", "config": {"voice": "espeak:xx-such-voice"}}, grpc.StatusCode.NOT_FOUND, "config.voice"),
+        ({"text": "hi", "config": {"voice": "espeak:no-such-voice"}}, grpc.StatusCode.NOT_FOUND, "config.voice"),
         ({"text": "hi", "config": {"voice": "festival:kal"}}, grpc.StatusCode.NOT_FOUND, "config.voice"),
         ({"text": "hi", "config": {"settings": {"rate": 9}}}, grpc.StatusCode.INVALID_ARGUMENT, "config.settings.rate"),
         (

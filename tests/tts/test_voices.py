@@ -17,7 +17,7 @@ from talkmesh.common.server import Service
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import tts_pb2, tts_pb2_grpc
-from tests.tts.conftest import default_config, pcm_of
+from tests.tts.conftest import default_config, pcm_of, serve_tts
 
 
 async def speak(stub: Any, voice: str, text: str = "Hello, one two three.") -> np.ndarray:
@@ -52,13 +52,21 @@ async def test_usual_spellings_find_the_voice(tts: Any, spelling: str) -> None:
     assert [v.id for v in listed] == ["espeak:en-gb"]
 
 
-@pytest.mark.parametrize("voice", ["espeak:fo", "espeak:nope", "nope", "piper:en-gb"])
-async def test_list_voices_of_a_voice_it_cannot_speak_is_not_found(tts: Any, voice: str) -> None:
+@pytest.mark.parametrize(
+    ("voice", "hint"),
+    [
+        ("espeak:fo", ""),
+        ("espeak:nope", ""),
+        ("nope", ""),
+        ("piper:en-gb", "; voices of that language: espeak:en-029, espeak:en-gb, espeak:en-gb-scotland"),
+    ],
+)
+async def test_list_voices_of_a_voice_it_cannot_speak_is_not_found(tts: Any, voice: str, hint: str) -> None:
     stub, _, _ = tts
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await stub.ListVoices(tts_pb2.ListVoicesRequest(voice=voice))
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
-    assert exc.value.details() == f"voice: voice {voice!r} not found"
+    assert exc.value.details().startswith(f"voice: voice {voice!r} not found{hint}")
 
 
 async def test_french_and_cherokee_voices_speak(tts: Any) -> None:
@@ -158,3 +166,18 @@ async def test_a_variant_after_a_plus_speaks_the_voice_in_another_register(tts: 
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await speak(stub, bad, text)
         assert exc.value.code() == grpc.StatusCode.NOT_FOUND, bad
+
+
+async def test_a_variant_default_voice_is_listed_and_marked_default() -> None:
+    """default_voice espeak:en-us+f3 is no listed voice: the listing adds it, after en-us, as the one
+    default (the web page and live sessions pick the voice marked default)."""
+    async with serve_tts(default_config(default_voice="espeak:EN-US+F3")) as (stub, _, _):
+        listed = (await stub.ListVoices(tts_pb2.ListVoicesRequest())).voices
+        ids = [v.id for v in listed]
+        assert [v.id for v in listed if v.default] == ["espeak:en-us+f3"]
+        assert ids.index("espeak:en-us+f3") == ids.index("espeak:en-us") + 1
+        assert ids.count("espeak:en-us+f3") == 1
+        one = (await stub.ListVoices(tts_pb2.ListVoicesRequest(voice="espeak:en-us+f3"))).voices
+        assert [(v.id, v.default) for v in one] == [("espeak:en-us+f3", True)]
+        plain = (await stub.ListVoices(tts_pb2.ListVoicesRequest(voice="espeak:en-us"))).voices
+        assert [(v.id, v.default) for v in plain] == [("espeak:en-us", False)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -341,10 +342,11 @@ async def test_on_loopback_only_the_edges_own_names_are_served() -> None:
         assert (await client.get("/healthz", headers=rebound)).status == 200  # probes name no host
 
 
-async def test_readiness_goes_with_the_gateways_and_comes_back_when_it_returns() -> None:
+async def test_readiness_goes_with_the_gateways_and_comes_back_when_it_returns(caplog: Any) -> None:
     """The edge watches the gateway's readiness as every service watches its stages
     (talkmesh.common.health.DependencyWatch): its own watch, not only /readyz asking, finds the
-    gateway not ready (its stages down), gone, and back on its address."""
+    gateway not ready (its stages down), gone, and back on its address; one log line per change."""
+    caplog.set_level(logging.INFO)
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from talkmesh.common.config import Endpoint
@@ -381,6 +383,19 @@ async def test_readiness_goes_with_the_gateways_and_comes_back_when_it_returns()
         await until(False)
         server, servicer, _ = await gateway(port)  # ... and comes back on its address
         await until(True)
+        target = f"127.0.0.1:{port}"
+        changes = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "talkmesh.common.health"
+            or (r.name == "services.web.server" and r.getMessage().startswith("gateway "))
+        ]
+        assert changes == [
+            f"gateway {target} is not ready (not answering health checks)",
+            f"gateway {target} is ready",
+            f"gateway {target} is not ready (not answering health checks)",
+            f"gateway {target} is ready",
+        ]
     finally:
         await host.stop()
         await server.stop(0)
