@@ -189,7 +189,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(
                 error.code,
                 error.message,
-                trailing_metadata=status_trailer(error.code, error.message, error.details()) + _request_id_trailer(),
+                trailing_metadata=(
+                    status_trailer(error.code, error.message, error.details()) + _request_id_trailer(context)
+                ),
             )
 
     async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, span: trace.Span) -> grpc.StatusCode:
@@ -212,7 +214,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             if shown != details:
                 log.info("status to the client scrubbed; was %s: %s", code.name, details)
             details = shown
-        trailer = status_trailer(code, details, rich) + _request_id_trailer()
+        trailer = status_trailer(code, details, rich) + _request_id_trailer(context)
         await context.abort(code, details, trailing_metadata=trailer)
         return code  # unreachable: abort raises
 
@@ -257,7 +259,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 requests = _checked(request, streaming_requests)
                 yield requests
-                context.set_trailing_metadata(_request_id_trailer())
+                context.set_trailing_metadata(_request_id_trailer(context))
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
@@ -422,8 +424,13 @@ def _ids(span: trace.Span) -> dict[str, str]:
     return {"trace_id": trace.format_trace_id(ctx.trace_id), "span_id": trace.format_span_id(ctx.span_id)}
 
 
-def _request_id_trailer() -> tuple[tuple[str, str], ...]:
-    """The call's request id (the one in every service's log lines for it) as trailing metadata,
-    ``x-request-id``, on every status: a client that did not choose one learns it, failed or not."""
+def _request_id_trailer(context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
+    """The trailing metadata the handler set (e.g. TTS's ``talkmesh-warning``) and the call's
+    request id (the one in every service's log lines for it), ``x-request-id``, on every status: a
+    client that did not choose one learns it, failed or not."""
+    try:
+        own = tuple(context.trailing_metadata() or ())
+    except Exception:  # (a test's stand-in context)
+        own = ()
     rid = request_id_var.get()
-    return ((REQUEST_ID_KEY, rid),) if rid else ()
+    return (*own, (REQUEST_ID_KEY, rid)) if rid else own
