@@ -71,6 +71,7 @@ from talkmesh.common.errors import (
     ResourceExhausted,
     TalkmeshError,
     Unavailable,
+    renamed_message,
     scrub_live_error,
 )
 from talkmesh.common.lru import Lru
@@ -801,7 +802,7 @@ def _in_live_terms(err: lpb.LiveError) -> None:
     """An in-band error of a stage (the encoder's) naming the caller's LiveConfig field."""
     new = live_field(err.field) if err.field else None
     if new is not None and new != err.field:
-        err.message = err.message.replace(f"{err.field}:", f"{new}:", 1)
+        err.message = renamed_message(err.message, err.field, new)
         err.field = new
 
 

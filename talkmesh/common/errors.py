@@ -45,7 +45,7 @@ class TalkmeshError(Exception):
         if new is None or new == old:
             return
         setattr(self, "field", new)  # noqa: B010 (InvalidArgument, NotFound: details() read it)
-        self.message = _renamed(self.message, old, new)
+        self.message = renamed_message(self.message, old, new)
         self.args = (self.message,)
 
 
@@ -209,14 +209,14 @@ class StageError(TalkmeshError):
                         renames[v.field] = new
                         v.field = new
         for old, new in renames.items():
-            self.message = _renamed(self.message, old, new)
+            self.message = renamed_message(self.message, old, new)
             for d in self._details:
                 if isinstance(d, error_details_pb2.ResourceInfo):
-                    d.description = _renamed(d.description, old, new)
+                    d.description = renamed_message(d.description, old, new)
         self.args = (self.message,)
 
 
-def _renamed(message: str, old: str, new: str) -> str:
+def renamed_message(message: str, old: str, new: str) -> str:
     """``message`` with its ``old:`` field prefix (after a stage's ``name:``, if any) as ``new:``."""
     return message.replace(f"{old}:", f"{new}:", 1)
 
