@@ -130,6 +130,11 @@ def channel_options(
     options = transport_options(max_message_bytes, large_window=large_window)
     options += client_keepalive_options(keepalive_ms)
     options += [("grpc.service_config", json.dumps(service_config)), ("grpc.enable_retries", 1)]
+    # Each channel keeps its own connections. In gRPC's default global pool, channels with equal
+    # options share a connection per address, and its reconnect backoff too: a new channel to a
+    # server that has just (re)started on an address an older channel failed to reach would fail
+    # at once with that channel's stale "connection refused" until the backoff (up to 2 min) ends.
+    options.append(("grpc.use_local_subchannel_pool", 1))
     if not bdp_probe:
         options.append(("grpc.http2.bdp_probe", 0))
     return options

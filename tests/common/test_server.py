@@ -289,3 +289,25 @@ async def test_every_status_carries_the_calls_request_id_in_its_trailers():
         [c async for c in ok]
         assert dict(await ok.trailing_metadata())["x-request-id"] not in ("", chosen)
     assert svc.servicer.seen_request_ids[0] == "mine-1"
+
+
+async def test_a_new_channel_is_not_failed_by_an_older_ones_refused_connection_to_the_same_address():
+    # CI once failed a TTS test with "connection refused" from a server that was listening: an
+    # earlier test's channel to a dead server on the same (reused) port was in reconnect backoff,
+    # and gRPC's global pool shared that connection attempt with the new channel.
+    async with serve(ToyService(Telemetry("toy"))) as first:
+        port = first.port
+        stale = create_channel(first.address)
+        assert len(await _read_rest(tts_pb2_grpc.TTSStub(stale).Synthesize(_req("hi")))) == 3
+    try:
+        for _ in range(2):  # the dead address is now in reconnect backoff for `stale`
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await tts_pb2_grpc.TTSStub(stale).Synthesize(_req("hi"), timeout=2).read()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        cfg = ServerConfig(port=port, metrics_port=-1, grace_seconds=2.0)
+        async with serve(ToyService(Telemetry("toy")), cfg) as second:
+            async with create_channel(second.address) as fresh:
+                chunks = await _read_rest(tts_pb2_grpc.TTSStub(fresh).Synthesize(_req("hi"), timeout=5))
+            assert [c.seq for c in chunks] == [0, 1, 2]
+    finally:
+        await stale.close()
