@@ -258,6 +258,8 @@ def _print_result(result: Any, container: str = "fmp4") -> None:
     print("per-stage timings (gateway view):")
     for st in s.stages:
         print(f"  {st.service:>8} {st.stage:<24} {st.seconds * 1000:8.1f} ms")
+    for warning in s.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def client_for(args: argparse.Namespace) -> Any:

@@ -492,10 +492,10 @@ class TalkmeshClient:
             options.setdefault("container", api.CONTAINER_MP4)
         return await self.save(self.speak(text, **options), path)  # type: ignore[arg-type]
 
-    async def list_voices(self, voice: str = "") -> list[api.Voice]:
+    async def list_voices(self, voice: str = "", *, timeout: float | None = None) -> list[api.Voice]:
         """Every voice; with ``voice``, that one under its listed id (NOT_FOUND if there is none)."""
         request = api.ListVoicesRequest(voice=voice)
-        return list((await self.stub.ListVoices(request, metadata=self._md())).voices)
+        return list((await self.stub.ListVoices(request, timeout=timeout, metadata=self._md())).voices)
 
     async def list_avatars(self) -> list[api.AvatarInfo]:
         return list((await self.stub.ListAvatars(api.ListAvatarsRequest(), metadata=self._md())).avatars)

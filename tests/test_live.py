@@ -876,3 +876,22 @@ async def test_a_turns_voice_is_checked_in_the_turn_not_in_the_reader(tmp_path: 
     (error,) = [r.msg.error for r in rec.messages if r.kind == "error" and r.msg.error.turn_id == han]
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and error.field == "text.voice", error
     assert error.message.startswith("tts: text.voice: "), error.message
+
+
+async def test_a_turn_spoken_with_ttss_warning_says_so_in_its_speaking_stopped(tmp_path: Path) -> None:
+    """A turn with a few letters the voice reads by name is spoken, and its SpeakingStopped carries
+    TTS's warning; the next, plain turn has none."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            mixed = await live.say("I flew from 北京 to 上海 last week.")
+            warned = (await rec.wait_event("speaking_stopped", mixed, timeout=30)).msg.event.speaking_stopped
+            plain = await live.say("Then home again.")
+            clean = (await rec.wait_event("speaking_stopped", plain, timeout=30)).msg.event.speaking_stopped
+            await live.close()
+            await rec.finish()
+    assert warned.reason == clean.reason == lpb.STOP_REASON_COMPLETED
+    (warning,) = warned.warnings
+    assert "Han script" in warning and "espeak:cmn" in warning, warning
+    assert list(clean.warnings) == []
+    assert not [r for r in rec.messages if r.kind == "error"]

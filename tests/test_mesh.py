@@ -222,3 +222,24 @@ async def test_the_request_id_in_the_body_comes_back_in_the_trailers(tmp_path):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             [c async for c in failed]
         assert dict(err.value.trailing_metadata())["x-request-id"] == "from-metadata"
+
+
+async def test_ttss_warning_about_the_text_reaches_the_caller_in_the_summary(tmp_path):
+    """Text with a few letters the voice reads by name ("Chinese letter") is spoken, and the caller
+    is told why it sounds wrong (SpeakSummary.warnings), for Speak and SpeakStream alike; text
+    without such letters has no warning."""
+    mixed = "I flew from 北京 to 上海 last week."
+
+    async def pieces():
+        for piece in ["I flew from 北京 ", "to 上海 last week."]:
+            yield piece
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        warned = await client.save(client.speak(mixed), tmp_path / "mixed.mp4")
+        streamed = await client.save(client.speak_stream(pieces()), tmp_path / "streamed.mp4")
+        clean = await client.save(client.speak("I flew from Paris to Rome last week."), tmp_path / "clean.mp4")
+    for result in (warned, streamed):
+        (warning,) = result.summary.warnings
+        assert "of the text's" in warning and "Han script" in warning and "espeak:cmn" in warning, warning
+        assert result.summary.frames > 25
+    assert list(clean.summary.warnings) == []

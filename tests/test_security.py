@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -300,10 +301,11 @@ async def test_live_sessions_need_a_key_and_only_their_key_watches(tmp_path):
                 await rec.finish()
 
 
-async def test_the_web_edge_behind_up_pki_and_api_keys(tmp_path):
+async def test_the_web_edge_behind_up_pki_and_api_keys(tmp_path, caplog):
     """`talkmesh up --pki DIR --api-keys FILE`: the web edge reaches the TLS gateway with a key of its
     own (ready, lists voices, runs a live session); an edge that talks plaintext to that gateway
-    answers 503 without the gateway's address."""
+    answers 503 without the gateway's address; an edge whose key the gateway refuses is not ready
+    (health checks need no key, every browser action would fail with 401) and says why in its log."""
     import json
 
     import aiohttp
@@ -351,3 +353,25 @@ async def test_the_web_edge_behind_up_pki_and_api_keys(tmp_path):
                     assert "127.0.0.1" not in text and mesh.gateway not in text and "ipv4" not in text, text
         finally:
             await host.stop(0.5)
+
+        # the edge's TLS settings, a key the gateway does not know
+        wrong_key = tmp_path / "wrong.key"
+        wrong_key.write_text("tm_not-a-key-the-gateway-knows\n")
+        edge_tls = {k: v for k, v in tls_env.items() if k.startswith("TALKMESH_WEB__GATEWAY__TLS__")}
+        wrong_env = {**edge_tls, "TALKMESH_WEB__WEB__GATEWAY_API_KEY_FILE": str(wrong_key)}
+        wrong = load_web_config(None, env={"TALKMESH_WEB__GATEWAY__TARGET": mesh.gateway, **wrong_env})
+        wrong = dataclasses.replace(wrong, server=ServerConfig(port=0, metrics_port=-1, dependency_check_seconds=0))
+        host = create_web(wrong, Telemetry("web"))
+        with caplog.at_level(logging.ERROR, logger="talkmesh"):
+            await host.start()
+        try:
+            async with aiohttp.ClientSession(host.url) as http:
+                async with http.get("/readyz") as r:
+                    body = await r.json()
+                    assert r.status == 503 and "API key" in body["status"], body
+                async with http.get("/v1/voices") as r:
+                    assert r.status == 401, await r.text()
+        finally:
+            await host.stop(0.5)
+        (line,) = [r.getMessage() for r in caplog.records if "refuses the web edge's API key" in r.getMessage()]
+        assert "web.gateway_api_key_file" in line and "UNAUTHENTICATED" in line, line

@@ -22,7 +22,8 @@ class InProcessDownstreams(Downstreams):
         self.recorder = HandlerRecorder(services.values())
 
     def _call(self, method: str, request: Any, timeout: float | None) -> Stream:
-        return LocalStream(self.recorder.behavior(method)(request, InProcessContext(timeout)))
+        context = InProcessContext(timeout)
+        return LocalStream(self.recorder.behavior(method)(request, context), context)
 
     def synthesize(self, request: Any, timeout: float | None) -> Stream:
         return self._call("talkmesh.v1.TTS/Synthesize", request, timeout)

@@ -183,6 +183,8 @@ class GatewayTurn:
     frames_played: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     span: Any = None
+    #: TTS's warnings about the turn's text, for its SpeakingStopped
+    warnings: list[str] = field(default_factory=list)
 
     def end_input(self) -> None:
         self.input_done = True
@@ -370,6 +372,9 @@ class LiveSession:
                     self._set_speaking(True, sessions)
                 elif which == "speaking_stopped":
                     self._set_speaking(False, sessions)
+                    stopped = self.turns.get(ev.speaking_stopped.turn_id)
+                    if stopped is not None:
+                        ev.speaking_stopped.warnings.extend(stopped.warnings)
                     self._turn_over(ev.speaking_stopped.turn_id)
             elif kind == "started":
                 self.span.add_event("started", {"talkmesh.width": msg.started.width})
@@ -699,8 +704,8 @@ class LiveSession:
                 )
             if chunk.pcm and resampler is not None:
                 await self._send_audio(turn, resampler.push(chunk.pcm), features_in)
-            if chunk.end_of_stream:
-                break
+            # end_of_stream: read on to the stream's end, TTS's OK and its warnings
+        turn.warnings = await tts.warnings()
         if resampler is not None:
             await self._send_audio(turn, resampler.push(b"", last=True), features_in)
 

@@ -270,6 +270,7 @@ class _Run:
         self.encoder_seq = 0
         self.open_inputs = {"tts", "features"}  # what still feeds the encoder
         self.end: epb.MediaChunk | None = None
+        self.warnings: list[str] = []  # the stages' (TTS's) warnings, for the summary
         out = request.output
         # A whole-file MP4 has no fragments, and fragments longer than the first chunk need later
         # frames: neither is held.
@@ -400,6 +401,7 @@ class _Run:
                 await self._to_encoder(start, visemes=rpb.VisemeTrack(events=chunk.visemes))
             # end_of_stream: the loop still reads to the stream's end (TTS's OK), as for the media
         self.tl.last_audio = time.monotonic()
+        self.warnings += await tts.warnings()
         if not self.read_ahead.samples_read:
             if self.audio_pieces is not None:
                 raise InvalidArgument("audio.pcm", "no audio: every piece was empty")
@@ -564,4 +566,5 @@ class _Run:
             ),
             video_encoder=end.video_encoder,
             inferred_frames=end.frames_inferred,
+            warnings=self.warnings,
         )

@@ -24,12 +24,10 @@ from services.tts.text import normalize, split_clauses
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import NotFound
 from talkmesh.common.names import check_id, check_text
+from talkmesh.common.propagation import WARNING_KEY
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2, tts_pb2, tts_pb2_grpc
-
-#: Trailing metadata with a warning about the request (text the voice reads letter by letter).
-WARNING_KEY = "talkmesh-warning"
 
 
 class TTSServicer(tts_pb2_grpc.TTSServicer):

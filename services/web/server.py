@@ -134,6 +134,8 @@ class WebHost:
         self.metrics_port = -1
         self.client: TalkmeshClient | None = None
         self.gateway_ready = False
+        #: the gateway's refusal of the edge's API key ("": accepted, or not known to be refused)
+        self.key_refused = ""
         self.draining = False
         self.sessions: set[asyncio.Task[Any]] = set()
         self.bridges: set[LiveBridge] = set()
@@ -238,7 +240,8 @@ class WebHost:
             refuses=False,
             log_changes=False,  # _gateway_changed logs each change, naming the gateway's address
         )
-        await self._check_gateway()
+        if await self._check_gateway():
+            await self._check_key()
         if cfg.dependency_check_seconds > 0:
             self._watch = asyncio.create_task(self._gateway_watch.run(), name="web-gateway-watch")
         log.info(
@@ -266,6 +269,30 @@ class WebHost:
             log.warning("gateway %s is not ready (not answering health checks)", self.config.gateway.target)
         else:
             log.info("gateway %s is ready", self.config.gateway.target)
+            await self._check_key()
+
+    async def _check_key(self) -> bool:
+        """Asks the gateway whether it accepts the edge's API key (``web.gateway_api_key_file``), with a
+        call it authenticates (ListVoices): a wrong or missing key would fail every browser action
+        with 401 while health checks, which need no key, pass. True if it is not refused."""
+        assert self.client is not None
+        refused = ""
+        try:
+            await self.client.list_voices(timeout=max(1.0, self.config.server.dependency_check_seconds))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                refused = f"{exc.code().name}: {exc.details()}"
+            # any other answer (a stage down, a timeout) says nothing about the key
+        if refused and refused != self.key_refused:
+            log.error(
+                "gateway %s refuses the web edge's API key (web.gateway_api_key_file): %s; /readyz answers 503",
+                self.config.gateway.target,
+                refused,
+            )
+        elif self.key_refused and not refused:
+            log.info("gateway %s accepts the web edge's API key again", self.config.gateway.target)
+        self.key_refused = refused
+        return not refused
 
     async def stop(self, grace: float | None = None) -> None:
         """Not ready, stop accepting; live sessions get ``grace`` seconds, then are closed."""
@@ -429,6 +456,11 @@ class WebHost:
         if not self.gateway_ready and not await self._check_gateway():
             return web.json_response(
                 {"status": "gateway unavailable", "gateway": self.config.gateway.target}, status=503
+            )
+        if self.key_refused and not await self._check_key():
+            return web.json_response(
+                {"status": "the gateway refuses the edge's API key", "gateway": self.config.gateway.target},
+                status=503,
             )
         return web.json_response({"status": "ready", "gateway": self.config.gateway.target})
 

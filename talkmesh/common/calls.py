@@ -33,6 +33,8 @@ import grpc
 
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.errors import StageError, TalkmeshError
+from talkmesh.common.inprocess import InProcessContext
+from talkmesh.common.propagation import warnings_in
 
 
 class Stream(abc.ABC):
@@ -43,6 +45,11 @@ class Stream(abc.ABC):
 
     async def admitted(self) -> None:  # noqa: B027 - in-process streams are always admitted
         """Returns once the stage has admitted the stream; raises its refusal."""
+
+    async def warnings(self) -> list[str]:
+        """The stage's warnings about the request (``talkmesh-warning`` trailers), once the stream
+        has ended; [] before, or when there were none."""
+        return []
 
     @abc.abstractmethod
     async def cancel(self) -> None:
@@ -135,6 +142,11 @@ class CallStream(Stream):
                     self.stage, grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=details)
                 )
 
+    async def warnings(self) -> list[str]:
+        if not self.call.done():
+            return []
+        return warnings_in(await self.call.trailing_metadata())
+
     async def response(self) -> Any:
         """The single response of a client-streaming call (same error handling as reading)."""
         try:
@@ -174,11 +186,15 @@ async def _write_keeping_status(call: Any, request: Any) -> bool:
 class LocalStream(Stream):
     """An async generator as a Stream (a handler called in-process)."""
 
-    def __init__(self, gen: AsyncIterator[Any]) -> None:
+    def __init__(self, gen: AsyncIterator[Any], context: InProcessContext | None = None) -> None:
         self.gen = gen
+        self.context = context
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self.gen
+
+    async def warnings(self) -> list[str]:
+        return [] if self.context is None else warnings_in(self.context.trailing_metadata)
 
     async def cancel(self) -> None:
         aclose = getattr(self.gen, "aclose", None)

@@ -1,7 +1,7 @@
 """Calling a servicer's handlers directly, without gRPC (the benchmark's in-process yardstick).
 
-Handlers only use ``context.time_remaining()``, ``context.invocation_metadata()`` and
-``context.cancelled()``; this context provides exactly those.
+Handlers only use ``context.time_remaining()``, ``context.invocation_metadata()``,
+``context.cancelled()`` and ``context.set_trailing_metadata()``; this context provides exactly those.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ class InProcessContext:
     def __init__(self, deadline_seconds: float | None = None, metadata: tuple = ()) -> None:
         self._deadline = None if deadline_seconds is None else time.monotonic() + deadline_seconds
         self._metadata = metadata
+        #: what the handler set with ``set_trailing_metadata`` (TTS's warnings)
+        self.trailing_metadata: tuple = ()
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
@@ -28,6 +30,9 @@ class InProcessContext:
 
     def peer(self) -> str:
         return "inprocess"
+
+    def set_trailing_metadata(self, metadata: tuple) -> None:
+        self.trailing_metadata = tuple(metadata)
 
 
 class HandlerRecorder:

@@ -15,6 +15,13 @@ from opentelemetry import propagate
 from talkmesh.common.logs import request_id_var
 
 REQUEST_ID_KEY = "x-request-id"
+#: Trailing metadata of a call a stage served with a warning about the request (one line per value).
+WARNING_KEY = "talkmesh-warning"
+
+
+def warnings_in(metadata: Iterable[tuple[str, str | bytes]] | None) -> list[str]:
+    """The ``WARNING_KEY`` values of a call's trailing metadata, in order."""
+    return [v.decode() if isinstance(v, bytes) else v for k, v in metadata or () if k == WARNING_KEY]
 
 
 def outgoing_metadata(metadata: Iterable[tuple[str, str | bytes]] | None = None) -> grpc.aio.Metadata:

@@ -156,6 +156,20 @@ async def test_inprocess_speaker_speaks_a_request(tmp_path: Path) -> None:
     assert result.audio_seconds == pytest.approx(result.frames / 25, abs=0.05)
 
 
+async def test_the_yardstick_passes_ttss_warning_on_as_the_mesh_does(tmp_path: Path) -> None:
+    from talkmesh.bench.speakers import InProcessSpeaker
+    from talkmesh.common.inprocess import InProcessContext
+
+    speaker = await InProcessSpeaker.start({"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path)})
+    try:
+        request = Workload(size="360p").request("I flew from 北京 to 上海 last week.", 1)
+        chunks = [c async for c in speaker.servicer.Speak(request, InProcessContext())]
+    finally:
+        await speaker.close()
+    (warning,) = chunks[-1].summary.warnings
+    assert "Han script" in warning
+
+
 def test_live_cost_is_taken_over_the_empty_mesh_floor():
     from talkmesh.bench.live import LiveReport
     from talkmesh.bench.live import markdown as live_markdown

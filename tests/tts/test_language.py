@@ -12,10 +12,10 @@ import pytest
 
 from services.tts.engine import primary_language
 from services.tts.scripts import reads
-from services.tts.server import WARNING_KEY
 from services.tts.text import normalize
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.common.names import check_text, has_speech
+from talkmesh.common.propagation import WARNING_KEY
 from talkmesh.v1 import tts_pb2
 from tests.tts.conftest import pcm_of, visemes_of
 

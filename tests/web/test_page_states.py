@@ -345,3 +345,27 @@ async def test_a_failed_audio_files_alert_goes_when_the_next_turn_starts() -> No
     assert [next(iter(m)) for m in turns] == ["audio", "text"], turns
     assert pcm_frames >= 3, "the good file's 0.3 s went out (100 ms chunks)"
     assert console.errors == [], console.errors
+
+
+async def test_a_turn_spoken_with_a_warning_says_so_in_the_alert_region() -> None:
+    warning = "4 of the text's 22 letters are Han script, which espeak:en-us reads letter by letter"
+
+    async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
+        await recv_json(ws, conn)
+        await ws.send_json(started(n))
+        while (body := await recv_json(ws, conn)) is not None:
+            turn_id = body.get("text", {}).get("turn_id")
+            if turn_id:
+                stopped = {"turn_id": turn_id, "reason": "STOP_REASON_COMPLETED", "warnings": [warning]}
+                await ws.send_json({"event": {"frame": "3", "speaking_stopped": stopped}})
+
+    async with fake_edge(script) as edge, browser_page() as (page, console):
+        await page.goto(edge.url + "?retry_base=5")
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", "I flew from 北京 to 上海 last week.")
+        await page.click("#speak")
+        await wait_js(page, "!document.getElementById('alert').hidden", timeout=5)
+        assert await page.inner_text("#alert") == f"Turn t1 was spoken with a warning: {warning}"
+        events = await page.evaluate("[...document.querySelectorAll('#events li')].map(e => e.textContent)")
+        assert any(f"warning for t1: {warning}" in line for line in events), events
+    assert console.errors == [], console.errors
