@@ -209,13 +209,16 @@ def self_command() -> str:
 
 
 def up_hint(gateway: str, pki: str = "", api_keys: str = "") -> str:
-    """The `talkmesh say` command that reaches the mesh `up` started: its target when it is not the
-    clients' default, the CA when it serves TLS (--pki), an API key when it asks for one."""
+    """The `talkmesh say` command that reaches the mesh `up` started: its target when it is not on
+    the default ports (the command is typed in another terminal, which may not have `up`'s
+    $TALKMESH_PORT_BASE or $TALKMESH_TARGET), the CA when it serves TLS (--pki), an API key when it
+    asks for one."""
     import shlex
 
-    from talkmesh.client import TARGET_ENV, default_target
+    from talkmesh.client import TARGET_ENV
+    from talkmesh.common.registry import default_target
 
-    words = [] if gateway == default_target() else [f"{TARGET_ENV}={gateway}"]
+    words = [] if gateway == default_target("gateway") else [f"{TARGET_ENV}={gateway}"]
     words += [self_command(), "say", '"Hello there"']
     if pki:
         words += ["--tls-ca", shlex.quote(str(Path(pki).resolve() / "ca.crt"))]
@@ -254,9 +257,12 @@ def _print_result(result: Any, container: str = "fmp4") -> None:
     print(
         f"audio {s.audio_seconds:.2f} s, {s.frames} frames, total {result.total_seconds:.2f} s "
         f"({s.audio_seconds / max(result.total_seconds, 1e-9):.1f}x real time), encoder {s.video_encoder}"
+        + (f", voice {s.voice}" if s.voice else "")
     )
     print("per-stage timings (gateway view):")
     for st in s.stages:
+        if not st.seconds and st.stage == "encoder_first_fragment" and container == "mp4":
+            continue  # a whole file has no fragments: nothing was measured
         print(f"  {st.service:>8} {st.stage:<24} {st.seconds * 1000:8.1f} ms")
     for warning in s.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -481,13 +487,15 @@ async def _voices(args: argparse.Namespace) -> int:
 
 
 def voice_table(voices: Any) -> list[str]:
-    """`talkmesh voices`: one line per voice, the columns as wide as their longest value; the
-    default voice (the one a request without --voice speaks with) has "(default)" after its name."""
-    rows = [
+    """`talkmesh voices`: a header, then one line per voice, the columns as wide as their longest
+    value; the default voice (the one a request without --voice speaks with) has "(default)" after
+    its name. The first column is what --voice takes."""
+    header = ("VOICE (--voice)", "LANGUAGE", "ENGINE", "RATE", "NAME")
+    rows = [header] + [
         (v.id, v.language, v.engine, f"{v.sample_rate} Hz", v.name + ("  (default)" if v.default else ""))
         for v in voices
     ]
-    widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
 
 

@@ -127,8 +127,10 @@ async def test_say_options_reach_the_services(tmp_path):
         gw = ("--target", mesh.gateway)
         base, fast = tmp_path / "base.mp4", tmp_path / "fast.mp4"
         text = "The quick brown fox jumps over the lazy dog."
-        code, _, err = await _cli("say", text, "-o", str(base), "--voice", "espeak:en_GB", *gw)
+        code, out, err = await _cli("say", text, "-o", str(base), "--voice", "espeak:en_GB", *gw)
         assert code == 0, err
+        assert ", voice espeak:en-gb" in out, out  # the spelling given, resolved to the listed voice
+        assert "encoder_first_fragment" not in out, out  # a whole file: no fragment was timed
         code, _, err = await _cli(
             "say", text, "-o", str(fast), "--voice", "espeak:en-GB", "--rate", "2", "--pitch", "1.5",
             "--volume", "0.5", "--size", "360p", "--backend", "viseme", "--audio-codec", "opus",

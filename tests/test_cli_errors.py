@@ -217,7 +217,10 @@ def test_voice_columns_line_up_whatever_the_length_of_the_ids() -> None:
                   sample_rate=22050, name="Cherokee"),
         api.Voice(id="piper:en_US-lessac-medium", language="en-us", engine="piper", sample_rate=16000, name="lessac"),
     ]  # fmt: skip
-    lines = voice_table(voices)
+    header, *lines = voice_table(voices)
+    assert header.split()[:3] == ["VOICE", "(--voice)", "LANGUAGE"] and header.index("ENGINE") == lines[0].index(
+        " espeak "
+    ) + 1, [header, *lines]
     assert len(lines) == 3
     import re
 
@@ -263,6 +266,7 @@ def test_the_up_hint_is_a_command_that_works_here(
     import shlex
 
     from talkmesh.cli import self_command, up_hint
+    from talkmesh.common.registry import default_target
 
     monkeypatch.delenv("TALKMESH_TARGET", raising=False)
     monkeypatch.delenv("TALKMESH_PORT_BASE", raising=False)
@@ -279,5 +283,7 @@ def test_the_up_hint_is_a_command_that_works_here(
     assert "--api-key" in words
     assert build_parser().parse_args(words[len(command) + 1 :]).cmd == "say"  # flags `say` takes
 
-    monkeypatch.setenv("TALKMESH_PORT_BASE", str(closed_port))  # the clients find this mesh by themselves
-    assert not up_hint(f"127.0.0.1:{closed_port}").startswith("TALKMESH_TARGET")
+    # typed in another terminal, without `up`'s $TALKMESH_PORT_BASE: the target is named all the same
+    monkeypatch.setenv("TALKMESH_PORT_BASE", str(closed_port))
+    assert up_hint(f"127.0.0.1:{closed_port}").startswith(f"TALKMESH_TARGET=127.0.0.1:{closed_port} ")
+    assert not up_hint(default_target("gateway")).startswith("TALKMESH_TARGET")  # the default mesh

@@ -264,6 +264,7 @@ async def test_audio_turns_at_the_callers_rate(tmp_path: Path, rate: int) -> Non
     assert body.reason == lpb.STOP_REASON_COMPLETED
     assert body.sample_rate == rate and body.samples_played == len(pcm) // 2, "all of the caller's audio played"
     assert body.frames_played == math.ceil(1.2 * 25)
+    assert body.voice == "" and list(body.warnings) == []  # no TTS in an audio turn
     out = decode(rec.write(tmp_path / "live.mp4"))
     turn = _turn_frames(rec, tid)
     gaps = mouth_openness(out.frames)
@@ -894,4 +895,5 @@ async def test_a_turn_spoken_with_ttss_warning_says_so_in_its_speaking_stopped(t
     (warning,) = warned.warnings
     assert "Han script" in warning and "espeak:cmn" in warning, warning
     assert list(clean.warnings) == []
+    assert warned.voice == clean.voice == "espeak:en-us"  # the voice spoken with, as listed
     assert not [r for r in rec.messages if r.kind == "error"]

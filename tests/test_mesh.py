@@ -238,8 +238,13 @@ async def test_ttss_warning_about_the_text_reaches_the_caller_in_the_summary(tmp
         warned = await client.save(client.speak(mixed), tmp_path / "mixed.mp4")
         streamed = await client.save(client.speak_stream(pieces()), tmp_path / "streamed.mp4")
         clean = await client.save(client.speak("I flew from Paris to Rome last week."), tmp_path / "clean.mp4")
+        # the voice TTS spoke with, as listed: a locale resolved to the voice that has it
+        spanish = await client.save(client.speak("Hola, ¿qué tal?", voice="espeak:es-MX"), tmp_path / "es.mp4")
+        (listed,) = await client.list_voices("espeak:es-MX")
     for result in (warned, streamed):
         (warning,) = result.summary.warnings
         assert "of the text's" in warning and "Han script" in warning and "espeak:cmn" in warning, warning
         assert result.summary.frames > 25
-    assert list(clean.summary.warnings) == []
+        assert result.summary.voice == "espeak:en-us"  # the default
+    assert list(clean.summary.warnings) == [] and clean.summary.voice == "espeak:en-us"
+    assert spanish.summary.voice == listed.id != "espeak:es-MX" and listed.id.startswith("espeak:es")

@@ -77,7 +77,7 @@ from talkmesh.common.errors import (
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_id, check_text, check_voice_settings, has_speech
 from talkmesh.common.principal import current_principal, restricted
-from talkmesh.common.propagation import adopt_request_id
+from talkmesh.common.propagation import VOICE_KEY, WARNING_KEY, adopt_request_id, metadata_values
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -183,8 +183,9 @@ class GatewayTurn:
     frames_played: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     span: Any = None
-    #: TTS's warnings about the turn's text, for its SpeakingStopped
+    #: TTS's warnings about the turn's text and the voice it spoke with, for its SpeakingStopped
     warnings: list[str] = field(default_factory=list)
+    voice_used: str = ""
 
     def end_input(self) -> None:
         self.input_done = True
@@ -375,6 +376,7 @@ class LiveSession:
                     stopped = self.turns.get(ev.speaking_stopped.turn_id)
                     if stopped is not None:
                         ev.speaking_stopped.warnings.extend(stopped.warnings)
+                        ev.speaking_stopped.voice = stopped.voice_used
                     self._turn_over(ev.speaking_stopped.turn_id)
             elif kind == "started":
                 self.span.add_event("started", {"talkmesh.width": msg.started.width})
@@ -705,7 +707,9 @@ class LiveSession:
             if chunk.pcm and resampler is not None:
                 await self._send_audio(turn, resampler.push(chunk.pcm), features_in)
             # end_of_stream: read on to the stream's end, TTS's OK and its warnings
-        turn.warnings = await tts.warnings()
+        trailers = await tts.trailers()
+        turn.warnings = metadata_values(trailers, WARNING_KEY)
+        turn.voice_used = next(iter(metadata_values(trailers, VOICE_KEY)), "")
         if resampler is not None:
             await self._send_audio(turn, resampler.push(b"", last=True), features_in)
 

@@ -51,9 +51,13 @@ def close_voices(backends: Mapping[str, TTSBackend], voice_id: str, limit: int =
 
 
 def voice_not_found(field: str, backends: Mapping[str, TTSBackend], voice_id: str) -> NotFound:
-    """NOT_FOUND for ``voice_id``, suggesting voices of the same language when there are some."""
+    """NOT_FOUND for ``voice_id``, suggesting voices of the same language when there are some (and
+    the ``engine:`` a bare name lacks: `fr-fr` is `espeak:fr-fr`)."""
     close = close_voices(backends, voice_id)
-    return NotFound(field, voice_id, "voice", hint=f"voices of that language: {', '.join(close)}" if close else "")
+    hints = [] if ":" in voice_id else [f"a voice id is <engine>:<name> ({', '.join(sorted(backends))})"]
+    if close:
+        hints.append(f"voices of that language: {', '.join(close)}")
+    return NotFound(field, voice_id, "voice", hint="; ".join(hints))
 
 
 def resolve_job(

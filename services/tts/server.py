@@ -24,7 +24,7 @@ from services.tts.text import normalize, split_clauses
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import NotFound
 from talkmesh.common.names import check_id, check_text
-from talkmesh.common.propagation import WARNING_KEY
+from talkmesh.common.propagation import VOICE_KEY, WARNING_KEY
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import common_pb2, tts_pb2, tts_pb2_grpc
@@ -106,17 +106,18 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             )
 
     @staticmethod
-    def _warn(context: Any, warning: str) -> None:
-        """A warning about the request (logged by its maker) for the caller, in trailing metadata."""
-        if warning:
-            context.set_trailing_metadata(((WARNING_KEY, warning),))
+    def _trailers(context: Any, voice_id: str, warning: str = "") -> None:
+        """The voice spoken with and a warning about the request (logged by its maker), for the
+        caller, in trailing metadata."""
+        context.set_trailing_metadata(((VOICE_KEY, voice_id),) + (((WARNING_KEY, warning),) if warning else ()))
 
     # -- RPCs ----------------------------------------------------------------------------------
     async def Synthesize(self, request: Any, context: Any) -> AsyncGenerator[common_pb2.AudioChunk, None]:  # type: ignore[override]
         started = time.perf_counter()
         job = resolve_job(self.config, self.backends, request.config, context)
         check_text("text", request.text, self.config.max_text_chars)
-        self._warn(context, check_voice_reads(normalize(request.text), job.voice.id, job.voice.language))
+        warning = check_voice_reads(normalize(request.text), job.voice.id, job.voice.language)
+        self._trailers(context, job.voice.id, warning)
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         key = (job.voice.id, job.settings, request.text)
         if self.cache.enabled:
@@ -150,6 +151,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             request_iterator, "config", first_timeout=idle, idle_timeout=idle, what="text stream"
         )
         job = resolve_job(self.config, self.backends, stream.head.config, context)
+        self._trailers(context, job.voice.id)
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         clauses: Chan[str] = Chan(self.config.stream_queue_segments)
         reader = asyncio.create_task(read_clauses(stream, clauses, self.stream_rules), name="tts-read-pieces")
@@ -164,7 +166,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
                     warning = check_voice_reads(text, job.voice.id, job.voice.language, refuse=not decided)
                     decided = decided or any(ch.isalpha() for ch in text)
                     if warning:
-                        self._warn(context, warning)
+                        self._trailers(context, job.voice.id, warning)
                         warned = True
                 yield clause
 

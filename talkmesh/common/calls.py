@@ -34,7 +34,6 @@ import grpc
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.errors import StageError, TalkmeshError
 from talkmesh.common.inprocess import InProcessContext
-from talkmesh.common.propagation import warnings_in
 
 
 class Stream(abc.ABC):
@@ -46,10 +45,10 @@ class Stream(abc.ABC):
     async def admitted(self) -> None:  # noqa: B027 - in-process streams are always admitted
         """Returns once the stage has admitted the stream; raises its refusal."""
 
-    async def warnings(self) -> list[str]:
-        """The stage's warnings about the request (``talkmesh-warning`` trailers), once the stream
-        has ended; [] before, or when there were none."""
-        return []
+    async def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The stage's trailing metadata (TTS's voice and warnings: ``talkmesh.common.propagation``)
+        once the stream has ended; () before."""
+        return ()
 
     @abc.abstractmethod
     async def cancel(self) -> None:
@@ -142,10 +141,10 @@ class CallStream(Stream):
                     self.stage, grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=details)
                 )
 
-    async def warnings(self) -> list[str]:
+    async def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
         if not self.call.done():
-            return []
-        return warnings_in(await self.call.trailing_metadata())
+            return ()
+        return tuple(await self.call.trailing_metadata() or ())
 
     async def response(self) -> Any:
         """The single response of a client-streaming call (same error handling as reading)."""
@@ -193,8 +192,8 @@ class LocalStream(Stream):
     def __aiter__(self) -> AsyncIterator[Any]:
         return self.gen
 
-    async def warnings(self) -> list[str]:
-        return [] if self.context is None else warnings_in(self.context.trailing_metadata)
+    async def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
+        return () if self.context is None else self.context.trailing_metadata
 
     async def cancel(self) -> None:
         aclose = getattr(self.gen, "aclose", None)

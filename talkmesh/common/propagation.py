@@ -17,11 +17,13 @@ from talkmesh.common.logs import request_id_var
 REQUEST_ID_KEY = "x-request-id"
 #: Trailing metadata of a call a stage served with a warning about the request (one line per value).
 WARNING_KEY = "talkmesh-warning"
+#: Trailing metadata of a TTS call: the voice it spoke with, as ListVoices lists it.
+VOICE_KEY = "talkmesh-voice"
 
 
-def warnings_in(metadata: Iterable[tuple[str, str | bytes]] | None) -> list[str]:
-    """The ``WARNING_KEY`` values of a call's trailing metadata, in order."""
-    return [v.decode() if isinstance(v, bytes) else v for k, v in metadata or () if k == WARNING_KEY]
+def metadata_values(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> list[str]:
+    """The values of ``key`` in a call's (trailing) metadata, in order."""
+    return [v.decode() if isinstance(v, bytes) else v for k, v in metadata or () if k == key]
 
 
 def outgoing_metadata(metadata: Iterable[tuple[str, str | bytes]] | None = None) -> grpc.aio.Metadata:

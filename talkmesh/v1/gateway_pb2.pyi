@@ -74,7 +74,7 @@ class SpeakTimeline(_message.Message):
     def __init__(self, received: _Optional[float] = ..., first_audio: _Optional[float] = ..., last_audio: _Optional[float] = ..., first_frame: _Optional[float] = ..., first_fragment: _Optional[float] = ..., last_fragment: _Optional[float] = ...) -> None: ...
 
 class SpeakSummary(_message.Message):
-    __slots__ = ("request_id", "stages", "time_to_first_audio_seconds", "time_to_first_frame_seconds", "time_to_first_fragment_seconds", "audio_seconds", "frames", "total_seconds", "timeline", "video_encoder", "inferred_frames", "warnings")
+    __slots__ = ("request_id", "stages", "time_to_first_audio_seconds", "time_to_first_frame_seconds", "time_to_first_fragment_seconds", "audio_seconds", "frames", "total_seconds", "timeline", "video_encoder", "inferred_frames", "warnings", "voice")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     TIME_TO_FIRST_AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class SpeakSummary(_message.Message):
     VIDEO_ENCODER_FIELD_NUMBER: _ClassVar[int]
     INFERRED_FRAMES_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     stages: _containers.RepeatedCompositeFieldContainer[_types_pb2.StageTiming]
     time_to_first_audio_seconds: float
@@ -99,7 +100,8 @@ class SpeakSummary(_message.Message):
     video_encoder: str
     inferred_frames: int
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_types_pb2.StageTiming, _Mapping]]] = ..., time_to_first_audio_seconds: _Optional[float] = ..., time_to_first_frame_seconds: _Optional[float] = ..., time_to_first_fragment_seconds: _Optional[float] = ..., audio_seconds: _Optional[float] = ..., frames: _Optional[int] = ..., total_seconds: _Optional[float] = ..., timeline: _Optional[_Union[SpeakTimeline, _Mapping]] = ..., video_encoder: _Optional[str] = ..., inferred_frames: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    voice: str
+    def __init__(self, request_id: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[_types_pb2.StageTiming, _Mapping]]] = ..., time_to_first_audio_seconds: _Optional[float] = ..., time_to_first_frame_seconds: _Optional[float] = ..., time_to_first_fragment_seconds: _Optional[float] = ..., audio_seconds: _Optional[float] = ..., frames: _Optional[int] = ..., total_seconds: _Optional[float] = ..., timeline: _Optional[_Union[SpeakTimeline, _Mapping]] = ..., video_encoder: _Optional[str] = ..., inferred_frames: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., voice: _Optional[str] = ...) -> None: ...
 
 class SpeakChunk(_message.Message):
     __slots__ = ("request_id", "seq", "end_of_stream", "media", "summary")

@@ -167,20 +167,22 @@ class SpeakingStarted(_message.Message):
     def __init__(self, turn_id: _Optional[str] = ...) -> None: ...
 
 class SpeakingStopped(_message.Message):
-    __slots__ = ("turn_id", "reason", "samples_played", "sample_rate", "frames_played", "warnings")
+    __slots__ = ("turn_id", "reason", "samples_played", "sample_rate", "frames_played", "warnings", "voice")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_PLAYED_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_PLAYED_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     reason: StopReason
     samples_played: int
     sample_rate: int
     frames_played: int
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, turn_id: _Optional[str] = ..., reason: _Optional[_Union[StopReason, str]] = ..., samples_played: _Optional[int] = ..., sample_rate: _Optional[int] = ..., frames_played: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    voice: str
+    def __init__(self, turn_id: _Optional[str] = ..., reason: _Optional[_Union[StopReason, str]] = ..., samples_played: _Optional[int] = ..., sample_rate: _Optional[int] = ..., frames_played: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., voice: _Optional[str] = ...) -> None: ...
 
 class InterruptAcknowledged(_message.Message):
     __slots__ = ("turn_id", "stopped_turn_ids")

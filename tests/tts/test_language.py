@@ -179,6 +179,13 @@ async def test_not_found_suggests_voices_of_the_same_language(tts: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await _say(stub, "你好。", "espeak:sit/zh")
     assert exc.value.details().endswith("; voices of that language: espeak:cmn, espeak:cmn-latn-pinyin")
+    # a bare name, as `talkmesh voices` shows in its language column: the missing engine is named
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _say(stub, "Bonjour.", "fr-fr")
+    assert exc.value.details() == (
+        "config.voice: voice 'fr-fr' not found; a voice id is <engine>:<name> (espeak); "
+        "voices of that language: espeak:fr-be, espeak:fr-ch, espeak:fr-fr"
+    )
 
 
 async def test_list_voices_not_found_suggests_voices_of_the_same_language(tts: Any) -> None:
