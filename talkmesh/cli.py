@@ -700,7 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("voices", parents=[target], help="list voices")
 
-    lv = sub.add_parser("live", parents=[target], help="a live session: type lines to speak, empty line interrupts")
+    lv = sub.add_parser(
+        "live",
+        parents=[target],
+        help="a live session: type lines to speak, empty line interrupts",
+        epilog="Exit status 1 if any message or turn was refused or failed, even when the session then ended normally.",
+    )
     from talkmesh.live_cli import add_arguments as live_arguments
 
     live_arguments(lv)

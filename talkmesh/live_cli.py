@@ -181,4 +181,6 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
                 raise pump.exception()  # type: ignore[misc]  # the stream failed: one line, exit 1
     if output is not None:
         print(f"wrote {output}", file=out)
+    if state["errors"]:
+        print(f"error: {state['errors']} message(s) or turn(s) were refused or failed (above)", file=out)
     return 1 if state["errors"] else 0

@@ -161,6 +161,8 @@ async def test_a_failed_turn_makes_the_exit_code_non_zero(tmp_path: Path) -> Non
     err = await _run_to_end(proc, server, b"hi\n")
     assert proc.returncode == 1, err
     assert err.count("config.voice: no such voice") == 1, err
+    # the session itself ended normally: the last line says why the status is 1 all the same
+    assert err.strip().splitlines()[-1] == "error: 1 message(s) or turn(s) were refused or failed (above)", err
 
 
 @pytest.mark.parametrize("avatar", ["me", AVATAR_ID])
