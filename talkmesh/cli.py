@@ -261,8 +261,6 @@ def _print_result(result: Any, container: str = "fmp4") -> None:
     )
     print("per-stage timings (gateway view):")
     for st in s.stages:
-        if not st.seconds and st.stage == "encoder_first_fragment" and container == "mp4":
-            continue  # a whole file has no fragments: nothing was measured
         print(f"  {st.service:>8} {st.stage:<24} {st.seconds * 1000:8.1f} ms")
     for warning in s.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -481,21 +479,22 @@ async def _voices(args: argparse.Namespace) -> int:
 
     async with client_for(args) as client:
         voices = await client.list_voices()
-    for line in voice_table(voices):
+    for line in voice_table(voices, header=sys.stdout.isatty()):
         print(line)
     return 0
 
 
-def voice_table(voices: Any) -> list[str]:
-    """`talkmesh voices`: a header, then one line per voice, the columns as wide as their longest
-    value; the default voice (the one a request without --voice speaks with) has "(default)" after
-    its name. The first column is what --voice takes."""
-    header = ("VOICE (--voice)", "LANGUAGE", "ENGINE", "RATE", "NAME")
-    rows = [header] + [
+def voice_table(voices: Any, *, header: bool = False) -> list[str]:
+    """`talkmesh voices`: one line per voice (after a header on a terminal: a script reading the
+    lines gets voices only), the columns as wide as their longest value; the default voice (the one
+    a request without --voice speaks with) has "(default)" after its name. The first column is what
+    --voice takes."""
+    rows = [("VOICE (--voice)", "LANGUAGE", "ENGINE", "RATE", "NAME")] if header else []
+    rows += [
         (v.id, v.language, v.engine, f"{v.sample_rate} Hz", v.name + ("  (default)" if v.default else ""))
         for v in voices
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
 
 

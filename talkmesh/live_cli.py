@@ -55,7 +55,9 @@ def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
         st = ev.speaking_stopped
         reason = lpb.StopReason.Name(st.reason).removeprefix("STOP_REASON_").lower()
         seconds = st.samples_played / st.sample_rate if st.sample_rate else 0.0
-        return f"{at}  stopped   {st.turn_id} ({reason}, {seconds:.2f} s played)"
+        voice = f", voice {st.voice}" if st.voice else ""
+        warnings = "".join(f"\n{at}  warning   {st.turn_id}: {w}" for w in st.warnings)
+        return f"{at}  stopped   {st.turn_id} ({reason}, {seconds:.2f} s played{voice}){warnings}"
     if which == "interrupt_acknowledged":
         return f"{at}  interrupt acknowledged ({', '.join(ev.interrupt_acknowledged.stopped_turn_ids) or 'nothing'})"
     if which == "underrun":

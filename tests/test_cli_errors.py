@@ -217,7 +217,8 @@ def test_voice_columns_line_up_whatever_the_length_of_the_ids() -> None:
                   sample_rate=22050, name="Cherokee"),
         api.Voice(id="piper:en_US-lessac-medium", language="en-us", engine="piper", sample_rate=16000, name="lessac"),
     ]  # fmt: skip
-    header, *lines = voice_table(voices)
+    assert [line.split()[0] for line in voice_table(voices)] == [v.id for v in voices]  # piped: no header
+    header, *lines = voice_table(voices, header=True)
     assert header.split()[:3] == ["VOICE", "(--voice)", "LANGUAGE"] and header.index("ENGINE") == lines[0].index(
         " espeak "
     ) + 1, [header, *lines]

@@ -237,6 +237,8 @@ async def test_interrupt_cuts_the_turn_at_the_next_frame(tmp_path: Path) -> None
     assert abs(stops[tid].samples_played - stops[tid].frames_played * per_frame) <= per_frame
     assert stops[queued].frames_played == 0 and not _turn_frames(rec, queued)
     assert stops[queued].sample_rate == stops[tid].sample_rate == 22050, "the voice's rate, even unstarted"
+    # cut while its TTS stream was still open (the gateway reads 3 s ahead): the voice all the same
+    assert stops[tid].voice == stops[queued].voice == "espeak:en-us"
     assert len(rec.events("speaking_started")) == 1
 
     out = decode(rec.write(tmp_path / "live.mp4"))
@@ -799,7 +801,7 @@ async def test_a_text_turn_stopped_before_tts_answered_counts_in_the_default_voi
             await rec.finish()
     body = stopped.msg.event.speaking_stopped
     assert body.reason == lpb.STOP_REASON_INTERRUPTED and body.samples_played == 0
-    assert body.sample_rate == 22050, body
+    assert body.sample_rate == 22050 and body.voice == "espeak:en-us", body
 
 
 async def test_a_turn_speaks_in_its_own_voice_and_an_unknown_one_refuses_only_that_turn(tmp_path: Path) -> None:

@@ -205,3 +205,19 @@ async def test_avatar_add_picks_the_face_by_index_or_point(tmp_path: Path) -> No
     assert index.face_index == 2 and not index.HasField("face_point")
     assert (point.face_point.x, point.face_point.y) == (320.5, 200.0) and point.face_index == 0
     assert neither.face_index == 0 and not neither.HasField("face_point")
+
+
+def test_a_stopped_turn_shows_its_voice_and_warnings() -> None:
+    import time
+
+    from talkmesh.live_cli import describe
+
+    stopped = lpb.SpeakingStopped(
+        turn_id="t1", reason=lpb.STOP_REASON_COMPLETED, samples_played=22050, sample_rate=22050,
+        voice="espeak:en-us", warnings=["2 of the text's 18 letters are Han script"],
+    )  # fmt: skip
+    line = describe(lpb.LiveServerMessage(event=lpb.LiveEvent(speaking_stopped=stopped)), time.monotonic())
+    assert line is not None
+    first, second = line.splitlines()
+    assert first.endswith("stopped   t1 (completed, 1.00 s played, voice espeak:en-us)"), first
+    assert second.endswith("warning   t1: 2 of the text's 18 letters are Han script"), second

@@ -243,8 +243,10 @@ async def test_ttss_warning_about_the_text_reaches_the_caller_in_the_summary(tmp
         (listed,) = await client.list_voices("espeak:es-MX")
     for result in (warned, streamed):
         (warning,) = result.summary.warnings
-        assert "of the text's" in warning and "Han script" in warning and "espeak:cmn" in warning, warning
+        assert "Han script" in warning and "espeak:cmn" in warning, warning
         assert result.summary.frames > 25
         assert result.summary.voice == "espeak:en-us"  # the default
+    assert "4 of the text's 23 letters" in warned.summary.warnings[0]
+    assert "4 of the clause's 23 letters" in streamed.summary.warnings[0]  # a stream is checked by clause
     assert list(clean.summary.warnings) == [] and clean.summary.voice == "espeak:en-us"
     assert spanish.summary.voice == listed.id != "espeak:es-MX" and listed.id.startswith("espeak:es")

@@ -301,7 +301,7 @@ async def test_live_sessions_need_a_key_and_only_their_key_watches(tmp_path):
                 await rec.finish()
 
 
-async def test_the_web_edge_behind_up_pki_and_api_keys(tmp_path, caplog):
+async def test_the_web_edge_behind_up_pki_and_api_keys(tmp_path, caplog, monkeypatch):
     """`talkmesh up --pki DIR --api-keys FILE`: the web edge reaches the TLS gateway with a key of its
     own (ready, lists voices, runs a live session); an edge that talks plaintext to that gateway
     answers 503 without the gateway's address; an edge whose key the gateway refuses is not ready
@@ -310,6 +310,7 @@ async def test_the_web_edge_behind_up_pki_and_api_keys(tmp_path, caplog):
 
     import aiohttp
 
+    from services.web import server as web_server
     from services.web.main import create_service as create_web
     from services.web.main import load_config as load_web_config
     from talkmesh.common.config import ServerConfig
@@ -338,6 +339,26 @@ async def test_the_web_edge_behind_up_pki_and_api_keys(tmp_path, caplog):
                 first = json.loads((await ws.receive()).data)
                 assert "started" in first, first
 
+            # the edge's key revoked from the gateway's (reloaded) file: unready at a later probe
+            # (web.server asks again when its last answer is older than KEY_RECHECK_SECONDS)
+            monkeypatch.setattr(web_server, "KEY_RECHECK_SECONDS", 0.0)
+            service_keys = tmp_path / "edge" / "service-keys.yaml"
+            granted = service_keys.read_text()
+            service_keys.write_text("keys: []\n")
+
+            async def readyz_until(status: int) -> dict:
+                for _ in range(100):  # the gateway reads its keys file again within 2 s
+                    async with http.get("/readyz") as r:
+                        body = await r.json()
+                        if r.status == status:
+                            return body
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"/readyz never answered {status}: {body}")
+
+            assert "API key" in (await readyz_until(503))["status"]
+            service_keys.write_text(granted)  # put back: ready again, no restart
+            await readyz_until(200)
+
         # the same edge without its TLS settings: the TLS gateway closes its plaintext connection
         plain = load_web_config(None, env={"TALKMESH_WEB__GATEWAY__TARGET": mesh.gateway})
         plain = dataclasses.replace(plain, server=ServerConfig(port=0, metrics_port=-1, dependency_check_seconds=0))
@@ -362,6 +383,7 @@ async def test_the_web_edge_behind_up_pki_and_api_keys(tmp_path, caplog):
         wrong = load_web_config(None, env={"TALKMESH_WEB__GATEWAY__TARGET": mesh.gateway, **wrong_env})
         wrong = dataclasses.replace(wrong, server=ServerConfig(port=0, metrics_port=-1, dependency_check_seconds=0))
         host = create_web(wrong, Telemetry("web"))
+        caplog.clear()  # (the revoked key above was logged too)
         with caplog.at_level(logging.ERROR, logger="talkmesh"):
             await host.start()
         try:

@@ -11,14 +11,15 @@ The session's video goes to agent.mp4 (a browser would append it to a MediaSourc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 
 from talkmesh.client import LiveSession, TalkmeshClient
 from talkmesh.v1 import live_pb2 as lpb
 
 
-async def llm_reply(question: str):  # your model's streamed answer, token by token
-    answer = f"You asked: {question} Here is a short answer, written a few words at a time."
+async def llm_reply(question: str, sentences: int = 1):  # your model's streamed answer, token by token
+    answer = f"You asked: {question}" + " Here is an answer, written a few words at a time." * sentences
     for word in answer.split(" "):
         yield word + " "
         await asyncio.sleep(0.03)
@@ -45,13 +46,24 @@ class Avatar:
                 stopped = msg.event.speaking_stopped
                 self.stopped.setdefault(stopped.turn_id, asyncio.get_running_loop().create_future()).set_result(stopped)
 
-    async def speak(self, pieces) -> tuple[str, asyncio.Future[lpb.SpeakingStopped]]:
-        """Sends a reply as the model writes it; returns its turn id (to interrupt it) and the future
-        of its end. (Run it in a task to interrupt a reply whose text is still coming.)"""
+    def reply(self, pieces) -> tuple[str, asyncio.Task[str], asyncio.Future[lpb.SpeakingStopped]]:
+        """Starts speaking a reply as the model writes it: its turn id (to interrupt it), the task
+        that sends the model's text (cancel it to stop the model), and the future of its end."""
         turn_id = next(self.ids)
         done = self.stopped.setdefault(turn_id, asyncio.get_running_loop().create_future())
-        await self.live.say_stream(pieces, turn_id=turn_id)  # ends the turn even if the LLM fails
-        return turn_id, done
+        # say_stream ends the turn however the text stops: at its end, on the model's error, or
+        # when the task is cancelled (what was sent still plays, unless interrupted)
+        sending = asyncio.create_task(self.live.say_stream(pieces, turn_id=turn_id))
+        return turn_id, sending, done
+
+    async def barge_in(self, turn_id: str, sending: asyncio.Task[str]) -> lpb.SpeakingStopped:
+        """The user started talking: stop the model (no more text for the turn) and the avatar (the
+        turn is cut at the next frame; nothing of it plays after interrupt_acknowledged)."""
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+        await self.live.interrupt(turn_id)
+        return await self.stopped[turn_id]
 
     async def close(self) -> None:
         await self.live.close()  # what is queued plays, then the stream ends
@@ -68,16 +80,16 @@ async def main() -> None:
     async with TalkmeshClient() as client, client.live(voice="espeak:en-us") as live:
         avatar = Avatar(live, "agent.mp4")
         # 1. a reply played to its end
-        _, done = await avatar.speak(llm_reply("What is talkmesh?"))
+        _, _, done = avatar.reply(llm_reply("What is talkmesh?"))
         stopped = await done
         print(lpb.StopReason.Name(stopped.reason), f"{heard(stopped):.1f} s heard")
-        # 2. the user barges in while the avatar speaks: stop that reply, answer the new question
-        turn_id, done = await avatar.speak(llm_reply("Tell me a long story."))
+        # 2. the user barges in while the model is still writing and the avatar speaking: stop both,
+        # keep only what was heard in the model's context, answer the new question
+        turn_id, sending, _ = avatar.reply(llm_reply("Tell me a long story.", sentences=20))
         await asyncio.sleep(1.0)
-        await live.interrupt(turn_id)
-        stopped = await done
+        stopped = await avatar.barge_in(turn_id, sending)
         print(lpb.StopReason.Name(stopped.reason), f"{heard(stopped):.1f} s heard")
-        _, done = await avatar.speak(llm_reply("Sorry, a short one instead?"))
+        _, _, done = avatar.reply(llm_reply("Sorry, a short one instead?"))
         await done
         await avatar.close()
 

@@ -77,7 +77,7 @@ from talkmesh.common.errors import (
 from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_id, check_text, check_voice_settings, has_speech
 from talkmesh.common.principal import current_principal, restricted
-from talkmesh.common.propagation import VOICE_KEY, WARNING_KEY, adopt_request_id, metadata_values
+from talkmesh.common.propagation import StageNotes, adopt_request_id
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -183,9 +183,8 @@ class GatewayTurn:
     frames_played: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     span: Any = None
-    #: TTS's warnings about the turn's text and the voice it spoke with, for its SpeakingStopped
-    warnings: list[str] = field(default_factory=list)
-    voice_used: str = ""
+    #: TTS's warnings about the turn's text and the voice it spoke with, once its TTS stream ended
+    notes: StageNotes = field(default_factory=StageNotes)
 
     def end_input(self) -> None:
         self.input_done = True
@@ -208,7 +207,7 @@ class LiveSession:
         config: lpb.LiveConfig,
         request_id: str,
         deadline: float | None,
-        voice_rate: int = 0,
+        voice: tuple[str, int] = ("", 0),
     ) -> None:
         self.hub = hub
         self.ds = hub.ds
@@ -227,9 +226,10 @@ class LiveSession:
         #: turns whose input was refused (a first piece: no turn; a later one: input ended); later
         #: input for them is discarded quietly
         self.refused: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)
-        #: the voice's rate once known (from the check at the start, or TTS's first answer): text
-        #: turns count samples_played in it, even one stopped before its own TTS answered
-        self.voice_rate = voice_rate
+        #: the session voice's listed id and rate once known (from the check at the start; the rate
+        #: also from TTS's first answer): text turns count samples_played in the rate, even one
+        #: stopped before its own TTS answered, and name the voice in their SpeakingStopped
+        self.voice_id, self.voice_rate = voice
         #: (id, rate) of the voices text turns asked for (SpeakText.voice, as spelt), checked once each
         self.voice_rates: Lru[str, tuple[str, int]] = Lru(TURN_VOICES_KEPT)
         #: where the feature stage's level-adaptive activity (noise floor, speech peak) stands at the
@@ -374,9 +374,14 @@ class LiveSession:
                 elif which == "speaking_stopped":
                     self._set_speaking(False, sessions)
                     stopped = self.turns.get(ev.speaking_stopped.turn_id)
-                    if stopped is not None:
-                        ev.speaking_stopped.warnings.extend(stopped.warnings)
-                        ev.speaking_stopped.voice = stopped.voice_used
+                    body = ev.speaking_stopped
+                    if stopped is not None and stopped.kind == "text":
+                        body.warnings.extend(stopped.notes.warnings)
+                        # the voice spoken with, as listed: from TTS, else from the voice checks (a
+                        # turn cut while its TTS stream was still open); none for a failed turn
+                        checked = stopped.voice_id if stopped.voice else self.voice_id
+                        failed = body.reason == lpb.STOP_REASON_FAILED
+                        body.voice = stopped.notes.voice or ("" if failed else checked)
                     self._turn_over(ev.speaking_stopped.turn_id)
             elif kind == "started":
                 self.span.add_event("started", {"talkmesh.width": msg.started.width})
@@ -707,9 +712,7 @@ class LiveSession:
             if chunk.pcm and resampler is not None:
                 await self._send_audio(turn, resampler.push(chunk.pcm), features_in)
             # end_of_stream: read on to the stream's end, TTS's OK and its warnings
-        trailers = await tts.trailers()
-        turn.warnings = metadata_values(trailers, WARNING_KEY)
-        turn.voice_used = next(iter(metadata_values(trailers, VOICE_KEY)), "")
+        turn.notes = StageNotes.of(await tts.trailers())
         if resampler is not None:
             await self._send_audio(turn, resampler.push(b"", last=True), features_in)
 
@@ -892,14 +895,14 @@ class LiveHub:
         self._limit()
         _validate_config(cfg, self.config)
         # the voice and the avatar (a name: to its id, by the renderer) are checked together
-        voice_rate, cfg.avatar_id = await all_of(
+        voice, cfg.avatar_id = await all_of(
             self.check_voice(cfg.voice),
             self.ds.avatar_id(cfg.avatar_id, "config.avatar_id", self.config.renderer.timeout_seconds),
         )
         self._limit()  # again: other sessions may have started while the voice was checked
         session_id = self.ids.new()
         request_id = adopt_request_id(cfg.request_id)
-        session = LiveSession(self, session_id, cfg, request_id, deadline, voice_rate)
+        session = LiveSession(self, session_id, cfg, request_id, deadline, voice)
         self.sessions[session_id] = session
         principal = current_principal.get()
         if principal is not None:
@@ -929,21 +932,22 @@ class LiveHub:
             return None
         return (listed.voices[0].id, listed.voices[0].sample_rate) if len(listed.voices) == 1 else None
 
-    async def check_voice(self, voice: str) -> int:
+    async def check_voice(self, voice: str) -> tuple[str, int]:
         """NOT_FOUND on ``config.voice`` before the session starts, not on each turn, if TTS has no
-        such voice; else the voice's sample rate (without ``voice``, the one TTS lists as its
-        default), so a text turn stopped before TTS answered reports its samples in it. 0 when TTS
-        is unreachable now, which does not refuse the session: audio turns need no TTS, and text
-        turns report their own errors (the rate is then learnt from TTS's first answer)."""
+        such voice; else the voice's listed id and sample rate (without ``voice``, those of the one
+        TTS lists as its default), so a text turn stopped before TTS answered reports its samples
+        in it. ("", 0) when TTS is unreachable now, which does not refuse the session: audio turns
+        need no TTS, and text turns report their own errors (the rate is then learnt from TTS's
+        first answer)."""
         if voice:
             listed = await self.listed_voice(voice, "config.voice")
-            return listed[1] if listed is not None else 0
+            return listed if listed is not None else ("", 0)
         try:
             voices = await self.ds.list_voices(tpb.ListVoicesRequest(), self.config.tts.timeout_seconds)
         except TalkmeshError as exc:
             log.warning("could not check the live session's default voice: %s", exc.message)
-            return 0
-        return next((v.sample_rate for v in voices.voices if v.default), 0)
+            return "", 0
+        return next(((v.id, v.sample_rate) for v in voices.voices if v.default), ("", 0))
 
     async def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
         session = self.sessions.get(session_id)

@@ -34,7 +34,7 @@ from talkmesh.common.aio import Chan, TaskSet, all_of, wait_event
 from talkmesh.common.calls import LocalStream, Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, TalkmeshError
-from talkmesh.common.propagation import VOICE_KEY, WARNING_KEY, metadata_values
+from talkmesh.common.propagation import StageNotes
 from talkmesh.common.registry import RENDERER_FEATURES
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
@@ -271,8 +271,7 @@ class _Run:
         self.encoder_seq = 0
         self.open_inputs = {"tts", "features"}  # what still feeds the encoder
         self.end: epb.MediaChunk | None = None
-        self.warnings: list[str] = []  # the stages' (TTS's) warnings, for the summary
-        self.voice = ""  # the voice TTS spoke with, as listed
+        self.notes = StageNotes()  # TTS's warnings and the voice it spoke with, for the summary
         out = request.output
         # A whole-file MP4 has no fragments, and fragments longer than the first chunk need later
         # frames: neither is held.
@@ -403,9 +402,7 @@ class _Run:
                 await self._to_encoder(start, visemes=rpb.VisemeTrack(events=chunk.visemes))
             # end_of_stream: the loop still reads to the stream's end (TTS's OK), as for the media
         self.tl.last_audio = time.monotonic()
-        trailers = await tts.trailers()
-        self.warnings += metadata_values(trailers, WARNING_KEY)
-        self.voice = next(iter(metadata_values(trailers, VOICE_KEY)), "")
+        self.notes = StageNotes.of(await tts.trailers())
         if not self.read_ahead.samples_read:
             if self.audio_pieces is not None:
                 raise InvalidArgument("audio.pcm", "no audio: every piece was empty")
@@ -540,6 +537,8 @@ class _Run:
             "encoder_first_fragment": encode_first,
             "total": total,
         }
+        if ("encoder", "first_fragment") not in reported:  # a whole MP4: no fragment to time
+            del stages["encoder_first_fragment"]
         tel = self.o.telemetry
         for name, secs in stages.items():
             tel.observe_stage(name, secs)
@@ -570,6 +569,6 @@ class _Run:
             ),
             video_encoder=end.video_encoder,
             inferred_frames=end.frames_inferred,
-            warnings=self.warnings,
-            voice=self.voice,
+            warnings=self.notes.warnings,
+            voice=self.notes.voice,
         )

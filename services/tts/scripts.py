@@ -117,7 +117,7 @@ def _advice(script: str, text: str, language: str) -> str:
     return f"use a voice that reads it, e.g. {SCRIPT_VOICE[script]}"
 
 
-def check_voice_reads(text: str, voice_id: str, language: str, *, refuse: bool = True) -> str:
+def check_voice_reads(text: str, voice_id: str, language: str, *, refuse: bool = True, unit: str = "text") -> str:
     """Refuses ``text`` when most of its letters would be read by name (INVALID_ARGUMENT naming
     ``config.voice``; only when ``refuse``); otherwise a warning when some would be, or ""."""
     found = check_scripts(text, language)
@@ -125,7 +125,7 @@ def check_voice_reads(text: str, voice_id: str, language: str, *, refuse: bool =
         return ""
     script = max(found.unread, key=lambda s: found.unread[s])
     what = (
-        f"{found.unread_letters} of the text's {found.letters} letters are {script} script, "
+        f"{found.unread_letters} of the {unit}'s {found.letters} letters are {script} script, "
         f"which {voice_id} reads letter by letter, by name"
     )
     advice = _advice(script, text, language)

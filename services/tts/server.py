@@ -163,7 +163,9 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             async for clause in clauses:
                 if not warned:
                     text = normalize(clause)
-                    warning = check_voice_reads(text, job.voice.id, job.voice.language, refuse=not decided)
+                    warning = check_voice_reads(
+                        text, job.voice.id, job.voice.language, refuse=not decided, unit="clause"
+                    )
                     decided = decided or any(ch.isalpha() for ch in text)
                     if warning:
                         self._trailers(context, job.voice.id, warning)

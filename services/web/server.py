@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +47,8 @@ from talkmesh.v1 import types_pb2 as api
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+#: how old the gateway's last word on the edge's API key may be when /readyz answers ready (seconds)
+KEY_RECHECK_SECONDS = 60.0
 #: Upload blocks sent to the gateway (the gRPC client's block size).
 UPLOAD_BLOCK = 1 << 20
 #: aiohttp's HTTP errors as (gRPC status name, field) in the JSON error.
@@ -134,8 +137,11 @@ class WebHost:
         self.metrics_port = -1
         self.client: TalkmeshClient | None = None
         self.gateway_ready = False
-        #: the gateway's refusal of the edge's API key ("": accepted, or not known to be refused)
+        #: the gateway's refusal of the edge's API key ("": accepted, or not known to be refused),
+        #: and when it was last asked (monotonic; one question at a time)
         self.key_refused = ""
+        self._key_checked = -math.inf
+        self._key_lock = asyncio.Lock()
         self.draining = False
         self.sessions: set[asyncio.Task[Any]] = set()
         self.bridges: set[LiveBridge] = set()
@@ -271,18 +277,27 @@ class WebHost:
             log.info("gateway %s is ready", self.config.gateway.target)
             await self._check_key()
 
-    async def _check_key(self) -> bool:
+    async def _check_key(self, max_age: float = 0.0) -> bool:
         """Asks the gateway whether it accepts the edge's API key (``web.gateway_api_key_file``), with a
         call it authenticates (ListVoices): a wrong or missing key would fail every browser action
-        with 401 while health checks, which need no key, pass. True if it is not refused."""
+        with 401 while health checks, which need no key, pass. Asked again only when the last
+        answer is older than ``max_age`` seconds; concurrent callers share one question. True if
+        the key is not refused."""
+        async with self._key_lock:
+            if time.monotonic() - self._key_checked >= max_age:
+                await self._ask_key()
+        return not self.key_refused
+
+    async def _ask_key(self) -> None:
         assert self.client is not None
-        refused = ""
+        self._key_checked = time.monotonic()
         try:
             await self.client.list_voices(timeout=max(1.0, self.config.server.dependency_check_seconds))
+            refused = ""
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                refused = f"{exc.code().name}: {exc.details()}"
-            # any other answer (a stage down, a timeout) says nothing about the key
+            if exc.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                return  # a stage down, a timeout: nothing learnt about the key
+            refused = f"{exc.code().name}: {exc.details()}"
         if refused and refused != self.key_refused:
             log.error(
                 "gateway %s refuses the web edge's API key (web.gateway_api_key_file): %s; /readyz answers 503",
@@ -292,7 +307,6 @@ class WebHost:
         elif self.key_refused and not refused:
             log.info("gateway %s accepts the web edge's API key again", self.config.gateway.target)
         self.key_refused = refused
-        return not refused
 
     async def stop(self, grace: float | None = None) -> None:
         """Not ready, stop accepting; live sessions get ``grace`` seconds, then are closed."""
@@ -457,7 +471,9 @@ class WebHost:
             return web.json_response(
                 {"status": "gateway unavailable", "gateway": self.config.gateway.target}, status=503
             )
-        if self.key_refused and not await self._check_key():
+        # while refused, asked at each probe (a fixed key makes the pod ready); else once a
+        # minute (a key revoked from the gateway's keys file makes it unready)
+        if not await self._check_key(0.0 if self.key_refused else KEY_RECHECK_SECONDS):
             return web.json_response(
                 {"status": "the gateway refuses the edge's API key", "gateway": self.config.gateway.target},
                 status=503,

@@ -43,6 +43,9 @@ class _CountedStream(Stream):
     async def admitted(self) -> None:
         await self.inner.admitted()
 
+    async def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
+        return await self.inner.trailers()
+
     async def cancel(self) -> None:
         await self.inner.cancel()
 

@@ -47,7 +47,8 @@ class Stream(abc.ABC):
 
     async def trailers(self) -> tuple[tuple[str, str | bytes], ...]:
         """The stage's trailing metadata (TTS's voice and warnings: ``talkmesh.common.propagation``)
-        once the stream has ended; () before."""
+        once the stream has ended (() before; in-process, what the handler has set so far). A
+        wrapper of another Stream passes it on."""
         return ()
 
     @abc.abstractmethod

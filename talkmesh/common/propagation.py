@@ -8,6 +8,7 @@ only grpc, the OpenTelemetry API and the request-id context variable, so the Pyt
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import grpc
 from opentelemetry import propagate
@@ -24,6 +25,20 @@ VOICE_KEY = "talkmesh-voice"
 def metadata_values(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> list[str]:
     """The values of ``key`` in a call's (trailing) metadata, in order."""
     return [v.decode() if isinstance(v, bytes) else v for k, v in metadata or () if k == key]
+
+
+@dataclass(frozen=True)
+class StageNotes:
+    """What a TTS call's trailers say about the request it served: its warnings (``WARNING_KEY``)
+    and the voice it spoke with, as listed (``VOICE_KEY``; "" from a TTS older than the key)."""
+
+    warnings: list[str] = field(default_factory=list)
+    voice: str = ""
+
+    @classmethod
+    def of(cls, trailers: Iterable[tuple[str, str | bytes]] | None) -> StageNotes:
+        trailers = tuple(trailers or ())
+        return cls(metadata_values(trailers, WARNING_KEY), next(iter(metadata_values(trailers, VOICE_KEY)), ""))
 
 
 def outgoing_metadata(metadata: Iterable[tuple[str, str | bytes]] | None = None) -> grpc.aio.Metadata:

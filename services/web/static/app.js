@@ -670,8 +670,11 @@
       t.reason = s.reason;
       logEvent(`speaking_stopped ${s.turn_id} ${s.reason} at frame ${frame}, ${s.samples_played || 0} samples played`);
       for (const w of s.warnings || []) logEvent(`warning for ${s.turn_id}: ${w}`);
-      // spoken anyway, but not as written (letters read by name): say why
-      if ((s.warnings || []).length) showAlert(`Turn ${s.turn_id} was spoken with a warning: ${s.warnings[0]}`);
+      // spoken anyway, but not as written (letters read by name): say why, unless an alert (an
+      // error, which matters more) is up
+      if ((s.warnings || []).length && $("alert").hidden) {
+        showAlert(`Turn ${s.turn_id} was spoken with a warning: ${s.warnings[0]}`);
+      }
     } else if (ev.interrupt_acknowledged) {
       const cut = tm.interrupts.find((c) => c.ackAt == null);
       if (cut) {
