@@ -90,7 +90,7 @@ async def read_clauses(
                 break
             if piece.WhichOneof("kind") != "text":
                 continue
-            check_text("text", piece.text, rules.max_text_chars, allow_empty=True)
+            check_text("text", piece.text, rules.max_text_chars, allow_empty=True, offset=total)
             total += len(piece.text)
             if total > rules.max_text_chars:
                 raise InvalidArgument("text", f"the stream's text is over the limit of {rules.max_text_chars}")

@@ -55,10 +55,11 @@ def has_speech(text: str) -> bool:
     return any(unicodedata.category(ch)[0] in "LNS" or ch in _WORD_MARKS for ch in text)
 
 
-def check_text(field: str, text: str, max_chars: int, *, allow_empty: bool = False) -> str:
+def check_text(field: str, text: str, max_chars: int, *, allow_empty: bool = False, offset: int = 0) -> str:
     """``text`` unchanged, or InvalidArgument naming ``field``: empty or with nothing to say (see
     ``has_speech``; unless ``allow_empty``), over ``max_chars``, or holding a control character
-    other than tab and line breaks, or a surrogate."""
+    other than tab and line breaks, or a surrogate (its position counted from ``offset``: a streamed
+    piece's characters count from the start of the stream's text)."""
     if not allow_empty and not has_speech(text):
         raise InvalidArgument(
             field,
@@ -70,7 +71,7 @@ def check_text(field: str, text: str, max_chars: int, *, allow_empty: bool = Fal
     for i, ch in enumerate(text):
         cat = unicodedata.category(ch)
         if (cat == "Cc" and ch not in "\t\n\r") or cat == "Cs":
-            raise InvalidArgument(field, f"contains the control character U+{ord(ch):04X} at position {i}")
+            raise InvalidArgument(field, f"contains the control character U+{ord(ch):04X} at position {offset + i}")
     return text
 
 

@@ -344,3 +344,13 @@ def test_the_script_table_matches_what_espeak_reads() -> None:
     assert not reads("ja", "Han") and reads("ja", "Kana")
     assert reads("fr-fr", "Greek") and not reads("en-gb", "Greek")
     assert reads("en-us", "Latin") and reads("ru", "Cyrillic") and not reads("de", "Cyrillic")
+
+
+async def test_a_control_character_in_a_streamed_piece_is_placed_in_the_whole_text(tts: Any) -> None:
+    """An LLM's ANSI colour code in its third piece: the position counts from the stream's start
+    (where the caller can find it), not from the start of the piece."""
+    stub, _, _ = tts
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await _say_streamed(stub, ["Hello there. ", "And more. ", "oops\x1b[0m ", "end."])
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert exc.value.details() == "text: contains the control character U+001B at position 27"
