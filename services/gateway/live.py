@@ -373,8 +373,8 @@ class LiveSession:
                     self._set_speaking(True, sessions)
                 elif which == "speaking_stopped":
                     self._set_speaking(False, sessions)
-                    stopped = self.turns.get(ev.speaking_stopped.turn_id)
                     body = ev.speaking_stopped
+                    stopped = self.turns.get(body.turn_id)
                     if stopped is not None and stopped.kind == "text":
                         body.warnings.extend(stopped.notes.warnings)
                         # the voice spoken with, as listed: from TTS, else from the voice checks (a
@@ -382,7 +382,7 @@ class LiveSession:
                         checked = stopped.voice_id if stopped.voice else self.voice_id
                         failed = body.reason == lpb.STOP_REASON_FAILED
                         body.voice = stopped.notes.voice or ("" if failed else checked)
-                    self._turn_over(ev.speaking_stopped.turn_id)
+                    self._turn_over(body.turn_id)
             elif kind == "started":
                 self.span.add_event("started", {"talkmesh.width": msg.started.width})
             elif kind == "error" and msg.error.turn_id in self.reported_failed:

@@ -283,14 +283,18 @@ class WebHost:
         with 401 while health checks, which need no key, pass. Asked again only when the last
         answer is older than ``max_age`` seconds; concurrent callers share one question. True if
         the key is not refused."""
+        waiting_since = time.monotonic()
         async with self._key_lock:
-            if time.monotonic() - self._key_checked >= max_age:
-                await self._ask_key()
+            # an answer that came while this caller waited for the lock is fresh enough for it
+            if self._key_checked < waiting_since and waiting_since - self._key_checked >= max_age:
+                try:
+                    await self._ask_key()
+                finally:
+                    self._key_checked = time.monotonic()  # (when the answer came)
         return not self.key_refused
 
     async def _ask_key(self) -> None:
         assert self.client is not None
-        self._key_checked = time.monotonic()
         try:
             await self.client.list_voices(timeout=max(1.0, self.config.server.dependency_check_seconds))
             refused = ""

@@ -399,3 +399,25 @@ async def test_readiness_goes_with_the_gateways_and_comes_back_when_it_returns(c
     finally:
         await host.stop()
         await server.stop(0)
+
+
+async def test_readiness_probes_at_once_ask_the_gateway_about_the_key_once() -> None:
+    """/readyz while the key is refused asks the gateway again, but probes that arrive together
+    share one question (ListVoices), and a later probe asks anew."""
+    host = WebHost(WebConfig(server=ServerConfig(port=0, metrics_port=-1)), Telemetry("web"))
+    asked = 0
+
+    class Refusing:
+        async def list_voices(self, voice: str = "", *, timeout: float | None = None) -> list[Any]:
+            nonlocal asked
+            asked += 1
+            await asyncio.sleep(0.05)
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAUTHENTICATED, None, None, details="no such key")
+
+    host.client = Refusing()  # type: ignore[assignment]
+    assert await asyncio.gather(*(host._check_key() for _ in range(5))) == [False] * 5
+    assert asked == 1 and host.key_refused == "UNAUTHENTICATED: no such key"
+    assert not await host._check_key()
+    assert asked == 2
+    assert not await host._check_key(max_age=60.0)  # fresh enough: not asked
+    assert asked == 2
