@@ -561,10 +561,19 @@ async def test_watch_through_another_gateway_replica(tmp_path: Path) -> None:
                     rec = Recorder(live).start()
                     session_id = live.started.session_id if live.started else ""
                     watched = []
-                    async for msg in b.watch(session_id):
+                    call = b.watch(session_id)
+                    async for msg in call:
                         watched.append(msg)
                         if len([m for m in watched if m.WhichOneof("kind") == "media"]) >= 3:
                             break
+                    owner = mesh.hosts["gateway"].service.live.sessions[session_id]
+                    assert len(owner.watchers) == 1
+                    call.cancel()  # the viewer leaves: the forwarding replica stops its Watch at once
+                    for _ in range(100):
+                        if not owner.watchers:
+                            break
+                        await asyncio.sleep(0.02)
+                    assert not owner.watchers, "the owning replica still feeds a viewer that left"
                     await live.close()
                     await rec.finish()
         finally:
@@ -899,3 +908,86 @@ async def test_a_turn_spoken_with_ttss_warning_says_so_in_its_speaking_stopped(t
     assert list(clean.warnings) == []
     assert warned.voice == clean.voice == "espeak:en-us"  # the voice spoken with, as listed
     assert not [r for r in rec.messages if r.kind == "error"]
+
+
+async def test_a_turn_that_fails_unexpectedly_is_an_internal_error_and_the_next_turn_plays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect inside one turn (here: any exception the code did not expect) fails that turn
+    alone: one INTERNAL LiveError naming the turn, its speaking_stopped says FAILED, and the turn
+    queued behind it plays; the session is not left waiting for a turn that will never end."""
+    from services.gateway.live import LiveSession
+
+    real = LiveSession._run_turn
+    broken: list[str] = []
+
+    async def first_one_breaks(self: LiveSession, turn: Any) -> None:
+        if not broken:
+            broken.append(turn.turn_id)
+            raise RuntimeError("a bug in the turn's code")
+        await real(self, turn)
+
+    monkeypatch.setattr(LiveSession, "_run_turn", first_one_breaks)
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            first = await live.say("First turn.")
+            second = await live.say("Second turn.")
+            stopped = (await rec.wait_event("speaking_stopped", second, timeout=30)).msg.event.speaking_stopped
+            await live.close()
+            await rec.finish()
+    assert broken == [first]
+    (error,) = [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert error.turn_id == first and error.code == grpc.StatusCode.INTERNAL.value[0], error
+    assert "RuntimeError" not in error.message, "scrubbed at the edge: no exception text"
+    stops = {r.msg.event.speaking_stopped.turn_id: r.msg.event.speaking_stopped for r in rec.events("speaking_stopped")}
+    assert stops[first].reason == lpb.STOP_REASON_FAILED and stops[first].voice == ""
+    assert stopped.reason == lpb.STOP_REASON_COMPLETED and stopped.samples_played > 0
+
+
+async def test_a_queued_turn_in_its_own_voice_dropped_by_an_interrupt_names_its_voice_and_rate(
+    tmp_path: Path,
+) -> None:
+    """The voice of a turn that never started is checked as it is queued: when an interrupt drops
+    it, its speaking_stopped names the voice as listed and counts (zero) samples in its rate."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            tid = await live.say(" ".join([TEXT] * 4))
+            await rec.wait_event("speaking_started", tid)
+            queued = await live.say("Bonjour tout le monde.", voice="espeak:fr-FR")
+            mexican = await live.say("Hola a todos.", voice="espeak:es-MX")
+            await live.interrupt()
+            await rec.wait_event("interrupt_acknowledged")
+            await live.close()
+            await rec.finish()
+    stops = {r.msg.event.speaking_stopped.turn_id: r.msg.event.speaking_stopped for r in rec.events("speaking_stopped")}
+    assert stops[queued].reason == stops[mexican].reason == lpb.STOP_REASON_INTERRUPTED
+    assert (stops[queued].voice, stops[queued].sample_rate) == ("espeak:fr-fr", 22050), stops[queued]
+    assert (stops[mexican].voice, stops[mexican].sample_rate) == ("espeak:es-419", 22050), stops[mexican]
+    assert stops[queued].frames_played == stops[queued].samples_played == 0
+
+
+async def test_a_client_that_stops_reading_then_leaves_leaves_no_queue_depth(tmp_path: Path) -> None:
+    """A client that stops reading fills the session's queue to it (talkmesh_queue_depth
+    {stage="live_to_client"} shows it); when it hangs up, its depth goes with it."""
+    env = {"TALKMESH_GATEWAY__QUEUE_SIZE": "2"}  # a 4-message queue to the client fills fast
+    async with inprocess_mesh(tmp_path, env=env) as mesh:
+        gauge = mesh.telemetry["gateway"].queue_gauge("live_to_client")
+        channel = create_channel(mesh.gateway)
+        try:
+            call = live_pb2_grpc.LiveStub(channel).Session()
+            await call.write(lpb.LiveClientMessage(config=lpb.LiveConfig(size="720p")))
+            for _ in range(300):  # nothing read: gRPC's window fills, then the queue
+                if gauge._value.get() > 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert gauge._value.get() > 0, "the queue to a client that does not read never filled"
+            call.cancel()
+            for _ in range(100):
+                if gauge._value.get() == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert gauge._value.get() == 0
+        finally:
+            await channel.close()

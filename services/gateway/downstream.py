@@ -163,8 +163,12 @@ class GrpcDownstreams(Downstreams):
         call = live_pb2_grpc.LiveStub(channel).Watch(
             lpb.WatchRequest(session_id=session_id), metadata=outgoing_metadata(forwarded)
         )
-        async for msg in CallStream(call, stage="gateway"):
-            yield msg
+        stream = CallStream(call, stage="gateway")
+        try:
+            async for msg in stream:
+                yield msg
+        finally:  # the viewer left: the owning replica stops feeding it at once
+            await stream.cancel()
 
     async def unary(self, stage: str, method: str, request: Any, timeout: float | None) -> Any:
         """A unary (or client-streaming) call to ``stage``, with trace context and request id."""

@@ -95,6 +95,8 @@ log = logging.getLogger(__name__)
 STOPPED_TURNS_KEPT = 4096
 #: Voices of turns (SpeakText.voice) a session remembers the sample rate of
 TURN_VOICES_KEPT = 64
+#: How long a dropped text turn's speaking_stopped waits for the check of the turn's own voice
+VOICE_CHECK_WAIT_SECONDS = 0.25
 #: The session_ending warning comes ``ending_warning_seconds`` before the end, or this fraction of
 #: the limit when that is shorter (a 3 s session is warned 0.75 s before its end, not at once).
 ENDING_WARNING_FRACTION = 0.25
@@ -185,6 +187,8 @@ class GatewayTurn:
     span: Any = None
     #: TTS's warnings about the turn's text and the voice it spoke with, once its TTS stream ended
     notes: StageNotes = field(default_factory=StageNotes)
+    #: the check of the turn's own voice, started as the turn is queued (its refusal, or None)
+    voice_check: asyncio.Task[TalkmeshError | None] | None = None
 
     def end_input(self) -> None:
         self.input_done = True
@@ -293,6 +297,7 @@ class LiveSession:
                 w.close()
             self.control.close()
             self.data.close()
+            self.out.discard()  # a client that left with messages waiting: no stale queue depth
 
     def _encode_config(self) -> epb.LiveEncodeConfig:
         c = self.config
@@ -376,12 +381,15 @@ class LiveSession:
                     body = ev.speaking_stopped
                     stopped = self.turns.get(body.turn_id)
                     if stopped is not None and stopped.kind == "text":
+                        await self._voice_checked(stopped)
+                        if not body.samples_played and stopped.source_rate:
+                            body.sample_rate = stopped.source_rate  # dropped before the encoder learnt it
                         body.warnings.extend(stopped.notes.warnings)
                         # the voice spoken with, as listed: from TTS, else from the voice checks (a
                         # turn cut while its TTS stream was still open); none for a failed turn
                         checked = stopped.voice_id if stopped.voice else self.voice_id
                         failed = body.reason == lpb.STOP_REASON_FAILED
-                        body.voice = stopped.notes.voice or ("" if failed else checked)
+                        body.voice = "" if failed else stopped.notes.voice or checked
                     self._turn_over(body.turn_id)
             elif kind == "started":
                 self.span.add_event("started", {"talkmesh.width": msg.started.width})
@@ -389,6 +397,14 @@ class LiveSession:
                 continue  # a turn the gateway failed: the client was told once, with its code
             await self._send(msg)
         self.out.close()
+
+    @staticmethod
+    async def _voice_checked(turn: GatewayTurn) -> None:
+        """Waits a little for the check of a dropped turn's own voice (a ListVoices, a millisecond
+        or two), so its speaking_stopped names the voice and counts in its rate; a TTS too slow for
+        that does not hold the session's media longer than VOICE_CHECK_WAIT_SECONDS."""
+        if turn.voice_check is not None and not turn.voice_check.done():
+            await asyncio.wait([turn.voice_check], timeout=VOICE_CHECK_WAIT_SECONDS)
 
     def _set_speaking(self, speaking: bool, sessions: Any) -> None:
         if speaking == self.speaking:
@@ -497,19 +513,28 @@ class LiveSession:
                 "text.text", f"the turn's text would be {total} characters, over the limit of {limit}"
             )
 
-    async def _turn_voice(self, turn: GatewayTurn) -> None:
-        """The voice a text turn asks for, checked when the turn starts (in its own task: the
-        client's reader never waits on TTS): NOT_FOUND on ``text.voice`` if TTS has none such;
-        else the turn learns the voice's id and rate. Asked of TTS once per voice per session
-        (unless TTS could not answer)."""
+    async def _turn_voice(self, turn: GatewayTurn) -> TalkmeshError | None:
+        """The voice a text turn asks for, checked as the turn is queued (in a task of its own:
+        the client's reader never waits on TTS), so a turn dropped before it started still reports
+        its voice and counts in its rate: NOT_FOUND on ``text.voice`` (returned, the turn raises
+        it when it starts) if TTS has none such; else the turn learns the voice's id and rate, and
+        the encoder the rate. Asked of TTS once per voice per session (unless TTS could not
+        answer: the turn's own TTS call then says what is wrong)."""
         known = self.voice_rates.get(turn.voice)
         if known is None:
-            listed = await self.hub.listed_voice(turn.voice, "text.voice")
-            if listed is None:
-                return  # TTS unreachable now: the turn's own TTS call will say what is wrong
-            known = listed
+            try:
+                known = await self.hub.listed_voice(turn.voice, "text.voice")
+            except TalkmeshError as exc:
+                return exc
+            if known is None:
+                return None
             self.voice_rates.put(turn.voice, known)
         turn.voice_id, turn.source_rate = known
+        if turn.turn_id not in self.stopped:  # (a stopped turn's rate is set in its speaking_stopped)
+            await self._to_encoder_control(
+                epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_start=epb.TurnStart(source_sample_rate=known[1]))
+            )
+        return None
 
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
         limit = self.sizes.pending_turns
@@ -530,7 +555,10 @@ class LiveSession:
         else:
             turn.voice = body.voice
             known = self.voice_rates.get(body.voice) if body.voice else None
-            turn.source_rate = known[1] if known is not None else 0 if body.voice else self.voice_rate
+            if known is not None:
+                turn.voice_id, turn.source_rate = known
+            else:
+                turn.source_rate = 0 if body.voice else self.voice_rate
         self.turns[tid] = turn
         # The encoder learns of every turn at once, in order: an interrupt then covers queued turns
         # too, and each turn ends with exactly one speaking_stopped.
@@ -542,6 +570,8 @@ class LiveSession:
             context=trace.set_span_in_context(self.span),
             attributes={"talkmesh.turn_id": tid, "talkmesh.turn_kind": kind},
         )
+        if turn.voice and known is None:
+            turn.voice_check = self.tasks.spawn(self._turn_voice(turn), name=f"voice-{tid[:16]}")
         await self.turn_queue.send(turn)
         return turn
 
@@ -592,8 +622,13 @@ class LiveSession:
             await self._run_turn(turn)
         except ChanClosed:
             return  # the session is ending: its encoder stream is closed
-        except TalkmeshError as exc:
-            log.info("live turn %s failed: %s", turn.turn_id, exc.message)
+        except Exception as err:  # a turn's failure, whatever it is, fails that turn alone
+            if isinstance(err, TalkmeshError):
+                exc = err
+                log.info("live turn %s failed: %s", turn.turn_id, exc.message)
+            else:  # a defect: the turn fails (INTERNAL) and the session plays on
+                log.exception("live turn %s failed", turn.turn_id)
+                exc = TalkmeshError(f"internal error: {type(err).__name__}: {err}")
             if turn.voice:  # TTS's `config.voice` is this turn's voice: SpeakText.voice
                 exc.rename_field(lambda f: "text.voice" if f == "config.voice" else None)
             self._fence(turn.turn_id)
@@ -602,8 +637,10 @@ class LiveSession:
             await self._error(exc, turn.turn_id)
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
-        if turn.voice:
-            await self._turn_voice(turn)
+        if turn.voice_check is not None:
+            refused = await turn.voice_check
+            if refused is not None:
+                raise refused
         features_in: Chan[fpb.FeatureRequest] = Chan(self.sizes.stream)
         feature_config = fpb.FeatureConfig(
             request_id=self.request_id,

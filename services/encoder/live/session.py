@@ -309,7 +309,7 @@ class LiveSession:
                 try:
                     turn.render_in.send_nowait(msg)
                 except asyncio.QueueFull:
-                    raise InvalidArgument("features", f"turn {tid!r} sent too far ahead of playback") from None
+                    raise InvalidArgument(kind, f"turn {tid!r} sent too far ahead of playback") from None
             elif kind == "end_of_turn":
                 turn.input_done = True
                 if not turn.render_in.closed:
