@@ -287,20 +287,19 @@ class WebHost:
         async with self._key_lock:
             # an answer that came while this caller waited for the lock is fresh enough for it
             if self._key_checked < waiting_since and waiting_since - self._key_checked >= max_age:
-                try:
-                    await self._ask_key()
-                finally:
+                if await self._ask_key():
                     self._key_checked = time.monotonic()  # (when the answer came)
         return not self.key_refused
 
-    async def _ask_key(self) -> None:
+    async def _ask_key(self) -> bool:
+        """Asks; False when the answer says nothing about the key (asked again next time)."""
         assert self.client is not None
         try:
             await self.client.list_voices(timeout=max(1.0, self.config.server.dependency_check_seconds))
             refused = ""
         except grpc.aio.AioRpcError as exc:
             if exc.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                return  # a stage down, a timeout: nothing learnt about the key
+                return False  # a stage down, a timeout: nothing learnt about the key
             refused = f"{exc.code().name}: {exc.details()}"
         if refused and refused != self.key_refused:
             log.error(
@@ -311,6 +310,7 @@ class WebHost:
         elif self.key_refused and not refused:
             log.info("gateway %s accepts the web edge's API key again", self.config.gateway.target)
         self.key_refused = refused
+        return True
 
     async def stop(self, grace: float | None = None) -> None:
         """Not ready, stop accepting; live sessions get ``grace`` seconds, then are closed."""

@@ -421,3 +421,19 @@ async def test_readiness_probes_at_once_ask_the_gateway_about_the_key_once() -> 
     assert asked == 2
     assert not await host._check_key(max_age=60.0)  # fresh enough: not asked
     assert asked == 2
+
+
+async def test_a_key_check_that_learnt_nothing_is_asked_again_at_once() -> None:
+    """A ListVoices that failed for another reason (a stage down, a timeout) says nothing about
+    the key: the next probe asks again instead of trusting the old answer for a minute."""
+    host = WebHost(WebConfig(server=ServerConfig(port=0, metrics_port=-1)), Telemetry("web"))
+    codes = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED]
+
+    class Flaky:
+        async def list_voices(self, voice: str = "", *, timeout: float | None = None) -> list[Any]:
+            raise grpc.aio.AioRpcError(codes.pop(0), None, None, details="no")
+
+    host.client = Flaky()  # type: ignore[assignment]
+    assert await host._check_key(max_age=60.0)  # nothing learnt: not refused (as before the check)
+    assert not await host._check_key(max_age=60.0), "asked again: the gateway now refuses the key"
+    assert codes == [] and host.key_refused == "UNAUTHENTICATED: no"
