@@ -37,7 +37,7 @@ def test_the_client_wheel_has_no_server_code_tools_benchmark_or_internal_protos(
     requires = zipfile.ZipFile(client_wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     deps = [ln.split(":", 1)[1].strip() for ln in requires.splitlines() if ln.startswith("Requires-Dist:")]
     assert sorted(d.split(">")[0].split("=")[0] for d in deps) == [
-        "googleapis-common-protos", "grpcio", "opentelemetry-api", "protobuf",
+        "cryptography", "googleapis-common-protos", "grpcio", "opentelemetry-api", "protobuf",
     ]  # fmt: skip
 
 
@@ -56,3 +56,36 @@ def test_the_client_imports_from_the_wheel_alone(client_wheel: Path, tmp_path: P
     )
     env_path = str(tmp_path)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={"PYTHONPATH": env_path})
+
+
+def test_the_client_from_the_wheel_alone_speaks_tls_with_a_private_ca_and_its_own_certificate(
+    client_wheel: Path, tmp_path: Path
+) -> None:
+    """A private CA and mutual TLS (a client certificate) work from the wheel alone, including the
+    re-read of rotated files: the channel for them is the wheel's, not the server package's."""
+    from talkmesh.devcerts import make_dev_pki
+
+    pki = tmp_path / "pki"
+    make_dev_pki(pki, ["gateway", "client"])
+    wheel = tmp_path / "wheel"
+    zipfile.ZipFile(client_wheel).extractall(wheel)
+    code = (
+        "import asyncio, os, sys\n"
+        "from talkmesh.client import TalkmeshClient\n"
+        "from talkmesh.common.channel import ClientTLS\n"
+        "async def main():\n"
+        f"    pki = {str(pki)!r}\n"
+        "    tls = ClientTLS(ca_file=f'{pki}/ca.crt', cert_file=f'{pki}/client/tls.crt',\n"
+        "                    key_file=f'{pki}/client/tls.key')\n"
+        "    client = TalkmeshClient('127.0.0.1:1', tls=tls)\n"
+        "    channel = client.channel\n"
+        "    os.utime(tls.cert_file, ns=(1, 1))  # 'rotated': the channel checks the pair and reloads\n"
+        "    channel.check_seconds = 0\n"
+        "    channel.current()\n"
+        "    assert channel.generation == 1, channel.generation\n"
+        "    await client.close()\n"
+        "asyncio.run(main())\n"
+        f"assert sys.modules['talkmesh.common.client_tls'].__file__.startswith({str(wheel)!r})\n"
+        "assert 'talkmesh.common.tls' not in sys.modules and 'talkmesh.common.config' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=wheel, env={"PYTHONPATH": str(wheel)})

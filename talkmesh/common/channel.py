@@ -33,7 +33,7 @@ SERVER_KEEPALIVE_TIMEOUT_MS = 5_000
 class ClientTLS:
     """TLS on a client channel (``<endpoint>.tls`` in a service's config, the client's ``--tls``
     flags); on when ``enabled`` or any file is set. The files are read when the channel is made and
-    again when they change (``talkmesh.common.tls.ReloadingChannel``)."""
+    again when they change (``talkmesh.common.client_tls.ReloadingChannel``)."""
 
     # TLS even without any file below (the server is verified against the system's roots).
     enabled: bool = False
@@ -155,7 +155,7 @@ def create_channel(
 
     ``tls`` (when ``tls.active``): a TLS channel verifying the server against ``tls.ca_file`` and
     presenting ``tls.cert_file`` (mutual TLS), made again when those files change
-    (``talkmesh.common.tls.ReloadingChannel``): a renewed certificate needs no restart."""
+    (``talkmesh.common.client_tls.ReloadingChannel``): a renewed certificate needs no restart."""
     options = channel_options(
         max_message_bytes, large_window=large_window, bdp_probe=bdp_probe, keepalive_ms=keepalive_ms
     )
@@ -164,7 +164,7 @@ def create_channel(
         options += tls.options()
         if not (tls.ca_file or tls.cert_file):  # the system's roots only: nothing to reload
             return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=chain)
-        from talkmesh.common.tls import ReloadingChannel  # (tls imports the config, which imports this)
+        from talkmesh.common.client_tls import ReloadingChannel  # (it imports this module)
 
         def make(credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
             return grpc.aio.secure_channel(target, credentials, options=options, interceptors=chain)
