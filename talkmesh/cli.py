@@ -230,6 +230,8 @@ def up_hint(gateway: str, pki: str = "", api_keys: str = "") -> str:
 # -- say / demo ----------------------------------------------------------------------------------
 def check_output(path: Path) -> None:
     """CliError unless ``path`` can be written (before the mesh spends time on it)."""
+    if str(path) == "-":  # not a file named "-" (the media is written atomically, to a file)
+        raise CliError("-o -: the video goes to a file; give its name (e.g. -o out.mp4)")
     if path.is_dir():
         raise CliError(f"-o {path}: is a directory")
     ancestor = path.parent

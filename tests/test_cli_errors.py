@@ -107,6 +107,8 @@ def test_a_bad_output_path_is_one_line_before_any_work(tmp_path: Path, closed_po
     a_file.write_text("x")
     code, _, err = run_cli("say", "Hi.", "-o", str(a_file / "out.mp4"), *target)
     assert code == 1 and "is not a directory" in one_error_line(err)
+    code, _, err = run_cli("say", "Hi.", "-o", "-", *target)  # not a file named "-"
+    assert code == 1 and one_error_line(err) == "error: -o -: the video goes to a file; give its name (e.g. -o out.mp4)"
 
 
 def test_a_missing_input_file_is_one_line(tmp_path: Path, closed_port: int) -> None:

@@ -63,8 +63,8 @@ async def test_the_callers_speech_becomes_a_lip_synced_video(tmp_path: Path, rat
     _check_video(tmp_path / "me.mp4", pcm, rate)
 
 
-def _messages(*items: gpb.SpeakStreamRequest) -> list[gpb.SpeakStreamRequest]:
-    return [gpb.SpeakStreamRequest(start=gpb.SpeakRequest()), *items]
+def _messages(*items: gpb.SpeakStreamRequest, start: gpb.SpeakRequest | None = None) -> list[gpb.SpeakStreamRequest]:
+    return [gpb.SpeakStreamRequest(start=start or gpb.SpeakRequest()), *items]
 
 
 def _piece(rate: int, samples: int) -> gpb.SpeakStreamRequest:
@@ -81,6 +81,13 @@ def _piece(rate: int, samples: int) -> gpb.SpeakStreamRequest:
         (_messages(_piece(16000, 16001)), "audio.pcm", "more than one second"),
         (_messages(_piece(16000, 0), _piece(16000, 0)), "audio.pcm", "no audio"),
         (_messages(*[_piece(16000, 16000)] * 3), "audio", "exceeds the limit of 2 seconds"),
+        # a voice would change nothing of the caller's own speech: refused, not silently ignored
+        (_messages(_piece(16000, 100), start=gpb.SpeakRequest(voice="espeak:fr")), "voice", "spoken as they are"),
+        (
+            _messages(_piece(16000, 100), start=gpb.SpeakRequest(voice_settings=api.VoiceSettings(rate=0.75))),
+            "voice_settings.rate",
+            "spoken as they are",
+        ),
     ],
 )
 async def test_bad_audio_pieces_are_refused_naming_the_field(
@@ -222,5 +229,7 @@ async def test_say_audio_from_the_command_line(tmp_path: Path) -> None:
         code, _, err = await _cli("say", "Hi.", "--audio", str(path), *gw)
         both = "error: say: give a text to speak, or --audio FILE (your own speech), not both"
         assert (code, err.strip()) == (1, both)
+        code, _, err = await _cli("say", "--audio", str(path), "--rate", "0.75", *gw)
+        assert code == 1 and "voice_settings.rate: is for text;" in err and "set by --rate" in err, err
         code, _, err = await _cli("say", "--audio", str(tmp_path / "nope.wav"), *gw)
         assert (code, err.strip()) == (1, f"error: {tmp_path / 'nope.wav'}: no such file")

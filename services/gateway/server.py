@@ -89,6 +89,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         first = await anext(stream, None)  # text or audio: the first piece says which
         timeout = self._timeout(context)
         if first is not None and first.WhichOneof("kind") == "audio":
+            _no_voice_for_audio(stream.config)
             run = self.pipeline.run(stream.config, rid, timeout, audio_pieces=self._audio_pieces(first, stream))
         else:
             run = self.pipeline.run(stream.config, rid, timeout, text_pieces=self._text_pieces(first, stream))
@@ -172,6 +173,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
         check_id("avatar_id", request.avatar_id)  # an id or a name (the renderer resolves it)
         return await self._grpc().unary("renderer", "DeleteAvatar", request, self.config.renderer.timeout_seconds)
+
+
+def _no_voice_for_audio(start: gpb.SpeakRequest) -> None:
+    """The caller's own speech is spoken as it is: a voice or voice settings with it would be
+    silently ignored (a speech trainer's `rate: 0.75` would not slow the recording down), so the
+    request is refused naming the field instead."""
+    if start.voice:
+        raise InvalidArgument("voice", "is for text; audio pieces are spoken as they are (leave it empty)")
+    for name in ("rate", "pitch", "volume"):
+        if getattr(start.voice_settings, name):
+            raise InvalidArgument(
+                f"voice_settings.{name}", "is for text; audio pieces are spoken as they are (leave it unset)"
+            )
 
 
 class LiveServicer(live_pb2_grpc.LiveServicer):
