@@ -46,6 +46,24 @@ async def test_speak_writes_a_playable_lip_synced_mp4(tmp_path):
     assert 'codecs="avc1' in result.mime_type
 
 
+async def test_a_long_utterances_trace_stays_small_and_its_metrics_count_everything(tmp_path):
+    """Per-group renderer spans stop after the first TRACED_GROUPS groups of a stream (a minute of
+    speech would otherwise add hundreds of spans to one trace); the stage metric times them all."""
+    from services.renderer.session import TRACED_GROUPS
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with inprocess_mesh(tmp_path, tracer_provider=provider) as mesh, TalkmeshClient(mesh.gateway) as client:
+        await client.speak_to_file(" ".join([THREE_SENTENCES] * 5), tmp_path / "out.mp4")
+        timed = mesh.telemetry["renderer"].metrics.registry.get_sample_value(
+            "talkmesh_stage_duration_seconds_count", {"service": "renderer", "stage": "compose"}
+        )
+    composed = [s for s in exporter.get_finished_spans() if s.name == "renderer.compose"]
+    assert timed is not None and timed > 2 * TRACED_GROUPS, timed
+    assert len(composed) == TRACED_GROUPS
+
+
 async def test_one_trace_spans_all_five_services(tmp_path):
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

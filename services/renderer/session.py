@@ -31,6 +31,9 @@ from talkmesh.v1 import renderer_pb2 as rpb
 
 # Viseme messages with more events than this are queued in a worker thread, not on the event loop.
 INLINE_EVENTS = 256
+#: Groups of frames of a stream that get spans of their own (infer, compose); the rest are timed
+#: in talkmesh_stage_duration_seconds only.
+TRACED_GROUPS = 16
 
 
 def ping_pong(t: int, n: int) -> int:
@@ -93,6 +96,7 @@ class RenderSession:
         self.tick = options.start_tick
         self.frames_out = 0
         self.inferred = 0
+        self.groups = 0  # groups of frames rendered (the first TRACED_GROUPS get spans)
         self.wants_features = backend.feature_type != fpb.FEATURE_TYPE_ACTIVITY
         self.failure: Exception | None = None
         # the encoder's shared-memory ring, once offered and opened (RenderRequest.frame_ring)
@@ -229,20 +233,29 @@ class RenderSession:
             # no cross-session batching: render and compose in one worker-thread hop per group
             return await asyncio.to_thread(self._render_and_finish, group, voiced, self.runner.blocking_render)
         rendered: list[np.ndarray] = []
+        traced = self._traced()
         if voiced:
-            with self.telemetry.stage("infer", backend=self.backend.name, frames=len(voiced)):
+            with self.telemetry.stage("infer", traced=traced, backend=self.backend.name, frames=len(voiced)):
                 rendered = await self.runner.render(self.avatar, voiced)
-        with self.telemetry.stage("compose"):
+        with self.telemetry.stage("compose", traced=traced):
             return await asyncio.to_thread(self._finish, group, rendered)
+
+    def _traced(self) -> bool:
+        """Whether this group of frames gets spans: the first TRACED_GROUPS of the stream (frame
+        0's path, the start of a trace); later groups are timed in the metrics only, so a long
+        utterance's trace holds tens of spans, not one per group (hundreds a minute)."""
+        self.groups += 1
+        return self.groups <= TRACED_GROUPS
 
     def _render_and_finish(
         self, group: list[FrameJob], voiced: list[FrameJob], render: BlockingRender
     ) -> list[cpb.VideoFrame]:
         rendered: list[np.ndarray] = []
+        traced = self._traced()
         if voiced:
-            with self.telemetry.stage("infer", backend=self.backend.name, frames=len(voiced)):
+            with self.telemetry.stage("infer", traced=traced, backend=self.backend.name, frames=len(voiced)):
                 rendered = render(self.avatar, voiced)
-        with self.telemetry.stage("compose"):
+        with self.telemetry.stage("compose", traced=traced):
             return self._finish(group, rendered)
 
     def _finish(self, group: list[FrameJob], rendered: list[np.ndarray]) -> list[cpb.VideoFrame]:

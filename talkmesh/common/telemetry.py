@@ -340,14 +340,19 @@ class Telemetry:
         self.metrics.streams_active.labels(service).set(0)
 
     @contextlib.contextmanager
-    def stage(self, stage: str, **attributes: str | int | float | bool) -> Iterator[Span]:
-        """Times a stage: a child span and an observation of talkmesh_stage_duration_seconds."""
+    def stage(self, stage: str, *, traced: bool = True, **attributes: str | int | float | bool) -> Iterator[Span]:
+        """Times a stage: a child span (unless ``traced`` is False: a stage repeated through a
+        long stream, past its first few times) and an observation of
+        talkmesh_stage_duration_seconds."""
         start = time.perf_counter()
-        with self.tracer.start_as_current_span(f"{self.service}.{stage}", attributes=attributes) as span:
-            try:
+        try:
+            if not traced:
+                yield trace.INVALID_SPAN
+                return
+            with self.tracer.start_as_current_span(f"{self.service}.{stage}", attributes=attributes) as span:
                 yield span
-            finally:
-                self.metrics.stage_duration.labels(self.service, stage).observe(time.perf_counter() - start)
+        finally:
+            self.metrics.stage_duration.labels(self.service, stage).observe(time.perf_counter() - start)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.metrics.stage_duration.labels(self.service, stage).observe(seconds)
