@@ -209,7 +209,7 @@ class Mesh:
         _, _, address, metrics_field = line.split()
         sp.address = address
         sp.metrics_port = int(metrics_field.split("=", 1)[1])
-        sp.stdout_task = asyncio.create_task(self._drain(proc.stdout), name=f"mesh-stdout-{s.name}")
+        sp.stdout_task = asyncio.create_task(self._relay(proc.stdout, log_path), name=f"mesh-stdout-{s.name}")
         sp.exit_task = asyncio.create_task(proc.wait(), name=f"mesh-exit-{s.name}")
         log.info("%s ready on %s", s.name, address)
 
@@ -235,9 +235,14 @@ class Mesh:
                 return line
 
     @staticmethod
-    async def _drain(stream: asyncio.StreamReader) -> None:
-        while await stream.readline():
-            pass
+    async def _relay(stream: asyncio.StreamReader, log_path: Path | None) -> None:
+        """What a service writes to its stdout after READY (spans of OTEL_TRACES_EXPORTER=console,
+        say) goes where its log goes: its log file, else this process's stderr."""
+        with contextlib.ExitStack() as stack:
+            sink = stack.enter_context(log_path.open("ab")) if log_path is not None else sys.stderr.buffer
+            while line := await stream.readline():
+                sink.write(line)
+                sink.flush()
 
     async def restart(self, name: str) -> None:
         """Starts service ``name`` again on the same ports (after it died, or killing it first);
