@@ -214,6 +214,8 @@ async def test_interrupt_cuts_the_turn_at_the_next_frame(tmp_path: Path) -> None
                     and r.msg.media.first_frame >= _turn_frames(rec, tid)[0] + 25
                 )
             )
+            lead = mesh.telemetry["encoder"].metrics.live_lead_frames.labels("encoder")
+            speaking_lead = lead._value.get()
             queued = await live.say("And this one was still waiting.")
             await live.interrupt()
             ack = await rec.wait_event("interrupt_acknowledged")
@@ -224,6 +226,7 @@ async def test_interrupt_cuts_the_turn_at_the_next_frame(tmp_path: Path) -> None
             await asyncio.sleep(0.5)
             await live.close()
             await rec.finish()
+        assert speaking_lead > 0 and lead._value.get() == 0, "the lead gauge: frames ahead while speaking, none after"
 
     ack_at = rec.messages.index(ack)
     assert not [r for r in rec.messages[ack_at:] if r.kind == "media" and r.msg.media.turn_id], (

@@ -190,7 +190,8 @@ class Metrics:
             ),
             live_lead_frames=Gauge(
                 "talkmesh_live_lead_frames",
-                "Rendered speech frames waiting ahead of the clock (last value of any session).",
+                "Rendered speech frames waiting ahead of the clock, summed over the live sessions "
+                "(0 while none speaks).",
                 ["service"],
                 registry=reg,
             ),

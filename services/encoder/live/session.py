@@ -263,6 +263,7 @@ class LiveSession:
         metrics = telemetry.metrics
         self._underruns = metrics.live_underruns_total.labels(telemetry.service)
         self._lead_gauge = metrics.live_lead_frames.labels(telemetry.service)
+        self._lead_reported = 0  # this session's part of the gauge (summed over the sessions)
         self._late = metrics.live_late_ticks_total.labels(telemetry.service)
 
     # -- input --------------------------------------------------------------------------------
@@ -453,6 +454,7 @@ class LiveSession:
             if tail:
                 yield self.out.message(media=live_pb2.LiveMedia(data=writer.fragment([], [], tail), first_frame=n))
         finally:
+            self._report_lead(0)  # a session that ended has nothing ahead of its clock
             for turn in self.turns.values():  # first: nothing below may stop it
                 if turn.ring is not None:
                     turn.ring.close()
@@ -461,6 +463,10 @@ class LiveSession:
                 if turn.stream is not None:
                     await turn.stream.cancel()
             await asyncio.to_thread(codecs.close)
+
+    def _report_lead(self, frames: int) -> None:
+        self._lead_gauge.inc(frames - self._lead_reported)
+        self._lead_reported = frames
 
     # -- one tick -----------------------------------------------------------------------------
     async def _tick(self, n: int) -> list[live_pb2.LiveServerMessage]:
@@ -497,8 +503,7 @@ class LiveSession:
             label = turn.turn_id
         else:
             video, key = await self._idle(n, silence)
-        if self.current is not None:
-            self._lead_gauge.set(len(self.current.frames))
+        self._report_lead(len(self.current.frames) if self.current is not None else 0)
         media = live_pb2.LiveMedia(
             data=self._fragment(video, key),
             first_frame=n,
