@@ -105,15 +105,20 @@ ENDING_WARNING_FRACTION = 0.25
 # -- session ids that name their owner ----------------------------------------------------------------
 class SessionIds:
     """Session ids of the form ``<owner>.<nonce>.<mac>``: the owning replica's address, recoverable
-    by any replica, and signed so a client cannot make a replica connect to an address it chose."""
+    by any replica that shares the secret and by nobody else (encrypted: a client learns no pod
+    address from its id), and signed so a client cannot make a replica connect to an address it
+    chose. The address is XORed with a keystream of HMAC-SHA256 blocks over the random nonce
+    (under a key derived for that), then the MAC (under another) covers the result and the nonce."""
 
     def __init__(self, advertise: str, secret: bytes) -> None:
         self.advertise = advertise
-        self.secret = secret
+        self._enc_key = hmac.new(secret, b"talkmesh session id: owner", hashlib.sha256).digest()
+        self._mac_key = hmac.new(secret, b"talkmesh session id: mac", hashlib.sha256).digest()
 
     def new(self) -> str:
-        owner = base64.urlsafe_b64encode(self.advertise.encode()).decode().rstrip("=")
         nonce = secrets.token_hex(8)
+        sealed = self._xor(self.advertise.encode(), nonce)
+        owner = base64.urlsafe_b64encode(sealed).decode().rstrip("=")
         return f"{owner}.{nonce}.{self._mac(owner, nonce)}"
 
     def owner(self, session_id: str) -> str | None:
@@ -125,12 +130,19 @@ class SessionIds:
         if not hmac.compare_digest(mac, self._mac(owner, nonce)):
             return None
         try:
-            return base64.urlsafe_b64decode(owner + "=" * (-len(owner) % 4)).decode()
+            return self._xor(base64.urlsafe_b64decode(owner + "=" * (-len(owner) % 4)), nonce).decode()
         except (ValueError, UnicodeDecodeError):
             return None
 
+    def _xor(self, data: bytes, nonce: str) -> bytes:
+        stream = b"".join(
+            hmac.new(self._enc_key, f"{nonce}.{i}".encode(), hashlib.sha256).digest()
+            for i in range((len(data) + 31) // 32)
+        )
+        return bytes(a ^ b for a, b in zip(data, stream, strict=False))
+
     def _mac(self, owner: str, nonce: str) -> str:
-        return hmac.new(self.secret, f"{owner}.{nonce}".encode(), hashlib.sha256).hexdigest()[:24]
+        return hmac.new(self._mac_key, f"{owner}.{nonce}".encode(), hashlib.sha256).hexdigest()[:24]
 
 
 # -- turns -------------------------------------------------------------------------------------
