@@ -87,6 +87,23 @@ class _CheckedCall:
 MAX_PIECE_SECONDS, FIRST_PIECE_SECONDS = 1.0, 0.2
 
 
+#: How audio files begin (raw PCM has no header; a recording starts with these bytes by chance
+#: about once in 2**32): WAV, MP3 with its ID3 tag, FLAC, Ogg.
+_FILE_MAGIC = {b"RIFF": "a WAV file", b"ID3\x03": "an MP3 file", b"ID3\x04": "an MP3 file",
+               b"fLaC": "a FLAC file", b"OggS": "an Ogg file"}  # fmt: skip
+
+
+def _not_a_file(pcm: bytes) -> None:
+    """ValueError for the bytes of a whole audio file passed as PCM: its header would be played as
+    samples (a click), and its rate and channels ignored."""
+    for magic, kind in _FILE_MAGIC.items():
+        if pcm.startswith(magic):
+            raise ValueError(
+                f"pcm: these bytes are {kind}, not raw PCM: pass its samples (mono s16le), e.g. from "
+                "wave.open(path).readframes(n) for a mono 16-bit WAV, or use `talkmesh say --audio FILE`"
+            )
+
+
 async def pcm_pieces(
     chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes, sample_rate: int
 ) -> AsyncIterator[bytes]:
@@ -95,7 +112,9 @@ async def pcm_pieces(
     (the first piece: ``FIRST_PIECE_SECONDS``), in whole samples (a byte split off by the recorder
     waits for the next chunk). ValueError if the whole holds an odd number of bytes."""
     if isinstance(chunks, bytes | bytearray | memoryview):
-        chunks = [bytes(chunks)]
+        chunks = bytes(chunks)
+        _not_a_file(chunks)
+        chunks = [chunks]
     pending = bytearray()
     first = True
 

@@ -69,7 +69,9 @@ def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
     return None
 
 
-async def _pump(session: LiveSession, output: Path | None, out: TextIO, state: dict[str, int]) -> None:
+async def _pump(
+    session: LiveSession, output: Path | None, out: TextIO, state: dict[str, int], speaking: set[str]
+) -> None:
     t0 = time.monotonic()
     sink = output.open("wb") if output is not None else None
     try:
@@ -83,9 +85,9 @@ async def _pump(session: LiveSession, output: Path | None, out: TextIO, state: d
             elif kind == "event":
                 which = msg.event.WhichOneof("kind")
                 if which == "speaking_started":
-                    state["speaking"] = 1
-                elif which == "speaking_stopped":
-                    state["speaking"] = 0
+                    speaking.add(msg.event.speaking_started.turn_id)
+                elif which == "speaking_stopped":  # (also of turns that never spoke)
+                    speaking.discard(msg.event.speaking_stopped.turn_id)
             line = describe(msg, t0)
             if line:
                 print(line, file=out, flush=True)
@@ -133,18 +135,19 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
         output.parent.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     quit_now = asyncio.Event()
-    state = {"speaking": 0, "errors": 0}
+    state = {"errors": 0}
+    speaking: set[str] = set()  # the turn that is speaking (Ctrl-C interrupts it)
     from talkmesh.cli import tls_from_args
 
     async with TalkmeshClient(target, tls=tls_from_args(args), api_key=getattr(args, "api_key", None)) as client:
         async with client.live(
             avatar=args.avatar, voice=args.voice, size=args.size, backend=args.backend, idle_timeout=args.idle_timeout
         ) as session:
-            pump = asyncio.create_task(_pump(session, output, out, state), name="live-cli-pump")
+            pump = asyncio.create_task(_pump(session, output, out, state, speaking), name="live-cli-pump")
             signals = TaskSet("live-cli")
 
             def on_sigint() -> None:
-                if state["speaking"]:
+                if speaking:
                     signals.spawn(session.interrupt(), name="interrupt")
                 else:
                     quit_now.set()

@@ -334,9 +334,10 @@ INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.
 
 
 async def test_bad_turn_input_is_one_error_each_and_leaves_no_open_turn(tmp_path: Path) -> None:
-    """A refused first piece starts no turn (later input for it is discarded quietly); a piece that
-    takes a turn's text over max_text_chars is refused at once and the turn plays what it had;
-    unknown turn ids are NOT_FOUND for end_of_turn and interrupt alike; later turns never wait."""
+    """A refused first piece starts no turn (later input for it is discarded quietly) and ends it
+    with one speaking_stopped (FAILED) after its error; a piece that takes a turn's text over
+    max_text_chars is refused at once and the turn plays what it had; unknown turn ids are
+    NOT_FOUND for end_of_turn and interrupt alike; later turns never wait."""
     env = {"TALKMESH_GATEWAY__MAX_TEXT_CHARS": "60"}
     async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
         async with client.live() as live:
@@ -374,6 +375,14 @@ async def test_bad_turn_input_is_one_error_each_and_leaves_no_open_turn(tmp_path
         body = stopped.msg.event.speaking_stopped
         assert body.reason == lpb.STOP_REASON_COMPLETED and body.frames_played > 15
     assert {r.msg.event.speaking_started.turn_id for r in rec.events("speaking_started")} == {"long", "good"}
+    stops = [r.msg.event.speaking_stopped for r in rec.events("speaking_stopped")]
+    assert sorted(s.turn_id for s in stops) == ["bad", "good", "long", "odd", "slow"], "one end per turn id"
+    for tid in ("odd", "slow", "bad"):
+        (body,) = [s for s in stops if s.turn_id == tid]
+        assert body.reason == lpb.STOP_REASON_FAILED and body.frames_played == body.samples_played == 0
+        assert body.sample_rate == 24000  # the session's
+        error_at = _index(rec, lambda r, t=tid: r.kind == "error" and r.msg.error.turn_id == t)
+        assert error_at < _index(rec, lambda r, t=tid: r.kind == "event" and r.msg.event.speaking_stopped.turn_id == t)
 
 
 async def test_a_turn_whose_input_goes_quiet_is_ended_and_the_next_one_plays(tmp_path: Path) -> None:

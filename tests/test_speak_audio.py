@@ -156,6 +156,18 @@ async def test_pcm_is_sent_in_whole_samples_at_most_a_second_per_piece() -> None
         await collect(b"\x00" * 7)
 
 
+async def test_a_whole_audio_file_passed_as_pcm_is_refused_saying_so(tmp_path: Path) -> None:
+    """Its header would play as samples and its rate and channels be ignored."""
+    path = _wav(tmp_path / "me.wav", np.zeros((1600, 1)), 16000, 2)
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        with pytest.raises(ValueError, match=r"pcm: these bytes are a WAV file, not raw PCM"):
+            async for _ in client.speak_audio(path.read_bytes(), 16000):
+                pass
+        with wave.open(str(path)) as w:  # its samples are fine
+            chunks = [c async for c in client.speak_audio(w.readframes(w.getnframes()), w.getframerate())]
+    assert chunks[-1].summary.frames == 3
+
+
 def _wav(path: Path, samples: np.ndarray, rate: int, width: int) -> Path:
     """``samples`` (float, -1..1, frames x channels) as integer PCM of ``width`` bytes."""
     scale = {1: 127, 2: 32767, 3: 8388607, 4: 2147483647}[width]

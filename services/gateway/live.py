@@ -448,11 +448,22 @@ class LiveSession:
             except TalkmeshError as exc:
                 if exc.code not in _IN_SESSION_REFUSALS:
                     raise
-                await self._error(exc, _turn_of(msg))
+                tid = _turn_of(msg)
+                await self._error(exc, tid)
+                if tid and tid in self.refused and tid not in self.turns:
+                    await self._never_taken(tid)
         self.client_closed = True
         for turn in self.turns.values():
             turn.end_input()  # what was sent is all there will be
         self.end_requested.set()
+
+    async def _never_taken(self, turn_id: str) -> None:
+        """A turn whose first message was refused ends like every other turn, with one
+        speaking_stopped (FAILED, nothing played, at the session's rate), after its LiveError: a
+        client waiting for each turn's end needs no second rule for it."""
+        body = lpb.SpeakingStopped(turn_id=turn_id, reason=lpb.STOP_REASON_FAILED, sample_rate=self.rate)
+        event = lpb.LiveEvent(unix_seconds=time.time(), frame=self.next_frame, speaking_stopped=body)
+        await self._send(lpb.LiveServerMessage(event=event))
 
     def _ended(self, turn_id: str) -> bool:
         """A turn that was stopped, played, or refused: later input naming it is discarded."""
