@@ -113,6 +113,7 @@ async def test_the_page_plays_speaks_interrupts_and_reports_upload_errors(tmp_pa
         status = await wait_js(page, "document.getElementById('upload-status').textContent.startsWith('Upload failed')")
         text = await page.inner_text("#upload-status")
         assert "not a decodable image" in text and "{" not in text, text
+        assert text.startswith("Upload failed (notes.png): ") and "renderer:" not in text, text
         assert status
 
         # -- an audio file as a turn (decoded in the page, sent as 16 kHz PCM) --------------------

@@ -884,9 +884,10 @@
   async function loadPickers(selectAvatar) {
     try {
       const [{ avatars = [] }, { voices = [] }] = await Promise.all([getJson("/v1/avatars"), getJson("/v1/voices")]);
-      fill($("avatar-select"), [{ id: "", label: "default" }].concat(
+      // "" is whichever avatar the server is set to use (the bundled one is listed as "default")
+      fill($("avatar-select"), [{ id: "", label: "(the server's default)" }].concat(
         avatars.map((a) => ({ id: a.id, label: `${(a.names || []).join(", ") || a.name || a.id} (${a.width}×${a.height})` }))), selectAvatar);
-      fill($("voice-select"), [{ id: "", label: "default" }].concat(
+      fill($("voice-select"), [{ id: "", label: "(the server's default)" }].concat(
         voices.map((v) => ({ id: v.id, label: `${v.name || v.id} (${v.language || "?"})` }))));
     } catch (err) {
       showError(`lists: ${err.message}`);
@@ -951,7 +952,9 @@
         const err = body.error || {};
         record.ok = false;
         status.classList.add("error");
-        status.textContent = `Upload failed: ${err.message || xhr.statusText || `HTTP ${xhr.status}`}`;
+        // "renderer: data: no face found ..." is said of the file: "Upload failed (me.jpg): no face found ..."
+        const reason = (err.message || xhr.statusText || `HTTP ${xhr.status}`).replace(/^renderer: /, "").replace(/^(data|file): /, "");
+        status.textContent = `Upload failed (${file.name}): ${reason}`;
         showAlert(status.textContent);
         bar.value = 0;
       }
