@@ -234,6 +234,12 @@ class LiveSession:
         self._first.append(first)
         return self
 
+    @property
+    def session_id(self) -> str:
+        """The session's id (SessionStarted.session_id; other viewers join with ``client.watch``),
+        once the session has started ("" before ``async with`` entered it)."""
+        return self.started.session_id if self.started is not None else ""
+
     async def __aexit__(self, *exc: object) -> None:
         if self._call is not None and not self._call.done():
             self._call.cancel()

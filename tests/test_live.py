@@ -571,7 +571,7 @@ async def test_watch_through_another_gateway_replica(tmp_path: Path) -> None:
             async with TalkmeshClient(mesh.gateway) as a, TalkmeshClient(second.address) as b:
                 async with a.live() as live:
                     rec = Recorder(live).start()
-                    session_id = live.started.session_id if live.started else ""
+                    session_id = live.session_id
                     watched = []
                     call = b.watch(session_id)
                     async for msg in call:
