@@ -46,10 +46,11 @@ import grpc
 from opentelemetry import trace
 
 from services.gateway.audio import Resampler, check_audio
+from services.gateway.checks import check_media_options
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.fields import in_live_terms, live_field
-from services.gateway.pipeline import FEATURE_FOR_BACKEND
+from services.gateway.pipeline import FEATURE_FOR_BACKEND, synthesis_config
 from talkmesh.common.aio import (
     Chan,
     ChanClosed,
@@ -78,7 +79,6 @@ from talkmesh.common.lru import Lru
 from talkmesh.common.names import check_id, check_text, check_voice_settings, has_speech
 from talkmesh.common.principal import current_principal, restricted
 from talkmesh.common.propagation import StageNotes, adopt_request_id
-from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
@@ -701,18 +701,10 @@ class LiveSession:
                     await tts.cancel()
 
     async def _text_pieces(self, turn: GatewayTurn, first: str) -> AsyncIterator[tpb.TextPiece]:
-        yield tpb.TextPiece(
-            request_id=self.request_id,
-            config=tpb.SynthesisConfig(
-                request_id=self.request_id,
-                voice=turn.voice or self.config.voice,
-                settings=self.config.voice_settings,
-                # the chunking of Speak (gateway.tts_chunk_ms, then growing): a clause is synthesized
-                # at once, so a longer chunk does not delay the turn's first audio
-                chunk_ms=self.gateway_config.tts_chunk_ms,
-                max_chunk_ms=self.gateway_config.tts_max_chunk_ms,
-            ),
+        config = synthesis_config(
+            self.gateway_config, self.request_id, turn.voice or self.config.voice, self.config.voice_settings
         )
+        yield tpb.TextPiece(request_id=self.request_id, config=config)
         yield tpb.TextPiece(request_id=self.request_id, text=first)
         async for text in turn.text:
             yield tpb.TextPiece(request_id=self.request_id, text=text)
@@ -1061,16 +1053,9 @@ class LiveHub:
 def _validate_config(cfg: lpb.LiveConfig, config: GatewayConfig) -> None:
     for name in ("request_id", "avatar_id", "voice"):
         check_id(f"config.{name}", getattr(cfg, name))
-    backend = cfg.renderer_backend
-    known = spec("renderer").backends
-    if backend and backend not in known:
-        raise InvalidArgument("config.renderer_backend", f"{backend!r} is not one of {', '.join(known)}")
-    if cfg.audio_codec not in epb.AudioCodec.values():
-        raise InvalidArgument("config.audio_codec", f"unknown audio codec {cfg.audio_codec}")
+    check_media_options("config", size=cfg.size, renderer_backend=cfg.renderer_backend, audio_codec=cfg.audio_codec)
     for name in ("idle_timeout_seconds", "max_session_seconds"):
         value = getattr(cfg, name)
         if not 0 <= value <= 86400 or value != value:
             raise InvalidArgument(f"config.{name}", f"{value:g} is outside 0..86400 (0 = server default)")
     check_voice_settings("config.voice_settings", cfg.voice_settings)  # as TTS checks them, but at once
-    if cfg.size and cfg.size not in SIZE_PRESETS:
-        raise InvalidArgument("config.size", f"{cfg.size!r} is not one of {', '.join(SIZE_PRESETS)}")

@@ -34,6 +34,7 @@ from talkmesh.common.aio import Chan, TaskSet, all_of, wait_event
 from talkmesh.common.calls import LocalStream, Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, TalkmeshError
+from talkmesh.common.names import check_text, has_speech
 from talkmesh.common.propagation import StageNotes
 from talkmesh.common.registry import RENDERER_FEATURES
 from talkmesh.common.telemetry import Telemetry
@@ -43,11 +44,27 @@ from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import tts_pb2 as tpb
+from talkmesh.v1 import types_pb2
 
 log = logging.getLogger(__name__)
 
 #: What each renderer backend needs from the feature stage (the registry's ``RENDERER_FEATURES``).
 FEATURE_FOR_BACKEND = {backend: fpb.FeatureType.Value(feature) for backend, feature in RENDERER_FEATURES.items()}
+
+
+def synthesis_config(
+    config: GatewayConfig, request_id: str, voice: str, settings: types_pb2.VoiceSettings
+) -> tpb.SynthesisConfig:
+    """TTS's config for a request or a live text turn: the voice and its settings, and the
+    chunking of every Speak (``gateway.tts_chunk_ms`` first, growing to ``tts_max_chunk_ms``: TTS
+    synthesizes a clause at once, so a longer chunk does not delay the first audio)."""
+    return tpb.SynthesisConfig(
+        request_id=request_id,
+        voice=voice,
+        settings=settings,
+        chunk_ms=config.tts_chunk_ms,
+        max_chunk_ms=config.tts_max_chunk_ms,
+    )
 
 
 @dataclass
@@ -201,16 +218,23 @@ def video_chunk(mc: epb.MediaChunk, seq: int) -> gpb.VideoChunk:
 
 
 async def _first_piece(pieces: AsyncIterable[str]) -> AsyncIterable[str]:
-    """Waits for the first non-empty text piece; returns the pieces again, that one included."""
+    """Waits for the first text piece with something to say (``has_speech``, as a live text turn
+    does: "..." alone opens no stage); returns the pieces again, those before it included.
+    INVALID_ARGUMENT naming ``text``, as TTS words it, when the stream ends first."""
     it = aiter(pieces)
+    seen: list[str] = []
     async for piece in it:
-        if piece.strip():
+        seen.append(piece)
+        if has_speech(piece):
             break
     else:
-        raise InvalidArgument("text", "must not be empty")
+        whole = "".join(seen)
+        check_text("text", whole, len(whole) + 1)  # nothing to say: raises
+        raise AssertionError("unreachable")
 
     async def chained() -> AsyncIterator[str]:
-        yield piece
+        for first in seen:
+            yield first
         async for rest in it:
             yield rest
 
@@ -280,13 +304,7 @@ class _Run:
 
     # -- sources ---------------------------------------------------------------------------
     def _synthesis_config(self) -> tpb.SynthesisConfig:
-        return tpb.SynthesisConfig(
-            request_id=self.rid,
-            voice=self.req.voice,
-            settings=self.req.voice_settings,
-            chunk_ms=self.o.config.tts_chunk_ms,
-            max_chunk_ms=self.o.config.tts_max_chunk_ms,
-        )
+        return synthesis_config(self.o.config, self.rid, self.req.voice, self.req.voice_settings)
 
     def _open_tts(self) -> Stream:
         if self.audio_pieces is not None:

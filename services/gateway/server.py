@@ -10,6 +10,7 @@ import grpc
 
 from services.gateway.audio import check_audio
 from services.gateway.auth import AuthInterceptor, KeyStore
+from services.gateway.checks import check_media_options
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, GrpcDownstreams
 from services.gateway.live import LiveHub
@@ -19,7 +20,7 @@ from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.names import check_id, check_text
 from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import adopt_request_id, outgoing_metadata
-from talkmesh.common.registry import SIZE_PRESETS, spec
+from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -45,17 +46,10 @@ def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming:
         raise InvalidArgument("start.text", "must be empty: send text as the following messages")
     for name in ("request_id", "avatar_id", "voice", "session_id"):
         check_id(name, getattr(req, name))  # (avatar_id: an id or a name, resolved by the renderer)
-    size = req.output.size
-    if size and size not in SIZE_PRESETS:
-        raise InvalidArgument("output.size", f"{size!r} is not one of {', '.join(SIZE_PRESETS)}")
-    backend = req.output.renderer_backend
-    known = spec("renderer").backends
-    if backend and backend not in known:
-        raise InvalidArgument("output.renderer_backend", f"{backend!r} is not one of {', '.join(known)}")
-    if req.output.container not in epb.Container.values():
-        raise InvalidArgument("output.container", f"unknown container {req.output.container}")
-    if req.output.audio_codec not in epb.AudioCodec.values():
-        raise InvalidArgument("output.audio_codec", f"unknown audio codec {req.output.audio_codec}")
+    out = req.output
+    check_media_options("output", size=out.size, renderer_backend=out.renderer_backend, audio_codec=out.audio_codec)
+    if out.container not in epb.Container.values():
+        raise InvalidArgument("output.container", f"unknown container {out.container}")
     if req.output.fragment_ms and not 20 <= req.output.fragment_ms <= 10_000:
         raise InvalidArgument("output.fragment_ms", "must be 0 (default) or within 20..10000")
 

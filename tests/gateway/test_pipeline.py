@@ -147,6 +147,36 @@ async def test_speak_stream_takes_text_pieces():
     assert [c.WhichOneof("kind") for c in chunks] == ["media"] * 5 + ["summary"]
 
 
+async def test_speak_stream_opens_nothing_before_a_piece_with_something_to_say():
+    """As a live text turn does: "..." alone (an LLM's thinking dots) opens no stage; pieces before
+    the first words are kept; a stream with nothing to say is refused as TTS words it."""
+    ds = FakeDownstreams()
+    svc = GatewayService(GatewayConfig(), Telemetry("gateway"), downstreams=ds)
+    opened_before_words: list[str] = []
+
+    async def thinking_then_words():
+        yield "..."
+        yield " "
+        await asyncio.sleep(0.2)
+        opened_before_words.extend(ds.encoder_inputs + ["tts"] * ds.tts_chunks_read)
+        yield "Hello."
+
+    async def only_dots():
+        yield "..."
+        yield " 。"
+
+    async with serve(svc) as host, TalkmeshClient(host.address) as client:
+        chunks = [c async for c in client.speak_stream(thinking_then_words())]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in client.speak_stream(only_dots()):
+                pass
+    assert opened_before_words == []
+    assert chunks[-1].summary.frames == 3  # the fake TTS: a 40 ms chunk per piece, all three spoken
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    nothing = "text: must not be empty (it has nothing to say: only punctuation or invisible characters)"
+    assert err.value.details() == nothing
+
+
 async def test_until_the_first_fragment_the_encoder_gets_only_what_frame_0_needs():
     """The start hold: the config, the audio and visemes of frame 0 and the frame after it, frame 0's
     feature batch; everything else after the first fragment, in order."""
