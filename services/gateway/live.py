@@ -222,7 +222,7 @@ class LiveSession:
         session_id: str,
         config: lpb.LiveConfig,
         request_id: str,
-        deadline: float | None,
+        ends_at: float | None,
         voice: tuple[str, int] = ("", 0),
     ) -> None:
         self.hub = hub
@@ -233,7 +233,8 @@ class LiveSession:
         self.session_id = session_id
         self.config = config
         self.request_id = request_id
-        self.deadline = deadline
+        #: when the client's deadline ends (monotonic; None: no deadline); each call gets what is left
+        self.ends_at = ends_at
         self.rate = self.cfg.sample_rate
         self.clock = MediaClock.of(hub.config.fps, self.rate)
         self.backend = config.renderer_backend or hub.config.default_renderer_backend
@@ -288,7 +289,7 @@ class LiveSession:
         encoder: Stream | None = None
         try:
             await self.control.send(epb.LiveEncodeRequest(config=self._encode_config()))
-            encoder = self.ds.live(self._encoder_requests(), self.deadline)
+            encoder = self.ds.live(self._encoder_requests(), self._time_left())
             self.tasks.spawn(self._pump_encoder(encoder), name="encoder")
             self.tasks.spawn(self._read_client(stream), name="client")
             self.tasks.spawn(self._run_turns(), name="turns")
@@ -310,6 +311,10 @@ class LiveSession:
             self.control.close()
             self.data.close()
             self.out.discard()  # a client that left with messages waiting: no stale queue depth
+
+    def _time_left(self) -> float | None:
+        """The timeout of a call made now: what is left of the client's deadline."""
+        return None if self.ends_at is None else max(0.001, self.ends_at - time.monotonic())
 
     def _encode_config(self) -> epb.LiveEncodeConfig:
         c = self.config
@@ -676,7 +681,7 @@ class LiveSession:
         if state is not None:  # the previous turn's noise floor and peak carry on
             feature_config.activity_state.CopyFrom(state)
         features_in.send_nowait(fpb.FeatureRequest(config=feature_config))
-        features = self.ds.extract(features_in, self.deadline)
+        features = self.ds.extract(features_in, self._time_left())
         tts: Stream | None = None
         async with TaskSet(f"turn-{turn.turn_id[:16]}") as tasks:
             feature_pump = tasks.spawn(self._pump_features(turn, features), name="features")
@@ -686,7 +691,7 @@ class LiveSession:
                     # failure: it ends at once, as an audio turn without audio does
                     words = await _first_words(turn.text)
                     if words is not None:
-                        tts = self.ds.synthesize_stream(self._text_pieces(turn, words), self.deadline)
+                        tts = self.ds.synthesize_stream(self._text_pieces(turn, words), self._time_left())
                         await self._pump_tts(turn, tts, features_in)
                 else:
                     await self._pump_audio(turn, features_in)
@@ -942,7 +947,10 @@ class LiveHub:
                 subject="gateway",
             )
 
-    async def session(self, stream: RequestStream[Any], deadline: float | None) -> AsyncIterator[lpb.LiveServerMessage]:
+    async def session(
+        self, stream: RequestStream[Any], time_remaining: float | None
+    ) -> AsyncIterator[lpb.LiveServerMessage]:
+        ends_at = None if time_remaining is None else time.monotonic() + time_remaining
         cfg = stream.config
         self._limit()
         _validate_config(cfg, self.config)
@@ -954,7 +962,7 @@ class LiveHub:
         self._limit()  # again: other sessions may have started while the voice was checked
         session_id = self.ids.new()
         request_id = adopt_request_id(cfg.request_id)
-        session = LiveSession(self, session_id, cfg, request_id, deadline, voice)
+        session = LiveSession(self, session_id, cfg, request_id, ends_at, voice)
         self.sessions[session_id] = session
         principal = current_principal.get()
         if principal is not None:
