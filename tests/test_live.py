@@ -215,7 +215,10 @@ async def test_interrupt_cuts_the_turn_at_the_next_frame(tmp_path: Path) -> None
                 )
             )
             lead = mesh.telemetry["encoder"].metrics.live_lead_frames.labels("encoder")
-            speaking_lead = lead._value.get()
+            for _ in range(100):  # rendered ahead of the clock (read until it is, under load)
+                if (speaking_lead := lead._value.get()) > 0:
+                    break
+                await asyncio.sleep(0.02)
             queued = await live.say("And this one was still waiting.")
             await live.interrupt()
             ack = await rec.wait_event("interrupt_acknowledged")

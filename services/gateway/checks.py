@@ -1,9 +1,13 @@
-"""Checks the gateway makes of a request's media options before any stage runs, for Speak's
-``output`` and a live session's ``config`` alike (each names its own fields under its prefix)."""
+"""Checks the gateway makes of a request before any stage runs, for Speak and live sessions alike:
+the media options (Speak's ``output``, a live session's ``config``: each names its own fields
+under its prefix) and the first words of streamed text."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable
+
 from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.names import has_speech
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.v1 import encoder_pb2 as epb
 
@@ -20,3 +24,17 @@ def check_media_options(prefix: str, *, size: str, renderer_backend: str, audio_
         )
     if audio_codec not in epb.AudioCodec.values():
         raise InvalidArgument(f"{prefix}.audio_codec", f"unknown audio codec {audio_codec}")
+
+
+async def first_words(pieces: AsyncIterable[str]) -> tuple[str, bool]:
+    """The text pieces up to the first with something to say (``has_speech``: not only white space
+    or punctuation, which TTS refuses), joined, and whether one came before the input ended. What a
+    Speak's text stream and a live text turn wait for before opening any stage (an LLM's "..."
+    opens nothing). Empty pieces are dropped; the rest count towards the caller's text limit, so the
+    joined text is bounded by it."""
+    seen = ""
+    async for piece in pieces:
+        seen += piece
+        if has_speech(piece):
+            return seen, True
+    return seen, False

@@ -3,7 +3,8 @@
 The encoder owns the clock (``services/encoder/live``): it sends one frame per tick, idles
 between turns and applies interrupts at the next frame. The gateway owns everything around it:
 
-* the session: its config, its id (which names the owning replica, so Watch can be forwarded),
+* the session: its config, its id (which names the owning replica, sealed and signed with the
+  replicas' shared secret, so Watch can be forwarded and clients see no pod address),
   the idle timeout, the maximum length, draining, the limit of sessions per replica;
 * turns: each text turn goes through TTS (text pieces as they arrive), each audio turn is the
   caller's PCM; both are resampled to the session's rate and go to the feature stage and to the
@@ -15,8 +16,9 @@ between turns and applies interrupts at the next frame. The gateway owns everyth
   the turns' upstream work (TTS, features) is cancelled at once; later input for a stopped turn is
   discarded (a turn id fences everything);
 * refusals: a text piece or audio chunk is checked before it has any effect: a refused first piece
-  starts no turn, a refused later one ends its turn's input (what it had plays); either way later
-  input for that turn id is discarded quietly (the client was told once). A turn's text is counted
+  starts no turn (the gateway ends it itself: a FAILED speaking_stopped after the error), a refused
+  later one ends its turn's input (what it had plays); either way later input for that turn id is
+  discarded quietly (the client was told once). A turn's text is counted
   here against ``max_text_chars``; a turn that has played all it got and gets nothing new for
   ``live.turn_input_timeout_seconds`` has its input ended (a DEADLINE_EXCEEDED LiveError says so),
   so a dead client or LLM stream cannot hold the queue (nor the idle timeout) for ever;
@@ -33,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -46,7 +49,7 @@ import grpc
 from opentelemetry import trace
 
 from services.gateway.audio import Resampler, check_audio
-from services.gateway.checks import check_media_options
+from services.gateway.checks import check_media_options, first_words
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.fields import in_live_terms, live_field
@@ -76,7 +79,7 @@ from talkmesh.common.errors import (
     scrub_live_error,
 )
 from talkmesh.common.lru import Lru
-from talkmesh.common.names import check_id, check_text, check_voice_settings, has_speech
+from talkmesh.common.names import check_id, check_text, check_voice_settings
 from talkmesh.common.principal import current_principal, restricted
 from talkmesh.common.propagation import StageNotes, adopt_request_id
 from talkmesh.common.streams import RequestStream
@@ -127,7 +130,7 @@ class SessionIds:
         if len(parts) != 3 or len(session_id) > 256:
             return None
         owner, nonce, mac = parts
-        if not hmac.compare_digest(mac, self._mac(owner, nonce)):
+        if not hmac.compare_digest(mac.encode(), self._mac(owner, nonce).encode()):  # (any characters)
             return None
         try:
             return self._xor(base64.urlsafe_b64decode(owner + "=" * (-len(owner) % 4)), nonce).decode()
@@ -249,6 +252,8 @@ class LiveSession:
         self.voice_id, self.voice_rate = voice
         #: (id, rate) of the voices text turns asked for (SpeakText.voice, as spelt), checked once each
         self.voice_rates: Lru[str, tuple[str, int]] = Lru(TURN_VOICES_KEPT)
+        #: until when dropped turns' speaking_stopped may wait for their voice checks (monotonic)
+        self.voice_wait_until = 0.0
         #: where the feature stage's level-adaptive activity (noise floor, speech peak) stands at the
         #: end of the last turn of each kind ("text": the TTS voice, "audio": the caller's
         #: recording): the next turn of that kind starts from it, so it is voiced from its first
@@ -415,13 +420,17 @@ class LiveSession:
             await self._send(msg)
         self.out.close()
 
-    @staticmethod
-    async def _voice_checked(turn: GatewayTurn) -> None:
+    async def _voice_checked(self, turn: GatewayTurn) -> None:
         """Waits a little for the check of a dropped turn's own voice (a ListVoices, a millisecond
-        or two), so its speaking_stopped names the voice and counts in its rate; a TTS too slow for
-        that does not hold the session's media longer than VOICE_CHECK_WAIT_SECONDS."""
-        if turn.voice_check is not None and not turn.voice_check.done():
-            await asyncio.wait([turn.voice_check], timeout=VOICE_CHECK_WAIT_SECONDS)
+        or two), so its speaking_stopped names the voice and counts in its rate. A TTS too slow for
+        that holds the session's media at most VOICE_CHECK_WAIT_SECONDS, however many turns an
+        interrupt dropped at once: they share one wait."""
+        if turn.voice_check is None or turn.voice_check.done():
+            return
+        now = time.monotonic()
+        if self.voice_wait_until < now:
+            self.voice_wait_until = now + VOICE_CHECK_WAIT_SECONDS
+        await asyncio.wait([turn.voice_check], timeout=self.voice_wait_until - now)
 
     def _set_speaking(self, speaking: bool, sessions: Any) -> None:
         if speaking == self.speaking:
@@ -448,14 +457,17 @@ class LiveSession:
     async def _read_client(self, stream: RequestStream[Any]) -> None:
         async for msg in stream:
             self.last_message = time.monotonic()
+            tid = _turn_of(msg)
+            new_turn = bool(tid) and tid not in self.turns and not self._ended(tid)
             try:
                 await self._client_message(msg)
             except TalkmeshError as exc:
                 if exc.code not in _IN_SESSION_REFUSALS:
                     raise
-                tid = _turn_of(msg)
+                # (decided now: while the error waits for room, the pump may end other turns)
+                never_taken = new_turn and tid in self.refused
                 await self._error(exc, tid)
-                if tid and tid in self.refused and tid not in self.turns:
+                if never_taken:
                     await self._never_taken(tid)
         self.client_closed = True
         for turn in self.turns.values():
@@ -547,21 +559,25 @@ class LiveSession:
         its voice and counts in its rate: NOT_FOUND on ``text.voice`` (returned, the turn raises
         it when it starts) if TTS has none such; else the turn learns the voice's id and rate, and
         the encoder the rate. Asked of TTS once per voice per session (unless TTS could not
-        answer: the turn's own TTS call then says what is wrong)."""
+        answer: the turn's own TTS call then says what is wrong; turns queued with the same voice
+        before it answered each ask)."""
         known = self.voice_rates.get(turn.voice)
         if known is None:
             try:
                 known = await self.hub.listed_voice(turn.voice, "text.voice")
             except TalkmeshError as exc:
                 return exc
+            except Exception as exc:  # a defect fails the turn (INTERNAL), never the session
+                log.exception("checking the voice of live turn %s failed", turn.turn_id)
+                return TalkmeshError(f"internal error: {type(exc).__name__}: {exc}")
             if known is None:
                 return None
             self.voice_rates.put(turn.voice, known)
         turn.voice_id, turn.source_rate = known
         if turn.turn_id not in self.stopped:  # (a stopped turn's rate is set in its speaking_stopped)
-            await self._to_encoder_control(
-                epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_start=epb.TurnStart(source_sample_rate=known[1]))
-            )
+            start = epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_start=epb.TurnStart(source_sample_rate=known[1]))
+            with contextlib.suppress(ChanClosed):  # the session is ending
+                await self._to_encoder_control(start)
         return None
 
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
@@ -666,7 +682,8 @@ class LiveSession:
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
         if turn.voice_check is not None:
-            refused = await turn.voice_check
+            # shielded: an interrupt cancels the turn, not the check its speaking_stopped reports
+            refused = await asyncio.shield(turn.voice_check)
             if refused is not None:
                 raise refused
         features_in: Chan[fpb.FeatureRequest] = Chan(self.sizes.stream)
@@ -689,8 +706,8 @@ class LiveSession:
                 if turn.kind == "text":
                     # a turn with no words at all (an LLM reply of white space) is silent, not a
                     # failure: it ends at once, as an audio turn without audio does
-                    words = await _first_words(turn.text)
-                    if words is not None:
+                    words, found = await first_words(turn.text)
+                    if found:
                         tts = self.ds.synthesize_stream(self._text_pieces(turn, words), self._time_left())
                         await self._pump_tts(turn, tts, features_in)
                 else:
@@ -897,17 +914,6 @@ _IN_SESSION_REFUSALS = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many turns waiting: the turn may be sent again
     }
 )
-
-
-async def _first_words(pieces: Chan[str]) -> str | None:
-    """The pieces up to the first with something to say (``has_speech``: not only white space or
-    punctuation, which TTS refuses), joined; None when the input ends first."""
-    seen = []
-    async for piece in pieces:
-        seen.append(piece)
-        if has_speech(piece):
-            return "".join(seen)
-    return None
 
 
 def _turn_of(msg: Any) -> str:

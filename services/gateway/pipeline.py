@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 
 from services.gateway.audio import Resampler, stage_rate
+from services.gateway.checks import first_words
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.fields import in_speak_terms
@@ -34,7 +35,7 @@ from talkmesh.common.aio import Chan, TaskSet, all_of, wait_event
 from talkmesh.common.calls import LocalStream, Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, TalkmeshError
-from talkmesh.common.names import check_text, has_speech
+from talkmesh.common.names import check_text
 from talkmesh.common.propagation import StageNotes
 from talkmesh.common.registry import RENDERER_FEATURES
 from talkmesh.common.telemetry import Telemetry
@@ -218,23 +219,15 @@ def video_chunk(mc: epb.MediaChunk, seq: int) -> gpb.VideoChunk:
 
 
 async def _first_piece(pieces: AsyncIterable[str]) -> AsyncIterable[str]:
-    """Waits for the first text piece with something to say (``has_speech``, as a live text turn
-    does: "..." alone opens no stage); returns the pieces again, those before it included.
+    """Waits for the first words (``first_words``); returns the pieces again, from those.
     INVALID_ARGUMENT naming ``text``, as TTS words it, when the stream ends first."""
     it = aiter(pieces)
-    seen: list[str] = []
-    async for piece in it:
-        seen.append(piece)
-        if has_speech(piece):
-            break
-    else:
-        whole = "".join(seen)
-        check_text("text", whole, len(whole) + 1)  # nothing to say: raises
-        raise AssertionError("unreachable")
+    words, found = await first_words(it)
+    if not found:  # nothing to say: refused here, as TTS words it
+        check_text("text", words, len(words) + 1)
 
     async def chained() -> AsyncIterator[str]:
-        for first in seen:
-            yield first
+        yield words
         async for rest in it:
             yield rest
 

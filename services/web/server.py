@@ -140,7 +140,8 @@ class WebHost:
         #: the gateway's refusal of the edge's API key ("": accepted, or not known to be refused),
         #: and when it was last asked (monotonic; one question at a time)
         self.key_refused = ""
-        self._key_checked = -math.inf
+        self._key_checked = -math.inf  # when the last answer about the key came
+        self._key_asked = -math.inf  # when the last question ended (with an answer or not)
         self._key_lock = asyncio.Lock()
         self.draining = False
         self.sessions: set[asyncio.Task[Any]] = set()
@@ -286,9 +287,13 @@ class WebHost:
         waiting_since = time.monotonic()
         async with self._key_lock:
             # an answer that came while this caller waited for the lock is fresh enough for it
-            if self._key_checked < waiting_since and waiting_since - self._key_checked >= max_age:
-                if await self._ask_key():
-                    self._key_checked = time.monotonic()  # (when the answer came)
+            # a question that ended while this caller waited for the lock is its answer too, even
+            # one that learnt nothing (the next probe asks again, not every waiter in turn)
+            if self._key_asked < waiting_since and waiting_since - self._key_checked >= max_age:
+                answered = await self._ask_key()
+                self._key_asked = time.monotonic()
+                if answered:
+                    self._key_checked = self._key_asked
         return not self.key_refused
 
     async def _ask_key(self) -> bool:

@@ -20,6 +20,7 @@ from services.renderer.config import RendererConfig
 from talkmesh.common import registry
 from tests.deploy.manifests import (
     DEPLOY,
+    GPU_OVERLAYS,
     HEADLESS_TWINS,
     OPTIONAL_COMPONENTS,
     OVERLAYS,
@@ -397,10 +398,11 @@ def test_services_select_the_container_that_serves_them(overlay: str) -> None:
         assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
         pods_metrics = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
         cpu = [m for m in hpa["spec"]["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
-        if of_kind(docs, "ServiceMonitor"):  # the monitoring component: the adapter serves the streams
+        assert pods_metrics in ([], ["talkmesh_streams_active"]) and (pods_metrics or cpu)
+        if overlay in GPU_OVERLAYS:  # GPU media pods scale on streams (prometheus-adapter required)
             assert pods_metrics == ["talkmesh_streams_active"]
-        else:  # one metric that cannot be fetched would stop every scale-down: CPU alone
-            assert pods_metrics == [] and cpu, f"{overlay}: HPA {hpa['metadata']['name']} without the adapter"
+        else:  # no adapter assumed: a metric that cannot be fetched would stop every scale-down
+            assert pods_metrics == [], f"{overlay}: HPA {hpa['metadata']['name']} needs prometheus-adapter"
 
 
 def dns_targets(docs: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -30,4 +30,5 @@ def test_a_forged_or_foreign_id_names_no_owner() -> None:
     tampered = nonce[:-1] + ("1" if nonce.endswith("0") else "0")
     assert owner.owner(f"{sealed}.{tampered}.{mac}") is None
     assert owner.owner("not-an-id") is None and owner.owner("a.b.c") is None
+    assert owner.owner(f"{sealed}.{nonce}.{mac[:-1]}\u00e9") is None, "any characters: not found, not a crash"
     assert owner.owner(sid + "x" * 300) is None

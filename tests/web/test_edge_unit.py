@@ -437,3 +437,23 @@ async def test_a_key_check_that_learnt_nothing_is_asked_again_at_once() -> None:
     assert await host._check_key(max_age=60.0)  # nothing learnt: not refused (as before the check)
     assert not await host._check_key(max_age=60.0), "asked again: the gateway now refuses the key"
     assert codes == [] and host.key_refused == "UNAUTHENTICATED: no"
+
+
+async def test_probes_waiting_on_a_key_check_that_learnt_nothing_do_not_ask_again_in_turn() -> None:
+    """Five probes at once while the gateway times out: one question (each takes its timeout),
+    not five one after another; the next probe asks anew."""
+    host = WebHost(WebConfig(server=ServerConfig(port=0, metrics_port=-1)), Telemetry("web"))
+    asked = 0
+
+    class Slow:
+        async def list_voices(self, voice: str = "", *, timeout: float | None = None) -> list[Any]:
+            nonlocal asked
+            asked += 1
+            await asyncio.sleep(0.05)
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, None, None, details="slow")
+
+    host.client = Slow()  # type: ignore[assignment]
+    assert await asyncio.gather(*(host._check_key() for _ in range(5))) == [True] * 5
+    assert asked == 1
+    await host._check_key()
+    assert asked == 2
