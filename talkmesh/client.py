@@ -458,11 +458,15 @@ class TalkmeshClient:
         fast as the mesh goes (a live session's ``say_audio`` plays at the clock's pace)."""
         start = self.request("", **options)  # type: ignore[arg-type]
 
+        # a whole recording says its length, so one over the gateway's limit is refused at once
+        total = len(pcm) // 2 if isinstance(pcm, bytes | bytearray | memoryview) else 0
+
         async def requests() -> AsyncIterator[gpb.SpeakStreamRequest]:
             yield gpb.SpeakStreamRequest(start=start)
             sent = False
             async for piece in pcm_pieces(pcm, sample_rate):
-                yield gpb.SpeakStreamRequest(audio=gpb.AudioPiece(sample_rate=sample_rate, pcm=piece))
+                audio = gpb.AudioPiece(sample_rate=sample_rate, pcm=piece, total_samples=0 if sent else total)
+                yield gpb.SpeakStreamRequest(audio=audio)
                 sent = True
             if not sent:  # no audio at all: said as such (audio.pcm), not taken for a request without text
                 yield gpb.SpeakStreamRequest(audio=gpb.AudioPiece(sample_rate=sample_rate))

@@ -81,6 +81,11 @@ def _piece(rate: int, samples: int) -> gpb.SpeakStreamRequest:
         (_messages(_piece(16000, 16001)), "audio.pcm", "more than one second"),
         (_messages(_piece(16000, 0), _piece(16000, 0)), "audio.pcm", "no audio"),
         (_messages(*[_piece(16000, 16000)] * 3), "audio", "exceeds the limit of 2 seconds"),
+        (  # a sender that knows the recording's length is refused before any stage starts
+            _messages(gpb.SpeakStreamRequest(audio=gpb.AudioPiece(sample_rate=16000, total_samples=48000))),
+            "audio.total_samples",
+            "3.0 seconds, over the limit of 2 seconds",
+        ),
         # a voice would change nothing of the caller's own speech: refused, not silently ignored
         (_messages(_piece(16000, 100), start=gpb.SpeakRequest(voice="espeak:fr")), "voice", "spoken as they are"),
         (
@@ -103,6 +108,33 @@ async def test_bad_audio_pieces_are_refused_naming_the_field(
         assert err.value.details().startswith(f"{field}: ") and message in err.value.details()
         await asyncio.sleep(0.2)
         assert mesh.active_streams() == dict.fromkeys(mesh.active_streams(), 0.0)  # nothing left running
+
+
+async def test_a_whole_recording_over_the_limit_is_refused_before_any_stage_starts(tmp_path: Path) -> None:
+    env = {"TALKMESH_GATEWAY__MAX_AUDIO_SECONDS": "2"}
+    stage_calls = ("Synthesize", "Extract", "Encode", "Render")
+
+    def calls(mesh) -> float:  # type: ignore[no-untyped-def]
+        return sum(
+            sample.value
+            for name in ("tts", "audio_features", "encoder", "renderer")
+            for metric in mesh.telemetry[name].metrics.registry.collect()
+            for sample in metric.samples
+            if sample.name == "talkmesh_streams_total" and sample.labels["method"].endswith(stage_calls)
+        )
+
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in client.speak_audio(b"\x00\x00" * 16000 * 3, 16000):
+                pass
+        refused_calls = calls(mesh)
+        async for _ in client.speak_audio(b"\x00\x00" * 1600, 16000):
+            pass
+        await asyncio.sleep(0.2)
+        spoken_calls = calls(mesh)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("audio.total_samples: the recording is 3.0 seconds"), err.value.details()
+    assert refused_calls == 0 and spoken_calls >= 3, "no stage was called for the refused recording"
 
 
 async def test_no_audio_at_all_is_refused_as_such(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         timeout = self._timeout(context)
         if first is not None and first.WhichOneof("kind") == "audio":
             _no_voice_for_audio(stream.config)
+            self._declared_length(first.audio)
             run = self.pipeline.run(stream.config, rid, timeout, audio_pieces=self._audio_pieces(first, stream))
         else:
             run = self.pipeline.run(stream.config, rid, timeout, text_pieces=self._text_pieces(first, stream))
@@ -104,6 +105,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 raise InvalidArgument("text", f"streamed text exceeds the limit of {limit} characters")
             yield msg.text
             msg = await anext(rest, None)
+
+    def _declared_length(self, first: gpb.AudioPiece) -> None:
+        """A recording whose sender says it is over ``max_audio_seconds`` is refused before any
+        stage starts (the limit is otherwise reached only after rendering up to it)."""
+        limit = self.config.max_audio_seconds
+        rate = first.sample_rate
+        if rate and first.total_samples > limit * rate:
+            raise InvalidArgument(
+                "audio.total_samples",
+                f"the recording is {first.total_samples / rate:.1f} seconds, over the limit of {limit:g} seconds",
+            )
 
     async def _audio_pieces(
         self, first: gpb.SpeakStreamRequest, rest: AsyncIterator[gpb.SpeakStreamRequest]

@@ -50,12 +50,14 @@ class SpeakStreamRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[SpeakRequest, _Mapping]] = ..., text: _Optional[str] = ..., audio: _Optional[_Union[AudioPiece, _Mapping]] = ...) -> None: ...
 
 class AudioPiece(_message.Message):
-    __slots__ = ("sample_rate", "pcm")
+    __slots__ = ("sample_rate", "pcm", "total_samples")
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     PCM_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     sample_rate: int
     pcm: bytes
-    def __init__(self, sample_rate: _Optional[int] = ..., pcm: _Optional[bytes] = ...) -> None: ...
+    total_samples: int
+    def __init__(self, sample_rate: _Optional[int] = ..., pcm: _Optional[bytes] = ..., total_samples: _Optional[int] = ...) -> None: ...
 
 class SpeakTimeline(_message.Message):
     __slots__ = ("received", "first_audio", "last_audio", "first_frame", "first_fragment", "last_fragment")
