@@ -50,6 +50,7 @@ OPTION_FOR_FIELD = {
     "rate": "--rate",
     "pitch": "--pitch",
     "volume": "--volume",
+    "text_format": "--markdown",
     "text": "the text argument",
     "backends": "--backend",
     "face_index": "--face-index",
@@ -319,6 +320,8 @@ async def _say(args: argparse.Namespace) -> int:
             "pitch": args.pitch,
             "volume": args.volume,
         }
+        if args.markdown:
+            options["markdown"] = True
         if speech is not None:
             result = await client.save(client.speak_audio(*speech, **options), out)
         else:
@@ -663,6 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--rate", type=float, default=0.0, help="speaking rate, x normal (0.25..4; 0 = default)")
     y.add_argument("--pitch", type=float, default=0.0, help="pitch, x normal (0.25..4; 0 = default)")
     y.add_argument("--volume", type=float, default=0.0, help="volume, x normal (0..2; 0 = default)")
+    y.add_argument(
+        "--markdown", action="store_true", help="the text is Markdown (an LLM's reply): markup and emoji are not read"
+    )
 
     d = sub.add_parser("demo", parents=[common], help="start the mesh, speak a paragraph, write an MP4, stop")
     d.add_argument("-o", "--output", default="out/demo.mp4")

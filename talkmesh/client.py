@@ -409,7 +409,9 @@ class TalkmeshClient:
         pitch: float = 0.0,
         volume: float = 0.0,
         session_id: str = "",
+        markdown: bool = False,
     ) -> gpb.SpeakRequest:
+        """``markdown``: the text is an LLM's Markdown (its markup and emoji are not read)."""
         return gpb.SpeakRequest(
             request_id=request_id,
             text=text,
@@ -423,6 +425,7 @@ class TalkmeshClient:
                 renderer_backend=backend,
             ),
             session_id=session_id,
+            text_format=api.TEXT_FORMAT_MARKDOWN if markdown else api.TEXT_FORMAT_UNSPECIFIED,
         )
 
     def speak(
@@ -625,10 +628,12 @@ class TalkmeshClient:
         volume: float = 0.0,
         request_id: str = "",
         timeout: float | None = None,
+        markdown: bool = False,
     ) -> LiveSession:
         """A live session: ``async with client.live(...) as session`` (see ``LiveSession``).
 
-        ``avatar``: an id or a name (the gateway resolves it before the session starts)."""
+        ``avatar``: an id or a name (the gateway resolves it before the session starts).
+        ``markdown``: text turns are an LLM's Markdown (their markup and emoji are not read)."""
         config = lpb.LiveConfig(
             request_id=request_id,
             avatar_id=avatar,
@@ -638,6 +643,7 @@ class TalkmeshClient:
             renderer_backend=backend,
             idle_timeout_seconds=idle_timeout,
             max_session_seconds=max_seconds,
+            text_format=api.TEXT_FORMAT_MARKDOWN if markdown else api.TEXT_FORMAT_UNSPECIFIED,
         )
         return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout, self._md)
 

@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="", help=f"renderer backend: {', '.join(spec('renderer').backends)}")
     p.add_argument("--idle-timeout", type=float, default=0.0, help="seconds without input before the session ends")
     p.add_argument("--quiet", action="store_true", help="do not print media progress, only events")
+    p.add_argument("--markdown", action="store_true", help="typed lines are Markdown: their markup is not read")
 
 
 def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
@@ -141,7 +142,12 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
 
     async with TalkmeshClient(target, tls=tls_from_args(args), api_key=getattr(args, "api_key", None)) as client:
         async with client.live(
-            avatar=args.avatar, voice=args.voice, size=args.size, backend=args.backend, idle_timeout=args.idle_timeout
+            avatar=args.avatar,
+            voice=args.voice,
+            size=args.size,
+            backend=args.backend,
+            idle_timeout=args.idle_timeout,
+            markdown=args.markdown,
         ) as session:
             pump = asyncio.create_task(_pump(session, output, out, state, speaking), name="live-cli-pump")
             signals = TaskSet("live-cli")

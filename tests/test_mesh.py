@@ -268,3 +268,45 @@ async def test_ttss_warning_about_the_text_reaches_the_caller_in_the_summary(tmp
     assert "4 of the clause's 23 letters" in streamed.summary.warnings[0]  # a stream is checked by clause
     assert list(clean.summary.warnings) == [] and clean.summary.voice == "espeak:en-us"
     assert spanish.summary.voice == listed.id != "espeak:es-MX" and listed.id.startswith("espeak:es")
+
+
+async def test_an_llms_markdown_reply_is_spoken_as_its_words_in_speak_and_live(tmp_path):
+    """`markdown=True` (TEXT_FORMAT_MARKDOWN) reaches TTS from Speak, SpeakStream and a live
+    session: the reply lasts as long as its plain words, not as its markup read aloud."""
+    from talkmesh.v1 import gateway_pb2 as gpb
+    from talkmesh.v1 import live_pb2 as lpb
+    from tests.live_helpers import Recorder
+
+    reply = "**Sure!** Pick the `blue` one, see [the map](https://example.com/map) 🎉"
+    words = "Sure! Pick the blue one, see the map"
+
+    async def seconds(client, text, **options):  # type: ignore[no-untyped-def]
+        chunks = [c async for c in client.speak(text, **options)]
+        return chunks[-1].summary.audio_seconds
+
+    async def streamed(client, text):  # type: ignore[no-untyped-def]
+        async def pieces():  # type: ignore[no-untyped-def]
+            for i in range(0, len(text), 4):
+                yield text[i : i + 4]
+
+        chunks = [c async for c in client.speak_stream(pieces(), markdown=True)]
+        return chunks[-1].summary.audio_seconds
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        plain = await seconds(client, words)
+        as_markdown = await seconds(client, reply, markdown=True)
+        as_written = await seconds(client, reply)
+        as_stream = await streamed(client, reply)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await seconds(client, gpb.SpeakRequest(text="Hi.", text_format=9))  # type: ignore[arg-type]
+        async with client.live(markdown=True) as live:
+            rec = Recorder(live).start()
+            tid = await live.say(reply)
+            stopped = (await rec.wait_event("speaking_stopped", tid, timeout=30)).msg.event.speaking_stopped
+            await live.close()
+            await rec.finish()
+    assert abs(as_markdown - plain) < 0.1 and abs(as_stream - plain) < 0.15, (plain, as_markdown, as_stream)
+    assert as_written > plain + 1.0, "as plain text the markup and the address are read"
+    assert stopped.reason == lpb.STOP_REASON_COMPLETED
+    assert abs(stopped.samples_played / stopped.sample_rate - plain) < 0.15
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("text_format")

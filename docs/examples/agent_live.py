@@ -19,7 +19,7 @@ from talkmesh.v1 import live_pb2 as lpb
 
 
 async def llm_reply(question: str, sentences: int = 1):  # your model's streamed answer, token by token
-    answer = f"You asked: {question}" + " Here is an answer, written a few words at a time." * sentences
+    answer = f"You asked: *{question}*" + " Here is an **answer**, written a few words at a time." * sentences
     for word in answer.split(" "):
         yield word + " "
         await asyncio.sleep(0.03)
@@ -77,7 +77,8 @@ def heard(stopped: lpb.SpeakingStopped) -> float:
 
 
 async def main() -> None:
-    async with TalkmeshClient() as client, client.live(voice="espeak:en-us") as live:
+    # models answer in Markdown: its markup (the `*` of emphasis, link addresses, emoji) is not read
+    async with TalkmeshClient() as client, client.live(voice="espeak:en-us", markdown=True) as live:
         avatar = Avatar(live, "agent.mp4")
         # 1. a reply played to its end
         _, _, done = avatar.reply(llm_reply("What is talkmesh?"))

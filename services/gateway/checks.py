@@ -10,6 +10,12 @@ from talkmesh.common.errors import InvalidArgument
 from talkmesh.common.names import has_speech
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.v1 import encoder_pb2 as epb
+from talkmesh.v1 import types_pb2
+
+
+def check_text_format(field: str, value: int) -> None:
+    if value not in types_pb2.TextFormat.values():
+        raise InvalidArgument(field, f"unknown text format {value}")
 
 
 def check_media_options(prefix: str, *, size: str, renderer_backend: str, audio_codec: int) -> None:

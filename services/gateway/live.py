@@ -49,7 +49,7 @@ import grpc
 from opentelemetry import trace
 
 from services.gateway.audio import Resampler, check_audio
-from services.gateway.checks import check_media_options, first_words
+from services.gateway.checks import check_media_options, check_text_format, first_words
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.fields import in_live_terms, live_field
@@ -723,8 +723,9 @@ class LiveSession:
                     await tts.cancel()
 
     async def _text_pieces(self, turn: GatewayTurn, first: str) -> AsyncIterator[tpb.TextPiece]:
+        c = self.config
         config = synthesis_config(
-            self.gateway_config, self.request_id, turn.voice or self.config.voice, self.config.voice_settings
+            self.gateway_config, self.request_id, turn.voice or c.voice, c.voice_settings, c.text_format
         )
         yield tpb.TextPiece(request_id=self.request_id, config=config)
         yield tpb.TextPiece(request_id=self.request_id, text=first)
@@ -1068,6 +1069,7 @@ def _validate_config(cfg: lpb.LiveConfig, config: GatewayConfig) -> None:
     for name in ("request_id", "avatar_id", "voice"):
         check_id(f"config.{name}", getattr(cfg, name))
     check_media_options("config", size=cfg.size, renderer_backend=cfg.renderer_backend, audio_codec=cfg.audio_codec)
+    check_text_format("config.text_format", cfg.text_format)
     for name in ("idle_timeout_seconds", "max_session_seconds"):
         value = getattr(cfg, name)
         if not 0 <= value <= 86400 or value != value:

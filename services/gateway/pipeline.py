@@ -54,17 +54,23 @@ FEATURE_FOR_BACKEND = {backend: fpb.FeatureType.Value(feature) for backend, feat
 
 
 def synthesis_config(
-    config: GatewayConfig, request_id: str, voice: str, settings: types_pb2.VoiceSettings
+    config: GatewayConfig,
+    request_id: str,
+    voice: str,
+    settings: types_pb2.VoiceSettings,
+    text_format: types_pb2.TextFormat,
 ) -> tpb.SynthesisConfig:
-    """TTS's config for a request or a live text turn: the voice and its settings, and the
-    chunking of every Speak (``gateway.tts_chunk_ms`` first, growing to ``tts_max_chunk_ms``: TTS
-    synthesizes a clause at once, so a longer chunk does not delay the first audio)."""
+    """TTS's config for a request or a live text turn: the voice, its settings and how the text
+    is read, and the chunking of every Speak (``gateway.tts_chunk_ms`` first, growing to
+    ``tts_max_chunk_ms``: TTS synthesizes a clause at once, so a longer chunk does not delay the
+    first audio)."""
     return tpb.SynthesisConfig(
         request_id=request_id,
         voice=voice,
         settings=settings,
         chunk_ms=config.tts_chunk_ms,
         max_chunk_ms=config.tts_max_chunk_ms,
+        text_format=text_format,
     )
 
 
@@ -297,7 +303,9 @@ class _Run:
 
     # -- sources ---------------------------------------------------------------------------
     def _synthesis_config(self) -> tpb.SynthesisConfig:
-        return synthesis_config(self.o.config, self.rid, self.req.voice, self.req.voice_settings)
+        return synthesis_config(
+            self.o.config, self.rid, self.req.voice, self.req.voice_settings, self.req.text_format
+        )
 
     def _open_tts(self) -> Stream:
         if self.audio_pieces is not None:

@@ -10,7 +10,7 @@ import grpc
 
 from services.gateway.audio import check_audio
 from services.gateway.auth import AuthInterceptor, KeyStore
-from services.gateway.checks import check_media_options
+from services.gateway.checks import check_media_options, check_text_format
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, GrpcDownstreams
 from services.gateway.live import LiveHub
@@ -46,6 +46,7 @@ def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming:
         raise InvalidArgument("start.text", "must be empty: send text as the following messages")
     for name in ("request_id", "avatar_id", "voice", "session_id"):
         check_id(name, getattr(req, name))  # (avatar_id: an id or a name, resolved by the renderer)
+    check_text_format("text_format", req.text_format)
     out = req.output
     check_media_options("output", size=out.size, renderer_backend=out.renderer_backend, audio_codec=out.audio_codec)
     if out.container not in epb.Container.values():
@@ -187,6 +188,8 @@ def _no_voice_for_audio(start: gpb.SpeakRequest) -> None:
     request is refused naming the field instead."""
     if start.voice:
         raise InvalidArgument("voice", "is for text; audio pieces are spoken as they are (leave it empty)")
+    if start.text_format:
+        raise InvalidArgument("text_format", "is for text; audio pieces are spoken as they are (leave it unset)")
     for name in ("rate", "pitch", "volume"):
         if getattr(start.voice_settings, name):
             raise InvalidArgument(

@@ -13,7 +13,7 @@ from services.tts.engine import primary_language
 from talkmesh.common.errors import InvalidArgument, NotFound, Unavailable
 from talkmesh.common.names import check_voice_settings
 from talkmesh.common.propagation import REQUEST_ID_KEY
-from talkmesh.v1 import tts_pb2
+from talkmesh.v1 import tts_pb2, types_pb2
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class SynthesisJob:
     settings: VoiceSettings
     chunk_samples: int
     max_chunk_samples: int = 0  # 0: every chunk is chunk_samples long
+    markdown: bool = False  # TEXT_FORMAT_MARKDOWN: the markup is not read (services/tts/markup.py)
 
 
 def find_voice(backends: Mapping[str, TTSBackend], voice_id: str) -> tuple[TTSBackend, VoiceInfo] | None:
@@ -85,4 +86,7 @@ def resolve_job(
     max_chunk_ms = min(max(cfg.max_chunk_ms, chunk_ms), config.max_chunk_ms) if cfg.max_chunk_ms else 0
     chunk_samples = max(1, voice.sample_rate * chunk_ms // 1000)
     max_chunk_samples = max(chunk_samples, voice.sample_rate * max_chunk_ms // 1000) if max_chunk_ms else 0
-    return SynthesisJob(rid, backend, voice, settings, chunk_samples, max_chunk_samples)
+    if cfg.text_format not in types_pb2.TextFormat.values():
+        raise InvalidArgument("config.text_format", f"unknown text format {cfg.text_format}")
+    markdown = cfg.text_format == types_pb2.TEXT_FORMAT_MARKDOWN
+    return SynthesisJob(rid, backend, voice, settings, chunk_samples, max_chunk_samples, markdown)

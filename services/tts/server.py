@@ -16,14 +16,15 @@ from typing import Any
 from services.tts.backends.base import PcmBlock, TTSBackend, VoiceUnavailable
 from services.tts.cache import UtteranceCache
 from services.tts.config import TTSConfig
+from services.tts.markup import speakable_markdown
 from services.tts.pieces import StreamRules, read_clauses
 from services.tts.request import SynthesisJob, find_voice, resolve_job, voice_not_found
 from services.tts.scripts import check_voice_reads
 from services.tts.stream import ChunkAssembler, SegmentRecord
 from services.tts.text import normalize, split_clauses
 from talkmesh.common.aio import Chan, cancel_and_wait
-from talkmesh.common.errors import NotFound
-from talkmesh.common.names import check_id, check_text
+from talkmesh.common.errors import InvalidArgument, NotFound
+from talkmesh.common.names import check_id, check_text, has_speech
 from talkmesh.common.propagation import VOICE_KEY, WARNING_KEY
 from talkmesh.common.streams import RequestStream
 from talkmesh.common.telemetry import Telemetry
@@ -54,9 +55,13 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             "tts.synthesize_clause", attributes={"talkmesh.segment_index": index, "talkmesh.chars": len(text)}
         )
         try:
-            asm.begin_segment(index)
             # the one place text is normalized, for both RPCs and every backend (see text.normalize)
             spoken = normalize(text)
+            if job.markdown:
+                spoken = speakable_markdown(spoken)
+                if not has_speech(spoken):
+                    return  # a clause of markup only ("```", "---"): nothing to say
+            asm.begin_segment(index)
             async with contextlib.aclosing(job.backend.synthesize(spoken, job.voice, job.settings)) as blocks:
                 async for block in blocks:
                     for msg in asm.add(block):
@@ -79,6 +84,9 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
                 first = self._observe(first, started, msg)
                 yield msg
             index += 1
+        if job.markdown and not asm.samples:
+            # every clause was markup: refused as a text with nothing to say is
+            raise InvalidArgument("text", "must not be empty (as Markdown it has nothing to say: only markup)")
         yield asm.finish()
         self._done(asm, started)
 
@@ -119,7 +127,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         warning = check_voice_reads(normalize(request.text), job.voice.id, job.voice.language)
         self._trailers(context, job.voice.id, warning)
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
-        key = (job.voice.id, job.settings, request.text)
+        key = (job.voice.id, job.settings, job.markdown, request.text)
         if self.cache.enabled:
             cached = self.cache.get(key)
             self.telemetry.cache("utterance", cached is not None)

@@ -55,6 +55,11 @@ class ChunkAssembler:
     def __post_init__(self) -> None:
         self._size = self.chunk_samples
 
+    @property
+    def samples(self) -> int:
+        """Samples added so far (sent or waiting to fill a chunk)."""
+        return self.offset + self._pending_len
+
     def _sizes(self, available: int) -> list[int]:
         """Lengths of the whole chunks that fit in ``available`` samples (the growth advances)."""
         sizes: list[int] = []

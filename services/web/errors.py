@@ -93,6 +93,16 @@ _UNKNOWN_FIELD = re.compile(
 )
 
 
+_BAD_VALUE_AT = re.compile(r" at \w+\.(?P<path>[\w.]+?)\.+$")
+
+
+def bad_value_field(message: str) -> str:
+    """The field path a ParseError's bad value sits at (``output.container``), or "" when the
+    error is not about one field's value (an unknown field, a body that is not an object)."""
+    m = _BAD_VALUE_AT.search(message)
+    return m["path"] if m else ""
+
+
 def proto_names(message: str) -> str:
     """A ParseError's message with the proto field names (WEB.md): json_format lists an unknown
     field's siblings by their JSON names (``turnId``, ``endOfTurn``)."""

@@ -27,7 +27,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from google.protobuf import json_format
 
 from services.web.config import WebSettings
-from services.web.errors import edge_message, proto_names
+from services.web.errors import bad_value_field, edge_message, proto_names
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import TaskSet
 from talkmesh.common.errors import ErrorDetails, status_of
@@ -100,7 +100,8 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
         json_format.ParseDict(body, msg)
     except json_format.ParseError as exc:
         (key,) = body
-        raise BadMessage(str(key), proto_names(str(exc))) from None
+        path = bad_value_field(str(exc))  # a bad enum or number names its field: config.text_format
+        raise BadMessage(path or str(key), proto_names(str(exc))) from None
     return msg
 
 

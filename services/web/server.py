@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
 from services.web.config import WebConfig, normal_origin
-from services.web.errors import HttpError, error_response, from_rpc_error, proto_names
+from services.web.errors import HttpError, bad_value_field, error_response, from_rpc_error, proto_names
 from services.web.live import CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
@@ -617,7 +617,8 @@ class WebHost:
         try:
             json_format.ParseDict(body, req)
         except json_format.ParseError as exc:
-            raise HttpError(400, "INVALID_ARGUMENT", f"body: {proto_names(str(exc))}", "body") from None
+            field = bad_value_field(str(exc)) or "body"  # a bad enum or number names its field
+            raise HttpError(400, "INVALID_ARGUMENT", f"{field}: {proto_names(str(exc))}", field) from None
         if req.output.container == api.CONTAINER_UNSPECIFIED:
             req.output.container = api.CONTAINER_MP4  # type: ignore[assignment]
         if self.speaks >= self.config.web.max_concurrent_speaks:

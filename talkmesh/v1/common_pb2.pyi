@@ -24,6 +24,7 @@ from talkmesh.v1.types_pb2 import DeleteAvatarResponse as DeleteAvatarResponse
 from talkmesh.v1.types_pb2 import StageTiming as StageTiming
 from talkmesh.v1.types_pb2 import Container as Container
 from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
+from talkmesh.v1.types_pb2 import TextFormat as TextFormat
 
 DESCRIPTOR: _descriptor.FileDescriptor
 CONTAINER_UNSPECIFIED: _types_pb2.Container
@@ -33,6 +34,9 @@ CONTAINER_MP4: _types_pb2.Container
 AUDIO_CODEC_UNSPECIFIED: _types_pb2.AudioCodec
 AUDIO_CODEC_AAC: _types_pb2.AudioCodec
 AUDIO_CODEC_OPUS: _types_pb2.AudioCodec
+TEXT_FORMAT_UNSPECIFIED: _types_pb2.TextFormat
+TEXT_FORMAT_PLAIN: _types_pb2.TextFormat
+TEXT_FORMAT_MARKDOWN: _types_pb2.TextFormat
 
 class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()

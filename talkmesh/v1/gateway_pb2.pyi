@@ -22,7 +22,7 @@ class OutputOptions(_message.Message):
     def __init__(self, size: _Optional[str] = ..., container: _Optional[_Union[_types_pb2.Container, str]] = ..., audio_codec: _Optional[_Union[_types_pb2.AudioCodec, str]] = ..., renderer_backend: _Optional[str] = ..., fragment_ms: _Optional[int] = ...) -> None: ...
 
 class SpeakRequest(_message.Message):
-    __slots__ = ("request_id", "text", "avatar_id", "voice", "voice_settings", "output", "session_id")
+    __slots__ = ("request_id", "text", "avatar_id", "voice", "voice_settings", "output", "session_id", "text_format")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class SpeakRequest(_message.Message):
     VOICE_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     avatar_id: str
@@ -37,7 +38,8 @@ class SpeakRequest(_message.Message):
     voice_settings: _types_pb2.VoiceSettings
     output: OutputOptions
     session_id: str
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., avatar_id: _Optional[str] = ..., voice: _Optional[str] = ..., voice_settings: _Optional[_Union[_types_pb2.VoiceSettings, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    text_format: _types_pb2.TextFormat
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., avatar_id: _Optional[str] = ..., voice: _Optional[str] = ..., voice_settings: _Optional[_Union[_types_pb2.VoiceSettings, _Mapping]] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., session_id: _Optional[str] = ..., text_format: _Optional[_Union[_types_pb2.TextFormat, str]] = ...) -> None: ...
 
 class SpeakStreamRequest(_message.Message):
     __slots__ = ("start", "text", "audio")

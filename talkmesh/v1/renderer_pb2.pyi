@@ -26,6 +26,7 @@ from talkmesh.v1.types_pb2 import DeleteAvatarResponse as DeleteAvatarResponse
 from talkmesh.v1.types_pb2 import StageTiming as StageTiming
 from talkmesh.v1.types_pb2 import Container as Container
 from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
+from talkmesh.v1.types_pb2 import TextFormat as TextFormat
 
 DESCRIPTOR: _descriptor.FileDescriptor
 CONTAINER_UNSPECIFIED: _types_pb2_1.Container
@@ -35,6 +36,9 @@ CONTAINER_MP4: _types_pb2_1.Container
 AUDIO_CODEC_UNSPECIFIED: _types_pb2_1.AudioCodec
 AUDIO_CODEC_AAC: _types_pb2_1.AudioCodec
 AUDIO_CODEC_OPUS: _types_pb2_1.AudioCodec
+TEXT_FORMAT_UNSPECIFIED: _types_pb2_1.TextFormat
+TEXT_FORMAT_PLAIN: _types_pb2_1.TextFormat
+TEXT_FORMAT_MARKDOWN: _types_pb2_1.TextFormat
 
 class RenderConfig(_message.Message):
     __slots__ = ("request_id", "avatar_id", "backend", "size", "fps", "pixel_format", "sample_rate", "session_id", "batch_frames")

@@ -31,7 +31,7 @@ from talkmesh.v1 import types_pb2 as talkmesh_dot_v1_dot_types__pb2
 
 from talkmesh.v1.types_pb2 import *
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15talkmesh/v1/tts.proto\x12\x0btalkmesh.v1\x1a\x18talkmesh/v1/common.proto\x1a\x17talkmesh/v1/types.proto\"\x8a\x01\n\x0fSynthesisConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12,\n\x08settings\x18\x03 \x01(\x0b\x32\x1a.talkmesh.v1.VoiceSettings\x12\x10\n\x08\x63hunk_ms\x18\x04 \x01(\r\x12\x14\n\x0cmax_chunk_ms\x18\x05 \x01(\r\"O\n\x11SynthesizeRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.talkmesh.v1.SynthesisConfig\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x8b\x01\n\tTextPiece\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12.\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1c.talkmesh.v1.SynthesisConfigH\x00\x12\x0e\n\x04text\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind2\xe6\x01\n\x03TTS\x12G\n\nSynthesize\x12\x1e.talkmesh.v1.SynthesizeRequest\x1a\x17.talkmesh.v1.AudioChunk0\x01\x12G\n\x10SynthesizeStream\x12\x16.talkmesh.v1.TextPiece\x1a\x17.talkmesh.v1.AudioChunk(\x01\x30\x01\x12M\n\nListVoices\x12\x1e.talkmesh.v1.ListVoicesRequest\x1a\x1f.talkmesh.v1.ListVoicesResponseP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15talkmesh/v1/tts.proto\x12\x0btalkmesh.v1\x1a\x18talkmesh/v1/common.proto\x1a\x17talkmesh/v1/types.proto\"\xb8\x01\n\x0fSynthesisConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12,\n\x08settings\x18\x03 \x01(\x0b\x32\x1a.talkmesh.v1.VoiceSettings\x12\x10\n\x08\x63hunk_ms\x18\x04 \x01(\r\x12\x14\n\x0cmax_chunk_ms\x18\x05 \x01(\r\x12,\n\x0btext_format\x18\x06 \x01(\x0e\x32\x17.talkmesh.v1.TextFormat\"O\n\x11SynthesizeRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.talkmesh.v1.SynthesisConfig\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x8b\x01\n\tTextPiece\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12.\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1c.talkmesh.v1.SynthesisConfigH\x00\x12\x0e\n\x04text\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind2\xe6\x01\n\x03TTS\x12G\n\nSynthesize\x12\x1e.talkmesh.v1.SynthesizeRequest\x1a\x17.talkmesh.v1.AudioChunk0\x01\x12G\n\x10SynthesizeStream\x12\x16.talkmesh.v1.TextPiece\x1a\x17.talkmesh.v1.AudioChunk(\x01\x30\x01\x12M\n\nListVoices\x12\x1e.talkmesh.v1.ListVoicesRequest\x1a\x1f.talkmesh.v1.ListVoicesResponseP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,11 +39,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkmesh.v1.tts_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SYNTHESISCONFIG']._serialized_start=90
-  _globals['_SYNTHESISCONFIG']._serialized_end=228
-  _globals['_SYNTHESIZEREQUEST']._serialized_start=230
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=309
-  _globals['_TEXTPIECE']._serialized_start=312
-  _globals['_TEXTPIECE']._serialized_end=451
-  _globals['_TTS']._serialized_start=454
-  _globals['_TTS']._serialized_end=684
+  _globals['_SYNTHESISCONFIG']._serialized_end=274
+  _globals['_SYNTHESIZEREQUEST']._serialized_start=276
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=355
+  _globals['_TEXTPIECE']._serialized_start=358
+  _globals['_TEXTPIECE']._serialized_end=497
+  _globals['_TTS']._serialized_start=500
+  _globals['_TTS']._serialized_end=730
 # @@protoc_insertion_point(module_scope)

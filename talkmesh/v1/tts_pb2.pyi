@@ -24,6 +24,7 @@ from talkmesh.v1.types_pb2 import DeleteAvatarResponse as DeleteAvatarResponse
 from talkmesh.v1.types_pb2 import StageTiming as StageTiming
 from talkmesh.v1.types_pb2 import Container as Container
 from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
+from talkmesh.v1.types_pb2 import TextFormat as TextFormat
 
 DESCRIPTOR: _descriptor.FileDescriptor
 CONTAINER_UNSPECIFIED: _types_pb2_1.Container
@@ -33,20 +34,25 @@ CONTAINER_MP4: _types_pb2_1.Container
 AUDIO_CODEC_UNSPECIFIED: _types_pb2_1.AudioCodec
 AUDIO_CODEC_AAC: _types_pb2_1.AudioCodec
 AUDIO_CODEC_OPUS: _types_pb2_1.AudioCodec
+TEXT_FORMAT_UNSPECIFIED: _types_pb2_1.TextFormat
+TEXT_FORMAT_PLAIN: _types_pb2_1.TextFormat
+TEXT_FORMAT_MARKDOWN: _types_pb2_1.TextFormat
 
 class SynthesisConfig(_message.Message):
-    __slots__ = ("request_id", "voice", "settings", "chunk_ms", "max_chunk_ms")
+    __slots__ = ("request_id", "voice", "settings", "chunk_ms", "max_chunk_ms", "text_format")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     voice: str
     settings: _types_pb2_1.VoiceSettings
     chunk_ms: int
     max_chunk_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., voice: _Optional[str] = ..., settings: _Optional[_Union[_types_pb2_1.VoiceSettings, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., max_chunk_ms: _Optional[int] = ...) -> None: ...
+    text_format: _types_pb2_1.TextFormat
+    def __init__(self, request_id: _Optional[str] = ..., voice: _Optional[str] = ..., settings: _Optional[_Union[_types_pb2_1.VoiceSettings, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., max_chunk_ms: _Optional[int] = ..., text_format: _Optional[_Union[_types_pb2_1.TextFormat, str]] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
     __slots__ = ("config", "text")

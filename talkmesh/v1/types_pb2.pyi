@@ -19,6 +19,12 @@ class AudioCodec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIO_CODEC_UNSPECIFIED: _ClassVar[AudioCodec]
     AUDIO_CODEC_AAC: _ClassVar[AudioCodec]
     AUDIO_CODEC_OPUS: _ClassVar[AudioCodec]
+
+class TextFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEXT_FORMAT_UNSPECIFIED: _ClassVar[TextFormat]
+    TEXT_FORMAT_PLAIN: _ClassVar[TextFormat]
+    TEXT_FORMAT_MARKDOWN: _ClassVar[TextFormat]
 CONTAINER_UNSPECIFIED: Container
 CONTAINER_FMP4: Container
 CONTAINER_MPEGTS: Container
@@ -26,6 +32,9 @@ CONTAINER_MP4: Container
 AUDIO_CODEC_UNSPECIFIED: AudioCodec
 AUDIO_CODEC_AAC: AudioCodec
 AUDIO_CODEC_OPUS: AudioCodec
+TEXT_FORMAT_UNSPECIFIED: TextFormat
+TEXT_FORMAT_PLAIN: TextFormat
+TEXT_FORMAT_MARKDOWN: TextFormat
 
 class VoiceSettings(_message.Message):
     __slots__ = ("rate", "pitch", "volume")

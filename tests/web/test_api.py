@@ -92,6 +92,8 @@ async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path:
             body = await r.json()
             assert r.status == 404 and body["error"]["field"].endswith("avatar_id"), body
         async with http.post("/v1/speak", json={"text": "Hello there.", "voice_settings": {"rate": "fast"}}) as r:
+            assert r.status == 400 and (await r.json())["error"]["field"] == "voice_settings.rate"
+        async with http.post("/v1/speak", json={"text": "Hello there.", "colour": "red"}) as r:
             assert r.status == 400 and (await r.json())["error"]["field"] == "body"
         async with http.post("/v1/speak", json={"text": "Hello there.", "avatar_id": created["id"]}) as r:
             assert r.status == 200 and r.headers["Content-Type"] == "video/mp4"
@@ -339,3 +341,22 @@ async def test_speak_and_live_take_an_avatar_name(tmp_path: Path) -> None:
             await ws.send_str(json.dumps({"config": {"avatar_id": "nobody"}}))
             status = (await _recv_json(ws))["status"]
             assert status["code"] == "NOT_FOUND" and status["field"] == "config.avatar_id", status
+
+
+async def test_speak_takes_the_markdown_text_format_as_json(tmp_path: Path) -> None:
+    """A web backend relaying an LLM's reply says so in JSON; the video is as long as its words."""
+    reply = "**Sure!** Pick the `blue` one, see [the map](https://example.com/map) 🎉"
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        lengths = {}
+        for name, body in {
+            "markdown": {"text": reply, "text_format": "TEXT_FORMAT_MARKDOWN"},
+            "words": {"text": "Sure! Pick the blue one, see the map"},
+        }.items():
+            async with http.post("/v1/speak", json=body) as r:
+                assert r.status == 200, await r.text()
+                (tmp_path / f"{name}.mp4").write_bytes(await r.read())
+            lengths[name] = probe(tmp_path / f"{name}.mp4").audio_seconds
+        async with http.post("/v1/speak", json={"text": "Hi.", "text_format": "TEXT_FORMAT_HTML"}) as r:
+            error = (await r.json())["error"]
+    assert abs(lengths["markdown"] - lengths["words"]) < 0.1, lengths
+    assert r.status == 400 and error["field"] == "text_format", error

@@ -1,0 +1,103 @@
+"""TEXT_FORMAT_MARKDOWN: an LLM's Markdown is said as its words, not its markup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from services.tts.markup import speakable_markdown
+from services.tts.text import split_clauses
+from talkmesh.v1 import tts_pb2, types_pb2
+from tests.tts.conftest import pcm_of, visemes_of
+
+MARKDOWN = types_pb2.TEXT_FORMAT_MARKDOWN
+
+
+@pytest.mark.parametrize(
+    ("markdown", "said"),
+    [
+        ("**Note:** this is *very* important.", "Note: this is very important."),
+        ("# Heading one", "Heading one"),
+        ("- first item", "first item"),
+        ("* second item", "second item"),
+        ("1. numbered", "1. numbered"),  # the number is said
+        ("> quoted text", "quoted text"),
+        ("Use `pip install` now.", "Use pip install now."),
+        ("See [the docs](https://example.com/a_b) now.", "See the docs now."),
+        ("Visit https://talkmesh.dev/docs?a=1 or <https://x.y> today", "Visit or today"),
+        ("~~old~~ new, __bold__ and _it_", "old new, bold and it"),
+        ("***wow***", "wow"),
+        ("| a | b |", "a, b"),
+        ("|---|:---:|", ""),
+        ("---", ""),
+        ("```python", ""),
+        ("Tom &amp; Jerry", "Tom & Jerry"),
+        ("Great job 🎉👍🏽!", "Great job !"),
+        # not markup: left as written
+        ("snake_case and 2 * 3 = 6", "snake_case and 2 * 3 = 6"),
+        ("C# and F#, x*y*z, #hashtag", "C# and F#, x*y*z, #hashtag"),
+    ],
+)
+def test_markup_is_dropped_and_words_kept(markdown: str, said: str) -> None:
+    assert speakable_markdown(markdown).strip() == said
+
+
+def _request(text: str, text_format: int = 0) -> tts_pb2.SynthesizeRequest:
+    return tts_pb2.SynthesizeRequest(config=tts_pb2.SynthesisConfig(text_format=text_format), text=text)  # type: ignore[arg-type]
+
+
+def _phonemes(chunks: list[Any]) -> list[str]:
+    return [v.phoneme for v in visemes_of(chunks) if v.phoneme]
+
+
+async def test_markdown_is_spoken_as_its_words_and_plain_text_as_written(tts: Any) -> None:
+    """The Markdown reply says exactly its words written plainly (the same phonemes, about the
+    same length: eSpeak's pauses vary by a few ms from call to call); the same text as plain text
+    reads the markup (more phonemes, longer)."""
+    stub, _, _ = tts
+    markdown = "**Hello** there!\n\n- Pick the `blue` one.\n- See [the map](https://example.com/map) 🎉"
+    words = "Hello there!\n\nPick the blue one.\nSee the map"
+    assert [speakable_markdown(c) for c in split_clauses(markdown, 400)] == list(split_clauses(words, 400))
+    as_markdown = [c async for c in stub.Synthesize(_request(markdown, MARKDOWN))]
+    plainly = [c async for c in stub.Synthesize(_request(words))]
+    as_written = [c async for c in stub.Synthesize(_request(markdown))]
+    assert _phonemes(as_markdown) == _phonemes(plainly)
+    assert abs(len(pcm_of(as_markdown)) - len(pcm_of(plainly))) < 22050 // 20
+    assert len(_phonemes(as_written)) > len(_phonemes(plainly)) + 20, "plain text reads the markup"
+    assert len(pcm_of(as_written)) > len(pcm_of(plainly)) + 22050 // 2
+
+
+async def test_markdown_with_only_markup_is_refused_and_a_bad_format_names_the_field(tts: Any) -> None:
+    stub, _, _ = tts
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.Synthesize(_request("---\n***\n```", MARKDOWN)):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("text: must not be empty (as Markdown"), err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.Synthesize(_request("Hi.", 7)):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("config.text_format"), err.value.details()
+    ok = [c async for c in stub.Synthesize(_request("Still here.", MARKDOWN))]
+    assert ok[-1].end_of_stream
+
+
+async def test_a_streamed_markdown_reply_is_spoken_as_its_words(tts: Any) -> None:
+    """Split anywhere, as an LLM streams it: the markers of one clause reach it together."""
+    stub, _, _ = tts
+    reply = "**Sure!** Here are *two* options:\n- the `red` one,\n- the blue one."
+
+    async def pieces(text: str, text_format: int) -> Any:
+        yield tts_pb2.TextPiece(config=tts_pb2.SynthesisConfig(text_format=text_format))  # type: ignore[arg-type]
+        for i in range(0, len(text), 3):
+            yield tts_pb2.TextPiece(text=text[i : i + 3])
+        yield tts_pb2.TextPiece(end_of_stream=True)
+
+    streamed = [c async for c in stub.SynthesizeStream(pieces(reply, MARKDOWN))]
+    whole = [c async for c in stub.Synthesize(_request(reply, MARKDOWN))]
+    as_written = [c async for c in stub.SynthesizeStream(pieces(reply, 0))]
+    assert _phonemes(streamed) == _phonemes(whole)
+    assert len(_phonemes(as_written)) > len(_phonemes(streamed)) + 10
