@@ -344,6 +344,7 @@ async def test_bad_turn_input_is_one_error_each_and_leaves_no_open_turn(tmp_path
     env = {"TALKMESH_GATEWAY__MAX_TEXT_CHARS": "60"}
     async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
         async with client.live() as live:
+            assert live.started is not None and live.started.max_text_chars == 60  # the page's maxlength
             rec = Recorder(live).start()
             await live.audio("odd", b"\x00\x01\x02", 16000)
             await live.audio("odd", b"\x00\x00" * 160, 16000, final=True)  # discarded

@@ -414,6 +414,7 @@ class LiveSession:
                         body.voice = "" if failed else stopped.notes.voice or checked
                     self._turn_over(body.turn_id)
             elif kind == "started":
+                msg.started.max_text_chars = self.gateway_config.max_text_chars  # the gateway's limit
                 self.span.add_event("started", {"talkmesh.width": msg.started.width})
             elif kind == "error" and msg.error.turn_id in self.reported_failed:
                 continue  # a turn the gateway failed: the client was told once, with its code

@@ -93,14 +93,20 @@ _UNKNOWN_FIELD = re.compile(
 )
 
 
-_BAD_VALUE_AT = re.compile(r" at \w+\.(?P<path>[\w.]+?)\.+$")
+_FAILED_FIELD = re.compile(r"Failed to parse (\w+) field: ")
 
 
 def bad_value_field(message: str) -> str:
-    """The field path a ParseError's bad value sits at (``output.container``), or "" when the
-    error is not about one field's value (an unknown field, a body that is not an object)."""
-    m = _BAD_VALUE_AT.search(message)
-    return m["path"] if m else ""
+    """The field path a ParseError's bad value sits at (``output.container``: json_format says
+    "Failed to parse output field: Failed to parse container field: ..."), or "" when the error is
+    not about one field's value (an unknown field: the body's fault as a whole)."""
+    if "has no field named" in message:
+        return ""
+    path = []
+    while m := _FAILED_FIELD.match(message):
+        path.append(m[1])
+        message = message[m.end() :]
+    return ".".join(path)
 
 
 def proto_names(message: str) -> str:

@@ -100,8 +100,8 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
         json_format.ParseDict(body, msg)
     except json_format.ParseError as exc:
         (key,) = body
-        path = bad_value_field(str(exc))  # a bad enum or number names its field: config.text_format
-        raise BadMessage(path or str(key), proto_names(str(exc))) from None
+        path = bad_value_field(str(exc))  # a bad value names its field: config.text_format
+        raise BadMessage(f"{key}.{path}" if path else str(key), proto_names(str(exc))) from None
     return msg
 
 

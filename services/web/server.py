@@ -121,6 +121,15 @@ def same_origin(origin: str, host: str) -> bool:
     return bool(host) and _host_port(netloc, default) == _host_port(host, default)
 
 
+async def _late_fields(reader: Any, limit: int = 16) -> list[str]:
+    """The names of the form's parts after the file (read to their end, at most ``limit``)."""
+    names: list[str] = []
+    while len(names) < limit and (part := await reader.next()) is not None:
+        names.append(getattr(part, "name", "") or "?")
+        await part.release()
+    return names
+
+
 def _to_dict(msg: Any) -> dict[str, Any]:
     return json_format.MessageToDict(msg, preserving_proto_field_name=True)  # type: ignore[no-any-return]
 
@@ -574,7 +583,13 @@ class WebHost:
             raise err from None
         if info is None:
             raise HttpError(502, "INTERNAL", "the gateway ended the upload without the avatar")
-        return web.json_response({"avatar": _to_dict(info)}, status=201)
+        answer: dict[str, Any] = {"avatar": _to_dict(info)}
+        late = await _late_fields(reader)
+        if late:  # the avatar was made without them: say so rather than drop them silently
+            answer["warnings"] = [
+                f"{name}: a form field after 'file' is not read (send the fields first)" for name in late
+            ]
+        return web.json_response(answer, status=201)
 
     def _check_uploads(self, field: str) -> None:
         if not self.config.web.allow_uploads:
@@ -679,7 +694,7 @@ class WebHost:
                     headers = {"X-Talkmesh-First-Fragment-Ms": f"{first_ms or 0.0:.1f}"}
                     if whole:  # the whole file is encoded before its first chunk comes
                         headers["X-Talkmesh-Frames"] = str(frames)
-                    resp = await self._open_speak(request, mime, headers, None)
+                    resp = await self._open_speak(request, mime, headers, None, codecs=not whole)
                     for block in held:
                         await resp.write(block)
                     held, held_bytes = [], 0
@@ -721,9 +736,13 @@ class WebHost:
         return answer
 
     async def _open_speak(
-        self, request: web.Request, mime: str, headers: dict[str, str], length: int | None
+        self, request: web.Request, mime: str, headers: dict[str, str], length: int | None, *, codecs: bool = False
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": mime.split(";")[0].strip() or "video/mp4", **headers})
+        """``codecs``: a stream keeps the codecs in its Content-Type (``video/mp4; codecs="avc1...,
+        mp4a.40.2"``: what a page's ``addSourceBuffer`` needs, and it varies with the size); a whole
+        file is plain ``video/mp4``."""
+        content_type = (mime if codecs else mime.split(";")[0]).strip() or "video/mp4"
+        resp = web.StreamResponse(headers={"Content-Type": content_type, **headers})
         if length is None:
             resp.enable_chunked_encoding()
         else:

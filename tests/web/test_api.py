@@ -83,10 +83,18 @@ async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path:
         form.add_field("name", "me")
         form.add_field("file", portrait(), filename="me.png", content_type="image/png")
         async with http.post("/v1/avatars", data=form) as r:
-            created = (await r.json())["avatar"]
-            assert r.status == 201 and created["name"] == "me"
+            answer = await r.json()
+            created = answer["avatar"]
+            assert r.status == 201 and created["name"] == "me" and "warnings" not in answer
         async with http.get("/v1/avatars") as r:
             assert created["id"] in {a["id"] for a in (await r.json())["avatars"]}
+        form = aiohttp.FormData()  # the file first (a FormData built that way): its name is not read
+        form.add_field("file", portrait(), filename="me.png", content_type="image/png")
+        form.add_field("name", "late")
+        async with http.post("/v1/avatars", data=form) as r:
+            answer = await r.json()
+            assert r.status == 201 and "late" not in answer["avatar"]["names"]
+            assert answer["warnings"] == ["name: a form field after 'file' is not read (send the fields first)"]
 
         async with http.post("/v1/speak", json={"text": "Hello there.", "avatar_id": "nope"}) as r:
             body = await r.json()
@@ -95,6 +103,8 @@ async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path:
             assert r.status == 400 and (await r.json())["error"]["field"] == "voice_settings.rate"
         async with http.post("/v1/speak", json={"text": "Hello there.", "colour": "red"}) as r:
             assert r.status == 400 and (await r.json())["error"]["field"] == "body"
+        async with http.post("/v1/speak", json={"text": 5}) as r:
+            assert r.status == 400 and (await r.json())["error"]["field"] == "text"
         async with http.post("/v1/speak", json={"text": "Hello there.", "avatar_id": created["id"]}) as r:
             assert r.status == 200 and r.headers["Content-Type"] == "video/mp4"
             assert "gateway.tts_total=" in r.headers["X-Talkmesh-Stages"], r.headers

@@ -112,7 +112,7 @@ async def test_a_fragmented_speak_streams_its_first_fragment_before_the_utteranc
         body = {"text": "Hello.", "output": {"container": "CONTAINER_FMP4"}}
         async with asyncio.timeout(10):
             r = await client.post("/v1/speak", json=body)
-            assert r.status == 200 and r.headers["Content-Type"] == "video/mp4"
+            assert r.status == 200 and r.headers["Content-Type"] == FMP4_MIME, "the codecs a SourceBuffer needs"
             assert r.headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in r.headers
             assert "Accept-Ranges" not in r.headers
             assert float(r.headers["X-Talkmesh-First-Fragment-Ms"]) >= 0

@@ -38,8 +38,10 @@ def test_every_client_message_kind_parses_from_its_json() -> None:
         ("[1, 2]", "message"),
         ('{"text": {}, "interrupt": {}}', "message"),
         ('{"txet": {"turn_id": "t1"}}', "txet"),
-        ('{"text": {"turn_id": 5, "text": []}}', "text"),
-        ('{"audio": {"sample_rate": "fast"}}', "audio"),
+        ('{"text": {"turn_id": 5, "text": []}}', "text.turn_id"),  # a value of the wrong type names its field
+        ('{"audio": {"sample_rate": "fast"}}', "audio.sample_rate"),
+        ('{"config": {"text_format": "TEXT_FORMAT_HTML"}}', "config.text_format"),
+        ('{"config": {"voice_settings": {"rate": "x"}}}', "config.voice_settings.rate"),
     ],
 )
 def test_bad_messages_name_what_is_wrong(text: str, field: str) -> None:

@@ -73,7 +73,7 @@
   // is in flight (a new session at the live edge) rather than fall further behind.
   const LAG_WARN = knob("lag_warn", 1.5);
   const CATCHUP = knob("catchup", 5);
-  // The documented limit of a text turn (LiveConfig.max_text_chars); a server may announce its own.
+  // The documented limit of a text turn; `started.max_text_chars` says the server's own.
   const MAX_TEXT = 5000;
 
   const tm = {
@@ -126,7 +126,9 @@
   let draining = false; // a session_ending END_REASON_DRAINING arrived: reconnect at once
   let catchingUp = false; // this close is the page's own, to drop media in flight (too slow a link)
   let sessionStartedAt = null; // performance.now() of `started`
-  let countdown = null; // the header's "retrying in N s" timer
+  let countdown = null; // the header's "retrying in N s" (or "ends in N s") timer
+  let liveHeader = ""; // the header of the session that runs
+  let idleEnding = false; // an idle-timeout warning is counting down in the header
   let newestFrameEnd = null; // session frame after the newest frame received
   let slowSince = null; // performance.now() since when the link has been more than LAG_WARN late
   let lastSlowAt = -Infinity; // performance.now() when it last was
@@ -547,6 +549,7 @@
     catchingUp = false;
     const due = performance.now() + wait * 1000;
     const tick = () => setConnection(header(Math.max(0, (due - performance.now()) / 1000)));
+    clearInterval(countdown);
     tick();
     countdown = setInterval(tick, 1000);
     setControls(false);
@@ -611,7 +614,8 @@
       if (s.max_text_chars) $("text").maxLength = Number(s.max_text_chars);
       setControls(true);
       if ($("alert").dataset.kind === "session") clearAlert(); // the session is back
-      setConnection(`live: session ${s.session_id.slice(-8)}, ${s.width}×${s.height} at ${tm.fps} fps`);
+      liveHeader = `live: session ${s.session_id.slice(-8)}, ${s.width}×${s.height} at ${tm.fps} fps`;
+      setConnection(liveHeader);
       logEvent(`started ${s.width}x${s.height} ${s.mime_type}`);
       setupMedia(s.mime_type);
       return;
@@ -651,6 +655,11 @@
     if (tm.events.length > 2000) tm.events.splice(0, 1000);
     const frame = Number(ev.frame || 0);
     if (ev.speaking_started) {
+      if (idleEnding) { // speech again: the idle-timeout warning no longer holds
+        idleEnding = false;
+        clearInterval(countdown);
+        setConnection(liveHeader);
+      }
       const t = turn(ev.speaking_started.turn_id);
       t.startFrame = frame;
       t.startedEvent = now;
@@ -689,14 +698,19 @@
     } else if (ev.session_ending) {
       const end = ev.session_ending;
       logEvent(`session_ending ${end.reason} in ${end.seconds_left || 0} s`);
-      const left = Math.ceil(Number(end.seconds_left || 0));
-      if (end.reason === "END_REASON_DRAINING") {
-        draining = true;
-        setConnection(`This server is restarting: moving to another one in ${left} s`);
-      } else if (end.reason === "END_REASON_MAX_LENGTH") {
-        setConnection(`This session reaches its maximum length in ${left} s; a new one starts then`);
-      } else if (end.reason === "END_REASON_IDLE_TIMEOUT") {
-        setConnection(`This session ends in ${left} s (nothing was said for a while); a new one starts then`);
+      if (end.reason === "END_REASON_DRAINING") draining = true;
+      idleEnding = end.reason === "END_REASON_IDLE_TIMEOUT";
+      const says = {
+        END_REASON_DRAINING: (left) => `This server is restarting: moving to another one in ${left} s`,
+        END_REASON_MAX_LENGTH: (left) => `This session reaches its maximum length in ${left} s; a new one starts then`,
+        END_REASON_IDLE_TIMEOUT: (left) => `This session ends in ${left} s (nothing was said for a while); a new one starts then`,
+      }[end.reason];
+      if (says) { // counted down in the header until the session ends (connect() or the close clears it)
+        const due = performance.now() + Number(end.seconds_left || 0) * 1000;
+        const tick = () => setConnection(says(Math.ceil(Math.max(0, (due - performance.now()) / 1000))));
+        clearInterval(countdown);
+        tick();
+        countdown = setInterval(tick, 1000);
       }
     }
   }
