@@ -341,8 +341,12 @@ def measure_model(
     out: dict[str, Any] = {"name": name, "path": str(path), "fps": {}}
     try:
         s = open_session(path, execution or ExecutionConfig(), name=name, max_batch=max(batches))
+        refused = _signature_refusal(name, s.session)
     except ModelError as exc:
         out["error"] = str(exc)
+        return out
+    if refused:  # the renderer would refuse this file at start: no speed to report
+        out["error"] = refused
         return out
     out["provider"] = s.provider
     for b in batches:
@@ -367,6 +371,25 @@ def measure_model(
             out["stopped_after_batch"] = b
             break
     return out
+
+
+def _signature_refusal(name: str, session: Any) -> str:
+    """Why the renderer would refuse a configured model (its check at start, the same function),
+    or "" (fine, or a model the renderer does not check: the embedded one, the Whisper encoder)."""
+    try:
+        from services.renderer.backends import musetalk, wav2lip
+        from services.renderer.backends.onnx_models import ModelError, Signature, check_signature, found_signature
+    except ImportError:  # a doctor without the renderer's code (no check to make)
+        return ""
+    expected: dict[str, Signature] = {"wav2lip": wav2lip.SIGNATURE}
+    expected.update({f"musetalk {role}": sig for role, (_, sig) in musetalk.FILES.items()})
+    if name not in expected:
+        return ""
+    try:
+        check_signature(name, expected[name], found_signature(session))
+    except ModelError as exc:
+        return str(exc)
+    return ""
 
 
 def configured_models(config: Path | None = None, service: str | None = None) -> list[tuple[str, Path]]:

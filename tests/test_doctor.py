@@ -153,3 +153,13 @@ def test_configured_model_files_come_from_the_services_config(tmp_path: Path, mo
     monkeypatch.setenv("TALKMESH_RENDERER__EXECUTION__TRT_CACHE_DIR", str(tmp_path / "engines"))
     assert doctor.configured_models() == [("wav2lip", model)]
     assert doctor.configured_execution().trt_cache_dir == str(tmp_path / "engines")
+
+
+def test_a_configured_model_the_renderer_would_refuse_is_reported_not_measured(tmp_path: Path) -> None:
+    """Doctor's first check on a node says what the renderer will say at start: the embedded
+    generator is not a Wav2Lip model (its input is `face` alone), so as `wav2lip` it is refused."""
+    path = tmp_path / "gen.onnx"
+    path.write_bytes(doctor.embedded_generator())
+    m = doctor.measure_model("wav2lip", path, batches=(1,), seconds=0.01)
+    assert "wrong model signature" in m["error"] and m["fps"] == {}, m
+    assert doctor.measure_model("whisper encoder", path, batches=(1,), seconds=0.01)["fps"]["1"] > 0  # not checked

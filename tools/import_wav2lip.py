@@ -1,6 +1,12 @@
 """Converts an official Wav2Lip checkpoint (``wav2lip.pth`` or ``wav2lip_gan.pth``) to ONNX.
 
     python -m tools.import_wav2lip wav2lip_gan.pth ~/models/wav2lip.onnx [--fp16]
+    python -m tools.import_wav2lip --random ~/models/wav2lip-random.onnx     # no checkpoint at hand
+
+``--random`` writes the real architecture with random weights (to try the path end to end before
+you have a checkpoint: the mouth is noise, but it moves with the audio): its BatchNorm statistics
+are taken from a pass over random inputs, as a trained model's are from its data, so the output
+follows the inputs instead of saturating to one grey.
 
 The checkpoint layout is ``{"state_dict": {"module.<name>": tensor, ...}, ...}`` (a bare state dict
 and names without the ``module.`` prefix are accepted too). The ONNX model has the renderer's
@@ -36,7 +42,15 @@ class CheckpointError(ValueError):
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The generator's state dict from an official checkpoint, ``module.`` prefixes removed."""
-    raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated file, an .onnx, a pickle with code in it: never weights_only=False
+        onnx_file = path.suffix == ".onnx"
+        kind = "an ONNX model: converted already" if onnx_file else "not a PyTorch checkpoint (or cut short)"
+        # (torch's own message advises weights_only=False: unsafe for a file of unknown origin)
+        raise CheckpointError(f"{path}: {kind} (torch.load: {type(exc).__name__})") from None
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(raw).__name__}")
     state = raw.get("state_dict", raw)
@@ -89,6 +103,23 @@ def example_inputs(batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return mel, face
 
 
+def random_generator(seed: int = 0) -> Wav2LipGenerator:
+    """The generator with random weights whose BatchNorm statistics come from random inputs."""
+    torch.manual_seed(seed)
+    model = Wav2LipGenerator()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # the cumulative average of the passes below
+    model.train()
+    with torch.no_grad():
+        for i in range(4):
+            gen = torch.Generator().manual_seed(seed + 1 + i)
+            mel = torch.randn(8, 1, MEL_BINS, MEL_STEPS, generator=gen)
+            model(mel, torch.rand(8, 6, FACE_SIZE, FACE_SIZE, generator=gen))
+    return model.eval()
+
+
 def export_generator(model: Wav2LipGenerator, out: Path, fp16: bool = False) -> Path:
     export_onnx(
         model, example_inputs(2), out, INPUT_NAMES, OUTPUT_NAMES,
@@ -105,12 +136,19 @@ def convert(checkpoint: Path, out: Path, fp16: bool = False) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="wav2lip.pth or wav2lip_gan.pth")
-    parser.add_argument("output", type=Path, help="where to write the .onnx file")
+    parser.add_argument("paths", type=Path, nargs="+", metavar="CHECKPOINT OUTPUT",
+                        help="wav2lip.pth or wav2lip_gan.pth, then where to write the .onnx file")  # fmt: skip
     parser.add_argument("--fp16", action="store_true", help="also write <output>.fp16.onnx")
+    parser.add_argument("--random", action="store_true", help="no checkpoint: random weights (OUTPUT only)")
     args = parser.parse_args(argv)
+    if len(args.paths) != (1 if args.random else 2):
+        parser.error("give OUTPUT alone with --random" if args.random else "give CHECKPOINT and OUTPUT")
+    out = args.paths[-1].expanduser()
     try:
-        path = convert(args.checkpoint.expanduser(), args.output.expanduser(), fp16=args.fp16)
+        if args.random:
+            path = export_generator(random_generator(), out, fp16=args.fp16)
+        else:
+            path = convert(args.paths[0].expanduser(), out, fp16=args.fp16)
     except CheckpointError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"wrote {path}")

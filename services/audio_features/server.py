@@ -153,8 +153,10 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
             )
         if kind == FeatureKind.WHISPER_EMBEDDING and self.service.encoder is None:
             raise FailedPrecondition(
-                "config.feature_type: WHISPER_EMBEDDING needs a Whisper encoder; set whisper_encoder.path "
-                "in the audio_features config (tools/export_whisper_encoder.py makes one)"
+                "config.feature_type: WHISPER_EMBEDDING (the features of the musetalk renderer backend) "
+                "needs a Whisper encoder; set whisper_encoder.path in the audio_features config "
+                "(tools/export_whisper_encoder.py makes one); the renderer needs its MuseTalk models "
+                "too (renderer.musetalk.path)"
             )
         fps = request_fps(cfg.fps)
         request_id = cfg.request_id or first.request_id or request_id_var.get()

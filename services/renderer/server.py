@@ -468,11 +468,12 @@ class RendererService(Service):
         for name in names:
             try:
                 backend = await asyncio.to_thread(create_backend, name, self.config, self.telemetry)
+                # (a model that loads but cannot run, e.g. a wrong dimension, fails here: same message)
+                await asyncio.to_thread(backend.warmup)
             except Exception as exc:
                 if name == self.config.default_backend:
                     raise
                 raise FailedPrecondition(f"renderer backend {name!r} could not be loaded: {exc}") from exc
-            await asyncio.to_thread(backend.warmup)
             self.backends[name] = backend
             self.runners[name] = make_runner(backend, self.config, self.telemetry)
             self.telemetry.set_backend("renderer", name)

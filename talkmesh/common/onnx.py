@@ -442,8 +442,13 @@ def open_session(
     """
     path = Path(os.path.expanduser(str(path)))
     label = f"{name} ({path})" if name else str(path)
+    if path.is_dir():
+        raise ModelError(f"{label}: is a directory, not a model file (give the .onnx file itself)")
     if not path.is_file():
         raise ModelError(f"{label}: model file does not exist")
+    with open(path, "rb") as f:
+        if f.read(2) == b"PK":  # a zip: PyTorch's checkpoint format, not ONNX
+            raise ModelError(f"{label}: a PyTorch checkpoint, not ONNX: convert it with its tool in tools/ (README)")
     avail = list(available) if available is not None else available_providers()
     make = factory or _default_factory
     preflight = check or provider_preflight

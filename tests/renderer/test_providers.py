@@ -176,6 +176,12 @@ def test_wrong_model_is_rejected_naming_both_signatures(tmp_path: Path, in_name:
 def test_missing_file_is_reported(tmp_path: Path):
     with pytest.raises(ModelError, match=r"nope\.onnx\): model file does not exist"):
         open_model("toy", tmp_path / "nope.onnx", EXPECTED, ExecutionConfig())
+    with pytest.raises(ModelError, match=r"is a directory, not a model file"):
+        open_model("toy", tmp_path, EXPECTED, ExecutionConfig())
+    zipped = tmp_path / "given.onnx"
+    zipped.write_bytes(b"PK\x03\x04" + bytes(100))  # what torch.save writes: a zip
+    with pytest.raises(ModelError, match=r"a PyTorch checkpoint, not ONNX: convert it"):
+        open_model("toy", zipped, EXPECTED, ExecutionConfig())
 
 
 class FakeSession:
@@ -247,3 +253,17 @@ def test_a_pinned_renderer_without_gpu_providers_fails_at_start_up(tmp_path: Pat
     assert "\n" not in msg
     pinned = "execution.providers ['TensorrtExecutionProvider', 'CUDAExecutionProvider']"
     assert msg.startswith(f"wav2lip ({path}): {pinned}: none is in this ONNX Runtime build")
+
+
+def test_a_model_exported_with_a_fixed_batch_runs_any_batch_that_many_at_a_time(tmp_path: Path, caplog):
+    """An export without a dynamic batch axis (torch.onnx.export's default) is taken: the model
+    runs its fixed batch at a time, the last group padded, and the load says how to batch freely."""
+    path = write_model(tmp_path / "fixed.onnx", "x", [1, 2, 3])
+    with caplog.at_level("WARNING"):
+        m = open_model("toy", path, EXPECTED, ExecutionConfig())
+    assert m.fixed_batch == 1 and "batch axis is fixed at 1" in caplog.text
+    x = np.random.default_rng(1).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(m.run({"x": x})[0], 2 * x)
+    fixed3 = open_model("toy", write_model(tmp_path / "fixed3.onnx", "x", [3, 2, 3]), EXPECTED, ExecutionConfig())
+    assert fixed3.fixed_batch == 3
+    np.testing.assert_array_equal(fixed3.run({"x": x})[0], 2 * x)  # 3 + 2 (padded to 3, trimmed)

@@ -101,6 +101,24 @@ def test_importer_accepts_a_bare_state_dict_and_rejects_other_checkpoints(export
     assert "output_block.1.weight: expected (3, 32, 1, 1), found (3, 16, 1, 1)" in msg
 
 
+def test_the_importer_says_what_is_wrong_with_a_file_in_one_line(exported, tmp_path: Path, capsys):
+    """A missing file, a truncated checkpoint or the .onnx given back: one line, no traceback, and
+    never the advice to load with weights_only=False."""
+    _, ckpt, onnx_path = exported
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(ckpt.read_bytes()[:5000])
+    for given, says in (
+        (tmp_path / "nope.pth", "no such file"),
+        (cut, "not a PyTorch checkpoint (or cut short)"),
+        (onnx_path, "an ONNX model: converted already"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([str(given), str(tmp_path / "out.onnx")])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"error: {given}: {says}") and "weights_only" not in err, err
+
+
 def make_avatar() -> Avatar:
     rng = np.random.default_rng(7)
     frames = rng.integers(0, 256, (3, 180, 200, 3), dtype=np.uint8)
@@ -314,3 +332,25 @@ def test_paste_cannot_ghost_a_moving_chin(tmp_path):
     out = tmp_path / "wav2lip_paste_before_after.png"
     cv2.imwrite(str(out), np.concatenate([reference, generated, before, after], axis=1))
     assert out.stat().st_size > 0
+
+
+def test_random_weights_for_a_first_try_make_a_model_that_follows_the_audio(tmp_path: Path):
+    """`python -m tools.import_wav2lip --random out.onnx`: the real architecture, loadable by the
+    renderer, whose output changes with the mel window (a naive random init saturates to grey)."""
+    import onnxruntime as ort
+
+    out = tmp_path / "random.onnx"
+    assert main(["--random", str(out)]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    face = rng.random((1, 6, 96, 96), dtype=np.float32)
+    frames = [
+        session.run(None, {"mel": rng.standard_normal((1, 1, 80, 16)).astype(np.float32), "face": face})[0]
+        for _ in range(2)
+    ]
+    assert float(np.abs(frames[0] - frames[1]).mean()) > 0.01, "the mouth moves with the audio"
+    assert float(frames[0].std()) > 0.02, "not one flat grey"
+    config = RendererConfig(wav2lip=ModelConfig(path=str(out)))
+    Wav2LipBackend(config, Telemetry("renderer")).warmup()  # the renderer takes it
+    with pytest.raises(SystemExit):
+        main(["--random", str(tmp_path / "a.pth"), str(out)])  # --random takes OUTPUT alone

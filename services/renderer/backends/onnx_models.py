@@ -87,11 +87,21 @@ def _found_spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, dims, arg.type)
 
 
-def check_signature(name: str, expected: Signature, found: Signature) -> None:
-    """Raises ModelError naming both signatures unless ``found`` matches ``expected``.
+def found_signature(session: Any) -> Signature:
+    """The inputs and outputs an ONNX Runtime session's file declares."""
+    return Signature(
+        tuple(_found_spec(a) for a in session.get_inputs()), tuple(_found_spec(a) for a in session.get_outputs())
+    )
+
+
+def check_signature(name: str, expected: Signature, found: Signature) -> int | None:
+    """Raises ModelError naming both signatures unless ``found`` matches ``expected``; returns the
+    batch size the file fixes (None: a dynamic batch axis).
 
     Names and dtypes must match exactly; a fixed expected dimension must match (a dynamic one in the
-    file is accepted there); the expected dynamic batch axis must be dynamic or 1 in the file.
+    file is accepted there). The expected dynamic batch axis may be fixed in the file (an export
+    without ``dynamic_axes``), the same size for every input: the model then runs that many frames
+    at a time (``OnnxModel.run`` splits and pads a batch).
     """
 
     def matches(e: TensorSpec, f: TensorSpec) -> bool:
@@ -105,6 +115,15 @@ def check_signature(name: str, expected: Signature, found: Signature) -> None:
 
     if not (all_match(expected.inputs, found.inputs) and all_match(expected.outputs, found.outputs)):
         raise ModelError(f"{name}: wrong model signature: expected {expected.describe()}, found {found.describe()}")
+    by_name = {f.name: f for f in found.inputs}
+    fixed = {by_name[e.name].shape[0] for e in expected.inputs if e.shape and e.shape[0] is None}
+    if fixed == {None} or not fixed:
+        return None
+    if len(fixed) > 1:
+        sizes = ", ".join(str(s) if s is not None else "dynamic" for s in sorted(fixed, key=str))
+        raise ModelError(f"{name}: its inputs' batch axes disagree ({sizes}): export it with one batch axis")
+    (size,) = fixed
+    return size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +142,8 @@ class OnnxModel:
     use_io_binding: bool = False
     binding_device: str = "cuda"
     device_id: int = 0
+    #: the batch size the file fixes (an export without a dynamic batch axis); None: any
+    fixed_batch: int | None = None
     _output_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -133,6 +154,21 @@ class OnnxModel:
         return self.choice.provider
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        size = self.fixed_batch
+        n = len(next(iter(feeds.values()))) if feeds else 0
+        if size is None or n == size:
+            return self._run(feeds)
+        # a fixed batch axis: ``size`` frames at a time, the last group padded with its last frame
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, n, size):
+            group = {k: v[start : start + size] for k, v in feeds.items()}
+            short = size - len(next(iter(group.values())))
+            if short:
+                group = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in group.items()}
+            parts.append([out[: size - short] for out in self._run(group)])
+        return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if not self.use_io_binding:
             return list(self.session.run(self._output_names, dict(feeds)))
         return run_bound(self.session, feeds, self._output_names, self.binding_device, self.device_id)
@@ -157,11 +193,13 @@ def open_model(
         available=available, factory=factory, check=check,
     )  # fmt: skip
     sess = s.session
-    found = Signature(
-        tuple(_found_spec(a) for a in sess.get_inputs()), tuple(_found_spec(a) for a in sess.get_outputs())
-    )
-    check_signature(f"{name} ({s.path})", expected, found)
+    fixed = check_signature(f"{name} ({s.path})", expected, found_signature(sess))
+    if fixed is not None and fixed != max_batch:
+        log.warning(
+            "%s (%s): its batch axis is fixed at %d: frames run %d at a time (an export with a dynamic "
+            "batch axis, e.g. python -m tools.import_wav2lip, batches as configured)", name, s.path, fixed, fixed
+        )
     return OnnxModel(
         name=name, session=sess, signature=expected, choice=s.choice, path=s.path,
-        use_io_binding=s.use_io_binding, device_id=s.device_id,
+        use_io_binding=s.use_io_binding, device_id=s.device_id, fixed_batch=fixed,
     )  # fmt: skip
