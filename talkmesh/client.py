@@ -462,7 +462,7 @@ class TalkmeshClient:
         start = self.request("", **options)  # type: ignore[arg-type]
 
         # a whole recording says its length, so one over the gateway's limit is refused at once
-        total = len(pcm) // 2 if isinstance(pcm, bytes | bytearray | memoryview) else 0
+        total = memoryview(pcm).nbytes // 2 if isinstance(pcm, bytes | bytearray | memoryview) else 0
 
         async def requests() -> AsyncIterator[gpb.SpeakStreamRequest]:
             yield gpb.SpeakStreamRequest(start=start)

@@ -110,9 +110,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def _declared_length(self, first: gpb.AudioPiece) -> None:
         """A recording whose sender says it is over ``max_audio_seconds`` is refused before any
         stage starts (the limit is otherwise reached only after rendering up to it)."""
+        check_audio(first.sample_rate, first.pcm)  # (a bad rate is named as such first)
         limit = self.config.max_audio_seconds
         rate = first.sample_rate
-        if rate and first.total_samples > limit * rate:
+        if first.total_samples > limit * rate:
             raise InvalidArgument(
                 "audio.total_samples",
                 f"the recording is {first.total_samples / rate:.1f} seconds, over the limit of {limit:g} seconds",

@@ -1,54 +1,151 @@
-"""What a clause of Markdown says aloud (``TEXT_FORMAT_MARKDOWN``): chat text as LLMs write it.
+"""What Markdown says aloud (``TEXT_FORMAT_MARKDOWN``): chat text as LLMs write it.
 
 eSpeak and Piper read every character: "**Note:**" is "asterisk asterisk Note colon asterisk
 asterisk", a link reads its address letter by letter, an emoji its name. With the Markdown format
 the markup is dropped and its words kept:
 
-* emphasis and strike-through markers (``*``, ``_``, ``~~`` around words; ``snake_case`` and
-  ``2 * 3`` are left alone), inline code's backticks, code fences and their language tag;
-* headings' ``#``, block quotes' ``>``, list bullets (``-``, ``*``, ``+``; a numbered item keeps
-  its number), horizontal rules, table rules and cell bars (a cell ends a phrase);
-* a link or an image says its text (``[the docs](https://...)`` is "the docs"); a bare address or
-  an ``<https://...>`` autolink is not read;
-* HTML entities are decoded (``&amp;`` is "&"); emoji are skipped.
+* emphasis and strike-through (``**bold**``, ``*it*``, ``_it_``, ``~~old~~``; ``*`` also inside a
+  word, as CommonMark reads it and as CJK text uses it, but ``snake_case`` and ``2 * 3`` stay),
+  inline code's backticks (the code inside is left alone), code fence lines with their language
+  tag;
+* at the start of a line: headings' ``#``, block quotes' ``>``, list bullets (``-``, ``*``, ``+``; a
+  numbered item keeps its number), horizontal rules, table rules; a table row says its cells as
+  phrases;
+* a link or an image says its text (``[the docs](https://...)`` is "the docs"), an address its
+  host (``https://www.example.com/a?b`` is "example.com");
+* HTML entities (``&amp;``, ``&#8212;``) are decoded and emoji skipped.
 
-It runs per clause, after the text is split (a line break ends a clause, so each heading, item
-and quote line is one), on what TTS is about to speak: the audio, its visemes and the samples
-counted are those of the words said. Plain text (the default) is read as it is.
+The code inside a fenced block is read as text, line by line. The filter runs before the text is
+split into clauses, so a link or a code span with a comma in it stays whole: on a whole text at
+once (``speakable_markdown``), on a stream as it comes (``MarkdownStream``, which holds back a
+construct until it is closed and releases whole words).
 """
 
 from __future__ import annotations
 
 import html
 import re
+from urllib.parse import urlsplit
 
-_FENCE = re.compile(r"^\s*(```|~~~)[\w+-]*\s*$|(```|~~~)", re.MULTILINE)
-_IMAGE_OR_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
-_AUTOLINK = re.compile(r"<(?:https?|mailto|ftp):[^>\s]*>")
-_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+\.\S+")
-_LINE_MARKS = re.compile(r"^\s*(?:#{1,6}\s+|>\s?|[-*+]\s+)+", re.MULTILINE)
-_RULE = re.compile(r"^\s*(?:[-*_]\s*){3,}$|^\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)*\|?\s*$", re.MULTILINE)
-_EMPHASIS = re.compile(r"(?<![\w*_~])(?:\*{1,3}|_{1,3}|~~)(?=[^\s*_~])|(?<=[^\s*_~])(?:\*{1,3}|_{1,3}|~~)(?![\w*_~])")
-_CODE = re.compile(r"`+")
-_CELL = re.compile(r"\s*\|\s*")
+#: A stream's text held back for an open construct (an unclosed link or code span) at most this long.
+HOLD_CHARS = 400
+
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+_LINK = re.compile(r"!?\[([^\]\n]*)\]\(([^()\s]*(?:\([^()\s]*\)[^()\s]*)*)(?:\s+\"[^\"\n]*\")?\)")
+_AUTOLINK = re.compile(r"<((?:https?|ftp)://[^>\s]+|mailto:([^>\s]+))>")
+_URL = re.compile(r"\b(?:https?|ftp)://[^\s<>()\[\]]*[^\s<>()\[\].,;:!?'\"]|\bwww\.[\w-]+(?:\.[\w-]+)+\b")
+_ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_PAIRED = (
+    re.compile(r"(\*{1,3})(?=\S)(.+?)(?<=\S)\1"),
+    re.compile(r"(?<!\w)(_{1,3})(?=\S)(.+?)(?<=\S)\1(?!\w)"),
+    re.compile(r"(~~)(?=\S)(.+?)(?<=\S)\1"),
+)
+_LONE = re.compile(r"(?<![\w*_~])(?:\*{1,3}|_{1,3}|~~)(?=[^\s*_~])|(?<=[^\s*_~])(?:\*{1,3}|_{1,3}|~~)(?![\w*_~])")
 _EMOJI = re.compile(
-    "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\u2300-\u23ff\ufe0f\u200d\u20e3\U000e0020-\U000e007f]"
+    "[\U0001f000-\U0001faff\u2600-\u2775\u2794-\u27bf\u2b00-\u2bff\u2300-\u23ff\ufe0f\u20e3\U000e0020-\U000e007f]"
 )
 _SPACES = re.compile(r"[ \t]{2,}")
+_CODE_MARK = re.compile("\ue000(\\d+)\ue001")
 
 
-def speakable_markdown(clause: str) -> str:
-    """``clause`` of Markdown as the words to say (see the module's docstring)."""
-    text = _FENCE.sub("", clause)
-    text = _IMAGE_OR_LINK.sub(r"\1", text)
-    text = _AUTOLINK.sub("", text)
-    text = _URL.sub("", text)
-    text = _RULE.sub("", text)
-    text = _LINE_MARKS.sub("", text)
-    text = _EMPHASIS.sub("", text)
-    text = _CODE.sub("", text)
-    if "|" in text:  # a table row: each cell a phrase
-        text = ", ".join(cell for cell in _CELL.split(text.strip().strip("|").strip()) if cell)
-    text = html.unescape(text)
+def _line_rules(start: str) -> tuple[re.Pattern[str], ...]:
+    """The rules for what starts a line (``start``: where a line may start in the text given)."""
+    end = r"[ \t]*(?=\n|\Z)"
+    return (
+        re.compile(rf"{start}[ \t]*(?:```|~~~)[^\n]*"),  # a code fence, with its language tag
+        re.compile(rf"{start}[ \t]*\|?[ \t]*:?-{{3,}}:?[ \t]*(?:\|[ \t]*:?-{{3,}}:?[ \t]*)*\|?{end}"),  # table rule
+        re.compile(rf"{start}[ \t]*(?:[-*_][ \t]*){{3,}}{end}"),  # horizontal rule
+        re.compile(rf"{start}[ \t]*(?:#{{1,6}}[ \t]+|>[ \t]?|[-*+][ \t]+)+"),  # heading, quote, bullet
+    )
+
+
+_AT_LINE_START = _line_rules(r"(?:(?<=\n)|\A)")
+_MID_LINE = _line_rules(r"(?<=\n)")
+_TABLE_ROW = {
+    True: re.compile(r"(?:(?<=\n)|\A)[ \t]*\|([^\n]*)\|[ \t]*(?=\n|\Z)"),
+    False: re.compile(r"(?<=\n)[ \t]*\|([^\n]*)\|[ \t]*(?=\n|\Z)"),
+}
+
+
+def _host(url: str) -> str:
+    """What an address says: its host, without ``www.`` ("" for one without a host)."""
+    host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    return host.removeprefix("www.")
+
+
+def speakable_markdown(text: str, *, line_start: bool = True) -> str:
+    """``text`` of Markdown as the words to say (see the module's docstring). ``line_start``:
+    whether ``text`` starts a line (a stream's later piece may start mid-line)."""
+    codes: list[str] = []
+
+    def keep_code(m: re.Match[str]) -> str:
+        codes.append(m[2])
+        return f"\ue000{len(codes) - 1}\ue001"
+
+    fence, *line_rules = _AT_LINE_START if line_start else _MID_LINE
+    text = fence.sub("", text)
+    text = _CODE_SPAN.sub(keep_code, text)  # code is said as written: no rule below touches it
+    text = _LINK.sub(lambda m: m[1] or _host(m[2]), text)
+    text = _AUTOLINK.sub(lambda m: m[2] or _host(m[1]), text)
+    text = _URL.sub(lambda m: _host(m[0]), text)
+    for rule in line_rules:
+        text = rule.sub("", text)
+    text = _TABLE_ROW[line_start].sub(lambda m: ", ".join(c.strip() for c in m[1].split("|") if c.strip()), text)
+    for paired in _PAIRED:
+        text = paired.sub(r"\2", text)
+    text = _LONE.sub("", text)
+    text = _ENTITY.sub(lambda m: html.unescape(m[0]), text)
     text = _EMOJI.sub("", text)
-    return _SPACES.sub(" ", text).strip()
+    text = _CODE_MARK.sub(lambda m: codes[int(m[1])], text)
+    return _SPACES.sub(" ", text)
+
+
+def _open_at(text: str) -> int | None:
+    """Where a construct that is not closed yet starts in ``text`` (a link or image, a code span,
+    an autolink, a table row before its line ends), or None."""
+    opens = []
+    line = text.rfind("\n") + 1
+    if text[line:].lstrip(" \t").startswith("|"):
+        opens.append(line)
+    if text.count("`") % 2:
+        opens.append(text.rfind("`"))
+    bracket = text.rfind("[")
+    if bracket >= 0:
+        rest = text[bracket:]
+        close = rest.find("](")
+        if "]" not in rest or (close >= 0 and ")" not in rest[close:]):
+            opens.append(bracket)
+    angle = text.rfind("<")
+    if angle >= 0 and ">" not in text[angle:]:
+        opens.append(angle)
+    return min(opens) if opens else None
+
+
+class MarkdownStream:
+    """Streamed Markdown (an LLM's tokens) as speakable text, released for the clause splitter as
+    soon as it is whole: whole words (up to the last white space), and nothing of a link, code
+    span or autolink before it is closed (at most ``HOLD_CHARS`` held; beyond, it goes as it is)."""
+
+    def __init__(self) -> None:
+        self.pending = ""
+        self._line_start = True
+
+    def push(self, text: str) -> str:
+        self.pending += text
+        if len(self.pending) > HOLD_CHARS:
+            return self.release()
+        end = max(self.pending.rfind(c) for c in " \t\n") + 1
+        open_at = _open_at(self.pending[:end])
+        return self._release(end if open_at is None else min(end, open_at))
+
+    def release(self) -> str:
+        """Everything held (the stream ended, or its text has waited long enough)."""
+        return self._release(len(self.pending))
+
+    def _release(self, end: int) -> str:
+        out, self.pending = self.pending[:end], self.pending[end:]
+        if not out:
+            return ""
+        said = speakable_markdown(out, line_start=self._line_start)
+        self._line_start = out.endswith("\n")
+        return said

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.tts.markup import MarkdownStream
 from services.tts.text import ClauseSplitter
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import InvalidArgument
@@ -41,8 +42,8 @@ class _Waiting:
         self.clock = clock
         self.since: float | None = None
 
-    def update(self, splitter: ClauseSplitter, *, restart: bool = False) -> None:
-        if not splitter.pending:
+    def update(self, splitter: ClauseSplitter, *, restart: bool = False, held: str = "") -> None:
+        if not splitter.pending and not held:
             self.since = None
         elif self.since is None or restart:
             self.since = self.clock()
@@ -59,13 +60,16 @@ async def read_clauses(
     rules: StreamRules,
     *,
     clock: Callable[[], float] = time.monotonic,
+    markdown: bool = False,
 ) -> None:
-    """Sends each complete clause of the stream to ``clauses``, then closes it.
+    """Sends each complete clause of the stream to ``clauses``, then closes it. With ``markdown``
+    the text reaches the splitter as ``MarkdownStream`` releases it (its words, whole links).
 
     Bad input closes ``clauses`` with the error (the synthesis loop raises it, after the clauses
     before it); the reader's own cancellation propagates.
     """
     splitter = ClauseSplitter(rules.max_segment_chars, rules.max_words)
+    md = MarkdownStream() if markdown else None
     waiting = _Waiting(clock)
     total = 0
     spoken = False
@@ -81,6 +85,9 @@ async def read_clauses(
                 reading = asyncio.create_task(next_piece(), name="tts-next-piece")
             done, _ = await asyncio.wait({reading}, timeout=waiting.left(rules.max_wait_seconds))
             if not done:  # the waiting text's time is up: speak what can be spoken
+                if md is not None:  # (Markdown held back for a construct goes too)
+                    for seg in splitter.push(md.release()):
+                        await clauses.send(seg)
                 for seg in splitter.flush_waiting():
                     await clauses.send(seg)
                 waiting.update(splitter, restart=True)
@@ -95,10 +102,13 @@ async def read_clauses(
             if total > rules.max_text_chars:
                 raise InvalidArgument("text", f"the stream's text is over the limit of {rules.max_text_chars}")
             spoken = spoken or has_speech(piece.text)
-            for seg in splitter.push(piece.text):
+            for seg in splitter.push(md.push(piece.text) if md is not None else piece.text):
                 await clauses.send(seg)
                 waiting.since = None
-            waiting.update(splitter)
+            waiting.update(splitter, held=md.pending if md is not None else "")
+        if md is not None:
+            for seg in splitter.push(md.release()):
+                await clauses.send(seg)
         for seg in splitter.flush():
             await clauses.send(seg)
         if not spoken:  # as check_text refuses a whole text with nothing to say

@@ -57,10 +57,8 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         try:
             # the one place text is normalized, for both RPCs and every backend (see text.normalize)
             spoken = normalize(text)
-            if job.markdown:
-                spoken = speakable_markdown(spoken)
-                if not has_speech(spoken):
-                    return  # a clause of markup only ("```", "---"): nothing to say
+            if job.markdown and not has_speech(spoken):
+                return  # what is left of markup ("(", "—"): nothing to say
             asm.begin_segment(index)
             async with contextlib.aclosing(job.backend.synthesize(spoken, job.voice, job.settings)) as blocks:
                 async for block in blocks:
@@ -124,7 +122,9 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         started = time.perf_counter()
         job = resolve_job(self.config, self.backends, request.config, context)
         check_text("text", request.text, self.config.max_text_chars)
-        warning = check_voice_reads(normalize(request.text), job.voice.id, job.voice.language)
+        # Markdown is filtered before the text is split, so a link or code span stays whole
+        text = speakable_markdown(request.text) if job.markdown else request.text
+        warning = check_voice_reads(normalize(text), job.voice.id, job.voice.language)
         self._trailers(context, job.voice.id, warning)
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         key = (job.voice.id, job.settings, job.markdown, request.text)
@@ -141,7 +141,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             asm.record = []
 
         async def clauses() -> AsyncGenerator[str, None]:
-            for segment in split_clauses(request.text, self.config.max_segment_chars):
+            for segment in split_clauses(text, self.config.max_segment_chars):
                 yield segment
 
         async with contextlib.aclosing(self._speak_all(asm, job, clauses(), started)) as chunks:
@@ -162,7 +162,8 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         self._trailers(context, job.voice.id)
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         clauses: Chan[str] = Chan(self.config.stream_queue_segments)
-        reader = asyncio.create_task(read_clauses(stream, clauses, self.stream_rules), name="tts-read-pieces")
+        reading = read_clauses(stream, clauses, self.stream_rules, markdown=job.markdown)
+        reader = asyncio.create_task(reading, name="tts-read-pieces")
 
         async def checked() -> AsyncGenerator[str, None]:
             """The first clause with letters decides whether the voice can read the stream's text

@@ -101,7 +101,8 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
     except json_format.ParseError as exc:
         (key,) = body
         path = bad_value_field(str(exc))  # a bad value names its field: config.text_format
-        raise BadMessage(f"{key}.{path}" if path else str(key), proto_names(str(exc))) from None
+        inside = isinstance(body[key], dict)  # ({"text": 5}: the message itself is the bad value)
+        raise BadMessage(f"{key}.{path}" if path and inside else str(key), proto_names(str(exc))) from None
     return msg
 
 

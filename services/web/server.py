@@ -121,13 +121,14 @@ def same_origin(origin: str, host: str) -> bool:
     return bool(host) and _host_port(netloc, default) == _host_port(host, default)
 
 
-async def _late_fields(reader: Any, limit: int = 16) -> list[str]:
-    """The names of the form's parts after the file (read to their end, at most ``limit``)."""
-    names: list[str] = []
-    while len(names) < limit and (part := await reader.next()) is not None:
-        names.append(getattr(part, "name", "") or "?")
-        await part.release()
-    return names
+async def _late_fields(reader: Any) -> list[str]:
+    """The name of the form's part after the file, if any: its headers only are read (its body,
+    of any size, is not; the avatar exists already, so nothing here may fail the answer)."""
+    try:
+        part = await reader.next()
+    except Exception:  # a broken tail after a complete file: the answer stands
+        return []
+    return [getattr(part, "name", "") or "?"] if part is not None else []
 
 
 def _to_dict(msg: Any) -> dict[str, Any]:

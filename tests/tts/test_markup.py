@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from services.tts.markup import speakable_markdown
+from services.tts.markup import HOLD_CHARS, MarkdownStream, speakable_markdown
 from services.tts.text import split_clauses
 from talkmesh.v1 import tts_pb2, types_pb2
 from tests.tts.conftest import pcm_of, visemes_of
@@ -26,18 +26,28 @@ MARKDOWN = types_pb2.TEXT_FORMAT_MARKDOWN
         ("> quoted text", "quoted text"),
         ("Use `pip install` now.", "Use pip install now."),
         ("See [the docs](https://example.com/a_b) now.", "See the docs now."),
-        ("Visit https://talkmesh.dev/docs?a=1 or <https://x.y> today", "Visit or today"),
+        ("See [the guide, part two](/docs/setup.md) first.", "See the guide, part two first."),
+        ("![A chart, showing growth](chart.png) is below.", "A chart, showing growth is below."),
+        ("Visit https://www.talkmesh.dev/docs?a=1 or <https://x.y> today.", "Visit talkmesh.dev or x.y today."),
+        ("(see https://example.com)", "(see example.com)"),
+        ("Write to <mailto:bob@example.com>.", "Write to bob@example.com."),
         ("~~old~~ new, __bold__ and _it_", "old new, bold and it"),
         ("***wow***", "wow"),
         ("| a | b |", "a, b"),
         ("|---|:---:|", ""),
         ("---", ""),
         ("```python", ""),
-        ("Tom &amp; Jerry", "Tom & Jerry"),
+        ("Before\n```js\nlet x = 1\n```\nafter", "Before\n\nlet x = 1\n\nafter"),  # the code is read
+        ("Tom &amp; Jerry &#8212; &not;", "Tom & Jerry \u2014 \u00ac"),
         ("Great job 🎉👍🏽!", "Great job !"),
+        ("这是**非常重要**的事情", "这是非常重要的事情"),  # emphasis inside a word (CJK)
+        ("`__init__` and `*args`", "__init__ and *args"),  # code is said as written
         # not markup: left as written
         ("snake_case and 2 * 3 = 6", "snake_case and 2 * 3 = 6"),
-        ("C# and F#, x*y*z, #hashtag", "C# and F#, x*y*z, #hashtag"),
+        ("C# and F#, C++, #hashtag, 10:30", "C# and F#, C++, #hashtag, 10:30"),
+        ("this &not that", "this &not that"),  # an entity needs its semicolon
+        ("Net change: - 5 points, when the load is: > 90%.", "Net change: - 5 points, when the load is: > 90%."),
+        ("ls | grep foo", "ls | grep foo"),  # a table row starts and ends with a bar
     ],
 )
 def test_markup_is_dropped_and_words_kept(markdown: str, said: str) -> None:
@@ -57,9 +67,9 @@ async def test_markdown_is_spoken_as_its_words_and_plain_text_as_written(tts: An
     same length: eSpeak's pauses vary by a few ms from call to call); the same text as plain text
     reads the markup (more phonemes, longer)."""
     stub, _, _ = tts
-    markdown = "**Hello** there!\n\n- Pick the `blue` one.\n- See [the map](https://example.com/map) 🎉"
-    words = "Hello there!\n\nPick the blue one.\nSee the map"
-    assert [speakable_markdown(c) for c in split_clauses(markdown, 400)] == list(split_clauses(words, 400))
+    markdown = "**Hello** there!\n\n- Pick the `blue` one.\n- See [the map, page 2](https://example.com/map) 🎉"
+    words = "Hello there!\n\nPick the blue one.\nSee the map, page 2"
+    assert list(split_clauses(speakable_markdown(markdown), 400)) == list(split_clauses(words, 400))
     as_markdown = [c async for c in stub.Synthesize(_request(markdown, MARKDOWN))]
     plainly = [c async for c in stub.Synthesize(_request(words))]
     as_written = [c async for c in stub.Synthesize(_request(markdown))]
@@ -85,10 +95,31 @@ async def test_markdown_with_only_markup_is_refused_and_a_bad_format_names_the_f
     assert ok[-1].end_of_stream
 
 
+@pytest.mark.parametrize("size", [1, 3, 7, 50])
+def test_a_stream_releases_what_the_whole_text_says(size: int) -> None:
+    """Piece by piece (any size), the released text is what the whole text says: a link or code
+    span with a comma in it is held until it is closed, then released whole."""
+    text = (
+        "**Sure!** Here are *two* options:\n- the `red, or blue` one,\n"
+        "- see [the guide, part two](/docs/setup.md) now &amp; later.\n| a | b |\n这是**重要**的"
+    )
+    stream = MarkdownStream()
+    released = "".join(stream.push(text[i : i + size]) for i in range(0, len(text), size)) + stream.release()
+    assert released == speakable_markdown(text)
+
+
+def test_a_stream_holds_an_open_construct_at_most_so_long() -> None:
+    stream = MarkdownStream()
+    assert stream.push("See [the guide, ") == "See "
+    assert stream.push("part two](/docs") == ""  # still open
+    assert stream.push(" " + "x " * HOLD_CHARS)  # a link that never closes is not held for ever
+    assert stream.pending == ""
+
+
 async def test_a_streamed_markdown_reply_is_spoken_as_its_words(tts: Any) -> None:
-    """Split anywhere, as an LLM streams it: the markers of one clause reach it together."""
+    """Split anywhere, as an LLM streams it: each clause is said as in the whole text."""
     stub, _, _ = tts
-    reply = "**Sure!** Here are *two* options:\n- the `red` one,\n- the blue one."
+    reply = "**Sure!** Here are *two* options:\n- the `red` one,\n- see [the guide, part two](/docs) now."
 
     async def pieces(text: str, text_format: int) -> Any:
         yield tts_pb2.TextPiece(config=tts_pb2.SynthesisConfig(text_format=text_format))  # type: ignore[arg-type]

@@ -40,6 +40,8 @@ def test_every_client_message_kind_parses_from_its_json() -> None:
         ('{"txet": {"turn_id": "t1"}}', "txet"),
         ('{"text": {"turn_id": 5, "text": []}}', "text.turn_id"),  # a value of the wrong type names its field
         ('{"audio": {"sample_rate": "fast"}}', "audio.sample_rate"),
+        ('{"text": 5}', "text"),  # the message itself is the bad value
+        ('{"config": 5}', "config"),
         ('{"config": {"text_format": "TEXT_FORMAT_HTML"}}', "config.text_format"),
         ('{"config": {"voice_settings": {"rate": "x"}}}', "config.voice_settings.rate"),
     ],

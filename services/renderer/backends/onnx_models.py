@@ -123,6 +123,8 @@ def check_signature(name: str, expected: Signature, found: Signature) -> int | N
         sizes = ", ".join(str(s) if s is not None else "dynamic" for s in sorted(fixed, key=str))
         raise ModelError(f"{name}: its inputs' batch axes disagree ({sizes}): export it with one batch axis")
     (size,) = fixed
+    if size is None or size < 1:
+        raise ModelError(f"{name}: its batch axis is fixed at {size}: export it with a dynamic batch axis")
     return size
 
 
@@ -156,7 +158,7 @@ class OnnxModel:
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         size = self.fixed_batch
         n = len(next(iter(feeds.values()))) if feeds else 0
-        if size is None or n == size:
+        if size is None or n == size or n == 0:
             return self._run(feeds)
         # a fixed batch axis: ``size`` frames at a time, the last group padded with its last frame
         parts: list[list[np.ndarray]] = []
