@@ -296,7 +296,6 @@ class WebHost:
         the key is not refused."""
         waiting_since = time.monotonic()
         async with self._key_lock:
-            # an answer that came while this caller waited for the lock is fresh enough for it
             # a question that ended while this caller waited for the lock is its answer too, even
             # one that learnt nothing (the next probe asks again, not every waiter in turn)
             if self._key_asked < waiting_since and waiting_since - self._key_checked >= max_age:
