@@ -13,12 +13,14 @@ the markup is dropped and its words kept:
   phrases;
 * a link or an image says its text (``[the docs](https://...)`` is "the docs"), an address its
   host (``https://www.example.com/a?b`` is "example.com");
-* HTML entities (``&amp;``, ``&#8212;``) are decoded and emoji skipped.
+* HTML entities (``&amp;``, ``&#8212;``) are decoded and emoji skipped; a backslash escape
+  (``\\*``) is the character itself.
 
 The code inside a fenced block is read as text, line by line. The filter runs before the text is
 split into clauses, so a link or a code span with a comma in it stays whole: on a whole text at
-once (``speakable_markdown``), on a stream as it comes (``MarkdownStream``, which holds back a
-construct until it is closed and releases whole words).
+once (``speakable_markdown``), on a stream as it comes (``MarkdownStream``, which releases up to a
+break and holds back what is not whole yet: an open link or code span, a fence or table line, a
+line's marks before its first word), and both say the same.
 """
 
 from __future__ import annotations
@@ -35,8 +37,12 @@ _LINK = re.compile(r"!?\[([^\]\n]*)\]\(([^()\s]*(?:\([^()\s]*\)[^()\s]*)*)(?:\s+
 _AUTOLINK = re.compile(r"<((?:https?|ftp)://[^>\s]+|mailto:([^>\s]+))>")
 _URL = re.compile(r"\b(?:https?|ftp)://[^\s<>()\[\]]*[^\s<>()\[\].,;:!?'\"]|\bwww\.[\w-]+(?:\.[\w-]+)+\b")
 _ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+\-.!>~|])")
 _PAIRED = (
-    re.compile(r"(\*{1,3})(?=\S)(.+?)(?<=\S)\1"),
+    # around words (the markers not inside a word: "a*b and c*d", "2*3*4" stay) ...
+    re.compile(r"(?<![\w*])(\*{1,3})(?=\S)(.+?)(?<=\S)\1(?![\w*])"),
+    # ... or inside a word written without spaces, next to a letter that is not ASCII (CJK)
+    re.compile(r"(?:(?<=[^\x00-\x7f])|(?<![\w*]))(\*{1,3})([^\s*]+?)\1(?:(?=[^\x00-\x7f])|(?![\w*]))"),
     re.compile(r"(?<!\w)(_{1,3})(?=\S)(.+?)(?<=\S)\1(?!\w)"),
     re.compile(r"(~~)(?=\S)(.+?)(?<=\S)\1"),
 )
@@ -46,13 +52,14 @@ _EMOJI = re.compile(
 )
 _SPACES = re.compile(r"[ \t]{2,}")
 _CODE_MARK = re.compile("\ue000(\\d+)\ue001")
+_PRIVATE_MARKS = re.compile("[\ue000\ue001]")  # (the code marks above: never taken from the input)
 
 
 def _line_rules(start: str) -> tuple[re.Pattern[str], ...]:
     """The rules for what starts a line (``start``: where a line may start in the text given)."""
     end = r"[ \t]*(?=\n|\Z)"
     return (
-        re.compile(rf"{start}[ \t]*(?:```|~~~)[^\n]*"),  # a code fence, with its language tag
+        re.compile(rf"{start}[ \t]*(?:```|~~~)[^`\n]*(?=\n|\Z)"),  # a code fence, with its language tag
         re.compile(rf"{start}[ \t]*\|?[ \t]*:?-{{3,}}:?[ \t]*(?:\|[ \t]*:?-{{3,}}:?[ \t]*)*\|?{end}"),  # table rule
         re.compile(rf"{start}[ \t]*(?:[-*_][ \t]*){{3,}}{end}"),  # horizontal rule
         re.compile(rf"{start}[ \t]*(?:#{{1,6}}[ \t]+|>[ \t]?|[-*+][ \t]+)+"),  # heading, quote, bullet
@@ -78,13 +85,15 @@ def speakable_markdown(text: str, *, line_start: bool = True) -> str:
     whether ``text`` starts a line (a stream's later piece may start mid-line)."""
     codes: list[str] = []
 
-    def keep_code(m: re.Match[str]) -> str:
-        codes.append(m[2])
+    def keep(literal: str) -> str:
+        codes.append(literal)
         return f"\ue000{len(codes) - 1}\ue001"
 
+    text = _PRIVATE_MARKS.sub("", text)
     fence, *line_rules = _AT_LINE_START if line_start else _MID_LINE
     text = fence.sub("", text)
-    text = _CODE_SPAN.sub(keep_code, text)  # code is said as written: no rule below touches it
+    text = _CODE_SPAN.sub(lambda m: keep(m[2]), text)  # code is said as written: no rule below touches it
+    text = _ESCAPED.sub(lambda m: keep(m[1]), text)  # \* is a star, not emphasis
     text = _LINK.sub(lambda m: m[1] or _host(m[2]), text)
     text = _AUTOLINK.sub(lambda m: m[2] or _host(m[1]), text)
     text = _URL.sub(lambda m: _host(m[0]), text)
@@ -100,31 +109,42 @@ def speakable_markdown(text: str, *, line_start: bool = True) -> str:
     return _SPACES.sub(" ", text)
 
 
+#: Where a stream's text may be released up to (after it): white space, and CJK punctuation
+#: (CJK text has no spaces between words).
+_BREAKS = " \t\n\u3002\uff01\uff1f\uff0c\uff1b\uff1a\u3001"
+_LINE_PREFIX = re.compile(r"[ \t]*(?:(?:#{1,6}|>|[-*+])[ \t]*)*")
+_FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~)[^`\n]*$", re.MULTILINE)
+
+
 def _open_at(text: str) -> int | None:
-    """Where a construct that is not closed yet starts in ``text`` (a link or image, a code span,
-    an autolink, a table row before its line ends), or None."""
+    """Where something that is not whole yet starts in ``text``: a line that so far is only its
+    marks (``  - ``, ``> ``: whether the line has started decides how they read), a code fence
+    line or a table row before its line ends, a code span, a link or an image not yet closed."""
     opens = []
     line = text.rfind("\n") + 1
-    if text[line:].lstrip(" \t").startswith("|"):
+    last = text[line:]
+    if (last and _LINE_PREFIX.fullmatch(last)) or last.lstrip(" \t").startswith(("|", "```", "~~~")):
         opens.append(line)
-    if text.count("`") % 2:
-        opens.append(text.rfind("`"))
-    bracket = text.rfind("[")
+    # code spans and fences masked (same length): a [ or ` inside closed code opens nothing
+    masked = _FENCE_LINE.sub(lambda m: " " * len(m[0]), text)
+    masked = _CODE_SPAN.sub(lambda m: " " * len(m[0]), masked)
+    tick = masked.find("`")
+    if tick >= 0:
+        opens.append(tick)
+    bracket = masked.rfind("[")
     if bracket >= 0:
-        rest = text[bracket:]
+        rest = masked[bracket:]
         close = rest.find("](")
         if "]" not in rest or (close >= 0 and ")" not in rest[close:]):
-            opens.append(bracket)
-    angle = text.rfind("<")
-    if angle >= 0 and ">" not in text[angle:]:
-        opens.append(angle)
+            opens.append(bracket - 1 if bracket and masked[bracket - 1] == "!" else bracket)
     return min(opens) if opens else None
 
 
 class MarkdownStream:
     """Streamed Markdown (an LLM's tokens) as speakable text, released for the clause splitter as
-    soon as it is whole: whole words (up to the last white space), and nothing of a link, code
-    span or autolink before it is closed (at most ``HOLD_CHARS`` held; beyond, it goes as it is)."""
+    soon as it is whole: up to the last break (white space, CJK punctuation), and nothing of a link,
+    code span, fence or table line before it is closed, nor a line's marks before its first word.
+    At most ``HOLD_CHARS`` are held for an open construct; beyond, the text goes as it is."""
 
     def __init__(self) -> None:
         self.pending = ""
@@ -132,15 +152,19 @@ class MarkdownStream:
 
     def push(self, text: str) -> str:
         self.pending += text
+        end = self._last_break()
         if len(self.pending) > HOLD_CHARS:
-            return self.release()
-        end = max(self.pending.rfind(c) for c in " \t\n") + 1
+            return self._release(end or len(self.pending))
         open_at = _open_at(self.pending[:end])
         return self._release(end if open_at is None else min(end, open_at))
 
-    def release(self) -> str:
-        """Everything held (the stream ended, or its text has waited long enough)."""
-        return self._release(len(self.pending))
+    def release(self, *, whole: bool = True) -> str:
+        """What is held: all of it (``whole``: the stream ended), else up to the last break, or
+        all when it has none (its text has waited long enough: CJK without punctuation)."""
+        return self._release(len(self.pending) if whole else self._last_break() or len(self.pending))
+
+    def _last_break(self) -> int:
+        return max(self.pending.rfind(c) for c in _BREAKS) + 1
 
     def _release(self, end: int) -> str:
         out, self.pending = self.pending[:end], self.pending[end:]

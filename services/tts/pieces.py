@@ -85,8 +85,8 @@ async def read_clauses(
                 reading = asyncio.create_task(next_piece(), name="tts-next-piece")
             done, _ = await asyncio.wait({reading}, timeout=waiting.left(rules.max_wait_seconds))
             if not done:  # the waiting text's time is up: speak what can be spoken
-                if md is not None:  # (Markdown held back for a construct goes too)
-                    for seg in splitter.push(md.release()):
+                if md is not None:  # (Markdown held back for a construct goes too, whole words)
+                    for seg in splitter.push(md.release(whole=False)):
                         await clauses.send(seg)
                 for seg in splitter.flush_waiting():
                     await clauses.send(seg)

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001 - CJK punctuation is meant literally
 """TEXT_FORMAT_MARKDOWN: an LLM's Markdown is said as its words, not its markup."""
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ MARKDOWN = types_pb2.TEXT_FORMAT_MARKDOWN
         ("this &not that", "this &not that"),  # an entity needs its semicolon
         ("Net change: - 5 points, when the load is: > 90%.", "Net change: - 5 points, when the load is: > 90%."),
         ("ls | grep foo", "ls | grep foo"),  # a table row starts and ends with a bar
+        ("Multiply a*b and c*d, 2*3*4 = 24, $5*2.", "Multiply a*b and c*d, 2*3*4 = 24, $5*2."),
+        ("\\*not emphasis\\*", "*not emphasis*"),  # escaped
+        ("```npm install``` first", "npm install first"),  # inline code, not a fence
+        ("x\ue0005\ue001 y", "x5 y"),  # the filter's own marks are not taken from the input
     ],
 )
 def test_markup_is_dropped_and_words_kept(markdown: str, said: str) -> None:
@@ -95,17 +100,37 @@ async def test_markdown_with_only_markup_is_refused_and_a_bad_format_names_the_f
     assert ok[-1].end_of_stream
 
 
-@pytest.mark.parametrize("size", [1, 3, 7, 50])
-def test_a_stream_releases_what_the_whole_text_says(size: int) -> None:
+STREAMED = [
+    "**Sure!** Here are *two* options:\n- the `red, or blue` one,\n"
+    "- see [the guide, part two](/docs/setup.md) now &amp; later.\n| a | b |\n这是**重要**的",
+    "Here is code:\n```python\nprint(`x`)\n```\nDone.",
+    "- a\n  - nested b\n> - item one\n> > nested quote\n # Title\nbody",
+    "1. Install:\n   ```bash\n   pip install x\n   ```\n",
+    "Loop while `i < n` holds, use ``a`b`` and `[x]`, see ![the chart](c.png) and [a [b] c](u).",
+    "这是非常重要的事情。我们明天见！好的，谢谢。",
+    "When x < 5, the loop stops; y in [0, 1) is fine. Multiply a*b, 2*3*4 = 24, \\*not emphasis\\*.",
+]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 50])
+@pytest.mark.parametrize("text", STREAMED)
+def test_a_stream_releases_what_the_whole_text_says(text: str, size: int) -> None:
     """Piece by piece (any size), the released text is what the whole text says: a link or code
-    span with a comma in it is held until it is closed, then released whole."""
-    text = (
-        "**Sure!** Here are *two* options:\n- the `red, or blue` one,\n"
-        "- see [the guide, part two](/docs/setup.md) now &amp; later.\n| a | b |\n这是**重要**的"
-    )
+    span with a comma in it is held until it is closed, a fence or table line until its end, a
+    line's marks until its first word (nested lists and quotes), then released whole."""
     stream = MarkdownStream()
     released = "".join(stream.push(text[i : i + size]) for i in range(0, len(text), size)) + stream.release()
     assert released == speakable_markdown(text)
+
+
+def test_a_stream_releases_code_lines_and_cjk_sentences_as_they_come() -> None:
+    """Nothing waits for the end: a code block's lines, and CJK text at its punctuation."""
+    for text, before_the_end in (
+        ("Code:\n```python\nprint(1)\nprint(2)\n```\nDone.", "Code:\n\nprint(1)\nprint(2)\n"),
+        ("这是非常重要的事情。我们明天见！好的", "这是非常重要的事情。我们明天见！"),
+    ):
+        stream = MarkdownStream()
+        assert "".join(stream.push(text[i : i + 3]) for i in range(0, len(text), 3)).startswith(before_the_end)
 
 
 def test_a_stream_holds_an_open_construct_at_most_so_long() -> None:
