@@ -75,6 +75,7 @@ from talkmesh.common.errors import (
     ResourceExhausted,
     TalkmeshError,
     Unavailable,
+    internal_error,
     renamed_message,
     scrub_live_error,
 )
@@ -570,7 +571,7 @@ class LiveSession:
                 return exc
             except Exception as exc:  # a defect fails the turn (INTERNAL), never the session
                 log.exception("checking the voice of live turn %s failed", turn.turn_id)
-                return TalkmeshError(f"internal error: {type(exc).__name__}: {exc}")
+                return internal_error(exc)
             if known is None:
                 return None
             self.voice_rates.put(turn.voice, known)
@@ -673,7 +674,7 @@ class LiveSession:
                 log.info("live turn %s failed: %s", turn.turn_id, exc.message)
             else:  # a defect: the turn fails (INTERNAL) and the session plays on
                 log.exception("live turn %s failed", turn.turn_id)
-                exc = TalkmeshError(f"internal error: {type(err).__name__}: {err}")
+                exc = internal_error(err)
             if turn.voice:  # TTS's `config.voice` is this turn's voice: SpeakText.voice
                 exc.rename_field(lambda f: "text.voice" if f == "config.voice" else None)
             self._fence(turn.turn_id)

@@ -121,14 +121,14 @@ def same_origin(origin: str, host: str) -> bool:
     return bool(host) and _host_port(netloc, default) == _host_port(host, default)
 
 
-async def _late_fields(reader: Any) -> list[str]:
-    """The name of the form's part after the file, if any: its headers only are read (its body,
+async def _late_field(reader: Any) -> str:
+    """The name of the form's part after the file ("": none): its headers only are read (its body,
     of any size, is not; the avatar exists already, so nothing here may fail the answer)."""
     try:
         part = await reader.next()
     except Exception:  # a broken tail after a complete file: the answer stands
-        return []
-    return [getattr(part, "name", "") or "?"] if part is not None else []
+        return ""
+    return (getattr(part, "name", "") or "?") if part is not None else ""
 
 
 def _to_dict(msg: Any) -> dict[str, Any]:
@@ -147,8 +147,7 @@ class WebHost:
         self.metrics_port = -1
         self.client: TalkmeshClient | None = None
         self.gateway_ready = False
-        #: the gateway's refusal of the edge's API key ("": accepted, or not known to be refused),
-        #: and when it was last asked (monotonic; one question at a time)
+        #: the gateway's refusal of the edge's API key ("": accepted, or not known to be refused)
         self.key_refused = ""
         self._key_checked = -math.inf  # when the last answer about the key came
         self._key_asked = -math.inf  # when the last question ended (with an answer or not)
@@ -584,11 +583,9 @@ class WebHost:
         if info is None:
             raise HttpError(502, "INTERNAL", "the gateway ended the upload without the avatar")
         answer: dict[str, Any] = {"avatar": _to_dict(info)}
-        late = await _late_fields(reader)
-        if late:  # the avatar was made without them: say so rather than drop them silently
-            answer["warnings"] = [
-                f"{name}: a form field after 'file' is not read (send the fields first)" for name in late
-            ]
+        late = await _late_field(reader)
+        if late:  # the avatar was made without it: say so rather than drop it silently
+            answer["warnings"] = [f"{late}: a form field after 'file' is not read (send the fields first)"]
         return web.json_response(answer, status=201)
 
     def _check_uploads(self, field: str) -> None:

@@ -216,6 +216,12 @@ class StageError(TalkmeshError):
         self.args = (self.message,)
 
 
+def internal_error(exc: BaseException) -> TalkmeshError:
+    """An exception no code expected, as the INTERNAL error it becomes (its text for the logs and
+    the server's own callers; an edge scrubs it for external clients)."""
+    return TalkmeshError(f"internal error: {type(exc).__name__}: {exc}")
+
+
 def renamed_message(message: str, old: str, new: str) -> str:
     """``message`` with its ``old:`` field prefix (after a stage's ``name:``, if any) as ``new:``."""
     return message.replace(f"{old}:", f"{new}:", 1)

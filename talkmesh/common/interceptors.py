@@ -30,6 +30,7 @@ from talkmesh.common.errors import (
     ResourceExhausted,
     TalkmeshError,
     Unavailable,
+    internal_error,
     scrub,
     status_trailer,
 )
@@ -206,7 +207,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.CANCELLED
         else:
             log.exception("unhandled error in handler")
-            code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+            code, details = grpc.StatusCode.INTERNAL, internal_error(exc).message
         span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if self.edge:
