@@ -542,6 +542,37 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    """`talkmesh token secret FILE` / `talkmesh token new`: the web edge's access tokens
+    (services.web.tokens; docs/WEB.md "Access tokens")."""
+    import os
+
+    from services.web import tokens
+
+    if args.token_cmd == "secret":
+        path = Path(args.file)
+        old = path.read_text() if path.exists() else ""
+        # the new secret first: it mints; the old ones still verify until removed (rotation)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(tokens.new_secret() + "\n" + old)
+        kept = len([line for line in old.splitlines() if line.strip() and not line.lstrip().startswith("#")])
+        print(
+            f"wrote a new secret to {path}" + (f" (first; {kept} older one(s) still accepted)" if kept else ""),
+            file=sys.stderr,
+        )
+        return 0
+    try:
+        secret = tokens.read_secrets(args.secret_file)[0]
+        token = tokens.mint(
+            secret, ttl_seconds=args.ttl, subject=args.subject, scopes=tuple(args.scope) if args.scope else None
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    print(f"{args.page.split('#')[0]}#access_token={token}" if args.page else token)
+    return 0
+
+
 # -- arguments -----------------------------------------------------------------------------------
 def _port_number(text: str) -> int:
     try:
@@ -726,6 +757,22 @@ def build_parser() -> argparse.ArgumentParser:
     kn.add_argument("name", help="the key's name (owner of its avatars; in logs)")
     kn.add_argument("--role", default="user", help="user (default) or admin")
     kn.add_argument("--file", help="add the hashed entry to this keys file (auth.api_keys_file)")
+    t = sub.add_parser("token", parents=[common], help="access tokens for a web edge that others can reach")
+    tsub = t.add_subparsers(dest="token_cmd", required=True)
+    ts = tsub.add_parser(
+        "secret", parents=[common], help="put a new random secret first in FILE (web.token_secret_file; mode 0600)"
+    )
+    ts.add_argument("file")
+    tn = tsub.add_parser("new", parents=[common], help="print a token signed with the first secret of --secret-file")
+    tn.add_argument("--secret-file", required=True, help="the web edge's web.token_secret_file")
+    tn.add_argument("--ttl", type=float, default=3600.0, help="seconds it stays valid (default 3600)")
+    tn.add_argument("--subject", default="", help="who it is for (the sub claim, on the edge's traces)")
+    from services.web.tokens import SCOPES
+
+    tn.add_argument(
+        "--scope", action="append", choices=SCOPES, help="allow only this (repeatable; default: everything)"
+    )
+    tn.add_argument("--page", default="", help="print the page's URL with the token (e.g. http://127.0.0.1:8080/)")
     dr = sub.add_parser(
         "doctor", parents=[common],
         help="check this node's GPU stack: driver, CUDA, ONNX Runtime providers, TensorRT, NVENC, model speed",
@@ -830,6 +877,8 @@ def run(args: argparse.Namespace) -> int:
         return _config(args)
     if args.cmd == "certs":
         return _certs(args)
+    if args.cmd == "token":
+        return _token(args)
     if args.cmd == "keys":
         return _keys(args)
     if args.cmd == "doctor":

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from services.web.tokens import read_secrets
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
 from talkmesh.common.registry import default_target
 
@@ -64,6 +65,14 @@ class WebSettings:
     # A whole-file MP4 answer is held until the end (for Content-Length and the summary headers)
     # up to this many bytes; a longer file is sent on as it arrives (docs/WEB.md, POST /v1/speak).
     speak_buffer_bytes: int = 8 * 1024 * 1024
+    # Access tokens (docs/WEB.md "Access tokens"): a file of HMAC secrets, one per line ("" = no
+    # tokens: anyone who reaches the edge may use it). When set, every /v1/ request and WebSocket
+    # needs a JWT signed with one of them (HS256), minted by your site's backend or `talkmesh token`:
+    # `Authorization: Bearer <token>`, or `?access_token=` on a WebSocket; the page takes it from
+    # its URL's `#access_token=` or a postMessage of the page that frames it.
+    token_secret_file: str = ""
+    # A token valid for longer than this from now is refused (seconds).
+    token_max_ttl_seconds: float = 24 * 3600.0
 
     def validate(self) -> None:
         if self.max_ws_message_bytes < 128 * 1024:
@@ -84,11 +93,22 @@ class WebSettings:
             raise ConfigError.at("max_concurrent_speaks", "must be at least 1")
         if self.speak_buffer_bytes < 0:
             raise ConfigError.at("speak_buffer_bytes", "must not be negative")
+        if self.token_max_ttl_seconds <= 0:
+            raise ConfigError.at("token_max_ttl_seconds", "must be positive")
 
     def origins(self) -> frozenset[str]:
         """``allowed_origins`` in the form browsers send (``normal_origin``: lower case, no trailing
         slash, no port of the scheme's own)."""
         return frozenset(normal_origin(o) for o in self.allowed_origins)
+
+    def token_secrets(self) -> list[bytes]:
+        """The secrets of ``token_secret_file`` ([] when none is set: no tokens asked for)."""
+        if not self.token_secret_file:
+            return []
+        try:
+            return read_secrets(self.token_secret_file)
+        except ValueError as exc:
+            raise ConfigError.at("token_secret_file", str(exc)) from None
 
     def gateway_api_key(self) -> str:
         """The key of ``gateway_api_key_file`` ("" when none is set)."""

@@ -40,10 +40,15 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 
 
 def error_response(
-    status: int, code: str, message: str, field: str = "", retry_after: float | None = None
+    status: int,
+    code: str,
+    message: str,
+    field: str = "",
+    retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
     body: dict[str, object] = {"code": code, "message": message, "field": field}
-    headers = {}
+    headers = dict(headers or {})
     if retry_after is not None:
         body["retry_after_seconds"] = retry_after
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
@@ -53,16 +58,25 @@ def error_response(
 class HttpError(Exception):
     """An error answered to the browser (raised by handlers; the middleware renders it)."""
 
-    def __init__(self, status: int, code: str, message: str, field: str = "", retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str = "",
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
         self.retry_after = retry_after
+        self.headers = headers
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.code, self.message, self.field, self.retry_after)
+        return error_response(self.status, self.code, self.message, self.field, self.retry_after, self.headers)
 
 
 def live_error(code: grpc.StatusCode, message: str, field: str = "") -> dict[str, object]:

@@ -31,6 +31,7 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
+from services.web import tokens
 from services.web.config import WebConfig, normal_origin
 from services.web.errors import HttpError, bad_value_field, error_response, from_rpc_error, proto_names
 from services.web.live import CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
@@ -67,7 +68,7 @@ EXPOSE_HEADERS = (
     "X-Request-Id, traceparent, Retry-After"
 )
 #: Request headers a page of an allowed origin may send (CORS preflight).
-ALLOW_HEADERS = "Content-Type, traceparent, tracestate, X-Request-Id"
+ALLOW_HEADERS = "Authorization, Content-Type, traceparent, tracestate, X-Request-Id"
 ALLOW_METHODS = "GET, POST, DELETE"
 #: The CORS headers of the request's answer (set by the middleware).
 CORS_KEY = web.RequestKey("cors", dict)
@@ -75,6 +76,17 @@ CORS_KEY = web.RequestKey("cors", dict)
 PREFLIGHT_MAX_AGE = "600"
 #: Retry-After of a POST /v1/speak refused because of max_concurrent_speaks (seconds).
 SPEAK_RETRY_AFTER = 2.0
+#: What an access token must allow for each API route (services.web.tokens.SCOPES); the lists
+#: (GET /v1/voices, GET /v1/avatars) need a valid token of any scope.
+ROUTE_SCOPES = {
+    ("POST", "/v1/speak"): "speak",
+    ("GET", "/v1/live"): "live",
+    ("GET", "/v1/live/watch"): "watch",
+    ("POST", "/v1/avatars"): "avatars",
+    ("DELETE", "/v1/avatars/{avatar_id}"): "avatars",
+}
+#: The query parameter of a WebSocket's access token (browsers cannot set its headers).
+TOKEN_QUERY = "access_token"
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -163,6 +175,7 @@ class WebHost:
         self._requests = telemetry.metrics.streams_total
         self._active = telemetry.metrics.streams_active.labels(self.name)
         self._origins = config.web.origins()
+        self._token_secrets = config.web.token_secrets()  # [] = no access tokens asked for
         # On a loopback address, only requests that name the edge by a loopback name (or a host of
         # web.allowed_origins) are served: a page whose own name was made to resolve to 127.0.0.1
         # (DNS rebinding) is then not "the edge's own origin". Behind a proxy (0.0.0.0) no check.
@@ -405,6 +418,7 @@ class WebHost:
                             "origin",
                         )
                     else:
+                        self._authorize(request, route, span)
                         response = await handler(request)
                 except HttpError as exc:
                     response = exc.response()
@@ -424,6 +438,52 @@ class WebHost:
             request_id_var.reset(token)
             self._requests.labels(self.name, f"{request.method} {route}", str(status)).inc()
             self.telemetry.observe_stage(f"http {route}", time.perf_counter() - start)
+
+    def _authorize(self, request: web.Request, route: str, span: Any) -> None:
+        """With ``web.token_secret_file`` set, an API request needs an access token that allows
+        its route (services.web.tokens): 401 UNAUTHENTICATED without a good one, 403
+        PERMISSION_DENIED when its scope leaves the route out. The token's subject goes on the
+        request's span (``enduser.id``)."""
+        if not self._token_secrets or not route.startswith("/v1/"):
+            return
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if auth and scheme.lower() != "bearer":
+            token = ""
+        if not auth and route in WS_ROUTES:
+            token = request.query.get(TOKEN_QUERY, "")
+        token = token.strip()
+        challenge = {"WWW-Authenticate": 'Bearer realm="talkmesh"'}
+        if not token:
+            where = f"?{TOKEN_QUERY}=" if route in WS_ROUTES else "an Authorization: Bearer header"
+            raise HttpError(
+                401,
+                "UNAUTHENTICATED",
+                f"access_token: this web edge needs an access token ({where}; docs/WEB.md \"Access tokens\")",
+                "access_token",
+                headers=challenge,
+            )
+        try:
+            access = tokens.check(token, self._token_secrets, max_ttl_seconds=self.config.web.token_max_ttl_seconds)
+        except tokens.TokenError as exc:
+            raise HttpError(
+                401,
+                "UNAUTHENTICATED",
+                f"access_token: not accepted: {exc}",
+                "access_token",
+                headers={"WWW-Authenticate": 'Bearer realm="talkmesh", error="invalid_token"'},
+            ) from None
+        if access.subject:
+            span.set_attribute("enduser.id", access.subject)
+        scope = ROUTE_SCOPES.get((request.method, route))
+        if scope is not None and not access.allows(scope):
+            raise HttpError(
+                403,
+                "PERMISSION_DENIED",
+                f"access_token: this token does not allow {scope} (its scope: "
+                f"{' '.join(sorted(access.scopes)) or 'none of this edge'})",
+                "access_token",
+            )
 
     def _decorate(self, request: web.Request, response: web.StreamResponse) -> None:
         """The request id, the trace and the CORS headers, on a response not yet sent."""

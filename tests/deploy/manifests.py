@@ -24,7 +24,7 @@ GPU_OVERLAYS = [o for o in OVERLAYS if o.startswith("gpu")]
 SERVICES = registry.NAMES
 GPU_SERVICES = ("renderer", "encoder")
 # Optional components an overlay can enable (the tests render each overlay with each of them).
-OPTIONAL_COMPONENTS = ("mtls", "nvidia-runtime-class")
+OPTIONAL_COMPONENTS = ("mtls", "nvidia-runtime-class", "web-tokens")
 
 # Headless twins of entry-point Services, for in-cluster clients that balance themselves
 # (Service name -> the talkmesh service it reaches): gRPC port only, never scraped.

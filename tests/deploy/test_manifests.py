@@ -57,7 +57,7 @@ CUSTOM_SCHEMAS = {
 PORTS = {s.name: s.ports() for s in registry.SERVICES}
 COLOCATED = [o for o in OVERLAYS if o != "gpu-split"]
 # Secrets the manifests mount but do not create: the operator creates them (docs/DEPLOY.md).
-EXTERNAL_SECRETS = {"talkmesh-api-keys", "talkmesh-web-api-key", "talkmesh-live-session"}
+EXTERNAL_SECRETS = {"talkmesh-api-keys", "talkmesh-web-api-key", "talkmesh-live-session", "talkmesh-web-token-secrets"}
 
 VARIANTS = [(o, ()) for o in OVERLAYS] + [(o, (c,)) for o in OVERLAYS for c in OPTIONAL_COMPONENTS]
 VARIANT_IDS = [o + "".join(f"+{c}" for c in cs) for o, cs in VARIANTS]

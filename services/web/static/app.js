@@ -133,6 +133,44 @@
   let slowSince = null; // performance.now() since when the link has been more than LAG_WARN late
   let lastSlowAt = -Infinity; // performance.now() when it last was
 
+  // -- access token (docs/WEB.md "Access tokens") ---------------------------------------------------
+  // An edge with web.token_secret_file wants a token on every call. The site that sends its users
+  // here puts it in the URL's fragment (`/#access_token=...`: never sent to a server, and removed
+  // from the address bar at once); a page that frames this one renews it with
+  // postMessage({type: "talkmesh.access_token", token}, origin).
+  let accessToken = new URLSearchParams(location.hash.slice(1)).get("access_token") || "";
+  if (accessToken) history.replaceState(null, "", location.pathname + location.search);
+  let accessRefused = null; // the edge's error while the token is refused: nothing connects until a new one
+  const withToken = (headers = {}) => (accessToken ? { ...headers, Authorization: `Bearer ${accessToken}` } : headers);
+  // The edge's error when it refuses the token (401, or 403 naming it), else null.
+  async function accessError(resp) {
+    if (resp.status !== 401 && resp.status !== 403) return null;
+    const err = ((await resp.clone().json().catch(() => ({}))).error) || {};
+    return err.field === "access_token" ? err : null;
+  }
+  function refuseAccess(err) {
+    accessRefused = err;
+    tm.access = err;
+    clearTimeout(reconnectTimer);
+    clearInterval(countdown);
+    setControls(false);
+    setConnection("Not signed in");
+    const why = (err.message || "").replace(/^access_token: /, "");
+    showAlert(`This page needs a valid access link: ${why}. Open it again from the site that sent you here.`, "session");
+    logEvent(`access refused: ${err.message}`);
+  }
+  window.addEventListener("message", (ev) => {
+    const data = ev.data || {};
+    if (ev.source !== window.parent || window.parent === window) return; // only the framing page
+    if (data.type !== "talkmesh.access_token" || typeof data.token !== "string" || !data.token) return;
+    accessToken = data.token;
+    if (accessRefused) {
+      accessRefused = null;
+      clearAlert();
+      start();
+    }
+  });
+
   // -- events panel ---------------------------------------------------------------------------
   function logEvent(text) {
     const li = document.createElement("li");
@@ -470,11 +508,17 @@
     audioTrack = null;
     waitingForSound = false;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    ws = new WebSocket(`${scheme}://${location.host}/v1/live${TIMING ? "?timing=1" : ""}`);
+    const params = new URLSearchParams();
+    if (TIMING) params.set("timing", "1");
+    if (accessToken) params.set("access_token", accessToken); // a WebSocket cannot send headers
+    const search = params.toString();
+    ws = new WebSocket(`${scheme}://${location.host}/v1/live${search ? `?${search}` : ""}`);
+    let opened = false;
     ws.binaryType = "arraybuffer";
     setConnection("connecting…");
     setControls(false);
     ws.onopen = () => {
+      opened = true;
       const config = { request_id: `web-${Date.now().toString(36)}` };
       if ($("avatar-select").value) config.avatar_id = $("avatar-select").value;
       if ($("voice-select").value) config.voice = $("voice-select").value;
@@ -507,7 +551,19 @@
       }
       onMessage(JSON.parse(ev.data));
     };
-    ws.onclose = (ev) => onClose(ev);
+    ws.onclose = (ev) => {
+      // A handshake refused shows the page only a close (1006): with a token, ask the edge why
+      // (the same route as a plain GET: the token is checked before the upgrade would be).
+      if (opened || !accessToken) return onClose(ev);
+      const socket = ws;
+      fetch("/v1/live", { headers: withToken() })
+        .then(accessError, () => null)
+        .then((denied) => {
+          if (ws !== socket) return; // connected again meanwhile (a new token, an upload)
+          if (denied) refuseAccess(denied);
+          else onClose(ev);
+        });
+    };
   }
 
   // The session is over: say why (the final status; the old edge's `error` before `started`; the
@@ -889,10 +945,18 @@
 
   // -- pickers and upload -------------------------------------------------------------------------
   async function getJson(url) {
-    const resp = await fetch(url);
+    const resp = await fetch(url, { headers: withToken() });
+    const denied = await accessError(resp);
+    if (denied) throw Object.assign(new Error(denied.message), { access: denied });
     const body = await resp.json();
     if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
     return body;
+  }
+
+  // The pickers, then the session (not while the access token is refused).
+  async function start(selectAvatar) {
+    await loadPickers(selectAvatar);
+    if (!accessRefused) connect();
   }
 
   async function loadPickers(selectAvatar) {
@@ -904,7 +968,8 @@
       fill($("voice-select"), [{ id: "", label: "(the server's default)" }].concat(
         voices.map((v) => ({ id: v.id, label: `${v.name || v.id} (${v.language || "?"})` }))));
     } catch (err) {
-      showError(`lists: ${err.message}`);
+      if (err.access) refuseAccess(err.access);
+      else showError(`lists: ${err.message}`);
     }
   }
 
@@ -946,6 +1011,7 @@
     form.append("file", file, file.name);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/avatars");
+    if (accessToken) xhr.setRequestHeader("Authorization", `Bearer ${accessToken}`);
     xhr.upload.onprogress = (e) => {
       if (e.lengthComputable) {
         bar.value = (100 * e.loaded) / e.total;
@@ -961,7 +1027,7 @@
         bar.value = 100;
         record.ok = body.avatar.id;
         status.textContent = uploadMessage(body.avatar);
-        loadPickers(body.avatar.id).then(connect);
+        start(body.avatar.id);
       } else {
         const err = body.error || {};
         record.ok = false;
@@ -991,8 +1057,13 @@
       if ($("avatar-select").value) body.avatar_id = $("avatar-select").value;
       if ($("voice-select").value) body.voice = $("voice-select").value;
       const resp = await fetch("/v1/speak", {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+        method: "POST", headers: withToken({ "Content-Type": "application/json" }), body: JSON.stringify(body),
       });
+      const denied = await accessError(resp);
+      if (denied) {
+        refuseAccess(denied);
+        return;
+      }
       if (!resp.ok) {
         const err = (await resp.json()).error || {};
         throw new Error(err.message || resp.statusText);
@@ -1080,5 +1151,5 @@
     trueDelay();
   }, 100);
   setInterval(() => trim(false), 5000);
-  loadPickers().then(connect);
+  start();
 })();

@@ -1,0 +1,194 @@
+"""Browser access tokens: who may use a web edge that others can reach.
+
+A site that embeds the page (a customer-service avatar, a tutor) signs in its own users; its
+backend then mints a short-lived token for the visitor and hands it to the page. The edge checks
+the token on every API request and WebSocket handshake, so the edge can face the internet without
+a login proxy in front of it (docs/WEB.md "Access tokens").
+
+The token is a JSON Web Token (RFC 7519) signed with HMAC-SHA256 (``alg`` HS256, RFC 7518), so any
+backend's JWT library mints it: ``jwt.encode({"sub": "alice", "exp": now + 300}, secret,
+algorithm="HS256")``. Claims read here:
+
+- ``exp`` (required): when it stops being accepted (seconds since the epoch). A token that lives
+  longer than ``web.token_max_ttl_seconds`` from now is refused (a forgotten "forever" token).
+- ``nbf`` (optional): not before.
+- ``sub`` (optional): who (logged and put on the request's trace; at most 128 characters).
+- ``scope`` (optional): space-separated actions it allows, of ``SCOPES`` (other words, a site's
+  own scopes, grant nothing here); without it, all of them.
+  Lists (``GET /v1/voices``, ``GET /v1/avatars``) need a valid token of any scope.
+
+Only HS256 is accepted (never ``none``, never an algorithm the token names for itself). The secret
+file holds one secret per line: tokens are minted with the first and accepted with any, so a new
+secret is put first, the edges restarted, and the old one removed once its tokens expired.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: What a token may allow (its ``scope`` claim): the web edge's actions.
+SCOPES = ("speak", "live", "watch", "avatars")
+#: The only signature algorithm accepted.
+ALGORITHM = "HS256"
+#: Shortest secret accepted (characters of the file's line): HS256 wants a key of at least its
+#: hash's 256 bits; 32 random characters of `talkmesh token secret` carry 192 bits or more.
+MIN_SECRET_CHARS = 32
+#: Longest token looked at (an Authorization header or a query parameter).
+MAX_TOKEN_CHARS = 4096
+#: Clock difference tolerated between the minting backend and the edge (seconds).
+LEEWAY_SECONDS = 30.0
+
+
+class TokenError(ValueError):
+    """A token that is not accepted; the message says why (never anything of the secret)."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a checked token allows."""
+
+    subject: str
+    scopes: frozenset[str]
+    expires: float
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    if not text or any(c in text for c in "=+/ \t\r\n"):
+        raise TokenError("not a JWT (base64url segments)")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise TokenError("not a JWT (base64url segments)") from None
+
+
+def _sign(secret: bytes, signing_input: bytes) -> bytes:
+    return hmac.new(secret, signing_input, hashlib.sha256).digest()
+
+
+def read_secrets(path: str) -> list[bytes]:
+    """The secrets of ``path`` (one per line; blank lines and ``#`` comments skipped), first the one
+    that mints. Raises ``ValueError`` naming the problem (never a secret)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    found = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not found:
+        raise ValueError(f"{path} holds no secret (one per line; `talkmesh token secret FILE` makes one)")
+    for number, secret in enumerate(found, 1):
+        if len(secret) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"{path}: secret {number} has {len(secret)} characters, fewer than {MIN_SECRET_CHARS} "
+                "(`talkmesh token secret FILE` makes a random one)"
+            )
+    return [s.encode() for s in found]
+
+
+def new_secret() -> str:
+    """A random secret for the secret file (256 bits, base64url)."""
+    return secrets.token_urlsafe(32)
+
+
+def mint(
+    secret: bytes,
+    *,
+    ttl_seconds: float,
+    subject: str = "",
+    scopes: tuple[str, ...] | None = None,
+    now: float | None = None,
+) -> str:
+    """A token valid for ``ttl_seconds`` from ``now`` (what a site's backend does with its JWT
+    library; here for `talkmesh token` and the tests)."""
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, object] = {"iat": issued, "exp": issued + max(1, round(ttl_seconds))}
+    if subject:
+        claims["sub"] = subject
+    if scopes is not None:
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown:
+            raise ValueError(f"scope: unknown {', '.join(unknown)} (known: {', '.join(SCOPES)})")
+        claims["scope"] = " ".join(scopes)
+    header = _b64encode(json.dumps({"alg": ALGORITHM, "typ": "JWT"}, separators=(",", ":")).encode())
+    payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = f"{header}.{payload}".encode("ascii")
+    return f"{header}.{payload}.{_b64encode(_sign(secret, signing_input))}"
+
+
+def _json_object(segment: str, what: str) -> dict[str, object]:
+    try:
+        value = json.loads(_b64decode(segment))
+    except (UnicodeDecodeError, ValueError):
+        raise TokenError(f"its {what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise TokenError(f"its {what} is not a JSON object")
+    return value
+
+
+def _number(claims: dict[str, object], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenError(f"its {name} claim is not a number (seconds since 1970)")
+    return float(value)
+
+
+def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: float | None = None) -> Access:
+    """What ``token`` allows, or ``TokenError`` saying why it is not accepted."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise TokenError(f"longer than {MAX_TOKEN_CHARS} characters")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("not a JWT (header.payload.signature)")
+    header = _json_object(parts[0], "header")
+    if header.get("alg") != ALGORITHM:
+        raise TokenError(f"signed with {str(header.get('alg'))[:20]!r}; this edge accepts {ALGORITHM} only")
+    signature = _b64decode(parts[2])
+    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii", "replace")
+    # every secret is tried (no early exit that would time which one matched)
+    matched = False
+    for secret in secret_list:
+        matched |= hmac.compare_digest(_sign(secret, signing_input), signature)
+    if not matched:
+        raise TokenError("its signature does not match this edge's secret (web.token_secret_file)")
+    claims = _json_object(parts[1], "payload")
+    now = time.time() if now is None else now
+    expires = _number(claims, "exp")
+    if expires is None:
+        raise TokenError("it has no exp claim (every token must expire)")
+    if expires + LEEWAY_SECONDS <= now:
+        raise TokenError(f"it expired {now - expires:.0f} s ago: get a new one from the site")
+    if expires - now > max_ttl_seconds + LEEWAY_SECONDS:
+        raise TokenError(
+            f"it is valid for {expires - now:.0f} s more, longer than this edge accepts "
+            f"(web.token_max_ttl_seconds {max_ttl_seconds:.0f})"
+        )
+    not_before = _number(claims, "nbf")
+    if not_before is not None and not_before - LEEWAY_SECONDS > now:
+        raise TokenError(f"it is not valid before {not_before - now:.0f} s from now (nbf)")
+    subject = claims.get("sub", "")
+    if not isinstance(subject, str):
+        raise TokenError("its sub claim is not a string")
+    scope = claims.get("scope")
+    if scope is None:
+        scopes = frozenset(SCOPES)
+    elif isinstance(scope, str):
+        scopes = frozenset(scope.split()) & frozenset(SCOPES)  # others (a site's own) grant nothing here
+    else:
+        raise TokenError("its scope claim is not a string (space-separated scopes)")
+    return Access(subject=subject[:128], scopes=scopes, expires=expires)

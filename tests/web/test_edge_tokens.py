@@ -1,0 +1,200 @@
+"""Access tokens at the web edge (docs/WEB.md "Access tokens"), against a real in-process mesh: the
+API and the live WebSocket need one, scopes restrict what it allows, the page takes it from its
+URL's fragment or the page that frames it, and says so in Chromium when it is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.web import tokens
+from talkmesh.cli import main as cli_main
+from tests.mesh import inprocess_mesh
+from tests.web.browser import browser_page
+from tests.web.test_api import _recv_json, portrait
+from tests.web.test_browser_embed import site
+from tests.web.test_edge_security import _upgrade
+
+pytestmark = pytest.mark.timeout(150)
+
+OLD = "o" * 40  # a secret being rotated out: its tokens are still accepted
+
+
+def _secrets(tmp_path: Path) -> tuple[Path, bytes]:
+    """A secret file made by `talkmesh token secret` (the new secret first, the old one after)."""
+    fresh = tmp_path / "fresh-secret"
+    assert cli_main(["token", "secret", str(fresh)]) == 0
+    assert fresh.stat().st_mode & 0o777 == 0o600, "readable by its owner only"
+    path = tmp_path / "web-secrets"
+    path.write_text(OLD + "\n")
+    assert cli_main(["token", "secret", str(path)]) == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and lines[1] == OLD and len(lines[0]) >= tokens.MIN_SECRET_CHARS
+    return path, lines[0].encode()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_the_api_and_the_websocket_need_a_token_that_allows_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, secret = _secrets(tmp_path)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    env = {"TALKMESH_WEB__WEB__TOKEN_SECRET_FILE": str(path)}
+    capsys.readouterr()
+    assert cli_main(["token", "new", "--secret-file", str(path), "--subject", "alice", "--ttl", "600"]) == 0
+    full = capsys.readouterr().out.strip()  # minted by the CLI, with the first secret
+    speak_only = tokens.mint(secret, ttl_seconds=600, scopes=("speak",))
+    old = tokens.mint(OLD.encode(), ttl_seconds=600, subject="rotated")
+    expired = tokens.mint(secret, ttl_seconds=60, now=time.time() - 3600)
+    foreign = tokens.mint(b"f" * 40, ttl_seconds=600)
+    async with (
+        inprocess_mesh(tmp_path, tracer_provider=provider, web=True, env=env) as mesh,
+        aiohttp.ClientSession(mesh.web_url) as http,
+    ):
+        # the page, its files and the probes need no token
+        for free in ("/", "/static/app.js", "/healthz", "/readyz", "/metrics"):
+            async with http.get(free) as r:
+                assert r.status == 200, free
+
+        # no token, a foreign, an expired one, another scheme, a token in the query of a non-WebSocket
+        refused: list[tuple[dict[str, str], str, str]] = [
+            ({}, "", "needs an access token"),
+            (_bearer(foreign), "", "signature does not match"),
+            (_bearer(expired), "", "expired"),
+            ({"Authorization": f"Basic {full}"}, "", "needs an access token"),
+            ({}, f"?access_token={full}", "needs an access token"),
+        ]
+        for headers, query, why in refused:
+            async with http.get(f"/v1/voices{query}", headers=headers) as r:
+                body = await r.json()
+                assert r.status == 401, (headers, query, body)
+                assert body["error"]["code"] == "UNAUTHENTICATED" and body["error"]["field"] == "access_token"
+                assert why in body["error"]["message"], body
+                assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        for token in (full, old, speak_only):  # any valid token reads the lists
+            async with http.get("/v1/voices", headers=_bearer(token)) as r:
+                assert r.status == 200 and (await r.json())["voices"], token
+
+        # the WebSocket: refused before the upgrade (no gateway stream), else by query or header
+        for query in ("", f"?access_token={foreign}", f"?access_token={speak_only}"):
+            async with http.get(f"/v1/live{query}", headers=_upgrade()) as r:
+                body = await r.json()
+                assert r.status == (403 if speak_only in query else 401), body
+                assert body["error"]["field"] == "access_token", body
+        with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+            await http.ws_connect("/v1/live")
+        assert exc.value.status == 401
+        assert mesh.active_streams()["gateway"] == 0
+        for kwargs in ({"params": {"access_token": full}}, {"headers": _bearer(old)}):
+            async with http.ws_connect("/v1/live", **kwargs) as ws:
+                await ws.send_str(json.dumps({"config": {}}))
+                assert "started" in await _recv_json(ws), kwargs
+
+        # a speak-only token speaks, and may neither upload nor watch
+        async with http.post("/v1/speak", json={"text": "Hello."}, headers=_bearer(speak_only)) as r:
+            assert r.status == 200 and len(await r.read()) > 1000
+        async with http.post("/v1/speak", json={"text": "Hello."}) as r:
+            assert r.status == 401
+        form = aiohttp.FormData()
+        form.add_field("file", portrait(), filename="me.png", content_type="image/png")
+        async with http.post("/v1/avatars", data=form, headers=_bearer(speak_only)) as r:
+            body = await r.json()
+            assert r.status == 403 and body["error"]["field"] == "access_token", body
+            assert "does not allow avatars (its scope: speak)" in body["error"]["message"]
+        async with http.delete("/v1/avatars/default", headers=_bearer(speak_only)) as r:
+            assert r.status == 403
+        async with http.get("/v1/live/watch?session_id=x", headers={**_upgrade(), **_bearer(speak_only)}) as r:
+            assert r.status == 403
+        async with http.get("/v1/avatars", headers=_bearer(full)) as r:
+            assert "default" in json.dumps(await r.json()), "nothing was deleted"
+
+        registry = mesh.telemetry["web"].metrics.registry
+        labels = {"service": "web", "method": "GET /v1/voices", "code": "401"}
+        assert registry.get_sample_value("talkmesh_streams_total", labels) == len(refused)
+
+    # the token's subject is on the edge's span of the request it made
+    subjects = {s.attributes.get("enduser.id") for s in exporter.get_finished_spans() if s.name == "web GET /v1/voices"}
+    assert {"alice", "rotated"} <= subjects
+
+
+async def test_a_bad_secret_file_stops_the_edge_at_start(tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    short.write_text("tooshort\n")
+    with pytest.raises(Exception, match="token_secret_file") as exc:
+        async with inprocess_mesh(tmp_path, web=True, env={"TALKMESH_WEB__WEB__TOKEN_SECRET_FILE": str(short)}):
+            pass
+    assert "tooshort" not in str(exc.value)
+
+
+#: JS: what the page shows and did (its alert, whether a session runs, how many connections it made).
+STATE = """() => ({alert: document.getElementById('alert').textContent, connected: window.talkmesh.connected,
+  connects: window.talkmesh.connects.length, painted: window.talkmesh.painted, hash: location.hash,
+  access: window.talkmesh.access || null})"""
+
+
+async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -> None:
+    path, secret = _secrets(tmp_path)
+    token = tokens.mint(secret, ttl_seconds=600, subject="visitor")
+    speak_only = tokens.mint(secret, ttl_seconds=600, scopes=("speak",))
+    env = {"TALKMESH_WEB__WEB__TOKEN_SECRET_FILE": str(path)}
+    async with (
+        site() as shop,
+        inprocess_mesh(tmp_path, web=True, env=env) as mesh,
+        browser_page() as (page, console),
+    ):
+        base = mesh.web_url.rstrip("/")
+        # the link a site gives its visitor: the token in the fragment, gone from the address bar
+        await page.goto(f"{base}/#access_token={token}")
+        await page.wait_for_function("window.talkmesh && window.talkmesh.painted > 0", timeout=30_000)
+        state: dict[str, Any] = await page.evaluate(STATE)
+        assert state["connected"] is True and state["hash"] == "" and not state["alert"], state
+
+        # no token: the page says why and makes no connection (no retry loop against a refusal)
+        await page.goto(f"{base}/")
+        await page.wait_for_function("window.talkmesh && window.talkmesh.access", timeout=15_000)
+        # a message from the page itself (not a framing page) is no token
+        await page.evaluate(f"window.postMessage({{type: 'talkmesh.access_token', token: '{token}'}}, '*')")
+        await asyncio.sleep(1.5)
+        state = await page.evaluate(STATE)
+        assert state["connects"] == 0 and state["connected"] is False, state
+        assert "needs a valid access link" in state["alert"] and "Open it again" in state["alert"], state
+
+        # a token whose scope leaves out live sessions: the lists load, the WebSocket is refused
+        # before its upgrade and the page asks the edge why instead of retrying
+        await page.goto(f"{base}/?visit=2#access_token={speak_only}")  # (not the same URL: a new page)
+        await page.wait_for_function("window.talkmesh && window.talkmesh.access", timeout=15_000)
+        await asyncio.sleep(2.5)  # a retry would come within the backoff's first 1-2 s
+        state = await page.evaluate(STATE)
+        assert state["connects"] == 1 and state["connected"] is False, state
+        assert "does not allow live" in state["alert"], state
+        voices = await page.evaluate("document.getElementById('voice-select').options.length")
+        assert voices > 1, "the lists need any valid token"
+
+        # framed by the site, which hands the token over once its own user signed in
+        await page.goto(f"http://localhost:{shop}/")
+        await page.set_content(f'<iframe id="f" src="{base}/" width=900 height=700></iframe>')
+        frame = await (await page.wait_for_selector("#f")).content_frame()
+        assert frame is not None
+        await frame.wait_for_function("window.talkmesh && window.talkmesh.access", timeout=15_000)
+        await page.evaluate(
+            f"document.getElementById('f').contentWindow.postMessage("
+            f"{{type: 'talkmesh.access_token', token: '{token}'}}, '{base}')"
+        )
+        await frame.wait_for_function("window.talkmesh.painted > 0 && window.talkmesh.connected", timeout=30_000)
+        assert not await frame.evaluate("document.getElementById('alert').textContent")
+    # the refusals are answers the page expects (401/403 in the console's network log only)
+    assert not [e for e in console.errors if "uncaught" in e], console.errors
