@@ -183,6 +183,11 @@ class SpeakResult:
     fragment_times: list[float] = field(default_factory=list)
 
 
+class SessionEnded(RuntimeError):
+    """A turn, interrupt or keep-alive sent after the live session ended (its stream finished: the
+    idle timeout, the maximum length, a drain, an error) or after ``close()``."""
+
+
 class LiveSession:
     """A live session (``TalkmeshClient.live``): send turns and interrupts, iterate the stream.
 
@@ -190,6 +195,10 @@ class LiveSession:
         await live.say("Hello there!")            # a text turn (returns its turn id)
         async for msg in live:                    # LiveServerMessage: media, events, errors
             ...
+
+    Leaving ``async with`` cancels the session if its stream has not ended: after ``close()``,
+    read the stream to its end first, or the turns still queued are lost. Sending after the end
+    raises ``SessionEnded``.
     """
 
     def __init__(
@@ -213,13 +222,22 @@ class LiveSession:
         self._timeout = timeout
         self._call: Any = None
         self._write_lock = asyncio.Lock()
+        self._closed = False
         self._turns = 0
         self.started: lpb.SessionStarted | None = None
         self._first: list[lpb.LiveServerMessage] = []
 
     async def _send(self, msg: lpb.LiveClientMessage) -> None:
         async with self._write_lock:  # one write at a time on a gRPC call
-            await self._call.write(msg)
+            if self._closed:
+                raise SessionEnded("the live session was closed (close()): no more messages can be sent")
+            try:
+                await self._call.write(msg)
+            except asyncio.InvalidStateError:  # grpc.aio's word for a call that has finished
+                raise SessionEnded(
+                    "the live session has ended: read the stream for its final status (the idle timeout, "
+                    "the maximum length, a drain or an error)"
+                ) from None
 
     async def __aenter__(self) -> LiveSession:
         if self._config.avatar_id and self._resolve_avatar is not None:  # deprecated, still honoured
@@ -321,10 +339,12 @@ class LiveSession:
         await self._send(lpb.LiveClientMessage(keep_alive=lpb.KeepAlive()))
 
     async def close(self) -> None:
-        """Half-closes: turns already started play to their end, then the session ends."""
+        """Half-closes: turns already sent play to their end, then the session ends. Keep reading
+        the stream until it ends (leaving ``async with`` before cancels the session)."""
         async with self._write_lock:
-            if not self._call.done():
+            if not self._closed and not self._call.done():
                 await self._call.done_writing()
+            self._closed = True
 
 
 def default_tls() -> ClientTLS | None:

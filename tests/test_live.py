@@ -1007,3 +1007,34 @@ async def test_a_client_that_stops_reading_then_leaves_leaves_no_queue_depth(tmp
             assert gauge._value.get() == 0
         finally:
             await channel.close()
+
+
+async def test_text_for_a_turn_that_ended_is_refused_and_an_interrupted_streams_rest_discarded(tmp_path: Path) -> None:
+    """A turn id used again after its turn ended (its input complete) is a client's mistake: an
+    error naming it, not speech that vanishes. The rest of a stream whose turn was interrupted
+    while it was still sending is discarded quietly (an LLM does not stop at once)."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await live.say("A long answer about the weather, the sea and the mountains.", turn_id="R")
+            await rec.wait_event("speaking_started", "R", timeout=30)
+            await live.interrupt("R")
+            await rec.wait_event("speaking_stopped", "R", timeout=10)
+            await live.say("Reused id.", turn_id="R")  # refused: R ended with its input complete
+            await live.say("An LLM stream, ", turn_id="S", final=False)
+            await rec.wait_event("speaking_started", "S", timeout=30)
+            await live.interrupt("S")
+            await rec.wait_event("speaking_stopped", "S", timeout=10)
+            await live.say("still sending ", turn_id="S", final=False)  # discarded
+            await live.say("its end.", turn_id="S")  # discarded
+            done = await live.say("Next.")
+            await rec.wait_event("speaking_stopped", done, timeout=30)
+            await live.close()
+            await rec.finish()
+    assert _errors(rec) == [("text.turn_id", INVALID, "R")]
+    assert [r.msg.error.message for r in rec.messages if r.kind == "error"] == [
+        "text.turn_id: turn 'R' has ended: a new turn needs a new id"
+    ]
+    stops = [(s.turn_id, s.reason) for s in (r.msg.event.speaking_stopped for r in rec.events("speaking_stopped"))]
+    interrupted, completed = lpb.STOP_REASON_INTERRUPTED, lpb.STOP_REASON_COMPLETED
+    assert stops == [("R", interrupted), ("S", interrupted), (done, completed)]

@@ -118,3 +118,29 @@ async def test_a_reply_interrupted_before_the_models_first_token_never_plays(tmp
     assert not rec.events("speaking_started") or all(
         r.msg.event.speaking_started.turn_id != "reply" for r in rec.events("speaking_started")
     )
+
+
+async def test_sending_after_close_or_after_the_end_raises_session_ended(tmp_path: Path) -> None:
+    """Not grpc.aio's InvalidStateError ("RPC is half closed", "RPC already finished"): one
+    exception of the client's that says what happened."""
+    from talkmesh.client import SessionEnded
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            tid = await live.say("Hi.")
+            await live.close()
+            with pytest.raises(SessionEnded, match="closed"):
+                await live.say("Too late.")
+            with pytest.raises(SessionEnded):
+                await live.interrupt()
+            await live.close()  # twice is fine
+            await rec.finish()  # the turn sent before close() played
+        assert rec.events("speaking_stopped")[-1].msg.event.speaking_stopped.turn_id == tid
+        assert rec.events("speaking_stopped")[-1].msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+
+        async with client.live(idle_timeout=1.0) as live:
+            rec = Recorder(live).start()
+            await rec.finish()  # the session ends on its idle timeout
+            with pytest.raises(SessionEnded, match="has ended"):
+                await live.say("Anyone there?")

@@ -310,3 +310,50 @@ async def test_an_llms_markdown_reply_is_spoken_as_its_words_in_speak_and_live(t
     assert stopped.reason == lpb.STOP_REASON_COMPLETED
     assert abs(stopped.samples_played / stopped.sample_rate - plain) < 0.15
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("text_format")
+
+
+async def test_a_reply_of_only_markdown_marks_is_silent_in_live_and_refused_by_speak_stream(tmp_path):
+    """An LLM turn of only markup (an emoji, a fence line, a rule, a bullet) says nothing: in a live
+    session it ends silently, as a turn of white space does (not a failed turn); a SpeakStream of it
+    is INVALID_ARGUMENT at the gateway, before any stage opens."""
+    from talkmesh.v1 import live_pb2 as lpb
+    from tests.live_helpers import Recorder
+
+    only_marks = ["👍", "```", "```python", "---", "- ", "<br/>", "[](#)", "| --- |"]
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live(markdown=True) as live:
+            rec = Recorder(live).start()
+            stops = []
+            for text in only_marks:
+                tid = await live.say(text)
+                stops.append((await rec.wait_event("speaking_stopped", tid, timeout=20)).msg.event.speaking_stopped)
+            words = await live.say("```python\nprint(1)\n```")  # a fence with code in it says the code
+            spoken = (await rec.wait_event("speaking_stopped", words, timeout=20)).msg.event.speaking_stopped
+            await live.close()
+            await rec.finish()
+        assert not [r.msg.error for r in rec.messages if r.kind == "error"]
+
+        async def pieces():  # type: ignore[no-untyped-def]
+            for piece in ("```", "py", "thon\n", "```\n", "👍"):
+                yield piece
+
+        def tts_calls() -> float:  # every call TTS served, whatever its end
+            registry = mesh.telemetry["tts"].metrics.registry
+            return sum(
+                sample.value
+                for metric in registry.collect()
+                if metric.name == "talkmesh_streams"
+                for sample in metric.samples
+                if sample.name == "talkmesh_streams_total"
+            )
+
+        before = tts_calls()
+        assert before >= 1
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in client.speak_stream(pieces(), markdown=True):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "text: must not be empty (as Markdown it has nothing to say: only markup)"
+        assert tts_calls() == before, "no TTS stream was opened"
+    assert [(s.reason, s.samples_played) for s in stops] == [(lpb.STOP_REASON_COMPLETED, 0)] * len(only_marks)
+    assert spoken.reason == lpb.STOP_REASON_COMPLETED and spoken.samples_played > 0

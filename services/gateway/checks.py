@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable
 
 from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.markup import speakable_markdown
 from talkmesh.common.names import has_speech
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.v1 import encoder_pb2 as epb
@@ -32,15 +33,28 @@ def check_media_options(prefix: str, *, size: str, renderer_backend: str, audio_
         raise InvalidArgument(f"{prefix}.audio_codec", f"unknown audio codec {audio_codec}")
 
 
-async def first_words(pieces: AsyncIterable[str]) -> tuple[str, bool]:
+#: Markdown seen before the first words is filtered again at each piece up to this length, then
+#: each time it has doubled (an adversary's thousands of one-mark pieces cost O(n log n), not O(n²)).
+MARKDOWN_RECHECK_CHARS = 256
+
+
+async def first_words(pieces: AsyncIterable[str], *, markdown: bool = False) -> tuple[str, bool]:
     """The text pieces up to the first with something to say (``has_speech``: not only white space
     or punctuation, which TTS refuses), joined, and whether one came before the input ended. What a
     Speak's text stream and a live text turn wait for before opening any stage (an LLM's "..."
-    opens nothing). Empty pieces are dropped; the rest count towards the caller's text limit, so the
-    joined text is bounded by it."""
+    opens nothing). ``markdown``: what the text says as Markdown (``speakable_markdown``) counts, so
+    a reply of only markup (a fence line, an emoji, a rule) says nothing either. Empty pieces are
+    dropped; the rest count towards the caller's text limit, so the joined text is bounded by it."""
     seen = ""
+    next_check = 0
     async for piece in pieces:
         seen += piece
-        if has_speech(piece):
+        if not has_speech(piece):
+            continue
+        if not markdown:
             return seen, True
+        if len(seen) >= next_check:
+            if has_speech(speakable_markdown(seen)):
+                return seen, True
+            next_check = 0 if len(seen) < MARKDOWN_RECHECK_CHARS else 2 * len(seen)
     return seen, False

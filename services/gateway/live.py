@@ -91,6 +91,7 @@ from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import tts_pb2 as tpb
+from talkmesh.v1 import types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,9 @@ class LiveSession:
         self.clock = MediaClock.of(hub.config.fps, self.rate)
         self.backend = config.renderer_backend or hub.config.default_renderer_backend
         self.turns: collections.OrderedDict[str, GatewayTurn] = collections.OrderedDict()
-        self.stopped: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)  # input for them is discarded
+        # turns that ended -> whether the client had ended their input (more of it is then refused;
+        # else it is discarded: an LLM stream still sending when its turn was interrupted)
+        self.stopped: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)
         #: turns whose input was refused (a first piece: no turn; a later one: input ended); later
         #: input for them is discarded quietly
         self.refused: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)
@@ -449,11 +452,12 @@ class LiveSession:
             if turn.span is not None:
                 turn.span.end()
             turn.progress.set()
-        self._fence(turn_id)
+        self._fence(turn_id, input_ended=turn is None or turn.input_done)
         self.end_requested.set()
 
-    def _fence(self, turn_id: str) -> None:
-        self.stopped.put(turn_id, True)
+    def _fence(self, turn_id: str, *, input_ended: bool) -> None:
+        if turn_id not in self.stopped:  # the first end says how the input stood (an interrupt ends it)
+            self.stopped.put(turn_id, input_ended)
 
     # -- client input ------------------------------------------------------------------------
     async def _read_client(self, stream: RequestStream[Any]) -> None:
@@ -508,8 +512,12 @@ class LiveSession:
             raise InvalidArgument("kind", "expected text, audio, end_of_turn, interrupt or keep_alive")
         body = getattr(msg, kind)
         tid = _check_id(body.turn_id, f"{kind}.turn_id")
-        if self._ended(tid):
-            return  # input for a stopped or refused turn: discarded
+        if tid in self.refused:
+            return  # input for a refused turn: discarded
+        if self.stopped.get(tid):  # its input had ended before: a new turn with an old id
+            raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} has ended: a new turn needs a new id")
+        if tid in self.stopped:
+            return  # input for a turn stopped while its input came (an interrupted LLM stream): discarded
         turn = self.turns.get(tid)
         try:
             # a refused message has no effect: checked before a turn exists
@@ -640,7 +648,7 @@ class LiveSession:
             await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn_id, interrupt=True))
         targets = list(self.turns.values()) if not turn_id else [t for t in self.turns.values() if t.turn_id == turn_id]
         for turn in targets:
-            self._fence(turn.turn_id)
+            self._fence(turn.turn_id, input_ended=turn.input_done)
             turn.end_input()
             if turn.task is not None:
                 turn.task.cancel()
@@ -677,7 +685,7 @@ class LiveSession:
                 exc = internal_error(err)
             if turn.voice:  # TTS's `config.voice` is this turn's voice: SpeakText.voice
                 exc.rename_field(lambda f: "text.voice" if f == "config.voice" else None)
-            self._fence(turn.turn_id)
+            self._fence(turn.turn_id, input_ended=turn.input_done)
             self.reported_failed.put(turn.turn_id, True)
             await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
             await self._error(exc, turn.turn_id)
@@ -706,9 +714,11 @@ class LiveSession:
             feature_pump = tasks.spawn(self._pump_features(turn, features), name="features")
             try:
                 if turn.kind == "text":
-                    # a turn with no words at all (an LLM reply of white space) is silent, not a
-                    # failure: it ends at once, as an audio turn without audio does
-                    words, found = await first_words(turn.text)
+                    # a turn with no words at all (an LLM reply of white space, or of only
+                    # Markdown's marks) is silent, not a failure: it ends at once, as an audio
+                    # turn without audio does
+                    markdown = self.config.text_format == types_pb2.TEXT_FORMAT_MARKDOWN
+                    words, found = await first_words(turn.text, markdown=markdown)
                     if found:
                         tts = self.ds.synthesize_stream(self._text_pieces(turn, words), self._time_left())
                         await self._pump_tts(turn, tts, features_in)

@@ -35,6 +35,7 @@ from talkmesh.common.aio import Chan, TaskSet, all_of, wait_event
 from talkmesh.common.calls import LocalStream, Stream
 from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, TalkmeshError
+from talkmesh.common.markup import ONLY_MARKUP
 from talkmesh.common.names import check_text
 from talkmesh.common.propagation import StageNotes
 from talkmesh.common.registry import RENDERER_FEATURES
@@ -224,13 +225,14 @@ def video_chunk(mc: epb.MediaChunk, seq: int) -> gpb.VideoChunk:
     )
 
 
-async def _first_piece(pieces: AsyncIterable[str]) -> AsyncIterable[str]:
+async def _first_piece(pieces: AsyncIterable[str], *, markdown: bool = False) -> AsyncIterable[str]:
     """Waits for the first words (``first_words``); returns the pieces again, from those.
     INVALID_ARGUMENT naming ``text``, as TTS words it, when the stream ends first."""
     it = aiter(pieces)
-    words, found = await first_words(it)
+    words, found = await first_words(it, markdown=markdown)
     if not found:  # nothing to say: refused here, as TTS words it
         check_text("text", words, len(words) + 1)
+        raise InvalidArgument("text", ONLY_MARKUP)
 
     async def chained() -> AsyncIterator[str]:
         yield words
@@ -484,7 +486,8 @@ class _Run:
         try:
             if self.text_pieces is not None:
                 # capacity is taken when there is work: nothing opens before the first text piece
-                self.text_pieces = await _first_piece(self.text_pieces)
+                markdown = self.req.text_format == types_pb2.TEXT_FORMAT_MARKDOWN
+                self.text_pieces = await _first_piece(self.text_pieces, markdown=markdown)
             # The scarce stages admit the request before any work starts: an overloaded encoder
             # answers RESOURCE_EXHAUSTED in one round trip, and TTS never starts for it. The
             # renderer resolves the avatar (a name to its id) meanwhile: no round trip of its own

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.tts.markup import MarkdownStream
 from services.tts.text import ClauseSplitter
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.markup import MarkdownStream
 from talkmesh.common.names import check_text, has_speech
 from talkmesh.common.streams import RequestStream
 from talkmesh.v1 import tts_pb2

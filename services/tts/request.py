@@ -24,7 +24,7 @@ class SynthesisJob:
     settings: VoiceSettings
     chunk_samples: int
     max_chunk_samples: int = 0  # 0: every chunk is chunk_samples long
-    markdown: bool = False  # TEXT_FORMAT_MARKDOWN: the markup is not read (services/tts/markup.py)
+    markdown: bool = False  # TEXT_FORMAT_MARKDOWN: the markup is not read (talkmesh/common/markup.py)
 
 
 def find_voice(backends: Mapping[str, TTSBackend], voice_id: str) -> tuple[TTSBackend, VoiceInfo] | None:

@@ -16,7 +16,6 @@ from typing import Any
 from services.tts.backends.base import PcmBlock, TTSBackend, VoiceUnavailable
 from services.tts.cache import UtteranceCache
 from services.tts.config import TTSConfig
-from services.tts.markup import speakable_markdown
 from services.tts.pieces import StreamRules, read_clauses
 from services.tts.request import SynthesisJob, find_voice, resolve_job, voice_not_found
 from services.tts.scripts import check_voice_reads
@@ -24,6 +23,7 @@ from services.tts.stream import ChunkAssembler, SegmentRecord
 from services.tts.text import normalize, split_clauses
 from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.errors import InvalidArgument, NotFound
+from talkmesh.common.markup import ONLY_MARKUP, speakable_markdown
 from talkmesh.common.names import check_id, check_text, has_speech
 from talkmesh.common.propagation import VOICE_KEY, WARNING_KEY
 from talkmesh.common.streams import RequestStream
@@ -84,7 +84,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             index += 1
         if job.markdown and not asm.samples:
             # every clause was markup: refused as a text with nothing to say is
-            raise InvalidArgument("text", "must not be empty (as Markdown it has nothing to say: only markup)")
+            raise InvalidArgument("text", ONLY_MARKUP)
         yield asm.finish()
         self._done(asm, started)
 

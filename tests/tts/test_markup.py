@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 import pytest
 
-from services.tts.markup import HOLD_CHARS, MarkdownStream, speakable_markdown
 from services.tts.text import split_clauses
+from talkmesh.common.markup import HOLD_CHARS, MarkdownStream, speakable_markdown
 from talkmesh.v1 import tts_pb2, types_pb2
 from tests.tts.conftest import pcm_of, visemes_of
 
@@ -53,6 +53,12 @@ MARKDOWN = types_pb2.TEXT_FORMAT_MARKDOWN
         ("\\*not emphasis\\*", "*not emphasis*"),  # escaped
         ("```npm install``` first", "npm install first"),  # inline code, not a fence
         ("x\ue0005\ue001 y", "x5 y"),  # the filter's own marks are not taken from the input
+        ("Title\n=====\nbody", "Title\n\nbody"),  # a heading's underline
+        ("- [x] done\n- [ ] todo\n* [X] also", "done\ntodo\nalso"),  # task boxes
+        ("<b>bold</b>, <sup>2</sup> and<br/>next", "bold, 2 and\nnext"),  # HTML of text
+        ('<a href="https://x.y/a b">the link</a> <details><summary>More</summary>', "the link More"),
+        ("List<String> and a<b, <unknown> stay", "List<String> and a<b, <unknown> stay"),
+        ("````md\ncode\n````\nafter", "code\n\nafter"),  # a longer fence
     ],
 )
 def test_markup_is_dropped_and_words_kept(markdown: str, said: str) -> None:
@@ -109,6 +115,8 @@ STREAMED = [
     "Loop while `i < n` holds, use ``a`b`` and `[x]`, see ![the chart](c.png) and [a [b] c](u).",
     "这是非常重要的事情。我们明天见！好的，谢谢。",
     "When x < 5, the loop stops; y in [0, 1) is fine. Multiply a*b, 2*3*4 = 24, \\*not emphasis\\*.",
+    "Title\n=====\n- [x] done <b>bold</b> and <a href=\"https://x.y/a b\">the link</a>, List<String> a<b.\n"
+    "````md\n```py\nx = 1\n```\n````\nend <br/>here",
 ]
 
 

@@ -5,12 +5,15 @@ asterisk", a link reads its address letter by letter, an emoji its name. With th
 the markup is dropped and its words kept:
 
 * emphasis and strike-through (``**bold**``, ``*it*``, ``_it_``, ``~~old~~``; ``*`` also inside a
-  word, as CommonMark reads it and as CJK text uses it, but ``snake_case`` and ``2 * 3`` stay),
+  word, as CommonMark reads it and as CJK text uses it, but ``snake_case`` and ``2 * 3`` stay), and
+  a word of only such marks (an emphasis never closed),
   inline code's backticks (the code inside is left alone), code fence lines with their language
   tag;
-* at the start of a line: headings' ``#``, block quotes' ``>``, list bullets (``-``, ``*``, ``+``; a
-  numbered item keeps its number), horizontal rules, table rules; a table row says its cells as
-  phrases;
+* at the start of a line: headings' ``#`` (and a heading's ``===`` underline), block quotes'
+  ``>``, list bullets (``-``, ``*``, ``+``; a numbered item keeps its number) and a task's box
+  (``- [x]``), horizontal rules, table rules; a table row says its cells as phrases;
+* HTML tags of text (``<b>``, ``</sup>``, ``<br/>``, ``<details>``...; only these names, so
+  ``List<String>`` and ``a<b`` stay);
 * a link or an image says its text (``[the docs](https://...)`` is "the docs"), an address its
   host (``https://www.example.com/a?b`` is "example.com");
 * HTML entities (``&amp;``, ``&#8212;``) are decoded and emoji skipped; a backslash escape
@@ -31,8 +34,17 @@ from urllib.parse import urlsplit
 
 #: A stream's text held back for an open construct (an unclosed link or code span) at most this long.
 HOLD_CHARS = 400
+#: Why a Markdown text with only markup is refused (its field is the text's).
+ONLY_MARKUP = "must not be empty (as Markdown it has nothing to say: only markup)"
 
 _CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+#: HTML that chat text uses for formatting; a tag of another name is left as written.
+_HTML_NAMES = (
+    "a|abbr|b|big|blockquote|br|center|cite|code|del|details|div|em|font|h[1-6]|hr|i|img|ins|kbd|li|mark|"
+    "ol|p|pre|q|s|small|span|strike|strong|sub|summary|sup|table|tbody|td|th|thead|tr|tt|u|ul"
+)
+_HTML_TAG = re.compile(rf"</?(?:{_HTML_NAMES})(?:\s[^<>]*)?/?>", re.IGNORECASE)
+_HTML_OPEN = re.compile(rf"</?(?:{_HTML_NAMES})(?:\s[^<>]*)?\Z", re.IGNORECASE)
 _LINK = re.compile(r"!?\[([^\]\n]*)\]\(([^()\s]*(?:\([^()\s]*\)[^()\s]*)*)(?:\s+\"[^\"\n]*\")?\)")
 _AUTOLINK = re.compile(r"<((?:https?|ftp)://[^>\s]+|mailto:([^>\s]+))>")
 _URL = re.compile(r"\b(?:https?|ftp)://[^\s<>()\[\]]*[^\s<>()\[\].,;:!?'\"]|\bwww\.[\w-]+(?:\.[\w-]+)+\b")
@@ -50,6 +62,9 @@ _LONE = re.compile(r"(?<![\w*_~])(?:\*{1,3}|_{1,3}|~~)(?=[^\s*_~])|(?<=[^\s*_~])
 _EMOJI = re.compile(
     "[\U0001f000-\U0001faff\u2600-\u2775\u2794-\u27bf\u2b00-\u2bff\u2300-\u23ff\ufe0f\u20e3\U000e0020-\U000e007f]"
 )
+#: A word of only marks (``**``, ``~~``, a backtick): an emphasis or code never closed; a single
+#: ``*`` or ``_`` between spaces stays (``2 * 3``).
+_MARKS_ONLY = re.compile(r"(?<!\S)(?:\*{2,}|_{2,}|~{2,}|`+)(?!\S)")
 _SPACES = re.compile(r"[ \t]{2,}")
 _CODE_MARK = re.compile("\ue000(\\d+)\ue001")
 _PRIVATE_MARKS = re.compile("[\ue000\ue001]")  # (the code marks above: never taken from the input)
@@ -59,10 +74,12 @@ def _line_rules(start: str) -> tuple[re.Pattern[str], ...]:
     """The rules for what starts a line (``start``: where a line may start in the text given)."""
     end = r"[ \t]*(?=\n|\Z)"
     return (
-        re.compile(rf"{start}[ \t]*(?:```|~~~)[^`\n]*(?=\n|\Z)"),  # a code fence, with its language tag
+        re.compile(rf"{start}[ \t]*(?:`{{3,}}|~{{3,}})[^`\n]*(?=\n|\Z)"),  # a code fence, with its language tag
         re.compile(rf"{start}[ \t]*\|?[ \t]*:?-{{3,}}:?[ \t]*(?:\|[ \t]*:?-{{3,}}:?[ \t]*)*\|?{end}"),  # table rule
         re.compile(rf"{start}[ \t]*(?:[-*_][ \t]*){{3,}}{end}"),  # horizontal rule
-        re.compile(rf"{start}[ \t]*(?:#{{1,6}}[ \t]+|>[ \t]?|[-*+][ \t]+)+"),  # heading, quote, bullet
+        re.compile(rf"{start}[ \t]*={{2,}}{end}"),  # a heading's underline
+        # heading, quote, bullet (and a task's box)
+        re.compile(rf"{start}[ \t]*(?:#{{1,6}}[ \t]+|>[ \t]?|[-*+][ \t]+(?:\[[ xX]\][ \t]+)?)+"),
     )
 
 
@@ -97,12 +114,14 @@ def speakable_markdown(text: str, *, line_start: bool = True) -> str:
     text = _LINK.sub(lambda m: m[1] or _host(m[2]), text)
     text = _AUTOLINK.sub(lambda m: m[2] or _host(m[1]), text)
     text = _URL.sub(lambda m: _host(m[0]), text)
+    text = _HTML_TAG.sub(lambda m: "\n" if m[0][1:3].lower() == "br" else "", text)  # <br>: a new line
     for rule in line_rules:
         text = rule.sub("", text)
     text = _TABLE_ROW[line_start].sub(lambda m: ", ".join(c.strip() for c in m[1].split("|") if c.strip()), text)
     for paired in _PAIRED:
         text = paired.sub(r"\2", text)
     text = _LONE.sub("", text)
+    text = _MARKS_ONLY.sub("", text)
     text = _ENTITY.sub(lambda m: html.unescape(m[0]), text)
     text = _EMOJI.sub("", text)
     text = _CODE_MARK.sub(lambda m: codes[int(m[1])], text)
@@ -113,17 +132,18 @@ def speakable_markdown(text: str, *, line_start: bool = True) -> str:
 #: (CJK text has no spaces between words).
 _BREAKS = " \t\n\u3002\uff01\uff1f\uff0c\uff1b\uff1a\u3001"
 _LINE_PREFIX = re.compile(r"[ \t]*(?:(?:#{1,6}|>|[-*+])[ \t]*)*")
-_FENCE_LINE = re.compile(r"^[ \t]*(?:```|~~~)[^`\n]*$", re.MULTILINE)
+_FENCE_LINE = re.compile(r"^[ \t]*(?:`{3,}|~{3,})[^`\n]*$", re.MULTILINE)
 
 
 def _open_at(text: str) -> int | None:
     """Where something that is not whole yet starts in ``text``: a line that so far is only its
     marks (``  - ``, ``> ``: whether the line has started decides how they read), a code fence
-    line or a table row before its line ends, a code span, a link or an image not yet closed."""
+    line, a heading's underline or a table row before its line ends, a code span, a link, an image
+    or an HTML tag not yet closed."""
     opens = []
     line = text.rfind("\n") + 1
     last = text[line:]
-    if (last and _LINE_PREFIX.fullmatch(last)) or last.lstrip(" \t").startswith(("|", "```", "~~~")):
+    if (last and _LINE_PREFIX.fullmatch(last)) or last.lstrip(" \t").startswith(("|", "```", "~~~", "==")):
         opens.append(line)
     # code spans and fences masked (same length): a [ or ` inside closed code opens nothing
     masked = _FENCE_LINE.sub(lambda m: " " * len(m[0]), text)
@@ -131,6 +151,9 @@ def _open_at(text: str) -> int | None:
     tick = masked.find("`")
     if tick >= 0:
         opens.append(tick)
+    tag = _HTML_OPEN.search(masked[masked.rfind("<") :]) if "<" in masked else None
+    if tag is not None:
+        opens.append(masked.rfind("<"))
     bracket = masked.rfind("[")
     if bracket >= 0:
         rest = masked[bracket:]
