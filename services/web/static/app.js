@@ -68,6 +68,10 @@
   // or failing edge is not hammered every 2 s. Seconds.
   const RETRY_BASE = knob("retry_base", 1);
   const RETRY_CAP = knob("retry_cap", 30);
+  // A picker's change restarts the session this long after the last one (ms).
+  const PICK_SETTLE_MS = 600;
+  // A socket whose session has not started this long after it opened is closed and retried (ms).
+  const STARTED_WITHIN_MS = knob("started_within", 15) * 1000;
   // The true delay (the frame on screen vs the wall clock, see trueDelay): beyond LAG_WARN s of
   // media arriving late the page says the connection is too slow; beyond CATCHUP s it drops what
   // is in flight (a new session at the live edge) rather than fall further behind.
@@ -75,6 +79,7 @@
   const CATCHUP = knob("catchup", 5);
   // The documented limit of a text turn; `started.max_text_chars` says the server's own.
   const MAX_TEXT = 5000;
+  let textLimit = MAX_TEXT; // started.max_text_chars when the server says it
 
   const tm = {
     // Exposed for tests and `talkmesh bench web`.
@@ -114,6 +119,7 @@
   let turnCounter = 0;
   let currentTurn = "";
   let reconnectTimer = null;
+  let pickTimer = null; // a picker's change, until it settles (PICK_SETTLE_MS)
   let keepAliveTimer = null;
   let rushTo = null; // media time playback rushes to (speech_seek=2)
   let seekCost = 0.2; // s, the measured cost of a speech seek (see SPEECH_SEEK_MIN)
@@ -182,13 +188,22 @@
   function ms_(seconds) {
     return seconds == null ? "–" : `${Math.round(seconds)} ms`;
   }
+  // The header says the connection's state (with its countdowns); screen readers hear it only when
+  // the state changes, not every second of a countdown (its numbers do not count as a change).
+  let announced = "";
   function setConnection(text) {
     $("connection").textContent = text;
+    const shape = text.replace(/\d+/g, "#");
+    if (shape !== announced) {
+      announced = shape;
+      $("announce").textContent = text;
+    }
   }
   // User-facing errors: the role=alert region (the raw message goes to the Events list).
   function showAlert(text, kind = "") {
     tm.alerts.push(text);
     $("alert").dataset.kind = kind;
+    if (!$("alert").hidden && $("alert").textContent === text) return; // (a role=alert is read again when rewritten)
     $("alert").textContent = text;
     $("alert").hidden = false;
   }
@@ -458,7 +473,7 @@
       }
     }
     for (const cut of tm.interrupts) {
-      if (cut.cutFrame != null && cut.idlePainted == null && t >= frameTime(cut.cutFrame) - 0.001) {
+      if (cut.cutFrame != null && cut.idlePainted == null && !cut.stale && t >= frameTime(cut.cutFrame) - 0.001) {
         cut.idlePainted = now;
         cut.toIdle = now - cut.pressed;
         $("t-idle").textContent = ms_(cut.toIdle);
@@ -492,6 +507,9 @@
       ws.close();
     }
     tm.connects.push({ at: performance.now(), reason: typeof reason === "string" ? reason : "start" });
+    for (const cut of tm.interrupts) if (cut.ackAt == null) cut.stale = true; // the old session's
+    clearTimeout(pickTimer);
+    showCaption("");
     tm.turns = {};
     tm.started = null;
     tm.connected = false;
@@ -519,6 +537,14 @@
     setControls(false);
     ws.onopen = () => {
       opened = true;
+      // an edge or gateway that accepted the socket but never starts the session (hung): retry
+      const socket = ws;
+      setTimeout(() => {
+        if (ws === socket && !tm.connected && socket.readyState === WebSocket.OPEN) {
+          logEvent(`no session ${STARTED_WITHIN_MS / 1000} s after the socket opened: reconnecting`);
+          socket.close(4001, "no session started");
+        }
+      }, STARTED_WITHIN_MS);
       const config = { request_id: `web-${Date.now().toString(36)}` };
       if ($("avatar-select").value) config.avatar_id = $("avatar-select").value;
       if ($("voice-select").value) config.voice = $("voice-select").value;
@@ -573,6 +599,11 @@
     tm.connected = false;
     clearInterval(keepAliveTimer);
     if (mic) toggleMic();
+    showCaption("");
+    if (!catchingUp) { // the slow-link warning was about this session's stream
+      $("slow").hidden = true;
+      slowSince = null;
+    }
     let status = tm.status || refusal;
     // a message too large for the edge: close 1009, with (the documented form) or without a final status
     const tooBig = ev.code === 1009 || (status && status.field === "message" && /large|big|size|bytes/i.test(status.message || ""));
@@ -667,7 +698,8 @@
       tm.connected = true;
       sessionStartedAt = performance.now();
       if (s.frame0_unix_seconds) noteClock(Date.now() / 1000 - Number(s.frame0_unix_seconds));
-      if (s.max_text_chars) $("text").maxLength = Number(s.max_text_chars);
+      if (s.max_text_chars) textLimit = Number(s.max_text_chars);
+      countText();
       setControls(true);
       if ($("alert").dataset.kind === "session") clearAlert(); // the session is back
       liveHeader = `live: session ${s.session_id.slice(-8)}, ${s.width}×${s.height} at ${tm.fps} fps`;
@@ -727,10 +759,12 @@
       if (edgeUnix != null) t.edgeReceived = wallToPerf(Number(edgeUnix) * 1000);
       skipIdleBefore(frame, t);
       if (t.pressed != null) $("t-started").textContent = ms_(now - t.pressed);
+      showCaption(t.text || "", ev.speaking_started.turn_id);
       logEvent(`speaking_started ${ev.speaking_started.turn_id} at frame ${frame}`);
     } else if (ev.speaking_stopped) {
       const s = ev.speaking_stopped;
       const t = turn(s.turn_id);
+      if (captionTurn === s.turn_id) showCaption("");
       t.stopFrame = frame;
       t.reason = s.reason;
       logEvent(`speaking_stopped ${s.turn_id} ${s.reason} at frame ${frame}, ${s.samples_played || 0} samples played`);
@@ -741,7 +775,7 @@
         showAlert(`Turn ${s.turn_id} was spoken with a warning: ${s.warnings[0]}`);
       }
     } else if (ev.interrupt_acknowledged) {
-      const cut = tm.interrupts.find((c) => c.ackAt == null);
+      const cut = tm.interrupts.find((c) => c.ackAt == null && !c.stale);
       if (cut) {
         cut.ackAt = now;
         cut.cutFrame = frame;
@@ -803,11 +837,30 @@
   }
 
   // -- controls ---------------------------------------------------------------------------------
-  function unmute() {
-    video.muted = false;
-    $("unmute").hidden = true;
+  // The text's length against the limit, shown once it is near (the box never cuts what is typed
+  // or pasted: Speak refuses a text over the limit and says so).
+  function countText() {
+    const n = $("text").value.length;
+    const count = $("text-count");
+    count.textContent = n > textLimit * 0.8 ? `${n} of ${textLimit} characters` : "";
+    count.classList.toggle("over", n > textLimit);
+  }
+
+  // The sound button says what it will do; a turn turns the sound on (pressing Speak is the
+  // gesture the browser asks for) unless the user turned it off.
+  let soundOffByUser = false;
+  function setSound(on) {
+    video.muted = !on;
+    $("unmute").textContent = on ? "Turn sound off" : "Turn sound on";
     if (audioPath) audioPath.syncMuted();
-    video.play().catch(() => {});
+    if (on) video.play().catch(() => {});
+  }
+  function unmute() {
+    if (!soundOffByUser) setSound(true);
+  }
+  function toggleSound() {
+    soundOffByUser = !video.muted;
+    setSound(video.muted);
   }
 
   // Without a session a turn is not sent and not queued (it would be spoken late, out of the
@@ -815,7 +868,7 @@
   function speak() {
     const text = $("text").value.trim();
     if (!text) return;
-    const limit = $("text").maxLength > 0 ? $("text").maxLength : MAX_TEXT;
+    const limit = textLimit;
     if (text.length > limit) {
       showAlert(`Not sent: the text is ${text.length} characters long, the limit is ${limit}.`);
       logEvent(`speak refused in the page: ${text.length} > ${limit} characters`);
@@ -829,6 +882,7 @@
     }
     currentTurn = newTurn("t");
     turn(currentTurn).lagAtPress = liveLag() * 1000;
+    turn(currentTurn).text = text;
     send({ text: { turn_id: currentTurn, text, final: true } });
     logEvent(`speak ${currentTurn}: ${text.slice(0, 40)}`);
   }
@@ -849,6 +903,14 @@
     turn(id).pressed = performance.now();
     if ($("alert").dataset.kind !== "session") clearAlert();
     return id;
+  }
+
+  // The caption under the video: the text of the turn being spoken ("" hides it; an audio turn has none).
+  let captionTurn = "";
+  function showCaption(text, turnId = "") {
+    captionTurn = text ? turnId : "";
+    $("caption").textContent = text;
+    $("caption").hidden = !text;
   }
 
   function showError(message) {
@@ -880,7 +942,8 @@
   async function audioFile(file) {
     try {
       const bytes = await file.arrayBuffer();
-      const decoded = await new AudioContext().decodeAudioData(bytes);
+      const decoder = new AudioContext();
+      const decoded = await decoder.decodeAudioData(bytes).finally(() => decoder.close());
       const frames = Math.ceil(decoded.duration * AUDIO_RATE);
       const off = new OfflineAudioContext(1, frames, AUDIO_RATE);
       const src = off.createBufferSource();
@@ -908,9 +971,11 @@
     }
     if (button.disabled) return;
     button.disabled = true; // until the microphone is open (or refused)
+    let stream = null;
+    let ctx = null;
     try {
-      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-      const ctx = new AudioContext({ sampleRate: AUDIO_RATE });
+      stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      ctx = new AudioContext({ sampleRate: AUDIO_RATE });
       const source = ctx.createMediaStreamSource(stream);
       const node = ctx.createScriptProcessor(2048, 1, 1);
       const id = startAudioTurn();
@@ -937,9 +1002,13 @@
       button.textContent = "Stop microphone";
       button.setAttribute("aria-pressed", "true");
     } catch (err) {
+      if (!mic) { // the microphone was opened but the turn could not start: close it again
+        if (stream) stream.getTracks().forEach((t) => t.stop());
+        if (ctx) ctx.close();
+      }
       showError(`microphone: ${err.message}`);
     } finally {
-      button.disabled = false;
+      button.disabled = !mic && !tm.connected;
     }
   }
 
@@ -1027,6 +1096,7 @@
         bar.value = 100;
         record.ok = body.avatar.id;
         status.textContent = uploadMessage(body.avatar);
+        if ($("alert").dataset.kind === "upload") clearAlert(); // an earlier upload's failure
         start(body.avatar.id);
       } else {
         const err = body.error || {};
@@ -1035,14 +1105,14 @@
         // "renderer: data: no face found ..." is said of the file: "Upload failed (me.jpg): no face found ..."
         const reason = (err.message || xhr.statusText || `HTTP ${xhr.status}`).replace(/^renderer: /, "").replace(/^(data|file): /, "");
         status.textContent = `Upload failed (${file.name}): ${reason}`;
-        showAlert(status.textContent);
+        showAlert(status.textContent, "upload");
         bar.value = 0;
       }
     };
     xhr.onerror = () => {
       status.classList.add("error");
       status.textContent = "Upload failed: the server could not be reached";
-      showAlert(status.textContent);
+      showAlert(status.textContent, "upload");
     };
     xhr.send(form);
   }
@@ -1051,6 +1121,7 @@
   async function download() {
     const button = $("download");
     button.disabled = true;
+    button.textContent = "Preparing the MP4…";
     const started = performance.now();
     try {
       const body = { text: $("text").value.trim() };
@@ -1065,8 +1136,9 @@
         return;
       }
       if (!resp.ok) {
-        const err = (await resp.json()).error || {};
-        throw new Error(err.message || resp.statusText);
+        // (a proxy's error page is not JSON)
+        const err = ((await resp.json().catch(() => ({}))).error) || {};
+        throw new Error(err.message || `the server answered ${resp.status} ${resp.statusText}`.trim());
       }
       const blob = await resp.blob();
       const stages = (resp.headers.get("X-Talkmesh-Stages") || "").split(", ").filter(Boolean);
@@ -1076,9 +1148,11 @@
       a.click();
       setTimeout(() => URL.revokeObjectURL(a.href), 10000);
     } catch (err) {
-      showError(`download: ${err.message}`);
+      // fetch's own TypeError ("Failed to fetch"): no answer at all
+      showError(`download: ${err instanceof TypeError ? "the server could not be reached" : err.message}`);
     } finally {
       button.disabled = false;
+      button.textContent = "Download as MP4";
     }
   }
 
@@ -1086,7 +1160,8 @@
   $("speak").addEventListener("click", speak);
   $("interrupt").addEventListener("click", interrupt);
   $("download").addEventListener("click", download);
-  $("unmute").addEventListener("click", unmute);
+  $("unmute").addEventListener("click", toggleSound);
+  $("text").addEventListener("input", countText);
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) speak();
   });
@@ -1094,9 +1169,19 @@
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && !e.defaultPrevented && !(e.target instanceof HTMLSelectElement)) interrupt();
   });
-  $("avatar-select").addEventListener("change", connect);
-  $("voice-select").addEventListener("change", connect);
-  $("audio-file").addEventListener("change", (e) => e.target.files[0] && audioFile(e.target.files[0]));
+  // Arrow keys on a closed picker change it at each press: the session restarts once the choice
+  // has settled, not at every step.
+  const picked = () => {
+    clearTimeout(pickTimer);
+    pickTimer = setTimeout(() => connect("picker"), PICK_SETTLE_MS);
+  };
+  $("avatar-select").addEventListener("change", picked);
+  $("voice-select").addEventListener("change", picked);
+  $("audio-file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    e.target.value = ""; // the same file may be chosen again
+    if (file) audioFile(file);
+  });
   $("mic").addEventListener("click", toggleMic);
   const drop = $("drop");
   const picker = $("avatar-file");
@@ -1107,7 +1192,11 @@
       picker.click();
     }
   });
-  picker.addEventListener("change", () => picker.files[0] && upload(picker.files[0]));
+  picker.addEventListener("change", () => {
+    const file = picker.files[0];
+    picker.value = ""; // the same file may be chosen again (a fixed one of the same name)
+    if (file) upload(file);
+  });
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (e) => {
       e.preventDefault(); // this element accepts the drop
@@ -1133,8 +1222,9 @@
     if (seekingTurn) seekingTurn.seekedAt = performance.now();
     seekingTurn = null;
   });
-  video.addEventListener("play", () => {
-    $("unmute").hidden = !video.muted;
+  video.addEventListener("error", () => {
+    const err = video.error;
+    showError(`video: the browser could not play the stream (${err ? err.message || `code ${err.code}` : "unknown"})`);
   });
   tm.upload = upload;
   tm.speak = speak;

@@ -1,0 +1,130 @@
+"""The page for people who use a keyboard, a screen reader or a small screen, in Chromium against the
+scripted stand-in edge of test_page_states (findings of an accessibility review): the sound can be
+turned off and stays off, a picker restarts the session once its choice settles, screen readers
+hear the connection's changes and not each second of a countdown, a long text is counted rather
+than cut, the spoken text is captioned, nothing scrolls sideways at 360 px, a file can be chosen
+twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import WSMsgType, web
+
+from talkmesh.bench.web import wait_js
+from tests.web.browser import browser_page
+from tests.web.test_page_states import Conn, _wav, fake_edge, recv_json, refuse_old, started
+
+pytestmark = pytest.mark.timeout(60)
+
+VOICES = [{"id": f"espeak:v{i}", "name": f"Voice {i}", "language": "en"} for i in range(5)]
+
+
+async def test_sound_pickers_counter_and_caption() -> None:
+    async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
+        await recv_json(ws, conn)
+        await ws.send_json(started(n))
+        while (body := await recv_json(ws, conn)) is not None:
+            if "text" in body:  # the turn starts and ends at once: the caption follows it
+                tid = body["text"]["turn_id"]
+                event = {"unix_seconds": time.time(), "frame": "5", "speaking_started": {"turn_id": tid}}
+                await ws.send_json({"seq": "1", "event": event})
+                await asyncio.sleep(0.8)
+                stop = {"turn_id": tid, "reason": "STOP_REASON_COMPLETED"}
+                await ws.send_json({"seq": "2", "event": {"frame": "20", "speaking_stopped": stop}})
+
+    async with fake_edge(script, voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+
+        # the sound: off at first, the button says what it does, and a turn does not undo the user's "off"
+        sound = page.locator("#unmute")
+        assert await sound.inner_text() == "Turn sound on" and await page.evaluate("avatar.muted")
+        await sound.click()
+        assert await sound.inner_text() == "Turn sound off" and not await page.evaluate("avatar.muted")
+        await sound.click()
+        assert await sound.inner_text() == "Turn sound on" and await page.evaluate("avatar.muted")
+        await page.fill("#text", "Hello there.")
+        await page.click("#speak")
+        # the caption shows the spoken text while the turn plays, then goes
+        await wait_js(page, "!document.getElementById('caption').hidden", timeout=5)
+        assert await page.inner_text("#caption") == "Hello there."
+        assert await page.evaluate("avatar.muted"), "the user turned the sound off: a turn keeps it off"
+        await wait_js(page, "document.getElementById('caption').hidden", timeout=5)
+
+        # arrow keys on a closed picker: one new session once the choice settles, not one per key
+        before = await page.evaluate("window.talkmesh.connects.length")
+        await page.focus("#voice-select")
+        for _ in range(3):
+            await page.keyboard.press("ArrowDown")
+            await asyncio.sleep(0.1)
+        await wait_js(page, f"window.talkmesh.connects.length > {before} && window.talkmesh.connected", timeout=10)
+        await asyncio.sleep(1.0)
+        assert await page.evaluate("window.talkmesh.connects.length") == before + 1
+        assert edge.conns[-1].received[0]["config"]["voice"] == "espeak:v2"
+
+        # a long paste is kept whole and counted; Speak refuses it and says why
+        await page.fill("#text", "")
+        await page.focus("#text")
+        await page.keyboard.insert_text("word " * 1200)
+        assert await page.evaluate("document.getElementById('text').value.length") == 6000
+        assert await page.inner_text("#text-count") == "6000 of 5000 characters"
+        assert await page.evaluate("document.getElementById('text-count').classList.contains('over')")
+        assert "text-count" in (await page.get_attribute("#text", "aria-describedby") or "")
+        await page.click("#speak")
+        assert "the limit is 5000" in await page.inner_text("#alert")
+    assert console.errors == [], console.errors
+
+
+async def test_a_countdown_is_not_announced_every_second() -> None:
+    async with fake_edge(refuse_old) as edge, browser_page() as (page, _):
+        await page.goto(edge.url + "?retry_base=4&retry_cap=4")
+        await wait_js(page, "document.getElementById('connection').textContent.includes('retrying in')", timeout=15)
+        seen_header, seen_announce = set(), set()
+        for _ in range(30):  # 3 s of a 2-4 s countdown
+            seen_header.add(await page.inner_text("#connection"))
+            seen_announce.add(await page.evaluate("document.getElementById('announce').textContent"))
+            await asyncio.sleep(0.1)
+        assert len(seen_header) >= 2, seen_header  # the visible countdown ticks...
+        assert len(seen_announce) == 1, seen_announce  # ...what is announced does not
+        assert await page.get_attribute("#announce", "role") == "status"
+        assert await page.get_attribute("#connection", "role") is None
+        assert await page.get_attribute("#state", "aria-live") is None
+
+
+async def test_a_small_screen_does_not_scroll_sideways_and_a_file_can_be_chosen_twice(tmp_path: Path) -> None:
+    wav = tmp_path / "turn.wav"
+    wav.write_bytes(_wav())
+
+    async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
+        await recv_json(ws, conn)
+        await ws.send_json(started(n))
+        async for msg in ws:  # text and audio turns (binary PCM is taken, not kept)
+            if msg.type != WSMsgType.TEXT:
+                continue
+            body = json.loads(msg.data)
+            conn.received.append(body)
+            if "text" in body:  # an error whose message is one long word (a pasted address, a hash)
+                why = "text.text: cannot say " + "x" * 400
+                error = {"code": "INVALID_ARGUMENT", "message": why, "field": "text.text"}
+                await ws.send_json({"error": {**error, "turn_id": body["text"]["turn_id"]}})
+
+    async with fake_edge(script) as edge, browser_page(viewport={"width": 360, "height": 740}) as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", "Hello.")
+        await page.click("#speak")
+        await wait_js(page, "!document.getElementById('alert').hidden", timeout=5)
+        width = await page.evaluate("document.scrollingElement.scrollWidth")
+        assert width <= 360, f"the page is {width} px wide at 360"
+        for _ in range(2):  # the same file twice (a fixed recording of the same name)
+            await page.set_input_files("#audio-file", str(wav))
+            await asyncio.sleep(0.5)
+        await wait_js(page, "Object.keys(window.talkmesh.turns).length >= 3", timeout=5)
+        audio_turns = [m for m in edge.conns[-1].received if "audio" in m]
+        assert len(audio_turns) == 2 and len(edge.conns) == 1, audio_turns
+    assert console.errors == [], console.errors
