@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import time
 from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
@@ -1038,3 +1039,32 @@ async def test_text_for_a_turn_that_ended_is_refused_and_an_interrupted_streams_
     stops = [(s.turn_id, s.reason) for s in (r.msg.event.speaking_stopped for r in rec.events("speaking_stopped"))]
     interrupted, completed = lpb.STOP_REASON_INTERRUPTED, lpb.STOP_REASON_COMPLETED
     assert stops == [("R", interrupted), ("S", interrupted), (done, completed)]
+
+
+async def test_a_tts_that_does_not_answer_a_voice_check_holds_the_start_two_seconds_not_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung TTS (its ListVoices never answers) held a live session's start for the whole call
+    deadline (tts.timeout_seconds, 10 s): the voice check waits VOICE_CHECK_SECONDS, then the
+    session starts as with a TTS that is down, and a text turn still speaks (TTS's synthesis is
+    not the part that hangs here)."""
+    from services.gateway.live import VOICE_CHECK_SECONDS
+    from services.tts.server import TTSServicer
+
+    async def hang(self: Any, request: Any, context: Any) -> Any:
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr(TTSServicer, "ListVoices", hang)
+    env = {"TALKMESH_GATEWAY__TTS__TIMEOUT_SECONDS": "20"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        for voice in ("", "espeak:en-us"):
+            began = time.monotonic()
+            async with client.live(voice=voice) as live:
+                waited = time.monotonic() - began
+                rec = Recorder(live).start()
+                tid = await live.say("Hello.")
+                stopped = await rec.wait_event("speaking_stopped", tid, timeout=30)
+                await live.close()
+                await rec.finish()
+            assert VOICE_CHECK_SECONDS - 0.1 <= waited < VOICE_CHECK_SECONDS + 3.0, (voice, waited)
+            assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED

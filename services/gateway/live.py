@@ -918,6 +918,8 @@ def _scrubbed(msg: lpb.LiveServerMessage) -> lpb.LiveServerMessage:
     return out
 
 
+#: Longest wait for TTS's answer to a voice check (seconds; see LiveHub._voice_check_timeout).
+VOICE_CHECK_SECONDS = 2.0
 #: What a refused client message gets as a LiveError while the session goes on (anything else ends it).
 _IN_SESSION_REFUSALS = frozenset(
     {
@@ -999,11 +1001,17 @@ class LiveHub:
             self.session_keys.pop(session_id, None)
             self.telemetry.metrics.live_sessions.labels(svc, "speaking" if session.speaking else "idle").dec()
 
+    def _voice_check_timeout(self) -> float:
+        """A voice check is a lookup that answers in milliseconds: a TTS that has not answered
+        within VOICE_CHECK_SECONDS is treated as unable to answer now (the session starts, a turn
+        learns its rate from TTS's first answer), not waited for its whole call deadline."""
+        return min(self.config.tts.timeout_seconds, VOICE_CHECK_SECONDS)
+
     async def listed_voice(self, voice: str, field_name: str) -> tuple[str, int] | None:
         """(id, sample rate) of the voice TTS lists for ``voice`` (NOT_FOUND on ``field_name`` if
         it has none such); None when TTS cannot answer now."""
         try:
-            listed = await self.ds.list_voices(tpb.ListVoicesRequest(voice=voice), self.config.tts.timeout_seconds)
+            listed = await self.ds.list_voices(tpb.ListVoicesRequest(voice=voice), self._voice_check_timeout())
         except TalkmeshError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:
                 raise NotFound(field_name, voice, "voice") from None
@@ -1022,7 +1030,7 @@ class LiveHub:
             listed = await self.listed_voice(voice, "config.voice")
             return listed if listed is not None else ("", 0)
         try:
-            voices = await self.ds.list_voices(tpb.ListVoicesRequest(), self.config.tts.timeout_seconds)
+            voices = await self.ds.list_voices(tpb.ListVoicesRequest(), self._voice_check_timeout())
         except TalkmeshError as exc:
             log.warning("could not check the live session's default voice: %s", exc.message)
             return "", 0
