@@ -890,6 +890,7 @@
   function interrupt() {
     if (!tm.connected) return;
     tm.interrupts.push({ pressed: performance.now() });
+    for (const job of fileSends) job.stopped = true; // the rest of an interrupted file is not sent
     send({ interrupt: {} });
     logEvent("interrupt");
   }
@@ -932,6 +933,30 @@
     if (final) send({ end_of_turn: { turn_id: turnId } });
   }
 
+  // An audio file goes at most AUDIO_AHEAD seconds ahead of real time (its first seconds at once,
+  // then as they play): a session's messages are read in order, so audio sent far ahead would hold
+  // an interrupt back behind it (README, "Live sessions"). An interrupt stops what is left.
+  const AUDIO_AHEAD = knob("audio_ahead", 5);
+  const fileSends = new Set(); // {stopped} of the audio files being sent
+  async function sendFile(turnId, floats) {
+    const step = AUDIO_RATE / 10;
+    const socket = ws;
+    const began = performance.now();
+    const job = { turnId, stopped: false };
+    fileSends.add(job);
+    try {
+      for (let i = 0; i < floats.length; i += step) {
+        const ahead = i / AUDIO_RATE - (performance.now() - began) / 1000;
+        if (ahead > AUDIO_AHEAD) await new Promise((r) => setTimeout(r, (ahead - AUDIO_AHEAD) * 1000));
+        if (job.stopped || ws !== socket) return;
+        sendPcm(turnId, floats.subarray(i, Math.min(floats.length, i + step)), false);
+      }
+      send({ end_of_turn: { turn_id: turnId } });
+    } finally {
+      fileSends.delete(job);
+    }
+  }
+
   function startAudioTurn() {
     if (!tm.connected) throw new Error("not sent: there is no live session right now");
     const id = newTurn("a");
@@ -952,8 +977,8 @@
       src.start();
       const rendered = await off.startRendering();
       const id = startAudioTurn();
-      sendPcm(id, rendered.getChannelData(0), true);
       logEvent(`audio turn ${id}: ${file.name}, ${decoded.duration.toFixed(1)} s`);
+      await sendFile(id, rendered.getChannelData(0));
     } catch (err) {
       showError(`audio file: ${err.message}`);
     }
