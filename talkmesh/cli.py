@@ -546,16 +546,23 @@ def _token(args: argparse.Namespace) -> int:
     """`talkmesh token secret FILE` / `talkmesh token new`: the web edge's access tokens
     (services.web.tokens; docs/WEB.md "Access tokens")."""
     import os
+    import tempfile
 
     from services.web import tokens
 
     if args.token_cmd == "secret":
         path = Path(args.file)
         old = path.read_text() if path.exists() else ""
-        # the new secret first: it mints; the old ones still verify until removed (rotation)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(tokens.new_secret() + "\n" + old)
+        # the new secret first: it mints; the old ones still verify until removed (rotation).
+        # Written beside it and renamed over it: never half a file, and always mode 0600.
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as out:  # (mkstemp makes it 0600)
+                out.write(tokens.new_secret() + "\n" + old)
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
         kept = len([line for line in old.splitlines() if line.strip() and not line.lstrip().startswith("#")])
         print(
             f"wrote a new secret to {path}" + (f" (first; {kept} older one(s) still accepted)" if kept else ""),

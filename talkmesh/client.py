@@ -305,8 +305,8 @@ class LiveSession:
             async for piece in pieces:
                 await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=piece)))
         except BaseException:
-            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-                await self._send(end)  # (the session may be what failed)
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, SessionEnded):
+                await self._send(end)  # (the session may be what failed: the caller's error is raised)
             raise
         await self._send(end)
         return tid

@@ -144,3 +144,21 @@ async def test_sending_after_close_or_after_the_end_raises_session_ended(tmp_pat
             await rec.finish()  # the session ends on its idle timeout
             with pytest.raises(SessionEnded, match="has ended"):
                 await live.say("Anyone there?")
+
+
+async def test_an_llm_error_after_the_session_ended_is_the_error_say_stream_raises(tmp_path: Path) -> None:
+    """say_stream ends its turn whatever happens; when the session is what ended, that end is
+    not sent, and the caller gets the LLM's own error, not SessionEnded."""
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+
+            async def llm():  # type: ignore[no-untyped-def]
+                yield "Hello there, "
+                await live.close()  # the session stops taking input while the LLM still runs
+                raise ValueError("the LLM failed")
+
+            with pytest.raises(ValueError, match="the LLM failed"):
+                await live.say_stream(llm())
+            await rec.finish()

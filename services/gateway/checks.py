@@ -57,4 +57,5 @@ async def first_words(pieces: AsyncIterable[str], *, markdown: bool = False) -> 
             if has_speech(speakable_markdown(seen)):
                 return seen, True
             next_check = 0 if len(seen) < MARKDOWN_RECHECK_CHARS else 2 * len(seen)
-    return seen, False
+    # (words in a piece after the last check, past MARKDOWN_RECHECK_CHARS)
+    return seen, markdown and len(seen) >= MARKDOWN_RECHECK_CHARS and has_speech(speakable_markdown(seen))

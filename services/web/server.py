@@ -446,12 +446,9 @@ class WebHost:
         request's span (``enduser.id``)."""
         if not self._token_secrets or not route.startswith("/v1/"):
             return
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if auth and scheme.lower() != "bearer":
-            token = ""
-        if not auth and route in WS_ROUTES:
-            token = request.query.get(TOKEN_QUERY, "")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":  # none, or a proxy's own (Basic): not ours
+            token = request.query.get(TOKEN_QUERY, "") if route in WS_ROUTES else ""
         token = token.strip()
         challenge = {"WWW-Authenticate": 'Bearer realm="talkmesh"'}
         if not token:
@@ -475,7 +472,7 @@ class WebHost:
             ) from None
         if access.subject:
             span.set_attribute("enduser.id", access.subject)
-        scope = ROUTE_SCOPES.get((request.method, route))
+        scope = ROUTE_SCOPES.get(("GET" if request.method == "HEAD" else request.method, route))
         if scope is not None and not access.allows(scope):
             raise HttpError(
                 403,

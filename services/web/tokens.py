@@ -12,7 +12,8 @@ algorithm="HS256")``. Claims read here:
 - ``exp`` (required): when it stops being accepted (seconds since the epoch). A token that lives
   longer than ``web.token_max_ttl_seconds`` from now is refused (a forgotten "forever" token).
 - ``nbf`` (optional): not before.
-- ``sub`` (optional): who (logged and put on the request's trace; at most 128 characters).
+- ``sub`` (optional): who (put on the edge's span of the request as ``enduser.id``; at most 128
+  characters).
 - ``scope`` (optional): space-separated actions it allows, of ``SCOPES`` (other words, a site's
   own scopes, grant nothing here); without it, all of them.
   Lists (``GET /v1/voices``, ``GET /v1/avatars``) need a valid token of any scope.
@@ -29,6 +30,8 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -43,6 +46,9 @@ ALGORITHM = "HS256"
 MIN_SECRET_CHARS = 32
 #: Longest token looked at (an Authorization header or a query parameter).
 MAX_TOKEN_CHARS = 4096
+#: Longest header segment looked at (a JWT's header is a few dozen characters).
+MAX_HEADER_CHARS = 1024
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 #: Clock difference tolerated between the minting backend and the edge (seconds).
 LEEWAY_SECONDS = 30.0
 
@@ -68,7 +74,8 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    if not text or any(c in text for c in "=+/ \t\r\n"):
+    # only the alphabet (the decoder would skip other characters: one token, many spellings)
+    if not _SEGMENT.fullmatch(text):
         raise TokenError("not a JWT (base64url segments)")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -131,21 +138,30 @@ def mint(
 
 def _json_object(segment: str, what: str) -> dict[str, object]:
     try:
-        value = json.loads(_b64decode(segment))
-    except (UnicodeDecodeError, ValueError):
+        value = json.loads(_b64decode(segment), parse_constant=_no_constant)
+    except TokenError:
+        raise
+    except (ValueError, RecursionError):  # (deeply nested arrays: RecursionError)
         raise TokenError(f"its {what} is not JSON") from None
     if not isinstance(value, dict):
         raise TokenError(f"its {what} is not a JSON object")
     return value
 
 
+def _no_constant(name: str) -> object:
+    raise TokenError(f"{name} is not a number (seconds since 1970)")
+
+
 def _number(claims: dict[str, object], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TokenError(f"its {name} claim is not a number (seconds since 1970)")
-    return float(value)
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError
+        return float(value)
+    except (ValueError, OverflowError):  # (an integer of 400 digits)
+        raise TokenError(f"its {name} claim is not a number (seconds since 1970)") from None
 
 
 def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: float | None = None) -> Access:
@@ -155,6 +171,8 @@ def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: 
     parts = token.split(".")
     if len(parts) != 3:
         raise TokenError("not a JWT (header.payload.signature)")
+    if len(parts[0]) > MAX_HEADER_CHARS:
+        raise TokenError(f"its header is longer than {MAX_HEADER_CHARS} characters")
     header = _json_object(parts[0], "header")
     if header.get("alg") != ALGORITHM:
         raise TokenError(f"signed with {str(header.get('alg'))[:20]!r}; this edge accepts {ALGORITHM} only")

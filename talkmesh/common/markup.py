@@ -6,7 +6,7 @@ the markup is dropped and its words kept:
 
 * emphasis and strike-through (``**bold**``, ``*it*``, ``_it_``, ``~~old~~``; ``*`` also inside a
   word, as CommonMark reads it and as CJK text uses it, but ``snake_case`` and ``2 * 3`` stay), and
-  a word of only such marks (an emphasis never closed),
+  a line of only such marks (an emphasis never closed),
   inline code's backticks (the code inside is left alone), code fence lines with their language
   tag;
 * at the start of a line: headings' ``#`` (and a heading's ``===`` underline), block quotes'
@@ -43,8 +43,17 @@ _HTML_NAMES = (
     "a|abbr|b|big|blockquote|br|center|cite|code|del|details|div|em|font|h[1-6]|hr|i|img|ins|kbd|li|mark|"
     "ol|p|pre|q|s|small|span|strike|strong|sub|summary|sup|table|tbody|td|th|thead|tr|tt|u|ul"
 )
-_HTML_TAG = re.compile(rf"</?(?:{_HTML_NAMES})(?:\s[^<>]*)?/?>", re.IGNORECASE)
-_HTML_OPEN = re.compile(rf"</?(?:{_HTML_NAMES})(?:\s[^<>]*)?\Z", re.IGNORECASE)
+_ATTRS = r"""(?:\s+[\w:-]+\s*=\s*(?:"[^"<>\n]*"|'[^'<>\n]*'))"""
+# Only what is a tag beyond doubt: a line break or rule (``<br>``, ``<hr/>``), a tag with quoted
+# attributes, an opening tag right before a word (``<b>bold``, or another tag), a closing one right
+# after it (``bold</b>``, ``Note:</b>``). "a <b> c", "Use the <table> element", "j <i and i > 0" stay as written.
+_HTML_TAG = re.compile(
+    rf"<(?:br|hr)\s*/?>|</?(?:{_HTML_NAMES}){_ATTRS}+\s*/?>"
+    rf"""|<(?:{_HTML_NAMES})>(?=[\w<"'(\[])|(?<=[\w>.,;:!?)"'\]])</(?:{_HTML_NAMES})>""",
+    re.IGNORECASE,
+)
+# A tag with attributes not closed yet (a stream holds it: its spaces are breaks).
+_HTML_OPEN = re.compile(rf"""</?(?:{_HTML_NAMES}){_ATTRS}*(?:\s+[\w:-]+\s*=\s*(?:"[^"<>\n]*|'[^'<>\n]*)?)?\s*\Z""", re.IGNORECASE)
 _LINK = re.compile(r"!?\[([^\]\n]*)\]\(([^()\s]*(?:\([^()\s]*\)[^()\s]*)*)(?:\s+\"[^\"\n]*\")?\)")
 _AUTOLINK = re.compile(r"<((?:https?|ftp)://[^>\s]+|mailto:([^>\s]+))>")
 _URL = re.compile(r"\b(?:https?|ftp)://[^\s<>()\[\]]*[^\s<>()\[\].,;:!?'\"]|\bwww\.[\w-]+(?:\.[\w-]+)+\b")
@@ -62,9 +71,6 @@ _LONE = re.compile(r"(?<![\w*_~])(?:\*{1,3}|_{1,3}|~~)(?=[^\s*_~])|(?<=[^\s*_~])
 _EMOJI = re.compile(
     "[\U0001f000-\U0001faff\u2600-\u2775\u2794-\u27bf\u2b00-\u2bff\u2300-\u23ff\ufe0f\u20e3\U000e0020-\U000e007f]"
 )
-#: A word of only marks (``**``, ``~~``, a backtick): an emphasis or code never closed; a single
-#: ``*`` or ``_`` between spaces stays (``2 * 3``).
-_MARKS_ONLY = re.compile(r"(?<!\S)(?:\*{2,}|_{2,}|~{2,}|`+)(?!\S)")
 _SPACES = re.compile(r"[ \t]{2,}")
 _CODE_MARK = re.compile("\ue000(\\d+)\ue001")
 _PRIVATE_MARKS = re.compile("[\ue000\ue001]")  # (the code marks above: never taken from the input)
@@ -78,6 +84,9 @@ def _line_rules(start: str) -> tuple[re.Pattern[str], ...]:
         re.compile(rf"{start}[ \t]*\|?[ \t]*:?-{{3,}}:?[ \t]*(?:\|[ \t]*:?-{{3,}}:?[ \t]*)*\|?{end}"),  # table rule
         re.compile(rf"{start}[ \t]*(?:[-*_][ \t]*){{3,}}{end}"),  # horizontal rule
         re.compile(rf"{start}[ \t]*={{2,}}{end}"),  # a heading's underline
+        # a line of only emphasis or code marks (``**``, a lone backtick: never closed); within a
+        # line they stay (``2 ** 8``)
+        re.compile(rf"{start}[ \t]*(?:(?:\*{{2,}}|_{{2,}}|~{{2,}}|`+)[ \t]*)+{end}"),
         # heading, quote, bullet (and a task's box)
         re.compile(rf"{start}[ \t]*(?:#{{1,6}}[ \t]+|>[ \t]?|[-*+][ \t]+(?:\[[ xX]\][ \t]+)?)+"),
     )
@@ -114,14 +123,13 @@ def speakable_markdown(text: str, *, line_start: bool = True) -> str:
     text = _LINK.sub(lambda m: m[1] or _host(m[2]), text)
     text = _AUTOLINK.sub(lambda m: m[2] or _host(m[1]), text)
     text = _URL.sub(lambda m: _host(m[0]), text)
-    text = _HTML_TAG.sub(lambda m: "\n" if m[0][1:3].lower() == "br" else "", text)  # <br>: a new line
+    text = _HTML_TAG.sub(lambda m: " " if m[0][1:3].lower() in ("br", "hr") else "", text)
     for rule in line_rules:
         text = rule.sub("", text)
     text = _TABLE_ROW[line_start].sub(lambda m: ", ".join(c.strip() for c in m[1].split("|") if c.strip()), text)
     for paired in _PAIRED:
         text = paired.sub(r"\2", text)
     text = _LONE.sub("", text)
-    text = _MARKS_ONLY.sub("", text)
     text = _ENTITY.sub(lambda m: html.unescape(m[0]), text)
     text = _EMOJI.sub("", text)
     text = _CODE_MARK.sub(lambda m: codes[int(m[1])], text)
@@ -172,6 +180,7 @@ class MarkdownStream:
     def __init__(self) -> None:
         self.pending = ""
         self._line_start = True
+        self._after_space = False  # the last text released ended with a space
 
     def push(self, text: str) -> str:
         self.pending += text
@@ -195,4 +204,8 @@ class MarkdownStream:
             return ""
         said = speakable_markdown(out, line_start=self._line_start)
         self._line_start = out.endswith("\n")
+        if self._after_space:  # (the whole text's spaces are one: "a " + " b" is "a b")
+            said = said.lstrip(" \t")
+        if said:
+            self._after_space = said.endswith((" ", "\t"))
         return said

@@ -25,7 +25,9 @@ async def _pieces(*pieces: str) -> AsyncIterator[str]:
         (("```", "py", "thon\n", "x = 1"), True, ("```python\nx = 1", True)),
         (("**", "Sure", "**"), True, ("**Sure", True)),  # (released by TTS when it is whole)
         (("- [ ] ", "👍"), True, ("- [ ] 👍", False)),
-        (("**", " ", "~~", "`", " ", "Sure"), True, ("** ~~` Sure", True)),  # runs of marks say nothing
+        (("**", "\n", "~~", "`", "\n", "Sure"), True, ("**\n~~`\nSure", True)),  # lines of marks say nothing
+        (("**\n" * 100, "Hello world."), True, ("**\n" * 100 + "Hello world.", True)),  # words after 256
+        (("👍" * 300, " Hello there."), True, ("👍" * 300 + " Hello there.", True)),
         (("[](https://", "example.com)"), True, ("[](https://", True)),  # an address says its host
     ],
 )

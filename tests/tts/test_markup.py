@@ -55,9 +55,15 @@ MARKDOWN = types_pb2.TEXT_FORMAT_MARKDOWN
         ("x\ue0005\ue001 y", "x5 y"),  # the filter's own marks are not taken from the input
         ("Title\n=====\nbody", "Title\n\nbody"),  # a heading's underline
         ("- [x] done\n- [ ] todo\n* [X] also", "done\ntodo\nalso"),  # task boxes
-        ("<b>bold</b>, <sup>2</sup> and<br/>next", "bold, 2 and\nnext"),  # HTML of text
+        ("<b>bold</b>, <sup>2</sup> and<br/>next", "bold, 2 and next"),  # HTML of text
         ('<a href="https://x.y/a b">the link</a> <details><summary>More</summary>', "the link More"),
         ("List<String> and a<b, <unknown> stay", "List<String> and a<b, <unknown> stay"),
+        # what only looks like a tag stays (a review's cases)
+        ("Latency is usually <a second, and rarely > 2 seconds.", "Latency is usually <a second, and rarely > 2 seconds."),
+        ("Loop while j <i and i > 0.", "Loop while j <i and i > 0."),
+        ("Use the <table> element, press <Del>, type <s> or a <b> c", "Use the <table> element, press <Del>, type <s> or a <b> c"),
+        ("2 ** 8 = 256, a ~~ b, x == y, see [1] and - [1] ref", "2 ** 8 = 256, a ~~ b, x == y, see [1] and - [1] ref"),
+        ("**\n`\n~~ **", ""),  # lines of only marks (never closed) say nothing
         ("````md\ncode\n````\nafter", "code\n\nafter"),  # a longer fence
     ],
 )
@@ -117,6 +123,7 @@ STREAMED = [
     "When x < 5, the loop stops; y in [0, 1) is fine. Multiply a*b, 2*3*4 = 24, \\*not emphasis\\*.",
     "Title\n=====\n- [x] done <b>bold</b> and <a href=\"https://x.y/a b\">the link</a>, List<String> a<b.\n"
     "````md\n```py\nx = 1\n```\n````\nend <br/>here",
+    "Usually <a second, rarely > 2 s; j <i and i > 0; <b>bold</b> <i>it</i>, one <br> - two, Done<br>* [x] item\n**\n",
 ]
 
 

@@ -36,7 +36,10 @@ def _secrets(tmp_path: Path) -> tuple[Path, bytes]:
     assert fresh.stat().st_mode & 0o777 == 0o600, "readable by its owner only"
     path = tmp_path / "web-secrets"
     path.write_text(OLD + "\n")
+    path.chmod(0o644)
     assert cli_main(["token", "secret", str(path)]) == 0
+    assert path.stat().st_mode & 0o777 == 0o600, "a rewritten file is 0600 too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh-secret", "web-secrets"], "no temporary left"
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and lines[1] == OLD and len(lines[0]) >= tokens.MIN_SECRET_CHARS
     return path, lines[0].encode()
@@ -99,7 +102,13 @@ async def test_the_api_and_the_websocket_need_a_token_that_allows_them(
             await http.ws_connect("/v1/live")
         assert exc.value.status == 401
         assert mesh.active_streams()["gateway"] == 0
-        for kwargs in ({"params": {"access_token": full}}, {"headers": _bearer(old)}):
+        # (a proxy's Basic credentials on the WebSocket leave the query's token to be read)
+        basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+        for kwargs in (
+            {"params": {"access_token": full}},
+            {"headers": _bearer(old)},
+            {"params": {"access_token": full}, "headers": basic},
+        ):
             async with http.ws_connect("/v1/live", **kwargs) as ws:
                 await ws.send_str(json.dumps({"config": {}}))
                 assert "started" in await _recv_json(ws), kwargs
@@ -118,6 +127,8 @@ async def test_the_api_and_the_websocket_need_a_token_that_allows_them(
         async with http.delete("/v1/avatars/default", headers=_bearer(speak_only)) as r:
             assert r.status == 403
         async with http.get("/v1/live/watch?session_id=x", headers={**_upgrade(), **_bearer(speak_only)}) as r:
+            assert r.status == 403
+        async with http.head("/v1/live", headers=_bearer(speak_only)) as r:  # HEAD is GET's: live's scope
             assert r.status == 403
         async with http.get("/v1/avatars", headers=_bearer(full)) as r:
             assert "default" in json.dumps(await r.json()), "nothing was deleted"

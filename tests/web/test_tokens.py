@@ -65,6 +65,13 @@ def _signed(header: dict[str, object], claims: object, secret: bytes = SECRET) -
 HS = {"alg": "HS256", "typ": "JWT"}
 
 
+def _raw(header: bytes, payload: bytes) -> str:
+    """A token signed with SECRET whose segments are these bytes as they are."""
+    head, body = (base64.urlsafe_b64encode(x).rstrip(b"=").decode() for x in (header, payload))
+    sig = base64.urlsafe_b64encode(tokens._sign(SECRET, f"{head}.{body}".encode())).rstrip(b"=").decode()
+    return f"{head}.{body}.{sig}"
+
+
 @pytest.mark.parametrize(
     ("token", "why"),
     [
@@ -79,6 +86,12 @@ HS = {"alg": "HS256", "typ": "JWT"}
         (_signed(HS, {"sub": "x"}), "no exp"),
         (_signed(HS, {"exp": "tomorrow"}), "not a number"),
         (_signed(HS, {"exp": True}), "not a number"),
+        (_signed(HS, {"exp": float("nan")}), "not a number"),  # (Python's json writes and reads NaN)
+        (_signed(HS, {"exp": 10**400}), "not a number"),  # (no float holds it)
+        (_raw(b'{"alg":"HS256"}', b"[" * 3000), "not JSON"),  # deeper than the JSON parser goes
+        (_raw(b"[" * 3000, b"{}"), "header is longer"),
+        (_signed(HS, {"exp": NOW + 60}) + "!!!", "not a JWT"),  # one token, one spelling
+        (_signed(HS, {"exp": NOW + 60, "nbf": float("nan")}), "not a number"),
         (_signed(HS, {"exp": NOW - 120}), "expired"),
         (_signed(HS, {"exp": NOW + 7 * 86400}), "longer than this edge accepts"),
         (_signed(HS, {"exp": NOW + 60, "nbf": NOW + 600}), "not valid before"),

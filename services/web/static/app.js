@@ -154,6 +154,15 @@
     const err = ((await resp.clone().json().catch(() => ({}))).error) || {};
     return err.field === "access_token" ? err : null;
   }
+  // A refusal of the token a request carried: said, unless a new token came meanwhile (start
+  // again with it).
+  function refusedWith(used, err) {
+    if (used !== accessToken) {
+      start();
+      return;
+    }
+    refuseAccess(err);
+  }
   function refuseAccess(err) {
     accessRefused = err;
     tm.access = err;
@@ -582,11 +591,12 @@
       // (the same route as a plain GET: the token is checked before the upgrade would be).
       if (opened || !accessToken) return onClose(ev);
       const socket = ws;
+      const used = accessToken;
       fetch("/v1/live", { headers: withToken() })
         .then(accessError, () => null)
         .then((denied) => {
           if (ws !== socket) return; // connected again meanwhile (a new token, an upload)
-          if (denied) refuseAccess(denied);
+          if (denied) refusedWith(used, denied);
           else onClose(ev);
         });
     };
@@ -1039,9 +1049,10 @@
 
   // -- pickers and upload -------------------------------------------------------------------------
   async function getJson(url) {
+    const used = accessToken;
     const resp = await fetch(url, { headers: withToken() });
     const denied = await accessError(resp);
-    if (denied) throw Object.assign(new Error(denied.message), { access: denied });
+    if (denied) throw Object.assign(new Error(denied.message), { access: denied, used });
     const body = await resp.json();
     if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
     return body;
@@ -1062,7 +1073,7 @@
       fill($("voice-select"), [{ id: "", label: "(the server's default)" }].concat(
         voices.map((v) => ({ id: v.id, label: `${v.name || v.id} (${v.language || "?"})` }))));
     } catch (err) {
-      if (err.access) refuseAccess(err.access);
+      if (err.access) refusedWith(err.used, err.access);
       else showError(`lists: ${err.message}`);
     }
   }
@@ -1152,14 +1163,16 @@
       const body = { text: $("text").value.trim() };
       if ($("avatar-select").value) body.avatar_id = $("avatar-select").value;
       if ($("voice-select").value) body.voice = $("voice-select").value;
+      const used = accessToken;
       const resp = await fetch("/v1/speak", {
         method: "POST", headers: withToken({ "Content-Type": "application/json" }), body: JSON.stringify(body),
       });
       const denied = await accessError(resp);
-      if (denied) {
+      if (denied && used === accessToken) {
         refuseAccess(denied);
         return;
       }
+      if (denied) throw new Error("your access was renewed meanwhile: press Download again");
       if (!resp.ok) {
         // (a proxy's error page is not JSON)
         const err = ((await resp.json().catch(() => ({}))).error) || {};
@@ -1198,6 +1211,7 @@
   // has settled, not at every step.
   const picked = () => {
     clearTimeout(pickTimer);
+    if (accessRefused) return; // nothing connects until a new token comes
     pickTimer = setTimeout(() => connect("picker"), PICK_SETTLE_MS);
   };
   $("avatar-select").addEventListener("change", picked);
