@@ -551,23 +551,33 @@ def _token(args: argparse.Namespace) -> int:
     from services.web import tokens
 
     if args.token_cmd == "secret":
+        # Rotation without a refused login (docs/WEB.md "Access tokens"): --next adds a secret the
+        # edges accept but nobody mints with; once every edge has it, --promote makes it the one
+        # that mints (the old one, second, still verifies until its tokens expired).
         path = Path(args.file)
-        old = path.read_text() if path.exists() else ""
-        # the new secret first: it mints; the old ones still verify until removed (rotation).
-        # Written beside it and renamed over it: never half a file, and always mode 0600.
+        lines = path.read_text().splitlines() if path.exists() else []
+        at = [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
+        if args.promote:
+            if len(at) < 2:
+                raise CliError(f"{path}: --promote needs two secrets (add one with --next first)")
+            lines[at[0]], lines[at[1]] = lines[at[1]], lines[at[0]]
+            said = "the second secret now mints; the first is second (remove it once its tokens expired)"
+        elif args.next and at:
+            lines.insert(at[0] + 1, tokens.new_secret())
+            said = "added a new secret second: restart the edges, then --promote it"
+        else:
+            lines.insert(0, tokens.new_secret())
+            said = "wrote a new secret first" + (f" ({len(at)} older one(s) still accepted)" if at else "")
+        # written beside it and renamed over it: never half a file, and always mode 0600
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "w") as out:  # (mkstemp makes it 0600)
-                out.write(tokens.new_secret() + "\n" + old)
+                out.write("\n".join(lines) + "\n")
             os.replace(temp, path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-        kept = len([line for line in old.splitlines() if line.strip() and not line.lstrip().startswith("#")])
-        print(
-            f"wrote a new secret to {path}" + (f" (first; {kept} older one(s) still accepted)" if kept else ""),
-            file=sys.stderr,
-        )
+        print(f"{path}: {said}", file=sys.stderr)
         return 0
     try:
         secret = tokens.read_secrets(args.secret_file)[0]
@@ -770,6 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
         "secret", parents=[common], help="put a new random secret first in FILE (web.token_secret_file; mode 0600)"
     )
     ts.add_argument("file")
+    order = ts.add_mutually_exclusive_group()
+    order.add_argument("--next", action="store_true", help="add it second: accepted, not yet minting (rotation)")
+    order.add_argument("--promote", action="store_true", help="make the second secret the one that mints")
     tn = tsub.add_parser("new", parents=[common], help="print a token signed with the first secret of --secret-file")
     tn.add_argument("--secret-file", required=True, help="the web edge's web.token_secret_file")
     tn.add_argument("--ttl", type=float, default=3600.0, help="seconds it stays valid (default 3600)")
@@ -777,7 +790,10 @@ def build_parser() -> argparse.ArgumentParser:
     from services.web.tokens import SCOPES
 
     tn.add_argument(
-        "--scope", action="append", choices=SCOPES, help="allow only this (repeatable; default: everything)"
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        help="allow this (repeatable; default: speak, live and watch; avatars only when named)",
     )
     tn.add_argument("--page", default="", help="print the page's URL with the token (e.g. http://127.0.0.1:8080/)")
     dr = sub.add_parser(

@@ -73,6 +73,10 @@ class WebSettings:
     token_secret_file: str = ""
     # A token valid for longer than this from now is refused (seconds).
     token_max_ttl_seconds: float = 24 * 3600.0
+    # Live WebSockets (/v1/live and /v1/live/watch) open at once per token subject (`sub`; a token
+    # without one counts as its own subject), so that one signed-in user cannot hold all of
+    # server.max_concurrent_streams; more get RESOURCE_EXHAUSTED (close 1013). 0: no limit.
+    max_sessions_per_subject: int = 4
 
     def validate(self) -> None:
         if self.max_ws_message_bytes < 128 * 1024:
@@ -95,6 +99,8 @@ class WebSettings:
             raise ConfigError.at("speak_buffer_bytes", "must not be negative")
         if self.token_max_ttl_seconds <= 0:
             raise ConfigError.at("token_max_ttl_seconds", "must be positive")
+        if self.max_sessions_per_subject < 0:
+            raise ConfigError.at("max_sessions_per_subject", "must not be negative (0: no limit)")
 
     def origins(self) -> frozenset[str]:
         """``allowed_origins`` in the form browsers send (``normal_origin``: lower case, no trailing

@@ -15,6 +15,7 @@ metadata (``talkmesh.common.propagation``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import math
@@ -87,6 +88,13 @@ ROUTE_SCOPES = {
 }
 #: The query parameter of a WebSocket's access token (browsers cannot set its headers).
 TOKEN_QUERY = "access_token"
+#: A WebSocket subprotocol carrying the access token (``access_token.<JWT>``): how the page sends
+#: it, out of the URL (which proxies log and Chromium prints when a handshake fails).
+TOKEN_PROTOCOL = "access_token."
+#: The subprotocol the edge answers a handshake that offered one (the token's is never echoed).
+WS_PROTOCOL = "talkmesh"
+#: Who a request's access token speaks for (its ``sub``, or the token itself when it has none).
+SUBJECT_KEY = web.RequestKey("subject", str)
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -133,6 +141,15 @@ def same_origin(origin: str, host: str) -> bool:
     return bool(host) and _host_port(netloc, default) == _host_port(host, default)
 
 
+def _websocket_token(request: web.Request) -> str:
+    """A WebSocket handshake's token: a ``access_token.<JWT>`` subprotocol, or the query's."""
+    for offered in request.headers.getall("Sec-WebSocket-Protocol", []):
+        for protocol in offered.split(","):
+            if protocol.strip().startswith(TOKEN_PROTOCOL):
+                return protocol.strip()[len(TOKEN_PROTOCOL) :]
+    return request.query.get(TOKEN_QUERY, "")
+
+
 async def _late_field(reader: Any) -> str:
     """The name of the form's part after the file ("": none): its headers only are read (its body,
     of any size, is not; the avatar exists already, so nothing here may fail the answer)."""
@@ -176,6 +193,7 @@ class WebHost:
         self._active = telemetry.metrics.streams_active.labels(self.name)
         self._origins = config.web.origins()
         self._token_secrets = config.web.token_secrets()  # [] = no access tokens asked for
+        self._subject_sessions: collections.Counter[str] = collections.Counter()  # open live sockets
         # On a loopback address, only requests that name the edge by a loopback name (or a host of
         # web.allowed_origins) are served: a page whose own name was made to resolve to 127.0.0.1
         # (DNS rebinding) is then not "the edge's own origin". Behind a proxy (0.0.0.0) no check.
@@ -274,7 +292,11 @@ class WebHost:
         if cfg.dependency_check_seconds > 0:
             self._watch = asyncio.create_task(self._gateway_watch.run(), name="web-gateway-watch")
         log.info(
-            "web serving on %s (metrics port %s), gateway %s", self.url, self.metrics_port, self.config.gateway.target
+            "web serving on %s (metrics port %s), gateway %s%s",
+            self.url,
+            self.metrics_port,
+            self.config.gateway.target,
+            f"; access tokens required ({len(self._token_secrets)} secret(s))" if self._token_secrets else "",
         )
         return self.port
 
@@ -448,11 +470,15 @@ class WebHost:
             return
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":  # none, or a proxy's own (Basic): not ours
-            token = request.query.get(TOKEN_QUERY, "") if route in WS_ROUTES else ""
+            token = _websocket_token(request) if route in WS_ROUTES else ""
         token = token.strip()
         challenge = {"WWW-Authenticate": 'Bearer realm="talkmesh"'}
         if not token:
-            where = f"?{TOKEN_QUERY}=" if route in WS_ROUTES else "an Authorization: Bearer header"
+            where = (
+                f"a subprotocol {TOKEN_PROTOCOL}<token> or ?{TOKEN_QUERY}="
+                if route in WS_ROUTES
+                else "an Authorization: Bearer header"
+            )
             raise HttpError(
                 401,
                 "UNAUTHENTICATED",
@@ -472,6 +498,7 @@ class WebHost:
             ) from None
         if access.subject:
             span.set_attribute("enduser.id", access.subject)
+        request[SUBJECT_KEY] = f"sub:{access.subject}" if access.subject else f"token:{token}"
         scope = ROUTE_SCOPES.get(("GET" if request.method == "HEAD" else request.method, route))
         if scope is not None and not access.allows(scope):
             raise HttpError(
@@ -815,14 +842,25 @@ class WebHost:
     async def _session(self, request: web.Request, *, watch: bool) -> web.StreamResponse:
         cfg = self.config.web
         ws = EdgeWebSocket(
-            heartbeat=cfg.heartbeat_seconds or None, max_msg_size=cfg.max_ws_message_bytes, compress=False
+            heartbeat=cfg.heartbeat_seconds or None,
+            max_msg_size=cfg.max_ws_message_bytes,
+            compress=False,
+            protocols=(WS_PROTOCOL,),  # (chosen when offered: a page that sends its token so)
         )
         await ws.prepare(request)
         task = asyncio.current_task()
         assert task is not None
-        if self.draining or len(self.sessions) >= self.config.server.max_concurrent_streams:
+        subject = request.get(SUBJECT_KEY, "")
+        per_subject = cfg.max_sessions_per_subject
+        crowded = bool(subject and per_subject and self._subject_sessions[subject] >= per_subject)
+        if self.draining or crowded or len(self.sessions) >= self.config.server.max_concurrent_streams:
             if self.draining:
                 why = "session: this web edge is shutting down; try again later"
+            elif crowded:
+                why = (
+                    f"session: you have {self._subject_sessions[subject]} live sessions open on this web edge, "
+                    "its limit per user (web.max_sessions_per_subject); close one first"
+                )
             else:
                 why = (
                     f"session: this web edge has {len(self.sessions)} live sessions, its limit "
@@ -834,6 +872,8 @@ class WebHost:
             return ws
         self.sessions.add(task)
         self._active.inc()
+        if subject:
+            self._subject_sessions[subject] += 1
         try:
             client = self._client()
             if watch:
@@ -849,4 +889,8 @@ class WebHost:
         finally:
             self._active.dec()
             self.sessions.discard(task)
+            if subject:
+                self._subject_sessions[subject] -= 1
+                if self._subject_sessions[subject] <= 0:
+                    del self._subject_sessions[subject]
         return ws

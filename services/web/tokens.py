@@ -15,7 +15,8 @@ algorithm="HS256")``. Claims read here:
 - ``sub`` (optional): who (put on the edge's span of the request as ``enduser.id``; at most 128
   characters).
 - ``scope`` (optional): space-separated actions it allows, of ``SCOPES`` (other words, a site's
-  own scopes, grant nothing here); without it, all of them.
+  own scopes, grant nothing here); without it, ``DEFAULT_SCOPES`` (everything but ``avatars``:
+  uploading and deleting avatars must be granted by name).
   Lists (``GET /v1/voices``, ``GET /v1/avatars``) need a valid token of any scope.
 
 Only HS256 is accepted (never ``none``, never an algorithm the token names for itself). The secret
@@ -39,6 +40,8 @@ from pathlib import Path
 
 #: What a token may allow (its ``scope`` claim): the web edge's actions.
 SCOPES = ("speak", "live", "watch", "avatars")
+#: What a token without a ``scope`` claim allows: the page's use, not changing the avatars.
+DEFAULT_SCOPES = ("speak", "live", "watch")
 #: The only signature algorithm accepted.
 ALGORITHM = "HS256"
 #: Shortest secret accepted (characters of the file's line): HS256 wants a key of at least its
@@ -176,6 +179,8 @@ def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: 
     header = _json_object(parts[0], "header")
     if header.get("alg") != ALGORITHM:
         raise TokenError(f"signed with {str(header.get('alg'))[:20]!r}; this edge accepts {ALGORITHM} only")
+    if "crit" in header:  # extensions it must understand (RFC 7515 4.1.11): none are
+        raise TokenError("its header names critical extensions (crit) this edge does not know")
     signature = _b64decode(parts[2])
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii", "replace")
     # every secret is tried (no early exit that would time which one matched)
@@ -204,7 +209,7 @@ def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: 
         raise TokenError("its sub claim is not a string")
     scope = claims.get("scope")
     if scope is None:
-        scopes = frozenset(SCOPES)
+        scopes = frozenset(DEFAULT_SCOPES)
     elif isinstance(scope, str):
         scopes = frozenset(scope.split()) & frozenset(SCOPES)  # others (a site's own) grant nothing here
     else:

@@ -53,7 +53,9 @@ _HTML_TAG = re.compile(
     re.IGNORECASE,
 )
 # A tag with attributes not closed yet (a stream holds it: its spaces are breaks).
-_HTML_OPEN = re.compile(rf"""</?(?:{_HTML_NAMES}){_ATTRS}*(?:\s+[\w:-]+\s*=\s*(?:"[^"<>\n]*|'[^'<>\n]*)?)?\s*\Z""", re.IGNORECASE)
+_HTML_OPEN = re.compile(
+    rf"""</?(?:{_HTML_NAMES}){_ATTRS}*(?:\s+[\w:-]+\s*=\s*(?:"[^"<>\n]*|'[^'<>\n]*)?)?\s*\Z""", re.IGNORECASE
+)
 _LINK = re.compile(r"!?\[([^\]\n]*)\]\(([^()\s]*(?:\([^()\s]*\)[^()\s]*)*)(?:\s+\"[^\"\n]*\")?\)")
 _AUTOLINK = re.compile(r"<((?:https?|ftp)://[^>\s]+|mailto:([^>\s]+))>")
 _URL = re.compile(r"\b(?:https?|ftp)://[^\s<>()\[\]]*[^\s<>()\[\].,;:!?'\"]|\bwww\.[\w-]+(?:\.[\w-]+)+\b")

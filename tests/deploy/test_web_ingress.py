@@ -15,8 +15,20 @@ def test_the_web_ingress_example_validates_and_reaches_the_web_service() -> None
     for version in ("1.29.0", "1.34.0"):
         kubernetes_validate.validate(ingress, version, strict=True)
     svc = named(render("cpu"), "Service", "web")
-    backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
-    assert backends == [{"name": "web", "port": {"name": "http"}}]
+    paths = [p for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+    assert {p["backend"]["service"]["name"] for p in paths} == {"web"}
+    assert {p["backend"]["service"]["port"]["name"] for p in paths} == {"http"}
+
+    def routed(url: str) -> bool:  # Exact: the path itself; Prefix: whole path elements
+        return any(
+            url == p["path"] if p["pathType"] == "Exact" else url == p["path"] or url.startswith(p["path"] + "/")
+            for p in paths
+        )
+
+    for public in ("/", "/static/app.js", "/v1/voices", "/v1/live", "/v1/avatars/x"):
+        assert routed(public), public
+    for internal in ("/metrics", "/healthz", "/readyz", "/v1x"):
+        assert not routed(internal), internal
     assert "http" in {p["name"] for p in svc["spec"]["ports"]}
     assert ingress["metadata"]["namespace"] == svc["metadata"]["namespace"]
 

@@ -59,10 +59,15 @@ MARKDOWN = types_pb2.TEXT_FORMAT_MARKDOWN
         ('<a href="https://x.y/a b">the link</a> <details><summary>More</summary>', "the link More"),
         ("List<String> and a<b, <unknown> stay", "List<String> and a<b, <unknown> stay"),
         # what only looks like a tag stays (a review's cases)
-        ("Latency is usually <a second, and rarely > 2 seconds.", "Latency is usually <a second, and rarely > 2 seconds."),
-        ("Loop while j <i and i > 0.", "Loop while j <i and i > 0."),
-        ("Use the <table> element, press <Del>, type <s> or a <b> c", "Use the <table> element, press <Del>, type <s> or a <b> c"),
-        ("2 ** 8 = 256, a ~~ b, x == y, see [1] and - [1] ref", "2 ** 8 = 256, a ~~ b, x == y, see [1] and - [1] ref"),
+        *(
+            (text, text)
+            for text in (
+                "Latency is usually <a second, and rarely > 2 seconds.",
+                "Loop while j <i and i > 0.",
+                "Use the <table> element, press <Del>, type <s> or a <b> c",
+                "2 ** 8 = 256, a ~~ b, x == y, see [1] and - [1] ref",
+            )
+        ),
         ("**\n`\n~~ **", ""),  # lines of only marks (never closed) say nothing
         ("````md\ncode\n````\nafter", "code\n\nafter"),  # a longer fence
     ],

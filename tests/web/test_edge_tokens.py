@@ -5,6 +5,7 @@ URL's fragment or the page that frames it, and says so in Chromium when it is re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -113,6 +114,21 @@ async def test_the_api_and_the_websocket_need_a_token_that_allows_them(
                 await ws.send_str(json.dumps({"config": {}}))
                 assert "started" in await _recv_json(ws), kwargs
 
+        # the page's way: the token as a subprotocol (out of the URL), answered with "talkmesh"
+        async with http.ws_connect("/v1/live", protocols=("talkmesh", f"access_token.{old}")) as ws:
+            assert ws.protocol == "talkmesh"
+            await ws.send_str(json.dumps({"config": {}}))
+            assert "started" in await _recv_json(ws)
+        offered = {**_upgrade(), "Sec-WebSocket-Protocol": f"access_token.{foreign}"}
+        async with http.get("/v1/live", headers=offered) as r:
+            assert r.status == 401
+
+        # a token without a scope claim (the CLI's default) may not change the avatars
+        form = aiohttp.FormData()
+        form.add_field("file", portrait(), filename="me.png", content_type="image/png")
+        async with http.post("/v1/avatars", data=form, headers=_bearer(full)) as r:
+            assert r.status == 403 and "does not allow avatars" in (await r.json())["error"]["message"]
+
         # a speak-only token speaks, and may neither upload nor watch
         async with http.post("/v1/speak", json={"text": "Hello."}, headers=_bearer(speak_only)) as r:
             assert r.status == 200 and len(await r.read()) > 1000
@@ -182,7 +198,7 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         await asyncio.sleep(1.5)
         state = await page.evaluate(STATE)
         assert state["connects"] == 0 and state["connected"] is False, state
-        assert "needs a valid access link" in state["alert"] and "Open it again" in state["alert"], state
+        assert "do not have access to the avatar" in state["alert"] and "reload the page" in state["alert"], state
 
         # a token whose scope leaves out live sessions: the lists load, the WebSocket is refused
         # before its upgrade and the page asks the edge why instead of retrying
@@ -191,13 +207,26 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         await asyncio.sleep(2.5)  # a retry would come within the backoff's first 1-2 s
         state = await page.evaluate(STATE)
         assert state["connects"] == 1 and state["connected"] is False, state
-        assert "does not allow live" in state["alert"], state
+        assert "does not allow live" in state["access"]["message"], state  # (the alert is for people)
         voices = await page.evaluate("document.getElementById('voice-select').options.length")
         assert voices > 1, "the lists need any valid token"
 
-        # framed by the site, which hands the token over once its own user signed in
+        # a token for live sessions only: the session runs, the download button is off
+        live_only = tokens.mint(secret, ttl_seconds=600, scopes=("live",))
+        await page.goto(f"{base}/?visit=3#access_token={live_only}")
+        await page.wait_for_function("window.talkmesh && window.talkmesh.painted > 0", timeout=30_000)
+        assert await page.is_disabled("#download")
+
+        # framed by the site, which hands the token over once its own user signed in (and hears
+        # of the refusal before)
         await page.goto(f"http://localhost:{shop}/")
-        await page.set_content(f'<iframe id="f" src="{base}/" width=900 height=700></iframe>')
+        await page.evaluate(
+            "window.__heard = []; window.addEventListener('message', (e) => window.__heard.push(e.data))"
+        )
+        await page.evaluate(
+            f"""document.body.insertAdjacentHTML('beforeend',
+              '<iframe id="f" src="{base}/" width=900 height=700></iframe>')"""
+        )
         frame = await (await page.wait_for_selector("#f")).content_frame()
         assert frame is not None
         await frame.wait_for_function("window.talkmesh && window.talkmesh.access", timeout=15_000)
@@ -207,5 +236,66 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         )
         await frame.wait_for_function("window.talkmesh.painted > 0 && window.talkmesh.connected", timeout=30_000)
         assert not await frame.evaluate("document.getElementById('alert').textContent")
+        assert await frame.evaluate("window.talkmesh.access") is None
+        heard = await page.evaluate("window.__heard")
+        assert [h["type"] for h in heard if isinstance(h, dict)] == ["talkmesh.access_refused"], heard
+        assert heard[0]["code"] == "UNAUTHENTICATED"
     # the refusals are answers the page expects (401/403 in the console's network log only)
     assert not [e for e in console.errors if "uncaught" in e], console.errors
+
+
+async def test_one_user_cannot_hold_every_live_session(tmp_path: Path) -> None:
+    """web.max_sessions_per_subject: one token's subject (or one token without a subject) opens
+    at most that many live sockets; others still get in."""
+    path, secret = _secrets(tmp_path)
+    env = {"TALKMESH_WEB__WEB__TOKEN_SECRET_FILE": str(path), "TALKMESH_WEB__WEB__MAX_SESSIONS_PER_SUBJECT": "2"}
+    alice = [tokens.mint(secret, ttl_seconds=600, subject="alice") for _ in range(2)]
+    anonymous = tokens.mint(secret, ttl_seconds=600)
+    bob = tokens.mint(secret, ttl_seconds=600, subject="bob")
+    async with (
+        inprocess_mesh(tmp_path, web=True, env=env) as mesh,
+        aiohttp.ClientSession(mesh.web_url) as http,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        for token in (alice[0], alice[1], anonymous, anonymous):  # two tokens of one subject, one token twice
+            ws = await stack.enter_async_context(http.ws_connect("/v1/live", params={"access_token": token}))
+            await ws.send_str(json.dumps({"config": {}}))
+            assert "started" in await _recv_json(ws)
+        for token in (alice[0], anonymous):
+            async with http.ws_connect("/v1/live/watch", params={"access_token": token, "session_id": "x"}) as ws:
+                status = (await _recv_json(ws))["status"]
+                assert status["code"] == "RESOURCE_EXHAUSTED" and "web.max_sessions_per_subject" in status["message"]
+                assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1013
+        async with http.ws_connect("/v1/live", params={"access_token": bob}) as ws:
+            await ws.send_str(json.dumps({"config": {}}))
+            assert "started" in await _recv_json(ws), "another user still gets in"
+        await stack.aclose()  # alice's sockets close: counted off
+        for _ in range(50):
+            if not mesh.hosts["web"]._subject_sessions:
+                break
+            await asyncio.sleep(0.1)
+        async with http.ws_connect("/v1/live", params={"access_token": alice[1]}) as ws:
+            await ws.send_str(json.dumps({"config": {}}))
+            assert "started" in await _recv_json(ws), "closed sessions no longer count"
+
+
+def test_rotation_with_next_then_promote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--next adds a secret the edges accept but nobody mints with; --promote then makes it mint,
+    the old one second (still accepted): no token refused at any step of a rolling restart."""
+    path = tmp_path / "secrets"
+    assert cli_main(["token", "secret", str(path)]) == 0
+    (first,) = tokens.read_secrets(str(path))
+    old_token = tokens.mint(first, ttl_seconds=600)
+    assert cli_main(["token", "secret", str(path), "--next"]) == 0
+    assert tokens.read_secrets(str(path))[0] == first, "the old one still mints"
+    accepted = tokens.read_secrets(str(path))  # an edge restarted now
+    assert cli_main(["token", "secret", str(path), "--promote"]) == 0
+    new_first = tokens.read_secrets(str(path))[0]
+    assert new_first != first and tokens.read_secrets(str(path))[1] == first
+    capsys.readouterr()
+    assert cli_main(["token", "new", "--secret-file", str(path)]) == 0
+    new_token = capsys.readouterr().out.strip()
+    for token in (old_token, new_token):  # both accepted by the edge that read the file after --next
+        tokens.check(token, accepted, max_ttl_seconds=3600)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert cli_main(["token", "secret", str(tmp_path / "one"), "--promote"]) == 1  # nothing to promote

@@ -33,7 +33,8 @@ def _b64(obj: object) -> str:
 def test_the_rfc_example_is_accepted_and_its_tampered_forms_are_not() -> None:
     key = base64.urlsafe_b64decode(RFC_KEY + "=" * (-len(RFC_KEY) % 4))
     access = tokens.check(RFC_TOKEN, [key], max_ttl_seconds=3600, now=RFC_EXP - 60)
-    assert access.scopes == frozenset(tokens.SCOPES) and access.subject == ""
+    assert access.scopes == frozenset(tokens.DEFAULT_SCOPES) and access.subject == ""
+    assert not access.allows("avatars"), "changing the avatars is granted by name only"
     assert access.expires == RFC_EXP
     with pytest.raises(tokens.TokenError, match="expired"):
         tokens.check(RFC_TOKEN, [key], max_ttl_seconds=3600, now=RFC_EXP + 120)
@@ -81,6 +82,7 @@ def _raw(header: bytes, payload: bytes) -> str:
         (_signed({"alg": "none"}, {"exp": NOW + 60}), "HS256 only"),
         (_signed({"alg": "HS512"}, {"exp": NOW + 60}), "HS256 only"),
         (_signed({"typ": "JWT"}, {"exp": NOW + 60}), "HS256 only"),
+        (_signed({**HS, "crit": ["exp"]}, {"exp": NOW + 60}), "critical extensions"),
         (_signed(HS, {"exp": NOW + 60}).rsplit(".", 1)[0] + ".", "not a JWT"),
         (_signed(HS, {"exp": NOW + 60}).rsplit(".", 1)[0], "not a JWT"),
         (_signed(HS, {"sub": "x"}), "no exp"),

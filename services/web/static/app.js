@@ -142,12 +142,20 @@
   // -- access token (docs/WEB.md "Access tokens") ---------------------------------------------------
   // An edge with web.token_secret_file wants a token on every call. The site that sends its users
   // here puts it in the URL's fragment (`/#access_token=...`: never sent to a server, and removed
-  // from the address bar at once); a page that frames this one renews it with
-  // postMessage({type: "talkmesh.access_token", token}, origin).
+  // from the address bar at once); a page that frames this one gives or renews it with
+  // postMessage({type: "talkmesh.access_token", token}, origin), and hears of a refusal from
+  // a {type: "talkmesh.access_refused", code, message} message. The live WebSocket carries it as a
+  // subprotocol (`access_token.<token>`), not in its URL.
   let accessToken = new URLSearchParams(location.hash.slice(1)).get("access_token") || "";
   if (accessToken) history.replaceState(null, "", location.pathname + location.search);
   let accessRefused = null; // the edge's error while the token is refused: nothing connects until a new one
   const withToken = (headers = {}) => (accessToken ? { ...headers, Authorization: `Bearer ${accessToken}` } : headers);
+  // The buttons the token does not allow are off (the edge would answer 403).
+  function applyScopes() {
+    const noSpeak = mayNot("speak");
+    $("download").disabled = noSpeak;
+    $("download").title = noSpeak ? "Your access does not include downloads" : "";
+  }
   // The edge's error when it refuses the token (401, or 403 naming it), else null.
   async function accessError(resp) {
     if (resp.status !== 401 && resp.status !== 403) return null;
@@ -163,6 +171,16 @@
     }
     refuseAccess(err);
   }
+  // What the token allows (its payload read, not checked: the edge checks it), null if unknown.
+  function tokenScopes() {
+    try {
+      const payload = JSON.parse(atob(accessToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+      return typeof payload.scope === "string" ? payload.scope.split(/\s+/) : ["speak", "live", "watch"];
+    } catch (_) {
+      return null;
+    }
+  }
+  const mayNot = (scope) => accessToken && (tokenScopes() || [scope]).indexOf(scope) < 0;
   function refuseAccess(err) {
     accessRefused = err;
     tm.access = err;
@@ -170,17 +188,23 @@
     clearInterval(countdown);
     setControls(false);
     setConnection("Not signed in");
-    const why = (err.message || "").replace(/^access_token: /, "");
-    showAlert(`This page needs a valid access link: ${why}. Open it again from the site that sent you here.`, "session");
+    const expired = /expired/.test(err.message || "");
+    showAlert(expired ? "Your access to the avatar has expired: reload the page to continue."
+      : "You do not have access to the avatar (your sign-in is missing or not valid): reload the page.", "session");
     logEvent(`access refused: ${err.message}`);
+    if (window.parent !== window) {
+      window.parent.postMessage({ type: "talkmesh.access_refused", code: err.code, message: err.message }, "*");
+    }
   }
   window.addEventListener("message", (ev) => {
     const data = ev.data || {};
     if (ev.source !== window.parent || window.parent === window) return; // only the framing page
     if (data.type !== "talkmesh.access_token" || typeof data.token !== "string" || !data.token) return;
     accessToken = data.token;
+    applyScopes();
     if (accessRefused) {
       accessRefused = null;
+      tm.access = null;
       clearAlert();
       start();
     }
@@ -537,9 +561,10 @@
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const params = new URLSearchParams();
     if (TIMING) params.set("timing", "1");
-    if (accessToken) params.set("access_token", accessToken); // a WebSocket cannot send headers
     const search = params.toString();
-    ws = new WebSocket(`${scheme}://${location.host}/v1/live${search ? `?${search}` : ""}`);
+    const url = `${scheme}://${location.host}/v1/live${search ? `?${search}` : ""}`;
+    // a WebSocket cannot send headers: the token goes as a subprotocol (the edge answers "talkmesh")
+    ws = accessToken ? new WebSocket(url, ["talkmesh", `access_token.${accessToken}`]) : new WebSocket(url);
     let opened = false;
     ws.binaryType = "arraybuffer";
     setConnection("connecting…");
@@ -1105,6 +1130,12 @@
 
   function upload(file) {
     const status = $("upload-status");
+    if (mayNot("avatars")) {
+      status.classList.add("error");
+      status.textContent = `Upload failed (${file.name}): your access does not include adding avatars`;
+      showAlert(status.textContent, "upload");
+      return;
+    }
     const bar = $("upload-progress");
     status.classList.remove("error");
     status.textContent = `uploading ${file.name}…`;
@@ -1168,11 +1199,12 @@
         method: "POST", headers: withToken({ "Content-Type": "application/json" }), body: JSON.stringify(body),
       });
       const denied = await accessError(resp);
-      if (denied && used === accessToken) {
+      if (denied && resp.status === 401 && used === accessToken) {
         refuseAccess(denied);
         return;
       }
-      if (denied) throw new Error("your access was renewed meanwhile: press Download again");
+      if (denied && used !== accessToken) throw new Error("your access was renewed meanwhile: press Download again");
+      if (denied) throw new Error("your access does not include downloads"); // (403: the token's scope)
       if (!resp.ok) {
         // (a proxy's error page is not JSON)
         const err = ((await resp.json().catch(() => ({}))).error) || {};
@@ -1280,5 +1312,6 @@
     trueDelay();
   }, 100);
   setInterval(() => trim(false), 5000);
+  applyScopes();
   start();
 })();
