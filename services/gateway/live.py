@@ -13,8 +13,9 @@ between turns and applies interrupts at the next frame. The gateway owns everyth
   from the activity state (noise floor, speech peak) the last turn of its kind ended with, so the
   feature stage's level adaptation does not start over at every turn;
 * interrupts: forwarded to the encoder ahead of any queued data (control overtakes media), and
-  the turns' upstream work (TTS, features) is cancelled at once; later input for a stopped turn is
-  discarded (a turn id fences everything);
+  the turns' upstream work (TTS, features) is cancelled at once; the rest of the input of a turn
+  stopped while its input came is discarded, input for a turn that ended with its input complete
+  is refused (a turn id fences everything);
 * refusals: a text piece or audio chunk is checked before it has any effect: a refused first piece
   starts no turn (the gateway ends it itself: a FAILED speaking_stopped after the error), a refused
   later one ends its turn's input (what it had plays); either way later input for that turn id is
