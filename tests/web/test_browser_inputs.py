@@ -63,7 +63,7 @@ async def test_drag_and_drop_uploads_an_avatar_and_the_microphone_speaks(tmp_pat
         async with browser_page((f"--use-file-for-fake-audio-capture={wav}",), viewport=VIEWPORT) as (page, console):
             await page.goto(mesh.web_url)
             await wait_js(page, "window.talkmesh.started && window.talkmesh.painted > 20")
-            assert await page.locator("#mic").get_attribute("aria-pressed") == "false"
+            assert await page.inner_text("#mic") == "Start microphone"
 
             # -- drag and drop an avatar: progress shown, the avatar picked, the session on it --------
             png = portrait()
@@ -94,7 +94,7 @@ async def test_drag_and_drop_uploads_an_avatar_and_the_microphone_speaks(tmp_pat
             rest = [await grab(page) for _ in range(4)]
             assert not any(g.speaking for g in rest)
             await page.click("#mic")
-            await wait_js(page, "document.getElementById('mic').getAttribute('aria-pressed') === 'true'")
+            await wait_js(page, "document.getElementById('mic').textContent === 'Stop microphone'")
             turn = await wait_js(page, "window.talkmesh.mics[0] && window.talkmesh.mics[0].turnId")
             await wait_js(page, f"window.talkmesh.turns['{turn}'].startFrame != null", timeout=30)
             speaking: list[Grab] = []
@@ -105,7 +105,7 @@ async def test_drag_and_drop_uploads_an_avatar_and_the_microphone_speaks(tmp_pat
                     speaking.append(g)
                 await asyncio.sleep(0.06)
             await page.click("#mic")
-            assert await page.locator("#mic").get_attribute("aria-pressed") == "false"
+            assert await page.inner_text("#mic") == "Start microphone"
             mic = await page.evaluate("window.talkmesh.mics[0]")
             assert mic["samples"] > 16000 * seconds * 0.8 and mic["peak"] > 0.05, mic
             stopped = await wait_js(

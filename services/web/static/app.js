@@ -902,7 +902,11 @@
   // conversation, by a new session): the user is told and the text stays in the box.
   function speak() {
     const text = $("text").value.trim();
-    if (!text) return;
+    if (!text) {
+      showAlert("Type something for the avatar to say first.");
+      $("text").focus();
+      return;
+    }
     const limit = textLimit;
     if (text.length > limit) {
       showAlert(`Not sent: the text is ${text.length} characters long, the limit is ${limit}.`);
@@ -1025,8 +1029,7 @@
     if (mic) {
       mic.stop();
       mic = null;
-      button.textContent = "Start microphone";
-      button.setAttribute("aria-pressed", "false");
+      button.textContent = "Start microphone"; // (the label says what a press does: no aria-pressed too)
       return;
     }
     if (button.disabled) return;
@@ -1060,7 +1063,6 @@
         },
       };
       button.textContent = "Stop microphone";
-      button.setAttribute("aria-pressed", "true");
     } catch (err) {
       if (!mic) { // the microphone was opened but the turn could not start: close it again
         if (stream) stream.getTracks().forEach((t) => t.stop());
