@@ -269,6 +269,11 @@ async def test_one_user_cannot_hold_every_live_session(tmp_path: Path) -> None:
         async with http.ws_connect("/v1/live", params={"access_token": bob}) as ws:
             await ws.send_str(json.dumps({"config": {}}))
             assert "started" in await _recv_json(ws), "another user still gets in"
+        async with browser_page() as (page, _):  # alice opens the page in one tab more: told why
+            await page.goto(f"{mesh.web_url}#access_token={alice[0]}")
+            await page.wait_for_function(
+                "document.getElementById('alert').textContent.includes('too many of your tabs')", timeout=15_000
+            )
         await stack.aclose()  # alice's sockets close: counted off
         for _ in range(50):
             if not mesh.hosts["web"]._subject_sessions:

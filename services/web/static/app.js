@@ -269,6 +269,7 @@
       case "OK": return null;
       case "RESOURCE_EXHAUSTED":
         if (status.field) return `Your message was refused: ${tell}`;
+        if (/max_sessions_per_subject/.test(tell)) return `The avatar is open in too many of your tabs or windows: close one${retry}`;
         return `The server is full${inSeconds == null ? "" : `, retrying in ${Math.ceil(inSeconds)} s`}`;
       case "MESSAGE_TOO_BIG": return `Your last message was too large for the server${tell ? ` (${tell})` : ""}${retry}`;
       case "UNAVAILABLE": return `The avatar service is unavailable${retry}`;
