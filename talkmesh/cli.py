@@ -542,6 +542,10 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The comment `talkmesh token secret --next` puts above the secret it adds (--promote looks for it).
+NEXT_MARK = "# next: accepted, not minting yet (talkmesh token secret FILE --promote)"
+
+
 def _token(args: argparse.Namespace) -> int:
     """`talkmesh token secret FILE` / `talkmesh token new`: the web edge's access tokens
     (services.web.tokens; docs/WEB.md "Access tokens")."""
@@ -556,15 +560,26 @@ def _token(args: argparse.Namespace) -> int:
         # that mints (the old one, second, still verifies until its tokens expired).
         path = Path(args.file)
         lines = path.read_text().splitlines() if path.exists() else []
-        at = [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
+
+        def secret_lines() -> list[int]:
+            return [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
+
+        at = secret_lines()
+        marked = [i for i, line in enumerate(lines) if line.strip() == NEXT_MARK]
         if args.promote:
-            if len(at) < 2:
-                raise CliError(f"{path}: --promote needs two secrets (add one with --next first)")
-            lines[at[0]], lines[at[1]] = lines[at[1]], lines[at[0]]
-            said = "the second secret now mints; the first is second (remove it once its tokens expired)"
+            # the secret --next added (the line after its mark) goes first, once: a second
+            # --promote finds no mark and changes nothing
+            if not marked or marked[0] + 1 not in at:
+                raise CliError(f"{path}: no secret waits to be promoted (add one with --next first)")
+            promoted = lines[marked[0] + 1]
+            del lines[marked[0] : marked[0] + 2]
+            lines.insert(secret_lines()[0], promoted)
+            said = "the new secret now mints; the one before still verifies (remove it once its tokens expired)"
         elif args.next and at:
-            lines.insert(at[0] + 1, tokens.new_secret())
-            said = "added a new secret second: restart the edges, then --promote it"
+            if marked:
+                raise CliError(f"{path}: a secret already waits to be promoted (--promote it first)")
+            lines[at[0] + 1 : at[0] + 1] = [NEXT_MARK, tokens.new_secret()]
+            said = "added a new secret after the first: restart the edges, then --promote it"
         else:
             lines.insert(0, tokens.new_secret())
             said = "wrote a new secret first" + (f" ({len(at)} older one(s) still accepted)" if at else "")

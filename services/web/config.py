@@ -73,9 +73,10 @@ class WebSettings:
     token_secret_file: str = ""
     # A token valid for longer than this from now is refused (seconds).
     token_max_ttl_seconds: float = 24 * 3600.0
-    # Live WebSockets (/v1/live and /v1/live/watch) open at once per token subject (`sub`; a token
-    # without one counts as its own subject), so that one signed-in user cannot hold all of
-    # server.max_concurrent_streams; more get RESOURCE_EXHAUSTED (close 1013). 0: no limit.
+    # With access tokens only: live WebSockets (/v1/live and /v1/live/watch) open at once per token
+    # subject (`sub`; a token without one counts as its own subject), so that one signed-in user
+    # cannot hold all of server.max_concurrent_streams; more get RESOURCE_EXHAUSTED (close 1013).
+    # Give each user a subject of their own (a shared "guest" subject shares the limit). 0: no limit.
     max_sessions_per_subject: int = 4
 
     def validate(self) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import ipaddress
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -143,12 +144,36 @@ def same_origin(origin: str, host: str) -> bool:
 
 
 def _websocket_token(request: web.Request) -> str:
-    """A WebSocket handshake's token: a ``access_token.<JWT>`` subprotocol, or the query's."""
-    for offered in request.headers.getall("Sec-WebSocket-Protocol", []):
-        for protocol in offered.split(","):
-            if protocol.strip().startswith(TOKEN_PROTOCOL):
-                return protocol.strip()[len(TOKEN_PROTOCOL) :]
+    """A WebSocket handshake's token: a ``access_token.<JWT>`` subprotocol offered next to
+    ``talkmesh`` (in the first Sec-WebSocket-Protocol header, the one the handshake answers
+    from: a browser fails a handshake whose offer gets no protocol back), or the query's."""
+    first = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    offered = [p.strip() for h in request.headers.getall("Sec-WebSocket-Protocol", []) for p in h.split(",")]
+    for protocol in offered:
+        if protocol.startswith(TOKEN_PROTOCOL):
+            if WS_PROTOCOL not in first:
+                raise HttpError(
+                    400,
+                    "INVALID_ARGUMENT",
+                    f"Sec-WebSocket-Protocol: offer {WS_PROTOCOL!r} with {TOKEN_PROTOCOL}<token>, in one header",
+                    "Sec-WebSocket-Protocol",
+                )
+            return protocol[len(TOKEN_PROTOCOL) :]
     return request.query.get(TOKEN_QUERY, "")
+
+
+class _NoTokens(logging.Filter):
+    """Hides access tokens in what aiohttp logs of a handshake (it logs the protocols offered)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if TOKEN_PROTOCOL in text:
+            record.msg, record.args = _TOKEN_TEXT.sub(f"{TOKEN_PROTOCOL}<hidden>", text), None
+        return True
+
+
+_TOKEN_TEXT = re.compile(re.escape(TOKEN_PROTOCOL) + r"[\w.-]+")
+_NO_TOKENS = _NoTokens()  # (one instance: adding it again is a no-op)
 
 
 async def _late_field(reader: Any) -> str:
@@ -194,6 +219,8 @@ class WebHost:
         self._active = telemetry.metrics.streams_active.labels(self.name)
         self._origins = config.web.origins()
         self._token_secrets = config.web.token_secrets()  # [] = no access tokens asked for
+        if self._token_secrets:
+            logging.getLogger("aiohttp.websocket").addFilter(_NO_TOKENS)
         self._subject_sessions: collections.Counter[str] = collections.Counter()  # open live sockets
         # On a loopback address, only requests that name the edge by a loopback name (or a host of
         # web.allowed_origins) are served: a page whose own name was made to resolve to 127.0.0.1
@@ -476,7 +503,7 @@ class WebHost:
         challenge = {"WWW-Authenticate": 'Bearer realm="talkmesh"'}
         if not token:
             where = (
-                f"a subprotocol {TOKEN_PROTOCOL}<token> or ?{TOKEN_QUERY}="
+                f"the subprotocols {WS_PROTOCOL} and {TOKEN_PROTOCOL}<token>, or ?{TOKEN_QUERY}="
                 if route in WS_ROUTES
                 else "an Authorization: Bearer header"
             )

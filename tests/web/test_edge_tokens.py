@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 async def test_the_api_and_the_websocket_need_a_token_that_allows_them(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     path, secret = _secrets(tmp_path)
     exporter = InMemorySpanExporter()
@@ -119,9 +120,20 @@ async def test_the_api_and_the_websocket_need_a_token_that_allows_them(
             assert ws.protocol == "talkmesh"
             await ws.send_str(json.dumps({"config": {}}))
             assert "started" in await _recv_json(ws)
-        offered = {**_upgrade(), "Sec-WebSocket-Protocol": f"access_token.{foreign}"}
+        offered = {**_upgrade(), "Sec-WebSocket-Protocol": f"talkmesh, access_token.{foreign}"}
         async with http.get("/v1/live", headers=offered) as r:
             assert r.status == 401
+        # the token's subprotocol alone (a browser would fail the handshake: no protocol answered)
+        offered = {**_upgrade(), "Sec-WebSocket-Protocol": f"access_token.{full}"}
+        async with http.get("/v1/live", headers=offered) as r:
+            body = await r.json()
+            assert r.status == 400 and body["error"]["field"] == "Sec-WebSocket-Protocol", body
+        # aiohttp logs the protocols it cannot answer: never a token
+        caplog.set_level(logging.DEBUG, logger="aiohttp.websocket")
+        async with http.ws_connect("/v1/live", headers=_bearer(full), protocols=(f"access_token.{full}",)) as ws:
+            await ws.send_str(json.dumps({"config": {}}))
+            assert "started" in await _recv_json(ws)
+        assert "overlap" in caplog.text and full not in caplog.text and "access_token.<hidden>" in caplog.text
 
         # a token without a scope claim (the CLI's default) may not change the avatars
         form = aiohttp.FormData()
@@ -184,11 +196,15 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         browser_page() as (page, console),
     ):
         base = mesh.web_url.rstrip("/")
-        # the link a site gives its visitor: the token in the fragment, gone from the address bar
-        await page.goto(f"{base}/#access_token={token}")
+        # the link a site gives its visitor: the token in the fragment (here with the newline of a
+        # fetched one), gone from the address bar; the WebSocket carries it out of its URL
+        sockets: list[str] = []
+        page.on("websocket", lambda socket: sockets.append(socket.url))
+        await page.goto(f"{base}/#access_token={token}%0A")
         await page.wait_for_function("window.talkmesh && window.talkmesh.painted > 0", timeout=30_000)
         state: dict[str, Any] = await page.evaluate(STATE)
         assert state["connected"] is True and state["hash"] == "" and not state["alert"], state
+        assert sockets and not [u for u in sockets if "access_token" in u], sockets
 
         # no token: the page says why and makes no connection (no retry loop against a refusal)
         await page.goto(f"{base}/")
@@ -198,7 +214,8 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         await asyncio.sleep(1.5)
         state = await page.evaluate(STATE)
         assert state["connects"] == 0 and state["connected"] is False, state
-        assert "do not have access to the avatar" in state["alert"] and "reload the page" in state["alert"], state
+        assert "do not have access to the avatar" in state["alert"], state
+        assert "open it again from the site" in state["alert"], state  # (a reload has no token: not advised)
 
         # a token whose scope leaves out live sessions: the lists load, the WebSocket is refused
         # before its upgrade and the page asks the edge why instead of retrying
@@ -216,6 +233,13 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         await page.goto(f"{base}/?visit=3#access_token={live_only}")
         await page.wait_for_function("window.talkmesh && window.talkmesh.painted > 0", timeout=30_000)
         assert await page.is_disabled("#download")
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        png = tmp_path / "me.png"
+        png.write_bytes(portrait())
+        await page.set_input_files("#avatar-file", str(png))  # no `avatars` in its scope: not sent
+        assert "does not include adding avatars" in await page.inner_text("#upload-status")
+        assert posts == [], posts
 
         # framed by the site, which hands the token over once its own user signed in (and hears
         # of the refusal before)
@@ -230,6 +254,7 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         frame = await (await page.wait_for_selector("#f")).content_frame()
         assert frame is not None
         await frame.wait_for_function("window.talkmesh && window.talkmesh.access", timeout=15_000)
+        assert "waiting for the site to sign you in again" in await frame.inner_text("#alert")
         await page.evaluate(
             f"document.getElementById('f').contentWindow.postMessage("
             f"{{type: 'talkmesh.access_token', token: '{token}'}}, '{base}')"
@@ -303,4 +328,6 @@ def test_rotation_with_next_then_promote(tmp_path: Path, capsys: pytest.CaptureF
     for token in (old_token, new_token):  # both accepted by the edge that read the file after --next
         tokens.check(token, accepted, max_ttl_seconds=3600)
     assert path.stat().st_mode & 0o777 == 0o600
+    assert cli_main(["token", "secret", str(path), "--promote"]) == 1, "promoted once: a second does nothing"
+    assert tokens.read_secrets(str(path))[0] == new_first
     assert cli_main(["token", "secret", str(tmp_path / "one"), "--promote"]) == 1  # nothing to promote

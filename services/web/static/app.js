@@ -146,8 +146,15 @@
   // postMessage({type: "talkmesh.access_token", token}, origin), and hears of a refusal from
   // a {type: "talkmesh.access_refused", code, message} message. The live WebSocket carries it as a
   // subprotocol (`access_token.<token>`), not in its URL.
-  let accessToken = new URLSearchParams(location.hash.slice(1)).get("access_token") || "";
-  if (accessToken) history.replaceState(null, "", location.pathname + location.search);
+  // A token as given (a trailing newline of a fetched one dropped); "" when it is no JWT at all.
+  const asToken = (text) => {
+    const token = String(text || "").trim();
+    return /^[\w-]+\.[\w-]+\.[\w-]*$/.test(token) ? token : "";
+  };
+  let accessToken = asToken(new URLSearchParams(location.hash.slice(1)).get("access_token"));
+  if (new URLSearchParams(location.hash.slice(1)).has("access_token")) {
+    history.replaceState(null, "", location.pathname + location.search); // (even a malformed one)
+  }
   let accessRefused = null; // the edge's error while the token is refused: nothing connects until a new one
   const withToken = (headers = {}) => (accessToken ? { ...headers, Authorization: `Bearer ${accessToken}` } : headers);
   // The buttons the token does not allow are off (the edge would answer 403).
@@ -188,9 +195,13 @@
     clearInterval(countdown);
     setControls(false);
     setConnection("Not signed in");
-    const expired = /expired/.test(err.message || "");
-    showAlert(expired ? "Your access to the avatar has expired: reload the page to continue."
-      : "You do not have access to the avatar (your sign-in is missing or not valid): reload the page.", "session");
+    // (a reload would not help: the link's token left the address bar when the page opened)
+    const framed = window.parent !== window;
+    const again = framed ? "waiting for the site to sign you in again" : "open it again from the site that sent you here";
+    let why = "You do not have access to the avatar (your sign-in is missing or not valid)";
+    if (/expired/.test(err.message || "")) why = "Your access to the avatar has expired";
+    else if (err.code === "PERMISSION_DENIED") why = "Your access does not include the live avatar";
+    showAlert(`${why}: ${again}.`, "session");
     logEvent(`access refused: ${err.message}`);
     if (window.parent !== window) {
       window.parent.postMessage({ type: "talkmesh.access_refused", code: err.code, message: err.message }, "*");
@@ -199,8 +210,8 @@
   window.addEventListener("message", (ev) => {
     const data = ev.data || {};
     if (ev.source !== window.parent || window.parent === window) return; // only the framing page
-    if (data.type !== "talkmesh.access_token" || typeof data.token !== "string" || !data.token) return;
-    accessToken = data.token;
+    if (data.type !== "talkmesh.access_token" || !asToken(data.token)) return;
+    accessToken = asToken(data.token);
     applyScopes();
     if (accessRefused) {
       accessRefused = null;
@@ -566,6 +577,7 @@
     const url = `${scheme}://${location.host}/v1/live${search ? `?${search}` : ""}`;
     // a WebSocket cannot send headers: the token goes as a subprotocol (the edge answers "talkmesh")
     ws = accessToken ? new WebSocket(url, ["talkmesh", `access_token.${accessToken}`]) : new WebSocket(url);
+    // (asToken let only JWT characters through: the constructor cannot throw on the token)
     let opened = false;
     ws.binaryType = "arraybuffer";
     setConnection("connecting…");
@@ -1226,6 +1238,7 @@
     } finally {
       button.disabled = false;
       button.textContent = "Download as MP4";
+      applyScopes(); // (a token renewed meanwhile may leave Download out)
     }
   }
 
