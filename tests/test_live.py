@@ -1022,6 +1022,8 @@ async def test_text_for_a_turn_that_ended_is_refused_and_an_interrupted_streams_
             await live.interrupt("R")
             await rec.wait_event("speaking_stopped", "R", timeout=10)
             await live.say("Reused id.", turn_id="R")  # refused: R ended with its input complete
+            await live.say("Again.", turn_id="R")  # told once: discarded
+            await live.end_turn("R")
             await live.say("An LLM stream, ", turn_id="S", final=False)
             await rec.wait_event("speaking_started", "S", timeout=30)
             await live.interrupt("S")
@@ -1068,3 +1070,43 @@ async def test_a_tts_that_does_not_answer_a_voice_check_holds_the_start_two_seco
                 await rec.finish()
             assert VOICE_CHECK_SECONDS - 0.1 <= waited < VOICE_CHECK_SECONDS + 3.0, (voice, waited)
             assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+
+
+async def test_a_turn_the_encoder_fails_mid_render_does_not_hold_the_turns_behind_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renderer's stream of a long turn breaks after 10 frames: the encoder fails that turn
+    (FAILED speaking_stopped, one error). The gateway's task for it was still sending its audio,
+    paced by playback that would never come: it is stopped, and the next turn plays."""
+    import services.encoder.live.session as encoder_session
+    from talkmesh.common.errors import Unavailable
+
+    real = encoder_session.unbatched
+    renders = 0
+
+    async def breaking(stream: Any) -> Any:
+        nonlocal renders
+        renders += 1
+        first, frames = renders == 1, 0
+        async for frame in real(stream):
+            frames += 1
+            if first and frames > 10:
+                raise Unavailable("renderer: the stream broke (a test)")
+            yield frame
+
+    monkeypatch.setattr(encoder_session, "unbatched", breaking)
+    long = " ".join(["Hello there! This is a live avatar, speaking while it is still being rendered."] * 6)
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            broken = await live.say(long)
+            first = await rec.wait_event("speaking_stopped", broken, timeout=60)
+            after = await live.say("Next.")
+            second = await rec.wait_event("speaking_stopped", after, timeout=30)
+            await live.close()
+            await rec.finish()
+    assert first.msg.event.speaking_stopped.reason == lpb.STOP_REASON_FAILED
+    assert second.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+    assert second.msg.event.speaking_stopped.frames_played > 5
+    assert [r.msg.error.turn_id for r in rec.messages if r.kind == "error"] == [broken]
+

@@ -417,6 +417,10 @@ class LiveSession:
                         checked = stopped.voice_id if stopped.voice else self.voice_id
                         failed = body.reason == lpb.STOP_REASON_FAILED
                         body.voice = "" if failed else stopped.notes.voice or checked
+                    if body.reason == lpb.STOP_REASON_FAILED and stopped is not None and stopped.task is not None:
+                        # the encoder failed it (its render broke): its sending stops too, or it
+                        # would wait for playback that never comes and hold every later turn
+                        stopped.task.cancel()
                     self._turn_over(body.turn_id)
             elif kind == "started":
                 msg.started.max_text_chars = self.gateway_config.max_text_chars  # the gateway's limit
@@ -516,6 +520,7 @@ class LiveSession:
         if tid in self.refused:
             return  # input for a refused turn: discarded
         if self.stopped.get(tid):  # its input had ended before: a new turn with an old id
+            self.refused.put(tid, True)  # (told once: more of it is discarded)
             raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} has ended: a new turn needs a new id")
         if tid in self.stopped:
             return  # input for a turn stopped while its input came (an interrupted LLM stream): discarded

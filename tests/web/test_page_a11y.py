@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 
 from talkmesh.bench.web import wait_js
 from tests.web.browser import browser_page
-from tests.web.test_page_states import Conn, _wav, fake_edge, recv_json, refuse_old, started
+from tests.web.test_page_states import Conn, _wav, fake_edge, recv_json, refuse_old, serve, started
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,7 +74,7 @@ async def test_sound_pickers_counter_and_caption() -> None:
         await page.focus("#text")
         await page.keyboard.insert_text("word " * 1200)
         assert await page.evaluate("document.getElementById('text').value.length") == 6000
-        assert await page.inner_text("#text-count") == "6000 of 5000 characters"
+        assert await page.inner_text("#text-count") == "5999 of 5000 characters"  # (trimmed, as sent)
         assert await page.evaluate("document.getElementById('text-count').classList.contains('over')")
         assert "text-count" in (await page.get_attribute("#text", "aria-describedby") or "")
         await page.click("#speak")
@@ -173,3 +173,109 @@ async def test_a_long_audio_file_goes_a_few_seconds_ahead_and_stops_at_an_interr
         assert not any("end_of_turn" in m for m in edge.conns[0].received)
         assert any("interrupt" in m for m in edge.conns[0].received)
     assert console.errors == [], console.errors
+
+
+def _level_wav(seconds: float, level: float, rate: int = 16000) -> bytes:
+    """A WAV of one constant level (its sign tells two files apart in the PCM the page sends)."""
+    import io
+    import struct
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        frames = int(seconds * rate)
+        w.writeframes(struct.pack(f"<{frames}h", *([int(level * 32767)] * frames)))
+    return out.getvalue()
+
+
+async def test_two_audio_sources_at_once_each_reach_their_own_turn(tmp_path: Path) -> None:
+    """The edge sends a binary frame to the turn the last `audio` message named: a file still
+    being sent (paced) and a second one interleave, so the page names the turn again whenever it
+    switches. The microphone stops at Interrupt (its turn is interrupted)."""
+    import numpy as np
+
+    routed: dict[str, dict[str, int]] = {}  # turn -> source ("A" a positive level, "B" negative) -> chunks
+
+    async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
+        turn = ""
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                body = json.loads(msg.data)
+                conn.received.append(body)
+                if "config" in body:
+                    await ws.send_json(started(n))
+                turn = body["audio"]["turn_id"] if "audio" in body else turn
+            elif msg.type == WSMsgType.BINARY:
+                source = "A" if np.frombuffer(msg.data, "<i2").mean() > 0 else "B"
+                counts = routed.setdefault(turn, {})
+                counts[source] = counts.get(source, 0) + 1
+
+    async with fake_edge(script) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        first = {"name": "a.wav", "mimeType": "audio/wav", "buffer": _level_wav(8, 0.3)}
+        await page.set_input_files("#audio-file", files=[first])
+        await wait_js(page, "window.talkmesh.turns.a1 !== undefined", timeout=5)
+        await asyncio.sleep(1.0)
+        second = {"name": "b.wav", "mimeType": "audio/wav", "buffer": _level_wav(1, -0.3)}
+        await page.set_input_files("#audio-file", files=[second])
+        await wait_js(page, "window.talkmesh.turns.a2 !== undefined", timeout=5)
+        await asyncio.sleep(4.5)  # the first file's last chunks (8 s, 5 s ahead, 1 s in)
+        received = edge.conns[0].received
+        assert [m["end_of_turn"]["turn_id"] for m in received if "end_of_turn" in m] == ["a2", "a1"]
+        assert routed == {"a1": {"A": 80}, "a2": {"B": 10}}, routed
+
+        await page.click("#mic")
+        await wait_js(page, "document.getElementById('mic').textContent === 'Stop microphone'", timeout=10)
+        await page.locator("body").press("Escape")
+        assert await page.inner_text("#mic") == "Start microphone", "the microphone stops with its turn"
+    assert console.errors == [], console.errors
+
+
+async def test_the_text_is_counted_in_characters_as_the_server_counts() -> None:
+    async with fake_edge(serve) as edge, browser_page() as (page, _):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.evaluate("document.getElementById('text').value = '\\u{1F600}'.repeat(3000) + '   '")
+        await page.click("#speak")
+        await asyncio.sleep(0.5)
+        sent = [m for m in edge.conns[0].received if "text" in m]
+        assert len(sent) == 1 and len(sent[0]["text"]["text"]) == 3000, "3000 emoji are 3000 characters"
+
+
+async def test_a_token_refused_while_a_session_runs_leaves_it_running_and_then_stops() -> None:
+    """Sessions outlive their tokens: a 401 on Download says so but keeps the running session and
+    its controls; when that session ends, the page waits for a new token instead of reconnecting."""
+    closing = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
+        await recv_json(ws, conn)
+        await ws.send_json(started(n))
+        await closing.wait()
+        await ws.send_json({"status": {"code": "OK", "message": "", "field": ""}})
+        await ws.close()
+
+    async def speak(request: web.Request) -> web.Response:
+        why = "access_token: not accepted: it expired 3 s ago"
+        error = {"code": "UNAUTHENTICATED", "field": "access_token", "message": why}
+        return web.json_response({"error": error}, status=401)
+
+    async with (
+        fake_edge(script, routes=[web.post("/v1/speak", speak)]) as edge,
+        browser_page() as (page, _),
+    ):
+        await page.goto(f"{edge.url}?retry_base=1#access_token=aaa.bbb.ccc")
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.click("#download")
+        await wait_js(page, "window.talkmesh.access !== undefined && window.talkmesh.access !== null", timeout=5)
+        assert "has expired" in await page.inner_text("#alert")
+        assert await page.evaluate("window.talkmesh.connected") and not await page.is_disabled("#speak")
+        assert (await page.inner_text("#connection")).startswith("live")
+        closing.set()  # the session ends (its own end, a drain...)
+        await wait_js(page, "!window.talkmesh.connected", timeout=5)
+        await asyncio.sleep(2.5)  # a reconnection would come within the backoff's first 0.5-1 s
+        assert len(edge.conns) == 1 and await page.inner_text("#connection") == "Not signed in"
+        assert await page.is_disabled("#speak")

@@ -62,7 +62,7 @@ class FakeEdge:
     url: str = ""
 
     async def live(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(protocols=("talkmesh",))  # (as the edge: a page with a token offers it)
         await ws.prepare(request)
         conn = Conn(time.monotonic())
         self.conns.append(conn)
@@ -98,8 +98,12 @@ async def refuse_old(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def fake_edge(script: Script, voices: list[dict[str, str]] | None = None) -> AsyncIterator[FakeEdge]:
-    """``voices``: what GET /v1/voices lists (none by default)."""
+async def fake_edge(
+    script: Script,
+    voices: list[dict[str, str]] | None = None,
+    routes: list[web.RouteDef] | None = None,
+) -> AsyncIterator[FakeEdge]:
+    """``voices``: what GET /v1/voices lists (none by default); ``routes``: more of the API."""
     edge = FakeEdge(script)
     app = web.Application()
 
@@ -110,6 +114,7 @@ async def fake_edge(script: Script, voices: list[dict[str, str]] | None = None) 
     app.router.add_get("/v1/live", edge.live)
     app.router.add_get("/v1/avatars", _avatars)
     app.router.add_get("/v1/voices", listed_voices)
+    app.add_routes(routes or [])
     app.router.add_static("/static", STATIC)
     runner = web.AppRunner(app)
     await runner.setup()

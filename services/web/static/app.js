@@ -192,9 +192,12 @@
     accessRefused = err;
     tm.access = err;
     clearTimeout(reconnectTimer);
-    clearInterval(countdown);
-    setControls(false);
-    setConnection("Not signed in");
+    clearTimeout(pickTimer);
+    if (!tm.connected) { // a running session outlives its token: it plays on (no reconnection after it)
+      clearInterval(countdown);
+      setControls(false);
+      setConnection("Not signed in");
+    }
     // (a reload would not help: the link's token left the address bar when the page opened)
     const framed = window.parent !== window;
     const again = framed ? "waiting for the site to sign you in again" : "open it again from the site that sent you here";
@@ -217,7 +220,7 @@
       accessRefused = null;
       tm.access = null;
       clearAlert();
-      start();
+      if (!tm.connected) start(); // (a session that ran on keeps running)
     }
   });
 
@@ -553,6 +556,8 @@
     }
     tm.connects.push({ at: performance.now(), reason: typeof reason === "string" ? reason : "start" });
     for (const cut of tm.interrupts) if (cut.ackAt == null) cut.stale = true; // the old session's
+    if (mic) toggleMic(); // its turn was the old session's
+    audioTurnSent = "";
     clearTimeout(pickTimer);
     showCaption("");
     tm.turns = {};
@@ -672,6 +677,11 @@
       const step = Math.min(RETRY_CAP, RETRY_BASE * 2 ** attempts);
       wait = Math.max(step / 2 + Math.random() * step / 2, retryAfter(status));
       attempts += 1;
+    }
+    if (accessRefused) { // no new session until a new token comes (the message listener starts one)
+      setControls(false);
+      setConnection("Not signed in");
+      return;
     }
     const reason = catchingUp ? "catch up" : draining ? "drain" : status.code;
     const header = catchingUp
@@ -888,7 +898,7 @@
   // The text's length against the limit, shown once it is near (the box never cuts what is typed
   // or pasted: Speak refuses a text over the limit and says so).
   function countText() {
-    const n = $("text").value.length;
+    const n = [...$("text").value.trim()].length;
     const count = $("text-count");
     count.textContent = n > textLimit * 0.8 ? `${n} of ${textLimit} characters` : "";
     count.classList.toggle("over", n > textLimit);
@@ -921,9 +931,10 @@
       return;
     }
     const limit = textLimit;
-    if (text.length > limit) {
-      showAlert(`Not sent: the text is ${text.length} characters long, the limit is ${limit}.`);
-      logEvent(`speak refused in the page: ${text.length} > ${limit} characters`);
+    const chars = [...text].length; // (an emoji is one character to the server, two UTF-16 units here)
+    if (chars > limit) {
+      showAlert(`Not sent: the text is ${chars} characters long, the limit is ${limit}.`);
+      logEvent(`speak refused in the page: ${chars} > ${limit} characters`);
       return;
     }
     if (!tm.connected || !ws || ws.readyState !== WebSocket.OPEN) {
@@ -943,6 +954,7 @@
     if (!tm.connected) return;
     tm.interrupts.push({ pressed: performance.now() });
     for (const job of fileSends) job.stopped = true; // the rest of an interrupted file is not sent
+    if (mic) toggleMic(); // (its turn is interrupted: what it still records would go nowhere)
     send({ interrupt: {} });
     logEvent("interrupt");
   }
@@ -974,8 +986,12 @@
 
   // Audio turns: mono s16le PCM chunks of 100 ms after a JSON `audio` message naming the turn.
   const AUDIO_RATE = 16000;
+  let audioTurnSent = ""; // the turn the last `audio` message on this socket named (binary frames go to it)
   function sendPcm(turnId, floats, final) {
     const step = AUDIO_RATE / 10;
+    if (turnId !== audioTurnSent && send({ audio: { turn_id: turnId, sample_rate: AUDIO_RATE } })) {
+      audioTurnSent = turnId; // a file and the microphone (or two files) interleave their chunks
+    }
     for (let i = 0; i < floats.length; i += step) {
       const part = floats.subarray(i, Math.min(floats.length, i + step));
       const pcm = new Int16Array(part.length);
@@ -1012,7 +1028,7 @@
   function startAudioTurn() {
     if (!tm.connected) throw new Error("not sent: there is no live session right now");
     const id = newTurn("a");
-    send({ audio: { turn_id: id, sample_rate: AUDIO_RATE } });
+    if (send({ audio: { turn_id: id, sample_rate: AUDIO_RATE } })) audioTurnSent = id;
     return id;
   }
 
@@ -1068,6 +1084,7 @@
       node.connect(ctx.destination);
       mic = {
         stop() {
+          node.onaudioprocess = null;
           node.disconnect();
           source.disconnect();
           stream.getTracks().forEach((t) => t.stop());
@@ -1100,7 +1117,7 @@
 
   // The pickers, then the session (not while the access token is refused).
   async function start(selectAvatar) {
-    await loadPickers(selectAvatar);
+    if ((await loadPickers(selectAvatar)) === "again") return start(selectAvatar); // a new token came meanwhile
     if (!accessRefused) connect();
   }
 
@@ -1113,7 +1130,8 @@
       fill($("voice-select"), [{ id: "", label: "(the server's default)" }].concat(
         voices.map((v) => ({ id: v.id, label: `${v.name || v.id} (${v.language || "?"})` }))));
     } catch (err) {
-      if (err.access) refusedWith(err.used, err.access);
+      if (err.access && err.used !== accessToken) return "again";
+      if (err.access) refuseAccess(err.access);
       else showError(`lists: ${err.message}`);
     }
   }
