@@ -12,8 +12,9 @@ the markup is dropped and its words kept:
 * at the start of a line: headings' ``#`` (and a heading's ``===`` underline), block quotes'
   ``>``, list bullets (``-``, ``*``, ``+``; a numbered item keeps its number) and a task's box
   (``- [x]``), horizontal rules, table rules; a table row says its cells as phrases;
-* HTML tags of text (``<b>``, ``</sup>``, ``<br/>``, ``<details>``...; only these names, so
-  ``List<String>`` and ``a<b`` stay);
+* HTML tags of text, where they are tags beyond doubt (``<b>bold</b>``, ``<br/>``, a tag with
+  quoted attributes; only names of text formatting, so ``List<String>``, ``a<b`` and "a <b> c"
+  stay);
 * a link or an image says its text (``[the docs](https://...)`` is "the docs"), an address its
   host (``https://www.example.com/a?b`` is "example.com");
 * HTML entities (``&amp;``, ``&#8212;``) are decoded and emoji skipped; a backslash escape
