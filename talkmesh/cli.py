@@ -579,7 +579,10 @@ def _token(args: argparse.Namespace) -> int:
             if marked:
                 raise CliError(f"{path}: a secret already waits to be promoted (--promote it first)")
             lines[at[0] + 1 : at[0] + 1] = [NEXT_MARK, tokens.new_secret()]
-            said = "added a new secret after the first: restart the edges, then --promote it"
+            said = (
+                "added a new secret after the first: once every edge has read it (within 2 s of a change; "
+                "a Kubernetes Secret reaches its pods within about a minute), --promote it"
+            )
         else:
             lines.insert(0, tokens.new_secret())
             said = "wrote a new secret first" + (f" ({len(at)} older one(s) still accepted)" if at else "")

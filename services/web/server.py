@@ -40,6 +40,7 @@ from services.web.errors import HttpError, bad_value_field, error_response, from
 from services.web.live import CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
+from talkmesh.common.files import WatchedFile
 from talkmesh.common.health import DependencyWatch
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.propagation import REQUEST_ID_KEY
@@ -88,6 +89,8 @@ ROUTE_SCOPES = {
     ("POST", "/v1/avatars"): "avatars",
     ("DELETE", "/v1/avatars/{avatar_id}"): "avatars",
 }
+#: How often (at most) the token secret file is looked at for a change (seconds).
+TOKEN_SECRETS_CHECK_SECONDS = 2.0
 #: The query parameter of a WebSocket's access token (browsers cannot set its headers).
 TOKEN_QUERY = "access_token"
 #: A WebSocket subprotocol carrying the access token (``access_token.<JWT>``): how the page sends
@@ -218,8 +221,16 @@ class WebHost:
         self._requests = telemetry.metrics.streams_total
         self._active = telemetry.metrics.streams_active.labels(self.name)
         self._origins = config.web.origins()
-        self._token_secrets = config.web.token_secrets()  # [] = no access tokens asked for
-        if self._token_secrets:
+        # the secrets of web.token_secret_file (None: no access tokens asked for), read again when
+        # the file changes: a rotation needs no restart
+        self._token_secrets: WatchedFile[list[bytes]] | None = None
+        if config.web.token_secret_file:
+            self._token_secrets = WatchedFile(
+                config.web.token_secret_file,
+                lambda _: config.web.token_secrets(),
+                check_seconds=TOKEN_SECRETS_CHECK_SECONDS,
+                what="web.token_secret_file",
+            )
             logging.getLogger("aiohttp.websocket").addFilter(_NO_TOKENS)
         self._subject_sessions: collections.Counter[str] = collections.Counter()  # open live sockets
         # On a loopback address, only requests that name the edge by a loopback name (or a host of
@@ -324,7 +335,7 @@ class WebHost:
             self.url,
             self.metrics_port,
             self.config.gateway.target,
-            f"; access tokens required ({len(self._token_secrets)} secret(s))" if self._token_secrets else "",
+            f"; access tokens required ({len(self._token_secrets.value)} secret(s))" if self._token_secrets else "",
         )
         return self.port
 
@@ -494,7 +505,7 @@ class WebHost:
         its route (services.web.tokens): 401 UNAUTHENTICATED without a good one, 403
         PERMISSION_DENIED when its scope leaves the route out. The token's subject goes on the
         request's span (``enduser.id``)."""
-        if not self._token_secrets or not route.startswith("/v1/"):
+        if self._token_secrets is None or not route.startswith("/v1/"):
             return
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":  # none, or a proxy's own (Basic): not ours
@@ -515,7 +526,9 @@ class WebHost:
                 headers=challenge,
             )
         try:
-            access = tokens.check(token, self._token_secrets, max_ttl_seconds=self.config.web.token_max_ttl_seconds)
+            access = tokens.check(
+                token, self._token_secrets.get(), max_ttl_seconds=self.config.web.token_max_ttl_seconds
+            )
         except tokens.TokenError as exc:
             raise HttpError(
                 401,

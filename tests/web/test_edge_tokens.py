@@ -331,3 +331,36 @@ def test_rotation_with_next_then_promote(tmp_path: Path, capsys: pytest.CaptureF
     assert cli_main(["token", "secret", str(path), "--promote"]) == 1, "promoted once: a second does nothing"
     assert tokens.read_secrets(str(path))[0] == new_first
     assert cli_main(["token", "secret", str(tmp_path / "one"), "--promote"]) == 1  # nothing to promote
+
+
+async def test_the_edge_reads_its_secrets_again_when_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rotation needs no restart: a secret added with --next is accepted once the edge has read
+    the file again (within TOKEN_SECRETS_CHECK_SECONDS, shortened here); a bad edit keeps the
+    secrets loaded before."""
+    import services.web.server as web_server
+
+    monkeypatch.setattr(web_server, "TOKEN_SECRETS_CHECK_SECONDS", 0.1)
+    path, secret = _secrets(tmp_path)
+    env = {"TALKMESH_WEB__WEB__TOKEN_SECRET_FILE": str(path)}
+    async with inprocess_mesh(tmp_path, web=True, env=env) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+
+        async def status(token: str) -> int:
+            async with http.get("/v1/voices", headers=_bearer(token)) as r:
+                return r.status
+
+        assert cli_main(["token", "secret", str(path), "--next"]) == 0
+        added = tokens.read_secrets(str(path))[1]
+        new_token = tokens.mint(added, ttl_seconds=600)
+        for _ in range(30):
+            if await status(new_token) == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert await status(new_token) == 200, "the added secret is accepted without a restart"
+        assert await status(tokens.mint(secret, ttl_seconds=600)) == 200
+
+        path.write_text("too short\n")  # a bad edit: what was loaded stays
+        await asyncio.sleep(0.3)
+        assert await status(new_token) == 200
+        assert "not reloaded" in caplog.text and "too short" not in caplog.text
