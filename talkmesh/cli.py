@@ -549,54 +549,10 @@ NEXT_MARK = "# next: accepted, not minting yet (talkmesh token secret FILE --pro
 def _token(args: argparse.Namespace) -> int:
     """`talkmesh token secret FILE` / `talkmesh token new`: the web edge's access tokens
     (services.web.tokens; docs/WEB.md "Access tokens")."""
-    import os
-    import tempfile
-
     from services.web import tokens
 
     if args.token_cmd == "secret":
-        # Rotation without a refused login (docs/WEB.md "Access tokens"): --next adds a secret the
-        # edges accept but nobody mints with; once every edge has it, --promote makes it the one
-        # that mints (the old one, second, still verifies until its tokens expired).
-        path = Path(args.file)
-        lines = path.read_text().splitlines() if path.exists() else []
-
-        def secret_lines() -> list[int]:
-            return [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
-
-        at = secret_lines()
-        marked = [i for i, line in enumerate(lines) if line.strip() == NEXT_MARK]
-        if args.promote:
-            # the secret --next added (the line after its mark) goes first, once: a second
-            # --promote finds no mark and changes nothing
-            if not marked or marked[0] + 1 not in at:
-                raise CliError(f"{path}: no secret waits to be promoted (add one with --next first)")
-            promoted = lines[marked[0] + 1]
-            del lines[marked[0] : marked[0] + 2]
-            lines.insert(secret_lines()[0], promoted)
-            said = "the new secret now mints; the one before still verifies (remove it once its tokens expired)"
-        elif args.next and at:
-            if marked:
-                raise CliError(f"{path}: a secret already waits to be promoted (--promote it first)")
-            lines[at[0] + 1 : at[0] + 1] = [NEXT_MARK, tokens.new_secret()]
-            said = (
-                "added a new secret after the first: once every edge has read it (within 2 s of a change; "
-                "a Kubernetes Secret reaches its pods within about a minute), --promote it"
-            )
-        else:
-            lines.insert(0, tokens.new_secret())
-            said = "wrote a new secret first" + (f" ({len(at)} older one(s) still accepted)" if at else "")
-        # written beside it and renamed over it: never half a file, and always mode 0600
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as out:  # (mkstemp makes it 0600)
-                out.write("\n".join(lines) + "\n")
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        print(f"{path}: {said}", file=sys.stderr)
-        return 0
+        return _token_secret(args)
     try:
         secret = tokens.read_secrets(args.secret_file)[0]
         token = tokens.mint(
@@ -605,6 +561,57 @@ def _token(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     print(f"{args.page.split('#')[0]}#access_token={token}" if args.page else token)
+    return 0
+
+
+def _token_secret(args: argparse.Namespace) -> int:
+    """A new secret first in the file; or, to rotate without a refused login (docs/WEB.md
+    "Access tokens"), --next adds one the edges accept but nobody mints with, and once every edge
+    has it, --promote makes it the one that mints (the old one, second, still verifies until its
+    tokens expired)."""
+    import os
+    import tempfile
+
+    from services.web import tokens
+
+    path = Path(args.file)
+    lines = path.read_text().splitlines() if path.exists() else []
+
+    def secret_lines() -> list[int]:
+        return [i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
+
+    at = secret_lines()
+    marked = [i for i, line in enumerate(lines) if line.strip() == NEXT_MARK]
+    if args.promote:
+        # the secret --next added (the line after its mark) goes first, once: a second
+        # --promote finds no mark and changes nothing
+        if not marked or marked[0] + 1 not in at:
+            raise CliError(f"{path}: no secret waits to be promoted (add one with --next first)")
+        promoted = lines[marked[0] + 1]
+        del lines[marked[0] : marked[0] + 2]
+        lines.insert(secret_lines()[0], promoted)
+        said = "the new secret now mints; the one before still verifies (remove it once its tokens expired)"
+    elif args.next and at:
+        if marked:
+            raise CliError(f"{path}: a secret already waits to be promoted (--promote it first)")
+        lines[at[0] + 1 : at[0] + 1] = [NEXT_MARK, tokens.new_secret()]
+        said = (
+            "added a new secret after the first: once every edge has read it (within 2 s of a change; "
+            "a Kubernetes Secret reaches its pods within about a minute), --promote it"
+        )
+    else:
+        lines.insert(0, tokens.new_secret())
+        said = "wrote a new secret first" + (f" ({len(at)} older one(s) still accepted)" if at else "")
+    # written beside it and renamed over it: never half a file, and always mode 0600
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:  # (mkstemp makes it 0600)
+            out.write("\n".join(lines) + "\n")
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    print(f"{path}: {said}", file=sys.stderr)
     return 0
 
 
@@ -799,8 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ts.add_argument("file")
     order = ts.add_mutually_exclusive_group()
-    order.add_argument("--next", action="store_true", help="add it second: accepted, not yet minting (rotation)")
-    order.add_argument("--promote", action="store_true", help="make the second secret the one that mints")
+    order.add_argument("--next", action="store_true", help="add it second, marked # next: accepted, not yet minting")
+    order.add_argument("--promote", action="store_true", help="make the secret --next added the one that mints")
     tn = tsub.add_parser("new", parents=[common], help="print a token signed with the first secret of --secret-file")
     tn.add_argument("--secret-file", required=True, help="the web edge's web.token_secret_file")
     tn.add_argument("--ttl", type=float, default=3600.0, help="seconds it stays valid (default 3600)")
