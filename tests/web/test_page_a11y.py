@@ -175,22 +175,6 @@ async def test_a_long_audio_file_goes_a_few_seconds_ahead_and_stops_at_an_interr
     assert console.errors == [], console.errors
 
 
-def _level_wav(seconds: float, level: float, rate: int = 16000) -> bytes:
-    """A WAV of one constant level (its sign tells two files apart in the PCM the page sends)."""
-    import io
-    import struct
-    import wave
-
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        frames = int(seconds * rate)
-        w.writeframes(struct.pack(f"<{frames}h", *([int(level * 32767)] * frames)))
-    return out.getvalue()
-
-
 async def test_two_audio_sources_at_once_each_reach_their_own_turn(tmp_path: Path) -> None:
     """The edge sends a binary frame to the turn the last `audio` message named: a file still
     being sent (paced) and a second one interleave, so the page names the turn again whenever it
@@ -216,11 +200,11 @@ async def test_two_audio_sources_at_once_each_reach_their_own_turn(tmp_path: Pat
     async with fake_edge(script) as edge, browser_page() as (page, console):
         await page.goto(edge.url)
         await wait_js(page, "window.talkmesh.connected", timeout=15)
-        first = {"name": "a.wav", "mimeType": "audio/wav", "buffer": _level_wav(8, 0.3)}
+        first = {"name": "a.wav", "mimeType": "audio/wav", "buffer": _wav(8, level=0.3)}
         await page.set_input_files("#audio-file", files=[first])
         await wait_js(page, "window.talkmesh.turns.a1 !== undefined", timeout=5)
         await asyncio.sleep(1.0)
-        second = {"name": "b.wav", "mimeType": "audio/wav", "buffer": _level_wav(1, -0.3)}
+        second = {"name": "b.wav", "mimeType": "audio/wav", "buffer": _wav(1, level=-0.3)}
         await page.set_input_files("#audio-file", files=[second])
         await wait_js(page, "window.talkmesh.turns.a2 !== undefined", timeout=5)
         await asyncio.sleep(4.5)  # the first file's last chunks (8 s, 5 s ahead, 1 s in)

@@ -299,7 +299,9 @@ async def test_escape_interrupts_and_a_drain_reconnects_at_once() -> None:
     assert console.errors == [], console.errors
 
 
-def _wav(seconds: float = 0.3, rate: int = 16000) -> bytes:
+def _wav(seconds: float = 0.3, rate: int = 16000, level: float | None = None) -> bytes:
+    """A mono 16-bit WAV: a 220 Hz tone, or one constant ``level`` (-1..1; its sign tells two
+    files apart in the PCM the page sends)."""
     import io
     import math
     import struct
@@ -311,7 +313,11 @@ def _wav(seconds: float = 0.3, rate: int = 16000) -> bytes:
         w.setsampwidth(2)
         w.setframerate(rate)
         n = int(seconds * rate)
-        w.writeframes(struct.pack(f"<{n}h", *(int(8000 * math.sin(2 * math.pi * 220 * i / rate)) for i in range(n))))
+        if level is None:
+            samples = [int(8000 * math.sin(2 * math.pi * 220 * i / rate)) for i in range(n)]
+        else:
+            samples = [int(level * 32767)] * n
+        w.writeframes(struct.pack(f"<{n}h", *samples))
     return out.getvalue()
 
 
