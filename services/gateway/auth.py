@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -46,6 +45,7 @@ import yaml
 
 from talkmesh.common.config import ConfigError, build_config
 from talkmesh.common.errors import ResourceExhausted, Unauthenticated
+from talkmesh.common.files import WatchedFile
 from talkmesh.common.principal import ROLES, USER, Principal, current_principal
 
 log = logging.getLogger(__name__)
@@ -188,57 +188,59 @@ class _Usage:
     limits: KeyLimits | None = None
 
 
+def read_keys_file(path: str) -> dict[str, ApiKey]:
+    """The keys of the YAML (or JSON) file at ``path``; ConfigError when it does not parse."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_keys(data or {}, path)
+
+
 class KeyStore:
-    """The keys of ``auth.api_keys_file``, reloaded when the file changes, and their counters."""
+    """The keys of ``auth.api_keys_file`` (and ``auth.service_keys_file``), each file read again
+    when it changes (``talkmesh.common.files.WatchedFile``), and the keys' counters."""
 
-    def __init__(
-        self, config: AuthConfig, clock: Callable[[], float] = time.monotonic, field: str = "auth.api_keys_file"
-    ) -> None:
+    def __init__(self, config: AuthConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self.field = field
-        self.path = Path(config.api_keys_file)
         self.clock = clock
-        self._keys: dict[str, ApiKey] = {}
-        self._stamp: tuple[int, int] | None = None
-        self._checked = -1e18
         self._usage: dict[str, _Usage] = {}
-        self.reloads = 0
-        self.service: KeyStore | None = None
+        self.service: WatchedFile[dict[str, ApiKey]] | None = None
         if config.service_keys_file:
-            only = dataclasses.replace(config, api_keys_file=config.service_keys_file, service_keys_file="")
-            self.service = KeyStore(only, clock, "auth.service_keys_file")
-        self._reload(initial=True)
+            self.service = self._watch("auth.service_keys_file", config.service_keys_file, read_keys_file)
+        self._users = self._watch("auth.api_keys_file", config.api_keys_file, self._read_user_keys)
+        log.info("API keys loaded from %s: %d key(s)", config.api_keys_file, len(self._users.value))
 
-    def _reload(self, *, initial: bool = False) -> None:
+    def _watch(
+        self, field: str, path: str, parse: Callable[[str], dict[str, ApiKey]]
+    ) -> WatchedFile[dict[str, ApiKey]]:
         try:
-            st = os.stat(self.path)
-            stamp = (st.st_mtime_ns, st.st_size)
-            if stamp == self._stamp:
-                return
-            keys = parse_keys(yaml.safe_load(self.path.read_text()) or {}, str(self.path))
-            if self.service is not None:
-                # a service key's name (the web edge's) owns what it registers and has its own
-                # counters: a user key of the same name would share both
-                clash = {k.name for k in keys.values()} & {k.name for k in self.service._keys.values()}
-                if clash:
-                    raise ConfigError(f"key name(s) {', '.join(sorted(clash))} are taken by auth.service_keys_file")
-        except (OSError, yaml.YAMLError, ConfigError) as exc:
-            if initial:
-                raise ConfigError.at(self.field, f"{exc}") from None
-            log.warning("API keys file %s not reloaded, keeping %d key(s): %s", self.path, len(self._keys), exc)
-            return
-        self._keys, self._stamp = keys, stamp
-        self.reloads += 1
-        log.info("API keys loaded from %s: %d key(s)", self.path, len(keys))
+            return WatchedFile(
+                path, parse, check_seconds=self.config.reload_check_seconds, what="API keys file", clock=self.clock
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigError.at(field, f"{exc}") from None
+
+    def _read_user_keys(self, path: str) -> dict[str, ApiKey]:
+        keys = read_keys_file(path)
+        if self.service is not None:
+            # a service key's name (the web edge's) owns what it registers and has its own
+            # counters: a user key of the same name would share both
+            clash = {k.name for k in keys.values()} & {k.name for k in self.service.value.values()}
+            if clash:
+                raise ConfigError(f"key name(s) {', '.join(sorted(clash))} are taken by auth.service_keys_file")
+        return keys
+
+    @property
+    def reloads(self) -> int:
+        """How many times the users' keys file was loaded (1 at start)."""
+        return self._users.loads
 
     def lookup(self, key: str) -> ApiKey | None:
-        now = self.clock()
-        if now - self._checked >= self.config.reload_check_seconds:
-            self._checked = now
-            self._reload()
-        found = self._keys.get(hash_key(key))
+        digest = hash_key(key)
+        found = self._users.get().get(digest)
         if found is None and self.service is not None:
-            found = self.service.lookup(key)
+            found = self.service.get().get(digest)
         return found
 
     def usage(self, key: ApiKey) -> _Usage:

@@ -184,3 +184,21 @@ def test_a_key_without_its_scheme_is_told_what_is_expected(tmp_path):
     with pytest.raises(Unauthenticated, match=r"^authorization: missing API key"):
         auth._admit(Context(()), upload=False)  # type: ignore[arg-type]
     assert auth._admit(Context((("authorization", "Bearer tm_x"),)), upload=False) is not None  # type: ignore[arg-type]
+
+
+def test_service_keys_file_is_read_again_when_it_changes(tmp_path):
+    users = tmp_path / "keys.yaml"
+    users.write_text(yaml.safe_dump({"keys": [{"name": "a", "sha256": DIGEST}]}))
+    service = tmp_path / "service.yaml"
+    service.write_text(yaml.safe_dump({"keys": [{"name": "edge", "sha256": hash_key("tm_old")}]}))
+    now = [0.0]
+    config = AuthConfig(api_keys_file=str(users), service_keys_file=str(service), reload_check_seconds=2)
+    store = KeyStore(config, clock=lambda: now[0])
+    assert store.lookup("tm_old").name == "edge"
+    service.write_text(yaml.safe_dump({"keys": [{"name": "edge", "sha256": hash_key("tm_new")}]}))
+    os.utime(service, ns=(1, 1))
+    now[0] = 3.0
+    assert store.lookup("tm_new").name == "edge" and store.lookup("tm_old") is None
+    service.write_text("keys: [")  # a bad edit keeps the loaded keys
+    now[0] = 6.0
+    assert store.lookup("tm_new").name == "edge" and store.lookup("tm_x").name == "a"
