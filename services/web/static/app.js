@@ -316,11 +316,15 @@
 
   function setupMedia(mime) {
     if (WEBAUDIO) mime = videoOnly(mime);
-    if (!window.MediaSource || !MediaSource.isTypeSupported(mime)) {
+    // iOS Safari (17.1+) has ManagedMediaSource only, which opens only with remote playback
+    // (AirPlay) off: there is no HLS alternative for a live session to hand over.
+    const Source = window.MediaSource || window.ManagedMediaSource;
+    if (!Source || !Source.isTypeSupported(mime)) {
       showError(`this browser cannot play ${mime}`);
       return;
     }
-    ms = new MediaSource();
+    if (Source === window.ManagedMediaSource) video.disableRemotePlayback = true;
+    ms = new Source();
     appendQueue = [];
     sb = null;
     tm.offset = null;
