@@ -39,6 +39,30 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 
 
+#: Where a response keeps the gRPC status name it stands for (``result_code``).
+RESULT_KEY = "talkmesh.code"
+#: HTTP status -> the gRPC status name an answer without its own stands for (the reverse of
+#: HTTP_STATUS where it is one-to-one; 400 is the client's request as a whole).
+_CODE_OF_STATUS = {
+    **{v: c.name for c, v in HTTP_STATUS.items() if list(HTTP_STATUS.values()).count(v) == 1},
+    400: "INVALID_ARGUMENT",
+    405: "UNIMPLEMENTED",
+    413: "INVALID_ARGUMENT",
+}
+
+
+def result_code(response: web.StreamResponse) -> str:
+    """The gRPC status name of an answer, for ``talkmesh_streams_total{code}`` (every service
+    counts its calls by gRPC status, so the web edge's join the same alerts and panels): the one
+    the answer was made with, else OK below 400, else the name its HTTP status stands for."""
+    code = response.get(RESULT_KEY)
+    if isinstance(code, str):
+        return code
+    if response.status < 400:
+        return "OK"
+    return _CODE_OF_STATUS.get(response.status, "INTERNAL" if response.status >= 500 else "INVALID_ARGUMENT")
+
+
 def error_response(
     status: int,
     code: str,
@@ -52,7 +76,9 @@ def error_response(
     if retry_after is not None:
         body["retry_after_seconds"] = retry_after
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    return web.json_response({"error": body}, status=status, headers=headers)
+    response = web.json_response({"error": body}, status=status, headers=headers)
+    response[RESULT_KEY] = code
+    return response
 
 
 class HttpError(Exception):

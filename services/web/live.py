@@ -27,7 +27,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from google.protobuf import json_format
 
 from services.web.config import WebSettings
-from services.web.errors import bad_value_field, edge_message, proto_names
+from services.web.errors import RESULT_KEY, bad_value_field, edge_message, proto_names
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import TaskSet
 from talkmesh.common.errors import ErrorDetails, status_of
@@ -162,6 +162,7 @@ class Sender:
             if details.retry_delay is not None:
                 status["retry_after_seconds"] = details.retry_delay
             close = _CLOSE_FOR.get(exc.code(), CLOSE_INTERNAL)
+        self.ws[RESULT_KEY] = status["code"]  # the session's outcome in the edge's metrics
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.json({"status": status})
             await self.ws.close(code=close, message=status["code"].encode())

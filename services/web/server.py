@@ -36,7 +36,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_s
 
 from services.web import tokens
 from services.web.config import WebConfig, normal_origin
-from services.web.errors import HttpError, bad_value_field, error_response, from_rpc_error, proto_names
+from services.web.errors import (
+    RESULT_KEY,
+    HttpError,
+    bad_value_field,
+    error_response,
+    from_rpc_error,
+    proto_names,
+    result_code,
+)
 from services.web.live import CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
@@ -448,7 +456,7 @@ class WebHost:
         token = request_id_var.set(rid)
         parent = propagate.extract(dict(request.headers))
         start = time.perf_counter()
-        status = 500
+        code = "INTERNAL"  # (an exception that escapes)
         try:
             with self.telemetry.tracer.start_as_current_span(
                 f"web {request.method} {route}",
@@ -488,16 +496,19 @@ class WebHost:
                 except web.HTTPException as exc:  # aiohttp's own: unknown path, body too large, ...
                     code, field = HTTP_EXCEPTION_CODES.get(exc.status, ("INVALID_ARGUMENT", ""))
                     response = error_response(exc.status, code if exc.status < 500 else "INTERNAL", exc.reason, field)
-                status = response.status
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
+                code = result_code(response)
+                span.set_attribute("http.response.status_code", response.status)
+                if response.status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
                 if not response.prepared:
                     self._decorate(request, response)
                 return response
+        except (asyncio.CancelledError, ConnectionError):  # the browser went away
+            code = "CANCELLED"
+            raise
         finally:
             request_id_var.reset(token)
-            self._requests.labels(self.name, f"{request.method} {route}", str(status)).inc()
+            self._requests.labels(self.name, f"{request.method} {route}", code).inc()
             self.telemetry.observe_stage(f"http {route}", time.perf_counter() - start)
 
     def _authorize(self, request: web.Request, route: str, span: Any) -> None:
@@ -825,10 +836,12 @@ class WebHost:
         except ConnectionError:  # the browser went away: the call is cancelled (_speak)
             if resp is None:
                 raise
+            resp[RESULT_KEY] = "CANCELLED"
             return resp
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
             if resp is None:
                 raise
+            resp[RESULT_KEY] = exc.code().name
             # The status line is gone: the body breaks off (no final chunk), which the browser's
             # fetch reports as a network error.
             log.info("speak: the gateway's stream failed after the answer started", exc_info=True)

@@ -5,6 +5,11 @@ Handlers carry logic only: they raise ``TalkmeshError`` subclasses (or let a dow
 ``AioRpcError`` through) and the server interceptor turns that into the right gRPC status. Streams
 that the client cancelled are recorded as CANCELLED in metrics and spans (the stock
 instrumentation reports them as OK).
+
+Spans follow OpenTelemetry's RPC conventions for servers: ``rpc.service`` and ``rpc.method``
+apart, ``rpc.grpc.status_code`` (a number) on every call, and an error status only for the
+server's faults (``SPAN_ERRORS``); a client's mistake or hang-up is not the service's error (its
+message is in ``talkmesh.status_message``, a cancel in ``talkmesh.cancelled``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ log = logging.getLogger(__name__)
 _INFRA_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 #: Statuses logged as warnings (the server's or a stage's fault, not the client's request).
 _SERVER_FAULTS = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"})
+#: Statuses that make a server span's status an error (OpenTelemetry's gRPC conventions).
+SPAN_ERRORS = _SERVER_FAULTS | {"UNIMPLEMENTED"}
+_STATUS_NUMBERS = {c.name: c.value[0] for c in grpc.StatusCode}
 
 
 class _MetadataGetter(Getter[dict[str, str]]):
@@ -151,7 +159,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             kind=SpanKind.SERVER,
             attributes={
                 "rpc.system": "grpc",
-                "rpc.method": method,
+                "rpc.service": method.lstrip("/").rpartition("/")[0],
+                "rpc.method": method.rpartition("/")[2],
                 "talkmesh.service": self.telemetry.service,
                 "talkmesh.request_id": rid,
             },
@@ -208,8 +217,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         else:
             log.exception("unhandled error in handler")
             code, details = grpc.StatusCode.INTERNAL, internal_error(exc).message
-        span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code.name in SPAN_ERRORS:
+            span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
+        span.set_attribute("talkmesh.status_message", details)
         if self.edge:
             shown, rich = scrub(code, details, rich)
             if shown != details:
@@ -224,9 +234,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self.telemetry.metrics.streams_total.labels(svc, method, code).inc()
         self.telemetry.metrics.streams_active.labels(svc).dec()
         self.admission.leave()
+        span.set_attribute("rpc.grpc.status_code", _STATUS_NUMBERS.get(code, grpc.StatusCode.UNKNOWN.value[0]))
         span.set_attribute("rpc.grpc.status_code_name", code)
         if code == "CANCELLED":
-            span.set_status(Status(StatusCode.ERROR, "CANCELLED: the client cancelled the call"))
             span.set_attribute("talkmesh.cancelled", True)
         seconds = time.perf_counter() - start
         span.set_attribute("talkmesh.duration_seconds", seconds)

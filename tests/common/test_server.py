@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 import pytest
@@ -149,8 +150,32 @@ async def test_cancel_is_recorded_as_cancelled_in_metrics_and_span():
     assert _value(tel, "talkmesh_streams_total", labels) == 1
     spans = [s for s in exporter.get_finished_spans() if s.name == "talkmesh.v1.TTS/Synthesize"]
     assert len(spans) == 1
-    assert spans[0].status.status_code == StatusCode.ERROR
+    # a hang-up is the client's doing: not an error of the service's span (OpenTelemetry's gRPC
+    # server conventions), but marked
+    assert spans[0].status.status_code == StatusCode.UNSET
     assert spans[0].attributes["talkmesh.cancelled"] is True
+    assert spans[0].attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+
+
+async def test_spans_follow_the_grpc_server_conventions():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with serve(ToyService(Telemetry("toy", tracer_provider=provider))) as host:
+        async with create_channel(host.address) as ch:
+            stub = tts_pb2_grpc.TTSStub(ch)
+            for text in ("ok", "", "boom"):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    [c async for c in stub.Synthesize(_req(text))]
+    spans = [s for s in exporter.get_finished_spans() if s.name == "talkmesh.v1.TTS/Synthesize"]
+    assert [s.attributes["rpc.grpc.status_code"] for s in spans] == [0, 3, 13]  # OK, INVALID_ARGUMENT, INTERNAL
+    assert all(s.attributes["rpc.service"] == "talkmesh.v1.TTS" for s in spans)
+    assert all(s.attributes["rpc.method"] == "Synthesize" for s in spans)
+    ok, mistake, fault = spans
+    # only the server's fault is an error; the client's mistake keeps its message
+    assert ok.status.status_code == StatusCode.UNSET and mistake.status.status_code == StatusCode.UNSET
+    assert mistake.attributes["talkmesh.status_message"] == "text: must not be empty"
+    assert fault.status.status_code == StatusCode.ERROR and "kaboom" in (fault.status.description or "")
 
 
 async def test_drain_refuses_new_streams_and_finishes_in_flight():

@@ -127,7 +127,17 @@ async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path:
 
         async with http.get("/metrics") as r:
             text = await r.text()
-            assert 'talkmesh_streams_total{code="200",method="POST /v1/speak",service="web"}' in text
+            # counted by gRPC status like every service's calls (the error-ratio alert reads the
+            # codes: an HTTP "200" there was a server fault)
+            counted = {
+                (line.split('method="')[1].split('"')[0], line.split('code="')[1].split('"')[0])
+                for line in text.splitlines()
+                if line.startswith("talkmesh_streams_total{")
+            }
+            assert ("POST /v1/speak", "OK") in counted
+            assert {("POST /v1/speak", "NOT_FOUND"), ("POST /v1/speak", "INVALID_ARGUMENT")} <= counted
+            assert ("GET other", "NOT_FOUND") in counted and ("GET /v1/voices", "OK") in counted, counted
+            assert all(not code.isdigit() for _, code in counted), counted
 
     # A browser request starts the trace; the gateway's server span is its child.
     spans = exporter.get_finished_spans()
