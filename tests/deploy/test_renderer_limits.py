@@ -2,9 +2,11 @@
 
 The arithmetic (docs/DEPLOY.md, "Renderer limits") for the avatar store as it works today
 (services/renderer/avatars/decode.py and store.py): a RegisterAvatar upload of B bytes is held twice
-in memory (the assembled message and its bytes copy) and written once to /tmp for the video decoder; its F decoded
-frames of P pixels are held as a list and then stacked (2 x 3·F·P bytes) and saved to the cache
-directory (3·F·P bytes, plus a few percent of boxes and backend precomputes).
+in memory (the assembled message and its bytes copy) and written once to /tmp for the video decoder;
+its frames are decoded one at a time (one frame of P pixels at full size, up to 8 bytes a pixel for
+a 16-bit PNG with alpha, and its scaled copy) into an array of at most V = ``max_video_bytes``,
+twice that while the array grows (a video that has more frames than its header said), and saved to
+the cache directory (at most V, plus a few percent of boxes and backend precomputes).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from services.renderer.config import AvatarConfig
 from tests.deploy.manifests import OVERLAYS, config_of, containers, mounts_of, pod_spec, render, runs, volume
 
 MiB = 1 << 20
@@ -36,10 +39,11 @@ def quantity(text: str) -> int:
 
 def budget(avatars: dict[str, Any]) -> dict[str, float]:
     upload = avatars["max_upload_bytes"]
-    frames = 3 * avatars["max_frames"] * avatars["max_pixels"]
+    stored = avatars.get("max_video_bytes", AvatarConfig().max_video_bytes)
+    frame = 8 * avatars["max_pixels"]
     return {
-        "memory_per_upload": 2 * upload + 2 * frames,
-        "disk_per_avatar": frames * PRECOMPUTE_OVERHEAD,
+        "memory_per_upload": 2 * upload + 2 * stored + 2 * frame,
+        "disk_per_avatar": stored * PRECOMPUTE_OVERHEAD,
         "tmp_per_upload": upload,
     }
 
@@ -49,7 +53,7 @@ def test_renderer_limits_hold_the_largest_uploads(overlay: str) -> None:
     docs = render(overlay)
     dep, renderer = runs(docs, "renderer")
     avatars = config_of(docs, dep, renderer)["avatars"]
-    assert avatars["max_frames"] < 750 and avatars["max_pixels"] < 4096 * 4096, "tighter than the defaults"
+    assert avatars["max_upload_bytes"] < AvatarConfig().max_upload_bytes, "tighter than the defaults"
     b = budget(avatars)
     limits = renderer["resources"]["limits"]
     baseline = BASELINE["gpu" if "nvidia.com/gpu" in limits else "cpu"]
@@ -79,8 +83,8 @@ def test_pod_ephemeral_limits_cover_every_disk_volume(overlay: str) -> None:
 
 
 def test_the_arithmetic_can_fail() -> None:
-    """The default upload limits (750 frames of 16.7 Mpixel) would not fit any renderer pod."""
-    b = budget({"max_upload_bytes": 200 * MiB, "max_frames": 750, "max_pixels": 4096 * 4096})
+    """Avatars of 8 GiB of frames would not fit any renderer pod."""
+    b = budget({"max_upload_bytes": 200 * MiB, "max_pixels": 4096 * 4096, "max_video_bytes": 8192 * MiB})
     docs = render("gpu")
     _, renderer = runs(docs, "renderer")
     assert quantity(renderer["resources"]["limits"]["memory"]) < b["memory_per_upload"]

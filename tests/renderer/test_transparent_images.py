@@ -47,7 +47,7 @@ def _cutout(hidden: tuple[int, int, int], depth16: bool = False) -> tuple[bytes,
 def test_transparent_pixels_show_the_background_not_what_they_hide(hidden):
     data, img, alpha = _cutout(hidden)
     assert has_alpha(data) and not has_alpha(PORTRAIT)
-    frames = decode(data, "cutout.png", AvatarConfig())
+    frames = decode(data, "cutout.png", AvatarConfig()).frames
     assert frames.shape == (1, *img.shape)
     out = frames[0].astype(int)
     assert (out[alpha == 0] == 255).all(), "transparent pixels are white (the default background)"
@@ -59,10 +59,10 @@ def test_transparent_pixels_show_the_background_not_what_they_hide(hidden):
 
 def test_the_background_colour_is_configurable_and_checked():
     data, img, alpha = _cutout((0, 0, 0))
-    frames = decode(data, "cutout.png", AvatarConfig(background="#336699"))
+    frames = decode(data, "cutout.png", AvatarConfig(background="#336699")).frames
     assert (frames[0][alpha == 0] == (0x99, 0x66, 0x33)).all()  # BGR
     sixteen, _, _ = _cutout((0, 255, 0), depth16=True)  # a 16-bit RGBA PNG: flattened to 8 bits too
-    frames16 = decode(sixteen, "cutout.png", AvatarConfig())
+    frames16 = decode(sixteen, "cutout.png", AvatarConfig()).frames
     assert frames16.dtype == np.uint8 and (frames16[0][alpha == 0] == 255).all()
     assert (frames16[0][alpha == 255] == img[alpha == 255]).all()
     for bad in ("white", "#fff", "#12345g", ""):

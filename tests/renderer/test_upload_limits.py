@@ -98,6 +98,54 @@ def test_a_png_header_declaring_a_bomb_is_refused_before_decoding(no_decoder):
         decode(bytes(png), "x.png", AvatarConfig())
 
 
+def _phone_jpeg(w: int, h: int, orientation: int = 0) -> bytes:
+    """A w x h JPEG like a phone's (a bright band along its top edge as stored; EXIF orientation)."""
+    import io
+
+    from PIL import Image
+
+    small = np.full((h // 8, w // 8, 3), 90, np.uint8)
+    small[: h // 80] = 250
+    im = Image.fromarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST))
+    exif = im.getexif()
+    if orientation:
+        exif[0x0112] = orientation
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=80, exif=exif)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("w", "h"), [(4284, 5712), (6048, 8064), (4032, 3024)])  # 24, 48 and 12 Mpixel
+def test_a_phone_photo_over_max_pixels_is_decoded_scaled_down_by_libjpeg(w, h):
+    cfg = AvatarConfig(max_pixels=1280 * 720)  # the container config's limit
+    frames = decode(_phone_jpeg(w, h), "phone.jpg", cfg).frames
+    assert frames.shape[0] == 1 and max(frames.shape[1:3]) <= cfg.max_side
+    assert frames.shape[1] * frames.shape[2] <= cfg.max_pixels
+    # never decoded at full size, nor smaller than the store keeps when it can have that
+    assert max(frames.shape[1:3]) >= min(cfg.max_side, max(w, h) // 8) - 2
+    assert abs(frames.shape[2] / frames.shape[1] - w / h) < 0.01
+
+
+def test_a_reduced_phone_photo_is_turned_as_its_exif_says():
+    frames = decode(_phone_jpeg(4032, 3024, orientation=6), "phone.jpg", AvatarConfig(max_pixels=1280 * 720)).frames
+    h, w = frames.shape[1:3]
+    assert h > w, "landscape as stored, portrait as shown"
+    assert frames[0, :, -10:].mean() > 200 and frames[0, :, :10].mean() < 120  # the top band went right
+
+
+def test_only_jpegs_are_decoded_scaled_down():
+    png = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    png[16:24] = (4000).to_bytes(4, "big") + (3000).to_bytes(4, "big")
+    with pytest.raises(InvalidArgument, match=r"4000x3000: larger than .*avatars\.max_pixels; a JPEG up to 64 times"):
+        decode(bytes(png), "x.png", AvatarConfig(max_pixels=1280 * 720))
+    # a JPEG too large even at 1/8 is refused on its header
+    jpeg = bytearray(_phone_jpeg(64, 64))
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") * 2
+    with pytest.raises(InvalidArgument, match="60000x60000: larger than the limit"):
+        decode(bytes(jpeg), "x.jpg", AvatarConfig(max_pixels=1280 * 720))
+
+
 def test_opencv_pixel_limit_is_set_as_a_backstop():
     assert int(os.environ["CV_IO_MAX_IMAGE_PIXELS"]) <= AvatarConfig().max_pixels
 
@@ -127,7 +175,7 @@ def _video(path: Path, frames: int, size: tuple[int, int]) -> bytes:
 
 def test_a_long_720p_video_decodes_within_the_budget(tmp_path):
     cfg = AvatarConfig(max_video_bytes=16 * 1024 * 1024, max_frames=120)
-    frames = decode(_video(tmp_path / "v.mp4", 100, (1280, 720)), "v.mp4", cfg)
+    frames = decode(_video(tmp_path / "v.mp4", 100, (1280, 720)), "v.mp4", cfg).frames
     assert frames.shape[0] == 100
     assert frames.nbytes <= cfg.max_video_bytes
     with pytest.raises(InvalidArgument, match="more than 50"):

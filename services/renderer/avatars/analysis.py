@@ -53,6 +53,10 @@ class FaceChoice:
 
     index: int = 0
     point: tuple[float, float] | None = None
+    #: frame pixels per pixel of the upload as shown (the point is in the upload's pixels, the
+    #: frames may be stored scaled down: decode.Decoded.scale); face boxes in messages are the
+    #: upload's too
+    scale: float = 1.0
 
 
 @dataclass
@@ -75,24 +79,22 @@ class FaceTrack:
 
 
 def _choose(dets: list[Detection], choice: FaceChoice, n_frames: int) -> tuple[Detection, int]:
+    found = f"{len(dets)} face(s) found at {_boxes_text(dets, choice.scale)}"
     if choice.point is not None:
         x, y = choice.point
-        inside = [i for i, d in enumerate(dets) if d.contains(x, y)]
+        inside = [i for i, d in enumerate(dets) if d.contains(x * choice.scale, y * choice.scale)]
         if not inside:
-            raise InvalidArgument(
-                "meta.face_point", f"no face at ({x:g}, {y:g}); {len(dets)} face(s) found at " + _boxes_text(dets)
-            )
+            raise InvalidArgument("meta.face_point", f"no face at ({x:g}, {y:g}); {found}")
         i = min(inside, key=lambda i: dets[i].area)
         return dets[i], i
     if not 0 <= choice.index < len(dets):
-        raise InvalidArgument(
-            "meta.face_index", f"{choice.index} is out of range: {len(dets)} face(s) found at " + _boxes_text(dets)
-        )
+        raise InvalidArgument("meta.face_index", f"{choice.index} is out of range: {found}")
     return dets[choice.index], choice.index
 
 
-def _boxes_text(dets: list[Detection]) -> str:
-    return ", ".join(f"[{d.box[0]:.0f},{d.box[1]:.0f},{d.box[2]:.0f},{d.box[3]:.0f}]" for d in dets)
+def _boxes_text(dets: list[Detection], scale: float = 1.0) -> str:
+    """The boxes in the upload's pixels (``scale``: frame pixels per upload pixel)."""
+    return ", ".join("[" + ",".join(f"{v / scale:.0f}" for v in d.box[:4]) + "]" for d in dets)
 
 
 def _no_face(found: int, total: int) -> InvalidArgument:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 # A backstop under the header checks below: OpenCV refuses to decode larger images. Read by
@@ -61,8 +62,18 @@ def sniff(data: bytes) -> str:
     return ""
 
 
-def decode(data: bytes, filename: str, cfg: AvatarConfig) -> np.ndarray:
-    """[N, H, W, 3] uint8 BGR frames, or InvalidArgument with the reason."""
+@dataclass(frozen=True)
+class Decoded:
+    """An upload's frames as stored, and how they are scaled from the upload as it is shown."""
+
+    frames: np.ndarray  # [N, H, W, 3] uint8 BGR
+    #: stored pixels per pixel of the upload as shown (after its orientation): a point the user
+    #: picked on the upload (AvatarMeta.face_point) is at ``point * scale`` on the frames
+    scale: float = 1.0
+
+
+def decode(data: bytes, filename: str, cfg: AvatarConfig) -> Decoded:
+    """The upload's frames, or InvalidArgument with the reason."""
     ext = Path(filename).suffix.lower()
     if not data:
         raise InvalidArgument("data", "the upload is empty")
@@ -86,25 +97,57 @@ def decode(data: bytes, filename: str, cfg: AvatarConfig) -> np.ndarray:
     dims = image_dimensions(data)
     if dims is None or dims[0] <= 0 or dims[1] <= 0:
         raise InvalidArgument("data", f"{what} is not a decodable image (unreadable {kind.upper()} header)")
-    if dims[0] * dims[1] > cfg.max_pixels:
-        # checked on the header, before decoding: a small file can declare a huge image
-        raise InvalidArgument("data", f"image is {dims[0]}x{dims[1]}: larger than the limit of {cfg.max_pixels} pixels")
+    # checked on the header, before decoding: a small file can declare a huge image
+    reduction = jpeg_reduction(dims[0], dims[1], cfg) if kind == "jpeg" else 1
+    if reduction == 0 or dims[0] * dims[1] > cfg.max_pixels * reduction * reduction:
+        biggest = f"; a JPEG up to {MAX_REDUCTION * MAX_REDUCTION} times that" if kind != "jpeg" else ""
+        raise InvalidArgument(
+            "data",
+            f"image is {dims[0]}x{dims[1]}: larger than the limit of {cfg.max_pixels} pixels "
+            f"(avatars.max_pixels{biggest}); scale it down first",
+        )
     if kind == "jpeg" and b"\xff\xd9" not in data[-4096:]:
         # some libjpeg builds decode a truncated file with a grey bottom and only a warning
         raise InvalidArgument("data", f"{what} is not a decodable image (truncated JPEG)")
     if has_alpha(data):
         img = _flattened(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cfg.background)
-    else:  # (IMREAD_COLOR also turns a JPEG as its EXIF orientation says)
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    else:  # (IMREAD_COLOR also turns a JPEG as its EXIF orientation says, reduced or not)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[reduction])
     if img is None:
         raise InvalidArgument("data", f"{what} is not a decodable image (corrupt or truncated)")
     if img.shape[0] * img.shape[1] > cfg.max_pixels:
         raise InvalidArgument("data", f"image has {img.shape[1]}x{img.shape[0]} pixels, over {cfg.max_pixels}")
     h, w = img.shape[:2]
+    shown_w = w * reduction  # (decoded as shown: turned by its orientation; libjpeg rounds up, < 1 px)
     if max(w, h) > cfg.max_side:  # a phone photo: stored (and analysed) at max_side
         scale = cfg.max_side / max(w, h)
         img = cv2.resize(img, (max(2, round(w * scale)), max(2, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return _even(img)[None]
+    return Decoded(_even(img)[None], img.shape[1] / shown_w)
+
+
+#: JPEGs are decoded scaled down by libjpeg itself (a phone photo of 24 or 48 Mpixel never exists
+#: in memory at full size): the flag for each factor.
+_REDUCED = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+MAX_REDUCTION = max(_REDUCED)
+
+
+def jpeg_reduction(w: int, h: int, cfg: AvatarConfig) -> int:
+    """The factor (1, 2, 4 or 8) a w x h JPEG is decoded at: the smallest whose image fits
+    ``max_pixels``, then larger while the image still has ``max_side`` pixels on its longer side
+    (the store keeps no more: decoding more is time and memory for nothing). 0: too large even
+    at 1/8."""
+    fitting = [d for d in _REDUCED if math.ceil(w / d) * math.ceil(h / d) <= cfg.max_pixels]
+    if not fitting:
+        return 0
+    d = fitting[0]
+    while d < MAX_REDUCTION and max(math.ceil(w / (2 * d)), math.ceil(h / (2 * d))) >= cfg.max_side:
+        d *= 2
+    return d
 
 
 def has_alpha(data: bytes) -> bool:
@@ -206,7 +249,7 @@ def video_frame_size(w: int, h: int, frames: int, cfg: AvatarConfig) -> tuple[in
     return min(ow, w - w % 2), min(oh, h - h % 2)
 
 
-def _decode_video(data: bytes, kind: str, cfg: AvatarConfig) -> np.ndarray:
+def _decode_video(data: bytes, kind: str, cfg: AvatarConfig) -> Decoded:
     # The compressed upload is what goes to disk (a temporary file OpenCV can read); frames are
     # decoded one at a time into a preallocated array, downscaled on the way.
     with tempfile.NamedTemporaryFile(suffix=f".{kind}") as tmp:
@@ -221,14 +264,24 @@ def _decode_video(data: bytes, kind: str, cfg: AvatarConfig) -> np.ndarray:
             if w <= 0 or h <= 0:
                 raise InvalidArgument("data", "not a decodable video (no video track)")
             if w * h > cfg.max_pixels:
-                raise InvalidArgument("data", f"video frames have {w}x{h} pixels, over {cfg.max_pixels}")
+                raise InvalidArgument(
+                    "data",
+                    f"video frames have {w}x{h} pixels, over {cfg.max_pixels} (avatars.max_pixels); "
+                    "scale it down first",
+                )
             declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             if declared > cfg.max_frames:
-                raise InvalidArgument("data", f"video has {declared} frames, more than {cfg.max_frames}")
+                fps = cap.get(cv2.CAP_PROP_FPS)
+                length = f" ({declared / fps:.1f} s at {fps:g} fps)" if fps > 0 else ""
+                raise InvalidArgument(
+                    "data",
+                    f"video has {declared} frames{length}, more than {cfg.max_frames} (avatars.max_frames); "
+                    "trim it first",
+                )
             capacity = declared if declared > 0 else cfg.max_frames
             ow, oh = video_frame_size(w, h, capacity, cfg)
             out = np.empty((capacity, oh, ow, 3), np.uint8)
-            n = 0
+            n = shown_w = 0
             while True:
                 ok, frame = cap.read()
                 if not ok:
@@ -244,6 +297,7 @@ def _decode_video(data: bytes, kind: str, cfg: AvatarConfig) -> np.ndarray:
                         grown[i] = out[i] if (ow2, oh2) == (ow, oh) else cv2.resize(out[i], (ow2, oh2))
                     out, ow, oh = grown, ow2, oh2
                 fh, fw = frame.shape[:2]
+                shown_w = shown_w or fw  # (decoded frames are turned as the video's rotation says)
                 if (fw, fh) == (ow, oh):
                     out[n] = frame
                 elif fw - fw % 2 == ow and fh - fh % 2 == oh:
@@ -255,4 +309,4 @@ def _decode_video(data: bytes, kind: str, cfg: AvatarConfig) -> np.ndarray:
             cap.release()
     if not n:
         raise InvalidArgument("data", "not a decodable video (no frames could be read)")
-    return out[:n]
+    return Decoded(out[:n], ow / shown_w)

@@ -316,7 +316,8 @@ class AvatarStore:
         tmp.mkdir()
         try:
             progress("decoding", 0, 0)
-            frames = decode(data, filename, self.cfg)
+            decoded = decode(data, filename, self.cfg)
+            frames = decoded.frames
             tracked = 0
 
             def one_frame(index: int, total: int) -> None:  # called once per tracked frame, in any order
@@ -325,7 +326,7 @@ class AvatarStore:
                 progress("faces", tracked, total)
 
             progress("faces", 0, len(frames))
-            track = self.faces.analyse(frames, choice, progress=one_frame)
+            track = self.faces.analyse(frames, dataclasses.replace(choice, scale=decoded.scale), progress=one_frame)
             progress("faces", len(frames), len(frames))
             report = face_report(track)
             progress("saving", 0, len(frames))
