@@ -51,6 +51,7 @@ OPTION_FOR_FIELD = {
     "pitch": "--pitch",
     "volume": "--volume",
     "text_format": "--markdown",
+    "idle_motion": "--still",
     "text": "the text argument",
     "backends": "--backend",
     "face_index": "--face-index",
@@ -293,6 +294,7 @@ def tls_from_args(args: argparse.Namespace) -> Any:
 
 
 async def _say(args: argparse.Namespace) -> int:
+    from talkmesh.live_cli import idle_motion
     from talkmesh.v1 import encoder_pb2 as epb
 
     out = Path(args.output)
@@ -319,6 +321,7 @@ async def _say(args: argparse.Namespace) -> int:
             "rate": args.rate,
             "pitch": args.pitch,
             "volume": args.volume,
+            "idle_motion": idle_motion(args),
         }
         if args.markdown:
             options["markdown"] = True
@@ -742,6 +745,9 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument(
         "--markdown", action="store_true", help="the text is Markdown (an LLM's reply): markup and emoji are not read"
     )
+    from talkmesh.live_cli import STILL_HELP
+
+    y.add_argument("--still", action="store_true", help=STILL_HELP)
 
     d = sub.add_parser("demo", parents=[common], help="start the mesh, speak a paragraph, write an MP4, stop")
     d.add_argument("-o", "--output", default="out/demo.mp4")

@@ -430,8 +430,10 @@ class TalkmeshClient:
         volume: float = 0.0,
         session_id: str = "",
         markdown: bool = False,
+        idle_motion: int = 0,
     ) -> gpb.SpeakRequest:
-        """``markdown``: the text is an LLM's Markdown (its markup and emoji are not read)."""
+        """``markdown``: the text is an LLM's Markdown (its markup and emoji are not read).
+        ``idle_motion``: ``IDLE_MOTION_OFF`` (talkmesh.v1.types_pb2) for a still avatar: no blinks, no head motion."""
         return gpb.SpeakRequest(
             request_id=request_id,
             text=text,
@@ -443,6 +445,7 @@ class TalkmeshClient:
                 container=container,  # type: ignore[arg-type]
                 audio_codec=audio_codec,  # type: ignore[arg-type]
                 renderer_backend=backend,
+                idle_motion=idle_motion,  # type: ignore[arg-type]
             ),
             session_id=session_id,
             text_format=api.TEXT_FORMAT_MARKDOWN if markdown else api.TEXT_FORMAT_UNSPECIFIED,
@@ -649,11 +652,13 @@ class TalkmeshClient:
         request_id: str = "",
         timeout: float | None = None,
         markdown: bool = False,
+        idle_motion: int = 0,
     ) -> LiveSession:
         """A live session: ``async with client.live(...) as session`` (see ``LiveSession``).
 
         ``avatar``: an id or a name (the gateway resolves it before the session starts).
-        ``markdown``: text turns are an LLM's Markdown (their markup and emoji are not read)."""
+        ``markdown``: text turns are an LLM's Markdown (their markup and emoji are not read).
+        ``idle_motion``: ``IDLE_MOTION_OFF`` (talkmesh.v1.types_pb2) for a still avatar: no blinks, no head motion."""
         config = lpb.LiveConfig(
             request_id=request_id,
             avatar_id=avatar,
@@ -664,6 +669,7 @@ class TalkmeshClient:
             idle_timeout_seconds=idle_timeout,
             max_session_seconds=max_seconds,
             text_format=api.TEXT_FORMAT_MARKDOWN if markdown else api.TEXT_FORMAT_UNSPECIFIED,
+            idle_motion=idle_motion,  # type: ignore[arg-type]
         )
         return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout, self._md)
 

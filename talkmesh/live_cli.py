@@ -21,6 +21,15 @@ from talkmesh.client import LiveSession, TalkmeshClient
 from talkmesh.common.aio import TaskSet, cancel_and_wait
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.v1 import live_pb2 as lpb
+from talkmesh.v1 import types_pb2
+
+#: ``--still`` of `talkmesh live` and `talkmesh say` (LiveConfig / OutputOptions.idle_motion OFF).
+STILL_HELP = "a still avatar: no blinks or head motion, only the mouth moves (idle_motion IDLE_MOTION_OFF)"
+
+
+def idle_motion(args: argparse.Namespace) -> int:
+    """The request's idle_motion for ``--still``."""
+    return types_pb2.IDLE_MOTION_OFF if args.still else types_pb2.IDLE_MOTION_UNSPECIFIED
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", type=float, default=0.0, help="seconds without input before the session ends")
     p.add_argument("--quiet", action="store_true", help="do not print media progress, only events")
     p.add_argument("--markdown", action="store_true", help="typed lines are Markdown: their markup is not read")
+    p.add_argument("--still", action="store_true", help=STILL_HELP)
 
 
 def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
@@ -148,6 +158,7 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
             backend=args.backend,
             idle_timeout=args.idle_timeout,
             markdown=args.markdown,
+            idle_motion=idle_motion(args),
         ) as session:
             pump = asyncio.create_task(_pump(session, output, out, state, speaking), name="live-cli-pump")
             signals = TaskSet("live-cli")

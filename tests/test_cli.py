@@ -134,7 +134,7 @@ async def test_say_options_reach_the_services(tmp_path):
         code, _, err = await _cli(
             "say", text, "-o", str(fast), "--voice", "espeak:en-GB", "--rate", "2", "--pitch", "1.5",
             "--volume", "0.5", "--size", "360p", "--backend", "viseme", "--audio-codec", "opus",
-            "--container", "fmp4", *gw,
+            "--container", "fmp4", "--still", *gw,
         )  # fmt: skip
         assert code == 0, err
     a, b = probe(base), probe(fast)

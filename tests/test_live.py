@@ -35,6 +35,7 @@ from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import live_pb2_grpc
+from talkmesh.v1 import types_pb2 as api
 from tests.live_helpers import Recorder, decode, mouth_openness
 from tests.mesh import inprocess_mesh
 
@@ -706,6 +707,39 @@ async def test_stage_errors_name_the_live_configs_fields(tmp_path: Path) -> None
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
         assert ErrorDetails.of(err.value).field == "config.renderer_backend"
         assert err.value.details().startswith("renderer: config.renderer_backend: "), err.value.details()
+
+
+async def test_a_still_session_idles_without_motion_and_an_unknown_idle_motion_is_refused(tmp_path: Path) -> None:
+    """LiveConfig.idle_motion OFF reaches the renderer through the gateway and the encoder (whose
+    idle loop is the still avatar's own): ~1.5 s of idling decodes to one picture, while by default
+    the head and shoulders sway. Near-lossless H.264 (crf 10) here, so that what the codec leaves of
+    a picture that does not change is a few levels, not the moving edges of motion."""
+    env = {"TALKMESH_ENCODER__VIDEO__X264__CRF": "10"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        decoded = {}
+        for idle_motion in (api.IDLE_MOTION_OFF, api.IDLE_MOTION_UNSPECIFIED):
+            async with client.live(idle_motion=idle_motion) as live:
+                rec = Recorder(live).start()
+                await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 36)
+                await live.close()
+                await rec.finish()
+            decoded[idle_motion] = decode(rec.write(tmp_path / f"idle-{idle_motion}.mp4")).frames
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with client.live(idle_motion=9) as live:
+                await live.say("Hello.")
+                await asyncio.sleep(5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert ErrorDetails.of(err.value).field == "config.idle_motion"
+
+    def moved(frames: list[np.ndarray]) -> list[int]:
+        """Each frame's largest difference from the first, in levels."""
+        return [int(np.abs(f.astype(np.int16) - frames[0]).max()) for f in frames]
+
+    still, default = decoded[api.IDLE_MOTION_OFF], decoded[api.IDLE_MOTION_UNSPECIFIED]
+    assert len(still) >= 36 and len(default) >= 36
+    assert max(moved(still)) <= 12, moved(still)
+    assert max(moved(default)) > 60, moved(default)
 
 
 async def test_pending_turns_are_the_configs_and_the_next_one_is_refused_naming_it(tmp_path: Path) -> None:

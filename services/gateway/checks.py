@@ -19,9 +19,9 @@ def check_text_format(field: str, value: int) -> None:
         raise InvalidArgument(field, f"unknown text format {value}")
 
 
-def check_media_options(prefix: str, *, size: str, renderer_backend: str, audio_codec: int) -> None:
-    """The size preset, renderer backend and audio codec a request names, or InvalidArgument
-    naming ``<prefix>.size`` etc. (empty or 0: the server's default)."""
+def check_media_options(prefix: str, *, size: str, renderer_backend: str, audio_codec: int, idle_motion: int) -> None:
+    """The size preset, renderer backend, audio codec and idle motion a request names, or
+    InvalidArgument naming ``<prefix>.size`` etc. (empty or 0: the server's default)."""
     if size and size not in SIZE_PRESETS:
         raise InvalidArgument(f"{prefix}.size", f"{size!r} is not one of {', '.join(SIZE_PRESETS)}")
     known = spec("renderer").backends
@@ -31,6 +31,8 @@ def check_media_options(prefix: str, *, size: str, renderer_backend: str, audio_
         )
     if audio_codec not in epb.AudioCodec.values():
         raise InvalidArgument(f"{prefix}.audio_codec", f"unknown audio codec {audio_codec}")
+    if idle_motion not in types_pb2.IdleMotion.values():
+        raise InvalidArgument(f"{prefix}.idle_motion", f"unknown idle motion {idle_motion}")
 
 
 #: Markdown seen before the first words is filtered again at each piece up to this length, then

@@ -337,6 +337,7 @@ class LiveSession:
                 backend=self.backend,
                 size=c.size,
                 session_id=self.session_id,
+                idle_motion=c.idle_motion,
             ),
             fps=self.gateway_config.fps,
             sample_rate=self.rate,
@@ -1094,7 +1095,13 @@ class LiveHub:
 def _validate_config(cfg: lpb.LiveConfig, config: GatewayConfig) -> None:
     for name in ("request_id", "avatar_id", "voice"):
         check_id(f"config.{name}", getattr(cfg, name))
-    check_media_options("config", size=cfg.size, renderer_backend=cfg.renderer_backend, audio_codec=cfg.audio_codec)
+    check_media_options(
+        "config",
+        size=cfg.size,
+        renderer_backend=cfg.renderer_backend,
+        audio_codec=cfg.audio_codec,
+        idle_motion=cfg.idle_motion,
+    )
     check_text_format("config.text_format", cfg.text_format)
     for name in ("idle_timeout_seconds", "max_session_seconds"):
         value = getattr(cfg, name)

@@ -365,6 +365,7 @@ class _Run:
                 pixel_format=cpb.PIXEL_FORMAT_I420,
                 sample_rate=sample_rate,
                 session_id=self.req.session_id,
+                idle_motion=out.idle_motion,
             ),
         )
 

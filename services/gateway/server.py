@@ -48,7 +48,13 @@ def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming:
         check_id(name, getattr(req, name))  # (avatar_id: an id or a name, resolved by the renderer)
     check_text_format("text_format", req.text_format)
     out = req.output
-    check_media_options("output", size=out.size, renderer_backend=out.renderer_backend, audio_codec=out.audio_codec)
+    check_media_options(
+        "output",
+        size=out.size,
+        renderer_backend=out.renderer_backend,
+        audio_codec=out.audio_codec,
+        idle_motion=out.idle_motion,
+    )
     if out.container not in epb.Container.values():
         raise InvalidArgument("output.container", f"unknown container {out.container}")
     if req.output.fragment_ms and not 20 <= req.output.fragment_ms <= 10_000:

@@ -64,7 +64,9 @@ class AvatarConfig:
 
 @dataclass(frozen=True)
 class VisemeRendererConfig:
-    # Subtle idle motion (blinks, slight head motion) for still photos.
+    # Subtle idle motion (blinks, slight head motion) for still photos. A stream may turn it off for
+    # itself (RenderConfig.idle_motion IDLE_MOTION_OFF: a still avatar); false turns it off for
+    # every stream, also one that asks for IDLE_MOTION_ON.
     idle_motion: bool = True
     # Memory per avatar for the photo moved as at the idle motion's key ticks, shared by all its
     # sessions (every stream starts at tick 0), the most recently used kept: a 512x512 photo is

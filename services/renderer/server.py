@@ -77,6 +77,8 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             raise InvalidArgument("config.pixel_format", f"unsupported pixel format {pixel_format}")
         if cfg.sample_rate and not 8000 <= cfg.sample_rate <= 192000:
             raise InvalidArgument("config.sample_rate", f"{cfg.sample_rate} Hz is not a supported rate")
+        if cfg.idle_motion not in rpb.IdleMotion.values():
+            raise InvalidArgument("config.idle_motion", f"unknown idle motion {cfg.idle_motion}")
         avatar_id = cfg.avatar_id or s.config.default_avatar
         who = principal_of(context.invocation_metadata())
         session_key = cfg.session_id
@@ -100,7 +102,8 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                     pixel_format=pixel_format,
                     sample_rate=cfg.sample_rate,
                     part_bytes=s.part_bytes,
-                    idle_life=s.config.viseme.idle_motion,
+                    idle_life=s.config.viseme.idle_motion,  # the operator's switch wins over a request's ON
+                    still=cfg.idle_motion == rpb.IDLE_MOTION_OFF,
                     idle_cache_bytes=s.config.viseme.idle_cache_mb * 2**20,
                     start_tick=start_tick,
                     attack_ms=s.config.viseme.attack_ms,

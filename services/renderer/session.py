@@ -36,6 +36,13 @@ INLINE_EVENTS = 256
 TRACED_GROUPS = 16
 
 
+def held_frame(avatar: Avatar) -> int:
+    """The frame a still video avatar holds (RenderConfig.idle_motion OFF): the first on which its
+    face was found, so that it still speaks."""
+    kept = avatar.kept
+    return int(np.argmax(kept)) if kept is not None and kept.any() else 0
+
+
 def ping_pong(t: int, n: int) -> int:
     """Avatar frame for clock tick ``t``: forward then backward, so a looping video has no jump."""
     if n <= 1:
@@ -53,7 +60,10 @@ class SessionOptions:
     pixel_format: int
     sample_rate: int
     part_bytes: int
-    idle_life: bool
+    idle_life: bool  # the server's switch (viseme.idle_motion)
+    # RenderConfig.idle_motion OFF: no idle life whatever the switch, and a video avatar holds one
+    # frame (held_frame) instead of looping
+    still: bool = False
     start_tick: int = 0
     idle_cache_bytes: int = 0  # the avatar's moved photos its sessions share (IdleLife, MovedPhotos)
     batch_frames: bool = False  # frames rendered together leave in one message (RenderConfig.batch_frames)
@@ -89,9 +99,10 @@ class RenderSession:
                 cache_bytes=options.idle_cache_bytes,
                 on_cache=lambda hit: telemetry.cache("idle_motion", hit),
             )
-            if options.idle_life and avatar.frames.shape[0] == 1
+            if options.idle_life and not options.still and avatar.frames.shape[0] == 1
             else None
         )
+        self.held = held_frame(avatar) if options.still else None
         self.next_index = 0
         self.tick = options.start_tick
         self.frames_out = 0
@@ -188,7 +199,7 @@ class RenderSession:
         job = FrameJob(
             session_id=self.o.request_id,
             frame_index=fc.frame_index,
-            avatar_frame=ping_pong(self.tick, int(self.avatar.frames.shape[0])),
+            avatar_frame=self.held if self.held is not None else ping_pong(self.tick, int(self.avatar.frames.shape[0])),
             voiced=bool(fc.activity.voiced),
             rms_dbfs=float(fc.activity.rms_dbfs),
             features=features,

@@ -30,6 +30,7 @@ from talkmesh.v1.types_pb2 import StageTiming as StageTiming
 from talkmesh.v1.types_pb2 import Container as Container
 from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
 from talkmesh.v1.types_pb2 import TextFormat as TextFormat
+from talkmesh.v1.types_pb2 import IdleMotion as IdleMotion
 
 DESCRIPTOR: _descriptor.FileDescriptor
 CONTAINER_UNSPECIFIED: _types_pb2_1_1.Container
@@ -42,6 +43,9 @@ AUDIO_CODEC_OPUS: _types_pb2_1_1.AudioCodec
 TEXT_FORMAT_UNSPECIFIED: _types_pb2_1_1.TextFormat
 TEXT_FORMAT_PLAIN: _types_pb2_1_1.TextFormat
 TEXT_FORMAT_MARKDOWN: _types_pb2_1_1.TextFormat
+IDLE_MOTION_UNSPECIFIED: _types_pb2_1_1.IdleMotion
+IDLE_MOTION_ON: _types_pb2_1_1.IdleMotion
+IDLE_MOTION_OFF: _types_pb2_1_1.IdleMotion
 
 class LiveEncodeConfig(_message.Message):
     __slots__ = ("session_id", "request_id", "render", "fps", "sample_rate", "audio_codec", "lead_ms")

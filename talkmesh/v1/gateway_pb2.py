@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from talkmesh.v1 import types_pb2 as talkmesh_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19talkmesh/v1/gateway.proto\x12\x0btalkmesh.v1\x1a\x17talkmesh/v1/types.proto\"\xa5\x01\n\rOutputOptions\x12\x0c\n\x04size\x18\x01 \x01(\t\x12)\n\tcontainer\x18\x02 \x01(\x0e\x32\x16.talkmesh.v1.Container\x12,\n\x0b\x61udio_codec\x18\x03 \x01(\x0e\x32\x17.talkmesh.v1.AudioCodec\x12\x18\n\x10renderer_backend\x18\x04 \x01(\t\x12\x13\n\x0b\x66ragment_ms\x18\x05 \x01(\r\"\xf4\x01\n\x0cSpeakRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\tavatar_id\x18\x03 \x01(\t\x12\r\n\x05voice\x18\x04 \x01(\t\x12\x32\n\x0evoice_settings\x18\x05 \x01(\x0b\x32\x1a.talkmesh.v1.VoiceSettings\x12*\n\x06output\x18\x06 \x01(\x0b\x32\x1a.talkmesh.v1.OutputOptions\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12,\n\x0btext_format\x18\x08 \x01(\x0e\x32\x17.talkmesh.v1.TextFormat\"\x82\x01\n\x12SpeakStreamRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.talkmesh.v1.SpeakRequestH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x17.talkmesh.v1.AudioPieceH\x00\x42\x06\n\x04kind\"E\n\nAudioPiece\x12\x13\n\x0bsample_rate\x18\x01 \x01(\r\x12\x0b\n\x03pcm\x18\x02 \x01(\x0c\x12\x15\n\rtotal_samples\x18\x03 \x01(\x04\"\x8e\x01\n\rSpeakTimeline\x12\x10\n\x08received\x18\x01 \x01(\x01\x12\x13\n\x0b\x66irst_audio\x18\x02 \x01(\x01\x12\x12\n\nlast_audio\x18\x03 \x01(\x01\x12\x13\n\x0b\x66irst_frame\x18\x04 \x01(\x01\x12\x16\n\x0e\x66irst_fragment\x18\x05 \x01(\x01\x12\x15\n\rlast_fragment\x18\x06 \x01(\x01\"\xfb\x02\n\x0cSpeakSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x06stages\x18\x02 \x03(\x0b\x32\x18.talkmesh.v1.StageTiming\x12#\n\x1btime_to_first_audio_seconds\x18\x03 \x01(\x01\x12#\n\x1btime_to_first_frame_seconds\x18\x04 \x01(\x01\x12&\n\x1etime_to_first_fragment_seconds\x18\x05 \x01(\x01\x12\x15\n\raudio_seconds\x18\x06 \x01(\x01\x12\x0e\n\x06\x66rames\x18\x07 \x01(\x03\x12\x15\n\rtotal_seconds\x18\x08 \x01(\x01\x12,\n\x08timeline\x18\t \x01(\x0b\x32\x1a.talkmesh.v1.SpeakTimeline\x12\x15\n\rvideo_encoder\x18\n \x01(\t\x12\x17\n\x0finferred_frames\x18\x0b \x01(\x03\x12\x10\n\x08warnings\x18\x0c \x03(\t\x12\r\n\x05voice\x18\r \x01(\t\"\xa4\x01\n\nSpeakChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12(\n\x05media\x18\x04 \x01(\x0b\x32\x17.talkmesh.v1.VideoChunkH\x00\x12,\n\x07summary\x18\x05 \x01(\x0b\x32\x19.talkmesh.v1.SpeakSummaryH\x00\x42\x06\n\x04kind\"\xaa\x01\n\nVideoChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x14\n\x0cinit_segment\x18\x05 \x01(\x08\x12\x11\n\tmime_type\x18\x06 \x01(\t\x12\x16\n\x0e\x66rames_encoded\x18\x07 \x01(\x03\x12\x15\n\rvideo_encoder\x18\x08 \x01(\t2\xf6\x04\n\x07Gateway\x12=\n\x05Speak\x12\x19.talkmesh.v1.SpeakRequest\x1a\x17.talkmesh.v1.SpeakChunk0\x01\x12K\n\x0bSpeakStream\x12\x1f.talkmesh.v1.SpeakStreamRequest\x1a\x17.talkmesh.v1.SpeakChunk(\x01\x30\x01\x12M\n\nListVoices\x12\x1e.talkmesh.v1.ListVoicesRequest\x1a\x1f.talkmesh.v1.ListVoicesResponse\x12P\n\x0bListAvatars\x12\x1f.talkmesh.v1.ListAvatarsRequest\x1a .talkmesh.v1.ListAvatarsResponse\x12\x43\n\tGetAvatar\x12\x1d.talkmesh.v1.GetAvatarRequest\x1a\x17.talkmesh.v1.AvatarInfo\x12\x46\n\x0eRegisterAvatar\x12\x19.talkmesh.v1.AvatarUpload\x1a\x17.talkmesh.v1.AvatarInfo(\x01\x12\\\n\x1aRegisterAvatarWithProgress\x12\x19.talkmesh.v1.AvatarUpload\x1a\x1f.talkmesh.v1.AvatarRegistration(\x01\x30\x01\x12S\n\x0c\x44\x65leteAvatar\x12 .talkmesh.v1.DeleteAvatarRequest\x1a!.talkmesh.v1.DeleteAvatarResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19talkmesh/v1/gateway.proto\x12\x0btalkmesh.v1\x1a\x17talkmesh/v1/types.proto\"\xd3\x01\n\rOutputOptions\x12\x0c\n\x04size\x18\x01 \x01(\t\x12)\n\tcontainer\x18\x02 \x01(\x0e\x32\x16.talkmesh.v1.Container\x12,\n\x0b\x61udio_codec\x18\x03 \x01(\x0e\x32\x17.talkmesh.v1.AudioCodec\x12\x18\n\x10renderer_backend\x18\x04 \x01(\t\x12\x13\n\x0b\x66ragment_ms\x18\x05 \x01(\r\x12,\n\x0bidle_motion\x18\x06 \x01(\x0e\x32\x17.talkmesh.v1.IdleMotion\"\xf4\x01\n\x0cSpeakRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\tavatar_id\x18\x03 \x01(\t\x12\r\n\x05voice\x18\x04 \x01(\t\x12\x32\n\x0evoice_settings\x18\x05 \x01(\x0b\x32\x1a.talkmesh.v1.VoiceSettings\x12*\n\x06output\x18\x06 \x01(\x0b\x32\x1a.talkmesh.v1.OutputOptions\x12\x12\n\nsession_id\x18\x07 \x01(\t\x12,\n\x0btext_format\x18\x08 \x01(\x0e\x32\x17.talkmesh.v1.TextFormat\"\x82\x01\n\x12SpeakStreamRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.talkmesh.v1.SpeakRequestH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x17.talkmesh.v1.AudioPieceH\x00\x42\x06\n\x04kind\"E\n\nAudioPiece\x12\x13\n\x0bsample_rate\x18\x01 \x01(\r\x12\x0b\n\x03pcm\x18\x02 \x01(\x0c\x12\x15\n\rtotal_samples\x18\x03 \x01(\x04\"\x8e\x01\n\rSpeakTimeline\x12\x10\n\x08received\x18\x01 \x01(\x01\x12\x13\n\x0b\x66irst_audio\x18\x02 \x01(\x01\x12\x12\n\nlast_audio\x18\x03 \x01(\x01\x12\x13\n\x0b\x66irst_frame\x18\x04 \x01(\x01\x12\x16\n\x0e\x66irst_fragment\x18\x05 \x01(\x01\x12\x15\n\rlast_fragment\x18\x06 \x01(\x01\"\xfb\x02\n\x0cSpeakSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12(\n\x06stages\x18\x02 \x03(\x0b\x32\x18.talkmesh.v1.StageTiming\x12#\n\x1btime_to_first_audio_seconds\x18\x03 \x01(\x01\x12#\n\x1btime_to_first_frame_seconds\x18\x04 \x01(\x01\x12&\n\x1etime_to_first_fragment_seconds\x18\x05 \x01(\x01\x12\x15\n\raudio_seconds\x18\x06 \x01(\x01\x12\x0e\n\x06\x66rames\x18\x07 \x01(\x03\x12\x15\n\rtotal_seconds\x18\x08 \x01(\x01\x12,\n\x08timeline\x18\t \x01(\x0b\x32\x1a.talkmesh.v1.SpeakTimeline\x12\x15\n\rvideo_encoder\x18\n \x01(\t\x12\x17\n\x0finferred_frames\x18\x0b \x01(\x03\x12\x10\n\x08warnings\x18\x0c \x03(\t\x12\r\n\x05voice\x18\r \x01(\t\"\xa4\x01\n\nSpeakChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12(\n\x05media\x18\x04 \x01(\x0b\x32\x17.talkmesh.v1.VideoChunkH\x00\x12,\n\x07summary\x18\x05 \x01(\x0b\x32\x19.talkmesh.v1.SpeakSummaryH\x00\x42\x06\n\x04kind\"\xaa\x01\n\nVideoChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x14\n\x0cinit_segment\x18\x05 \x01(\x08\x12\x11\n\tmime_type\x18\x06 \x01(\t\x12\x16\n\x0e\x66rames_encoded\x18\x07 \x01(\x03\x12\x15\n\rvideo_encoder\x18\x08 \x01(\t2\xf6\x04\n\x07Gateway\x12=\n\x05Speak\x12\x19.talkmesh.v1.SpeakRequest\x1a\x17.talkmesh.v1.SpeakChunk0\x01\x12K\n\x0bSpeakStream\x12\x1f.talkmesh.v1.SpeakStreamRequest\x1a\x17.talkmesh.v1.SpeakChunk(\x01\x30\x01\x12M\n\nListVoices\x12\x1e.talkmesh.v1.ListVoicesRequest\x1a\x1f.talkmesh.v1.ListVoicesResponse\x12P\n\x0bListAvatars\x12\x1f.talkmesh.v1.ListAvatarsRequest\x1a .talkmesh.v1.ListAvatarsResponse\x12\x43\n\tGetAvatar\x12\x1d.talkmesh.v1.GetAvatarRequest\x1a\x17.talkmesh.v1.AvatarInfo\x12\x46\n\x0eRegisterAvatar\x12\x19.talkmesh.v1.AvatarUpload\x1a\x17.talkmesh.v1.AvatarInfo(\x01\x12\\\n\x1aRegisterAvatarWithProgress\x12\x19.talkmesh.v1.AvatarUpload\x1a\x1f.talkmesh.v1.AvatarRegistration(\x01\x30\x01\x12S\n\x0c\x44\x65leteAvatar\x12 .talkmesh.v1.DeleteAvatarRequest\x1a!.talkmesh.v1.DeleteAvatarResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkmesh.v1.gateway_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OUTPUTOPTIONS']._serialized_start=68
-  _globals['_OUTPUTOPTIONS']._serialized_end=233
-  _globals['_SPEAKREQUEST']._serialized_start=236
-  _globals['_SPEAKREQUEST']._serialized_end=480
-  _globals['_SPEAKSTREAMREQUEST']._serialized_start=483
-  _globals['_SPEAKSTREAMREQUEST']._serialized_end=613
-  _globals['_AUDIOPIECE']._serialized_start=615
-  _globals['_AUDIOPIECE']._serialized_end=684
-  _globals['_SPEAKTIMELINE']._serialized_start=687
-  _globals['_SPEAKTIMELINE']._serialized_end=829
-  _globals['_SPEAKSUMMARY']._serialized_start=832
-  _globals['_SPEAKSUMMARY']._serialized_end=1211
-  _globals['_SPEAKCHUNK']._serialized_start=1214
-  _globals['_SPEAKCHUNK']._serialized_end=1378
-  _globals['_VIDEOCHUNK']._serialized_start=1381
-  _globals['_VIDEOCHUNK']._serialized_end=1551
-  _globals['_GATEWAY']._serialized_start=1554
-  _globals['_GATEWAY']._serialized_end=2184
+  _globals['_OUTPUTOPTIONS']._serialized_end=279
+  _globals['_SPEAKREQUEST']._serialized_start=282
+  _globals['_SPEAKREQUEST']._serialized_end=526
+  _globals['_SPEAKSTREAMREQUEST']._serialized_start=529
+  _globals['_SPEAKSTREAMREQUEST']._serialized_end=659
+  _globals['_AUDIOPIECE']._serialized_start=661
+  _globals['_AUDIOPIECE']._serialized_end=730
+  _globals['_SPEAKTIMELINE']._serialized_start=733
+  _globals['_SPEAKTIMELINE']._serialized_end=875
+  _globals['_SPEAKSUMMARY']._serialized_start=878
+  _globals['_SPEAKSUMMARY']._serialized_end=1257
+  _globals['_SPEAKCHUNK']._serialized_start=1260
+  _globals['_SPEAKCHUNK']._serialized_end=1424
+  _globals['_VIDEOCHUNK']._serialized_start=1427
+  _globals['_VIDEOCHUNK']._serialized_end=1597
+  _globals['_GATEWAY']._serialized_start=1600
+  _globals['_GATEWAY']._serialized_end=2230
 # @@protoc_insertion_point(module_scope)

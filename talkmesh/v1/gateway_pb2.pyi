@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class OutputOptions(_message.Message):
-    __slots__ = ("size", "container", "audio_codec", "renderer_backend", "fragment_ms")
+    __slots__ = ("size", "container", "audio_codec", "renderer_backend", "fragment_ms", "idle_motion")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     AUDIO_CODEC_FIELD_NUMBER: _ClassVar[int]
     RENDERER_BACKEND_FIELD_NUMBER: _ClassVar[int]
     FRAGMENT_MS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_MOTION_FIELD_NUMBER: _ClassVar[int]
     size: str
     container: _types_pb2.Container
     audio_codec: _types_pb2.AudioCodec
     renderer_backend: str
     fragment_ms: int
-    def __init__(self, size: _Optional[str] = ..., container: _Optional[_Union[_types_pb2.Container, str]] = ..., audio_codec: _Optional[_Union[_types_pb2.AudioCodec, str]] = ..., renderer_backend: _Optional[str] = ..., fragment_ms: _Optional[int] = ...) -> None: ...
+    idle_motion: _types_pb2.IdleMotion
+    def __init__(self, size: _Optional[str] = ..., container: _Optional[_Union[_types_pb2.Container, str]] = ..., audio_codec: _Optional[_Union[_types_pb2.AudioCodec, str]] = ..., renderer_backend: _Optional[str] = ..., fragment_ms: _Optional[int] = ..., idle_motion: _Optional[_Union[_types_pb2.IdleMotion, str]] = ...) -> None: ...
 
 class SpeakRequest(_message.Message):
     __slots__ = ("request_id", "text", "avatar_id", "voice", "voice_settings", "output", "session_id", "text_format")

@@ -37,7 +37,7 @@ END_REASON_DRAINING: EndReason
 END_REASON_FAILED: EndReason
 
 class LiveConfig(_message.Message):
-    __slots__ = ("request_id", "avatar_id", "voice", "voice_settings", "size", "renderer_backend", "audio_codec", "idle_timeout_seconds", "max_session_seconds", "text_format")
+    __slots__ = ("request_id", "avatar_id", "voice", "voice_settings", "size", "renderer_backend", "audio_codec", "idle_timeout_seconds", "max_session_seconds", "text_format", "idle_motion")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class LiveConfig(_message.Message):
     IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    IDLE_MOTION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     avatar_id: str
     voice: str
@@ -58,7 +59,8 @@ class LiveConfig(_message.Message):
     idle_timeout_seconds: float
     max_session_seconds: float
     text_format: _types_pb2.TextFormat
-    def __init__(self, request_id: _Optional[str] = ..., avatar_id: _Optional[str] = ..., voice: _Optional[str] = ..., voice_settings: _Optional[_Union[_types_pb2.VoiceSettings, _Mapping]] = ..., size: _Optional[str] = ..., renderer_backend: _Optional[str] = ..., audio_codec: _Optional[_Union[_types_pb2.AudioCodec, str]] = ..., idle_timeout_seconds: _Optional[float] = ..., max_session_seconds: _Optional[float] = ..., text_format: _Optional[_Union[_types_pb2.TextFormat, str]] = ...) -> None: ...
+    idle_motion: _types_pb2.IdleMotion
+    def __init__(self, request_id: _Optional[str] = ..., avatar_id: _Optional[str] = ..., voice: _Optional[str] = ..., voice_settings: _Optional[_Union[_types_pb2.VoiceSettings, _Mapping]] = ..., size: _Optional[str] = ..., renderer_backend: _Optional[str] = ..., audio_codec: _Optional[_Union[_types_pb2.AudioCodec, str]] = ..., idle_timeout_seconds: _Optional[float] = ..., max_session_seconds: _Optional[float] = ..., text_format: _Optional[_Union[_types_pb2.TextFormat, str]] = ..., idle_motion: _Optional[_Union[_types_pb2.IdleMotion, str]] = ...) -> None: ...
 
 class SpeakText(_message.Message):
     __slots__ = ("turn_id", "text", "final", "voice")

@@ -32,7 +32,7 @@ from talkmesh.v1 import types_pb2 as talkmesh_dot_v1_dot_types__pb2
 
 from talkmesh.v1.types_pb2 import *
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atalkmesh/v1/renderer.proto\x12\x0btalkmesh.v1\x1a talkmesh/v1/audio_features.proto\x1a\x18talkmesh/v1/common.proto\x1a\x17talkmesh/v1/types.proto\"\xd0\x01\n\x0cRenderConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x02\x12.\n\x0cpixel_format\x18\x06 \x01(\x0e\x32\x18.talkmesh.v1.PixelFormat\x12\x13\n\x0bsample_rate\x18\x07 \x01(\r\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\x14\n\x0c\x62\x61tch_frames\x18\t \x01(\x08\"7\n\x0bVisemeTrack\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.talkmesh.v1.VisemeEvent\"\x86\x02\n\rRenderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12+\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x19.talkmesh.v1.RenderConfigH\x00\x12+\n\x07visemes\x18\x05 \x01(\x0b\x32\x18.talkmesh.v1.VisemeTrackH\x00\x12-\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x19.talkmesh.v1.FeatureChunkH\x00\x12,\n\nframe_ring\x18\x07 \x01(\x0b\x32\x16.talkmesh.v1.FrameRingH\x00\x42\x06\n\x04kind\"<\n\tFrameRing\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x12\n\nslot_bytes\x18\x03 \x01(\x04\x32\xdf\x03\n\x08Renderer\x12\x41\n\x06Render\x12\x1a.talkmesh.v1.RenderRequest\x1a\x17.talkmesh.v1.VideoFrame(\x01\x30\x01\x12\x46\n\x0eRegisterAvatar\x12\x19.talkmesh.v1.AvatarUpload\x1a\x17.talkmesh.v1.AvatarInfo(\x01\x12\\\n\x1aRegisterAvatarWithProgress\x12\x19.talkmesh.v1.AvatarUpload\x1a\x1f.talkmesh.v1.AvatarRegistration(\x01\x30\x01\x12P\n\x0bListAvatars\x12\x1f.talkmesh.v1.ListAvatarsRequest\x1a .talkmesh.v1.ListAvatarsResponse\x12\x43\n\tGetAvatar\x12\x1d.talkmesh.v1.GetAvatarRequest\x1a\x17.talkmesh.v1.AvatarInfo\x12S\n\x0c\x44\x65leteAvatar\x12 .talkmesh.v1.DeleteAvatarRequest\x1a!.talkmesh.v1.DeleteAvatarResponseP\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atalkmesh/v1/renderer.proto\x12\x0btalkmesh.v1\x1a talkmesh/v1/audio_features.proto\x1a\x18talkmesh/v1/common.proto\x1a\x17talkmesh/v1/types.proto\"\xfe\x01\n\x0cRenderConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x0b\n\x03\x66ps\x18\x05 \x01(\x02\x12.\n\x0cpixel_format\x18\x06 \x01(\x0e\x32\x18.talkmesh.v1.PixelFormat\x12\x13\n\x0bsample_rate\x18\x07 \x01(\r\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\x14\n\x0c\x62\x61tch_frames\x18\t \x01(\x08\x12,\n\x0bidle_motion\x18\n \x01(\x0e\x32\x17.talkmesh.v1.IdleMotion\"7\n\x0bVisemeTrack\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.talkmesh.v1.VisemeEvent\"\x86\x02\n\rRenderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12+\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x19.talkmesh.v1.RenderConfigH\x00\x12+\n\x07visemes\x18\x05 \x01(\x0b\x32\x18.talkmesh.v1.VisemeTrackH\x00\x12-\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x19.talkmesh.v1.FeatureChunkH\x00\x12,\n\nframe_ring\x18\x07 \x01(\x0b\x32\x16.talkmesh.v1.FrameRingH\x00\x42\x06\n\x04kind\"<\n\tFrameRing\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x12\n\nslot_bytes\x18\x03 \x01(\x04\x32\xdf\x03\n\x08Renderer\x12\x41\n\x06Render\x12\x1a.talkmesh.v1.RenderRequest\x1a\x17.talkmesh.v1.VideoFrame(\x01\x30\x01\x12\x46\n\x0eRegisterAvatar\x12\x19.talkmesh.v1.AvatarUpload\x1a\x17.talkmesh.v1.AvatarInfo(\x01\x12\\\n\x1aRegisterAvatarWithProgress\x12\x19.talkmesh.v1.AvatarUpload\x1a\x1f.talkmesh.v1.AvatarRegistration(\x01\x30\x01\x12P\n\x0bListAvatars\x12\x1f.talkmesh.v1.ListAvatarsRequest\x1a .talkmesh.v1.ListAvatarsResponse\x12\x43\n\tGetAvatar\x12\x1d.talkmesh.v1.GetAvatarRequest\x1a\x17.talkmesh.v1.AvatarInfo\x12S\n\x0c\x44\x65leteAvatar\x12 .talkmesh.v1.DeleteAvatarRequest\x1a!.talkmesh.v1.DeleteAvatarResponseP\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,13 +40,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkmesh.v1.renderer_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RENDERCONFIG']._serialized_start=129
-  _globals['_RENDERCONFIG']._serialized_end=337
-  _globals['_VISEMETRACK']._serialized_start=339
-  _globals['_VISEMETRACK']._serialized_end=394
-  _globals['_RENDERREQUEST']._serialized_start=397
-  _globals['_RENDERREQUEST']._serialized_end=659
-  _globals['_FRAMERING']._serialized_start=661
-  _globals['_FRAMERING']._serialized_end=721
-  _globals['_RENDERER']._serialized_start=724
-  _globals['_RENDERER']._serialized_end=1203
+  _globals['_RENDERCONFIG']._serialized_end=383
+  _globals['_VISEMETRACK']._serialized_start=385
+  _globals['_VISEMETRACK']._serialized_end=440
+  _globals['_RENDERREQUEST']._serialized_start=443
+  _globals['_RENDERREQUEST']._serialized_end=705
+  _globals['_FRAMERING']._serialized_start=707
+  _globals['_FRAMERING']._serialized_end=767
+  _globals['_RENDERER']._serialized_start=770
+  _globals['_RENDERER']._serialized_end=1249
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,7 @@ from talkmesh.v1.types_pb2 import StageTiming as StageTiming
 from talkmesh.v1.types_pb2 import Container as Container
 from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
 from talkmesh.v1.types_pb2 import TextFormat as TextFormat
+from talkmesh.v1.types_pb2 import IdleMotion as IdleMotion
 
 DESCRIPTOR: _descriptor.FileDescriptor
 CONTAINER_UNSPECIFIED: _types_pb2_1.Container
@@ -39,9 +40,12 @@ AUDIO_CODEC_OPUS: _types_pb2_1.AudioCodec
 TEXT_FORMAT_UNSPECIFIED: _types_pb2_1.TextFormat
 TEXT_FORMAT_PLAIN: _types_pb2_1.TextFormat
 TEXT_FORMAT_MARKDOWN: _types_pb2_1.TextFormat
+IDLE_MOTION_UNSPECIFIED: _types_pb2_1.IdleMotion
+IDLE_MOTION_ON: _types_pb2_1.IdleMotion
+IDLE_MOTION_OFF: _types_pb2_1.IdleMotion
 
 class RenderConfig(_message.Message):
-    __slots__ = ("request_id", "avatar_id", "backend", "size", "fps", "pixel_format", "sample_rate", "session_id", "batch_frames")
+    __slots__ = ("request_id", "avatar_id", "backend", "size", "fps", "pixel_format", "sample_rate", "session_id", "batch_frames", "idle_motion")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +55,7 @@ class RenderConfig(_message.Message):
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_MOTION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     avatar_id: str
     backend: str
@@ -60,7 +65,8 @@ class RenderConfig(_message.Message):
     sample_rate: int
     session_id: str
     batch_frames: bool
-    def __init__(self, request_id: _Optional[str] = ..., avatar_id: _Optional[str] = ..., backend: _Optional[str] = ..., size: _Optional[str] = ..., fps: _Optional[float] = ..., pixel_format: _Optional[_Union[_common_pb2.PixelFormat, str]] = ..., sample_rate: _Optional[int] = ..., session_id: _Optional[str] = ..., batch_frames: _Optional[bool] = ...) -> None: ...
+    idle_motion: _types_pb2_1.IdleMotion
+    def __init__(self, request_id: _Optional[str] = ..., avatar_id: _Optional[str] = ..., backend: _Optional[str] = ..., size: _Optional[str] = ..., fps: _Optional[float] = ..., pixel_format: _Optional[_Union[_common_pb2.PixelFormat, str]] = ..., sample_rate: _Optional[int] = ..., session_id: _Optional[str] = ..., batch_frames: _Optional[bool] = ..., idle_motion: _Optional[_Union[_types_pb2_1.IdleMotion, str]] = ...) -> None: ...
 
 class VisemeTrack(_message.Message):
     __slots__ = ("events",)

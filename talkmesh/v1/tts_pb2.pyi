@@ -25,6 +25,7 @@ from talkmesh.v1.types_pb2 import StageTiming as StageTiming
 from talkmesh.v1.types_pb2 import Container as Container
 from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
 from talkmesh.v1.types_pb2 import TextFormat as TextFormat
+from talkmesh.v1.types_pb2 import IdleMotion as IdleMotion
 
 DESCRIPTOR: _descriptor.FileDescriptor
 CONTAINER_UNSPECIFIED: _types_pb2_1.Container
@@ -37,6 +38,9 @@ AUDIO_CODEC_OPUS: _types_pb2_1.AudioCodec
 TEXT_FORMAT_UNSPECIFIED: _types_pb2_1.TextFormat
 TEXT_FORMAT_PLAIN: _types_pb2_1.TextFormat
 TEXT_FORMAT_MARKDOWN: _types_pb2_1.TextFormat
+IDLE_MOTION_UNSPECIFIED: _types_pb2_1.IdleMotion
+IDLE_MOTION_ON: _types_pb2_1.IdleMotion
+IDLE_MOTION_OFF: _types_pb2_1.IdleMotion
 
 class SynthesisConfig(_message.Message):
     __slots__ = ("request_id", "voice", "settings", "chunk_ms", "max_chunk_ms", "text_format")

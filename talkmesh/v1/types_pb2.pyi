@@ -25,6 +25,12 @@ class TextFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TEXT_FORMAT_UNSPECIFIED: _ClassVar[TextFormat]
     TEXT_FORMAT_PLAIN: _ClassVar[TextFormat]
     TEXT_FORMAT_MARKDOWN: _ClassVar[TextFormat]
+
+class IdleMotion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IDLE_MOTION_UNSPECIFIED: _ClassVar[IdleMotion]
+    IDLE_MOTION_ON: _ClassVar[IdleMotion]
+    IDLE_MOTION_OFF: _ClassVar[IdleMotion]
 CONTAINER_UNSPECIFIED: Container
 CONTAINER_FMP4: Container
 CONTAINER_MPEGTS: Container
@@ -35,6 +41,9 @@ AUDIO_CODEC_OPUS: AudioCodec
 TEXT_FORMAT_UNSPECIFIED: TextFormat
 TEXT_FORMAT_PLAIN: TextFormat
 TEXT_FORMAT_MARKDOWN: TextFormat
+IDLE_MOTION_UNSPECIFIED: IdleMotion
+IDLE_MOTION_ON: IdleMotion
+IDLE_MOTION_OFF: IdleMotion
 
 class VoiceSettings(_message.Message):
     __slots__ = ("rate", "pitch", "volume")

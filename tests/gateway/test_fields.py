@@ -19,6 +19,7 @@ from talkmesh.common.errors import ErrorDetails, InvalidArgument, NotFound, Stag
         ("config.backend", "output.renderer_backend", "config.renderer_backend"),
         ("config.avatar_id", "avatar_id", "config.avatar_id"),
         ("config.audio_codec", "output.audio_codec", "config.audio_codec"),
+        ("config.idle_motion", "output.idle_motion", "config.idle_motion"),
         ("config.container", "output.container", None),  # a live session has none
         ("config.fps", None, None),  # the gateway's own settings: not the caller's
         ("config.sample_rate", None, None),

@@ -110,6 +110,18 @@ async def test_bad_backend_size_and_container():
     assert err.value.details().startswith("output.container")
 
 
+async def test_idle_motion_reaches_the_renderer_and_an_unknown_one_is_refused():
+    ds = FakeDownstreams()
+    await _speak(ds, idle_motion=api.IDLE_MOTION_OFF)
+    (render,) = ds.render_configs
+    assert render.idle_motion == api.IDLE_MOTION_OFF
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _speak(ds, idle_motion=9)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "output.idle_motion: unknown idle motion 9"
+    assert len(ds.render_configs) == 1  # refused before anything started downstream
+
+
 async def test_client_cancel_stops_every_stage():
     ds = FakeDownstreams(chunks=10, hold=True)
     tel = Telemetry("gateway")

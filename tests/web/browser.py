@@ -64,10 +64,11 @@ VIEWPORT = {"width": 1280, "height": 860}
 
 @contextlib.asynccontextmanager
 async def browser_page(
-    extra_args: tuple[str, ...] = (), viewport: dict[str, int] | None = None
+    extra_args: tuple[str, ...] = (), viewport: dict[str, int] | None = None, reduced_motion: str | None = None
 ) -> AsyncIterator[tuple[Any, Console]]:
     """A page in the system's headless Chromium (launched with talkmesh.bench.web's flags and
-    ``extra_args``) and the console errors it collects; the browser is closed on the way out."""
+    ``extra_args``) and the console errors it collects; the browser is closed on the way out.
+    ``reduced_motion``: the ``prefers-reduced-motion`` the page sees ("reduce", "no-preference")."""
     from playwright.async_api import async_playwright
 
     from talkmesh.bench.web import launch
@@ -77,7 +78,10 @@ async def browser_page(
     async with async_playwright() as pw:
         browser = await launch(pw, exe, extra_args)
         try:
-            page = await browser.new_page(**({"viewport": viewport} if viewport else {}))
+            options: dict[str, Any] = {"viewport": viewport} if viewport else {}
+            if reduced_motion:
+                options["reduced_motion"] = reduced_motion
+            page = await browser.new_page(**options)
             console.attach(page)
             yield page, console
         finally:

@@ -380,3 +380,51 @@ async def test_speak_takes_the_markdown_text_format_as_json(tmp_path: Path) -> N
             error = (await r.json())["error"]
     assert abs(lengths["markdown"] - lengths["words"]) < 0.1, lengths
     assert r.status == 400 and error["field"] == "text_format", error
+
+
+async def test_speak_and_live_take_idle_motion_and_name_a_bad_value(tmp_path: Path) -> None:
+    """`"idle_motion": "IDLE_MOTION_OFF"` (in `output` of `POST /v1/speak`, in a live `config`) makes
+    the avatar still: only its mouth moves (near-lossless H.264 here, so the codec's own changes
+    stay under the threshold). An unknown name, or a number that is no IdleMotion, is a 400 / a
+    final status naming the field."""
+    import numpy as np
+
+    from tests.live_helpers import decode
+
+    def moved(path: Path) -> float:
+        """The share of the picture that changes (by more than the codec's few levels) from frame 0."""
+        frames = [f.astype(np.int16) for f in decode(path).frames]
+        changed = np.zeros(frames[0].shape[:2], bool)
+        for f in frames[1:]:
+            changed |= np.abs(f - frames[0]).max(axis=2) > 12
+        return float(changed.mean())
+
+    env = {"TALKMESH_ENCODER__VIDEO__X264__CRF": "10"}
+    async with inprocess_mesh(tmp_path, env=env, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        shares = {}
+        for value in ("IDLE_MOTION_OFF", "IDLE_MOTION_UNSPECIFIED"):
+            body = {"text": "Hello there, how are you?", "output": {"idle_motion": value}}
+            async with http.post("/v1/speak", json=body) as r:
+                assert r.status == 200, await r.text()
+                (tmp_path / f"{value}.mp4").write_bytes(await r.read())
+            shares[value] = moved(tmp_path / f"{value}.mp4")
+        errors = []
+        for bad in ("IDLE_MOTION_SOMETIMES", 9):
+            async with http.post("/v1/speak", json={"text": "Hi.", "output": {"idle_motion": bad}}) as r:
+                errors.append((r.status, (await r.json())["error"]))
+
+        async with http.ws_connect("/v1/live") as ws:
+            await ws.send_str(json.dumps({"config": {"idle_motion": "IDLE_MOTION_OFF"}}))
+            assert "started" in await _recv_json(ws)
+        statuses = []
+        for bad in ("IDLE_MOTION_SOMETIMES", 9):
+            async with http.ws_connect("/v1/live") as ws:
+                await ws.send_str(json.dumps({"config": {"idle_motion": bad}}))
+                body = await _recv_json(ws)
+                statuses.append(body.get("status") or body.get("error"))
+    assert shares["IDLE_MOTION_OFF"] < 0.03 < 0.06 < shares["IDLE_MOTION_UNSPECIFIED"], shares
+    for status, error in errors:
+        assert status == 400 and error["code"] == "INVALID_ARGUMENT", error
+        assert error["field"] == "output.idle_motion", error
+    for status in statuses:
+        assert status["code"] == "INVALID_ARGUMENT" and status["field"] == "config.idle_motion", status

@@ -3,7 +3,7 @@ scripted stand-in edge of test_page_states (findings of an accessibility review)
 turned off and stays off, a picker restarts the session once its choice settles, screen readers
 hear the connection's changes and not each second of a countdown, a long text is counted rather
 than cut, the spoken text is captioned, nothing scrolls sideways at 360 px, a file can be chosen
-twice."""
+twice, the avatar's motion can be turned off and starts off under prefers-reduced-motion."""
 
 from __future__ import annotations
 
@@ -263,3 +263,59 @@ async def test_a_token_refused_while_a_session_runs_leaves_it_running_and_then_s
         await asyncio.sleep(2.5)  # a reconnection would come within the backoff's first 0.5-1 s
         assert len(edge.conns) == 1 and await page.inner_text("#connection") == "Not signed in"
         assert await page.is_disabled("#speak")
+
+
+async def test_motion_off_follows_reduced_motion_and_a_press_restarts_the_session_with_the_other_value() -> None:
+    """WCAG 2.2.2: a toggle button (aria-pressed, reached by Tab right after the sound) asks for a
+    still avatar; under prefers-reduced-motion it starts pressed and the session's config says so; a
+    press (here from the keyboard) starts one new session, once it has settled, asking for motion;
+    a download asks for what the toggle says."""
+    downloads: list[dict[str, object]] = []
+
+    async def speak(request: web.Request) -> web.Response:
+        downloads.append(await request.json())
+        return web.Response(body=b"\x00" * 16, content_type="video/mp4")
+
+    async with (
+        fake_edge(serve, routes=[web.post("/v1/speak", speak)]) as edge,
+        browser_page(reduced_motion="reduce") as (page, console),
+    ):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        motion = page.locator("#motion")
+        assert await motion.inner_text() == "Motion off" and await motion.is_visible()
+        assert await motion.get_attribute("aria-pressed") == "true"
+        assert edge.conns[0].received[0]["config"]["idle_motion"] == "IDLE_MOTION_OFF"
+
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.id") == "unmute"
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.id") == "motion"
+        await page.keyboard.press("Space")
+        assert await motion.get_attribute("aria-pressed") == "false"
+        assert await motion.inner_text() == "Motion off", "a toggle's label stays: aria-pressed says its state"
+        await wait_js(page, "window.talkmesh.connects.length > 1 && window.talkmesh.connected", timeout=10)
+        await asyncio.sleep(1.0)
+        assert len(edge.conns) == 2 and await page.evaluate("window.talkmesh.connects[1].reason") == "motion"
+        assert edge.conns[1].received[0]["config"]["idle_motion"] == "IDLE_MOTION_ON"
+
+        await page.click("#download")
+        await wait_js(page, "document.getElementById('download').textContent === 'Download as MP4'", timeout=5)
+        assert [d["output"] for d in downloads] == [{"idle_motion": "IDLE_MOTION_ON"}]
+    assert console.errors == [], console.errors
+
+
+async def test_without_reduced_motion_the_avatar_moves_and_the_toggle_starts_unpressed() -> None:
+    async with fake_edge(serve) as edge, browser_page(reduced_motion="no-preference") as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        assert await page.get_attribute("#motion", "aria-pressed") == "false"
+        assert edge.conns[0].received[0]["config"]["idle_motion"] == "IDLE_MOTION_ON"
+        await page.click("#motion")
+        await page.click("#motion")
+        await page.click("#motion")  # three presses in a row: one new session, with the last state
+        await wait_js(page, "window.talkmesh.connects.length > 1 && window.talkmesh.connected", timeout=10)
+        await asyncio.sleep(1.0)
+        assert len(edge.conns) == 2
+        assert edge.conns[1].received[0]["config"]["idle_motion"] == "IDLE_MOTION_OFF"
+    assert console.errors == [], console.errors

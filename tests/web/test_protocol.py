@@ -16,7 +16,13 @@ from talkmesh.v1 import live_pb2 as lpb
 def test_every_client_message_kind_parses_from_its_json() -> None:
     kinds = {f.name for f in lpb.LiveClientMessage.DESCRIPTOR.oneofs_by_name["kind"].fields}
     samples = {
-        "config": {"avatar_id": "me", "voice": "espeak:en-us", "voice_settings": {"rate": 1.2}, "size": "512"},
+        "config": {
+            "avatar_id": "me",
+            "voice": "espeak:en-us",
+            "voice_settings": {"rate": 1.2},
+            "size": "512",
+            "idle_motion": "IDLE_MOTION_OFF",
+        },
         "text": {"turn_id": "t1", "text": "Hello.", "final": True},
         "audio": {"turn_id": "a1", "sample_rate": 16000, "pcm": base64.b64encode(b"\x01\x00").decode()},
         "end_of_turn": {"turn_id": "t1"},
@@ -43,6 +49,7 @@ def test_every_client_message_kind_parses_from_its_json() -> None:
         ('{"text": 5}', "text"),  # the message itself is the bad value
         ('{"config": 5}', "config"),
         ('{"config": {"text_format": "TEXT_FORMAT_HTML"}}', "config.text_format"),
+        ('{"config": {"idle_motion": "IDLE_MOTION_SOMETIMES"}}', "config.idle_motion"),
         ('{"config": {"voice_settings": {"rate": "x"}}}', "config.voice_settings.rate"),
     ],
 )

@@ -10,8 +10,9 @@ settings, and its parameter sets are checked to be identical, so its packets dec
 stream after any IDR. When they differ (an encoder that does not produce identical headers), the
 loop keeps its raw frames and the session encodes them live instead (correct, just not cheap).
 
-Loops are cached per (avatar, backend, size, fps, encoder settings), bounded, built once even when
-several sessions ask at the same time.
+Loops are cached per (avatar, backend, size, idle motion, fps, encoder settings), bounded, built
+once even when several sessions ask at the same time: a still session (RenderConfig.idle_motion
+OFF) idles on a loop of its own, of the still avatar.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@
   // or failing edge is not hammered every 2 s. Seconds.
   const RETRY_BASE = knob("retry_base", 1);
   const RETRY_CAP = knob("retry_cap", 30);
-  // A picker's change restarts the session this long after the last one (ms).
+  // A picker's (or the motion toggle's) change restarts the session this long after the last one (ms).
   const PICK_SETTLE_MS = 600;
   // A socket whose session has not started this long after it opened is closed and retried (ms).
   const STARTED_WITHIN_MS = knob("started_within", 15) * 1000;
@@ -119,7 +119,7 @@
   let turnCounter = 0;
   let currentTurn = "";
   let reconnectTimer = null;
-  let pickTimer = null; // a picker's change, until it settles (PICK_SETTLE_MS)
+  let pickTimer = null; // a picker's (or the motion toggle's) change, until it settles (PICK_SETTLE_MS)
   let keepAliveTimer = null;
   let rushTo = null; // media time playback rushes to (speech_seek=2)
   let seekCost = 0.2; // s, the measured cost of a speech seek (see SPEECH_SEEK_MIN)
@@ -604,6 +604,7 @@
       const config = { request_id: `web-${Date.now().toString(36)}` };
       if ($("avatar-select").value) config.avatar_id = $("avatar-select").value;
       if ($("voice-select").value) config.voice = $("voice-select").value;
+      config.idle_motion = idleMotion();
       send({ config });
       clearInterval(keepAliveTimer);
       keepAliveTimer = setInterval(() => send({ keep_alive: {} }), 30000);
@@ -925,6 +926,30 @@
     setSound(video.muted);
   }
 
+  // The avatar's idle life (blinks, slight head motion: WCAG 2.2.2 Pause, Stop, Hide) is drawn by
+  // the server, so "Motion off" is a session setting (LiveConfig.idle_motion, and output.idle_motion
+  // of a download): pressed, the avatar is still and only its mouth moves. It starts as the
+  // system's prefers-reduced-motion says, and follows that setting's changes until the user
+  // presses it; a change starts a new session once it has settled, as the pickers do.
+  const reducedMotion = window.matchMedia("(prefers-reduced-motion: reduce)");
+  let motionByUser = false;
+  const motionOff = () => $("motion").getAttribute("aria-pressed") === "true";
+  const idleMotion = () => (motionOff() ? "IDLE_MOTION_OFF" : "IDLE_MOTION_ON");
+  function setMotionOff(off) {
+    $("motion").setAttribute("aria-pressed", String(off));
+  }
+  setMotionOff(reducedMotion.matches);
+  function toggleMotion() {
+    motionByUser = true;
+    setMotionOff(!motionOff());
+    settled("motion");
+  }
+  reducedMotion.addEventListener("change", () => {
+    if (motionByUser || reducedMotion.matches === motionOff()) return;
+    setMotionOff(reducedMotion.matches);
+    settled("motion");
+  });
+
   // Without a session a turn is not sent and not queued (it would be spoken late, out of the
   // conversation, by a new session): the user is told and the text stays in the box.
   function speak() {
@@ -1231,6 +1256,7 @@
       const body = { text: $("text").value.trim() };
       if ($("avatar-select").value) body.avatar_id = $("avatar-select").value;
       if ($("voice-select").value) body.voice = $("voice-select").value;
+      body.output = { idle_motion: idleMotion() };
       const used = accessToken;
       const resp = await fetch("/v1/speak", {
         method: "POST", headers: withToken({ "Content-Type": "application/json" }), body: JSON.stringify(body),
@@ -1279,13 +1305,15 @@
   });
   // Arrow keys on a closed picker change it at each press: the session restarts once the choice
   // has settled, not at every step.
-  const picked = () => {
+  // (The motion toggle's changes settle the same way.)
+  function settled(reason) {
     clearTimeout(pickTimer);
     if (accessRefused) return; // nothing connects until a new token comes
-    pickTimer = setTimeout(() => connect("picker"), PICK_SETTLE_MS);
-  };
-  $("avatar-select").addEventListener("change", picked);
-  $("voice-select").addEventListener("change", picked);
+    pickTimer = setTimeout(() => connect(reason), PICK_SETTLE_MS);
+  }
+  $("avatar-select").addEventListener("change", () => settled("picker"));
+  $("voice-select").addEventListener("change", () => settled("picker"));
+  $("motion").addEventListener("click", toggleMotion);
   $("audio-file").addEventListener("change", (e) => {
     const file = e.target.files[0];
     e.target.value = ""; // the same file may be chosen again
