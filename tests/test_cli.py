@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from services.renderer.avatars import default_avatar_bytes
 from talkmesh.client import TalkmeshClient
@@ -273,3 +274,14 @@ def test_bench_without_a_target_starts_its_own_mesh_and_clients_get_the_default(
     assert cli.main(["bench", "--quick"]) == 0
     assert cli.main(["voices"]) == 0
     assert seen == {"bench": None, "voices": "127.0.0.1:47000"}
+
+
+@pytest.mark.parametrize("command", [["say", "Hello."], ["live"]])
+def test_still_asks_for_no_idle_motion(command):
+    from talkmesh.cli import build_parser
+    from talkmesh.live_cli import idle_motion
+    from talkmesh.v1 import types_pb2
+
+    parser = build_parser()
+    assert idle_motion(parser.parse_args([*command, "--still"])) == types_pb2.IDLE_MOTION_OFF
+    assert idle_motion(parser.parse_args(command)) == types_pb2.IDLE_MOTION_UNSPECIFIED

@@ -214,7 +214,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         live = self.config.live
         gop = live.loop_gop_frames or max(1, round(float(fps)))
         frames = loop_frames(live.loop_seconds, float(fps), gop)
-        key = (render.avatar_id, render.backend, render.size, render.idle_motion, fps, backend.name, frames, gop)
+        still = render.idle_motion == renderer_pb2.IDLE_MOTION_OFF  # (unspecified and on draw the same loop)
+        key = (render.avatar_id, render.backend, render.size, still, fps, backend.name, frames, gop)
 
         async def build() -> IdleLoop:
             idle_render = renderer_pb2.RenderConfig()

@@ -40,7 +40,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 
 
 #: Where a response keeps the gRPC status name it stands for (``result_code``).
-RESULT_KEY = "talkmesh.code"
+RESULT_KEY = web.ResponseKey("talkmesh_code", str)
 #: HTTP status -> the gRPC status name an answer without its own stands for (the reverse of
 #: HTTP_STATUS where it is one-to-one; 400 is the client's request as a whole).
 _CODE_OF_STATUS = {

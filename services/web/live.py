@@ -70,6 +70,7 @@ class EdgeWebSocket(web.WebSocketResponse):
                 "(web.max_ws_message_bytes); send text in pieces and audio in chunks of at most 1 s",
                 "field": "message",
             }
+            self[RESULT_KEY] = status["code"]
             with contextlib.suppress(ConnectionError, RuntimeError):
                 async with self.lock:
                     await self.send_str(json.dumps({"status": status}, separators=(",", ":")))
@@ -162,10 +163,14 @@ class Sender:
             if details.retry_delay is not None:
                 status["retry_after_seconds"] = details.retry_delay
             close = _CLOSE_FOR.get(exc.code(), CLOSE_INTERNAL)
-        self.ws[RESULT_KEY] = status["code"]  # the session's outcome in the edge's metrics
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.json({"status": status})
-            await self.ws.close(code=close, message=status["code"].encode())
+            await self.final(status, close)
+
+    async def final(self, status: dict[str, Any], close: int) -> None:
+        """The session's final status (also its outcome in the edge's metrics), then the close."""
+        self.ws[RESULT_KEY] = status["code"]
+        await self.json({"status": status})
+        await self.ws.close(code=close, message=status["code"].encode())
 
 
 async def _pump_down(call: Any, out: Sender) -> None:
@@ -176,6 +181,8 @@ async def _pump_down(call: Any, out: Sender) -> None:
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.CANCELLED:
             await out.end(exc)
+        else:  # the browser left (the edge cancelled the call), unless the edge ended it first
+            out.ws.setdefault(RESULT_KEY, "CANCELLED")
         return
     await out.end(None)
 
@@ -224,8 +231,8 @@ class LiveBridge:
         return msg
 
     async def _refuse(self, field: str, message: str) -> None:
-        await self.out.json({"status": {"code": "INVALID_ARGUMENT", "message": message, "field": field}})
-        await self.ws.close(code=CLOSE_BAD_INPUT, message=b"INVALID_ARGUMENT")
+        with contextlib.suppress(ConnectionError, RuntimeError):  # (the browser may be gone already)
+            await self.out.final({"code": "INVALID_ARGUMENT", "message": message, "field": field}, CLOSE_BAD_INPUT)
 
     async def run(self) -> None:
         first = await self._first()

@@ -50,6 +50,7 @@ from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
 from talkmesh.common.files import WatchedFile
 from talkmesh.common.health import DependencyWatch
+from talkmesh.common.interceptors import SERVER_FAULTS
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.server import BindError, check_port_free, run_until_signal
@@ -108,6 +109,9 @@ TOKEN_PROTOCOL = "access_token."
 WS_PROTOCOL = "talkmesh"
 #: Who a request's access token speaks for (its ``sub``, or the token itself when it has none).
 SUBJECT_KEY = web.RequestKey("subject", str)
+#: A live session's socket, whose outcome (RESULT_KEY) counts even when aiohttp cancels its handler
+#: (the connection closed).
+SOCKET_KEY = web.RequestKey("socket", web.WebSocketResponse)
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -463,49 +467,63 @@ class WebHost:
                 context=parent,
                 kind=SpanKind.SERVER,
                 attributes={"http.request.method": request.method, "http.route": route, "talkmesh.service": "web"},
+                record_exception=False,  # (recorded below, but for a browser that left)
+                set_status_on_exception=False,
             ) as span:
                 response: web.StreamResponse
+                status = 0
                 try:
-                    if self._own_hosts is not None and _host_name(request.host) not in self._own_hosts:
-                        raise HttpError(
-                            403,
-                            "PERMISSION_DENIED",
-                            f"host: {request.host[:100]!r} is not a name of this web edge (it listens on "
-                            "loopback: localhost, 127.0.0.1, [::1], or the hosts of web.allowed_origins)",
-                            "host",
-                        )
-                    origin, allowed = self._origin_of(request)
-                    request[CORS_KEY] = self._cors_headers(origin, allowed)
-                    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-                        response = self._preflight(request, origin, allowed)
-                    elif not allowed and (request.method in UNSAFE_METHODS or route in WS_ROUTES):
-                        raise HttpError(
-                            403,
-                            "PERMISSION_DENIED",
-                            f"origin: {origin or 'a cross-site request'} may not use this web edge "
-                            "(its own origin and web.allowed_origins may)",
-                            "origin",
-                        )
-                    else:
-                        self._authorize(request, route, span)
-                        response = await handler(request)
-                except HttpError as exc:
-                    response = exc.response()
-                except grpc.aio.AioRpcError as exc:
-                    response = from_rpc_error(exc).response()
-                except web.HTTPException as exc:  # aiohttp's own: unknown path, body too large, ...
-                    code, field = HTTP_EXCEPTION_CODES.get(exc.status, ("INVALID_ARGUMENT", ""))
-                    response = error_response(exc.status, code if exc.status < 500 else "INTERNAL", exc.reason, field)
-                code = result_code(response)
-                span.set_attribute("http.response.status_code", response.status)
-                if response.status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-                if not response.prepared:
-                    self._decorate(request, response)
-                return response
-        except (asyncio.CancelledError, ConnectionError):  # the browser went away
-            code = "CANCELLED"
-            raise
+                    try:
+                        if self._own_hosts is not None and _host_name(request.host) not in self._own_hosts:
+                            raise HttpError(
+                                403,
+                                "PERMISSION_DENIED",
+                                f"host: {request.host[:100]!r} is not a name of this web edge (it listens on "
+                                "loopback: localhost, 127.0.0.1, [::1], or the hosts of web.allowed_origins)",
+                                "host",
+                            )
+                        origin, allowed = self._origin_of(request)
+                        request[CORS_KEY] = self._cors_headers(origin, allowed)
+                        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                            response = self._preflight(request, origin, allowed)
+                        elif not allowed and (request.method in UNSAFE_METHODS or route in WS_ROUTES):
+                            raise HttpError(
+                                403,
+                                "PERMISSION_DENIED",
+                                f"origin: {origin or 'a cross-site request'} may not use this web edge "
+                                "(its own origin and web.allowed_origins may)",
+                                "origin",
+                            )
+                        else:
+                            self._authorize(request, route, span)
+                            response = await handler(request)
+                    except HttpError as exc:
+                        response = exc.response()
+                    except grpc.aio.AioRpcError as exc:
+                        response = from_rpc_error(exc).response()
+                    except web.HTTPException as exc:  # aiohttp's own: unknown path, body too large, ...
+                        name, field = HTTP_EXCEPTION_CODES.get(exc.status, ("INVALID_ARGUMENT", ""))
+                        name = name if exc.status < 500 else "INTERNAL"
+                        response = error_response(exc.status, name, exc.reason, field)
+                    code, status = result_code(response), response.status
+                    span.set_attribute("http.response.status_code", status)
+                    if not response.prepared:
+                        self._decorate(request, response)
+                    return response
+                except (asyncio.CancelledError, ConnectionError):  # the browser went away
+                    socket = request.get(SOCKET_KEY)
+                    code = socket.get(RESULT_KEY, "CANCELLED") if socket is not None else "CANCELLED"
+                    span.set_attribute("talkmesh.cancelled", code == "CANCELLED")
+                    raise
+                except Exception as exc:
+                    span.record_exception(exc)
+                    raise
+                finally:
+                    # an error of the edge's span: the server's fault (HTTP's 5xx, a stream or session
+                    # that ended with one), never a browser's mistake or its leaving
+                    span.set_attribute("talkmesh.status_code_name", code)
+                    if code in SERVER_FAULTS or status >= 500:
+                        span.set_status(Status(StatusCode.ERROR, code))
         finally:
             request_id_var.reset(token)
             self._requests.labels(self.name, f"{request.method} {route}", code).inc()
@@ -870,6 +888,7 @@ class WebHost:
             await answer.write_eof()
         except ConnectionError:  # the browser went away at the last moment: nothing more to do
             log.info("speak: the browser left before the answer was written")
+            answer[RESULT_KEY] = "CANCELLED"
         return answer
 
     async def _open_speak(
@@ -904,6 +923,7 @@ class WebHost:
             protocols=(WS_PROTOCOL,),  # (chosen when offered: a page that sends its token so)
         )
         await ws.prepare(request)
+        request[SOCKET_KEY] = ws
         task = asyncio.current_task()
         assert task is not None
         subject = request.get(SUBJECT_KEY, "")
@@ -923,8 +943,7 @@ class WebHost:
                     "(server.max_concurrent_streams); try again later"
                 )
             # The documented end of a session: the final status, then the close (1013).
-            await Sender(ws).json({"status": {"code": "RESOURCE_EXHAUSTED", "message": why, "field": ""}})
-            await ws.close(code=CLOSE_TRY_LATER, message=b"RESOURCE_EXHAUSTED")
+            await Sender(ws).final({"code": "RESOURCE_EXHAUSTED", "message": why, "field": ""}, CLOSE_TRY_LATER)
             return ws
         self.sessions.add(task)
         self._active.inc()

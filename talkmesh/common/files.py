@@ -35,8 +35,13 @@ class WatchedFile(Generic[T]):
         self._parse = parse
         self._check_seconds = check_seconds
         self._clock = clock
-        self.value = parse(path)  # (first: its error names the file's problem, a missing file too)
-        self._stamp = file_stamp([path])
+        # stamped before it is read: an edit landing in between is read again at the next check
+        try:
+            stamp = file_stamp([path])
+        except OSError:
+            stamp = ()  # parse names the problem (a missing file too)
+        self.value = parse(path)
+        self._stamp = stamp
         self._checked = clock()
         #: how many times the file was loaded (1 at start)
         self.loads = 1
@@ -54,7 +59,7 @@ class WatchedFile(Generic[T]):
             if stamp == self._stamp:
                 return
             value = self._parse(self.path)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # whatever a bad edit makes the parser raise, the loaded value stays
             log.warning("%s %s not reloaded, keeping what was loaded: %s", self.what, self.path, exc)
             return
         self.value, self._stamp = value, stamp

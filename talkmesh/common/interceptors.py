@@ -49,10 +49,11 @@ log = logging.getLogger(__name__)
 
 # Methods that bypass admission control, draining and stream metrics.
 _INFRA_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-#: Statuses logged as warnings (the server's or a stage's fault, not the client's request).
-_SERVER_FAULTS = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"})
+#: Statuses that are the server's or a stage's fault, not the client's request: logged as warnings,
+#: and what the error-ratio alert counts (deploy/prometheus/talkmesh.rules.yaml; a test checks).
+SERVER_FAULTS = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"})
 #: Statuses that make a server span's status an error (OpenTelemetry's gRPC conventions).
-SPAN_ERRORS = _SERVER_FAULTS | {"UNIMPLEMENTED"}
+SPAN_ERRORS = SERVER_FAULTS | {"UNIMPLEMENTED"}
 _STATUS_NUMBERS = {c.name: c.value[0] for c in grpc.StatusCode}
 
 
@@ -244,7 +245,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # One line per call, with the request id (the log format adds it): what a client reports
         # by its request id is found in every service's log.
         log.log(
-            logging.WARNING if code in _SERVER_FAULTS else logging.INFO,
+            logging.WARNING if code in SERVER_FAULTS else logging.INFO,
             "%s %s in %.3f s",
             method,
             code,

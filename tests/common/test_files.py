@@ -46,3 +46,29 @@ def test_at_start_a_bad_or_missing_file_raises(tmp_path: Path) -> None:
         WatchedFile(str(path), _parse)
     with pytest.raises(OSError):
         WatchedFile(str(tmp_path / "missing"), _parse)
+
+
+def test_any_error_of_a_bad_edit_keeps_the_old_and_an_edit_while_reading_is_read_next(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_text("a\n")
+    now = [0.0]
+    edits = iter(["b\n"])
+
+    def parse(p: str) -> list[str]:
+        text = Path(p).read_text()
+        if "type" in text:
+            raise TypeError("a YAML shape the parser did not expect")
+        edit = next(edits, None)
+        if edit is not None:  # the file changes while it is being read
+            path.write_text(edit)
+            os.utime(path, ns=(1, 10**18))
+        return text.split()
+
+    watched = WatchedFile(str(path), parse, check_seconds=1.0, clock=lambda: now[0])
+    assert watched.value == ["a"]
+    now[0] = 1.5
+    assert watched.get() == ["b"], "the edit made while the first read ran is read at the next check"
+    path.write_text("type\n")
+    os.utime(path, ns=(2, 2 * 10**18))
+    now[0] = 3.0
+    assert watched.get() == ["b"], "a TypeError keeps what was loaded, like a ValueError"

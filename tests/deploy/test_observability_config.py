@@ -271,3 +271,16 @@ def test_down_alerts_cover_every_service_and_the_scrape_job() -> None:
     assert job["job_name"] == "talkmesh"
     monitor = yaml.safe_load((DEPLOY / "k8s" / "components" / "monitoring" / "servicemonitor.yaml").read_text())
     assert monitor["spec"]["selector"]["matchLabels"][monitor["spec"]["jobLabel"]] == "talkmesh"
+
+
+def test_the_error_ratio_counts_exactly_the_server_faults() -> None:
+    """The alert's and the dashboard's error ratio count the statuses the services log as their own
+    faults (talkmesh.common.interceptors.SERVER_FAULTS), and nothing a client causes."""
+    from talkmesh.common.interceptors import SERVER_FAULTS
+
+    dashboard = (DEPLOY / "grafana" / "talkmesh-dashboard.json").read_text()
+    for where, text in (("rules", RULES.read_text()), ("dashboard", dashboard.replace('\\"', '"'))):
+        selectors = re.findall(r'talkmesh_streams_total\{[^}]*code(=~|!~)"([^"]*)"', text)
+        assert selectors, where
+        for op, regex in selectors:
+            assert op == "=~" and set(regex.split("|")) == SERVER_FAULTS, (where, op, regex)

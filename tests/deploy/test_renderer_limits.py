@@ -3,8 +3,9 @@
 The arithmetic (docs/DEPLOY.md, "Renderer limits") for the avatar store as it works today
 (services/renderer/avatars/decode.py and store.py): a RegisterAvatar upload of B bytes is held twice
 in memory (the assembled message and its bytes copy) and written once to /tmp for the video decoder;
-its frames are decoded one at a time (one frame of P pixels at full size, up to 8 bytes a pixel for
-a 16-bit PNG with alpha, and its scaled copy) into an array of at most V = ``max_video_bytes``,
+its frames are decoded one at a time (one image of at most P = max(``max_pixels``, (2 x
+``max_side``)^2) pixels as decoded, a baseline JPEG scaled down by libjpeg; at most 20 bytes a
+pixel at the peak, a 16-bit PNG with alpha turned into 8-bit BGR) into an array of at most V = ``max_video_bytes``,
 twice that while the array grows (a video that has more frames than its header said), and saved to
 the cache directory (at most V, plus a few percent of boxes and backend precomputes).
 """
@@ -39,10 +40,12 @@ def quantity(text: str) -> int:
 
 def budget(avatars: dict[str, Any]) -> dict[str, float]:
     upload = avatars["max_upload_bytes"]
-    stored = avatars.get("max_video_bytes", AvatarConfig().max_video_bytes)
-    frame = 8 * avatars["max_pixels"]
+    defaults = AvatarConfig()
+    stored = avatars.get("max_video_bytes", defaults.max_video_bytes)
+    side = avatars.get("max_side", defaults.max_side)
+    frame = 20 * max(avatars["max_pixels"], 4 * side * side)
     return {
-        "memory_per_upload": 2 * upload + 2 * stored + 2 * frame,
+        "memory_per_upload": 2 * upload + 2 * stored + frame,
         "disk_per_avatar": stored * PRECOMPUTE_OVERHEAD,
         "tmp_per_upload": upload,
     }

@@ -50,3 +50,14 @@ def test_a_point_on_the_uploaded_photo_picks_its_face_on_the_stored_frames(tmp_p
         store.register(data, "two.jpg", choice=FaceChoice(point=(2600, 100)))
     boxes = [[int(v) for v in b.split(",")] for b in str(err.value).split("found at [")[1].rstrip("]").split("], [")]
     assert max(b[2] for b in boxes) > 2000, f"boxes in the upload's pixels: {boxes}"
+
+
+def test_avatars_made_when_the_point_was_read_on_the_stored_frames_are_made_again(tmp_path):
+    """The content id of an upload with a face_point changed with the point's meaning (it was read
+    on the stored frames): an avatar cached before is not reused for the new meaning."""
+    store = _store(tmp_path)
+    data = _two_faces()
+    point = FaceChoice(point=(100.0, 100.0))
+    assert '"point_in": "upload"' in store.settings_key(point)
+    assert "point_in" not in store.settings_key(FaceChoice(index=1)) and "point_in" not in store.settings_key()
+    assert store.content_id(data, point) != store.content_id(data, FaceChoice(index=1))

@@ -21,7 +21,14 @@ import pytest
 
 from services.renderer.avatars import decode as decode_mod
 from services.renderer.avatars import default_avatar_bytes
-from services.renderer.avatars.decode import decode, sniff, video_frame_size
+from services.renderer.avatars.decode import (
+    decode,
+    jpeg_held_whole,
+    jpeg_reduction,
+    reduced_limit,
+    sniff,
+    video_frame_size,
+)
 from services.renderer.config import AvatarConfig
 from talkmesh.common.errors import InvalidArgument
 
@@ -98,7 +105,7 @@ def test_a_png_header_declaring_a_bomb_is_refused_before_decoding(no_decoder):
         decode(bytes(png), "x.png", AvatarConfig())
 
 
-def _phone_jpeg(w: int, h: int, orientation: int = 0) -> bytes:
+def _phone_jpeg(w: int, h: int, orientation: int = 0, progressive: bool = False) -> bytes:
     """A w x h JPEG like a phone's (a bright band along its top edge as stored; EXIF orientation)."""
     import io
 
@@ -111,19 +118,37 @@ def _phone_jpeg(w: int, h: int, orientation: int = 0) -> bytes:
     if orientation:
         exif[0x0112] = orientation
     out = io.BytesIO()
-    im.save(out, "JPEG", quality=80, exif=exif)
+    im.save(out, "JPEG", quality=80, exif=exif, progressive=progressive)
     return out.getvalue()
 
 
 @pytest.mark.parametrize(("w", "h"), [(4284, 5712), (6048, 8064), (4032, 3024)])  # 24, 48 and 12 Mpixel
-def test_a_phone_photo_over_max_pixels_is_decoded_scaled_down_by_libjpeg(w, h):
-    cfg = AvatarConfig(max_pixels=1280 * 720)  # the container config's limit
+@pytest.mark.parametrize("max_pixels", [1280 * 720, 1920 * 1080, 4096 * 4096])
+def test_a_phone_photo_is_decoded_scaled_down_by_libjpeg_and_stored_at_max_side(w, h, max_pixels):
+    cfg = AvatarConfig(max_pixels=max_pixels)
     frames = decode(_phone_jpeg(w, h), "phone.jpg", cfg).frames
-    assert frames.shape[0] == 1 and max(frames.shape[1:3]) <= cfg.max_side
-    assert frames.shape[1] * frames.shape[2] <= cfg.max_pixels
-    # never decoded at full size, nor smaller than the store keeps when it can have that
-    assert max(frames.shape[1:3]) >= min(cfg.max_side, max(w, h) // 8) - 2
+    assert frames.shape[0] == 1 and max(frames.shape[1:3]) == cfg.max_side, frames.shape
     assert abs(frames.shape[2] / frames.shape[1] - w / h) < 0.01
+
+
+def test_the_largest_factor_that_keeps_max_side_is_taken():
+    cfg = AvatarConfig()
+    assert [jpeg_reduction(w, w, cfg) for w in (1000, 1280, 2558, 2559, 5118, 10240, 20480, 60000)] == [
+        1, 1, 1, 2, 4, 8, 8, 8
+    ]
+    assert reduced_limit(cfg) == max(cfg.max_pixels, 4 * cfg.max_side**2)
+
+
+def test_a_progressive_jpeg_is_held_to_max_pixels_at_its_full_size():
+    """libjpeg holds a progressive JPEG's coefficients whole (2 bytes a sample) however small it
+    decodes it: a small file could make it hold gigabytes."""
+    cfg = AvatarConfig(max_pixels=1280 * 720)
+    progressive = _phone_jpeg(4032, 3024, progressive=True)
+    assert jpeg_held_whole(progressive) and not jpeg_held_whole(_phone_jpeg(4032, 3024))
+    with pytest.raises(InvalidArgument, match=r"4032x3024: larger than the limit of 921600 .* progressive JPEG"):
+        decode(progressive, "p.jpg", cfg)
+    frames = decode(_phone_jpeg(1200, 700, progressive=True), "p.jpg", cfg).frames
+    assert frames.shape[1:3] == (700, 1200)
 
 
 def test_a_reduced_phone_photo_is_turned_as_its_exif_says():
@@ -136,7 +161,7 @@ def test_a_reduced_phone_photo_is_turned_as_its_exif_says():
 def test_only_jpegs_are_decoded_scaled_down():
     png = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
     png[16:24] = (4000).to_bytes(4, "big") + (3000).to_bytes(4, "big")
-    with pytest.raises(InvalidArgument, match=r"4000x3000: larger than .*avatars\.max_pixels; a JPEG up to 64 times"):
+    with pytest.raises(InvalidArgument, match=r"4000x3000: larger than .*avatars\.max_pixels; a baseline JPEG may"):
         decode(bytes(png), "x.png", AvatarConfig(max_pixels=1280 * 720))
     # a JPEG too large even at 1/8 is refused on its header
     jpeg = bytearray(_phone_jpeg(64, 64))

@@ -184,6 +184,31 @@ async def test_refused_sessions_end_with_the_documented_status(tmp_path: Path) -
             await asyncio.sleep(0.05)
         assert mesh.active_streams()["gateway"] == 0
 
+        # a config that is refused, and a browser that leaves a running session
+        async with http.ws_connect("/v1/live") as bad:
+            await bad.send_str(json.dumps({"config": {"idle_motion": "IDLE_MOTION_SOMETIMES"}}))
+            assert (await _recv_json(bad))["status"]["code"] == "INVALID_ARGUMENT"
+        async with http.ws_connect("/v1/live") as leaving:
+            await leaving.send_str(json.dumps({"config": {}}))
+            assert "started" in await _recv_json(leaving)
+        # every session is counted by its outcome (gRPC status names: the error-ratio alert reads them)
+        for _ in range(100):
+            async with http.get("/metrics") as r:
+                counted = _live_outcomes(await r.text())
+            if sum(counted.values()) >= 4:
+                break
+            await asyncio.sleep(0.05)
+        assert counted == {"RESOURCE_EXHAUSTED": 1, "INVALID_ARGUMENT": 2, "CANCELLED": 1}, counted
+
+
+def _live_outcomes(metrics: str) -> dict[str, int]:
+    """``talkmesh_streams_total`` of the edge's live sessions, by code."""
+    out = {}
+    for line in metrics.splitlines():
+        if line.startswith("talkmesh_streams_total{") and 'method="GET /v1/live"' in line:
+            out[line.split('code="')[1].split('"')[0]] = int(float(line.rsplit(" ", 1)[1]))
+    return out
+
 
 async def test_speak_streams_fragmented_mp4_from_the_mesh(tmp_path: Path) -> None:
     text = "This is a longer paragraph for the download endpoint to render in full. " * 4

@@ -162,7 +162,7 @@ async def test_the_api_and_the_websocket_need_a_token_that_allows_them(
             assert "default" in json.dumps(await r.json()), "nothing was deleted"
 
         registry = mesh.telemetry["web"].metrics.registry
-        labels = {"service": "web", "method": "GET /v1/voices", "code": "401"}
+        labels = {"service": "web", "method": "GET /v1/voices", "code": "UNAUTHENTICATED"}
         assert registry.get_sample_value("talkmesh_streams_total", labels) == len(refused)
 
     # the token's subject is on the edge's span of the request it made

@@ -319,3 +319,21 @@ async def test_without_reduced_motion_the_avatar_moves_and_the_toggle_starts_unp
         assert len(edge.conns) == 2
         assert edge.conns[1].received[0]["config"]["idle_motion"] == "IDLE_MOTION_OFF"
     assert console.errors == [], console.errors
+
+
+async def test_a_reduced_motion_setting_changed_later_is_followed_until_the_user_chooses() -> None:
+    async with fake_edge(serve) as edge, browser_page(reduced_motion="no-preference") as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.emulate_media(reduced_motion="reduce")  # the system's setting changes
+        await wait_js(page, "document.getElementById('motion').getAttribute('aria-pressed') === 'true'", timeout=5)
+        await wait_js(page, "window.talkmesh.connects.length > 1 && window.talkmesh.connected", timeout=10)
+        assert edge.conns[1].received[0]["config"]["idle_motion"] == "IDLE_MOTION_OFF"
+        await page.click("#motion")  # the user wants motion after all: that choice stays
+        await wait_js(page, "window.talkmesh.connects.length > 2 && window.talkmesh.connected", timeout=10)
+        await page.emulate_media(reduced_motion="no-preference")
+        await page.emulate_media(reduced_motion="reduce")
+        await asyncio.sleep(1.0)
+        assert await page.get_attribute("#motion", "aria-pressed") == "false"
+        assert len(edge.conns) == 3 and edge.conns[2].received[0]["config"]["idle_motion"] == "IDLE_MOTION_ON"
+    assert console.errors == [], console.errors

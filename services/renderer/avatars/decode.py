@@ -98,14 +98,15 @@ def decode(data: bytes, filename: str, cfg: AvatarConfig) -> Decoded:
     if dims is None or dims[0] <= 0 or dims[1] <= 0:
         raise InvalidArgument("data", f"{what} is not a decodable image (unreadable {kind.upper()} header)")
     # checked on the header, before decoding: a small file can declare a huge image
-    reduction = jpeg_reduction(dims[0], dims[1], cfg) if kind == "jpeg" else 1
-    if reduction == 0 or dims[0] * dims[1] > cfg.max_pixels * reduction * reduction:
-        biggest = f"; a JPEG up to {MAX_REDUCTION * MAX_REDUCTION} times that" if kind != "jpeg" else ""
-        raise InvalidArgument(
-            "data",
-            f"image is {dims[0]}x{dims[1]}: larger than the limit of {cfg.max_pixels} pixels "
-            f"(avatars.max_pixels{biggest}); scale it down first",
-        )
+    reduction, limit, held = 1, cfg.max_pixels, dims[0] * dims[1]
+    whole = kind != "jpeg" or jpeg_held_whole(data)
+    if kind == "jpeg":
+        reduction = jpeg_reduction(dims[0], dims[1], cfg)
+    if not whole:  # libjpeg holds a row of blocks, then the image scaled down
+        limit = reduced_limit(cfg)
+        held = math.ceil(dims[0] / reduction) * math.ceil(dims[1] / reduction)
+    if held > limit:
+        raise InvalidArgument("data", _too_large(dims, kind, whole, reduction, cfg))
     if kind == "jpeg" and b"\xff\xd9" not in data[-4096:]:
         # some libjpeg builds decode a truncated file with a grey bottom and only a warning
         raise InvalidArgument("data", f"{what} is not a decodable image (truncated JPEG)")
@@ -115,8 +116,10 @@ def decode(data: bytes, filename: str, cfg: AvatarConfig) -> Decoded:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[reduction])
     if img is None:
         raise InvalidArgument("data", f"{what} is not a decodable image (corrupt or truncated)")
-    if img.shape[0] * img.shape[1] > cfg.max_pixels:
-        raise InvalidArgument("data", f"image has {img.shape[1]}x{img.shape[0]} pixels, over {cfg.max_pixels}")
+    if img.shape[0] * img.shape[1] > limit:
+        raise InvalidArgument(
+            "data", f"image has {img.shape[1]}x{img.shape[0]} pixels, over {limit} (avatars.max_pixels)"
+        )
     h, w = img.shape[:2]
     shown_w = w * reduction  # (decoded as shown: turned by its orientation; libjpeg rounds up, < 1 px)
     if max(w, h) > cfg.max_side:  # a phone photo: stored (and analysed) at max_side
@@ -137,17 +140,49 @@ MAX_REDUCTION = max(_REDUCED)
 
 
 def jpeg_reduction(w: int, h: int, cfg: AvatarConfig) -> int:
-    """The factor (1, 2, 4 or 8) a w x h JPEG is decoded at: the smallest whose image fits
-    ``max_pixels``, then larger while the image still has ``max_side`` pixels on its longer side
-    (the store keeps no more: decoding more is time and memory for nothing). 0: too large even
-    at 1/8."""
-    fitting = [d for d in _REDUCED if math.ceil(w / d) * math.ceil(h / d) <= cfg.max_pixels]
-    if not fitting:
-        return 0
-    d = fitting[0]
+    """The factor (1, 2, 4 or 8) a w x h JPEG is decoded at: the largest that still leaves
+    ``max_side`` pixels on its longer side (the store keeps no more: decoding more is time and
+    memory for nothing)."""
+    d = 1
     while d < MAX_REDUCTION and max(math.ceil(w / (2 * d)), math.ceil(h / (2 * d))) >= cfg.max_side:
         d *= 2
     return d
+
+
+def reduced_limit(cfg: AvatarConfig) -> int:
+    """Pixels a JPEG decoded scaled down may have: ``max_pixels``, or twice ``max_side`` on each
+    side when that is more (``jpeg_reduction`` leaves less than that, but for images over 8 times
+    it). A 48-Mpixel phone photo is decoded at 1/4, 1512x2016."""
+    return max(cfg.max_pixels, 4 * cfg.max_side * cfg.max_side)
+
+
+def jpeg_held_whole(data: bytes) -> bool:
+    """Whether libjpeg holds the whole image's coefficients (2 bytes per sample) however small it
+    decodes it: a progressive JPEG, or one whose components come in several scans. Such a JPEG
+    is held to ``max_pixels`` at its full size; a baseline one only once decoded."""
+    sof = _jpeg_sof(data)
+    if sof is None:
+        return True
+    at, marker = sof
+    return marker in _JPEG_PROGRESSIVE or data.count(b"\xff\xda", at) > 1  # (SOS: never in coded data)
+
+
+def _too_large(dims: tuple[int, int], kind: str, whole: bool, reduction: int, cfg: AvatarConfig) -> str:
+    w, h = dims
+    if kind != "jpeg":
+        return (
+            f"image is {w}x{h}: larger than the limit of {cfg.max_pixels} pixels (avatars.max_pixels; a "
+            "baseline JPEG may be larger, it is decoded scaled down); scale it down first"
+        )
+    if whole:
+        return (
+            f"image is {w}x{h}: larger than the limit of {cfg.max_pixels} pixels (avatars.max_pixels) for a "
+            "progressive JPEG (its decoder holds it whole); scale it down or save it as a baseline JPEG"
+        )
+    return (
+        f"image is {w}x{h}: larger than the limit of {reduced_limit(cfg)} pixels once decoded at 1/{reduction} "
+        "(avatars.max_pixels, or twice avatars.max_side on each side); scale it down first"
+    )
 
 
 def has_alpha(data: bytes) -> bool:
@@ -195,6 +230,29 @@ def _flattened(img: np.ndarray | None, background: str) -> np.ndarray | None:
 
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
+
+
+def _jpeg_sof(data: bytes) -> tuple[int, int] | None:
+    """(offset, marker) of a JPEG's frame header (SOFn), past its APPn segments (an EXIF
+    thumbnail is a JPEG of its own inside APP1); None if there is none."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _JPEG_SOF:
+            return i, marker
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
 
 
 def image_dimensions(data: bytes) -> tuple[int, int] | None:
@@ -202,21 +260,11 @@ def image_dimensions(data: bytes) -> tuple[int, int] | None:
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                return None
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in _JPEG_SOF:
-                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-        return None
+        sof = _jpeg_sof(data)
+        if sof is None:
+            return None
+        i = sof[0]
+        return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
         chunk = data[12:16]
         if chunk == b"VP8X":
@@ -288,7 +336,9 @@ def _decode_video(data: bytes, kind: str, cfg: AvatarConfig) -> Decoded:
                     break
                 if n >= capacity:
                     if n >= cfg.max_frames:
-                        raise InvalidArgument("data", f"video has more than {cfg.max_frames} frames")
+                        raise InvalidArgument(
+                            "data", f"video has more than {cfg.max_frames} frames (avatars.max_frames); trim it first"
+                        )
                     # more frames than the container declared: grow, keeping within the budget
                     capacity = min(cfg.max_frames, capacity * 2)
                     ow2, oh2 = video_frame_size(w, h, capacity, cfg)

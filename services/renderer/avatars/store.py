@@ -220,6 +220,8 @@ class AvatarStore:
         settings: dict[str, Any] = {"v": PRECOMPUTE_VERSION, "faces": self.faces.detector}
         if choice != FaceChoice():
             settings["face"] = [choice.index, list(choice.point) if choice.point else None]
+            if choice.point:  # (earlier it was read on the stored frames: those avatars are made again)
+                settings["point_in"] = "upload"
         return json.dumps(settings, sort_keys=True)
 
     def content_id(self, data: bytes, choice: FaceChoice = FaceChoice()) -> str:
@@ -249,7 +251,9 @@ class AvatarStore:
         """
         report = progress or _no_progress
         if len(data) > self.cfg.max_upload_bytes:
-            raise InvalidArgument("data", f"upload of {len(data)} bytes exceeds {self.cfg.max_upload_bytes}")
+            raise InvalidArgument(
+                "data", f"upload of {len(data)} bytes exceeds {self.cfg.max_upload_bytes} (avatars.max_upload_bytes)"
+            )
         for b in backends:
             if b not in self.backends:
                 raise InvalidArgument(
