@@ -94,9 +94,10 @@ async def test_a_listed_origin_embeds_and_another_cannot(tmp_path: Path) -> None
             await inner.wait_for_function("window.talkmesh && window.talkmesh.painted > 0", timeout=30_000)
             assert await inner.evaluate("window.talkmesh.connected") is True
 
-            # the no-cors text/plain POSTs reached the edge and were refused there (415 from the
-            # listed origin, 403 from the other), so neither made the mesh render
+            # the no-cors text/plain POSTs reached the edge and were refused there (415
+            # INVALID_ARGUMENT from the listed origin, 403 PERMISSION_DENIED from the other), so
+            # neither made the mesh render
             registry = mesh.telemetry["web"].metrics.registry
-            for code in ("415", "403"):
+            for code in ("INVALID_ARGUMENT", "PERMISSION_DENIED"):
                 labels = {"service": "web", "method": "POST /v1/speak", "code": code}
                 assert (registry.get_sample_value("talkmesh_streams_total", labels) or 0) >= 1, code
