@@ -217,6 +217,7 @@ class LiveBridge:
             return None
         if raw.type != WSMsgType.TEXT:
             if raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                self.ws.setdefault(RESULT_KEY, "CANCELLED")  # the browser left before its config
                 return None
             await self._refuse("config", "the first message must be a JSON config message")
             return None

@@ -529,6 +529,11 @@ class WebHost:
             self._requests.labels(self.name, f"{request.method} {route}", code).inc()
             self.telemetry.observe_stage(f"http {route}", time.perf_counter() - start)
 
+    def _rejected(self, reason: str) -> None:
+        """A refusal before any work, counted as the gRPC services count theirs
+        (``talkmesh_rejections_total``; "overload" is what TalkmeshRejectingStreams alerts on)."""
+        self.telemetry.metrics.rejections_total.labels(self.name, reason).inc()
+
     def _authorize(self, request: web.Request, route: str, span: Any) -> None:
         """With ``web.token_secret_file`` set, an API request needs an access token that allows
         its route (services.web.tokens): 401 UNAUTHENTICATED without a good one, 403
@@ -790,6 +795,7 @@ class WebHost:
         if req.output.container == api.CONTAINER_UNSPECIFIED:
             req.output.container = api.CONTAINER_MP4  # type: ignore[assignment]
         if self.speaks >= self.config.web.max_concurrent_speaks:
+            self._rejected("overload")
             raise HttpError(
                 429,
                 "RESOURCE_EXHAUSTED",
@@ -930,6 +936,7 @@ class WebHost:
         per_subject = cfg.max_sessions_per_subject
         crowded = bool(subject and per_subject and self._subject_sessions[subject] >= per_subject)
         if self.draining or crowded or len(self.sessions) >= self.config.server.max_concurrent_streams:
+            self._rejected("draining" if self.draining else "per_subject" if crowded else "overload")
             if self.draining:
                 why = "session: this web edge is shutting down; try again later"
             elif crowded:

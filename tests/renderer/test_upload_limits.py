@@ -151,6 +151,19 @@ def test_a_progressive_jpeg_is_held_to_max_pixels_at_its_full_size():
     assert frames.shape[1:3] == (700, 1200)
 
 
+def test_what_follows_a_baseline_jpeg_does_not_make_it_held_whole():
+    """An Ultra HDR gain map or a motion photo's video after the image's end (recent phones)."""
+    photo = _phone_jpeg(4000, 3000) + _phone_jpeg(1000, 750) + _phone_jpeg(64, 64, progressive=True)
+    assert not jpeg_held_whole(photo)
+    frames = decode(photo, "ultrahdr.jpg", AvatarConfig(max_pixels=1920 * 1080)).frames
+    assert max(frames.shape[1:3]) == 1280
+    # a first scan of fewer components than the image (several scans): held whole
+    grey_scan = bytearray(_phone_jpeg(64, 64))
+    sos = grey_scan.index(b"\xff\xda")
+    grey_scan[sos + 4] = 1
+    assert jpeg_held_whole(bytes(grey_scan))
+
+
 def test_a_reduced_phone_photo_is_turned_as_its_exif_says():
     frames = decode(_phone_jpeg(4032, 3024, orientation=6), "phone.jpg", AvatarConfig(max_pixels=1280 * 720)).frames
     h, w = frames.shape[1:3]

@@ -158,13 +158,28 @@ def reduced_limit(cfg: AvatarConfig) -> int:
 
 def jpeg_held_whole(data: bytes) -> bool:
     """Whether libjpeg holds the whole image's coefficients (2 bytes per sample) however small it
-    decodes it: a progressive JPEG, or one whose components come in several scans. Such a JPEG
-    is held to ``max_pixels`` at its full size; a baseline one only once decoded."""
+    decodes it: a progressive JPEG, or one whose first scan has fewer components than the image
+    (libjpeg's own test for several scans). Such a JPEG is held to ``max_pixels`` at its full size;
+    a baseline one only once decoded. What follows the image (an Ultra HDR gain map, a motion
+    photo's video) is not read."""
     sof = _jpeg_sof(data)
-    if sof is None:
+    if sof is None or sof[1] in _JPEG_PROGRESSIVE or sof[0] + 9 >= len(data):
         return True
-    at, marker = sof
-    return marker in _JPEG_PROGRESSIVE or data.count(b"\xff\xda", at) > 1  # (SOS: never in coded data)
+    components = data[sof[0] + 9]
+    i = sof[0] + 2 + int.from_bytes(data[sof[0] + 2 : sof[0] + 4], "big")
+    while i + 4 < len(data):
+        if data[i] != 0xFF:
+            return True  # not a marker where one must be: the strict limit
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xDA:  # the first scan: its component count
+            return data[i + 4] < components
+        elif marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return True
 
 
 def _too_large(dims: tuple[int, int], kind: str, whole: bool, reduction: int, cfg: AvatarConfig) -> str:
