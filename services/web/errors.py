@@ -14,6 +14,7 @@ import re
 import grpc
 from aiohttp import web
 from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from talkmesh.common.errors import ErrorDetails, scrub
 
@@ -125,6 +126,31 @@ def edge_message(exc: grpc.aio.AioRpcError) -> str:
     addresses (``ipv4:127.0.0.1:50051: Socket closed``): the same scrub applies at this edge."""
     message, _ = scrub(exc.code(), exc.details() or exc.code().name, [])
     return message
+
+
+def boolean_misfit(body: object, descriptor: Descriptor, path: str = "") -> str:
+    """The path of the first JSON ``true``/``false`` given for a field that is not a bool (protobuf's
+    Python parser takes them as 1/0 for an enum: ``"idle_motion": false`` would be read as
+    ``IDLE_MOTION_ON``), with why; "" when there is none. Unknown fields are left to the parser."""
+    if not isinstance(body, dict):
+        return ""
+    for key, value in body.items():
+        field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        if field is None:
+            continue
+        at = f"{path}{field.name}"
+        values = value if isinstance(value, list) else [value]
+        if field.message_type is not None:
+            if not field.message_type.GetOptions().map_entry:
+                for v in values:
+                    if found := boolean_misfit(v, field.message_type, f"{at}."):
+                        return found
+        elif field.type != FieldDescriptor.TYPE_BOOL and any(isinstance(v, bool) for v in values):
+            if field.enum_type is not None:
+                names = ", ".join(v.name for v in field.enum_type.values)
+                return f"{at}: true and false are not values of it; one of {names}"
+            return f"{at}: true and false are not numbers"
+    return ""
 
 
 _UNKNOWN_FIELD = re.compile(

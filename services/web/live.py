@@ -27,7 +27,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from google.protobuf import json_format
 
 from services.web.config import WebSettings
-from services.web.errors import RESULT_KEY, bad_value_field, edge_message, proto_names
+from services.web.errors import RESULT_KEY, bad_value_field, boolean_misfit, edge_message, proto_names
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import TaskSet
 from talkmesh.common.errors import ErrorDetails, status_of
@@ -97,6 +97,9 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
     if "half_close" in body:
         return None
     msg = lpb.LiveClientMessage()
+    if misfit := boolean_misfit(body, lpb.LiveClientMessage.DESCRIPTOR):
+        field, _, reason = misfit.partition(": ")
+        raise BadMessage(field, reason)
     try:
         json_format.ParseDict(body, msg)
     except json_format.ParseError as exc:

@@ -40,6 +40,7 @@ from services.web.errors import (
     RESULT_KEY,
     HttpError,
     bad_value_field,
+    boolean_misfit,
     error_response,
     from_rpc_error,
     proto_names,
@@ -118,6 +119,7 @@ FORM_FIELDS = {
     "meta.filename": "file",
     "meta.name": "name",
     "meta.face_index": "face_index",
+    "meta.face_point": "face_point",
     "meta.backends": "backends",
 }
 
@@ -677,8 +679,9 @@ class WebHost:
         return web.json_response({"avatars": [_to_dict(a) for a in avatars]})
 
     async def _register_avatar(self, request: web.Request) -> web.Response:
-        """Multipart form: optional fields ``name``, ``face_index``, ``backends`` (comma-separated),
-        then the ``file``. The bytes stream on to the gateway as they arrive; the renderer applies
+        """Multipart form: optional fields ``name``, ``face_index`` or ``face_point`` ("x,y" in the
+        picture's pixels), ``backends`` (comma-separated), then the ``file``; another field is
+        refused (it would be dropped). The bytes stream on to the gateway as they arrive; the renderer applies
         its limits (size, format) and its errors come back with the field they name."""
         client = self._client()
         self._check_uploads("file")
@@ -707,8 +710,25 @@ class WebHost:
                     meta.face_index = int(value or 0)
                 except ValueError:
                     raise HttpError(400, "INVALID_ARGUMENT", "face_index: must be an integer", "face_index") from None
+            elif name == "face_point":
+                try:
+                    x, y = (float(v) for v in value.split(","))
+                except ValueError:
+                    raise HttpError(
+                        400, "INVALID_ARGUMENT", "face_point: must be x,y (pixels of the picture)", "face_point"
+                    ) from None
+                if not (math.isfinite(x) and math.isfinite(y)):
+                    raise HttpError(400, "INVALID_ARGUMENT", "face_point: must be finite", "face_point")
+                meta.face_point.x, meta.face_point.y = x, y
             elif name == "backends":
                 meta.backends.extend(b.strip() for b in value.split(",") if b.strip())
+            else:
+                raise HttpError(
+                    400,
+                    "INVALID_ARGUMENT",
+                    f"{name[:64]}: not a field of this form (name, face_index, face_point, backends, file)",
+                    name[:64] or "form",
+                )
         if file_part is None:
             raise HttpError(400, "INVALID_ARGUMENT", "file: the form has no 'file' part", "file")
         meta.filename = getattr(file_part, "filename", "") or "upload"
@@ -787,6 +807,9 @@ class WebHost:
         if not isinstance(body, dict):
             raise HttpError(400, "INVALID_ARGUMENT", "body: expected a JSON object", "body")
         req = gpb.SpeakRequest()
+        if misfit := boolean_misfit(body, gpb.SpeakRequest.DESCRIPTOR):
+            field = misfit.partition(":")[0]
+            raise HttpError(400, "INVALID_ARGUMENT", misfit, field)
         try:
             json_format.ParseDict(body, req)
         except json_format.ParseError as exc:

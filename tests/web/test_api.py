@@ -105,6 +105,8 @@ async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path:
             assert r.status == 400 and (await r.json())["error"]["field"] == "body"
         async with http.post("/v1/speak", json={"text": 5}) as r:
             assert r.status == 400 and (await r.json())["error"]["field"] == "text"
+        async with http.post("/v1/speak", json={"text": "Hello there.", "output": {"idle_motion": False}}) as r:
+            assert r.status == 400 and (await r.json())["error"]["field"] == "output.idle_motion"
         async with http.post("/v1/speak", json={"text": "Hello there.", "avatar_id": created["id"]}) as r:
             assert r.status == 200 and r.headers["Content-Type"] == "video/mp4"
             assert "gateway.tts_total=" in r.headers["X-Talkmesh-Stages"], r.headers
@@ -162,6 +164,13 @@ async def test_multipart_uploads_with_bad_fields_get_a_400_not_a_dropped_connect
                 ],
                 "face_index",
                 "face_index: must be an integer",
+            ),
+            ([("face_point", "1,2,3", {})], "face_point", "face_point: must be x,y (pixels of the picture)"),
+            ([("face_point", "nan,1", {})], "face_point", "face_point: must be finite"),
+            (
+                [("facepoint", "1,2", {})],
+                "facepoint",
+                "facepoint: not a field of this form (name, face_index, face_point, backends, file)",
             ),
         ]
         for fields, field, message in cases:
@@ -428,3 +437,20 @@ async def test_speak_and_live_take_idle_motion_and_name_a_bad_value(tmp_path: Pa
         assert error["field"] == "output.idle_motion", error
     for status in statuses:
         assert status["code"] == "INVALID_ARGUMENT" and status["field"] == "config.idle_motion", status
+
+
+async def test_an_upload_picks_the_face_at_a_point_of_the_picture(tmp_path: Path) -> None:
+    """A group photo from a phone, larger than it is stored: face_point in the picture's pixels."""
+    from tests.renderer.test_face_point import SCALE, _two_faces
+
+    second = (SCALE * (512 + 0.75 * 226), SCALE * (64 + 0.75 * 122))
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        form = aiohttp.FormData(default_to_multipart=True)
+        form.add_field("face_point", f"{second[0]},{second[1]}")
+        form.add_field("file", _two_faces(), filename="group.jpg", content_type="image/jpeg")
+        async with http.post("/v1/avatars", data=form) as r:
+            body = await r.json()
+            assert r.status == 201, body
+    avatar = body["avatar"]
+    x1, _, x2, _ = avatar["face"]["box"]
+    assert (x1 + x2) / 2 > avatar["width"] * 512 / 896, f"the second face (right), not the largest: {avatar}"

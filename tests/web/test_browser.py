@@ -147,3 +147,25 @@ def _write_wav(path: Path, rate: int, seconds: float) -> None:
 def test_the_readme_screenshot_exists() -> None:
     shot = Path(__file__).resolve().parents[2] / "docs" / "web-page.png"
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+async def test_motion_off_while_speaking_waits_for_the_sentence_to_end(tmp_path: Path) -> None:
+    """Motion off starts a new session (the idle motion is the server's): pressed while the avatar
+    speaks, it waits until what was said has played instead of cutting it."""
+    async with inprocess_mesh(tmp_path, web=True) as mesh, browser_page(viewport=VIEWPORT) as (page, console):
+        await page.goto(mesh.web_url)
+        await wait_js(page, "window.talkmesh.started && window.talkmesh.painted > 10")
+        await page.fill("#text", SENTENCE)
+        await page.click("#speak")
+        await wait_js(page, "window.talkmesh.speakingVisible", timeout=20)
+        await page.click("#motion")
+        await asyncio.sleep(1.5)  # longer than the pickers' settling
+        assert await page.evaluate("window.talkmesh.connects.length") == 1, "the sentence is not cut"
+        turn = await wait_js(
+            page, "window.talkmesh.turns.t1 && window.talkmesh.turns.t1.stopFrame != null && window.talkmesh.turns.t1"
+        )
+        assert turn["reason"] == "STOP_REASON_COMPLETED"
+        await wait_js(page, "window.talkmesh.connects.length > 1 && window.talkmesh.connected", timeout=20)
+        assert await page.evaluate("window.talkmesh.connects[1].reason") == "motion"
+        assert await page.get_attribute("#motion", "aria-pressed") == "true"
+    assert console.errors == [], console.errors

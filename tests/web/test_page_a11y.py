@@ -336,4 +336,9 @@ async def test_a_reduced_motion_setting_changed_later_is_followed_until_the_user
         await asyncio.sleep(1.0)
         assert await page.get_attribute("#motion", "aria-pressed") == "false"
         assert len(edge.conns) == 3 and edge.conns[2].received[0]["config"]["idle_motion"] == "IDLE_MOTION_ON"
+        # the user's choice is remembered on this device: a reload keeps it, whatever the setting says
+        await page.reload()
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        assert await page.get_attribute("#motion", "aria-pressed") == "false"
+        assert edge.conns[-1].received[0]["config"]["idle_motion"] == "IDLE_MOTION_ON"
     assert console.errors == [], console.errors

@@ -50,6 +50,10 @@ def test_every_client_message_kind_parses_from_its_json() -> None:
         ('{"config": 5}', "config"),
         ('{"config": {"text_format": "TEXT_FORMAT_HTML"}}', "config.text_format"),
         ('{"config": {"idle_motion": "IDLE_MOTION_SOMETIMES"}}', "config.idle_motion"),
+        # protobuf's parser would read false as 0 and true as 1 (IDLE_MOTION_ON: a moving avatar)
+        ('{"config": {"idle_motion": false}}', "config.idle_motion"),
+        ('{"config": {"idle_motion": true}}', "config.idle_motion"),
+        ('{"config": {"text_format": true}}', "config.text_format"),
         ('{"config": {"voice_settings": {"rate": "x"}}}', "config.voice_settings.rate"),
     ],
 )
@@ -86,3 +90,18 @@ def test_in_session_errors_carry_the_status_name() -> None:
         assert json.loads(_json(msg)) == {"error": {"code": code.name, "message": "m", "turn_id": "t1"}}
     started = json.loads(_json(lpb.LiveServerMessage(started=lpb.SessionStarted(session_id="s", sample_rate=24000))))
     assert started == {"started": {"session_id": "s", "sample_rate": 24000}}, "proto field names out too"
+
+
+def test_booleans_are_refused_only_where_the_field_is_not_a_bool() -> None:
+    from services.web.errors import boolean_misfit
+    from talkmesh.v1 import gateway_pb2 as gpb
+
+    speak = gpb.SpeakRequest.DESCRIPTOR
+    assert boolean_misfit({"output": {"idle_motion": False}}, speak).startswith(
+        "output.idle_motion: true and false are not values of it; one of IDLE_MOTION_UNSPECIFIED"
+    )
+    assert boolean_misfit({"output": {"idleMotion": True}}, speak).startswith("output.idle_motion: ")
+    assert boolean_misfit({"output": {"idle_motion": "IDLE_MOTION_OFF", "size": "512"}, "text": "hi"}, speak) == ""
+    assert boolean_misfit({"output": {"idle_motion": 0}, "nothing": True}, speak) == ""  # (numbers are JSON's enum too)
+    live = lpb.LiveClientMessage.DESCRIPTOR
+    assert boolean_misfit({"text": {"turn_id": "t", "final": True}}, live) == ""  # a bool field

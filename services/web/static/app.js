@@ -70,6 +70,8 @@
   const RETRY_CAP = knob("retry_cap", 30);
   // A picker's (or the motion toggle's) change restarts the session this long after the last one (ms).
   const PICK_SETTLE_MS = 600;
+  // A motion change waits for the speech in progress to have played, at most this long (ms).
+  const MOTION_WAIT_MS = 30000;
   // A socket whose session has not started this long after it opened is closed and retried (ms).
   const STARTED_WITHIN_MS = knob("started_within", 15) * 1000;
   // The true delay (the frame on screen vs the wall clock, see trueDelay): beyond LAG_WARN s of
@@ -120,6 +122,8 @@
   let currentTurn = "";
   let reconnectTimer = null;
   let pickTimer = null; // a picker's (or the motion toggle's) change, until it settles (PICK_SETTLE_MS)
+  let quietTimer = null; // a motion change waiting for the speech to end (MOTION_WAIT_MS)
+  let untilQuiet = null; // ... its reason
   let keepAliveTimer = null;
   let rushTo = null; // media time playback rushes to (speech_seek=2)
   let seekCost = 0.2; // s, the measured cost of a speech seek (see SPEECH_SEEK_MIN)
@@ -540,6 +544,7 @@
       $("state").textContent = speaking ? "speaking" : "idle";
       $("state").classList.toggle("speaking", speaking);
     }
+    if (untilQuiet && !speaking && !turnsInFlight()) settledWhenQuiet(untilQuiet); // the speech has played
     video.requestVideoFrameCallback(onFrame);
   }
 
@@ -563,6 +568,8 @@
     if (mic) toggleMic(); // its turn was the old session's
     audioTurnSent = "";
     clearTimeout(pickTimer);
+    clearTimeout(quietTimer); // (the new session takes the toggle as it is)
+    untilQuiet = null;
     showCaption("");
     tm.turns = {};
     tm.started = null;
@@ -931,24 +938,48 @@
   // of a download): pressed, the avatar is still and only its mouth moves. It starts as the
   // system's prefers-reduced-motion says, and follows that setting's changes until the user
   // presses it; a change starts a new session once it has settled, as the pickers do.
+  // The user's own choice is remembered on this device (localStorage, when the page may use it).
+  const MOTION_KEY = "talkmesh.motion";
+  const remembered = (() => {
+    try { return localStorage.getItem(MOTION_KEY); } catch { return null; }
+  })();
   const reducedMotion = window.matchMedia("(prefers-reduced-motion: reduce)");
-  let motionByUser = false;
+  let motionByUser = remembered === "off" || remembered === "on";
   const motionOff = () => $("motion").getAttribute("aria-pressed") === "true";
   const idleMotion = () => (motionOff() ? "IDLE_MOTION_OFF" : "IDLE_MOTION_ON");
   function setMotionOff(off) {
     $("motion").setAttribute("aria-pressed", String(off));
   }
-  setMotionOff(reducedMotion.matches);
+  setMotionOff(motionByUser ? remembered === "off" : reducedMotion.matches);
   function toggleMotion() {
     motionByUser = true;
     setMotionOff(!motionOff());
-    settled("motion");
+    try { localStorage.setItem(MOTION_KEY, motionOff() ? "off" : "on"); } catch { /* not kept */ }
+    settledWhenQuiet("motion");
   }
   reducedMotion.addEventListener("change", () => {
     if (motionByUser || reducedMotion.matches === motionOff()) return;
     setMotionOff(reducedMotion.matches);
-    settled("motion");
+    settledWhenQuiet("motion");
   });
+  // Turns sent or speaking that have not stopped yet.
+  const turnsInFlight = () => Object.values(tm.turns).some((t) => t.stopFrame == null);
+  // A new session would cut the sentence being spoken: a motion change waits until what was said
+  // has played (the player passed the turns' end), at most MOTION_WAIT_MS.
+  function settledWhenQuiet(reason) {
+    clearTimeout(quietTimer);
+    if (!tm.connected || (!tm.speakingVisible && !turnsInFlight())) {
+      untilQuiet = null;
+      settled(reason);
+      return;
+    }
+    if (untilQuiet == null) logEvent("the motion setting applies once the avatar has finished speaking");
+    untilQuiet = reason;
+    quietTimer = setTimeout(() => {
+      untilQuiet = null;
+      settled(reason);
+    }, MOTION_WAIT_MS);
+  }
 
   // Without a session a turn is not sent and not queued (it would be spoken late, out of the
   // conversation, by a new session): the user is told and the text stays in the box.
