@@ -139,7 +139,9 @@ def boolean_misfit(body: object, descriptor: Descriptor, path: str = "") -> str:
         if field is None:
             continue
         at = f"{path}{field.name}"
-        values = value if isinstance(value, list) else [value]
+        # (protobuf 7 has is_repeated only; older ones have label)
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        values = value if repeated and isinstance(value, list) else [value]
         if field.message_type is not None:
             if not field.message_type.GetOptions().map_entry:
                 for v in values:
@@ -149,6 +151,8 @@ def boolean_misfit(body: object, descriptor: Descriptor, path: str = "") -> str:
             if field.enum_type is not None:
                 names = ", ".join(v.name for v in field.enum_type.values)
                 return f"{at}: true and false are not values of it; one of {names}"
+            if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+                return f"{at}: true and false are not text"
             return f"{at}: true and false are not numbers"
     return ""
 

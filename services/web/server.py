@@ -15,6 +15,7 @@ metadata (``talkmesh.common.propagation``).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import collections
 import hashlib
 import ipaddress
@@ -113,6 +114,8 @@ SUBJECT_KEY = web.RequestKey("subject", str)
 #: A live session's socket, whose outcome (RESULT_KEY) counts even when aiohttp cancels its handler
 #: (the connection closed).
 SOCKET_KEY = web.RequestKey("socket", web.WebSocketResponse)
+#: The longest side of any picture (a JPEG's or PNG's header holds at most 65535).
+MAX_IMAGE_SIDE = 65535
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -702,7 +705,18 @@ class WebHost:
             if name == "file":
                 file_part = part
                 break
-            value = (await part.text())[:1024]  # type: ignore[union-attr]
+            if name not in FORM_FIELDS.values():  # refused unread (it may be a whole file)
+                raise HttpError(
+                    400,
+                    "INVALID_ARGUMENT",
+                    f"{name[:64]}: not a field of this form ({', '.join(dict.fromkeys(FORM_FIELDS.values()))})",
+                    name[:64] or "form",
+                )
+            try:  # (at most 1 KiB of a field is read: a character cut at its end is dropped)
+                chunk = bytes(await part.read_chunk(1024))  # type: ignore[union-attr]
+                value = codecs.getincrementaldecoder("utf-8")().decode(chunk, final=False)
+            except UnicodeDecodeError:
+                raise HttpError(400, "INVALID_ARGUMENT", f"{name}: not UTF-8 text", name) from None
             if name == "name":
                 meta.name = value
             elif name == "face_index":
@@ -717,18 +731,13 @@ class WebHost:
                     raise HttpError(
                         400, "INVALID_ARGUMENT", "face_point: must be x,y (pixels of the picture)", "face_point"
                     ) from None
-                if not (math.isfinite(x) and math.isfinite(y)):
-                    raise HttpError(400, "INVALID_ARGUMENT", "face_point: must be finite", "face_point")
+                if not (0 <= x <= MAX_IMAGE_SIDE and 0 <= y <= MAX_IMAGE_SIDE):  # (NaN fails too)
+                    raise HttpError(
+                        400, "INVALID_ARGUMENT", f"face_point: x and y must be within 0..{MAX_IMAGE_SIDE}", "face_point"
+                    )
                 meta.face_point.x, meta.face_point.y = x, y
             elif name == "backends":
                 meta.backends.extend(b.strip() for b in value.split(",") if b.strip())
-            else:
-                raise HttpError(
-                    400,
-                    "INVALID_ARGUMENT",
-                    f"{name[:64]}: not a field of this form (name, face_index, face_point, backends, file)",
-                    name[:64] or "form",
-                )
         if file_part is None:
             raise HttpError(400, "INVALID_ARGUMENT", "file: the form has no 'file' part", "file")
         meta.filename = getattr(file_part, "filename", "") or "upload"

@@ -662,6 +662,8 @@
   function onClose(ev) {
     const lived = sessionStartedAt === null ? 0 : (performance.now() - sessionStartedAt) / 1000;
     tm.connected = false;
+    clearTimeout(quietTimer); // the next session takes the motion toggle as it is, after its backoff
+    untilQuiet = null;
     clearInterval(keepAliveTimer);
     if (mic) toggleMic();
     showCaption("");
@@ -952,9 +954,13 @@
   }
   setMotionOff(motionByUser ? remembered === "off" : reducedMotion.matches);
   function toggleMotion() {
-    motionByUser = true;
     setMotionOff(!motionOff());
-    try { localStorage.setItem(MOTION_KEY, motionOff() ? "off" : "on"); } catch { /* not kept */ }
+    // a choice other than the system's is kept; back to the system's, the page follows it again
+    motionByUser = motionOff() !== reducedMotion.matches;
+    try {
+      if (motionByUser) localStorage.setItem(MOTION_KEY, motionOff() ? "off" : "on");
+      else localStorage.removeItem(MOTION_KEY);
+    } catch { /* not kept */ }
     settledWhenQuiet("motion");
   }
   reducedMotion.addEventListener("change", () => {
