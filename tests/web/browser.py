@@ -64,11 +64,15 @@ VIEWPORT = {"width": 1280, "height": 860}
 
 @contextlib.asynccontextmanager
 async def browser_page(
-    extra_args: tuple[str, ...] = (), viewport: dict[str, int] | None = None, reduced_motion: str | None = None
+    extra_args: tuple[str, ...] = (),
+    viewport: dict[str, int] | None = None,
+    reduced_motion: str | None = None,
+    phone: bool = False,
 ) -> AsyncIterator[tuple[Any, Console]]:
     """A page in the system's headless Chromium (launched with talkmesh.bench.web's flags and
     ``extra_args``) and the console errors it collects; the browser is closed on the way out.
-    ``reduced_motion``: the ``prefers-reduced-motion`` the page sees ("reduce", "no-preference")."""
+    ``reduced_motion``: the ``prefers-reduced-motion`` the page sees ("reduce", "no-preference");
+    ``phone``: a touch screen without a mouse (``hover: none``, ``pointer: coarse``)."""
     from playwright.async_api import async_playwright
 
     from talkmesh.bench.web import launch
@@ -81,6 +85,8 @@ async def browser_page(
             options: dict[str, Any] = {"viewport": viewport} if viewport else {}
             if reduced_motion:
                 options["reduced_motion"] = reduced_motion
+            if phone:
+                options.update(is_mobile=True, has_touch=True)
             page = await browser.new_page(**options)
             console.attach(page)
             yield page, console

@@ -342,3 +342,15 @@ async def test_a_reduced_motion_setting_changed_later_is_followed_until_the_user
         assert await page.get_attribute("#motion", "aria-pressed") == "false"
         assert edge.conns[-1].received[0]["config"]["idle_motion"] == "IDLE_MOTION_ON"
     assert console.errors == [], console.errors
+
+
+async def test_a_phone_is_not_told_of_keyboard_shortcuts() -> None:
+    for phone in (False, True):
+        async with fake_edge(serve) as edge, browser_page(viewport={"width": 390, "height": 800}, phone=phone) as (
+            page,
+            console,
+        ):
+            await page.goto(edge.url)
+            assert await page.evaluate("matchMedia('(hover: none) and (pointer: coarse)').matches") == phone
+            assert await page.locator("#text-hint").is_visible() != phone
+        assert console.errors == [], console.errors
