@@ -179,9 +179,31 @@ def bad_value_field(message: str) -> str:
     return ".".join(path)
 
 
+_PARSE_PREFIX = re.compile(r"^(Failed to parse \w+ field: )+")
+_BAD_ENUM = re.compile(r"Invalid enum value (?P<value>.*) for enum type (?P<type>[\w.]+)(?: at [\w.\[\]]+)?\.*$")
+_BAD_NUMBER = re.compile(
+    r"(?:Couldn't parse (?:float|integer|int\w*): (?P<value>.*?)|invalid literal for int\(\) with base 10: "
+    r"'(?P<literal>.*)')(?: at [\w.\[\]]+)?\.*$"
+)
+_NOT_TEXT = re.compile(r"expected string or bytes-like object, got '\w+'")
+
+
 def proto_names(message: str) -> str:
-    """A ParseError's message with the proto field names (WEB.md): json_format lists an unknown
-    field's siblings by their JSON names (``turnId``, ``endOfTurn``)."""
+    """A ParseError's message as the edge says it (WEB.md): the field path is said before it, so
+    json_format's "Failed to parse x field:" prefixes go; an unknown enum name lists the names;
+    an unknown field lists its siblings by their proto names (json_format gives the JSON ones,
+    ``turnId``, ``endOfTurn``)."""
+    message = _PARSE_PREFIX.sub("", message)
+    if m := _BAD_ENUM.match(message):
+        try:
+            enum = descriptor_pool.Default().FindEnumTypeByName(m["type"])
+        except KeyError:
+            return message
+        return f"{m['value']!r} is not one of {', '.join(v.name for v in enum.values)}"
+    if m := _BAD_NUMBER.match(message):
+        return f"{m['value'] if m['value'] is not None else m['literal']!r} is not a number"
+    if _NOT_TEXT.match(message):
+        return "must be text (a JSON string)"
 
     def fields(m: re.Match[str]) -> str:
         try:

@@ -105,3 +105,20 @@ def test_booleans_are_refused_only_where_the_field_is_not_a_bool() -> None:
     assert boolean_misfit({"output": {"idle_motion": 0}, "nothing": True}, speak) == ""  # (numbers are JSON's enum too)
     live = lpb.LiveClientMessage.DESCRIPTOR
     assert boolean_misfit({"text": {"turn_id": "t", "final": True}}, live) == ""  # a bool field
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"config": {"idle_motion": "OFF"}}', "config.idle_motion: 'OFF' is not one of IDLE_MOTION_UNSPECIFIED, "),
+        ('{"config": {"voice_settings": {"rate": "fast"}}}', "config.voice_settings.rate: 'fast' is not a number"),
+        ('{"audio": {"sample_rate": "fast"}}', "audio.sample_rate: 'fast' is not a number"),
+        ('{"text": {"turn_id": 5}}', "text.turn_id: must be text (a JSON string)"),
+    ],
+)
+def test_a_bad_value_is_said_plainly_with_the_names_an_enum_takes(text: str, said: str) -> None:
+    """Not json_format's own words ("Failed to parse x field: Invalid enum value ... at ...")."""
+    with pytest.raises(BadMessage) as exc:
+        parse_client_message(text)
+    assert str(exc.value).startswith(said), str(exc.value)
+    assert "Failed to parse" not in str(exc.value) and " at " not in str(exc.value)
