@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,20 +167,10 @@ def jpeg_held_whole(data: bytes) -> bool:
     if sof is None or sof[1] in _JPEG_PROGRESSIVE or sof[0] + 9 >= len(data):
         return True
     components = data[sof[0] + 9]
-    i = sof[0] + 2 + int.from_bytes(data[sof[0] + 2 : sof[0] + 4], "big")
-    while i + 4 < len(data):
-        if data[i] != 0xFF:
-            return True  # not a marker where one must be: the strict limit
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker == 0xDA:  # the first scan: its component count
-            return data[i + 4] < components
-        elif marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-        else:
-            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return True
+    for at, marker in _jpeg_markers(data, sof[0]):
+        if marker == 0xDA and at + 4 < len(data):  # the first scan: its component count
+            return data[at + 4] < components
+    return True  # no scan where one must be: the strict limit
 
 
 def _too_large(dims: tuple[int, int], kind: str, whole: bool, reduction: int, cfg: AvatarConfig) -> str:
@@ -248,25 +239,31 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 _JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 
 
-def _jpeg_sof(data: bytes) -> tuple[int, int] | None:
-    """(offset, marker) of a JPEG's frame header (SOFn), past its APPn segments (an EXIF
-    thumbnail is a JPEG of its own inside APP1); None if there is none."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
+def _jpeg_markers(data: bytes, start: int) -> Iterator[tuple[int, int]]:
+    """(offset, marker) of a JPEG's markers from ``start`` (a marker), segment by segment, skipping
+    each segment's content (an EXIF thumbnail is a JPEG of its own inside APP1); ends where no
+    marker is where one must be, or at the end of the bytes."""
+    i = start
+    while i + 3 < len(data) and data[i] == 0xFF:
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
-        if marker in _JPEG_SOF:
-            return i, marker
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+        yield i, marker
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # standalone markers
             i += 2
-            continue
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+
+
+def _jpeg_sof(data: bytes) -> tuple[int, int] | None:
+    """(offset, marker) of a JPEG's frame header (SOFn), past its APPn segments; None if there is
+    none (or its header is cut short)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    for at, marker in _jpeg_markers(data, 2):
+        if marker in _JPEG_SOF:
+            return (at, marker) if at + 9 < len(data) else None
     return None
 
 
