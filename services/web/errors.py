@@ -128,12 +128,12 @@ def edge_message(exc: grpc.aio.AioRpcError) -> str:
     return message
 
 
-def boolean_misfit(body: object, descriptor: Descriptor, path: str = "") -> str:
-    """The path of the first JSON ``true``/``false`` given for a field that is not a bool (protobuf's
-    Python parser takes them as 1/0 for an enum: ``"idle_motion": false`` would be read as
-    ``IDLE_MOTION_ON``), with why; "" when there is none. Unknown fields are left to the parser."""
+def boolean_misfit(body: object, descriptor: Descriptor, path: str = "") -> tuple[str, str] | None:
+    """(field path, why) of the first JSON ``true``/``false`` given for a field that is not a bool
+    (protobuf's Python parser takes them as 1/0 for an enum: ``"idle_motion": false`` would be
+    read as ``IDLE_MOTION_ON``); None when there is none. Unknown fields are left to the parser."""
     if not isinstance(body, dict):
-        return ""
+        return None
     for key, value in body.items():
         field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
         if field is None:
@@ -150,11 +150,11 @@ def boolean_misfit(body: object, descriptor: Descriptor, path: str = "") -> str:
         elif field.type != FieldDescriptor.TYPE_BOOL and any(isinstance(v, bool) for v in values):
             if field.enum_type is not None:
                 names = ", ".join(v.name for v in field.enum_type.values)
-                return f"{at}: true and false are not values of it; one of {names}"
+                return at, f"true and false are not values of it; one of {names}"
             if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
-                return f"{at}: true and false are not text"
-            return f"{at}: true and false are not numbers"
-    return ""
+                return at, "true and false are not text"
+            return at, "true and false are not numbers"
+    return None
 
 
 _UNKNOWN_FIELD = re.compile(

@@ -98,8 +98,7 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
         return None
     msg = lpb.LiveClientMessage()
     if misfit := boolean_misfit(body, lpb.LiveClientMessage.DESCRIPTOR):
-        field, _, reason = misfit.partition(": ")
-        raise BadMessage(field, reason)
+        raise BadMessage(*misfit)
     try:
         json_format.ParseDict(body, msg)
     except json_format.ParseError as exc:

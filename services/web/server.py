@@ -817,8 +817,8 @@ class WebHost:
             raise HttpError(400, "INVALID_ARGUMENT", "body: expected a JSON object", "body")
         req = gpb.SpeakRequest()
         if misfit := boolean_misfit(body, gpb.SpeakRequest.DESCRIPTOR):
-            field = misfit.partition(":")[0]
-            raise HttpError(400, "INVALID_ARGUMENT", misfit, field)
+            field, why = misfit
+            raise HttpError(400, "INVALID_ARGUMENT", f"{field}: {why}", field)
         try:
             json_format.ParseDict(body, req)
         except json_format.ParseError as exc:
