@@ -42,13 +42,19 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 
 #: Where a response keeps the gRPC status name it stands for (``result_code``).
 RESULT_KEY = web.ResponseKey("talkmesh_code", str)
+#: aiohttp's HTTP errors as (gRPC status name, field) in the JSON error.
+HTTP_EXCEPTION_CODES = {
+    404: ("NOT_FOUND", "path"),
+    405: ("UNIMPLEMENTED", "method"),
+    413: ("INVALID_ARGUMENT", "body"),
+}
 #: HTTP status -> the gRPC status name an answer without its own stands for (the reverse of
-#: HTTP_STATUS where it is one-to-one; 400 is the client's request as a whole).
+#: HTTP_STATUS where it is one-to-one, and aiohttp's own refusals; 400 is the client's request as
+#: a whole).
 _CODE_OF_STATUS = {
     **{v: c.name for c, v in HTTP_STATUS.items() if list(HTTP_STATUS.values()).count(v) == 1},
+    **{status: name for status, (name, _) in HTTP_EXCEPTION_CODES.items()},
     400: "INVALID_ARGUMENT",
-    405: "UNIMPLEMENTED",
-    413: "INVALID_ARGUMENT",
 }
 
 

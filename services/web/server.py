@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_s
 from services.web import tokens
 from services.web.config import WebConfig, normal_origin
 from services.web.errors import (
+    HTTP_EXCEPTION_CODES,
     RESULT_KEY,
     HttpError,
     bad_value_field,
@@ -67,12 +68,6 @@ STATIC = Path(__file__).parent / "static"
 KEY_RECHECK_SECONDS = 60.0
 #: Upload blocks sent to the gateway (the gRPC client's block size).
 UPLOAD_BLOCK = 1 << 20
-#: aiohttp's HTTP errors as (gRPC status name, field) in the JSON error.
-HTTP_EXCEPTION_CODES = {
-    404: ("NOT_FOUND", "path"),
-    405: ("UNIMPLEMENTED", "method"),
-    413: ("INVALID_ARGUMENT", "body"),
-}
 #: Methods that change something: refused from an origin that is not allowed (CSRF).
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: WebSocket routes: refused before the upgrade from an origin that is not allowed.
