@@ -131,6 +131,7 @@ def to_markdown(report: BenchReport) -> str:
             lines.append(
                 f"| {r.streams} | " + " | ".join(f"{w[k] / 1000:.1f}" for k in keys) + f" | {cross / 1000:.1f} |"
             )
+    lines += _first_fragment_cpu_lines(report)
     rm = report.renderer_metrics
     if rm:
         lines += [
@@ -189,6 +190,28 @@ def to_markdown(report: BenchReport) -> str:
         ]
     lines.append("")
     return "\n".join(lines)
+
+
+def _first_fragment_cpu_lines(report: BenchReport) -> list[str]:
+    mesh = report.mesh.first_fragment_cpu
+    yardstick = report.inprocess.first_fragment_cpu if report.inprocess else None
+    if mesh is None or yardstick is None:
+        return []
+    names = list(mesh.cpu_ms_p50_by_process)
+    return [
+        "",
+        f"CPU spent on the way to the first fragment ({mesh.requests} requests each, alternated with the"
+        " yardstick, each stopped at its first fragment; ms, medians; threads' run time from"
+        " /proc/<pid>/task/*/schedstat; the mesh's client is not counted, the yardstick's process is"
+        " its own client):",
+        "",
+        "| | time to first fragment | CPU, all processes | " + " | ".join(names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+        f"| mesh | {mesh.ttff_ms_p50:.1f} | {mesh.cpu_ms_p50:.1f} | "
+        + " | ".join(f"{mesh.cpu_ms_p50_by_process[k]:.1f}" for k in names)
+        + " |",
+        f"| in-process | {yardstick.ttff_ms_p50:.1f} | {yardstick.cpu_ms_p50:.1f} |" + " |" * len(names),
+    ]
 
 
 def plot(report: BenchReport, path: Path) -> bool:

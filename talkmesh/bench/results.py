@@ -80,6 +80,18 @@ class ConcurrencyRow:
 
 
 @dataclass
+class FirstFragmentCpu:
+    """CPU the processes spent between a request's call and its first fragment (each request
+    stopped there), median over the series, with the time to that fragment."""
+
+    requests: int
+    ttff_ms_p50: float
+    cpu_ms_p50: float
+    #: median per process ("gateway", "encoder"... or "in-process")
+    cpu_ms_p50_by_process: dict[str, float]
+
+
+@dataclass
 class SpeakerRun:
     """Latency series, single stream and concurrency rows of one way of speaking (mesh, in-process)."""
 
@@ -89,6 +101,8 @@ class SpeakerRun:
     concurrency: list[ConcurrencyRow]
     #: the yardstick's latency series, run alternated with this one (``paired_latency_series``)
     yardstick_latency: LatencySummary | None = None
+    #: CPU spent up to the first fragment (``first_fragment_cpu``; None when not measured)
+    first_fragment_cpu: FirstFragmentCpu | None = None
 
     def row(self, streams: int) -> ConcurrencyRow | None:
         return next((r for r in self.concurrency if r.streams == streams), None)

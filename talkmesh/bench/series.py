@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from talkmesh.bench.results import (
     ConcurrencyRow,
+    FirstFragmentCpu,
     LatencySummary,
     Percentiles,
     RequestResult,
@@ -56,6 +57,38 @@ async def paired_latency_series(
         for speaker, out in ((a, ra), (b, rb)) if i % 2 == 0 else ((b, rb), (a, ra)):
             out.append(await speaker.speak(request))
     return ra, rb
+
+
+async def first_fragment_cpu(
+    a: Speaker, a_cpu: CpuProbe, b: Speaker, b_cpu: CpuProbe, work: Workload, n: int
+) -> tuple[FirstFragmentCpu, FirstFragmentCpu]:
+    """How much CPU each side spends on the way to a request's first fragment: ``n`` requests
+    alternated as in ``paired_latency_series``, each read to its first fragment and stopped
+    there, the processes' CPU read at its call and at that fragment. On a machine with few cores
+    this is what time to first fragment is made of: every process on the way shares them."""
+    samples: dict[int, list[tuple[float, dict[str, float]]]] = {id(a): [], id(b): []}
+    for i in range(n):
+        request = work.request(TEXTS[i % len(TEXTS)], 3000 + i)
+        for speaker, cpu in ((a, a_cpu), (b, b_cpu)) if i % 2 == 0 else ((b, b_cpu), (a, a_cpu)):
+            await asyncio.sleep(FIRST_FRAGMENT_SETTLE_SECONDS)  # the last request's cancellation settles
+            before = cpu()
+            ttff, after = await speaker.first_fragment(request, cpu)
+            samples[id(speaker)].append((ttff, {k: after[k] - before.get(k, 0.0) for k in after}))
+    return _first_fragment_summary(samples[id(a)]), _first_fragment_summary(samples[id(b)])
+
+
+#: pause before each request of a ``first_fragment_cpu`` series
+FIRST_FRAGMENT_SETTLE_SECONDS = 0.2
+
+
+def _first_fragment_summary(samples: list[tuple[float, dict[str, float]]]) -> FirstFragmentCpu:
+    names = list(samples[0][1]) if samples else []
+    return FirstFragmentCpu(
+        requests=len(samples),
+        ttff_ms_p50=1000 * pct([t for t, _ in samples], 0.5),
+        cpu_ms_p50=1000 * pct([sum(c.values()) for _, c in samples], 0.5),
+        cpu_ms_p50_by_process={k: 1000 * pct([c[k] for _, c in samples], 0.5) for k in names},
+    )
 
 
 def summarize_latency(results: list[RequestResult]) -> LatencySummary:

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from talkmesh.bench.components import run_components
-from talkmesh.bench.metrics import process_cpu_seconds, renderer_metrics, stream_bytes
+from talkmesh.bench.metrics import process_cpu_seconds, renderer_metrics, stream_bytes, threads_cpu_seconds
 from talkmesh.bench.report import git_revision, machine, write_report
-from talkmesh.bench.results import BenchReport, SpeakerRun
-from talkmesh.bench.series import run_speaker
+from talkmesh.bench.results import BenchReport, FirstFragmentCpu, SpeakerRun
+from talkmesh.bench.series import first_fragment_cpu, run_speaker
 from talkmesh.bench.speakers import GrpcSpeaker, InProcessSpeaker
 from talkmesh.bench.targets import check_targets
 from talkmesh.bench.workload import Workload
@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", default="docs/benchmarks", help="where the JSON and the PNG plot go")
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file to append the results to ('' = none)")
+
+
+#: requests of each side in the CPU-to-first-fragment series (``--quick``: 4)
+FIRST_FRAGMENT_CPU_REQUESTS = 20
 
 
 def workload(args: argparse.Namespace) -> Workload:
@@ -73,6 +77,7 @@ async def bench(args: argparse.Namespace) -> BenchReport:
     command = "talkmesh bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     metrics = None
     mesh_run: SpeakerRun
+    yardstick_cpu: FirstFragmentCpu | None = None
     # The in-process yardstick runs next to the mesh: its latency series is alternated with the
     # mesh's request by request (the ratio target compares them), the rest of its run follows.
     inprocess = None if args.no_inprocess else await InProcessSpeaker.start({**os.environ, **env})
@@ -97,10 +102,24 @@ async def bench(args: argparse.Namespace) -> BenchReport:
                     def wire() -> dict[str, float]:
                         return stream_bytes(urls)
 
+                    stages = {name: pid for name, pid in pids.items() if spec(name).protocol == "grpc"}
+
+                    def stage_cpu() -> dict[str, float]:
+                        return {name: threads_cpu_seconds(pid) for name, pid in stages.items()}
+
+                    def own_cpu() -> dict[str, float]:
+                        return {"in-process": threads_cpu_seconds(os.getpid())}
+
                     try:
                         mesh_run = await run_speaker(
                             speaker, work, "mesh", sweep=True, cpu=cpu, wire=wire, yardstick=inprocess
                         )
+                        if inprocess is not None:
+                            n = 4 if args.quick else FIRST_FRAGMENT_CPU_REQUESTS
+                            print(f"[mesh] CPU to the first fragment: {n} requests ...", flush=True)
+                            mesh_run.first_fragment_cpu, yardstick_cpu = await first_fragment_cpu(
+                                speaker, stage_cpu, inprocess, own_cpu, work, n
+                            )
                     finally:
                         await speaker.close()
                     metrics = await asyncio.to_thread(renderer_metrics, mesh.metrics_url("renderer"))
@@ -118,6 +137,7 @@ async def bench(args: argparse.Namespace) -> BenchReport:
             report.inprocess = await run_speaker(
                 inprocess, work, "in-process", sweep=False, latency=mesh_run.yardstick_latency
             )
+            report.inprocess.first_fragment_cpu = yardstick_cpu
             compare_with_inprocess(report)
     finally:
         if inprocess is not None:

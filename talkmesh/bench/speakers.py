@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import AsyncIterable, Mapping
-from typing import Any, Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from talkmesh.bench.results import RequestResult
 from talkmesh.v1 import gateway_pb2 as gpb
+
+T = TypeVar("T")
 
 
 class Speaker(Protocol):
@@ -16,7 +18,27 @@ class Speaker(Protocol):
 
     async def speak(self, request: gpb.SpeakRequest) -> RequestResult: ...
 
+    async def first_fragment(self, request: gpb.SpeakRequest, probe: Callable[[], T]) -> tuple[float, T]:
+        """Reads the request to its first fragment and stops it there (the call cancelled):
+        (seconds to it, ``probe()`` read the moment it came)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+def is_fragment(chunk: gpb.SpeakChunk) -> bool:
+    """A media fragment (not the init segment): what time to first fragment waits for."""
+    return chunk.WhichOneof("kind") == "media" and not chunk.media.init_segment and bool(chunk.media.data)
+
+
+async def until_fragment(
+    chunks: AsyncIterator[gpb.SpeakChunk], start: float, probe: Callable[[], T]
+) -> tuple[float, T]:
+    """Reads ``chunks`` to the first fragment: (seconds since ``start``, ``probe()`` at that moment)."""
+    async for chunk in chunks:
+        if is_fragment(chunk):
+            return time.perf_counter() - start, probe()
+    raise RuntimeError("the stream ended without a media fragment")
 
 
 async def consume(chunks: AsyncIterable[gpb.SpeakChunk], start: float) -> RequestResult:
@@ -24,10 +46,9 @@ async def consume(chunks: AsyncIterable[gpb.SpeakChunk], start: float) -> Reques
     ttff = 0.0
     summary = gpb.SpeakSummary()
     async for chunk in chunks:
-        kind = chunk.WhichOneof("kind")
-        if kind == "media" and not chunk.media.init_segment and chunk.media.data and not ttff:
-            ttff = time.perf_counter() - start
-        elif kind == "summary":
+        if is_fragment(chunk):
+            ttff = ttff or time.perf_counter() - start
+        elif chunk.WhichOneof("kind") == "summary":
             summary = chunk.summary
     total = time.perf_counter() - start
     return RequestResult(ttff, total, summary.audio_seconds, summary.frames, summary)
@@ -44,6 +65,14 @@ class GrpcSpeaker:
     async def speak(self, request: gpb.SpeakRequest) -> RequestResult:
         start = time.perf_counter()
         return await consume(self.client.speak(request), start)
+
+    async def first_fragment(self, request: gpb.SpeakRequest, probe: Callable[[], T]) -> tuple[float, T]:
+        start = time.perf_counter()
+        call: Any = self.client.speak(request)
+        try:
+            return await until_fragment(call, start, probe)
+        finally:
+            call.cancel()
 
     async def close(self) -> None:
         await self.client.close()
@@ -91,6 +120,16 @@ class InProcessSpeaker:
 
         start = time.perf_counter()
         return await consume(self.servicer.Speak(request, InProcessContext()), start)
+
+    async def first_fragment(self, request: gpb.SpeakRequest, probe: Callable[[], T]) -> tuple[float, T]:
+        from talkmesh.common.inprocess import InProcessContext
+
+        start = time.perf_counter()
+        chunks = self.servicer.Speak(request, InProcessContext())
+        try:
+            return await until_fragment(chunks, start, probe)
+        finally:
+            await chunks.aclose()
 
     async def close(self) -> None:
         for svc in self.services.values():

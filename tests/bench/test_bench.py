@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,118 @@ async def test_the_yardstick_latency_series_is_alternated_with_the_mesh() -> Non
     ip = await run_speaker(yard, work, "in-process", sweep=False, latency=run.yardstick_latency, echo=lambda line: None)
     assert ip.latency is run.yardstick_latency
     assert len(yard.requests) - before == 2 + 3 + 4  # warm-up, the paragraph x3, 4 streams
+
+
+def test_threads_cpu_seconds_counts_every_thread_to_the_millisecond() -> None:
+    import os
+    import threading
+
+    from talkmesh.bench.metrics import process_cpu_seconds, threads_cpu_seconds
+
+    spun: list[float] = []
+
+    def spin() -> None:  # 30 ms of CPU in another thread: /proc/<pid>/stat's ticks are 10 ms
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.03:
+            pass
+        spun.append(time.thread_time() - t0)
+        done.wait()  # alive while it is read: an ended thread takes its time with it
+
+    done = threading.Event()
+    before = threads_cpu_seconds(os.getpid())
+    thread = threading.Thread(target=spin)
+    thread.start()
+    while not spun:
+        time.sleep(0.005)
+    after = threads_cpu_seconds(os.getpid())
+    done.set()
+    thread.join()
+    assert spun[0] <= after - before < spun[0] + 0.05  # the spin, plus this thread's own waiting
+    # the live threads' time is part of the process's (which also keeps its ended threads')
+    assert threads_cpu_seconds(os.getpid()) <= process_cpu_seconds(os.getpid()) + 0.02
+
+
+async def test_cpu_to_the_first_fragment_is_read_at_the_fragment_alternated_with_the_yardstick() -> None:
+    from talkmesh.bench.series import first_fragment_cpu
+
+    order: list[str] = []
+    clock = {"mesh": 0.0, "yard": 0.0}
+
+    class AtFragment(FakeSpeaker):
+        def __init__(self, name: str, ttff: float, cost: float) -> None:
+            super().__init__()
+            self.name, self.ttff, self.cost = name, ttff, cost
+
+        async def first_fragment(self, request, probe):
+            order.append(self.name)
+            self.requests.append(request)
+            clock[self.name] += self.cost  # spent before the fragment: counted
+            value = probe()
+            clock[self.name] += 1.0  # after it (the rest of the request, cancelled): not counted
+            return self.ttff, value
+
+    mesh, yard = AtFragment("mesh", 0.030, 0.020), AtFragment("yard", 0.010, 0.008)
+
+    def mesh_cpu() -> dict[str, float]:
+        return {"gateway": clock["mesh"] / 4, "encoder": 3 * clock["mesh"] / 4}
+
+    def yard_cpu() -> dict[str, float]:
+        return {"in-process": clock["yard"]}
+
+    work = Workload(backend="viseme", size="360p", requests=4, concurrency=(1,))
+    m, y = await first_fragment_cpu(mesh, mesh_cpu, yard, yard_cpu, work, 4)
+    assert order == ["mesh", "yard", "yard", "mesh", "mesh", "yard", "yard", "mesh"]
+    assert [r.request_id for r in mesh.requests] == [r.request_id for r in yard.requests]
+    assert (m.requests, m.ttff_ms_p50, m.cpu_ms_p50) == (4, pytest.approx(30.0), pytest.approx(20.0))
+    assert m.cpu_ms_p50_by_process == {"gateway": pytest.approx(5.0), "encoder": pytest.approx(15.0)}
+    assert (y.ttff_ms_p50, y.cpu_ms_p50, y.cpu_ms_p50_by_process) == (
+        pytest.approx(10.0),
+        pytest.approx(8.0),
+        {"in-process": pytest.approx(8.0)},
+    )
+    report = BenchReport(
+        machine=Machine("cpu", 2, "4 GiB", "3.11", "Linux"),
+        command="talkmesh bench",
+        git="abc",
+        date="today",
+        backend="viseme",
+        size="360p",
+        mesh=await run_speaker(FakeSpeaker(), work, "mesh", sweep=False, echo=lambda line: None),
+        inprocess=await run_speaker(FakeSpeaker(), work, "in-process", sweep=False, echo=lambda line: None),
+    )
+    assert "CPU spent on the way to the first fragment" not in to_markdown(report)
+    report.mesh.first_fragment_cpu, report.inprocess.first_fragment_cpu = m, y
+    md = to_markdown(report)
+    assert "| | time to first fragment | CPU, all processes | gateway | encoder |" in md
+    assert "| mesh | 30.0 | 20.0 | 5.0 | 15.0 |" in md
+    assert "| in-process | 10.0 | 8.0 | | |" in md
+
+
+async def test_the_speakers_stop_a_request_at_its_first_fragment(tmp_path: Path) -> None:
+    from talkmesh.bench.speakers import GrpcSpeaker, InProcessSpeaker
+    from tests.mesh import inprocess_mesh
+
+    request = Workload(size="360p").request("Hello there, this is a longer sentence to speak.", 1)
+    probes: list[str] = []
+    speaker = await InProcessSpeaker.start({"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "a")})
+    try:
+        ttff, value = await speaker.first_fragment(request, lambda: probes.append("in") or 7)
+    finally:
+        await speaker.close()
+    assert ttff > 0 and value == 7 and probes == ["in"]
+    (tmp_path / "mesh").mkdir()
+    async with inprocess_mesh(tmp_path / "mesh", metrics=True) as mesh:
+        grpc_speaker = GrpcSpeaker(mesh.gateway)
+        try:
+            ttff, value = await grpc_speaker.first_fragment(request, lambda: mesh.active_streams()["encoder"])
+            assert ttff > 0 and value == 1.0  # read while the request was under way
+            for _ in range(200):  # then stopped: every stage lets it go
+                if not any(mesh.active_streams().values()):
+                    break
+                await asyncio.sleep(0.01)
+            assert not any(mesh.active_streams().values()), mesh.active_streams()
+            labels = {"service": "gateway", "method": "/talkmesh.v1.Gateway/Speak", "code": "CANCELLED"}
+            cancelled = mesh.telemetry["gateway"].metrics.registry.get_sample_value("talkmesh_streams_total", labels)
+            assert cancelled == 1.0
+        finally:
+            await grpc_speaker.close()
