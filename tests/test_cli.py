@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from services.renderer.avatars import default_avatar_bytes
 from talkmesh.client import TalkmeshClient
-from tests.media import probe
+from tests.media import drifting_clip, portrait, probe
 from tests.mesh import inprocess_mesh
 
 PORTRAIT = default_avatar_bytes()
@@ -28,28 +27,15 @@ async def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str,
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-def _portrait() -> np.ndarray:
-    return np.asarray(cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR))
-
-
 def _mirrored_portrait(path: Path) -> Path:
     """Another picture of a face (so a new avatar, not the default one found again)."""
-    cv2.imwrite(str(path), cv2.flip(_portrait(), 1))
+    cv2.imwrite(str(path), cv2.flip(portrait(), 1))
     return path
 
 
 def _video(path: Path, frames: int, faceless: int = 0) -> Path:
     """A short clip of the portrait moving a little; its last ``faceless`` frames show no face."""
-    img = cv2.resize(_portrait(), (256, 256))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (256, 256))
-    for i in range(frames):
-        if i >= frames - faceless:
-            writer.write(np.full((256, 256, 3), 128, np.uint8))
-            continue
-        m = np.array([[1, 0, 2 * np.sin(i / 5)], [0, 1, np.cos(i / 7)]], np.float32)
-        writer.write(cv2.warpAffine(img, m, (256, 256), borderMode=cv2.BORDER_REFLECT))
-    writer.release()
-    return path
+    return drifting_clip(path, frames, (256, 256), faceless=faceless)
 
 
 def _atoms(data: bytes) -> list[str]:

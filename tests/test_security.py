@@ -18,7 +18,6 @@ from pathlib import Path
 
 import cv2
 import grpc
-import numpy as np
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,6 +33,7 @@ from talkmesh.v1 import tts_pb2 as tpb
 from talkmesh.v1 import tts_pb2_grpc
 from talkmesh.v1 import types_pb2 as api
 from tests.live_helpers import Recorder
+from tests.media import portrait
 from tests.mesh import InProcessMesh, inprocess_mesh
 
 PORTRAIT = default_avatar_bytes()
@@ -83,7 +83,7 @@ async def status_of(call: object) -> grpc.aio.AioRpcError:
 
 def face(path: Path, variant: int = 0) -> Path:
     """Another picture of the default face (a new avatar each ``variant``)."""
-    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
+    img = portrait()
     img = cv2.flip(img, 1) if variant % 2 == 0 else img
     if variant >= 1:
         img = cv2.resize(img, (img.shape[1] - 8 * variant, img.shape[0] - 8 * variant))

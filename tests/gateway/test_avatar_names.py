@@ -12,20 +12,19 @@ import grpc
 import numpy as np
 import pytest
 
-from services.renderer.avatars import default_avatar_bytes
 from talkmesh.client import AvatarNameError, LiveSession, TalkmeshClient
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import live_pb2_grpc
 from talkmesh.v1 import types_pb2 as api
-from tests.media import probe
+from tests.media import portrait, probe
 from tests.mesh import inprocess_mesh
 
 
 def _picture(path: Path, band: int, shift: int = 0) -> Path:
     """The default portrait (moved by ``shift`` px) with a grey band ``band`` px wide on its right:
     an avatar whose size tells its frames from the default avatar's (and from each other's)."""
-    img = cv2.imdecode(np.frombuffer(default_avatar_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    img = portrait()
     if shift:
         img = cv2.warpAffine(img, np.float32([[1, 0, shift], [0, 1, shift]]), (img.shape[1], img.shape[0]))
     cv2.imwrite(str(path), cv2.copyMakeBorder(img, 0, 0, 0, band, cv2.BORDER_CONSTANT, value=(90, 90, 90)))

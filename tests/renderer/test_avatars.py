@@ -30,14 +30,9 @@ from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
+from tests.media import drifting_clip, portrait
 
 PORTRAIT = default_avatar_bytes()
-
-
-def _portrait() -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
-    assert img is not None
-    return np.asarray(img)
 
 
 def _store(tmp_path: Path, **avatar_cfg) -> tuple[AvatarStore, VisemeBackend]:
@@ -47,13 +42,7 @@ def _store(tmp_path: Path, **avatar_cfg) -> tuple[AvatarStore, VisemeBackend]:
 
 
 def _video(path: Path, frames: int, size: tuple[int, int] = (512, 512)) -> bytes:
-    img = _portrait()
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, size)
-    for i in range(frames):
-        m = np.array([[1, 0, 2 * np.sin(i / 5)], [0, 1, np.cos(i / 7)]], np.float32)
-        writer.write(cv2.warpAffine(img, m, size, borderMode=cv2.BORDER_REFLECT))
-    writer.release()
-    return path.read_bytes()
+    return drifting_clip(path, frames, size).read_bytes()
 
 
 def test_second_registration_is_instant_and_precomputes_once(tmp_path):
@@ -99,7 +88,7 @@ def test_a_precompute_in_progress_does_not_block_ready_avatars(tmp_path):
         return find(frames, *args, **kwargs)
 
     store.faces.analyse = slow_find  # type: ignore[method-assign,assignment]
-    other = cv2.imencode(".png", cv2.flip(_portrait(), 1))[1].tobytes()
+    other = cv2.imencode(".png", cv2.flip(portrait(), 1))[1].tobytes()
     worker = threading.Thread(target=store.register, args=(other, "mirror.png"))
     worker.start()
     try:
@@ -230,7 +219,7 @@ async def test_bad_uploads_get_invalid_argument_and_the_service_stays_up(tmp_pat
         png[16:24] = (20000).to_bytes(4, "big") * 2
         payload = bytes(png)
     elif payload == "truncated-jpeg":
-        jpeg = cv2.imencode(".jpg", _portrait())[1].tobytes()
+        jpeg = cv2.imencode(".jpg", portrait())[1].tobytes()
         payload = jpeg[: len(jpeg) * 2 // 3]
     elif payload == "faceless-video":
         writer = cv2.VideoWriter(str(tmp_path / "n.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 25, (128, 96))

@@ -10,6 +10,7 @@ import numpy as np
 from services.renderer.avatars import default_avatar_bytes, face_models
 from talkmesh.bench.lipsync import dark_area, decode, energy, lag_correlations
 from talkmesh.client import TalkmeshClient
+from tests.media import portrait
 from tests.mesh import inprocess_mesh
 
 PORTRAIT_BYTES = default_avatar_bytes()
@@ -21,7 +22,7 @@ async def test_no_face_model_files_falls_back_to_haar_and_the_mouth_still_moves(
     monkeypatch.setattr(face_models, "default_model_dir", lambda: None)
     assert face_models.load_face_models() is None
     mirrored = tmp_path / "mirrored.png"
-    cv2.imwrite(str(mirrored), cv2.flip(cv2.imdecode(np.frombuffer(PORTRAIT_BYTES, np.uint8), cv2.IMREAD_COLOR), 1))
+    cv2.imwrite(str(mirrored), cv2.flip(portrait(), 1))
     env = {"TALKMESH_RENDERER__VISEME__IDLE_MOTION": "false"}
     async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
         info = await client.register_avatar(mirrored, name="mirrored")

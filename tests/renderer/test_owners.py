@@ -17,12 +17,13 @@ from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
+from tests.media import portrait
 
 PORTRAIT = default_avatar_bytes()
 
 
 def _mirrored() -> bytes:
-    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
+    img = portrait()
     return bytes(cv2.imencode(".png", cv2.flip(img, 1))[1])
 
 
@@ -176,7 +177,7 @@ async def test_each_api_key_names_its_avatars_for_itself(tmp_path):
 
 def _shifted() -> bytes:
     """A third picture of a face (the portrait moved a little): another avatar."""
-    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
+    img = portrait()
     moved = cv2.warpAffine(img, np.float32([[1, 0, 6], [0, 1, 4]]), (img.shape[1], img.shape[0]))
     return bytes(cv2.imencode(".png", moved)[1])
 
@@ -223,7 +224,7 @@ async def test_with_api_keys_a_name_names_one_avatar_of_each_key(tmp_path):
 
 def _wide(band: int = 128) -> bytes:
     """The portrait with a band on its right: an avatar of its own size (its frames tell it apart)."""
-    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
+    img = portrait()
     wide = cv2.copyMakeBorder(img, 0, 0, 0, band, cv2.BORDER_CONSTANT, value=(90, 90, 90))
     return bytes(cv2.imencode(".png", wide)[1])
 

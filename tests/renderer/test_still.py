@@ -8,12 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
-import cv2
 import grpc
 import numpy as np
 import pytest
 
-from services.renderer.avatars import default_avatar_bytes
 from services.renderer.main import create_service, load_config
 from talkmesh.common.channel import create_channel
 from talkmesh.common.telemetry import Telemetry
@@ -22,6 +20,7 @@ from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
+from tests.media import drifting_clip
 
 SR, FPS, SIDE = 16000, 25, 512
 SILENT = [False] * 40  # 1.6 s of idling: the head moves every few frames
@@ -107,13 +106,7 @@ async def test_a_still_photo_does_not_move_while_silent_and_only_its_mouth_moves
 
 def _video(path: Path, frames: int) -> bytes:
     """A clip of the bundled portrait drifting by a few pixels (a 'video avatar')."""
-    img = cv2.imdecode(np.frombuffer(default_avatar_bytes(), np.uint8), cv2.IMREAD_COLOR)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (SIDE, SIDE))
-    for i in range(frames):
-        m = np.array([[1, 0, 4 * np.sin(i / 3)], [0, 1, 2 * np.cos(i / 4)]], np.float32)
-        writer.write(cv2.warpAffine(img, m, (SIDE, SIDE), borderMode=cv2.BORDER_REFLECT))
-    writer.release()
-    return path.read_bytes()
+    return drifting_clip(path, frames, (SIDE, SIDE), drift=(4, 2), periods=(3, 4), fps=FPS).read_bytes()
 
 
 async def test_a_still_video_avatar_holds_one_frame(renderer, tmp_path: Path) -> None:

@@ -25,12 +25,13 @@ from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
+from tests.media import portrait
 
 PORTRAIT = default_avatar_bytes()
 
 
 def _mirrored() -> bytes:
-    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
+    img = portrait()
     return cv2.imencode(".png", cv2.flip(img, 1))[1].tobytes()
 
 

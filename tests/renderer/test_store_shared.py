@@ -11,7 +11,6 @@ from importlib import resources
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from services.renderer.avatars import store as store_module
@@ -20,6 +19,7 @@ from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
 from talkmesh.common.errors import FailedPrecondition, NotFound
 from talkmesh.common.telemetry import Telemetry
+from tests.media import portrait
 
 PORTRAIT = resources.files("services.renderer").joinpath("assets/default_avatar.png").read_bytes()
 
@@ -31,7 +31,7 @@ def _store(root: Path) -> AvatarStore:
 
 def _variant(i: int) -> bytes:
     """A different file (so a different content id) of the same small portrait."""
-    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
+    img = portrait()
     img = cv2.resize(img, (256, 256))
     img[0, 0] = (i % 256, i // 256, 7)
     ok, png = cv2.imencode(".png", img)

@@ -15,19 +15,16 @@ from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
 from talkmesh.common.config import ConfigError
 from talkmesh.common.telemetry import Telemetry
+from tests.media import portrait
 
 PORTRAIT = default_avatar_bytes()
-
-
-def _portrait() -> np.ndarray:
-    return np.asarray(cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR))
 
 
 def _cutout(hidden: tuple[int, int, int], depth16: bool = False) -> tuple[bytes, np.ndarray, np.ndarray]:
     """The portrait as a background-removal tool saves it: opaque inside an ellipse around the
     head, transparent outside (those pixels stored as ``hidden``, BGR), a soft one-pixel-wide edge
     at half alpha. Returns (PNG bytes, the BGR portrait, the alpha plane)."""
-    img = _portrait()
+    img = portrait()
     h, w = img.shape[:2]
     alpha = np.zeros((h, w), np.uint8)
     cv2.ellipse(alpha, (w // 2, h // 2), (w // 3, h // 2 - 20), 0, 0, 360, 255, -1)

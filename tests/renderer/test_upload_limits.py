@@ -31,6 +31,7 @@ from services.renderer.avatars.decode import (
 )
 from services.renderer.config import AvatarConfig
 from talkmesh.common.errors import InvalidArgument
+from tests.media import drifting_clip
 
 PORTRAIT = default_avatar_bytes()
 
@@ -198,17 +199,7 @@ def test_video_frames_are_sized_to_the_budget():
 
 
 def _video(path: Path, frames: int, size: tuple[int, int]) -> bytes:
-    img = cv2.imdecode(np.frombuffer(PORTRAIT, np.uint8), cv2.IMREAD_COLOR)
-    img = cv2.resize(img, (size[1], size[1]))
-    canvas = np.full((size[1], size[0], 3), 90, np.uint8)
-    x = (size[0] - size[1]) // 2
-    canvas[:, x : x + size[1]] = img
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, size)
-    for i in range(frames):
-        m = np.array([[1, 0, 2 * np.sin(i / 5)], [0, 1, np.cos(i / 7)]], np.float32)
-        writer.write(cv2.warpAffine(canvas, m, size, borderMode=cv2.BORDER_REFLECT))
-    writer.release()
-    return path.read_bytes()
+    return drifting_clip(path, frames, size).read_bytes()
 
 
 def test_a_long_720p_video_decodes_within_the_budget(tmp_path):
