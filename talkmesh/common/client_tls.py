@@ -2,22 +2,20 @@
 
 gRPC Python has no hook for that on the client side (channel credentials are fixed when the
 channel is made), so ``ReloadingChannel`` (what ``create_channel`` returns for a TLS channel with
-files) checks its files' modification times and sizes at most once a second when a call starts,
-and when they changed makes a new channel with the new credentials: new calls go over it, calls in
-flight finish on the old one, which is closed once they have (or at ``close``). The dependency
-watch's health checks start a call every second, so a rotated client certificate is taken within
-about a second even on an idle mesh. A half-rotated pair (new key, old certificate) is not taken,
-as on the server side (``talkmesh.common.tls``). Shipped in the client-only wheel
-(clients/python): it needs only grpc, the shared ``aio`` module and, for mutual TLS,
-``cryptography``.
+files) checks its files' modification times and sizes at most once a second when a call starts
+(``talkmesh.common.files.WatchedFiles``), and when they changed makes a new channel with the new
+credentials: new calls go over it, calls in flight finish on the old one, which is closed once
+they have (or at ``close``). The dependency watch's health checks start a call every second, so a
+rotated client certificate is taken within about a second even on an idle mesh. A half-rotated
+pair (new key, old certificate) is not taken, as on the server side (``talkmesh.common.tls``).
+Shipped in the client-only wheel (clients/python): it needs only grpc, the shared ``aio`` and
+``files`` modules and, for mutual TLS, ``cryptography``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,17 +24,9 @@ import grpc
 
 from talkmesh.common.aio import TaskSet
 from talkmesh.common.channel import ClientTLS
+from talkmesh.common.files import Inconsistent, WatchedFiles
 
 log = logging.getLogger(__name__)
-
-
-def file_stamp(paths: list[str]) -> tuple[tuple[int, int], ...]:
-    """The files' modification times and sizes (what a reload compares)."""
-    out = []
-    for p in paths:
-        st = os.stat(p)
-        out.append((st.st_mtime_ns, st.st_size))
-    return tuple(out)
 
 
 def key_matches_certificate(key_pem: bytes, cert_pem: bytes) -> bool:
@@ -51,6 +41,12 @@ def key_matches_certificate(key_pem: bytes, cert_pem: bytes) -> bool:
         return False
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return bool(cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt))
+
+
+def require_matching_pair(key_pem: bytes, cert_pem: bytes) -> None:
+    """Raises ``Inconsistent`` (the loaded pair stays) when the key is not the certificate's."""
+    if not key_matches_certificate(key_pem, cert_pem):
+        raise Inconsistent("the key does not match the certificate (rotation in progress?)")
 
 
 #: How often (at most) a client channel looks at its certificate files.
@@ -80,43 +76,41 @@ class ReloadingChannel(grpc.aio.Channel):
     ) -> None:
         self.tls = tls
         self._make = make
-        self._paths = client_files(tls)
-        self.check_seconds = check_seconds
-        self._stamp = file_stamp(self._paths)
-        self._channel = make(tls.credentials())
-        #: the underlying channel's generation: 0 at start, +1 per reload
-        self.generation = 0
-        self._checked = time.monotonic()
         self._retired: TaskSet | None = None
         self._old: list[grpc.aio.Channel] = []
+        self._files = WatchedFiles(
+            client_files(tls),
+            self._load,
+            check_seconds=check_seconds,
+            what=f"client TLS certificate {tls.cert_file or tls.ca_file}",
+            on_change=lambda old, _new: self._retire(old),
+        )
+
+    @property
+    def check_seconds(self) -> float:
+        """At most how often the files are looked at (when a call starts)."""
+        return self._files.check_seconds
+
+    @check_seconds.setter
+    def check_seconds(self, value: float) -> None:
+        self._files.check_seconds = value
+
+    @property
+    def generation(self) -> int:
+        """The underlying channel's generation: 0 at start, +1 per reload."""
+        return self._files.loads - 1
 
     # the current channel, made again when the files changed
     def current(self) -> grpc.aio.Channel:
-        now = time.monotonic()
-        if now - self._checked >= self.check_seconds:
-            self._checked = now
-            self._maybe_reload()
-        return self._channel
+        return self._files.get()
 
-    def _maybe_reload(self) -> None:
-        try:
-            stamp = file_stamp(self._paths)
-            if stamp == self._stamp:
-                return
-            if self.tls.cert_file and not key_matches_certificate(
-                Path(self.tls.key_file).read_bytes(), Path(self.tls.cert_file).read_bytes()
-            ):
-                log.warning("client TLS key and certificate do not match (rotation in progress?); keeping the old")
-                return
-            creds = self.tls.credentials()
-        except Exception as exc:  # never let a bad file fail a call: the loaded credentials stay
-            log.warning("client TLS files unreadable, keeping the loaded certificate: %s", exc)
-            return
-        old, self._channel = self._channel, self._make(creds)
-        self._stamp = stamp
-        self.generation += 1
-        log.info("client TLS certificate reloaded from %s", self.tls.cert_file or self.tls.ca_file)
-        self._retire(old)
+    def _load(self, loaded: grpc.aio.Channel | None) -> grpc.aio.Channel:
+        tls = self.tls
+        # at start the pair is not checked (a mismatch fails at the handshake); a reload keeps the
+        # old pair until the key matches the certificate again
+        if loaded is not None and tls.cert_file:
+            require_matching_pair(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())
+        return self._make(tls.credentials())
 
     def _retire(self, old: grpc.aio.Channel) -> None:
         """Closes ``old`` once its calls are done (``close(grace)`` returns as soon as they are)."""
@@ -147,13 +141,13 @@ class ReloadingChannel(grpc.aio.Channel):
         for old in self._old:
             await old.close(grace)
         self._old.clear()
-        await self._channel.close(grace)
+        await self._files.value.close(grace)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         return self.current().get_state(try_to_connect)
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        await self._channel.wait_for_state_change(last_observed_state)
+        await self._files.value.wait_for_state_change(last_observed_state)
 
     async def channel_ready(self) -> None:
         await self.current().channel_ready()

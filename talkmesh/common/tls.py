@@ -12,16 +12,13 @@ swap), cert-manager renews by rewriting the Secret: both are picked up without a
 
 from __future__ import annotations
 
-import logging
-import threading
 from pathlib import Path
 
 import grpc
 
-from talkmesh.common.client_tls import file_stamp, key_matches_certificate
+from talkmesh.common.client_tls import require_matching_pair
 from talkmesh.common.config import ConfigError, ServerTLS
-
-log = logging.getLogger(__name__)
+from talkmesh.common.files import Inconsistent, WatchedFiles
 
 
 def _read(path: str, what: str) -> bytes:
@@ -32,54 +29,39 @@ def _read(path: str, what: str) -> bytes:
 
 
 class ReloadingServerCertificates:
-    """The certificate configuration of one server, re-read when its files change."""
+    """The certificate configuration of one server, re-read when its files change
+    (``talkmesh.common.files.WatchedFiles``, looked at at every handshake)."""
 
     def __init__(self, tls: ServerTLS) -> None:
         if not tls.enabled:
             raise ValueError("TLS is not configured")
         self.tls = tls
-        self._paths = [tls.cert_file, tls.key_file] + ([tls.client_ca_file] if tls.client_ca_file else [])
-        self._lock = threading.Lock()
-        self._stamp: tuple[tuple[int, int], ...] = ()
-        #: how many certificate configurations were loaded (1 at start, +1 per reload)
-        self.loads = 0
-        self.initial = self._load()
-        if self.initial is None:
-            raise ConfigError.at("tls.key_file", f"{tls.key_file} is not the key of the certificate {tls.cert_file}")
-
-    def _load(self) -> grpc.ServerCertificateConfiguration | None:
-        tls = self.tls
+        paths = [tls.cert_file, tls.key_file] + ([tls.client_ca_file] if tls.client_ca_file else [])
         try:
-            stamp = file_stamp(self._paths)
-        except OSError as exc:
-            if self.loads == 0:
-                raise ConfigError.at("tls.cert_file", f"cannot read the TLS files: {exc}") from None
-            log.warning("TLS files unreadable, keeping the loaded certificate: %s", exc)
-            return None
+            self._files = WatchedFiles(paths, self._load, check_seconds=0, what=f"TLS certificate {tls.cert_file}")
+        except Inconsistent:
+            mismatch = f"{tls.key_file} is not the key of the certificate {tls.cert_file}"
+            raise ConfigError.at("tls.key_file", mismatch) from None
+        self.initial = self._files.value
+
+    @property
+    def loads(self) -> int:
+        """How many certificate configurations were loaded (1 at start, +1 per reload)."""
+        return self._files.loads
+
+    def _load(self, _loaded: object) -> grpc.ServerCertificateConfiguration:
+        tls = self.tls
         cert = _read(tls.cert_file, "tls.cert_file")
         key = _read(tls.key_file, "tls.key_file")
         ca = _read(tls.client_ca_file, "tls.client_ca_file") if tls.client_ca_file else None
-        if not key_matches_certificate(key, cert):
-            if self.loads:
-                log.warning("TLS key and certificate do not match (rotation in progress?); keeping the loaded one")
-            return None
-        self._stamp = stamp
-        self.loads += 1
+        require_matching_pair(key, cert)
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """gRPC's fetcher: a new configuration when the files changed, else None (keep the current)."""
-        with self._lock:
-            try:
-                if file_stamp(self._paths) == self._stamp:
-                    return None
-                config = self._load()
-            except Exception:  # never let a bad file break the handshake thread
-                log.exception("reloading the TLS certificate failed; keeping the loaded one")
-                return None
-            if config is not None:
-                log.info("TLS certificate reloaded from %s", self.tls.cert_file)
-            return config
+        """gRPC's fetcher, called from its handshake threads (``WatchedFiles`` serialises them and
+        catches what a bad file raises): a new configuration when the files changed, else None
+        (keep the current)."""
+        return self._files.refresh()
 
     def credentials(self) -> grpc.ServerCredentials:
         tls = self.tls

@@ -276,3 +276,85 @@ async def test_a_rotated_client_certificate_is_used_without_restart(tmp_path):
         await to_lenient.close()
         await strict.stop(grace=0.5)
         await lenient.stop(grace=0.5)
+
+
+def test_server_certificates_reload_once_per_change_keep_a_half_rotation_and_name_the_key_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fetcher gRPC calls from its handshake threads: None while the files are unchanged or half
+    rotated, one new configuration per change however many handshakes ask at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from talkmesh.common.tls import ReloadingServerCertificates
+
+    pki = tmp_path / "pki"
+    ca = make_dev_pki(pki, ["tts"])
+    d = pki / "tts"
+    tls = ServerTLS(str(d / "tls.crt"), str(d / "tls.key"), client_ca_file=str(d / "ca.crt"))
+    certs = ReloadingServerCertificates(tls)
+    assert certs.loads == 1 and certs.initial is not None
+    assert certs.fetch() is None and certs.fetch() is None, "unchanged: the current configuration stays"
+
+    renewed = issue(ca, "tts", ["tts"])
+    (d / "tls.key").write_bytes(renewed.key_pem)  # half a rotation: the new key only
+    assert certs.fetch() is None and certs.loads == 1
+    assert "not reloaded, keeping what was loaded" in caplog.text and "rotation in progress" in caplog.text
+    (d / "tls.crt").write_bytes(renewed.cert_pem)
+    started = threading.Barrier(8)
+
+    def handshake(_: int) -> object:
+        started.wait()
+        return certs.fetch()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(handshake, range(8)))
+    assert len([r for r in results if r is not None]) == 1 and certs.loads == 2
+    assert certs.fetch() is None
+
+    # at start: a key that is not the certificate's, a file that cannot be read
+    with pytest.raises(ConfigError, match=r"^tls\.key_file: .* is not the key of the certificate"):
+        ReloadingServerCertificates(dataclasses.replace(tls, key_file=str(pki / "client" / "tls.key")))
+    with pytest.raises(ConfigError, match=r"^tls\.cert_file: cannot read"):
+        ReloadingServerCertificates(dataclasses.replace(tls, cert_file=str(tmp_path / "missing.crt")))
+    with pytest.raises(ConfigError, match=r"^tls\.client_ca_file: cannot read"):
+        ReloadingServerCertificates(dataclasses.replace(tls, client_ca_file=str(tmp_path / "missing.crt")))
+
+
+class _FakeChannel:
+    def __init__(self, credentials: grpc.ChannelCredentials) -> None:
+        self.credentials = credentials
+        self.closed = False
+
+    async def close(self, grace: float | None = None) -> None:
+        self.closed = True
+
+
+async def test_a_client_channel_is_made_again_once_per_change_and_the_old_one_closed(tmp_path: Path) -> None:
+    """The pair is not checked at start (a mismatch fails at the handshake, as before); a reload
+    takes it only once the key matches the certificate; the replaced channel is closed."""
+    from talkmesh.common.client_tls import ReloadingChannel
+
+    pki = tmp_path / "pki"
+    ca = make_dev_pki(pki, ["tts"])
+    c = pki / "client"
+    (c / "tls.key").write_bytes(issue(ca, "client").key_pem)  # a mismatched pair at start: taken
+    made: list[_FakeChannel] = []
+
+    def make(credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
+        made.append(_FakeChannel(credentials))
+        return made[-1]  # type: ignore[return-value]
+
+    tls = ClientTLS(ca_file=str(pki / "ca.crt"), cert_file=str(c / "tls.crt"), key_file=str(c / "tls.key"))
+    channel = ReloadingChannel(tls, make, check_seconds=0)
+    assert channel.generation == 0 and channel.current() is made[0] and len(made) == 1
+    renewed = issue(ca, "client")
+    (c / "tls.crt").write_bytes(renewed.cert_pem)  # half a rotation: the old pair stays
+    assert channel.current() is made[0] and channel.generation == 0 and len(made) == 1
+    (c / "tls.key").write_bytes(renewed.key_pem)
+    assert channel.current() is made[1] and channel.generation == 1
+    assert channel.current() is made[1] and len(made) == 2, "unchanged: not made again"
+    await asyncio.sleep(0)  # the retired channel is closed once its calls are done (none here)
+    assert made[0].closed and not made[1].closed
+    await channel.close()
+    assert made[1].closed
