@@ -69,6 +69,8 @@ def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
         voice = f", voice {st.voice}" if st.voice else ""
         warnings = "".join(f"\n{at}  warning   {st.turn_id}: {w}" for w in st.warnings)
         return f"{at}  stopped   {st.turn_id} ({reason}, {seconds:.2f} s played{voice}){warnings}"
+    if which == "caption":
+        return f"{at}  caption   {ev.caption.turn_id}: {ev.caption.text}"
     if which == "interrupt_acknowledged":
         return f"{at}  interrupt acknowledged ({', '.join(ev.interrupt_acknowledged.stopped_turn_ids) or 'nothing'})"
     if which == "underrun":

@@ -221,3 +221,13 @@ def test_a_stopped_turn_shows_its_voice_and_warnings() -> None:
     first, second = line.splitlines()
     assert first.endswith("stopped   t1 (completed, 1.00 s played, voice espeak:en-us)"), first
     assert second.endswith("warning   t1: 2 of the text's 18 letters are Han script"), second
+
+
+def test_a_caption_shows_the_clause_being_spoken() -> None:
+    import time
+
+    from talkmesh.live_cli import describe
+
+    caption = lpb.Caption(turn_id="t1", segment_index=1, text="my friend.")
+    line = describe(lpb.LiveServerMessage(event=lpb.LiveEvent(caption=caption)), time.monotonic())
+    assert line is not None and line.endswith("caption   t1: my friend."), line

@@ -8,7 +8,8 @@ between turns and applies interrupts at the next frame. The gateway owns everyth
   the idle timeout, the maximum length, draining, the limit of sessions per replica;
 * turns: each text turn goes through TTS (text pieces as they arrive), each audio turn is the
   caller's PCM; both are resampled to the session's rate and go to the feature stage and to the
-  encoder (audio, visemes, features), one turn after the other, at most
+  encoder (audio, visemes, features; a text turn's clause texts as caption cues, which the
+  encoder sends with the frame each clause starts in), one turn after the other, at most
   ``max_audio_ahead_seconds`` ahead of what has been played; each turn's feature stream starts
   from the activity state (noise floor, speech peak) the last turn of its kind ended with, so the
   feature stage's level adaptation does not start over at every turn;
@@ -790,6 +791,13 @@ class LiveSession:
                 # now the voice's rate is known: samples played are reported in it
                 start = epb.TurnStart(source_sample_rate=source_rate)
                 await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_start=start))
+            if chunk.segment_text and source_rate:  # a clause starts: its caption cue, ahead of its audio
+                caption = epb.TurnCaption(
+                    start_sample=chunk.sample_offset * self.rate // source_rate,
+                    segment_index=chunk.segment_index,
+                    text=chunk.segment_text,
+                )
+                await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, caption=caption))
             if chunk.visemes and source_rate:
                 events = [
                     cpb.VisemeEvent(

@@ -59,7 +59,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             spoken = normalize(text)
             if job.markdown and not has_speech(spoken):
                 return  # what is left of markup ("(", "—"): nothing to say
-            asm.begin_segment(index)
+            asm.begin_segment(index, text.strip())
             async with contextlib.aclosing(job.backend.synthesize(spoken, job.voice, job.settings)) as blocks:
                 async for block in blocks:
                     for msg in asm.add(block):
@@ -91,7 +91,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
     def _replay(self, asm: ChunkAssembler, segments: list[SegmentRecord]) -> list[common_pb2.AudioChunk]:
         out: list[common_pb2.AudioChunk] = []
         for seg in segments:
-            asm.begin_segment(seg.index)
+            asm.begin_segment(seg.index, seg.text)
             out.extend(asm.add(PcmBlock(seg.samples, seg.phonemes)))
             out.extend(asm.end_segment())
         return out

@@ -5,7 +5,8 @@ is the previous chunk's offset plus its sample count, with no gaps between claus
 is ``chunk_samples`` long and, when ``max_chunk_samples`` is set, each later one twice the one
 before up to that length (a reader faster than real time gets its first audio as early, and far
 fewer messages); the last chunk of a clause carries the remainder, so a chunk never spans two
-clauses and ``segment_index`` is exact.
+clauses and ``segment_index`` is exact. A clause's first chunk carries its text (``segment_text``:
+captions follow the speech clause by clause).
 
 Visemes tile the audio: each phoneme event opens a viseme that lasts until the next event (the
 stretch before the first event is REST). A chunk leaves only once every viseme starting inside it
@@ -30,6 +31,7 @@ class SegmentRecord:
     index: int
     samples: np.ndarray
     phonemes: tuple[PhonemeEvent, ...]
+    text: str = ""
 
 
 @dataclass
@@ -42,6 +44,8 @@ class ChunkAssembler:
     seq: int = 0
     record: list[SegmentRecord] | None = None
     _segment: int = 0
+    _segment_text: str = ""  # the clause's text
+    _text_sent: bool = True  # the clause's first chunk has carried it
     _seg_base: int = 0
     _pending: list[np.ndarray] = field(default_factory=list)
     _pending_len: int = 0
@@ -70,8 +74,9 @@ class ChunkAssembler:
                 self._size = min(2 * self._size, self.max_chunk_samples)
         return sizes
 
-    def begin_segment(self, index: int) -> None:
+    def begin_segment(self, index: int, text: str = "") -> None:
         self._segment = index
+        self._segment_text, self._text_sent = text, False
         self._seg_base = self.offset + self._pending_len
         self._open_start, self._open_phoneme = 0, ""
         self._seg_phonemes, self._seg_audio = [], []
@@ -105,7 +110,7 @@ class ChunkAssembler:
         self._done_visemes = kept
         if self.record is not None:
             audio = np.concatenate(self._seg_audio) if self._seg_audio else np.zeros(0, np.int16)
-            self.record.append(SegmentRecord(self._segment, audio, tuple(self._seg_phonemes)))
+            self.record.append(SegmentRecord(self._segment, audio, tuple(self._seg_phonemes), self._segment_text))
         return self._emit(self._pending_len, final=True)
 
     def finish(self) -> common_pb2.AudioChunk:
@@ -156,6 +161,9 @@ class ChunkAssembler:
                 pcm=piece.astype("<i2", copy=False).tobytes(),
                 segment_index=self._segment,
             )
+            if not self._text_sent:
+                msg.segment_text = self._segment_text
+                self._text_sent = True
             if start == 0:
                 msg.visemes.extend(self._done_visemes)
                 self._done_visemes = []

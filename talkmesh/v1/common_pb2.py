@@ -26,27 +26,27 @@ from talkmesh.v1 import types_pb2 as talkmesh_dot_v1_dot_types__pb2
 
 from talkmesh.v1.types_pb2 import *
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18talkmesh/v1/common.proto\x12\x0btalkmesh.v1\x1a\x17talkmesh/v1/types.proto\"H\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.talkmesh.v1.Dtype\"m\n\x0bVisemeEvent\x12#\n\x06viseme\x18\x01 \x01(\x0e\x32\x13.talkmesh.v1.Viseme\x12\x14\n\x0cstart_sample\x18\x02 \x01(\x03\x12\x12\n\nend_sample\x18\x03 \x01(\x03\x12\x0f\n\x07phoneme\x18\x04 \x01(\t\"\xbf\x01\n\nAudioChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12\x13\n\x0bsample_rate\x18\x04 \x01(\r\x12\x15\n\rsample_offset\x18\x05 \x01(\x03\x12\x0b\n\x03pcm\x18\x06 \x01(\x0c\x12)\n\x07visemes\x18\x07 \x03(\x0b\x32\x18.talkmesh.v1.VisemeEvent\x12\x15\n\rsegment_index\x18\x08 \x01(\r\"\xaa\x02\n\nVideoFrame\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12\x13\n\x0b\x66rame_index\x18\x04 \x01(\x03\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12.\n\x0cpixel_format\x18\x07 \x01(\x0e\x32\x18.talkmesh.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12\x12\n\npart_index\x18\t \x01(\r\x12\x12\n\npart_count\x18\n \x01(\r\x12\x10\n\x08inferred\x18\x0b \x01(\x08\x12\'\n\x06\x66rames\x18\x0c \x03(\x0b\x32\x17.talkmesh.v1.VideoFrame\x12\x0f\n\x07in_ring\x18\r \x01(\x08\"C\n\rFrameActivity\x12\x10\n\x08rms_dbfs\x18\x01 \x01(\x02\x12\x0e\n\x06voiced\x18\x02 \x01(\x08\x12\x10\n\x08loudness\x18\x03 \x01(\x02*w\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0f\n\x0b\x44TYPE_INT16\x10\x03\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05*\xea\x01\n\x06Viseme\x12\x0f\n\x0bVISEME_REST\x10\x00\x12\x11\n\rVISEME_CLOSED\x10\x01\x12\x0f\n\x0bVISEME_OPEN\x10\x02\x12\x11\n\rVISEME_SPREAD\x10\x03\x12\x12\n\x0eVISEME_ROUNDED\x10\x04\x12\r\n\tVISEME_FV\x10\x05\x12\r\n\tVISEME_TH\x10\x06\x12\r\n\tVISEME_SZ\x10\x07\x12\x0c\n\x08VISEME_L\x10\x08\x12\r\n\tVISEME_SH\x10\t\x12\r\n\tVISEME_KG\x10\n\x12\r\n\tVISEME_TD\x10\x0b\x12\x0c\n\x08VISEME_R\x10\x0c\x12\x0e\n\nVISEME_MID\x10\r*Z\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11PIXEL_FORMAT_I420\x10\x01\x12\x16\n\x12PIXEL_FORMAT_RGB24\x10\x02P\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18talkmesh/v1/common.proto\x12\x0btalkmesh.v1\x1a\x17talkmesh/v1/types.proto\"H\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12!\n\x05\x64type\x18\x03 \x01(\x0e\x32\x12.talkmesh.v1.Dtype\"m\n\x0bVisemeEvent\x12#\n\x06viseme\x18\x01 \x01(\x0e\x32\x13.talkmesh.v1.Viseme\x12\x14\n\x0cstart_sample\x18\x02 \x01(\x03\x12\x12\n\nend_sample\x18\x03 \x01(\x03\x12\x0f\n\x07phoneme\x18\x04 \x01(\t\"\xd5\x01\n\nAudioChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12\x13\n\x0bsample_rate\x18\x04 \x01(\r\x12\x15\n\rsample_offset\x18\x05 \x01(\x03\x12\x0b\n\x03pcm\x18\x06 \x01(\x0c\x12)\n\x07visemes\x18\x07 \x03(\x0b\x32\x18.talkmesh.v1.VisemeEvent\x12\x15\n\rsegment_index\x18\x08 \x01(\r\x12\x14\n\x0csegment_text\x18\t \x01(\t\"\xaa\x02\n\nVideoFrame\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12\x13\n\x0b\x66rame_index\x18\x04 \x01(\x03\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06height\x18\x06 \x01(\r\x12.\n\x0cpixel_format\x18\x07 \x01(\x0e\x32\x18.talkmesh.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12\x12\n\npart_index\x18\t \x01(\r\x12\x12\n\npart_count\x18\n \x01(\r\x12\x10\n\x08inferred\x18\x0b \x01(\x08\x12\'\n\x06\x66rames\x18\x0c \x03(\x0b\x32\x17.talkmesh.v1.VideoFrame\x12\x0f\n\x07in_ring\x18\r \x01(\x08\"C\n\rFrameActivity\x12\x10\n\x08rms_dbfs\x18\x01 \x01(\x02\x12\x0e\n\x06voiced\x18\x02 \x01(\x08\x12\x10\n\x08loudness\x18\x03 \x01(\x02*w\n\x05\x44type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x0f\n\x0b\x44TYPE_INT16\x10\x03\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05*\xea\x01\n\x06Viseme\x12\x0f\n\x0bVISEME_REST\x10\x00\x12\x11\n\rVISEME_CLOSED\x10\x01\x12\x0f\n\x0bVISEME_OPEN\x10\x02\x12\x11\n\rVISEME_SPREAD\x10\x03\x12\x12\n\x0eVISEME_ROUNDED\x10\x04\x12\r\n\tVISEME_FV\x10\x05\x12\r\n\tVISEME_TH\x10\x06\x12\r\n\tVISEME_SZ\x10\x07\x12\x0c\n\x08VISEME_L\x10\x08\x12\r\n\tVISEME_SH\x10\t\x12\r\n\tVISEME_KG\x10\n\x12\r\n\tVISEME_TD\x10\x0b\x12\x0c\n\x08VISEME_R\x10\x0c\x12\x0e\n\nVISEME_MID\x10\r*Z\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11PIXEL_FORMAT_I420\x10\x01\x12\x16\n\x12PIXEL_FORMAT_RGB24\x10\x02P\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkmesh.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=815
-  _globals['_DTYPE']._serialized_end=934
-  _globals['_VISEME']._serialized_start=937
-  _globals['_VISEME']._serialized_end=1171
-  _globals['_PIXELFORMAT']._serialized_start=1173
-  _globals['_PIXELFORMAT']._serialized_end=1263
+  _globals['_DTYPE']._serialized_start=837
+  _globals['_DTYPE']._serialized_end=956
+  _globals['_VISEME']._serialized_start=959
+  _globals['_VISEME']._serialized_end=1193
+  _globals['_PIXELFORMAT']._serialized_start=1195
+  _globals['_PIXELFORMAT']._serialized_end=1285
   _globals['_TENSOR']._serialized_start=66
   _globals['_TENSOR']._serialized_end=138
   _globals['_VISEMEEVENT']._serialized_start=140
   _globals['_VISEMEEVENT']._serialized_end=249
   _globals['_AUDIOCHUNK']._serialized_start=252
-  _globals['_AUDIOCHUNK']._serialized_end=443
-  _globals['_VIDEOFRAME']._serialized_start=446
-  _globals['_VIDEOFRAME']._serialized_end=744
-  _globals['_FRAMEACTIVITY']._serialized_start=746
-  _globals['_FRAMEACTIVITY']._serialized_end=813
+  _globals['_AUDIOCHUNK']._serialized_end=465
+  _globals['_VIDEOFRAME']._serialized_start=468
+  _globals['_VIDEOFRAME']._serialized_end=766
+  _globals['_FRAMEACTIVITY']._serialized_start=768
+  _globals['_FRAMEACTIVITY']._serialized_end=835
 # @@protoc_insertion_point(module_scope)

@@ -120,7 +120,7 @@ class VisemeEvent(_message.Message):
     def __init__(self, viseme: _Optional[_Union[Viseme, str]] = ..., start_sample: _Optional[int] = ..., end_sample: _Optional[int] = ..., phoneme: _Optional[str] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
-    __slots__ = ("request_id", "seq", "end_of_stream", "sample_rate", "sample_offset", "pcm", "visemes", "segment_index")
+    __slots__ = ("request_id", "seq", "end_of_stream", "sample_rate", "sample_offset", "pcm", "visemes", "segment_index", "segment_text")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class AudioChunk(_message.Message):
     PCM_FIELD_NUMBER: _ClassVar[int]
     VISEMES_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_TEXT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     end_of_stream: bool
@@ -137,7 +138,8 @@ class AudioChunk(_message.Message):
     pcm: bytes
     visemes: _containers.RepeatedCompositeFieldContainer[VisemeEvent]
     segment_index: int
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., sample_offset: _Optional[int] = ..., pcm: _Optional[bytes] = ..., visemes: _Optional[_Iterable[_Union[VisemeEvent, _Mapping]]] = ..., segment_index: _Optional[int] = ...) -> None: ...
+    segment_text: str
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., sample_offset: _Optional[int] = ..., pcm: _Optional[bytes] = ..., visemes: _Optional[_Iterable[_Union[VisemeEvent, _Mapping]]] = ..., segment_index: _Optional[int] = ..., segment_text: _Optional[str] = ...) -> None: ...
 
 class VideoFrame(_message.Message):
     __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "width", "height", "pixel_format", "data", "part_index", "part_count", "inferred", "frames", "in_ring")

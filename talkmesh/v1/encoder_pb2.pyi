@@ -71,8 +71,18 @@ class TurnStart(_message.Message):
     source_sample_rate: int
     def __init__(self, source_sample_rate: _Optional[int] = ...) -> None: ...
 
+class TurnCaption(_message.Message):
+    __slots__ = ("start_sample", "segment_index", "text")
+    START_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    start_sample: int
+    segment_index: int
+    text: str
+    def __init__(self, start_sample: _Optional[int] = ..., segment_index: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
 class LiveEncodeRequest(_message.Message):
-    __slots__ = ("turn_id", "config", "turn_start", "audio", "visemes", "features", "end_of_turn", "interrupt", "turn_failed", "end_session")
+    __slots__ = ("turn_id", "config", "turn_start", "audio", "visemes", "features", "end_of_turn", "interrupt", "turn_failed", "end_session", "caption")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     TURN_START_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +93,7 @@ class LiveEncodeRequest(_message.Message):
     INTERRUPT_FIELD_NUMBER: _ClassVar[int]
     TURN_FAILED_FIELD_NUMBER: _ClassVar[int]
     END_SESSION_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_FIELD_NUMBER: _ClassVar[int]
     turn_id: str
     config: LiveEncodeConfig
     turn_start: TurnStart
@@ -93,7 +104,8 @@ class LiveEncodeRequest(_message.Message):
     interrupt: bool
     turn_failed: str
     end_session: bool
-    def __init__(self, turn_id: _Optional[str] = ..., config: _Optional[_Union[LiveEncodeConfig, _Mapping]] = ..., turn_start: _Optional[_Union[TurnStart, _Mapping]] = ..., audio: _Optional[_Union[_common_pb2.AudioChunk, _Mapping]] = ..., visemes: _Optional[_Union[_renderer_pb2.VisemeTrack, _Mapping]] = ..., features: _Optional[_Union[_audio_features_pb2.FeatureChunk, _Mapping]] = ..., end_of_turn: _Optional[bool] = ..., interrupt: _Optional[bool] = ..., turn_failed: _Optional[str] = ..., end_session: _Optional[bool] = ...) -> None: ...
+    caption: TurnCaption
+    def __init__(self, turn_id: _Optional[str] = ..., config: _Optional[_Union[LiveEncodeConfig, _Mapping]] = ..., turn_start: _Optional[_Union[TurnStart, _Mapping]] = ..., audio: _Optional[_Union[_common_pb2.AudioChunk, _Mapping]] = ..., visemes: _Optional[_Union[_renderer_pb2.VisemeTrack, _Mapping]] = ..., features: _Optional[_Union[_audio_features_pb2.FeatureChunk, _Mapping]] = ..., end_of_turn: _Optional[bool] = ..., interrupt: _Optional[bool] = ..., turn_failed: _Optional[str] = ..., end_session: _Optional[bool] = ..., caption: _Optional[_Union[TurnCaption, _Mapping]] = ...) -> None: ...
 
 class EncodeConfig(_message.Message):
     __slots__ = ("request_id", "width", "height", "fps", "pixel_format", "sample_rate", "container", "audio_codec", "fragment_ms", "render")

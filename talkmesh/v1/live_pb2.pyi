@@ -172,6 +172,16 @@ class SpeakingStarted(_message.Message):
     turn_id: str
     def __init__(self, turn_id: _Optional[str] = ...) -> None: ...
 
+class Caption(_message.Message):
+    __slots__ = ("turn_id", "segment_index", "text")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    segment_index: int
+    text: str
+    def __init__(self, turn_id: _Optional[str] = ..., segment_index: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
 class SpeakingStopped(_message.Message):
     __slots__ = ("turn_id", "reason", "samples_played", "sample_rate", "frames_played", "warnings", "voice")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -215,7 +225,7 @@ class SessionEnding(_message.Message):
     def __init__(self, reason: _Optional[_Union[EndReason, str]] = ..., seconds_left: _Optional[float] = ...) -> None: ...
 
 class LiveEvent(_message.Message):
-    __slots__ = ("unix_seconds", "frame", "speaking_started", "speaking_stopped", "interrupt_acknowledged", "underrun", "session_ending")
+    __slots__ = ("unix_seconds", "frame", "speaking_started", "speaking_stopped", "interrupt_acknowledged", "underrun", "session_ending", "caption")
     UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     SPEAKING_STARTED_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +233,7 @@ class LiveEvent(_message.Message):
     INTERRUPT_ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
     UNDERRUN_FIELD_NUMBER: _ClassVar[int]
     SESSION_ENDING_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_FIELD_NUMBER: _ClassVar[int]
     unix_seconds: float
     frame: int
     speaking_started: SpeakingStarted
@@ -230,7 +241,8 @@ class LiveEvent(_message.Message):
     interrupt_acknowledged: InterruptAcknowledged
     underrun: Underrun
     session_ending: SessionEnding
-    def __init__(self, unix_seconds: _Optional[float] = ..., frame: _Optional[int] = ..., speaking_started: _Optional[_Union[SpeakingStarted, _Mapping]] = ..., speaking_stopped: _Optional[_Union[SpeakingStopped, _Mapping]] = ..., interrupt_acknowledged: _Optional[_Union[InterruptAcknowledged, _Mapping]] = ..., underrun: _Optional[_Union[Underrun, _Mapping]] = ..., session_ending: _Optional[_Union[SessionEnding, _Mapping]] = ...) -> None: ...
+    caption: Caption
+    def __init__(self, unix_seconds: _Optional[float] = ..., frame: _Optional[int] = ..., speaking_started: _Optional[_Union[SpeakingStarted, _Mapping]] = ..., speaking_stopped: _Optional[_Union[SpeakingStopped, _Mapping]] = ..., interrupt_acknowledged: _Optional[_Union[InterruptAcknowledged, _Mapping]] = ..., underrun: _Optional[_Union[Underrun, _Mapping]] = ..., session_ending: _Optional[_Union[SessionEnding, _Mapping]] = ..., caption: _Optional[_Union[Caption, _Mapping]] = ...) -> None: ...
 
 class LiveError(_message.Message):
     __slots__ = ("code", "message", "field", "turn_id")

@@ -30,7 +30,8 @@ if _version_not_supported:
 class TTSStub:
     """The text-to-speech stage (internal). Its answers are AudioChunks on one continuous sample clock
     at the voice's rate: clauses follow each other without gaps, chunks never span two clauses,
-    and the last message (end_of_stream) carries no PCM, only the remaining visemes. A Synthesize
+    the first chunk of each clause carries its text (AudioChunk.segment_text, for captions), and the
+    last message (end_of_stream) carries no PCM, only the remaining visemes. A Synthesize
     or SynthesizeStream that speaks ends with trailing metadata `talkmesh-voice` (the voice spoken
     with, as ListVoices lists it) and, for text with a few letters the voice reads by name,
     `talkmesh-warning` (one line; the gateway relays both in SpeakSummary and SpeakingStopped).
@@ -62,7 +63,8 @@ class TTSStub:
 class TTSServicer:
     """The text-to-speech stage (internal). Its answers are AudioChunks on one continuous sample clock
     at the voice's rate: clauses follow each other without gaps, chunks never span two clauses,
-    and the last message (end_of_stream) carries no PCM, only the remaining visemes. A Synthesize
+    the first chunk of each clause carries its text (AudioChunk.segment_text, for captions), and the
+    last message (end_of_stream) carries no PCM, only the remaining visemes. A Synthesize
     or SynthesizeStream that speaks ends with trailing metadata `talkmesh-voice` (the voice spoken
     with, as ListVoices lists it) and, for text with a few letters the voice reads by name,
     `talkmesh-warning` (one line; the gateway relays both in SpeakSummary and SpeakingStopped).
@@ -118,7 +120,8 @@ def add_TTSServicer_to_server(servicer, server):
 class TTS:
     """The text-to-speech stage (internal). Its answers are AudioChunks on one continuous sample clock
     at the voice's rate: clauses follow each other without gaps, chunks never span two clauses,
-    and the last message (end_of_stream) carries no PCM, only the remaining visemes. A Synthesize
+    the first chunk of each clause carries its text (AudioChunk.segment_text, for captions), and the
+    last message (end_of_stream) carries no PCM, only the remaining visemes. A Synthesize
     or SynthesizeStream that speaks ends with trailing metadata `talkmesh-voice` (the voice spoken
     with, as ListVoices lists it) and, for text with a few letters the voice reads by name,
     `talkmesh-warning` (one line; the gateway relays both in SpeakSummary and SpeakingStopped).

@@ -272,6 +272,32 @@ async def test_live_websocket_speaks_interrupts_and_reports_errors(tmp_path: Pat
         assert mesh.active_streams()["gateway"] == 0, "the live session ended with the socket"
 
 
+async def test_live_websocket_relays_caption_cues_as_json(tmp_path: Path) -> None:
+    """A text turn's caption events reach the browser as JSON like the others, each right after
+    the JSON header (and bytes) of the fragment of its frame."""
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        async with http.ws_connect("/v1/live") as ws:
+            await ws.send_str(json.dumps({"config": {"request_id": "ws-captions"}}))
+            assert "started" in await _recv_json(ws)
+            text = "Hello there, my friend. Bye."
+            await ws.send_str(json.dumps({"text": {"turn_id": "t1", "text": text, "final": True}}))
+            bodies: list[dict[str, Any]] = []
+            async with asyncio.timeout(40):
+                while not any("speaking_stopped" in b.get("event", {}) for b in bodies):
+                    bodies.append(await _recv_json(ws))
+            await ws.send_str(json.dumps({"half_close": {}}))
+    cues = [(i, b["event"]) for i, b in enumerate(bodies) if "caption" in b.get("event", {})]
+    assert [e["caption"] for _, e in cues] == [
+        {"turn_id": "t1", "text": "Hello there,"},  # (segment_index 0: left out, as every default)
+        {"turn_id": "t1", "segment_index": 1, "text": "my friend."},
+        {"turn_id": "t1", "segment_index": 2, "text": "Bye."},
+    ]
+    for i, event in cues:
+        assert isinstance(event["frame"], str) and event["unix_seconds"] > 0
+        media = next(b["media"] for b in reversed(bodies[:i]) if "media" in b)
+        assert media["first_frame"] == event["frame"] and media["turn_id"] == "t1"
+
+
 async def test_a_browser_that_vanishes_ends_its_session(tmp_path: Path) -> None:
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
         ws = await http.ws_connect("/v1/live")

@@ -31,13 +31,15 @@ async def test_sound_pickers_counter_and_caption() -> None:
         await recv_json(ws, conn)
         await ws.send_json(started(n))
         while (body := await recv_json(ws, conn)) is not None:
-            if "text" in body:  # the turn starts and ends at once: the caption follows it
+            if "text" in body:  # the turn starts, says its one clause and ends: the caption follows it
                 tid = body["text"]["turn_id"]
                 event = {"unix_seconds": time.time(), "frame": "5", "speaking_started": {"turn_id": tid}}
                 await ws.send_json({"seq": "1", "event": event})
+                cue = {"turn_id": tid, "text": body["text"]["text"]}
+                await ws.send_json({"seq": "2", "event": {"unix_seconds": time.time(), "frame": "5", "caption": cue}})
                 await asyncio.sleep(0.8)
                 stop = {"turn_id": tid, "reason": "STOP_REASON_COMPLETED"}
-                await ws.send_json({"seq": "2", "event": {"frame": "20", "speaking_stopped": stop}})
+                await ws.send_json({"seq": "3", "event": {"frame": "20", "speaking_stopped": stop}})
 
     async with fake_edge(script, voices=VOICES) as edge, browser_page() as (page, console):
         await page.goto(edge.url)

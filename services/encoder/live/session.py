@@ -43,7 +43,10 @@ Turns are played in the order they started; each has its own Render stream, star
 the turn's input arrives, holding at most ``lead`` rendered frames ahead of the clock. An
 interrupt is applied the moment it arrives (the tick loop wakes up for it): the stopped turns'
 render streams are cancelled, nothing of them is sent afterwards, and the acknowledgement goes out
-in order after the last frame that was sent. Events are stamped when they are sent.
+in order after the last frame that was sent. Events are stamped when they are sent. A text turn's
+caption cues (``TurnCaption``: a clause's text and first sample) go out as ``caption`` events right
+after the media of the frame that sample is in, as ``speaking_started`` does for its first frame; a
+stopped turn's cues not reached go with it.
 """
 
 from __future__ import annotations
@@ -110,6 +113,9 @@ class Turn:
     stream: Stream | None = None
     seq: int = 1
     ring: RingOffer | None = None  # the turn's frame ring (a renderer on this machine)
+    #: a text turn's caption cues not sent yet, in order of their start sample
+    captions: collections.deque[encoder_pb2.TurnCaption] = field(default_factory=collections.deque)
+    caption_from: int = 0  # the least start sample the next cue may have
 
     def __post_init__(self) -> None:
         self.render_in = Chan(TURN_INPUT_CAPACITY + 1)  # + the frame ring's offer
@@ -132,6 +138,24 @@ class Turn:
             )
         self.audio += chunk.pcm
         self.audio_samples += len(chunk.pcm) // 2
+
+    def add_caption(self, caption: encoder_pb2.TurnCaption) -> None:
+        if caption.start_sample < self.caption_from:
+            raise InvalidArgument(
+                "caption.start_sample", f"{caption.start_sample} is before {self.caption_from}, the turn's last cue's"
+            )
+        self.caption_from = caption.start_sample
+        self.captions.append(caption)
+
+    def captions_in(self, k: int) -> list[encoder_pb2.TurnCaption]:
+        """The cues whose clause starts in the turn's frame ``k`` (just played), or before it; on
+        its last frame, every cue left."""
+        end = self.clock.start(k + 1)
+        last = self.finished()
+        out = []
+        while self.captions and (last or self.captions[0].start_sample < end):
+            out.append(self.captions.popleft())
+        return out
 
     def has_audio_for(self, k: int) -> bool:
         return self.input_done or self.audio_samples >= self.clock.start(k + 1)
@@ -294,6 +318,8 @@ class LiveSession:
                 raise InvalidArgument("turn_id", f"unknown turn {tid!r} (send turn_start first)")
             if kind == "audio":
                 turn.add_audio(req.audio)
+            elif kind == "caption":
+                turn.add_caption(req.caption)
             elif kind in ("visemes", "features"):
                 # the turn's frame ring, once made, goes ahead of the input (if there is room for both)
                 if turn.ring is not None and turn.render_in.qsize() < TURN_INPUT_CAPACITY:
@@ -485,6 +511,9 @@ class LiveSession:
             label = turn.turn_id
             if k == 0:
                 events.append(self._event(n, speaking_started=live_pb2.SpeakingStarted(turn_id=turn.turn_id)))
+            for cue in turn.captions_in(k):  # the clauses whose first sound this frame carries
+                caption = live_pb2.Caption(turn_id=turn.turn_id, segment_index=cue.segment_index, text=cue.text)
+                events.append(self._event(n, caption=caption))
             if turn.finished():
                 events.append(self._stopped(turn, n + 1, live_pb2.STOP_REASON_COMPLETED))
                 self._drop(turn)

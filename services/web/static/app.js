@@ -831,8 +831,9 @@
       if (edgeUnix != null) t.edgeReceived = wallToPerf(Number(edgeUnix) * 1000);
       skipIdleBefore(frame, t);
       if (t.pressed != null) $("t-started").textContent = ms_(now - t.pressed);
-      showCaption(t.text || "", ev.speaking_started.turn_id);
       logEvent(`speaking_started ${ev.speaking_started.turn_id} at frame ${frame}`);
+    } else if (ev.caption) {
+      cueCaption(ev.caption, frame); // the clause heard from this frame on
     } else if (ev.speaking_stopped) {
       const s = ev.speaking_stopped;
       const t = turn(s.turn_id);
@@ -1036,12 +1037,36 @@
     return id;
   }
 
-  // The caption under the video: the text of the turn being spoken ("" hides it; an audio turn has none).
+  // The caption under the video: the clause of the text turn being spoken, one cue at a time, each
+  // replacing the one before ("" hides it, and drops the cues still waiting for their frame; an
+  // audio turn has none). #caption is a polite live region: a screen reader says each cue once.
   let captionTurn = "";
+  const cueTimers = new Set();
   function showCaption(text, turnId = "") {
+    if (!text) {
+      for (const timer of cueTimers) clearTimeout(timer);
+      cueTimers.clear();
+    }
     captionTurn = text ? turnId : "";
     $("caption").textContent = text;
     $("caption").hidden = !text;
+  }
+  // A `caption` event comes with the media of the frame its clause starts in, which plays a moment
+  // later (the page plays behind the live edge): the cue is shown when the playhead reaches that
+  // frame, at once if it is there already (or the video is not playing). A turn whose
+  // speaking_stopped came first (cut, or ended before the cue's frame played) does not show it.
+  function cueCaption(cue, frame) {
+    const wait = (frameTime(frame) - video.currentTime) / (video.playbackRate || 1);
+    if (!(wait > 0.02) || video.paused) {
+      showCaption(cue.text || "", cue.turn_id);
+      return;
+    }
+    const timer = setTimeout(() => {
+      cueTimers.delete(timer);
+      const t = tm.turns[cue.turn_id];
+      if (t && t.stopFrame == null) showCaption(cue.text || "", cue.turn_id);
+    }, wait * 1000);
+    cueTimers.add(timer);
   }
 
   function showError(message) {
