@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from talkmesh.common.registry import WEB_KEY_CONCURRENT_STREAMS
+
 CLIENT = "client"
 
 
@@ -133,12 +135,24 @@ def mesh_tls_env(pki: Path) -> dict[str, str]:
 EDGE_KEY_NAME = "web-edge"
 
 
+#: The web edge's key's limits at the gateway: every call a default edge makes at once (its live
+#: sessions, speaks, lists and uploads: ``registry.WEB_KEY_CONCURRENT_STREAMS``, which leaves a
+#: default gateway ``WEB_GATEWAY_SPARE`` calls for its other clients), and rates for a site's
+#: visitors (a page load is 3 calls: voices, avatars, the live session; each Download one more).
+EDGE_KEY_LIMITS = {
+    "concurrent_streams": WEB_KEY_CONCURRENT_STREAMS,
+    "requests_per_minute": 600,
+    "uploads_per_hour": 60,
+}
+
+
 def edge_key_env(directory: Path | None = None) -> dict[str, str]:
     """Environment that gives a mesh's web edge an API key of its own (``talkmesh up --api-keys``):
     a fresh key in ``<directory>/web-edge.key`` (mode 0600) for the edge
     (``web.gateway_api_key_file``) and its hashed entry in ``<directory>/service-keys.yaml`` for the
-    gateway (``auth.service_keys_file``; the users' keys file is left as it is). The key has no
-    per-key limits: the edge applies its own (``server.max_concurrent_streams``). Without
+    gateway (``auth.service_keys_file``; the users' keys file is left as it is). The key's limits
+    (``EDGE_KEY_LIMITS``) are what a default edge asks of the gateway at most, so that the edge
+    cannot take all of a gateway. Without
     ``directory``, a private temporary one, removed when the process exits."""
     import atexit
     import os
@@ -159,8 +173,7 @@ def edge_key_env(directory: Path | None = None) -> dict[str, str]:
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
-    unlimited = {"concurrent_streams": 0, "requests_per_minute": 0, "uploads_per_hour": 0}
-    entry = {"name": EDGE_KEY_NAME, "role": "user", "sha256": hash_key(key), "limits": unlimited}
+    entry = {"name": EDGE_KEY_NAME, "role": "user", "sha256": hash_key(key), "limits": dict(EDGE_KEY_LIMITS)}
     keys_file = directory / "service-keys.yaml"
     keys_file.write_text(yaml.safe_dump({"keys": [entry]}, sort_keys=False))
     return {

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.web.tokens import read_secrets
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
-from talkmesh.common.registry import default_target
+from talkmesh.common.registry import WEB_MAX_SPEAKS, default_target
 
 
 def normal_origin(origin: str) -> str:
@@ -60,8 +61,13 @@ class WebSettings:
     # delete them (docs/WEB.md "Security"). false: 403 PERMISSION_DENIED, the page's drop zone fails.
     allow_uploads: bool = True
     # POST /v1/speak answers being sent at once (each holds a gateway stream); more get 429
-    # RESOURCE_EXHAUSTED with Retry-After.
-    max_concurrent_speaks: int = 4
+    # RESOURCE_EXHAUSTED with Retry-After. With server.max_concurrent_streams (live sessions) it is
+    # what the edge asks of the gateway at most: keep the sum within what the gateway admits
+    # (docs/WEB.md "Sizing"; the start-up line says the sum).
+    max_concurrent_speaks: int = WEB_MAX_SPEAKS
+    # Of those, at most this many per client: per token identity (`sub`, else the token) and per
+    # client address (not loopback; see trusted_proxies). 0: no per-client share.
+    max_speaks_per_client: int = 2
     # A whole-file MP4 answer is held until the end (for Content-Length and the summary headers)
     # up to this many bytes; a longer file is sent on as it arrives (docs/WEB.md, POST /v1/speak).
     speak_buffer_bytes: int = 8 * 1024 * 1024
@@ -78,6 +84,24 @@ class WebSettings:
     # cannot hold all of server.max_concurrent_streams; more get RESOURCE_EXHAUSTED (close 1013).
     # Give each user a subject of their own (a shared "guest" subject shares the limit). 0: no limit.
     max_sessions_per_subject: int = 4
+    # Live WebSockets open at once per client address, with or without tokens (one visitor with
+    # several tokens or subjects); a loopback address (the machine's own user, or a proxy on it that
+    # is not in trusted_proxies) is not limited. 0: no limit.
+    max_sessions_per_ip: int = 4
+    # TCP connections open at once per client address (a client opening connections it never
+    # uses, slowloris); more are closed at once. trusted_proxies are exempt. 0: no limit.
+    max_connections_per_ip: int = 32
+    # Proxies in front of the edge (addresses or networks: "10.0.0.0/8", "127.0.0.1"). For a
+    # connection from one of them the client's address is read from X-Forwarded-For (the last
+    # address in it that is not a trusted proxy); from anyone else the header is ignored (anyone
+    # can send it). Empty: the connection's own address is the client's.
+    trusted_proxies: tuple[str, ...] = ()
+    # Seconds a connection may take to send a request's headers, from its opening or its previous
+    # answer (then it is closed; an idle kept-alive connection too), and POST /v1/speak's body.
+    read_timeout_seconds: float = 15.0
+    # Content-Security-Policy frame-ancestors of the page: the sites that may frame it ("'self'",
+    # "https://app.example.com"). Empty: any site may (docs/WEB.md "Embedding").
+    frame_ancestors: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.max_ws_message_bytes < 128 * 1024:
@@ -100,8 +124,26 @@ class WebSettings:
             raise ConfigError.at("speak_buffer_bytes", "must not be negative")
         if self.token_max_ttl_seconds <= 0:
             raise ConfigError.at("token_max_ttl_seconds", "must be positive")
-        if self.max_sessions_per_subject < 0:
-            raise ConfigError.at("max_sessions_per_subject", "must not be negative (0: no limit)")
+        limits = ("max_sessions_per_subject", "max_sessions_per_ip", "max_connections_per_ip", "max_speaks_per_client")
+        for name in limits:
+            if getattr(self, name) < 0:
+                raise ConfigError.at(name, "must not be negative (0: no limit)")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ConfigError.at(
+                    "trusted_proxies", f"{proxy!r} is not an address or network (10.0.0.0/8, 127.0.0.1)"
+                ) from None
+        if self.read_timeout_seconds <= 0:
+            raise ConfigError.at("read_timeout_seconds", "must be positive")
+        for source in self.frame_ancestors:
+            if not source or any(c in source for c in ";,\r\n\"") or " " in source.strip():
+                raise ConfigError.at("frame_ancestors", f"{source!r} is not one CSP source ('self', https://a.example)")
+
+    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` as networks."""
+        return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies)
 
     def origins(self) -> frozenset[str]:
         """``allowed_origins`` in the form browsers send (``normal_origin``: lower case, no trailing
@@ -134,7 +176,8 @@ class WebSettings:
 class WebConfig:
     # host/port: the HTTP listener (default 8080); metrics_port: Prometheus /metrics (also served on
     # the main port); max_concurrent_streams: live WebSocket sessions at once (more get close code
-    # 1013, "try again later"); dependency_check_seconds: how often /readyz's gateway check runs;
+    # 1013, "try again later"; 8 by default, which with web.max_concurrent_speaks fits in a gateway
+    # replica: docs/WEB.md "Sizing"); dependency_check_seconds: how often /readyz's gateway check runs;
     # grace_seconds: how long open sessions may take after SIGTERM; stream_idle_seconds: a live
     # WebSocket must send its config within this time; max_message_bytes: the gRPC channel to the
     # gateway. The other keys are the gRPC services' and are not used here.

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -90,6 +91,8 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
     """A text frame as a LiveClientMessage; None for ``half_close``. BadMessage otherwise."""
     try:
         body = json.loads(text)
+    except RecursionError:  # ([[[[... thousands deep: Python's parser gives up)
+        raise BadMessage("message", "not JSON this edge reads: too deeply nested") from None
     except ValueError:
         raise BadMessage("message", "not JSON") from None
     if not isinstance(body, dict) or len(body) != 1:
@@ -97,15 +100,20 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
     if "half_close" in body:
         return None
     msg = lpb.LiveClientMessage()
-    if misfit := boolean_misfit(body, lpb.LiveClientMessage.DESCRIPTOR):
-        raise BadMessage(*misfit)
     try:
-        json_format.ParseDict(body, msg)
+        misfit = boolean_misfit(body, lpb.LiveClientMessage.DESCRIPTOR)
+        if misfit is None:
+            json_format.ParseDict(body, msg)
+    except RecursionError:
+        (key,) = body
+        raise BadMessage(str(key), "too deeply nested") from None
     except json_format.ParseError as exc:
         (key,) = body
         path = bad_value_field(str(exc))  # a bad value names its field: config.text_format
         inside = isinstance(body[key], dict)  # ({"text": 5}: the message itself is the bad value)
         raise BadMessage(f"{key}.{path}" if path and inside else str(key), proto_names(str(exc))) from None
+    if misfit is not None:
+        raise BadMessage(*misfit)
     return msg
 
 
@@ -175,10 +183,13 @@ class Sender:
         await self.ws.close(code=close, message=status["code"].encode())
 
 
-async def _pump_down(call: Any, out: Sender) -> None:
-    """gRPC stream -> browser, until the stream ends; then the final status and the close."""
+async def _pump_down(call: Any, out: Sender, started: Callable[[str], None] | None = None) -> None:
+    """gRPC stream -> browser, until the stream ends; then the final status and the close.
+    ``started`` learns the session's id before the browser does (who owns it: Watch)."""
     try:
         async for msg in call:
+            if started is not None and msg.WhichOneof("kind") == "started":
+                started(msg.started.session_id)
             await out.message(msg)
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.CANCELLED:
@@ -193,9 +204,16 @@ class LiveBridge:
     """One browser session: a WebSocket on one side, ``Live/Session`` on the other."""
 
     def __init__(
-        self, client: TalkmeshClient, ws: web.WebSocketResponse, cfg: WebSettings, idle: float, timing: bool = False
+        self,
+        client: TalkmeshClient,
+        ws: web.WebSocketResponse,
+        cfg: WebSettings,
+        idle: float,
+        timing: bool = False,
+        started: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
+        self.started = started
         self.ws = ws
         self.cfg = cfg
         self.idle = idle
@@ -246,7 +264,7 @@ class LiveBridge:
         try:
             await self.call.write(first)
             async with TaskSet("web-live") as tasks:
-                down = tasks.spawn(_pump_down(self.call, self.out), name="down")
+                down = tasks.spawn(_pump_down(self.call, self.out, self.started), name="down")
                 up = tasks.spawn(self._pump_up(), name="up")
                 await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
                 if up.done() and not down.done():

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
-import hashlib
+import contextlib
 import ipaddress
+import json
 import logging
 import math
 import re
@@ -48,7 +49,7 @@ from services.web.errors import (
     proto_names,
     result_code,
 )
-from services.web.live import CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
+from services.web.live import CLOSE_BAD_INPUT, CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
 from talkmesh.common.files import WatchedFile
@@ -56,6 +57,7 @@ from talkmesh.common.health import DependencyWatch
 from talkmesh.common.interceptors import SERVER_FAULTS
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.propagation import REQUEST_ID_KEY
+from talkmesh.common.registry import spec
 from talkmesh.common.server import BindError, check_port_free, run_until_signal
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import gateway_pb2 as gpb
@@ -111,6 +113,23 @@ SUBJECT_KEY = web.RequestKey("subject", str)
 SOCKET_KEY = web.RequestKey("socket", web.WebSocketResponse)
 #: The longest side of any picture (a JPEG's or PNG's header holds at most 65535).
 MAX_IMAGE_SIDE = 65535
+#: The client's address (services.web.server.client_address: X-Forwarded-For from a trusted proxy).
+CLIENT_KEY = web.RequestKey("client", str)
+#: What every answer says of the server (aiohttp's default names Python's and its own versions).
+SERVER_HEADER = "talkmesh"
+#: The page's Content-Security-Policy (its own scripts and styles only, no inline ones; the video
+#: plays a MediaSource's blob: URL; the WebSockets go to the page's own host), without
+#: frame-ancestors and connect-src (added per request: web.frame_ancestors, the host).
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; base-uri 'none'; form-action 'none'"
+)
+#: A Host header that can go into the CSP as it is (no spaces, quotes or ';').
+_SAFE_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
+#: The gateway's answer to a Watch of an unknown session (the edge answers the same for a session
+#: of another user: it does not confirm that the id exists).
+UNKNOWN_SESSION = "session_id: live session {!r} not found"
+
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -177,6 +196,10 @@ def _websocket_token(request: web.Request) -> str:
     return request.query.get(TOKEN_QUERY, "")
 
 
+class _SlowReader(Exception):
+    """A client that took nothing of an answer for ``server.write_timeout_seconds``."""
+
+
 class _NoTokens(logging.Filter):
     """Hides access tokens in what aiohttp logs of a handshake (it logs the protocols offered)."""
 
@@ -199,6 +222,33 @@ async def _late_field(reader: Any) -> str:
     except Exception:  # a broken tail after a complete file: the answer stands
         return ""
     return (getattr(part, "name", "") or "?") if part is not None else ""
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _in(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
+
+
+def client_address(peer: str, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
+    """Who a request comes from: the connection's address (``peer``), or, when that is a trusted
+    proxy, the last address of ``X-Forwarded-For`` that is not one (each proxy appends the address
+    it got the request from: what comes before is the client's word, and anyone can send it)."""
+    if not trusted or not _in(peer, trusted):
+        return peer
+    hops = [h.strip() for header in forwarded_for for h in header.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop.strip("[]")))
+            except ValueError:  # not an address (a name, "unknown"): the proxy's word stops here
+                return peer
+    return peer
 
 
 def _to_dict(msg: Any) -> dict[str, Any]:
@@ -245,6 +295,12 @@ class WebHost:
             )
             logging.getLogger("aiohttp.websocket").addFilter(_NO_TOKENS)
         self._subject_sessions: collections.Counter[str] = collections.Counter()  # open live sockets
+        self._ip_sessions: collections.Counter[str] = collections.Counter()  # (per client address)
+        self._client_speaks: collections.Counter[str] = collections.Counter()  # (per subject, per address)
+        self._connections: collections.Counter[str] = collections.Counter()  # open TCP connections per address
+        #: who opened each live session of this edge (session id -> SUBJECT_KEY): only they may Watch it
+        self._session_owners: dict[str, str] = {}
+        self._proxies = config.web.proxies()
         # On a loopback address, only requests that name the edge by a loopback name (or a host of
         # web.allowed_origins) are served: a page whose own name was made to resolve to 127.0.0.1
         # (DNS rebinding) is then not "the edge's own origin". Behind a proxy (0.0.0.0) no check.
@@ -267,6 +323,7 @@ class WebHost:
     def app(self) -> web.Application:
         cfg = self.config.web
         app = web.Application(middlewares=[self._middleware], client_max_size=cfg.max_speak_body_bytes)
+        app.on_response_prepare.append(self._secure_headers)
         static = Path(cfg.static_dir) if cfg.static_dir else STATIC
         app.add_routes(
             [
@@ -303,10 +360,18 @@ class WebHost:
         )
         # handler_cancellation: a browser that goes away cancels its handler, and so its gateway
         # call (a whole-MP4 /v1/speak writes nothing before the end, so it would not notice)
+        # keepalive_timeout: aiohttp (3.14) has no header timeout of its own, but closes a connection
+        # that has not sent a whole request this long after it opened (or after its last answer)
         self._runner = web.AppRunner(
-            self.app(), handle_signals=False, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+            self.app(),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=1.0,
+            handler_cancellation=True,
+            keepalive_timeout=self.config.web.read_timeout_seconds,
         )
         await self._runner.setup()
+        self._count_connections(self._runner.server)
         site = web.TCPSite(self._runner, cfg.host, cfg.port)
         try:
             await site.start()
@@ -349,7 +414,66 @@ class WebHost:
             self.config.gateway.target,
             f"; access tokens required ({len(self._token_secrets.value)} secret(s))" if self._token_secrets else "",
         )
+        self._log_gateway_budget()
         return self.port
+
+    def _log_gateway_budget(self) -> None:
+        """What this edge may ask of the gateway at once, against what a gateway replica admits by
+        default (the edge cannot read the gateway's config: docs/WEB.md "Sizing")."""
+        sessions, speaks = self.config.server.max_concurrent_streams, self.config.web.max_concurrent_speaks
+        gateway = spec("gateway").max_streams
+        if sessions + speaks > gateway:
+            log.warning(
+                "web: up to %d live sessions (server.max_concurrent_streams) + %d speaks (web.max_concurrent_speaks) "
+                "= %d gateway calls, over the %d a gateway replica admits by default: size the gateway's "
+                "server.max_concurrent_streams (and the edge key's concurrent_streams) for them, or other "
+                "visitors' calls fail with RESOURCE_EXHAUSTED (docs/WEB.md \"Sizing\")",
+                sessions,
+                speaks,
+                sessions + speaks,
+                gateway,
+            )
+        else:
+            log.info(
+                "web: up to %d live sessions + %d speaks = %d gateway calls (a default gateway replica admits %d)",
+                sessions,
+                speaks,
+                sessions + speaks,
+                gateway,
+            )
+
+    def _count_connections(self, server: Any) -> None:
+        """``web.max_connections_per_ip``: a connection over its address's share is closed at once
+        (trusted proxies are exempt: they carry many clients)."""
+        limit = self.config.web.max_connections_per_ip
+        if not limit or server is None:
+            return
+        made, lost = server.connection_made, server.connection_lost
+        addresses: dict[Any, str] = {}
+
+        def connection_made(handler: Any, transport: Any) -> None:
+            made(handler, transport)
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            if not address or _in(address, self._proxies):
+                return
+            if self._connections[address] >= limit:
+                self._rejected("connections_per_ip")
+                log.info("web: a connection over web.max_connections_per_ip (%d) closed", limit)
+                transport.abort()
+                return
+            self._connections[address] += 1
+            addresses[handler] = address
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            address = addresses.pop(handler, None)
+            if address is not None:
+                self._connections[address] -= 1
+                if self._connections[address] <= 0:
+                    del self._connections[address]
+            lost(handler, exc)
+
+        server.connection_made, server.connection_lost = connection_made, connection_lost
 
     async def _abort(self) -> None:
         if self._runner is not None:
@@ -457,6 +581,9 @@ class WebHost:
         if route in ("/healthz", "/readyz", "/metrics") or route.startswith("/static"):
             return await handler(request)
         rid = request.headers.get(REQUEST_ID_KEY, "")[:128] or secrets.token_hex(8)
+        request[CLIENT_KEY] = client_address(
+            request.remote or "", request.headers.getall("X-Forwarded-For", []), self._proxies
+        )
         token = request_id_var.set(rid)
         parent = propagate.extract(dict(request.headers))
         start = time.perf_counter()
@@ -573,8 +700,9 @@ class WebHost:
             ) from None
         if access.subject:
             span.set_attribute("enduser.id", access.subject)
-        # (a token without a subject is counted by its hash: no token is kept in memory)
-        who = f"sub:{access.subject}" if access.subject else f"token:{hashlib.sha256(token.encode()).hexdigest()}"
+        # (a token without a subject is counted by its identity, the same for each of its spellings:
+        # its jti, or its payload's hash; no token is kept in memory)
+        who = f"sub:{access.subject}" if access.subject else f"token:{access.identity}"
         request[SUBJECT_KEY] = who
         scope = ROUTE_SCOPES.get(("GET" if request.method == "HEAD" else request.method, route))
         if scope is not None and not access.allows(scope):
@@ -585,6 +713,18 @@ class WebHost:
                 f"{' '.join(sorted(access.scopes)) or 'none of this edge'})",
                 "access_token",
             )
+
+    async def _secure_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """On every answer (on_response_prepare): no software versions, no content sniffing, and the
+        page's Content-Security-Policy."""
+        headers = response.headers
+        headers["Server"] = SERVER_HEADER
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        host = request.host if _SAFE_HOST.fullmatch(request.host or "") else ""
+        connect = "connect-src 'self'" + (f" ws://{host} wss://{host}" if host else "")
+        ancestors = self.config.web.frame_ancestors
+        policy = f"{CSP}; {connect}" + (f"; frame-ancestors {' '.join(ancestors)}" if ancestors else "")
+        headers.setdefault("Content-Security-Policy", policy)
 
     def _decorate(self, request: web.Request, response: web.StreamResponse) -> None:
         """The request id, the trace and the CORS headers, on a response not yet sent."""
@@ -646,17 +786,13 @@ class WebHost:
         if self.draining:
             return web.json_response({"status": "draining"}, status=503)
         if not self.gateway_ready and not await self._check_gateway():
-            return web.json_response(
-                {"status": "gateway unavailable", "gateway": self.config.gateway.target}, status=503
-            )
+            # (the gateway's address is in the log, not in this public answer)
+            return web.json_response({"status": "gateway unavailable"}, status=503)
         # while refused, asked at each probe (a fixed key makes the pod ready); else once a
         # minute (a key revoked from the gateway's keys file makes it unready)
         if not await self._check_key(0.0 if self.key_refused else KEY_RECHECK_SECONDS):
-            return web.json_response(
-                {"status": "the gateway refuses the edge's API key", "gateway": self.config.gateway.target},
-                status=503,
-            )
-        return web.json_response({"status": "ready", "gateway": self.config.gateway.target})
+            return web.json_response({"status": "the gateway refuses the edge's API key"}, status=503)
+        return web.json_response({"status": "ready"})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.telemetry.metrics.registry)
@@ -805,17 +941,29 @@ class WebHost:
                 415, "INVALID_ARGUMENT", "Content-Type: send the body as application/json", "Content-Type"
             )
         try:
-            body = await request.json()
+            async with asyncio.timeout(self.config.web.read_timeout_seconds):
+                raw = await request.read()
+        except TimeoutError:
+            raise HttpError(
+                408, "DEADLINE_EXCEEDED", "body: not sent in time (web.read_timeout_seconds)", "body"
+            ) from None
+        try:
+            body = json.loads(raw)
+        except RecursionError:  # ([[[[... thousands deep: Python's parser gives up)
+            why = "body: not JSON this edge reads: too deeply nested"
+            raise HttpError(400, "INVALID_ARGUMENT", why, "body") from None
         except ValueError:
             raise HttpError(400, "INVALID_ARGUMENT", "body: not JSON", "body") from None
         if not isinstance(body, dict):
             raise HttpError(400, "INVALID_ARGUMENT", "body: expected a JSON object", "body")
         req = gpb.SpeakRequest()
-        if misfit := boolean_misfit(body, gpb.SpeakRequest.DESCRIPTOR):
-            field, why = misfit
-            raise HttpError(400, "INVALID_ARGUMENT", f"{field}: {why}", field)
         try:
+            if misfit := boolean_misfit(body, gpb.SpeakRequest.DESCRIPTOR):
+                field, why = misfit
+                raise HttpError(400, "INVALID_ARGUMENT", f"{field}: {why}", field)
             json_format.ParseDict(body, req)
+        except RecursionError:
+            raise HttpError(400, "INVALID_ARGUMENT", "body: too deeply nested", "body") from None
         except json_format.ParseError as exc:
             field = bad_value_field(str(exc)) or "body"  # a bad enum or number names its field
             raise HttpError(400, "INVALID_ARGUMENT", f"{field}: {proto_names(str(exc))}", field) from None
@@ -830,7 +978,20 @@ class WebHost:
                 "try again later",
                 retry_after=SPEAK_RETRY_AFTER,
             )
+        # each client's share of them: per token identity, and per address
+        clients = self._client_keys(request)
+        share = self.config.web.max_speaks_per_client
+        if share and any(self._client_speaks[c] >= share for c in clients):
+            self._rejected("per_client")
+            raise HttpError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"speak: you have {share} answers being sent by this web edge, its limit per user "
+                "(web.max_speaks_per_client); try again when one has arrived",
+                retry_after=SPEAK_RETRY_AFTER,
+            )
         self.speaks += 1
+        self._client_speaks.update(clients)
         call: Any = None
         try:
             call = client.stub.Speak(req, timeout=self.config.web.speak_timeout_seconds, metadata=client.metadata())
@@ -839,8 +1000,37 @@ class WebHost:
             raise from_rpc_error(exc) from None  # the gateway names the JSON body's fields
         finally:
             self.speaks -= 1
+            self._client_speaks.subtract(clients)
+            self._client_speaks += collections.Counter()  # (drops the counts at 0)
             if call is not None:
                 call.cancel()
+
+    def _client_keys(self, request: web.Request) -> list[str]:
+        """Whom a request counts against, for the per-client shares: its token's subject (or
+        identity), and its client address unless that is loopback (the machine's own user, or a
+        proxy on it that is not in web.trusted_proxies: no one in particular)."""
+        keys = []
+        if subject := request.get(SUBJECT_KEY, ""):
+            keys.append(subject)
+        address = request.get(CLIENT_KEY, "")
+        if address and not _is_loopback(address):
+            keys.append(f"ip:{address}")
+        return keys
+
+    async def _write(self, request: web.Request, resp: web.StreamResponse, data: bytes) -> None:
+        """``resp.write`` for a client that reads: one that takes nothing of the answer for
+        ``server.write_timeout_seconds`` is a slow reader holding a speak slot; it is cut off."""
+        try:
+            async with asyncio.timeout(self.config.server.write_timeout_seconds):
+                await resp.write(data)
+        except TimeoutError:
+            log.info(
+                "speak: the client read nothing for %.0f s (server.write_timeout_seconds); answer cut off",
+                self.config.server.write_timeout_seconds,
+            )
+            if request.transport is not None:
+                request.transport.abort()
+            raise _SlowReader from None
 
     async def _relay_speak(self, request: web.Request, call: Any, *, whole: bool) -> web.StreamResponse:
         """Speak's chunks to the browser. A whole MP4 up to ``speak_buffer_bytes`` is answered at the
@@ -872,7 +1062,7 @@ class WebHost:
                 if first_ms is None and not media.init_segment:
                     first_ms = (time.perf_counter() - start) * 1000
                 if resp is not None:
-                    await resp.write(media.data)
+                    await self._write(request, resp, media.data)
                     continue
                 held.append(media.data)
                 held_bytes += len(media.data)
@@ -882,12 +1072,16 @@ class WebHost:
                         headers["X-Talkmesh-Frames"] = str(frames)
                     resp = await self._open_speak(request, mime, headers, None, codecs=not whole)
                     for block in held:
-                        await resp.write(block)
+                        await self._write(request, resp, block)
                     held, held_bytes = [], 0
         except ConnectionError:  # the browser went away: the call is cancelled (_speak)
             if resp is None:
                 raise
             resp[RESULT_KEY] = "CANCELLED"
+            return resp
+        except _SlowReader:
+            assert resp is not None
+            resp[RESULT_KEY] = "DEADLINE_EXCEEDED"
             return resp
         except grpc.aio.AioRpcError as exc:
             if resp is None:
@@ -917,11 +1111,13 @@ class WebHost:
         try:
             answer = await self._open_speak(request, mime, headers, sum(len(b) for b in held))
             for block in held:
-                await answer.write(block)
+                await self._write(request, answer, block)
             await answer.write_eof()
         except ConnectionError:  # the browser went away at the last moment: nothing more to do
             log.info("speak: the browser left before the answer was written")
             answer[RESULT_KEY] = "CANCELLED"
+        except _SlowReader:
+            answer[RESULT_KEY] = "DEADLINE_EXCEEDED"
         return answer
 
     async def _open_speak(
@@ -962,14 +1158,28 @@ class WebHost:
         subject = request.get(SUBJECT_KEY, "")
         per_subject = cfg.max_sessions_per_subject
         crowded = bool(subject and per_subject and self._subject_sessions[subject] >= per_subject)
-        if self.draining or crowded or len(self.sessions) >= self.config.server.max_concurrent_streams:
-            self._rejected("draining" if self.draining else "per_subject" if crowded else "overload")
+        address = request.get(CLIENT_KEY, "")
+        per_ip = cfg.max_sessions_per_ip if address and not _is_loopback(address) else 0
+        crowded_ip = bool(per_ip and self._ip_sessions[address] >= per_ip)
+        if (
+            self.draining
+            or crowded
+            or crowded_ip
+            or len(self.sessions) >= self.config.server.max_concurrent_streams
+        ):
+            reason = "draining" if self.draining else "per_subject" if crowded else "per_ip" if crowded_ip else ""
+            self._rejected(reason or "overload")
             if self.draining:
                 why = "session: this web edge is shutting down; try again later"
             elif crowded:
                 why = (
                     f"session: you have {self._subject_sessions[subject]} live sessions open on this web edge, "
                     "its limit per user (web.max_sessions_per_subject); close one first"
+                )
+            elif crowded_ip:
+                why = (
+                    f"session: {self._ip_sessions[address]} live sessions are open from your address on this web "
+                    "edge, its limit per address (web.max_sessions_per_ip); close one first"
                 )
             else:
                 why = (
@@ -983,13 +1193,35 @@ class WebHost:
         self._active.inc()
         if subject:
             self._subject_sessions[subject] += 1
+        if per_ip:
+            self._ip_sessions[address] += 1
+        opened: list[str] = []  # the session id this socket's session got
+
+        def started(session_id: str) -> None:
+            if subject and session_id:  # (with tokens: its owner; without, anyone may watch)
+                self._session_owners[session_id] = subject
+                opened.append(session_id)
+
         try:
             client = self._client()
             if watch:
-                await watch_bridge(client, ws, request.query.get("session_id", ""))
+                session_id = request.query.get("session_id", "")
+                if self._token_secrets is not None and 0 < len(session_id) <= 256:
+                    if self._session_owners.get(session_id) != subject:
+                        # another user's session, one of another edge, or none: the gateway's own
+                        # answer to an unknown id, so that an id is not confirmed
+                        status = {
+                            "code": "NOT_FOUND",
+                            "message": UNKNOWN_SESSION.format(session_id),
+                            "field": "session_id",
+                        }
+                        with contextlib.suppress(ConnectionError, RuntimeError):
+                            await Sender(ws).final(status, CLOSE_BAD_INPUT)
+                        return ws
+                await watch_bridge(client, ws, session_id)
             else:
                 timing = request.query.get("timing") == "1"  # debug: relay timestamps (docs/WEB.md)
-                bridge = LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds, timing)
+                bridge = LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds, timing, started)
                 self.bridges.add(bridge)
                 try:
                     await bridge.run()
@@ -998,8 +1230,14 @@ class WebHost:
         finally:
             self._active.dec()
             self.sessions.discard(task)
+            for session_id in opened:
+                self._session_owners.pop(session_id, None)
             if subject:
                 self._subject_sessions[subject] -= 1
                 if self._subject_sessions[subject] <= 0:
                     del self._subject_sessions[subject]
+            if per_ip:
+                self._ip_sessions[address] -= 1
+                if self._ip_sessions[address] <= 0:
+                    del self._ip_sessions[address]
         return ws

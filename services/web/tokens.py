@@ -67,6 +67,9 @@ class Access:
     subject: str
     scopes: frozenset[str]
     expires: float
+    #: who the token speaks for when it has no ``sub``: its ``jti`` if it has one, else the hash of
+    #: its payload (every spelling of one token has the same; no token is kept in memory)
+    identity: str = ""
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
@@ -81,9 +84,14 @@ def _b64decode(text: str) -> bytes:
     if not _SEGMENT.fullmatch(text):
         raise TokenError("not a JWT (base64url segments)")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise TokenError("not a JWT (base64url segments)") from None
+    # canonical only: the decoder ignores the unused low bits of a last character, so each segment
+    # would have up to 4 (or 16) spellings, each a "different" token to anything that counts tokens
+    if _b64encode(data) != text:
+        raise TokenError("not a JWT (a base64url segment is not in its canonical form)")
+    return data
 
 
 def _sign(secret: bytes, signing_input: bytes) -> bytes:
@@ -190,6 +198,11 @@ def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: 
     if not matched:
         raise TokenError("its signature does not match this edge's secret (web.token_secret_file)")
     claims = _json_object(parts[1], "payload")
+    jti = claims.get("jti")
+    if isinstance(jti, str) and jti:
+        identity = "jti:" + hashlib.sha256(jti.encode("utf-8", "replace")).hexdigest()
+    else:
+        identity = "payload:" + hashlib.sha256(_b64decode(parts[1])).hexdigest()
     now = time.time() if now is None else now
     expires = _number(claims, "exp")
     if expires is None:
@@ -214,4 +227,4 @@ def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: 
         scopes = frozenset(scope.split()) & frozenset(SCOPES)  # others (a site's own) grant nothing here
     else:
         raise TokenError("its scope claim is not a string (space-separated scopes)")
-    return Access(subject=subject[:128], scopes=scopes, expires=expires)
+    return Access(subject=subject[:128], scopes=scopes, expires=expires, identity=identity)

@@ -64,9 +64,24 @@ async def launch(playwright: Any, executable: str, extra_args: tuple[str, ...] =
 
 
 async def wait_js(page: Any, expression: str, timeout: float = 30.0) -> Any:
-    """Polls ``expression`` in the page until it is truthy; returns its value."""
-    await page.wait_for_function(expression, timeout=timeout * 1000, polling=20)
-    return await page.evaluate(expression)
+    """Polls ``expression`` in the page (or a frame) every 20 ms until it is truthy; returns its
+    value. With ``evaluate``, not Playwright's ``wait_for_function``, which runs its expression
+    through the page's ``eval``: the edge's Content-Security-Policy (no 'unsafe-eval') refuses it."""
+    from playwright.async_api import Error as PlaywrightError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = await page.evaluate(expression)
+        except PlaywrightError as exc:  # a navigation between two polls: ask the new document
+            if "context was destroyed" not in str(exc) and "navigat" not in str(exc):
+                raise
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the page's {expression[:200]!r} was not true within {timeout:g} s")
+        await asyncio.sleep(0.02)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

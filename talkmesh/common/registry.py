@@ -27,6 +27,22 @@ DEFAULT_HTTP_PORT = 8080
 #: ``server.max_concurrent_streams``' default outside a mesh).
 DEFAULT_MAX_STREAMS = 64
 
+#: Streams a gateway replica admits at once (its ``max_streams``, below).
+GATEWAY_MAX_STREAMS = 16
+#: The web edge is a client of the gateway: every live WebSocket (``/v1/live``, ``/v1/live/watch``)
+#: holds one gateway call, every ``POST /v1/speak`` answer one, and its lists, uploads and deletes
+#: one each while they run. A default edge fits in a default gateway replica:
+#: ``WEB_MAX_SPEAKS`` answers + its live sessions (``max_streams`` of "web") + ``WEB_OTHER_CALLS``
+#: lists and uploads + ``WEB_GATEWAY_SPARE`` calls of other clients = ``GATEWAY_MAX_STREAMS``
+#: (docs/WEB.md "Sizing"; tests/deploy/test_stream_limits.py checks the sum).
+WEB_MAX_SPEAKS = 4
+WEB_OTHER_CALLS = 2
+WEB_GATEWAY_SPARE = 2
+WEB_MAX_SESSIONS = GATEWAY_MAX_STREAMS - WEB_MAX_SPEAKS - WEB_OTHER_CALLS - WEB_GATEWAY_SPARE
+#: Calls in flight the web edge's own API key may have (``talkmesh up --api-keys`` writes it): all the
+#: edge makes, no more (a default gateway keeps ``WEB_GATEWAY_SPARE`` for its other clients).
+WEB_KEY_CONCURRENT_STREAMS = WEB_MAX_SESSIONS + WEB_MAX_SPEAKS + WEB_OTHER_CALLS
+
 #: Environment variable with the port block of the local mesh: ``talkmesh up``'s default
 #: ``--port-base``, and the block whose gateway the clients dial when no target is given.
 PORT_BASE_ENV = "TALKMESH_PORT_BASE"
@@ -115,7 +131,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         0,
         (("talkmesh.v1.gateway_pb2", "Gateway"), ("talkmesh.v1.live_pb2", "Live")),
         calls=("tts", "audio_features", "renderer", "encoder"),
-        max_streams=16,
+        max_streams=GATEWAY_MAX_STREAMS,
     ),
     ServiceSpec("tts", 1, (("talkmesh.v1.tts_pb2", "TTS"),), backends=("espeak", "piper")),
     ServiceSpec(
@@ -142,7 +158,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         raw_frames=True,
     ),
     # The browser edge: a page and an HTTP + WebSocket API over the gateway's gRPC API.
-    ServiceSpec("web", 5, (), calls=("gateway",), protocol="http"),
+    # Its limit is its live WebSockets, sized to fit in a gateway replica (WEB_MAX_SESSIONS above).
+    ServiceSpec("web", 5, (), calls=("gateway",), protocol="http", max_streams=WEB_MAX_SESSIONS),
 )
 
 NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
@@ -150,6 +167,8 @@ NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
 GRPC_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES if s.protocol == "grpc")
 
 #: Stream limits are consistent when (checked by tests/deploy/test_stream_limits.py):
+#: - a web edge's gateway calls fit in a gateway replica (WEB_MAX_SESSIONS above; the edge is the
+#:   gateway's client, not its stage);
 #: - a replica of each stage admits at least as many streams as a gateway replica (every Speak
 #:   takes one stream of each stage, and the renderer also serves the encoder's pull): the gateway
 #:   is where overload is refused, before any work starts;

@@ -107,8 +107,9 @@ DEPLOYMENT_OVERRIDES: dict[str, set[str]] = {
     # the renderer also listens on the pod's Unix socket for the co-located encoder, and takes
     # uploads only as large as the pod's memory and disk limits allow (docs/DEPLOY.md)
     "renderer": {"server.unix_socket", "avatars.max_upload_bytes", "avatars.max_pixels", "avatars.max_frames"},
-    # the web edge calls the gateway through its Service
-    "web": {"gateway.target"},
+    # the web edge calls the gateway through its Service, behind the ingress (whose pods say who
+    # the client is: docs/WEB.md "Behind a proxy")
+    "web": {"gateway.target", "web.trusted_proxies"},
 }
 # Every gRPC server ends its clients' connections now and then (GOAWAY), so that round-robin clients
 # re-resolve DNS and reach the pods an autoscaler added (test_grpc_servers_age_their_connections).

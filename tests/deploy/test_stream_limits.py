@@ -24,7 +24,22 @@ def test_each_service_default_limit_is_the_registry_one(service: str) -> None:
 def test_every_stage_admits_at_least_what_a_gateway_admits() -> None:
     gateway = spec("gateway").max_streams
     for s in SERVICES:
-        assert s.max_streams >= gateway, f"{s.name} admits {s.max_streams} streams, a gateway {gateway}"
+        if s.name in spec("gateway").calls or s.name == "gateway":
+            assert s.max_streams >= gateway, f"{s.name} admits {s.max_streams} streams, a gateway {gateway}"
+
+
+def test_a_default_web_edge_fits_in_a_default_gateway() -> None:
+    """The web edge is the gateway's client: its live sessions and speaks (and its lists) must fit
+    in what a gateway replica admits, or one visitor's sessions fill the gateway for everyone."""
+    from services.web.config import WebSettings
+    from talkmesh.devcerts import EDGE_KEY_LIMITS
+
+    speaks = WebSettings().max_concurrent_speaks
+    assert speaks == registry.WEB_MAX_SPEAKS
+    edge_calls = spec("web").max_streams + speaks + registry.WEB_OTHER_CALLS
+    assert edge_calls == EDGE_KEY_LIMITS["concurrent_streams"], "the edge key allows what the edge makes"
+    assert edge_calls + registry.WEB_GATEWAY_SPARE <= spec("gateway").max_streams
+    assert all(EDGE_KEY_LIMITS.values()), "the edge's key has finite limits"
 
 
 def _limit(docs, dep, container, service: str) -> int:  # type: ignore[no-untyped-def]
@@ -36,6 +51,10 @@ def _limit(docs, dep, container, service: str) -> int:  # type: ignore[no-untype
     )
 
 
+def hpas_of(docs):  # type: ignore[no-untyped-def]
+    return of_kind(docs, "HorizontalPodAutoscaler")
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_hpa_targets_are_below_the_stream_limits_of_their_pods(overlay: str) -> None:
     docs = render(overlay)
@@ -44,7 +63,12 @@ def test_hpa_targets_are_below_the_stream_limits_of_their_pods(overlay: str) -> 
         limits.setdefault(dep["metadata"]["name"], []).append(_limit(docs, dep, c, service))
     gateway_limits = [_limit(docs, d, c, s) for s, d, c in service_containers(docs) if s == "gateway"]
     for s, d, c in service_containers(docs):
-        assert _limit(docs, d, c, s) >= max(gateway_limits), f"{overlay}: {s} admits fewer streams than a gateway"
+        if s != "web":  # (the gateway's client: the reverse, below)
+            assert _limit(docs, d, c, s) >= max(gateway_limits), f"{overlay}: {s} admits fewer streams than a gateway"
+    # every web pod at its limit (live sessions + speaks) fits in the gateway pods at theirs
+    hpa_max = {h["spec"]["scaleTargetRef"]["name"]: h["spec"]["maxReplicas"] for h in hpas_of(docs)}
+    web = max(limits["web"]) + registry.WEB_MAX_SPEAKS
+    assert web * hpa_max["web"] <= min(gateway_limits) * hpa_max["gateway"], f"{overlay}: web pods outgrow the gateways"
     hpas = of_kind(docs, "HorizontalPodAutoscaler")
     assert hpas
     for hpa in hpas:

@@ -87,7 +87,12 @@ def test_service_keys_file_adds_keys_and_leaves_the_users_file_alone(tmp_path):
     store = KeyStore(config.auth)
     found = store.lookup(edge_key)
     assert found is not None and found.name == EDGE_KEY_NAME
-    assert found.limits.concurrent_streams == 0 and found.limits.requests_per_minute == 0
+    # finite limits: every call a default web edge makes, no more (an unlimited edge key let one
+    # visitor's sessions through the edge fill the gateway for everyone)
+    from talkmesh.common.registry import WEB_KEY_CONCURRENT_STREAMS, spec
+
+    assert found.limits.concurrent_streams == WEB_KEY_CONCURRENT_STREAMS < spec("gateway").max_streams
+    assert found.limits.requests_per_minute > 0 and found.limits.uploads_per_hour > 0
     assert store.lookup("tm_x").name == "a" and store.lookup("tm_nobody") is None
     assert users.read_text() == before
     with pytest.raises(ConfigError, match=r"auth\.service_keys_file"):

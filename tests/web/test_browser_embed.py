@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from talkmesh.bench.web import wait_js
 from tests.mesh import inprocess_mesh
 from tests.web.browser import browser_page
 
@@ -91,7 +92,7 @@ async def test_a_listed_origin_embeds_and_another_cannot(tmp_path: Path) -> None
             assert handle is not None
             inner = await handle.content_frame()
             assert inner is not None
-            await inner.wait_for_function("window.talkmesh && window.talkmesh.painted > 0", timeout=30_000)
+            await wait_js(inner, "window.talkmesh && window.talkmesh.painted > 0", timeout=30)
             assert await inner.evaluate("window.talkmesh.connected") is True
 
             # the no-cors text/plain POSTs reached the edge and were refused there (415

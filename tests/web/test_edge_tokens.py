@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.web import tokens
+from talkmesh.bench.web import wait_js
 from talkmesh.cli import main as cli_main
 from tests.mesh import inprocess_mesh
 from tests.web.browser import browser_page
@@ -201,14 +202,14 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         sockets: list[str] = []
         page.on("websocket", lambda socket: sockets.append(socket.url))
         await page.goto(f"{base}/#access_token={token}%0A")
-        await page.wait_for_function("window.talkmesh && window.talkmesh.painted > 0", timeout=30_000)
+        await wait_js(page, "window.talkmesh && window.talkmesh.painted > 0", timeout=30)
         state: dict[str, Any] = await page.evaluate(STATE)
         assert state["connected"] is True and state["hash"] == "" and not state["alert"], state
         assert sockets and not [u for u in sockets if "access_token" in u], sockets
 
         # no token: the page says why and makes no connection (no retry loop against a refusal)
         await page.goto(f"{base}/")
-        await page.wait_for_function("window.talkmesh && window.talkmesh.access", timeout=15_000)
+        await wait_js(page, "window.talkmesh && window.talkmesh.access", timeout=15)
         # a message from the page itself (not a framing page) is no token
         await page.evaluate(f"window.postMessage({{type: 'talkmesh.access_token', token: '{token}'}}, '*')")
         await asyncio.sleep(1.5)
@@ -220,7 +221,7 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         # a token whose scope leaves out live sessions: the lists load, the WebSocket is refused
         # before its upgrade and the page asks the edge why instead of retrying
         await page.goto(f"{base}/?visit=2#access_token={speak_only}")  # (not the same URL: a new page)
-        await page.wait_for_function("window.talkmesh && window.talkmesh.access", timeout=15_000)
+        await wait_js(page, "window.talkmesh && window.talkmesh.access", timeout=15)
         await asyncio.sleep(2.5)  # a retry would come within the backoff's first 1-2 s
         state = await page.evaluate(STATE)
         assert state["connects"] == 1 and state["connected"] is False, state
@@ -231,7 +232,7 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         # a token for live sessions only: the session runs, the download button is off
         live_only = tokens.mint(secret, ttl_seconds=600, scopes=("live",))
         await page.goto(f"{base}/?visit=3#access_token={live_only}")
-        await page.wait_for_function("window.talkmesh && window.talkmesh.painted > 0", timeout=30_000)
+        await wait_js(page, "window.talkmesh && window.talkmesh.painted > 0", timeout=30)
         assert await page.is_disabled("#download")
         posts: list[str] = []
         page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
@@ -253,13 +254,13 @@ async def test_the_page_with_and_without_its_token_in_chromium(tmp_path: Path) -
         )
         frame = await (await page.wait_for_selector("#f")).content_frame()
         assert frame is not None
-        await frame.wait_for_function("window.talkmesh && window.talkmesh.access", timeout=15_000)
+        await wait_js(frame, "window.talkmesh && window.talkmesh.access", timeout=15)
         assert "waiting for the site to sign you in again" in await frame.inner_text("#alert")
         await page.evaluate(
             f"document.getElementById('f').contentWindow.postMessage("
             f"{{type: 'talkmesh.access_token', token: '{token}'}}, '{base}')"
         )
-        await frame.wait_for_function("window.talkmesh.painted > 0 && window.talkmesh.connected", timeout=30_000)
+        await wait_js(frame, "window.talkmesh.painted > 0 && window.talkmesh.connected", timeout=30)
         assert not await frame.evaluate("document.getElementById('alert').textContent")
         assert await frame.evaluate("window.talkmesh.access") is None
         heard = await page.evaluate("window.__heard")
@@ -296,8 +297,8 @@ async def test_one_user_cannot_hold_every_live_session(tmp_path: Path) -> None:
             assert "started" in await _recv_json(ws), "another user still gets in"
         async with browser_page() as (page, _):  # alice opens the page in one tab more: told why
             await page.goto(f"{mesh.web_url}#access_token={alice[0]}")
-            await page.wait_for_function(
-                "document.getElementById('alert').textContent.includes('too many of your tabs')", timeout=15_000
+            await wait_js(
+                page, "document.getElementById('alert').textContent.includes('too many of your tabs')", timeout=15
             )
         await stack.aclose()  # alice's sockets close: counted off
         for _ in range(50):
