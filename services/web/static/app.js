@@ -164,7 +164,7 @@
   // The buttons the token does not allow are off (the edge would answer 403).
   function applyScopes() {
     const noSpeak = mayNot("speak");
-    $("download").disabled = noSpeak;
+    if (!downloading) setAvailable($("download"), !noSpeak);
     $("download").title = noSpeak ? "Your access does not include downloads" : "";
   }
   // The edge's error when it refuses the token (401, or 403 naming it), else null.
@@ -262,10 +262,18 @@
     $("alert").textContent = "";
     $("alert").hidden = true;
   }
+  // A control that cannot be used right now is aria-disabled rather than disabled: it keeps the
+  // keyboard focus (a disabled one drops it to <body>, and the next Enter goes nowhere), screen
+  // readers call it unavailable, and a click or key press on it is ignored (the capturing click
+  // listener under "wiring").
+  function setAvailable(el, on) {
+    if (on) el.removeAttribute("aria-disabled");
+    else el.setAttribute("aria-disabled", "true");
+  }
   // Speak, Interrupt and the audio turns need a session; the badge and the video say there is none.
   function setControls(live) {
-    for (const id of ["speak", "interrupt", "audio-file"]) $(id).disabled = !live;
-    if (!mic) $("mic").disabled = !live;
+    for (const id of ["speak", "interrupt", "audio-file"]) setAvailable($(id), live);
+    if (!mic && !micOpening) setAvailable($("mic"), live);
     video.parentElement.classList.toggle("offline", !live);
     $("state").classList.toggle("offline", !live);
     if (!live) {
@@ -1119,6 +1127,7 @@
   }
 
   let mic = null;
+  let micOpening = false; // until the microphone is open (or refused)
   async function toggleMic() {
     const button = $("mic");
     if (mic) {
@@ -1127,8 +1136,9 @@
       button.textContent = "Start microphone"; // (the label says what a press does: no aria-pressed too)
       return;
     }
-    if (button.disabled) return;
-    button.disabled = true; // until the microphone is open (or refused)
+    if (micOpening) return;
+    micOpening = true; // (the button keeps the focus: a second press stops the microphone)
+    setAvailable(button, false);
     let stream = null;
     let ctx = null;
     try {
@@ -1166,7 +1176,8 @@
       }
       showError(`microphone: ${err.message}`);
     } finally {
-      button.disabled = !mic && !tm.connected;
+      micOpening = false;
+      setAvailable(button, !!mic || tm.connected);
     }
   }
 
@@ -1284,9 +1295,12 @@
   }
 
   // The whole utterance as a seekable MP4 (POST /v1/speak), saved by the browser.
+  let downloading = false;
   async function download() {
     const button = $("download");
-    button.disabled = true;
+    if (downloading) return;
+    downloading = true;
+    setAvailable(button, false);
     button.textContent = "Preparing the MP4…";
     const started = performance.now();
     try {
@@ -1321,13 +1335,22 @@
       // fetch's own TypeError ("Failed to fetch"): no answer at all
       showError(`download: ${err instanceof TypeError ? "the server could not be reached" : err.message}`);
     } finally {
-      button.disabled = false;
+      downloading = false;
+      setAvailable(button, true);
       button.textContent = "Download as MP4";
       applyScopes(); // (a token renewed meanwhile may leave Download out)
     }
   }
 
   // -- wiring -----------------------------------------------------------------------------------
+  // A control that is aria-disabled (setAvailable) ignores clicks, and so Enter and Space on it (a
+  // file input's chooser does not open).
+  document.addEventListener("click", (e) => {
+    if (e.target instanceof Element && e.target.closest('[aria-disabled="true"]')) {
+      e.preventDefault();
+      e.stopImmediatePropagation();
+    }
+  }, true);
   $("speak").addEventListener("click", speak);
   $("interrupt").addEventListener("click", interrupt);
   $("download").addEventListener("click", download);
