@@ -142,6 +142,54 @@ def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
     return across and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
 
 
+async def test_at_400_percent_zoom_the_stage_buttons_are_under_the_video_and_the_badge_shows() -> None:
+    """2: below 480 CSS px the sound and motion buttons are a row under the video (over it they
+    covered the face and the badge); wider, they stay over the video."""
+    for viewport, under in ((ZOOM_400, True), ({"width": 1280, "height": 860}, False)):
+        zoomed = browser_page(viewport=viewport, scale=4 if under else None)
+        async with fake_edge(serve) as edge, zoomed as (page, console):
+            await page.goto(edge.url)
+            await wait_js(page, "window.talkmesh.connected", timeout=15)
+            video = await page.locator("#avatar").bounding_box()
+            badge = await page.locator("#state").bounding_box()
+            assert video and badge
+            for button in ("#unmute", "#motion"):
+                box = await page.locator(button).bounding_box()
+                assert box
+                assert _overlap(box, video) != under, (viewport, button, box, video)
+                assert not _overlap(box, badge), (viewport, button, box, badge)
+                if under:
+                    assert box["y"] >= video["y"] + video["height"], (button, box, video)
+            # the badge is seen: nothing over its middle
+            centre = (badge["x"] + badge["width"] / 2, badge["y"] + badge["height"] / 2)
+            assert await page.evaluate("([x, y]) => document.elementFromPoint(x, y).id", list(centre)) == "state"
+            # the Tab order is kept: the sound, then the motion toggle, right after the video
+            await page.keyboard.press("Tab")
+            assert await active(page) == "unmute"
+            await page.keyboard.press("Tab")
+            assert await active(page) == "motion"
+        assert console.errors == [], console.errors
+
+
+async def test_nothing_scrolls_sideways_at_320_px() -> None:
+    """3: the buttons wrap and the fieldsets shrink (a fieldset is as wide as its content by default)."""
+    zoomed = browser_page(viewport={"width": 320, "height": 640}, scale=4)
+    async with fake_edge(speaking()) as edge, zoomed as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", LONG)
+        await page.click("#speak")
+        await wait_js(page, "!document.getElementById('caption').hidden", timeout=5)
+        width = await page.evaluate("document.scrollingElement.scrollWidth")
+        assert width <= 320, f"the page is {width} px wide at 320"
+        wider = await page.evaluate(
+            "[...document.querySelectorAll('main *')].filter(e => e.getBoundingClientRect().right > 320.5)"
+            ".map(e => e.id || e.tagName)"
+        )
+        assert wider == [], wider
+    assert console.errors == [], console.errors
+
+
 SCROLLS = "(s) => (e => e.scrollHeight > e.clientHeight)(document.querySelector(s))"
 
 
@@ -172,6 +220,28 @@ FOCUS_STYLE = """() => {
   return {id: e.id || e.tagName, visible: e.matches(':focus-visible'), outline: `${s.outlineStyle} ${s.outlineWidth}`,
           offset: s.outlineOffset, shadow: s.boxShadow};
 }"""
+
+
+async def test_every_control_has_the_same_visible_focus_ring() -> None:
+    """8: the text box, the pickers and the file input as the buttons (they had the browser's thin
+    ring), and a ring with a light halo, which shows over the dark video too."""
+    voices = [{"id": "espeak:en", "name": "English", "language": "en"}]
+    async with fake_edge(serve, voices=voices) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        seen = {}
+        for _ in range(12):
+            await page.keyboard.press("Tab")
+            got = await page.evaluate(FOCUS_STYLE)
+            seen[got["id"]] = got
+            if got["id"] == "drop":
+                break
+        controls = ("unmute", "motion", "avatar-select", "voice-select", "text", "speak", "download", "audio-file")
+        for control in (*controls, "mic", "drop"):
+            got = seen[control]
+            assert got["visible"] and got["outline"] == "solid 3px" and got["offset"] == "2px", got
+            assert "rgb(255, 255, 255)" in got["shadow"], got  # the light halo
+    assert console.errors == [], console.errors
 
 
 VOICES = [{"id": f"espeak:v{i}", "name": f"Voice {i}", "language": "en"} for i in range(12)]
