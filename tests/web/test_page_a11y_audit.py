@@ -193,6 +193,35 @@ async def test_nothing_scrolls_sideways_at_320_px() -> None:
 SCROLLS = "(s) => (e => e.scrollHeight > e.clientHeight)(document.querySelector(s))"
 
 
+async def test_the_caption_and_the_events_take_the_focus_and_have_names() -> None:
+    """4: axe's scrollable-region-focusable: both scroll (a long caption, a full Events list), so
+    both are in the Tab order (keyboard scrolling in every browser) with a name."""
+    async with fake_edge(speaking(3.0)) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", LONG * 2)
+        await page.click("#speak")
+        await wait_js(page, "!document.getElementById('caption').hidden", timeout=5)
+        await page.evaluate(  # a full Events list (the page keeps the newest 60)
+            "const l = document.getElementById('events');"
+            "for (let i = 0; i < 60; i++)"
+            "  l.append(Object.assign(document.createElement('li'), {textContent: 'x ' + i}))"
+        )
+        for selector, role, name in (("#caption", "region", "Caption"), ("#events", "list", "Events")):
+            scrolls = await page.evaluate(SCROLLS, selector)
+            assert scrolls, selector
+            assert await page.get_attribute(selector, "tabindex") == "0", selector
+            assert await page.get_by_role(role, name=name).count() == 1, (role, name)
+        # the caption is reached by Tab right after the stage's buttons, and scrolls from the keyboard
+        await page.focus("#motion")
+        await page.keyboard.press("Tab")
+        assert await active(page) == "caption"
+        await page.keyboard.press("ArrowDown")
+        await page.keyboard.press("ArrowDown")
+        await wait_js(page, "document.getElementById('caption').scrollTop > 0", timeout=2)
+    assert console.errors == [], console.errors
+
+
 CAPTION_LINES = """() => {
   const c = document.getElementById('caption');
   const style = getComputedStyle(c);
@@ -203,6 +232,47 @@ CAPTION_LINES = """() => {
   return {lines: inner / (tops[1] - tops[0]), scrolls: c.scrollHeight > c.clientHeight + 1,
           lineHeight: style.lineHeight, maxLines: parseFloat(style.maxHeight) / parseFloat(style.lineHeight)};
 }"""
+
+
+async def test_the_caption_shows_whole_lines_and_stays_a_moment_after_the_speech() -> None:
+    """5: the box is a whole number of lines (at 200 % zoom, with and without forced colours), and
+    the caption stays 3 s after the turn stopped, unless the next turn's replaces it."""
+    async with fake_edge(speaking(1.0)) as edge, browser_page(viewport=ZOOM_200, scale=2) as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", LONG)
+        await page.click("#speak")
+        await wait_js(page, "!document.getElementById('caption').hidden", timeout=5)
+        for forced in ("none", "active"):
+            await page.emulate_media(forced_colors=forced)
+            got = await page.evaluate(CAPTION_LINES)
+            assert got["scrolls"], got
+            assert abs(got["lines"] - round(got["lines"])) < 0.05, (forced, got)
+            # whatever the font: a set line height, and a box that many lines high ("normal" is
+            # the font's own, 1.16 here and 1.33 with Segoe UI, where 4.8em is 3.6 lines)
+            assert got["lineHeight"] != "normal" and abs(got["maxLines"] - round(got["maxLines"])) < 0.01, got
+        # the speech stops: the caption stays a moment, then goes
+        await wait_js(page, "window.talkmesh.turns.t1.stopFrame != null", timeout=5)
+        stopped = time.monotonic()
+        await asyncio.sleep(1.5)
+        assert not await page.is_hidden("#caption"), "the last words stay readable after the speech"
+        await wait_js(page, "document.getElementById('caption').hidden", timeout=3)
+        assert 2.5 <= time.monotonic() - stopped <= 4.0
+
+        # the next turn's caption replaces a lingering one, and is not hidden by the first one's timer
+        await page.fill("#text", "First.")
+        await page.click("#speak")
+        await wait_js(page, "window.talkmesh.turns.t2 && window.talkmesh.turns.t2.stopFrame != null", timeout=5)
+        await asyncio.sleep(1.0)
+        assert await page.inner_text("#caption") == "First."
+        await page.fill("#text", "Second, a little later.")
+        await page.click("#speak")
+        await wait_js(page, "document.getElementById('caption').textContent === 'Second, a little later.'", timeout=5)
+        await asyncio.sleep(2.3)  # past the end of the first caption's 3 s (t3 stopped after 1 s)
+        assert await page.inner_text("#caption") == "Second, a little later."
+        assert not await page.is_hidden("#caption")
+        await wait_js(page, "document.getElementById('caption').hidden", timeout=3)
+    assert console.errors == [], console.errors
 
 
 LIVE_TEXTS = """() => {

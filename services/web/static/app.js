@@ -72,6 +72,8 @@
   const PICK_SETTLE_MS = 600;
   // A motion change waits for the speech in progress to have played, at most this long (ms).
   const MOTION_WAIT_MS = 30000;
+  // The caption of a turn that stopped stays this long (ms), unless another turn's replaces it.
+  const CAPTION_LINGER_MS = 3000;
   // A socket whose session has not started this long after it opened is closed and retried (ms).
   const STARTED_WITHIN_MS = knob("started_within", 15) * 1000;
   // The true delay (the frame on screen vs the wall clock, see trueDelay): beyond LAG_WARN s of
@@ -578,7 +580,7 @@
     clearTimeout(pickTimer);
     clearTimeout(quietTimer); // (the new session takes the toggle as it is)
     untilQuiet = null;
-    showCaption("");
+    if (!captionTimer) showCaption(""); // (the last words of a turn that stopped stay a while)
     tm.turns = {};
     tm.started = null;
     tm.connected = false;
@@ -674,7 +676,7 @@
     untilQuiet = null;
     clearInterval(keepAliveTimer);
     if (mic) toggleMic();
-    showCaption("");
+    if (!captionTimer) showCaption("");
     if (!catchingUp) { // the slow-link warning was about this session's stream
       $("slow").hidden = true;
       slowSince = null;
@@ -844,7 +846,7 @@
     } else if (ev.speaking_stopped) {
       const s = ev.speaking_stopped;
       const t = turn(s.turn_id);
-      if (captionTurn === s.turn_id) showCaption("");
+      if (captionTurn === s.turn_id) captionStopped(s.turn_id);
       t.stopFrame = frame;
       t.reason = s.reason;
       logEvent(`speaking_stopped ${s.turn_id} ${s.reason} at frame ${frame}, ${s.samples_played || 0} samples played`);
@@ -1046,10 +1048,20 @@
 
   // The caption under the video: the text of the turn being spoken ("" hides it; an audio turn has none).
   let captionTurn = "";
+  let captionTimer = null; // the caption of a turn that stopped, until it goes (CAPTION_LINGER_MS)
   function showCaption(text, turnId = "") {
+    clearTimeout(captionTimer);
+    captionTimer = null;
     captionTurn = text ? turnId : "";
     $("caption").textContent = text;
     $("caption").hidden = !text;
+  }
+  // The turn stopped: its last words stay readable a while, unless another turn's caption comes.
+  function captionStopped(turnId) {
+    clearTimeout(captionTimer);
+    captionTimer = setTimeout(() => {
+      if (captionTurn === turnId) showCaption("");
+    }, CAPTION_LINGER_MS);
   }
 
   function showError(message) {
