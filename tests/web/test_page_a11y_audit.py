@@ -275,6 +275,28 @@ async def test_the_caption_shows_whole_lines_and_stays_a_moment_after_the_speech
     assert console.errors == [], console.errors
 
 
+async def test_a_motion_toggle_right_before_speak_waits_for_the_sentence() -> None:
+    """6: Motion off, then Speak within the 600 ms the change takes to settle: the new session
+    waits for that speech too (here: no frames are painted, so until ?motion_wait=)."""
+    async with fake_edge(speaking(1.5)) as edge, browser_page() as (page, console):
+        await page.goto(edge.url + "?motion_wait=3")
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", "A sentence that must not be cut.")
+        toggled = time.monotonic()
+        await page.click("#motion")
+        await page.click("#speak")
+        await wait_js(page, "window.talkmesh.turns.t1 && window.talkmesh.turns.t1.startFrame != null", timeout=5)
+        assert time.monotonic() - toggled < 0.6, "Speak came before the change settled"
+        await wait_js(page, "window.talkmesh.connects.length > 1", timeout=10)
+        stops = [m["stopped_at"] for m in edge.conns[0].received if "stopped_at" in m]
+        assert len(stops) == 1, "the turn finished in the first session"
+        assert edge.conns[1].at > stops[0], "the new session came after the sentence"
+        assert edge.conns[1].at - toggled < 3.0 + 1.5, "and no later than motion_wait (and its settling)"
+        await wait_js(page, "window.talkmesh.connected", timeout=5)
+        assert edge.conns[1].received[0]["config"]["idle_motion"] == "IDLE_MOTION_OFF"
+    assert console.errors == [], console.errors
+
+
 LIVE_TEXTS = """() => {
   const said = (n) => n.nodeType === Node.TEXT_NODE ? n.textContent
     : n.nodeType !== Node.ELEMENT_NODE || n.hidden || n.getAttribute('aria-hidden') === 'true' ? ''
@@ -317,3 +339,38 @@ async def test_every_control_has_the_same_visible_focus_ring() -> None:
 VOICES = [{"id": f"espeak:v{i}", "name": f"Voice {i}", "language": "en"} for i in range(12)]
 
 
+async def test_arrowing_through_the_voices_restarts_the_session_once() -> None:
+    """9: arrow keys on a closed picker change it at each press; someone listening to each voice
+    takes longer per step than the 600 ms a choice takes to settle. A change by the keyboard applies
+    on Enter, when the picker loses focus, or 4 s after the last key."""
+    async with fake_edge(serve, voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.focus("#voice-select")
+        for _ in range(5):  # (the first option is the server's default)
+            await page.keyboard.press("ArrowDown")
+            await asyncio.sleep(0.9)
+        assert len(edge.conns) == 1, "no new session for each voice passed"
+        await page.keyboard.press("Enter")
+        await wait_js(page, "window.talkmesh.connects.length === 2 && window.talkmesh.connected", timeout=5)
+        assert edge.conns[1].received[0]["config"]["voice"] == "espeak:v4"
+        assert await page.evaluate("window.talkmesh.connects[1].reason") == "picker"
+
+        for _ in range(2):  # ... or leaves the picker
+            await page.keyboard.press("ArrowDown")
+            await asyncio.sleep(0.9)
+        assert len(edge.conns) == 2
+        await page.keyboard.press("Tab")
+        await wait_js(page, "window.talkmesh.connects.length === 3 && window.talkmesh.connected", timeout=5)
+        assert edge.conns[2].received[0]["config"]["voice"] == "espeak:v6"
+
+        await page.focus("#voice-select")  # ... or stops on a voice for a while
+        await page.keyboard.press("ArrowUp")
+        await asyncio.sleep(3.0)
+        assert len(edge.conns) == 3
+        await wait_js(page, "window.talkmesh.connects.length === 4 && window.talkmesh.connected", timeout=5)
+        assert edge.conns[3].received[0]["config"]["voice"] == "espeak:v5"
+        await page.keyboard.press("Tab")  # (applied already: leaving does not restart it again)
+        await asyncio.sleep(1.0)
+        assert len(edge.conns) == 4
+    assert console.errors == [], console.errors

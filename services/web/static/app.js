@@ -70,8 +70,11 @@
   const RETRY_CAP = knob("retry_cap", 30);
   // A picker's (or the motion toggle's) change restarts the session this long after the last one (ms).
   const PICK_SETTLE_MS = 600;
+  // ... but a change made by the arrow keys (or type-ahead) on a closed picker, which changes it at
+  // each press, applies on Enter, when the picker loses focus, or this long after the last one (ms).
+  const KEY_SETTLE_MS = 4000;
   // A motion change waits for the speech in progress to have played, at most this long (ms).
-  const MOTION_WAIT_MS = 30000;
+  const MOTION_WAIT_MS = knob("motion_wait", 30) * 1000;
   // The caption of a turn that stopped stays this long (ms), unless another turn's replaces it.
   const CAPTION_LINGER_MS = 3000;
   // A socket whose session has not started this long after it opened is closed and retried (ms).
@@ -126,6 +129,8 @@
   let pickTimer = null; // a picker's (or the motion toggle's) change, until it settles (PICK_SETTLE_MS)
   let quietTimer = null; // a motion change waiting for the speech to end (MOTION_WAIT_MS)
   let untilQuiet = null; // ... its reason
+  let quietBy = 0; // ... performance.now() by which it applies even if the avatar still speaks
+  let keyPick = false; // a picker was changed by a key press and the change has not applied yet
   let keepAliveTimer = null;
   let rushTo = null; // media time playback rushes to (speech_seek=2)
   let seekCost = 0.2; // s, the measured cost of a speech seek (see SPEECH_SEEK_MIN)
@@ -554,7 +559,7 @@
       $("state").textContent = speaking ? "speaking" : "idle";
       $("state").classList.toggle("speaking", speaking);
     }
-    if (untilQuiet && !speaking && !turnsInFlight()) settledWhenQuiet(untilQuiet); // the speech has played
+    if (untilQuiet && !speaking && !turnsInFlight()) whenQuiet(untilQuiet); // the speech has played
     video.requestVideoFrameCallback(onFrame);
   }
 
@@ -578,6 +583,7 @@
     if (mic) toggleMic(); // its turn was the old session's
     audioTurnSent = "";
     clearTimeout(pickTimer);
+    keyPick = false; // (the new session takes the pickers as they are)
     clearTimeout(quietTimer); // (the new session takes the toggle as it is)
     untilQuiet = null;
     if (!captionTimer) showCaption(""); // (the last words of a turn that stopped stay a while)
@@ -981,20 +987,23 @@
   // Turns sent or speaking that have not stopped yet.
   const turnsInFlight = () => Object.values(tm.turns).some((t) => t.stopFrame == null);
   // A new session would cut the sentence being spoken: a motion change waits until what was said
-  // has played (the player passed the turns' end), at most MOTION_WAIT_MS.
+  // has played (the player passed the turns' end), at most MOTION_WAIT_MS after the change. Speech
+  // that starts while the change settles (Speak right after the toggle) is waited for too.
   function settledWhenQuiet(reason) {
+    quietBy = performance.now() + MOTION_WAIT_MS;
+    whenQuiet(reason);
+  }
+  function whenQuiet(reason) {
     clearTimeout(quietTimer);
-    if (!tm.connected || (!tm.speakingVisible && !turnsInFlight())) {
+    const waitMore = () => tm.connected && (tm.speakingVisible || turnsInFlight()) && performance.now() < quietBy;
+    if (!waitMore()) {
       untilQuiet = null;
-      settled(reason);
+      settled(reason, PICK_SETTLE_MS, () => (waitMore() ? whenQuiet(reason) : connect(reason)));
       return;
     }
     if (untilQuiet == null) logEvent("the motion setting applies once the avatar has finished speaking");
     untilQuiet = reason;
-    quietTimer = setTimeout(() => {
-      untilQuiet = null;
-      settled(reason);
-    }, MOTION_WAIT_MS);
+    quietTimer = setTimeout(() => whenQuiet(reason), Math.max(0, quietBy - performance.now()));
   }
 
   // Without a session a turn is not sent and not queued (it would be spoken late, out of the
@@ -1375,16 +1384,32 @@
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && !e.defaultPrevented && !(e.target instanceof HTMLSelectElement)) interrupt();
   });
-  // Arrow keys on a closed picker change it at each press: the session restarts once the choice
-  // has settled, not at every step.
-  // (The motion toggle's changes settle the same way.)
-  function settled(reason) {
+  // A picker's choice restarts the session once it has settled (PICK_SETTLE_MS after the last
+  // change), not at every step. Arrow keys (Home, End, Page Up/Down, type-ahead) on a closed picker
+  // change it at each press, and someone listening to each of 138 voices takes longer than that
+  // per step: such a change applies on Enter, when the picker loses focus, or KEY_SETTLE_MS after
+  // the last key. (The motion toggle's changes settle as a choice in the open list does.)
+  function settled(reason, delay = PICK_SETTLE_MS, then = () => connect(reason)) {
     clearTimeout(pickTimer);
     if (accessRefused) return; // nothing connects until a new token comes
-    pickTimer = setTimeout(() => connect(reason), PICK_SETTLE_MS);
+    pickTimer = setTimeout(then, delay);
   }
-  $("avatar-select").addEventListener("change", () => settled("picker"));
-  $("voice-select").addEventListener("change", () => settled("picker"));
+  for (const select of [$("avatar-select"), $("voice-select")]) {
+    let stepping = false; // the last key pressed on it moves the choice
+    select.addEventListener("keydown", (e) => {
+      stepping = !e.altKey && (/^(Arrow|Home$|End$|Page)/.test(e.key) || (e.key.length === 1 && e.key !== " "));
+      if (e.key === "Enter" && keyPick) settled("picker", 0);
+    });
+    select.addEventListener("change", () => {
+      keyPick = stepping;
+      settled("picker", stepping ? KEY_SETTLE_MS : PICK_SETTLE_MS);
+      stepping = false;
+    });
+    select.addEventListener("blur", () => {
+      stepping = false;
+      if (keyPick) settled("picker", 0);
+    });
+  }
   $("motion").addEventListener("click", toggleMotion);
   $("audio-file").addEventListener("change", (e) => {
     const file = e.target.files[0];
