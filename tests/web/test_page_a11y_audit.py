@@ -306,6 +306,54 @@ LIVE_TEXTS = """() => {
 }"""
 
 
+async def test_screen_readers_hear_connected_not_the_sessions_details() -> None:
+    """7: the polite status region says "Connected"; the session's id and size stay in the header."""
+    async with fake_edge(serve) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        assert await page.inner_text("#announce") == "Connected"
+        assert (await page.inner_text("#connection")).startswith("live: session "), "the details stay visible"
+    assert console.errors == [], console.errors
+
+
+async def test_a_failed_upload_is_announced_once() -> None:
+    """7: by the alert; the status under the drop zone shows it without a second announcement."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        error = {"code": "INVALID_ARGUMENT", "message": "renderer: data: no face found in the image", "field": "file"}
+        return web.json_response({"error": error}, status=400)
+
+    async with (
+        fake_edge(serve, routes=[web.post("/v1/avatars", refuse)]) as edge,
+        browser_page() as (page, console),
+    ):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        picture = {"name": "me.png", "mimeType": "image/png", "buffer": b"\x89PNG"}
+        await page.set_input_files("#avatar-file", files=[picture])
+        await wait_js(page, "!document.getElementById('alert').hidden", timeout=5)
+        assert await page.inner_text("#upload-status") == "Upload failed (me.png): no face found in the image"
+        regions = await page.evaluate(LIVE_TEXTS)
+        saying = [r["id"] for r in regions if "no face found" in r["text"]]
+        assert saying == ["alert"], regions
+    assert [e for e in console.errors if "status of 400" not in e] == [], console.errors
+
+
+async def test_a_text_over_the_limit_is_aria_invalid() -> None:
+    async with fake_edge(serve) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.focus("#text")
+        await page.fill("#text", "")
+        await page.keyboard.insert_text("x" * 5001)
+        assert await page.inner_text("#text-count") == "5001 of 5000 characters"
+        assert await page.get_attribute("#text", "aria-invalid") == "true"
+        await page.keyboard.press("Backspace")
+        assert await page.get_attribute("#text", "aria-invalid") is None
+    assert console.errors == [], console.errors
+
+
 FOCUS_STYLE = """() => {
   const e = document.activeElement;
   const s = getComputedStyle(e);

@@ -248,13 +248,14 @@
   }
   // The header says the connection's state (with its countdowns); screen readers hear it only when
   // the state changes, not every second of a countdown (its numbers do not count as a change).
+  // `said`: what they hear, when the header's text is technical (a session's id and size).
   let announced = "";
-  function setConnection(text) {
+  function setConnection(text, said = text) {
     $("connection").textContent = text;
-    const shape = text.replace(/\d+/g, "#");
+    const shape = said.replace(/\d+/g, "#");
     if (shape !== announced) {
       announced = shape;
-      $("announce").textContent = text;
+      $("announce").textContent = said;
     }
   }
   // User-facing errors: the role=alert region (the raw message goes to the Events list).
@@ -791,7 +792,7 @@
       setControls(true);
       if ($("alert").dataset.kind === "session") clearAlert(); // the session is back
       liveHeader = `live: session ${s.session_id.slice(-8)}, ${s.width}×${s.height} at ${tm.fps} fps`;
-      setConnection(liveHeader);
+      setConnection(liveHeader, "Connected"); // (the session's details are in the header, not read out)
       logEvent(`started ${s.width}x${s.height} ${s.mime_type}`);
       setupMedia(s.mime_type);
       return;
@@ -834,7 +835,7 @@
       if (idleEnding) { // speech again: the idle-timeout warning no longer holds
         idleEnding = false;
         clearInterval(countdown);
-        setConnection(liveHeader);
+        setConnection(liveHeader, "Connected");
       }
       const t = turn(ev.speaking_started.turn_id);
       t.startFrame = frame;
@@ -932,6 +933,8 @@
     const count = $("text-count");
     count.textContent = n > textLimit * 0.8 ? `${n} of ${textLimit} characters` : "";
     count.classList.toggle("over", n > textLimit);
+    if (n > textLimit) $("text").setAttribute("aria-invalid", "true");
+    else $("text").removeAttribute("aria-invalid");
   }
 
   // The sound button says what it will do; a turn turns the sound on (pressing Speak is the
@@ -1259,12 +1262,21 @@
   }
   tm.uploadMessage = uploadMessage;
 
+  // A failed upload is said once, by the alert: the status under the drop zone shows it too, hidden
+  // from screen readers (it is a live region as well, which would read it a second time).
+  function uploadFailed(text) {
+    const status = $("upload-status");
+    status.classList.add("error");
+    const shown = Object.assign(document.createElement("span"), { textContent: text });
+    shown.setAttribute("aria-hidden", "true");
+    status.replaceChildren(shown);
+    showAlert(text, "upload");
+  }
+
   function upload(file) {
     const status = $("upload-status");
     if (mayNot("avatars")) {
-      status.classList.add("error");
-      status.textContent = `Upload failed (${file.name}): your access does not include adding avatars`;
-      showAlert(status.textContent, "upload");
+      uploadFailed(`Upload failed (${file.name}): your access does not include adding avatars`);
       return;
     }
     const bar = $("upload-progress");
@@ -1299,19 +1311,13 @@
       } else {
         const err = body.error || {};
         record.ok = false;
-        status.classList.add("error");
         // "renderer: data: no face found ..." is said of the file: "Upload failed (me.jpg): no face found ..."
         const reason = (err.message || xhr.statusText || `HTTP ${xhr.status}`).replace(/^renderer: /, "").replace(/^(data|file): /, "");
-        status.textContent = `Upload failed (${file.name}): ${reason}`;
-        showAlert(status.textContent, "upload");
+        uploadFailed(`Upload failed (${file.name}): ${reason}`);
         bar.value = 0;
       }
     };
-    xhr.onerror = () => {
-      status.classList.add("error");
-      status.textContent = "Upload failed: the server could not be reached";
-      showAlert(status.textContent, "upload");
-    };
+    xhr.onerror = () => uploadFailed("Upload failed: the server could not be reached");
     xhr.send(form);
   }
 
