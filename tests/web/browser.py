@@ -68,11 +68,13 @@ async def browser_page(
     viewport: dict[str, int] | None = None,
     reduced_motion: str | None = None,
     phone: bool = False,
+    scale: float | None = None,
 ) -> AsyncIterator[tuple[Any, Console]]:
     """A page in the system's headless Chromium (launched with talkmesh.bench.web's flags and
     ``extra_args``) and the console errors it collects; the browser is closed on the way out.
     ``reduced_motion``: the ``prefers-reduced-motion`` the page sees ("reduce", "no-preference");
-    ``phone``: a touch screen without a mouse (``hover: none``, ``pointer: coarse``)."""
+    ``phone``: a touch screen without a mouse (``hover: none``, ``pointer: coarse``); ``scale``: the
+    device pixels per CSS pixel (browser zoom is a smaller ``viewport`` at a larger ``scale``)."""
     from playwright.async_api import async_playwright
 
     from talkmesh.bench.web import launch
@@ -87,6 +89,8 @@ async def browser_page(
                 options["reduced_motion"] = reduced_motion
             if phone:
                 options.update(is_mobile=True, has_touch=True)
+            if scale:
+                options["device_scale_factor"] = scale
             page = await browser.new_page(**options)
             console.attach(page)
             yield page, console

@@ -60,7 +60,8 @@ async def test_sound_pickers_counter_and_caption() -> None:
         assert await page.evaluate("avatar.muted"), "the user turned the sound off: a turn keeps it off"
         await wait_js(page, "document.getElementById('caption').hidden", timeout=5)
 
-        # arrow keys on a closed picker: one new session once the choice settles, not one per key
+        # arrow keys on a closed picker: one new session once the choice settles (nothing commits it
+        # here: 4 s after the last key), not one per key
         before = await page.evaluate("window.talkmesh.connects.length")
         await page.focus("#voice-select")
         for _ in range(3):

@@ -149,7 +149,7 @@ async def test_without_a_session_the_controls_are_disabled_and_a_turn_is_not_sho
 
     async with fake_edge(script) as edge, browser_page() as (page, console):
         await page.goto(edge.url + "?retry_base=5")
-        await wait_js(page, "window.talkmesh.connected && !document.getElementById('speak').disabled", timeout=15)
+        await wait_js(page, "window.talkmesh.connected && !document.getElementById('speak').ariaDisabled", timeout=15)
         first_done.set()
         await wait_js(page, "!window.talkmesh.connected", timeout=10)
         for control in ("speak", "interrupt", "audio-file", "mic"):

@@ -70,8 +70,13 @@
   const RETRY_CAP = knob("retry_cap", 30);
   // A picker's (or the motion toggle's) change restarts the session this long after the last one (ms).
   const PICK_SETTLE_MS = 600;
+  // ... but a change made by the arrow keys (or type-ahead) on a closed picker, which changes it at
+  // each press, applies on Enter, when the picker loses focus, or this long after the last one (ms).
+  const KEY_SETTLE_MS = 4000;
   // A motion change waits for the speech in progress to have played, at most this long (ms).
-  const MOTION_WAIT_MS = 30000;
+  const MOTION_WAIT_MS = knob("motion_wait", 30) * 1000;
+  // The caption of a turn that stopped stays this long (ms), unless another turn's replaces it.
+  const CAPTION_LINGER_MS = 3000;
   // A socket whose session has not started this long after it opened is closed and retried (ms).
   const STARTED_WITHIN_MS = knob("started_within", 15) * 1000;
   // The true delay (the frame on screen vs the wall clock, see trueDelay): beyond LAG_WARN s of
@@ -124,6 +129,8 @@
   let pickTimer = null; // a picker's (or the motion toggle's) change, until it settles (PICK_SETTLE_MS)
   let quietTimer = null; // a motion change waiting for the speech to end (MOTION_WAIT_MS)
   let untilQuiet = null; // ... its reason
+  let quietBy = 0; // ... performance.now() by which it applies even if the avatar still speaks
+  let keyPick = false; // a picker was changed by a key press and the change has not applied yet
   let keepAliveTimer = null;
   let rushTo = null; // media time playback rushes to (speech_seek=2)
   let seekCost = 0.2; // s, the measured cost of a speech seek (see SPEECH_SEEK_MIN)
@@ -164,7 +171,7 @@
   // The buttons the token does not allow are off (the edge would answer 403).
   function applyScopes() {
     const noSpeak = mayNot("speak");
-    $("download").disabled = noSpeak;
+    if (!downloading) setAvailable($("download"), !noSpeak);
     $("download").title = noSpeak ? "Your access does not include downloads" : "";
   }
   // The edge's error when it refuses the token (401, or 403 naming it), else null.
@@ -241,13 +248,14 @@
   }
   // The header says the connection's state (with its countdowns); screen readers hear it only when
   // the state changes, not every second of a countdown (its numbers do not count as a change).
+  // `said`: what they hear, when the header's text is technical (a session's id and size).
   let announced = "";
-  function setConnection(text) {
+  function setConnection(text, said = text) {
     $("connection").textContent = text;
-    const shape = text.replace(/\d+/g, "#");
+    const shape = said.replace(/\d+/g, "#");
     if (shape !== announced) {
       announced = shape;
-      $("announce").textContent = text;
+      $("announce").textContent = said;
     }
   }
   // User-facing errors: the role=alert region (the raw message goes to the Events list).
@@ -262,10 +270,18 @@
     $("alert").textContent = "";
     $("alert").hidden = true;
   }
+  // A control that cannot be used right now is aria-disabled rather than disabled: it keeps the
+  // keyboard focus (a disabled one drops it to <body>, and the next Enter goes nowhere), screen
+  // readers call it unavailable, and a click or key press on it is ignored (the capturing click
+  // listener under "wiring").
+  function setAvailable(el, on) {
+    if (on) el.removeAttribute("aria-disabled");
+    else el.setAttribute("aria-disabled", "true");
+  }
   // Speak, Interrupt and the audio turns need a session; the badge and the video say there is none.
   function setControls(live) {
-    for (const id of ["speak", "interrupt", "audio-file"]) $(id).disabled = !live;
-    if (!mic) $("mic").disabled = !live;
+    for (const id of ["speak", "interrupt", "audio-file"]) setAvailable($(id), live);
+    if (!mic && !micOpening) setAvailable($("mic"), live);
     video.parentElement.classList.toggle("offline", !live);
     $("state").classList.toggle("offline", !live);
     if (!live) {
@@ -501,6 +517,7 @@
     tm.painted += 1;
     const t = meta.mediaTime;
     tm.lastMediaTime = t;
+    showCues(t);
     if (audioPath) {
       audioPath.offset = tm.offset ?? 0;
       audioPath.clock(t, meta.expectedDisplayTime, video.playbackRate);
@@ -544,7 +561,7 @@
       $("state").textContent = speaking ? "speaking" : "idle";
       $("state").classList.toggle("speaking", speaking);
     }
-    if (untilQuiet && !speaking && !turnsInFlight()) settledWhenQuiet(untilQuiet); // the speech has played
+    if (untilQuiet && !speaking && !turnsInFlight()) whenQuiet(untilQuiet); // the speech has played
     video.requestVideoFrameCallback(onFrame);
   }
 
@@ -568,9 +585,11 @@
     if (mic) toggleMic(); // its turn was the old session's
     audioTurnSent = "";
     clearTimeout(pickTimer);
+    keyPick = false; // (the new session takes the pickers as they are)
     clearTimeout(quietTimer); // (the new session takes the toggle as it is)
     untilQuiet = null;
-    showCaption("");
+    cues.length = 0; // (the old session's)
+    if (!captionTimer) showCaption(""); // (the last words of a turn that stopped stay a while)
     tm.turns = {};
     tm.started = null;
     tm.connected = false;
@@ -666,7 +685,8 @@
     untilQuiet = null;
     clearInterval(keepAliveTimer);
     if (mic) toggleMic();
-    showCaption("");
+    cues.length = 0;
+    if (!captionTimer) showCaption("");
     if (!catchingUp) { // the slow-link warning was about this session's stream
       $("slow").hidden = true;
       slowSince = null;
@@ -775,7 +795,7 @@
       setControls(true);
       if ($("alert").dataset.kind === "session") clearAlert(); // the session is back
       liveHeader = `live: session ${s.session_id.slice(-8)}, ${s.width}×${s.height} at ${tm.fps} fps`;
-      setConnection(liveHeader);
+      setConnection(liveHeader, "Connected"); // (the session's details are in the header, not read out)
       logEvent(`started ${s.width}x${s.height} ${s.mime_type}`);
       setupMedia(s.mime_type);
       return;
@@ -818,7 +838,7 @@
       if (idleEnding) { // speech again: the idle-timeout warning no longer holds
         idleEnding = false;
         clearInterval(countdown);
-        setConnection(liveHeader);
+        setConnection(liveHeader, "Connected");
       }
       const t = turn(ev.speaking_started.turn_id);
       t.startFrame = frame;
@@ -837,7 +857,6 @@
     } else if (ev.speaking_stopped) {
       const s = ev.speaking_stopped;
       const t = turn(s.turn_id);
-      if (captionTurn === s.turn_id) showCaption("");
       t.stopFrame = frame;
       t.reason = s.reason;
       logEvent(`speaking_stopped ${s.turn_id} ${s.reason} at frame ${frame}, ${s.samples_played || 0} samples played`);
@@ -917,6 +936,8 @@
     const count = $("text-count");
     count.textContent = n > textLimit * 0.8 ? `${n} of ${textLimit} characters` : "";
     count.classList.toggle("over", n > textLimit);
+    if (n > textLimit) $("text").setAttribute("aria-invalid", "true");
+    else $("text").removeAttribute("aria-invalid");
   }
 
   // The sound button says what it will do; a turn turns the sound on (pressing Speak is the
@@ -972,20 +993,23 @@
   // Turns sent or speaking that have not stopped yet.
   const turnsInFlight = () => Object.values(tm.turns).some((t) => t.stopFrame == null);
   // A new session would cut the sentence being spoken: a motion change waits until what was said
-  // has played (the player passed the turns' end), at most MOTION_WAIT_MS.
+  // has played (the player passed the turns' end), at most MOTION_WAIT_MS after the change. Speech
+  // that starts while the change settles (Speak right after the toggle) is waited for too.
   function settledWhenQuiet(reason) {
+    quietBy = performance.now() + MOTION_WAIT_MS;
+    whenQuiet(reason);
+  }
+  function whenQuiet(reason) {
     clearTimeout(quietTimer);
-    if (!tm.connected || (!tm.speakingVisible && !turnsInFlight())) {
+    const waitMore = () => tm.connected && (tm.speakingVisible || turnsInFlight()) && performance.now() < quietBy;
+    if (!waitMore()) {
       untilQuiet = null;
-      settled(reason);
+      settled(reason, PICK_SETTLE_MS, () => (waitMore() ? whenQuiet(reason) : connect(reason)));
       return;
     }
     if (untilQuiet == null) logEvent("the motion setting applies once the avatar has finished speaking");
     untilQuiet = reason;
-    quietTimer = setTimeout(() => {
-      untilQuiet = null;
-      settled(reason);
-    }, MOTION_WAIT_MS);
+    quietTimer = setTimeout(() => whenQuiet(reason), Math.max(0, quietBy - performance.now()));
   }
 
   // Without a session a turn is not sent and not queued (it would be spoken late, out of the
@@ -1038,35 +1062,39 @@
   }
 
   // The caption under the video: the clause of the text turn being spoken, one cue at a time, each
-  // replacing the one before ("" hides it, and drops the cues still waiting for their frame; an
-  // audio turn has none). #caption is a polite live region: a screen reader says each cue once.
+  // replacing the one before ("" hides it; an audio turn has none). #caption is a polite live
+  // region: a screen reader says each cue once. A `caption` event comes with the media of the frame
+  // its clause starts in, which plays a moment later (the page plays behind the live edge): it
+  // waits in `cues` until that frame is painted (showCues, from onFrame), and is dropped if its
+  // turn stopped before that frame (cut). A turn's last words stay CAPTION_LINGER_MS after its last
+  // frame is painted, unless another turn's caption comes.
   let captionTurn = "";
-  const cueTimers = new Set();
+  let captionTimer = null; // the caption of a turn that stopped, until it goes (CAPTION_LINGER_MS)
+  const cues = []; // caption events whose frame has not been painted yet, in order
   function showCaption(text, turnId = "") {
-    if (!text) {
-      for (const timer of cueTimers) clearTimeout(timer);
-      cueTimers.clear();
-    }
+    clearTimeout(captionTimer);
+    captionTimer = null;
     captionTurn = text ? turnId : "";
     $("caption").textContent = text;
     $("caption").hidden = !text;
   }
-  // A `caption` event comes with the media of the frame its clause starts in, which plays a moment
-  // later (the page plays behind the live edge): the cue is shown when the playhead reaches that
-  // frame, at once if it is there already (or the video is not playing). A turn whose
-  // speaking_stopped came first (cut, or ended before the cue's frame played) does not show it.
   function cueCaption(cue, frame) {
-    const wait = (frameTime(frame) - video.currentTime) / (video.playbackRate || 1);
-    if (!(wait > 0.02) || video.paused) {
-      showCaption(cue.text || "", cue.turn_id);
-      return;
+    cues.push({ text: cue.text || "", turnId: cue.turn_id, frame });
+  }
+  // Every painted frame (its media time `t`): the cues it reaches, and the linger of a turn that ended.
+  function showCues(t) {
+    while (cues.length && t >= frameTime(cues[0].frame) - 0.001) {
+      const cue = cues.shift();
+      const turn = tm.turns[cue.turnId];
+      if (turn && (turn.stopFrame == null || cue.frame < turn.stopFrame)) showCaption(cue.text, cue.turnId);
     }
-    const timer = setTimeout(() => {
-      cueTimers.delete(timer);
-      const t = tm.turns[cue.turn_id];
-      if (t && t.stopFrame == null) showCaption(cue.text || "", cue.turn_id);
-    }, wait * 1000);
-    cueTimers.add(timer);
+    const shown = captionTurn && tm.turns[captionTurn];
+    if (shown && captionTimer === null && shown.stopFrame != null && t >= frameTime(shown.stopFrame) - 0.001) {
+      const id = captionTurn;
+      captionTimer = setTimeout(() => {
+        if (captionTurn === id) showCaption("");
+      }, CAPTION_LINGER_MS);
+    }
   }
 
   function showError(message) {
@@ -1144,6 +1172,7 @@
   }
 
   let mic = null;
+  let micOpening = false; // until the microphone is open (or refused)
   async function toggleMic() {
     const button = $("mic");
     if (mic) {
@@ -1152,8 +1181,9 @@
       button.textContent = "Start microphone"; // (the label says what a press does: no aria-pressed too)
       return;
     }
-    if (button.disabled) return;
-    button.disabled = true; // until the microphone is open (or refused)
+    if (micOpening) return;
+    micOpening = true; // (the button keeps the focus: a second press stops the microphone)
+    setAvailable(button, false);
     let stream = null;
     let ctx = null;
     try {
@@ -1191,7 +1221,8 @@
       }
       showError(`microphone: ${err.message}`);
     } finally {
-      button.disabled = !mic && !tm.connected;
+      micOpening = false;
+      setAvailable(button, !!mic || tm.connected);
     }
   }
 
@@ -1252,12 +1283,21 @@
   }
   tm.uploadMessage = uploadMessage;
 
+  // A failed upload is said once, by the alert: the status under the drop zone shows it too, hidden
+  // from screen readers (it is a live region as well, which would read it a second time).
+  function uploadFailed(text) {
+    const status = $("upload-status");
+    status.classList.add("error");
+    const shown = Object.assign(document.createElement("span"), { textContent: text });
+    shown.setAttribute("aria-hidden", "true");
+    status.replaceChildren(shown);
+    showAlert(text, "upload");
+  }
+
   function upload(file) {
     const status = $("upload-status");
     if (mayNot("avatars")) {
-      status.classList.add("error");
-      status.textContent = `Upload failed (${file.name}): your access does not include adding avatars`;
-      showAlert(status.textContent, "upload");
+      uploadFailed(`Upload failed (${file.name}): your access does not include adding avatars`);
       return;
     }
     const bar = $("upload-progress");
@@ -1292,26 +1332,23 @@
       } else {
         const err = body.error || {};
         record.ok = false;
-        status.classList.add("error");
         // "renderer: data: no face found ..." is said of the file: "Upload failed (me.jpg): no face found ..."
         const reason = (err.message || xhr.statusText || `HTTP ${xhr.status}`).replace(/^renderer: /, "").replace(/^(data|file): /, "");
-        status.textContent = `Upload failed (${file.name}): ${reason}`;
-        showAlert(status.textContent, "upload");
+        uploadFailed(`Upload failed (${file.name}): ${reason}`);
         bar.value = 0;
       }
     };
-    xhr.onerror = () => {
-      status.classList.add("error");
-      status.textContent = "Upload failed: the server could not be reached";
-      showAlert(status.textContent, "upload");
-    };
+    xhr.onerror = () => uploadFailed("Upload failed: the server could not be reached");
     xhr.send(form);
   }
 
   // The whole utterance as a seekable MP4 (POST /v1/speak), saved by the browser.
+  let downloading = false;
   async function download() {
     const button = $("download");
-    button.disabled = true;
+    if (downloading) return;
+    downloading = true;
+    setAvailable(button, false);
     button.textContent = "Preparing the MP4…";
     const started = performance.now();
     try {
@@ -1346,13 +1383,22 @@
       // fetch's own TypeError ("Failed to fetch"): no answer at all
       showError(`download: ${err instanceof TypeError ? "the server could not be reached" : err.message}`);
     } finally {
-      button.disabled = false;
+      downloading = false;
+      setAvailable(button, true);
       button.textContent = "Download as MP4";
       applyScopes(); // (a token renewed meanwhile may leave Download out)
     }
   }
 
   // -- wiring -----------------------------------------------------------------------------------
+  // A control that is aria-disabled (setAvailable) ignores clicks, and so Enter and Space on it (a
+  // file input's chooser does not open).
+  document.addEventListener("click", (e) => {
+    if (e.target instanceof Element && e.target.closest('[aria-disabled="true"]')) {
+      e.preventDefault();
+      e.stopImmediatePropagation();
+    }
+  }, true);
   $("speak").addEventListener("click", speak);
   $("interrupt").addEventListener("click", interrupt);
   $("download").addEventListener("click", download);
@@ -1365,16 +1411,32 @@
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && !e.defaultPrevented && !(e.target instanceof HTMLSelectElement)) interrupt();
   });
-  // Arrow keys on a closed picker change it at each press: the session restarts once the choice
-  // has settled, not at every step.
-  // (The motion toggle's changes settle the same way.)
-  function settled(reason) {
+  // A picker's choice restarts the session once it has settled (PICK_SETTLE_MS after the last
+  // change), not at every step. Arrow keys (Home, End, Page Up/Down, type-ahead) on a closed picker
+  // change it at each press, and someone listening to each of 138 voices takes longer than that
+  // per step: such a change applies on Enter, when the picker loses focus, or KEY_SETTLE_MS after
+  // the last key. (The motion toggle's changes settle as a choice in the open list does.)
+  function settled(reason, delay = PICK_SETTLE_MS, then = () => connect(reason)) {
     clearTimeout(pickTimer);
     if (accessRefused) return; // nothing connects until a new token comes
-    pickTimer = setTimeout(() => connect(reason), PICK_SETTLE_MS);
+    pickTimer = setTimeout(then, delay);
   }
-  $("avatar-select").addEventListener("change", () => settled("picker"));
-  $("voice-select").addEventListener("change", () => settled("picker"));
+  for (const select of [$("avatar-select"), $("voice-select")]) {
+    let stepping = false; // the last key pressed on it moves the choice
+    select.addEventListener("keydown", (e) => {
+      stepping = !e.altKey && (/^(Arrow|Home$|End$|Page)/.test(e.key) || (e.key.length === 1 && e.key !== " "));
+      if (e.key === "Enter" && keyPick) settled("picker", 0);
+    });
+    select.addEventListener("change", () => {
+      keyPick = stepping;
+      settled("picker", stepping ? KEY_SETTLE_MS : PICK_SETTLE_MS);
+      stepping = false;
+    });
+    select.addEventListener("blur", () => {
+      stepping = false;
+      if (keyPick) settled("picker", 0);
+    });
+  }
   $("motion").addEventListener("click", toggleMotion);
   $("audio-file").addEventListener("change", (e) => {
     const file = e.target.files[0];
