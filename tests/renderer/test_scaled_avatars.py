@@ -22,14 +22,14 @@ from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
-from tests.renderer.test_avatars import _portrait
+from tests.media import portrait
 
 SR, FPS = 16000, 25
 
 
 def _phone_photo(width: int, height: int) -> bytes:
     """The portrait upscaled into a tall canvas, as a JPEG (a phone photo's shape)."""
-    face = cv2.resize(_portrait(), (width, width), interpolation=cv2.INTER_CUBIC)
+    face = cv2.resize(portrait(), (width, width), interpolation=cv2.INTER_CUBIC)
     canvas = np.full((height, width, 3), 90, np.uint8)
     top = (height - width) // 2
     canvas[top : top + width] = face
@@ -49,7 +49,7 @@ def test_a_phone_photo_is_stored_at_max_side(tmp_path):
     assert avatar.size == (960, 1280)
     assert avatar.report["frames_kept"] == 1  # the face is found on the stored photo
     # the portrait's own face box, carried into the stored photo (x 960/512, 160 rows of canvas above)
-    ok, png = cv2.imencode(".png", _portrait())
+    ok, png = cv2.imencode(".png", portrait())
     assert ok
     original, _ = store.register(png.tobytes(), "portrait.png")
     expected = original.face_boxes[0] * 960 / 512 + np.array([0, 160, 0, 160])

@@ -517,6 +517,7 @@
     tm.painted += 1;
     const t = meta.mediaTime;
     tm.lastMediaTime = t;
+    sessionPainted = true;
     showCues(t);
     if (audioPath) {
       audioPath.offset = tm.offset ?? 0;
@@ -589,6 +590,7 @@
     clearTimeout(quietTimer); // (the new session takes the toggle as it is)
     untilQuiet = null;
     cues.length = 0; // (the old session's)
+    sessionPainted = false;
     if (!captionTimer) showCaption(""); // (the last words of a turn that stopped stay a while)
     tm.turns = {};
     tm.started = null;
@@ -858,6 +860,7 @@
       const s = ev.speaking_stopped;
       const t = turn(s.turn_id);
       t.stopFrame = frame;
+      if (!sessionPainted && captionTurn === s.turn_id) lingerCaption(); // (no playhead to wait for)
       t.reason = s.reason;
       logEvent(`speaking_stopped ${s.turn_id} ${s.reason} at frame ${frame}, ${s.samples_played || 0} samples played`);
       for (const w of s.warnings || []) logEvent(`warning for ${s.turn_id}: ${w}`);
@@ -1066,11 +1069,12 @@
   // region: a screen reader says each cue once. A `caption` event comes with the media of the frame
   // its clause starts in, which plays a moment later (the page plays behind the live edge): it
   // waits in `cues` until that frame is painted (showCues, from onFrame), and is dropped if its
-  // turn stopped before that frame (cut). A turn's last words stay CAPTION_LINGER_MS after its last
+  // turn stopped before that frame (cut); before the session's first painted frame it is shown at once. A turn's last words stay CAPTION_LINGER_MS after its last
   // frame is painted, unless another turn's caption comes.
   let captionTurn = "";
   let captionTimer = null; // the caption of a turn that stopped, until it goes (CAPTION_LINGER_MS)
   const cues = []; // caption events whose frame has not been painted yet, in order
+  let sessionPainted = false; // a frame of this session was painted (else there is no playhead to wait for)
   function showCaption(text, turnId = "") {
     clearTimeout(captionTimer);
     captionTimer = null;
@@ -1079,7 +1083,8 @@
     $("caption").hidden = !text;
   }
   function cueCaption(cue, frame) {
-    cues.push({ text: cue.text || "", turnId: cue.turn_id, frame });
+    if (sessionPainted) cues.push({ text: cue.text || "", turnId: cue.turn_id, frame });
+    else showCaption(cue.text || "", cue.turn_id);
   }
   // Every painted frame (its media time `t`): the cues it reaches, and the linger of a turn that ended.
   function showCues(t) {
@@ -1089,12 +1094,15 @@
       if (turn && (turn.stopFrame == null || cue.frame < turn.stopFrame)) showCaption(cue.text, cue.turnId);
     }
     const shown = captionTurn && tm.turns[captionTurn];
-    if (shown && captionTimer === null && shown.stopFrame != null && t >= frameTime(shown.stopFrame) - 0.001) {
-      const id = captionTurn;
-      captionTimer = setTimeout(() => {
-        if (captionTurn === id) showCaption("");
-      }, CAPTION_LINGER_MS);
-    }
+    if (shown && shown.stopFrame != null && t >= frameTime(shown.stopFrame) - 0.001) lingerCaption();
+  }
+  // The shown turn's last frame has played: its caption goes CAPTION_LINGER_MS later.
+  function lingerCaption() {
+    if (captionTimer !== null) return;
+    const id = captionTurn;
+    captionTimer = setTimeout(() => {
+      if (captionTurn === id) showCaption("");
+    }, CAPTION_LINGER_MS);
   }
 
   function showError(message) {
