@@ -41,7 +41,8 @@ def speaking(seconds: float = 0.8):  # type: ignore[no-untyped-def]
         try:
             while (body := await recv_json(ws, conn)) is not None:
                 if "text" in body:
-                    turns.append(asyncio.ensure_future(_turn(ws, conn, body["text"]["turn_id"], seconds)))
+                    text = body["text"]
+                    turns.append(asyncio.ensure_future(_turn(ws, conn, text["turn_id"], text["text"], seconds)))
         finally:
             for task in turns:
                 task.cancel()
@@ -50,10 +51,13 @@ def speaking(seconds: float = 0.8):  # type: ignore[no-untyped-def]
     return script
 
 
-async def _turn(ws: web.WebSocketResponse, conn: Conn, tid: str, seconds: float) -> None:
+async def _turn(ws: web.WebSocketResponse, conn: Conn, tid: str, text: str, seconds: float) -> None:
+    """The turn starts and says its text as one clause (its caption cue), then stops."""
     if ws.closed:
         return
     await ws.send_json({"event": {"unix_seconds": time.time(), "frame": "5", "speaking_started": {"turn_id": tid}}})
+    cue = {"turn_id": tid, "text": text}
+    await ws.send_json({"event": {"unix_seconds": time.time(), "frame": "5", "caption": cue}})
     await asyncio.sleep(seconds)
     if ws.closed:
         return
