@@ -24,6 +24,7 @@ from services.renderer.frames import output_size
 from services.renderer.progress import LatestProgress
 from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
+from services.renderer.uploads import HeldUpload, Preparations, UploadBudget, UploadLimits, receive_upload
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.clock import request_fps
 from talkmesh.common.errors import (
@@ -34,7 +35,7 @@ from talkmesh.common.errors import (
     ResourceExhausted,
 )
 from talkmesh.common.lru import Lru
-from talkmesh.common.names import check_filename, check_id, clean_name
+from talkmesh.common.names import check_id, clean_name
 from talkmesh.common.principal import Principal, principal_of, restricted
 from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
@@ -127,26 +128,15 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             if session_key:
                 s.session_ticks.put(session_key, session.tick)
 
-    async def _read_upload(self, request_iterator: AsyncIterator[rpb.AvatarUpload]) -> tuple[rpb.AvatarMeta, bytes]:
-        idle = self.s.config.server.idle_timeout
-        upload: RequestStream[rpb.AvatarUpload] = await RequestStream.open(
-            request_iterator, "meta", first_timeout=idle, idle_timeout=idle, what="upload"
+    async def _read_upload(
+        self, request_iterator: AsyncIterator[rpb.AvatarUpload]
+    ) -> tuple[rpb.AvatarMeta, HeldUpload]:
+        """The upload's meta and bytes (services/renderer/uploads.py: checked as they arrive, within
+        the renderer's upload budget and deadline); the caller releases them (``Preparations.run`` does)."""
+        cfg = self.s.config
+        return await receive_upload(
+            request_iterator, self.s.uploads, UploadLimits.of(cfg.avatars), cfg.server.idle_timeout
         )
-        first = upload.head
-        meta = first.meta
-        check_filename("meta.filename", meta.filename)
-        meta.name = clean_name("meta.name", meta.name)
-        if len(meta.backends) > 16:
-            raise InvalidArgument("meta.backends", "names at most 16 backends")
-        for i, b in enumerate(meta.backends):
-            check_id(f"meta.backends[{i}]", b)
-        limit = self.s.config.avatars.max_upload_bytes
-        buf = bytearray()
-        async for msg in upload:
-            buf += msg.data
-            if len(buf) > limit:
-                raise InvalidArgument("data", f"upload exceeds the limit of {limit} bytes")
-        return first.meta, bytes(buf)
 
     @staticmethod
     def _choice(meta: rpb.AvatarMeta) -> FaceChoice:
@@ -188,7 +178,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             )
 
     def _register(
-        self, who: Principal | None, data: bytes, meta: rpb.AvatarMeta, progress: Any = None
+        self, who: Principal | None, data: bytes | bytearray, meta: rpb.AvatarMeta, progress: Any = None
     ) -> tuple[Any, bool, list[str]]:
         """Blocking: quota, registration, then the key recorded as an owner (or rolled back) and the
         name added to the caller's names of the avatar. Returns (avatar, cached, the caller's names:
@@ -254,26 +244,32 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         }
 
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
-        meta, data = await self._read_upload(request_iterator)
+        meta, held = await self._read_upload(request_iterator)
         who = principal_of(context.invocation_metadata())
-        avatar, cached, names = await asyncio.to_thread(self._register, who, data, meta)
+        # (the preparation releases the bytes when its worker is done)
+        avatar, cached, names = await self.s.preparing.run(held, lambda data: self._register(who, data, meta))
         return self._info(avatar, cached, names)
 
     async def RegisterAvatarWithProgress(
         self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any
     ) -> AsyncIterator[rpb.AvatarRegistration]:
-        meta, data = await self._read_upload(request_iterator)
-        who = principal_of(context.invocation_metadata())
-        size = len(data)
-        yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
-        progress = LatestProgress(asyncio.get_running_loop())
-        job = asyncio.ensure_future(asyncio.to_thread(self._register, who, data, meta, progress.report))
+        meta, held = await self._read_upload(request_iterator)
+        job: asyncio.Future[tuple[Any, bool, list[str]]] | None = None
         try:
+            who = principal_of(context.invocation_metadata())
+            size = len(held.data)
+            yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
+            progress = LatestProgress(asyncio.get_running_loop())
+            job = asyncio.ensure_future(
+                self.s.preparing.run(held, lambda data: self._register(who, data, meta, progress.report))
+            )
             async for stage, done, total in progress.updates(job):
                 yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage=stage, done=done, total=total))
             avatar, cached, names = await job
         finally:
             await cancel_and_wait(job)
+            if not held.taken:  # (else the preparation releases it when its worker is done)
+                held.release()
         yield rpb.AvatarRegistration(avatar=self._info(avatar, cached, names))
 
     def _visible(self, who: Principal | None) -> list[Any]:
@@ -449,6 +445,10 @@ class RendererService(Service):
         self.session_ticks: Lru[str, int] = Lru(MAX_SESSIONS_REMEMBERED)
         self.part_bytes = min(config.frame_part_bytes, config.server.max_message_bytes - 64 * 1024)
         self._ring_refusals = 0
+        #: the bytes uploads hold (avatars.upload_memory_bytes)
+        self.uploads = UploadBudget(config.avatars.upload_memory_limit)
+        #: registrations being prepared (avatars.max_preparing); the others wait, their bytes held
+        self.preparing = Preparations(config.avatars.max_preparing)
 
     def ring_opened(self, opened: bool, reason: str = "") -> None:
         """An encoder's frame ring was opened, or could not be (its frames go inline): counted as
