@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -145,7 +146,10 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             point=(meta.face_point.x, meta.face_point.y) if meta.HasField("face_point") else None,
         )
 
-    def _info(self, avatar: Any, cached: bool, names: list[str]) -> rpb.AvatarInfo:
+    def _info(self, avatar: Any, cached: bool, names: list[str], meta: rpb.AvatarMeta) -> rpb.AvatarInfo:
+        """A registration's answer. ``cached``: as the caller may know it (``_register``); an upload
+        that is new to the caller shows the backends it asked for only, as a fresh one would."""
+        shown = set(avatar.extras) if cached else {"viseme", *meta.backends}
         return rpb.AvatarInfo(
             id=avatar.id,
             name=names[0] if names else "",
@@ -154,7 +158,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             height=avatar.size[1],
             frame_count=int(avatar.frames.shape[0]),
             cached=cached,
-            backends=sorted(k for k in avatar.extras if k in self.s.backends),
+            backends=sorted(k for k in avatar.extras if k in self.s.backends and k in shown),
             face=face_report(avatar.report),
         )
 
@@ -182,7 +186,12 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     ) -> tuple[Any, bool, list[str]]:
         """Blocking: quota, registration, then the key recorded as an owner (or rolled back) and the
         name added to the caller's names of the avatar. Returns (avatar, cached, the caller's names:
-        the name given first)."""
+        the name given first).
+
+        ``cached`` is true only for an avatar the caller already had (with API keys, a user key's
+        own): a key that uploads a file another key registered learns nothing of it, and gets the
+        answer a fresh upload would give (the name from its own request or file name, not the other
+        key's). The prepared entry is still shared (content-addressed), so that upload is quick."""
         store = self.s.store
         self._check_quota(who, len(data))
         avatar, cached = store.register(
@@ -193,13 +202,20 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         # Read and changed under the entry's lock: another key (on this or another replica) may add
         # itself at the same time.
         owners = store.owners(avatar.id)
+        stored = cached  # (the store had the entry)
+        cached = cached and (not restricted(who) or who.name in owners)  # (as the caller may know it)
         # A name names one avatar of the caller's: checked before the caller becomes an owner, so
         # a refusal leaves nothing behind.
-        given = meta.name or ("" if cached else avatar.name)
+        if meta.name or cached:
+            given = meta.name
+        elif not stored:
+            given = avatar.name  # (the file's name, as the fresh entry took it)
+        else:  # another key's entry: what a fresh upload would be named, never that key's name
+            given = Path(meta.filename).stem or avatar.id
         if given:
             taken = self._names_taken(who, avatar.id)
             if given in taken and meta.name:  # an explicit name never moves off another avatar
-                if not cached and not owners:
+                if not stored and not owners:
                     store.delete(avatar.id)  # (this upload made the entry: nothing else refers to it)
                 raise AlreadyExists(
                     "name",
@@ -214,7 +230,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                 self._check_quota(who, 0)
             except ResourceExhausted:
                 left = store.update_owners(avatar.id, lambda now: now - {name})
-                if not left and not owners and not cached:
+                if not left and not owners and not stored:
                     store.delete(avatar.id)
                 raise
         # A stored file registered again with another name gets that name too: its older names
@@ -224,7 +240,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         first = avatar.name
 
         def add(names: dict[str, list[str]]) -> dict[str, list[str]]:
-            if not names and cached:  # an entry registered before names.json: its name stays its owners'
+            if not names and stored:  # an entry registered before names.json: its name stays its owners'
                 names = {o: [first] for o in owners or {""}}
             mine = names.setdefault(key, [])
             if given not in mine:
@@ -248,7 +264,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         who = principal_of(context.invocation_metadata())
         # (the preparation releases the bytes when its worker is done)
         avatar, cached, names = await self.s.preparing.run(held, lambda data: self._register(who, data, meta))
-        return self._info(avatar, cached, names)
+        return self._info(avatar, cached, names, meta)
 
     async def RegisterAvatarWithProgress(
         self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any
@@ -270,7 +286,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             await cancel_and_wait(job)
             if not held.taken:  # (else the preparation releases it when its worker is done)
                 held.release()
-        yield rpb.AvatarRegistration(avatar=self._info(avatar, cached, names))
+        yield rpb.AvatarRegistration(avatar=self._info(avatar, cached, names, meta))
 
     def _visible(self, who: Principal | None) -> list[Any]:
         """Blocking. Every avatar without API keys or for an admin; else the key's own and the default."""
