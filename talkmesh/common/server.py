@@ -129,7 +129,7 @@ class ServiceHost:
         self.service = service
         self.config = config
         self.telemetry = service.telemetry
-        self.admission = AdmissionState(config.max_concurrent_streams)
+        self.admission = AdmissionState(config.max_concurrent_streams, config.max_concurrent_unary)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -271,7 +271,13 @@ class ServiceHost:
         self.admission.draining = True
         await cancel_and_wait(self._watch)
         await self.service.drain()
-        log.info("%s draining: %d stream(s) in flight, grace %.1fs", self.service.name, self.admission.active, grace)
+        log.info(
+            "%s draining: %d stream(s) and %d unary call(s) in flight, grace %.1fs",
+            self.service.name,
+            self.admission.active,
+            self.admission.unary_active,
+            grace,
+        )
         drained = await self.admission.wait_idle(grace)
         if not drained:
             log.warning(
