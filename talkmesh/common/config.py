@@ -120,6 +120,12 @@ class ServerConfig:
     unix_socket: str = ""
     # TLS on the gRPC port and the Unix socket (off by default; see docs/SECURITY.md).
     tls: ServerTLS = dataclasses.field(default_factory=ServerTLS)
+    # A stage behind a gateway with API keys: refuse every call (but health and reflection) that
+    # carries no principal (the x-talkmesh-principal metadata the gateway sends) with
+    # UNAUTHENTICATED. Set by `talkmesh up --api-keys` and the Kubernetes mtls component. Anyone
+    # who reaches the port can write that metadata: only mutual TLS (server.tls.client_ca_file)
+    # makes it trustworthy (docs/SECURITY.md). Ignored by the gateway (its auth.* decides).
+    require_principal: bool = False
     # The standard gRPC health service ("" readiness, "liveness"); probes and the gateway's
     # dependency checks use it: turn off only where nothing probes over gRPC.
     health: bool = True

@@ -34,13 +34,14 @@ from talkmesh.common.errors import (
     DeadlineExceeded,
     ResourceExhausted,
     TalkmeshError,
+    Unauthenticated,
     Unavailable,
     internal_error,
     scrub,
     status_trailer,
 )
 from talkmesh.common.logs import request_id_var
-from talkmesh.common.principal import current_principal, principal_of
+from talkmesh.common.principal import PRINCIPAL_KEY, current_principal, principal_of
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.streams import CheckedRequests, Undecodable, lenient_deserializer
 from talkmesh.common.telemetry import Telemetry
@@ -120,11 +121,20 @@ class AdmissionState:
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float, edge: bool = False
+        self,
+        telemetry: Telemetry,
+        admission: AdmissionState,
+        *,
+        write_timeout: float,
+        edge: bool = False,
+        require_principal: bool = False,
     ) -> None:
         self.telemetry = telemetry
         self.admission = admission
         self.write_timeout = write_timeout
+        #: a stage behind a gateway with API keys (server.require_principal): calls without the
+        #: gateway's principal are refused (health and reflection never reach this interceptor's checks)
+        self.require_principal = require_principal and not edge
         #: the public edge (the gateway): statuses go to external clients, scrubbed of internal
         #: addresses, paths and exception text; the caller's principal is never read from metadata
         self.edge = edge
@@ -201,7 +211,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         svc = self.telemetry.service
         error: TalkmeshError | None = None
         full = self.admission.full(unary)
-        if self.admission.draining:
+        md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        if self.require_principal and principal_of(md.items()) is None:
+            error = Unauthenticated(
+                f"{PRINCIPAL_KEY}: missing; this stage serves the mesh only while the gateway has API keys "
+                "(server.require_principal): call the gateway with an API key"
+            )
+        elif self.admission.draining:
             m.rejections_total.labels(svc, "draining").inc()
             error = Unavailable("server is draining; retry on another replica", retry_after=0.5)
         elif self.admission.unavailable:
@@ -216,7 +232,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             )
         if error is not None:
             m.streams_total.labels(svc, method, error.code.name).inc()
-            md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
             request_id_var.set(md.get(REQUEST_ID_KEY, ""))
             log.info(  # as _finish logs a call
                 "%s %s refused: %s",

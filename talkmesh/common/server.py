@@ -170,7 +170,11 @@ class ServiceHost:
     async def _start(self) -> int:
         cfg = self.config
         common = ServerInterceptor(
-            self.telemetry, self.admission, write_timeout=cfg.write_timeout_seconds, edge=self.service.external
+            self.telemetry,
+            self.admission,
+            write_timeout=cfg.write_timeout_seconds,
+            edge=self.service.external,
+            require_principal=cfg.require_principal,
         )
         server = grpc.aio.server(interceptors=[common, *self.service.interceptors()], options=self._server_options())
         self._names = list(self.service.register(server))
