@@ -115,8 +115,30 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``up --api-keys`` without ``--pki`` (stderr, before the mesh starts).
+UNPROTECTED_STAGES_WARNING = (
+    "warning: --api-keys without --pki: the gateway checks API keys, but the stages behind it listen on "
+    "{host} in plaintext, and any local process can call them directly, naming any key (even an admin's) "
+    "in metadata; they refuse only calls that name none. Add --pki DIR (`talkmesh certs DIR`) for mutual "
+    "TLS, which only the mesh's own certificates pass (docs/SECURITY.md)."
+)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _secure_env(args: argparse.Namespace) -> dict[str, str]:
-    """``up --pki DIR``: mutual TLS with the certificates of `talkmesh certs DIR`; ``--api-keys FILE``."""
+    """``up --pki DIR``: mutual TLS with the certificates of `talkmesh certs DIR`; ``--api-keys FILE``:
+    keys at the gateway, and the stages refuse calls that carry no key's principal. Without ``--pki``
+    the stages' ports are plaintext: a warning on loopback, refused on any other address."""
     env: dict[str, str] = {}
     if args.pki:
         from talkmesh.devcerts import mesh_tls_env
@@ -128,10 +150,18 @@ def _secure_env(args: argparse.Namespace) -> dict[str, str]:
     if args.api_keys:
         if not Path(args.api_keys).is_file():
             raise CliError(f"--api-keys {args.api_keys}: no such file (make one with `talkmesh keys new NAME --file`)")
+        if not args.pki:
+            if not _is_loopback(args.host):
+                raise CliError(
+                    f"--api-keys without --pki on --host {args.host}: the stages would take calls from the "
+                    "network naming any API key; add --pki DIR (`talkmesh certs DIR`) or serve on 127.0.0.1"
+                )
+            print(UNPROTECTED_STAGES_WARNING.format(host=args.host), file=sys.stderr, flush=True)
         env[f"{spec('gateway').env_prefix}__AUTH__API_KEYS_FILE"] = str(Path(args.api_keys).resolve())
-        from talkmesh.devcerts import edge_key_env
+        from talkmesh.devcerts import edge_key_env, principal_required_env
 
         env.update(edge_key_env())  # the web edge's own key (docs/WEB.md, "Security")
+        env.update(principal_required_env())  # no principal, no service (talkmesh/common/principal.py)
     return env
 
 

@@ -131,6 +131,19 @@ def mesh_tls_env(pki: Path) -> dict[str, str]:
     return env
 
 
+def principal_required_env() -> dict[str, str]:
+    """Environment that makes every gRPC stage behind the gateway refuse calls that carry no API
+    key's principal (``server.require_principal``): what a mesh whose gateway has API keys runs
+    with (``talkmesh up --api-keys``, as the Kubernetes mtls component sets it)."""
+    from talkmesh.common.registry import SERVICES
+
+    return {
+        f"{s.env_prefix}__SERVER__REQUIRE_PRINCIPAL": "true"
+        for s in SERVICES
+        if s.protocol == "grpc" and s.name != "gateway"
+    }
+
+
 #: The name of the web edge's API key (``edge_key_env``).
 EDGE_KEY_NAME = "web-edge"
 

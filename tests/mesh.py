@@ -91,6 +91,8 @@ async def inprocess_mesh(
                     tls=ServerTLS(str(pki / name / "tls.crt"), str(pki / name / "tls.key"), client_ca_file=client_ca),
                 )
             tel = Telemetry(name, tracer_provider=tracer_provider)
+            # (the stages' principal check, as `up --api-keys` sets it: principal_required_env)
+            server_cfg = dataclasses.replace(server_cfg, require_principal=config.server.require_principal)
             if max_streams and name in max_streams:
                 server_cfg = dataclasses.replace(server_cfg, max_concurrent_streams=max_streams[name])
             if spec.protocol == "http":  # the web edge hosts itself, with the same server settings

@@ -290,3 +290,30 @@ def test_the_up_hint_is_a_command_that_works_here(
     monkeypatch.setenv("TALKMESH_PORT_BASE", str(closed_port))
     assert up_hint(f"127.0.0.1:{closed_port}").startswith(f"TALKMESH_TARGET=127.0.0.1:{closed_port} ")
     assert not up_hint(default_target("gateway")).startswith("TALKMESH_TARGET")  # the default mesh
+
+
+def test_up_with_api_keys_makes_the_stages_require_a_principal_and_says_what_plaintext_means(tmp_path, capsys):
+    """`up --api-keys` without `--pki`: the stages refuse calls that name no key
+    (server.require_principal), and a warning says that any local process can still reach their
+    plaintext ports naming any key; on an address other than loopback it is refused outright.
+    With `--pki` (mutual TLS) no warning."""
+    from talkmesh.cli import CliError, _secure_env
+    from talkmesh.common.registry import NAMES
+    from talkmesh.devcerts import make_dev_pki
+
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys: []\n")
+    parser = build_parser()
+    args = parser.parse_args(["up", "--api-keys", str(keys)])
+    env = _secure_env(args)
+    stages = ("TTS", "AUDIO_FEATURES", "RENDERER", "ENCODER")
+    assert all(env[f"TALKMESH_{s}__SERVER__REQUIRE_PRINCIPAL"] == "true" for s in stages)
+    assert "TALKMESH_GATEWAY__SERVER__REQUIRE_PRINCIPAL" not in env
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --api-keys without --pki") and "any local process can call them" in err
+    with pytest.raises(CliError, match=r"--api-keys without --pki on --host 0\.0\.0\.0"):
+        _secure_env(parser.parse_args(["up", "--api-keys", str(keys), "--host", "0.0.0.0"]))
+    make_dev_pki(tmp_path / "pki", NAMES)
+    env = _secure_env(parser.parse_args(["up", "--api-keys", str(keys), "--pki", str(tmp_path / "pki")]))
+    assert env["TALKMESH_RENDERER__SERVER__REQUIRE_PRINCIPAL"] == "true"
+    assert capsys.readouterr().err == ""

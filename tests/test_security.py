@@ -28,9 +28,12 @@ from talkmesh.client import TalkmeshClient
 from talkmesh.common.channel import ClientTLS, create_channel
 from talkmesh.common.errors import ErrorDetails
 from talkmesh.common.principal import Principal
-from talkmesh.devcerts import make_dev_pki
+from talkmesh.devcerts import make_dev_pki, principal_required_env
+from talkmesh.v1 import audio_features_pb2_grpc as fpb_grpc
+from talkmesh.v1 import encoder_pb2_grpc as epb_grpc
+from talkmesh.v1 import live_pb2 as lpb
+from talkmesh.v1 import renderer_pb2_grpc, tts_pb2_grpc
 from talkmesh.v1 import tts_pb2 as tpb
-from talkmesh.v1 import tts_pb2_grpc
 from talkmesh.v1 import types_pb2 as api
 from tests.live_helpers import Recorder
 from tests.media import portrait
@@ -65,6 +68,7 @@ async def secure_mesh(tmp_path: Path) -> AsyncIterator[tuple[InProcessMesh, Path
     keys = tmp_path / "api-keys.yaml"
     write_keys(keys, KEYS)
     env = {"TALKMESH_GATEWAY__AUTH__API_KEYS_FILE": str(keys), "TALKMESH_GATEWAY__AUTH__RELOAD_CHECK_SECONDS": "0"}
+    env.update(principal_required_env())  # as `talkmesh up --api-keys` and the mtls component run the stages
     async with inprocess_mesh(tmp_path, env=env, pki=pki) as mesh:
         yield mesh, pki
 
@@ -121,7 +125,9 @@ async def test_speak_over_tls_and_mutual_tls_with_an_api_key(tmp_path):
         own = ClientTLS(ca_file=str(pki / "ca.crt"), cert_file=str(pki / "client" / "tls.crt"),
                         key_file=str(pki / "client" / "tls.key"), server_name="tts")  # fmt: skip
         async with create_channel(tts, tls=own) as ch:
-            voices = await tts_pb2_grpc.TTSStub(ch).ListVoices(tpb.ListVoicesRequest(), timeout=5)
+            voices = await tts_pb2_grpc.TTSStub(ch).ListVoices(
+                tpb.ListVoicesRequest(), timeout=5, metadata=Principal("alice").metadata()
+            )
         assert voices.voices
 
         # Without a key, or with a wrong one: UNAUTHENTICATED. Health needs no key (probes).
@@ -136,6 +142,52 @@ async def test_speak_over_tls_and_mutual_tls_with_an_api_key(tmp_path):
                 assert speak.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 health = await health_pb2_grpc.HealthStub(c.channel).Check(health_pb2.HealthCheckRequest())
                 assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_with_api_keys_the_stages_refuse_calls_without_a_principal(tmp_path):
+    """The review's case: alice's avatar deleted by a DeleteAvatar straight to the renderer's port
+    without metadata (read as "keys are off": unrestricted). With API keys every stage refuses a
+    call that names no key (UNAUTHENTICATED naming the metadata), health aside; the mesh's own calls
+    (Speak, live sessions: gateway -> tts, audio_features, encoder -> renderer) carry one."""
+    async with secure_mesh(tmp_path) as (mesh, pki):
+        async with client(mesh, pki, "alice") as alice:
+            mine = await alice.register_avatar(face(tmp_path / "alice.png"), name="alice-face")
+            result = await alice.speak_to_file("Still served.", tmp_path / "ok.mp4", avatar=mine.id)
+            assert result.summary.frames > 0
+            async with alice.live(avatar=mine.id) as live:
+                rec = Recorder(live).start()
+                tid = await live.say("A turn through every stage.")
+                stopped = await rec.wait_event("speaking_stopped", tid, timeout=40)
+                assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+                await live.close()
+                await rec.finish()
+        stubs = {
+            "renderer": lambda ch: renderer_pb2_grpc.RendererStub(ch).DeleteAvatar(
+                api.DeleteAvatarRequest(avatar_id=mine.id), timeout=5
+            ),
+            "tts": lambda ch: tts_pb2_grpc.TTSStub(ch).ListVoices(tpb.ListVoicesRequest(), timeout=5),
+            "audio_features": lambda ch: _read_all(fpb_grpc.AudioFeaturesStub(ch).Extract(iter(()), timeout=5)),
+            "encoder": lambda ch: _read_all(epb_grpc.EncoderStub(ch).Encode(iter(()), timeout=5)),
+        }
+        for name, call in stubs.items():
+            mesh_cert = ClientTLS(
+                ca_file=str(pki / "ca.crt"),
+                cert_file=str(pki / "client" / "tls.crt"),
+                key_file=str(pki / "client" / "tls.key"),
+                server_name=name.replace("_", "-"),
+            )
+            async with create_channel(mesh.hosts[name].address, tls=mesh_cert) as ch:
+                err = await status_of(call(ch))
+                assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (name, err)
+                assert "x-talkmesh-principal" in (err.details() or ""), name
+                health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert health.status == health_pb2.HealthCheckResponse.SERVING, name
+        async with client(mesh, pki, "alice") as alice:
+            assert mine.id in {a.id for a in await alice.list_avatars()}, "alice's avatar is still there"
+
+
+async def _read_all(call) -> list:
+    return [m async for m in call]
 
 
 async def test_avatars_belong_to_the_key_that_registered_them(tmp_path):
@@ -184,9 +236,10 @@ async def test_avatars_belong_to_the_key_that_registered_them(tmp_path):
                 for c in (alice, root):
                     err = await status_of(c.delete_avatar(next(iter(default))))
                     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-                # The same file registered by a second key: shared; one owner deleting keeps it for the other.
+                # The same file registered by a second key: shared (but not `cached` for bob: that
+                # would tell him another key holds it); one owner deleting keeps it for the other.
                 again = await bob.register_avatar(tmp_path / "alice.png", name="alice-face")
-                assert again.id == mine.id and again.cached
+                assert again.id == mine.id and not again.cached
                 assert await bob.delete_avatar(mine.id)
                 assert mine.id in {a.id for a in await alice.list_avatars()}
                 assert mine.id not in {a.id for a in await bob.list_avatars()}
@@ -326,7 +379,7 @@ async def test_the_web_edge_behind_up_pki_and_api_keys(tmp_path, caplog, monkeyp
     write_keys(keys, KEYS)
     edge = edge_key_env(tmp_path / "edge")
     assert oct((tmp_path / "edge" / "web-edge.key").stat().st_mode & 0o777) == "0o600"
-    env = {"TALKMESH_GATEWAY__AUTH__API_KEYS_FILE": str(keys), **edge}
+    env = {"TALKMESH_GATEWAY__AUTH__API_KEYS_FILE": str(keys), **edge, **principal_required_env()}
     async with inprocess_mesh(tmp_path, env=env, pki=pki, web=True) as mesh:
         async with aiohttp.ClientSession(mesh.web_url) as http:
             async with http.get("/readyz") as r:

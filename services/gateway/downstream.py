@@ -127,14 +127,15 @@ class GrpcDownstreams(Downstreams):
         self.peers: dict[str, grpc.aio.Channel] = {}  # other gateway replicas (Watch forwarding)
 
     def synthesize(self, request: tpb.SynthesizeRequest, timeout: float | None) -> Stream:
-        return CallStream(self.tts.Synthesize(request, timeout=timeout, metadata=outgoing_metadata()), stage="tts")
+        call = self.tts.Synthesize(request, timeout=timeout, metadata=outgoing_metadata(principal_metadata()))
+        return CallStream(call, stage="tts")
 
     def synthesize_stream(self, requests: AsyncIterable[tpb.TextPiece], timeout: float | None) -> Stream:
-        call = self.tts.SynthesizeStream(timeout=timeout, metadata=outgoing_metadata())
+        call = self.tts.SynthesizeStream(timeout=timeout, metadata=outgoing_metadata(principal_metadata()))
         return CallStream(call, requests, stage="tts")
 
     def extract(self, requests: AsyncIterable[fpb.FeatureRequest], timeout: float | None) -> Stream:
-        call = self.features.Extract(timeout=timeout, metadata=outgoing_metadata())
+        call = self.features.Extract(timeout=timeout, metadata=outgoing_metadata(principal_metadata()))
         return CallStream(call, requests, stage="audio_features")
 
     def encode(self, requests: AsyncIterable[epb.EncodeRequest], timeout: float | None) -> Stream:

@@ -30,6 +30,16 @@ class AvatarConfig:
     max_pixels: int = 4096 * 4096
     max_frames: int = 750
     max_upload_bytes: int = 200 * 1024 * 1024
+    # Bytes all uploads being received or prepared may hold at once on this renderer (each holds
+    # its bytes once until its registration is done); an upload that would go over it is refused
+    # with RESOURCE_EXHAUSTED. 0 = twice max_upload_bytes; else at least max_upload_bytes.
+    upload_memory_bytes: int = 0
+    # Uploads prepared (decoded, analysed, stored) at once on this renderer, each holding up to
+    # about 2 x max_video_bytes of frames at its peak; more wait for their turn, their bytes held.
+    max_preparing: int = 2
+    # Seconds an upload may take from its first message to its last (DEADLINE_EXCEEDED after it),
+    # besides server.stream_idle_seconds between messages; 0 = no limit.
+    upload_timeout_seconds: float = 120.0
     # Frames are stored with the longer side at most max_side pixels (a 3000x4000 phone photo at
     # 960x1280: every output size preset fits in it), and a video's frames (BGR) together in
     # max_video_bytes: the memory (and disk) one avatar can take.
@@ -45,7 +55,23 @@ class AvatarConfig:
     # stored composited onto it; changing it prepares them again on their next registration.
     background: str = "#ffffff"
 
+    @property
+    def upload_memory_limit(self) -> int:
+        """``upload_memory_bytes``, its default (0) resolved."""
+        return self.upload_memory_bytes or 2 * self.max_upload_bytes
+
     def validate(self) -> None:
+        if self.max_upload_bytes < 1:
+            raise ConfigError.at("max_upload_bytes", "must be at least 1")
+        if self.upload_memory_bytes and self.upload_memory_bytes < self.max_upload_bytes:
+            raise ConfigError.at(
+                "upload_memory_bytes",
+                f"must be 0 (twice max_upload_bytes) or at least max_upload_bytes ({self.max_upload_bytes})",
+            )
+        if self.max_preparing < 1:
+            raise ConfigError.at("max_preparing", "must be at least 1")
+        if self.upload_timeout_seconds < 0:
+            raise ConfigError.at("upload_timeout_seconds", "must not be negative (0 = no limit)")
         if not re.fullmatch(r"#[0-9a-fA-F]{6}", self.background):
             raise ConfigError.at("background", f'must be a colour as "#rrggbb", not {self.background!r}')
         if not self.face_models:

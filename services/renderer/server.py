@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from services.renderer.frames import output_size
 from services.renderer.progress import LatestProgress
 from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
+from services.renderer.uploads import HeldUpload, Preparations, UploadBudget, UploadLimits, receive_upload
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.clock import request_fps
 from talkmesh.common.errors import (
@@ -34,7 +36,7 @@ from talkmesh.common.errors import (
     ResourceExhausted,
 )
 from talkmesh.common.lru import Lru
-from talkmesh.common.names import check_filename, check_id, clean_name
+from talkmesh.common.names import check_id, clean_name
 from talkmesh.common.principal import Principal, principal_of, restricted
 from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
@@ -127,26 +129,15 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             if session_key:
                 s.session_ticks.put(session_key, session.tick)
 
-    async def _read_upload(self, request_iterator: AsyncIterator[rpb.AvatarUpload]) -> tuple[rpb.AvatarMeta, bytes]:
-        idle = self.s.config.server.idle_timeout
-        upload: RequestStream[rpb.AvatarUpload] = await RequestStream.open(
-            request_iterator, "meta", first_timeout=idle, idle_timeout=idle, what="upload"
+    async def _read_upload(
+        self, request_iterator: AsyncIterator[rpb.AvatarUpload]
+    ) -> tuple[rpb.AvatarMeta, HeldUpload]:
+        """The upload's meta and bytes (services/renderer/uploads.py: checked as they arrive, within
+        the renderer's upload budget and deadline); the caller releases them (``Preparations.run`` does)."""
+        cfg = self.s.config
+        return await receive_upload(
+            request_iterator, self.s.uploads, UploadLimits.of(cfg.avatars), cfg.server.idle_timeout
         )
-        first = upload.head
-        meta = first.meta
-        check_filename("meta.filename", meta.filename)
-        meta.name = clean_name("meta.name", meta.name)
-        if len(meta.backends) > 16:
-            raise InvalidArgument("meta.backends", "names at most 16 backends")
-        for i, b in enumerate(meta.backends):
-            check_id(f"meta.backends[{i}]", b)
-        limit = self.s.config.avatars.max_upload_bytes
-        buf = bytearray()
-        async for msg in upload:
-            buf += msg.data
-            if len(buf) > limit:
-                raise InvalidArgument("data", f"upload exceeds the limit of {limit} bytes")
-        return first.meta, bytes(buf)
 
     @staticmethod
     def _choice(meta: rpb.AvatarMeta) -> FaceChoice:
@@ -155,7 +146,10 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             point=(meta.face_point.x, meta.face_point.y) if meta.HasField("face_point") else None,
         )
 
-    def _info(self, avatar: Any, cached: bool, names: list[str]) -> rpb.AvatarInfo:
+    def _info(self, avatar: Any, cached: bool, names: list[str], meta: rpb.AvatarMeta) -> rpb.AvatarInfo:
+        """A registration's answer. ``cached``: as the caller may know it (``_register``); an upload
+        that is new to the caller shows the backends it asked for only, as a fresh one would."""
+        shown = set(avatar.extras) if cached else {"viseme", *meta.backends}
         return rpb.AvatarInfo(
             id=avatar.id,
             name=names[0] if names else "",
@@ -164,7 +158,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             height=avatar.size[1],
             frame_count=int(avatar.frames.shape[0]),
             cached=cached,
-            backends=sorted(k for k in avatar.extras if k in self.s.backends),
+            backends=sorted(k for k in avatar.extras if k in self.s.backends and k in shown),
             face=face_report(avatar.report),
         )
 
@@ -188,11 +182,16 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             )
 
     def _register(
-        self, who: Principal | None, data: bytes, meta: rpb.AvatarMeta, progress: Any = None
+        self, who: Principal | None, data: bytes | bytearray, meta: rpb.AvatarMeta, progress: Any = None
     ) -> tuple[Any, bool, list[str]]:
         """Blocking: quota, registration, then the key recorded as an owner (or rolled back) and the
         name added to the caller's names of the avatar. Returns (avatar, cached, the caller's names:
-        the name given first)."""
+        the name given first).
+
+        ``cached`` is true only for an avatar the caller already had (with API keys, a user key's
+        own): a key that uploads a file another key registered learns nothing of it, and gets the
+        answer a fresh upload would give (the name from its own request or file name, not the other
+        key's). The prepared entry is still shared (content-addressed), so that upload is quick."""
         store = self.s.store
         self._check_quota(who, len(data))
         avatar, cached = store.register(
@@ -203,13 +202,20 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         # Read and changed under the entry's lock: another key (on this or another replica) may add
         # itself at the same time.
         owners = store.owners(avatar.id)
+        stored = cached  # (the store had the entry)
+        cached = cached and (not restricted(who) or who.name in owners)  # (as the caller may know it)
         # A name names one avatar of the caller's: checked before the caller becomes an owner, so
         # a refusal leaves nothing behind.
-        given = meta.name or ("" if cached else avatar.name)
+        if meta.name or cached:
+            given = meta.name
+        elif not stored:
+            given = avatar.name  # (the file's name, as the fresh entry took it)
+        else:  # another key's entry: what a fresh upload would be named, never that key's name
+            given = Path(meta.filename).stem or avatar.id
         if given:
             taken = self._names_taken(who, avatar.id)
             if given in taken and meta.name:  # an explicit name never moves off another avatar
-                if not cached and not owners:
+                if not stored and not owners:
                     store.delete(avatar.id)  # (this upload made the entry: nothing else refers to it)
                 raise AlreadyExists(
                     "name",
@@ -224,7 +230,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                 self._check_quota(who, 0)
             except ResourceExhausted:
                 left = store.update_owners(avatar.id, lambda now: now - {name})
-                if not left and not owners and not cached:
+                if not left and not owners and not stored:
                     store.delete(avatar.id)
                 raise
         # A stored file registered again with another name gets that name too: its older names
@@ -234,7 +240,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         first = avatar.name
 
         def add(names: dict[str, list[str]]) -> dict[str, list[str]]:
-            if not names and cached:  # an entry registered before names.json: its name stays its owners'
+            if not names and stored:  # an entry registered before names.json: its name stays its owners'
                 names = {o: [first] for o in owners or {""}}
             mine = names.setdefault(key, [])
             if given not in mine:
@@ -254,27 +260,33 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         }
 
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
-        meta, data = await self._read_upload(request_iterator)
+        meta, held = await self._read_upload(request_iterator)
         who = principal_of(context.invocation_metadata())
-        avatar, cached, names = await asyncio.to_thread(self._register, who, data, meta)
-        return self._info(avatar, cached, names)
+        # (the preparation releases the bytes when its worker is done)
+        avatar, cached, names = await self.s.preparing.run(held, lambda data: self._register(who, data, meta))
+        return self._info(avatar, cached, names, meta)
 
     async def RegisterAvatarWithProgress(
         self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any
     ) -> AsyncIterator[rpb.AvatarRegistration]:
-        meta, data = await self._read_upload(request_iterator)
-        who = principal_of(context.invocation_metadata())
-        size = len(data)
-        yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
-        progress = LatestProgress(asyncio.get_running_loop())
-        job = asyncio.ensure_future(asyncio.to_thread(self._register, who, data, meta, progress.report))
+        meta, held = await self._read_upload(request_iterator)
+        job: asyncio.Future[tuple[Any, bool, list[str]]] | None = None
         try:
+            who = principal_of(context.invocation_metadata())
+            size = len(held.data)
+            yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
+            progress = LatestProgress(asyncio.get_running_loop())
+            job = asyncio.ensure_future(
+                self.s.preparing.run(held, lambda data: self._register(who, data, meta, progress.report))
+            )
             async for stage, done, total in progress.updates(job):
                 yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage=stage, done=done, total=total))
             avatar, cached, names = await job
         finally:
             await cancel_and_wait(job)
-        yield rpb.AvatarRegistration(avatar=self._info(avatar, cached, names))
+            if not held.taken:  # (else the preparation releases it when its worker is done)
+                held.release()
+        yield rpb.AvatarRegistration(avatar=self._info(avatar, cached, names, meta))
 
     def _visible(self, who: Principal | None) -> list[Any]:
         """Blocking. Every avatar without API keys or for an admin; else the key's own and the default."""
@@ -449,6 +461,10 @@ class RendererService(Service):
         self.session_ticks: Lru[str, int] = Lru(MAX_SESSIONS_REMEMBERED)
         self.part_bytes = min(config.frame_part_bytes, config.server.max_message_bytes - 64 * 1024)
         self._ring_refusals = 0
+        #: the bytes uploads hold (avatars.upload_memory_bytes)
+        self.uploads = UploadBudget(config.avatars.upload_memory_limit)
+        #: registrations being prepared (avatars.max_preparing); the others wait, their bytes held
+        self.preparing = Preparations(config.avatars.max_preparing)
 
     def ring_opened(self, opened: bool, reason: str = "") -> None:
         """An encoder's frame ring was opened, or could not be (its frames go inline): counted as

@@ -76,7 +76,7 @@ async def bench(args: argparse.Namespace) -> TlsReport:
     from talkmesh.client import TalkmeshClient
     from talkmesh.common.channel import ClientTLS
     from talkmesh.common.registry import NAMES, spec
-    from talkmesh.devcerts import make_dev_pki, mesh_tls_env
+    from talkmesh.devcerts import make_dev_pki, mesh_tls_env, principal_required_env
     from talkmesh.launcher import Mesh
 
     m = machine()
@@ -95,6 +95,7 @@ async def bench(args: argparse.Namespace) -> TlsReport:
         keys.write_text(f"keys:\n  - name: bench\n    sha256: {hash_key(API_KEY)}\n")
         secure_env = mesh_tls_env(pki)
         secure_env[f"{spec('gateway').env_prefix}__AUTH__API_KEYS_FILE"] = str(keys)
+        secure_env.update(principal_required_env())
         logs = Path(tmp) / "logs"
         async with (
             Mesh(log_dir=logs / "plain") as plain,

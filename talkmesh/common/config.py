@@ -94,6 +94,10 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     # Streams accepted at once before RESOURCE_EXHAUSTED (application-level admission control).
     max_concurrent_streams: int = DEFAULT_MAX_STREAMS
+    # Unary calls (ListVoices, ListAvatars, GetAvatar, DeleteAvatar) accepted at once: a limit of
+    # their own, so that full media streams do not refuse these small calls (and they cannot take
+    # the streams' room).
+    max_concurrent_unary: int = 64
     # Seconds streams in flight may take to finish after SIGTERM.
     grace_seconds: float = 20.0
     log_level: str = "INFO"
@@ -116,6 +120,12 @@ class ServerConfig:
     unix_socket: str = ""
     # TLS on the gRPC port and the Unix socket (off by default; see docs/SECURITY.md).
     tls: ServerTLS = dataclasses.field(default_factory=ServerTLS)
+    # A stage behind a gateway with API keys: refuse every call (but health and reflection) that
+    # carries no principal (the x-talkmesh-principal metadata the gateway sends) with
+    # UNAUTHENTICATED. Set by `talkmesh up --api-keys` and the Kubernetes mtls component. Anyone
+    # who reaches the port can write that metadata: only mutual TLS (server.tls.client_ca_file)
+    # makes it trustworthy (docs/SECURITY.md). Ignored by the gateway (its auth.* decides).
+    require_principal: bool = False
     # The standard gRPC health service ("" readiness, "liveness"); probes and the gateway's
     # dependency checks use it: turn off only where nothing probes over gRPC.
     health: bool = True
@@ -144,6 +154,8 @@ class ServerConfig:
             raise ConfigError.at("max_message_bytes", "must be at least 65536")
         if self.max_concurrent_streams < 1:
             raise ConfigError.at("max_concurrent_streams", "must be at least 1")
+        if self.max_concurrent_unary < 1:
+            raise ConfigError.at("max_concurrent_unary", "must be at least 1")
         if self.max_connection_age_seconds < 0:
             raise ConfigError.at("max_connection_age_seconds", "must not be negative")
         if self.grace_seconds < 0:

@@ -34,13 +34,14 @@ from talkmesh.common.errors import (
     DeadlineExceeded,
     ResourceExhausted,
     TalkmeshError,
+    Unauthenticated,
     Unavailable,
     internal_error,
     scrub,
     status_trailer,
 )
 from talkmesh.common.logs import request_id_var
-from talkmesh.common.principal import current_principal, principal_of
+from talkmesh.common.principal import PRINCIPAL_KEY, current_principal, principal_of
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.streams import CheckedRequests, Undecodable, lenient_deserializer
 from talkmesh.common.telemetry import Telemetry
@@ -67,25 +68,52 @@ class _MetadataGetter(Getter[dict[str, str]]):
 
 
 class AdmissionState:
-    """Counts streams in flight and refuses new ones when full or draining."""
+    """Counts calls in flight and refuses new ones when full or draining.
 
-    def __init__(self, limit: int) -> None:
+    Streams (any call with a streamed request or answer: a Speak, a live session, an upload, a
+    Render) count against ``limit`` (``server.max_concurrent_streams``); unary calls (ListVoices,
+    ListAvatars, GetAvatar, DeleteAvatar: small, quick metadata calls) against ``unary_limit``
+    (``server.max_concurrent_unary``) of their own, so a replica whose media streams are full still
+    answers them. Both count as in flight for draining."""
+
+    def __init__(self, limit: int, unary_limit: int = 64) -> None:
         self.limit = limit
+        self.unary_limit = unary_limit
+        #: streams in flight
         self.active = 0
+        #: unary calls in flight
+        self.unary_active = 0
         self.draining = False
         #: why new streams are refused with UNAVAILABLE ("renderer: not answering health checks")
         self.unavailable = ""
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def enter(self) -> None:
-        self.active += 1
+    def enter(self, unary: bool = False) -> None:
+        if unary:
+            self.unary_active += 1
+        else:
+            self.active += 1
         self._idle.clear()
 
-    def leave(self) -> None:
-        self.active -= 1
-        if self.active == 0:
+    def leave(self, unary: bool = False) -> None:
+        if unary:
+            self.unary_active -= 1
+        else:
+            self.active -= 1
+        if self.active == 0 and self.unary_active == 0:
             self._idle.set()
+
+    def full(self, unary: bool) -> str:
+        """Why a new call of this kind is refused for want of room ("" when there is room)."""
+        if unary:
+            if self.unary_active >= self.unary_limit:
+                n, limit = self.unary_active, self.unary_limit
+                return f"{n} unary calls in flight (limit {limit}, server.max_concurrent_unary)"
+            return ""
+        if self.active >= self.limit:
+            return f"{self.active} streams in flight (limit {self.limit}, server.max_concurrent_streams)"
+        return ""
 
     async def wait_idle(self, timeout: float) -> bool:
         return await wait_event(self._idle, timeout)
@@ -93,11 +121,20 @@ class AdmissionState:
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, telemetry: Telemetry, admission: AdmissionState, *, write_timeout: float, edge: bool = False
+        self,
+        telemetry: Telemetry,
+        admission: AdmissionState,
+        *,
+        write_timeout: float,
+        edge: bool = False,
+        require_principal: bool = False,
     ) -> None:
         self.telemetry = telemetry
         self.admission = admission
         self.write_timeout = write_timeout
+        #: a stage behind a gateway with API keys (server.require_principal): calls without the
+        #: gateway's principal are refused (health and reflection never reach this interceptor's checks)
+        self.require_principal = require_principal and not edge
         #: the public edge (the gateway): statuses go to external clients, scrubbed of internal
         #: addresses, paths and exception text; the caller's principal is never read from metadata
         self.edge = edge
@@ -169,26 +206,32 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         context_api.attach(trace.set_span_in_context(span))
         return span, time.perf_counter()
 
-    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext, unary: bool) -> None:
         m = self.telemetry.metrics
         svc = self.telemetry.service
         error: TalkmeshError | None = None
-        if self.admission.draining:
+        full = self.admission.full(unary)
+        md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        if self.require_principal and principal_of(md.items()) is None:
+            error = Unauthenticated(
+                f"{PRINCIPAL_KEY}: missing; this stage serves the mesh only while the gateway has API keys "
+                "(server.require_principal): call the gateway with an API key"
+            )
+        elif self.admission.draining:
             m.rejections_total.labels(svc, "draining").inc()
             error = Unavailable("server is draining; retry on another replica", retry_after=0.5)
         elif self.admission.unavailable:
             m.rejections_total.labels(svc, "dependency").inc()
             error = Unavailable(self.admission.unavailable, retry_after=1.0)
-        elif self.admission.active >= self.admission.limit:
+        elif full:
             m.rejections_total.labels(svc, "overload").inc()
             error = ResourceExhausted(
-                f"{self.admission.active} streams in flight (limit {self.admission.limit}); retry later",
-                quota="streams in flight per replica",
+                f"{full}; retry later",
+                quota="unary calls in flight per replica" if unary else "streams in flight per replica",
                 subject=svc,
             )
         if error is not None:
             m.streams_total.labels(svc, method, error.code.name).inc()
-            md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
             request_id_var.set(md.get(REQUEST_ID_KEY, ""))
             log.info(  # as _finish logs a call
                 "%s %s refused: %s",
@@ -230,11 +273,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(code, details, trailing_metadata=trailer)
         return code  # unreachable: abort raises
 
-    def _finish(self, method: str, code: str, span: trace.Span, start: float) -> None:
+    def _finish(self, method: str, code: str, span: trace.Span, start: float, unary: bool) -> None:
         svc = self.telemetry.service
         self.telemetry.metrics.streams_total.labels(svc, method, code).inc()
         self.telemetry.metrics.streams_active.labels(svc).dec()
-        self.admission.leave()
+        self.admission.leave(unary)
         span.set_attribute("rpc.grpc.status_code", _STATUS_NUMBERS.get(code, grpc.StatusCode.UNKNOWN.value[0]))
         span.set_attribute("rpc.grpc.status_code_name", code)
         if code == "CANCELLED":
@@ -255,15 +298,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def _call(
-        self, method: str, context: grpc.aio.ServicerContext, request: Any, streaming_requests: bool
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        request: Any,
+        streaming_requests: bool,
+        unary: bool = False,
     ) -> AsyncIterator[Any]:
         """One call's envelope, the same for every kind of method: admission, span, request id and
         metrics around the handler, which runs in the body with the (checked) requests; a
         handler's error becomes the call's status here, and a client that went away becomes a
         cancellation."""
-        await self._admit(method, context)
+        await self._admit(method, context, unary)
         span, start = self._begin(method, context)
-        self.admission.enter()
+        self.admission.enter(unary)
         self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
         code = "OK"
         requests = request
@@ -303,7 +351,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_name(context, "UNKNOWN")
             raise
         finally:
-            self._finish(method, code, span, start)
+            self._finish(method, code, span, start, unary)
 
     def _wrap_stream(
         self, behavior: Callable[..., AsyncGenerator[Any, None]], method: str, *, streaming_requests: bool
@@ -337,7 +385,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self, behavior: Callable[..., Awaitable[Any]], method: str, *, streaming_requests: bool
     ) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with self._call(method, context, request, streaming_requests) as requests:
+            # A unary call (not an upload) counts against the unary limit, not the streams'.
+            unary = not streaming_requests
+            async with self._call(method, context, request, streaming_requests, unary) as requests:
                 return await behavior(requests, context)
 
         return wrapper

@@ -1,10 +1,16 @@
 """Who a call is for: the API key the gateway authenticated, carried to the stages in metadata.
 
 The gateway authenticates the client's ``authorization: Bearer <key>`` (services/gateway/auth.py)
-and calls the renderer with the key's *name*, role and avatar disk quota in the metadata below; the
-renderer stores avatars' owners by that name. The stages trust these entries because only the
-mesh can reach them (mutual TLS and NetworkPolicies); the gateway never forwards a client's own
-metadata, so a client cannot set them. Without API keys no entry is sent and nothing is checked.
+and calls every stage with the key's *name*, role and avatar disk quota in the metadata below (the
+encoder passes them on to the renderer); the renderer stores avatars' owners by that name. The
+gateway never forwards a client's own metadata, so a client of the gateway cannot set them.
+
+**The entries are only as trustworthy as the stages' ports.** Anyone who can open a connection to
+a stage can write them (claim any key, even an admin's). With API keys the stages therefore run
+with ``server.require_principal`` (``talkmesh up --api-keys``, the Kubernetes mtls component): a
+call without a principal is refused (UNAUTHENTICATED), not served as "keys are off". That stops a
+caller who sends nothing; only mutual TLS (client certificates of the mesh CA) and NetworkPolicies
+stop one who forges them. Without API keys no entry is sent and nothing is checked.
 """
 
 from __future__ import annotations
@@ -63,7 +69,8 @@ def principal_metadata() -> list[tuple[str, str]]:
 
 
 def principal_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal | None:
-    """The principal the gateway sent (None: no API keys, every caller is trusted alike)."""
+    """The principal the gateway sent (None: no API keys, every caller is trusted alike; a stage
+    with ``server.require_principal`` refuses such a call before its handler runs)."""
     md = {k: v for k, v in metadata or () if isinstance(v, str)}
     name = md.get(PRINCIPAL_KEY, "")
     if not name:

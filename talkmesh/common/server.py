@@ -129,7 +129,7 @@ class ServiceHost:
         self.service = service
         self.config = config
         self.telemetry = service.telemetry
-        self.admission = AdmissionState(config.max_concurrent_streams)
+        self.admission = AdmissionState(config.max_concurrent_streams, config.max_concurrent_unary)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -170,7 +170,11 @@ class ServiceHost:
     async def _start(self) -> int:
         cfg = self.config
         common = ServerInterceptor(
-            self.telemetry, self.admission, write_timeout=cfg.write_timeout_seconds, edge=self.service.external
+            self.telemetry,
+            self.admission,
+            write_timeout=cfg.write_timeout_seconds,
+            edge=self.service.external,
+            require_principal=cfg.require_principal,
         )
         server = grpc.aio.server(interceptors=[common, *self.service.interceptors()], options=self._server_options())
         self._names = list(self.service.register(server))
@@ -271,7 +275,13 @@ class ServiceHost:
         self.admission.draining = True
         await cancel_and_wait(self._watch)
         await self.service.drain()
-        log.info("%s draining: %d stream(s) in flight, grace %.1fs", self.service.name, self.admission.active, grace)
+        log.info(
+            "%s draining: %d stream(s) and %d unary call(s) in flight, grace %.1fs",
+            self.service.name,
+            self.admission.active,
+            self.admission.unary_active,
+            grace,
+        )
         drained = await self.admission.wait_idle(grace)
         if not drained:
             log.warning(

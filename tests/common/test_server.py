@@ -46,6 +46,11 @@ class ToyServicer(tts_pb2_grpc.TTSServicer):
             self.cancelled.set()
             raise
 
+    async def ListVoices(self, request, context):
+        if request.voice == "wait":
+            await self.release.wait()
+        return tts_pb2.ListVoicesResponse(voices=[tts_pb2.Voice(id="toy")])
+
 
 class ToyService(Service):
     name = "toy"
@@ -127,6 +132,37 @@ async def test_admission_control_refuses_over_limit_but_health_answers():
             rest = await _read_rest(first)
             assert len(rest) == 2
     assert _value(tel, "talkmesh_rejections_total", {"service": "toy", "reason": "overload"}) == 1
+
+
+async def test_unary_calls_have_a_limit_of_their_own_beside_the_streams():
+    """A replica whose streams are all taken (the gateway with its 16 Speaks) still answers a
+    cheap unary call (GET voices); unary calls are refused only by their own limit, which leaves
+    the streams' room alone."""
+    tel = Telemetry("toy")
+    svc = ToyService(tel)
+    cfg = ServerConfig(port=0, max_concurrent_streams=1, max_concurrent_unary=1)
+    async with serve(svc, cfg) as host, create_channel(host.address) as ch:
+        stub = tts_pb2_grpc.TTSStub(ch)
+        stream = stub.Synthesize(_req("wait"))
+        await stream.read()
+        full = stub.Synthesize(_req("hi"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await full.read()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "server.max_concurrent_streams" in err.value.details()
+        voices = await stub.ListVoices(tts_pb2.ListVoicesRequest(), timeout=5)
+        assert [v.id for v in voices.voices] == ["toy"]
+        held = asyncio.ensure_future(stub.ListVoices(tts_pb2.ListVoicesRequest(voice="wait")))
+        while host.admission.unary_active < 1:
+            await asyncio.sleep(0.01)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ListVoices(tts_pb2.ListVoicesRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert err.value.details().startswith("1 unary calls in flight (limit 1, server.max_concurrent_unary)")
+        assert host.admission.active == 1, "the stream kept its slot"
+        svc.servicer.release.set()
+        assert (await held).voices and len(await _read_rest(stream)) == 2
+        assert host.admission.active == host.admission.unary_active == 0
 
 
 async def test_cancel_is_recorded_as_cancelled_in_metrics_and_span():

@@ -232,9 +232,11 @@ def test_the_component_turns_tls_and_keys_on_in_the_services_configs(overlay: st
             assert not tls.enabled, "the browser edge is public: TLS ends at the Ingress"
         elif service == "gateway":
             assert not tls.enabled, "the public port stays as the base sets it"
+            assert not config.server.require_principal, "the edge authenticates keys itself"
             assert config.auth.enabled and config.auth.api_keys_file.startswith(KEYS_DIR + "/")
         else:
             assert tls.enabled and tls.client_ca_file and tls.require_client_cert, service
+            assert config.server.require_principal, f"{service}: the gateway has API keys"
             assert (tls.cert_file, tls.key_file, tls.client_ca_file) == tuple(
                 f"{TLS_DIR}/{n}" for n in ("tls.crt", "tls.key", "ca.crt")
             )

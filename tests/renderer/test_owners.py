@@ -161,18 +161,48 @@ async def test_each_api_key_names_its_avatars_for_itself(tmp_path):
             await stub.DeleteAvatar(default_name, metadata=mallory)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
-        # a key uploading the same bytes without a name sees none of alice's names, nor can use them
+        # a key uploading the same bytes without a name sees none of alice's names, nor can use
+        # them: its upload is named as a fresh one would be, after its file
         bob = Principal("bob").metadata()
         quiet = await stub.RegisterAvatar(_named(data, ""), metadata=bob)
-        assert quiet.id == first.id and quiet.name == "" and list(quiet.names) == []
-        assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=bob))[first.id] == []
-        assert not (await stub.DeleteAvatar(crop, metadata=bob)).deleted
+        assert quiet.id == first.id and quiet.name == "crop" and list(quiet.names) == ["crop"]
+        assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=bob))[first.id] == ["crop"]
+        assert (await stub.DeleteAvatar(crop, metadata=bob)).deleted  # his own "crop": his share goes
+        assert store.owners(first.id) == {"alice"}
         assert _names(await stub.ListAvatars(rpb.ListAvatarsRequest(), metadata=alice))[first.id] == ["crop", "other"]
         for blank in ("   ", "\u200b"):  # a name of nothing is refused, not taken for "the whole avatar"
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.DeleteAvatar(rpb.DeleteAvatarRequest(avatar_id=first.id, name=blank), metadata=alice)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("name: ")
         assert store.exists(first.id)
+
+
+async def test_cached_is_reported_for_the_callers_own_avatars_only(tmp_path):
+    """Bob uploading the file alice registered gets the answer of a fresh upload (not cached, his
+    own name, the backends he asked for), not a sign that another key holds it; the prepared entry
+    is still shared. His second upload, and alice's, are cached; without keys, every caller is one."""
+    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache")}
+    service = create_service(load_config(None, env=env), Telemetry("renderer"))
+    data = _mirrored()
+    async with serve(service) as host, create_channel(host.address) as ch:
+        stub = renderer_pb2_grpc.RendererStub(ch)
+        alice, bob = Principal("alice").metadata(), Principal("bob").metadata()
+        secret = await stub.RegisterAvatar(_named(data, "alice-secret"), metadata=alice)
+        assert not secret.cached
+        fresh = await stub.RegisterAvatar(_named(_shifted(), ""), metadata=Principal("carol").metadata())
+        bobs = await stub.RegisterAvatar(_named(data, ""), metadata=bob)
+        assert bobs.id == secret.id, "the entry is shared"
+        assert not bobs.cached
+        assert (bobs.name, list(bobs.names), list(bobs.backends)) == (
+            fresh.name, list(fresh.names), list(fresh.backends)
+        ), "the answer a fresh upload gets"
+        assert "alice-secret" not in str(bobs)
+        assert service.store.owners(secret.id) == {"alice", "bob"}  # type: ignore[attr-defined]
+        assert (await stub.RegisterAvatar(_named(data, ""), metadata=bob)).cached
+        assert (await stub.RegisterAvatar(_named(data, ""), metadata=alice)).cached
+        assert (await stub.RegisterAvatar(_named(data, ""))).cached  # (no API keys: one caller)
+        # the default avatar is everyone's: no secret to keep
+        assert (await stub.RegisterAvatar(_named(PORTRAIT, ""), metadata=bob)).cached
 
 
 def _shifted() -> bytes:

@@ -37,11 +37,13 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_EXTS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
 IMAGE_FORMATS = ("png", "jpeg", "webp", "bmp")
 VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv", "avi")
+#: An upload's bytes: as received (a buffer grown in place) or a file's.
+Data = bytes | bytearray
 #: ISO base media ``ftyp`` brands read as QuickTime (the rest of ftyp files are MP4-family).
 _QT_BRANDS = {b"qt  "}
 
 
-def sniff(data: bytes) -> str:
+def sniff(data: Data) -> str:
     """The format the bytes are in ("png", "jpeg", "webp", "bmp", "mp4", "mov", "webm", "mkv",
     "avi"), or "" when they are none of the allowed ones."""
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -73,26 +75,43 @@ class Decoded:
     scale: float = 1.0
 
 
-def decode(data: bytes, filename: str, cfg: AvatarConfig) -> Decoded:
-    """The upload's frames, or InvalidArgument with the reason."""
+#: Bytes ``sniff`` reads at most: an upload is refused on its first block when these say nothing
+#: on the allow-list (the renderer checks them as the bytes arrive, before holding the rest).
+SNIFF_BYTES = 64
+
+
+def check_filename_type(filename: str) -> None:
+    """InvalidArgument naming ``meta.filename`` when its extension is of no allowed type."""
     ext = Path(filename).suffix.lower()
-    if not data:
-        raise InvalidArgument("data", "the upload is empty")
     if ext and ext not in IMAGE_EXTS | VIDEO_EXTS:
         raise InvalidArgument(
             "meta.filename",
             f"unsupported file type {ext}; images: "
             f"{', '.join(sorted(IMAGE_EXTS))}; videos: {', '.join(sorted(VIDEO_EXTS))}",
         )
-    kind = sniff(data)
-    what = filename or "upload"
+
+
+def check_format(head: Data, filename: str) -> str:
+    """The format of an upload whose first bytes (at least ``SNIFF_BYTES`` of them, or all) are
+    ``head``; InvalidArgument naming ``data`` when it is none of the allowed ones."""
+    kind = sniff(bytes(head[:SNIFF_BYTES]))
     if not kind:
         # Whatever the name says: only formats on the allow-list reach a decoder.
         raise InvalidArgument(
             "data",
-            f"{what} is not a decodable image or video: its bytes are none of "
+            f"{filename or 'upload'} is not a decodable image or video: its bytes are none of "
             f"{', '.join(IMAGE_FORMATS + VIDEO_FORMATS)} (corrupt, truncated or another format)",
         )
+    return kind
+
+
+def decode(data: Data, filename: str, cfg: AvatarConfig) -> Decoded:
+    """The upload's frames, or InvalidArgument with the reason."""
+    if not data:
+        raise InvalidArgument("data", "the upload is empty")
+    check_filename_type(filename)
+    kind = check_format(data[:SNIFF_BYTES], filename)
+    what = filename or "upload"
     if kind in VIDEO_FORMATS:
         return _decode_video(data, kind, cfg)
     dims = image_dimensions(data)
@@ -157,7 +176,7 @@ def reduced_limit(cfg: AvatarConfig) -> int:
     return max(cfg.max_pixels, 4 * cfg.max_side * cfg.max_side)
 
 
-def jpeg_held_whole(data: bytes) -> bool:
+def jpeg_held_whole(data: Data) -> bool:
     """Whether libjpeg holds the whole image's coefficients (2 bytes per sample) however small it
     decodes it: a progressive JPEG, or one whose first scan has fewer components than the image
     (libjpeg's own test for several scans). Such a JPEG is held to ``max_pixels`` at its full size;
@@ -191,7 +210,7 @@ def _too_large(dims: tuple[int, int], kind: str, whole: bool, reduction: int, cf
     )
 
 
-def has_alpha(data: bytes) -> bool:
+def has_alpha(data: Data) -> bool:
     """Whether the image's header declares transparency: a PNG with an alpha channel (colour type
     4 or 6) or a ``tRNS`` chunk, a WebP with alpha (VP8X's flag, or lossless VP8L's)."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 26:
@@ -239,7 +258,7 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 _JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 
 
-def _jpeg_markers(data: bytes, start: int) -> Iterator[tuple[int, int]]:
+def _jpeg_markers(data: Data, start: int) -> Iterator[tuple[int, int]]:
     """(offset, marker) of a JPEG's markers from ``start`` (a marker), segment by segment, skipping
     each segment's content (an EXIF thumbnail is a JPEG of its own inside APP1); ends where no
     marker is where one must be, or at the end of the bytes."""
@@ -256,7 +275,7 @@ def _jpeg_markers(data: bytes, start: int) -> Iterator[tuple[int, int]]:
             i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
 
 
-def _jpeg_sof(data: bytes) -> tuple[int, int] | None:
+def _jpeg_sof(data: Data) -> tuple[int, int] | None:
     """(offset, marker) of a JPEG's frame header (SOFn), past its APPn segments; None if there is
     none (or its header is cut short)."""
     if data[:2] != b"\xff\xd8":
@@ -267,7 +286,7 @@ def _jpeg_sof(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def image_dimensions(data: bytes) -> tuple[int, int] | None:
+def image_dimensions(data: Data) -> tuple[int, int] | None:
     """(width, height) from a PNG, JPEG, WebP or BMP header without decoding; None if unknown."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
@@ -309,7 +328,7 @@ def video_frame_size(w: int, h: int, frames: int, cfg: AvatarConfig) -> tuple[in
     return min(ow, w - w % 2), min(oh, h - h % 2)
 
 
-def _decode_video(data: bytes, kind: str, cfg: AvatarConfig) -> Decoded:
+def _decode_video(data: Data, kind: str, cfg: AvatarConfig) -> Decoded:
     # The compressed upload is what goes to disk (a temporary file OpenCV can read); frames are
     # decoded one at a time into a preallocated array, downscaled on the way.
     with tempfile.NamedTemporaryFile(suffix=f".{kind}") as tmp:

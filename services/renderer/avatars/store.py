@@ -60,7 +60,7 @@ import cv2
 import numpy as np
 
 from services.renderer.avatars.analysis import FaceAnalyzer, FaceChoice, FaceTrack
-from services.renderer.avatars.decode import decode, has_alpha
+from services.renderer.avatars.decode import Data, decode, has_alpha
 from services.renderer.avatars.face_models import load_face_models
 from services.renderer.avatars.scaled import needs_scaling, scaled
 from services.renderer.backends.base import Avatar, RenderBackend
@@ -224,7 +224,7 @@ class AvatarStore:
                 settings["point_in"] = "upload"
         return json.dumps(settings, sort_keys=True)
 
-    def content_id(self, data: bytes, choice: FaceChoice = FaceChoice()) -> str:
+    def content_id(self, data: Data, choice: FaceChoice = FaceChoice()) -> str:
         h = hashlib.sha256()
         h.update(data)
         h.update(self.settings_key(choice).encode())
@@ -236,7 +236,7 @@ class AvatarStore:
 
     def register(
         self,
-        data: bytes,
+        data: Data,
         filename: str,
         name: str = "",
         backends: tuple[str, ...] = (),
@@ -312,7 +312,7 @@ class AvatarStore:
             return ""
 
     def _precompute(
-        self, avatar_id: str, data: bytes, filename: str, name: str, choice: FaceChoice, progress: Progress
+        self, avatar_id: str, data: Data, filename: str, name: str, choice: FaceChoice, progress: Progress
     ) -> Avatar:
         """Decodes, analyses and stores one upload; returns the avatar (its frames are the decoded
         ones, so a new registration does not decode its stored frames again)."""
