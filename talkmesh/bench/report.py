@@ -201,8 +201,8 @@ def _first_fragment_cpu_lines(report: BenchReport) -> list[str]:
     return [
         "",
         f"CPU spent on the way to the first fragment ({mesh.requests} requests each, alternated with the"
-        " yardstick, each stopped at its first fragment; ms, medians; threads' run time from"
-        " /proc/<pid>/task/*/schedstat; the mesh's client is not counted, the yardstick's process is"
+        " yardstick, each stopped at its first fragment; ms, medians; each process's CPU clock"
+        " (clock_gettime, all its threads); the mesh's client is not counted, the yardstick's process is"
         " its own client):",
         "",
         "| | time to first fragment | CPU, all processes | " + " | ".join(names) + " |",

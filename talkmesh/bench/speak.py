@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from talkmesh.bench.components import run_components
-from talkmesh.bench.metrics import process_cpu_seconds, renderer_metrics, stream_bytes, threads_cpu_seconds
+from talkmesh.bench.metrics import process_cpu_clock_seconds, process_cpu_seconds, renderer_metrics, stream_bytes
 from talkmesh.bench.report import git_revision, machine, write_report
 from talkmesh.bench.results import BenchReport, FirstFragmentCpu, SpeakerRun
 from talkmesh.bench.series import first_fragment_cpu, run_speaker
@@ -105,10 +105,10 @@ async def bench(args: argparse.Namespace) -> BenchReport:
                     stages = {name: pid for name, pid in pids.items() if spec(name).protocol == "grpc"}
 
                     def stage_cpu() -> dict[str, float]:
-                        return {name: threads_cpu_seconds(pid) for name, pid in stages.items()}
+                        return {name: process_cpu_clock_seconds(pid) for name, pid in stages.items()}
 
                     def own_cpu() -> dict[str, float]:
-                        return {"in-process": threads_cpu_seconds(os.getpid())}
+                        return {"in-process": process_cpu_clock_seconds(os.getpid())}
 
                     try:
                         mesh_run = await run_speaker(
