@@ -66,7 +66,7 @@ class WebSettings:
     # (docs/WEB.md "Sizing"; the start-up line says the sum).
     max_concurrent_speaks: int = WEB_MAX_SPEAKS
     # Of those, at most this many per client: per token identity (`sub`, else the token) and per
-    # client address (not loopback; see trusted_proxies). 0: no per-client share.
+    # client address (see max_sessions_per_ip for which). 0: no per-client share.
     max_speaks_per_client: int = 2
     # A whole-file MP4 answer is held until the end (for Content-Length and the summary headers)
     # up to this many bytes; a longer file is sent on as it arrives (docs/WEB.md, POST /v1/speak).
@@ -85,16 +85,19 @@ class WebSettings:
     # Give each user a subject of their own (a shared "guest" subject shares the limit). 0: no limit.
     max_sessions_per_subject: int = 4
     # Live WebSockets open at once per client address, with or without tokens (one visitor with
-    # several tokens or subjects); a loopback address (the machine's own user, or a proxy on it that
-    # is not in trusted_proxies) is not limited. 0: no limit.
+    # several tokens or subjects); an IPv6 client counts by its /64. Not limited: a loopback address
+    # (the machine's own user, or a proxy on it that is not in trusted_proxies) and a trusted proxy
+    # itself (a request from it without X-Forwarded-For, or whose every hop is trusted or not an
+    # address: nobody in particular, not all its visitors together). 0: no limit.
     max_sessions_per_ip: int = 4
     # TCP connections open at once per client address (a client opening connections it never
-    # uses, slowloris); more are closed at once. trusted_proxies are exempt. 0: no limit.
+    # uses, slowloris); more are closed at once. trusted_proxies and loopback are exempt. 0: no limit.
     max_connections_per_ip: int = 32
     # Proxies in front of the edge (addresses or networks: "10.0.0.0/8", "127.0.0.1"). For a
     # connection from one of them the client's address is read from X-Forwarded-For (the last
-    # address in it that is not a trusted proxy); from anyone else the header is ignored (anyone
-    # can send it). Empty: the connection's own address is the client's.
+    # address in it that is not a trusted proxy; `ip:port` and `[v6]:port` hops are read without the
+    # port, `::ffff:a.b.c.d` as a.b.c.d); from anyone else the header is ignored (anyone can send
+    # it). Empty: the connection's own address is the client's.
     trusted_proxies: tuple[str, ...] = ()
     # Seconds a connection may take to send a request's headers, from its opening or its previous
     # answer (then it is closed; an idle kept-alive connection too), and POST /v1/speak's body.

@@ -113,7 +113,8 @@ SUBJECT_KEY = web.RequestKey("subject", str)
 SOCKET_KEY = web.RequestKey("socket", web.WebSocketResponse)
 #: The longest side of any picture (a JPEG's or PNG's header holds at most 65535).
 MAX_IMAGE_SIDE = 65535
-#: The client's address (services.web.server.client_address: X-Forwarded-For from a trusted proxy).
+#: Whom the per-address limits count a request against (``limit_key`` of its ``client_address``:
+#: X-Forwarded-For from a trusted proxy); "" for nobody in particular (loopback, a trusted proxy).
 CLIENT_KEY = web.RequestKey("client", str)
 #: What every answer says of the server (aiohttp's default names Python's and its own versions).
 SERVER_HEADER = "talkmesh"
@@ -227,28 +228,60 @@ async def _late_field(reader: Any) -> str:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _in(address: str, networks: tuple[Network, ...]) -> bool:
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(text: str) -> IP | None:
+    """The address of a peer or of an X-Forwarded-For hop: ``a.b.c.d``, ``a.b.c.d:port``, an IPv6
+    address, ``[v6]`` or ``[v6]:port``; an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, a
+    dual-stack socket's) as the IPv4 one. None: not an address (a name, ``unknown``, ``_hidden``)."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # a.b.c.d:port
+        text = text.partition(":")[0]
     try:
-        ip = ipaddress.ip_address(address.strip().strip("[]"))
+        ip = ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return any(ip in n for n in networks)
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def client_address(peer: str, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
     """Who a request comes from: the connection's address (``peer``), or, when that is a trusted
     proxy, the last address of ``X-Forwarded-For`` that is not one (each proxy appends the address
-    it got the request from: what comes before is the client's word, and anyone can send it)."""
-    if not trusted or not _in(peer, trusted):
+    it got the request from: what comes before is the client's word, and anyone can send it).
+    A hop that is not an address stops the proxies' word there: the answer is then the proxy
+    (``limit_key``: nobody in particular). Addresses come without a port, IPv4-mapped ones as IPv4."""
+    ip = _ip(peer)
+    if ip is None:
         return peer
+    if not trusted or not any(ip in n for n in trusted):
+        return str(ip)
     hops = [h.strip() for header in forwarded_for for h in header.split(",") if h.strip()]
     for hop in reversed(hops):
-        if not _in(hop, trusted):
-            try:
-                return str(ipaddress.ip_address(hop.strip("[]")))
-            except ValueError:  # not an address (a name, "unknown"): the proxy's word stops here
-                return peer
-    return peer
+        hop_ip = _ip(hop)
+        if hop_ip is None:  # not an address (a name, "unknown"): the proxy's word stops here
+            return str(ip)
+        if not any(hop_ip in n for n in trusted):
+            return str(hop_ip)
+    return str(ip)
+
+
+def limit_key(address: str, trusted: tuple[Network, ...]) -> str:
+    """Whom the per-address limits (web.max_sessions_per_ip, max_speaks_per_client,
+    max_concurrent_uploads, max_connections_per_ip) count a client address against: "" for nobody
+    in particular (not an address, loopback: the machine's own user or a proxy on it; a trusted
+    proxy: a request that did not say whom it carries, which all its visitors would share), an
+    IPv6 client by its /64 (one host has a whole /64 to pick addresses from)."""
+    ip = _ip(address)
+    if ip is None or ip.is_loopback or any(ip in n for n in trusted):
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def _to_dict(msg: Any) -> dict[str, Any]:
@@ -444,7 +477,8 @@ class WebHost:
 
     def _count_connections(self, server: Any) -> None:
         """``web.max_connections_per_ip``: a connection over its address's share is closed at once
-        (trusted proxies are exempt: they carry many clients)."""
+        (trusted proxies are exempt: they carry many clients; loopback too, as for the other
+        per-address limits: a proxy on the same host that is not in trusted_proxies)."""
         limit = self.config.web.max_connections_per_ip
         if not limit or server is None:
             return
@@ -454,8 +488,8 @@ class WebHost:
         def connection_made(handler: Any, transport: Any) -> None:
             made(handler, transport)
             peer = transport.get_extra_info("peername")
-            address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-            if not address or _in(address, self._proxies):
+            address = limit_key(str(peer[0]), self._proxies) if isinstance(peer, tuple) and peer else ""
+            if not address:
                 return
             if self._connections[address] >= limit:
                 self._rejected("connections_per_ip")
@@ -581,8 +615,9 @@ class WebHost:
         if route in ("/healthz", "/readyz", "/metrics") or route.startswith("/static"):
             return await handler(request)
         rid = request.headers.get(REQUEST_ID_KEY, "")[:128] or secrets.token_hex(8)
-        request[CLIENT_KEY] = client_address(
-            request.remote or "", request.headers.getall("X-Forwarded-For", []), self._proxies
+        request[CLIENT_KEY] = limit_key(
+            client_address(request.remote or "", request.headers.getall("X-Forwarded-For", []), self._proxies),
+            self._proxies,
         )
         token = request_id_var.set(rid)
         parent = propagate.extract(dict(request.headers))
@@ -1007,13 +1042,12 @@ class WebHost:
 
     def _client_keys(self, request: web.Request) -> list[str]:
         """Whom a request counts against, for the per-client shares: its token's subject (or
-        identity), and its client address unless that is loopback (the machine's own user, or a
-        proxy on it that is not in web.trusted_proxies: no one in particular)."""
+        identity), and its client address (``limit_key``: not loopback, not a trusted proxy, an IPv6
+        one by its /64)."""
         keys = []
         if subject := request.get(SUBJECT_KEY, ""):
             keys.append(subject)
-        address = request.get(CLIENT_KEY, "")
-        if address and not _is_loopback(address):
+        if address := request.get(CLIENT_KEY, ""):
             keys.append(f"ip:{address}")
         return keys
 
@@ -1159,7 +1193,7 @@ class WebHost:
         per_subject = cfg.max_sessions_per_subject
         crowded = bool(subject and per_subject and self._subject_sessions[subject] >= per_subject)
         address = request.get(CLIENT_KEY, "")
-        per_ip = cfg.max_sessions_per_ip if address and not _is_loopback(address) else 0
+        per_ip = cfg.max_sessions_per_ip if address else 0
         crowded_ip = bool(per_ip and self._ip_sessions[address] >= per_ip)
         if (
             self.draining
