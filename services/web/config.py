@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from services.web.tokens import read_secrets
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
-from talkmesh.common.registry import WEB_MAX_SPEAKS, default_target
+from talkmesh.common.registry import WEB_MAX_SPEAKS, WEB_OTHER_CALLS, default_target
 
 
 def normal_origin(origin: str) -> str:
@@ -68,6 +68,13 @@ class WebSettings:
     # Of those, at most this many per client: per token identity (`sub`, else the token) and per
     # client address (see max_sessions_per_ip for which). 0: no per-client share.
     max_speaks_per_client: int = 2
+    # POST /v1/avatars uploads in flight at once (each holds a gateway stream until its file has
+    # arrived, up to the renderer's avatars.upload_timeout_seconds): the gateway calls docs/WEB.md
+    # "Sizing" keeps for lists and uploads. More get 429 RESOURCE_EXHAUSTED with Retry-After.
+    max_concurrent_uploads: int = WEB_OTHER_CALLS
+    # Of those, at most this many per client (the same client as max_speaks_per_client's: token
+    # identity and client address). 0: no per-client share.
+    max_uploads_per_client: int = 1
     # A whole-file MP4 answer is held until the end (for Content-Length and the summary headers)
     # up to this many bytes; a longer file is sent on as it arrives (docs/WEB.md, POST /v1/speak).
     speak_buffer_bytes: int = 8 * 1024 * 1024
@@ -123,11 +130,19 @@ class WebSettings:
                 )
         if self.max_concurrent_speaks < 1:
             raise ConfigError.at("max_concurrent_speaks", "must be at least 1")
+        if self.max_concurrent_uploads < 1:
+            raise ConfigError.at("max_concurrent_uploads", "must be at least 1 (web.allow_uploads false: none)")
         if self.speak_buffer_bytes < 0:
             raise ConfigError.at("speak_buffer_bytes", "must not be negative")
         if self.token_max_ttl_seconds <= 0:
             raise ConfigError.at("token_max_ttl_seconds", "must be positive")
-        limits = ("max_sessions_per_subject", "max_sessions_per_ip", "max_connections_per_ip", "max_speaks_per_client")
+        limits = (
+            "max_sessions_per_subject",
+            "max_sessions_per_ip",
+            "max_connections_per_ip",
+            "max_speaks_per_client",
+            "max_uploads_per_client",
+        )
         for name in limits:
             if getattr(self, name) < 0:
                 raise ConfigError.at(name, "must not be negative (0: no limit)")

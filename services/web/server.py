@@ -343,6 +343,8 @@ class WebHost:
             else None
         )
         self.speaks = 0  # POST /v1/speak answers being sent
+        self.uploads = 0  # POST /v1/avatars uploads in flight
+        self._client_uploads: collections.Counter[str] = collections.Counter()  # (per subject, per address)
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -854,6 +856,45 @@ class WebHost:
         its limits (size, format) and its errors come back with the field they name."""
         client = self._client()
         self._check_uploads("file")
+        clients = self._client_keys(request)
+        self._admit_upload(clients)
+        try:
+            return await self._upload(request, client)
+        finally:
+            self.uploads -= 1
+            self._client_uploads.subtract(clients)
+            self._client_uploads += collections.Counter()  # (drops the counts at 0)
+
+    def _admit_upload(self, clients: list[str]) -> None:
+        """``web.max_concurrent_uploads`` and each client's share of them
+        (``web.max_uploads_per_client``): an upload holds a gateway stream until its file has
+        arrived, and a client that trickles its bodies would hold all of the gateway's."""
+        cfg = self.config.web
+        if self.uploads >= cfg.max_concurrent_uploads:
+            self._rejected("overload")
+            raise HttpError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"file: {self.uploads} uploads are in flight on this web edge (web.max_concurrent_uploads); "
+                "try again later",
+                "file",
+                retry_after=SPEAK_RETRY_AFTER,
+            )
+        share = cfg.max_uploads_per_client
+        if share and any(self._client_uploads[c] >= share for c in clients):
+            self._rejected("per_client")
+            raise HttpError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"file: you have {share} uploads in flight on this web edge, its limit per user "
+                "(web.max_uploads_per_client); try again when one has ended",
+                "file",
+                retry_after=SPEAK_RETRY_AFTER,
+            )
+        self.uploads += 1
+        self._client_uploads.update(clients)
+
+    async def _upload(self, request: web.Request, client: TalkmeshClient) -> web.Response:
         if not request.content_type.startswith("multipart/"):
             raise HttpError(400, "INVALID_ARGUMENT", "send multipart/form-data with a 'file' part", "file")
         reader = await request.multipart()

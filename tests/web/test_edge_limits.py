@@ -27,7 +27,7 @@ from services.web.main import load_config
 from services.web.server import WebHost
 from talkmesh.common.config import Endpoint, ServerConfig
 from talkmesh.common.errors import NotFound
-from talkmesh.common.registry import spec
+from talkmesh.common.registry import WEB_OTHER_CALLS, spec
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import gateway_pb2 as gpb
 from tests.mesh import inprocess_mesh
@@ -446,3 +446,40 @@ async def test_answers_carry_no_versions_or_addresses_and_the_page_its_csp() -> 
     async with edge(_nothing, frame_ancestors=("'self'", "https://app.example.com")) as (client, _):
         r = await client.get("/")
         assert "frame-ancestors 'self' https://app.example.com" in r.headers["Content-Security-Policy"]
+
+
+# -- 8. uploads in flight --------------------------------------------------------------------------
+async def test_uploads_in_flight_are_limited_in_all_and_per_client() -> None:
+    """A multipart upload holds a gateway stream until its file has arrived: one client trickling
+    its bodies held all of the gateway's streams (docs/WEB.md "Sizing" keeps 2 for lists and uploads)."""
+    go = asyncio.Event()
+    form = b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\nx\r\n'
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield form
+        await go.wait()
+        yield b"--b--\r\n"
+
+    async with edge(_nothing, trusted_proxies=("127.0.0.1",)) as (client, _):
+
+        async def post(address: str, body: Any) -> tuple[int, dict[str, Any]]:
+            r = await client.post("/v1/avatars", data=body, headers={**headers, "X-Forwarded-For": address})
+            return r.status, await r.json()
+
+        held = [asyncio.create_task(post("203.0.113.5", trickle()))]
+        await asyncio.sleep(0.2)
+        status, answer = await post("203.0.113.5", form + b"--b--\r\n")
+        assert status == 429 and answer["error"]["code"] == "RESOURCE_EXHAUSTED", answer
+        assert "web.max_uploads_per_client" in answer["error"]["message"] and answer["error"]["field"] == "file"
+        held.append(asyncio.create_task(post("198.51.100.7", trickle())))
+        await asyncio.sleep(0.2)
+        status, answer = await post("192.0.2.99", form + b"--b--\r\n")
+        assert status == 429 and "web.max_concurrent_uploads" in answer["error"]["message"], answer
+        go.set()
+        for task in held:
+            assert (await task)[0] == 400, "no file: refused once the body has ended"
+        status, answer = await post("203.0.113.5", form + b"--b--\r\n")
+        assert status == 400 and answer["error"]["field"] == "file", "the ended uploads count no more"
+    config = load_config(None, env={})
+    assert config.web.max_concurrent_uploads == WEB_OTHER_CALLS and config.web.max_uploads_per_client == 1
