@@ -106,7 +106,8 @@ TOKEN_QUERY = "access_token"
 TOKEN_PROTOCOL = "access_token."
 #: The subprotocol the edge answers a handshake that offered one (the token's is never echoed).
 WS_PROTOCOL = "talkmesh"
-#: Who a request's access token speaks for (its ``sub``, or the token itself when it has none).
+#: Who a request's access token speaks for (``tokens.Access.owner``: the hash of its whole ``sub``,
+#: or the token itself when it has none).
 SUBJECT_KEY = web.RequestKey("subject", str)
 #: A live session's socket, whose outcome (RESULT_KEY) counts even when aiohttp cancels its handler
 #: (the connection closed).
@@ -737,10 +738,11 @@ class WebHost:
             ) from None
         if access.subject:
             span.set_attribute("enduser.id", access.subject)
-        # (a token without a subject is counted by its identity, the same for each of its spellings:
-        # its jti, or its payload's hash; no token is kept in memory)
-        who = f"sub:{access.subject}" if access.subject else f"token:{access.identity}"
-        request[SUBJECT_KEY] = who
+        # (by the hash of the whole sub: the span's is cut to 128 characters, and two users sharing
+        # those would have shared their limits and watched each other's sessions; a token without a
+        # subject is counted by its identity, the same for each of its spellings: its jti, or its
+        # payload's hash; no token is kept in memory)
+        request[SUBJECT_KEY] = access.owner
         scope = ROUTE_SCOPES.get(("GET" if request.method == "HEAD" else request.method, route))
         if scope is not None and not access.allows(scope):
             raise HttpError(

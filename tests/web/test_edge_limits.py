@@ -208,6 +208,27 @@ async def test_the_spellings_of_one_token_share_its_session_limit(tmp_path: Path
             assert (await _refusal(again))["code"] == "RESOURCE_EXHAUSTED"
 
 
+async def test_subjects_that_share_their_first_128_characters_are_two_users(tmp_path: Path) -> None:
+    """The subject was cut to 128 characters and that was the owner of a session (Watch) and the
+    per-user key: two users with one long prefix (an e-mail under a long tenant path) were one."""
+    alice, bob = "t/" + "x" * 126 + "alice", "t/" + "x" * 126 + "bob"
+    async with (
+        edge(_nothing, token_secret_file=_secret_file(tmp_path), max_sessions_per_subject=1) as (client, _),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        for subject in (alice, bob):
+            token = tokens.mint(SECRET, ttl_seconds=600, subject=subject)
+            ws = await _held(client, "/v1/live", params={"access_token": token})
+            stack.push_async_callback(ws.close)
+            with pytest.raises(TimeoutError):  # (a refused one gets its final status at once)
+                await asyncio.wait_for(ws.receive(), 0.5)
+            assert not ws.closed, "each user has a session of their own"
+    minted = [tokens.mint(SECRET, ttl_seconds=600, subject=s) for s in (alice, bob)]
+    checked = [tokens.check(t, [SECRET], max_ttl_seconds=3600) for t in minted]
+    assert checked[0].subject == checked[1].subject, "cut for spans and logs"
+    assert checked[0].owner != checked[1].owner
+
+
 # -- 3. Watch is the session owner's -----------------------------------------------------------------
 async def test_watch_is_refused_to_anyone_but_the_sessions_owner(tmp_path: Path) -> None:
     """Every call goes out with the edge's one key, so the gateway's owner check passes for any
