@@ -426,3 +426,25 @@ async def test_arrowing_through_the_voices_restarts_the_session_once() -> None:
         await asyncio.sleep(1.0)
         assert len(edge.conns) == 4
     assert console.errors == [], console.errors
+
+
+async def test_a_caption_being_scrolled_keeps_the_focus_when_the_speech_ends() -> None:
+    """The caption takes the focus (keyboard scrolling); hidden 3 s after the speech, it dropped
+    the focus of someone scrolling it to <body>. It is emptied instead, and goes when they leave."""
+    async with fake_edge(speaking(0.8)) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", LONG * 2)
+        await page.click("#speak")
+        await wait_js(page, "!document.getElementById('caption').hidden", timeout=5)
+        await page.focus("#caption")
+        await page.keyboard.press("ArrowDown")
+        await wait_js(page, "window.talkmesh.turns.t1.stopFrame != null", timeout=5)
+        await asyncio.sleep(4.0)  # past the caption's 3 s
+        assert await page.inner_text("#caption") == "", "the words are gone"
+        assert await active(page) == "caption", "the focus stays where it was"
+        assert not await page.is_hidden("#caption")
+        await page.keyboard.press("Shift+Tab")
+        await wait_js(page, "document.getElementById('caption').hidden", timeout=2)
+        assert await active(page) == "motion"
+    assert console.errors == [], console.errors

@@ -1079,9 +1079,15 @@
     clearTimeout(captionTimer);
     captionTimer = null;
     captionTurn = text ? turnId : "";
-    $("caption").textContent = text;
-    $("caption").hidden = !text;
+    const caption = $("caption");
+    caption.textContent = text;
+    // (a keyboard user scrolling it keeps it, emptied: hidden, it would drop their focus to <body>;
+    // it goes when the focus leaves)
+    caption.hidden = !text && document.activeElement !== caption;
   }
+  $("caption").addEventListener("focusout", () => {
+    if (!$("caption").textContent) $("caption").hidden = true;
+  });
   function cueCaption(cue, frame) {
     if (sessionPainted) cues.push({ text: cue.text || "", turnId: cue.turn_id, frame });
     else showCaption(cue.text || "", cue.turn_id);
