@@ -1450,6 +1450,9 @@
       stepping = false;
       if (keyPick) settled("picker", 0);
     });
+    // a key that moved nothing (an arrow at the end of the list) leaves `stepping` set: a pick
+    // with the pointer after it is a pointer's, settled in PICK_SETTLE_MS, not KEY_SETTLE_MS
+    for (const type of ["pointerdown", "mousedown"]) select.addEventListener(type, () => (stepping = false));
   }
   $("motion").addEventListener("click", toggleMotion);
   $("audio-file").addEventListener("change", (e) => {
