@@ -150,12 +150,16 @@ EDGE_KEY_NAME = "web-edge"
 
 #: The web edge's key's limits at the gateway: every call a default edge makes at once (its live
 #: sessions, speaks, lists and uploads: ``registry.WEB_KEY_CONCURRENT_STREAMS``, which leaves a
-#: default gateway ``WEB_GATEWAY_SPARE`` calls for its other clients), and rates for a site's
-#: visitors (a page load is 3 calls: voices, avatars, the live session; each Download one more).
+#: default gateway ``WEB_GATEWAY_SPARE`` calls for its other clients), and no rates: the key's
+#: counters are all the site's visitors together (600 calls a minute was ~200 page loads, 60
+#: uploads an hour the whole site's, and then every visitor got 429 naming the edge's key). Each
+#: visitor's share is the edge's (web.max_speaks_per_client, max_uploads_per_client,
+#: max_sessions_per_ip...; docs/WEB.md "Sizing"). 0 is "unlimited": a limit left out of an entry
+#: would get the keys file's defaults (120 a minute, 20 an hour).
 EDGE_KEY_LIMITS = {
     "concurrent_streams": WEB_KEY_CONCURRENT_STREAMS,
-    "requests_per_minute": 600,
-    "uploads_per_hour": 60,
+    "requests_per_minute": 0,
+    "uploads_per_hour": 0,
 }
 
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from services.web.tokens import read_secrets
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
-from talkmesh.common.registry import WEB_MAX_SPEAKS, default_target
+from talkmesh.common.registry import WEB_MAX_SPEAKS, WEB_OTHER_CALLS, default_target
 
 
 def normal_origin(origin: str) -> str:
@@ -66,8 +66,15 @@ class WebSettings:
     # (docs/WEB.md "Sizing"; the start-up line says the sum).
     max_concurrent_speaks: int = WEB_MAX_SPEAKS
     # Of those, at most this many per client: per token identity (`sub`, else the token) and per
-    # client address (not loopback; see trusted_proxies). 0: no per-client share.
+    # client address (see max_sessions_per_ip for which). 0: no per-client share.
     max_speaks_per_client: int = 2
+    # POST /v1/avatars uploads in flight at once (each holds a gateway stream until its file has
+    # arrived, up to the renderer's avatars.upload_timeout_seconds): the gateway calls docs/WEB.md
+    # "Sizing" keeps for lists and uploads. More get 429 RESOURCE_EXHAUSTED with Retry-After.
+    max_concurrent_uploads: int = WEB_OTHER_CALLS
+    # Of those, at most this many per client (the same client as max_speaks_per_client's: token
+    # identity and client address). 0: no per-client share.
+    max_uploads_per_client: int = 1
     # A whole-file MP4 answer is held until the end (for Content-Length and the summary headers)
     # up to this many bytes; a longer file is sent on as it arrives (docs/WEB.md, POST /v1/speak).
     speak_buffer_bytes: int = 8 * 1024 * 1024
@@ -85,16 +92,19 @@ class WebSettings:
     # Give each user a subject of their own (a shared "guest" subject shares the limit). 0: no limit.
     max_sessions_per_subject: int = 4
     # Live WebSockets open at once per client address, with or without tokens (one visitor with
-    # several tokens or subjects); a loopback address (the machine's own user, or a proxy on it that
-    # is not in trusted_proxies) is not limited. 0: no limit.
+    # several tokens or subjects); an IPv6 client counts by its /64. Not limited: a loopback address
+    # (the machine's own user, or a proxy on it that is not in trusted_proxies) and a trusted proxy
+    # itself (a request from it without X-Forwarded-For, or whose every hop is trusted or not an
+    # address: nobody in particular, not all its visitors together). 0: no limit.
     max_sessions_per_ip: int = 4
     # TCP connections open at once per client address (a client opening connections it never
-    # uses, slowloris); more are closed at once. trusted_proxies are exempt. 0: no limit.
+    # uses, slowloris); more are closed at once. trusted_proxies and loopback are exempt. 0: no limit.
     max_connections_per_ip: int = 32
     # Proxies in front of the edge (addresses or networks: "10.0.0.0/8", "127.0.0.1"). For a
     # connection from one of them the client's address is read from X-Forwarded-For (the last
-    # address in it that is not a trusted proxy); from anyone else the header is ignored (anyone
-    # can send it). Empty: the connection's own address is the client's.
+    # address in it that is not a trusted proxy; `ip:port` and `[v6]:port` hops are read without the
+    # port, `::ffff:a.b.c.d` as a.b.c.d); from anyone else the header is ignored (anyone can send
+    # it). Empty: the connection's own address is the client's.
     trusted_proxies: tuple[str, ...] = ()
     # Seconds a connection may take to send a request's headers, from its opening or its previous
     # answer (then it is closed; an idle kept-alive connection too), and POST /v1/speak's body.
@@ -120,11 +130,19 @@ class WebSettings:
                 )
         if self.max_concurrent_speaks < 1:
             raise ConfigError.at("max_concurrent_speaks", "must be at least 1")
+        if self.max_concurrent_uploads < 1:
+            raise ConfigError.at("max_concurrent_uploads", "must be at least 1 (web.allow_uploads false: none)")
         if self.speak_buffer_bytes < 0:
             raise ConfigError.at("speak_buffer_bytes", "must not be negative")
         if self.token_max_ttl_seconds <= 0:
             raise ConfigError.at("token_max_ttl_seconds", "must be positive")
-        limits = ("max_sessions_per_subject", "max_sessions_per_ip", "max_connections_per_ip", "max_speaks_per_client")
+        limits = (
+            "max_sessions_per_subject",
+            "max_sessions_per_ip",
+            "max_connections_per_ip",
+            "max_speaks_per_client",
+            "max_uploads_per_client",
+        )
         for name in limits:
             if getattr(self, name) < 0:
                 raise ConfigError.at(name, "must not be negative (0: no limit)")

@@ -106,14 +106,16 @@ TOKEN_QUERY = "access_token"
 TOKEN_PROTOCOL = "access_token."
 #: The subprotocol the edge answers a handshake that offered one (the token's is never echoed).
 WS_PROTOCOL = "talkmesh"
-#: Who a request's access token speaks for (its ``sub``, or the token itself when it has none).
+#: Who a request's access token speaks for (``tokens.Access.owner``: the hash of its whole ``sub``,
+#: or the token itself when it has none).
 SUBJECT_KEY = web.RequestKey("subject", str)
 #: A live session's socket, whose outcome (RESULT_KEY) counts even when aiohttp cancels its handler
 #: (the connection closed).
 SOCKET_KEY = web.RequestKey("socket", web.WebSocketResponse)
 #: The longest side of any picture (a JPEG's or PNG's header holds at most 65535).
 MAX_IMAGE_SIDE = 65535
-#: The client's address (services.web.server.client_address: X-Forwarded-For from a trusted proxy).
+#: Whom the per-address limits count a request against (``limit_key`` of its ``client_address``:
+#: X-Forwarded-For from a trusted proxy); "" for nobody in particular (loopback, a trusted proxy).
 CLIENT_KEY = web.RequestKey("client", str)
 #: What every answer says of the server (aiohttp's default names Python's and its own versions).
 SERVER_HEADER = "talkmesh"
@@ -227,28 +229,60 @@ async def _late_field(reader: Any) -> str:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _in(address: str, networks: tuple[Network, ...]) -> bool:
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(text: str) -> IP | None:
+    """The address of a peer or of an X-Forwarded-For hop: ``a.b.c.d``, ``a.b.c.d:port``, an IPv6
+    address, ``[v6]`` or ``[v6]:port``; an IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, a
+    dual-stack socket's) as the IPv4 one. None: not an address (a name, ``unknown``, ``_hidden``)."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # a.b.c.d:port
+        text = text.partition(":")[0]
     try:
-        ip = ipaddress.ip_address(address.strip().strip("[]"))
+        ip = ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return any(ip in n for n in networks)
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def client_address(peer: str, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
     """Who a request comes from: the connection's address (``peer``), or, when that is a trusted
     proxy, the last address of ``X-Forwarded-For`` that is not one (each proxy appends the address
-    it got the request from: what comes before is the client's word, and anyone can send it)."""
-    if not trusted or not _in(peer, trusted):
+    it got the request from: what comes before is the client's word, and anyone can send it).
+    A hop that is not an address stops the proxies' word there: the answer is then the proxy
+    (``limit_key``: nobody in particular). Addresses come without a port, IPv4-mapped ones as IPv4."""
+    ip = _ip(peer)
+    if ip is None:
         return peer
+    if not trusted or not any(ip in n for n in trusted):
+        return str(ip)
     hops = [h.strip() for header in forwarded_for for h in header.split(",") if h.strip()]
     for hop in reversed(hops):
-        if not _in(hop, trusted):
-            try:
-                return str(ipaddress.ip_address(hop.strip("[]")))
-            except ValueError:  # not an address (a name, "unknown"): the proxy's word stops here
-                return peer
-    return peer
+        hop_ip = _ip(hop)
+        if hop_ip is None:  # not an address (a name, "unknown"): the proxy's word stops here
+            return str(ip)
+        if not any(hop_ip in n for n in trusted):
+            return str(hop_ip)
+    return str(ip)
+
+
+def limit_key(address: str, trusted: tuple[Network, ...]) -> str:
+    """Whom the per-address limits (web.max_sessions_per_ip, max_speaks_per_client,
+    max_concurrent_uploads, max_connections_per_ip) count a client address against: "" for nobody
+    in particular (not an address, loopback: the machine's own user or a proxy on it; a trusted
+    proxy: a request that did not say whom it carries, which all its visitors would share), an
+    IPv6 client by its /64 (one host has a whole /64 to pick addresses from)."""
+    ip = _ip(address)
+    if ip is None or ip.is_loopback or any(ip in n for n in trusted):
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def _to_dict(msg: Any) -> dict[str, Any]:
@@ -310,6 +344,8 @@ class WebHost:
             else None
         )
         self.speaks = 0  # POST /v1/speak answers being sent
+        self.uploads = 0  # POST /v1/avatars uploads in flight
+        self._client_uploads: collections.Counter[str] = collections.Counter()  # (per subject, per address)
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -444,7 +480,8 @@ class WebHost:
 
     def _count_connections(self, server: Any) -> None:
         """``web.max_connections_per_ip``: a connection over its address's share is closed at once
-        (trusted proxies are exempt: they carry many clients)."""
+        (trusted proxies are exempt: they carry many clients; loopback too, as for the other
+        per-address limits: a proxy on the same host that is not in trusted_proxies)."""
         limit = self.config.web.max_connections_per_ip
         if not limit or server is None:
             return
@@ -454,8 +491,8 @@ class WebHost:
         def connection_made(handler: Any, transport: Any) -> None:
             made(handler, transport)
             peer = transport.get_extra_info("peername")
-            address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-            if not address or _in(address, self._proxies):
+            address = limit_key(str(peer[0]), self._proxies) if isinstance(peer, tuple) and peer else ""
+            if not address:
                 return
             if self._connections[address] >= limit:
                 self._rejected("connections_per_ip")
@@ -581,8 +618,9 @@ class WebHost:
         if route in ("/healthz", "/readyz", "/metrics") or route.startswith("/static"):
             return await handler(request)
         rid = request.headers.get(REQUEST_ID_KEY, "")[:128] or secrets.token_hex(8)
-        request[CLIENT_KEY] = client_address(
-            request.remote or "", request.headers.getall("X-Forwarded-For", []), self._proxies
+        request[CLIENT_KEY] = limit_key(
+            client_address(request.remote or "", request.headers.getall("X-Forwarded-For", []), self._proxies),
+            self._proxies,
         )
         token = request_id_var.set(rid)
         parent = propagate.extract(dict(request.headers))
@@ -700,10 +738,11 @@ class WebHost:
             ) from None
         if access.subject:
             span.set_attribute("enduser.id", access.subject)
-        # (a token without a subject is counted by its identity, the same for each of its spellings:
-        # its jti, or its payload's hash; no token is kept in memory)
-        who = f"sub:{access.subject}" if access.subject else f"token:{access.identity}"
-        request[SUBJECT_KEY] = who
+        # (by the hash of the whole sub: the span's is cut to 128 characters, and two users sharing
+        # those would have shared their limits and watched each other's sessions; a token without a
+        # subject is counted by its identity, the same for each of its spellings: its jti, or its
+        # payload's hash; no token is kept in memory)
+        request[SUBJECT_KEY] = access.owner
         scope = ROUTE_SCOPES.get(("GET" if request.method == "HEAD" else request.method, route))
         if scope is not None and not access.allows(scope):
             raise HttpError(
@@ -819,6 +858,45 @@ class WebHost:
         its limits (size, format) and its errors come back with the field they name."""
         client = self._client()
         self._check_uploads("file")
+        clients = self._client_keys(request)
+        self._admit_upload(clients)
+        try:
+            return await self._upload(request, client)
+        finally:
+            self.uploads -= 1
+            self._client_uploads.subtract(clients)
+            self._client_uploads += collections.Counter()  # (drops the counts at 0)
+
+    def _admit_upload(self, clients: list[str]) -> None:
+        """``web.max_concurrent_uploads`` and each client's share of them
+        (``web.max_uploads_per_client``): an upload holds a gateway stream until its file has
+        arrived, and a client that trickles its bodies would hold all of the gateway's."""
+        cfg = self.config.web
+        if self.uploads >= cfg.max_concurrent_uploads:
+            self._rejected("overload")
+            raise HttpError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"file: {self.uploads} uploads are in flight on this web edge (web.max_concurrent_uploads); "
+                "try again later",
+                "file",
+                retry_after=SPEAK_RETRY_AFTER,
+            )
+        share = cfg.max_uploads_per_client
+        if share and any(self._client_uploads[c] >= share for c in clients):
+            self._rejected("per_client")
+            raise HttpError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"file: you have {share} uploads in flight on this web edge, its limit per user "
+                "(web.max_uploads_per_client); try again when one has ended",
+                "file",
+                retry_after=SPEAK_RETRY_AFTER,
+            )
+        self.uploads += 1
+        self._client_uploads.update(clients)
+
+    async def _upload(self, request: web.Request, client: TalkmeshClient) -> web.Response:
         if not request.content_type.startswith("multipart/"):
             raise HttpError(400, "INVALID_ARGUMENT", "send multipart/form-data with a 'file' part", "file")
         reader = await request.multipart()
@@ -1007,13 +1085,12 @@ class WebHost:
 
     def _client_keys(self, request: web.Request) -> list[str]:
         """Whom a request counts against, for the per-client shares: its token's subject (or
-        identity), and its client address unless that is loopback (the machine's own user, or a
-        proxy on it that is not in web.trusted_proxies: no one in particular)."""
+        identity), and its client address (``limit_key``: not loopback, not a trusted proxy, an IPv6
+        one by its /64)."""
         keys = []
         if subject := request.get(SUBJECT_KEY, ""):
             keys.append(subject)
-        address = request.get(CLIENT_KEY, "")
-        if address and not _is_loopback(address):
+        if address := request.get(CLIENT_KEY, ""):
             keys.append(f"ip:{address}")
         return keys
 
@@ -1159,7 +1236,7 @@ class WebHost:
         per_subject = cfg.max_sessions_per_subject
         crowded = bool(subject and per_subject and self._subject_sessions[subject] >= per_subject)
         address = request.get(CLIENT_KEY, "")
-        per_ip = cfg.max_sessions_per_ip if address and not _is_loopback(address) else 0
+        per_ip = cfg.max_sessions_per_ip if address else 0
         crowded_ip = bool(per_ip and self._ip_sessions[address] >= per_ip)
         if (
             self.draining

@@ -64,12 +64,17 @@ class TokenError(ValueError):
 class Access:
     """What a checked token allows."""
 
+    #: the token's ``sub``, cut to 128 characters: for spans and logs only (two subjects may share
+    #: those 128: ``owner`` tells them apart)
     subject: str
     scopes: frozenset[str]
     expires: float
     #: who the token speaks for when it has no ``sub``: its ``jti`` if it has one, else the hash of
     #: its payload (every spelling of one token has the same; no token is kept in memory)
     identity: str = ""
+    #: who the token speaks for, for ownership (Watch) and the per-user limits: the SHA-256 of its
+    #: whole ``sub`` ("sub:<hex>"), else ``identity`` ("token:..."): never a cut ``sub``
+    owner: str = ""
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
@@ -227,4 +232,8 @@ def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: 
         scopes = frozenset(scope.split()) & frozenset(SCOPES)  # others (a site's own) grant nothing here
     else:
         raise TokenError("its scope claim is not a string (space-separated scopes)")
-    return Access(subject=subject[:128], scopes=scopes, expires=expires, identity=identity)
+    if subject:
+        owner = "sub:" + hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()
+    else:
+        owner = f"token:{identity}"
+    return Access(subject=subject[:128], scopes=scopes, expires=expires, identity=identity, owner=owner)

@@ -92,7 +92,8 @@ def test_service_keys_file_adds_keys_and_leaves_the_users_file_alone(tmp_path):
     from talkmesh.common.registry import WEB_KEY_CONCURRENT_STREAMS, spec
 
     assert found.limits.concurrent_streams == WEB_KEY_CONCURRENT_STREAMS < spec("gateway").max_streams
-    assert found.limits.requests_per_minute > 0 and found.limits.uploads_per_hour > 0
+    # and no rates (0: not the keys file's defaults): they would count the whole site's visitors together
+    assert found.limits.requests_per_minute == 0 and found.limits.uploads_per_hour == 0
     assert store.lookup("tm_x").name == "a" and store.lookup("tm_nobody") is None
     assert users.read_text() == before
     with pytest.raises(ConfigError, match=r"auth\.service_keys_file"):

@@ -27,7 +27,7 @@ from services.web.main import load_config
 from services.web.server import WebHost
 from talkmesh.common.config import Endpoint, ServerConfig
 from talkmesh.common.errors import NotFound
-from talkmesh.common.registry import spec
+from talkmesh.common.registry import WEB_OTHER_CALLS, spec
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import gateway_pb2 as gpb
 from tests.mesh import inprocess_mesh
@@ -102,6 +102,47 @@ def test_the_client_address_is_read_from_x_forwarded_for_of_trusted_proxies_only
     assert client_address("10.1.2.3", [], proxies) == "10.1.2.3"
 
 
+def test_a_trusted_proxy_is_nobody_in_particular_and_hops_are_addresses_without_ports() -> None:
+    """The k8s base trusts the private ranges: a request from an intranet visitor (10.x), from a
+    node (an L4 balancer with externalTrafficPolicy Cluster) or without X-Forwarded-For resolved to
+    the ingress pod's own address, and all its visitors shared 4 sessions and 2 speaks."""
+    proxies = WebSettings(trusted_proxies=("10.0.0.0/8", "192.168.0.0/16", "127.0.0.1", "fd00::/8")).proxies()
+    client_address, limit_key = edge_server.client_address, edge_server.limit_key
+
+    def key(peer: str, *xff: str) -> str:
+        return limit_key(client_address(peer, list(xff), proxies), proxies)
+
+    assert key("10.1.2.3") == "", "no X-Forwarded-For: the proxy is nobody in particular"
+    assert key("10.1.2.3", "192.168.4.4, 10.9.9.9") == "", "every hop trusted (an intranet visitor)"
+    assert key("10.1.2.3", "unknown") == "", "a hop that is not an address"
+    assert key("10.1.2.3", "1.2.3.4, _hidden") == ""
+    assert key("::ffff:10.1.2.3", "203.0.113.9") == "203.0.113.9", "an IPv4-mapped peer is the IPv4 proxy"
+    assert key("10.1.2.3", "::ffff:10.9.9.9, 203.0.113.9") == "203.0.113.9"
+    assert key("10.1.2.3", "203.0.113.9, ::ffff:10.9.9.9") == "203.0.113.9", "a mapped hop is trusted"
+    assert client_address("10.1.2.3", ["203.0.113.9:4711"], proxies) == "203.0.113.9", "ip:port"
+    assert client_address("10.1.2.3", ["[2001:db8::7]:4711"], proxies) == "2001:db8::7", "[v6]:port"
+    assert client_address("10.1.2.3", ["[2001:db8::7]"], proxies) == "2001:db8::7"
+    assert key("10.1.2.3", "203.0.113.9, 10.9.9.9:80") == "203.0.113.9", "a trusted hop with a port"
+    assert key("10.1.2.3", "2001:db8:1:2::7") == key("10.1.2.3", "2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert key("10.1.2.3", "2001:db8:1:3::7") != key("10.1.2.3", "2001:db8:1:2::7")
+    assert key("203.0.113.9") == "203.0.113.9", "an untrusted peer is its own address"
+    assert key("127.0.0.2") == key("::1") == key("") == "", "loopback, or no address"
+
+
+async def test_per_address_limits_see_hops_with_ports_and_ipv6_clients_by_their_64() -> None:
+    async with (
+        edge(_nothing, trusted_proxies=("127.0.0.1",), max_sessions_per_ip=1) as (client, _),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        for first, second in (("198.51.100.7:5000", "198.51.100.7:5001"), ("2001:db8::1", "[2001:db8::2]:443")):
+            ws = await _held(client, "/v1/live", headers={"X-Forwarded-For": first})
+            stack.push_async_callback(ws.close)
+            assert not ws.closed
+            async with client.ws_connect("/v1/live", headers={"X-Forwarded-For": second}) as ws:
+                status = await _refusal(ws)
+                assert "web.max_sessions_per_ip" in status["message"], second
+
+
 async def test_live_sessions_per_client_address() -> None:
     """web.max_sessions_per_ip: one address (behind a trusted proxy: X-Forwarded-For) opens at most
     that many live sockets, whatever its tokens; another address still gets in."""
@@ -165,6 +206,27 @@ async def test_the_spellings_of_one_token_share_its_session_limit(tmp_path: Path
                 await client.ws_connect("/v1/live", params={"access_token": other})
         async with client.ws_connect("/v1/live", params={"access_token": token}) as again:
             assert (await _refusal(again))["code"] == "RESOURCE_EXHAUSTED"
+
+
+async def test_subjects_that_share_their_first_128_characters_are_two_users(tmp_path: Path) -> None:
+    """The subject was cut to 128 characters and that was the owner of a session (Watch) and the
+    per-user key: two users with one long prefix (an e-mail under a long tenant path) were one."""
+    alice, bob = "t/" + "x" * 126 + "alice", "t/" + "x" * 126 + "bob"
+    async with (
+        edge(_nothing, token_secret_file=_secret_file(tmp_path), max_sessions_per_subject=1) as (client, _),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        for subject in (alice, bob):
+            token = tokens.mint(SECRET, ttl_seconds=600, subject=subject)
+            ws = await _held(client, "/v1/live", params={"access_token": token})
+            stack.push_async_callback(ws.close)
+            with pytest.raises(TimeoutError):  # (a refused one gets its final status at once)
+                await asyncio.wait_for(ws.receive(), 0.5)
+            assert not ws.closed, "each user has a session of their own"
+    minted = [tokens.mint(SECRET, ttl_seconds=600, subject=s) for s in (alice, bob)]
+    checked = [tokens.check(t, [SECRET], max_ttl_seconds=3600) for t in minted]
+    assert checked[0].subject == checked[1].subject, "cut for spans and logs"
+    assert checked[0].owner != checked[1].owner
 
 
 # -- 3. Watch is the session owner's -----------------------------------------------------------------
@@ -324,20 +386,48 @@ async def test_slow_headers_and_too_many_connections_are_closed() -> None:
         async with asyncio.timeout(5):
             assert await reader.read() == b"", "closed by the edge"
         writer.close()
-        # a client address opens at most max_connections_per_ip at once: the next one is closed
-        held = [await asyncio.open_connection("127.0.0.1", host.port) for _ in range(3)]
-        await asyncio.sleep(0.1)
-        reader, writer = await asyncio.open_connection("127.0.0.1", host.port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        with contextlib.suppress(ConnectionError):
-            async with asyncio.timeout(5):
-                assert await reader.read() == b"", "over the limit: closed unanswered"
-        writer.close()
-        for _, w in held:
-            w.close()
-        await asyncio.sleep(0.2)
         async with aiohttp.ClientSession() as http, http.get(f"{host.url}healthz") as r:
-            assert r.status == 200, "closed connections count no more"
+            assert r.status == 200, "the loopback client (a proxy on this host) is not limited per address"
+
+
+class _Transport:
+    def __init__(self, address: str) -> None:
+        self.peer, self.aborted = (address, 4711), False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peer if name == "peername" else default
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_connections_per_address_exempt_loopback_and_proxies_and_count_ipv6_by_its_64() -> None:
+    """web.max_connections_per_ip: a client address opens at most that many at once, the next is
+    closed; loopback (a proxy on this host not in trusted_proxies: the site would have had 32
+    connections) and trusted proxies are not limited."""
+    config = dataclasses.replace(
+        WebConfig(), web=dataclasses.replace(WebSettings(), max_connections_per_ip=2, trusted_proxies=("10.0.0.0/8",))
+    )
+    host = WebHost(config, Telemetry("web"))
+    server = type("Server", (), {"connection_made": lambda *a: None, "connection_lost": lambda *a: None})()
+    host._count_connections(server)
+
+    def opened(*addresses: str) -> list[bool]:
+        out = []
+        for address in addresses:
+            transport = _Transport(address)
+            server.connection_made(object(), transport)
+            out.append(not transport.aborted)
+        return out
+
+    assert opened("203.0.113.9", "::ffff:203.0.113.9", "203.0.113.9") == [True, True, False]
+    assert opened("2001:db8::1", "2001:db8::2", "2001:db8::3", "2001:db8:0:1::1") == [True, True, False, True]
+    assert all(opened(*["127.0.0.1"] * 5, *["::1"] * 5, *["10.1.2.3"] * 5, *["::ffff:10.1.2.3"] * 5))
+    handler = object()
+    server.connection_made(handler, _Transport("198.51.100.1"))
+    assert opened("198.51.100.1", "198.51.100.1") == [True, False]
+    server.connection_lost(handler, None)
+    assert opened("198.51.100.1") == [True], "a closed connection counts no more"
 
 
 # -- 6. deeply nested JSON -----------------------------------------------------------------------------
@@ -377,3 +467,40 @@ async def test_answers_carry_no_versions_or_addresses_and_the_page_its_csp() -> 
     async with edge(_nothing, frame_ancestors=("'self'", "https://app.example.com")) as (client, _):
         r = await client.get("/")
         assert "frame-ancestors 'self' https://app.example.com" in r.headers["Content-Security-Policy"]
+
+
+# -- 8. uploads in flight --------------------------------------------------------------------------
+async def test_uploads_in_flight_are_limited_in_all_and_per_client() -> None:
+    """A multipart upload holds a gateway stream until its file has arrived: one client trickling
+    its bodies held all of the gateway's streams (docs/WEB.md "Sizing" keeps 2 for lists and uploads)."""
+    go = asyncio.Event()
+    form = b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\nx\r\n'
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield form
+        await go.wait()
+        yield b"--b--\r\n"
+
+    async with edge(_nothing, trusted_proxies=("127.0.0.1",)) as (client, _):
+
+        async def post(address: str, body: Any) -> tuple[int, dict[str, Any]]:
+            r = await client.post("/v1/avatars", data=body, headers={**headers, "X-Forwarded-For": address})
+            return r.status, await r.json()
+
+        held = [asyncio.create_task(post("203.0.113.5", trickle()))]
+        await asyncio.sleep(0.2)
+        status, answer = await post("203.0.113.5", form + b"--b--\r\n")
+        assert status == 429 and answer["error"]["code"] == "RESOURCE_EXHAUSTED", answer
+        assert "web.max_uploads_per_client" in answer["error"]["message"] and answer["error"]["field"] == "file"
+        held.append(asyncio.create_task(post("198.51.100.7", trickle())))
+        await asyncio.sleep(0.2)
+        status, answer = await post("192.0.2.99", form + b"--b--\r\n")
+        assert status == 429 and "web.max_concurrent_uploads" in answer["error"]["message"], answer
+        go.set()
+        for task in held:
+            assert (await task)[0] == 400, "no file: refused once the body has ended"
+        status, answer = await post("203.0.113.5", form + b"--b--\r\n")
+        assert status == 400 and answer["error"]["field"] == "file", "the ended uploads count no more"
+    config = load_config(None, env={})
+    assert config.web.max_concurrent_uploads == WEB_OTHER_CALLS and config.web.max_uploads_per_client == 1

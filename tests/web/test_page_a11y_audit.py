@@ -426,3 +426,48 @@ async def test_arrowing_through_the_voices_restarts_the_session_once() -> None:
         await asyncio.sleep(1.0)
         assert len(edge.conns) == 4
     assert console.errors == [], console.errors
+
+
+async def test_a_pointer_pick_after_an_arrow_at_the_end_of_the_list_settles_as_a_pointers() -> None:
+    """An arrow pressed at the end of the list changes nothing (no change event to clear the
+    picker's "stepping"): the next pick with the pointer waited 4 s, as a keyboard change does."""
+    async with fake_edge(serve, voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.focus("#voice-select")
+        await page.keyboard.press("End")
+        await wait_js(page, "document.getElementById('voice-select').value === 'espeak:v11'", timeout=2)
+        await page.keyboard.press("ArrowDown")  # (at the end: nothing changes)
+        await asyncio.sleep(0.3)
+        # the pointer opens the list and picks (a <select>'s popup is not in the page: the press,
+        # then the choice)
+        await page.dispatch_event("#voice-select", "pointerdown")
+        await page.dispatch_event("#voice-select", "mousedown")
+        await page.select_option("#voice-select", "espeak:v3")
+        picked = time.monotonic()
+        await wait_js(page, "window.talkmesh.connects.length === 2 && window.talkmesh.connected", timeout=3)
+        assert time.monotonic() - picked < 2.5, "settled as a pointer's pick (600 ms), not a key's (4 s)"
+        assert edge.conns[1].received[0]["config"]["voice"] == "espeak:v3"
+    assert console.errors == [], console.errors
+
+
+async def test_a_caption_being_scrolled_keeps_the_focus_when_the_speech_ends() -> None:
+    """The caption takes the focus (keyboard scrolling); hidden 3 s after the speech, it dropped
+    the focus of someone scrolling it to <body>. It is emptied instead, and goes when they leave."""
+    async with fake_edge(speaking(0.8)) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", LONG * 2)
+        await page.click("#speak")
+        await wait_js(page, "!document.getElementById('caption').hidden", timeout=5)
+        await page.focus("#caption")
+        await page.keyboard.press("ArrowDown")
+        await wait_js(page, "window.talkmesh.turns.t1.stopFrame != null", timeout=5)
+        await asyncio.sleep(4.0)  # past the caption's 3 s
+        assert await page.inner_text("#caption") == "", "the words are gone"
+        assert await active(page) == "caption", "the focus stays where it was"
+        assert not await page.is_hidden("#caption")
+        await page.keyboard.press("Shift+Tab")
+        await wait_js(page, "document.getElementById('caption').hidden", timeout=2)
+        assert await active(page) == "motion"
+    assert console.errors == [], console.errors

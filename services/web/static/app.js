@@ -1079,9 +1079,15 @@
     clearTimeout(captionTimer);
     captionTimer = null;
     captionTurn = text ? turnId : "";
-    $("caption").textContent = text;
-    $("caption").hidden = !text;
+    const caption = $("caption");
+    caption.textContent = text;
+    // (a keyboard user scrolling it keeps it, emptied: hidden, it would drop their focus to <body>;
+    // it goes when the focus leaves)
+    caption.hidden = !text && document.activeElement !== caption;
   }
+  $("caption").addEventListener("focusout", () => {
+    if (!$("caption").textContent) $("caption").hidden = true;
+  });
   function cueCaption(cue, frame) {
     if (sessionPainted) cues.push({ text: cue.text || "", turnId: cue.turn_id, frame });
     else showCaption(cue.text || "", cue.turn_id);
@@ -1444,6 +1450,9 @@
       stepping = false;
       if (keyPick) settled("picker", 0);
     });
+    // a key that moved nothing (an arrow at the end of the list) leaves `stepping` set: a pick
+    // with the pointer after it is a pointer's, settled in PICK_SETTLE_MS, not KEY_SETTLE_MS
+    for (const type of ["pointerdown", "mousedown"]) select.addEventListener(type, () => (stepping = false));
   }
   $("motion").addEventListener("click", toggleMotion);
   $("audio-file").addEventListener("change", (e) => {
