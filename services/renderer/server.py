@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,12 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             )
 
     def _register(
-        self, who: Principal | None, data: bytes | bytearray, meta: rpb.AvatarMeta, progress: Any = None
+        self,
+        who: Principal | None,
+        data: bytes | bytearray,
+        meta: rpb.AvatarMeta,
+        progress: Any = None,
+        decoded: Callable[[], None] | None = None,
     ) -> tuple[Any, bool, list[str]]:
         """Blocking: quota, registration, then the key recorded as an owner (or rolled back) and the
         name added to the caller's names of the avatar. Returns (avatar, cached, the caller's names:
@@ -191,11 +196,14 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         ``cached`` is true only for an avatar the caller already had (with API keys, a user key's
         own): a key that uploads a file another key registered learns nothing of it, and gets the
         answer a fresh upload would give (the name from its own request or file name, not the other
-        key's). The prepared entry is still shared (content-addressed), so that upload is quick."""
+        key's). The prepared entry is still shared (content-addressed), so that upload is quick.
+
+        ``decoded()``: called once ``data`` is no longer needed (``AvatarStore.register``), before
+        the face analysis and the backends' precompute."""
         store = self.s.store
         self._check_quota(who, len(data))
         avatar, cached = store.register(
-            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress
+            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress, decoded
         )
         if store.is_protected(avatar.id):
             return avatar, cached, [avatar.name]  # (the default avatar keeps its name whoever uploads its file)
@@ -262,8 +270,10 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
         meta, held = await self._read_upload(request_iterator)
         who = principal_of(context.invocation_metadata())
-        # (the preparation releases the bytes when its worker is done)
-        avatar, cached, names = await self.s.preparing.run(held, lambda data: self._register(who, data, meta))
+        # (the bytes are given back once decoded; at the latest when the preparation's worker is done)
+        avatar, cached, names = await self.s.preparing.run(
+            held, lambda data: self._register(who, data, meta, decoded=held.release)
+        )
         return self._info(avatar, cached, names, meta)
 
     async def RegisterAvatarWithProgress(
@@ -277,7 +287,9 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
             progress = LatestProgress(asyncio.get_running_loop())
             job = asyncio.ensure_future(
-                self.s.preparing.run(held, lambda data: self._register(who, data, meta, progress.report))
+                self.s.preparing.run(
+                    held, lambda data: self._register(who, data, meta, progress.report, held.release)
+                )
             )
             async for stage, done, total in progress.updates(job):
                 yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage=stage, done=done, total=total))
