@@ -148,7 +148,8 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
 
     def _info(self, avatar: Any, cached: bool, names: list[str], meta: rpb.AvatarMeta) -> rpb.AvatarInfo:
         """A registration's answer. ``cached``: as the caller may know it (``_register``); an upload
-        that is new to the caller shows the backends it asked for only, as a fresh one would."""
+        that is new to the caller shows the backends it asked for only, as a fresh one would. (Only
+        this answer hides them: GetAvatar and ListAvatars show the shared entry, ``_summary_info``.)"""
         shown = set(avatar.extras) if cached else {"viseme", *meta.backends}
         return rpb.AvatarInfo(
             id=avatar.id,
@@ -194,9 +195,11 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         the name given first).
 
         ``cached`` is true only for an avatar the caller already had (with API keys, a user key's
-        own): a key that uploads a file another key registered learns nothing of it, and gets the
-        answer a fresh upload would give (the name from its own request or file name, not the other
-        key's). The prepared entry is still shared (content-addressed), so that upload is quick.
+        own): a key that uploads a file another key registered gets the answer a fresh upload would
+        give (the name from its own request or file name, not the other key's; the backends it
+        asked for). The prepared entry is still shared (content-addressed) and that is not hidden:
+        the upload is quick, and GetAvatar/ListAvatars show the entry's prepared backends, whoever
+        asked for them (docs/SECURITY.md). The other key, its names and avatars stay hidden.
 
         ``decoded()``: called once ``data`` is no longer needed (``AvatarStore.register``), before
         the face analysis and the backends' precompute."""
@@ -435,7 +438,10 @@ def _names_for(who: Principal | None, names: dict[str, list[str]], first: str) -
 
 def _summary_info(a: AvatarSummary, names: list[str], name: str = "") -> rpb.AvatarInfo:
     """A stored avatar as ListAvatars and GetAvatar answer it; ``name``: the one that matched
-    (default: the first of ``names``)."""
+    (default: the first of ``names``). The same for every caller but the names: ``cached`` is
+    always true (on disk, AvatarInfo's documented meaning for a listing) and ``backends`` lists
+    every backend prepared for the shared entry (what a render finds ready), including those
+    another key asked for; only a registration's answer shows the caller's view (``_info``)."""
     return rpb.AvatarInfo(
         id=a.id,
         name=name or (names[0] if names else ""),
