@@ -37,9 +37,16 @@ class AvatarConfig:
     # Uploads prepared (decoded, analysed, stored) at once on this renderer, each holding up to
     # about 2 x max_video_bytes of frames at its peak; more wait for their turn, their bytes held.
     max_preparing: int = 2
-    # Seconds an upload may take from its first message to its last (DEADLINE_EXCEEDED after it),
-    # besides server.stream_idle_seconds between messages; 0 = no limit.
-    upload_timeout_seconds: float = 120.0
+    # The least average rate, in bytes per second since the upload's start, an upload must keep
+    # once upload_grace_seconds are over (DEADLINE_EXCEEDED the moment it falls below), besides
+    # server.stream_idle_seconds between messages: a trickling client is cut within about the
+    # grace, a slow network gets as long as its upload needs at that rate (32 KiB/s: 200 MiB in
+    # under 2 h, 32 MiB in 17 min); 0 = no minimum.
+    upload_min_bytes_per_second: int = 32 * 1024
+    upload_grace_seconds: float = 30.0
+    # Seconds an upload may take from its first message to its last in all (DEADLINE_EXCEEDED
+    # after it); 0 = no ceiling (the rate above bounds it).
+    upload_timeout_seconds: float = 0.0
     # Frames are stored with the longer side at most max_side pixels (a 3000x4000 phone photo at
     # 960x1280: every output size preset fits in it), and a video's frames (BGR) together in
     # max_video_bytes: the memory (and disk) one avatar can take.
@@ -72,6 +79,10 @@ class AvatarConfig:
             raise ConfigError.at("max_preparing", "must be at least 1")
         if self.upload_timeout_seconds < 0:
             raise ConfigError.at("upload_timeout_seconds", "must not be negative (0 = no limit)")
+        if self.upload_min_bytes_per_second < 0:
+            raise ConfigError.at("upload_min_bytes_per_second", "must not be negative (0 = no minimum)")
+        if self.upload_grace_seconds < 0:
+            raise ConfigError.at("upload_grace_seconds", "must not be negative")
         if not re.fullmatch(r"#[0-9a-fA-F]{6}", self.background):
             raise ConfigError.at("background", f'must be a colour as "#rrggbb", not {self.background!r}')
         if not self.face_models:

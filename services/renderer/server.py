@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,8 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
 
     def _info(self, avatar: Any, cached: bool, names: list[str], meta: rpb.AvatarMeta) -> rpb.AvatarInfo:
         """A registration's answer. ``cached``: as the caller may know it (``_register``); an upload
-        that is new to the caller shows the backends it asked for only, as a fresh one would."""
+        that is new to the caller shows the backends it asked for only, as a fresh one would. (Only
+        this answer hides them: GetAvatar and ListAvatars show the shared entry, ``_summary_info``.)"""
         shown = set(avatar.extras) if cached else {"viseme", *meta.backends}
         return rpb.AvatarInfo(
             id=avatar.id,
@@ -182,20 +183,30 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             )
 
     def _register(
-        self, who: Principal | None, data: bytes | bytearray, meta: rpb.AvatarMeta, progress: Any = None
+        self,
+        who: Principal | None,
+        data: bytes | bytearray,
+        meta: rpb.AvatarMeta,
+        progress: Any = None,
+        decoded: Callable[[], None] | None = None,
     ) -> tuple[Any, bool, list[str]]:
         """Blocking: quota, registration, then the key recorded as an owner (or rolled back) and the
         name added to the caller's names of the avatar. Returns (avatar, cached, the caller's names:
         the name given first).
 
         ``cached`` is true only for an avatar the caller already had (with API keys, a user key's
-        own): a key that uploads a file another key registered learns nothing of it, and gets the
-        answer a fresh upload would give (the name from its own request or file name, not the other
-        key's). The prepared entry is still shared (content-addressed), so that upload is quick."""
+        own): a key that uploads a file another key registered gets the answer a fresh upload would
+        give (the name from its own request or file name, not the other key's; the backends it
+        asked for). The prepared entry is still shared (content-addressed) and that is not hidden:
+        the upload is quick, and GetAvatar/ListAvatars show the entry's prepared backends, whoever
+        asked for them (docs/SECURITY.md). The other key, its names and avatars stay hidden.
+
+        ``decoded()``: called once ``data`` is no longer needed (``AvatarStore.register``), before
+        the face analysis and the backends' precompute."""
         store = self.s.store
         self._check_quota(who, len(data))
         avatar, cached = store.register(
-            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress
+            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress, decoded
         )
         if store.is_protected(avatar.id):
             return avatar, cached, [avatar.name]  # (the default avatar keeps its name whoever uploads its file)
@@ -262,8 +273,10 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
         meta, held = await self._read_upload(request_iterator)
         who = principal_of(context.invocation_metadata())
-        # (the preparation releases the bytes when its worker is done)
-        avatar, cached, names = await self.s.preparing.run(held, lambda data: self._register(who, data, meta))
+        # (the bytes are given back once decoded; at the latest when the preparation's worker is done)
+        avatar, cached, names = await self.s.preparing.run(
+            held, lambda data: self._register(who, data, meta, decoded=held.release)
+        )
         return self._info(avatar, cached, names, meta)
 
     async def RegisterAvatarWithProgress(
@@ -277,7 +290,9 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
             progress = LatestProgress(asyncio.get_running_loop())
             job = asyncio.ensure_future(
-                self.s.preparing.run(held, lambda data: self._register(who, data, meta, progress.report))
+                self.s.preparing.run(
+                    held, lambda data: self._register(who, data, meta, progress.report, held.release)
+                )
             )
             async for stage, done, total in progress.updates(job):
                 yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage=stage, done=done, total=total))
@@ -423,7 +438,10 @@ def _names_for(who: Principal | None, names: dict[str, list[str]], first: str) -
 
 def _summary_info(a: AvatarSummary, names: list[str], name: str = "") -> rpb.AvatarInfo:
     """A stored avatar as ListAvatars and GetAvatar answer it; ``name``: the one that matched
-    (default: the first of ``names``)."""
+    (default: the first of ``names``). The same for every caller but the names: ``cached`` is
+    always true (on disk, AvatarInfo's documented meaning for a listing) and ``backends`` lists
+    every backend prepared for the shared entry (what a render finds ready), including those
+    another key asked for; only a registration's answer shows the caller's view (``_info``)."""
     return rpb.AvatarInfo(
         id=a.id,
         name=name or (names[0] if names else ""),

@@ -9,16 +9,23 @@ memory; a video goes to a temporary file for OpenCV at decoding time). So a rend
   ``max_upload_bytes``), counted as the bytes arrive and given back when the registration has
   finished (in its worker thread, even when the caller went away meanwhile). An upload whose next
   block would go over it is refused with RESOURCE_EXHAUSTED naming the key (retry later);
-* **how long an upload may take to arrive**: ``avatars.upload_timeout_seconds`` from the call's
-  start to its last byte (DEADLINE_EXCEEDED), besides ``server.stream_idle_seconds`` between
-  messages: a client that trickles a byte at a time cannot hold its stream for longer;
+* **how slowly an upload may arrive**: after a grace of ``avatars.upload_grace_seconds`` (30 s) it
+  must have averaged at least ``avatars.upload_min_bytes_per_second`` (32 KiB/s) since the call's
+  start (DEADLINE_EXCEEDED the moment it falls below), besides ``server.stream_idle_seconds``
+  between messages: a client that trickles a byte at a time is cut within about the grace, while
+  a phone on a slow network (the gateway and the web edge pass its bytes straight through) gets
+  as long as its upload needs at that rate. ``avatars.upload_timeout_seconds`` (default 0: none)
+  is an optional ceiling on the whole upload;
 * **what it must be**: the first ``SNIFF_BYTES`` must be a format on the allow-list
   (``services/renderer/avatars/decode.py``), checked as soon as they are in, before the rest is
   received (the file name's extension even before that).
 
 Once nothing is held any more, the process gives freed heap memory back to the system
 (``malloc_trim``): the 1 MiB messages an upload arrives in are freed in glibc's arenas, which keep
-them (a renderer that had received six 199 MB uploads kept 1.5 GB resident without it).
+them (a renderer that had received six 199 MB uploads kept 1.5 GB resident without it). A trim
+takes tens of milliseconds on a fragmented heap, so it never runs on the event loop (a frame is
+40 ms): ``Trimmer`` runs it on one thread of its own, one at a time, at most once per
+``TRIM_INTERVAL`` seconds, requests meanwhile coalesced into one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import ctypes
 import ctypes.util
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -60,6 +68,47 @@ def _trimmer() -> Callable[[], None]:
     return run
 
 
+#: the shortest time between two trims (requests meanwhile are coalesced into one trim)
+TRIM_INTERVAL = 1.0
+
+
+class Trimmer:
+    """Runs ``trim`` off the caller's thread: on one daemon thread of its own (started on first
+    use), one trim at a time, at most once per ``interval`` seconds; requests while one is pending
+    or running are coalesced into one trim after it. ``request`` never blocks."""
+
+    def __init__(self, trim: Callable[[], None], interval: float = TRIM_INTERVAL) -> None:
+        self._trim = trim
+        self.interval = interval
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        #: trims run so far
+        self.runs = 0
+
+    def request(self) -> None:
+        self._wanted.set()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        last = -self.interval
+        while True:
+            self._wanted.wait()
+            wait = last + self.interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # (requests meanwhile: the same trim)
+            self._wanted.clear()
+            last = time.monotonic()
+            try:
+                self._trim()
+            except Exception:  # pragma: no cover - a no-op or glibc's; never worth a thread
+                log.exception("malloc_trim failed")
+            self.runs += 1
+
+
 class UploadBudget:
     """The bytes all uploads of one renderer hold (``avatars.upload_memory_bytes``). Thread-safe:
     a registration gives its bytes back from its worker thread."""
@@ -68,7 +117,7 @@ class UploadBudget:
         self.limit = limit
         self.held = 0
         self._lock = threading.Lock()
-        self._trim = trim if trim is not None else _trimmer()
+        self.trimmer = Trimmer(trim if trim is not None else _trimmer())
 
     def take(self, n: int) -> bool:
         with self._lock:
@@ -82,7 +131,7 @@ class UploadBudget:
             self.held -= n
             idle = self.held == 0
         if idle and n:
-            self._trim()  # (a few ms; only when the last upload is done)
+            self.trimmer.request()  # (tens of ms: on the trimmer's thread, never the caller's)
 
 
 class HeldUpload:
@@ -94,6 +143,8 @@ class HeldUpload:
         self._counted = 0
         self._released = False
         self._lock = threading.Lock()
+        #: bytes received (kept after a release, for messages)
+        self.received = 0
         #: handed to ``Preparations.run``, which releases it from then on
         self.taken = False
 
@@ -104,6 +155,7 @@ class HeldUpload:
             return False
         with self._lock:
             self._counted += len(block)
+        self.received += len(block)
         self.data += block  # grown in place (amortised), never copied whole at the end
         return True
 
@@ -128,11 +180,42 @@ class HeldUpload:
 class UploadLimits:
     max_bytes: int
     memory_bytes: int
-    timeout_seconds: float
+    #: ceiling on the whole upload (0: none)
+    timeout_seconds: float = 0.0
+    #: after ``grace_seconds``, the least average rate since the start (0: none)
+    min_bytes_per_second: int = 0
+    grace_seconds: float = 30.0
 
     @classmethod
     def of(cls, cfg: AvatarConfig) -> UploadLimits:
-        return cls(cfg.max_upload_bytes, cfg.upload_memory_limit, cfg.upload_timeout_seconds)
+        return cls(
+            cfg.max_upload_bytes,
+            cfg.upload_memory_limit,
+            cfg.upload_timeout_seconds,
+            cfg.upload_min_bytes_per_second,
+            cfg.upload_grace_seconds,
+        )
+
+    def deadline(self, start: float, received: int) -> float | None:
+        """When (loop time) an upload started at ``start`` that has ``received`` bytes so far is
+        too slow: the ceiling, or the moment its average rate since ``start`` falls below the
+        minimum (never before the grace is over). None: never."""
+        at: list[float] = []
+        if self.timeout_seconds:
+            at.append(start + self.timeout_seconds)
+        if self.min_bytes_per_second:
+            at.append(start + max(self.grace_seconds, received / self.min_bytes_per_second))
+        return min(at) if at else None
+
+    def too_slow(self, start: float, now: float, received: int) -> str:
+        """Why the upload is cut at ``now`` (the DEADLINE_EXCEEDED message)."""
+        elapsed = now - start
+        if self.timeout_seconds and elapsed >= self.timeout_seconds:
+            return f"upload: not complete after {self.timeout_seconds:g} s (avatars.upload_timeout_seconds)"
+        return (
+            f"upload: {received} bytes in {elapsed:.0f} s, slower than avatars.upload_min_bytes_per_second "
+            f"({self.min_bytes_per_second} bytes/s on average after the first {self.grace_seconds:g} s)"
+        )
 
 
 async def receive_upload(
@@ -141,14 +224,17 @@ async def receive_upload(
     """The upload's meta and its bytes, held (the caller releases them when done with them; on an
     error they are released here)."""
     held = HeldUpload(budget)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    timeout = asyncio.timeout_at(limits.deadline(start, 0))
     try:
-        async with asyncio.timeout(limits.timeout_seconds or None):
-            meta = await _receive(request_iterator, held, budget, limits, idle)
+        async with timeout:
+            meta = await _receive(request_iterator, held, budget, limits, idle, timeout, start)
     except TimeoutError:
         held.release()
-        raise DeadlineExceeded(
-            f"upload: not complete after {limits.timeout_seconds:g} s (avatars.upload_timeout_seconds)"
-        ) from None
+        if timeout.expired():  # (not another timeout inside: that one is its own error)
+            raise DeadlineExceeded(limits.too_slow(start, loop.time(), held.received)) from None
+        raise
     except BaseException:
         held.release()
         raise
@@ -161,6 +247,8 @@ async def _receive(
     budget: UploadBudget,
     limits: UploadLimits,
     idle: float | None,
+    timeout: asyncio.Timeout,
+    start: float,
 ) -> rpb.AvatarMeta:
     upload: RequestStream[rpb.AvatarUpload] = await RequestStream.open(
         request_iterator, "meta", first_timeout=idle, idle_timeout=idle, what="upload"
@@ -185,6 +273,7 @@ async def _receive(
                 quota="avatars.upload_memory_bytes",
                 subject="renderer",
             )
+        timeout.reschedule(limits.deadline(start, held.received))  # (the rate's deadline moves on)
         if not sniffed and len(held.data) >= SNIFF_BYTES:
             check_format(held.data[:SNIFF_BYTES], meta.filename)  # refused before the rest arrives
             sniffed = True
@@ -203,6 +292,9 @@ class Preparations:
         self._slots = asyncio.Semaphore(limit)
 
     async def run(self, held: HeldUpload, work: Callable[[bytearray], T]) -> T:
+        """``work(bytes)`` in a worker thread once a slot is free. ``work`` may release ``held``
+        itself as soon as it no longer needs the bytes (the store's register does once they are
+        decoded: the upload budget need not wait for the face analysis and backends)."""
         held.taken = True
         try:
             await self._slots.acquire()
@@ -211,22 +303,24 @@ class Preparations:
             raise
         loop = asyncio.get_running_loop()
         lock = threading.Lock()
-        done: list[bool] = []  # the slot was given back
-        started: list[bool] = []
+        state = {"started": False, "done": False}  # the worker began work; the slot was given back
 
         def give_back() -> None:
             with lock:
-                if done:
+                if state["done"]:
                     return
-                done.append(True)
+                state["done"] = True
             held.release()
-            if threading.current_thread() is threading.main_thread():
-                self._slots.release()
-            else:
-                loop.call_soon_threadsafe(self._slots.release)
+            try:
+                loop.call_soon_threadsafe(self._slots.release)  # (the semaphore is the loop's)
+            except RuntimeError:  # the loop is closed: nothing waits for a slot any more
+                pass
 
         def worker() -> T:
-            started.append(True)
+            with lock:
+                if state["done"]:  # cancelled while this thread started: the bytes are gone
+                    raise asyncio.CancelledError
+                state["started"] = True
             try:
                 return work(held.data)
             finally:
@@ -235,5 +329,7 @@ class Preparations:
         try:
             return await asyncio.to_thread(worker)
         finally:
-            if not started:  # (cancelled before the worker ran: it never will)
+            with lock:
+                abandoned = not state["started"]
+            if abandoned:  # (cancelled before the worker began: it never will)
                 give_back()

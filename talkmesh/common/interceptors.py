@@ -273,10 +273,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(code, details, trailing_metadata=trailer)
         return code  # unreachable: abort raises
 
+    def _active_gauge(self, unary: bool) -> Any:
+        """``talkmesh_streams_active`` (the HPAs' metric: media work) or ``talkmesh_unary_active``."""
+        m = self.telemetry.metrics
+        return m.unary_active if unary else m.streams_active
+
     def _finish(self, method: str, code: str, span: trace.Span, start: float, unary: bool) -> None:
         svc = self.telemetry.service
         self.telemetry.metrics.streams_total.labels(svc, method, code).inc()
-        self.telemetry.metrics.streams_active.labels(svc).dec()
+        self._active_gauge(unary).labels(svc).dec()
         self.admission.leave(unary)
         span.set_attribute("rpc.grpc.status_code", _STATUS_NUMBERS.get(code, grpc.StatusCode.UNKNOWN.value[0]))
         span.set_attribute("rpc.grpc.status_code_name", code)
@@ -312,7 +317,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         await self._admit(method, context, unary)
         span, start = self._begin(method, context)
         self.admission.enter(unary)
-        self.telemetry.metrics.streams_active.labels(self.telemetry.service).inc()
+        self._active_gauge(unary).labels(self.telemetry.service).inc()
         code = "OK"
         requests = request
         try:

@@ -51,6 +51,7 @@ class Metrics:
     time_to_first_audio: Histogram
     time_to_first_frame: Histogram
     streams_active: Gauge
+    unary_active: Gauge
     streams_total: Counter
     rejections_total: Counter
     frames_total: Counter
@@ -99,7 +100,12 @@ class Metrics:
                 buckets=LATENCY_BUCKETS,
                 registry=reg,
             ),
-            streams_active=Gauge("talkmesh_streams_active", "RPCs in flight.", ["service"], registry=reg),
+            # Streams only (a streamed request or answer: the media work the autoscalers scale on);
+            # unary metadata calls (ListAvatars, GetAvatar, ListVoices...) in talkmesh_unary_active.
+            streams_active=Gauge(
+                "talkmesh_streams_active", "Streaming RPCs in flight (not unary calls).", ["service"], registry=reg
+            ),
+            unary_active=Gauge("talkmesh_unary_active", "Unary RPCs in flight.", ["service"], registry=reg),
             streams_total=Counter(
                 "talkmesh_streams_total",
                 "Finished RPCs by gRPC status code.",
@@ -339,6 +345,7 @@ class Telemetry:
         self.tracer: Tracer = self.tracer_provider.get_tracer("talkmesh", talkmesh.__version__)
         self.metrics.build_info.labels(service, talkmesh.__version__).set(1)
         self.metrics.streams_active.labels(service).set(0)
+        self.metrics.unary_active.labels(service).set(0)
 
     @contextlib.contextmanager
     def stage(self, stage: str, *, traced: bool = True, **attributes: str | int | float | bool) -> Iterator[Span]:

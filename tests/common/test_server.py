@@ -165,6 +165,31 @@ async def test_unary_calls_have_a_limit_of_their_own_beside_the_streams():
         assert host.admission.active == host.admission.unary_active == 0
 
 
+async def test_unary_calls_are_not_counted_as_streams_in_the_autoscalers_metric():
+    """talkmesh_streams_active (the HPAs' custom metric) counts streams only: a burst of list
+    calls must not scale media pods out. Unary calls in flight: talkmesh_unary_active."""
+    tel = Telemetry("toy")
+    svc = ToyService(tel)
+    cfg = ServerConfig(port=0, max_concurrent_streams=4, max_concurrent_unary=8)
+    async with serve(svc, cfg) as host, create_channel(host.address) as ch:
+        stub = tts_pb2_grpc.TTSStub(ch)
+        stream = stub.Synthesize(_req("wait"))
+        await stream.read()
+        held = [asyncio.ensure_future(stub.ListVoices(tts_pb2.ListVoicesRequest(voice="wait"))) for _ in range(3)]
+        while host.admission.unary_active < 3:
+            await asyncio.sleep(0.01)
+        assert _value(tel, "talkmesh_streams_active", {"service": "toy"}) == 1
+        assert _value(tel, "talkmesh_unary_active", {"service": "toy"}) == 3
+        svc.servicer.release.set()
+        for call in held:
+            assert (await call).voices
+        await _read_rest(stream)
+        while host.admission.active or host.admission.unary_active:
+            await asyncio.sleep(0.01)
+    assert _value(tel, "talkmesh_streams_active", {"service": "toy"}) == 0
+    assert _value(tel, "talkmesh_unary_active", {"service": "toy"}) == 0
+
+
 async def test_cancel_is_recorded_as_cancelled_in_metrics_and_span():
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

@@ -198,6 +198,11 @@ async def test_cached_is_reported_for_the_callers_own_avatars_only(tmp_path):
         ), "the answer a fresh upload gets"
         assert "alice-secret" not in str(bobs)
         assert service.store.owners(secret.id) == {"alice", "bob"}  # type: ignore[attr-defined]
+        # Only the registration's answer is the caller's view: GetAvatar shows the shared entry
+        # (cached: on disk; every backend prepared for it), never alice's names (docs/SECURITY.md).
+        got = await stub.GetAvatar(rpb.GetAvatarRequest(avatar_id=bobs.id), metadata=bob)
+        assert got.cached and list(got.names) == list(bobs.names) and "alice-secret" not in str(got)
+        assert set(got.backends) >= set(bobs.backends)
         assert (await stub.RegisterAvatar(_named(data, ""), metadata=bob)).cached
         assert (await stub.RegisterAvatar(_named(data, ""), metadata=alice)).cached
         assert (await stub.RegisterAvatar(_named(data, ""))).cached  # (no API keys: one caller)
