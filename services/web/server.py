@@ -25,7 +25,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,56 @@ CORS_KEY = web.RequestKey("cors", dict)
 PREFLIGHT_MAX_AGE = "600"
 #: Retry-After of a POST /v1/speak refused because of max_concurrent_speaks (seconds).
 SPEAK_RETRY_AFTER = 2.0
+
+
+class Shares:
+    """Requests of one kind this edge holds at once (``POST /v1/speak`` answers being sent, avatar
+    uploads in flight), and each client's share of them: a request counts against every key of its
+    client (its token's identity, its address: ``_client_keys``) while it runs. Over either limit,
+    429 RESOURCE_EXHAUSTED naming the config key that set it."""
+
+    def __init__(self, name: str, what: str, total_key: str, share_key: str, field: str = "") -> None:
+        self.name = name  # the message's prefix ("speak", "file")
+        self.what = what  # what is held, in the messages ("uploads in flight")
+        self.total_key = total_key
+        self.share_key = share_key
+        self.field = field  # the request field the error names ("": none)
+        self.held = 0
+        self._by_client: collections.Counter[str] = collections.Counter()
+
+    @contextlib.contextmanager
+    def hold(
+        self, clients: list[str], total: int, share: int, rejected: Callable[[str], None]
+    ) -> Iterator[None]:
+        """Holds one of ``total`` for ``clients`` (each at most ``share``; 0: no share) meanwhile;
+        ``rejected(reason)`` counts a refusal ("overload", "per_client")."""
+        if self.held >= total:
+            rejected("overload")
+            raise HttpError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"{self.name}: {self.held} {self.what} on this web edge (web.{self.total_key}); try again later",
+                self.field,
+                retry_after=SPEAK_RETRY_AFTER,
+            )
+        if share and any(self._by_client[c] >= share for c in clients):
+            rejected("per_client")
+            raise HttpError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"{self.name}: you have {share} {self.what} on this web edge, its limit per user "
+                f"(web.{self.share_key}); try again when one has ended",
+                self.field,
+                retry_after=SPEAK_RETRY_AFTER,
+            )
+        self.held += 1
+        self._by_client.update(clients)
+        try:
+            yield
+        finally:
+            self.held -= 1
+            self._by_client.subtract(clients)
+            self._by_client += collections.Counter()  # (drops the counts at 0)
 #: What an access token must allow for each API route (services.web.tokens.SCOPES); the lists
 #: (GET /v1/voices, GET /v1/avatars) need a valid token of any scope.
 ROUTE_SCOPES = {
@@ -330,7 +380,6 @@ class WebHost:
             logging.getLogger("aiohttp.websocket").addFilter(_NO_TOKENS)
         self._subject_sessions: collections.Counter[str] = collections.Counter()  # open live sockets
         self._ip_sessions: collections.Counter[str] = collections.Counter()  # (per client address)
-        self._client_speaks: collections.Counter[str] = collections.Counter()  # (per subject, per address)
         self._connections: collections.Counter[str] = collections.Counter()  # open TCP connections per address
         #: who opened each live session of this edge (session id -> SUBJECT_KEY): only they may Watch it
         self._session_owners: dict[str, str] = {}
@@ -343,9 +392,8 @@ class WebHost:
             if _is_loopback(config.server.host)
             else None
         )
-        self.speaks = 0  # POST /v1/speak answers being sent
-        self.uploads = 0  # POST /v1/avatars uploads in flight
-        self._client_uploads: collections.Counter[str] = collections.Counter()  # (per subject, per address)
+        self.speaks = Shares("speak", "answers being sent", "max_concurrent_speaks", "max_speaks_per_client")
+        self.uploads = Shares("file", "uploads in flight", "max_concurrent_uploads", "max_uploads_per_client", "file")
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -858,43 +906,13 @@ class WebHost:
         its limits (size, format) and its errors come back with the field they name."""
         client = self._client()
         self._check_uploads("file")
-        clients = self._client_keys(request)
-        self._admit_upload(clients)
-        try:
-            return await self._upload(request, client)
-        finally:
-            self.uploads -= 1
-            self._client_uploads.subtract(clients)
-            self._client_uploads += collections.Counter()  # (drops the counts at 0)
-
-    def _admit_upload(self, clients: list[str]) -> None:
-        """``web.max_concurrent_uploads`` and each client's share of them
-        (``web.max_uploads_per_client``): an upload holds a gateway stream until its file has
-        arrived, and a client that trickles its bodies would hold all of the gateway's."""
+        # An upload holds a gateway stream until its file has arrived: a client that trickles its
+        # bodies would hold all of the gateway's (web.max_concurrent_uploads, max_uploads_per_client).
         cfg = self.config.web
-        if self.uploads >= cfg.max_concurrent_uploads:
-            self._rejected("overload")
-            raise HttpError(
-                429,
-                "RESOURCE_EXHAUSTED",
-                f"file: {self.uploads} uploads are in flight on this web edge (web.max_concurrent_uploads); "
-                "try again later",
-                "file",
-                retry_after=SPEAK_RETRY_AFTER,
-            )
-        share = cfg.max_uploads_per_client
-        if share and any(self._client_uploads[c] >= share for c in clients):
-            self._rejected("per_client")
-            raise HttpError(
-                429,
-                "RESOURCE_EXHAUSTED",
-                f"file: you have {share} uploads in flight on this web edge, its limit per user "
-                "(web.max_uploads_per_client); try again when one has ended",
-                "file",
-                retry_after=SPEAK_RETRY_AFTER,
-            )
-        self.uploads += 1
-        self._client_uploads.update(clients)
+        with self.uploads.hold(
+            self._client_keys(request), cfg.max_concurrent_uploads, cfg.max_uploads_per_client, self._rejected
+        ):
+            return await self._upload(request, client)
 
     async def _upload(self, request: web.Request, client: TalkmeshClient) -> web.Response:
         if not request.content_type.startswith("multipart/"):
@@ -1047,41 +1065,20 @@ class WebHost:
             raise HttpError(400, "INVALID_ARGUMENT", f"{field}: {proto_names(str(exc))}", field) from None
         if req.output.container == api.CONTAINER_UNSPECIFIED:
             req.output.container = api.CONTAINER_MP4  # type: ignore[assignment]
-        if self.speaks >= self.config.web.max_concurrent_speaks:
-            self._rejected("overload")
-            raise HttpError(
-                429,
-                "RESOURCE_EXHAUSTED",
-                f"speak: {self.speaks} answers are being sent by this web edge (web.max_concurrent_speaks); "
-                "try again later",
-                retry_after=SPEAK_RETRY_AFTER,
-            )
         # each client's share of them: per token identity, and per address
-        clients = self._client_keys(request)
-        share = self.config.web.max_speaks_per_client
-        if share and any(self._client_speaks[c] >= share for c in clients):
-            self._rejected("per_client")
-            raise HttpError(
-                429,
-                "RESOURCE_EXHAUSTED",
-                f"speak: you have {share} answers being sent by this web edge, its limit per user "
-                "(web.max_speaks_per_client); try again when one has arrived",
-                retry_after=SPEAK_RETRY_AFTER,
-            )
-        self.speaks += 1
-        self._client_speaks.update(clients)
-        call: Any = None
-        try:
-            call = client.stub.Speak(req, timeout=self.config.web.speak_timeout_seconds, metadata=client.metadata())
-            return await self._relay_speak(request, call, whole=req.output.container == api.CONTAINER_MP4)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None  # the gateway names the JSON body's fields
-        finally:
-            self.speaks -= 1
-            self._client_speaks.subtract(clients)
-            self._client_speaks += collections.Counter()  # (drops the counts at 0)
-            if call is not None:
-                call.cancel()
+        cfg = self.config.web
+        with self.speaks.hold(
+            self._client_keys(request), cfg.max_concurrent_speaks, cfg.max_speaks_per_client, self._rejected
+        ):
+            call: Any = None
+            try:
+                call = client.stub.Speak(req, timeout=cfg.speak_timeout_seconds, metadata=client.metadata())
+                return await self._relay_speak(request, call, whole=req.output.container == api.CONTAINER_MP4)
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from None  # the gateway names the JSON body's fields
+            finally:
+                if call is not None:
+                    call.cancel()
 
     def _client_keys(self, request: web.Request) -> list[str]:
         """Whom a request counts against, for the per-client shares: its token's subject (or

@@ -317,7 +317,7 @@ async def test_a_browser_that_leaves_a_whole_mp4_speak_cancels_it_on_the_real_se
             post.cancel()  # the browser goes away
             await asyncio.gather(post, return_exceptions=True)
             await asyncio.sleep(0.5)
-        assert fake.stub.calls[0].cancelled and host.speaks == 0
+        assert fake.stub.calls[0].cancelled and host.speaks.held == 0
         assert not finished.is_set()
     finally:
         host.client = real_client
