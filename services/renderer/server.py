@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,12 +183,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             )
 
     def _register(
-        self,
-        who: Principal | None,
-        data: bytes | bytearray,
-        meta: rpb.AvatarMeta,
-        progress: Any = None,
-        decoded: Callable[[], None] | None = None,
+        self, who: Principal | None, data: bytes | bytearray, meta: rpb.AvatarMeta, progress: Any = None
     ) -> tuple[Any, bool, list[str]]:
         """Blocking: quota, registration, then the key recorded as an owner (or rolled back) and the
         name added to the caller's names of the avatar. Returns (avatar, cached, the caller's names:
@@ -199,14 +194,11 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         give (the name from its own request or file name, not the other key's; the backends it
         asked for). The prepared entry is still shared (content-addressed) and that is not hidden:
         the upload is quick, and GetAvatar/ListAvatars show the entry's prepared backends, whoever
-        asked for them (docs/SECURITY.md). The other key, its names and avatars stay hidden.
-
-        ``decoded()``: called once ``data`` is no longer needed (``AvatarStore.register``), before
-        the face analysis and the backends' precompute."""
+        asked for them (docs/SECURITY.md). The other key, its names and avatars stay hidden."""
         store = self.s.store
         self._check_quota(who, len(data))
         avatar, cached = store.register(
-            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress, decoded
+            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress
         )
         if store.is_protected(avatar.id):
             return avatar, cached, [avatar.name]  # (the default avatar keeps its name whoever uploads its file)
@@ -273,10 +265,8 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     async def RegisterAvatar(self, request_iterator: AsyncIterator[rpb.AvatarUpload], context: Any) -> rpb.AvatarInfo:
         meta, held = await self._read_upload(request_iterator)
         who = principal_of(context.invocation_metadata())
-        # (the bytes are given back once decoded; at the latest when the preparation's worker is done)
-        avatar, cached, names = await self.s.preparing.run(
-            held, lambda data: self._register(who, data, meta, decoded=held.release)
-        )
+        # (the preparation releases the bytes when its worker is done)
+        avatar, cached, names = await self.s.preparing.run(held, lambda data: self._register(who, data, meta))
         return self._info(avatar, cached, names, meta)
 
     async def RegisterAvatarWithProgress(
@@ -290,9 +280,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
             progress = LatestProgress(asyncio.get_running_loop())
             job = asyncio.ensure_future(
-                self.s.preparing.run(
-                    held, lambda data: self._register(who, data, meta, progress.report, held.release)
-                )
+                self.s.preparing.run(held, lambda data: self._register(who, data, meta, progress.report))
             )
             async for stage, done, total in progress.updates(job):
                 yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage=stage, done=done, total=total))

@@ -1,7 +1,7 @@
 """The renderer's upload handling after the second review (services/renderer/uploads.py):
 ``malloc_trim`` never runs on the event loop, a slow but steady upload is not cut while a
-trickling one is, only the upload's own deadline is reported as such, the bytes are given back
-once decoded, and a preparation cancelled as its worker starts does no work on released bytes."""
+trickling one is, only the upload's own deadline is reported as such, and a preparation
+cancelled as its worker starts does no work on released bytes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import grpc
 import pytest
 
@@ -25,7 +24,6 @@ from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
-from tests.media import portrait
 
 #: passes the format check (an MP4 ``ftyp`` box), decodes as nothing
 MP4_HEAD = b"\0\0\0\x18ftypisom" + bytes(20)
@@ -140,37 +138,6 @@ async def test_another_timeout_inside_the_upload_is_not_reported_as_its_deadline
     assert not isinstance(err.value, DeadlineExceeded)
     assert "something else" in str(err.value)
     assert budget.held == 0
-
-
-async def test_the_bytes_are_given_back_once_decoded_before_the_face_analysis(tmp_path, monkeypatch):
-    """The budget does not wait for the face analysis and the backends: a big video being
-    analysed holds no upload bytes."""
-    service = _service(tmp_path)
-    jpeg = cv2.imencode(".jpg", cv2.flip(portrait(), 1))[1].tobytes()
-    held_while_analysed: list[int] = []
-
-    async def upload():
-        yield rpb.AvatarUpload(meta=rpb.AvatarMeta(filename="me.jpg"))
-        yield rpb.AvatarUpload(data=jpeg)
-
-    async with serve(service) as host, create_channel(host.address) as ch:
-        analyse = service.store.faces.analyse
-
-        def spy(*args: Any, **kwargs: Any) -> Any:
-            held_while_analysed.append(service.uploads.held)
-            return analyse(*args, **kwargs)
-
-        monkeypatch.setattr(service.store.faces, "analyse", spy)
-        stub = renderer_pb2_grpc.RendererStub(ch)
-        info = await stub.RegisterAvatar(upload(), timeout=60)
-        assert info.id and not info.cached
-        assert held_while_analysed == [0]
-        # the progress stream: the same, and a registration found cached gives them back too
-        last = None
-        async for msg in stub.RegisterAvatarWithProgress(upload(), timeout=60):
-            last = msg
-        assert last is not None and last.avatar.cached
-        assert service.uploads.held == 0
 
 
 class _LateStart(concurrent.futures.ThreadPoolExecutor):

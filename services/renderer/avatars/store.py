@@ -243,18 +243,13 @@ class AvatarStore:
         alias: str = "",
         choice: FaceChoice = FaceChoice(),
         progress: Progress | None = None,
-        decoded: Callable[[], None] | None = None,
     ) -> tuple[Avatar, bool]:
         """Blocking. Returns (avatar, cached): a second registration of the same file is instant.
 
         ``progress(stage, done, total)`` is called from this thread as the preparation advances
         (stages as in ``talkmesh.v1.AvatarProgress``: decoding, faces, saving, backend:<name>).
-        ``decoded()`` is called from this thread once ``data`` is no longer read (decoded, or the
-        prepared entry found): the caller may free it then, before the face analysis and the
-        backends' precompute (minutes for a long video).
         """
         report = progress or _no_progress
-        done_with_data = decoded or (lambda: None)
         if len(data) > self.cfg.max_upload_bytes:
             raise InvalidArgument(
                 "data", f"upload of {len(data)} bytes exceeds {self.cfg.max_upload_bytes} (avatars.max_upload_bytes)"
@@ -277,11 +272,9 @@ class AvatarStore:
                 except (FailedPrecondition, NotFound):  # damaged and set aside, or deleted meanwhile: made again
                     cached = False
             self._on_cache("avatar_precompute", cached)
-            if cached:
-                done_with_data()
-            else:
+            if not cached:
                 fresh = self._precompute(
-                    avatar_id, data, filename, name or Path(filename).stem or avatar_id, choice, report, done_with_data
+                    avatar_id, data, filename, name or Path(filename).stem or avatar_id, choice, report
                 )
                 if fresh.frames.flags.c_contiguous and (
                     fresh.frames.base is None or fresh.frames.base.nbytes == fresh.frames.nbytes
@@ -319,14 +312,7 @@ class AvatarStore:
             return ""
 
     def _precompute(
-        self,
-        avatar_id: str,
-        data: Data,
-        filename: str,
-        name: str,
-        choice: FaceChoice,
-        progress: Progress,
-        decoded_data: Callable[[], None] = lambda: None,
+        self, avatar_id: str, data: Data, filename: str, name: str, choice: FaceChoice, progress: Progress
     ) -> Avatar:
         """Decodes, analyses and stores one upload; returns the avatar (its frames are the decoded
         ones, so a new registration does not decode its stored frames again)."""
@@ -335,7 +321,6 @@ class AvatarStore:
         try:
             progress("decoding", 0, 0)
             decoded = decode(data, filename, self.cfg)
-            decoded_data()  # (the caller may free the bytes now)
             frames = decoded.frames
             tracked = 0
 
