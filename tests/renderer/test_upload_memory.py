@@ -108,15 +108,18 @@ async def test_uploads_in_flight_share_a_byte_budget_and_give_it_back(tmp_path):
 
 
 async def test_an_upload_has_a_total_deadline(tmp_path):
-    """A client that trickles a byte every 0.2 s (well inside the idle limit between messages)
+    """A client that trickles a few bytes, then waits (well inside the idle limit between messages),
     is cut off after avatars.upload_timeout_seconds (a ceiling an operator may set; none by default)."""
 
     async def trickle():
         yield rpb.AvatarUpload(meta=rpb.AvatarMeta(filename="v.mp4"))
         yield rpb.AvatarUpload(data=MP4_HEAD)
-        for _ in range(60):  # 12 s
-            await asyncio.sleep(0.2)
-            yield rpb.AvatarUpload(data=b"\0")
+        for _ in range(3):  # a byte every 0.2 s, then nothing: cut while it waits, not while it writes
+            await asyncio.sleep(0.2)  # (a write racing the status makes grpc's client answer INTERNAL:
+            yield rpb.AvatarUpload(data=b"\0")  # grpc/grpc#36066)
+        await cut.wait()  # (until the test has seen the status: then the request stream ends)
+
+    cut = asyncio.Event()
 
     service = _service(tmp_path, upload_timeout_seconds="1.0")
     async with serve(service) as host, create_channel(host.address) as ch:
@@ -125,6 +128,8 @@ async def test_an_upload_has_a_total_deadline(tmp_path):
         start = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.RegisterAvatar(trickle())
+        cut.set()
+        await asyncio.sleep(0.05)  # grpc's task that reads the requests ends
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "avatars.upload_timeout_seconds" in (err.value.details() or "")
         assert loop.time() - start < 6.0

@@ -98,9 +98,12 @@ async def test_a_trickling_upload_is_cut_by_its_rate_and_a_slow_steady_one_is_no
     async def trickle():
         yield rpb.AvatarUpload(meta=rpb.AvatarMeta(filename="v.mp4"))
         yield rpb.AvatarUpload(data=MP4_HEAD)
-        for _ in range(60):  # 12 s
-            await asyncio.sleep(0.2)
-            yield rpb.AvatarUpload(data=b"\0")
+        for _ in range(3):  # a byte every 0.2 s, then nothing: cut while it waits, not while it writes
+            await asyncio.sleep(0.2)  # (a write racing the status makes grpc's client answer INTERNAL:
+            yield rpb.AvatarUpload(data=b"\0")  # grpc/grpc#36066)
+        await cut.wait()  # (until the test has seen the status: then the request stream ends)
+
+    cut = asyncio.Event()
 
     async def steady():  # 4000 bytes/s for 2.4 s: past the grace, above the minimum
         yield rpb.AvatarUpload(meta=rpb.AvatarMeta(filename="v.mp4"))
@@ -115,6 +118,8 @@ async def test_a_trickling_upload_is_cut_by_its_rate_and_a_slow_steady_one_is_no
         start = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.RegisterAvatar(trickle())
+        cut.set()
+        await asyncio.sleep(0.05)  # grpc's task that reads the requests ends
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "avatars.upload_min_bytes_per_second" in (err.value.details() or "")
         assert loop.time() - start < 4.0
