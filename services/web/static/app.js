@@ -1069,8 +1069,9 @@
   // region: a screen reader says each cue once. A `caption` event comes with the media of the frame
   // its clause starts in, which plays a moment later (the page plays behind the live edge): it
   // waits in `cues` until that frame is painted (showCues, from onFrame), and is dropped if its
-  // turn stopped before that frame (cut); before the session's first painted frame it is shown at once. A turn's last words stay CAPTION_LINGER_MS after its last
-  // frame is painted, unless another turn's caption comes.
+  // turn stopped before that frame (cut); before the session's first painted frame it is shown at
+  // once. A turn's last words stay CAPTION_LINGER_MS after its last frame is painted, unless another
+  // turn's caption comes.
   let captionTurn = "";
   let captionTimer = null; // the caption of a turn that stopped, until it goes (CAPTION_LINGER_MS)
   const cues = []; // caption events whose frame has not been painted yet, in order
