@@ -18,24 +18,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.renderer.main import create_service, load_config
 from services.renderer.uploads import HeldUpload, Preparations, UploadBudget
 from talkmesh.common.channel import create_channel
 from talkmesh.common.errors import ErrorDetails
-from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
+from tests.renderer.uploading import MP4_HEAD, trickled_upload, upload_service
 
 MiB = 1 << 20
-#: passes the format check (an MP4 ``ftyp`` box), decodes as nothing
-MP4_HEAD = b"\0\0\0\x18ftypisom" + bytes(20)
 
-
-def _service(tmp_path: Path, **avatars: str):
-    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache")}
-    env.update({f"TALKMESH_RENDERER__AVATARS__{k.upper()}": v for k, v in avatars.items()})
-    return create_service(load_config(None, env=env), Telemetry("renderer"))
 
 
 async def test_a_format_off_the_allow_list_is_refused_on_its_first_block(tmp_path):
@@ -47,7 +39,7 @@ async def test_a_format_off_the_allow_list_is_refused_on_its_first_block(tmp_pat
         yield rpb.AvatarUpload(data=b"GIF89a" + bytes(64 * 1024))
         await hold.wait()  # (set only once the answer is in: the rest would follow)
 
-    service = _service(tmp_path)
+    service = upload_service(tmp_path)
     async with serve(service) as host, create_channel(host.address) as ch:
         stub = renderer_pb2_grpc.RendererStub(ch)
         try:
@@ -78,7 +70,7 @@ async def test_uploads_in_flight_share_a_byte_budget_and_give_it_back(tmp_path):
             if i + 1 == wait_after and gate is not None:
                 await gate.wait()
 
-    service = _service(tmp_path, max_upload_bytes=str(3 * MiB), upload_memory_bytes=str(4 * MiB))
+    service = upload_service(tmp_path, max_upload_bytes=str(3 * MiB), upload_memory_bytes=str(4 * MiB))
     async with serve(service) as host, create_channel(host.address) as ch:
         stub = renderer_pb2_grpc.RendererStub(ch)
         first = asyncio.ensure_future(stub.RegisterAvatar(upload(3, release_first, first_in)))
@@ -111,27 +103,14 @@ async def test_an_upload_has_a_total_deadline(tmp_path):
     """A client that trickles a few bytes, then waits (well inside the idle limit between messages),
     is cut off after avatars.upload_timeout_seconds (a ceiling an operator may set; none by default)."""
 
-    async def trickle():
-        yield rpb.AvatarUpload(meta=rpb.AvatarMeta(filename="v.mp4"))
-        yield rpb.AvatarUpload(data=MP4_HEAD)
-        for _ in range(3):  # a byte every 0.2 s, then nothing: cut while it waits, not while it writes
-            await asyncio.sleep(0.2)  # (a write racing the status makes grpc's client answer INTERNAL:
-            yield rpb.AvatarUpload(data=b"\0")  # grpc/grpc#36066)
-        await cut.wait()  # (until the test has seen the status: then the request stream ends)
-
-    cut = asyncio.Event()
-
-    service = _service(tmp_path, upload_timeout_seconds="1.0")
+    service = upload_service(tmp_path, upload_timeout_seconds="1.0")
     async with serve(service) as host, create_channel(host.address) as ch:
         stub = renderer_pb2_grpc.RendererStub(ch)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.RegisterAvatar(trickle())
-        cut.set()
-        await asyncio.sleep(0.05)  # grpc's task that reads the requests ends
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "avatars.upload_timeout_seconds" in (err.value.details() or "")
+        err = await trickled_upload(stub)
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "avatars.upload_timeout_seconds" in (err.details() or "")
         assert loop.time() - start < 6.0
         assert service.uploads.held == 0
 

@@ -9,30 +9,19 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from services.renderer.config import AvatarConfig
-from services.renderer.main import create_service, load_config
 from services.renderer.uploads import HeldUpload, Preparations, UploadBudget, UploadLimits, receive_upload
 from talkmesh.common.channel import create_channel
 from talkmesh.common.errors import DeadlineExceeded
-from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
-
-#: passes the format check (an MP4 ``ftyp`` box), decodes as nothing
-MP4_HEAD = b"\0\0\0\x18ftypisom" + bytes(20)
-
-
-def _service(tmp_path: Path, **avatars: str):
-    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache")}
-    env.update({f"TALKMESH_RENDERER__AVATARS__{k.upper()}": v for k, v in avatars.items()})
-    return create_service(load_config(None, env=env), Telemetry("renderer"))
+from tests.renderer.uploading import MP4_HEAD, trickled_upload, upload_service
 
 
 async def test_release_never_trims_on_the_loop_and_trims_coalesce():
@@ -93,17 +82,7 @@ def test_a_steady_slow_network_is_never_cut_by_the_default_limits():
 
 
 async def test_a_trickling_upload_is_cut_by_its_rate_and_a_slow_steady_one_is_not(tmp_path):
-    service = _service(tmp_path, upload_min_bytes_per_second="1000", upload_grace_seconds="1.0")
-
-    async def trickle():
-        yield rpb.AvatarUpload(meta=rpb.AvatarMeta(filename="v.mp4"))
-        yield rpb.AvatarUpload(data=MP4_HEAD)
-        for _ in range(3):  # a byte every 0.2 s, then nothing: cut while it waits, not while it writes
-            await asyncio.sleep(0.2)  # (a write racing the status makes grpc's client answer INTERNAL:
-            yield rpb.AvatarUpload(data=b"\0")  # grpc/grpc#36066)
-        await cut.wait()  # (until the test has seen the status: then the request stream ends)
-
-    cut = asyncio.Event()
+    service = upload_service(tmp_path, upload_min_bytes_per_second="1000", upload_grace_seconds="1.0")
 
     async def steady():  # 4000 bytes/s for 2.4 s: past the grace, above the minimum
         yield rpb.AvatarUpload(meta=rpb.AvatarMeta(filename="v.mp4"))
@@ -116,12 +95,9 @@ async def test_a_trickling_upload_is_cut_by_its_rate_and_a_slow_steady_one_is_no
         stub = renderer_pb2_grpc.RendererStub(ch)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.RegisterAvatar(trickle())
-        cut.set()
-        await asyncio.sleep(0.05)  # grpc's task that reads the requests ends
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "avatars.upload_min_bytes_per_second" in (err.value.details() or "")
+        err = await trickled_upload(stub)
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "avatars.upload_min_bytes_per_second" in (err.details() or "")
         assert loop.time() - start < 4.0
         start = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as slow:
