@@ -141,10 +141,13 @@ async def _next(it: AsyncIterator[Any], idle: float | None, what: str) -> Any:
     """The next message, None at the end; DEADLINE_EXCEEDED after ``idle`` seconds of silence."""
     if idle is None:
         return await anext(it, None)
+    limit = asyncio.timeout(idle)  # never asyncio.wait_for: see talkmesh.common.aio.wait_event
     try:
-        async with asyncio.timeout(idle):  # never asyncio.wait_for: see talkmesh.common.aio.wait_event
+        async with limit:
             return await anext(it, None)
     except TimeoutError:
+        if not limit.expired():
+            raise  # the source's own timeout, not this stream's silence
         raise DeadlineExceeded(f"{what}: no message for {idle:g} s") from None
 
 

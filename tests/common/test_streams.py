@@ -72,6 +72,20 @@ async def test_idle_client_gets_deadline_exceeded() -> None:
             pass
 
 
+async def test_a_timeout_inside_the_source_is_not_the_idle_limit() -> None:
+    """Only the stream's own idle limit becomes "no message for ..."; a TimeoutError raised by
+    whatever feeds the stream (an upstream's own deadline) goes through as it is."""
+
+    async def source() -> AsyncIterator[object]:
+        yield _config()
+        raise TimeoutError("upstream gave up")
+
+    stream = await RequestStream.open(source(), idle_timeout=30.0, what="text stream")
+    with pytest.raises(TimeoutError, match="upstream gave up"):
+        async for _ in stream:
+            pass
+
+
 async def test_no_first_message_within_the_timeout() -> None:
     with pytest.raises(DeadlineExceeded):
         await RequestStream.open(_feed(then_wait=5), first_timeout=0.05)
