@@ -11,7 +11,8 @@ Streamed text (``SynthesizeStream``: an LLM writing as it goes) may have no punc
 two more rules bound how long the first words wait to be spoken:
 
 * **word count**: a run without a clause boundary is spoken once it holds ``max_words`` complete
-  words (a word is complete when whitespace follows it), cut after that word;
+  words (a word is complete when whitespace follows it), cut after that word, unless the mark
+  that ends it is already in hand (a long sentence that arrived whole is one clause);
 * **waiting time**: text that has waited ``max_wait_seconds`` since it arrived unspoken is spoken
   at once: every complete word, or all of it when it holds no space at all (CJK text). The
   service applies it (``flush_waiting``) when no new piece arrives in time.
@@ -110,19 +111,25 @@ class ClauseSplitter:
         return out
 
     def _find_boundary(self, buf: str) -> int | None:
-        """Index just past the clause's last character, if a confirmed boundary exists."""
+        """Index just past the clause's last character, if a confirmed boundary exists.
+
+        The word rule cuts only where no punctuation is in hand: a sentence that arrived whole
+        is one clause, whatever its length up to ``max_chars``; a mark at the very end of the
+        buffer (waiting for the next character to confirm it) holds the cut too.
+        """
         n = len(buf)
         words = 0
+        word_cut: int | None = None
         for i, ch in enumerate(buf):
             if i >= self.max_chars:
-                return self._long_cut(buf)
+                return word_cut if word_cut is not None else self._long_cut(buf)
             if ch == "\n":
                 return i + 1
             if ch.isspace():
                 if i > 0 and not buf[i - 1].isspace():
                     words += 1
                     if words == self.max_words:
-                        return i
+                        word_cut = i
                 continue
             if ch not in SENTENCE_END and ch not in CLAUSE_END:
                 continue
@@ -136,7 +143,7 @@ class ClauseSplitter:
             if ch == "." and self._is_abbreviation(buf[:i]):
                 continue
             return j
-        return None
+        return word_cut
 
     def _long_cut(self, buf: str) -> int:
         space = buf.rfind(" ", 0, self.max_chars)

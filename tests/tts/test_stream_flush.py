@@ -27,6 +27,20 @@ def test_word_rule_cuts_a_run_without_punctuation_after_max_words() -> None:
     assert s.flush() == ["nine"]
 
 
+def test_word_rule_waits_for_punctuation_already_in_hand() -> None:
+    """The word rule is for punctuation that has not arrived: a long sentence that came whole (a
+    live turn's finished reply) is one clause, not cut every ``max_words`` words with a pause."""
+    sentence = "This is a fairly long sentence without any commas that keeps going on until it ends here."
+    s = ClauseSplitter(max_chars=300, max_words=4)
+    assert s.push(sentence) == []  # its full stop waits for the next character or the end
+    assert s.flush() == [sentence]
+    s = ClauseSplitter(max_chars=300, max_words=4)
+    assert s.push(sentence + " And then") == [sentence]
+    assert s.push(" a few more words") == ["And then a few"]  # no punctuation in hand: cut by words
+    s = ClauseSplitter(max_chars=40, max_words=4)
+    assert s.push(sentence + " ")[0] == "This is a fairly"  # over max_chars: the word cut stands
+
+
 def test_word_rule_is_off_by_default_and_for_whole_texts() -> None:
     s = ClauseSplitter(max_chars=300)
     assert s.push(" ".join(["word"] * 40) + " ") == []
