@@ -73,13 +73,15 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def server_settings(service: str, config: str | None, env: Mapping[str, str]) -> dict[str, Any]:
-    """The ``server`` section as the service would see it (registry ports, ``config``, env).
+    """The ``server`` section as the service would see it (registry ports, moved by
+    ``$TALKMESH_PORT_BASE`` when set, ``config``, env).
 
     The service's own defaults are its config dataclass; of them the check needs only the ports,
     which come from the registry (without importing the service's modules).
     """
     spec = registry.spec(service)
-    layers: list[Mapping[str, Any]] = [{"server": {"port": spec.port, "metrics_port": spec.metrics_port}}]
+    port, metrics_port = spec.ports(registry.port_base_from_env(env))  # $TALKMESH_PORT_BASE, as `serve`
+    layers: list[Mapping[str, Any]] = [{"server": {"port": port, "metrics_port": metrics_port}}]
     if config:
         layers.append(yaml.safe_load(Path(config).read_text()) or {})
     head = f"{spec.env_prefix}__SERVER__"

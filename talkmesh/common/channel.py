@@ -27,6 +27,11 @@ PUBLIC_CLIENT_KEEPALIVE_MS = 20_000
 SERVER_MIN_PING_INTERVAL_MS = 1_000
 SERVER_KEEPALIVE_MS = 10_000
 SERVER_KEEPALIVE_TIMEOUT_MS = 5_000
+# Reconnecting after a stage went away: gRPC's backoff grows from 1 s by x1.6 up to 120 s by
+# default, so a stage back after a 6-minute outage was not tried again for up to ~50 s (an SRE's
+# trial: the gateway refused calls as "not answering health checks" that long with a healthy
+# renderer). Capped at a few seconds: a stage is found again within about this of its return.
+MAX_RECONNECT_BACKOFF_MS = 3_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +140,7 @@ def channel_options(
     # server that has just (re)started on an address an older channel failed to reach would fail
     # at once with that channel's stale "connection refused" until the backoff (up to 2 min) ends.
     options.append(("grpc.use_local_subchannel_pool", 1))
+    options.append(("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS))
     if not bdp_probe:
         options.append(("grpc.http2.bdp_probe", 0))
     return options

@@ -232,7 +232,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             )
         if error is not None:
             m.streams_total.labels(svc, method, error.code.name).inc()
-            request_id_var.set(md.get(REQUEST_ID_KEY, ""))
+            # the caller's id, else one chosen now: in the log line and the trailers, as for a served call
+            request_id_var.set(md.get(REQUEST_ID_KEY) or uuid.uuid4().hex)
             log.info(  # as _finish logs a call
                 "%s %s refused: %s",
                 method,

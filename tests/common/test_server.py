@@ -292,6 +292,16 @@ async def test_keepalive_policy_of_clients_is_what_servers_accept():
     assert client["grpc.keepalive_permit_without_calls"] == 1
 
 
+def test_a_stage_back_after_a_long_outage_is_tried_again_within_seconds():
+    """gRPC's reconnect backoff grows to 120 s by default: a renderer back after 6 minutes was
+    refused by the gateway as "not answering health checks" for ~50 s more (an SRE's trial; the
+    measurement is in BENCHMARKS.md, stop 39). Every channel of the mesh caps it."""
+    from talkmesh.common import channel
+
+    for options in (channel.channel_options(), channel.channel_options(bdp_probe=False, large_window=True)):
+        assert dict(options)["grpc.max_reconnect_backoff_ms"] == channel.MAX_RECONNECT_BACKOFF_MS <= 5_000
+
+
 async def test_a_quiet_open_stream_survives_keepalive_pings_and_the_next_call_works():
     """An open stream that sends nothing for several client ping intervals; then a new call."""
     from talkmesh.common.channel import CLIENT_KEEPALIVE_MS
@@ -374,6 +384,13 @@ async def test_every_status_carries_the_calls_request_id_in_its_trailers():
         ok = stub.Synthesize(_req("ok"))
         [c async for c in ok]
         assert dict(await ok.trailing_metadata())["x-request-id"] not in ("", chosen)
+        host.admission.unavailable = "renderer: not answering health checks"  # refused before the handler
+        refused = stub.Synthesize(_req("ok"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            [c async for c in refused]
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(dict(err.value.trailing_metadata()).get("x-request-id", "")) == 32, err.value.trailing_metadata()
+        host.admission.unavailable = ""
     assert svc.servicer.seen_request_ids[0] == "mine-1"
 
 

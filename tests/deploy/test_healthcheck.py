@@ -71,6 +71,16 @@ def test_packaged_default_port_without_a_config(monkeypatch: pytest.MonkeyPatch)
     assert healthcheck.target_for(healthcheck.server_settings("renderer", None, {})) == ("127.0.0.1:50054", None)
 
 
+def test_the_port_block_of_talkmesh_port_base_as_serve_uses_it() -> None:
+    """`TALKMESH_PORT_BASE=43200 python -m talkmesh.healthcheck --service gateway` probed 50051
+    while `talkmesh serve` listened on 43200 (an SRE's trial)."""
+    env = {"TALKMESH_PORT_BASE": "43200"}
+    assert healthcheck.target_for(healthcheck.server_settings("gateway", None, env)) == ("127.0.0.1:43200", None)
+    assert healthcheck.server_settings("web", None, env)["port"] == 43205
+    env["TALKMESH_RENDERER__SERVER__PORT"] = "6000"  # a service's own port still wins, as in `serve`
+    assert healthcheck.server_settings("renderer", None, env)["port"] == "6000"
+
+
 def test_positional_form_still_works(server: Server) -> None:
     server.set(health_pb2.HealthCheckResponse.SERVING)
     assert healthcheck.main([f"127.0.0.1:{server.port}"]) == 0

@@ -186,6 +186,18 @@ def test_namespaces(overlay: str, components: tuple[str, ...]) -> None:
     for doc in render(overlay, *components):
         assert doc["metadata"].get("namespace") == "talkmesh", f"{overlay}: {doc['metadata']['name']}"
 
+
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=VARIANT_IDS)
+def test_everything_is_labelled_part_of_talkmesh(overlay: str, components: tuple[str, ...]) -> None:
+    """`kubectl get all -l app.kubernetes.io/part-of=talkmesh` finds every object and pod, the media,
+    renderer and encoder Deployments and the components' objects too (they lacked it: an SRE's trial)."""
+    for doc in render(overlay, *components):
+        where = f"{overlay}{list(components)}: {doc['kind']} {doc['metadata']['name']}"
+        assert doc["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "talkmesh", where
+        template = doc.get("spec", {}).get("template") if isinstance(doc.get("spec"), dict) else None
+        if template is not None:
+            assert template["metadata"]["labels"].get("app.kubernetes.io/part-of") == "talkmesh", where
+
 # -- invariants ------------------------------------------------------------------------------------
 
 
