@@ -304,10 +304,11 @@ async def test_a_speak_stream_cancelled_before_any_text_is_counted_cancelled_not
     assert (count("CANCELLED"), count("OK")) == (3, 0)
 
 
-@pytest.mark.timeout(600)  # about 2-4 minutes on a loaded 2-core machine
+@pytest.mark.timeout(600)  # about 1-2 minutes on a loaded 2-core machine
 async def test_client_cancellations_log_no_error_tracebacks(mesh, caplog):
-    """1000 cancelled calls, cancelled at every point: before anything, after the headers, after
-    the init segment, after media fragments. None is a server error."""
+    """400 cancelled calls, cancelled at every point: before anything, after the headers, after
+    the init segment, after media fragments (each of the 15 kinds, 5 points x 3 lengths, about 27
+    times; 1000 until stop 39 found nothing more). None is a server error."""
     caplog.set_level(logging.INFO)
 
     async def one(client: TalkmeshClient, i: int) -> None:
@@ -327,7 +328,7 @@ async def test_client_cancellations_log_no_error_tracebacks(mesh, caplog):
             call.cancel()  # type: ignore[attr-defined]
 
     async with TalkmeshClient(mesh.gateway) as client:
-        for batch in range(0, 1000, 25):
+        for batch in range(0, 400, 25):
             await asyncio.gather(*(one(client, i) for i in range(batch, batch + 25)))
     await _no_stream_left(mesh, within=10.0)
     bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

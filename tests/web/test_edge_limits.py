@@ -365,19 +365,10 @@ async def test_a_client_that_stops_reading_its_speak_is_cut_off() -> None:
 
 
 # -- 5. slowloris --------------------------------------------------------------------------------------
-async def test_half_sent_headers_are_closed_by_default() -> None:
-    """1000 connections each sending half a header stayed open 95 s and more (aiohttp's default:
-    an hour); by default the edge closes them after web.read_timeout_seconds (15 s)."""
-    async with real_edge() as host:
-        reader, writer = await asyncio.open_connection("127.0.0.1", host.port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        await writer.drain()
-        async with asyncio.timeout(20):
-            assert await reader.read() == b"", "closed by the edge"
-        writer.close()
-
-
 async def test_slow_headers_and_too_many_connections_are_closed() -> None:
+    """1000 connections each sending half a header stayed open 95 s and more (aiohttp's default:
+    an hour); the edge closes them after web.read_timeout_seconds (15 s by default; 1 s here)."""
+    assert WebSettings().read_timeout_seconds == 15.0
     async with real_edge(read_timeout_seconds=1.0, max_connections_per_ip=3) as host:
         # half a header: closed after web.read_timeout_seconds
         reader, writer = await asyncio.open_connection("127.0.0.1", host.port)
