@@ -28,6 +28,7 @@ from pathlib import Path
 
 from talkmesh.common.aio import all_of, cancel_and_wait
 from talkmesh.common.registry import SERVICES, ServiceSpec, check_port_base, spec, start_order
+from talkmesh.common.server import parse_ready_line
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +231,9 @@ class Mesh:
             raw = await stream.readline()
             if not raw:
                 return ""
-            line = raw.decode(errors="replace").strip()
-            if line.startswith("READY "):
-                return line
+            ready = parse_ready_line(raw.decode(errors="replace").strip())
+            if ready is not None:
+                return ready
 
     @staticmethod
     async def _relay(stream: asyncio.StreamReader, log_path: Path | None) -> None:

@@ -528,8 +528,13 @@ def _serving_children() -> list[int]:
 
 async def test_spans_a_service_prints_reach_its_log(tmp_path):
     """OTEL_TRACES_EXPORTER=console writes spans to a service's stdout, which the launcher reads
-    for READY: what comes after goes to the service's log (here) or the launcher's stderr."""
-    env = {"TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars"), "OTEL_TRACES_EXPORTER": "console"}
+    for READY: what comes after goes to the service's log (here) or the launcher's stderr. A
+    gateway with JSON logs says READY in JSON too, and the launcher still hears it."""
+    env = {
+        "TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars"),
+        "OTEL_TRACES_EXPORTER": "console",
+        "TALKMESH_GATEWAY__SERVER__LOG_JSON": "true",
+    }
     async with Mesh(env=env, log_dir=tmp_path / "logs") as mesh, TalkmeshClient(mesh.gateway) as client:
         await client.speak_to_file("Hello.", tmp_path / "out.mp4")
     assert '"name": "talkmesh.v1.TTS/Synthesize"' in (tmp_path / "logs" / "tts.log").read_text()

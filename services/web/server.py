@@ -655,7 +655,7 @@ class WebHost:
 
     async def run_until_signal(self) -> None:
         """Starts, then serves until SIGTERM/SIGINT, then drains (for `talkmesh serve web`)."""
-        await run_until_signal(self, self.name)
+        await run_until_signal(self, self.name, json_line=self.config.server.log_json)
 
     # -- every request: trace, request id, metrics, errors ----------------------------------------
     @web.middleware

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import errno
+import json
 import logging
 import signal
 import socket
@@ -36,6 +37,7 @@ from talkmesh.common.channel import server_keepalive_options, transport_options
 from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.health import LIVENESS, DependencyWatch
 from talkmesh.common.interceptors import AdmissionState, ServerInterceptor
+from talkmesh.common.logs import JsonFormatter
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.common.tls import ReloadingServerCertificates
 
@@ -300,7 +302,7 @@ class ServiceHost:
 
     async def run_until_signal(self) -> None:
         """Starts, then serves until SIGTERM/SIGINT, then drains (for `talkmesh serve`)."""
-        await run_until_signal(self, self.service.name)
+        await run_until_signal(self, self.service.name, json_line=self.config.log_json)
 
 
 class Host(Protocol):
@@ -317,15 +319,40 @@ class Host(Protocol):
     async def stop(self) -> object: ...
 
 
-async def run_until_signal(host: Host, name: str) -> None:
-    """Starts ``host``, prints the READY line the launcher waits for, serves until SIGTERM or
-    SIGINT, then drains and flushes telemetry."""
+def ready_line(name: str, address: str, metrics_port: int, *, json_line: bool = False) -> str:
+    """The line a service prints on its stdout once it serves, which the launcher waits for:
+    ``READY <name> <address> metrics=<port>``; with ``server.log_json`` that text is the ``msg`` of
+    a JSON log line, so a container's output stays JSON throughout."""
+    text = f"READY {name} {address} metrics={metrics_port}"
+    if not json_line:
+        return text
+    record = logging.LogRecord(name, logging.INFO, __file__, 0, text, None, None)
+    return JsonFormatter(name).format(record)
+
+
+def parse_ready_line(line: str) -> str | None:
+    """The ``READY ...`` text of a line ``ready_line`` printed (plain or JSON), else None."""
+    if line.startswith("READY "):
+        return line
+    if line.startswith("{"):
+        try:
+            msg = json.loads(line).get("msg")
+        except (ValueError, AttributeError):
+            return None
+        if isinstance(msg, str) and msg.startswith("READY "):
+            return msg
+    return None
+
+
+async def run_until_signal(host: Host, name: str, *, json_line: bool = False) -> None:
+    """Starts ``host``, prints the READY line the launcher waits for (``ready_line``), serves
+    until SIGTERM or SIGINT, then drains and flushes telemetry."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await host.start()
-    print(f"READY {name} {host.address} metrics={host.metrics_port}", flush=True)
+    print(ready_line(name, host.address, host.metrics_port, json_line=json_line), flush=True)
     await stop.wait()
     await host.stop()
     host.telemetry.shutdown()

@@ -292,6 +292,23 @@ async def test_keepalive_policy_of_clients_is_what_servers_accept():
     assert client["grpc.keepalive_permit_without_calls"] == 1
 
 
+def test_the_ready_line_is_json_with_json_logs_and_the_launcher_reads_both():
+    """Every container printed a plain `READY ...` line among its JSON log lines (an SRE's trial:
+    it breaks strict JSON log parsers)."""
+    import json
+
+    from talkmesh.common.server import parse_ready_line, ready_line
+
+    plain = ready_line("gateway", "127.0.0.1:43200", 43210)
+    assert plain == "READY gateway 127.0.0.1:43200 metrics=43210" == parse_ready_line(plain)
+    line = ready_line("gateway", "127.0.0.1:43200", 43210, json_line=True)
+    record = json.loads(line)
+    assert record["level"] == "INFO" and record["service"] == "gateway" and record["msg"] == plain
+    assert parse_ready_line(line) == plain
+    for other in ('{"msg": "serving"}', '{"msg": 3}', "[1, 2]", "{not json", "ready gateway"):
+        assert parse_ready_line(other) is None, other
+
+
 def test_a_stage_back_after_a_long_outage_is_tried_again_within_seconds():
     """gRPC's reconnect backoff grows to 120 s by default: a renderer back after 6 minutes was
     refused by the gateway as "not answering health checks" for ~50 s more (an SRE's trial; the
