@@ -419,10 +419,6 @@ class LiveSession:
                         checked = stopped.voice_id if stopped.voice else self.voice_id
                         failed = body.reason == lpb.STOP_REASON_FAILED
                         body.voice = "" if failed else stopped.notes.voice or checked
-                    if body.reason == lpb.STOP_REASON_FAILED and stopped is not None and stopped.task is not None:
-                        # the encoder failed it (its render broke): its sending stops too, or it
-                        # would wait for playback that never comes and hold every later turn
-                        stopped.task.cancel()
                     self._turn_over(body.turn_id)
             elif kind == "started":
                 msg.started.max_text_chars = self.gateway_config.max_text_chars  # the gateway's limit
@@ -454,11 +450,16 @@ class LiveSession:
         sessions.labels(svc, "idle" if speaking else "speaking").dec()
 
     def _turn_over(self, turn_id: str) -> None:
+        """The turn ended on the encoder (its speaking_stopped), whatever the reason: its sending
+        stops too (an interrupt or a failure stopped it there, or all it sent has played), or it
+        would wait for playback that never comes and hold every later turn."""
         turn = self.turns.pop(turn_id, None)
         if turn is not None:
             if turn.span is not None:
                 turn.span.end()
             turn.progress.set()
+            if turn.task is not None:
+                turn.task.cancel()
         self._fence(turn_id, input_ended=turn is None or turn.input_done)
         self.end_requested.set()
 
@@ -695,8 +696,9 @@ class LiveSession:
                 exc.rename_field(lambda f: "text.voice" if f == "config.voice" else None)
             self._fence(turn.turn_id, input_ended=turn.input_done)
             self.reported_failed.put(turn.turn_id, True)
-            await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
+            # the client is told first: the encoder's speaking_stopped for it ends (cancels) this task
             await self._error(exc, turn.turn_id)
+            await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
         if turn.voice_check is not None:
