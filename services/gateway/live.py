@@ -720,29 +720,33 @@ class LiveSession:
         features_in.send_nowait(fpb.FeatureRequest(config=feature_config))
         features = self.ds.extract(features_in, self._time_left())
         tts: Stream | None = None
-        async with TaskSet(f"turn-{turn.turn_id[:16]}") as tasks:
-            feature_pump = tasks.spawn(self._pump_features(turn, features), name="features")
-            try:
-                if turn.kind == "text":
-                    # a turn with no words at all (an LLM reply of white space, or of only
-                    # Markdown's marks) is silent, not a failure: it ends at once, as an audio
-                    # turn without audio does
-                    markdown = self.config.text_format == types_pb2.TEXT_FORMAT_MARKDOWN
-                    words, found = await first_words(turn.text, markdown=markdown)
-                    if found:
-                        tts = self.ds.synthesize_stream(self._text_pieces(turn, words), self._time_left())
-                        await self._pump_tts(turn, tts, features_in)
-                else:
-                    await self._pump_audio(turn, features_in)
-                await features_in.send(fpb.FeatureRequest(end_of_stream=True))
-                features_in.close()
-                await feature_pump
-                await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, end_of_turn=True))
-            finally:
-                features_in.close()
-                await features.cancel()
-                if tts is not None:
-                    await tts.cancel()
+
+        async def feed() -> None:  # the turn's audio, to the feature stage and to the encoder
+            nonlocal tts
+            if turn.kind == "text":
+                # a turn with no words at all (an LLM reply of white space, or of only Markdown's
+                # marks) is silent, not a failure: it ends at once, as an audio turn without audio does
+                markdown = self.config.text_format == types_pb2.TEXT_FORMAT_MARKDOWN
+                words, found = await first_words(turn.text, markdown=markdown)
+                if found:
+                    tts = self.ds.synthesize_stream(self._text_pieces(turn, words), self._time_left())
+                    await self._pump_tts(turn, tts, features_in)
+            else:
+                await self._pump_audio(turn, features_in)
+            await features_in.send(fpb.FeatureRequest(end_of_stream=True))
+            features_in.close()
+
+        try:
+            # either side failing fails the turn at once (the other is cancelled): a feature stage
+            # that fails mid-turn reads no more audio, and a feed left waiting for it would hold
+            # every later turn
+            await all_of(feed(), self._pump_features(turn, features))
+            await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, end_of_turn=True))
+        finally:
+            features_in.close()
+            await features.cancel()
+            if tts is not None:
+                await tts.cancel()
 
     async def _text_pieces(self, turn: GatewayTurn, first: str) -> AsyncIterator[tpb.TextPiece]:
         c = self.config
