@@ -396,7 +396,7 @@ class LiveSession:
             if kind == "media":
                 self.next_frame = max(self.next_frame, msg.media.first_frame + msg.media.frame_count)
                 turn = self.turns.get(msg.media.turn_id) if msg.media.turn_id else None
-                if turn is not None:
+                if turn is not None and not msg.media.underrun:  # a repeat plays none of the turn
                     turn.frames_played += msg.media.frame_count
                     turn.quiet_since = time.monotonic()
                     turn.progress.set()

@@ -235,12 +235,15 @@ async def test_an_underrun_repeats_the_frame_in_silence_and_every_frame_keeps_it
     shown = [(m.media.first_frame, m.media.turn_id) for m in messages if m.media.frame_count == 1 and m.media.turn_id]
     previous = -1
     repeats = 0
+    underruns = {m.media.first_frame for m in messages if m.media.underrun}
     for frame, _turn in shown:
         j = round((lumas[frame] - 20) / 8)
         if j == previous:  # the late frame's stand-in: the previous picture, in silence
             repeats += 1
             assert frame_rms(audio, frame) < 0.02, frame
+            assert frame in underruns, "a repeat is labelled as one (none of the turn's media)"
         else:
+            assert frame not in underruns, frame
             assert j == previous + 1, "no frame of the turn is skipped"
             assert frame_rms(audio, frame) == pytest.approx(amplitude(j) / math.sqrt(2), rel=0.1), (frame, j)
         previous = j

@@ -126,3 +126,27 @@ async def test_a_turn_the_encoder_stopped_ends_its_sending_and_the_next_turn_run
     async with asyncio.timeout(10):  # (a hang guard)
         await runner
     assert ran == ["T", "U"]
+
+
+async def test_underrun_repeats_are_not_played_frames_of_the_turn() -> None:
+    """A repeated frame (an underrun) shows the turn but plays none of it: the turn's frames
+    played, its read-ahead room and its input-quiet clock do not move with it."""
+    session = _session()
+    turn = GatewayTurn("T", "audio", text=Chan(4), audio=Chan(4))
+    session.turns["T"] = turn
+    turn.samples_sent = int(session.cfg.max_audio_ahead_seconds * session.rate) + session.clock.start(1)
+    turn.quiet_since = quiet = 0.0
+    room = asyncio.create_task(session._room(turn))  # one frame over the budget
+    repeats = [
+        lpb.LiveServerMessage(media=lpb.LiveMedia(first_frame=n, frame_count=1, turn_id="T", underrun=True))
+        for n in range(3)
+    ]
+    await session._pump_encoder(_Messages(*repeats))
+    await asyncio.sleep(0)  # (the room task would run now if woken)
+    assert (turn.frames_played, turn.quiet_since, room.done()) == (0, quiet, False)
+    played = lpb.LiveServerMessage(media=lpb.LiveMedia(first_frame=3, frame_count=1, turn_id="T"))
+    session.out = Chan(session.sizes.stream)  # (the pump closed the last one at its end)
+    await session._pump_encoder(_Messages(played))
+    async with asyncio.timeout(10):  # (a hang guard)
+        await room
+    assert turn.frames_played == 1 and turn.quiet_since > quiet

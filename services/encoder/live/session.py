@@ -516,6 +516,7 @@ class LiveSession:
         lo, hi = self.clock.start(n), self.clock.start(n + 1)
         silence = b"\x00" * (2 * max(0, hi - self.codecs.fed))  # what the lead has not covered
         label = ""
+        repeat = False  # an underrun's repeat: it shows the turn, none of the turn's own media
         if turn is not None and turn.ready():
             k = turn.played
             raw, _inferred, pcm = turn.take(self.codecs.audio_lead)
@@ -545,6 +546,7 @@ class LiveSession:
                 events.append(self._event(n, underrun=live_pb2.Underrun(turn_id=turn.turn_id, turn_frame=turn.played)))
             video, key = await asyncio.to_thread(self._encode, self.last_raw, n, False, silence)
             label = turn.turn_id
+            repeat = True
         else:
             video, key = await self._idle(n, silence)
         self._report_lead(len(self.current.frames) if self.current is not None else 0)
@@ -556,6 +558,7 @@ class LiveSession:
             sample_count=hi - lo,
             keyframe=key,
             turn_id=label,
+            underrun=repeat,
         )
         out = [self.out.message(media=media)]
         now = time.time()
