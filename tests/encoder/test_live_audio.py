@@ -322,3 +322,26 @@ async def test_an_interrupt_of_every_turn_stops_only_the_turns_started_before_it
     assert acks == [["long"]]
     assert stops["long"].reason == live_pb2.STOP_REASON_INTERRUPTED
     assert (stops["next"].reason, stops["next"].frames_played) == (live_pb2.STOP_REASON_COMPLETED, 10)
+
+
+async def test_a_mistake_in_one_turns_input_fails_that_turn_and_the_session_goes_on():
+    """Input of a started turn the encoder cannot take (here audio out of step) fails that turn:
+    an INVALID_ARGUMENT LiveError naming the field and a FAILED speaking_stopped; the session
+    and the turns after it play on (it used to end the whole session)."""
+
+    async def script(s: Session) -> None:
+        s.send(turn_id="bad", turn_start=encoder_pb2.TurnStart(source_sample_rate=SR))
+        s.send(turn_id="bad", audio=common_pb2.AudioChunk(sample_rate=SR, sample_offset=5, pcm=speech(2)))
+        s.send(turn_id="bad", end_of_turn=True)  # (dropped: the turn failed)
+        s.say("next", 10)
+        await s.until(lambda m: m.event.speaking_stopped.turn_id == "next")
+
+    messages = await live_session(script)
+    errors = [m.error for m in messages if m.WhichOneof("kind") == "error"]
+    stops = [m.event.speaking_stopped for m in messages if m.event.HasField("speaking_stopped")]
+    assert [(e.code, e.turn_id) for e in errors] == [(3, "bad")]  # INVALID_ARGUMENT
+    assert errors[0].message.startswith("audio.sample_offset: expected 0")
+    assert [(s.turn_id, s.reason) for s in stops] == [
+        ("bad", live_pb2.STOP_REASON_FAILED),
+        ("next", live_pb2.STOP_REASON_COMPLETED),
+    ]

@@ -321,7 +321,16 @@ class LiveSession:
             turn = self.turns.get(tid)
             if turn is None:
                 raise InvalidArgument("turn_id", f"unknown turn {tid!r} (send turn_start first)")
-            self._turn_input(turn, kind, req)
+            if turn.failed:
+                continue  # its failure is pending (stopped at the next frame): the rest is dropped
+            try:
+                self._turn_input(turn, kind, req)
+            except InvalidArgument as exc:
+                # a mistake in one turn's input fails that turn, not the session
+                log.warning("live turn %s failed: %s", tid, exc.message)
+                turn.failed = exc.message
+                turn.failed_code = exc.code.value[0]
+                self._interrupt(tid, [tid], why="failed")
         self.input_ended = True
         self.wakeup.set()
 
