@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.gateway.main import create_service as create_gateway
 from services.gateway.main import load_config as load_gateway_config
 from talkmesh.client import TalkmeshClient
+from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.calls import Stream
 from talkmesh.common.channel import create_channel
 from talkmesh.common.clock import MediaClock
@@ -494,6 +495,53 @@ async def test_a_failed_turn_is_one_error_with_its_code(tmp_path: Path) -> None:
     assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_FAILED
     assert [(e.code, e.turn_id) for e in errors] == [(grpc.StatusCode.UNAVAILABLE.value[0], tid)]
     assert errors[0].message.startswith("tts: ") and "127.0.0.1" not in errors[0].message  # scrubbed
+
+
+async def test_a_feature_stage_failing_mid_turn_fails_that_turn_and_the_next_one_plays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feature stage's stream breaking in the middle of a turn (here: UNAVAILABLE after 20
+    answers) fails that turn as a TTS failure does (one LiveError naming the stage, with its code,
+    then a FAILED speaking_stopped), and the session goes on: the next turn plays. Before, the
+    turn's audio waited for a feature stream nobody read, and the session froze."""
+    from services.audio_features.server import AudioFeaturesServicer
+    from talkmesh.common.errors import Unavailable
+
+    extract = AudioFeaturesServicer.Extract
+    calls = 0
+
+    async def failing(self: AudioFeaturesServicer, requests: Any, context: Any) -> AsyncIterator[fpb.FeatureChunk]:
+        nonlocal calls
+        calls += 1
+        first, answers = calls == 1, 0
+        async for chunk in extract(self, requests, context):
+            yield chunk
+            answers += 1
+            if first and answers == 20:
+                raise Unavailable("the feature backend went away")
+
+    monkeypatch.setattr(AudioFeaturesServicer, "Extract", failing)
+    rate = 16000
+    pcm = _burst(rate, 8.0)
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            pieces = [pcm[i : i + 640] for i in range(0, len(pcm), 640)]  # 20 ms each
+            sender = asyncio.create_task(live.say_audio(pieces, rate, turn_id="mic"))
+            try:
+                stopped = await rec.wait_event("speaking_stopped", "mic", timeout=30)
+                async with asyncio.timeout(30):  # (a hang guard) the rest of its input is discarded
+                    await sender
+            finally:
+                await cancel_and_wait(sender)
+            after = await live.say("Hello again.")
+            completed = await rec.wait_event("speaking_stopped", after, timeout=30)
+            errors = [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_FAILED
+    assert [(e.code, e.turn_id) for e in errors] == [(grpc.StatusCode.UNAVAILABLE.value[0], "mic")]
+    assert errors[0].message.startswith("audio_features: ")
+    assert completed.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+    assert completed.msg.event.speaking_stopped.frames_played > 0
 
 
 async def test_an_unknown_voice_is_refused_at_the_start_and_spellings_of_a_listed_one_speak(tmp_path: Path) -> None:

@@ -396,7 +396,7 @@ class LiveSession:
             if kind == "media":
                 self.next_frame = max(self.next_frame, msg.media.first_frame + msg.media.frame_count)
                 turn = self.turns.get(msg.media.turn_id) if msg.media.turn_id else None
-                if turn is not None:
+                if turn is not None and not msg.media.underrun:  # a repeat plays none of the turn
                     turn.frames_played += msg.media.frame_count
                     turn.quiet_since = time.monotonic()
                     turn.progress.set()
@@ -419,10 +419,6 @@ class LiveSession:
                         checked = stopped.voice_id if stopped.voice else self.voice_id
                         failed = body.reason == lpb.STOP_REASON_FAILED
                         body.voice = "" if failed else stopped.notes.voice or checked
-                    if body.reason == lpb.STOP_REASON_FAILED and stopped is not None and stopped.task is not None:
-                        # the encoder failed it (its render broke): its sending stops too, or it
-                        # would wait for playback that never comes and hold every later turn
-                        stopped.task.cancel()
                     self._turn_over(body.turn_id)
             elif kind == "started":
                 msg.started.max_text_chars = self.gateway_config.max_text_chars  # the gateway's limit
@@ -454,11 +450,16 @@ class LiveSession:
         sessions.labels(svc, "idle" if speaking else "speaking").dec()
 
     def _turn_over(self, turn_id: str) -> None:
+        """The turn ended on the encoder (its speaking_stopped), whatever the reason: its sending
+        stops too (an interrupt or a failure stopped it there, or all it sent has played), or it
+        would wait for playback that never comes and hold every later turn."""
         turn = self.turns.pop(turn_id, None)
         if turn is not None:
             if turn.span is not None:
                 turn.span.end()
             turn.progress.set()
+            if turn.task is not None:
+                turn.task.cancel()
         self._fence(turn_id, input_ended=turn is None or turn.input_done)
         self.end_requested.set()
 
@@ -695,8 +696,9 @@ class LiveSession:
                 exc.rename_field(lambda f: "text.voice" if f == "config.voice" else None)
             self._fence(turn.turn_id, input_ended=turn.input_done)
             self.reported_failed.put(turn.turn_id, True)
-            await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
+            # the client is told first: the encoder's speaking_stopped for it ends (cancels) this task
             await self._error(exc, turn.turn_id)
+            await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
         if turn.voice_check is not None:
@@ -718,29 +720,33 @@ class LiveSession:
         features_in.send_nowait(fpb.FeatureRequest(config=feature_config))
         features = self.ds.extract(features_in, self._time_left())
         tts: Stream | None = None
-        async with TaskSet(f"turn-{turn.turn_id[:16]}") as tasks:
-            feature_pump = tasks.spawn(self._pump_features(turn, features), name="features")
-            try:
-                if turn.kind == "text":
-                    # a turn with no words at all (an LLM reply of white space, or of only
-                    # Markdown's marks) is silent, not a failure: it ends at once, as an audio
-                    # turn without audio does
-                    markdown = self.config.text_format == types_pb2.TEXT_FORMAT_MARKDOWN
-                    words, found = await first_words(turn.text, markdown=markdown)
-                    if found:
-                        tts = self.ds.synthesize_stream(self._text_pieces(turn, words), self._time_left())
-                        await self._pump_tts(turn, tts, features_in)
-                else:
-                    await self._pump_audio(turn, features_in)
-                await features_in.send(fpb.FeatureRequest(end_of_stream=True))
-                features_in.close()
-                await feature_pump
-                await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, end_of_turn=True))
-            finally:
-                features_in.close()
-                await features.cancel()
-                if tts is not None:
-                    await tts.cancel()
+
+        async def feed() -> None:  # the turn's audio, to the feature stage and to the encoder
+            nonlocal tts
+            if turn.kind == "text":
+                # a turn with no words at all (an LLM reply of white space, or of only Markdown's
+                # marks) is silent, not a failure: it ends at once, as an audio turn without audio does
+                markdown = self.config.text_format == types_pb2.TEXT_FORMAT_MARKDOWN
+                words, found = await first_words(turn.text, markdown=markdown)
+                if found:
+                    tts = self.ds.synthesize_stream(self._text_pieces(turn, words), self._time_left())
+                    await self._pump_tts(turn, tts, features_in)
+            else:
+                await self._pump_audio(turn, features_in)
+            await features_in.send(fpb.FeatureRequest(end_of_stream=True))
+            features_in.close()
+
+        try:
+            # either side failing fails the turn at once (the other is cancelled): a feature stage
+            # that fails mid-turn reads no more audio, and a feed left waiting for it would hold
+            # every later turn
+            await all_of(feed(), self._pump_features(turn, features))
+            await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, end_of_turn=True))
+        finally:
+            features_in.close()
+            await features.cancel()
+            if tts is not None:
+                await tts.cancel()
 
     async def _text_pieces(self, turn: GatewayTurn, first: str) -> AsyncIterator[tpb.TextPiece]:
         c = self.config

@@ -147,7 +147,7 @@ class SessionStarted(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps_numerator: _Optional[int] = ..., fps_denominator: _Optional[int] = ..., sample_rate: _Optional[int] = ..., mime_type: _Optional[str] = ..., frame0_unix_seconds: _Optional[float] = ..., video_encoder: _Optional[str] = ..., avatar_id: _Optional[str] = ..., request_id: _Optional[str] = ..., max_text_chars: _Optional[int] = ...) -> None: ...
 
 class LiveMedia(_message.Message):
-    __slots__ = ("data", "init_segment", "first_frame", "frame_count", "first_sample", "sample_count", "keyframe", "turn_id")
+    __slots__ = ("data", "init_segment", "first_frame", "frame_count", "first_sample", "sample_count", "keyframe", "turn_id", "underrun")
     DATA_FIELD_NUMBER: _ClassVar[int]
     INIT_SEGMENT_FIELD_NUMBER: _ClassVar[int]
     FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,7 @@ class LiveMedia(_message.Message):
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     KEYFRAME_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    UNDERRUN_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     init_segment: bool
     first_frame: int
@@ -164,7 +165,8 @@ class LiveMedia(_message.Message):
     sample_count: int
     keyframe: bool
     turn_id: str
-    def __init__(self, data: _Optional[bytes] = ..., init_segment: _Optional[bool] = ..., first_frame: _Optional[int] = ..., frame_count: _Optional[int] = ..., first_sample: _Optional[int] = ..., sample_count: _Optional[int] = ..., keyframe: _Optional[bool] = ..., turn_id: _Optional[str] = ...) -> None: ...
+    underrun: bool
+    def __init__(self, data: _Optional[bytes] = ..., init_segment: _Optional[bool] = ..., first_frame: _Optional[int] = ..., frame_count: _Optional[int] = ..., first_sample: _Optional[int] = ..., sample_count: _Optional[int] = ..., keyframe: _Optional[bool] = ..., turn_id: _Optional[str] = ..., underrun: _Optional[bool] = ...) -> None: ...
 
 class SpeakingStarted(_message.Message):
     __slots__ = ("turn_id",)

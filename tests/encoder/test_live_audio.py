@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -234,12 +235,15 @@ async def test_an_underrun_repeats_the_frame_in_silence_and_every_frame_keeps_it
     shown = [(m.media.first_frame, m.media.turn_id) for m in messages if m.media.frame_count == 1 and m.media.turn_id]
     previous = -1
     repeats = 0
+    underruns = {m.media.first_frame for m in messages if m.media.underrun}
     for frame, _turn in shown:
         j = round((lumas[frame] - 20) / 8)
         if j == previous:  # the late frame's stand-in: the previous picture, in silence
             repeats += 1
             assert frame_rms(audio, frame) < 0.02, frame
+            assert frame in underruns, "a repeat is labelled as one (none of the turn's media)"
         else:
+            assert frame not in underruns, frame
             assert j == previous + 1, "no frame of the turn is skipped"
             assert frame_rms(audio, frame) == pytest.approx(amplitude(j) / math.sqrt(2), rel=0.1), (frame, j)
         previous = j
@@ -279,3 +283,65 @@ async def test_an_interrupt_cut_holds_the_speech_up_to_the_cut_and_nothing_after
     for j in range(10):
         assert frame_rms(audio, nxt + j) == pytest.approx(amplitude(j) / math.sqrt(2), rel=0.1), j
     assert abs(len(audio) / 48000 - len(decode_lumas(media_bytes(messages))) / FPS) <= 1 / FPS
+
+
+async def test_an_interrupt_of_every_turn_stops_only_the_turns_started_before_it(monkeypatch):
+    """An interrupt's targets are the turns known when it is read: a turn started right after it,
+    read while the tick loop was still encoding a frame, plays (it was stopped too)."""
+    from services.encoder.live.session import LiveSession
+
+    encode = LiveSession._encode
+    hold, holding = threading.Event(), threading.Event()
+
+    def held(self: LiveSession, raw: bytes, pts: int, force: bool, pcm: bytes) -> tuple[bytes, bool]:
+        if hold.is_set():  # this frame's encode lasts until the interrupt and the next turn are read
+            hold.clear()
+            holding.set()
+            deadline = time.monotonic() + 10  # (a hang guard)
+            while "next" not in self.turns and time.monotonic() < deadline:
+                time.sleep(0.002)
+        return encode(self, raw, pts, force, pcm)
+
+    monkeypatch.setattr(LiveSession, "_encode", held)
+
+    async def script(s: Session) -> None:
+        s.say("long", 100)
+        first = await s.until(lambda m: m.media.turn_id == "long")
+        await s.until(lambda m: m.media.turn_id == "long" and m.media.first_frame >= first.media.first_frame + 5)
+        hold.set()
+        assert await asyncio.to_thread(holding.wait, 10)  # a frame is being encoded
+        s.send(interrupt=True)  # every turn: "long" only
+        s.say("next", 10)
+        await s.until(lambda m: m.event.speaking_stopped.turn_id == "next")
+        await s.idle_for(4)
+
+    messages = await live_session(script)
+    events = [m.event for m in messages if m.WhichOneof("kind") == "event"]
+    acks = [list(e.interrupt_acknowledged.stopped_turn_ids) for e in events if e.HasField("interrupt_acknowledged")]
+    stops = {e.speaking_stopped.turn_id: e.speaking_stopped for e in events if e.HasField("speaking_stopped")}
+    assert acks == [["long"]]
+    assert stops["long"].reason == live_pb2.STOP_REASON_INTERRUPTED
+    assert (stops["next"].reason, stops["next"].frames_played) == (live_pb2.STOP_REASON_COMPLETED, 10)
+
+
+async def test_a_mistake_in_one_turns_input_fails_that_turn_and_the_session_goes_on():
+    """Input of a started turn the encoder cannot take (here audio out of step) fails that turn:
+    an INVALID_ARGUMENT LiveError naming the field and a FAILED speaking_stopped; the session
+    and the turns after it play on (it used to end the whole session)."""
+
+    async def script(s: Session) -> None:
+        s.send(turn_id="bad", turn_start=encoder_pb2.TurnStart(source_sample_rate=SR))
+        s.send(turn_id="bad", audio=common_pb2.AudioChunk(sample_rate=SR, sample_offset=5, pcm=speech(2)))
+        s.send(turn_id="bad", end_of_turn=True)  # (dropped: the turn failed)
+        s.say("next", 10)
+        await s.until(lambda m: m.event.speaking_stopped.turn_id == "next")
+
+    messages = await live_session(script)
+    errors = [m.error for m in messages if m.WhichOneof("kind") == "error"]
+    stops = [m.event.speaking_stopped for m in messages if m.event.HasField("speaking_stopped")]
+    assert [(e.code, e.turn_id) for e in errors] == [(3, "bad")]  # INVALID_ARGUMENT
+    assert errors[0].message.startswith("audio.sample_offset: expected 0")
+    assert [(s.turn_id, s.reason) for s in stops] == [
+        ("bad", live_pb2.STOP_REASON_FAILED),
+        ("next", live_pb2.STOP_REASON_COMPLETED),
+    ]

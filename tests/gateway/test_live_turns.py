@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from opentelemetry import trace
 
 from services.gateway.config import GatewayConfig
 from services.gateway.live import GatewayTurn, LiveHub, LiveSession
 from talkmesh.common.aio import Chan
+from talkmesh.common.calls import Stream
 from talkmesh.common.errors import TalkmeshError
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import live_pb2 as lpb
@@ -63,3 +68,85 @@ async def test_an_interrupt_while_a_turn_waits_for_its_voice_check_leaves_the_ch
     assert running.cancelled() and not turn.voice_check.done()
     answered.set()
     assert await turn.voice_check is None
+
+
+class _Messages(Stream):
+    """An encoder stream that yields the given messages, then ends."""
+
+    def __init__(self, *messages: lpb.LiveServerMessage) -> None:
+        self.messages = messages
+
+    async def _gen(self) -> AsyncIterator[lpb.LiveServerMessage]:
+        for msg in self.messages:
+            yield msg
+
+    def __aiter__(self) -> AsyncIterator[lpb.LiveServerMessage]:
+        return self._gen()
+
+    async def cancel(self) -> None:
+        pass
+
+
+def _session() -> LiveSession:
+    hub = LiveHub(GatewayConfig(), Telemetry("gateway"), FakeDownstreams())
+    session = LiveSession(hub, "sid", lpb.LiveConfig(), "rid", None)
+    session.started.set()
+    session.span = trace.INVALID_SPAN
+    return session
+
+
+def _stopped(turn_id: str, reason: int) -> lpb.LiveServerMessage:
+    body = lpb.SpeakingStopped(turn_id=turn_id, reason=reason)  # type: ignore[arg-type]
+    return lpb.LiveServerMessage(event=lpb.LiveEvent(speaking_stopped=body))
+
+
+@pytest.mark.parametrize("reason", [lpb.STOP_REASON_INTERRUPTED, lpb.STOP_REASON_COMPLETED])
+async def test_a_turn_the_encoder_stopped_ends_its_sending_and_the_next_turn_runs(monkeypatch, reason) -> None:
+    """A turn the encoder reports stopped, for any reason, is over: its task, waiting for read-ahead
+    room that its playback (stopped) will never make, is cancelled, and the turns behind it run."""
+    session = _session()
+    ran: list[str] = []
+
+    async def run_turn(turn: GatewayTurn) -> None:
+        ran.append(turn.turn_id)
+        if turn.turn_id == "T":
+            turn.samples_sent = 10 * session.rate * int(session.cfg.max_audio_ahead_seconds + 1)
+            await session._room(turn)  # over the budget: waits for playback
+
+    monkeypatch.setattr(session, "_run_turn", run_turn)
+    turns = {tid: GatewayTurn(tid, "audio", text=Chan(4), audio=Chan(4)) for tid in ("T", "U")}
+    for turn in turns.values():
+        session.turns[turn.turn_id] = turn
+        session.turn_queue.send_nowait(turn)
+    runner = asyncio.create_task(session._run_turns())
+    while turns["T"].task is None or ran != ["T"]:  # T waits for room
+        await asyncio.sleep(0)
+    await session._pump_encoder(_Messages(_stopped("T", reason)))
+    session.turn_queue.close()
+    async with asyncio.timeout(10):  # (a hang guard)
+        await runner
+    assert ran == ["T", "U"]
+
+
+async def test_underrun_repeats_are_not_played_frames_of_the_turn() -> None:
+    """A repeated frame (an underrun) shows the turn but plays none of it: the turn's frames
+    played, its read-ahead room and its input-quiet clock do not move with it."""
+    session = _session()
+    turn = GatewayTurn("T", "audio", text=Chan(4), audio=Chan(4))
+    session.turns["T"] = turn
+    turn.samples_sent = int(session.cfg.max_audio_ahead_seconds * session.rate) + session.clock.start(1)
+    turn.quiet_since = quiet = 0.0
+    room = asyncio.create_task(session._room(turn))  # one frame over the budget
+    repeats = [
+        lpb.LiveServerMessage(media=lpb.LiveMedia(first_frame=n, frame_count=1, turn_id="T", underrun=True))
+        for n in range(3)
+    ]
+    await session._pump_encoder(_Messages(*repeats))
+    await asyncio.sleep(0)  # (the room task would run now if woken)
+    assert (turn.frames_played, turn.quiet_since, room.done()) == (0, quiet, False)
+    played = lpb.LiveServerMessage(media=lpb.LiveMedia(first_frame=3, frame_count=1, turn_id="T"))
+    session.out = Chan(session.sizes.stream)  # (the pump closed the last one at its end)
+    await session._pump_encoder(_Messages(played))
+    async with asyncio.timeout(10):  # (a hang guard)
+        await room
+    assert turn.frames_played == 1 and turn.quiet_since > quiet

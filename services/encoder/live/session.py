@@ -269,8 +269,11 @@ class LiveSession:
         self.turns: collections.OrderedDict[str, Turn] = collections.OrderedDict()
         self.current: Turn | None = None
         self.stopped_ids: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)  # input for them is dropped
-        #: (turn id or  for all, when received, for the session's end: no acknowledgement)
-        self.interrupts: list[tuple[str, float, bool]] = []
+        #: interrupts read and not applied yet: (turn id, or "" for every turn; the ids of the turns
+        #: it stops, fixed when it is read: a turn started after it is not one of them; when
+        #: received; why: "interrupt" (acknowledged), "failed" (a turn's failure) or "end" (the
+        #: session's: every turn stops, no acknowledgement))
+        self.interrupts: list[tuple[str, list[str], float, str]] = []
         self.wakeup = asyncio.Event()
         self.input_ended = False
         self.tasks = TaskSet(f"live-{live_config.session_id}")
@@ -297,10 +300,12 @@ class LiveSession:
             kind = req.WhichOneof("kind")
             tid = req.turn_id
             if kind in ("interrupt", "end_session"):
-                self.interrupts.append(
-                    ("" if kind == "end_session" else tid, time.perf_counter(), kind == "end_session")
-                )
-                self.wakeup.set()
+                # its targets are the turns known now, in order with the input: a turn started
+                # right after it (read while the tick loop encodes a frame) is not stopped by it
+                if kind == "end_session":
+                    self._interrupt("", list(self.turns), why="end")
+                else:
+                    self._interrupt(tid, list(self.turns) if not tid else [tid])
                 continue
             if tid in self.stopped_ids:
                 continue  # a stopped turn's late input: fenced off
@@ -316,40 +321,60 @@ class LiveSession:
             turn = self.turns.get(tid)
             if turn is None:
                 raise InvalidArgument("turn_id", f"unknown turn {tid!r} (send turn_start first)")
-            if kind == "audio":
-                turn.add_audio(req.audio)
-            elif kind == "caption":
-                turn.add_caption(req.caption)
-            elif kind in ("visemes", "features"):
-                # the turn's frame ring, once made, goes ahead of the input (if there is room for both)
-                if turn.ring is not None and turn.render_in.qsize() < TURN_INPUT_CAPACITY:
-                    offer = turn.ring.offer(turn.seq)
-                    if offer is not None:
-                        turn.render_in.send_nowait(offer)
-                        turn.seq += 1
-                msg = renderer_pb2.RenderRequest(seq=turn.seq)
-                turn.seq += 1
-                if kind == "visemes":
-                    msg.visemes.CopyFrom(req.visemes)
-                else:
-                    msg.features.CopyFrom(req.features)
-                try:
-                    turn.render_in.send_nowait(msg)
-                except asyncio.QueueFull:
-                    raise InvalidArgument(kind, f"turn {tid!r} sent too far ahead of playback") from None
-            elif kind == "end_of_turn":
-                turn.input_done = True
-                if not turn.render_in.closed:
-                    try:
-                        turn.render_in.send_nowait(renderer_pb2.RenderRequest(seq=turn.seq, end_of_stream=True))
-                    except asyncio.QueueFull:
-                        raise InvalidArgument("end_of_turn", f"turn {tid!r} sent too far ahead of playback") from None
-                    turn.render_in.close()
-            elif kind == "turn_failed":
-                turn.failed = req.turn_failed or "the turn's input failed"
-                self.interrupts.append((tid, time.perf_counter(), False))
-                self.wakeup.set()
+            if turn.failed:
+                continue  # its failure is pending (stopped at the next frame): the rest is dropped
+            try:
+                self._turn_input(turn, kind, req)
+            except InvalidArgument as exc:
+                # a mistake in one turn's input fails that turn, not the session
+                log.warning("live turn %s failed: %s", tid, exc.message)
+                turn.failed = exc.message
+                turn.failed_code = exc.code.value[0]
+                self._interrupt(tid, [tid], why="failed")
         self.input_ended = True
+        self.wakeup.set()
+
+    def _turn_input(self, turn: Turn, kind: str | None, req: encoder_pb2.LiveEncodeRequest) -> None:
+        """A message of a started turn (INVALID_ARGUMENT: the turn's input is wrong)."""
+        if kind == "audio":
+            turn.add_audio(req.audio)
+        elif kind == "caption":
+            turn.add_caption(req.caption)
+        elif kind in ("visemes", "features"):
+            # the turn's frame ring, once made, goes ahead of the input (if there is room for both)
+            if turn.ring is not None and turn.render_in.qsize() < TURN_INPUT_CAPACITY:
+                offer = turn.ring.offer(turn.seq)
+                if offer is not None:
+                    turn.render_in.send_nowait(offer)
+                    turn.seq += 1
+            msg = renderer_pb2.RenderRequest(seq=turn.seq)
+            turn.seq += 1
+            if kind == "visemes":
+                msg.visemes.CopyFrom(req.visemes)
+            else:
+                msg.features.CopyFrom(req.features)
+            try:
+                turn.render_in.send_nowait(msg)
+            except asyncio.QueueFull:
+                raise InvalidArgument(kind, f"turn {turn.turn_id!r} sent too far ahead of playback") from None
+        elif kind == "end_of_turn":
+            turn.input_done = True
+            if not turn.render_in.closed:
+                try:
+                    turn.render_in.send_nowait(renderer_pb2.RenderRequest(seq=turn.seq, end_of_stream=True))
+                except asyncio.QueueFull:
+                    raise InvalidArgument(
+                        "end_of_turn", f"turn {turn.turn_id!r} sent too far ahead of playback"
+                    ) from None
+                turn.render_in.close()
+        elif kind == "turn_failed":
+            turn.failed = req.turn_failed or "the turn's input failed"
+            self._interrupt(turn.turn_id, [turn.turn_id], why="failed")
+
+    def _interrupt(self, tid: str, targets: list[str], *, why: str = "interrupt") -> None:
+        """Stops the turns ``targets`` at the next frame (the tick loop wakes up for it): for an
+        ``interrupt`` (acknowledged), a turn that ``failed``, or the session's ``end``."""
+        self.interrupts.append((tid, targets, time.perf_counter(), why))
         self.wakeup.set()
 
     def _start_turn(self, tid: str, source_rate: int) -> None:
@@ -404,8 +429,7 @@ class LiveSession:
             if not turn.stopped:
                 turn.failed = exc.message
                 turn.failed_code = exc.code.value[0]
-                self.interrupts.append((turn.turn_id, time.perf_counter(), False))
-                self.wakeup.set()
+                self._interrupt(turn.turn_id, [turn.turn_id], why="failed")
         finally:
             turn.render_done = True
             if turn.ring is not None:  # first: nothing below may stop it
@@ -501,6 +525,7 @@ class LiveSession:
         lo, hi = self.clock.start(n), self.clock.start(n + 1)
         silence = b"\x00" * (2 * max(0, hi - self.codecs.fed))  # what the lead has not covered
         label = ""
+        repeat = False  # an underrun's repeat: it shows the turn, none of the turn's own media
         if turn is not None and turn.ready():
             k = turn.played
             raw, _inferred, pcm = turn.take(self.codecs.audio_lead)
@@ -530,6 +555,7 @@ class LiveSession:
                 events.append(self._event(n, underrun=live_pb2.Underrun(turn_id=turn.turn_id, turn_frame=turn.played)))
             video, key = await asyncio.to_thread(self._encode, self.last_raw, n, False, silence)
             label = turn.turn_id
+            repeat = True
         else:
             video, key = await self._idle(n, silence)
         self._report_lead(len(self.current.frames) if self.current is not None else 0)
@@ -541,6 +567,7 @@ class LiveSession:
             sample_count=hi - lo,
             keyframe=key,
             turn_id=label,
+            underrun=repeat,
         )
         out = [self.out.message(media=media)]
         now = time.time()
@@ -688,8 +715,11 @@ class LiveSession:
         """Applies the interrupts received so far; the frame ``n`` (not sent yet) is the cut."""
         out: list[live_pb2.LiveServerMessage] = []
         pending, self.interrupts = self.interrupts, []
-        for tid, received, ending in pending:
-            targets = list(self.turns.values()) if not tid else [t for t in self.turns.values() if t.turn_id == tid]
+        for tid, ids, received, why in pending:
+            ending = why == "end"
+            # the session's end stops every turn; an interrupt, the turns known when it was read
+            # (those that ended meanwhile are not stopped again)
+            targets = list(self.turns.values()) if ending else [self.turns[i] for i in ids if i in self.turns]
             if self.current in targets and self._audio_ahead(n):
                 # the speech fed ahead of the picture past the cut is not sent (the packets sent
                 # reach at most an AAC frame past it: the page mutes them, docs/WEB.md)
@@ -714,7 +744,7 @@ class LiveSession:
             for ev in events:
                 ev.unix_seconds = now
                 out.append(self.out.message(event=ev))
-            if not failed and not ending:
+            if why == "interrupt" and not failed:
                 ack = self._event(
                     n,
                     interrupt_acknowledged=live_pb2.InterruptAcknowledged(
