@@ -233,6 +233,8 @@ class LiveSession:
         self._call: Any = None
         self._write_lock = asyncio.Lock()
         self._closed = False
+        #: the call was cancelled by leaving ``async with``
+        self._left = False
         #: turns say_stream/say_audio are sending -> set once the turn takes no more input (it was
         #: interrupted, a LiveError named it, it stopped)
         self._sending: dict[str, asyncio.Event] = {}
@@ -245,6 +247,11 @@ class LiveSession:
         piece waited for its turn to write) is not sent: the gateway would drop it anyway, and an
         interrupt does not wait behind it."""
         async with self._write_lock:  # one write at a time on a gRPC call
+            if self._left:
+                raise SessionEnded(
+                    "the live session was cancelled when its `async with` block was left: no more messages "
+                    "can be sent (to let queued turns finish, call close() and read the stream to its end first)"
+                )
             if self._closed:
                 raise SessionEnded("the live session was closed (close()): no more messages can be sent")
             if over is not None and over.is_set():
@@ -278,6 +285,7 @@ class LiveSession:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._call is not None and not self._call.done():
+            self._left = True
             self._call.cancel()
 
     def __aiter__(self) -> AsyncIterator[lpb.LiveServerMessage]:

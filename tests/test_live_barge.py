@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from talkmesh.client import TalkmeshClient
+from talkmesh.client import SessionEnded, TalkmeshClient
 from talkmesh.v1 import live_pb2 as lpb
 from tests.live_helpers import Recorder
 from tests.mesh import inprocess_mesh
@@ -113,3 +114,14 @@ async def test_say_stream_of_a_reply_over_the_turns_limit_returns_at_the_refusal
     assert closed.is_set()
     assert error.msg.error.turn_id == "long" and error.msg.error.field == "text.text"
     assert "over the limit of 5000" in error.msg.error.message
+
+
+async def test_sending_after_leaving_async_with_says_the_client_closed_the_session(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            tid = await live.say("Hello there, this is a sentence long enough to be cut.")
+            await rec.wait_event("speaking_started", tid, timeout=30)
+        with pytest.raises(SessionEnded, match="`async with` block was left"):
+            await live.say("x")
+        await asyncio.gather(rec.task, return_exceptions=True)  # type: ignore[arg-type]
