@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.channel import DEFAULT_MAX_MESSAGE_BYTES, PUBLIC_CLIENT_KEEPALIVE_MS, ClientTLS, create_channel
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.common.registry import port_base_from_env
@@ -185,7 +186,15 @@ class SpeakResult:
 
 class SessionEnded(RuntimeError):
     """A turn, interrupt or keep-alive sent after the live session ended (its stream finished: the
-    idle timeout, the maximum length, a drain, an error) or after ``close()``."""
+    idle timeout, the maximum length, a drain, an error), after ``close()``, or after leaving
+    ``async with`` (which cancels the session); the message says which."""
+
+
+async def _aclose(source: object) -> None:
+    """Closes the caller's async generator (an LLM's stream: its request is cancelled)."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class LiveSession:
@@ -198,7 +207,8 @@ class LiveSession:
 
     Leaving ``async with`` cancels the session if its stream has not ended: after ``close()``,
     read the stream to its end first, or the turns still queued are lost. Sending after the end
-    raises ``SessionEnded``.
+    (or after leaving ``async with``) raises ``SessionEnded``. Refused input and failed turns are
+    ``LiveError`` messages in the stream, not exceptions of ``say``/``say_stream``.
     """
 
     def __init__(
@@ -223,14 +233,29 @@ class LiveSession:
         self._call: Any = None
         self._write_lock = asyncio.Lock()
         self._closed = False
+        #: the call was cancelled by leaving ``async with``
+        self._left = False
+        #: turns say_stream/say_audio are sending -> set once the turn takes no more input (it was
+        #: interrupted, a LiveError named it, it stopped)
+        self._sending: dict[str, asyncio.Event] = {}
         self._turns = 0
         self.started: lpb.SessionStarted | None = None
         self._first: list[lpb.LiveServerMessage] = []
 
-    async def _send(self, msg: lpb.LiveClientMessage) -> None:
+    async def _send(self, msg: lpb.LiveClientMessage, over: asyncio.Event | None = None) -> None:
+        """Writes ``msg``; a piece of a turn whose input is ``over`` meanwhile (interrupted while the
+        piece waited for its turn to write) is not sent: the gateway would drop it anyway, and an
+        interrupt does not wait behind it."""
         async with self._write_lock:  # one write at a time on a gRPC call
+            if self._left:
+                raise SessionEnded(
+                    "the live session was cancelled when its `async with` block was left: no more messages "
+                    "can be sent (to let queued turns finish, call close() and read the stream to its end first)"
+                )
             if self._closed:
                 raise SessionEnded("the live session was closed (close()): no more messages can be sent")
+            if over is not None and over.is_set():
+                return
             try:
                 await self._call.write(msg)
             except asyncio.InvalidStateError:  # grpc.aio's word for a call that has finished
@@ -260,6 +285,7 @@ class LiveSession:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._call is not None and not self._call.done():
+            self._left = True
             self._call.cancel()
 
     def __aiter__(self) -> AsyncIterator[lpb.LiveServerMessage]:
@@ -267,9 +293,44 @@ class LiveSession:
 
     async def _read(self) -> AsyncIterator[lpb.LiveServerMessage]:
         while self._first:
-            yield self._first.pop(0)
+            yield self._seen(self._first.pop(0))
         while (msg := await self._call.read()) is not grpc.aio.EOF:
-            yield msg
+            yield self._seen(msg)
+
+    def _seen(self, msg: lpb.LiveServerMessage) -> lpb.LiveServerMessage:
+        """Notes the turns that take no more input (say_stream and say_audio stop sending them)."""
+        kind = msg.WhichOneof("kind")
+        ended: list[str] = []
+        if kind == "error" and msg.error.turn_id:  # refused input ends the turn's input, or it failed
+            ended.append(msg.error.turn_id)
+        elif kind == "event":
+            which = msg.event.WhichOneof("kind")
+            if which == "speaking_stopped":
+                ended.append(msg.event.speaking_stopped.turn_id)
+            elif which == "interrupt_acknowledged":
+                ended.extend(msg.event.interrupt_acknowledged.stopped_turn_ids)
+        for tid in ended:
+            if (over := self._sending.get(tid)) is not None:
+                over.set()
+        return msg
+
+    async def _next(self, source: AsyncIterator[Any], over: asyncio.Event) -> tuple[bool, Any]:
+        """(True, the next item of ``source``), or (False, None) at its end or once ``over`` is set
+        (the wait for the item is then cancelled: an LLM's first-token delay does not hold it)."""
+        if over.is_set():
+            return False, None
+        step = asyncio.ensure_future(anext(source))
+        stop = asyncio.ensure_future(over.wait())
+        try:
+            await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait(step if not step.done() else None, stop)
+        if not step.done() or step.cancelled():
+            return False, None  # over: the source was stopped mid-wait
+        try:
+            return True, step.result()
+        except StopAsyncIteration:
+            return False, None
 
     def _turn_id(self, turn_id: str | None) -> str:
         if turn_id:
@@ -293,7 +354,14 @@ class LiveSession:
         """Speaks text as it is written (LLM tokens): one turn, ended when ``pieces`` ends, or
         raises (what was sent still plays, and the error is raised here). Returns the turn id;
         pass ``turn_id`` to know it while the text is still coming (to interrupt this turn).
-        Sending nothing at all still makes (and ends) the turn. ``voice``: as in ``say``."""
+        Sending nothing at all still makes (and ends) the turn. ``voice``: as in ``say``.
+
+        Once the turn takes no more text it stops reading ``pieces``, closes it (``aclose``: the
+        model's request is cancelled) and returns the turn id, as ``say`` does, without raising:
+        after ``interrupt()`` names it (or all turns), and, as the stream is read, once a
+        ``LiveError`` names it (a refused piece, such as text past the turn's
+        ``started.max_text_chars``, ends its input; or the turn failed) or its ``speaking_stopped``
+        came. What happened is in the stream."""
         tid = self._turn_id(turn_id)
         # The turn exists at once (an empty piece), before the model's first token: an interrupt
         # naming it then stops it even during the model's first-token delay, and it keeps its
@@ -301,13 +369,19 @@ class LiveSession:
         # turn back).
         await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text="", voice=voice)))
         end = lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid))
+        source = aiter(pieces)
+        over = self._sending[tid] = asyncio.Event()
         try:
-            async for piece in pieces:
-                await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=piece)))
+            while (got := await self._next(source, over))[0]:
+                await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=got[1])), over)
+            if over.is_set():
+                await _aclose(source)
         except BaseException:
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, SessionEnded):
                 await self._send(end)  # (the session may be what failed: the caller's error is raised)
             raise
+        finally:
+            self._sending.pop(tid, None)
         await self._send(end)
         return tid
 
@@ -316,10 +390,26 @@ class LiveSession:
     ) -> str:
         """Plays your own speech (mono PCM s16le at ``sample_rate``: the whole recording, or chunks
         of any size as they are recorded) as a turn; returns the turn id. The audio is sent in the
-        pieces of at most one second the gateway takes."""
+        pieces of at most one second the gateway takes. Like ``say_stream``, it stops reading
+        ``chunks`` (and closes an async generator) once the turn takes no more input (interrupted,
+        refused), and returns the turn id."""
         tid = self._turn_id(turn_id)
-        async for pcm in pcm_pieces(chunks, sample_rate):
-            await self.audio(tid, pcm, sample_rate)
+        source = pcm_pieces(chunks, sample_rate)
+        over = asyncio.Event()
+        try:
+            first = True
+            while (got := await self._next(source, over))[0]:
+                piece = lpb.SpeakAudio(turn_id=tid, sample_rate=sample_rate, pcm=got[1])
+                await self._send(lpb.LiveClientMessage(audio=piece), over)
+                if first:  # the turn exists now: an interrupt naming it stops the sending
+                    first = False
+                    self._sending[tid] = over
+            if over.is_set():
+                await _aclose(source)
+                await _aclose(chunks)
+        finally:
+            if self._sending.get(tid) is over:
+                del self._sending[tid]
         await self.audio(tid, b"", sample_rate, final=True)  # (a turn with no audio at all ends too)
         return tid
 
@@ -332,7 +422,12 @@ class LiveSession:
         await self._send(lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=turn_id)))
 
     async def interrupt(self, turn_id: str = "") -> None:
-        """Stops ``turn_id`` (empty: the current turn and every queued one) at the next frame."""
+        """Stops ``turn_id`` (empty: the current turn and every queued one) at the next frame.
+        ``say_stream`` and ``say_audio`` sending a stopped turn stop at once (their pieces not
+        written yet are dropped, so the interrupt does not wait behind them)."""
+        for tid, over in list(self._sending.items()):
+            if not turn_id or tid == turn_id:
+                over.set()
         await self._send(lpb.LiveClientMessage(interrupt=lpb.Interrupt(turn_id=turn_id)))
 
     async def keep_alive(self) -> None:

@@ -47,9 +47,12 @@ class LiveSettings:
     # Turns a session may have started and not finished (queued or playing); the next one is
     # refused with RESOURCE_EXHAUSTED naming this key, and may be sent again once one ends.
     max_pending_turns: int = 32
-    # Input one turn buffers on the gateway ahead of TTS (text) or of the audio sent on (at most
-    # max_audio_ahead_seconds ahead of playback); beyond it, flow control holds the client back
-    # (a fast client or LLM waits, it is not refused): text pieces (thousands of LLM tokens) ...
+    # Input one turn queues on the gateway ahead of TTS (text) or of the audio sent on (at most
+    # max_audio_ahead_seconds ahead of playback). What comes while it is full is held, and the
+    # session's other messages (an interrupt) are read meanwhile: a text turn holds at most its
+    # max_text_chars, an audio turn as many seconds of audio as it queues chunks; beyond that,
+    # flow control holds the client back (a fast client or LLM waits, it is not refused): text
+    # pieces (thousands of LLM tokens) ...
     turn_text_pieces: int = 4096
     # ... and audio chunks (at 20-100 ms a chunk, 20-100 s of speech).
     turn_audio_chunks: int = 1024

@@ -16,7 +16,9 @@ between turns and applies interrupts at the next frame. The gateway owns everyth
 * interrupts: forwarded to the encoder ahead of any queued data (control overtakes media), and
   the turns' upstream work (TTS, features) is cancelled at once; the rest of the input of a turn
   stopped while its input came is discarded, input for a turn that ended with its input complete
-  is refused (a turn id fences everything);
+  is refused (a turn id fences everything). The client's messages are read as they come: a turn's
+  input that finds its queue full is held (bounded) while the reader reads on, so an interrupt
+  sent behind a fast upload is not read only once playback has caught up;
 * refusals: a text piece or audio chunk is checked before it has any effect: a refused first piece
   starts no turn (the gateway ends it itself: a FAILED speaking_stopped after the error), a refused
   later one ends its turn's input (what it had plays); either way later input for that turn id is
@@ -102,6 +104,8 @@ log = logging.getLogger(__name__)
 STOPPED_TURNS_KEPT = 4096
 #: Voices of turns (SpeakText.voice) a session remembers the sample rate of
 TURN_VOICES_KEPT = 64
+#: How often a wait for room in a turn's input queue checks whether the turn is over
+HELD_RECHECK_SECONDS = 0.25
 #: How long a dropped text turn's speaking_stopped waits for the check of the turn's own voice
 VOICE_CHECK_WAIT_SECONDS = 0.25
 #: The session_ending warning comes ``ending_warning_seconds`` before the end, or this fraction of
@@ -186,8 +190,8 @@ class QueueSizes:
 class GatewayTurn:
     turn_id: str
     kind: str  # "text" or "audio"
-    # A client that sends a turn far ahead of its playback is held back by flow control once these
-    # fill (live.turn_text_pieces, live.turn_audio_chunks).
+    # A turn's input queue (live.turn_text_pieces, live.turn_audio_chunks); what comes while it is
+    # full is held (below), and a client that sends further ahead is held back by flow control.
     text: Chan[str]
     audio: Chan[tuple[int, bytes]]
     source_rate: int = 0
@@ -208,9 +212,27 @@ class GatewayTurn:
     notes: StageNotes = field(default_factory=StageNotes)
     #: the check of the turn's own voice, started as the turn is queued (its refusal, or None)
     voice_check: asyncio.Task[TalkmeshError | None] | None = None
+    #: input that came while the queue was full, in order, with its size (characters, bytes): the
+    #: session's reader goes on reading meanwhile (an interrupt is not held behind it); the turn's
+    #: feeder moves it into the queue as room frees (LiveSession._hold, _feed)
+    held: collections.deque[tuple[Any, int]] = field(default_factory=collections.deque)
+    held_size: int = 0
+    held_room: asyncio.Event = field(default_factory=asyncio.Event)
+    feeder: asyncio.Task[None] | None = None
 
     def end_input(self) -> None:
+        """No more input: what it has (held input too) still plays."""
         self.input_done = True
+        if not self.held:  # else the feeder closes the queue after what is held
+            self.text.close()
+            self.audio.close()
+
+    def drop_input(self) -> None:
+        """No more input, and what is held is dropped (the turn was stopped)."""
+        self.input_done = True
+        self.held.clear()
+        self.held_size = 0
+        self.held_room.set()
         self.text.close()
         self.audio.close()
 
@@ -542,11 +564,65 @@ class LiveSession:
         if kind == "text":
             if body.text:
                 turn.chars += len(body.text)
-                await turn.text.send(body.text)
+                await self._hold(turn, body.text, len(body.text))
         elif body.pcm:
-            await turn.audio.send((body.sample_rate, body.pcm))
+            await self._hold(turn, (body.sample_rate, body.pcm), len(body.pcm))
         if body.final:
             turn.end_input()
+
+    def _held_limit(self, turn: GatewayTurn) -> int:
+        """What a turn may hold beyond its queue: a text turn, its whole text (max_text_chars, which
+        the pieces were checked against); an audio turn, as many seconds of audio as its queue
+        takes chunks (a chunk is at most one second: the queue's own largest size, once more)."""
+        if turn.kind == "text":
+            return self.gateway_config.max_text_chars
+        return self.sizes.turn_audio * 2 * max(turn.source_rate, 1)
+
+    async def _hold(self, turn: GatewayTurn, item: Any, size: int) -> None:
+        """A piece of a turn's input into its queue, or, while the queue is full, held for the
+        turn's feeder: the reader goes on reading, so an interrupt (or any message) sent behind a
+        turn's input is handled at once, and an interrupted turn's held input is dropped. Only a
+        turn holding more than ``_held_limit`` makes the reader wait (gRPC flow control then holds
+        the client back)."""
+        chan: Chan[Any] = turn.text if turn.kind == "text" else turn.audio
+        if not turn.held and not chan.full():
+            chan.send_nowait(item)
+            return
+        while turn.held and turn.held_size + size > self._held_limit(turn):
+            if turn.input_done or self.turns.get(turn.turn_id) is not turn:
+                return  # stopped meanwhile: the piece goes with the rest of its input
+            turn.held_room.clear()
+            await wait_event(turn.held_room, HELD_RECHECK_SECONDS)
+        if turn.input_done or self.turns.get(turn.turn_id) is not turn:
+            return
+        turn.held.append((item, size))
+        turn.held_size += size
+        if turn.feeder is None:
+            turn.feeder = self.tasks.spawn(self._feed(turn, chan), name=f"feed-{turn.turn_id[:16]}")
+
+    async def _feed(self, turn: GatewayTurn, chan: Chan[Any]) -> None:
+        """Moves a turn's held input into its queue, in order, as the turn makes room; then closes
+        the queue if the input has ended meanwhile. A turn that is over (stopped, failed, its
+        session ending) drops what it held."""
+        try:
+            while turn.held:
+                if self.turns.get(turn.turn_id) is not turn:
+                    turn.drop_input()
+                    return
+                try:
+                    async with asyncio.timeout(HELD_RECHECK_SECONDS):  # (to notice a turn that is over)
+                        await chan.send(turn.held[0][0])
+                except TimeoutError:
+                    continue
+                _, size = turn.held.popleft()
+                turn.held_size -= size
+                turn.held_room.set()
+            if turn.input_done:
+                chan.close()
+        except ChanClosed:
+            turn.drop_input()  # stopped: what was held goes
+        finally:
+            turn.feeder = None
 
     def _check_piece(self, kind: str, tid: str, body: Any, turn: GatewayTurn | None) -> None:
         if turn is not None and turn.kind != kind:
@@ -658,7 +734,7 @@ class LiveSession:
         targets = list(self.turns.values()) if not turn_id else [t for t in self.turns.values() if t.turn_id == turn_id]
         for turn in targets:
             self._fence(turn.turn_id, input_ended=turn.input_done)
-            turn.end_input()
+            turn.drop_input()
             if turn.task is not None:
                 turn.task.cancel()
         self.span.add_event("interrupt", {"talkmesh.turn_id": turn_id})
