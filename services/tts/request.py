@@ -55,7 +55,13 @@ def voice_not_found(field: str, backends: Mapping[str, TTSBackend], voice_id: st
     """NOT_FOUND for ``voice_id``, suggesting voices of the same language when there are some (and
     the ``engine:`` a bare name lacks: `fr-fr` is `espeak:fr-fr`)."""
     close = close_voices(backends, voice_id)
-    hints = [] if ":" in voice_id else [f"a voice id is <engine>:<name> ({', '.join(sorted(backends))})"]
+    engine, sep, _ = voice_id.partition(":")
+    engine = engine.strip().lower()
+    hints = [] if sep else [f"a voice id is <engine>:<name> ({', '.join(sorted(backends))})"]
+    if sep and engine not in backends:
+        hints.append(f"this TTS service has no {engine or '(empty)'} voices (engines: {', '.join(sorted(backends))})")
+        if engine == "piper":
+            hints.append("Piper voices are read from piper.voices_dir (services/tts/README.md)")
     if close:
         hints.append(f"voices of that language: {', '.join(close)}")
     return NotFound(field, voice_id, "voice", hint="; ".join(hints))

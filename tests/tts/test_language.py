@@ -174,6 +174,8 @@ async def test_not_found_suggests_voices_of_the_same_language(tts: Any) -> None:
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
     assert exc.value.details() == (
         "config.voice: voice 'piper:fr_FR-siwis-medium' not found; "
+        "this TTS service has no piper voices (engines: espeak); "
+        "Piper voices are read from piper.voices_dir (services/tts/README.md); "
         "voices of that language: espeak:fr-be, espeak:fr-ch, espeak:fr-fr"
     )
     with pytest.raises(grpc.aio.AioRpcError) as exc:

@@ -58,7 +58,13 @@ async def test_usual_spellings_find_the_voice(tts: Any, spelling: str) -> None:
         ("espeak:fo", ""),
         ("espeak:nope", ""),
         ("nope", ""),
-        ("piper:en-gb", "; voices of that language: espeak:en-029, espeak:en-gb, espeak:en-gb-scotland"),
+        (
+            "piper:en-gb",
+            "; this TTS service has no piper voices (engines: espeak); Piper voices are read from"
+            " piper.voices_dir (services/tts/README.md); voices of that language: espeak:en-029, espeak:en-gb,"
+            " espeak:en-gb-scotland",
+        ),
+        ("festival:en", "; this TTS service has no festival voices (engines: espeak); voices of that language:"),
     ],
 )
 async def test_list_voices_of_a_voice_it_cannot_speak_is_not_found(tts: Any, voice: str, hint: str) -> None:
