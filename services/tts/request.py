@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from services.tts.backends.base import TTSBackend, VoiceInfo, VoiceSettings
+from services.tts.bcp47 import strip_extensions
 from services.tts.config import TTSConfig
-from services.tts.engine import primary_language
+from services.tts.engine import primary_language, voice_key
 from talkmesh.common.errors import InvalidArgument, NotFound, Unavailable
 from talkmesh.common.names import check_voice_settings
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.v1 import tts_pb2, types_pb2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,12 @@ class SynthesisJob:
     chunk_samples: int
     max_chunk_samples: int = 0  # 0: every chunk is chunk_samples long
     markdown: bool = False  # TEXT_FORMAT_MARKDOWN: the markup is not read (talkmesh/common/markup.py)
+    #: what the caller should know about the voice (``voice_warning``), for the trailers; "" if nothing
+    warning: str = ""
+
+    def warnings(self, *more: str) -> str:
+        """This job's warnings and ``more`` as one trailer value ("" when there are none)."""
+        return "; ".join(w for w in (self.warning, *more) if w)
 
 
 def find_voice(backends: Mapping[str, TTSBackend], voice_id: str) -> tuple[TTSBackend, VoiceInfo] | None:
@@ -49,6 +59,24 @@ def close_voices(backends: Mapping[str, TTSBackend], voice_id: str, limit: int =
         if language and primary_language(v.language) == language
     ]
     return [v.id for v in found[:limit]]
+
+
+def voice_warning(voice_id: str, voice: VoiceInfo) -> str:
+    """A warning when an eSpeak voice name asked for more than the voice that speaks it: an
+    extension or private-use tail (``en-US-x-female``), which RFC 4647 lookup drops, is a wish no
+    voice fulfils. Regions and scripts dropped (``es-ES`` -> es) are the documented lookup: no warning."""
+    engine, _, name = voice_id.partition(":")
+    if engine.strip().lower() != "espeak":
+        return ""
+    subtags = voice_key(name.partition("+")[0]).split("-")
+    kept = strip_extensions(subtags)
+    if kept is None or len(kept) == len(subtags):
+        return ""
+    dropped = "-".join(subtags[len(kept) :])
+    return (
+        f"voice {voice_id!r} is spoken as {voice.id}: {dropped!r} names no voice "
+        f"(eSpeak's variants come after a '+', e.g. {voice.id}+f3 is female)"
+    )
 
 
 def voice_not_found(field: str, backends: Mapping[str, TTSBackend], voice_id: str) -> NotFound:
@@ -95,4 +123,7 @@ def resolve_job(
     if cfg.text_format not in types_pb2.TextFormat.values():
         raise InvalidArgument("config.text_format", f"unknown text format {cfg.text_format}")
     markdown = cfg.text_format == types_pb2.TEXT_FORMAT_MARKDOWN
-    return SynthesisJob(rid, backend, voice, settings, chunk_samples, max_chunk_samples, markdown)
+    warning = voice_warning(voice_id, voice)
+    if warning:
+        log.info("tts: %s", warning)
+    return SynthesisJob(rid, backend, voice, settings, chunk_samples, max_chunk_samples, markdown, warning)

@@ -125,7 +125,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         # Markdown is filtered before the text is split, so a link or code span stays whole
         text = speakable_markdown(request.text) if job.markdown else request.text
         warning = check_voice_reads(normalize(text), job.voice.id, job.voice.language)
-        self._trailers(context, job.voice.id, warning)
+        self._trailers(context, job.voice.id, job.warnings(warning))
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         key = (job.voice.id, job.settings, job.markdown, request.text)
         if self.cache.enabled:
@@ -159,7 +159,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             request_iterator, "config", first_timeout=idle, idle_timeout=idle, what="text stream"
         )
         job = resolve_job(self.config, self.backends, stream.head.config, context)
-        self._trailers(context, job.voice.id)
+        self._trailers(context, job.voice.id, job.warnings())
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         clauses: Chan[str] = Chan(self.config.stream_queue_segments)
         reading = read_clauses(stream, clauses, self.stream_rules, markdown=job.markdown)
@@ -177,7 +177,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
                     )
                     decided = decided or any(ch.isalpha() for ch in text)
                     if warning:
-                        self._trailers(context, job.voice.id, warning)
+                        self._trailers(context, job.voice.id, job.warnings(warning))
                         warned = True
                 yield clause
 

@@ -356,3 +356,28 @@ async def test_a_control_character_in_a_streamed_piece_is_placed_in_the_whole_te
         await _say_streamed(stub, ["Hello there. ", "And more. ", "oops\x1b[0m ", "end."])
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert exc.value.details() == "text: contains the control character U+001B at position 27"
+
+
+async def test_a_voice_tail_that_names_no_voice_is_spoken_with_a_warning(tts: Any) -> None:
+    """`espeak:en-US-x-female` was spoken by the male en-us voice without a word (a user trial):
+    the private-use tail names no voice; the warning says which voice spoke and how eSpeak's
+    variants are named. A region or script dropped (`es-ES` -> es) is as documented: no warning."""
+    stub, _, _ = tts
+    size, warning = await _say_warned(stub, "Hello there.", "espeak:en-US-x-female")
+    assert size > 4000
+    assert warning == (
+        "voice 'espeak:en-US-x-female' is spoken as espeak:en-us: 'x-female' names no voice "
+        "(eSpeak's variants come after a '+', e.g. espeak:en-us+f3 is female)"
+    ), warning
+    call = stub.SynthesizeStream(
+        iter(
+            [
+                tts_pb2.TextPiece(config=tts_pb2.SynthesisConfig(voice="espeak:en-US-x-female")),
+                tts_pb2.TextPiece(text="Hello there.", end_of_stream=True),
+            ]
+        )
+    )
+    assert pcm_of([c async for c in call]).size > 4000
+    assert dict(await call.trailing_metadata()).get(WARNING_KEY, "") == warning
+    for voice in ("espeak:es-ES", "espeak:en-us", "espeak:en_GB", "espeak:en-us+f3"):
+        assert (await _say_warned(stub, "Hola.", voice))[1] == "", voice
