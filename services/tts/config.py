@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.onnx import ExecutionConfig
+from talkmesh.common.registry import spec
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,11 @@ class TTSConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def validate(self) -> None:
-        if ":" not in self.default_voice:
-            raise ConfigError.at("default_voice", "must look like 'espeak:<name>' or 'piper:<name>'")
+        engines = spec("tts").backends  # the engines a voice id may name (talkmesh/common/registry.py)
+        if self.default_voice.partition(":")[0] not in engines:
+            raise ConfigError.at(
+                "default_voice", f"must look like <engine>:<name>, the engine one of {', '.join(engines)}"
+            )
         if self.max_text_chars < 1:
             raise ConfigError.at("max_text_chars", "must be at least 1")
         if not 1 <= self.min_chunk_ms <= self.chunk_ms <= self.max_chunk_ms:

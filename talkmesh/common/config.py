@@ -201,7 +201,8 @@ def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping")
-        return dict(value)
+        key_tp, item_tp = typing.get_args(tp) or (str, Any)
+        return {_coerce(k, key_tp, key): _coerce(v, item_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

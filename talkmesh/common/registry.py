@@ -57,7 +57,8 @@ class ServiceSpec:
     index: int
     #: (generated module, service name) of each gRPC service it serves
     protos: tuple[tuple[str, str], ...]
-    #: backend names the service can be configured with (documentation, config validation)
+    #: backend names the service can be configured with (config validation, the CLI's help, docs;
+    #: TTS: the engines a voice id's prefix names)
     backends: tuple[str, ...] = ()
     #: services it calls (start order: dependencies first)
     calls: tuple[str, ...] = ()

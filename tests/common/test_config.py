@@ -34,6 +34,24 @@ def test_yaml_then_env_then_overrides(tmp_path):
     assert cfg.ratio == 2.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Tones:
+    pitch: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def test_a_mapping_keys_values_have_its_types_and_a_bad_one_names_its_key(tmp_path):
+    """A `dict[str, float]` key took YAML's and the environment's strings as they were, and the
+    service failed later with a raw TypeError (a contributor's first backend)."""
+    path = tmp_path / "c.yaml"
+    path.write_text('pitch:\n  low: "220"\n  mid: 330\n')
+    cfg = load_config(Tones, path, env_prefix="TM", env={"TM__PITCH__HIGH": "440.5"})
+    assert cfg.pitch == {"low": 220.0, "mid": 330.0, "high": 440.5}
+    assert all(type(v) is float for v in cfg.pitch.values())
+    path.write_text("pitch:\n  low: loud\n")
+    with pytest.raises(ConfigError, match=r"pitch\.low: expected float, got 'loud'"):
+        load_config(Tones, path, env_prefix="TM", env={})
+
+
 def test_unknown_key_is_an_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("inner:\n  sise: 8\n")

@@ -350,6 +350,11 @@ def test_config_defaults_and_env_overrides() -> None:
     assert cfg.chunk_ms == 20 and cfg.piper.voices_dir == "/v"
     with pytest.raises(ConfigError):
         load_config(env={"TALKMESH_TTS__CHUNK_MS": "0"})
+    # the engines a voice id may name are the registry's (one list, read by config and docs)
+    expected = r"default_voice: must look like <engine>:<name>, the engine one of espeak, piper"
+    for voice in ("en-us", "festival:en"):
+        with pytest.raises(ConfigError, match=expected):
+            load_config(env={"TALKMESH_TTS__DEFAULT_VOICE": voice})
 
 
 async def test_unknown_default_voice_fails_start() -> None:
