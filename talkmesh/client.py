@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 
-from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.channel import DEFAULT_MAX_MESSAGE_BYTES, PUBLIC_CLIENT_KEEPALIVE_MS, ClientTLS, create_channel
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.common.registry import port_base_from_env
@@ -197,6 +196,23 @@ async def _aclose(source: object) -> None:
         await aclose()
 
 
+class _TurnInput:
+    """Whether a turn that ``say_stream``/``say_audio`` is sending still takes input. Once it does
+    not (``stop``: interrupted, refused, stopped), a wait for the caller's next piece is ended at
+    once; the wait runs in the caller's own task (``LiveSession._next``), so the source's timeouts,
+    cancel scopes and context variables span its yields as in a plain ``async for``."""
+
+    def __init__(self) -> None:
+        self.over = False
+        #: the scope of a wait for the source's next piece, while one runs
+        self.waiting: asyncio.Timeout | None = None
+
+    def stop(self) -> None:
+        self.over = True
+        if self.waiting is not None:  # ends that wait now (TimeoutError at its exit, in its task)
+            self.waiting.reschedule(asyncio.get_running_loop().time())
+
+
 class LiveSession:
     """A live session (``TalkmeshClient.live``): send turns and interrupts, iterate the stream.
 
@@ -237,12 +253,12 @@ class LiveSession:
         self._left = False
         #: turns say_stream/say_audio are sending -> set once the turn takes no more input (it was
         #: interrupted, a LiveError named it, it stopped)
-        self._sending: dict[str, asyncio.Event] = {}
+        self._sending: dict[str, _TurnInput] = {}
         self._turns = 0
         self.started: lpb.SessionStarted | None = None
         self._first: list[lpb.LiveServerMessage] = []
 
-    async def _send(self, msg: lpb.LiveClientMessage, over: asyncio.Event | None = None) -> None:
+    async def _send(self, msg: lpb.LiveClientMessage, over: _TurnInput | None = None) -> None:
         """Writes ``msg``; a piece of a turn whose input is ``over`` meanwhile (interrupted while the
         piece waited for its turn to write) is not sent: the gateway would drop it anyway, and an
         interrupt does not wait behind it."""
@@ -254,7 +270,7 @@ class LiveSession:
                 )
             if self._closed:
                 raise SessionEnded("the live session was closed (close()): no more messages can be sent")
-            if over is not None and over.is_set():
+            if over is not None and over.over:
                 return
             try:
                 await self._call.write(msg)
@@ -311,26 +327,28 @@ class LiveSession:
                 ended.extend(msg.event.interrupt_acknowledged.stopped_turn_ids)
         for tid in ended:
             if (over := self._sending.get(tid)) is not None:
-                over.set()
+                over.stop()
         return msg
 
-    async def _next(self, source: AsyncIterator[Any], over: asyncio.Event) -> tuple[bool, Any]:
-        """(True, the next item of ``source``), or (False, None) at its end or once ``over`` is set
-        (the wait for the item is then cancelled: an LLM's first-token delay does not hold it)."""
-        if over.is_set():
+    @staticmethod
+    async def _next(source: AsyncIterator[Any], over: _TurnInput) -> tuple[bool, Any]:
+        """(True, the next item of ``source``), or (False, None) at its end or once the turn is
+        ``over`` (a wait for the item is then cut short: an LLM's first-token delay does not hold
+        it). The source runs in this, the caller's, task."""
+        if over.over:
             return False, None
-        step = asyncio.ensure_future(anext(source))
-        stop = asyncio.ensure_future(over.wait())
+        wait = over.waiting = asyncio.timeout(None)
         try:
-            await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await cancel_and_wait(step if not step.done() else None, stop)
-        if not step.done() or step.cancelled():
-            return False, None  # over: the source was stopped mid-wait
-        try:
-            return True, step.result()
+            async with wait:
+                return True, await anext(source)
         except StopAsyncIteration:
             return False, None
+        except TimeoutError:
+            if over.over and wait.expired():
+                return False, None  # over: the source was stopped mid-wait
+            raise  # the source's own timeout
+        finally:
+            over.waiting = None
 
     def _turn_id(self, turn_id: str | None) -> str:
         if turn_id:
@@ -370,11 +388,11 @@ class LiveSession:
         await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text="", voice=voice)))
         end = lpb.LiveClientMessage(end_of_turn=lpb.EndOfTurn(turn_id=tid))
         source = aiter(pieces)
-        over = self._sending[tid] = asyncio.Event()
+        over = self._sending[tid] = _TurnInput()
         try:
             while (got := await self._next(source, over))[0]:
                 await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=got[1])), over)
-            if over.is_set():
+            if over.over:
                 await _aclose(source)
         except BaseException:
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, SessionEnded):
@@ -395,18 +413,23 @@ class LiveSession:
         refused), and returns the turn id."""
         tid = self._turn_id(turn_id)
         source = pcm_pieces(chunks, sample_rate)
-        over = asyncio.Event()
+        over = _TurnInput()
+        first = True
         try:
-            first = True
             while (got := await self._next(source, over))[0]:
                 piece = lpb.SpeakAudio(turn_id=tid, sample_rate=sample_rate, pcm=got[1])
                 await self._send(lpb.LiveClientMessage(audio=piece), over)
                 if first:  # the turn exists now: an interrupt naming it stops the sending
                     first = False
                     self._sending[tid] = over
-            if over.is_set():
+            if over.over:
                 await _aclose(source)
                 await _aclose(chunks)
+        except BaseException:
+            if not first:  # the turn exists: ended whatever happens (an open one holds later turns back)
+                with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, SessionEnded):
+                    await self.audio(tid, b"", sample_rate, final=True)
+            raise
         finally:
             if self._sending.get(tid) is over:
                 del self._sending[tid]
@@ -427,7 +450,7 @@ class LiveSession:
         written yet are dropped, so the interrupt does not wait behind them)."""
         for tid, over in list(self._sending.items()):
             if not turn_id or tid == turn_id:
-                over.set()
+                over.stop()
         await self._send(lpb.LiveClientMessage(interrupt=lpb.Interrupt(turn_id=turn_id)))
 
     async def keep_alive(self) -> None:

@@ -54,7 +54,10 @@ class LiveSettings:
     # flow control holds the client back (a fast client or LLM waits, it is not refused): text
     # pieces (thousands of LLM tokens) ...
     turn_text_pieces: int = 4096
-    # ... and audio chunks (at 20-100 ms a chunk, 20-100 s of speech).
+    # ... and audio chunks (at 20-100 ms a chunk, 20-100 s of speech; a chunk may be up to 1 s, so
+    # a turn queues up to this many seconds, and holds as many more: at 24 kHz, 1024 s is ~47 MiB,
+    # each way; size a gateway's memory for max_pending_turns such turns per session if clients
+    # send whole recordings far ahead of real time).
     turn_audio_chunks: int = 1024
     # A turn that has played all its input and gets nothing new (no text, no audio) for this long
     # has its input ended as if EndOfTurn came (a DEADLINE_EXCEEDED LiveError says so): a client or
