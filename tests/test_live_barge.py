@@ -4,6 +4,7 @@ the client stops reading the caller's source once its turn takes no more input."
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -51,24 +52,27 @@ async def test_an_interrupt_behind_an_upload_far_faster_than_real_time_stops_the
     assert body.samples_played < 6 * body.sample_rate, body
 
 
+async def _stalling_model(tokens: list[str], closed: asyncio.Event, pulled: list[str]) -> AsyncIterator[str]:
+    """An LLM's stream: ``tokens``, then it goes on "thinking" for ever; ``closed`` is set when the
+    stream is closed or cancelled (its request would be cancelled), ``pulled`` has what was read."""
+    try:
+        for token in tokens:
+            pulled.append(token)
+            yield token
+        await asyncio.Event().wait()
+        yield "never read"
+    except (GeneratorExit, asyncio.CancelledError):
+        closed.set()
+        raise
+
+
 async def test_say_stream_stops_reading_the_model_once_its_turn_is_interrupted(tmp_path: Path) -> None:
     """The model's stream is closed (its request cancelled) and say_stream returns: it used to
     read the model's tokens to their end (here: a model that stalls, so it never returned)."""
-    pulled = 0
-    closed = asyncio.Event()
-    stall = asyncio.Event()  # never set: the model goes on "thinking"
+    closed, pulled = asyncio.Event(), list[str]()
 
-    async def llm():  # type: ignore[no-untyped-def]
-        nonlocal pulled
-        try:
-            for _ in range(20):
-                pulled += 1
-                yield "and so the story goes on, "
-            await stall.wait()
-            yield "never read"
-        except (GeneratorExit, asyncio.CancelledError):
-            closed.set()
-            raise
+    def llm() -> AsyncIterator[str]:
+        return _stalling_model(["and so the story goes on, "] * 20, closed, pulled)
 
     async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
         async with client.live() as live:
@@ -83,7 +87,7 @@ async def test_say_stream_stops_reading_the_model_once_its_turn_is_interrupted(t
             await rec.wait_event("speaking_stopped", after, timeout=30)
             await live.close()
             await rec.finish()
-    assert closed.is_set() and pulled == 20
+    assert closed.is_set() and len(pulled) == 20
     assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_INTERRUPTED
     assert not [r for r in rec.messages if r.kind == "error"], [r.msg.error for r in rec.messages if r.kind == "error"]
 
@@ -92,16 +96,9 @@ async def test_say_stream_of_a_reply_over_the_turns_limit_returns_at_the_refusal
     """Text past the turn's 5000 characters is one in-band LiveError and ends the turn's input
     (what it had plays); say_stream then stops reading the model and returns, as say does."""
     closed = asyncio.Event()
-    stall = asyncio.Event()
 
-    async def llm():  # type: ignore[no-untyped-def]
-        try:
-            for _ in range(60):  # 6000 characters
-                yield "x" * 99 + " "
-            await stall.wait()  # the model would go on: it is closed at the refusal
-        except (GeneratorExit, asyncio.CancelledError):
-            closed.set()
-            raise
+    def llm() -> AsyncIterator[str]:  # 6000 characters; the model would go on: it is closed at the refusal
+        return _stalling_model(["x" * 99 + " "] * 60, closed, [])
 
     async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
         async with client.live() as live:
