@@ -471,3 +471,21 @@ async def test_a_caption_being_scrolled_keeps_the_focus_when_the_speech_ends() -
         await wait_js(page, "document.getElementById('caption').hidden", timeout=2)
         assert await active(page) == "motion"
     assert console.errors == [], console.errors
+
+
+async def test_right_to_left_text_reads_right_to_left_in_the_caption_and_the_text_box() -> None:
+    """A tutor's example sentence in Arabic or Hebrew: the caption and the text box take their
+    direction from the text (`dir="auto"`), so a sentence's full stop is at its end (the left), not
+    stranded at the right of an English-direction box; English stays left to right."""
+    async with fake_edge(speaking(1.0)) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        direction = "(id) => getComputedStyle(document.getElementById(id)).direction"
+        for text, expected in (("مرحبا بالعالم.", "rtl"), ("שלום עולם.", "rtl"), ("Hello world.", "ltr")):
+            await page.fill("#text", text)
+            assert await page.evaluate(direction, "text") == expected, text
+            await page.click("#speak")
+            await wait_js(page, f"document.getElementById('caption').textContent === {text!r}", timeout=5)
+            assert await page.evaluate(direction, "caption") == expected, text
+            await wait_js(page, "document.getElementById('caption').hidden", timeout=10)
+    assert console.errors == [], console.errors
