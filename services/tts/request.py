@@ -68,7 +68,10 @@ def voice_warning(voice_id: str, voice: VoiceInfo) -> str:
     engine, _, name = voice_id.partition(":")
     if engine.strip().lower() != "espeak":
         return ""
-    subtags = voice_key(name.partition("+")[0]).split("-")
+    asked = voice_key(name.partition("+")[0])
+    if asked == voice_key(voice.id.partition(":")[2].partition("+")[0]):
+        return ""  # a listed voice with a tail of its own (en-gb-x-rp) is what was asked for
+    subtags = asked.split("-")
     kept = strip_extensions(subtags)
     if kept is None or len(kept) == len(subtags):
         return ""

@@ -13,6 +13,7 @@ import pytest
 from services.tts.backends.base import PcmBlock, TTSBackend, VoiceInfo, VoiceSettings, VoiceUnavailable
 from services.tts.server import TTSServicer
 from talkmesh.common.channel import create_channel
+from talkmesh.common.propagation import VOICE_KEY, WARNING_KEY
 from talkmesh.common.server import Service
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
@@ -31,12 +32,17 @@ async def test_every_listed_voice_synthesizes_audible_speech(tts: Any) -> None:
     ids = [v.id for v in voices]
     assert len(ids) > 100
     assert {"espeak:en-gb", "espeak:fr-fr", "espeak:en-us", "espeak:de"} <= set(ids)
-    silent = []
+    silent, not_itself = [], []
     for voice_id in ids:  # one at a time: the engine is one thread anyway
-        pcm = await speak(stub, voice_id)
+        call = stub.Synthesize(tts_pb2.SynthesizeRequest(text="Hello, one two three.", config={"voice": voice_id}))
+        pcm = pcm_of([c async for c in call])
         if pcm.size < 4000 or int(np.abs(pcm.astype(np.int32)).max()) < 1000:
             silent.append(voice_id)
+        trailers = dict(await call.trailing_metadata())
+        if trailers.get(VOICE_KEY) != voice_id or "names no voice" in trailers.get(WARNING_KEY, ""):
+            not_itself.append((voice_id, trailers.get(VOICE_KEY), trailers.get(WARNING_KEY)))
     assert silent == []
+    assert not_itself == [], "a listed voice is spoken as itself, without a warning about its name"
 
 
 @pytest.mark.parametrize("spelling", ["en-gb", "en_GB", "en-GB", "EN_gb"])
