@@ -1,10 +1,12 @@
 # ruff: noqa: RUF001, RUF002 - CJK punctuation and full-width forms are meant literally
 """Text checks and splitting into clauses (the unit of synthesis and of streaming).
 
-A clause ends at sentence punctuation (. ! ? … and their CJK forms), at clause punctuation
-(, ; : and the CJK comma), or at a line break, and is confirmed by the whitespace that follows: in
+A clause ends at sentence punctuation (. ! ? … and their CJK forms, the Arabic-script question
+mark and Urdu full stop, the Devanagari dandas), at clause punctuation (, ; : and the CJK and
+Arabic commas, the Arabic semicolon), or at a line break, and is confirmed by the whitespace that follows: in
 streamed input "3." may still become "3.5", so a trailing mark waits for the next character (or the
-end of the text). Common abbreviations ("Dr.", "e.g.") and single-letter initials do not end a
+end of the text). A numbered item's number ("1. First") stays with its item. Common abbreviations
+("Dr.", "e.g.") and single-letter initials do not end a
 sentence. A run longer than ``max_chars`` without punctuation is cut at its last space.
 
 Streamed text (``SynthesizeStream``: an LLM writing as it goes) may have no punctuation at all, so
@@ -27,8 +29,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
-SENTENCE_END = frozenset(".!?…。！？")
-CLAUSE_END = frozenset(",;:，；：、")
+# (and the Arabic-script question mark and Urdu full stop, the Devanagari danda and double danda;
+# the Arabic comma and semicolon)
+SENTENCE_END = frozenset(".!?…。！？؟۔।॥")
+CLAUSE_END = frozenset(",;:，；：、،؛")
 _CLOSERS = frozenset("\"')]}»”’")
 _ABBREVIATIONS = frozenset("mr mrs ms dr prof sr jr st vs etc e.g i.e cf approx no fig inc ltd co mt ft".split())
 _WORD_BEFORE = re.compile(r"([\w.]+)$")
@@ -140,8 +144,8 @@ class ClauseSplitter:
                 return None  # not confirmed yet: the next character decides
             if not buf[j].isspace() and ch not in "。！？，；：、":
                 continue  # "3.5", "a,b", "e.g"
-            if ch == "." and self._is_abbreviation(buf[:i]):
-                continue
+            if ch == "." and (self._is_abbreviation(buf[:i]) or buf[:i].strip().isdigit()):
+                continue  # "Dr.", "e.g."; a numbered item's "1." stays with its item
             return j
         return word_cut
 

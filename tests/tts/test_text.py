@@ -22,6 +22,22 @@ def test_line_breaks_and_cjk_punctuation_end_clauses() -> None:
     assert split_clauses("你好。再见！") == ["你好。", "再见！"]
 
 
+def test_arabic_urdu_and_devanagari_punctuation_end_clauses() -> None:
+    """A tutor's Hindi, Arabic and Urdu sentences came as one clause (one caption for the whole
+    text, and speech that starts only once all of it is synthesized)."""
+    assert split_clauses("यह किताब है। वह कलम है॥ मेरा नाम राम है।") == ["यह किताब है।", "वह कलम है॥", "मेरा नाम राम है।"]
+    assert split_clauses("ما اسمك؟ أين تسكن، يا صديقي؛ هل عندك أخ؟") == ["ما اسمك؟", "أين تسكن،", "يا صديقي؛", "هل عندك أخ؟"]
+    assert split_clauses("آپ کیسے ہیں۔ میں ٹھیک ہوں۔") == ["آپ کیسے ہیں۔", "میں ٹھیک ہوں۔"]
+    assert final_punctuation("ما اسمك؟") == "؟" and final_punctuation("أين تسكن،") == "،"
+
+
+def test_a_numbered_items_number_is_not_a_clause_of_its_own() -> None:
+    """An LLM's numbered list ("1. First"): the number was a caption of its own, said as a
+    sentence ("one." ... "First"); it stays with its item."""
+    assert split_clauses("1. First\n2. Second, then third.") == ["1. First", "2. Second,", "then third."]
+    assert split_clauses("10. Tenth item. It is 42. Yes") == ["10. Tenth item.", "It is 42.", "Yes"]
+
+
 def test_long_run_is_cut_at_a_space() -> None:
     text = " ".join(["word"] * 30)  # 149 characters, no punctuation
     parts = split_clauses(text, max_chars=40)
