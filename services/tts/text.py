@@ -3,11 +3,11 @@
 
 A clause ends at sentence punctuation (. ! ? … and their CJK forms, the Arabic-script question
 mark and Urdu full stop, the Devanagari dandas), at clause punctuation (, ; : and the CJK and
-Arabic commas, the Arabic semicolon), or at a line break, and is confirmed by the whitespace that follows: in
-streamed input "3." may still become "3.5", so a trailing mark waits for the next character (or the
-end of the text). A numbered item's number ("1. First") stays with its item. Common abbreviations
-("Dr.", "e.g.") and single-letter initials do not end a
-sentence. A run longer than ``max_chars`` without punctuation is cut at its last space.
+Arabic commas, the Arabic semicolon), or at a line break, and is confirmed by the whitespace that
+follows: in streamed input "3." may still become "3.5", so a trailing mark waits for the next
+character (or the end of the text). A numbered item's number ("1. First") stays with its item.
+Common abbreviations ("Dr.", "e.g.") and single-letter initials do not end a sentence. A run
+longer than ``max_chars`` without punctuation is cut at its last space.
 
 Streamed text (``SynthesizeStream``: an LLM writing as it goes) may have no punctuation at all, so
 two more rules bound how long the first words wait to be spoken:
