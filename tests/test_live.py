@@ -1073,7 +1073,11 @@ async def test_a_client_that_stops_reading_then_leaves_leaves_no_queue_depth(tmp
     env = {"TALKMESH_GATEWAY__QUEUE_SIZE": "2"}  # a 4-message queue to the client fills fast
     async with inprocess_mesh(tmp_path, env=env) as mesh:
         gauge = mesh.telemetry["gateway"].queue_gauge("live_to_client")
-        channel = create_channel(mesh.gateway)
+        # a small receive window that never grows: gRPC's flow control stops the gateway after
+        # 16 KiB unread (its default window, grown by BDP probing, took ~20 s of idle frames to fill)
+        channel = grpc.aio.insecure_channel(
+            mesh.gateway, options=[("grpc.http2.lookahead_bytes", 16 * 1024), ("grpc.http2.bdp_probe", 0)]
+        )
         try:
             call = live_pb2_grpc.LiveStub(channel).Session()
             await call.write(lpb.LiveClientMessage(config=lpb.LiveConfig(size="720p")))
