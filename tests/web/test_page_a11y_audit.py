@@ -399,13 +399,13 @@ async def test_arrowing_through_the_voices_restarts_the_session_once() -> None:
         await page.goto(edge.url)
         await wait_js(page, "window.talkmesh.connected", timeout=15)
         await page.focus("#voice-select")
-        for _ in range(5):  # (the first option is the server's default)
+        for _ in range(3):  # (the first option is the server's default)
             await page.keyboard.press("ArrowDown")
             await asyncio.sleep(0.9)
         assert len(edge.conns) == 1, "no new session for each voice passed"
         await page.keyboard.press("Enter")
         await wait_js(page, "window.talkmesh.connects.length === 2 && window.talkmesh.connected", timeout=5)
-        assert edge.conns[1].received[0]["config"]["voice"] == "espeak:v4"
+        assert edge.conns[1].received[0]["config"]["voice"] == "espeak:v2"
         assert await page.evaluate("window.talkmesh.connects[1].reason") == "picker"
 
         for _ in range(2):  # ... or leaves the picker
@@ -414,14 +414,14 @@ async def test_arrowing_through_the_voices_restarts_the_session_once() -> None:
         assert len(edge.conns) == 2
         await page.keyboard.press("Tab")
         await wait_js(page, "window.talkmesh.connects.length === 3 && window.talkmesh.connected", timeout=5)
-        assert edge.conns[2].received[0]["config"]["voice"] == "espeak:v6"
+        assert edge.conns[2].received[0]["config"]["voice"] == "espeak:v4"
 
         await page.focus("#voice-select")  # ... or stops on a voice for a while
         await page.keyboard.press("ArrowUp")
         await asyncio.sleep(3.0)
         assert len(edge.conns) == 3
         await wait_js(page, "window.talkmesh.connects.length === 4 && window.talkmesh.connected", timeout=5)
-        assert edge.conns[3].received[0]["config"]["voice"] == "espeak:v5"
+        assert edge.conns[3].received[0]["config"]["voice"] == "espeak:v3"
         await page.keyboard.press("Tab")  # (applied already: leaving does not restart it again)
         await asyncio.sleep(1.0)
         assert len(edge.conns) == 4
@@ -484,8 +484,7 @@ async def test_right_to_left_text_reads_right_to_left_in_the_caption_and_the_tex
         for text, expected in (("مرحبا بالعالم.", "rtl"), ("שלום עולם.", "rtl"), ("Hello world.", "ltr")):
             await page.fill("#text", text)
             assert await page.evaluate(direction, "text") == expected, text
-            await page.click("#speak")
+            await page.click("#speak")  # (each turn's caption replaces the one before)
             await wait_js(page, f"document.getElementById('caption').textContent === {text!r}", timeout=5)
             assert await page.evaluate(direction, "caption") == expected, text
-            await wait_js(page, "document.getElementById('caption').hidden", timeout=10)
     assert console.errors == [], console.errors
