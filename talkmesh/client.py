@@ -204,13 +204,18 @@ class _TurnInput:
 
     def __init__(self) -> None:
         self.over = False
-        #: the scope of a wait for the source's next piece, while one runs
+        #: the scope of a wait for the source's next piece, while one runs, and the task waiting
         self.waiting: asyncio.Timeout | None = None
+        self.waiter: asyncio.Task[Any] | None = None
 
     def stop(self) -> None:
+        """Idempotent; ends a wait for the source now (TimeoutError at its exit, in its task),
+        unless the wait is ending already, or the source itself is what stops its turn (its own
+        interrupt: the source goes on to its next yield, and nothing more is read)."""
         self.over = True
-        if self.waiting is not None:  # ends that wait now (TimeoutError at its exit, in its task)
-            self.waiting.reschedule(asyncio.get_running_loop().time())
+        wait = self.waiting
+        if wait is not None and not wait.expired() and asyncio.current_task() is not self.waiter:
+            wait.reschedule(asyncio.get_running_loop().time())
 
 
 class LiveSession:
@@ -338,6 +343,7 @@ class LiveSession:
         if over.over:
             return False, None
         wait = over.waiting = asyncio.timeout(None)
+        over.waiter = asyncio.current_task()
         try:
             async with wait:
                 return True, await anext(source)
@@ -348,7 +354,7 @@ class LiveSession:
                 return False, None  # over: the source was stopped mid-wait
             raise  # the source's own timeout
         finally:
-            over.waiting = None
+            over.waiting = over.waiter = None
 
     def _turn_id(self, turn_id: str | None) -> str:
         if turn_id:

@@ -24,6 +24,7 @@ class _Call:
         self.written: list[lpb.LiveClientMessage] = []
 
     async def write(self, msg: lpb.LiveClientMessage) -> None:
+        await asyncio.sleep(0)  # a real write gives the loop a turn
         self.written.append(msg)
 
     def done(self) -> bool:
@@ -123,3 +124,46 @@ async def test_a_failing_recording_still_ends_its_turn() -> None:
     audio = [m.audio for m in call.written if m.HasField("audio")]
     assert [a.final for a in audio] == [False, True], "the turn stays open: every later turn waits 30 s"
     assert all(a.turn_id == "a" for a in audio)
+
+
+async def test_a_second_stop_while_the_first_is_ending_the_wait_is_harmless() -> None:
+    """interrupt() then the gateway's acknowledgement (or two interrupts) stop the turn twice;
+    the second came while the first was still ending the wait (a model client closing its HTTP
+    response on the way out): it raised RuntimeError from the caller's reading loop (a review)."""
+    live, call = _live()
+
+    async def llm() -> AsyncIterator[str]:
+        try:
+            yield "Hello "
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)  # closing the model's response takes a round trip
+
+    sending = asyncio.create_task(live.say_stream(llm(), turn_id="t"))
+    while _texts(call) != ["", "Hello "]:
+        await asyncio.sleep(0.01)
+    await live.interrupt("t")
+    await asyncio.sleep(0.01)
+    acknowledged = lpb.InterruptAcknowledged(stopped_turn_ids=["t"])
+    ack = lpb.LiveServerMessage(event=lpb.LiveEvent(interrupt_acknowledged=acknowledged))
+    live._seen(ack)  # the acknowledgement, as the caller's `async for msg in live` reads it
+    await live.interrupt()
+    async with asyncio.timeout(HANG_GUARD):
+        assert await sending == "t"
+
+
+async def test_an_interrupt_the_source_itself_sends_is_written() -> None:
+    """A barge-in detector inside the model's stream interrupts its own turn: the interrupt is
+    sent (it was cut off inside the source's own wait and taken for a stop), and the turn ends."""
+    live, call = _live()
+
+    async def llm() -> AsyncIterator[str]:
+        yield "Hello "
+        await live.interrupt("t")
+        yield "never sent"
+
+    async with asyncio.timeout(HANG_GUARD):
+        assert await live.say_stream(llm(), turn_id="t") == "t"
+    kinds = [m.WhichOneof("kind") for m in call.written]
+    assert kinds == ["text", "text", "interrupt", "end_of_turn"], kinds
+    assert _texts(call) == ["", "Hello "]

@@ -79,7 +79,7 @@ class TTSConfig:
 
     def validate(self) -> None:
         engines = spec("tts").backends  # the engines a voice id may name (talkmesh/common/registry.py)
-        if self.default_voice.partition(":")[0] not in engines:
+        if self.default_voice.partition(":")[0].strip().lower() not in engines:  # (as requests read it)
             raise ConfigError.at(
                 "default_voice", f"must look like <engine>:<name>, the engine one of {', '.join(engines)}"
             )

@@ -5,7 +5,8 @@ A clause ends at sentence punctuation (. ! ? … and their CJK forms, the Arabic
 mark and Urdu full stop, the Devanagari dandas), at clause punctuation (, ; : and the CJK and
 Arabic commas, the Arabic semicolon), or at a line break, and is confirmed by the whitespace that
 follows: in streamed input "3." may still become "3.5", so a trailing mark waits for the next
-character (or the end of the text). A numbered item's number ("1. First") stays with its item.
+character (or the end of the text). A numbered item's number ("1. First" at a line's start)
+stays with its item.
 Common abbreviations ("Dr.", "e.g.") and single-letter initials do not end a sentence. A run
 longer than ``max_chars`` without punctuation is cut at its last space.
 
@@ -76,6 +77,9 @@ class ClauseSplitter:
         self.max_chars = max_chars
         self.max_words = max_words
         self._buf = ""
+        #: the text waiting starts a line (the text's start, or after a line break): where a
+        #: numbered item's "1." is its number, not a sentence
+        self._line_start = True
 
     @property
     def pending(self) -> bool:
@@ -89,7 +93,10 @@ class ClauseSplitter:
             cut = self._find_boundary(self._buf)
             if cut is None:
                 break
-            seg, self._buf = self._buf[:cut].strip(), self._buf[cut:].lstrip()
+            rest = self._buf[cut:]
+            gap = rest[: len(rest) - len(rest.lstrip())]  # the white space between the two
+            self._line_start = self._buf[cut - 1 : cut] == "\n" or "\n" in gap
+            seg, self._buf = self._buf[:cut].strip(), rest.lstrip()
             if seg:
                 out.append(seg)
         return out
@@ -111,6 +118,8 @@ class ClauseSplitter:
         space = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
         cut = space if space > 0 else len(text)
         seg, self._buf = text[:cut].strip(), text[cut:]
+        if seg:
+            self._line_start = False
         out = [seg] if seg else []
         return out
 
@@ -144,8 +153,8 @@ class ClauseSplitter:
                 return None  # not confirmed yet: the next character decides
             if not buf[j].isspace() and ch not in "。！？，；：、":
                 continue  # "3.5", "a,b", "e.g"
-            if ch == "." and (self._is_abbreviation(buf[:i]) or buf[:i].strip().isdigit()):
-                continue  # "Dr.", "e.g."; a numbered item's "1." stays with its item
+            if ch == "." and (self._is_abbreviation(buf[:i]) or (self._line_start and buf[:i].strip().isdigit())):
+                continue  # "Dr.", "e.g."; a numbered item's "1." (at a line's start) stays with its item
             return j
         return word_cut
 

@@ -355,6 +355,7 @@ def test_config_defaults_and_env_overrides() -> None:
     for voice in ("en-us", "festival:en"):
         with pytest.raises(ConfigError, match=expected):
             load_config(env={"TALKMESH_TTS__DEFAULT_VOICE": voice})
+    assert load_config(env={"TALKMESH_TTS__DEFAULT_VOICE": "ESPEAK:en-us"}).default_voice == "ESPEAK:en-us"
 
 
 async def test_unknown_default_voice_fails_start() -> None:

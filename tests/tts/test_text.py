@@ -37,6 +37,9 @@ def test_a_numbered_items_number_is_not_a_clause_of_its_own() -> None:
     sentence ("one." ... "First"); it stays with its item."""
     assert split_clauses("1. First\n2. Second, then third.") == ["1. First", "2. Second,", "then third."]
     assert split_clauses("10. Tenth item. It is 42. Yes") == ["10. Tenth item.", "It is 42.", "Yes"]
+    # only at the start of a line: a number that answers is a sentence of its own (a review)
+    assert split_clauses("What is one plus one? 2. Next question.") == ["What is one plus one?", "2.", "Next question."]
+    assert split_clauses("Count down: 3, 2, 1. Go!") == ["Count down:", "3,", "2,", "1.", "Go!"]
 
 
 def test_long_run_is_cut_at_a_space() -> None:
@@ -53,11 +56,19 @@ def test_incremental_splitter_waits_for_confirmation() -> None:
     assert s.push(" then") == []
     assert s.flush() == ["And then"]
     # Pieces cut anywhere give the same clauses as the whole text.
-    text = "Well, that was fast! Wasn't it? Yes: very."
-    for cut in range(1, len(text)):
-        s = ClauseSplitter()
-        got = s.push(text[:cut]) + s.push(text[cut:]) + s.flush()
-        assert got == split_clauses(text)
+    texts = [
+        "Well, that was fast! Wasn't it? Yes: very.",
+        "Dr. Smith paid 3.50 dollars, e.g. to J. Doe. Next.",
+        "1. First\n2. Second. Is it 2. Yes",
+        "你好。再见！好的，谢谢。",
+        "ما اسمك؟ أين تسكن، يا صديقي؛ هل عندك أخ؟",
+        "यह किताब है। वह कलम है॥ ठीक है।",
+    ]
+    for text in texts:
+        for cut in range(1, len(text)):
+            s = ClauseSplitter()
+            got = s.push(text[:cut]) + s.push(text[cut:]) + s.flush()
+            assert got == split_clauses(text), (text, cut)
 
 
 def test_final_punctuation() -> None:
