@@ -332,10 +332,26 @@ def build_config(
     return _build(cls, data)
 
 
-def replace(obj: T, **changes: Any) -> T:
-    """dataclasses.replace that re-validates."""
-    new = dataclasses.replace(obj, **changes)  # type: ignore[type-var]
-    validate = getattr(new, "validate", None)
+def validate_tree(obj: Any, prefix: str = "") -> None:
+    """Runs ``validate()`` of ``obj`` and of every config section in it, sections first (as
+    ``load_config`` does while it builds them); errors name the key from ``obj``."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate_tree(value, f"{prefix}.{f.name}" if prefix else f.name)
+    validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError as exc:
+            raise exc.under(prefix) from None
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """dataclasses.replace that re-validates, the sections given too (a section built in code,
+    ``replace(cfg, piper=PiperConfig(fade_ms=99))``, is checked as a loaded one is)."""
+    new = dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+    validate_tree(new)
     return new

@@ -52,6 +52,28 @@ def test_a_mapping_keys_values_have_its_types_and_a_bad_one_names_its_key(tmp_pa
         load_config(Tones, path, env_prefix="TM", env={})
 
 
+def test_replace_validates_the_sections_it_is_given():
+    """A section built in code was not validated by replace() (a contributor's first backend: a
+    test config with a bad value in its new section passed)."""
+    from talkmesh.common.config import replace
+
+    @dataclasses.dataclass(frozen=True)
+    class Checked:
+        size: int = 4
+
+        def validate(self) -> None:
+            if self.size < 1:
+                raise ConfigError.at("size", "must be at least 1")
+
+    @dataclasses.dataclass(frozen=True)
+    class Parent:
+        child: Checked = dataclasses.field(default_factory=Checked)
+
+    assert replace(Parent(), child=Checked(2)).child.size == 2
+    with pytest.raises(ConfigError, match=r"^child\.size: must be at least 1$"):
+        replace(Parent(), child=Checked(0))
+
+
 def test_unknown_key_is_an_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("inner:\n  sise: 8\n")
