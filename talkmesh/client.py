@@ -104,19 +104,39 @@ def _not_a_file(pcm: bytes) -> None:
             )
 
 
+def _as_pcm(chunks: Any) -> Any:
+    """``chunks`` as the PCM it holds: a NumPy array (duck-typed: the client needs no NumPy) of
+    mono int16 samples as its little-endian bytes; TypeError for any other array."""
+    dtype = getattr(chunks, "dtype", None)
+    if dtype is None:
+        return chunks
+    if getattr(chunks, "ndim", 0) == 1 and str(dtype) == "int16":
+        return chunks.astype("<i2").tobytes()
+    raise TypeError(
+        f"pcm: a {getattr(chunks, 'ndim', '?')}-dimensional array of {dtype}: pass mono int16 samples "
+        "(one channel, e.g. arr[:, 0] or arr.mean(axis=1); floats scaled: (arr * 32767).astype('int16'))"
+    )
+
+
 async def pcm_pieces(
     chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes, sample_rate: int
 ) -> AsyncIterator[bytes]:
     """Mono s16le PCM (a whole recording, or chunks of any size as they are recorded) in pieces
     the gateway takes: each chunk goes on at once, split when longer than ``MAX_PIECE_SECONDS``
     (the first piece: ``FIRST_PIECE_SECONDS``), in whole samples (a byte split off by the recorder
-    waits for the next chunk). ValueError if the whole holds an odd number of bytes."""
+    waits for the next chunk). ValueError if the whole holds an odd number of bytes (a whole
+    recording's before any piece) or starts like an audio file's bytes; a NumPy array of mono
+    int16 samples is PCM, another array a TypeError saying what to pass."""
+    chunks = _as_pcm(chunks)
     if isinstance(chunks, bytes | bytearray | memoryview):
         chunks = bytes(chunks)
         _not_a_file(chunks)
+        if len(chunks) % 2:
+            raise ValueError("PCM of an odd number of bytes: not 16-bit samples")
         chunks = [chunks]
     pending = bytearray()
     first = True
+    head_checked = False
 
     def ready() -> Iterator[bytes]:
         nonlocal first
@@ -128,14 +148,25 @@ async def pcm_pieces(
             first = False
             yield piece
 
+    def head() -> None:
+        """A file's bytes in chunks are refused at the first: its first 4 bytes, once they are
+        here (a first chunk shorter than that has gone on as samples: not a file's start)."""
+        nonlocal head_checked
+        if not head_checked and (len(pending) >= 4 or not first):
+            head_checked = True
+            if first:
+                _not_a_file(bytes(pending[:4]))
+
     if isinstance(chunks, AsyncIterable):
         async for chunk in chunks:
             pending += chunk
+            head()
             for piece in ready():
                 yield piece
     else:
         for chunk in chunks:
             pending += chunk
+            head()
             for piece in ready():
                 yield piece
     if pending:

@@ -188,6 +188,31 @@ async def test_pcm_is_sent_in_whole_samples_at_most_a_second_per_piece() -> None
         await collect(b"\x00" * 7)
 
 
+async def test_what_cannot_be_pcm_is_refused_before_a_piece_is_sent() -> None:
+    """A speech trainer's trial: a whole recording of an odd length started a live turn that
+    played 0.1 s before the error; a NumPy array failed with numpy's "truth value of an empty
+    array is ambiguous"; a WAV file's bytes in chunks played its header as a click."""
+    sent: list[bytes] = []
+
+    async def send(chunks: object) -> None:
+        async for piece in pcm_pieces(chunks, 1000):  # type: ignore[arg-type]
+            sent.append(piece)
+
+    with pytest.raises(ValueError, match="odd number of bytes"):
+        await send(b"\x00" * 9601)
+    assert sent == [], "nothing of a whole recording is sent before it is known to be bad"
+    wav = b"RIFF" + b"\x00" * 4000
+    with pytest.raises(ValueError, match="these bytes are a WAV file, not raw PCM"):
+        await send([wav[:1000], wav[1000:]])
+    assert sent == []
+    # NumPy: mono int16 samples are PCM; anything else says what to pass
+    await send(np.arange(3000, dtype=np.int16))
+    assert b"".join(sent) == np.arange(3000, dtype="<i2").tobytes()
+    for bad in (np.zeros(100, np.float32), np.zeros((100, 2), np.int16)):
+        with pytest.raises(TypeError, match=r"mono int16 samples"):
+            await send(bad)
+
+
 async def test_a_whole_audio_file_passed_as_pcm_is_refused_saying_so(tmp_path: Path) -> None:
     """Its header would play as samples and its rate and channels be ignored."""
     path = _wav(tmp_path / "me.wav", np.zeros((1600, 1)), 16000, 2)
