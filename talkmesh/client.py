@@ -444,10 +444,11 @@ class LiveSession:
         self, chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes, sample_rate: int, *, turn_id: str | None = None
     ) -> str:
         """Plays your own speech (mono PCM s16le at ``sample_rate``: the whole recording, or chunks
-        of any size as they are recorded) as a turn; returns the turn id. The audio is sent in the
-        pieces of at most one second the gateway takes. Like ``say_stream``, it stops reading
-        ``chunks`` (and closes an async generator) once the turn takes no more input (interrupted,
-        refused), and returns the turn id."""
+        of any size as they are recorded; or a NumPy array of mono int16 samples) as a turn;
+        returns the turn id. Stereo or float samples must be converted first (as for
+        ``speak_audio``). The audio is sent in the pieces of at most one second the gateway takes.
+        Like ``say_stream``, it stops reading ``chunks`` (and closes an async generator) once the
+        turn takes no more input (interrupted, refused), and returns the turn id."""
         tid = self._turn_id(turn_id)
         source = pcm_pieces(chunks, sample_rate)
         over = _TurnInput()
@@ -635,8 +636,11 @@ class TalkmeshClient:
         **options: object,
     ) -> AsyncIterator[gpb.SpeakChunk]:
         """Like speak, for your own speech instead of text: mono PCM s16le at ``sample_rate``
-        (8000..48000), the whole recording or chunks of any size as they are recorded. Rendered as
-        fast as the mesh goes (a live session's ``say_audio`` plays at the clock's pace)."""
+        (8000..48000), the whole recording or chunks of any size as they are recorded (or a NumPy
+        array of mono int16 samples). Rendered as fast as the mesh goes (a live session's
+        ``say_audio`` plays at the clock's pace). Raw bytes carry no format: stereo or float samples
+        passed as mono s16le cannot be told apart and play as noise or at twice the length; convert
+        them first (``talkmesh say --audio FILE`` converts any audio file)."""
         start = self.request("", **options)  # type: ignore[arg-type]
 
         # a whole recording says its length, so one over the gateway's limit is refused at once
