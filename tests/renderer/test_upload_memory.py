@@ -208,8 +208,13 @@ async def test_six_concurrent_199_mb_uploads_stay_within_the_budget_and_give_mem
             stub = renderer_pb2_grpc.RendererStub(ch)
             codes = await asyncio.gather(*(one(stub) for _ in range(6)))
         peak = _status(proc.pid)["VmHWM"]
-        await asyncio.sleep(2.0)
-        after = _status(proc.pid)["VmRSS"]
+        # given back by the renderer's trimming thread: within ~2 s on a quiet machine, later on a
+        # busy one (the bound is on what is kept, not on how soon; a hang guard, not a timing)
+        for _ in range(100):
+            await asyncio.sleep(0.2)
+            after = _status(proc.pid)["VmRSS"]
+            if after - before["VmRSS"] <= 128:
+                break
         grew = peak - before["VmHWM"]
         report = f"renderer RSS {before['VmRSS']} MiB; peak {peak} MiB (+{grew}); after {after} MiB; {codes}"
         print("\n" + report, file=sys.stderr)
