@@ -254,13 +254,18 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "", base: T | No
         obj = cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
+    _validate(obj, prefix)
+    return obj
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    """``obj.validate()`` if it has one; its error named from the config's root (``prefix``)."""
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:
             validate()
         except ConfigError as exc:
             raise exc.under(prefix) from None
-    return obj
 
 
 def _env_overrides(env: Mapping[str, str], prefix: str) -> dict[str, Any]:
@@ -341,12 +346,7 @@ def validate_tree(obj: Any, prefix: str = "") -> None:
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             validate_tree(value, f"{prefix}.{f.name}" if prefix else f.name)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        except ConfigError as exc:
-            raise exc.under(prefix) from None
+    _validate(obj, prefix)
 
 
 def replace(obj: T, **changes: Any) -> T:
