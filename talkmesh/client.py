@@ -308,8 +308,16 @@ class LiveSession:
                 raise SessionEnded("the live session was closed (close()): no more messages can be sent")
             if over is not None and over.over:
                 return
+            # A cancelled grpc.aio write cancels the whole call: a caller cancelling the task that
+            # sends (a barge-in cancelling say_stream) would end the session. The write finishes
+            # first, shielded, still holding the lock; then the cancellation goes on.
+            write = asyncio.ensure_future(self._call.write(msg))
             try:
-                await self._call.write(msg)
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(write)  # (shielded again: a second cancel must not reach it)
+                raise
             except asyncio.InvalidStateError:  # grpc.aio's word for a call that has finished
                 raise SessionEnded(
                     "the live session has ended: read the stream for its final status (the idle timeout, "

@@ -167,3 +167,51 @@ async def test_an_interrupt_the_source_itself_sends_is_written() -> None:
     kinds = [m.WhichOneof("kind") for m in call.written]
     assert kinds == ["text", "text", "interrupt", "end_of_turn"], kinds
     assert _texts(call) == ["", "Hello "]
+
+
+class _GrpcLikeCall(_Call):
+    """Like grpc.aio: a write that is cancelled cancels the whole call (later writes fail)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.call_cancelled = False
+        self.in_write = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def write(self, msg: lpb.LiveClientMessage) -> None:
+        if self.call_cancelled:
+            raise asyncio.InvalidStateError("the call has finished")
+        if msg.HasField("text") and msg.text.text == "slow ":
+            self.in_write.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.call_cancelled = True
+                raise
+        self.written.append(msg)
+
+
+async def test_cancelling_say_stream_in_the_middle_of_a_write_leaves_the_session_open() -> None:
+    """docs/examples/agent_live.py's barge-in cancels the task sending the model's text: when the
+    cancellation came while a piece was being written, gRPC cancelled the whole session (its
+    interrupt then raised SessionEnded; seen once in CI). The write now finishes first."""
+    live, _ = _live()
+    call = _GrpcLikeCall()
+    live._call = call
+
+    async def llm() -> AsyncIterator[str]:
+        yield "slow "
+        yield "never"
+
+    sending = asyncio.create_task(live.say_stream(llm(), turn_id="t"))
+    async with asyncio.timeout(HANG_GUARD):
+        await call.in_write.wait()
+        sending.cancel()
+        await asyncio.sleep(0.01)
+        call.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+    assert not call.call_cancelled, "the session was cancelled with the write"
+    await live.interrupt("t")  # the session goes on
+    kinds = [m.WhichOneof("kind") for m in call.written]
+    assert kinds == ["text", "text", "end_of_turn", "interrupt"], kinds
