@@ -9,6 +9,8 @@ BUF := BUF_NODE_DIR=$(abspath $(VENV))/node scripts/buf.sh
 # export tools (PyTorch, transformers, diffusers), which the services never import.
 RUNTIME_EXTRAS ?= all,bench
 DEV_EXTRAS ?= all,bench,dev,tools
+# `make test` runs the suite on this many pytest-xdist workers (0: in this process, one test at a time).
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install install-dev proto lint typecheck bench clean up images images-gpu images-push images-gpu-push
 
@@ -32,7 +34,7 @@ demo: install
 
 ## Lint, type-check and run the whole test suite.
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 ## Regenerate talkmesh/v1/*_pb2*.py from protos/.
 proto: install-dev
