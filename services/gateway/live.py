@@ -104,8 +104,6 @@ log = logging.getLogger(__name__)
 STOPPED_TURNS_KEPT = 4096
 #: Voices of turns (SpeakText.voice) a session remembers the sample rate of
 TURN_VOICES_KEPT = 64
-#: How often a wait for room in a turn's input queue checks whether the turn is over
-HELD_RECHECK_SECONDS = 0.25
 #: How long a dropped text turn's speaking_stopped waits for the check of the turn's own voice
 VOICE_CHECK_WAIT_SECONDS = 0.25
 #: The session_ending warning comes ``ending_warning_seconds`` before the end, or this fraction of
@@ -476,13 +474,15 @@ class LiveSession:
         stops too (an interrupt or a failure stopped it there, or all it sent has played), or it
         would wait for playback that never comes and hold every later turn."""
         turn = self.turns.pop(turn_id, None)
+        input_ended = turn is None or turn.input_done
         if turn is not None:
             if turn.span is not None:
                 turn.span.end()
             turn.progress.set()
+            turn.drop_input()  # wakes its feeder and a reader waiting to hold more of its input
             if turn.task is not None:
                 turn.task.cancel()
-        self._fence(turn_id, input_ended=turn is None or turn.input_done)
+        self._fence(turn_id, input_ended=input_ended)
         self.end_requested.set()
 
     def _fence(self, turn_id: str, *, input_ended: bool) -> None:
@@ -592,7 +592,7 @@ class LiveSession:
             if turn.input_done or self.turns.get(turn.turn_id) is not turn:
                 return  # stopped meanwhile: the piece goes with the rest of its input
             turn.held_room.clear()
-            await wait_event(turn.held_room, HELD_RECHECK_SECONDS)
+            await turn.held_room.wait()  # set as the feeder makes room, and when the turn is over
         if turn.input_done or self.turns.get(turn.turn_id) is not turn:
             return
         turn.held.append((item, size))
@@ -609,11 +609,7 @@ class LiveSession:
                 if self.turns.get(turn.turn_id) is not turn:
                     turn.drop_input()
                     return
-                try:
-                    async with asyncio.timeout(HELD_RECHECK_SECONDS):  # (to notice a turn that is over)
-                        await chan.send(turn.held[0][0])
-                except TimeoutError:
-                    continue
+                await chan.send(turn.held[0][0])  # ChanClosed once the turn is over (drop_input)
                 _, size = turn.held.popleft()
                 turn.held_size -= size
                 turn.held_room.set()
