@@ -1,9 +1,10 @@
 """`talkmesh live`: a live session from the terminal.
 
-Type a line and press Enter to speak it; an empty line (or Ctrl-C while the avatar speaks)
-interrupts; Ctrl-D (end of input) lets the queued turns finish and ends the session; Ctrl-C while
-idle quits. The stream is written to a file as it arrives (fragmented MP4: play it with any player
-afterwards, or watch it grow with ``ffplay``), and the session's events are printed.
+Type a line and press Enter to speak it; ``--audio FILE`` (repeatable) speaks your own recordings
+first, one turn each; an empty line (or Ctrl-C while the avatar speaks) interrupts; Ctrl-D (end of
+input) lets the queued turns finish and ends the session; Ctrl-C while idle quits. The stream is
+written to a file as it arrives (fragmented MP4: play it with any player afterwards, or watch it
+grow with ``ffplay``), and the session's events are printed.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="do not print media progress, only events")
     p.add_argument("--markdown", action="store_true", help="typed lines are Markdown: their markup is not read")
     p.add_argument("--still", action="store_true", help=STILL_HELP)
+    p.add_argument(
+        "--audio",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="your own speech, spoken first as a turn of its own (repeatable; PCM WAV, other formats with PyAV)",
+    )
 
 
 def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
@@ -140,9 +148,36 @@ class StdinLines:
         return await self._lines.get()
 
 
+#: Typed lines waiting to be sent (behind the recordings): the reader stops reading beyond this
+TYPED_LINES_WAITING = 64
+
+
+async def _send_turns(
+    session: LiveSession, recordings: list[tuple[bytes, int]], typed: asyncio.Queue[str | None]
+) -> None:
+    """The recordings, each a turn of its own, then the typed lines, in order (the turns queue:
+    one plays after the other); ``None`` ends it. An interrupt does not wait for it."""
+    for pcm, rate in recordings:
+        await session.say_audio(pcm, rate)
+    while (text := await typed.get()) is not None:
+        await session.say(text)
+
+
+def _read_recordings(paths: list[str]) -> list[tuple[bytes, int]]:
+    """The ``--audio`` files, read before the session starts (a bad one is one error line)."""
+    from talkmesh.cli import CliError
+    from talkmesh.speech_file import SpeechFileError, read_speech
+
+    try:
+        return [read_speech(path) for path in paths]
+    except SpeechFileError as exc:
+        raise CliError(f"--audio {exc}") from None
+
+
 async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, out: TextIO = sys.stderr) -> int:
     """Runs the session; 0 when every turn played, 1 when one failed (its error is printed as an
     event); a failed stream raises its error (`talkmesh` prints it as one line)."""
+    recordings = _read_recordings(args.audio)
     output = None if args.output == "-" else Path(args.output)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -177,32 +212,48 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
             lines = StdinLines(stdin)
             quitting = asyncio.ensure_future(quit_now.wait())
             read: asyncio.Future[str] | None = None
+            typed: asyncio.Queue[str | None] = asyncio.Queue(TYPED_LINES_WAITING)
+            sending = asyncio.create_task(_send_turns(session, recordings, typed), name="live-cli-send")
+
+            async def hand_over(text: str | None) -> bool:
+                """``text`` queued for the sender; False if the sender has stopped (it failed)."""
+                put = asyncio.ensure_future(typed.put(text))
+                await asyncio.wait([put, sending], return_when=asyncio.FIRST_COMPLETED)
+                await cancel_and_wait(put)
+                return put.done() and not put.cancelled()
+
             try:
-                while not pump.done() and not quit_now.is_set():
+                while not pump.done() and not quit_now.is_set() and not sending.done():
                     read = asyncio.ensure_future(lines.get())
-                    waiting: set[asyncio.Future[object]] = {read, pump, quitting}  # type: ignore[arg-type]
+                    waiting: set[asyncio.Future[object]] = {read, pump, quitting, sending}  # type: ignore[arg-type]
                     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     if read not in done:
                         break
                     line = read.result()
-                    if line == "":  # end of input
-                        await session.close()
-                        await pump
+                    if line == "":  # end of input: what was given is sent, then the session ends
+                        if await hand_over(None):
+                            await asyncio.wait([sending, pump], return_when=asyncio.FIRST_COMPLETED)
+                        if sending.done() and sending.exception() is None:
+                            await session.close()
+                            await pump
                         break
                     text = line.strip()
                     if pump.done():
                         break
                     if text:
-                        await session.say(text)
+                        if not await hand_over(text):  # (waits while TYPED_LINES_WAITING are)
+                            break
                     else:
                         await session.interrupt()
             finally:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(signal.SIGINT)
-                await cancel_and_wait(pump, quitting, read)
+                await cancel_and_wait(pump, quitting, read, sending)
                 await signals.aclose()
             if not pump.cancelled() and pump.exception() is not None:
                 raise pump.exception()  # type: ignore[misc]  # the stream failed: one line, exit 1
+            if not sending.cancelled() and sending.exception() is not None:
+                raise sending.exception()  # type: ignore[misc]  # a turn could not be sent: one line, exit 1
     if output is not None:
         print(f"wrote {output}", file=out)
     if state["errors"]:

@@ -34,6 +34,8 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServicer, live_pb2_grpc.LiveServic
         self.mode = mode
         self.configs: list[lpb.LiveConfig] = []
         self.uploads: list[api.AvatarMeta] = []
+        #: what came in after the config, as (kind, turn id, final, sample rate, pcm or text)
+        self.received: list[tuple[str, str, bool, int, bytes | str]] = []
 
     async def RegisterAvatarWithProgress(  # type: ignore[override]
         self, request_iterator: AsyncIterator[api.AvatarUpload], context: object
@@ -65,6 +67,14 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServicer, live_pb2_grpc.LiveServic
             await asyncio.sleep(0.2)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "encoder: connections to all backends failing")
         async for msg in request_iterator:
+            kind = msg.WhichOneof("kind")
+            if kind == "audio":
+                a = msg.audio
+                self.received.append((kind, a.turn_id, a.final, a.sample_rate, a.pcm))
+            elif kind == "text":
+                self.received.append((kind, msg.text.turn_id, msg.text.final, 0, msg.text.text))
+            else:
+                self.received.append((kind or "", "", False, 0, b""))
             if msg.WhichOneof("kind") == "text" and self.mode == "turn_error":
                 error = lpb.LiveError(code=5, message="config.voice: no such voice", turn_id=msg.text.turn_id)
                 yield lpb.LiveServerMessage(error=error)
@@ -163,6 +173,50 @@ async def test_a_failed_turn_makes_the_exit_code_non_zero(tmp_path: Path) -> Non
     assert err.count("config.voice: no such voice") == 1, err
     # the session itself ended normally: the last line says why the status is 1 all the same
     assert err.strip().splitlines()[-1] == "error: 1 message(s) or turn(s) were refused or failed (above)", err
+
+
+def _wav(path: Path, pcm: bytes, rate: int) -> Path:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return path
+
+
+async def test_audio_files_are_spoken_first_each_as_its_own_turn(tmp_path: Path) -> None:
+    """`talkmesh live --audio A --audio B`: each recording whole, in order, one turn each, before
+    the typed line; at the end of input the session is closed after them."""
+    first = bytes(range(256)) * 160  # 20480 samples: more than one second at 16 kHz, so two pieces
+    second = b"\x01\x02" * 4000
+    a = _wav(tmp_path / "a.wav", first, 16000)
+    b = _wav(tmp_path / "b.wav", second, 24000)
+    server, gateway, target = await _serve("idle")
+    proc = await _live(target, tmp_path, "--audio", str(a), "--audio", str(b))
+    err = await _run_to_end(proc, server, b"and a typed line\n")
+    assert proc.returncode == 0, err
+    audio = [r for r in gateway.received if r[0] == "audio"]
+    turns = list(dict.fromkeys(r[1] for r in audio))
+    assert len(turns) == 2, gateway.received
+    for tid, rate, pcm in zip(turns, (16000, 24000), (first, second), strict=True):
+        pieces = [r for r in audio if r[1] == tid]
+        assert {r[3] for r in pieces} == {rate}
+        assert b"".join(r[4] for r in pieces) == pcm  # type: ignore[misc]
+        assert pieces[-1][2] and not any(r[2] for r in pieces[:-1])  # ended once, by its last piece
+    kinds = [r[0] for r in gateway.received]
+    assert kinds.index("text") > max(i for i, r in enumerate(gateway.received) if r[0] == "audio"), kinds
+
+
+async def test_an_audio_file_that_is_not_a_recording_fails_before_the_session(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not sound")
+    server, gateway, target = await _serve("idle")
+    proc = await _live(target, tmp_path, "--audio", str(tmp_path / "missing.wav"))
+    err = await _run_to_end(proc, server, b"hi\n")
+    assert proc.returncode == 1, err
+    assert err.strip().splitlines() == [f"error: --audio {tmp_path / 'missing.wav'}: no such file"], err
+    assert gateway.configs == []  # no session was opened
 
 
 @pytest.mark.parametrize("avatar", ["me", AVATAR_ID])
