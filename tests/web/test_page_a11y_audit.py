@@ -451,6 +451,30 @@ async def test_a_pointer_pick_after_an_arrow_at_the_end_of_the_list_settles_as_a
     assert console.errors == [], console.errors
 
 
+async def test_a_long_voice_name_cut_off_in_the_picker_is_its_tooltip() -> None:
+    """The closed picker shows what fits of the chosen voice; its whole name is the tooltip."""
+    long = "Norwegian Bokmål (Northern Norway, a very long descriptive voice name)"
+    voices = [*VOICES[:2], {"id": "espeak:nb", "name": long, "language": "nb"}]
+    async with fake_edge(serve, voices=voices) as edge, browser_page(viewport={"width": 390, "height": 800}) as (
+        page,
+        console,
+    ):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        title = "document.getElementById('voice-select').title"
+        assert await page.evaluate(title) == "(the server's default)"
+        await page.select_option("#voice-select", "espeak:nb")
+        cut = await page.evaluate(
+            "(() => { const s = document.getElementById('voice-select'); return s.scrollWidth > s.clientWidth || "
+            "(() => { const c = document.createElement('canvas').getContext('2d'); c.font = getComputedStyle(s).font;"
+            " return c.measureText(s.selectedOptions[0].text).width > s.clientWidth; })(); })()"
+        )
+        assert cut, "the name fits: the test shows nothing"
+        assert await page.evaluate(title) == f"{long} (nb)"
+        assert len(edge.conns) >= 1
+    assert console.errors == [], console.errors
+
+
 async def test_a_caption_being_scrolled_keeps_the_focus_when_the_speech_ends() -> None:
     """The caption takes the focus (keyboard scrolling); hidden 3 s after the speech, it dropped
     the focus of someone scrolling it to <body>. It is emptied instead, and goes when they leave."""

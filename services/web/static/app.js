@@ -1277,6 +1277,12 @@
     const keep = selected ?? select.value;
     select.replaceChildren(...items.map((it) => new Option(it.label, it.id)));
     if (items.some((it) => it.id === keep)) select.value = keep;
+    showWhole(select);
+  }
+
+  // A long voice or avatar name is cut off in a closed picker: the whole of it is its tooltip.
+  function showWhole(select) {
+    select.title = select.selectedOptions.length ? select.selectedOptions[0].text : "";
   }
 
   // What an upload's answer (AvatarInfo as JSON: zero values absent) tells the user: the avatar's
@@ -1443,6 +1449,7 @@
       if (e.key === "Enter" && keyPick) settled("picker", 0);
     });
     select.addEventListener("change", () => {
+      showWhole(select);
       keyPick = stepping;
       settled("picker", stepping ? KEY_SETTLE_MS : PICK_SETTLE_MS);
       stepping = false;
