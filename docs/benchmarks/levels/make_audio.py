@@ -3,7 +3,7 @@
 Layout (seconds): 0-0.5 silence, 0.5-1.5 voiced, 1.5-2.5 silence, 2.5-3.5 voiced, 3.5-4 silence."""
 import sys, os, numpy as np, av, soundfile as sf
 
-OUT = sys.argv[1] if len(sys.argv) > 1 else "repro/in"
+OUT = sys.argv[1] if len(sys.argv) > 1 else "in"
 os.makedirs(OUT, exist_ok=True)
 
 
