@@ -39,6 +39,7 @@ from services.audio_features.backends import create_encoder
 from services.audio_features.backends.base import WhisperEncoder
 from services.audio_features.cache import BlockCache
 from services.audio_features.config import AudioFeaturesConfig
+from services.audio_features.metrics import Stage
 from services.audio_features.streaming import (
     MUSETALK_VERSIONS,
     EmbeddingGeometry,
@@ -54,7 +55,7 @@ from talkmesh.common.logs import request_id_var
 from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import Series, Telemetry
 from talkmesh.common.tensors import to_tensor
 from talkmesh.v1 import audio_features_pb2 as pb
 from talkmesh.v1 import audio_features_pb2_grpc as pb_grpc
@@ -129,7 +130,7 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
             yield chunk
         count = req.stream.frame_count if req.stream is not None else 0
         telemetry.metrics.frames_total.labels(telemetry.service).inc(count)
-        telemetry.observe_stage("extract", req.compute_seconds)
+        telemetry.observe_stage(Stage.EXTRACT, req.compute_seconds)
         wall = time.perf_counter() - started
         if req.stream is not None and wall > 0:
             audio_seconds = req.stream.source_samples / req.sample_rate
@@ -298,6 +299,15 @@ class AudioFeaturesService(Service):
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         pb_grpc.add_AudioFeaturesServicer_to_server(AudioFeaturesServicer(self), server)
         return spec("audio_features").grpc_service_names()
+
+    def known_series(self) -> Sequence[Series]:
+        m = self.telemetry.metrics
+        return [
+            Series(m.stage_duration, Stage),
+            Series(m.time_to_first_frame),
+            Series(m.realtime_factor),
+            Series(m.frames_total),
+        ]
 
     def _prepare_encoder(self, encoder: WhisperEncoder) -> None:
         cfg = self.config.whisper_encoder

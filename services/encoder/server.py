@@ -28,6 +28,7 @@ from services.encoder.interleave import AudioInterleaver
 from services.encoder.live.idle import IdleLoop, IdleLoops, encode_loop, loop_frames, render_idle_frames
 from services.encoder.live.media import LiveCodecs, LiveParams
 from services.encoder.live.session import LiveSession
+from services.encoder.metrics import Queue, Stage
 from services.encoder.render import FrameRings, FrameSource, GrpcFrameSource, RingOffer, unbatched
 from services.encoder.session import EncodeSession, StreamParams
 from services.encoder.spares import SpareSessions
@@ -41,7 +42,7 @@ from talkmesh.common.lru import Lru
 from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import Series, Telemetry
 from talkmesh.v1 import audio_features_pb2, common_pb2, encoder_pb2, encoder_pb2_grpc, live_pb2, renderer_pb2
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             idle_render = renderer_pb2.RenderConfig()
             idle_render.CopyFrom(render)
             idle_render.session_id = ""  # the loop's own idle motion, from tick 0
-            with self.telemetry.stage("idle_loop", frames=frames):
+            with self.telemetry.stage(Stage.IDLE_LOOP, frames=frames):
                 rendered = await render_idle_frames(source, idle_render, frames, timeout)
                 params = LiveParams(rendered[0][0], rendered[0][1], fps, sample_rate, codec)
 
@@ -255,23 +256,23 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         """``_open_session`` before frame 0 is here (stage ``open_ahead``); None if it failed (frame
         0 then gets a session of its own, which reports the error if it has one)."""
         try:
-            return await self._open_session(session, stage="open_ahead")
+            return await self._open_session(session, stage=Stage.OPEN_AHEAD)
         except Exception as exc:  # a miss, not the stream's failure
             log.info("opening the encoder ahead of frame 0 failed: %s", exc)
             return None
 
     async def _open_spare(self, session: EncodeSession) -> bytes:
-        return await self._open_session(session, stage="open_spare")
+        return await self._open_session(session, stage=Stage.OPEN_SPARE)
 
-    async def _open_session(self, session: EncodeSession, stage: str = "open") -> bytes:
+    async def _open_session(self, session: EncodeSession, stage: Stage = Stage.OPEN) -> bytes:
         """Opens the session's codecs and muxer; returns the init segment (or the header bytes)."""
         params = session.params
         with self.telemetry.stage(stage, container=params.container):
             init = await asyncio.to_thread(session.open)
         log.log(
-            logging.DEBUG if stage == "open_spare" else logging.INFO,  # a spare is not a stream's
+            logging.DEBUG if stage == Stage.OPEN_SPARE else logging.INFO,  # a spare is not a stream's
             "%s %dx%d@%s %s (%s) with %s",
-            "opened a spare session for" if stage == "open_spare" else "encoding",
+            "opened a spare session for" if stage == Stage.OPEN_SPARE else "encoding",
             params.width,
             params.height,
             params.fps,
@@ -285,7 +286,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self.frame_sizes.put(key, size)
 
     async def _finish(self, session: EncodeSession, output: _Output, started: float) -> list[encoder_pb2.MediaChunk]:
-        with self.telemetry.stage("finish"):
+        with self.telemetry.stage(Stage.FINISH):
             tail = await asyncio.to_thread(session.finish)
         wall = time.perf_counter() - started
         if wall > 0 and session.frames_in:
@@ -315,7 +316,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         output = _Output(request_id, self.config.limits.max_chunk_bytes)
         frames = FrameAssembler(params)
         inputs: Chan[encoder_pb2.EncodeRequest] = Chan(
-            self.config.limits.input_queue, gauge=self.telemetry.queue_gauge("input")
+            self.config.limits.input_queue, gauge=self.telemetry.queue_gauge(Queue.INPUT)
         )
         first_fragment_sent = False
         try:
@@ -354,7 +355,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     async def _encode_frame(self, session: EncodeSession, pcm: bytes, raw: bytes | memoryview) -> bytes:
         t0 = time.perf_counter()
         data = await asyncio.to_thread(session.add_audio_then_frame, pcm, raw)
-        self.telemetry.observe_stage("frame", time.perf_counter() - t0)
+        self.telemetry.observe_stage(Stage.FRAME, time.perf_counter() - t0)
         self.telemetry.metrics.frames_total.labels(self.telemetry.service).inc()
         return data
 
@@ -379,7 +380,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         rate = base.sample_rate or 1
         audio = AudioInterleaver(MediaClock(base.fps, rate), round(self.config.audio_lead_seconds * rate))
         render_in: Chan[renderer_pb2.RenderRequest] = Chan(
-            self.config.limits.input_queue, gauge=self.telemetry.queue_gauge("render_input")
+            self.config.limits.input_queue, gauge=self.telemetry.queue_gauge(Queue.RENDER_INPUT)
         )
         render_in.send_nowait(renderer_pb2.RenderRequest(request_id=request_id, config=_render_config(cfg, base)))
         output = _Output(request_id, self.config.limits.max_chunk_bytes)
@@ -699,6 +700,20 @@ class EncoderService(Service):
             video.encoder,
             extra={"fields": {"video_encoder": backend.name}},
         )
+
+    def known_series(self) -> Sequence[Series]:
+        m = self.telemetry.metrics
+        return [
+            Series(m.stage_duration, Stage),
+            Series(m.queue_depth, Queue),
+            Series(m.time_to_first_frame),
+            Series(m.realtime_factor),
+            Series(m.frames_total),
+            Series(m.live_interrupt_seconds),
+            Series(m.live_underruns_total),
+            Series(m.live_late_ticks_total),
+            Series(m.live_lead_frames),
+        ]
 
     def dependencies(self) -> Mapping[str, grpc.aio.Channel]:
         source = self.frame_source

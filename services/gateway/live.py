@@ -57,6 +57,7 @@ from services.gateway.checks import check_media_options, check_text_format, firs
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.fields import in_live_terms, live_field
+from services.gateway.metrics import LiveState, Queue
 from services.gateway.pipeline import FEATURE_FOR_BACKEND, synthesis_config
 from talkmesh.common.aio import (
     Chan,
@@ -290,7 +291,8 @@ class LiveSession:
         self.sizes = sizes = QueueSizes.of(hub.config)
         self.control: Chan[epb.LiveEncodeRequest] = Chan(sizes.control)
         self.data: Chan[epb.LiveEncodeRequest] = Chan(sizes.stream)
-        self.out: Chan[lpb.LiveServerMessage] = Chan(sizes.stream, gauge=self.telemetry.queue_gauge("live_to_client"))
+        out_depth = self.telemetry.queue_gauge(Queue.LIVE_TO_CLIENT)
+        self.out: Chan[lpb.LiveServerMessage] = Chan(sizes.stream, gauge=out_depth)
         self.tasks = TaskSet(f"live-{session_id[-8:]}", on_error=self.out.close)
         self.turn_queue: Chan[GatewayTurn] = Chan(sizes.pending_turns)
         self.last_message = time.monotonic()  # last client message, or the end of the last speech
@@ -466,8 +468,8 @@ class LiveSession:
         self.speaking = speaking
         self.last_message = time.monotonic()  # the idle clock starts when speech ends
         svc = self.telemetry.service
-        sessions.labels(svc, "speaking" if speaking else "idle").inc()
-        sessions.labels(svc, "idle" if speaking else "speaking").dec()
+        sessions.labels(svc, LiveState.SPEAKING if speaking else LiveState.IDLE).inc()
+        sessions.labels(svc, LiveState.IDLE if speaking else LiveState.SPEAKING).dec()
 
     def _turn_over(self, turn_id: str) -> None:
         """The turn ended on the encoder (its speaking_stopped), whatever the reason: its sending
@@ -1082,7 +1084,7 @@ class LiveHub:
         if principal is not None:
             self.session_keys[session_id] = principal.name
         svc = self.telemetry.service
-        self.telemetry.metrics.live_sessions.labels(svc, "idle").inc()
+        self.telemetry.metrics.live_sessions.labels(svc, LiveState.IDLE).inc()
         try:
             async for msg in session.run(stream):
                 yield msg
@@ -1092,7 +1094,8 @@ class LiveHub:
         finally:
             self.sessions.pop(session_id, None)
             self.session_keys.pop(session_id, None)
-            self.telemetry.metrics.live_sessions.labels(svc, "speaking" if session.speaking else "idle").dec()
+            state = LiveState.SPEAKING if session.speaking else LiveState.IDLE
+            self.telemetry.metrics.live_sessions.labels(svc, state).dec()
 
     def _voice_check_timeout(self) -> float:
         """A voice check is a lookup that answers in milliseconds: a TTS that has not answered

@@ -31,6 +31,7 @@ from services.gateway.checks import first_words
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.fields import in_speak_terms
+from services.gateway.metrics import Queue, Stage
 from talkmesh.common.aio import Chan, TaskSet, all_of, wait_event
 from talkmesh.common.calls import LocalStream, Stream
 from talkmesh.common.clock import MediaClock
@@ -288,9 +289,9 @@ class _Run:
         tel = owner.telemetry
         self.backend = request.output.renderer_backend or cfg.default_renderer_backend
         self.avatar_id = request.avatar_id  # an id or a name: resolved to the id in go()
-        self.to_features: Chan[fpb.FeatureRequest] = Chan(cfg.queue_size, gauge=tel.queue_gauge("gateway_to_features"))
-        self.to_encoder: Chan[epb.EncodeRequest] = Chan(cfg.queue_size, gauge=tel.queue_gauge("gateway_to_encoder"))
-        self.out: Chan[epb.MediaChunk] = Chan(cfg.queue_size, gauge=tel.queue_gauge("gateway_to_client"))
+        self.to_features: Chan[fpb.FeatureRequest] = Chan(cfg.queue_size, gauge=tel.queue_gauge(Queue.TO_FEATURES))
+        self.to_encoder: Chan[epb.EncodeRequest] = Chan(cfg.queue_size, gauge=tel.queue_gauge(Queue.TO_ENCODER))
+        self.out: Chan[epb.MediaChunk] = Chan(cfg.queue_size, gauge=tel.queue_gauge(Queue.TO_CLIENT))
         self.read_ahead = ReadAhead(cfg.max_audio_ahead_seconds, cfg.fps)
         self.sample_rate = 0
         self.encoder_seq = 0
@@ -553,15 +554,15 @@ class _Run:
         audio_seconds = self.read_ahead.samples_read / sample_rate if sample_rate else 0.0
         total = tl.since(tl.last_fragment)
         stages = {
-            "tts_first_chunk": tl.since(tl.first_audio),
-            "tts_total": tl.since(tl.last_audio),
-            "features_first": max(0.0, tl.first_features - tl.first_audio) if tl.first_features else 0.0,
-            "renderer_first_frame": reported.get(("renderer", "first_frame"), 0.0),
-            "encoder_first_fragment": encode_first,
-            "total": total,
+            Stage.TTS_FIRST_CHUNK: tl.since(tl.first_audio),
+            Stage.TTS_TOTAL: tl.since(tl.last_audio),
+            Stage.FEATURES_FIRST: max(0.0, tl.first_features - tl.first_audio) if tl.first_features else 0.0,
+            Stage.RENDERER_FIRST_FRAME: reported.get(("renderer", "first_frame"), 0.0),
+            Stage.ENCODER_FIRST_FRAGMENT: encode_first,
+            Stage.TOTAL: total,
         }
         if ("encoder", "first_fragment") not in reported:  # a whole MP4: no fragment to time
-            del stages["encoder_first_fragment"]
+            del stages[Stage.ENCODER_FIRST_FRAGMENT]
         tel = self.o.telemetry
         for name, secs in stages.items():
             tel.observe_stage(name, secs)
@@ -576,7 +577,7 @@ class _Run:
         return gpb.SpeakSummary(
             request_id=self.rid,
             stages=[cpb.StageTiming(service="gateway", stage=k, seconds=v) for k, v in stages.items()],
-            time_to_first_audio_seconds=stages["tts_first_chunk"],
+            time_to_first_audio_seconds=stages[Stage.TTS_FIRST_CHUNK],
             time_to_first_frame_seconds=tl.since(tl.first_frame),
             time_to_first_fragment_seconds=tl.since(tl.first_fragment),
             audio_seconds=audio_seconds,

@@ -14,6 +14,7 @@ from services.gateway.checks import check_media_options, check_text_format
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, GrpcDownstreams
 from services.gateway.live import LiveHub
+from services.gateway.metrics import LiveState, Queue, Stage
 from services.gateway.pipeline import SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
@@ -23,7 +24,7 @@ from talkmesh.common.propagation import adopt_request_id, outgoing_metadata
 from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import Rejection, Series, Telemetry
 from talkmesh.v1 import encoder_pb2 as epb
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
@@ -250,6 +251,21 @@ class GatewayService(Service):
 
     def bound(self, address: str) -> None:
         self.live.advertise(address)
+
+    def known_series(self) -> Sequence[Series]:
+        m = self.telemetry.metrics
+        series = [
+            Series(m.stage_duration, Stage),
+            Series(m.queue_depth, Queue),
+            Series(m.live_sessions, LiveState),
+            Series(m.time_to_first_audio),
+            Series(m.time_to_first_frame),
+            Series(m.realtime_factor),
+            Series(m.frames_total),
+        ]
+        if self.dependencies():  # refuses new calls while a stage is down (dependencies_changed)
+            series.append(Series(m.rejections_total, (Rejection.DEPENDENCY,)))
+        return series
 
     def dependencies(self) -> Mapping[str, grpc.aio.Channel]:
         ds = self.downstreams

@@ -22,6 +22,7 @@ from services.renderer.backends import create_backend
 from services.renderer.backends.base import RenderBackend
 from services.renderer.config import RendererConfig
 from services.renderer.frames import output_size
+from services.renderer.metrics import Queue, SkipReason, Stage
 from services.renderer.progress import LatestProgress
 from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
@@ -41,7 +42,7 @@ from talkmesh.common.principal import Principal, principal_of, restricted
 from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import Series, Telemetry
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
@@ -471,6 +472,15 @@ class RendererService(Service):
         self.uploads = UploadBudget(config.avatars.upload_memory_limit)
         #: registrations being prepared (avatars.max_preparing); the others wait, their bytes held
         self.preparing = Preparations(config.avatars.max_preparing)
+
+    def known_series(self) -> Sequence[Series]:
+        m = self.telemetry.metrics
+        return [
+            Series(m.stage_duration, Stage),
+            Series(m.queue_depth, Queue),
+            Series(m.skipped_frames_total, SkipReason),
+            Series(m.frames_total),
+        ]
 
     def ring_opened(self, opened: bool, reason: str = "") -> None:
         """An encoder's frame ring was opened, or could not be (its frames go inline): counted as

@@ -18,6 +18,7 @@ import numpy as np
 from services.renderer.backends.base import Avatar, FrameJob, RenderBackend
 from services.renderer.frames import I420Regions, encode_pixels, resize, split
 from services.renderer.idle import IdleLife
+from services.renderer.metrics import Queue, SkipReason, Stage
 from services.renderer.mouth import MouthAnimator
 from services.renderer.runner import BlockingRender, FrameRunner
 from talkmesh.common.aio import Chan, cancel_and_wait
@@ -89,7 +90,7 @@ class RenderSession:
         self.backend = backend
         self.runner = runner
         self.telemetry = telemetry
-        self.jobs: Chan[FrameJob] = Chan(queue_size, gauge=telemetry.queue_gauge("render_jobs"))
+        self.jobs: Chan[FrameJob] = Chan(queue_size, gauge=telemetry.queue_gauge(Queue.RENDER_JOBS))
         self.animator = MouthAnimator(options.sample_rate or 16000, options.fps, options.attack_ms, options.release_ms)
         self.idle = (
             IdleLife(
@@ -239,16 +240,16 @@ class RenderSession:
         voiced = [j for j in group if j.voiced]
         skipped = len(group) - len(voiced)
         if skipped:
-            self.telemetry.metrics.skipped_frames_total.labels(self.telemetry.service, "silence").inc(skipped)
+            self.telemetry.metrics.skipped_frames_total.labels(self.telemetry.service, SkipReason.SILENCE).inc(skipped)
         if self.runner.blocking_render is not None:
             # no cross-session batching: render and compose in one worker-thread hop per group
             return await asyncio.to_thread(self._render_and_finish, group, voiced, self.runner.blocking_render)
         rendered: list[np.ndarray] = []
         traced = self._traced()
         if voiced:
-            with self.telemetry.stage("infer", traced=traced, backend=self.backend.name, frames=len(voiced)):
+            with self.telemetry.stage(Stage.INFER, traced=traced, backend=self.backend.name, frames=len(voiced)):
                 rendered = await self.runner.render(self.avatar, voiced)
-        with self.telemetry.stage("compose", traced=traced):
+        with self.telemetry.stage(Stage.COMPOSE, traced=traced):
             return await asyncio.to_thread(self._finish, group, rendered)
 
     def _traced(self) -> bool:
@@ -264,9 +265,9 @@ class RenderSession:
         rendered: list[np.ndarray] = []
         traced = self._traced()
         if voiced:
-            with self.telemetry.stage("infer", traced=traced, backend=self.backend.name, frames=len(voiced)):
+            with self.telemetry.stage(Stage.INFER, traced=traced, backend=self.backend.name, frames=len(voiced)):
                 rendered = render(self.avatar, voiced)
-        with self.telemetry.stage("compose", traced=traced):
+        with self.telemetry.stage(Stage.COMPOSE, traced=traced):
             return self._finish(group, rendered)
 
     def _finish(self, group: list[FrameJob], rendered: list[np.ndarray]) -> list[cpb.VideoFrame]:

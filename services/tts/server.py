@@ -16,6 +16,7 @@ from typing import Any
 from services.tts.backends.base import PcmBlock, TTSBackend, VoiceUnavailable
 from services.tts.cache import UtteranceCache
 from services.tts.config import TTSConfig
+from services.tts.metrics import Stage
 from services.tts.pieces import StreamRules, read_clauses
 from services.tts.request import SynthesisJob, find_voice, resolve_job, voice_not_found
 from services.tts.scripts import check_voice_reads
@@ -70,7 +71,7 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
             raise NotFound("config.voice", job.voice.id, "voice") from exc
         finally:
             span.end()
-        self.telemetry.observe_stage("synthesize_clause", time.perf_counter() - start)
+        self.telemetry.observe_stage(Stage.SYNTHESIZE_CLAUSE, time.perf_counter() - start)
 
     async def _speak_all(
         self, asm: ChunkAssembler, job: SynthesisJob, clauses: AsyncIterable[str], started: float

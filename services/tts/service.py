@@ -12,12 +12,13 @@ from services.tts.backends.base import TTSBackend, VoiceSettings
 from services.tts.backends.espeak import EspeakBackend
 from services.tts.config import TTSConfig
 from services.tts.engine import EspeakEngine
+from services.tts.metrics import Stage
 from services.tts.request import find_voice
 from services.tts.server import TTSServicer
 from talkmesh.common.config import ConfigError
 from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import Series, Telemetry
 from talkmesh.v1 import tts_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class TTSService(Service):
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         tts_pb2_grpc.add_TTSServicer_to_server(self.servicer, server)
         return spec("tts").grpc_service_names()
+
+    def known_series(self) -> Sequence[Series]:
+        m = self.telemetry.metrics
+        return [Series(m.stage_duration, Stage), Series(m.time_to_first_audio), Series(m.realtime_factor)]
 
     async def start(self) -> None:
         cfg = self.config

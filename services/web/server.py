@@ -54,12 +54,12 @@ from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
 from talkmesh.common.files import WatchedFile
 from talkmesh.common.health import DependencyWatch
-from talkmesh.common.interceptors import SERVER_FAULTS
+from talkmesh.common.interceptors import OK, SERVER_FAULTS
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.registry import spec
 from talkmesh.common.server import BindError, check_port_free, run_until_signal
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import Rejection, Series, Telemetry
 from talkmesh.v1 import gateway_pb2 as gpb
 from talkmesh.v1 import types_pb2 as api
 
@@ -74,6 +74,17 @@ UPLOAD_BLOCK = 1 << 20
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: WebSocket routes: refused before the upgrade from an origin that is not allowed.
 WS_ROUTES = frozenset({"/v1/live", "/v1/live/watch"})
+#: Routes outside the request metrics, spans and checks (probes, scrapes; and /static/...).
+UNCOUNTED_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+#: Why the edge refuses a request before work starts (``talkmesh_rejections_total{reason}``).
+REJECTIONS = (
+    Rejection.OVERLOAD,
+    Rejection.DRAINING,
+    Rejection.PER_CLIENT,
+    Rejection.PER_SUBJECT,
+    Rejection.PER_IP,
+    Rejection.CONNECTIONS_PER_IP,
+)
 #: Response headers a page of an allowed origin may read (CORS).
 EXPOSE_HEADERS = (
     "X-Talkmesh-Stages, X-Talkmesh-Frames, X-Talkmesh-Audio-Seconds, X-Talkmesh-First-Fragment-Ms, "
@@ -107,12 +118,12 @@ class Shares:
 
     @contextlib.contextmanager
     def hold(
-        self, clients: list[str], total: int, share: int, rejected: Callable[[str], None]
+        self, clients: list[str], total: int, share: int, rejected: Callable[[Rejection], None]
     ) -> Iterator[None]:
         """Holds one of ``total`` for ``clients`` (each at most ``share``; 0: no share) meanwhile;
         ``rejected(reason)`` counts a refusal ("overload", "per_client")."""
         if self.held >= total:
-            rejected("overload")
+            rejected(Rejection.OVERLOAD)
             raise HttpError(
                 429,
                 "RESOURCE_EXHAUSTED",
@@ -121,7 +132,7 @@ class Shares:
                 retry_after=SPEAK_RETRY_AFTER,
             )
         if share and any(self._by_client[c] >= share for c in clients):
-            rejected("per_client")
+            rejected(Rejection.PER_CLIENT)
             raise HttpError(
                 429,
                 "RESOURCE_EXHAUSTED",
@@ -264,6 +275,16 @@ class _NoTokens(logging.Filter):
 
 _TOKEN_TEXT = re.compile(re.escape(TOKEN_PROTOCOL) + r"[\w.-]+")
 _NO_TOKENS = _NoTokens()  # (one instance: adding it again is a no-op)
+
+
+def _counted(route: str) -> bool:
+    """Whether requests of ``route`` (a resource's canonical path) are counted, timed and traced."""
+    return route not in UNCOUNTED_ROUTES and not route.startswith("/static")
+
+
+def _stage(route: str) -> str:
+    """``talkmesh_stage_duration_seconds{stage}`` of a route's requests."""
+    return f"http {route}"
 
 
 async def _late_field(reader: Any) -> str:
@@ -446,8 +467,11 @@ class WebHost:
         # call (a whole-MP4 /v1/speak writes nothing before the end, so it would not notice)
         # keepalive_timeout: aiohttp (3.14) has no header timeout of its own, but closes a connection
         # that has not sent a whole request this long after it opened (or after its last answer)
+        app = self.app()
+        # before /metrics serves: the first scrape sees every series known in advance, at 0
+        self.telemetry.init_series(self.known_series(app))
         self._runner = web.AppRunner(
-            self.app(),
+            app,
             handle_signals=False,
             access_log=None,
             shutdown_timeout=1.0,
@@ -543,7 +567,7 @@ class WebHost:
             if not address:
                 return
             if self._connections[address] >= limit:
-                self._rejected("connections_per_ip")
+                self._rejected(Rejection.CONNECTIONS_PER_IP)
                 log.info("web: a connection over web.max_connections_per_ip (%d) closed", limit)
                 transport.abort()
                 return
@@ -663,7 +687,7 @@ class WebHost:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
-        if route in ("/healthz", "/readyz", "/metrics") or route.startswith("/static"):
+        if not _counted(route):
             return await handler(request)
         rid = request.headers.get(REQUEST_ID_KEY, "")[:128] or secrets.token_hex(8)
         request[CLIENT_KEY] = limit_key(
@@ -740,9 +764,24 @@ class WebHost:
         finally:
             request_id_var.reset(token)
             self._requests.labels(self.name, f"{request.method} {route}", code).inc()
-            self.telemetry.observe_stage(f"http {route}", time.perf_counter() - start)
+            self.telemetry.observe_stage(_stage(route), time.perf_counter() - start)
 
-    def _rejected(self, reason: str) -> None:
+    def known_series(self, app: web.Application) -> list[Series]:
+        """The edge's series known before its first request (``Telemetry.init_series``): each
+        route's requests answered OK and its stage, and its refusals."""
+        m = self.telemetry.metrics
+        routes = {
+            (r.method, r.resource.canonical)
+            for r in app.router.routes()
+            if r.resource is not None and _counted(r.resource.canonical) and r.method != "HEAD"
+        }
+        return [
+            Series(m.streams_total, sorted(f"{method} {route}" for method, route in routes), (OK,)),
+            Series(m.stage_duration, sorted({_stage(route) for _, route in routes})),
+            Series(m.rejections_total, REJECTIONS),
+        ]
+
+    def _rejected(self, reason: Rejection) -> None:
         """A refusal before any work, counted as the gRPC services count theirs
         (``talkmesh_rejections_total``; "overload" is what TalkmeshRejectingStreams alerts on)."""
         self.telemetry.metrics.rejections_total.labels(self.name, reason).inc()
@@ -1241,25 +1280,24 @@ class WebHost:
             or crowded_ip
             or len(self.sessions) >= self.config.server.max_concurrent_streams
         ):
-            reason = "draining" if self.draining else "per_subject" if crowded else "per_ip" if crowded_ip else ""
-            self._rejected(reason or "overload")
             if self.draining:
-                why = "session: this web edge is shutting down; try again later"
+                reason, why = Rejection.DRAINING, "session: this web edge is shutting down; try again later"
             elif crowded:
-                why = (
+                reason, why = Rejection.PER_SUBJECT, (
                     f"session: you have {self._subject_sessions[subject]} live sessions open on this web edge, "
                     "its limit per user (web.max_sessions_per_subject); close one first"
                 )
             elif crowded_ip:
-                why = (
+                reason, why = Rejection.PER_IP, (
                     f"session: {self._ip_sessions[address]} live sessions are open from your address on this web "
                     "edge, its limit per address (web.max_sessions_per_ip); close one first"
                 )
             else:
-                why = (
+                reason, why = Rejection.OVERLOAD, (
                     f"session: this web edge has {len(self.sessions)} live sessions, its limit "
                     "(server.max_concurrent_streams); try again later"
                 )
+            self._rejected(reason)
             # The documented end of a session: the final status, then the close (1013).
             await Sender(ws).final({"code": "RESOURCE_EXHAUSTED", "message": why, "field": ""}, CLOSE_TRY_LATER)
             return ws

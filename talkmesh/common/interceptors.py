@@ -19,7 +19,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from enum import StrEnum
 from typing import Any
 
 import grpc
@@ -44,7 +45,7 @@ from talkmesh.common.logs import request_id_var
 from talkmesh.common.principal import PRINCIPAL_KEY, current_principal, principal_of
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.streams import CheckedRequests, Undecodable, lenient_deserializer
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import Rejection, Series, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ SERVER_FAULTS = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "D
 #: Statuses that make a server span's status an error (OpenTelemetry's gRPC conventions).
 SPAN_ERRORS = SERVER_FAULTS | {"UNIMPLEMENTED"}
 _STATUS_NUMBERS = {c.name: c.value[0] for c in grpc.StatusCode}
+#: The status of a call that succeeded, in ``talkmesh_streams_total{code}``.
+OK = grpc.StatusCode.OK.name
+
+
+class Direction(StrEnum):
+    """``talkmesh_stream_bytes_total{direction}``: the bytes a service received or sent."""
+
+    IN = "in"
+    OUT = "out"
 
 
 class _MetadataGetter(Getter[dict[str, str]]):
@@ -139,6 +149,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         #: addresses, paths and exception text; the caller's principal is never read from metadata
         self.edge = edge
 
+    def known_series(self, methods: Iterable[str]) -> list[Series]:
+        """What this interceptor records for any service, known before its first call: each of
+        ``methods`` (``/package.Service/Method``) finished OK, refusals while draining or full
+        (``Rejection.DEPENDENCY`` only where ``Service.dependencies_changed`` refuses: that
+        service's own ``known_series`` says so), and the bytes received and sent."""
+        m = self.telemetry.metrics
+        return [
+            Series(m.streams_total, methods, (OK,)),
+            Series(m.rejections_total, (Rejection.DRAINING, Rejection.OVERLOAD)),
+            Series(m.stream_bytes_total, Direction),
+        ]
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -153,8 +175,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # The (de)serializers also count the bytes on the wire (talkmesh_stream_bytes_total).
         bytes_total = self.telemetry.metrics.stream_bytes_total
         service = self.telemetry.service
-        deserializer = _counted(_lenient(handler.request_deserializer), bytes_total.labels(service, "in"))
-        serializer = _counted_out(handler.response_serializer, bytes_total.labels(service, "out"))
+        deserializer = _counted(_lenient(handler.request_deserializer), bytes_total.labels(service, Direction.IN))
+        serializer = _counted_out(handler.response_serializer, bytes_total.labels(service, Direction.OUT))
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(
                 self._wrap_stream(handler.stream_stream, method, streaming_requests=True),
@@ -218,13 +240,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 "(server.require_principal): call the gateway with an API key"
             )
         elif self.admission.draining:
-            m.rejections_total.labels(svc, "draining").inc()
+            m.rejections_total.labels(svc, Rejection.DRAINING).inc()
             error = Unavailable("server is draining; retry on another replica", retry_after=0.5)
         elif self.admission.unavailable:
-            m.rejections_total.labels(svc, "dependency").inc()
+            m.rejections_total.labels(svc, Rejection.DEPENDENCY).inc()
             error = Unavailable(self.admission.unavailable, retry_after=1.0)
         elif full:
-            m.rejections_total.labels(svc, "overload").inc()
+            m.rejections_total.labels(svc, Rejection.OVERLOAD).inc()
             error = ResourceExhausted(
                 f"{full}; retry later",
                 quota="unary calls in flight per replica" if unary else "streams in flight per replica",
@@ -319,7 +341,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         span, start = self._begin(method, context)
         self.admission.enter(unary)
         self._active_gauge(unary).labels(self.telemetry.service).inc()
-        code = "OK"
+        code = OK
         requests = request
         try:
             try:
@@ -353,7 +375,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     code = "CANCELLED"
                     raise asyncio.CancelledError from None
         except grpc.aio.AbortError:
-            if code == "OK":
+            if code == OK:
                 code = _code_name(context, "UNKNOWN")
             raise
         finally:

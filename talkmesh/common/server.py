@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -38,7 +39,7 @@ from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.health import LIVENESS, DependencyWatch
 from talkmesh.common.interceptors import AdmissionState, ServerInterceptor
 from talkmesh.common.logs import JsonFormatter
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import Series, Telemetry
 from talkmesh.common.tls import ReloadingServerCertificates
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,14 @@ class Service(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Releases resources after the server stopped."""
 
+    def known_series(self) -> Sequence[Series]:
+        """The series this service's own code records whose label values it knows before any
+        request (its stages, queues, reasons, the metrics only it observes), built from the enums
+        that define those values: exported at 0 from start-up (``Telemetry.init_series``), so
+        every dashboard panel and alert has a series from the first scrape. The host adds those
+        of the calls it serves (``ServerInterceptor.known_series``)."""
+        return ()
+
     def dependencies(self) -> Mapping[str, grpc.aio.Channel]:
         """Channels to the stages this service calls (their health decides its readiness)."""
         return {}
@@ -88,6 +97,13 @@ class Service(abc.ABC):
 
     async def drain(self) -> None:  # noqa: B027 - optional hook
         """SIGTERM: long-lived streams (live sessions) are asked to end within the grace period."""
+
+
+def grpc_methods(services: Sequence[str]) -> list[str]:
+    """The methods (``/package.Service/Method``, as a call names them) of the gRPC services named
+    in full, from their generated descriptors."""
+    pool = descriptor_pool.Default()
+    return [f"/{name}/{method.name}" for name in services for method in pool.FindServiceByName(name).methods]
 
 
 class BindError(RuntimeError):
@@ -180,6 +196,8 @@ class ServiceHost:
         )
         server = grpc.aio.server(interceptors=[common, *self.service.interceptors()], options=self._server_options())
         self._names = list(self.service.register(server))
+        # before /metrics serves: the first scrape sees every series known in advance, at 0
+        self.telemetry.init_series([*common.known_series(grpc_methods(self._names)), *self.service.known_series()])
         served = list(self._names)
         if cfg.health:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

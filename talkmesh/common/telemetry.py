@@ -11,12 +11,14 @@ tests pass an explicit TracerProvider with an in-memory exporter.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -42,6 +44,40 @@ LATENCY_BUCKETS = (
 # faster than real time, so the buckets go on to 2000x (a p50 above the top edge would read as it).
 RTF_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+
+
+class Rejection(StrEnum):
+    """Why a request was refused before work started: ``talkmesh_rejections_total{reason}``."""
+
+    #: the replica is shutting down (every service's calls; the web edge's live sessions)
+    DRAINING = "draining"
+    #: a stage every call needs does not answer health checks (the gateway)
+    DEPENDENCY = "dependency"
+    #: the replica is full (server.max_concurrent_streams, ..._unary; the web edge's limits):
+    #: what TalkmeshRejectingStreams alerts on
+    OVERLOAD = "overload"
+    #: the web edge: one client's share of its speaks or uploads is used up
+    PER_CLIENT = "per_client"
+    #: the web edge: one access token subject's live sessions (web.max_sessions_per_subject)
+    PER_SUBJECT = "per_subject"
+    #: the web edge: one address's live sessions (web.max_sessions_per_ip)
+    PER_IP = "per_ip"
+    #: the web edge: one address's open connections (web.max_connections_per_ip)
+    CONNECTIONS_PER_IP = "connections_per_ip"
+
+
+class Series:
+    """Series of one labelled metric that a service knows it records, before its first request:
+    the metric labelled with the service's name and each combination of ``values`` (one collection
+    per further label, in the metric's order). ``Telemetry.init_series`` creates them at 0."""
+
+    def __init__(self, metric: Counter | Gauge | Histogram, *values: Iterable[str]) -> None:
+        self.metric = metric
+        self.values = tuple(tuple(str(v) for v in vs) for vs in values)
+
+    def label_values(self) -> Iterator[tuple[str, ...]]:
+        """The label values after ``service`` of each series."""
+        return itertools.product(*self.values)
 
 
 @dataclass
@@ -361,6 +397,16 @@ class Telemetry:
                 yield span
         finally:
             self.metrics.stage_duration.labels(self.service, stage).observe(time.perf_counter() - start)
+
+    def init_series(self, series: Iterable[Series]) -> None:
+        """Creates each of ``series`` for this service at 0 (a counter or gauge at 0, a histogram
+        with every bucket at 0): prometheus_client exports a labelled metric's series only once
+        ``labels(...)`` was called, so until the first event a dashboard panel would show "No data"
+        and an alert's rate() would miss that first event. Called at start-up with the label
+        values the service knows in advance (``Service.known_series``)."""
+        for s in series:
+            for values in s.label_values():
+                s.metric.labels(self.service, *values)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.metrics.stage_duration.labels(self.service, stage).observe(seconds)

@@ -32,6 +32,7 @@ from services.renderer.backends.onnx_models import (
 )
 from services.renderer.config import RendererConfig
 from services.renderer.interpolate import fill_skipped, plan_keyframes
+from services.renderer.metrics import SkipReason
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.common.gpu import GpuPlan, gpu_memory, model_weight_bytes, plan_gpu
 from talkmesh.common.telemetry import Telemetry
@@ -299,7 +300,7 @@ class NeuralBackend(RenderBackend):
 
     def count_skipped(self, n: int) -> None:
         if n:
-            self.telemetry.metrics.skipped_frames_total.labels(self.telemetry.service, "frame_skip").inc(n)
+            self.telemetry.metrics.skipped_frames_total.labels(self.telemetry.service, SkipReason.FRAME_SKIP).inc(n)
 
 
 def gpu_plan(
