@@ -419,6 +419,10 @@ async def test_cancel_storm_leaves_no_streams_tasks_or_fds(mesh):
         for batch in range(0, 200, 25):
             await asyncio.gather(*(one(i) for i in range(batch, batch + 25)))
         await _no_stream_left(mesh, within=10.0)
-        await asyncio.sleep(0.5)
-        fds = _open_fds()
+        # closed by the stages as their streams end: soon on a quiet machine, later on a busy one
+        # (the bound is on what stays open, not on how soon; a hang guard, not a timing)
+        for _ in range(100):
+            await asyncio.sleep(0.2)
+            if (fds := _open_fds()) <= baseline + 5:
+                break
     assert fds <= baseline + 5, f"{fds} fds open after the storm, {baseline} before"
