@@ -79,6 +79,17 @@ class EdgeWebSocket(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
 
+#: The edge's own message kind: gRPC's half-close (no more input; the started turns play).
+HALF_CLOSE = "half_close"
+#: The one list of what a browser may send as a text frame, ``{kind: {...}}``: LiveClientMessage's
+#: kinds (the proto's oneof) and the edge's own ``half_close``. Errors list these.
+CLIENT_KINDS: tuple[str, ...] = (
+    *(f.name for f in lpb.LiveClientMessage.DESCRIPTOR.oneofs_by_name["kind"].fields),
+    HALF_CLOSE,
+)
+_KINDS_OF = {lpb.LiveClientMessage.DESCRIPTOR.full_name: CLIENT_KINDS}
+
+
 class BadMessage(ValueError):
     """A browser message that cannot become a LiveClientMessage (answered with an ``error``)."""
 
@@ -96,8 +107,8 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
     except ValueError:
         raise BadMessage("message", "not JSON") from None
     if not isinstance(body, dict) or len(body) != 1:
-        raise BadMessage("message", "expected an object with exactly one key (config, text, audio, ...)")
-    if "half_close" in body:
+        raise BadMessage("message", f"expected an object with exactly one key, one of {', '.join(CLIENT_KINDS)}")
+    if HALF_CLOSE in body:
         return None
     msg = lpb.LiveClientMessage()
     try:
@@ -111,7 +122,7 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
         (key,) = body
         path = bad_value_field(str(exc))  # a bad value names its field: config.text_format
         inside = isinstance(body[key], dict)  # ({"text": 5}: the message itself is the bad value)
-        raise BadMessage(f"{key}.{path}" if path and inside else str(key), proto_names(str(exc))) from None
+        raise BadMessage(f"{key}.{path}" if path and inside else str(key), proto_names(str(exc), _KINDS_OF)) from None
     if misfit is not None:
         raise BadMessage(*misfit)
     return msg
