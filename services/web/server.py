@@ -197,6 +197,14 @@ FORM_FIELDS = {
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+def not_a_websocket(path: str) -> str:
+    """The answer to a plain GET of a WebSocket route (docs/WEB.md quotes it)."""
+    return (
+        f'Upgrade: this is a WebSocket endpoint: open it with new WebSocket("wss://<edge>{path}") '
+        "(ws:// for http://); a plain GET gets this answer once its origin and access token are accepted"
+    )
+
+
 def _host_port(host: str, default_port: str = "") -> tuple[str, str]:
     """(name, port) of a ``Host`` header or an origin's netloc (``name[:port]``, ``[v6][:port]``),
     lower case; ``default_port`` when it names none."""
@@ -1219,6 +1227,10 @@ class WebHost:
 
     async def _session(self, request: web.Request, *, watch: bool) -> web.StreamResponse:
         cfg = self.config.web
+        if request.headers.get("Upgrade", "").strip().lower() != "websocket":
+            # A plain GET (aiohttp would say only "Bad Request"). It comes after the origin and
+            # token checks: a page whose handshake was refused (close 1006, no reason) asks so.
+            raise HttpError(400, "INVALID_ARGUMENT", not_a_websocket(request.path), "Upgrade")
         ws = EdgeWebSocket(
             heartbeat=cfg.heartbeat_seconds or None,
             max_msg_size=cfg.max_ws_message_bytes,
