@@ -52,6 +52,16 @@ _CLOSE_FOR = {
 }
 
 
+def too_large_status(limit: int) -> dict[str, Any]:
+    """The final status of a session whose browser sent a message over ``limit`` bytes."""
+    return {
+        "code": "INVALID_ARGUMENT",
+        "message": f"message: larger than this web edge's limit of {limit} bytes "
+        "(web.max_ws_message_bytes); send text in pieces and audio in chunks of at most 1 s",
+        "field": "message",
+    }
+
+
 class EdgeWebSocket(web.WebSocketResponse):
     """A WebSocket whose writers take turns (``lock``: a media header and its bytes stay
     together), and that ends like every session when a browser's message is over
@@ -65,12 +75,7 @@ class EdgeWebSocket(web.WebSocketResponse):
 
     async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
         if code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
-            status = {
-                "code": "INVALID_ARGUMENT",
-                "message": f"message: larger than this web edge's limit of {self.limit} bytes "
-                "(web.max_ws_message_bytes); send text in pieces and audio in chunks of at most 1 s",
-                "field": "message",
-            }
+            status = too_large_status(self.limit)
             self[RESULT_KEY] = status["code"]
             with contextlib.suppress(ConnectionError, RuntimeError):
                 async with self.lock:
