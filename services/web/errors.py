@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 
 import grpc
 from aiohttp import web
@@ -194,11 +195,12 @@ _BAD_NUMBER = re.compile(
 _NOT_TEXT = re.compile(r"expected string or bytes-like object, got '\w+'")
 
 
-def proto_names(message: str) -> str:
+def proto_names(message: str, fields_of: Mapping[str, Sequence[str]] | None = None) -> str:
     """A ParseError's message as the edge says it (WEB.md): the field path is said before it, so
     json_format's "Failed to parse x field:" prefixes go; an unknown enum name lists the names;
     an unknown field lists its siblings by their proto names (json_format gives the JSON ones,
-    ``turnId``, ``endOfTurn``)."""
+    ``turnId``, ``endOfTurn``). ``fields_of``: what the edge accepts in place of a message type's
+    own fields, by its full name (the live socket's kinds add ``half_close``)."""
     message = _PARSE_PREFIX.sub("", message)
     if m := _BAD_ENUM.match(message):
         try:
@@ -212,11 +214,14 @@ def proto_names(message: str) -> str:
         return "must be text (a JSON string)"
 
     def fields(m: re.Match[str]) -> str:
-        try:
-            desc = descriptor_pool.Default().FindMessageTypeByName(m["type"])
-        except KeyError:
-            return m[0]
-        names = ", ".join(f.name for f in desc.fields)
+        if fields_of and m["type"] in fields_of:
+            names = ", ".join(fields_of[m["type"]])
+        else:
+            try:
+                desc = descriptor_pool.Default().FindMessageTypeByName(m["type"])
+            except KeyError:
+                return m[0]
+            names = ", ".join(f.name for f in desc.fields)
         return f'Message type "{m["type"]}" has no field named "{m["name"]}" at "{m["at"]}"; its fields: {names}'
 
     return _UNKNOWN_FIELD.sub(fields, message)

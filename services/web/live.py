@@ -52,6 +52,16 @@ _CLOSE_FOR = {
 }
 
 
+def too_large_status(limit: int) -> dict[str, Any]:
+    """The final status of a session whose browser sent a message over ``limit`` bytes."""
+    return {
+        "code": "INVALID_ARGUMENT",
+        "message": f"message: larger than this web edge's limit of {limit} bytes "
+        "(web.max_ws_message_bytes); send text in pieces and audio in chunks of at most 1 s",
+        "field": "message",
+    }
+
+
 class EdgeWebSocket(web.WebSocketResponse):
     """A WebSocket whose writers take turns (``lock``: a media header and its bytes stay
     together), and that ends like every session when a browser's message is over
@@ -65,18 +75,24 @@ class EdgeWebSocket(web.WebSocketResponse):
 
     async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
         if code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
-            status = {
-                "code": "INVALID_ARGUMENT",
-                "message": f"message: larger than this web edge's limit of {self.limit} bytes "
-                "(web.max_ws_message_bytes); send text in pieces and audio in chunks of at most 1 s",
-                "field": "message",
-            }
+            status = too_large_status(self.limit)
             self[RESULT_KEY] = status["code"]
             with contextlib.suppress(ConnectionError, RuntimeError):
                 async with self.lock:
                     await self.send_str(json.dumps({"status": status}, separators=(",", ":")))
             message = message or b"INVALID_ARGUMENT"
         return await super().close(code=code, message=message, drain=drain)
+
+
+#: The edge's own message kind: gRPC's half-close (no more input; the started turns play).
+HALF_CLOSE = "half_close"
+#: The one list of what a browser may send as a text frame, ``{kind: {...}}``: LiveClientMessage's
+#: kinds (the proto's oneof) and the edge's own ``half_close``. Errors list these.
+CLIENT_KINDS: tuple[str, ...] = (
+    *(f.name for f in lpb.LiveClientMessage.DESCRIPTOR.oneofs_by_name["kind"].fields),
+    HALF_CLOSE,
+)
+_KINDS_OF = {lpb.LiveClientMessage.DESCRIPTOR.full_name: CLIENT_KINDS}
 
 
 class BadMessage(ValueError):
@@ -96,8 +112,8 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
     except ValueError:
         raise BadMessage("message", "not JSON") from None
     if not isinstance(body, dict) or len(body) != 1:
-        raise BadMessage("message", "expected an object with exactly one key (config, text, audio, ...)")
-    if "half_close" in body:
+        raise BadMessage("message", f"expected an object with exactly one key, one of {', '.join(CLIENT_KINDS)}")
+    if HALF_CLOSE in body:
         return None
     msg = lpb.LiveClientMessage()
     try:
@@ -111,7 +127,7 @@ def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
         (key,) = body
         path = bad_value_field(str(exc))  # a bad value names its field: config.text_format
         inside = isinstance(body[key], dict)  # ({"text": 5}: the message itself is the bad value)
-        raise BadMessage(f"{key}.{path}" if path and inside else str(key), proto_names(str(exc))) from None
+        raise BadMessage(f"{key}.{path}" if path and inside else str(key), proto_names(str(exc), _KINDS_OF)) from None
     if misfit is not None:
         raise BadMessage(*misfit)
     return msg

@@ -97,6 +97,9 @@ ALLOW_METHODS = "GET, POST, DELETE"
 CORS_KEY = web.RequestKey("cors", dict)
 #: How long a browser may cache a preflight's answer (seconds).
 PREFLIGHT_MAX_AGE = "600"
+#: Refused origins logged (each once): a page of any site a visitor opens may try the edge, with
+#: origins of its choosing; past these, one line says the rest go unlogged.
+REFUSED_ORIGINS_LOGGED = 100
 #: Retry-After of a POST /v1/speak refused because of max_concurrent_speaks (seconds).
 SPEAK_RETRY_AFTER = 2.0
 
@@ -206,6 +209,14 @@ FORM_FIELDS = {
 
 #: The names a browser uses for an edge that listens on loopback.
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def not_a_websocket(path: str) -> str:
+    """The answer to a plain GET of a WebSocket route (docs/WEB.md quotes it)."""
+    return (
+        f'Upgrade: this is a WebSocket endpoint: open it with new WebSocket("wss://<edge>{path}") '
+        "(ws:// for http://); a plain GET gets this answer once its origin and access token are accepted"
+    )
 
 
 def _host_port(host: str, default_port: str = "") -> tuple[str, str]:
@@ -405,6 +416,7 @@ class WebHost:
         #: who opened each live session of this edge (session id -> SUBJECT_KEY): only they may Watch it
         self._session_owners: dict[str, str] = {}
         self._proxies = config.web.proxies()
+        self._refused_origins: set[str] = set()  # the origins logged as refused (each once)
         # On a loopback address, only requests that name the edge by a loopback name (or a host of
         # web.allowed_origins) are served: a page whose own name was made to resolve to 127.0.0.1
         # (DNS rebinding) is then not "the edge's own origin". Behind a proxy (0.0.0.0) no check.
@@ -516,11 +528,14 @@ class WebHost:
         if cfg.dependency_check_seconds > 0:
             self._watch = asyncio.create_task(self._gateway_watch.run(), name="web-gateway-watch")
         log.info(
-            "web serving on %s (metrics port %s), gateway %s%s",
+            "web serving on %s (metrics port %s), gateway %s%s%s",
             self.url,
             self.metrics_port,
             self.config.gateway.target,
             f"; access tokens required ({len(self._token_secrets.value)} secret(s))" if self._token_secrets else "",
+            # (browsers send http://localhost:3000 and http://127.0.0.1:3000 as two origins)
+            f"; allowed origins: its own{''.join(', ' + o for o in self.config.web.allowed_origins) or ' only'} "
+            "(web.allowed_origins)",
         )
         self._log_gateway_budget()
         return self.port
@@ -724,6 +739,7 @@ class WebHost:
                         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
                             response = self._preflight(request, origin, allowed)
                         elif not allowed and (request.method in UNSAFE_METHODS or route in WS_ROUTES):
+                            self._log_refused_origin(origin)
                             raise HttpError(
                                 403,
                                 "PERMISSION_DENIED",
@@ -884,8 +900,30 @@ class WebHost:
             return {}
         return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": EXPOSE_HEADERS}
 
+    def _log_refused_origin(self, origin: str) -> None:
+        """Once per origin (at most REFUSED_ORIGINS_LOGGED of them): the browser shows a refused
+        WebSocket only as close 1006, and another site's script cannot read a 403 without CORS, so
+        the edge's log is where the developer of a page learns what to list."""
+        if origin in self._refused_origins or len(self._refused_origins) > REFUSED_ORIGINS_LOGGED:
+            return
+        self._refused_origins.add(origin)
+        if len(self._refused_origins) > REFUSED_ORIGINS_LOGGED:
+            log.warning(
+                "web: more origins refused (not in web.allowed_origins) are not logged; %d were, once each",
+                REFUSED_ORIGINS_LOGGED,
+            )
+            return
+        log.warning(
+            "web: refused a browser page of origin %r (403 PERMISSION_DENIED, field origin): not this edge's own "
+            "origin nor in web.allowed_origins; if it is your site's, list it there exactly "
+            "(TALKMESH_WEB__WEB__ALLOWED_ORIGINS; logged once per origin)",
+            origin or "(none: Sec-Fetch-Site says cross-site)",
+        )
+
     def _preflight(self, request: web.Request, origin: str, allowed: bool) -> web.Response:
         if not request.get(CORS_KEY):
+            if not allowed:  # (an allowed origin of its own needs no CORS: nothing to list)
+                self._log_refused_origin(origin)
             raise HttpError(
                 403,
                 "PERMISSION_DENIED",
@@ -1258,6 +1296,10 @@ class WebHost:
 
     async def _session(self, request: web.Request, *, watch: bool) -> web.StreamResponse:
         cfg = self.config.web
+        if request.headers.get("Upgrade", "").strip().lower() != "websocket":
+            # A plain GET (aiohttp would say only "Bad Request"). It comes after the origin and
+            # token checks: a page whose handshake was refused (close 1006, no reason) asks so.
+            raise HttpError(400, "INVALID_ARGUMENT", not_a_websocket(request.path), "Upgrade")
         ws = EdgeWebSocket(
             heartbeat=cfg.heartbeat_seconds or None,
             max_msg_size=cfg.max_ws_message_bytes,

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,7 @@ from talkmesh.v1 import types_pb2 as api
 pytestmark = pytest.mark.timeout(60)
 
 MIB = 1 << 20
+APP = "https://app.example.com"
 FMP4_MIME = 'video/mp4; codecs="avc1.42C01E, mp4a.40.2"'
 
 Chunks = Callable[[gpb.SpeakRequest], AsyncIterator[gpb.SpeakChunk]]
@@ -457,3 +459,100 @@ async def test_probes_waiting_on_a_key_check_that_learnt_nothing_do_not_ask_agai
     assert asked == 1
     await host._check_key()
     assert asked == 2
+
+
+async def test_a_plain_get_of_a_websocket_route_says_it_is_one_after_the_token_and_origin_checks(
+    tmp_path: Path,
+) -> None:
+    """A plain GET of /v1/live got aiohttp's ``400 "Bad Request"``; it says what the route is, and
+    keeps its place after the origin and token checks: a page learns why its handshake was refused
+    (close 1006 in the browser) with that GET and its token (docs/WEB.md "Why a handshake was
+    refused")."""
+    from services.web import tokens
+
+    secret_file = tmp_path / "secrets"
+    secret = b"s" * 40
+    secret_file.write_text(secret.decode() + "\n")
+    secret_file.chmod(0o600)
+    full = tokens.mint(secret, ttl_seconds=600)
+    speak_only = tokens.mint(secret, ttl_seconds=600, scopes=("speak",))
+
+    async def nothing(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        yield summary(0)
+
+    async with edge(nothing) as (client, _):  # (no tokens)
+        for path in ("/v1/live", "/v1/live/watch?session_id=x"):
+            r = await client.get(path)
+            body = await r.json()
+            assert r.status == 400, body
+            err = body["error"]
+            assert err["code"] == "INVALID_ARGUMENT" and err["field"] == "Upgrade", err
+            assert "this is a WebSocket endpoint" in err["message"] and "new WebSocket(" in err["message"], err
+
+    async with edge(nothing, token_secret_file=str(secret_file), allowed_origins=(APP,)) as (client, _):
+        refusals = [
+            ({}, 401, "access_token"),
+            ({"Authorization": f"Bearer {speak_only}"}, 403, "access_token"),
+            ({"Authorization": f"Bearer {full}", "Origin": "https://evil.example"}, 403, "origin"),
+            ({"Authorization": f"Bearer {full}", "Origin": APP}, 400, "Upgrade"),
+            ({"Authorization": f"Bearer {full}"}, 400, "Upgrade"),
+        ]
+        for headers, status, field in refusals:
+            r = await client.get("/v1/live", headers=headers)
+            body = await r.json()
+            assert (r.status, body["error"]["field"]) == (status, field), (headers, body)
+            if headers.get("Origin") == APP:  # a listed origin's page reads the answer (CORS)
+                assert r.headers["Access-Control-Allow-Origin"] == APP
+
+
+async def test_a_refused_origin_is_logged_once_naming_the_setting(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A developer whose page was refused (403 before the upgrade, close 1006 in the browser) finds
+    the origin and the setting in the edge's log; once per origin, and only so many origins (a
+    page of any site a visitor opens may try, with origins of its choosing)."""
+    from services.web import server as edge_server
+
+    monkeypatch.setattr(edge_server, "REFUSED_ORIGINS_LOGGED", 3)
+    caplog.set_level(logging.INFO, logger="services.web.server")
+
+    async def nothing(req: gpb.SpeakRequest) -> AsyncIterator[gpb.SpeakChunk]:
+        yield summary(0)
+
+    preflight = {"Access-Control-Request-Method": "POST"}
+    async with edge(nothing, allowed_origins=(APP,)) as (client, _):
+        for _ in range(3):
+            assert (await client.get("/v1/live", headers={"Origin": "http://localhost:3000"})).status == 403
+        assert (await client.post("/v1/speak", json={"text": "hi"}, headers={"Origin": "null"})).status == 403
+        assert (await client.options("/v1/speak", headers={"Origin": "http://a.example", **preflight})).status == 403
+        assert (await client.get("/v1/live", headers={"Origin": APP})).status == 400  # listed: not refused
+        for n in range(5):  # past the limit: one line says so, then nothing
+            assert (await client.get("/v1/live", headers={"Origin": f"http://b{n}.example"})).status == 403
+    lines = [r.getMessage() for r in caplog.records if "web.allowed_origins" in r.getMessage()]
+    assert len(lines) == 4, lines
+    for origin, line in zip(("'http://localhost:3000'", "'null'", "'http://a.example'"), lines, strict=False):
+        assert f"origin {origin}" in line and "refused" in line, line
+    assert "not logged" in lines[3], lines
+    assert all(r.levelno == logging.WARNING for r in caplog.records if "web.allowed_origins" in r.getMessage())
+
+
+async def test_the_start_up_line_says_which_origins_may_use_the_edge(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="services.web.server")
+    plain = ServerConfig(
+        host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=0.5, dependency_check_seconds=0,
+        max_concurrent_streams=8,
+    )
+    for origins, said in (
+        ((), "allowed origins: its own only (web.allowed_origins)"),
+        (
+            (APP, "http://localhost:3000"),
+            f"allowed origins: its own, {APP}, http://localhost:3000 (web.allowed_origins)",
+        ),
+    ):
+        caplog.clear()
+        config = WebConfig(server=plain, web=WebSettings(allowed_origins=origins))
+        host = WebHost(config, Telemetry("web"))
+        await host.start()
+        await host.stop()
+        (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("web serving on")]
+        assert said in line, line

@@ -71,15 +71,30 @@ def test_every_grpc_status_has_an_http_status() -> None:
 @pytest.mark.parametrize(
     ("text", "listed", "camel"),
     [
-        ('{"txet": {"turn_id": "t1"}}', "config, text, audio, end_of_turn, interrupt, keep_alive", "endOfTurn"),
-        ('{"text": {"turnid": "t1"}}', "turn_id, text, final", "turnId"),
+        # (the edge's own half_close too: it is a kind the edge accepts)
+        (
+            '{"txet": {"turn_id": "t1"}}',
+            "config, text, audio, end_of_turn, interrupt, keep_alive, half_close",
+            "endOfTurn",
+        ),
+        ('{"text": {"turnid": "t1"}}', "turn_id, text, final, voice", "turnId"),
         ('{"config": {"voice_settings": {"rat": 1}}}', "rate, pitch, volume", "Available Fields"),
     ],
 )
 def test_unknown_fields_are_listed_by_their_proto_names(text: str, listed: str, camel: str) -> None:
     with pytest.raises(BadMessage) as exc:
         parse_client_message(text)
-    assert f"its fields: {listed}" in str(exc.value) and camel not in str(exc.value)
+    assert str(exc.value).rstrip(".").endswith(f"its fields: {listed}") and camel not in str(exc.value)
+
+
+def test_the_kinds_a_browser_may_send_are_the_protos_and_half_close() -> None:
+    from services.web.live import CLIENT_KINDS
+
+    oneof = [f.name for f in lpb.LiveClientMessage.DESCRIPTOR.oneofs_by_name["kind"].fields]
+    assert CLIENT_KINDS == (*oneof, "half_close")
+    with pytest.raises(BadMessage) as exc:
+        parse_client_message('{"text": {}, "interrupt": {}}')
+    assert str(exc.value).endswith(f"one key, one of {', '.join(CLIENT_KINDS)}"), str(exc.value)
 
 
 def test_in_session_errors_carry_the_status_name() -> None:
