@@ -127,12 +127,15 @@ class CheckedRequests(Generic[M]):
     """An async iterator over requests that raises INVALID_ARGUMENT at the first undecodable one."""
 
     def __init__(self, requests: AsyncIterable[M | Undecodable]) -> None:
-        self._it = aiter(requests)
+        self._requests = requests
+        self._it: AsyncIterator[M | Undecodable] | None = None
 
     def __aiter__(self) -> CheckedRequests[M]:
         return self
 
     async def __anext__(self) -> M:
+        if self._it is None:  # at the first read: gRPC's receiver, made and never read, warns when collected
+            self._it = aiter(self._requests)
         return checked(await anext(self._it))
 
 

@@ -431,3 +431,41 @@ async def test_a_new_channel_is_not_failed_by_an_older_ones_refused_connection_t
             assert [c.seq for c in chunks] == [0, 1, 2]
     finally:
         await stale.close()
+
+
+
+class WaitingServicer(ToyServicer):
+    async def SynthesizeStream(self, request_iterator, context):
+        self.started.set()
+        await asyncio.Event().wait()  # (cancelled before it reads its requests)
+        yield common_pb2.AudioChunk()
+
+
+async def test_a_stream_cancelled_before_reading_leaves_no_unawaited_receiver(recwarn):
+    """A request stream the handler never read (the client hung up first): gRPC's receiver was
+    made anyway, as the checked requests asked for it at once, and its garbage collection warned
+    "coroutine '_MessageReceiver._async_message_receiver' was never awaited" in the logs."""
+    import gc
+
+    svc = ToyService(Telemetry("toy"))
+    svc.servicer = WaitingServicer()
+    async with serve(svc) as host:
+        async with create_channel(host.address) as ch:
+            stub = tts_pb2_grpc.TTSStub(ch)
+            for _ in range(3):
+                svc.servicer.started.clear()
+                call = stub.SynthesizeStream(iter([tts_pb2.TextPiece(text="x")]))
+                await svc.servicer.started.wait()
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call.read()
+            await _no_active_streams(host)
+    gc.collect()
+    unawaited = [str(w.message) for w in recwarn.list if "never awaited" in str(w.message)]
+    assert unawaited == []
+
+
+async def _no_active_streams(host) -> None:
+    async with asyncio.timeout(10):  # hang guard
+        while host.telemetry.metrics.registry.get_sample_value("talkmesh_streams_active", {"service": "toy"}):
+            await asyncio.sleep(0.01)
