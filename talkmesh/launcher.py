@@ -107,6 +107,19 @@ class ChildExit:
         return f"{self.name} {how}"
 
 
+def _names_key(path: str | None, key: str) -> bool:
+    """Whether the YAML config file at ``path`` sets the top-level ``key``."""
+    if not path:
+        return False
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and key in data
+
+
 @dataclass
 class Mesh:
     """Five service processes on loopback.
@@ -157,7 +170,7 @@ class Mesh:
             # Services start in waves: each after the services it calls, with their addresses
             # passed as TALKMESH_<SERVICE>__<CALLEE>__TARGET.
             for wave in start_waves():
-                await all_of(*(self._spawn(s, self._targets(s)) for s in wave))
+                await all_of(*(self._spawn(s, {**self._targets(s), **self._derived(s)}) for s in wave))
         except BaseException:
             await self.stop()
             raise
@@ -166,6 +179,28 @@ class Mesh:
     def _targets(self, s: ServiceSpec) -> dict[str, str]:
         """``<PREFIX>__<CALLEE>__TARGET`` for each service it calls."""
         return {f"{s.env_prefix}__{c.upper()}__TARGET": self.address(c) for c in s.calls}
+
+    def _derived(self, s: ServiceSpec) -> dict[str, str]:
+        """What a service's config takes from another's: the gateway asks for the renderer's
+        default backend when a request names none (``gateway.default_renderer_backend`` decides
+        which features it asks for), so it gets the renderer's own ``default_backend`` (from the
+        renderer's config file and environment) unless the gateway's own config names one. (In
+        Kubernetes the manifests set both; a test keeps them equal.)"""
+        if s.name != "gateway":
+            return {}
+        key = f"{s.env_prefix}__DEFAULT_RENDERER_BACKEND"
+        env = {**os.environ, **self.env}
+        if key in env or _names_key(self.configs.get("gateway"), "default_renderer_backend"):
+            return {}
+        from services.renderer.config import RendererConfig  # (the config alone: no models, no ONNX Runtime)
+        from talkmesh.common.config import ConfigError
+        from talkmesh.common.service_config import load_service_config
+
+        try:
+            renderer = load_service_config(RendererConfig, "renderer", self.configs.get("renderer"), env)
+        except (ConfigError, OSError):
+            return {}  # (the renderer itself says what is wrong, and the mesh does not start)
+        return {key: renderer.default_backend}
 
     async def _spawn(self, s: ServiceSpec, extra_env: Mapping[str, str], ports: tuple[int, int] | None = None) -> None:
         env = dict(os.environ)

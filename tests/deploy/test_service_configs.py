@@ -195,3 +195,19 @@ def test_grpc_servers_age_their_connections(overlay: str, tmp_path: Path) -> Non
             assert 0 < age <= MAX_CONNECTION_AGE_SECONDS, f"{overlay}: {service} max_connection_age_seconds={age}"
             seen.add(service)
     assert seen == set(GRPC_NAMES)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_asks_for_the_backend_the_renderer_serves_by_default(overlay: str, tmp_path: Path) -> None:
+    """The gateway names a renderer backend in every request (its default_renderer_backend, which
+    also decides the features it asks for): the GPU overlays switched only the renderer's default
+    to MuseTalk, so clients that named none still got the mesh-warp renderer."""
+    docs = render(overlay)
+    loaded = {}
+    for service, dep, container in service_containers(docs):
+        if service in ("gateway", "renderer"):
+            env = {k: v for k, v in env_of(container).items() if k.startswith("TALKMESH_")}
+            loaded[service] = load(service, config_of(docs, dep, container), env, tmp_path)
+    renderer, gateway = loaded["renderer"], loaded["gateway"]
+    assert gateway.default_renderer_backend == renderer.default_backend, overlay
+    assert renderer.default_backend in renderer.backends or renderer.default_backend == "viseme"

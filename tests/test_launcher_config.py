@@ -1,0 +1,46 @@
+"""What `talkmesh up` passes from one service's config to another's (no processes started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from talkmesh.common.registry import SERVICES, spec
+from talkmesh.launcher import Mesh
+
+KEY = "TALKMESH_GATEWAY__DEFAULT_RENDERER_BACKEND"
+WAV2LIP = {"TALKMESH_RENDERER__BACKENDS": "viseme,wav2lip", "TALKMESH_RENDERER__DEFAULT_BACKEND": "wav2lip"}
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TALKMESH_RENDERER__DEFAULT_BACKEND", "TALKMESH_RENDERER__BACKENDS", KEY):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_gateway_asks_for_the_renderers_default_backend() -> None:
+    """A researcher set the renderer's default to their model and still got the mesh-warp renderer:
+    the gateway names a backend in every request, its own default (viseme)."""
+    assert Mesh(env=WAV2LIP)._derived(spec("gateway")) == {KEY: "wav2lip"}
+    assert Mesh()._derived(spec("gateway")) == {KEY: "viseme"}
+    assert all(not Mesh(env=WAV2LIP)._derived(s) for s in SERVICES if s.name != "gateway")
+
+
+def test_the_renderers_config_file_counts_too(tmp_path: Path) -> None:
+    cfg = tmp_path / "renderer.yaml"
+    cfg.write_text("backends: [viseme, musetalk]\ndefault_backend: musetalk\n")
+    assert Mesh(configs={"renderer": str(cfg)})._derived(spec("gateway")) == {KEY: "musetalk"}
+
+
+def test_the_gateways_own_choice_wins(tmp_path: Path) -> None:
+    assert Mesh(env={**WAV2LIP, KEY: "viseme"})._derived(spec("gateway")) == {}
+    gateway = tmp_path / "gateway.yaml"
+    gateway.write_text("default_renderer_backend: viseme\n")
+    assert Mesh(env=WAV2LIP, configs={"gateway": str(gateway)})._derived(spec("gateway")) == {}
+
+
+def test_a_broken_renderer_config_is_left_for_the_renderer_to_report(tmp_path: Path) -> None:
+    cfg = tmp_path / "renderer.yaml"
+    cfg.write_text("default_backend: nope\n")
+    assert Mesh(configs={"renderer": str(cfg)})._derived(spec("gateway")) == {}
