@@ -107,7 +107,8 @@ class GatewayConfig:
     max_text_chars: int = 5000
     # Longest caller's speech accepted by SpeakStream's audio input, in seconds.
     max_audio_seconds: float = 600.0
-    # Renderer backend when the request names none; decides the feature type asked for.
+    # Renderer backend when the request names none; decides the feature type asked for. Keep it the
+    # renderer's default_backend (`talkmesh up` passes that one unless this is set).
     default_renderer_backend: str = "viseme"
     # Messages buffered between two stages of one request (bounded queues).
     queue_size: int = 32

@@ -181,6 +181,8 @@ class BatchConfig:
 @dataclass(frozen=True)
 class RendererConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("renderer"))
+    # Backend for a Render call that names none. The gateway names one in every request (its
+    # default_renderer_backend): `talkmesh up` sets that to this; in Kubernetes the manifests do.
     default_backend: str = "viseme"
     default_size: str = "512"
     default_avatar: str = DEFAULT_ALIAS
