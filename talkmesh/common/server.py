@@ -101,9 +101,17 @@ class Service(abc.ABC):
 
 def grpc_methods(services: Sequence[str]) -> list[str]:
     """The methods (``/package.Service/Method``, as a call names them) of the gRPC services named
-    in full, from their generated descriptors."""
+    in full, from their generated descriptors (none for a service served without descriptors, by a
+    generic handler)."""
     pool = descriptor_pool.Default()
-    return [f"/{name}/{method.name}" for name in services for method in pool.FindServiceByName(name).methods]
+    out = []
+    for name in services:
+        try:
+            service = pool.FindServiceByName(name)
+        except KeyError:
+            continue
+        out += [f"/{name}/{method.name}" for method in service.methods]
+    return out
 
 
 class BindError(RuntimeError):
