@@ -271,7 +271,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 ),
             )
 
-    async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext, span: trace.Span) -> grpc.StatusCode:
+    async def _fail(
+        self, exc: BaseException, context: grpc.aio.ServicerContext, span: trace.Span, said: list[str]
+    ) -> grpc.StatusCode:
+        """Ends the call with ``exc``'s status; its message (before an edge scrubs it) goes into
+        ``said``, for the call's log line."""
         rich: list[Any] = []
         if isinstance(exc, TalkmeshError):
             code, details = exc.code, exc.message
@@ -287,6 +291,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if code.name in SPAN_ERRORS:
             span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}"))
         span.set_attribute("talkmesh.status_message", details)
+        said.append(details)
         if self.edge:
             shown, rich = scrub(code, details, rich)
             if shown != details:
@@ -301,7 +306,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         m = self.telemetry.metrics
         return m.unary_active if unary else m.streams_active
 
-    def _finish(self, method: str, code: str, span: trace.Span, start: float, unary: bool) -> None:
+    def _finish(self, method: str, code: str, span: trace.Span, start: float, unary: bool, message: str = "") -> None:
         svc = self.telemetry.service
         self.telemetry.metrics.streams_total.labels(svc, method, code).inc()
         self._active_gauge(unary).labels(svc).dec()
@@ -314,14 +319,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         span.set_attribute("talkmesh.duration_seconds", seconds)
         span.end()
         # One line per call, with the request id (the log format adds it): what a client reports
-        # by its request id is found in every service's log.
+        # by its request id is found in every service's log, with the status's message (a stream
+        # that failed midway names the stage that broke it: "tts: Stream removed").
+        fields = {"method": method, "code": str(code), "seconds": round(seconds, 4), **_ids(span)}
+        if message:
+            fields["message"] = message
         log.log(
             logging.WARNING if code in SERVER_FAULTS else logging.INFO,
-            "%s %s in %.3f s",
+            "%s %s in %.3f s%s",
             method,
             code,
             seconds,
-            extra={"fields": {"method": method, "code": str(code), "seconds": round(seconds, 4), **_ids(span)}},
+            f": {message}" if message else "",
+            extra={"fields": fields},
         )
 
     @contextlib.asynccontextmanager
@@ -342,6 +352,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self.admission.enter(unary)
         self._active_gauge(unary).labels(self.telemetry.service).inc()
         code = OK
+        said: list[str] = []  # the status's message, when the call failed here
         requests = request
         try:
             try:
@@ -364,7 +375,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 if streaming_requests and requests is not request:
                     await _drain(requests)
                 try:
-                    code = (await self._fail(exc, context, span)).name
+                    code = (await self._fail(exc, context, span, said)).name
                 except grpc.aio.AbortError:  # the status was sent (abort raises to end the call)
                     raise
                 except Exception as sending:
@@ -379,7 +390,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_name(context, "UNKNOWN")
             raise
         finally:
-            self._finish(method, code, span, start, unary)
+            self._finish(method, code, span, start, unary, said[0] if said else "")
 
     def _wrap_stream(
         self, behavior: Callable[..., AsyncGenerator[Any, None]], method: str, *, streaming_requests: bool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from opentelemetry.trace import StatusCode
 
 from talkmesh.common.channel import create_channel
 from talkmesh.common.config import ServerConfig
-from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.errors import InvalidArgument, Unavailable
 from talkmesh.common.logs import request_id_var
 from talkmesh.common.server import Service
 from talkmesh.common.telemetry import Telemetry
@@ -35,6 +36,9 @@ class ToyServicer(tts_pb2_grpc.TTSServicer):
             raise InvalidArgument("text", "must not be empty")
         if request.text == "boom":
             raise RuntimeError("kaboom")
+        if request.text == "midway":  # a stage this one called broke its stream
+            yield common_pb2.AudioChunk(seq=0)
+            raise Unavailable("upstream: Stream removed (Socket closed)")
         self.seen_request_ids.append(request_id_var.get())
         self.started.set()
         try:
@@ -111,6 +115,26 @@ async def test_errors_map_to_status_and_service_survives():
     m = "/talkmesh.v1.TTS/Synthesize"
     assert _value(tel, "talkmesh_streams_total", {"service": "toy", "method": m, "code": "INVALID_ARGUMENT"}) == 1
     assert _value(tel, "talkmesh_streams_total", {"service": "toy", "method": m, "code": "INTERNAL"}) == 1
+
+
+async def test_a_call_that_fails_midway_logs_its_status_message(caplog):
+    """An on-call engineer follows a failed Speak's request id through the logs: the line of the
+    call that failed says why ("tts: Stream removed"), not only its code and time."""
+    caplog.set_level(logging.INFO, logger="talkmesh.common.interceptors")
+    async with serve(ToyService(Telemetry("toy"))) as host:
+        async with create_channel(host.address) as ch:
+            stub = tts_pb2_grpc.TTSStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [c async for c in stub.Synthesize(_req("midway"))]
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert len([c async for c in stub.Synthesize(_req("ok"))]) == 3
+    lines = [r for r in caplog.records if "/talkmesh.v1.TTS/Synthesize" in r.getMessage()]
+    failed = [r for r in lines if " UNAVAILABLE in " in r.getMessage()]
+    assert len(failed) == 1 and failed[0].levelno == logging.WARNING
+    assert failed[0].getMessage().endswith(": upstream: Stream removed (Socket closed)")
+    assert failed[0].fields["message"] == "upstream: Stream removed (Socket closed)"  # type: ignore[attr-defined]
+    ok = [r for r in lines if " OK in " in r.getMessage()]
+    assert len(ok) == 1 and ok[0].getMessage().endswith(" s") and "message" not in ok[0].fields  # type: ignore[attr-defined]
 
 
 async def test_admission_control_refuses_over_limit_but_health_answers():
