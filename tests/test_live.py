@@ -676,8 +676,25 @@ async def test_draining_ends_sessions_with_a_final_event(tmp_path: Path) -> None
     assert [(e.code, e.field, e.turn_id) for e in errors] == [
         (grpc.StatusCode.FAILED_PRECONDITION.value[0], "", "late")
     ]
-    assert rec.events("speaking_stopped")[-1].msg.event.speaking_stopped.reason == lpb.STOP_REASON_SESSION_ENDED
+    # every turn id ends with one speaking_stopped: the refused one too (it had none)
+    stopped = [r.msg.event.speaking_stopped for r in rec.events("speaking_stopped")]
+    stops = {e.turn_id: e.reason for e in stopped}
+    assert stops == {tid: lpb.STOP_REASON_SESSION_ENDED, "late": lpb.STOP_REASON_FAILED}
+    assert len(rec.events("speaking_stopped")) == 2
     assert not rec.events("interrupt_acknowledged")
+
+
+async def test_draining_ends_an_idle_session_at_once_without_promising_seconds(tmp_path: Path) -> None:
+    """An idle session was told "10 s left" and closed in the same millisecond."""
+    env = {"TALKMESH_GATEWAY__LIVE__DRAIN_SECONDS": "5"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await rec.wait_for(lambda r: r.kind == "started", timeout=30)
+            await mesh.hosts["gateway"].stop(10.0)
+            await rec.finish(timeout=10)
+    endings = [r.msg.event.session_ending for r in rec.events("session_ending")]
+    assert [(e.reason, e.seconds_left) for e in endings] == [(lpb.END_REASON_DRAINING, 0)]
 
 
 async def test_the_live_command_speaks_typed_lines_and_writes_the_stream(tmp_path: Path) -> None:

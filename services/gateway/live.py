@@ -685,6 +685,8 @@ class LiveSession:
                 field=f"{kind}.turn_id",
             )
         if self.refusing_turns:
+            # for good (the id cannot come again): it ends with its speaking_stopped (_never_taken)
+            self.refused.put(tid, True)
             raise FailedPrecondition("the session is ending: no new turns")
         turn = GatewayTurn(tid, kind, text=Chan(self.sizes.turn_text), audio=Chan(self.sizes.turn_audio))
         if kind == "audio":
@@ -928,8 +930,9 @@ class LiveSession:
             now = time.monotonic()
             if self.hub.draining and self.ending is None:
                 self.refusing_turns = True
-                await self._announce(lpb.END_REASON_DRAINING, self.cfg.drain_seconds)
-                await self._sleep_or_done(self.cfg.drain_seconds)
+                if self.turns:  # they get drain_seconds to play out; an idle session ends at once
+                    await self._announce(lpb.END_REASON_DRAINING, self.cfg.drain_seconds)
+                    await self._sleep_or_done(self.cfg.drain_seconds)
                 return await self._finish(lpb.END_REASON_DRAINING)
             if self.client_closed and not self.turns:
                 return await self._finish(lpb.END_REASON_CLIENT_CLOSED)
