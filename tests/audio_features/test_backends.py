@@ -137,3 +137,22 @@ def test_embedding_memory_stays_flat_over_a_long_stream() -> None:
         assert len(extractor._states) <= 25 + 10  # type: ignore[union-attr]
     frames += len(stream.finish())
     assert frames == 500
+
+
+def test_an_unrelated_model_as_encoder_is_refused_with_the_shapes_expected(tmp_path: Path) -> None:
+    """A model with the right names but not the encoder's ranks: the refusal says what it takes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input_features", TensorProto.FLOAT, [1, 80, 3000])
+    y = helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, [1, 80, 3000])
+    graph = helper.make_graph([helper.make_node("Identity", ["input_features"], ["hidden_states"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    with pytest.raises(ValueError) as err:
+        OnnxWhisperEncoder(WhisperEncoderConfig(path=str(tmp_path / "other.onnx")))
+    assert str(err.value) == (
+        "whisper_encoder.path: unexpected shapes [1, 80, 3000] -> [1, 80, 3000]; expected "
+        "input_features [batch, 80, frames] -> hidden_states [batch, layers, frames / 2, width]"
+    )
