@@ -258,6 +258,25 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "", base: T | No
     return obj
 
 
+def unknown_keys(cls: type, data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The keys of ``data`` (dotted, sections' too) that config class ``cls`` does not have."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    out: list[str] = []
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in names:
+            out.append(key)
+            continue
+        tp = hints[name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and args:
+            tp = args[0]
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            out += unknown_keys(tp, value, key)
+    return sorted(out)
+
+
 def _validate(obj: Any, prefix: str) -> None:
     """``obj.validate()`` if it has one; its error named from the config's root (``prefix``)."""
     validate = getattr(obj, "validate", None)
