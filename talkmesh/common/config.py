@@ -379,7 +379,8 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML file's top-level mapping, or ConfigError naming the file and what is wrong."""
     p = Path(path)
     try:
-        loaded = yaml.safe_load(p.read_text()) or {}
+        with p.open() as f:  # (a stream: PyYAML's marks name the file, not "<unicode string>")
+            loaded = yaml.safe_load(f) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {p}") from exc
     except yaml.YAMLError as exc:

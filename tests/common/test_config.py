@@ -239,3 +239,11 @@ def test_serve_warns_of_a_misspelt_service_prefix_in_one_line(monkeypatch, capsy
     assert cli.main(["serve", "tts"]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if "TALKMESH_RENDRER" in line]
     assert len(err) == 1 and "WARNING tts" in err[0] and "did you mean TALKMESH_RENDERER__BACKENDS?" in err[0]
+
+
+def test_a_yaml_syntax_error_names_the_file(tmp_path) -> None:
+    bad = tmp_path / "my-renderer.yaml"
+    bad.write_text("server:\n  port: 1\n  host: [oops\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, bad)
+    assert f'in "{bad}", line' in str(err.value) and "<unicode string>" not in str(err.value)
