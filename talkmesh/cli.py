@@ -943,6 +943,15 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
         return f"{exc.filename}: no such file or directory"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
+    if getattr(args, "cmd", "") == "serve":
+        # a service that cannot start (a model refused, a file missing): its message says why; a
+        # TalkmeshError's gRPC code says what kind (FAILED_PRECONDITION: a model, a setting)
+        from talkmesh.common.errors import TalkmeshError
+
+        if isinstance(exc, TalkmeshError):
+            return f"{exc.code.name}: {exc}"
+        if isinstance(exc, ValueError | OSError):
+            return str(exc)
     return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
 
 
