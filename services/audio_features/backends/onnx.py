@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "input_features"
 OUTPUT_NAME = "hidden_states"
 FINAL_LAYER_NORM_KEY = "talkmesh.final_layer_norm"  # metadata: "true" | "false"
+MUSETALK_VERSION_KEY = "talkmesh.musetalk_version"  # metadata: the MuseTalk release it was exported for
 #: what the service takes, named in its refusals
 EXPECTED_SHAPES = f"{INPUT_NAME} [batch, 80, frames] -> {OUTPUT_NAME} [batch, layers, frames / 2, width]"
 
@@ -80,6 +81,7 @@ class OnnxWhisperEncoder(WhisperEncoder):
         meta = self.session.get_modelmeta().custom_metadata_map
         # written by tools/export_whisper_encoder.py; older exports are transformers' states (with it)
         self.final_layer_norm = meta.get(FINAL_LAYER_NORM_KEY, "true") == "true"
+        self.musetalk_version = meta.get(MUSETALK_VERSION_KEY) or None
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
