@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -71,16 +72,20 @@ class CliError(Exception):
 def _serve(args: argparse.Namespace) -> int:
     import prometheus_client
 
+    from talkmesh.common.config import stray_overrides
     from talkmesh.common.logs import setup_logging
     from talkmesh.common.memory import tune_malloc_for_frames
     from talkmesh.common.server import ServiceHost
     from talkmesh.common.telemetry import Telemetry, tracer_provider_from_env
-    from talkmesh.launcher import stop_with_parent
+    from talkmesh.launcher import PARENT_PIPE_ENV, stop_with_parent
 
     stop_with_parent()  # started by a launcher (`talkmesh up`): never outlive it
     module = importlib.import_module(spec(args.service).main_module)
     config = module.load_config(args.config)
     setup_logging(args.service, config.server.log_level, config.server.log_json)
+    if os.environ.get(PARENT_PIPE_ENV) is None:  # (`talkmesh up` warns once for all its services)
+        for line in stray_overrides():
+            logging.getLogger("talkmesh.config").warning("%s", line)
     # no ``*_created`` series beside every counter and histogram: a third of the series, unused
     # by the dashboards and rules (Prometheus knows a counter's resets without them)
     prometheus_client.disable_created_metrics()
@@ -174,6 +179,10 @@ async def _up(args: argparse.Namespace) -> int:
         base = port_base_from_env() if args.port_base is None else check_port_base(args.port_base)
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    from talkmesh.common.config import stray_overrides
+
+    for line in stray_overrides():
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     mesh = Mesh(ephemeral=False, host=args.host, port_base=base, env=_secure_env(args))
     try:
         mesh.check_ports()
@@ -934,6 +943,15 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
         return f"{exc.filename}: no such file or directory"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
+    if getattr(args, "cmd", "") == "serve":
+        # a service that cannot start (a model refused, a file missing): its message says why; a
+        # TalkmeshError's gRPC code says what kind (FAILED_PRECONDITION: a model, a setting)
+        from talkmesh.common.errors import TalkmeshError
+
+        if isinstance(exc, TalkmeshError):
+            return f"{exc.code.name}: {exc}"
+        if isinstance(exc, ValueError | OSError):
+            return str(exc)
     return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
 
 

@@ -158,6 +158,9 @@ class Report:
     models: list[dict[str, Any]] = field(default_factory=list)
     encoder: dict[str, Any] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
+    # the checks that failed (a configured model missing or refused, a session that cannot be
+    # made, a TensorRT engine that does not build): any makes the exit code 1
+    failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -341,7 +344,7 @@ def measure_model(
     out: dict[str, Any] = {"name": name, "path": str(path), "fps": {}}
     try:
         s = open_session(path, execution or ExecutionConfig(), name=name, max_batch=max(batches))
-        refused = _signature_refusal(name, s.session)
+        refused = _signature_refusal(name, s.session, path)
     except ModelError as exc:
         out["error"] = str(exc)
         return out
@@ -373,9 +376,24 @@ def measure_model(
     return out
 
 
-def _signature_refusal(name: str, session: Any) -> str:
-    """Why the renderer would refuse a configured model (its check at start, the same function),
-    or "" (fine, or a model the renderer does not check: the embedded one, the Whisper encoder)."""
+WHISPER_ENCODER = "whisper encoder"
+#: the services whose configs name model files (``--config`` is one of theirs)
+MODEL_SERVICES = ("renderer", "audio_features")
+
+
+def _signature_refusal(name: str, session: Any, path: Path) -> str:
+    """Why the service would refuse a configured model (its check at start, the same function),
+    or "" (fine, or a model no service checks: the embedded one, a ``--model`` file)."""
+    if name == WHISPER_ENCODER:
+        try:
+            from services.audio_features.backends.onnx import check_encoder_session
+        except ImportError:  # a doctor without audio_features' code (no check to make)
+            return ""
+        try:
+            check_encoder_session(session, path)
+        except ValueError as exc:
+            return str(exc)
+        return ""
     try:
         from services.renderer.backends import musetalk, wav2lip
         from services.renderer.backends.onnx_models import ModelError, Signature, check_signature, found_signature
@@ -392,13 +410,56 @@ def _signature_refusal(name: str, session: Any) -> str:
     return ""
 
 
+def config_service(config: Path | None, service: str | None = None) -> str | None:
+    """Whose config ``config`` is: ``service`` (default ``$TALKMESH_SERVICE``) when it names one of
+    MODEL_SERVICES, else the one whose keys the file's fit; a CLI error when that cannot be told.
+    None without a file."""
+    from talkmesh.cli import CliError
+    from talkmesh.common.config import read_yaml, unknown_keys
+
+    if config is None:
+        return None
+    service = service if service is not None else os.environ.get("TALKMESH_SERVICE", "")
+    if service in MODEL_SERVICES:
+        return service
+    choices = " or ".join(f"TALKMESH_SERVICE={s}" for s in MODEL_SERVICES)
+    if service:
+        raise CliError(
+            f"--config {config}: doctor reads the model paths of the {' and '.join(MODEL_SERVICES)} configs, "
+            f"not {service}'s (TALKMESH_SERVICE={service}); set {choices}"
+        )
+    data = read_yaml(config)
+    misfits = {s: unknown_keys(_config_class(s), data) for s in MODEL_SERVICES}
+    fits = [s for s, unknown in misfits.items() if not unknown]
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        raise CliError(
+            f"--config {config}: its keys ({', '.join(sorted(data)) or 'none'}) fit both the renderer's and "
+            f"audio_features' config; say which it is with {choices}"
+        )
+    why = "; ".join(f"{s}: unknown key(s) {', '.join(unknown)}" for s, unknown in misfits.items())
+    raise CliError(f"--config {config}: not a renderer or audio_features config ({why})")
+
+
+def _config_class(service: str) -> Any:
+    if service == "renderer":
+        from services.renderer.config import RendererConfig
+
+        return RendererConfig
+    from services.audio_features.config import AudioFeaturesConfig
+
+    return AudioFeaturesConfig
+
+
 def configured_models(config: Path | None = None, service: str | None = None) -> list[tuple[str, Path]]:
-    """Model files named by the renderer's and audio_features' configuration (file + environment)
-    that exist here. ``config`` is read for ``service`` (default ``$TALKMESH_SERVICE``)."""
+    """Model files named by the renderer's and audio_features' configuration (file + environment),
+    whether they exist or not (a missing one is a failed check). ``config`` is read for the service
+    ``config_service`` says it belongs to."""
     from talkmesh.common.config import load_config
     from talkmesh.common.registry import spec
 
-    service = service or os.environ.get("TALKMESH_SERVICE", "")
+    service = config_service(config, service)
     found: list[tuple[str, Path]] = []
     with contextlib.suppress(ImportError):
         from services.renderer.backends.musetalk import FILES
@@ -420,11 +481,11 @@ def configured_models(config: Path | None = None, service: str | None = None) ->
             env_prefix=spec("audio_features").env_prefix,
         )  # fmt: skip
         if a.whisper_encoder.path:
-            found.append(("whisper encoder", Path(a.whisper_encoder.path).expanduser()))
-    return [(n, p) for n, p in found if p.is_file()]
+            found.append((WHISPER_ENCODER, Path(a.whisper_encoder.path).expanduser()))
+    return found
 
 
-def configured_execution(config: Path | None = None) -> Any:
+def configured_execution(config: Path | None = None, service: str | None = None) -> Any:
     """The renderer's ``execution`` section (file + environment): its providers and, above all, its
     TensorRT engine cache, so measuring the configured models reuses (or fills) the shared cache."""
     from talkmesh.common.config import load_config
@@ -434,7 +495,7 @@ def configured_execution(config: Path | None = None) -> Any:
         from services.renderer.config import RendererConfig
     except ImportError:
         return None
-    service = os.environ.get("TALKMESH_SERVICE", "")
+    service = config_service(config, service)
     cfg = load_config(RendererConfig, config if service == "renderer" else None, env_prefix=spec("renderer").env_prefix)
     return cfg.execution
 
@@ -561,23 +622,37 @@ def summarize(r: Report) -> list[str]:
 def run_doctor(
     *, models: Sequence[tuple[str, Path]] | None = None, config: Path | None = None, seconds: float = 1.0
 ) -> Report:
+    service = config_service(config)  # before anything is measured: a file doctor cannot place is an error
     r = Report(machine=machine_section(), gpu=gpu_section())
     with tempfile.TemporaryDirectory(prefix="talkmesh-doctor-") as d:
         tmp = Path(d)
         r.onnxruntime = onnxruntime_section(tmp)
         r.tensorrt = tensorrt_section(tmp, r.onnxruntime)
         r.nvenc = nvenc_section()
-        chosen = list(models) if models is not None else configured_models(config)
-        execution = configured_execution(config) if chosen else None
+        chosen = list(models) if models is not None else configured_models(config, service)
+        execution = configured_execution(config, service) if chosen else None
         r.models = models_section(tmp, r.onnxruntime, chosen, seconds, execution)
         r.encoder = encoder_section(bool(r.nvenc.get("opens")), seconds)
     r.summary = summarize(r)
+    r.failures = failures(r)
     return r
+
+
+def failures(r: Report) -> list[str]:
+    """What doctor found broken (not what this machine lacks: no GPU, no NVENC are facts)."""
+    out = [f"{m['name']}: {m['error']}" for m in r.models if m.get("error")]
+    if r.onnxruntime.get("session_error"):
+        out.append(f"ONNX Runtime session: {r.onnxruntime['session_error']}")
+    if r.tensorrt.get("error"):
+        out.append(f"TensorRT: {r.tensorrt['error']}")
+    return out
 
 
 def format_text(r: Report) -> str:
     out = ["talkmesh doctor", ""]
     out += [f"  {line}" for line in r.summary]
+    if r.failures:
+        out += ["", f"FAILED: {len(r.failures)} check(s):"] + [f"  {line}" for line in r.failures]
     out += ["", "details:"]
 
     def walk(prefix: str, value: Any) -> Iterator[str]:
@@ -601,7 +676,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model", action="append", default=None, metavar="PATH",
         help="measure this ONNX file (repeatable) instead of the configured / embedded models",
     )  # fmt: skip
-    p.add_argument("--config", help="the service's YAML config (for its model paths; service from $TALKMESH_SERVICE)")
+    p.add_argument(
+        "--config",
+        help="the renderer's or audio_features' YAML config (for its model paths): which, its keys tell "
+        "(or $TALKMESH_SERVICE, where they fit both)",
+    )
     p.add_argument("--seconds", type=float, default=1.0, help="measuring time per batch size and encoder size")
 
 
@@ -612,5 +691,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_text(report))
-    return 0
+    return 1 if report.failures else 0
 

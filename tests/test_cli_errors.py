@@ -317,3 +317,29 @@ def test_up_with_api_keys_makes_the_stages_require_a_principal_and_says_what_pla
     env = _secure_env(parser.parse_args(["up", "--api-keys", str(keys), "--pki", str(tmp_path / "pki")]))
     assert env["TALKMESH_RENDERER__SERVER__REQUIRE_PRINCIPAL"] == "true"
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("service", "env", "expected"),
+    [
+        (
+            "renderer",
+            {"TALKMESH_RENDERER__BACKENDS": "viseme,wav2lip", "TALKMESH_RENDERER__WAV2LIP__PATH": "/tmp/nope.onnx"},
+            "error: FAILED_PRECONDITION: renderer backend 'wav2lip' could not be loaded: "
+            "wav2lip (/tmp/nope.onnx): model file does not exist",
+        ),
+        (
+            "audio_features",
+            {"TALKMESH_AUDIO_FEATURES__WHISPER_ENCODER__PATH": "/tmp/nope.onnx"},
+            "error: whisper_encoder.path: /tmp/nope.onnx is not a file",
+        ),
+    ],
+)
+def test_a_service_that_cannot_start_says_why_without_class_names(
+    service: str, env: dict[str, str], expected: str
+) -> None:
+    prefix = spec(service).env_prefix
+    env = {**env, f"{prefix}__SERVER__PORT": "0", f"{prefix}__SERVER__METRICS_PORT": "-1"}
+    code, out, err = run_cli("serve", service, env=env)
+    assert code == 1 and "READY" not in out
+    assert one_error_line(err) == expected

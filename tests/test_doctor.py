@@ -149,7 +149,6 @@ def test_configured_model_files_come_from_the_services_config(tmp_path: Path, mo
     model = tmp_path / "w.onnx"
     model.write_bytes(doctor.tiny_model())
     monkeypatch.setenv("TALKMESH_RENDERER__WAV2LIP__PATH", str(model))
-    monkeypatch.setenv("TALKMESH_RENDERER__MUSETALK__PATH", str(tmp_path / "absent"))  # no files: left out
     monkeypatch.setenv("TALKMESH_RENDERER__EXECUTION__TRT_CACHE_DIR", str(tmp_path / "engines"))
     assert doctor.configured_models() == [("wav2lip", model)]
     assert doctor.configured_execution().trt_cache_dir == str(tmp_path / "engines")
@@ -162,4 +161,66 @@ def test_a_configured_model_the_renderer_would_refuse_is_reported_not_measured(t
     path.write_bytes(doctor.embedded_generator())
     m = doctor.measure_model("wav2lip", path, batches=(1,), seconds=0.01)
     assert "wrong model signature" in m["error"] and m["fps"] == {}, m
-    assert doctor.measure_model("whisper encoder", path, batches=(1,), seconds=0.01)["fps"]["1"] > 0  # not checked
+    m = doctor.measure_model("whisper encoder", path, batches=(1,), seconds=0.01)  # audio_features' check
+    assert "needs input 'input_features' and output 'hidden_states'" in m["error"] and m["fps"] == {}, m
+    assert doctor.measure_model("gen.onnx", path, batches=(1,), seconds=0.01)["fps"]["1"] > 0  # --model: unchecked
+
+
+def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doctor's model checks alone: no GPU probing, TensorRT or encoder timing (they are tested above)."""
+    monkeypatch.setattr(doctor, "gpu_section", lambda: {})
+    monkeypatch.setattr(doctor, "tensorrt_section", lambda tmp, info: {"tried": False, "detail": "skipped"})
+    monkeypatch.setattr(doctor, "nvenc_section", lambda: {"opens": False, "detail": "skipped"})
+    monkeypatch.setattr(doctor, "encoder_section", lambda opens, seconds: {})
+    monkeypatch.delenv("TALKMESH_SERVICE", raising=False)
+
+
+def test_a_configured_model_path_that_does_not_exist_fails_doctor(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Not the embedded model timed in its place, exit code 0: the missing file, exit code 1."""
+    _quick(monkeypatch)
+    monkeypatch.setenv("TALKMESH_RENDERER__WAV2LIP__PATH", "/tmp/nope-doctor.onnx")
+    assert main(["doctor", "--json", "--seconds", "0.01"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    [m] = report["models"]
+    assert m["name"] == "wav2lip" and "/tmp/nope-doctor.onnx): model file does not exist" in m["error"]
+    assert report["failures"] == [f"wav2lip: {m['error']}"]
+
+
+def test_a_configured_model_the_service_refuses_fails_doctor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A Wav2Lip file as the Whisper encoder: audio_features refuses it at start, so doctor does
+    too (the same check), and says so in the exit code and the text."""
+    _quick(monkeypatch)
+    path = tmp_path / "gen.onnx"
+    path.write_bytes(doctor.embedded_generator())
+    monkeypatch.setenv("TALKMESH_AUDIO_FEATURES__WHISPER_ENCODER__PATH", str(path))
+    assert main(["doctor", "--seconds", "0.01"]) == 1
+    text = capsys.readouterr().out
+    assert "FAILED: 1 check(s):" in text
+    assert f"  whisper encoder: whisper_encoder.path: {path} needs input 'input_features'" in text
+
+
+def test_doctor_config_is_placed_by_its_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`doctor --config my-renderer.yaml` reads it as the renderer's without TALKMESH_SERVICE; a
+    file it cannot place is refused with what to set."""
+    from talkmesh.cli import CliError
+
+    monkeypatch.delenv("TALKMESH_SERVICE", raising=False)
+    renderer = tmp_path / "my-renderer.yaml"
+    renderer.write_text(f"wav2lip:\n  path: {tmp_path / 'w.onnx'}\n")
+    assert doctor.configured_models(renderer) == [("wav2lip", tmp_path / "w.onnx")]
+    features = tmp_path / "features.yaml"
+    features.write_text(f"musetalk:\n  version: '1.0'\nwhisper_encoder:\n  path: {tmp_path / 'e.onnx'}\n")
+    assert doctor.configured_models(features) == [("whisper encoder", tmp_path / "e.onnx")]
+    both = tmp_path / "both.yaml"
+    both.write_text("execution:\n  providers: [cpu]\n")
+    with pytest.raises(CliError, match=r"fit both .* TALKMESH_SERVICE=renderer or TALKMESH_SERVICE=audio_features"):
+        doctor.configured_models(both)
+    monkeypatch.setenv("TALKMESH_SERVICE", "audio_features")
+    assert doctor.configured_models(both) == []
+    neither = tmp_path / "gateway.yaml"
+    neither.write_text("auth:\n  api_keys_file: k\n")
+    monkeypatch.delenv("TALKMESH_SERVICE")
+    with pytest.raises(CliError, match=r"not a renderer or audio_features config .*unknown key.*auth"):
+        doctor.configured_models(neither)

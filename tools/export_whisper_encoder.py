@@ -1,6 +1,7 @@
 """Export the encoder of a local Hugging Face Whisper checkpoint to ONNX for the audio features service.
 
     python -m tools.export_whisper_encoder /path/to/whisper-tiny encoder.onnx
+    python -m tools.export_whisper_encoder --random encoder.onnx     # no checkpoint at hand
 
 The checkpoint directory is what ``transformers`` saves (``config.json`` + ``model.safetensors``
 or ``pytorch_model.bin``), for example a local copy of ``openai/whisper-tiny`` (what MuseTalk
@@ -14,6 +15,9 @@ uses). The ONNX model has
   (MuseTalk 1.0 collected openai-whisper's block outputs before ``ln_post``). Both releases use
   Whisper-tiny (MuseTalk's ``models/whisper``).
 
+``--random`` writes Whisper-tiny's architecture with random weights (features that carry no
+speech, to try the MuseTalk path end to end before the real checkpoint is at hand).
+
 Point ``whisper_encoder.path`` of the audio features config at the file. Needs the ``tools`` extra
 (torch, transformers, onnx); the service itself only needs onnxruntime.
 """
@@ -21,6 +25,7 @@ Point ``whisper_encoder.path`` of the audio features config at the file. Needs t
 from __future__ import annotations
 
 import argparse
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,8 +159,10 @@ def write_random_tiny(directory: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", type=Path, help="local Hugging Face Whisper checkpoint directory")
-    parser.add_argument("output", type=Path, help="ONNX file to write")
+    parser.add_argument(
+        "paths", type=Path, nargs="+", metavar="MODEL_DIR OUTPUT",
+        help="local Hugging Face Whisper checkpoint directory, then the ONNX file to write",
+    )  # fmt: skip
     parser.add_argument("--opset", type=int, default=OPSET)
     parser.add_argument(
         "--musetalk-version",
@@ -164,10 +171,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="MuseTalk release the states are for: 1.5 keeps the final LayerNorm on the last state, "
         "1.0 leaves it off (set the audio features' musetalk.version to the same)",
     )
+    parser.add_argument(
+        "--random", action="store_true",
+        help="no checkpoint: Whisper-tiny's architecture with random weights (OUTPUT only), to try the path",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    path = export_encoder(
-        load_encoder(args.model_dir.expanduser()), args.output.expanduser(), args.opset, args.musetalk_version
-    )
+    if len(args.paths) != (1 if args.random else 2):
+        parser.error("give OUTPUT alone with --random" if args.random else "give MODEL_DIR and OUTPUT")
+    out = args.paths[-1].expanduser()
+    with tempfile.TemporaryDirectory(prefix="whisper-random-") as tmp:
+        try:
+            if args.random:
+                encoder = load_encoder(random_tiny_checkpoint(Path(tmp)))
+            else:
+                encoder = load_encoder(args.paths[0].expanduser())
+        except (OSError, ValueError) as exc:  # no such directory, not a checkpoint, missing weights
+            parser.exit(2, f"error: {exc}\n")
+        path = export_encoder(encoder, out, args.opset, args.musetalk_version)
     print(f"wrote {path}")
     return 0
 

@@ -312,6 +312,13 @@ class AudioFeaturesService(Service):
     def _prepare_encoder(self, encoder: WhisperEncoder) -> None:
         cfg = self.config.whisper_encoder
         version = MUSETALK_VERSIONS[self.config.musetalk.version]
+        if encoder.musetalk_version is not None and encoder.musetalk_version != version.version:
+            raise ValueError(
+                f"musetalk.version {version.version}: the Whisper encoder {encoder.name} was exported for "
+                f"MuseTalk {encoder.musetalk_version} (its talkmesh.musetalk_version); set musetalk.version: "
+                f"{encoder.musetalk_version}, or re-export it: python -m tools.export_whisper_encoder "
+                f"--musetalk-version {version.version}"
+            )
         if encoder.final_layer_norm is not None and encoder.final_layer_norm != version.final_layer_norm:
             raise ValueError(
                 f"musetalk.version {version.version}: needs a Whisper encoder "

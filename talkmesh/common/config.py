@@ -15,10 +15,12 @@ so the user reads the full key (``musetalk.frame_skip: must be at least 1``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -177,19 +179,20 @@ class Endpoint:
     tls: ClientTLS = dataclasses.field(default_factory=ClientTLS)
 
 
-def _coerce(value: Any, tp: Any, key: str, base: Any = None) -> Any:
+def _coerce(value: Any, tp: Any, key: str, base: Any = None, names: Mapping[str, str] | None = None) -> Any:
     """``value`` as type ``tp``; a mapping for a section is laid over ``base`` (the section's
-    default in its parent) when that is an instance of the section's class."""
+    default in its parent) when that is an instance of the section's class. ``names``: the
+    environment variable that set a key (dotted), for errors."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key, base)
+        return _coerce(value, args[0], key, base, names)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key, base if isinstance(base, tp) else None)
+        return _build(tp, value, key, base if isinstance(base, tp) else None, names)
     if origin in (list, tuple):
         (item_tp, *_rest) = typing.get_args(tp) or (str,)
         if isinstance(value, str):
@@ -228,7 +231,13 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return None if f.default is dataclasses.MISSING else f.default
 
 
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "", base: T | None = None) -> T:
+def _build(
+    cls: type[T],
+    data: Mapping[str, Any],
+    prefix: str = "",
+    base: T | None = None,
+    names: Mapping[str, str] | None = None,
+) -> T:
     """``cls`` from ``data``; what ``data`` leaves out is ``base``'s (else the class's default).
 
     A section keeps what its parent made it by default (``GatewayConfig.server`` is
@@ -238,24 +247,57 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "", base: T | No
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - set(fields)
     if unknown:
-        where = prefix or cls.__name__
         # a key of an earlier release says where it went (a config class's MOVED_KEYS)
         moved: Mapping[str, str] = getattr(cls, "MOVED_KEYS", {})
         where_now = "".join(f"; {k} is now {moved[k]}" for k in sorted(unknown) if k in moved)
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}{where_now}")
+        keys = ", ".join(_unknown_key(k, prefix, fields, moved, names or {}) for k in sorted(unknown))
+        raise ConfigError(f"{prefix + ': ' if prefix else ''}unknown key(s) {keys}{where_now}")
     kwargs = {} if base is None else {n: getattr(base, n) for n, f in fields.items() if f.init}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
         section = None
         if isinstance(value, Mapping):  # a section: over its default in this object
             section = getattr(base, name) if base is not None else _default(fields[name])
-        kwargs[name] = _coerce(value, hints[name], key, section)
+        kwargs[name] = _coerce(value, hints[name], key, section, names)
     try:
         obj = cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
     _validate(obj, prefix)
     return obj
+
+
+def _unknown_key(
+    key: str, prefix: str, fields: Collection[str], moved: Mapping[str, str], names: Mapping[str, str]
+) -> str:
+    """An unknown key as the error names it: the variable that set it, the key it may be a typo of."""
+    notes = []
+    name = names.get(f"{prefix}.{key}" if prefix else key)
+    if name:
+        notes.append(f"set by {name}")
+    close = difflib.get_close_matches(key, list(fields), n=1)
+    if close and key not in moved:
+        notes.append(f"did you mean {close[0]}?")
+    return f"{key} ({'; '.join(notes)})" if notes else key
+
+
+def unknown_keys(cls: type, data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The keys of ``data`` (dotted, sections' too) that config class ``cls`` does not have."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    out: list[str] = []
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in names:
+            out.append(key)
+            continue
+        tp = hints[name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and args:
+            tp = args[0]
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            out += unknown_keys(tp, value, key)
+    return sorted(out)
 
 
 def _validate(obj: Any, prefix: str) -> None:
@@ -268,7 +310,9 @@ def _validate(obj: Any, prefix: str) -> None:
             raise exc.under(prefix) from None
 
 
-def _env_overrides(env: Mapping[str, str], prefix: str) -> dict[str, Any]:
+def _env_overrides(env: Mapping[str, str], prefix: str, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``<prefix>__A__B=value`` variables as a tree (``{"a": {"b": value}}``); ``names`` gets
+    each key's variable (``"a.b": "<prefix>__A__B"``)."""
     tree: dict[str, Any] = {}
     head = prefix.upper() + "__"
     for name, value in env.items():
@@ -276,11 +320,37 @@ def _env_overrides(env: Mapping[str, str], prefix: str) -> dict[str, Any]:
             continue
         path = [p.lower() for p in name[len(head) :].split("__") if p]
         node = tree
-        for part in path[:-1]:
+        for i, part in enumerate(path[:-1]):
             node = node.setdefault(part, {})
+            if names is not None:
+                names.setdefault(".".join(path[: i + 1]), name)
         if path:
             node[path[-1]] = value
+            if names is not None:
+                names[".".join(path)] = name
     return tree
+
+
+#: ``TALKMESH_<NAME>__...``: the form of a config override (a single-underscore TALKMESH_PORT_BASE,
+#: TALKMESH_TARGET, ... is not one)
+_OVERRIDE = re.compile(r"^TALKMESH_([A-Z0-9_]+?)__")
+
+
+def stray_overrides(env: Mapping[str, str] | None = None) -> list[str]:
+    """One warning line per ``TALKMESH_<X>__...`` variable whose ``X`` is no service: no config
+    reads it (a misspelt ``TALKMESH_RENDRER__BACKENDS``), with the closest service's."""
+    from talkmesh.common.registry import NAMES
+
+    prefixes = {f"TALKMESH_{n.upper()}": n for n in NAMES}
+    out = []
+    for name in sorted(os.environ if env is None else env):
+        m = _OVERRIDE.match(name)
+        if m is None or any(name.startswith(p + "__") for p in prefixes):
+            continue
+        [closest] = difflib.get_close_matches(m.group(1).lower(), list(NAMES), n=1, cutoff=0.0) or [NAMES[0]]
+        fixed = f"TALKMESH_{closest.upper()}__{name[m.end():]}"
+        out.append(f"{name} is ignored: {m.group(1)} is not a service; did you mean {fixed}?")
+    return out
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -309,7 +379,8 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A YAML file's top-level mapping, or ConfigError naming the file and what is wrong."""
     p = Path(path)
     try:
-        loaded = yaml.safe_load(p.read_text()) or {}
+        with p.open() as f:  # (a stream: PyYAML's marks name the file, not "<unicode string>")
+            loaded = yaml.safe_load(f) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {p}") from exc
     except yaml.YAMLError as exc:
@@ -330,11 +401,12 @@ def build_config(
     data: dict[str, Any] = {}
     for layer in layers:
         data = _merge(data, layer)
+    names: dict[str, str] = {}
     if env_prefix:
-        data = _merge(data, _env_overrides(os.environ if env is None else env, env_prefix))
+        data = _merge(data, _env_overrides(os.environ if env is None else env, env_prefix, names))
     if overrides:
         data = _merge(data, overrides)
-    return _build(cls, data)
+    return _build(cls, data, names=names)
 
 
 def validate_tree(obj: Any, prefix: str = "") -> None:

@@ -137,3 +137,56 @@ def test_embedding_memory_stays_flat_over_a_long_stream() -> None:
         assert len(extractor._states) <= 25 + 10  # type: ignore[union-attr]
     frames += len(stream.finish())
     assert frames == 500
+
+
+def test_an_unrelated_model_as_encoder_is_refused_with_the_shapes_expected(tmp_path: Path) -> None:
+    """A model with the right names but not the encoder's ranks: the refusal says what it takes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input_features", TensorProto.FLOAT, [1, 80, 3000])
+    y = helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, [1, 80, 3000])
+    graph = helper.make_graph([helper.make_node("Identity", ["input_features"], ["hidden_states"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    with pytest.raises(ValueError) as err:
+        OnnxWhisperEncoder(WhisperEncoderConfig(path=str(tmp_path / "other.onnx")))
+    assert str(err.value) == (
+        "whisper_encoder.path: unexpected shapes [1, 80, 3000] -> [1, 80, 3000]; expected "
+        "input_features [batch, 80, frames] -> hidden_states [batch, layers, frames / 2, width]"
+    )
+
+
+@pytest.mark.parametrize(("exported", "configured"), [("1.0", "1.5"), ("1.5", "1.0")])
+async def test_an_encoder_exported_for_another_musetalk_release_is_refused(
+    tmp_path: Path, exported: str, configured: str
+) -> None:
+    """The export's talkmesh.musetalk_version against musetalk.version: both named, and the fixes."""
+    import onnx
+
+    from services.audio_features.config import MuseTalkConfig
+
+    path = tiny_encoder(tmp_path / "enc.onnx")
+    model = onnx.load(str(path))
+    for key, value in {
+        "talkmesh.musetalk_version": exported,
+        "talkmesh.final_layer_norm": "true" if exported == "1.5" else "false",  # as the export writes it
+    }.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    encoder = WhisperEncoderConfig(path=str(path))
+    config = AudioFeaturesConfig(whisper_encoder=encoder, musetalk=MuseTalkConfig(configured))
+    service = AudioFeaturesService(config, Telemetry("audio_features"))
+    with pytest.raises(ValueError) as err:
+        await service.start()
+    assert str(err.value).startswith(f"musetalk.version {configured}: the Whisper encoder enc-")
+    assert f"was exported for MuseTalk {exported} (its talkmesh.musetalk_version)" in str(err.value)
+    fixes = f"set musetalk.version: {exported}, or re-export it: python -m tools.export_whisper_encoder"
+    assert str(err.value).endswith(f"{fixes} --musetalk-version {configured}")
+    config = AudioFeaturesConfig(whisper_encoder=encoder, musetalk=MuseTalkConfig(exported))
+    service = AudioFeaturesService(config, Telemetry("audio_features"))
+    await service.start()  # the same file with the release it was exported for
+    assert service.encoder is not None and service.encoder.musetalk_version == exported
+    await service.stop()

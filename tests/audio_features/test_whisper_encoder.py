@@ -257,3 +257,33 @@ async def test_musetalk_version_must_match_the_encoder(tiny: tuple[Any, Path]) -
         if t >= last:
             np.testing.assert_array_equal(feats[i, k], feats[i, last - (2 * i - 4)])
     assert np.all(np.abs(feats).sum(axis=-1) > 0)  # no zero padding anywhere
+
+
+def test_a_missing_checkpoint_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As the other tools: `error: ...` and exit code 2, not a traceback."""
+    from tools.export_whisper_encoder import main as export_main
+
+    with pytest.raises(SystemExit) as done:
+        export_main([str(tmp_path / "models" / "whisper"), str(tmp_path / "out.onnx")])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    missing = tmp_path / "models" / "whisper"
+    assert err == f"error: {missing} has no config.json: not a Hugging Face Whisper checkpoint\n"
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_random_writes_an_encoder_the_service_takes(tmp_path: Path) -> None:
+    """`--random OUTPUT`: Whisper-tiny's architecture (5 states of 384), random weights, for the version asked."""
+    import onnx
+
+    from services.audio_features.backends.onnx import OnnxWhisperEncoder
+    from tools.export_whisper_encoder import main as export_main
+
+    out = tmp_path / "random.onnx"
+    assert export_main(["--random", str(out), "--musetalk-version", "1.0"]) == 0
+    encoder = OnnxWhisperEncoder(WhisperEncoderConfig(path=str(out)))
+    assert (encoder.input_frames, encoder.layers, encoder.width) == (3000, 5, 384)
+    meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    assert meta["talkmesh.musetalk_version"] == "1.0"
+    with pytest.raises(SystemExit):
+        export_main(["--random", str(tmp_path / "checkpoint"), str(out)])  # OUTPUT alone

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 
@@ -179,3 +180,70 @@ def test_a_section_given_in_part_keeps_the_services_own_defaults(service: str, t
         env = {f"{spec(service).env_prefix}__{callee.upper()}__TIMEOUT_SECONDS": "5"}
         endpoint = getattr(main.load_config(None, env=env), callee)
         assert endpoint == dataclasses.replace(getattr(defaults, callee), timeout_seconds=5.0)
+
+
+def test_an_unknown_key_from_the_environment_names_the_variable_and_the_key_meant() -> None:
+    """`TALKMESH_RENDERER__BACKEND=...` (backends meant): the variable and a suggestion, no class name."""
+    from services.renderer.main import load_config as load_renderer
+
+    with pytest.raises(ConfigError) as err:
+        load_renderer(None, env={"TALKMESH_RENDERER__BACKEND": "wav2lip"})
+    assert str(err.value) == "unknown key(s) backend (set by TALKMESH_RENDERER__BACKEND; did you mean backends?)"
+    with pytest.raises(ConfigError) as err:
+        load_renderer(None, env={"TALKMESH_RENDERER__WAV2LIP__PAHT": "w.onnx"})
+    assert str(err.value) == (
+        "wav2lip: unknown key(s) paht (set by TALKMESH_RENDERER__WAV2LIP__PAHT; did you mean path?)"
+    )
+
+
+def test_an_unknown_key_in_a_file_gets_the_suggestion(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("inner:\n  sise: 8\n")
+    with pytest.raises(ConfigError, match=r"^inner: unknown key\(s\) sise \(did you mean size\?\)$"):
+        load_config(Outer, path)
+
+
+def test_a_misspelt_service_prefix_is_named_with_the_service_meant() -> None:
+    from talkmesh.common.config import stray_overrides
+
+    env = {
+        "TALKMESH_RENDRER__BACKENDS": "wav2lip",  # misspelt: warned
+        "TALKMESH_RENDERER__BACKENDS": "viseme",  # a service's: read by its config
+        "TALKMESH_AUDIO_FEATURES__MUSETALK__VERSION": "1.0",
+        "TALKMESH_PORT_BASE": "6000",  # not config overrides (single underscore)
+        "TALKMESH_MALLOC_TUNING": "0",
+        "TALKMESH_TLS_CA_FILE": "ca.pem",
+        "OTHER__THING": "x",
+    }
+    assert stray_overrides(env) == [
+        "TALKMESH_RENDRER__BACKENDS is ignored: RENDRER is not a service; did you mean TALKMESH_RENDERER__BACKENDS?"
+    ]
+    assert stray_overrides({"TALKMESH_AUDIOFEATURES__CACHE__MAX_BYTES": "0"}) == [
+        "TALKMESH_AUDIOFEATURES__CACHE__MAX_BYTES is ignored: AUDIOFEATURES is not a service; "
+        "did you mean TALKMESH_AUDIO_FEATURES__CACHE__MAX_BYTES?"
+    ]
+
+
+def test_serve_warns_of_a_misspelt_service_prefix_in_one_line(monkeypatch, capsys) -> None:
+    """At start-up, before anything is served (the service itself is not started here)."""
+    from talkmesh import cli
+
+    monkeypatch.setenv("TALKMESH_RENDRER__BACKENDS", "wav2lip")
+    monkeypatch.delenv("TALKMESH_SERVE_PARENT_PIPE", raising=False)
+    monkeypatch.setattr(cli.asyncio, "run", lambda coro: coro.close())
+    monkeypatch.setattr("talkmesh.launcher.stop_with_parent", lambda: None)
+    monkeypatch.setattr("prometheus_client.disable_created_metrics", lambda: None)  # (process-wide)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # serve's logging set-up, undone after
+    monkeypatch.setattr(root, "level", root.level)
+    assert cli.main(["serve", "tts"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "TALKMESH_RENDRER" in line]
+    assert len(err) == 1 and "WARNING tts" in err[0] and "did you mean TALKMESH_RENDERER__BACKENDS?" in err[0]
+
+
+def test_a_yaml_syntax_error_names_the_file(tmp_path) -> None:
+    bad = tmp_path / "my-renderer.yaml"
+    bad.write_text("server:\n  port: 1\n  host: [oops\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, bad)
+    assert f'in "{bad}", line' in str(err.value) and "<unicode string>" not in str(err.value)

@@ -20,6 +20,8 @@ class WhisperEncoder(abc.ABC):
     # Whether the last hidden state has the encoder's final LayerNorm applied (transformers'
     # ``hidden_states``, MuseTalk 1.5) or not (MuseTalk 1.0); None: the model does not say.
     final_layer_norm: bool | None = None
+    # The MuseTalk release the model was exported for (its ``talkmesh.musetalk_version``); None: unsaid.
+    musetalk_version: str | None = None
     input_frames: int = 3000
     layers: int = 0
     width: int = 0

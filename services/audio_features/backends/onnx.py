@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,12 +23,36 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "input_features"
 OUTPUT_NAME = "hidden_states"
 FINAL_LAYER_NORM_KEY = "talkmesh.final_layer_norm"  # metadata: "true" | "false"
+MUSETALK_VERSION_KEY = "talkmesh.musetalk_version"  # metadata: the MuseTalk release it was exported for
+#: what the service takes, named in its refusals
+EXPECTED_SHAPES = f"{INPUT_NAME} [batch, 80, frames] -> {OUTPUT_NAME} [batch, layers, frames / 2, width]"
 
 
 def _static(dim: object, what: str) -> int:
     if not isinstance(dim, int) or dim <= 0:
         raise ValueError(f"whisper encoder: {what} must be a static dimension, got {dim!r}")
     return dim
+
+
+def check_encoder_session(session: Any, path: Path) -> tuple[int, int, int]:
+    """``(input_frames, layers, width)`` of a Whisper encoder's ONNX Runtime session, or ValueError
+    saying why the service refuses the file (``talkmesh doctor`` makes the same check)."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+        raise ValueError(
+            f"whisper_encoder.path: {path} needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r} "
+            f"(export it with tools/export_whisper_encoder.py); has {list(inputs)} -> {list(outputs)}"
+        )
+    in_shape = inputs[INPUT_NAME].shape
+    out_shape = outputs[OUTPUT_NAME].shape
+    if len(in_shape) != 3 or len(out_shape) != 4:
+        raise ValueError(
+            f"whisper_encoder.path: unexpected shapes {in_shape} -> {out_shape}; expected {EXPECTED_SHAPES}"
+        )
+    if _static(in_shape[1], "mel bins") != 80:
+        raise ValueError(f"whisper_encoder.path: expects {in_shape[1]} mel bins, the front end makes 80")
+    return _static(in_shape[2], "input frames"), _static(out_shape[1], "layers"), _static(out_shape[3], "width")
 
 
 class OnnxWhisperEncoder(WhisperEncoder):
@@ -52,25 +77,11 @@ class OnnxWhisperEncoder(WhisperEncoder):
             raise ModelError(f"whisper_encoder.path: {exc}") from None
         self.session = self.model.session
         self.provider = self.model.provider
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
-            raise ValueError(
-                f"whisper_encoder.path: {path} needs input {INPUT_NAME!r} and output {OUTPUT_NAME!r} "
-                f"(export it with tools/export_whisper_encoder.py); has {list(inputs)} -> {list(outputs)}"
-            )
-        in_shape = inputs[INPUT_NAME].shape
-        out_shape = outputs[OUTPUT_NAME].shape
-        if len(in_shape) != 3 or len(out_shape) != 4:
-            raise ValueError(f"whisper_encoder.path: unexpected shapes {in_shape} -> {out_shape}")
-        if _static(in_shape[1], "mel bins") != 80:
-            raise ValueError(f"whisper_encoder.path: expects {in_shape[1]} mel bins, the front end makes 80")
-        self.input_frames = _static(in_shape[2], "input frames")
-        self.layers = _static(out_shape[1], "layers")
-        self.width = _static(out_shape[3], "width")
+        self.input_frames, self.layers, self.width = check_encoder_session(self.session, path)
         meta = self.session.get_modelmeta().custom_metadata_map
         # written by tools/export_whisper_encoder.py; older exports are transformers' states (with it)
         self.final_layer_norm = meta.get(FINAL_LAYER_NORM_KEY, "true") == "true"
+        self.musetalk_version = meta.get(MUSETALK_VERSION_KEY) or None
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
