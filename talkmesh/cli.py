@@ -828,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     lv = sub.add_parser(
         "live",
         parents=[target],
-        help="a live session: type lines to speak, empty line interrupts",
+        help="a live session: type lines to speak; an empty line or Ctrl-C interrupts, Ctrl-C while idle quits",
         epilog="Exit status 1 if any message or turn was refused or failed, even when the session then ended normally.",
     )
     from talkmesh.live_cli import add_arguments as live_arguments
@@ -920,7 +920,7 @@ def describe_rpc_error(exc: Any, target: str) -> str:
     elif info.resource_name:
         line += f" ({info.resource_type} {info.resource_name!r})"
     if info.retry_delay:
-        line += f"; retry in {info.retry_delay:g} s"
+        line = f"{line.removesuffix('; retry later')}; retry in {info.retry_delay:g} s"  # (said once)
     if code == grpc.StatusCode.NOT_FOUND and info.resource_type in LIST_COMMAND:
         line += f"; see `{LIST_COMMAND[info.resource_type]}`"
     return line

@@ -208,7 +208,11 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
 
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGINT, on_sigint)
-            print("type a line to speak it; an empty line interrupts; Ctrl-D ends", file=out, flush=True)
+            print(
+                "type a line to speak it; an empty line (or Ctrl-C) interrupts; Ctrl-D ends; Ctrl-C while idle quits",
+                file=out,
+                flush=True,
+            )
             lines = StdinLines(stdin)
             quitting = asyncio.ensure_future(quit_now.wait())
             read: asyncio.Future[str] | None = None

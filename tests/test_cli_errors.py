@@ -193,6 +193,16 @@ def test_an_error_on_the_text_names_the_argument_that_sets_it() -> None:
     assert line.endswith("(field text; set by the text argument)"), line
 
 
+def test_an_overload_says_when_to_retry_once() -> None:
+    """It said "retry later; retry in 1 s" (the server's words, then the RetryInfo's)."""
+    from talkmesh.common.errors import ResourceExhausted
+
+    refusal = ResourceExhausted("2 streams in flight (limit 2, server.max_concurrent_streams); retry later")
+    line = describe_rpc_error(_rpc_error(refusal), "127.0.0.1:1")
+    assert line.endswith("(limit 2, server.max_concurrent_streams); retry in 1 s"), line
+    assert line.count("retry") == 1, line
+
+
 def test_say_exposes_the_options_of_the_api() -> None:
     options = ["--container", "fmp4", "--audio-codec", "opus", "--rate", "1.5", "--pitch", "0.8", "--volume", "1.2"]
     args = build_parser().parse_args(
