@@ -108,16 +108,16 @@ class ChildExit:
 
 
 def _names_key(path: str | None, key: str) -> bool:
-    """Whether the YAML config file at ``path`` sets the top-level ``key``."""
+    """Whether the YAML config file at ``path`` sets the top-level ``key`` (a file that cannot be
+    read counts as naming it: the service itself then says what is wrong)."""
     if not path:
         return False
-    import yaml
+    from talkmesh.common.config import ConfigError, read_yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and key in data
+        return key in read_yaml(path)
+    except (ConfigError, OSError):
+        return True
 
 
 @dataclass
@@ -170,11 +170,15 @@ class Mesh:
             # Services start in waves: each after the services it calls, with their addresses
             # passed as TALKMESH_<SERVICE>__<CALLEE>__TARGET.
             for wave in start_waves():
-                await all_of(*(self._spawn(s, {**self._targets(s), **self._derived(s)}) for s in wave))
+                await all_of(*(self._spawn(s, self._extra_env(s)) for s in wave))
         except BaseException:
             await self.stop()
             raise
         return self
+
+    def _extra_env(self, s: ServiceSpec) -> dict[str, str]:
+        """What the launcher adds to a service's environment (at start and at a restart)."""
+        return {**self._targets(s), **self._derived(s)}
 
     def _targets(self, s: ServiceSpec) -> dict[str, str]:
         """``<PREFIX>__<CALLEE>__TARGET`` for each service it calls."""
@@ -291,7 +295,7 @@ class Mesh:
         await cancel_and_wait(sp.stdout_task, sp.exit_task)
         port = int(sp.address.rsplit(":", 1)[1])
         s = next(x for x in SERVICES if x.name == name)
-        await self._spawn(s, self._targets(s), ports=(port, sp.metrics_port))
+        await self._spawn(s, self._extra_env(s), ports=(port, sp.metrics_port))
 
     async def wait_for_exit(self) -> ChildExit:
         """Waits until any service process ends (a crash, a kill) and says which one."""

@@ -152,15 +152,48 @@ class StdinLines:
 TYPED_LINES_WAITING = 64
 
 
-async def _send_turns(
-    session: LiveSession, recordings: list[tuple[bytes, int]], typed: asyncio.Queue[str | None]
-) -> None:
-    """The recordings, each a turn of its own, then the typed lines, in order (the turns queue:
-    one plays after the other); ``None`` ends it. An interrupt does not wait for it."""
-    for pcm, rate in recordings:
-        await session.say_audio(pcm, rate)
-    while (text := await typed.get()) is not None:
-        await session.say(text)
+class TurnSender:
+    """Sends the session's turns in order: the recordings, each a turn of its own, then the typed
+    lines (the turns queue: one plays after the other). ``interrupt`` drops what it has not sent
+    yet, then interrupts what the session has: an interrupt stops everything queued."""
+
+    def __init__(self, session: LiveSession, recordings: list[tuple[bytes, int]]) -> None:
+        self.session = session
+        self.typed: asyncio.Queue[str | None] = asyncio.Queue(TYPED_LINES_WAITING)
+        self.recordings_left = len(recordings)
+        self.task = asyncio.create_task(self._run(recordings), name="live-cli-send")
+
+    async def _run(self, recordings: list[tuple[bytes, int]]) -> None:
+        for pcm, rate in recordings:
+            await self.session.say_audio(pcm, rate)
+            self.recordings_left -= 1
+        while (text := await self.typed.get()) is not None:
+            await self.session.say(text)
+
+    @property
+    def pending(self) -> bool:
+        """Turns it has not sent in full yet."""
+        return not self.task.done() and (self.recordings_left > 0 or not self.typed.empty())
+
+    async def offer(self, text: str | None) -> bool:
+        """``text`` queued to be sent (``None``: nothing more); False if the sender has stopped (it
+        failed). Waits while TYPED_LINES_WAITING are."""
+        put = asyncio.ensure_future(self.typed.put(text))
+        await asyncio.wait([put, self.task], return_when=asyncio.FIRST_COMPLETED)
+        await cancel_and_wait(put)
+        return put.done() and not put.cancelled()
+
+    async def interrupt(self) -> None:
+        while not self.typed.empty():
+            self.typed.get_nowait()
+        if self.pending:
+            self.recordings_left = 0
+            cut, self.task = self.task, asyncio.create_task(self._run([]), name="live-cli-send")
+            await cancel_and_wait(cut)  # (a recording cut while it was sent ends its turn)
+        await self.session.interrupt()
+
+    async def aclose(self) -> None:
+        await cancel_and_wait(self.task)
 
 
 def _read_recordings(paths: list[str]) -> list[tuple[bytes, int]]:
@@ -200,9 +233,11 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
             pump = asyncio.create_task(_pump(session, output, out, state, speaking), name="live-cli-pump")
             signals = TaskSet("live-cli")
 
+            sender = TurnSender(session, recordings)
+
             def on_sigint() -> None:
-                if speaking:
-                    signals.spawn(session.interrupt(), name="interrupt")
+                if speaking or sender.pending:
+                    signals.spawn(sender.interrupt(), name="interrupt")
                 else:
                     quit_now.set()
 
@@ -216,28 +251,23 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
             lines = StdinLines(stdin)
             quitting = asyncio.ensure_future(quit_now.wait())
             read: asyncio.Future[str] | None = None
-            typed: asyncio.Queue[str | None] = asyncio.Queue(TYPED_LINES_WAITING)
-            sending = asyncio.create_task(_send_turns(session, recordings, typed), name="live-cli-send")
-
-            async def hand_over(text: str | None) -> bool:
-                """``text`` queued for the sender; False if the sender has stopped (it failed)."""
-                put = asyncio.ensure_future(typed.put(text))
-                await asyncio.wait([put, sending], return_when=asyncio.FIRST_COMPLETED)
-                await cancel_and_wait(put)
-                return put.done() and not put.cancelled()
-
             try:
-                while not pump.done() and not quit_now.is_set() and not sending.done():
-                    read = asyncio.ensure_future(lines.get())
+                while not pump.done() and not quit_now.is_set() and not sender.task.done():
+                    if read is None:
+                        read = asyncio.ensure_future(lines.get())
+                    sending = sender.task
                     waiting: set[asyncio.Future[object]] = {read, pump, quitting, sending}  # type: ignore[arg-type]
                     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     if read not in done:
-                        break
+                        if sending is not sender.task:
+                            continue  # an interrupt replaced the sender (the read goes on)
+                        break  # the stream ended, Ctrl-C while idle, or the sender failed
                     line = read.result()
+                    read = None
                     if line == "":  # end of input: what was given is sent, then the session ends
-                        if await hand_over(None):
-                            await asyncio.wait([sending, pump], return_when=asyncio.FIRST_COMPLETED)
-                        if sending.done() and sending.exception() is None:
+                        if await sender.offer(None):
+                            await asyncio.wait([sender.task, pump], return_when=asyncio.FIRST_COMPLETED)
+                        if sender.task.done() and sender.task.exception() is None:
                             await session.close()
                             await pump
                         break
@@ -245,19 +275,20 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
                     if pump.done():
                         break
                     if text:
-                        if not await hand_over(text):  # (waits while TYPED_LINES_WAITING are)
+                        if not await sender.offer(text):
                             break
                     else:
-                        await session.interrupt()
+                        await sender.interrupt()
             finally:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(signal.SIGINT)
-                await cancel_and_wait(pump, quitting, read, sending)
                 await signals.aclose()
+                await cancel_and_wait(pump, quitting, read)
+                await sender.aclose()
             if not pump.cancelled() and pump.exception() is not None:
                 raise pump.exception()  # type: ignore[misc]  # the stream failed: one line, exit 1
-            if not sending.cancelled() and sending.exception() is not None:
-                raise sending.exception()  # type: ignore[misc]  # a turn could not be sent: one line, exit 1
+            if not sender.task.cancelled() and sender.task.exception() is not None:
+                raise sender.task.exception()  # type: ignore[misc]  # a turn could not be sent: one line, exit 1
     if output is not None:
         print(f"wrote {output}", file=out)
     if state["errors"]:

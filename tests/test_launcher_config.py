@@ -44,3 +44,32 @@ def test_a_broken_renderer_config_is_left_for_the_renderer_to_report(tmp_path: P
     cfg = tmp_path / "renderer.yaml"
     cfg.write_text("default_backend: nope\n")
     assert Mesh(configs={"renderer": str(cfg)})._derived(spec("gateway")) == {}
+
+
+async def test_a_restarted_gateway_keeps_the_renderers_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """restart() passed only the stages' addresses: the gateway came back asking for viseme."""
+    import asyncio
+    from unittest import mock
+
+    mesh = Mesh(env=WAV2LIP)
+    spawned: list[dict[str, str]] = []
+
+    async def spawn(s, extra_env, ports=None):  # type: ignore[no-untyped-def]
+        spawned.append(dict(extra_env))
+
+    monkeypatch.setattr(mesh, "_spawn", spawn)
+    proc = mock.Mock(returncode=0)
+    proc.wait = mock.AsyncMock(return_value=0)
+    mesh.processes = {
+        name: mock.Mock(proc=proc, address=f"127.0.0.1:{4000 + i}", metrics_port=0, stdout_task=None, exit_task=None)
+        for i, name in enumerate(s.name for s in SERVICES)
+    }
+    await mesh.restart("gateway")
+    await asyncio.sleep(0)
+    assert spawned and spawned[0][KEY] == "wav2lip"
+
+
+def test_a_gateway_config_that_cannot_be_read_is_left_to_the_gateway(tmp_path: Path) -> None:
+    gateway = tmp_path / "gateway.yaml"
+    gateway.write_text("default_renderer_backend: [unclosed\n")
+    assert Mesh(env=WAV2LIP, configs={"gateway": str(gateway)})._derived(spec("gateway")) == {}

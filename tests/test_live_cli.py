@@ -285,3 +285,45 @@ def test_a_caption_shows_the_clause_being_spoken() -> None:
     caption = lpb.Caption(turn_id="t1", segment_index=1, text="my friend.")
     line = describe(lpb.LiveServerMessage(event=lpb.LiveEvent(caption=caption)), time.monotonic())
     assert line is not None and line.endswith("caption   t1: my friend."), line
+
+
+async def test_an_interrupt_drops_the_recordings_and_lines_not_sent_yet() -> None:
+    """A stranger's review: an empty line while recording A played stopped A, then recording B and
+    the lines typed meanwhile were sent and played (the sender still had them)."""
+    from talkmesh.live_cli import TurnSender
+
+    class Session:
+        def __init__(self) -> None:
+            self.log: list[tuple[str, object]] = []
+            self.cut = asyncio.Event()
+
+        async def say_audio(self, pcm: bytes, rate: int) -> str:
+            self.log.append(("audio", pcm))
+            await self.cut.wait()  # a long recording: sent until its turn is over
+            return "t"
+
+        async def say(self, text: str) -> str:
+            self.log.append(("text", text))
+            return "t"
+
+        async def interrupt(self, turn_id: str = "") -> None:
+            self.log.append(("interrupt", turn_id))
+            self.cut.set()
+
+    session = Session()
+    sender = TurnSender(session, [(b"A", 16000), (b"B", 16000)])  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(10):  # hang guard
+            while not session.log:
+                await asyncio.sleep(0)
+            assert await sender.offer("typed while A plays")
+            assert sender.pending
+            await sender.interrupt()
+            assert await sender.offer("after the interrupt")
+            while len(session.log) < 3:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert session.log == [("audio", b"A"), ("interrupt", ""), ("text", "after the interrupt")]
+        assert not sender.pending
+    finally:
+        await sender.aclose()
