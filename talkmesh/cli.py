@@ -950,8 +950,13 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
 
         if isinstance(exc, TalkmeshError):
             return f"{exc.code.name}: {exc}"
-        if isinstance(exc, ValueError | OSError):
-            return str(exc)
+        if isinstance(exc, ValueError | OSError) and str(exc):
+            # a message meant for users names its setting first ("whisper_encoder.path: ..."), or
+            # comes from our own error types; anything else may be a bug: the traceback is one flag away
+            import re
+
+            ours = type(exc).__module__.startswith(("talkmesh.", "services.")) or re.match(r"[a-z_][\w.]*: ", str(exc))
+            return str(exc) if ours else f"{exc} (run with --debug for the traceback)"
     return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
 
 

@@ -353,3 +353,15 @@ def test_a_service_that_cannot_start_says_why_without_class_names(
     code, out, err = run_cli("serve", service, env=env)
     assert code == 1 and "READY" not in out
     assert one_error_line(err) == expected
+
+
+def test_an_unexpected_error_at_start_keeps_the_traceback_hint() -> None:
+    """A ValueError that is no message of ours (a bug) is not shown as if it were one."""
+    from talkmesh.cli import describe_error
+
+    args = build_parser().parse_args(["serve", "renderer"])
+    bug = ValueError("too many values to unpack (expected 2)")
+    assert describe_error(bug, args) == "too many values to unpack (expected 2) (run with --debug for the traceback)"
+    ours = ValueError("whisper_encoder.path: /tmp/nope.onnx is not a file")
+    assert describe_error(ours, args) == "whisper_encoder.path: /tmp/nope.onnx is not a file"
+    assert describe_error(ValueError(), args) == "ValueError:  (run with --debug for the traceback)"
