@@ -18,6 +18,7 @@ from services.renderer.avatars import (
     FaceChoice,
     default_avatar_bytes,
 )
+from services.renderer.avatars.decode import Data
 from services.renderer.backends import create_backend
 from services.renderer.backends.base import RenderBackend
 from services.renderer.config import RendererConfig
@@ -184,7 +185,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             )
 
     def _register(
-        self, who: Principal | None, data: bytes | bytearray, meta: rpb.AvatarMeta, progress: Any = None
+        self, who: Principal | None, data: Data, meta: rpb.AvatarMeta, progress: Any = None
     ) -> tuple[Any, bool, list[str]]:
         """Blocking: quota, registration, then the key recorded as an owner (or rolled back) and the
         name added to the caller's names of the avatar. Returns (avatar, cached, the caller's names:
@@ -277,7 +278,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         job: asyncio.Future[tuple[Any, bool, list[str]]] | None = None
         try:
             who = principal_of(context.invocation_metadata())
-            size = len(held.data)
+            size = held.received
             yield rpb.AvatarRegistration(progress=rpb.AvatarProgress(stage="received", done=size, total=size))
             progress = LatestProgress(asyncio.get_running_loop())
             job = asyncio.ensure_future(

@@ -3,8 +3,8 @@
 An upload's bytes are held in memory until its registration is done (the decoders read them from
 memory; a video goes to a temporary file for OpenCV at decoding time). So a renderer bounds:
 
-* **what one upload holds**: its bytes once, in one ``bytearray`` grown in place (no copy at the
-  end), at most ``avatars.max_upload_bytes``;
+* **what one upload holds**: its bytes once, in a memory mapping of their own (``HeldUpload``:
+  grown without copies, unmapped at release), at most ``avatars.max_upload_bytes``;
 * **what all uploads hold together**: ``avatars.upload_memory_bytes`` (0: twice
   ``max_upload_bytes``), counted as the bytes arrive and given back when the registration has
   finished (in its worker thread, even when the caller went away meanwhile). An upload whose next
@@ -34,13 +34,14 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import mmap
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from services.renderer.avatars.decode import SNIFF_BYTES, check_filename_type, check_format
+from services.renderer.avatars.decode import SNIFF_BYTES, Data, check_filename_type, check_format
 from services.renderer.config import AvatarConfig
 from talkmesh.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from talkmesh.common.names import check_filename, check_id, clean_name
@@ -134,12 +135,23 @@ class UploadBudget:
             self.trimmer.request()  # (tens of ms: on the trimmer's thread, never the caller's)
 
 
+#: the first mapping of an upload's bytes (grown by doubling, by ``mremap``: no copy)
+FIRST_MAPPING = 1 << 20
+
+
 class HeldUpload:
-    """One upload's bytes and its share of the budget, given back once (``release``)."""
+    """One upload's bytes and its share of the budget, given back once (``release``).
+
+    The bytes are written in order into an anonymous private memory mapping of their own, not
+    into the heap: growing it moves pages, never copies them (``mremap``), the pages not written
+    yet cost no memory, and ``release`` unmaps it, so the memory goes back to the system at once.
+    (A ``bytearray`` grown in place left the heap's arenas with the holes of every size it had
+    outgrown, interleaved between concurrent uploads: ~300 MiB kept free in the arenas at the peak
+    of six concurrent 199 MB uploads, beside the 400 MiB budget; BENCHMARKS.md, stop 40.)"""
 
     def __init__(self, budget: UploadBudget) -> None:
         self.budget = budget
-        self.data = bytearray()
+        self._map: mmap.mmap | None = None
         self._counted = 0
         self._released = False
         self._lock = threading.Lock()
@@ -155,9 +167,32 @@ class HeldUpload:
             return False
         with self._lock:
             self._counted += len(block)
-        self.received += len(block)
-        self.data += block  # grown in place (amortised), never copied whole at the end
+        end = self.received + len(block)
+        if self._map is None:
+            if block:
+                self._map = mmap.mmap(-1, max(end, FIRST_MAPPING), flags=mmap.MAP_PRIVATE)
+        elif end > len(self._map):
+            self._map.resize(max(end, 2 * len(self._map)))
+        if self._map is not None:
+            self._map[self.received : end] = block
+        self.received = end
         return True
+
+    def head(self, n: int) -> bytes:
+        """A copy of the first ``n`` bytes received (while receiving)."""
+        return self._map[: min(n, self.received)] if self._map is not None else b""
+
+    @property
+    def data(self) -> mmap.mmap | bytes:
+        """The bytes received, read in place (``len``, slices and indexing as ``bytes``, ``find``,
+        the buffer protocol), once all have arrived: the first access trims the mapping to them
+        (``b""``: none, or released)."""
+        m = self._map
+        if m is None:
+            return b""
+        if len(m) != self.received:
+            m.resize(self.received)  # (the unwritten tail: never touched, nothing to copy)
+        return m
 
     def release(self) -> None:
         """Drops the bytes and gives their share back (idempotent, from any thread)."""
@@ -166,13 +201,14 @@ class HeldUpload:
                 return
             self._released = True
             counted, self._counted = self._counted, 0
-        data, self.data = self.data, bytearray()
-        # Freed here, in place: a failed registration's traceback (frames holding the bytes) may
+        m, self._map = self._map, None
+        # Unmapped here, in place: a failed registration's traceback (frames holding the bytes) may
         # live on until the garbage collector's next full pass.
-        try:
-            data.clear()
-        except BufferError:  # a view of the bytes is still alive: freed with it
-            pass
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:  # a view of the bytes is still alive: unmapped with the last one
+                pass
         self.budget.give(counted)
 
 
@@ -263,7 +299,7 @@ async def _receive(
         check_id(f"meta.backends[{i}]", b)
     sniffed = False
     async for msg in upload:
-        if len(held.data) + len(msg.data) > limits.max_bytes:
+        if held.received + len(msg.data) > limits.max_bytes:
             raise InvalidArgument("data", f"upload exceeds the limit of {limits.max_bytes} bytes")
         if not held.add(msg.data):
             raise ResourceExhausted(
@@ -274,8 +310,8 @@ async def _receive(
                 subject="renderer",
             )
         timeout.reschedule(limits.deadline(start, held.received))  # (the rate's deadline moves on)
-        if not sniffed and len(held.data) >= SNIFF_BYTES:
-            check_format(held.data[:SNIFF_BYTES], meta.filename)  # refused before the rest arrives
+        if not sniffed and held.received >= SNIFF_BYTES:
+            check_format(held.head(SNIFF_BYTES), meta.filename)  # refused before the rest arrives
             sniffed = True
     return meta
 
@@ -291,7 +327,7 @@ class Preparations:
         self.limit = limit
         self._slots = asyncio.Semaphore(limit)
 
-    async def run(self, held: HeldUpload, work: Callable[[bytearray], T]) -> T:
+    async def run(self, held: HeldUpload, work: Callable[[Data], T]) -> T:
         """``work(bytes)`` in a worker thread once a slot is free. ``work`` may release ``held``
         itself as soon as it no longer needs the bytes (the store's register does once they are
         decoded: the upload budget need not wait for the face analysis and backends)."""

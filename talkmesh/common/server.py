@@ -276,6 +276,11 @@ class ServiceHost:
     def _server_options(self) -> list[tuple[str, object]]:
         # Large receive windows: the encoder receives raw frames; for small messages it is harmless.
         opts = transport_options(self.config.max_message_bytes, large_window=True)
+        # ...and fixed at that size: with BDP probing gRPC replaces the stream window by twice its
+        # bandwidth-delay estimate (at least 4 MiB, rounded up to a power of two), and a starved
+        # process (late ping acks) inflates the estimate: a renderer under CPU load had 620 MiB of heap in use
+        # (six upload streams' unread data) beside their 400 MiB budget (BENCHMARKS.md, stop 40).
+        opts.append(("grpc.http2.bdp_probe", 0))
         opts += server_keepalive_options()
         opts.append(("grpc.so_reuseport", 0))
         if self.config.max_connection_age_seconds > 0:

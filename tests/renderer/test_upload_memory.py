@@ -122,9 +122,10 @@ def test_held_bytes_are_released_once_and_in_place():
     assert held.add(b"12345") and budget.held == 5
     assert not held.add(b"123456") and budget.held == 5 and bytes(held.data) == b"12345"
     data = held.data
+    assert bytes(data) == b"12345"
     held.release()
     held.release()
-    assert budget.held == 0 and len(data) == 0
+    assert budget.held == 0 and data.closed and held.data == b""  # (unmapped in place)
     deadline = time.monotonic() + 5
     while not trims and time.monotonic() < deadline:  # (on the trimmer's thread)
         time.sleep(0.01)

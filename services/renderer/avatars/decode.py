@@ -17,6 +17,7 @@ memory.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import tempfile
 from collections.abc import Iterator
@@ -37,8 +38,9 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 VIDEO_EXTS = {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v"}
 IMAGE_FORMATS = ("png", "jpeg", "webp", "bmp")
 VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv", "avi")
-#: An upload's bytes: as received (a buffer grown in place) or a file's.
-Data = bytes | bytearray
+#: An upload's bytes: as received (read in place from its memory mapping, services/renderer/uploads.py)
+#: or a file's. Read with ``len``, slices (``bytes``), indexing, ``find`` and the buffer protocol only.
+Data = bytes | bytearray | mmap.mmap
 #: ISO base media ``ftyp`` brands read as QuickTime (the rest of ftyp files are MP4-family).
 _QT_BRANDS = {b"qt  "}
 
