@@ -139,6 +139,20 @@ class UploadBudget:
 FIRST_MAPPING = 1 << 20
 
 
+def resized(m: mmap.mmap, size: int, used: int) -> mmap.mmap:
+    """``m`` at ``size`` bytes, its first ``used`` kept: in place where the system can move a
+    mapping's pages (Linux's ``mremap``); elsewhere (macOS) a new mapping, the bytes copied once."""
+    try:
+        m.resize(size)
+        return m
+    except (SystemError, OSError):
+        pass
+    grown = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    grown[:used] = m[:used]
+    m.close()
+    return grown
+
+
 class HeldUpload:
     """One upload's bytes and its share of the budget, given back once (``release``).
 
@@ -172,7 +186,7 @@ class HeldUpload:
             if block:
                 self._map = mmap.mmap(-1, max(end, FIRST_MAPPING), flags=mmap.MAP_PRIVATE)
         elif end > len(self._map):
-            self._map.resize(max(end, 2 * len(self._map)))
+            self._map = resized(self._map, max(end, 2 * len(self._map)), self.received)
         if self._map is not None:
             self._map[self.received : end] = block
         self.received = end
@@ -191,7 +205,7 @@ class HeldUpload:
         if m is None:
             return b""
         if len(m) != self.received:
-            m.resize(self.received)  # (the unwritten tail: never touched, nothing to copy)
+            m = self._map = resized(m, self.received, self.received)  # (the unwritten tail: never touched)
         return m
 
     def release(self) -> None:

@@ -227,3 +227,21 @@ async def test_six_concurrent_199_mb_uploads_stay_within_the_budget_and_give_mem
     finally:
         proc.terminate()
         await proc.wait()
+
+
+def test_a_mapping_is_grown_by_copying_where_the_system_cannot_move_it() -> None:
+    """macOS has no mremap: mmap.resize raises there, and an upload must still grow and trim."""
+    import mmap
+
+    from services.renderer.uploads import resized
+
+    class Fixed(mmap.mmap):
+        def resize(self, newsize: int) -> None:
+            raise SystemError("mmap: resizing not available--no mremap()")
+
+    m = Fixed(-1, 8, flags=mmap.MAP_PRIVATE)
+    m[:5] = b"hello"
+    grown = resized(m, 64, 5)
+    assert grown is not m and m.closed and len(grown) == 64 and grown[:5] == b"hello"
+    trimmed = resized(grown, 5, 5)
+    assert trimmed is grown and bytes(trimmed) == b"hello"  # (Linux: moved in place)
