@@ -97,3 +97,32 @@ async def test_a_client_that_floods_a_turn_is_still_held_back_once_the_turn_hold
     finally:
         await cancel_and_wait(reader)
         await session.tasks.aclose()
+
+
+async def test_a_turn_that_ends_on_the_encoder_lets_go_of_a_reader_waiting_to_hold_more() -> None:
+    """A turn that ends without an interrupt (it failed there: its speaking_stopped) drops what it
+    held, and a reader waiting for room in it reads on: nothing polls for that any more."""
+    session = _session()
+    pulled = 0
+
+    async def client() -> AsyncIterator[lpb.LiveClientMessage]:
+        nonlocal pulled
+        for _ in range(10 * HELD_CHUNKS):
+            pulled += 1
+            yield _audio("A")
+
+    reader = asyncio.create_task(session._read_client(client()))
+    try:
+        limit = QUEUE + HELD_CHUNKS + 1
+        await _until(lambda: pulled >= limit, "the reader to take the queue and what may be held")
+        turn = session.turns["A"]
+        feeder = turn.feeder
+        assert feeder is not None and not reader.done()
+        session._turn_over("A")
+        await _until(lambda: pulled > limit, "the reader to read on")
+        await _until(feeder.done, "the feeder to end")
+        assert not turn.held and turn.held_size == 0 and turn.audio.closed
+        assert "A" in session.stopped
+    finally:
+        await cancel_and_wait(reader)
+        await session.tasks.aclose()
