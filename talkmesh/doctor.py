@@ -335,16 +335,18 @@ def measure_model(
     seconds: float = 1.0,
     max_run_seconds: float = 20.0,
     execution: Any = None,
+    musetalk_version: str | None = None,
 ) -> dict[str, Any]:
     """Frames per second of ``session.run`` at each batch size (after a warm-up run), on the provider
     the session factory picks with ``execution`` (an ExecutionConfig; default: automatic). A batch
-    whose warm-up takes longer than ``max_run_seconds`` ends the series (larger batches are skipped)."""
+    whose warm-up takes longer than ``max_run_seconds`` ends the series (larger batches are skipped).
+    ``musetalk_version``: audio_features' ``musetalk.version``, which a Whisper encoder must match."""
     from talkmesh.common.onnx import ExecutionConfig, ModelError, open_session
 
     out: dict[str, Any] = {"name": name, "path": str(path), "fps": {}}
     try:
         s = open_session(path, execution or ExecutionConfig(), name=name, max_batch=max(batches))
-        refused = _signature_refusal(name, s.session, path)
+        refused = _signature_refusal(name, s.session, path, musetalk_version)
     except ModelError as exc:
         out["error"] = str(exc)
         return out
@@ -381,19 +383,21 @@ WHISPER_ENCODER = "whisper encoder"
 MODEL_SERVICES = ("renderer", "audio_features")
 
 
-def _signature_refusal(name: str, session: Any, path: Path) -> str:
-    """Why the service would refuse a configured model (its check at start, the same function),
+def _signature_refusal(name: str, session: Any, path: Path, musetalk_version: str | None = None) -> str:
+    """Why the service would refuse a configured model (its checks at start, the same functions),
     or "" (fine, or a model no service checks: the embedded one, a ``--model`` file)."""
     if name == WHISPER_ENCODER:
         try:
-            from services.audio_features.backends.onnx import check_encoder_session
+            from services.audio_features.backends.onnx import check_encoder_session, encoder_release
+            from services.audio_features.streaming import MUSETALK_VERSIONS
         except ImportError:  # a doctor without audio_features' code (no check to make)
             return ""
         try:
             check_encoder_session(session, path)
         except ValueError as exc:
             return str(exc)
-        return ""
+        version = MUSETALK_VERSIONS.get(musetalk_version or "")
+        return version.refusal(path.name, encoder_release(session)) if version else ""
     try:
         from services.renderer.backends import musetalk, wav2lip
         from services.renderer.backends.onnx_models import ModelError, Signature, check_signature, found_signature
@@ -485,6 +489,24 @@ def configured_models(config: Path | None = None, service: str | None = None) ->
     return found
 
 
+def configured_musetalk_version(config: Path | None = None, service: str | None = None) -> str | None:
+    """audio_features' ``musetalk.version`` (file + environment): the release its Whisper encoder
+    must have been exported for; None without audio_features' code."""
+    from talkmesh.common.config import load_config
+    from talkmesh.common.registry import spec
+
+    try:
+        from services.audio_features.config import AudioFeaturesConfig
+    except ImportError:
+        return None
+    service = config_service(config, service)
+    a = load_config(
+        AudioFeaturesConfig, config if service == "audio_features" else None,
+        env_prefix=spec("audio_features").env_prefix,
+    )  # fmt: skip
+    return a.musetalk.version
+
+
 def configured_execution(config: Path | None = None, service: str | None = None) -> Any:
     """The renderer's ``execution`` section (file + environment): its providers and, above all, its
     TensorRT engine cache, so measuring the configured models reuses (or fills) the shared cache."""
@@ -501,7 +523,12 @@ def configured_execution(config: Path | None = None, service: str | None = None)
 
 
 def models_section(
-    tmp: Path, ort_info: dict[str, Any], models: Sequence[tuple[str, Path]], seconds: float, execution: Any = None
+    tmp: Path,
+    ort_info: dict[str, Any],
+    models: Sequence[tuple[str, Path]],
+    seconds: float,
+    execution: Any = None,
+    musetalk_version: str | None = None,
 ) -> list[dict[str, Any]]:
     """The configured models with the renderer's execution settings, else the embedded one (automatic
     providers, engine cache in ``tmp``)."""
@@ -513,7 +540,9 @@ def models_section(
         path = _write(tmp, "generator.onnx", embedded_generator())
         return [measure_model(EMBEDDED_NAME, path, seconds=seconds,
                               execution=ExecutionConfig(trt_cache_dir=str(tmp / "trt-embedded")))]  # fmt: skip
-    return [measure_model(n, p, seconds=seconds, execution=execution) for n, p in models]
+    return [
+        measure_model(n, p, seconds=seconds, execution=execution, musetalk_version=musetalk_version) for n, p in models
+    ]
 
 
 def _test_frames(width: int, height: int, n: int = 8) -> list[np.ndarray]:
@@ -631,7 +660,8 @@ def run_doctor(
         r.nvenc = nvenc_section()
         chosen = list(models) if models is not None else configured_models(config, service)
         execution = configured_execution(config, service) if chosen else None
-        r.models = models_section(tmp, r.onnxruntime, chosen, seconds, execution)
+        version = configured_musetalk_version(config, service) if chosen else None
+        r.models = models_section(tmp, r.onnxruntime, chosen, seconds, execution, version)
         r.encoder = encoder_section(bool(r.nvenc.get("opens")), seconds)
     r.summary = summarize(r)
     r.failures = failures(r)

@@ -201,6 +201,29 @@ def test_a_configured_model_the_service_refuses_fails_doctor(
     assert f"  whisper encoder: whisper_encoder.path: {path} needs input 'input_features'" in text
 
 
+def test_a_whisper_encoder_of_another_musetalk_release_fails_doctor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """audio_features refuses an encoder exported for MuseTalk 1.0 when musetalk.version is 1.5
+    (the default); doctor passed it (it checked the shapes only)."""
+    from tests.audio_features.test_backends import tiny_encoder
+
+    _quick(monkeypatch)
+    path = tiny_encoder(tmp_path / "enc.onnx")
+    model = onnx.load(str(path))
+    for key, value in {"talkmesh.musetalk_version": "1.0", "talkmesh.final_layer_norm": "false"}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    monkeypatch.setenv("TALKMESH_AUDIO_FEATURES__WHISPER_ENCODER__PATH", str(path))
+    assert main(["doctor", "--seconds", "0.01"]) == 1
+    assert "  whisper encoder: musetalk.version 1.5: the Whisper encoder enc.onnx was exported for MuseTalk 1.0" in (
+        capsys.readouterr().out
+    )
+    monkeypatch.setenv("TALKMESH_AUDIO_FEATURES__MUSETALK__VERSION", "1.0")
+    assert main(["doctor", "--seconds", "0.01"]) == 0  # the release it was exported for
+
+
 def test_doctor_config_is_placed_by_its_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`doctor --config my-renderer.yaml` reads it as the renderer's without TALKMESH_SERVICE; a
     file it cannot place is refused with what to set."""

@@ -312,20 +312,9 @@ class AudioFeaturesService(Service):
     def _prepare_encoder(self, encoder: WhisperEncoder) -> None:
         cfg = self.config.whisper_encoder
         version = MUSETALK_VERSIONS[self.config.musetalk.version]
-        if encoder.musetalk_version is not None and encoder.musetalk_version != version.version:
-            raise ValueError(
-                f"musetalk.version {version.version}: the Whisper encoder {encoder.name} was exported for "
-                f"MuseTalk {encoder.musetalk_version} (its talkmesh.musetalk_version); set musetalk.version: "
-                f"{encoder.musetalk_version}, or re-export it: python -m tools.export_whisper_encoder "
-                f"--musetalk-version {version.version}"
-            )
-        if encoder.final_layer_norm is not None and encoder.final_layer_norm != version.final_layer_norm:
-            raise ValueError(
-                f"musetalk.version {version.version}: needs a Whisper encoder "
-                f"{'with' if version.final_layer_norm else 'without'} its final LayerNorm on the last state, "
-                f"{encoder.name} is {'with' if encoder.final_layer_norm else 'without'} "
-                f"(re-export it: python -m tools.export_whisper_encoder --musetalk-version {version.version})"
-            )
+        refused = version.refusal(encoder.name, (encoder.musetalk_version, encoder.final_layer_norm))
+        if refused:
+            raise ValueError(refused)
         geometry = EmbeddingGeometry(
             cfg.block_frames,
             cfg.left_frames,

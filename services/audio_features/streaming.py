@@ -326,6 +326,28 @@ class MuseTalkVersion:
     final_layer_norm: bool
     padding: str
 
+    def refusal(self, name: str, release: tuple[str | None, bool | None]) -> str:
+        """Why audio_features refuses the Whisper encoder ``name`` of ``release`` (the MuseTalk
+        release it was exported for, whether its last state has the final LayerNorm; None: not
+        known; ``backends.onnx.encoder_release`` reads them) for this release, or "" (its check at
+        start; doctor makes the same)."""
+        exported_for, final_layer_norm = release
+        if exported_for is not None and exported_for != self.version:
+            return (
+                f"musetalk.version {self.version}: the Whisper encoder {name} was exported for "
+                f"MuseTalk {exported_for} (its talkmesh.musetalk_version); set musetalk.version: "
+                f"{exported_for}, or re-export it: python -m tools.export_whisper_encoder "
+                f"--musetalk-version {self.version}"
+            )
+        if final_layer_norm is not None and final_layer_norm != self.final_layer_norm:
+            return (
+                f"musetalk.version {self.version}: needs a Whisper encoder "
+                f"{'with' if self.final_layer_norm else 'without'} its final LayerNorm on the last state, "
+                f"{name} is {'with' if final_layer_norm else 'without'} "
+                f"(re-export it: python -m tools.export_whisper_encoder --musetalk-version {self.version})"
+            )
+        return ""
+
 
 MUSETALK_VERSIONS = {
     "1.5": MuseTalkVersion("1.5", final_layer_norm=True, padding="zero"),

@@ -34,6 +34,14 @@ def _static(dim: object, what: str) -> int:
     return dim
 
 
+def encoder_release(session: Any) -> tuple[str | None, bool]:
+    """(the MuseTalk release it was exported for, or None; whether its last state has the final
+    LayerNorm), from the metadata tools/export_whisper_encoder.py writes; older exports are
+    transformers' states (with it)."""
+    meta = session.get_modelmeta().custom_metadata_map
+    return meta.get(MUSETALK_VERSION_KEY) or None, meta.get(FINAL_LAYER_NORM_KEY, "true") == "true"
+
+
 def check_encoder_session(session: Any, path: Path) -> tuple[int, int, int]:
     """``(input_frames, layers, width)`` of a Whisper encoder's ONNX Runtime session, or ValueError
     saying why the service refuses the file (``talkmesh doctor`` makes the same check)."""
@@ -78,10 +86,7 @@ class OnnxWhisperEncoder(WhisperEncoder):
         self.session = self.model.session
         self.provider = self.model.provider
         self.input_frames, self.layers, self.width = check_encoder_session(self.session, path)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        # written by tools/export_whisper_encoder.py; older exports are transformers' states (with it)
-        self.final_layer_norm = meta.get(FINAL_LAYER_NORM_KEY, "true") == "true"
-        self.musetalk_version = meta.get(MUSETALK_VERSION_KEY) or None
+        self.musetalk_version, self.final_layer_norm = encoder_release(self.session)
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
