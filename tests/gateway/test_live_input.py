@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from services.gateway.config import GatewayConfig
 from services.gateway.live import LiveHub, LiveSession
@@ -42,6 +42,22 @@ async def _until(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
             await asyncio.sleep(0.005)
 
 
+async def _flooded(session: LiveSession) -> tuple[asyncio.Task[None], Callable[[], int]]:
+    """A reader of a client that floods turn "A" with audio, once it has taken the queue, what the
+    turn may hold, and the piece waiting for room; and how many pieces the client gave so far."""
+    pulled = 0
+
+    async def client() -> AsyncIterator[lpb.LiveClientMessage]:
+        nonlocal pulled
+        for _ in range(10 * HELD_CHUNKS):
+            pulled += 1
+            yield _audio("A")
+
+    reader = asyncio.create_task(session._read_client(client()))
+    await _until(lambda: pulled >= QUEUE + HELD_CHUNKS + 1, "the reader to take the queue and what may be held")
+    return reader, lambda: pulled
+
+
 async def test_an_interrupt_behind_a_turns_full_input_queue_is_read_at_once_and_drops_what_it_held() -> None:
     """A client sending audio far faster than real time filled the turn's queue; the reader used
     to wait for room there (room comes only as playback goes on), and the interrupt sent behind
@@ -72,27 +88,18 @@ async def test_a_client_that_floods_a_turn_is_still_held_back_once_the_turn_hold
     """What a turn holds is bounded: past it the reader waits (gRPC flow control holds the client
     back), and it reads on as playback makes room."""
     session = _session()
-    pulled = 0
-
-    async def client() -> AsyncIterator[lpb.LiveClientMessage]:
-        nonlocal pulled
-        for _ in range(10 * HELD_CHUNKS):
-            pulled += 1
-            yield _audio("A")
-
-    reader = asyncio.create_task(session._read_client(client()))
+    reader, pulled = await _flooded(session)
     try:
-        limit = QUEUE + HELD_CHUNKS + 1  # the queue, what is held, and the piece waiting for room
-        await _until(lambda: pulled >= limit, "the reader to take the queue and what may be held")
+        limit = QUEUE + HELD_CHUNKS + 1
         for _ in range(100):
             await asyncio.sleep(0)
-        assert pulled == limit and not reader.done()
+        assert pulled() == limit and not reader.done()
         turn = session.turns["A"]
         assert turn.audio.qsize() == QUEUE and len(turn.held) == HELD_CHUNKS
         await turn.audio.recv()  # playback takes a chunk: one held goes into the queue...
-        await _until(lambda: pulled == limit + 1, "the reader to go on")  # ...and the reader reads one more
+        await _until(lambda: pulled() == limit + 1, "the reader to go on")  # ...and the reader reads one more
         await session._interrupt("A")  # (the reader is waiting for room again: it is let go)
-        await _until(lambda: pulled > limit + 1, "the reader to read on after the interrupt")
+        await _until(lambda: pulled() > limit + 1, "the reader to read on after the interrupt")
         assert not turn.held and turn.held_size == 0
     finally:
         await cancel_and_wait(reader)
@@ -103,23 +110,14 @@ async def test_a_turn_that_ends_on_the_encoder_lets_go_of_a_reader_waiting_to_ho
     """A turn that ends without an interrupt (it failed there: its speaking_stopped) drops what it
     held, and a reader waiting for room in it reads on: nothing polls for that any more."""
     session = _session()
-    pulled = 0
-
-    async def client() -> AsyncIterator[lpb.LiveClientMessage]:
-        nonlocal pulled
-        for _ in range(10 * HELD_CHUNKS):
-            pulled += 1
-            yield _audio("A")
-
-    reader = asyncio.create_task(session._read_client(client()))
+    reader, pulled = await _flooded(session)
     try:
         limit = QUEUE + HELD_CHUNKS + 1
-        await _until(lambda: pulled >= limit, "the reader to take the queue and what may be held")
         turn = session.turns["A"]
         feeder = turn.feeder
         assert feeder is not None and not reader.done()
         session._turn_over("A")
-        await _until(lambda: pulled > limit, "the reader to read on")
+        await _until(lambda: pulled() > limit, "the reader to read on")
         await _until(feeder.done, "the feeder to end")
         assert not turn.held and turn.held_size == 0 and turn.audio.closed
         assert "A" in session.stopped

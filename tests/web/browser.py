@@ -105,5 +105,23 @@ async def grab(page) -> Grab:  # type: ignore[no-untyped-def]
     return Grab(frame, float(got["t"]), bool(got["speaking"]))
 
 
+@contextlib.asynccontextmanager
+async def site_of(path: str, handler: Any) -> AsyncIterator[int]:
+    """A web site of one page (``path`` answered by the aiohttp ``handler``) on a port of its own:
+    http://127.0.0.1:<port>/ (or localhost) is another origin than the edge's. Yields the port."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    await tcp.start()
+    try:
+        yield tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
 def has_chromium() -> bool:
     return shutil.which("chromium") is not None

@@ -5,7 +5,6 @@ not listed can do none of it, and the edge's own page framed by it still works."
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from aiohttp import web
 
 from talkmesh.bench.web import wait_js
 from tests.mesh import inprocess_mesh
-from tests.web.browser import browser_page
+from tests.web.browser import browser_page, site_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,23 +49,13 @@ PROBE = """async (base) => {
 }"""
 
 
-@contextlib.asynccontextmanager
-async def site() -> AsyncIterator[int]:
+def site() -> contextlib.AbstractAsyncContextManager[int]:
     """A blank page on a port of its own: http://localhost:<port>/ is another origin than the edge's."""
 
     async def index(_: web.Request) -> web.Response:
         return web.Response(text="<!doctype html><title>shop</title>", content_type="text/html")
 
-    app = web.Application()
-    app.router.add_get("/", index)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    tcp = web.TCPSite(runner, "127.0.0.1", 0)
-    await tcp.start()
-    try:
-        yield tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
+    return site_of("/", index)
 
 
 async def test_a_listed_origin_embeds_and_another_cannot(tmp_path: Path) -> None:

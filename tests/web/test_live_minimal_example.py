@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from aiohttp import web
 
 from talkmesh.bench.web import wait_js
 from tests.mesh import inprocess_mesh
-from tests.web.browser import browser_page
+from tests.web.browser import browser_page, site_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,23 +39,13 @@ def log_with(text: str) -> str:
     return f"(() => {{ const t = document.getElementById('log').textContent; return t.includes({text!r}) && t; }})()"
 
 
-@contextlib.asynccontextmanager
-async def example_site() -> AsyncIterator[int]:
+def example_site() -> contextlib.AbstractAsyncContextManager[int]:
     """The example file on a port of its own: http://127.0.0.1:<port>/ is another origin than the edge's."""
 
     async def page(_: web.Request) -> web.FileResponse:
         return web.FileResponse(EXAMPLE)
 
-    app = web.Application()
-    app.router.add_get("/live-minimal.html", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    tcp = web.TCPSite(runner, "127.0.0.1", 0)
-    await tcp.start()
-    try:
-        yield tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
+    return site_of("/live-minimal.html", page)
 
 
 async def test_the_minimal_example_plays_speaks_with_captions_and_interrupts(tmp_path: Path) -> None:
