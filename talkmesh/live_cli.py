@@ -155,41 +155,54 @@ TYPED_LINES_WAITING = 64
 class TurnSender:
     """Sends the session's turns in order: the recordings, each a turn of its own, then the typed
     lines (the turns queue: one plays after the other). ``interrupt`` drops what it has not sent
-    yet, then interrupts what the session has: an interrupt stops everything queued."""
+    yet, then interrupts what the session has: an interrupt stops everything queued. (A recording
+    being sent ends with its turn: the interrupt stops it.)"""
 
     def __init__(self, session: LiveSession, recordings: list[tuple[bytes, int]]) -> None:
         self.session = session
-        self.typed: asyncio.Queue[str | None] = asyncio.Queue(TYPED_LINES_WAITING)
-        self.recordings_left = len(recordings)
-        self.task = asyncio.create_task(self._run(recordings), name="live-cli-send")
+        #: (the cut it was given in, the line; None: the end of input)
+        self.typed: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue(TYPED_LINES_WAITING)
+        self.recordings = list(recordings)
+        self.cuts = 0  # interrupts so far: a line given before the last one is not sent
+        self.lines_waiting = 0  # lines given since the last interrupt, not sent yet
+        self.recording = False  # a recording is being sent
+        self.task = asyncio.create_task(self._run(), name="live-cli-send")
 
-    async def _run(self, recordings: list[tuple[bytes, int]]) -> None:
-        for pcm, rate in recordings:
-            await self.session.say_audio(pcm, rate)
-            self.recordings_left -= 1
-        while (text := await self.typed.get()) is not None:
-            await self.session.say(text)
+    async def _run(self) -> None:
+        while self.recordings:
+            pcm, rate = self.recordings.pop(0)
+            self.recording = True
+            try:
+                await self.session.say_audio(pcm, rate)
+            finally:
+                self.recording = False
+        while True:
+            cut, text = await self.typed.get()
+            if text is None:
+                return
+            if cut == self.cuts:
+                self.lines_waiting -= 1
+                await self.session.say(text)
 
     @property
     def pending(self) -> bool:
         """Turns it has not sent in full yet."""
-        return not self.task.done() and (self.recordings_left > 0 or not self.typed.empty())
+        return not self.task.done() and (self.recording or bool(self.recordings) or self.lines_waiting > 0)
 
     async def offer(self, text: str | None) -> bool:
         """``text`` queued to be sent (``None``: nothing more); False if the sender has stopped (it
         failed). Waits while TYPED_LINES_WAITING are."""
-        put = asyncio.ensure_future(self.typed.put(text))
+        if text is not None:
+            self.lines_waiting += 1
+        put = asyncio.ensure_future(self.typed.put((self.cuts, text)))
         await asyncio.wait([put, self.task], return_when=asyncio.FIRST_COMPLETED)
         await cancel_and_wait(put)
         return put.done() and not put.cancelled()
 
     async def interrupt(self) -> None:
-        while not self.typed.empty():
-            self.typed.get_nowait()
-        if self.pending:
-            self.recordings_left = 0
-            cut, self.task = self.task, asyncio.create_task(self._run([]), name="live-cli-send")
-            await cancel_and_wait(cut)  # (a recording cut while it was sent ends its turn)
+        self.cuts += 1  # lines queued (or waiting for room) before now are dropped as they come
+        self.lines_waiting = 0
+        self.recordings.clear()
         await self.session.interrupt()
 
     async def aclose(self) -> None:
@@ -255,12 +268,9 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
                 while not pump.done() and not quit_now.is_set() and not sender.task.done():
                     if read is None:
                         read = asyncio.ensure_future(lines.get())
-                    sending = sender.task
-                    waiting: set[asyncio.Future[object]] = {read, pump, quitting, sending}  # type: ignore[arg-type]
+                    waiting: set[asyncio.Future[object]] = {read, pump, quitting, sender.task}  # type: ignore[arg-type]
                     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     if read not in done:
-                        if sending is not sender.task:
-                            continue  # an interrupt replaced the sender (the read goes on)
                         break  # the stream ended, Ctrl-C while idle, or the sender failed
                     line = read.result()
                     read = None
@@ -282,7 +292,7 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
             finally:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(signal.SIGINT)
-                await signals.aclose()
+                await signals.aclose()  # (an interrupt is one write: it has gone by the time the loop ends)
                 await cancel_and_wait(pump, quitting, read)
                 await sender.aclose()
             if not pump.cancelled() and pump.exception() is not None:

@@ -325,5 +325,13 @@ async def test_an_interrupt_drops_the_recordings_and_lines_not_sent_yet() -> Non
         await asyncio.sleep(0.05)
         assert session.log == [("audio", b"A"), ("interrupt", ""), ("text", "after the interrupt")]
         assert not sender.pending
+        # the end of input given, then an interrupt (Ctrl-C after Ctrl-D): the sender still ends
+        assert await sender.offer("one more")
+        assert await sender.offer(None)
+        await sender.interrupt()
+        async with asyncio.timeout(10):
+            await sender.task
+        assert session.log[-2:] == [("text", "one more"), ("interrupt", "")]  # (sent at once: the sender was free)
+        assert sender.task.exception() is None
     finally:
         await sender.aclose()
