@@ -955,7 +955,7 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
             # comes from our own error types; anything else may be a bug: the traceback is one flag away
             import re
 
-            ours = type(exc).__module__.startswith(("talkmesh.", "services.")) or re.match(r"[a-z_][\w.]*: ", str(exc))
+            ours = type(exc).__module__.startswith(("talkmesh.", "services.")) or re.match(r"[a-z_][\w. ]*: ", str(exc))
             return str(exc) if ours else f"{exc} (run with --debug for the traceback)"
     return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
 

@@ -136,6 +136,8 @@ class Mesh:
     start_timeout: float = 120.0
     port_base: int | None = None
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    #: what ``_extra_env`` gave each service at start
+    _started_with: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
 
     @property
     def gateway(self) -> str:
@@ -177,8 +179,11 @@ class Mesh:
         return self
 
     def _extra_env(self, s: ServiceSpec) -> dict[str, str]:
-        """What the launcher adds to a service's environment (at start and at a restart)."""
-        return {**self._targets(s), **self._derived(s)}
+        """What the launcher adds to a service's environment: decided at start, the same at a
+        restart (the renderer's config file may have changed since; the running renderer has not)."""
+        if s.name not in self._started_with:
+            self._started_with[s.name] = {**self._targets(s), **self._derived(s)}
+        return self._started_with[s.name]
 
     def _targets(self, s: ServiceSpec) -> dict[str, str]:
         """``<PREFIX>__<CALLEE>__TARGET`` for each service it calls."""

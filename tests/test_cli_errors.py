@@ -365,3 +365,5 @@ def test_an_unexpected_error_at_start_keeps_the_traceback_hint() -> None:
     ours = ValueError("whisper_encoder.path: /tmp/nope.onnx is not a file")
     assert describe_error(ours, args) == "whisper_encoder.path: /tmp/nope.onnx is not a file"
     assert describe_error(ValueError(), args) == "ValueError:  (run with --debug for the traceback)"
+    for message in ("musetalk.version 1.0: needs a Whisper encoder ...", "whisper encoder: refused"):
+        assert describe_error(ValueError(message), args) == message

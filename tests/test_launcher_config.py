@@ -64,6 +64,8 @@ async def test_a_restarted_gateway_keeps_the_renderers_default(monkeypatch: pyte
         name: mock.Mock(proc=proc, address=f"127.0.0.1:{4000 + i}", metrics_port=0, stdout_task=None, exit_task=None)
         for i, name in enumerate(s.name for s in SERVICES)
     }
+    mesh._extra_env(spec("gateway"))  # (as start() asks)
+    mesh.env = {}  # the renderer's config changed since: the running renderer did not
     await mesh.restart("gateway")
     await asyncio.sleep(0)
     assert spawned and spawned[0][KEY] == "wav2lip"

@@ -674,6 +674,10 @@ class LiveSession:
         return None
 
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
+        if self.refusing_turns:  # (before the room check: no "retry in 1 s" from a session that is ending)
+            # for good (the id cannot come again): it ends with its speaking_stopped (_never_taken)
+            self.refused.put(tid, True)
+            raise FailedPrecondition("the session is ending: no new turns")
         limit = self.sizes.pending_turns
         if len(self.turns) >= limit:
             raise ResourceExhausted(
@@ -684,10 +688,6 @@ class LiveSession:
                 subject="session",
                 field=f"{kind}.turn_id",
             )
-        if self.refusing_turns:
-            # for good (the id cannot come again): it ends with its speaking_stopped (_never_taken)
-            self.refused.put(tid, True)
-            raise FailedPrecondition("the session is ending: no new turns")
         turn = GatewayTurn(tid, kind, text=Chan(self.sizes.turn_text), audio=Chan(self.sizes.turn_audio))
         if kind == "audio":
             turn.source_rate = body.sample_rate

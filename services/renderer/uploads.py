@@ -148,7 +148,8 @@ def resized(m: mmap.mmap, size: int, used: int) -> mmap.mmap:
     except (SystemError, OSError):
         pass
     grown = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-    grown[:used] = m[:used]
+    with memoryview(m) as view:  # (copied page to page: no third copy as bytes)
+        grown[:used] = view[:used]
     m.close()
     return grown
 
@@ -355,16 +356,19 @@ class Preparations:
         lock = threading.Lock()
         state = {"started": False, "done": False}  # the worker began work; the slot was given back
 
-        def give_back() -> None:
-            with lock:
-                if state["done"]:
-                    return
-                state["done"] = True
+        def hand_back() -> None:  # (once: by whoever set state["done"])
             held.release()
             try:
                 loop.call_soon_threadsafe(self._slots.release)  # (the semaphore is the loop's)
             except RuntimeError:  # the loop is closed: nothing waits for a slot any more
                 pass
+
+        def give_back() -> None:
+            with lock:
+                if state["done"]:
+                    return
+                state["done"] = True
+            hand_back()
 
         def worker() -> T:
             with lock:
@@ -379,7 +383,9 @@ class Preparations:
         try:
             return await asyncio.to_thread(worker)
         finally:
-            with lock:
-                abandoned = not state["started"]
+            with lock:  # decided with the worker's start in one step: a worker starting now stops
+                abandoned = not state["started"] and not state["done"]
+                if abandoned:
+                    state["done"] = True
             if abandoned:  # (cancelled before the worker began: it never will)
-                give_back()
+                hand_back()

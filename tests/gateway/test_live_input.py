@@ -124,3 +124,23 @@ async def test_a_turn_that_ends_on_the_encoder_lets_go_of_a_reader_waiting_to_ho
     finally:
         await cancel_and_wait(reader)
         await session.tasks.aclose()
+
+
+async def test_a_full_session_that_is_ending_refuses_a_new_turn_for_its_end_not_for_room() -> None:
+    """A client at live.max_pending_turns was told RESOURCE_EXHAUSTED "retry in 1 s" by a session
+    that was ending (and got no FAILED speaking_stopped for the turn)."""
+    import pytest
+
+    from talkmesh.common.errors import FailedPrecondition
+
+    session = _session()
+    try:
+        for i in range(session.sizes.pending_turns):
+            session.turns[f"t{i}"] = None  # type: ignore[assignment]  # (only counted)
+        session.refusing_turns = True
+        with pytest.raises(FailedPrecondition, match="the session is ending"):
+            await session._new_turn("late", "text", lpb.SpeakText(turn_id="late", text="Hi."))
+        assert "late" in session.refused  # so it gets its FAILED speaking_stopped
+    finally:
+        session.turns.clear()
+        await session.tasks.aclose()
