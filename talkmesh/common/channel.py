@@ -107,15 +107,22 @@ def transport_options(max_message_bytes: int, *, large_window: bool = False) -> 
 
     ``large_window``: the HTTP/2 stream window starts large enough for two whole messages, so a
     raw video frame is not held up by window updates (the default 64 KiB initial window costs round
-    trips on every 400 KB frame until BDP probing grows it); for whoever *receives* frames.
+    trips on every 400 KB frame until BDP probing grows it); for whoever *receives* frames. At least
+    MIN_LOOKAHEAD_BYTES: servers keep it fixed (BDP probing off), so a small message limit must not
+    make a far client's upload crawl (1 MiB messages: 2 MiB per round trip).
     """
     options: list[tuple[str, object]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
     if large_window:
-        options.append(("grpc.http2.lookahead_bytes", 2 * max_message_bytes))
+        options.append(("grpc.http2.lookahead_bytes", max(2 * max_message_bytes, MIN_LOOKAHEAD_BYTES)))
     return options
+
+
+#: The smallest stream window of ``transport_options(large_window=True)``: the default message
+#: limit's (2 x DEFAULT_MAX_MESSAGE_BYTES)
+MIN_LOOKAHEAD_BYTES = 2 * DEFAULT_MAX_MESSAGE_BYTES
 
 
 def channel_options(

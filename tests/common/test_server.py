@@ -493,3 +493,15 @@ async def _no_active_streams(host) -> None:
     async with asyncio.timeout(10):  # hang guard
         while host.telemetry.metrics.registry.get_sample_value("talkmesh_streams_active", {"service": "toy"}):
             await asyncio.sleep(0.01)
+
+
+def test_a_small_message_limit_keeps_the_servers_window_at_its_floor() -> None:
+    """Servers keep their stream window fixed (BDP probing off): 2 x a 64 KiB message limit would
+    have been 128 KiB per round trip for a far client's upload."""
+    from talkmesh.common.channel import MIN_LOOKAHEAD_BYTES, transport_options
+
+    def window(limit: int) -> object:
+        return dict(transport_options(limit, large_window=True))["grpc.http2.lookahead_bytes"]
+
+    assert window(64 * 1024) == MIN_LOOKAHEAD_BYTES == 16 * 1024 * 1024
+    assert window(32 * 1024 * 1024) == 64 * 1024 * 1024  # (the renderer's: unchanged)
