@@ -137,6 +137,21 @@ async def test_a_whole_recording_over_the_limit_is_refused_before_any_stage_star
     assert refused_calls == 0 and spoken_calls >= 3, "no stage was called for the refused recording"
 
 
+async def test_a_long_recording_sent_at_once_always_gets_its_refusal_not_a_transport_error(tmp_path: Path) -> None:
+    """An 11-minute take (over the default 600 s) was refused at its first message while the client
+    was still writing the rest: 3 of 8 tries ended "INTERNAL: Internal error from Core" (grpc's
+    failed write) instead of the refusal. The gateway now reads what keeps coming first."""
+    pcm = b"\x00\x00" * 16000 * 660
+    codes = []
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        for _ in range(6):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in client.speak_audio(pcm, 16000):
+                    pass
+            codes.append((err.value.code(), err.value.details()[:38]))
+    assert set(codes) == {(grpc.StatusCode.INVALID_ARGUMENT, "audio.total_samples: the recording is ")}, codes
+
+
 async def test_no_audio_at_all_is_refused_as_such(tmp_path: Path) -> None:
     async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -441,17 +441,26 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 
 #: Before a client-streaming call is failed, the messages the client already sent are read (at
-#: most this many, for at most this long): a client whose write is still in flight when the status
-#: arrives would otherwise see grpc's "INTERNAL: Internal error from Core" instead of the status
-#: (grpc/grpc#36066).
-DRAIN_MESSAGES = 64
-DRAIN_SECONDS = 0.05
+#: most DRAIN_MESSAGES, for at most DRAIN_SECONDS, until none comes for DRAIN_QUIET_SECONDS): a
+#: client whose write is still in flight when the status arrives would otherwise see grpc's
+#: "INTERNAL: Internal error from Core" instead of the status (grpc/grpc#36066). A client sending
+#: fast (a whole recording, refused for its length: 64 messages in 50 ms left it writing, and 3 of 8
+#: such refusals arrived as that INTERNAL) is read to its end; one that sends nothing more gets the
+#: status after the quiet gap.
+DRAIN_MESSAGES = 4096
+DRAIN_SECONDS = 1.0
+DRAIN_QUIET_SECONDS = 0.05
 
 
 async def _drain(requests: Any) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_SECONDS
     try:
-        async with asyncio.timeout(DRAIN_SECONDS):
-            for _ in range(DRAIN_MESSAGES):
+        for _ in range(DRAIN_MESSAGES):
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            async with asyncio.timeout(min(DRAIN_QUIET_SECONDS, left)):
                 await anext(requests)
     except (TimeoutError, StopAsyncIteration):
         pass
