@@ -115,6 +115,17 @@ async def test_the_page_plays_speaks_interrupts_and_reports_upload_errors(tmp_pa
         assert "not a decodable image" in text and "{" not in text, text
         assert text.startswith("Upload failed (notes.png): ") and "renderer:" not in text, text
         assert status
+        take = tmp_path / "take.wav"  # a recording dropped on the avatar's input: its type, said plainly
+        take.write_bytes(b"RIFF")
+        await page.set_input_files("#avatar-file", str(take))
+        await wait_js(page, "document.getElementById('upload-status').textContent.startsWith('Upload failed (take')")
+        text = await page.inner_text("#upload-status")
+        assert text.startswith("Upload failed (take.wav): unsupported file type .wav"), text
+
+        # -- a file that is no sound as an audio turn: the message names it ------------------------
+        await page.set_input_files("#audio-file", str(bad))
+        await wait_js(page, "window.talkmesh.errors.some((e) => e.message.startsWith('audio file notes.png: '))")
+        await page.keyboard.press("Escape")  # (the alert goes)
 
         # -- an audio file as a turn (decoded in the page, sent as 16 kHz PCM) --------------------
         wav = tmp_path / "me.wav"

@@ -1182,7 +1182,7 @@
       logEvent(`audio turn ${id}: ${file.name}, ${decoded.duration.toFixed(1)} s`);
       await sendFile(id, rendered.getChannelData(0));
     } catch (err) {
-      showError(`audio file: ${err.message}`);
+      showError(`audio file ${file.name}: ${err.message}`);
     }
   }
 
@@ -1354,7 +1354,7 @@
         const err = body.error || {};
         record.ok = false;
         // "renderer: data: no face found ..." is said of the file: "Upload failed (me.jpg): no face found ..."
-        const reason = (err.message || xhr.statusText || `HTTP ${xhr.status}`).replace(/^renderer: /, "").replace(/^(data|file): /, "");
+        const reason = (err.message || xhr.statusText || `HTTP ${xhr.status}`).replace(/^renderer: /, "").replace(/^(data|file|meta\.filename): /, "");
         uploadFailed(`Upload failed (${file.name}): ${reason}`);
         bar.value = 0;
       }
