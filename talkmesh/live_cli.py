@@ -15,6 +15,7 @@ import contextlib
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -152,14 +153,27 @@ class StdinLines:
 TYPED_LINES_WAITING = 64
 
 
+@dataclass(frozen=True)
+class Recording:
+    """An ``--audio`` file: its name, mono s16le PCM and sample rate."""
+
+    name: str
+    pcm: bytes
+    rate: int
+
+
 class TurnSender:
     """Sends the session's turns in order: the recordings, each a turn of its own, then the typed
     lines (the turns queue: one plays after the other). ``interrupt`` drops what it has not sent
     yet, then interrupts what the session has: an interrupt stops everything queued. (A recording
     being sent ends with its turn: the interrupt stops it.)"""
 
-    def __init__(self, session: LiveSession, recordings: list[tuple[bytes, int]]) -> None:
+    def __init__(
+        self, session: LiveSession, recordings: list[Recording], out: TextIO | None = None
+    ) -> None:
         self.session = session
+        self.out = out  # where "take-1: take1.wav, 2.55 s" is said as a recording is sent
+        self.t0 = time.monotonic()
         #: (the cut it was given in, the line; None: the end of input)
         self.typed: asyncio.Queue[tuple[int, str | None]] = asyncio.Queue(TYPED_LINES_WAITING)
         self.recordings = list(recordings)
@@ -169,11 +183,18 @@ class TurnSender:
         self.task = asyncio.create_task(self._run(), name="live-cli-send")
 
     async def _run(self) -> None:
+        takes = 0
         while self.recordings:
-            pcm, rate = self.recordings.pop(0)
+            take = self.recordings.pop(0)
+            takes += 1
+            tid = f"take-{takes}"  # (its events name the file's turn)
+            if self.out is not None:
+                at = f"{time.monotonic() - self.t0:7.2f}s"
+                seconds = len(take.pcm) / 2 / take.rate
+                print(f"{at}  sending   {tid}: {take.name}, {seconds:.2f} s", file=self.out, flush=True)
             self.recording = True
             try:
-                await self.session.say_audio(pcm, rate)
+                await self.session.say_audio(take.pcm, take.rate, turn_id=tid)
             finally:
                 self.recording = False
         while True:
@@ -209,13 +230,13 @@ class TurnSender:
         await cancel_and_wait(self.task)
 
 
-def _read_recordings(paths: list[str]) -> list[tuple[bytes, int]]:
+def _read_recordings(paths: list[str]) -> list[Recording]:
     """The ``--audio`` files, read before the session starts (a bad one is one error line)."""
     from talkmesh.cli import CliError
     from talkmesh.speech_file import SpeechFileError, read_speech
 
     try:
-        return [read_speech(path) for path in paths]
+        return [Recording(Path(path).name, *read_speech(path)) for path in paths]
     except SpeechFileError as exc:
         raise CliError(f"--audio {exc}") from None
 
@@ -246,7 +267,7 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
             pump = asyncio.create_task(_pump(session, output, out, state, speaking), name="live-cli-pump")
             signals = TaskSet("live-cli")
 
-            sender = TurnSender(session, recordings)
+            sender = TurnSender(session, recordings, out)
 
             def on_sigint() -> None:
                 if speaking or sender.pending:

@@ -205,6 +205,8 @@ async def test_audio_files_are_spoken_first_each_as_its_own_turn(tmp_path: Path)
         assert {r[3] for r in pieces} == {rate}
         assert b"".join(r[4] for r in pieces) == pcm  # type: ignore[misc]
         assert pieces[-1][2] and not any(r[2] for r in pieces[:-1])  # ended once, by its last piece
+    assert turns == ["take-1", "take-2"]  # (named after the order of --audio)
+    assert "sending   take-1: a.wav, 1.28 s" in err and "sending   take-2: b.wav, 0.17 s" in err, err
     kinds = [r[0] for r in gateway.received]
     assert kinds.index("text") > max(i for i, r in enumerate(gateway.received) if r[0] == "audio"), kinds
 
@@ -290,14 +292,14 @@ def test_a_caption_shows_the_clause_being_spoken() -> None:
 async def test_an_interrupt_drops_the_recordings_and_lines_not_sent_yet() -> None:
     """A stranger's review: an empty line while recording A played stopped A, then recording B and
     the lines typed meanwhile were sent and played (the sender still had them)."""
-    from talkmesh.live_cli import TurnSender
+    from talkmesh.live_cli import Recording, TurnSender
 
     class Session:
         def __init__(self) -> None:
             self.log: list[tuple[str, object]] = []
             self.cut = asyncio.Event()
 
-        async def say_audio(self, pcm: bytes, rate: int) -> str:
+        async def say_audio(self, pcm: bytes, rate: int, *, turn_id: str | None = None) -> str:
             self.log.append(("audio", pcm))
             await self.cut.wait()  # a long recording: sent until its turn is over
             return "t"
@@ -311,7 +313,7 @@ async def test_an_interrupt_drops_the_recordings_and_lines_not_sent_yet() -> Non
             self.cut.set()
 
     session = Session()
-    sender = TurnSender(session, [(b"A", 16000), (b"B", 16000)])  # type: ignore[arg-type]
+    sender = TurnSender(session, [Recording("a.wav", b"A", 16000), Recording("b.wav", b"B", 16000)])  # type: ignore[arg-type]
     try:
         async with asyncio.timeout(10):  # hang guard
             while not session.log:
