@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         action="append",
         default=[],
-        help="your own speech, spoken first as a turn of its own (repeatable; PCM WAV, other formats with PyAV)",
+        help="your own speech (WAV, MP3, M4A, Ogg...), spoken first as turns take-1, take-2... (repeatable)",
     )
 
 
