@@ -343,7 +343,7 @@ async def test_a_failed_audio_files_alert_goes_when_the_next_turn_starts() -> No
         broken = {"name": "broken.wav", "mimeType": "audio/wav", "buffer": b"RIFF not really a wave file"}
         await page.set_input_files("#audio-file", files=[broken])
         await wait_js(page, f"!{alert}.hidden", timeout=5)
-        assert (await page.inner_text("#alert")).startswith("Audio file: ")
+        assert (await page.inner_text("#alert")).startswith("Audio file broken.wav: ")  # (the file named)
         good = {"name": "hello.wav", "mimeType": "audio/wav", "buffer": _wav()}
         await page.set_input_files("#audio-file", files=[good])
         await wait_js(page, "window.talkmesh.turns.a1 !== undefined", timeout=5)
