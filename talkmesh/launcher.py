@@ -317,6 +317,7 @@ class Mesh:
         stops taking requests before anything else stops. ``timeout`` bounds the whole stop: a
         wave gets what is left of it (at least ``MIN_WAVE_SECONDS``), then SIGKILL."""
         codes: dict[str, int] = {}
+        self._started_with.clear()  # (a mesh started again gets new ports: decided anew)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for wave in stop_waves():
