@@ -456,70 +456,52 @@ def _config_class(service: str) -> Any:
     return AudioFeaturesConfig
 
 
+def _service_config(name: str, config: Path | None, service: str | None) -> Any:
+    """The config of ``name`` (one of MODEL_SERVICES) as it would start: its file when ``config`` is
+    its (``config_service``), then the environment; None without the service's code."""
+    from talkmesh.common.config import load_config
+    from talkmesh.common.registry import spec
+
+    try:
+        cls = _config_class(name)
+    except ImportError:
+        return None
+    own = config if config_service(config, service) == name else None
+    return load_config(cls, own, env_prefix=spec(name).env_prefix)
+
+
 def configured_models(config: Path | None = None, service: str | None = None) -> list[tuple[str, Path]]:
     """Model files named by the renderer's and audio_features' configuration (file + environment),
     whether they exist or not (a missing one is a failed check). ``config`` is read for the service
     ``config_service`` says it belongs to."""
-    from talkmesh.common.config import load_config
-    from talkmesh.common.registry import spec
-
-    service = config_service(config, service)
     found: list[tuple[str, Path]] = []
-    with contextlib.suppress(ImportError):
+    r = _service_config("renderer", config, service)
+    with contextlib.suppress(ImportError):  # (the renderer's code without what its backends import)
         from services.renderer.backends.musetalk import FILES
-        from services.renderer.config import RendererConfig
 
-        r = load_config(
-            RendererConfig, config if service == "renderer" else None, env_prefix=spec("renderer").env_prefix
-        )
-        if r.wav2lip.path:
+        if r is not None and r.wav2lip.path:
             found.append(("wav2lip", Path(r.wav2lip.path).expanduser()))
-        if r.musetalk.path:
+        if r is not None and r.musetalk.path:
             root = Path(r.musetalk.path).expanduser()
             found += [(f"musetalk {role}", root / file) for role, (file, _) in FILES.items()]
-    with contextlib.suppress(ImportError):
-        from services.audio_features.config import AudioFeaturesConfig
-
-        a = load_config(
-            AudioFeaturesConfig, config if service == "audio_features" else None,
-            env_prefix=spec("audio_features").env_prefix,
-        )  # fmt: skip
-        if a.whisper_encoder.path:
-            found.append((WHISPER_ENCODER, Path(a.whisper_encoder.path).expanduser()))
+    a = _service_config("audio_features", config, service)
+    if a is not None and a.whisper_encoder.path:
+        found.append((WHISPER_ENCODER, Path(a.whisper_encoder.path).expanduser()))
     return found
 
 
 def configured_musetalk_version(config: Path | None = None, service: str | None = None) -> str | None:
     """audio_features' ``musetalk.version`` (file + environment): the release its Whisper encoder
     must have been exported for; None without audio_features' code."""
-    from talkmesh.common.config import load_config
-    from talkmesh.common.registry import spec
-
-    try:
-        from services.audio_features.config import AudioFeaturesConfig
-    except ImportError:
-        return None
-    service = config_service(config, service)
-    a = load_config(
-        AudioFeaturesConfig, config if service == "audio_features" else None,
-        env_prefix=spec("audio_features").env_prefix,
-    )  # fmt: skip
-    return a.musetalk.version
+    a = _service_config("audio_features", config, service)
+    return None if a is None else a.musetalk.version
 
 
 def configured_execution(config: Path | None = None, service: str | None = None) -> Any:
     """The renderer's ``execution`` section (file + environment): its providers and, above all, its
     TensorRT engine cache, so measuring the configured models reuses (or fills) the shared cache."""
-    from talkmesh.common.config import load_config
-    from talkmesh.common.registry import spec
-
-    try:
-        from services.renderer.config import RendererConfig
-    except ImportError:
-        return None
-    service = config_service(config, service)
-    cfg = load_config(RendererConfig, config if service == "renderer" else None, env_prefix=spec("renderer").env_prefix)
-    return cfg.execution
+    r = _service_config("renderer", config, service)
+    return None if r is None else r.execution
 
 
 def models_section(
