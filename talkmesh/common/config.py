@@ -339,16 +339,16 @@ _OVERRIDE = re.compile(r"^TALKMESH_([A-Z0-9_]+?)__")
 def stray_overrides(env: Mapping[str, str] | None = None) -> list[str]:
     """One warning line per ``TALKMESH_<X>__...`` variable whose ``X`` is no service: no config
     reads it (a misspelt ``TALKMESH_RENDRER__BACKENDS``), with the closest service's."""
-    from talkmesh.common.registry import NAMES
+    from talkmesh.common.registry import NAMES, spec
 
-    prefixes = {f"TALKMESH_{n.upper()}": n for n in NAMES}
+    served = tuple(f"{spec(n).env_prefix}__" for n in NAMES)
     out = []
     for name in sorted(os.environ if env is None else env):
         m = _OVERRIDE.match(name)
-        if m is None or any(name.startswith(p + "__") for p in prefixes):
+        if m is None or name.startswith(served):
             continue
         [closest] = difflib.get_close_matches(m.group(1).lower(), list(NAMES), n=1, cutoff=0.0) or [NAMES[0]]
-        fixed = f"TALKMESH_{closest.upper()}__{name[m.end():]}"
+        fixed = f"{spec(closest).env_prefix}__{name[m.end():]}"
         out.append(f"{name} is ignored: {m.group(1)} is not a service; did you mean {fixed}?")
     return out
 
