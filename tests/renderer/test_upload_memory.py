@@ -27,6 +27,9 @@ from talkmesh.v1 import renderer_pb2_grpc
 from tests.renderer.uploading import MP4_HEAD, trickled_upload, upload_service
 
 MiB = 1 << 20
+#: what the renderer may keep after the uploads (measured +7..+12 MiB with one malloc arena,
+#: talkmesh/common/memory.py; +94..+159 with an arena per thread)
+KEPT_MIB = 32
 
 
 
@@ -169,7 +172,7 @@ async def test_six_concurrent_199_mb_uploads_stay_within_the_budget_and_give_mem
     """A renderer process with the default limits (200 MiB per upload, 400 MiB in flight), six
     concurrent 199 MB uploads straight to its port: its peak RSS grows by the budget plus gRPC's
     receive windows, not by six uploads twice (before: +1.9 GiB), and it gives the memory back
-    afterwards (before: 1.8 GiB kept)."""
+    afterwards (before: 1.8 GiB kept; then up to 64 MiB per thread that had received blocks)."""
     env = {
         **os.environ,
         "TALKMESH_RENDERER__SERVER__PORT": "0",
@@ -214,7 +217,7 @@ async def test_six_concurrent_199_mb_uploads_stay_within_the_budget_and_give_mem
         for _ in range(100):
             await asyncio.sleep(0.2)
             after = _status(proc.pid)["VmRSS"]
-            if after - before["VmRSS"] <= 128:
+            if after - before["VmRSS"] <= KEPT_MIB:
                 break
         grew = peak - before["VmHWM"]
         report = f"renderer RSS {before['VmRSS']} MiB; peak {peak} MiB (+{grew}); after {after} MiB; {codes}"
@@ -223,7 +226,7 @@ async def test_six_concurrent_199_mb_uploads_stay_within_the_budget_and_give_mem
         assert set(codes) <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "INTERNAL"}, codes
         assert "RESOURCE_EXHAUSTED" in codes or "INTERNAL" in codes, "not every upload fits in 400 MiB"
         assert peak - before["VmHWM"] <= 400 + 6 * 64 + 64, "the budget, gRPC's windows and some slack"
-        assert after - before["VmRSS"] <= 128, "the memory was given back"
+        assert after - before["VmRSS"] <= KEPT_MIB, "the memory was given back"
     finally:
         proc.terminate()
         await proc.wait()
