@@ -335,18 +335,18 @@ def measure_model(
     seconds: float = 1.0,
     max_run_seconds: float = 20.0,
     execution: Any = None,
-    musetalk_version: str | None = None,
+    rules: ServiceRules | None = None,
 ) -> dict[str, Any]:
     """Frames per second of ``session.run`` at each batch size (after a warm-up run), on the provider
     the session factory picks with ``execution`` (an ExecutionConfig; default: automatic). A batch
     whose warm-up takes longer than ``max_run_seconds`` ends the series (larger batches are skipped).
-    ``musetalk_version``: audio_features' ``musetalk.version``, which a Whisper encoder must match."""
+    ``rules``: the services' settings a configured model must also agree with (ServiceRules)."""
     from talkmesh.common.onnx import ExecutionConfig, ModelError, open_session
 
     out: dict[str, Any] = {"name": name, "path": str(path), "fps": {}}
     try:
         s = open_session(path, execution or ExecutionConfig(), name=name, max_batch=max(batches))
-        refused = _signature_refusal(name, s.session, path, musetalk_version)
+        refused = _signature_refusal(name, s.session, path, rules or ServiceRules())
     except ModelError as exc:
         out["error"] = str(exc)
         return out
@@ -383,7 +383,17 @@ WHISPER_ENCODER = "whisper encoder"
 MODEL_SERVICES = ("renderer", "audio_features")
 
 
-def _signature_refusal(name: str, session: Any, path: Path, musetalk_version: str | None = None) -> str:
+@dataclass(frozen=True)
+class ServiceRules:
+    """What the services check a configured model against beside its signature: audio_features'
+    ``musetalk.version`` (the release its Whisper encoder was exported for; None: no check) and
+    the renderer's ``musetalk.vae_latent`` (``mean`` takes a VAE encoder without ``latents_std``)."""
+
+    musetalk_version: str | None = None
+    vae_latent: str = "sample"
+
+
+def _signature_refusal(name: str, session: Any, path: Path, rules: ServiceRules) -> str:
     """Why the service would refuse a configured model (its checks at start, the same functions),
     or "" (fine, or a model no service checks: the embedded one, a ``--model`` file)."""
     if name == WHISPER_ENCODER:
@@ -396,7 +406,7 @@ def _signature_refusal(name: str, session: Any, path: Path, musetalk_version: st
             check_encoder_session(session, path)
         except ValueError as exc:
             return str(exc)
-        version = MUSETALK_VERSIONS.get(musetalk_version or "")
+        version = MUSETALK_VERSIONS.get(rules.musetalk_version or "")
         return version.refusal(path.name, encoder_release(session)) if version else ""
     try:
         from services.renderer.backends import musetalk, wav2lip
@@ -407,10 +417,16 @@ def _signature_refusal(name: str, session: Any, path: Path, musetalk_version: st
     expected.update({f"musetalk {role}": sig for role, (_, sig) in musetalk.FILES.items()})
     if name not in expected:
         return ""
+    found = found_signature(session)
     try:
-        check_signature(name, expected[name], found_signature(session))
+        check_signature(name, expected[name], found)
     except ModelError as exc:
-        return str(exc)
+        if name != "musetalk vae_encoder":
+            return str(exc)
+        try:  # (the backend's own fallback: a mean-only encoder under vae_latent: mean)
+            check_signature(name, musetalk.vae_encoder_fallback(exc, rules.vae_latent), found)
+        except ModelError as refused:
+            return str(refused)
     return ""
 
 
@@ -490,11 +506,15 @@ def configured_models(config: Path | None = None, service: str | None = None) ->
     return found
 
 
-def configured_musetalk_version(config: Path | None = None, service: str | None = None) -> str | None:
-    """audio_features' ``musetalk.version`` (file + environment): the release its Whisper encoder
-    must have been exported for; None without audio_features' code."""
+def configured_rules(config: Path | None = None, service: str | None = None) -> ServiceRules:
+    """ServiceRules from the renderer's and audio_features' configuration (file + environment);
+    a service whose code is absent adds no rule."""
     a = _service_config("audio_features", config, service)
-    return None if a is None else a.musetalk.version
+    r = _service_config("renderer", config, service)
+    return ServiceRules(
+        musetalk_version=None if a is None else a.musetalk.version,
+        vae_latent=ServiceRules.vae_latent if r is None else r.musetalk.vae_latent,
+    )
 
 
 def configured_execution(config: Path | None = None, service: str | None = None) -> Any:
@@ -510,7 +530,7 @@ def models_section(
     models: Sequence[tuple[str, Path]],
     seconds: float,
     execution: Any = None,
-    musetalk_version: str | None = None,
+    rules: ServiceRules | None = None,
 ) -> list[dict[str, Any]]:
     """The configured models with the renderer's execution settings, else the embedded one (automatic
     providers, engine cache in ``tmp``)."""
@@ -523,7 +543,7 @@ def models_section(
         return [measure_model(EMBEDDED_NAME, path, seconds=seconds,
                               execution=ExecutionConfig(trt_cache_dir=str(tmp / "trt-embedded")))]  # fmt: skip
     return [
-        measure_model(n, p, seconds=seconds, execution=execution, musetalk_version=musetalk_version) for n, p in models
+        measure_model(n, p, seconds=seconds, execution=execution, rules=rules) for n, p in models
     ]
 
 
@@ -642,8 +662,8 @@ def run_doctor(
         r.nvenc = nvenc_section()
         chosen = list(models) if models is not None else configured_models(config, service)
         execution = configured_execution(config, service) if chosen else None
-        version = configured_musetalk_version(config, service) if chosen else None
-        r.models = models_section(tmp, r.onnxruntime, chosen, seconds, execution, version)
+        rules = configured_rules(config, service) if chosen else None
+        r.models = models_section(tmp, r.onnxruntime, chosen, seconds, execution, rules)
         r.encoder = encoder_section(bool(r.nvenc.get("opens")), seconds)
     r.summary = summarize(r)
     r.failures = failures(r)

@@ -228,6 +228,36 @@ def test_a_mean_only_encoder_needs_vae_latent_mean(exported, tmp_path: Path):
     assert avatar.extras["musetalk"]["latents"].shape == (2, 8, 32, 32)
 
 
+def test_doctor_judges_a_mean_only_encoder_as_the_renderer_does(
+    exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """doctor refused a mean-only VAE encoder even under vae_latent: mean (it checked the full
+    signature): now the renderer's own rule, both ways."""
+    import shutil
+
+    import onnx
+
+    from talkmesh.cli import main
+    from tests.test_doctor import _quick
+
+    _, _, out = exported
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    model = onnx.load(str(old / "vae_encoder.onnx"))
+    del model.graph.output[1]
+    onnx.save(model, str(old / "vae_encoder.onnx"))
+    _quick(monkeypatch)
+    monkeypatch.setenv("TALKMESH_RENDERER__MUSETALK__PATH", str(old))
+    assert main(["doctor", "--json", "--seconds", "0.01"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [f.split(":")[0] for f in report["failures"]] == ["musetalk vae_encoder"], report["failures"]
+    assert "vae_latent: sample needs the encoder's latents_std" in report["failures"][0]
+    monkeypatch.setenv("TALKMESH_RENDERER__MUSETALK__VAE_LATENT", "mean")
+    assert main(["doctor", "--json", "--seconds", "0.01"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["failures"] == [] and {m["name"] for m in report["models"]} >= {"musetalk vae_encoder"}
+
+
 def test_backend_output_matches_the_torch_pipeline(exported, backend):
     unet, vae, _ = exported
     avatar = make_avatar()

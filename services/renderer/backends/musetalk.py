@@ -54,6 +54,22 @@ VAE_ENCODER = Signature(
 )
 #: an encoder exported before ``latents_std`` (the mean only): usable with ``musetalk.vae_latent: mean``
 VAE_ENCODER_MEAN_ONLY = Signature(inputs=VAE_ENCODER.inputs, outputs=VAE_ENCODER.outputs[:1])
+
+
+def vae_encoder_fallback(refused: ModelError, vae_latent: str) -> Signature:
+    """The signature a VAE encoder that ``VAE_ENCODER`` refused may still be opened with: the
+    mean-only one under ``musetalk.vae_latent: mean``. Otherwise ``refused`` again (with the fix
+    when it is the missing ``latents_std``). The backend and ``talkmesh doctor`` both decide by it."""
+    if "wrong model signature" not in str(refused):
+        raise refused
+    if vae_latent != "mean":
+        raise ModelError(
+            f"{refused}; musetalk.vae_latent: sample needs the encoder's latents_std (re-export with "
+            "python -m tools.export_musetalk, or set musetalk.vae_latent: mean)"
+        ) from refused
+    return VAE_ENCODER_MEAN_ONLY
+
+
 UNET = Signature(
     inputs=(TensorSpec("latents", (None, 8, LATENT, LATENT)), TensorSpec("audio", (None, *AUDIO_SHAPE))),
     outputs=(TensorSpec("pred", (None, 4, LATENT, LATENT)),),
@@ -124,14 +140,9 @@ class MuseTalkBackend(NeuralBackend):
             try:
                 self.models[role] = load(role, root / file, sig)
             except ModelError as exc:
-                if role != "vae_encoder" or "wrong model signature" not in str(exc):
+                if role != "vae_encoder":
                     raise
-                if config.musetalk.vae_latent != "mean":
-                    raise ModelError(
-                        f"{exc}; musetalk.vae_latent: sample needs the encoder's latents_std (re-export with "
-                        "python -m tools.export_musetalk, or set musetalk.vae_latent: mean)"
-                    ) from exc
-                self.models[role] = load(role, root / file, VAE_ENCODER_MEAN_ONLY)
+                self.models[role] = load(role, root / file, vae_encoder_fallback(exc, config.musetalk.vae_latent))
         self.parser: FaceParser | None = None
         if parser_path is not None:
             self.parser = FaceParser(load("face_parser", parser_path, FACE_PARSER), config.musetalk.face_parser_mode)
