@@ -59,6 +59,8 @@ async def test_the_callers_speech_becomes_a_lip_synced_video(tmp_path: Path, rat
             client.speak_audio(pcm.tobytes(), rate, container=api.CONTAINER_FMP4), tmp_path / "me.mp4"
         )
     assert result.summary.audio_seconds == pytest.approx(len(pcm) / rate, abs=0.01)
+    stages = {s.stage for s in result.summary.stages}  # no TTS timings for speech TTS never saw
+    assert "features_first" in stages and not {"tts_first_chunk", "tts_total"} & stages, stages
     assert len(result.fragment_times) > 3  # streamed: fragments as they were encoded
     _check_video(tmp_path / "me.mp4", pcm, rate)
 

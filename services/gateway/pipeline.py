@@ -563,6 +563,8 @@ class _Run:
         }
         if ("encoder", "first_fragment") not in reported:  # a whole MP4: no fragment to time
             del stages[Stage.ENCODER_FIRST_FRAGMENT]
+        if self.audio_pieces is not None:  # the caller's own speech: TTS had no part in it
+            del stages[Stage.TTS_FIRST_CHUNK], stages[Stage.TTS_TOTAL]
         tel = self.o.telemetry
         for name, secs in stages.items():
             tel.observe_stage(name, secs)
@@ -577,7 +579,7 @@ class _Run:
         return gpb.SpeakSummary(
             request_id=self.rid,
             stages=[cpb.StageTiming(service="gateway", stage=k, seconds=v) for k, v in stages.items()],
-            time_to_first_audio_seconds=stages[Stage.TTS_FIRST_CHUNK],
+            time_to_first_audio_seconds=tl.since(tl.first_audio),
             time_to_first_frame_seconds=tl.since(tl.first_frame),
             time_to_first_fragment_seconds=tl.since(tl.first_fragment),
             audio_seconds=audio_seconds,
