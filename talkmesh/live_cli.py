@@ -1,8 +1,9 @@
 """`talkmesh live`: a live session from the terminal.
 
 Type a line and press Enter to speak it; ``--audio FILE`` (repeatable) speaks your own recordings
-first, one turn each; an empty line (or Ctrl-C while the avatar speaks) interrupts; Ctrl-D (end of
-input) lets the queued turns finish and ends the session; Ctrl-C while idle quits. The stream is
+first, one turn each; an empty line (or Ctrl-C while the avatar speaks or has turns queued)
+interrupts; Ctrl-D (end of input) lets the queued turns finish and ends the session; Ctrl-C while
+idle quits. The stream is
 written to a file as it arrives (fragmented MP4: play it with any player afterwards, or watch it
 grow with ``ffplay``), and the session's events are printed.
 """
@@ -92,7 +93,7 @@ def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
 
 
 async def _pump(
-    session: LiveSession, output: Path | None, out: TextIO, state: dict[str, int], speaking: set[str]
+    session: LiveSession, output: Path | None, out: TextIO, state: dict[str, int], turns: set[str]
 ) -> None:
     t0 = time.monotonic()
     sink = output.open("wb") if output is not None else None
@@ -104,12 +105,13 @@ async def _pump(
                 sink.flush()
             elif kind == "error":
                 state["errors"] += 1
+                turns.discard(msg.error.turn_id)
             elif kind == "event":
                 which = msg.event.WhichOneof("kind")
-                if which == "speaking_started":
-                    speaking.add(msg.event.speaking_started.turn_id)
-                elif which == "speaking_stopped":  # (also of turns that never spoke)
-                    speaking.discard(msg.event.speaking_stopped.turn_id)
+                if which == "speaking_stopped":  # (also of turns that never spoke)
+                    turns.discard(msg.event.speaking_stopped.turn_id)
+                elif which == "interrupt_acknowledged":
+                    turns.difference_update(msg.event.interrupt_acknowledged.stopped_turn_ids)
             line = describe(msg, t0)
             if line:
                 print(line, file=out, flush=True)
@@ -169,9 +171,16 @@ class TurnSender:
     being sent ends with its turn: the interrupt stops it.)"""
 
     def __init__(
-        self, session: LiveSession, recordings: list[Recording], out: TextIO | None = None
+        self,
+        session: LiveSession,
+        recordings: list[Recording],
+        out: TextIO | None = None,
+        turns: set[str] | None = None,
     ) -> None:
         self.session = session
+        #: the turns sent and not over yet (speaking, or queued in the session): the pump takes
+        #: out those that stop; an interrupt ends them all
+        self.turns = turns if turns is not None else set()
         self.out = out  # where "take-1: take1.wav, 2.55 s" is said as a recording is sent
         self.t0 = time.monotonic()
         #: (the cut it was given in, the line; None: the end of input)
@@ -193,6 +202,7 @@ class TurnSender:
                 seconds = len(take.pcm) / 2 / take.rate
                 print(f"{at}  sending   {tid}: {take.name}, {seconds:.2f} s", file=self.out, flush=True)
             self.recording = True
+            self.turns.add(tid)
             try:
                 await self.session.say_audio(take.pcm, take.rate, turn_id=tid)
             finally:
@@ -203,7 +213,7 @@ class TurnSender:
                 return
             if cut == self.cuts:
                 self.lines_waiting -= 1
-                await self.session.say(text)
+                self.turns.add(await self.session.say(text))
 
     @property
     def pending(self) -> bool:
@@ -224,6 +234,7 @@ class TurnSender:
         self.cuts += 1  # lines queued (or waiting for room) before now are dropped as they come
         self.lines_waiting = 0
         self.recordings.clear()
+        self.turns.clear()  # (the session stops everything it has)
         await self.session.interrupt()
 
     async def aclose(self) -> None:
@@ -251,7 +262,7 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
     loop = asyncio.get_running_loop()
     quit_now = asyncio.Event()
     state = {"errors": 0}
-    speaking: set[str] = set()  # the turn that is speaking (Ctrl-C interrupts it)
+    turns: set[str] = set()  # sent and not over: speaking or queued (Ctrl-C interrupts them)
     from talkmesh.cli import tls_from_args
 
     async with TalkmeshClient(target, tls=tls_from_args(args), api_key=getattr(args, "api_key", None)) as client:
@@ -264,13 +275,13 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
             markdown=args.markdown,
             idle_motion=idle_motion(args),
         ) as session:
-            pump = asyncio.create_task(_pump(session, output, out, state, speaking), name="live-cli-pump")
+            pump = asyncio.create_task(_pump(session, output, out, state, turns), name="live-cli-pump")
             signals = TaskSet("live-cli")
 
-            sender = TurnSender(session, recordings, out)
+            sender = TurnSender(session, recordings, out, turns)
 
             def on_sigint() -> None:
-                if speaking or sender.pending:
+                if turns or sender.pending:
                     signals.spawn(sender.interrupt(), name="interrupt")
                 else:
                     quit_now.set()

@@ -143,6 +143,36 @@ async def test_ctrl_c_while_idle_quits_without_waiting_for_input(tmp_path: Path)
         await server.stop(0)
 
 
+async def test_ctrl_c_with_a_turn_queued_interrupts_it_instead_of_quitting(tmp_path: Path) -> None:
+    """A line the session has taken but not begun to speak (queued behind a turn, or its TTS not
+    in yet): Ctrl-C interrupts it, as while it speaks; it quit before. Once nothing is left,
+    Ctrl-C quits."""
+    server, gateway, target = await _serve("idle")  # (takes turns, never speaks them)
+    proc = await _live(target, tmp_path)
+    assert proc.stdin is not None
+    try:
+        await _until(proc, "type a line")
+        proc.stdin.write(b"hello there\n")
+        await proc.stdin.drain()
+        async with asyncio.timeout(10):
+            while not any(kind == "text" for kind, *_ in gateway.received):
+                await asyncio.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            while not any(kind == "interrupt" for kind, *_ in gateway.received):
+                await asyncio.sleep(0.02)
+        assert proc.returncode is None, "Ctrl-C with a turn queued quit the session"
+        proc.send_signal(signal.SIGINT)  # nothing left: quits
+        async with asyncio.timeout(10):
+            _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await server.stop(0)
+
+
 async def test_a_stream_that_fails_is_one_error_line_and_a_non_zero_exit(tmp_path: Path) -> None:
     server, _, target = await _serve("fail")
     proc = await _live(target, tmp_path)
