@@ -24,6 +24,7 @@ import logging
 import math
 import re
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -181,6 +183,20 @@ MAX_IMAGE_SIDE = 65535
 #: Whom the per-address limits count a request against (``limit_key`` of its ``client_address``:
 #: X-Forwarded-For from a trusted proxy); "" for nobody in particular (loopback, a trusted proxy).
 CLIENT_KEY = web.RequestKey("client", str)
+class HttpErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log, with a malformed request (its parser's 4xx: a scanner, TLS sent to the
+    plain port) as one INFO line naming the problem instead of an ERROR with a traceback each (a
+    log flood anyone could cause, and noise for whoever is on call). Everything else as it was."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            problem = next((line.strip() for line in str(exc.message).splitlines() if line.strip()), "")
+            self.info("%s: %s %s", str(msg) % args, exc.code, problem.rstrip(":"))
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 #: What every answer says of the server (aiohttp's default names Python's and its own versions).
 SERVER_HEADER = "talkmesh"
 #: The page's Content-Security-Policy (its own scripts and styles only, no inline ones; the video
@@ -489,6 +505,7 @@ class WebHost:
             shutdown_timeout=1.0,
             handler_cancellation=True,
             keepalive_timeout=self.config.web.read_timeout_seconds,
+            logger=HttpErrorLog(logging.getLogger("aiohttp.server")),
         )
         await self._runner.setup()
         self._count_connections(self._runner.server)

@@ -460,6 +460,29 @@ async def test_answers_carry_no_versions_or_addresses_and_the_page_its_csp() -> 
         assert "frame-ancestors 'self' https://app.example.com" in r.headers["Content-Security-Policy"]
 
 
+async def test_a_malformed_request_is_one_info_line_not_an_error_with_a_traceback(caplog) -> None:
+    """aiohttp's parser refuses a malformed request (a scanner, TLS sent to the plain port) with a
+    400 and logged an ERROR with its traceback for each: a log flood anyone could cause, and noise
+    for whoever is on call. Now one INFO line naming the problem."""
+    requests = (
+        b"GET /\x01bad HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    )
+    async with real_edge() as host:
+        with caplog.at_level(logging.DEBUG):
+            for raw in requests:
+                reader, writer = await asyncio.open_connection("127.0.0.1", host.port)
+                writer.write(raw)
+                answer = await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+                assert answer.startswith(b"HTTP/1.0 400"), answer[:100]
+    records = [r for r in caplog.records if "handling request" in r.getMessage() or r.name.startswith("aiohttp")]
+    assert not [r for r in records if r.levelno >= logging.WARNING], [r.getMessage() for r in records]
+    lines = [r.getMessage() for r in records if r.levelno == logging.INFO]
+    assert len(lines) == 2 and not any(r.exc_info for r in records), lines
+    assert "Invalid char in url path" in lines[0] and "Content-Length" in lines[1], lines
+
+
 # -- 8. uploads in flight --------------------------------------------------------------------------
 async def test_uploads_in_flight_are_limited_in_all_and_per_client() -> None:
     """A multipart upload holds a gateway stream until its file has arrived: one client trickling
