@@ -79,6 +79,10 @@ def _serve(args: argparse.Namespace) -> int:
     from talkmesh.common.telemetry import Telemetry, tracer_provider_from_env
     from talkmesh.launcher import PARENT_PIPE_ENV, stop_with_parent
 
+    if spec(args.service).raw_frames:
+        # frame-sized buffers reused, not faulted in afresh (talkmesh/common/memory.py); first of
+        # all: a thread that allocates before it (the parent pipe's below) gets an arena of its own
+        tune_malloc_for_frames()
     stop_with_parent()  # started by a launcher (`talkmesh up`): never outlive it
     module = importlib.import_module(spec(args.service).main_module)
     config = module.load_config(args.config)
@@ -89,8 +93,6 @@ def _serve(args: argparse.Namespace) -> int:
     # no ``*_created`` series beside every counter and histogram: a third of the series, unused
     # by the dashboards and rules (Prometheus knows a counter's resets without them)
     prometheus_client.disable_created_metrics()
-    if spec(args.service).raw_frames:
-        tune_malloc_for_frames()  # frame-sized buffers reused, not faulted in afresh (talkmesh/common/memory.py)
     telemetry = Telemetry(args.service, tracer_provider=tracer_provider_from_env(args.service))
 
     async def run() -> None:

@@ -17,7 +17,7 @@ The tuned processes allocate from **one arena** (``M_ARENA_MAX``). glibc gives e
 allocates concurrently an arena of its own (up to 8 per core), and the top of such an arena's
 heap is given back only by ``free`` beyond the trim threshold, never by ``malloc_trim``: with the
 threshold a whole heap (64 MiB), every gRPC thread that had received an upload's blocks kept up
-to 64 MiB for good (a renderer kept +100-190 MiB after six concurrent 199 MB uploads; one arena:
+to 64 MiB for good (a renderer kept +94..+190 MiB after six concurrent 199 MB uploads; one arena:
 ~+10 MiB, given back by the trim in services/renderer/uploads.py). Paired mesh benches showed no
 cost (the GIL serialises the Python threads' allocations anyway; small blocks come from each
 thread's cache without the arena's lock).
@@ -49,13 +49,14 @@ ENV_OFF = "TALKMESH_MALLOC_TUNING"  # "0" leaves the allocator's defaults
 def tune_malloc_for_frames(env: dict[str, str] | None = None) -> bool:
     """Sets the thresholds above (glibc on Linux only); True if they were applied.
 
-    ``TALKMESH_MALLOC_TUNING=0`` in the environment turns it off. Explicit ``MALLOC_*_`` or
-    ``GLIBC_TUNABLES`` settings of the operator win (nothing is changed then).
+    ``TALKMESH_MALLOC_TUNING=0`` in the environment turns it off. Explicit ``MALLOC_*`` or
+    ``GLIBC_TUNABLES`` settings of the operator win (nothing is changed then). Call it before the
+    process starts threads: one that allocated before it has an arena of its own.
     """
     env = dict(os.environ) if env is None else env
     if env.get(ENV_OFF, "1") == "0" or not sys.platform.startswith("linux"):
         return False
-    if "GLIBC_TUNABLES" in env or any(k.startswith("MALLOC_") and k.endswith("_") for k in env):
+    if "GLIBC_TUNABLES" in env or any(k.startswith("MALLOC_") for k in env):  # (MALLOC_ARENA_MAX, MALLOC_TOP_PAD_, ...)
         return False
     name = ctypes.util.find_library("c")
     if not name:

@@ -47,7 +47,8 @@ def test_frame_buffers_are_reused_with_the_tuning_and_faulted_in_without_it():
 
 def test_operator_settings_and_the_switch_leave_the_allocator_alone():
     assert tune_malloc_for_frames({"TALKMESH_MALLOC_TUNING": "0"}) is False
-    assert tune_malloc_for_frames({"MALLOC_ARENA_MAX_": "2"}) is False
+    assert tune_malloc_for_frames({"MALLOC_ARENA_MAX": "2"}) is False  # (glibc's name: no trailing _)
+    assert tune_malloc_for_frames({"MALLOC_TRIM_THRESHOLD_": "1"}) is False
     assert tune_malloc_for_frames({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}) is False
 
 

@@ -21,6 +21,7 @@ import pytest
 from services.renderer.uploads import HeldUpload, Preparations, UploadBudget
 from talkmesh.common.channel import create_channel
 from talkmesh.common.errors import ErrorDetails
+from talkmesh.launcher import PARENT_PIPE_ENV
 from talkmesh.testing import serve
 from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import renderer_pb2_grpc
@@ -178,6 +179,9 @@ async def test_six_concurrent_199_mb_uploads_stay_within_the_budget_and_give_mem
         "TALKMESH_RENDERER__SERVER__PORT": "0",
         "TALKMESH_RENDERER__SERVER__METRICS_PORT": "-1",
         "TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "avatars"),
+        # as `talkmesh up` starts it: a thread watching its parent's pipe from the start (one that
+        # allocated before the allocator's tuning kept an arena of its own, and +27..+58 MiB)
+        PARENT_PIPE_ENV: "stdin",
     }
     with (tmp_path / "log").open("w") as log:
         proc = await asyncio.create_subprocess_exec(
