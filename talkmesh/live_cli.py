@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import grpc
+
 from talkmesh.client import LiveSession, TalkmeshClient
 from talkmesh.common.aio import TaskSet, cancel_and_wait
 from talkmesh.common.registry import SIZE_PRESETS, spec
@@ -105,7 +107,10 @@ async def _pump(
                 sink.flush()
             elif kind == "error":
                 state["errors"] += 1
-                turns.discard(msg.error.turn_id)
+                # a turn refused for want of room never starts (and gets no speaking_stopped); any
+                # other error leaves the turn to its speaking_stopped (it may still play what it had)
+                if msg.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:
+                    turns.discard(msg.error.turn_id)
             elif kind == "event":
                 which = msg.event.WhichOneof("kind")
                 if which == "speaking_stopped":  # (also of turns that never spoke)
@@ -192,7 +197,7 @@ class TurnSender:
         self.task = asyncio.create_task(self._run(), name="live-cli-send")
 
     async def _run(self) -> None:
-        takes = 0
+        takes = lines = 0
         while self.recordings:
             take = self.recordings.pop(0)
             takes += 1
@@ -213,7 +218,10 @@ class TurnSender:
                 return
             if cut == self.cuts:
                 self.lines_waiting -= 1
-                self.turns.add(await self.session.say(text))
+                lines += 1
+                tid = f"turn-{lines}"
+                self.turns.add(tid)  # (before it is sent: Ctrl-C meanwhile interrupts it)
+                await self.session.say(text, turn_id=tid)
 
     @property
     def pending(self) -> bool:

@@ -334,7 +334,7 @@ async def test_an_interrupt_drops_the_recordings_and_lines_not_sent_yet() -> Non
             await self.cut.wait()  # a long recording: sent until its turn is over
             return "t"
 
-        async def say(self, text: str) -> str:
+        async def say(self, text: str, *, turn_id: str | None = None) -> str:
             self.log.append(("text", text))
             return "t"
 
@@ -367,3 +367,27 @@ async def test_an_interrupt_drops_the_recordings_and_lines_not_sent_yet() -> Non
         assert sender.task.exception() is None
     finally:
         await sender.aclose()
+
+
+async def test_only_a_refusal_for_room_ends_a_turn_for_ctrl_c() -> None:
+    """A turn's input timing out (DEADLINE_EXCEEDED) or a refused later piece leaves the turn
+    playing what it had: Ctrl-C must still interrupt it (its speaking_stopped ends it). A turn
+    refused for want of room never starts and gets no speaking_stopped: it is over at the error."""
+    import io
+
+    from talkmesh.live_cli import _pump
+
+    class Session:
+        def __aiter__(self) -> AsyncIterator[lpb.LiveServerMessage]:
+            return self._messages()
+
+        async def _messages(self) -> AsyncIterator[lpb.LiveServerMessage]:
+            yield lpb.LiveServerMessage(event=lpb.LiveEvent(speaking_started=lpb.SpeakingStarted(turn_id="t")))
+            yield lpb.LiveServerMessage(error=lpb.LiveError(code=4, turn_id="t", message="input timed out"))
+            yield lpb.LiveServerMessage(error=lpb.LiveError(code=3, turn_id="t", message="text: too long"))
+            yield lpb.LiveServerMessage(error=lpb.LiveError(code=8, turn_id="r", message="32 turns are waiting"))
+
+    turns = {"t", "r"}
+    state = {"errors": 0}
+    await _pump(Session(), None, io.StringIO(), state, turns)  # type: ignore[arg-type]
+    assert turns == {"t"} and state["errors"] == 3
