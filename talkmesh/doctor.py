@@ -423,10 +423,12 @@ def _signature_refusal(name: str, session: Any, path: Path, rules: ServiceRules)
     except ModelError as exc:
         if name != "musetalk vae_encoder":
             return str(exc)
-        try:  # (the backend's own fallback: a mean-only encoder under vae_latent: mean)
-            check_signature(name, musetalk.vae_encoder_fallback(exc, rules.vae_latent), found)
-        except ModelError as refused:
-            return str(refused)
+        try:  # (the backend's own rule: an export from before latents_std)
+            check_signature(name, musetalk.VAE_ENCODER_MEAN_ONLY, found)
+        except ModelError:
+            return str(exc)
+        refusal = musetalk.mean_only_refusal(exc, rules.vae_latent)
+        return "" if refusal is None else str(refusal)
     return ""
 
 

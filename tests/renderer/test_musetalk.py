@@ -256,6 +256,16 @@ def test_doctor_judges_a_mean_only_encoder_as_the_renderer_does(
     assert main(["doctor", "--json", "--seconds", "0.01"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["failures"] == [] and {m["name"] for m in report["models"]} >= {"musetalk vae_encoder"}
+    # another model in the encoder's place: no fix to name, under either setting, in either place
+    shutil.copy(old / "unet.onnx", old / "vae_encoder.onnx")
+    for latent in ("sample", "mean"):
+        monkeypatch.setenv("TALKMESH_RENDERER__MUSETALK__VAE_LATENT", latent)
+        assert main(["doctor", "--json", "--seconds", "0.01"]) == 1
+        [failure] = json.loads(capsys.readouterr().out)["failures"]
+        assert "wrong model signature" in failure and "vae_latent" not in failure, failure
+        with pytest.raises(ModelError) as err:
+            MuseTalkBackend(RendererConfig(musetalk=ModelConfig(path=str(old), vae_latent=latent)), Telemetry("renderer"))
+        assert "wrong model signature" in str(err.value) and "vae_latent" not in str(err.value)
 
 
 def test_backend_output_matches_the_torch_pipeline(exported, backend):

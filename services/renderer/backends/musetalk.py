@@ -56,18 +56,17 @@ VAE_ENCODER = Signature(
 VAE_ENCODER_MEAN_ONLY = Signature(inputs=VAE_ENCODER.inputs, outputs=VAE_ENCODER.outputs[:1])
 
 
-def vae_encoder_fallback(refused: ModelError, vae_latent: str) -> Signature:
-    """The signature a VAE encoder that ``VAE_ENCODER`` refused may still be opened with: the
-    mean-only one under ``musetalk.vae_latent: mean``. Otherwise ``refused`` again (with the fix
-    when it is the missing ``latents_std``). The backend and ``talkmesh doctor`` both decide by it."""
-    if "wrong model signature" not in str(refused):
-        raise refused
-    if vae_latent != "mean":
-        raise ModelError(
-            f"{refused}; musetalk.vae_latent: sample needs the encoder's latents_std (re-export with "
-            "python -m tools.export_musetalk, or set musetalk.vae_latent: mean)"
-        ) from refused
-    return VAE_ENCODER_MEAN_ONLY
+def mean_only_refusal(refused: ModelError, vae_latent: str) -> ModelError | None:
+    """For a VAE encoder that ``VAE_ENCODER`` refused (``refused``) but ``VAE_ENCODER_MEAN_ONLY``
+    fits (an export from before ``latents_std``): None under ``musetalk.vae_latent: mean`` (it is
+    usable), else the refusal naming the fix. The backend and ``talkmesh doctor`` both decide by it;
+    an encoder that fits neither keeps its first refusal (no fix to name)."""
+    if vae_latent == "mean":
+        return None
+    return ModelError(
+        f"{refused}; musetalk.vae_latent: sample needs the encoder's latents_std (re-export with "
+        "python -m tools.export_musetalk, or set musetalk.vae_latent: mean)"
+    )
 
 
 UNET = Signature(
@@ -142,7 +141,13 @@ class MuseTalkBackend(NeuralBackend):
             except ModelError as exc:
                 if role != "vae_encoder":
                     raise
-                self.models[role] = load(role, root / file, vae_encoder_fallback(exc, config.musetalk.vae_latent))
+                try:  # an export from before latents_std?
+                    mean_only = load(role, root / file, VAE_ENCODER_MEAN_ONLY)
+                except ModelError:
+                    raise exc from None
+                if (refusal := mean_only_refusal(exc, config.musetalk.vae_latent)) is not None:
+                    raise refusal from exc
+                self.models[role] = mean_only
         self.parser: FaceParser | None = None
         if parser_path is not None:
             self.parser = FaceParser(load("face_parser", parser_path, FACE_PARSER), config.musetalk.face_parser_mode)
