@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import itertools
 
+import grpc
+
 from talkmesh.client import LiveSession, TalkmeshClient
 from talkmesh.v1 import live_pb2 as lpb
 
@@ -42,6 +44,10 @@ class Avatar:
                 self.video.write(msg.media.data)
             elif kind == "error":  # a refused message or a failed turn: the session goes on
                 print("error:", msg.error.message)
+                if msg.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:  # no room: never starts,
+                    waiting = self.stopped.get(msg.error.turn_id)  # and no speaking_stopped comes
+                    if waiting is not None and not waiting.done():
+                        waiting.set_exception(RuntimeError(msg.error.message))
             elif kind == "event" and msg.event.WhichOneof("kind") == "speaking_stopped":
                 stopped = msg.event.speaking_stopped
                 self.stopped.setdefault(stopped.turn_id, asyncio.get_running_loop().create_future()).set_result(stopped)
