@@ -341,8 +341,10 @@ async def _say(args: argparse.Namespace) -> int:
     out = Path(args.output)
     check_output(out)
     container = container_for(out, args.container)
-    if (args.text is None) == (args.audio is None):
+    if args.text is not None and args.audio is not None:
         raise CliError("say: give a text to speak, or --audio FILE (your own speech), not both")
+    if args.text is None and args.audio is None:
+        raise CliError('say: nothing to speak: give a text (talkmesh say "Hello.") or --audio FILE (your own speech)')
     speech = None
     if args.audio is not None:
         from talkmesh.speech_file import SpeechFileError, read_speech

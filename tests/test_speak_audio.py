@@ -315,6 +315,9 @@ async def test_say_audio_from_the_command_line(tmp_path: Path) -> None:
         code, _, err = await _cli("say", "Hi.", "--audio", str(path), *gw)
         both = "error: say: give a text to speak, or --audio FILE (your own speech), not both"
         assert (code, err.strip()) == (1, both)
+        code, _, err = await _cli("say", "-o", str(tmp_path / "x.mp4"), *gw)  # neither
+        assert (code, err.strip()) == (1, 'error: say: nothing to speak: give a text (talkmesh say "Hello.") or '
+                                          "--audio FILE (your own speech)")  # fmt: skip
         code, _, err = await _cli("say", "--audio", str(path), "--rate", "0.75", *gw)
         assert code == 1 and "voice_settings.rate: is for text;" in err and "set by --rate" in err, err
         code, _, err = await _cli("say", "--audio", str(tmp_path / "nope.wav"), *gw)
