@@ -263,8 +263,9 @@ def test_doctor_judges_a_mean_only_encoder_as_the_renderer_does(
         assert main(["doctor", "--json", "--seconds", "0.01"]) == 1
         [failure] = json.loads(capsys.readouterr().out)["failures"]
         assert "wrong model signature" in failure and "vae_latent" not in failure, failure
+        cfg = RendererConfig(musetalk=ModelConfig(path=str(old), vae_latent=latent))
         with pytest.raises(ModelError) as err:
-            MuseTalkBackend(RendererConfig(musetalk=ModelConfig(path=str(old), vae_latent=latent)), Telemetry("renderer"))
+            MuseTalkBackend(cfg, Telemetry("renderer"))
         assert "wrong model signature" in str(err.value) and "vae_latent" not in str(err.value)
 
 
