@@ -48,6 +48,7 @@ def _check_labels(service: str, samples: list[tuple[str, dict[str, str], float]]
         ("talkmesh_queue_depth", "stage"): _label_enum(service, "Queue"),
         ("talkmesh_skipped_frames_total", "reason"): _label_enum(service, "SkipReason"),
         ("talkmesh_live_sessions", "state"): _label_enum(service, "LiveState"),
+        ("talkmesh_live_turns_total", "reason"): _label_enum(service, "TurnEnd"),
         ("talkmesh_rejections_total", "reason"): {str(r) for r in Rejection},
         ("talkmesh_streams_total", "method"): methods,
         ("talkmesh_streams_total", "code"): {OK},

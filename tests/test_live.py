@@ -208,6 +208,7 @@ async def test_interrupt_cuts_the_turn_at_the_next_frame(tmp_path: Path) -> None
         async with client.live() as live:
             rec = Recorder(live).start()
             await rec.wait_for(lambda r: r.kind == "media" and r.msg.media.first_frame >= 25)  # a resting mouth
+            said_at = time.monotonic()
             tid = await live.say(long_text)
             await rec.wait_event("speaking_started", tid)
             await rec.wait_for(
@@ -233,6 +234,17 @@ async def test_interrupt_cuts_the_turn_at_the_next_frame(tmp_path: Path) -> None
             await live.close()
             await rec.finish()
         assert speaking_lead > 0 and lead._value.get() == 0, "the lead gauge: frames ahead while speaking, none after"
+        # every turn counted by how it ended; the reply latency of the one that found the avatar idle
+        registry = mesh.telemetry["gateway"].metrics.registry
+        ended = {
+            reason: registry.get_sample_value("talkmesh_live_turns_total", {"service": "gateway", "reason": reason})
+            for reason in ("completed", "interrupted", "failed", "session_ended")
+        }
+        assert ended == {"completed": 0, "interrupted": 2, "failed": 0, "session_ended": 0}, ended
+        start = "talkmesh_live_turn_start_seconds"
+        assert registry.get_sample_value(f"{start}_count", {"service": "gateway"}) == 1  # (the queued one waited)
+        started = rec.events("speaking_started")[0].at - said_at
+        assert 0 < registry.get_sample_value(f"{start}_sum", {"service": "gateway"}) < started + 0.05
 
     ack_at = rec.messages.index(ack)
     assert not [r for r in rec.messages[ack_at:] if r.kind == "media" and r.msg.media.turn_id], (
@@ -367,6 +379,12 @@ async def test_bad_turn_input_is_one_error_each_and_leaves_no_open_turn(tmp_path
             good = await rec.wait_event("speaking_stopped", "good", timeout=30)
             await live.close()
             await rec.finish()
+        registry = mesh.telemetry["gateway"].metrics.registry
+        ended = {
+            reason: registry.get_sample_value("talkmesh_live_turns_total", {"service": "gateway", "reason": reason})
+            for reason in ("completed", "failed")
+        }
+        assert ended == {"completed": 2, "failed": 3}, ended  # (the refused first pieces end as failed turns)
     assert _errors(rec) == [
         ("audio.pcm", INVALID, "odd"),
         ("audio.sample_rate", INVALID, "slow"),

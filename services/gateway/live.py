@@ -57,7 +57,7 @@ from services.gateway.checks import check_media_options, check_text_format, firs
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.fields import in_live_terms, live_field
-from services.gateway.metrics import LiveState, Queue
+from services.gateway.metrics import LiveState, Queue, TurnEnd
 from services.gateway.pipeline import FEATURE_FOR_BACKEND, synthesis_config
 from talkmesh.common.aio import (
     Chan,
@@ -217,6 +217,10 @@ class GatewayTurn:
     held: collections.deque[tuple[Any, int]] = field(default_factory=collections.deque)
     held_size: int = 0
     held_room: asyncio.Event = field(default_factory=asyncio.Event)
+    #: when its first input came (monotonic), and whether nothing else was playing or queued then:
+    #: its wait for its first frame is then the avatar's reply latency (talkmesh_live_turn_start_seconds)
+    received: float = field(default_factory=time.monotonic)
+    alone: bool = False
     feeder: asyncio.Task[None] | None = None
 
     def end_input(self) -> None:
@@ -427,9 +431,16 @@ class LiveSession:
                 which = ev.WhichOneof("kind")
                 if which == "speaking_started":
                     self._set_speaking(True, sessions)
+                    started = self.turns.get(ev.speaking_started.turn_id)
+                    if started is not None and started.alone:
+                        started.alone = False
+                        self.telemetry.metrics.live_turn_start_seconds.labels(self.telemetry.service).observe(
+                            time.monotonic() - started.received
+                        )
                 elif which == "speaking_stopped":
                     self._set_speaking(False, sessions)
                     body = ev.speaking_stopped
+                    self._count_end(body.reason)
                     stopped = self.turns.get(body.turn_id)
                     if stopped is not None and stopped.kind == "text":
                         await self._voice_checked(stopped)
@@ -461,6 +472,12 @@ class LiveSession:
         if self.voice_wait_until < now:
             self.voice_wait_until = now + VOICE_CHECK_WAIT_SECONDS
         await asyncio.wait([turn.voice_check], timeout=self.voice_wait_until - now)
+
+    def _count_end(self, reason: int) -> None:
+        """talkmesh_live_turns_total: one more turn ended with ``reason`` (a StopReason)."""
+        name = lpb.StopReason.Name(reason).removeprefix("STOP_REASON_").lower()
+        if name in TurnEnd.__members__.values():
+            self.telemetry.metrics.live_turns_total.labels(self.telemetry.service, name).inc()
 
     def _set_speaking(self, speaking: bool, sessions: Any) -> None:
         if speaking == self.speaking:
@@ -517,6 +534,7 @@ class LiveSession:
         speaking_stopped (FAILED, nothing played, at the session's rate), after its LiveError: a
         client waiting for each turn's end needs no second rule for it."""
         body = lpb.SpeakingStopped(turn_id=turn_id, reason=lpb.STOP_REASON_FAILED, sample_rate=self.rate)
+        self._count_end(body.reason)
         event = lpb.LiveEvent(unix_seconds=time.time(), frame=self.next_frame, speaking_stopped=body)
         await self._send(lpb.LiveServerMessage(event=event))
 
@@ -689,6 +707,7 @@ class LiveSession:
                 field=f"{kind}.turn_id",
             )
         turn = GatewayTurn(tid, kind, text=Chan(self.sizes.turn_text), audio=Chan(self.sizes.turn_audio))
+        turn.alone = not self.turns
         if kind == "audio":
             turn.source_rate = body.sample_rate
         else:

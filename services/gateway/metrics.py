@@ -34,3 +34,12 @@ class LiveState(StrEnum):
     #: a turn is playing
     SPEAKING = "speaking"
     IDLE = "idle"
+
+
+class TurnEnd(StrEnum):
+    """``talkmesh_live_turns_total{reason}``: how a live turn ended (its speaking_stopped's reason)."""
+
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    SESSION_ENDED = "session_ended"

@@ -14,7 +14,7 @@ from services.gateway.checks import check_media_options, check_text_format
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstreams, GrpcDownstreams
 from services.gateway.live import LiveHub
-from services.gateway.metrics import LiveState, Queue, Stage
+from services.gateway.metrics import LiveState, Queue, Stage, TurnEnd
 from services.gateway.pipeline import SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
@@ -258,6 +258,8 @@ class GatewayService(Service):
             Series(m.stage_duration, Stage),
             Series(m.queue_depth, Queue),
             Series(m.live_sessions, LiveState),
+            Series(m.live_turns_total, TurnEnd),
+            Series(m.live_turn_start_seconds),
             Series(m.time_to_first_audio),
             Series(m.time_to_first_frame),
             Series(m.realtime_factor),

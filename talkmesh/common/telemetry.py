@@ -104,6 +104,8 @@ class Metrics:
     live_underruns_total: Counter
     live_late_ticks_total: Counter
     live_lead_frames: Gauge
+    live_turns_total: Counter
+    live_turn_start_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -235,6 +237,20 @@ class Metrics:
                 "Rendered speech frames waiting ahead of the clock, summed over the live sessions "
                 "(0 while none speaks).",
                 ["service"],
+                registry=reg,
+            ),
+            live_turns_total=Counter(
+                "talkmesh_live_turns_total",
+                "Live turns ended, by how (completed, interrupted, failed, session_ended).",
+                ["service", "reason"],
+                registry=reg,
+            ),
+            live_turn_start_seconds=Histogram(
+                "talkmesh_live_turn_start_seconds",
+                "A live turn's first input received to its first frame sent, for turns that found "
+                "nothing playing or queued (a queued turn waits for those before it).",
+                ["service"],
+                buckets=LATENCY_BUCKETS,
                 registry=reg,
             ),
         )

@@ -70,6 +70,9 @@ class SyntheticService(Service):
         m.live_underruns_total.labels("encoder").inc(2)
         m.live_late_ticks_total.labels("encoder").inc(1)
         m.live_lead_frames.labels("encoder").set(12)
+        m.live_turns_total.labels("gateway", "completed").inc(4)
+        m.live_turns_total.labels("gateway", "interrupted").inc(1)
+        m.live_turn_start_seconds.labels("gateway").observe(0.12)
         m.stream_bytes_total.labels("renderer", "out").inc(400_000)
         m.stream_bytes_total.labels("encoder", "in").inc(400_000)
 
