@@ -249,6 +249,28 @@ class _TurnInput:
             wait.reschedule(asyncio.get_running_loop().time())
 
 
+class LiveWatch:
+    """A live session watched (``TalkmeshClient.watch``): its messages as the session's own client
+    gets them, from the next keyframe on, but no input. ``async for`` reads them (a refused or
+    ended watch raises ``grpc.aio.AioRpcError``, e.g. NOT_FOUND for an unknown session id); leaving
+    ``async with``, or ``cancel()``, stops watching."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __aiter__(self) -> AsyncIterator[lpb.LiveServerMessage]:
+        return self._call.__aiter__()  # type: ignore[no-any-return]
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def __aenter__(self) -> LiveWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
+
+
 class LiveSession:
     """A live session (``TalkmeshClient.live``): send turns and interrupts, iterate the stream.
 
@@ -840,9 +862,11 @@ class TalkmeshClient:
         )
         return LiveSession(live_pb2_grpc.LiveStub(self.channel), config, timeout, self._md)
 
-    def watch(self, session_id: str) -> AsyncIterator[lpb.LiveServerMessage]:
-        """Another viewer of a running live session (joins at the next keyframe)."""
-        return live_pb2_grpc.LiveStub(self.channel).Watch(lpb.WatchRequest(session_id=session_id), metadata=self._md())  # type: ignore[no-any-return]
+    def watch(self, session_id: str) -> LiveWatch:
+        """Another viewer of a running live session (joins at the next keyframe): ``async for`` its
+        messages, in ``async with`` (leaving it stops watching) or alone (``cancel()`` stops it)."""
+        call = live_pb2_grpc.LiveStub(self.channel).Watch(lpb.WatchRequest(session_id=session_id), metadata=self._md())
+        return LiveWatch(call)
 
     async def delete_avatar(self, avatar_id: str, name: str = "") -> bool:
         """Deletes the avatar; with ``name``, only that name of it (the avatar goes with its last name)."""

@@ -645,14 +645,14 @@ async def test_watch_through_another_gateway_replica(tmp_path: Path) -> None:
                     rec = Recorder(live).start()
                     session_id = live.session_id
                     watched = []
-                    call = b.watch(session_id)
-                    async for msg in call:
-                        watched.append(msg)
-                        if len([m for m in watched if m.WhichOneof("kind") == "media"]) >= 3:
-                            break
                     owner = mesh.hosts["gateway"].service.live.sessions[session_id]
-                    assert len(owner.watchers) == 1
-                    call.cancel()  # the viewer leaves: the forwarding replica stops its Watch at once
+                    async with b.watch(session_id) as watch:  # (as the README's client.live)
+                        async for msg in watch:
+                            watched.append(msg)
+                            if len([m for m in watched if m.WhichOneof("kind") == "media"]) >= 3:
+                                break
+                        assert len(owner.watchers) == 1
+                    # the viewer left: the forwarding replica stops its Watch at once
                     for _ in range(100):
                         if not owner.watchers:
                             break

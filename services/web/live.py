@@ -350,7 +350,7 @@ async def watch_bridge(client: TalkmeshClient, ws: web.WebSocketResponse, sessio
         down = tasks.spawn(_pump_down(call, out), name="down")
         up = tasks.spawn(_drain(ws), name="up")
         await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
-    call.cancel()  # type: ignore[attr-defined]
+    call.cancel()
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:
