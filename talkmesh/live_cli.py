@@ -3,7 +3,7 @@
 Type a line and press Enter to speak it; ``--audio FILE`` (repeatable) speaks your own recordings
 first, one turn each; an empty line (or Ctrl-C while the avatar speaks or has turns queued)
 interrupts; Ctrl-D (end of input) lets the queued turns finish and ends the session; Ctrl-C while
-idle quits. The stream is
+idle, or after Ctrl-D, quits. The stream is
 written to a file as it arrives (fragmented MP4: play it with any player afterwards, or watch it
 grow with ``ffplay``), and the session's events are printed.
 """
@@ -288,10 +288,12 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
 
             sender = TurnSender(session, recordings, out, turns)
 
+            closed = asyncio.Event()  # half-closed (Ctrl-D): the session takes no interrupt any more
+
             def on_sigint() -> None:
-                if turns or sender.pending:
+                if (turns or sender.pending) and not closed.is_set():
                     signals.spawn(sender.interrupt(), name="interrupt")
-                else:
+                else:  # idle, or after Ctrl-D: quits (what is still queued does not play)
                     quit_now.set()
 
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -318,8 +320,9 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
                         if await sender.offer(None):
                             await asyncio.wait([sender.task, pump], return_when=asyncio.FIRST_COMPLETED)
                         if sender.task.done() and sender.task.exception() is None:
+                            closed.set()
                             await session.close()
-                            await pump
+                            await asyncio.wait([pump, quitting], return_when=asyncio.FIRST_COMPLETED)
                         break
                     text = line.strip()
                     if pump.done():

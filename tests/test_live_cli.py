@@ -34,6 +34,7 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServicer, live_pb2_grpc.LiveServic
         self.mode = mode
         self.configs: list[lpb.LiveConfig] = []
         self.uploads: list[api.AvatarMeta] = []
+        self.half_closed = asyncio.Event()
         #: what came in after the config, as (kind, turn id, final, sample rate, pcm or text)
         self.received: list[tuple[str, str, bool, int, bytes | str]] = []
 
@@ -78,6 +79,9 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServicer, live_pb2_grpc.LiveServic
             if msg.WhichOneof("kind") == "text" and self.mode == "turn_error":
                 error = lpb.LiveError(code=5, message="config.voice: no such voice", turn_id=msg.text.turn_id)
                 yield lpb.LiveServerMessage(error=error)
+        self.half_closed.set()
+        if self.mode == "linger":  # the turns still queued play on: the stream goes on a while
+            await asyncio.sleep(60)
 
 
 async def _serve(mode: str) -> tuple[grpc.aio.Server, ScriptedGateway, str]:
@@ -166,6 +170,32 @@ async def test_ctrl_c_with_a_turn_queued_interrupts_it_instead_of_quitting(tmp_p
         async with asyncio.timeout(10):
             _, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await server.stop(0)
+
+
+async def test_ctrl_c_after_ctrl_d_quits_at_once(tmp_path: Path) -> None:
+    """After Ctrl-D the session is half-closed (it takes no interrupt): Ctrl-C while its queued
+    turns still play quits at once. It sent an interrupt that could not go out, and waited for
+    the stream's end."""
+    server, gateway, target = await _serve("linger")
+    proc = await _live(target, tmp_path)
+    assert proc.stdin is not None
+    try:
+        await _until(proc, "type a line")
+        proc.stdin.write(b"a long answer still playing\n")
+        await proc.stdin.drain()
+        proc.stdin.close()  # Ctrl-D
+        async with asyncio.timeout(10):
+            await gateway.half_closed.wait()
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10):
+            _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert "SessionEnded" not in err.decode() and not [k for k, *_ in gateway.received if k == "interrupt"]
     finally:
         if proc.returncode is None:
             proc.kill()
