@@ -109,7 +109,8 @@ async def _pump(
                 state["errors"] += 1
                 # a turn refused for want of room never starts (and gets no speaking_stopped); any
                 # other error leaves the turn to its speaking_stopped (it may still play what it had)
-                if msg.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:
+                room = msg.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+                if room and msg.error.field.endswith(".turn_id"):  # (a full stage: its speaking_stopped comes)
                     turns.discard(msg.error.turn_id)
             elif kind == "event":
                 which = msg.event.WhichOneof("kind")

@@ -599,6 +599,7 @@ async def test_a_client_that_hangs_up_frees_every_stage(tmp_path: Path) -> None:
         await live.__aenter__()
         rec = Recorder(live).start()
         tid = await live.say(TEXT)
+        await live.say("And one queued behind it.")
         await rec.wait_event("speaking_started", tid)
         await live.__aexit__(None, None, None)  # cancels the call
         with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
@@ -608,6 +609,33 @@ async def test_a_client_that_hangs_up_frees_every_stage(tmp_path: Path) -> None:
         while loop.time() < deadline and any(mesh.active_streams().values()):
             await asyncio.sleep(0.02)
         assert mesh.active_streams() == dict.fromkeys(mesh.telemetry, 0.0)
+        # the turns it left are counted too (most browser sessions end so: the tab goes)
+        registry = mesh.telemetry["gateway"].metrics.registry
+        labels = {"service": "gateway", "reason": "session_ended"}
+        assert registry.get_sample_value("talkmesh_live_turns_total", labels) == 2
+
+
+async def test_a_turns_start_is_timed_from_its_first_words_not_the_models_first_token_delay(tmp_path: Path) -> None:
+    """say_stream opens the turn before the model's first token: the turn start histogram counts
+    from the first text, so an LLM's thinking time is not the avatar's reply latency."""
+
+    async def slow_model() -> AsyncIterator[str]:
+        await asyncio.sleep(1.5)
+        yield "Hello there."
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            opened = time.monotonic()
+            tid = await live.say_stream(slow_model())
+            started = (await rec.wait_event("speaking_started", tid)).at
+            await live.close()
+            await rec.finish()
+        registry = mesh.telemetry["gateway"].metrics.registry
+        name = "talkmesh_live_turn_start_seconds"
+        assert registry.get_sample_value(f"{name}_count", {"service": "gateway"}) == 1
+        measured = registry.get_sample_value(f"{name}_sum", {"service": "gateway"})
+        assert started - opened > 1.5 and 0 < measured < started - opened - 1.4, (measured, started - opened)
 
 
 async def test_session_limit_is_resource_exhausted_and_health_stays_serving(tmp_path: Path) -> None:

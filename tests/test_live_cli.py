@@ -415,9 +415,12 @@ async def test_only_a_refusal_for_room_ends_a_turn_for_ctrl_c() -> None:
             yield lpb.LiveServerMessage(event=lpb.LiveEvent(speaking_started=lpb.SpeakingStarted(turn_id="t")))
             yield lpb.LiveServerMessage(error=lpb.LiveError(code=4, turn_id="t", message="input timed out"))
             yield lpb.LiveServerMessage(error=lpb.LiveError(code=3, turn_id="t", message="text: too long"))
-            yield lpb.LiveServerMessage(error=lpb.LiveError(code=8, turn_id="r", message="32 turns are waiting"))
+            room = lpb.LiveError(code=8, turn_id="r", field="text.turn_id", message="32 turns are waiting")
+            yield lpb.LiveServerMessage(error=room)
+            full = lpb.LiveError(code=8, turn_id="f", message="tts: 1 streams in flight")  # a stage: FAILED follows
+            yield lpb.LiveServerMessage(error=full)
 
-    turns = {"t", "r"}
+    turns = {"t", "r", "f"}
     state = {"errors": 0}
     await _pump(Session(), None, io.StringIO(), state, turns)  # type: ignore[arg-type]
-    assert turns == {"t"} and state["errors"] == 3
+    assert turns == {"t", "f"} and state["errors"] == 4

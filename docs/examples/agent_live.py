@@ -27,6 +27,13 @@ async def llm_reply(question: str, sentences: int = 1):  # your model's streamed
         await asyncio.sleep(0.03)
 
 
+def refused_for_room(error: lpb.LiveError) -> bool:
+    """A turn refused because live.max_pending_turns are waiting (send it again later): the only
+    refusal after which no speaking_stopped comes. (A stage that is full fails a turn with the
+    same code but names no turn id field; its speaking_stopped follows.)"""
+    return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and error.field.endswith(".turn_id")
+
+
 class Avatar:
     """Reads the session in the background (never stalls the player) and tells each turn's end."""
 
@@ -44,13 +51,15 @@ class Avatar:
                 self.video.write(msg.media.data)
             elif kind == "error":  # a refused message or a failed turn: the session goes on
                 print("error:", msg.error.message)
-                if msg.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]:  # no room: never starts,
-                    waiting = self.stopped.get(msg.error.turn_id)  # and no speaking_stopped comes
+                if refused_for_room(msg.error):  # the turn never starts: no speaking_stopped comes
+                    waiting = self.stopped.get(msg.error.turn_id)
                     if waiting is not None and not waiting.done():
                         waiting.set_exception(RuntimeError(msg.error.message))
             elif kind == "event" and msg.event.WhichOneof("kind") == "speaking_stopped":
                 stopped = msg.event.speaking_stopped
-                self.stopped.setdefault(stopped.turn_id, asyncio.get_running_loop().create_future()).set_result(stopped)
+                waiting = self.stopped.setdefault(stopped.turn_id, asyncio.get_running_loop().create_future())
+                if not waiting.done():
+                    waiting.set_result(stopped)
 
     def reply(self, pieces) -> tuple[str, asyncio.Task[str], asyncio.Future[lpb.SpeakingStopped]]:
         """Starts speaking a reply as the model writes it: its turn id (to interrupt it), the task

@@ -217,9 +217,10 @@ class GatewayTurn:
     held: collections.deque[tuple[Any, int]] = field(default_factory=collections.deque)
     held_size: int = 0
     held_room: asyncio.Event = field(default_factory=asyncio.Event)
-    #: when its first input came (monotonic), and whether nothing else was playing or queued then:
-    #: its wait for its first frame is then the avatar's reply latency (talkmesh_live_turn_start_seconds)
-    received: float = field(default_factory=time.monotonic)
+    #: when its first text or sound came (monotonic; 0: none yet; an LLM's turn is opened before
+    #: its first token), and whether no other turn was playing or queued then: its wait for its
+    #: first frame is then the reply latency the avatar adds (talkmesh_live_turn_start_seconds)
+    received: float = 0.0
     alone: bool = False
     feeder: asyncio.Task[None] | None = None
 
@@ -339,7 +340,8 @@ class LiveSession:
         finally:
             self.span.end()
             await self.tasks.aclose()
-            for turn in self.turns.values():
+            for turn in self.turns.values():  # (the client left, or a stage failed: never stopped)
+                self._count_end(lpb.STOP_REASON_SESSION_ENDED)
                 await cancel_and_wait(turn.task)
             if encoder is not None:
                 await encoder.cancel()
@@ -581,6 +583,9 @@ class LiveSession:
         if turn is None:  # (a refusal for want of room is not remembered: the id may come again)
             turn = await self._new_turn(tid, kind, body)
         turn.quiet_since = time.monotonic()
+        if not turn.received and (body.text if kind == "text" else body.pcm):
+            turn.received = turn.quiet_since
+            turn.alone = all(other is turn for other in self.turns.values())
         if kind == "text":
             if body.text:
                 turn.chars += len(body.text)
@@ -707,7 +712,6 @@ class LiveSession:
                 field=f"{kind}.turn_id",
             )
         turn = GatewayTurn(tid, kind, text=Chan(self.sizes.turn_text), audio=Chan(self.sizes.turn_audio))
-        turn.alone = not self.turns
         if kind == "audio":
             turn.source_rate = body.sample_rate
         else:

@@ -42,4 +42,5 @@ class TurnEnd(StrEnum):
     COMPLETED = "completed"
     INTERRUPTED = "interrupted"
     FAILED = "failed"
+    #: the session ended first: a drain, a timeout, or the client left (its turns never stopped)
     SESSION_ENDED = "session_ended"

@@ -345,12 +345,10 @@ class LiveBridge:
 async def watch_bridge(client: TalkmeshClient, ws: web.WebSocketResponse, session_id: str) -> None:
     """``/v1/live/watch?session_id=...``: ``Live/Watch`` for a browser (server to browser only)."""
     out = Sender(ws)
-    call = client.watch(session_id)
-    async with TaskSet("web-watch") as tasks:
+    async with client.watch(session_id) as call, TaskSet("web-watch") as tasks:  # (leaving: cancelled)
         down = tasks.spawn(_pump_down(call, out), name="down")
         up = tasks.spawn(_drain(ws), name="up")
         await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
-    call.cancel()
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:

@@ -241,14 +241,15 @@ class Metrics:
             ),
             live_turns_total=Counter(
                 "talkmesh_live_turns_total",
-                "Live turns ended, by how (completed, interrupted, failed, session_ended).",
+                "Live turns ended, by how (completed, interrupted, failed, session_ended: the session "
+                "ended first, by a drain, a timeout or the client leaving).",
                 ["service", "reason"],
                 registry=reg,
             ),
             live_turn_start_seconds=Histogram(
                 "talkmesh_live_turn_start_seconds",
-                "A live turn's first input received to its first frame sent, for turns that found "
-                "nothing playing or queued (a queued turn waits for those before it).",
+                "A live turn's first text or sound received to its first frame sent, for turns that "
+                "found nothing playing or queued (a queued turn waits for those before it).",
                 ["service"],
                 buckets=LATENCY_BUCKETS,
                 registry=reg,
