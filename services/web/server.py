@@ -183,10 +183,12 @@ MAX_IMAGE_SIDE = 65535
 #: Whom the per-address limits count a request against (``limit_key`` of its ``client_address``:
 #: X-Forwarded-For from a trusted proxy); "" for nobody in particular (loopback, a trusted proxy).
 CLIENT_KEY = web.RequestKey("client", str)
+
+
 class HttpErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """aiohttp's server log, with a malformed request (its parser's 4xx: a scanner, TLS sent to the
-    plain port) as one INFO line naming the problem instead of an ERROR with a traceback each (a
-    log flood anyone could cause, and noise for whoever is on call). Everything else as it was."""
+    """aiohttp's server log, with a malformed request (its parser's 4xx: a scanner, a broken
+    client) as one INFO line naming the problem instead of an ERROR with a traceback each (a log
+    flood anyone could cause, and noise for whoever is on call). Everything else as it was."""
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
         exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
