@@ -249,6 +249,14 @@ class _TurnInput:
             wait.reschedule(asyncio.get_running_loop().time())
 
 
+def refused_for_room(error: lpb.LiveError) -> bool:
+    """A live turn refused because ``live.max_pending_turns`` turns are waiting (send it again
+    later): RESOURCE_EXHAUSTED naming ``text.turn_id`` or ``audio.turn_id``. The one refusal of a
+    turn after which no ``speaking_stopped`` comes; a full stage fails a turn with the same code
+    but names no turn id field, and its speaking_stopped follows."""
+    return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and error.field.endswith(".turn_id")
+
+
 class LiveWatch:
     """A live session watched (``TalkmeshClient.watch``): its messages as the session's own client
     gets them, from the next keyframe on, but no input. ``async for`` reads them (a refused or

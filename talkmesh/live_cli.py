@@ -3,9 +3,9 @@
 Type a line and press Enter to speak it; ``--audio FILE`` (repeatable) speaks your own recordings
 first, one turn each; an empty line (or Ctrl-C while the avatar speaks or has turns queued)
 interrupts; Ctrl-D (end of input) lets the queued turns finish and ends the session; Ctrl-C while
-idle, or after Ctrl-D, quits. The stream is
-written to a file as it arrives (fragmented MP4: play it with any player afterwards, or watch it
-grow with ``ffplay``), and the session's events are printed.
+idle, or after Ctrl-D, quits. The stream is written to a file as it arrives (fragmented MP4: play
+it with any player afterwards, or watch it grow with ``ffplay``), and the session's events are
+printed.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import grpc
-
-from talkmesh.client import LiveSession, TalkmeshClient
+from talkmesh.client import LiveSession, TalkmeshClient, refused_for_room
 from talkmesh.common.aio import TaskSet, cancel_and_wait
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.v1 import live_pb2 as lpb
@@ -109,8 +107,7 @@ async def _pump(
                 state["errors"] += 1
                 # a turn refused for want of room never starts (and gets no speaking_stopped); any
                 # other error leaves the turn to its speaking_stopped (it may still play what it had)
-                room = msg.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-                if room and msg.error.field.endswith(".turn_id"):  # (a full stage: its speaking_stopped comes)
+                if refused_for_room(msg.error):
                     turns.discard(msg.error.turn_id)
             elif kind == "event":
                 which = msg.event.WhichOneof("kind")

@@ -14,9 +14,7 @@ import asyncio
 import contextlib
 import itertools
 
-import grpc
-
-from talkmesh.client import LiveSession, TalkmeshClient
+from talkmesh.client import LiveSession, TalkmeshClient, refused_for_room
 from talkmesh.v1 import live_pb2 as lpb
 
 
@@ -25,13 +23,6 @@ async def llm_reply(question: str, sentences: int = 1):  # your model's streamed
     for word in answer.split(" "):
         yield word + " "
         await asyncio.sleep(0.03)
-
-
-def refused_for_room(error: lpb.LiveError) -> bool:
-    """A turn refused because live.max_pending_turns are waiting (send it again later): the only
-    refusal after which no speaking_stopped comes. (A stage that is full fails a turn with the
-    same code but names no turn id field; its speaking_stopped follows.)"""
-    return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and error.field.endswith(".turn_id")
 
 
 class Avatar:
