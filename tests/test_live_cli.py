@@ -9,6 +9,7 @@ the encoder is killed), "turn_error" (each turn fails with an error event).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -102,6 +103,20 @@ async def _live(target: str, tmp_path: Path, *args: str) -> asyncio.subprocess.P
     )  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def _session(mode: str, tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, ScriptedGateway]]:
+    """`talkmesh live` against a scripted gateway in ``mode``; both stopped on the way out."""
+    server, gateway, target = await _serve(mode)
+    proc = await _live(target, tmp_path)
+    try:
+        yield proc, gateway
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await server.stop(0)
+
+
 async def _until(proc: asyncio.subprocess.Process, word: str) -> str:
     assert proc.stderr is not None
     seen = ""
@@ -151,10 +166,8 @@ async def test_ctrl_c_with_a_turn_queued_interrupts_it_instead_of_quitting(tmp_p
     """A line the session has taken but not begun to speak (queued behind a turn, or its TTS not
     in yet): Ctrl-C interrupts it, as while it speaks; it quit before. Once nothing is left,
     Ctrl-C quits."""
-    server, gateway, target = await _serve("idle")  # (takes turns, never speaks them)
-    proc = await _live(target, tmp_path)
-    assert proc.stdin is not None
-    try:
+    async with _session("idle", tmp_path) as (proc, gateway):  # (takes turns, never speaks them)
+        assert proc.stdin is not None
         await _until(proc, "type a line")
         proc.stdin.write(b"hello there\n")
         await proc.stdin.drain()
@@ -170,21 +183,14 @@ async def test_ctrl_c_with_a_turn_queued_interrupts_it_instead_of_quitting(tmp_p
         async with asyncio.timeout(10):
             _, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await server.stop(0)
 
 
 async def test_ctrl_c_after_ctrl_d_quits_at_once(tmp_path: Path) -> None:
     """After Ctrl-D the session is half-closed (it takes no interrupt): Ctrl-C while its queued
     turns still play quits at once. It sent an interrupt that could not go out, and waited for
     the stream's end."""
-    server, gateway, target = await _serve("linger")
-    proc = await _live(target, tmp_path)
-    assert proc.stdin is not None
-    try:
+    async with _session("linger", tmp_path) as (proc, gateway):
+        assert proc.stdin is not None
         await _until(proc, "type a line")
         proc.stdin.write(b"a long answer still playing\n")
         await proc.stdin.drain()
@@ -196,11 +202,6 @@ async def test_ctrl_c_after_ctrl_d_quits_at_once(tmp_path: Path) -> None:
             _, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert "SessionEnded" not in err.decode() and not [k for k, *_ in gateway.received if k == "interrupt"]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await server.stop(0)
 
 
 async def test_a_stream_that_fails_is_one_error_line_and_a_non_zero_exit(tmp_path: Path) -> None:

@@ -207,9 +207,9 @@ def test_vae_latent_setting_is_checked():
         ModelConfig(face_parser_mode="chin").validate()
 
 
-def test_a_mean_only_encoder_needs_vae_latent_mean(exported, tmp_path: Path):
-    """An encoder exported before latents_std loads with vae_latent: mean, and is refused (naming
-    the setting and the fix) with the default sample."""
+def _mean_only_export(exported, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """A copy of the exported models whose VAE encoder has the mean only (an export from before
+    latents_std)."""
     import shutil
 
     import onnx
@@ -220,6 +220,13 @@ def test_a_mean_only_encoder_needs_vae_latent_mean(exported, tmp_path: Path):
     model = onnx.load(str(old / "vae_encoder.onnx"))
     del model.graph.output[1]
     onnx.save(model, str(old / "vae_encoder.onnx"))
+    return old
+
+
+def test_a_mean_only_encoder_needs_vae_latent_mean(exported, tmp_path: Path):
+    """An encoder exported before latents_std loads with vae_latent: mean, and is refused (naming
+    the setting and the fix) with the default sample."""
+    old = _mean_only_export(exported, tmp_path)
     with pytest.raises(ModelError, match="vae_latent: sample needs the encoder's latents_std"):
         MuseTalkBackend(RendererConfig(musetalk=ModelConfig(path=str(old))), Telemetry("renderer"))
     b = MuseTalkBackend(RendererConfig(musetalk=ModelConfig(path=str(old), vae_latent="mean")), Telemetry("renderer"))
@@ -235,17 +242,10 @@ def test_doctor_judges_a_mean_only_encoder_as_the_renderer_does(
     signature): now the renderer's own rule, both ways."""
     import shutil
 
-    import onnx
-
     from talkmesh.cli import main
     from tests.test_doctor import _quick
 
-    _, _, out = exported
-    old = tmp_path / "old"
-    shutil.copytree(out, old)
-    model = onnx.load(str(old / "vae_encoder.onnx"))
-    del model.graph.output[1]
-    onnx.save(model, str(old / "vae_encoder.onnx"))
+    old = _mean_only_export(exported, tmp_path)
     _quick(monkeypatch)
     monkeypatch.setenv("TALKMESH_RENDERER__MUSETALK__PATH", str(old))
     assert main(["doctor", "--json", "--seconds", "0.01"]) == 1
