@@ -511,13 +511,34 @@ async def _still_there(client: Any, avatar_id: str) -> bool:
     return any(a.id == avatar_id for a in await client.list_avatars())
 
 
+#: A face narrower than this in a video of the renderer's default size ("512": the longer side
+#: 512 px) is too small to see it speak (a phone photo of a whole room, the face in a corner).
+SMALL_FACE_PX = 64
+
+
 def face_lines(info: Any) -> list[str]:
-    """What `avatar add` says about the face analysis of a video: on how many frames the face was
-    found, and what becomes of the others (FaceReport.frames_rejected)."""
+    """What `avatar add` says about the face analysis: where the face is and how sure the detector
+    was; a face too small to see speak at the default size (SMALL_FACE_PX), with what to do; and
+    for a video, on how many frames the face was found and what becomes of the others
+    (FaceReport.frames_rejected)."""
+    lines = []
+    box = list(info.face.box)
+    if len(box) == 4 and info.width and info.height:
+        width, height = box[2] - box[0], box[3] - box[1]
+        lines.append(
+            f"face {width:.0f}x{height:.0f} px at ({box[0]:.0f}, {box[1]:.0f}), confidence {info.face.confidence:.2f}"
+        )
+        in_video = width * 512 / max(info.width, info.height)
+        if in_video < SMALL_FACE_PX:
+            lines.append(
+                f"  the face is small in the picture: about {in_video:.0f} px wide in a video of the default "
+                "size (512), too small to see it speak; crop the picture to the head and shoulders (the face "
+                "about a third of its width) and add that"
+            )
     kept, rejected = int(info.face.frames_kept), int(info.face.frames_rejected)
     if info.frame_count <= 1 or not kept + rejected:
-        return []
-    lines = [f"face found on {kept} of {kept + rejected} frame(s) ({rejected} rejected)"]
+        return lines
+    lines.append(f"face found on {kept} of {kept + rejected} frame(s) ({rejected} rejected)")
     if rejected:
         lines.append(
             f"  the {rejected} frame(s) without a face are shown as they are, without lip-sync: the mouth "

@@ -206,6 +206,8 @@ def _png(img: np.ndarray) -> bytes:
         ("bomb.png", "bomb", "20000x20000: larger than the limit"),
         ("nobody.png", "faceless", "no face found"),
         ("notes.txt", b"hello", "meta.filename: unsupported file type .txt"),
+        ("IMG_0042.HEIC", b"....ftypheic", "unsupported file type .heic; images: .bmp"),
+        ("IMG_0043.heic", b"....ftypheic", "(convert it to JPEG or PNG first; an iPhone takes JPEGs"),
         ("broken.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100, "not a decodable video"),
         ("nobody.mp4", "faceless-video", "no face found (0 of 6 frame(s)"),
         ("cut.mp4", "truncated-video", "not a decodable video"),

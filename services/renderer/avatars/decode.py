@@ -82,14 +82,24 @@ class Decoded:
 SNIFF_BYTES = 64
 
 
+#: Phones' own photo formats, which no decoder here reads: the refusal says how to get a JPEG.
+PHONE_PHOTO_EXTS = frozenset({".heic", ".heif", ".avif"})
+
+
 def check_filename_type(filename: str) -> None:
     """InvalidArgument naming ``meta.filename`` when its extension is of no allowed type."""
     ext = Path(filename).suffix.lower()
     if ext and ext not in IMAGE_EXTS | VIDEO_EXTS:
+        hint = (
+            " (convert it to JPEG or PNG first; an iPhone takes JPEGs with Settings > Camera > Formats > "
+            "Most Compatible)"
+            if ext in PHONE_PHOTO_EXTS
+            else ""
+        )
         raise InvalidArgument(
             "meta.filename",
             f"unsupported file type {ext}; images: "
-            f"{', '.join(sorted(IMAGE_EXTS))}; videos: {', '.join(sorted(VIDEO_EXTS))}",
+            f"{', '.join(sorted(IMAGE_EXTS))}; videos: {', '.join(sorted(VIDEO_EXTS))}{hint}",
         )
 
 
