@@ -53,11 +53,16 @@ NOSE_BOTTOM = 2
 OPEN_GRID = np.linspace(0.0, 1.0, 5).astype(np.float32)
 SPREAD_GRID = np.array([-0.4, 0.0, 0.2], np.float32)  # relative change of the mouth's width
 _OPEN, _SPREAD = tuple(float(v) for v in OPEN_GRID), tuple(float(v) for v in SPREAD_GRID)
-JAW_DROP = 0.32  # lower-lip travel at full opening, in mouth widths
+#: The precomputed rig's version (the avatar store rebuilds rigs cached under another): 2 has the
+#: smaller jaw drop and the soft inner-mouth outline (a product trial: at close framing the mouth
+#: opened to a quarter of the face, a hard-edged dark slab).
+RIG_VERSION = "mesh-warp-2"
+JAW_DROP = 0.24  # lower-lip travel at full opening, in mouth widths (0.32 before: a yawn at close framing)
 LIP_LIFT = 0.08  # upper-lip travel, as a fraction of the lower lip's
 MAX_CANONICAL_MOUTH = 80.0  # canonical pixels across the mouth, at most
 SUPERSAMPLE = 4
 EDGE_SHADE, DEEP_SHADE = 0.6, 0.35  # inner mouth: darkened lip shadow at its edge and deepest
+GAP_SOFTNESS = 0.9  # canonical pixels of blur on the inner mouth's outline
 # the jaw line from one cheek beside the mouth, round the chin, to the other
 JAW_LINE = (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361)
 NECK_BAND = 0.45  # pinned line beyond the jaw line, in mouth widths: the chin's drop is taken up inside
@@ -336,6 +341,7 @@ def _rasterise(
     big = np.zeros((H * SUPERSAMPLE, W * SUPERSAMPLE), np.uint8)
     cv2.fillPoly(big, [np.round((poly - [ox, oy]) * SUPERSAMPLE * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
     alpha = cv2.resize(big, (W, H), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    alpha = np.asarray(cv2.GaussianBlur(alpha, (0, 0), GAP_SOFTNESS), np.float32)  # (no cut-out edge)
     if alpha.max() > 0:
         dist = cv2.distanceTransform((big > 127).astype(np.uint8), cv2.DIST_L2, 3)
         dist = cv2.resize(dist, (W, H), interpolation=cv2.INTER_AREA)

@@ -32,6 +32,10 @@ class VisemeBackend(RenderBackend):
         self.config = config
         self.telemetry = telemetry
 
+    def precompute_key(self) -> str:
+        """The rig's version: a rig cached under another (older geometry) is built again."""
+        return mesh_warp.RIG_VERSION
+
     def prepare(self, avatar: Avatar) -> None:
         if avatar.landmarks is None:  # an entry prepared before landmarks existed: fit the template
             from services.renderer.avatars.analysis import template_landmarks
