@@ -178,12 +178,11 @@ class TurnSender:
         session: LiveSession,
         recordings: list[Recording],
         out: TextIO | None = None,
-        turns: set[str] | None = None,
     ) -> None:
         self.session = session
         #: the turns sent and not over yet (speaking, or queued in the session): the pump takes
         #: out those that stop; an interrupt ends them all
-        self.turns = turns if turns is not None else set()
+        self.turns: set[str] = set()
         self.out = out  # where "take-1: take1.wav, 2.55 s" is said as a recording is sent
         self.t0 = time.monotonic()
         #: (the cut it was given in, the line; None: the end of input)
@@ -268,7 +267,6 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
     loop = asyncio.get_running_loop()
     quit_now = asyncio.Event()
     state = {"errors": 0}
-    turns: set[str] = set()  # sent and not over: speaking or queued (Ctrl-C interrupts them)
     from talkmesh.cli import tls_from_args
 
     async with TalkmeshClient(target, tls=tls_from_args(args), api_key=getattr(args, "api_key", None)) as client:
@@ -281,15 +279,14 @@ async def run(args: argparse.Namespace, target: str, stdin: TextIO = sys.stdin, 
             markdown=args.markdown,
             idle_motion=idle_motion(args),
         ) as session:
-            pump = asyncio.create_task(_pump(session, output, out, state, turns), name="live-cli-pump")
+            sender = TurnSender(session, recordings, out)
+            pump = asyncio.create_task(_pump(session, output, out, state, sender.turns), name="live-cli-pump")
             signals = TaskSet("live-cli")
-
-            sender = TurnSender(session, recordings, out, turns)
 
             closed = asyncio.Event()  # half-closed (Ctrl-D): the session takes no interrupt any more
 
             def on_sigint() -> None:
-                if (turns or sender.pending) and not closed.is_set():
+                if (sender.turns or sender.pending) and not closed.is_set():
                     signals.spawn(sender.interrupt(), name="interrupt")
                 else:  # idle, or after Ctrl-D: quits (what is still queued does not play)
                     quit_now.set()
