@@ -474,9 +474,9 @@ def _config_class(service: str) -> Any:
     return AudioFeaturesConfig
 
 
-def _service_config(name: str, config: Path | None, service: str | None) -> Any:
-    """The config of ``name`` (one of MODEL_SERVICES) as it would start: its file when ``config`` is
-    its (``config_service``), then the environment; None without the service's code."""
+def _service_config(name: str, file: Path | None) -> Any:
+    """The config of ``name`` (one of MODEL_SERVICES) as it would start: ``file``, then the
+    environment; None without the service's code."""
     from talkmesh.common.config import load_config
     from talkmesh.common.registry import spec
 
@@ -484,46 +484,51 @@ def _service_config(name: str, config: Path | None, service: str | None) -> Any:
         cls = _config_class(name)
     except ImportError:
         return None
-    own = config if config_service(config, service) == name else None
-    return load_config(cls, own, env_prefix=spec(name).env_prefix)
+    return load_config(cls, file, env_prefix=spec(name).env_prefix)
 
 
-def configured_models(config: Path | None = None, service: str | None = None) -> list[tuple[str, Path]]:
-    """Model files named by the renderer's and audio_features' configuration (file + environment),
-    whether they exist or not (a missing one is a failed check). ``config`` is read for the service
-    ``config_service`` says it belongs to."""
-    found: list[tuple[str, Path]] = []
-    r = _service_config("renderer", config, service)
-    with contextlib.suppress(ImportError):  # (the renderer's code without what its backends import)
-        from services.renderer.backends.musetalk import FILES
+@dataclass(frozen=True)
+class ModelConfigs:
+    """The renderer's and audio_features' configs as they would start (file + environment), read
+    once for all of doctor's checks; None for a service whose code is absent here."""
 
-        if r is not None and r.wav2lip.path:
-            found.append(("wav2lip", Path(r.wav2lip.path).expanduser()))
-        if r is not None and r.musetalk.path:
-            root = Path(r.musetalk.path).expanduser()
-            found += [(f"musetalk {role}", root / file) for role, (file, _) in FILES.items()]
-    a = _service_config("audio_features", config, service)
-    if a is not None and a.whisper_encoder.path:
-        found.append((WHISPER_ENCODER, Path(a.whisper_encoder.path).expanduser()))
-    return found
+    renderer: Any
+    audio_features: Any
 
+    @classmethod
+    def load(cls, config: Path | None = None, service: str | None = None) -> ModelConfigs:
+        """``config`` is read for the service ``config_service`` says it belongs to."""
+        own = config_service(config, service)
+        return cls(*(_service_config(name, config if own == name else None) for name in MODEL_SERVICES))
 
-def configured_rules(config: Path | None = None, service: str | None = None) -> ServiceRules:
-    """ServiceRules from the renderer's and audio_features' configuration (file + environment);
-    a service whose code is absent adds no rule."""
-    a = _service_config("audio_features", config, service)
-    r = _service_config("renderer", config, service)
-    return ServiceRules(
-        musetalk_version=None if a is None else a.musetalk.version,
-        vae_latent=ServiceRules.vae_latent if r is None else r.musetalk.vae_latent,
-    )
+    def models(self) -> list[tuple[str, Path]]:
+        """The model files they name, whether they exist or not (a missing one is a failed check)."""
+        found: list[tuple[str, Path]] = []
+        r, a = self.renderer, self.audio_features
+        with contextlib.suppress(ImportError):  # (the renderer's code without what its backends import)
+            from services.renderer.backends.musetalk import FILES
 
+            if r is not None and r.wav2lip.path:
+                found.append(("wav2lip", Path(r.wav2lip.path).expanduser()))
+            if r is not None and r.musetalk.path:
+                root = Path(r.musetalk.path).expanduser()
+                found += [(f"musetalk {role}", root / file) for role, (file, _) in FILES.items()]
+        if a is not None and a.whisper_encoder.path:
+            found.append((WHISPER_ENCODER, Path(a.whisper_encoder.path).expanduser()))
+        return found
 
-def configured_execution(config: Path | None = None, service: str | None = None) -> Any:
-    """The renderer's ``execution`` section (file + environment): its providers and, above all, its
-    TensorRT engine cache, so measuring the configured models reuses (or fills) the shared cache."""
-    r = _service_config("renderer", config, service)
-    return None if r is None else r.execution
+    @property
+    def execution(self) -> Any:
+        """The renderer's ``execution`` section: its providers and, above all, its TensorRT engine
+        cache, so measuring the configured models reuses (or fills) the shared cache."""
+        return None if self.renderer is None else self.renderer.execution
+
+    def rules(self) -> ServiceRules:
+        """What the configured models must also agree with; a service whose code is absent adds no rule."""
+        return ServiceRules(
+            musetalk_version=None if self.audio_features is None else self.audio_features.musetalk.version,
+            vae_latent=ServiceRules.vae_latent if self.renderer is None else self.renderer.musetalk.vae_latent,
+        )
 
 
 def models_section(
@@ -655,17 +660,15 @@ def summarize(r: Report) -> list[str]:
 def run_doctor(
     *, models: Sequence[tuple[str, Path]] | None = None, config: Path | None = None, seconds: float = 1.0
 ) -> Report:
-    service = config_service(config)  # before anything is measured: a file doctor cannot place is an error
+    configs = ModelConfigs.load(config)  # before anything is measured: a file doctor cannot place is an error
     r = Report(machine=machine_section(), gpu=gpu_section())
     with tempfile.TemporaryDirectory(prefix="talkmesh-doctor-") as d:
         tmp = Path(d)
         r.onnxruntime = onnxruntime_section(tmp)
         r.tensorrt = tensorrt_section(tmp, r.onnxruntime)
         r.nvenc = nvenc_section()
-        chosen = list(models) if models is not None else configured_models(config, service)
-        execution = configured_execution(config, service) if chosen else None
-        rules = configured_rules(config, service) if chosen else None
-        r.models = models_section(tmp, r.onnxruntime, chosen, seconds, execution, rules)
+        chosen = list(models) if models is not None else configs.models()
+        r.models = models_section(tmp, r.onnxruntime, chosen, seconds, configs.execution, configs.rules())
         r.encoder = encoder_section(bool(r.nvenc.get("opens")), seconds)
     r.summary = summarize(r)
     r.failures = failures(r)

@@ -150,8 +150,8 @@ def test_configured_model_files_come_from_the_services_config(tmp_path: Path, mo
     model.write_bytes(doctor.tiny_model())
     monkeypatch.setenv("TALKMESH_RENDERER__WAV2LIP__PATH", str(model))
     monkeypatch.setenv("TALKMESH_RENDERER__EXECUTION__TRT_CACHE_DIR", str(tmp_path / "engines"))
-    assert doctor.configured_models() == [("wav2lip", model)]
-    assert doctor.configured_execution().trt_cache_dir == str(tmp_path / "engines")
+    assert doctor.ModelConfigs.load().models() == [("wav2lip", model)]
+    assert doctor.ModelConfigs.load().execution.trt_cache_dir == str(tmp_path / "engines")
 
 
 def test_a_configured_model_the_renderer_would_refuse_is_reported_not_measured(tmp_path: Path) -> None:
@@ -232,18 +232,18 @@ def test_doctor_config_is_placed_by_its_keys(tmp_path: Path, monkeypatch: pytest
     monkeypatch.delenv("TALKMESH_SERVICE", raising=False)
     renderer = tmp_path / "my-renderer.yaml"
     renderer.write_text(f"wav2lip:\n  path: {tmp_path / 'w.onnx'}\n")
-    assert doctor.configured_models(renderer) == [("wav2lip", tmp_path / "w.onnx")]
+    assert doctor.ModelConfigs.load(renderer).models() == [("wav2lip", tmp_path / "w.onnx")]
     features = tmp_path / "features.yaml"
     features.write_text(f"musetalk:\n  version: '1.0'\nwhisper_encoder:\n  path: {tmp_path / 'e.onnx'}\n")
-    assert doctor.configured_models(features) == [("whisper encoder", tmp_path / "e.onnx")]
+    assert doctor.ModelConfigs.load(features).models() == [("whisper encoder", tmp_path / "e.onnx")]
     both = tmp_path / "both.yaml"
     both.write_text("execution:\n  providers: [cpu]\n")
     with pytest.raises(CliError, match=r"fit both .* TALKMESH_SERVICE=renderer or TALKMESH_SERVICE=audio_features"):
-        doctor.configured_models(both)
+        doctor.ModelConfigs.load(both).models()
     monkeypatch.setenv("TALKMESH_SERVICE", "audio_features")
-    assert doctor.configured_models(both) == []
+    assert doctor.ModelConfigs.load(both).models() == []
     neither = tmp_path / "gateway.yaml"
     neither.write_text("auth:\n  api_keys_file: k\n")
     monkeypatch.delenv("TALKMESH_SERVICE")
     with pytest.raises(CliError, match=r"not a renderer or audio_features config .*unknown key.*auth"):
-        doctor.configured_models(neither)
+        doctor.ModelConfigs.load(neither).models()
