@@ -299,7 +299,7 @@ class Mesh:
             await sp.proc.wait()
         await cancel_and_wait(sp.stdout_task, sp.exit_task)
         port = int(sp.address.rsplit(":", 1)[1])
-        s = next(x for x in SERVICES if x.name == name)
+        s = spec(name)
         await self._spawn(s, self._extra_env(s), ports=(port, sp.metrics_port))
 
     async def wait_for_exit(self) -> ChildExit:
