@@ -92,8 +92,37 @@ def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
     return None
 
 
+class OpenTurns:
+    """The turns sent and not over yet (speaking, or queued in the session); ``room`` waits until
+    fewer than the session's limit are (SessionStarted.max_pending_turns): a turn sent beyond it
+    would be refused."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self._changed = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return bool(self.ids)
+
+    def add(self, turn_id: str) -> None:
+        self.ids.add(turn_id)
+
+    def over(self, *turn_ids: str) -> None:
+        self.ids.difference_update(turn_ids)
+        self._changed.set()
+
+    def clear(self) -> None:
+        self.over(*self.ids)
+
+    async def room(self, limit: int) -> None:
+        """Returns once fewer than ``limit`` turns are open (at once with no limit: 0)."""
+        while limit and len(self.ids) >= limit:
+            self._changed.clear()
+            await self._changed.wait()
+
+
 async def _pump(
-    session: LiveSession, output: Path | None, out: TextIO, state: dict[str, int], turns: set[str]
+    session: LiveSession, output: Path | None, out: TextIO, state: dict[str, int], turns: OpenTurns
 ) -> None:
     t0 = time.monotonic()
     sink = output.open("wb") if output is not None else None
@@ -108,13 +137,13 @@ async def _pump(
                 # a turn refused for want of room never starts (and gets no speaking_stopped); any
                 # other error leaves the turn to its speaking_stopped (it may still play what it had)
                 if refused_for_room(msg.error):
-                    turns.discard(msg.error.turn_id)
+                    turns.over(msg.error.turn_id)
             elif kind == "event":
                 which = msg.event.WhichOneof("kind")
                 if which == "speaking_stopped":  # (also of turns that never spoke)
-                    turns.discard(msg.event.speaking_stopped.turn_id)
+                    turns.over(msg.event.speaking_stopped.turn_id)
                 elif which == "interrupt_acknowledged":
-                    turns.difference_update(msg.event.interrupt_acknowledged.stopped_turn_ids)
+                    turns.over(*msg.event.interrupt_acknowledged.stopped_turn_ids)
             line = describe(msg, t0)
             if line:
                 print(line, file=out, flush=True)
@@ -132,7 +161,8 @@ class StdinLines:
         import threading
 
         loop = asyncio.get_running_loop()
-        self._lines: asyncio.Queue[str] = asyncio.Queue()
+        # bounded: a long file piped in is read as its lines are sent, not all at once
+        self._lines: asyncio.Queue[str] = asyncio.Queue(TYPED_LINES_WAITING)
 
         def read() -> None:
             while True:
@@ -140,9 +170,9 @@ class StdinLines:
                     line = stdin.readline()
                 except (OSError, ValueError):
                     line = ""
-                try:
-                    loop.call_soon_threadsafe(self._lines.put_nowait, line)
-                except RuntimeError:  # the loop is closed: nobody reads any more
+                try:  # (waits for room; a loop closed meanwhile leaves this daemon thread waiting)
+                    asyncio.run_coroutine_threadsafe(self._lines.put(line), loop).result()
+                except Exception:  # the loop is closed (or closing): nobody reads any more
                     return
                 if line == "":
                     return
@@ -169,7 +199,8 @@ class Recording:
 
 class TurnSender:
     """Sends the session's turns in order: the recordings, each a turn of its own, then the typed
-    lines (the turns queue: one plays after the other). ``interrupt`` drops what it has not sent
+    lines (the turns queue: one plays after the other; beyond the session's pending turns, a line
+    waits for one to end). ``interrupt`` drops what it has not sent
     yet, then interrupts what the session has: an interrupt stops everything queued. (A recording
     being sent ends with its turn: the interrupt stops it.)"""
 
@@ -182,7 +213,7 @@ class TurnSender:
         self.session = session
         #: the turns sent and not over yet (speaking, or queued in the session): the pump takes
         #: out those that stop; an interrupt ends them all
-        self.turns: set[str] = set()
+        self.turns = OpenTurns()
         self.out = out  # where "take-1: take1.wav, 2.55 s" is said as a recording is sent
         self.t0 = time.monotonic()
         #: (the cut it was given in, the line; None: the end of input)
@@ -213,7 +244,11 @@ class TurnSender:
             cut, text = await self.typed.get()
             if text is None:
                 return
-            if cut == self.cuts:
+            if cut != self.cuts:
+                continue
+            # a line past the session's pending turns waits here (it would be refused)
+            await self.turns.room(self.session.started.max_pending_turns if self.session.started else 0)
+            if cut == self.cuts:  # (no interrupt while it waited)
                 self.lines_waiting -= 1
                 lines += 1
                 tid = f"turn-{lines}"

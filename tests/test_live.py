@@ -615,6 +615,69 @@ async def test_a_client_that_hangs_up_frees_every_stage(tmp_path: Path) -> None:
         assert registry.get_sample_value("talkmesh_live_turns_total", labels) == 2
 
 
+async def test_an_encoder_lost_mid_turn_ends_every_open_turn_and_the_session_as_failed(tmp_path: Path) -> None:
+    """The encoder goes away while a turn speaks and another waits: the session cannot go on, but
+    every turn id still ends with one speaking_stopped (FAILED), after a last session_ending
+    (END_REASON_FAILED, 0 s left), before the call's status names the stage: a client waiting for
+    each turn's end is not left hanging."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        live = client.live()
+        await live.__aenter__()
+        try:
+            rec = Recorder(live).start()
+            speaking = await live.say(TEXT)
+            queued = await live.say("And one queued behind it.")
+            await rec.wait_event("speaking_started", speaking)
+            await mesh.hosts["encoder"].stop(0)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await rec.finish()
+        finally:
+            await live.__aexit__(None, None, None)
+        registry = mesh.telemetry["gateway"].metrics.registry
+        failed = registry.get_sample_value("talkmesh_live_turns_total", {"service": "gateway", "reason": "failed"})
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.value.details().startswith("encoder: ")
+    ends = [r for r in rec.messages if r.event in ("session_ending", "speaking_stopped")]
+    last = ends[-3:]
+    assert last[0].event == "session_ending"
+    assert last[0].msg.event.session_ending.reason == lpb.END_REASON_FAILED
+    assert last[0].msg.event.session_ending.seconds_left == 0
+    stops = {r.msg.event.speaking_stopped.turn_id: r.msg.event.speaking_stopped for r in last[1:]}
+    assert set(stops) == {speaking, queued}
+    assert [r.msg.event.speaking_stopped.turn_id for r in rec.events("speaking_stopped")].count(speaking) == 1
+    assert all(s.reason == lpb.STOP_REASON_FAILED for s in stops.values())
+    assert stops[speaking].frames_played > 0 and stops[queued].frames_played == 0
+    heard = MediaClock.of(25, stops[speaking].sample_rate).start(stops[speaking].frames_played)
+    assert 0 < stops[speaking].samples_played <= heard
+    assert stops[queued].samples_played == 0
+    assert failed == 2
+
+
+async def test_turns_dropped_while_the_turn_ahead_waits_for_its_text_never_hold_an_interrupt_back(
+    tmp_path: Path,
+) -> None:
+    """An LLM's turn waits for its first token (a long tool call) while the client queues and
+    interrupts other turns, more of them than max_pending_turns: each is stopped at once. (They
+    used to stay in a queue of that size until the turn ahead ran, and the next one blocked the
+    session's reader: interrupts went unread until the turn input timeout.)"""
+    env = {"TALKMESH_GATEWAY__LIVE__MAX_PENDING_TURNS": "3"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await live.say("", turn_id="head", final=False)  # the model has not written a word yet
+            for i in range(6):
+                await live.say("Hmm, let me think.", turn_id=f"filler-{i}")
+                await live.interrupt(f"filler-{i}")
+                stopped = await rec.wait_event("speaking_stopped", f"filler-{i}", timeout=10)
+                assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_INTERRUPTED
+            await live.interrupt("head")
+            head = await rec.wait_event("speaking_stopped", "head", timeout=10)
+            await live.close()
+            await rec.finish()
+    assert head.msg.event.speaking_stopped.reason == lpb.STOP_REASON_INTERRUPTED
+    assert not [r.msg.error for r in rec.messages if r.kind == "error"]
+
+
 async def test_a_turns_start_is_timed_from_its_first_words_not_the_models_first_token_delay(tmp_path: Path) -> None:
     """say_stream opens the turn before the model's first token: the turn start histogram counts
     from the first text, so an LLM's thinking time is not the avatar's reply latency."""
@@ -779,6 +842,32 @@ async def test_the_live_command_speaks_typed_lines_and_writes_the_stream(tmp_pat
     assert len(decoded.frames) > 25 and decoded.audio_seconds > 1.0
 
 
+async def test_the_live_command_plays_a_script_longer_than_the_turns_a_session_may_queue(tmp_path: Path) -> None:
+    """Five lines piped in, a session that takes two turns at a time: every line plays, in order,
+    none refused (lines past the limit wait for a turn to end: SessionStarted.max_pending_turns)."""
+    import sys
+
+    env = {"TALKMESH_GATEWAY__LIVE__MAX_PENDING_TURNS": "2"}
+    script = "".join(f"Line {word}.\n" for word in ("one", "two", "three", "four", "five")).encode()
+    async with inprocess_mesh(tmp_path, env=env) as mesh:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "talkmesh.cli", "live", "--target", mesh.gateway,
+            stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(script), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = err.decode()
+    assert proc.returncode == 0, text
+    assert " error " not in text and "RESOURCE_EXHAUSTED" not in text, text
+    stopped = [line.split()[2] for line in text.splitlines() if " stopped " in line]
+    assert stopped == [f"turn-{i}" for i in range(1, 6)], text
+    assert text.count("(completed") == 5, text
+
+
 def test_the_turn_input_timeout_is_validated() -> None:
     from services.gateway.config import LiveSettings
     from talkmesh.common.config import ConfigError
@@ -806,6 +895,37 @@ async def test_a_turn_refused_for_want_of_room_may_be_sent_again(tmp_path: Path)
             await rec.finish()
     assert refused.msg.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert played.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+
+
+async def test_a_say_stream_refused_for_want_of_room_does_not_end_the_turn_it_never_started(tmp_path: Path) -> None:
+    """say_stream's turn finds no room: its first (empty) piece is refused, the model's stream is
+    closed and say_stream returns without ending the turn, which never started (its EndOfTurn
+    used to be a second error, NOT_FOUND)."""
+    env = {"TALKMESH_GATEWAY__LIVE__MAX_PENDING_TURNS": "1"}
+    closed = asyncio.Event()
+
+    async def model() -> AsyncIterator[str]:
+        try:
+            await asyncio.sleep(0.5)  # the first token's delay: the refusal comes first
+            yield "Too late."
+        finally:
+            closed.set()
+
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await live.say("", turn_id="head", final=False)  # the one turn there is room for
+            async with asyncio.timeout(10):
+                assert await live.say_stream(model(), turn_id="c") == "c"
+            assert closed.is_set()
+            await asyncio.sleep(0.3)  # a second error would follow at once
+            await live.interrupt("head")
+            await rec.wait_event("speaking_stopped", "head")
+            await live.close()
+            await rec.finish()
+    errors = [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert [(e.code, e.field) for e in errors] == [(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "text.turn_id")]
+    assert "c" not in [r.msg.event.speaking_stopped.turn_id for r in rec.events("speaking_stopped")]
 
 
 async def test_stage_errors_name_the_live_configs_fields(tmp_path: Path) -> None:

@@ -356,6 +356,8 @@ async def test_an_interrupt_drops_the_recordings_and_lines_not_sent_yet() -> Non
     from talkmesh.live_cli import Recording, TurnSender
 
     class Session:
+        started = None  # (no limit of pending turns known)
+
         def __init__(self) -> None:
             self.log: list[tuple[str, object]] = []
             self.cut = asyncio.Event()
@@ -406,7 +408,7 @@ async def test_only_a_refusal_for_room_ends_a_turn_for_ctrl_c() -> None:
     refused for want of room never starts and gets no speaking_stopped: it is over at the error."""
     import io
 
-    from talkmesh.live_cli import _pump
+    from talkmesh.live_cli import OpenTurns, _pump
 
     class Session:
         def __aiter__(self) -> AsyncIterator[lpb.LiveServerMessage]:
@@ -421,7 +423,9 @@ async def test_only_a_refusal_for_room_ends_a_turn_for_ctrl_c() -> None:
             full = lpb.LiveError(code=8, turn_id="f", message="tts: 1 streams in flight")  # a stage: FAILED follows
             yield lpb.LiveServerMessage(error=full)
 
-    turns = {"t", "r", "f"}
+    turns = OpenTurns()
+    for tid in ("t", "r", "f"):
+        turns.add(tid)
     state = {"errors": 0}
     await _pump(Session(), None, io.StringIO(), state, turns)  # type: ignore[arg-type]
-    assert turns == {"t", "f"} and state["errors"] == 4
+    assert turns.ids == {"t", "f"} and state["errors"] == 4

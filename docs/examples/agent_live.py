@@ -36,6 +36,14 @@ class Avatar:
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
+        try:
+            await self._read_session()
+        finally:  # the session is over (its stream ended, or failed): no turn waits for ever
+            for waiting in self.stopped.values():
+                if not waiting.done():
+                    waiting.set_exception(RuntimeError("the live session ended before the turn did"))
+
+    async def _read_session(self) -> None:
         async for msg in self.live:
             kind = msg.WhichOneof("kind")
             if kind == "media":
@@ -77,6 +85,19 @@ class Avatar:
         self.video.close()
 
 
+async def spoken(
+    sending: asyncio.Task[str], done: asyncio.Future[lpb.SpeakingStopped]
+) -> tuple[lpb.SpeakingStopped, BaseException | None]:
+    """A reply's end, and the model's error if its stream failed: the turn then played the text it
+    got and ends COMPLETED, but the reply was cut short (keep only what was heard)."""
+    try:
+        await sending
+        failure = None
+    except Exception as exc:
+        failure = exc
+    return await done, failure
+
+
 def heard(stopped: lpb.SpeakingStopped) -> float:
     """Seconds of the reply the user heard (the LLM's context should keep only that much)."""
     return stopped.samples_played / stopped.sample_rate if stopped.sample_rate else 0.0
@@ -87,17 +108,19 @@ async def main() -> None:
     async with TalkmeshClient() as client, client.live(voice="espeak:en-us", markdown=True) as live:
         avatar = Avatar(live, "agent.mp4")
         # 1. a reply played to its end
-        _, _, done = avatar.reply(llm_reply("What is talkmesh?"))
-        stopped = await done
+        _, sending, done = avatar.reply(llm_reply("What is talkmesh?"))
+        stopped, failure = await spoken(sending, done)
         print(lpb.StopReason.Name(stopped.reason), f"{heard(stopped):.1f} s heard")
+        if failure is not None:
+            print("the model failed, the reply was cut short:", failure)
         # 2. the user barges in while the model is still writing and the avatar speaking: stop both,
         # keep only what was heard in the model's context, answer the new question
         turn_id, sending, _ = avatar.reply(llm_reply("Tell me a long story.", sentences=20))
         await asyncio.sleep(1.0)
         stopped = await avatar.barge_in(turn_id, sending)
         print(lpb.StopReason.Name(stopped.reason), f"{heard(stopped):.1f} s heard")
-        _, _, done = avatar.reply(llm_reply("Sorry, a short one instead?"))
-        await done
+        _, sending, done = avatar.reply(llm_reply("Sorry, a short one instead?"))
+        await spoken(sending, done)
         await avatar.close()
 
 

@@ -299,7 +299,11 @@ class LiveSession:
         out_depth = self.telemetry.queue_gauge(Queue.LIVE_TO_CLIENT)
         self.out: Chan[lpb.LiveServerMessage] = Chan(sizes.stream, gauge=out_depth)
         self.tasks = TaskSet(f"live-{session_id[-8:]}", on_error=self.out.close)
-        self.turn_queue: Chan[GatewayTurn] = Chan(sizes.pending_turns)
+        #: turns started and not yet taken by _run_turns, in order (a subset of ``turns``, so bounded
+        #: by max_pending_turns: a turn stopped before it was taken leaves at once, and never holds
+        #: the reader back while the turn ahead waits for its input)
+        self.waiting: collections.OrderedDict[str, GatewayTurn] = collections.OrderedDict()
+        self.turn_waiting = asyncio.Event()
         self.last_message = time.monotonic()  # last client message, or the end of the last speech
         self.started_at = time.monotonic()
         self.idle_timeout = config.idle_timeout_seconds or self.cfg.idle_timeout_seconds
@@ -314,10 +318,14 @@ class LiveSession:
         self.reported_failed: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)
         self.end_requested = asyncio.Event()
         self.speaking = False
+        #: the turns left open were told they failed (_ended_by_failure)
+        self.failure_told = False
         # for watchers: what a late joiner needs first
         self.started_msg: lpb.LiveServerMessage | None = None
         self.init_msg: lpb.LiveServerMessage | None = None
         self.watchers: set[Chan[lpb.LiveServerMessage]] = set()
+        #: the session is over and its watchers closed: a new watcher is refused
+        self.closed = False
         self.span: Any = None
 
     # -- the run -----------------------------------------------------------------------------
@@ -333,23 +341,61 @@ class LiveSession:
             self.tasks.spawn(self._run_turns(), name="turns")
             self.tasks.spawn(self._watch_lifetime(), name="lifetime")
             seq = 0
-            async for msg in self.out:
-                msg.seq = seq  # watchers get their own numbered copies (LiveHub.watch)
-                seq += 1
-                yield msg
+            try:
+                async for msg in self.out:
+                    msg.seq = seq  # watchers get their own numbered copies (LiveHub.watch)
+                    seq += 1
+                    yield msg
+            except Exception:  # a stage failed (or the client's stream broke): the status says which
+                for msg in self._ended_by_failure():
+                    msg.seq = seq
+                    seq += 1
+                    yield msg
+                raise
         finally:
             self.span.end()
             await self.tasks.aclose()
             for turn in self.turns.values():  # (the client left, or a stage failed: never stopped)
-                self._count_end(lpb.STOP_REASON_SESSION_ENDED)
+                if not self.failure_told:
+                    self._count_end(lpb.STOP_REASON_SESSION_ENDED)
                 await cancel_and_wait(turn.task)
             if encoder is not None:
                 await encoder.cancel()
+            self.closed = True
             for w in self.watchers:
                 w.close()
             self.control.close()
             self.data.close()
             self.out.discard()  # a client that left with messages waiting: no stale queue depth
+
+    def _ended_by_failure(self) -> list[lpb.LiveServerMessage]:
+        """The session cannot go on (its encoder stream failed, say): still, as when the server
+        ends it, a last session_ending (END_REASON_FAILED, 0 s left) and, for each turn playing or
+        queued, its one speaking_stopped (FAILED, with what of it was sent), before the call's
+        status names what failed. To watchers too. None before ``started`` (a refused start)."""
+        if not self.started.is_set():
+            return []
+        now = time.time()
+        ending = lpb.SessionEnding(reason=lpb.END_REASON_FAILED, seconds_left=0.0)
+        events = [lpb.LiveEvent(unix_seconds=now, frame=self.next_frame, session_ending=ending)]
+        for turn in self.turns.values():
+            rate = turn.source_rate or self.voice_rate or self.rate
+            body = lpb.SpeakingStopped(
+                turn_id=turn.turn_id,
+                reason=lpb.STOP_REASON_FAILED,
+                samples_played=self.clock.played_at(turn.frames_played, turn.samples_sent, rate),
+                sample_rate=rate,
+                frames_played=turn.frames_played,
+            )
+            self._count_end(body.reason)
+            events.append(lpb.LiveEvent(unix_seconds=now, frame=self.next_frame, speaking_stopped=body))
+        self.failure_told = True  # (those turns are not counted again as left by the client)
+        messages = [lpb.LiveServerMessage(event=event) for event in events]
+        for w in self.watchers:
+            for msg in messages:
+                with contextlib.suppress(asyncio.QueueFull, ChanClosed):
+                    w.send_nowait(msg)
+        return messages
 
     def _time_left(self) -> float | None:
         """The timeout of a call made now: what is left of the client's deadline."""
@@ -456,7 +502,8 @@ class LiveSession:
                         body.voice = "" if failed else stopped.notes.voice or checked
                     self._turn_over(body.turn_id)
             elif kind == "started":
-                msg.started.max_text_chars = self.gateway_config.max_text_chars  # the gateway's limit
+                msg.started.max_text_chars = self.gateway_config.max_text_chars  # the gateway's limits
+                msg.started.max_pending_turns = self.sizes.pending_turns
                 self.span.add_event("started", {"talkmesh.width": msg.started.width})
             elif kind == "error" and msg.error.turn_id in self.reported_failed:
                 continue  # a turn the gateway failed: the client was told once, with its code
@@ -495,6 +542,7 @@ class LiveSession:
         stops too (an interrupt or a failure stopped it there, or all it sent has played), or it
         would wait for playback that never comes and hold every later turn."""
         turn = self.turns.pop(turn_id, None)
+        self.waiting.pop(turn_id, None)
         input_ended = turn is None or turn.input_done
         if turn is not None:
             if turn.span is not None:
@@ -734,7 +782,8 @@ class LiveSession:
         )
         if turn.voice and known is None:
             turn.voice_check = self.tasks.spawn(self._turn_voice(turn), name=f"voice-{tid[:16]}")
-        await self.turn_queue.send(turn)
+        self.waiting[tid] = turn
+        self.turn_waiting.set()
         return turn
 
     @staticmethod
@@ -769,7 +818,11 @@ class LiveSession:
         runs in its own task, which an interrupt cancels."""
         current: asyncio.Task[None] | None = None
         try:
-            async for turn in self.turn_queue:
+            while True:
+                while not self.waiting:
+                    self.turn_waiting.clear()
+                    await self.turn_waiting.wait()
+                _, turn = self.waiting.popitem(last=False)
                 if turn.turn_id in self.stopped:
                     continue
                 turn.quiet_since = time.monotonic()  # the input timeout counts from its start, not its queueing
@@ -1183,11 +1236,13 @@ class LiveHub:
             seq += 1
             return out
 
-        for first in (session.started_msg, session.init_msg):
-            if first is not None:
-                yield numbered(first)
-        session.watchers.add(feed)
+        if session.closed:  # its end closed the watchers already: this one would wait for ever
+            raise NotFound("session_id", session_id, "live session")
+        session.watchers.add(feed)  # (before the first yield: the session may end meanwhile)
         try:
+            for first in (session.started_msg, session.init_msg):
+                if first is not None:
+                    yield numbered(first)
             async for msg in feed:
                 kind = msg.WhichOneof("kind")
                 if kind == "started" or (kind == "media" and msg.media.init_segment):

@@ -96,6 +96,11 @@ class MediaClock:
         """Number of samples ``frame`` covers (varies by one for rates that do not divide)."""
         return self.start(frame + 1) - self.start(frame)
 
+    def played_at(self, frames: int, samples: int, source_rate: int) -> int:
+        """How much of ``samples`` (at this clock's rate: a turn's audio) its first ``frames`` frames
+        carried, counted at ``source_rate`` (the rate the audio came in: SpeakingStopped.samples_played)."""
+        return min(self.start(frames), samples) * source_rate // self.sample_rate
+
     def frames_for(self, samples: int) -> int:
         """Frames needed to show ``samples``."""
         return frames_for_samples(samples, self.sample_rate, self.fps)

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from talkmesh.v1 import types_pb2 as talkmesh_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16talkmesh/v1/live.proto\x12\x0btalkmesh.v1\x1a\x17talkmesh/v1/types.proto\"\xe3\x02\n\nLiveConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12\r\n\x05voice\x18\x03 \x01(\t\x12\x32\n\x0evoice_settings\x18\x04 \x01(\x0b\x32\x1a.talkmesh.v1.VoiceSettings\x12\x0c\n\x04size\x18\x05 \x01(\t\x12\x18\n\x10renderer_backend\x18\x06 \x01(\t\x12,\n\x0b\x61udio_codec\x18\x07 \x01(\x0e\x32\x17.talkmesh.v1.AudioCodec\x12\x1c\n\x14idle_timeout_seconds\x18\x08 \x01(\x02\x12\x1b\n\x13max_session_seconds\x18\t \x01(\x02\x12,\n\x0btext_format\x18\n \x01(\x0e\x32\x17.talkmesh.v1.TextFormat\x12,\n\x0bidle_motion\x18\x0b \x01(\x0e\x32\x17.talkmesh.v1.IdleMotion\"H\n\tSpeakText\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\r\n\x05voice\x18\x04 \x01(\t\"N\n\nSpeakAudio\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x0b\n\x03pcm\x18\x03 \x01(\x0c\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"\x1c\n\tEndOfTurn\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\"\x1c\n\tInterrupt\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\"\x0b\n\tKeepAlive\"\xa2\x02\n\x11LiveClientMessage\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.talkmesh.v1.LiveConfigH\x00\x12&\n\x04text\x18\x02 \x01(\x0b\x32\x16.talkmesh.v1.SpeakTextH\x00\x12(\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x17.talkmesh.v1.SpeakAudioH\x00\x12-\n\x0b\x65nd_of_turn\x18\x04 \x01(\x0b\x32\x16.talkmesh.v1.EndOfTurnH\x00\x12+\n\tinterrupt\x18\x05 \x01(\x0b\x32\x16.talkmesh.v1.InterruptH\x00\x12,\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x16.talkmesh.v1.KeepAliveH\x00\x42\x06\n\x04kind\"\x8e\x02\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x15\n\rfps_numerator\x18\x04 \x01(\r\x12\x17\n\x0f\x66ps_denominator\x18\x05 \x01(\r\x12\x13\n\x0bsample_rate\x18\x06 \x01(\r\x12\x11\n\tmime_type\x18\x07 \x01(\t\x12\x1b\n\x13\x66rame0_unix_seconds\x18\x08 \x01(\x01\x12\x15\n\rvideo_encoder\x18\t \x01(\t\x12\x11\n\tavatar_id\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x16\n\x0emax_text_chars\x18\x0c \x01(\r\"\xba\x01\n\tLiveMedia\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x14\n\x0cinit_segment\x18\x02 \x01(\x08\x12\x13\n\x0b\x66irst_frame\x18\x03 \x01(\x03\x12\x13\n\x0b\x66rame_count\x18\x04 \x01(\x03\x12\x14\n\x0c\x66irst_sample\x18\x05 \x01(\x03\x12\x14\n\x0csample_count\x18\x06 \x01(\x03\x12\x10\n\x08keyframe\x18\x07 \x01(\x08\x12\x0f\n\x07turn_id\x18\x08 \x01(\t\x12\x10\n\x08underrun\x18\t \x01(\x08\"\"\n\x0fSpeakingStarted\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\"?\n\x07\x43\x61ption\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x15\n\rsegment_index\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xb0\x01\n\x0fSpeakingStopped\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\'\n\x06reason\x18\x02 \x01(\x0e\x32\x17.talkmesh.v1.StopReason\x12\x16\n\x0esamples_played\x18\x03 \x01(\x03\x12\x13\n\x0bsample_rate\x18\x04 \x01(\r\x12\x15\n\rframes_played\x18\x05 \x01(\x03\x12\x10\n\x08warnings\x18\x06 \x03(\t\x12\r\n\x05voice\x18\x07 \x01(\t\"B\n\x15InterruptAcknowledged\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x18\n\x10stopped_turn_ids\x18\x02 \x03(\t\"/\n\x08Underrun\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x12\n\nturn_frame\x18\x02 \x01(\x03\"M\n\rSessionEnding\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.talkmesh.v1.EndReason\x12\x14\n\x0cseconds_left\x18\x02 \x01(\x01\"\xfc\x02\n\tLiveEvent\x12\x14\n\x0cunix_seconds\x18\x01 \x01(\x01\x12\r\n\x05\x66rame\x18\x02 \x01(\x03\x12\x38\n\x10speaking_started\x18\x03 \x01(\x0b\x32\x1c.talkmesh.v1.SpeakingStartedH\x00\x12\x38\n\x10speaking_stopped\x18\x04 \x01(\x0b\x32\x1c.talkmesh.v1.SpeakingStoppedH\x00\x12\x44\n\x16interrupt_acknowledged\x18\x05 \x01(\x0b\x32\".talkmesh.v1.InterruptAcknowledgedH\x00\x12)\n\x08underrun\x18\x06 \x01(\x0b\x32\x15.talkmesh.v1.UnderrunH\x00\x12\x34\n\x0esession_ending\x18\x07 \x01(\x0b\x32\x1a.talkmesh.v1.SessionEndingH\x00\x12\'\n\x07\x63\x61ption\x18\x08 \x01(\x0b\x32\x14.talkmesh.v1.CaptionH\x00\x42\x06\n\x04kind\"J\n\tLiveError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0f\n\x07turn_id\x18\x04 \x01(\t\"\xd3\x01\n\x11LiveServerMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12.\n\x07started\x18\x02 \x01(\x0b\x32\x1b.talkmesh.v1.SessionStartedH\x00\x12\'\n\x05media\x18\x03 \x01(\x0b\x32\x16.talkmesh.v1.LiveMediaH\x00\x12\'\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x16.talkmesh.v1.LiveEventH\x00\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.talkmesh.v1.LiveErrorH\x00\x42\x06\n\x04kind\"\"\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t*\x98\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15STOP_REASON_COMPLETED\x10\x01\x12\x1b\n\x17STOP_REASON_INTERRUPTED\x10\x02\x12\x16\n\x12STOP_REASON_FAILED\x10\x03\x12\x1d\n\x19STOP_REASON_SESSION_ENDED\x10\x04*\xad\x01\n\tEndReason\x12\x1a\n\x16\x45ND_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45ND_REASON_CLIENT_CLOSED\x10\x01\x12\x1b\n\x17\x45ND_REASON_IDLE_TIMEOUT\x10\x02\x12\x19\n\x15\x45ND_REASON_MAX_LENGTH\x10\x03\x12\x17\n\x13\x45ND_REASON_DRAINING\x10\x04\x12\x15\n\x11\x45ND_REASON_FAILED\x10\x05\x32\x9b\x01\n\x04Live\x12M\n\x07Session\x12\x1e.talkmesh.v1.LiveClientMessage\x1a\x1e.talkmesh.v1.LiveServerMessage(\x01\x30\x01\x12\x44\n\x05Watch\x12\x19.talkmesh.v1.WatchRequest\x1a\x1e.talkmesh.v1.LiveServerMessage0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16talkmesh/v1/live.proto\x12\x0btalkmesh.v1\x1a\x17talkmesh/v1/types.proto\"\xe3\x02\n\nLiveConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tavatar_id\x18\x02 \x01(\t\x12\r\n\x05voice\x18\x03 \x01(\t\x12\x32\n\x0evoice_settings\x18\x04 \x01(\x0b\x32\x1a.talkmesh.v1.VoiceSettings\x12\x0c\n\x04size\x18\x05 \x01(\t\x12\x18\n\x10renderer_backend\x18\x06 \x01(\t\x12,\n\x0b\x61udio_codec\x18\x07 \x01(\x0e\x32\x17.talkmesh.v1.AudioCodec\x12\x1c\n\x14idle_timeout_seconds\x18\x08 \x01(\x02\x12\x1b\n\x13max_session_seconds\x18\t \x01(\x02\x12,\n\x0btext_format\x18\n \x01(\x0e\x32\x17.talkmesh.v1.TextFormat\x12,\n\x0bidle_motion\x18\x0b \x01(\x0e\x32\x17.talkmesh.v1.IdleMotion\"H\n\tSpeakText\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\r\n\x05voice\x18\x04 \x01(\t\"N\n\nSpeakAudio\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x0b\n\x03pcm\x18\x03 \x01(\x0c\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\"\x1c\n\tEndOfTurn\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\"\x1c\n\tInterrupt\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\"\x0b\n\tKeepAlive\"\xa2\x02\n\x11LiveClientMessage\x12)\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.talkmesh.v1.LiveConfigH\x00\x12&\n\x04text\x18\x02 \x01(\x0b\x32\x16.talkmesh.v1.SpeakTextH\x00\x12(\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x17.talkmesh.v1.SpeakAudioH\x00\x12-\n\x0b\x65nd_of_turn\x18\x04 \x01(\x0b\x32\x16.talkmesh.v1.EndOfTurnH\x00\x12+\n\tinterrupt\x18\x05 \x01(\x0b\x32\x16.talkmesh.v1.InterruptH\x00\x12,\n\nkeep_alive\x18\x06 \x01(\x0b\x32\x16.talkmesh.v1.KeepAliveH\x00\x42\x06\n\x04kind\"\xa9\x02\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x15\n\rfps_numerator\x18\x04 \x01(\r\x12\x17\n\x0f\x66ps_denominator\x18\x05 \x01(\r\x12\x13\n\x0bsample_rate\x18\x06 \x01(\r\x12\x11\n\tmime_type\x18\x07 \x01(\t\x12\x1b\n\x13\x66rame0_unix_seconds\x18\x08 \x01(\x01\x12\x15\n\rvideo_encoder\x18\t \x01(\t\x12\x11\n\tavatar_id\x18\n \x01(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x16\n\x0emax_text_chars\x18\x0c \x01(\r\x12\x19\n\x11max_pending_turns\x18\r \x01(\r\"\xba\x01\n\tLiveMedia\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x14\n\x0cinit_segment\x18\x02 \x01(\x08\x12\x13\n\x0b\x66irst_frame\x18\x03 \x01(\x03\x12\x13\n\x0b\x66rame_count\x18\x04 \x01(\x03\x12\x14\n\x0c\x66irst_sample\x18\x05 \x01(\x03\x12\x14\n\x0csample_count\x18\x06 \x01(\x03\x12\x10\n\x08keyframe\x18\x07 \x01(\x08\x12\x0f\n\x07turn_id\x18\x08 \x01(\t\x12\x10\n\x08underrun\x18\t \x01(\x08\"\"\n\x0fSpeakingStarted\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\"?\n\x07\x43\x61ption\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x15\n\rsegment_index\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\"\xb0\x01\n\x0fSpeakingStopped\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\'\n\x06reason\x18\x02 \x01(\x0e\x32\x17.talkmesh.v1.StopReason\x12\x16\n\x0esamples_played\x18\x03 \x01(\x03\x12\x13\n\x0bsample_rate\x18\x04 \x01(\r\x12\x15\n\rframes_played\x18\x05 \x01(\x03\x12\x10\n\x08warnings\x18\x06 \x03(\t\x12\r\n\x05voice\x18\x07 \x01(\t\"B\n\x15InterruptAcknowledged\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x18\n\x10stopped_turn_ids\x18\x02 \x03(\t\"/\n\x08Underrun\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x12\n\nturn_frame\x18\x02 \x01(\x03\"M\n\rSessionEnding\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.talkmesh.v1.EndReason\x12\x14\n\x0cseconds_left\x18\x02 \x01(\x01\"\xfc\x02\n\tLiveEvent\x12\x14\n\x0cunix_seconds\x18\x01 \x01(\x01\x12\r\n\x05\x66rame\x18\x02 \x01(\x03\x12\x38\n\x10speaking_started\x18\x03 \x01(\x0b\x32\x1c.talkmesh.v1.SpeakingStartedH\x00\x12\x38\n\x10speaking_stopped\x18\x04 \x01(\x0b\x32\x1c.talkmesh.v1.SpeakingStoppedH\x00\x12\x44\n\x16interrupt_acknowledged\x18\x05 \x01(\x0b\x32\".talkmesh.v1.InterruptAcknowledgedH\x00\x12)\n\x08underrun\x18\x06 \x01(\x0b\x32\x15.talkmesh.v1.UnderrunH\x00\x12\x34\n\x0esession_ending\x18\x07 \x01(\x0b\x32\x1a.talkmesh.v1.SessionEndingH\x00\x12\'\n\x07\x63\x61ption\x18\x08 \x01(\x0b\x32\x14.talkmesh.v1.CaptionH\x00\x42\x06\n\x04kind\"J\n\tLiveError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0f\n\x07turn_id\x18\x04 \x01(\t\"\xd3\x01\n\x11LiveServerMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12.\n\x07started\x18\x02 \x01(\x0b\x32\x1b.talkmesh.v1.SessionStartedH\x00\x12\'\n\x05media\x18\x03 \x01(\x0b\x32\x16.talkmesh.v1.LiveMediaH\x00\x12\'\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x16.talkmesh.v1.LiveEventH\x00\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x16.talkmesh.v1.LiveErrorH\x00\x42\x06\n\x04kind\"\"\n\x0cWatchRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t*\x98\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15STOP_REASON_COMPLETED\x10\x01\x12\x1b\n\x17STOP_REASON_INTERRUPTED\x10\x02\x12\x16\n\x12STOP_REASON_FAILED\x10\x03\x12\x1d\n\x19STOP_REASON_SESSION_ENDED\x10\x04*\xad\x01\n\tEndReason\x12\x1a\n\x16\x45ND_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45ND_REASON_CLIENT_CLOSED\x10\x01\x12\x1b\n\x17\x45ND_REASON_IDLE_TIMEOUT\x10\x02\x12\x19\n\x15\x45ND_REASON_MAX_LENGTH\x10\x03\x12\x17\n\x13\x45ND_REASON_DRAINING\x10\x04\x12\x15\n\x11\x45ND_REASON_FAILED\x10\x05\x32\x9b\x01\n\x04Live\x12M\n\x07Session\x12\x1e.talkmesh.v1.LiveClientMessage\x1a\x1e.talkmesh.v1.LiveServerMessage(\x01\x30\x01\x12\x44\n\x05Watch\x12\x19.talkmesh.v1.WatchRequest\x1a\x1e.talkmesh.v1.LiveServerMessage0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkmesh.v1.live_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPREASON']._serialized_start=2590
-  _globals['_STOPREASON']._serialized_end=2742
-  _globals['_ENDREASON']._serialized_start=2745
-  _globals['_ENDREASON']._serialized_end=2918
+  _globals['_STOPREASON']._serialized_start=2617
+  _globals['_STOPREASON']._serialized_end=2769
+  _globals['_ENDREASON']._serialized_start=2772
+  _globals['_ENDREASON']._serialized_end=2945
   _globals['_LIVECONFIG']._serialized_start=65
   _globals['_LIVECONFIG']._serialized_end=420
   _globals['_SPEAKTEXT']._serialized_start=422
@@ -51,29 +51,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIVECLIENTMESSAGE']._serialized_start=650
   _globals['_LIVECLIENTMESSAGE']._serialized_end=940
   _globals['_SESSIONSTARTED']._serialized_start=943
-  _globals['_SESSIONSTARTED']._serialized_end=1213
-  _globals['_LIVEMEDIA']._serialized_start=1216
-  _globals['_LIVEMEDIA']._serialized_end=1402
-  _globals['_SPEAKINGSTARTED']._serialized_start=1404
-  _globals['_SPEAKINGSTARTED']._serialized_end=1438
-  _globals['_CAPTION']._serialized_start=1440
-  _globals['_CAPTION']._serialized_end=1503
-  _globals['_SPEAKINGSTOPPED']._serialized_start=1506
-  _globals['_SPEAKINGSTOPPED']._serialized_end=1682
-  _globals['_INTERRUPTACKNOWLEDGED']._serialized_start=1684
-  _globals['_INTERRUPTACKNOWLEDGED']._serialized_end=1750
-  _globals['_UNDERRUN']._serialized_start=1752
-  _globals['_UNDERRUN']._serialized_end=1799
-  _globals['_SESSIONENDING']._serialized_start=1801
-  _globals['_SESSIONENDING']._serialized_end=1878
-  _globals['_LIVEEVENT']._serialized_start=1881
-  _globals['_LIVEEVENT']._serialized_end=2261
-  _globals['_LIVEERROR']._serialized_start=2263
-  _globals['_LIVEERROR']._serialized_end=2337
-  _globals['_LIVESERVERMESSAGE']._serialized_start=2340
-  _globals['_LIVESERVERMESSAGE']._serialized_end=2551
-  _globals['_WATCHREQUEST']._serialized_start=2553
-  _globals['_WATCHREQUEST']._serialized_end=2587
-  _globals['_LIVE']._serialized_start=2921
-  _globals['_LIVE']._serialized_end=3076
+  _globals['_SESSIONSTARTED']._serialized_end=1240
+  _globals['_LIVEMEDIA']._serialized_start=1243
+  _globals['_LIVEMEDIA']._serialized_end=1429
+  _globals['_SPEAKINGSTARTED']._serialized_start=1431
+  _globals['_SPEAKINGSTARTED']._serialized_end=1465
+  _globals['_CAPTION']._serialized_start=1467
+  _globals['_CAPTION']._serialized_end=1530
+  _globals['_SPEAKINGSTOPPED']._serialized_start=1533
+  _globals['_SPEAKINGSTOPPED']._serialized_end=1709
+  _globals['_INTERRUPTACKNOWLEDGED']._serialized_start=1711
+  _globals['_INTERRUPTACKNOWLEDGED']._serialized_end=1777
+  _globals['_UNDERRUN']._serialized_start=1779
+  _globals['_UNDERRUN']._serialized_end=1826
+  _globals['_SESSIONENDING']._serialized_start=1828
+  _globals['_SESSIONENDING']._serialized_end=1905
+  _globals['_LIVEEVENT']._serialized_start=1908
+  _globals['_LIVEEVENT']._serialized_end=2288
+  _globals['_LIVEERROR']._serialized_start=2290
+  _globals['_LIVEERROR']._serialized_end=2364
+  _globals['_LIVESERVERMESSAGE']._serialized_start=2367
+  _globals['_LIVESERVERMESSAGE']._serialized_end=2578
+  _globals['_WATCHREQUEST']._serialized_start=2580
+  _globals['_WATCHREQUEST']._serialized_end=2614
+  _globals['_LIVE']._serialized_start=2948
+  _globals['_LIVE']._serialized_end=3103
 # @@protoc_insertion_point(module_scope)

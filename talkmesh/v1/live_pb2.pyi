@@ -119,7 +119,7 @@ class LiveClientMessage(_message.Message):
     def __init__(self, config: _Optional[_Union[LiveConfig, _Mapping]] = ..., text: _Optional[_Union[SpeakText, _Mapping]] = ..., audio: _Optional[_Union[SpeakAudio, _Mapping]] = ..., end_of_turn: _Optional[_Union[EndOfTurn, _Mapping]] = ..., interrupt: _Optional[_Union[Interrupt, _Mapping]] = ..., keep_alive: _Optional[_Union[KeepAlive, _Mapping]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("session_id", "width", "height", "fps_numerator", "fps_denominator", "sample_rate", "mime_type", "frame0_unix_seconds", "video_encoder", "avatar_id", "request_id", "max_text_chars")
+    __slots__ = ("session_id", "width", "height", "fps_numerator", "fps_denominator", "sample_rate", "mime_type", "frame0_unix_seconds", "video_encoder", "avatar_id", "request_id", "max_text_chars", "max_pending_turns")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,7 @@ class SessionStarted(_message.Message):
     AVATAR_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PENDING_TURNS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     width: int
     height: int
@@ -144,7 +145,8 @@ class SessionStarted(_message.Message):
     avatar_id: str
     request_id: str
     max_text_chars: int
-    def __init__(self, session_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps_numerator: _Optional[int] = ..., fps_denominator: _Optional[int] = ..., sample_rate: _Optional[int] = ..., mime_type: _Optional[str] = ..., frame0_unix_seconds: _Optional[float] = ..., video_encoder: _Optional[str] = ..., avatar_id: _Optional[str] = ..., request_id: _Optional[str] = ..., max_text_chars: _Optional[int] = ...) -> None: ...
+    max_pending_turns: int
+    def __init__(self, session_id: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps_numerator: _Optional[int] = ..., fps_denominator: _Optional[int] = ..., sample_rate: _Optional[int] = ..., mime_type: _Optional[str] = ..., frame0_unix_seconds: _Optional[float] = ..., video_encoder: _Optional[str] = ..., avatar_id: _Optional[str] = ..., request_id: _Optional[str] = ..., max_text_chars: _Optional[int] = ..., max_pending_turns: _Optional[int] = ...) -> None: ...
 
 class LiveMedia(_message.Message):
     __slots__ = ("data", "init_segment", "first_frame", "frame_count", "first_sample", "sample_count", "keyframe", "turn_id", "underrun")

@@ -60,7 +60,10 @@ class LiveServicer:
         `session_ending` event), or when the server drains; a client that cancels ends it at once.
         When the server ends the session, a last `session_ending` with 0 seconds left comes just
         before the end, and the turns still playing or queued stop with STOP_REASON_SESSION_ENDED
-        (no `interrupt_acknowledged`).
+        (no `interrupt_acknowledged`). When a stage fails and the session cannot go on (the encoder
+        is lost), the call ends with that stage's status, but first a last `session_ending`
+        (END_REASON_FAILED, 0 seconds left) and a `speaking_stopped` (STOP_REASON_FAILED) for each
+        turn still playing or queued: every turn id still ends with one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -345,3 +345,35 @@ async def test_a_mistake_in_one_turns_input_fails_that_turn_and_the_session_goes
         ("bad", live_pb2.STOP_REASON_FAILED),
         ("next", live_pb2.STOP_REASON_COMPLETED),
     ]
+
+
+async def test_an_interrupt_that_meets_a_turns_failure_is_still_acknowledged_for_the_turns_it_stopped():
+    """The client's interrupt of every turn is read, then (before the next tick) turn A fails: A
+    stops as FAILED with its error, B as INTERRUPTED, and the interrupt is acknowledged, naming B
+    (a client waiting for the acknowledgement used to wait for ever)."""
+    import collections
+
+    from services.encoder.live.session import LiveSession, Turn, _Output
+    from talkmesh.common.aio import TaskSet
+    from talkmesh.common.clock import MediaClock
+    from talkmesh.common.lru import Lru
+    from talkmesh.common.telemetry import Telemetry
+
+    s = LiveSession.__new__(LiveSession)  # only what applying interrupts uses
+    s.clock = MediaClock.of(25, 16000)
+    s.turns = collections.OrderedDict((tid, Turn(tid, 16000, s.clock, 4)) for tid in ("A", "B"))
+    s.current, s.stopped_ids, s.tasks, s.out = None, Lru(100), TaskSet("t"), _Output()
+    s.telemetry, s._pending_audio, s.interrupts, s.wakeup = Telemetry("encoder"), [], [], asyncio.Event()
+    try:
+        s._interrupt("", list(s.turns))
+        s.turns["A"].failed, s.turns["A"].failed_code = "render: boom", 13
+        s._interrupt("A", ["A"], why="failed")
+        out = s._apply_interrupts(10)
+    finally:
+        await s.tasks.aclose()
+    events = [m.event for m in out if m.WhichOneof("kind") == "event"]
+    stops = {e.speaking_stopped.turn_id: e.speaking_stopped.reason for e in events if e.HasField("speaking_stopped")}
+    acks = [list(e.interrupt_acknowledged.stopped_turn_ids) for e in events if e.HasField("interrupt_acknowledged")]
+    assert stops == {"A": live_pb2.STOP_REASON_FAILED, "B": live_pb2.STOP_REASON_INTERRUPTED}
+    assert acks == [["B"]]
+    assert [m.error.turn_id for m in out if m.WhichOneof("kind") == "error"] == ["A"]

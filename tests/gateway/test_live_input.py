@@ -73,7 +73,7 @@ async def test_an_interrupt_behind_a_turns_full_input_queue_is_read_at_once_and_
     try:
         async with asyncio.timeout(30):  # hang guard: the old reader waits for room for ever
             await reader
-        turn = next(t for t in session.turn_queue.clear() if t.turn_id == "A")
+        turn = session.turns["A"]
         assert "A" in session.stopped
         assert turn.input_done and not turn.held and turn.held_size == 0
         assert turn.audio.closed

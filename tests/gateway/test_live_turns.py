@@ -10,7 +10,7 @@ from opentelemetry import trace
 
 from services.gateway.config import GatewayConfig
 from services.gateway.live import GatewayTurn, LiveHub, LiveSession
-from talkmesh.common.aio import Chan
+from talkmesh.common.aio import Chan, cancel_and_wait
 from talkmesh.common.calls import Stream
 from talkmesh.common.errors import TalkmeshError
 from talkmesh.common.telemetry import Telemetry
@@ -117,15 +117,18 @@ async def test_a_turn_the_encoder_stopped_ends_its_sending_and_the_next_turn_run
     turns = {tid: GatewayTurn(tid, "audio", text=Chan(4), audio=Chan(4)) for tid in ("T", "U")}
     for turn in turns.values():
         session.turns[turn.turn_id] = turn
-        session.turn_queue.send_nowait(turn)
+        session.waiting[turn.turn_id] = turn
+    session.turn_waiting.set()
     runner = asyncio.create_task(session._run_turns())
-    while turns["T"].task is None or ran != ["T"]:  # T waits for room
-        await asyncio.sleep(0)
-    await session._pump_encoder(_Messages(_stopped("T", reason)))
-    session.turn_queue.close()
-    async with asyncio.timeout(10):  # (a hang guard)
-        await runner
-    assert ran == ["T", "U"]
+    try:
+        while turns["T"].task is None or ran != ["T"]:  # T waits for room
+            await asyncio.sleep(0)
+        await session._pump_encoder(_Messages(_stopped("T", reason)))
+        async with asyncio.timeout(10):  # (a hang guard)
+            while ran != ["T", "U"]:
+                await asyncio.sleep(0.01)
+    finally:
+        await cancel_and_wait(runner)
 
 
 async def test_underrun_repeats_are_not_played_frames_of_the_turn() -> None:
@@ -150,3 +153,32 @@ async def test_underrun_repeats_are_not_played_frames_of_the_turn() -> None:
     async with asyncio.timeout(10):  # (a hang guard)
         await room
     assert turn.frames_played == 1 and turn.quiet_since > quiet
+
+
+async def test_a_watch_that_joins_as_its_session_ends_ends_too() -> None:
+    """A viewer whose first messages were being sent as the session ended used to be added to the
+    ended session's watchers afterwards, and waited for ever; it now ends with the session."""
+    hub = LiveHub(GatewayConfig(), Telemetry("gateway"), FakeDownstreams())
+    session = LiveSession(hub, "sid", lpb.LiveConfig(), "rid", None)
+    session.started_msg = lpb.LiveServerMessage(started=lpb.SessionStarted(session_id="sid"))
+    session.init_msg = lpb.LiveServerMessage(media=lpb.LiveMedia(init_segment=True))
+    hub.sessions["sid"] = session
+    watch = hub.watch("sid")
+    try:
+        assert (await anext(watch)).WhichOneof("kind") == "started"
+        session.closed = True  # the session ends while the viewer reads its first message (run's finally)
+        for feed in session.watchers:
+            feed.close()
+        hub.sessions.pop("sid")
+        assert (await anext(watch)).media.init_segment
+        async with asyncio.timeout(5):  # (a hang guard)
+            with pytest.raises(StopAsyncIteration):
+                await anext(watch)
+        late = hub.watch("sid")  # (the session is gone: NOT_FOUND, as for any unknown id)
+        hub.sessions["sid"] = session
+        with pytest.raises(TalkmeshError) as err:
+            await anext(late)
+        assert err.value.code.name == "NOT_FOUND"
+    finally:
+        await watch.aclose()
+        await session.tasks.aclose()

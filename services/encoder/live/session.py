@@ -220,8 +220,7 @@ class Turn:
 
     def samples_played(self) -> int:
         """The turn's own audio that was sent, in samples at its source rate."""
-        session = min(self.clock.start(self.played), self.audio_samples)
-        return session * self.source_rate // self.clock.sample_rate
+        return self.clock.played_at(self.played, self.audio_samples, self.source_rate)
 
 
 @dataclass
@@ -744,11 +743,11 @@ class LiveSession:
             for ev in events:
                 ev.unix_seconds = now
                 out.append(self.out.message(event=ev))
-            if why == "interrupt" and not failed:
+            if why == "interrupt":  # (a turn that failed meanwhile stopped for its failure: not listed)
                 ack = self._event(
                     n,
                     interrupt_acknowledged=live_pb2.InterruptAcknowledged(
-                        turn_id=tid, stopped_turn_ids=[t.turn_id for t in targets]
+                        turn_id=tid, stopped_turn_ids=[t.turn_id for t in targets if not t.failed]
                     ),
                 )
                 ack.unix_seconds = now
