@@ -235,9 +235,6 @@ class _TurnInput:
 
     def __init__(self) -> None:
         self.over = False
-        #: the turn was refused for want of room (``refused_for_room``): it never started, so it is
-        #: not ended either (an EndOfTurn would be NOT_FOUND)
-        self.refused = False
         #: the scope of a wait for the source's next piece, while one runs, and the task waiting
         self.waiting: asyncio.Timeout | None = None
         self.waiter: asyncio.Task[Any] | None = None
@@ -396,8 +393,6 @@ class LiveSession:
         ended: list[str] = []
         if kind == "error" and msg.error.turn_id:  # refused input ends the turn's input, or it failed
             ended.append(msg.error.turn_id)
-            if refused_for_room(msg.error) and (over := self._sending.get(msg.error.turn_id)) is not None:
-                over.refused = True
         elif kind == "event":
             which = msg.event.WhichOneof("kind")
             if which == "speaking_stopped":
@@ -475,14 +470,12 @@ class LiveSession:
             if over.over:
                 await _aclose(source)
         except BaseException:
-            if not over.refused:
-                with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, SessionEnded):
-                    await self._send(end)  # (the session may be what failed: the caller's error is raised)
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, SessionEnded):
+                await self._send(end)  # (the session may be what failed: the caller's error is raised)
             raise
         finally:
             self._sending.pop(tid, None)
-        if not over.refused:
-            await self._send(end)
+        await self._send(end)  # (also of a turn refused for want of room: it frees the id at the gateway)
         return tid
 
     async def say_audio(

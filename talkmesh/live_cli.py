@@ -95,24 +95,28 @@ def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
 class OpenTurns:
     """The turns sent and not over yet (speaking, or queued in the session); ``room`` waits until
     fewer than the session's limit are (SessionStarted.max_pending_turns): a turn sent beyond it
-    would be refused."""
+    would be refused. An interrupted turn is counted until its end comes (the gateway counts it
+    till then), but no longer makes the session busy (Ctrl-C then quits)."""
 
     def __init__(self) -> None:
         self.ids: set[str] = set()
+        self._cut: set[str] = set()  # those an interrupt has stopped, their end not in yet
         self._changed = asyncio.Event()
 
     def __bool__(self) -> bool:
-        return bool(self.ids)
+        """Turns an interrupt would stop."""
+        return bool(self.ids - self._cut)
 
     def add(self, turn_id: str) -> None:
         self.ids.add(turn_id)
 
     def over(self, *turn_ids: str) -> None:
         self.ids.difference_update(turn_ids)
+        self._cut.difference_update(turn_ids)
         self._changed.set()
 
-    def clear(self) -> None:
-        self.over(*self.ids)
+    def interrupted(self) -> None:
+        self._cut.update(self.ids)
 
     async def room(self, limit: int) -> None:
         """Returns once fewer than ``limit`` turns are open (at once with no limit: 0)."""
@@ -161,18 +165,20 @@ class StdinLines:
         import threading
 
         loop = asyncio.get_running_loop()
-        # bounded: a long file piped in is read as its lines are sent, not all at once
-        self._lines: asyncio.Queue[str] = asyncio.Queue(TYPED_LINES_WAITING)
+        self._lines: asyncio.Queue[str] = asyncio.Queue()
+        # bounded: a long file piped in is read as its lines are taken, not all at once
+        self._room = threading.Semaphore(TYPED_LINES_WAITING)
 
         def read() -> None:
             while True:
+                self._room.acquire()  # (a daemon thread: waiting here never holds the exit)
                 try:
                     line = stdin.readline()
                 except (OSError, ValueError):
                     line = ""
-                try:  # (waits for room; a loop closed meanwhile leaves this daemon thread waiting)
-                    asyncio.run_coroutine_threadsafe(self._lines.put(line), loop).result()
-                except Exception:  # the loop is closed (or closing): nobody reads any more
+                try:
+                    loop.call_soon_threadsafe(self._lines.put_nowait, line)
+                except RuntimeError:  # the loop is closed: nobody reads any more
                     return
                 if line == "":
                     return
@@ -181,7 +187,9 @@ class StdinLines:
 
     async def get(self) -> str:
         """The next line, with its newline; "" at end of input."""
-        return await self._lines.get()
+        line = await self._lines.get()
+        self._room.release()
+        return line
 
 
 #: Typed lines waiting to be sent (behind the recordings): the reader stops reading beyond this
@@ -234,6 +242,7 @@ class TurnSender:
                 at = f"{time.monotonic() - self.t0:7.2f}s"
                 seconds = len(take.pcm) / 2 / take.rate
                 print(f"{at}  sending   {tid}: {take.name}, {seconds:.2f} s", file=self.out, flush=True)
+            await self.turns.room(self._limit())
             self.recording = True
             self.turns.add(tid)
             try:
@@ -247,13 +256,17 @@ class TurnSender:
             if cut != self.cuts:
                 continue
             # a line past the session's pending turns waits here (it would be refused)
-            await self.turns.room(self.session.started.max_pending_turns if self.session.started else 0)
+            await self.turns.room(self._limit())
             if cut == self.cuts:  # (no interrupt while it waited)
                 self.lines_waiting -= 1
                 lines += 1
                 tid = f"turn-{lines}"
                 self.turns.add(tid)  # (before it is sent: Ctrl-C meanwhile interrupts it)
                 await self.session.say(text, turn_id=tid)
+
+    def _limit(self) -> int:
+        """The session's pending turns (0: not known, no wait)."""
+        return self.session.started.max_pending_turns if self.session.started else 0
 
     @property
     def pending(self) -> bool:
@@ -274,7 +287,7 @@ class TurnSender:
         self.cuts += 1  # lines queued (or waiting for room) before now are dropped as they come
         self.lines_waiting = 0
         self.recordings.clear()
-        self.turns.clear()  # (the session stops everything it has)
+        self.turns.interrupted()  # (counted for room until their ends come, as the gateway does)
         await self.session.interrupt()
 
     async def aclose(self) -> None:

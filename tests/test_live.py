@@ -653,6 +653,24 @@ async def test_an_encoder_lost_mid_turn_ends_every_open_turn_and_the_session_as_
     assert failed == 2
 
 
+async def test_a_clients_own_mistake_that_ends_the_session_is_not_told_as_a_stage_failure(tmp_path: Path) -> None:
+    """A second config ends the call with INVALID_ARGUMENT naming it; no END_REASON_FAILED (that
+    says a stage failed), and the turn it cut is counted as left with the session."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            tid = await live.say(TEXT)
+            await rec.wait_event("speaking_started", tid)
+            await live._send(lpb.LiveClientMessage(config=lpb.LiveConfig()))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await rec.finish()
+        registry = mesh.telemetry["gateway"].metrics.registry
+        failed = registry.get_sample_value("talkmesh_live_turns_total", {"service": "gateway", "reason": "failed"})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not rec.events("session_ending") and not rec.events("speaking_stopped")
+    assert not failed
+
+
 async def test_turns_dropped_while_the_turn_ahead_waits_for_its_text_never_hold_an_interrupt_back(
     tmp_path: Path,
 ) -> None:
@@ -844,28 +862,37 @@ async def test_the_live_command_speaks_typed_lines_and_writes_the_stream(tmp_pat
 
 async def test_the_live_command_plays_a_script_longer_than_the_turns_a_session_may_queue(tmp_path: Path) -> None:
     """Five lines piped in, a session that takes two turns at a time: every line plays, in order,
-    none refused (lines past the limit wait for a turn to end: SessionStarted.max_pending_turns)."""
+    none refused (lines past the limit wait for a turn to end: SessionStarted.max_pending_turns);
+    with an interrupt after the third, the two lines after it play, none refused."""
     import sys
 
     env = {"TALKMESH_GATEWAY__LIVE__MAX_PENDING_TURNS": "2"}
-    script = "".join(f"Line {word}.\n" for word in ("one", "two", "three", "four", "five")).encode()
-    async with inprocess_mesh(tmp_path, env=env) as mesh:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "talkmesh.cli", "live", "--target", mesh.gateway,
-            stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(script), 60)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    text = err.decode()
-    assert proc.returncode == 0, text
-    assert " error " not in text and "RESOURCE_EXHAUSTED" not in text, text
-    stopped = [line.split()[2] for line in text.splitlines() if " stopped " in line]
-    assert stopped == [f"turn-{i}" for i in range(1, 6)], text
-    assert text.count("(completed") == 5, text
+    lines = [f"Line {word}.\n" for word in ("one", "two", "three", "four", "five")]
+    # the same with an interrupt (an empty line) after the third: the lines after it wait for the
+    # interrupted turns' ends too (the gateway counts them until then)
+    for n, script in enumerate(("".join(lines), "".join(lines[:3]) + "\n" + "".join(lines[3:]))):
+        async with inprocess_mesh(tmp_path, env=env) as mesh:
+            out = str(tmp_path / f"{n}.mp4")
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "talkmesh.cli", "live", "--target", mesh.gateway, "-o", out,
+                stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(script.encode()), 60)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+        text = err.decode()
+        assert proc.returncode == 0, text
+        assert " error " not in text and "RESOURCE_EXHAUSTED" not in text, text
+        stopped = [line.split()[2] for line in text.splitlines() if " stopped " in line]
+        if n == 0:
+            assert stopped == [f"turn-{i}" for i in range(1, 6)], text
+            assert text.count("(completed") == 5, text
+        else:  # (lines read before the interrupt and not sent yet are dropped with it)
+            assert stopped == [f"turn-{i}" for i in range(1, len(stopped) + 1)], text
+            assert text.count("(completed") == 2 and "Line four." in text and "Line five." in text, text
 
 
 def test_the_turn_input_timeout_is_validated() -> None:
@@ -926,6 +953,32 @@ async def test_a_say_stream_refused_for_want_of_room_does_not_end_the_turn_it_ne
     errors = [r.msg.error for r in rec.messages if r.kind == "error"]
     assert [(e.code, e.field) for e in errors] == [(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "text.turn_id")]
     assert "c" not in [r.msg.event.speaking_stopped.turn_id for r in rec.events("speaking_stopped")]
+
+
+async def test_the_rest_of_a_turn_refused_for_room_never_starts_it_even_once_there_is_room(tmp_path: Path) -> None:
+    """A turn refused for want of room while its client goes on sending (an LLM stream not told
+    yet): the rest of its input is discarded quietly even after room frees (it would start in
+    mid-reply and wait for an end that never comes), until its EndOfTurn; then the id is free."""
+    env = {"TALKMESH_GATEWAY__LIVE__MAX_PENDING_TURNS": "1"}
+    async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await live.say("", turn_id="head", final=False)
+            await live.say("", turn_id="c", final=False)  # refused: no room
+            await rec.wait_for(lambda r: r.kind == "error" and r.msg.error.turn_id == "c")
+            await live.interrupt("head")
+            await rec.wait_event("speaking_stopped", "head")  # room now
+            await live.say("and the rest of the reply", turn_id="c", final=False)  # discarded
+            await live.end_turn("c")  # frees the id
+            await live.say("Hello again.", turn_id="c")
+            again = await rec.wait_event("speaking_stopped", "c", timeout=30)
+            await live.close()
+            await rec.finish()
+    errors = [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert [(e.code, e.turn_id) for e in errors] == [(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "c")]
+    assert [r.msg.event.speaking_started.turn_id for r in rec.events("speaking_started")] == ["c"]
+    assert again.msg.event.speaking_stopped.reason == lpb.STOP_REASON_COMPLETED
+    assert len(rec.events("caption")) == 1 and rec.events("caption")[0].msg.event.caption.text == "Hello again."
 
 
 async def test_stage_errors_name_the_live_configs_fields(tmp_path: Path) -> None:

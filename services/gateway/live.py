@@ -78,6 +78,7 @@ from talkmesh.common.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    StageError,
     TalkmeshError,
     Unavailable,
     internal_error,
@@ -278,6 +279,11 @@ class LiveSession:
         #: turns whose input was refused (a first piece: no turn; a later one: input ended); later
         #: input for them is discarded quietly
         self.refused: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)
+        #: turns refused for want of room at a first piece that was not their last: the rest of
+        #: that input (an LLM stream the client sends on until it reads the refusal) is discarded
+        #: quietly, even if room frees meanwhile (the turn would start in mid-reply), until it ends
+        #: (a final piece, EndOfTurn, an interrupt naming it); then the id may be sent again
+        self.refused_for_room: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)
         #: the session voice's listed id and rate once known (from the check at the start; the rate
         #: also from TTS's first answer): text turns count samples_played in the rate, even one
         #: stopped before its own TTS answered, and name the voice in their SpeakingStopped
@@ -346,7 +352,9 @@ class LiveSession:
                     msg.seq = seq  # watchers get their own numbered copies (LiveHub.watch)
                     seq += 1
                     yield msg
-            except Exception:  # a stage failed (or the client's stream broke): the status says which
+            except StageError:  # a stage failed (not the client's own mistake): its status says which
+                self.refusing_turns = True
+                await self.tasks.aclose()  # nothing starts or stops a turn any more
                 for msg in self._ended_by_failure():
                     msg.seq = seq
                     seq += 1
@@ -391,10 +399,8 @@ class LiveSession:
             events.append(lpb.LiveEvent(unix_seconds=now, frame=self.next_frame, speaking_stopped=body))
         self.failure_told = True  # (those turns are not counted again as left by the client)
         messages = [lpb.LiveServerMessage(event=event) for event in events]
-        for w in self.watchers:
-            for msg in messages:
-                with contextlib.suppress(asyncio.QueueFull, ChanClosed):
-                    w.send_nowait(msg)
+        for msg in messages:
+            self._to_watchers(msg)
         return messages
 
     def _time_left(self) -> float | None:
@@ -440,14 +446,20 @@ class LiveSession:
             self.started.set()
         elif kind == "media" and msg.media.init_segment:
             self.init_msg = msg
+        self._to_watchers(msg)
+        if not self.out.closed:  # after the end (or a failure) nothing more goes out
+            await self.out.send(msg)
+
+    def _to_watchers(self, msg: lpb.LiveServerMessage) -> None:
+        """To every watcher; one that cannot keep up is dropped (told so)."""
         for w in list(self.watchers):
             try:
                 w.send_nowait(msg)
             except asyncio.QueueFull:
                 w.close(ResourceExhausted("watcher: fell too far behind the live stream", retry_after=1.0))
                 self.watchers.discard(w)
-        if not self.out.closed:  # after the end (or a failure) nothing more goes out
-            await self.out.send(msg)
+            except ChanClosed:
+                self.watchers.discard(w)
 
     async def _started_or_closed(self) -> None:
         await any_event(self.started, self.out.closed_event)
@@ -600,6 +612,8 @@ class LiveSession:
             # a turn id never seen is NOT_FOUND for both; one that ended (or was refused) is fine
             body = getattr(msg, kind)
             tid = body.turn_id
+            if tid and self.refused_for_room.pop(tid):
+                return  # the end of input refused for want of room: the id is free again
             turn = self.turns.get(tid)
             if turn is None and (tid or kind == "end_of_turn") and not self._ended(tid):
                 raise NotFound(f"{kind}.turn_id", tid, "turn")
@@ -614,6 +628,10 @@ class LiveSession:
         tid = _check_id(body.turn_id, f"{kind}.turn_id")
         if tid in self.refused:
             return  # input for a refused turn: discarded
+        if tid in self.refused_for_room:
+            if body.final:
+                self.refused_for_room.pop(tid)
+            return  # the rest of input refused for want of room: discarded
         if self.stopped.get(tid):  # its input had ended before: a new turn with an old id
             self.refused.put(tid, True)  # (told once: more of it is discarded)
             raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} has ended: a new turn needs a new id")
@@ -628,8 +646,13 @@ class LiveSession:
             if turn is not None:
                 turn.end_input()  # it plays what it had
             raise
-        if turn is None:  # (a refusal for want of room is not remembered: the id may come again)
-            turn = await self._new_turn(tid, kind, body)
+        if turn is None:
+            try:
+                turn = await self._new_turn(tid, kind, body)
+            except ResourceExhausted:
+                if not body.final:  # more of it is on its way: see refused_for_room
+                    self.refused_for_room.put(tid, True)
+                raise
         turn.quiet_since = time.monotonic()
         if not turn.received and (body.text if kind == "text" else body.pcm):
             turn.received = turn.quiet_since
