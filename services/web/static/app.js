@@ -243,6 +243,11 @@
     list.prepend(li);
     while (list.children.length > 60) list.lastChild.remove();
   }
+  // A text as the Events list shows it: its first 40 characters, and "…" when it goes on.
+  function clip(text, n = 40) {
+    const chars = [...text];
+    return chars.length > n ? `${chars.slice(0, n).join("")}…` : text;
+  }
   function ms_(seconds) {
     return seconds == null ? "–" : `${Math.round(seconds)} ms`;
   }
@@ -1034,14 +1039,14 @@
     if (!tm.connected || !ws || ws.readyState !== WebSocket.OPEN) {
       tm.unsent.push({ at: performance.now(), text });
       showAlert("Not sent: there is no live session right now. Press Speak again once reconnected.");
-      logEvent(`NOT sent (no session): ${text.slice(0, 40)}`);
+      logEvent(`NOT sent (no session): ${clip(text)}`);
       return;
     }
     currentTurn = newTurn("t");
     turn(currentTurn).lagAtPress = liveLag() * 1000;
     turn(currentTurn).text = text;
     send({ text: { turn_id: currentTurn, text, final: true } });
-    logEvent(`speak ${currentTurn}: ${text.slice(0, 40)}`);
+    logEvent(`speak ${currentTurn}: ${clip(text)}`);
   }
 
   function interrupt() {
