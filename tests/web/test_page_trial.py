@@ -1,13 +1,21 @@
 """The page against the findings of a new user's trial, in Chromium against the scripted stand-in
-edge of test_page_states: the Events list says when it cut a spoken text short."""
+edge of test_page_states: Speak pressed while a voice or avatar pick settles is said in the new
+session, with the new voice (it went to the old session, which the pick's restart cut: the text was
+lost without a word); the Events list says when it cut a spoken text short."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
+from aiohttp import web
 
 from talkmesh.bench.web import wait_js
 from tests.web.browser import browser_page
-from tests.web.test_page_states import fake_edge, serve
+from tests.web.test_page_a11y import VOICES
+from tests.web.test_page_a11y_audit import speaking
+from tests.web.test_page_states import Conn, fake_edge, refuse_old, serve
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,4 +33,54 @@ async def test_the_events_list_marks_a_text_it_cut_short() -> None:
         events = await page.inner_text("#events")
         assert f"speak t1: {long[:40]}…\n" in events + "\n", events
         assert "speak t2: Short.\n" in events + "\n", events
+    assert console.errors == [], console.errors
+
+
+def texts(conn: Conn) -> list[str]:
+    return [m["text"]["text"] for m in conn.received if "text" in m]
+
+
+async def test_speak_while_a_pick_settles_is_said_by_the_new_session_in_the_new_voice() -> None:
+    text = "Said in the voice just picked."
+    async with fake_edge(speaking(0.8), voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", text)
+        await page.select_option("#voice-select", "espeak:v2")
+        picked = time.monotonic()
+        await asyncio.sleep(0.3)
+        await page.click("#speak")
+        assert time.monotonic() - picked < 0.6, "Speak came before the pick settled"
+        await wait_js(page, "window.talkmesh.turns.t1 && window.talkmesh.turns.t1.startFrame != null", timeout=5)
+        await wait_js(page, f"document.getElementById('caption').textContent === {text!r}", timeout=5)
+        assert len(edge.conns) == 2
+        assert edge.conns[1].received[0]["config"]["voice"] == "espeak:v2"
+        assert texts(edge.conns[0]) == [] and texts(edge.conns[1]) == [text], "said once, in the new session"
+        await wait_js(page, "window.talkmesh.turns.t1.stopFrame != null", timeout=5)
+        assert await page.evaluate("window.talkmesh.turns.t1.reason") == "STOP_REASON_COMPLETED"
+        await asyncio.sleep(1.0)  # past the pick's settling: applied already, no second restart
+        assert len(edge.conns) == 2 and await page.evaluate("window.talkmesh.connects.length") == 2
+        assert await page.evaluate("window.talkmesh.unsent") == []
+    assert console.errors == [], console.errors
+
+
+async def test_speak_while_a_pick_settles_says_so_when_the_new_session_does_not_start() -> None:
+    text = "Nobody will hear this."
+
+    async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
+        await (serve if n == 1 else refuse_old)(ws, conn, n)
+
+    async with fake_edge(script, voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url + "?retry_base=10")
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", text)
+        await page.select_option("#voice-select", "espeak:v3")
+        await page.click("#speak")
+        await wait_js(page, "window.talkmesh.unsent.length === 1", timeout=5)
+        assert await page.evaluate("window.talkmesh.unsent[0].text") == text
+        alert = await page.inner_text("#alert")
+        assert "The server is full" in alert and "Your text was not sent" in alert, alert
+        assert f"NOT sent (the new session did not start): {text}" in await page.inner_text("#events")
+        assert await page.input_value("#text") == text, "the text stays in the box"
+        assert texts(edge.conns[0]) == []
     assert console.errors == [], console.errors
