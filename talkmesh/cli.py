@@ -910,8 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- errors ---------------------------------------------------------------------------------------
-def describe_rpc_error(exc: Any, target: str) -> str:
-    """One line for a failed call: the status, its message and the offending field or option."""
+def describe_rpc_error(exc: Any, target: str, args: argparse.Namespace | None = None) -> str:
+    """One line for a failed call: the status, its message and the offending field or option (with
+    ``args``, the command's: an option the user did not give is not said to have set the field)."""
     import grpc
 
     from talkmesh.common.errors import ErrorDetails
@@ -941,7 +942,13 @@ def describe_rpc_error(exc: Any, target: str) -> str:
     field = info.field
     if field:
         option = OPTION_FOR_FIELD.get(field.rsplit(".", 1)[-1])
-        line += f" (field {field}" + (f"; set by {option}" if option else "") + ")"
+        flag = option.split()[0] if option else ""
+        value = getattr(args, flag[2:].replace("-", "_"), None) if args is not None and flag.startswith("--") else None
+        if option and value is not None and not isinstance(value, bool) and not value:
+            # `say` without --voice: the service's default voice was refused, not a --voice
+            line += f" (field {field}: the default {flag[2:].replace('-', ' ')}; choose one with {option})"
+        else:
+            line += f" (field {field}" + (f"; set by {option}" if option else "") + ")"
     elif info.resource_name:
         line += f" ({info.resource_type} {info.resource_name!r})"
     if info.retry_delay:
@@ -959,7 +966,7 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
     from talkmesh.launcher import MeshError
 
     if isinstance(exc, grpc.aio.AioRpcError):
-        return describe_rpc_error(exc, getattr(args, "target", ""))
+        return describe_rpc_error(exc, getattr(args, "target", ""), args)
     if isinstance(exc, CliError | BindError | MeshError):
         return str(exc)
     if isinstance(exc, ConfigError):
