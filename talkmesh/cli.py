@@ -790,7 +790,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="your own speech instead of a text: the avatar says it, lip-synced (PCM WAV; MP3, M4A, Ogg... with PyAV)",
     )
-    y.add_argument("-o", "--output", default="out.mp4")
+    y.add_argument(
+        "-o",
+        "--output",
+        default="out.mp4",
+        help="write the video to this file (default: %(default)s; missing directories are created)",
+    )
     y.add_argument("--avatar", default="", help="avatar name or id (default: the default avatar)")
     y.add_argument("--voice", default="", help="voice id, e.g. espeak:en-gb (see `talkmesh voices`)")
     y.add_argument("--size", default="", help=f"output size preset: {', '.join(SIZE_PRESETS)}")
@@ -814,7 +819,13 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--still", action="store_true", help=STILL_HELP)
 
     d = sub.add_parser("demo", parents=[common], help="start the mesh, speak a paragraph, write an MP4, stop")
-    d.add_argument("-o", "--output", default="out/demo.mp4")
+    d.add_argument(
+        "-o",
+        "--output",
+        default="out/demo.mp4",
+        help="write the video to this file, the services' logs beside it in logs/ "
+        "(default: %(default)s; missing directories are created)",
+    )
     d.add_argument("--text", default=DEMO_TEXT)
 
     a = sub.add_parser("avatar", parents=[common], help="manage avatars")

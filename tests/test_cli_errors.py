@@ -237,6 +237,15 @@ def test_say_exposes_the_options_of_the_api() -> None:
     assert (args.backend, args.avatar, args.voice) == ("viseme", "Astro", "espeak:en-gb")
 
 
+def test_say_help_says_where_the_video_goes() -> None:
+    """`-o OUTPUT, --output OUTPUT` had no words: not its default, nor that its directory is made."""
+    code, out, err = run_cli("say", "--help")
+    assert code == 0, err
+    text = " ".join(out.split())
+    said = "-o OUTPUT, --output OUTPUT write the video to this file (default: out.mp4; missing directories are created)"
+    assert said in text, out
+
+
 def test_bench_help_lists_every_mode() -> None:
     code, out, err = run_cli("bench", "--help")
     assert code == 0, err
