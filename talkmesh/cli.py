@@ -859,7 +859,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rm.add_argument("avatar", metavar="avatar")
 
-    sub.add_parser("voices", parents=[target], help="list voices")
+    sub.add_parser(
+        "voices",
+        parents=[target],
+        help="list voices",
+        description="List the voices: the first column is what --voice takes; (default) marks the one "
+        "a request without --voice speaks with.",
+        epilog="eSpeak's voices also speak in other registers, not listed: a variant after a '+', any case, "
+        "e.g. espeak:en-us+f3 (female: f1 to f5; male: m1 to m8; whisper, croak, klatt and the other "
+        "files of eSpeak's voices/!v). An unknown variant is NOT_FOUND listing them all.",
+    )
 
     lv = sub.add_parser(
         "live",

@@ -246,6 +246,14 @@ def test_say_help_says_where_the_video_goes() -> None:
     assert said in text, out
 
 
+def test_voices_help_says_how_to_ask_for_a_variant() -> None:
+    """eSpeak's variants are not listed by `talkmesh voices` (a voice times ~100 variants)."""
+    code, out, err = run_cli("voices", "--help")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "espeak:en-us+f3" in text and "f1 to f5" in text and "m1 to m8" in text, out
+
+
 def test_bench_help_lists_every_mode() -> None:
     code, out, err = run_cli("bench", "--help")
     assert code == 0, err
