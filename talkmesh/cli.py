@@ -517,16 +517,22 @@ SMALL_FACE_PX = 64
 
 
 def face_lines(info: Any) -> list[str]:
-    """What `avatar add` says about the face analysis: where the face is and how sure the detector
-    was; a face too small to see speak at the default size (SMALL_FACE_PX), with what to do; and
-    for a video, on how many frames the face was found and what becomes of the others
-    (FaceReport.frames_rejected)."""
+    """What `avatar add` says about the face analysis: where the face is, in the picture's pixels
+    (those of --face-point; the stored frames' for an avatar prepared before the renderer reported
+    them), and how sure the detector was; a face too small to see speak at the default size
+    (SMALL_FACE_PX), with what to do; and for a video, on how many frames the face was found and
+    what becomes of the others (FaceReport.frames_rejected)."""
     lines = []
     box = list(info.face.box)
     if len(box) == 4 and info.width and info.height:
-        width, height = box[2] - box[0], box[3] - box[1]
+        width = box[2] - box[0]  # (in the stored frames, as info.width)
+        shown = list(info.face.upload_box)
+        where = "in the picture"
+        if len(shown) != 4:
+            shown, where = box, f"in the stored frames ({info.width}x{info.height})"
         lines.append(
-            f"face {width:.0f}x{height:.0f} px at ({box[0]:.0f}, {box[1]:.0f}), confidence {info.face.confidence:.2f}"
+            f"face {shown[2] - shown[0]:.0f}x{shown[3] - shown[1]:.0f} px at ({shown[0]:.0f}, {shown[1]:.0f}) "
+            f"{where}, confidence {info.face.confidence:.2f}"
         )
         in_video = width * 512 / max(info.width, info.height)
         if in_video < SMALL_FACE_PX:
@@ -846,7 +852,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_image_point,
         default=None,
         metavar="X,Y",
-        help="or the face whose box contains this point (pixels of the picture; overrides --face-index)",
+        help="or the face whose box contains this point: pixels of the picture as it is shown (after its "
+        "EXIF rotation; for a video, of its first frame with a face), as `avatar add` prints the face's "
+        "box; overrides --face-index",
     )
     asub.add_parser(
         "list", aliases=["ls"], parents=[target], help="list the avatars: id, names, size, frames, backends"

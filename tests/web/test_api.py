@@ -482,3 +482,5 @@ async def test_an_upload_picks_the_face_at_a_point_of_the_picture(tmp_path: Path
     avatar = body["avatar"]
     x1, _, x2, _ = avatar["face"]["box"]
     assert (x1 + x2) / 2 > avatar["width"] * 512 / 896, f"the second face (right), not the largest: {avatar}"
+    ux1, uy1, ux2, uy2 = avatar["face"]["upload_box"]  # (the face's box in the picture's pixels, as face_point)
+    assert ux1 < second[0] < ux2 and uy1 < second[1] < uy2, avatar
