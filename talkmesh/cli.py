@@ -511,21 +511,17 @@ async def _still_there(client: Any, avatar_id: str) -> bool:
     return any(a.id == avatar_id for a in await client.list_avatars())
 
 
-#: A face narrower than this in a video of the renderer's default size ("512": the longer side
-#: 512 px) is too small to see it speak (a phone photo of a whole room, the face in a corner).
-SMALL_FACE_PX = 64
-
-
 def face_lines(info: Any) -> list[str]:
     """What `avatar add` says about the face analysis: where the face is, in the picture's pixels
     (those of --face-point; the stored frames' for an avatar prepared before the renderer reported
     them), and how sure the detector was; a face too small to see speak at the default size
-    (SMALL_FACE_PX), with what to do; and for a video, on how many frames the face was found and
-    what becomes of the others (FaceReport.frames_rejected)."""
+    (talkmesh.common.faces, as the web page says it), with what to do; and for a video, on how many
+    frames the face was found and what becomes of the others (FaceReport.frames_rejected)."""
+    from talkmesh.common.faces import small_face_hint
+
     lines = []
     box = list(info.face.box)
     if len(box) == 4 and info.width and info.height:
-        width = box[2] - box[0]  # (in the stored frames, as info.width)
         shown = list(info.face.upload_box)
         where = "in the picture"
         if len(shown) != 4:
@@ -534,13 +530,9 @@ def face_lines(info: Any) -> list[str]:
             f"face {shown[2] - shown[0]:.0f}x{shown[3] - shown[1]:.0f} px at ({shown[0]:.0f}, {shown[1]:.0f}) "
             f"{where}, confidence {info.face.confidence:.2f}"
         )
-        in_video = width * 512 / max(info.width, info.height)
-        if in_video < SMALL_FACE_PX:
-            lines.append(
-                f"  the face is small in the picture: about {in_video:.0f} px wide in a video of the default "
-                "size (512), too small to see it speak; crop the picture to the head and shoulders (the face "
-                "about a third of its width) and add that"
-            )
+        hint = small_face_hint(info)
+        if hint:
+            lines.append(f"  {hint}")
     kept, rejected = int(info.face.frames_kept), int(info.face.frames_rejected)
     if info.frame_count <= 1 or not kept + rejected:
         return lines

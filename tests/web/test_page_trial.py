@@ -1,7 +1,8 @@
 """The page against the findings of a new user's trial, in Chromium against the scripted stand-in
 edge of test_page_states: Speak pressed while a voice or avatar pick settles is said in the new
 session, with the new voice (it went to the old session, which the pick's restart cut: the text was
-lost without a word); the Events list says when it cut a spoken text short."""
+lost without a word); an upload whose face is small says so, as `talkmesh avatar add` does; the
+Events list says when it cut a spoken text short."""
 
 from __future__ import annotations
 
@@ -83,4 +84,34 @@ async def test_speak_while_a_pick_settles_says_so_when_the_new_session_does_not_
         assert f"NOT sent (the new session did not start): {text}" in await page.inner_text("#events")
         assert await page.input_value("#text") == text, "the text stays in the box"
         assert texts(edge.conns[0]) == []
+    assert console.errors == [], console.errors
+
+
+async def test_an_upload_with_a_small_face_says_so_as_the_command_line_does() -> None:
+    """The edge's answer carries the CLI's hint in `warnings` (tests/web/test_api.py); the page said
+    only that the avatar was ready."""
+    from talkmesh.common.faces import small_face_hint
+    from talkmesh.v1 import types_pb2 as api
+
+    info = api.AvatarInfo(id="0123456789abcdef0123", name="room", width=1280, height=960, frame_count=1)
+    info.face.box.extend([1055, 721, 1084, 752])
+    warning = small_face_hint(info, "upload that")
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        avatar = {"id": info.id, "name": "room", "names": ["room"], "width": 1280, "height": 960, "frame_count": 1}
+        return web.json_response({"avatar": avatar, "warnings": [warning]}, status=201)
+
+    async with (
+        fake_edge(serve, routes=[web.post("/v1/avatars", answer)]) as edge,
+        browser_page() as (page, console),
+    ):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        picture = {"name": "room.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff"}
+        await page.set_input_files("#avatar-file", files=[picture])
+        await wait_js(page, "window.talkmesh.uploads.length && window.talkmesh.uploads[0].ok", timeout=5)
+        status = await page.inner_text("#upload-status")
+        assert status == f"avatar “room” is ready. T{warning[1:]}.", status
+        assert "about 12 px wide in a video of the default size (512)" in status and "upload that." in status
     assert console.errors == [], console.errors

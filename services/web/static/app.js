@@ -1329,10 +1329,11 @@
     select.title = select.selectedOptions.length ? select.selectedOptions[0].text : "";
   }
 
-  // What an upload's answer (AvatarInfo as JSON: zero values absent) tells the user: the avatar's
-  // other names (the same file uploaded before under another name: both names work), and for a
-  // video on how many frames the face was found, the others being shown without lip-sync.
-  function uploadMessage(avatar) {
+  // What an upload's answer (AvatarInfo as JSON: zero values absent, and the edge's `warnings`)
+  // tells the user: the avatar's other names (the same file uploaded before under another name:
+  // both names work), for a video on how many frames the face was found, the others being shown
+  // without lip-sync, and the warnings (a face too small to see it speak, as the CLI says it).
+  function uploadMessage(avatar, warnings = []) {
     const name = avatar.name || avatar.id;
     let text = `avatar “${name}” is ready`;
     const others = (avatar.names || []).filter((n) => n !== name);
@@ -1343,6 +1344,9 @@
     if (Number(avatar.frame_count || 0) > 1 && rejected) {
       text += `. The face was found on ${kept} of ${kept + rejected} frames: the ${rejected} frame(s) ` +
         "without a face are shown as they are, without lip-sync (trim them from the video to avoid it).";
+    }
+    for (const warning of warnings) {
+      text = `${text.replace(/\.$/, "")}. ${warning.charAt(0).toUpperCase()}${warning.slice(1).replace(/\.?$/, ".")}`;
     }
     return text;
   }
@@ -1391,7 +1395,7 @@
       if (xhr.status >= 200 && xhr.status < 300 && body.avatar) {
         bar.value = 100;
         record.ok = body.avatar.id;
-        status.textContent = uploadMessage(body.avatar);
+        status.textContent = uploadMessage(body.avatar, body.warnings || []);
         if ($("alert").dataset.kind === "upload") clearAlert(); // an earlier upload's failure
         start(body.avatar.id);
       } else {
