@@ -40,6 +40,9 @@ AUDIO_CODECS = {"aac": "AUDIO_CODEC_AAC", "opus": "AUDIO_CODEC_OPUS"}
 #: The option a user sets for a request field a service names in an error.
 #: The command that lists what a NOT_FOUND's resource type names (its error points at it).
 LIST_COMMAND = {"voice": "talkmesh voices", "avatar": "talkmesh avatar list"}
+#: The fields of an avatar upload that are the file itself (its bytes, its name): `avatar add`'s
+#: errors on them name the file given.
+UPLOAD_FIELDS = ("data", "meta.filename")
 OPTION_FOR_FIELD = {
     "voice": "--voice",
     "avatar_id": "--avatar",
@@ -960,7 +963,15 @@ def describe_rpc_error(exc: Any, target: str, args: argparse.Namespace | None = 
     line = f"{code.name}: {details}"
     info = ErrorDetails.of(exc)
     field = info.field
-    if field:
+    upload = getattr(args, "path", "") if getattr(args, "avatar_cmd", "") == "add" else ""
+    if upload and field in UPLOAD_FIELDS:
+        # the upload's bytes or name: said of the user's file ("me.jpg: no face found ..."), not of
+        # the protocol's field ("renderer: data: ... (field data)")
+        said = details.split(": ", 1)[1] if details.split(": ", 1)[0] in NAMES else details
+        said = said.removeprefix(f"{field}: ")
+        name = Path(upload).name  # (the renderer may name it: "me.png is not a decodable image")
+        line = f"{code.name}: {upload}" + (said[len(name) :] if said.startswith(f"{name} ") else f": {said}")
+    elif field:
         option = OPTION_FOR_FIELD.get(field.rsplit(".", 1)[-1])
         flag = option.split()[0] if option else ""
         value = getattr(args, flag[2:].replace("-", "_"), None) if args is not None and flag.startswith("--") else None

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from services.renderer.avatars import default_avatar_bytes
@@ -228,13 +229,33 @@ def test_the_face_box_is_said_in_the_pixels_of_face_point(capsys) -> None:
 
 
 async def test_errors_show_the_offending_field(tmp_path):
+    """An upload's errors on the file itself name the user's file, not the protocol's field `data`;
+    one without a face says what picture works (a new user's trial)."""
+    from talkmesh.common.faces import NO_FACE_ADVICE
+
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("just text")
+    no_face = tmp_path / "photos" / "no_face.png"
+    no_face.parent.mkdir()
+    ramp = np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))
+    cv2.imwrite(str(no_face), cv2.merge([ramp, ramp.T, ramp]))
     async with inprocess_mesh(tmp_path) as mesh:
         code, _, err = await _cli("avatar", "add", str(not_an_image), "--target", mesh.gateway)
-    assert code == 1
-    (line,) = err.strip().splitlines()
-    assert line.startswith("error: INVALID_ARGUMENT: renderer: data:") and "(field data" in line
+        assert code == 1
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"error: INVALID_ARGUMENT: {not_an_image} is not a decodable image"), line
+        assert "(field" not in line and " data: " not in line, line
+        code, _, err = await _cli("avatar", "add", str(no_face), "--target", mesh.gateway)
+        assert code == 1
+        (line,) = err.strip().splitlines()
+        assert line == (
+            f"error: INVALID_ARGUMENT: {no_face}: no face found (0 of 1 frame(s) have a detectable face): "
+            f"{NO_FACE_ADVICE}"
+        ), line
+        # another command's error keeps its field
+        out = str(tmp_path / "x.mp4")
+        code, _, err = await _cli("say", "Hi", "--voice", "nope:x", "-o", out, "--target", mesh.gateway)
+        assert "(field " in err and "set by --voice" in err, err
 
 
 async def test_voices_into_a_closed_pipe_ends_quietly(tmp_path):

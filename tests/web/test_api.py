@@ -521,3 +521,25 @@ async def test_an_upload_of_a_small_face_warns_as_the_command_line_does(tmp_path
     (warning,) = body["warnings"]
     assert warning == small_face_hint(info, "upload that") and warning.startswith("the face is small in the picture")
     assert "warnings" not in close, close
+
+
+async def test_an_upload_without_a_face_says_what_picture_works(tmp_path: Path) -> None:
+    """It said only "no face found (0 of 1 frame(s) have a detectable face)" (a new user's trial)."""
+    import cv2
+    import numpy as np
+
+    from talkmesh.common.faces import NO_FACE_ADVICE
+
+    ramp = np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))
+    faceless = cv2.imencode(".png", cv2.merge([ramp, ramp.T, ramp]))[1].tobytes()
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        form = aiohttp.FormData(default_to_multipart=True)
+        form.add_field("file", faceless, filename="no_face.png", content_type="image/png")
+        async with http.post("/v1/avatars", data=form) as r:
+            body = await r.json()
+            assert r.status == 400, body
+    assert body["error"]["field"] == "file", body
+    assert body["error"]["message"].endswith(
+        f"no face found (0 of 1 frame(s) have a detectable face): {NO_FACE_ADVICE}"
+    ), body
+    assert "at least 1/8 of the picture's longer side wide (64 px" in NO_FACE_ADVICE

@@ -1,8 +1,8 @@
 """The page against the findings of a new user's trial, in Chromium against the scripted stand-in
 edge of test_page_states: Speak pressed while a voice or avatar pick settles is said in the new
 session, with the new voice (it went to the old session, which the pick's restart cut: the text was
-lost without a word); an upload whose face is small says so, as `talkmesh avatar add` does; the
-Events list says when it cut a spoken text short."""
+lost without a word); an upload whose face is small says so, as `talkmesh avatar add` does, and
+one without a face what picture works; the Events list says when it cut a spoken text short."""
 
 from __future__ import annotations
 
@@ -115,3 +115,28 @@ async def test_an_upload_with_a_small_face_says_so_as_the_command_line_does() ->
         assert status == f"avatar “room” is ready. T{warning[1:]}.", status
         assert "about 12 px wide in a video of the default size (512)" in status and "upload that." in status
     assert console.errors == [], console.errors
+
+
+async def test_an_upload_without_a_face_says_what_picture_works() -> None:
+    """The renderer's refusal (tests/web/test_api.py) is shown whole, said of the file."""
+    from talkmesh.common.faces import NO_FACE_ADVICE
+
+    message = f"renderer: data: no face found (0 of 1 frame(s) have a detectable face): {NO_FACE_ADVICE}"
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        error = {"code": "INVALID_ARGUMENT", "message": message, "field": "file"}
+        return web.json_response({"error": error}, status=400)
+
+    async with (
+        fake_edge(serve, routes=[web.post("/v1/avatars", refuse)]) as edge,
+        browser_page() as (page, console),
+    ):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        picture = {"name": "no_face.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff"}
+        await page.set_input_files("#avatar-file", files=[picture])
+        await wait_js(page, "!document.getElementById('alert').hidden", timeout=5)
+        said = f"Upload failed (no_face.jpg): no face found (0 of 1 frame(s) have a detectable face): {NO_FACE_ADVICE}"
+        assert await page.inner_text("#alert") == said
+    assert [e for e in console.errors if "status of 400" not in e] == [], console.errors
