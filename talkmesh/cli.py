@@ -40,6 +40,9 @@ AUDIO_CODECS = {"aac": "AUDIO_CODEC_AAC", "opus": "AUDIO_CODEC_OPUS"}
 #: The option a user sets for a request field a service names in an error.
 #: The command that lists what a NOT_FOUND's resource type names (its error points at it).
 LIST_COMMAND = {"voice": "talkmesh voices", "avatar": "talkmesh avatar list"}
+#: The fields of an avatar upload that are the file itself (its bytes, its name): `avatar add`'s
+#: errors on them name the file given.
+UPLOAD_FIELDS = ("data", "meta.filename")
 OPTION_FOR_FIELD = {
     "voice": "--voice",
     "avatar_id": "--avatar",
@@ -511,30 +514,28 @@ async def _still_there(client: Any, avatar_id: str) -> bool:
     return any(a.id == avatar_id for a in await client.list_avatars())
 
 
-#: A face narrower than this in a video of the renderer's default size ("512": the longer side
-#: 512 px) is too small to see it speak (a phone photo of a whole room, the face in a corner).
-SMALL_FACE_PX = 64
-
-
 def face_lines(info: Any) -> list[str]:
-    """What `avatar add` says about the face analysis: where the face is and how sure the detector
-    was; a face too small to see speak at the default size (SMALL_FACE_PX), with what to do; and
-    for a video, on how many frames the face was found and what becomes of the others
-    (FaceReport.frames_rejected)."""
+    """What `avatar add` says about the face analysis: where the face is, in the picture's pixels
+    (those of --face-point; the stored frames' for an avatar prepared before the renderer reported
+    them), and how sure the detector was; a face too small to see speak at the default size
+    (talkmesh.common.faces, as the web page says it), with what to do; and for a video, on how many
+    frames the face was found and what becomes of the others (FaceReport.frames_rejected)."""
+    from talkmesh.common.faces import small_face_hint
+
     lines = []
     box = list(info.face.box)
     if len(box) == 4 and info.width and info.height:
-        width, height = box[2] - box[0], box[3] - box[1]
+        shown = list(info.face.upload_box)
+        where = "in the picture"
+        if len(shown) != 4:
+            shown, where = box, f"in the stored frames ({info.width}x{info.height})"
         lines.append(
-            f"face {width:.0f}x{height:.0f} px at ({box[0]:.0f}, {box[1]:.0f}), confidence {info.face.confidence:.2f}"
+            f"face {shown[2] - shown[0]:.0f}x{shown[3] - shown[1]:.0f} px at ({shown[0]:.0f}, {shown[1]:.0f}) "
+            f"{where}, confidence {info.face.confidence:.2f}"
         )
-        in_video = width * 512 / max(info.width, info.height)
-        if in_video < SMALL_FACE_PX:
-            lines.append(
-                f"  the face is small in the picture: about {in_video:.0f} px wide in a video of the default "
-                "size (512), too small to see it speak; crop the picture to the head and shoulders (the face "
-                "about a third of its width) and add that"
-            )
+        hint = small_face_hint(info)
+        if hint:
+            lines.append(f"  {hint}")
     kept, rejected = int(info.face.frames_kept), int(info.face.frames_rejected)
     if info.frame_count <= 1 or not kept + rejected:
         return lines
@@ -790,7 +791,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="your own speech instead of a text: the avatar says it, lip-synced (PCM WAV; MP3, M4A, Ogg... with PyAV)",
     )
-    y.add_argument("-o", "--output", default="out.mp4")
+    y.add_argument(
+        "-o",
+        "--output",
+        default="out.mp4",
+        help="write the video to this file (default: %(default)s; missing directories are created)",
+    )
     y.add_argument("--avatar", default="", help="avatar name or id (default: the default avatar)")
     y.add_argument("--voice", default="", help="voice id, e.g. espeak:en-gb (see `talkmesh voices`)")
     y.add_argument("--size", default="", help=f"output size preset: {', '.join(SIZE_PRESETS)}")
@@ -814,7 +820,13 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--still", action="store_true", help=STILL_HELP)
 
     d = sub.add_parser("demo", parents=[common], help="start the mesh, speak a paragraph, write an MP4, stop")
-    d.add_argument("-o", "--output", default="out/demo.mp4")
+    d.add_argument(
+        "-o",
+        "--output",
+        default="out/demo.mp4",
+        help="write the video to this file, the services' logs beside it in logs/ "
+        "(default: %(default)s; missing directories are created)",
+    )
     d.add_argument("--text", default=DEMO_TEXT)
 
     a = sub.add_parser("avatar", parents=[common], help="manage avatars")
@@ -835,7 +847,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_image_point,
         default=None,
         metavar="X,Y",
-        help="or the face whose box contains this point (pixels of the picture; overrides --face-index)",
+        help="or the face whose box contains this point: pixels of the picture as it is shown (after its "
+        "EXIF rotation; for a video, of its first frame with a face), as `avatar add` prints the face's "
+        "box; overrides --face-index",
     )
     asub.add_parser(
         "list", aliases=["ls"], parents=[target], help="list the avatars: id, names, size, frames, backends"
@@ -848,7 +862,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rm.add_argument("avatar", metavar="avatar")
 
-    sub.add_parser("voices", parents=[target], help="list voices")
+    sub.add_parser(
+        "voices",
+        parents=[target],
+        help="list voices",
+        description="List the voices: the first column is what --voice takes; (default) marks the one "
+        "a request without --voice speaks with.",
+        epilog="eSpeak's voices also speak in other registers, not listed: a variant after a '+', any case, "
+        "e.g. espeak:en-us+f3 (female: f1 to f5; male: m1 to m8; whisper, croak, klatt and the other "
+        "files of eSpeak's voices/!v). An unknown variant is NOT_FOUND listing them all.",
+    )
 
     lv = sub.add_parser(
         "live",
@@ -910,8 +933,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- errors ---------------------------------------------------------------------------------------
-def describe_rpc_error(exc: Any, target: str) -> str:
-    """One line for a failed call: the status, its message and the offending field or option."""
+def describe_rpc_error(exc: Any, target: str, args: argparse.Namespace | None = None) -> str:
+    """One line for a failed call: the status, its message and the offending field or option (with
+    ``args``, the command's: an option the user did not give is not said to have set the field)."""
     import grpc
 
     from talkmesh.common.errors import ErrorDetails
@@ -939,9 +963,23 @@ def describe_rpc_error(exc: Any, target: str) -> str:
     line = f"{code.name}: {details}"
     info = ErrorDetails.of(exc)
     field = info.field
-    if field:
+    upload = getattr(args, "path", "") if getattr(args, "avatar_cmd", "") == "add" else ""
+    if upload and field in UPLOAD_FIELDS:
+        # the upload's bytes or name: said of the user's file ("me.jpg: no face found ..."), not of
+        # the protocol's field ("renderer: data: ... (field data)")
+        said = details.split(": ", 1)[1] if details.split(": ", 1)[0] in NAMES else details
+        said = said.removeprefix(f"{field}: ")
+        name = Path(upload).name  # (the renderer may name it: "me.png is not a decodable image")
+        line = f"{code.name}: {upload}" + (said[len(name) :] if said.startswith(f"{name} ") else f": {said}")
+    elif field:
         option = OPTION_FOR_FIELD.get(field.rsplit(".", 1)[-1])
-        line += f" (field {field}" + (f"; set by {option}" if option else "") + ")"
+        flag = option.split()[0] if option else ""
+        value = getattr(args, flag[2:].replace("-", "_"), None) if args is not None and flag.startswith("--") else None
+        if option and value is not None and not isinstance(value, bool) and not value:
+            # `say` without --voice: the service's default voice was refused, not a --voice
+            line += f" (field {field}: the default {flag[2:].replace('-', ' ')}; choose one with {option})"
+        else:
+            line += f" (field {field}" + (f"; set by {option}" if option else "") + ")"
     elif info.resource_name:
         line += f" ({info.resource_type} {info.resource_name!r})"
     if info.retry_delay:
@@ -959,7 +997,7 @@ def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
     from talkmesh.launcher import MeshError
 
     if isinstance(exc, grpc.aio.AioRpcError):
-        return describe_rpc_error(exc, getattr(args, "target", ""))
+        return describe_rpc_error(exc, getattr(args, "target", ""), args)
     if isinstance(exc, CliError | BindError | MeshError):
         return str(exc)
     if isinstance(exc, ConfigError):

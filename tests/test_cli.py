@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from services.renderer.avatars import default_avatar_bytes
@@ -195,24 +196,66 @@ def test_a_face_too_small_to_see_speak_is_said_with_what_to_do() -> None:
     from talkmesh.v1 import types_pb2 as api
 
     def info(width: int, height: int, box: list[float]) -> api.AvatarInfo:
-        face = api.FaceReport(box=box, confidence=0.9, frames_kept=1)
+        face = api.FaceReport(box=box, upload_box=box, confidence=0.9, frames_kept=1)
         return api.AvatarInfo(width=width, height=height, frame_count=1, face=face)
 
     phone = face_lines(info(4000, 3000, [3600, 2600, 3765, 2790]))
-    assert phone[0] == "face 165x190 px at (3600, 2600), confidence 0.90"
+    assert phone[0] == "face 165x190 px at (3600, 2600) in the picture, confidence 0.90"
     assert "about 21 px wide in a video of the default size (512)" in phone[1] and "crop the picture" in phone[1]
-    assert face_lines(info(512, 512, [150, 120, 360, 380])) == ["face 210x260 px at (150, 120), confidence 0.90"]
+    portrait = info(512, 512, [150, 120, 360, 380])
+    assert face_lines(portrait) == ["face 210x260 px at (150, 120) in the picture, confidence 0.90"]
     assert face_lines(api.AvatarInfo(width=64, height=64, frame_count=1)) == []  # (no face report)
 
 
+def test_the_face_box_is_said_in_the_pixels_of_face_point(capsys) -> None:
+    """A 4000x3000 phone photo stored at 1280x960: the box it printed was the stored copy's (`face
+    37x38 px at (478, 600)`), while --face-point takes the picture's pixels (a new user's trial)."""
+    from talkmesh.cli import build_parser, face_lines
+    from talkmesh.v1 import types_pb2 as api
+
+    face = api.FaceReport(box=[478, 600, 515, 638], upload_box=[1494, 1875, 1609, 1994], confidence=0.9)
+    stored = api.AvatarInfo(width=1280, height=960, frame_count=1, face=face)
+    assert face_lines(stored)[0] == "face 115x119 px at (1494, 1875) in the picture, confidence 0.90"
+    # an avatar prepared before the renderer reported the upload's box: the stored frames', said so
+    del face.upload_box[:]
+    old = api.AvatarInfo(width=1280, height=960, frame_count=1, face=face)
+    assert face_lines(old)[0] == "face 37x38 px at (478, 600) in the stored frames (1280x960), confidence 0.90"
+    import pytest
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["avatar", "add", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "pixels of the picture as it is shown (after its EXIF rotation;" in text, text
+
+
 async def test_errors_show_the_offending_field(tmp_path):
+    """An upload's errors on the file itself name the user's file, not the protocol's field `data`;
+    one without a face says what picture works (a new user's trial)."""
+    from talkmesh.common.faces import NO_FACE_ADVICE
+
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("just text")
+    no_face = tmp_path / "photos" / "no_face.png"
+    no_face.parent.mkdir()
+    ramp = np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))
+    cv2.imwrite(str(no_face), cv2.merge([ramp, ramp.T, ramp]))
     async with inprocess_mesh(tmp_path) as mesh:
         code, _, err = await _cli("avatar", "add", str(not_an_image), "--target", mesh.gateway)
-    assert code == 1
-    (line,) = err.strip().splitlines()
-    assert line.startswith("error: INVALID_ARGUMENT: renderer: data:") and "(field data" in line
+        assert code == 1
+        (line,) = err.strip().splitlines()
+        assert line.startswith(f"error: INVALID_ARGUMENT: {not_an_image} is not a decodable image"), line
+        assert "(field" not in line and " data: " not in line, line
+        code, _, err = await _cli("avatar", "add", str(no_face), "--target", mesh.gateway)
+        assert code == 1
+        (line,) = err.strip().splitlines()
+        assert line == (
+            f"error: INVALID_ARGUMENT: {no_face}: no face found (0 of 1 frame(s) have a detectable face): "
+            f"{NO_FACE_ADVICE}"
+        ), line
+        # another command's error keeps its field
+        out = str(tmp_path / "x.mp4")
+        code, _, err = await _cli("say", "Hi", "--voice", "nope:x", "-o", out, "--target", mesh.gateway)
+        assert "(field " in err and "set by --voice" in err, err
 
 
 async def test_voices_into_a_closed_pipe_ends_quietly(tmp_path):

@@ -193,6 +193,31 @@ def test_an_error_on_the_text_names_the_argument_that_sets_it() -> None:
     assert line.endswith("(field text; set by the text argument)"), line
 
 
+def test_a_refused_default_is_not_said_to_be_set_by_an_option_the_user_did_not_give() -> None:
+    """`talkmesh say "<Chinese text>"` without --voice: the default voice was refused, and the line
+    said "(field config.voice; set by --voice)" to a user who gave no --voice (a new user's trial)."""
+    from talkmesh.cli import describe_error
+    from talkmesh.common.errors import InvalidArgument
+
+    refusal = InvalidArgument(
+        "config.voice",
+        "2 of the text's 2 letters are Han script, which espeak:en-us reads letter by letter, by name; "
+        "use a voice that reads it, e.g. espeak:cmn",
+    )
+    default = build_parser().parse_args(["say", "你好"])
+    line = describe_error(_rpc_error(refusal), default)
+    assert line.endswith("e.g. espeak:cmn (field config.voice: the default voice; choose one with --voice)"), line
+    chosen = build_parser().parse_args(["say", "你好", "--voice", "espeak:en-gb"])
+    assert describe_error(_rpc_error(refusal), chosen).endswith("(field config.voice; set by --voice)")
+    too_large = InvalidArgument("frame.width", "3000x4000 exceeds the limit 3840x2160")
+    line = describe_error(_rpc_error(too_large), default)
+    size = "--size (output.size; e.g. --size 720p)"
+    assert line.endswith(f"(field frame.width: the default size; choose one with {size})"), line
+    # a flag's absence is no default value: it keeps "set by"
+    line = describe_error(_rpc_error(InvalidArgument("text_format", "bad")), default)
+    assert line.endswith("(field text_format; set by --markdown)"), line
+
+
 def test_an_overload_says_when_to_retry_once() -> None:
     """It said "retry later; retry in 1 s" (the server's words, then the RetryInfo's)."""
     from talkmesh.common.errors import ResourceExhausted
@@ -210,6 +235,23 @@ def test_say_exposes_the_options_of_the_api() -> None:
     )
     assert (args.container, args.audio_codec, args.rate, args.pitch, args.volume) == ("fmp4", "opus", 1.5, 0.8, 1.2)
     assert (args.backend, args.avatar, args.voice) == ("viseme", "Astro", "espeak:en-gb")
+
+
+def test_say_help_says_where_the_video_goes() -> None:
+    """`-o OUTPUT, --output OUTPUT` had no words: not its default, nor that its directory is made."""
+    code, out, err = run_cli("say", "--help")
+    assert code == 0, err
+    text = " ".join(out.split())
+    said = "-o OUTPUT, --output OUTPUT write the video to this file (default: out.mp4; missing directories are created)"
+    assert said in text, out
+
+
+def test_voices_help_says_how_to_ask_for_a_variant() -> None:
+    """eSpeak's variants are not listed by `talkmesh voices` (a voice times ~100 variants)."""
+    code, out, err = run_cli("voices", "--help")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "espeak:en-us+f3" in text and "f1 to f5" in text and "m1 to m8" in text, out
 
 
 def test_bench_help_lists_every_mode() -> None:

@@ -448,6 +448,7 @@ def _summary_info(a: AvatarSummary, names: list[str], name: str = "") -> rpb.Ava
 def face_report(report: dict[str, Any]) -> rpb.FaceReport:
     return rpb.FaceReport(
         box=report.get("box", []),
+        upload_box=report.get("upload_box", []),
         confidence=report.get("confidence", 0.0),
         frames_kept=report.get("frames_kept", 0),
         frames_rejected=report.get("frames_rejected", 0),

@@ -84,10 +84,21 @@ def voice_warning(voice_id: str, voice: VoiceInfo) -> str:
 
 def voice_not_found(field: str, backends: Mapping[str, TTSBackend], voice_id: str) -> NotFound:
     """NOT_FOUND for ``voice_id``, suggesting voices of the same language when there are some (and
-    the ``engine:`` a bare name lacks: `fr-fr` is `espeak:fr-fr`)."""
-    close = close_voices(backends, voice_id)
-    engine, sep, _ = voice_id.partition(":")
+    the ``engine:`` a bare name lacks: `fr-fr` is `espeak:fr-fr`); for a voice with a variant its
+    engine does not know (``espeak:en-us+nosuch``), naming the variant and listing the known ones."""
+    engine, sep, name = voice_id.partition(":")
     engine = engine.strip().lower()
+    backend = backends.get(engine) if sep else None
+    base, plus, variant = name.partition("+")
+    voice = backend.voice(base) if backend is not None and plus else None
+    if backend is not None and voice is not None:
+        known = backend.variants()
+        what = f"unknown variant {variant.strip()!r}" if variant.strip() else "no variant"
+        hint = f"{what} after the '+' ({voice.id} itself is a voice); " + (
+            f"the variants: {', '.join(known)}" if known else f"{engine} voices have no variants"
+        )
+        return NotFound(field, voice_id, "voice", hint=hint)
+    close = close_voices(backends, voice_id)
     hints = [] if sep else [f"a voice id is <engine>:<name> ({', '.join(sorted(backends))})"]
     if sep and engine not in backends:
         hints.append(f"this TTS service has no {engine or '(empty)'} voices (engines: {', '.join(sorted(backends))})")

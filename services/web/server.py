@@ -54,6 +54,7 @@ from services.web.errors import (
 from services.web.live import CLOSE_BAD_INPUT, CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
+from talkmesh.common.faces import small_face_hint
 from talkmesh.common.files import WatchedFile
 from talkmesh.common.health import DependencyWatch
 from talkmesh.common.interceptors import OK, SERVER_FAULTS
@@ -1096,9 +1097,15 @@ class WebHost:
         if info is None:
             raise HttpError(502, "INTERNAL", "the gateway ended the upload without the avatar")
         answer: dict[str, Any] = {"avatar": _to_dict(info)}
+        warnings = []
         late = await _late_field(reader)
         if late:  # the avatar was made without it: say so rather than drop it silently
-            answer["warnings"] = [f"{late}: a form field after 'file' is not read (send the fields first)"]
+            warnings.append(f"{late}: a form field after 'file' is not read (send the fields first)")
+        small = small_face_hint(info, "upload that")  # (as `talkmesh avatar add` says it)
+        if small:
+            warnings.append(small)
+        if warnings:
+            answer["warnings"] = warnings
         return web.json_response(answer, status=201)
 
     def _check_uploads(self, field: str) -> None:

@@ -114,7 +114,7 @@ class ImagePoint(_message.Message):
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
 
 class FaceReport(_message.Message):
-    __slots__ = ("box", "confidence", "frames_kept", "frames_rejected", "faces_found", "face_index", "detector")
+    __slots__ = ("box", "confidence", "frames_kept", "frames_rejected", "faces_found", "face_index", "detector", "upload_box")
     BOX_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_KEPT_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class FaceReport(_message.Message):
     FACES_FOUND_FIELD_NUMBER: _ClassVar[int]
     FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_BOX_FIELD_NUMBER: _ClassVar[int]
     box: _containers.RepeatedScalarFieldContainer[float]
     confidence: float
     frames_kept: int
@@ -129,7 +130,8 @@ class FaceReport(_message.Message):
     faces_found: int
     face_index: int
     detector: str
-    def __init__(self, box: _Optional[_Iterable[float]] = ..., confidence: _Optional[float] = ..., frames_kept: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., faces_found: _Optional[int] = ..., face_index: _Optional[int] = ..., detector: _Optional[str] = ...) -> None: ...
+    upload_box: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, box: _Optional[_Iterable[float]] = ..., confidence: _Optional[float] = ..., frames_kept: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., faces_found: _Optional[int] = ..., face_index: _Optional[int] = ..., detector: _Optional[str] = ..., upload_box: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AvatarInfo(_message.Message):
     __slots__ = ("id", "name", "width", "height", "frame_count", "cached", "backends", "face", "names")

@@ -61,3 +61,19 @@ def test_avatars_made_when_the_point_was_read_on_the_stored_frames_are_made_agai
     assert '"point_in": "upload"' in store.settings_key(point)
     assert "point_in" not in store.settings_key(FaceChoice(index=1)) and "point_in" not in store.settings_key()
     assert store.content_id(data, point) != store.content_id(data, FaceChoice(index=1))
+
+
+def test_the_face_box_is_reported_in_the_pixels_face_point_takes(tmp_path):
+    """`avatar add` printed the box on the stored copy (`face 37x38 px at (478, 600)` on a photo
+    scaled down to 1280) while --face-point takes the picture's pixels (a new user's trial): the
+    report has the box in the upload's pixels too, and a point inside it picks that face."""
+    store = _store(tmp_path)
+    data = _two_faces()
+    avatar, _ = store.register(data, "two.jpg", choice=FaceChoice(index=1))
+    stored, shown = np.array(avatar.report["box"]), np.array(avatar.report["upload_box"])
+    scale = 1280 / (896 * SCALE)  # stored pixels per pixel of the 2688x1536 upload
+    np.testing.assert_allclose(shown, stored / scale, atol=0.2)
+    middle = ((shown[0] + shown[2]) / 2, (shown[1] + shown[3]) / 2)
+    assert middle[0] > 512 * SCALE, f"the second face, in the upload's pixels: {shown}"
+    picked, _ = store.register(data, "two.jpg", choice=FaceChoice(point=middle))
+    np.testing.assert_allclose(picked.report["upload_box"], shown, atol=0.2)

@@ -158,3 +158,22 @@ async def test_a_large_avatar_renders_at_the_output_size_like_its_scaled_photo(t
     assert np.abs(opened[: y1 - h // 8]).max() == 0  # and nothing above the face's lower part moves
     # rendered on the copy at the output size (its own precompute), not on the 1200x1600 frames
     assert (tmp_path / "cache" / info.id / f"viseme@{w}x{h}.npz").is_file()
+
+
+TIMES = "\N{MULTIPLICATION SIGN}"  # (the README writes sizes as 384 TIMES 512)
+
+
+def test_the_readme_says_the_size_presets_as_the_renderer_makes_them():
+    """The README said a stream of the default size ("512") was 512x512: so is the bundled square
+    avatar's, a portrait's is 384x512 (a new user's trial)."""
+    from services.renderer.frames import output_size
+
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    for preset, stored, said in [
+        ("512", (512, 512), "for a square avatar"),
+        ("512", (960, 1280), "for that 3:4 portrait"),
+        ("360p", (1280, 720), "for a 16:9 video"),
+        ("360p", (960, 1280), "for the portrait"),
+    ]:
+        width, height = output_size(preset, stored)
+        assert f"{width}{TIMES}{height} {said}" in readme, (preset, stored, said)

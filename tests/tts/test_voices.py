@@ -180,6 +180,31 @@ async def test_a_variant_after_a_plus_speaks_the_voice_in_another_register(tts: 
         assert exc.value.code() == grpc.StatusCode.NOT_FOUND, bad
 
 
+async def test_an_unknown_variant_is_named_with_the_variants_there_are(tts: Any) -> None:
+    """`--voice espeak:en-us+nosuch` was NOT_FOUND listing the voices of the language, en-us among
+    them: the voice was right, its variant was not (a new user's trial)."""
+    stub, service, _ = tts
+    for bad, what in [
+        ("espeak:en-us+nosuch", "unknown variant 'nosuch'"),
+        ("espeak:EN_US+nosuch", "unknown variant 'nosuch'"),
+        ("espeak:en-us+", "no variant"),
+    ]:
+        for call in (speak(stub, bad), stub.ListVoices(tts_pb2.ListVoicesRequest(voice=bad))):
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await call
+            assert exc.value.code() == grpc.StatusCode.NOT_FOUND, bad
+            details = exc.value.details()
+            assert f"voice {bad!r} not found; {what} after the '+' (espeak:en-us itself is a voice); " in details
+            assert "voices of that language" not in details, details
+            listed = details.split("the variants: ", 1)[1].split(", ")
+            assert {"f1", "f5", "m1", "m8", "whisper", "croak"} <= set(listed), details
+            assert sorted(listed) == sorted(service.engine.variants.values())
+    # a voice that is no voice is still told of the voices of its language, variant or not
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await speak(stub, "espeak:en-xx-bogus+f3")
+    assert "variant" not in exc.value.details()
+
+
 async def test_a_variant_default_voice_is_listed_and_marked_default() -> None:
     """default_voice espeak:en-us+f3 is no listed voice: the listing adds it, after en-us, as the one
     default (the web page and live sessions pick the voice marked default)."""

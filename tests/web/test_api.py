@@ -482,3 +482,64 @@ async def test_an_upload_picks_the_face_at_a_point_of_the_picture(tmp_path: Path
     avatar = body["avatar"]
     x1, _, x2, _ = avatar["face"]["box"]
     assert (x1 + x2) / 2 > avatar["width"] * 512 / 896, f"the second face (right), not the largest: {avatar}"
+    ux1, uy1, ux2, uy2 = avatar["face"]["upload_box"]  # (the face's box in the picture's pixels, as face_point)
+    assert ux1 < second[0] < ux2 and uy1 < second[1] < uy2, avatar
+
+
+def small_face_photo() -> bytes:
+    """A room of 1280x960 with the portrait, 160 px, in a corner: its face is under 64 px in a
+    default-size video (talkmesh.common.faces)."""
+    import cv2
+    import numpy as np
+
+    from talkmesh.bench.face_cases import portrait as face
+
+    canvas = np.full((960, 1280, 3), 120, np.uint8)
+    canvas[700:860, 1000:1160] = cv2.resize(face(), (160, 160), interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()  # type: ignore[no-any-return]
+
+
+async def test_an_upload_of_a_small_face_warns_as_the_command_line_does(tmp_path: Path) -> None:
+    """The page's upload of a photo with a small face said nothing, while `talkmesh avatar add`
+    warns (a new user's trial): the answer's `warnings` has the CLI's hint, the page shows it."""
+    from talkmesh.common.faces import small_face_hint
+    from talkmesh.v1 import types_pb2 as api
+
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        form = aiohttp.FormData(default_to_multipart=True)
+        form.add_field("file", small_face_photo(), filename="room.jpg", content_type="image/jpeg")
+        async with http.post("/v1/avatars", data=form) as r:
+            body = await r.json()
+            assert r.status == 201, body
+        form = aiohttp.FormData(default_to_multipart=True)
+        form.add_field("file", portrait(), filename="close.png", content_type="image/png")
+        async with http.post("/v1/avatars", data=form) as r:
+            close = await r.json()
+            assert r.status == 201, close
+    info = api.AvatarInfo(width=body["avatar"]["width"], height=body["avatar"]["height"])
+    info.face.box.extend(body["avatar"]["face"]["box"])
+    (warning,) = body["warnings"]
+    assert warning == small_face_hint(info, "upload that") and warning.startswith("the face is small in the picture")
+    assert "warnings" not in close, close
+
+
+async def test_an_upload_without_a_face_says_what_picture_works(tmp_path: Path) -> None:
+    """It said only "no face found (0 of 1 frame(s) have a detectable face)" (a new user's trial)."""
+    import cv2
+    import numpy as np
+
+    from talkmesh.common.faces import NO_FACE_ADVICE
+
+    ramp = np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))
+    faceless = cv2.imencode(".png", cv2.merge([ramp, ramp.T, ramp]))[1].tobytes()
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        form = aiohttp.FormData(default_to_multipart=True)
+        form.add_field("file", faceless, filename="no_face.png", content_type="image/png")
+        async with http.post("/v1/avatars", data=form) as r:
+            body = await r.json()
+            assert r.status == 400, body
+    assert body["error"]["field"] == "file", body
+    assert body["error"]["message"].endswith(
+        f"no face found (0 of 1 frame(s) have a detectable face): {NO_FACE_ADVICE}"
+    ), body
+    assert "at least 1/8 of the picture's longer side wide (64 px" in NO_FACE_ADVICE

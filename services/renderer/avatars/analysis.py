@@ -35,6 +35,7 @@ from services.renderer.avatars.face_models import (
     roi_from_landmarks,
 )
 from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.faces import NO_FACE_ADVICE
 
 # A face-mesh presence score under this marks the frame's face as lost.
 MIN_MESH_SCORE = 0.5
@@ -98,7 +99,9 @@ def _boxes_text(dets: list[Detection], scale: float = 1.0) -> str:
 
 
 def _no_face(found: int, total: int) -> InvalidArgument:
-    return InvalidArgument("data", f"no face found ({found} of {total} frame(s) have a detectable face)")
+    return InvalidArgument(
+        "data", f"no face found ({found} of {total} frame(s) have a detectable face): {NO_FACE_ADVICE}"
+    )
 
 
 class FaceAnalyzer:

@@ -332,7 +332,7 @@ class AvatarStore:
             progress("faces", 0, len(frames))
             track = self.faces.analyse(frames, dataclasses.replace(choice, scale=decoded.scale), progress=one_frame)
             progress("faces", len(frames), len(frames))
-            report = face_report(track)
+            report = face_report(track, decoded.scale)
             progress("saving", 0, len(frames))
             save_frames(tmp, frames, lambda done: progress("saving", done, len(frames)))
             arrays = {
@@ -746,11 +746,13 @@ class AvatarStore:
             return True
 
 
-def face_report(track: FaceTrack) -> dict[str, Any]:
-    """What registration found, as reported to the client (and kept in meta.json)."""
+def face_report(track: FaceTrack, scale: float = 1.0) -> dict[str, Any]:
+    """What registration found, as reported to the client (and kept in meta.json); ``scale``: stored
+    pixels per pixel of the upload (decode.Decoded.scale)."""
     first = int(np.argmax(track.kept)) if track.kept.any() else 0
     return {
         "box": [round(float(v), 1) for v in track.boxes[first]],
+        "upload_box": [round(float(v) / scale, 1) for v in track.boxes[first]],
         "confidence": round(track.mean_confidence, 4),
         "frames_kept": int(track.kept.sum()),
         "frames_rejected": int((~track.kept).sum()),

@@ -73,6 +73,10 @@ class TTSBackend(abc.ABC):
         """The listed voice ``name`` (the part of the voice id after ``<engine>:``), or None."""
         return self._voices.get(name)
 
+    def variants(self) -> list[str]:
+        """The variants a voice name may end with after a ``+`` (``en-us+f3``); none by default."""
+        return []
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Finds the voices (and loads what must be loaded before the first request)."""
 

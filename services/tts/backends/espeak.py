@@ -62,6 +62,10 @@ class EspeakBackend(TTSBackend):
             name=f"{listed.name} ({variant_file})",
         )
 
+    def variants(self) -> list[str]:
+        """eSpeak's variant files (``voices/!v``), in any case after a ``+``: f1-f5, m1-m8, whisper..."""
+        return sorted(self._engine.variants.values(), key=str.lower)
+
     async def synthesize(self, text: str, voice: VoiceInfo, settings: VoiceSettings) -> AsyncGenerator[PcmBlock, None]:
         try:
             # the name after "espeak:": the language, and the variant if any ("en-us+f3")

@@ -131,6 +131,8 @@
   let untilQuiet = null; // ... its reason
   let quietBy = 0; // ... performance.now() by which it applies even if the avatar still speaks
   let keyPick = false; // a picker was changed by a key press and the change has not applied yet
+  let pickPending = false; // a picker was changed and the change has not applied yet (either way)
+  let speakAfterStart = null; // the text of a Speak pressed while a pick settled: the new session says it
   let keepAliveTimer = null;
   let rushTo = null; // media time playback rushes to (speech_seek=2)
   let seekCost = 0.2; // s, the measured cost of a speech seek (see SPEECH_SEEK_MIN)
@@ -204,6 +206,7 @@
     tm.access = err;
     clearTimeout(reconnectTimer);
     clearTimeout(pickTimer);
+    dropPendingSpeak("access refused");
     if (!tm.connected) { // a running session outlives its token: it plays on (no reconnection after it)
       clearInterval(countdown);
       setControls(false);
@@ -242,6 +245,11 @@
     const list = $("events");
     list.prepend(li);
     while (list.children.length > 60) list.lastChild.remove();
+  }
+  // A text as the Events list shows it: its first 40 characters, and "…" when it goes on.
+  function clip(text, n = 40) {
+    const chars = [...text];
+    return chars.length > n ? `${chars.slice(0, n).join("")}…` : text;
   }
   function ms_(seconds) {
     return seconds == null ? "–" : `${Math.round(seconds)} ms`;
@@ -587,6 +595,10 @@
     audioTurnSent = "";
     clearTimeout(pickTimer);
     keyPick = false; // (the new session takes the pickers as they are)
+    pickPending = false;
+    // (a turn of the old session that had not ended is cut: said in the Events list)
+    const cut = Object.entries(tm.turns).filter(([, t]) => t.stopFrame == null).map(([id]) => id);
+    if (cut.length && tm.connected) logEvent(`${cut.join(", ")} cut: a new session starts (${tm.connects.at(-1).reason})`);
     clearTimeout(quietTimer); // (the new session takes the toggle as it is)
     untilQuiet = null;
     cues.length = 0; // (the old session's)
@@ -703,6 +715,7 @@
       else status = { code: "CLOSED", message: `closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})` };
     }
     if (!tm.status) logEvent(`session ended: ${status.code} ${status.message || ""}`);
+    const lost = dropPendingSpeak("the new session did not start");
     let wait;
     if (catchingUp || draining) {
       attempts = 0;
@@ -726,7 +739,9 @@
         ? () => "This server is restarting: moving to another one…"
         : (left) => friendly(status, left) || `The session ended; reconnecting in ${Math.ceil(left)} s`;
     const text = friendly(status, null);
-    if (text && !catchingUp && !draining) showAlert(text, "session");
+    const again = "Your text was not sent: press Speak again once reconnected.";
+    if (text && !catchingUp && !draining) showAlert(lost ? `${text}. ${again}` : text, "session");
+    else if (lost) showAlert(again, "session");
     catchingUp = false;
     const due = performance.now() + wait * 1000;
     const tick = () => setConnection(header(Math.max(0, (due - performance.now()) / 1000)));
@@ -800,6 +815,11 @@
       setConnection(liveHeader, "Connected"); // (the session's details are in the header, not read out)
       logEvent(`started ${s.width}x${s.height} ${s.mime_type}`);
       setupMedia(s.mime_type);
+      if (speakAfterStart !== null) { // Speak was pressed while a pick settled: said with the new pick
+        const text = speakAfterStart;
+        speakAfterStart = null;
+        sendTurn(text);
+      }
       return;
     }
     if (msg.event) {
@@ -1016,7 +1036,9 @@
   }
 
   // Without a session a turn is not sent and not queued (it would be spoken late, out of the
-  // conversation, by a new session): the user is told and the text stays in the box.
+  // conversation, by a new session): the user is told and the text stays in the box. Speak while a
+  // pick settles applies the pick at once and the new session says the text (the old one would be
+  // cut by the restart a moment later); should that session not start, the user is told.
   function speak() {
     const text = $("text").value.trim();
     if (!text) {
@@ -1034,14 +1056,36 @@
     if (!tm.connected || !ws || ws.readyState !== WebSocket.OPEN) {
       tm.unsent.push({ at: performance.now(), text });
       showAlert("Not sent: there is no live session right now. Press Speak again once reconnected.");
-      logEvent(`NOT sent (no session): ${text.slice(0, 40)}`);
+      logEvent(`NOT sent (no session): ${clip(text)}`);
       return;
     }
+    if (pickPending && !accessRefused) {
+      // A voice or avatar picked a moment ago (not applied yet): the text would go to the old
+      // session, which the pick's restart cuts. The pick applies now, and the new session says it.
+      speakAfterStart = text;
+      logEvent(`speak: the voice or avatar just picked applies first, then the new session says: ${clip(text)}`);
+      connect("picker");
+      return;
+    }
+    sendTurn(text);
+  }
+
+  function sendTurn(text) {
     currentTurn = newTurn("t");
     turn(currentTurn).lagAtPress = liveLag() * 1000;
     turn(currentTurn).text = text;
     send({ text: { turn_id: currentTurn, text, final: true } });
-    logEvent(`speak ${currentTurn}: ${text.slice(0, 40)}`);
+    logEvent(`speak ${currentTurn}: ${clip(text)}`);
+  }
+
+  // A text held for the session a pick starts (speakAfterStart), when that session does not come:
+  // recorded as not sent (window.talkmesh.unsent) and logged; true if there was one (the caller says so).
+  function dropPendingSpeak(why) {
+    if (speakAfterStart === null) return false;
+    tm.unsent.push({ at: performance.now(), text: speakAfterStart });
+    logEvent(`NOT sent (${why}): ${clip(speakAfterStart)}`);
+    speakAfterStart = null;
+    return true;
   }
 
   function interrupt() {
@@ -1285,10 +1329,11 @@
     select.title = select.selectedOptions.length ? select.selectedOptions[0].text : "";
   }
 
-  // What an upload's answer (AvatarInfo as JSON: zero values absent) tells the user: the avatar's
-  // other names (the same file uploaded before under another name: both names work), and for a
-  // video on how many frames the face was found, the others being shown without lip-sync.
-  function uploadMessage(avatar) {
+  // What an upload's answer (AvatarInfo as JSON: zero values absent, and the edge's `warnings`)
+  // tells the user: the avatar's other names (the same file uploaded before under another name:
+  // both names work), for a video on how many frames the face was found, the others being shown
+  // without lip-sync, and the warnings (a face too small to see it speak, as the CLI says it).
+  function uploadMessage(avatar, warnings = []) {
     const name = avatar.name || avatar.id;
     let text = `avatar “${name}” is ready`;
     const others = (avatar.names || []).filter((n) => n !== name);
@@ -1299,6 +1344,9 @@
     if (Number(avatar.frame_count || 0) > 1 && rejected) {
       text += `. The face was found on ${kept} of ${kept + rejected} frames: the ${rejected} frame(s) ` +
         "without a face are shown as they are, without lip-sync (trim them from the video to avoid it).";
+    }
+    for (const warning of warnings) {
+      text = `${text.replace(/\.$/, "")}. ${warning.charAt(0).toUpperCase()}${warning.slice(1).replace(/\.?$/, ".")}`;
     }
     return text;
   }
@@ -1347,7 +1395,7 @@
       if (xhr.status >= 200 && xhr.status < 300 && body.avatar) {
         bar.value = 100;
         record.ok = body.avatar.id;
-        status.textContent = uploadMessage(body.avatar);
+        status.textContent = uploadMessage(body.avatar, body.warnings || []);
         if ($("alert").dataset.kind === "upload") clearAlert(); // an earlier upload's failure
         start(body.avatar.id);
       } else {
@@ -1451,6 +1499,7 @@
     select.addEventListener("change", () => {
       showWhole(select);
       keyPick = stepping;
+      pickPending = true;
       settled("picker", stepping ? KEY_SETTLE_MS : PICK_SETTLE_MS);
       stepping = false;
     });

@@ -1,0 +1,142 @@
+"""The page against the findings of a new user's trial, in Chromium against the scripted stand-in
+edge of test_page_states: Speak pressed while a voice or avatar pick settles is said in the new
+session, with the new voice (it went to the old session, which the pick's restart cut: the text was
+lost without a word); an upload whose face is small says so, as `talkmesh avatar add` does, and
+one without a face what picture works; the Events list says when it cut a spoken text short."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiohttp import web
+
+from talkmesh.bench.web import wait_js
+from tests.web.browser import browser_page
+from tests.web.test_page_a11y import VOICES
+from tests.web.test_page_a11y_audit import speaking
+from tests.web.test_page_states import Conn, fake_edge, refuse_old, serve
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_the_events_list_marks_a_text_it_cut_short() -> None:
+    """It showed a text's first 40 characters as if they were all of it."""
+    long = "A sentence well over forty characters long, said in full."
+    async with fake_edge(serve) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        for text in (long, "Short."):
+            await page.fill("#text", text)
+            await page.click("#speak")
+        await wait_js(page, "document.getElementById('events').textContent.includes('speak t2')", timeout=5)
+        events = await page.inner_text("#events")
+        assert f"speak t1: {long[:40]}…\n" in events + "\n", events
+        assert "speak t2: Short.\n" in events + "\n", events
+    assert console.errors == [], console.errors
+
+
+def texts(conn: Conn) -> list[str]:
+    return [m["text"]["text"] for m in conn.received if "text" in m]
+
+
+async def test_speak_while_a_pick_settles_is_said_by_the_new_session_in_the_new_voice() -> None:
+    text = "Said in the voice just picked."
+    async with fake_edge(speaking(0.8), voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", text)
+        await page.select_option("#voice-select", "espeak:v2")
+        picked = time.monotonic()
+        await asyncio.sleep(0.3)
+        await page.click("#speak")
+        assert time.monotonic() - picked < 0.6, "Speak came before the pick settled"
+        await wait_js(page, "window.talkmesh.turns.t1 && window.talkmesh.turns.t1.startFrame != null", timeout=5)
+        await wait_js(page, f"document.getElementById('caption').textContent === {text!r}", timeout=5)
+        assert len(edge.conns) == 2
+        assert edge.conns[1].received[0]["config"]["voice"] == "espeak:v2"
+        assert texts(edge.conns[0]) == [] and texts(edge.conns[1]) == [text], "said once, in the new session"
+        await wait_js(page, "window.talkmesh.turns.t1.stopFrame != null", timeout=5)
+        assert await page.evaluate("window.talkmesh.turns.t1.reason") == "STOP_REASON_COMPLETED"
+        await asyncio.sleep(1.0)  # past the pick's settling: applied already, no second restart
+        assert len(edge.conns) == 2 and await page.evaluate("window.talkmesh.connects.length") == 2
+        assert await page.evaluate("window.talkmesh.unsent") == []
+    assert console.errors == [], console.errors
+
+
+async def test_speak_while_a_pick_settles_says_so_when_the_new_session_does_not_start() -> None:
+    text = "Nobody will hear this."
+
+    async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
+        await (serve if n == 1 else refuse_old)(ws, conn, n)
+
+    async with fake_edge(script, voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url + "?retry_base=10")
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", text)
+        await page.select_option("#voice-select", "espeak:v3")
+        await page.click("#speak")
+        await wait_js(page, "window.talkmesh.unsent.length === 1", timeout=5)
+        assert await page.evaluate("window.talkmesh.unsent[0].text") == text
+        alert = await page.inner_text("#alert")
+        assert "The server is full" in alert and "Your text was not sent" in alert, alert
+        assert f"NOT sent (the new session did not start): {text}" in await page.inner_text("#events")
+        assert await page.input_value("#text") == text, "the text stays in the box"
+        assert texts(edge.conns[0]) == []
+    assert console.errors == [], console.errors
+
+
+async def test_an_upload_with_a_small_face_says_so_as_the_command_line_does() -> None:
+    """The edge's answer carries the CLI's hint in `warnings` (tests/web/test_api.py); the page said
+    only that the avatar was ready."""
+    from talkmesh.common.faces import small_face_hint
+    from talkmesh.v1 import types_pb2 as api
+
+    info = api.AvatarInfo(id="0123456789abcdef0123", name="room", width=1280, height=960, frame_count=1)
+    info.face.box.extend([1055, 721, 1084, 752])
+    warning = small_face_hint(info, "upload that")
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        avatar = {"id": info.id, "name": "room", "names": ["room"], "width": 1280, "height": 960, "frame_count": 1}
+        return web.json_response({"avatar": avatar, "warnings": [warning]}, status=201)
+
+    async with (
+        fake_edge(serve, routes=[web.post("/v1/avatars", answer)]) as edge,
+        browser_page() as (page, console),
+    ):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        picture = {"name": "room.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff"}
+        await page.set_input_files("#avatar-file", files=[picture])
+        await wait_js(page, "window.talkmesh.uploads.length && window.talkmesh.uploads[0].ok", timeout=5)
+        status = await page.inner_text("#upload-status")
+        assert status == f"avatar “room” is ready. T{warning[1:]}.", status
+        assert "about 12 px wide in a video of the default size (512)" in status and "upload that." in status
+    assert console.errors == [], console.errors
+
+
+async def test_an_upload_without_a_face_says_what_picture_works() -> None:
+    """The renderer's refusal (tests/web/test_api.py) is shown whole, said of the file."""
+    from talkmesh.common.faces import NO_FACE_ADVICE
+
+    message = f"renderer: data: no face found (0 of 1 frame(s) have a detectable face): {NO_FACE_ADVICE}"
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        error = {"code": "INVALID_ARGUMENT", "message": message, "field": "file"}
+        return web.json_response({"error": error}, status=400)
+
+    async with (
+        fake_edge(serve, routes=[web.post("/v1/avatars", refuse)]) as edge,
+        browser_page() as (page, console),
+    ):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        picture = {"name": "no_face.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff"}
+        await page.set_input_files("#avatar-file", files=[picture])
+        await wait_js(page, "!document.getElementById('alert').hidden", timeout=5)
+        said = f"Upload failed (no_face.jpg): no face found (0 of 1 frame(s) have a detectable face): {NO_FACE_ADVICE}"
+        assert await page.inner_text("#alert") == said
+    assert [e for e in console.errors if "status of 400" not in e] == [], console.errors
