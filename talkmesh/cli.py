@@ -870,7 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a request without --voice speaks with.",
         epilog="eSpeak's voices also speak in other registers, not listed: a variant after a '+', any case, "
         "e.g. espeak:en-us+f3 (female: f1 to f5; male: m1 to m8; whisper, croak, klatt and the other "
-        "files of eSpeak's voices/!v). An unknown variant is NOT_FOUND listing them all.",
+        "files of eSpeak's voices/!v). An unknown variant is NOT_FOUND naming the closest ones.",
     )
 
     lv = sub.add_parser(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -82,6 +83,12 @@ def voice_warning(voice_id: str, voice: VoiceInfo) -> str:
     )
 
 
+#: Variants an unknown one's NOT_FOUND names when no known one is spelt like it (eSpeak's female and male
+#: registers, and a whisper)
+VARIANT_EXAMPLES = ("f1", "f2", "f3", "f4", "f5", "m1", "m2", "m3", "whisper")
+VARIANTS_SHOWN = len(VARIANT_EXAMPLES)
+
+
 def voice_not_found(field: str, backends: Mapping[str, TTSBackend], voice_id: str) -> NotFound:
     """NOT_FOUND for ``voice_id``, suggesting voices of the same language when there are some (and
     the ``engine:`` a bare name lacks: `fr-fr` is `espeak:fr-fr`); for a voice with a variant its
@@ -93,9 +100,14 @@ def voice_not_found(field: str, backends: Mapping[str, TTSBackend], voice_id: st
     voice = backend.voice(base) if backend is not None and plus else None
     if backend is not None and voice is not None:
         known = backend.variants()
-        what = f"unknown variant {variant.strip()!r}" if variant.strip() else "no variant"
+        asked = variant.strip()
+        what = f"unknown variant {asked!r}" if asked else "no variant"
+        # ~100 variants: the closest spellings, else the usual ones, and where the rest are told
+        close = difflib.get_close_matches(asked.lower(), known, n=3) if asked else []
+        usual = [v for v in VARIANT_EXAMPLES if v in known] or known[:VARIANTS_SHOWN]
+        shown = f"did you mean {', '.join(close)}?" if close else f"e.g. {', '.join(usual)}"
         hint = f"{what} after the '+' ({voice.id} itself is a voice); " + (
-            f"the variants: {', '.join(known)}" if known else f"{engine} voices have no variants"
+            f"{len(known)} variants, {shown} (talkmesh voices --help)" if known else f"{engine} voices have no variants"
         )
         return NotFound(field, voice_id, "voice", hint=hint)
     close = close_voices(backends, voice_id)

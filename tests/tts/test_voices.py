@@ -184,10 +184,12 @@ async def test_an_unknown_variant_is_named_with_the_variants_there_are(tts: Any)
     """`--voice espeak:en-us+nosuch` was NOT_FOUND listing the voices of the language, en-us among
     them: the voice was right, its variant was not (a new user's trial)."""
     stub, service, _ = tts
-    for bad, what in [
-        ("espeak:en-us+nosuch", "unknown variant 'nosuch'"),
-        ("espeak:EN_US+nosuch", "unknown variant 'nosuch'"),
-        ("espeak:en-us+", "no variant"),
+    count = len(service.engine.variants)
+    for bad, what, shown in [
+        ("espeak:en-us+nosuch", "unknown variant 'nosuch'", "e.g. f1, f2, f3, f4, f5, m1, m2, m3, whisper"),
+        ("espeak:EN_US+nosuch", "unknown variant 'nosuch'", "e.g. f1, f2, f3, f4, f5, m1, m2, m3, whisper"),
+        ("espeak:en-us+", "no variant", "e.g. f1, f2, f3, f4, f5, m1, m2, m3, whisper"),
+        ("espeak:en-us+wisper", "unknown variant 'wisper'", "did you mean whisper"),  # a misspelt one
     ]:
         for call in (speak(stub, bad), stub.ListVoices(tts_pb2.ListVoicesRequest(voice=bad))):
             with pytest.raises(grpc.aio.AioRpcError) as exc:
@@ -195,10 +197,9 @@ async def test_an_unknown_variant_is_named_with_the_variants_there_are(tts: Any)
             assert exc.value.code() == grpc.StatusCode.NOT_FOUND, bad
             details = exc.value.details()
             assert f"voice {bad!r} not found; {what} after the '+' (espeak:en-us itself is a voice); " in details
+            assert f"{count} variants, {shown}" in details and "(talkmesh voices --help)" in details, details
             assert "voices of that language" not in details, details
-            listed = details.split("the variants: ", 1)[1].split(", ")
-            assert {"f1", "f5", "m1", "m8", "whisper", "croak"} <= set(listed), details
-            assert sorted(listed) == sorted(service.engine.variants.values())
+            assert len(details) < 300, details
     # a voice that is no voice is still told of the voices of its language, variant or not
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await speak(stub, "espeak:en-xx-bogus+f3")
