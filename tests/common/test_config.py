@@ -280,6 +280,22 @@ def test_serve_warns_of_a_misspelt_service_prefix_in_one_line(monkeypatch, capsy
     assert len(err) == 1 and "WARNING tts" in err[0] and "did you mean TALKMESH_RENDERER__BACKENDS?" in err[0]
 
 
+def test_config_warns_of_a_misspelt_service_prefix_as_serve_does(monkeypatch, capsys) -> None:
+    """`talkmesh config renderer` printed the config without TALKMESH_RENDRER__BACKENDS' warning."""
+    from talkmesh import cli
+
+    monkeypatch.setenv("TALKMESH_RENDRER__BACKENDS", "wav2lip")
+    assert cli.main(["config", "renderer"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "warning: TALKMESH_RENDRER__BACKENDS is ignored: RENDRER is not a service; "
+        "did you mean TALKMESH_RENDERER__BACKENDS?"
+    ]
+    assert out.startswith("# talkmesh renderer: effective configuration")
+    assert cli.main(["config", "renderer", "--defaults"]) == 0  # (the environment is not read)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_yaml_syntax_error_names_the_file(tmp_path) -> None:
     bad = tmp_path / "my-renderer.yaml"
     bad.write_text("server:\n  port: 1\n  host: [oops\n")
