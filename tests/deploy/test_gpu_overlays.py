@@ -189,6 +189,18 @@ def test_the_renderer_pins_its_providers_and_runs_a_neural_backend_with_its_mode
     assert af_check["command"][4:] == [whisper]
 
 
+def test_the_neural_component_says_the_access_modes_its_claims_ask_for() -> None:
+    """Its comments said ReadOnlyMany for the models claim, which asks for ReadWriteMany (the upload
+    pod fills it through the claim; docs/DEPLOY.md, "Model files")."""
+    component = DEPLOY / "k8s" / "components" / "neural"
+    claims = [d for d in yaml.safe_load_all((component / "pvc.yaml").read_text()) if d]
+    asked = {mode for claim in claims for mode in claim["spec"]["accessModes"]}
+    text = (component / "kustomization.yaml").read_text()
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    named = set(re.findall(r"\bRead(?:Only|Write)(?:Once|Many)\b|\bReadWriteOncePod\b", comments))
+    assert named == asked == {"ReadWriteMany"}
+
+
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
 def test_engine_cache_on_a_persistent_volume_sized_for_musetalk(overlay: str) -> None:
     docs = render(overlay)
