@@ -577,6 +577,25 @@ def test_trace_resource_names_the_service_as_locally_and_the_pod(overlay: str) -
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_eviction_leaves_the_gateways_every_cpu_stage(overlay: str) -> None:
+    """tts and audio_features ran one pod each: a node drain (PodDisruptionBudget maxUnavailable 1)
+    evicting it left every gateway not ready until the new pod was. They start two, as the gateway
+    and the web edge do; the cpu overlay keeps one of each on purpose, for laptop clusters, where
+    its only media pod is such a single point anyway (docs/DEPLOY.md, section 9)."""
+    docs = render(overlay)
+    media, _ = runs(docs, "renderer")
+    single_media = named(docs, "HorizontalPodAutoscaler", media["metadata"]["name"])["spec"]["maxReplicas"] == 1
+    for service in ("gateway", "web", "tts", "audio_features"):
+        dep, _ = runs(docs, service)
+        assert named(docs, "PodDisruptionBudget", dep["metadata"]["name"])["spec"]["maxUnavailable"] == 1
+        least = named(docs, "HorizontalPodAutoscaler", dep["metadata"]["name"])["spec"]["minReplicas"]
+        if overlay == "cpu" and service in ("tts", "audio_features"):
+            assert least == 1 and single_media, f"{overlay}: {service}"
+        else:
+            assert least >= 2, f"{overlay}: {service} starts {least} pod(s)"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_entry_replicas_spread_over_nodes_softly(overlay: str) -> None:
     """The gateway and the web edge (several replicas each, minReplicas 2) prefer different nodes and
     zones, so one node's loss or drain takes out one of them; softly, so a one-node cluster runs them."""
