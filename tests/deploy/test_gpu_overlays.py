@@ -209,7 +209,7 @@ def test_the_renderer_pins_its_providers_and_runs_a_neural_backend_with_its_mode
     (check,) = [c for c in pod_spec(dep).get("initContainers", []) if c["name"] == "check-models"]
     files = {f"{model_dir}/{name}" for name, _ in MUSETALK_FILES.values()}
     assert set(check["command"][4:]) == files
-    assert "model file $f is missing" in check["command"][2]
+    assert "python -m talkmesh.modelcheck" in check["command"][2]  # external data too (test_modelcheck.py)
     assert check["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert mounts_of(check)["/models"]["name"] == mount["name"]
     af_dep, af = runs(docs, "audio_features")
