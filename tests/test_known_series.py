@@ -20,7 +20,7 @@ from talkmesh.testing import serve
 
 GRPC_SERVICES = [s.name for s in registry.SERVICES if s.protocol == "grpc"]
 #: set once at construction, as before (not zero series of a labelled metric)
-ALWAYS = {"talkmesh_build_info", "talkmesh_streams_active", "talkmesh_unary_active"}
+ALWAYS = {"talkmesh_build_info", "talkmesh_streams_active", "talkmesh_unary_active", "talkmesh_ready"}
 
 
 def _label_enum(service: str, name: str) -> set[str]:
