@@ -219,7 +219,8 @@ class Metrics:
             ),
             live_sessions=Gauge(
                 "talkmesh_live_sessions",
-                "Live sessions open, by state (speaking: a turn is playing; idle: none is).",
+                "Live sessions open, by state (speaking: a turn is playing; idle: none is); the gateway "
+                "counts those it owns, the encoder those it encodes (a session is in both).",
                 ["service", "state"],
                 registry=reg,
             ),
