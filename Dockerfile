@@ -62,10 +62,13 @@ ENV TALKMESH_SERVICE=${SERVICE} \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
 WORKDIR /home/talkmesh
 VOLUME ["/home/talkmesh/.cache"]
-# Readiness over standard gRPC health checking (SERVING only after warm-up), on the port (and with the
-# TLS settings) of the service's own config; for the HTTP edge (web), GET /readyz.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
-  CMD python -m talkmesh.healthcheck --service "$TALKMESH_SERVICE" --config /etc/talkmesh/config.yaml
+# Liveness, as Kubernetes' livenessProbe (health service "liveness": SERVING while the process
+# answers, also while it warms up or drains; readiness would call a service unhealthy whenever a
+# stage it calls is down), on the port (and with the TLS settings) of the service's own config; for
+# the HTTP edge (web), GET /healthz. The start period is the startupProbe's budget (3 minutes: model
+# warm-up); interval, timeout and retries are the livenessProbe's.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 \
+  CMD python -m talkmesh.healthcheck --service "$TALKMESH_SERVICE" --config /etc/talkmesh/config.yaml --check liveness
 STOPSIGNAL SIGTERM
 # `exec` replaces the shell, so talkmesh is PID 1 and gets SIGTERM directly.
 ENTRYPOINT ["/bin/sh", "-c", "exec talkmesh serve \"$TALKMESH_SERVICE\" --config /etc/talkmesh/config.yaml \"$@\"", "talkmesh"]

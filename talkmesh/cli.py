@@ -72,10 +72,22 @@ class CliError(Exception):
 
 
 # -- serve / up / config -------------------------------------------------------------------------
+def _warn_stray_overrides(warn: Callable[[str], None] | None = None) -> None:
+    """One warning per ``TALKMESH_<X>__...`` variable that no service reads (a misspelt service,
+    ``TALKMESH_RENDRER__...``), before the environment is used: `serve` logs them, `up` and
+    `config` print them on stderr."""
+    from talkmesh.common.config import stray_overrides
+
+    for line in stray_overrides():
+        if warn is not None:
+            warn(line)
+        else:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import prometheus_client
 
-    from talkmesh.common.config import stray_overrides
     from talkmesh.common.logs import setup_logging
     from talkmesh.common.memory import tune_malloc_for_frames
     from talkmesh.common.server import ServiceHost
@@ -91,8 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = module.load_config(args.config)
     setup_logging(args.service, config.server.log_level, config.server.log_json)
     if os.environ.get(PARENT_PIPE_ENV) is None:  # (`talkmesh up` warns once for all its services)
-        for line in stray_overrides():
-            logging.getLogger("talkmesh.config").warning("%s", line)
+        _warn_stray_overrides(lambda line: logging.getLogger("talkmesh.config").warning("%s", line))
     # no ``*_created`` series beside every counter and histogram: a third of the series, unused
     # by the dashboards and rules (Prometheus knows a counter's resets without them)
     prometheus_client.disable_created_metrics()
@@ -118,6 +129,7 @@ def _config(args: argparse.Namespace) -> int:
         config = module.load_config(None, env={})
         where = "defaults"
     else:
+        _warn_stray_overrides()
         config = module.load_config(args.config)
         where = "defaults" + (f" < {args.config}" if args.config else "") + f" < {s.env_prefix}__* environment"
     header = f"talkmesh {s.name}: effective configuration ({where})"
@@ -184,10 +196,7 @@ async def _up(args: argparse.Namespace) -> int:
         base = port_base_from_env() if args.port_base is None else check_port_base(args.port_base)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    from talkmesh.common.config import stray_overrides
-
-    for line in stray_overrides():
-        print(f"warning: {line}", file=sys.stderr, flush=True)
+    _warn_stray_overrides()
     mesh = Mesh(ephemeral=False, host=args.host, port_base=base, env=_secure_env(args))
     try:
         mesh.check_ports()

@@ -150,7 +150,9 @@ def test_a_closed_pipe_ends_quietly() -> None:
 def test_config_errors_name_the_full_key() -> None:
     code, _, err = run_cli("config", "renderer", env={"TALKMESH_RENDERER__MUSETALK__FRAME_SKIP": "0"})
     assert code == 1
-    assert one_error_line(err) == "error: config: musetalk.frame_skip: must be at least 1"
+    assert one_error_line(err) == (
+        "error: config: musetalk.frame_skip: must be at least 1 (set by TALKMESH_RENDERER__MUSETALK__FRAME_SKIP)"
+    )
 
 
 def test_config_prints_the_effective_config_as_yaml(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from talkmesh.testing import serve
 
 GRPC_SERVICES = [s.name for s in registry.SERVICES if s.protocol == "grpc"]
 #: set once at construction, as before (not zero series of a labelled metric)
-ALWAYS = {"talkmesh_build_info", "talkmesh_streams_active", "talkmesh_unary_active"}
+ALWAYS = {"talkmesh_build_info", "talkmesh_streams_active", "talkmesh_unary_active", "talkmesh_ready"}
 
 
 def _label_enum(service: str, name: str) -> set[str]:
@@ -87,9 +87,10 @@ async def test_a_service_starts_with_its_own_known_series_at_zero(name: str, mon
     reasons = {lb["reason"] for n, lb, _ in samples if n == "talkmesh_rejections_total"}
     assert reasons == {"draining", "overload"} | ({"dependency"} if name == "gateway" else set())
     assert {lb["direction"] for n, lb, _ in samples if n == "talkmesh_stream_bytes_total"} == {"in", "out"}
-    # its own series only: the renderer's skipped frames, the live clock's (encoder) and sessions (gateway)
+    # its own series only: the renderer's skipped frames, the live clock's (encoder) and sessions
+    # (the gateway's it owns, the encoder's it encodes)
     assert ("talkmesh_skipped_frames_total" in families) == (name == "renderer")
-    assert ("talkmesh_live_sessions" in families) == (name == "gateway")
+    assert ("talkmesh_live_sessions" in families) == (name in ("gateway", "encoder"))
     assert ("talkmesh_live_late_ticks_total" in families) == (name == "encoder")
     stages = {lb["stage"] for n, lb, _ in samples if n == "talkmesh_stage_duration_seconds_count"}
     assert stages == _label_enum(name, "Stage")

@@ -219,10 +219,13 @@ async def test_interrupt_cuts_the_turn_at_the_next_frame(tmp_path: Path) -> None
                 )
             )
             lead = mesh.telemetry["encoder"].metrics.live_lead_frames.labels("encoder")
+            sessions = mesh.telemetry["encoder"].metrics.live_sessions
             for _ in range(100):  # rendered ahead of the clock (read until it is, under load)
                 if (speaking_lead := lead._value.get()) > 0:
                     break
                 await asyncio.sleep(0.02)
+            # the sessions that lead is summed over (the dashboard divides by them)
+            speaking_sessions = [sessions.labels("encoder", s)._value.get() for s in ("speaking", "idle")]
             queued = await live.say("And this one was still waiting.")
             await live.interrupt()
             ack = await rec.wait_event("interrupt_acknowledged")
@@ -234,6 +237,8 @@ async def test_interrupt_cuts_the_turn_at_the_next_frame(tmp_path: Path) -> None
             await live.close()
             await rec.finish()
         assert speaking_lead > 0 and lead._value.get() == 0, "the lead gauge: frames ahead while speaking, none after"
+        assert speaking_sessions == [1, 0]
+        assert [sessions.labels("encoder", s)._value.get() for s in ("speaking", "idle")] == [0, 0]
         # every turn counted by how it ended; the reply latency of the one that found the avatar idle
         registry = mesh.telemetry["gateway"].metrics.registry
         ended = {

@@ -28,7 +28,7 @@ from services.encoder.interleave import AudioInterleaver
 from services.encoder.live.idle import IdleLoop, IdleLoops, encode_loop, loop_frames, render_idle_frames
 from services.encoder.live.media import LiveCodecs, LiveParams
 from services.encoder.live.session import LiveSession
-from services.encoder.metrics import Queue, Stage
+from services.encoder.metrics import LiveState, Queue, Stage
 from services.encoder.render import FrameRings, FrameSource, GrpcFrameSource, RingOffer, unbatched
 from services.encoder.session import EncodeSession, StreamParams
 from services.encoder.spares import SpareSessions
@@ -713,6 +713,7 @@ class EncoderService(Service):
             Series(m.live_underruns_total),
             Series(m.live_late_ticks_total),
             Series(m.live_lead_frames),
+            Series(m.live_sessions, LiveState),
         ]
 
     def dependencies(self) -> Mapping[str, grpc.aio.Channel]:

@@ -417,6 +417,8 @@ class WebHost:
         self._stopped = asyncio.Event()
         self._requests = telemetry.metrics.streams_total
         self._active = telemetry.metrics.streams_active.labels(self.name)
+        # talkmesh_ready: what /readyz would answer now, without asking the gateway again
+        telemetry.metrics.ready.labels(self.name).set_function(lambda: float(self.ready))
         self._origins = config.web.origins()
         # the secrets of web.token_secret_file (None: no access tokens asked for), read again when
         # the file changes: a rotation needs no restart
@@ -455,6 +457,12 @@ class WebHost:
     @property
     def url(self) -> str:
         return f"http://{self.address}/"
+
+    @property
+    def ready(self) -> bool:
+        """Serving, not draining, the gateway ready and the edge's API key not refused: /readyz's 200
+        from what is known (/readyz itself asks the gateway again while it is not ready)."""
+        return self._runner is not None and not self.draining and self.gateway_ready and not self.key_refused
 
     def app(self) -> web.Application:
         cfg = self.config.web

@@ -8,8 +8,9 @@ Unknown keys are errors: a typo in a config file must not be silently ignored.
 
 The dataclasses are the only source of defaults (a service's ports come from
 ``talkmesh.common.registry`` through ``ServerConfig.for_service``). Validators name keys relative
-to their own dataclass (``ConfigError.at("frame_skip", ...)``); the loader adds the section's path,
-so the user reads the full key (``musetalk.frame_skip: must be at least 1``).
+to their own dataclass (``ConfigError.at("frame_skip", ...)``); the loader adds the section's path
+and what set the key, so the user reads the full key and where to fix it (``musetalk.frame_skip:
+must be at least 1 (set by TALKMESH_RENDERER__MUSETALK__FRAME_SKIP)``, ``... (in renderer.yaml)``).
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ __all__ = ["ClientTLS", "ConfigError", "Endpoint", "ServerConfig", "ServerTLS", 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the offending key by its full path."""
 
-    def __init__(self, message: str, *, key: str = "", reason: str = "") -> None:
+    def __init__(self, message: str, *, key: str = "", reason: str = "", origin: str | None = None) -> None:
         super().__init__(message)
         self.key = key
         self.reason = reason
+        #: where the key was set ("set by TALKMESH_...", "in FILE"; "" unknown), once looked up (``placed``)
+        self.origin = origin
 
     @classmethod
     def at(cls, key: str, reason: str) -> ConfigError:
@@ -52,8 +55,20 @@ class ConfigError(ValueError):
         if not section:
             return self
         if self.key:
-            return ConfigError.at(f"{section}.{self.key}", self.reason)
+            key = f"{section}.{self.key}"
+            note = f" ({self.origin})" if self.origin else ""
+            return ConfigError(f"{key}: {self.reason}{note}", key=key, reason=self.reason, origin=self.origin)
         return ConfigError(f"{section}: {self}", key=section, reason=str(self))
+
+    def placed(self, origins: Mapping[str, str]) -> ConfigError:
+        """The same error saying where its key was set, from ``origins`` (full key -> "set by
+        TALKMESH_...", "in FILE"; a list item's is its list's): ``batch.max_size: must be at least
+        1 (set by TALKMESH_RENDERER__BATCH__MAX_SIZE)``. Looked up once, for the full key."""
+        if self.origin is not None or not self.key:
+            return self
+        where = origins.get(re.sub(r"\[\d+\]", "", self.key), "")
+        message = f"{self} ({where})" if where else str(self)
+        return ConfigError(message, key=self.key, reason=self.reason, origin=where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,33 +194,43 @@ class Endpoint:
     tls: ClientTLS = dataclasses.field(default_factory=ClientTLS)
 
 
-def _coerce(value: Any, tp: Any, key: str, base: Any = None, names: Mapping[str, str] | None = None) -> Any:
+def _coerce(value: Any, tp: Any, key: str, base: Any = None, origins: Mapping[str, str] | None = None) -> Any:
     """``value`` as type ``tp``; a mapping for a section is laid over ``base`` (the section's
-    default in its parent) when that is an instance of the section's class. ``names``: the
-    environment variable that set a key (dotted), for errors."""
+    default in its parent) when that is an instance of the section's class. ``origins``: where
+    each key (dotted) was set, for errors (``build_config``)."""
+    try:
+        return _convert(value, tp, key, base, origins)
+    except ConfigError as exc:
+        raise exc.placed(origins or {}) from exc.__cause__
+
+
+def _convert(value: Any, tp: Any, key: str, base: Any, origins: Mapping[str, str] | None) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key, base, names)
+        return _coerce(value, args[0], key, base, origins)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key, base if isinstance(base, tp) else None, names)
+            raise ConfigError.at(key, f"expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key, base if isinstance(base, tp) else None, origins)
     if origin in (list, tuple):
         (item_tp, *_rest) = typing.get_args(tp) or (str,)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list")
-        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+            raise ConfigError.at(key, "expected a list")
+        items = [_coerce(v, item_tp, f"{key}[{i}]", None, origins) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping")
+            raise ConfigError.at(key, "expected a mapping")
         key_tp, item_tp = typing.get_args(tp) or (str, Any)
-        return {_coerce(k, key_tp, key): _coerce(v, item_tp, f"{key}.{k}") for k, v in value.items()}
+        return {
+            _coerce(k, key_tp, key, None, origins): _coerce(v, item_tp, f"{key}.{k}", None, origins)
+            for k, v in value.items()
+        }
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -213,12 +238,12 @@ def _coerce(value: Any, tp: Any, key: str, base: Any = None, names: Mapping[str,
             return True
         if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+        raise ConfigError.at(key, f"expected a boolean, got {value!r}")
     if tp in (int, float, str):
         try:
             return tp(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}") from exc
+            raise ConfigError.at(key, f"expected {tp.__name__}, got {value!r}") from exc
     if tp is Path:
         return Path(os.path.expanduser(str(value)))
     return value
@@ -236,7 +261,7 @@ def _build(
     data: Mapping[str, Any],
     prefix: str = "",
     base: T | None = None,
-    names: Mapping[str, str] | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> T:
     """``cls`` from ``data``; what ``data`` leaves out is ``base``'s (else the class's default).
 
@@ -250,7 +275,7 @@ def _build(
         # a key of an earlier release says where it went (a config class's MOVED_KEYS)
         moved: Mapping[str, str] = getattr(cls, "MOVED_KEYS", {})
         where_now = "".join(f"; {k} is now {moved[k]}" for k in sorted(unknown) if k in moved)
-        keys = ", ".join(_unknown_key(k, prefix, fields, moved, names or {}) for k in sorted(unknown))
+        keys = ", ".join(_unknown_key(k, prefix, fields, moved, origins or {}) for k in sorted(unknown))
         raise ConfigError(f"{prefix + ': ' if prefix else ''}unknown key(s) {keys}{where_now}")
     kwargs = {} if base is None else {n: getattr(base, n) for n, f in fields.items() if f.init}
     for name, value in data.items():
@@ -258,23 +283,24 @@ def _build(
         section = None
         if isinstance(value, Mapping):  # a section: over its default in this object
             section = getattr(base, name) if base is not None else _default(fields[name])
-        kwargs[name] = _coerce(value, hints[name], key, section, names)
+        kwargs[name] = _coerce(value, hints[name], key, section, origins)
     try:
         obj = cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
-    _validate(obj, prefix)
+    _validate(obj, prefix, origins)
     return obj
 
 
 def _unknown_key(
-    key: str, prefix: str, fields: Collection[str], moved: Mapping[str, str], names: Mapping[str, str]
+    key: str, prefix: str, fields: Collection[str], moved: Mapping[str, str], origins: Mapping[str, str]
 ) -> str:
-    """An unknown key as the error names it: the variable that set it, the key it may be a typo of."""
+    """An unknown key as the error names it: where it was set (the variable, the file), the key it
+    may be a typo of."""
     notes = []
-    name = names.get(f"{prefix}.{key}" if prefix else key)
-    if name:
-        notes.append(f"set by {name}")
+    where = origins.get(f"{prefix}.{key}" if prefix else key)
+    if where:
+        notes.append(where)
     close = difflib.get_close_matches(key, list(fields), n=1)
     if close and key not in moved:
         notes.append(f"did you mean {close[0]}?")
@@ -300,19 +326,20 @@ def unknown_keys(cls: type, data: Mapping[str, Any], prefix: str = "") -> list[s
     return sorted(out)
 
 
-def _validate(obj: Any, prefix: str) -> None:
-    """``obj.validate()`` if it has one; its error named from the config's root (``prefix``)."""
+def _validate(obj: Any, prefix: str, origins: Mapping[str, str] | None = None) -> None:
+    """``obj.validate()`` if it has one; its error named from the config's root (``prefix``), with
+    where its key was set when ``origins`` knows."""
     validate = getattr(obj, "validate", None)
     if callable(validate):
         try:
             validate()
         except ConfigError as exc:
-            raise exc.under(prefix) from None
+            raise exc.under(prefix).placed(origins or {}) from None
 
 
-def _env_overrides(env: Mapping[str, str], prefix: str, names: dict[str, str] | None = None) -> dict[str, Any]:
-    """The ``<prefix>__A__B=value`` variables as a tree (``{"a": {"b": value}}``); ``names`` gets
-    each key's variable (``"a.b": "<prefix>__A__B"``)."""
+def _env_overrides(env: Mapping[str, str], prefix: str, origins: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``<prefix>__A__B=value`` variables as a tree (``{"a": {"b": value}}``); ``origins`` gets
+    each key's variable (``"a.b": "set by <prefix>__A__B"``; a section keeps an origin it has)."""
     tree: dict[str, Any] = {}
     head = prefix.upper() + "__"
     for name, value in env.items():
@@ -322,12 +349,12 @@ def _env_overrides(env: Mapping[str, str], prefix: str, names: dict[str, str] | 
         node = tree
         for i, part in enumerate(path[:-1]):
             node = node.setdefault(part, {})
-            if names is not None:
-                names.setdefault(".".join(path[: i + 1]), name)
+            if origins is not None:
+                origins.setdefault(".".join(path[: i + 1]), f"set by {name}")
         if path:
             node[path[-1]] = value
-            if names is not None:
-                names[".".join(path)] = name
+            if origins is not None:
+                origins[".".join(path)] = f"set by {name}"
     return tree
 
 
@@ -375,7 +402,16 @@ def load_config(
     return build_config(cls, [read_yaml(path)] if path is not None else [], env_prefix, env, overrides)
 
 
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+class YamlFile(dict[str, Any]):
+    """A config file's top-level mapping that knows its file: a layer of ``build_config`` whose
+    keys' errors say ``(in FILE)``."""
+
+    def __init__(self, data: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+        super().__init__(data)
+        self.path = str(path)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> YamlFile:
     """A YAML file's top-level mapping, or ConfigError naming the file and what is wrong."""
     p = Path(path)
     try:
@@ -387,7 +423,18 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
     if not isinstance(loaded, Mapping):
         raise ConfigError(f"config file {p}: top level must be a mapping")
-    return dict(loaded)
+    return YamlFile(loaded, p)
+
+
+def _keys(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Every key of ``tree`` dotted, sections' and theirs."""
+    out = []
+    for name, value in tree.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        out.append(key)
+        if isinstance(value, Mapping):
+            out += _keys(value, key)
+    return out
 
 
 def build_config(
@@ -397,16 +444,25 @@ def build_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> T:
-    """Merges ``layers`` (later wins), then env overrides, then ``overrides``; builds and validates."""
+    """Merges ``layers`` (later wins), then env overrides, then ``overrides``; builds and validates.
+    An error names where its key was set: the variable (``set by TALKMESH_...``) or the file of a
+    ``YamlFile`` layer (``in FILE``)."""
     data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for layer in layers:
         data = _merge(data, layer)
-    names: dict[str, str] = {}
+        for key in _keys(layer):
+            if isinstance(layer, YamlFile):
+                origins[key] = f"in {layer.path}"
+            else:
+                origins.pop(key, None)
     if env_prefix:
-        data = _merge(data, _env_overrides(os.environ if env is None else env, env_prefix, names))
+        data = _merge(data, _env_overrides(os.environ if env is None else env, env_prefix, origins))
     if overrides:
         data = _merge(data, overrides)
-    return _build(cls, data, names=names)
+        for key in _keys(overrides):
+            origins.pop(key, None)
+    return _build(cls, data, origins=origins)
 
 
 def validate_tree(obj: Any, prefix: str = "") -> None:

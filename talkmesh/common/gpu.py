@@ -7,9 +7,9 @@ on one GPU each configure ``share: 0.25``). From it come
   (driver context, cuBLAS/cuDNN handles and workspaces), :func:`arena_limit`;
 * the largest batch: what is left of the budget (and of the memory actually free at start-up, which
   counts neighbours already loaded) after the context and the model weights (file size including
-  external data, :func:`model_weight_bytes`), divided by the activations per frame, times the
-  arena's efficiency (``kNextPowerOfTwo`` rounds each extension up: count activations twice),
-  :func:`batch_for_budget`.
+  external data, :func:`model_weight_bytes`; talkmesh.common.onnx_files finds it), divided by the
+  activations per frame, times the arena's efficiency (``kNextPowerOfTwo`` rounds each extension
+  up: count activations twice), :func:`batch_for_budget`.
 
 TensorRT engines hold their weights and workspace outside ONNX Runtime's arena, so ``gpu_mem_limit``
 alone does not cap a TensorRT session; the batch bound still counts them.
@@ -18,7 +18,6 @@ alone does not cap a TensorRT session; the batch bound still counts them.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from talkmesh.common.config import ConfigError
+from talkmesh.common.onnx_files import external_data_files
 
 log = logging.getLogger("talkmesh.gpu")
 
@@ -41,10 +41,6 @@ GiB = 1024 * MiB
 CUDA_CONTEXT_BYTES = 512 * MiB
 #: Fraction of the budget kept free for fragmentation and transient allocations.
 HEADROOM = 0.1
-#: Graph files larger than this hold their weights inline (no external data to look for).
-_INLINE_WEIGHTS_ABOVE = 64 * MiB
-#: StringStringEntryProto(key="location", value=...) as serialized in TensorProto.external_data.
-_LOCATION = re.compile(rb"\x0a\x08location\x12([\x01-\x7f])")
 
 
 @dataclass(frozen=True)
@@ -95,26 +91,6 @@ def gpu_memory(device: int = 0) -> GpuMemory | None:
         return GpuMemory(total * MiB, free * MiB)
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
-
-
-def external_data_files(path: Path) -> list[Path]:
-    """Files holding ``path``'s external tensors (ONNX ``external_data`` ``location`` entries), read
-    from the serialized graph without the onnx package; [] for a model with inline weights."""
-    if path.stat().st_size > _INLINE_WEIGHTS_ABOVE:
-        return []
-    data = path.read_bytes()
-    found: dict[str, None] = {}
-    for m in _LOCATION.finditer(data):
-        n = m.group(1)[0]
-        start = m.end()
-        loc = data[start : start + n].decode("utf-8", "replace")
-        found[loc] = None
-    files = []
-    for loc in found:
-        f = (path.parent / loc).resolve()
-        if f.is_file() and path.parent.resolve() in f.parents:
-            files.append(f)
-    return files
 
 
 def model_weight_bytes(paths: Iterable[Path]) -> int:

@@ -9,7 +9,7 @@ the rest the same way for all five:
   the process is up;
 * server reflection (``server.reflection``); explicit max message sizes on both directions;
 * interceptors for request ids, admission control, metrics and tracing;
-* ``/metrics`` on ``metrics_port`` with the service's own registry;
+* ``/metrics`` on ``metrics_port`` with the service's own registry, ``talkmesh_ready`` following readiness;
 * graceful shutdown: readiness NOT_SERVING, new streams refused with UNAVAILABLE, streams in flight
   finish within ``grace_seconds``, then ``server.stop``.
 """
@@ -295,9 +295,11 @@ class ServiceHost:
             await self._set_ready(not down)
 
     async def _set_ready(self, ready: bool) -> None:
+        """Readiness: the health service "" and the service's own names, and ``talkmesh_ready``."""
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self._names):
             await self.health.set(name, status)
+        self.telemetry.metrics.ready.labels(self.telemetry.service).set(1 if ready else 0)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drains: NOT_SERVING, refuse new streams, let streams in flight finish, then stop."""

@@ -97,6 +97,7 @@ class Metrics:
     cache_requests_total: Counter
     backend_info: Gauge
     build_info: Gauge
+    ready: Gauge
     skipped_frames_total: Counter
     stream_bytes_total: Counter
     live_sessions: Gauge
@@ -195,6 +196,15 @@ class Metrics:
                 ["service", "version"],
                 registry=reg,
             ),
+            # What the readiness probe sees, for the alert that every process of a service runs but
+            # none is ready (Prometheus scrapes pods that are not ready too: talkmesh_build_info stays).
+            ready=Gauge(
+                "talkmesh_ready",
+                "1 while the service reports ready (gRPC health \"\" SERVING; the web edge: /readyz "
+                "200), else 0 (warming up, a stage it calls not answering, draining).",
+                ["service"],
+                registry=reg,
+            ),
             skipped_frames_total=Counter(
                 "talkmesh_skipped_frames_total",
                 "Frames that skipped model inference (silence or frame skip).",
@@ -209,7 +219,8 @@ class Metrics:
             ),
             live_sessions=Gauge(
                 "talkmesh_live_sessions",
-                "Live sessions open, by state (speaking: a turn is playing; idle: none is).",
+                "Live sessions open, by state (speaking: a turn is playing; idle: none is); the gateway "
+                "counts those it owns, the encoder those it encodes (a session is in both).",
                 ["service", "state"],
                 registry=reg,
             ),
@@ -397,6 +408,7 @@ class Telemetry:
         self.tracer_provider = tracer_provider if tracer_provider is not None else trace.NoOpTracerProvider()
         self.tracer: Tracer = self.tracer_provider.get_tracer("talkmesh", talkmesh.__version__)
         self.metrics.build_info.labels(service, talkmesh.__version__).set(1)
+        self.metrics.ready.labels(service).set(0)  # (the host sets it: ServiceHost, the web edge)
         self.metrics.streams_active.labels(service).set(0)
         self.metrics.unary_active.labels(service).set(0)
 

@@ -290,6 +290,66 @@ async def test_drain_refuses_new_streams_and_finishes_in_flight():
             await stopping
 
 
+class WarmingService(ToyService):
+    """A toy service that warms up until told, and calls a stage (its health decides readiness)."""
+
+    def __init__(self, telemetry: Telemetry, stage: grpc.aio.Channel) -> None:
+        super().__init__(telemetry)
+        self.stage = stage
+        self.warming = asyncio.Event()
+        self.warm = asyncio.Event()
+
+    async def start(self) -> None:
+        self.warming.set()
+        await self.warm.wait()
+
+    def dependencies(self):
+        return {"stage": self.stage}
+
+
+async def test_talkmesh_ready_follows_readiness_through_warm_up_a_stage_down_and_the_drain():
+    """`talkmesh_ready` is 1 exactly while health "" says SERVING: 0 while warming up, 0 while a
+    stage it calls does not answer (the pod runs, is scraped, and is not Ready: what
+    TalkmeshNotReady alerts on when no replica of a service is ready), 1 again, 0 once draining."""
+    from talkmesh.common.server import ServiceHost
+
+    async def readiness() -> tuple[float | None, int]:
+        gauge = tel.metrics.registry.get_sample_value("talkmesh_ready", {"service": "toy"})
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        return gauge, answer.status
+
+    async def until(serving: bool) -> None:
+        want = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for _ in range(200):  # up to 10 s: two missed checks, or the channel's reconnect backoff
+            if (await readiness())[1] == want:
+                break
+            await asyncio.sleep(0.05)
+        assert await readiness() == (1 if serving else 0, want)
+
+    tel = Telemetry("toy")
+    assert tel.metrics.registry.get_sample_value("talkmesh_ready", {"service": "toy"}) == 0  # from the start
+    async with contextlib.AsyncExitStack() as stack:
+        stage_host = await stack.enter_async_context(serve(ToyService(Telemetry("stage"))))
+        stage = await stack.enter_async_context(create_channel(stage_host.address))
+        svc = WarmingService(tel, stage)
+        host = ServiceHost(svc, ServerConfig(port=0, dependency_check_seconds=0.1, grace_seconds=1.0))
+        starting = asyncio.create_task(host.start())
+        stack.push_async_callback(host.stop)
+        await svc.warming.wait()
+        ch = await stack.enter_async_context(create_channel(f"127.0.0.1:{host.port}"))
+        health = health_pb2_grpc.HealthStub(ch)
+        await until(False)  # serving health checks, warming up
+        svc.warm.set()
+        await starting
+        await until(True)
+        await stage_host.health.set("liveness", health_pb2.HealthCheckResponse.NOT_SERVING)  # the stage is down
+        await until(False)
+        await stage_host.health.set("liveness", health_pb2.HealthCheckResponse.SERVING)  # ... and back
+        await until(True)
+        await host.stop(grace=0)
+        assert tel.metrics.registry.get_sample_value("talkmesh_ready", {"service": "toy"}) == 0
+
+
 async def test_metrics_endpoint_serves_the_service_registry():
     import urllib.request
 

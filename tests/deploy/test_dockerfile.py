@@ -92,7 +92,7 @@ def test_runtime_is_non_root_with_grpc_healthcheck_and_serve_entrypoint(target: 
     (health,) = effective(df, target, "HEALTHCHECK")
     cmd = shlex.split(health[health.index("CMD") + 3 :])
     assert cmd[:3] == ["python", "-m", "talkmesh.healthcheck"]
-    assert cmd[3:] == ["--service", "$TALKMESH_SERVICE", "--config", "/etc/talkmesh/config.yaml"]
+    assert cmd[3:] == ["--service", "$TALKMESH_SERVICE", "--config", "/etc/talkmesh/config.yaml", "--check", "liveness"]
     (entry,) = effective(df, target, "ENTRYPOINT")
     entry_cmd = json.loads(entry)
     assert entry_cmd[:2] == ["/bin/sh", "-c"] and entry_cmd[2] == ENTRYPOINT
@@ -105,6 +105,31 @@ def test_runtime_is_non_root_with_grpc_healthcheck_and_serve_entrypoint(target: 
     copies = effective(df, target, "COPY")
     assert "deploy/k8s/base/config/${SERVICE}.yaml /etc/talkmesh/config.yaml" in copies
     assert effective(df, target, "STOPSIGNAL") == ["SIGTERM"]
+
+
+def _seconds(value: str) -> float:
+    assert value.endswith("s"), value
+    return float(value[:-1])
+
+
+def test_the_healthcheck_is_the_liveness_probe() -> None:
+    """The image's HEALTHCHECK asked for readiness (a gateway whose stage is down, a service warming
+    up: "unhealthy") while Kubernetes restarts on liveness. It checks liveness now, with the
+    livenessProbe's interval, timeout and retries, after the startupProbe's budget."""
+    from tests.deploy.manifests import render, service_containers
+
+    (health,) = [i for s in dockerfile().chain("cpu") for i in s.instructions if i.op == "HEALTHCHECK"]
+    options = dict(f.removeprefix("--").split("=", 1) for f in health.flags)
+    budgets = []
+    for service, _, c in service_containers(render("cpu")):
+        startup, liveness = c["startupProbe"], c["livenessProbe"]
+        # (what `--check liveness` asks: gRPC health "liveness", the web edge's /healthz)
+        assert liveness.get("grpc", {}).get("service") == "liveness" or liveness["httpGet"]["path"] == "/healthz"
+        budgets.append(startup["periodSeconds"] * startup["failureThreshold"])
+        assert _seconds(options["interval"]) == liveness["periodSeconds"], service
+        assert _seconds(options["timeout"]) == liveness["timeoutSeconds"], service
+        assert int(options["retries"]) == liveness["failureThreshold"], service
+    assert _seconds(options["start-period"]) == max(budgets)  # one image per service, one Dockerfile
 
 
 def test_gpu_target_checks_its_libraries_and_cpu_target_does_not_carry_them() -> None:

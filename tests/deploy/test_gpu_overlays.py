@@ -96,7 +96,36 @@ def test_gpus_only_for_the_renderer_and_the_encoder_in_gpu_overlays(overlay: str
             wants = overlay in GPU_OVERLAYS and service in {"renderer", "encoder"}
             assert gpu_count(c) == (1 if wants else 0), f"{overlay}: {dep['metadata']['name']}/{c['name']}"
         if not any(gpu_count(c) for c in containers(dep)):
-            assert "affinity" not in spec and "tolerations" not in spec and "runtimeClassName" not in spec
+            assert "tolerations" not in spec and "runtimeClassName" not in spec
+            # in the GPU overlays, on nodes without a GPU (components/cpu-nodes); anywhere in cpu
+            assert spec.get("affinity") == (CPU_NODES if overlay in GPU_OVERLAYS else None), dep["metadata"]["name"]
+
+
+#: The CPU services' node affinity in the GPU overlays: no GPU Feature Discovery GPU count on the node.
+CPU_NODES = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "nvidia.com/gpu.count", "operator": "DoesNotExist"}]}]
+        }
+    }
+}
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_cpu_services_stay_off_the_gpu_nodes(overlay: str) -> None:
+    """The GPU overlays said tts, audio_features and the gateway stay on CPU nodes, but nothing kept
+    them (or web) off a GPU node sized for its media pods. They require a node without the label
+    GPU Feature Discovery gives every GPU node, one the GPU pods themselves select on."""
+    docs = render(overlay)
+    for service in ("gateway", "web", "tts", "audio_features"):
+        dep, _ = runs(docs, service)
+        assert pod_spec(dep).get("affinity") == CPU_NODES, f"{overlay}: {service}"
+    terms = CPU_NODES["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    (expression,) = terms[0]["matchExpressions"]
+    # a label of GFD's (not the GPU Operator's nvidia.com/gpu.present), which the media pods select on
+    gfd = re.search(r"The overlays match\sonly GFD labels: (.*?)\.\s", (REPO / "docs" / "DEPLOY.md").read_text(), re.S)
+    assert gfd is not None and f"`{expression['key']}`" in gfd.group(1)
+    assert expression["key"] in expressions(runs(render("gpu"), "renderer")[0])
 
 
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)
@@ -180,13 +209,25 @@ def test_the_renderer_pins_its_providers_and_runs_a_neural_backend_with_its_mode
     (check,) = [c for c in pod_spec(dep).get("initContainers", []) if c["name"] == "check-models"]
     files = {f"{model_dir}/{name}" for name, _ in MUSETALK_FILES.values()}
     assert set(check["command"][4:]) == files
-    assert "model file $f is missing" in check["command"][2]
+    assert "python -m talkmesh.modelcheck" in check["command"][2]  # external data too (test_modelcheck.py)
     assert check["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert mounts_of(check)["/models"]["name"] == mount["name"]
     af_dep, af = runs(docs, "audio_features")
     whisper = env_of(af)["TALKMESH_AUDIO_FEATURES__WHISPER_ENCODER__PATH"]
     (af_check,) = [c for c in pod_spec(af_dep).get("initContainers", []) if c["name"] == "check-models"]
     assert af_check["command"][4:] == [whisper]
+
+
+def test_the_neural_component_says_the_access_modes_its_claims_ask_for() -> None:
+    """Its comments said ReadOnlyMany for the models claim, which asks for ReadWriteMany (the upload
+    pod fills it through the claim; docs/DEPLOY.md, "Model files")."""
+    component = DEPLOY / "k8s" / "components" / "neural"
+    claims = [d for d in yaml.safe_load_all((component / "pvc.yaml").read_text()) if d]
+    asked = {mode for claim in claims for mode in claim["spec"]["accessModes"]}
+    text = (component / "kustomization.yaml").read_text()
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    named = set(re.findall(r"\bRead(?:Only|Write)(?:Once|Many)\b|\bReadWriteOncePod\b", comments))
+    assert named == asked == {"ReadWriteMany"}
 
 
 @pytest.mark.parametrize("overlay", GPU_OVERLAYS)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +75,13 @@ def grace_seconds(docs: list[dict[str, Any]], dep: dict[str, Any], c: dict[str, 
 
 
 def prestop_seconds(c: dict[str, Any]) -> float:
+    """The longest a container's preStop hook takes: ``sleep N``, or a wait for a port to close
+    (the media pod's renderer waits for its encoder) with its bound as the last argument."""
     command = c["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep"
-    return float(command[1])
+    if command[0] == "sleep":
+        return float(command[1])
+    assert command[:2] == ["python", "-c"] and len(command) == 5, command
+    return float(command[4])
 
 
 def test_there_are_cpu_gpu_gpu_shared_and_gpu_split_overlays() -> None:
@@ -314,6 +321,54 @@ def test_colocated_drain_order_the_renderer_outlives_the_encoder(overlay: str) -
     _, encoder = runs(docs, "encoder")
     encoder_done = prestop_seconds(encoder) + grace_seconds(docs, dep, encoder)
     assert prestop_seconds(renderer) >= encoder_done
+
+
+@pytest.mark.parametrize("overlay", COLOCATED)
+def test_colocated_renderer_waits_for_its_encoder_to_stop_not_a_fixed_time(overlay: str) -> None:
+    """The renderer's preStop was `sleep 65`: every media pod took 65 s + the renderer's drain to go,
+    even with an encoder that had nothing to drain. It waits for the encoder's gRPC port in the
+    pod to close (its process stopped), at most the encoder's preStop + grace_seconds."""
+    docs = render(overlay)
+    dep, renderer = runs(docs, "renderer")
+    _, encoder = runs(docs, "encoder")
+    command = renderer["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "python" and int(command[3]) == PORTS["encoder"][0] in ports_of(encoder).values()
+    assert prestop_seconds(renderer) == prestop_seconds(encoder) + grace_seconds(docs, dep, encoder)
+    assert "127.0.0.1" in command[2], "the encoder next door, in the pod's network namespace"
+
+
+def test_the_renderers_wait_ends_when_the_encoders_port_closes_or_at_its_bound() -> None:
+    """The preStop program itself, against a socket standing for the encoder (port 0)."""
+    _, renderer = runs(render("cpu"), "renderer")
+    program = renderer["lifecycle"]["preStop"]["exec"]["command"][2]
+    started: list[subprocess.Popen[bytes]] = []
+
+    def wait(port: int, most: float) -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen([sys.executable, "-c", program, str(port), str(most)]))
+        return started[-1]
+
+    try:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+            listener.settimeout(60)
+            waiting = wait(listener.getsockname()[1], 600)
+            listener.accept()[0].close()  # it polls the port...
+            assert waiting.poll() is None  # ...and goes on while the port answers
+            listener.close()  # the encoder has stopped
+            assert waiting.wait(60) == 0  # long before its bound of 600 s
+        with socket.socket() as still:  # an encoder that never stops: the bound ends the wait
+            still.bind(("127.0.0.1", 0))
+            still.listen(8)
+            assert wait(still.getsockname()[1], 1).wait(60) == 0
+        with socket.socket() as silent:  # nothing listens (an encoder that never started): at once
+            silent.bind(("127.0.0.1", 0))
+            assert wait(silent.getsockname()[1], 600).wait(60) == 0
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 @pytest.mark.parametrize("overlay", COLOCATED)
@@ -574,6 +629,25 @@ def test_trace_resource_names_the_service_as_locally_and_the_pod(overlay: str) -
         assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"), (overlay, service)
         (pod_name,) = [e for e in env if e["name"] == "POD_NAME"]
         assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_eviction_leaves_the_gateways_every_cpu_stage(overlay: str) -> None:
+    """tts and audio_features ran one pod each: a node drain (PodDisruptionBudget maxUnavailable 1)
+    evicting it left every gateway not ready until the new pod was. They start two, as the gateway
+    and the web edge do; the cpu overlay keeps one of each on purpose, for laptop clusters, where
+    its only media pod is such a single point anyway (docs/DEPLOY.md, section 9)."""
+    docs = render(overlay)
+    media, _ = runs(docs, "renderer")
+    single_media = named(docs, "HorizontalPodAutoscaler", media["metadata"]["name"])["spec"]["maxReplicas"] == 1
+    for service in ("gateway", "web", "tts", "audio_features"):
+        dep, _ = runs(docs, service)
+        assert named(docs, "PodDisruptionBudget", dep["metadata"]["name"])["spec"]["maxUnavailable"] == 1
+        least = named(docs, "HorizontalPodAutoscaler", dep["metadata"]["name"])["spec"]["minReplicas"]
+        if overlay == "cpu" and service in ("tts", "audio_features"):
+            assert least == 1 and single_media, f"{overlay}: {service}"
+        else:
+            assert least >= 2, f"{overlay}: {service} starts {least} pod(s)"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -70,6 +70,8 @@ class SyntheticService(Service):
         m.live_underruns_total.labels("encoder").inc(2)
         m.live_late_ticks_total.labels("encoder").inc(1)
         m.live_lead_frames.labels("encoder").set(12)
+        m.live_sessions.labels("encoder", "speaking").set(3)  # the sessions of that lead (12 frames each 4)
+        m.live_sessions.labels("encoder", "idle").set(5)
         m.live_turns_total.labels("gateway", "completed").inc(4)
         m.live_turns_total.labels("gateway", "interrupted").inc(1)
         m.live_turn_start_seconds.labels("gateway").observe(0.12)
@@ -166,6 +168,13 @@ def _check_expressions(prom: PrometheusServer, with_tts: bool) -> None:
     assert ratio["gateway"] == pytest.approx(1 / 11)  # INTERNAL out of OK + INTERNAL + CANCELLED
     (active,) = prom.query(adapter_expressions()["adapter rule 0"])
     assert active["metric"] == {"pod": "synthetic-0"} and float(active["value"][1]) == 2
+    # the lead per speaking session of the pod (the gauge sums its sessions), and each live session
+    # counted once (the gateway's and the encoder's gauges both count it)
+    (lead,) = prom.query(exprs["Rendered lead per speaking session (frames ahead of the clock) / A"])
+    assert lead["metric"] == {"pod": "synthetic-0"} and float(lead["value"][1]) == 4
+    panel = prom.query(exprs["Live sessions (speaking / idle) / A"])
+    sessions = {r["metric"]["state"]: float(r["value"][1]) for r in panel}
+    assert sessions == {"speaking": 3, "idle": 5}
 
     if with_tts:
         # The real TTS service counted the request in its stage histograms and is idle again.

@@ -362,12 +362,16 @@ async def test_readiness_goes_with_the_gateways_and_comes_back_when_it_returns(c
         await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         return server, servicer, port
 
+    def gauge() -> float | None:  # talkmesh_ready, for the alert that no replica is ready
+        return host.telemetry.metrics.registry.get_sample_value("talkmesh_ready", {"service": "web"})
+
     async def until(ready: bool) -> None:
         for _ in range(200):  # up to 10 s: the channel's reconnect backoff after the gateway is back
             if host.gateway_ready == ready:
                 break
             await asyncio.sleep(0.05)
         assert host.gateway_ready == ready
+        assert gauge() == (1 if ready else 0)
         async with aiohttp.ClientSession() as http, http.get(f"{host.url}readyz") as r:
             assert r.status == (200 if ready else 503), await r.text()
 
@@ -398,9 +402,14 @@ async def test_readiness_goes_with_the_gateways_and_comes_back_when_it_returns(c
             f"gateway {target} is not ready (not answering health checks)",
             f"gateway {target} is ready",
         ]
+        host.key_refused = "UNAUTHENTICATED: no such key"  # (as _ask_key records a refusal)
+        assert gauge() == 0
+        host.key_refused = ""
+        assert gauge() == 1
     finally:
         await host.stop()
         await server.stop(0)
+    assert gauge() == 0, "a stopped (draining) edge is not ready"
 
 
 async def test_readiness_probes_at_once_ask_the_gateway_about_the_key_once() -> None:

@@ -1,0 +1,68 @@
+"""ONNX model files as files: the external data files a graph names, and whether a model file is whole.
+
+A model over 2 GB (MuseTalk's UNet) keeps its weights in an external data file beside the graph
+(``unet.onnx.data``: tools/export_musetalk.py), which the graph names in its tensors'
+``external_data`` ``location`` entries. Those are read from the serialized graph with the standard
+library only (no onnx package, no ONNX Runtime, nothing loaded), so the Kubernetes ``check-models``
+init containers (``python -m talkmesh.modelcheck``) run this in a few MiB, and the GPU budget
+(talkmesh.common.gpu) counts a model's external data without opening it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+from pathlib import Path
+
+#: Graph files larger than this hold their weights inline (no external data to look for).
+INLINE_WEIGHTS_ABOVE = 64 * 1024 * 1024
+#: StringStringEntryProto(key="location", value=...) as serialized in TensorProto.external_data.
+_LOCATION = re.compile(rb"\x0a\x08location\x12([\x01-\x7f])")
+
+
+def external_data_locations(path: Path) -> list[str]:
+    """The ``location`` of every external data file ``path``'s graph names, each once, in order;
+    [] for a model with inline weights (or a file over INLINE_WEIGHTS_ABOVE: mapped, not read)."""
+    size = path.stat().st_size
+    if size == 0 or size > INLINE_WEIGHTS_ABOVE:
+        return []
+    found: dict[str, None] = {}
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for m in _LOCATION.finditer(data):
+            n = m.group(1)[0]
+            found[data[m.end() : m.end() + n].decode("utf-8", "replace")] = None
+    return list(found)
+
+
+def _inside(directory: Path, location: str) -> Path | None:
+    """``location`` resolved in ``directory``; None when it leads out of it (not followed)."""
+    f = (directory / location).resolve()
+    return f if directory.resolve() in f.parents else None
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The existing files holding ``path``'s external tensors, inside its directory; [] for a model
+    with inline weights."""
+    files = [_inside(path.parent, loc) for loc in external_data_locations(path)]
+    return [f for f in files if f is not None and f.is_file()]
+
+
+def model_file_problems(path: Path) -> list[str]:
+    """Why ``path`` is not a whole model file, one line each naming the file: it is missing or
+    empty, or an external data file its graph names is missing, empty or outside its directory.
+    [] when it is whole (its contents are not checked: ONNX Runtime does that when it loads it)."""
+    if not path.is_file():
+        return [f"model file {path} is missing" + (" (a directory)" if path.is_dir() else "")]
+    if path.stat().st_size == 0:
+        return [f"model file {path} is empty"]
+    problems = []
+    for location in external_data_locations(path):
+        data = _inside(path.parent, location)
+        if data is None:
+            problems.append(f"model file {path} names external data {location!r} outside its directory")
+        elif not data.is_file() or data.stat().st_size == 0:
+            problems.append(
+                f"model file {path} keeps its weights in {location} beside it, which is missing or empty: "
+                "copy the model's whole directory"
+            )
+    return problems
