@@ -25,6 +25,8 @@ from talkmesh.common.gpu import (
 
 
 def model_with_weights(path: Path, n: int, *, external: bool) -> Path:
+    """A real ONNX model (y = x + w), its weights inline or in ``<name>.data`` beside it, as
+    tools/onnx_export.py writes a model over 2 GB."""
     w = numpy_helper.from_array(np.ones(n, np.float32), "w")
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])

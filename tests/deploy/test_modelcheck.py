@@ -10,30 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from talkmesh import modelcheck
 from talkmesh.common.onnx_files import external_data_locations, model_file_problems
+from tests.common.test_gpu import model_with_weights as model
 from tests.deploy.manifests import REPO, pod_spec, render, runs
-
-
-def model(path: Path, n: int, *, external: bool) -> Path:
-    """A real ONNX model (y = x + w), its weights inline or in ``<name>.data`` beside it, as
-    tools/onnx_export.py writes a model over 2 GB."""
-    w = numpy_helper.from_array(np.ones(n, np.float32), "w")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", [x], [y], [w])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    if external:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=0)  # fmt: skip
-    else:
-        onnx.save_model(proto, str(path))
-    return path
 
 
 @pytest.fixture

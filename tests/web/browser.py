@@ -125,3 +125,13 @@ async def site_of(path: str, handler: Any) -> AsyncIterator[int]:
 
 def has_chromium() -> bool:
     return shutil.which("chromium") is not None
+
+
+async def upload_on_page(page: Any, url: str, name: str, mime: str, data: bytes) -> None:
+    """Opens the page at ``url``, waits for its connection, and gives its avatar input a file
+    called ``name`` holding ``data`` (as a drop or a pick would)."""
+    from talkmesh.bench.web import wait_js
+
+    await page.goto(url)
+    await wait_js(page, "window.talkmesh.connected", timeout=15)
+    await page.set_input_files("#avatar-file", files=[{"name": name, "mimeType": mime, "buffer": data}])

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from talkmesh.bench.web import wait_js
-from tests.web.browser import browser_page
+from tests.web.browser import browser_page, upload_on_page
 from tests.web.test_page_states import Conn, fake_edge, recv_json, serve, started
 
 pytestmark = pytest.mark.timeout(60)
@@ -332,10 +332,7 @@ async def test_a_failed_upload_is_announced_once() -> None:
         fake_edge(serve, routes=[web.post("/v1/avatars", refuse)]) as edge,
         browser_page() as (page, console),
     ):
-        await page.goto(edge.url)
-        await wait_js(page, "window.talkmesh.connected", timeout=15)
-        picture = {"name": "me.png", "mimeType": "image/png", "buffer": b"\x89PNG"}
-        await page.set_input_files("#avatar-file", files=[picture])
+        await upload_on_page(page, edge.url, "me.png", "image/png", b"\x89PNG")
         await wait_js(page, "!document.getElementById('alert').hidden", timeout=5)
         assert await page.inner_text("#upload-status") == "Upload failed (me.png): no face found in the image"
         regions = await page.evaluate(LIVE_TEXTS)

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from talkmesh.bench.web import wait_js
-from tests.web.browser import browser_page
+from tests.web.browser import browser_page, upload_on_page
 from tests.web.test_page_a11y import VOICES
 from tests.web.test_page_a11y_audit import speaking
 from tests.web.test_page_states import Conn, fake_edge, refuse_old, serve
@@ -106,10 +106,7 @@ async def test_an_upload_with_a_small_face_says_so_as_the_command_line_does() ->
         fake_edge(serve, routes=[web.post("/v1/avatars", answer)]) as edge,
         browser_page() as (page, console),
     ):
-        await page.goto(edge.url)
-        await wait_js(page, "window.talkmesh.connected", timeout=15)
-        picture = {"name": "room.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff"}
-        await page.set_input_files("#avatar-file", files=[picture])
+        await upload_on_page(page, edge.url, "room.jpg", "image/jpeg", b"\xff\xd8\xff")
         await wait_js(page, "window.talkmesh.uploads.length && window.talkmesh.uploads[0].ok", timeout=5)
         status = await page.inner_text("#upload-status")
         assert status == f"avatar “room” is ready. T{warning[1:]}.", status
@@ -132,10 +129,7 @@ async def test_an_upload_without_a_face_says_what_picture_works() -> None:
         fake_edge(serve, routes=[web.post("/v1/avatars", refuse)]) as edge,
         browser_page() as (page, console),
     ):
-        await page.goto(edge.url)
-        await wait_js(page, "window.talkmesh.connected", timeout=15)
-        picture = {"name": "no_face.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff"}
-        await page.set_input_files("#avatar-file", files=[picture])
+        await upload_on_page(page, edge.url, "no_face.jpg", "image/jpeg", b"\xff\xd8\xff")
         await wait_js(page, "!document.getElementById('alert').hidden", timeout=5)
         said = f"Upload failed (no_face.jpg): no face found (0 of 1 frame(s) have a detectable face): {NO_FACE_ADVICE}"
         assert await page.inner_text("#alert") == said
