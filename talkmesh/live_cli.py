@@ -220,7 +220,7 @@ class TurnSender:
     ) -> None:
         self.session = session
         #: the turns sent and not over yet (speaking, or queued in the session): the pump takes
-        #: out those that stop; an interrupt ends them all
+        #: out those that stop; an interrupt marks them all cut (their ends are on the way)
         self.turns = OpenTurns()
         self.out = out  # where "take-1: take1.wav, 2.55 s" is said as a recording is sent
         self.t0 = time.monotonic()
