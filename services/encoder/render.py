@@ -97,7 +97,7 @@ class RingOffer:
     """
 
     def __init__(self, made: asyncio.Future[FrameRing | None]) -> None:
-        self._made = made
+        self._made: asyncio.Future[FrameRing | None] | None = made
         self._offered = False
         self._ring: FrameRing | None = None
 
@@ -109,7 +109,7 @@ class RingOffer:
     def offer(self, seq: int) -> renderer_pb2.RenderRequest | None:
         """The RenderRequest that offers the ring: once, the first time it is asked for after the
         ring is made (None before, after, or if it could not be made)."""
-        if self._offered or not self._made.done():
+        if self._offered or self._made is None or not self._made.done():
             return None
         self._offered = True
         ring = self._made.result()
@@ -139,8 +139,13 @@ class RingOffer:
             self._ring.release(frames)
 
     def close(self) -> None:
-        """Removes the ring's file now, or once the worker thread has made it."""
-        _unlink_when_made(self._made)
+        """Removes the ring's file now, or once the worker thread has made it, and lets go of the
+        ring: its mapping goes with the last view of it, even while this offer is still referenced
+        (a cancelled stream's frames sit in a reference cycle until the garbage collector runs)."""
+        if self._made is not None:
+            _unlink_when_made(self._made)
+        self._made = None
+        self._ring = None
 
 
 def _unlink_when_made(made: asyncio.Future[FrameRing | None]) -> None:
