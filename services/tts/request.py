@@ -103,7 +103,9 @@ def voice_not_found(field: str, backends: Mapping[str, TTSBackend], voice_id: st
         asked = variant.strip()
         what = f"unknown variant {asked!r}" if asked else "no variant"
         # ~100 variants: the closest spellings, else the usual ones, and where the rest are told
-        close = difflib.get_close_matches(asked.lower(), known, n=3) if asked else []
+        # (compared in lower case: eSpeak's files are spelt "Andy", "f3"; shown as they are spelt)
+        spelt = {v.lower(): v for v in known}
+        close = [spelt[v] for v in difflib.get_close_matches(asked.lower(), list(spelt), n=3)] if asked else []
         usual = [v for v in VARIANT_EXAMPLES if v in known] or known[:VARIANTS_SHOWN]
         shown = f"did you mean {', '.join(close)}?" if close else f"e.g. {', '.join(usual)}"
         hint = f"{what} after the '+' ({voice.id} itself is a voice); " + (

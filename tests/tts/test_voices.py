@@ -190,6 +190,7 @@ async def test_an_unknown_variant_is_named_with_the_variants_there_are(tts: Any)
         ("espeak:EN_US+nosuch", "unknown variant 'nosuch'", "e.g. f1, f2, f3, f4, f5, m1, m2, m3, whisper"),
         ("espeak:en-us+", "no variant", "e.g. f1, f2, f3, f4, f5, m1, m2, m3, whisper"),
         ("espeak:en-us+wisper", "unknown variant 'wisper'", "did you mean whisper"),  # a misspelt one
+        ("espeak:en-us+andi", "unknown variant 'andi'", "did you mean Andy"),  # as eSpeak spells it
     ]:
         for call in (speak(stub, bad), stub.ListVoices(tts_pb2.ListVoicesRequest(voice=bad))):
             with pytest.raises(grpc.aio.AioRpcError) as exc:
