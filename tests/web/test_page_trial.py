@@ -1,13 +1,16 @@
 """The page against the findings of a new user's trial, in Chromium against the scripted stand-in
-edge of test_page_states: Speak pressed while a voice or avatar pick settles is said in the new
-session, with the new voice (it went to the old session, which the pick's restart cut: the text was
-lost without a word); an upload whose face is small says so, as `talkmesh avatar add` does, and
-one without a face what picture works; the Events list says when it cut a spoken text short."""
+edge of test_page_states: Speak pressed while a voice or avatar pick settles, or while the pick's
+new session starts, is said in the new session, with the new voice (it went to the old session,
+which the pick's restart cut, or a click on Speak after a pick made with the arrow keys went
+nowhere: the text was lost without a word), once, and Interrupt cancels it; the audio turns wait
+for a pick to apply; an upload whose face is small says so, as `talkmesh avatar add` does, and one
+without a face what picture works; the Events list says when it cut a spoken text short."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -134,3 +137,141 @@ async def test_an_upload_without_a_face_says_what_picture_works() -> None:
         said = f"Upload failed (no_face.jpg): no face found (0 of 1 frame(s) have a detectable face): {NO_FACE_ADVICE}"
         assert await page.inner_text("#alert") == said
     assert [e for e in console.errors if "status of 400" not in e] == [], console.errors
+
+
+def slow_start(seconds: float, speak_for: float = 0.8):  # type: ignore[no-untyped-def]
+    """As ``speaking``, but every session after the first starts ``seconds`` after its config."""
+    inner = speaking(speak_for)
+
+    async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
+        if n > 1:
+            real_send = ws.send_json
+
+            async def late_started(body: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+                if "started" in body:
+                    await asyncio.sleep(seconds)
+                await real_send(body, *args, **kwargs)
+
+            ws.send_json = late_started  # type: ignore[method-assign, assignment]
+        await inner(ws, conn, n)
+
+    return script
+
+
+async def test_a_voice_picked_with_the_arrow_keys_then_speak_clicked_is_said_in_the_new_voice() -> None:
+    """Leaving the picker applies a key pick at once (a 0 ms timer): the new session's restart
+    made Speak unavailable before the click arrived, and the click was swallowed without a word.
+    (A new session takes a moment to start, here 1 s: one that started at once hid it.)"""
+    text = "Said in the voice picked with the keys."
+    async with fake_edge(slow_start(1.0), voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", text)
+        await page.focus("#voice-select")
+        await page.keyboard.press("ArrowDown")
+        assert await page.input_value("#voice-select") == "espeak:v0"
+        # a person's click: the picker's blur (on mousedown) comes a moment before the click (mouseup)
+        await page.click("#speak", delay=80)
+        await wait_js(page, "window.talkmesh.turns.t1 && window.talkmesh.turns.t1.startFrame != null", timeout=5)
+        assert len(edge.conns) == 2
+        assert edge.conns[1].received[0]["config"]["voice"] == "espeak:v0"
+        assert texts(edge.conns[0]) == [] and texts(edge.conns[1]) == [text], "said once, in the new session"
+        assert await page.evaluate("window.talkmesh.unsent") == []
+    assert console.errors == [], console.errors
+
+
+async def test_a_voice_picked_with_the_arrow_keys_then_tab_and_enter_on_speak_is_said() -> None:
+    text = "Said after Tab and Enter."
+    async with fake_edge(slow_start(1.0), voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", text)
+        await page.focus("#voice-select")
+        await page.keyboard.press("ArrowDown")
+        await page.focus("#speak")  # (Tab: the picker loses the focus, the pick applies at once)
+        await asyncio.sleep(0.1)  # (a person presses Enter a moment later)
+        await page.keyboard.press("Enter")
+        await wait_js(page, "window.talkmesh.turns.t1 && window.talkmesh.turns.t1.startFrame != null", timeout=5)
+        assert edge.conns[1].received[0]["config"]["voice"] == "espeak:v0"
+        assert texts(edge.conns[0]) == [] and texts(edge.conns[1]) == [text]
+    assert console.errors == [], console.errors
+
+
+async def test_speak_while_the_picks_new_session_starts_is_held_for_it() -> None:
+    """After the pick applied, before the new session started (which can take seconds), Speak was
+    unavailable (a click went nowhere) and Ctrl+Enter said "Not sent"."""
+    text = "Held until the new session starts."
+    async with fake_edge(slow_start(1.5), voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", text)
+        await page.select_option("#voice-select", "espeak:v2")
+        await wait_js(page, "window.talkmesh.connects.length === 2", timeout=5)
+        assert not await page.evaluate("window.talkmesh.connected")
+        assert await page.get_attribute("#speak", "aria-disabled") is None, "Speak stays usable"
+        await page.click("#speak")
+        await page.press("#text", "Control+Enter")  # again: it is queued already, not "Not sent"
+        alert = await page.inner_text("#alert")
+        assert "Not sent" not in alert and "queued" in alert.lower(), alert
+        await wait_js(page, "window.talkmesh.turns.t1 && window.talkmesh.turns.t1.startFrame != null", timeout=5)
+        await asyncio.sleep(0.3)
+        assert texts(edge.conns[0]) == [] and texts(edge.conns[1]) == [text], "said once, in the new session"
+        assert edge.conns[1].received[0]["config"]["voice"] == "espeak:v2"
+        assert await page.evaluate("window.talkmesh.unsent") == []
+    assert console.errors == [], console.errors
+
+
+async def test_speak_twice_while_a_pick_settles_is_said_once() -> None:
+    """The second press said "Not sent… press Speak again", and the first was said all the same:
+    following the advice said it twice."""
+    text = "Only once, please."
+    async with fake_edge(slow_start(1.0), voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", text)
+        await page.select_option("#voice-select", "espeak:v1")
+        await page.click("#speak")
+        await page.press("#text", "Control+Enter")
+        alert = await page.inner_text("#alert")
+        assert "Not sent" not in alert and "queued" in alert.lower(), alert
+        await wait_js(page, "window.talkmesh.turns.t1 && window.talkmesh.turns.t1.startFrame != null", timeout=5)
+        await asyncio.sleep(0.3)
+        assert texts(edge.conns[1]) == [text] and await page.evaluate("Object.keys(window.talkmesh.turns)") == ["t1"]
+    assert console.errors == [], console.errors
+
+
+@pytest.mark.parametrize("how", ["Escape", "button"])
+async def test_interrupt_cancels_a_text_held_for_the_picks_new_session(how: str) -> None:
+    text = "Never mind."
+    async with fake_edge(slow_start(1.5), voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.fill("#text", text)
+        await page.select_option("#voice-select", "espeak:v3")
+        await page.click("#speak")
+        assert not await page.evaluate("window.talkmesh.connected")
+        if how == "Escape":
+            await page.press("#text", "Escape")
+        else:
+            await page.click("#interrupt")
+        assert f"cancelled (interrupt): {text}" in await page.inner_text("#events")
+        await wait_js(page, "window.talkmesh.connected", timeout=5)
+        await asyncio.sleep(0.5)
+        assert texts(edge.conns[1]) == [], "the new session does not say a cancelled text"
+        assert await page.get_attribute("#interrupt", "aria-disabled") is None  # (live again)
+    assert console.errors == [], console.errors
+
+
+async def test_the_audio_file_and_microphone_wait_for_a_pick_to_apply() -> None:
+    """They went to the old session, which the pick's restart cut a moment later."""
+    async with fake_edge(serve, voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        await page.select_option("#voice-select", "espeak:v4")
+        for control in ("#audio-file", "#mic"):
+            assert await page.get_attribute(control, "aria-disabled") == "true", control
+        await wait_js(page, "window.talkmesh.connects.length === 2 && window.talkmesh.connected", timeout=5)
+        for control in ("#audio-file", "#mic"):
+            assert await page.get_attribute(control, "aria-disabled") is None, control
+        assert len(edge.conns) == 2
+    assert console.errors == [], console.errors

@@ -132,7 +132,8 @@
   let quietBy = 0; // ... performance.now() by which it applies even if the avatar still speaks
   let keyPick = false; // a picker was changed by a key press and the change has not applied yet
   let pickPending = false; // a picker was changed and the change has not applied yet (either way)
-  let speakAfterStart = null; // the text of a Speak pressed while a pick settled: the new session says it
+  let pickRestart = false; // a pick applied: its new session has not started yet (Speak holds the text for it)
+  let heldTexts = []; // texts of Speak pressed while a pick settled or its session started: the new session says them
   let keepAliveTimer = null;
   let rushTo = null; // media time playback rushes to (speech_seek=2)
   let seekCost = 0.2; // s, the measured cost of a speech seek (see SPEECH_SEEK_MIN)
@@ -206,7 +207,10 @@
     tm.access = err;
     clearTimeout(reconnectTimer);
     clearTimeout(pickTimer);
+    pickPending = false; // (the pick applies with the session a new token starts)
+    pickRestart = false;
     dropPendingSpeak("access refused");
+    setControls(tm.connected);
     if (!tm.connected) { // a running session outlives its token: it plays on (no reconnection after it)
       clearInterval(countdown);
       setControls(false);
@@ -287,9 +291,13 @@
     else el.setAttribute("aria-disabled", "true");
   }
   // Speak, Interrupt and the audio turns need a session; the badge and the video say there is none.
+  // While a pick's new session starts, Speak holds the text for it and Interrupt cancels a held
+  // text; the audio turns wait for a pick to apply (they would go to the session its restart cuts).
   function setControls(live) {
-    for (const id of ["speak", "interrupt", "audio-file"]) setAvailable($(id), live);
-    if (!mic && !micOpening) setAvailable($("mic"), live);
+    setAvailable($("speak"), live || pickRestart);
+    setAvailable($("interrupt"), live || heldTexts.length > 0);
+    setAvailable($("audio-file"), live && !pickPending);
+    if (!mic && !micOpening) setAvailable($("mic"), live && !pickPending);
     video.parentElement.classList.toggle("offline", !live);
     $("state").classList.toggle("offline", !live);
     if (!live) {
@@ -596,6 +604,7 @@
     clearTimeout(pickTimer);
     keyPick = false; // (the new session takes the pickers as they are)
     pickPending = false;
+    pickRestart = pickRestart || reason === "picker"; // (until the session starts or fails)
     // (a turn of the old session that had not ended is cut: said in the Events list)
     const cut = Object.entries(tm.turns).filter(([, t]) => t.stopFrame == null).map(([id]) => id);
     if (cut.length && tm.connected) logEvent(`${cut.join(", ")} cut: a new session starts (${tm.connects.at(-1).reason})`);
@@ -715,6 +724,7 @@
       else status = { code: "CLOSED", message: `closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})` };
     }
     if (!tm.status) logEvent(`session ended: ${status.code} ${status.message || ""}`);
+    pickRestart = false;
     const lost = dropPendingSpeak("the new session did not start");
     let wait;
     if (catchingUp || draining) {
@@ -805,6 +815,7 @@
       tm.started = s;
       tm.fps = s.fps_numerator / (s.fps_denominator || 1);
       tm.connected = true;
+      pickRestart = false;
       sessionStartedAt = performance.now();
       if (s.frame0_unix_seconds) noteClock(Date.now() / 1000 - Number(s.frame0_unix_seconds));
       if (s.max_text_chars) textLimit = Number(s.max_text_chars);
@@ -815,11 +826,9 @@
       setConnection(liveHeader, "Connected"); // (the session's details are in the header, not read out)
       logEvent(`started ${s.width}x${s.height} ${s.mime_type}`);
       setupMedia(s.mime_type);
-      if (speakAfterStart !== null) { // Speak was pressed while a pick settled: said with the new pick
-        const text = speakAfterStart;
-        speakAfterStart = null;
-        sendTurn(text);
-      }
+      const held = heldTexts; // Speak was pressed while a pick applied: said with the new pick
+      heldTexts = [];
+      for (const text of held) sendTurn(text);
       return;
     }
     if (msg.event) {
@@ -1038,7 +1047,10 @@
   // Without a session a turn is not sent and not queued (it would be spoken late, out of the
   // conversation, by a new session): the user is told and the text stays in the box. Speak while a
   // pick settles applies the pick at once and the new session says the text (the old one would be
-  // cut by the restart a moment later); should that session not start, the user is told.
+  // cut by the restart a moment later); Speak after the pick applied, before its new session has
+  // started, holds the text for it too (heldTexts). The same text again is not held twice: the
+  // user is told it is queued. Interrupt cancels what is held; should the new session not start,
+  // the user is told.
   function speak() {
     const text = $("text").value.trim();
     if (!text) {
@@ -1053,18 +1065,18 @@
       logEvent(`speak refused in the page: ${chars} > ${limit} characters`);
       return;
     }
-    if (!tm.connected || !ws || ws.readyState !== WebSocket.OPEN) {
+    const live = tm.connected && ws && ws.readyState === WebSocket.OPEN;
+    if ((pickRestart || (pickPending && live)) && !accessRefused) {
+      // A voice or avatar picked a moment ago (not applied yet): the text would go to the old
+      // session, which the pick's restart cuts. The pick applies now, and the new session says it.
+      if (pickPending) connect("picker");
+      hold(text);
+      return;
+    }
+    if (!live) {
       tm.unsent.push({ at: performance.now(), text });
       showAlert("Not sent: there is no live session right now. Press Speak again once reconnected.");
       logEvent(`NOT sent (no session): ${clip(text)}`);
-      return;
-    }
-    if (pickPending && !accessRefused) {
-      // A voice or avatar picked a moment ago (not applied yet): the text would go to the old
-      // session, which the pick's restart cuts. The pick applies now, and the new session says it.
-      speakAfterStart = text;
-      logEvent(`speak: the voice or avatar just picked applies first, then the new session says: ${clip(text)}`);
-      connect("picker");
       return;
     }
     sendTurn(text);
@@ -1078,17 +1090,37 @@
     logEvent(`speak ${currentTurn}: ${clip(text)}`);
   }
 
-  // A text held for the session a pick starts (speakAfterStart), when that session does not come:
+  // A text for the session a pick starts: said when it starts (the same text again is queued already).
+  function hold(text) {
+    if (heldTexts.includes(text)) {
+      showAlert("Queued already: the avatar says your text once the new voice or avatar is ready.", "queued");
+      logEvent(`speak: queued already for the new session: ${clip(text)}`);
+      return;
+    }
+    heldTexts.push(text);
+    logEvent(`speak: the voice or avatar just picked applies first, then the new session says: ${clip(text)}`);
+    setControls(tm.connected); // (Interrupt can cancel it)
+  }
+
+  // The texts held for the session a pick starts (heldTexts), when that session does not come:
   // recorded as not sent (window.talkmesh.unsent) and logged; true if there was one (the caller says so).
   function dropPendingSpeak(why) {
-    if (speakAfterStart === null) return false;
-    tm.unsent.push({ at: performance.now(), text: speakAfterStart });
-    logEvent(`NOT sent (${why}): ${clip(speakAfterStart)}`);
-    speakAfterStart = null;
+    if (!heldTexts.length) return false;
+    for (const text of heldTexts) {
+      tm.unsent.push({ at: performance.now(), text });
+      logEvent(`NOT sent (${why}): ${clip(text)}`);
+    }
+    heldTexts = [];
     return true;
   }
 
   function interrupt() {
+    if (heldTexts.length) { // texts held for a pick's new session: it does not say them
+      for (const text of heldTexts) logEvent(`cancelled (interrupt): ${clip(text)}`);
+      heldTexts = [];
+      if ($("alert").dataset.kind === "queued") clearAlert(); // ("Queued already…" is not true now)
+      setControls(tm.connected);
+    }
     if (!tm.connected) return;
     tm.interrupts.push({ pressed: performance.now() });
     for (const job of fileSends) job.stopped = true; // the rest of an interrupted file is not sent
@@ -1281,7 +1313,7 @@
       showError(`microphone: ${err.message}`);
     } finally {
       micOpening = false;
-      setAvailable(button, !!mic || tm.connected);
+      setAvailable(button, !!mic || (tm.connected && !pickPending));
     }
   }
 
@@ -1500,6 +1532,7 @@
       showWhole(select);
       keyPick = stepping;
       pickPending = true;
+      setControls(tm.connected); // (the audio turns wait for it to apply)
       settled("picker", stepping ? KEY_SETTLE_MS : PICK_SETTLE_MS);
       stepping = false;
     });
