@@ -47,9 +47,7 @@ def texts(conn: Conn) -> list[str]:
 async def test_speak_while_a_pick_settles_is_said_by_the_new_session_in_the_new_voice() -> None:
     text = "Said in the voice just picked."
     async with fake_edge(speaking(0.8), voices=VOICES) as edge, browser_page() as (page, console):
-        await page.goto(edge.url)
-        await wait_js(page, "window.talkmesh.connected", timeout=15)
-        await page.fill("#text", text)
+        await opened_with(page, edge.url, text)
         await page.select_option("#voice-select", "espeak:v2")
         picked = time.monotonic()
         await asyncio.sleep(0.3)
@@ -158,15 +156,20 @@ def slow_start(seconds: float, speak_for: float = 0.8):  # type: ignore[no-untyp
     return script
 
 
+async def opened_with(page: Any, url: str, text: str) -> None:
+    """The page at ``url``, its session live, ``text`` typed in its text box."""
+    await page.goto(url)
+    await wait_js(page, "window.talkmesh.connected", timeout=15)
+    await page.fill("#text", text)
+
+
 async def test_a_voice_picked_with_the_arrow_keys_then_speak_clicked_is_said_in_the_new_voice() -> None:
     """Leaving the picker applies a key pick at once (a 0 ms timer): the new session's restart
     made Speak unavailable before the click arrived, and the click was swallowed without a word.
     (A new session takes a moment to start, here 1 s: one that started at once hid it.)"""
     text = "Said in the voice picked with the keys."
     async with fake_edge(slow_start(1.0), voices=VOICES) as edge, browser_page() as (page, console):
-        await page.goto(edge.url)
-        await wait_js(page, "window.talkmesh.connected", timeout=15)
-        await page.fill("#text", text)
+        await opened_with(page, edge.url, text)
         await page.focus("#voice-select")
         await page.keyboard.press("ArrowDown")
         assert await page.input_value("#voice-select") == "espeak:v0"
@@ -183,9 +186,7 @@ async def test_a_voice_picked_with_the_arrow_keys_then_speak_clicked_is_said_in_
 async def test_a_voice_picked_with_the_arrow_keys_then_tab_and_enter_on_speak_is_said() -> None:
     text = "Said after Tab and Enter."
     async with fake_edge(slow_start(1.0), voices=VOICES) as edge, browser_page() as (page, console):
-        await page.goto(edge.url)
-        await wait_js(page, "window.talkmesh.connected", timeout=15)
-        await page.fill("#text", text)
+        await opened_with(page, edge.url, text)
         await page.focus("#voice-select")
         await page.keyboard.press("ArrowDown")
         await page.focus("#speak")  # (Tab: the picker loses the focus, the pick applies at once)
@@ -202,9 +203,7 @@ async def test_speak_while_the_picks_new_session_starts_is_held_for_it() -> None
     unavailable (a click went nowhere) and Ctrl+Enter said "Not sent"."""
     text = "Held until the new session starts."
     async with fake_edge(slow_start(1.5), voices=VOICES) as edge, browser_page() as (page, console):
-        await page.goto(edge.url)
-        await wait_js(page, "window.talkmesh.connected", timeout=15)
-        await page.fill("#text", text)
+        await opened_with(page, edge.url, text)
         await page.select_option("#voice-select", "espeak:v2")
         await wait_js(page, "window.talkmesh.connects.length === 2", timeout=5)
         assert not await page.evaluate("window.talkmesh.connected")
@@ -226,9 +225,7 @@ async def test_speak_twice_while_a_pick_settles_is_said_once() -> None:
     following the advice said it twice."""
     text = "Only once, please."
     async with fake_edge(slow_start(1.0), voices=VOICES) as edge, browser_page() as (page, console):
-        await page.goto(edge.url)
-        await wait_js(page, "window.talkmesh.connected", timeout=15)
-        await page.fill("#text", text)
+        await opened_with(page, edge.url, text)
         await page.select_option("#voice-select", "espeak:v1")
         await page.click("#speak")
         await page.press("#text", "Control+Enter")
@@ -244,9 +241,7 @@ async def test_speak_twice_while_a_pick_settles_is_said_once() -> None:
 async def test_interrupt_cancels_a_text_held_for_the_picks_new_session(how: str) -> None:
     text = "Never mind."
     async with fake_edge(slow_start(1.5), voices=VOICES) as edge, browser_page() as (page, console):
-        await page.goto(edge.url)
-        await wait_js(page, "window.talkmesh.connected", timeout=15)
-        await page.fill("#text", text)
+        await opened_with(page, edge.url, text)
         await page.select_option("#voice-select", "espeak:v3")
         await page.click("#speak")
         assert not await page.evaluate("window.talkmesh.connected")
