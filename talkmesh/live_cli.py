@@ -285,6 +285,9 @@ class TurnSender:
 
     async def interrupt(self) -> None:
         self.cuts += 1  # lines queued (or waiting for room) before now are dropped as they come
+        if self.lines_waiting and self.out is not None:  # (said: a script's lines vanished silently)
+            at = f"{time.monotonic() - self.t0:7.2f}s"
+            print(f"{at}  dropped   {self.lines_waiting} line(s) not sent yet", file=self.out, flush=True)
         self.lines_waiting = 0
         self.recordings.clear()
         self.turns.interrupted()  # (counted for room until their ends come, as the gateway does)

@@ -898,6 +898,8 @@ async def test_the_live_command_plays_a_script_longer_than_the_turns_a_session_m
         else:  # (lines read before the interrupt and not sent yet are dropped with it)
             assert stopped == [f"turn-{i}" for i in range(1, len(stopped) + 1)], text
             assert text.count("(completed") == 2 and "Line four." in text and "Line five." in text, text
+            dropped = [line for line in text.splitlines() if " dropped " in line]
+            assert len(dropped) <= 1 and all(line.endswith("line(s) not sent yet") for line in dropped), text
 
 
 def test_the_turn_input_timeout_is_validated() -> None:

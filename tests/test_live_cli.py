@@ -352,7 +352,10 @@ def test_a_caption_shows_the_clause_being_spoken() -> None:
 
 async def test_an_interrupt_drops_the_recordings_and_lines_not_sent_yet() -> None:
     """A stranger's review: an empty line while recording A played stopped A, then recording B and
-    the lines typed meanwhile were sent and played (the sender still had them)."""
+    the lines typed meanwhile were sent and played (the sender still had them). The lines dropped
+    are said (a script piped in lost them without a word)."""
+    import io
+
     from talkmesh.live_cli import Recording, TurnSender
 
     class Session:
@@ -376,7 +379,9 @@ async def test_an_interrupt_drops_the_recordings_and_lines_not_sent_yet() -> Non
             self.cut.set()
 
     session = Session()
-    sender = TurnSender(session, [Recording("a.wav", b"A", 16000), Recording("b.wav", b"B", 16000)])  # type: ignore[arg-type]
+    said = io.StringIO()
+    takes = [Recording("a.wav", b"A", 16000), Recording("b.wav", b"B", 16000)]
+    sender = TurnSender(session, takes, said)  # type: ignore[arg-type]
     try:
         async with asyncio.timeout(10):  # hang guard
             while not session.log:
@@ -389,6 +394,7 @@ async def test_an_interrupt_drops_the_recordings_and_lines_not_sent_yet() -> Non
                 await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
         assert session.log == [("audio", b"A"), ("interrupt", ""), ("text", "after the interrupt")]
+        assert "dropped   1 line(s) not sent yet" in said.getvalue(), said.getvalue()  # (it was dropped silently)
         assert not sender.pending
         # the end of input given, then an interrupt (Ctrl-C after Ctrl-D): the sender still ends
         assert await sender.offer("one more")
