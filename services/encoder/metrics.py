@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from talkmesh.common.telemetry import LiveState
+
+__all__ = ["LiveState", "Queue", "Stage"]
+
 
 class Stage(StrEnum):
     """``talkmesh_stage_duration_seconds{stage}``."""
@@ -30,12 +34,3 @@ class Queue(StrEnum):
     INPUT = "input"
     #: the renderer's input of a stream whose frames the encoder pulls
     RENDER_INPUT = "render_input"
-
-
-class LiveState(StrEnum):
-    """``talkmesh_live_sessions{state}`` of the live sessions this encoder encodes (the gateway
-    counts the sessions it owns under the same name: a session is in both)."""
-
-    #: a turn is playing (its frames make ``talkmesh_live_lead_frames``)
-    SPEAKING = "speaking"
-    IDLE = "idle"

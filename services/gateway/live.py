@@ -90,7 +90,7 @@ from talkmesh.common.names import check_id, check_text, check_voice_settings
 from talkmesh.common.principal import current_principal, restricted
 from talkmesh.common.propagation import StageNotes, adopt_request_id
 from talkmesh.common.streams import RequestStream
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import LiveSessionState, Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import encoder_pb2 as epb
@@ -324,6 +324,8 @@ class LiveSession:
         self.reported_failed: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)
         self.end_requested = asyncio.Event()
         self.speaking = False
+        #: speaking or idle in talkmesh_live_sessions (counted from its start: LiveHub.session)
+        self.state = LiveSessionState(hub.telemetry)
         #: the turns left open were told they failed (_ended_by_failure)
         self.failure_told = False
         # for watchers: what a late joiner needs first
@@ -476,7 +478,6 @@ class LiveSession:
 
     # -- encoder output ----------------------------------------------------------------------
     async def _pump_encoder(self, encoder: Stream) -> None:
-        sessions = self.telemetry.metrics.live_sessions
         async for msg in encoder:
             kind = msg.WhichOneof("kind")
             if kind == "media":
@@ -490,7 +491,7 @@ class LiveSession:
                 ev = msg.event
                 which = ev.WhichOneof("kind")
                 if which == "speaking_started":
-                    self._set_speaking(True, sessions)
+                    self._set_speaking(True)
                     started = self.turns.get(ev.speaking_started.turn_id)
                     if started is not None and started.alone:
                         started.alone = False
@@ -498,7 +499,7 @@ class LiveSession:
                             time.monotonic() - started.received
                         )
                 elif which == "speaking_stopped":
-                    self._set_speaking(False, sessions)
+                    self._set_speaking(False)
                     body = ev.speaking_stopped
                     self._count_end(body.reason)
                     stopped = self.turns.get(body.turn_id)
@@ -540,14 +541,12 @@ class LiveSession:
         if name in TurnEnd.__members__.values():
             self.telemetry.metrics.live_turns_total.labels(self.telemetry.service, name).inc()
 
-    def _set_speaking(self, speaking: bool, sessions: Any) -> None:
+    def _set_speaking(self, speaking: bool) -> None:
         if speaking == self.speaking:
             return
         self.speaking = speaking
         self.last_message = time.monotonic()  # the idle clock starts when speech ends
-        svc = self.telemetry.service
-        sessions.labels(svc, LiveState.SPEAKING if speaking else LiveState.IDLE).inc()
-        sessions.labels(svc, LiveState.IDLE if speaking else LiveState.SPEAKING).dec()
+        self.state.set(LiveState.SPEAKING if speaking else LiveState.IDLE)
 
     def _turn_over(self, turn_id: str) -> None:
         """The turn ended on the encoder (its speaking_stopped), whatever the reason: its sending
@@ -1185,8 +1184,7 @@ class LiveHub:
         principal = current_principal.get()
         if principal is not None:
             self.session_keys[session_id] = principal.name
-        svc = self.telemetry.service
-        self.telemetry.metrics.live_sessions.labels(svc, LiveState.IDLE).inc()
+        session.state.set(LiveState.IDLE)
         try:
             async for msg in session.run(stream):
                 yield msg
@@ -1196,8 +1194,7 @@ class LiveHub:
         finally:
             self.sessions.pop(session_id, None)
             self.session_keys.pop(session_id, None)
-            state = LiveState.SPEAKING if session.speaking else LiveState.IDLE
-            self.telemetry.metrics.live_sessions.labels(svc, state).dec()
+            session.state.set(None)
 
     def _voice_check_timeout(self) -> float:
         """A voice check is a lookup that answers in milliseconds: a TTS that has not answered

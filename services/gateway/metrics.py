@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from talkmesh.common.telemetry import LiveState
+
+__all__ = ["LiveState", "Queue", "Stage", "TurnEnd"]
+
 
 class Stage(StrEnum):
     """``talkmesh_stage_duration_seconds{stage}`` of a Speak (and its ``SpeakSummary.stages``)."""
@@ -26,14 +30,6 @@ class Queue(StrEnum):
     TO_ENCODER = "gateway_to_encoder"
     TO_CLIENT = "gateway_to_client"
     LIVE_TO_CLIENT = "live_to_client"
-
-
-class LiveState(StrEnum):
-    """``talkmesh_live_sessions{state}``."""
-
-    #: a turn is playing
-    SPEAKING = "speaking"
-    IDLE = "idle"
 
 
 class TurnEnd(StrEnum):

@@ -66,6 +66,34 @@ class Rejection(StrEnum):
     CONNECTIONS_PER_IP = "connections_per_ip"
 
 
+class LiveState(StrEnum):
+    """``talkmesh_live_sessions{state}``: the gateway counts the live sessions it owns, the encoder
+    those it encodes (a session is in both; each service exports it from its ``metrics``)."""
+
+    #: a turn is playing (the encoder's: its frames make ``talkmesh_live_lead_frames``)
+    SPEAKING = "speaking"
+    IDLE = "idle"
+
+
+class LiveSessionState:
+    """One live session's place in ``talkmesh_live_sessions{state}``: ``set(state)`` moves it there
+    (counted once), ``set(None)`` takes it out (the session ended)."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._gauge = telemetry.metrics.live_sessions
+        self._service = telemetry.service
+        self.state: LiveState | None = None
+
+    def set(self, state: LiveState | None) -> None:
+        if state == self.state:
+            return
+        if self.state is not None:
+            self._gauge.labels(self._service, self.state).dec()
+        if state is not None:
+            self._gauge.labels(self._service, state).inc()
+        self.state = state
+
+
 class Series:
     """Series of one labelled metric that a service knows it records, before its first request:
     the metric labelled with the service's name and each combination of ``values`` (one collection

@@ -73,7 +73,7 @@ from talkmesh.common.clock import MediaClock
 from talkmesh.common.errors import InvalidArgument, TalkmeshError
 from talkmesh.common.lru import Lru
 from talkmesh.common.streams import RequestStream
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import LiveSessionState, Telemetry
 from talkmesh.v1 import common_pb2, encoder_pb2, live_pb2, renderer_pb2
 
 log = logging.getLogger(__name__)
@@ -291,9 +291,8 @@ class LiveSession:
         self._underruns = metrics.live_underruns_total.labels(telemetry.service)
         self._lead_gauge = metrics.live_lead_frames.labels(telemetry.service)
         self._lead_reported = 0  # this session's part of the gauge (summed over the sessions)
-        # speaking or idle in talkmesh_live_sessions (None: not counted): what divides the lead
-        self._sessions = metrics.live_sessions
-        self._state: LiveState | None = None
+        # speaking or idle in talkmesh_live_sessions: what divides the lead
+        self._state = LiveSessionState(telemetry)
         self._late = metrics.live_late_ticks_total.labels(telemetry.service)
 
     # -- input --------------------------------------------------------------------------------
@@ -455,7 +454,7 @@ class LiveSession:
             self.rings.prepare(self.params.frame_bytes)
         fps = self.params.fps
         try:
-            self._report_state(LiveState.IDLE)
+            self._state.set(LiveState.IDLE)
             self.tasks.spawn(self._route(requests), name="route")
             t0 = time.monotonic()
             unix0 = time.time()
@@ -509,7 +508,7 @@ class LiveSession:
                 yield self.out.message(media=live_pb2.LiveMedia(data=writer.fragment([], [], tail), first_frame=n))
         finally:
             self._report_lead(0)  # a session that ended has nothing ahead of its clock
-            self._report_state(None)
+            self._state.set(None)
             for turn in self.turns.values():  # first: nothing below may stop it
                 if turn.ring is not None:
                     turn.ring.close()
@@ -522,16 +521,6 @@ class LiveSession:
     def _report_lead(self, frames: int) -> None:
         self._lead_gauge.inc(frames - self._lead_reported)
         self._lead_reported = frames
-
-    def _report_state(self, state: LiveState | None) -> None:
-        """This session counted in ``talkmesh_live_sessions{state}`` (None: no longer)."""
-        if state == self._state:
-            return
-        if self._state is not None:
-            self._sessions.labels(self.telemetry.service, self._state).dec()
-        if state is not None:
-            self._sessions.labels(self.telemetry.service, state).inc()
-        self._state = state
 
     # -- one tick -----------------------------------------------------------------------------
     async def _tick(self, n: int) -> list[live_pb2.LiveServerMessage]:
@@ -574,7 +563,7 @@ class LiveSession:
         else:
             video, key = await self._idle(n, silence)
         self._report_lead(len(self.current.frames) if self.current is not None else 0)
-        self._report_state(LiveState.IDLE if self.current is None else LiveState.SPEAKING)
+        self._state.set(LiveState.IDLE if self.current is None else LiveState.SPEAKING)
         media = live_pb2.LiveMedia(
             data=self._fragment(video, key),
             first_frame=n,
