@@ -22,6 +22,7 @@ from typing import TextIO
 
 from talkmesh.client import LiveSession, TalkmeshClient, refused_for_room
 from talkmesh.common.aio import TaskSet, cancel_and_wait
+from talkmesh.common.enums import short_name
 from talkmesh.common.registry import SIZE_PRESETS, spec
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import types_pb2
@@ -74,7 +75,7 @@ def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
         return f"{at}  speaking  {ev.speaking_started.turn_id}"
     if which == "speaking_stopped":
         st = ev.speaking_stopped
-        reason = lpb.StopReason.Name(st.reason).removeprefix("STOP_REASON_").lower()
+        reason = short_name(lpb.StopReason, st.reason)
         seconds = st.samples_played / st.sample_rate if st.sample_rate else 0.0
         voice = f", voice {st.voice}" if st.voice else ""
         warnings = "".join(f"\n{at}  warning   {st.turn_id}: {w}" for w in st.warnings)
@@ -87,7 +88,7 @@ def describe(msg: lpb.LiveServerMessage, t0: float) -> str | None:
         return f"{at}  underrun  {ev.underrun.turn_id} frame {ev.underrun.turn_frame}"
     if which == "session_ending":
         se = ev.session_ending
-        reason = lpb.EndReason.Name(se.reason).removeprefix("END_REASON_").lower()
+        reason = short_name(lpb.EndReason, se.reason)
         return f"{at}  ending    ({reason}, {se.seconds_left:.1f} s left)"
     return None
 

@@ -71,6 +71,7 @@ from talkmesh.common.aio import (
 )
 from talkmesh.common.calls import Stream
 from talkmesh.common.clock import MediaClock
+from talkmesh.common.enums import short_name
 from talkmesh.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -537,7 +538,7 @@ class LiveSession:
 
     def _count_end(self, reason: int) -> None:
         """talkmesh_live_turns_total: one more turn ended with ``reason`` (a StopReason)."""
-        name = lpb.StopReason.Name(reason).removeprefix("STOP_REASON_").lower()
+        name = short_name(lpb.StopReason, reason)
         if name in TurnEnd.__members__.values():
             self.telemetry.metrics.live_turns_total.labels(self.telemetry.service, name).inc()
 

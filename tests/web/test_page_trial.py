@@ -9,17 +9,19 @@ without a face what picture works; the Events list says when it cut a spoken tex
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from talkmesh.bench.web import wait_js
 from tests.web.browser import browser_page, upload_on_page
 from tests.web.test_page_a11y import VOICES
 from tests.web.test_page_a11y_audit import speaking
-from tests.web.test_page_states import Conn, fake_edge, refuse_old, serve
+from tests.web.test_page_states import Conn, _wav, fake_edge, recv_json, refuse_old, serve, started
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -269,4 +271,48 @@ async def test_the_audio_file_and_microphone_wait_for_a_pick_to_apply() -> None:
         for control in ("#audio-file", "#mic"):
             assert await page.get_attribute(control, "aria-disabled") is None, control
         assert len(edge.conns) == 2
+    assert console.errors == [], console.errors
+
+
+async def test_an_audio_file_still_decoding_when_a_pick_is_made_is_said_by_the_new_session() -> None:
+    """The file went to the old session once decoded (the controls wait for a pick, but a file
+    chosen a moment before the pick was decoding then), and the pick's restart cut it."""
+    wav = base64.b64encode(_wav(1.0)).decode()
+
+    async def script(ws: web.WebSocketResponse, conn: Conn, n: int) -> None:
+        await recv_json(ws, conn)
+        await ws.send_json(started(n))
+        async for msg in ws:
+            conn.received.append(json.loads(msg.data) if msg.type == WSMsgType.TEXT else {"pcm": len(msg.data)})
+
+    async with fake_edge(script, voices=VOICES) as edge, browser_page() as (page, console):
+        await page.goto(edge.url)
+        await wait_js(page, "window.talkmesh.connected", timeout=15)
+        # the file chosen, and the pick made while it decodes (in the same task: no race in the test)
+        await page.evaluate(
+            """(b64) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const files = new DataTransfer();
+                files.items.add(new File([bytes], "late.wav", { type: "audio/wav" }));
+                const input = document.getElementById("audio-file");
+                input.files = files.files;
+                input.dispatchEvent(new Event("change", { bubbles: true }));
+                const voice = document.getElementById("voice-select");
+                voice.value = "espeak:v2";
+                voice.dispatchEvent(new Event("change", { bubbles: true }));
+            }""",
+            wav,
+        )
+        await wait_js(page, "window.talkmesh.connects.length === 2 && window.talkmesh.connected", timeout=5)
+        for _ in range(50):
+            if any("end_of_turn" in m for m in edge.conns[1].received):
+                break
+            await asyncio.sleep(0.1)
+        old, new = edge.conns[0].received, edge.conns[1].received
+        assert not any("audio" in m or "pcm" in m for m in old), old
+        assert new[0]["config"]["voice"] == "espeak:v2"
+        turns = [m["audio"]["turn_id"] for m in new if "audio" in m]
+        assert len(turns) == 1 and sum(m.get("pcm", 0) for m in new) == 16000 * 2, new
+        assert new[-1] == {"end_of_turn": {"turn_id": turns[0]}}
+        assert await page.evaluate("window.talkmesh.unsent") == []
     assert console.errors == [], console.errors

@@ -133,7 +133,9 @@
   let keyPick = false; // a picker was changed by a key press and the change has not applied yet
   let pickPending = false; // a picker was changed and the change has not applied yet (either way)
   let pickRestart = false; // a pick applied: its new session has not started yet (Speak holds the text for it)
-  let heldTexts = []; // texts of Speak pressed while a pick settled or its session started: the new session says them
+  // What was given to say while a pick settled or its session started, in order: the new session
+  // says it. {text} of Speak, or {file, samples} of an audio file that finished decoding then.
+  let held = [];
   let keepAliveTimer = null;
   let rushTo = null; // media time playback rushes to (speech_seek=2)
   let seekCost = 0.2; // s, the measured cost of a speech seek (see SPEECH_SEEK_MIN)
@@ -295,7 +297,7 @@
   // text; the audio turns wait for a pick to apply (they would go to the session its restart cuts).
   function setControls(live) {
     setAvailable($("speak"), live || pickRestart);
-    setAvailable($("interrupt"), live || heldTexts.length > 0);
+    setAvailable($("interrupt"), live || held.length > 0);
     setAvailable($("audio-file"), live && !pickPending);
     if (!mic && !micOpening) setAvailable($("mic"), live && !pickPending);
     video.parentElement.classList.toggle("offline", !live);
@@ -749,9 +751,8 @@
         ? () => "This server is restarting: moving to another one…"
         : (left) => friendly(status, left) || `The session ended; reconnecting in ${Math.ceil(left)} s`;
     const text = friendly(status, null);
-    const again = "Your text was not sent: press Speak again once reconnected.";
-    if (text && !catchingUp && !draining) showAlert(lost ? `${text}. ${again}` : text, "session");
-    else if (lost) showAlert(again, "session");
+    if (text && !catchingUp && !draining) showAlert(lost ? `${text}. ${lost}` : text, "session");
+    else if (lost) showAlert(lost, "session");
     catchingUp = false;
     const due = performance.now() + wait * 1000;
     const tick = () => setConnection(header(Math.max(0, (due - performance.now()) / 1000)));
@@ -826,9 +827,12 @@
       setConnection(liveHeader, "Connected"); // (the session's details are in the header, not read out)
       logEvent(`started ${s.width}x${s.height} ${s.mime_type}`);
       setupMedia(s.mime_type);
-      const held = heldTexts; // Speak was pressed while a pick applied: said with the new pick
-      heldTexts = [];
-      for (const text of held) sendTurn(text);
+      const given = held; // given while a pick applied: said with the new pick
+      held = [];
+      for (const h of given) {
+        if (h.file) sendAudioFile(h.file, h.samples).catch((err) => showError(`audio file ${h.file}: ${err.message}`));
+        else sendTurn(h.text);
+      }
       return;
     }
     if (msg.event) {
@@ -1048,7 +1052,7 @@
   // conversation, by a new session): the user is told and the text stays in the box. Speak while a
   // pick settles applies the pick at once and the new session says the text (the old one would be
   // cut by the restart a moment later); Speak after the pick applied, before its new session has
-  // started, holds the text for it too (heldTexts). The same text again is not held twice: the
+  // started, holds the text for it too (`held`). The same text again is not held twice: the
   // user is told it is queued. Interrupt cancels what is held; should the new session not start,
   // the user is told.
   function speak() {
@@ -1092,32 +1096,36 @@
 
   // A text for the session a pick starts: said when it starts (the same text again is queued already).
   function hold(text) {
-    if (heldTexts.includes(text)) {
+    if (held.some((h) => h.text === text)) {
       showAlert("Queued already: the avatar says your text once the new voice or avatar is ready.", "queued");
       logEvent(`speak: queued already for the new session: ${clip(text)}`);
       return;
     }
-    heldTexts.push(text);
+    held.push({ text });
     logEvent(`speak: the voice or avatar just picked applies first, then the new session says: ${clip(text)}`);
     setControls(tm.connected); // (Interrupt can cancel it)
   }
 
-  // The texts held for the session a pick starts (heldTexts), when that session does not come:
-  // recorded as not sent (window.talkmesh.unsent) and logged; true if there was one (the caller says so).
+  const heldName = (h) => (h.file ? `audio file ${h.file}` : clip(h.text));
+
+  // What is held for the session a pick starts (`held`), when that session does not come:
+  // recorded as not sent (window.talkmesh.unsent) and logged; what to tell the user ("" if nothing).
   function dropPendingSpeak(why) {
-    if (!heldTexts.length) return false;
-    for (const text of heldTexts) {
-      tm.unsent.push({ at: performance.now(), text });
-      logEvent(`NOT sent (${why}): ${clip(text)}`);
+    const again = [];
+    if (held.some((h) => h.text != null)) again.push("Your text was not sent: press Speak again once reconnected.");
+    if (held.some((h) => h.file)) again.push("Your audio file was not sent: choose it again once reconnected.");
+    for (const h of held) {
+      tm.unsent.push(h.file ? { at: performance.now(), file: h.file } : { at: performance.now(), text: h.text });
+      logEvent(`NOT sent (${why}): ${heldName(h)}`);
     }
-    heldTexts = [];
-    return true;
+    held = [];
+    return again.join(" ");
   }
 
   function interrupt() {
-    if (heldTexts.length) { // texts held for a pick's new session: it does not say them
-      for (const text of heldTexts) logEvent(`cancelled (interrupt): ${clip(text)}`);
-      heldTexts = [];
+    if (held.length) { // held for a pick's new session: it does not say them
+      for (const h of held) logEvent(`cancelled (interrupt): ${heldName(h)}`);
+      held = [];
       if ($("alert").dataset.kind === "queued") clearAlert(); // ("Queued already…" is not true now)
       setControls(tm.connected);
     }
@@ -1242,6 +1250,12 @@
     return id;
   }
 
+  async function sendAudioFile(name, samples) {
+    const id = startAudioTurn();
+    logEvent(`audio turn ${id}: ${name}, ${(samples.length / AUDIO_RATE).toFixed(1)} s`);
+    await sendFile(id, samples);
+  }
+
   async function audioFile(file) {
     try {
       const bytes = await file.arrayBuffer();
@@ -1253,10 +1267,18 @@
       src.buffer = decoded;
       src.connect(off.destination);
       src.start();
-      const rendered = await off.startRendering();
-      const id = startAudioTurn();
-      logEvent(`audio turn ${id}: ${file.name}, ${decoded.duration.toFixed(1)} s`);
-      await sendFile(id, rendered.getChannelData(0));
+      const samples = (await off.startRendering()).getChannelData(0);
+      const live = tm.connected && ws && ws.readyState === WebSocket.OPEN;
+      if ((pickRestart || (pickPending && live)) && !accessRefused) {
+        // a voice or avatar picked while the file decoded: as with Speak, the pick applies first
+        // and the new session says the file (the old one would be cut by the pick's restart)
+        if (pickPending) connect("picker");
+        held.push({ file: file.name, samples });
+        logEvent(`audio file ${file.name}: the voice or avatar just picked applies first, then the new session says it`);
+        setControls(tm.connected); // (Interrupt can cancel it)
+        return;
+      }
+      await sendAudioFile(file.name, samples);
     } catch (err) {
       showError(`audio file ${file.name}: ${err.message}`);
     }
