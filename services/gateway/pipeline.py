@@ -398,9 +398,8 @@ class _Run:
                 self.sample_rate = chunk.sample_rate
                 self.read_ahead.start(chunk.sample_rate)
                 self.tl.first_audio = time.monotonic()
-                self.o.telemetry.metrics.time_to_first_audio.labels("gateway").observe(
-                    self.tl.since(self.tl.first_audio)
-                )
+                tel = self.o.telemetry
+                tel.metrics.time_to_first_audio.labels(tel.service).observe(self.tl.since(self.tl.first_audio))
                 await self._to_encoder(config=self._encode_config(chunk.sample_rate))
             if chunk.pcm:
                 audio = cpb.AudioChunk(
@@ -541,7 +540,8 @@ class _Run:
         # its time is the request's total (talkmesh_stage_duration_seconds{stage="total"}), and
         # recording it here would make a batch of `talkmesh say -o x.mp4` fire the SLO alert.
         if self.req.output.container != cpb.CONTAINER_MP4:
-            self.o.telemetry.metrics.time_to_first_frame.labels("gateway").observe(since)
+            tel = self.o.telemetry
+            tel.metrics.time_to_first_frame.labels(tel.service).observe(since)
 
     def _summary(self) -> gpb.SpeakSummary:
         tl = self.tl
@@ -574,11 +574,11 @@ class _Run:
         # observed, or TalkmeshRealtimeFactorBelowOne would fire on healthy streamed traffic.
         streamed_input = self.text_pieces is not None or self.audio_pieces is not None
         if total > 0 and audio_seconds > 0 and not streamed_input:
-            tel.metrics.realtime_factor.labels("gateway").observe(audio_seconds / total)
-        tel.metrics.frames_total.labels("gateway").inc(end.frames_encoded)
+            tel.metrics.realtime_factor.labels(tel.service).observe(audio_seconds / total)
+        tel.metrics.frames_total.labels(tel.service).inc(end.frames_encoded)
         return gpb.SpeakSummary(
             request_id=self.rid,
-            stages=[cpb.StageTiming(service="gateway", stage=k, seconds=v) for k, v in stages.items()],
+            stages=[cpb.StageTiming(service=tel.service, stage=k, seconds=v) for k, v in stages.items()],
             time_to_first_audio_seconds=tl.since(tl.first_audio),
             time_to_first_frame_seconds=tl.since(tl.first_frame),
             time_to_first_fragment_seconds=tl.since(tl.first_fragment),
