@@ -40,7 +40,7 @@ from talkmesh.common.markup import ONLY_MARKUP
 from talkmesh.common.names import check_text
 from talkmesh.common.propagation import StageNotes
 from talkmesh.common.registry import RENDERER_FEATURES
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import ENCODER_FIRST_FRAGMENT, RENDERER_FIRST_FRAME, ReportedStage, Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import encoder_pb2 as epb
@@ -546,8 +546,8 @@ class _Run:
     def _summary(self) -> gpb.SpeakSummary:
         tl = self.tl
         end = self.end or epb.MediaChunk()
-        reported = {(s.service, s.stage): s.seconds for s in end.stages}
-        encode_first = reported.get(("encoder", "first_fragment"), 0.0)
+        reported = {ReportedStage(s.service, s.stage): s.seconds for s in end.stages}
+        encode_first = reported.get(ENCODER_FIRST_FRAGMENT, 0.0)
         if tl.first_fragment:
             tl.first_frame = max(tl.first_features or tl.first_audio, tl.first_fragment - encode_first)
         sample_rate = self.read_ahead.clock.sample_rate if self.read_ahead.clock else 0
@@ -557,11 +557,11 @@ class _Run:
             Stage.TTS_FIRST_CHUNK: tl.since(tl.first_audio),
             Stage.TTS_TOTAL: tl.since(tl.last_audio),
             Stage.FEATURES_FIRST: max(0.0, tl.first_features - tl.first_audio) if tl.first_features else 0.0,
-            Stage.RENDERER_FIRST_FRAME: reported.get(("renderer", "first_frame"), 0.0),
+            Stage.RENDERER_FIRST_FRAME: reported.get(RENDERER_FIRST_FRAME, 0.0),
             Stage.ENCODER_FIRST_FRAGMENT: encode_first,
             Stage.TOTAL: total,
         }
-        if ("encoder", "first_fragment") not in reported:  # a whole MP4: no fragment to time
+        if ENCODER_FIRST_FRAGMENT not in reported:  # a whole MP4: no fragment to time
             del stages[Stage.ENCODER_FIRST_FRAGMENT]
         if self.audio_pieces is not None:  # the caller's own speech: TTS had no part in it
             del stages[Stage.TTS_FIRST_CHUNK], stages[Stage.TTS_TOTAL]
