@@ -61,6 +61,9 @@ async def test_the_callers_speech_becomes_a_lip_synced_video(tmp_path: Path, rat
     assert result.summary.audio_seconds == pytest.approx(len(pcm) / rate, abs=0.01)
     stages = {s.stage for s in result.summary.stages}  # no TTS timings for speech TTS never saw
     assert "features_first" in stages and not {"tts_first_chunk", "tts_total"} & stages, stages
+    # the timings only the encoder sees (it pulls the renderer's frames), reported to the gateway
+    reported = {s.stage: s.seconds for s in result.summary.stages}
+    assert reported["renderer_first_frame"] > 0 and reported["encoder_first_fragment"] > 0, reported
     assert len(result.fragment_times) > 3  # streamed: fragments as they were encoded
     _check_video(tmp_path / "me.mp4", pcm, rate)
 

@@ -42,7 +42,7 @@ from talkmesh.common.lru import Lru
 from talkmesh.common.registry import spec
 from talkmesh.common.server import Service
 from talkmesh.common.streams import RequestStream
-from talkmesh.common.telemetry import Series, Telemetry
+from talkmesh.common.telemetry import ENCODER_FIRST_FRAGMENT, RENDERER_FIRST_FRAME, Series, Telemetry
 from talkmesh.v1 import audio_features_pb2, common_pb2, encoder_pb2, encoder_pb2_grpc, live_pb2, renderer_pb2
 
 log = logging.getLogger(__name__)
@@ -563,10 +563,10 @@ class _RenderTiming:
         out = []
         if self.first_input and self.first_frame:
             seconds = max(0.0, self.first_frame - self.first_input)
-            out.append(common_pb2.StageTiming(service="renderer", stage="first_frame", seconds=seconds))
+            out.append(RENDERER_FIRST_FRAME.timing(seconds))
         if self.first_frame and self.first_fragment:
             seconds = max(0.0, self.first_fragment - self.first_frame)
-            out.append(common_pb2.StageTiming(service="encoder", stage="first_fragment", seconds=seconds))
+            out.append(ENCODER_FIRST_FRAGMENT.timing(seconds))
         return out
 
 

@@ -762,9 +762,8 @@ class LiveSession:
             self.voice_rates.put(turn.voice, known)
         turn.voice_id, turn.source_rate = known
         if turn.turn_id not in self.stopped:  # (a stopped turn's rate is set in its speaking_stopped)
-            start = epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_start=epb.TurnStart(source_sample_rate=known[1]))
             with contextlib.suppress(ChanClosed):  # the session is ending
-                await self._to_encoder_control(start)
+                await self._to_encoder_control(_turn_start(turn.turn_id, known[1]))
         return None
 
     async def _new_turn(self, tid: str, kind: str, body: Any) -> GatewayTurn:
@@ -795,9 +794,7 @@ class LiveSession:
         self.turns[tid] = turn
         # The encoder learns of every turn at once, in order: an interrupt then covers queued turns
         # too, and each turn ends with exactly one speaking_stopped.
-        await self._to_encoder_control(
-            epb.LiveEncodeRequest(turn_id=tid, turn_start=epb.TurnStart(source_sample_rate=turn.source_rate))
-        )
+        await self._to_encoder_control(_turn_start(tid, turn.source_rate))
         turn.span = self.telemetry.tracer.start_span(
             "gateway.live_turn",
             context=trace.set_span_in_context(self.span),
@@ -964,14 +961,9 @@ class LiveSession:
                     for other in list(self.turns.values()):
                         if other.kind == "text" and other is not turn and not other.voice and not other.source_rate:
                             other.source_rate = source_rate
-                            await self._to_encoder_control(
-                                epb.LiveEncodeRequest(
-                                    turn_id=other.turn_id, turn_start=epb.TurnStart(source_sample_rate=source_rate)
-                                )
-                            )
+                            await self._to_encoder_control(_turn_start(other.turn_id, source_rate))
                 # now the voice's rate is known: samples played are reported in it
-                start = epb.TurnStart(source_sample_rate=source_rate)
-                await self.data.send(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_start=start))
+                await self.data.send(_turn_start(turn.turn_id, source_rate))
             if chunk.segment_text and source_rate:  # a clause starts: its caption cue, ahead of its audio
                 caption = epb.TurnCaption(
                     start_sample=chunk.sample_offset * self.rate // source_rate,
@@ -1126,6 +1118,12 @@ _IN_SESSION_REFUSALS = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,  # too many turns waiting: the turn may be sent again
     }
 )
+
+
+def _turn_start(turn_id: str, source_rate: int) -> epb.LiveEncodeRequest:
+    """Tells the encoder a turn starts, or, sent again, the rate its audio came in once learnt
+    (0: the session's rate): its speaking_stopped counts ``samples_played`` in that rate."""
+    return epb.LiveEncodeRequest(turn_id=turn_id, turn_start=epb.TurnStart(source_sample_rate=source_rate))
 
 
 def _turn_of(msg: Any) -> str:

@@ -40,7 +40,7 @@ from talkmesh.common.markup import ONLY_MARKUP
 from talkmesh.common.names import check_text
 from talkmesh.common.propagation import StageNotes
 from talkmesh.common.registry import RENDERER_FEATURES
-from talkmesh.common.telemetry import Telemetry
+from talkmesh.common.telemetry import ENCODER_FIRST_FRAGMENT, RENDERER_FIRST_FRAME, ReportedStage, Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 from talkmesh.v1 import common_pb2 as cpb
 from talkmesh.v1 import encoder_pb2 as epb
@@ -398,9 +398,8 @@ class _Run:
                 self.sample_rate = chunk.sample_rate
                 self.read_ahead.start(chunk.sample_rate)
                 self.tl.first_audio = time.monotonic()
-                self.o.telemetry.metrics.time_to_first_audio.labels("gateway").observe(
-                    self.tl.since(self.tl.first_audio)
-                )
+                tel = self.o.telemetry
+                tel.metrics.time_to_first_audio.labels(tel.service).observe(self.tl.since(self.tl.first_audio))
                 await self._to_encoder(config=self._encode_config(chunk.sample_rate))
             if chunk.pcm:
                 audio = cpb.AudioChunk(
@@ -541,13 +540,14 @@ class _Run:
         # its time is the request's total (talkmesh_stage_duration_seconds{stage="total"}), and
         # recording it here would make a batch of `talkmesh say -o x.mp4` fire the SLO alert.
         if self.req.output.container != cpb.CONTAINER_MP4:
-            self.o.telemetry.metrics.time_to_first_frame.labels("gateway").observe(since)
+            tel = self.o.telemetry
+            tel.metrics.time_to_first_frame.labels(tel.service).observe(since)
 
     def _summary(self) -> gpb.SpeakSummary:
         tl = self.tl
         end = self.end or epb.MediaChunk()
-        reported = {(s.service, s.stage): s.seconds for s in end.stages}
-        encode_first = reported.get(("encoder", "first_fragment"), 0.0)
+        reported = {ReportedStage(s.service, s.stage): s.seconds for s in end.stages}
+        encode_first = reported.get(ENCODER_FIRST_FRAGMENT, 0.0)
         if tl.first_fragment:
             tl.first_frame = max(tl.first_features or tl.first_audio, tl.first_fragment - encode_first)
         sample_rate = self.read_ahead.clock.sample_rate if self.read_ahead.clock else 0
@@ -557,11 +557,11 @@ class _Run:
             Stage.TTS_FIRST_CHUNK: tl.since(tl.first_audio),
             Stage.TTS_TOTAL: tl.since(tl.last_audio),
             Stage.FEATURES_FIRST: max(0.0, tl.first_features - tl.first_audio) if tl.first_features else 0.0,
-            Stage.RENDERER_FIRST_FRAME: reported.get(("renderer", "first_frame"), 0.0),
+            Stage.RENDERER_FIRST_FRAME: reported.get(RENDERER_FIRST_FRAME, 0.0),
             Stage.ENCODER_FIRST_FRAGMENT: encode_first,
             Stage.TOTAL: total,
         }
-        if ("encoder", "first_fragment") not in reported:  # a whole MP4: no fragment to time
+        if ENCODER_FIRST_FRAGMENT not in reported:  # a whole MP4: no fragment to time
             del stages[Stage.ENCODER_FIRST_FRAGMENT]
         if self.audio_pieces is not None:  # the caller's own speech: TTS had no part in it
             del stages[Stage.TTS_FIRST_CHUNK], stages[Stage.TTS_TOTAL]
@@ -574,11 +574,11 @@ class _Run:
         # observed, or TalkmeshRealtimeFactorBelowOne would fire on healthy streamed traffic.
         streamed_input = self.text_pieces is not None or self.audio_pieces is not None
         if total > 0 and audio_seconds > 0 and not streamed_input:
-            tel.metrics.realtime_factor.labels("gateway").observe(audio_seconds / total)
-        tel.metrics.frames_total.labels("gateway").inc(end.frames_encoded)
+            tel.metrics.realtime_factor.labels(tel.service).observe(audio_seconds / total)
+        tel.metrics.frames_total.labels(tel.service).inc(end.frames_encoded)
         return gpb.SpeakSummary(
             request_id=self.rid,
-            stages=[cpb.StageTiming(service="gateway", stage=k, seconds=v) for k, v in stages.items()],
+            stages=[cpb.StageTiming(service=tel.service, stage=k, seconds=v) for k, v in stages.items()],
             time_to_first_audio_seconds=tl.since(tl.first_audio),
             time_to_first_frame_seconds=tl.since(tl.first_frame),
             time_to_first_fragment_seconds=tl.since(tl.first_fragment),

@@ -113,11 +113,6 @@ class HttpError(Exception):
         return error_response(self.status, self.code, self.message, self.field, self.retry_after, self.headers)
 
 
-def live_error(code: grpc.StatusCode, message: str, field: str = "") -> dict[str, object]:
-    """An error as a live session's ``error`` message (``LiveError``'s fields, the code by name)."""
-    return {"error": {"code": code.name, "message": message, "field": field}}
-
-
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:
     code = exc.code()
     details = ErrorDetails.of(exc)

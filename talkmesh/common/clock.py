@@ -113,10 +113,6 @@ class MediaClock:
         """Media time at the start of ``frame``, exactly."""
         return frame / self.fps
 
-    def samples_for_seconds(self, seconds: Fraction | int) -> int:
-        """Whole samples in ``seconds`` (rounded down)."""
-        return math.floor(Fraction(seconds) * self.sample_rate)
-
     def frames_for_seconds(self, seconds: Fraction | int) -> int:
         """Whole frames in ``seconds`` (rounded down)."""
         return math.floor(Fraction(seconds) * self.fps)

@@ -19,13 +19,14 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Tracer, TracerProvider
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 import talkmesh
+from talkmesh.v1 import common_pb2
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -73,6 +74,24 @@ class LiveState(StrEnum):
     #: a turn is playing (the encoder's: its frames make ``talkmesh_live_lead_frames``)
     SPEAKING = "speaking"
     IDLE = "idle"
+
+
+class ReportedStage(NamedTuple):
+    """A stage timing the encoder measures and reports in its last ``MediaChunk.stages`` (it
+    pulls the renderer's frames, so only it sees them), and the gateway folds into a Speak's
+    ``SpeakSummary`` and ``talkmesh_stage_duration_seconds``: one name for both sides."""
+
+    service: str
+    stage: str
+
+    def timing(self, seconds: float) -> common_pb2.StageTiming:
+        return common_pb2.StageTiming(service=self.service, stage=self.stage, seconds=seconds)
+
+
+#: the renderer's first frame, from the first renderer input the encoder sent
+RENDERER_FIRST_FRAME = ReportedStage("renderer", "first_frame")
+#: the encoder's first fragment, from the renderer's first frame (fragmented containers only)
+ENCODER_FIRST_FRAGMENT = ReportedStage("encoder", "first_fragment")
 
 
 class LiveSessionState:

@@ -330,9 +330,7 @@ class LiveSession:
             except InvalidArgument as exc:
                 # a mistake in one turn's input fails that turn, not the session
                 log.warning("live turn %s failed: %s", tid, exc.message)
-                turn.failed = exc.message
-                turn.failed_code = exc.code.value[0]
-                self._interrupt(tid, [tid], why="failed")
+                self._fail(turn, exc)
         self.input_ended = True
         self.wakeup.set()
 
@@ -378,6 +376,13 @@ class LiveSession:
         ``interrupt`` (acknowledged), a turn that ``failed``, or the session's ``end``."""
         self.interrupts.append((tid, targets, time.perf_counter(), why))
         self.wakeup.set()
+
+    def _fail(self, turn: Turn, exc: TalkmeshError) -> None:
+        """A failure found here (the turn's input was wrong, its render failed) stops the turn at
+        the next frame, with its LiveError (``failed_code``) ahead of its speaking_stopped."""
+        turn.failed = exc.message
+        turn.failed_code = exc.code.value[0]
+        self._interrupt(turn.turn_id, [turn.turn_id], why="failed")
 
     def _start_turn(self, tid: str, source_rate: int) -> None:
         turn = Turn(tid, source_rate, self.clock, self.lead)
@@ -429,9 +434,7 @@ class LiveSession:
             raise
         except TalkmeshError as exc:
             if not turn.stopped:
-                turn.failed = exc.message
-                turn.failed_code = exc.code.value[0]
-                self._interrupt(turn.turn_id, [turn.turn_id], why="failed")
+                self._fail(turn, exc)
         finally:
             turn.render_done = True
             if turn.ring is not None:  # first: nothing below may stop it
