@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from talkmesh.common.enums import choices
 from talkmesh.common.registry import (
     NAMES,
     PORT_BASE_ENV,
@@ -27,6 +28,7 @@ from talkmesh.common.registry import (
     SIZE_PRESETS,
     spec,
 )
+from talkmesh.v1 import types_pb2
 
 DEMO_TEXT = (
     "Hello, and welcome to talkmesh. I am a talking head, rendered on your own machine, while my voice "
@@ -35,8 +37,8 @@ DEMO_TEXT = (
     "Mouths close on the letters p, b and m, and rest during silence. Thanks for watching!"
 )
 #: ``say --container`` choices, and what an output file's extension implies when none is given.
-CONTAINERS = {"mp4": "CONTAINER_MP4", "fmp4": "CONTAINER_FMP4", "mpegts": "CONTAINER_MPEGTS"}
-AUDIO_CODECS = {"aac": "AUDIO_CODEC_AAC", "opus": "AUDIO_CODEC_OPUS"}
+CONTAINERS = choices(types_pb2.Container)
+AUDIO_CODECS = choices(types_pb2.AudioCodec)
 #: The option a user sets for a request field a service names in an error.
 #: The command that lists what a NOT_FOUND's resource type names (its error points at it).
 LIST_COMMAND = {"voice": "talkmesh voices", "avatar": "talkmesh avatar list"}
@@ -348,7 +350,6 @@ def tls_from_args(args: argparse.Namespace) -> Any:
 
 async def _say(args: argparse.Namespace) -> int:
     from talkmesh.live_cli import idle_motion
-    from talkmesh.v1 import encoder_pb2 as epb
 
     out = Path(args.output)
     check_output(out)
@@ -371,8 +372,8 @@ async def _say(args: argparse.Namespace) -> int:
             "voice": args.voice,
             "size": args.size,
             "backend": args.backend,
-            "container": epb.Container.Value(CONTAINERS[container]),
-            "audio_codec": epb.AudioCodec.Value(AUDIO_CODECS[args.audio_codec]) if args.audio_codec else 0,
+            "container": CONTAINERS[container],
+            "audio_codec": AUDIO_CODECS[args.audio_codec] if args.audio_codec else 0,
             "rate": args.rate,
             "pitch": args.pitch,
             "volume": args.volume,

@@ -21,7 +21,13 @@ from typing import Any
 
 import grpc
 
-from talkmesh.common.channel import DEFAULT_MAX_MESSAGE_BYTES, PUBLIC_CLIENT_KEEPALIVE_MS, ClientTLS, create_channel
+from talkmesh.common.channel import (
+    CERT_AND_KEY,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    PUBLIC_CLIENT_KEEPALIVE_MS,
+    ClientTLS,
+    create_channel,
+)
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.common.registry import port_base_from_env
 from talkmesh.v1 import gateway_pb2 as gpb
@@ -544,7 +550,8 @@ class LiveSession:
 def default_tls() -> ClientTLS | None:
     """TLS settings from ``$TALKMESH_TLS`` (1 = TLS with the system's roots) and
     ``$TALKMESH_TLS_CA_FILE``, ``$TALKMESH_TLS_CERT_FILE``, ``$TALKMESH_TLS_KEY_FILE``,
-    ``$TALKMESH_TLS_SERVER_NAME``; None when none is set (plaintext)."""
+    ``$TALKMESH_TLS_SERVER_NAME``; None when none is set (plaintext). ValueError for a
+    certificate without its key (or a key without its certificate)."""
     env = os.environ
     tls = ClientTLS(
         enabled=env.get(TLS_ENV, "").strip().lower() in ("1", "true", "yes", "on"),
@@ -553,6 +560,9 @@ def default_tls() -> ClientTLS | None:
         key_file=env.get(f"{TLS_ENV}_KEY_FILE", "").strip(),
         server_name=env.get(f"{TLS_ENV}_SERVER_NAME", "").strip(),
     )
+    if missing := tls.missing_half():
+        pair = f"{TLS_ENV}_CERT_FILE and {TLS_ENV}_KEY_FILE go together"
+        raise ValueError(f"{TLS_ENV}_{missing.upper()}: not set; {pair}")
     return tls if tls.active else None
 
 
@@ -560,8 +570,9 @@ class TalkmeshClient:
     """A connection to the gateway.
 
     ``tls``: TLS to the gateway (CA to verify it, optionally a client certificate); default
-    from ``$TALKMESH_TLS*`` (``default_tls``), else plaintext. ``api_key``: sent as
-    ``authorization: Bearer <key>`` on every call; default ``$TALKMESH_API_KEY``.
+    from ``$TALKMESH_TLS*`` (``default_tls``), else plaintext; ValueError for a certificate
+    without its key. ``api_key``: sent as ``authorization: Bearer <key>`` on every call; default
+    ``$TALKMESH_API_KEY``.
     """
 
     def __init__(
@@ -572,6 +583,8 @@ class TalkmeshClient:
         tls: ClientTLS | None = None,
         api_key: str | None = None,
     ) -> None:
+        if tls is not None and (missing := tls.missing_half()):
+            raise ValueError(f"tls.{missing}: {CERT_AND_KEY}")
         target = target or default_target()
         self.target = target
         key = os.environ.get(API_KEY_ENV, "").strip() if api_key is None else api_key

@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
+from talkmesh.common.enums import choices
 from talkmesh.common.framering import MAX_SLOTS, FrameRingConfig
 from talkmesh.common.registry import default_target, spec
+from talkmesh.v1 import types_pb2
 
 #: "auto": NVENC when its start-up probe succeeds, else x264
 ENCODER_CHOICES = ("auto", *spec("encoder").backends)
 H264_PROFILES = ("baseline", "main", "high")
-CONTAINERS = ("fmp4", "mpegts", "mp4")
-AUDIO_CODECS = ("aac", "opus")
+CONTAINERS = tuple(choices(types_pb2.Container))
+AUDIO_CODECS = tuple(choices(types_pb2.AudioCodec))
 AAC_CODERS = ("fast", "twoloop", "anmr")
 #: the sample rates an AAC track can have (MPEG-4's sampling frequency table)
 AAC_SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)

@@ -32,7 +32,7 @@ from services.encoder.metrics import LiveState, Queue, Stage
 from services.encoder.render import FrameRings, FrameSource, GrpcFrameSource, RingOffer, unbatched
 from services.encoder.session import EncodeSession, StreamParams
 from services.encoder.spares import SpareSessions
-from services.encoder.validation import FrameAssembler, check_audio, stream_params
+from services.encoder.validation import AUDIO_CODEC_NAMES, FrameAssembler, check_audio, stream_params
 from talkmesh.common.aio import Chan, TaskSet, wait_event
 from talkmesh.common.clock import MediaClock, request_fps
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -180,11 +180,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         fps = request_fps(cfg.fps or self.config.defaults.fps)
         if not 8000 <= cfg.sample_rate <= 48000:
             raise InvalidArgument("config.sample_rate", f"{cfg.sample_rate} Hz is outside 8000..48000")
-        codec = {
-            encoder_pb2.AUDIO_CODEC_UNSPECIFIED: "aac",
-            encoder_pb2.AUDIO_CODEC_AAC: "aac",
-            encoder_pb2.AUDIO_CODEC_OPUS: "opus",
-        }.get(cfg.audio_codec)
+        codec = AUDIO_CODEC_NAMES.get(cfg.audio_codec or encoder_pb2.AUDIO_CODEC_AAC)
         if codec is None:
             raise InvalidArgument("config.audio_codec", f"unknown audio codec {cfg.audio_codec}")
         render = renderer_pb2.RenderConfig()

@@ -7,20 +7,19 @@ import math
 from services.encoder.config import EncoderConfig
 from services.encoder.session import StreamParams
 from talkmesh.common.clock import fps_fraction
+from talkmesh.common.enums import choices
 from talkmesh.common.errors import InvalidArgument
-from talkmesh.v1 import common_pb2, encoder_pb2
+from talkmesh.v1 import common_pb2, encoder_pb2, types_pb2
 
 _PIXEL_FORMATS: dict[int, str] = {
     common_pb2.PIXEL_FORMAT_UNSPECIFIED: "i420",
     common_pb2.PIXEL_FORMAT_I420: "i420",
     common_pb2.PIXEL_FORMAT_RGB24: "rgb24",
 }
-_CONTAINERS = {
-    encoder_pb2.CONTAINER_FMP4: "fmp4",
-    encoder_pb2.CONTAINER_MPEGTS: "mpegts",
-    encoder_pb2.CONTAINER_MP4: "mp4",
-}
-_AUDIO_CODECS = {encoder_pb2.AUDIO_CODEC_AAC: "aac", encoder_pb2.AUDIO_CODEC_OPUS: "opus"}
+_CONTAINERS = {value: name for name, value in choices(types_pb2.Container).items()}
+#: An AudioCodec's name ("aac"), for every value but UNSPECIFIED (the Encode call's default codec;
+#: a live session's is AAC).
+AUDIO_CODEC_NAMES = {value: name for name, value in choices(types_pb2.AudioCodec).items()}
 MAX_PARTS = 4096
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192_000
 
@@ -61,8 +60,8 @@ def stream_params(
     container = _CONTAINERS.get(msg.container, config.defaults.container)
     if msg.container not in _CONTAINERS and msg.container != encoder_pb2.CONTAINER_UNSPECIFIED:
         raise InvalidArgument("config.container", f"unsupported container {msg.container}")
-    audio_codec = _AUDIO_CODECS.get(msg.audio_codec, config.defaults.audio_codec)
-    if msg.audio_codec not in _AUDIO_CODECS and msg.audio_codec != encoder_pb2.AUDIO_CODEC_UNSPECIFIED:
+    audio_codec = AUDIO_CODEC_NAMES.get(msg.audio_codec, config.defaults.audio_codec)
+    if msg.audio_codec not in AUDIO_CODEC_NAMES and msg.audio_codec != encoder_pb2.AUDIO_CODEC_UNSPECIFIED:
         raise InvalidArgument("config.audio_codec", f"unsupported audio codec {msg.audio_codec}")
     fragment_ms = msg.fragment_ms or config.defaults.fragment_ms
     if fragment_ms > limits.max_fragment_ms:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from services.gateway.auth import AuthConfig
 from talkmesh.common.clock import DEFAULT_FPS, MAX_FPS, MIN_FPS, SPEECH_SAMPLE_RATES
 from talkmesh.common.config import ClientTLS, ConfigError, Endpoint, ServerConfig
-from talkmesh.common.registry import default_target, spec
+from talkmesh.common.registry import DEFAULT_RENDERER_BACKEND, default_target, spec
 
 #: The least audio a stream may read ahead (Speak) or run ahead of playback (live): the feature
 #: stage's look-ahead must fit in it.
@@ -109,7 +109,7 @@ class GatewayConfig:
     max_audio_seconds: float = 600.0
     # Renderer backend when the request names none; decides the feature type asked for. Keep it the
     # renderer's default_backend (`talkmesh up` passes that one unless this is set).
-    default_renderer_backend: str = "viseme"
+    default_renderer_backend: str = DEFAULT_RENDERER_BACKEND
     # Messages buffered between two stages of one request (bounded queues).
     queue_size: int = 32
     # How far TTS audio may run ahead of the frames already sent to the encoder, in seconds. Bounds

@@ -87,7 +87,7 @@ from talkmesh.common.errors import (
     scrub_live_error,
 )
 from talkmesh.common.lru import Lru
-from talkmesh.common.names import check_id, check_text, check_voice_settings
+from talkmesh.common.names import MAX_SESSION_ID_CHARS, check_id, check_text, check_voice_settings
 from talkmesh.common.principal import current_principal, restricted
 from talkmesh.common.propagation import StageNotes, adopt_request_id
 from talkmesh.common.streams import RequestStream
@@ -136,7 +136,7 @@ class SessionIds:
     def owner(self, session_id: str) -> str | None:
         """The owner's address of a well-formed, correctly signed id; None otherwise."""
         parts = session_id.split(".")
-        if len(parts) != 3 or len(session_id) > 256:
+        if len(parts) != 3 or len(session_id) > MAX_SESSION_ID_CHARS:
             return None
         owner, nonce, mac = parts
         if not hmac.compare_digest(mac.encode(), self._mac(owner, nonce).encode()):  # (any characters)

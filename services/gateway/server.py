@@ -18,7 +18,7 @@ from services.gateway.metrics import LiveState, Queue, Stage, TurnEnd
 from services.gateway.pipeline import SpeakPipeline
 from talkmesh.common.calls import CallStream
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
-from talkmesh.common.names import check_id, check_text
+from talkmesh.common.names import MAX_SESSION_ID_CHARS, check_id, check_text
 from talkmesh.common.principal import principal_metadata
 from talkmesh.common.propagation import adopt_request_id, outgoing_metadata
 from talkmesh.common.registry import spec
@@ -223,7 +223,7 @@ class LiveServicer(live_pb2_grpc.LiveServicer):
             yield msg
 
     async def Watch(self, request: lpb.WatchRequest, context: Any) -> AsyncIterator[lpb.LiveServerMessage]:
-        if not request.session_id or len(request.session_id) > 256:
+        if not request.session_id or len(request.session_id) > MAX_SESSION_ID_CHARS:
             raise InvalidArgument("session_id", "must be a session id from SessionStarted")
         async for msg in self.hub.watch(request.session_id):
             yield msg

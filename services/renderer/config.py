@@ -10,7 +10,7 @@ from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.framering import FrameRingConfig
 from talkmesh.common.gpu import GpuConfig
 from talkmesh.common.onnx import ExecutionConfig
-from talkmesh.common.registry import SIZE_PRESETS, spec
+from talkmesh.common.registry import DEFAULT_RENDERER_BACKEND, SIZE_PRESETS, spec
 
 #: The bundled default avatar's alias (registered at start-up; it cannot be deleted)
 DEFAULT_ALIAS = "default"
@@ -183,11 +183,11 @@ class RendererConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("renderer"))
     # Backend for a Render call that names none. The gateway names one in every request (its
     # default_renderer_backend): `talkmesh up` sets that to this; in Kubernetes the manifests do.
-    default_backend: str = "viseme"
+    default_backend: str = DEFAULT_RENDERER_BACKEND
     default_size: str = "512"
     default_avatar: str = DEFAULT_ALIAS
     # Backends loaded (and warmed up) at start-up.
-    backends: list[str] = field(default_factory=lambda: ["viseme"])
+    backends: list[str] = field(default_factory=lambda: [DEFAULT_RENDERER_BACKEND])
     avatars: AvatarConfig = field(default_factory=AvatarConfig)
     viseme: VisemeRendererConfig = field(default_factory=VisemeRendererConfig)
     wav2lip: ModelConfig = field(default_factory=ModelConfig)

@@ -31,7 +31,7 @@ from services.web.config import WebSettings
 from services.web.errors import RESULT_KEY, bad_value_field, boolean_misfit, edge_message, proto_names
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import TaskSet
-from talkmesh.common.errors import ErrorDetails, status_of
+from talkmesh.common.errors import ErrorDetails, InvalidArgument, TalkmeshError, status_of
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import live_pb2_grpc
 
@@ -52,14 +52,22 @@ _CLOSE_FOR = {
 }
 
 
+def final_status(exc: TalkmeshError | None = None) -> dict[str, Any]:
+    """A session's final ``status`` (the last message before the close): OK, or ``exc``'s."""
+    if exc is None:
+        return {"code": "OK", "message": "", "field": ""}
+    return {"code": exc.code.name, "message": exc.message, "field": getattr(exc, "field", "")}
+
+
 def too_large_status(limit: int) -> dict[str, Any]:
     """The final status of a session whose browser sent a message over ``limit`` bytes."""
-    return {
-        "code": "INVALID_ARGUMENT",
-        "message": f"message: larger than this web edge's limit of {limit} bytes "
-        "(web.max_ws_message_bytes); send text in pieces and audio in chunks of at most 1 s",
-        "field": "message",
-    }
+    return final_status(
+        InvalidArgument(
+            "message",
+            f"larger than this web edge's limit of {limit} bytes (web.max_ws_message_bytes); "
+            "send text in pieces and audio in chunks of at most 1 s",
+        )
+    )
 
 
 class EdgeWebSocket(web.WebSocketResponse):
@@ -95,12 +103,8 @@ CLIENT_KINDS: tuple[str, ...] = (
 _KINDS_OF = {lpb.LiveClientMessage.DESCRIPTOR.full_name: CLIENT_KINDS}
 
 
-class BadMessage(ValueError):
+class BadMessage(InvalidArgument):
     """A browser message that cannot become a LiveClientMessage (answered with an ``error``)."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
 
 
 def parse_client_message(text: str) -> lpb.LiveClientMessage | None:
@@ -181,7 +185,7 @@ class Sender:
     async def end(self, exc: grpc.aio.AioRpcError | None) -> None:
         """The final status, then the close."""
         if exc is None:
-            status: dict[str, Any] = {"code": "OK", "message": "", "field": ""}
+            status = final_status()
             close = CLOSE_NORMAL
         else:
             details = ErrorDetails.of(exc)
@@ -249,27 +253,27 @@ class LiveBridge:
             async with asyncio.timeout(self.idle or None):
                 raw = await self.ws.receive()
         except TimeoutError:
-            await self._refuse("config", f"no config message within {self.idle:.0f} s")
+            await self._refuse(InvalidArgument("config", f"no config message within {self.idle:.0f} s"))
             return None
         if raw.type != WSMsgType.TEXT:
             if raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 self.ws.setdefault(RESULT_KEY, "CANCELLED")  # the browser left before its config
                 return None
-            await self._refuse("config", "the first message must be a JSON config message")
+            await self._refuse(InvalidArgument("config", "the first message must be a JSON config message"))
             return None
         try:
             msg = parse_client_message(raw.data)
         except BadMessage as exc:
-            await self._refuse(exc.field, str(exc))
+            await self._refuse(exc)
             return None
         if msg is None or msg.WhichOneof("kind") != "config":
-            await self._refuse("config", "the first message must be config")
+            await self._refuse(InvalidArgument("config", "the first message must be config"))
             return None
         return msg
 
-    async def _refuse(self, field: str, message: str) -> None:
+    async def _refuse(self, exc: InvalidArgument) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):  # (the browser may be gone already)
-            await self.out.final({"code": "INVALID_ARGUMENT", "message": message, "field": field}, CLOSE_BAD_INPUT)
+            await self.out.final(final_status(exc), CLOSE_BAD_INPUT)
 
     async def run(self) -> None:
         first = await self._first()

@@ -51,14 +51,24 @@ from services.web.errors import (
     proto_names,
     result_code,
 )
-from services.web.live import CLOSE_BAD_INPUT, CLOSE_TRY_LATER, EdgeWebSocket, LiveBridge, Sender, watch_bridge
+from services.web.live import (
+    CLOSE_BAD_INPUT,
+    CLOSE_TRY_LATER,
+    EdgeWebSocket,
+    LiveBridge,
+    Sender,
+    final_status,
+    watch_bridge,
+)
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
+from talkmesh.common.errors import NotFound, ResourceExhausted
 from talkmesh.common.faces import small_face_hint
 from talkmesh.common.files import WatchedFile
 from talkmesh.common.health import DependencyWatch
 from talkmesh.common.interceptors import OK, SERVER_FAULTS
 from talkmesh.common.logs import request_id_var
+from talkmesh.common.names import MAX_SESSION_ID_CHARS
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.registry import spec
 from talkmesh.common.server import BindError, check_port_free, run_until_signal
@@ -211,10 +221,6 @@ CSP = (
 )
 #: A Host header that can go into the CSP as it is (no spaces, quotes or ';').
 _SAFE_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
-#: The gateway's answer to a Watch of an unknown session (the edge answers the same for a session
-#: of another user: it does not confirm that the id exists).
-UNKNOWN_SESSION = "session_id: live session {!r} not found"
-
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -1375,7 +1381,7 @@ class WebHost:
                 )
             self._rejected(reason)
             # The documented end of a session: the final status, then the close (1013).
-            await Sender(ws).final({"code": "RESOURCE_EXHAUSTED", "message": why, "field": ""}, CLOSE_TRY_LATER)
+            await Sender(ws).final(final_status(ResourceExhausted(why)), CLOSE_TRY_LATER)
             return ws
         self.sessions.add(task)
         self._active.inc()
@@ -1394,15 +1400,11 @@ class WebHost:
             client = self._client()
             if watch:
                 session_id = request.query.get("session_id", "")
-                if self._token_secrets is not None and 0 < len(session_id) <= 256:
+                if self._token_secrets is not None and 0 < len(session_id) <= MAX_SESSION_ID_CHARS:
                     if self._session_owners.get(session_id) != subject:
                         # another user's session, one of another edge, or none: the gateway's own
                         # answer to an unknown id, so that an id is not confirmed
-                        status = {
-                            "code": "NOT_FOUND",
-                            "message": UNKNOWN_SESSION.format(session_id),
-                            "field": "session_id",
-                        }
+                        status = final_status(NotFound("session_id", session_id, "live session"))
                         with contextlib.suppress(ConnectionError, RuntimeError):
                             await Sender(ws).final(status, CLOSE_BAD_INPUT)
                         return ws

@@ -26,6 +26,7 @@ from talkmesh.bench.metrics import process_cpu_seconds
 from talkmesh.bench.speakers import GrpcSpeaker, InProcessSpeaker, consume
 from talkmesh.bench.workload import PARAGRAPH, Workload
 from talkmesh.common.calls import Stream
+from talkmesh.common.registry import DEFAULT_RENDERER_BACKEND
 
 
 class _CountedStream(Stream):
@@ -162,7 +163,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=8, help="Speak calls measured for CPU (0: messages only)")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--idle", type=float, default=20.0, help="seconds of idle CPU measured before the requests")
-    p.add_argument("--backend", default="viseme", choices=("viseme", "wav2lip"))
+    p.add_argument("--backend", default=DEFAULT_RENDERER_BACKEND, choices=("viseme", "wav2lip"))
 
 
 def run(args: argparse.Namespace) -> int:

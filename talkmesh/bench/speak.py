@@ -20,14 +20,14 @@ from talkmesh.bench.series import first_fragment_cpu, run_speaker
 from talkmesh.bench.speakers import GrpcSpeaker, InProcessSpeaker
 from talkmesh.bench.targets import check_targets
 from talkmesh.bench.workload import Workload
-from talkmesh.common.registry import spec
+from talkmesh.common.registry import DEFAULT_RENDERER_BACKEND, spec
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="bench an already running gateway instead of starting a mesh")
     p.add_argument("--requests", type=int, default=30, help="sequential requests for the latency figures")
     p.add_argument("--concurrency", default="1,2,4,8,12,16", help="concurrency levels of the sweep")
-    p.add_argument("--backend", default="viseme", choices=("viseme", "wav2lip"))
+    p.add_argument("--backend", default=DEFAULT_RENDERER_BACKEND, choices=("viseme", "wav2lip"))
     p.add_argument("--size", default="512", help="output size preset: 360p, 512, 720p, ...")
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process yardstick")
     p.add_argument("--no-components", action="store_true", help="skip the per-service micro-benchmarks")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from talkmesh.common.registry import DEFAULT_RENDERER_BACKEND
 from talkmesh.v1 import gateway_pb2 as gpb
 
 #: Short texts of one sentence for the latency series.
@@ -32,7 +33,7 @@ PARAGRAPH = (
 class Workload:
     """The knobs of a speak benchmark."""
 
-    backend: str = "viseme"
+    backend: str = DEFAULT_RENDERER_BACKEND
     size: str = "512"
     #: sequential requests of the latency series
     requests: int = 30

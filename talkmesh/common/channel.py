@@ -34,6 +34,10 @@ SERVER_KEEPALIVE_TIMEOUT_MS = 5_000
 MAX_RECONNECT_BACKOFF_MS = 3_000
 
 
+#: Why a client certificate without its key (or a key without its certificate) is refused.
+CERT_AND_KEY = "cert_file and key_file go together"
+
+
 @dataclasses.dataclass(frozen=True)
 class ClientTLS:
     """TLS on a client channel (``<endpoint>.tls`` in a service's config, the client's ``--tls``
@@ -55,11 +59,19 @@ class ClientTLS:
     def active(self) -> bool:
         return self.enabled or bool(self.ca_file or self.cert_file)
 
+    def missing_half(self) -> str:
+        """The field a client certificate lacks its other half in ("key_file" with only a
+        cert_file, "cert_file" with only a key_file), or "". (The client wheel checks with it:
+        it does not ship the config module.)"""
+        if bool(self.cert_file) == bool(self.key_file):
+            return ""
+        return "key_file" if self.cert_file else "cert_file"
+
     def validate(self) -> None:
-        if bool(self.cert_file) != bool(self.key_file):
+        if missing := self.missing_half():
             from talkmesh.common.config import ConfigError
 
-            raise ConfigError.at("key_file" if self.cert_file else "cert_file", "cert_file and key_file go together")
+            raise ConfigError.at(missing, CERT_AND_KEY)
 
     def credentials(self) -> grpc.ChannelCredentials:
         """The CA (or the system's roots) and the client certificate, read now."""

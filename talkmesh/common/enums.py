@@ -13,3 +13,9 @@ def short_name(enum: Any, value: int) -> str:
     ValueError for a number the enum does not have (a newer peer's value, say)."""
     prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.DESCRIPTOR.name).upper() + "_"
     return str(enum.Name(value)).removeprefix(prefix).lower()
+
+
+def choices(enum: Any) -> dict[str, int]:
+    """Every value of ``enum`` but its UNSPECIFIED one (0), by short name, in number order: what
+    a command line or a config key offers ("fmp4", "mpegts", "mp4" of Container)."""
+    return {short_name(enum, value): value for value in sorted(enum.values()) if value}

@@ -22,6 +22,9 @@ from typing import Protocol
 from talkmesh.common.errors import InvalidArgument
 
 MAX_ID_CHARS = 128
+#: A live session's id: the gateway's signed id (its owner's address sealed, a nonce and a MAC),
+#: longer than a client's ids; a longer one is no session's.
+MAX_SESSION_ID_CHARS = 256
 MAX_NAME_CHARS = 128
 MAX_FILENAME_CHARS = 255
 

@@ -125,6 +125,9 @@ RENDERER_FEATURES: dict[str, str] = {
     "wav2lip": "FEATURE_TYPE_WAV2LIP_MEL",
     "musetalk": "FEATURE_TYPE_WHISPER_EMBEDDING",
 }
+#: The renderer backend a request that names none gets (the renderer's and the gateway's default;
+#: the embedded one, which needs no model files).
+DEFAULT_RENDERER_BACKEND = "viseme"
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(

@@ -302,3 +302,16 @@ def test_a_yaml_syntax_error_names_the_file(tmp_path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(Outer, bad)
     assert f'in "{bad}", line' in str(err.value) and "<unicode string>" not in str(err.value)
+
+
+def test_the_client_refuses_a_certificate_without_its_key(monkeypatch) -> None:
+    """It made a channel that failed only at the first call; ClientTLS.validate, which says why,
+    needs the config module, which the client wheel does not ship."""
+    from talkmesh.client import TalkmeshClient, default_tls
+    from talkmesh.common.channel import ClientTLS
+
+    monkeypatch.setenv("TALKMESH_TLS_CERT_FILE", "client.pem")
+    with pytest.raises(ValueError, match=r"^TALKMESH_TLS_KEY_FILE: not set; TALKMESH_TLS_CERT_FILE and"):
+        default_tls()
+    with pytest.raises(ValueError, match=r"^tls\.cert_file: cert_file and key_file go together"):
+        TalkmeshClient("127.0.0.1:1", tls=ClientTLS(key_file="client.key"))

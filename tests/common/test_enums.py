@@ -22,3 +22,11 @@ def test_every_live_enum_value_loses_its_prefix() -> None:
 def test_a_number_the_enum_lacks_is_refused() -> None:
     with pytest.raises(ValueError):
         short_name(lpb.StopReason, 999)
+
+
+def test_choices_are_every_value_but_unspecified_in_number_order() -> None:
+    from talkmesh.common.enums import choices
+    from talkmesh.v1 import types_pb2
+
+    assert choices(types_pb2.Container) == {"fmp4": 1, "mpegts": 2, "mp4": 3}
+    assert choices(types_pb2.AudioCodec) == {"aac": 1, "opus": 2}

@@ -341,6 +341,7 @@ async def test_a_mistake_in_one_turns_input_fails_that_turn_and_the_session_goes
     stops = [m.event.speaking_stopped for m in messages if m.event.HasField("speaking_stopped")]
     assert [(e.code, e.turn_id) for e in errors] == [(3, "bad")]  # INVALID_ARGUMENT
     assert errors[0].message.startswith("audio.sample_offset: expected 0")
+    assert errors[0].field == "audio.sample_offset"
     assert [(s.turn_id, s.reason) for s in stops] == [
         ("bad", live_pb2.STOP_REASON_FAILED),
         ("next", live_pb2.STOP_REASON_COMPLETED),
@@ -367,7 +368,7 @@ async def test_an_interrupt_that_meets_a_turns_failure_is_still_acknowledged_for
     try:
         s._interrupt("", list(s.turns))
         s.turns["A"].failed, s.turns["A"].failed_code = "render: boom", 13
-        s._interrupt("A", ["A"], why="failed")
+        s._interrupt("A", ["A"], why=live_pb2.STOP_REASON_FAILED)
         out = s._apply_interrupts(10)
     finally:
         await s.tasks.aclose()

@@ -110,6 +110,8 @@ class Turn:
     #: the status code of a failure found here (a render failed); 0 when the gateway failed the
     #: turn (``turn_failed``): it has told its client, so no LiveError is sent for it
     failed_code: int = 0
+    #: the offending field of that failure, when one is to blame (its LiveError names it)
+    failed_field: str = ""
     underrun: bool = False
     stream: Stream | None = None
     seq: int = 1
@@ -271,9 +273,9 @@ class LiveSession:
         self.stopped_ids: Lru[str, bool] = Lru(STOPPED_TURNS_KEPT)  # input for them is dropped
         #: interrupts read and not applied yet: (turn id, or "" for every turn; the ids of the turns
         #: it stops, fixed when it is read: a turn started after it is not one of them; when
-        #: received; why: "interrupt" (acknowledged), "failed" (a turn's failure) or "end" (the
-        #: session's: every turn stops, no acknowledgement))
-        self.interrupts: list[tuple[str, list[str], float, str]] = []
+        #: received; why: STOP_REASON_INTERRUPTED (acknowledged), _FAILED (a turn's failure) or
+        #: _SESSION_ENDED (the session's end: every turn stops, no acknowledgement))
+        self.interrupts: list[tuple[str, list[str], float, int]] = []
         self.wakeup = asyncio.Event()
         self.input_ended = False
         self.tasks = TaskSet(f"live-{live_config.session_id}")
@@ -305,7 +307,7 @@ class LiveSession:
                 # its targets are the turns known now, in order with the input: a turn started
                 # right after it (read while the tick loop encodes a frame) is not stopped by it
                 if kind == "end_session":
-                    self._interrupt("", list(self.turns), why="end")
+                    self._interrupt("", list(self.turns), why=live_pb2.STOP_REASON_SESSION_ENDED)
                 else:
                     self._interrupt(tid, list(self.turns) if not tid else [tid])
                 continue
@@ -369,11 +371,11 @@ class LiveSession:
                 turn.render_in.close()
         elif kind == "turn_failed":
             turn.failed = req.turn_failed or "the turn's input failed"
-            self._interrupt(turn.turn_id, [turn.turn_id], why="failed")
+            self._interrupt(turn.turn_id, [turn.turn_id], why=live_pb2.STOP_REASON_FAILED)
 
-    def _interrupt(self, tid: str, targets: list[str], *, why: str = "interrupt") -> None:
-        """Stops the turns ``targets`` at the next frame (the tick loop wakes up for it): for an
-        ``interrupt`` (acknowledged), a turn that ``failed``, or the session's ``end``."""
+    def _interrupt(self, tid: str, targets: list[str], *, why: int = live_pb2.STOP_REASON_INTERRUPTED) -> None:
+        """Stops the turns ``targets`` at the next frame (the tick loop wakes up for it), ``why``
+        (a StopReason): an interrupt (acknowledged), a turn that failed, or the session's end."""
         self.interrupts.append((tid, targets, time.perf_counter(), why))
         self.wakeup.set()
 
@@ -382,7 +384,8 @@ class LiveSession:
         the next frame, with its LiveError (``failed_code``) ahead of its speaking_stopped."""
         turn.failed = exc.message
         turn.failed_code = exc.code.value[0]
-        self._interrupt(turn.turn_id, [turn.turn_id], why="failed")
+        turn.failed_field = getattr(exc, "field", "")
+        self._interrupt(turn.turn_id, [turn.turn_id], why=live_pb2.STOP_REASON_FAILED)
 
     def _start_turn(self, tid: str, source_rate: int) -> None:
         turn = Turn(tid, source_rate, self.clock, self.lead)
@@ -724,7 +727,7 @@ class LiveSession:
         out: list[live_pb2.LiveServerMessage] = []
         pending, self.interrupts = self.interrupts, []
         for tid, ids, received, why in pending:
-            ending = why == "end"
+            ending = why == live_pb2.STOP_REASON_SESSION_ENDED
             # the session's end stops every turn; an interrupt, the turns known when it was read
             # (those that ended meanwhile are not stopped again)
             targets = list(self.turns.values()) if ending else [self.turns[i] for i in ids if i in self.turns]
@@ -734,25 +737,22 @@ class LiveSession:
                 self._pending_audio += self.codecs.cut_audio()
             events = []
             for turn in targets:
-                reason = (
-                    live_pb2.STOP_REASON_FAILED
-                    if turn.failed
-                    else live_pb2.STOP_REASON_SESSION_ENDED
-                    if ending
-                    else live_pb2.STOP_REASON_INTERRUPTED
-                )
+                reason = live_pb2.STOP_REASON_FAILED if turn.failed else why
                 events.append(self._stopped(turn, n, reason))
                 self._drop(turn)
             failed = [t for t in targets if t.failed]
             now = time.time()
             for turn in failed:
                 if turn.failed_code:
-                    error = live_pb2.LiveError(code=turn.failed_code, message=turn.failed, turn_id=turn.turn_id)
+                    error = live_pb2.LiveError(
+                        code=turn.failed_code, message=turn.failed, field=turn.failed_field, turn_id=turn.turn_id
+                    )
                     out.append(self.out.message(error=error))
             for ev in events:
                 ev.unix_seconds = now
                 out.append(self.out.message(event=ev))
-            if why == "interrupt":  # (a turn that failed meanwhile stopped for its failure: not listed)
+            # (a turn that failed meanwhile stopped for its failure: not listed)
+            if why == live_pb2.STOP_REASON_INTERRUPTED:
                 ack = self._event(
                     n,
                     interrupt_acknowledged=live_pb2.InterruptAcknowledged(
