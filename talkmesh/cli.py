@@ -948,7 +948,7 @@ def describe_rpc_error(exc: Any, target: str, args: argparse.Namespace | None = 
     ``args``, the command's: an option the user did not give is not said to have set the field)."""
     import grpc
 
-    from talkmesh.common.errors import ErrorDetails
+    from talkmesh.common.errors import ErrorDetails, named_by_a_stage, unreachable
 
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE and "handshake failed" in details.lower():
@@ -957,14 +957,7 @@ def describe_rpc_error(exc: Any, target: str, args: argparse.Namespace | None = 
             f"TLS handshake with the gateway at {target} failed ({reason}): check --tls-ca "
             "(TALKMESH_TLS_CA_FILE), --tls-server-name, or whether the gateway serves TLS at all"
         )
-    unreachable = ("failed to connect", "connection refused", "all backends failing", "errors resolving")
-    # "<service>: ..." is the gateway reporting a stage it could not reach, not the gateway unreachable
-    from_a_stage = any(details.startswith(f"{name}: ") for name in NAMES)
-    if (
-        code == grpc.StatusCode.UNAVAILABLE
-        and not from_a_stage
-        and any(text in details.lower() for text in unreachable)
-    ):
+    if unreachable(exc):
         return (
             f"cannot reach the gateway at {target}: is the mesh running? "
             "Start it with `talkmesh up`, or point --target (or TALKMESH_TARGET) at it"
@@ -977,7 +970,7 @@ def describe_rpc_error(exc: Any, target: str, args: argparse.Namespace | None = 
     if upload and field in UPLOAD_FIELDS:
         # the upload's bytes or name: said of the user's file ("me.jpg: no face found ..."), not of
         # the protocol's field ("renderer: data: ... (field data)")
-        said = details.split(": ", 1)[1] if details.split(": ", 1)[0] in NAMES else details
+        said = details.split(": ", 1)[1] if named_by_a_stage(details) else details
         said = said.removeprefix(f"{field}: ")
         name = Path(upload).name  # (the renderer may name it: "me.png is not a decodable image")
         line = f"{code.name}: {upload}" + (said[len(name) :] if said.startswith(f"{name} ") else f": {said}")

@@ -383,7 +383,7 @@ class LiveSession:
         """The session cannot go on (its encoder stream failed, say): still, as when the server
         ends it, a last session_ending (END_REASON_FAILED, 0 s left) and, for each turn playing or
         queued, its one speaking_stopped (FAILED, with what of it was sent), before the call's
-        status names what failed. To watchers too. None before ``started`` (a refused start)."""
+        status names what failed. To watchers too. Nothing before ``started`` (a refused start)."""
         if not self.started.is_set():
             return []
         now = time.time()

@@ -1,4 +1,5 @@
-"""The gateway: validates client requests, runs the Speak pipeline, proxies avatar/voice calls."""
+"""The gateway: validates client requests, runs the Speak pipeline, hosts the live sessions (Live,
+Watch) and proxies avatar/voice calls."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from talkmesh.common.errors import ErrorDetails, scrub
+from talkmesh.common.errors import ErrorDetails, scrub, unreachable
 
 #: gRPC status -> HTTP status (as the Google API HTTP mapping does).
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -117,7 +117,7 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:
     code = exc.code()
     details = ErrorDetails.of(exc)
     message = edge_message(exc)
-    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in message.lower():
+    if unreachable(exc):
         message = "gateway: not reachable"
     return HttpError(HTTP_STATUS.get(code, 500), code.name, message, details.field, details.retry_delay)
 

@@ -1,7 +1,8 @@
 """The streaming core: bounded channels, owned tasks, and cancellation that never lies.
 
 Every service, the gateway's pipelines and the live sessions move data between concurrent parts
-with these three pieces (the shape follows livekit/agents ``utils.aio``; the code is ours):
+with these three pieces (the shape follows livekit/agents ``utils.aio``; the code is ours), and
+a few small helpers built on them (``priority_merge``, ``wait_event``, ``any_event``, ``all_of``):
 
 * ``Chan``: a bounded, closable channel. ``send`` waits while it is full (back pressure),
   iteration ends when it is closed and drained (no sentinels in callers), and a producer that

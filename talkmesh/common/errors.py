@@ -180,8 +180,7 @@ class StageError(TalkmeshError):
         details = exc.details() or exc.code().name
         # A stage that relays another stage's error has already named it ("renderer: ..." coming
         # back through the encoder): the client sees the stage that failed, once.
-        named = details.split(":", 1)[0] in _stage_names()
-        super().__init__(details if named else f"{stage}: {details}")
+        super().__init__(details if named_by_a_stage(details) else f"{stage}: {details}")
         self.stage = stage
         self.code = exc.code()
         self.retryable = self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -225,6 +224,27 @@ def internal_error(exc: BaseException) -> TalkmeshError:
 def renamed_message(message: str, old: str, new: str) -> str:
     """``message`` with its ``old:`` field prefix (after a stage's ``name:``, if any) as ``new:``."""
     return message.replace(f"{old}:", f"{new}:", 1)
+
+
+#: What a channel's own status says when it could not reach its target at all.
+_UNREACHABLE = ("failed to connect", "connection refused", "all backends failing", "errors resolving")
+
+
+def named_by_a_stage(message: str) -> bool:
+    """``message`` starts with a service's name ("tts: ..."): a stage's status (relayed by the
+    gateway), not one about the call's own target."""
+    return message.split(":", 1)[0] in _stage_names()
+
+
+def unreachable(exc: grpc.aio.AioRpcError) -> bool:
+    """The call's own channel could not reach its target (a client: the gateway): UNAVAILABLE
+    saying so, and not a stage the target could not reach ("tts: failed to connect ...")."""
+    details = exc.details() or ""
+    return (
+        exc.code() == grpc.StatusCode.UNAVAILABLE
+        and not named_by_a_stage(details)
+        and any(text in details.lower() for text in _UNREACHABLE)
+    )
 
 
 def _stage_names() -> tuple[str, ...]:

@@ -565,3 +565,20 @@ async def test_the_start_up_line_says_which_origins_may_use_the_edge(caplog: pyt
         await host.stop()
         (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("web serving on")]
         assert said in line, line
+
+
+@pytest.mark.parametrize(
+    ("details", "said"),
+    [
+        # the gateway could not reach a stage: said as the stage's, not as the gateway unreachable
+        ("tts: failed to connect to all addresses", "tts: failed to connect to all addresses"),
+        ("failed to connect to all addresses; last error: UNKNOWN: Connection refused", "gateway: not reachable"),
+        ("DNS resolution failed: errors resolving gateway:50051", "gateway: not reachable"),
+    ],
+)
+def test_an_unreachable_gateway_is_told_apart_from_a_stage_it_could_not_reach(details: str, said: str) -> None:
+    from services.web.errors import from_rpc_error
+
+    exc = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    err = from_rpc_error(exc)
+    assert (err.status, err.message) == (503, said)
