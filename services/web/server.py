@@ -214,6 +214,12 @@ _SAFE_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 #: The gateway's answer to a Watch of an unknown session (the edge answers the same for a session
 #: of another user: it does not confirm that the id exists).
 UNKNOWN_SESSION = "session_id: live session {!r} not found"
+#: The final status of a watch whose web edge shuts down while the session goes on elsewhere.
+WATCH_DRAINED = {
+    "code": "UNAVAILABLE",
+    "message": "session: this web edge is shutting down; the session goes on: watch it again",
+    "field": "",
+}
 
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
@@ -410,6 +416,10 @@ class WebHost:
         self.draining = False
         self.sessions: set[asyncio.Task[Any]] = set()
         self.bridges: set[LiveBridge] = set()
+        #: the open /v1/live/watch sockets and the session each watches
+        self.watchers: dict[web.WebSocketResponse, str] = {}
+        #: the ids of the live sessions open on this edge (a drain ends them; not those of others)
+        self._own_sessions: set[str] = set()
         self._runner: web.AppRunner | None = None
         self._metrics_server: Any = None
         self._watch: asyncio.Task[None] | None = None
@@ -694,8 +704,18 @@ class WebHost:
         grace = self.config.server.grace_seconds if grace is None else grace
         self.draining = True
         await cancel_and_wait(self._watch)
-        # Live sessions end as if the browser half-closed: started turns play, then status OK.
-        await asyncio.gather(*(b.half_close() for b in list(self.bridges)), return_exceptions=True)
+        # Live sessions end as if the browser half-closed: started turns play, then status OK (their
+        # session_ending saying END_REASON_DRAINING). A watch of a session this edge did not open
+        # (a backend's, another replica's) would not end by itself: it ends now, "watch again".
+        await asyncio.gather(*(b.drain() for b in list(self.bridges)), return_exceptions=True)
+        await asyncio.gather(
+            *(
+                Sender(ws).final(WATCH_DRAINED, CLOSE_TRY_LATER)
+                for ws, watched in list(self.watchers.items())
+                if watched not in self._own_sessions
+            ),
+            return_exceptions=True,
+        )
         if self.sessions:
             done = asyncio.Event()
             pending = set(self.sessions)
@@ -1386,9 +1406,10 @@ class WebHost:
         opened: list[str] = []  # the session id this socket's session got
 
         def started(session_id: str) -> None:
+            self._own_sessions.add(session_id)
+            opened.append(session_id)
             if subject and session_id:  # (with tokens: its owner; without, anyone may watch)
                 self._session_owners[session_id] = subject
-                opened.append(session_id)
 
         try:
             client = self._client()
@@ -1406,7 +1427,11 @@ class WebHost:
                         with contextlib.suppress(ConnectionError, RuntimeError):
                             await Sender(ws).final(status, CLOSE_BAD_INPUT)
                         return ws
-                await watch_bridge(client, ws, session_id)
+                self.watchers[ws] = session_id
+                try:
+                    await watch_bridge(client, ws, session_id)
+                finally:
+                    self.watchers.pop(ws, None)
             else:
                 timing = request.query.get("timing") == "1"  # debug: relay timestamps (docs/WEB.md)
                 bridge = LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds, timing, started)
@@ -1420,6 +1445,7 @@ class WebHost:
             self.sessions.discard(task)
             for session_id in opened:
                 self._session_owners.pop(session_id, None)
+                self._own_sessions.discard(session_id)
             if subject:
                 self._subject_sessions[subject] -= 1
                 if self._subject_sessions[subject] <= 0:
