@@ -365,9 +365,9 @@ class LiveBridge:
                 break  # the session ended (or the edge half-closed it); _pump_down reports how
 
 
-async def watch_bridge(client: TalkmeshClient, ws: web.WebSocketResponse, session_id: str) -> None:
+async def watch_bridge(client: TalkmeshClient, out: Sender, session_id: str) -> None:
     """``/v1/live/watch?session_id=...``: ``Live/Watch`` for a browser (server to browser only)."""
-    out = Sender(ws)
+    ws = out.ws
     async with client.watch(session_id) as call, TaskSet("web-watch") as tasks:  # (leaving: cancelled)
         down = tasks.spawn(_pump_down(call, out), name="down")
         up = tasks.spawn(_drain(ws), name="up")

@@ -416,8 +416,8 @@ class WebHost:
         self.draining = False
         self.sessions: set[asyncio.Task[Any]] = set()
         self.bridges: set[LiveBridge] = set()
-        #: the open /v1/live/watch sockets and the session each watches
-        self.watchers: dict[web.WebSocketResponse, str] = {}
+        #: the open /v1/live/watch sockets (their senders) and the session each watches
+        self.watchers: dict[Sender, str] = {}
         #: the ids of the live sessions open on this edge (a drain ends them; not those of others)
         self._own_sessions: set[str] = set()
         self._runner: web.AppRunner | None = None
@@ -705,13 +705,16 @@ class WebHost:
         self.draining = True
         await cancel_and_wait(self._watch)
         # Live sessions end as if the browser half-closed: started turns play, then status OK (their
-        # session_ending saying END_REASON_DRAINING). A watch of a session this edge did not open
-        # (a backend's, another replica's) would not end by itself: it ends now, "watch again".
+        # session_ending saying END_REASON_DRAINING, also to their watchers). A watch of a session
+        # this edge did not open (a backend's, another replica's) would not end by itself: it ends
+        # now, "watch again".
+        for out, watched in self.watchers.items():
+            out.draining = watched in self._own_sessions
         await asyncio.gather(*(b.drain() for b in list(self.bridges)), return_exceptions=True)
         await asyncio.gather(
             *(
-                Sender(ws).final(WATCH_DRAINED, CLOSE_TRY_LATER)
-                for ws, watched in list(self.watchers.items())
+                out.final(WATCH_DRAINED, CLOSE_TRY_LATER)
+                for out, watched in list(self.watchers.items())
                 if watched not in self._own_sessions
             ),
             return_exceptions=True,
@@ -1427,11 +1430,12 @@ class WebHost:
                         with contextlib.suppress(ConnectionError, RuntimeError):
                             await Sender(ws).final(status, CLOSE_BAD_INPUT)
                         return ws
-                self.watchers[ws] = session_id
+                out = Sender(ws)
+                self.watchers[out] = session_id
                 try:
-                    await watch_bridge(client, ws, session_id)
+                    await watch_bridge(client, out, session_id)
                 finally:
-                    self.watchers.pop(ws, None)
+                    self.watchers.pop(out, None)
             else:
                 timing = request.query.get("timing") == "1"  # debug: relay timestamps (docs/WEB.md)
                 bridge = LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds, timing, started)

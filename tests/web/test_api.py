@@ -319,22 +319,28 @@ async def test_draining_the_edge_ends_live_sessions_cleanly(tmp_path: Path) -> N
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
         ws = await http.ws_connect("/v1/live")
         await ws.send_str(json.dumps({"config": {}}))
-        assert "started" in await _recv_json(ws)
+        session_id = (await _recv_json(ws))["started"]["session_id"]
+        watcher = await http.ws_connect(f"/v1/live/watch?session_id={session_id}")
+        assert "started" in await _recv_json(watcher)
         loop = asyncio.get_running_loop()
         started = loop.time()
         stop = asyncio.create_task(mesh.hosts["web"].stop(10.0))
-        endings: list[str] = []
-        async with asyncio.timeout(10):
-            while True:
-                body = await _recv_json(ws)
-                if "session_ending" in body.get("event", {}):
-                    endings.append(body["event"]["session_ending"]["reason"])
-                if "status" in body:
-                    break
-        assert body["status"]["code"] == "OK"
-        # the browser did not half-close: the edge's drain is told as a drain (a page reconnects at
-        # once, to another replica), not as the client's own END_REASON_CLIENT_CLOSED
-        assert endings and set(endings) == {"END_REASON_DRAINING"}, endings
+
+        async def ending(sock: aiohttp.ClientWebSocketResponse) -> tuple[list[str], dict[str, Any]]:
+            endings: list[str] = []
+            async with asyncio.timeout(10):
+                while "status" not in (body := await _recv_json(sock)):
+                    if "session_ending" in body.get("event", {}):
+                        endings.append(body["event"]["session_ending"]["reason"])
+            return endings, body
+
+        for endings, body in await asyncio.gather(ending(ws), ending(watcher)):
+            assert body["status"]["code"] == "OK"
+            # the browser did not half-close: the edge's drain is told as a drain (a page reconnects
+            # at once, to another replica), not as the client's own END_REASON_CLIENT_CLOSED; its
+            # watcher is told the same
+            assert endings and set(endings) == {"END_REASON_DRAINING"}, endings
+        await watcher.close()
         await stop
         assert loop.time() - started < 5.0
         assert ws.close_code == 1000 or (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
