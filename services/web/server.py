@@ -62,7 +62,7 @@ from services.web.live import (
 )
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
-from talkmesh.common.errors import NotFound, ResourceExhausted
+from talkmesh.common.errors import NotFound, ResourceExhausted, Unavailable
 from talkmesh.common.faces import small_face_hint
 from talkmesh.common.files import WatchedFile
 from talkmesh.common.health import DependencyWatch
@@ -221,6 +221,11 @@ CSP = (
 )
 #: A Host header that can go into the CSP as it is (no spaces, quotes or ';').
 _SAFE_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
+#: The final status of a watch whose web edge shuts down while the session goes on elsewhere.
+WATCH_DRAINED = final_status(
+    Unavailable("session: this web edge is shutting down; the session goes on: watch it again")
+)
+
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -416,6 +421,10 @@ class WebHost:
         self.draining = False
         self.sessions: set[asyncio.Task[Any]] = set()
         self.bridges: set[LiveBridge] = set()
+        #: the open /v1/live/watch sockets (their senders) and the session each watches
+        self.watchers: dict[Sender, str] = {}
+        #: the ids of the live sessions open on this edge (a drain ends them; not those of others)
+        self._own_sessions: set[str] = set()
         self._runner: web.AppRunner | None = None
         self._metrics_server: Any = None
         self._watch: asyncio.Task[None] | None = None
@@ -700,8 +709,21 @@ class WebHost:
         grace = self.config.server.grace_seconds if grace is None else grace
         self.draining = True
         await cancel_and_wait(self._watch)
-        # Live sessions end as if the browser half-closed: started turns play, then status OK.
-        await asyncio.gather(*(b.half_close() for b in list(self.bridges)), return_exceptions=True)
+        # Live sessions end as if the browser half-closed: started turns play, then status OK (their
+        # session_ending saying END_REASON_DRAINING, also to their watchers). A watch of a session
+        # this edge did not open (a backend's, another replica's) would not end by itself: it ends
+        # now, "watch again".
+        for out, watched in self.watchers.items():
+            out.draining = watched in self._own_sessions
+        await asyncio.gather(*(b.drain() for b in list(self.bridges)), return_exceptions=True)
+        await asyncio.gather(
+            *(
+                out.final(WATCH_DRAINED, CLOSE_TRY_LATER)
+                for out, watched in list(self.watchers.items())
+                if watched not in self._own_sessions
+            ),
+            return_exceptions=True,
+        )
         if self.sessions:
             done = asyncio.Event()
             pending = set(self.sessions)
@@ -1392,9 +1414,10 @@ class WebHost:
         opened: list[str] = []  # the session id this socket's session got
 
         def started(session_id: str) -> None:
+            self._own_sessions.add(session_id)
+            opened.append(session_id)
             if subject and session_id:  # (with tokens: its owner; without, anyone may watch)
                 self._session_owners[session_id] = subject
-                opened.append(session_id)
 
         try:
             client = self._client()
@@ -1408,7 +1431,12 @@ class WebHost:
                         with contextlib.suppress(ConnectionError, RuntimeError):
                             await Sender(ws).final(status, CLOSE_BAD_INPUT)
                         return ws
-                await watch_bridge(client, ws, session_id)
+                out = Sender(ws)
+                self.watchers[out] = session_id
+                try:
+                    await watch_bridge(client, out, session_id)
+                finally:
+                    self.watchers.pop(out, None)
             else:
                 timing = request.query.get("timing") == "1"  # debug: relay timestamps (docs/WEB.md)
                 bridge = LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds, timing, started)
@@ -1422,6 +1450,7 @@ class WebHost:
             self.sessions.discard(task)
             for session_id in opened:
                 self._session_owners.pop(session_id, None)
+                self._own_sessions.discard(session_id)
             if subject:
                 self._subject_sessions[subject] -= 1
                 if self._subject_sessions[subject] <= 0:

@@ -314,24 +314,89 @@ async def test_a_browser_that_vanishes_ends_its_session(tmp_path: Path) -> None:
 
 async def test_draining_the_edge_ends_live_sessions_cleanly(tmp_path: Path) -> None:
     """SIGTERM on the web edge: /readyz turns 503, each live session is half-closed (it ends with
-    status OK once its started turns have played) well within the grace period."""
+    status OK once its started turns have played) well within the grace period, its session_ending
+    saying END_REASON_DRAINING; a browser's own half_close still ends as END_REASON_CLIENT_CLOSED."""
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
         ws = await http.ws_connect("/v1/live")
         await ws.send_str(json.dumps({"config": {}}))
-        assert "started" in await _recv_json(ws)
+        session_id = (await _recv_json(ws))["started"]["session_id"]
+        watcher = await http.ws_connect(f"/v1/live/watch?session_id={session_id}")
+        assert "started" in await _recv_json(watcher)
         loop = asyncio.get_running_loop()
         started = loop.time()
         stop = asyncio.create_task(mesh.hosts["web"].stop(10.0))
-        async with asyncio.timeout(10):
-            while True:
-                body = await _recv_json(ws)
-                if "status" in body:
-                    break
-        assert body["status"]["code"] == "OK"
+
+        async def ending(sock: aiohttp.ClientWebSocketResponse) -> tuple[list[str], dict[str, Any]]:
+            endings: list[str] = []
+            async with asyncio.timeout(10):
+                while "status" not in (body := await _recv_json(sock)):
+                    if "session_ending" in body.get("event", {}):
+                        endings.append(body["event"]["session_ending"]["reason"])
+            return endings, body
+
+        for endings, body in await asyncio.gather(ending(ws), ending(watcher)):
+            assert body["status"]["code"] == "OK"
+            # the browser did not half-close: the edge's drain is told as a drain (a page reconnects
+            # at once, to another replica), not as the client's own END_REASON_CLIENT_CLOSED; its
+            # watcher is told the same
+            assert endings and set(endings) == {"END_REASON_DRAINING"}, endings
+        await watcher.close()
         await stop
         assert loop.time() - started < 5.0
         assert ws.close_code == 1000 or (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         await ws.close()
+
+
+async def test_a_browser_that_half_closes_is_told_client_closed(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        ws = await http.ws_connect("/v1/live")
+        await ws.send_str(json.dumps({"config": {}}))
+        assert "started" in await _recv_json(ws)
+        await ws.send_str(json.dumps({"half_close": {}}))
+        endings: list[str] = []
+        async with asyncio.timeout(10):
+            while "status" not in (body := await _recv_json(ws)):
+                if "session_ending" in body.get("event", {}):
+                    endings.append(body["event"]["session_ending"]["reason"])
+        assert body["status"]["code"] == "OK" and set(endings) == {"END_REASON_CLIENT_CLOSED"}, endings
+        # ... also when the edge drains after the browser's half_close (nothing to rewrite)
+        await ws.close()
+
+
+async def test_draining_the_edge_ends_a_watch_of_a_session_it_did_not_open_at_once(tmp_path: Path) -> None:
+    """A backend opens the session over gRPC (the Python client), a browser watches it through the
+    edge. The edge's drain cannot end that session (it is not the edge's): the watcher gets the
+    documented final status at once (UNAVAILABLE, close 1013: watch again, through another replica)
+    instead of holding the edge's shutdown for its whole grace and then a bare close 1001."""
+    from talkmesh.client import TalkmeshClient
+
+    async with (
+        inprocess_mesh(tmp_path, web=True) as mesh,
+        TalkmeshClient(mesh.gateway) as client,
+        client.live() as live,
+        aiohttp.ClientSession(mesh.web_url) as http,
+    ):
+        reader = asyncio.create_task(_read_all(live))
+        ws = await http.ws_connect(f"/v1/live/watch?session_id={live.session_id}")
+        assert "started" in await _recv_json(ws)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        stop = asyncio.create_task(mesh.hosts["web"].stop(10.0))
+        async with asyncio.timeout(15):
+            while "status" not in (body := await _recv_json(ws)):
+                pass
+            closing = await ws.receive()
+            await stop
+        assert loop.time() - began < 5.0, "the watch held the edge's drain"
+        assert body["status"]["code"] == "UNAVAILABLE" and "watch" in body["status"]["message"], body
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1013, closing
+        assert not reader.done(), "the backend's session goes on"
+        reader.cancel()
+
+
+async def _read_all(live: Any) -> None:
+    async for _ in live:
+        pass
 
 
 async def test_timing_stamps_when_asked_and_only_then(tmp_path: Path) -> None:
