@@ -634,7 +634,11 @@ def _token(args: argparse.Namespace) -> int:
     try:
         secret = tokens.read_secrets(args.secret_file)[0]
         token = tokens.mint(
-            secret, ttl_seconds=args.ttl, subject=args.subject, scopes=tuple(args.scope) if args.scope else None
+            secret,
+            ttl_seconds=args.ttl,
+            subject=args.subject,
+            scopes=tuple(args.scope) if args.scope else None,
+            sessions=tuple(args.session or ()),
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -922,6 +926,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         choices=SCOPES,
         help="allow this (repeatable; default: speak, live and watch; avatars only when named)",
+    )
+    tn.add_argument(
+        "--session",
+        action="append",
+        metavar="SESSION_ID",
+        help="it may watch this live session whoever opened it (repeatable; the sessions claim)",
     )
     tn.add_argument("--page", default="", help="print the page's URL with the token (e.g. http://127.0.0.1:8080/)")
     dr = sub.add_parser(

@@ -186,6 +186,8 @@ WS_PROTOCOL = "talkmesh"
 #: Who a request's access token speaks for (``tokens.Access.owner``: the hash of its whole ``sub``,
 #: or the token itself when it has none).
 SUBJECT_KEY = web.RequestKey("subject", str)
+#: The sessions a request's token lets it watch whoever opened them (its ``sessions`` claim).
+WATCHABLE_KEY = web.RequestKey("watchable", frozenset)
 #: A live session's socket, whose outcome (RESULT_KEY) counts even when aiohttp cancels its handler
 #: (the connection closed).
 SOCKET_KEY = web.RequestKey("socket", web.WebSocketResponse)
@@ -902,6 +904,7 @@ class WebHost:
         # subject is counted by its identity, the same for each of its spellings: its jti, or its
         # payload's hash; no token is kept in memory)
         request[SUBJECT_KEY] = access.owner
+        request[WATCHABLE_KEY] = access.sessions
         scope = ROUTE_SCOPES.get(("GET" if request.method == "HEAD" else request.method, route))
         if scope is not None and not access.allows(scope):
             raise HttpError(
@@ -1424,7 +1427,8 @@ class WebHost:
             if watch:
                 session_id = request.query.get("session_id", "")
                 if self._token_secrets is not None and 0 < len(session_id) <= MAX_SESSION_ID_CHARS:
-                    if self._session_owners.get(session_id) != subject:
+                    granted = session_id in request.get(WATCHABLE_KEY, frozenset())  # (by the backend)
+                    if self._session_owners.get(session_id) != subject and not granted:
                         # another user's session, one of another edge, or none: the gateway's own
                         # answer to an unknown id, so that an id is not confirmed
                         status = final_status(NotFound("session_id", session_id, "live session"))
