@@ -47,6 +47,7 @@ from talkmesh.common.errors import DeadlineExceeded, InvalidArgument, ResourceEx
 from talkmesh.common.names import check_filename, check_id, clean_name
 from talkmesh.common.streams import RequestStream
 from talkmesh.v1 import renderer_pb2 as rpb
+from talkmesh.v1 import types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,24 @@ async def receive_upload(
     return meta, held
 
 
+#: AvatarMeta.framing as the avatar store takes it (services/renderer/avatars/store.py FRAMINGS)
+FRAMINGS = {
+    types_pb2.FRAMING_UNSPECIFIED: "auto",
+    types_pb2.FRAMING_AUTO: "auto",
+    types_pb2.FRAMING_AS_IS: "as-is",
+    types_pb2.FRAMING_HEAD_AND_SHOULDERS: "head",
+}
+
+
+def framing_of(meta: rpb.AvatarMeta) -> str:
+    """The upload's framing ("auto", "as-is", "head"), or InvalidArgument naming ``meta.framing``."""
+    framing = FRAMINGS.get(meta.framing)
+    if framing is None:
+        known = ", ".join(f"{types_pb2.Framing.Name(v)} ({v})" for v in types_pb2.Framing.values())
+        raise InvalidArgument("meta.framing", f"unknown framing {meta.framing} (known: {known})")
+    return framing
+
+
 async def _receive(
     request_iterator: AsyncIterator[Any],
     held: HeldUpload,
@@ -312,6 +331,7 @@ async def _receive(
         raise InvalidArgument("meta.backends", "names at most 16 backends")
     for i, b in enumerate(meta.backends):
         check_id(f"meta.backends[{i}]", b)
+    framing_of(meta)  # (refused before the file's bytes arrive)
     sniffed = False
     async for msg in upload:
         if held.received + len(msg.data) > limits.max_bytes:
