@@ -188,3 +188,31 @@ async def test_the_grpc_error_for_an_unknown_framing_names_the_field(tmp_path):
         info = await stub.RegisterAvatar(upload(api.FRAMING_HEAD_AND_SHOULDERS))
         assert info.height > info.width and len(info.face.framed_box) == 4, info
         assert list(info.face.upload_box) != list(info.face.box), "the box in the crop, upload_box in the upload"
+
+
+def test_a_face_not_found_again_in_its_crop_keeps_the_whole_picture(tmp_path, monkeypatch, caplog):
+    """Should the face not be found again in the crop, the registration does not fail: the whole
+    picture is kept (as "as-is" keeps it), and the log says why."""
+    store = _store(tmp_path)
+    data = _jpeg(_scene())
+    real = store.faces.analyse
+    calls = []
+
+    def analyse(frames, choice, **kw):  # type: ignore[no-untyped-def]
+        calls.append(frames.shape)
+        if len(calls) == 2:  # (the crop's)
+            raise InvalidArgument("data", "no face found")
+        return real(frames, choice, **kw)
+
+    monkeypatch.setattr(store.faces, "analyse", analyse)
+    avatar, _ = store.register(data, "room.jpg")
+    assert len(calls) == 2 and avatar.id == store.content_id(data) and "framed_box" not in avatar.report
+    assert "not found again in its head-and-shoulders crop" in caplog.text
+
+
+def test_the_framed_id_changes_with_the_crop_rule(tmp_path, monkeypatch):
+    store = _store(tmp_path)
+    data = _jpeg(portrait())
+    whole, framed = store.content_id(data), store.content_id(data, framed=True)
+    monkeypatch.setattr("services.renderer.avatars.store.CROP_FACE_WIDTHS", 4)
+    assert store.content_id(data) == whole and store.content_id(data, framed=True) != framed

@@ -66,7 +66,13 @@ from services.renderer.avatars.scaled import needs_scaling, scaled
 from services.renderer.backends.base import Avatar, RenderBackend
 from services.renderer.config import DEFAULT_ALIAS, AvatarConfig
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from talkmesh.common.faces import face_is_small, head_and_shoulders
+from talkmesh.common.faces import (
+    CROP_ASPECT,
+    CROP_FACE_CENTRE,
+    CROP_FACE_WIDTHS,
+    face_is_small,
+    head_and_shoulders,
+)
 from talkmesh.common.lru import Lru
 from talkmesh.common.paths import cache_dir
 
@@ -230,8 +236,8 @@ class AvatarStore:
             settings["face"] = [choice.index, list(choice.point) if choice.point else None]
             if choice.point:  # (earlier it was read on the stored frames: those avatars are made again)
                 settings["point_in"] = "upload"
-        if framed:  # (the whole picture keeps the id it had before framing existed)
-            settings["framing"] = "head"
+        if framed:  # (the whole picture keeps the id it had before framing existed; a new crop rule, new ids)
+            settings["framing"] = ["head", CROP_FACE_WIDTHS, CROP_ASPECT, CROP_FACE_CENTRE]
         return json.dumps(settings, sort_keys=True)
 
     def content_id(self, data: Data, choice: FaceChoice = FaceChoice(), framed: bool = False) -> str:
@@ -417,7 +423,13 @@ class AvatarStore:
             x1, y1, x2, y2 = (float(v) for v in report["upload_box"])
             again = FaceChoice(point=((x1 + x2) / 2, (y1 + y2) / 2))
             progress("framing", 0, 0)
-            framed, track = self._analysed(data, filename, again, progress, crop, stage="framing")
+            try:
+                framed, track = self._analysed(data, filename, again, progress, crop, stage="framing")
+            except InvalidArgument as exc:  # (the face not found again in the crop: never seen, but kept whole)
+                log.warning("avatar %s: the face was not found again in its head-and-shoulders crop %s (%s); "
+                            "keeping the whole picture", framed_id, [round(v) for v in crop], exc)  # fmt: skip
+                return whole_id, self._save(whole_id, decoded, track, filename,
+                                            name or Path(filename).stem or whole_id, progress=progress)  # fmt: skip
             region = [round(v, 1) for v in framed.region]
             note = {"box": region, "face_small": small, "asked": framing}
             fresh = self._save(
