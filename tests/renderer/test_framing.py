@@ -115,6 +115,13 @@ def test_auto_keeps_a_picture_whose_face_is_large_enough_as_the_same_avatar(tmp_
     box = head.report["box"]
     assert (box[2] - box[0]) / head.size[0] == pytest.approx(1 / CROP_FACE_WIDTHS, abs=0.02)
     assert _inside(head.report["framed_box"], [0, 0, 512, 512])
+    # a picture that is its own head-and-shoulders crop already: "head" keeps it whole (the same avatar)
+    box = [round(v) for v in head.report["framed_box"]]
+    crop = _jpeg(np.ascontiguousarray(portrait()[box[1] : box[3], box[0] : box[2]]))
+    kept, cached = store.register(crop, "crop.jpg", framing="head")
+    assert not cached and "framed_box" not in kept.report and kept.id == store.content_id(crop)
+    again, cached = store.register(crop, "crop.jpg", framing="head")
+    assert cached and again.id == kept.id
 
 
 def test_a_face_near_the_pictures_edge_gets_a_crop_moved_inside_it(tmp_path):

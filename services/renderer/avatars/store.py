@@ -303,6 +303,7 @@ class AvatarStore:
             self._on_cache("avatar_precompute", cached)
             if not cached:
                 avatar_id, fresh = self._precompute(whole_id, framed_id, framing, data, filename, name, choice, report)
+                cached = fresh is None  # (the analysis found it stored: "head" kept whole, or made meanwhile)
                 if fresh is not None and fresh.frames.flags.c_contiguous and (
                     fresh.frames.base is None or fresh.frames.base.nbytes == fresh.frames.nbytes
                 ):
@@ -403,8 +404,8 @@ class AvatarStore:
     ) -> tuple[str, Avatar | None]:  # fmt: skip
         """Decodes, analyses and stores one upload, framed as ``framing`` says (held: the whole
         picture's entry lock); returns the avatar's id and the avatar (its frames are the decoded
-        ones, so a new registration does not decode its stored frames again; None when another
-        registration stored the framed avatar meanwhile)."""
+        ones, so a new registration does not decode its stored frames again; None when it was
+        stored already: a "head" crop that is the whole picture, or made meanwhile)."""
         decoded, track = self._analysed(data, filename, choice, progress)
         if framing == "as-is":
             return whole_id, self._save(whole_id, decoded, track, filename, name or Path(filename).stem or whole_id,
@@ -414,6 +415,8 @@ class AvatarStore:
         small = face_is_small(box[2] - box[0], int(decoded.frames.shape[2]), int(decoded.frames.shape[1]))
         crop = framed_crop(decoded, track) if framing == "head" or small else None
         if crop is None:  # kept whole: the same avatar as registered "as-is"
+            if self._usable(whole_id):
+                return whole_id, None
             return whole_id, self._save(whole_id, decoded, track, filename, name or Path(filename).stem or whole_id,
                                         progress=progress)  # fmt: skip
         with self._entry(framed_id):
