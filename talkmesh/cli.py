@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from talkmesh.common.enums import choices
-from talkmesh.common.faces import DEFAULT_SIDE, FRAMING_NAMES, SMALL_FACE_PX
+from talkmesh.common.faces import DEFAULT_SIDE, SMALL_FACE_PX
 from talkmesh.common.registry import (
     NAMES,
     PORT_BASE_ENV,
@@ -40,6 +40,8 @@ DEMO_TEXT = (
 #: ``say --container`` choices, and what an output file's extension implies when none is given.
 CONTAINERS = choices(types_pb2.Container)
 AUDIO_CODECS = choices(types_pb2.AudioCodec)
+#: ``avatar add --framing`` choices (AvatarMeta.framing)
+FRAMINGS = choices(types_pb2.Framing)
 #: The option a user sets for a request field a service names in an error.
 #: The command that lists what a NOT_FOUND's resource type names (its error points at it).
 LIST_COMMAND = {"voice": "talkmesh voices", "avatar": "talkmesh avatar list"}
@@ -484,8 +486,6 @@ class ProgressBar:
 
 
 async def _avatar(args: argparse.Namespace) -> int:
-    from talkmesh.v1 import types_pb2 as api
-
     async with client_for(args) as client:
         command = args.avatar_cmd
         if command == "add":
@@ -502,7 +502,7 @@ async def _avatar(args: argparse.Namespace) -> int:
                     backends=tuple(args.backend or ()),
                     face_index=args.face_index,
                     face_point=args.face_point,
-                    framing=api.Framing.Value(FRAMING_NAMES[args.framing]),
+                    framing=FRAMINGS[args.framing],
                     progress=bar.upload,
                     preparing=bar.preparing,
                 )
@@ -876,11 +876,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument(
         "--framing",
-        choices=tuple(FRAMING_NAMES),
+        choices=tuple(FRAMINGS),
         default="auto",
         help="auto (default): crop the picture to the head and shoulders when the face would be too small to see "
         f"it speak ({SMALL_FACE_PX} px in a {DEFAULT_SIDE}-pixel video; a phone photo of a whole person or a room); "
-        "as-is: keep the whole picture; head: always crop. For a video one box covers the face on every frame",
+        "as_is: keep the whole picture; head_and_shoulders: always crop. For a video one box covers the face on "
+        "every frame",
     )
     asub.add_parser(
         "list", aliases=["ls"], parents=[target], help="list the avatars: id, names, size, frames, backends"

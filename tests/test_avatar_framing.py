@@ -1,6 +1,6 @@
 """Head-and-shoulders framing through the mesh: `talkmesh avatar add` of a phone photo whose face is
 small makes an avatar that speaks with its face large (the video decoded), says it was framed and
-from where; `--framing as-is` keeps today's picture and hint; the Python client's `framing=`; a bad
+from where; `--framing as_is` keeps today's picture and hint; the Python client's `framing=`; a bad
 value is refused naming the field."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ async def test_a_phone_photo_added_from_the_command_line_speaks_with_its_face_la
                                  "the avatar shows 706x940 px at ("), out  # fmt: skip
         assert face.startswith("face 23") and "crop" not in out and "small" not in out, out
 
-        code, out, err = await _cli("avatar", "add", str(photo), "--name", "whole", "--framing", "as-is", *gw)
+        code, out, err = await _cli("avatar", "add", str(photo), "--name", "whole", "--framing", "as_is", *gw)
         assert code == 0, err
         assert out.split()[1:3] == ["whole", "1280x960"] and "framed" not in out, out
         assert "the face is small in the picture" in out and "or add it again with --framing auto" in out, out

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from services.renderer.avatars.decode import SNIFF_BYTES, Data, check_filename_type, check_format
 from services.renderer.config import AvatarConfig
+from talkmesh.common.enums import short_name
 from talkmesh.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from talkmesh.common.names import check_filename, check_id, clean_name
 from talkmesh.common.streams import RequestStream
@@ -293,22 +294,14 @@ async def receive_upload(
     return meta, held
 
 
-#: AvatarMeta.framing as the avatar store takes it (services/renderer/avatars/store.py FRAMINGS)
-FRAMINGS = {
-    types_pb2.FRAMING_UNSPECIFIED: "auto",
-    types_pb2.FRAMING_AUTO: "auto",
-    types_pb2.FRAMING_AS_IS: "as-is",
-    types_pb2.FRAMING_HEAD_AND_SHOULDERS: "head",
-}
-
-
 def framing_of(meta: rpb.AvatarMeta) -> str:
-    """The upload's framing ("auto", "as-is", "head"), or InvalidArgument naming ``meta.framing``."""
-    framing = FRAMINGS.get(meta.framing)
-    if framing is None:
+    """The upload's framing as the avatar store takes it (services/renderer/avatars/store.py
+    FRAMINGS: the value's short name, "auto" for 0), or InvalidArgument naming ``meta.framing``."""
+    try:
+        return short_name(types_pb2.Framing, meta.framing or types_pb2.FRAMING_AUTO)
+    except ValueError:
         known = ", ".join(f"{types_pb2.Framing.Name(v)} ({v})" for v in types_pb2.Framing.values())
-        raise InvalidArgument("meta.framing", f"unknown framing {meta.framing} (known: {known})")
-    return framing
+        raise InvalidArgument("meta.framing", f"unknown framing {meta.framing} (known: {known})") from None
 
 
 async def _receive(

@@ -62,8 +62,9 @@ from services.web.live import (
 )
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
+from talkmesh.common.enums import choices
 from talkmesh.common.errors import NotFound, ResourceExhausted
-from talkmesh.common.faces import FRAMING_NAMES, framing_note, small_face_hint
+from talkmesh.common.faces import framing_note, small_face_hint
 from talkmesh.common.files import WatchedFile
 from talkmesh.common.health import DependencyWatch
 from talkmesh.common.interceptors import OK, SERVER_FAULTS
@@ -221,6 +222,8 @@ CSP = (
 )
 #: A Host header that can go into the CSP as it is (no spaces, quotes or ';').
 _SAFE_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
+#: The upload form's ``framing`` values (AvatarMeta.framing's short names).
+FRAMINGS = choices(api.Framing)
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -1013,7 +1016,7 @@ class WebHost:
 
     async def _register_avatar(self, request: web.Request) -> web.Response:
         """Multipart form: optional fields ``name``, ``face_index`` or ``face_point`` ("x,y" in the
-        picture's pixels), ``framing`` ("auto", the default, "as-is" or "head": AvatarMeta.framing),
+        picture's pixels), ``framing`` ("auto", the default, "as_is" or "head_and_shoulders": AvatarMeta.framing),
         ``backends`` (comma-separated), then the ``file``; another field is
         refused (it would be dropped). The bytes stream on to the gateway as they arrive; the renderer applies
         its limits (size, format) and its errors come back with the field they name."""
@@ -1077,11 +1080,11 @@ class WebHost:
                     )
                 meta.face_point.x, meta.face_point.y = x, y
             elif name == "framing":
-                if value not in FRAMING_NAMES:
+                if value not in FRAMINGS:
                     raise HttpError(
-                        400, "INVALID_ARGUMENT", f"framing: must be one of {', '.join(FRAMING_NAMES)}", "framing"
+                        400, "INVALID_ARGUMENT", f"framing: must be one of {', '.join(FRAMINGS)}", "framing"
                     )
-                meta.framing = api.Framing.Value(FRAMING_NAMES[value])
+                meta.framing = FRAMINGS[value]  # type: ignore[assignment]
             elif name == "backends":
                 meta.backends.extend(b.strip() for b in value.split(",") if b.strip())
         if file_part is None:

@@ -35,15 +35,6 @@ NO_FACE_ADVICE = (
 )
 
 
-#: The framings (talkmesh.v1.Framing, by value name) by the names the CLI's ``--framing`` and the web
-#: edge's upload form take (no stubs imported here: the CLI starts without them).
-FRAMING_NAMES: dict[str, str] = {
-    "auto": "FRAMING_AUTO",
-    "as-is": "FRAMING_AS_IS",
-    "head": "FRAMING_HEAD_AND_SHOULDERS",
-}
-
-
 def face_width_in_video(face_width: float, width: int, height: int) -> float:
     """Pixels a face ``face_width`` wide on frames of ``width`` x ``height`` is in a video of the
     default size."""

@@ -1,7 +1,7 @@
 """Automatic head-and-shoulders framing at registration (AvatarMeta.framing): a phone photo of a
 whole person or a room whose face would be too small to see it speak is cropped by the renderer
-(talkmesh.common.faces: the same rule as the hint), "as-is" keeps the whole picture, "head"
-always crops; the framed avatar is another avatar (id) and its report is in the crop's pixels, with
+(talkmesh.common.faces: the same rule as the hint), "as_is" keeps the whole picture,
+"head_and_shoulders" always crops; the framed avatar is another avatar (id) and its report is in the crop's pixels, with
 `upload_box` and `framed_box` in the upload's."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from services.renderer.config import AvatarConfig, RendererConfig
 from services.renderer.server import face_report
 from talkmesh.bench.face_cases import portrait, transformed_portraits
 from talkmesh.common.channel import create_channel
+from talkmesh.common.enums import choices
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.common.faces import CROP_ASPECT, CROP_FACE_WIDTHS, SMALL_FACE_PX, face_width_in_video, small_face_hint
 from talkmesh.common.telemetry import Telemetry
@@ -86,15 +87,15 @@ def test_a_phone_photo_with_a_small_face_is_framed_to_the_head_and_shoulders_by_
     part = scene[y1 : y1 + h, x1 : x1 + w].astype(np.int16)
     assert np.abs(avatar.frames[0].astype(np.int16) - part).mean() < 4, "the stored frame is the crop"
     # the whole picture as-is: the same face, in the same upload pixels, and another avatar
-    whole, cached = store.register(data, "room.jpg", framing="as-is")
+    whole, cached = store.register(data, "room.jpg", framing="as_is")
     assert not cached and whole.id != avatar.id and whole.id == store.content_id(data)
     assert avatar.id == store.content_id(data, framed=True)
     np.testing.assert_allclose(whole.report["upload_box"], shown, atol=4)
     assert "framed_box" not in whole.report and max(whole.size) == 1280
     assert _in_video(whole) < SMALL_FACE_PX and small_face_hint(_info(whole)), "as-is keeps today's picture"
     assert small_face_hint(_info(avatar)) == "", "no advice to crop a framed avatar by hand"
-    # "head" crops the same way: the same avatar, found again; and auto again is instant
-    again, cached = store.register(data, "room.jpg", framing="head")
+    # "head_and_shoulders" crops the same way: the same avatar, found again; and auto again is instant
+    again, cached = store.register(data, "room.jpg", framing="head_and_shoulders")
     assert cached and again.id == avatar.id
     again, cached = store.register(data, "room.jpg")
     assert cached and again.id == avatar.id
@@ -107,20 +108,20 @@ def test_auto_keeps_a_picture_whose_face_is_large_enough_as_the_same_avatar(tmp_
     avatar, cached = store.register(data, "portrait.png")
     assert not cached and avatar.size == (512, 512) and "framed_box" not in avatar.report
     assert avatar.id == store.content_id(data), "the id the whole picture always had"
-    same, cached = store.register(data, "portrait.png", framing="as-is")
+    same, cached = store.register(data, "portrait.png", framing="as_is")
     assert cached and same.id == avatar.id
-    # "head" crops it anyway: a 3:4 portrait, the face a third of its width, inside the picture
-    head, cached = store.register(data, "portrait.png", framing="head")
+    # "head_and_shoulders" crops it anyway: a 3:4 portrait, the face a third of its width, inside the picture
+    head, cached = store.register(data, "portrait.png", framing="head_and_shoulders")
     assert not cached and head.id != avatar.id and head.size[1] / head.size[0] == pytest.approx(CROP_ASPECT, abs=0.01)
     box = head.report["box"]
     assert (box[2] - box[0]) / head.size[0] == pytest.approx(1 / CROP_FACE_WIDTHS, abs=0.02)
     assert _inside(head.report["framed_box"], [0, 0, 512, 512])
-    # a picture that is its own head-and-shoulders crop already: "head" keeps it whole (the same avatar)
+    # a picture that is its own head-and-shoulders crop already: it is kept whole (the same avatar)
     box = [round(v) for v in head.report["framed_box"]]
     crop = _jpeg(np.ascontiguousarray(portrait()[box[1] : box[3], box[0] : box[2]]))
-    kept, cached = store.register(crop, "crop.jpg", framing="head")
+    kept, cached = store.register(crop, "crop.jpg", framing="head_and_shoulders")
     assert not cached and "framed_box" not in kept.report and kept.id == store.content_id(crop)
-    again, cached = store.register(crop, "crop.jpg", framing="head")
+    again, cached = store.register(crop, "crop.jpg", framing="head_and_shoulders")
     assert cached and again.id == kept.id
 
 
@@ -156,7 +157,7 @@ def test_a_video_is_framed_with_one_box_covering_the_moving_head(tmp_path):
     writer.release()
     store = _store(tmp_path / "store")
     stages: list[str] = []
-    whole, _ = store.register(path.read_bytes(), "walk.mp4", framing="as-is")
+    whole, _ = store.register(path.read_bytes(), "walk.mp4", framing="as_is")
     avatar, _ = store.register(path.read_bytes(), "walk.mp4", progress=lambda s, d, t: stages.append(s))
     assert "framing" in stages and avatar.id != whole.id
     assert avatar.frames.shape[0] == 20 and avatar.report["frames_kept"] == 20
@@ -173,7 +174,7 @@ def test_a_video_is_framed_with_one_box_covering_the_moving_head(tmp_path):
 
 def test_an_unknown_framing_is_refused_naming_the_field(tmp_path):
     store = _store(tmp_path)
-    assert FRAMINGS == ("auto", "as-is", "head")
+    assert FRAMINGS == tuple(choices(api.Framing))
     with pytest.raises(InvalidArgument, match=r"meta\.framing"):
         store.register(b"x", "x.png", framing="crop")
 
@@ -199,7 +200,7 @@ async def test_the_grpc_error_for_an_unknown_framing_names_the_field(tmp_path):
 
 def test_a_face_not_found_again_in_its_crop_keeps_the_whole_picture(tmp_path, monkeypatch, caplog):
     """Should the face not be found again in the crop, the registration does not fail: the whole
-    picture is kept (as "as-is" keeps it), and the log says why."""
+    picture is kept (as "as_is" keeps it), and the log says why."""
     store = _store(tmp_path)
     data = _jpeg(_scene())
     real = store.faces.analyse

@@ -54,7 +54,7 @@ def test_a_concurrent_registration_never_replaces_a_complete_entry(tmp_path):
     # installs its build: A's complete entry stays, B's temporary directory goes.
     whole, framed = b._content_ids(_variant(1), store_module.FaceChoice())
     made, fresh = b._precompute(
-        whole, framed, "as-is", _variant(1), "p.png", "p", store_module.FaceChoice(), lambda *_: None
+        whole, framed, "as_is", _variant(1), "p.png", "p", store_module.FaceChoice(), lambda *_: None
     )
     assert fresh is not None and made == fresh.id == avatar.id and fresh.frames.shape == avatar.frames.shape
     assert (entry / "meta.json").stat().st_ino == inode, "the complete entry was replaced"

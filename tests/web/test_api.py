@@ -475,7 +475,7 @@ async def test_an_upload_picks_the_face_at_a_point_of_the_picture(tmp_path: Path
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
         form = aiohttp.FormData(default_to_multipart=True)
         form.add_field("face_point", f"{second[0]},{second[1]}")
-        form.add_field("framing", "as-is")  # (the whole picture: its geometry is checked below)
+        form.add_field("framing", "as_is")  # (the whole picture: its geometry is checked below)
         form.add_field("file", _two_faces(), filename="group.jpg", content_type="image/jpeg")
         async with http.post("/v1/avatars", data=form) as r:
             body = await r.json()
@@ -504,7 +504,7 @@ async def test_an_upload_of_a_small_face_warns_as_the_command_line_does(tmp_path
     """The page's upload of a photo with a small face said nothing, while `talkmesh avatar add`
     warns (a new user's trial): the answer's `warnings` has the CLI's hint, the page shows it. Now
     the renderer frames such a photo itself (framing auto, the default): the answer's `notes` say
-    so, and the hint comes only with framing as-is."""
+    so, and the hint comes only with framing as_is."""
     from talkmesh.common.faces import framing_note, small_face_hint
     from talkmesh.v1 import types_pb2 as api
 
@@ -523,7 +523,7 @@ async def test_an_upload_of_a_small_face_warns_as_the_command_line_does(tmp_path
             return r.status, await r.json()
 
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
-        status, whole = await upload(http, small_face_photo(), "room.jpg", framing="as-is")
+        status, whole = await upload(http, small_face_photo(), "room.jpg", framing="as_is")
         assert status == 201, whole
         status, framed = await upload(http, small_face_photo(), "room.jpg")
         assert status == 201, framed
@@ -531,7 +531,7 @@ async def test_an_upload_of_a_small_face_warns_as_the_command_line_does(tmp_path
         assert status == 201, close
         status, bad = await upload(http, portrait(), "close.png", framing="crop")
         assert status == 400 and bad["error"]["field"] == "framing", bad
-        assert bad["error"]["message"] == "framing: must be one of auto, as-is, head", bad
+        assert bad["error"]["message"] == "framing: must be one of auto, as_is, head_and_shoulders", bad
     (warning,) = whole["warnings"]
     assert warning == small_face_hint(info_of(whole["avatar"]), "upload that", warning.split("upload that, ")[1])
     assert warning.startswith("the face is small in the picture") and "framing on auto" in warning

@@ -145,11 +145,11 @@ async def test_an_upload_sends_the_framing_picked_and_says_the_picture_was_frame
         await wait_js(page, "window.talkmesh.uploads.length && window.talkmesh.uploads[0].ok", timeout=5)
         status = await page.inner_text("#upload-status")
         assert status == f"avatar “room” is ready. F{note[1:]}.", status
-        await page.select_option("#framing", "as-is")
+        await page.select_option("#framing", "as_is")
         await page.set_input_files("#avatar-file", files=[{"name": "b.jpg", "mimeType": "image/jpeg", "buffer": b"1"}])
         await wait_js(page, "window.talkmesh.uploads.length === 2 && window.talkmesh.uploads[1].ok", timeout=5)
     assert [list(f) for f in forms] == [["name", "framing", "file"]] * 2, forms
-    assert [f["framing"] for f in forms] == ["auto", "as-is"]
+    assert [f["framing"] for f in forms] == ["auto", "as_is"]
     assert console.errors == [], console.errors
 
 

@@ -108,10 +108,10 @@ _PRECOMPUTE_KEY = "__precompute_key__"
 #: An avatar's names by API key name ("" without keys), oldest first (``AvatarStore.names``)
 Names = dict[str, list[str]]
 
-#: How a registration frames the picture (talkmesh.v1.Framing): "auto" crops to the head and
-#: shoulders when the face is small (talkmesh.common.faces.face_is_small), "as-is" never, "head"
-#: always (unless the crop is the whole picture).
-FRAMINGS = ("auto", "as-is", "head")
+#: How a registration frames the picture (talkmesh.v1.Framing's short names): "auto" crops to the
+#: head and shoulders when the face is small (talkmesh.common.faces.face_is_small), "as_is" never,
+#: "head_and_shoulders" always (unless the crop is the whole picture).
+FRAMINGS = ("auto", "as_is", "head_and_shoulders")
 #: A crop this close to the whole picture (a fraction of each side) is the whole picture.
 WHOLE_PICTURE = 0.01
 
@@ -242,7 +242,7 @@ class AvatarStore:
 
     def content_id(self, data: Data, choice: FaceChoice = FaceChoice(), framed: bool = False) -> str:
         """The id of ``data`` registered with ``choice``: of the whole picture, or ``framed`` to the
-        head and shoulders (both framings that crop, "auto" and "head", make the same crop)."""
+        head and shoulders (both framings that crop, "auto" and "head_and_shoulders", make the same crop)."""
         return self._content_ids(data, choice)[1 if framed else 0]
 
     def _content_ids(self, data: Data, choice: FaceChoice) -> tuple[str, str]:
@@ -303,7 +303,7 @@ class AvatarStore:
             self._on_cache("avatar_precompute", cached)
             if not cached:
                 avatar_id, fresh = self._precompute(whole_id, framed_id, framing, data, filename, name, choice, report)
-                cached = fresh is None  # (the analysis found it stored: "head" kept whole, or made meanwhile)
+                cached = fresh is None  # (found stored after all: a crop that is the whole picture, or made meanwhile)
                 if fresh is not None and fresh.frames.flags.c_contiguous and (
                     fresh.frames.base is None or fresh.frames.base.nbytes == fresh.frames.nbytes
                 ):
@@ -358,12 +358,12 @@ class AvatarStore:
 
     def _stored(self, whole_id: str, framed_id: str, framing: str) -> str:
         """Blocking. The id of the stored entry a registration with ``framing`` is (loaded), or ""
-        when it must be made: the whole picture's for "as-is", the framed one's for "head", and
+        when it must be made: the whole picture's for "as_is", the framed one's for "head_and_shoulders", and
         for "auto" whichever the stored entries say it crops to (the whole picture's face report,
         or the framed one's note of the whole picture's face)."""
-        if framing == "as-is":
+        if framing == "as_is":
             return whole_id if self._usable(whole_id) else ""
-        if framing == "head":
+        if framing == "head_and_shoulders":
             return framed_id if self._usable(framed_id) else ""
         whole = self._meta(whole_id)
         box, w, h = whole.get("face", {}).get("box", []), whole.get("width", 0), whole.get("height", 0)
@@ -405,22 +405,22 @@ class AvatarStore:
         """Decodes, analyses and stores one upload, framed as ``framing`` says (held: the whole
         picture's entry lock); returns the avatar's id and the avatar (its frames are the decoded
         ones, so a new registration does not decode its stored frames again; None when it was
-        stored already: a "head" crop that is the whole picture, or made meanwhile)."""
+        stored already: a "head_and_shoulders" crop that is the whole picture, or made meanwhile)."""
         decoded, track = self._analysed(data, filename, choice, progress)
-        if framing == "as-is":
+        if framing == "as_is":
             return whole_id, self._save(whole_id, decoded, track, filename, name or Path(filename).stem or whole_id,
                                         progress=progress)  # fmt: skip
         report = face_report(track, decoded.scale)
         box = report["box"]
         small = face_is_small(box[2] - box[0], int(decoded.frames.shape[2]), int(decoded.frames.shape[1]))
-        crop = framed_crop(decoded, track) if framing == "head" or small else None
-        if crop is None:  # kept whole: the same avatar as registered "as-is"
+        crop = framed_crop(decoded, track) if framing == "head_and_shoulders" or small else None
+        if crop is None:  # kept whole: the same avatar as registered "as_is"
             if self._usable(whole_id):
                 return whole_id, None
             return whole_id, self._save(whole_id, decoded, track, filename, name or Path(filename).stem or whole_id,
                                         progress=progress)  # fmt: skip
         with self._entry(framed_id):
-            if self._usable(framed_id):  # (made meanwhile by a registration that asked for "head")
+            if self._usable(framed_id):  # (made meanwhile by one that asked for "head_and_shoulders")
                 return framed_id, None
             # The same face again, in the crop: the centre of its box on the first frame with it
             x1, y1, x2, y2 = (float(v) for v in report["upload_box"])
