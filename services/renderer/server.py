@@ -27,7 +27,14 @@ from services.renderer.metrics import Queue, SkipReason, Stage
 from services.renderer.progress import LatestProgress
 from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
-from services.renderer.uploads import HeldUpload, Preparations, UploadBudget, UploadLimits, receive_upload
+from services.renderer.uploads import (
+    HeldUpload,
+    Preparations,
+    UploadBudget,
+    UploadLimits,
+    framing_of,
+    receive_upload,
+)
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.clock import request_fps
 from talkmesh.common.errors import (
@@ -200,7 +207,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         store = self.s.store
         self._check_quota(who, len(data))
         avatar, cached = store.register(
-            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress
+            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress, framing_of(meta)
         )
         if store.is_protected(avatar.id):
             return avatar, cached, [avatar.name]  # (the default avatar keeps its name whoever uploads its file)
@@ -449,6 +456,7 @@ def face_report(report: dict[str, Any]) -> rpb.FaceReport:
     return rpb.FaceReport(
         box=report.get("box", []),
         upload_box=report.get("upload_box", []),
+        framed_box=report.get("framed_box", []),
         confidence=report.get("confidence", 0.0),
         frames_kept=report.get("frames_kept", 0),
         frames_rejected=report.get("frames_rejected", 0),

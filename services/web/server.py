@@ -62,8 +62,9 @@ from services.web.live import (
 )
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
+from talkmesh.common.enums import choices
 from talkmesh.common.errors import NotFound, ResourceExhausted, Unavailable
-from talkmesh.common.faces import small_face_hint
+from talkmesh.common.faces import framing_note, small_face_hint
 from talkmesh.common.files import WatchedFile
 from talkmesh.common.health import DependencyWatch
 from talkmesh.common.interceptors import OK, SERVER_FAULTS
@@ -227,7 +228,8 @@ _SAFE_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
 WATCH_DRAINED = final_status(
     Unavailable("session: this web edge is shutting down; the session goes on: watch it again")
 )
-
+#: The upload form's ``framing`` values (AvatarMeta.framing's short names).
+FRAMINGS = choices(api.Framing)
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -235,6 +237,7 @@ FORM_FIELDS = {
     "meta.name": "name",
     "meta.face_index": "face_index",
     "meta.face_point": "face_point",
+    "meta.framing": "framing",
     "meta.backends": "backends",
 }
 
@@ -1037,7 +1040,8 @@ class WebHost:
 
     async def _register_avatar(self, request: web.Request) -> web.Response:
         """Multipart form: optional fields ``name``, ``face_index`` or ``face_point`` ("x,y" in the
-        picture's pixels), ``backends`` (comma-separated), then the ``file``; another field is
+        picture's pixels), ``framing`` ("auto", the default, "as_is" or "head_and_shoulders": AvatarMeta.framing),
+        ``backends`` (comma-separated), then the ``file``; another field is
         refused (it would be dropped). The bytes stream on to the gateway as they arrive; the renderer applies
         its limits (size, format) and its errors come back with the field they name."""
         client = self._client()
@@ -1099,6 +1103,12 @@ class WebHost:
                         400, "INVALID_ARGUMENT", f"face_point: x and y must be within 0..{MAX_IMAGE_SIDE}", "face_point"
                     )
                 meta.face_point.x, meta.face_point.y = x, y
+            elif name == "framing":
+                if value not in FRAMINGS:
+                    raise HttpError(
+                        400, "INVALID_ARGUMENT", f"framing: must be one of {', '.join(FRAMINGS)}", "framing"
+                    )
+                meta.framing = FRAMINGS[value]  # type: ignore[assignment]
             elif name == "backends":
                 meta.backends.extend(b.strip() for b in value.split(",") if b.strip())
         if file_part is None:
@@ -1140,11 +1150,15 @@ class WebHost:
         late = await _late_field(reader)
         if late:  # the avatar was made without it: say so rather than drop it silently
             warnings.append(f"{late}: a form field after 'file' is not read (send the fields first)")
-        small = small_face_hint(info, "upload that")  # (as `talkmesh avatar add` says it)
+        # (as `talkmesh avatar add` says it)
+        small = small_face_hint(info, "upload that", "or upload it again with framing on auto (the server crops it)")
         if small:
             warnings.append(small)
         if warnings:
             answer["warnings"] = warnings
+        framed = framing_note(info)
+        if framed:  # (not a warning: what the server did, which the page says)
+            answer["notes"] = [framed]
         return web.json_response(answer, status=201)
 
     def _check_uploads(self, field: str) -> None:

@@ -171,7 +171,7 @@ async def test_multipart_uploads_with_bad_fields_get_a_400_not_a_dropped_connect
             (
                 [("image", b"\xff\xd8\xff" + bytes(range(256)) * 64, {"filename": "a.jpg"})],
                 "image",
-                "image: not a field of this form (file, name, face_index, face_point, backends)",
+                "image: not a field of this form (file, name, face_index, face_point, framing, backends)",
             ),
             ([("name", b"\xff\xfe", {"filename": "n.txt"})], "name", "name: not UTF-8 text"),
         ]
@@ -540,6 +540,7 @@ async def test_an_upload_picks_the_face_at_a_point_of_the_picture(tmp_path: Path
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
         form = aiohttp.FormData(default_to_multipart=True)
         form.add_field("face_point", f"{second[0]},{second[1]}")
+        form.add_field("framing", "as_is")  # (the whole picture: its geometry is checked below)
         form.add_field("file", _two_faces(), filename="group.jpg", content_type="image/jpeg")
         async with http.post("/v1/avatars", data=form) as r:
             body = await r.json()
@@ -566,26 +567,43 @@ def small_face_photo() -> bytes:
 
 async def test_an_upload_of_a_small_face_warns_as_the_command_line_does(tmp_path: Path) -> None:
     """The page's upload of a photo with a small face said nothing, while `talkmesh avatar add`
-    warns (a new user's trial): the answer's `warnings` has the CLI's hint, the page shows it."""
-    from talkmesh.common.faces import small_face_hint
+    warns (a new user's trial): the answer's `warnings` has the CLI's hint, the page shows it. Now
+    the renderer frames such a photo itself (framing auto, the default): the answer's `notes` say
+    so, and the hint comes only with framing as_is."""
+    from talkmesh.common.faces import framing_note, small_face_hint
     from talkmesh.v1 import types_pb2 as api
 
+    def info_of(avatar: dict[str, Any]) -> api.AvatarInfo:
+        info = api.AvatarInfo(width=avatar["width"], height=avatar["height"])
+        info.face.box.extend(avatar["face"]["box"])
+        info.face.framed_box.extend(avatar["face"].get("framed_box", []))
+        return info
+
+    async def upload(http: aiohttp.ClientSession, data: bytes, filename: str, **fields: str) -> tuple[int, Any]:
+        form = aiohttp.FormData(default_to_multipart=True)
+        for k, v in fields.items():
+            form.add_field(k, v)
+        form.add_field("file", data, filename=filename, content_type="image/jpeg")
+        async with http.post("/v1/avatars", data=form) as r:
+            return r.status, await r.json()
+
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
-        form = aiohttp.FormData(default_to_multipart=True)
-        form.add_field("file", small_face_photo(), filename="room.jpg", content_type="image/jpeg")
-        async with http.post("/v1/avatars", data=form) as r:
-            body = await r.json()
-            assert r.status == 201, body
-        form = aiohttp.FormData(default_to_multipart=True)
-        form.add_field("file", portrait(), filename="close.png", content_type="image/png")
-        async with http.post("/v1/avatars", data=form) as r:
-            close = await r.json()
-            assert r.status == 201, close
-    info = api.AvatarInfo(width=body["avatar"]["width"], height=body["avatar"]["height"])
-    info.face.box.extend(body["avatar"]["face"]["box"])
-    (warning,) = body["warnings"]
-    assert warning == small_face_hint(info, "upload that") and warning.startswith("the face is small in the picture")
-    assert "warnings" not in close, close
+        status, whole = await upload(http, small_face_photo(), "room.jpg", framing="as_is")
+        assert status == 201, whole
+        status, framed = await upload(http, small_face_photo(), "room.jpg")
+        assert status == 201, framed
+        status, close = await upload(http, portrait(), "close.png")
+        assert status == 201, close
+        status, bad = await upload(http, portrait(), "close.png", framing="crop")
+        assert status == 400 and bad["error"]["field"] == "framing", bad
+        assert bad["error"]["message"] == "framing: must be one of auto, as_is, head_and_shoulders", bad
+    (warning,) = whole["warnings"]
+    assert warning == small_face_hint(info_of(whole["avatar"]), "upload that", warning.split("upload that, ")[1])
+    assert warning.startswith("the face is small in the picture") and "framing on auto" in warning
+    assert "notes" not in whole and "framed_box" not in whole["avatar"]["face"]
+    assert "warnings" not in framed and framed["notes"] == [framing_note(info_of(framed["avatar"]))], framed
+    assert framed["avatar"]["id"] != whole["avatar"]["id"] and len(framed["avatar"]["face"]["framed_box"]) == 4
+    assert "warnings" not in close and "notes" not in close, close
 
 
 async def test_an_upload_without_a_face_says_what_picture_works(tmp_path: Path) -> None:
