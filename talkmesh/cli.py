@@ -516,8 +516,9 @@ async def _avatar(args: argparse.Namespace) -> int:
                 print(line)
         elif command in ("list", "ls"):
             for a in await client.list_avatars():
-                names = ",".join(a.names or [a.name])
-                print(f"{a.id}  {names}  {a.width}x{a.height}  {a.frame_count} frame(s)  {','.join(a.backends)}")
+                names, backends = ",".join(a.names or [a.name]), ",".join(a.backends)
+                default = "  (default)" if a.default else ""
+                print(f"{a.id}  {names}  {a.width}x{a.height}  {a.frame_count} frame(s)  {backends}{default}")
         elif command in ("rm", "delete", "remove"):
             avatar_id, name = await client.find_avatar(args.avatar)
             if not await client.delete_avatar(avatar_id, name=name):

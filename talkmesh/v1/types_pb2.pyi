@@ -149,7 +149,7 @@ class FaceReport(_message.Message):
     def __init__(self, box: _Optional[_Iterable[float]] = ..., confidence: _Optional[float] = ..., frames_kept: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., faces_found: _Optional[int] = ..., face_index: _Optional[int] = ..., detector: _Optional[str] = ..., upload_box: _Optional[_Iterable[float]] = ..., framed_box: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AvatarInfo(_message.Message):
-    __slots__ = ("id", "name", "width", "height", "frame_count", "cached", "backends", "face", "names")
+    __slots__ = ("id", "name", "width", "height", "frame_count", "cached", "backends", "face", "names", "default")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,7 @@ class AvatarInfo(_message.Message):
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     width: int
@@ -168,7 +169,8 @@ class AvatarInfo(_message.Message):
     backends: _containers.RepeatedScalarFieldContainer[str]
     face: FaceReport
     names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_count: _Optional[int] = ..., cached: _Optional[bool] = ..., backends: _Optional[_Iterable[str]] = ..., face: _Optional[_Union[FaceReport, _Mapping]] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
+    default: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_count: _Optional[int] = ..., cached: _Optional[bool] = ..., backends: _Optional[_Iterable[str]] = ..., face: _Optional[_Union[FaceReport, _Mapping]] = ..., names: _Optional[_Iterable[str]] = ..., default: _Optional[bool] = ...) -> None: ...
 
 class AvatarProgress(_message.Message):
     __slots__ = ("stage", "done", "total")

@@ -87,7 +87,10 @@ async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path:
             created = answer["avatar"]
             assert r.status == 201 and created["name"] == "me" and "warnings" not in answer
         async with http.get("/v1/avatars") as r:
-            assert created["id"] in {a["id"] for a in (await r.json())["avatars"]}
+            listed = {a["id"]: a for a in (await r.json())["avatars"]}
+            assert created["id"] in listed and "default" not in created
+            # the avatar a request naming none gets is marked (a picker shows it chosen)
+            assert [a["names"] for a in listed.values() if a.get("default")] == [["default"]], listed
         form = aiohttp.FormData()  # the file first (a FormData built that way): its name is not read
         form.add_field("file", portrait(), filename="me.png", content_type="image/png")
         form.add_field("name", "late")
