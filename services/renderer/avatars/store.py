@@ -720,9 +720,6 @@ class AvatarStore:
         except (OSError, ValueError):
             return set()
 
-    def set_owners(self, avatar_id: str, owners: set[str]) -> None:
-        self.update_owners(avatar_id, lambda _: set(owners))
-
     def update_owners(self, avatar_id: str, change: Callable[[set[str]], set[str]]) -> set[str]:
         """Replaces the owners by ``change(owners)`` under the entry's lock, so that owners added or
         removed at the same time by other threads or replicas are not lost. Returns the new owners
