@@ -162,16 +162,23 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             async for chunk in chunks:
                 yield chunk
 
+    def _renderer(self, what: str) -> FrameSource:
+        """The renderer for a stream that renders (``what``: the field asking for it); refused
+        without one configured (FAILED_PRECONDITION) or while it fails its health checks
+        (UNAVAILABLE: retry)."""
+        if self.frame_source is None:
+            raise FailedPrecondition(f"{what}: this encoder has no renderer (set its renderer.target)")
+        if self.renderer_down:
+            raise Unavailable("renderer: not answering health checks", retry_after=1.0)
+        return self.frame_source
+
     # -- live sessions -----------------------------------------------------------------------------
     async def Live(
         self, request_iterator: AsyncIterator[encoder_pb2.LiveEncodeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[live_pb2.LiveServerMessage]:
         if self.backend is None:
             raise Unavailable("the encoder is still starting")
-        if self.frame_source is None:
-            raise FailedPrecondition("live sessions need a renderer (renderer.target)")
-        if self.renderer_down:
-            raise Unavailable("renderer: not answering health checks", retry_after=1.0)
+        renderer = self._renderer("live sessions")
         # The gateway owns the session's lifetime: no idle limit here after the first message.
         stream: RequestStream[encoder_pb2.LiveEncodeRequest] = await RequestStream.open(
             request_iterator, "config", first_timeout=self.config.server.idle_timeout, what="live stream"
@@ -196,7 +203,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         params = LiveParams(loop.width, loop.height, fps, cfg.sample_rate, codec)
         assert self.backend is not None
         session = LiveSession(
-            self.config, self.telemetry, self.backend, self.frame_source, cfg, render, params, loop, timeout, self.rings
+            self.config, self.telemetry, self.backend, renderer, cfg, render, params, loop, timeout, self.rings
         )
         async with contextlib.aclosing(session.run(stream)) as messages:
             async for msg in messages:
@@ -365,10 +372,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         and features into the Render stream's bounded input channel. Frames are encoded as they
         come back, each after the audio up to its end (plus ``audio_lead_seconds``).
         """
-        if self.frame_source is None:
-            raise FailedPrecondition("config.render: this encoder has no renderer configured")
-        if self.renderer_down:
-            raise Unavailable("renderer: not answering health checks", retry_after=1.0)
+        renderer = self._renderer("config.render")
         started = time.perf_counter()
         cfg = stream.config
         base = stream_params(cfg, self.config, size=(2, 2), pixel_format_value=common_pb2.PIXEL_FORMAT_I420)
@@ -383,7 +387,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         timing = _RenderTiming()
         session: EncodeSession | None = None
         frames: FrameAssembler | None = None
-        source = self.frame_source.render(render_in, timeout)
+        source = renderer.render(render_in, timeout)
         # Frames waiting to be encoded: when one is, the fragments before it join one message.
         waiting: Chan[common_pb2.VideoFrame] = Chan(self.config.limits.input_queue)
         coalesce = self.config.defaults.coalesce_frames
