@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from talkmesh.common.config import ConfigError
+from talkmesh.common.onnx_files import model_file_problems
 from talkmesh.common.paths import cache_dir
 
 log = logging.getLogger("talkmesh.onnx")
@@ -447,8 +448,14 @@ def open_session(
     if not path.is_file():
         raise ModelError(f"{label}: model file does not exist")
     with open(path, "rb") as f:
-        if f.read(2) == b"PK":  # a zip: PyTorch's checkpoint format, not ONNX
-            raise ModelError(f"{label}: a PyTorch checkpoint, not ONNX: convert it with its tool in tools/ (README)")
+        head = f.read(2)
+    # a zip (torch.save since PyTorch 1.6) or a pickle (before it, as the released Wav2Lip files): not ONNX
+    if head == b"PK" or (head[:1] == b"\x80" and head[1:] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        raise ModelError(f"{label}: a PyTorch checkpoint, not ONNX: convert it with its tool in tools/ (README)")
+    # an empty file, or external data missing or cut short: said before ONNX Runtime's own message,
+    # which names its source files first and gets cut before the reason
+    if problems := model_file_problems(path):
+        raise ModelError(f"{label}: {problems[0]}")
     avail = list(available) if available is not None else available_providers()
     make = factory or _default_factory
     preflight = check or provider_preflight
