@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from talkmesh.common.config import ConfigError
-from talkmesh.common.onnx_files import model_file_problems
+from talkmesh.common.onnx_files import is_torch_file, model_file_problems
 from talkmesh.common.paths import cache_dir
 
 log = logging.getLogger("talkmesh.onnx")
@@ -447,10 +447,7 @@ def open_session(
         raise ModelError(f"{label}: is a directory, not a model file (give the .onnx file itself)")
     if not path.is_file():
         raise ModelError(f"{label}: model file does not exist")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    # a zip (torch.save since PyTorch 1.6) or a pickle (before it, as the released Wav2Lip files): not ONNX
-    if head == b"PK" or (head[:1] == b"\x80" and head[1:] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+    if is_torch_file(path):
         raise ModelError(f"{label}: a PyTorch checkpoint, not ONNX: convert it with its tool in tools/ (README)")
     # an empty file, or external data missing or cut short: said before ONNX Runtime's own message,
     # which names its source files first and gets cut before the reason

@@ -24,6 +24,14 @@ _LOCATION = re.compile(rb"\x0a\x08location\x12([\x01-\x7f])")
 _ENTRY = re.compile(rb"\x6a([\x05-\x7f])\x0a([\x01-\x7f])(location|offset|length|checksum|basepath)\x12([\x00-\x7f])")
 
 
+def is_torch_file(path: Path) -> bool:
+    """Whether ``path`` is what torch.save writes, not ONNX: a zip (PyTorch 1.6 and later) or a
+    pickle (before, as the released Wav2Lip checkpoints)."""
+    with path.open("rb") as f:
+        head = f.read(2)
+    return head == b"PK" or (head[:1] == b"\x80" and head[1:] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
 def external_data_locations(path: Path) -> list[str]:
     """The ``location`` of every external data file ``path``'s graph names, each once, in order;
     [] for a model with inline weights (or a file over INLINE_WEIGHTS_ABOVE: mapped, not read)."""
