@@ -266,6 +266,14 @@ def test_unset_path_is_a_clear_error():
         Wav2LipBackend(RendererConfig(), Telemetry("renderer"))
 
 
+def test_a_file_the_backend_cannot_load_names_its_config_key(tmp_path: Path):
+    """A models volume not mounted: the message named the file but not the key that set it."""
+    missing = tmp_path / "models" / "wav2lip.onnx"
+    with pytest.raises(ModelError) as err:
+        Wav2LipBackend(config(missing), Telemetry("renderer"))
+    assert str(err.value) == f"wav2lip.path: wav2lip ({missing}): model file does not exist"
+
+
 def test_on_a_gpu_the_batch_bound_follows_free_memory(exported, monkeypatch: pytest.MonkeyPatch):
     """The CUDA path with a session that reports CUDA (only CPU exists here; see test_providers)."""
     import onnxruntime as ort

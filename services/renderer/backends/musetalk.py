@@ -132,7 +132,11 @@ class MuseTalkBackend(NeuralBackend):
         self.model_files = files + ([parser_path] if parser_path is not None else [])
 
         def load(role: str, path: Path, sig: Signature) -> OnnxModel:
-            return opened(f"musetalk {role}", path, sig)
+            try:
+                return opened(f"musetalk {role}", path, sig)
+            except ModelError as exc:  # named by the key that gave the file
+                key = "musetalk.face_parser" if role == "face_parser" else "musetalk.path"
+                raise ModelError(f"{key}: {exc}") from None
 
         self.models: dict[str, OnnxModel] = {}
         for role, (file, sig) in FILES.items():

@@ -72,7 +72,10 @@ class Wav2LipBackend(NeuralBackend):
             raise ModelError("wav2lip.path: not set (convert a checkpoint with python -m tools.import_wav2lip)")
         path = Path(os.path.expanduser(config.wav2lip.path))
         load = self._loader([path], available, session_factory, provider_check)
-        self.model: OnnxModel = load("wav2lip", path, SIGNATURE)
+        try:
+            self.model: OnnxModel = load("wav2lip", path, SIGNATURE)
+        except ModelError as exc:  # named by the key that gave the file
+            raise ModelError(f"wav2lip.path: {exc}") from None
         self._runs_on(self.model)
 
     def settings(self) -> object:
