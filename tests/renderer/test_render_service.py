@@ -152,3 +152,18 @@ async def test_bad_render_configs_name_the_field_and_the_service_stays_up(stub, 
     assert (err.value.details() or "").startswith(field)
     ok = _assemble([m async for m in stub.Render(_requests(rpb.RenderConfig(fps=FPS, sample_rate=SR)))])
     assert len(ok) == len(VOICED)
+
+
+async def test_a_backend_not_loaded_says_which_setting_loads_it(stub):
+    """`--backend wav2lip` on a mesh started without it: the refusal said what was loaded, not how
+    to load more."""
+
+    async def config_only() -> AsyncIterator[rpb.RenderRequest]:
+        yield rpb.RenderRequest(request_id="r", config=rpb.RenderConfig(backend="wav2lip"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        _ = [m async for m in stub.Render(config_only())]
+    assert err.value.details() == (
+        "config.backend: backend 'wav2lip' is not loaded (loaded: viseme); the renderer loads the ones its "
+        "backends setting lists (TALKMESH_RENDERER__BACKENDS=viseme,wav2lip)"
+    )
