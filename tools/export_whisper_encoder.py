@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from services.audio_features.backends.onnx import INPUT_NAME, OUTPUT_NAME  # the service's contract
+from talkmesh.common.onnx_files import MUSETALK_VERSION_KEY
 
 OPSET = 17
 
@@ -116,7 +117,7 @@ def export_encoder(encoder: torch.nn.Module, output: Path, opset: int = OPSET, m
         "talkmesh.layers": str(int(config.encoder_layers) + 1),
         "talkmesh.width": str(int(config.d_model)),
         "talkmesh.final_layer_norm": "true" if final_layer_norm else "false",
-        "talkmesh.musetalk_version": musetalk_version,
+        MUSETALK_VERSION_KEY: musetalk_version,
     }.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

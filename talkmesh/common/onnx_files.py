@@ -15,6 +15,9 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+#: The metadata key of the MuseTalk release a model was exported for (tools/export_musetalk.py and
+#: tools/export_whisper_encoder.py write it; the feature stage checks its Whisper encoder's).
+MUSETALK_VERSION_KEY = "talkmesh.musetalk_version"
 #: Graph files larger than this hold their weights inline (no external data to look for).
 INLINE_WEIGHTS_ABOVE = 64 * 1024 * 1024
 #: StringStringEntryProto(key="location", value=...) as serialized in TensorProto.external_data.
@@ -30,6 +33,23 @@ def is_torch_file(path: Path) -> bool:
     with path.open("rb") as f:
         head = f.read(2)
     return head == b"PK" or (head[:1] == b"\x80" and head[1:] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
+def metadata_value(path: Path, key: str) -> str | None:
+    """The value of ``key`` in the model's ``metadata_props`` (``talkmesh.musetalk_version``, which
+    tools/export_musetalk.py records), None when absent. Read from the end of the file, where they
+    are serialized after the graph, without loading anything."""
+    name = key.encode()
+    needle = b"\x0a" + bytes([len(name)]) + name + b"\x12"
+    if not path.is_file() or path.stat().st_size == 0 or len(name) > 127:
+        return None
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        at = data.rfind(needle)
+        if at < 0:
+            return None
+        start = at + len(needle) + 1
+        n = data[start - 1]
+        return None if n > 127 else data[start : start + n].decode("utf-8", "replace")
 
 
 def external_data_locations(path: Path) -> list[str]:
