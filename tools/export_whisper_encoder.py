@@ -159,7 +159,12 @@ def write_random_tiny(directory: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.export_whisper_encoder",
+        usage="%(prog)s [--musetalk-version {1.0,1.5}] [--opset N] MODEL_DIR OUTPUT\n"
+        "       %(prog)s --random [--musetalk-version {1.0,1.5}] OUTPUT",
+        description=__doc__.split("\n\n")[0],
+    )
     parser.add_argument(
         "paths", type=Path, nargs="+", metavar="MODEL_DIR OUTPUT",
         help="local Hugging Face Whisper checkpoint directory, then the ONNX file to write",

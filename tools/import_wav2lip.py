@@ -40,6 +40,9 @@ INPUT_NAMES = tuple(t.name for t in SIGNATURE.inputs)
 OUTPUT_NAMES = tuple(t.name for t in SIGNATURE.outputs)
 
 
+USAGE = "%(prog)s [--fp16] CHECKPOINT OUTPUT\n       %(prog)s --random [--fp16] OUTPUT"
+
+
 class CheckpointError(ValueError):
     pass
 
@@ -171,7 +174,10 @@ def convert(checkpoint: Path, out: Path, fp16: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.import_wav2lip", usage=USAGE, description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument("paths", type=Path, nargs="+", metavar="CHECKPOINT OUTPUT",
                         help="wav2lip.pth or wav2lip_gan.pth, then where to write the .onnx file")  # fmt: skip
     parser.add_argument("--fp16", action="store_true", help="also write <output>.fp16.onnx")

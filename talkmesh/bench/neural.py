@@ -29,7 +29,11 @@ BACKEND = "musetalk"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", required=True, help="directory with unet.onnx, vae_encoder.onnx, vae_decoder.onnx")
+    p.add_argument(
+        "--model-dir", required=True,
+        help="directory with unet.onnx, vae_encoder.onnx, vae_decoder.onnx (python -m tools.export_musetalk; "
+        "the feature stage takes the MuseTalk release they were exported for)",
+    )  # fmt: skip
     p.add_argument(
         "--whisper-encoder", required=True, help="Whisper encoder ONNX (python -m tools.export_whisper_encoder)"
     )

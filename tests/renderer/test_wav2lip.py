@@ -392,3 +392,18 @@ def test_random_weights_for_a_first_try_make_a_model_that_follows_the_audio(tmp_
     Wav2LipBackend(config, Telemetry("renderer")).warmup()  # the renderer takes it
     with pytest.raises(SystemExit):
         main(["--random", str(tmp_path / "a.pth"), str(out)])  # --random takes OUTPUT alone
+
+
+def test_the_usage_lines_show_the_two_ways_to_call_the_tools(capsys):
+    """argparse wrote `CHECKPOINT OUTPUT [CHECKPOINT OUTPUT ...]`, as if pairs could be repeated,
+    and no form with --random alone."""
+    from tools.export_whisper_encoder import main as whisper_main
+
+    for tool, first, second in (
+        (main, "[--fp16] CHECKPOINT OUTPUT", "--random [--fp16] OUTPUT"),
+        (whisper_main, "MODEL_DIR OUTPUT", "--random [--musetalk-version {1.0,1.5}] OUTPUT"),
+    ):
+        with pytest.raises(SystemExit):
+            tool(["--help"])
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].endswith(first) and lines[1].endswith(second) and "..." not in lines[0], lines[:2]
