@@ -205,6 +205,19 @@ class RendererConfig:
     # the same directory as the encoder's `frame_ring.directory`.
     frame_ring: FrameRingConfig = field(default_factory=FrameRingConfig)
 
+    def unloaded_model_paths(self) -> list[str]:
+        """A model path set for a backend that ``backends`` does not list (so not loaded), one line
+        each naming the setting that loads it: a warning at start, not an error."""
+        lines = []
+        for name, model in (("wav2lip", self.wav2lip), ("musetalk", self.musetalk)):
+            if model.path and name not in self.backends:
+                variable = f"{spec('renderer').env_prefix}__BACKENDS"
+                lines.append(
+                    f"{name}.path is set but {name!r} is not in backends: not loaded "
+                    f"({variable}={','.join([*self.backends, name])} loads it)"
+                )
+        return lines
+
     def validate(self) -> None:
         known = spec("renderer").backends
         if self.default_backend not in known:

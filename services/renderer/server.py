@@ -499,6 +499,8 @@ class RendererService(Service):
         return spec("renderer").grpc_service_names()
 
     async def start(self) -> None:
+        for line in self.config.unloaded_model_paths():
+            log.warning("%s", line)
         names = list(dict.fromkeys(["viseme", *self.config.backends]))
         for name in names:
             try:
