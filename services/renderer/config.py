@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.framering import FrameRingConfig
 from talkmesh.common.gpu import GpuConfig
 from talkmesh.common.onnx import ExecutionConfig
+from talkmesh.common.onnx_files import MUSETALK_VERSION_KEY, metadata_value
 from talkmesh.common.registry import DEFAULT_RENDERER_BACKEND, SIZE_PRESETS, spec
 
 #: The bundled default avatar's alias (registered at start-up; it cannot be deleted)
@@ -150,6 +153,14 @@ class MuseTalkModelConfig(ModelConfig):
     # Which parsed classes make the mask: "jaw" (MuseTalk 1.5's default: skin grown down over the
     # jaw, lips and mouth, not the nose), "raw" (skin, lips, mouth) or "neck" (raw plus the neck).
     face_parser_mode: str = "jaw"
+
+    def exported_release(self) -> str | None:
+        """The MuseTalk release the UNet in ``path`` was exported for (the ``talkmesh.musetalk_version``
+        tools/export_musetalk.py records), read without loading it; None when unset or unsaid."""
+        if not self.path:
+            return None
+        unet = Path(os.path.expanduser(self.path)) / "unet.onnx"  # (the UNet of backends/musetalk.py's FILES)
+        return metadata_value(unet, MUSETALK_VERSION_KEY)
 
     def validate(self) -> None:
         super().validate()

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from talkmesh.bench.report import git_revision, machine
-from talkmesh.common.onnx_files import MUSETALK_VERSION_KEY, metadata_value
 from talkmesh.common.registry import spec
 
 BACKEND = "musetalk"
@@ -105,19 +104,14 @@ class NeuralRun:
         )
 
 
-def musetalk_version(model_dir: Path) -> str | None:
-    """The MuseTalk release the UNet in ``model_dir`` was exported for (the ``talkmesh.musetalk_version``
-    that tools/export_musetalk.py records); None when its file does not say."""
-    return metadata_value(model_dir / "unet.onnx", MUSETALK_VERSION_KEY)
-
-
 def mesh_env(model_dir: Path, whisper_encoder: Path, avatar_cache: Path) -> dict[str, str]:
     """The services' environment for a MuseTalk mesh on these files (batch 1: a CPU gains nothing
     from batching a model this size, and warm-up runs each batch size once). A fresh avatar cache,
     so the avatar's precompute is measured (and not taken from a run with other model files). The
-    feature stage's ``musetalk.version`` is the release the models were exported for."""
+    feature stage's ``musetalk.version`` is the release the models were exported for (the launcher
+    derives it from the renderer's config, as ``talkmesh up`` does)."""
     gateway, renderer, features = (spec(s).env_prefix for s in ("gateway", "renderer", "audio_features"))
-    env = {
+    return {
         f"{gateway}__DEFAULT_RENDERER_BACKEND": BACKEND,
         f"{renderer}__BACKENDS": f"viseme,{BACKEND}",
         f"{renderer}__MUSETALK__PATH": str(model_dir),
@@ -125,9 +119,6 @@ def mesh_env(model_dir: Path, whisper_encoder: Path, avatar_cache: Path) -> dict
         f"{renderer}__AVATARS__CACHE_DIR": str(avatar_cache),
         f"{features}__WHISPER_ENCODER__PATH": str(whisper_encoder),
     }
-    if (version := musetalk_version(model_dir)) is not None:
-        env[f"{features}__MUSETALK__VERSION"] = version
-    return env
 
 
 def precompute_seconds(log_text: str, backend: str = BACKEND) -> float:

@@ -10,7 +10,7 @@ import pytest
 
 from services.renderer.backends.neural import PREPARED
 from talkmesh.bench import MODES
-from talkmesh.bench.neural import NeuralRun, add_arguments, mesh_env, musetalk_version, precompute_seconds
+from talkmesh.bench.neural import NeuralRun, add_arguments, mesh_env, precompute_seconds
 
 
 def test_mesh_env_configures_the_three_services(tmp_path: Path):
@@ -34,6 +34,8 @@ def test_the_feature_stage_gets_the_release_the_models_were_exported_for(tmp_pat
     import onnx
 
     from services.audio_features.main import load_config as features_config
+    from talkmesh.common.registry import spec
+    from talkmesh.launcher import Mesh
     from tests.common.test_gpu import model_with_weights
 
     models = tmp_path / "models"
@@ -42,12 +44,11 @@ def test_the_feature_stage_gets_the_release_the_models_were_exported_for(tmp_pat
     proto = onnx.load(str(unet), load_external_data=False)
     onnx.helper.set_model_props(proto, {"talkmesh.model": "musetalk", "talkmesh.musetalk_version": version})
     onnx.save(proto, str(unet))
-    assert musetalk_version(models) == version
     env = mesh_env(models, tmp_path / "enc.onnx", tmp_path / "avatars")
-    assert features_config(None, env=env).musetalk.version == version
+    derived = Mesh(env=env)._derived(spec("audio_features"))  # (what the bench's mesh starts it with)
+    assert features_config(None, env={**env, **derived}).musetalk.version == version
     unet.unlink()  # not said: the feature stage's own default (and its check of the encoder)
-    assert musetalk_version(models) is None
-    assert "TALKMESH_AUDIO_FEATURES__MUSETALK__VERSION" not in mesh_env(models, tmp_path / "e", tmp_path / "a")
+    assert Mesh(env=env)._derived(spec("audio_features")) == {}
 
 
 def test_precompute_is_read_from_the_renderers_log_line(caplog):
