@@ -41,15 +41,18 @@ def metadata_value(path: Path, key: str) -> str | None:
     are serialized after the graph, without loading anything."""
     name = key.encode()
     needle = b"\x0a" + bytes([len(name)]) + name + b"\x12"
-    if not path.is_file() or path.stat().st_size == 0 or len(name) > 127:
-        return None
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        at = data.rfind(needle)
-        if at < 0:
+    try:
+        if not path.is_file() or path.stat().st_size == 0 or len(name) > 127:
             return None
-        start = at + len(needle) + 1
-        n = data[start - 1]
-        return None if n > 127 else data[start : start + n].decode("utf-8", "replace")
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            at = data.rfind(needle)
+            if at < 0 or at + len(needle) >= len(data):
+                return None
+            start = at + len(needle) + 1
+            n = data[start - 1]
+            return None if n > 127 else data[start : start + n].decode("utf-8", "replace")
+    except OSError:  # unreadable: the service that loads it says so
+        return None
 
 
 def external_data_locations(path: Path) -> list[str]:
