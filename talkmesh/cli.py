@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from talkmesh.common.enums import choices
+from talkmesh.common.faces import DEFAULT_SIDE, SMALL_FACE_PX
 from talkmesh.common.registry import (
     NAMES,
     PORT_BASE_ENV,
@@ -39,6 +40,8 @@ DEMO_TEXT = (
 #: ``say --container`` choices, and what an output file's extension implies when none is given.
 CONTAINERS = choices(types_pb2.Container)
 AUDIO_CODECS = choices(types_pb2.AudioCodec)
+#: ``avatar add --framing`` choices (AvatarMeta.framing)
+FRAMINGS = choices(types_pb2.Framing)
 #: The option a user sets for a request field a service names in an error.
 #: The command that lists what a NOT_FOUND's resource type names (its error points at it).
 LIST_COMMAND = {"voice": "talkmesh voices", "avatar": "talkmesh avatar list"}
@@ -62,6 +65,7 @@ OPTION_FOR_FIELD = {
     "backends": "--backend",
     "face_index": "--face-index",
     "face_point": "--face-point",
+    "framing": "--framing",
     # the encoder's limits on the frames the renderer makes, whose size --size (output.size) picks:
     # "native" keeps the avatar's, which may be larger than the encoder takes
     "width": "--size (output.size; e.g. --size 720p)",
@@ -414,7 +418,13 @@ async def _demo(args: argparse.Namespace) -> int:
 class ProgressBar:
     """Upload progress, then the renderer's preparation progress (frames done of total)."""
 
-    STAGES = {"received": "received", "decoding": "decoding", "faces": "face tracking", "saving": "saving"}
+    STAGES = {
+        "received": "received",
+        "decoding": "decoding",
+        "faces": "face tracking",
+        "framing": "framing the head and shoulders",
+        "saving": "saving",
+    }
 
     def __init__(self, stream: TextIO, width: int = 30) -> None:
         self.stream = stream
@@ -454,7 +464,7 @@ class ProgressBar:
                 f"{self.sent / 1e6:.1f}/{self.total / 1e6:.1f} MB"
             )
         stage = self.STAGES.get(self.stage, self.stage.replace("backend:", "precompute for ") or "preparing")
-        if self.stage == "faces" and self.of:
+        if self.stage in ("faces", "framing") and self.of:
             return f"preparing: {stage} {self._bar(self.done, self.of)} {self.done}/{self.of} frames"
         return f"preparing: {stage} ({time.monotonic() - (self.uploaded_at or self.start):.1f}s)"
 
@@ -476,7 +486,6 @@ class ProgressBar:
 
 
 async def _avatar(args: argparse.Namespace) -> int:
-
     async with client_for(args) as client:
         command = args.avatar_cmd
         if command == "add":
@@ -493,6 +502,7 @@ async def _avatar(args: argparse.Namespace) -> int:
                     backends=tuple(args.backend or ()),
                     face_index=args.face_index,
                     face_point=args.face_point,
+                    framing=FRAMINGS[args.framing],
                     progress=bar.upload,
                     preparing=bar.preparing,
                 )
@@ -506,8 +516,9 @@ async def _avatar(args: argparse.Namespace) -> int:
                 print(line)
         elif command in ("list", "ls"):
             for a in await client.list_avatars():
-                names = ",".join(a.names or [a.name])
-                print(f"{a.id}  {names}  {a.width}x{a.height}  {a.frame_count} frame(s)  {','.join(a.backends)}")
+                names, backends = ",".join(a.names or [a.name]), ",".join(a.backends)
+                default = "  (default)" if a.default else ""
+                print(f"{a.id}  {names}  {a.width}x{a.height}  {a.frame_count} frame(s)  {backends}{default}")
         elif command in ("rm", "delete", "remove"):
             avatar_id, name = await client.find_avatar(args.avatar)
             if not await client.delete_avatar(avatar_id, name=name):
@@ -530,9 +541,12 @@ def face_lines(info: Any) -> list[str]:
     them), and how sure the detector was; a face too small to see speak at the default size
     (talkmesh.common.faces, as the web page says it), with what to do; and for a video, on how many
     frames the face was found and what becomes of the others (FaceReport.frames_rejected)."""
-    from talkmesh.common.faces import small_face_hint
+    from talkmesh.common.faces import framing_note, small_face_hint
 
     lines = []
+    framed = framing_note(info)
+    if framed:
+        lines.append(framed)
     box = list(info.face.box)
     if len(box) == 4 and info.width and info.height:
         shown = list(info.face.upload_box)
@@ -543,7 +557,7 @@ def face_lines(info: Any) -> list[str]:
             f"face {shown[2] - shown[0]:.0f}x{shown[3] - shown[1]:.0f} px at ({shown[0]:.0f}, {shown[1]:.0f}) "
             f"{where}, confidence {info.face.confidence:.2f}"
         )
-        hint = small_face_hint(info)
+        hint = small_face_hint(info, or_frame="or add it again with --framing auto (the server crops it)")
         if hint:
             lines.append(f"  {hint}")
     kept, rejected = int(info.face.frames_kept), int(info.face.frames_rejected)
@@ -634,7 +648,11 @@ def _token(args: argparse.Namespace) -> int:
     try:
         secret = tokens.read_secrets(args.secret_file)[0]
         token = tokens.mint(
-            secret, ttl_seconds=args.ttl, subject=args.subject, scopes=tuple(args.scope) if args.scope else None
+            secret,
+            ttl_seconds=args.ttl,
+            subject=args.subject,
+            scopes=tuple(args.scope) if args.scope else None,
+            sessions=tuple(args.session or ()),
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -861,6 +879,15 @@ def build_parser() -> argparse.ArgumentParser:
         "EXIF rotation; for a video, of its first frame with a face), as `avatar add` prints the face's "
         "box; overrides --face-index",
     )
+    add.add_argument(
+        "--framing",
+        choices=tuple(FRAMINGS),
+        default="auto",
+        help="auto (default): crop the picture to the head and shoulders when the face would be too small to see "
+        f"it speak ({SMALL_FACE_PX} px in a {DEFAULT_SIDE}-pixel video; a phone photo of a whole person or a room); "
+        "as_is: keep the whole picture; head_and_shoulders: always crop. For a video one box covers the face on "
+        "every frame",
+    )
     asub.add_parser(
         "list", aliases=["ls"], parents=[target], help="list the avatars: id, names, size, frames, backends"
     )
@@ -922,6 +949,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         choices=SCOPES,
         help="allow this (repeatable; default: speak, live and watch; avatars only when named)",
+    )
+    tn.add_argument(
+        "--session",
+        action="append",
+        metavar="SESSION_ID",
+        help="it may watch this live session whoever opened it (repeatable; the sessions claim)",
     )
     tn.add_argument("--page", default="", help="print the page's URL with the token (e.g. http://127.0.0.1:8080/)")
     dr = sub.add_parser(

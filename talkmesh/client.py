@@ -774,6 +774,7 @@ class TalkmeshClient:
         preparing: Callable[[api.AvatarProgress], None] | None = None,
         face_index: int = 0,
         face_point: tuple[float, float] | None = None,
+        framing: int = api.FRAMING_UNSPECIFIED,
     ) -> api.AvatarInfo:
         """Uploads an image or video and waits until the renderer has prepared it.
 
@@ -784,12 +785,19 @@ class TalkmeshClient:
         the renderer's own progress (``p.stage``, ``p.done`` of ``p.total``, e.g. frames).
         ``face_index`` picks the face to animate when there are several (0 = the largest);
         ``face_point`` (x, y in pixels of the picture) the face whose box contains that point.
+        ``framing`` (``talkmesh.v1.types_pb2.Framing``): the default, ``FRAMING_AUTO``, has the server
+        crop a picture whose face is small to the head and shoulders (``info.face.framed_box`` then
+        says which part of the picture the avatar shows); ``FRAMING_AS_IS`` keeps the whole picture,
+        ``FRAMING_HEAD_AND_SHOULDERS`` always crops.
         """
         p = Path(path)
         total = p.stat().st_size
 
         async def upload() -> AsyncIterator[api.AvatarUpload]:
-            meta = api.AvatarMeta(name=name, filename=p.name, backends=list(backends), face_index=face_index)
+            meta = api.AvatarMeta(
+                name=name, filename=p.name, backends=list(backends), face_index=face_index,
+                framing=framing,  # type: ignore[arg-type]
+            )  # fmt: skip
             if face_point is not None:
                 meta.face_point.CopyFrom(api.ImagePoint(x=face_point[0], y=face_point[1]))
             yield api.AvatarUpload(meta=meta)

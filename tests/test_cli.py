@@ -69,6 +69,10 @@ async def test_say_voices_and_avatars_from_the_command_line(tmp_path):
 
         code, out, err = await _cli("avatar", "list", *gw)
         assert code == 0 and avatar_id in out
+        # (that file is the default avatar's: the list marks it)
+        assert [line for line in out.splitlines() if line.endswith("  (default)")] == [
+            line for line in out.splitlines() if line.startswith(avatar_id)
+        ], out
 
         # TALKMESH_TARGET instead of --target
         code, out, err = await _cli("say", "Hello from the command line.", "-o", str(tmp_path / "s.mp4"),

@@ -90,6 +90,10 @@ def _check_timeline(rec: Recorder, clock: MediaClock, idle_batch: int) -> list[l
     )
     assert all(m.frame_count == 1 for m in frags if m.turn_id), "one frame per fragment while speaking"
     assert max(m.frame_count for m in frags) <= idle_batch
+    # the audio encoder's tail (no frames) sits at the end of the timeline, not at sample 0
+    end = frags[-1].first_frame + frags[-1].frame_count
+    tails = [m for m in rec.media() if not m.frame_count and not m.init_segment]
+    assert all(m.first_frame == end and m.first_sample == clock.start(end) and not m.sample_count for m in tails)
     return frags
 
 
@@ -122,6 +126,7 @@ async def test_a_text_turn_plays_on_one_gap_free_timeline(tmp_path: Path, idle_b
     assert rec.messages[0].kind == "started" and rec.media()[0].init_segment
     clock = MediaClock.of(started.fps_numerator / started.fps_denominator, started.sample_rate)
     frags = _check_timeline(rec, clock, idle_batch)
+    assert [m.frame_count for m in rec.media()[-1:]] == [0], "a closed session's stream ends with the audio tail"
     idle_counts = {m.frame_count for m in frags if not m.turn_id}
     # one frame per fragment during the cross-fade; full batches of K while idling on the loop
     # (a batch ends before the loop's next keyframe, so shorter ones occur too)

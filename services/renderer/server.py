@@ -27,7 +27,14 @@ from services.renderer.metrics import Queue, SkipReason, Stage
 from services.renderer.progress import LatestProgress
 from services.renderer.runner import FrameRunner, make_runner
 from services.renderer.session import RenderSession, SessionOptions
-from services.renderer.uploads import HeldUpload, Preparations, UploadBudget, UploadLimits, receive_upload
+from services.renderer.uploads import (
+    HeldUpload,
+    Preparations,
+    UploadBudget,
+    UploadLimits,
+    framing_of,
+    receive_upload,
+)
 from talkmesh.common.aio import cancel_and_wait
 from talkmesh.common.clock import request_fps
 from talkmesh.common.errors import (
@@ -198,7 +205,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         store = self.s.store
         self._check_quota(who, len(data))
         avatar, cached = store.register(
-            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress
+            data, meta.filename, meta.name, tuple(meta.backends), "", self._choice(meta), progress, framing_of(meta)
         )
         if store.is_protected(avatar.id):
             return avatar, cached, [avatar.name]  # (the default avatar keeps its name whoever uploads its file)
@@ -376,7 +383,9 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
     async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
         who = principal_of(context.invocation_metadata())
         items = await asyncio.to_thread(self._visible, who)
-        return rpb.ListAvatarsResponse(avatars=[_summary_info(a, _names_for(who, a.names, a.name)) for a in items])
+        default = self._default_id()
+        infos = [_summary_info(a, _names_for(who, a.names, a.name), default=a.id == default) for a in items]
+        return rpb.ListAvatarsResponse(avatars=infos)
 
     async def GetAvatar(self, request: rpb.GetAvatarRequest, context: Any) -> rpb.AvatarInfo:
         check_id("avatar_id", request.avatar_id)
@@ -387,9 +396,14 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             a = self.s.store.summary(avatar_id)
             if a is None:  # deleted meanwhile
                 raise NotFound("avatar_id", request.avatar_id, "avatar")
-            return _summary_info(a, _names_for(who, a.names, a.name), matched)
+            return _summary_info(a, _names_for(who, a.names, a.name), matched, default=a.id == self._default_id())
 
         return await asyncio.to_thread(get)
+
+    def _default_id(self) -> str:
+        """The id of the avatar a request that names none gets ("" if it is not stored)."""
+        store, given = self.s.store, self.s.config.default_avatar
+        return store.resolve(given) if store.exists(given) else ""
 
     async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
         if not request.avatar_id:
@@ -424,7 +438,7 @@ def _names_for(who: Principal | None, names: dict[str, list[str]], first: str) -
     return list(dict.fromkeys(n for key in sorted(names) for n in names[key]))
 
 
-def _summary_info(a: AvatarSummary, names: list[str], name: str = "") -> rpb.AvatarInfo:
+def _summary_info(a: AvatarSummary, names: list[str], name: str = "", *, default: bool = False) -> rpb.AvatarInfo:
     """A stored avatar as ListAvatars and GetAvatar answer it; ``name``: the one that matched
     (default: the first of ``names``). The same for every caller but the names: ``cached`` is
     always true (on disk, AvatarInfo's documented meaning for a listing) and ``backends`` lists
@@ -440,6 +454,7 @@ def _summary_info(a: AvatarSummary, names: list[str], name: str = "") -> rpb.Ava
         cached=True,
         backends=list(a.backends),
         face=face_report(a.report),
+        default=default,
     )
 
 
@@ -447,6 +462,7 @@ def face_report(report: dict[str, Any]) -> rpb.FaceReport:
     return rpb.FaceReport(
         box=report.get("box", []),
         upload_box=report.get("upload_box", []),
+        framed_box=report.get("framed_box", []),
         confidence=report.get("confidence", 0.0),
         frames_kept=report.get("frames_kept", 0),
         frames_rejected=report.get("frames_rejected", 0),

@@ -43,10 +43,12 @@ from typing import Any, TypeVar
 
 from services.renderer.avatars.decode import SNIFF_BYTES, Data, check_filename_type, check_format
 from services.renderer.config import AvatarConfig
+from talkmesh.common.enums import short_name
 from talkmesh.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from talkmesh.common.names import check_filename, check_id, clean_name
 from talkmesh.common.streams import RequestStream
 from talkmesh.v1 import renderer_pb2 as rpb
+from talkmesh.v1 import types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +294,16 @@ async def receive_upload(
     return meta, held
 
 
+def framing_of(meta: rpb.AvatarMeta) -> str:
+    """The upload's framing as the avatar store takes it (services/renderer/avatars/store.py
+    FRAMINGS: the value's short name, "auto" for 0), or InvalidArgument naming ``meta.framing``."""
+    try:
+        return short_name(types_pb2.Framing, meta.framing or types_pb2.FRAMING_AUTO)
+    except ValueError:
+        known = ", ".join(f"{types_pb2.Framing.Name(v)} ({v})" for v in types_pb2.Framing.values())
+        raise InvalidArgument("meta.framing", f"unknown framing {meta.framing} (known: {known})") from None
+
+
 async def _receive(
     request_iterator: AsyncIterator[Any],
     held: HeldUpload,
@@ -312,6 +324,7 @@ async def _receive(
         raise InvalidArgument("meta.backends", "names at most 16 backends")
     for i, b in enumerate(meta.backends):
         check_id(f"meta.backends[{i}]", b)
+    framing_of(meta)  # (refused before the file's bytes arrive)
     sniffed = False
     async for msg in upload:
         if held.received + len(msg.data) > limits.max_bytes:

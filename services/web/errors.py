@@ -117,15 +117,17 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> HttpError:
     code = exc.code()
     details = ErrorDetails.of(exc)
     message = edge_message(exc)
-    if unreachable(exc):
-        message = "gateway: not reachable"
     return HttpError(HTTP_STATUS.get(code, 500), code.name, message, details.field, details.retry_delay)
 
 
 def edge_message(exc: grpc.aio.AioRpcError) -> str:
     """A status's message as a browser may see it. The gateway scrubs its own statuses, but a
     status the channel makes here (the gateway unreachable, a TLS or connection failure) names
-    addresses (``ipv4:127.0.0.1:50051: Socket closed``): the same scrub applies at this edge."""
+    addresses (``ipv4:127.0.0.1:50051: Socket closed``): the same scrub applies at this edge, and
+    the channel's "failed to connect" is said in words, alike in HTTP answers and a live socket's
+    final status."""
+    if unreachable(exc):
+        return "gateway: not reachable"
     message, _ = scrub(exc.code(), exc.details() or exc.code().name, [])
     return message
 

@@ -157,9 +157,22 @@ class Sender:
         self.ws = ws
         self.lock = ws.lock if isinstance(ws, EdgeWebSocket) else asyncio.Lock()
         self.timing = timing
+        #: The edge half-closed the session for its drain (not the browser): the gateway's
+        #: END_REASON_CLIENT_CLOSED is told to the browser as END_REASON_DRAINING.
+        self.draining = False
 
     async def message(self, msg: lpb.LiveServerMessage) -> None:
         received = time.time() if self.timing else None
+        if (
+            self.draining
+            and msg.WhichOneof("kind") == "event"
+            and msg.event.WhichOneof("kind") == "session_ending"
+            and msg.event.session_ending.reason == lpb.END_REASON_CLIENT_CLOSED
+        ):
+            told = lpb.LiveServerMessage()
+            told.CopyFrom(msg)
+            told.event.session_ending.reason = lpb.END_REASON_DRAINING
+            msg = told
         async with self.lock:
             if self.ws.closed:
                 return
@@ -240,9 +253,18 @@ class LiveBridge:
         self.out = Sender(ws, timing)
         self.audio_turn: lpb.SpeakAudio | None = None
         self.call: Any = None
+        self.browser_half_closed = False
+
+    async def drain(self) -> None:
+        """The edge shuts down: the session is half-closed (started turns play, then the end), and
+        its ``session_ending`` says END_REASON_DRAINING, as a gateway's drain does, so that a page
+        reconnects at once (to another replica) rather than take it for its own half-close."""
+        if not self.browser_half_closed:
+            self.out.draining = True
+        await self.half_close()
 
     async def half_close(self) -> None:
-        """No more input from this browser (the edge drains): started turns play, then the end."""
+        """No more input for the gateway: started turns play, then the end."""
         if self.call is not None and not self.call.done():
             with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
                 await self.call.done_writing()
@@ -312,6 +334,7 @@ class LiveBridge:
                     await self.out.error(grpc.StatusCode.INVALID_ARGUMENT, str(exc), exc.field)
                     continue
                 if msg is None:
+                    self.browser_half_closed = True
                     await self.half_close()
                     continue
                 kind = msg.WhichOneof("kind")
@@ -346,9 +369,9 @@ class LiveBridge:
                 break  # the session ended (or the edge half-closed it); _pump_down reports how
 
 
-async def watch_bridge(client: TalkmeshClient, ws: web.WebSocketResponse, session_id: str) -> None:
+async def watch_bridge(client: TalkmeshClient, out: Sender, session_id: str) -> None:
     """``/v1/live/watch?session_id=...``: ``Live/Watch`` for a browser (server to browser only)."""
-    out = Sender(ws)
+    ws = out.ws
     async with client.watch(session_id) as call, TaskSet("web-watch") as tasks:  # (leaving: cancelled)
         down = tasks.spawn(_pump_down(call, out), name="down")
         up = tasks.spawn(_drain(ws), name="up")

@@ -62,8 +62,9 @@ from services.web.live import (
 )
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
-from talkmesh.common.errors import NotFound, ResourceExhausted
-from talkmesh.common.faces import small_face_hint
+from talkmesh.common.enums import choices
+from talkmesh.common.errors import NotFound, ResourceExhausted, Unavailable
+from talkmesh.common.faces import framing_note, small_face_hint
 from talkmesh.common.files import WatchedFile
 from talkmesh.common.health import DependencyWatch
 from talkmesh.common.interceptors import OK, SERVER_FAULTS
@@ -186,6 +187,8 @@ WS_PROTOCOL = "talkmesh"
 #: Who a request's access token speaks for (``tokens.Access.owner``: the hash of its whole ``sub``,
 #: or the token itself when it has none).
 SUBJECT_KEY = web.RequestKey("subject", str)
+#: The sessions a request's token lets it watch whoever opened them (its ``sessions`` claim).
+WATCHABLE_KEY = web.RequestKey("watchable", frozenset)
 #: A live session's socket, whose outcome (RESULT_KEY) counts even when aiohttp cancels its handler
 #: (the connection closed).
 SOCKET_KEY = web.RequestKey("socket", web.WebSocketResponse)
@@ -221,6 +224,12 @@ CSP = (
 )
 #: A Host header that can go into the CSP as it is (no spaces, quotes or ';').
 _SAFE_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,255}")
+#: The final status of a watch whose web edge shuts down while the session goes on elsewhere.
+WATCH_DRAINED = final_status(
+    Unavailable("session: this web edge is shutting down; the session goes on: watch it again")
+)
+#: The upload form's ``framing`` values (AvatarMeta.framing's short names).
+FRAMINGS = choices(api.Framing)
 #: RegisterAvatar's fields -> the multipart form's.
 FORM_FIELDS = {
     "data": "file",
@@ -228,6 +237,7 @@ FORM_FIELDS = {
     "meta.name": "name",
     "meta.face_index": "face_index",
     "meta.face_point": "face_point",
+    "meta.framing": "framing",
     "meta.backends": "backends",
 }
 
@@ -416,6 +426,10 @@ class WebHost:
         self.draining = False
         self.sessions: set[asyncio.Task[Any]] = set()
         self.bridges: set[LiveBridge] = set()
+        #: the open /v1/live/watch sockets (their senders) and the session each watches
+        self.watchers: dict[Sender, str] = {}
+        #: the ids of the live sessions open on this edge (a drain ends them; not those of others)
+        self._own_sessions: set[str] = set()
         self._runner: web.AppRunner | None = None
         self._metrics_server: Any = None
         self._watch: asyncio.Task[None] | None = None
@@ -700,8 +714,21 @@ class WebHost:
         grace = self.config.server.grace_seconds if grace is None else grace
         self.draining = True
         await cancel_and_wait(self._watch)
-        # Live sessions end as if the browser half-closed: started turns play, then status OK.
-        await asyncio.gather(*(b.half_close() for b in list(self.bridges)), return_exceptions=True)
+        # Live sessions end as if the browser half-closed: started turns play, then status OK (their
+        # session_ending saying END_REASON_DRAINING, also to their watchers). A watch of a session
+        # this edge did not open (a backend's, another replica's) would not end by itself: it ends
+        # now, "watch again".
+        for out, watched in self.watchers.items():
+            out.draining = watched in self._own_sessions
+        await asyncio.gather(*(b.drain() for b in list(self.bridges)), return_exceptions=True)
+        await asyncio.gather(
+            *(
+                out.final(WATCH_DRAINED, CLOSE_TRY_LATER)
+                for out, watched in list(self.watchers.items())
+                if watched not in self._own_sessions
+            ),
+            return_exceptions=True,
+        )
         if self.sessions:
             done = asyncio.Event()
             pending = set(self.sessions)
@@ -880,6 +907,7 @@ class WebHost:
         # subject is counted by its identity, the same for each of its spellings: its jti, or its
         # payload's hash; no token is kept in memory)
         request[SUBJECT_KEY] = access.owner
+        request[WATCHABLE_KEY] = access.sessions
         scope = ROUTE_SCOPES.get(("GET" if request.method == "HEAD" else request.method, route))
         if scope is not None and not access.allows(scope):
             raise HttpError(
@@ -1012,7 +1040,8 @@ class WebHost:
 
     async def _register_avatar(self, request: web.Request) -> web.Response:
         """Multipart form: optional fields ``name``, ``face_index`` or ``face_point`` ("x,y" in the
-        picture's pixels), ``backends`` (comma-separated), then the ``file``; another field is
+        picture's pixels), ``framing`` ("auto", the default, "as_is" or "head_and_shoulders": AvatarMeta.framing),
+        ``backends`` (comma-separated), then the ``file``; another field is
         refused (it would be dropped). The bytes stream on to the gateway as they arrive; the renderer applies
         its limits (size, format) and its errors come back with the field they name."""
         client = self._client()
@@ -1074,6 +1103,12 @@ class WebHost:
                         400, "INVALID_ARGUMENT", f"face_point: x and y must be within 0..{MAX_IMAGE_SIDE}", "face_point"
                     )
                 meta.face_point.x, meta.face_point.y = x, y
+            elif name == "framing":
+                if value not in FRAMINGS:
+                    raise HttpError(
+                        400, "INVALID_ARGUMENT", f"framing: must be one of {', '.join(FRAMINGS)}", "framing"
+                    )
+                meta.framing = FRAMINGS[value]  # type: ignore[assignment]
             elif name == "backends":
                 meta.backends.extend(b.strip() for b in value.split(",") if b.strip())
         if file_part is None:
@@ -1115,11 +1150,15 @@ class WebHost:
         late = await _late_field(reader)
         if late:  # the avatar was made without it: say so rather than drop it silently
             warnings.append(f"{late}: a form field after 'file' is not read (send the fields first)")
-        small = small_face_hint(info, "upload that")  # (as `talkmesh avatar add` says it)
+        # (as `talkmesh avatar add` says it)
+        small = small_face_hint(info, "upload that", "or upload it again with framing on auto (the server crops it)")
         if small:
             warnings.append(small)
         if warnings:
             answer["warnings"] = warnings
+        framed = framing_note(info)
+        if framed:  # (not a warning: what the server did, which the page says)
+            answer["notes"] = [framed]
         return web.json_response(answer, status=201)
 
     def _check_uploads(self, field: str) -> None:
@@ -1392,23 +1431,30 @@ class WebHost:
         opened: list[str] = []  # the session id this socket's session got
 
         def started(session_id: str) -> None:
+            self._own_sessions.add(session_id)
+            opened.append(session_id)
             if subject and session_id:  # (with tokens: its owner; without, anyone may watch)
                 self._session_owners[session_id] = subject
-                opened.append(session_id)
 
         try:
             client = self._client()
             if watch:
                 session_id = request.query.get("session_id", "")
                 if self._token_secrets is not None and 0 < len(session_id) <= MAX_SESSION_ID_CHARS:
-                    if self._session_owners.get(session_id) != subject:
+                    granted = session_id in request.get(WATCHABLE_KEY, frozenset())  # (by the backend)
+                    if self._session_owners.get(session_id) != subject and not granted:
                         # another user's session, one of another edge, or none: the gateway's own
                         # answer to an unknown id, so that an id is not confirmed
                         status = final_status(NotFound("session_id", session_id, "live session"))
                         with contextlib.suppress(ConnectionError, RuntimeError):
                             await Sender(ws).final(status, CLOSE_BAD_INPUT)
                         return ws
-                await watch_bridge(client, ws, session_id)
+                out = Sender(ws)
+                self.watchers[out] = session_id
+                try:
+                    await watch_bridge(client, out, session_id)
+                finally:
+                    self.watchers.pop(out, None)
             else:
                 timing = request.query.get("timing") == "1"  # debug: relay timestamps (docs/WEB.md)
                 bridge = LiveBridge(client, ws, cfg, self.config.server.stream_idle_seconds, timing, started)
@@ -1422,6 +1468,7 @@ class WebHost:
             self.sessions.discard(task)
             for session_id in opened:
                 self._session_owners.pop(session_id, None)
+                self._own_sessions.discard(session_id)
             if subject:
                 self._subject_sessions[subject] -= 1
                 if self._subject_sessions[subject] <= 0:

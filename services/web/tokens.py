@@ -18,6 +18,10 @@ algorithm="HS256")``. Claims read here:
   own scopes, grant nothing here); without it, ``DEFAULT_SCOPES`` (everything but ``avatars``:
   uploading and deleting avatars must be granted by name).
   Lists (``GET /v1/voices``, ``GET /v1/avatars``) need a valid token of any scope.
+- ``sessions`` (optional): live session ids (``SessionStarted.session_id``) its holder may watch
+  although this edge did not open them for the same user: a backend that drives a session (an LLM
+  agent through the gRPC API) lets its visitor's page watch it (``/v1/live/watch``; the token must
+  allow ``watch``). At most ``MAX_TOKEN_SESSIONS``.
 
 Only HS256 is accepted (never ``none``, never an algorithm the token names for itself). The secret
 file holds one secret per line: tokens are minted with the first and accepted with any, so a new
@@ -38,6 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from talkmesh.common.names import MAX_SESSION_ID_CHARS
+
 #: What a token may allow (its ``scope`` claim): the web edge's actions.
 SCOPES = ("speak", "live", "watch", "avatars")
 #: What a token without a ``scope`` claim allows: the page's use, not changing the avatars.
@@ -52,6 +58,8 @@ MAX_TOKEN_CHARS = 4096
 #: Longest header segment looked at (a JWT's header is a few dozen characters).
 MAX_HEADER_CHARS = 1024
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+#: Most session ids a token's ``sessions`` claim may list.
+MAX_TOKEN_SESSIONS = 16
 #: Clock difference tolerated between the minting backend and the edge (seconds).
 LEEWAY_SECONDS = 30.0
 
@@ -75,6 +83,8 @@ class Access:
     #: who the token speaks for, for ownership (Watch) and the per-user limits: the SHA-256 of its
     #: whole ``sub`` ("sub:<hex>"), else ``identity`` ("token:..."): never a cut ``sub``
     owner: str = ""
+    #: the session ids it may watch whoever opened them (its ``sessions`` claim)
+    sessions: frozenset[str] = frozenset()
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
@@ -133,6 +143,7 @@ def mint(
     ttl_seconds: float,
     subject: str = "",
     scopes: tuple[str, ...] | None = None,
+    sessions: tuple[str, ...] = (),
     now: float | None = None,
 ) -> str:
     """A token valid for ``ttl_seconds`` from ``now`` (what a site's backend does with its JWT
@@ -146,6 +157,8 @@ def mint(
         if unknown:
             raise ValueError(f"scope: unknown {', '.join(unknown)} (known: {', '.join(SCOPES)})")
         claims["scope"] = " ".join(scopes)
+    if sessions:
+        claims["sessions"] = list(sessions)
     header = _b64encode(json.dumps({"alg": ALGORITHM, "typ": "JWT"}, separators=(",", ":")).encode())
     payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode())
     signing_input = f"{header}.{payload}".encode("ascii")
@@ -178,6 +191,10 @@ def _number(claims: dict[str, object], name: str) -> float | None:
         return float(value)
     except (ValueError, OverflowError):  # (an integer of 400 digits)
         raise TokenError(f"its {name} claim is not a number (seconds since 1970)") from None
+
+
+def _is_session_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_SESSION_ID_CHARS
 
 
 def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: float | None = None) -> Access:
@@ -236,4 +253,16 @@ def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: 
         owner = "sub:" + hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()
     else:
         owner = f"token:{identity}"
-    return Access(subject=subject[:128], scopes=scopes, expires=expires, identity=identity, owner=owner)
+    sessions = claims.get("sessions", [])
+    if not isinstance(sessions, list) or not all(_is_session_id(s) for s in sessions):
+        raise TokenError("its sessions claim is not a list of session ids")
+    if len(sessions) > MAX_TOKEN_SESSIONS:
+        raise TokenError(f"its sessions claim lists {len(sessions)} sessions, more than {MAX_TOKEN_SESSIONS}")
+    return Access(
+        subject=subject[:128],
+        scopes=scopes,
+        expires=expires,
+        identity=identity,
+        owner=owner,
+        sessions=frozenset(sessions),
+    )

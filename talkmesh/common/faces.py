@@ -1,7 +1,9 @@
-"""How large a face must be in an avatar's picture to see it speak: one rule for the renderer's
-advice when it finds no face, `talkmesh avatar add`'s hint and the web edge's upload answer (which
-the page shows). (The detector itself has no fixed minimum: it searches large pictures in tiles,
-and finds faces of a few dozen pixels; one that small is found but not seen speaking.)"""
+"""How large a face must be in an avatar's picture to see it speak, and how a picture is framed to
+the head and shoulders: one rule for the renderer's advice when it finds no face, its automatic
+framing at registration (AvatarMeta.framing), `talkmesh avatar add`'s hint and the web edge's
+upload answer (which the page shows). (The detector itself has no fixed minimum: it searches large
+pictures in tiles, and finds faces of a few dozen pixels; one that small is found but not seen
+speaking.)"""
 
 from __future__ import annotations
 
@@ -12,8 +14,18 @@ from typing import Any
 SMALL_FACE_PX = 64
 #: The longer side of a video of the default size preset, "512".
 DEFAULT_SIDE = 512
+#: The head-and-shoulders crop is this many face widths wide (the face about a third of its width)
+CROP_FACE_WIDTHS = 3
+#: and 4/3 of its width high (a 3:4 portrait: every size preset keeps an avatar's shape)
+CROP_ASPECT = 4 / 3
+#: The face's centre is this fraction of the crop's height from its top (room above the head, the
+#: shoulders below).
+CROP_FACE_CENTRE = 0.36
 #: How to crop a picture whose face is small (or not found).
-CROP_TO = "to the head and shoulders (the face about a third of its width)"
+CROP_TO = (
+    "to the head and shoulders (the face about "
+    f"{ {2: 'half', 3: 'a third', 4: 'a quarter'}.get(CROP_FACE_WIDTHS, f'1/{CROP_FACE_WIDTHS}')} of its width)"
+)
 #: What a picture needs for its face to be found and seen speaking (the renderer's refusal when it
 #: finds none says it).
 NO_FACE_ADVICE = (
@@ -29,17 +41,75 @@ def face_width_in_video(face_width: float, width: int, height: int) -> float:
     return face_width * DEFAULT_SIDE / max(width, height, 1)
 
 
-def small_face_hint(info: Any, then: str = "add that") -> str:
+def face_is_small(face_width: float, width: int, height: int) -> bool:
+    """Whether a face ``face_width`` wide on frames of ``width`` x ``height`` is under SMALL_FACE_PX
+    in a video of the default size: when the hint below is given, and when automatic framing crops."""
+    return face_width_in_video(face_width, width, height) < SMALL_FACE_PX
+
+
+Box = tuple[float, float, float, float]
+
+
+def head_and_shoulders(face: Box, width: int, height: int, cover: Box | None = None) -> Box:
+    """The head-and-shoulders crop (x1, y1, x2, y2) of a ``width`` x ``height`` picture whose face
+    has the box ``face``: CROP_FACE_WIDTHS face widths wide, CROP_ASPECT as high, the face centred
+    across and CROP_FACE_CENTRE down. ``cover``: a box the crop also holds with the same margins
+    (a video's face track over its frames: the head moves), widened or lengthened downwards to the
+    aspect. A crop larger than the picture is shrunk to fit, keeping its aspect and the face's
+    place as far as it can, then moved inside the picture."""
+    fx1, fy1, fx2, fy2 = face
+    fw, fh = max(fx2 - fx1, 1.0), max(fy2 - fy1, 1.0)
+    cw = CROP_FACE_WIDTHS * fw
+    ch = cw * CROP_ASPECT
+    side = (cw - fw) / 2
+    above = max(CROP_FACE_CENTRE * ch - fh / 2, 0.0)
+    below = max(ch - above - fh, 0.0)
+    cx1, cy1, cx2, cy2 = cover if cover is not None else face
+    x1, x2 = min(cx1, fx1) - side, max(cx2, fx2) + side
+    y1, y2 = min(cy1, fy1) - above, max(cy2, fy2) + below
+    w, h = x2 - x1, y2 - y1
+    if h < w * CROP_ASPECT:  # (a head moving sideways) more below: the shoulders
+        y2 = y1 + w * CROP_ASPECT
+    else:  # (a head moving up and down) wider on both sides
+        grow = (h / CROP_ASPECT - w) / 2
+        x1, x2 = x1 - grow, x2 + grow
+    w, h = x2 - x1, y2 - y1
+    shrink = min(1.0, width / w, height / h)
+    if shrink < 1.0:  # keep the face's place: the centre across, the same share above the face
+        centre, top = (x1 + x2) / 2, min(cy1, fy1)
+        w, h = w * shrink, h * shrink
+        x1, y1 = centre - w / 2, top - (top - y1) * shrink
+    x1 = min(max(x1, 0.0), width - w)
+    y1 = min(max(y1, 0.0), height - h)
+    return (max(x1, 0.0), max(y1, 0.0), min(x1 + w, float(width)), min(y1 + h, float(height)))
+
+
+def framing_note(info: Any) -> str:
+    """What to say of an avatar the server framed (``info``: an AvatarInfo whose FaceReport has a
+    framed_box), else ""."""
+    box = list(info.face.framed_box)
+    if len(box) != 4:
+        return ""
+    return (
+        f"framed {CROP_TO}: the avatar shows {box[2] - box[0]:.0f}x{box[3] - box[1]:.0f} px at "
+        f"({box[0]:.0f}, {box[1]:.0f}) of the picture"
+    )
+
+
+def small_face_hint(info: Any, then: str = "add that", or_frame: str = "") -> str:
     """What to do when the face of ``info`` (an AvatarInfo: its FaceReport's box is on frames of
     its width x height) would be under SMALL_FACE_PX wide in a video of the default size, else "".
-    ``then``: how the cropped picture is added ("add that", "upload that")."""
+    ``then``: how the cropped picture is added ("add that", "upload that"); ``or_frame``: how to
+    have the server frame it instead (e.g. "or add it with --framing auto"). An avatar the server
+    framed gets no hint (``framing_note`` says it)."""
     box = list(info.face.box)
-    if len(box) != 4 or not info.width or not info.height:
+    if len(box) != 4 or not info.width or not info.height or len(info.face.framed_box) == 4:
+        return ""
+    if not face_is_small(box[2] - box[0], info.width, info.height):
         return ""
     in_video = face_width_in_video(box[2] - box[0], info.width, info.height)
-    if in_video >= SMALL_FACE_PX:
-        return ""
     return (
         f"the face is small in the picture: about {in_video:.0f} px wide in a video of the default size "
         f"({DEFAULT_SIDE}), too small to see it speak; crop the picture {CROP_TO} and {then}"
+        + (f", {or_frame}" if or_frame else "")
     )

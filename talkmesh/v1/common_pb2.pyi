@@ -26,6 +26,7 @@ from talkmesh.v1.types_pb2 import Container as Container
 from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
 from talkmesh.v1.types_pb2 import TextFormat as TextFormat
 from talkmesh.v1.types_pb2 import IdleMotion as IdleMotion
+from talkmesh.v1.types_pb2 import Framing as Framing
 
 DESCRIPTOR: _descriptor.FileDescriptor
 CONTAINER_UNSPECIFIED: _types_pb2.Container
@@ -41,6 +42,10 @@ TEXT_FORMAT_MARKDOWN: _types_pb2.TextFormat
 IDLE_MOTION_UNSPECIFIED: _types_pb2.IdleMotion
 IDLE_MOTION_ON: _types_pb2.IdleMotion
 IDLE_MOTION_OFF: _types_pb2.IdleMotion
+FRAMING_UNSPECIFIED: _types_pb2.Framing
+FRAMING_AUTO: _types_pb2.Framing
+FRAMING_AS_IS: _types_pb2.Framing
+FRAMING_HEAD_AND_SHOULDERS: _types_pb2.Framing
 
 class Dtype(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()

@@ -31,6 +31,7 @@ from talkmesh.v1.types_pb2 import Container as Container
 from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
 from talkmesh.v1.types_pb2 import TextFormat as TextFormat
 from talkmesh.v1.types_pb2 import IdleMotion as IdleMotion
+from talkmesh.v1.types_pb2 import Framing as Framing
 
 DESCRIPTOR: _descriptor.FileDescriptor
 CONTAINER_UNSPECIFIED: _types_pb2_1_1.Container
@@ -46,6 +47,10 @@ TEXT_FORMAT_MARKDOWN: _types_pb2_1_1.TextFormat
 IDLE_MOTION_UNSPECIFIED: _types_pb2_1_1.IdleMotion
 IDLE_MOTION_ON: _types_pb2_1_1.IdleMotion
 IDLE_MOTION_OFF: _types_pb2_1_1.IdleMotion
+FRAMING_UNSPECIFIED: _types_pb2_1_1.Framing
+FRAMING_AUTO: _types_pb2_1_1.Framing
+FRAMING_AS_IS: _types_pb2_1_1.Framing
+FRAMING_HEAD_AND_SHOULDERS: _types_pb2_1_1.Framing
 
 class LiveEncodeConfig(_message.Message):
     __slots__ = ("session_id", "request_id", "render", "fps", "sample_rate", "audio_codec", "lead_ms")

@@ -28,6 +28,7 @@ from talkmesh.v1.types_pb2 import Container as Container
 from talkmesh.v1.types_pb2 import AudioCodec as AudioCodec
 from talkmesh.v1.types_pb2 import TextFormat as TextFormat
 from talkmesh.v1.types_pb2 import IdleMotion as IdleMotion
+from talkmesh.v1.types_pb2 import Framing as Framing
 
 DESCRIPTOR: _descriptor.FileDescriptor
 CONTAINER_UNSPECIFIED: _types_pb2_1.Container
@@ -43,6 +44,10 @@ TEXT_FORMAT_MARKDOWN: _types_pb2_1.TextFormat
 IDLE_MOTION_UNSPECIFIED: _types_pb2_1.IdleMotion
 IDLE_MOTION_ON: _types_pb2_1.IdleMotion
 IDLE_MOTION_OFF: _types_pb2_1.IdleMotion
+FRAMING_UNSPECIFIED: _types_pb2_1.Framing
+FRAMING_AUTO: _types_pb2_1.Framing
+FRAMING_AS_IS: _types_pb2_1.Framing
+FRAMING_HEAD_AND_SHOULDERS: _types_pb2_1.Framing
 
 class RenderConfig(_message.Message):
     __slots__ = ("request_id", "avatar_id", "backend", "size", "fps", "pixel_format", "sample_rate", "session_id", "batch_frames", "idle_motion")

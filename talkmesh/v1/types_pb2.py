@@ -24,21 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17talkmesh/v1/types.proto\x12\x0btalkmesh.v1\"<\n\rVoiceSettings\x12\x0c\n\x04rate\x18\x01 \x01(\x02\x12\r\n\x05pitch\x18\x02 \x01(\x02\x12\x0e\n\x06volume\x18\x03 \x01(\x02\"\"\n\x11ListVoicesRequest\x12\r\n\x05voice\x18\x01 \x01(\t\"i\n\x05Voice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x13\n\x0bsample_rate\x18\x05 \x01(\r\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x06 \x01(\x08\"8\n\x12ListVoicesResponse\x12\"\n\x06voices\x18\x01 \x03(\x0b\x32\x12.talkmesh.v1.Voice\"O\n\x0c\x41vatarUpload\x12\'\n\x04meta\x18\x01 \x01(\x0b\x32\x17.talkmesh.v1.AvatarMetaH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\x7f\n\nAvatarMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\x12\x12\n\nface_index\x18\x04 \x01(\r\x12+\n\nface_point\x18\x05 \x01(\x0b\x32\x17.talkmesh.v1.ImagePoint\"\"\n\nImagePoint\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\"\xaa\x01\n\nFaceReport\x12\x0b\n\x03\x62ox\x18\x01 \x03(\x02\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x13\n\x0b\x66rames_kept\x18\x03 \x01(\r\x12\x17\n\x0f\x66rames_rejected\x18\x04 \x01(\r\x12\x13\n\x0b\x66\x61\x63\x65s_found\x18\x05 \x01(\r\x12\x12\n\nface_index\x18\x06 \x01(\r\x12\x10\n\x08\x64\x65tector\x18\x07 \x01(\t\x12\x12\n\nupload_box\x18\x08 \x03(\x02\"\xb2\x01\n\nAvatarInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x13\n\x0b\x66rame_count\x18\x05 \x01(\r\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12\x10\n\x08\x62\x61\x63kends\x18\x07 \x03(\t\x12%\n\x04\x66\x61\x63\x65\x18\x08 \x01(\x0b\x32\x17.talkmesh.v1.FaceReport\x12\r\n\x05names\x18\t \x03(\t\"<\n\x0e\x41vatarProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\"x\n\x12\x41vatarRegistration\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.talkmesh.v1.AvatarProgressH\x00\x12)\n\x06\x61vatar\x18\x02 \x01(\x0b\x32\x17.talkmesh.v1.AvatarInfoH\x00\x42\x06\n\x04kind\"\x14\n\x12ListAvatarsRequest\"%\n\x10GetAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\"?\n\x13ListAvatarsResponse\x12(\n\x07\x61vatars\x18\x01 \x03(\x0b\x32\x17.talkmesh.v1.AvatarInfo\"6\n\x13\x44\x65leteAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteAvatarResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\">\n\x0bStageTiming\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01*c\n\tContainer\x12\x19\n\x15\x43ONTAINER_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43ONTAINER_FMP4\x10\x01\x12\x14\n\x10\x43ONTAINER_MPEGTS\x10\x02\x12\x11\n\rCONTAINER_MP4\x10\x03*T\n\nAudioCodec\x12\x1b\n\x17\x41UDIO_CODEC_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41UDIO_CODEC_AAC\x10\x01\x12\x14\n\x10\x41UDIO_CODEC_OPUS\x10\x02*Z\n\nTextFormat\x12\x1b\n\x17TEXT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11TEXT_FORMAT_PLAIN\x10\x01\x12\x18\n\x14TEXT_FORMAT_MARKDOWN\x10\x02*R\n\nIdleMotion\x12\x1b\n\x17IDLE_MOTION_UNSPECIFIED\x10\x00\x12\x12\n\x0eIDLE_MOTION_ON\x10\x01\x12\x13\n\x0fIDLE_MOTION_OFF\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17talkmesh/v1/types.proto\x12\x0btalkmesh.v1\"<\n\rVoiceSettings\x12\x0c\n\x04rate\x18\x01 \x01(\x02\x12\r\n\x05pitch\x18\x02 \x01(\x02\x12\x0e\n\x06volume\x18\x03 \x01(\x02\"\"\n\x11ListVoicesRequest\x12\r\n\x05voice\x18\x01 \x01(\t\"i\n\x05Voice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x13\n\x0bsample_rate\x18\x05 \x01(\r\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x06 \x01(\x08\"8\n\x12ListVoicesResponse\x12\"\n\x06voices\x18\x01 \x03(\x0b\x32\x12.talkmesh.v1.Voice\"O\n\x0c\x41vatarUpload\x12\'\n\x04meta\x18\x01 \x01(\x0b\x32\x17.talkmesh.v1.AvatarMetaH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xa6\x01\n\nAvatarMeta\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\x12\x12\n\nface_index\x18\x04 \x01(\r\x12+\n\nface_point\x18\x05 \x01(\x0b\x32\x17.talkmesh.v1.ImagePoint\x12%\n\x07\x66raming\x18\x06 \x01(\x0e\x32\x14.talkmesh.v1.Framing\"\"\n\nImagePoint\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\"\xbe\x01\n\nFaceReport\x12\x0b\n\x03\x62ox\x18\x01 \x03(\x02\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x13\n\x0b\x66rames_kept\x18\x03 \x01(\r\x12\x17\n\x0f\x66rames_rejected\x18\x04 \x01(\r\x12\x13\n\x0b\x66\x61\x63\x65s_found\x18\x05 \x01(\r\x12\x12\n\nface_index\x18\x06 \x01(\r\x12\x10\n\x08\x64\x65tector\x18\x07 \x01(\t\x12\x12\n\nupload_box\x18\x08 \x03(\x02\x12\x12\n\nframed_box\x18\t \x03(\x02\"\xc3\x01\n\nAvatarInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x13\n\x0b\x66rame_count\x18\x05 \x01(\r\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12\x10\n\x08\x62\x61\x63kends\x18\x07 \x03(\t\x12%\n\x04\x66\x61\x63\x65\x18\x08 \x01(\x0b\x32\x17.talkmesh.v1.FaceReport\x12\r\n\x05names\x18\t \x03(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\n \x01(\x08\"<\n\x0e\x41vatarProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\"x\n\x12\x41vatarRegistration\x12/\n\x08progress\x18\x01 \x01(\x0b\x32\x1b.talkmesh.v1.AvatarProgressH\x00\x12)\n\x06\x61vatar\x18\x02 \x01(\x0b\x32\x17.talkmesh.v1.AvatarInfoH\x00\x42\x06\n\x04kind\"\x14\n\x12ListAvatarsRequest\"%\n\x10GetAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\"?\n\x13ListAvatarsResponse\x12(\n\x07\x61vatars\x18\x01 \x03(\x0b\x32\x17.talkmesh.v1.AvatarInfo\"6\n\x13\x44\x65leteAvatarRequest\x12\x11\n\tavatar_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\'\n\x14\x44\x65leteAvatarResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\">\n\x0bStageTiming\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01*c\n\tContainer\x12\x19\n\x15\x43ONTAINER_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43ONTAINER_FMP4\x10\x01\x12\x14\n\x10\x43ONTAINER_MPEGTS\x10\x02\x12\x11\n\rCONTAINER_MP4\x10\x03*T\n\nAudioCodec\x12\x1b\n\x17\x41UDIO_CODEC_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41UDIO_CODEC_AAC\x10\x01\x12\x14\n\x10\x41UDIO_CODEC_OPUS\x10\x02*Z\n\nTextFormat\x12\x1b\n\x17TEXT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11TEXT_FORMAT_PLAIN\x10\x01\x12\x18\n\x14TEXT_FORMAT_MARKDOWN\x10\x02*R\n\nIdleMotion\x12\x1b\n\x17IDLE_MOTION_UNSPECIFIED\x10\x00\x12\x12\n\x0eIDLE_MOTION_ON\x10\x01\x12\x13\n\x0fIDLE_MOTION_OFF\x10\x02*g\n\x07\x46raming\x12\x17\n\x13\x46RAMING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x46RAMING_AUTO\x10\x01\x12\x11\n\rFRAMING_AS_IS\x10\x02\x12\x1e\n\x1a\x46RAMING_HEAD_AND_SHOULDERS\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkmesh.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTAINER']._serialized_start=1374
-  _globals['_CONTAINER']._serialized_end=1473
-  _globals['_AUDIOCODEC']._serialized_start=1475
-  _globals['_AUDIOCODEC']._serialized_end=1559
-  _globals['_TEXTFORMAT']._serialized_start=1561
-  _globals['_TEXTFORMAT']._serialized_end=1651
-  _globals['_IDLEMOTION']._serialized_start=1653
-  _globals['_IDLEMOTION']._serialized_end=1735
+  _globals['_CONTAINER']._serialized_start=1451
+  _globals['_CONTAINER']._serialized_end=1550
+  _globals['_AUDIOCODEC']._serialized_start=1552
+  _globals['_AUDIOCODEC']._serialized_end=1636
+  _globals['_TEXTFORMAT']._serialized_start=1638
+  _globals['_TEXTFORMAT']._serialized_end=1728
+  _globals['_IDLEMOTION']._serialized_start=1730
+  _globals['_IDLEMOTION']._serialized_end=1812
+  _globals['_FRAMING']._serialized_start=1814
+  _globals['_FRAMING']._serialized_end=1917
   _globals['_VOICESETTINGS']._serialized_start=40
   _globals['_VOICESETTINGS']._serialized_end=100
   _globals['_LISTVOICESREQUEST']._serialized_start=102
@@ -49,28 +51,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTVOICESRESPONSE']._serialized_end=301
   _globals['_AVATARUPLOAD']._serialized_start=303
   _globals['_AVATARUPLOAD']._serialized_end=382
-  _globals['_AVATARMETA']._serialized_start=384
-  _globals['_AVATARMETA']._serialized_end=511
-  _globals['_IMAGEPOINT']._serialized_start=513
-  _globals['_IMAGEPOINT']._serialized_end=547
-  _globals['_FACEREPORT']._serialized_start=550
-  _globals['_FACEREPORT']._serialized_end=720
-  _globals['_AVATARINFO']._serialized_start=723
-  _globals['_AVATARINFO']._serialized_end=901
-  _globals['_AVATARPROGRESS']._serialized_start=903
-  _globals['_AVATARPROGRESS']._serialized_end=963
-  _globals['_AVATARREGISTRATION']._serialized_start=965
-  _globals['_AVATARREGISTRATION']._serialized_end=1085
-  _globals['_LISTAVATARSREQUEST']._serialized_start=1087
-  _globals['_LISTAVATARSREQUEST']._serialized_end=1107
-  _globals['_GETAVATARREQUEST']._serialized_start=1109
-  _globals['_GETAVATARREQUEST']._serialized_end=1146
-  _globals['_LISTAVATARSRESPONSE']._serialized_start=1148
-  _globals['_LISTAVATARSRESPONSE']._serialized_end=1211
-  _globals['_DELETEAVATARREQUEST']._serialized_start=1213
-  _globals['_DELETEAVATARREQUEST']._serialized_end=1267
-  _globals['_DELETEAVATARRESPONSE']._serialized_start=1269
-  _globals['_DELETEAVATARRESPONSE']._serialized_end=1308
-  _globals['_STAGETIMING']._serialized_start=1310
-  _globals['_STAGETIMING']._serialized_end=1372
+  _globals['_AVATARMETA']._serialized_start=385
+  _globals['_AVATARMETA']._serialized_end=551
+  _globals['_IMAGEPOINT']._serialized_start=553
+  _globals['_IMAGEPOINT']._serialized_end=587
+  _globals['_FACEREPORT']._serialized_start=590
+  _globals['_FACEREPORT']._serialized_end=780
+  _globals['_AVATARINFO']._serialized_start=783
+  _globals['_AVATARINFO']._serialized_end=978
+  _globals['_AVATARPROGRESS']._serialized_start=980
+  _globals['_AVATARPROGRESS']._serialized_end=1040
+  _globals['_AVATARREGISTRATION']._serialized_start=1042
+  _globals['_AVATARREGISTRATION']._serialized_end=1162
+  _globals['_LISTAVATARSREQUEST']._serialized_start=1164
+  _globals['_LISTAVATARSREQUEST']._serialized_end=1184
+  _globals['_GETAVATARREQUEST']._serialized_start=1186
+  _globals['_GETAVATARREQUEST']._serialized_end=1223
+  _globals['_LISTAVATARSRESPONSE']._serialized_start=1225
+  _globals['_LISTAVATARSRESPONSE']._serialized_end=1288
+  _globals['_DELETEAVATARREQUEST']._serialized_start=1290
+  _globals['_DELETEAVATARREQUEST']._serialized_end=1344
+  _globals['_DELETEAVATARRESPONSE']._serialized_start=1346
+  _globals['_DELETEAVATARRESPONSE']._serialized_end=1385
+  _globals['_STAGETIMING']._serialized_start=1387
+  _globals['_STAGETIMING']._serialized_end=1449
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,13 @@ class IdleMotion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IDLE_MOTION_UNSPECIFIED: _ClassVar[IdleMotion]
     IDLE_MOTION_ON: _ClassVar[IdleMotion]
     IDLE_MOTION_OFF: _ClassVar[IdleMotion]
+
+class Framing(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FRAMING_UNSPECIFIED: _ClassVar[Framing]
+    FRAMING_AUTO: _ClassVar[Framing]
+    FRAMING_AS_IS: _ClassVar[Framing]
+    FRAMING_HEAD_AND_SHOULDERS: _ClassVar[Framing]
 CONTAINER_UNSPECIFIED: Container
 CONTAINER_FMP4: Container
 CONTAINER_MPEGTS: Container
@@ -44,6 +51,10 @@ TEXT_FORMAT_MARKDOWN: TextFormat
 IDLE_MOTION_UNSPECIFIED: IdleMotion
 IDLE_MOTION_ON: IdleMotion
 IDLE_MOTION_OFF: IdleMotion
+FRAMING_UNSPECIFIED: Framing
+FRAMING_AUTO: Framing
+FRAMING_AS_IS: Framing
+FRAMING_HEAD_AND_SHOULDERS: Framing
 
 class VoiceSettings(_message.Message):
     __slots__ = ("rate", "pitch", "volume")
@@ -92,18 +103,20 @@ class AvatarUpload(_message.Message):
     def __init__(self, meta: _Optional[_Union[AvatarMeta, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AvatarMeta(_message.Message):
-    __slots__ = ("name", "filename", "backends", "face_index", "face_point")
+    __slots__ = ("name", "filename", "backends", "face_index", "face_point", "framing")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     FACE_POINT_FIELD_NUMBER: _ClassVar[int]
+    FRAMING_FIELD_NUMBER: _ClassVar[int]
     name: str
     filename: str
     backends: _containers.RepeatedScalarFieldContainer[str]
     face_index: int
     face_point: ImagePoint
-    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., face_index: _Optional[int] = ..., face_point: _Optional[_Union[ImagePoint, _Mapping]] = ...) -> None: ...
+    framing: Framing
+    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., backends: _Optional[_Iterable[str]] = ..., face_index: _Optional[int] = ..., face_point: _Optional[_Union[ImagePoint, _Mapping]] = ..., framing: _Optional[_Union[Framing, str]] = ...) -> None: ...
 
 class ImagePoint(_message.Message):
     __slots__ = ("x", "y")
@@ -114,7 +127,7 @@ class ImagePoint(_message.Message):
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
 
 class FaceReport(_message.Message):
-    __slots__ = ("box", "confidence", "frames_kept", "frames_rejected", "faces_found", "face_index", "detector", "upload_box")
+    __slots__ = ("box", "confidence", "frames_kept", "frames_rejected", "faces_found", "face_index", "detector", "upload_box", "framed_box")
     BOX_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_KEPT_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +136,7 @@ class FaceReport(_message.Message):
     FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     DETECTOR_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_BOX_FIELD_NUMBER: _ClassVar[int]
+    FRAMED_BOX_FIELD_NUMBER: _ClassVar[int]
     box: _containers.RepeatedScalarFieldContainer[float]
     confidence: float
     frames_kept: int
@@ -131,10 +145,11 @@ class FaceReport(_message.Message):
     face_index: int
     detector: str
     upload_box: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, box: _Optional[_Iterable[float]] = ..., confidence: _Optional[float] = ..., frames_kept: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., faces_found: _Optional[int] = ..., face_index: _Optional[int] = ..., detector: _Optional[str] = ..., upload_box: _Optional[_Iterable[float]] = ...) -> None: ...
+    framed_box: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, box: _Optional[_Iterable[float]] = ..., confidence: _Optional[float] = ..., frames_kept: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., faces_found: _Optional[int] = ..., face_index: _Optional[int] = ..., detector: _Optional[str] = ..., upload_box: _Optional[_Iterable[float]] = ..., framed_box: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class AvatarInfo(_message.Message):
-    __slots__ = ("id", "name", "width", "height", "frame_count", "cached", "backends", "face", "names")
+    __slots__ = ("id", "name", "width", "height", "frame_count", "cached", "backends", "face", "names", "default")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +159,7 @@ class AvatarInfo(_message.Message):
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     width: int
@@ -153,7 +169,8 @@ class AvatarInfo(_message.Message):
     backends: _containers.RepeatedScalarFieldContainer[str]
     face: FaceReport
     names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_count: _Optional[int] = ..., cached: _Optional[bool] = ..., backends: _Optional[_Iterable[str]] = ..., face: _Optional[_Union[FaceReport, _Mapping]] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
+    default: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., frame_count: _Optional[int] = ..., cached: _Optional[bool] = ..., backends: _Optional[_Iterable[str]] = ..., face: _Optional[_Union[FaceReport, _Mapping]] = ..., names: _Optional[_Iterable[str]] = ..., default: _Optional[bool] = ...) -> None: ...
 
 class AvatarProgress(_message.Message):
     __slots__ = ("stage", "done", "total")

@@ -40,7 +40,7 @@ def test_a_point_on_the_uploaded_photo_picks_its_face_on_the_stored_frames(tmp_p
     # the second face's middle, in the upload's pixels (the portrait's face is about (226, 122),
     # the second copy is it at 0.75 moved by (512, 64))
     second = (SCALE * (512 + 0.75 * 226), SCALE * (64 + 0.75 * 122))
-    avatar, _ = store.register(data, "two.jpg", choice=FaceChoice(point=second))
+    avatar, _ = store.register(data, "two.jpg", choice=FaceChoice(point=second), framing="as_is")
     h, w = avatar.frames.shape[1:3]
     assert max(h, w) == 1280, "stored scaled down"
     x1, _, x2, _ = avatar.face_boxes[0]
@@ -69,11 +69,11 @@ def test_the_face_box_is_reported_in_the_pixels_face_point_takes(tmp_path):
     report has the box in the upload's pixels too, and a point inside it picks that face."""
     store = _store(tmp_path)
     data = _two_faces()
-    avatar, _ = store.register(data, "two.jpg", choice=FaceChoice(index=1))
+    avatar, _ = store.register(data, "two.jpg", choice=FaceChoice(index=1), framing="as_is")
     stored, shown = np.array(avatar.report["box"]), np.array(avatar.report["upload_box"])
     scale = 1280 / (896 * SCALE)  # stored pixels per pixel of the 2688x1536 upload
     np.testing.assert_allclose(shown, stored / scale, atol=0.2)
     middle = ((shown[0] + shown[2]) / 2, (shown[1] + shown[3]) / 2)
     assert middle[0] > 512 * SCALE, f"the second face, in the upload's pixels: {shown}"
-    picked, _ = store.register(data, "two.jpg", choice=FaceChoice(point=middle))
+    picked, _ = store.register(data, "two.jpg", choice=FaceChoice(point=middle), framing="as_is")
     np.testing.assert_allclose(picked.report["upload_box"], shown, atol=0.2)

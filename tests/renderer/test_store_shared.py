@@ -52,8 +52,11 @@ def test_a_concurrent_registration_never_replaces_a_complete_entry(tmp_path):
     inode = (entry / "meta.json").stat().st_ino
     # B built the same file at the same time (it looked before A's entry was in place) and now
     # installs its build: A's complete entry stays, B's temporary directory goes.
-    fresh = b._precompute(avatar.id, _variant(1), "p.png", "p", store_module.FaceChoice(), lambda *_: None)
-    assert fresh.id == avatar.id and fresh.frames.shape == avatar.frames.shape
+    whole, framed = b._content_ids(_variant(1), store_module.FaceChoice())
+    made, fresh = b._precompute(
+        whole, framed, "as_is", _variant(1), "p.png", "p", store_module.FaceChoice(), lambda *_: None
+    )
+    assert fresh is not None and made == fresh.id == avatar.id and fresh.frames.shape == avatar.frames.shape
     assert (entry / "meta.json").stat().st_ino == inode, "the complete entry was replaced"
     assert not list(tmp_path.glob(".tmp-*"))
     assert b.get(avatar.id).frames.shape == avatar.frames.shape

@@ -87,7 +87,10 @@ async def test_http_api_health_lists_speak_upload_errors_and_one_trace(tmp_path:
             created = answer["avatar"]
             assert r.status == 201 and created["name"] == "me" and "warnings" not in answer
         async with http.get("/v1/avatars") as r:
-            assert created["id"] in {a["id"] for a in (await r.json())["avatars"]}
+            listed = {a["id"]: a for a in (await r.json())["avatars"]}
+            assert created["id"] in listed and "default" not in created
+            # the avatar a request naming none gets is marked (a picker shows it chosen)
+            assert [a["names"] for a in listed.values() if a.get("default")] == [["default"]], listed
         form = aiohttp.FormData()  # the file first (a FormData built that way): its name is not read
         form.add_field("file", portrait(), filename="me.png", content_type="image/png")
         form.add_field("name", "late")
@@ -171,7 +174,7 @@ async def test_multipart_uploads_with_bad_fields_get_a_400_not_a_dropped_connect
             (
                 [("image", b"\xff\xd8\xff" + bytes(range(256)) * 64, {"filename": "a.jpg"})],
                 "image",
-                "image: not a field of this form (file, name, face_index, face_point, backends)",
+                "image: not a field of this form (file, name, face_index, face_point, framing, backends)",
             ),
             ([("name", b"\xff\xfe", {"filename": "n.txt"})], "name", "name: not UTF-8 text"),
         ]
@@ -314,24 +317,89 @@ async def test_a_browser_that_vanishes_ends_its_session(tmp_path: Path) -> None:
 
 async def test_draining_the_edge_ends_live_sessions_cleanly(tmp_path: Path) -> None:
     """SIGTERM on the web edge: /readyz turns 503, each live session is half-closed (it ends with
-    status OK once its started turns have played) well within the grace period."""
+    status OK once its started turns have played) well within the grace period, its session_ending
+    saying END_REASON_DRAINING; a browser's own half_close still ends as END_REASON_CLIENT_CLOSED."""
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
         ws = await http.ws_connect("/v1/live")
         await ws.send_str(json.dumps({"config": {}}))
-        assert "started" in await _recv_json(ws)
+        session_id = (await _recv_json(ws))["started"]["session_id"]
+        watcher = await http.ws_connect(f"/v1/live/watch?session_id={session_id}")
+        assert "started" in await _recv_json(watcher)
         loop = asyncio.get_running_loop()
         started = loop.time()
         stop = asyncio.create_task(mesh.hosts["web"].stop(10.0))
-        async with asyncio.timeout(10):
-            while True:
-                body = await _recv_json(ws)
-                if "status" in body:
-                    break
-        assert body["status"]["code"] == "OK"
+
+        async def ending(sock: aiohttp.ClientWebSocketResponse) -> tuple[list[str], dict[str, Any]]:
+            endings: list[str] = []
+            async with asyncio.timeout(10):
+                while "status" not in (body := await _recv_json(sock)):
+                    if "session_ending" in body.get("event", {}):
+                        endings.append(body["event"]["session_ending"]["reason"])
+            return endings, body
+
+        for endings, body in await asyncio.gather(ending(ws), ending(watcher)):
+            assert body["status"]["code"] == "OK"
+            # the browser did not half-close: the edge's drain is told as a drain (a page reconnects
+            # at once, to another replica), not as the client's own END_REASON_CLIENT_CLOSED; its
+            # watcher is told the same
+            assert endings and set(endings) == {"END_REASON_DRAINING"}, endings
+        await watcher.close()
         await stop
         assert loop.time() - started < 5.0
         assert ws.close_code == 1000 or (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         await ws.close()
+
+
+async def test_a_browser_that_half_closes_is_told_client_closed(tmp_path: Path) -> None:
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        ws = await http.ws_connect("/v1/live")
+        await ws.send_str(json.dumps({"config": {}}))
+        assert "started" in await _recv_json(ws)
+        await ws.send_str(json.dumps({"half_close": {}}))
+        endings: list[str] = []
+        async with asyncio.timeout(10):
+            while "status" not in (body := await _recv_json(ws)):
+                if "session_ending" in body.get("event", {}):
+                    endings.append(body["event"]["session_ending"]["reason"])
+        assert body["status"]["code"] == "OK" and set(endings) == {"END_REASON_CLIENT_CLOSED"}, endings
+        # ... also when the edge drains after the browser's half_close (nothing to rewrite)
+        await ws.close()
+
+
+async def test_draining_the_edge_ends_a_watch_of_a_session_it_did_not_open_at_once(tmp_path: Path) -> None:
+    """A backend opens the session over gRPC (the Python client), a browser watches it through the
+    edge. The edge's drain cannot end that session (it is not the edge's): the watcher gets the
+    documented final status at once (UNAVAILABLE, close 1013: watch again, through another replica)
+    instead of holding the edge's shutdown for its whole grace and then a bare close 1001."""
+    from talkmesh.client import TalkmeshClient
+
+    async with (
+        inprocess_mesh(tmp_path, web=True) as mesh,
+        TalkmeshClient(mesh.gateway) as client,
+        client.live() as live,
+        aiohttp.ClientSession(mesh.web_url) as http,
+    ):
+        reader = asyncio.create_task(_read_all(live))
+        ws = await http.ws_connect(f"/v1/live/watch?session_id={live.session_id}")
+        assert "started" in await _recv_json(ws)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        stop = asyncio.create_task(mesh.hosts["web"].stop(10.0))
+        async with asyncio.timeout(15):
+            while "status" not in (body := await _recv_json(ws)):
+                pass
+            closing = await ws.receive()
+            await stop
+        assert loop.time() - began < 5.0, "the watch held the edge's drain"
+        assert body["status"]["code"] == "UNAVAILABLE" and "watch" in body["status"]["message"], body
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1013, closing
+        assert not reader.done(), "the backend's session goes on"
+        reader.cancel()
+
+
+async def _read_all(live: Any) -> None:
+    async for _ in live:
+        pass
 
 
 async def test_timing_stamps_when_asked_and_only_then(tmp_path: Path) -> None:
@@ -475,6 +543,7 @@ async def test_an_upload_picks_the_face_at_a_point_of_the_picture(tmp_path: Path
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
         form = aiohttp.FormData(default_to_multipart=True)
         form.add_field("face_point", f"{second[0]},{second[1]}")
+        form.add_field("framing", "as_is")  # (the whole picture: its geometry is checked below)
         form.add_field("file", _two_faces(), filename="group.jpg", content_type="image/jpeg")
         async with http.post("/v1/avatars", data=form) as r:
             body = await r.json()
@@ -501,26 +570,43 @@ def small_face_photo() -> bytes:
 
 async def test_an_upload_of_a_small_face_warns_as_the_command_line_does(tmp_path: Path) -> None:
     """The page's upload of a photo with a small face said nothing, while `talkmesh avatar add`
-    warns (a new user's trial): the answer's `warnings` has the CLI's hint, the page shows it."""
-    from talkmesh.common.faces import small_face_hint
+    warns (a new user's trial): the answer's `warnings` has the CLI's hint, the page shows it. Now
+    the renderer frames such a photo itself (framing auto, the default): the answer's `notes` say
+    so, and the hint comes only with framing as_is."""
+    from talkmesh.common.faces import framing_note, small_face_hint
     from talkmesh.v1 import types_pb2 as api
 
+    def info_of(avatar: dict[str, Any]) -> api.AvatarInfo:
+        info = api.AvatarInfo(width=avatar["width"], height=avatar["height"])
+        info.face.box.extend(avatar["face"]["box"])
+        info.face.framed_box.extend(avatar["face"].get("framed_box", []))
+        return info
+
+    async def upload(http: aiohttp.ClientSession, data: bytes, filename: str, **fields: str) -> tuple[int, Any]:
+        form = aiohttp.FormData(default_to_multipart=True)
+        for k, v in fields.items():
+            form.add_field(k, v)
+        form.add_field("file", data, filename=filename, content_type="image/jpeg")
+        async with http.post("/v1/avatars", data=form) as r:
+            return r.status, await r.json()
+
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
-        form = aiohttp.FormData(default_to_multipart=True)
-        form.add_field("file", small_face_photo(), filename="room.jpg", content_type="image/jpeg")
-        async with http.post("/v1/avatars", data=form) as r:
-            body = await r.json()
-            assert r.status == 201, body
-        form = aiohttp.FormData(default_to_multipart=True)
-        form.add_field("file", portrait(), filename="close.png", content_type="image/png")
-        async with http.post("/v1/avatars", data=form) as r:
-            close = await r.json()
-            assert r.status == 201, close
-    info = api.AvatarInfo(width=body["avatar"]["width"], height=body["avatar"]["height"])
-    info.face.box.extend(body["avatar"]["face"]["box"])
-    (warning,) = body["warnings"]
-    assert warning == small_face_hint(info, "upload that") and warning.startswith("the face is small in the picture")
-    assert "warnings" not in close, close
+        status, whole = await upload(http, small_face_photo(), "room.jpg", framing="as_is")
+        assert status == 201, whole
+        status, framed = await upload(http, small_face_photo(), "room.jpg")
+        assert status == 201, framed
+        status, close = await upload(http, portrait(), "close.png")
+        assert status == 201, close
+        status, bad = await upload(http, portrait(), "close.png", framing="crop")
+        assert status == 400 and bad["error"]["field"] == "framing", bad
+        assert bad["error"]["message"] == "framing: must be one of auto, as_is, head_and_shoulders", bad
+    (warning,) = whole["warnings"]
+    assert warning == small_face_hint(info_of(whole["avatar"]), "upload that", warning.split("upload that, ")[1])
+    assert warning.startswith("the face is small in the picture") and "framing on auto" in warning
+    assert "notes" not in whole and "framed_box" not in whole["avatar"]["face"]
+    assert "warnings" not in framed and framed["notes"] == [framing_note(info_of(framed["avatar"]))], framed
+    assert framed["avatar"]["id"] != whole["avatar"]["id"] and len(framed["avatar"]["face"]["framed_box"]) == 4
+    assert "warnings" not in close and "notes" not in close, close
 
 
 async def test_an_upload_without_a_face_says_what_picture_works(tmp_path: Path) -> None:

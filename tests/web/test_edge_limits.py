@@ -266,6 +266,35 @@ async def test_watch_is_refused_to_anyone_but_the_sessions_owner(tmp_path: Path)
     assert not mesh.hosts["web"]._session_owners, "forgotten when the session ends"
 
 
+async def test_a_backends_session_is_watched_by_a_visitor_its_token_names(tmp_path: Path) -> None:
+    """An LLM agent's backend drives the session over gRPC and the visitor's page watches it: the
+    edge refused every watch of a session it had not opened for the same user (NOT_FOUND). A
+    token whose `sessions` claim names the session may watch it; others still may not."""
+    from talkmesh.client import TalkmeshClient
+
+    env = {"TALKMESH_WEB__WEB__TOKEN_SECRET_FILE": _secret_file(tmp_path)}
+    async with (
+        inprocess_mesh(tmp_path, web=True, env=env) as mesh,
+        TalkmeshClient(mesh.gateway) as backend,
+        backend.live() as session,
+        aiohttp.ClientSession(mesh.web_url) as http,
+    ):
+        sid = session.session_id
+
+        async def watch(token: str) -> dict[str, Any]:
+            async with http.ws_connect("/v1/live/watch", params={"access_token": token, "session_id": sid}) as ws:
+                return await _recv_json(ws)
+
+        granted = tokens.mint(SECRET, ttl_seconds=600, subject="visitor", scopes=("watch",), sessions=(sid,))
+        assert (await watch(granted))["started"]["session_id"] == sid
+        other = tokens.mint(SECRET, ttl_seconds=600, subject="visitor", scopes=("watch",), sessions=("x" * 40,))
+        assert (await watch(other))["status"]["code"] == "NOT_FOUND"
+        no_watch = tokens.mint(SECRET, ttl_seconds=600, subject="visitor", scopes=("live",), sessions=(sid,))
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await watch(no_watch)
+        assert refused.value.status == 403
+
+
 # -- 4. speaks: a share per client, and slow readers ----------------------------------------------------
 async def test_concurrent_speaks_have_a_share_per_client() -> None:
     release = asyncio.Event()

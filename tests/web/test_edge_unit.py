@@ -582,3 +582,40 @@ def test_an_unreachable_gateway_is_told_apart_from_a_stage_it_could_not_reach(de
     exc = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
     err = from_rpc_error(exc)
     assert (err.status, err.message) == (503, said)
+
+
+async def test_an_unreachable_gateway_is_told_alike_on_the_socket_and_over_http() -> None:
+    """The edge's own channel cannot reach the gateway: a live socket's final status says what an
+    HTTP answer says ("gateway: not reachable", UNAVAILABLE), not gRPC's channel text
+    ("connections to all backends failing; last error: UNKNOWN: <address> Failed to connect..."),
+    which a page would show its visitor."""
+    import json
+    import socket
+
+    from talkmesh.common.config import Endpoint
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    config = dataclasses.replace(
+        WebConfig(),
+        gateway=Endpoint(f"127.0.0.1:{closed}"),
+        server=ServerConfig(port=0, metrics_port=-1, dependency_check_seconds=0),
+    )
+    host = WebHost(config, Telemetry("web"))
+    await host.start()
+    try:
+        async with aiohttp.ClientSession(host.url) as http:
+            async with http.get("/v1/voices") as r:
+                answer = (await r.json())["error"]
+            assert r.status == 503
+            assert answer == {"code": "UNAVAILABLE", "message": "gateway: not reachable", "field": ""}
+            async with http.ws_connect("/v1/live") as ws:
+                await ws.send_str(json.dumps({"config": {}}))
+                async with asyncio.timeout(30):
+                    body = json.loads((await ws.receive()).data)
+                    closing = await ws.receive()
+            assert body == {"status": answer}, body
+            assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1013
+    finally:
+        await host.stop(1.0)

@@ -117,6 +117,42 @@ async def test_an_upload_with_a_small_face_says_so_as_the_command_line_does() ->
     assert console.errors == [], console.errors
 
 
+async def test_an_upload_sends_the_framing_picked_and_says_the_picture_was_framed() -> None:
+    """The page's upload sends the Framing picker's value (auto unless changed) before the file, and
+    says what the edge's `notes` say: the server cropped the picture to the head and shoulders."""
+    from talkmesh.common.faces import framing_note
+    from talkmesh.v1 import types_pb2 as api
+
+    info = api.AvatarInfo(id="0123456789abcdef0123", name="room", width=706, height=940, frame_count=1)
+    info.face.box.extend([234, 204, 471, 475])
+    info.face.framed_box.extend([2512, 1163, 3218, 2103])
+    note = framing_note(info)
+    forms: list[dict[str, str]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        fields = {}
+        async for part in await request.multipart():  # type: ignore[union-attr]
+            fields[part.name or ""] = part.filename or (await part.text())  # type: ignore[union-attr]
+        forms.append(fields)
+        avatar = {"id": info.id, "name": "room", "names": ["room"], "width": 706, "height": 940, "frame_count": 1}
+        return web.json_response({"avatar": avatar, "notes": [note]}, status=201)
+
+    async with (
+        fake_edge(serve, routes=[web.post("/v1/avatars", answer)]) as edge,
+        browser_page() as (page, console),
+    ):
+        await upload_on_page(page, edge.url, "room.jpg", "image/jpeg", b"\xff\xd8\xff")
+        await wait_js(page, "window.talkmesh.uploads.length && window.talkmesh.uploads[0].ok", timeout=5)
+        status = await page.inner_text("#upload-status")
+        assert status == f"avatar “room” is ready. F{note[1:]}.", status
+        await page.select_option("#framing", "as_is")
+        await page.set_input_files("#avatar-file", files=[{"name": "b.jpg", "mimeType": "image/jpeg", "buffer": b"1"}])
+        await wait_js(page, "window.talkmesh.uploads.length === 2 && window.talkmesh.uploads[1].ok", timeout=5)
+    assert [list(f) for f in forms] == [["name", "framing", "file"]] * 2, forms
+    assert [f["framing"] for f in forms] == ["auto", "as_is"]
+    assert console.errors == [], console.errors
+
+
 async def test_an_upload_without_a_face_says_what_picture_works() -> None:
     """The renderer's refusal (tests/web/test_api.py) is shown whole, said of the file."""
     from talkmesh.common.faces import NO_FACE_ADVICE

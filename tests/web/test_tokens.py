@@ -143,3 +143,14 @@ def test_the_secret_file(tmp_path: Path) -> None:
     assert WebSettings(token_secret_file=str(path)).token_secrets() == [first.encode(), second.encode()]
     with pytest.raises(ConfigError, match="token_max_ttl_seconds"):
         WebSettings(token_max_ttl_seconds=0).validate()
+
+
+@pytest.mark.parametrize(
+    ("claim", "why"),
+    [("abc", "not a list of session ids"), ([""], "not a list"), (["s"] * 17, "lists 17 sessions, more than 16")],
+)
+def test_a_sessions_claim_that_is_not_a_short_list_of_ids_is_refused(claim: object, why: str) -> None:
+    with pytest.raises(tokens.TokenError, match=why):
+        tokens.check(_signed(HS, {"exp": NOW + 600, "sessions": claim}), [SECRET], max_ttl_seconds=3600, now=NOW)
+    token = tokens.mint(SECRET, ttl_seconds=600, sessions=("a.b.c",), now=NOW)
+    assert tokens.check(token, [SECRET], max_ttl_seconds=3600, now=NOW).sessions == {"a.b.c"}

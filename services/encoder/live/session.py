@@ -510,8 +510,10 @@ class LiveSession:
                 n += 1
             # the audio encoder's tail, so the audio track ends with the video track
             tail = await asyncio.to_thread(codecs.flush_audio)
-            if tail:
-                yield self.out.message(media=live_pb2.LiveMedia(data=writer.fragment([], [], tail), first_frame=n))
+            if tail:  # no frames: it sits at the end of the timeline (frame n, its first sample), covering none
+                data = writer.fragment([], [], tail)
+                media = live_pb2.LiveMedia(data=data, first_frame=n, first_sample=self.clock.start(n))
+                yield self.out.message(media=media)
         finally:
             self._report_lead(0)  # a session that ended has nothing ahead of its clock
             self._state.set(None)

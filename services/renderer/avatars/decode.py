@@ -73,8 +73,17 @@ class Decoded:
 
     frames: np.ndarray  # [N, H, W, 3] uint8 BGR
     #: stored pixels per pixel of the upload as shown (after its orientation): a point the user
-    #: picked on the upload (AvatarMeta.face_point) is at ``point * scale`` on the frames
+    #: picked on the upload (AvatarMeta.face_point) is at ``(point - origin) * scale`` on the frames
     scale: float = 1.0
+    #: the upload's pixel at the frames' top-left corner: (0, 0) unless decoded with a ``crop``
+    origin: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def region(self) -> tuple[float, float, float, float]:
+        """The part of the upload (as shown) the frames hold: x1, y1, x2, y2 in its pixels."""
+        h, w = self.frames.shape[1:3]
+        x, y = self.origin
+        return x, y, x + w / self.scale, y + h / self.scale
 
 
 #: Bytes ``sniff`` reads at most: an upload is refused on its first block when these say nothing
@@ -117,15 +126,22 @@ def check_format(head: Data, filename: str) -> str:
     return kind
 
 
-def decode(data: Data, filename: str, cfg: AvatarConfig) -> Decoded:
-    """The upload's frames, or InvalidArgument with the reason."""
+#: A part of an upload as shown: x1, y1, x2, y2 in its pixels (``decode``'s ``crop``).
+Crop = tuple[float, float, float, float]
+
+
+def decode(data: Data, filename: str, cfg: AvatarConfig, crop: Crop | None = None) -> Decoded:
+    """The upload's frames, or InvalidArgument with the reason. ``crop``: only that part of each
+    frame (the head-and-shoulders framing), decoded at the resolution it deserves (a JPEG less
+    reduced than for the whole picture, within the same memory limits) and stored at most
+    ``max_side`` on its longer side like any picture."""
     if not data:
         raise InvalidArgument("data", "the upload is empty")
     check_filename_type(filename)
     kind = check_format(data[:SNIFF_BYTES], filename)
     what = filename or "upload"
     if kind in VIDEO_FORMATS:
-        return _decode_video(data, kind, cfg)
+        return _decode_video(data, kind, cfg, crop)
     dims = image_dimensions(data)
     if dims is None or dims[0] <= 0 or dims[1] <= 0:
         raise InvalidArgument("data", f"{what} is not a decodable image (unreadable {kind.upper()} header)")
@@ -133,10 +149,16 @@ def decode(data: Data, filename: str, cfg: AvatarConfig) -> Decoded:
     reduction, limit, held = 1, cfg.max_pixels, dims[0] * dims[1]
     whole = kind != "jpeg" or jpeg_held_whole(data)
     if kind == "jpeg":
-        reduction = jpeg_reduction(dims[0], dims[1], cfg)
+        # (a crop's size is in the pixels as shown: a turned JPEG's header has them the other way
+        # round, which only matters for the reduction, the larger side of either)
+        part = (round(crop[2] - crop[0]), round(crop[3] - crop[1])) if crop else dims
+        reduction = jpeg_reduction(part[0], part[1], cfg)
     if not whole:  # libjpeg holds a row of blocks, then the image scaled down
         limit = reduced_limit(cfg)
         held = math.ceil(dims[0] / reduction) * math.ceil(dims[1] / reduction)
+        while crop and held > limit and reduction < MAX_REDUCTION:  # a crop: as sharp as the limit lets it
+            reduction *= 2
+            held = math.ceil(dims[0] / reduction) * math.ceil(dims[1] / reduction)
     if held > limit:
         raise InvalidArgument("data", _too_large(dims, kind, whole, reduction, cfg))
     if kind == "jpeg" and b"\xff\xd9" not in data[-4096:]:
@@ -152,12 +174,26 @@ def decode(data: Data, filename: str, cfg: AvatarConfig) -> Decoded:
         raise InvalidArgument(
             "data", f"image has {img.shape[1]}x{img.shape[0]} pixels, over {limit} (avatars.max_pixels)"
         )
+    origin = (0.0, 0.0)
+    if crop is not None:  # (decoded as shown: the crop's pixels, divided by the reduction)
+        x1, y1, x2, y2 = _crop_pixels(crop, reduction, img.shape[1], img.shape[0])
+        img, origin = np.ascontiguousarray(img[y1:y2, x1:x2]), (float(x1 * reduction), float(y1 * reduction))
     h, w = img.shape[:2]
     shown_w = w * reduction  # (decoded as shown: turned by its orientation; libjpeg rounds up, < 1 px)
     if max(w, h) > cfg.max_side:  # a phone photo: stored (and analysed) at max_side
         scale = cfg.max_side / max(w, h)
         img = cv2.resize(img, (max(2, round(w * scale)), max(2, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return Decoded(_even(img)[None], img.shape[1] / shown_w)
+    return Decoded(_even(img)[None], img.shape[1] / shown_w, origin)
+
+
+def _crop_pixels(crop: Crop, reduction: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """``crop`` (pixels of the upload as shown) in pixels of frames ``width`` x ``height`` decoded
+    at 1/``reduction``: whole pixels, inside the frames, at least 2 x 2."""
+    x1 = min(max(int(crop[0] / reduction), 0), max(width - 2, 0))
+    y1 = min(max(int(crop[1] / reduction), 0), max(height - 2, 0))
+    x2 = min(max(math.ceil(crop[2] / reduction), x1 + 2), width)
+    y2 = min(max(math.ceil(crop[3] / reduction), y1 + 2), height)
+    return x1, y1, x2, y2
 
 
 #: JPEGs are decoded scaled down by libjpeg itself (a phone photo of 24 or 48 Mpixel never exists
@@ -340,7 +376,7 @@ def video_frame_size(w: int, h: int, frames: int, cfg: AvatarConfig) -> tuple[in
     return min(ow, w - w % 2), min(oh, h - h % 2)
 
 
-def _decode_video(data: Data, kind: str, cfg: AvatarConfig) -> Decoded:
+def _decode_video(data: Data, kind: str, cfg: AvatarConfig, crop: Crop | None = None) -> Decoded:
     # The compressed upload is what goes to disk (a temporary file OpenCV can read); frames are
     # decoded one at a time into a preallocated array, downscaled on the way.
     with tempfile.NamedTemporaryFile(suffix=f".{kind}") as tmp:
@@ -370,9 +406,13 @@ def _decode_video(data: Data, kind: str, cfg: AvatarConfig) -> Decoded:
                     "trim it first",
                 )
             capacity = declared if declared > 0 else cfg.max_frames
+            if crop is not None:  # one box on every frame (in the frames' pixels as decoded: shown)
+                cut = _crop_pixels(crop, 1, w, h)
+                w, h = cut[2] - cut[0], cut[3] - cut[1]
             ow, oh = video_frame_size(w, h, capacity, cfg)
             out = np.empty((capacity, oh, ow, 3), np.uint8)
             n = shown_w = 0
+            origin = (0.0, 0.0)
             while True:
                 ok, frame = cap.read()
                 if not ok:
@@ -389,6 +429,10 @@ def _decode_video(data: Data, kind: str, cfg: AvatarConfig) -> Decoded:
                     for i in range(n):
                         grown[i] = out[i] if (ow2, oh2) == (ow, oh) else cv2.resize(out[i], (ow2, oh2))
                     out, ow, oh = grown, ow2, oh2
+                if crop is not None:
+                    cut = _crop_pixels(crop, 1, frame.shape[1], frame.shape[0])
+                    frame = frame[cut[1] : cut[3], cut[0] : cut[2]]
+                    origin = (float(cut[0]), float(cut[1]))
                 fh, fw = frame.shape[:2]
                 shown_w = shown_w or fw  # (decoded frames are turned as the video's rotation says)
                 if (fw, fh) == (ow, oh):
@@ -402,4 +446,4 @@ def _decode_video(data: Data, kind: str, cfg: AvatarConfig) -> Decoded:
             cap.release()
     if not n:
         raise InvalidArgument("data", "not a decodable video (no frames could be read)")
-    return Decoded(out[:n], ow / shown_w)
+    return Decoded(out[:n], ow / shown_w, origin)

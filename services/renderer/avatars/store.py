@@ -60,13 +60,20 @@ import cv2
 import numpy as np
 
 from services.renderer.avatars.analysis import FaceAnalyzer, FaceChoice, FaceTrack
-from services.renderer.avatars.decode import Data, decode, has_alpha
+from services.renderer.avatars.decode import Crop, Data, Decoded, decode, has_alpha
 from services.renderer.avatars.face_models import load_face_models
 from services.renderer.avatars.scaled import needs_scaling, scaled
 from services.renderer.backends import not_loaded
 from services.renderer.backends.base import Avatar, RenderBackend
 from services.renderer.config import DEFAULT_ALIAS, AvatarConfig
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from talkmesh.common.faces import (
+    CROP_ASPECT,
+    CROP_FACE_CENTRE,
+    CROP_FACE_WIDTHS,
+    face_is_small,
+    head_and_shoulders,
+)
 from talkmesh.common.lru import Lru
 from talkmesh.common.paths import cache_dir
 
@@ -101,6 +108,13 @@ _PRECOMPUTE_KEY = "__precompute_key__"
 
 #: An avatar's names by API key name ("" without keys), oldest first (``AvatarStore.names``)
 Names = dict[str, list[str]]
+
+#: How a registration frames the picture (talkmesh.v1.Framing's short names): "auto" crops to the
+#: head and shoulders when the face is small (talkmesh.common.faces.face_is_small), "as_is" never,
+#: "head_and_shoulders" always (unless the crop is the whole picture).
+FRAMINGS = ("auto", "as_is", "head_and_shoulders")
+#: A crop this close to the whole picture (a fraction of each side) is the whole picture.
+WHOLE_PICTURE = 0.01
 
 
 def default_avatar_bytes() -> bytes:
@@ -217,23 +231,35 @@ class AvatarStore:
                 removed += 1
         return removed
 
-    def settings_key(self, choice: FaceChoice = FaceChoice()) -> str:
+    def settings_key(self, choice: FaceChoice = FaceChoice(), framed: bool = False) -> str:
         settings: dict[str, Any] = {"v": PRECOMPUTE_VERSION, "faces": self.faces.detector}
         if choice != FaceChoice():
             settings["face"] = [choice.index, list(choice.point) if choice.point else None]
             if choice.point:  # (earlier it was read on the stored frames: those avatars are made again)
                 settings["point_in"] = "upload"
+        if framed:  # (the whole picture keeps the id it had before framing existed; a new crop rule, new ids)
+            settings["framing"] = ["head", CROP_FACE_WIDTHS, CROP_ASPECT, CROP_FACE_CENTRE]
         return json.dumps(settings, sort_keys=True)
 
-    def content_id(self, data: Data, choice: FaceChoice = FaceChoice()) -> str:
+    def content_id(self, data: Data, choice: FaceChoice = FaceChoice(), framed: bool = False) -> str:
+        """The id of ``data`` registered with ``choice``: of the whole picture, or ``framed`` to the
+        head and shoulders (both framings that crop, "auto" and "head_and_shoulders", make the same crop)."""
+        return self._content_ids(data, choice)[1 if framed else 0]
+
+    def _content_ids(self, data: Data, choice: FaceChoice) -> tuple[str, str]:
+        """The ids of the whole picture and of its head-and-shoulders framing (the file hashed once)."""
         h = hashlib.sha256()
         h.update(data)
-        h.update(self.settings_key(choice).encode())
-        if has_alpha(data):
-            # its frames depend on the background it is put on (and entries made before alpha was
-            # honoured showed the hidden colour: they are not found again, the image is redone)
-            h.update(f"alpha:{self.cfg.background.lower()}".encode())
-        return h.hexdigest()[:20]
+        ids = []
+        for framed in (False, True):
+            one = h.copy()
+            one.update(self.settings_key(choice, framed).encode())
+            if has_alpha(data):
+                # its frames depend on the background it is put on (and entries made before alpha was
+                # honoured showed the hidden colour: they are not found again, the image is redone)
+                one.update(f"alpha:{self.cfg.background.lower()}".encode())
+            ids.append(one.hexdigest()[:20])
+        return ids[0], ids[1]
 
     def register(
         self,
@@ -244,12 +270,18 @@ class AvatarStore:
         alias: str = "",
         choice: FaceChoice = FaceChoice(),
         progress: Progress | None = None,
+        framing: str = "auto",
     ) -> tuple[Avatar, bool]:
         """Blocking. Returns (avatar, cached): a second registration of the same file is instant.
 
         ``progress(stage, done, total)`` is called from this thread as the preparation advances
-        (stages as in ``talkmesh.v1.AvatarProgress``: decoding, faces, saving, backend:<name>).
+        (stages as in ``talkmesh.v1.AvatarProgress``: decoding, faces, framing, saving,
+        backend:<name>). ``framing``: one of FRAMINGS. A picture the framing crops is stored as
+        another avatar than the whole picture (``content_id(framed=True)``), its meta.json noting
+        the crop; "auto" on a picture whose face is large enough is the whole picture's avatar.
         """
+        if framing not in FRAMINGS:
+            raise InvalidArgument("meta.framing", f"{framing!r} is not one of {', '.join(FRAMINGS)}")
         report = progress or _no_progress
         if len(data) > self.cfg.max_upload_bytes:
             raise InvalidArgument(
@@ -258,24 +290,20 @@ class AvatarStore:
         for b in backends:
             if b not in self.backends:
                 raise InvalidArgument("meta.backends", not_loaded(b, self.backends))
-        avatar_id = self.content_id(data, choice)
+        whole_id, framed_id = self._content_ids(data, choice)
         if time.monotonic() - self._swept > STALE_TMP_SECONDS / 4:
             self.sweep_stale()
         # Only registrations of the same file wait for each other: a long video precompute must
-        # not hold up renders of the avatars that are ready.
-        with self._entry(avatar_id):
-            cached = (self.root / avatar_id / "meta.json").is_file()
-            if cached:
-                try:
-                    self.get(avatar_id)
-                except (FailedPrecondition, NotFound):  # damaged and set aside, or deleted meanwhile: made again
-                    cached = False
+        # not hold up renders of the avatars that are ready. (The whole picture's lock is taken
+        # first, its framing's inside it: one order, whatever the framing asked for.)
+        with self._entry(whole_id):
+            avatar_id = self._stored(whole_id, framed_id, framing)
+            cached = bool(avatar_id)
             self._on_cache("avatar_precompute", cached)
             if not cached:
-                fresh = self._precompute(
-                    avatar_id, data, filename, name or Path(filename).stem or avatar_id, choice, report
-                )
-                if fresh.frames.flags.c_contiguous and (
+                avatar_id, fresh = self._precompute(whole_id, framed_id, framing, data, filename, name, choice, report)
+                cached = fresh is None  # (found stored after all: a crop that is the whole picture, or made meanwhile)
+                if fresh is not None and fresh.frames.flags.c_contiguous and (
                     fresh.frames.base is None or fresh.frames.base.nbytes == fresh.frames.nbytes
                 ):
                     self._remember(avatar_id, fresh)
@@ -310,28 +338,120 @@ class AvatarStore:
         except (OSError, ValueError, KeyError, TypeError):
             return ""
 
+    def _usable(self, avatar_id: str) -> bool:
+        """Blocking. Whether ``avatar_id``'s entry is complete and loads (a damaged one is set aside)."""
+        if not (self.root / avatar_id / "meta.json").is_file():
+            return False
+        try:
+            self.get(avatar_id)
+        except (FailedPrecondition, NotFound):  # damaged and set aside, or deleted meanwhile: made again
+            return False
+        return True
+
+    def _meta(self, avatar_id: str) -> dict[str, Any]:
+        try:
+            meta = json.loads((self.root / avatar_id / "meta.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def _stored(self, whole_id: str, framed_id: str, framing: str) -> str:
+        """Blocking. The id of the stored entry a registration with ``framing`` is (loaded), or ""
+        when it must be made: the whole picture's for "as_is", the framed one's for "head_and_shoulders", and
+        for "auto" whichever the stored entries say it crops to (the whole picture's face report,
+        or the framed one's note of the whole picture's face)."""
+        if framing == "as_is":
+            return whole_id if self._usable(whole_id) else ""
+        if framing == "head_and_shoulders":
+            return framed_id if self._usable(framed_id) else ""
+        whole = self._meta(whole_id)
+        box, w, h = whole.get("face", {}).get("box", []), whole.get("width", 0), whole.get("height", 0)
+        if len(box) == 4 and not face_is_small(box[2] - box[0], w, h) and self._usable(whole_id):
+            return whole_id
+        if self._meta(framed_id).get("framing", {}).get("face_small") and self._usable(framed_id):
+            return framed_id
+        return ""
+
+    def _analysed(
+        self, data: Data, filename: str, choice: FaceChoice, progress: Progress, crop: Crop | None = None,
+        stage: str = "faces",
+    ) -> tuple[Decoded, FaceTrack]:  # fmt: skip
+        """The upload decoded (``crop``: that part of it) and its face tracked; ``choice.point`` is
+        in the upload's pixels. ``stage``: the progress stage that counts the tracked frames."""
+        progress("decoding" if crop is None else stage, 0, 0)
+        decoded = decode(data, filename, self.cfg, crop)
+        frames = decoded.frames
+        tracked = 0
+
+        def one_frame(index: int, total: int) -> None:  # called once per tracked frame, in any order
+            nonlocal tracked
+            tracked += 1
+            progress(stage, tracked, total)
+
+        progress(stage, 0, len(frames))
+        point = choice.point
+        if point is not None:  # (in the frames' pixels: (point - origin) * scale)
+            point = (point[0] - decoded.origin[0], point[1] - decoded.origin[1])
+        chosen = dataclasses.replace(choice, point=point, scale=decoded.scale)
+        track = self.faces.analyse(frames, chosen, progress=one_frame)
+        progress(stage, len(frames), len(frames))
+        return decoded, track
+
     def _precompute(
-        self, avatar_id: str, data: Data, filename: str, name: str, choice: FaceChoice, progress: Progress
-    ) -> Avatar:
-        """Decodes, analyses and stores one upload; returns the avatar (its frames are the decoded
-        ones, so a new registration does not decode its stored frames again)."""
+        self, whole_id: str, framed_id: str, framing: str, data: Data, filename: str, name: str,
+        choice: FaceChoice, progress: Progress,
+    ) -> tuple[str, Avatar | None]:  # fmt: skip
+        """Decodes, analyses and stores one upload, framed as ``framing`` says (held: the whole
+        picture's entry lock); returns the avatar's id and the avatar (its frames are the decoded
+        ones, so a new registration does not decode its stored frames again; None when it was
+        stored already: a "head_and_shoulders" crop that is the whole picture, or made meanwhile)."""
+        decoded, track = self._analysed(data, filename, choice, progress)
+        if framing == "as_is":
+            return whole_id, self._save(whole_id, decoded, track, filename, name or Path(filename).stem or whole_id,
+                                        progress=progress)  # fmt: skip
+        report = face_report(track, decoded.scale)
+        box = report["box"]
+        small = face_is_small(box[2] - box[0], int(decoded.frames.shape[2]), int(decoded.frames.shape[1]))
+        crop = framed_crop(decoded, track) if framing == "head_and_shoulders" or small else None
+        if crop is None:  # kept whole: the same avatar as registered "as_is"
+            if self._usable(whole_id):
+                return whole_id, None
+            return whole_id, self._save(whole_id, decoded, track, filename, name or Path(filename).stem or whole_id,
+                                        progress=progress)  # fmt: skip
+        with self._entry(framed_id):
+            if self._usable(framed_id):  # (made meanwhile by one that asked for "head_and_shoulders")
+                return framed_id, None
+            # The same face again, in the crop: the centre of its box on the first frame with it
+            x1, y1, x2, y2 = (float(v) for v in report["upload_box"])
+            again = FaceChoice(point=((x1 + x2) / 2, (y1 + y2) / 2))
+            progress("framing", 0, 0)
+            try:
+                framed, track = self._analysed(data, filename, again, progress, crop, stage="framing")
+            except InvalidArgument as exc:  # (the face not found again in the crop: never seen, but kept whole)
+                log.warning("avatar %s: the face was not found again in its head-and-shoulders crop %s (%s); "
+                            "keeping the whole picture", framed_id, [round(v) for v in crop], exc)  # fmt: skip
+                return whole_id, self._save(whole_id, decoded, track, filename,
+                                            name or Path(filename).stem or whole_id, progress=progress)  # fmt: skip
+            region = [round(v, 1) for v in framed.region]
+            note = {"box": region, "face_small": small, "asked": framing}
+            fresh = self._save(
+                framed_id, framed, track, filename, name or Path(filename).stem or framed_id, note, progress
+            )
+            return framed_id, fresh
+
+    def _save(
+        self, avatar_id: str, decoded: Decoded, track: FaceTrack, filename: str, name: str,
+        framing: dict[str, Any] | None = None, progress: Progress = _no_progress,
+    ) -> Avatar:  # fmt: skip
+        """Stores one analysed upload as ``avatar_id`` (``framing``: the crop's note, for meta.json
+        and the face report) and returns the avatar."""
         tmp = self.root / f".tmp-{avatar_id}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        frames = decoded.frames
         try:
-            progress("decoding", 0, 0)
-            decoded = decode(data, filename, self.cfg)
-            frames = decoded.frames
-            tracked = 0
-
-            def one_frame(index: int, total: int) -> None:  # called once per tracked frame, in any order
-                nonlocal tracked
-                tracked += 1
-                progress("faces", tracked, total)
-
-            progress("faces", 0, len(frames))
-            track = self.faces.analyse(frames, dataclasses.replace(choice, scale=decoded.scale), progress=one_frame)
-            progress("faces", len(frames), len(frames))
-            report = face_report(track, decoded.scale)
+            report = face_report(track, decoded.scale, decoded.origin)
+            if framing is not None:
+                report["framed_box"] = framing["box"]
             progress("saving", 0, len(frames))
             save_frames(tmp, frames, lambda done: progress("saving", done, len(frames)))
             arrays = {
@@ -354,6 +474,8 @@ class AvatarStore:
                 "frames": int(frames.shape[0]),
                 "face": report,
             }
+            if framing is not None:
+                meta["framing"] = framing
             _write_atomic(tmp / "meta.json", json.dumps(meta).encode())
             avatar = _avatar(avatar_id, meta, frames, arrays)
             self._install(tmp, avatar_id)
@@ -597,9 +719,6 @@ class AvatarStore:
         except (OSError, ValueError):
             return set()
 
-    def set_owners(self, avatar_id: str, owners: set[str]) -> None:
-        self.update_owners(avatar_id, lambda _: set(owners))
-
     def update_owners(self, avatar_id: str, change: Callable[[set[str]], set[str]]) -> set[str]:
         """Replaces the owners by ``change(owners)`` under the entry's lock, so that owners added or
         removed at the same time by other threads or replicas are not lost. Returns the new owners
@@ -745,13 +864,29 @@ class AvatarStore:
             return True
 
 
-def face_report(track: FaceTrack, scale: float = 1.0) -> dict[str, Any]:
+def framed_crop(decoded: Decoded, track: FaceTrack) -> Crop | None:
+    """The head-and-shoulders crop of a whole picture (``decoded``, its face ``track``) in the
+    upload's pixels: one box for every frame, covering the face wherever it is on the frames where
+    it was found; None when that is the whole picture."""
+    kept = track.boxes[track.kept] if track.kept.any() else track.boxes[:1]
+    boxes = kept / decoded.scale  # (the whole picture: origin 0)
+    first = tuple(float(v) for v in boxes[0])
+    cover = (*(float(v) for v in boxes[:, :2].min(0)), *(float(v) for v in boxes[:, 2:].max(0)))
+    height, width = decoded.frames.shape[1] / decoded.scale, decoded.frames.shape[2] / decoded.scale
+    crop = head_and_shoulders(first, round(width), round(height), cover)  # type: ignore[arg-type]
+    if crop[2] - crop[0] >= (1 - WHOLE_PICTURE) * width and crop[3] - crop[1] >= (1 - WHOLE_PICTURE) * height:
+        return None
+    return crop
+
+
+def face_report(track: FaceTrack, scale: float = 1.0, origin: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
     """What registration found, as reported to the client (and kept in meta.json); ``scale``: stored
-    pixels per pixel of the upload (decode.Decoded.scale)."""
+    pixels per pixel of the upload (decode.Decoded.scale), ``origin``: the upload's pixel at the
+    frames' corner (a framed avatar's crop, decode.Decoded.origin)."""
     first = int(np.argmax(track.kept)) if track.kept.any() else 0
     return {
         "box": [round(float(v), 1) for v in track.boxes[first]],
-        "upload_box": [round(float(v) / scale, 1) for v in track.boxes[first]],
+        "upload_box": [round(float(v) / scale + origin[i % 2], 1) for i, v in enumerate(track.boxes[first])],
         "confidence": round(track.mean_confidence, 4),
         "frames_kept": int(track.kept.sum()),
         "frames_rejected": int((~track.kept).sum()),

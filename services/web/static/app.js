@@ -1383,11 +1383,12 @@
     select.title = select.selectedOptions.length ? select.selectedOptions[0].text : "";
   }
 
-  // What an upload's answer (AvatarInfo as JSON: zero values absent, and the edge's `warnings`)
-  // tells the user: the avatar's other names (the same file uploaded before under another name:
-  // both names work), for a video on how many frames the face was found, the others being shown
-  // without lip-sync, and the warnings (a face too small to see it speak, as the CLI says it).
-  function uploadMessage(avatar, warnings = []) {
+  // What an upload's answer (AvatarInfo as JSON: zero values absent, and the edge's `warnings`
+  // and `notes`) tells the user: the avatar's other names (the same file uploaded before under
+  // another name: both names work), for a video on how many frames the face was found, the others
+  // being shown without lip-sync, the notes (the server framed the picture to the head and
+  // shoulders) and the warnings (a face too small to see it speak, as the CLI says it).
+  function uploadMessage(avatar, warnings = [], notes = []) {
     const name = avatar.name || avatar.id;
     let text = `avatar “${name}” is ready`;
     const others = (avatar.names || []).filter((n) => n !== name);
@@ -1399,7 +1400,7 @@
       text += `. The face was found on ${kept} of ${kept + rejected} frames: the ${rejected} frame(s) ` +
         "without a face are shown as they are, without lip-sync (trim them from the video to avoid it).";
     }
-    for (const warning of warnings) {
+    for (const warning of notes.concat(warnings)) {
       text = `${text.replace(/\.$/, "")}. ${warning.charAt(0).toUpperCase()}${warning.slice(1).replace(/\.?$/, ".")}`;
     }
     return text;
@@ -1431,6 +1432,7 @@
     tm.uploads.push(record);
     const form = new FormData();
     form.append("name", file.name.replace(/\.[^.]*$/, ""));
+    form.append("framing", $("framing").value);
     form.append("file", file, file.name);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/avatars");
@@ -1449,7 +1451,7 @@
       if (xhr.status >= 200 && xhr.status < 300 && body.avatar) {
         bar.value = 100;
         record.ok = body.avatar.id;
-        status.textContent = uploadMessage(body.avatar, body.warnings || []);
+        status.textContent = uploadMessage(body.avatar, body.warnings || [], body.notes || []);
         if ($("alert").dataset.kind === "upload") clearAlert(); // an earlier upload's failure
         start(body.avatar.id);
       } else {
