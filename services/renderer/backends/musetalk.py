@@ -34,6 +34,7 @@ from services.renderer.backends.face_parser import FACE_PARSER, FaceParser
 from services.renderer.backends.neural import NeuralBackend, warmup_avatar
 from services.renderer.backends.onnx_models import (
     ModelError,
+    ModelFileError,
     OnnxModel,
     ProviderCheck,
     SessionFactory,
@@ -134,9 +135,9 @@ class MuseTalkBackend(NeuralBackend):
         def load(role: str, path: Path, sig: Signature) -> OnnxModel:
             try:
                 return opened(f"musetalk {role}", path, sig)
-            except ModelError as exc:  # named by the key that gave the file
+            except ModelFileError as exc:  # named by the key that gave the file
                 key = "musetalk.face_parser" if role == "face_parser" else "musetalk.path"
-                raise ModelError(f"{key}: {exc}") from None
+                raise ModelFileError(f"{key}: {exc}") from None
 
         self.models: dict[str, OnnxModel] = {}
         for role, (file, sig) in FILES.items():

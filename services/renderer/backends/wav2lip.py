@@ -24,6 +24,7 @@ from services.renderer.backends.base import Avatar, FrameJob
 from services.renderer.backends.neural import NeuralBackend, generated_region_mask, warmup_avatar
 from services.renderer.backends.onnx_models import (
     ModelError,
+    ModelFileError,
     OnnxModel,
     ProviderCheck,
     SessionFactory,
@@ -74,8 +75,8 @@ class Wav2LipBackend(NeuralBackend):
         load = self._loader([path], available, session_factory, provider_check)
         try:
             self.model: OnnxModel = load("wav2lip", path, SIGNATURE)
-        except ModelError as exc:  # named by the key that gave the file
-            raise ModelError(f"wav2lip.path: {exc}") from None
+        except ModelFileError as exc:  # named by the key that gave the file
+            raise ModelFileError(f"wav2lip.path: {exc}") from None
         self._runs_on(self.model)
 
     def settings(self) -> object:
