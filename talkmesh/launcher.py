@@ -108,16 +108,21 @@ class ChildExit:
 
 
 def _names_key(path: str | None, key: str) -> bool:
-    """Whether the YAML config file at ``path`` sets the top-level ``key`` (a file that cannot be
-    read counts as naming it: the service itself then says what is wrong)."""
+    """Whether the YAML config file at ``path`` sets ``key`` (dotted: ``musetalk.version``; a file
+    that cannot be read counts as naming it: the service itself then says what is wrong)."""
     if not path:
         return False
     from talkmesh.common.config import ConfigError, read_yaml
 
     try:
-        return key in read_yaml(path)
+        data: object = read_yaml(path)
     except (ConfigError, OSError):
         return True
+    for part in key.split("."):
+        if not isinstance(data, Mapping) or part not in data:
+            return False
+        data = data[part]
+    return True
 
 
 @dataclass
@@ -190,16 +195,18 @@ class Mesh:
         return {f"{s.env_prefix}__{c.upper()}__TARGET": self.address(c) for c in s.calls}
 
     def _derived(self, s: ServiceSpec) -> dict[str, str]:
-        """What a service's config takes from another's: the gateway asks for the renderer's
-        default backend when a request names none (``gateway.default_renderer_backend`` decides
-        which features it asks for), so it gets the renderer's own ``default_backend`` (from the
-        renderer's config file and environment) unless the gateway's own config names one. (In
-        Kubernetes the manifests set both; a test keeps them equal.)"""
-        if s.name != "gateway":
+        """What a service's config takes from the renderer's, unless its own config names it:
+        the gateway asks for the renderer's default backend when a request names none
+        (``gateway.default_renderer_backend`` decides which features it asks for), so it gets the
+        renderer's own ``default_backend``; the feature stage's ``musetalk.version`` (its audio
+        windows) is the release the renderer's MuseTalk models were exported for, when they say.
+        (In Kubernetes the manifests set them; a test keeps the backends equal.)"""
+        wanted = {"gateway": "default_renderer_backend", "audio_features": "musetalk.version"}.get(s.name)
+        if wanted is None:
             return {}
-        key = f"{s.env_prefix}__DEFAULT_RENDERER_BACKEND"
+        key = f"{s.env_prefix}__{wanted.upper().replace('.', '__')}"
         env = {**os.environ, **self.env}
-        if key in env or _names_key(self.configs.get("gateway"), "default_renderer_backend"):
+        if key in env or _names_key(self.configs.get(s.name), wanted):
             return {}
         from services.renderer.config import RendererConfig  # (the config alone: no models, no ONNX Runtime)
         from talkmesh.common.config import ConfigError
@@ -209,7 +216,10 @@ class Mesh:
             renderer = load_service_config(RendererConfig, "renderer", self.configs.get("renderer"), env)
         except (ConfigError, OSError):
             return {}  # (the renderer itself says what is wrong, and the mesh does not start)
-        return {key: renderer.default_backend}
+        if s.name == "gateway":
+            return {key: renderer.default_backend}
+        release = renderer.musetalk.exported_release() if "musetalk" in renderer.backends else None
+        return {} if release is None else {key: release}
 
     async def _spawn(self, s: ServiceSpec, extra_env: Mapping[str, str], ports: tuple[int, int] | None = None) -> None:
         env = dict(os.environ)

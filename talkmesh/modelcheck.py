@@ -4,9 +4,10 @@
 
 Whole: the file exists and is not empty, and so is every external data file its graph names
 (``unet.onnx.data`` beside MuseTalk's UNet, which is over 2 GB: copy an export's whole directory),
-inside the model's directory. Nothing is loaded (talkmesh.common.onnx_files reads the graph's
-``external_data`` locations with the standard library only), so the check needs a few MiB whatever
-the weights weigh. Each problem is one line on stderr, naming the file.
+inside the model's directory, and long enough for every tensor's offset and length in it. Nothing
+is loaded (talkmesh.common.onnx_files reads the graph's ``external_data`` entries with the standard
+library only), so the check needs a few MiB whatever the weights weigh. Each problem is one line on
+stderr, naming the file.
 """
 
 from __future__ import annotations

@@ -380,7 +380,7 @@ def test_up_with_api_keys_makes_the_stages_require_a_principal_and_says_what_pla
             "renderer",
             {"TALKMESH_RENDERER__BACKENDS": "viseme,wav2lip", "TALKMESH_RENDERER__WAV2LIP__PATH": "/tmp/nope.onnx"},
             "error: FAILED_PRECONDITION: renderer backend 'wav2lip' could not be loaded: "
-            "wav2lip (/tmp/nope.onnx): model file does not exist",
+            "wav2lip.path: wav2lip (/tmp/nope.onnx): model file does not exist",
         ),
         (
             "audio_features",

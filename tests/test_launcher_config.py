@@ -75,3 +75,39 @@ def test_a_gateway_config_that_cannot_be_read_is_left_to_the_gateway(tmp_path: P
     gateway = tmp_path / "gateway.yaml"
     gateway.write_text("default_renderer_backend: [unclosed\n")
     assert Mesh(env=WAV2LIP, configs={"gateway": str(gateway)})._derived(spec("gateway")) == {}
+
+
+VERSION = "TALKMESH_AUDIO_FEATURES__MUSETALK__VERSION"
+
+
+def _musetalk_export(directory: Path, version: str) -> Path:
+    """A model directory whose unet.onnx records the release it was exported for, as
+    tools/export_musetalk.py writes it (the weights beside it, as the real UNet's)."""
+    import onnx
+
+    from tests.common.test_gpu import model_with_weights
+
+    directory.mkdir()
+    unet = model_with_weights(directory / "unet.onnx", 100, external=True)
+    proto = onnx.load(str(unet), load_external_data=False)
+    onnx.helper.set_model_props(proto, {"talkmesh.musetalk_version": version})
+    onnx.save(proto, str(unet))
+    return directory
+
+
+def test_the_feature_stage_gets_the_release_of_the_renderers_musetalk_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's `talkmesh up` for MuseTalk 1.0 needed `1.0` written in the feature stage's config too,
+    and nothing checked it: with the default, 1.5, a 1.0 export ran with 1.5's audio windows."""
+    for name in (VERSION, "TALKMESH_RENDERER__MUSETALK__PATH"):
+        monkeypatch.delenv(name, raising=False)
+    models = _musetalk_export(tmp_path / "musetalk", "1.0")
+    env = {"TALKMESH_RENDERER__BACKENDS": "viseme,musetalk", "TALKMESH_RENDERER__MUSETALK__PATH": str(models)}
+    assert Mesh(env=env)._derived(spec("audio_features")) == {VERSION: "1.0"}
+    assert Mesh(env={**env, VERSION: "1.5"})._derived(spec("audio_features")) == {}  # its own choice wins
+    features = tmp_path / "audio_features.yaml"
+    features.write_text("musetalk:\n  version: '1.5'\n")
+    assert Mesh(env=env, configs={"audio_features": str(features)})._derived(spec("audio_features")) == {}
+    not_loaded = {**env, "TALKMESH_RENDERER__BACKENDS": "viseme"}
+    assert Mesh(env=not_loaded)._derived(spec("audio_features")) == {}

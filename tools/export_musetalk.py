@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from services.renderer.backends.musetalk import FILES
+from talkmesh.common.onnx_files import MUSETALK_VERSION_KEY
 from tools.models.musetalk import (
     AUDIO_TOKENS,
     AUDIO_WIDTH,
@@ -147,7 +148,7 @@ def export_all(
     latents = torch.randn(2, 4, LATENT_SIZE, LATENT_SIZE, generator=gen)
     pair = torch.randn(2, 8, LATENT_SIZE, LATENT_SIZE, generator=gen)
     audio = torch.randn(2, AUDIO_TOKENS, AUDIO_WIDTH, generator=gen)
-    meta = {"talkmesh.model": "musetalk", "talkmesh.format": "1", "talkmesh.musetalk_version": version}
+    meta = {"talkmesh.model": "musetalk", "talkmesh.format": "1", MUSETALK_VERSION_KEY: version}
     big = external_data_threshold
     modules = {"vae_encoder": (VaeEncode(vae), (image,)), "vae_decoder": (VaeDecode(vae), (latents,)),
                "unet": (UNetStep(unet), (pair, audio))}  # fmt: skip

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from services.audio_features.backends.onnx import INPUT_NAME, OUTPUT_NAME  # the service's contract
+from talkmesh.common.onnx_files import MUSETALK_VERSION_KEY
 
 OPSET = 17
 
@@ -116,7 +117,7 @@ def export_encoder(encoder: torch.nn.Module, output: Path, opset: int = OPSET, m
         "talkmesh.layers": str(int(config.encoder_layers) + 1),
         "talkmesh.width": str(int(config.d_model)),
         "talkmesh.final_layer_norm": "true" if final_layer_norm else "false",
-        "talkmesh.musetalk_version": musetalk_version,
+        MUSETALK_VERSION_KEY: musetalk_version,
     }.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -158,7 +159,12 @@ def write_random_tiny(directory: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.export_whisper_encoder",
+        usage="%(prog)s [--musetalk-version {1.0,1.5}] [--opset N] MODEL_DIR OUTPUT\n"
+        "       %(prog)s --random [--musetalk-version {1.0,1.5}] OUTPUT",
+        description=__doc__.split("\n\n")[0],
+    )
     parser.add_argument(
         "paths", type=Path, nargs="+", metavar="MODEL_DIR OUTPUT",
         help="local Hugging Face Whisper checkpoint directory, then the ONNX file to write",

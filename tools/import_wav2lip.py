@@ -22,18 +22,25 @@ Needs the ``tools`` extra (torch, onnx).
 from __future__ import annotations
 
 import argparse
+import pickle
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from services.renderer.backends.wav2lip import SIGNATURE
+from talkmesh.common.onnx_files import is_torch_file
 from tools.models.wav2lip import FACE_SIZE, MEL_BINS, MEL_STEPS, Wav2LipGenerator
 from tools.onnx_export import export_onnx, write_fp16_variant
 
 # the names the renderer's Wav2Lip backend checks the model for (its signature)
 INPUT_NAMES = tuple(t.name for t in SIGNATURE.inputs)
 OUTPUT_NAMES = tuple(t.name for t in SIGNATURE.outputs)
+
+
+USAGE = "%(prog)s [--fp16] CHECKPOINT OUTPUT\n       %(prog)s --random [--fp16] OUTPUT"
 
 
 class CheckpointError(ValueError):
@@ -44,9 +51,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The generator's state dict from an official checkpoint, ``module.`` prefixes removed."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"{path}: a TorchScript archive (torch.jit.save), not a checkpoint: give the training checkpoint "
+            "(wav2lip.pth or wav2lip_gan.pth), whose state_dict holds the weights"
+        )
     try:
-        raw = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated file, an .onnx, a pickle with code in it: never weights_only=False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated file, an .onnx, a whole pickled model
+        if isinstance(exc, pickle.UnpicklingError) and is_torch_file(path):  # objects in it: never unpickled
+            raise CheckpointError(
+                f"{path}: a whole pickled model (torch.save(model)), not a state dict: loading it would run its "
+                "code; in code you trust, load it and save model.state_dict() to give here"
+            ) from None
         onnx_file = path.suffix == ".onnx"
         kind = "an ONNX model: converted already" if onnx_file else "not a PyTorch checkpoint (or cut short)"
         # (torch's own message advises weights_only=False: unsafe for a file of unknown origin)
@@ -64,9 +83,29 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit.save archive: a zip whose entries include the module's ``code/``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/")[1:2] == ["code"] for n in z.namelist())
+
+
+#: the other networks of a Wav2Lip release, by a parameter name only they have
+OTHER_NETWORKS = (
+    ("face_encoder.", "SyncNet, the lip-sync expert (lipsync_expert.pth)"),
+    ("binary_pred.", "the visual quality discriminator (visual_quality_disc.pth)"),
+)
+
+
 def load_generator(path: Path) -> Wav2LipGenerator:
     """Builds the generator and loads the checkpoint strictly (names and shapes must all match)."""
     state = read_state_dict(path)
+    for prefix, network in OTHER_NETWORKS:
+        if any(k.startswith(prefix) for k in state):
+            raise CheckpointError(
+                f"{path}: {network}, not the generator: give wav2lip.pth or wav2lip_gan.pth (the same download)"
+            )
     model = Wav2LipGenerator()
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -135,7 +174,10 @@ def convert(checkpoint: Path, out: Path, fp16: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.import_wav2lip", usage=USAGE, description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument("paths", type=Path, nargs="+", metavar="CHECKPOINT OUTPUT",
                         help="wav2lip.pth or wav2lip_gan.pth, then where to write the .onnx file")  # fmt: skip
     parser.add_argument("--fp16", action="store_true", help="also write <output>.fp16.onnx")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.framering import FrameRingConfig
 from talkmesh.common.gpu import GpuConfig
 from talkmesh.common.onnx import ExecutionConfig
+from talkmesh.common.onnx_files import MUSETALK_VERSION_KEY, metadata_value
 from talkmesh.common.registry import DEFAULT_RENDERER_BACKEND, SIZE_PRESETS, spec
 
 #: The bundled default avatar's alias (registered at start-up; it cannot be deleted)
@@ -151,6 +154,14 @@ class MuseTalkModelConfig(ModelConfig):
     # jaw, lips and mouth, not the nose), "raw" (skin, lips, mouth) or "neck" (raw plus the neck).
     face_parser_mode: str = "jaw"
 
+    def exported_release(self) -> str | None:
+        """The MuseTalk release the UNet in ``path`` was exported for (the ``talkmesh.musetalk_version``
+        tools/export_musetalk.py records), read without loading it; None when unset or unsaid."""
+        if not self.path:
+            return None
+        unet = Path(os.path.expanduser(self.path)) / "unet.onnx"  # (the UNet of backends/musetalk.py's FILES)
+        return metadata_value(unet, MUSETALK_VERSION_KEY)
+
     def validate(self) -> None:
         super().validate()
         if self.vae_latent not in VAE_LATENTS:
@@ -204,6 +215,19 @@ class RendererConfig:
     # Frames into the shared-memory ring an encoder on this machine offers (talkmesh/common/framering.py):
     # the same directory as the encoder's `frame_ring.directory`.
     frame_ring: FrameRingConfig = field(default_factory=FrameRingConfig)
+
+    def unloaded_model_paths(self) -> list[str]:
+        """A model path set for a backend that ``backends`` does not list (so not loaded), one line
+        each naming the setting that loads it: a warning at start, not an error."""
+        lines = []
+        for name, model in (("wav2lip", self.wav2lip), ("musetalk", self.musetalk)):
+            if model.path and name not in self.backends:
+                variable = f"{spec('renderer').env_prefix}__BACKENDS"
+                lines.append(
+                    f"{name}.path is set but {name!r} is not in backends: not loaded "
+                    f"({variable}={','.join([*self.backends, name])} loads it)"
+                )
+        return lines
 
     def validate(self) -> None:
         known = spec("renderer").backends

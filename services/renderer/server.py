@@ -19,7 +19,7 @@ from services.renderer.avatars import (
     default_avatar_bytes,
 )
 from services.renderer.avatars.decode import Data
-from services.renderer.backends import create_backend
+from services.renderer.backends import create_backend, not_loaded
 from services.renderer.backends.base import RenderBackend
 from services.renderer.config import RendererConfig
 from services.renderer.frames import output_size
@@ -79,9 +79,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         backend_name = cfg.backend or s.config.default_backend
         backend = s.backends.get(backend_name)
         if backend is None:
-            raise InvalidArgument(
-                "config.backend", f"backend {backend_name!r} is not loaded (loaded: {', '.join(s.backends)})"
-            )
+            raise InvalidArgument("config.backend", not_loaded(backend_name, s.backends))
         fps = float(request_fps(cfg.fps))
         pixel_format = cfg.pixel_format or cpb.PIXEL_FORMAT_I420
         if pixel_format not in (cpb.PIXEL_FORMAT_I420, cpb.PIXEL_FORMAT_RGB24):
@@ -517,6 +515,8 @@ class RendererService(Service):
         return spec("renderer").grpc_service_names()
 
     async def start(self) -> None:
+        for line in self.config.unloaded_model_paths():
+            log.warning("%s", line)
         names = list(dict.fromkeys(["viseme", *self.config.backends]))
         for name in names:
             try:

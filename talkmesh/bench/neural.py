@@ -28,7 +28,11 @@ BACKEND = "musetalk"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", required=True, help="directory with unet.onnx, vae_encoder.onnx, vae_decoder.onnx")
+    p.add_argument(
+        "--model-dir", required=True,
+        help="directory with unet.onnx, vae_encoder.onnx, vae_decoder.onnx (python -m tools.export_musetalk; "
+        "the feature stage takes the MuseTalk release they were exported for)",
+    )  # fmt: skip
     p.add_argument(
         "--whisper-encoder", required=True, help="Whisper encoder ONNX (python -m tools.export_whisper_encoder)"
     )
@@ -103,7 +107,9 @@ class NeuralRun:
 def mesh_env(model_dir: Path, whisper_encoder: Path, avatar_cache: Path) -> dict[str, str]:
     """The services' environment for a MuseTalk mesh on these files (batch 1: a CPU gains nothing
     from batching a model this size, and warm-up runs each batch size once). A fresh avatar cache,
-    so the avatar's precompute is measured (and not taken from a run with other model files)."""
+    so the avatar's precompute is measured (and not taken from a run with other model files). The
+    feature stage's ``musetalk.version`` is the release the models were exported for (the launcher
+    derives it from the renderer's config, as ``talkmesh up`` does)."""
     gateway, renderer, features = (spec(s).env_prefix for s in ("gateway", "renderer", "audio_features"))
     return {
         f"{gateway}__DEFAULT_RENDERER_BACKEND": BACKEND,

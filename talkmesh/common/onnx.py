@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from talkmesh.common.config import ConfigError
+from talkmesh.common.onnx_files import is_torch_file, model_file_problems
 from talkmesh.common.paths import cache_dir
 
 log = logging.getLogger("talkmesh.onnx")
@@ -68,6 +69,11 @@ CUDNN_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 
 class ModelError(ValueError):
     """A model that cannot be used (missing file, wrong signature, no provider); names the file."""
+
+
+class ModelFileError(ModelError):
+    """The model file itself is the problem (missing, not ONNX, incomplete, refused by ONNX Runtime,
+    another signature), not the execution settings: a service names the config key that gave it."""
 
 
 def one_line(text: object, limit: int = 300) -> str:
@@ -443,12 +449,15 @@ def open_session(
     path = Path(os.path.expanduser(str(path)))
     label = f"{name} ({path})" if name else str(path)
     if path.is_dir():
-        raise ModelError(f"{label}: is a directory, not a model file (give the .onnx file itself)")
+        raise ModelFileError(f"{label}: is a directory, not a model file (give the .onnx file itself)")
     if not path.is_file():
-        raise ModelError(f"{label}: model file does not exist")
-    with open(path, "rb") as f:
-        if f.read(2) == b"PK":  # a zip: PyTorch's checkpoint format, not ONNX
-            raise ModelError(f"{label}: a PyTorch checkpoint, not ONNX: convert it with its tool in tools/ (README)")
+        raise ModelFileError(f"{label}: model file does not exist")
+    if is_torch_file(path):
+        raise ModelFileError(f"{label}: a PyTorch checkpoint, not ONNX: convert it with its tool in tools/ (README)")
+    # an empty file, or external data missing or cut short: said before ONNX Runtime's own message,
+    # which names its source files first and gets cut before the reason
+    if problems := model_file_problems(path):
+        raise ModelFileError(f"{label}: {problems[0]}")
     avail = list(available) if available is not None else available_providers()
     make = factory or _default_factory
     preflight = check or provider_preflight
@@ -480,7 +489,7 @@ def open_session(
             active = list(sess.get_providers())
         except Exception as exc:  # ONNX Runtime raises several types; any failure: try the next
             if plan.provider == CPU:  # the model itself is unusable: no provider will do better
-                raise ModelError(f"{label}: ONNX Runtime cannot load {file.name}: {one_line(exc)}") from None
+                raise ModelFileError(f"{label}: ONNX Runtime cannot load {file.name}: {one_line(exc)}") from None
             probes[plan.provider] = f"failed: {type(exc).__name__}: {one_line(exc)}"
             continue
         if not active or active[0] != plan.provider:

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+import pytest
+
 from services.renderer.backends.neural import PREPARED
 from talkmesh.bench import MODES
 from talkmesh.bench.neural import NeuralRun, add_arguments, mesh_env, precompute_seconds
@@ -22,6 +24,31 @@ def test_mesh_env_configures_the_three_services(tmp_path: Path):
     assert r.batch.max_size == 1 and r.avatars.cache_dir == str(tmp_path / "avatars")
     assert gateway_config(None, env=env).default_renderer_backend == "musetalk"
     assert features_config(None, env=env).whisper_encoder.path == str(tmp_path / "enc.onnx")
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.5"])
+def test_the_feature_stage_gets_the_release_the_models_were_exported_for(tmp_path: Path, version: str):
+    """A MuseTalk 1.0 export (with its 1.0 Whisper encoder) could not be benched: the feature stage
+    started at its default, 1.5, and refused the encoder; nothing in `bench musetalk --help` said
+    how to change it. The release the export recorded in the UNet's metadata is the one used."""
+    import onnx
+
+    from services.audio_features.main import load_config as features_config
+    from talkmesh.common.registry import spec
+    from talkmesh.launcher import Mesh
+    from tests.common.test_gpu import model_with_weights
+
+    models = tmp_path / "models"
+    models.mkdir()
+    unet = model_with_weights(models / "unet.onnx", 1000, external=True)  # the real UNet's layout
+    proto = onnx.load(str(unet), load_external_data=False)
+    onnx.helper.set_model_props(proto, {"talkmesh.model": "musetalk", "talkmesh.musetalk_version": version})
+    onnx.save(proto, str(unet))
+    env = mesh_env(models, tmp_path / "enc.onnx", tmp_path / "avatars")
+    derived = Mesh(env=env)._derived(spec("audio_features"))  # (what the bench's mesh starts it with)
+    assert features_config(None, env={**env, **derived}).musetalk.version == version
+    unet.unlink()  # not said: the feature stage's own default (and its check of the encoder)
+    assert Mesh(env=env)._derived(spec("audio_features")) == {}
 
 
 def test_precompute_is_read_from_the_renderers_log_line(caplog):

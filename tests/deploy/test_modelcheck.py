@@ -78,3 +78,22 @@ def test_the_init_containers_command_fails_on_a_lost_external_data_file(service:
     lost = subprocess.run([*command, *files], capture_output=True, text=True, env=env)
     assert lost.returncode == 1
     assert "unet.onnx.data" in lost.stderr and "fill the talkmesh-models volume" in lost.stderr
+
+
+def test_a_cut_short_external_data_file_fails_naming_it(export: list[Path], capsys) -> None:
+    """An interrupted copy leaves ``unet.onnx.data`` shorter than its graph reads: the check passed
+    it (not missing, not empty) and the renderer then failed in ONNX Runtime with a message cut
+    before its reason. The graph's offset and length entries say how many bytes it needs."""
+    unet, _ = export
+    data = unet.parent / "unet.onnx.data"
+    whole = data.stat().st_size
+    assert whole == 4000 and model_file_problems(unet) == []
+    with data.open("r+b") as f:
+        f.truncate(whole - 1)
+    (problem,) = model_file_problems(unet)
+    assert problem == (
+        f"model file {unet} keeps its weights in unet.onnx.data beside it, which is cut short "
+        f"({whole - 1} bytes; its graph reads {whole}): copy the model's whole directory again"
+    )
+    assert modelcheck.main([str(unet)]) == 1
+    assert "cut short" in capsys.readouterr().err

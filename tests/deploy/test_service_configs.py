@@ -18,11 +18,13 @@ import yaml
 from talkmesh.common.config import ConfigError
 from talkmesh.common.registry import GRPC_NAMES, NAMES, spec
 from tests.deploy.manifests import (
+    GPU_OVERLAYS,
     HEADLESS_TWINS,
     K8S,
     OVERLAYS,
     config_of,
     env_of,
+    pod_spec,
     ports_of,
     render,
     service_containers,
@@ -211,3 +213,25 @@ def test_the_gateway_asks_for_the_backend_the_renderer_serves_by_default(overlay
     renderer, gateway = loaded["renderer"], loaded["gateway"]
     assert gateway.default_renderer_backend == renderer.default_backend, overlay
     assert renderer.default_backend in renderer.backends or renderer.default_backend == "viseme"
+
+
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_the_wav2lip_component_switches_every_service_that_named_musetalk(overlay: str, tmp_path: Path) -> None:
+    """docs/DEPLOY.md told a Wav2Lip user to patch four places by hand and left out one: the feature
+    stage's check-models init container waited for a Whisper encoder Wav2Lip does not use, so its
+    pod never started. components/wav2lip, after components/neural, is that patch."""
+    docs = render(overlay, "wav2lip")
+    loaded = {}
+    for service, dep, container in service_containers(docs):
+        env = {k: v for k, v in env_of(container).items() if k.startswith("TALKMESH_")}
+        loaded[service] = load(service, config_of(docs, dep, container), env, tmp_path)
+        checks = [c for c in pod_spec(dep).get("initContainers", []) if c["name"] == "check-models"]
+        if service == "renderer":
+            (check,) = checks
+            assert check["command"][4:] == [loaded["renderer"].wav2lip.path] == ["/models/wav2lip/wav2lip.onnx"]
+        elif service == "audio_features":
+            assert checks == [], "Wav2Lip's mel windows need no Whisper encoder"
+    renderer, gateway, features = loaded["renderer"], loaded["gateway"], loaded["audio_features"]
+    assert renderer.backends == ["viseme", "wav2lip"] and renderer.default_backend == "wav2lip"
+    assert renderer.musetalk.path == "" and features.whisper_encoder.path == ""
+    assert gateway.default_renderer_backend == "wav2lip"

@@ -182,6 +182,26 @@ def test_missing_file_is_reported(tmp_path: Path):
     zipped.write_bytes(b"PK\x03\x04" + bytes(100))  # what torch.save writes: a zip
     with pytest.raises(ModelError, match=r"a PyTorch checkpoint, not ONNX: convert it"):
         open_model("toy", zipped, EXPECTED, ExecutionConfig())
+    legacy = tmp_path / "old.onnx"  # torch.save before PyTorch 1.6 (the released Wav2Lip files): a pickle
+    legacy.write_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19." + bytes(100))
+    with pytest.raises(ModelError, match=r"old\.onnx\): a PyTorch checkpoint, not ONNX: convert it"):
+        open_model("toy", legacy, EXPECTED, ExecutionConfig())
+
+
+def test_a_cut_short_external_data_file_is_named_before_onnx_runtime_loads_it(tmp_path: Path):
+    """ONNX Runtime's own message (its source file and C++ signature first) was cut at 300
+    characters before its reason; the renderer now says which file is short, and by how much."""
+    from tests.common.test_gpu import model_with_weights
+
+    path = model_with_weights(tmp_path / "ext.onnx", 1000, external=True)
+    with (tmp_path / "ext.onnx.data").open("r+b") as f:
+        f.truncate(3000)
+    with pytest.raises(ModelError) as err:
+        open_model("toy", path, Signature((TensorSpec("x", (1000,)),), (TensorSpec("y", (1000,)),)), ExecutionConfig())
+    assert str(err.value) == (
+        f"toy ({path}): model file {path} keeps its weights in ext.onnx.data beside it, which is cut short "
+        "(3000 bytes; its graph reads 4000): copy the model's whole directory again"
+    )
 
 
 class FakeSession:

@@ -152,3 +152,38 @@ async def test_bad_render_configs_name_the_field_and_the_service_stays_up(stub, 
     assert (err.value.details() or "").startswith(field)
     ok = _assemble([m async for m in stub.Render(_requests(rpb.RenderConfig(fps=FPS, sample_rate=SR)))])
     assert len(ok) == len(VOICED)
+
+
+async def test_a_backend_not_loaded_says_which_setting_loads_it(stub):
+    """`--backend wav2lip` on a mesh started without it: the refusal said what was loaded, not how
+    to load more."""
+
+    async def config_only() -> AsyncIterator[rpb.RenderRequest]:
+        yield rpb.RenderRequest(request_id="r", config=rpb.RenderConfig(backend="wav2lip"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        _ = [m async for m in stub.Render(config_only())]
+    assert err.value.details() == (
+        "config.backend: backend 'wav2lip' is not loaded (loaded: viseme); the renderer loads the ones its "
+        "backends setting lists (TALKMESH_RENDERER__BACKENDS=viseme,wav2lip)"
+    )
+
+
+async def test_a_model_path_set_for_a_backend_not_loaded_is_warned_about(tmp_path, caplog):
+    """README's MuseTalk example set musetalk.path but not backends: the renderer started with viseme
+    alone and said nothing; the first `--backend musetalk` request was the first sign."""
+    env = {
+        "TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache"),
+        "TALKMESH_RENDERER__MUSETALK__PATH": str(tmp_path / "musetalk"),
+        "TALKMESH_RENDERER__WAV2LIP__PATH": str(tmp_path / "wav2lip.onnx"),
+    }
+    service = create_service(load_config(None, env=env), Telemetry("renderer"))
+    with caplog.at_level("WARNING", logger="services.renderer.server"):
+        async with serve(service):
+            pass
+    warned = [r.getMessage() for r in caplog.records if r.name == "services.renderer.server"]
+    for name in ("wav2lip", "musetalk"):
+        assert (
+            f"{name}.path is set but {name!r} is not in backends: not loaded "
+            f"(TALKMESH_RENDERER__BACKENDS=viseme,{name} loads it)"
+        ) in warned, warned

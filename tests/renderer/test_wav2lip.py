@@ -119,6 +119,36 @@ def test_the_importer_says_what_is_wrong_with_a_file_in_one_line(exported, tmp_p
         assert err.startswith(f"error: {given}: {says}") and "weights_only" not in err, err
 
 
+
+def test_the_importer_names_the_other_files_a_wav2lip_download_holds(exported, tmp_path: Path, capsys):
+    """The release's SyncNet (lipsync_expert.pth) and discriminator (visual_quality_disc.pth), a whole
+    pickled model and a TorchScript file were all "not a PyTorch checkpoint (or cut short)" or a
+    list of missing names: each is said for what it is, in one line."""
+    model, _, _ = exported
+    syncnet = tmp_path / "lipsync_expert.pth"
+    torch.save({"state_dict": {"module.face_encoder.0.conv_block.0.weight": torch.zeros(32, 15, 7, 7),
+                               "module.audio_encoder.0.conv_block.0.weight": torch.zeros(32, 1, 3, 3)}},
+               str(syncnet))  # fmt: skip
+    disc = tmp_path / "visual_quality_disc.pth"
+    torch.save({"state_dict": {"module.face_encoder_blocks.0.0.conv_block.0.weight": torch.zeros(32, 3, 7, 7),
+                               "module.binary_pred.0.weight": torch.zeros(1, 512, 1, 1)}},
+               str(disc))  # fmt: skip
+    whole = tmp_path / "whole.pth"
+    torch.save(model, str(whole))
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.trace(model, example_inputs(1)), str(scripted))
+    for given, says in (
+        (syncnet, "SyncNet, the lip-sync expert (lipsync_expert.pth), not the generator: give wav2lip.pth"),
+        (disc, "the visual quality discriminator (visual_quality_disc.pth), not the generator: give wav2lip.pth"),
+        (whole, "a whole pickled model (torch.save(model)), not a state dict"),
+        (scripted, "a TorchScript archive (torch.jit.save), not a checkpoint"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([str(given), str(tmp_path / "out.onnx")])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+        assert err.startswith(f"error: {given}: {says}"), err
+
 def make_avatar() -> Avatar:
     rng = np.random.default_rng(7)
     frames = rng.integers(0, 256, (3, 180, 200, 3), dtype=np.uint8)
@@ -234,6 +264,14 @@ def test_wrong_model_file_is_rejected_with_both_signatures(tmp_path: Path):
 def test_unset_path_is_a_clear_error():
     with pytest.raises(ModelError, match=r"wav2lip.path: not set"):
         Wav2LipBackend(RendererConfig(), Telemetry("renderer"))
+
+
+def test_a_file_the_backend_cannot_load_names_its_config_key(tmp_path: Path):
+    """A models volume not mounted: the message named the file but not the key that set it."""
+    missing = tmp_path / "models" / "wav2lip.onnx"
+    with pytest.raises(ModelError) as err:
+        Wav2LipBackend(config(missing), Telemetry("renderer"))
+    assert str(err.value) == f"wav2lip.path: wav2lip ({missing}): model file does not exist"
 
 
 def test_on_a_gpu_the_batch_bound_follows_free_memory(exported, monkeypatch: pytest.MonkeyPatch):
@@ -354,3 +392,18 @@ def test_random_weights_for_a_first_try_make_a_model_that_follows_the_audio(tmp_
     Wav2LipBackend(config, Telemetry("renderer")).warmup()  # the renderer takes it
     with pytest.raises(SystemExit):
         main(["--random", str(tmp_path / "a.pth"), str(out)])  # --random takes OUTPUT alone
+
+
+def test_the_usage_lines_show_the_two_ways_to_call_the_tools(capsys):
+    """argparse wrote `CHECKPOINT OUTPUT [CHECKPOINT OUTPUT ...]`, as if pairs could be repeated,
+    and no form with --random alone."""
+    from tools.export_whisper_encoder import main as whisper_main
+
+    for tool, first, second in (
+        (main, "[--fp16] CHECKPOINT OUTPUT", "--random [--fp16] OUTPUT"),
+        (whisper_main, "MODEL_DIR OUTPUT", "--random [--musetalk-version {1.0,1.5}] OUTPUT"),
+    ):
+        with pytest.raises(SystemExit):
+            tool(["--help"])
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].endswith(first) and lines[1].endswith(second) and "..." not in lines[0], lines[:2]

@@ -17,13 +17,13 @@ import numpy as np
 from services.audio_features.backends.base import WhisperEncoder
 from services.audio_features.config import WhisperEncoderConfig
 from talkmesh.common.onnx import ExecutionConfig, ModelError, ProviderCheck, SessionFactory, open_session
+from talkmesh.common.onnx_files import MUSETALK_VERSION_KEY
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input_features"
 OUTPUT_NAME = "hidden_states"
 FINAL_LAYER_NORM_KEY = "talkmesh.final_layer_norm"  # metadata: "true" | "false"
-MUSETALK_VERSION_KEY = "talkmesh.musetalk_version"  # metadata: the MuseTalk release it was exported for
 #: what the service takes, named in its refusals
 EXPECTED_SHAPES = f"{INPUT_NAME} [batch, 80, frames] -> {OUTPUT_NAME} [batch, layers, frames / 2, width]"
 

@@ -63,6 +63,7 @@ from services.renderer.avatars.analysis import FaceAnalyzer, FaceChoice, FaceTra
 from services.renderer.avatars.decode import Crop, Data, Decoded, decode, has_alpha
 from services.renderer.avatars.face_models import load_face_models
 from services.renderer.avatars.scaled import needs_scaling, scaled
+from services.renderer.backends import not_loaded
 from services.renderer.backends.base import Avatar, RenderBackend
 from services.renderer.config import DEFAULT_ALIAS, AvatarConfig
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -288,9 +289,7 @@ class AvatarStore:
             )
         for b in backends:
             if b not in self.backends:
-                raise InvalidArgument(
-                    "meta.backends", f"backend {b!r} is not loaded (loaded: {', '.join(self.backends)})"
-                )
+                raise InvalidArgument("meta.backends", not_loaded(b, self.backends))
         whole_id, framed_id = self._content_ids(data, choice)
         if time.monotonic() - self._swept > STALE_TMP_SECONDS / 4:
             self.sweep_stale()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
+
+from talkmesh.common.registry import spec
 
 if TYPE_CHECKING:
     from services.renderer.backends.base import RenderBackend
@@ -17,6 +20,16 @@ CLASSES: dict[str, tuple[str, str]] = {
     "wav2lip": ("services.renderer.backends.wav2lip", "Wav2LipBackend"),
     "musetalk": ("services.renderer.backends.musetalk", "MuseTalkBackend"),
 }
+
+
+def not_loaded(name: str, loaded: Iterable[str]) -> str:
+    """Why backend ``name`` cannot be used here, and, for a known one, which setting loads it."""
+    names = list(loaded)
+    why = f"backend {name!r} is not loaded (loaded: {', '.join(names)})"
+    if name in CLASSES:
+        variable = f"{spec('renderer').env_prefix}__BACKENDS"
+        why += f"; the renderer loads the ones its backends setting lists ({variable}={','.join([*names, name])})"
+    return why
 
 
 def backend_class(name: str) -> type[RenderBackend]:

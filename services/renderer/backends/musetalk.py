@@ -34,6 +34,7 @@ from services.renderer.backends.face_parser import FACE_PARSER, FaceParser
 from services.renderer.backends.neural import NeuralBackend, warmup_avatar
 from services.renderer.backends.onnx_models import (
     ModelError,
+    ModelFileError,
     OnnxModel,
     ProviderCheck,
     SessionFactory,
@@ -132,7 +133,11 @@ class MuseTalkBackend(NeuralBackend):
         self.model_files = files + ([parser_path] if parser_path is not None else [])
 
         def load(role: str, path: Path, sig: Signature) -> OnnxModel:
-            return opened(f"musetalk {role}", path, sig)
+            try:
+                return opened(f"musetalk {role}", path, sig)
+            except ModelFileError as exc:  # named by the key that gave the file
+                key = "musetalk.face_parser" if role == "face_parser" else "musetalk.path"
+                raise ModelFileError(f"{key}: {exc}") from None
 
         self.models: dict[str, OnnxModel] = {}
         for role, (file, sig) in FILES.items():

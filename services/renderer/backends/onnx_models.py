@@ -30,6 +30,7 @@ from talkmesh.common.onnx import (
     TENSORRT,
     ExecutionConfig,
     ModelError,
+    ModelFileError,
     ProviderCheck,
     ProviderChoice,
     ProviderPlan,
@@ -46,7 +47,8 @@ from talkmesh.common.onnx import (
 )
 
 __all__ = [
-    "AUTO_ORDER", "CPU", "CUDA", "GPU_PROVIDERS", "TENSORRT", "ExecutionConfig", "ModelError", "OnnxModel",
+    "AUTO_ORDER", "CPU", "CUDA", "GPU_PROVIDERS", "TENSORRT", "ExecutionConfig", "ModelError", "ModelFileError",
+    "OnnxModel",
     "ProviderCheck",
     "ProviderChoice", "ProviderPlan", "SessionFactory", "Signature", "TensorSpec", "available_providers",
     "check_signature", "choose_provider", "model_variant", "normalize_provider", "open_model", "plan_providers",
@@ -114,17 +116,17 @@ def check_signature(name: str, expected: Signature, found: Signature) -> int | N
         return len(es) == len(fs) and all(e.name in by_name and matches(e, by_name[e.name]) for e in es)
 
     if not (all_match(expected.inputs, found.inputs) and all_match(expected.outputs, found.outputs)):
-        raise ModelError(f"{name}: wrong model signature: expected {expected.describe()}, found {found.describe()}")
+        raise ModelFileError(f"{name}: wrong model signature: expected {expected.describe()}, found {found.describe()}")
     by_name = {f.name: f for f in found.inputs}
     fixed = {by_name[e.name].shape[0] for e in expected.inputs if e.shape and e.shape[0] is None}
     if fixed == {None} or not fixed:
         return None
     if len(fixed) > 1:
         sizes = ", ".join(str(s) if s is not None else "dynamic" for s in sorted(fixed, key=str))
-        raise ModelError(f"{name}: its inputs' batch axes disagree ({sizes}): export it with one batch axis")
+        raise ModelFileError(f"{name}: its inputs' batch axes disagree ({sizes}): export it with one batch axis")
     (size,) = fixed
     if size is None or size < 1:
-        raise ModelError(f"{name}: its batch axis is fixed at {size}: export it with a dynamic batch axis")
+        raise ModelFileError(f"{name}: its batch axis is fixed at {size}: export it with a dynamic batch axis")
     return size
 
 

@@ -24,6 +24,7 @@ from services.renderer.backends.base import Avatar, FrameJob
 from services.renderer.backends.neural import NeuralBackend, generated_region_mask, warmup_avatar
 from services.renderer.backends.onnx_models import (
     ModelError,
+    ModelFileError,
     OnnxModel,
     ProviderCheck,
     SessionFactory,
@@ -72,7 +73,10 @@ class Wav2LipBackend(NeuralBackend):
             raise ModelError("wav2lip.path: not set (convert a checkpoint with python -m tools.import_wav2lip)")
         path = Path(os.path.expanduser(config.wav2lip.path))
         load = self._loader([path], available, session_factory, provider_check)
-        self.model: OnnxModel = load("wav2lip", path, SIGNATURE)
+        try:
+            self.model: OnnxModel = load("wav2lip", path, SIGNATURE)
+        except ModelFileError as exc:  # named by the key that gave the file
+            raise ModelFileError(f"wav2lip.path: {exc}") from None
         self._runs_on(self.model)
 
     def settings(self) -> object:
