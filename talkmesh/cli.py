@@ -512,7 +512,7 @@ async def _avatar(args: argparse.Namespace) -> int:
             bar.close()
             state = "already prepared" if info.cached else "prepared"
             print(f"{info.id}  {info.name}  {info.width}x{info.height}  {info.frame_count} frame(s)  ({state})")
-            for line in face_lines(info):
+            for line in face_lines(info, args.framing):
                 print(line)
         elif command in ("list", "ls"):
             for a in await client.list_avatars():
@@ -535,12 +535,14 @@ async def _still_there(client: Any, avatar_id: str) -> bool:
     return any(a.id == avatar_id for a in await client.list_avatars())
 
 
-def face_lines(info: Any) -> list[str]:
+def face_lines(info: Any, framing: str = "auto") -> list[str]:
     """What `avatar add` says about the face analysis: where the face is, in the picture's pixels
     (those of --face-point; the stored frames' for an avatar prepared before the renderer reported
     them), and how sure the detector was; a face too small to see speak at the default size
     (talkmesh.common.faces, as the web page says it), with what to do; and for a video, on how many
-    frames the face was found and what becomes of the others (FaceReport.frames_rejected)."""
+    frames the face was found and what becomes of the others (FaceReport.frames_rejected).
+    ``framing``: the --framing asked for (auto framing that kept the whole picture is not offered
+    again)."""
     from talkmesh.common.faces import framing_note, small_face_hint
 
     lines = []
@@ -557,7 +559,8 @@ def face_lines(info: Any) -> list[str]:
             f"face {shown[2] - shown[0]:.0f}x{shown[3] - shown[1]:.0f} px at ({shown[0]:.0f}, {shown[1]:.0f}) "
             f"{where}, confidence {info.face.confidence:.2f}"
         )
-        hint = small_face_hint(info, or_frame="or add it again with --framing auto (the server crops it)")
+        again = "or add it again with --framing auto (the server crops it)" if framing == "as_is" else ""
+        hint = small_face_hint(info, or_frame=again)
         if hint:
             lines.append(f"  {hint}")
     kept, rejected = int(info.face.frames_kept), int(info.face.frames_rejected)

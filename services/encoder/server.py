@@ -162,12 +162,13 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             async for chunk in chunks:
                 yield chunk
 
-    def _renderer(self, what: str) -> FrameSource:
-        """The renderer for a stream that renders (``what``: the field asking for it); refused
-        without one configured (FAILED_PRECONDITION) or while it fails its health checks
-        (UNAVAILABLE: retry)."""
+    def _renderer(self, field: str) -> FrameSource:
+        """The renderer for a stream that renders (``field``: the request's field asking for it;
+        "" for a live session, which always does); refused without one configured
+        (FAILED_PRECONDITION) or while it fails its health checks (UNAVAILABLE: retry)."""
         if self.frame_source is None:
-            raise FailedPrecondition(f"{what}: this encoder has no renderer (set its renderer.target)")
+            why = "this encoder has no renderer (set its renderer.target)"
+            raise FailedPrecondition(f"{field}: {why}" if field else f"live sessions need a renderer: {why}")
         if self.renderer_down:
             raise Unavailable("renderer: not answering health checks", retry_after=1.0)
         return self.frame_source
@@ -178,7 +179,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     ) -> AsyncIterator[live_pb2.LiveServerMessage]:
         if self.backend is None:
             raise Unavailable("the encoder is still starting")
-        renderer = self._renderer("live sessions")
+        renderer = self._renderer("")
         # The gateway owns the session's lifetime: no idle limit here after the first message.
         stream: RequestStream[encoder_pb2.LiveEncodeRequest] = await RequestStream.open(
             request_iterator, "config", first_timeout=self.config.server.idle_timeout, what="live stream"

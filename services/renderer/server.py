@@ -227,10 +227,13 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             if given in taken and meta.name:  # an explicit name never moves off another avatar
                 if not stored and not owners:
                     store.delete(avatar.id)  # (this upload made the entry: nothing else refers to it)
+                # (a file added before framing came, its face small: the name is its whole picture's)
+                framed = " (this upload was framed: framing as_is keeps the whole picture)"
                 raise AlreadyExists(
                     "name",
                     f"{given!r} is already the name of avatar {taken[given]}; remove that name first "
-                    f"(`talkmesh avatar rm {given}`) or choose another",
+                    f"(`talkmesh avatar rm {given}`) or choose another"
+                    + (framed if avatar.report.get("framed_box") else ""),
                 )
             given = _free_name(given, taken)  # a name from the file's name: the first free variant
         if who is not None and who.name not in owners:
@@ -382,8 +385,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
 
     async def ListAvatars(self, request: rpb.ListAvatarsRequest, context: Any) -> rpb.ListAvatarsResponse:
         who = principal_of(context.invocation_metadata())
-        items = await asyncio.to_thread(self._visible, who)
-        default = self._default_id()
+        (items, default) = await asyncio.to_thread(lambda: (self._visible(who), self._default_id(who)))
         infos = [_summary_info(a, _names_for(who, a.names, a.name), default=a.id == default) for a in items]
         return rpb.ListAvatarsResponse(avatars=infos)
 
@@ -396,14 +398,16 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
             a = self.s.store.summary(avatar_id)
             if a is None:  # deleted meanwhile
                 raise NotFound("avatar_id", request.avatar_id, "avatar")
-            return _summary_info(a, _names_for(who, a.names, a.name), matched, default=a.id == self._default_id())
+            return _summary_info(a, _names_for(who, a.names, a.name), matched, default=a.id == self._default_id(who))
 
         return await asyncio.to_thread(get)
 
-    def _default_id(self) -> str:
-        """The id of the avatar a request that names none gets ("" if it is not stored)."""
-        store, given = self.s.store, self.s.config.default_avatar
-        return store.resolve(given) if store.exists(given) else ""
+    def _default_id(self, who: Principal | None) -> str:
+        """Blocking. The id of the avatar a request of ``who`` that names none gets ("" if none)."""
+        try:
+            return self.find_avatar(who, "")[0]
+        except (NotFound, FailedPrecondition):
+            return ""
 
     async def DeleteAvatar(self, request: rpb.DeleteAvatarRequest, context: Any) -> rpb.DeleteAvatarResponse:
         if not request.avatar_id:

@@ -56,7 +56,11 @@ def final_status(exc: TalkmeshError | None = None) -> dict[str, Any]:
     """A session's final ``status`` (the last message before the close): OK, or ``exc``'s."""
     if exc is None:
         return {"code": "OK", "message": "", "field": ""}
-    return {"code": exc.code.name, "message": exc.message, "field": getattr(exc, "field", "")}
+    status: dict[str, Any] = {"code": exc.code.name, "message": exc.message, "field": getattr(exc, "field", "")}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:  # (as a relayed status's RetryInfo: back off at least this long)
+        status["retry_after_seconds"] = retry_after
+    return status
 
 
 def too_large_status(limit: int) -> dict[str, Any]:
@@ -209,9 +213,11 @@ class Sender:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.final(status, close)
 
-    async def final(self, status: dict[str, Any], close: int) -> None:
-        """The session's final status (also its outcome in the edge's metrics), then the close."""
-        self.ws[RESULT_KEY] = status["code"]
+    async def final(self, status: dict[str, Any], close: int, outcome: str = "") -> None:
+        """The session's final status (also its outcome in the edge's metrics, unless ``outcome``
+        says otherwise: a watch the edge's drain ends is told UNAVAILABLE, counted CANCELLED), then
+        the close."""
+        self.ws[RESULT_KEY] = outcome or status["code"]
         await self.json({"status": status})
         await self.ws.close(code=close, message=status["code"].encode())
 

@@ -723,7 +723,7 @@ class WebHost:
         await asyncio.gather(*(b.drain() for b in list(self.bridges)), return_exceptions=True)
         await asyncio.gather(
             *(
-                out.final(WATCH_DRAINED, CLOSE_TRY_LATER)
+                out.final(WATCH_DRAINED, CLOSE_TRY_LATER, outcome="CANCELLED")  # (planned: no server fault)
                 for out, watched in list(self.watchers.items())
                 if watched not in self._own_sessions
             ),
@@ -1151,7 +1151,10 @@ class WebHost:
         if late:  # the avatar was made without it: say so rather than drop it silently
             warnings.append(f"{late}: a form field after 'file' is not read (send the fields first)")
         # (as `talkmesh avatar add` says it)
-        small = small_face_hint(info, "upload that", "or upload it again with framing on auto (the server crops it)")
+        again = ""  # (framing that kept the whole picture is not offered again)
+        if meta.framing == api.FRAMING_AS_IS:
+            again = "or upload it again with “Head and shoulders when the face is small” (the server crops it)"
+        small = small_face_hint(info, "upload that", again)
         if small:
             warnings.append(small)
         if warnings:

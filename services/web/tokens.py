@@ -158,7 +158,7 @@ def mint(
             raise ValueError(f"scope: unknown {', '.join(unknown)} (known: {', '.join(SCOPES)})")
         claims["scope"] = " ".join(scopes)
     if sessions:
-        claims["sessions"] = list(sessions)
+        claims["sessions"] = _checked_sessions(list(sessions), ValueError)
     header = _b64encode(json.dumps({"alg": ALGORITHM, "typ": "JWT"}, separators=(",", ":")).encode())
     payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode())
     signing_input = f"{header}.{payload}".encode("ascii")
@@ -193,8 +193,15 @@ def _number(claims: dict[str, object], name: str) -> float | None:
         raise TokenError(f"its {name} claim is not a number (seconds since 1970)") from None
 
 
-def _is_session_id(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_SESSION_ID_CHARS
+def _checked_sessions(sessions: object, error: type[ValueError]) -> list[str]:
+    """A ``sessions`` claim: a list of at most MAX_TOKEN_SESSIONS session ids, else ``error``."""
+    if not isinstance(sessions, list) or not all(
+        isinstance(s, str) and 0 < len(s) <= MAX_SESSION_ID_CHARS for s in sessions
+    ):
+        raise error("its sessions claim is not a list of session ids")
+    if len(sessions) > MAX_TOKEN_SESSIONS:
+        raise error(f"its sessions claim lists {len(sessions)} sessions, more than {MAX_TOKEN_SESSIONS}")
+    return sessions
 
 
 def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: float | None = None) -> Access:
@@ -253,11 +260,7 @@ def check(token: str, secret_list: list[bytes], *, max_ttl_seconds: float, now: 
         owner = "sub:" + hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()
     else:
         owner = f"token:{identity}"
-    sessions = claims.get("sessions", [])
-    if not isinstance(sessions, list) or not all(_is_session_id(s) for s in sessions):
-        raise TokenError("its sessions claim is not a list of session ids")
-    if len(sessions) > MAX_TOKEN_SESSIONS:
-        raise TokenError(f"its sessions claim lists {len(sessions)} sessions, more than {MAX_TOKEN_SESSIONS}")
+    sessions = _checked_sessions(claims.get("sessions", []), TokenError)
     return Access(
         subject=subject[:128],
         scopes=scopes,

@@ -21,6 +21,8 @@ CROP_ASPECT = 4 / 3
 #: The face's centre is this fraction of the crop's height from its top (room above the head, the
 #: shoulders below).
 CROP_FACE_CENTRE = 0.36
+#: Changes when the crop's rule does (a framed avatar's id hashes it: a new rule makes new crops).
+CROP_RULE_VERSION = 2
 #: How to crop a picture whose face is small (or not found).
 CROP_TO = (
     "to the head and shoulders (the face about "
@@ -56,7 +58,8 @@ def head_and_shoulders(face: Box, width: int, height: int, cover: Box | None = N
     across and CROP_FACE_CENTRE down. ``cover``: a box the crop also holds with the same margins
     (a video's face track over its frames: the head moves), widened or lengthened downwards to the
     aspect. A crop larger than the picture is shrunk to fit, keeping its aspect and the face's
-    place as far as it can, then moved inside the picture."""
+    place as far as it can, then moved inside the picture; should that leave out part of the face
+    or of ``cover``, the aspect gives way: the crop is widened (or lengthened) to hold them."""
     fx1, fy1, fx2, fy2 = face
     fw, fh = max(fx2 - fx1, 1.0), max(fy2 - fy1, 1.0)
     cw = CROP_FACE_WIDTHS * fw
@@ -81,7 +84,10 @@ def head_and_shoulders(face: Box, width: int, height: int, cover: Box | None = N
         x1, y1 = centre - w / 2, top - (top - y1) * shrink
     x1 = min(max(x1, 0.0), width - w)
     y1 = min(max(y1, 0.0), height - h)
-    return (max(x1, 0.0), max(y1, 0.0), min(x1 + w, float(width)), min(y1 + h, float(height)))
+    # the face (and a moving head's whole path) stays in, whatever the aspect
+    hx1, hy1, hx2, hy2 = min(cx1, fx1), min(cy1, fy1), max(cx2, fx2), max(cy2, fy2)
+    x1, y1, x2, y2 = min(x1, hx1), min(y1, hy1), max(x1 + w, hx2), max(y1 + h, hy2)
+    return (max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height)))
 
 
 def framing_note(info: Any) -> str:

@@ -46,7 +46,10 @@ def test_the_command_line_says_the_rule_as_it_is() -> None:
 
     info = _info(4000, 3000, 165)
     assert face_lines(info)[1].startswith(f"  {small_face_hint(info)}")
-    assert face_lines(info)[1].endswith(", or add it again with --framing auto (the server crops it)")
+    # auto framing that kept the whole picture (the face not found again in its crop) is not
+    # offered again; asked for as_is, it is
+    assert face_lines(info)[1] == f"  {small_face_hint(info)}"
+    assert face_lines(info, "as_is")[1].endswith(", or add it again with --framing auto (the server crops it)")
 
 
 def test_the_hint_and_the_framing_decide_with_one_rule() -> None:
@@ -103,6 +106,24 @@ def test_a_moving_head_gets_one_crop_covering_it_everywhere() -> None:
     _check_crop(crop, 4000, 3000)
     assert crop[0] <= 800 - 100 and crop[2] >= 1350 + 100, "a margin beyond every place the face was"
     assert crop[1] < 950 and crop[3] > 1230 + 1.5 * 150
+
+
+@pytest.mark.parametrize(
+    ("face", "width", "height", "cover"),
+    [
+        ((360.0, 10.0, 640.0, 290.0), 1000, 300, None),  # a landscape close-up: the face wider than 3/4 of the height
+        ((610.0, 330.0, 670.0, 390.0), 1280, 720, (210.0, 330.0, 1070.0, 390.0)),  # a head moving 400 px either way
+    ],
+)
+def test_a_crop_shrunk_to_the_picture_still_holds_the_face_and_its_path(
+    face: tuple[float, float, float, float], width: int, height: int, cover: tuple[float, float, float, float] | None
+) -> None:
+    """Shrunk to fit with its 3:4 shape kept, the crop was 0.75 x the picture's height wide, whatever
+    the face needed: it cut the face, or left a moving head out of half a video's frames."""
+    crop = head_and_shoulders(face, width, height, cover)
+    hold = cover or face
+    assert crop[0] <= hold[0] and hold[2] <= crop[2] and crop[1] <= hold[1] and hold[3] <= crop[3], crop
+    assert 0 <= crop[0] and crop[2] <= width and 0 <= crop[1] and crop[3] <= height
 
 
 def test_a_framed_avatar_says_so_and_is_not_told_to_crop_by_hand() -> None:

@@ -224,3 +224,26 @@ def test_the_framed_id_changes_with_the_crop_rule(tmp_path, monkeypatch):
     whole, framed = store.content_id(data), store.content_id(data, framed=True)
     monkeypatch.setattr("services.renderer.avatars.store.CROP_FACE_WIDTHS", 4)
     assert store.content_id(data) == whole and store.content_id(data, framed=True) != framed
+
+
+async def test_a_framed_upload_under_the_whole_pictures_name_says_how_to_keep_the_whole_picture(tmp_path):
+    """A file added before framing came (its face small: the whole picture) and added again by a
+    script under its name: the framed avatar is another avatar, refused under that name; the
+    refusal said only "remove that name first"."""
+    service = upload_service(tmp_path)
+    scene = _jpeg(_scene())
+
+    async def upload(framing: int):  # type: ignore[no-untyped-def]
+        yield rpb.AvatarUpload(meta=rpb.AvatarMeta(filename="room.jpg", name="alice", framing=framing))  # type: ignore[arg-type]
+        yield rpb.AvatarUpload(data=scene)
+
+    async with serve(service) as host, create_channel(host.address) as channel:
+        stub = renderer_pb2_grpc.RendererStub(channel)
+        whole = await stub.RegisterAvatar(upload(api.FRAMING_AS_IS))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.RegisterAvatar(upload(api.FRAMING_AUTO))
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert f"'alice' is already the name of avatar {whole.id}" in err.value.details()
+        assert err.value.details().endswith("(this upload was framed: framing as_is keeps the whole picture)")
+        again = await stub.RegisterAvatar(upload(api.FRAMING_AS_IS))
+        assert (again.id, again.cached) == (whole.id, True)

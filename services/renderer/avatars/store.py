@@ -66,16 +66,19 @@ from services.renderer.avatars.scaled import needs_scaling, scaled
 from services.renderer.backends import not_loaded
 from services.renderer.backends.base import Avatar, RenderBackend
 from services.renderer.config import DEFAULT_ALIAS, AvatarConfig
+from talkmesh.common.enums import choices
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from talkmesh.common.faces import (
     CROP_ASPECT,
     CROP_FACE_CENTRE,
     CROP_FACE_WIDTHS,
+    CROP_RULE_VERSION,
     face_is_small,
     head_and_shoulders,
 )
 from talkmesh.common.lru import Lru
 from talkmesh.common.paths import cache_dir
+from talkmesh.v1 import types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ Names = dict[str, list[str]]
 #: How a registration frames the picture (talkmesh.v1.Framing's short names): "auto" crops to the
 #: head and shoulders when the face is small (talkmesh.common.faces.face_is_small), "as_is" never,
 #: "head_and_shoulders" always (unless the crop is the whole picture).
-FRAMINGS = ("auto", "as_is", "head_and_shoulders")
+FRAMINGS = tuple(choices(types_pb2.Framing))
 #: A crop this close to the whole picture (a fraction of each side) is the whole picture.
 WHOLE_PICTURE = 0.01
 
@@ -238,7 +241,7 @@ class AvatarStore:
             if choice.point:  # (earlier it was read on the stored frames: those avatars are made again)
                 settings["point_in"] = "upload"
         if framed:  # (the whole picture keeps the id it had before framing existed; a new crop rule, new ids)
-            settings["framing"] = ["head", CROP_FACE_WIDTHS, CROP_ASPECT, CROP_FACE_CENTRE]
+            settings["framing"] = ["head", CROP_FACE_WIDTHS, CROP_ASPECT, CROP_FACE_CENTRE, CROP_RULE_VERSION]
         return json.dumps(settings, sort_keys=True)
 
     def content_id(self, data: Data, choice: FaceChoice = FaceChoice(), framed: bool = False) -> str:
