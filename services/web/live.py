@@ -260,6 +260,13 @@ class LiveBridge:
         self.audio_turn: lpb.SpeakAudio | None = None
         self.call: Any = None
         self.browser_half_closed = False
+        #: the session's id once it started ("" before)
+        self.session_id = ""
+
+    def _started(self, session_id: str) -> None:
+        self.session_id = session_id
+        if self.started is not None:
+            self.started(session_id)
 
     async def drain(self) -> None:
         """The edge shuts down: the session is half-closed (started turns play, then the end), and
@@ -312,7 +319,7 @@ class LiveBridge:
         try:
             await self.call.write(first)
             async with TaskSet("web-live") as tasks:
-                down = tasks.spawn(_pump_down(self.call, self.out, self.started), name="down")
+                down = tasks.spawn(_pump_down(self.call, self.out, self._started), name="down")
                 up = tasks.spawn(self._pump_up(), name="up")
                 await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
                 if up.done() and not down.done():

@@ -718,8 +718,10 @@ class WebHost:
         # session_ending saying END_REASON_DRAINING, also to their watchers). A watch of a session
         # this edge did not open (a backend's, another replica's) would not end by itself: it ends
         # now, "watch again".
+        # (a session its page had half-closed already ends as the page's: its watchers are told so too)
+        half_closed = {b.session_id for b in self.bridges if b.browser_half_closed}
         for out, watched in self.watchers.items():
-            out.draining = watched in self._own_sessions
+            out.draining = watched in self._own_sessions and watched not in half_closed
         await asyncio.gather(*(b.drain() for b in list(self.bridges)), return_exceptions=True)
         await asyncio.gather(
             *(

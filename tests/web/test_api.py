@@ -350,6 +350,45 @@ async def test_draining_the_edge_ends_live_sessions_cleanly(tmp_path: Path) -> N
         await ws.close()
 
 
+async def test_a_session_the_page_half_closed_before_a_drain_is_told_client_closed_to_its_watcher_too(
+    tmp_path: Path,
+) -> None:
+    """The page half-closes while a turn plays, then the edge drains: the page is told its own
+    END_REASON_CLIENT_CLOSED; its watcher was told END_REASON_DRAINING (and would reconnect at
+    once to a session that is ending)."""
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        ws = await http.ws_connect("/v1/live")
+        await ws.send_str(json.dumps({"config": {}}))
+        session_id = (await _recv_json(ws))["started"]["session_id"]
+        watcher = await http.ws_connect(f"/v1/live/watch?session_id={session_id}")
+        assert "started" in await _recv_json(watcher)
+        text = "This sentence keeps the avatar speaking for a few seconds while the edge drains."
+        await ws.send_str(json.dumps({"text": {"turn_id": "t1", "text": text, "final": True}}))
+        async with asyncio.timeout(10):
+            while "speaking_started" not in (await _recv_json(ws)).get("event", {}):
+                pass
+        await ws.send_str(json.dumps({"half_close": {}}))
+        await asyncio.sleep(0.2)  # (read by the edge before its drain)
+        stop = asyncio.create_task(mesh.hosts["web"].stop(10.0))
+
+        async def endings(sock: aiohttp.ClientWebSocketResponse) -> list[str]:
+            told: list[str] = []
+            async with asyncio.timeout(15):
+                while "status" not in (body := await _recv_json(sock)):
+                    if "session_ending" in body.get("event", {}):
+                        told.append(body["event"]["session_ending"]["reason"])
+            return told
+
+        page, watched = await asyncio.gather(endings(ws), endings(watcher))
+        assert set(page) == {"END_REASON_CLIENT_CLOSED"} and set(watched) == {"END_REASON_CLIENT_CLOSED"}, (
+            page,
+            watched,
+        )
+        await watcher.close()
+        await ws.close()
+        await stop
+
+
 async def test_a_browser_that_half_closes_is_told_client_closed(tmp_path: Path) -> None:
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
         ws = await http.ws_connect("/v1/live")
