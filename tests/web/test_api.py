@@ -315,29 +315,38 @@ async def test_a_browser_that_vanishes_ends_its_session(tmp_path: Path) -> None:
         assert mesh.active_streams()["gateway"] == 0
 
 
+async def _watched_session(
+    http: aiohttp.ClientSession,
+) -> tuple[aiohttp.ClientWebSocketResponse, aiohttp.ClientWebSocketResponse]:
+    """A live session opened through the edge, and a watch of it through the edge (both started)."""
+    ws = await http.ws_connect("/v1/live")
+    await ws.send_str(json.dumps({"config": {}}))
+    session_id = (await _recv_json(ws))["started"]["session_id"]
+    watcher = await http.ws_connect(f"/v1/live/watch?session_id={session_id}")
+    assert "started" in await _recv_json(watcher)
+    return ws, watcher
+
+
+async def _endings(sock: aiohttp.ClientWebSocketResponse, timeout: float = 10) -> tuple[list[str], dict[str, Any]]:
+    """The session_ending reasons a socket is told up to its final status, and that status's message."""
+    told: list[str] = []
+    async with asyncio.timeout(timeout):
+        while "status" not in (body := await _recv_json(sock)):
+            if "session_ending" in body.get("event", {}):
+                told.append(body["event"]["session_ending"]["reason"])
+    return told, body
+
+
 async def test_draining_the_edge_ends_live_sessions_cleanly(tmp_path: Path) -> None:
     """SIGTERM on the web edge: /readyz turns 503, each live session is half-closed (it ends with
     status OK once its started turns have played) well within the grace period, its session_ending
     saying END_REASON_DRAINING; a browser's own half_close still ends as END_REASON_CLIENT_CLOSED."""
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
-        ws = await http.ws_connect("/v1/live")
-        await ws.send_str(json.dumps({"config": {}}))
-        session_id = (await _recv_json(ws))["started"]["session_id"]
-        watcher = await http.ws_connect(f"/v1/live/watch?session_id={session_id}")
-        assert "started" in await _recv_json(watcher)
+        ws, watcher = await _watched_session(http)
         loop = asyncio.get_running_loop()
         started = loop.time()
         stop = asyncio.create_task(mesh.hosts["web"].stop(10.0))
-
-        async def ending(sock: aiohttp.ClientWebSocketResponse) -> tuple[list[str], dict[str, Any]]:
-            endings: list[str] = []
-            async with asyncio.timeout(10):
-                while "status" not in (body := await _recv_json(sock)):
-                    if "session_ending" in body.get("event", {}):
-                        endings.append(body["event"]["session_ending"]["reason"])
-            return endings, body
-
-        for endings, body in await asyncio.gather(ending(ws), ending(watcher)):
+        for endings, body in await asyncio.gather(_endings(ws), _endings(watcher)):
             assert body["status"]["code"] == "OK"
             # the browser did not half-close: the edge's drain is told as a drain (a page reconnects
             # at once, to another replica), not as the client's own END_REASON_CLIENT_CLOSED; its
@@ -357,11 +366,7 @@ async def test_a_session_the_page_half_closed_before_a_drain_is_told_client_clos
     END_REASON_CLIENT_CLOSED; its watcher was told END_REASON_DRAINING (and would reconnect at
     once to a session that is ending)."""
     async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
-        ws = await http.ws_connect("/v1/live")
-        await ws.send_str(json.dumps({"config": {}}))
-        session_id = (await _recv_json(ws))["started"]["session_id"]
-        watcher = await http.ws_connect(f"/v1/live/watch?session_id={session_id}")
-        assert "started" in await _recv_json(watcher)
+        ws, watcher = await _watched_session(http)
         text = "This sentence keeps the avatar speaking for a few seconds while the edge drains."
         await ws.send_str(json.dumps({"text": {"turn_id": "t1", "text": text, "final": True}}))
         async with asyncio.timeout(10):
@@ -370,16 +375,7 @@ async def test_a_session_the_page_half_closed_before_a_drain_is_told_client_clos
         await ws.send_str(json.dumps({"half_close": {}}))
         await asyncio.sleep(0.2)  # (read by the edge before its drain)
         stop = asyncio.create_task(mesh.hosts["web"].stop(10.0))
-
-        async def endings(sock: aiohttp.ClientWebSocketResponse) -> list[str]:
-            told: list[str] = []
-            async with asyncio.timeout(15):
-                while "status" not in (body := await _recv_json(sock)):
-                    if "session_ending" in body.get("event", {}):
-                        told.append(body["event"]["session_ending"]["reason"])
-            return told
-
-        page, watched = await asyncio.gather(endings(ws), endings(watcher))
+        (page, _), (watched, _) = await asyncio.gather(_endings(ws, 15), _endings(watcher, 15))
         assert set(page) == {"END_REASON_CLIENT_CLOSED"} and set(watched) == {"END_REASON_CLIENT_CLOSED"}, (
             page,
             watched,
@@ -395,11 +391,7 @@ async def test_a_browser_that_half_closes_is_told_client_closed(tmp_path: Path) 
         await ws.send_str(json.dumps({"config": {}}))
         assert "started" in await _recv_json(ws)
         await ws.send_str(json.dumps({"half_close": {}}))
-        endings: list[str] = []
-        async with asyncio.timeout(10):
-            while "status" not in (body := await _recv_json(ws)):
-                if "session_ending" in body.get("event", {}):
-                    endings.append(body["event"]["session_ending"]["reason"])
+        endings, body = await _endings(ws)
         assert body["status"]["code"] == "OK" and set(endings) == {"END_REASON_CLIENT_CLOSED"}, endings
         # ... also when the edge drains after the browser's half_close (nothing to rewrite)
         await ws.close()
