@@ -228,12 +228,12 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                 if not stored and not owners:
                     store.delete(avatar.id)  # (this upload made the entry: nothing else refers to it)
                 # (a file added before framing came, its face small: the name is its whole picture's)
-                framed = " (this upload was framed: framing as_is keeps the whole picture)"
+                whole = avatar.report.get("framed_box") and taken[given] == store.content_id(data, self._choice(meta))
+                framed = " (this upload was framed: framing as_is keeps the whole picture, which has that name)"
                 raise AlreadyExists(
                     "name",
                     f"{given!r} is already the name of avatar {taken[given]}; remove that name first "
-                    f"(`talkmesh avatar rm {given}`) or choose another"
-                    + (framed if avatar.report.get("framed_box") else ""),
+                    f"(`talkmesh avatar rm {given}`) or choose another" + (framed if whole else ""),
                 )
             given = _free_name(given, taken)  # a name from the file's name: the first free variant
         if who is not None and who.name not in owners:

@@ -268,14 +268,6 @@ class LiveBridge:
         if self.started is not None:
             self.started(session_id)
 
-    async def drain(self) -> None:
-        """The edge shuts down: the session is half-closed (started turns play, then the end), and
-        its ``session_ending`` says END_REASON_DRAINING, as a gateway's drain does, so that a page
-        reconnects at once (to another replica) rather than take it for its own half-close."""
-        if not self.browser_half_closed:
-            self.out.draining = True
-        await self.half_close()
-
     async def half_close(self) -> None:
         """No more input for the gateway: started turns play, then the end."""
         if self.call is not None and not self.call.done():

@@ -718,11 +718,15 @@ class WebHost:
         # session_ending saying END_REASON_DRAINING, also to their watchers). A watch of a session
         # this edge did not open (a backend's, another replica's) would not end by itself: it ends
         # now, "watch again".
-        # (a session its page had half-closed already ends as the page's: its watchers are told so too)
-        half_closed = {b.session_id for b in self.bridges if b.browser_half_closed}
+        # (a session its page had half-closed already ends as the page's: its watchers are told so
+        # too; decided for the page and its watchers at once, before any await)
+        bridges = list(self.bridges)
+        half_closed = {b.session_id for b in bridges if b.browser_half_closed}
+        for bridge in bridges:
+            bridge.out.draining = not bridge.browser_half_closed
         for out, watched in self.watchers.items():
             out.draining = watched in self._own_sessions and watched not in half_closed
-        await asyncio.gather(*(b.drain() for b in list(self.bridges)), return_exceptions=True)
+        await asyncio.gather(*(b.half_close() for b in bridges), return_exceptions=True)
         await asyncio.gather(
             *(
                 out.final(WATCH_DRAINED, CLOSE_TRY_LATER, outcome="CANCELLED")  # (planned: no server fault)
@@ -1155,7 +1159,10 @@ class WebHost:
         # (as `talkmesh avatar add` says it)
         again = ""  # (framing that kept the whole picture is not offered again)
         if meta.framing == api.FRAMING_AS_IS:
-            again = "or upload it again with “Head and shoulders when the face is small” (the server crops it)"
+            again = (
+                "or upload it again with “Head and shoulders when the face is small” "
+                "(framing=auto: the server crops it)"
+            )
         small = small_face_hint(info, "upload that", again)
         if small:
             warnings.append(small)

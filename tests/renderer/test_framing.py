@@ -244,6 +244,8 @@ async def test_a_framed_upload_under_the_whole_pictures_name_says_how_to_keep_th
             await stub.RegisterAvatar(upload(api.FRAMING_AUTO))
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
         assert f"'alice' is already the name of avatar {whole.id}" in err.value.details()
-        assert err.value.details().endswith("(this upload was framed: framing as_is keeps the whole picture)")
+        assert err.value.details().endswith(
+            "(this upload was framed: framing as_is keeps the whole picture, which has that name)"
+        )
         again = await stub.RegisterAvatar(upload(api.FRAMING_AS_IS))
         assert (again.id, again.cached) == (whole.id, True)
