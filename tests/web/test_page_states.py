@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -181,9 +180,11 @@ async def test_a_refused_tab_backs_off_further_each_time_and_says_why() -> None:
         header = await page.inner_text("#connection")
         gaps = [b.at - a.at for a, b in zip(edge.conns, edge.conns[1:], strict=False)]
     assert len(gaps) >= 4, gaps
-    # the n-th wait is between half and all of 0.3 * 2^n s: never shorter than the one before
-    assert all(b >= a - 0.05 for a, b in itertools.pairwise(gaps)), gaps
-    assert gaps[3] > 2 * gaps[0] and gaps[3] >= 0.3 * 8 / 2 - 0.05, gaps
+    # the n-th wait is between half and all of 0.3 * 2^n s: its floor doubles each time (a gap
+    # also holds the page's reconnection, which a loaded machine stretches: the ranges of two
+    # waits in a row touch, so comparing neighbours failed under the suite's load)
+    assert all(gap >= 0.3 * 2**n / 2 - 0.05 for n, gap in enumerate(gaps[:4])), gaps
+    assert gaps[3] > 2 * gaps[0], gaps
     assert header.startswith("The server is full, retrying in"), header
     assert console.errors == [], console.errors
 
