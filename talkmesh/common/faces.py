@@ -67,9 +67,11 @@ def head_and_shoulders(face: Box, width: int, height: int, cover: Box | None = N
     side = (cw - fw) / 2
     above = max(CROP_FACE_CENTRE * ch - fh / 2, 0.0)
     below = max(ch - above - fh, 0.0)
+    # what the crop must hold: the face, and a moving head's whole path
     cx1, cy1, cx2, cy2 = cover if cover is not None else face
-    x1, x2 = min(cx1, fx1) - side, max(cx2, fx2) + side
-    y1, y2 = min(cy1, fy1) - above, max(cy2, fy2) + below
+    hx1, hy1, hx2, hy2 = min(cx1, fx1), min(cy1, fy1), max(cx2, fx2), max(cy2, fy2)
+    x1, x2 = hx1 - side, hx2 + side
+    y1, y2 = hy1 - above, hy2 + below
     w, h = x2 - x1, y2 - y1
     if h < w * CROP_ASPECT:  # (a head moving sideways) more below: the shoulders
         y2 = y1 + w * CROP_ASPECT
@@ -79,13 +81,12 @@ def head_and_shoulders(face: Box, width: int, height: int, cover: Box | None = N
     w, h = x2 - x1, y2 - y1
     shrink = min(1.0, width / w, height / h)
     if shrink < 1.0:  # keep the face's place: the centre across, the same share above the face
-        centre, top = (x1 + x2) / 2, min(cy1, fy1)
+        centre = (x1 + x2) / 2
         w, h = w * shrink, h * shrink
-        x1, y1 = centre - w / 2, top - (top - y1) * shrink
+        x1, y1 = centre - w / 2, hy1 - (hy1 - y1) * shrink
     x1 = min(max(x1, 0.0), width - w)
     y1 = min(max(y1, 0.0), height - h)
-    # the face (and a moving head's whole path) stays in, whatever the aspect
-    hx1, hy1, hx2, hy2 = min(cx1, fx1), min(cy1, fy1), max(cx2, fx2), max(cy2, fy2)
+    # what it must hold stays in, whatever the aspect
     x1, y1, x2, y2 = min(x1, hx1), min(y1, hy1), max(x1 + w, hx2), max(y1 + h, hy2)
     return (max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height)))
 

@@ -409,18 +409,18 @@ class AvatarStore:
         ones, so a new registration does not decode its stored frames again; None when it was
         stored already: a "head_and_shoulders" crop that is the whole picture, or made meanwhile)."""
         decoded, track = self._analysed(data, filename, choice, progress)
+
+        def keep_whole() -> tuple[str, Avatar]:
+            return whole_id, self._save(whole_id, decoded, track, filename, name, progress=progress)
+
         if framing == "as_is":
-            return whole_id, self._save(whole_id, decoded, track, filename, name or Path(filename).stem or whole_id,
-                                        progress=progress)  # fmt: skip
+            return keep_whole()
         report = face_report(track, decoded.scale)
         box = report["box"]
         small = face_is_small(box[2] - box[0], int(decoded.frames.shape[2]), int(decoded.frames.shape[1]))
         crop = framed_crop(decoded, track) if framing == "head_and_shoulders" or small else None
         if crop is None:  # kept whole: the same avatar as registered "as_is"
-            if self._usable(whole_id):
-                return whole_id, None
-            return whole_id, self._save(whole_id, decoded, track, filename, name or Path(filename).stem or whole_id,
-                                        progress=progress)  # fmt: skip
+            return (whole_id, None) if self._usable(whole_id) else keep_whole()
         with self._entry(framed_id):
             if self._usable(framed_id):  # (made meanwhile by one that asked for "head_and_shoulders")
                 return framed_id, None
@@ -429,32 +429,27 @@ class AvatarStore:
             again = FaceChoice(point=((x1 + x2) / 2, (y1 + y2) / 2))
             progress("framing", 0, 0)
             try:
-                framed, track = self._analysed(data, filename, again, progress, crop, stage="framing")
+                framed, framed_track = self._analysed(data, filename, again, progress, crop, stage="framing")
             except InvalidArgument as exc:  # (the face not found again in the crop: never seen, but kept whole)
                 log.warning("avatar %s: the face was not found again in its head-and-shoulders crop %s (%s); "
                             "keeping the whole picture", framed_id, [round(v) for v in crop], exc)  # fmt: skip
-                return whole_id, self._save(whole_id, decoded, track, filename,
-                                            name or Path(filename).stem or whole_id, progress=progress)  # fmt: skip
+                return keep_whole()
             region = [round(v, 1) for v in framed.region]
             note = {"box": region, "face_small": small, "asked": framing}
-            fresh = self._save(
-                framed_id, framed, track, filename, name or Path(filename).stem or framed_id, note, progress
-            )
-            return framed_id, fresh
+            return framed_id, self._save(framed_id, framed, framed_track, filename, name, note, progress)
 
     def _save(
         self, avatar_id: str, decoded: Decoded, track: FaceTrack, filename: str, name: str,
         framing: dict[str, Any] | None = None, progress: Progress = _no_progress,
     ) -> Avatar:  # fmt: skip
-        """Stores one analysed upload as ``avatar_id`` (``framing``: the crop's note, for meta.json
-        and the face report) and returns the avatar."""
+        """Stores one analysed upload as ``avatar_id`` (named ``name``, else after its file, else its
+        id; ``framing``: the crop's note, for meta.json and the face report) and returns the avatar."""
+        name = name or Path(filename).stem or avatar_id
         tmp = self.root / f".tmp-{avatar_id}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         frames = decoded.frames
         try:
             report = face_report(track, decoded.scale, decoded.origin)
-            if framing is not None:
-                report["framed_box"] = framing["box"]
             progress("saving", 0, len(frames))
             save_frames(tmp, frames, lambda done: progress("saving", done, len(frames)))
             arrays = {
@@ -478,6 +473,7 @@ class AvatarStore:
                 "face": report,
             }
             if framing is not None:
+                report["framed_box"] = framing["box"]
                 meta["framing"] = framing
             _write_atomic(tmp / "meta.json", json.dumps(meta).encode())
             avatar = _avatar(avatar_id, meta, frames, arrays)
