@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from talkmesh.bench.metrics import process_cpu_seconds
+from talkmesh.bench.soak import rss_mib
 from talkmesh.client import TalkmeshClient
 from talkmesh.v1 import live_pb2 as lpb
 
@@ -455,15 +457,11 @@ def mesh_pids(up: int) -> dict[int, str]:
 
 def proc_stats(pid: int) -> dict[str, float]:
     try:
-        status = Path(f"/proc/{pid}/status").read_text().splitlines()
-        fields = {line.split(":")[0]: line.split(":", 1)[1].split() for line in status}
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
         return {
-            "rss_mib": int(fields["VmRSS"][0]) / 1024,
-            "threads": int(fields["Threads"][0]),
+            "rss_mib": rss_mib(pid),
+            "threads": len(os.listdir(f"/proc/{pid}/task")),
             "fds": len(os.listdir(f"/proc/{pid}/fd")),
-            "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
+            "cpu_s": process_cpu_seconds(pid),
         }
     except (FileNotFoundError, ProcessLookupError):
         return {"rss_mib": math.nan, "threads": 0, "fds": 0, "cpu_s": math.nan}
