@@ -28,6 +28,7 @@ from talkmesh.common.channel import (
     ClientTLS,
     create_channel,
 )
+from talkmesh.common.clock import MAX_AUDIO_MESSAGE_SECONDS
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.common.registry import port_base_from_env
 from talkmesh.v1 import gateway_pb2 as gpb
@@ -88,9 +89,9 @@ class _CheckedCall:
             raise
 
 
-#: The longest PCM piece a message carries (the gateway refuses more than one second), and the
-#: first piece's length: the video's first frames need no more.
-MAX_PIECE_SECONDS, FIRST_PIECE_SECONDS = 1.0, 0.2
+#: The longest PCM piece a message carries (the gateway refuses more), and the first piece's
+#: length: the video's first frames need no more.
+MAX_PIECE_SECONDS, FIRST_PIECE_SECONDS = MAX_AUDIO_MESSAGE_SECONDS, 0.2
 
 
 #: How audio files begin (raw PCM has no header; a recording starts with these bytes by chance

@@ -83,7 +83,7 @@ def _piece(rate: int, samples: int) -> gpb.SpeakStreamRequest:
         (_messages(gpb.SpeakStreamRequest(text="hi"), _piece(16000, 100)), "text", "as the first one did"),
         (_messages(_piece(16000, 100), _piece(22050, 100)), "audio.sample_rate", "differs from the first"),
         (_messages(_piece(96000, 100)), "audio.sample_rate", "outside 8000..48000"),
-        (_messages(_piece(16000, 16001)), "audio.pcm", "more than one second"),
+        (_messages(_piece(16000, 16001)), "audio.pcm", "more than 1 s of audio"),
         (_messages(_piece(16000, 0), _piece(16000, 0)), "audio.pcm", "no audio"),
         (_messages(*[_piece(16000, 16000)] * 3), "audio", "exceeds the limit of 2 seconds"),
         (  # a sender that knows the recording's length is refused before any stage starts

@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from talkmesh.common.clock import MAX_CALLER_RATE, MIN_CALLER_RATE, SPEECH_SAMPLE_RATES
+from talkmesh.common.clock import MAX_AUDIO_MESSAGE_SECONDS, MAX_CALLER_RATE, MIN_CALLER_RATE, SPEECH_SAMPLE_RATES
 from talkmesh.common.errors import InvalidArgument
 
 
 def check_audio(sample_rate: int, pcm: bytes, field: str = "audio") -> None:
     """InvalidArgument naming ``<field>.sample_rate`` or ``<field>.pcm``: a rate outside
-    ``MIN_CALLER_RATE..MAX_CALLER_RATE``, an odd number of bytes, or more than one second."""
+    ``MIN_CALLER_RATE..MAX_CALLER_RATE``, an odd number of bytes, or more than ``MAX_AUDIO_MESSAGE_SECONDS``."""
     if not MIN_CALLER_RATE <= sample_rate <= MAX_CALLER_RATE:
         raise InvalidArgument(
             f"{field}.sample_rate", f"{sample_rate} Hz is outside {MIN_CALLER_RATE}..{MAX_CALLER_RATE}"
         )
     if len(pcm) % 2:
         raise InvalidArgument(f"{field}.pcm", f"{len(pcm)} bytes is not a whole number of s16le samples")
-    if len(pcm) > 2 * sample_rate:
-        raise InvalidArgument(f"{field}.pcm", "more than one second of audio in one message")
+    if len(pcm) > 2 * sample_rate * MAX_AUDIO_MESSAGE_SECONDS:
+        raise InvalidArgument(f"{field}.pcm", f"more than {MAX_AUDIO_MESSAGE_SECONDS:g} s of audio in one message")
 
 
 def stage_rate(sample_rate: int) -> int:

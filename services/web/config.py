@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.web.tokens import read_secrets
+from talkmesh.common.clock import MAX_AUDIO_MESSAGE_SECONDS, MAX_CALLER_RATE
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
 from talkmesh.common.registry import WEB_MAX_SPEAKS, WEB_OTHER_CALLS, default_target
 
@@ -32,14 +33,20 @@ def normal_origin(origin: str) -> str:
     return f"{parts.scheme}://{netloc}".lower()
 
 
+#: The smallest web.max_ws_message_bytes: the largest audio message a browser may send (the
+#: gateway's MAX_AUDIO_MESSAGE_SECONDS at MAX_CALLER_RATE, s16le, base64 in JSON) with room for its
+#: JSON, rounded up to 64 KiB (131072 bytes).
+MIN_WS_MESSAGE_BYTES = -(-(2 * MAX_CALLER_RATE * MAX_AUDIO_MESSAGE_SECONDS * 4 // 3 + 1024) // 65536) * 65536
+
+
 @dataclass(frozen=True)
 class WebSettings:
     """The browser-facing side."""
 
     # Directory of the page (index.html, app.js, style.css); "" serves the packaged page.
     static_dir: str = ""
-    # Largest WebSocket message accepted from a browser (an audio chunk is at most 1 s of 48 kHz
-    # s16le, 96000 bytes; a text piece at most the gateway's max_text_chars).
+    # Largest WebSocket message accepted from a browser (at least MIN_WS_MESSAGE_BYTES: an audio
+    # chunk is at most 1 s of 48 kHz s16le; a text piece at most the gateway's max_text_chars).
     max_ws_message_bytes: int = 256 * 1024
     # WebSocket ping interval in seconds (detects browsers that vanished; 0 = off).
     heartbeat_seconds: float = 20.0
@@ -114,8 +121,12 @@ class WebSettings:
     frame_ancestors: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        if self.max_ws_message_bytes < 128 * 1024:
-            raise ConfigError.at("max_ws_message_bytes", "must be at least 131072 (one second of 48 kHz audio)")
+        if self.max_ws_message_bytes < MIN_WS_MESSAGE_BYTES:
+            raise ConfigError.at(
+                "max_ws_message_bytes",
+                f"must be at least {MIN_WS_MESSAGE_BYTES} (the largest audio message: "
+                f"{MAX_AUDIO_MESSAGE_SECONDS:g} s of {MAX_CALLER_RATE // 1000} kHz audio)",
+            )
         if self.heartbeat_seconds < 0:
             raise ConfigError.at("heartbeat_seconds", "must not be negative")
         if self.speak_timeout_seconds <= 0:

@@ -31,6 +31,7 @@ from services.web.config import WebSettings
 from services.web.errors import RESULT_KEY, bad_value_field, boolean_misfit, edge_message, proto_names
 from talkmesh.client import TalkmeshClient
 from talkmesh.common.aio import TaskSet
+from talkmesh.common.clock import MAX_AUDIO_MESSAGE_SECONDS
 from talkmesh.common.errors import ErrorDetails, InvalidArgument, TalkmeshError, status_of
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import live_pb2_grpc
@@ -69,7 +70,7 @@ def too_large_status(limit: int) -> dict[str, Any]:
         InvalidArgument(
             "message",
             f"larger than this web edge's limit of {limit} bytes (web.max_ws_message_bytes); "
-            "send text in pieces and audio in chunks of at most 1 s",
+            f"send text in pieces and audio in chunks of at most {MAX_AUDIO_MESSAGE_SECONDS:g} s",
         )
     )
 

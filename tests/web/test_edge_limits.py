@@ -90,6 +90,21 @@ def test_a_default_edge_asks_no_more_of_the_gateway_than_it_admits(caplog: pytes
     assert any(r.levelno == logging.WARNING and "68 gateway calls" in r.getMessage() for r in caplog.records)
 
 
+def test_the_smallest_message_limit_takes_the_largest_audio_message_the_gateway_takes() -> None:
+    """web.max_ws_message_bytes may not be set below one audio message of the gateway's largest
+    (1 s at 48 kHz, its PCM base64 in a JSON audio message)."""
+    from services.web.config import MIN_WS_MESSAGE_BYTES
+    from talkmesh.common.config import ConfigError
+
+    pcm = bytes(2 * 48000)
+    largest = json.dumps({"audio": {"turn_id": "t" * 64, "sample_rate": 48000, "pcm": base64.b64encode(pcm).decode()}})
+    assert parse_client_message(largest) is not None
+    assert len(largest.encode()) <= MIN_WS_MESSAGE_BYTES
+    WebSettings(max_ws_message_bytes=MIN_WS_MESSAGE_BYTES).validate()
+    with pytest.raises(ConfigError, match=r"max_ws_message_bytes.*1 s of 48 kHz audio"):
+        WebSettings(max_ws_message_bytes=len(largest.encode()) - 1).validate()
+
+
 def test_the_client_address_is_read_from_x_forwarded_for_of_trusted_proxies_only() -> None:
     proxies = WebSettings(trusted_proxies=("10.0.0.0/8", "127.0.0.1")).proxies()
     client_address = edge_server.client_address
