@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from talkmesh.common.channel import MESSAGE_HEADROOM_BYTES
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
 from talkmesh.common.enums import choices
 from talkmesh.common.framering import MAX_SLOTS, FrameRingConfig
@@ -283,7 +284,10 @@ class EncoderConfig:
             raise ConfigError.at("first_fragment_wait_ms", "must be within 0..10000")
         if not 0 <= self.spare_sessions <= 64:
             raise ConfigError.at("spare_sessions", "must be within 0..64")
-        if self.limits.max_chunk_bytes > self.server.max_message_bytes - 64 * 1024:
-            raise ConfigError.at("limits.max_chunk_bytes", "must stay at least 64 KiB below server.max_message_bytes")
+        if self.limits.max_chunk_bytes > self.server.max_message_bytes - MESSAGE_HEADROOM_BYTES:
+            raise ConfigError.at(
+                "limits.max_chunk_bytes",
+                f"must stay at least {MESSAGE_HEADROOM_BYTES // 1024} KiB below server.max_message_bytes",
+            )
         if self.defaults.fragment_ms > self.limits.max_fragment_ms:
             raise ConfigError.at("defaults.fragment_ms", "exceeds limits.max_fragment_ms")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from talkmesh.common.channel import MESSAGE_HEADROOM_BYTES
 from talkmesh.common.config import ConfigError, ServerConfig
 from talkmesh.common.framering import FrameRingConfig
 from talkmesh.common.gpu import GpuConfig
@@ -189,6 +190,11 @@ class BatchConfig:
             raise ConfigError.at("max_delay_ms", "must not be negative")
 
 
+#: The smallest frame part: ``frame_part_bytes``, and what ``server.max_message_bytes`` must leave
+#: for one beside ``MESSAGE_HEADROOM_BYTES``.
+MIN_FRAME_PART_BYTES = 16 * 1024
+
+
 @dataclass(frozen=True)
 class RendererConfig:
     server: ServerConfig = field(default_factory=lambda: ServerConfig.for_service("renderer"))
@@ -229,6 +235,12 @@ class RendererConfig:
                 )
         return lines
 
+    @property
+    def part_bytes(self) -> int:
+        """The most pixels one VideoFrame message carries: ``frame_part_bytes``, capped to fit in
+        ``server.max_message_bytes`` with ``MESSAGE_HEADROOM_BYTES`` to spare."""
+        return min(self.frame_part_bytes, self.server.max_message_bytes - MESSAGE_HEADROOM_BYTES)
+
     def validate(self) -> None:
         known = spec("renderer").backends
         if self.default_backend not in known:
@@ -240,5 +252,12 @@ class RendererConfig:
             raise ConfigError.at("default_size", f"{self.default_size!r} is not one of {SIZE_PRESETS}")
         if self.session_queue < 1:
             raise ConfigError.at("session_queue", "must be at least 1")
-        if self.frame_part_bytes < 16 * 1024:
-            raise ConfigError.at("frame_part_bytes", "must be at least 16384")
+        if self.frame_part_bytes < MIN_FRAME_PART_BYTES:
+            raise ConfigError.at("frame_part_bytes", f"must be at least {MIN_FRAME_PART_BYTES}")
+        if self.part_bytes < MIN_FRAME_PART_BYTES:
+            least = MIN_FRAME_PART_BYTES + MESSAGE_HEADROOM_BYTES
+            raise ConfigError.at(
+                "server.max_message_bytes",
+                f"must be at least {least} on a renderer (a frame part of at least {MIN_FRAME_PART_BYTES} bytes "
+                f"and {MESSAGE_HEADROOM_BYTES // 1024} KiB for the rest of its message)",
+            )

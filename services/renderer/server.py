@@ -486,7 +486,7 @@ class RendererService(Service):
         self.runners: dict[str, FrameRunner] = {}
         self.store: AvatarStore = None  # type: ignore[assignment]  # built in start()
         self.session_ticks: Lru[str, int] = Lru(MAX_SESSIONS_REMEMBERED)
-        self.part_bytes = min(config.frame_part_bytes, config.server.max_message_bytes - 64 * 1024)
+        self.part_bytes = config.part_bytes
         self._ring_refusals = 0
         #: the bytes uploads hold (avatars.upload_memory_bytes)
         self.uploads = UploadBudget(config.avatars.upload_memory_limit)

@@ -11,6 +11,12 @@ import grpc
 from talkmesh.common.propagation import client_interceptors
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: The smallest ``server.max_message_bytes``.
+MIN_MESSAGE_BYTES = 64 * 1024
+#: Room kept in a message for what goes beside a payload cut to fit it (its other fields, gRPC's
+#: framing): a renderer's frame parts and an encoder's media chunks are at most
+#: ``server.max_message_bytes - MESSAGE_HEADROOM_BYTES``.
+MESSAGE_HEADROOM_BYTES = 64 * 1024
 
 # Keepalive, one policy for both ends. Services ping the next stage every second (with or without
 # calls) and give up after 1.5 s without an answer, so a hung stage (SIGSTOP, a dead node) fails the

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from talkmesh.common.channel import DEFAULT_MAX_MESSAGE_BYTES, ClientTLS
+from talkmesh.common.channel import DEFAULT_MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES, ClientTLS
 from talkmesh.common.registry import DEFAULT_MAX_STREAMS
 
 T = TypeVar("T")
@@ -167,8 +167,8 @@ class ServerConfig:
             raise ConfigError.at("port", f"{self.port} is not a TCP port")
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError.at("metrics_port", f"{self.metrics_port} is not a TCP port or -1")
-        if self.max_message_bytes < 64 * 1024:
-            raise ConfigError.at("max_message_bytes", "must be at least 65536")
+        if self.max_message_bytes < MIN_MESSAGE_BYTES:
+            raise ConfigError.at("max_message_bytes", f"must be at least {MIN_MESSAGE_BYTES}")
         if self.max_concurrent_streams < 1:
             raise ConfigError.at("max_concurrent_streams", "must be at least 1")
         if self.max_concurrent_unary < 1:

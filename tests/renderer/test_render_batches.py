@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.encoder.render import unbatched
+from services.renderer.config import MIN_FRAME_PART_BYTES
 from services.renderer.main import create_service, load_config
-from talkmesh.common.channel import create_channel
+from talkmesh.common.channel import MESSAGE_HEADROOM_BYTES, create_channel
+from talkmesh.common.config import ConfigError
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import audio_features_pb2 as fpb
@@ -76,10 +78,11 @@ async def test_batches_carry_the_same_frames_as_single_messages(stub):
     assert [f.inferred for f in frames] == VOICED
 
 
-async def _render(tmp_path, part_bytes: int) -> list[cpb.VideoFrame]:
+async def _render(tmp_path, part_bytes: int, **env_changes: str) -> list[cpb.VideoFrame]:
     env = {
         "TALKMESH_RENDERER__AVATARS__CACHE_DIR": str(tmp_path / "cache"),
         "TALKMESH_RENDERER__FRAME_PART_BYTES": str(part_bytes),
+        **env_changes,
     }
     service = create_service(load_config(None, env=env), Telemetry("renderer"))
     async with serve(service) as host, create_channel(host.address) as ch:
@@ -109,3 +112,20 @@ async def test_a_frame_larger_than_frame_part_bytes_goes_in_parts_not_in_a_batch
         a, b = pixels[2 * i], pixels[2 * i + 1]
         assert (a.frame_index, a.part_index, b.frame_index, b.part_index) == (i, 0, i, 1)
         assert len(a.data) + len(b.data) == FRAME_BYTES
+
+
+async def test_a_small_message_limit_cuts_frames_in_parts_that_fit_or_is_refused_at_start(tmp_path):
+    """server.max_message_bytes leaves MESSAGE_HEADROOM_BYTES beside a frame part: at the smallest
+    a renderer takes, frames go in parts of MIN_FRAME_PART_BYTES; below it the config is refused
+    (a renderer at ServerConfig's own smallest, 65536, failed every Render with INTERNAL)."""
+    least = MIN_FRAME_PART_BYTES + MESSAGE_HEADROOM_BYTES
+    with pytest.raises(ConfigError, match=rf"server\.max_message_bytes: must be at least {least} on a renderer"):
+        load_config(None, env={"TALKMESH_RENDERER__SERVER__MAX_MESSAGE_BYTES": str(least - 1)})
+    messages = await _render(tmp_path, 4 * 1024 * 1024, TALKMESH_RENDERER__SERVER__MAX_MESSAGE_BYTES=str(least))
+    pixels = [m for m in messages if not m.end_of_stream]
+    assert not any(m.frames for m in pixels)  # a frame is larger than a part: in parts, not batched
+    assert all(len(m.data) <= MIN_FRAME_PART_BYTES for m in pixels)
+    parts = -(-FRAME_BYTES // MIN_FRAME_PART_BYTES)
+    assert len(pixels) == parts * FRAMES and all(m.part_count == parts for m in pixels)
+    assert [(m.frame_index, m.part_index) for m in pixels] == [(i, p) for i in range(FRAMES) for p in range(parts)]
+    assert all(sum(len(m.data) for m in pixels[i * parts : (i + 1) * parts]) == FRAME_BYTES for i in range(FRAMES))
