@@ -6,7 +6,7 @@ import math
 
 from services.encoder.config import EncoderConfig
 from services.encoder.session import StreamParams
-from talkmesh.common.clock import fps_fraction
+from talkmesh.common.clock import MAX_STAGE_RATE, MIN_STAGE_RATE, fps_fraction
 from talkmesh.common.enums import choices
 from talkmesh.common.errors import InvalidArgument
 from talkmesh.v1 import common_pb2, encoder_pb2, types_pb2
@@ -21,7 +21,6 @@ _CONTAINERS = {value: name for name, value in choices(types_pb2.Container).items
 #: a live session's is AAC).
 AUDIO_CODEC_NAMES = {value: name for name, value in choices(types_pb2.AudioCodec).items()}
 MAX_PARTS = 4096
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192_000
 
 
 def stream_params(
@@ -53,9 +52,9 @@ def stream_params(
     pixel_format = _PIXEL_FORMATS.get(pf)
     if pixel_format is None:
         raise InvalidArgument("config.pixel_format", f"unsupported pixel format {pf}")
-    if msg.sample_rate and not MIN_SAMPLE_RATE <= msg.sample_rate <= MAX_SAMPLE_RATE:
+    if msg.sample_rate and not MIN_STAGE_RATE <= msg.sample_rate <= MAX_STAGE_RATE:
         raise InvalidArgument(
-            "config.sample_rate", f"{msg.sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}"
+            "config.sample_rate", f"{msg.sample_rate} Hz is outside {MIN_STAGE_RATE}..{MAX_STAGE_RATE}"
         )
     container = _CONTAINERS.get(msg.container, config.defaults.container)
     if msg.container not in _CONTAINERS and msg.container != encoder_pb2.CONTAINER_UNSPECIFIED:

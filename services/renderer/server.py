@@ -36,7 +36,7 @@ from services.renderer.uploads import (
     receive_upload,
 )
 from talkmesh.common.aio import cancel_and_wait
-from talkmesh.common.clock import request_fps
+from talkmesh.common.clock import MAX_STAGE_RATE, MIN_STAGE_RATE, request_fps
 from talkmesh.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -84,8 +84,10 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
         pixel_format = cfg.pixel_format or cpb.PIXEL_FORMAT_I420
         if pixel_format not in (cpb.PIXEL_FORMAT_I420, cpb.PIXEL_FORMAT_RGB24):
             raise InvalidArgument("config.pixel_format", f"unsupported pixel format {pixel_format}")
-        if cfg.sample_rate and not 8000 <= cfg.sample_rate <= 192000:
-            raise InvalidArgument("config.sample_rate", f"{cfg.sample_rate} Hz is not a supported rate")
+        if cfg.sample_rate and not MIN_STAGE_RATE <= cfg.sample_rate <= MAX_STAGE_RATE:
+            raise InvalidArgument(
+                "config.sample_rate", f"{cfg.sample_rate} Hz is outside {MIN_STAGE_RATE}..{MAX_STAGE_RATE}"
+            )
         if cfg.idle_motion not in rpb.IdleMotion.values():
             raise InvalidArgument("config.idle_motion", f"unknown idle motion {cfg.idle_motion}")
         avatar_id = cfg.avatar_id or s.config.default_avatar

@@ -30,6 +30,9 @@ MIN_FPS, MAX_FPS = 1, 60
 SPEECH_SAMPLE_RATES = (16000, 22050, 24000, 44100, 48000)
 #: The rates a caller's own speech may have (Hz): live audio turns and SpeakStream's audio pieces.
 MIN_CALLER_RATE, MAX_CALLER_RATE = 8000, 48000
+#: The rates a stage's audio may have (Hz): the renderer's RenderConfig.sample_rate (its viseme
+#: timing) and the encoder's EncodeConfig.sample_rate.
+MIN_STAGE_RATE, MAX_STAGE_RATE = 8000, 192_000
 #: The most audio one message carries (seconds): a live audio turn's chunk, a SpeakStream audio
 #: piece, a browser's audio message.
 MAX_AUDIO_MESSAGE_SECONDS = 1

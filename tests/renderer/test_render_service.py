@@ -10,6 +10,7 @@ import pytest
 
 from services.renderer.main import create_service, load_config
 from talkmesh.common.channel import create_channel
+from talkmesh.common.clock import MAX_STAGE_RATE, MIN_STAGE_RATE
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.testing import serve
 from talkmesh.v1 import audio_features_pb2 as fpb
@@ -138,6 +139,7 @@ async def test_rgb_and_size_presets(stub):
         (rpb.RenderConfig(backend="cartoon"), grpc.StatusCode.INVALID_ARGUMENT, "config.backend"),
         (rpb.RenderConfig(size="999p"), grpc.StatusCode.INVALID_ARGUMENT, "config.size"),
         (rpb.RenderConfig(fps=500), grpc.StatusCode.INVALID_ARGUMENT, "config.fps"),
+        (rpb.RenderConfig(sample_rate=MAX_STAGE_RATE + 1), grpc.StatusCode.INVALID_ARGUMENT, "config.sample_rate"),
     ],
 )
 async def test_bad_render_configs_name_the_field_and_the_service_stays_up(stub, config, code, field):
@@ -152,6 +154,19 @@ async def test_bad_render_configs_name_the_field_and_the_service_stays_up(stub, 
     assert (err.value.details() or "").startswith(field)
     ok = _assemble([m async for m in stub.Render(_requests(rpb.RenderConfig(fps=FPS, sample_rate=SR)))])
     assert len(ok) == len(VOICED)
+
+
+async def test_a_sample_rate_out_of_range_is_refused_with_the_range_the_encoder_takes_too(stub):
+    """The renderer and the encoder take the same rates (MIN_STAGE_RATE..MAX_STAGE_RATE), and say which."""
+
+    async def config_only() -> AsyncIterator[rpb.RenderRequest]:
+        yield rpb.RenderRequest(request_id="r", config=rpb.RenderConfig(sample_rate=MIN_STAGE_RATE - 1))
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        _ = [m async for m in stub.Render(config_only())]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    rate = MIN_STAGE_RATE - 1
+    assert err.value.details() == f"config.sample_rate: {rate} Hz is outside {MIN_STAGE_RATE}..{MAX_STAGE_RATE}"
 
 
 async def test_a_backend_not_loaded_says_which_setting_loads_it(stub):
