@@ -695,8 +695,9 @@ def _token_secret(args: argparse.Namespace) -> int:
             raise CliError(f"{path}: a secret already waits to be promoted (--promote it first)")
         lines[at[0] + 1 : at[0] + 1] = [NEXT_MARK, tokens.new_secret()]
         said = (
-            "added a new secret after the first: once every edge has read it (within 2 s of a change; "
-            "a Kubernetes Secret reaches its pods within about a minute), --promote it"
+            "added a new secret after the first: once every edge has read it (within "
+            f"{tokens.TOKEN_SECRETS_CHECK_SECONDS:g} s of a change; a Kubernetes Secret reaches its pods within "
+            "about a minute), --promote it"
         )
     else:
         lines.insert(0, tokens.new_secret())

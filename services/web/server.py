@@ -175,8 +175,6 @@ ROUTE_SCOPES = {
     ("POST", "/v1/avatars"): "avatars",
     ("DELETE", "/v1/avatars/{avatar_id}"): "avatars",
 }
-#: How often (at most) the token secret file is looked at for a change (seconds).
-TOKEN_SECRETS_CHECK_SECONDS = 2.0
 #: The query parameter of a WebSocket's access token (browsers cannot set its headers).
 TOKEN_QUERY = "access_token"
 #: A WebSocket subprotocol carrying the access token (``access_token.<JWT>``): how the page sends
@@ -447,7 +445,7 @@ class WebHost:
             self._token_secrets = WatchedFile(
                 config.web.token_secret_file,
                 lambda _: config.web.token_secrets(),
-                check_seconds=TOKEN_SECRETS_CHECK_SECONDS,
+                check_seconds=tokens.TOKEN_SECRETS_CHECK_SECONDS,
                 what="web.token_secret_file",
             )
             logging.getLogger("aiohttp.websocket").addFilter(_NO_TOKENS)

@@ -62,6 +62,8 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 MAX_TOKEN_SESSIONS = 16
 #: Clock difference tolerated between the minting backend and the edge (seconds).
 LEEWAY_SECONDS = 30.0
+#: How often (at most) an edge looks at its token secret file for a change (seconds).
+TOKEN_SECRETS_CHECK_SECONDS = 2.0
 
 
 class TokenError(ValueError):

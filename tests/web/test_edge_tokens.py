@@ -310,14 +310,19 @@ async def test_one_user_cannot_hold_every_live_session(tmp_path: Path) -> None:
             assert "started" in await _recv_json(ws), "closed sessions no longer count"
 
 
-def test_rotation_with_next_then_promote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rotation_with_next_then_promote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--next adds a secret the edges accept but nobody mints with; --promote then makes it mint,
     the old one second (still accepted): no token refused at any step of a rolling restart."""
     path = tmp_path / "secrets"
     assert cli_main(["token", "secret", str(path)]) == 0
     (first,) = tokens.read_secrets(str(path))
     old_token = tokens.mint(first, ttl_seconds=600)
+    monkeypatch.setattr(tokens, "TOKEN_SECRETS_CHECK_SECONDS", 5.0)  # what the edges' interval says
+    capsys.readouterr()
     assert cli_main(["token", "secret", str(path), "--next"]) == 0
+    assert "once every edge has read it (within 5 s of a change" in capsys.readouterr().err
     assert tokens.read_secrets(str(path))[0] == first, "the old one still mints"
     accepted = tokens.read_secrets(str(path))  # an edge restarted now
     assert cli_main(["token", "secret", str(path), "--promote"]) == 0
@@ -340,9 +345,7 @@ async def test_the_edge_reads_its_secrets_again_when_the_file_changes(
     """A rotation needs no restart: a secret added with --next is accepted once the edge has read
     the file again (within TOKEN_SECRETS_CHECK_SECONDS, shortened here); a bad edit keeps the
     secrets loaded before."""
-    import services.web.server as web_server
-
-    monkeypatch.setattr(web_server, "TOKEN_SECRETS_CHECK_SECONDS", 0.1)
+    monkeypatch.setattr(tokens, "TOKEN_SECRETS_CHECK_SECONDS", 0.1)
     path, secret = _secrets(tmp_path)
     env = {"TALKMESH_WEB__WEB__TOKEN_SECRET_FILE": str(path)}
     async with inprocess_mesh(tmp_path, web=True, env=env) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
