@@ -944,7 +944,7 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--promote", action="store_true", help="make the secret --next added the one that mints")
     tn = tsub.add_parser("new", parents=[common], help="print a token signed with the first secret of --secret-file")
     tn.add_argument("--secret-file", required=True, help="the web edge's web.token_secret_file")
-    tn.add_argument("--ttl", type=float, default=3600.0, help="seconds it stays valid (default 3600)")
+    tn.add_argument("--ttl", type=float, default=3600.0, help="seconds it stays valid (default %(default)g)")
     tn.add_argument("--subject", default="", help="who it is for (the sub claim, on the edge's traces)")
     from services.web.tokens import SCOPES
 
@@ -985,6 +985,7 @@ def describe_rpc_error(exc: Any, target: str, args: argparse.Namespace | None = 
     ``args``, the command's: an option the user did not give is not said to have set the field)."""
     import grpc
 
+    from talkmesh.client import TARGET_ENV, TLS_ENV
     from talkmesh.common.errors import ErrorDetails, named_by_a_stage, unreachable
 
     code, details = exc.code(), exc.details() or ""
@@ -992,12 +993,12 @@ def describe_rpc_error(exc: Any, target: str, args: argparse.Namespace | None = 
         reason = details.rsplit(":", 2)[-2].strip() if details.count(":") >= 2 else details
         return (
             f"TLS handshake with the gateway at {target} failed ({reason}): check --tls-ca "
-            "(TALKMESH_TLS_CA_FILE), --tls-server-name, or whether the gateway serves TLS at all"
+            f"({TLS_ENV}_CA_FILE), --tls-server-name, or whether the gateway serves TLS at all"
         )
     if unreachable(exc):
         return (
             f"cannot reach the gateway at {target}: is the mesh running? "
-            "Start it with `talkmesh up`, or point --target (or TALKMESH_TARGET) at it"
+            f"Start it with `talkmesh up`, or point --target (or {TARGET_ENV}) at it"
             + ("" if "socket closed" not in details.lower() else "; if it serves TLS, add --tls or --tls-ca")
         )
     line = f"{code.name}: {details}"

@@ -61,6 +61,7 @@ def test_a_mesh_that_is_not_running_is_one_line(closed_port: int) -> None:
     assert code == 1
     line = one_error_line(err)
     assert f"cannot reach the gateway at 127.0.0.1:{closed_port}" in line and "talkmesh up" in line
+    assert "point --target (or TALKMESH_TARGET) at it" in line
 
 
 def test_clients_read_the_target_from_talkmesh_target(closed_port: int) -> None:
