@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.channel import MESSAGE_HEADROOM_BYTES
+from talkmesh.common.clock import DEFAULT_FPS
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
 from talkmesh.common.enums import choices
 from talkmesh.common.framering import MAX_SLOTS, FrameRingConfig
@@ -150,7 +151,7 @@ class StreamDefaults:
     coalesce_frames: int = 25
     container: str = "fmp4"
     audio_codec: str = "aac"
-    fps: float = 25.0
+    fps: float = DEFAULT_FPS
 
     def validate(self) -> None:
         if not 1 <= self.fragment_ms <= 10_000:

@@ -36,7 +36,7 @@ import numpy as np
 
 from services.encoder import boxes
 from services.encoder.backends.base import VideoBackend
-from services.encoder.config import AudioConfig
+from services.encoder.config import AudioConfig, LimitsConfig
 from services.encoder.fmp4 import FragmentWriter, Sample, annexb_to_avcc, audio_sample, before_start
 from services.encoder.frames import add_audio_stream, audio_codecs_string, i420_frame
 from talkmesh.common.errors import ResourceExhausted
@@ -116,7 +116,7 @@ class EncodeSession:
         audio: AudioConfig,
         *,
         fallback: VideoBackend | None = None,
-        max_file_bytes: int = 512 * 1024 * 1024,
+        max_file_bytes: int = LimitsConfig.max_file_bytes,
     ) -> None:
         self.params = params
         self.backend = backend
