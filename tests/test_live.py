@@ -913,8 +913,29 @@ def test_the_turn_input_timeout_is_validated() -> None:
 
     LiveSettings(turn_input_timeout_seconds=0.5).validate()
     for bad in (0.0, -1.0, float("nan"), 86401.0):
-        with pytest.raises(ConfigError, match=r"^turn_input_timeout_seconds: "):
+        with pytest.raises(ConfigError, match=r"^turn_input_timeout_seconds: must be within 0\.\.86400 "):
             LiveSettings(turn_input_timeout_seconds=bad).validate()
+
+
+def test_a_session_config_s_times_take_at_most_a_day_as_the_gateway_s_own() -> None:
+    """config.idle_timeout_seconds and max_session_seconds: 0..MAX_SETTING_SECONDS, like the
+    gateway's own time settings, and the refusal says the bound it enforces."""
+    from services.gateway.config import MAX_SETTING_SECONDS, GatewayConfig
+    from services.gateway.live import _validate_config
+    from talkmesh.common.config import ConfigError
+    from talkmesh.common.errors import InvalidArgument
+
+    config = GatewayConfig()
+    for name in ("idle_timeout_seconds", "max_session_seconds"):
+        _validate_config(lpb.LiveConfig(**{name: MAX_SETTING_SECONDS}), config)
+        with pytest.raises(InvalidArgument) as err:
+            _validate_config(lpb.LiveConfig(**{name: MAX_SETTING_SECONDS + 1}), config)
+        assert (err.value.field, err.value.reason) == (
+            f"config.{name}",
+            f"{MAX_SETTING_SECONDS + 1} is outside 0..{MAX_SETTING_SECONDS} (0 = server default)",
+        )
+    with pytest.raises(ConfigError, match=rf"^max_audio_seconds: must be within 0\.\.{MAX_SETTING_SECONDS} "):
+        GatewayConfig(max_audio_seconds=MAX_SETTING_SECONDS + 1).validate()
 
 
 async def test_a_turn_refused_for_want_of_room_may_be_sent_again(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ MIN_AUDIO_AHEAD_SECONDS = 2.0
 #: Bounds of the live settings' queue sizes (memory: each pending turn holds its input buffers).
 MAX_PENDING_TURNS = 1024
 MAX_TURN_BUFFER = 65536
+#: The longest a time setting of the gateway or a live session's config may be (a day, seconds).
+MAX_SETTING_SECONDS = 86400
 
 
 def _check_audio_ahead(seconds: float) -> None:
@@ -91,8 +93,10 @@ class LiveSettings:
         for name in ("turn_text_pieces", "turn_audio_chunks"):
             if not 1 <= getattr(self, name) <= MAX_TURN_BUFFER:
                 raise ConfigError.at(name, f"must be within 1..{MAX_TURN_BUFFER}")
-        if not 0 < self.turn_input_timeout_seconds <= 86400:
-            raise ConfigError.at("turn_input_timeout_seconds", "must be within 0..86400 (exclusive of 0)")
+        if not 0 < self.turn_input_timeout_seconds <= MAX_SETTING_SECONDS:
+            raise ConfigError.at(
+                "turn_input_timeout_seconds", f"must be within 0..{MAX_SETTING_SECONDS} (exclusive of 0)"
+            )
 
 
 @dataclass(frozen=True)
@@ -144,8 +148,8 @@ class GatewayConfig:
     def validate(self) -> None:
         if self.max_text_chars < 1:
             raise ConfigError.at("max_text_chars", "must be at least 1")
-        if not 0 < self.max_audio_seconds <= 86400:
-            raise ConfigError.at("max_audio_seconds", "must be within 0..86400 (exclusive of 0)")
+        if not 0 < self.max_audio_seconds <= MAX_SETTING_SECONDS:
+            raise ConfigError.at("max_audio_seconds", f"must be within 0..{MAX_SETTING_SECONDS} (exclusive of 0)")
         if self.queue_size < 1:
             raise ConfigError.at("queue_size", "must be at least 1")
         _check_audio_ahead(self.max_audio_ahead_seconds)

@@ -54,7 +54,7 @@ from opentelemetry import trace
 
 from services.gateway.audio import Resampler, check_audio
 from services.gateway.checks import check_media_options, check_text_format, first_words
-from services.gateway.config import GatewayConfig
+from services.gateway.config import MAX_SETTING_SECONDS, GatewayConfig
 from services.gateway.downstream import Downstreams
 from services.gateway.fields import in_live_terms, live_field
 from services.gateway.metrics import LiveState, Queue, TurnEnd
@@ -1294,6 +1294,8 @@ def _validate_config(cfg: lpb.LiveConfig, config: GatewayConfig) -> None:
     check_text_format("config.text_format", cfg.text_format)
     for name in ("idle_timeout_seconds", "max_session_seconds"):
         value = getattr(cfg, name)
-        if not 0 <= value <= 86400 or value != value:
-            raise InvalidArgument(f"config.{name}", f"{value:g} is outside 0..86400 (0 = server default)")
+        if not 0 <= value <= MAX_SETTING_SECONDS or value != value:
+            raise InvalidArgument(
+                f"config.{name}", f"{value:g} is outside 0..{MAX_SETTING_SECONDS} (0 = server default)"
+            )
     check_voice_settings("config.voice_settings", cfg.voice_settings)  # as TTS checks them, but at once
