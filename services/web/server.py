@@ -69,7 +69,7 @@ from talkmesh.common.files import WatchedFile
 from talkmesh.common.health import DependencyWatch
 from talkmesh.common.interceptors import OK, SERVER_FAULTS
 from talkmesh.common.logs import request_id_var
-from talkmesh.common.names import MAX_SESSION_ID_CHARS
+from talkmesh.common.names import MAX_ID_CHARS, MAX_SESSION_ID_CHARS
 from talkmesh.common.propagation import REQUEST_ID_KEY
 from talkmesh.common.registry import spec
 from talkmesh.common.server import BindError, check_port_free, run_until_signal
@@ -769,7 +769,7 @@ class WebHost:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
         if not _counted(route):
             return await handler(request)
-        rid = request.headers.get(REQUEST_ID_KEY, "")[:128] or secrets.token_hex(8)
+        rid = request.headers.get(REQUEST_ID_KEY, "")[:MAX_ID_CHARS] or secrets.token_hex(8)  # (an id's longest)
         request[CLIENT_KEY] = limit_key(
             client_address(request.remote or "", request.headers.getall("X-Forwarded-For", []), self._proxies),
             self._proxies,

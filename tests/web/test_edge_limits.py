@@ -504,6 +504,15 @@ async def test_answers_carry_no_versions_or_addresses_and_the_page_its_csp() -> 
         assert "frame-ancestors 'self' https://app.example.com" in r.headers["Content-Security-Policy"]
 
 
+async def test_a_request_id_is_kept_to_an_id_s_longest() -> None:
+    """X-Request-Id is the request's id at the stages too: the edge keeps its first MAX_ID_CHARS."""
+    from talkmesh.common.names import MAX_ID_CHARS
+
+    async with edge(_nothing) as (client, _):
+        r = await client.get("/", headers={"X-Request-Id": "r" * 300})
+        assert r.headers["X-Request-Id"] == "r" * MAX_ID_CHARS
+
+
 async def test_a_malformed_request_is_one_info_line_not_an_error_with_a_traceback(caplog) -> None:
     """aiohttp's parser refuses a malformed request (a scanner, TLS sent to the plain port) with a
     400 and logged an ERROR with its traceback for each: a log flood anyone could cause, and noise
