@@ -36,6 +36,7 @@ from talkmesh.v1 import gateway_pb2_grpc, live_pb2_grpc
 from talkmesh.v1 import live_pb2 as lpb
 from talkmesh.v1 import types_pb2 as api
 
+#: The data of one AvatarUpload message (a file's block; the web edge sends a form's file so too).
 UPLOAD_CHUNK_BYTES = 1 << 20
 #: Environment variable naming the gateway (``host:port``) when no target is given.
 TARGET_ENV = "TALKMESH_TARGET"

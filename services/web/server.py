@@ -60,7 +60,7 @@ from services.web.live import (
     final_status,
     watch_bridge,
 )
-from talkmesh.client import TalkmeshClient
+from talkmesh.client import UPLOAD_CHUNK_BYTES, TalkmeshClient
 from talkmesh.common.aio import cancel_and_wait, wait_event
 from talkmesh.common.enums import choices
 from talkmesh.common.errors import NotFound, ResourceExhausted, Unavailable
@@ -82,8 +82,6 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 #: how old the gateway's last word on the edge's API key may be when /readyz answers ready (seconds)
 KEY_RECHECK_SECONDS = 60.0
-#: Upload blocks sent to the gateway (the gRPC client's block size).
-UPLOAD_BLOCK = 1 << 20
 #: Methods that change something: refused from an origin that is not allowed (CSRF).
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: WebSocket routes: refused before the upgrade from an origin that is not allowed.
@@ -1124,7 +1122,7 @@ class WebHost:
             nonlocal read_error
             yield api.AvatarUpload(meta=meta)
             try:
-                while block := await file_part.read_chunk(UPLOAD_BLOCK):
+                while block := await file_part.read_chunk(UPLOAD_CHUNK_BYTES):  # (as the client sends a file)
                     yield api.AvatarUpload(data=block)
             except Exception as exc:  # the browser's body broke off: the call is cancelled
                 read_error = exc
