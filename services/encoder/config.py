@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from talkmesh.common.channel import MESSAGE_HEADROOM_BYTES
-from talkmesh.common.clock import DEFAULT_FPS
+from talkmesh.common.clock import DEFAULT_FPS, MAX_FRAGMENT_MS
 from talkmesh.common.config import ConfigError, Endpoint, ServerConfig
 from talkmesh.common.enums import choices
 from talkmesh.common.framering import MAX_SLOTS, FrameRingConfig
@@ -154,8 +154,8 @@ class StreamDefaults:
     fps: float = DEFAULT_FPS
 
     def validate(self) -> None:
-        if not 1 <= self.fragment_ms <= 10_000:
-            raise ConfigError.at("fragment_ms", "must be within 1..10000")
+        if not 1 <= self.fragment_ms <= MAX_FRAGMENT_MS:
+            raise ConfigError.at("fragment_ms", f"must be within 1..{MAX_FRAGMENT_MS}")
         if not 1 <= self.coalesce_frames <= 250:
             raise ConfigError.at("coalesce_frames", "must be within 1..250")
         if self.container not in CONTAINERS:
@@ -171,7 +171,7 @@ class LimitsConfig:
     max_width: int = 3840
     max_height: int = 2160
     max_fps: float = 120.0
-    max_fragment_ms: int = 10_000
+    max_fragment_ms: int = MAX_FRAGMENT_MS
     # Requests read ahead of the encoder per stream (frames and audio chunks): the only buffer
     # between a fast sender and a slow encoder or receiver.
     input_queue: int = 4

@@ -18,6 +18,7 @@ from services.gateway.live import LiveHub
 from services.gateway.metrics import LiveState, Queue, Stage, TurnEnd
 from services.gateway.pipeline import SpeakPipeline
 from talkmesh.common.calls import CallStream
+from talkmesh.common.clock import MAX_FRAGMENT_MS
 from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.names import MAX_SESSION_ID_CHARS, check_id, check_text
 from talkmesh.common.principal import principal_metadata
@@ -34,6 +35,11 @@ from talkmesh.v1 import renderer_pb2 as rpb
 from talkmesh.v1 import tts_pb2 as tpb
 
 log = logging.getLogger(__name__)
+
+
+#: The shortest fMP4 fragment a request may ask for (milliseconds; the longest is the clock's
+#: MAX_FRAGMENT_MS).
+MIN_FRAGMENT_MS = 20
 
 
 def validate_text(text: str, limit: int, field: str = "text") -> str:
@@ -59,8 +65,10 @@ def validate_request(req: gpb.SpeakRequest, config: GatewayConfig, *, streaming:
     )
     if out.container not in epb.Container.values():
         raise InvalidArgument("output.container", f"unknown container {out.container}")
-    if req.output.fragment_ms and not 20 <= req.output.fragment_ms <= 10_000:
-        raise InvalidArgument("output.fragment_ms", "must be 0 (default) or within 20..10000")
+    if req.output.fragment_ms and not MIN_FRAGMENT_MS <= req.output.fragment_ms <= MAX_FRAGMENT_MS:
+        raise InvalidArgument(
+            "output.fragment_ms", f"must be 0 (default) or within {MIN_FRAGMENT_MS}..{MAX_FRAGMENT_MS}"
+        )
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):

@@ -33,6 +33,9 @@ MIN_CALLER_RATE, MAX_CALLER_RATE = 8000, 48000
 #: The rates a stage's audio may have (Hz): the renderer's RenderConfig.sample_rate (its viseme
 #: timing) and the encoder's EncodeConfig.sample_rate.
 MIN_STAGE_RATE, MAX_STAGE_RATE = 8000, 192_000
+#: The longest fMP4 fragment a request may ask for (milliseconds): the gateway's bound on
+#: OutputOptions.fragment_ms and the encoder's limits.max_fragment_ms by default.
+MAX_FRAGMENT_MS = 10_000
 #: The most audio one message carries (seconds): a live audio turn's chunk, a SpeakStream audio
 #: piece, a browser's audio message.
 MAX_AUDIO_MESSAGE_SECONDS = 1

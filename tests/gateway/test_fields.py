@@ -51,3 +51,23 @@ def test_a_stage_error_is_renamed_in_its_message_and_details():
     local = in_speak_terms(NotFound("config.voice", "espeak:nope", "voice"))
     assert (local.field, local.message) == ("voice", "voice: voice 'espeak:nope' not found")
     assert local.details()[0].description == "voice: voice 'espeak:nope' not found"
+
+
+def test_a_fragment_length_is_bounded_as_the_encoder_bounds_it_by_default():
+    """output.fragment_ms: MIN_FRAGMENT_MS..MAX_FRAGMENT_MS, the encoder's default limit, said in the refusal."""
+    from services.encoder.config import EncoderConfig
+    from services.gateway.config import GatewayConfig
+    from services.gateway.server import MIN_FRAGMENT_MS, validate_request
+    from talkmesh.common.clock import MAX_FRAGMENT_MS
+    from talkmesh.v1 import gateway_pb2 as gpb
+
+    assert EncoderConfig().limits.max_fragment_ms == MAX_FRAGMENT_MS
+    for ms in (0, MIN_FRAGMENT_MS, MAX_FRAGMENT_MS):
+        validate_request(gpb.SpeakRequest(text="Hi.", output=gpb.OutputOptions(fragment_ms=ms)), GatewayConfig())
+    for ms in (MIN_FRAGMENT_MS - 1, MAX_FRAGMENT_MS + 1):
+        with pytest.raises(InvalidArgument) as err:
+            validate_request(gpb.SpeakRequest(text="Hi.", output=gpb.OutputOptions(fragment_ms=ms)), GatewayConfig())
+        assert (err.value.field, err.value.reason) == (
+            "output.fragment_ms",
+            f"must be 0 (default) or within {MIN_FRAGMENT_MS}..{MAX_FRAGMENT_MS}",
+        )
