@@ -18,6 +18,8 @@ H264_PROFILES = ("baseline", "main", "high")
 CONTAINERS = tuple(choices(types_pb2.Container))
 AUDIO_CODECS = tuple(choices(types_pb2.AudioCodec))
 AAC_CODERS = ("fast", "twoloop", "anmr")
+#: NVENC's rate control modes (video.nvenc.rc)
+NVENC_RC_MODES = ("cbr", "vbr", "constqp")
 #: the sample rates an AAC track can have (MPEG-4's sampling frequency table)
 AAC_SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 #: an Opus track is always timed in 48 kHz samples (RFC 7845), and the AAC track's rate when the
@@ -61,8 +63,8 @@ class NvencConfig:
     gpu: int = 0
 
     def validate(self) -> None:
-        if self.rc not in ("cbr", "vbr", "constqp"):
-            raise ConfigError.at("rc", f"{self.rc!r} is not one of cbr, vbr, constqp")
+        if self.rc not in NVENC_RC_MODES:
+            raise ConfigError.at("rc", f"{self.rc!r} is not one of {', '.join(NVENC_RC_MODES)}")
         if self.bitrate_kbps < 0:
             raise ConfigError.at("bitrate_kbps", "must not be negative")
         if not 0 <= self.cq <= 51:

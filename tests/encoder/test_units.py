@@ -29,6 +29,8 @@ def test_default_config_and_env_overrides():
         load_config(env={"TALKMESH_ENCODER__VIDEO__ENCODER": "quicksync"})
     with pytest.raises(ConfigError, match="max_chunk_bytes"):
         load_config(env={"TALKMESH_ENCODER__LIMITS__MAX_CHUNK_BYTES": str(16 * 1024 * 1024)})
+    with pytest.raises(ConfigError, match=r"video\.nvenc\.rc: 'abr' is not one of cbr, vbr, constqp"):
+        load_config(env={"TALKMESH_ENCODER__VIDEO__NVENC__RC": "abr"})
 
 
 def _mp4() -> bytes:
