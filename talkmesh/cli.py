@@ -841,9 +841,13 @@ def build_parser() -> argparse.ArgumentParser:
         "mpegts (the default for .ts files)",
     )
     y.add_argument("--audio-codec", choices=tuple(AUDIO_CODECS), default="", help="default: aac")
-    y.add_argument("--rate", type=float, default=0.0, help="speaking rate, x normal (0.25..4; 0 = default)")
-    y.add_argument("--pitch", type=float, default=0.0, help="pitch, x normal (0.25..4; 0 = default)")
-    y.add_argument("--volume", type=float, default=0.0, help="volume, x normal (0..2; 0 = default)")
+    from talkmesh.common.names import VOICE_SETTING_RANGES
+
+    for setting, what in (("rate", "speaking rate"), ("pitch", "pitch"), ("volume", "volume")):
+        low, high = VOICE_SETTING_RANGES[setting]
+        y.add_argument(
+            f"--{setting}", type=float, default=0.0, help=f"{what}, x normal ({low:g}..{high:g}; 0 = default)"
+        )
     y.add_argument(
         "--markdown", action="store_true", help="the text is Markdown (an LLM's reply): markup and emoji are not read"
     )

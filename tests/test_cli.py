@@ -232,6 +232,17 @@ def test_the_face_box_is_said_in_the_pixels_of_face_point(capsys) -> None:
     assert "pixels of the picture as it is shown (after its EXIF rotation;" in text, text
 
 
+def test_say_states_the_voice_settings_ranges_tts_enforces(capsys: pytest.CaptureFixture[str]) -> None:
+    from talkmesh.cli import build_parser
+    from talkmesh.common.names import VOICE_SETTING_RANGES
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["say", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, (low, high) in VOICE_SETTING_RANGES.items():
+        assert f"--{name} {name.upper()} " in text and f"x normal ({low:g}..{high:g}; 0 = default)" in text, name
+
+
 async def test_errors_show_the_offending_field(tmp_path):
     """An upload's errors on the file itself name the user's file, not the protocol's field `data`;
     one without a face says what picture works (a new user's trial)."""
