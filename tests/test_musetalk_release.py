@@ -135,3 +135,24 @@ async def test_a_matched_pair_still_renders(tmp_path: Path, models: dict[str, tu
     info = probe(tmp_path / "out.mp4")
     assert info.video_codec == "h264" and info.frames == result.summary.frames > 10
     assert abs(info.audio_seconds - info.video_seconds) <= 0.040
+
+
+async def test_a_live_turn_of_the_other_release_fails_naming_the_renderer(
+    tmp_path: Path, models: dict[str, tuple[Path, Path]]
+) -> None:
+    """A live session: the turn fails with one LiveError (FAILED_PRECONDITION, "renderer: musetalk:
+    ...") and a FAILED speaking_stopped, instead of playing wrong lips (its idle frames say no
+    release: the session's idle loop renders as before)."""
+    from talkmesh.v1 import live_pb2 as lpb
+    from tests.live_helpers import Recorder
+
+    async with inprocess_mesh(tmp_path, env=mesh_env(models, "1.5", "1.0")) as mesh:
+        async with TalkmeshClient(mesh.gateway) as client, client.live() as live:
+            rec = Recorder(live).start()
+            tid = await live.say("Hello there.")
+            stopped = await rec.wait_event("speaking_stopped", tid, timeout=120)
+            errors = [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert stopped.msg.event.speaking_stopped.reason == lpb.STOP_REASON_FAILED
+    assert [(e.code, e.turn_id) for e in errors] == [(grpc.StatusCode.FAILED_PRECONDITION.value[0], tid)]
+    assert errors[0].message.startswith("renderer: musetalk: the stream's features are for MuseTalk 1.0 ")
+    assert "this renderer's MuseTalk 1.5 models" in errors[0].message
