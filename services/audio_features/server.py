@@ -75,9 +75,18 @@ class _Request:
     """Per-stream state: the validated config, the pipeline (created at the first audio chunk)."""
 
     def __init__(
-        self, kind: str, fps: Fraction, request_id: str, batch: bool = False, activity_start: LevelState | None = None
+        self,
+        kind: str,
+        fps: Fraction,
+        request_id: str,
+        batch: bool = False,
+        activity_start: LevelState | None = None,
+        musetalk_version: str = "",
     ) -> None:
         self.kind = kind
+        # what every message says its embeddings are for (FeatureChunk.musetalk_version); "" for
+        # the other feature types
+        self.musetalk_version = musetalk_version
         self.activity_start = activity_start
         self.fps = fps
         self.request_id = request_id
@@ -142,6 +151,7 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
             frame_index=count,
             frame_count=count,
             activity_state=_activity_state(req),
+            musetalk_version=req.musetalk_version,
         )
 
     # -- steps --------------------------------------------------------------------------------------
@@ -162,7 +172,8 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
         fps = request_fps(cfg.fps)
         request_id = cfg.request_id or first.request_id or request_id_var.get()
         start = _level_state(cfg.activity_state) if cfg.HasField("activity_state") else None
-        return _Request(kind, fps, request_id, batch=cfg.batch_frames, activity_start=start)
+        version = self.service.config.musetalk.version if kind == FeatureKind.WHISPER_EMBEDDING else ""
+        return _Request(kind, fps, request_id, batch=cfg.batch_frames, activity_start=start, musetalk_version=version)
 
     def _stream(self, req: _Request, sample_rate: int) -> FeatureStream:
         svc = self.service
@@ -228,9 +239,17 @@ class AudioFeaturesServicer(pb_grpc.AudioFeaturesServicer):
         if not frames:
             return []
         if not req.batch:
-            out = [_frame(frame, request_id=req.request_id, seq=req.seq + i) for i, frame in enumerate(frames)]
+            out = [
+                _frame(frame, request_id=req.request_id, seq=req.seq + i, musetalk_version=req.musetalk_version)
+                for i, frame in enumerate(frames)
+            ]
         else:
-            batch = pb.FeatureChunk(request_id=req.request_id, seq=req.seq, frame_index=frames[0].index)
+            batch = pb.FeatureChunk(
+                request_id=req.request_id,
+                seq=req.seq,
+                frame_index=frames[0].index,
+                musetalk_version=req.musetalk_version,
+            )
             add = batch.frames.add
             for frame in frames:
                 _fill(add(), frame)
@@ -276,9 +295,9 @@ def _fill(msg: pb.FeatureChunk, frame: Frame) -> pb.FeatureChunk:
     return msg
 
 
-def _frame(frame: Frame, request_id: str, seq: int) -> pb.FeatureChunk:
+def _frame(frame: Frame, request_id: str, seq: int, musetalk_version: str = "") -> pb.FeatureChunk:
     """One frame's own message (``batch_frames`` unset)."""
-    return _fill(pb.FeatureChunk(request_id=request_id, seq=seq), frame)
+    return _fill(pb.FeatureChunk(request_id=request_id, seq=seq, musetalk_version=musetalk_version), frame)
 
 
 class AudioFeaturesService(Service):

@@ -534,7 +534,8 @@ def _render_config(cfg: encoder_pb2.EncodeConfig, params: StreamParams) -> rende
 def _split_batch(
     batch: audio_features_pb2.FeatureChunk, frames: int
 ) -> tuple[audio_features_pb2.FeatureChunk | None, audio_features_pb2.FeatureChunk]:
-    """A feature batch as (its first ``frames`` frames, the rest); (None, batch) when it holds no more."""
+    """A feature batch as (its first ``frames`` frames, the rest), each saying what the batch says of
+    its frames (``musetalk_version``); (None, batch) when it holds no more."""
     if len(batch.frames) <= frames:
         return None, batch
     head = audio_features_pb2.FeatureChunk(
@@ -542,12 +543,14 @@ def _split_batch(
         seq=batch.seq,
         frame_index=batch.frames[0].frame_index,
         frames=batch.frames[:frames],
+        musetalk_version=batch.musetalk_version,  # (the renderer checks a stream's first features)
     )
     rest = audio_features_pb2.FeatureChunk(
         request_id=batch.request_id,
         seq=batch.seq,
         frame_index=batch.frames[frames].frame_index,
         frames=batch.frames[frames:],
+        musetalk_version=batch.musetalk_version,
     )
     return head, rest
 

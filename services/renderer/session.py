@@ -22,7 +22,7 @@ from services.renderer.metrics import Queue, SkipReason, Stage
 from services.renderer.mouth import MouthAnimator
 from services.renderer.runner import BlockingRender, FrameRunner
 from talkmesh.common.aio import Chan, cancel_and_wait
-from talkmesh.common.errors import InvalidArgument
+from talkmesh.common.errors import FailedPrecondition, InvalidArgument
 from talkmesh.common.framering import FrameRing
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.common.tensors import from_tensor
@@ -110,6 +110,7 @@ class RenderSession:
         self.inferred = 0
         self.groups = 0  # groups of frames rendered (the first TRACED_GROUPS get spans)
         self.wants_features = backend.feature_type != fpb.FEATURE_TYPE_ACTIVITY
+        self.features_checked = False  # the first features message's release, checked once (_check)
         self.failure: Exception | None = None
         # the encoder's shared-memory ring, once offered and opened (RenderRequest.frame_ring)
         self.ring: FrameRing | None = None
@@ -140,6 +141,8 @@ class RenderSession:
                 elif kind == "frame_ring":
                     await self._open_ring(req.frame_ring)
                 elif kind == "features":
+                    if not self.features_checked:
+                        self._check(req.features)
                     # one frame, or a batch of consecutive frames (FeatureChunk.frames); errors name
                     # the frame's own path in the request
                     batch = req.features.frames
@@ -182,6 +185,14 @@ class RenderSession:
         ring.start(self.next_index)
         self.ring = ring
         self.ring_opened(True, "")
+
+    def _check(self, first: fpb.FeatureChunk) -> None:
+        """Whether the backend takes the stream's features: the release its first features message
+        says they are for (FeatureChunk.musetalk_version; unsaid: taken). Once per stream, before
+        its first frame."""
+        self.features_checked = True
+        if first.musetalk_version and (refusal := self.backend.features_refusal(first.musetalk_version)):
+            raise FailedPrecondition(refusal)
 
     def _job(self, fc: fpb.FeatureChunk, where: str = "features") -> FrameJob:
         if fc.frame_index != self.next_index:

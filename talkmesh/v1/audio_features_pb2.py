@@ -29,15 +29,15 @@ except AttributeError:
   talkmesh_dot_v1_dot_types__pb2 = talkmesh_dot_v1_dot_common__pb2.talkmesh.v1.types_pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n talkmesh/v1/audio_features.proto\x12\x0btalkmesh.v1\x1a\x18talkmesh/v1/common.proto\"\xaa\x01\n\rFeatureConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\x0c\x66\x65\x61ture_type\x18\x02 \x01(\x0e\x32\x18.talkmesh.v1.FeatureType\x12\x0b\n\x03\x66ps\x18\x03 \x01(\x02\x12\x14\n\x0c\x62\x61tch_frames\x18\x04 \x01(\x08\x12\x32\n\x0e\x61\x63tivity_state\x18\x05 \x01(\x0b\x32\x1a.talkmesh.v1.ActivityState\"E\n\rActivityState\x12\x0e\n\x06levels\x18\x01 \x03(\x02\x12\x16\n\tpeak_dbfs\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_peak_dbfs\"\xa8\x01\n\x0e\x46\x65\x61tureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12,\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1a.talkmesh.v1.FeatureConfigH\x00\x12(\n\x05\x61udio\x18\x05 \x01(\x0b\x32\x17.talkmesh.v1.AudioChunkH\x00\x42\x06\n\x04kind\"\xa4\x02\n\x0c\x46\x65\x61tureChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12\x13\n\x0b\x66rame_index\x18\x04 \x01(\x03\x12%\n\x08\x66\x65\x61tures\x18\x05 \x01(\x0b\x32\x13.talkmesh.v1.Tensor\x12,\n\x08\x61\x63tivity\x18\x06 \x01(\x0b\x32\x1a.talkmesh.v1.FrameActivity\x12\x13\n\x0b\x66rame_count\x18\x07 \x01(\x03\x12)\n\x06\x66rames\x18\x08 \x03(\x0b\x32\x19.talkmesh.v1.FeatureChunk\x12\x32\n\x0e\x61\x63tivity_state\x18\t \x01(\x0b\x32\x1a.talkmesh.v1.ActivityState*\xaa\x01\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x46\x45\x41TURE_TYPE_WHISPER_LOG_MEL\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_WAV2LIP_MEL\x10\x02\x12\"\n\x1e\x46\x45\x41TURE_TYPE_WHISPER_EMBEDDING\x10\x03\x12\x19\n\x15\x46\x45\x41TURE_TYPE_ACTIVITY\x10\x04\x32V\n\rAudioFeatures\x12\x45\n\x07\x45xtract\x12\x1b.talkmesh.v1.FeatureRequest\x1a\x19.talkmesh.v1.FeatureChunk(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n talkmesh/v1/audio_features.proto\x12\x0btalkmesh.v1\x1a\x18talkmesh/v1/common.proto\"\xaa\x01\n\rFeatureConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\x0c\x66\x65\x61ture_type\x18\x02 \x01(\x0e\x32\x18.talkmesh.v1.FeatureType\x12\x0b\n\x03\x66ps\x18\x03 \x01(\x02\x12\x14\n\x0c\x62\x61tch_frames\x18\x04 \x01(\x08\x12\x32\n\x0e\x61\x63tivity_state\x18\x05 \x01(\x0b\x32\x1a.talkmesh.v1.ActivityState\"E\n\rActivityState\x12\x0e\n\x06levels\x18\x01 \x03(\x02\x12\x16\n\tpeak_dbfs\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_peak_dbfs\"\xa8\x01\n\x0e\x46\x65\x61tureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12,\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x1a.talkmesh.v1.FeatureConfigH\x00\x12(\n\x05\x61udio\x18\x05 \x01(\x0b\x32\x17.talkmesh.v1.AudioChunkH\x00\x42\x06\n\x04kind\"\xbe\x02\n\x0c\x46\x65\x61tureChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x15\n\rend_of_stream\x18\x03 \x01(\x08\x12\x13\n\x0b\x66rame_index\x18\x04 \x01(\x03\x12%\n\x08\x66\x65\x61tures\x18\x05 \x01(\x0b\x32\x13.talkmesh.v1.Tensor\x12,\n\x08\x61\x63tivity\x18\x06 \x01(\x0b\x32\x1a.talkmesh.v1.FrameActivity\x12\x13\n\x0b\x66rame_count\x18\x07 \x01(\x03\x12)\n\x06\x66rames\x18\x08 \x03(\x0b\x32\x19.talkmesh.v1.FeatureChunk\x12\x32\n\x0e\x61\x63tivity_state\x18\t \x01(\x0b\x32\x1a.talkmesh.v1.ActivityState\x12\x18\n\x10musetalk_version\x18\n \x01(\t*\xaa\x01\n\x0b\x46\x65\x61tureType\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x46\x45\x41TURE_TYPE_WHISPER_LOG_MEL\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_TYPE_WAV2LIP_MEL\x10\x02\x12\"\n\x1e\x46\x45\x41TURE_TYPE_WHISPER_EMBEDDING\x10\x03\x12\x19\n\x15\x46\x45\x41TURE_TYPE_ACTIVITY\x10\x04\x32V\n\rAudioFeatures\x12\x45\n\x07\x45xtract\x12\x1b.talkmesh.v1.FeatureRequest\x1a\x19.talkmesh.v1.FeatureChunk(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'talkmesh.v1.audio_features_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATURETYPE']._serialized_start=786
-  _globals['_FEATURETYPE']._serialized_end=956
+  _globals['_FEATURETYPE']._serialized_start=812
+  _globals['_FEATURETYPE']._serialized_end=982
   _globals['_FEATURECONFIG']._serialized_start=76
   _globals['_FEATURECONFIG']._serialized_end=246
   _globals['_ACTIVITYSTATE']._serialized_start=248
@@ -45,7 +45,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREREQUEST']._serialized_start=320
   _globals['_FEATUREREQUEST']._serialized_end=488
   _globals['_FEATURECHUNK']._serialized_start=491
-  _globals['_FEATURECHUNK']._serialized_end=783
-  _globals['_AUDIOFEATURES']._serialized_start=958
-  _globals['_AUDIOFEATURES']._serialized_end=1044
+  _globals['_FEATURECHUNK']._serialized_end=809
+  _globals['_AUDIOFEATURES']._serialized_start=984
+  _globals['_AUDIOFEATURES']._serialized_end=1070
 # @@protoc_insertion_point(module_scope)

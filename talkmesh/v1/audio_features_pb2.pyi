@@ -59,7 +59,7 @@ class FeatureRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., config: _Optional[_Union[FeatureConfig, _Mapping]] = ..., audio: _Optional[_Union[_common_pb2.AudioChunk, _Mapping]] = ...) -> None: ...
 
 class FeatureChunk(_message.Message):
-    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "features", "activity", "frame_count", "frames", "activity_state")
+    __slots__ = ("request_id", "seq", "end_of_stream", "frame_index", "features", "activity", "frame_count", "frames", "activity_state", "musetalk_version")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     END_OF_STREAM_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class FeatureChunk(_message.Message):
     FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_STATE_FIELD_NUMBER: _ClassVar[int]
+    MUSETALK_VERSION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     end_of_stream: bool
@@ -78,4 +79,5 @@ class FeatureChunk(_message.Message):
     frame_count: int
     frames: _containers.RepeatedCompositeFieldContainer[FeatureChunk]
     activity_state: ActivityState
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., activity: _Optional[_Union[_common_pb2.FrameActivity, _Mapping]] = ..., frame_count: _Optional[int] = ..., frames: _Optional[_Iterable[_Union[FeatureChunk, _Mapping]]] = ..., activity_state: _Optional[_Union[ActivityState, _Mapping]] = ...) -> None: ...
+    musetalk_version: str
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., end_of_stream: _Optional[bool] = ..., frame_index: _Optional[int] = ..., features: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., activity: _Optional[_Union[_common_pb2.FrameActivity, _Mapping]] = ..., frame_count: _Optional[int] = ..., frames: _Optional[_Iterable[_Union[FeatureChunk, _Mapping]]] = ..., activity_state: _Optional[_Union[ActivityState, _Mapping]] = ..., musetalk_version: _Optional[str] = ...) -> None: ...

@@ -137,6 +137,27 @@ async def test_batch_frames_answers_once_per_audio_message_with_the_same_frames(
         assert f.activity == s.activity and f.features == s.features
 
 
+@pytest.mark.parametrize("version", ["1.5", "1.0"])
+async def test_every_embedding_message_says_the_musetalk_release_it_is_for(version: str) -> None:
+    """FeatureChunk.musetalk_version: the stage's musetalk.version on every message of a
+    WHISPER_EMBEDDING stream, single frames and batches alike (the renderer refuses another
+    release's); the other feature types say nothing."""
+    from services.audio_features.config import MuseTalkConfig
+
+    service = AudioFeaturesService(config(musetalk=MuseTalkConfig(version)), Telemetry("audio_features"),
+                                   encoder=FakeEncoder())  # fmt: skip
+    pcm = to_pcm(quantise(speech_like(16000, 0.5)))
+    async with serve(service, SERVER) as h:
+        for batch in (False, True):
+            reqs = requests(pb.FEATURE_TYPE_WHISPER_EMBEDDING, pcm, 16000, chunk_bytes=6400)
+            reqs[0].config.batch_frames = batch
+            out = await call(h.address, reqs)
+            assert len(out) > 2 and {m.musetalk_version for m in out} == {version}
+            assert all(f.musetalk_version == "" for m in out for f in m.frames)  # (said once, on the batch)
+        out = await call(h.address, requests(pb.FEATURE_TYPE_WAV2LIP_MEL, pcm, 16000))
+        assert {m.musetalk_version for m in out} == {""}
+
+
 async def test_frames_leave_before_the_end_of_stream(host: Any) -> None:
     """Frames of the first chunks arrive while the client is still holding the rest of the audio."""
     x = quantise(speech_like(16000, 1.0))

@@ -427,6 +427,65 @@ async def test_renderer_service_loads_the_external_data_models_on_cpu(exported_e
     assert inferred == {0, 1, 2}
 
 
+@pytest.mark.parametrize("said", ["1.0", "1.5", ""])
+async def test_a_stream_of_features_for_another_release_is_refused_before_its_first_frame(
+    exported, tmp_path: Path, said: str
+):
+    """The models say MuseTalk 1.5 (their talkmesh.musetalk_version): a Render stream whose features
+    say 1.0 (FeatureChunk.musetalk_version) is FAILED_PRECONDITION naming both releases and both
+    settings, before any frame; 1.5's render, and so do features that say nothing (older senders)."""
+    import grpc
+
+    renderer_main = pytest.importorskip("services.renderer.main")
+    from services.renderer.config import AvatarConfig
+    from talkmesh.common.channel import create_channel
+    from talkmesh.common.config import ServerConfig
+    from talkmesh.common.tensors import to_tensor
+    from talkmesh.testing import serve
+    from talkmesh.v1 import audio_features_pb2 as fpb
+    from talkmesh.v1 import common_pb2 as cpb
+    from talkmesh.v1 import renderer_pb2 as rpb
+    from talkmesh.v1 import renderer_pb2_grpc as rpb_grpc
+
+    _, _, out = exported
+    config = RendererConfig(
+        server=ServerConfig(port=0, metrics_port=-1, grace_seconds=2.0),
+        backends=["viseme", "musetalk"],
+        musetalk=ModelConfig(path=str(out)),
+        batch=BatchConfig(max_size=2, max_delay_ms=20.0),
+        avatars=AvatarConfig(cache_dir=str(tmp_path / "avatars")),
+    )
+    cfg = rpb.RenderConfig(request_id="x", backend="musetalk", size="native", fps=25.0,
+                           pixel_format=cpb.PIXEL_FORMAT_RGB24, sample_rate=16000)  # fmt: skip
+    reqs = [rpb.RenderRequest(request_id="x", seq=0, config=cfg)]
+    for i in range(3):  # frame 0 silent: the check does not wait for a voiced frame
+        chunk = fpb.FeatureChunk(request_id="x", seq=i, frame_index=i, features=to_tensor(whisper(i)),
+                                 activity=cpb.FrameActivity(rms_dbfs=-20.0, voiced=i > 0),
+                                 musetalk_version=said)  # fmt: skip
+        reqs.append(rpb.RenderRequest(request_id="x", seq=i + 1, features=chunk))
+    reqs.append(rpb.RenderRequest(request_id="x", seq=4, end_of_stream=True))
+    service = renderer_main.create_service(config, Telemetry("renderer"))
+    msgs: list[cpb.VideoFrame] = []
+    async with serve(service, config.server) as host, create_channel(host.address) as channel:
+        call = rpb_grpc.RendererStub(channel).Render(iter(reqs), timeout=300)
+        if said == "1.0":
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                msgs.extend([m async for m in call])
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert err.value.details() == (
+                "musetalk: the stream's features are for MuseTalk 1.0 (the audio_features stage's musetalk.version, "
+                "TALKMESH_AUDIO_FEATURES__MUSETALK__VERSION), this renderer's MuseTalk 1.5 models take MuseTalk 1.5 "
+                f"features (the talkmesh.musetalk_version of its musetalk.path's unet.onnx: {out / 'unet.onnx'}): "
+                "set the audio_features stage's musetalk.version: 1.5 (with a Whisper encoder exported with "
+                "--musetalk-version 1.5), or point the renderer's musetalk.path at models exported with --version 1.0"
+            )
+            assert msgs == []
+            return
+        msgs = [m async for m in call]
+    assert msgs[-1].end_of_stream
+    assert {m.frame_index for m in msgs if m.data and m.inferred} == {1, 2}
+
+
 @pytest.fixture(scope="module")
 def face_parser_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tools.export_face_parser import export_face_parser, load_bisenet

@@ -88,5 +88,11 @@ class RenderBackend(abc.ABC):
         empty: the precompute depends on the avatar only."""
         return ""
 
+    def features_refusal(self, musetalk_version: str) -> str:
+        """Why this backend refuses a Render stream whose features say they are for MuseTalk
+        ``musetalk_version`` (FeatureChunk.musetalk_version of the stream's first features message;
+        never called with "", which says nothing), or "" (it takes them). Checked once per stream."""
+        return ""
+
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Runs one inference so the first request does not pay for lazy initialisation."""

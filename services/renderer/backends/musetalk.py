@@ -42,6 +42,8 @@ from services.renderer.backends.onnx_models import (
     TensorSpec,
 )
 from services.renderer.config import RendererConfig
+from talkmesh.common.onnx_files import MUSETALK_VERSION_KEY
+from talkmesh.common.registry import spec
 from talkmesh.common.telemetry import Telemetry
 from talkmesh.v1 import audio_features_pb2 as fpb
 
@@ -80,6 +82,24 @@ VAE_DECODER = Signature(
 )
 FILES = {"vae_encoder": ("vae_encoder.onnx", VAE_ENCODER), "unet": ("unet.onnx", UNET),
          "vae_decoder": ("vae_decoder.onnx", VAE_DECODER)}  # fmt: skip
+
+
+def release_refusal(features: str, models: str | None, unet: Path) -> str:
+    """Why MuseTalk models exported for release ``models`` (their UNet ``unet``'s
+    talkmesh.musetalk_version; None: not said) refuse features said to be for release ``features``
+    (FeatureChunk.musetalk_version), or "". 1.0 and 1.5 take Whisper features of the same shape but
+    another meaning (1.5's last state has Whisper's final LayerNorm): the other release's would
+    render wrong lips without an error. Names the setting on each side that decides it."""
+    if not features or models is None or features == models:
+        return ""
+    env = f"{spec('audio_features').env_prefix}__MUSETALK__VERSION"
+    return (
+        f"musetalk: the stream's features are for MuseTalk {features} (the audio_features stage's "
+        f"musetalk.version, {env}), this renderer's MuseTalk {models} models take MuseTalk {models} "
+        f"features (the {MUSETALK_VERSION_KEY} of its musetalk.path's {unet.name}: {unet}): set the audio_features "
+        f"stage's musetalk.version: {models} (with a Whisper encoder exported with --musetalk-version "
+        f"{models}), or point the renderer's musetalk.path at models exported with --version {features}"
+    )
 
 
 def latent_noise(seed: int, frame: int, part: int) -> np.ndarray:
@@ -157,9 +177,16 @@ class MuseTalkBackend(NeuralBackend):
         if parser_path is not None:
             self.parser = FaceParser(load("face_parser", parser_path, FACE_PARSER), config.musetalk.face_parser_mode)
         self._runs_on(self.models["unet"])
+        # the release the models were exported for (None: not said), compared once per stream with
+        # the one its features say they are for (features_refusal)
+        self.unet_path = root / FILES["unet"][0]
+        self.release = config.musetalk.exported_release()
 
     def settings(self) -> object:
         return self.config.musetalk
+
+    def features_refusal(self, musetalk_version: str) -> str:
+        return release_refusal(musetalk_version, self.release, self.unet_path)
 
     @property
     def frame_skip(self) -> int:
