@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from services.renderer.avatars import AvatarStore
+from services.renderer.avatars.decode import decode
 from services.renderer.avatars.store import FRAMINGS
 from services.renderer.backends.viseme import VisemeBackend
 from services.renderer.config import AvatarConfig, RendererConfig
@@ -249,3 +250,67 @@ async def test_a_framed_upload_under_the_whole_pictures_name_says_how_to_keep_th
         )
         again = await stub.RegisterAvatar(upload(api.FRAMING_AS_IS))
         assert (again.id, again.cached) == (whole.id, True)
+
+
+def _across(path: Path) -> None:
+    """A 360x480 clip whose small head (~43 px: 46 px in a 512 video) crosses the picture: the
+    3:4 box that holds it on every frame is the whole picture, so framing keeps it whole."""
+    canvas = np.full((480, 360, 3), 90, np.uint8)
+    face = cv2.resize(portrait(), (240, 240), interpolation=cv2.INTER_AREA)  # face x 84..127
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (360, 480))
+    for i in range(24):  # (13 px a frame: the tracker follows it)
+        frame = canvas.copy()
+        x = -76 + round(i * 300 / 23)  # (the face from x 8 to 351)
+        left, right = max(x, 0), min(x + 240, 360)
+        frame[120:360, left:right] = face[:, left - x : right - x]
+        writer.write(frame)
+    writer.release()
+
+
+@pytest.mark.parametrize("fallback", ["whole-crop", "face-not-found-again"])
+def test_a_framing_that_kept_the_whole_picture_is_remembered(tmp_path, monkeypatch, fallback):
+    """A re-add with auto (or head_and_shoulders) of a file whose framing fell back to the whole
+    picture (the crop is the whole picture: a small head crossing it; or the face was not found
+    again in its crop) is the stored whole picture at once: no second decode and face track."""
+    store = _store(tmp_path / "store")
+    if fallback == "whole-crop":
+        path = tmp_path / "across.mp4"
+        _across(path)
+        data, filename = path.read_bytes(), "across.mp4"
+    else:
+        data, filename = _jpeg(_scene()), "room.jpg"
+    real_analyse, real_decode = store.faces.analyse, decode
+    calls: list[str] = []
+
+    def analyse(frames, choice, **kw):  # type: ignore[no-untyped-def]
+        calls.append("analyse")
+        if fallback == "face-not-found-again" and calls.count("analyse") == 2:  # (the crop's)
+            raise InvalidArgument("data", "no face found")
+        return real_analyse(frames, choice, **kw)
+
+    def counted_decode(*args, **kw):  # type: ignore[no-untyped-def]
+        calls.append("decode")
+        return real_decode(*args, **kw)
+
+    monkeypatch.setattr(store.faces, "analyse", analyse)
+    monkeypatch.setattr("services.renderer.avatars.store.decode", counted_decode)
+    avatar, cached = store.register(data, filename)
+    assert not cached and avatar.id == store.content_id(data) and "framed_box" not in avatar.report
+    small = avatar.report["box"]
+    assert _in_video(avatar) < SMALL_FACE_PX, f"a small face ({small}): auto tried to frame it"
+    assert calls.count("decode") == (1 if fallback == "whole-crop" else 2), calls
+    first = len(calls)
+    for framing in ("auto", "head_and_shoulders", "auto"):
+        again, cached = store.register(data, filename, framing=framing)
+        assert cached and again.id == avatar.id, framing
+    assert calls[first:] == [], f"decoded or tracked again: {calls[first:]}"
+    assert store.precomputes == 1
+    # another replica (a fresh store on the same root) reads the decision from disk
+    other = _store(tmp_path / "store")
+    monkeypatch.setattr(other.faces, "analyse", analyse)
+    again, cached = other.register(data, filename)
+    assert cached and again.id == avatar.id and calls[first:] == []
+    # a new crop rule may crop it: decided again (the decision is the crop rule's)
+    monkeypatch.setattr("services.renderer.avatars.store.CROP_FACE_WIDTHS", 4)
+    other.register(data, filename)
+    assert "analyse" in calls[first:]

@@ -5,10 +5,12 @@ bounded LRU.
 Layout on disk: ``<cache_dir>/<id>/`` with ``frames.pngs`` (the N frames, each a lossless PNG,
 concatenated) and ``frames.index.npy`` (where each frame's PNG ends), ``boxes.npz`` (face and mouth
 boxes, landmarks, per-frame confidence and model crops), one ``<backend>.npz`` per prepared backend,
-and ``meta.json`` (with the face report), written last. Frames are stored compressed (about a third
-of the raw size for a video, half for a photo: BENCHMARKS.md, "Avatar store") and decoded one at a
-time into one array when the avatar is loaded; entries written by older versions, with raw
-``frames.npy``, still load as they are (and count their raw size in the disk quota).
+and ``meta.json`` (with the face report), written last (a whole picture that a framing tried to
+crop but kept whole notes it there afterwards, ``KEPT_WHOLE``: the file registered again is not
+decoded again). Frames are stored compressed (about a third of the raw size for a video, half for a
+photo: BENCHMARKS.md, "Avatar store") and decoded one at a time into one array when the avatar is
+loaded; entries written by older versions, with raw ``frames.npy``, still load as they are (and
+count their raw size in the disk quota).
 
 An entry is built in a temporary directory (``.tmp-*``) and renamed into place, so a precompute that
 is killed half way leaves nothing that later loads (temporaries untouched for ``STALE_TMP_SECONDS``
@@ -118,6 +120,9 @@ Names = dict[str, list[str]]
 FRAMINGS = tuple(choices(types_pb2.Framing))
 #: A crop this close to the whole picture (a fraction of each side) is the whole picture.
 WHOLE_PICTURE = 0.01
+#: The whole picture's meta.json key noting that framing kept it whole although it tried to crop:
+#: {"framed_id": the framed id it would have had (it hashes the crop rule), "why": ...}.
+KEPT_WHOLE = "kept_whole"
 
 
 def default_avatar_bytes() -> bytes:
@@ -362,14 +367,20 @@ class AvatarStore:
         """Blocking. The id of the stored entry a registration with ``framing`` is (loaded), or ""
         when it must be made: the whole picture's for "as_is", the framed one's for "head_and_shoulders", and
         for "auto" whichever the stored entries say it crops to (the whole picture's face report,
-        or the framed one's note of the whole picture's face)."""
+        or the framed one's note of the whole picture's face). A framing that tried to crop and kept
+        the whole picture (``KEPT_WHOLE``) is the whole picture's for both, under the same crop rule."""
         if framing == "as_is":
             return whole_id if self._usable(whole_id) else ""
-        if framing == "head_and_shoulders":
-            return framed_id if self._usable(framed_id) else ""
         whole = self._meta(whole_id)
+        kept = whole.get(KEPT_WHOLE)
+        kept_whole = isinstance(kept, dict) and kept.get("framed_id") == framed_id
+        if framing == "head_and_shoulders":
+            if self._usable(framed_id):
+                return framed_id
+            return whole_id if kept_whole and self._usable(whole_id) else ""
         box, w, h = whole.get("face", {}).get("box", []), whole.get("width", 0), whole.get("height", 0)
-        if len(box) == 4 and not face_is_small(box[2] - box[0], w, h) and self._usable(whole_id):
+        small = len(box) != 4 or face_is_small(box[2] - box[0], w, h)
+        if (kept_whole or not small) and self._usable(whole_id):
             return whole_id
         if self._meta(framed_id).get("framing", {}).get("face_small") and self._usable(framed_id):
             return framed_id
@@ -407,20 +418,31 @@ class AvatarStore:
         """Decodes, analyses and stores one upload, framed as ``framing`` says (held: the whole
         picture's entry lock); returns the avatar's id and the avatar (its frames are the decoded
         ones, so a new registration does not decode its stored frames again; None when it was
-        stored already: a "head_and_shoulders" crop that is the whole picture, or made meanwhile)."""
+        stored already: a framing that kept the whole picture, or made meanwhile)."""
         decoded, track = self._analysed(data, filename, choice, progress)
 
         def keep_whole() -> tuple[str, Avatar]:
             return whole_id, self._save(whole_id, decoded, track, filename, name, progress=progress)
+
+        def kept_whole(why: str = "") -> tuple[str, Avatar | None]:
+            """Framing keeps the whole picture: the same avatar as registered "as_is" (stored now
+            unless it is already). ``why`` it did, having tried to crop: noted, so that the next
+            registration of the file is the whole picture at once (``_stored``)."""
+            kept = (whole_id, None) if self._usable(whole_id) else keep_whole()
+            if why:
+                self._note_kept_whole(whole_id, framed_id, why)
+            return kept
 
         if framing == "as_is":
             return keep_whole()
         report = face_report(track, decoded.scale)
         box = report["box"]
         small = face_is_small(box[2] - box[0], int(decoded.frames.shape[2]), int(decoded.frames.shape[1]))
-        crop = framed_crop(decoded, track) if framing == "head_and_shoulders" or small else None
-        if crop is None:  # kept whole: the same avatar as registered "as_is"
-            return (whole_id, None) if self._usable(whole_id) else keep_whole()
+        if framing == "auto" and not small:  # (its face report says so: no note needed)
+            return kept_whole()
+        crop = framed_crop(decoded, track)
+        if crop is None:
+            return kept_whole("the head-and-shoulders crop is the whole picture")
         with self._entry(framed_id):
             if self._usable(framed_id):  # (made meanwhile by one that asked for "head_and_shoulders")
                 return framed_id, None
@@ -433,10 +455,22 @@ class AvatarStore:
             except InvalidArgument as exc:  # (the face not found again in the crop: never seen, but kept whole)
                 log.warning("avatar %s: the face was not found again in its head-and-shoulders crop %s (%s); "
                             "keeping the whole picture", framed_id, [round(v) for v in crop], exc)  # fmt: skip
-                return keep_whole()
+                return kept_whole("the face was not found again in its head-and-shoulders crop")
             region = [round(v, 1) for v in framed.region]
             note = {"box": region, "face_small": small, "asked": framing}
             return framed_id, self._save(framed_id, framed, framed_track, filename, name, note, progress)
+
+    def _note_kept_whole(self, whole_id: str, framed_id: str, why: str) -> None:
+        """Notes in the whole picture's meta.json (``KEPT_WHOLE``) that framing kept it whole, and
+        why, under the crop rule ``framed_id`` hashes (held: the entry's lock). Nothing when the
+        entry is gone or unreadable: the next registration decides again."""
+        note = {"framed_id": framed_id, "why": why}
+        with self._disk_lock(whole_id):
+            meta = self._meta(whole_id)
+            if not meta or meta.get(KEPT_WHOLE) == note:  # (deleted, unreadable, or noted already)
+                return
+            with contextlib.suppress(FileNotFoundError):
+                _write_atomic(self.root / whole_id / "meta.json", json.dumps({**meta, KEPT_WHOLE: note}).encode())
 
     def _save(
         self, avatar_id: str, decoded: Decoded, track: FaceTrack, filename: str, name: str,
