@@ -72,15 +72,18 @@ def shown_photo() -> np.ndarray:
     return scene
 
 
-def phone_video(shown: np.ndarray, rotate: int, frames: int = 6) -> bytes:
+def phone_video(shown: np.ndarray, rotate: int, frames: int = 6, iphone: bool = False) -> bytes:
     """An H.264 MP4 of ``frames`` frames of ``shown`` as a phone stores them: the frames turned
-    sideways, the track header's matrix saying how to turn them back by ``rotate`` degrees."""
+    sideways, the track header's matrix saying how to turn them back by ``rotate`` degrees.
+    ``iphone``: as an iPhone's camera does by default, 10-bit HEVC in a QuickTime file."""
     stored = np.asarray(cv2.rotate(shown, STORED[rotate]), np.uint8)
     h, w = stored.shape[:2]
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    with av.open(buf, "w", format="mov" if iphone else "mp4") as out:
+        stream = out.add_stream("libx265" if iphone else "libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p10le" if iphone else "yuv420p"
+        if iphone:
+            stream.options = {"x265-params": "log-level=error"}
         for _ in range(frames):
             out.mux(stream.encode(av.VideoFrame.from_ndarray(stored, format="bgr24")))
         out.mux(stream.encode())
@@ -168,22 +171,23 @@ def _upright(frame: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 @pytest.mark.parametrize("rotate", [90, 270])
-@pytest.mark.parametrize("kind", ["video", "photo"])
+@pytest.mark.parametrize("kind", ["video", "iphone-video", "photo"])
 def test_a_sideways_stored_phone_upload_is_framed_in_the_picture_as_shown(tmp_path, kind, rotate):
-    shown = shown_video_picture() if kind == "video" else shown_photo()
-    data = phone_video(shown, rotate) if kind == "video" else phone_jpeg(shown, rotate)
-    filename = "IMG_0001.mp4" if kind == "video" else "IMG_0001.jpg"
-    if kind == "video":  # (the file is stored landscape: only its matrix makes it a portrait)
+    video = kind != "photo"
+    shown = shown_video_picture() if video else shown_photo()
+    data = phone_video(shown, rotate, iphone=kind == "iphone-video") if video else phone_jpeg(shown, rotate)
+    filename = {"video": "VID_0001.mp4", "iphone-video": "IMG_0001.MOV", "photo": "IMG_0001.jpg"}[kind]
+    if video:  # (the file is stored landscape: only its matrix makes it a portrait)
         with av.open(io.BytesIO(data), "r") as c:
             first = next(c.decode(video=0))
             assert (first.width, first.height) == (1280, 720) and abs(first.rotation) == 90, first
     store = _store(tmp_path)
     avatar, cached = store.register(data, filename)  # (the default framing: auto)
     assert not cached and avatar.id == store.content_id(data, framed=True), "a small face: framed"
-    face = _expected_face(VIDEO_AT, 1.0) if kind == "video" else _expected_face(PHOTO_AT, 2.0)
+    face = _expected_face(VIDEO_AT, 1.0) if video else _expected_face(PHOTO_AT, 2.0)
     _check_framed(avatar.report, avatar.size, shown, face)
     # the stored frames are that part of the picture as shown, upright
-    assert avatar.frames.shape[0] == (6 if kind == "video" else 1)
+    assert avatar.frames.shape[0] == (6 if video else 1)
     part = _shown_part(shown, avatar.report["framed_box"], avatar.size)
     for frame in avatar.frames:  # (measured: 0.4-3.4)
         assert _difference(frame, part).mean() < 5, "the stored frame is not the shown crop"
