@@ -80,3 +80,36 @@ def test_a_registered_cutout_is_animated_on_the_background(tmp_path: Path):
     other = AvatarStore(AvatarConfig(cache_dir=str(tmp_path / "other"), background="#000000"), {})
     assert other.content_id(data) != store.content_id(data)
     assert other.content_id(PORTRAIT) == store.content_id(PORTRAIT)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_transparent_picture_is_turned_as_its_exif_says_as_an_opaque_one_is(fmt, orientation):
+    """A PNG or WebP with transparency and an EXIF orientation (a phone picture edited into a
+    cutout) is turned as OpenCV turns the same picture without transparency: it was decoded as
+    stored (sideways), its face_point and boxes in other pixels than the picture shown."""
+    import io
+
+    from PIL import Image
+
+    img = cv2.resize(portrait(), (160, 96))  # (not square: a turn shows in the shape)
+    img[:8, :8] = 255  # where it is transparent: the white background either way
+    alpha = np.full(img.shape[:2], 255, np.uint8)
+    alpha[:8, :8] = 0
+
+    def saved(pixels: np.ndarray, mode: str) -> bytes:
+        im = Image.fromarray(pixels, mode)
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        out = io.BytesIO()
+        im.save(out, fmt, exif=exif, **({"lossless": True} if fmt == "WEBP" else {}))
+        return out.getvalue()
+
+    rgb = np.ascontiguousarray(img[..., ::-1])
+    transparent, opaque = saved(np.dstack([rgb, alpha]), "RGBA"), saved(rgb, "RGB")
+    assert has_alpha(transparent) and not has_alpha(opaque)
+    shown = cv2.imdecode(np.frombuffer(opaque, np.uint8), cv2.IMREAD_COLOR)  # (OpenCV turns it)
+    assert shown.shape[:2] == ((96, 160) if orientation <= 4 else (160, 96))
+    frames = decode(transparent, f"cutout.{fmt.lower()}", AvatarConfig()).frames
+    assert frames[0].shape == shown.shape, f"orientation {orientation}: {frames[0].shape}, shown {shown.shape}"
+    assert (frames[0] == shown).all(), f"orientation {orientation}: not turned as the opaque picture is"

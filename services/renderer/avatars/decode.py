@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 # A backstop under the header checks below: OpenCV refuses to decode larger images. Read by
 # OpenCV at its first image decode, so it is set before cv2 is used (not overriding an operator's).
@@ -164,8 +165,9 @@ def decode(data: Data, filename: str, cfg: AvatarConfig, crop: Crop | None = Non
     if kind == "jpeg" and b"\xff\xd9" not in data[-4096:]:
         # some libjpeg builds decode a truncated file with a grey bottom and only a warning
         raise InvalidArgument("data", f"{what} is not a decodable image (truncated JPEG)")
-    if has_alpha(data):
+    if has_alpha(data):  # (IMREAD_UNCHANGED does not turn it: turned here, as IMREAD_COLOR would have)
         img = _flattened(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cfg.background)
+        img = None if img is None else oriented(img, exif_orientation(data))
     else:  # (IMREAD_COLOR also turns a JPEG as its EXIF orientation says, reduced or not)
         img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[reduction])
     if img is None:
@@ -272,6 +274,63 @@ def has_alpha(data: Data) -> bool:
         if data[12:16] == b"VP8L":
             return bool(int.from_bytes(data[21:25], "little") >> 28 & 1)
     return False
+
+
+def exif_orientation(data: Data) -> int:
+    """The EXIF orientation (1-8) a PNG's ``eXIf`` chunk (before its image data) or a WebP's
+    ``EXIF`` chunk declares: how its stored pixels are turned to be shown; 1 (as stored) when it
+    declares none or its EXIF is unreadable. (Read for pictures OpenCV decodes unturned: those
+    with transparency.)"""
+    exif = b""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        at = 8
+        while at + 8 <= len(data) and not exif:
+            size, kind = int.from_bytes(data[at : at + 4], "big"), bytes(data[at + 4 : at + 8])
+            if kind in (b"IDAT", b"IEND"):
+                break
+            exif = bytes(data[at + 8 : at + 8 + size]) if kind == b"eXIf" else b""
+            at += 12 + size
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        at = 12
+        while at + 8 <= len(data) and not exif:
+            kind, size = bytes(data[at : at + 4]), int.from_bytes(data[at + 4 : at + 8], "little")
+            exif = bytes(data[at + 8 : at + 8 + size]) if kind == b"EXIF" else b""
+            at += 8 + size + size % 2
+    return _tiff_orientation(exif[6:] if exif.startswith(b"Exif\0\0") else exif)
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of an EXIF block's first IFD (a TIFF header, either byte
+    order), or 1."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    order: Literal["little", "big"] = "little" if tiff[:2] == b"II" else "big"
+    ifd = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[ifd : ifd + 2], order)
+    for at in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+        if int.from_bytes(tiff[at : at + 2], order) == 0x0112:
+            value = int.from_bytes(tiff[at + 8 : at + 10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def oriented(img: np.ndarray, orientation: int) -> np.ndarray:
+    """``img`` as stored, turned (and mirrored) as EXIF ``orientation`` says, to be shown."""
+    if orientation == 2:
+        return cv2.flip(img, 1)
+    if orientation == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(img, 0)
+    if orientation == 5:
+        return cv2.transpose(img)
+    if orientation == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.transpose(img), -1)
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
 
 
 def background_bgr(colour: str) -> tuple[int, int, int]:

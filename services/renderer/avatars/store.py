@@ -62,7 +62,7 @@ import cv2
 import numpy as np
 
 from services.renderer.avatars.analysis import FaceAnalyzer, FaceChoice, FaceTrack
-from services.renderer.avatars.decode import Crop, Data, Decoded, decode, has_alpha
+from services.renderer.avatars.decode import Crop, Data, Decoded, decode, exif_orientation, has_alpha
 from services.renderer.avatars.face_models import load_face_models
 from services.renderer.avatars.scaled import needs_scaling, scaled
 from services.renderer.backends import not_loaded
@@ -259,13 +259,16 @@ class AvatarStore:
         h = hashlib.sha256()
         h.update(data)
         ids = []
+        alpha = f"alpha:{self.cfg.background.lower()}" if has_alpha(data) else ""
+        if alpha and exif_orientation(data) != 1:  # (entries made before it was turned were sideways: redone)
+            alpha += ":turned"
         for framed in (False, True):
             one = h.copy()
             one.update(self.settings_key(choice, framed).encode())
-            if has_alpha(data):
+            if alpha:
                 # its frames depend on the background it is put on (and entries made before alpha was
                 # honoured showed the hidden colour: they are not found again, the image is redone)
-                one.update(f"alpha:{self.cfg.background.lower()}".encode())
+                one.update(alpha.encode())
             ids.append(one.hexdigest()[:20])
         return ids[0], ids[1]
 
