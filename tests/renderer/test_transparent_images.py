@@ -113,3 +113,74 @@ def test_a_transparent_picture_is_turned_as_its_exif_says_as_an_opaque_one_is(fm
     frames = decode(transparent, f"cutout.{fmt.lower()}", AvatarConfig()).frames
     assert frames[0].shape == shown.shape, f"orientation {orientation}: {frames[0].shape}, shown {shown.shape}"
     assert (frames[0] == shown).all(), f"orientation {orientation}: not turned as the opaque picture is"
+
+
+def _exif_saved(pixels: np.ndarray, mode: str, fmt: str, orientation: int) -> bytes:
+    """``pixels`` (RGB or RGBA) saved by Pillow as ``fmt`` with EXIF ``orientation``."""
+    import io
+
+    from PIL import Image
+
+    im = Image.fromarray(pixels, mode)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    im.save(out, fmt, exif=exif, **({"lossless": True} if fmt == "WEBP" else {}))
+    return out.getvalue()
+
+
+def _png_chunks(data: bytes) -> list[bytes]:
+    at, out = 8, []
+    while at < len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        out.append(data[at : at + 12 + size])
+        at += 12 + size
+    return out
+
+
+def _opaque_and_transparent(fmt: str, orientation: int) -> tuple[bytes, bytes]:
+    img = cv2.resize(portrait(), (160, 96))
+    img[:8, :8] = 255  # where it is transparent: the white background either way
+    alpha = np.full(img.shape[:2], 255, np.uint8)
+    alpha[:8, :8] = 0
+    rgb = np.ascontiguousarray(img[..., ::-1])
+    return _exif_saved(rgb, "RGB", fmt, orientation), _exif_saved(np.dstack([rgb, alpha]), "RGBA", fmt, orientation)
+
+
+def _as_opencv_shows(opaque: bytes, transparent: bytes, filename: str) -> None:
+    shown = cv2.imdecode(np.frombuffer(opaque, np.uint8), cv2.IMREAD_COLOR)
+    assert has_alpha(transparent) and not has_alpha(opaque)
+    frames = decode(transparent, filename, AvatarConfig()).frames
+    assert frames[0].shape == shown.shape, f"{frames[0].shape}, the opaque picture shown {shown.shape}"
+    assert (frames[0] == shown).all()
+
+
+def test_a_png_whose_exif_follows_its_image_data_is_turned_as_opencv_turns_it():
+    """A PNG may carry its eXIf chunk after IDAT (a tool that adds the EXIF to a saved file): OpenCV
+    turns the opaque picture as it says, so the transparent one is turned too (the orientation was
+    read only before IDAT: it stayed sideways)."""
+
+    def exif_last(png: bytes) -> bytes:
+        chunks = _png_chunks(png)
+        exif = [c for c in chunks if c[4:8] == b"eXIf"]
+        rest = [c for c in chunks if c[4:8] != b"eXIf"]
+        assert len(exif) == 1 and rest[-1][4:8] == b"IEND"
+        return png[:8] + b"".join(rest[:-1]) + exif[0] + rest[-1]
+
+    opaque, transparent = (exif_last(d) for d in _opaque_and_transparent("PNG", 6))
+    assert cv2.imdecode(np.frombuffer(opaque, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (160, 96)  # (turned)
+    _as_opencv_shows(opaque, transparent, "cutout.png")
+
+
+def test_a_webp_exif_chunk_its_header_does_not_announce_is_ignored_as_opencv_ignores_it():
+    """A WebP's EXIF counts when its VP8X header says the file has one (the EXIF flag), as for
+    OpenCV and libwebp's demuxer: a transparent WebP whose header does not say so stays as stored,
+    like the opaque one (it was turned)."""
+
+    def unannounced(webp: bytes) -> bytes:
+        assert webp[12:16] == b"VP8X" and webp[20] & 0x08
+        return webp[:20] + bytes([webp[20] & ~0x08]) + webp[21:]
+
+    opaque, transparent = (unannounced(d) for d in _opaque_and_transparent("WEBP", 6))
+    assert cv2.imdecode(np.frombuffer(opaque, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (96, 160)  # (as stored)
+    _as_opencv_shows(opaque, transparent, "cutout.webp")

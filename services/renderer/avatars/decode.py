@@ -277,20 +277,21 @@ def has_alpha(data: Data) -> bool:
 
 
 def exif_orientation(data: Data) -> int:
-    """The EXIF orientation (1-8) a PNG's ``eXIf`` chunk (before its image data) or a WebP's
-    ``EXIF`` chunk declares: how its stored pixels are turned to be shown; 1 (as stored) when it
-    declares none or its EXIF is unreadable. (Read for pictures OpenCV decodes unturned: those
-    with transparency.)"""
+    """The EXIF orientation (1-8) a PNG's ``eXIf`` chunk (before or after its image data, as
+    OpenCV reads it) or a WebP's ``EXIF`` chunk (when its VP8X header's EXIF flag says it has one,
+    as OpenCV and libwebp read it) declares: how its stored pixels are turned to be shown; 1 (as
+    stored) when it declares none or its EXIF is unreadable. (Read for pictures OpenCV decodes
+    unturned: those with transparency.)"""
     exif = b""
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         at = 8
         while at + 8 <= len(data) and not exif:
             size, kind = int.from_bytes(data[at : at + 4], "big"), bytes(data[at + 4 : at + 8])
-            if kind in (b"IDAT", b"IEND"):
+            if kind == b"IEND":
                 break
             exif = bytes(data[at + 8 : at + 8 + size]) if kind == b"eXIf" else b""
             at += 12 + size
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    elif data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X" and len(data) > 20 and data[20] & 0x08:  # (its EXIF flag)
         at = 12
         while at + 8 <= len(data) and not exif:
             kind, size = bytes(data[at : at + 4]), int.from_bytes(data[at + 4 : at + 8], "little")
