@@ -184,3 +184,31 @@ def test_a_webp_exif_chunk_its_header_does_not_announce_is_ignored_as_opencv_ign
     opaque, transparent = (unannounced(d) for d in _opaque_and_transparent("WEBP", 6))
     assert cv2.imdecode(np.frombuffer(opaque, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (96, 160)  # (as stored)
     _as_opencv_shows(opaque, transparent, "cutout.webp")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_an_upload_of_countless_empty_chunks_is_not_walked_to_its_end(fmt):
+    """The EXIF orientation is looked for among a bounded number of chunks: an upload of a few
+    bytes of header and then millions of empty chunks (96 MiB: 8 million) took seconds of the
+    renderer's CPU per read (its id, then its decode) before anything refused it."""
+    import struct
+    import time
+    import zlib
+
+    from services.renderer.avatars.decode import exif_orientation
+
+    count = 8 * 1024 * 1024
+    if fmt == "PNG":
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 6, 0, 0, 0))  # (RGBA)
+        data = head + chunk(b"tEXt", b"") * count + chunk(b"IEND", b"")
+    else:
+        vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x18]) + bytes(9)  # (alpha, EXIF)
+        data = b"RIFF" + struct.pack("<I", 4 + 18 + 8 * count) + b"WEBP" + vp8x + b"XXXX\0\0\0\0" * count
+    assert has_alpha(data)
+    started = time.process_time()
+    assert exif_orientation(data) == 1
+    assert time.process_time() - started < 0.5

@@ -276,6 +276,12 @@ def has_alpha(data: Data) -> bool:
     return False
 
 
+#: The most chunks of a PNG or WebP looked at for its EXIF (``exif_orientation``): as many as a
+#: 512 MiB PNG in libpng's 8 KiB IDAT chunks has (avatars.max_upload_bytes: 200 MiB by default),
+#: so that an upload of millions of empty chunks costs milliseconds, not seconds.
+MAX_EXIF_CHUNKS = 1 << 16
+
+
 def exif_orientation(data: Data) -> int:
     """The EXIF orientation (1-8) a PNG's ``eXIf`` chunk (before or after its image data, as
     OpenCV reads it) or a WebP's ``EXIF`` chunk (when its VP8X header's EXIF flag says it has one,
@@ -284,16 +290,18 @@ def exif_orientation(data: Data) -> int:
     unturned: those with transparency.)"""
     exif = b""
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        at = 8
-        while at + 8 <= len(data) and not exif:
+        at, chunks = 8, 0
+        while at + 8 <= len(data) and not exif and chunks < MAX_EXIF_CHUNKS:
+            chunks += 1
             size, kind = int.from_bytes(data[at : at + 4], "big"), bytes(data[at + 4 : at + 8])
             if kind == b"IEND":
                 break
             exif = bytes(data[at + 8 : at + 8 + size]) if kind == b"eXIf" else b""
             at += 12 + size
     elif data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X" and len(data) > 20 and data[20] & 0x08:  # (its EXIF flag)
-        at = 12
-        while at + 8 <= len(data) and not exif:
+        at, chunks = 12, 0
+        while at + 8 <= len(data) and not exif and chunks < MAX_EXIF_CHUNKS:
+            chunks += 1
             kind, size = bytes(data[at : at + 4]), int.from_bytes(data[at + 4 : at + 8], "little")
             exif = bytes(data[at + 8 : at + 8 + size]) if kind == b"EXIF" else b""
             at += 8 + size + size % 2
