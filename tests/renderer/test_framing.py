@@ -314,3 +314,36 @@ def test_a_framing_that_kept_the_whole_picture_is_remembered(tmp_path, monkeypat
     monkeypatch.setattr("services.renderer.avatars.store.CROP_FACE_WIDTHS", 4)
     other.register(data, filename)
     assert "analyse" in calls[first:]
+
+
+def test_a_note_that_cannot_be_written_does_not_fail_the_registration(tmp_path, monkeypatch):
+    """The kept-whole note is a shortcut for the next registration: a cache directory that cannot
+    take it (full, a passing I/O error) leaves the whole picture registered, not an error for an
+    avatar that was made (and for a re-add that found it stored)."""
+    import errno
+
+    import services.renderer.avatars.store as store_module
+
+    store = _store(tmp_path / "store")
+    data = _jpeg(_scene())
+    real_analyse, real_write = store.faces.analyse, store_module._write_atomic
+    analysed: list[int] = []
+
+    def analyse(frames, choice, **kw):  # type: ignore[no-untyped-def]
+        analysed.append(1)
+        if len(analysed) % 2 == 0:  # (the crop's: the face not found again)
+            raise InvalidArgument("data", "no face found")
+        return real_analyse(frames, choice, **kw)
+
+    def write(path: Path, content: bytes) -> None:
+        if not path.parent.name.startswith("."):  # (an installed entry's file, not one being built)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, content)
+
+    monkeypatch.setattr(store.faces, "analyse", analyse)
+    monkeypatch.setattr(store_module, "_write_atomic", write)
+    avatar, cached = store.register(data, "room.jpg")
+    assert not cached and avatar.id == store.content_id(data) and "framed_box" not in avatar.report
+    again, cached = store.register(data, "room.jpg", framing="head_and_shoulders")
+    assert cached and again.id == avatar.id
+    assert "kept_whole" not in store._meta(avatar.id)  # (not noted: decided again next time)

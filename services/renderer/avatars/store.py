@@ -466,14 +466,19 @@ class AvatarStore:
     def _note_kept_whole(self, whole_id: str, framed_id: str, why: str) -> None:
         """Notes in the whole picture's meta.json (``KEPT_WHOLE``) that framing kept it whole, and
         why, under the crop rule ``framed_id`` hashes (held: the entry's lock). Nothing when the
-        entry is gone or unreadable: the next registration decides again."""
+        entry is gone or unreadable, or the note cannot be written (a full disk: only logged, the
+        registration stands): the next registration decides again."""
         note = {"framed_id": framed_id, "why": why}
         with self._disk_lock(whole_id):
             meta = self._meta(whole_id)
             if not meta or meta.get(KEPT_WHOLE) == note:  # (deleted, unreadable, or noted already)
                 return
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 _write_atomic(self.root / whole_id / "meta.json", json.dumps({**meta, KEPT_WHOLE: note}).encode())
+            except FileNotFoundError:  # (deleted meanwhile by another process)
+                pass
+            except OSError as exc:
+                log.warning("avatar %s: could not note that framing kept it whole (%s)", whole_id, exc)
 
     def _save(
         self, avatar_id: str, decoded: Decoded, track: FaceTrack, filename: str, name: str,
