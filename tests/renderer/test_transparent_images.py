@@ -214,3 +214,30 @@ def test_an_upload_of_countless_empty_chunks_is_not_walked_to_its_end(fmt):
     started = time.process_time()
     assert exif_orientation(data) == 1
     assert time.process_time() - started < 0.5
+
+
+def test_a_huge_exif_chunk_is_not_copied_whole():
+    """The orientation is in the EXIF's first IFD, at its start: a PNG whose eXIf chunk is most of
+    the upload (64 MiB) is read in its first 64 KiB (as much EXIF as a JPEG can carry), not
+    copied whole (twice: the chunk, then the block after its "Exif" mark) outside the upload
+    memory budget."""
+    import struct
+    import tracemalloc
+    import zlib
+
+    from services.renderer.avatars.decode import exif_orientation
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    tiff = b"MM\0*" + struct.pack(">I", 8) + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0)
+    exif = b"Exif\0\0" + tiff + bytes(64 * 1024 * 1024)
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 6, 0, 0, 0))
+    data = head + chunk(b"eXIf", exif) + chunk(b"IEND", b"")
+    tracemalloc.start()
+    try:
+        assert exif_orientation(data) == 6
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, f"{peak} bytes allocated to read a 64 MiB EXIF's orientation"

@@ -283,6 +283,9 @@ def has_alpha(data: Data) -> bool:
 #: 512 MiB PNG in libpng's 8 KiB IDAT chunks has (avatars.max_upload_bytes: 200 MiB by default),
 #: so that an upload of millions of empty chunks costs milliseconds, not seconds.
 MAX_EXIF_CHUNKS = 1 << 16
+#: How much of an EXIF chunk is read for its orientation (in the first IFD, at its start): as much
+#: EXIF as a JPEG can carry (one APP1 segment), not a copy of a chunk as large as the upload.
+MAX_EXIF_BYTES = 64 * 1024
 
 
 def exif_orientation(data: Data) -> int:
@@ -300,14 +303,14 @@ def exif_orientation(data: Data) -> int:
             size, kind = int.from_bytes(data[at : at + 4], "big"), bytes(data[at + 4 : at + 8])
             if kind == b"IEND":
                 break
-            exif = bytes(data[at + 8 : at + 8 + size]) if kind == b"eXIf" else b""
+            exif = bytes(data[at + 8 : at + 8 + min(size, MAX_EXIF_BYTES)]) if kind == b"eXIf" else b""
             at += 12 + size
     elif data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X" and len(data) > 20 and data[20] & 0x08:  # (its EXIF flag)
         at, chunks = 12, 0
         while at + 8 <= len(data) and not exif and chunks < MAX_EXIF_CHUNKS:
             chunks += 1
             kind, size = bytes(data[at : at + 4]), int.from_bytes(data[at + 4 : at + 8], "little")
-            exif = bytes(data[at + 8 : at + 8 + size]) if kind == b"EXIF" else b""
+            exif = bytes(data[at + 8 : at + 8 + min(size, MAX_EXIF_BYTES)]) if kind == b"EXIF" else b""
             at += 8 + size + size % 2
     return _tiff_orientation(exif[6:] if exif.startswith(b"Exif\0\0") else exif)
 
