@@ -219,8 +219,7 @@ def test_an_upload_of_countless_empty_chunks_is_not_walked_to_its_end(fmt):
 def test_a_huge_exif_chunk_is_not_copied_whole():
     """The orientation is in the EXIF's first IFD, at its start: a PNG whose eXIf chunk is most of
     the upload (64 MiB) is read in its first 64 KiB (as much EXIF as a JPEG can carry), not
-    copied whole (twice: the chunk, then the block after its "Exif" mark) outside the upload
-    memory budget."""
+    copied whole outside the upload memory budget."""
     import struct
     import tracemalloc
     import zlib
@@ -231,7 +230,7 @@ def test_a_huge_exif_chunk_is_not_copied_whole():
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     tiff = b"MM\0*" + struct.pack(">I", 8) + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0)
-    exif = b"Exif\0\0" + tiff + bytes(64 * 1024 * 1024)
+    exif = tiff + bytes(64 * 1024 * 1024)
     head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 6, 0, 0, 0))
     data = head + chunk(b"eXIf", exif) + chunk(b"IEND", b"")
     tracemalloc.start()
@@ -241,3 +240,34 @@ def test_a_huge_exif_chunk_is_not_copied_whole():
     finally:
         tracemalloc.stop()
     assert peak < 1024 * 1024, f"{peak} bytes allocated to read a 64 MiB EXIF's orientation"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_an_exif_chunk_with_a_jpeg_s_exif_mark_is_not_read_as_opencv_does_not_read_it(fmt):
+    """A PNG's eXIf and a WebP's EXIF hold the TIFF data itself; one that starts with JPEG's
+    "Exif\\0\\0" mark instead is invalid to libpng and unread by OpenCV, which shows the opaque
+    picture as stored: so is the transparent one, and so is the opaque one decoded here (it keeps
+    the id it always had: its stored frames must not change)."""
+    import struct
+    import zlib
+
+    def marked(data: bytes) -> bytes:
+        if fmt == "PNG":
+            chunks = _png_chunks(data)
+            (exif,) = [c for c in chunks if c[4:8] == b"eXIf"]
+            body = b"Exif\0\0" + exif[8:-4]
+            new = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+            return data.replace(exif, new)
+        at = data.index(b"EXIF")
+        size = int.from_bytes(data[at + 4 : at + 8], "little")
+        body = b"Exif\0\0" + data[at + 8 : at + 8 + size]
+        pad = b"\0" if len(body) % 2 else b""
+        out = data[:at] + b"EXIF" + struct.pack("<I", len(body)) + body + pad + data[at + 8 + size + size % 2 :]
+        return out[:4] + struct.pack("<I", len(out) - 8) + out[8:]
+
+    opaque, transparent = (marked(d) for d in _opaque_and_transparent(fmt, 6))
+    shown = cv2.imdecode(np.frombuffer(opaque, np.uint8), cv2.IMREAD_COLOR)
+    assert shown.shape[:2] == (96, 160)  # (as stored)
+    for what, data in (("opaque", opaque), ("transparent", transparent)):
+        frames = decode(data, f"cutout.{fmt.lower()}", AvatarConfig()).frames
+        assert frames[0].shape == shown.shape and (frames[0] == shown).all(), what

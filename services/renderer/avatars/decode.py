@@ -312,7 +312,7 @@ def exif_orientation(data: Data) -> int:
             kind, size = bytes(data[at : at + 4]), int.from_bytes(data[at + 4 : at + 8], "little")
             exif = bytes(data[at + 8 : at + 8 + min(size, MAX_EXIF_BYTES)]) if kind == b"EXIF" else b""
             at += 8 + size + size % 2
-    return _tiff_orientation(exif[6:] if exif.startswith(b"Exif\0\0") else exif)
+    return _tiff_orientation(exif)  # (one that starts with JPEG's "Exif\0\0" instead: invalid to libpng, unread)
 
 
 def _tiff_orientation(tiff: bytes) -> int:
