@@ -165,13 +165,14 @@ def decode(data: Data, filename: str, cfg: AvatarConfig, crop: Crop | None = Non
     if kind == "jpeg" and b"\xff\xd9" not in data[-4096:]:
         # some libjpeg builds decode a truncated file with a grey bottom and only a warning
         raise InvalidArgument("data", f"{what} is not a decodable image (truncated JPEG)")
-    if has_alpha(data):  # (IMREAD_UNCHANGED does not turn it: turned below)
+    alpha = has_alpha(data)
+    if alpha:  # (IMREAD_UNCHANGED does not turn it: turned below)
         img = _flattened(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cfg.background)
-    elif kind == "jpeg":  # (IMREAD_COLOR also turns a JPEG as its EXIF orientation says, reduced or not)
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[reduction])
-    else:  # turned below, not by OpenCV: whether it reads a WebP's EXIF depends on its version (4.14 does, 4.10 not)
+    elif kind == "webp":  # turned below, not by OpenCV: whether it reads a WebP's EXIF depends on its version
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is not None and kind != "jpeg":  # (a PNG or WebP, with transparency or not: one reading of its EXIF)
+    else:  # (IMREAD_COLOR also turns a JPEG or a PNG as its EXIF orientation says, a JPEG reduced or not)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[reduction])
+    if img is not None and (alpha or kind == "webp"):  # (4.14 reads a WebP's EXIF, 4.10 does not)
         img = oriented(img, exif_orientation(data))
     if img is None:
         raise InvalidArgument("data", f"{what} is not a decodable image (corrupt or truncated)")
@@ -292,9 +293,9 @@ def exif_orientation(data: Data) -> int:
     """The EXIF orientation (1-8) a PNG's ``eXIf`` chunk (before or after its image data, as
     OpenCV reads it) or a WebP's ``EXIF`` chunk (when its VP8X header's EXIF flag says it has one,
     as OpenCV and libwebp read it) declares: how its stored pixels are turned to be shown; 1 (as
-    stored) when it declares none or its EXIF is unreadable. (Read for every PNG and WebP: OpenCV
-    decodes one with transparency unturned, and whether it reads a WebP's EXIF depends on its
-    version.)"""
+    stored) when it declares none or its EXIF is unreadable. (Read for every WebP and for a PNG
+    with transparency: OpenCV decodes one with transparency unturned, and whether it reads a
+    WebP's EXIF depends on its version.)"""
     exif = b""
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         at, chunks = 8, 0
