@@ -463,7 +463,7 @@ def _decode_video(data: Data, kind: str, cfg: AvatarConfig, crop: Crop | None = 
             if not cap.isOpened():
                 raise InvalidArgument("data", "not a decodable video (corrupt, truncated or unknown codec)")
             # a phone's portrait video is stored sideways with a rotation: frames and sizes as shown
-            # (OpenCV's default too, said here so that no build or version can differ)
+            # (OpenCV's default with its FFmpeg backend; asked for here rather than left to the default)
             cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
             w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
             h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
