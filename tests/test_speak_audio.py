@@ -305,6 +305,25 @@ def test_other_formats_and_rates_go_through_pyav(tmp_path: Path) -> None:
         read_speech(tmp_path / "dir.wav")
 
 
+def test_a_recording_whose_wav_header_was_never_finished_is_read_whole(tmp_path: Path) -> None:
+    """A recorder stopped before it wrote the sizes leaves "0 bytes of data" in the header with the
+    samples after it (FFmpeg reads them); an empty WAV still holds no audio."""
+    rate = 16000
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(rate // 2) / rate)
+    path = _wav(tmp_path / "take.wav", tone[:, None], rate, 2)
+    data = path.read_bytes()
+    start = data.index(b"data") + 8
+    unfinished = data[:4] + (36).to_bytes(4, "little") + data[8 : start - 4] + bytes(4) + data[start:]
+    (tmp_path / "unfinished.wav").write_bytes(unfinished)
+    pcm, got_rate = read_speech(tmp_path / "unfinished.wav")
+    got = np.frombuffer(pcm, "<i2") / 32767
+    assert got_rate == rate and len(got) == len(tone)
+    assert np.abs(got - tone).max() < 0.001
+    (tmp_path / "empty.wav").write_bytes(data[:start - 4] + bytes(4))  # a header and nothing after it
+    with pytest.raises(SpeechFileError, match=r"holds no audio$"):
+        read_speech(tmp_path / "empty.wav")
+
+
 async def test_say_audio_from_the_command_line(tmp_path: Path) -> None:
     rate = 22050
     pcm = _speech(rate)
