@@ -28,7 +28,7 @@ from talkmesh.common.channel import (
     ClientTLS,
     create_channel,
 )
-from talkmesh.common.clock import MAX_AUDIO_MESSAGE_SECONDS
+from talkmesh.common.clock import MAX_AUDIO_MESSAGE_SECONDS, audio_file_kind
 from talkmesh.common.propagation import outgoing_metadata
 from talkmesh.common.registry import port_base_from_env
 from talkmesh.v1 import gateway_pb2 as gpb
@@ -95,21 +95,15 @@ class _CheckedCall:
 MAX_PIECE_SECONDS, FIRST_PIECE_SECONDS = MAX_AUDIO_MESSAGE_SECONDS, 0.2
 
 
-#: How audio files begin (raw PCM has no header; a recording starts with these bytes by chance
-#: about once in 2**32): WAV, MP3 with its ID3 tag, FLAC, Ogg.
-_FILE_MAGIC = {b"RIFF": "a WAV file", b"ID3\x03": "an MP3 file", b"ID3\x04": "an MP3 file",
-               b"fLaC": "a FLAC file", b"OggS": "an Ogg file"}  # fmt: skip
-
-
 def _not_a_file(pcm: bytes) -> None:
     """ValueError for the bytes of a whole audio file passed as PCM: its header would be played as
     samples (a click), and its rate and channels ignored."""
-    for magic, kind in _FILE_MAGIC.items():
-        if pcm.startswith(magic):
-            raise ValueError(
-                f"pcm: these bytes are {kind}, not raw PCM: pass its samples (mono s16le), e.g. from "
-                "wave.open(path).readframes(n) for a mono 16-bit WAV, or use `talkmesh say --audio FILE`"
-            )
+    kind = audio_file_kind(pcm)
+    if kind:
+        raise ValueError(
+            f"pcm: these bytes are {kind}, not raw PCM: pass its samples (mono s16le), e.g. from "
+            "wave.open(path).readframes(n) for a mono 16-bit WAV, or use `talkmesh say --audio FILE`"
+        )
 
 
 def _as_pcm(chunks: Any) -> Any:
@@ -157,13 +151,13 @@ async def pcm_pieces(
             yield piece
 
     def head() -> None:
-        """A file's bytes in chunks are refused at the first: its first 4 bytes, once they are
+        """A file's bytes in chunks are refused at the first: its first 8 bytes, once they are
         here (a first chunk shorter than that has gone on as samples: not a file's start)."""
         nonlocal head_checked
-        if not head_checked and (len(pending) >= 4 or not first):
+        if not head_checked and (len(pending) >= 8 or not first):
             head_checked = True
             if first:
-                _not_a_file(bytes(pending[:4]))
+                _not_a_file(bytes(pending[:8]))
 
     if isinstance(chunks, AsyncIterable):
         async for chunk in chunks:

@@ -3,7 +3,8 @@
 PCM WAV files (8, 16, 24 or 32-bit integer samples, any number of channels) are read with the
 standard library; other formats (float WAV, MP3, M4A, Ogg, WebM...) with PyAV when it is
 installed (it comes with talkmesh's `encoder` or `all` extras). Channels are averaged; a rate the
-gateway does not take (outside 8..48 kHz) is resampled to 48 kHz (PyAV) or refused (WAV).
+gateway does not take (outside 8..48 kHz) is resampled to 48 kHz (PyAV) or refused (WAV). A WAV
+file whose header was never finished (0 bytes of data, the samples after it) is read by PyAV too.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def read_speech(path: str | Path) -> tuple[bytes, int]:
 def _read(path: Path) -> tuple[bytes, int]:
     try:
         return _read_wav(path)
-    except (wave.Error, EOFError, _RateError) as exc:
-        why = str(exc) if isinstance(exc, _RateError) else "not a PCM WAV file"  # PyAV, if it is here
+    except (wave.Error, EOFError, _RateError, _UnfinishedError) as exc:
+        read_by_pyav = isinstance(exc, (_RateError, _UnfinishedError))  # PyAV, if it is here
+        why = str(exc) if read_by_pyav else "not a PCM WAV file"
     try:
         import av  # noqa: F401
     except ImportError:
@@ -55,10 +57,17 @@ class _RateError(ValueError):
     """A WAV file at a rate the gateway does not take (PyAV resamples it)."""
 
 
+class _UnfinishedError(ValueError):
+    """A WAV file whose header says it holds no samples while bytes follow it (FFmpeg reads them)."""
+
+
 def _read_wav(path: Path) -> tuple[bytes, int]:
-    with wave.open(str(path), "rb") as w:
+    with path.open("rb") as f, wave.open(f, "rb") as w:
         channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
         raw = w.readframes(frames)
+        after = path.stat().st_size - f.tell()  # a recorder stopped before writing the sizes leaves 0 frames
+    if not raw and after >= width * channels:
+        raise _UnfinishedError(f"its header says it holds no audio, but {after} bytes follow (unfinished?)")
     if width not in (1, 2, 3, 4):
         raise SpeechFileError(f"{path}: {8 * width}-bit WAV samples are not supported")
     if not MIN_RATE <= rate <= MAX_RATE:

@@ -420,6 +420,35 @@ async def test_bad_turn_input_is_one_error_each_and_leaves_no_open_turn(tmp_path
         assert error_at < _index(rec, lambda r, t=tid: r.kind == "event" and r.msg.event.speaking_stopped.turn_id == t)
 
 
+#: How a browser's MediaRecorder blob (WebM) and a phone's voice memo (M4A) begin.
+WEBM_HEAD, M4A_HEAD = b"\x1aE\xdf\xa3\x9fB\x86\x81", b"\x00\x00\x00\x1cftypM4A "
+
+
+async def test_a_recording_files_bytes_sent_as_pcm_are_refused_not_played_as_noise(tmp_path: Path) -> None:
+    """An app that sends its recording's file (its header, then compressed audio) as the turn's
+    PCM gets an error naming the format, at the turn's first bytes, whatever came before them (an
+    `audio` message naming the turn, as the web socket sends), and no sound of it is played."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await live.audio("webm", b"", 48000)  # the turn named, its bytes follow
+            await live.audio("webm", WEBM_HEAD + bytes(9592), 48000)
+            await live.audio("webm", bytes(9600), 48000, final=True)  # discarded
+            await live.audio("m4a", M4A_HEAD + bytes(3188), 16000, final=True)
+            await live.audio("pcm", b"\x00\x00" * 1600, 16000, final=True)  # later turns play
+            await rec.wait_event("speaking_stopped", "pcm", timeout=30)
+            await live.close()
+            await rec.finish()
+    assert _errors(rec) == [("audio.pcm", INVALID, "webm"), ("audio.pcm", INVALID, "m4a")]
+    messages = [r.msg.error.message for r in rec.messages if r.kind == "error"]
+    assert messages[0].startswith("audio.pcm: these bytes are a WebM file, not raw PCM:"), messages
+    assert messages[1].startswith("audio.pcm: these bytes are an MP4 (M4A) file, not raw PCM:"), messages
+    stops = {s.turn_id: s for s in (r.msg.event.speaking_stopped for r in rec.events("speaking_stopped"))}
+    assert stops["m4a"].reason == lpb.STOP_REASON_FAILED  # refused at its first message: no turn began
+    assert stops["webm"].samples_played == stops["m4a"].samples_played == 0  # nothing of them played
+    assert stops["pcm"].reason == lpb.STOP_REASON_COMPLETED and stops["pcm"].samples_played == 1600
+
+
 async def test_a_turn_whose_input_goes_quiet_is_ended_and_the_next_one_plays(tmp_path: Path) -> None:
     env = {"TALKMESH_GATEWAY__LIVE__TURN_INPUT_TIMEOUT_SECONDS": "1"}
     async with inprocess_mesh(tmp_path, env=env) as mesh, TalkmeshClient(mesh.gateway) as client:

@@ -68,6 +68,9 @@ async def test_the_callers_speech_becomes_a_lip_synced_video(tmp_path: Path, rat
     _check_video(tmp_path / "me.mp4", pcm, rate)
 
 
+_WEBM = b"\x1aE\xdf\xa3\x9fB\x86\x81" + bytes(200)  # how a browser's MediaRecorder blob begins
+
+
 def _messages(*items: gpb.SpeakStreamRequest, start: gpb.SpeakRequest | None = None) -> list[gpb.SpeakStreamRequest]:
     return [gpb.SpeakStreamRequest(start=start or gpb.SpeakRequest()), *items]
 
@@ -85,6 +88,11 @@ def _piece(rate: int, samples: int) -> gpb.SpeakStreamRequest:
         (_messages(_piece(96000, 100)), "audio.sample_rate", "outside 8000..48000"),
         (_messages(_piece(16000, 16001)), "audio.pcm", "more than 1 s of audio"),
         (_messages(_piece(16000, 0), _piece(16000, 0)), "audio.pcm", "no audio"),
+        (  # a recording's file sent as its samples (the client checks too; the gateway must)
+            _messages(_piece(16000, 0), gpb.SpeakStreamRequest(audio=gpb.AudioPiece(sample_rate=48000, pcm=_WEBM))),
+            "audio.pcm",
+            "these bytes are a WebM file, not raw PCM",
+        ),
         (_messages(*[_piece(16000, 16000)] * 3), "audio", "exceeds the limit of 2 seconds"),
         (  # a sender that knows the recording's length is refused before any stage starts
             _messages(gpb.SpeakStreamRequest(audio=gpb.AudioPiece(sample_rate=16000, total_samples=48000))),
@@ -225,6 +233,10 @@ async def test_what_cannot_be_pcm_is_refused_before_a_piece_is_sent() -> None:
     with pytest.raises(ValueError, match="these bytes are a WAV file, not raw PCM"):
         await send([wav[:1000], wav[1000:]])
     assert sent == []
+    m4a = b"\x00\x00\x00\x1cftypM4A " + b"\x00" * 4000  # a phone's voice memo: its kind is at bytes 4..8
+    with pytest.raises(ValueError, match=r"these bytes are an MP4 \(M4A\) file, not raw PCM"):
+        await send([m4a[:1000], m4a[1000:]])
+    assert sent == []
     # NumPy: mono int16 samples are PCM; anything else says what to pass
     await send(np.arange(3000, dtype=np.int16))
     assert b"".join(sent) == np.arange(3000, dtype="<i2").tobytes()
@@ -303,6 +315,25 @@ def test_other_formats_and_rates_go_through_pyav(tmp_path: Path) -> None:
     (tmp_path / "dir.wav").mkdir()
     with pytest.raises(SpeechFileError, match="is a directory"):
         read_speech(tmp_path / "dir.wav")
+
+
+def test_a_recording_whose_wav_header_was_never_finished_is_read_whole(tmp_path: Path) -> None:
+    """A recorder stopped before it wrote the sizes leaves "0 bytes of data" in the header with the
+    samples after it (FFmpeg reads them); an empty WAV still holds no audio."""
+    rate = 16000
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(rate // 2) / rate)
+    path = _wav(tmp_path / "take.wav", tone[:, None], rate, 2)
+    data = path.read_bytes()
+    start = data.index(b"data") + 8
+    unfinished = data[:4] + (36).to_bytes(4, "little") + data[8 : start - 4] + bytes(4) + data[start:]
+    (tmp_path / "unfinished.wav").write_bytes(unfinished)
+    pcm, got_rate = read_speech(tmp_path / "unfinished.wav")
+    got = np.frombuffer(pcm, "<i2") / 32767
+    assert got_rate == rate and len(got) == len(tone)
+    assert np.abs(got - tone).max() < 0.001
+    (tmp_path / "empty.wav").write_bytes(data[:start - 4] + bytes(4))  # a header and nothing after it
+    with pytest.raises(SpeechFileError, match=r"holds no audio$"):
+        read_speech(tmp_path / "empty.wav")
 
 
 async def test_say_audio_from_the_command_line(tmp_path: Path) -> None:

@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from talkmesh.common.clock import MAX_AUDIO_MESSAGE_SECONDS, MAX_CALLER_RATE, MIN_CALLER_RATE, SPEECH_SAMPLE_RATES
+from talkmesh.common.clock import (
+    MAX_AUDIO_MESSAGE_SECONDS,
+    MAX_CALLER_RATE,
+    MIN_CALLER_RATE,
+    SPEECH_SAMPLE_RATES,
+    audio_file_kind,
+)
 from talkmesh.common.errors import InvalidArgument
 
 
-def check_audio(sample_rate: int, pcm: bytes, field: str = "audio") -> None:
+def check_audio(sample_rate: int, pcm: bytes, field: str = "audio", *, first: bool = False) -> None:
     """InvalidArgument naming ``<field>.sample_rate`` or ``<field>.pcm``: a rate outside
-    ``MIN_CALLER_RATE..MAX_CALLER_RATE``, an odd number of bytes, or more than ``MAX_AUDIO_MESSAGE_SECONDS``."""
+    ``MIN_CALLER_RATE..MAX_CALLER_RATE``, an odd number of bytes, or more than ``MAX_AUDIO_MESSAGE_SECONDS``;
+    and, for the ``first`` bytes of a recording, an audio file's bytes (``audio_file_kind``)."""
     if not MIN_CALLER_RATE <= sample_rate <= MAX_CALLER_RATE:
         raise InvalidArgument(
             f"{field}.sample_rate", f"{sample_rate} Hz is outside {MIN_CALLER_RATE}..{MAX_CALLER_RATE}"
+        )
+    kind = audio_file_kind(pcm) if first else None
+    if kind:
+        raise InvalidArgument(
+            f"{field}.pcm", f"these bytes are {kind}, not raw PCM: decode it to mono s16le samples and send those"
         )
     if len(pcm) % 2:
         raise InvalidArgument(f"{field}.pcm", f"{len(pcm)} bytes is not a whole number of s16le samples")

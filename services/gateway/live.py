@@ -722,7 +722,7 @@ class LiveSession:
         if turn is not None and turn.input_done:
             raise InvalidArgument(f"{kind}.turn_id", f"turn {tid!r} has already ended its input")
         if kind == "audio":
-            check_audio(body.sample_rate, body.pcm)
+            check_audio(body.sample_rate, body.pcm, first=turn is None or not turn.received)
             if turn is not None and body.sample_rate != turn.source_rate:
                 raise InvalidArgument(
                     "audio.sample_rate", f"{body.sample_rate} Hz differs from the turn's {turn.source_rate} Hz"

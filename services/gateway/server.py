@@ -146,7 +146,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         while msg is not None:
             if msg.WhichOneof("kind") != "audio":
                 raise InvalidArgument("audio", "every message after start must carry audio, as the first one did")
-            check_audio(msg.audio.sample_rate, msg.audio.pcm)
+            check_audio(msg.audio.sample_rate, msg.audio.pcm, first=samples == 0)
             if msg.audio.sample_rate != rate:
                 raise InvalidArgument(
                     "audio.sample_rate", f"{msg.audio.sample_rate} Hz differs from the first piece's {rate} Hz"

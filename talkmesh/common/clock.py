@@ -40,6 +40,21 @@ MAX_FRAGMENT_MS = 10_000
 #: piece, a browser's audio message.
 MAX_AUDIO_MESSAGE_SECONDS = 1
 
+#: How audio files begin, where a caller's raw PCM is expected (raw PCM has no header; a recording
+#: starts with these bytes by chance about once in 2**32): the header would play as samples, the
+#: compressed rest as noise. WAV, MP3 with its ID3 tag, FLAC, Ogg, WebM or Matroska (a browser's
+#: MediaRecorder), Apple's CAF, AMR; MP4/M4A/MOV/3GP by `ftyp` after the first box's size.
+AUDIO_FILE_MAGIC = {b"RIFF": "a WAV file", b"ID3\x03": "an MP3 file", b"ID3\x04": "an MP3 file",
+                    b"fLaC": "a FLAC file", b"OggS": "an Ogg file", b"\x1aE\xdf\xa3": "a WebM file",
+                    b"caff": "a CAF file", b"#!AMR": "an AMR file"}  # fmt: skip
+
+
+def audio_file_kind(head: bytes) -> str | None:
+    """What audio file ``head`` (a caller's first PCM bytes, at least 8 for MP4) begins, if any."""
+    if head[4:8] == b"ftyp":
+        return "an MP4 (M4A) file"
+    return next((kind for magic, kind in AUDIO_FILE_MAGIC.items() if head.startswith(magic)), None)
+
 
 def fps_fraction(fps: float | Fraction | int) -> Fraction:
     """The exact rate of ``fps``: 25.0 -> 25, 12.5 -> 25/2, 29.97 -> 2997/100, and a float close to
