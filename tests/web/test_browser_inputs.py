@@ -80,8 +80,9 @@ async def test_drag_and_drop_uploads_an_avatar_and_the_microphone_speaks(tmp_pat
             assert await page.eval_on_selector("#upload-progress", "p => p.value") == 100
             assert "is ready" in await page.inner_text("#upload-status")
             avatar_id = upload["ok"]
+            # the pickers are refilled from /v1/avatars after the upload's answer (a fetch: wait for it)
+            await wait_js(page, f"document.getElementById('avatar-select').value === '{avatar_id}'", timeout=30)
             assert await page.locator(f"#avatar-select option[value='{avatar_id}']").count() == 1
-            assert await page.eval_on_selector("#avatar-select", "s => s.value") == avatar_id
             # the page reconnects on the new avatar
             await wait_js(
                 page,
