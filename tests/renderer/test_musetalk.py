@@ -7,8 +7,11 @@ diffusers directory), fewer channels and blocks so it runs in seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -392,18 +395,25 @@ def test_export_checks_free_disk_first(tmp_path: Path, exported, monkeypatch: py
 
 async def test_renderer_service_loads_the_external_data_models_on_cpu(exported_external, tmp_path: Path):
     """The renderer opens the models by path: the .data files beside them load on CPU, through the service."""
+    _, _, out = exported_external
+    async with _musetalk_renderer(out, tmp_path) as render:
+        msgs = [m async for m in render(_musetalk_requests())]
+    assert msgs[-1].end_of_stream
+    inferred = {m.frame_index for m in msgs if m.data and m.inferred}
+    assert inferred == {0, 1, 2}
+
+
+@contextlib.asynccontextmanager
+async def _musetalk_renderer(out: Path, tmp_path: Path) -> AsyncIterator[Callable[[list[Any]], Any]]:
+    """A renderer service (port 0) loading the MuseTalk models in ``out``; yields ``render(requests)``,
+    a Render call."""
     renderer_main = pytest.importorskip("services.renderer.main")
     from services.renderer.config import AvatarConfig
     from talkmesh.common.channel import create_channel
     from talkmesh.common.config import ServerConfig
-    from talkmesh.common.tensors import to_tensor
     from talkmesh.testing import serve
-    from talkmesh.v1 import audio_features_pb2 as fpb
-    from talkmesh.v1 import common_pb2 as cpb
-    from talkmesh.v1 import renderer_pb2 as rpb
     from talkmesh.v1 import renderer_pb2_grpc as rpb_grpc
 
-    _, _, out = exported_external
     config = RendererConfig(
         server=ServerConfig(port=0, metrics_port=-1, grace_seconds=2.0),
         backends=["viseme", "musetalk"],
@@ -411,20 +421,28 @@ async def test_renderer_service_loads_the_external_data_models_on_cpu(exported_e
         batch=BatchConfig(max_size=2, max_delay_ms=20.0),
         avatars=AvatarConfig(cache_dir=str(tmp_path / "avatars")),
     )
+    service = renderer_main.create_service(config, Telemetry("renderer"))
+    async with serve(service, config.server) as host, create_channel(host.address) as channel:
+        yield lambda reqs: rpb_grpc.RendererStub(channel).Render(iter(reqs), timeout=300)
+
+
+def _musetalk_requests(said: str = "", voiced: Callable[[int], bool] = lambda _i: True) -> list[Any]:
+    """A MuseTalk Render stream of 3 frames whose features say ``said`` (FeatureChunk.musetalk_version)."""
+    from talkmesh.common.tensors import to_tensor
+    from talkmesh.v1 import audio_features_pb2 as fpb
+    from talkmesh.v1 import common_pb2 as cpb
+    from talkmesh.v1 import renderer_pb2 as rpb
+
     cfg = rpb.RenderConfig(request_id="x", backend="musetalk", size="native", fps=25.0,
                            pixel_format=cpb.PIXEL_FORMAT_RGB24, sample_rate=16000)  # fmt: skip
     reqs = [rpb.RenderRequest(request_id="x", seq=0, config=cfg)]
     for i in range(3):
         chunk = fpb.FeatureChunk(request_id="x", seq=i, frame_index=i, features=to_tensor(whisper(i)),
-                                 activity=cpb.FrameActivity(rms_dbfs=-20.0, voiced=True))  # fmt: skip
+                                 activity=cpb.FrameActivity(rms_dbfs=-20.0, voiced=voiced(i)),
+                                 musetalk_version=said)  # fmt: skip
         reqs.append(rpb.RenderRequest(request_id="x", seq=i + 1, features=chunk))
     reqs.append(rpb.RenderRequest(request_id="x", seq=4, end_of_stream=True))
-    service = renderer_main.create_service(config, Telemetry("renderer"))
-    async with serve(service, config.server) as host, create_channel(host.address) as channel:
-        msgs = [m async for m in rpb_grpc.RendererStub(channel).Render(iter(reqs), timeout=300)]
-    assert msgs[-1].end_of_stream
-    inferred = {m.frame_index for m in msgs if m.data and m.inferred}
-    assert inferred == {0, 1, 2}
+    return reqs
 
 
 @pytest.mark.parametrize("said", ["1.0", "1.5", ""])
@@ -436,38 +454,13 @@ async def test_a_stream_of_features_for_another_release_is_refused_before_its_fi
     settings, before any frame; 1.5's render, and so do features that say nothing (older senders)."""
     import grpc
 
-    renderer_main = pytest.importorskip("services.renderer.main")
-    from services.renderer.config import AvatarConfig
-    from talkmesh.common.channel import create_channel
-    from talkmesh.common.config import ServerConfig
-    from talkmesh.common.tensors import to_tensor
-    from talkmesh.testing import serve
-    from talkmesh.v1 import audio_features_pb2 as fpb
     from talkmesh.v1 import common_pb2 as cpb
-    from talkmesh.v1 import renderer_pb2 as rpb
-    from talkmesh.v1 import renderer_pb2_grpc as rpb_grpc
 
     _, _, out = exported
-    config = RendererConfig(
-        server=ServerConfig(port=0, metrics_port=-1, grace_seconds=2.0),
-        backends=["viseme", "musetalk"],
-        musetalk=ModelConfig(path=str(out)),
-        batch=BatchConfig(max_size=2, max_delay_ms=20.0),
-        avatars=AvatarConfig(cache_dir=str(tmp_path / "avatars")),
-    )
-    cfg = rpb.RenderConfig(request_id="x", backend="musetalk", size="native", fps=25.0,
-                           pixel_format=cpb.PIXEL_FORMAT_RGB24, sample_rate=16000)  # fmt: skip
-    reqs = [rpb.RenderRequest(request_id="x", seq=0, config=cfg)]
-    for i in range(3):  # frame 0 silent: the check does not wait for a voiced frame
-        chunk = fpb.FeatureChunk(request_id="x", seq=i, frame_index=i, features=to_tensor(whisper(i)),
-                                 activity=cpb.FrameActivity(rms_dbfs=-20.0, voiced=i > 0),
-                                 musetalk_version=said)  # fmt: skip
-        reqs.append(rpb.RenderRequest(request_id="x", seq=i + 1, features=chunk))
-    reqs.append(rpb.RenderRequest(request_id="x", seq=4, end_of_stream=True))
-    service = renderer_main.create_service(config, Telemetry("renderer"))
     msgs: list[cpb.VideoFrame] = []
-    async with serve(service, config.server) as host, create_channel(host.address) as channel:
-        call = rpb_grpc.RendererStub(channel).Render(iter(reqs), timeout=300)
+    # (frame 0 silent: the check does not wait for a voiced frame)
+    async with _musetalk_renderer(out, tmp_path) as render:
+        call = render(_musetalk_requests(said, voiced=lambda i: i > 0))
         if said == "1.0":
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 msgs.extend([m async for m in call])

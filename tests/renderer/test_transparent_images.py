@@ -98,16 +98,9 @@ def test_a_transparent_picture_is_turned_as_its_exif_says_as_an_opaque_one_is(fm
     alpha = np.full(img.shape[:2], 255, np.uint8)
     alpha[:8, :8] = 0
 
-    def saved(pixels: np.ndarray, mode: str) -> bytes:
-        im = Image.fromarray(pixels, mode)
-        exif = im.getexif()
-        exif[0x0112] = orientation
-        out = io.BytesIO()
-        im.save(out, fmt, exif=exif, **({"lossless": True} if fmt == "WEBP" else {}))
-        return out.getvalue()
-
     rgb = np.ascontiguousarray(img[..., ::-1])
-    transparent, opaque = saved(np.dstack([rgb, alpha]), "RGBA"), saved(rgb, "RGB")
+    transparent = _exif_saved(np.dstack([rgb, alpha]), "RGBA", fmt, orientation)
+    opaque = _exif_saved(rgb, "RGB", fmt, orientation)
     assert has_alpha(transparent) and not has_alpha(opaque)
     shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(opaque))))[..., ::-1]  # (BGR)
     assert shown.shape[:2] == ((96, 160) if orientation <= 4 else (160, 96))
