@@ -427,7 +427,9 @@ WEBM_HEAD, M4A_HEAD = b"\x1aE\xdf\xa3\x9fB\x86\x81", b"\x00\x00\x00\x1cftypM4A "
 async def test_a_recording_files_bytes_sent_as_pcm_are_refused_not_played_as_noise(tmp_path: Path) -> None:
     """An app that sends its recording's file (its header, then compressed audio) as the turn's
     PCM gets an error naming the format, at the turn's first bytes, whatever came before them (an
-    `audio` message naming the turn, as the web socket sends), and no sound of it is played."""
+    `audio` message naming the turn, as the web socket sends), and no sound of it is played: the
+    turn ends FAILED either way (a turn refused before any of its input came has nothing to play),
+    its error ahead of its end."""
     async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
         async with client.live() as live:
             rec = Recorder(live).start()
@@ -445,6 +447,10 @@ async def test_a_recording_files_bytes_sent_as_pcm_are_refused_not_played_as_noi
     assert messages[1].startswith("audio.pcm: these bytes are an MP4 (M4A) file, not raw PCM:"), messages
     stops = {s.turn_id: s for s in (r.msg.event.speaking_stopped for r in rec.events("speaking_stopped"))}
     assert stops["m4a"].reason == lpb.STOP_REASON_FAILED  # refused at its first message: no turn began
+    assert stops["webm"].reason == lpb.STOP_REASON_FAILED  # refused at its first bytes, after the turn began
+    for tid in ("webm", "m4a"):
+        error_at = _index(rec, lambda r, t=tid: r.kind == "error" and r.msg.error.turn_id == t)
+        assert error_at < _index(rec, lambda r, t=tid: r.kind == "event" and r.msg.event.speaking_stopped.turn_id == t)
     assert stops["webm"].samples_played == stops["m4a"].samples_played == 0  # nothing of them played
     assert stops["pcm"].reason == lpb.STOP_REASON_COMPLETED and stops["pcm"].samples_played == 1600
 

@@ -21,8 +21,10 @@ between turns and applies interrupts at the next frame. The gateway owns everyth
   sent behind a fast upload is not read only once playback has caught up;
 * refusals: a text piece or audio chunk is checked before it has any effect: a refused first piece
   starts no turn (the gateway ends it itself: a FAILED speaking_stopped after the error), a refused
-  later one ends its turn's input (what it had plays); either way later input for that turn id is
-  discarded quietly (the client was told once). A turn's text is counted
+  later one ends its turn's input (what it had plays), or, when none of the turn's text or sound had
+  come yet (a turn opened by an empty piece, as the web socket opens an audio turn), fails the turn
+  (FAILED, after the error); either way later input for that turn id is discarded quietly (the
+  client was told once). A turn's text is counted
   here against ``max_text_chars``; a turn that has played all it got and gets nothing new for
   ``live.turn_input_timeout_seconds`` has its input ended (a DEADLINE_EXCEEDED LiveError says so),
   so a dead client or LLM stream cannot hold the queue (nor the idle timeout) for ever;
@@ -576,6 +578,7 @@ class LiveSession:
             self.last_message = time.monotonic()
             tid = _turn_of(msg)
             new_turn = bool(tid) and tid not in self.turns and not self._ended(tid)
+            turn = self.turns.get(tid) if tid else None
             try:
                 await self._client_message(msg)
             except TalkmeshError as exc:
@@ -583,6 +586,9 @@ class LiveSession:
                     raise
                 # (decided now: while the error waits for room, the pump may end other turns)
                 never_taken = new_turn and tid in self.refused
+                if turn is not None and not turn.received and tid in self.refused and self.turns.get(tid) is turn:
+                    await self._fail(turn, exc)  # refused before any of its input came: nothing to play
+                    continue
                 await self._error(exc, tid)
                 if never_taken:
                     await self._never_taken(tid)
@@ -643,8 +649,8 @@ class LiveSession:
             self._check_piece(kind, tid, body, turn)
         except TalkmeshError:
             self.refused.put(tid, True)
-            if turn is not None:
-                turn.end_input()  # it plays what it had
+            if turn is not None and turn.received:
+                turn.end_input()  # it plays what it had (one that had nothing fails: _read_client)
             raise
         if turn is None:
             try:
@@ -866,11 +872,15 @@ class LiveSession:
                 exc = internal_error(err)
             if turn.voice:  # TTS's `config.voice` is this turn's voice: SpeakText.voice
                 exc.rename_field(lambda f: "text.voice" if f == "config.voice" else None)
-            self._fence(turn.turn_id, input_ended=turn.input_done)
-            self.reported_failed.put(turn.turn_id, True)
-            # the client is told first: the encoder's speaking_stopped for it ends (cancels) this task
-            await self._error(exc, turn.turn_id)
-            await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
+            await self._fail(turn, exc)
+
+    async def _fail(self, turn: GatewayTurn, exc: TalkmeshError) -> None:
+        """Fails a turn the encoder knows: its LiveError (with its code and field), then its one
+        speaking_stopped (FAILED) from the encoder, which ends (cancels) the turn's task."""
+        self._fence(turn.turn_id, input_ended=turn.input_done)
+        self.reported_failed.put(turn.turn_id, True)
+        await self._error(exc, turn.turn_id)  # the client is told first
+        await self._to_encoder_control(epb.LiveEncodeRequest(turn_id=turn.turn_id, turn_failed=exc.message))
 
     async def _run_turn(self, turn: GatewayTurn) -> None:
         if turn.voice_check is not None:

@@ -275,6 +275,30 @@ async def test_live_websocket_speaks_interrupts_and_reports_errors(tmp_path: Pat
         assert mesh.active_streams()["gateway"] == 0, "the live session ended with the socket"
 
 
+async def test_live_websocket_audio_turn_whose_first_frame_is_a_file_ends_failed(tmp_path: Path) -> None:
+    """The socket opens an audio turn with a JSON `audio` message, then sends binary frames: an
+    M4A file's bytes as the first frame are refused (`audio.pcm`) and the turn ends FAILED."""
+    async with inprocess_mesh(tmp_path, web=True) as mesh, aiohttp.ClientSession(mesh.web_url) as http:
+        async with http.ws_connect("/v1/live") as ws:
+            await ws.send_str(json.dumps({"config": {}}))
+            await ws.send_str(json.dumps({"audio": {"turn_id": "a1", "sample_rate": 16000}}))
+            await ws.send_bytes(b"\x00\x00\x00\x1cftypM4A " + bytes(3188))
+            await ws.send_str(json.dumps({"end_of_turn": {"turn_id": "a1"}}))  # discarded
+            errors, stopped = [], None
+            async with asyncio.timeout(30):
+                while stopped is None:
+                    msg = await ws.receive()
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        continue
+                    body = json.loads(msg.data)
+                    errors += [body["error"]] if "error" in body else []
+                    stopped = body.get("event", {}).get("speaking_stopped")
+            refusals = [(e["field"], e["code"], e["turn_id"]) for e in errors]
+            assert refusals == [("audio.pcm", "INVALID_ARGUMENT", "a1")], errors
+            assert "an MP4 (M4A) file, not raw PCM" in errors[0]["message"]
+            assert stopped["turn_id"] == "a1" and stopped["reason"] == "STOP_REASON_FAILED", stopped
+
+
 async def test_live_websocket_relays_caption_cues_as_json(tmp_path: Path) -> None:
     """A text turn's caption events reach the browser as JSON like the others, each right after
     the JSON header (and bytes) of the fragment of its frame."""
