@@ -73,6 +73,25 @@ OPTION_FOR_FIELD = {
 }
 
 
+#: The gateway's setting that limits a recording sent in one request (``say --audio``); a live
+#: session's audio turns have no such limit.
+RECORDING_LIMIT_KEY = "max_audio_seconds"
+
+
+def _field_hint(field: str, args: argparse.Namespace | None) -> str:
+    """What to do about a refusal no option of the command fixes (empty: nothing to add)."""
+    if field == "audio.total_samples":  # the gateway's limit on one recording
+        from talkmesh.common.registry import spec
+
+        audio = getattr(args, "audio", None) if args is not None else None
+        return (
+            f"raise the gateway's {RECORDING_LIMIT_KEY} ({spec('gateway').env_name(RECORDING_LIMIT_KEY)}), "
+            f"or use `talkmesh live --audio {audio if isinstance(audio, str) and audio else 'FILE'}`: "
+            "a live session has no per-recording limit"
+        )
+    return ""
+
+
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
 
@@ -1027,6 +1046,9 @@ def describe_rpc_error(exc: Any, target: str, args: argparse.Namespace | None = 
             line += f" (field {field}" + (f"; set by {option}" if option else "") + ")"
     elif info.resource_name:
         line += f" ({info.resource_type} {info.resource_name!r})"
+    hint = _field_hint(field, args)
+    if hint:
+        line += f"; {hint}"
     if info.retry_delay:
         line = f"{line.removesuffix('; retry later')}; retry in {info.retry_delay:g} s"  # (said once)
     if code == grpc.StatusCode.NOT_FOUND and info.resource_type in LIST_COMMAND:

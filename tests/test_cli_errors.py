@@ -412,3 +412,22 @@ def test_an_unexpected_error_at_start_keeps_the_traceback_hint() -> None:
     assert describe_error(ValueError(), args) == "ValueError:  (run with --debug for the traceback)"
     for message in ("musetalk.version 1.0: needs a Whisper encoder ...", "whisper encoder: refused"):
         assert describe_error(ValueError(message), args) == message
+
+
+def test_a_recording_over_the_gateways_limit_says_which_setting_raises_it_or_to_go_live() -> None:
+    """`say --audio` of a 12-minute recording said only "over the limit of 600 seconds" (a speech
+    trainer's trial): the line names the gateway's setting, as a key and as its variable (which
+    really sets it), and the live session, which has no per-recording limit."""
+    from services.gateway.config import GatewayConfig
+    from talkmesh.cli import describe_error
+    from talkmesh.common.config import load_config
+    from talkmesh.common.errors import InvalidArgument
+
+    refusal = InvalidArgument("audio.total_samples", "the recording is 720.0 seconds, over the limit of 600 seconds")
+    line = describe_error(_rpc_error(refusal), build_parser().parse_args(["say", "--audio", "talk.m4a"]))
+    assert "\n" not in line and line.startswith("INVALID_ARGUMENT: audio.total_samples: the recording is 720.0"), line
+    env = "TALKMESH_GATEWAY__MAX_AUDIO_SECONDS"
+    assert f"raise the gateway's max_audio_seconds ({env})" in line, line
+    assert line.endswith("or use `talkmesh live --audio talk.m4a`: a live session has no per-recording limit"), line
+    raised = load_config(GatewayConfig, None, env_prefix=spec("gateway").env_prefix, env={env: "900"})
+    assert raised.max_audio_seconds == 900 != GatewayConfig().max_audio_seconds

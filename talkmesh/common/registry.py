@@ -87,6 +87,11 @@ class ServiceSpec:
         """Environment override prefix: ``TALKMESH_<NAME>__<SECTION>__<KEY>``."""
         return f"TALKMESH_{self.name.upper()}"
 
+    def env_name(self, key: str) -> str:
+        """The variable that overrides config key ``key`` (``live.sample_rate``:
+        ``TALKMESH_GATEWAY__LIVE__SAMPLE_RATE``), as ``talkmesh.common.config`` reads it."""
+        return f"{self.env_prefix}__{key.replace('.', '__').upper()}"
+
     @property
     def k8s_name(self) -> str:
         """Name of its Kubernetes Deployment/Service/ConfigMap (DNS-safe)."""
