@@ -101,6 +101,36 @@ def _read_av(path: Path) -> tuple[bytes, int]:
             for out in resampler.resample(None):
                 pcm += out.to_ndarray().astype("<i2").tobytes()
     except av.FFmpegError as exc:
+        if _mp4_without_index(path):
+            raise SpeechFileError(
+                f"{path}: an MP4 (M4A) file without its index (no moov box): the recording was cut short before "
+                "the recorder finished writing it; stop the recording, then export or share it again"
+            ) from None
         why = getattr(exc, "strerror", None) or "not a format FFmpeg knows"
         raise SpeechFileError(f"{path}: cannot decode it as audio ({why})") from None
     return bytes(pcm), rate
+
+
+def _mp4_without_index(path: Path) -> bool:
+    """Whether the file is an MP4 (it starts with an ``ftyp`` box) none of whose top-level boxes
+    is its index, ``moov`` (a recorder writes it last: a file copied or cut before then has none).
+    Reads the boxes' headers only."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        at = 0
+        while at + 8 <= size:
+            f.seek(at)
+            head = f.read(16)
+            length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if at == 0 and kind != b"ftyp":
+                return False
+            if kind == b"moov":
+                return False
+            if length == 1 and len(head) == 16:  # a 64-bit size follows the type
+                length = int.from_bytes(head[8:16], "big")
+            if length == 0:  # the last box, to the end of the file
+                break
+            if length < 8:
+                return False  # not boxes after all: not ours to name
+            at += length
+    return size >= 8

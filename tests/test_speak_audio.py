@@ -356,3 +356,29 @@ async def test_say_audio_from_the_command_line(tmp_path: Path) -> None:
         assert code == 1 and "voice_settings.rate: is for text;" in err and "set by --rate" in err, err
         code, _, err = await _cli("say", "--audio", str(tmp_path / "nope.wav"), *gw)
         assert (code, err.strip()) == (1, f"error: {tmp_path / 'nope.wav'}: no such file")
+
+
+def test_an_m4a_cut_short_before_its_index_was_written_says_so(tmp_path: Path) -> None:
+    """A phone's voice memo copied while it was still being written has its samples but not its
+    index (the MP4 `moov` box, written last): FFmpeg only says "Invalid data found when processing
+    input" (a speech trainer's trial); the file is named as cut short, what to do said."""
+    rate = 16000
+    path = tmp_path / "memo.m4a"
+    with av.open(str(path), "w", format="mp4") as out:  # (moov at the end, as a recorder writes it)
+        stream = out.add_stream("aac", rate=rate, layout="mono")
+        tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(tone[None], "fltp", "mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    data = path.read_bytes()
+    assert data[4:8] == b"ftyp" and data.index(b"moov") > data.index(b"mdat")
+    assert read_speech(path)[1] == rate  # whole, it reads
+    cut = tmp_path / "cut.m4a"
+    cut.write_bytes(data[: data.index(b"moov") - 4])
+    with pytest.raises(SpeechFileError) as refused:
+        read_speech(cut)
+    assert str(refused.value) == (
+        f"{cut}: an MP4 (M4A) file without its index (no moov box): the recording was cut short before "
+        "the recorder finished writing it; stop the recording, then export or share it again"
+    )
