@@ -22,7 +22,7 @@ two more rules bound how long the first words wait to be spoken:
   at once: every complete word, or up to the last letter of a script written without spaces (CJK,
   Thai). A word cut by the stream ("wor" of "world") waits for its rest or the stream's end, so it
   is never spoken as two words. The service applies it (``flush_waiting``) when no new piece
-  arrives in time.
+  arrives in time and less than ``max_wait_seconds`` of the speech already made is left to play.
 
 So speech starts at most ``max_wait_seconds`` after the first words arrive (plus the time to the
 next space when the text stops mid-word), whatever the text looks like. Whole texts

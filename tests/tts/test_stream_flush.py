@@ -112,6 +112,29 @@ async def test_time_rule_speaks_waiting_text_while_the_stream_stays_open() -> No
         await asyncio.gather(reader, return_exceptions=True)
 
 
+async def test_time_rule_waits_while_speech_already_made_is_still_playing() -> None:
+    """Text an LLM writes while its earlier clauses still play is not cut by the time rule (a cut is
+    heard as a 300 ms pause mid-sentence): it waits until the speech ahead runs low."""
+    pieces: asyncio.Queue[tts_pb2.TextPiece | None] = asyncio.Queue()
+    stream = await _stream(pieces)
+    clauses: Chan[str] = Chan(8)
+    rules = StreamRules(max_text_chars=1000, max_segment_chars=300, max_words=0, max_wait_seconds=0.05)
+    ahead = [5.0]
+    reader = asyncio.create_task(read_clauses(stream, clauses, rules, speech_ahead=lambda: ahead[0]))
+    try:
+        await pieces.put(tts_pb2.TextPiece(text="so here is a thought that "))
+        await asyncio.sleep(0.3)
+        assert clauses.qsize() == 0  # 5 s of speech ahead: no hurry
+        ahead[0] = 0.0  # (the next wait: the speech ran out)
+        await pieces.put(tts_pb2.TextPiece(text="goes on "))
+        assert await asyncio.wait_for(clauses.recv(), HANG_GUARD) == "so here is a thought that goes on"
+        await pieces.put(None)
+        assert [c async for c in clauses] == []
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
 async def test_without_the_time_rule_unpunctuated_text_waits_for_the_end() -> None:
     """The same stream with the rule off: nothing is spoken while the client holds it open."""
     pieces: asyncio.Queue[tts_pb2.TextPiece | None] = asyncio.Queue()
