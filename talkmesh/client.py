@@ -65,6 +65,14 @@ class _InputChecked:
             raise
 
 
+def _llm_text(method: str, piece: object) -> str | None:
+    """A streamed text piece as sent: None is skipped (an OpenAI delta without content); anything
+    but a str (an SDK's chunk object rather than its text) is a TypeError naming it."""
+    if piece is None or isinstance(piece, str):
+        return piece
+    raise TypeError(f"{method}: a piece must be str (the text), not {type(piece).__name__}: {piece!r:.60}")
+
+
 class _CheckedCall:
     """A streaming call whose iteration raises the caller's own input error (a generator that
     raised, PCM of an odd length) as it is, where gRPC only cancels the call (CancelledError).
@@ -456,7 +464,8 @@ class LiveSession:
         after ``interrupt()`` names it (or all turns), and, as the stream is read, once a
         ``LiveError`` names it (a refused piece, such as text past the turn's
         ``started.max_text_chars``, ends its input; or the turn failed) or its ``speaking_stopped``
-        came. What happened is in the stream."""
+        came. What happened is in the stream. A piece that is None is skipped; one that is not a
+        str raises TypeError (after the turn is ended)."""
         tid = self._turn_id(turn_id)
         # The turn exists at once (an empty piece), before the model's first token: an interrupt
         # naming it then stops it even during the model's first-token delay, and it keeps its
@@ -468,7 +477,8 @@ class LiveSession:
         over = self._sending[tid] = _TurnInput()
         try:
             while (got := await self._next(source, over))[0]:
-                await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=got[1])), over)
+                if (text := _llm_text("say_stream", got[1])) is not None:
+                    await self._send(lpb.LiveClientMessage(text=lpb.SpeakText(turn_id=tid, text=text)), over)
             if over.over:
                 await _aclose(source)
         except BaseException:
@@ -664,13 +674,15 @@ class TalkmeshClient:
     def speak_stream(
         self, pieces: AsyncIterable[str], *, timeout: float | None = None, **options: object
     ) -> AsyncIterator[gpb.SpeakChunk]:
-        """Like speak, for text that is still being written (e.g. LLM tokens)."""
+        """Like speak, for text that is still being written (e.g. LLM tokens). A piece that is None
+        is skipped; one that is not a str raises TypeError."""
         start = self.request("", **options)  # type: ignore[arg-type]
 
         async def requests() -> AsyncIterator[gpb.SpeakStreamRequest]:
             yield gpb.SpeakStreamRequest(start=start)
             async for piece in pieces:
-                yield gpb.SpeakStreamRequest(text=piece)
+                if (text := _llm_text("speak_stream", piece)) is not None:
+                    yield gpb.SpeakStreamRequest(text=text)
 
         return self._speak_stream(requests(), timeout)
 

@@ -35,6 +35,39 @@ async def test_a_failing_llm_stream_still_ends_its_turn_and_the_next_one_plays(t
     assert not [r for r in rec.messages if r.kind == "error"]
 
 
+async def test_an_llm_piece_that_is_not_text_is_a_clear_error_and_none_is_skipped(tmp_path: Path) -> None:
+    """An agent that passes its SDK's chunk objects instead of their text gets a TypeError naming
+    what it gave (not protobuf's "bad argument type for built-in operation"); a None piece (an
+    OpenAI delta without content) is skipped; the turn plays what came before either way."""
+
+    class Chunk:  # an LLM SDK's streamed chunk, not its text
+        def __repr__(self) -> str:
+            return "Chunk(delta='world')"
+
+    async def llm(bad: object):
+        yield "Hello "
+        yield None
+        yield bad
+        yield "never sent."
+
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            with pytest.raises(TypeError, match=r"say_stream: a piece must be str \(the text\), not Chunk: Chunk\("):
+                await live.say_stream(llm(Chunk()), turn_id="chunk")
+            with pytest.raises(TypeError, match="not int: 42"):
+                await live.say_stream(llm(42), turn_id="int")
+            stopped = [await rec.wait_event("speaking_stopped", tid, timeout=30) for tid in ("chunk", "int")]
+            await live.close()
+            await rec.finish()
+        with pytest.raises(TypeError, match=r"speak_stream: a piece must be str \(the text\), not Chunk"):
+            async for _ in client.speak_stream(llm(Chunk())):
+                pass
+    assert [s.msg.event.speaking_stopped.reason for s in stopped] == [lpb.STOP_REASON_COMPLETED] * 2
+    captions = [r.msg.event.caption.text for r in rec.messages if r.kind == "event" and r.event == "caption"]
+    assert captions == ["Hello", "Hello"]
+
+
 async def test_pieces_of_audio_of_any_size_play_whole(tmp_path: Path) -> None:
     rate = 16000
     pcm = bytes(2 * rate * 3)  # 3 s of silence in one piece: sent as pieces of at most a second

@@ -65,8 +65,9 @@ class TTSConfig:
     max_segment_chars: int = 300
     # Complete clauses waiting for synthesis in a SynthesizeStream (back-pressure on the client).
     stream_queue_segments: int = 16
-    # Streamed text without punctuation (services/tts/text.py): a run is spoken once it holds this
-    # many complete words and none of its punctuation has arrived (0 = only at punctuation) ...
+    # Streamed text without punctuation (services/tts/text.py): the stream's first run is spoken once
+    # it holds this many complete words and none of its punctuation has arrived (0 = only at
+    # punctuation) ...
     stream_flush_words: int = 10
     # ... or once it has waited this long unspoken, in seconds (0 = never by time).
     stream_flush_seconds: float = 1.0

@@ -61,9 +61,13 @@ async def read_clauses(
     *,
     clock: Callable[[], float] = time.monotonic,
     markdown: bool = False,
+    speech_ahead: Callable[[], float] | None = None,
 ) -> None:
     """Sends each complete clause of the stream to ``clauses``, then closes it. With ``markdown``
     the text reaches the splitter as ``MarkdownStream`` releases it (its words, whole links).
+    ``speech_ahead``: seconds of the stream's speech made and not yet played; while it is longer
+    than ``max_wait_seconds`` the time rule waits (text written while earlier clauses play is not
+    cut mid-sentence: the listener hears no silence to bound).
 
     Bad input closes ``clauses`` with the error (the synthesis loop raises it, after the clauses
     before it); the reader's own cancellation propagates.
@@ -83,7 +87,10 @@ async def read_clauses(
         while True:
             if reading is None:
                 reading = asyncio.create_task(next_piece(), name="tts-next-piece")
-            done, _ = await asyncio.wait({reading}, timeout=waiting.left(rules.max_wait_seconds))
+            left = waiting.left(rules.max_wait_seconds)
+            if left is not None and speech_ahead is not None:
+                left = max(left, speech_ahead() - rules.max_wait_seconds)
+            done, _ = await asyncio.wait({reading}, timeout=left)
             if not done:  # the waiting text's time is up: speak what can be spoken
                 if md is not None:  # (Markdown held back for a construct goes too, whole words)
                     for seg in splitter.push(md.release(whole=False)):

@@ -163,7 +163,13 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         self._trailers(context, job.voice.id, job.warnings())
         asm = ChunkAssembler(job.request_id, job.voice.sample_rate, job.chunk_samples, job.max_chunk_samples)
         clauses: Chan[str] = Chan(self.config.stream_queue_segments)
-        reading = read_clauses(stream, clauses, self.stream_rules, markdown=job.markdown)
+        first_sound: list[float] = []  # when the stream's first chunk left
+
+        def speech_ahead() -> float:
+            """Speech sent and not yet played, if its listener started playing it at once."""
+            return asm.offset / asm.sample_rate - (time.monotonic() - first_sound[0]) if first_sound else 0.0
+
+        reading = read_clauses(stream, clauses, self.stream_rules, markdown=job.markdown, speech_ahead=speech_ahead)
         reader = asyncio.create_task(reading, name="tts-read-pieces")
 
         async def checked() -> AsyncGenerator[str, None]:
@@ -185,6 +191,8 @@ class TTSServicer(tts_pb2_grpc.TTSServicer):
         try:
             async with contextlib.aclosing(self._speak_all(asm, job, checked(), started)) as chunks:
                 async for msg in chunks:
+                    if not first_sound:
+                        first_sound.append(time.monotonic())
                     yield msg
         finally:
             await cancel_and_wait(reader)

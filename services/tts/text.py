@@ -13,12 +13,16 @@ longer than ``max_chars`` without punctuation is cut at its last space.
 Streamed text (``SynthesizeStream``: an LLM writing as it goes) may have no punctuation at all, so
 two more rules bound how long the first words wait to be spoken:
 
-* **word count**: a run without a clause boundary is spoken once it holds ``max_words`` complete
-  words (a word is complete when whitespace follows it), cut after that word, unless the mark
-  that ends it is already in hand (a long sentence that arrived whole is one clause);
+* **word count**: the stream's first run without a clause boundary is spoken once it holds
+  ``max_words`` complete words (a word is complete when whitespace follows it), cut after that
+  word, unless the mark that ends it is already in hand (a long sentence that arrived whole is one
+  clause). Only the first clause: once speech is under way, text written while it plays waits for
+  its punctuation (or the time rule), as each cut is heard as a pause in the middle of a sentence;
 * **waiting time**: text that has waited ``max_wait_seconds`` since it arrived unspoken is spoken
-  at once: every complete word, or all of it when it holds no space at all (CJK text). The
-  service applies it (``flush_waiting``) when no new piece arrives in time.
+  at once: every complete word, or up to the last letter of a script written without spaces (CJK,
+  Thai). A word cut by the stream ("wor" of "world") waits for its rest or the stream's end, so it
+  is never spoken as two words. The service applies it (``flush_waiting``) when no new piece
+  arrives in time and less than ``max_wait_seconds`` of the speech already made is left to play.
 
 So speech starts at most ``max_wait_seconds`` after the first words arrive (plus the time to the
 next space when the text stops mid-word), whatever the text looks like. Whole texts
@@ -40,6 +44,11 @@ _WORD_BEFORE = re.compile(r"([\w.]+)$")
 
 
 _WIDE_FORMS = re.compile("[\u3000\uff01-\uffef]+")
+#: letters of scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, kana, CJK
+#: ideographs, full-width forms): where streamed text may be cut without cutting a word
+_SPACELESS = re.compile(
+    "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
+)
 
 
 def normalize(text: str) -> str:
@@ -80,6 +89,8 @@ class ClauseSplitter:
         #: the text waiting starts a line (the text's start, or after a line break): where a
         #: numbered item's "1." is its number, not a sentence
         self._line_start = True
+        #: a clause has been given out: the word rule (for the first words only) is over
+        self._spoken = False
 
     @property
     def pending(self) -> bool:
@@ -99,6 +110,7 @@ class ClauseSplitter:
             seg, self._buf = self._buf[:cut].strip(), rest.lstrip()
             if seg:
                 out.append(seg)
+                self._spoken = True
         return out
 
     def flush(self) -> list[str]:
@@ -113,13 +125,16 @@ class ClauseSplitter:
         return [s for s in out if s]
 
     def flush_waiting(self) -> list[str]:
-        """Speaks text that waited too long: up to its last space, or all of it without one."""
+        """Speaks text that waited too long: up to its last space, or its last letter of a script
+        written without spaces; a word still being written (no space after it) waits."""
         text = self._buf.lstrip()
-        space = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
-        cut = space if space > 0 else len(text)
+        cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"), 0)
+        for m in _SPACELESS.finditer(text, cut):
+            cut = m.end()
         seg, self._buf = text[:cut].strip(), text[cut:]
         if seg:
             self._line_start = False
+            self._spoken = True
         out = [seg] if seg else []
         return out
 
@@ -141,7 +156,7 @@ class ClauseSplitter:
             if ch.isspace():
                 if i > 0 and not buf[i - 1].isspace():
                     words += 1
-                    if words == self.max_words:
+                    if words == self.max_words and not self._spoken:
                         word_cut = i
                 continue
             if ch not in SENTENCE_END and ch not in CLAUSE_END:

@@ -27,6 +27,22 @@ def test_word_rule_cuts_a_run_without_punctuation_after_max_words() -> None:
     assert s.flush() == ["nine"]
 
 
+def test_word_rule_cuts_only_the_first_clause() -> None:
+    """The word rule bounds how long the *first* words wait. Once speech is under way, the text an
+    LLM writes while it plays is not cut every ``max_words`` words: each cut is a clause of its own
+    with its own closing pause (300 ms in the middle of a sentence, measured on a live turn)."""
+    s = ClauseSplitter(max_chars=300, max_words=4)
+    assert s.push("The weather is mild and sunny, with a light breeze coming in from the sea ") == [
+        "The weather is mild and sunny,"
+    ]
+    assert s.push("over the hills. Then") == ["with a light breeze coming in from the sea over the hills."]
+    assert s.flush() == ["Then"]
+    s = ClauseSplitter(max_chars=300, max_words=4)
+    assert s.push("one two three four five six seven eight nine ten ") == ["one two three four"]
+    assert s.push("eleven twelve ") == []  # (the time rule and max_chars still bound it)
+    assert s.flush() == ["five six seven eight nine ten eleven twelve"]
+
+
 def test_word_rule_waits_for_punctuation_already_in_hand() -> None:
     """The word rule is for punctuation that has not arrived: a long sentence that came whole (a
     live turn's finished reply) is one clause, not cut every ``max_words`` words with a pause."""
@@ -36,7 +52,8 @@ def test_word_rule_waits_for_punctuation_already_in_hand() -> None:
     assert s.flush() == [sentence]
     s = ClauseSplitter(max_chars=300, max_words=4)
     assert s.push(sentence + " And then") == [sentence]
-    assert s.push(" a few more words") == ["And then a few"]  # no punctuation in hand: cut by words
+    assert s.push(" a few more words") == []  # speech is under way: the word rule is over
+    assert s.flush() == ["And then a few more words"]
     s = ClauseSplitter(max_chars=40, max_words=4)
     assert s.push(sentence + " ")[0] == "This is a fairly"  # over max_chars: the word cut stands
 
@@ -51,10 +68,19 @@ def test_flush_waiting_speaks_complete_words_or_everything_without_a_space() -> 
     s.push("hello there wor")
     assert s.flush_waiting() == ["hello there"]
     assert s.pending
-    assert s.flush_waiting() == ["wor"]
-    assert not s.pending
-    s.push("你好我是一个机器人")  # no spaces, no punctuation
+    # a word cut by the stream ("wor" + "ld", an LLM that stalls mid-word) is not spoken as a word
+    # of its own: it waits for the rest (or the end of the stream)
+    assert s.flush_waiting() == []
+    assert s.pending
+    assert s.push("ld is big, ") == ["world is big,"]
+    s.push("Unbeliev")
+    assert s.flush_waiting() == []
+    assert s.flush() == ["Unbeliev"]
+    s.push("你好我是一个机器人")  # a script written without spaces: all of it
     assert s.flush_waiting() == ["你好我是一个机器人"]
+    s.push("今日はGoo")  # up to the script's last letter: the Latin word may still grow
+    assert s.flush_waiting() == ["今日は"]
+    assert s.flush() == ["Goo"]
 
 
 async def _stream(pieces: asyncio.Queue[tts_pb2.TextPiece | None]) -> RequestStream[tts_pb2.TextPiece]:
@@ -74,12 +100,36 @@ async def test_time_rule_speaks_waiting_text_while_the_stream_stays_open() -> No
     reader = asyncio.create_task(read_clauses(stream, clauses, rules))
     try:
         await pieces.put(tts_pb2.TextPiece(text="so here is a thought tha"))
-        # nothing more arrives: the complete words are spoken, then the rest after another wait
+        # nothing more arrives: the complete words are spoken; the cut word waits for its rest
         assert await asyncio.wait_for(clauses.recv(), HANG_GUARD) == "so here is a thought"
-        assert await asyncio.wait_for(clauses.recv(), HANG_GUARD) == "tha"
+        await asyncio.sleep(0.2)
+        assert clauses.qsize() == 0
         await pieces.put(tts_pb2.TextPiece(text="t ends. Bye", end_of_stream=True))
         await pieces.put(None)
-        assert [c async for c in clauses] == ["t ends.", "Bye"]
+        assert [c async for c in clauses] == ["that ends.", "Bye"]
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_time_rule_waits_while_speech_already_made_is_still_playing() -> None:
+    """Text an LLM writes while its earlier clauses still play is not cut by the time rule (a cut is
+    heard as a 300 ms pause mid-sentence): it waits until the speech ahead runs low."""
+    pieces: asyncio.Queue[tts_pb2.TextPiece | None] = asyncio.Queue()
+    stream = await _stream(pieces)
+    clauses: Chan[str] = Chan(8)
+    rules = StreamRules(max_text_chars=1000, max_segment_chars=300, max_words=0, max_wait_seconds=0.05)
+    ahead = [5.0]
+    reader = asyncio.create_task(read_clauses(stream, clauses, rules, speech_ahead=lambda: ahead[0]))
+    try:
+        await pieces.put(tts_pb2.TextPiece(text="so here is a thought that "))
+        await asyncio.sleep(0.3)
+        assert clauses.qsize() == 0  # 5 s of speech ahead: no hurry
+        ahead[0] = 0.0  # (the next wait: the speech ran out)
+        await pieces.put(tts_pb2.TextPiece(text="goes on "))
+        assert await asyncio.wait_for(clauses.recv(), HANG_GUARD) == "so here is a thought that goes on"
+        await pieces.put(None)
+        assert [c async for c in clauses] == []
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
