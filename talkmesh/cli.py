@@ -204,7 +204,7 @@ def _secure_env(args: argparse.Namespace) -> dict[str, str]:
                     "network naming any API key; add --pki DIR (`talkmesh certs DIR`) or serve on 127.0.0.1"
                 )
             print(UNPROTECTED_STAGES_WARNING.format(host=args.host), file=sys.stderr, flush=True)
-        env[f"{spec('gateway').env_prefix}__AUTH__API_KEYS_FILE"] = str(Path(args.api_keys).resolve())
+        env[spec("gateway").env_name("auth.api_keys_file")] = str(Path(args.api_keys).resolve())
         from talkmesh.devcerts import edge_key_env, principal_required_env
 
         env.update(edge_key_env())  # the web edge's own key (docs/WEB.md, "Security")

@@ -192,7 +192,7 @@ class Mesh:
 
     def _targets(self, s: ServiceSpec) -> dict[str, str]:
         """``<PREFIX>__<CALLEE>__TARGET`` for each service it calls."""
-        return {f"{s.env_prefix}__{c.upper()}__TARGET": self.address(c) for c in s.calls}
+        return {s.env_name(f"{c}.target"): self.address(c) for c in s.calls}
 
     def _derived(self, s: ServiceSpec) -> dict[str, str]:
         """What a service's config takes from the renderer's, unless its own config names it:
@@ -204,7 +204,7 @@ class Mesh:
         wanted = {"gateway": "default_renderer_backend", "audio_features": "musetalk.version"}.get(s.name)
         if wanted is None:
             return {}
-        key = f"{s.env_prefix}__{wanted.upper().replace('.', '__')}"
+        key = s.env_name(wanted)
         env = {**os.environ, **self.env}
         if key in env or _names_key(self.configs.get(s.name), wanted):
             return {}
@@ -226,9 +226,9 @@ class Mesh:
         env.update(self.env)
         env.update(extra_env)
         port, metrics = ports or self.planned_ports()[s.name]
-        env[f"{s.env_prefix}__SERVER__HOST"] = self.host
-        env[f"{s.env_prefix}__SERVER__PORT"] = str(port)
-        env[f"{s.env_prefix}__SERVER__METRICS_PORT"] = str(metrics)
+        env[s.env_name("server.host")] = self.host
+        env[s.env_name("server.port")] = str(port)
+        env[s.env_name("server.metrics_port")] = str(metrics)
         cmd = [sys.executable, "-m", "talkmesh.cli", "serve", s.name]
         if s.name in self.configs:
             cmd += ["--config", self.configs[s.name]]

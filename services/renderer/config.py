@@ -228,7 +228,7 @@ class RendererConfig:
         lines = []
         for name, model in (("wav2lip", self.wav2lip), ("musetalk", self.musetalk)):
             if model.path and name not in self.backends:
-                variable = f"{spec('renderer').env_prefix}__BACKENDS"
+                variable = spec("renderer").env_name("backends")
                 lines.append(
                     f"{name}.path is set but {name!r} is not in backends: not loaded "
                     f"({variable}={','.join([*self.backends, name])} loads it)"

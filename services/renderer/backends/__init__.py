@@ -27,7 +27,7 @@ def not_loaded(name: str, loaded: Iterable[str]) -> str:
     names = list(loaded)
     why = f"backend {name!r} is not loaded (loaded: {', '.join(names)})"
     if name in CLASSES:
-        variable = f"{spec('renderer').env_prefix}__BACKENDS"
+        variable = spec("renderer").env_name("backends")
         why += f"; the renderer loads the ones its backends setting lists ({variable}={','.join([*names, name])})"
     return why
 

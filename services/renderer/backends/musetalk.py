@@ -92,7 +92,7 @@ def release_refusal(features: str, models: str | None, unet: Path) -> str:
     render wrong lips without an error. Names the setting on each side that decides it."""
     if not features or models is None or features == models:
         return ""
-    env = f"{spec('audio_features').env_prefix}__MUSETALK__VERSION"
+    env = spec("audio_features").env_name("musetalk.version")
     return (
         f"musetalk: the stream's features are for MuseTalk {features} (the audio_features stage's "
         f"musetalk.version, {env}), this renderer's MuseTalk {models} models take MuseTalk {models} "
