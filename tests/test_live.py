@@ -1500,3 +1500,24 @@ async def test_a_turn_the_encoder_fails_mid_render_does_not_hold_the_turns_behin
     assert second.msg.event.speaking_stopped.frames_played > 5
     assert [r.msg.error.turn_id for r in rec.messages if r.kind == "error"] == [broken]
 
+
+
+async def test_a_piece_after_an_empty_turns_end_does_not_fail_it(tmp_path: Path) -> None:
+    """A piece sent after an empty turn's end (its error names the piece) leaves the turn as it was:
+    it completes, with one speaking_stopped."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await live.say("Hello there.", turn_id="first")
+            await live.audio("empty", b"", 16000)
+            await live.end_turn("empty")
+            await live.audio("empty", b"\x00\x00" * 160, 16000)  # too late: refused
+            await live.say("Bye.", turn_id="next")
+            await rec.wait_event("speaking_stopped", "next", timeout=30)
+            await live.close()
+            await rec.finish()
+    errors = [(r.msg.error.turn_id, r.msg.error.message) for r in rec.messages if r.kind == "error"]
+    stops = [(s.turn_id, s.reason) for s in (r.msg.event.speaking_stopped for r in rec.events("speaking_stopped"))]
+    assert [(tid, m.startswith("audio.turn_id:")) for tid, m in errors] == [("empty", True)], errors
+    assert sorted(stops) == [("empty", lpb.STOP_REASON_COMPLETED), ("first", lpb.STOP_REASON_COMPLETED),
+                             ("next", lpb.STOP_REASON_COMPLETED)]  # fmt: skip

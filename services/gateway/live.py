@@ -586,7 +586,13 @@ class LiveSession:
                     raise
                 # (decided now: while the error waits for room, the pump may end other turns)
                 never_taken = new_turn and tid in self.refused
-                if turn is not None and not turn.received and tid in self.refused and self.turns.get(tid) is turn:
+                if (
+                    turn is not None
+                    and not turn.received
+                    and not turn.input_done  # (a piece after its end is refused alone: the turn stands)
+                    and tid in self.refused
+                    and self.turns.get(tid) is turn
+                ):
                     await self._fail(turn, exc)  # refused before any of its input came: nothing to play
                     continue
                 await self._error(exc, tid)
