@@ -1521,3 +1521,28 @@ async def test_a_piece_after_an_empty_turns_end_does_not_fail_it(tmp_path: Path)
     assert [(tid, m.startswith("audio.turn_id:")) for tid, m in errors] == [("empty", True)], errors
     assert sorted(stops) == [("empty", lpb.STOP_REASON_COMPLETED), ("first", lpb.STOP_REASON_COMPLETED),
                              ("next", lpb.STOP_REASON_COMPLETED)]  # fmt: skip
+
+
+async def test_a_text_turn_opened_empty_whose_first_text_is_refused_ends_failed(tmp_path: Path) -> None:
+    """say_stream opens its turn with an empty piece; an LLM's first piece refused (control
+    characters) fails the turn (error first, then FAILED, nothing played), its end_of_turn is
+    discarded quietly, and the next turn plays."""
+    async with inprocess_mesh(tmp_path) as mesh, TalkmeshClient(mesh.gateway) as client:
+        async with client.live() as live:
+            rec = Recorder(live).start()
+            await live.say("", turn_id="llm", final=False)
+            await live.say("bad\x00text", turn_id="llm", final=False)
+            await live.say("more.", turn_id="llm", final=False)  # discarded
+            await live.end_turn("llm")  # discarded
+            await live.say("Hello.", turn_id="next")
+            await rec.wait_event("speaking_stopped", "next", timeout=30)
+            await live.close()
+            await rec.finish()
+    errors = [r.msg.error for r in rec.messages if r.kind == "error"]
+    assert [(e.turn_id, e.field) for e in errors] == [("llm", "text.text")], errors
+    stops = {s.turn_id: s for s in (r.msg.event.speaking_stopped for r in rec.events("speaking_stopped"))}
+    assert stops["llm"].reason == lpb.STOP_REASON_FAILED and stops["llm"].samples_played == 0
+    assert stops["next"].reason == lpb.STOP_REASON_COMPLETED
+    error_at = _index(rec, lambda r: r.kind == "error" and r.msg.error.turn_id == "llm")
+    assert error_at < _index(rec, lambda r: r.kind == "event" and r.msg.event.speaking_stopped.turn_id == "llm")
+    assert len([r for r in rec.events("speaking_stopped") if r.msg.event.speaking_stopped.turn_id == "llm"]) == 1
