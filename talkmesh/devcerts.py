@@ -117,17 +117,15 @@ def mesh_tls_env(pki: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     for s in SERVICES:
         own = pki / s.name
-        server = f"{s.env_prefix}__SERVER__TLS__"
-        env[server + "CERT_FILE"] = str(own / "tls.crt")
-        env[server + "KEY_FILE"] = str(own / "tls.key")
+        env[s.env_name("server.tls.cert_file")] = str(own / "tls.crt")
+        env[s.env_name("server.tls.key_file")] = str(own / "tls.key")
         if s.name != "gateway":
-            env[server + "CLIENT_CA_FILE"] = str(own / "ca.crt")
+            env[s.env_name("server.tls.client_ca_file")] = str(own / "ca.crt")
         for callee in s.calls:
-            hop = f"{s.env_prefix}__{callee.upper()}__TLS__"
-            env[hop + "CA_FILE"] = str(own / "ca.crt")
-            env[hop + "CERT_FILE"] = str(own / "tls.crt")
-            env[hop + "KEY_FILE"] = str(own / "tls.key")
-            env[hop + "SERVER_NAME"] = callee.replace("_", "-")
+            env[s.env_name(f"{callee}.tls.ca_file")] = str(own / "ca.crt")
+            env[s.env_name(f"{callee}.tls.cert_file")] = str(own / "tls.crt")
+            env[s.env_name(f"{callee}.tls.key_file")] = str(own / "tls.key")
+            env[s.env_name(f"{callee}.tls.server_name")] = callee.replace("_", "-")
     return env
 
 
@@ -138,7 +136,7 @@ def principal_required_env() -> dict[str, str]:
     from talkmesh.common.registry import SERVICES
 
     return {
-        f"{s.env_prefix}__SERVER__REQUIRE_PRINCIPAL": "true"
+        s.env_name("server.require_principal"): "true"
         for s in SERVICES
         if s.protocol == "grpc" and s.name != "gateway"
     }
@@ -194,6 +192,6 @@ def edge_key_env(directory: Path | None = None) -> dict[str, str]:
     keys_file = directory / "service-keys.yaml"
     keys_file.write_text(yaml.safe_dump({"keys": [entry]}, sort_keys=False))
     return {
-        f"{spec('gateway').env_prefix}__AUTH__SERVICE_KEYS_FILE": str(keys_file),
-        f"{spec('web').env_prefix}__WEB__GATEWAY_API_KEY_FILE": str(key_file),
+        spec("gateway").env_name("auth.service_keys_file"): str(keys_file),
+        spec("web").env_name("web.gateway_api_key_file"): str(key_file),
     }

@@ -40,7 +40,9 @@ def is_key_path(cls: type, path: str) -> bool:
 
 
 def env_for(service: str, key: str, value: object) -> dict[str, str]:
-    return {f"{spec(service).env_prefix}__{key.replace('.', '__').upper()}": str(value)}
+    """The variable ServiceSpec.env_name names for ``key`` (what the launcher and the hints spell),
+    set to ``value``: each test below checks the service's config reads it."""
+    return {spec(service).env_name(key): str(value)}
 
 
 @pytest.mark.parametrize("service", NAMES)
