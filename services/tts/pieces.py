@@ -91,6 +91,8 @@ async def read_clauses(
             if left is not None and speech_ahead is not None:
                 left = max(left, speech_ahead() - rules.max_wait_seconds)
             done, _ = await asyncio.wait({reading}, timeout=left)
+            if not done and speech_ahead is not None and speech_ahead() > rules.max_wait_seconds:
+                continue  # speech made during the wait (its clause synthesized on) still plays: wait on
             if not done:  # the waiting text's time is up: speak what can be spoken
                 if md is not None:  # (Markdown held back for a construct goes too, whole words)
                     for seg in splitter.push(md.release(whole=False)):

@@ -183,3 +183,35 @@ async def test_llm_text_without_punctuation_is_heard_before_the_stream_ends_by_t
     async with serve_tts(default_config(stream_flush_words=0, stream_flush_seconds=0.2)) as (stub, _, _):
         first = await _first_audio_while_open(stub, "well i suppose")
     assert first is not grpc.aio.EOF and len(first.pcm) > 0
+
+
+async def test_the_service_holds_the_time_rule_while_the_speech_it_sent_still_plays() -> None:
+    """The service's own measure of the speech ahead (sent, counted as playing from its first
+    chunk): unpunctuated text that waits while a clause plays is spoken once less than the rule's
+    wait is left of that clause, not after the wait alone (a cut mid-sentence), nor never."""
+    wait = 0.2
+    async with serve_tts(default_config(stream_flush_words=0, stream_flush_seconds=wait)) as (stub, _, _):
+        pieces: asyncio.Queue[tts_pb2.TextPiece | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[tts_pb2.TextPiece]:
+            while (p := await pieces.get()) is not None:
+                yield p
+
+        loop = asyncio.get_running_loop()
+        call = stub.SynthesizeStream(requests())
+        await pieces.put(tts_pb2.TextPiece(config=tts_pb2.SynthesisConfig(request_id="llm")))
+        await pieces.put(tts_pb2.TextPiece(text="So this is what I think about the weather we had today, "))
+        first = await asyncio.wait_for(call.read(), HANG_GUARD)  # read at once: faster than it plays
+        heard, rate = loop.time(), first.sample_rate
+        await pieces.put(tts_pb2.TextPiece(text="and then a few more words "))  # no punctuation: the time rule
+        samples, msg = len(first.pcm) // 2, first
+        while msg.segment_index == first.segment_index:
+            samples += len(msg.pcm) // 2 if msg is not first else 0
+            msg = await asyncio.wait_for(call.read(), HANG_GUARD)
+        second_at = loop.time() - heard
+        await pieces.put(None)
+        async for _ in call:
+            pass
+    played = samples / rate
+    assert played > 4 * wait, played  # (a clause long enough to tell the two apart)
+    assert played - wait - 0.05 <= second_at, (second_at, played)
