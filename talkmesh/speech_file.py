@@ -66,7 +66,11 @@ def _read_wav(path: Path) -> tuple[bytes, int]:
         channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
         raw = w.readframes(frames)
         after = path.stat().st_size - f.tell()  # a recorder stopped before writing the sizes leaves 0 frames
-    if not raw and after >= width * channels:
+        f.seek(4)
+        riff_size = int.from_bytes(f.read(4), "little")  # what the file holds, by its header (-1: unknown)
+    # (a finished file's chunks after an empty data chunk, a LIST, are within its RIFF size: not samples)
+    unfinished = riff_size == 0xFFFFFFFF or 8 + riff_size < path.stat().st_size
+    if not raw and after >= width * channels and unfinished:
         raise _UnfinishedError(f"its header says it holds no audio, but {after} bytes follow (unfinished?)")
     if width not in (1, 2, 3, 4):
         raise SpeechFileError(f"{path}: {8 * width}-bit WAV samples are not supported")

@@ -336,6 +336,17 @@ def test_a_recording_whose_wav_header_was_never_finished_is_read_whole(tmp_path:
         read_speech(tmp_path / "empty.wav")
 
 
+def test_an_empty_wav_with_a_chunk_after_its_data_holds_no_audio(tmp_path: Path) -> None:
+    """A finished WAV (its RIFF size covers the file) with 0 bytes of data and a LIST chunk after
+    them (as some editors write it) holds no audio: the chunk's bytes are not read as samples."""
+    header = _wav(tmp_path / "take.wav", np.zeros((0, 1)), 16000, 2).read_bytes()
+    info = b"INFOISFT" + (14).to_bytes(4, "little") + b"Lavf58.76.100\x00"
+    body = header[8:] + b"LIST" + len(info).to_bytes(4, "little") + info
+    (tmp_path / "empty.wav").write_bytes(b"RIFF" + len(body).to_bytes(4, "little") + body)
+    with pytest.raises(SpeechFileError, match=r"holds no audio$"):
+        read_speech(tmp_path / "empty.wav")
+
+
 async def test_say_audio_from_the_command_line(tmp_path: Path) -> None:
     rate = 22050
     pcm = _speech(rate)
