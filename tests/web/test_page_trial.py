@@ -90,6 +90,19 @@ async def test_speak_while_a_pick_settles_says_so_when_the_new_session_does_not_
     assert console.errors == [], console.errors
 
 
+def _avatar_json(info: Any) -> dict[str, Any]:
+    """An AvatarInfo as the edge's upload answer carries it (the fields the page reads)."""
+    return {"id": info.id, "name": info.name, "names": [info.name], "width": info.width, "height": info.height,
+            "frame_count": info.frame_count}  # fmt: skip
+
+
+async def _uploaded_status(page: Any, url: str) -> str:
+    """What the page says under the drop zone once its upload of a JPEG "room.jpg" is answered."""
+    await upload_on_page(page, url, "room.jpg", "image/jpeg", b"\xff\xd8\xff")
+    await wait_js(page, "window.talkmesh.uploads.length && window.talkmesh.uploads[0].ok", timeout=5)
+    return str(await page.inner_text("#upload-status"))
+
+
 async def test_an_upload_with_a_small_face_says_so_as_the_command_line_does() -> None:
     """The edge's answer carries the CLI's hint in `warnings` (tests/web/test_api.py); the page said
     only that the avatar was ready."""
@@ -102,16 +115,13 @@ async def test_an_upload_with_a_small_face_says_so_as_the_command_line_does() ->
 
     async def answer(request: web.Request) -> web.Response:
         await request.read()
-        avatar = {"id": info.id, "name": "room", "names": ["room"], "width": 1280, "height": 960, "frame_count": 1}
-        return web.json_response({"avatar": avatar, "warnings": [warning]}, status=201)
+        return web.json_response({"avatar": _avatar_json(info), "warnings": [warning]}, status=201)
 
     async with (
         fake_edge(serve, routes=[web.post("/v1/avatars", answer)]) as edge,
         browser_page() as (page, console),
     ):
-        await upload_on_page(page, edge.url, "room.jpg", "image/jpeg", b"\xff\xd8\xff")
-        await wait_js(page, "window.talkmesh.uploads.length && window.talkmesh.uploads[0].ok", timeout=5)
-        status = await page.inner_text("#upload-status")
+        status = await _uploaded_status(page, edge.url)
         assert status == f"avatar “room” is ready. T{warning[1:]}.", status
         assert "about 12 px wide in a video of the default size (512)" in status and "upload that." in status
     assert console.errors == [], console.errors
@@ -134,16 +144,13 @@ async def test_an_upload_sends_the_framing_picked_and_says_the_picture_was_frame
         async for part in await request.multipart():  # type: ignore[union-attr]
             fields[part.name or ""] = part.filename or (await part.text())  # type: ignore[union-attr]
         forms.append(fields)
-        avatar = {"id": info.id, "name": "room", "names": ["room"], "width": 706, "height": 940, "frame_count": 1}
-        return web.json_response({"avatar": avatar, "notes": [note]}, status=201)
+        return web.json_response({"avatar": _avatar_json(info), "notes": [note]}, status=201)
 
     async with (
         fake_edge(serve, routes=[web.post("/v1/avatars", answer)]) as edge,
         browser_page() as (page, console),
     ):
-        await upload_on_page(page, edge.url, "room.jpg", "image/jpeg", b"\xff\xd8\xff")
-        await wait_js(page, "window.talkmesh.uploads.length && window.talkmesh.uploads[0].ok", timeout=5)
-        status = await page.inner_text("#upload-status")
+        status = await _uploaded_status(page, edge.url)
         assert status == f"avatar “room” is ready. F{note[1:]}.", status
         await page.select_option("#framing", "as_is")
         await page.set_input_files("#avatar-file", files=[{"name": "b.jpg", "mimeType": "image/jpeg", "buffer": b"1"}])
