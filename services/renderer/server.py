@@ -112,7 +112,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServicer):
                     fps=fps,
                     pixel_format=pixel_format,
                     sample_rate=cfg.sample_rate,
-                    part_bytes=s.part_bytes,
+                    part_bytes=s.config.part_bytes,
                     idle_life=s.config.viseme.idle_motion,  # the operator's switch wins over a request's ON
                     still=cfg.idle_motion == rpb.IDLE_MOTION_OFF,
                     idle_cache_bytes=s.config.viseme.idle_cache_mb * 2**20,
@@ -488,7 +488,6 @@ class RendererService(Service):
         self.runners: dict[str, FrameRunner] = {}
         self.store: AvatarStore = None  # type: ignore[assignment]  # built in start()
         self.session_ticks: Lru[str, int] = Lru(MAX_SESSIONS_REMEMBERED)
-        self.part_bytes = config.part_bytes
         self._ring_refusals = 0
         #: the bytes uploads hold (avatars.upload_memory_bytes)
         self.uploads = UploadBudget(config.avatars.upload_memory_limit)
